@@ -1,0 +1,1 @@
+//! `libvixDiskLib.so.8`: the VDDK C ABI implemented over the lab's datastores.
