@@ -70,7 +70,14 @@ pub fn vddk_sim_libdir(variant: SimVariant) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", "vddk-sim", "--lib", "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "vddk-sim",
+            "--lib",
+            "--target-dir",
+        ])
         .arg(&build_dir)
         // The outer cargo may have set these for the test process; they describe the
         // outer build, not this one.
@@ -82,7 +89,10 @@ pub fn vddk_sim_libdir(variant: SimVariant) -> PathBuf {
         cmd.args(["--features", "vddk65"]);
     }
     let status = cmd.status().expect("run cargo to build vddk-sim");
-    assert!(status.success(), "building vddk-sim ({variant:?}) failed: {status}");
+    assert!(
+        status.success(),
+        "building vddk-sim ({variant:?}) failed: {status}"
+    );
 
     let built = build_dir.join("debug").join("libvixDiskLib.so");
     let libdir = build_dir.join("libdir");
