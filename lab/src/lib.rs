@@ -3,3 +3,5 @@
 //!
 //! - [`datastore`]: the ESXi storage model — datastores as directories, VMDK descriptors
 //!   with sparse flat extents, snapshot redo logs, change tracking. Shared with vddk-sim.
+
+pub mod datastore;
