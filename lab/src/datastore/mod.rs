@@ -69,6 +69,7 @@ pub use cbt::{changed_areas, current_change_id, set_change_tracking};
 pub use chain::{DiskChain, OpenMode, SECTOR_BYTES};
 pub use ctk::{CTK_BLOCK_BYTES, ChangeId};
 pub use delta::GRAIN_BYTES;
+pub(crate) use descriptor::write_atomic;
 pub use disk::{AdapterType, DiskOptions, create_disk, delete_disk, resize_disk};
 pub use error::DatastoreError;
 pub use path::{DatastorePath, datastore_dir};
