@@ -60,13 +60,37 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// Builds (if needed) the simulator variant and returns a VDDK-style `libdir` whose
+/// Which cargo profile to build the simulator with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimProfile {
+    /// `dev`: what tests use (fast to build).
+    Debug,
+    /// `release`: what benchmarks use, so the simulator's own speed does not hide the
+    /// FFI path's.
+    Release,
+}
+
+/// Builds (if needed) the debug simulator variant and returns a VDDK-style `libdir` whose
 /// `lib64/` holds it under its soname.
 ///
 /// # Panics
 /// When cargo fails to build the simulator: a test cannot go on without it.
 pub fn vddk_sim_libdir(variant: SimVariant) -> PathBuf {
-    let build_dir = target_dir().join("vddk-sim").join(variant.dir_name());
+    vddk_sim_libdir_with(variant, SimProfile::Debug)
+}
+
+/// Like [`vddk_sim_libdir`], with a choice of cargo profile.
+///
+/// # Panics
+/// When cargo fails to build the simulator.
+pub fn vddk_sim_libdir_with(variant: SimVariant, profile: SimProfile) -> PathBuf {
+    let profile_dir = match profile {
+        SimProfile::Debug => "debug",
+        SimProfile::Release => "release",
+    };
+    let build_dir = target_dir()
+        .join("vddk-sim")
+        .join(format!("{}-{profile_dir}", variant.dir_name()));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
@@ -88,13 +112,16 @@ pub fn vddk_sim_libdir(variant: SimVariant) -> PathBuf {
     if variant == SimVariant::Vddk65 {
         cmd.args(["--features", "vddk65"]);
     }
+    if profile == SimProfile::Release {
+        cmd.arg("--release");
+    }
     let status = cmd.status().expect("run cargo to build vddk-sim");
     assert!(
         status.success(),
         "building vddk-sim ({variant:?}) failed: {status}"
     );
 
-    let built = build_dir.join("debug").join("libvixDiskLib.so");
+    let built = build_dir.join(profile_dir).join("libvixDiskLib.so");
     let libdir = build_dir.join("libdir");
     let lib64 = libdir.join("lib64");
     std::fs::create_dir_all(&lib64).expect("create libdir/lib64");
