@@ -3,3 +3,11 @@
 //!
 //! - [`datastore`]: the ESXi storage model — datastores as directories, VMDK descriptors
 //!   with sparse flat extents, snapshot redo logs, change tracking. Shared with vddk-sim.
+//! - [`vmstate`]: per-VM state files (`vms/<moref>.json`), lab settings (`lab.json`) and
+//!   the [`Lab`] facade: create VMs, snapshots with consolidation, guest writes, CBT
+//!   queries, PrepareForAccess/EndAccess.
+
+pub mod datastore;
+pub mod vmstate;
+
+pub use vmstate::Lab;

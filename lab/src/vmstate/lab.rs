@@ -1,0 +1,913 @@
+//! [`Lab`]: the facade over a lab root — settings, per-VM state files, and the VM-level
+//! operations (snapshots, guest writes, CBT, PrepareForAccess/EndAccess).
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::model::{
+    DisabledMethod, LabSettings, PowerState, SnapshotDisk, SnapshotInfo, VmDisk, VmState,
+};
+use super::{DiskKey, SnapshotMoref, VmMoref};
+use crate::datastore::{
+    self, ChangeId, DatastoreError, DatastorePath, DiskChain, DiskOptions, OpenMode, write_atomic,
+};
+
+/// The method PrepareForAccess disables.
+pub const RELOCATE_METHOD: &str = "RelocateVM_Task";
+
+/// Errors of [`Lab`] operations.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A datastore operation failed.
+    #[error("datastore operation on {vm}")]
+    Datastore {
+        /// The VM (or `lab`).
+        vm: String,
+        /// The cause.
+        #[source]
+        source: DatastoreError,
+    },
+    /// A host file operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON state file is unreadable.
+    #[error("state file {path}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `Lab::create` on a root that already has `lab.json`.
+    #[error("a lab already exists at {0}")]
+    AlreadyExists(PathBuf),
+    /// No such VM.
+    #[error("vm {0} not found")]
+    VmNotFound(VmMoref),
+    /// No such snapshot on the VM.
+    #[error("snapshot {snapshot} not found on {vm}")]
+    SnapshotNotFound {
+        /// The VM.
+        vm: VmMoref,
+        /// The snapshot.
+        snapshot: SnapshotMoref,
+    },
+    /// No such disk on the VM.
+    #[error("disk {disk} not found on {vm}")]
+    DiskNotFound {
+        /// The VM.
+        vm: VmMoref,
+        /// The device key.
+        disk: DiskKey,
+    },
+}
+
+fn ds_err(vm: &VmMoref) -> impl FnOnce(DatastoreError) -> LabError + '_ {
+    move |source| LabError::Datastore {
+        vm: vm.to_string(),
+        source,
+    }
+}
+
+/// Capacity and provisioning of a disk for [`Lab::create_vm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewDisk {
+    /// Capacity in bytes (multiple of 512).
+    pub capacity_bytes: u64,
+    /// Thin provisioned.
+    pub thin: bool,
+}
+
+/// A lab rooted at a directory. Cheap to open; every mutation takes the lab-wide
+/// exclusive advisory lock `<root>/lab.lock` and rewrites state files atomically, so
+/// several handles in several processes can work on the same lab.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    root: PathBuf,
+}
+
+/// Holds `lab.lock` until dropped.
+struct LockGuard(#[allow(dead_code, reason = "held for its lock")] File);
+
+impl Lab {
+    /// Creates a new lab: `lab.json`, `vms/`, and the default datastore `ds1`.
+    ///
+    /// # Errors
+    /// [`LabError::AlreadyExists`], I/O errors.
+    pub fn create(root: &Path) -> Result<Self, LabError> {
+        let lab = Self {
+            root: root.to_owned(),
+        };
+        for d in [root.join("vms"), datastore::datastore_dir(root, "ds1")] {
+            fs::create_dir_all(&d).map_err(|source| LabError::Io {
+                op: "create directory",
+                path: d,
+                source,
+            })?;
+        }
+        let _g = lab.lock()?;
+        if lab.settings_path().exists() {
+            return Err(LabError::AlreadyExists(root.to_owned()));
+        }
+        let digest = [
+            uuid::Uuid::new_v4().into_bytes(),
+            uuid::Uuid::new_v4().into_bytes(),
+        ]
+        .concat();
+        let thumbprint = digest[..20]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let settings = LabSettings {
+            server_name: "vcenter.lab.local".into(),
+            user: "administrator@vsphere.local".into(),
+            password: "lab-password".into(),
+            thumbprint,
+            default_datastore: "ds1".into(),
+            next_vm: 1,
+            next_snapshot: 1,
+        };
+        lab.write_json(&lab.settings_path(), &settings)?;
+        Ok(lab)
+    }
+
+    /// Opens an existing lab.
+    ///
+    /// # Errors
+    /// I/O errors when `lab.json` is missing or unreadable.
+    pub fn open(root: &Path) -> Result<Self, LabError> {
+        let lab = Self {
+            root: root.to_owned(),
+        };
+        lab.settings()?;
+        Ok(lab)
+    }
+
+    /// The lab root.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn settings_path(&self) -> PathBuf {
+        self.root.join("lab.json")
+    }
+
+    fn vm_path(&self, vm: &VmMoref) -> PathBuf {
+        self.root.join("vms").join(format!("{vm}.json"))
+    }
+
+    fn lock(&self) -> Result<LockGuard, LabError> {
+        let p = self.root.join("lab.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|source| LabError::Io {
+                op: "open",
+                path: p.clone(),
+                source,
+            })?;
+        f.lock().map_err(|source| LabError::Io {
+            op: "lock",
+            path: p,
+            source,
+        })?;
+        Ok(LockGuard(f))
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LabError> {
+        let bytes = fs::read(path).map_err(|source| LabError::Io {
+            op: "read",
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| LabError::Json {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    fn write_json<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<(), LabError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| LabError::Json {
+            path: path.to_owned(),
+            source,
+        })?;
+        write_atomic(path, &bytes).map_err(|source| LabError::Datastore {
+            vm: "lab".into(),
+            source,
+        })
+    }
+
+    /// The lab settings.
+    ///
+    /// # Errors
+    /// I/O or JSON errors.
+    pub fn settings(&self) -> Result<LabSettings, LabError> {
+        Self::read_json(&self.settings_path())
+    }
+
+    /// A VM's state.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], JSON errors.
+    pub fn vm(&self, vm: &VmMoref) -> Result<VmState, LabError> {
+        let p = self.vm_path(vm);
+        if !p.exists() {
+            return Err(LabError::VmNotFound(vm.clone()));
+        }
+        Self::read_json(&p)
+    }
+
+    /// Every VM, ordered by moref.
+    ///
+    /// # Errors
+    /// I/O or JSON errors.
+    pub fn vms(&self) -> Result<Vec<VmState>, LabError> {
+        let dir = self.root.join("vms");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|source| LabError::Io {
+            op: "read directory",
+            path: dir.clone(),
+            source,
+        })? {
+            let p = e
+                .map_err(|source| LabError::Io {
+                    op: "read directory",
+                    path: dir.clone(),
+                    source,
+                })?
+                .path();
+            if p.extension().is_some_and(|x| x == "json") {
+                out.push(Self::read_json::<VmState>(&p)?);
+            }
+        }
+        out.sort_by(|a, b| a.moref.cmp(&b.moref));
+        Ok(out)
+    }
+
+    /// The first VM with this name.
+    ///
+    /// # Errors
+    /// I/O or JSON errors.
+    pub fn find_vm_by_name(&self, name: &str) -> Result<Option<VmState>, LabError> {
+        Ok(self.vms()?.into_iter().find(|v| v.name == name))
+    }
+
+    /// Locked read-modify-write of one VM's state.
+    fn update<T>(
+        &self,
+        vm: &VmMoref,
+        f: impl FnOnce(&mut VmState) -> Result<T, LabError>,
+    ) -> Result<T, LabError> {
+        let _g = self.lock()?;
+        let mut state = self.vm(vm)?;
+        let out = f(&mut state)?;
+        self.write_json(&self.vm_path(vm), &state)?;
+        Ok(out)
+    }
+
+    fn next_id(&self, snapshot: bool) -> Result<u64, LabError> {
+        let mut s = self.settings()?;
+        let counter = if snapshot {
+            &mut s.next_snapshot
+        } else {
+            &mut s.next_vm
+        };
+        let id = *counter;
+        *counter += 1;
+        self.write_json(&self.settings_path(), &s)?;
+        Ok(id)
+    }
+
+    /// Creates a powered-off VM with the given disks (`[ds] <name>/disk-<i>.vmdk`, CBT
+    /// off) and a minimal `.vmx`.
+    ///
+    /// # Errors
+    /// Datastore errors (e.g. the VM directory's disks already exist), I/O errors.
+    pub fn create_vm(
+        &self,
+        name: &str,
+        folder: &str,
+        disks: &[NewDisk],
+    ) -> Result<VmMoref, LabError> {
+        let _g = self.lock()?;
+        let settings = self.settings()?;
+        let moref = VmMoref(format!("vm-{}", self.next_id(false)?));
+        let ds = &settings.default_datastore;
+        let vmx_path =
+            DatastorePath::new(ds, &format!("{name}/{name}.vmx")).map_err(ds_err(&moref))?;
+        let mut vm_disks = Vec::new();
+        for (i, d) in disks.iter().enumerate() {
+            let path = vmx_path
+                .sibling(&format!("disk-{i}.vmdk"))
+                .map_err(ds_err(&moref))?;
+            let options = DiskOptions {
+                thin: d.thin,
+                change_tracking: false,
+                ..DiskOptions::default()
+            };
+            datastore::create_disk(&self.root, &path, d.capacity_bytes, &options)
+                .map_err(ds_err(&moref))?;
+            let chain =
+                DiskChain::open(&self.root, &path, OpenMode::ReadOnly).map_err(ds_err(&moref))?;
+            let uuid: String = chain
+                .uuid()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !matches!(c, ' ' | '-'))
+                .collect();
+            let n = i32::try_from(i).expect("fewer than 2^31 disks");
+            vm_disks.push(VmDisk {
+                key: DiskKey(2000 + n),
+                label: format!("Hard disk {}", n + 1),
+                controller_key: 1000,
+                unit_number: if n >= 7 { n + 1 } else { n },
+                capacity_bytes: d.capacity_bytes,
+                file_name: path,
+                uuid: format!(
+                    "{}-{}-{}-{}-{}",
+                    &uuid[..8],
+                    &uuid[8..12],
+                    &uuid[12..16],
+                    &uuid[16..20],
+                    &uuid[20..]
+                ),
+                thin: d.thin,
+            });
+        }
+        let state = VmState {
+            moref: moref.clone(),
+            name: name.to_owned(),
+            folder: folder.to_owned(),
+            vmx_path,
+            bios_uuid: uuid::Uuid::new_v4().to_string(),
+            instance_uuid: uuid::Uuid::new_v4().to_string(),
+            power_state: PowerState::PoweredOff,
+            change_tracking_enabled: false,
+            disks: vm_disks,
+            snapshots: Vec::new(),
+            current_snapshot: None,
+            disabled_methods: Vec::new(),
+            extra_config: Vec::new(),
+        };
+        self.write_vmx(&state)?;
+        self.write_json(&self.vm_path(&moref), &state)?;
+        Ok(moref)
+    }
+
+    fn write_vmx(&self, s: &VmState) -> Result<(), LabError> {
+        let mut t = String::from(
+            ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"19\"\n",
+        );
+        t.push_str(&format!(
+            "displayName = \"{}\"\nuuid.bios = \"{}\"\nvc.uuid = \"{}\"\n",
+            s.name, s.bios_uuid, s.instance_uuid
+        ));
+        t.push_str(&format!(
+            "ctkEnabled = \"{}\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"lsilogic\"\n",
+            s.change_tracking_enabled
+        ));
+        for d in &s.disks {
+            let dev = format!("scsi0:{}", d.unit_number);
+            t.push_str(&format!(
+                "{dev}.present = \"TRUE\"\n{dev}.fileName = \"{}\"\n",
+                d.file_name.file_name()
+            ));
+            t.push_str(&format!(
+                "{dev}.ctkEnabled = \"{}\"\n",
+                s.change_tracking_enabled
+            ));
+        }
+        for (k, v) in &s.extra_config {
+            t.push_str(&format!("{k} = \"{}\"\n", v.replace('"', "|22")));
+        }
+        write_atomic(&s.vmx_path.resolve(&self.root), t.as_bytes()).map_err(ds_err(&s.moref))
+    }
+
+    fn disk_index(state: &VmState, disk: DiskKey) -> Result<usize, LabError> {
+        state
+            .disks
+            .iter()
+            .position(|d| d.key == disk)
+            .ok_or_else(|| LabError::DiskNotFound {
+                vm: state.moref.clone(),
+                disk,
+            })
+    }
+
+    /// Takes a snapshot: every disk gets a redo log; records the frozen files and their
+    /// changeIds.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], datastore errors.
+    pub fn create_snapshot(
+        &self,
+        vm: &VmMoref,
+        name: &str,
+        description: &str,
+    ) -> Result<SnapshotMoref, LabError> {
+        let _g = self.lock()?;
+        let mut state = self.vm(vm)?;
+        let moref = SnapshotMoref(format!("snapshot-{}", self.next_id(true)?));
+        let mut disks = Vec::new();
+        for d in &mut state.disks {
+            let child = datastore::create_child(&self.root, &d.file_name).map_err(ds_err(vm))?;
+            disks.push(SnapshotDisk {
+                key: d.key,
+                file_name: d.file_name.clone(),
+                change_id: child.frozen_change_id,
+            });
+            d.file_name = child.child;
+        }
+        state.snapshots.push(SnapshotInfo {
+            moref: moref.clone(),
+            name: name.to_owned(),
+            description: description.to_owned(),
+            create_time_unix_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            parent: state.current_snapshot.clone(),
+            disks,
+        });
+        state.current_snapshot = Some(moref.clone());
+        self.write_vmx(&state)?;
+        self.write_json(&self.vm_path(vm), &state)?;
+        Ok(moref)
+    }
+
+    /// One snapshot of a VM.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], [`LabError::SnapshotNotFound`].
+    pub fn snapshot(
+        &self,
+        vm: &VmMoref,
+        snapshot: &SnapshotMoref,
+    ) -> Result<SnapshotInfo, LabError> {
+        self.vm(vm)?
+            .snapshots
+            .into_iter()
+            .find(|s| &s.moref == snapshot)
+            .ok_or_else(|| LabError::SnapshotNotFound {
+                vm: vm.clone(),
+                snapshot: snapshot.clone(),
+            })
+    }
+
+    /// Removes a snapshot and consolidates: for each disk the child of the file the
+    /// snapshot froze is merged into it (ESXi's rule), and whatever named that child (the
+    /// next snapshot or the current disk) now names the merged file. Safe to re-run after
+    /// a crash: the state file is only updated after every disk is consolidated.
+    ///
+    /// # Errors
+    /// [`LabError::SnapshotNotFound`], datastore errors.
+    pub fn remove_snapshot(&self, vm: &VmMoref, snapshot: &SnapshotMoref) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            let idx = state
+                .snapshots
+                .iter()
+                .position(|s| &s.moref == snapshot)
+                .ok_or_else(|| LabError::SnapshotNotFound {
+                    vm: vm.clone(),
+                    snapshot: snapshot.clone(),
+                })?;
+            let removed = state.snapshots[idx].clone();
+            for sd in &removed.disks {
+                let di = Self::disk_index(state, sd.key)?;
+                let child = match state.snapshots.get(idx + 1) {
+                    Some(next) => next
+                        .disks
+                        .iter()
+                        .find(|d| d.key == sd.key)
+                        .map(|d| d.file_name.clone()),
+                    None => None,
+                }
+                .unwrap_or_else(|| state.disks[di].file_name.clone());
+                datastore::consolidate(&self.root, &child).map_err(ds_err(vm))?;
+                if let Some(next) = state.snapshots.get_mut(idx + 1) {
+                    for d in next.disks.iter_mut().filter(|d| d.key == sd.key) {
+                        d.file_name = sd.file_name.clone();
+                    }
+                } else {
+                    state.disks[di].file_name = sd.file_name.clone();
+                }
+            }
+            if let Some(next) = state.snapshots.get_mut(idx + 1) {
+                next.parent = removed.parent.clone();
+            }
+            if state.current_snapshot.as_ref() == Some(snapshot) {
+                state.current_snapshot = removed.parent.clone();
+            }
+            state.snapshots.remove(idx);
+            self.write_vmx(state)
+        })
+    }
+
+    /// Writes guest data through the current top of a disk's chain (updating its ctk).
+    ///
+    /// # Errors
+    /// [`LabError::DiskNotFound`], datastore errors (alignment, range).
+    pub fn guest_write(
+        &self,
+        vm: &VmMoref,
+        disk: DiskKey,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), LabError> {
+        let _g = self.lock()?;
+        let state = self.vm(vm)?;
+        let path = &state.disks[Self::disk_index(&state, disk)?].file_name;
+        let mut chain =
+            DiskChain::open(&self.root, path, OpenMode::ReadWrite).map_err(ds_err(vm))?;
+        chain.write_at(offset, data).map_err(ds_err(vm))?;
+        chain.flush().map_err(ds_err(vm))
+    }
+
+    /// QueryChangedDiskAreas: changes of a disk since `change_id`, as of `snapshot`
+    /// (`None` = the current state).
+    ///
+    /// # Errors
+    /// [`LabError::SnapshotNotFound`], [`LabError::DiskNotFound`], datastore errors
+    /// (CBT off, changeId rejected: the vCenter layer maps these to FileFault).
+    pub fn changed_areas(
+        &self,
+        vm: &VmMoref,
+        snapshot: Option<&SnapshotMoref>,
+        disk: DiskKey,
+        change_id: &ChangeId,
+    ) -> Result<Vec<(u64, u64)>, LabError> {
+        let file = self.disk_file(vm, snapshot, disk)?;
+        datastore::changed_areas(&self.root, &file, change_id).map_err(ds_err(vm))
+    }
+
+    /// The disk file a snapshot (or the current state) names for a disk.
+    ///
+    /// # Errors
+    /// [`LabError::SnapshotNotFound`], [`LabError::DiskNotFound`].
+    pub fn disk_file(
+        &self,
+        vm: &VmMoref,
+        snapshot: Option<&SnapshotMoref>,
+        disk: DiskKey,
+    ) -> Result<DatastorePath, LabError> {
+        let not_found = || LabError::DiskNotFound {
+            vm: vm.clone(),
+            disk,
+        };
+        match snapshot {
+            Some(s) => self
+                .snapshot(vm, s)?
+                .disks
+                .into_iter()
+                .find(|d| d.key == disk)
+                .map(|d| d.file_name)
+                .ok_or_else(not_found),
+            None => self
+                .vm(vm)?
+                .disks
+                .into_iter()
+                .find(|d| d.key == disk)
+                .map(|d| d.file_name)
+                .ok_or_else(not_found),
+        }
+    }
+
+    /// Turns CBT on or off for every disk (a reset: new change UUIDs).
+    ///
+    /// # Errors
+    /// Datastore errors.
+    pub fn set_change_tracking(&self, vm: &VmMoref, enabled: bool) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            for d in &state.disks {
+                datastore::set_change_tracking(&self.root, &d.file_name, enabled)
+                    .map_err(ds_err(vm))?;
+            }
+            state.change_tracking_enabled = enabled;
+            self.write_vmx(state)
+        })
+    }
+
+    /// Grows a disk (no snapshots allowed); resets its change tracking.
+    ///
+    /// # Errors
+    /// [`LabError::DiskNotFound`], datastore errors (shrink, snapshots present).
+    pub fn resize_disk(
+        &self,
+        vm: &VmMoref,
+        disk: DiskKey,
+        capacity_bytes: u64,
+    ) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            let i = Self::disk_index(state, disk)?;
+            datastore::resize_disk(&self.root, &state.disks[i].file_name, capacity_bytes)
+                .map_err(ds_err(vm))?;
+            state.disks[i].capacity_bytes = capacity_bytes;
+            Ok(())
+        })
+    }
+
+    /// VDDK PrepareForAccess: disables `RelocateVM_Task` with `identity` as source.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], I/O errors.
+    pub fn prepare_for_access(&self, vm: &VmMoref, identity: &str) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            let entry = DisabledMethod {
+                method: RELOCATE_METHOD.into(),
+                source: identity.to_owned(),
+            };
+            if !state.disabled_methods.contains(&entry) {
+                state.disabled_methods.push(entry);
+            }
+            Ok(())
+        })
+    }
+
+    /// VDDK EndAccess: re-enables `RelocateVM_Task` for `identity`; harmless without a
+    /// prior PrepareForAccess.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], I/O errors.
+    pub fn end_access(&self, vm: &VmMoref, identity: &str) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state
+                .disabled_methods
+                .retain(|m| !(m.method == RELOCATE_METHOD && m.source == identity));
+            Ok(())
+        })
+    }
+
+    /// The VM's `disabledMethod` list.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn disabled_methods(&self, vm: &VmMoref) -> Result<Vec<DisabledMethod>, LabError> {
+        Ok(self.vm(vm)?.disabled_methods)
+    }
+
+    /// Replaces the VM's ExtraConfig (order preserved) and rewrites the `.vmx`.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], I/O errors.
+    pub fn set_extra_config(
+        &self,
+        vm: &VmMoref,
+        extra_config: Vec<(String, String)>,
+    ) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.extra_config = extra_config;
+            self.write_vmx(state)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn lab_with_vm(thin: bool) -> (tempfile::TempDir, Lab, VmMoref) {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab::create(dir.path()).unwrap();
+        let vm = lab
+            .create_vm(
+                "web-1",
+                "/dc1/vm/Namespaces/demo-ns",
+                &[NewDisk {
+                    capacity_bytes: 4 * MIB,
+                    thin,
+                }],
+            )
+            .unwrap();
+        (dir, lab, vm)
+    }
+
+    #[test]
+    fn create_vm_and_settings() {
+        let (dir, lab, vm) = lab_with_vm(true);
+        assert_eq!(vm.0, "vm-1");
+        assert!(matches!(
+            Lab::create(dir.path()),
+            Err(LabError::AlreadyExists(_))
+        ));
+        let s = Lab::open(dir.path()).unwrap().settings().unwrap();
+        assert_eq!(s.thumbprint.len(), 59);
+        let state = lab.find_vm_by_name("web-1").unwrap().unwrap();
+        assert_eq!(state.disks[0].key, DiskKey(2000));
+        assert_eq!(
+            state.disks[0].file_name.to_string(),
+            "[ds1] web-1/disk-0.vmdk"
+        );
+        assert!(
+            state.disks[0].uuid.starts_with("6000c2") || state.disks[0].uuid.starts_with("6000C2")
+        );
+        lab.set_extra_config(
+            &vm,
+            vec![(
+                "vmservice.virtualmachine.resource.yaml".into(),
+                "abc".into(),
+            )],
+        )
+        .unwrap();
+        let vmx = fs::read_to_string(state.vmx_path.resolve(dir.path())).unwrap();
+        assert!(vmx.contains("scsi0:0.fileName = \"disk-0.vmdk\""), "{vmx}");
+        assert!(vmx.contains("vmservice.virtualmachine.resource.yaml = \"abc\""));
+    }
+
+    #[test]
+    fn cbt_since_old_backup_sees_rewritten_block() {
+        let (_dir, lab, vm) = lab_with_vm(true);
+        let d = DiskKey(2000);
+        lab.set_change_tracking(&vm, true).unwrap();
+        lab.guest_write(&vm, d, 0, &[1u8; 4096]).unwrap();
+        // Backup 1.
+        let s1 = lab.create_snapshot(&vm, "backup-1", "").unwrap();
+        let c1 = lab.snapshot(&vm, &s1).unwrap().disks[0]
+            .change_id
+            .clone()
+            .unwrap();
+        assert_eq!(
+            lab.changed_areas(&vm, Some(&s1), d, &ChangeId::all())
+                .unwrap(),
+            vec![(0, 4096)]
+        );
+        assert!(
+            lab.changed_areas(&vm, Some(&s1), d, &c1)
+                .unwrap()
+                .is_empty()
+        );
+        lab.remove_snapshot(&vm, &s1).unwrap();
+        // Guest writes block X, snapshot 2, guest writes X again.
+        let x = 2 * MIB;
+        lab.guest_write(&vm, d, x, &[2u8; 512]).unwrap();
+        let s2 = lab.create_snapshot(&vm, "backup-2", "").unwrap();
+        lab.guest_write(&vm, d, x, &[3u8; 512]).unwrap();
+        let changed = lab.changed_areas(&vm, Some(&s2), d, &c1).unwrap();
+        assert_eq!(changed, vec![(x, CTK_BLOCK)]);
+        // The current state also sees it; snapshot 2's own changeId has nothing newer.
+        let c2 = lab.snapshot(&vm, &s2).unwrap().disks[0]
+            .change_id
+            .clone()
+            .unwrap();
+        assert!(
+            lab.changed_areas(&vm, Some(&s2), d, &c2)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            lab.changed_areas(&vm, None, d, &c2).unwrap(),
+            vec![(x, CTK_BLOCK)]
+        );
+        // A changeId from the future is rejected by the frozen disk.
+        let future = lab.changed_areas(
+            &vm,
+            Some(&s2),
+            d,
+            &ChangeId::from_parts(c2.parts().unwrap().0, 99),
+        );
+        assert!(matches!(
+            future,
+            Err(LabError::Datastore {
+                source: DatastoreError::ChangeIdFromFuture { .. },
+                ..
+            })
+        ));
+        lab.remove_snapshot(&vm, &s2).unwrap();
+        // Disable/enable resets the UUID: old changeIds are rejected.
+        lab.set_change_tracking(&vm, false).unwrap();
+        assert!(matches!(
+            lab.changed_areas(&vm, None, d, &c2),
+            Err(LabError::Datastore {
+                source: DatastoreError::ChangeTrackingDisabled { .. },
+                ..
+            })
+        ));
+        lab.set_change_tracking(&vm, true).unwrap();
+        assert!(matches!(
+            lab.changed_areas(&vm, None, d, &c2),
+            Err(LabError::Datastore {
+                source: DatastoreError::ChangeIdMismatch { .. },
+                ..
+            })
+        ));
+        // Resize resets too.
+        let s3 = lab.create_snapshot(&vm, "s3", "").unwrap();
+        let c3 = lab.snapshot(&vm, &s3).unwrap().disks[0]
+            .change_id
+            .clone()
+            .unwrap();
+        assert!(
+            lab.resize_disk(&vm, d, 8 * MIB).is_err(),
+            "no resize with snapshots"
+        );
+        lab.remove_snapshot(&vm, &s3).unwrap();
+        lab.resize_disk(&vm, d, 8 * MIB).unwrap();
+        assert!(matches!(
+            lab.changed_areas(&vm, None, d, &c3),
+            Err(LabError::Datastore {
+                source: DatastoreError::ChangeIdMismatch { .. },
+                ..
+            })
+        ));
+    }
+
+    const CTK_BLOCK: u64 = crate::datastore::CTK_BLOCK_BYTES;
+
+    #[test]
+    fn star_on_thin_and_thick() {
+        let (_dir, lab, vm) = lab_with_vm(true);
+        lab.set_change_tracking(&vm, true).unwrap();
+        lab.guest_write(&vm, DiskKey(2000), MIB, &[1u8; 8192])
+            .unwrap();
+        assert_eq!(
+            lab.changed_areas(&vm, None, DiskKey(2000), &ChangeId::all())
+                .unwrap(),
+            vec![(MIB, 8192)]
+        );
+        let (_dir2, lab2, vm2) = lab_with_vm(false);
+        lab2.set_change_tracking(&vm2, true).unwrap();
+        assert_eq!(
+            lab2.changed_areas(&vm2, None, DiskKey(2000), &ChangeId::all())
+                .unwrap(),
+            vec![(0, 4 * MIB)]
+        );
+    }
+
+    #[test]
+    fn remove_middle_snapshot_updates_state() {
+        let (dir, lab, vm) = lab_with_vm(true);
+        let d = DiskKey(2000);
+        lab.guest_write(&vm, d, 0, &[1u8; 512]).unwrap();
+        let s1 = lab.create_snapshot(&vm, "s1", "first").unwrap();
+        lab.guest_write(&vm, d, 0, &[2u8; 512]).unwrap();
+        let s2 = lab.create_snapshot(&vm, "s2", "second").unwrap();
+        lab.guest_write(&vm, d, 0, &[3u8; 512]).unwrap();
+        lab.remove_snapshot(&vm, &s1).unwrap();
+        let snap2 = lab.snapshot(&vm, &s2).unwrap();
+        assert_eq!(snap2.parent, None);
+        assert_eq!(
+            snap2.disks[0].file_name.to_string(),
+            "[ds1] web-1/disk-0.vmdk"
+        );
+        let read = |p: &DatastorePath| {
+            let c = DiskChain::open(dir.path(), p, OpenMode::ReadOnly).unwrap();
+            let mut b = [0u8; 512];
+            c.read_at(0, &mut b).unwrap();
+            b[0]
+        };
+        assert_eq!(read(&snap2.disks[0].file_name), 2);
+        assert_eq!(read(&lab.vm(&vm).unwrap().disks[0].file_name), 3);
+        lab.remove_snapshot(&vm, &s2).unwrap();
+        let state = lab.vm(&vm).unwrap();
+        assert!(state.snapshots.is_empty() && state.current_snapshot.is_none());
+        assert_eq!(read(&state.disks[0].file_name), 3);
+        assert!(matches!(
+            lab.snapshot(&vm, &s1),
+            Err(LabError::SnapshotNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn concurrent_prepare_end_access_loses_nothing() {
+        let (dir, lab, vm) = lab_with_vm(true);
+        lab.end_access(&vm, "never-prepared").unwrap();
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let root = dir.path().to_owned();
+                let vm = vm.clone();
+                std::thread::Builder::new()
+                    .name(format!("hammer/{t}"))
+                    .spawn(move || {
+                        let lab = Lab::open(&root).unwrap();
+                        for i in 0..40 {
+                            lab.prepare_for_access(&vm, &format!("t{t}-{i}")).unwrap();
+                            if i % 2 == 1 {
+                                lab.end_access(&vm, &format!("t{t}-{i}")).unwrap();
+                            }
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let m = lab.disabled_methods(&vm).unwrap();
+        assert_eq!(m.len(), 40);
+        assert!(m.iter().all(|e| e.method == RELOCATE_METHOD));
+    }
+}

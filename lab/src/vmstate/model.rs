@@ -1,0 +1,126 @@
+//! The JSON documents of the lab: `lab.json` settings and `vms/<moref>.json` VM state.
+
+use serde::{Deserialize, Serialize};
+
+use super::{DiskKey, SnapshotMoref, VmMoref};
+use crate::datastore::{ChangeId, DatastorePath};
+
+/// `<root>/lab.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabSettings {
+    /// Host name the simulated vCenter answers as.
+    pub server_name: String,
+    /// Login user.
+    pub user: String,
+    /// Login password.
+    pub password: String,
+    /// SHA-1 thumbprint of the lab certificate, `AA:BB:...`.
+    pub thumbprint: String,
+    /// Datastore new VMs are created on.
+    pub default_datastore: String,
+    /// Next `vm-<n>`.
+    pub next_vm: u64,
+    /// Next `snapshot-<n>`.
+    pub next_snapshot: u64,
+}
+
+/// Power state, spelled as vSphere does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PowerState {
+    /// `poweredOff`.
+    PoweredOff,
+    /// `poweredOn`.
+    PoweredOn,
+    /// `suspended`.
+    Suspended,
+}
+
+/// One virtual disk of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDisk {
+    /// Device key (2000, 2001, ...).
+    pub key: DiskKey,
+    /// `Hard disk 1`.
+    pub label: String,
+    /// Controller device key (1000 = first SCSI controller).
+    pub controller_key: i32,
+    /// Unit number on the controller.
+    pub unit_number: i32,
+    /// Capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Current backing file (the top of the redo-log chain).
+    pub file_name: DatastorePath,
+    /// Backing uuid (`6000C29...`).
+    pub uuid: String,
+    /// Thin provisioned.
+    pub thin: bool,
+}
+
+/// One disk as a snapshot saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDisk {
+    /// Device key.
+    pub key: DiskKey,
+    /// The file the snapshot froze (what its `config.hardware.device` names).
+    pub file_name: DatastorePath,
+    /// The changeId at snapshot time (`None` without CBT).
+    pub change_id: Option<ChangeId>,
+}
+
+/// One snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// `snapshot-<n>`.
+    pub moref: SnapshotMoref,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub create_time_unix_secs: u64,
+    /// Parent snapshot.
+    pub parent: Option<SnapshotMoref>,
+    /// The disks as of this snapshot.
+    pub disks: Vec<SnapshotDisk>,
+}
+
+/// An entry of `disabledMethod`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisabledMethod {
+    /// `RelocateVM_Task`.
+    pub method: String,
+    /// Who disabled it (the PrepareForAccess identity).
+    pub source: String,
+}
+
+/// `<root>/vms/<moref>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmState {
+    /// `vm-<n>`.
+    pub moref: VmMoref,
+    /// Display name.
+    pub name: String,
+    /// Inventory folder path (`/dc1/vm/Namespaces/demo-ns`).
+    pub folder: String,
+    /// The `.vmx` file.
+    pub vmx_path: DatastorePath,
+    /// BIOS uuid.
+    pub bios_uuid: String,
+    /// Instance uuid.
+    pub instance_uuid: String,
+    /// Power state.
+    pub power_state: PowerState,
+    /// `config.changeTrackingEnabled`.
+    pub change_tracking_enabled: bool,
+    /// Virtual disks.
+    pub disks: Vec<VmDisk>,
+    /// Snapshots, oldest first (a linear chain).
+    pub snapshots: Vec<SnapshotInfo>,
+    /// The current snapshot.
+    pub current_snapshot: Option<SnapshotMoref>,
+    /// `disabledMethod`.
+    pub disabled_methods: Vec<DisabledMethod>,
+    /// ExtraConfig, in order.
+    pub extra_config: Vec<(String, String)>,
+}
