@@ -359,6 +359,14 @@ impl Disk {
         Ok(self.check("VixDiskLib_WriteMetadata", err, None)?)
     }
 
+    /// The raw VDDK handle, for tests that exercise the library's own checks through the raw
+    /// API. Calling VDDK with it is `unsafe` and must respect this Disk's ownership.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn as_raw_handle(&self) -> sys::VixDiskLibHandle {
+        self.handle.0
+    }
+
     /// Moves the disk to a new thread named `vddk-io/<label>` that runs `f` with it; the
     /// disk is closed when `f` returns (or panics) unless `f` hands it on.
     ///
