@@ -13,7 +13,8 @@ mod tests {
     use lab::Lab;
     use lab::vmstate::{DiskKey, NewDisk, VmMoref};
     use vadp_agent::vddk::{
-        ConnectSpec, Credentials, DiskLibError, OpenFlags, Secret, TransportMode, Vddk, VixCode,
+        ConnectSpec, Connection, Credentials, DiskLibError, OpenFlags, Secret, TransportMode, Vddk,
+        VixCode,
     };
     use vadp_tests::{SimVariant, vddk_sim_libdir};
 
@@ -56,7 +57,8 @@ mod tests {
     /// The contract says `lab.json` holds `server`; the lab crate currently writes
     /// `server_name`. Until the two branches agree, add the key the simulator reads (serde
     /// ignores it on the lab side). Called under `lab_lock` after every lab mutation that
-    /// rewrites `lab.json`.
+    /// rewrites `lab.json`; connections take the same lock so they never see it without
+    /// `server`.
     fn lab_json_compat(root: &std::path::Path) {
         let path = root.join("lab.json");
         let mut v: serde_json::Value =
@@ -65,7 +67,9 @@ mod tests {
             && let Some(name) = v.get("server_name").cloned()
         {
             v["server"] = name;
-            std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+            let tmp = root.join("lab.json.compat");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
         }
     }
 
@@ -94,6 +98,18 @@ mod tests {
             let snap = self.lab.create_snapshot(vm, name, "").unwrap();
             lab_json_compat(self.lab.root());
             snap
+        }
+
+        /// Connects, excluding lab mutations (see `lab_json_compat`).
+        fn connect(&self, spec: &ConnectSpec) -> Result<Connection, DiskLibError> {
+            let _g = self.lab_lock.lock().unwrap();
+            self.vddk.connect(spec)
+        }
+
+        /// Runs PrepareForAccess/EndAccess, excluding lab mutations.
+        fn access(&self, f: impl FnOnce() -> Result<(), DiskLibError>) -> Result<(), DiskLibError> {
+            let _g = self.lab_lock.lock().unwrap();
+            f()
         }
 
         fn key(&self, vm: &VmMoref) -> DiskKey {
@@ -136,7 +152,7 @@ mod tests {
     fn write_a_pattern_and_read_it_back() {
         let sim = sim();
         let (vm, path) = sim.vm("rw-1", 8 * MIB, false);
-        let conn = sim.vddk.connect(&sim.spec(&vm, None, false)).unwrap();
+        let conn = sim.connect(&sim.spec(&vm, None, false)).unwrap();
         let disk = conn.open(&path, OpenFlags::NONE).unwrap();
         let info = disk.info().unwrap();
         assert_eq!(info.capacity_bytes, 8 * MIB);
@@ -178,10 +194,7 @@ mod tests {
             .file_name
             .to_string();
 
-        let conn = sim
-            .vddk
-            .connect(&sim.spec(&vm, Some(&snap.0), true))
-            .unwrap();
+        let conn = sim.connect(&sim.spec(&vm, Some(&snap.0), true)).unwrap();
         let disk = conn.open(&snap_file, OpenFlags::READ_ONLY).unwrap();
         let mut buf = vec![0; a.len()];
         disk.read_at(MIB, &mut buf).unwrap();
@@ -198,7 +211,7 @@ mod tests {
 
         // The live disk shows the new data.
         let live_path = sim.lab.vm(&vm).unwrap().disks[0].file_name.to_string();
-        let live = sim.vddk.connect(&sim.spec(&vm, None, true)).unwrap();
+        let live = sim.connect(&sim.spec(&vm, None, true)).unwrap();
         let live_disk = live.open(&live_path, OpenFlags::READ_ONLY).unwrap();
         live_disk.read_at(MIB, &mut buf).unwrap();
         assert!(buf == b, "live disk does not show the guest's write");
@@ -248,10 +261,7 @@ mod tests {
         let file = sim.lab.snapshot(&vm, &second).unwrap().disks[0]
             .file_name
             .to_string();
-        let conn = sim
-            .vddk
-            .connect(&sim.spec(&vm, Some(&second.0), true))
-            .unwrap();
+        let conn = sim.connect(&sim.spec(&vm, Some(&second.0), true)).unwrap();
         let disk = conn.open(&file, OpenFlags::READ_ONLY).unwrap();
         for (offset, data) in &writes {
             let mut buf = vec![0; data.len()];
@@ -264,7 +274,7 @@ mod tests {
     fn async_batches_complete_every_request() {
         let sim = sim();
         let (vm, path) = sim.vm("async-1", 8 * MIB, false);
-        let conn = sim.vddk.connect(&sim.spec(&vm, None, false)).unwrap();
+        let conn = sim.connect(&sim.spec(&vm, None, false)).unwrap();
         let disk = conn.open(&path, OpenFlags::NONE).unwrap();
         // On its own vddk-io thread, as the backup pipeline will use it.
         let handle = disk
@@ -314,7 +324,7 @@ mod tests {
         sim.lab
             .guest_write(&vm, key, 5 * MIB, &pattern(7, 65536))
             .unwrap();
-        let conn = sim.vddk.connect(&sim.spec(&vm, None, true)).unwrap();
+        let conn = sim.connect(&sim.spec(&vm, None, true)).unwrap();
         let disk = conn.open(&path, OpenFlags::READ_ONLY).unwrap();
         let extents = disk.allocated_extents(0, 64 * MIB).unwrap();
         assert!(
@@ -334,7 +344,7 @@ mod tests {
     fn metadata_round_trip() {
         let sim = sim();
         let (vm, path) = sim.vm("meta-1", MIB, false);
-        let conn = sim.vddk.connect(&sim.spec(&vm, None, false)).unwrap();
+        let conn = sim.connect(&sim.spec(&vm, None, false)).unwrap();
         let disk = conn.open(&path, OpenFlags::NONE).unwrap();
         disk.write_metadata("vadp.test", "value-42").unwrap();
         assert_eq!(disk.read_metadata("vadp.test").unwrap(), "value-42");
@@ -353,7 +363,7 @@ mod tests {
         let sim = sim();
         let (vm, path) = sim.vm("err-1", MIB, false);
         let spec = sim.spec(&vm, None, true);
-        let conn = sim.vddk.connect(&spec).unwrap();
+        let conn = sim.connect(&spec).unwrap();
         let disk = conn.open(&path, OpenFlags::READ_ONLY).unwrap();
 
         // Out of range.
@@ -421,7 +431,7 @@ mod tests {
             },
             ..spec.clone()
         };
-        let err = sim.vddk.connect(&wrong).unwrap_err();
+        let err = sim.connect(&wrong).unwrap_err();
         assert_eq!(vix(&err).name(), Some("VIX_E_AUTHENTICATION_FAIL"), "{err}");
         assert!(!format!("{err} {err:?} {wrong:?}").contains("xyzzy"));
 
@@ -430,13 +440,12 @@ mod tests {
             thumbprint: Some(["00"; 20].join(":")),
             ..spec.clone()
         };
-        let conn2 = sim.vddk.connect(&bad_thumb).unwrap();
+        let conn2 = sim.connect(&bad_thumb).unwrap();
         let err = conn2.open(&path, OpenFlags::READ_ONLY).unwrap_err();
         assert_eq!(vix(&err), VixCode(1), "{err}");
 
         // Unknown VM.
         let err = sim
-            .vddk
             .connect(&ConnectSpec {
                 vm: "vm-999999".into(),
                 ..spec.clone()
@@ -450,7 +459,8 @@ mod tests {
         let sim = sim();
         let (vm, _) = sim.vm("access-1", MIB, false);
         let spec = sim.spec(&vm, None, true);
-        sim.vddk.prepare_for_access(&spec, "vadp-agent").unwrap();
+        sim.access(|| sim.vddk.prepare_for_access(&spec, "vadp-agent"))
+            .unwrap();
         let disabled = sim.lab.disabled_methods(&vm).unwrap();
         assert!(
             disabled
@@ -458,7 +468,8 @@ mod tests {
                 .any(|m| m.method == lab::vmstate::RELOCATE_METHOD),
             "{disabled:?}"
         );
-        sim.vddk.end_access(&spec, "vadp-agent").unwrap();
+        sim.access(|| sim.vddk.end_access(&spec, "vadp-agent"))
+            .unwrap();
         assert!(sim.lab.disabled_methods(&vm).unwrap().is_empty());
         let err = sim
             .vddk
@@ -473,7 +484,7 @@ mod tests {
         // vddk-open (the simulator fails an Open/Close that overlaps another).
         let sim = sim();
         let (vm, path) = sim.vm("threads-1", 4 * MIB, false);
-        let conn = sim.vddk.connect(&sim.spec(&vm, None, true)).unwrap();
+        let conn = sim.connect(&sim.spec(&vm, None, true)).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|i| {
                 let disk = conn.open(&path, OpenFlags::READ_ONLY).unwrap();
