@@ -27,7 +27,11 @@ mod tests {
     fn header_lists_the_functions_we_expect() {
         let names = header_functions();
         assert_eq!(names.len(), 28, "{names:?}");
-        for f in ["VixDiskLib_InitEx", "VixDiskLib_WriteMetadata", "VixDiskLib_Wait"] {
+        for f in [
+            "VixDiskLib_InitEx",
+            "VixDiskLib_WriteMetadata",
+            "VixDiskLib_Wait",
+        ] {
             assert!(names.iter().any(|n| n == f), "{f} missing from {names:?}");
         }
     }
@@ -50,7 +54,10 @@ mod tests {
             .expect("run nm");
         assert!(nm.status.success());
         let out = String::from_utf8_lossy(&nm.stdout);
-        let defined: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+        let defined: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .collect();
         for name in header_functions() {
             assert!(defined.contains(&name.as_str()), "nm does not list {name}");
         }

@@ -22,7 +22,8 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub lab: Lab,
     pub settings: LabSettings,
-    /// A VM without snapshots (one thin disk, some data written at 1 MiB).
+    /// A VM without snapshots: four thin disks (0: 8 KiB written at 1 MiB, only read;
+    /// 1: read/write tests; 2: metadata tests; 3: lock tests).
     pub plain: VmMoref,
     /// A VM with one snapshot.
     pub snapped: VmMoref,
@@ -39,15 +40,19 @@ impl Fixture {
             capacity_bytes: CAPACITY_BYTES,
             thin: true,
         };
-        let plain = lab.create_vm("plain", "/dc1/vm", &[disk, disk]).expect("vm");
+        let plain = lab
+            .create_vm("plain", "/dc1/vm", &[disk, disk, disk, disk])
+            .expect("vm");
         lab.guest_write(&plain, DiskKey(2000), 1 << 20, &[0xAB; 8192])
             .expect("guest write");
         let snapped = lab.create_vm("snapped", "/dc1/vm", &[disk]).expect("vm");
-        lab.guest_write(&snapped, DiskKey(2000), 0, &[1; 4096]).expect("write");
+        lab.guest_write(&snapped, DiskKey(2000), 0, &[1; 4096])
+            .expect("write");
         let snapshot = lab
             .create_snapshot(&snapped, "backup", "")
             .expect("snapshot");
-        lab.guest_write(&snapped, DiskKey(2000), 0, &[2; 4096]).expect("write");
+        lab.guest_write(&snapped, DiskKey(2000), 0, &[2; 4096])
+            .expect("write");
         let config = dir.path().join("vddk.conf");
         std::fs::write(
             &config,
@@ -74,7 +79,9 @@ impl Fixture {
 
     /// The current file of a VM's first disk.
     pub fn disk_path(&self, vm: &VmMoref, index: usize) -> String {
-        self.lab.vm(vm).expect("vm").disks[index].file_name.to_string()
+        self.lab.vm(vm).expect("vm").disks[index]
+            .file_name
+            .to_string()
     }
 
     /// The file the snapshot froze.
@@ -109,7 +116,9 @@ unsafe extern "C" {
 fn capture(level: &'static str, fmt: *const c_char, args: *mut __va_list_tag) {
     let mut buf = [0 as c_char; 4096];
     unsafe { vsnprintf(buf.as_mut_ptr(), buf.len(), fmt, args) };
-    let text = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+    let text = unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
     LOG.lock().unwrap().push((level, text));
 }
 
@@ -159,7 +168,8 @@ fn c(s: &str) -> Option<CString> {
 }
 
 fn ptr(s: &Option<CString>) -> *mut c_char {
-    s.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr().cast_mut())
+    s.as_ref()
+        .map_or(std::ptr::null_mut(), |s| s.as_ptr().cast_mut())
 }
 
 impl Params {
