@@ -7,12 +7,14 @@ use std::path::Path;
 
 use vddk_sys::{
     VIX_E_AUTHENTICATION_FAIL, VIX_E_FAIL, VIX_E_HOST_SERVER_NOT_FOUND, VIX_E_INVALID_ARG,
-    VIX_E_NOT_SUPPORTED, VIX_E_SNAPSHOT_NOTFOUND, VIX_E_VM_NOT_FOUND, VIXDISKLIB_CRED_SSPI,
-    VIXDISKLIB_CRED_TICKETID, VIXDISKLIB_SPEC_VMX,
+    VIX_E_NOT_SUPPORTED, VIX_E_VM_NOT_FOUND, VIXDISKLIB_CRED_SSPI, VIXDISKLIB_CRED_TICKETID,
+    VIXDISKLIB_SPEC_VMX,
 };
 
 use crate::params::{ConnectSpec, Credentials};
-use crate::storage::{LabSettings, VmState};
+use lab::vmstate::LabSettings;
+
+use crate::storage::{DatastorePath, LabView};
 use crate::vix::{VixResult, fail};
 
 /// What ListTransportModes reports (real VDDK's order).
@@ -40,8 +42,8 @@ pub(crate) struct Remote {
     pub lab_thumbprint: Option<String>,
     pub vm: Option<String>,
     pub snapshot: Option<String>,
-    /// The files the snapshot names (`snapshot` is Some).
-    pub snapshot_disks: Vec<String>,
+    /// The files the snapshot froze (`snapshot` is Some).
+    pub snapshot_disks: Vec<DatastorePath>,
 }
 
 impl Connection {
@@ -66,14 +68,14 @@ impl Connection {
                 requested_modes: requested,
             });
         }
-        let lab = authenticate(lab_root, spec)?;
+        let view = LabView::open(lab_root)?;
+        let lab = authenticate(&view, spec)?;
         let vm = vm_moref(spec)?;
-        let vm_state = match &vm {
-            Some(moref) => Some(VmState::load(lab_root, moref)?),
-            None => None,
-        };
+        if let Some(moref) = &vm {
+            view.check_vm(moref)?;
+        }
         let snapshot = snapshot_ref.filter(|s| !s.is_empty()).map(str::to_owned);
-        let snapshot_disks = match (&snapshot, &vm_state) {
+        let snapshot_disks = match (&snapshot, &vm) {
             (None, _) => Vec::new(),
             (Some(snap), None) => {
                 return fail(
@@ -81,15 +83,7 @@ impl Connection {
                     format!("snapshotRef {snap:?} needs a vmxSpec naming the VM"),
                 );
             }
-            (Some(snap), Some(vm)) => match vm.snapshot_disks(snap) {
-                Some(disks) => disks,
-                None => {
-                    return fail(
-                        VIX_E_SNAPSHOT_NOTFOUND,
-                        format!("VM {} has no snapshot {snap:?}", vm.moref),
-                    );
-                }
-            },
+            (Some(snap), Some(vm)) => view.snapshot_disks(vm, snap)?,
         };
         let transport = requested
             .split(':')
@@ -97,7 +91,7 @@ impl Connection {
         Ok(Self {
             remote: Some(Remote {
                 thumbprint: spec.thumbprint.clone(),
-                lab_thumbprint: lab.thumbprint,
+                lab_thumbprint: Some(lab.thumbprint).filter(|t| !t.is_empty()),
                 vm,
                 snapshot,
                 snapshot_disks,
@@ -139,17 +133,17 @@ fn normalise_thumbprint(t: &str) -> String {
 
 /// Checks the server name and credentials against `lab.json` (ConnectEx,
 /// PrepareForAccess, EndAccess).
-pub(crate) fn authenticate(lab_root: &Path, spec: &ConnectSpec) -> VixResult<LabSettings> {
-    let lab = LabSettings::load(lab_root)?;
+pub(crate) fn authenticate(view: &LabView, spec: &ConnectSpec) -> VixResult<LabSettings> {
+    let lab = view.settings()?;
     let Some(server) = spec.server.as_deref() else {
         return fail(VIX_E_INVALID_ARG, "serverName is NULL");
     };
-    if !server_matches(&lab.server, server, spec.port) {
+    if !server_matches(&lab.server_name, server, spec.port) {
         return fail(
             VIX_E_HOST_SERVER_NOT_FOUND,
             format!(
                 "server {server:?} is not the lab's vCenter ({:?})",
-                lab.server
+                lab.server_name
             ),
         );
     }
@@ -163,15 +157,11 @@ pub(crate) fn authenticate(lab_root: &Path, spec: &ConnectSpec) -> VixResult<Lab
             }
         }
         Credentials::Session { cookie } => {
-            // Without a session registry in the lab, any non-empty cookie is accepted.
-            let known = lab
-                .sessions
-                .as_ref()
-                .is_none_or(|sessions| sessions.iter().any(|s| s == cookie));
-            if cookie.is_empty() || !known {
+            // The lab keeps no session registry yet: any non-empty cookie is accepted.
+            if cookie.is_empty() {
                 return fail(
                     VIX_E_AUTHENTICATION_FAIL,
-                    format!("session cookie is not a valid session on {server}"),
+                    format!("empty session cookie for {server}"),
                 );
             }
         }

@@ -7,21 +7,20 @@
 //! the pending count. Wait blocks on a condvar until the count is zero; Close waits too and
 //! then joins the worker. Sync I/O takes the same disk mutex, so mixing is safe.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use vddk_sys::{
-    VIX_E_DISK_OUTOFRANGE, VIX_E_FAIL, VIX_E_FILE_ALREADY_LOCKED, VIX_E_FILE_NOT_FOUND,
-    VIX_E_FILE_READ_ONLY, VIX_OK, VIXDISKLIB_FLAG_OPEN_READ_ONLY, VIXDISKLIB_SECTOR_SIZE,
-    VixDiskLibCompletionCB, VixError,
+    VIX_E_DISK_OUTOFRANGE, VIX_E_FAIL, VIX_E_FILE_NOT_FOUND, VIX_E_FILE_READ_ONLY, VIX_OK,
+    VIXDISKLIB_FLAG_OPEN_READ_ONLY, VIXDISKLIB_SECTOR_SIZE, VixDiskLibCompletionCB, VixError,
 };
 
 use crate::connection::Connection;
 use crate::library::Library;
 use crate::log;
-use crate::storage::{DatastorePath, Disk};
+use crate::storage::{DatastorePath, Disk, parse_path};
 use crate::vix::{VixCallError, VixResult, fail};
 
 const SECTOR: u64 = VIXDISKLIB_SECTOR_SIZE as u64;
@@ -36,8 +35,6 @@ pub(crate) struct DiskHandle {
     disk: Arc<Mutex<Disk>>,
     pending: Arc<Pending>,
     worker: Mutex<Option<AioWorker>>,
-    /// The descriptor this handle holds the write lock on.
-    write_lock: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -109,76 +106,39 @@ impl DiskHandle {
                 ),
             );
         };
-        let file = match &connection.remote {
+        let ds_path = match &connection.remote {
             Some(remote) => {
-                let ds_path = DatastorePath::parse(path)?;
-                if remote.snapshot.is_some()
-                    && !remote
+                let ds_path = parse_path(path)?;
+                if let Some(snapshot) = &remote.snapshot
+                    && !remote.snapshot_disks.contains(&ds_path)
+                {
+                    let named: Vec<String> = remote
                         .snapshot_disks
                         .iter()
-                        .any(|d| DatastorePath::parse(d).is_ok_and(|d| d == ds_path))
-                {
+                        .map(ToString::to_string)
+                        .collect();
                     return fail(
                         VIX_E_FILE_NOT_FOUND,
-                        format!(
-                            "{path} is not a disk of snapshot {} (it names {:?})",
-                            remote.snapshot.as_deref().unwrap_or_default(),
-                            remote.snapshot_disks
-                        ),
+                        format!("{path} is not a disk of snapshot {snapshot} (it names {named:?})"),
                     );
                 }
-                ds_path.resolve(&library.config.lab_root)
+                ds_path
             }
-            None => {
-                let local = PathBuf::from(path);
-                if !local.is_absolute() {
-                    return fail(
-                        VIX_E_FILE_NOT_FOUND,
-                        format!("{path:?}: a local connection opens absolute paths"),
-                    );
-                }
-                local
-            }
+            None => local_path(&library.config.lab_root, path)?,
         };
         let read_only = flags & VIXDISKLIB_FLAG_OPEN_READ_ONLY != 0 || connection.read_only;
-        let disk = Disk::open(&file, !read_only).map_err(|e| VixCallError {
-            detail: format!("{path}: {}", e.detail),
-            ..e
+        // The lab refuses a writable open of a snapshot-frozen disk or of one another
+        // writer holds (flock): VIX_E_FILE_ALREADY_LOCKED, as ESXi's "failed to lock".
+        let disk = Disk::open(&library.config.lab_root, &ds_path, !read_only).map_err(|e| {
+            VixCallError {
+                detail: format!("{path}: {}", e.detail),
+                ..e
+            }
         })?;
-        let mut write_lock = None;
-        if !read_only {
-            if let Some(child) = disk.child() {
-                return fail(
-                    VIX_E_FILE_ALREADY_LOCKED,
-                    format!(
-                        "{path} is frozen by a snapshot (its redo log {child} is the running \
-                         disk) and cannot be opened for writing"
-                    ),
-                );
-            }
-            let key = file.canonicalize().unwrap_or_else(|_| file.clone());
-            let mut locks = library
-                .write_locks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !locks.insert(key.clone()) {
-                return fail(
-                    VIX_E_FILE_ALREADY_LOCKED,
-                    format!("{path} is already open for writing by another handle"),
-                );
-            }
-            write_lock = Some(key);
-        }
         let disk = Arc::new(Mutex::new(disk));
         let pending = Arc::new(Pending::default());
         let worker = spawn_worker(path, Arc::clone(&disk), Arc::clone(&pending));
-        let worker = match worker {
-            Ok(worker) => worker,
-            Err(e) => {
-                release_lock(library, write_lock.as_ref());
-                return Err(e);
-            }
-        };
+        let worker = worker?;
         let vm = connection.remote.as_ref().and_then(|r| r.vm.as_deref());
         log::info(&format!(
             "opened {path} of {} ({transport}, {})",
@@ -192,7 +152,6 @@ impl DiskHandle {
             disk,
             pending,
             worker: Mutex::new(Some(worker)),
-            write_lock,
         })
     }
 
@@ -259,7 +218,7 @@ impl DiskHandle {
     }
 
     /// Close (or Exit): drains async I/O, stops the worker, releases the write lock.
-    pub(crate) fn shut_down(&self, library: &Library) {
+    pub(crate) fn shut_down(&self) {
         self.wait();
         let worker = self
             .worker
@@ -275,18 +234,33 @@ impl DiskHandle {
         if let Err(e) = self.with_disk(|d| d.flush()) {
             log::warn(&format!("flush of {} at close failed: {e}", self.path));
         }
-        release_lock(library, self.write_lock.as_ref());
         log::info(&format!("closed {}", self.path));
     }
 }
 
-fn release_lock(library: &Library, key: Option<&PathBuf>) {
-    if let Some(key) = key {
-        library
-            .write_locks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(key);
+/// A local connection opens absolute paths; the simulator serves those that lie in a lab
+/// datastore (`<root>/datastores/<ds>/<rel>`), as the lab's disk model needs one.
+fn local_path(root: &Path, path: &str) -> VixResult<DatastorePath> {
+    let local = Path::new(path);
+    let inside = local
+        .strip_prefix(root.join("datastores"))
+        .ok()
+        .and_then(|rel| {
+            let mut parts = rel.iter();
+            let ds = parts.next()?.to_str()?;
+            let rest = parts.as_path().to_str()?;
+            DatastorePath::new(ds, rest).ok()
+        });
+    match inside {
+        Some(p) if local.is_absolute() => Ok(p),
+        _ => fail(
+            VIX_E_FILE_NOT_FOUND,
+            format!(
+                "{path:?}: a local connection opens absolute paths inside the lab's datastores \
+                 ({}/datastores/...)",
+                root.display()
+            ),
+        ),
     }
 }
 
@@ -314,7 +288,7 @@ fn spawn_worker(path: &str, disk: Arc<Mutex<Disk>>, pending: Arc<Pending>) -> Vi
 
 /// Performs one async request and returns its VixError.
 fn perform(disk: &Mutex<Disk>, request: &AioRequest) -> VixError {
-    let disk = disk.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut disk = disk.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let ptr = std::ptr::with_exposed_provenance_mut::<u8>(request.buf_addr);
     let result = if request.write {
         // SAFETY: WriteAsync checked `buf` non-NULL and the caller keeps `len` bytes valid

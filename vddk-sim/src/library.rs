@@ -6,12 +6,10 @@
 //! InitEx. Each open disk has its own `vddk-sim-aio/<token>` worker (see `disk`).
 //!
 //! Locking: `LIBRARY` (a mutex) is taken only to install, fetch (clone the `Arc`) or remove
-//! the state, never across I/O. Handle tables and `write_locks` have their own mutexes,
+//! the state, never across I/O. Handle tables have their own mutexes,
 //! held for map operations only. Open/Close are not serialised by a lock but *detected*
 //! when concurrent (`OPEN_CLOSE_BUSY`), because real VDDK forbids them.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,8 +38,6 @@ pub(crate) struct Library {
     background: Mutex<Option<Background>>,
     pub connections: HandleTable<Connection>,
     pub disks: HandleTable<DiskHandle>,
-    /// Descriptor paths currently open for writing (a second writer is refused).
-    pub write_locks: Mutex<HashSet<PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -90,7 +86,6 @@ pub(crate) fn init(config: SimConfig, sinks: [VixDiskLibGenericLogFunc; 3]) -> V
         background: Mutex::new(Some(Background { stop, thread })),
         connections: HandleTable::default(),
         disks: HandleTable::default(),
-        write_locks: Mutex::new(HashSet::new()),
     }));
     Ok(())
 }
@@ -108,7 +103,7 @@ pub(crate) fn exit() {
         ));
     }
     for disk in leftover {
-        disk.shut_down(&library);
+        disk.shut_down();
     }
     library.connections.drain();
     let background = library

@@ -13,7 +13,7 @@ use crate::alloc::{self, Kind};
 use crate::connection::{Connection, authenticate, vm_moref};
 use crate::handles::{ptr_to_token, token_to_ptr};
 use crate::params::{c_str, decode};
-use crate::storage::{check_identity, set_relocate_disabled};
+use crate::storage::{LabView, check_identity};
 use crate::vix::{VixResult, fail};
 use crate::{library, log};
 
@@ -185,15 +185,15 @@ unsafe fn toggle_access(
         return fail(VIX_E_INVALID_ARG, "identity is NULL");
     };
     check_identity(&identity)?;
-    let root = &library.config.lab_root;
-    authenticate(root, &spec)?;
+    let view = LabView::open(&library.config.lab_root)?;
+    authenticate(&view, &spec)?;
     let Some(vm) = vm_moref(&spec)? else {
         return fail(
             VIX_E_INVALID_ARG,
             "vmxSpec is NULL: PrepareForAccess/EndAccess need the VM (\"moref=vm-N\")",
         );
     };
-    set_relocate_disabled(root, &vm, &identity, disable)?;
+    view.set_relocate_disabled(&vm, &identity, disable)?;
     log::info(&format!(
         "{} RelocateVM_Task on {vm} for {identity:?}",
         if disable { "disabled" } else { "enabled" }

@@ -91,10 +91,10 @@ fn fill_info(disk: &Disk) -> InfoLayout {
         biosGeo: bios,
         physGeo: phys,
         capacity,
-        adapterType: adapter_type(disk.ddb("adapterType")),
+        adapterType: adapter_type(disk.ddb("adapterType").as_deref()),
         numLinks: disk.num_links(),
         parentFileNameHint: c_dup(disk.parent_file_name_hint()),
-        uuid: c_dup(disk.ddb("uuid")),
+        uuid: c_dup(disk.ddb("uuid").as_deref()),
         #[cfg(not(feature = "vddk65"))]
         logicalSectorSize: VIXDISKLIB_SECTOR_SIZE,
         #[cfg(not(feature = "vddk65"))]

@@ -61,7 +61,7 @@ pub unsafe extern "C" fn VixDiskLib_Close(diskHandle: VixDiskLibHandle) -> VixEr
         let _guard = enter_open_close("VixDiskLib_Close", library.config.open_delay)?;
         let disk = disk_of(&library, diskHandle)?;
         library.disks.remove(ptr_to_token(diskHandle));
-        disk.shut_down(&library);
+        disk.shut_down();
         Ok(VIX_OK)
     })
 }

@@ -3,10 +3,7 @@
 
 use std::ffi::c_char;
 
-use vddk_sys::{
-    VIX_E_BUFFER_TOOSMALL, VIX_E_DISK_KEY_NOTFOUND, VIX_E_INVALID_ARG, VIX_OK, VixDiskLibHandle,
-    VixError,
-};
+use vddk_sys::{VIX_E_BUFFER_TOOSMALL, VIX_E_INVALID_ARG, VIX_OK, VixDiskLibHandle, VixError};
 
 use super::{disk_of, vix_call};
 use crate::library;
@@ -85,13 +82,7 @@ pub unsafe extern "C" fn VixDiskLib_ReadMetadata(
         let Some(key) = (unsafe { c_str(key, "key") })? else {
             return fail(VIX_E_INVALID_ARG, "key is NULL");
         };
-        let Some(value) = disk.with_disk(|d| d.read_metadata(&key).map(str::to_owned)) else {
-            return fail(
-                VIX_E_DISK_KEY_NOTFOUND,
-                format!("{} has no metadata key {key:?}", disk.path),
-            );
-        };
-        let mut bytes = value.into_bytes();
+        let mut bytes = disk.with_disk(|d| d.read_metadata(&key))?.into_bytes();
         bytes.push(0);
         // SAFETY: forwarded contract.
         unsafe { copy_out(&bytes, buf, bufLen, requiredLen) }
@@ -116,16 +107,6 @@ pub unsafe extern "C" fn VixDiskLib_WriteMetadata(
         let (Some(key), Some(val)) = (key, val) else {
             return fail(VIX_E_INVALID_ARG, "key or val is NULL");
         };
-        let valid_key = !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !valid_key || val.contains(['\n', '\r']) {
-            return fail(
-                VIX_E_INVALID_ARG,
-                format!("metadata key {key:?} / value cannot be stored in a descriptor"),
-            );
-        }
         disk.check_writable()?;
         disk.with_disk(|d| d.write_metadata(&key, &val))?;
         Ok(VIX_OK)
