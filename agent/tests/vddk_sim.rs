@@ -23,7 +23,7 @@ mod tests {
     struct Sim {
         lab: Lab,
         vddk: Vddk,
-        /// Serialises lab mutations made by this binary (see `lab_json_compat`).
+        /// Serialises lab mutations and connections made by this binary.
         lab_lock: Mutex<()>,
     }
 
@@ -42,7 +42,6 @@ mod tests {
                 .keep();
             let root = dir.join("lab");
             let lab = Lab::create(&root).unwrap();
-            lab_json_compat(&root);
             let config = dir.join("vddk.conf");
             std::fs::write(&config, format!("vadp.lab.root = \"{}\"\n", root.display())).unwrap();
             let vddk = Vddk::load(&libdir, Some(&config)).unwrap();
@@ -52,25 +51,6 @@ mod tests {
                 lab_lock: Mutex::new(()),
             }
         })
-    }
-
-    /// The contract says `lab.json` holds `server`; the lab crate currently writes
-    /// `server_name`. Until the two branches agree, add the key the simulator reads (serde
-    /// ignores it on the lab side). Called under `lab_lock` after every lab mutation that
-    /// rewrites `lab.json`; connections take the same lock so they never see it without
-    /// `server`.
-    fn lab_json_compat(root: &std::path::Path) {
-        let path = root.join("lab.json");
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        if v.get("server").is_none()
-            && let Some(name) = v.get("server_name").cloned()
-        {
-            v["server"] = name;
-            let tmp = root.join("lab.json.compat");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-            std::fs::rename(&tmp, &path).unwrap();
-        }
     }
 
     impl Sim {
@@ -88,19 +68,16 @@ mod tests {
                     }],
                 )
                 .unwrap();
-            lab_json_compat(self.lab.root());
             let path = self.lab.vm(&vm).unwrap().disks[0].file_name.to_string();
             (vm, path)
         }
 
         fn snapshot(&self, vm: &VmMoref, name: &str) -> lab::vmstate::SnapshotMoref {
             let _g = self.lab_lock.lock().unwrap();
-            let snap = self.lab.create_snapshot(vm, name, "").unwrap();
-            lab_json_compat(self.lab.root());
-            snap
+            self.lab.create_snapshot(vm, name, "").unwrap()
         }
 
-        /// Connects, excluding lab mutations (see `lab_json_compat`).
+        /// Connects, excluding this binary's lab mutations.
         fn connect(&self, spec: &ConnectSpec) -> Result<Connection, DiskLibError> {
             let _g = self.lab_lock.lock().unwrap();
             self.vddk.connect(spec)

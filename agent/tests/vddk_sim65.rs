@@ -25,14 +25,6 @@ mod tests {
                 }],
             )
             .unwrap();
-        // See vddk_sim.rs `lab_json_compat`: the simulator reads `server`.
-        let path = root.join("lab.json");
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        if v.get("server").is_none() {
-            v["server"] = v["server_name"].clone();
-            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-        }
         let config = dir.path().join("vddk.conf");
         std::fs::write(&config, format!("vadp.lab.root = \"{}\"\n", root.display())).unwrap();
 
