@@ -92,7 +92,7 @@ pub(crate) fn describe(code: u32) -> (&'static str, &'static str) {
         ),
         VIX_E_DISK_OUTOFRANGE => (
             "VIX_E_DISK_OUTOFRANGE",
-            "The request refers to an object that no longer exists or has never existed",
+            "The sector range lies beyond the end of the disk",
         ),
         VIX_E_DISK_KEY_NOTFOUND => (
             "VIX_E_DISK_KEY_NOTFOUND",

@@ -480,7 +480,7 @@ mod tests {
             lib.VixDiskLib_GetMetadataKeys(h, keys.as_mut_ptr(), required, &mut required)
         };
         assert_eq!(err, 0);
-        let bytes: Vec<u8> = keys.iter().map(|c| *c as u8).collect();
+        let bytes: Vec<u8> = keys.iter().map(|c| c.cast_unsigned()).collect();
         assert_eq!(
             &bytes[bytes.len() - 2..],
             &[0, 0],

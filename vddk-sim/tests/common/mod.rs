@@ -2,7 +2,15 @@
 //! loaded through `vddk_sys::VixDiskLib` (as the agent loads VDDK), log capture, and
 //! connect-parameter builders.
 
-#![allow(dead_code, unsafe_code, clippy::undocumented_unsafe_blocks)]
+// Test support: not every binary uses every helper; it calls the C ABI (unsafe by
+// nature) and, like test code, panics on failed setup.
+#![allow(
+    dead_code,
+    unsafe_code,
+    clippy::undocumented_unsafe_blocks,
+    clippy::unwrap_used,
+    clippy::missing_safety_doc
+)]
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::path::{Path, PathBuf};
@@ -186,11 +194,13 @@ impl Params {
     }
 
     pub fn raw(&self) -> VixDiskLibConnectParams {
-        let mut p = VixDiskLibConnectParams::default();
-        p.vmxSpec = ptr(&self.vmx);
-        p.serverName = ptr(&self.server);
-        p.thumbPrint = ptr(&self.thumbprint);
-        p.specType = VIXDISKLIB_SPEC_VMX;
+        let mut p = VixDiskLibConnectParams {
+            vmxSpec: ptr(&self.vmx),
+            serverName: ptr(&self.server),
+            thumbPrint: ptr(&self.thumbprint),
+            specType: VIXDISKLIB_SPEC_VMX,
+            ..Default::default()
+        };
         if self.cookie.is_some() {
             p.credType = VIXDISKLIB_CRED_SESSIONID;
             p.creds.sessionId = VixDiskLibSessionIdCreds {
