@@ -1,6 +1,6 @@
 //! The exported `VixDiskLib_*` functions: the whole C ABI of `vddk-sys/include/vddk.h`.
 //!
-//! Every export runs its body inside [`vix_call`] / [`value_call`], which catch panics
+//! Every export runs its body inside `vix_call` / `value_call`, which catch panics
 //! (a panic must never unwind into C: it becomes VIX_E_FAIL and a panic-level log line),
 //! record the failure detail for GetErrorText and log it. Handles are looked up in the
 //! library's tables, never dereferenced.
