@@ -159,6 +159,79 @@ mod tests {
         drop(conn);
     }
 
+    /// What VDDK wrote is what the VMDK on the datastore holds, as an independent reader
+    /// (qemu-img) sees it: the lab's disks are real VMDK descriptors over flat extents.
+    #[test]
+    fn qemu_img_sees_what_vddk_wrote() {
+        let sim = sim();
+        let capacity = 16 * MIB;
+        let (vm, path) = sim.vm("qemu-1", capacity, true);
+        let conn = sim.connect(&sim.spec(&vm, None, false)).unwrap();
+        let disk = conn.open(&path, OpenFlags::NONE).unwrap();
+
+        // A raw image with data, text-like runs and holes, written to both.
+        let mut image = vec![0_u8; usize::try_from(capacity).unwrap()];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for (i, chunk) in image.chunks_mut(usize::try_from(MIB).unwrap()).enumerate() {
+            match i % 4 {
+                0 => {} // hole: never written through VDDK
+                1 => chunk.iter_mut().for_each(|b| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    *b = state.to_le_bytes()[0];
+                }),
+                2 => chunk.copy_from_slice(&pattern(u8::try_from(i).unwrap(), chunk.len())),
+                _ => chunk[..512].fill(0xab), // a single sector in an otherwise empty MiB
+            }
+        }
+        for (i, chunk) in image.chunks(usize::try_from(MIB).unwrap()).enumerate() {
+            if i % 4 != 0 {
+                disk.write_at(u64::try_from(i).unwrap() * MIB, chunk)
+                    .unwrap();
+            }
+        }
+        disk.flush().unwrap();
+        drop(disk);
+        drop(conn);
+
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("expected.raw");
+        std::fs::write(&raw, &image).unwrap();
+        let vmdk = lab::datastore::DatastorePath::parse(&path)
+            .unwrap()
+            .resolve(sim.lab.root());
+        let out = std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "vmdk", "-F", "raw"])
+            .arg(&vmdk)
+            .arg(&raw)
+            .output()
+            .expect("qemu-img runs (Debian package qemu-utils)");
+        assert!(
+            out.status.success(),
+            "qemu-img compare: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("identical"));
+
+        // And a difference is reported: flip one byte of the expected image.
+        let mut changed = image;
+        changed[usize::try_from(5 * MIB + 77).unwrap()] ^= 1;
+        std::fs::write(&raw, &changed).unwrap();
+        let out = std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "vmdk", "-F", "raw"])
+            .arg(&vmdk)
+            .arg(&raw)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "qemu-img must see the difference"
+        );
+    }
+
     #[test]
     fn a_snapshot_view_stays_fixed_while_the_live_disk_changes() {
         let sim = sim();
