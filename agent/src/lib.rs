@@ -3,3 +3,5 @@
 //! Module map (ARCHITECTURE §2): [`vddk`] is the only user of `vddk-sys`; [`repo`] is the
 //! local repository (catalog, chunk store, fixed indexes); [`cli`] holds one file per
 //! subcommand group.
+
+pub mod vsphere;
