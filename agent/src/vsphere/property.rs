@@ -61,7 +61,7 @@ impl SoapClient {
             return Err(VsphereError::Fault {
                 method: "RetrievePropertiesEx",
                 object: obj.clone(),
-                fault: missing.1.clone(),
+                fault: Box::new(missing.1.clone()),
             });
         }
         match objects.pop() {

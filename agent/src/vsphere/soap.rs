@@ -239,7 +239,9 @@ impl SoapClient {
         w.text("userName", &credentials.username)
             .text("password", &credentials.password);
         let body = envelope("Login", &this, &w.finish());
-        let (response, cookie) = send(&self.inner, "Login", &this, body).await?;
+        // Always a fresh session: the old one is gone or unwanted, and a Login sent on an
+        // authenticated session is refused by some servers (vcsim: InvalidLogin).
+        let (response, cookie) = send_with(&self.inner, "Login", &this, body, false).await?;
         let cookie = cookie.ok_or_else(|| malformed("Login", "no session cookie in the answer"))?;
         self.set_session(Some(cookie));
         let returnval = response
@@ -394,6 +396,16 @@ async fn send(
     this: &MoRef,
     body: String,
 ) -> Result<(Element, Option<SessionCookie>), VsphereError> {
+    send_with(inner, method, this, body, true).await
+}
+
+async fn send_with(
+    inner: &Inner,
+    method: &'static str,
+    this: &MoRef,
+    body: String,
+    with_session: bool,
+) -> Result<(Element, Option<SessionCookie>), VsphereError> {
     let mut request = inner
         .http
         .post(inner.url.clone())
@@ -401,7 +413,7 @@ async fn send(
         .header("SOAPAction", inner.soap_action.clone())
         .body(body);
     let cookie = inner.session.read().map(|s| s.clone()).unwrap_or(None);
-    if let Some(cookie) = cookie {
+    if let Some(cookie) = cookie.filter(|_| with_session) {
         let mut value = HeaderValue::from_str(&cookie.header_value())
             .map_err(|_| malformed(method, "session cookie is not a header value"))?;
         value.set_sensitive(true);
@@ -490,7 +502,7 @@ pub fn parse_response(
         return Err(VsphereError::Fault {
             method,
             object: this.clone(),
-            fault: SoapFault::from_fault_element(first),
+            fault: Box::new(SoapFault::from_fault_element(first)),
         });
     }
     Ok(first.clone())
@@ -806,7 +818,7 @@ pub enum VsphereError {
         /// The `_this` of the call.
         object: MoRef,
         /// The decoded fault.
-        fault: SoapFault,
+        fault: Box<SoapFault>,
     },
     /// The response is not well-formed XML.
     #[error("{method}: unreadable response")]
@@ -835,7 +847,7 @@ pub enum VsphereError {
         /// The object it ran on.
         object: MoRef,
         /// The task's error.
-        fault: SoapFault,
+        fault: Box<SoapFault>,
     },
     /// A task did not finish in time (it may still be running).
     #[error("task {task} ({operation} on {object}) not finished after {waited_secs} s")]
@@ -899,7 +911,7 @@ impl VsphereError {
     #[must_use]
     pub fn fault(&self) -> Option<&SoapFault> {
         match self {
-            Self::Fault { fault, .. } | Self::TaskFailed { fault, .. } => Some(fault),
+            Self::Fault { fault, .. } | Self::TaskFailed { fault, .. } => Some(fault.as_ref()),
             _ => None,
         }
     }

@@ -100,7 +100,7 @@ impl SoapClient {
                         task: task.clone(),
                         operation,
                         object: object.clone(),
-                        fault,
+                        fault: Box::new(fault),
                     });
                 }
                 TaskState::Queued | TaskState::Running => {}
