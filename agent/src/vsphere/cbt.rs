@@ -160,7 +160,7 @@ pub struct ChangedArea {
 }
 
 impl DiskChangeInfo {
-    fn from_xml(e: &Element) -> Result<Self, XmlError> {
+    pub(super) fn from_xml(e: &Element) -> Result<Self, XmlError> {
         let required = |e: &Element, name: &str| -> Result<u64, XmlError> {
             e.child_parse::<u64>(name)?.ok_or_else(|| XmlError::Value {
                 element: name.to_owned(),

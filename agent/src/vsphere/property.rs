@@ -212,7 +212,7 @@ pub struct ObjectContent {
 }
 
 impl ObjectContent {
-    fn from_xml(e: &Element) -> Result<Self, super::xml::XmlError> {
+    pub(super) fn from_xml(e: &Element) -> Result<Self, super::xml::XmlError> {
         let obj = e
             .child("obj")
             .ok_or_else(|| super::xml::XmlError::Value {

@@ -537,7 +537,7 @@ pub struct ServiceContent {
 }
 
 impl ServiceContent {
-    fn from_xml(e: &Element) -> Result<Self, XmlError> {
+    pub(super) fn from_xml(e: &Element) -> Result<Self, XmlError> {
         let req = |name: &str| -> Result<MoRef, XmlError> {
             e.child(name)
                 .ok_or_else(|| XmlError::Value {
@@ -1006,5 +1006,120 @@ mod tests {
         let tls = TlsVerification::SystemRoots;
         let err = build_http(&url, &tls, false, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, VsphereError::Config { .. }));
+    }
+
+    const FIXTURES: [&str; 5] = [
+        include_str!("../../tests/fixtures/vsphere/vcsim-vm-properties.xml"),
+        include_str!("../../tests/fixtures/vsphere/vcsim-service-content.xml"),
+        include_str!("../../tests/fixtures/vsphere/vcsim-not-found-fault.xml"),
+        include_str!("../../tests/fixtures/vsphere/vcsim-poweron-task.xml"),
+        INVALID_LOGIN,
+    ];
+
+    /// Runs every decoder the client has over a response, the way the client would.
+    fn decode_all(bytes: &[u8]) {
+        let this = MoRef::new("PropertyCollector", "propertyCollector");
+        let Ok(response) = parse_response("RetrievePropertiesEx", &this, bytes) else {
+            return;
+        };
+        let _ = ServiceContent::from_xml(response.child("returnval").unwrap_or(&response));
+        let mut stack = vec![&response];
+        while let Some(e) = stack.pop() {
+            let _ = e.moref();
+            let _ = e.bool_text();
+            let _ = super::super::task::TaskInfo::from_xml(e);
+            let _ = super::super::cbt::DiskChangeInfo::from_xml(e);
+            let _ = SoapFault::from_localized(e);
+            let _ = SoapFault::from_fault_element(e);
+            if let Ok(content) = super::super::property::ObjectContent::from_xml(e) {
+                let vm = super::super::types::VmMoref::from("vm-1");
+                let _ = super::super::vm::VmInfo::from_content(&vm, &content);
+            }
+            stack.extend(e.children.iter());
+        }
+    }
+
+    #[test]
+    fn vcsim_fixtures_decode() {
+        let this = MoRef::new("PropertyCollector", "propertyCollector");
+        let vm_props =
+            parse_response("RetrievePropertiesEx", &this, FIXTURES[0].as_bytes()).unwrap();
+        let objects = vm_props
+            .child("returnval")
+            .unwrap()
+            .child("objects")
+            .unwrap();
+        let content = super::super::property::ObjectContent::from_xml(objects).unwrap();
+        let vm = super::super::types::VmMoref::from("vm-57");
+        let info = super::super::vm::VmInfo::from_content(&vm, &content).unwrap();
+        assert_eq!(info.name, "DC0_H0_VM0");
+        assert_eq!(info.disks.len(), 1);
+        assert!(info.disks[0].file_name.ends_with(".vmdk"));
+        assert!(info.bios_uuid.is_some() && info.parent.is_some() && !info.datastores.is_empty());
+        assert_eq!(info.all_snapshots().len(), 1);
+        assert!(info.current_snapshot.is_some());
+
+        let sc = parse_response("RetrieveServiceContent", &this, FIXTURES[1].as_bytes()).unwrap();
+        let sc = ServiceContent::from_xml(sc.child("returnval").unwrap()).unwrap();
+        assert_eq!(sc.root_folder, MoRef::new("Folder", "group-d1"));
+        assert_eq!(sc.about.api_type, "VirtualCenter");
+
+        let err =
+            parse_response("RetrievePropertiesEx", &this, FIXTURES[2].as_bytes()).unwrap_err();
+        assert_eq!(err.fault_kind(), Some(FaultKind::ManagedObjectNotFound));
+        assert_eq!(
+            err.fault().unwrap().object,
+            Some(MoRef::new("VirtualMachine", "vm-9999"))
+        );
+
+        for fixture in FIXTURES {
+            decode_all(fixture.as_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            decode_all(&bytes);
+        }
+
+        #[test]
+        fn mutated_responses_never_panic(
+            which in 0..FIXTURES.len(),
+            edits in proptest::collection::vec((0usize..10_000, 0usize..64, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)), 1..6),
+            cut in proptest::option::of(0usize..10_000),
+        ) {
+            let mut bytes = FIXTURES[which].as_bytes().to_vec();
+            for (at, remove, insert) in edits {
+                let at = at % (bytes.len() + 1);
+                let end = (at + remove).min(bytes.len());
+                bytes.splice(at..end, insert);
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            decode_all(&bytes);
+        }
+
+        #[test]
+        fn structural_mutations_never_panic(
+            which in 0..FIXTURES.len(),
+            token in proptest::sample::select(vec![
+                "<", ">", "</", "/>", "&", "&#x0;", "&#xFFFFFFFF;", "]]>", "<![CDATA[", "xmlns:x=\"\"",
+                "XMLSchema-instance:type=\"\"", "xsi:type=\"a:b:c\"", "type=", "\"", "<returnval>",
+                "</soapenv:Body>", "<soapenv:Fault>", "\u{0}", "\u{FEFF}",
+            ]),
+            at in 0usize..10_000,
+        ) {
+            let mut text = FIXTURES[which].to_owned();
+            let mut at = at % (text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            text.insert_str(at, token);
+            decode_all(text.as_bytes());
+        }
     }
 }

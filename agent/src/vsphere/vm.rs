@@ -242,7 +242,7 @@ impl VmInfo {
         out
     }
 
-    fn from_content(vm: &VmMoref, c: &ObjectContent) -> Result<Self, XmlError> {
+    pub(super) fn from_content(vm: &VmMoref, c: &ObjectContent) -> Result<Self, XmlError> {
         let moref_of = |path: &str| c.get(path).map(Element::moref).transpose();
         let bool_of = |path: &str| {
             c.get(path)
