@@ -432,4 +432,173 @@ mod tests {
     fn token_is_redacted() {
         assert!(!format!("{:?}", ApiToken("secret-token".into())).contains("secret"));
     }
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::super::soap::Credentials;
+
+    struct Request {
+        method: String,
+        path: String,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Request {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A minimal HTTP/1.1 server speaking just enough of vAPI for the client.
+    async fn mock(handler: impl Fn(&Request) -> (u16, String) + Send + Sync + 'static) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = Arc::new(handler);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let header_end = loop {
+                        let n = stream.read(&mut chunk).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+                    let mut lines = head.split("\r\n");
+                    let mut first = lines.next().unwrap().split(' ');
+                    let method = first.next().unwrap().to_owned();
+                    let path = first.next().unwrap().to_owned();
+                    let headers: Vec<(String, String)> = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .collect();
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.parse().unwrap());
+                    while buf.len() < header_end + len {
+                        let n = stream.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body =
+                        String::from_utf8_lossy(&buf[header_end..header_end + len]).into_owned();
+                    let (status, reply) = handler(&Request {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    });
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                    stream.write_all(response.as_bytes()).await.unwrap();
+                });
+            }
+        });
+        format!("http://{addr}/").parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn registervm_and_task_polling_with_relogin() {
+        let logins = Arc::new(AtomicU32::new(0));
+        let polls = Arc::new(AtomicU32::new(0));
+        let (l, p) = (logins.clone(), polls.clone());
+        let base = mock(move |r| {
+            let token = format!("token-{}", l.load(Ordering::SeqCst));
+            match (r.method.as_str(), r.path.as_str()) {
+                ("POST", "/api/session") => {
+                    // "user:pass" in base64
+                    assert_eq!(r.header("authorization"), Some("Basic dXNlcjpwYXNz"));
+                    let n = l.fetch_add(1, Ordering::SeqCst) + 1;
+                    (201, format!("\"token-{n}\""))
+                }
+                _ if r.header(SESSION_HEADER) != Some(token.as_str()) || token == "token-1" => {
+                    // The first session "expires" at once: the client must log in again.
+                    (401, r#"{"error_type":"UNAUTHENTICATED","messages":[]}"#.into())
+                }
+                ("POST", "/api/vcenter/namespaces/instances/ns%201/registervm") => {
+                    assert_eq!(r.header("content-type"), Some("application/json"));
+                    assert_eq!(r.body, r#"{"vm":"vm-42"}"#);
+                    (200, "\"task-7:com.vmware.wcp\"".into())
+                }
+                ("POST", _) => (
+                    404,
+                    r#"{"error_type":"NOT_FOUND","messages":[{"id":"VCenterWcpWorkloadRegisterVMVMNotFound","default_message":"vm not found","args":[]}]}"#.into(),
+                ),
+                ("GET", "/api/cis/tasks/task-7%3Acom.vmware.wcp") => {
+                    if p.fetch_add(1, Ordering::SeqCst) == 0 {
+                        (200, r#"{"status":"RUNNING","progress":{"total":100,"completed":40}}"#.into())
+                    } else {
+                        (200, r#"{"status":"SUCCEEDED","progress":{"total":100,"completed":100}}"#.into())
+                    }
+                }
+                _ => (500, String::new()),
+            }
+        })
+        .await;
+        let client = VapiClient::new(
+            base,
+            &TlsVerification::SystemRoots,
+            true,
+            Credentials::new("user", "pass"),
+        )
+        .unwrap();
+        let task = client
+            .register_vm("ns 1", &VmMoref::from("vm-42"))
+            .await
+            .unwrap();
+        assert_eq!(task, "task-7:com.vmware.wcp");
+        assert_eq!(
+            logins.load(Ordering::SeqCst),
+            2,
+            "logged in again after the 401"
+        );
+        let mut seen = Vec::new();
+        let info = client
+            .wait_for_task(&task, Duration::from_secs(30), |p| seen.push(p.completed))
+            .await
+            .unwrap();
+        assert_eq!(info.status, CisTaskStatus::Succeeded);
+        assert_eq!(seen, [40, 100]);
+
+        let err = client
+            .register_vm("other", &VmMoref::from("vm-1"))
+            .await
+            .unwrap_err();
+        match &err {
+            VapiError::Api {
+                status: 404,
+                error_type,
+                message,
+                ..
+            } => {
+                assert_eq!(error_type, "NOT_FOUND");
+                assert_eq!(message, "vm not found");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn plain_http_needs_opt_in() {
+        let base: Url = "http://127.0.0.1:1/".parse().unwrap();
+        let creds = Credentials::new("u", "p");
+        assert!(VapiClient::new(base, &TlsVerification::SystemRoots, false, creds).is_err());
+    }
 }
