@@ -1,0 +1,111 @@
+//! Snapshots (VSPHERE.md §A.6): CreateSnapshot_Task and RemoveSnapshot_Task, waited
+//! for with progress.
+
+use std::time::Duration;
+
+use super::soap::{SoapClient, VsphereError};
+use super::task::DEFAULT_TASK_TIMEOUT;
+use super::types::{SnapshotMoref, VmMoref};
+use super::xml::XmlWriter;
+
+impl SoapClient {
+    /// `CreateSnapshot_Task`; waits for it and returns the new snapshot. `on_progress`
+    /// receives task percentages.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidState`, `TaskInProgress`, `FileFault`, … as the call's fault or
+    /// [`VsphereError::TaskFailed`]; [`VsphereError::Malformed`] when the task has no
+    /// snapshot result.
+    pub async fn create_snapshot(
+        &self,
+        vm: &VmMoref,
+        request: &CreateSnapshot,
+        on_progress: impl FnMut(u8) + Send,
+    ) -> Result<SnapshotMoref, VsphereError> {
+        const METHOD: &str = "CreateSnapshot_Task";
+        let mut w = XmlWriter::new();
+        w.text("name", &request.name)
+            .opt_text("description", request.description.as_deref())
+            .value("memory", request.memory)
+            .value("quiesce", request.quiesce);
+        let this = vm.moref();
+        let task = self.start_task(METHOD, &this, &w.finish()).await?;
+        let result = self
+            .wait_for_task(&task, METHOD, &this, request.timeout, on_progress)
+            .await?;
+        let snapshot = result
+            .ok_or_else(|| VsphereError::Malformed {
+                method: METHOD,
+                reason: format!("task {task} returned no snapshot"),
+            })?
+            .moref()
+            .map_err(|source| VsphereError::Xml {
+                method: METHOD,
+                source,
+            })?;
+        Ok(SnapshotMoref(snapshot.value))
+    }
+
+    /// `RemoveSnapshot_Task` (children kept; `consolidate` as given); waits for it.
+    ///
+    /// # Errors
+    ///
+    /// `ManagedObjectNotFound` for an unknown snapshot, `TaskInProgress`, … or
+    /// [`VsphereError::TaskFailed`].
+    pub async fn remove_snapshot(
+        &self,
+        snapshot: &SnapshotMoref,
+        consolidate: bool,
+        on_progress: impl FnMut(u8) + Send,
+    ) -> Result<(), VsphereError> {
+        const METHOD: &str = "RemoveSnapshot_Task";
+        let mut w = XmlWriter::new();
+        w.value("removeChildren", false)
+            .value("consolidate", consolidate);
+        let this = snapshot.moref();
+        let task = self.start_task(METHOD, &this, &w.finish()).await?;
+        self.wait_for_task(&task, METHOD, &this, DEFAULT_TASK_TIMEOUT, on_progress)
+            .await?;
+        Ok(())
+    }
+
+    /// `ConsolidateVMDisks_Task`, for when `runtime.consolidationNeeded` is set.
+    ///
+    /// # Errors
+    ///
+    /// The call's fault or [`VsphereError::TaskFailed`].
+    pub async fn consolidate_disks(&self, vm: &VmMoref) -> Result<(), VsphereError> {
+        self.run_task("ConsolidateVMDisks_Task", &vm.moref(), "")
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Parameters of `CreateSnapshot_Task`.
+#[derive(Clone, Debug)]
+pub struct CreateSnapshot {
+    /// Snapshot name.
+    pub name: String,
+    /// Description (the agent tags its snapshots here, ARCHITECTURE §7).
+    pub description: Option<String>,
+    /// Include memory (false for backups).
+    pub memory: bool,
+    /// Quiesce through VMware Tools (ignored when the VM is off).
+    pub quiesce: bool,
+    /// How long to wait for the task.
+    pub timeout: Duration,
+}
+
+impl CreateSnapshot {
+    /// A backup snapshot: no memory, not quiesced, default timeout.
+    pub fn backup(name: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            description: Some(description.into()),
+            memory: false,
+            quiesce: false,
+            timeout: DEFAULT_TASK_TIMEOUT,
+        }
+    }
+}

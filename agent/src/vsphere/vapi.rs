@@ -1,0 +1,604 @@
+//! The vAPI REST client (VSPHERE.md §B): session (`POST /api/session`, header
+//! `vmware-api-session-id`), cis tasks (`GET /api/cis/tasks/{id}`) and the namespaces
+//! `registervm` call used by restores.
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde::Deserialize;
+use url::Url;
+
+use super::soap::{Credentials, http_client_for};
+use super::tls::TlsVerification;
+use super::types::VmMoref;
+
+/// The session header of `/api`.
+const SESSION_HEADER: &str = "vmware-api-session-id";
+/// Poll interval of cis tasks (govmomi polls every 10 s; registervm milestones are
+/// seconds apart).
+const CIS_POLL: Duration = Duration::from_secs(1);
+
+/// A vAPI session on one vCenter.
+#[derive(Debug)]
+pub struct VapiClient {
+    http: reqwest::Client,
+    base: Url,
+    credentials: Credentials,
+    session: RwLock<Option<ApiToken>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct ApiToken(String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+impl VapiClient {
+    /// A client for `base` (`https://vc.example/`) with the same TLS rules as the SOAP
+    /// client. Does not log in yet.
+    ///
+    /// # Errors
+    ///
+    /// [`VapiError::Config`] for a bad URL scheme or TLS setup.
+    pub fn new(
+        base: Url,
+        tls: &TlsVerification,
+        allow_plain_http: bool,
+        credentials: Credentials,
+    ) -> Result<Self, VapiError> {
+        let http = http_client_for(&base, tls, allow_plain_http, Duration::from_secs(120))
+            .map_err(|e| VapiError::Config {
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            credentials,
+            session: RwLock::new(None),
+        })
+    }
+
+    /// `POST /api/session` with basic auth; keeps the token.
+    ///
+    /// # Errors
+    ///
+    /// [`VapiError::Api`] with `UNAUTHENTICATED` for bad credentials.
+    pub async fn login(&self) -> Result<(), VapiError> {
+        let url = self.url("api/session")?;
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(
+                &self.credentials.username,
+                Some(self.credentials.password()),
+            )
+            .send()
+            .await
+            .map_err(|source| VapiError::Transport {
+                op: "login",
+                source,
+            })?;
+        let token: String = read_json("login", response).await?;
+        if let Ok(mut guard) = self.session.write() {
+            *guard = Some(ApiToken(token));
+        }
+        Ok(())
+    }
+
+    /// `DELETE /api/session`.
+    ///
+    /// # Errors
+    ///
+    /// Transport or API errors.
+    pub async fn logout(&self) -> Result<(), VapiError> {
+        let result = self
+            .call_raw("logout", Method::DELETE, "api/session", None)
+            .await
+            .map(|_| ());
+        if let Ok(mut guard) = self.session.write() {
+            *guard = None;
+        }
+        result
+    }
+
+    /// `POST /api/vcenter/namespaces/instances/{namespace}/registervm` `{"vm": …}`;
+    /// returns the cis task id. Not idempotent: do not blindly retry (§B).
+    ///
+    /// # Errors
+    ///
+    /// [`VapiError::Api`] (`NOT_FOUND`, `ALREADY_EXISTS`, `INVALID_ARGUMENT`, …).
+    pub async fn register_vm(&self, namespace: &str, vm: &VmMoref) -> Result<String, VapiError> {
+        let path = format!(
+            "api/vcenter/namespaces/instances/{}/registervm",
+            encode_segment(namespace)
+        );
+        let body = serde_json::json!({ "vm": vm.as_str() });
+        let response = self
+            .call("registervm", Method::POST, &path, Some(body))
+            .await?;
+        read_json("registervm", response).await
+    }
+
+    /// `GET /api/cis/tasks/{task}`.
+    ///
+    /// # Errors
+    ///
+    /// [`VapiError::Api`] (`NOT_FOUND` for an unknown task).
+    pub async fn task(&self, task: &str) -> Result<CisTaskInfo, VapiError> {
+        let path = format!("api/cis/tasks/{}", encode_segment(task));
+        let response = self.call("get task", Method::GET, &path, None).await?;
+        read_json("get task", response).await
+    }
+
+    /// Polls `task` until it is neither PENDING nor RUNNING; reports progress
+    /// (completed of total). Returns the final info when SUCCEEDED.
+    ///
+    /// # Errors
+    ///
+    /// [`VapiError::TaskFailed`] with the task's error, [`VapiError::TaskTimeout`].
+    pub async fn wait_for_task(
+        &self,
+        task: &str,
+        timeout: Duration,
+        mut on_progress: impl FnMut(&CisProgress) + Send,
+    ) -> Result<CisTaskInfo, VapiError> {
+        let started = Instant::now();
+        loop {
+            let info = self.task(task).await?;
+            if let Some(p) = &info.progress {
+                on_progress(p);
+            }
+            match info.status {
+                CisTaskStatus::Succeeded => return Ok(info),
+                CisTaskStatus::Failed | CisTaskStatus::Blocked => {
+                    return Err(VapiError::TaskFailed {
+                        task: task.to_owned(),
+                        status: info.status,
+                        error: info.error.map(|e| e.to_string()).unwrap_or_default(),
+                    });
+                }
+                CisTaskStatus::Pending | CisTaskStatus::Running => {}
+            }
+            if started.elapsed() >= timeout {
+                return Err(VapiError::TaskTimeout {
+                    task: task.to_owned(),
+                    waited_secs: started.elapsed().as_secs(),
+                });
+            }
+            tokio::time::sleep(CIS_POLL).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> Result<Url, VapiError> {
+        self.base.join(path).map_err(|e| VapiError::Config {
+            reason: format!("url {path}: {e}"),
+        })
+    }
+
+    fn token(&self) -> Option<ApiToken> {
+        self.session.read().map(|s| s.clone()).unwrap_or(None)
+    }
+
+    /// A call with the session header; logs in first if needed and once more on 401.
+    async fn call(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, VapiError> {
+        if self.token().is_none() {
+            self.login().await?;
+        }
+        let response = self
+            .call_raw(op, method.clone(), path, body.clone())
+            .await?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            self.login().await?;
+            return self.call_raw(op, method, path, body).await;
+        }
+        Ok(response)
+    }
+
+    async fn call_raw(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, VapiError> {
+        let mut request = self.http.request(method, self.url(path)?);
+        if let Some(token) = self.token() {
+            let mut value = reqwest::header::HeaderValue::from_str(&token.0).map_err(|_| {
+                VapiError::Config {
+                    reason: "session token is not a header value".into(),
+                }
+            })?;
+            value.set_sensitive(true);
+            request = request.header(SESSION_HEADER, value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        request
+            .send()
+            .await
+            .map_err(|source| VapiError::Transport { op, source })
+    }
+}
+
+fn encode_segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    op: &'static str,
+    response: reqwest::Response,
+) -> Result<T, VapiError> {
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| VapiError::Transport { op, source })?;
+    if !status.is_success() {
+        let error: ApiErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+        return Err(VapiError::Api {
+            op,
+            status: status.as_u16(),
+            error_type: error.error_type,
+            message: error
+                .messages
+                .into_iter()
+                .map(|m| m.default_message)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| VapiError::Json {
+        op,
+        reason: e.to_string(),
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct ApiErrorBody {
+    #[serde(default)]
+    error_type: String,
+    #[serde(default)]
+    messages: Vec<ApiMessage>,
+}
+
+#[derive(Deserialize, Default)]
+struct ApiMessage {
+    #[serde(default)]
+    default_message: String,
+}
+
+/// `cis.tasks.Info` status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CisTaskStatus {
+    /// Not started.
+    Pending,
+    /// Running.
+    Running,
+    /// Waiting on something.
+    Blocked,
+    /// Done.
+    Succeeded,
+    /// Failed.
+    Failed,
+}
+
+/// `cis.tasks.Info`, the parts the agent reads.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CisTaskInfo {
+    /// Status.
+    pub status: CisTaskStatus,
+    /// Progress, when the service reports it.
+    #[serde(default)]
+    pub progress: Option<CisProgress>,
+    /// The error, when failed (kept as JSON).
+    #[serde(default)]
+    pub error: Option<serde_json::Value>,
+    /// The operation, e.g. `registervm`.
+    #[serde(default)]
+    pub operation: Option<String>,
+}
+
+/// `cis.task.Progress`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CisProgress {
+    /// Total work units.
+    pub total: u64,
+    /// Completed units.
+    pub completed: u64,
+    /// Message, when given.
+    #[serde(default)]
+    pub message: Option<serde_json::Value>,
+}
+
+/// Errors of the vAPI REST client.
+#[derive(Debug, thiserror::Error)]
+pub enum VapiError {
+    /// Bad configuration.
+    #[error("vapi configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The request did not complete.
+    #[error("vapi {op}: transport failure")]
+    Transport {
+        /// The operation.
+        op: &'static str,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A non-2xx answer.
+    #[error("vapi {op}: http {status} {error_type}: {message}")]
+    Api {
+        /// The operation.
+        op: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// vAPI error type, e.g. `NOT_FOUND`.
+        error_type: String,
+        /// Default messages joined.
+        message: String,
+    },
+    /// A 2xx answer that is not the expected JSON.
+    #[error("vapi {op}: unexpected json: {reason}")]
+    Json {
+        /// The operation.
+        op: &'static str,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A cis task failed.
+    #[error("cis task {task} {status:?}: {error}")]
+    TaskFailed {
+        /// The task id.
+        task: String,
+        /// Its final status.
+        status: CisTaskStatus,
+        /// Its error as JSON text.
+        error: String,
+    },
+    /// A cis task did not finish in time.
+    #[error("cis task {task} not finished after {waited_secs} s")]
+    TaskTimeout {
+        /// The task id.
+        task: String,
+        /// How long we waited.
+        waited_secs: u64,
+    },
+}
+
+impl VapiError {
+    /// Transport failures, 5xx, `SERVICE_UNAVAILABLE` and `RESOURCE_BUSY` are retryable
+    /// (never for registervm itself, which is not idempotent — the caller decides).
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Api {
+                status, error_type, ..
+            } => {
+                *status >= 500
+                    || error_type == "SERVICE_UNAVAILABLE"
+                    || error_type == "RESOURCE_BUSY"
+            }
+            Self::Config { .. }
+            | Self::Json { .. }
+            | Self::TaskFailed { .. }
+            | Self::TaskTimeout { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_info_json() {
+        let info: CisTaskInfo = serde_json::from_str(
+            r#"{"status":"RUNNING","progress":{"total":100,"completed":40,"message":{"id":"x","default_message":"restore"}},"operation":"registervm","cancelable":false}"#,
+        )
+        .unwrap();
+        assert_eq!(info.status, CisTaskStatus::Running);
+        assert_eq!(info.progress.unwrap().completed, 40);
+        let done: CisTaskInfo = serde_json::from_str(r#"{"status":"SUCCEEDED"}"#).unwrap();
+        assert_eq!(done.status, CisTaskStatus::Succeeded);
+    }
+
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(encode_segment("ns-1"), "ns-1");
+        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn token_is_redacted() {
+        assert!(!format!("{:?}", ApiToken("secret-token".into())).contains("secret"));
+    }
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::super::soap::Credentials;
+
+    struct Request {
+        method: String,
+        path: String,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Request {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A minimal HTTP/1.1 server speaking just enough of vAPI for the client.
+    async fn mock(handler: impl Fn(&Request) -> (u16, String) + Send + Sync + 'static) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = Arc::new(handler);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let header_end = loop {
+                        let n = stream.read(&mut chunk).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+                    let mut lines = head.split("\r\n");
+                    let mut first = lines.next().unwrap().split(' ');
+                    let method = first.next().unwrap().to_owned();
+                    let path = first.next().unwrap().to_owned();
+                    let headers: Vec<(String, String)> = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .collect();
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.parse().unwrap());
+                    while buf.len() < header_end + len {
+                        let n = stream.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body =
+                        String::from_utf8_lossy(&buf[header_end..header_end + len]).into_owned();
+                    let (status, reply) = handler(&Request {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    });
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                    stream.write_all(response.as_bytes()).await.unwrap();
+                });
+            }
+        });
+        format!("http://{addr}/").parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn registervm_and_task_polling_with_relogin() {
+        let logins = Arc::new(AtomicU32::new(0));
+        let polls = Arc::new(AtomicU32::new(0));
+        let (l, p) = (logins.clone(), polls.clone());
+        let base = mock(move |r| {
+            let token = format!("token-{}", l.load(Ordering::SeqCst));
+            match (r.method.as_str(), r.path.as_str()) {
+                ("POST", "/api/session") => {
+                    // "user:pass" in base64
+                    assert_eq!(r.header("authorization"), Some("Basic dXNlcjpwYXNz"));
+                    let n = l.fetch_add(1, Ordering::SeqCst) + 1;
+                    (201, format!("\"token-{n}\""))
+                }
+                _ if r.header(SESSION_HEADER) != Some(token.as_str()) || token == "token-1" => {
+                    // The first session "expires" at once: the client must log in again.
+                    (401, r#"{"error_type":"UNAUTHENTICATED","messages":[]}"#.into())
+                }
+                ("POST", "/api/vcenter/namespaces/instances/ns%201/registervm") => {
+                    assert_eq!(r.header("content-type"), Some("application/json"));
+                    assert_eq!(r.body, r#"{"vm":"vm-42"}"#);
+                    (200, "\"task-7:com.vmware.wcp\"".into())
+                }
+                ("POST", _) => (
+                    404,
+                    r#"{"error_type":"NOT_FOUND","messages":[{"id":"VCenterWcpWorkloadRegisterVMVMNotFound","default_message":"vm not found","args":[]}]}"#.into(),
+                ),
+                ("GET", "/api/cis/tasks/task-7%3Acom.vmware.wcp") => {
+                    if p.fetch_add(1, Ordering::SeqCst) == 0 {
+                        (200, r#"{"status":"RUNNING","progress":{"total":100,"completed":40}}"#.into())
+                    } else {
+                        (200, r#"{"status":"SUCCEEDED","progress":{"total":100,"completed":100}}"#.into())
+                    }
+                }
+                _ => (500, String::new()),
+            }
+        })
+        .await;
+        let client = VapiClient::new(
+            base,
+            &TlsVerification::SystemRoots,
+            true,
+            Credentials::new("user", "pass"),
+        )
+        .unwrap();
+        let task = client
+            .register_vm("ns 1", &VmMoref::from("vm-42"))
+            .await
+            .unwrap();
+        assert_eq!(task, "task-7:com.vmware.wcp");
+        assert_eq!(
+            logins.load(Ordering::SeqCst),
+            2,
+            "logged in again after the 401"
+        );
+        let mut seen = Vec::new();
+        let info = client
+            .wait_for_task(&task, Duration::from_secs(30), |p| seen.push(p.completed))
+            .await
+            .unwrap();
+        assert_eq!(info.status, CisTaskStatus::Succeeded);
+        assert_eq!(seen, [40, 100]);
+
+        let err = client
+            .register_vm("other", &VmMoref::from("vm-1"))
+            .await
+            .unwrap_err();
+        match &err {
+            VapiError::Api {
+                status: 404,
+                error_type,
+                message,
+                ..
+            } => {
+                assert_eq!(error_type, "NOT_FOUND");
+                assert_eq!(message, "vm not found");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn plain_http_needs_opt_in() {
+        let base: Url = "http://127.0.0.1:1/".parse().unwrap();
+        let creds = Credentials::new("u", "p");
+        assert!(VapiClient::new(base, &TlsVerification::SystemRoots, false, creds).is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! The conformance cases. Each creates what it mutates (its own folder and VMs), so the
+//! cases run in parallel against one server.
+
+// Test code: a failed step is a failed case (clippy's allow-unwrap-in-tests only covers
+// `#[test]` functions, and these are called from them).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::io::AsyncWriteExt as _;
+use vadp_agent::vsphere::{
+    ChangeId, CreateSnapshot, DatastoreError, DatastorePath, ExtraConfigChange, FaultKind,
+    FolderMoref, NewDisk, PowerState, ResourcePoolMoref, SoapClient, Thumbprint, TlsVerification,
+    VmConfigSpec, VmMoref, VsphereError,
+};
+
+use crate::target::Target;
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Where new objects go: the first datacenter's VM folder, a resource pool, a datastore.
+struct Inventory {
+    datacenter_name: String,
+    vm_folder: FolderMoref,
+    pool: ResourcePoolMoref,
+    datastore_name: String,
+}
+
+async fn inventory(t: &Target, client: &SoapClient) -> Inventory {
+    let root = client.service_content().root_folder.clone();
+    let dcs = client
+        .list_in_container(&root, "Datacenter", &["name", "vmFolder"], true)
+        .await
+        .unwrap();
+    let dc = dcs
+        .first()
+        .unwrap_or_else(|| panic!("{}: no datacenter", t.name));
+    let vm_folder = dc.get("vmFolder").unwrap().moref().unwrap();
+    let dc_ref = dc.obj.clone();
+    let pools = client
+        .list_in_container(&dc_ref, "ResourcePool", &["name"], true)
+        .await
+        .unwrap();
+    let stores = client
+        .list_in_container(&dc_ref, "Datastore", &["name"], true)
+        .await
+        .unwrap();
+    Inventory {
+        datacenter_name: dc.text("name").unwrap().to_owned(),
+        vm_folder: FolderMoref(vm_folder.value),
+        pool: ResourcePoolMoref(pools.first().expect("a resource pool").obj.value.clone()),
+        datastore_name: stores
+            .first()
+            .expect("a datastore")
+            .text("name")
+            .unwrap()
+            .to_owned(),
+    }
+}
+
+/// Creates a folder and a powered-off VM with one 1 MiB disk and one ExtraConfig key.
+async fn new_vm(client: &SoapClient, inv: &Inventory, name: &str) -> (FolderMoref, VmMoref) {
+    let folder = client.create_folder(&inv.vm_folder, name).await.unwrap();
+    let spec = VmConfigSpec {
+        name: Some(name.to_owned()),
+        guest_id: Some("otherGuest64".into()),
+        vm_path_name: Some(format!("[{}]", inv.datastore_name)),
+        num_cpus: Some(1),
+        memory_mb: Some(64),
+        new_disks: vec![NewDisk {
+            capacity_kb: 1024,
+            unit_number: 0,
+        }],
+        extra_config: vec![ExtraConfigChange::Set(
+            "vmservice.namespacedName".into(),
+            format!("{name}/{name}"),
+        )],
+        ..VmConfigSpec::default()
+    };
+    let vm = client
+        .create_vm(&folder, &spec, &inv.pool, None)
+        .await
+        .unwrap();
+    (folder, vm)
+}
+
+fn fault_kind(err: &VsphereError) -> FaultKind {
+    err.fault_kind()
+        .unwrap_or_else(|| panic!("expected a fault, got {err:?}"))
+}
+
+pub async fn login_logout_and_about(t: &Target) {
+    let client = t.client().await;
+    let about = &client.service_content().about;
+    assert_eq!(about.api_type, "VirtualCenter");
+    assert!(!about.instance_uuid.is_empty());
+    assert!(client.session_cookie().is_some());
+    client.current_time().await.unwrap();
+    client.logout().await.unwrap();
+    assert!(client.session_cookie().is_none());
+}
+
+pub async fn invalid_login_is_permanent(t: &Target) {
+    let mut config = t.config();
+    config.credentials = Some(vadp_agent::vsphere::Credentials::new(
+        &t.user,
+        "wrong-password",
+    ));
+    let err = SoapClient::connect(config).await.unwrap_err();
+    assert_eq!(fault_kind(&err), FaultKind::InvalidLogin);
+    assert!(!err.is_retryable());
+    assert!(!format!("{err:?}").contains("wrong-password"));
+}
+
+pub async fn tls_refuses_unpinned_and_wrong_pin(t: &Target) {
+    // A self-signed server certificate is refused without a pin …
+    let mut config = t.config();
+    config.tls = TlsVerification::SystemRoots;
+    let err = SoapClient::connect(config).await.unwrap_err();
+    assert!(matches!(err, VsphereError::Transport { .. }), "{err:?}");
+    // … and with a pin of another certificate.
+    let mut config = t.config();
+    config.tls = TlsVerification::Thumbprint(Thumbprint::sha1_of(b"another certificate"));
+    let err = SoapClient::connect(config).await.unwrap_err();
+    assert!(matches!(err, VsphereError::Transport { .. }), "{err:?}");
+    // Plain http is refused unless explicitly allowed.
+    let mut config = t.config();
+    config.url.set_scheme("http").unwrap();
+    assert!(matches!(
+        SoapClient::connect(config).await,
+        Err(VsphereError::Config { .. })
+    ));
+}
+
+pub async fn unknown_moref_faults(t: &Target) {
+    let client = t.client().await;
+    let missing = VmMoref::from("vm-987654");
+    let err = client.vm_info(&missing).await.unwrap_err();
+    assert_eq!(fault_kind(&err), FaultKind::ManagedObjectNotFound);
+    assert!(!err.is_retryable());
+    let err = client.power_off_vm(&missing).await.unwrap_err();
+    assert_eq!(fault_kind(&err), FaultKind::ManagedObjectNotFound);
+    match err {
+        VsphereError::Fault { method, object, .. } => {
+            assert_eq!(method, "PowerOffVM_Task");
+            assert_eq!(object, missing.moref());
+        }
+        other => panic!("expected a call fault, got {other:?}"),
+    }
+}
+
+pub async fn session_expiry_relogs_in(t: &Target) {
+    let a = t.client().await;
+    let session = a.login().await.unwrap();
+    let before = a.session_cookie();
+    // Another session terminates ours behind our back, as an idle timeout would.
+    let b = t.client().await;
+    b.terminate_sessions(&[session.key]).await.unwrap();
+    // The next call meets NotAuthenticated and logs in again transparently.
+    a.current_time().await.unwrap();
+    assert_ne!(a.session_cookie(), before);
+    a.vm_info(&VmMoref::from("vm-987654")).await.unwrap_err();
+}
+
+pub async fn vm_create_read_find_power_destroy(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let name = unique("conf-vm");
+    let (folder, vm) = new_vm(&client, &inv, &name).await;
+
+    let err = client
+        .create_folder(&inv.vm_folder, &name)
+        .await
+        .unwrap_err();
+    assert_eq!(fault_kind(&err), FaultKind::DuplicateName);
+
+    let info = client.vm_info(&vm).await.unwrap();
+    assert_eq!(info.name, name);
+    assert_eq!(info.parent.as_ref(), Some(&folder));
+    assert_eq!(info.power_state, Some(PowerState::PoweredOff));
+    assert!(info.bios_uuid.is_some() && info.instance_uuid.is_some());
+    assert!(!info.datastores.is_empty());
+    assert!(
+        info.vmx_path
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with(&format!("[{}]", inv.datastore_name))
+    );
+    assert_eq!(
+        info.extra_config_value("vmservice.namespacedName"),
+        Some(format!("{name}/{name}").as_str())
+    );
+    assert_eq!(info.disks.len(), 1, "{:?}", info.disks);
+    let disk = &info.disks[0];
+    assert_eq!(disk.capacity_bytes, 1 << 20);
+    assert!(disk.file_name.ends_with(".vmdk"), "{}", disk.file_name);
+    assert_eq!(disk.backing_type, "VirtualDiskFlatVer2BackingInfo");
+    assert!(disk.controller_key.is_some() && disk.unit_number == Some(0));
+    assert!(info.snapshots.is_empty());
+
+    assert_eq!(client.find_vm_in_folder(&folder, &name).await.unwrap(), vm);
+    let err = client
+        .find_vm_in_folder(&folder, "no-such-vm")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VsphereError::NotFound { .. }));
+    assert_eq!(client.find_namespace_folder(&name).await.unwrap(), folder);
+    let in_ns = client.list_vms_in_namespace(&name).await.unwrap();
+    assert_eq!(in_ns, vec![(vm.clone(), name.clone())]);
+
+    let err = client.power_off_vm(&vm).await.unwrap_err();
+    assert_eq!(fault_kind(&err), FaultKind::InvalidPowerState);
+    assert!(!err.is_retryable());
+    client.power_on_vm(&vm).await.unwrap();
+    assert_eq!(
+        client.vm_info(&vm).await.unwrap().power_state,
+        Some(PowerState::PoweredOn)
+    );
+    client.power_off_vm(&vm).await.unwrap();
+    client.destroy(&vm.moref()).await.unwrap();
+    let err = client.vm_info(&vm).await.unwrap_err();
+    assert_eq!(fault_kind(&err), FaultKind::ManagedObjectNotFound);
+    client.destroy(&folder.moref()).await.unwrap();
+}
+
+pub async fn reconfigure_extra_config(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let (_, vm) = new_vm(&client, &inv, &unique("conf-ec")).await;
+    let set = |k: &str, v: &str| ExtraConfigChange::Set(k.into(), v.into());
+
+    client
+        .set_extra_config(&vm, vec![set("vadp.a", "1"), set("vadp.b", "x")])
+        .await
+        .unwrap();
+    client
+        .set_extra_config(&vm, vec![set("vadp.a", "2")])
+        .await
+        .unwrap();
+    let info = client.vm_info(&vm).await.unwrap();
+    assert_eq!(info.extra_config_value("vadp.a"), Some("2"));
+    let count = info
+        .extra_config
+        .iter()
+        .filter(|(k, _)| k == "vadp.a")
+        .count();
+    if t.quirks.duplicate_extra_config_keys {
+        // vcsim appends a second entry; real vSphere overwrites (VSPHERE.md §A.9).
+        assert_eq!(count, 2, "vcsim quirk changed: {:?}", info.extra_config);
+    } else {
+        assert_eq!(count, 1);
+    }
+
+    client
+        .set_extra_config(&vm, vec![ExtraConfigChange::Remove("vadp.b".into())])
+        .await
+        .unwrap();
+    let info = client.vm_info(&vm).await.unwrap();
+    let b = info.extra_config_value("vadp.b");
+    if t.quirks.keeps_removed_extra_config_keys {
+        // vcsim stores the empty value instead of removing the key.
+        assert_eq!(b, Some(""), "vcsim quirk changed");
+    } else {
+        assert_eq!(b, None);
+    }
+    client.destroy(&vm.moref()).await.unwrap();
+}
+
+pub async fn cbt_enable_and_snapshot_cycle(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let (_, vm) = new_vm(&client, &inv, &unique("conf-cbt")).await;
+    client.power_on_vm(&vm).await.unwrap();
+
+    assert!(!client.vm_info(&vm).await.unwrap().change_tracking_enabled);
+    assert!(
+        !client.enable_cbt(&vm).await.unwrap(),
+        "CBT was off, so it was enabled now"
+    );
+    assert!(
+        client.enable_cbt(&vm).await.unwrap(),
+        "second call finds CBT on"
+    );
+    let info = client.vm_info(&vm).await.unwrap();
+    assert!(info.change_tracking_enabled);
+    assert!(
+        info.snapshots.is_empty(),
+        "the enable cycle removes its snapshot"
+    );
+
+    let mut progress = Vec::new();
+    let request = CreateSnapshot::backup("vadp-backup", "vadp-agent job 1");
+    let snapshot = client
+        .create_snapshot(&vm, &request, |p| progress.push(p))
+        .await
+        .unwrap();
+    assert_eq!(progress.last(), Some(&100));
+    if t.quirks.tasks_finish_synchronously {
+        // vcsim finishes the task before the call returns: no intermediate progress.
+        assert_eq!(progress, [100]);
+    }
+    let info = client.vm_info(&vm).await.unwrap();
+    assert_eq!(info.current_snapshot.as_ref(), Some(&snapshot));
+    let tree = info.all_snapshots();
+    assert_eq!(tree.len(), 1);
+    assert_eq!(tree[0].name, "vadp-backup");
+    assert_eq!(tree[0].description, "vadp-agent job 1");
+    let disks = client.snapshot_disks(&snapshot).await.unwrap();
+    assert_eq!(disks.len(), 1);
+
+    let disk = &disks[0];
+    let result = client
+        .query_changed_disk_areas(
+            &vm,
+            Some(&snapshot),
+            disk.key,
+            disk.capacity_bytes,
+            &ChangeId::all(),
+        )
+        .await;
+    if t.quirks.has_query_changed_disk_areas {
+        let areas = result.unwrap();
+        assert!(
+            areas
+                .iter()
+                .all(|a| a.start_bytes + a.length_bytes <= disk.capacity_bytes)
+        );
+    } else {
+        // vcsim (govmomi 0.24) does not implement QueryChangedDiskAreas.
+        let err = result.unwrap_err();
+        assert_eq!(fault_kind(&err), FaultKind::NotImplemented, "{err:?}");
+        assert!(!err.is_retryable());
+    }
+
+    client
+        .remove_snapshot(&snapshot, true, |_| {})
+        .await
+        .unwrap();
+    let info = client.vm_info(&vm).await.unwrap();
+    assert!(info.snapshots.is_empty() && info.current_snapshot.is_none());
+    let err = client
+        .remove_snapshot(&snapshot, true, |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(fault_kind(&err), FaultKind::ManagedObjectNotFound);
+
+    client.power_off_vm(&vm).await.unwrap();
+    client.destroy(&vm.moref()).await.unwrap();
+}
+
+pub async fn register_vm_into_folder(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let name = unique("conf-reg");
+    let (folder, vm) = new_vm(&client, &inv, &name).await;
+    let vmx = client
+        .vm_info(&vm)
+        .await
+        .unwrap()
+        .vmx_path
+        .expect("a vmx path");
+    client.unregister_vm(&vm).await.unwrap();
+    let registered = client
+        .register_vm(&folder, &vmx, Some(&name), &inv.pool)
+        .await
+        .unwrap();
+    let info = client.vm_info(&registered).await.unwrap();
+    assert_eq!(info.name, name);
+    assert_eq!(info.parent.as_ref(), Some(&folder));
+    // (vcsim 0.24 drops the connection for an unknown datastore name: stay on a known one.)
+    let missing = format!("[{}] {name}-missing/missing.vmx", inv.datastore_name);
+    let err = client
+        .register_vm(&folder, &missing, None, &inv.pool)
+        .await
+        .unwrap_err();
+    // Real vSphere answers NotFound or a FileFault subclass (VSPHERE.md §A.10).
+    assert!(
+        matches!(
+            fault_kind(&err),
+            FaultKind::NotFound | FaultKind::FileNotFound | FaultKind::FileFault
+        ),
+        "{err:?}"
+    );
+    client.destroy(&registered.moref()).await.unwrap();
+}
+
+pub async fn datastore_upload_download(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    tokio::fs::File::create(&src)
+        .await
+        .unwrap()
+        .write_all(&data)
+        .await
+        .unwrap();
+
+    let remote = DatastorePath {
+        datacenter: inv.datacenter_name.clone(),
+        datastore: inv.datastore_name.clone(),
+        path: format!("{}/blob file.bin", unique("conf-ds")),
+    };
+    client.upload_file(&remote, &src).await.unwrap();
+    let dest = dir.path().join("dest.bin");
+    let n = client.download_to_file(&remote, &dest).await.unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(tokio::fs::read(&dest).await.unwrap(), data);
+
+    let missing = DatastorePath {
+        path: "no-such-dir/no-such-file".into(),
+        ..remote.clone()
+    };
+    let err = client.download_to_file(&missing, &dest).await.unwrap_err();
+    assert!(
+        matches!(err, DatastoreError::Http { status: 404, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+}
