@@ -1,0 +1,1 @@
+//! Command-line interface: one file per subcommand group. `anyhow` is allowed here.
