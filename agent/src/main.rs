@@ -1,1 +1,18 @@
-fn main() {}
+//! `vadp-agent`: parse the command line, set up logging, run, map the error to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use vadp_agent::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing(cli.json, cli.verbose);
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
