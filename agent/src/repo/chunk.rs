@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(decode(&e, &ChunkDigest::of(&text)).unwrap(), text);
 
         let random: Vec<u8> = (0..65_536u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1])
             .collect();
         let e = enc.encode(&random).unwrap();
         assert_eq!(decode(&e, &ChunkDigest::of(&random)).unwrap(), random);

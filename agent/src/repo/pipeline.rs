@@ -438,7 +438,7 @@ mod tests {
         data[16384..]
             .iter_mut()
             .enumerate()
-            .for_each(|(i, b)| *b = (i % 251) as u8);
+            .for_each(|(i, b)| *b = u8::try_from(i % 251).unwrap());
         std::fs::write(&img, &data).unwrap();
         let src = RawFileSource::open(&img).unwrap();
         let mut idx = FixedIndex::new_zero(4096, data.len() as u64);

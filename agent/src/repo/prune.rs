@@ -85,6 +85,9 @@ fn year_month(day: i64) -> (i64, i64) {
     (year, month)
 }
 
+/// A retention bucket: rule name, how many to keep, bucket of a Unix time.
+type Bucket = (&'static str, u32, fn(i64) -> i64);
+
 /// Decide for the points of one VM. `now` is Unix seconds.
 #[must_use]
 pub fn select(
@@ -93,7 +96,7 @@ pub fn select(
     now: i64,
 ) -> Vec<PruneDecision> {
     let mut sorted: Vec<(RestorePointId, i64)> = points.to_vec();
-    sorted.sort_by(|a, b| b.1.cmp(&a.1));
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.1));
     let mut decisions: Vec<PruneDecision> = sorted
         .iter()
         .map(|&(id, created_at)| PruneDecision {
@@ -111,7 +114,7 @@ pub fn select(
             d.reasons.push("younger than minimum age");
         }
     }
-    let buckets: [(&'static str, u32, fn(i64) -> i64); 3] = [
+    let buckets: [Bucket; 3] = [
         ("daily", policy.keep_daily, |t| t.div_euclid(86_400)),
         // Day 0 (1970-01-01) was a Thursday: shift by 3 so weeks start on Monday.
         ("weekly", policy.keep_weekly, |t| {

@@ -122,7 +122,7 @@ pub fn verify(
                                 .push((*d, error_chain(&e)));
                         }
                         let n = done.fetch_add(1, Ordering::Relaxed) as u64 + 1;
-                        if n % 64 == 0 || n == total {
+                        if n.is_multiple_of(64) || n == total {
                             (progress.lock().expect("not poisoned"))(n, total);
                         }
                     }
