@@ -20,7 +20,10 @@ use crate::repo::restore::{self, RestoreError};
 use crate::repo::source::{DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
 use crate::repo::verify::{self, VerifyReport};
 
-/// Default chunk size: 4 MiB (docs/benchmarks.md, "Chunk size").
+/// Default chunk size: 4 MiB. Measured (docs/benchmarks.md, "Chunk size"): a full backup of
+/// the 2 GiB benchmark image takes 7.3 s with 4 MiB chunks and 13.5 s with 1 MiB (4× the chunk
+/// files, temp-file + fsync + rename each); a 20 × 64 KiB incremental takes 0.45 s against
+/// 0.19 s. The full backup dominates the window, so 4 MiB wins.
 pub const DEFAULT_CHUNK_SIZE_BYTES: u32 = 4 << 20;
 /// The disk key image mode uses for its single disk.
 pub const IMAGE_DISK_KEY: DiskKey = DiskKey(2000);
