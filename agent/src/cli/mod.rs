@@ -1,4 +1,148 @@
-//! The command-line interface: one file per subcommand group. `anyhow` is allowed here and in
-//! `main.rs` only.
+//! Command-line interface: one file per subcommand group. `anyhow` is allowed here (and in
+//! `main.rs`) only; library errors stay typed.
 
+pub mod image;
+mod progress;
+pub mod repo;
 pub mod vddk;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// vadp-agent: VADP backup agent for vSphere.
+#[derive(Debug, Parser)]
+#[command(name = "vadp-agent", version, about)]
+pub struct Cli {
+    /// Machine-readable output: JSON logs on stderr, JSON lines (progress, result) on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage a repository (init, info, verify, prune, gc).
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
+    /// List restore points.
+    List(repo::ListArgs),
+    /// Back up and restore raw image files (no vSphere needed).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// The VDDK library: `vddk info`.
+    Vddk(vddk::VddkArgs),
+}
+
+/// Install the tracing subscriber: human-readable on stderr, JSON with `--json`.
+pub fn init_tracing(json: bool, verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .compact()
+            .init();
+    }
+}
+
+/// Run the parsed command.
+///
+/// # Errors
+/// Any failure, with its chain, for `main` to print.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Repo(cmd) => repo::run(cmd, cli.json),
+        Command::List(args) => repo::list(&args, cli.json),
+        Command::Image(cmd) => image::run(cmd, cli.json),
+        Command::Vddk(args) => vddk::run(args, cli.json).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// The process exit code for a failed command: specific codes where a subcommand defines
+/// them (e.g. 69 for an unusable VDDK library), 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    vddk::exit_code(err).unwrap_or(1)
+}
+
+/// Parse a size such as `4M`, `4MiB`, `2G`, `65536`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {s:?} (examples: 4M, 1MiB, 2G, 65536)"))
+}
+
+/// Parse a duration such as `3d`, `72h`, `30m`, `60s`, into seconds.
+pub(crate) fn parse_duration_secs(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('d') => (&t[..t.len() - 1], 86_400),
+        Some('h') => (&t[..t.len() - 1], 3_600),
+        Some('m') => (&t[..t.len() - 1], 60),
+        Some('s') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    num.parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid duration {s:?} (examples: 3d, 72h, 90m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("4M").unwrap(), 4 << 20);
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("65536").unwrap(), 65_536);
+        assert!(parse_size("x").is_err());
+        assert_eq!(parse_duration_secs("3d").unwrap(), 259_200);
+        assert!(parse_duration_secs("d").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_for_test();
+    }
+
+    impl Cli {
+        fn command_for_test() {
+            use clap::CommandFactory;
+            Self::command().debug_assert();
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! `vadp-agent repo …` and `vadp-agent list`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::progress::Progress;
+use super::{parse_duration_secs, parse_size};
+use crate::repo::{DEFAULT_CHUNK_SIZE_BYTES, Repository, RetentionPolicy, VerifyProblem};
+
+/// Exit code of `repo verify` when it finds problems.
+const EXIT_VERIFY_FAILED: u8 = 3;
+
+/// The repository to work on.
+#[derive(Debug, Args)]
+pub struct RepoArg {
+    /// Repository directory.
+    #[arg(
+        long = "repo",
+        visible_alias = "path",
+        env = "VADP_REPO",
+        value_name = "DIR"
+    )]
+    pub repo: PathBuf,
+}
+
+/// `repo` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create a repository; the chunk size is fixed for its lifetime.
+    Init {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Chunk size (power of two, 64K..64M).
+        #[arg(long, value_parser = parse_size, default_value_t = u64::from(DEFAULT_CHUNK_SIZE_BYTES))]
+        chunk_size: u64,
+    },
+    /// Show chunk size, schema version, points and space used.
+    Info {
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+    /// Re-read and re-hash every chunk; report bad chunks with the points they affect.
+    Verify {
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+    /// Remove restore points outside the retention policy (chunks are freed by `repo gc`).
+    Prune {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Keep the N newest points of each VM.
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest point of each of the last N days.
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        /// Keep the newest point of each of the last N ISO weeks.
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        /// Keep the newest point of each of the last N months.
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        /// Never remove a point younger than this (at least 3d).
+        #[arg(long, value_parser = parse_duration_secs, default_value = "3d")]
+        min_age: i64,
+        /// Show what would be removed without removing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove chunks no restore point references, temp files and orphan indexes.
+    Gc {
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+}
+
+/// `list` arguments.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    repo: RepoArg,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn open(repo: &RepoArg) -> anyhow::Result<Repository> {
+    Repository::open(&repo.repo).with_context(|| format!("open repository {}", repo.repo.display()))
+}
+
+pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RepoCommand::Init { repo, chunk_size } => {
+            let r = Repository::init(&repo.repo, chunk_size)
+                .with_context(|| format!("init repository {}", repo.repo.display()))?;
+            let info = r.info()?;
+            if json {
+                println!("{}", serde_json::json!({"event": "init", "repo": info}));
+            } else {
+                println!(
+                    "initialised repository {} (chunk size {} bytes)",
+                    info.path.display(),
+                    info.chunk_size_bytes
+                );
+            }
+        }
+        RepoCommand::Info { repo } => {
+            let info = open(&repo)?.info()?;
+            if json {
+                println!("{}", serde_json::json!({"event": "info", "repo": info}));
+            } else {
+                println!("path:           {}", info.path.display());
+                println!("chunk size:     {} bytes", info.chunk_size_bytes);
+                println!("schema version: {}", info.schema_version);
+                println!("restore points: {}", info.points);
+                println!(
+                    "chunk files:    {} ({} bytes)",
+                    info.chunk_files, info.chunk_bytes
+                );
+            }
+        }
+        RepoCommand::Verify { repo } => {
+            let r = open(&repo)?;
+            let mut progress = Progress::new("verify", json);
+            let report = r.verify(&mut |d, t| progress.update(d, t))?;
+            progress.finish();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "verify", "report": report})
+                );
+            } else {
+                for p in &report.problems {
+                    match p {
+                        VerifyProblem::Index {
+                            point, disk, error, ..
+                        } => {
+                            println!("BAD INDEX restore point {point} disk {disk}: {error}");
+                        }
+                        VerifyProblem::Chunk {
+                            digest,
+                            error,
+                            points,
+                            ..
+                        } => {
+                            let pts: Vec<String> = points
+                                .iter()
+                                .map(|(p, d)| format!("{p} (disk {d})"))
+                                .collect();
+                            println!(
+                                "BAD CHUNK {digest}: {error}; affects restore points: {}",
+                                pts.join(", ")
+                            );
+                        }
+                    }
+                }
+                println!(
+                    "verified {} restore points, {} chunks: {} problem(s)",
+                    report.points,
+                    report.chunks,
+                    report.problems.len()
+                );
+            }
+            if !report.is_ok() {
+                return Ok(ExitCode::from(EXIT_VERIFY_FAILED));
+            }
+        }
+        RepoCommand::Prune {
+            repo,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            min_age,
+            dry_run,
+        } => {
+            let policy = RetentionPolicy {
+                keep_last,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                min_age_secs: min_age,
+            };
+            let decisions = open(&repo)?.prune(&policy, now_secs(), dry_run)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "prune", "dry_run": dry_run, "decisions": decisions})
+                );
+            } else {
+                for d in &decisions {
+                    let verb = if d.keep {
+                        "keep  "
+                    } else if dry_run {
+                        "would remove"
+                    } else {
+                        "remove"
+                    };
+                    println!("{verb} {} {} {}", d.id, d.created_at, d.reasons.join(","));
+                }
+            }
+        }
+        RepoCommand::Gc { repo } => {
+            let report = open(&repo)?.gc()?;
+            if json {
+                println!("{}", serde_json::json!({"event": "gc", "report": report}));
+            } else {
+                println!(
+                    "gc: {} chunks referenced, {} kept, {} removed ({} bytes), {} temp files, {} orphan indexes removed",
+                    report.chunks_marked,
+                    report.chunks_kept,
+                    report.chunks_removed,
+                    report.bytes_removed,
+                    report.temp_files_removed,
+                    report.orphan_indexes_removed
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let points = open(&args.repo)?.list()?;
+    if json {
+        println!("{}", serde_json::json!({"event": "list", "points": points}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<36}  {:<16}  {:<10}  {:<11}  {:>14}  {:>12}",
+        "ID", "VM", "CREATED", "KIND", "SIZE", "CHANGED"
+    );
+    for p in &points {
+        let size: u64 = p.disks.iter().map(|d| d.capacity_bytes).sum();
+        let changed: u64 = p.disks.iter().map(|d| d.bytes_changed).sum();
+        let kind = match p.kind {
+            crate::repo::PointKind::Full => "full",
+            crate::repo::PointKind::Incremental => "incremental",
+        };
+        println!(
+            "{:<36}  {:<16}  {:<10}  {:<11}  {:>14}  {:>12}",
+            p.id, p.vm.name, p.created_at, kind, size, changed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

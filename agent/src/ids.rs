@@ -1,0 +1,176 @@
+//! Shared value types (ARCHITECTURE §2): domain newtypes defined once and used by every module.
+//!
+//! Offsets and sizes are plain `u64` bytes; everything that names an object gets a newtype here.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// BLAKE3 digest of a chunk's plain (uncompressed) data.
+///
+/// The all-zero digest is reserved as the marker for a chunk of zeros, which is never stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkDigest(pub [u8; 32]);
+
+impl ChunkDigest {
+    /// The marker for an all-zero chunk (a hole); no chunk file exists for it.
+    pub const ZERO: Self = Self([0; 32]);
+
+    /// Digest of `data` with BLAKE3.
+    #[must_use]
+    pub fn of(data: &[u8]) -> Self {
+        Self(*blake3::hash(data).as_bytes())
+    }
+
+    /// Whether this is the zero-chunk marker.
+    #[must_use]
+    pub fn is_zero(&self) -> bool {
+        *self == Self::ZERO
+    }
+
+    /// Lower-case hex form (64 characters), as used in chunk file names.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ChunkDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkDigest({})", self.to_hex())
+    }
+}
+
+/// Error parsing one of the identifiers of this module.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {kind} {text:?}")]
+pub struct IdParseError {
+    /// Which identifier was being parsed.
+    pub kind: &'static str,
+    /// The rejected text.
+    pub text: String,
+}
+
+impl FromStr for ChunkDigest {
+    type Err = IdParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| IdParseError {
+            kind: "chunk digest",
+            text: s.to_owned(),
+        })?;
+        Ok(Self(out))
+    }
+}
+
+/// Identifier of a restore point (a UUID, assigned before its data is written).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RestorePointId(pub uuid::Uuid);
+
+impl RestorePointId {
+    /// A fresh random identifier.
+    #[must_use]
+    pub fn new_random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for RestorePointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for RestorePointId {
+    type Err = IdParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| IdParseError {
+                kind: "restore point id",
+                text: s.to_owned(),
+            })
+    }
+}
+
+/// Identifier of a backup job (one run over a group of VMs).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub uuid::Uuid);
+
+impl JobId {
+    /// A fresh random identifier.
+    #[must_use]
+    pub fn new_random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// vSphere device key of a virtual disk (e.g. 2000 for the first SCSI disk).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DiskKey(pub i32);
+
+impl fmt::Display for DiskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Managed object reference of a VM (e.g. `vm-42`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VmMoref(pub String);
+
+impl fmt::Display for VmMoref {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A CBT change identifier (`"<uuid>/<seq>"`), or `*` for "everything allocated".
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChangeId(pub String);
+
+impl fmt::Display for ChangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_hex_round_trip() {
+        let d = ChunkDigest::of(b"hello");
+        let parsed: ChunkDigest = d.to_hex().parse().unwrap();
+        assert_eq!(d, parsed);
+        assert!(!d.is_zero());
+        assert!("zz".parse::<ChunkDigest>().is_err());
+    }
+
+    #[test]
+    fn point_id_round_trip() {
+        let p = RestorePointId::new_random();
+        assert_eq!(p, p.to_string().parse().unwrap());
+    }
+}

@@ -1,0 +1,624 @@
+//! The catalog's queries over one rusqlite `Connection` (owned by the `catalog` thread).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::CatalogError;
+use super::schema::{self, MigrateError};
+use crate::ids::{ChangeId, DiskKey, JobId, RestorePointId, VmMoref};
+
+/// A VM as recorded with its restore points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// Managed object reference (image mode: `image:<name>`).
+    pub moref: VmMoref,
+    /// Display name.
+    pub name: String,
+    /// vCenter instance UUID ("" in image mode).
+    pub vcenter_uuid: String,
+    /// Supervisor namespace, for VM Service VMs.
+    pub namespace: Option<String>,
+}
+
+/// Full backup or incremental (changed blocks only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PointKind {
+    /// Every allocated block was read.
+    Full,
+    /// Only changed blocks were read; the rest comes from the parent's index.
+    Incremental,
+}
+
+impl PointKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Incremental => "incremental",
+        }
+    }
+}
+
+/// Role of a disk in its VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskRole {
+    /// The boot disk.
+    Os,
+    /// A classic (non-PVC) data disk.
+    Classic,
+    /// A disk backing a Kubernetes PVC.
+    Pvc,
+}
+
+impl DiskRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Os => "os",
+            Self::Classic => "classic",
+            Self::Pvc => "pvc",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "os" => Self::Os,
+            "pvc" => Self::Pvc,
+            _ => Self::Classic,
+        }
+    }
+}
+
+/// A disk of a restore point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// Device key.
+    pub key: DiskKey,
+    /// Device label ("Hard disk 1").
+    pub label: String,
+    /// Capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Backing file (`[ds1] vm/disk.vmdk`, or the image path in image mode).
+    pub backing_file: String,
+    /// Disk UUID.
+    pub disk_uuid: Option<String>,
+    /// CBT change id at the snapshot.
+    pub change_id: Option<ChangeId>,
+    /// Role.
+    pub role: DiskRole,
+    /// Index file, relative to the repository root.
+    pub index_path: String,
+    /// Bytes read as changed by this backup.
+    pub bytes_changed: u64,
+    /// Bytes of new chunk files written by this backup.
+    pub bytes_stored: u64,
+}
+
+/// A restore point to commit.
+#[derive(Debug, Clone)]
+pub struct NewPoint {
+    /// Identifier (chosen before the data is written: index files live under it).
+    pub id: RestorePointId,
+    /// The VM.
+    pub vm: VmRecord,
+    /// The job that made it.
+    pub job: Option<JobId>,
+    /// The point an incremental started from.
+    pub parent: Option<RestorePointId>,
+    /// Unix time in seconds.
+    pub created_at: i64,
+    /// Full or incremental.
+    pub kind: PointKind,
+    /// Why this kind (e.g. "first backup", "cbt").
+    pub reason: String,
+    /// The VMX file, byte for byte.
+    pub vmx: Option<Vec<u8>>,
+    /// ExtraConfig as JSON.
+    pub extra_config: Option<serde_json::Value>,
+    /// Statistics as JSON.
+    pub stats: serde_json::Value,
+    /// Disks.
+    pub disks: Vec<DiskRecord>,
+}
+
+/// A committed restore point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointRecord {
+    /// Identifier.
+    pub id: RestorePointId,
+    /// The VM.
+    pub vm: VmRecord,
+    /// Parent of an incremental.
+    pub parent: Option<RestorePointId>,
+    /// Unix time in seconds.
+    pub created_at: i64,
+    /// Full or incremental.
+    pub kind: PointKind,
+    /// Why this kind.
+    pub reason: String,
+    /// Statistics.
+    pub stats: serde_json::Value,
+    /// Disks.
+    pub disks: Vec<DiskRecord>,
+}
+
+/// Kind of a side effect recorded in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalKind {
+    /// A snapshot we created.
+    Snapshot,
+    /// A `PrepareForAccess` not yet ended.
+    PrepareAccess,
+    /// A VM shell created by a restore.
+    VmShell,
+}
+
+impl JournalKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Snapshot => "snapshot",
+            Self::PrepareAccess => "prepare_access",
+            Self::VmShell => "vm_shell",
+        }
+    }
+}
+
+/// An open journal entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// Row id.
+    pub id: i64,
+    /// Kind as stored.
+    pub kind: String,
+    /// The VM.
+    pub vm: VmMoref,
+    /// Detail JSON.
+    pub detail: serde_json::Value,
+    /// Unix time when opened.
+    pub opened_at: i64,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The catalog: queries over one connection.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Open (creating if absent) and migrate the catalog at `path`, in WAL mode.
+    ///
+    /// # Errors
+    /// [`CatalogError::NewerVersion`] for a catalog from a newer agent, [`CatalogError::Sql`]
+    /// otherwise; both name the file.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let sql = |source| CatalogError::Sql {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        // FULL: a committed restore point survives power loss (WAL + NORMAL may lose it).
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        Self::with_connection(conn, path.to_path_buf())
+    }
+
+    /// An in-memory catalog (tests).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn open_in_memory() -> Result<Self, CatalogError> {
+        let conn = Connection::open_in_memory().map_err(|source| CatalogError::Sql {
+            path: PathBuf::from(":memory:"),
+            source,
+        })?;
+        Self::with_connection(conn, PathBuf::from(":memory:"))
+    }
+
+    fn with_connection(mut conn: Connection, path: PathBuf) -> Result<Self, CatalogError> {
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|source| CatalogError::Sql {
+                path: path.clone(),
+                source,
+            })?;
+        match schema::migrate(&mut conn) {
+            Ok(_) => Ok(Self { conn, path }),
+            Err(MigrateError::Newer(found)) => Err(CatalogError::NewerVersion {
+                path,
+                found,
+                supported: schema::LATEST_VERSION,
+            }),
+            Err(MigrateError::Sql(source)) => Err(CatalogError::Sql { path, source }),
+        }
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
+        |source| CatalogError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Read a repository setting.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn meta(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        self.conn
+            .query_row("SELECT value FROM repo_meta WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Write a repository setting.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO repo_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Make a restore point visible: VM, point and disks in one transaction.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`]; on error nothing is visible.
+    pub fn commit_point(&mut self, point: &NewPoint) -> Result<(), CatalogError> {
+        let path = self.path.clone();
+        let sql = |source| CatalogError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT INTO vms (moref, vcenter_uuid, name, namespace) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (vcenter_uuid, moref) DO UPDATE SET name = excluded.name,
+                 namespace = excluded.namespace",
+            params![
+                point.vm.moref.0,
+                point.vm.vcenter_uuid,
+                point.vm.name,
+                point.vm.namespace
+            ],
+        )
+        .map_err(sql)?;
+        let vm_id: i64 = tx
+            .query_row(
+                "SELECT id FROM vms WHERE vcenter_uuid = ?1 AND moref = ?2",
+                params![point.vm.vcenter_uuid, point.vm.moref.0],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        if let Some(job) = point.job {
+            tx.execute(
+                "INSERT OR IGNORE INTO jobs (id, created_at, state) VALUES (?1, ?2, 'running')",
+                params![job.to_string(), point.created_at],
+            )
+            .map_err(sql)?;
+        }
+        tx.execute(
+            "INSERT INTO restore_points (id, vm_id, job_id, parent_id, created_at, kind, reason,
+                 state, vmx, extra_config, stats)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'committed', ?8, ?9, ?10)",
+            params![
+                point.id.to_string(),
+                vm_id,
+                point.job.map(|j| j.to_string()),
+                point.parent.map(|p| p.to_string()),
+                point.created_at,
+                point.kind.as_str(),
+                point.reason,
+                point.vmx,
+                point.extra_config.as_ref().map(ToString::to_string),
+                point.stats.to_string(),
+            ],
+        )
+        .map_err(sql)?;
+        for d in &point.disks {
+            tx.execute(
+                "INSERT INTO disks (point_id, disk_key, label, capacity_bytes, backing_file,
+                     disk_uuid, change_id, role, index_path, bytes_changed, bytes_stored)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    point.id.to_string(),
+                    d.key.0,
+                    d.label,
+                    to_i64(d.capacity_bytes),
+                    d.backing_file,
+                    d.disk_uuid,
+                    d.change_id.as_ref().map(|c| c.0.clone()),
+                    d.role.as_str(),
+                    d.index_path,
+                    to_i64(d.bytes_changed),
+                    to_i64(d.bytes_stored),
+                ],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Every committed restore point, oldest first.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`] or [`CatalogError::Invalid`] for an unreadable row.
+    pub fn list_points(&self) -> Result<Vec<PointRecord>, CatalogError> {
+        self.query_points("", [])
+    }
+
+    /// One restore point.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`] or [`CatalogError::Invalid`].
+    pub fn get_point(&self, id: RestorePointId) -> Result<Option<PointRecord>, CatalogError> {
+        Ok(self
+            .query_points("WHERE p.id = ?1", [id.to_string()])?
+            .pop())
+    }
+
+    fn query_points<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<PointRecord>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT p.id, v.moref, v.name, v.vcenter_uuid, v.namespace, p.parent_id,
+                        p.created_at, p.kind, p.reason, p.stats
+                 FROM restore_points p JOIN vms v ON v.id = p.vm_id {filter}
+                 ORDER BY p.created_at, p.rowid"
+            ))
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    VmRecord {
+                        moref: VmMoref(r.get(1)?),
+                        name: r.get(2)?,
+                        vcenter_uuid: r.get(3)?,
+                        namespace: r.get(4)?,
+                    },
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                ))
+            })
+            .map_err(self.sql())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, vm, parent, created_at, kind, reason, stats) = row.map_err(self.sql())?;
+            let invalid = |what: &str| CatalogError::Invalid {
+                path: self.path.clone(),
+                what: format!("restore point {id}: {what}"),
+            };
+            let id_parsed: RestorePointId = id.parse().map_err(|_| invalid("bad id"))?;
+            let parent = match parent {
+                Some(p) => Some(p.parse().map_err(|_| invalid("bad parent id"))?),
+                None => None,
+            };
+            let kind = match kind.as_str() {
+                "full" => PointKind::Full,
+                _ => PointKind::Incremental,
+            };
+            let stats = serde_json::from_str(&stats).map_err(|_| invalid("bad stats JSON"))?;
+            let disks = self.disks_of(&id)?;
+            out.push(PointRecord {
+                id: id_parsed,
+                vm,
+                parent,
+                created_at,
+                kind,
+                reason,
+                stats,
+                disks,
+            });
+        }
+        Ok(out)
+    }
+
+    fn disks_of(&self, point: &str) -> Result<Vec<DiskRecord>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT disk_key, label, capacity_bytes, backing_file, disk_uuid, change_id, role,
+                        index_path, bytes_changed, bytes_stored
+                 FROM disks WHERE point_id = ?1 ORDER BY disk_key",
+            )
+            .map_err(self.sql())?;
+        stmt.query_map([point], |r| {
+            Ok(DiskRecord {
+                key: DiskKey(r.get(0)?),
+                label: r.get(1)?,
+                capacity_bytes: to_u64(r.get(2)?),
+                backing_file: r.get(3)?,
+                disk_uuid: r.get(4)?,
+                change_id: r.get::<_, Option<String>>(5)?.map(ChangeId),
+                role: DiskRole::parse(&r.get::<_, String>(6)?),
+                index_path: r.get(7)?,
+                bytes_changed: to_u64(r.get(8)?),
+                bytes_stored: to_u64(r.get(9)?),
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(self.sql())
+    }
+
+    /// Delete restore points (and their disks) in one transaction; returns how many existed.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`]; on error nothing is deleted.
+    pub fn delete_points(&mut self, ids: &[RestorePointId]) -> Result<usize, CatalogError> {
+        let path = self.path.clone();
+        let sql = |source| CatalogError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let mut n = 0;
+        for id in ids {
+            n += tx
+                .execute("DELETE FROM restore_points WHERE id = ?1", [id.to_string()])
+                .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(n)
+    }
+
+    /// Record a side effect before doing it; returns the entry id.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn journal_open(
+        &self,
+        kind: JournalKind,
+        vm: &VmMoref,
+        detail: &serde_json::Value,
+        now: i64,
+    ) -> Result<i64, CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO journal (kind, vm_moref, detail, opened_at, state)
+                 VALUES (?1, ?2, ?3, ?4, 'open')",
+                params![kind.as_str(), vm.0, detail.to_string(), now],
+            )
+            .map_err(self.sql())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Close a journal entry once its side effect is undone.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn journal_close(&self, id: i64, now: i64) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "UPDATE journal SET closed_at = ?2, state = 'closed' WHERE id = ?1",
+                params![id, now],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Entries still open (for the reconciler).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn journal_open_entries(&self) -> Result<Vec<JournalEntry>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, kind, vm_moref, detail, opened_at FROM journal
+                 WHERE state = 'open' ORDER BY id",
+            )
+            .map_err(self.sql())?;
+        stmt.query_map([], |r| {
+            Ok(JournalEntry {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                vm: VmMoref(r.get(2)?),
+                detail: serde_json::from_str(&r.get::<_, String>(3)?)
+                    .unwrap_or(serde_json::Value::Null),
+                opened_at: r.get(4)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(self.sql())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_point(name: &str, created_at: i64) -> NewPoint {
+        let id = RestorePointId::new_random();
+        NewPoint {
+            id,
+            vm: VmRecord {
+                moref: VmMoref(format!("image:{name}")),
+                name: name.into(),
+                vcenter_uuid: String::new(),
+                namespace: None,
+            },
+            job: Some(JobId::new_random()),
+            parent: None,
+            created_at,
+            kind: PointKind::Full,
+            reason: "first backup".into(),
+            vmx: Some(b"config.version = \"8\"".to_vec()),
+            extra_config: Some(serde_json::json!({"a": "b"})),
+            stats: serde_json::json!({"bytes": 1}),
+            disks: vec![DiskRecord {
+                key: DiskKey(2000),
+                label: "Hard disk 1".into(),
+                capacity_bytes: 1 << 30,
+                backing_file: "/img".into(),
+                disk_uuid: None,
+                change_id: Some(ChangeId("*".into())),
+                role: DiskRole::Os,
+                index_path: format!("indexes/{id}/2000.fidx"),
+                bytes_changed: 5,
+                bytes_stored: 3,
+            }],
+        }
+    }
+
+    #[test]
+    fn commit_list_get_delete() {
+        let mut cat = Catalog::open_in_memory().unwrap();
+        let a = sample_point("web", 100);
+        let b = sample_point("web", 200);
+        cat.commit_point(&a).unwrap();
+        cat.commit_point(&b).unwrap();
+        let all = cat.list_points().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].id, a.id);
+        assert_eq!(all[0].disks, a.disks);
+        assert_eq!(cat.get_point(b.id).unwrap().unwrap().created_at, 200);
+        assert_eq!(cat.delete_points(&[a.id]).unwrap(), 1);
+        assert_eq!(cat.list_points().unwrap().len(), 1);
+        // Duplicate id: the transaction fails and nothing changes.
+        assert!(cat.commit_point(&b).is_err());
+        assert_eq!(cat.list_points().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn journal_and_meta() {
+        let cat = Catalog::open_in_memory().unwrap();
+        let vm = VmMoref("vm-1".into());
+        let id = cat
+            .journal_open(JournalKind::Snapshot, &vm, &serde_json::json!({"s": 1}), 5)
+            .unwrap();
+        assert_eq!(cat.journal_open_entries().unwrap().len(), 1);
+        cat.journal_close(id, 6).unwrap();
+        assert!(cat.journal_open_entries().unwrap().is_empty());
+        cat.set_meta("k", "v").unwrap();
+        assert_eq!(cat.meta("k").unwrap().as_deref(), Some("v"));
+    }
+}

@@ -1,0 +1,216 @@
+//! The `catalog` thread: sole owner of the writer connection, driven through [`CatalogHandle`].
+//!
+//! Each command carries a reply sender; the handle blocks on it, so it is usable from plain
+//! threads now. Async callers later wrap a call in a command + oneshot the same way (the reply
+//! type is the only thing that changes).
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, bounded};
+
+use super::CatalogError;
+use super::db::{Catalog, JournalEntry, JournalKind, NewPoint, PointRecord};
+use crate::ids::{RestorePointId, VmMoref};
+
+type Reply<T> = Sender<Result<T, CatalogError>>;
+
+/// A request to the catalog thread.
+#[derive(Debug)]
+enum Command {
+    Meta(String, Reply<Option<String>>),
+    SetMeta(String, String, Reply<()>),
+    CommitPoint(Box<NewPoint>, Reply<()>),
+    ListPoints(Reply<Vec<PointRecord>>),
+    GetPoint(RestorePointId, Reply<Option<PointRecord>>),
+    DeletePoints(Vec<RestorePointId>, Reply<usize>),
+    JournalOpen(JournalKind, VmMoref, serde_json::Value, i64, Reply<i64>),
+    JournalClose(i64, i64, Reply<()>),
+    JournalOpenEntries(Reply<Vec<JournalEntry>>),
+}
+
+/// Handle to the `catalog` thread; cheap to clone. The thread stops when the last handle drops.
+#[derive(Debug, Clone)]
+pub struct CatalogHandle {
+    tx: Sender<Command>,
+    path: PathBuf,
+}
+
+/// Join handle of the catalog thread.
+#[derive(Debug)]
+pub struct CatalogThread(JoinHandle<()>);
+
+impl CatalogThread {
+    /// Wait for the thread to exit (after every handle is dropped).
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("catalog thread panicked");
+        }
+    }
+}
+
+impl CatalogHandle {
+    /// Open the catalog at `path` on a new `catalog` thread.
+    ///
+    /// # Errors
+    /// What [`Catalog::open`] returns, or [`CatalogError::Thread`] if the thread cannot start.
+    pub fn spawn(path: &Path) -> Result<(Self, CatalogThread), CatalogError> {
+        let (tx, rx) = bounded::<Command>(16);
+        let (ready_tx, ready_rx) = bounded::<Result<(), CatalogError>>(1);
+        let db_path = path.to_path_buf();
+        let join = std::thread::Builder::new()
+            .name("catalog".into())
+            .spawn(move || {
+                let mut catalog = match Catalog::open(&db_path) {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for cmd in rx {
+                    serve(&mut catalog, cmd);
+                }
+            })
+            .map_err(|source| CatalogError::Thread {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        ready_rx.recv().map_err(|_| CatalogError::Gone {
+            path: path.to_path_buf(),
+        })??;
+        Ok((
+            Self {
+                tx,
+                path: path.to_path_buf(),
+            },
+            CatalogThread(join),
+        ))
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CatalogError> {
+        let (reply_tx, reply_rx) = bounded(1);
+        let gone = || CatalogError::Gone {
+            path: self.path.clone(),
+        };
+        self.tx.send(make(reply_tx)).map_err(|_| gone())?;
+        reply_rx.recv().map_err(|_| gone())?
+    }
+
+    /// See [`Catalog::meta`].
+    ///
+    /// # Errors
+    /// As [`Catalog::meta`], or [`CatalogError::Gone`].
+    pub fn meta(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        self.call(|r| Command::Meta(key.to_owned(), r))
+    }
+
+    /// See [`Catalog::set_meta`].
+    ///
+    /// # Errors
+    /// As [`Catalog::set_meta`], or [`CatalogError::Gone`].
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), CatalogError> {
+        self.call(|r| Command::SetMeta(key.to_owned(), value.to_owned(), r))
+    }
+
+    /// See [`Catalog::commit_point`].
+    ///
+    /// # Errors
+    /// As [`Catalog::commit_point`], or [`CatalogError::Gone`].
+    pub fn commit_point(&self, point: NewPoint) -> Result<(), CatalogError> {
+        self.call(|r| Command::CommitPoint(Box::new(point), r))
+    }
+
+    /// See [`Catalog::list_points`].
+    ///
+    /// # Errors
+    /// As [`Catalog::list_points`], or [`CatalogError::Gone`].
+    pub fn list_points(&self) -> Result<Vec<PointRecord>, CatalogError> {
+        self.call(Command::ListPoints)
+    }
+
+    /// See [`Catalog::get_point`].
+    ///
+    /// # Errors
+    /// As [`Catalog::get_point`], or [`CatalogError::Gone`].
+    pub fn get_point(&self, id: RestorePointId) -> Result<Option<PointRecord>, CatalogError> {
+        self.call(|r| Command::GetPoint(id, r))
+    }
+
+    /// See [`Catalog::delete_points`].
+    ///
+    /// # Errors
+    /// As [`Catalog::delete_points`], or [`CatalogError::Gone`].
+    pub fn delete_points(&self, ids: Vec<RestorePointId>) -> Result<usize, CatalogError> {
+        self.call(|r| Command::DeletePoints(ids, r))
+    }
+
+    /// See [`Catalog::journal_open`].
+    ///
+    /// # Errors
+    /// As [`Catalog::journal_open`], or [`CatalogError::Gone`].
+    pub fn journal_open(
+        &self,
+        kind: JournalKind,
+        vm: VmMoref,
+        detail: serde_json::Value,
+        now: i64,
+    ) -> Result<i64, CatalogError> {
+        self.call(|r| Command::JournalOpen(kind, vm, detail, now, r))
+    }
+
+    /// See [`Catalog::journal_close`].
+    ///
+    /// # Errors
+    /// As [`Catalog::journal_close`], or [`CatalogError::Gone`].
+    pub fn journal_close(&self, id: i64, now: i64) -> Result<(), CatalogError> {
+        self.call(|r| Command::JournalClose(id, now, r))
+    }
+
+    /// See [`Catalog::journal_open_entries`].
+    ///
+    /// # Errors
+    /// As [`Catalog::journal_open_entries`], or [`CatalogError::Gone`].
+    pub fn journal_open_entries(&self) -> Result<Vec<JournalEntry>, CatalogError> {
+        self.call(Command::JournalOpenEntries)
+    }
+}
+
+fn serve(catalog: &mut Catalog, cmd: Command) {
+    // A dropped reply receiver only means the caller went away; ignore send errors.
+    match cmd {
+        Command::Meta(k, r) => drop(r.send(catalog.meta(&k))),
+        Command::SetMeta(k, v, r) => drop(r.send(catalog.set_meta(&k, &v))),
+        Command::CommitPoint(p, r) => drop(r.send(catalog.commit_point(&p))),
+        Command::ListPoints(r) => drop(r.send(catalog.list_points())),
+        Command::GetPoint(id, r) => drop(r.send(catalog.get_point(id))),
+        Command::DeletePoints(ids, r) => drop(r.send(catalog.delete_points(&ids))),
+        Command::JournalOpen(k, vm, d, now, r) => {
+            drop(r.send(catalog.journal_open(k, &vm, &d, now)));
+        }
+        Command::JournalClose(id, now, r) => drop(r.send(catalog.journal_close(id, now))),
+        Command::JournalOpenEntries(r) => drop(r.send(catalog.journal_open_entries())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_round_trip_on_named_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        h.set_meta("chunk_size_bytes", "4194304").unwrap();
+        assert_eq!(
+            h.meta("chunk_size_bytes").unwrap().as_deref(),
+            Some("4194304")
+        );
+        assert!(h.list_points().unwrap().is_empty());
+        drop(h);
+        t.join();
+    }
+}

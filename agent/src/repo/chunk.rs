@@ -1,0 +1,281 @@
+//! On-disk chunk format: a 32-byte header followed by the stored bytes.
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic "VCK1"
+//!      4    2 format version (1), little endian
+//!      6    1 compression: 0 = raw, 1 = zstd
+//!      7    1 reserved (0)
+//!      8    4 plain length in bytes, little endian
+//!     12    4 stored length in bytes (after the header), little endian
+//!     16   16 checksum: first 16 bytes of BLAKE3 of the stored bytes
+//! ```
+//!
+//! The chunk's name is the BLAKE3 digest of the plain data; [`decode`] checks the header,
+//! the checksum of the stored bytes and, after decompression, the digest.
+
+use crate::ids::ChunkDigest;
+
+const MAGIC: &[u8; 4] = b"VCK1";
+const VERSION: u16 = 1;
+/// Size of the chunk header in bytes.
+pub const HEADER_LEN: usize = 32;
+const COMPRESSION_RAW: u8 = 0;
+const COMPRESSION_ZSTD: u8 = 1;
+/// zstd level used for chunks (ARCHITECTURE §6: level 1 — speed over ratio).
+const ZSTD_LEVEL: i32 = 1;
+
+/// Why a chunk's bytes could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The file is shorter than its header says.
+    #[error("truncated: {actual} bytes, header says {expected}")]
+    Truncated {
+        /// Length the header announces (header included).
+        expected: u64,
+        /// Length found.
+        actual: u64,
+    },
+    /// The header is not a chunk header this version understands.
+    #[error("bad header: {0}")]
+    BadHeader(String),
+    /// The checksum of the stored bytes does not match the header.
+    #[error("checksum mismatch of stored bytes")]
+    Checksum,
+    /// The stored bytes do not decompress.
+    #[error("zstd decompression failed")]
+    Decompress(#[source] std::io::Error),
+    /// The plain data does not hash to the chunk's name.
+    #[error("content digest is {actual}")]
+    DigestMismatch {
+        /// Digest of the decoded plain data.
+        actual: ChunkDigest,
+    },
+    /// zstd failed to compress (out of memory).
+    #[error("zstd compression failed")]
+    Compress(#[source] std::io::Error),
+    /// The chunk is larger than the format allows.
+    #[error("chunk of {0} bytes is too large")]
+    TooLarge(usize),
+}
+
+/// Reusable encoder (one per worker thread: zstd contexts are costly to create).
+pub struct ChunkEncoder {
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl std::fmt::Debug for ChunkEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkEncoder").finish_non_exhaustive()
+    }
+}
+
+impl ChunkEncoder {
+    /// A new encoder at zstd level 1.
+    ///
+    /// # Errors
+    /// [`ChunkError::Compress`] if zstd cannot allocate its context.
+    pub fn new() -> Result<Self, ChunkError> {
+        let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(ChunkError::Compress)?;
+        Ok(Self { compressor })
+    }
+
+    /// Encode `plain` into header + stored bytes: zstd when it saves space, raw otherwise.
+    ///
+    /// # Errors
+    /// [`ChunkError::TooLarge`] above 4 GiB, [`ChunkError::Compress`] if zstd fails.
+    pub fn encode(&mut self, plain: &[u8]) -> Result<Vec<u8>, ChunkError> {
+        let plain_len =
+            u32::try_from(plain.len()).map_err(|_| ChunkError::TooLarge(plain.len()))?;
+        let mut out = vec![0u8; HEADER_LEN + zstd::zstd_safe::compress_bound(plain.len())];
+        let (compression, stored_len) = match self
+            .compressor
+            .compress_to_buffer(plain, &mut out[HEADER_LEN..])
+        {
+            Ok(n) if n < plain.len() => (COMPRESSION_ZSTD, n),
+            // Incompressible (or zstd refused): store raw.
+            _ => {
+                out[HEADER_LEN..HEADER_LEN + plain.len()].copy_from_slice(plain);
+                (COMPRESSION_RAW, plain.len())
+            }
+        };
+        out.truncate(HEADER_LEN + stored_len);
+        let stored_len_u32 =
+            u32::try_from(stored_len).map_err(|_| ChunkError::TooLarge(stored_len))?;
+        let checksum = blake3::hash(&out[HEADER_LEN..]);
+        let header = &mut out[..HEADER_LEN];
+        header[0..4].copy_from_slice(MAGIC);
+        header[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        header[6] = compression;
+        header[7] = 0;
+        header[8..12].copy_from_slice(&plain_len.to_le_bytes());
+        header[12..16].copy_from_slice(&stored_len_u32.to_le_bytes());
+        header[16..32].copy_from_slice(&checksum.as_bytes()[..16]);
+        Ok(out)
+    }
+}
+
+/// Header fields of an encoded chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// Whether the stored bytes are zstd-compressed.
+    pub compressed: bool,
+    /// Length of the plain data.
+    pub plain_len: usize,
+    /// Length of the stored bytes after the header.
+    pub stored_len: usize,
+}
+
+/// Parse and check the header and the stored-bytes checksum of `encoded`.
+///
+/// # Errors
+/// [`ChunkError::Truncated`], [`ChunkError::BadHeader`] or [`ChunkError::Checksum`].
+pub fn check(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
+    if encoded.len() < HEADER_LEN {
+        return Err(ChunkError::Truncated {
+            expected: HEADER_LEN as u64,
+            actual: encoded.len() as u64,
+        });
+    }
+    if &encoded[0..4] != MAGIC {
+        return Err(ChunkError::BadHeader("wrong magic".into()));
+    }
+    let version = u16::from_le_bytes([encoded[4], encoded[5]]);
+    if version != VERSION {
+        return Err(ChunkError::BadHeader(format!(
+            "format version {version}, this agent reads {VERSION}"
+        )));
+    }
+    let compressed = match encoded[6] {
+        COMPRESSION_RAW => false,
+        COMPRESSION_ZSTD => true,
+        other => {
+            return Err(ChunkError::BadHeader(format!(
+                "unknown compression {other}"
+            )));
+        }
+    };
+    let field = |at: usize| {
+        let bytes: [u8; 4] = encoded[at..at + 4].try_into().expect("4-byte slice");
+        usize::try_from(u32::from_le_bytes(bytes)).expect("u32 fits in usize")
+    };
+    let plain_len = field(8);
+    let stored_len = field(12);
+    if encoded.len() != HEADER_LEN + stored_len {
+        return Err(ChunkError::Truncated {
+            expected: (HEADER_LEN + stored_len) as u64,
+            actual: encoded.len() as u64,
+        });
+    }
+    if !compressed && stored_len != plain_len {
+        return Err(ChunkError::BadHeader(
+            "raw chunk with stored != plain length".into(),
+        ));
+    }
+    let checksum = blake3::hash(&encoded[HEADER_LEN..]);
+    if checksum.as_bytes()[..16] != encoded[16..32] {
+        return Err(ChunkError::Checksum);
+    }
+    Ok(ChunkHeader {
+        compressed,
+        plain_len,
+        stored_len,
+    })
+}
+
+/// Decode `encoded` into plain data and check that it hashes to `digest`.
+///
+/// # Errors
+/// Any [`ChunkError`] describing what is wrong with the bytes.
+pub fn decode(encoded: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
+    let header = check(encoded)?;
+    let stored = &encoded[HEADER_LEN..];
+    let plain = if header.compressed {
+        let mut plain = Vec::with_capacity(header.plain_len);
+        zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(stored, &mut plain))
+            .map_err(ChunkError::Decompress)?;
+        if plain.len() != header.plain_len {
+            return Err(ChunkError::BadHeader(format!(
+                "decompressed to {} bytes, header says {}",
+                plain.len(),
+                header.plain_len
+            )));
+        }
+        plain
+    } else {
+        stored.to_vec()
+    };
+    let actual = ChunkDigest::of(&plain);
+    if actual != *digest {
+        return Err(ChunkError::DigestMismatch { actual });
+    }
+    Ok(plain)
+}
+
+/// Whether `data` is all zeros (vectorisable: OR-folds 4 KiB blocks).
+#[must_use]
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut blocks = data.chunks_exact(4096);
+    let full = blocks
+        .by_ref()
+        .all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0);
+    full && blocks.remainder().iter().all(|&x| x == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_compressible_and_random() {
+        let mut enc = ChunkEncoder::new().unwrap();
+        let text: Vec<u8> = b"hello world "
+            .iter()
+            .copied()
+            .cycle()
+            .take(100_000)
+            .collect();
+        let e = enc.encode(&text).unwrap();
+        assert!(e.len() < text.len() / 10);
+        assert!(check(&e).unwrap().compressed);
+        assert_eq!(decode(&e, &ChunkDigest::of(&text)).unwrap(), text);
+
+        let random: Vec<u8> = (0..65_536u32)
+            .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1])
+            .collect();
+        let e = enc.encode(&random).unwrap();
+        assert_eq!(decode(&e, &ChunkDigest::of(&random)).unwrap(), random);
+    }
+
+    #[test]
+    fn detects_corruption() {
+        let mut enc = ChunkEncoder::new().unwrap();
+        let data = vec![7u8; 10_000];
+        let d = ChunkDigest::of(&data);
+        let e = enc.encode(&data).unwrap();
+        let mut flipped = e.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(decode(&flipped, &d), Err(ChunkError::Checksum)));
+        assert!(matches!(
+            decode(&e[..e.len() - 1], &d),
+            Err(ChunkError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode(&e, &ChunkDigest::ZERO),
+            Err(ChunkError::DigestMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&vec![0u8; 10_000]));
+        let mut v = vec![0u8; 10_000];
+        v[9_999] = 1;
+        assert!(!is_zero(&v));
+        v[9_999] = 0;
+        v[5] = 1;
+        assert!(!is_zero(&v));
+    }
+}

@@ -1,0 +1,325 @@
+//! Content-addressed chunk store: `chunks/<ab>/<cd>/<digest hex>`.
+//!
+//! A chunk file is written to a temp file (`.tmp-<random>` in its final directory), fsynced,
+//! then renamed to its digest name, and never modified afterwards. The fan-out directories are
+//! created on first use. All-zero chunks are never stored (the index holds a zero marker).
+//!
+//! # Locking (the repository lock, `repo.lock`, an advisory `flock`)
+//!
+//! | Operation            | Lock on `repo.lock`      | Writes                                    | Why it is safe |
+//! |----------------------|--------------------------|-------------------------------------------|----------------|
+//! | backup               | shared, whole run        | new chunks, index files of a new point, then one catalog transaction | GC cannot run while any backup holds the shared lock, so chunks it wrote or reuses (including those only referenced by its parent) cannot be swept before its point is committed |
+//! | restore, verify      | shared                   | nothing in the repository                 | GC cannot remove chunks under them; chunks never change after rename |
+//! | prune                | shared                   | deletes catalog rows (one transaction), then the points' index files | deleting rows never removes chunks; a crash between the commit and the file removal leaves orphan index files that GC removes |
+//! | gc (mark and sweep)  | exclusive (`try_lock`, fails "busy") | removes unmarked chunks, temp files, orphan index dirs | no backup is in flight, so every temp file and every index dir not in the catalog is garbage, and the mark set (from all committed indexes) is complete |
+//! | list, info           | none                     | nothing                                   | reads committed catalog rows only (SQLite WAL snapshot) |
+//!
+//! The lock is released by the kernel when a process dies, so a killed backup never blocks
+//! GC. GC refuses to sweep if any committed index cannot be read (its mark set would be
+//! incomplete).
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::ids::ChunkDigest;
+use crate::repo::chunk::{self, ChunkError};
+
+/// Prefix of temp files in chunk directories.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Errors of the chunk store; every variant names the file and the digest.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkStoreError {
+    /// A chunk file is absent.
+    #[error("chunk {digest} missing: {path}")]
+    Missing {
+        /// The chunk's digest.
+        digest: ChunkDigest,
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// Reading a chunk file failed.
+    #[error("read chunk {digest} from {path}")]
+    Read {
+        /// The chunk's digest.
+        digest: ChunkDigest,
+        /// The chunk file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A chunk file is corrupt.
+    #[error("chunk {digest} corrupt: {path}")]
+    Corrupt {
+        /// The chunk's digest.
+        digest: ChunkDigest,
+        /// The chunk file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ChunkError,
+    },
+    /// Writing a chunk (temp file, fsync, rename or directory creation) failed.
+    #[error("write chunk {digest} to {path}")]
+    Write {
+        /// The chunk's digest.
+        digest: ChunkDigest,
+        /// The file or directory being written.
+        path: PathBuf,
+        /// The I/O error (ENOSPC, EACCES, ...).
+        #[source]
+        source: io::Error,
+    },
+    /// The repository lock could not be taken.
+    #[error("lock {path}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process holds the lock in a conflicting mode.
+    #[error("repository busy: {path} is held by another process (a backup, prune or gc)")]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+    },
+}
+
+/// The chunk store rooted at `<repo>/chunks`.
+#[derive(Debug, Clone)]
+pub struct ChunkStore {
+    root: PathBuf,
+}
+
+impl ChunkStore {
+    /// A store rooted at `root` (the `chunks` directory, which must exist).
+    #[must_use]
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// The store's root directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of the chunk file for `digest`.
+    #[must_use]
+    pub fn chunk_path(&self, digest: &ChunkDigest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.root.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    }
+
+    /// Whether the chunk file exists.
+    #[must_use]
+    pub fn contains(&self, digest: &ChunkDigest) -> bool {
+        self.chunk_path(digest).exists()
+    }
+
+    /// Store an encoded chunk: temp file, write, fsync, rename. Returns `false` if it existed.
+    ///
+    /// The caller fsyncs the directories returned by [`ChunkStore::dir_of`] before making the
+    /// chunk reachable (catalog commit); see [`sync_dirs`].
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Write`] naming the file and digest.
+    pub fn insert(&self, digest: &ChunkDigest, encoded: &[u8]) -> Result<bool, ChunkStoreError> {
+        let path = self.chunk_path(digest);
+        if path.exists() {
+            return Ok(false);
+        }
+        let dir = path.parent().expect("chunk path has a parent");
+        let werr = |path: &Path, source| ChunkStoreError::Write {
+            digest: *digest,
+            path: path.to_path_buf(),
+            source,
+        };
+        let tmp = dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).map_err(|e| werr(dir, e))?;
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(|e| werr(&tmp, e))?
+            }
+            Err(e) => return Err(werr(&tmp, e)),
+        };
+        let result = file
+            .write_all(encoded)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| werr(&tmp, e))
+            .and_then(|()| fs::rename(&tmp, &path).map_err(|e| werr(&path, e)));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| true)
+    }
+
+    /// Directory holding the chunk for `digest`.
+    #[must_use]
+    pub fn dir_of(&self, digest: &ChunkDigest) -> PathBuf {
+        self.chunk_path(digest)
+            .parent()
+            .expect("chunk path has a parent")
+            .to_path_buf()
+    }
+
+    /// Read the raw encoded bytes of a chunk.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Missing`] or [`ChunkStoreError::Read`].
+    pub fn read_encoded(&self, digest: &ChunkDigest) -> Result<Vec<u8>, ChunkStoreError> {
+        let path = self.chunk_path(digest);
+        let mut file = File::open(&path).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                ChunkStoreError::Missing {
+                    digest: *digest,
+                    path: path.clone(),
+                }
+            } else {
+                ChunkStoreError::Read {
+                    digest: *digest,
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)
+            .map_err(|source| ChunkStoreError::Read {
+                digest: *digest,
+                path: path.clone(),
+                source,
+            })?;
+        Ok(buf)
+    }
+
+    /// Read, check and decompress a chunk; the plain data is guaranteed to hash to `digest`.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Missing`], [`ChunkStoreError::Read`] or [`ChunkStoreError::Corrupt`].
+    pub fn read(&self, digest: &ChunkDigest) -> Result<Vec<u8>, ChunkStoreError> {
+        let encoded = self.read_encoded(digest)?;
+        chunk::decode(&encoded, digest).map_err(|source| ChunkStoreError::Corrupt {
+            digest: *digest,
+            path: self.chunk_path(digest),
+            source,
+        })
+    }
+}
+
+/// fsync each directory of `dirs` (making renames durable).
+///
+/// # Errors
+/// [`ChunkStoreError::Write`] naming the directory (with the zero digest).
+pub fn sync_dirs(dirs: &HashSet<PathBuf>) -> Result<(), ChunkStoreError> {
+    for dir in dirs {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| ChunkStoreError::Write {
+                digest: ChunkDigest::ZERO,
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// A held repository lock; released on drop (or by the kernel when the process dies).
+#[derive(Debug)]
+pub struct RepoLock {
+    _file: File,
+}
+
+impl RepoLock {
+    fn open(path: &Path) -> Result<File, ChunkStoreError> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| ChunkStoreError::Lock {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    /// Take the shared lock, waiting while GC holds it exclusively.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Lock`] if the lock file cannot be opened or locked.
+    pub fn shared(path: &Path) -> Result<Self, ChunkStoreError> {
+        let file = Self::open(path)?;
+        if file.try_lock_shared().is_err() {
+            tracing::info!(lock = %path.display(), "waiting for garbage collection to finish");
+            file.lock_shared().map_err(|source| ChunkStoreError::Lock {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(Self { _file: file })
+    }
+
+    /// Take the exclusive lock without waiting.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Busy`] if another process holds it, [`ChunkStoreError::Lock`] otherwise.
+    pub fn try_exclusive(path: &Path) -> Result<Self, ChunkStoreError> {
+        let file = Self::open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(ChunkStoreError::Busy {
+                path: path.to_path_buf(),
+            }),
+            Err(fs::TryLockError::Error(source)) => Err(ChunkStoreError::Lock {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::chunk::ChunkEncoder;
+
+    #[test]
+    fn insert_read_and_dedupe() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        fs::create_dir(store.root()).unwrap();
+        let data = b"some chunk data".repeat(100);
+        let d = ChunkDigest::of(&data);
+        let enc = ChunkEncoder::new().unwrap().encode(&data).unwrap();
+        assert!(store.insert(&d, &enc).unwrap());
+        assert!(!store.insert(&d, &enc).unwrap());
+        assert_eq!(store.read(&d).unwrap(), data);
+        let missing = ChunkDigest::of(b"nope");
+        let err = store.read(&missing).unwrap_err();
+        assert!(err.to_string().contains(&missing.to_hex()), "{err}");
+    }
+
+    #[test]
+    fn exclusive_lock_conflicts_with_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo.lock");
+        let shared = RepoLock::shared(&path).unwrap();
+        assert!(matches!(
+            RepoLock::try_exclusive(&path),
+            Err(ChunkStoreError::Busy { .. })
+        ));
+        drop(shared);
+        let _ex = RepoLock::try_exclusive(&path).unwrap();
+    }
+}

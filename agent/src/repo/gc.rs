@@ -1,0 +1,147 @@
+//! Garbage collection: mark every chunk referenced by a committed index, sweep the rest.
+//!
+//! Runs under the exclusive repository lock (see the table in `chunk_store`): no backup is in
+//! flight, so every temp file (`.tmp-*` chunk, `*.fidx.tmp` index) is stale whatever its age
+//! (the grace period is zero because the lock, not a clock, proves there is no writer), and
+//! every `indexes/<point>` directory not in the catalog is the leftover of a killed backup or
+//! an interrupted prune. If any committed index cannot be read, GC stops before sweeping
+//! anything: its mark set would be incomplete.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::ids::{ChunkDigest, DiskKey, RestorePointId};
+use crate::repo::catalog::PointRecord;
+use crate::repo::chunk_store::{ChunkStore, TEMP_PREFIX};
+use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
+
+/// Errors of GC; nothing was swept if the error came from marking.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// A committed index is unreadable; nothing was swept.
+    #[error("restore point {point} disk {disk}: cannot mark, nothing swept")]
+    Index {
+        /// The point.
+        point: RestorePointId,
+        /// The disk.
+        disk: DiskKey,
+        /// The index error (names the file).
+        #[source]
+        source: FixedIndexError,
+    },
+    /// Listing or removing a file failed.
+    #[error("sweep {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What GC did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Chunks referenced by committed indexes.
+    pub chunks_marked: usize,
+    /// Chunk files kept.
+    pub chunks_kept: usize,
+    /// Chunk files removed.
+    pub chunks_removed: usize,
+    /// Bytes of removed chunk files.
+    pub bytes_removed: u64,
+    /// Temp files removed.
+    pub temp_files_removed: usize,
+    /// Orphan index directories removed.
+    pub orphan_indexes_removed: usize,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> GcError + '_ {
+    move |source| GcError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_dir(path: &Path) -> Result<Vec<fs::DirEntry>, GcError> {
+    match fs::read_dir(path) {
+        Ok(rd) => rd.collect::<Result<Vec<_>, _>>().map_err(io_err(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Mark and sweep. The caller holds the exclusive lock.
+///
+/// # Errors
+/// [`GcError`]; a marking error means nothing was removed.
+pub fn collect(
+    root: &Path,
+    store: &ChunkStore,
+    points: &[PointRecord],
+) -> Result<GcReport, GcError> {
+    let mut marked: HashSet<ChunkDigest> = HashSet::new();
+    let mut live_points: HashSet<String> = HashSet::new();
+    for p in points {
+        live_points.insert(p.id.to_string());
+        for d in &p.disks {
+            let index =
+                FixedIndex::read(&root.join(&d.index_path)).map_err(|source| GcError::Index {
+                    point: p.id,
+                    disk: d.key,
+                    source,
+                })?;
+            marked.extend(index.slots().iter().filter(|s| !s.is_zero()));
+        }
+    }
+    let mut report = GcReport {
+        chunks_marked: marked.len(),
+        ..GcReport::default()
+    };
+    for l1 in read_dir(store.root())? {
+        for l2 in read_dir(&l1.path())? {
+            for f in read_dir(&l2.path())? {
+                let path = f.path();
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                let garbage = if name.starts_with(TEMP_PREFIX) {
+                    report.temp_files_removed += 1;
+                    true
+                } else {
+                    match name.parse::<ChunkDigest>() {
+                        Ok(d) if marked.contains(&d) => false,
+                        Ok(_) => {
+                            report.chunks_removed += 1;
+                            report.bytes_removed += f.metadata().map_or(0, |m| m.len());
+                            true
+                        }
+                        Err(_) => {
+                            tracing::warn!(path = %path.display(), "unknown file in chunk store, left alone");
+                            false
+                        }
+                    }
+                };
+                if garbage {
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                } else {
+                    report.chunks_kept += 1;
+                }
+            }
+        }
+    }
+    let indexes = root.join("indexes");
+    for dir in read_dir(&indexes)? {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        if !live_points.contains(&name) {
+            let path = dir.path();
+            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            report.orphan_indexes_removed += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,257 @@
+//! The seams between the repository and a disk: [`DiskSource`] (backup) and [`DiskSink`]
+//! (restore), with raw-file implementations. A VDDK implementation arrives with the backup
+//! engine; it is `Send` but not `Sync`, so the pipeline moves a source into its reader thread
+//! and a sink into its writer thread and never shares them.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A byte range of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(u64, u64)", into = "(u64, u64)")]
+pub struct Extent {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+impl From<(u64, u64)> for Extent {
+    fn from((offset, length): (u64, u64)) -> Self {
+        Self { offset, length }
+    }
+}
+
+impl From<Extent> for (u64, u64) {
+    fn from(e: Extent) -> Self {
+        (e.offset, e.length)
+    }
+}
+
+/// Errors of a disk source or sink; each names the disk (file) and offset.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Opening the disk failed.
+    #[error("open {path}")]
+    Open {
+        /// The disk file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading failed (or the disk is shorter than expected).
+    #[error("read {len} bytes at offset {offset} of {path}")]
+    Read {
+        /// The disk.
+        path: PathBuf,
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing failed (ENOSPC, EACCES, ...).
+    #[error("write {len} bytes at offset {offset} of {path}")]
+    Write {
+        /// The disk.
+        path: PathBuf,
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A disk to back up. Reads are at byte offsets; the pipeline reads whole chunks.
+pub trait DiskSource: Send {
+    /// Capacity in bytes.
+    fn capacity_bytes(&self) -> u64;
+
+    /// Allocated extents, for a full backup (default: the whole disk).
+    ///
+    /// # Errors
+    /// A [`SourceError`] naming the disk.
+    fn allocated_extents(&mut self) -> Result<Vec<Extent>, SourceError> {
+        Ok(vec![Extent {
+            offset: 0,
+            length: self.capacity_bytes(),
+        }])
+    }
+
+    /// Fill `buf` from `offset`.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`] naming the disk and offset.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError>;
+}
+
+/// A disk to restore into.
+pub trait DiskSink: Send {
+    /// Whether unwritten ranges read as zeros (a fresh sparse file), so zero chunks can be skipped.
+    fn zeroes_are_holes(&self) -> bool;
+
+    /// Write `data` at `offset`.
+    ///
+    /// # Errors
+    /// [`SourceError::Write`] naming the disk and offset.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SourceError>;
+
+    /// Make everything written durable.
+    ///
+    /// # Errors
+    /// [`SourceError::Write`].
+    fn finish(&mut self) -> Result<(), SourceError>;
+}
+
+/// A raw image file read as a disk.
+#[derive(Debug)]
+pub struct RawFileSource {
+    file: File,
+    path: PathBuf,
+    capacity_bytes: u64,
+}
+
+impl RawFileSource {
+    /// Open `path` read-only.
+    ///
+    /// # Errors
+    /// [`SourceError::Open`].
+    pub fn open(path: &Path) -> Result<Self, SourceError> {
+        let open_err = |source| SourceError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let capacity_bytes = file.metadata().map_err(open_err)?.len();
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            capacity_bytes,
+        })
+    }
+}
+
+impl DiskSource for RawFileSource {
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| SourceError::Read {
+                path: self.path.clone(),
+                offset,
+                len: buf.len(),
+                source,
+            })
+    }
+}
+
+/// A raw image file written by a restore: created (or truncated) sparse at its capacity.
+#[derive(Debug)]
+pub struct RawFileSink {
+    file: File,
+    path: PathBuf,
+}
+
+impl RawFileSink {
+    /// Create `path` as a sparse file of `capacity_bytes`.
+    ///
+    /// # Errors
+    /// [`SourceError::Open`] or [`SourceError::Write`].
+    pub fn create(path: &Path, capacity_bytes: u64) -> Result<Self, SourceError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|source| SourceError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        file.set_len(capacity_bytes)
+            .map_err(|source| SourceError::Write {
+                path: path.to_path_buf(),
+                offset: capacity_bytes,
+                len: 0,
+                source,
+            })?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl DiskSink for RawFileSink {
+    fn zeroes_are_holes(&self) -> bool {
+        true
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SourceError> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|source| SourceError::Write {
+                path: self.path.clone(),
+                offset,
+                len: data.len(),
+                source,
+            })
+    }
+
+    fn finish(&mut self) -> Result<(), SourceError> {
+        self.file.sync_all().map_err(|source| SourceError::Write {
+            path: self.path.clone(),
+            offset: 0,
+            len: 0,
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_parse_as_pairs() {
+        let e: Vec<Extent> = serde_json::from_str("[[0, 65536], [1048576, 4096]]").unwrap();
+        assert_eq!(
+            e[1],
+            Extent {
+                offset: 1_048_576,
+                length: 4096
+            }
+        );
+    }
+
+    #[test]
+    fn raw_file_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.img");
+        let mut sink = RawFileSink::create(&p, 8192).unwrap();
+        sink.write_at(4096, &[1; 4096]).unwrap();
+        sink.finish().unwrap();
+        let mut src = RawFileSource::open(&p).unwrap();
+        assert_eq!(src.capacity_bytes(), 8192);
+        let mut buf = [0u8; 4096];
+        src.read_at(4096, &mut buf).unwrap();
+        assert_eq!(buf, [1; 4096]);
+        let err = src.read_at(8000, &mut buf).unwrap_err().to_string();
+        assert!(
+            err.contains("offset 8000") && err.contains("d.img"),
+            "{err}"
+        );
+    }
+}
