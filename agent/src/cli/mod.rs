@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand group. `anyhow` is allowed here (and in
 //! `main.rs`) only; library errors stay typed.
 
+pub mod demo;
 pub mod image;
 mod progress;
 pub mod repo;
@@ -39,6 +40,8 @@ pub enum Command {
     Image(image::ImageCommand),
     /// The VDDK library: `vddk info`.
     Vddk(vddk::VddkArgs),
+    /// Run the main job on the built-in lab and print a summary.
+    Demo(demo::DemoArgs),
 }
 
 /// Install the tracing subscriber: human-readable on stderr, JSON with `--json`.
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => repo::list(&args, cli.json),
         Command::Image(cmd) => image::run(cmd, cli.json),
         Command::Vddk(args) => vddk::run(args, cli.json).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => demo::run(&args, cli.json).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -1,0 +1,64 @@
+//! The README's main job: `vadp-agent demo` runs to completion on the built-in lab.
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use vadp_tests::{SimVariant, vddk_sim_libdir};
+
+    #[test]
+    fn demo_passes_and_cleans_up() {
+        let libdir = vddk_sim_libdir(SimVariant::Vddk8);
+        let work = tempfile::tempdir().unwrap();
+        let root = work.path().join("demo");
+        let out = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["demo", "--disk-mib", "32", "--root"])
+            .arg(&root)
+            .arg("--libdir")
+            .arg(&libdir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "demo failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("demo passed"), "{stdout}");
+        assert!(stdout.contains("identical to what was written"), "{stdout}");
+
+        // A second run into the same root refuses rather than mixing labs.
+        let again = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["demo", "--root"])
+            .arg(&root)
+            .arg("--libdir")
+            .arg(&libdir)
+            .output()
+            .unwrap();
+        assert!(!again.status.success());
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    }
+
+    #[test]
+    fn demo_json_summary() {
+        let libdir = vddk_sim_libdir(SimVariant::Vddk8);
+        let work = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["--json", "demo", "--disk-mib", "16", "--root"])
+            .arg(work.path().join("demo"))
+            .arg("--libdir")
+            .arg(&libdir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
+        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(v["demo"], "ok");
+        assert_eq!(v["steps"].as_array().unwrap().len(), 6);
+    }
+}
