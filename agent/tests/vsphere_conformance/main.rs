@@ -40,3 +40,20 @@ conformance_suite!(
         datastore_upload_download,
     ]
 );
+
+conformance_suite!(
+    lab,
+    crate::target::lab(),
+    [
+        login_logout_and_about,
+        invalid_login_is_permanent,
+        tls_refuses_unpinned_and_wrong_pin,
+        unknown_moref_faults,
+        session_expiry_relogs_in,
+        vm_create_read_find_power_destroy,
+        reconfigure_extra_config,
+        cbt_enable_and_snapshot_cycle,
+        register_vm_into_folder,
+        datastore_upload_download,
+    ]
+);
