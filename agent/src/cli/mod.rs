@@ -2,6 +2,7 @@
 //! `main.rs`) only; library errors stay typed.
 
 pub mod image;
+pub mod lab;
 mod progress;
 pub mod repo;
 pub mod vddk;
@@ -39,6 +40,9 @@ pub enum Command {
     Image(image::ImageCommand),
     /// The VDDK library: `vddk info`.
     Vddk(vddk::VddkArgs),
+    /// The lab (simulated vSphere): `lab serve`.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 /// Install the tracing subscriber: human-readable on stderr, JSON with `--json`.
@@ -73,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => repo::list(&args, cli.json),
         Command::Image(cmd) => image::run(cmd, cli.json),
         Command::Vddk(args) => vddk::run(args, cli.json).map(|()| ExitCode::SUCCESS),
+        Command::Lab(cmd) => lab::run(cmd, cli.json).map(|()| ExitCode::SUCCESS),
     }
 }
 

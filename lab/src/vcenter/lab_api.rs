@@ -90,9 +90,14 @@ fn lab_error(e: &LabError) -> Response {
     api_error(status, t, &text)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &e.to_string()))
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(api_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            &e.to_string(),
+        ))
+    })
 }
 
 async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
@@ -115,7 +120,7 @@ async fn create_vm(State(vc): State<Arc<Vcenter>>, headers: HeaderMap, body: Byt
     }
     let req: NewVmRequest = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     blocking(move || {
         let folder = req
@@ -172,7 +177,7 @@ async fn write_disk(
     }
     let req: WriteRequest = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let Ok(data) = base64::engine::general_purpose::STANDARD.decode(req.data.as_bytes()) else {
         return api_error(
@@ -204,7 +209,7 @@ async fn power(
     }
     let req: PowerRequest = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     blocking(move || {
         match vc.lab.modify_vm(&VmMoref(vm), |s| {

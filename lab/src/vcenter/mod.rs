@@ -91,7 +91,7 @@ pub struct RunningVcenter {
 pub fn open_or_create(root: &std::path::Path) -> Result<Lab, VcenterError> {
     let err = |source| VcenterError::Lab {
         path: root.to_owned(),
-        source,
+        source: Box::new(source),
     };
     if root.join("lab.json").exists() {
         Lab::open(root).map_err(err)
@@ -138,7 +138,7 @@ pub fn spawn(lab: Lab, options: &ServeOptions) -> Result<RunningVcenter, Vcenter
     let sdk_url = format!("{scheme}://{addr}/sdk");
     let lab_err = |source| VcenterError::Lab {
         path: lab.root().to_owned(),
-        source,
+        source: Box::new(source),
     };
     let settings = lab.update_settings(|s| {
         if let Some(t) = &thumbprint {

@@ -36,7 +36,7 @@ pub enum VcenterError {
         path: std::path::PathBuf,
         /// The cause.
         #[source]
-        source: crate::vmstate::LabError,
+        source: Box<crate::vmstate::LabError>,
     },
     /// A file of the vCenter (inventory, certificate) failed.
     #[error("{what}")]
