@@ -6,6 +6,7 @@
 //! vSphere differ, the test states it through [`target::Quirks`] and the lab follows
 //! real vSphere.
 
+mod lab_only;
 mod suite;
 mod target;
 
