@@ -61,7 +61,7 @@ mod tests {
         let client = t.client().await;
         let own = client.login().await.unwrap();
         let err = client
-            .terminate_sessions(&[own.key.clone()])
+            .terminate_sessions(std::slice::from_ref(&own.key))
             .await
             .unwrap_err();
         assert_eq!(kind(&err), FaultKind::InvalidArgument);
