@@ -6,8 +6,11 @@
 //! - [`vmstate`]: per-VM state files (`vms/<moref>.json`), lab settings (`lab.json`) and
 //!   the [`Lab`] facade: create VMs, snapshots with consolidation, guest writes, CBT
 //!   queries, PrepareForAccess/EndAccess.
+//! - `vcenter` (feature `server`): the simulated vCenter over both.
 
 pub mod datastore;
+#[cfg(feature = "server")]
+pub mod vcenter;
 pub mod vmstate;
 
 pub use vmstate::Lab;

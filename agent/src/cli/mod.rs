@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod image;
+pub mod lab;
 mod progress;
 pub mod repo;
 pub mod vddk;
@@ -42,6 +43,9 @@ pub enum Command {
     Vddk(vddk::VddkArgs),
     /// Run the main job on the built-in lab and print a summary.
     Demo(demo::DemoArgs),
+    /// The lab (simulated vSphere): `lab serve`.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 /// Install the tracing subscriber: human-readable on stderr, JSON with `--json`.
@@ -77,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(cmd, cli.json),
         Command::Vddk(args) => vddk::run(args, cli.json).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(&args, cli.json).map(|()| ExitCode::SUCCESS),
+        Command::Lab(cmd) => lab::run(cmd, cli.json).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -6,6 +6,7 @@
 //! vSphere differ, the test states it through [`target::Quirks`] and the lab follows
 //! real vSphere.
 
+mod lab_only;
 mod suite;
 mod target;
 
@@ -27,6 +28,23 @@ macro_rules! conformance_suite {
 conformance_suite!(
     vcsim,
     crate::target::vcsim(),
+    [
+        login_logout_and_about,
+        invalid_login_is_permanent,
+        tls_refuses_unpinned_and_wrong_pin,
+        unknown_moref_faults,
+        session_expiry_relogs_in,
+        vm_create_read_find_power_destroy,
+        reconfigure_extra_config,
+        cbt_enable_and_snapshot_cycle,
+        register_vm_into_folder,
+        datastore_upload_download,
+    ]
+);
+
+conformance_suite!(
+    lab,
+    crate::target::lab(),
     [
         login_logout_and_about,
         invalid_login_is_permanent,

@@ -150,3 +150,39 @@ fn start_vcsim() -> Vcsim {
         target,
     }
 }
+
+/// The lab's own vCenter, in process (one per test binary, on a lab root under
+/// `CARGO_TARGET_TMPDIR`). It follows real vSphere: no quirks.
+pub fn lab() -> Target {
+    static LAB: OnceLock<Target> = OnceLock::new();
+    LAB.get_or_init(start_lab).clone()
+}
+
+fn start_lab() -> Target {
+    let dir = tempfile::Builder::new()
+        .prefix("lab-vcenter-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a lab root")
+        .keep();
+    let lab = lab::vcenter::open_or_create(&dir).expect("create the lab");
+    let running = lab::vcenter::spawn(lab, &lab::vcenter::ServeOptions::default())
+        .expect("start the lab vcenter");
+    Target {
+        name: "lab",
+        sdk_url: running.sdk_url.parse().expect("sdk url parses"),
+        user: running.user,
+        password: running.password,
+        thumbprint: running
+            .thumbprint
+            .expect("https has a thumbprint")
+            .parse()
+            .expect("thumbprint parses"),
+        quirks: Quirks {
+            duplicate_extra_config_keys: false,
+            keeps_removed_extra_config_keys: false,
+            tasks_finish_synchronously: false,
+            has_query_changed_disk_areas: true,
+            datastore_http_without_session: false,
+        },
+    }
+}

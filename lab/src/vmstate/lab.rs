@@ -62,6 +62,25 @@ pub enum LabError {
         /// The snapshot.
         snapshot: SnapshotMoref,
     },
+    /// RegisterVM of a `.vmx` that does not exist.
+    #[error("vmx file {0} not found")]
+    VmxNotFound(DatastorePath),
+    /// RegisterVM of a `.vmx` that a VM of the inventory already uses.
+    #[error("vmx file {vmx} is already registered as {vm}")]
+    AlreadyRegistered {
+        /// The file.
+        vmx: DatastorePath,
+        /// The VM using it.
+        vm: VmMoref,
+    },
+    /// A `.vmx` the lab cannot read.
+    #[error("vmx file {vmx}: {reason}")]
+    InvalidVmx {
+        /// The file.
+        vmx: DatastorePath,
+        /// What is wrong.
+        reason: String,
+    },
     /// No such disk on the VM.
     #[error("disk {disk} not found on {vm}")]
     DiskNotFound {
@@ -72,7 +91,7 @@ pub enum LabError {
     },
 }
 
-fn ds_err(vm: &VmMoref) -> impl FnOnce(DatastoreError) -> LabError + '_ {
+pub(super) fn ds_err(vm: &VmMoref) -> impl FnOnce(DatastoreError) -> LabError + '_ {
     move |source| LabError::Datastore {
         vm: vm.to_string(),
         source,
@@ -97,7 +116,7 @@ pub struct Lab {
 }
 
 /// Holds `lab.lock` until dropped.
-struct LockGuard(#[allow(dead_code, reason = "held for its lock")] File);
+pub(super) struct LockGuard(#[allow(dead_code, reason = "held for its lock")] File);
 
 impl Lab {
     /// Creates a new lab: `lab.json`, `vms/`, and the default datastore `ds1`.
@@ -137,6 +156,7 @@ impl Lab {
             default_datastore: "ds1".into(),
             next_vm: 1,
             next_snapshot: 1,
+            vcenter_url: None,
         };
         lab.write_json(&lab.settings_path(), &settings)?;
         Ok(lab)
@@ -164,11 +184,11 @@ impl Lab {
         self.root.join("lab.json")
     }
 
-    fn vm_path(&self, vm: &VmMoref) -> PathBuf {
+    pub(super) fn vm_path(&self, vm: &VmMoref) -> PathBuf {
         self.root.join("vms").join(format!("{vm}.json"))
     }
 
-    fn lock(&self) -> Result<LockGuard, LabError> {
+    pub(super) fn lock(&self) -> Result<LockGuard, LabError> {
         let p = self.root.join("lab.lock");
         let f = OpenOptions::new()
             .create(true)
@@ -188,7 +208,7 @@ impl Lab {
         Ok(LockGuard(f))
     }
 
-    fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LabError> {
+    pub(super) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LabError> {
         let bytes = fs::read(path).map_err(|source| LabError::Io {
             op: "read",
             path: path.to_owned(),
@@ -200,7 +220,11 @@ impl Lab {
         })
     }
 
-    fn write_json<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<(), LabError> {
+    pub(super) fn write_json<T: serde::Serialize>(
+        &self,
+        path: &Path,
+        value: &T,
+    ) -> Result<(), LabError> {
         let bytes = serde_json::to_vec_pretty(value).map_err(|source| LabError::Json {
             path: path.to_owned(),
             source,
@@ -267,7 +291,7 @@ impl Lab {
     }
 
     /// Locked read-modify-write of one VM's state.
-    fn update<T>(
+    pub(super) fn update<T>(
         &self,
         vm: &VmMoref,
         f: impl FnOnce(&mut VmState) -> Result<T, LabError>,
@@ -279,7 +303,7 @@ impl Lab {
         Ok(out)
     }
 
-    fn next_id(&self, snapshot: bool) -> Result<u64, LabError> {
+    pub(super) fn next_id(&self, snapshot: bool) -> Result<u64, LabError> {
         let mut s = self.settings()?;
         let counter = if snapshot {
             &mut s.next_snapshot
@@ -362,13 +386,16 @@ impl Lab {
             current_snapshot: None,
             disabled_methods: Vec::new(),
             extra_config: Vec::new(),
+            guest_id: None,
+            num_cpus: None,
+            memory_mb: None,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
         Ok(moref)
     }
 
-    fn write_vmx(&self, s: &VmState) -> Result<(), LabError> {
+    pub(super) fn write_vmx(&self, s: &VmState) -> Result<(), LabError> {
         let mut t = String::from(
             ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"19\"\n",
         );
@@ -376,6 +403,15 @@ impl Lab {
             "displayName = \"{}\"\nuuid.bios = \"{}\"\nvc.uuid = \"{}\"\n",
             s.name, s.bios_uuid, s.instance_uuid
         ));
+        if let Some(g) = &s.guest_id {
+            t.push_str(&format!("guestOS = \"{g}\"\n"));
+        }
+        if let Some(n) = s.num_cpus {
+            t.push_str(&format!("numvcpus = \"{n}\"\n"));
+        }
+        if let Some(m) = s.memory_mb {
+            t.push_str(&format!("memsize = \"{m}\"\n"));
+        }
         t.push_str(&format!(
             "ctkEnabled = \"{}\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"lsilogic\"\n",
             s.change_tracking_enabled

@@ -10,6 +10,7 @@
 mod ids;
 mod lab;
 mod model;
+mod registry;
 
 pub use ids::{DiskKey, SnapshotMoref, VmMoref};
 pub use lab::{Lab, LabError, NewDisk, RELOCATE_METHOD};

@@ -22,6 +22,10 @@ pub struct LabSettings {
     pub next_vm: u64,
     /// Next `snapshot-<n>`.
     pub next_snapshot: u64,
+    /// The SDK URL of the running lab vCenter (`https://127.0.0.1:8443/sdk`), written by
+    /// `vadp-agent lab serve`; vddk-sim sends its control-plane calls there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcenter_url: Option<String>,
 }
 
 /// Power state, spelled as vSphere does.
@@ -123,4 +127,13 @@ pub struct VmState {
     pub disabled_methods: Vec<DisabledMethod>,
     /// ExtraConfig, in order.
     pub extra_config: Vec<(String, String)>,
+    /// `config.guestId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_id: Option<String>,
+    /// `config.hardware.numCPU`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_cpus: Option<u32>,
+    /// `config.hardware.memoryMB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
 }

@@ -1,0 +1,178 @@
+//! The lab's vCenter (feature `server`): vim25 SOAP at `/sdk`, datastore HTTP at
+//! `/folder`, vAPI REST at `/api` (session, cis tasks) and the lab control API at `/lab`,
+//! over the lab's storage model (ARCHITECTURE §8, VSPHERE.md §A, §B).
+//!
+//! Owns: the inventory around the VMs (`<root>/vcenter/inventory.json`: datacenter,
+//! folders with `Namespaces`, cluster, host, resource pools, datastores), the server
+//! certificate (`<root>/vcenter/cert.der`, thumbprint in `lab.json`), sessions, views
+//! and tasks (in memory: a restart logs everyone out and forgets tasks, as a vCenter
+//! restart does). VMs, snapshots, disks and CBT stay in [`crate::vmstate`] /
+//! [`crate::datastore`]; this module must not duplicate that state.
+//!
+//! Threads: tokio workers only parse HTTP and hand every call that touches the lab
+//! (files, `flock`) to `spawn_blocking`; task work runs on one named thread,
+//! `vcenter-tasks`. [`spawn`] runs the server on its own runtime thread,
+//! `vcenter-http`, so callers need no runtime.
+//!
+//! Deviations from vCenter, on purpose: PUT `/folder` creates missing directories (as
+//! vcsim does; the agent's datastore client relies on it); removing a snapshot always
+//! consolidates; RegisterVM rebuilds a VM from its `.vmx` without its snapshot tree;
+//! RelocateVM_Task only checks `disabledMethod` and then does nothing.
+
+mod cert;
+mod fault;
+mod http;
+mod inventory;
+mod lab_api;
+mod objects;
+mod property;
+mod server;
+mod soap;
+mod tasks;
+mod tasks_cis;
+mod time;
+mod value;
+mod vm_ops;
+mod xml;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use server::{Vcenter, VcenterError};
+pub use soap::SESSION_COOKIE;
+
+use crate::Lab;
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Where to listen (`127.0.0.1:0` picks a port).
+    pub listen: SocketAddr,
+    /// Plain HTTP instead of HTTPS.
+    pub plain_http: bool,
+    /// Pause between task states (queued → running → done); makes the asynchrony
+    /// observable. 50 ms by default.
+    pub task_step: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            plain_http: false,
+            task_step: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningVcenter {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:port/sdk`.
+    pub sdk_url: String,
+    /// SHA-1 thumbprint of the certificate (`None` for plain HTTP).
+    pub thumbprint: Option<String>,
+    /// Login user.
+    pub user: String,
+    /// Login password.
+    pub password: String,
+    /// The state, for in-process inspection.
+    pub vcenter: Arc<Vcenter>,
+}
+
+/// Creates a lab at `root` unless one exists (the default inventory comes with the
+/// vCenter on first start).
+///
+/// # Errors
+/// [`VcenterError::Lab`].
+pub fn open_or_create(root: &std::path::Path) -> Result<Lab, VcenterError> {
+    let err = |source| VcenterError::Lab {
+        path: root.to_owned(),
+        source: Box::new(source),
+    };
+    if root.join("lab.json").exists() {
+        Lab::open(root).map_err(err)
+    } else {
+        Lab::create(root).map_err(err)
+    }
+}
+
+/// Starts the vCenter on its own thread and runtime; returns once it listens. Records
+/// the certificate thumbprint, `server_name` (`host:port`) and the SDK URL in `lab.json`.
+///
+/// # Errors
+/// Binding, certificate, inventory or lab errors.
+pub fn spawn(lab: Lab, options: &ServeOptions) -> Result<RunningVcenter, VcenterError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| VcenterError::Io { what, source }
+    };
+    let std_listener = std::net::TcpListener::bind(options.listen).map_err(io("bind"))?;
+    std_listener.set_nonblocking(true).map_err(io("bind"))?;
+    let addr = std_listener.local_addr().map_err(io("bind"))?;
+    let host = addr.ip().to_string();
+    let (tls, thumbprint) = if options.plain_http {
+        (None, None)
+    } else {
+        let names = vec![host.clone(), "localhost".to_owned()];
+        let id = cert::load_or_create(lab.root(), &names)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| VcenterError::Certificate(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from(id.cert_der.clone())],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(id.key_der.clone().into()),
+            )
+            .map_err(|e| VcenterError::Certificate(e.to_string()))?;
+        (
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            Some(id.thumbprint),
+        )
+    };
+    let scheme = if options.plain_http { "http" } else { "https" };
+    let sdk_url = format!("{scheme}://{addr}/sdk");
+    let lab_err = |source| VcenterError::Lab {
+        path: lab.root().to_owned(),
+        source: Box::new(source),
+    };
+    let settings = lab.update_settings(|s| {
+        if let Some(t) = &thumbprint {
+            s.thumbprint.clone_from(t);
+        }
+        s.server_name = addr.to_string();
+        s.vcenter_url = Some(sdk_url.clone());
+    });
+    let settings = settings.map_err(lab_err)?;
+    let vcenter = Arc::new(Vcenter::new(lab, options.task_step)?);
+    let app = http::app(Arc::clone(&vcenter));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vcenter-http")
+        .enable_all()
+        .build()
+        .map_err(io("start the runtime"))?;
+    std::thread::Builder::new()
+        .name("vcenter-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => http::serve(l, app, tls).await,
+                    Err(e) => tracing::error!(error = %e, "lab vcenter: listener"),
+                }
+            });
+        })
+        .map_err(io("spawn the server thread"))?;
+    Ok(RunningVcenter {
+        addr,
+        sdk_url,
+        thumbprint,
+        user: settings.user,
+        password: settings.password,
+        vcenter,
+    })
+}

@@ -1,0 +1,249 @@
+//! Inventory membership of VMs: generic state updates, UnregisterVM (files kept),
+//! RegisterVM (state rebuilt from the `.vmx`, as ESXi does) and Destroy (files deleted).
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use super::lab::ds_err;
+use super::model::{PowerState, VmDisk, VmState};
+use super::{DiskKey, Lab, LabError, VmMoref};
+use crate::datastore::{DatastorePath, DiskChain, OpenMode};
+
+/// `.vmx` keys that are hardware configuration, not ExtraConfig.
+fn is_hardware_key(key: &str) -> bool {
+    const KEYS: &[&str] = &[
+        ".encoding",
+        "config.version",
+        "virtualHW.version",
+        "displayName",
+        "uuid.bios",
+        "vc.uuid",
+        "ctkEnabled",
+        "guestOS",
+        "numvcpus",
+        "memsize",
+    ];
+    KEYS.contains(&key) || key.starts_with("scsi")
+}
+
+impl Lab {
+    /// Locked read-modify-write of `lab.json`; returns the new settings.
+    ///
+    /// # Errors
+    /// I/O or JSON errors.
+    pub fn update_settings(
+        &self,
+        f: impl FnOnce(&mut super::LabSettings),
+    ) -> Result<super::LabSettings, LabError> {
+        let _g = self.lock()?;
+        let mut s = self.settings()?;
+        f(&mut s);
+        self.write_json(&self.root().join("lab.json"), &s)?;
+        Ok(s)
+    }
+
+    /// Locked read-modify-write of a VM's state through `f`; rewrites the `.vmx`.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], `f`'s error, I/O errors.
+    pub fn modify_vm<T>(
+        &self,
+        vm: &VmMoref,
+        f: impl FnOnce(&mut VmState) -> Result<T, LabError>,
+    ) -> Result<T, LabError> {
+        self.update(vm, |state| {
+            let out = f(state)?;
+            self.write_vmx(state)?;
+            Ok(out)
+        })
+    }
+
+    /// UnregisterVM: forgets the VM, keeps its files.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], I/O errors.
+    pub fn unregister_vm(&self, vm: &VmMoref) -> Result<VmState, LabError> {
+        let _g = self.lock()?;
+        let state = self.vm(vm)?;
+        let p = self.vm_path(vm);
+        fs::remove_file(&p).map_err(|source| LabError::Io {
+            op: "remove",
+            path: p,
+            source,
+        })?;
+        Ok(state)
+    }
+
+    /// Destroy: forgets the VM and deletes its directory on the datastore.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], I/O errors.
+    pub fn destroy_vm(&self, vm: &VmMoref) -> Result<(), LabError> {
+        let state = self.unregister_vm(vm)?;
+        let vmx = state.vmx_path.resolve(self.root());
+        if let Some(dir) = vmx.parent() {
+            fs::remove_dir_all(dir).map_err(|source| LabError::Io {
+                op: "remove directory",
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// RegisterVM: a new VM (new moref, powered off, no snapshots) from the `.vmx` at
+    /// `vmx_path`: name, uuids, guest, CBT flag, disks (`scsi0:N.fileName`) and every
+    /// other key as ExtraConfig.
+    ///
+    /// # Errors
+    /// [`LabError::VmxNotFound`], [`LabError::AlreadyRegistered`],
+    /// [`LabError::InvalidVmx`], datastore errors for its disks.
+    pub fn register_vm(
+        &self,
+        vmx_path: &DatastorePath,
+        name: Option<&str>,
+        folder: &str,
+    ) -> Result<VmMoref, LabError> {
+        let _g = self.lock()?;
+        if let Some(vm) = self.vms()?.into_iter().find(|v| &v.vmx_path == vmx_path) {
+            return Err(LabError::AlreadyRegistered {
+                vmx: vmx_path.clone(),
+                vm: vm.moref,
+            });
+        }
+        let file = vmx_path.resolve(self.root());
+        let text =
+            fs::read_to_string(&file).map_err(|_| LabError::VmxNotFound(vmx_path.clone()))?;
+        let entries = parse_vmx(&text);
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let invalid = |reason: &str| LabError::InvalidVmx {
+            vmx: vmx_path.clone(),
+            reason: reason.to_owned(),
+        };
+        let moref = VmMoref(format!("vm-{}", self.next_id(false)?));
+        let mut units: BTreeMap<i32, String> = BTreeMap::new();
+        for (k, v) in &entries {
+            if let Some(unit) = k
+                .strip_prefix("scsi0:")
+                .and_then(|r| r.strip_suffix(".fileName"))
+            {
+                let unit: i32 = unit.parse().map_err(|_| invalid("bad scsi0 unit"))?;
+                units.insert(unit, v.clone());
+            }
+        }
+        let mut disks = Vec::new();
+        for (i, (unit, file_name)) in (0i32..).zip(units) {
+            let path = vmx_path.sibling(&file_name).map_err(ds_err(&moref))?;
+            let chain =
+                DiskChain::open(self.root(), &path, OpenMode::ReadOnly).map_err(ds_err(&moref))?;
+            disks.push(VmDisk {
+                key: DiskKey(2000 + i),
+                label: format!("Hard disk {}", i + 1),
+                controller_key: 1000,
+                unit_number: unit,
+                capacity_bytes: chain.capacity_bytes(),
+                file_name: path,
+                uuid: chain.uuid().unwrap_or_default().to_owned(),
+                thin: true,
+            });
+        }
+        let state = VmState {
+            moref: moref.clone(),
+            name: name
+                .map(str::to_owned)
+                .or_else(|| get("displayName").cloned())
+                .ok_or_else(|| invalid("no displayName"))?,
+            folder: folder.to_owned(),
+            vmx_path: vmx_path.clone(),
+            bios_uuid: get("uuid.bios")
+                .cloned()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            instance_uuid: get("vc.uuid")
+                .cloned()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            power_state: PowerState::PoweredOff,
+            change_tracking_enabled: get("ctkEnabled").is_some_and(|v| v == "true"),
+            disks,
+            snapshots: Vec::new(),
+            current_snapshot: None,
+            disabled_methods: Vec::new(),
+            extra_config: entries
+                .iter()
+                .filter(|(k, _)| !is_hardware_key(k))
+                .cloned()
+                .collect(),
+            guest_id: get("guestOS").cloned(),
+            num_cpus: get("numvcpus").and_then(|v| v.parse().ok()),
+            memory_mb: get("memsize").and_then(|v| v.parse().ok()),
+        };
+        self.write_vmx(&state)?;
+        self.write_json(&self.vm_path(&moref), &state)?;
+        Ok(moref)
+    }
+}
+
+/// `key = "value"` lines (`|22` is an escaped quote, as VMware writes it).
+fn parse_vmx(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            Some((k.trim().to_owned(), v.replace("|22", "\"")))
+        })
+        .filter(|(k, _)| !k.is_empty() && !k.starts_with('#'))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmstate::NewDisk;
+
+    #[test]
+    fn unregister_register_destroy() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab::create(dir.path()).unwrap();
+        let vm = lab
+            .create_vm(
+                "r1",
+                "/dc1/vm",
+                &[NewDisk {
+                    capacity_bytes: 1 << 20,
+                    thin: true,
+                }],
+            )
+            .unwrap();
+        lab.modify_vm(&vm, |s| {
+            s.extra_config.push(("vmservice.a".into(), "x\"y".into()));
+            s.guest_id = Some("otherGuest64".into());
+            Ok(())
+        })
+        .unwrap();
+        let before = lab.vm(&vm).unwrap();
+        assert!(matches!(
+            lab.register_vm(&before.vmx_path, None, "/dc1/vm"),
+            Err(LabError::AlreadyRegistered { .. })
+        ));
+        lab.unregister_vm(&vm).unwrap();
+        assert!(matches!(lab.vm(&vm), Err(LabError::VmNotFound(_))));
+        let again = lab.register_vm(&before.vmx_path, None, "/dc1/f").unwrap();
+        let after = lab.vm(&again).unwrap();
+        assert_ne!(again, vm);
+        assert_eq!(after.name, "r1");
+        assert_eq!(after.bios_uuid, before.bios_uuid);
+        assert_eq!(after.extra_config, before.extra_config);
+        assert_eq!(after.disks[0].file_name, before.disks[0].file_name);
+        assert_eq!(after.disks[0].capacity_bytes, 1 << 20);
+        let missing = DatastorePath::parse("[ds1] nope/nope.vmx").unwrap();
+        assert!(matches!(
+            lab.register_vm(&missing, None, "/dc1/vm"),
+            Err(LabError::VmxNotFound(_))
+        ));
+        lab.destroy_vm(&again).unwrap();
+        assert!(!before.vmx_path.resolve(dir.path()).exists());
+    }
+}
