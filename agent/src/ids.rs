@@ -133,21 +133,90 @@ impl fmt::Display for DiskKey {
     }
 }
 
-/// Managed object reference of a VM (e.g. `vm-42`).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct VmMoref(pub String);
+/// Defines a newtype for one kind of vSphere managed object id (`vm-42`), with the managed
+/// object type it refers to as `KIND`.
+macro_rules! moref_newtype {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
 
-impl fmt::Display for VmMoref {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+        impl $name {
+            /// The managed object type this id refers to.
+            pub const KIND: &'static str = $kind;
+
+            /// The bare id, e.g. `vm-42`.
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                Self(value.to_owned())
+            }
+        }
+    };
 }
+
+moref_newtype!(
+    /// A virtual machine's managed object id (`vm-42`).
+    VmMoref,
+    "VirtualMachine"
+);
+moref_newtype!(
+    /// A snapshot's managed object id (`snapshot-7`).
+    SnapshotMoref,
+    "VirtualMachineSnapshot"
+);
+moref_newtype!(
+    /// A folder's managed object id (`group-v3`).
+    FolderMoref,
+    "Folder"
+);
+moref_newtype!(
+    /// A resource pool's managed object id (`resgroup-9`).
+    ResourcePoolMoref,
+    "ResourcePool"
+);
+moref_newtype!(
+    /// A task's managed object id (`task-12`).
+    TaskMoref,
+    "Task"
+);
+moref_newtype!(
+    /// A datastore's managed object id (`datastore-11`).
+    DatastoreMoref,
+    "Datastore"
+);
 
 /// A CBT change identifier (`"<uuid>/<seq>"`), or `*` for "everything allocated".
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ChangeId(pub String);
+
+impl ChangeId {
+    /// The change id meaning "every allocated area" (first full backup).
+    #[must_use]
+    pub fn all() -> Self {
+        Self("*".to_owned())
+    }
+
+    /// The change-tracking UUID part (before the last `/`), if the id has one. When it
+    /// differs from the new snapshot's, the chain is broken (VSPHERE.md §A.7).
+    #[must_use]
+    pub fn tracking_uuid(&self) -> Option<&str> {
+        self.0.rsplit_once('/').map(|(uuid, _)| uuid)
+    }
+}
 
 impl fmt::Display for ChangeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,5 +241,23 @@ mod tests {
     fn point_id_round_trip() {
         let p = RestorePointId::new_random();
         assert_eq!(p, p.to_string().parse().unwrap());
+    }
+
+    #[test]
+    fn change_id_uuid_part() {
+        let id = ChangeId("52 2d 7b 8f ac 61 51 cc-77 4c 7b ec 91 50 bb 7b/1".into());
+        assert_eq!(
+            id.tracking_uuid(),
+            Some("52 2d 7b 8f ac 61 51 cc-77 4c 7b ec 91 50 bb 7b")
+        );
+        assert_eq!(ChangeId::all().tracking_uuid(), None);
+    }
+
+    #[test]
+    fn moref_newtypes_serialize_as_their_id() {
+        let vm = VmMoref::from("vm-42");
+        assert_eq!(serde_json::to_string(&vm).unwrap(), "\"vm-42\"");
+        assert_eq!(vm.to_string(), "vm-42");
+        assert_eq!(VmMoref::KIND, "VirtualMachine");
     }
 }
