@@ -34,6 +34,9 @@ fn main() {
     std::fs::create_dir_all(&work).expect("create bench dir");
     let root = work.join("lab");
     let lab = Lab::create(&root).expect("create lab");
+    // vddk-sim's ConnectEx goes through the lab's vCenter; it runs until main returns.
+    let _vcenter =
+        lab::vcenter::InProcessVcenter::start(&root, true).expect("start the lab vCenter");
     let vm = lab
         .create_vm(
             "bench-1",

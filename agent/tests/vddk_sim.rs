@@ -21,13 +21,16 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     struct Sim {
+        /// The lab's vCenter over HTTPS: vddk-sim's control plane talks to it.
+        _vcenter: lab::vcenter::InProcessVcenter,
         lab: Lab,
         vddk: Vddk,
         /// Serialises lab mutations and connections made by this binary.
         lab_lock: Mutex<()>,
     }
 
-    /// Creates a lab and a config file naming it, and initialises VDDK from the v8 simulator.
+    /// Creates a lab, starts its vCenter, writes a config file naming the lab, and
+    /// initialises VDDK from the v8 simulator.
     fn sim() -> &'static Sim {
         static SIM: OnceLock<Sim> = OnceLock::new();
         SIM.get_or_init(|| {
@@ -42,10 +45,12 @@ mod tests {
                 .keep();
             let root = dir.join("lab");
             let lab = Lab::create(&root).unwrap();
+            let vcenter = lab::vcenter::InProcessVcenter::start(&root, false).unwrap();
             let config = dir.join("vddk.conf");
             std::fs::write(&config, format!("vadp.lab.root = \"{}\"\n", root.display())).unwrap();
             let vddk = Vddk::load(&libdir, Some(&config)).unwrap();
             Sim {
+                _vcenter: vcenter,
                 lab,
                 vddk,
                 lab_lock: Mutex::new(()),

@@ -15,6 +15,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("lab");
         let lab = Lab::create(&root).unwrap();
+        let _vcenter = lab::vcenter::InProcessVcenter::start(&root, true).unwrap();
         let vm = lab
             .create_vm(
                 "old-1",

@@ -1,20 +1,20 @@
-//! ConnectEx semantics: validating connect parameters against the lab (server, credentials,
-//! VM moref, snapshot), choosing the transport mode, and what a connection remembers.
+//! ConnectEx semantics: validating connect parameters against the lab's vCenter (server,
+//! credentials, VM moref, snapshot — over SOAP, see [`crate::vcenter`]), choosing the
+//! transport mode, and what a connection remembers.
 //!
-//! As with real VDDK, the thumbprint is *not* checked here but at Open (VDDK.md §6).
+//! As with real VDDK, the caller's thumbprint is *not* checked here but at Open
+//! (VDDK.md §6).
 
 use std::path::Path;
 
 use vddk_sys::{
-    VIX_E_AUTHENTICATION_FAIL, VIX_E_FAIL, VIX_E_HOST_SERVER_NOT_FOUND, VIX_E_INVALID_ARG,
-    VIX_E_NOT_SUPPORTED, VIX_E_VM_NOT_FOUND, VIXDISKLIB_CRED_SSPI, VIXDISKLIB_CRED_TICKETID,
-    VIXDISKLIB_SPEC_VMX,
+    VIX_E_FAIL, VIX_E_INVALID_ARG, VIX_E_NOT_SUPPORTED, VIX_E_SNAPSHOT_NOTFOUND,
+    VIX_E_VM_NOT_FOUND, VIXDISKLIB_CRED_SSPI, VIXDISKLIB_CRED_TICKETID, VIXDISKLIB_SPEC_VMX,
 };
 
 use crate::params::{ConnectSpec, Credentials};
-use lab::vmstate::LabSettings;
-
 use crate::storage::{DatastorePath, LabView};
+use crate::vcenter::{self, Session, normalise_thumbprint};
 use crate::vix::{VixResult, fail};
 
 /// What ListTransportModes reports (real VDDK's order).
@@ -37,13 +37,19 @@ pub(crate) struct Connection {
 /// The remote half of a connection.
 #[derive(Debug)]
 pub(crate) struct Remote {
-    /// The thumbprint the caller expects; checked against the lab's at Open.
+    /// The thumbprint the caller expects; checked against the server's at Open.
     pub thumbprint: Option<String>,
-    pub lab_thumbprint: Option<String>,
+    /// The server's: the one its certificate had during ConnectEx, or (plain HTTP lab)
+    /// the one `lab.json` records.
+    pub server_thumbprint: Option<String>,
     pub vm: Option<String>,
     pub snapshot: Option<String>,
     /// The files the snapshot froze (`snapshot` is Some).
     pub snapshot_disks: Vec<DatastorePath>,
+    /// The vCenter session; a session ConnectEx logged in is logged out when the
+    /// connection goes (Disconnect, or the last disk opened through it closing).
+    #[expect(dead_code, reason = "held for its Drop, which logs out")]
+    pub session: Session,
 }
 
 impl Connection {
@@ -69,32 +75,49 @@ impl Connection {
             });
         }
         let view = LabView::open(lab_root)?;
-        let lab = authenticate(&view, spec)?;
         let vm = vm_moref(spec)?;
-        if let Some(moref) = &vm {
-            view.check_vm(moref)?;
-        }
         let snapshot = snapshot_ref.filter(|s| !s.is_empty()).map(str::to_owned);
-        let snapshot_disks = match (&snapshot, &vm) {
-            (None, _) => Vec::new(),
-            (Some(snap), None) => {
-                return fail(
-                    VIX_E_INVALID_ARG,
-                    format!("snapshotRef {snap:?} needs a vmxSpec naming the VM"),
-                );
+        if let (Some(snap), None) = (&snapshot, &vm) {
+            return fail(
+                VIX_E_INVALID_ARG,
+                format!("snapshotRef {snap:?} needs a vmxSpec naming the VM"),
+            );
+        }
+        let (session, lab) = open_session(&view, spec)?;
+        let snapshot_disks = match &vm {
+            None => Vec::new(),
+            Some(vm) => {
+                let snapshots = session.vm_snapshots(vm)?;
+                match &snapshot {
+                    None => Vec::new(),
+                    Some(snap) if snapshots.iter().any(|s| s == snap) => {
+                        // The data path reads the datastore directly (as SAN or hotadd
+                        // would): the frozen files come from the lab's VM state.
+                        view.snapshot_disks(vm, snap)?
+                    }
+                    Some(snap) => {
+                        return fail(
+                            VIX_E_SNAPSHOT_NOTFOUND,
+                            format!("VM {vm} has no snapshot {snap:?} in vCenter"),
+                        );
+                    }
+                }
             }
-            (Some(snap), Some(vm)) => view.snapshot_disks(vm, snap)?,
         };
         let transport = requested
             .split(':')
             .find_map(|m| REMOTE_MODES.iter().copied().find(|r| *r == m));
+        let server_thumbprint = session
+            .server_thumbprint()
+            .or_else(|| Some(lab.thumbprint).filter(|t| !t.is_empty()));
         Ok(Self {
             remote: Some(Remote {
                 thumbprint: spec.thumbprint.clone(),
-                lab_thumbprint: Some(lab.thumbprint).filter(|t| !t.is_empty()),
+                server_thumbprint,
                 vm,
                 snapshot,
                 snapshot_disks,
+                session,
             }),
             read_only,
             transport,
@@ -107,7 +130,7 @@ impl Connection {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
-        let Some(actual) = &remote.lab_thumbprint else {
+        let Some(actual) = &remote.server_thumbprint else {
             return Ok(());
         };
         let expected = remote.thumbprint.as_deref().unwrap_or("<none>");
@@ -124,47 +147,14 @@ impl Connection {
     }
 }
 
-fn normalise_thumbprint(t: &str) -> String {
-    t.chars()
-        .filter(char::is_ascii_hexdigit)
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
-}
-
-/// Checks the server name and credentials against `lab.json` (ConnectEx,
-/// PrepareForAccess, EndAccess).
-pub(crate) fn authenticate(view: &LabView, spec: &ConnectSpec) -> VixResult<LabSettings> {
-    let lab = view.settings()?;
-    let Some(server) = spec.server.as_deref() else {
-        return fail(VIX_E_INVALID_ARG, "serverName is NULL");
-    };
-    if !server_matches(&lab.server_name, server, spec.port) {
-        return fail(
-            VIX_E_HOST_SERVER_NOT_FOUND,
-            format!(
-                "server {server:?} is not the lab's vCenter ({:?})",
-                lab.server_name
-            ),
-        );
-    }
+/// Checks what can be checked locally (credential and spec types), then opens a vCenter
+/// session with the credentials (ConnectEx, PrepareForAccess, EndAccess).
+pub(crate) fn open_session(
+    view: &LabView,
+    spec: &ConnectSpec,
+) -> VixResult<(Session, lab::vmstate::LabSettings)> {
     match &spec.credentials {
-        Credentials::Uid { user, password } => {
-            if *user != lab.user || *password != lab.password {
-                return fail(
-                    VIX_E_AUTHENTICATION_FAIL,
-                    format!("wrong user name or password for {user:?} on {server}"),
-                );
-            }
-        }
-        Credentials::Session { cookie } => {
-            // The lab keeps no session registry yet: any non-empty cookie is accepted.
-            if cookie.is_empty() {
-                return fail(
-                    VIX_E_AUTHENTICATION_FAIL,
-                    format!("empty session cookie for {server}"),
-                );
-            }
-        }
+        Credentials::Uid { .. } | Credentials::Session { .. } => {}
         Credentials::Other(t @ (VIXDISKLIB_CRED_TICKETID | VIXDISKLIB_CRED_SSPI)) => {
             return fail(
                 VIX_E_NOT_SUPPORTED,
@@ -184,21 +174,10 @@ pub(crate) fn authenticate(view: &LabView, spec: &ConnectSpec) -> VixResult<LabS
             ),
         );
     }
-    Ok(lab)
-}
-
-/// `lab.json`'s server may carry a port (`127.0.0.1:8443`): then the caller may name the
-/// host and pass the port in `port`.
-fn server_matches(lab_server: &str, server: &str, port: u32) -> bool {
-    if lab_server.eq_ignore_ascii_case(server) {
-        return true;
-    }
-    match lab_server.rsplit_once(':') {
-        Some((host, lab_port)) => {
-            host.eq_ignore_ascii_case(server) && (port == 0 || lab_port == port.to_string())
-        }
-        None => false,
-    }
+    let lab = view.settings()?;
+    let endpoint = vcenter::endpoint(spec, &lab)?;
+    let session = Session::open(endpoint, &spec.credentials)?;
+    Ok((session, lab))
 }
 
 /// `moref=vm-42` → `vm-42`. Other vmxSpec forms (the legacy `path?dcPath=&dsName=`) are
@@ -213,27 +192,5 @@ pub(crate) fn vm_moref(spec: &ConnectSpec) -> VixResult<Option<String>> {
             VIX_E_VM_NOT_FOUND,
             format!("vmxSpec {vmx:?} does not name a VM (expected \"moref=vm-N\")"),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_names() {
-        assert!(server_matches("vc.lab", "VC.lab", 0));
-        assert!(server_matches("127.0.0.1:8443", "127.0.0.1", 8443));
-        assert!(server_matches("127.0.0.1:8443", "127.0.0.1", 0));
-        assert!(!server_matches("127.0.0.1:8443", "127.0.0.1", 443));
-        assert!(!server_matches("vc.lab", "other", 0));
-    }
-
-    #[test]
-    fn thumbprints_compare_on_hex_digits() {
-        assert_eq!(
-            normalise_thumbprint("aa:bb:0c"),
-            normalise_thumbprint("AA:BB:0C")
-        );
     }
 }

@@ -95,7 +95,12 @@ mod tests {
         let mut p = params(vm);
         p.cookie = Some(CString::new("").unwrap());
         assert_eq!(connect(lib, &p, true, None), Err(VIX_E_AUTHENTICATION_FAIL));
+        // A cookie vCenter does not know is rejected (NotAuthenticated)...
         p.cookie = Some(CString::new("vmware_soap_session=\"abc\"").unwrap());
+        assert_eq!(connect(lib, &p, true, None), Err(VIX_E_AUTHENTICATION_FAIL));
+        // ...a live session's cookie is accepted.
+        let cookie = e.fx.vcenter.session_cookie().unwrap();
+        p.cookie = Some(CString::new(cookie).unwrap());
         let conn = connect(lib, &p, true, None).expect("session cookie accepted");
         assert_eq!(unsafe { lib.VixDiskLib_Disconnect(conn) }, 0);
 

@@ -1,11 +1,13 @@
 //! `vadp-agent demo`: the main job on the built-in lab.
 //!
 //! Today the demo exercises the VDDK path end to end (issue #2): it creates a lab with a VM,
-//! installs the VDDK simulator as a VDDK distribution would lay it out, loads it through the
-//! agent's real loader (re-exec, dlopen, InitEx with our log callbacks), writes a disk through
-//! VDDK between PrepareForAccess and EndAccess, snapshots the VM, checks that the snapshot
-//! view stays frozen while the guest keeps writing, and reads back exactly the areas that
-//! change tracking reports. The daemon issue (#7) grows it into the full backup/restore demo.
+//! starts the lab's vCenter in this process (HTTPS with the lab's certificate), installs the
+//! VDDK simulator as a VDDK distribution would lay it out, loads it through the agent's real
+//! loader (re-exec, dlopen, InitEx with our log callbacks), writes a disk through VDDK
+//! between PrepareForAccess and EndAccess (which the simulator turns into
+//! DisableMethods/EnableMethods on the vCenter), snapshots the VM through the agent's SOAP
+//! client, checks that the snapshot view stays frozen while the guest keeps writing, and
+//! reads back exactly the areas QueryChangedDiskAreas reports. The daemon issue (#7) grows it into the full backup/restore demo.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,6 +18,7 @@ use lab::Lab;
 use lab::vmstate::{NewDisk, VmMoref};
 
 use crate::vddk::{self, ConnectSpec, Credentials, OpenFlags, Secret, TransportMode, Vddk};
+use crate::vsphere::{self, CreateSnapshot, SoapClient, SoapConfig, TlsVerification};
 
 const MIB: u64 = 1 << 20;
 /// The identity our PrepareForAccess calls carry (VDDK allows at most 50 characters).
@@ -119,6 +122,18 @@ fn prepare_root(root: &Path, install_sim: bool) -> anyhow::Result<()> {
 fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>> {
     let lab_root = root.join("lab");
     let lab = Lab::open(&lab_root)?;
+    // The control plane: the lab's vCenter, over HTTPS, before VDDK is loaded (vddk-sim's
+    // ConnectEx and PrepareForAccess talk to it, as VDDK talks to vCenter).
+    let vcenter = lab::vcenter::InProcessVcenter::start(&lab_root, false)
+        .context("starting the lab's vCenter")?;
+    let thumbprint = vcenter
+        .thumbprint()
+        .context("the lab's vCenter serves HTTPS")?
+        .to_owned();
+    println!(
+        "lab vCenter at {} (thumbprint {thumbprint})",
+        vcenter.sdk_url()
+    );
     let config = root.join("vddk.conf");
     std::fs::write(
         &config,
@@ -134,6 +149,27 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         vddk.transport_modes().join(":")
     );
 
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the SOAP client's runtime")?;
+    let mut soap = SoapConfig::new(
+        vcenter
+            .sdk_url()
+            .parse()
+            .with_context(|| format!("vCenter URL {}", vcenter.sdk_url()))?,
+    );
+    soap.tls = TlsVerification::Thumbprint(
+        thumbprint
+            .parse()
+            .with_context(|| format!("vCenter thumbprint {thumbprint}"))?,
+    );
+    let running = vcenter.running();
+    soap.credentials = Some(vsphere::Credentials::new(&running.user, &running.password));
+    let client = rt
+        .block_on(SoapClient::connect(soap))
+        .with_context(|| format!("logging in to {}", vcenter.sdk_url()))?;
+
     let vm = lab.create_vm(
         "demo-web-1",
         "vm/Namespaces/demo-ns",
@@ -142,8 +178,10 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             thin: true,
         }],
     )?;
+    let svm = vsphere::VmMoref::from(vm.0.as_str());
     // Change tracking is off on a new VM, as in vSphere; a backup product turns it on.
-    lab.set_change_tracking(&vm, true)?;
+    rt.block_on(client.enable_cbt(&svm))
+        .with_context(|| format!("enabling change tracking on {vm}"))?;
     let state = lab.vm(&vm)?;
     let disk_path = state.disks[0].file_name.to_string();
     let disk_key = state.disks[0].key;
@@ -156,7 +194,9 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
     vddk.prepare_for_access(&spec, IDENTITY)?;
     let disabled = lab.disabled_methods(&vm)?;
     ensure!(
-        disabled.iter().any(|d| d.method == "RelocateVM_Task"),
+        disabled
+            .iter()
+            .any(|d| d.method == "RelocateVM_Task" && d.source == IDENTITY),
         "PrepareForAccess did not disable RelocateVM_Task"
     );
     let write = (|| -> anyhow::Result<Step> {
@@ -195,11 +235,25 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         result: "RelocateVM_Task disabled, then enabled again".into(),
     });
 
-    // 2. Snapshot, then read it back through VDDK and compare with what was written.
-    let snap1 = lab.create_snapshot(&vm, "vadp-demo-1", "vadp-agent demo")?;
-    let snap1_info = lab.snapshot(&vm, &snap1)?;
-    let frozen = snap1_info.disks[0].file_name.to_string();
-    let change_id = snap1_info.disks[0]
+    // 2. Snapshot through vCenter, then read it back through VDDK and compare with what
+    //    was written.
+    let snapshot = |name: &str| {
+        rt.block_on(client.create_snapshot(
+            &svm,
+            &CreateSnapshot::backup(name, "vadp-agent demo"),
+            |_| {},
+        ))
+        .with_context(|| format!("snapshot {name} of {vm}"))
+    };
+    let snap1 = snapshot("vadp-demo-1")?;
+    let snap1_disk = rt
+        .block_on(client.snapshot_disks(&snap1))
+        .with_context(|| format!("disks of {}", snap1.0))?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} has no disk", snap1.0))?;
+    let frozen = snap1_disk.file_name.clone();
+    let change_id = snap1_disk
         .change_id
         .clone()
         .context("the demo disk has change tracking")?;
@@ -228,9 +282,26 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         result: "snapshot view unchanged".into(),
     });
 
-    // 4. A second snapshot: change tracking reports exactly the guest's writes.
-    let snap2 = lab.create_snapshot(&vm, "vadp-demo-2", "vadp-agent demo")?;
-    let areas = lab.changed_areas(&vm, Some(&snap2), disk_key, &change_id)?;
+    // 4. A second snapshot: QueryChangedDiskAreas reports exactly the guest's writes.
+    let snap2 = snapshot("vadp-demo-2")?;
+    let snap2_disk = rt
+        .block_on(client.snapshot_disks(&snap2))
+        .with_context(|| format!("disks of {}", snap2.0))?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} has no disk", snap2.0))?;
+    let areas: Vec<(u64, u64)> = rt
+        .block_on(client.query_changed_disk_areas(
+            &svm,
+            Some(&snap2),
+            snap2_disk.key,
+            snap2_disk.capacity_bytes,
+            &change_id,
+        ))
+        .with_context(|| format!("changed areas of {vm} since {change_id}"))?
+        .iter()
+        .map(|a| (a.start_bytes, a.length_bytes))
+        .collect();
     let changed: u64 = areas.iter().map(|(_, l)| l).sum();
     for (offset, len) in guest_writes {
         ensure!(
@@ -240,13 +311,12 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             "change tracking missed the write at {offset}"
         );
     }
-    let frozen2 = lab.snapshot(&vm, &snap2)?.disks[0].file_name.to_string();
     let secs = read_and_check(
         &vddk,
         &lab,
         &vm,
         &snap2.0,
-        &frozen2,
+        &snap2_disk.file_name,
         capacity,
         Check::Changed {
             areas: &areas,
@@ -260,8 +330,10 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         result: format!("{} extent(s) since {change_id}", areas.len()),
     });
 
-    lab.remove_snapshot(&vm, &snap2)?;
-    lab.remove_snapshot(&vm, &snap1)?;
+    for snap in [&snap2, &snap1] {
+        rt.block_on(client.remove_snapshot(snap, true, |_| {}))
+            .with_context(|| format!("removing {}", snap.0))?;
+    }
     ensure!(lab.vm(&vm)?.snapshots.is_empty(), "snapshots left behind");
     steps.push(Step {
         what: "remove snapshots (consolidate)",
@@ -269,6 +341,9 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         secs: 0.0,
         result: "no snapshot left".into(),
     });
+    if let Err(e) = rt.block_on(client.logout()) {
+        tracing::warn!(error = %e, "logout from the lab's vCenter");
+    }
     Ok(steps)
 }
 

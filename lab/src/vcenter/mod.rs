@@ -81,6 +81,111 @@ pub struct RunningVcenter {
     pub password: String,
     /// The state, for in-process inspection.
     pub vcenter: Arc<Vcenter>,
+    /// Stops the accept loop (see [`RunningVcenter::stop`]); dropping it does not.
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The `vcenter-http` thread.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningVcenter {
+    /// Stops the server and waits for its thread: the listener closes (new connections
+    /// are refused) and open connections are dropped. Idempotent. Without a call the
+    /// server runs until the process exits (`lab serve`).
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("lab vcenter: the server thread panicked");
+        }
+    }
+}
+
+/// The lab's vCenter running in this process for tests, benchmarks and the demo: the one
+/// shared way to get a vCenter that vddk-sim (which finds it through `lab.json`) and the
+/// agent's SOAP client can talk to. Stops when dropped.
+#[derive(Debug)]
+pub struct InProcessVcenter {
+    running: RunningVcenter,
+}
+
+impl InProcessVcenter {
+    /// Starts the vCenter over the lab at `root` on `127.0.0.1:<free port>` on its own
+    /// thread and tokio runtime (the caller needs none). `plain_http` serves `http://`;
+    /// otherwise HTTPS with the lab's certificate ([`Self::thumbprint`]). Task steps are
+    /// 1 ms so tests do not wait. Records the URL, `server_name` and thumbprint in
+    /// `lab.json`, so settings read after this call name the running server.
+    ///
+    /// # Errors
+    /// Lab, certificate or socket errors.
+    pub fn start(root: &std::path::Path, plain_http: bool) -> Result<Self, VcenterError> {
+        let lab = open_or_create(root)?;
+        let options = ServeOptions {
+            plain_http,
+            task_step: Duration::from_millis(1),
+            ..ServeOptions::default()
+        };
+        Ok(Self {
+            running: spawn(lab, &options)?,
+        })
+    }
+
+    /// The running server (URL, address, credentials, state).
+    #[must_use]
+    pub fn running(&self) -> &RunningVcenter {
+        &self.running
+    }
+
+    /// `http(s)://127.0.0.1:port/sdk`.
+    #[must_use]
+    pub fn sdk_url(&self) -> &str {
+        &self.running.sdk_url
+    }
+
+    /// The host VDDK's `serverName` takes (`127.0.0.1`).
+    #[must_use]
+    pub fn host(&self) -> String {
+        self.running.addr.ip().to_string()
+    }
+
+    /// The port VDDK's `port` takes.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.running.addr.port()
+    }
+
+    /// The certificate's SHA-1 thumbprint (`None` over plain HTTP).
+    #[must_use]
+    pub fn thumbprint(&self) -> Option<&str> {
+        self.running.thumbprint.as_deref()
+    }
+
+    /// A new vim25 session of the lab's user, as the `Cookie` value a VDDK caller passes
+    /// with SESSIONID credentials (`vmware_soap_session="…"`).
+    ///
+    /// # Errors
+    /// The lab's settings cannot be read.
+    pub fn session_cookie(&self) -> Result<String, VcenterError> {
+        let (cookie, _) = self
+            .running
+            .vcenter
+            .login(&self.running.user, &self.running.password)
+            .map_err(|f| VcenterError::Login(f.message))?;
+        Ok(format!("{SESSION_COOKIE}=\"{cookie}\""))
+    }
+
+    /// Stops the server now (also done on drop).
+    pub fn stop(&mut self) {
+        self.running.stop();
+    }
+}
+
+impl Drop for InProcessVcenter {
+    fn drop(&mut self) {
+        self.running.stop();
+    }
 }
 
 /// Creates a lab at `root` unless one exists (the default inventory comes with the
@@ -156,15 +261,26 @@ pub fn spawn(lab: Lab, options: &ServeOptions) -> Result<RunningVcenter, Vcenter
         .enable_all()
         .build()
         .map_err(io("start the runtime"))?;
-    std::thread::Builder::new()
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("vcenter-http".into())
         .spawn(move || {
             runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => http::serve(l, app, tls).await,
-                    Err(e) => tracing::error!(error = %e, "lab vcenter: listener"),
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "lab vcenter: listener");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    () = http::serve(listener, app, tls) => {}
+                    // Only an explicit stop ends the server, not a dropped sender.
+                    Ok(()) = stop => {}
                 }
             });
+            // Dropping the runtime here cancels the connection tasks.
+            runtime.shutdown_background();
         })
         .map_err(io("spawn the server thread"))?;
     Ok(RunningVcenter {
@@ -174,5 +290,7 @@ pub fn spawn(lab: Lab, options: &ServeOptions) -> Result<RunningVcenter, Vcenter
         user: settings.user,
         password: settings.password,
         vcenter,
+        shutdown: Some(shutdown),
+        thread: Some(thread),
     })
 }

@@ -50,6 +50,9 @@ pub enum VcenterError {
     /// The certificate could not be generated or loaded.
     #[error("certificate: {0}")]
     Certificate(String),
+    /// Logging in to the running server failed.
+    #[error("login: {0}")]
+    Login(String),
 }
 
 /// The simulated vCenter's state.

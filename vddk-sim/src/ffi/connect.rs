@@ -10,7 +10,7 @@ use vddk_sys::{
 
 use super::{connection_of, value_call, vix_call};
 use crate::alloc::{self, Kind};
-use crate::connection::{Connection, authenticate, vm_moref};
+use crate::connection::{Connection, open_session, vm_moref};
 use crate::handles::{ptr_to_token, token_to_ptr};
 use crate::params::{c_str, decode};
 use crate::storage::{LabView, check_identity};
@@ -62,8 +62,8 @@ pub unsafe extern "C" fn VixDiskLib_FreeConnectParams(connectParams: *mut VixDis
     });
 }
 
-/// Validates the parameters against the lab (server, credentials, VM, snapshot) and
-/// returns a connection. The thumbprint is checked later, by Open.
+/// Validates the parameters against the lab's vCenter (server, credentials, VM,
+/// snapshot; over SOAP) and returns a connection. The thumbprint is checked later, by Open.
 ///
 /// # Safety
 /// `connectParams` is NULL or a valid params struct; string arguments are NULL or C
@@ -167,8 +167,9 @@ pub unsafe extern "C" fn VixDiskLib_Cleanup(
     })
 }
 
-/// Validates params and identity, then disables (`disable = true`) or enables
-/// `RelocateVM_Task` on the VM.
+/// Validates params and identity, logs in to the lab's vCenter and calls
+/// `DisableMethods` (`disable = true`) or `EnableMethods` for `RelocateVM_Task` on the VM
+/// with the identity as source, as VDDK does.
 ///
 /// # Safety
 /// As PrepareForAccess.
@@ -185,15 +186,15 @@ unsafe fn toggle_access(
         return fail(VIX_E_INVALID_ARG, "identity is NULL");
     };
     check_identity(&identity)?;
-    let view = LabView::open(&library.config.lab_root)?;
-    authenticate(&view, &spec)?;
     let Some(vm) = vm_moref(&spec)? else {
         return fail(
             VIX_E_INVALID_ARG,
             "vmxSpec is NULL: PrepareForAccess/EndAccess need the VM (\"moref=vm-N\")",
         );
     };
-    view.set_relocate_disabled(&vm, &identity, disable)?;
+    let view = LabView::open(&library.config.lab_root)?;
+    let (session, _) = open_session(&view, &spec)?;
+    session.set_relocate_disabled(&vm, &identity, disable)?;
     log::info(&format!(
         "{} RelocateVM_Task on {vm} for {identity:?}",
         if disable { "disabled" } else { "enabled" }

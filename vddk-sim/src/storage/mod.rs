@@ -2,7 +2,9 @@
 //!
 //! Disk content goes through `lab::datastore::DiskChain` (descriptor + flat extent + redo
 //! logs, the same code the lab server uses, so both may work on one disk from different
-//! processes); VM, snapshot and PrepareForAccess state through the `lab::Lab` facade.
+//! processes); lab settings and a snapshot's frozen files through the `lab::Lab` facade.
+//! Everything vCenter decides (logins, VMs, snapshots, disabled methods) goes through
+//! [`crate::vcenter`] instead.
 //! The rest of the crate sees only [`Disk`], [`LabView`] and [`parse_path`].
 //!
 //! No locking here: a [`Disk`] is owned by one disk handle, which serialises access; the
@@ -115,12 +117,6 @@ impl LabView {
         self.lab.settings().map_err(from_lab)
     }
 
-    /// VIX_E_VM_NOT_FOUND unless the VM exists.
-    pub(crate) fn check_vm(&self, vm: &str) -> VixResult<()> {
-        self.lab.vm(&VmMoref(vm.to_owned())).map_err(from_lab)?;
-        Ok(())
-    }
-
     /// The files snapshot `snapshot` of `vm` froze; VIX_E_SNAPSHOT_NOTFOUND if none.
     pub(crate) fn snapshot_disks(&self, vm: &str, snapshot: &str) -> VixResult<Vec<DatastorePath>> {
         let info = self
@@ -128,22 +124,6 @@ impl LabView {
             .snapshot(&VmMoref(vm.to_owned()), &SnapshotMoref(snapshot.to_owned()))
             .map_err(from_lab)?;
         Ok(info.disks.into_iter().map(|d| d.file_name).collect())
-    }
-
-    /// PrepareForAccess (`disable`) / EndAccess: `RelocateVM_Task` in `disabledMethod`.
-    pub(crate) fn set_relocate_disabled(
-        &self,
-        vm: &str,
-        identity: &str,
-        disable: bool,
-    ) -> VixResult<()> {
-        let vm = VmMoref(vm.to_owned());
-        let result = if disable {
-            self.lab.prepare_for_access(&vm, identity)
-        } else {
-            self.lab.end_access(&vm, identity)
-        };
-        result.map_err(from_lab)
     }
 }
 

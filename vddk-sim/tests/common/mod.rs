@@ -27,6 +27,8 @@ pub const CAPACITY_SECTORS: u64 = CAPACITY_BYTES / 512;
 
 /// The lab every test of a binary shares.
 pub struct Fixture {
+    /// The lab's vCenter, which the simulator's control plane talks to.
+    pub vcenter: lab::vcenter::InProcessVcenter,
     pub dir: tempfile::TempDir,
     pub lab: Lab,
     pub settings: LabSettings,
@@ -40,9 +42,17 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A lab with its vCenter over plain HTTP.
     pub fn new(extra_config: &str) -> Self {
+        Self::with_vcenter(extra_config, true)
+    }
+
+    /// A lab with its vCenter over HTTP or HTTPS (the settings name the running server).
+    pub fn with_vcenter(extra_config: &str, plain_http: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let lab = Lab::create(dir.path()).expect("create lab");
+        let vcenter =
+            lab::vcenter::InProcessVcenter::start(dir.path(), plain_http).expect("start vcenter");
         let settings = lab.settings().expect("settings");
         let disk = NewDisk {
             capacity_bytes: CAPACITY_BYTES,
@@ -71,6 +81,7 @@ impl Fixture {
         )
         .expect("write config");
         Self {
+            vcenter,
             dir,
             lab,
             settings,
