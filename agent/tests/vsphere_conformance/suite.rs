@@ -7,7 +7,6 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use tokio::io::AsyncWriteExt as _;
 use vadp_agent::vsphere::{
     ChangeId, CreateSnapshot, DatastoreError, DatastorePath, ExtraConfigChange, FaultKind,
     FolderMoref, NewDisk, PowerState, ResourcePoolMoref, SoapClient, Thumbprint, TlsVerification,
@@ -397,12 +396,8 @@ pub async fn datastore_upload_download(t: &Target) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    tokio::fs::File::create(&src)
-        .await
-        .unwrap()
-        .write_all(&data)
-        .await
-        .unwrap();
+    // tokio::fs::write completes the write; a dropped tokio File may still have one in flight.
+    tokio::fs::write(&src, &data).await.unwrap();
 
     let remote = DatastorePath {
         datacenter: inv.datacenter_name.clone(),
