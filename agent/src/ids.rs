@@ -122,6 +122,19 @@ impl fmt::Display for JobId {
     }
 }
 
+impl FromStr for JobId {
+    type Err = IdParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| IdParseError {
+                kind: "job id",
+                text: s.to_owned(),
+            })
+    }
+}
+
 /// vSphere device key of a virtual disk (e.g. 2000 for the first SCSI disk).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 #[serde(transparent)]

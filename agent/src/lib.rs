@@ -6,6 +6,7 @@
 //! subcommand group.
 
 pub mod cli;
+pub mod engine;
 pub mod ids;
 pub mod repo;
 #[allow(unsafe_code)]

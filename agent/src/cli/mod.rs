@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand group. `anyhow` is allowed here (and in
 //! `main.rs`) only; library errors stay typed.
 
+pub mod backup;
 pub mod demo;
 pub mod image;
 pub mod lab;
@@ -36,6 +37,12 @@ pub enum Command {
     Repo(repo::RepoCommand),
     /// List restore points.
     List(repo::ListArgs),
+    /// Back up a group of VMs at a common point in time (snapshot, CBT, VDDK).
+    Backup(backup::BackupArgs),
+    /// Show one restore point: type and why, changed bytes, duration, skew, validation.
+    Show(backup::ShowArgs),
+    /// Undo what an interrupted job left in vSphere (snapshots, PrepareForAccess).
+    Reconcile(backup::ReconcileArgs),
     /// Back up and restore raw image files (no vSphere needed).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -78,6 +85,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Repo(cmd) => repo::run(cmd, cli.json),
         Command::List(args) => repo::list(&args, cli.json),
+        Command::Backup(args) => backup::backup(&args, cli.json),
+        Command::Show(args) => backup::show(&args, cli.json),
+        Command::Reconcile(args) => backup::reconcile(&args, cli.json),
         Command::Image(cmd) => image::run(cmd, cli.json),
         Command::Vddk(args) => vddk::run(args, cli.json).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(&args, cli.json).map(|()| ExitCode::SUCCESS),

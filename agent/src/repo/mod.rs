@@ -39,14 +39,15 @@ pub mod synthetic_image;
 pub mod verify;
 
 pub use catalog::{CatalogError, CatalogHandle, PointKind, PointRecord};
-pub use chunk_store::{ChunkStore, ChunkStoreError};
+pub use chunk_store::{ChunkStore, ChunkStoreError, RepoLock};
 pub use fixed_index::{FixedIndex, FixedIndexError};
 pub use gc::GcReport;
 pub use pipeline::{DiskBackupStats, PipelineOptions};
 pub use prune::{PruneDecision, RetentionPolicy};
+pub(crate) use repository::now_secs;
 pub use repository::{
-    BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, IMAGE_DISK_KEY, ImageBackup, RepoError, RepoInfo,
-    Repository,
+    BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, DiskPlan, IMAGE_DISK_KEY, ImageBackup, RepoError,
+    RepoInfo, Repository, WrittenDisk,
 };
 pub use source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
 pub use verify::{VerifyProblem, VerifyReport};

@@ -160,6 +160,38 @@ pub struct RepoInfo {
     pub chunk_bytes: u64,
 }
 
+/// What [`Repository::write_disk`] reads.
+#[derive(Debug)]
+pub enum DiskPlan {
+    /// Every allocated extent (`None`: ask the source), into an all-holes index.
+    Full {
+        /// Allocated extents, e.g. from `QueryChangedDiskAreas("*")`.
+        allocated: Option<Vec<Extent>>,
+    },
+    /// Only the changed extents, into a copy of the parent's index.
+    Incremental {
+        /// The same disk's index in the parent point.
+        parent_index: FixedIndex,
+        /// Changed extents (CBT).
+        changed: Vec<Extent>,
+    },
+}
+
+/// One disk written by [`Repository::write_disk`], ready to be named in a [`NewPoint`].
+#[derive(Debug, Clone)]
+pub struct WrittenDisk {
+    /// Full or incremental.
+    pub kind: PointKind,
+    /// Capacity of the disk.
+    pub capacity_bytes: u64,
+    /// Index file, relative to the repository root.
+    pub index_path: String,
+    /// Bytes of the extents asked for.
+    pub bytes_changed: u64,
+    /// Pipeline statistics.
+    pub stats: DiskBackupStats,
+}
+
 /// An open repository.
 #[derive(Debug)]
 pub struct Repository {
@@ -171,7 +203,8 @@ pub struct Repository {
     options: PipelineOptions,
 }
 
-fn now_secs() -> i64 {
+/// Unix time in seconds.
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -303,30 +336,47 @@ impl Repository {
         })
     }
 
-    /// Back up `source` as a new restore point of `vm` (one disk).
-    ///
-    /// Order: shared lock; chunks (fsynced, renamed, directories fsynced); index file
-    /// (fsynced, renamed); then one catalog transaction makes the point visible.
+    /// Take the repository's shared lock: held by a backup from before its first chunk is
+    /// written until its restore point is committed, so GC (exclusive) never sweeps chunks a
+    /// backup is about to reference.
     ///
     /// # Errors
-    /// [`RepoError::Backup`] naming the VM, disk and point; nothing becomes visible.
-    pub fn backup_disk<S: DiskSource>(
+    /// [`RepoError::Lock`].
+    pub fn lock_shared(&self) -> Result<RepoLock, RepoError> {
+        RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)
+    }
+
+    /// Write one disk of restore point `point` (not yet committed): read `plan`'s extents
+    /// from `source` through the pipeline into the chunk store, then write and fsync the
+    /// disk's index file under `indexes/<point>/`. Nothing becomes visible until the caller
+    /// commits a [`NewPoint`] naming the returned index. The caller holds
+    /// [`Repository::lock_shared`] from before this call until after the commit.
+    ///
+    /// # Errors
+    /// [`RepoError::Backup`] naming the VM, disk and point; [`RepoError::Index`].
+    pub fn write_disk<S: DiskSource>(
         &self,
-        vm: VmRecord,
-        mut source: S,
-        changed: Option<Vec<Extent>>,
-        parent: Option<&PointRecord>,
-        backing_file: String,
+        point: RestorePointId,
+        vm_name: &str,
+        disk: DiskKey,
+        source: S,
+        plan: DiskPlan,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<BackupSummary, RepoError> {
-        let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
-        let started = Instant::now();
-        let point = RestorePointId::new_random();
+    ) -> Result<WrittenDisk, RepoError> {
+        let mut source = source;
         let capacity = source.capacity_bytes();
-        let (mut index, kind, extents, reason) = match (changed, parent) {
-            (Some(extents), Some(parent)) => {
-                let parent_index = self.load_index(parent, IMAGE_DISK_KEY)?;
-                let mut extents = extents;
+        let wrap = |source| RepoError::Backup {
+            vm: vm_name.to_owned(),
+            disk,
+            point,
+            source,
+        };
+        let (mut index, kind, extents) = match plan {
+            DiskPlan::Incremental {
+                parent_index,
+                changed,
+            } => {
+                let mut extents = changed;
                 // A grown disk: the new area was never backed up.
                 if capacity > parent_index.disk_size_bytes() {
                     extents.push(Extent {
@@ -338,25 +388,19 @@ impl Repository {
                     FixedIndex::derive(&parent_index, capacity),
                     PointKind::Incremental,
                     extents,
-                    "changed extents given".to_owned(),
                 )
             }
-            (Some(_), None) => return Err(RepoError::NoParent(vm.name.clone())),
-            (None, _) => {
-                let extents = source.allocated_extents().map_err(RepoError::Source)?;
+            DiskPlan::Full { allocated } => {
+                let extents = match allocated {
+                    Some(extents) => extents,
+                    None => source.allocated_extents().map_err(RepoError::Source)?,
+                };
                 (
                     FixedIndex::new_zero(self.chunk_size_bytes, capacity),
                     PointKind::Full,
                     extents,
-                    "no changed extents given".to_owned(),
                 )
             }
-        };
-        let wrap = |source| RepoError::Backup {
-            vm: vm.name.clone(),
-            disk: IMAGE_DISK_KEY,
-            point,
-            source,
         };
         let slots = pipeline::slots_for_extents(&extents, &index).map_err(wrap)?;
         let bytes_changed: u64 = extents.iter().map(|e| e.length).sum();
@@ -369,14 +413,58 @@ impl Repository {
             progress,
         )
         .map_err(wrap)?;
-        let rel = format!("indexes/{point}/{IMAGE_DISK_KEY}.fidx");
+        let index_path = format!("indexes/{point}/{disk}.fidx");
         index
-            .write(&self.root.join(&rel))
+            .write(&self.root.join(&index_path))
             .map_err(|source| RepoError::Index {
                 point,
-                disk: IMAGE_DISK_KEY,
+                disk,
                 source,
             })?;
+        Ok(WrittenDisk {
+            kind,
+            capacity_bytes: capacity,
+            index_path,
+            bytes_changed,
+            stats,
+        })
+    }
+
+    /// Back up `source` as a new restore point of `vm` (one disk).
+    ///
+    /// Order: shared lock; chunks (fsynced, renamed, directories fsynced); index file
+    /// (fsynced, renamed); then one catalog transaction makes the point visible.
+    ///
+    /// # Errors
+    /// [`RepoError::Backup`] naming the VM, disk and point; nothing becomes visible.
+    pub fn backup_disk<S: DiskSource>(
+        &self,
+        vm: VmRecord,
+        source: S,
+        changed: Option<Vec<Extent>>,
+        parent: Option<&PointRecord>,
+        backing_file: String,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<BackupSummary, RepoError> {
+        let _lock = self.lock_shared()?;
+        let started = Instant::now();
+        let point = RestorePointId::new_random();
+        let (plan, reason) = match (changed, parent) {
+            (Some(changed), Some(parent)) => (
+                DiskPlan::Incremental {
+                    parent_index: self.load_index(parent, IMAGE_DISK_KEY)?,
+                    changed,
+                },
+                "changed extents given",
+            ),
+            (Some(_), None) => return Err(RepoError::NoParent(vm.name.clone())),
+            (None, _) => (
+                DiskPlan::Full { allocated: None },
+                "no changed extents given",
+            ),
+        };
+        let written = self.write_disk(point, &vm.name, IMAGE_DISK_KEY, source, plan, progress)?;
+        let kind = written.kind;
         let seconds = started.elapsed().as_secs_f64();
         let parent_id = if kind == PointKind::Incremental {
             parent.map(|p| p.id)
@@ -390,14 +478,14 @@ impl Repository {
             parent: parent_id,
             created_at: now_secs(),
             kind,
-            reason,
+            reason: reason.to_owned(),
             vmx: None,
             extra_config: None,
-            stats: serde_json::json!({ "disk": stats, "seconds": seconds }),
+            stats: serde_json::json!({ "disk": written.stats, "seconds": seconds }),
             disks: vec![DiskRecord {
                 key: IMAGE_DISK_KEY,
                 label: "Hard disk 1".into(),
-                capacity_bytes: capacity,
+                capacity_bytes: written.capacity_bytes,
                 backing_file,
                 disk_uuid: None,
                 change_id: Some(ChangeId(if kind == PointKind::Full {
@@ -406,17 +494,17 @@ impl Repository {
                     point.to_string()
                 })),
                 role: DiskRole::Os,
-                index_path: rel,
-                bytes_changed,
-                bytes_stored: stats.bytes_stored,
+                index_path: written.index_path,
+                bytes_changed: written.bytes_changed,
+                bytes_stored: written.stats.bytes_stored,
             }],
         })?;
         Ok(BackupSummary {
             point,
             kind,
             parent: parent_id,
-            capacity_bytes: capacity,
-            stats,
+            capacity_bytes: written.capacity_bytes,
+            stats: written.stats,
             seconds,
         })
     }
@@ -472,12 +560,28 @@ impl Repository {
         out: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, RepoError> {
+        self.restore_disk_to_file(point, None, out, progress)
+    }
+
+    /// Restore disk `disk` of `point` (its first disk when `None`) into a new raw file
+    /// `out` (sparse: zero chunks are holes). Returns the disk's size.
+    ///
+    /// # Errors
+    /// [`RepoError::PointNotFound`], [`RepoError::Restore`] / [`RepoError::Index`] naming
+    /// the point and disk.
+    pub fn restore_disk_to_file(
+        &self,
+        point: RestorePointId,
+        disk: Option<DiskKey>,
+        out: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64, RepoError> {
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
         let rec = self
             .catalog
             .get_point(point)?
             .ok_or(RepoError::PointNotFound(point))?;
-        let disk = rec.disks.first().map_or(IMAGE_DISK_KEY, |d| d.key);
+        let disk = disk.unwrap_or_else(|| rec.disks.first().map_or(IMAGE_DISK_KEY, |d| d.key));
         let index = self.load_index(&rec, disk)?;
         let wrap = |source| RepoError::Restore {
             point,

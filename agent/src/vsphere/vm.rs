@@ -13,6 +13,7 @@ const VM_PATHS: &[&str] = &[
     "resourcePool",
     "datastore",
     "runtime.powerState",
+    "runtime.host",
     "runtime.consolidationNeeded",
     "config.uuid",
     "config.instanceUuid",
@@ -134,6 +135,28 @@ impl SoapClient {
         .map(|m| FolderMoref(m.value))
     }
 
+    /// The name of the inventory's datacenter, when there is exactly one (datastore HTTP
+    /// addresses files by datacenter).
+    ///
+    /// # Errors
+    ///
+    /// [`VsphereError::NotFound`] or [`VsphereError::Ambiguous`].
+    pub async fn only_datacenter_name(&self) -> Result<String, VsphereError> {
+        let root = self.service_content().root_folder.clone();
+        let dcs = self
+            .list_in_container(&root, "Datacenter", &["name"], true)
+            .await?;
+        let one = single(dcs.iter().map(|o| o.obj.clone()), || {
+            "datacenter".to_owned()
+        })?;
+        Ok(dcs
+            .iter()
+            .find(|o| o.obj == one)
+            .and_then(|o| o.text("name"))
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// The VMs of a Supervisor namespace (those in its folder).
     ///
     /// # Errors
@@ -190,6 +213,8 @@ pub struct VmInfo {
     pub parent: Option<FolderMoref>,
     /// Resource pool (absent for templates).
     pub resource_pool: Option<MoRef>,
+    /// The host running the VM (`runtime.host`), when it has one.
+    pub host: Option<MoRef>,
     /// Datastores the VM uses.
     pub datastores: Vec<DatastoreMoref>,
     /// Power state.
@@ -300,6 +325,7 @@ impl VmInfo {
             name: c.text("name").unwrap_or_default().to_owned(),
             parent: moref_of("parent")?.map(|m| FolderMoref(m.value)),
             resource_pool: moref_of("resourcePool")?,
+            host: moref_of("runtime.host")?,
             datastores,
             power_state,
             consolidation_needed: bool_of("runtime.consolidationNeeded")?,

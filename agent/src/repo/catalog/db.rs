@@ -144,6 +144,28 @@ pub struct PointRecord {
     pub disks: Vec<DiskRecord>,
 }
 
+/// How a job ended, for [`Catalog::job_finish`].
+#[derive(Debug, Clone)]
+pub struct JobEnd {
+    /// Whether every VM succeeded.
+    pub succeeded: bool,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// What it achieved (skew, per-VM results) as JSON.
+    pub stats: serde_json::Value,
+}
+
+/// What a restore point keeps besides its disks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointConfig {
+    /// The VMX file, byte for byte.
+    pub vmx: Option<Vec<u8>>,
+    /// ExtraConfig as JSON.
+    pub extra_config: Option<serde_json::Value>,
+    /// The job that made it.
+    pub job: Option<JobId>,
+}
+
 /// Kind of a side effect recorded in the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JournalKind {
@@ -523,6 +545,119 @@ impl Catalog {
             )
             .map(|_| ())
             .map_err(self.sql())
+    }
+
+    /// Replace the detail of an open journal entry (e.g. to add the snapshot's moref once
+    /// the snapshot exists).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn journal_update(&self, id: i64, detail: &serde_json::Value) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "UPDATE journal SET detail = ?2 WHERE id = ?1",
+                params![id, detail.to_string()],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Record a job as running.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn job_start(&self, job: JobId, group: Option<&str>, now: i64) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO jobs (id, group_name, created_at, state) VALUES (?1, ?2, ?3, 'running')
+                 ON CONFLICT (id) DO UPDATE SET group_name = excluded.group_name",
+                params![job.to_string(), group, now],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Record how a job ended.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn job_finish(&self, job: JobId, end: &JobEnd, now: i64) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = ?2, error = ?3, stats = ?4, finished_at = ?5 WHERE id = ?1",
+                params![
+                    job.to_string(),
+                    if end.succeeded { "succeeded" } else { "failed" },
+                    end.error,
+                    end.stats.to_string(),
+                    now
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Jobs still marked running (for the reconciler: those whose process is gone were
+    /// interrupted).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn running_jobs(&self) -> Result<Vec<JobId>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM jobs WHERE state = 'running' ORDER BY created_at")
+            .map_err(self.sql())?;
+        let ids: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(self.sql())?;
+        ids.iter()
+            .map(|id| {
+                id.parse().map_err(|_| CatalogError::Invalid {
+                    path: self.path.clone(),
+                    what: format!("job id {id:?}"),
+                })
+            })
+            .collect()
+    }
+
+    /// The stats JSON of a job, if it exists.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn job_stats(&self, job: JobId) -> Result<Option<serde_json::Value>, CatalogError> {
+        let stats: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT stats FROM jobs WHERE id = ?1",
+                [job.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        Ok(stats.flatten().and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// The VMX bytes and ExtraConfig JSON kept with a restore point.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn point_config(&self, id: RestorePointId) -> Result<Option<PointConfig>, CatalogError> {
+        type Row = (Option<Vec<u8>>, Option<String>, Option<String>);
+        let row: Option<Row> = self
+            .conn
+            .query_row(
+                "SELECT vmx, extra_config, job_id FROM restore_points WHERE id = ?1",
+                [id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        Ok(row.map(|(vmx, extra, job)| PointConfig {
+            vmx,
+            extra_config: extra.and_then(|s| serde_json::from_str(&s).ok()),
+            job: job.and_then(|j| j.parse().ok()),
+        }))
     }
 
     /// Entries still open (for the reconciler).

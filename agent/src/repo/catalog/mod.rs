@@ -20,8 +20,8 @@ mod thread;
 use std::path::PathBuf;
 
 pub use db::{
-    Catalog, DiskRecord, DiskRole, JournalEntry, JournalKind, NewPoint, PointKind, PointRecord,
-    VmRecord,
+    Catalog, DiskRecord, DiskRole, JobEnd, JournalEntry, JournalKind, NewPoint, PointConfig,
+    PointKind, PointRecord, VmRecord,
 };
 pub use schema::LATEST_VERSION;
 pub use thread::{CatalogHandle, CatalogThread};

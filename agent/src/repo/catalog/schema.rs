@@ -67,10 +67,15 @@ CREATE TABLE journal (
     state     TEXT NOT NULL CHECK (state IN ('open', 'closed', 'failed'))
 );
 ",
+    // 2: backup jobs record when they finished and what they achieved (skew, per-VM results).
+    r"
+ALTER TABLE jobs ADD COLUMN finished_at INTEGER;
+ALTER TABLE jobs ADD COLUMN stats TEXT;
+",
 ];
 
 /// The schema version this agent writes.
-pub const LATEST_VERSION: u32 = 1;
+pub const LATEST_VERSION: u32 = 2;
 
 /// Outcome of [`migrate`] when the catalog cannot be used.
 #[derive(Debug)]

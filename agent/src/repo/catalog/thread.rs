@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, bounded};
 
 use super::CatalogError;
-use super::db::{Catalog, JournalEntry, JournalKind, NewPoint, PointRecord};
-use crate::ids::{RestorePointId, VmMoref};
+use super::db::{Catalog, JobEnd, JournalEntry, JournalKind, NewPoint, PointConfig, PointRecord};
+use crate::ids::{JobId, RestorePointId, VmMoref};
 
 type Reply<T> = Sender<Result<T, CatalogError>>;
 
@@ -27,6 +27,12 @@ enum Command {
     JournalOpen(JournalKind, VmMoref, serde_json::Value, i64, Reply<i64>),
     JournalClose(i64, i64, Reply<()>),
     JournalOpenEntries(Reply<Vec<JournalEntry>>),
+    JournalUpdate(i64, serde_json::Value, Reply<()>),
+    JobStart(JobId, Option<String>, i64, Reply<()>),
+    JobFinish(JobId, Box<JobEnd>, i64, Reply<()>),
+    RunningJobs(Reply<Vec<JobId>>),
+    JobStats(JobId, Reply<Option<serde_json::Value>>),
+    PointConfig(RestorePointId, Reply<Option<PointConfig>>),
 }
 
 /// Handle to the `catalog` thread; cheap to clone. The thread stops when the last handle drops.
@@ -179,6 +185,61 @@ impl CatalogHandle {
     }
 }
 
+impl CatalogHandle {
+    /// See [`Catalog::journal_update`].
+    ///
+    /// # Errors
+    /// As [`Catalog::journal_update`], or [`CatalogError::Gone`].
+    pub fn journal_update(&self, id: i64, detail: serde_json::Value) -> Result<(), CatalogError> {
+        self.call(|r| Command::JournalUpdate(id, detail, r))
+    }
+
+    /// See [`Catalog::job_start`].
+    ///
+    /// # Errors
+    /// As [`Catalog::job_start`], or [`CatalogError::Gone`].
+    pub fn job_start(
+        &self,
+        job: JobId,
+        group: Option<String>,
+        now: i64,
+    ) -> Result<(), CatalogError> {
+        self.call(|r| Command::JobStart(job, group, now, r))
+    }
+
+    /// See [`Catalog::job_finish`].
+    ///
+    /// # Errors
+    /// As [`Catalog::job_finish`], or [`CatalogError::Gone`].
+    pub fn job_finish(&self, job: JobId, end: JobEnd, now: i64) -> Result<(), CatalogError> {
+        self.call(|r| Command::JobFinish(job, Box::new(end), now, r))
+    }
+
+    /// See [`Catalog::running_jobs`].
+    ///
+    /// # Errors
+    /// As [`Catalog::running_jobs`], or [`CatalogError::Gone`].
+    pub fn running_jobs(&self) -> Result<Vec<JobId>, CatalogError> {
+        self.call(Command::RunningJobs)
+    }
+
+    /// See [`Catalog::job_stats`].
+    ///
+    /// # Errors
+    /// As [`Catalog::job_stats`], or [`CatalogError::Gone`].
+    pub fn job_stats(&self, job: JobId) -> Result<Option<serde_json::Value>, CatalogError> {
+        self.call(|r| Command::JobStats(job, r))
+    }
+
+    /// See [`Catalog::point_config`].
+    ///
+    /// # Errors
+    /// As [`Catalog::point_config`], or [`CatalogError::Gone`].
+    pub fn point_config(&self, id: RestorePointId) -> Result<Option<PointConfig>, CatalogError> {
+        self.call(|r| Command::PointConfig(id, r))
+    }
+}
+
 fn serve(catalog: &mut Catalog, cmd: Command) {
     // A dropped reply receiver only means the caller went away; ignore send errors.
     match cmd {
@@ -193,6 +254,12 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         }
         Command::JournalClose(id, now, r) => drop(r.send(catalog.journal_close(id, now))),
         Command::JournalOpenEntries(r) => drop(r.send(catalog.journal_open_entries())),
+        Command::JournalUpdate(id, d, r) => drop(r.send(catalog.journal_update(id, &d))),
+        Command::JobStart(id, g, now, r) => drop(r.send(catalog.job_start(id, g.as_deref(), now))),
+        Command::JobFinish(id, end, now, r) => drop(r.send(catalog.job_finish(id, &end, now))),
+        Command::RunningJobs(r) => drop(r.send(catalog.running_jobs())),
+        Command::JobStats(id, r) => drop(r.send(catalog.job_stats(id))),
+        Command::PointConfig(id, r) => drop(r.send(catalog.point_config(id))),
     }
 }
 

@@ -1,0 +1,553 @@
+//! `vadp-agent backup`, `reconcile` and `show`: the backup engine on a vCenter.
+//!
+//! Connection settings come from flags or the `VADP_AGENT_*` environment variables; the
+//! password only from a file or the environment, never from the command line (it would
+//! show in the process list).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{
+    self, BackupEvent, BackupRequest, Environment, Limits, Observer, VddkTarget, VmRequest,
+    VmSelector,
+};
+use crate::ids::{DiskKey, RestorePointId};
+use crate::repo::Repository;
+use crate::vddk::{self, Secret, TransportMode, Vddk};
+use crate::vsphere::{self, SoapClient, SoapConfig, TlsVerification, VmMoref};
+
+/// How to reach vCenter and VDDK.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// The vCenter SDK URL, e.g. `https://vc.example.com/sdk`.
+    #[arg(long, env = "VADP_AGENT_VCENTER")]
+    pub vcenter: url::Url,
+    /// vCenter user.
+    #[arg(
+        long,
+        env = "VADP_AGENT_USER",
+        default_value = "administrator@vsphere.local"
+    )]
+    pub user: String,
+    /// File holding the vCenter password (first line).
+    #[arg(long, env = "VADP_AGENT_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// SHA-1 thumbprint of vCenter's certificate (`AA:BB:…`): pins TLS to it and is handed
+    /// to VDDK. Without it the system's roots verify the certificate.
+    #[arg(long, env = "VADP_AGENT_THUMBPRINT")]
+    pub thumbprint: Option<String>,
+    /// A CA certificate file (PEM) to trust in addition to the system's roots.
+    #[arg(long, env = "VADP_AGENT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Datacenter of the VMs (default: the inventory's only datacenter).
+    #[arg(long, env = "VADP_AGENT_DATACENTER")]
+    pub datacenter: Option<String>,
+    /// VDDK distribution directory (holding lib64/libvixDiskLib.so.*).
+    #[arg(long, env = "VADP_VDDK_LIBDIR")]
+    pub vddk_libdir: PathBuf,
+    /// VDDK configuration file handed to InitEx.
+    #[arg(long, env = "VADP_VDDK_CONFIG")]
+    pub vddk_config: Option<PathBuf>,
+    /// VDDK transport modes to try, in order (colon-separated: san:hotadd:nbdssl:nbd).
+    #[arg(long, env = "VADP_AGENT_TRANSPORTS", default_value = "nbdssl:nbd")]
+    pub transports: String,
+}
+
+/// `vadp-agent backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The repository.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// VMs to back up together: NAMESPACE/NAME (VM Service VMs) or a moref (vm-42).
+    #[arg(long = "vm", required = true)]
+    pub vms: Vec<VmSelector>,
+    /// Name of the consistency group (recorded with the job).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Quiesce these VMs' file systems when snapshotting (as given in --vm).
+    #[arg(long = "quiesce")]
+    pub quiesce: Vec<VmSelector>,
+    /// Read every allocated block, even where CBT has the changes.
+    #[arg(long)]
+    pub full: bool,
+    /// Fail a VM whose backup could not be restored as a VM Service VM.
+    #[arg(long)]
+    pub require_vmservice: bool,
+    /// Do not bracket the backup with PrepareForAccess/EndAccess.
+    #[arg(long)]
+    pub no_prepare_access: bool,
+    /// Disks read at once in this job.
+    #[arg(long, default_value_t = Limits::default().disks_per_job)]
+    pub disks_per_job: usize,
+    /// Disks read at once on one ESXi host.
+    #[arg(long, default_value_t = Limits::default().disks_per_host)]
+    pub disks_per_host: usize,
+    /// Disks read at once from one datastore.
+    #[arg(long, default_value_t = Limits::default().disks_per_datastore)]
+    pub disks_per_datastore: usize,
+    /// vCenter and VDDK.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// `vadp-agent reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// The repository whose journal to reconcile.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Also remove our tagged snapshots from these VMs (morefs) when no running job owns them.
+    #[arg(long = "vm")]
+    pub vms: Vec<VmMoref>,
+    /// vCenter and VDDK.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// `vadp-agent show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The repository.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The restore point.
+    pub point: RestorePointId,
+}
+
+fn transports(s: &str) -> anyhow::Result<Vec<TransportMode>> {
+    s.split(':')
+        .filter(|t| !t.is_empty())
+        .map(|t| match t {
+            "file" => Ok(TransportMode::File),
+            "san" => Ok(TransportMode::San),
+            "hotadd" => Ok(TransportMode::HotAdd),
+            "nbd" => Ok(TransportMode::Nbd),
+            "nbdssl" => Ok(TransportMode::NbdSsl),
+            other => bail!("unknown VDDK transport {other:?} (san, hotadd, nbdssl, nbd, file)"),
+        })
+        .collect()
+}
+
+fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
+    if let Some(file) = &args.password_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the password file {}", file.display()))?;
+        return Ok(text.lines().next().unwrap_or_default().to_owned());
+    }
+    if let Ok(p) = std::env::var("VADP_AGENT_PASSWORD") {
+        return Ok(p);
+    }
+    bail!("no vCenter password: give --password-file or set VADP_AGENT_PASSWORD")
+}
+
+/// Loads VDDK (re-executing with its directory on `LD_LIBRARY_PATH` first), logs in to
+/// vCenter and opens the repository. Must run before any thread is started.
+fn environment(
+    conn: &ConnectionArgs,
+    repo: &Path,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Environment> {
+    let password = password(conn)?;
+    let vddk = Vddk::load(&conn.vddk_libdir, conn.vddk_config.as_deref())
+        .with_context(|| format!("loading VDDK from {}", conn.vddk_libdir.display()))?;
+    let mut soap = SoapConfig::new(conn.vcenter.clone());
+    if let Some(tp) = &conn.thumbprint {
+        soap.tls =
+            TlsVerification::Thumbprint(tp.parse().with_context(|| format!("thumbprint {tp:?}"))?);
+    } else if let Some(ca) = &conn.ca_file {
+        soap.tls = TlsVerification::WithCaFile(ca.clone());
+    }
+    soap.credentials = Some(vsphere::Credentials::new(&conn.user, &password));
+    let client = rt
+        .block_on(SoapClient::connect(soap))
+        .with_context(|| format!("logging in to {}", conn.vcenter))?;
+    let repository =
+        Repository::open(repo).with_context(|| format!("opening repository {}", repo.display()))?;
+    let server = conn
+        .vcenter
+        .host_str()
+        .context("the vCenter URL has no host")?
+        .to_owned();
+    Ok(Environment {
+        soap: client,
+        vddk,
+        vddk_target: VddkTarget {
+            server,
+            port: conn.vcenter.port(),
+            thumbprint: conn.thumbprint.clone(),
+            credentials: vddk::Credentials::Password {
+                user: conn.user.clone(),
+                password: Secret::new(password),
+            },
+            transport_modes: transports(&conn.transports)?,
+        },
+        repo: Arc::new(repository),
+        datacenter: conn.datacenter.clone(),
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs `vadp-agent backup`. Exit code 0 when every VM succeeded, 2 when some failed.
+///
+/// # Errors
+/// Set-up failures and job-level errors.
+pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
+    vddk::reexec_with_library_path(&args.connection.vddk_libdir)?;
+    let rt = runtime()?;
+    let env = environment(&args.connection, &args.repo, &rt)?;
+    let request = BackupRequest {
+        group: args.group.clone(),
+        vms: args
+            .vms
+            .iter()
+            .map(|s| VmRequest {
+                selector: s.clone(),
+                quiesce: args.quiesce.contains(s),
+            })
+            .collect(),
+        force_full: args.full,
+        require_vmservice: args.require_vmservice,
+        prepare_access: !args.no_prepare_access,
+        limits: Limits {
+            disks_per_job: args.disks_per_job,
+            disks_per_host: args.disks_per_host,
+            disks_per_datastore: args.disks_per_datastore,
+        },
+    };
+    for q in &args.quiesce {
+        if !args.vms.contains(q) {
+            bail!("--quiesce {q} names a VM that is not in --vm");
+        }
+    }
+    let cancel = CancellationToken::new();
+    let observer = observer(json);
+    let report = rt.block_on(async {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::warn!("interrupted: cancelling the backup and cleaning up");
+                c.cancel();
+            }
+        });
+        engine::run_backup(&env, request, cancel, observer).await
+    });
+    let _ = rt.block_on(env.soap.logout());
+    let report = report.context("backup job")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "report", "report": report })
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+#[allow(clippy::cast_precision_loss)] // display figures
+fn print_report(r: &engine::BackupReport) {
+    println!(
+        "job {}{}: {} VM(s) in {:.1} s, snapshot skew {} ms",
+        r.job,
+        r.group
+            .as_deref()
+            .map(|g| format!(" (group {g})"))
+            .unwrap_or_default(),
+        r.vms.len(),
+        r.seconds,
+        r.skew_ms.unwrap_or(0)
+    );
+    for v in &r.vms {
+        match (&v.point, &v.error) {
+            (Some(p), _) => {
+                let read: u64 = v.disks.iter().map(|d| d.stats.bytes_read).sum();
+                let stored: u64 = v.disks.iter().map(|d| d.stats.bytes_stored).sum();
+                println!(
+                    "  {} ({}): point {p}, {}, read {:.1} MiB, stored {:.1} MiB",
+                    v.name,
+                    v.vm,
+                    kind_text(v.kind),
+                    read as f64 / 1_048_576.0,
+                    stored as f64 / 1_048_576.0
+                );
+                for d in &v.disks {
+                    println!(
+                        "    {} ({}): {} — {}",
+                        d.label,
+                        d.key,
+                        kind_text(Some(d.kind)),
+                        d.reason
+                    );
+                }
+                if let Some(val) = &v.validation {
+                    println!("    VM Service validation: {}", validation_text(val));
+                }
+            }
+            (None, e) => println!(
+                "  {} ({}): FAILED: {}",
+                v.name,
+                v.vm,
+                e.as_deref().unwrap_or("unknown error")
+            ),
+        }
+        for c in &v.cleanup_errors {
+            println!("    cleanup: {c}");
+        }
+    }
+}
+
+fn kind_text(k: Option<crate::repo::PointKind>) -> &'static str {
+    match k {
+        Some(crate::repo::PointKind::Full) => "full",
+        Some(crate::repo::PointKind::Incremental) => "incremental",
+        None => "-",
+    }
+}
+
+fn validation_text(v: &crate::vmservice::Validation) -> String {
+    match v.status {
+        crate::vmservice::ValidationStatus::Valid => "valid".into(),
+        crate::vmservice::ValidationStatus::NotVmService => "not a VM Service VM".into(),
+        crate::vmservice::ValidationStatus::Warning => format!(
+            "WARNING: {}",
+            v.problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+/// Progress: a bar per disk on a terminal, JSON lines with `--json`, milestones otherwise.
+fn observer(json: bool) -> Observer {
+    if json {
+        return Arc::new(|e: &BackupEvent| {
+            if let Ok(line) = serde_json::to_string(e) {
+                println!("{line}");
+            }
+        });
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let multi = MultiProgress::new();
+    let bars: Mutex<HashMap<(VmMoref, DiskKey), ProgressBar>> = Mutex::new(HashMap::new());
+    let style = ProgressStyle::with_template(
+        "{msg:32} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    Arc::new(move |e: &BackupEvent| {
+        let mut bars = bars
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match e {
+            BackupEvent::DiskStarted {
+                vm,
+                name,
+                disk,
+                label,
+                bytes_total,
+                kind,
+                ..
+            } => {
+                let msg = format!("{name} {label} ({})", kind_text(Some(*kind)));
+                if terminal {
+                    let bar = multi.add(ProgressBar::new(*bytes_total));
+                    bar.set_style(style.clone());
+                    bar.set_message(msg);
+                    bars.insert((vm.clone(), *disk), bar);
+                } else {
+                    eprintln!("reading {msg}: {bytes_total} bytes");
+                }
+            }
+            BackupEvent::DiskProgress {
+                vm,
+                disk,
+                bytes_done,
+                ..
+            } => {
+                if let Some(bar) = bars.get(&(vm.clone(), *disk)) {
+                    bar.set_position(*bytes_done);
+                }
+            }
+            BackupEvent::DiskFinished { vm, disk, .. } => {
+                if let Some(bar) = bars.remove(&(vm.clone(), *disk)) {
+                    bar.finish();
+                }
+            }
+            BackupEvent::SnapshotCreated {
+                name,
+                snapshot,
+                completed_ms,
+                ..
+            } => {
+                let _ = multi.println(format!(
+                    "snapshot {snapshot} of {name} after {completed_ms} ms"
+                ));
+            }
+            BackupEvent::CbtEnabled { name, .. } => {
+                let _ = multi.println(format!("change tracking enabled on {name} (full backup)"));
+            }
+            BackupEvent::Warning { name, message, .. } => {
+                let _ = multi.println(format!("warning: {name}: {message}"));
+            }
+            BackupEvent::VmFailed { name, error, .. } => {
+                let _ = multi.println(format!("FAILED: {name}: {error}"));
+            }
+            _ => {}
+        }
+    })
+}
+
+/// Runs `vadp-agent reconcile`.
+///
+/// # Errors
+/// Set-up and catalog failures.
+pub fn reconcile(args: &ReconcileArgs, json: bool) -> anyhow::Result<ExitCode> {
+    vddk::reexec_with_library_path(&args.connection.vddk_libdir)?;
+    let rt = runtime()?;
+    let env = environment(&args.connection, &args.repo, &rt)?;
+    let report = rt.block_on(engine::reconcile(&env, &args.vms));
+    let _ = rt.block_on(env.soap.logout());
+    let report = report.context("reconcile")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "reconcile", "report": report })
+        );
+    } else {
+        for (vm, s) in &report.snapshots_removed {
+            println!("removed snapshot {s} of {vm}");
+        }
+        for vm in &report.access_ended {
+            println!("EndAccess for {vm}");
+        }
+        for (vm, detail) in &report.half_created_vms {
+            println!("half-created VM {vm}: {detail}");
+        }
+        for job in &report.jobs_interrupted {
+            println!("job {job} was interrupted; marked failed");
+        }
+        if report.skipped_running > 0 {
+            println!(
+                "{} entries belong to jobs still running; left alone",
+                report.skipped_running
+            );
+        }
+        for e in &report.errors {
+            println!("error: {e}");
+        }
+        if report.is_clean() {
+            println!("reconcile: clean");
+        }
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Runs `vadp-agent show POINT`.
+///
+/// # Errors
+/// Repository errors; an unknown point.
+#[allow(clippy::cast_precision_loss)] // display figures
+pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let repo = Repository::open(&args.repo)
+        .with_context(|| format!("opening repository {}", args.repo.display()))?;
+    let point = repo
+        .catalog()
+        .get_point(args.point)?
+        .with_context(|| format!("restore point {} not found", args.point))?;
+    let config = repo.catalog().point_config(args.point)?;
+    let job_stats = match config.as_ref().and_then(|c| c.job) {
+        Some(job) => repo.catalog().job_stats(job)?,
+        None => None,
+    };
+    let skew = job_stats.as_ref().and_then(|s| s.get("skew_ms")).cloned();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "show", "point": point, "skew_ms": skew,
+                "vmx_bytes": config.as_ref().and_then(|c| c.vmx.as_ref()).map(Vec::len),
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("restore point {}", point.id);
+    println!(
+        "  VM:         {} ({}){}",
+        point.vm.name,
+        point.vm.moref,
+        point
+            .vm
+            .namespace
+            .as_deref()
+            .map(|n| format!(", namespace {n}"))
+            .unwrap_or_default()
+    );
+    println!("  created:    {} (Unix time)", point.created_at);
+    println!(
+        "  type:       {} — {}",
+        kind_text(Some(point.kind)),
+        point.reason
+    );
+    if let Some(parent) = point.parent {
+        println!("  parent:     {parent}");
+    }
+    let stat = |k: &str| point.stats.get(k).and_then(serde_json::Value::as_f64);
+    if let Some(s) = stat("seconds") {
+        println!("  duration:   {s:.2} s");
+    }
+    if let Some(s) = skew.as_ref().and_then(serde_json::Value::as_u64) {
+        println!("  group skew: {s} ms");
+    }
+    let changed: u64 = point.disks.iter().map(|d| d.bytes_changed).sum();
+    println!("  changed:    {:.1} MiB", changed as f64 / 1_048_576.0);
+    if let Some(v) = point.stats.get("validation") {
+        match serde_json::from_value::<crate::vmservice::Validation>(v.clone()) {
+            Ok(val) => println!("  VM Service: {}", validation_text(&val)),
+            Err(_) => println!("  VM Service: {v}"),
+        }
+    }
+    if let Some(vmx) = config.as_ref().and_then(|c| c.vmx.as_ref()) {
+        println!("  VMX:        {} bytes kept", vmx.len());
+    }
+    println!("  disks:");
+    for d in &point.disks {
+        println!(
+            "    {} {} ({:?}) {} bytes, changeId {}, changed {} bytes, stored {} bytes",
+            d.key,
+            d.label,
+            d.role,
+            d.capacity_bytes,
+            d.change_id.as_ref().map_or("-", |c| c.0.as_str()),
+            d.bytes_changed,
+            d.bytes_stored
+        );
+        println!("      {}", d.backing_file);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,1488 @@
+//! Backup of a group of VMs at a common point in time (ARCHITECTURE §3, seed 000, seed
+//! 001 §3 and §5).
+//!
+//! A job runs in three phases:
+//!
+//! 1. **Set-up, all VMs together.** Resolve every VM (devices, ExtraConfig, CBT state) and
+//!    refuse the whole group when one cannot be backed up (unknown, already carrying one
+//!    of our snapshots, listed twice): a group is only useful when all of its members share
+//!    the point in time. Enable CBT where it is off. Journal and call PrepareForAccess.
+//!    Journal every snapshot intent, then start every CreateSnapshot_Task at once; the
+//!    skew (first to last completion) is recorded. If any snapshot fails the group is not
+//!    consistent: the job undoes everything and fails.
+//! 2. **Data, per VM in parallel.** Download the VMX, read the snapshot's disks and their
+//!    changeIds, plan each disk (incremental from the last good changeId, or a labelled
+//!    full), read the planned extents through VDDK into the repository (disks in parallel
+//!    up to the [`Limits`]), validate the VM Service ExtraConfig (seed 001 §5.3), commit
+//!    the restore point, then remove the snapshot and end access.
+//! 3. **Clean-up.** Whatever phase 2 did not undo (after an error, a panic or
+//!    cancellation) is undone here: snapshots removed, EndAccess called, journal closed.
+//!
+//! A crash anywhere leaves open journal entries, which [`super::reconcile`] undoes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::journal::{self, JobLock, SnapshotEffect};
+use super::limits::{Gate, Limits};
+use super::vddk_source::VddkSource;
+use super::{Environment, Observer, blocking, crash_point, error_chain, vmx};
+use crate::ids::{ChangeId, DiskKey, JobId, RestorePointId, VmMoref};
+use crate::repo::catalog::{
+    CatalogError, DiskRecord, DiskRole, JobEnd, JournalKind, NewPoint, PointKind, PointRecord,
+    VmRecord,
+};
+use crate::repo::{DiskBackupStats, DiskPlan, Extent, RepoError, WrittenDisk};
+use crate::vddk::{DiskLibError, OpenFlags};
+use crate::vmservice::{self, CapturedDisk, Validation, ValidationStatus};
+use crate::vsphere::{
+    CreateSnapshot, DatastoreError, DatastorePath, FaultKind, SnapshotMoref, VirtualDiskInfo,
+    VmInfo, VsphereError,
+};
+
+/// Every snapshot a backup creates has a description starting with this tag, followed by
+/// the job id: how the agent (and an administrator) recognises its snapshots.
+pub const SNAPSHOT_TAG: &str = "vadp-agent backup job";
+
+/// Errors that stop a whole job (a single VM's failure is reported in its [`VmReport`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A vSphere call failed.
+    #[error("{what}")]
+    Vsphere {
+        /// What the agent was doing.
+        what: String,
+        /// The vSphere error.
+        #[source]
+        source: VsphereError,
+    },
+    /// Datastore file transfer failed.
+    #[error("{what}")]
+    Datastore {
+        /// What the agent was doing.
+        what: String,
+        /// The transfer error.
+        #[source]
+        source: DatastoreError,
+    },
+    /// A VDDK call failed.
+    #[error("{what}")]
+    Vddk {
+        /// What the agent was doing.
+        what: String,
+        /// The VDDK error.
+        #[source]
+        source: DiskLibError,
+    },
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A VM cannot be backed up as asked.
+    #[error("VM {vm}: {reason}")]
+    Refused {
+        /// The VM (as given or resolved).
+        vm: String,
+        /// Why.
+        reason: String,
+    },
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// A thread or task failed (panicked).
+    #[error("{0}")]
+    Thread(String),
+}
+
+/// How a VM is named on the command line or in the API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(untagged)]
+pub enum VmSelector {
+    /// A managed object reference, `vm-42`.
+    Moref(VmMoref),
+    /// A VM Service VM: `<namespace>/<name>` (the VM named `name` in the namespace's folder).
+    Namespaced {
+        /// Supervisor namespace.
+        namespace: String,
+        /// VM name.
+        name: String,
+    },
+}
+
+impl FromStr for VmSelector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self::Namespaced {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            None if s.starts_with("vm-") && s.len() > 3 => Ok(Self::Moref(VmMoref(s.to_owned()))),
+            _ => Err(format!(
+                "{s:?}: give a VM as NAMESPACE/NAME or as a managed object reference (vm-42)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for VmSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Moref(m) => write!(f, "{m}"),
+            Self::Namespaced { namespace, name } => write!(f, "{namespace}/{name}"),
+        }
+    }
+}
+
+/// One VM of a job, with its options.
+#[derive(Debug, Clone)]
+pub struct VmRequest {
+    /// Which VM.
+    pub selector: VmSelector,
+    /// Quiesce the guest file systems (VMware Tools) when snapshotting.
+    pub quiesce: bool,
+}
+
+/// A backup job.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// Name of the consistency group (recorded with the job).
+    pub group: Option<String>,
+    /// The VMs, snapshotted together.
+    pub vms: Vec<VmRequest>,
+    /// Read every allocated block even where CBT could give the changes.
+    pub force_full: bool,
+    /// Fail a VM whose backup could not be restored as a VM Service VM (instead of a warning).
+    pub require_vmservice: bool,
+    /// Bracket each VM's backup with PrepareForAccess/EndAccess (VMware's recommended order).
+    pub prepare_access: bool,
+    /// Disk read concurrency.
+    pub limits: Limits,
+}
+
+/// Progress and milestones of a job.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BackupEvent {
+    /// The job started.
+    JobStarted {
+        /// Job id.
+        job: JobId,
+        /// Number of VMs.
+        vms: usize,
+    },
+    /// CBT was off and has been turned on (this VM's backup is a full).
+    CbtEnabled {
+        /// VM.
+        vm: VmMoref,
+        /// Name.
+        name: String,
+    },
+    /// A snapshot of the group completed.
+    SnapshotCreated {
+        /// VM.
+        vm: VmMoref,
+        /// Name.
+        name: String,
+        /// The snapshot.
+        snapshot: SnapshotMoref,
+        /// Milliseconds since the group's snapshots were started.
+        completed_ms: u64,
+    },
+    /// A disk's read started.
+    DiskStarted {
+        /// VM.
+        vm: VmMoref,
+        /// VM name.
+        name: String,
+        /// Device key.
+        disk: DiskKey,
+        /// Device label.
+        label: String,
+        /// Full or incremental.
+        kind: PointKind,
+        /// Why.
+        reason: String,
+        /// Bytes the pipeline will read (whole chunks).
+        bytes_total: u64,
+    },
+    /// Bytes read so far.
+    DiskProgress {
+        /// VM.
+        vm: VmMoref,
+        /// Device key.
+        disk: DiskKey,
+        /// Done.
+        bytes_done: u64,
+        /// Total.
+        bytes_total: u64,
+    },
+    /// A disk is in the repository.
+    DiskFinished {
+        /// VM.
+        vm: VmMoref,
+        /// Device key.
+        disk: DiskKey,
+        /// Bytes read.
+        bytes_read: u64,
+        /// Bytes of new chunks stored.
+        bytes_stored: u64,
+        /// Seconds.
+        seconds: f64,
+    },
+    /// Something the administrator should know (e.g. the VM Service validation failed).
+    Warning {
+        /// VM.
+        vm: VmMoref,
+        /// Name.
+        name: String,
+        /// What.
+        message: String,
+    },
+    /// A VM's restore point is committed.
+    VmFinished {
+        /// VM.
+        vm: VmMoref,
+        /// Name.
+        name: String,
+        /// The point.
+        point: RestorePointId,
+        /// Full or incremental.
+        kind: PointKind,
+    },
+    /// A VM failed; nothing of it was committed.
+    VmFailed {
+        /// VM.
+        vm: VmMoref,
+        /// Name.
+        name: String,
+        /// Why.
+        error: String,
+    },
+    /// The job ended.
+    JobFinished {
+        /// Job id.
+        job: JobId,
+        /// Whether every VM succeeded.
+        succeeded: bool,
+    },
+}
+
+/// What happened to one disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    /// Device key.
+    pub key: DiskKey,
+    /// Label.
+    pub label: String,
+    /// Full or incremental.
+    pub kind: PointKind,
+    /// Why this kind.
+    pub reason: String,
+    /// Capacity.
+    pub capacity_bytes: u64,
+    /// Bytes of the extents CBT (or the allocation map) reported.
+    pub bytes_changed: u64,
+    /// Pipeline statistics (bytes read are whole chunks).
+    pub stats: DiskBackupStats,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// What happened to one VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmReport {
+    /// VM.
+    pub vm: VmMoref,
+    /// Name.
+    pub name: String,
+    /// The committed point (none when the VM failed).
+    pub point: Option<RestorePointId>,
+    /// Full or incremental (incremental when any disk was).
+    pub kind: Option<PointKind>,
+    /// Why.
+    pub reason: String,
+    /// The snapshot used.
+    pub snapshot: Option<SnapshotMoref>,
+    /// Disks.
+    pub disks: Vec<DiskReport>,
+    /// VM Service validation (seed 001 §5.3).
+    pub validation: Option<Validation>,
+    /// Size of the VMX kept.
+    pub vmx_bytes: usize,
+    /// The error, when the VM failed.
+    pub error: Option<String>,
+    /// Problems cleaning up (a snapshot that could not be removed is also left in the
+    /// journal for the reconciler).
+    pub cleanup_errors: Vec<String>,
+    /// Seconds from the group's snapshot start to the commit.
+    pub seconds: f64,
+}
+
+/// What a job did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// Job id.
+    pub job: JobId,
+    /// Group name.
+    pub group: Option<String>,
+    /// Whether every VM succeeded.
+    pub succeeded: bool,
+    /// First-to-last snapshot completion, milliseconds.
+    pub skew_ms: Option<u64>,
+    /// Wall time.
+    pub seconds: f64,
+    /// Per VM.
+    pub vms: Vec<VmReport>,
+}
+
+/// A VM being backed up, and the side effects it holds.
+#[derive(Debug)]
+struct Member {
+    request: VmRequest,
+    info: VmInfo,
+    cbt_enabled_now: bool,
+    effects: Arc<Mutex<Effects>>,
+}
+
+#[derive(Debug, Default)]
+struct Effects {
+    /// Journal id of an un-ended PrepareForAccess.
+    access: Option<i64>,
+    /// Our snapshot, not yet removed.
+    snapshot: Option<SnapshotEffect>,
+}
+
+/// Shared by the per-VM tasks of a job.
+struct JobCtx {
+    env: Environment,
+    job: JobId,
+    request: BackupRequest,
+    identity: String,
+    snapshot_name: String,
+    vcenter_uuid: String,
+    datacenter: String,
+    gate: Gate,
+    cancel: CancellationToken,
+    observer: Observer,
+}
+
+/// Runs a backup job to the end: every side effect it caused is undone before it returns,
+/// whatever happened (cancel `cancel` to stop it early; it still cleans up).
+///
+/// # Errors
+/// A [`BackupError`] when the job could not start or the group could not be snapshotted;
+/// individual VM failures are in the returned report (`succeeded == false`).
+pub async fn run_backup(
+    env: &Environment,
+    request: BackupRequest,
+    cancel: CancellationToken,
+    observer: Observer,
+) -> Result<BackupReport, BackupError> {
+    let job = JobId::new_random();
+    let root = env.repo.root().to_path_buf();
+    let lock_root = root.clone();
+    let _job_lock = blocking(move || JobLock::acquire(&lock_root, job))
+        .await?
+        .map_err(|e| BackupError::Repo(RepoError::Lock(e)))?;
+    let repo = Arc::clone(&env.repo);
+    // Held until every point of the job is committed: GC waits (ARCHITECTURE §6).
+    let repo_lock = blocking(move || repo.lock_shared()).await??;
+    let catalog = env.repo.catalog().clone();
+    let group = request.group.clone();
+    blocking(move || catalog.job_start(job, group, crate::repo::now_secs())).await??;
+    (observer)(&BackupEvent::JobStarted {
+        job,
+        vms: request.vms.len(),
+    });
+    let started = Instant::now();
+    let outcome = run_job(env, job, request.clone(), cancel, observer.clone()).await;
+    drop(repo_lock);
+    let (report, error) = match outcome {
+        Ok(report) => (Some(report), None),
+        Err(e) => (None, Some(e)),
+    };
+    let succeeded = report.as_ref().is_some_and(|r| r.succeeded);
+    let end = JobEnd {
+        succeeded,
+        error: error.as_ref().map(|e| error_chain(e)).or_else(|| {
+            report.as_ref().and_then(|r| {
+                let failed: Vec<String> = r
+                    .vms
+                    .iter()
+                    .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.name)))
+                    .collect();
+                (!failed.is_empty()).then(|| failed.join("; "))
+            })
+        }),
+        stats: json!({
+            "group": request.group,
+            "seconds": started.elapsed().as_secs_f64(),
+            "skew_ms": report.as_ref().and_then(|r| r.skew_ms),
+            "vms": report.as_ref().map(|r| r.vms.iter().map(|v| json!({
+                "vm": v.vm, "name": v.name, "point": v.point, "error": v.error,
+            })).collect::<Vec<_>>()),
+        }),
+    };
+    let catalog = env.repo.catalog().clone();
+    blocking(move || catalog.job_finish(job, end, crate::repo::now_secs())).await??;
+    JobLock::remove_file(&root, job);
+    (observer)(&BackupEvent::JobFinished { job, succeeded });
+    match error {
+        Some(e) => Err(e),
+        None => Ok(report.expect("a job without error has a report")),
+    }
+}
+
+async fn run_job(
+    env: &Environment,
+    job: JobId,
+    request: BackupRequest,
+    cancel: CancellationToken,
+    observer: Observer,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let datacenter = match &env.datacenter {
+        Some(dc) => dc.clone(),
+        None => env
+            .soap
+            .only_datacenter_name()
+            .await
+            .map_err(|source| BackupError::Vsphere {
+                what: "finding the datacenter (pass --datacenter when there are several)".into(),
+                source,
+            })?,
+    };
+    let short = job.to_string()[..8].to_owned();
+    let ctx = Arc::new(JobCtx {
+        env: env.clone(),
+        job,
+        identity: format!("vadp-agent backup {short}"),
+        snapshot_name: format!("vadp-agent-{short}"),
+        vcenter_uuid: env.soap.service_content().about.instance_uuid.clone(),
+        datacenter,
+        gate: Gate::new(request.limits),
+        cancel,
+        observer,
+        request,
+    });
+
+    let mut members = Vec::new();
+    let setup = set_up(&ctx, &mut members).await;
+    let (skew_ms, snapshots) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            for m in &members {
+                let _ = clean_up(&ctx, m).await;
+            }
+            return Err(e);
+        }
+    };
+
+    // Phase 2: one task per VM; a panic inside one is a JoinError here.
+    let mut tasks = Vec::new();
+    for (m, snapshot) in members.iter().zip(snapshots) {
+        let ctx = Arc::clone(&ctx);
+        let info = m.info.clone();
+        let request = m.request.clone();
+        let cbt_now = m.cbt_enabled_now;
+        let effects = Arc::clone(&m.effects);
+        tasks.push(tokio::spawn(async move {
+            back_up_vm(&ctx, info, request, cbt_now, snapshot, effects).await
+        }));
+    }
+    let mut reports = Vec::new();
+    for (m, task) in members.iter().zip(tasks) {
+        let mut report = match task.await {
+            Ok(r) => r,
+            Err(e) => failed_report(&m.info, format!("backup task failed: {e}")),
+        };
+        // Phase 3: whatever the task left.
+        report.cleanup_errors.extend(clean_up(&ctx, m).await);
+        if let Some(e) = &report.error {
+            (ctx.observer)(&BackupEvent::VmFailed {
+                vm: m.info.moref.clone(),
+                name: m.info.name.clone(),
+                error: e.clone(),
+            });
+        }
+        reports.push(report);
+    }
+    let succeeded = reports.iter().all(|r| r.error.is_none());
+    Ok(BackupReport {
+        job,
+        group: ctx.request.group.clone(),
+        succeeded,
+        skew_ms: Some(skew_ms),
+        seconds: started.elapsed().as_secs_f64(),
+        vms: reports,
+    })
+}
+
+fn failed_report(info: &VmInfo, error: String) -> VmReport {
+    VmReport {
+        vm: info.moref.clone(),
+        name: info.name.clone(),
+        point: None,
+        kind: None,
+        reason: String::new(),
+        snapshot: None,
+        disks: Vec::new(),
+        validation: None,
+        vmx_bytes: 0,
+        error: Some(error),
+        cleanup_errors: Vec::new(),
+        seconds: 0.0,
+    }
+}
+
+/// Phase 1. Members are pushed as soon as they hold a side effect, so the caller can undo.
+async fn set_up(
+    ctx: &Arc<JobCtx>,
+    members: &mut Vec<Member>,
+) -> Result<(u64, Vec<SnapshotMoref>), BackupError> {
+    let env = &ctx.env;
+    if ctx.request.vms.is_empty() {
+        return Err(BackupError::Refused {
+            vm: "(none)".into(),
+            reason: "no VM given".into(),
+        });
+    }
+    // Resolve and check every VM before changing anything.
+    let mut resolved: Vec<(VmRequest, VmInfo)> = Vec::new();
+    let mut seen = HashSet::new();
+    for r in &ctx.request.vms {
+        let moref = resolve(env, &r.selector).await?;
+        if !seen.insert(moref.clone()) {
+            return Err(BackupError::Refused {
+                vm: r.selector.to_string(),
+                reason: format!("{moref} is listed twice in the job"),
+            });
+        }
+        let info = env
+            .soap
+            .vm_info(&moref)
+            .await
+            .map_err(|source| BackupError::Vsphere {
+                what: format!("reading VM {} ({moref})", r.selector),
+                source,
+            })?;
+        if let Some(s) = info
+            .all_snapshots()
+            .into_iter()
+            .find(|s| journal::snapshot_job(&s.description).is_some())
+        {
+            return Err(BackupError::Refused {
+                vm: format!("{} ({moref})", info.name),
+                reason: format!(
+                    "it still carries snapshot {} ({:?}) left by an earlier backup; run \
+                     `vadp-agent reconcile --vm {moref}` to remove it",
+                    s.snapshot, s.name
+                ),
+            });
+        }
+        if info.disks.is_empty() {
+            return Err(BackupError::Refused {
+                vm: format!("{} ({moref})", info.name),
+                reason: "it has no virtual disk".into(),
+            });
+        }
+        resolved.push((r.clone(), info));
+    }
+    for (request, mut info) in resolved {
+        check_cancel(ctx)?;
+        let mut cbt_enabled_now = false;
+        if !info.change_tracking_enabled {
+            env.soap
+                .enable_cbt(&info.moref)
+                .await
+                .map_err(|source| BackupError::Vsphere {
+                    what: format!("enabling change tracking on {} ({})", info.name, info.moref),
+                    source,
+                })?;
+            cbt_enabled_now = true;
+            (ctx.observer)(&BackupEvent::CbtEnabled {
+                vm: info.moref.clone(),
+                name: info.name.clone(),
+            });
+            info = env
+                .soap
+                .vm_info(&info.moref)
+                .await
+                .map_err(|source| BackupError::Vsphere {
+                    what: format!("re-reading VM {}", info.moref),
+                    source,
+                })?;
+        }
+        members.push(Member {
+            request,
+            info,
+            cbt_enabled_now,
+            effects: Arc::new(Mutex::new(Effects::default())),
+        });
+    }
+    if ctx.request.prepare_access {
+        for m in members.iter() {
+            check_cancel(ctx)?;
+            let vm = &m.info.moref;
+            let id = journal::open(
+                env,
+                JournalKind::PrepareAccess,
+                vm,
+                json!({ "job": ctx.job, "identity": ctx.identity }),
+            )
+            .await?;
+            lock(&m.effects).access = Some(id);
+            let vddk = env.vddk.clone();
+            let spec = env.vddk_target.spec(vm, None, true);
+            let identity = ctx.identity.clone();
+            blocking(move || vddk.prepare_for_access(&spec, &identity))
+                .await?
+                .map_err(|source| BackupError::Vddk {
+                    what: format!("PrepareForAccess for {} ({vm})", m.info.name),
+                    source,
+                })?;
+            crash_point("after-prepare-access");
+        }
+    }
+    check_cancel(ctx)?;
+    // Journal every intent first, then start the snapshots together.
+    let description = journal::snapshot_description(ctx.job);
+    for m in members.iter() {
+        let mut effect = SnapshotEffect {
+            journal: None,
+            job: ctx.job,
+            moref: None,
+        };
+        effect.journal = Some(
+            journal::open(
+                env,
+                JournalKind::Snapshot,
+                &m.info.moref,
+                effect.detail(&ctx.snapshot_name),
+            )
+            .await?,
+        );
+        lock(&m.effects).snapshot = Some(effect);
+    }
+    crash_point("before-snapshot");
+    let t0 = Instant::now();
+    let creates = members.iter().map(|m| {
+        let request = CreateSnapshot {
+            quiesce: m.request.quiesce,
+            ..CreateSnapshot::backup(&ctx.snapshot_name, &description)
+        };
+        let soap = env.soap.clone();
+        let vm = m.info.moref.clone();
+        async move {
+            let r = soap.create_snapshot(&vm, &request, |_| {}).await;
+            (r, t0.elapsed())
+        }
+    });
+    let results = futures_util::future::join_all(creates).await;
+    let mut first_error = None;
+    let mut snapshots = Vec::new();
+    let mut done_ms = Vec::new();
+    for (m, (result, elapsed)) in members.iter().zip(results) {
+        match result {
+            Ok(snapshot) => {
+                crash_point("snapshot-unrecorded");
+                let effect = {
+                    let mut e = lock(&m.effects);
+                    let s = e.snapshot.as_mut().expect("journalled above");
+                    s.moref = Some(snapshot.clone());
+                    s.clone()
+                };
+                if let Some(id) = effect.journal {
+                    journal::update(env, id, effect.detail(&ctx.snapshot_name)).await?;
+                }
+                let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                done_ms.push(ms);
+                (ctx.observer)(&BackupEvent::SnapshotCreated {
+                    vm: m.info.moref.clone(),
+                    name: m.info.name.clone(),
+                    snapshot: snapshot.clone(),
+                    completed_ms: ms,
+                });
+                snapshots.push(snapshot);
+            }
+            Err(source) => {
+                first_error.get_or_insert(BackupError::Vsphere {
+                    what: format!(
+                        "snapshot of {} ({}) failed, so the group has no common point in time",
+                        m.info.name, m.info.moref
+                    ),
+                    source,
+                });
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    crash_point("after-snapshot");
+    let skew =
+        done_ms.iter().max().copied().unwrap_or(0) - done_ms.iter().min().copied().unwrap_or(0);
+    Ok((skew, snapshots))
+}
+
+fn lock(m: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn check_cancel(ctx: &JobCtx) -> Result<(), BackupError> {
+    if ctx.cancel.is_cancelled() {
+        Err(BackupError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+async fn resolve(env: &Environment, selector: &VmSelector) -> Result<VmMoref, BackupError> {
+    match selector {
+        VmSelector::Moref(m) => Ok(m.clone()),
+        VmSelector::Namespaced { namespace, name } => {
+            let folder = env
+                .soap
+                .find_namespace_folder(namespace)
+                .await
+                .map_err(|source| BackupError::Vsphere {
+                    what: format!("finding the folder of namespace {namespace}"),
+                    source,
+                })?;
+            env.soap
+                .find_vm_in_folder(&folder, name)
+                .await
+                .map_err(|source| BackupError::Vsphere {
+                    what: format!("finding VM {name} in namespace {namespace}"),
+                    source,
+                })
+        }
+    }
+}
+
+/// Undoes what `m` still holds: the snapshot first, then EndAccess (VMware's order).
+/// Returns the problems; an effect that could not be undone stays journalled.
+async fn clean_up(ctx: &JobCtx, m: &Member) -> Vec<String> {
+    let mut problems = Vec::new();
+    let vm = &m.info.moref;
+    let snapshot = lock(&m.effects).snapshot.clone();
+    if let Some(effect) = snapshot {
+        match journal::remove_snapshot(&ctx.env, vm, &effect).await {
+            Ok(_) => lock(&m.effects).snapshot = None,
+            Err(e) => problems.push(format!(
+                "snapshot of {vm} not removed (left for `vadp-agent reconcile`): {}",
+                error_chain(&e)
+            )),
+        }
+    }
+    let access = lock(&m.effects).access;
+    if let Some(journal_id) = access {
+        match journal::end_access(&ctx.env, vm, &ctx.identity, journal_id).await {
+            Ok(()) => lock(&m.effects).access = None,
+            Err(e) => problems.push(format!(
+                "EndAccess for {vm} failed (left for `vadp-agent reconcile`): {}",
+                error_chain(&e)
+            )),
+        }
+    }
+    for p in &problems {
+        tracing::error!(vm = %vm, "{p}");
+    }
+    problems
+}
+
+/// How one disk will be read.
+#[derive(Debug)]
+enum Plan {
+    Full {
+        allocated: Option<Vec<Extent>>,
+        reason: String,
+    },
+    Incremental {
+        parent: Box<PointRecord>,
+        changed: Vec<Extent>,
+        reason: String,
+    },
+}
+
+/// Phase 2 for one VM. Never panics on purpose; returns a report with `error` set on failure.
+async fn back_up_vm(
+    ctx: &Arc<JobCtx>,
+    info: VmInfo,
+    request: VmRequest,
+    cbt_enabled_now: bool,
+    snapshot: SnapshotMoref,
+    effects: Arc<Mutex<Effects>>,
+) -> VmReport {
+    let started = Instant::now();
+    let mut report = failed_report(&info, String::new());
+    report.error = None;
+    report.snapshot = Some(snapshot.clone());
+    match back_up_vm_inner(
+        ctx,
+        &info,
+        &request,
+        cbt_enabled_now,
+        &snapshot,
+        &mut report,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(e) => {
+            report.point = None;
+            report.kind = None;
+            report.error = Some(error_chain(&e));
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    // Undo now rather than after the slowest VM of the group.
+    let m = Member {
+        request,
+        info,
+        cbt_enabled_now,
+        effects,
+    };
+    report.cleanup_errors = clean_up(ctx, &m).await;
+    report
+}
+
+#[allow(clippy::too_many_lines)] // one VM's backup, step by step
+async fn back_up_vm_inner(
+    ctx: &Arc<JobCtx>,
+    info: &VmInfo,
+    request: &VmRequest,
+    cbt_enabled_now: bool,
+    snapshot: &SnapshotMoref,
+    report: &mut VmReport,
+) -> Result<(), BackupError> {
+    let env = &ctx.env;
+    let vm = &info.moref;
+    let who = format!("{} ({vm})", info.name);
+    let started = Instant::now();
+    // Chosen before the data is written: index files live under it.
+    let point = RestorePointId::new_random();
+    // The VMX, byte for byte, with its ExtraConfig.
+    let vmx_path = info
+        .vmx_path
+        .as_deref()
+        .ok_or_else(|| BackupError::Refused {
+            vm: who.clone(),
+            reason: "vCenter reports no VMX path (config.files.vmPathName)".into(),
+        })?;
+    let ds_path = DatastorePath::parse(&ctx.datacenter, vmx_path).map_err(|source| {
+        BackupError::Datastore {
+            what: format!("VMX path of {who}"),
+            source,
+        }
+    })?;
+    let mut vmx_bytes = Vec::new();
+    env.soap
+        .download(&ds_path, &mut vmx_bytes)
+        .await
+        .map_err(|source| BackupError::Datastore {
+            what: format!("downloading the VMX of {who} ({vmx_path})"),
+            source,
+        })?;
+    report.vmx_bytes = vmx_bytes.len();
+    let vmx_entries = vmx::parse(&vmx_bytes).map_err(|e| BackupError::Refused {
+        vm: who.clone(),
+        reason: format!("{vmx_path}: {e}"),
+    })?;
+    // The snapshot's own disks: the frozen files and the changeIds of this point.
+    let disks = env
+        .soap
+        .snapshot_disks(snapshot)
+        .await
+        .map_err(|source| BackupError::Vsphere {
+            what: format!("reading the disks of snapshot {snapshot} of {who}"),
+            source,
+        })?;
+    if disks.is_empty() {
+        return Err(BackupError::Refused {
+            vm: who,
+            reason: format!("snapshot {snapshot} lists no disk"),
+        });
+    }
+    let folder_name = namespace_folder_name(ctx, info).await;
+    let captured = |all: bool| -> Vec<CapturedDisk> {
+        disks
+            .iter()
+            .map(|d| CapturedDisk {
+                key: d.key.0,
+                label: d.label.clone(),
+                file_name: live_file_name(info, d),
+                uuid: d.uuid.clone(),
+                fcd: d.vdisk_id.is_some(),
+                captured: all,
+            })
+            .collect()
+    };
+    // Fail before reading any data when the VM could never be restored as asked.
+    let pre = vmservice::validate_backup(&vmx_entries, folder_name.as_deref(), &captured(true));
+    if ctx.request.require_vmservice && pre.status != ValidationStatus::Valid {
+        return Err(BackupError::Refused {
+            vm: who,
+            reason: format!(
+                "--require-vmservice: not restorable as a VM Service VM: {}",
+                describe(&pre)
+            ),
+        });
+    }
+    let previous = previous_point(ctx, info).await?;
+    let connection = {
+        let vddk = env.vddk.clone();
+        let spec = env.vddk_target.spec(vm, Some(snapshot), true);
+        let what = format!("connecting to {who} at {snapshot} through VDDK");
+        blocking(move || vddk.connect(&spec))
+            .await?
+            .map_err(|source| BackupError::Vddk { what, source })?
+    };
+    // Plan every disk, then read them in parallel within the limits.
+    let mut reads = Vec::new();
+    for d in &disks {
+        check_cancel(ctx)?;
+        let plan = plan_disk(ctx, info, snapshot, d, previous.as_ref(), cbt_enabled_now).await?;
+        let datastore = DatastorePath::parse(&ctx.datacenter, &d.file_name)
+            .ok()
+            .map(|p| p.datastore);
+        let host = info.host.as_ref().map(|h| h.value.clone());
+        let ctx = Arc::clone(ctx);
+        let connection = connection.clone();
+        let disk = d.clone();
+        let vm = vm.clone();
+        let name = info.name.clone();
+        reads.push(async move {
+            let _permits = ctx.gate.enter(host.as_deref(), datastore.as_deref()).await;
+            read_disk(ctx, connection, vm, name, disk, plan, point).await
+        });
+    }
+    let results = futures_util::future::join_all(reads).await;
+    drop(connection);
+    let mut written = Vec::new();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(w) => written.push(w),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // Validation with what was captured.
+    let captured_now: Vec<CapturedDisk> = captured(false)
+        .into_iter()
+        .map(|mut c| {
+            c.captured = written.iter().any(|(d, _, _)| d.key.0 == c.key);
+            c
+        })
+        .collect();
+    let validation =
+        vmservice::validate_backup(&vmx_entries, folder_name.as_deref(), &captured_now);
+    if validation.status == ValidationStatus::Warning {
+        let message = format!(
+            "not restorable as a VM Service VM as it stands: {}",
+            describe(&validation)
+        );
+        if ctx.request.require_vmservice {
+            return Err(BackupError::Refused {
+                vm: who,
+                reason: format!("--require-vmservice: {message}"),
+            });
+        }
+        tracing::warn!(vm = %vm, "{message}");
+        (ctx.observer)(&BackupEvent::Warning {
+            vm: vm.clone(),
+            name: info.name.clone(),
+            message,
+        });
+    }
+    let roles: BTreeMap<i32, DiskRole> = validation.roles.iter().copied().collect();
+    check_cancel(ctx)?;
+    // Commit: one transaction makes the point visible.
+    let any_incremental = written
+        .iter()
+        .any(|(_, w, _)| w.kind == PointKind::Incremental);
+    let kind = if any_incremental {
+        PointKind::Incremental
+    } else {
+        PointKind::Full
+    };
+    let reasons: Vec<String> = written
+        .iter()
+        .map(|(d, _, r)| format!("{}: {}", d.label, r.reason))
+        .collect();
+    let reason = reasons.join("; ");
+    let namespace = vmservice::decode(&vmx_entries).and_then(|d| d.namespace);
+    let stats = json!({
+        "job": ctx.job,
+        "group": ctx.request.group,
+        "snapshot": snapshot,
+        "seconds": started.elapsed().as_secs_f64(),
+        "quiesced": request.quiesce,
+        "disks": written.iter().map(|(_, _, r)| r).collect::<Vec<_>>(),
+        "bytes_changed": written.iter().map(|(_, w, _)| w.bytes_changed).sum::<u64>(),
+        "bytes_read": written.iter().map(|(_, w, _)| w.stats.bytes_read).sum::<u64>(),
+        "bytes_stored": written.iter().map(|(_, w, _)| w.stats.bytes_stored).sum::<u64>(),
+        "validation": validation,
+    });
+    let extra_config = serde_json::Value::Array(
+        info.extra_config
+            .iter()
+            .map(|(k, v)| json!([k, v]))
+            .collect(),
+    );
+    let new_point = NewPoint {
+        id: point,
+        vm: VmRecord {
+            moref: vm.clone(),
+            name: info.name.clone(),
+            vcenter_uuid: ctx.vcenter_uuid.clone(),
+            namespace,
+        },
+        job: Some(ctx.job),
+        parent: if any_incremental {
+            previous.as_ref().map(|p| p.id)
+        } else {
+            None
+        },
+        created_at: crate::repo::now_secs(),
+        kind,
+        reason: reason.clone(),
+        vmx: Some(vmx_bytes),
+        extra_config: Some(extra_config),
+        stats,
+        disks: written
+            .iter()
+            .map(|(d, w, _)| DiskRecord {
+                key: d.key,
+                label: d.label.clone(),
+                capacity_bytes: w.capacity_bytes,
+                backing_file: live_file_name(info, d),
+                disk_uuid: d.uuid.clone(),
+                change_id: d.change_id.clone(),
+                role: roles.get(&d.key.0).copied().unwrap_or(DiskRole::Classic),
+                index_path: w.index_path.clone(),
+                bytes_changed: w.bytes_changed,
+                bytes_stored: w.stats.bytes_stored,
+            })
+            .collect(),
+    };
+    crash_point("before-commit");
+    let catalog = env.repo.catalog().clone();
+    blocking(move || catalog.commit_point(new_point)).await??;
+    crash_point("after-commit");
+    report.point = Some(point);
+    report.kind = Some(kind);
+    report.reason = reason;
+    report.disks = written.into_iter().map(|(_, _, r)| r).collect();
+    report.validation = Some(validation);
+    (ctx.observer)(&BackupEvent::VmFinished {
+        vm: vm.clone(),
+        name: info.name.clone(),
+        point,
+        kind,
+    });
+    Ok(())
+}
+
+fn describe(v: &Validation) -> String {
+    if v.status == ValidationStatus::NotVmService {
+        return "the VMX carries no VM Service ExtraConfig (vmservice.* keys)".into();
+    }
+    v.problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The name of the VM's parent folder (a Supervisor namespace folder is named after the
+/// namespace); `None` when it cannot be read.
+async fn namespace_folder_name(ctx: &JobCtx, info: &VmInfo) -> Option<String> {
+    let parent = info.parent.as_ref()?;
+    match ctx
+        .env
+        .soap
+        .retrieve_object(&parent.moref(), &["name"])
+        .await
+    {
+        Ok(c) => c.text("name").map(str::to_owned),
+        Err(e) => {
+            tracing::warn!(vm = %info.moref, error = %e, "cannot read the VM's folder name");
+            None
+        }
+    }
+}
+
+/// The live disk's backing file for a snapshot disk (same key): what the VM Service disk
+/// data names. Falls back to the snapshot's file.
+fn live_file_name(info: &VmInfo, snapshot_disk: &VirtualDiskInfo) -> String {
+    info.disks
+        .iter()
+        .find(|d| d.key == snapshot_disk.key)
+        .map_or_else(
+            || snapshot_disk.file_name.clone(),
+            |d| base_file_name(&d.file_name),
+        )
+}
+
+/// `[ds] vm/disk-000001.vmdk` → `[ds] vm/disk.vmdk`: the live config names the redo log of
+/// a snapshotted disk; the disk's identity is its base.
+fn base_file_name(name: &str) -> String {
+    if let Some(stem) = name.strip_suffix(".vmdk")
+        && let Some((base, seq)) = stem.rsplit_once('-')
+        && seq.len() == 6
+        && seq.bytes().all(|b| b.is_ascii_digit())
+    {
+        return format!("{base}.vmdk");
+    }
+    name.to_owned()
+}
+
+/// The newest committed point of this VM (same vCenter), the base of incrementals.
+async fn previous_point(ctx: &JobCtx, info: &VmInfo) -> Result<Option<PointRecord>, BackupError> {
+    let catalog = ctx.env.repo.catalog().clone();
+    let points = blocking(move || catalog.list_points()).await??;
+    Ok(points
+        .into_iter()
+        .rev()
+        .find(|p| p.vm.moref == info.moref && p.vm.vcenter_uuid == ctx.vcenter_uuid))
+}
+
+/// Decides full or incremental for one disk (VSPHERE.md §A.7 agent policy).
+async fn plan_disk(
+    ctx: &JobCtx,
+    info: &VmInfo,
+    snapshot: &SnapshotMoref,
+    disk: &VirtualDiskInfo,
+    previous: Option<&PointRecord>,
+    cbt_enabled_now: bool,
+) -> Result<Plan, BackupError> {
+    let full = |reason: String| Plan::Full {
+        allocated: None,
+        reason,
+    };
+    let prev_disk = previous.and_then(|p| p.disks.iter().find(|d| d.key == disk.key));
+    let plan = match (previous, prev_disk) {
+        _ if ctx.request.force_full => full("full backup requested".into()),
+        _ if cbt_enabled_now => full("change tracking was just enabled".into()),
+        (None, _) => full("first backup of this VM".into()),
+        (Some(_), None) => full("first backup of this disk".into()),
+        (Some(p), Some(pd)) => match (&pd.change_id, &disk.change_id) {
+            (_, None) => full("the snapshot reports no changeId for this disk".into()),
+            (None, _) => full("the previous backup recorded no changeId".into()),
+            (Some(old), Some(new)) if old.0 == "*" => {
+                let _ = new;
+                full("the previous backup recorded no usable changeId".into())
+            }
+            (Some(old), Some(new)) => {
+                if pd.capacity_bytes != disk.capacity_bytes {
+                    full(format!(
+                        "disk resized from {} to {} bytes",
+                        pd.capacity_bytes, disk.capacity_bytes
+                    ))
+                } else if old.tracking_uuid() != new.tracking_uuid() {
+                    full("change tracking was reset (its change UUID changed)".into())
+                } else if pd.disk_uuid.is_some() && pd.disk_uuid != disk.uuid {
+                    full("a different disk now has this device key (its UUID changed)".into())
+                } else {
+                    match ctx
+                        .env
+                        .soap
+                        .query_changed_disk_areas(
+                            &info.moref,
+                            Some(snapshot),
+                            disk.key,
+                            disk.capacity_bytes,
+                            old,
+                        )
+                        .await
+                    {
+                        Ok(areas) => Plan::Incremental {
+                            parent: Box::new(p.clone()),
+                            changed: areas
+                                .iter()
+                                .map(|a| Extent {
+                                    offset: a.start_bytes,
+                                    length: a.length_bytes,
+                                })
+                                .collect(),
+                            reason: format!("changed blocks since {}", old.0),
+                        },
+                        Err(e)
+                            if matches!(
+                                e.fault_kind(),
+                                Some(FaultKind::FileFault | FaultKind::InvalidArgument)
+                            ) =>
+                        {
+                            full(format!(
+                                "vCenter rejected changeId {}: {}",
+                                old.0,
+                                error_chain(&e)
+                            ))
+                        }
+                        Err(source) => {
+                            return Err(BackupError::Vsphere {
+                                what: format!(
+                                    "changed areas of {} disk {} since {}",
+                                    info.moref, disk.key, old.0
+                                ),
+                                source,
+                            });
+                        }
+                    }
+                }
+            }
+        },
+    };
+    // A full reads what the disk has in use ("*"), else the allocation map from VDDK.
+    Ok(match plan {
+        Plan::Full { reason, .. } => {
+            let allocated = match ctx
+                .env
+                .soap
+                .query_changed_disk_areas(
+                    &info.moref,
+                    Some(snapshot),
+                    disk.key,
+                    disk.capacity_bytes,
+                    &ChangeId::all(),
+                )
+                .await
+            {
+                Ok(areas) => Some(
+                    areas
+                        .iter()
+                        .map(|a| Extent {
+                            offset: a.start_bytes,
+                            length: a.length_bytes,
+                        })
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::info!(
+                        vm = %info.moref, disk = %disk.key, error = %e,
+                        "QueryChangedDiskAreas(\"*\") failed; using VDDK's allocation map"
+                    );
+                    None
+                }
+            };
+            Plan::Full { allocated, reason }
+        }
+        incremental => incremental,
+    })
+}
+
+/// What a disk read returns: the snapshot's disk, the repository's record, the report.
+type DiskOutcome = (VirtualDiskInfo, WrittenDisk, DiskReport);
+
+/// Reads one disk on its own thread (`backup/<vm>/<key>`): Open through VDDK, then the
+/// repository pipeline, whose `disk-read` thread owns the VDDK handle.
+async fn read_disk(
+    ctx: Arc<JobCtx>,
+    connection: crate::vddk::Connection,
+    vm: VmMoref,
+    name: String,
+    disk: VirtualDiskInfo,
+    plan: Plan,
+    point: RestorePointId,
+) -> Result<DiskOutcome, BackupError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_name = format!("backup/{vm}/{}", disk.key);
+    std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            let r = read_disk_blocking(&ctx, &connection, &vm, &name, &disk, plan, point);
+            let _ = tx.send(r.map(|(w, rep)| (disk, w, rep)));
+        })
+        .map_err(|e| BackupError::Thread(format!("start thread {thread_name}: {e}")))?;
+    rx.await
+        .map_err(|_| BackupError::Thread(format!("thread {thread_name} panicked")))?
+}
+
+fn read_disk_blocking(
+    ctx: &JobCtx,
+    connection: &crate::vddk::Connection,
+    vm: &VmMoref,
+    name: &str,
+    disk: &VirtualDiskInfo,
+    plan: Plan,
+    point: RestorePointId,
+) -> Result<(WrittenDisk, DiskReport), BackupError> {
+    let started = Instant::now();
+    let repo = &ctx.env.repo;
+    let vddk_err = |what: String| move |source| BackupError::Vddk { what, source };
+    let handle = connection
+        .open(&disk.file_name, OpenFlags::READ_ONLY)
+        .map_err(vddk_err(format!("opening {} of {vm}", disk.file_name)))?;
+    let capacity = handle
+        .info()
+        .map_err(vddk_err(format!(
+            "reading the size of {} of {vm}",
+            disk.file_name
+        )))?
+        .capacity_bytes;
+    let (repo_plan, kind, reason) = match plan {
+        Plan::Full { allocated, reason } => (DiskPlan::Full { allocated }, PointKind::Full, reason),
+        Plan::Incremental {
+            parent,
+            changed,
+            reason,
+        } => match repo.load_index(&parent, disk.key) {
+            Ok(parent_index) => (
+                DiskPlan::Incremental {
+                    parent_index,
+                    changed,
+                },
+                PointKind::Incremental,
+                reason,
+            ),
+            // Nothing is lost by reading everything again.
+            Err(e) => (
+                DiskPlan::Full { allocated: None },
+                PointKind::Full,
+                format!("the parent's index is unreadable ({})", error_chain(&e)),
+            ),
+        },
+    };
+    let chunk = u64::from(repo.chunk_size_bytes());
+    let bytes_total = match &repo_plan {
+        DiskPlan::Full {
+            allocated: Some(extents),
+        }
+        | DiskPlan::Incremental {
+            changed: extents, ..
+        } => chunk_bytes(extents, chunk, capacity),
+        DiskPlan::Full { allocated: None } => capacity,
+    };
+    (ctx.observer)(&BackupEvent::DiskStarted {
+        vm: vm.clone(),
+        name: name.to_owned(),
+        disk: disk.key,
+        label: disk.label.clone(),
+        kind,
+        reason: reason.clone(),
+        bytes_total,
+    });
+    let source = VddkSource::new(handle, capacity, ctx.cancel.clone());
+    let observer = ctx.observer.clone();
+    let mut progress = |done: u64, total: u64| {
+        if done > 0 && done < total {
+            crash_point("mid-disk");
+        }
+        observer(&BackupEvent::DiskProgress {
+            vm: vm.clone(),
+            disk: disk.key,
+            bytes_done: done,
+            bytes_total: total,
+        });
+    };
+    let written = repo.write_disk(point, name, disk.key, source, repo_plan, &mut progress)?;
+    let seconds = started.elapsed().as_secs_f64();
+    (ctx.observer)(&BackupEvent::DiskFinished {
+        vm: vm.clone(),
+        disk: disk.key,
+        bytes_read: written.stats.bytes_read,
+        bytes_stored: written.stats.bytes_stored,
+        seconds,
+    });
+    let report = DiskReport {
+        key: disk.key,
+        label: disk.label.clone(),
+        kind: written.kind,
+        reason,
+        capacity_bytes: written.capacity_bytes,
+        bytes_changed: written.bytes_changed,
+        stats: written.stats,
+        seconds,
+    };
+    Ok((written, report))
+}
+
+/// Bytes of whole chunks covering `extents` (what the pipeline will read).
+fn chunk_bytes(extents: &[Extent], chunk: u64, capacity: u64) -> u64 {
+    let mut slots = std::collections::BTreeSet::new();
+    for e in extents {
+        if e.length == 0 {
+            continue;
+        }
+        let end = (e.offset + e.length).min(capacity);
+        let mut s = e.offset / chunk;
+        while s * chunk < end {
+            slots.insert(s);
+            s += 1;
+        }
+    }
+    slots
+        .iter()
+        .map(|s| (capacity - s * chunk).min(chunk))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_parse() {
+        assert_eq!(
+            "demo-ns/web-1".parse::<VmSelector>().unwrap(),
+            VmSelector::Namespaced {
+                namespace: "demo-ns".into(),
+                name: "web-1".into()
+            }
+        );
+        assert_eq!(
+            "vm-42".parse::<VmSelector>().unwrap(),
+            VmSelector::Moref(VmMoref("vm-42".into()))
+        );
+        for bad in ["web-1", "/x", "ns/", "a/b/c", "vm-"] {
+            assert!(bad.parse::<VmSelector>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redo_log_names_map_to_their_base() {
+        assert_eq!(
+            base_file_name("[ds1] web/disk-0-000001.vmdk"),
+            "[ds1] web/disk-0.vmdk"
+        );
+        assert_eq!(
+            base_file_name("[ds1] web/disk-0.vmdk"),
+            "[ds1] web/disk-0.vmdk"
+        );
+        assert_eq!(
+            base_file_name("[ds1] web/db-12.vmdk"),
+            "[ds1] web/db-12.vmdk"
+        );
+    }
+
+    #[test]
+    fn chunk_bytes_counts_whole_chunks_once() {
+        let e = |o, l| Extent {
+            offset: o,
+            length: l,
+        };
+        assert_eq!(chunk_bytes(&[e(0, 1), e(10, 5)], 100, 1000), 100);
+        assert_eq!(chunk_bytes(&[e(95, 10)], 100, 1000), 200);
+        assert_eq!(chunk_bytes(&[e(950, 50)], 100, 980), 80);
+        assert_eq!(chunk_bytes(&[], 100, 1000), 0);
+    }
+}

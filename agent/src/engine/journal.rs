@@ -1,0 +1,197 @@
+//! The side-effect journal as the engine uses it: open an entry before acting, record what
+//! was created, undo it and close the entry. The same undo functions serve the job's own
+//! cleanup and the [`super::reconcile`]r.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{BackupError, Environment, blocking};
+use crate::ids::JobId;
+use crate::repo::catalog::JournalKind;
+use crate::repo::{ChunkStoreError, RepoLock};
+use crate::vsphere::{FaultKind, SnapshotMoref, VmMoref, VsphereError};
+
+/// Exclusive `flock` on `locks/job-<id>.lock` held while a job runs; released by the
+/// kernel when the process dies, which is how the reconciler tells a crashed job from a
+/// running one.
+#[derive(Debug)]
+pub struct JobLock {
+    _lock: RepoLock,
+}
+
+impl JobLock {
+    fn path(repo_root: &Path, job: JobId) -> PathBuf {
+        repo_root.join("locks").join(format!("job-{job}.lock"))
+    }
+
+    /// Takes the lock of `job`.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Busy`] when a live process holds it; I/O errors.
+    pub fn acquire(repo_root: &Path, job: JobId) -> Result<Self, ChunkStoreError> {
+        let dir = repo_root.join("locks");
+        std::fs::create_dir_all(&dir).map_err(|source| ChunkStoreError::Lock {
+            path: dir.clone(),
+            source,
+        })?;
+        RepoLock::try_exclusive(&Self::path(repo_root, job)).map(|l| Self { _lock: l })
+    }
+
+    /// Removes the lock file of a finished job (best effort).
+    pub fn remove_file(repo_root: &Path, job: JobId) {
+        let _ = std::fs::remove_file(Self::path(repo_root, job));
+    }
+}
+
+/// The description our backup snapshots carry: how they are recognised.
+pub(crate) fn snapshot_description(job: JobId) -> String {
+    format!("{} {job}", super::SNAPSHOT_TAG)
+}
+
+/// Whether a snapshot description is one of ours; returns its job id.
+pub(crate) fn snapshot_job(description: &str) -> Option<JobId> {
+    description
+        .strip_prefix(super::SNAPSHOT_TAG)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Opens a journal entry (fsynced by SQLite's commit) and returns its id.
+pub(crate) async fn open(
+    env: &Environment,
+    kind: JournalKind,
+    vm: &VmMoref,
+    detail: serde_json::Value,
+) -> Result<i64, BackupError> {
+    let catalog = env.repo.catalog().clone();
+    let vm = vm.clone();
+    blocking(move || catalog.journal_open(kind, vm, detail, crate::repo::now_secs()))
+        .await?
+        .map_err(BackupError::Catalog)
+}
+
+/// Replaces an entry's detail.
+pub(crate) async fn update(
+    env: &Environment,
+    id: i64,
+    detail: serde_json::Value,
+) -> Result<(), BackupError> {
+    let catalog = env.repo.catalog().clone();
+    blocking(move || catalog.journal_update(id, detail))
+        .await?
+        .map_err(BackupError::Catalog)
+}
+
+/// Closes an entry.
+pub(crate) async fn close(env: &Environment, id: i64) -> Result<(), BackupError> {
+    let catalog = env.repo.catalog().clone();
+    blocking(move || catalog.journal_close(id, crate::repo::now_secs()))
+        .await?
+        .map_err(BackupError::Catalog)
+}
+
+/// What one journalled snapshot is, as far as we know.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotEffect {
+    /// The journal entry (`None` for a tagged snapshot found without one).
+    pub journal: Option<i64>,
+    pub job: JobId,
+    pub moref: Option<SnapshotMoref>,
+}
+
+impl SnapshotEffect {
+    pub(crate) fn detail(&self, name: &str) -> serde_json::Value {
+        json!({
+            "job": self.job,
+            "name": name,
+            "snapshot": self.moref.as_ref().map(|m| m.0.clone()),
+        })
+    }
+}
+
+/// Removes our snapshot of `vm` (the journalled moref, or every snapshot whose description
+/// carries the job id when the moref was never learnt), consolidating, then closes the
+/// entry. A VM or snapshot that no longer exists counts as removed. Returns the snapshots
+/// removed.
+pub(crate) async fn remove_snapshot(
+    env: &Environment,
+    vm: &VmMoref,
+    effect: &SnapshotEffect,
+) -> Result<Vec<SnapshotMoref>, BackupError> {
+    let targets = match &effect.moref {
+        Some(m) => vec![m.clone()],
+        None => match env.soap.vm_info(vm).await {
+            Ok(info) => info
+                .all_snapshots()
+                .into_iter()
+                .filter(|s| snapshot_job(&s.description) == Some(effect.job))
+                .map(|s| s.snapshot.clone())
+                .collect(),
+            Err(e) if is_gone(&e) => Vec::new(),
+            Err(e) => {
+                return Err(BackupError::Vsphere {
+                    what: format!("reading the snapshots of {vm}"),
+                    source: e,
+                });
+            }
+        },
+    };
+    let mut removed = Vec::new();
+    for snapshot in targets {
+        match env.soap.remove_snapshot(&snapshot, true, |_| {}).await {
+            Ok(()) => removed.push(snapshot),
+            Err(e) if is_gone(&e) => {}
+            Err(e) => {
+                return Err(BackupError::Vsphere {
+                    what: format!("removing snapshot {snapshot} of {vm}"),
+                    source: e,
+                });
+            }
+        }
+    }
+    if let Some(id) = effect.journal {
+        close(env, id).await?;
+    }
+    Ok(removed)
+}
+
+/// Calls EndAccess for `vm` with `identity` and closes the entry.
+pub(crate) async fn end_access(
+    env: &Environment,
+    vm: &VmMoref,
+    identity: &str,
+    journal: i64,
+) -> Result<(), BackupError> {
+    let vddk = env.vddk.clone();
+    let spec = env.vddk_target.spec(vm, None, true);
+    let id = identity.to_owned();
+    let what = format!("EndAccess for {vm}");
+    blocking(move || vddk.end_access(&spec, &id))
+        .await?
+        .map_err(|source| BackupError::Vddk { what, source })?;
+    close(env, journal).await
+}
+
+/// The object is gone: nothing left to undo.
+pub(crate) fn is_gone(e: &VsphereError) -> bool {
+    matches!(e.fault_kind(), Some(FaultKind::ManagedObjectNotFound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_tag_round_trips() {
+        let job = JobId::new_random();
+        assert_eq!(snapshot_job(&snapshot_description(job)), Some(job));
+        assert_eq!(
+            snapshot_job("vadp-agent: enable changed block tracking"),
+            None
+        );
+        assert_eq!(snapshot_job("someone else's snapshot"), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! The engines: backup of a group of VMs (and, later, restore), with the side-effect
+//! journal and its reconciler (ARCHITECTURE §3, §7).
+//!
+//! # Side effects and how each is undone
+//!
+//! | effect we cause in vSphere | journalled before it happens | undone by the job | undone after a crash |
+//! |---|---|---|---|
+//! | PrepareForAccess (RelocateVM_Task disabled) | `prepare_access` entry with the identity | EndAccess after the VM's snapshot is gone, on success, error, cancellation and panic | [`reconcile`] calls EndAccess with the journalled identity |
+//! | CreateSnapshot_Task | `snapshot` entry with the snapshot name and job id; the moref is added once known | RemoveSnapshot_Task (consolidate) after the point commits or the VM fails | [`reconcile`] removes the journalled moref, or every snapshot whose description carries the job id |
+//!
+//! A job holds an exclusive `flock` on `locks/job-<id>.lock` in the repository while it
+//! runs; the reconciler only touches the entries of jobs whose lock it can take, so it
+//! never undoes the side effects of a job that is still running in another process.
+//!
+//! # Threads
+//! The job itself is async (tokio): SOAP calls, task polling, scheduling. Nothing blocking
+//! runs on the runtime: catalog calls and VDDK's PrepareForAccess/EndAccess/ConnectEx go
+//! through `spawn_blocking`; each disk is read on its own named thread
+//! (`backup/<vm>/<disk>`), which hands the VDDK disk to the repository pipeline's
+//! `disk-read` thread.
+
+// Errors carry what failed (the VM, disk, call and the vSphere fault), which makes them larger
+// than clippy's 128-byte default; they travel on cold paths only.
+#![allow(clippy::result_large_err)]
+
+mod backup;
+mod journal;
+mod limits;
+mod reconcile;
+mod vddk_source;
+pub mod vmx;
+
+use std::sync::Arc;
+
+pub use backup::{
+    BackupError, BackupEvent, BackupReport, BackupRequest, DiskReport, SNAPSHOT_TAG, VmReport,
+    VmRequest, VmSelector, run_backup,
+};
+pub use journal::JobLock;
+pub use limits::Limits;
+pub use reconcile::{ReconcileReport, reconcile};
+pub use vddk_source::VddkSource;
+
+use crate::repo::Repository;
+use crate::vddk::{ConnectSpec, Credentials, TransportMode, Vddk};
+use crate::vsphere::{SnapshotMoref, SoapClient, VmMoref};
+
+/// Receives the engine's progress events (the CLI draws bars or prints JSON lines; the
+/// daemon forwards them as server-sent events). Called from async tasks and disk threads.
+pub type Observer = Arc<dyn Fn(&BackupEvent) + Send + Sync>;
+
+/// How VDDK reaches vCenter (`ConnectEx`, PrepareForAccess/EndAccess).
+#[derive(Debug, Clone)]
+pub struct VddkTarget {
+    /// vCenter host name or address.
+    pub server: String,
+    /// HTTPS port, `None` for 443.
+    pub port: Option<u16>,
+    /// SHA-1 thumbprint of vCenter's certificate.
+    pub thumbprint: Option<String>,
+    /// Credentials (a [`crate::vddk::Secret`] inside: never printed).
+    pub credentials: Credentials,
+    /// Transport modes to try, in order.
+    pub transport_modes: Vec<TransportMode>,
+}
+
+impl VddkTarget {
+    /// The connect parameters for `vm`, at `snapshot` when given.
+    #[must_use]
+    pub fn spec(
+        &self,
+        vm: &VmMoref,
+        snapshot: Option<&SnapshotMoref>,
+        read_only: bool,
+    ) -> ConnectSpec {
+        ConnectSpec {
+            server: self.server.clone(),
+            port: self.port,
+            thumbprint: self.thumbprint.clone(),
+            credentials: self.credentials.clone(),
+            vm: vm.0.clone(),
+            snapshot: snapshot.map(|s| s.0.clone()),
+            transport_modes: self.transport_modes.clone(),
+            read_only,
+        }
+    }
+}
+
+/// Everything a job talks to.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// vim25 session (clones share it).
+    pub soap: SoapClient,
+    /// The loaded VDDK library.
+    pub vddk: Vddk,
+    /// How VDDK reaches vCenter.
+    pub vddk_target: VddkTarget,
+    /// The repository.
+    pub repo: Arc<Repository>,
+    /// Datacenter of the VMs, for datastore HTTP (`None`: the inventory's only one).
+    pub datacenter: Option<String>,
+}
+
+/// Fault injection for the crash tests: when the environment variable
+/// `VADP_AGENT_CRASH_AT` names `point`, the process aborts there, as `kill -9` would,
+/// leaving only what is journalled. Points: `after-prepare-access`, `before-snapshot`,
+/// `snapshot-unrecorded`, `after-snapshot`, `mid-disk`, `before-commit`, `after-commit`.
+pub(crate) fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("VADP_AGENT_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        eprintln!("VADP_AGENT_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
+
+/// Formats an error with its chain of causes: `outer: inner: innermost`.
+#[must_use]
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Runs a short blocking call (catalog, VDDK control calls) off the async workers.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, BackupError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BackupError::Thread(format!("blocking call failed: {e}")))
+}

@@ -1,0 +1,209 @@
+//! The reconciler (ARCHITECTURE §7): at start-up, and on demand (`vadp-agent reconcile`),
+//! undo every side effect still open in the journal whose job is no longer running —
+//! remove our snapshots, call EndAccess — and mark interrupted jobs failed.
+//!
+//! A job is running when its `locks/job-<id>.lock` is held (see [`JobLock`]); the
+//! reconciler takes that lock itself while it undoes the job's effects, so two
+//! reconcilers, or a reconciler and the job, never act on the same entry.
+
+use serde::Serialize;
+
+use super::journal::{self, JobLock, SnapshotEffect};
+use super::{BackupError, Environment, blocking, error_chain};
+use crate::ids::JobId;
+use crate::repo::ChunkStoreError;
+use crate::repo::catalog::{JobEnd, JournalEntry};
+use crate::vsphere::{SnapshotMoref, VmMoref};
+
+/// What the reconciler did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReconcileReport {
+    /// Snapshots of ours removed, per VM.
+    pub snapshots_removed: Vec<(VmMoref, SnapshotMoref)>,
+    /// VMs whose PrepareForAccess was ended.
+    pub access_ended: Vec<VmMoref>,
+    /// VM shells a restore created and did not finish (reported, not deleted: a person
+    /// decides; the restore engine's entries).
+    pub half_created_vms: Vec<(VmMoref, serde_json::Value)>,
+    /// Entries left alone because their job is still running.
+    pub skipped_running: usize,
+    /// Jobs that were running when their agent stopped, now marked failed.
+    pub jobs_interrupted: Vec<JobId>,
+    /// What could not be undone (still journalled; the next run tries again).
+    pub errors: Vec<String>,
+}
+
+impl ReconcileReport {
+    /// Whether nothing was left to do or everything was undone.
+    #[must_use]
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+fn job_of(entry: &JournalEntry) -> Option<JobId> {
+    entry.detail.get("job")?.as_str()?.parse().ok()
+}
+
+/// Undoes what crashed jobs left. `vms`: also remove snapshots carrying our tag on these
+/// VMs when their job is not running here (e.g. the journal entry is gone).
+///
+/// # Errors
+/// Catalog errors; failures to undo a single effect are listed in the report instead.
+pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileReport, BackupError> {
+    let mut report = ReconcileReport::default();
+    let root = env.repo.root().to_path_buf();
+    let catalog = env.repo.catalog().clone();
+    let mut entries = blocking(move || catalog.journal_open_entries()).await??;
+    // Snapshots before EndAccess, as a backup ends.
+    entries.sort_by_key(|e| (e.kind != "snapshot", e.id));
+    let mut held: Vec<(JobId, JobLock)> = Vec::new();
+    for entry in entries {
+        if let Some(job) = job_of(&entry)
+            && !held.iter().any(|(j, _)| *j == job)
+        {
+            let r = root.clone();
+            match blocking(move || JobLock::acquire(&r, job)).await? {
+                Ok(lock) => held.push((job, lock)),
+                Err(ChunkStoreError::Busy { .. }) => {
+                    report.skipped_running += 1;
+                    continue;
+                }
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("job {job}: {}", error_chain(&e)));
+                    continue;
+                }
+            }
+        }
+        undo(env, &entry, &mut report).await;
+    }
+    // Jobs still marked running whose process is gone.
+    let catalog = env.repo.catalog().clone();
+    for job in blocking(move || catalog.running_jobs()).await?? {
+        if !held.iter().any(|(j, _)| *j == job) {
+            let r = root.clone();
+            match blocking(move || JobLock::acquire(&r, job)).await? {
+                Ok(lock) => held.push((job, lock)),
+                Err(_) => continue,
+            }
+        }
+        let catalog = env.repo.catalog().clone();
+        let end = JobEnd {
+            succeeded: false,
+            error: Some("interrupted: the agent stopped before the job ended".into()),
+            stats: serde_json::json!({ "interrupted": true }),
+        };
+        blocking(move || catalog.job_finish(job, end, crate::repo::now_secs())).await??;
+        report.jobs_interrupted.push(job);
+    }
+    for vm in vms {
+        tagged_snapshots(env, vm, &root, &mut held, &mut report).await;
+    }
+    for (job, lock) in held {
+        drop(lock);
+        JobLock::remove_file(&root, job);
+    }
+    Ok(report)
+}
+
+async fn undo(env: &Environment, entry: &JournalEntry, report: &mut ReconcileReport) {
+    let vm = &entry.vm;
+    match entry.kind.as_str() {
+        "snapshot" => {
+            let Some(job) = job_of(entry) else {
+                report.errors.push(format!(
+                    "journal entry {} for {vm} names no job; remove its snapshot by hand",
+                    entry.id
+                ));
+                return;
+            };
+            let effect = SnapshotEffect {
+                journal: Some(entry.id),
+                job,
+                moref: entry
+                    .detail
+                    .get("snapshot")
+                    .and_then(|s| s.as_str())
+                    .map(|s| SnapshotMoref(s.to_owned())),
+            };
+            match journal::remove_snapshot(env, vm, &effect).await {
+                Ok(removed) => {
+                    for s in removed {
+                        tracing::info!(vm = %vm, snapshot = %s, "reconcile: removed our snapshot");
+                        report.snapshots_removed.push((vm.clone(), s));
+                    }
+                }
+                Err(e) => report.errors.push(format!(
+                    "removing the snapshot of job {job} from {vm}: {}",
+                    error_chain(&e)
+                )),
+            }
+        }
+        "prepare_access" => {
+            let identity = entry
+                .detail
+                .get("identity")
+                .and_then(|s| s.as_str())
+                .unwrap_or("vadp-agent")
+                .to_owned();
+            match journal::end_access(env, vm, &identity, entry.id).await {
+                Ok(()) => {
+                    tracing::info!(vm = %vm, "reconcile: EndAccess");
+                    report.access_ended.push(vm.clone());
+                }
+                Err(e) => report
+                    .errors
+                    .push(format!("EndAccess for {vm}: {}", error_chain(&e))),
+            }
+        }
+        _ => report
+            .half_created_vms
+            .push((vm.clone(), entry.detail.clone())),
+    }
+}
+
+async fn tagged_snapshots(
+    env: &Environment,
+    vm: &VmMoref,
+    root: &std::path::Path,
+    held: &mut Vec<(JobId, JobLock)>,
+    report: &mut ReconcileReport,
+) {
+    let info = match env.soap.vm_info(vm).await {
+        Ok(i) => i,
+        Err(e) => {
+            report
+                .errors
+                .push(format!("reading {vm}: {}", error_chain(&e)));
+            return;
+        }
+    };
+    for s in info.all_snapshots() {
+        let Some(job) = journal::snapshot_job(&s.description) else {
+            continue;
+        };
+        if !held.iter().any(|(j, _)| *j == job) {
+            let r = root.to_path_buf();
+            match blocking(move || JobLock::acquire(&r, job)).await {
+                Ok(Ok(lock)) => held.push((job, lock)),
+                _ => {
+                    report.skipped_running += 1;
+                    continue;
+                }
+            }
+        }
+        let effect = SnapshotEffect {
+            journal: None,
+            job,
+            moref: Some(s.snapshot.clone()),
+        };
+        match journal::remove_snapshot(env, vm, &effect).await {
+            Ok(removed) => report
+                .snapshots_removed
+                .extend(removed.into_iter().map(|r| (vm.clone(), r))),
+            Err(e) => report.errors.push(error_chain(&e)),
+        }
+    }
+}

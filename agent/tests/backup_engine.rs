@@ -1,0 +1,621 @@
+//! The backup engine end to end: the `vadp-agent` binary (real VDDK loader, vddk-sim, SOAP
+//! client, repository) against the lab's vCenter running in this test process.
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::Write as _;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    use base64::Engine as _;
+    use lab::Lab;
+    use lab::datastore::{DiskChain, OpenMode};
+    use lab::vcenter::InProcessVcenter;
+    use lab::vmstate::{DiskKey, NewDisk, VmMoref};
+    use serde_json::Value;
+    use vadp_agent::repo::Repository;
+    use vadp_tests::{SimVariant, vddk_sim_libdir};
+
+    const MIB: u64 = 1 << 20;
+    const KIB64: u64 = 64 * 1024;
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vmservice");
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        lab: Lab,
+        vcenter: InProcessVcenter,
+        libdir: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let lab_root = dir.path().join("lab");
+            Lab::create(&lab_root).unwrap();
+            let vcenter = InProcessVcenter::start(&lab_root, false).unwrap();
+            let lab = Lab::open(&lab_root).unwrap();
+            std::fs::write(
+                dir.path().join("vddk.conf"),
+                format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
+            )
+            .unwrap();
+            let mut f = std::fs::File::create(dir.path().join("password")).unwrap();
+            writeln!(f, "{}", vcenter.running().password).unwrap();
+            drop(f);
+            let fx = Self {
+                dir,
+                lab,
+                vcenter,
+                libdir: vddk_sim_libdir(SimVariant::Vddk8),
+            };
+            let out = fx.run(&["repo", "init", "--path"], &[fx.repo().as_os_str()], None);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // 1 MiB chunks: the incremental's reads can be asserted finely.
+            fx
+        }
+
+        fn repo(&self) -> PathBuf {
+            self.dir.path().join("repo")
+        }
+
+        fn run(&self, args: &[&str], paths: &[&std::ffi::OsStr], crash: Option<&str>) -> Output {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_vadp-agent"));
+            cmd.args(args).args(paths);
+            if let Some(point) = crash {
+                cmd.env("VADP_AGENT_CRASH_AT", point);
+            }
+            cmd.env_remove("VADP_AGENT_PASSWORD");
+            cmd.output().unwrap()
+        }
+
+        fn connection(&self) -> Vec<String> {
+            let r = self.vcenter.running();
+            vec![
+                "--vcenter".into(),
+                self.vcenter.sdk_url().into(),
+                "--user".into(),
+                r.user.clone(),
+                "--password-file".into(),
+                self.dir.path().join("password").display().to_string(),
+                "--thumbprint".into(),
+                self.vcenter.thumbprint().unwrap().into(),
+                "--vddk-libdir".into(),
+                self.libdir.display().to_string(),
+                "--vddk-config".into(),
+                self.dir.path().join("vddk.conf").display().to_string(),
+            ]
+        }
+
+        /// `vadp-agent --json backup …`: exit status, the final report, every event.
+        fn backup(&self, vms: &[&VmMoref], extra: &[&str], crash: Option<&str>) -> Backup {
+            let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
+            args.push(self.repo().display().to_string());
+            for vm in vms {
+                args.push("--vm".into());
+                args.push(vm.0.clone());
+            }
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            args.extend(self.connection());
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = self.run(&refs, &[], crash);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let events: Vec<Value> = stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let report = events
+                .iter()
+                .find(|e| e["event"] == "report")
+                .map(|e| e["report"].clone());
+            Backup {
+                code: out.status.code(),
+                report,
+                events,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        }
+
+        fn reconcile(&self) -> Value {
+            let mut args: Vec<String> = vec!["--json".into(), "reconcile".into(), "--repo".into()];
+            args.push(self.repo().display().to_string());
+            args.extend(self.connection());
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = self.run(&refs, &[], None);
+            assert!(
+                out.status.success(),
+                "reconcile: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout.lines().last().unwrap();
+            serde_json::from_str::<Value>(line).unwrap()["report"].clone()
+        }
+
+        fn new_vm(&self, name: &str, disks_mib: &[u64]) -> VmMoref {
+            let disks: Vec<NewDisk> = disks_mib
+                .iter()
+                .map(|m| NewDisk {
+                    capacity_bytes: m * MIB,
+                    thin: true,
+                })
+                .collect();
+            self.lab
+                .create_vm(name, "vm/Namespaces/demo-ns", &disks)
+                .unwrap()
+        }
+
+        /// The disk's current bytes, read from the lab's datastore directly.
+        fn disk_bytes(&self, vm: &VmMoref, key: DiskKey) -> Vec<u8> {
+            let file = self.lab.disk_file(vm, None, key).unwrap();
+            let chain = DiskChain::open(self.lab.root(), &file, OpenMode::ReadOnly).unwrap();
+            let mut buf = vec![0u8; usize::try_from(chain.capacity_bytes()).unwrap()];
+            chain.read_at(0, &mut buf).unwrap();
+            buf
+        }
+
+        fn restored(&self, point: &str, key: i32) -> Vec<u8> {
+            let repo = Repository::open(&self.repo()).unwrap();
+            let out = self.dir.path().join(format!("restored-{point}-{key}.raw"));
+            repo.restore_disk_to_file(
+                point.parse().unwrap(),
+                Some(vadp_agent::ids::DiskKey(key)),
+                &out,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            std::fs::read(&out).unwrap()
+        }
+
+        fn assert_clean(&self, vms: &[&VmMoref]) {
+            for vm in vms {
+                let state = self.lab.vm(vm).unwrap();
+                assert!(
+                    state.snapshots.is_empty(),
+                    "{vm} keeps {:?}",
+                    state.snapshots
+                );
+                assert!(
+                    self.lab.disabled_methods(vm).unwrap().is_empty(),
+                    "{vm}: RelocateVM_Task still disabled"
+                );
+            }
+        }
+
+        fn verify_clean(&self) {
+            let repo = self.repo();
+            let out = self.run(&["repo", "verify", "--repo"], &[repo.as_os_str()], None);
+            assert!(
+                out.status.success(),
+                "verify: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        fn points(&self) -> Vec<Value> {
+            let repo = self.repo();
+            let out = self.run(&["--json", "list", "--repo"], &[repo.as_os_str()], None);
+            assert!(out.status.success());
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["points"].as_array().unwrap().clone()
+        }
+    }
+
+    struct Backup {
+        code: Option<i32>,
+        report: Option<Value>,
+        events: Vec<Value>,
+        stderr: String,
+    }
+
+    impl Backup {
+        fn ok(&self) -> &Value {
+            assert_eq!(
+                self.code,
+                Some(0),
+                "backup failed: {}\n{:?}",
+                self.stderr,
+                self.report
+            );
+            self.report.as_ref().unwrap()
+        }
+    }
+
+    fn vm_report<'a>(report: &'a Value, vm: &VmMoref) -> &'a Value {
+        report["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["vm"] == vm.0.as_str())
+            .unwrap()
+    }
+
+    fn disk_report(vm: &Value, key: i32) -> &Value {
+        vm["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["key"] == key)
+            .unwrap()
+    }
+
+    fn pattern(seed: u8, len: u64) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    fn gz64(text: &str) -> String {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(text.as_bytes()).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(enc.finish().unwrap())
+    }
+
+    /// web-1's VM Service ExtraConfig (code spelling), with pvc-disk-data naming the lab
+    /// VM's second disk: what VM Operator would have written for this VM.
+    fn vmservice_extra_config(lab: &Lab, vm: &VmMoref) -> Vec<(String, String)> {
+        let state = lab.vm(vm).unwrap();
+        let yaml = std::fs::read_to_string(format!("{FIXTURES}/web-1/vm.yaml")).unwrap();
+        let secrets =
+            std::fs::read_to_string(format!("{FIXTURES}/web-1/additional-resources.yaml")).unwrap();
+        let pvc = serde_json::json!([{
+            "FileName": state.disks[1].file_name.to_string(),
+            "PVCName": "web-1-data",
+            "AccessModes": ["ReadWriteOnce"],
+            "UUID": state.disks[1].uuid,
+        }]);
+        let classic = serde_json::json!([{
+            "FileName": state.disks[0].file_name.to_string(),
+            "UUID": state.disks[0].uuid,
+        }]);
+        vec![
+            ("vmservice.virtualmachine.resource.yaml".into(), gz64(&yaml)),
+            (
+                "vmservice.virtualmachine.additional.resources.yaml".into(),
+                gz64(&secrets),
+            ),
+            (
+                "vmservice.virtualmachine.pvc.disk.data".into(),
+                gz64(&pvc.to_string()),
+            ),
+            (
+                "vmservice.virtualmachine.classicDiskData".into(),
+                gz64(&classic.to_string()),
+            ),
+            (
+                "vmservice.virtualmachine.backupVersion".into(),
+                "1760433161318".into(),
+            ),
+            ("vmservice.namespacedName".into(), "demo-ns/web-1".into()),
+        ]
+    }
+
+    #[test]
+    fn group_full_then_incremental_restore_each_point_exactly() {
+        let fx = Fixture::new();
+        let web = fx.new_vm("web-1", &[24, 16]);
+        let db = fx.new_vm("db-1", &[20]);
+        fx.lab
+            .set_extra_config(&web, vmservice_extra_config(&fx.lab, &web))
+            .unwrap();
+        let (d0, d1) = (DiskKey(2000), DiskKey(2001));
+        // Guest data with holes.
+        fx.lab
+            .guest_write(&web, d0, 0, &pattern(1, 3 * MIB))
+            .unwrap();
+        fx.lab
+            .guest_write(&web, d0, 10 * MIB, &pattern(2, MIB))
+            .unwrap();
+        fx.lab
+            .guest_write(&web, d1, 5 * MIB, &pattern(3, 2 * MIB))
+            .unwrap();
+        fx.lab
+            .guest_write(&db, d0, MIB, &pattern(4, 4 * MIB))
+            .unwrap();
+        let before = [
+            fx.disk_bytes(&web, d0),
+            fx.disk_bytes(&web, d1),
+            fx.disk_bytes(&db, d0),
+        ];
+
+        let first = fx.backup(&[&web, &db], &["--group", "g1"], None);
+        let r1 = first.ok().clone();
+        assert!(r1["skew_ms"].is_u64(), "{r1}");
+        for vm in [&web, &db] {
+            let v = vm_report(&r1, vm);
+            assert_eq!(v["kind"], "full", "{v}");
+            assert!(
+                v["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("change tracking was just enabled")
+            );
+        }
+        assert_eq!(
+            vm_report(&r1, &web)["validation"]["status"],
+            "valid",
+            "{r1}"
+        );
+        assert_eq!(vm_report(&r1, &db)["validation"]["status"], "notvmservice");
+        assert!(
+            first
+                .events
+                .iter()
+                .any(|e| e["event"] == "snapshot_created")
+        );
+        assert!(first.events.iter().any(|e| e["event"] == "disk_progress"));
+        fx.assert_clean(&[&web, &db]);
+
+        // Guest writes after the first backup: 64 KiB here and there.
+        let writes = [
+            (web.clone(), d0, 2 * MIB),
+            (web.clone(), d0, 17 * MIB + KIB64),
+            (db.clone(), d0, 9 * MIB),
+        ];
+        for (vm, key, off) in &writes {
+            fx.lab
+                .guest_write(vm, *key, *off, &vec![0xee; KIB64 as usize])
+                .unwrap();
+        }
+        let after = [
+            fx.disk_bytes(&web, d0),
+            fx.disk_bytes(&web, d1),
+            fx.disk_bytes(&db, d0),
+        ];
+
+        let second = fx.backup(&[&web, &db], &["--group", "g1"], None);
+        let r2 = second.ok().clone();
+        let w = vm_report(&r2, &web);
+        assert_eq!(w["kind"], "incremental", "{w}");
+        // Exactly the touched 4 MiB chunks were read; the untouched disk read nothing.
+        let chunk = 4 * MIB;
+        assert_eq!(disk_report(w, 2000)["bytes_changed"], 2 * KIB64);
+        assert_eq!(disk_report(w, 2000)["stats"]["bytes_read"], 2 * chunk);
+        assert_eq!(disk_report(w, 2001)["bytes_changed"], 0);
+        assert_eq!(disk_report(w, 2001)["stats"]["bytes_read"], 0);
+        let d = vm_report(&r2, &db);
+        assert_eq!(disk_report(d, 2000)["bytes_changed"], KIB64);
+        assert_eq!(disk_report(d, 2000)["stats"]["bytes_read"], chunk);
+        fx.assert_clean(&[&web, &db]);
+
+        // Both points restore byte for byte to the disks as they were at each snapshot.
+        for (report, expected) in [(&r1, &before), (&r2, &after)] {
+            let wp = vm_report(report, &web)["point"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let dp = vm_report(report, &db)["point"].as_str().unwrap().to_owned();
+            assert!(
+                fx.restored(&wp, 2000) == expected[0],
+                "web-1 disk 0 at {wp}"
+            );
+            assert!(
+                fx.restored(&wp, 2001) == expected[1],
+                "web-1 disk 1 at {wp}"
+            );
+            assert!(fx.restored(&dp, 2000) == expected[2], "db-1 disk 0 at {dp}");
+        }
+        assert!(before[0] != after[0]);
+
+        // `show` tells the type and why, changed bytes, skew and validation.
+        let wp = vm_report(&r2, &web)["point"].as_str().unwrap().to_owned();
+        let repo = fx.repo();
+        let out = fx.run(
+            &["show", "--repo"],
+            &[repo.as_os_str(), std::ffi::OsStr::new(&wp)],
+            None,
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        for needle in [
+            "incremental",
+            "changed blocks since",
+            "group skew",
+            "VM Service: valid",
+            "VMX:",
+        ] {
+            assert!(text.contains(needle), "show lacks {needle:?}:\n{text}");
+        }
+        fx.verify_clean();
+    }
+
+    #[test]
+    fn cbt_reset_gives_a_labelled_full_and_a_resize_a_full_of_that_disk_only() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("app-1", &[12, 8]);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 0, &pattern(5, MIB))
+            .unwrap();
+        fx.lab
+            .guest_write(&vm, DiskKey(2001), MIB, &pattern(6, MIB))
+            .unwrap();
+        fx.backup(&[&vm], &[], None).ok();
+
+        // CBT off and on again: new change UUIDs, old changeIds are worthless.
+        fx.lab.set_change_tracking(&vm, false).unwrap();
+        fx.lab.set_change_tracking(&vm, true).unwrap();
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 4 * MIB, &pattern(7, KIB64))
+            .unwrap();
+        let r = fx.backup(&[&vm], &[], None).ok().clone();
+        let v = vm_report(&r, &vm);
+        assert_eq!(v["kind"], "full", "{v}");
+        for key in [2000, 2001] {
+            let d = disk_report(v, key);
+            assert_eq!(d["kind"], "full");
+            assert!(
+                d["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("change tracking was reset"),
+                "{d}"
+            );
+        }
+
+        // Grow the second disk: that disk alone is read in full.
+        fx.lab.resize_disk(&vm, DiskKey(2001), 16 * MIB).unwrap();
+        fx.lab
+            .guest_write(&vm, DiskKey(2001), 14 * MIB, &pattern(8, KIB64))
+            .unwrap();
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 8 * MIB, &pattern(9, KIB64))
+            .unwrap();
+        let expected = [
+            fx.disk_bytes(&vm, DiskKey(2000)),
+            fx.disk_bytes(&vm, DiskKey(2001)),
+        ];
+        let r = fx.backup(&[&vm], &[], None).ok().clone();
+        let v = vm_report(&r, &vm);
+        assert_eq!(v["kind"], "incremental");
+        assert_eq!(disk_report(v, 2000)["kind"], "incremental");
+        let grown = disk_report(v, 2001);
+        assert_eq!(grown["kind"], "full");
+        assert!(
+            grown["reason"].as_str().unwrap().contains("resized"),
+            "{grown}"
+        );
+        assert_eq!(grown["capacity_bytes"], 16 * MIB);
+        let point = v["point"].as_str().unwrap().to_owned();
+        assert!(fx.restored(&point, 2000) == expected[0]);
+        assert!(fx.restored(&point, 2001) == expected[1]);
+        fx.verify_clean();
+    }
+
+    #[test]
+    fn killed_backups_leave_nothing_behind_after_reconcile() {
+        let fx = Fixture::new();
+        let a = fx.new_vm("node-a", &[12]);
+        let b = fx.new_vm("node-b", &[8]);
+        fx.lab
+            .guest_write(&a, DiskKey(2000), 0, &pattern(1, 6 * MIB))
+            .unwrap();
+        fx.lab
+            .guest_write(&b, DiskKey(2000), 0, &pattern(2, 5 * MIB))
+            .unwrap();
+        let points = |fx: &Fixture| fx.points().len();
+        for (i, point) in [
+            "after-prepare-access",
+            "before-snapshot",
+            "snapshot-unrecorded",
+            "after-snapshot",
+            "mid-disk",
+            "before-commit",
+            "after-commit",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            fx.lab
+                .guest_write(
+                    &a,
+                    DiskKey(2000),
+                    (i as u64) * MIB,
+                    &pattern(i as u8, KIB64),
+                )
+                .unwrap();
+            let before = points(&fx);
+            let crashed = fx.backup(&[&a, &b], &["--group", "nodes"], Some(point));
+            assert_ne!(crashed.code, Some(0), "{point}: the agent did not crash");
+            if point == "snapshot-unrecorded" || point == "after-snapshot" {
+                // Left behind: a backup refuses the VM until reconciled.
+                let refused = fx.backup(&[&a], &[], None);
+                assert_ne!(refused.code, Some(0), "{point}: backup not refused");
+                assert!(
+                    refused.stderr.contains("reconcile"),
+                    "{point}: {}",
+                    refused.stderr
+                );
+            }
+            let report = fx.reconcile();
+            assert!(
+                report["errors"].as_array().unwrap().is_empty(),
+                "{point}: {report}"
+            );
+            fx.assert_clean(&[&a, &b]);
+            // Only a committed point (the crash after the commit) may have appeared.
+            let added = points(&fx) - before;
+            let expected = usize::from(point == "after-commit");
+            assert_eq!(added, expected, "{point}: {added} new point(s)");
+            fx.verify_clean();
+            // Nothing is left open: a second reconcile has nothing to do.
+            let again = fx.reconcile();
+            assert!(
+                again["snapshots_removed"].as_array().unwrap().is_empty(),
+                "{point}"
+            );
+            assert!(
+                again["access_ended"].as_array().unwrap().is_empty(),
+                "{point}"
+            );
+        }
+        // And the next backup works and restores exactly.
+        let expected = fx.disk_bytes(&a, DiskKey(2000));
+        let r = fx
+            .backup(&[&a, &b], &["--group", "nodes"], None)
+            .ok()
+            .clone();
+        let point = vm_report(&r, &a)["point"].as_str().unwrap().to_owned();
+        assert!(fx.restored(&point, 2000) == expected);
+    }
+
+    #[test]
+    fn corrupt_vmservice_extra_config_is_reported_and_the_disks_still_backed_up() {
+        let fx = Fixture::new();
+        let cases = [
+            ("not-base64.json", "vmservice.virtualmachine.resource.yaml"),
+            (
+                "base64-not-gzip.json",
+                "vmservice.virtualmachine.resource.yaml",
+            ),
+            (
+                "missing-vm-yaml.json",
+                "vmservice.virtualmachine.resource.yaml",
+            ),
+            (
+                "apiversion-v1alpha1.json",
+                "vmservice.virtualmachine.resource.yaml",
+            ),
+        ];
+        for (i, (file, key)) in cases.iter().enumerate() {
+            let vm = fx.new_vm(&format!("bad-{i}"), &[8]);
+            fx.lab
+                .guest_write(&vm, DiskKey(2000), 0, &pattern(3, MIB))
+                .unwrap();
+            let map: serde_json::Map<String, Value> = serde_json::from_str(
+                &std::fs::read_to_string(Path::new(FIXTURES).join("bad").join(file)).unwrap(),
+            )
+            .unwrap();
+            let extra = map
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap().to_owned()))
+                .collect();
+            fx.lab.set_extra_config(&vm, extra).unwrap();
+            let b = fx.backup(&[&vm], &[], None);
+            let r = b.ok();
+            let v = vm_report(r, &vm);
+            assert!(v["point"].is_string(), "{file}: disks not backed up: {v}");
+            assert_eq!(v["validation"]["status"], "warning", "{file}: {v}");
+            let warning = b
+                .events
+                .iter()
+                .find(|e| e["event"] == "warning")
+                .unwrap_or_else(|| panic!("{file}: no warning event"));
+            assert_eq!(warning["vm"], vm.0.as_str());
+            let message = warning["message"].as_str().unwrap();
+            assert!(message.contains(key), "{file}: {message}");
+            // With --require-vmservice the same VM fails and nothing is committed.
+            let before = fx.points().len();
+            let strict = fx.backup(&[&vm], &["--require-vmservice"], None);
+            assert_eq!(strict.code, Some(2), "{file}: {}", strict.stderr);
+            let sv = vm_report(strict.report.as_ref().unwrap(), &vm);
+            assert!(sv["error"].as_str().unwrap().contains(key), "{file}: {sv}");
+            assert_eq!(fx.points().len(), before);
+            fx.assert_clean(&[&vm]);
+        }
+    }
+}
