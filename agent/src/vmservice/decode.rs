@@ -119,7 +119,6 @@ pub(crate) struct Decoded {
     /// The decoded data.
     pub data: VmServiceData,
     /// The state of the PVC disk-data key.
-    #[allow(dead_code)] // read by validation, which comes next
     pub pvc_state: PayloadState,
 }
 

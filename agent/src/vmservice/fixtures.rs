@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use super::CapturedDisk;
+
 /// Path of a file under the fixture directory.
 pub(crate) fn path(rel: &str) -> String {
     format!(
@@ -34,4 +36,29 @@ pub(crate) fn extra_config(rel: &str) -> Vec<(String, String)> {
             (k, v)
         })
         .collect()
+}
+
+/// The disks of a VM's `devices.json`, all captured.
+pub(crate) fn captured_disks(vm: &str) -> Vec<CapturedDisk> {
+    let devices = json(&format!("{vm}/devices.json"));
+    let disks = devices["disks"].as_array().expect("devices.json has disks");
+    disks
+        .iter()
+        .map(|d| CapturedDisk {
+            key: i32::try_from(d["deviceKey"].as_i64().expect("deviceKey")).expect("i32 key"),
+            label: d["label"].as_str().expect("label").to_owned(),
+            file_name: d["fileName"].as_str().expect("fileName").to_owned(),
+            uuid: d["uuid"].as_str().map(str::to_owned),
+            fcd: d["fcd"].as_bool().expect("fcd"),
+            captured: true,
+        })
+        .collect()
+}
+
+/// The namespace folder a VM's `devices.json` puts it in.
+pub(crate) fn folder(vm: &str) -> String {
+    json(&format!("{vm}/devices.json"))["vm"]["folder"]["name"]
+        .as_str()
+        .expect("folder name")
+        .to_owned()
 }

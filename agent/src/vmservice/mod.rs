@@ -4,9 +4,9 @@
 //!
 //! - **Owns.** The key table ([`Content`]: code and guide spellings), strict gzip + base64
 //!   decoding ([`decode_gzip_base64`]), decoding a VM's keys into [`VmServiceData`]
-//!   ([`decode`]).
+//!   ([`decode`]) and checking a backup against them ([`validate_backup`]).
 //! - **Must not.** Talk to vSphere or the catalog, or change ExtraConfig: the engine reads
-//!   the ExtraConfig and disks and calls in here. The raw
+//!   the ExtraConfig and disks, calls in here, and stores the [`Validation`]. The raw
 //!   `vmservice.*` entries ([`vmservice_entries`]) are preserved opaquely whatever the
 //!   validation says: a warning never drops data.
 //! - **Strictness.** Decoding accepts only what VM Operator writes (gzip, then standard
@@ -20,9 +20,11 @@ mod decode;
 mod fixtures;
 mod keys;
 mod payload;
+mod validate;
 
 pub use decode::{
     ClassicDiskData, Problem, PvcDiskData, SUPPORTED_API_VERSIONS, VmServiceData, decode,
 };
 pub use keys::{Content, KeySpelling, VMSERVICE_PREFIX, lookup, vmservice_entries};
 pub use payload::{DecodeError, MAX_DECODED_BYTES, decode_gzip_base64, encode_gzip_base64};
+pub use validate::{CapturedDisk, Validation, ValidationStatus, validate_backup};
