@@ -2,7 +2,7 @@
 //! client, repository) against the lab's vCenter running in this test process.
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test data
 mod tests {
     use std::io::Write as _;
     use std::path::{Path, PathBuf};
@@ -55,8 +55,35 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            // 1 MiB chunks: the incremental's reads can be asserted finely.
+            fx.create_namespace_folder("demo-ns");
             fx
+        }
+
+        /// The Supervisor namespace's VM folder, created through the agent's SOAP client.
+        fn create_namespace_folder(&self, namespace: &str) {
+            use vadp_agent::vsphere::{
+                Credentials, FolderMoref, SoapClient, SoapConfig, TlsVerification,
+            };
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut config = SoapConfig::new(self.vcenter.sdk_url().parse().unwrap());
+            config.tls =
+                TlsVerification::Thumbprint(self.vcenter.thumbprint().unwrap().parse().unwrap());
+            let r = self.vcenter.running();
+            config.credentials = Some(Credentials::new(&r.user, &r.password));
+            rt.block_on(async {
+                let client = SoapClient::connect(config).await.unwrap();
+                let namespaces = client.find_namespace_folder("Namespaces").await.unwrap();
+                let f = client
+                    .create_folder(&FolderMoref(namespaces.0.clone()), namespace)
+                    .await
+                    .unwrap();
+                assert!(!f.0.is_empty());
+                client.logout().await.unwrap();
+            });
         }
 
         fn repo(&self) -> PathBuf {
@@ -145,7 +172,7 @@ mod tests {
                 })
                 .collect();
             self.lab
-                .create_vm(name, "vm/Namespaces/demo-ns", &disks)
+                .create_vm(name, "/dc1/vm/Namespaces/demo-ns", &disks)
                 .unwrap()
         }
 
