@@ -1,0 +1,167 @@
+//! The whole backup path against the repository-only image benchmark, in one run:
+//! a lab VM with a seeded disk (40 % zero, 30 % random, 30 % text) is backed up by the
+//! `vadp-agent backup` binary (SOAP + snapshot + CBT + VDDK through vddk-sim + repository),
+//! full and then after a 1 % change, and the same bytes are backed up as a raw image
+//! (`Repository::backup_image`). Target: the whole path at ≥ 0.8× the image throughput.
+//!
+//! `cargo bench -p vadp-agent --bench backup_path` (`VADP_BENCH_SIZE_MIB`, default 2048).
+
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use lab::Lab;
+use lab::vmstate::NewDisk;
+use vadp_agent::repo::synthetic_image;
+use vadp_agent::repo::{ImageBackup, Repository};
+use vadp_tests::{SimProfile, SimVariant, vddk_sim_libdir_with};
+
+const MIB: u64 = 1 << 20;
+const KIB64: u64 = 64 * 1024;
+
+fn main() {
+    let size_mib: u64 = std::env::var("VADP_BENCH_SIZE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    let capacity = size_mib * MIB;
+    let libdir = vddk_sim_libdir_with(SimVariant::Vddk8, SimProfile::Release);
+    let work = vadp_tests::target_dir().join("bench-backup");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("create bench dir");
+    let root = work.join("lab");
+    let lab = Lab::create(&root).expect("create lab");
+    let vcenter = lab::vcenter::InProcessVcenter::start(&root, false).expect("start vCenter");
+    std::fs::write(
+        work.join("vddk.conf"),
+        format!("vadp.lab.root = \"{}\"\n", root.display()),
+    )
+    .expect("vddk.conf");
+    let mut pw = std::fs::File::create(work.join("password")).expect("password file");
+    writeln!(pw, "{}", vcenter.running().password).expect("password");
+    drop(pw);
+
+    eprintln!("generating a {size_mib} MiB image and copying it into a lab VM …");
+    let image = work.join("image.raw");
+    synthetic_image::generate(&image, capacity, 1).expect("generate image");
+    let vm = lab
+        .create_vm(
+            "bench-1",
+            "vm",
+            &[NewDisk {
+                capacity_bytes: capacity,
+                thin: true,
+            }],
+        )
+        .expect("create vm");
+    lab.set_change_tracking(&vm, true).expect("enable CBT");
+    let key = lab.vm(&vm).expect("vm").disks[0].key;
+    let file = std::fs::File::open(&image).expect("open image");
+    let mut block = vec![0_u8; usize::try_from(4 * MIB).expect("fits")];
+    for off in (0..capacity).step_by(block.len()) {
+        file.read_exact_at(&mut block, off).expect("read image");
+        if block.iter().any(|b| *b != 0) {
+            lab.guest_write(&vm, key, off, &block).expect("guest write");
+        }
+    }
+
+    let image_repo = Repository::init(&work.join("repo-image"), 4 * MIB).expect("init repo");
+    let vm_repo_path = work.join("repo-vm");
+    drop(Repository::init(&vm_repo_path, 4 * MIB).expect("init repo"));
+
+    let image_full = time(|| {
+        image_repo
+            .backup_image(
+                &ImageBackup {
+                    name: "bench".into(),
+                    file: image.clone(),
+                    changed: None,
+                    parent: None,
+                },
+                &mut |_, _| {},
+            )
+            .expect("image full");
+    });
+    let vm_full = time(|| agent_backup(&vcenter, &libdir, &work, &vm_repo_path, &vm.0));
+
+    // 1 % of the disk changes, as 64 KiB extents, in the image and in the VM alike.
+    let count = usize::try_from(capacity / 100 / KIB64).expect("fits");
+    let extents = synthetic_image::mutate(&image, 2, count, KIB64).expect("mutate");
+    let mut buf = vec![0_u8; usize::try_from(KIB64).expect("fits")];
+    for e in &extents {
+        let len = usize::try_from(e.length).expect("fits");
+        file.read_exact_at(&mut buf[..len], e.offset)
+            .expect("read image");
+        lab.guest_write(&vm, key, e.offset, &buf[..len])
+            .expect("guest write");
+    }
+    let image_incr = time(|| {
+        image_repo
+            .backup_image(
+                &ImageBackup {
+                    name: "bench".into(),
+                    file: image.clone(),
+                    changed: Some(extents.clone()),
+                    parent: None,
+                },
+                &mut |_, _| {},
+            )
+            .expect("image incremental");
+    });
+    let vm_incr = time(|| agent_backup(&vcenter, &libdir, &work, &vm_repo_path, &vm.0));
+
+    #[allow(clippy::cast_precision_loss)] // display figures
+    let mibps = |secs: f64| capacity as f64 / MIB as f64 / secs;
+    println!("\n{size_mib} MiB lab disk, 4 MiB chunks, {count} × 64 KiB changed (1 %)\n");
+    println!(
+        "| backup | image (repository only) | whole path (SOAP + VDDK + repository) | ratio | target |"
+    );
+    println!("|---|--:|--:|--:|--:|");
+    println!(
+        "| full | {image_full:.2} s ({:.0} MiB/s) | {vm_full:.2} s ({:.0} MiB/s) | {:.2}× | ≥ 0.8× |",
+        mibps(image_full),
+        mibps(vm_full),
+        image_full / vm_full
+    );
+    println!(
+        "| 1 % incremental | {image_incr:.2} s | {vm_incr:.2} s | {:.2}× | ≥ 0.8× |",
+        image_incr / vm_incr
+    );
+}
+
+fn time(f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64()
+}
+
+/// One `vadp-agent backup` run (process start, VDDK load and login included).
+fn agent_backup(
+    vcenter: &lab::vcenter::InProcessVcenter,
+    libdir: &Path,
+    work: &Path,
+    repo: &Path,
+    vm: &str,
+) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+        .args(["--json", "backup", "--repo"])
+        .arg(repo)
+        .args(["--vm", vm, "--vcenter", vcenter.sdk_url(), "--user"])
+        .arg(&vcenter.running().user)
+        .arg("--password-file")
+        .arg(work.join("password"))
+        .args(["--thumbprint", vcenter.thumbprint().expect("https")])
+        .arg("--vddk-libdir")
+        .arg(libdir)
+        .arg("--vddk-config")
+        .arg(work.join("vddk.conf"))
+        .output()
+        .expect("run vadp-agent backup");
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
