@@ -39,12 +39,12 @@ use crate::repo::catalog::{
     CatalogError, DiskRecord, DiskRole, JobEnd, JournalKind, NewPoint, PointKind, PointRecord,
     VmRecord,
 };
-use crate::repo::{DiskBackupStats, DiskPlan, Extent, RepoError, WrittenDisk};
+use crate::repo::{DiskBackupStats, DiskPlan, Extent, RepoError, WrittenDisk, pipeline};
 use crate::vddk::{DiskLibError, OpenFlags};
 use crate::vmservice::{self, CapturedDisk, Validation, ValidationStatus};
 use crate::vsphere::{
-    CreateSnapshot, DatastoreError, DatastorePath, FaultKind, SnapshotMoref, VirtualDiskInfo,
-    VmInfo, VsphereError,
+    ChangedArea, CreateSnapshot, DatastoreError, DatastorePath, FaultKind, SnapshotMoref,
+    VirtualDiskInfo, VmInfo, VsphereError,
 };
 
 /// Every snapshot a backup creates has a description starting with this tag, followed by
@@ -485,7 +485,7 @@ async fn run_job(
         Ok(v) => v,
         Err(e) => {
             for m in &members {
-                let _ = clean_up(&ctx, m).await;
+                let _ = clean_up(&ctx, &m.info.moref, &m.effects).await;
             }
             return Err(e);
         }
@@ -510,7 +510,9 @@ async fn run_job(
             Err(e) => failed_report(&m.info, format!("backup task failed: {e}")),
         };
         // Phase 3: whatever the task left.
-        report.cleanup_errors.extend(clean_up(&ctx, m).await);
+        report
+            .cleanup_errors
+            .extend(clean_up(&ctx, &m.info.moref, &m.effects).await);
         if let Some(e) = &report.error {
             (ctx.observer)(&BackupEvent::VmFailed {
                 vm: m.info.moref.clone(),
@@ -773,25 +775,25 @@ async fn resolve(env: &Environment, selector: &VmSelector) -> Result<VmMoref, Ba
     }
 }
 
-/// Undoes what `m` still holds: the snapshot first, then EndAccess (VMware's order).
-/// Returns the problems; an effect that could not be undone stays journalled.
-async fn clean_up(ctx: &JobCtx, m: &Member) -> Vec<String> {
+/// Undoes what `vm` still holds in `effects`: the snapshot first, then EndAccess
+/// (VMware's order). Returns the problems; an effect that could not be undone stays
+/// journalled.
+async fn clean_up(ctx: &JobCtx, vm: &VmMoref, effects: &Mutex<Effects>) -> Vec<String> {
     let mut problems = Vec::new();
-    let vm = &m.info.moref;
-    let snapshot = lock(&m.effects).snapshot.clone();
+    let snapshot = lock(effects).snapshot.clone();
     if let Some(effect) = snapshot {
         match journal::remove_snapshot(&ctx.env, vm, &effect).await {
-            Ok(_) => lock(&m.effects).snapshot = None,
+            Ok(_) => lock(effects).snapshot = None,
             Err(e) => problems.push(format!(
                 "snapshot of {vm} not removed (left for `vadp-agent reconcile`): {}",
                 error_chain(&e)
             )),
         }
     }
-    let access = lock(&m.effects).access;
+    let access = lock(effects).access;
     if let Some(journal_id) = access {
         match journal::end_access(&ctx.env, vm, &ctx.identity, journal_id).await {
-            Ok(()) => lock(&m.effects).access = None,
+            Ok(()) => lock(effects).access = None,
             Err(e) => problems.push(format!(
                 "EndAccess for {vm} failed (left for `vadp-agent reconcile`): {}",
                 error_chain(&e)
@@ -831,7 +833,7 @@ async fn back_up_vm(
     let mut report = failed_report(&info, String::new());
     report.error = None;
     report.snapshot = Some(snapshot.clone());
-    match back_up_vm_inner(
+    if let Err(e) = back_up_vm_inner(
         ctx,
         &info,
         &request,
@@ -841,22 +843,11 @@ async fn back_up_vm(
     )
     .await
     {
-        Ok(()) => {}
-        Err(e) => {
-            report.point = None;
-            report.kind = None;
-            report.error = Some(error_chain(&e));
-        }
+        report.error = Some(error_chain(&e));
     }
     report.seconds = started.elapsed().as_secs_f64();
     // Undo now rather than after the slowest VM of the group.
-    let m = Member {
-        request,
-        info,
-        cbt_enabled_now,
-        effects,
-    };
-    report.cleanup_errors = clean_up(ctx, &m).await;
+    report.cleanup_errors = clean_up(ctx, &info.moref, &effects).await;
     report
 }
 
@@ -918,7 +909,7 @@ async fn back_up_vm_inner(
         });
     }
     let folder_name = namespace_folder_name(ctx, info).await;
-    let captured = |all: bool| -> Vec<CapturedDisk> {
+    let captured = |is_captured: &dyn Fn(DiskKey) -> bool| -> Vec<CapturedDisk> {
         disks
             .iter()
             .map(|d| CapturedDisk {
@@ -927,20 +918,23 @@ async fn back_up_vm_inner(
                 file_name: live_file_name(info, d),
                 uuid: d.uuid.clone(),
                 fcd: d.vdisk_id.is_some(),
-                captured: all,
+                captured: is_captured(d.key),
             })
             .collect()
     };
     // Fail before reading any data when the VM could never be restored as asked.
-    let pre = vmservice::validate_backup(&vmx_entries, folder_name.as_deref(), &captured(true));
-    if ctx.request.require_vmservice && pre.status != ValidationStatus::Valid {
-        return Err(BackupError::Refused {
-            vm: who,
-            reason: format!(
-                "--require-vmservice: not restorable as a VM Service VM: {}",
-                describe(&pre)
-            ),
-        });
+    if ctx.request.require_vmservice {
+        let pre =
+            vmservice::validate_backup(&vmx_entries, folder_name.as_deref(), &captured(&|_| true));
+        if pre.status != ValidationStatus::Valid {
+            return Err(BackupError::Refused {
+                vm: who,
+                reason: format!(
+                    "--require-vmservice: not restorable as a VM Service VM: {}",
+                    describe(&pre)
+                ),
+            });
+        }
     }
     let previous = previous_point(ctx, info).await?;
     let connection = {
@@ -986,15 +980,11 @@ async fn back_up_vm_inner(
         return Err(e);
     }
     // Validation with what was captured.
-    let captured_now: Vec<CapturedDisk> = captured(false)
-        .into_iter()
-        .map(|mut c| {
-            c.captured = written.iter().any(|(d, _, _)| d.key.0 == c.key);
-            c
-        })
-        .collect();
-    let validation =
-        vmservice::validate_backup(&vmx_entries, folder_name.as_deref(), &captured_now);
+    let validation = vmservice::validate_backup(
+        &vmx_entries,
+        folder_name.as_deref(),
+        &captured(&|key| written.iter().any(|(d, _, _)| d.key == key)),
+    );
     if validation.status == ValidationStatus::Warning {
         let message = format!(
             "not restorable as a VM Service VM as it stands: {}",
@@ -1029,7 +1019,7 @@ async fn back_up_vm_inner(
         .map(|(d, _, r)| format!("{}: {}", d.label, r.reason))
         .collect();
     let reason = reasons.join("; ");
-    let namespace = vmservice::decode(&vmx_entries).and_then(|d| d.namespace);
+    let namespace = validation.data.as_ref().and_then(|d| d.namespace.clone());
     let stats = json!({
         "job": ctx.job,
         "group": ctx.request.group,
@@ -1159,11 +1149,8 @@ fn base_file_name(name: &str) -> String {
 /// The newest committed point of this VM (same vCenter), the base of incrementals.
 async fn previous_point(ctx: &JobCtx, info: &VmInfo) -> Result<Option<PointRecord>, BackupError> {
     let catalog = ctx.env.repo.catalog().clone();
-    let points = blocking(move || catalog.list_points()).await??;
-    Ok(points
-        .into_iter()
-        .rev()
-        .find(|p| p.vm.moref == info.moref && p.vm.vcenter_uuid == ctx.vcenter_uuid))
+    let (vcenter, vm) = (ctx.vcenter_uuid.clone(), info.moref.clone());
+    Ok(blocking(move || catalog.latest_point(vcenter, vm)).await??)
 }
 
 /// Decides full or incremental for one disk (VSPHERE.md §A.7 agent policy).
@@ -1188,8 +1175,7 @@ async fn plan_disk(
         (Some(p), Some(pd)) => match (&pd.change_id, &disk.change_id) {
             (_, None) => full("the snapshot reports no changeId for this disk".into()),
             (None, _) => full("the previous backup recorded no changeId".into()),
-            (Some(old), Some(new)) if old.0 == "*" => {
-                let _ = new;
+            (Some(old), Some(_)) if old.0 == "*" => {
                 full("the previous backup recorded no usable changeId".into())
             }
             (Some(old), Some(new)) => {
@@ -1217,13 +1203,7 @@ async fn plan_disk(
                     {
                         Ok(areas) => Plan::Incremental {
                             parent: Box::new(p.clone()),
-                            changed: areas
-                                .iter()
-                                .map(|a| Extent {
-                                    offset: a.start_bytes,
-                                    length: a.length_bytes,
-                                })
-                                .collect(),
+                            changed: extents_of(&areas),
                             reason: format!("changed blocks since {}", old.0),
                         },
                         Err(e)
@@ -1267,15 +1247,7 @@ async fn plan_disk(
                 )
                 .await
             {
-                Ok(areas) => Some(
-                    areas
-                        .iter()
-                        .map(|a| Extent {
-                            offset: a.start_bytes,
-                            length: a.length_bytes,
-                        })
-                        .collect(),
-                ),
+                Ok(areas) => Some(extents_of(&areas)),
                 Err(e) => {
                     tracing::info!(
                         vm = %info.moref, disk = %disk.key, error = %e,
@@ -1288,6 +1260,17 @@ async fn plan_disk(
         }
         incremental => incremental,
     })
+}
+
+/// vSphere's changed areas as the repository's extents.
+fn extents_of(areas: &[ChangedArea]) -> Vec<Extent> {
+    areas
+        .iter()
+        .map(|a| Extent {
+            offset: a.start_bytes,
+            length: a.length_bytes,
+        })
+        .collect()
 }
 
 /// What a disk read returns: the snapshot's disk, the repository's record, the report.
@@ -1362,14 +1345,14 @@ fn read_disk_blocking(
             ),
         },
     };
-    let chunk = u64::from(repo.chunk_size_bytes());
+    // An extent beyond the disk fails in write_disk, naming it; 0 until then.
     let bytes_total = match &repo_plan {
         DiskPlan::Full {
             allocated: Some(extents),
         }
         | DiskPlan::Incremental {
             changed: extents, ..
-        } => chunk_bytes(extents, chunk, capacity),
+        } => pipeline::bytes_covered(extents, repo.chunk_size_bytes(), capacity).unwrap_or(0),
         DiskPlan::Full { allocated: None } => capacity,
     };
     (ctx.observer)(&BackupEvent::DiskStarted {
@@ -1416,26 +1399,6 @@ fn read_disk_blocking(
     Ok((written, report))
 }
 
-/// Bytes of whole chunks covering `extents` (what the pipeline will read).
-fn chunk_bytes(extents: &[Extent], chunk: u64, capacity: u64) -> u64 {
-    let mut slots = std::collections::BTreeSet::new();
-    for e in extents {
-        if e.length == 0 {
-            continue;
-        }
-        let end = (e.offset + e.length).min(capacity);
-        let mut s = e.offset / chunk;
-        while s * chunk < end {
-            slots.insert(s);
-            s += 1;
-        }
-    }
-    slots
-        .iter()
-        .map(|s| (capacity - s * chunk).min(chunk))
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1472,17 +1435,5 @@ mod tests {
             base_file_name("[ds1] web/db-12.vmdk"),
             "[ds1] web/db-12.vmdk"
         );
-    }
-
-    #[test]
-    fn chunk_bytes_counts_whole_chunks_once() {
-        let e = |o, l| Extent {
-            offset: o,
-            length: l,
-        };
-        assert_eq!(chunk_bytes(&[e(0, 1), e(10, 5)], 100, 1000), 100);
-        assert_eq!(chunk_bytes(&[e(95, 10)], 100, 1000), 200);
-        assert_eq!(chunk_bytes(&[e(950, 50)], 100, 980), 80);
-        assert_eq!(chunk_bytes(&[], 100, 1000), 0);
     }
 }

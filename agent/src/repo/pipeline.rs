@@ -105,8 +105,35 @@ pub fn slots_for_extents(
     extents: &[Extent],
     index: &FixedIndex,
 ) -> Result<Vec<usize>, PipelineError> {
-    let cs = u64::from(index.chunk_size_bytes());
-    let cap = index.disk_size_bytes();
+    covered_slots(extents, index.chunk_size_bytes(), index.disk_size_bytes())
+}
+
+/// Bytes the pipeline reads for `extents` of a disk of `capacity_bytes`: the whole chunks
+/// covering them, each counted once (the last chunk may be short).
+///
+/// # Errors
+/// [`PipelineError::ExtentOutOfRange`].
+pub fn bytes_covered(
+    extents: &[Extent],
+    chunk_size_bytes: u32,
+    capacity_bytes: u64,
+) -> Result<u64, PipelineError> {
+    let cs = u64::from(chunk_size_bytes);
+    Ok(covered_slots(extents, chunk_size_bytes, capacity_bytes)?
+        .into_iter()
+        .map(|s| {
+            let start = u64::try_from(s).expect("usize fits in u64") * cs;
+            (capacity_bytes - start).min(cs)
+        })
+        .sum())
+}
+
+fn covered_slots(
+    extents: &[Extent],
+    chunk_size_bytes: u32,
+    cap: u64,
+) -> Result<Vec<usize>, PipelineError> {
+    let cs = u64::from(chunk_size_bytes);
     let mut slots = Vec::new();
     for e in extents {
         if e.length == 0 {
@@ -404,6 +431,16 @@ fn write_worker(
 mod tests {
     use super::*;
     use crate::repo::source::RawFileSource;
+
+    #[test]
+    fn bytes_covered_counts_whole_chunks_once() {
+        let e = |offset, length| Extent { offset, length };
+        assert_eq!(bytes_covered(&[e(0, 1), e(10, 5)], 100, 1000).unwrap(), 100);
+        assert_eq!(bytes_covered(&[e(95, 10)], 100, 1000).unwrap(), 200);
+        assert_eq!(bytes_covered(&[e(950, 30)], 100, 980).unwrap(), 80);
+        assert_eq!(bytes_covered(&[], 100, 1000).unwrap(), 0);
+        assert!(bytes_covered(&[e(950, 50)], 100, 980).is_err());
+    }
 
     #[test]
     fn slots_cover_extents() {

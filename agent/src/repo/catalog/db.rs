@@ -400,6 +400,25 @@ impl Catalog {
             .pop())
     }
 
+    /// The newest committed point of a VM (the base of its next incremental).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`] or [`CatalogError::Invalid`].
+    pub fn latest_point(
+        &self,
+        vcenter_uuid: &str,
+        moref: &VmMoref,
+    ) -> Result<Option<PointRecord>, CatalogError> {
+        Ok(self
+            .query_points(
+                "WHERE v.vcenter_uuid = ?1 AND v.moref = ?2 AND p.rowid = (
+                     SELECT q.rowid FROM restore_points q WHERE q.vm_id = p.vm_id
+                     ORDER BY q.created_at DESC, q.rowid DESC LIMIT 1)",
+                [vcenter_uuid, moref.0.as_str()],
+            )?
+            .pop())
+    }
+
     fn query_points<P: rusqlite::Params>(
         &self,
         filter: &str,
@@ -722,6 +741,25 @@ mod tests {
                 bytes_stored: 3,
             }],
         }
+    }
+
+    #[test]
+    fn latest_point_is_the_newest_of_that_vm() {
+        let mut c = Catalog::open_in_memory().unwrap();
+        let old = sample_point("a", 100);
+        let new = sample_point("a", 200);
+        let other = sample_point("b", 300);
+        for p in [&new, &old, &other] {
+            c.commit_point(p).unwrap();
+        }
+        let vm = VmMoref("image:a".into());
+        assert_eq!(c.latest_point("", &vm).unwrap().unwrap().id, new.id);
+        assert!(c.latest_point("other-vc", &vm).unwrap().is_none());
+        assert!(
+            c.latest_point("", &VmMoref("image:c".into()))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ enum Command {
     RunningJobs(Reply<Vec<JobId>>),
     JobStats(JobId, Reply<Option<serde_json::Value>>),
     PointConfig(RestorePointId, Reply<Option<PointConfig>>),
+    LatestPoint(String, VmMoref, Reply<Option<PointRecord>>),
 }
 
 /// Handle to the `catalog` thread; cheap to clone. The thread stops when the last handle drops.
@@ -231,6 +232,18 @@ impl CatalogHandle {
         self.call(|r| Command::JobStats(job, r))
     }
 
+    /// See [`Catalog::latest_point`].
+    ///
+    /// # Errors
+    /// As [`Catalog::latest_point`], or [`CatalogError::Gone`].
+    pub fn latest_point(
+        &self,
+        vcenter_uuid: String,
+        moref: VmMoref,
+    ) -> Result<Option<PointRecord>, CatalogError> {
+        self.call(|r| Command::LatestPoint(vcenter_uuid, moref, r))
+    }
+
     /// See [`Catalog::point_config`].
     ///
     /// # Errors
@@ -260,6 +273,7 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::RunningJobs(r) => drop(r.send(catalog.running_jobs())),
         Command::JobStats(id, r) => drop(r.send(catalog.job_stats(id))),
         Command::PointConfig(id, r) => drop(r.send(catalog.point_config(id))),
+        Command::LatestPoint(vc, vm, r) => drop(r.send(catalog.latest_point(&vc, &vm))),
     }
 }
 
