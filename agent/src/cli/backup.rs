@@ -123,20 +123,6 @@ pub struct ShowArgs {
     pub point: RestorePointId,
 }
 
-fn transports(s: &str) -> anyhow::Result<Vec<TransportMode>> {
-    s.split(':')
-        .filter(|t| !t.is_empty())
-        .map(|t| match t {
-            "file" => Ok(TransportMode::File),
-            "san" => Ok(TransportMode::San),
-            "hotadd" => Ok(TransportMode::HotAdd),
-            "nbd" => Ok(TransportMode::Nbd),
-            "nbdssl" => Ok(TransportMode::NbdSsl),
-            other => bail!("unknown VDDK transport {other:?} (san, hotadd, nbdssl, nbd, file)"),
-        })
-        .collect()
-}
-
 fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
     if let Some(file) = &args.password_file {
         let text = std::fs::read_to_string(file)
@@ -188,7 +174,8 @@ fn environment(
                 user: conn.user.clone(),
                 password: Secret::new(password),
             },
-            transport_modes: transports(&conn.transports)?,
+            transport_modes: TransportMode::parse_list(&conn.transports)
+                .map_err(anyhow::Error::msg)?,
         },
         repo: Arc::new(repository),
         datacenter: conn.datacenter.clone(),

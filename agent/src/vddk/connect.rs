@@ -74,6 +74,27 @@ pub enum TransportMode {
 }
 
 impl TransportMode {
+    /// Every mode, in VDDK's usual order of preference.
+    pub const ALL: [Self; 5] = [Self::San, Self::HotAdd, Self::NbdSsl, Self::Nbd, Self::File];
+
+    /// Parses a colon-separated list as `ConnectEx` takes it (`san:hotadd:nbdssl:nbd`).
+    ///
+    /// # Errors
+    /// The first unknown name, with the known ones.
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, String> {
+        list.split(':')
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                Self::ALL
+                    .into_iter()
+                    .find(|m| m.as_str() == t)
+                    .ok_or_else(|| {
+                        format!("unknown VDDK transport {t:?} (san, hotadd, nbdssl, nbd, file)")
+                    })
+            })
+            .collect()
+    }
+
     /// VDDK's name for the mode.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -273,6 +294,19 @@ impl Drop for CParams<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_lists_parse_and_round_trip() {
+        let modes = TransportMode::parse_list("san:hotadd:nbdssl:nbd:file").unwrap();
+        assert_eq!(modes, TransportMode::ALL);
+        let names: Vec<_> = modes.iter().map(|m| m.as_str()).collect();
+        assert_eq!(names.join(":"), "san:hotadd:nbdssl:nbd:file");
+        assert!(
+            TransportMode::parse_list("nbd:sneakernet")
+                .unwrap_err()
+                .contains("sneakernet")
+        );
+    }
 
     fn spec() -> ConnectSpec {
         ConnectSpec {
