@@ -496,14 +496,8 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
 mod tests {
     use super::*;
     use crate::vmservice::fixtures;
+    use crate::vmservice::fixtures::entries;
     use crate::vmservice::payload::encode_gzip_base64;
-
-    fn entries(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
 
     fn set(extra: &mut Vec<(String, String)>, c: Content, value: &str) {
         extra.retain(|(k, _)| k != c.code_key() && k != c.guide_key());

@@ -22,6 +22,14 @@ pub(crate) fn json(rel: &str) -> Value {
     serde_json::from_str(&text(rel)).unwrap_or_else(|e| panic!("parse fixture {rel}: {e}"))
 }
 
+/// An ExtraConfig list from literal pairs.
+pub(crate) fn entries(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// An `extraconfig.*.json` or `bad/*.json` map as an ExtraConfig list.
 pub(crate) fn extra_config(rel: &str) -> Vec<(String, String)> {
     let Value::Object(map) = json(rel) else {

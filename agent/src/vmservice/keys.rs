@@ -143,13 +143,7 @@ pub(crate) fn is_guide_spelling(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entries(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::vmservice::fixtures::entries;
 
     #[test]
     fn keys_are_distinct_and_prefixed() {
