@@ -135,16 +135,18 @@ fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
     bail!("no vCenter password: give --password-file or set VADP_AGENT_PASSWORD")
 }
 
-/// Loads VDDK (re-executing with its directory on `LD_LIBRARY_PATH` first), logs in to
-/// vCenter and opens the repository. Must run before any thread is started.
+/// Re-executes with VDDK's directory on `LD_LIBRARY_PATH`, loads VDDK (InitEx, before any
+/// other thread exists, as VMware requires), then starts the async runtime, logs in to
+/// vCenter and opens the repository.
 fn environment(
     conn: &ConnectionArgs,
     repo: &Path,
-    rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<Environment> {
+) -> anyhow::Result<(tokio::runtime::Runtime, Environment)> {
+    vddk::reexec_with_library_path(&conn.vddk_libdir)?;
     let password = password(conn)?;
     let vddk = Vddk::load(&conn.vddk_libdir, conn.vddk_config.as_deref())
         .with_context(|| format!("loading VDDK from {}", conn.vddk_libdir.display()))?;
+    let rt = runtime()?;
     let mut soap = SoapConfig::new(conn.vcenter.clone());
     if let Some(tp) = &conn.thumbprint {
         soap.tls =
@@ -163,7 +165,7 @@ fn environment(
         .host_str()
         .context("the vCenter URL has no host")?
         .to_owned();
-    Ok(Environment {
+    let env = Environment {
         soap: client,
         vddk,
         vddk_target: VddkTarget {
@@ -179,7 +181,8 @@ fn environment(
         },
         repo: Arc::new(repository),
         datacenter: conn.datacenter.clone(),
-    })
+    };
+    Ok((rt, env))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -195,9 +198,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// # Errors
 /// Set-up failures and job-level errors.
 pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
-    vddk::reexec_with_library_path(&args.connection.vddk_libdir)?;
-    let rt = runtime()?;
-    let env = environment(&args.connection, &args.repo, &rt)?;
+    for q in &args.quiesce {
+        if !args.vms.contains(q) {
+            bail!("--quiesce {q} names a VM that is not in --vm");
+        }
+    }
+    let (rt, env) = environment(&args.connection, &args.repo)?;
     let request = BackupRequest {
         group: args.group.clone(),
         vms: args
@@ -217,11 +223,6 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
             disks_per_datastore: args.disks_per_datastore,
         },
     };
-    for q in &args.quiesce {
-        if !args.vms.contains(q) {
-            bail!("--quiesce {q} names a VM that is not in --vm");
-        }
-    }
     let cancel = CancellationToken::new();
     let observer = observer(json);
     let report = rt.block_on(async {
@@ -411,9 +412,7 @@ fn observer(json: bool) -> Observer {
 /// # Errors
 /// Set-up and catalog failures.
 pub fn reconcile(args: &ReconcileArgs, json: bool) -> anyhow::Result<ExitCode> {
-    vddk::reexec_with_library_path(&args.connection.vddk_libdir)?;
-    let rt = runtime()?;
-    let env = environment(&args.connection, &args.repo, &rt)?;
+    let (rt, env) = environment(&args.connection, &args.repo)?;
     let report = rt.block_on(engine::reconcile(&env, &args.vms));
     let _ = rt.block_on(env.soap.logout());
     let report = report.context("reconcile")?;
