@@ -56,43 +56,40 @@ impl Gate {
         }
     }
 
-    fn semaphore(
+    /// A permit of the semaphore `key` of `map` (created with `n` permits), or none without a key.
+    async fn permit(
         map: &Mutex<HashMap<String, Arc<Semaphore>>>,
-        key: &str,
+        key: Option<&str>,
         n: usize,
-    ) -> Arc<Semaphore> {
-        let mut map = map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(
-            map.entry(key.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(n.max(1)))),
+    ) -> Option<OwnedSemaphorePermit> {
+        let key = key?;
+        let semaphore = {
+            let mut map = map
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(
+                map.entry(key.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(n.max(1)))),
+            )
+        };
+        // The semaphores are never closed, so acquire cannot fail.
+        Some(
+            semaphore
+                .acquire_owned()
+                .await
+                .expect("limit semaphores are never closed"),
         )
     }
 
     /// Waits for a permit of the job, then of `host`, then of `datastore`.
     pub(crate) async fn enter(&self, host: Option<&str>, datastore: Option<&str>) -> Permits {
-        // The semaphores are never closed, so acquire cannot fail.
-        let closed = "limit semaphores are never closed";
-        let job = Arc::clone(&self.job).acquire_owned().await.expect(closed);
-        let host = match host {
-            Some(h) => Some(
-                Self::semaphore(&self.hosts, h, self.limits.disks_per_host)
-                    .acquire_owned()
-                    .await
-                    .expect(closed),
-            ),
-            None => None,
-        };
-        let datastore = match datastore {
-            Some(d) => Some(
-                Self::semaphore(&self.datastores, d, self.limits.disks_per_datastore)
-                    .acquire_owned()
-                    .await
-                    .expect(closed),
-            ),
-            None => None,
-        };
+        let job = Arc::clone(&self.job)
+            .acquire_owned()
+            .await
+            .expect("limit semaphores are never closed");
+        let host = Self::permit(&self.hosts, host, self.limits.disks_per_host).await;
+        let datastore =
+            Self::permit(&self.datastores, datastore, self.limits.disks_per_datastore).await;
         Permits {
             _job: job,
             _host: host,

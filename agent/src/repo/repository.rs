@@ -359,11 +359,10 @@ impl Repository {
         point: RestorePointId,
         vm_name: &str,
         disk: DiskKey,
-        source: S,
+        mut source: S,
         plan: DiskPlan,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WrittenDisk, RepoError> {
-        let mut source = source;
         let capacity = source.capacity_bytes();
         let wrap = |source| RepoError::Backup {
             vm: vm_name.to_owned(),
