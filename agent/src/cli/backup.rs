@@ -393,6 +393,20 @@ fn observer(json: bool) -> Observer {
                     "snapshot {snapshot} of {name} after {completed_ms} ms"
                 ));
             }
+            BackupEvent::Reconciled {
+                snapshots_removed,
+                access_ended,
+                jobs_interrupted,
+                errors,
+            } => {
+                let _ = multi.println(format!(
+                    "reconciled interrupted jobs: {snapshots_removed} snapshot(s) removed, \
+                     {access_ended} EndAccess, {jobs_interrupted} job(s) marked interrupted"
+                ));
+                for e in errors {
+                    let _ = multi.println(format!("reconcile: {e}"));
+                }
+            }
             BackupEvent::CbtEnabled { name, .. } => {
                 let _ = multi.println(format!("change tracking enabled on {name} (full backup)"));
             }

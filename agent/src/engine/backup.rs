@@ -176,6 +176,17 @@ pub struct BackupRequest {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum BackupEvent {
+    /// At start, the reconciler undid what interrupted jobs had left (ARCHITECTURE §7).
+    Reconciled {
+        /// Snapshots removed.
+        snapshots_removed: usize,
+        /// PrepareForAccess calls ended.
+        access_ended: usize,
+        /// Jobs marked interrupted.
+        jobs_interrupted: usize,
+        /// What could not be undone (still journalled).
+        errors: Vec<String>,
+    },
     /// The job started.
     JobStarted {
         /// Job id.
@@ -397,6 +408,23 @@ pub async fn run_backup(
     let _job_lock = blocking(move || JobLock::acquire(&lock_root, job))
         .await?
         .map_err(|e| BackupError::Repo(RepoError::Lock(e)))?;
+    // A restarted agent first undoes what its interrupted jobs left (never a running job's:
+    // their locks are held). A failure here is reported; the VMs it concerns are refused
+    // below while they still carry our snapshot.
+    match super::reconcile(env, &[]).await {
+        Ok(r) => {
+            let did = r.snapshots_removed.len() + r.access_ended.len() + r.jobs_interrupted.len();
+            if did > 0 || !r.errors.is_empty() {
+                (observer)(&BackupEvent::Reconciled {
+                    snapshots_removed: r.snapshots_removed.len(),
+                    access_ended: r.access_ended.len(),
+                    jobs_interrupted: r.jobs_interrupted.len(),
+                    errors: r.errors,
+                });
+            }
+        }
+        Err(e) => tracing::warn!(error = %error_chain(&e), "reconcile at start failed"),
+    }
     let repo = Arc::clone(&env.repo);
     // Held until every point of the job is committed: GC waits (ARCHITECTURE §6).
     let repo_lock = blocking(move || repo.lock_shared()).await??;
@@ -1367,7 +1395,8 @@ fn read_disk_blocking(
     let source = VddkSource::new(handle, capacity, ctx.cancel.clone());
     let observer = ctx.observer.clone();
     let mut progress = |done: u64, total: u64| {
-        if done > 0 && done < total {
+        // After a chunk is stored, before the disk's index is written.
+        if done > 0 {
             crash_point("mid-disk");
         }
         observer(&BackupEvent::DiskProgress {
