@@ -11,9 +11,14 @@ use super::soap::{SoapClient, SoapFault, VsphereError};
 use super::types::{MoRef, TaskMoref};
 use super::xml::{Element, XmlWriter};
 
-/// First poll delay; doubles up to [`MAX_POLL`].
-const FIRST_POLL: Duration = Duration::from_millis(100);
-const MAX_POLL: Duration = Duration::from_secs(2);
+/// First poll delay; doubles up to [`MAX_POLL`]. Short at first because many tasks
+/// (snapshots of small or idle VMs, snapshot removal without consolidation work) end within
+/// tens of milliseconds, and the moment a task is seen to end is what the agent records
+/// (e.g. a group's snapshot skew); a task that runs longer costs at most one poll a second.
+/// (A WaitForUpdatesEx-based wait would need no polling at all; neither the lab nor this
+/// client implements it yet.)
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_secs(1);
 /// How long [`SoapClient::run_task`] waits by default.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 
