@@ -452,6 +452,15 @@ mod tests {
         ] {
             assert!(text.contains(needle), "show lacks {needle:?}:\n{text}");
         }
+        // `list` tells the same for every point, one line each.
+        let out = fx.run(&["list", "--repo"], &[repo.as_os_str()], None);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let line = text.lines().find(|l| l.starts_with(&wp)).unwrap();
+        for needle in ["incremental", "changed blocks since", " valid ", "ms "] {
+            assert!(line.contains(needle), "list lacks {needle:?}:\n{text}");
+        }
+        assert_eq!(fx.points().len(), 4);
         fx.verify_clean();
     }
 

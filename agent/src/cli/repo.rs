@@ -228,14 +228,33 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let points = open(&args.repo)?.list()?;
+    let repo = open(&args.repo)?;
+    let points = repo.list()?;
+    // The group's snapshot skew is recorded with the job that made the point.
+    let mut skews = serde_json::Map::new();
+    for p in &points {
+        let job = repo.catalog().point_config(p.id)?.and_then(|c| c.job);
+        let skew = match job {
+            Some(job) => repo
+                .catalog()
+                .job_stats(job)?
+                .and_then(|s| s.get("skew_ms").and_then(serde_json::Value::as_u64)),
+            None => None,
+        };
+        if let Some(ms) = skew {
+            skews.insert(p.id.to_string(), ms.into());
+        }
+    }
     if json {
-        println!("{}", serde_json::json!({"event": "list", "points": points}));
+        println!(
+            "{}",
+            serde_json::json!({"event": "list", "points": points, "skew_ms": skews})
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<36}  {:<16}  {:<10}  {:<11}  {:>14}  {:>12}",
-        "ID", "VM", "CREATED", "KIND", "SIZE", "CHANGED"
+        "{:<36}  {:<16}  {:<10}  {:<11}  {:>14}  {:>12}  {:>8}  {:>7}  {:<12}  WHY",
+        "ID", "VM", "CREATED", "KIND", "SIZE", "CHANGED", "SECONDS", "SKEW", "VM SERVICE"
     );
     for p in &points {
         let size: u64 = p.disks.iter().map(|d| d.capacity_bytes).sum();
@@ -244,9 +263,22 @@ pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
             crate::repo::PointKind::Full => "full",
             crate::repo::PointKind::Incremental => "incremental",
         };
+        let seconds = p
+            .stats
+            .get("seconds")
+            .and_then(serde_json::Value::as_f64)
+            .map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"));
+        let skew = skews
+            .get(&p.id.to_string())
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms}ms"));
+        let validation = p
+            .stats
+            .pointer("/validation/status")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("-");
         println!(
-            "{:<36}  {:<16}  {:<10}  {:<11}  {:>14}  {:>12}",
-            p.id, p.vm.name, p.created_at, kind, size, changed
+            "{:<36}  {:<16}  {:<10}  {:<11}  {:>14}  {:>12}  {:>8}  {:>7}  {:<12}  {}",
+            p.id, p.vm.name, p.created_at, kind, size, changed, seconds, skew, validation, p.reason
         );
     }
     Ok(ExitCode::SUCCESS)
