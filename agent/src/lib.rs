@@ -10,6 +10,7 @@ pub mod cli;
 pub mod engine;
 pub mod ids;
 pub mod repo;
+pub mod supervisor;
 #[allow(unsafe_code)]
 pub mod vddk;
 pub mod vmservice;

@@ -123,7 +123,7 @@ pub struct ShowArgs {
     pub point: RestorePointId,
 }
 
-fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
+pub(crate) fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
     if let Some(file) = &args.password_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading the password file {}", file.display()))?;
@@ -138,7 +138,7 @@ fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
 /// Re-executes with VDDK's directory on `LD_LIBRARY_PATH`, loads VDDK (InitEx, before any
 /// other thread exists, as VMware requires), then starts the async runtime, logs in to
 /// vCenter and opens the repository.
-fn environment(
+pub(crate) fn environment(
     conn: &ConnectionArgs,
     repo: &Path,
 ) -> anyhow::Result<(tokio::runtime::Runtime, Environment)> {
@@ -148,12 +148,7 @@ fn environment(
         .with_context(|| format!("loading VDDK from {}", conn.vddk_libdir.display()))?;
     let rt = runtime()?;
     let mut soap = SoapConfig::new(conn.vcenter.clone());
-    if let Some(tp) = &conn.thumbprint {
-        soap.tls =
-            TlsVerification::Thumbprint(tp.parse().with_context(|| format!("thumbprint {tp:?}"))?);
-    } else if let Some(ca) = &conn.ca_file {
-        soap.tls = TlsVerification::WithCaFile(ca.clone());
-    }
+    soap.tls = tls_of(conn)?;
     soap.credentials = Some(vsphere::Credentials::new(&conn.user, &password));
     let client = rt
         .block_on(SoapClient::connect(soap))
@@ -183,6 +178,18 @@ fn environment(
         datacenter: conn.datacenter.clone(),
     };
     Ok((rt, env))
+}
+
+/// How vCenter's certificate is verified: the pinned thumbprint, a CA file, or the
+/// system's roots.
+pub(crate) fn tls_of(conn: &ConnectionArgs) -> anyhow::Result<TlsVerification> {
+    Ok(if let Some(tp) = &conn.thumbprint {
+        TlsVerification::Thumbprint(tp.parse().with_context(|| format!("thumbprint {tp:?}"))?)
+    } else if let Some(ca) = &conn.ca_file {
+        TlsVerification::WithCaFile(ca.clone())
+    } else {
+        TlsVerification::SystemRoots
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

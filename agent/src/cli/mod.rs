@@ -7,6 +7,7 @@ pub mod image;
 pub mod lab;
 mod progress;
 pub mod repo;
+pub mod restore;
 pub mod vddk;
 
 use std::io::IsTerminal;
@@ -41,6 +42,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Show one restore point: type and why, changed bytes, duration, skew, validation.
     Show(backup::ShowArgs),
+    /// Restore a VM Service VM into a Supervisor namespace and register it.
+    Restore(restore::RestoreArgs),
     /// Undo what an interrupted job left in vSphere (snapshots, PrepareForAccess).
     Reconcile(backup::ReconcileArgs),
     /// Back up and restore raw image files (no vSphere needed).
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(args) => backup::backup(&args, cli.json),
         Command::Show(args) => backup::show(&args, cli.json),
         Command::Reconcile(args) => backup::reconcile(&args, cli.json),
+        Command::Restore(args) => restore::restore(&args, cli.json),
         Command::Image(cmd) => image::run(cmd, cli.json),
         Command::Vddk(args) => vddk::run(args, cli.json).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(&args, cli.json).map(|()| ExitCode::SUCCESS),

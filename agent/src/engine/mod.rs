@@ -27,6 +27,7 @@ mod backup;
 mod journal;
 mod limits;
 mod reconcile;
+pub mod restore;
 mod vddk_source;
 pub mod vmx;
 

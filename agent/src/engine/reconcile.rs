@@ -56,7 +56,8 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
     let catalog = env.repo.catalog().clone();
     let mut entries = blocking(move || catalog.journal_open_entries()).await??;
     // Snapshots before EndAccess, as a backup ends.
-    entries.sort_by_key(|e| (e.kind != "snapshot", e.id));
+    // A VM shell of a restore last: EndAccess first, then the shell is removed.
+    entries.sort_by_key(|e| (e.kind != "snapshot", e.kind == "vm_shell", e.id));
     let mut held: Vec<(JobId, JobLock)> = Vec::new();
     for entry in entries {
         if let Some(job) = job_of(&entry)
@@ -157,6 +158,45 @@ async fn undo(env: &Environment, entry: &JournalEntry, report: &mut ReconcileRep
                     .errors
                     .push(format!("EndAccess for {vm}: {}", error_chain(&e))),
             }
+        }
+        "vm_shell" => {
+            // A VM a crashed restore created and never finished: reported, and removed
+            // when it was registered (it holds nothing but partly restored data, which
+            // the repository still has).
+            let shell = entry
+                .detail
+                .get("vm")
+                .and_then(|v| v.as_str())
+                .map(|v| VmMoref(v.to_owned()));
+            let mut detail = entry.detail.clone();
+            match &shell {
+                Some(shell) => match super::restore::remove_shell(env, shell).await {
+                    Ok(()) => {
+                        tracing::warn!(vm = %shell, "reconcile: removed a half-restored VM");
+                        detail["removed"] = true.into();
+                        if let Err(e) = journal::close(env, entry.id).await {
+                            report.errors.push(error_chain(&e));
+                        }
+                    }
+                    Err(e) => report.errors.push(format!(
+                        "removing the half-restored VM {shell}: {}",
+                        error_chain(&e)
+                    )),
+                },
+                None => {
+                    tracing::warn!(
+                        journal = entry.id,
+                        "reconcile: a restore crashed before registering its VM; its disk files remain"
+                    );
+                    detail["removed"] = false.into();
+                    if let Err(e) = journal::close(env, entry.id).await {
+                        report.errors.push(error_chain(&e));
+                    }
+                }
+            }
+            report
+                .half_created_vms
+                .push((shell.unwrap_or_else(|| vm.clone()), detail));
         }
         _ => report
             .half_created_vms

@@ -17,7 +17,7 @@ use crate::repo::gc::{self, GcError, GcReport};
 use crate::repo::pipeline::{self, DiskBackupStats, PipelineError, PipelineOptions};
 use crate::repo::prune::{self, PruneDecision, PruneError, RetentionPolicy};
 use crate::repo::restore::{self, RestoreError};
-use crate::repo::source::{DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
+use crate::repo::source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
 use crate::repo::verify::{self, VerifyReport};
 
 /// Default chunk size: 4 MiB. Measured (docs/benchmarks.md, "Chunk size"): a full backup of
@@ -597,6 +597,42 @@ impl Repository {
             progress,
         )
         .map_err(wrap)?;
+        Ok(index.disk_size_bytes())
+    }
+
+    /// Restore disk `disk` of `point` into `sink` (a VDDK disk during a VM restore), with
+    /// parallel chunk prefetch and decompression; zero chunks are skipped when the sink
+    /// reads unwritten ranges as zeros. Runs on the calling thread, which owns `sink`.
+    /// Returns the disk's size.
+    ///
+    /// # Errors
+    /// [`RepoError::PointNotFound`], [`RepoError::Restore`] / [`RepoError::Index`] naming
+    /// the point and disk (a sink error names the disk and offset).
+    pub fn restore_disk_to_sink(
+        &self,
+        point: RestorePointId,
+        disk: DiskKey,
+        sink: &mut dyn DiskSink,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64, RepoError> {
+        let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
+        let rec = self
+            .catalog
+            .get_point(point)?
+            .ok_or(RepoError::PointNotFound(point))?;
+        let index = self.load_index(&rec, disk)?;
+        restore::restore_disk(
+            &self.store,
+            &index,
+            sink,
+            self.options.hash_workers + 1,
+            progress,
+        )
+        .map_err(|source| RepoError::Restore {
+            point,
+            disk,
+            source,
+        })?;
         Ok(index.disk_size_bytes())
     }
 

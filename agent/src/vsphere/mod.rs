@@ -13,6 +13,7 @@
 
 mod cbt;
 mod datastore;
+mod disk_manager;
 mod property;
 mod snapshot;
 mod soap;
@@ -26,6 +27,7 @@ mod xml;
 
 pub use cbt::{ChangedArea, DiskChangeInfo, collect_changed_areas};
 pub use datastore::{DatastoreError, DatastorePath};
+pub use disk_manager::ddb_uuid;
 pub use property::{ObjectContent, PropertyFilter, TraversalSpec};
 pub use snapshot::CreateSnapshot;
 pub use soap::{
@@ -33,12 +35,14 @@ pub use soap::{
     SoapClient, SoapConfig, SoapFault, UserSession, VsphereError, parse_response,
 };
 pub use task::{DEFAULT_TASK_TIMEOUT, TaskInfo, TaskState};
-pub use tls::{Thumbprint, TlsError, TlsVerification};
+pub use tls::{Thumbprint, TlsError, TlsVerification, client_config as tls_client_config};
 pub use types::{
     ChangeId, DatastoreMoref, DiskKey, FolderMoref, MoRef, ResourcePoolMoref, SnapshotMoref,
     TaskMoref, VmMoref,
 };
-pub use vapi::{CisProgress, CisTaskInfo, CisTaskStatus, VapiClient, VapiError};
+pub use vapi::{
+    CisProgress, CisTaskInfo, CisTaskStatus, SubnetMapping, SubnetRef, VapiClient, VapiError,
+};
 pub use vm::{PowerState, SnapshotTree, VirtualDiskInfo, VmInfo};
 pub use vm_lifecycle::{ExtraConfigChange, NewDisk, VmConfigSpec};
 pub use xml::{Element, XmlError};

@@ -112,11 +112,30 @@ impl VapiClient {
     ///
     /// [`VapiError::Api`] (`NOT_FOUND`, `ALREADY_EXISTS`, `INVALID_ARGUMENT`, …).
     pub async fn register_vm(&self, namespace: &str, vm: &VmMoref) -> Result<String, VapiError> {
+        self.register_vm_with(namespace, vm, &[]).await
+    }
+
+    /// `registervm` with a network override (VCF 9+, NSX-VPC; seed 001 §9.3): each
+    /// mapping replaces a subnet (or, with an empty current name, the default SubnetSet).
+    ///
+    /// # Errors
+    ///
+    /// As [`VapiClient::register_vm`]; `UNSUPPORTED` where overrides are not allowed.
+    pub async fn register_vm_with(
+        &self,
+        namespace: &str,
+        vm: &VmMoref,
+        subnet_mappings: &[SubnetMapping],
+    ) -> Result<String, VapiError> {
         let path = format!(
             "api/vcenter/namespaces/instances/{}/registervm",
             encode_segment(namespace)
         );
-        let body = serde_json::json!({ "vm": vm.as_str() });
+        let mut body = serde_json::json!({ "vm": vm.as_str() });
+        if !subnet_mappings.is_empty() {
+            body["network_config_override"] =
+                serde_json::json!({ "subnet_mappings": subnet_mappings });
+        }
         let response = self
             .call("registervm", Method::POST, &path, Some(body))
             .await?;
@@ -134,6 +153,39 @@ impl VapiClient {
         read_json("get task", response).await
     }
 
+    /// The cis tasks whose target is `vm` (`GET /api/cis/tasks?targets=VirtualMachine:vm`),
+    /// by id: how the agent finds a registration WCP started by itself.
+    ///
+    /// # Errors
+    ///
+    /// Transport or API errors.
+    pub async fn tasks_of_vm(
+        &self,
+        vm: &VmMoref,
+    ) -> Result<std::collections::BTreeMap<String, CisTaskInfo>, VapiError> {
+        let path = format!(
+            "api/cis/tasks?targets={}",
+            encode_segment(&format!("VirtualMachine:{}", vm.as_str()))
+        );
+        let response = self.call("list tasks", Method::GET, &path, None).await?;
+        read_json("list tasks", response).await
+    }
+
+    /// The session token, for services that accept vCenter SSO sessions as bearer
+    /// tokens (the Supervisor's API in the lab). Logs in first when needed.
+    ///
+    /// # Errors
+    ///
+    /// Login errors.
+    pub(crate) async fn bearer_token(&self) -> Result<String, VapiError> {
+        if self.token().is_none() {
+            self.login().await?;
+        }
+        self.token().map(|t| t.0).ok_or_else(|| VapiError::Config {
+            reason: "no vAPI session after login".into(),
+        })
+    }
+
     /// Polls `task` until it is neither PENDING nor RUNNING; reports progress
     /// (completed of total). Returns the final info when SUCCEEDED.
     ///
@@ -147,6 +199,7 @@ impl VapiClient {
         mut on_progress: impl FnMut(&CisProgress) + Send,
     ) -> Result<CisTaskInfo, VapiError> {
         let started = Instant::now();
+        let mut poll = Duration::from_millis(20);
         loop {
             let info = self.task(task).await?;
             if let Some(p) = &info.progress {
@@ -169,7 +222,8 @@ impl VapiClient {
                     waited_secs: started.elapsed().as_secs(),
                 });
             }
-            tokio::time::sleep(CIS_POLL).await;
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(CIS_POLL);
         }
     }
 
@@ -280,6 +334,25 @@ struct ApiErrorBody {
 struct ApiMessage {
     #[serde(default)]
     default_message: String,
+}
+
+/// One subnet mapping of a registervm network override (seed 001 §9.3).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct SubnetMapping {
+    /// The subnet the backup's VM uses.
+    pub current_subnet: SubnetRef,
+    /// The subnet to use instead.
+    pub new_subnet: SubnetRef,
+}
+
+/// A subnet or subnet set by name.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct SubnetRef {
+    /// `SUBNET` or `SUBNETSET`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its name (empty: the namespace's default SubnetSet).
+    pub name: String,
 }
 
 /// `cis.tasks.Info` status.

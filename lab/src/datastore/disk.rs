@@ -144,13 +144,7 @@ pub fn create_disk(
     let uuid = uuid::Uuid::new_v4();
     let mut u = *uuid.as_bytes();
     u[..3].copy_from_slice(&[0x60, 0x00, 0xc2]);
-    let hex = |s: &[u8]| {
-        s.iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let ddb_uuid = format!("{}-{}", hex(&u[..8]), hex(&u[8..])).replacen("c2", "C2", 1);
+    let ddb_uuid = ddb_uuid_text(&u);
     let mut desc = Descriptor::new(
         &[
             ("version", "1", false),
@@ -230,6 +224,63 @@ pub fn resize_disk(
     }
     desc.set_cid(random_cid());
     desc.store(&link.host)
+}
+
+/// Sets a disk's `ddb.uuid` (VirtualDiskManager.SetVirtualDiskUuid). `uuid` is 16 bytes
+/// of hex in any of the spellings vSphere uses: `60 00 C2 9a … 4e-5f 60 …` (the
+/// descriptor's), `6000C29a-1b2c-3d4e-5f60-718293a4b5c6` (a backing's `uuid`) or plain hex.
+///
+/// # Errors
+/// [`DatastoreError::InvalidUuid`], [`DatastoreError::NotFound`], I/O errors.
+pub fn set_disk_uuid(root: &Path, path: &DatastorePath, uuid: &str) -> Result<(), DatastoreError> {
+    let bytes = parse_uuid_hex(uuid).ok_or_else(|| DatastoreError::InvalidUuid {
+        value: uuid.to_owned(),
+    })?;
+    let host = path.resolve(root);
+    let mut desc = Descriptor::load(&host)?;
+    desc.set_ddb("uuid", &ddb_uuid_text(&bytes));
+    desc.store(&host)
+}
+
+/// The 16 bytes of a uuid written with or without spaces and dashes.
+fn parse_uuid_hex(text: &str) -> Option<[u8; 16]> {
+    let hex: String = text.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `60 00 C2 9a 1b 2c 3d 4e-5f 60 71 82 93 a4 b5 c6`, as ESXi writes `ddb.uuid`.
+fn ddb_uuid_text(u: &[u8; 16]) -> String {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!("{}-{}", hex(&u[..8]), hex(&u[8..])).replacen("c2", "C2", 1)
+}
+
+/// A disk's `ddb.uuid` as vSphere shows it in a backing's `uuid`
+/// (`6000C29a-1b2c-3d4e-5f60-718293a4b5c6`); `None` when it is not 16 bytes of hex.
+#[must_use]
+pub fn backing_uuid(ddb_uuid: &str) -> Option<String> {
+    let u = parse_uuid_hex(ddb_uuid)?;
+    let h: String = u.iter().map(|x| format!("{x:02x}")).collect();
+    let h = h.replacen("c2", "C2", 1);
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 /// Deletes one disk file: descriptor, data extent and ctk. Refuses a disk with a child.

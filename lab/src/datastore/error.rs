@@ -38,6 +38,12 @@ pub enum DatastoreError {
         /// The existing file.
         path: PathBuf,
     },
+    /// A disk uuid that is not 16 bytes of hex.
+    #[error("invalid disk uuid {value:?}: expected 16 bytes of hex")]
+    InvalidUuid {
+        /// The value given.
+        value: String,
+    },
     /// A VMDK text descriptor could not be parsed or is not supported.
     #[error("descriptor {path} line {line}: {reason}")]
     Descriptor {

@@ -70,7 +70,9 @@ pub use chain::{DiskChain, OpenMode, SECTOR_BYTES};
 pub use ctk::{CTK_BLOCK_BYTES, ChangeId};
 pub use delta::GRAIN_BYTES;
 pub(crate) use descriptor::write_atomic;
-pub use disk::{AdapterType, DiskOptions, create_disk, delete_disk, resize_disk};
+pub use disk::{
+    AdapterType, DiskOptions, backing_uuid, create_disk, delete_disk, resize_disk, set_disk_uuid,
+};
 pub use error::DatastoreError;
 pub use path::{DatastorePath, datastore_dir};
 pub use snapshot::{ChildDisk, children_of, consolidate, create_child};

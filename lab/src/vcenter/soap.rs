@@ -162,6 +162,7 @@ impl Vcenter {
             "EnableMethods" => self.enable_methods(call)?,
             "MakeDirectory" => self.make_directory(call)?,
             "UnregisterVM" => self.unregister(call)?,
+            "SetVirtualDiskUuid" => self.set_virtual_disk_uuid(call)?,
             _ => self.start_task(call, &session)?,
         };
         Ok((out, None))

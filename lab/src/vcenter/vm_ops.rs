@@ -67,6 +67,51 @@ fn apply_spec(state: &mut VmState, spec: &Element) {
     apply_extra_config(&mut state.extra_config, spec);
 }
 
+/// The disks a ReconfigVM spec adds: `deviceChange` entries with `operation = add` and a
+/// `VirtualDisk` whose backing names a file in the VM's directory; with
+/// `fileOperation = create` the file is created first (capacity, thin).
+type DiskAddition = (DatastorePath, Option<(u64, bool)>);
+
+fn disk_additions(spec: &Element, vm: &VmState) -> Result<Vec<DiskAddition>, Fault> {
+    let mut out = Vec::new();
+    for dc in spec.children_named("deviceChange") {
+        let Some(dev) = dc
+            .child("device")
+            .filter(|d| d.xsi_type.as_deref() == Some("VirtualDisk"))
+        else {
+            continue;
+        };
+        if dc.child_text("operation") != Some("add") {
+            continue;
+        }
+        let backing = dev
+            .child("backing")
+            .ok_or_else(|| Fault::invalid_argument("device.backing"))?;
+        let name = backing.child_text("fileName").unwrap_or_default();
+        let path = DatastorePath::parse(name)
+            .map_err(|_| Fault::invalid_argument("device.backing.fileName"))?;
+        if vm.vmx_path.sibling(path.file_name()).ok().as_ref() != Some(&path) {
+            // The lab's .vmx names disks relative to the VM directory.
+            return Err(Fault::invalid_argument("device.backing.fileName"));
+        }
+        let create = if dc.child_text("fileOperation") == Some("create") {
+            let bytes = dev
+                .child_parse::<u64>("capacityInBytes")
+                .filter(|b| *b > 0)
+                .or_else(|| dev.child_parse::<u64>("capacityInKB").map(|k| k * 1024))
+                .ok_or_else(|| Fault::invalid_argument("capacityInKB"))?;
+            Some((
+                bytes,
+                backing.child_bool("thinProvisioned").unwrap_or(false),
+            ))
+        } else {
+            None
+        };
+        out.push((path, create));
+    }
+    Ok(out)
+}
+
 impl Vcenter {
     fn vm_state(&self, id: &str) -> Result<VmState, Fault> {
         self.lab.vm(&VmMoref(id.to_owned())).map_err(lab_fault)
@@ -175,10 +220,18 @@ impl Vcenter {
             }
             "ReconfigVM_Task" => {
                 let vm = need_vm(self)?;
-                entity_name = vm.name;
                 method = "ReconfigVM_Task";
                 let spec = call.req.child("spec").cloned().unwrap_or_default();
+                let added = disk_additions(&spec, &vm)?;
+                entity_name = vm.name;
                 Box::new(move |_| {
+                    for (path, create) in &added {
+                        if let Some((bytes, thin)) = create {
+                            lab.create_virtual_disk(path, *bytes, *thin)
+                                .map_err(lab_fault)?;
+                        }
+                        lab.attach_disk(&vm_id, path).map_err(lab_fault)?;
+                    }
                     lab.modify_vm(&vm_id, |s| {
                         apply_spec(s, &spec);
                         Ok(())
@@ -220,6 +273,53 @@ impl Vcenter {
                         .register_vm(&path, name.as_deref(), &folder_path)
                         .map_err(lab_fault)?;
                     Ok(Some(Val::moref("VirtualMachine", &vm.0)))
+                })
+            }
+            "CreateVirtualDisk_Task" => {
+                if kind != "VirtualDiskManager" {
+                    return Err(Fault::not_found_object(&kind, &id));
+                }
+                method = "CreateVirtualDisk_Task";
+                let name = call.req.child_text("name").unwrap_or_default().to_owned();
+                let path =
+                    DatastorePath::parse(&name).map_err(|_| Fault::invalid_argument("name"))?;
+                let spec = call
+                    .req
+                    .child("spec")
+                    .ok_or_else(|| Fault::invalid_argument("spec"))?;
+                let kb = spec
+                    .child_parse::<u64>("capacityKb")
+                    .filter(|k| *k > 0)
+                    .ok_or_else(|| Fault::invalid_argument("spec.capacityKb"))?;
+                let thin = spec.child_text("diskType") == Some("thin");
+                if path.resolve(self.lab.root()).exists() {
+                    return Err(Fault::file_already_exists(&name));
+                }
+                entity_name = name;
+                Box::new(move |_| {
+                    lab.create_virtual_disk(&path, kb * 1024, thin)
+                        .map_err(lab_fault)?;
+                    Ok(Some(Val::str(path.to_string())))
+                })
+            }
+            "MoveIntoFolder_Task" => {
+                method = "MoveIntoFolder_Task";
+                let folder_path = self.vm_folder_path(&call.this)?;
+                entity_name = folder_path.clone();
+                let mut vms = Vec::new();
+                for e in call.req.children_named("list") {
+                    let (k, id) = e.moref().ok_or_else(|| Fault::invalid_argument("list"))?;
+                    if k != "VirtualMachine" {
+                        return Err(Fault::invalid_argument("list"));
+                    }
+                    self.vm_state(&id)?;
+                    vms.push(VmMoref(id));
+                }
+                Box::new(move |_| {
+                    for vm in &vms {
+                        lab.move_vm(vm, &folder_path).map_err(lab_fault)?;
+                    }
+                    Ok(None)
                 })
             }
             "Destroy_Task" => {
@@ -403,6 +503,24 @@ impl Vcenter {
             }
             _ => Err(Fault::not_found_object(&kind, &id)),
         }
+    }
+
+    /// VirtualDiskManager.SetVirtualDiskUuid (synchronous).
+    pub(crate) fn set_virtual_disk_uuid(&self, call: &Call<'_>) -> Result<String, Fault> {
+        if call.this.0 != "VirtualDiskManager" {
+            return Err(Fault::not_found_object(&call.this.0, &call.this.1));
+        }
+        let name = call.req.child_text("name").unwrap_or_default();
+        let path = DatastorePath::parse(name).map_err(|_| Fault::invalid_argument("name"))?;
+        let uuid = call.req.child_text("uuid").unwrap_or_default();
+        self.lab.set_disk_uuid(&path, uuid).map_err(|e| match &e {
+            crate::vmstate::LabError::Datastore {
+                source: crate::datastore::DatastoreError::InvalidUuid { .. },
+                ..
+            } => Fault::invalid_argument("uuid"),
+            _ => lab_fault(e),
+        })?;
+        Ok(String::new())
     }
 
     /// UnregisterVM (synchronous).

@@ -143,7 +143,10 @@ impl Lab {
                 unit_number: unit,
                 capacity_bytes: chain.capacity_bytes(),
                 file_name: path,
-                uuid: chain.uuid().unwrap_or_default().to_owned(),
+                uuid: chain
+                    .uuid()
+                    .and_then(crate::datastore::backing_uuid)
+                    .unwrap_or_default(),
                 thin: true,
             });
         }
@@ -179,6 +182,92 @@ impl Lab {
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
         Ok(moref)
+    }
+}
+
+impl Lab {
+    /// VirtualDiskManager.CreateVirtualDisk: a new base disk at `path` (no change
+    /// tracking; a VM enables it).
+    ///
+    /// # Errors
+    /// Datastore errors ([`crate::datastore::DatastoreError::AlreadyExists`], capacity).
+    pub fn create_virtual_disk(
+        &self,
+        path: &DatastorePath,
+        capacity_bytes: u64,
+        thin: bool,
+    ) -> Result<(), LabError> {
+        let _g = self.lock()?;
+        let options = crate::datastore::DiskOptions {
+            thin,
+            change_tracking: false,
+            ..crate::datastore::DiskOptions::default()
+        };
+        crate::datastore::create_disk(self.root(), path, capacity_bytes, &options).map_err(
+            |source| LabError::Datastore {
+                vm: "lab".into(),
+                source,
+            },
+        )
+    }
+
+    /// VirtualDiskManager.SetVirtualDiskUuid.
+    ///
+    /// # Errors
+    /// Datastore errors (invalid uuid, disk not found).
+    pub fn set_disk_uuid(&self, path: &DatastorePath, uuid: &str) -> Result<(), LabError> {
+        let _g = self.lock()?;
+        crate::datastore::set_disk_uuid(self.root(), path, uuid).map_err(|source| {
+            LabError::Datastore {
+                vm: "lab".into(),
+                source,
+            }
+        })
+    }
+
+    /// Folder.MoveIntoFolder for one VM: its inventory folder becomes `folder`.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], I/O errors.
+    pub fn move_vm(&self, vm: &VmMoref, folder: &str) -> Result<(), LabError> {
+        self.modify_vm(vm, |s| {
+            folder.clone_into(&mut s.folder);
+            Ok(())
+        })
+    }
+
+    /// ReconfigVM_Task adding an existing disk file: a new device (next key, next free
+    /// unit on the first SCSI controller) backed by `path`; returns its key.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`], datastore errors (the file is missing or unreadable).
+    pub fn attach_disk(&self, vm: &VmMoref, path: &DatastorePath) -> Result<DiskKey, LabError> {
+        let chain = DiskChain::open(self.root(), path, OpenMode::ReadOnly).map_err(ds_err(vm))?;
+        let (capacity, uuid) = (
+            chain.capacity_bytes(),
+            chain
+                .uuid()
+                .and_then(crate::datastore::backing_uuid)
+                .unwrap_or_default(),
+        );
+        drop(chain);
+        self.modify_vm(vm, |s| {
+            let key = DiskKey(s.disks.iter().map(|d| d.key.0).max().unwrap_or(1999) + 1);
+            let unit = (0..)
+                .find(|u| *u != 7 && !s.disks.iter().any(|d| d.unit_number == *u))
+                .unwrap_or(0);
+            s.disks.push(VmDisk {
+                key,
+                label: format!("Hard disk {}", s.disks.len() + 1),
+                controller_key: 1000,
+                unit_number: unit,
+                capacity_bytes: capacity,
+                file_name: path.clone(),
+                uuid,
+                thin: true,
+            });
+            Ok(key)
+        })
     }
 }
 

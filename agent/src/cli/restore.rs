@@ -1,0 +1,355 @@
+//! `vadp-agent restore`: a VM Service VM from a restore point into a Supervisor namespace
+//! (the restore engine, `engine::restore`), with the pre-flight prediction printed before
+//! anything changes.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use super::backup::{ConnectionArgs, environment, password, tls_of};
+use crate::engine::restore::{
+    self, Prediction, RestoreEnv, RestoreEvent, RestoreMode, RestoreObserver, RestoreReport,
+    RestoreRequest,
+};
+use crate::ids::{DiskKey, RestorePointId};
+use crate::supervisor::Supervisor;
+use crate::vsphere::{Credentials, SubnetMapping, SubnetRef, TlsVerification, VapiClient};
+
+/// `vadp-agent restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The repository.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The restore point.
+    #[arg(long)]
+    pub point: RestorePointId,
+    /// The Supervisor namespace to restore into (default: the backup's).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// auto (what WCP will choose), new, existing (in place) or disk-only.
+    #[arg(long, default_value = "auto")]
+    pub mode: RestoreMode,
+    /// Disk-only: a disk to restore (device key, e.g. 2001); repeat for several.
+    #[arg(long = "disk")]
+    pub disks: Vec<i32>,
+    /// Network override OLD=NEW (subnets); `subnetset:OLD=subnetset:NEW` for subnet sets,
+    /// an empty OLD subnet set meaning the namespace's default (VCF 9, NSX-VPC).
+    #[arg(long = "subnet-map")]
+    pub subnet_map: Vec<String>,
+    /// Print the prediction and stop before changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The Supervisor's API (default: the vCenter's address, as the lab serves it).
+    #[arg(long, env = "VADP_AGENT_SUPERVISOR")]
+    pub supervisor: Option<url::Url>,
+    /// A file holding the Supervisor bearer token (default: the vCenter SSO session).
+    #[arg(long, env = "VADP_AGENT_SUPERVISOR_TOKEN_FILE")]
+    pub supervisor_token_file: Option<PathBuf>,
+    /// SHA-1 thumbprint of the Supervisor API's certificate (default: vCenter's rules when
+    /// the API is on vCenter's address, the system's roots otherwise).
+    #[arg(long, env = "VADP_AGENT_SUPERVISOR_THUMBPRINT")]
+    pub supervisor_thumbprint: Option<String>,
+    /// vCenter and VDDK.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Parses one `--subnet-map`.
+///
+/// # Errors
+/// A message naming the malformed mapping.
+pub fn parse_subnet_map(s: &str) -> Result<SubnetMapping, String> {
+    let (from, to) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--subnet-map {s:?}: expected OLD=NEW"))?;
+    let side = |v: &str| match v.strip_prefix("subnetset:") {
+        Some(name) => SubnetRef {
+            kind: "SUBNETSET".into(),
+            name: name.into(),
+        },
+        None => SubnetRef {
+            kind: "SUBNET".into(),
+            name: v.into(),
+        },
+    };
+    let (current, new) = (side(from), side(to));
+    if new.name.is_empty() || (current.name.is_empty() && current.kind == "SUBNET") {
+        return Err(format!(
+            "--subnet-map {s:?}: names are required (an empty OLD only as subnetset:)"
+        ));
+    }
+    Ok(SubnetMapping {
+        current_subnet: current,
+        new_subnet: new,
+    })
+}
+
+/// Runs `vadp-agent restore`: 0 when the VM is registered and verified, 2 when the
+/// Supervisor shows something other than seed 001 §8 predicts, 1 on errors (a refusal
+/// before any change included).
+///
+/// # Errors
+/// Set-up failures, refusals and restore errors.
+pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let subnet_map = args
+        .subnet_map
+        .iter()
+        .map(|s| parse_subnet_map(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let (rt, env) = environment(&args.connection, &args.repo)?;
+    let tls = tls_of(&args.connection)?;
+    let mut base = args.connection.vcenter.clone();
+    base.set_path("/");
+    let vapi = VapiClient::new(
+        base.clone(),
+        &tls,
+        false,
+        Credentials::new(&args.connection.user, &password(&args.connection)?),
+    )
+    .context("vAPI client")?;
+    let supervisor_url = args.supervisor.clone().unwrap_or_else(|| base.clone());
+    let supervisor_tls = match (&args.supervisor_thumbprint, &args.supervisor) {
+        (Some(tp), _) => {
+            TlsVerification::Thumbprint(tp.parse().with_context(|| format!("thumbprint {tp:?}"))?)
+        }
+        (None, None) => tls.clone(),
+        (None, Some(_)) => TlsVerification::SystemRoots,
+    };
+    let request = RestoreRequest {
+        point: args.point,
+        namespace: args.namespace.clone(),
+        mode: args.mode,
+        disks: args.disks.iter().copied().map(DiskKey).collect(),
+        subnet_map,
+        dry_run: args.dry_run,
+    };
+    let observer = observer(json);
+    let cancel = CancellationToken::new();
+    let result = rt.block_on(async {
+        let token = match &args.supervisor_token_file {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_owned(),
+            None => vapi
+                .bearer_token()
+                .await
+                .context("logging in to vAPI for the Supervisor token")?,
+        };
+        let supervisor = Supervisor::connect(
+            supervisor_url.as_str().trim_end_matches('/'),
+            &supervisor_tls,
+            token,
+        )?;
+        let renv = RestoreEnv {
+            env: env.clone(),
+            vapi: Arc::new(vapi),
+            supervisor,
+        };
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::warn!("interrupted: cancelling the restore and cleaning up");
+                c.cancel();
+            }
+        });
+        let r = restore::run_restore(&renv, &request, observer, cancel).await;
+        let _ = renv.vapi.logout().await;
+        anyhow::Ok(r)
+    });
+    let _ = rt.block_on(env.soap.logout());
+    let report = result?.context("restore")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "report", "report": report })
+        );
+    } else {
+        print_report(&report);
+    }
+    let verified = report
+        .verification
+        .as_ref()
+        .is_none_or(|v| v.problems.is_empty());
+    Ok(if verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn print_prediction(p: &Prediction) {
+    println!(
+        "pre-flight ({} Supervisor): WCP will do a {}{}{}",
+        serde_json::to_value(p.supervisor)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        p.restore_type,
+        if p.failover {
+            " (cross-vCenter failover)"
+        } else {
+            ""
+        },
+        if p.auto_registration {
+            ", registering it by itself after EndAccess"
+        } else {
+            ""
+        }
+    );
+    for e in &p.expectations {
+        println!("  expect: {e}");
+    }
+    for r in &p.refusals {
+        println!("  REFUSED {}: {}", r.id, r.reason);
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // display figures
+fn print_report(r: &RestoreReport) {
+    let Some(vm) = &r.vm else {
+        println!("dry run: nothing changed");
+        return;
+    };
+    let mib = r.bytes_total as f64 / f64::from(1 << 20);
+    println!(
+        "restored {} as {vm}: {} disk(s), {mib:.0} MiB in {:.1} s ({:.0} MiB/s); total {:.1} s",
+        r.vm_name,
+        r.disks.len(),
+        r.data_seconds,
+        mib / r.data_seconds.max(1e-9),
+        r.seconds
+    );
+    if let Some(t) = &r.registration_task {
+        println!(
+            "registration task {t}{}",
+            if r.auto_registered {
+                " (started by WCP)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(v) = &r.verification {
+        println!(
+            "VirtualMachine {}: {}",
+            r.vm_name,
+            v.power_state.as_deref().unwrap_or("?")
+        );
+        for (vol, claim) in &v.volumes {
+            println!("  volume {vol} -> PVC {claim}");
+        }
+        for p in &v.problems {
+            println!("  NOT AS EXPECTED: {p}");
+        }
+    }
+}
+
+fn observer(json: bool) -> RestoreObserver {
+    if json {
+        return Arc::new(|e: &RestoreEvent| {
+            if !matches!(e, RestoreEvent::DiskProgress { .. }) {
+                println!("{}", serde_json::to_string(e).unwrap_or_default());
+            }
+        });
+    }
+    let tty = std::io::stderr().is_terminal();
+    let multi = MultiProgress::new();
+    let bars: Mutex<HashMap<DiskKey, ProgressBar>> = Mutex::new(HashMap::new());
+    let reg: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    Arc::new(move |e: &RestoreEvent| match e {
+        RestoreEvent::Predicted { prediction } => print_prediction(prediction),
+        RestoreEvent::Step { message } => {
+            let _ = multi.println(format!("- {message}"));
+        }
+        RestoreEvent::DiskStarted {
+            disk,
+            label,
+            bytes_total,
+        } => {
+            if tty {
+                let bar = multi.add(ProgressBar::new(*bytes_total));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_prefix(format!("{disk} {label}"));
+                if let Ok(mut b) = bars.lock() {
+                    b.insert(*disk, bar);
+                }
+            }
+        }
+        RestoreEvent::DiskProgress {
+            disk,
+            bytes_done,
+            bytes_total,
+        } => {
+            if let Ok(b) = bars.lock()
+                && let Some(bar) = b.get(disk)
+            {
+                bar.set_length(*bytes_total);
+                bar.set_position(*bytes_done);
+            }
+        }
+        RestoreEvent::DiskFinished {
+            disk,
+            capacity_bytes,
+            seconds,
+        } => {
+            if let Ok(b) = bars.lock()
+                && let Some(bar) = b.get(disk)
+            {
+                bar.finish();
+            }
+            let _ = multi.println(format!(
+                "- disk {disk}: {capacity_bytes} bytes written in {seconds:.2} s"
+            ));
+        }
+        RestoreEvent::Registration { completed, total } => {
+            if tty {
+                if let Ok(mut r) = reg.lock() {
+                    let bar = r.get_or_insert_with(|| {
+                        let bar = multi.add(ProgressBar::new(*total));
+                        bar.set_style(
+                            ProgressStyle::with_template("  registration [{bar:30}] {pos}%")
+                                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                        );
+                        bar
+                    });
+                    bar.set_position(*completed);
+                    if completed >= total {
+                        bar.finish();
+                    }
+                }
+            } else {
+                let _ = multi.println(format!("- registration {completed}/{total}"));
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subnet_maps() {
+        let m = super::parse_subnet_map("subnet-prod-a=subnet-dr-a").unwrap();
+        assert_eq!(m.current_subnet.kind, "SUBNET");
+        assert_eq!(m.new_subnet.name, "subnet-dr-a");
+        let m = super::parse_subnet_map("subnetset:=subnetset:dr-default").unwrap();
+        assert_eq!(m.current_subnet.kind, "SUBNETSET");
+        assert_eq!(m.current_subnet.name, "");
+        assert!(super::parse_subnet_map("nope").is_err());
+        assert!(super::parse_subnet_map("=b").is_err());
+    }
+}

@@ -1,0 +1,1364 @@
+//! Restore of a VM Service VM from a restore point (ARCHITECTURE §4, seed 001 §4, §6–§9,
+//! VSPHERE.md §C.6–§C.7).
+//!
+//! 1. **Pre-flight** ([`predict`]): decode the point's ExtraConfig, read the Supervisor
+//!    (does the VirtualMachine exist, its backup-version annotation), the namespace folder
+//!    and its VMs (BIOS UUIDs), vCenter's version and instanceUuid; predict the restore type
+//!    WCP will choose and every refusal it would make. Nothing has changed yet; a refusal
+//!    or `--dry-run` stops here.
+//! 2. **The VM**: for a *new* VM, the disks are created where the backup found them
+//!    (CreateVirtualDisk_Task, then SetVirtualDiskUuid with the backed-up uuid, which VM
+//!    Operator's pvc-disk-data names), the backed-up `.vmx` is uploaded **byte for byte**
+//!    except for the disk file names (the backup captured the `.vmx` while its snapshot
+//!    existed, so they named redo logs) and registered (RegisterVM_Task) in a staging
+//!    folder, `vadp-agent-restore`. Why not CreateVM_Task from the captured config: the
+//!    `.vmx` *is* the configuration the guide asks vendors to keep intact (§5.2), every key
+//!    of it (ExtraConfig, UUIDs, devices we do not model) survives registration, and no
+//!    translation to a ConfigSpec can lose one. Why a staging folder: on 8.0U3 WCP
+//!    registers any VM that appears in a namespace folder (§4.2); registered there, the VM
+//!    only moves into the namespace folder once PrepareForAccess has disabled
+//!    RelocateVM_Task, which WCP waits on (§7.3.3). *In place* (restore to existing), the
+//!    existing VM's disks are overwritten and its `vmservice.*` ExtraConfig set back to the
+//!    backup's. *Disk-only*, the chosen disks are restored into new files attached to the
+//!    existing VM.
+//! 3. **Data**: every step that changes vSphere is journalled first; PrepareForAccess;
+//!    each disk is written through VDDK (read-write connection) on its own named thread
+//!    (`restore/<vm>/<key>`) by the repository's restore pipeline (parallel chunk
+//!    prefetch and decompression; zero chunks skipped on new thin disks); EndAccess —
+//!    always, on error, cancellation and panic, and after a crash by the reconciler, which
+//!    also removes (and reports) a VM shell a crashed restore left.
+//! 4. **Registration**: `registervm` (with the network override), or, when WCP registers
+//!    by itself after EndAccess (§4.2), the agent follows WCP's task; the cis task is
+//!    polled through 5/10/20/40/80/100 %. Then the Supervisor is read back with `kube`:
+//!    the VirtualMachine exists, PoweredOff, its `restored-*` PVCs are Bound, and the
+//!    labels/annotations are as §8 says.
+
+pub mod predict;
+mod sink;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use predict::{Facts, Prediction, Refusal, RestoreType, SupervisorVersion};
+pub use sink::VddkSink;
+
+use super::journal::{self, JobLock};
+use super::{BackupError, Environment, blocking, crash_point, error_chain};
+use crate::ids::{DiskKey, JobId, RestorePointId};
+use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind};
+use crate::supervisor::{Supervisor, SupervisorError};
+use crate::vddk::OpenFlags;
+use crate::vmservice::VmServiceData;
+use crate::vsphere::{
+    DatastorePath, FolderMoref, MoRef, SubnetMapping, VapiClient, VapiError, VmMoref,
+};
+
+/// The folder a new VM is registered into until PrepareForAccess holds it.
+pub const STAGING_FOLDER: &str = "vadp-agent-restore";
+/// How long the agent waits for WCP's own registration task when auto-registration is on.
+const AUTO_REGISTRATION_WAIT: Duration = Duration::from_secs(120);
+/// registervm's documented timeout (§12.2).
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the operator asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    /// Whatever WCP will choose.
+    #[default]
+    Auto,
+    /// Restore to new only.
+    New,
+    /// Restore to existing (in place) only.
+    Existing,
+    /// Disk-only restore of the chosen disks.
+    DiskOnly,
+}
+
+impl std::str::FromStr for RestoreMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "new" => Ok(Self::New),
+            "existing" => Ok(Self::Existing),
+            "disk-only" => Ok(Self::DiskOnly),
+            other => Err(format!(
+                "unknown restore mode {other:?}: auto, new, existing or disk-only"
+            )),
+        }
+    }
+}
+
+/// A restore request.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// The restore point.
+    pub point: RestorePointId,
+    /// Target namespace (default: the backup's).
+    pub namespace: Option<String>,
+    /// The mode asked for.
+    pub mode: RestoreMode,
+    /// Disk-only: the disks to restore.
+    pub disks: Vec<DiskKey>,
+    /// Network override.
+    pub subnet_map: Vec<SubnetMapping>,
+    /// Stop after the pre-flight.
+    pub dry_run: bool,
+}
+
+/// What a restore talks to besides the backup [`Environment`].
+#[derive(Debug, Clone)]
+pub struct RestoreEnv {
+    /// vSphere, VDDK and the repository.
+    pub env: Environment,
+    /// vAPI REST (registervm, cis tasks).
+    pub vapi: Arc<VapiClient>,
+    /// The Supervisor's API.
+    pub supervisor: Supervisor,
+}
+
+/// Progress of a restore.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RestoreEvent {
+    /// The pre-flight's prediction.
+    Predicted {
+        /// The prediction.
+        prediction: Prediction,
+    },
+    /// A step of the restore.
+    Step {
+        /// What is happening.
+        message: String,
+    },
+    /// A disk starts.
+    DiskStarted {
+        /// Device key in the backup.
+        disk: DiskKey,
+        /// Label.
+        label: String,
+        /// Bytes to write.
+        bytes_total: u64,
+    },
+    /// Bytes written so far.
+    DiskProgress {
+        /// Device key.
+        disk: DiskKey,
+        /// Done.
+        bytes_done: u64,
+        /// Total.
+        bytes_total: u64,
+    },
+    /// A disk is written.
+    DiskFinished {
+        /// Device key.
+        disk: DiskKey,
+        /// Capacity.
+        capacity_bytes: u64,
+        /// Seconds.
+        seconds: f64,
+    },
+    /// Registration progress (cis task).
+    Registration {
+        /// Percent.
+        completed: u64,
+        /// Of.
+        total: u64,
+    },
+}
+
+/// Receives restore events.
+pub type RestoreObserver = Arc<dyn Fn(&RestoreEvent) + Send + Sync>;
+
+/// Errors of a restore.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A failure in the machinery shared with backups (vSphere, VDDK, repository).
+    #[error(transparent)]
+    Engine(#[from] BackupError),
+    /// The pre-flight predicts refusals; nothing was changed.
+    #[error("restore refused before any change: {}", describe_refusals(refusals))]
+    Refused {
+        /// What WCP (or the agent) would refuse.
+        refusals: Vec<Refusal>,
+    },
+    /// A request that makes no sense for this point.
+    #[error("{0}")]
+    Invalid(String),
+    /// A vAPI call failed.
+    #[error("{what}")]
+    Vapi {
+        /// What the agent was doing.
+        what: String,
+        /// The error.
+        #[source]
+        source: VapiError,
+    },
+    /// The Supervisor's API failed.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// Registration failed after the VM was restored.
+    #[error("registration of {vm} failed (task {task}): {error_id}: {message}")]
+    Registration {
+        /// The VM.
+        vm: VmMoref,
+        /// The cis task.
+        task: String,
+        /// WCP's error id.
+        error_id: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+fn describe_refusals(r: &[Refusal]) -> String {
+    r.iter()
+        .map(|r| format!("{}: {}", r.id, r.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One restored disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoredDisk {
+    /// Device key in the backup.
+    pub key: DiskKey,
+    /// Label.
+    pub label: String,
+    /// The file written.
+    pub file: String,
+    /// Capacity.
+    pub capacity_bytes: u64,
+    /// Seconds spent writing.
+    pub seconds: f64,
+}
+
+/// What the Supervisor shows after registration.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Verification {
+    /// `spec.powerState` of the VirtualMachine.
+    pub power_state: Option<String>,
+    /// Volumes and their claims.
+    pub volumes: Vec<(String, String)>,
+    /// Labels.
+    pub labels: serde_json::Value,
+    /// Annotations.
+    pub annotations: serde_json::Value,
+    /// What is not as seed 001 §8 says.
+    pub problems: Vec<String>,
+}
+
+/// The result of a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The job.
+    pub job: JobId,
+    /// The point.
+    pub point: RestorePointId,
+    /// `namespace/name`.
+    pub vm_name: String,
+    /// The pre-flight prediction.
+    pub prediction: Prediction,
+    /// The vSphere VM restored (`None` for a dry run).
+    pub vm: Option<VmMoref>,
+    /// Disks written.
+    pub disks: Vec<RestoredDisk>,
+    /// The registration task (`None` for a dry run).
+    pub registration_task: Option<String>,
+    /// Whether WCP started the registration by itself.
+    pub auto_registered: bool,
+    /// The Supervisor's view afterwards.
+    pub verification: Option<Verification>,
+    /// Seconds spent writing disks (the data path).
+    pub data_seconds: f64,
+    /// Bytes of disk capacity restored.
+    pub bytes_total: u64,
+    /// Whole restore.
+    pub seconds: f64,
+}
+
+/// Everything the pre-flight learnt, reused by the restore.
+struct Plan {
+    vmx: Vec<u8>,
+    data: Option<VmServiceData>,
+    name: String,
+    namespace: String,
+    folder: Option<FolderMoref>,
+    api_version: String,
+    existing_vm: Option<VmMoref>,
+    prediction: Prediction,
+    /// The disks to restore, from the point.
+    disks: Vec<DiskRecord>,
+    datacenter: (MoRef, String),
+}
+
+fn vmx_value<'a>(entries: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    entries
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_str())
+}
+
+fn hex_of(uuid: &str) -> String {
+    uuid.chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+fn vsphere(what: impl Into<String>) -> impl FnOnce(crate::vsphere::VsphereError) -> RestoreError {
+    let what = what.into();
+    move |source| RestoreError::Engine(BackupError::Vsphere { what, source })
+}
+
+/// Runs the pre-flight only.
+///
+/// # Errors
+/// Repository, vSphere and Supervisor errors while gathering the facts.
+pub async fn preflight(
+    renv: &RestoreEnv,
+    request: &RestoreRequest,
+) -> Result<Prediction, RestoreError> {
+    Ok(plan(renv, request).await?.prediction)
+}
+
+async fn plan(renv: &RestoreEnv, request: &RestoreRequest) -> Result<Plan, RestoreError> {
+    let env = &renv.env;
+    let catalog = env.repo.catalog().clone();
+    let id = request.point;
+    let (point, config) = blocking(move || {
+        let p = catalog.get_point(id)?;
+        let c = catalog.point_config(id)?;
+        Ok::<_, crate::repo::catalog::CatalogError>((p, c))
+    })
+    .await?
+    .map_err(BackupError::Catalog)?;
+    let point = point.ok_or_else(|| RestoreError::Invalid(format!("no restore point {id}")))?;
+    let vmx = config
+        .and_then(|c| c.vmx)
+        .ok_or_else(|| RestoreError::Invalid(format!("restore point {id} kept no .vmx file")))?;
+    let entries = super::vmx::parse(&vmx)
+        .map_err(|e| RestoreError::Invalid(format!("the .vmx of point {id}: {e}")))?;
+    let data = crate::vmservice::decode(&entries);
+    let name = data
+        .as_ref()
+        .and_then(|d| d.name.clone())
+        .unwrap_or_else(|| point.vm.name.clone());
+    let namespace = request
+        .namespace
+        .clone()
+        .or_else(|| data.as_ref().and_then(|d| d.namespace.clone()))
+        .or_else(|| point.vm.namespace.clone())
+        .ok_or_else(|| {
+            RestoreError::Invalid(format!(
+                "point {id} names no namespace (not a VM Service VM?): give --namespace"
+            ))
+        })?;
+    let about = env.soap.service_content().about.clone();
+    let supervisor = SupervisorVersion::from_api_version(&about.api_version).ok_or_else(|| {
+        RestoreError::Invalid(format!(
+            "vCenter API {} has no VM Service restore: 8.0U3 or later is needed",
+            about.api_version
+        ))
+    })?;
+    let folder = match env.soap.find_namespace_folder(&namespace).await {
+        Ok(f) => Some(f),
+        Err(crate::vsphere::VsphereError::NotFound { .. }) => None,
+        Err(e) => {
+            return Err(vsphere(format!(
+                "finding the folder of namespace {namespace}"
+            ))(e));
+        }
+    };
+    let api_version = data
+        .as_ref()
+        .and_then(|d| d.api_version.as_deref())
+        .filter(|v| predict::supported_api_version(v))
+        .and_then(|v| v.rsplit('/').next())
+        .unwrap_or("v1alpha3")
+        .to_owned();
+    let existing_cr = renv
+        .supervisor
+        .virtual_machine(&namespace, &name, &api_version)
+        .await?
+        .map(|o| serde_json::to_value(o).unwrap_or_default());
+    let bios = vmx_value(&entries, "uuid.bios").map(hex_of);
+    let mut vm_with_bios = None;
+    if let Some(f) = &folder {
+        for (vm, _) in env
+            .soap
+            .list_vms_in_folder(f)
+            .await
+            .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?
+        {
+            let info = env
+                .soap
+                .vm_info(&vm)
+                .await
+                .map_err(vsphere(format!("reading {vm}")))?;
+            if bios.is_some() && info.bios_uuid.as_deref().map(hex_of) == bios {
+                vm_with_bios = Some(vm);
+            }
+        }
+    }
+    let mut prediction = predict::predict(&Facts {
+        data: data.as_ref(),
+        name: &name,
+        namespace: &namespace,
+        folder_exists: folder.is_some(),
+        supervisor,
+        vcenter_uuid: &about.instance_uuid,
+        existing_cr: existing_cr.as_ref(),
+        vm_with_bios_uuid: vm_with_bios.as_ref().map(VmMoref::as_str),
+        network_override: !request.subnet_map.is_empty(),
+    });
+    let ours = |id: &str, reason: String| Refusal {
+        id: format!("vadp-agent:{id}"),
+        reason,
+    };
+    let wanted = match request.mode {
+        RestoreMode::Auto => None,
+        RestoreMode::New => Some(RestoreType::New),
+        RestoreMode::Existing => Some(RestoreType::Existing),
+        RestoreMode::DiskOnly => Some(RestoreType::DiskOnly),
+    };
+    if let Some(w) = wanted
+        && w != prediction.restore_type
+    {
+        prediction.refusals.push(ours(
+            "ModeMismatch",
+            format!(
+                "--mode asks for {w} but WCP would do {} for {namespace}/{name}",
+                prediction.restore_type
+            ),
+        ));
+    }
+    if prediction.auto_registration && !request.subnet_map.is_empty() {
+        prediction.refusals.push(ours(
+            "AutoRegistration",
+            "WCP registers this VM by itself (auto-registration is on), so a network override cannot be passed".into(),
+        ));
+    }
+    let mut disks = point.disks.clone();
+    match prediction.restore_type {
+        RestoreType::DiskOnly => {
+            if request.disks.is_empty() {
+                prediction.refusals.push(ours(
+                    "NoDisks",
+                    "a disk-only restore needs --disk KEY for each disk to restore".into(),
+                ));
+            }
+            for k in &request.disks {
+                if !disks.iter().any(|d| d.key == *k) {
+                    prediction
+                        .refusals
+                        .push(ours("UnknownDisk", format!("point {id} has no disk {k}")));
+                }
+            }
+            disks.retain(|d| request.disks.contains(&d.key));
+            if vm_with_bios.is_none() {
+                prediction.refusals.push(ours(
+                    "NoVm",
+                    format!("no VM of namespace {namespace} has the backup's BIOS UUID to attach the disks to"),
+                ));
+            }
+        }
+        RestoreType::Existing | RestoreType::New => {
+            if !request.disks.is_empty() {
+                prediction.refusals.push(ours(
+                    "DisksWithoutDiskOnly",
+                    "--disk only applies to a disk-only restore".into(),
+                ));
+            }
+        }
+    }
+    if let Some(vm) = &vm_with_bios
+        && prediction.restore_type == RestoreType::Existing
+    {
+        let info = env
+            .soap
+            .vm_info(vm)
+            .await
+            .map_err(vsphere(format!("reading {vm}")))?;
+        if info.power_state != Some(crate::vsphere::PowerState::PoweredOff) {
+            prediction.refusals.push(ours(
+                "PoweredOn",
+                format!("{vm} ({name}) is not powered off: power it off before restoring it in place (§9.2 step 2)"),
+            ));
+        }
+        for d in &disks {
+            match info.disks.iter().find(|c| c.key == d.key) {
+                Some(c) if c.capacity_bytes == d.capacity_bytes => {}
+                Some(c) => prediction.refusals.push(ours(
+                    "DiskChanged",
+                    format!(
+                        "{vm} disk {} is {} bytes, the backup's {} bytes: restore to new (delete the VM) or disk-only",
+                        d.key, c.capacity_bytes, d.capacity_bytes
+                    ),
+                )),
+                None => prediction.refusals.push(ours(
+                    "DiskChanged",
+                    format!("{vm} no longer has disk {} ({})", d.key, d.label),
+                )),
+            }
+        }
+    }
+    let datacenter = env
+        .soap
+        .only_datacenter()
+        .await
+        .map_err(vsphere("finding the datacenter"))?;
+    if prediction.restore_type == RestoreType::New && vm_with_bios.is_none() {
+        // The files must not exist: another VM (or a half-restored one) would be overwritten.
+        let dc = env
+            .datacenter
+            .clone()
+            .unwrap_or_else(|| datacenter.1.clone());
+        let mut paths: Vec<String> = disks.iter().map(|d| d.backing_file.clone()).collect();
+        if let Some(p) = vmx_path(&disks, &name) {
+            paths.push(p);
+        }
+        for p in paths {
+            let Ok(path) = DatastorePath::parse(&dc, &p) else {
+                continue;
+            };
+            let mut sink = tokio::io::sink();
+            if env.soap.download(&path, &mut sink).await.is_ok() {
+                prediction.refusals.push(ours(
+                    "FileExists",
+                    format!("{p} already exists: another VM or a half-finished restore uses it"),
+                ));
+            }
+        }
+    }
+    Ok(Plan {
+        vmx,
+        data,
+        name,
+        namespace,
+        folder,
+        api_version,
+        existing_vm: vm_with_bios,
+        prediction,
+        disks,
+        datacenter,
+    })
+}
+
+/// `[ds] dir/<name>.vmx` in the directory of the first disk.
+fn vmx_path(disks: &[DiskRecord], name: &str) -> Option<String> {
+    let first = &disks.first()?.backing_file;
+    let (dir, _) = first.rsplit_once('/')?;
+    Some(format!("{dir}/{name}.vmx"))
+}
+
+/// The backed-up `.vmx` with its disk file names pointed at the base disks: the backup
+/// read it while its snapshot existed, so `scsi0:0.fileName` named `disk-0-000001.vmdk`.
+/// Every other line is kept byte for byte.
+fn restored_vmx(vmx: &[u8], disks: &[DiskRecord]) -> Result<Vec<u8>, RestoreError> {
+    let text = String::from_utf8_lossy(vmx);
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        let Some((key, value)) = trimmed.split_once('=') else {
+            out.push_str(line);
+            continue;
+        };
+        let key = key.trim();
+        let value = value.trim().trim_matches('"');
+        let is_disk = key.to_ascii_lowercase().ends_with(".filename")
+            && ["scsi", "sata", "nvme", "ide"]
+                .iter()
+                .any(|p| key.to_ascii_lowercase().starts_with(p))
+            && value.to_ascii_lowercase().ends_with(".vmdk");
+        if !is_disk {
+            out.push_str(line);
+            continue;
+        }
+        let file = value.rsplit('/').next().unwrap_or(value);
+        let base = base_disk_name(file);
+        let disk = disks
+            .iter()
+            .find(|d| d.backing_file.rsplit('/').next() == Some(base.as_str()))
+            .ok_or_else(|| {
+                RestoreError::Invalid(format!(
+                    "the .vmx names disk {value} ({key}), which the restore point does not hold"
+                ))
+            })?;
+        let name = disk.backing_file.rsplit('/').next().unwrap_or_default();
+        out.push_str(&format!("{key} = \"{name}\"\n"));
+    }
+    Ok(out.into_bytes())
+}
+
+/// `disk-0-000002.vmdk` → `disk-0.vmdk` (ESXi names redo logs `<base>-NNNNNN.vmdk`).
+fn base_disk_name(file: &str) -> String {
+    let stem = file.strip_suffix(".vmdk").unwrap_or(file);
+    match stem.rsplit_once('-') {
+        Some((base, n)) if n.len() == 6 && n.chars().all(|c| c.is_ascii_digit()) => {
+            format!("{base}.vmdk")
+        }
+        _ => file.to_owned(),
+    }
+}
+
+/// What the job changed, for clean-up.
+#[derive(Debug, Default)]
+struct Effects {
+    shell: Option<i64>,
+    shell_vm: Option<VmMoref>,
+    access: Option<(i64, VmMoref)>,
+}
+
+/// Runs a restore: pre-flight, VM, data, registration, verification.
+///
+/// # Errors
+/// [`RestoreError::Refused`] before any change; otherwise the failing step. Whatever the
+/// job changed is undone before it returns (EndAccess; a new VM shell is destroyed).
+pub async fn run_restore(
+    renv: &RestoreEnv,
+    request: &RestoreRequest,
+    observer: RestoreObserver,
+    cancel: CancellationToken,
+) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let env = &renv.env;
+    let plan = plan(renv, request).await?;
+    observer(&RestoreEvent::Predicted {
+        prediction: plan.prediction.clone(),
+    });
+    let vm_name = format!("{}/{}", plan.namespace, plan.name);
+    let mut report = RestoreReport {
+        job: JobId::new_random(),
+        point: request.point,
+        vm_name: vm_name.clone(),
+        prediction: plan.prediction.clone(),
+        vm: None,
+        disks: Vec::new(),
+        registration_task: None,
+        auto_registered: false,
+        verification: None,
+        data_seconds: 0.0,
+        bytes_total: 0,
+        seconds: 0.0,
+    };
+    if !plan.prediction.refusals.is_empty() {
+        return Err(RestoreError::Refused {
+            refusals: plan.prediction.refusals.clone(),
+        });
+    }
+    if request.dry_run {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let job = report.job;
+    let root = env.repo.root().to_path_buf();
+    let lock = blocking(move || JobLock::acquire(&root, job))
+        .await?
+        .map_err(|e| RestoreError::Invalid(format!("job lock: {e}")))?;
+    let catalog = env.repo.catalog().clone();
+    let what = format!("restore {vm_name} from {}", request.point);
+    blocking(move || catalog.job_start(job, Some(what), crate::repo::now_secs()))
+        .await?
+        .map_err(BackupError::Catalog)?;
+    let effects = Arc::new(Mutex::new(Effects::default()));
+    let outcome = {
+        let fut = restore_steps(
+            renv,
+            &plan,
+            request,
+            &observer,
+            &cancel,
+            &effects,
+            &mut report,
+        );
+        let cancelled = cancel.clone();
+        tokio::select! {
+            r = fut => r,
+            () = cancelled.cancelled() => Err(RestoreError::Engine(BackupError::Cancelled)),
+        }
+    };
+    if outcome.is_err() {
+        undo(env, &effects, &observer).await;
+    }
+    let catalog = env.repo.catalog().clone();
+    let end = JobEnd {
+        succeeded: outcome.is_ok(),
+        error: outcome.as_ref().err().map(|e| error_chain(e)),
+        stats: serde_json::to_value(&report).unwrap_or_default(),
+    };
+    blocking(move || catalog.job_finish(job, end, crate::repo::now_secs()))
+        .await?
+        .map_err(BackupError::Catalog)?;
+    drop(lock);
+    JobLock::remove_file(env.repo.root(), job);
+    outcome?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
+    e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Undoes what a failed restore changed: EndAccess; a VM shell it created is destroyed.
+async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
+    let (access, shell, shell_vm) = {
+        let mut e = lock_effects(effects);
+        (e.access.take(), e.shell.take(), e.shell_vm.take())
+    };
+    if let Some((id, vm)) = access
+        && let Err(e) = journal::end_access(env, &vm, IDENTITY, id).await
+    {
+        tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: EndAccess failed; reconcile will retry");
+    }
+    if let Some(id) = shell {
+        if let Some(vm) = &shell_vm {
+            observer(&RestoreEvent::Step {
+                message: format!("removing the unfinished VM {vm}"),
+            });
+            match remove_shell(env, vm).await {
+                Ok(()) => {
+                    let _ = journal::close(env, id).await;
+                }
+                Err(e) => {
+                    tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: the unfinished VM stays; reconcile will retry")
+                }
+            }
+        } else {
+            tracing::error!(
+                journal = id,
+                "restore clean-up: disk files were created before the VM was registered; reconcile reports them"
+            );
+        }
+    }
+}
+
+/// Destroys a VM shell a restore created (powered off, never registered on the Supervisor).
+pub(crate) async fn remove_shell(env: &Environment, vm: &VmMoref) -> Result<(), BackupError> {
+    match env.soap.destroy(&vm.moref()).await {
+        Ok(()) => Ok(()),
+        Err(e) if journal::is_gone(&e) => Ok(()),
+        Err(source) => Err(BackupError::Vsphere {
+            what: format!("removing the unfinished VM {vm}"),
+            source,
+        }),
+    }
+}
+
+/// The PrepareForAccess identity of restores.
+const IDENTITY: &str = "vadp-agent-restore";
+
+async fn restore_steps(
+    renv: &RestoreEnv,
+    plan: &Plan,
+    request: &RestoreRequest,
+    observer: &RestoreObserver,
+    cancel: &CancellationToken,
+    effects: &Arc<Mutex<Effects>>,
+    report: &mut RestoreReport,
+) -> Result<(), RestoreError> {
+    let env = &renv.env;
+    let step = |m: String| observer(&RestoreEvent::Step { message: m });
+    let dc_name = env
+        .datacenter
+        .clone()
+        .unwrap_or_else(|| plan.datacenter.1.clone());
+    let dc = &plan.datacenter.0;
+    let restore_type = plan.prediction.restore_type;
+    // Targets: (backup disk, file to write, fresh?).
+    let mut targets: Vec<(DiskRecord, String, bool)> = Vec::new();
+    let vm = match (restore_type, &plan.existing_vm) {
+        (RestoreType::New, _) | (RestoreType::Existing, None) => {
+            let vmx_path = vmx_path(&plan.disks, &plan.name).ok_or_else(|| {
+                RestoreError::Invalid(format!("point {} has no disk", request.point))
+            })?;
+            let shell_id = journal::open(
+                env,
+                JournalKind::VmShell,
+                &VmMoref(format!("pending:{}", plan.name)),
+                json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": null}),
+            )
+            .await?;
+            lock_effects(effects).shell = Some(shell_id);
+            for d in &plan.disks {
+                step(format!(
+                    "creating {} ({} bytes)",
+                    d.backing_file, d.capacity_bytes
+                ));
+                env.soap
+                    .create_virtual_disk(dc, &d.backing_file, d.capacity_bytes.div_ceil(1024), true)
+                    .await
+                    .map_err(vsphere(format!("creating {}", d.backing_file)))?;
+                if let Some(u) = &d.disk_uuid {
+                    env.soap
+                        .set_virtual_disk_uuid(dc, &d.backing_file, u)
+                        .await
+                        .map_err(vsphere(format!("setting the uuid of {}", d.backing_file)))?;
+                }
+                targets.push((d.clone(), d.backing_file.clone(), true));
+            }
+            let bytes = restored_vmx(&plan.vmx, &plan.disks)?;
+            let path = DatastorePath::parse(&dc_name, &vmx_path).map_err(|source| {
+                BackupError::Datastore {
+                    what: format!("the .vmx path {vmx_path}"),
+                    source,
+                }
+            })?;
+            step(format!(
+                "uploading the .vmx to {vmx_path} (ExtraConfig intact)"
+            ));
+            let len = bytes.len() as u64;
+            env.soap
+                .upload(&path, std::io::Cursor::new(bytes), len)
+                .await
+                .map_err(|source| BackupError::Datastore {
+                    what: format!("uploading {vmx_path}"),
+                    source,
+                })?;
+            let staging = staging_folder(env, dc).await?;
+            let pool = env
+                .soap
+                .namespace_resource_pool(&plan.namespace)
+                .await
+                .map_err(vsphere("finding a resource pool"))?;
+            step(format!("registering {vmx_path} in folder {STAGING_FOLDER}"));
+            let vm = env
+                .soap
+                .register_vm(&staging, &vmx_path, Some(&plan.name), &pool)
+                .await
+                .map_err(vsphere(format!("registering {vmx_path}")))?;
+            lock_effects(effects).shell_vm = Some(vm.clone());
+            journal::update(
+                env,
+                shell_id,
+                json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": vm.as_str()}),
+            )
+            .await?;
+            crash_point("restore-after-register");
+            vm
+        }
+        (RestoreType::Existing | RestoreType::DiskOnly, Some(vm)) => vm.clone(),
+        (RestoreType::DiskOnly, None) => {
+            return Err(RestoreError::Invalid(
+                "a disk-only restore needs the VM to attach disks to".into(),
+            ));
+        }
+    };
+    report.vm = Some(vm.clone());
+    // PrepareForAccess: WCP and DRS keep away until EndAccess.
+    let access = journal::open(
+        env,
+        JournalKind::PrepareAccess,
+        &vm,
+        json!({"job": report.job, "identity": IDENTITY}),
+    )
+    .await?;
+    lock_effects(effects).access = Some((access, vm.clone()));
+    {
+        let vddk = env.vddk.clone();
+        let spec = env.vddk_target.spec(&vm, None, false);
+        blocking(move || vddk.prepare_for_access(&spec, IDENTITY))
+            .await?
+            .map_err(|source| BackupError::Vddk {
+                what: format!("PrepareForAccess for {vm}"),
+                source,
+            })?;
+    }
+    step(format!(
+        "PrepareForAccess on {vm}: RelocateVM_Task disabled"
+    ));
+    crash_point("restore-after-prepare-access");
+    match restore_type {
+        RestoreType::Existing if plan.existing_vm.is_some() => {
+            let info = env
+                .soap
+                .vm_info(&vm)
+                .await
+                .map_err(vsphere(format!("reading {vm}")))?;
+            let entries =
+                super::vmx::parse(&plan.vmx).map_err(|e| RestoreError::Invalid(e.to_string()))?;
+            let mut changes: Vec<crate::vsphere::ExtraConfigChange> = entries
+                .iter()
+                .filter(|(k, _)| k.starts_with("vmservice."))
+                .map(|(k, v)| crate::vsphere::ExtraConfigChange::Set(k.clone(), v.clone()))
+                .collect();
+            for (k, _) in &info.extra_config {
+                if k.starts_with("vmservice.") && !entries.iter().any(|(e, _)| e == k) {
+                    changes.push(crate::vsphere::ExtraConfigChange::Remove(k.clone()));
+                }
+            }
+            step(format!(
+                "setting {vm}'s vmservice.* ExtraConfig back to the backup's"
+            ));
+            env.soap
+                .set_extra_config(&vm, changes)
+                .await
+                .map_err(vsphere(format!("reconfiguring {vm}")))?;
+            for d in &plan.disks {
+                let current =
+                    info.disks.iter().find(|c| c.key == d.key).ok_or_else(|| {
+                        RestoreError::Invalid(format!("{vm} has no disk {}", d.key))
+                    })?;
+                targets.push((d.clone(), current.file_name.clone(), false));
+            }
+        }
+        RestoreType::DiskOnly => {
+            let info = env
+                .soap
+                .vm_info(&vm)
+                .await
+                .map_err(vsphere(format!("reading {vm}")))?;
+            let controller = info
+                .disks
+                .first()
+                .and_then(|d| d.controller_key)
+                .unwrap_or(1000);
+            let mut used: Vec<i32> = info.disks.iter().filter_map(|d| d.unit_number).collect();
+            let vmx_dir = info
+                .vmx_path
+                .as_deref()
+                .and_then(|p| p.rsplit_once('/'))
+                .map(|(d, _)| d.to_owned())
+                .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no .vmx path")))?;
+            let short = &request.point.to_string()[..8];
+            for d in &plan.disks {
+                let file = format!("{vmx_dir}/restored-{short}-{}.vmdk", d.key);
+                step(format!("creating {file} for disk {} ({})", d.key, d.label));
+                env.soap
+                    .create_virtual_disk(dc, &file, d.capacity_bytes.div_ceil(1024), true)
+                    .await
+                    .map_err(vsphere(format!("creating {file}")))?;
+                let unit = (0..16)
+                    .find(|u| *u != 7 && !used.contains(u))
+                    .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no free SCSI unit")))?;
+                used.push(unit);
+                env.soap
+                    .attach_disk(&vm, &file, controller, unit)
+                    .await
+                    .map_err(vsphere(format!("attaching {file} to {vm}")))?;
+                targets.push((d.clone(), file, true));
+            }
+        }
+        _ => {}
+    }
+    // The data.
+    let data_started = Instant::now();
+    report.disks = write_disks(env, &vm, request.point, targets, observer, cancel).await?;
+    report.data_seconds = data_started.elapsed().as_secs_f64();
+    report.bytes_total = report.disks.iter().map(|d| d.capacity_bytes).sum();
+    crash_point("restore-after-data");
+    if lock_effects(effects).shell_vm.is_some() {
+        let folder = plan.folder.clone().ok_or_else(|| {
+            RestoreError::Invalid(format!("namespace {} has no folder", plan.namespace))
+        })?;
+        step(format!(
+            "moving {vm} into the folder of namespace {}",
+            plan.namespace
+        ));
+        env.soap
+            .move_into_folder(&folder, std::slice::from_ref(&vm))
+            .await
+            .map_err(vsphere(format!("moving {vm} into {}", plan.namespace)))?;
+    }
+    // EndAccess signals WCP that the restore is complete (§5.2).
+    let (access_id, _) = lock_effects(effects)
+        .access
+        .take()
+        .ok_or_else(|| RestoreError::Invalid("PrepareForAccess was not recorded".into()))?;
+    journal::end_access(env, &vm, IDENTITY, access_id).await?;
+    step(format!(
+        "EndAccess on {vm}: restore complete, RelocateVM_Task enabled"
+    ));
+    let shell = lock_effects(effects).shell.take();
+    if let Some(id) = shell {
+        journal::close(env, id).await?;
+    }
+    lock_effects(effects).shell_vm = None;
+    // Registration.
+    let task = if plan.prediction.auto_registration {
+        step("waiting for WCP's automatic registration".into());
+        match wait_for_auto_task(renv, &vm).await? {
+            Some(t) => {
+                report.auto_registered = true;
+                t
+            }
+            None => {
+                step("no automatic registration appeared: calling registervm".into());
+                register(renv, plan, &vm, &request.subnet_map).await?
+            }
+        }
+    } else {
+        register(renv, plan, &vm, &request.subnet_map).await?
+    };
+    report.registration_task = Some(task.clone());
+    let obs = observer.clone();
+    let waited = renv
+        .vapi
+        .wait_for_task(&task, REGISTRATION_TIMEOUT, move |p| {
+            obs(&RestoreEvent::Registration {
+                completed: p.completed,
+                total: p.total,
+            });
+        })
+        .await;
+    match waited {
+        Ok(_) => {}
+        Err(VapiError::TaskFailed { error, .. }) => {
+            let (error_id, message) = error_parts(&error);
+            return Err(RestoreError::Registration {
+                vm,
+                task,
+                error_id,
+                message,
+            });
+        }
+        Err(source) => {
+            return Err(RestoreError::Vapi {
+                what: format!("following registration task {task}"),
+                source,
+            });
+        }
+    }
+    step("registration complete; reading the VirtualMachine back".into());
+    report.verification = Some(verify(renv, plan, report).await?);
+    Ok(())
+}
+
+/// WCP's error id and message from a cis task error's JSON.
+fn error_parts(error: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_str(error).unwrap_or_default();
+    let m = v.pointer("/messages/0");
+    (
+        m.and_then(|m| m.get("id"))
+            .and_then(|s| s.as_str())
+            .unwrap_or("unknown")
+            .to_owned(),
+        m.and_then(|m| m.get("default_message"))
+            .and_then(|s| s.as_str())
+            .unwrap_or(error)
+            .to_owned(),
+    )
+}
+
+async fn staging_folder(env: &Environment, dc: &MoRef) -> Result<FolderMoref, RestoreError> {
+    match env.soap.find_namespace_folder(STAGING_FOLDER).await {
+        Ok(f) => Ok(f),
+        Err(crate::vsphere::VsphereError::NotFound { .. }) => {
+            let root = env
+                .soap
+                .root_vm_folder(dc)
+                .await
+                .map_err(vsphere("finding the root VM folder"))?;
+            env.soap
+                .create_folder(&root, STAGING_FOLDER)
+                .await
+                .map_err(vsphere(format!("creating folder {STAGING_FOLDER}")))
+        }
+        Err(e) => Err(vsphere(format!("finding folder {STAGING_FOLDER}"))(e)),
+    }
+}
+
+async fn register(
+    renv: &RestoreEnv,
+    plan: &Plan,
+    vm: &VmMoref,
+    subnet_map: &[SubnetMapping],
+) -> Result<String, RestoreError> {
+    renv.vapi
+        .register_vm_with(&plan.namespace, vm, subnet_map)
+        .await
+        .map_err(|source| RestoreError::Vapi {
+            what: format!("registervm of {vm} in namespace {}", plan.namespace),
+            source,
+        })
+}
+
+/// WCP's own registration task for `vm`, if one appears within the wait.
+async fn wait_for_auto_task(
+    renv: &RestoreEnv,
+    vm: &VmMoref,
+) -> Result<Option<String>, RestoreError> {
+    let started = Instant::now();
+    while started.elapsed() < AUTO_REGISTRATION_WAIT {
+        let tasks = renv
+            .vapi
+            .tasks_of_vm(vm)
+            .await
+            .map_err(|source| RestoreError::Vapi {
+                what: format!("listing the tasks of {vm}"),
+                source,
+            })?;
+        if let Some((id, _)) = tasks.into_iter().find(|(_, t)| {
+            t.operation
+                .as_deref()
+                .is_some_and(|o| o.eq_ignore_ascii_case("registervm") || o == "register_VM")
+        }) {
+            return Ok(Some(id));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(None)
+}
+
+/// Reads the VirtualMachine back and checks it against seed 001 §8.
+async fn verify(
+    renv: &RestoreEnv,
+    plan: &Plan,
+    report: &RestoreReport,
+) -> Result<Verification, RestoreError> {
+    let mut v = Verification::default();
+    let Some(obj) = renv
+        .supervisor
+        .virtual_machine(&plan.namespace, &plan.name, &plan.api_version)
+        .await?
+    else {
+        v.problems.push(format!(
+            "no VirtualMachine {}/{} after registration",
+            plan.namespace, plan.name
+        ));
+        return Ok(v);
+    };
+    let obj = serde_json::to_value(obj).unwrap_or_default();
+    v.power_state = obj
+        .pointer("/spec/powerState")
+        .and_then(|s| s.as_str())
+        .map(str::to_owned);
+    if v.power_state.as_deref() != Some("PoweredOff") {
+        v.problems.push(format!(
+            "spec.powerState is {:?}, not PoweredOff (§8.1.4)",
+            v.power_state
+        ));
+    }
+    v.labels = obj
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(json!({}));
+    v.annotations = obj
+        .pointer("/metadata/annotations")
+        .cloned()
+        .unwrap_or(json!({}));
+    let pvcs = renv.supervisor.pvcs(&plan.namespace).await?;
+    for vol in obj
+        .pointer("/spec/volumes")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default()
+    {
+        let name = vol.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+        let Some(claim) = vol
+            .pointer("/persistentVolumeClaim/claimName")
+            .and_then(|c| c.as_str())
+        else {
+            continue;
+        };
+        v.volumes.push((name.to_owned(), claim.to_owned()));
+        let pvc = pvcs
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(claim));
+        match pvc {
+            None => v
+                .problems
+                .push(format!("volume {name}: PVC {claim} does not exist")),
+            Some(p) => {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                if phase != Some("Bound") {
+                    v.problems
+                        .push(format!("PVC {claim} is {phase:?}, not Bound"));
+                }
+            }
+        }
+    }
+    let restored_claims = v
+        .volumes
+        .iter()
+        .filter(|(_, c)| is_restored_claim(c))
+        .count();
+    let pvc_disks = plan.data.as_ref().map_or(0, |d| d.pvc_disks.len());
+    match plan.prediction.restore_type {
+        RestoreType::New | RestoreType::Existing => {
+            if !plan.prediction.failover && restored_claims < pvc_disks {
+                v.problems.push(format!(
+                    "{restored_claims} restored-<6 hex> claims for {pvc_disks} PVC disks (§8.1.1)"
+                ));
+            }
+            let marker = if plan.prediction.failover {
+                "vmoperator.vmware.com/failed-over-vm"
+            } else {
+                "vmoperator.vmware.com/restored-vm"
+            };
+            if v.annotations.get(marker).is_none() {
+                v.problems
+                    .push(format!("annotation {marker} missing (§8.1.3)"));
+            }
+        }
+        RestoreType::DiskOnly => {
+            if restored_claims < report.disks.len() {
+                v.problems.push(format!(
+                    "{restored_claims} restored-<6 hex> claims for {} restored disks (§6.3)",
+                    report.disks.len()
+                ));
+            }
+        }
+    }
+    if plan.prediction.restore_type == RestoreType::New
+        && v.labels.get("topology.kubernetes.io/zone").is_some()
+    {
+        v.problems
+            .push("label topology.kubernetes.io/zone kept on a new VM (§8.1.2)".into());
+    }
+    Ok(v)
+}
+
+/// `restored-` followed by six hex digits (§8.1.1).
+#[must_use]
+pub fn is_restored_claim(name: &str) -> bool {
+    name.strip_prefix("restored-")
+        .is_some_and(|h| h.len() == 6 && h.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Writes every target disk in parallel, each on its own thread.
+async fn write_disks(
+    env: &Environment,
+    vm: &VmMoref,
+    point: RestorePointId,
+    targets: Vec<(DiskRecord, String, bool)>,
+    observer: &RestoreObserver,
+    cancel: &CancellationToken,
+) -> Result<Vec<RestoredDisk>, RestoreError> {
+    let connection = {
+        let vddk = env.vddk.clone();
+        let spec = env.vddk_target.spec(vm, None, false);
+        blocking(move || vddk.connect(&spec))
+            .await?
+            .map_err(|source| BackupError::Vddk {
+                what: format!("connecting to {vm} read-write through VDDK"),
+                source,
+            })?
+    };
+    let mut handles = Vec::new();
+    for (disk, file, fresh) in targets {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread_name = format!("restore/{vm}/{}", disk.key);
+        let connection = connection.clone();
+        let repo = Arc::clone(&env.repo);
+        let observer = observer.clone();
+        let cancel = cancel.clone();
+        let vm = vm.clone();
+        std::thread::Builder::new()
+            .name(thread_name.clone())
+            .spawn(move || {
+                let started = Instant::now();
+                let r = (|| {
+                    let handle = connection.open(&file, OpenFlags::NONE).map_err(|source| {
+                        BackupError::Vddk {
+                            what: format!("opening {file} of {vm} read-write"),
+                            source,
+                        }
+                    })?;
+                    observer(&RestoreEvent::DiskStarted {
+                        disk: disk.key,
+                        label: disk.label.clone(),
+                        bytes_total: disk.capacity_bytes,
+                    });
+                    let mut sink = VddkSink::new(handle, fresh, cancel);
+                    let key = disk.key;
+                    let mut progress = |done: u64, total: u64| {
+                        observer(&RestoreEvent::DiskProgress {
+                            disk: key,
+                            bytes_done: done,
+                            bytes_total: total,
+                        });
+                    };
+                    let size = repo
+                        .restore_disk_to_sink(point, disk.key, &mut sink, &mut progress)
+                        .map_err(BackupError::Repo)?;
+                    let seconds = started.elapsed().as_secs_f64();
+                    observer(&RestoreEvent::DiskFinished {
+                        disk: disk.key,
+                        capacity_bytes: size,
+                        seconds,
+                    });
+                    Ok::<_, BackupError>(RestoredDisk {
+                        key: disk.key,
+                        label: disk.label.clone(),
+                        file: file.clone(),
+                        capacity_bytes: size,
+                        seconds,
+                    })
+                })();
+                let _ = tx.send(r);
+            })
+            .map_err(|e| BackupError::Thread(format!("start thread {thread_name}: {e}")))?;
+        handles.push((thread_name, rx));
+    }
+    drop(connection);
+    let mut out = Vec::new();
+    let mut first_error = None;
+    for (name, rx) in handles {
+        match rx.await {
+            Ok(Ok(d)) => out.push(d),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(RestoreError::Engine(e));
+            }
+            Err(_) => {
+                first_error.get_or_insert(RestoreError::Engine(BackupError::Thread(format!(
+                    "thread {name} panicked"
+                ))));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redo_log_names() {
+        assert_eq!(base_disk_name("disk-0-000001.vmdk"), "disk-0.vmdk");
+        assert_eq!(base_disk_name("disk-0.vmdk"), "disk-0.vmdk");
+        assert_eq!(base_disk_name("data-12.vmdk"), "data-12.vmdk");
+        assert!(is_restored_claim("restored-a1b2c3"));
+        assert!(!is_restored_claim("restored-a1b2c"));
+        assert!(!is_restored_claim("my-pvc"));
+    }
+
+    #[test]
+    fn vmx_disk_names_follow_the_point() {
+        let disk = |key: i32, f: &str| DiskRecord {
+            key: DiskKey(key),
+            label: String::new(),
+            capacity_bytes: 1,
+            backing_file: f.into(),
+            disk_uuid: None,
+            change_id: None,
+            role: crate::repo::catalog::DiskRole::Os,
+            index_path: String::new(),
+            bytes_changed: 0,
+            bytes_stored: 0,
+        };
+        let vmx = b"displayName = \"w\"\nscsi0:0.fileName = \"disk-0-000001.vmdk\"\nvmservice.x = \"a|22b\"\n";
+        let out = restored_vmx(vmx, &[disk(2000, "[ds1] w/disk-0.vmdk")]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "displayName = \"w\"\nscsi0:0.fileName = \"disk-0.vmdk\"\nvmservice.x = \"a|22b\"\n"
+        );
+        assert!(
+            restored_vmx(
+                b"scsi0:1.fileName = \"other.vmdk\"\n",
+                &[disk(2000, "[ds1] w/disk-0.vmdk")]
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! Pre-flight: predict what WCP will do with a restored VM, before anything changes
+//! (seed 001 §4.3, §6, §7, §11.2; VSPHERE.md §C.6). Pure: the caller gathers the facts.
+//!
+//! | rule | source | outcome |
+//! |---|---|---|
+//! | no VM-YAML key, or it does not decode | §7.1.3 | refusal `…ValidateVMResourceFailed` |
+//! | PVC volumes in the YAML but no pvc-disk-data | §7.1.3 | refusal `…ValidateVMResourceFailed` |
+//! | apiVersion older than v1alpha2 (or not VM Operator's) | §7.1.2 | refusal `…ConvertUnstructuredToVMTypeFailed` |
+//! | the namespace has no folder | §7.2.3 | refusal `…NotFoundInNamespaceFolder` |
+//! | no VirtualMachine on the Supervisor | §4.3 | restore to **new** |
+//! | VirtualMachine exists, 8.0U3 | §7.2.2 | refusal `…AlreadyExistsOnSupervisor` |
+//! | VirtualMachine exists, ExtraConfig version < annotation | §4.3 | restore to **existing** |
+//! | VirtualMachine exists, ExtraConfig version ≥ annotation | §4.3 | **disk-only** |
+//! | another VM in the folder has the BIOS UUID (for a new VM shell) | §7.1.1 | refusal `…DuplicateVMBiosUUID` |
+//! | manager-id annotation ≠ this vCenter's instanceUuid, VCF 9 | §6.4 | **failover** |
+//! | network override on 8.0U3 | §7.3.2 | refusal (UNSUPPORTED) |
+//! | snapshot revert in progress on the VirtualMachine | §7.2.1 | refusal (registration skipped) |
+//! | auto-registration: 8.0U3 unless opted out, VCF 9 only when opted in | §4.2 | WCP registers after EndAccess; the agent follows that task |
+
+use serde::Serialize;
+
+use crate::vmservice::VmServiceData;
+
+/// The prefix of WCP's registervm error ids (§11.2).
+pub const ERROR_PREFIX: &str = "VCenterWcpWorkloadRegisterVM";
+
+/// What the Supervisor allows (seed 001 §1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SupervisorVersion {
+    /// vSphere 8.0 Update 3: restore to new only, auto-registration opt-out.
+    #[serde(rename = "8.0U3")]
+    V80U3,
+    /// VCF 9.0 and later: every restore type, failover, network override, opt-in.
+    #[serde(rename = "VCF 9")]
+    Vcf9,
+}
+
+impl SupervisorVersion {
+    /// From vCenter's `about.apiVersion` (`8.0.3.0`, `9.0.0.0`); `None` before 8.0U3.
+    #[must_use]
+    pub fn from_api_version(api: &str) -> Option<Self> {
+        let mut parts = api.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor, update) = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        match (major, minor, update) {
+            (9.., _, _) => Some(Self::Vcf9),
+            (8, 0, 3..) | (8, 1.., _) => Some(Self::V80U3),
+            _ => None,
+        }
+    }
+}
+
+/// The restore type WCP chooses (§4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreType {
+    /// No VirtualMachine on the Supervisor: a new one is created.
+    New,
+    /// The VirtualMachine exists and is newer than the backup: it is updated in place.
+    Existing,
+    /// The VirtualMachine exists and is not newer: only new (non-FCD) disks are registered.
+    DiskOnly,
+}
+
+impl std::fmt::Display for RestoreType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::New => "restore to new",
+            Self::Existing => "restore to existing",
+            Self::DiskOnly => "disk-only restore",
+        })
+    }
+}
+
+/// A refusal WCP (or the agent, for a request it cannot honour) would make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// WCP's error id (`VCenterWcpWorkloadRegisterVM…`), or `vadp-agent:…` for ours.
+    pub id: String,
+    /// Why, naming the VM and key.
+    pub reason: String,
+}
+
+/// The facts the prediction needs.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// The backup's decoded VM Service data (`None`: no `vmservice.*` key at all).
+    pub data: Option<&'a VmServiceData>,
+    /// The VM's name on the Supervisor.
+    pub name: &'a str,
+    /// The namespace restored into.
+    pub namespace: &'a str,
+    /// Whether that namespace's VM folder exists.
+    pub folder_exists: bool,
+    /// The Supervisor's version.
+    pub supervisor: SupervisorVersion,
+    /// This vCenter's instanceUuid.
+    pub vcenter_uuid: &'a str,
+    /// The VirtualMachine on the Supervisor, if any.
+    pub existing_cr: Option<&'a serde_json::Value>,
+    /// A vSphere VM in the namespace folder with the backup's BIOS UUID, if any.
+    pub vm_with_bios_uuid: Option<&'a str>,
+    /// Whether a network override was asked for.
+    pub network_override: bool,
+}
+
+/// What the agent expects WCP to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    /// The restore type (meaningful when `refusals` is empty).
+    pub restore_type: RestoreType,
+    /// Cross-vCenter failover (§6.4).
+    pub failover: bool,
+    /// The Supervisor's version.
+    pub supervisor: SupervisorVersion,
+    /// Whether WCP registers the VM by itself once EndAccess is called (§4.2).
+    pub auto_registration: bool,
+    /// Everything WCP would refuse; empty when the restore can go ahead.
+    pub refusals: Vec<Refusal>,
+    /// What the restored VM will look like (§8.2), for the operator.
+    pub expectations: Vec<String>,
+}
+
+fn refusal(code: &str, reason: String) -> Refusal {
+    Refusal {
+        id: format!("{ERROR_PREFIX}{code}"),
+        reason,
+    }
+}
+
+fn annotation<'a>(obj: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    obj.pointer("/metadata/annotations")?.get(key)?.as_str()
+}
+
+/// The annotation VM Operator keeps the last backup version in (§C.5).
+pub const BACKUP_VERSION_ANNOTATION: &str = "vmoperator.vmware.com/backup-version";
+/// The annotation naming the vCenter that manages the VM (§C.5).
+pub const MANAGER_ID_ANNOTATION: &str = "vmoperator.vmware.com/manager-id";
+/// Set while a snapshot revert runs (§7.2.1).
+pub const SNAPSHOT_REVERT_ANNOTATION: &str = "vmoperator.vmware.com/snapshot-revert-in-progress";
+
+/// Whether `api_version` (`vmoperator.vmware.com/v1alpha3`) is one WCP converts (§12.4).
+#[must_use]
+pub fn supported_api_version(api_version: &str) -> bool {
+    matches!(
+        api_version.strip_prefix("vmoperator.vmware.com/"),
+        Some("v1alpha2" | "v1alpha3" | "v1alpha4" | "v1alpha5")
+    )
+}
+
+/// Predicts WCP's decision from `facts`.
+#[must_use]
+pub fn predict(facts: &Facts<'_>) -> Prediction {
+    let who = format!("{}/{}", facts.namespace, facts.name);
+    let mut refusals = Vec::new();
+    let yaml = facts.data.and_then(|d| d.vm_yaml.as_ref());
+    match facts.data {
+        None => refusals.push(refusal(
+            "ValidateVMResourceFailed",
+            format!("{who}: the backup has no vmservice.* ExtraConfig: not a VM Service VM"),
+        )),
+        Some(d) if d.vm_yaml.is_none() => {
+            let why = d
+                .problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            refusals.push(refusal(
+                "ValidateVMResourceFailed",
+                format!("{who}: the VM YAML key is missing or unreadable ({why})"),
+            ));
+        }
+        Some(d) => {
+            let pvc_volumes = yaml
+                .and_then(|y| y.pointer("/spec/volumes"))
+                .and_then(|v| v.as_array())
+                .is_some_and(|v| v.iter().any(|v| v.get("persistentVolumeClaim").is_some()));
+            if pvc_volumes && d.pvc_disks.is_empty() {
+                refusals.push(refusal(
+                    "ValidateVMResourceFailed",
+                    format!("{who}: the VM has PVC volumes but no pvc-disk-data key"),
+                ));
+            }
+            match d.api_version.as_deref() {
+                Some(v) if supported_api_version(v) => {}
+                other => refusals.push(refusal(
+                    "ConvertUnstructuredToVMTypeFailed",
+                    format!(
+                        "{who}: apiVersion {} is not one WCP converts (v1alpha2 to v1alpha5)",
+                        other.unwrap_or("(none)")
+                    ),
+                )),
+            }
+        }
+    }
+    if !facts.folder_exists {
+        refusals.push(refusal(
+            "NotFoundInNamespaceFolder",
+            format!(
+                "namespace {} has no VM folder in this vCenter (is it a Supervisor namespace?)",
+                facts.namespace
+            ),
+        ));
+    }
+    let backup_version = facts.data.and_then(|d| d.backup_version_ms);
+    let restore_type = match facts.existing_cr {
+        None => RestoreType::New,
+        Some(cr) => {
+            if facts.supervisor == SupervisorVersion::V80U3 {
+                refusals.push(refusal(
+                    "AlreadyExistsOnSupervisor",
+                    format!(
+                        "{who}: the VirtualMachine exists and 8.0U3 cannot restore onto it; delete it first or upgrade to VCF 9"
+                    ),
+                ));
+            }
+            if annotation(cr, SNAPSHOT_REVERT_ANNOTATION).is_some() {
+                refusals.push(Refusal {
+                    id: "vadp-agent:SnapshotRevertInProgress".into(),
+                    reason: format!(
+                        "{who}: a snapshot revert is in progress; WCP skips registration"
+                    ),
+                });
+            }
+            let current =
+                annotation(cr, BACKUP_VERSION_ANNOTATION).and_then(|v| v.parse::<u64>().ok());
+            match (backup_version, current) {
+                (Some(b), Some(c)) if b < c => RestoreType::Existing,
+                _ => RestoreType::DiskOnly,
+            }
+        }
+    };
+    if restore_type == RestoreType::New
+        && let Some(vm) = facts.vm_with_bios_uuid
+    {
+        refusals.push(refusal(
+            "DuplicateVMBiosUUID",
+            format!(
+                "{who}: {vm} in the namespace folder already has the backup's BIOS UUID; delete it or restore in place"
+            ),
+        ));
+    }
+    let manager = yaml.and_then(|y| annotation(y, MANAGER_ID_ANNOTATION));
+    let failover = facts.supervisor == SupervisorVersion::Vcf9
+        && manager.is_some_and(|m| !m.eq_ignore_ascii_case(facts.vcenter_uuid));
+    if facts.network_override && facts.supervisor == SupervisorVersion::V80U3 {
+        refusals.push(Refusal {
+            id: "UNSUPPORTED".into(),
+            reason: "a network override needs a VCF 9 Supervisor with NSX-VPC (§7.3.2)".into(),
+        });
+    }
+    let auto_registration = facts.data.is_some_and(|d| match facts.supervisor {
+        SupervisorVersion::V80U3 => d.auto_registration_opt_out != Some(true),
+        SupervisorVersion::Vcf9 => d.auto_registration_opt_in == Some(true),
+    });
+    let mut expectations = Vec::new();
+    match restore_type {
+        RestoreType::New => expectations.extend([
+            "a new VirtualMachine, PoweredOff".to_owned(),
+            "PVCs named restored-<6 hex> bound to the restored disks".to_owned(),
+            "user labels and annotations from the backup; zone label removed".to_owned(),
+            "annotation vmoperator.vmware.com/restored-vm; new cloud-init instance id".to_owned(),
+        ]),
+        RestoreType::Existing => expectations.extend([
+            "the same VirtualMachine updated, PoweredOff".to_owned(),
+            "new restored-<6 hex> PVCs; the old, now dangling PVCs deleted".to_owned(),
+            "zone label and immutable annotations kept; restored-vm added; cloud-init id kept"
+                .to_owned(),
+        ]),
+        RestoreType::DiskOnly => expectations.push(
+            "only disks that are neither PVC nor classic disks get new restored-<6 hex> PVCs"
+                .to_owned(),
+        ),
+    }
+    if failover {
+        expectations.push(
+            "failover: spec.image cleared, annotation vmoperator.vmware.com/failed-over-vm"
+                .to_owned(),
+        );
+    }
+    Prediction {
+        restore_type,
+        failover,
+        supervisor: facts.supervisor,
+        auto_registration,
+        refusals,
+        expectations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            SupervisorVersion::from_api_version("8.0.3.0"),
+            Some(SupervisorVersion::V80U3)
+        );
+        assert_eq!(
+            SupervisorVersion::from_api_version("9.0.0.0"),
+            Some(SupervisorVersion::Vcf9)
+        );
+        assert_eq!(SupervisorVersion::from_api_version("8.0.2.0"), None);
+        assert!(supported_api_version("vmoperator.vmware.com/v1alpha5"));
+        assert!(!supported_api_version("vmoperator.vmware.com/v1alpha1"));
+    }
+}

@@ -1,0 +1,143 @@
+//! The Supervisor's Kubernetes API, through the `kube` crate: what a restore reads before
+//! it changes anything (does the VirtualMachine exist, its backup-version annotation) and
+//! what it verifies after registration (the VirtualMachine, PoweredOff, its `restored-*`
+//! PVCs bound to the restored disks).
+//!
+//! The connection uses the agent's own TLS rules (system roots, a CA file, or a pinned
+//! thumbprint — [`TlsVerification`]) through a hyper client handed to `kube`, and a bearer
+//! token: a vCenter SSO session token (what `kubectl vsphere login` exchanges for the
+//! Supervisor), which the lab's Supervisor accepts directly.
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::client::ConfigExt as _;
+
+use crate::vsphere::{TlsVerification, tls_client_config};
+
+/// Errors talking to the Supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A bad URL or TLS set-up.
+    #[error("supervisor api {url}: {reason}")]
+    Config {
+        /// The API address.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A request failed.
+    #[error("supervisor api: {what}")]
+    Api {
+        /// What we asked for.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+/// The API group of VM Operator's resources.
+pub const VMOP_GROUP: &str = "vmoperator.vmware.com";
+
+/// A client of one Supervisor.
+#[derive(Clone)]
+pub struct Supervisor {
+    client: kube::Client,
+    url: String,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl Supervisor {
+    /// A client for the API at `url` (`https://host:port`), verified with `tls`,
+    /// authenticated with the bearer `token` (never logged).
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Config`] for a bad URL or TLS set-up.
+    pub fn connect(
+        url: &str,
+        tls: &TlsVerification,
+        token: String,
+    ) -> Result<Self, SupervisorError> {
+        let config_err = |reason: String| SupervisorError::Config {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: http::Uri = url.parse().map_err(|e| config_err(format!("{e}")))?;
+        let mut config = kube::Config::new(uri);
+        config.auth_info.token = Some(secrecy::SecretString::from(token));
+        let tls = tls_client_config(tls).map_err(|e| config_err(e.to_string()))?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https);
+        let auth = config
+            .auth_layer()
+            .map_err(|e| config_err(format!("authentication: {e}")))?;
+        let service = tower::ServiceBuilder::new()
+            .layer(config.base_uri_layer())
+            .option_layer(auth)
+            .map_err(|e: hyper_util::client::legacy::Error| -> tower::BoxError { e.into() })
+            .service(http);
+        Ok(Self {
+            client: kube::Client::new(service, "default"),
+            url: url.to_owned(),
+        })
+    }
+
+    fn vm_api(&self, namespace: &str, version: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, "VirtualMachine");
+        Api::namespaced_with(self.client.clone(), namespace, &ApiResource::from_gvk(&gvk))
+    }
+
+    /// The VirtualMachine `name` in `namespace`, read at API `version` (`v1alpha3`), or
+    /// `None` when it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Api`].
+    pub async fn virtual_machine(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<DynamicObject>, SupervisorError> {
+        self.vm_api(namespace, version)
+            .get_opt(name)
+            .await
+            .map_err(|source| SupervisorError::Api {
+                what: format!("get VirtualMachine {namespace}/{name}"),
+                source: Box::new(source),
+            })
+    }
+
+    /// The PersistentVolumeClaims of `namespace`.
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Api`].
+    pub async fn pvcs(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<PersistentVolumeClaim>, SupervisorError> {
+        Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|source| SupervisorError::Api {
+                what: format!("list PersistentVolumeClaims of {namespace}"),
+                source: Box::new(source),
+            })
+    }
+}
