@@ -169,7 +169,19 @@ async fn undo(env: &Environment, entry: &JournalEntry, report: &mut ReconcileRep
                 .and_then(|v| v.as_str())
                 .map(|v| VmMoref(v.to_owned()));
             let mut detail = entry.detail.clone();
+            let in_place = entry
+                .detail
+                .get("in_place")
+                .and_then(serde_json::Value::as_bool)
+                == Some(true);
             match &shell {
+                Some(shell) if in_place => {
+                    tracing::warn!(vm = %shell, "reconcile: a restore in place was interrupted; the VM's disks are partly restored");
+                    detail["removed"] = false.into();
+                    if let Err(e) = journal::close(env, entry.id).await {
+                        report.errors.push(error_chain(&e));
+                    }
+                }
                 Some(shell) => match super::restore::remove_shell(env, shell).await {
                     Ok(()) => {
                         tracing::warn!(vm = %shell, "reconcile: removed a half-restored VM");

@@ -611,6 +611,8 @@ fn base_disk_name(file: &str) -> String {
 #[derive(Debug, Default)]
 struct Effects {
     shell: Option<i64>,
+    /// The user's VM restored in place (or given disks): never removed.
+    in_place: Option<VmMoref>,
     shell_vm: Option<VmMoref>,
     access: Option<(i64, VmMoref)>,
 }
@@ -708,9 +710,14 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: EndAccess; a VM shell it created is destroyed.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, shell, shell_vm) = {
+    let (access, shell, shell_vm, in_place) = {
         let mut e = lock_effects(effects);
-        (e.access.take(), e.shell.take(), e.shell_vm.take())
+        (
+            e.access.take(),
+            e.shell.take(),
+            e.shell_vm.take(),
+            e.in_place.take(),
+        )
     };
     if let Some((id, vm)) = access
         && let Err(e) = journal::end_access(env, &vm, IDENTITY, id).await
@@ -718,7 +725,12 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
         tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: EndAccess failed; reconcile will retry");
     }
     if let Some(id) = shell {
-        if let Some(vm) = &shell_vm {
+        if shell_vm.is_none()
+            && let Some(vm) = in_place
+        {
+            tracing::error!(vm = %vm, "restore failed part-way: the VM's disks are partly restored; restore it again");
+            let _ = journal::close(env, id).await;
+        } else if let Some(vm) = &shell_vm {
             observer(&RestoreEvent::Step {
                 message: format!("removing the unfinished VM {vm}"),
             });
@@ -843,7 +855,21 @@ async fn restore_steps(
             crash_point("restore-after-register");
             vm
         }
-        (RestoreType::Existing | RestoreType::DiskOnly, Some(vm)) => vm.clone(),
+        (RestoreType::Existing | RestoreType::DiskOnly, Some(vm)) => {
+            // Journalled so that a crash leaves a report: the VM is the user's, partly
+            // overwritten (in place) or with disks being added (disk-only).
+            let id = journal::open(
+                env,
+                JournalKind::VmShell,
+                vm,
+                json!({"job": report.job, "point": request.point, "vm": vm.as_str(), "in_place": true}),
+            )
+            .await?;
+            let mut e = lock_effects(effects);
+            e.shell = Some(id);
+            e.in_place = Some(vm.clone());
+            vm.clone()
+        }
         (RestoreType::DiskOnly, None) => {
             return Err(RestoreError::Invalid(
                 "a disk-only restore needs the VM to attach disks to".into(),
@@ -1097,7 +1123,7 @@ async fn wait_for_auto_task(
         if let Some((id, _)) = tasks.into_iter().find(|(_, t)| {
             t.operation
                 .as_deref()
-                .is_some_and(|o| o.eq_ignore_ascii_case("registervm") || o == "register_VM")
+                .is_some_and(|o| o.to_ascii_lowercase().ends_with("registervm"))
         }) {
             return Ok(Some(id));
         }
