@@ -7,8 +7,12 @@
 //!   the [`Lab`] facade: create VMs, snapshots with consolidation, guest writes, CBT
 //!   queries, PrepareForAccess/EndAccess.
 //! - `vcenter` (feature `server`): the simulated vCenter over both.
+//! - `supervisor` (feature `server`): the simulated Supervisor (Kubernetes API, VM
+//!   Operator, WCP RegisterVM) served by the vCenter.
 
 pub mod datastore;
+#[cfg(feature = "server")]
+pub mod supervisor;
 #[cfg(feature = "server")]
 pub mod vcenter;
 pub mod vmstate;

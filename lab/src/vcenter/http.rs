@@ -33,6 +33,7 @@ pub(crate) fn app(vc: Arc<Vcenter>) -> Router {
             post(registervm),
         )
         .merge(lab_api::routes())
+        .merge(crate::supervisor::k8s_http::routes())
         .with_state(vc)
 }
 
@@ -264,19 +265,42 @@ async fn cis_task(
     json(StatusCode::OK, &super::tasks_cis::cis_info(&t))
 }
 
-async fn registervm(State(vc): State<AppState>, headers: HeaderMap) -> Response {
-    if vc.api_user(api_token(&headers).as_deref()).is_none() {
+/// `POST /api/vcenter/namespaces/instances/{ns}/registervm`: a strict `RegisterVMSpec`;
+/// answers the cis task id (the Supervisor runs the task).
+async fn registervm(
+    State(vc): State<AppState>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(user) = vc.api_user(api_token(&headers).as_deref()) else {
         return api_error(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             "no valid session",
         );
+    };
+    let spec: crate::supervisor::RegisterVmSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                &format!("RegisterVMSpec: {e}"),
+            );
+        }
+    };
+    let r =
+        tokio::task::spawn_blocking(move || vc.supervisor().register_vm(&ns, spec, &user)).await;
+    match r {
+        Ok(Ok(task)) => json(StatusCode::OK, &serde_json::Value::String(task)),
+        Ok(Err(e)) => api_error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.error_type,
+            &e.message,
+        ),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
-    api_error(
-        StatusCode::NOT_FOUND,
-        "UNSUPPORTED",
-        "namespaces registervm is not implemented by the lab yet (the simulated Supervisor will add it)",
-    )
 }
 
 /// Serves `app` on `listener` until the process ends; TLS when `tls` is set.

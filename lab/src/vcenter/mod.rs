@@ -20,15 +20,15 @@
 //! RelocateVM_Task only checks `disabledMethod` and then does nothing.
 
 mod cert;
-mod fault;
-mod http;
-mod inventory;
+pub(crate) mod fault;
+pub(crate) mod http;
+pub(crate) mod inventory;
 mod lab_api;
 mod objects;
 mod property;
 mod server;
 mod soap;
-mod tasks;
+pub(crate) mod tasks;
 mod tasks_cis;
 mod time;
 mod value;
@@ -41,6 +41,8 @@ use std::time::Duration;
 
 pub use server::{Vcenter, VcenterError};
 pub use soap::SESSION_COOKIE;
+pub(crate) use tasks_cis::cis_info;
+pub(crate) use time::now_rfc3339;
 
 use crate::Lab;
 

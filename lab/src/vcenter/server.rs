@@ -4,7 +4,7 @@
 //! `spawn_blocking`.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::fault::Fault;
@@ -59,7 +59,8 @@ pub enum VcenterError {
 #[derive(Debug)]
 pub struct Vcenter {
     pub(crate) lab: Lab,
-    inv: Mutex<Inventory>,
+    inv: Arc<Mutex<Inventory>>,
+    supervisor: Arc<crate::supervisor::Supervisor>,
     sessions: Mutex<HashMap<String, Session>>,
     api_tokens: Mutex<HashMap<String, String>>,
     views: Mutex<HashMap<String, View>>,
@@ -85,9 +86,21 @@ impl Vcenter {
             what: "start the task worker".into(),
             source,
         })?;
+        let inv = Arc::new(Mutex::new(inv));
+        let supervisor = crate::supervisor::Supervisor::start(
+            lab.clone(),
+            Arc::clone(&inv),
+            tasks.clone(),
+            task_step,
+        )
+        .map_err(|source| VcenterError::Io {
+            what: "start the Supervisor".into(),
+            source,
+        })?;
         Ok(Self {
             lab,
-            inv: Mutex::new(inv),
+            inv,
+            supervisor,
             sessions: Mutex::default(),
             api_tokens: Mutex::default(),
             views: Mutex::default(),
@@ -100,6 +113,12 @@ impl Vcenter {
     #[must_use]
     pub fn lab(&self) -> &Lab {
         &self.lab
+    }
+
+    /// The simulated Supervisor (Kubernetes API, VM Operator, WCP).
+    #[must_use]
+    pub fn supervisor(&self) -> &Arc<crate::supervisor::Supervisor> {
+        &self.supervisor
     }
 
     pub(crate) fn views_lock(&self) -> MutexGuard<'_, HashMap<String, View>> {

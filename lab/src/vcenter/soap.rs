@@ -225,29 +225,36 @@ impl Vcenter {
         for (e, k, v) in refs {
             let _ = write!(out, "<{e} type=\"{k}\">{v}</{e}>");
         }
+        // The Supervisor's version setting picks the vCenter release (seed 001 §1.3).
+        let (version, build) = match self.supervisor().settings().version {
+            crate::supervisor::SupervisorVersion::V80U3 => ("8.0.3", "24022515"),
+            crate::supervisor::SupervisorVersion::V90 => ("9.0.0", "24755230"),
+        };
         let about = Val::obj(
             "AboutInfo",
             vec![
                 ("name", Val::str("VMware vCenter Server")),
                 (
                     "fullName",
-                    Val::str("VMware vCenter Server 8.0.3 build-24022515 (vadp-agent lab)"),
+                    Val::str(format!(
+                        "VMware vCenter Server {version} build-{build} (vadp-agent lab)"
+                    )),
                 ),
                 ("vendor", Val::str("VMware, Inc.")),
-                ("version", Val::str("8.0.3")),
-                ("build", Val::str("24022515")),
+                ("version", Val::str(version)),
+                ("build", Val::str(build)),
                 ("localeVersion", Val::str("INTL")),
                 ("localeBuild", Val::str("000")),
                 ("osType", Val::str("linux-x64")),
                 ("productLineId", Val::str("vpx")),
                 ("apiType", Val::str("VirtualCenter")),
-                ("apiVersion", Val::str("8.0.3.0")),
+                ("apiVersion", Val::str(format!("{version}.0"))),
                 ("instanceUuid", Val::str(&inv.instance_uuid)),
                 (
                     "licenseProductName",
                     Val::str("VMware VirtualCenter Server"),
                 ),
-                ("licenseProductVersion", Val::str("8.0")),
+                ("licenseProductVersion", Val::str(&version[..3])),
             ],
         );
         about.write(&mut out, "about", false);

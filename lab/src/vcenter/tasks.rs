@@ -155,6 +155,27 @@ impl Tasks {
         user: String,
         work: Work,
     ) -> String {
+        let key = self.add_external(method, entity, entity_name, user);
+        if self.tx.send((key.clone(), work)).is_err() {
+            finish(
+                &self.table,
+                &key,
+                Err(Fault::system_error("task worker stopped")),
+            );
+        }
+        key
+    }
+
+    /// Adds a queued task whose work runs elsewhere (the Supervisor's own worker); the
+    /// owner drives it with [`Self::start_running`], [`Self::progress`] and
+    /// [`Self::complete`].
+    pub(crate) fn add_external(
+        &self,
+        method: &'static str,
+        entity: (String, String),
+        entity_name: String,
+        user: String,
+    ) -> String {
         let key = {
             let mut n = self
                 .next
@@ -182,14 +203,49 @@ impl Tasks {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key.clone(), record);
-        if self.tx.send((key.clone(), work)).is_err() {
-            finish(
-                &self.table,
-                &key,
-                Err(Fault::system_error("task worker stopped")),
-            );
-        }
         key
+    }
+
+    /// Marks an external task running (progress 0).
+    pub(crate) fn start_running(&self, key: &str) {
+        if let Ok(mut t) = self.table.lock()
+            && let Some(r) = t.get_mut(key)
+        {
+            r.state = TaskState::Running;
+            r.progress = Some(0);
+            r.start_time = Some(now_xsd());
+        }
+    }
+
+    /// The progress handle of a task.
+    pub(crate) fn progress(&self, key: &str) -> Progress {
+        Progress {
+            table: Arc::clone(&self.table),
+            key: key.to_owned(),
+        }
+    }
+
+    /// Ends an external task.
+    pub(crate) fn complete(&self, key: &str, result: Result<Option<Val>, Fault>) {
+        finish(&self.table, key, result);
+    }
+
+    /// Every task record, by key.
+    pub(crate) fn all(&self) -> Vec<TaskRecord> {
+        let mut v: Vec<TaskRecord> = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|r| {
+            r.key
+                .trim_start_matches("task-")
+                .parse::<u64>()
+                .unwrap_or(0)
+        });
+        v
     }
 
     /// A task's record.

@@ -26,8 +26,20 @@ pub(crate) fn cis_info(t: &TaskRecord) -> serde_json::Value {
     if let Some(s) = &t.complete_time {
         v["end_time"] = s.clone().into();
     }
+    if t.method == crate::supervisor::REGISTERVM_TASK {
+        v["description"] =
+            serde_json::json!({"id": t.method, "default_message": "Register VM", "args": []});
+        v["service"] = "com.vmware.vcenter.namespaces.instances".into();
+        v["operation"] = "register_VM".into();
+    }
     if let Some(e) = &t.error {
-        v["error"] = serde_json::json!({"error_type": e.kind, "messages": [{"id": e.kind, "default_message": e.message, "args": []}]});
+        let error_type = match e.kind {
+            "VCenterWcpWorkloadRegisterVMVMNotFound" => "NOT_FOUND",
+            "VCenterWcpWorkloadRegisterVMAlreadyExistsOnSupervisor" => "ALREADY_EXISTS",
+            k if k.starts_with("VCenterWcp") => "ERROR",
+            k => k,
+        };
+        v["error"] = serde_json::json!({"error_type": error_type, "messages": [{"id": e.kind, "default_message": e.message, "args": []}]});
     }
     v
 }

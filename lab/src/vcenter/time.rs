@@ -12,6 +12,14 @@ pub(crate) fn now_xsd() -> String {
     s
 }
 
+/// Now as `2026-01-02T03:04:05Z` (Kubernetes timestamps).
+pub(crate) fn now_rfc3339() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    xsd_from_unix(d.as_secs())
+}
+
 /// Seconds since the epoch as `2026-01-02T03:04:05Z`.
 pub(crate) fn xsd_from_unix(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
