@@ -73,7 +73,9 @@ impl Supervisor {
         let uri: http::Uri = url.parse().map_err(|e| config_err(format!("{e}")))?;
         let mut config = kube::Config::new(uri);
         config.auth_info.token = Some(secrecy::SecretString::from(token));
-        let tls = tls_client_config(tls).map_err(|e| config_err(e.to_string()))?;
+        let mut tls = tls_client_config(tls).map_err(|e| config_err(e.to_string()))?;
+        // hyper-rustls sets ALPN itself (HTTP/1.1 here).
+        tls.alpn_protocols.clear();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

@@ -1,0 +1,734 @@
+//! The restore engine end to end: back up a VM Service VM that the lab's Supervisor (VM
+//! Operator) created, then `vadp-agent restore` it through the real binary (VDDK loader,
+//! vddk-sim, SOAP, vAPI and `kube` clients) against the lab vCenter + Supervisor running in
+//! this test process, checking the results against seed 001 (§6, §7, §8.2, §11.2).
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test data
+mod tests {
+    use std::io::Write as _;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+    use std::sync::Arc;
+
+    use lab::Lab;
+    use lab::datastore::{DiskChain, OpenMode};
+    use lab::supervisor::{Supervisor, SupervisorSettings, SupervisorVersion};
+    use lab::vcenter::InProcessVcenter;
+    use lab::vmstate::{DiskKey, VmMoref};
+    use serde_json::{Value, json};
+    use vadp_tests::{SimVariant, vddk_sim_libdir};
+
+    const MIB: u64 = 1 << 20;
+    const NS: &str = "ns1";
+
+    /// One lab vCenter + Supervisor.
+    struct Site {
+        root: PathBuf,
+        lab: Lab,
+        vcenter: InProcessVcenter,
+    }
+
+    impl Site {
+        fn new(dir: &Path, name: &str) -> Self {
+            let root = dir.join(name);
+            Lab::create(&root).unwrap();
+            let vcenter = InProcessVcenter::start(&root, false).unwrap();
+            let lab = Lab::open(&root).unwrap();
+            std::fs::write(
+                dir.join(format!("{name}-vddk.conf")),
+                format!("vadp.lab.root = \"{}\"\n", root.display()),
+            )
+            .unwrap();
+            let mut f = std::fs::File::create(dir.join(format!("{name}-password"))).unwrap();
+            writeln!(f, "{}", vcenter.running().password).unwrap();
+            let site = Self { root, lab, vcenter };
+            site.sup().create_namespace(NS).unwrap();
+            site
+        }
+
+        fn sup(&self) -> &Arc<Supervisor> {
+            self.vcenter.running().vcenter.supervisor()
+        }
+
+        fn connection(&self, dir: &Path, name: &str) -> Vec<String> {
+            let r = self.vcenter.running();
+            vec![
+                "--vcenter".into(),
+                self.vcenter.sdk_url().into(),
+                "--user".into(),
+                r.user.clone(),
+                "--password-file".into(),
+                dir.join(format!("{name}-password")).display().to_string(),
+                "--thumbprint".into(),
+                self.vcenter.thumbprint().unwrap().into(),
+                "--vddk-libdir".into(),
+                vddk_sim_libdir(SimVariant::Vddk8).display().to_string(),
+                "--vddk-config".into(),
+                dir.join(format!("{name}-vddk.conf")).display().to_string(),
+            ]
+        }
+
+        /// A VM Service VM: OS disk, one PVC disk, one classic disk, cloud-init bootstrap,
+        /// user labels and annotations, a zone label, a subnet and an image.
+        fn create_vm(&self, name: &str) -> VmMoref {
+            let sup = self.sup();
+            sup.apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": format!("{name}-cloud-init"), "namespace": NS},
+                "stringData": {"user-data": "#cloud-config\nhostname: web\n"}
+            }))
+            .unwrap();
+            sup.apply(json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": format!("{name}-data"), "namespace": NS},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "6Mi"}}}
+            }))
+            .unwrap();
+            sup.apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachine",
+                "metadata": {
+                    "name": name, "namespace": NS,
+                    "labels": {"app": "web", "topology.kubernetes.io/zone": "zone-a"},
+                    "annotations": {"example.com/owner": "team-a", "lab.vadp-agent.dev/classic-disks": "3Mi"}
+                },
+                "spec": {
+                    "className": "best-effort-small", "imageName": "ubuntu-22.04",
+                    "image": {"kind": "VirtualMachineImage", "name": "ubuntu-22.04"},
+                    "powerState": "PoweredOff",
+                    "advanced": {"bootDiskCapacity": "5Mi"},
+                    "network": {"interfaces": [{"name": "eth0", "network": {"kind": "Subnet", "name": "subnet-prod-a"}}]},
+                    "bootstrap": {"cloudInit": {"rawCloudConfig": {"name": format!("{name}-cloud-init"), "key": "user-data"}}},
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("{name}-data")}}]
+                }
+            }))
+            .unwrap();
+            let vm = sup.get("VirtualMachine", NS, name).unwrap();
+            let moref = VmMoref(vm["status"]["uniqueID"].as_str().unwrap().to_owned());
+            // Guest data on every disk, some of it in the middle.
+            for d in self.lab.vm(&moref).unwrap().disks {
+                for (i, off) in [0u64, MIB + 4096, 2 * MIB + 512].iter().enumerate() {
+                    let data: Vec<u8> = (0..69_632u32)
+                        .map(|x| (x as u8) ^ (d.key.0 as u8) ^ (i as u8 * 37))
+                        .collect();
+                    self.lab.guest_write(&moref, d.key, *off, &data).unwrap();
+                }
+            }
+            moref
+        }
+
+        fn disk_bytes(&self, vm: &VmMoref, key: DiskKey) -> Vec<u8> {
+            let file = self.lab.disk_file(vm, None, key).unwrap();
+            let chain = DiskChain::open(&self.root, &file, OpenMode::ReadOnly).unwrap();
+            let mut buf = vec![0u8; usize::try_from(chain.capacity_bytes()).unwrap()];
+            chain.read_at(0, &mut buf).unwrap();
+            buf
+        }
+
+        fn vm_by_name(&self, name: &str) -> Option<VmMoref> {
+            self.lab
+                .vms()
+                .unwrap()
+                .into_iter()
+                .find(|v| v.name == name)
+                .map(|v| v.moref)
+        }
+
+        fn set_version(&self, version: SupervisorVersion) {
+            let s = SupervisorSettings {
+                version,
+                ..self.sup().settings()
+            };
+            self.sup().set_settings(s).unwrap();
+        }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        site: Site,
+    }
+
+    struct Run {
+        code: Option<i32>,
+        events: Vec<Value>,
+        stdout: String,
+        stderr: String,
+    }
+
+    impl Run {
+        fn report(&self) -> &Value {
+            self.events
+                .iter()
+                .find(|e| e["event"] == "report")
+                .map(|e| &e["report"])
+                .unwrap_or_else(|| panic!("no report: {}\n{}", self.stdout, self.stderr))
+        }
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let site = Site::new(dir.path(), "site-a");
+            let fx = Self { dir, site };
+            let out = fx.run(&["repo", "init", "--path", &fx.repo()], None);
+            assert!(out.status.success());
+            fx
+        }
+
+        fn repo(&self) -> String {
+            self.dir.path().join("repo").display().to_string()
+        }
+
+        fn run(&self, args: &[&str], crash: Option<&str>) -> Output {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_vadp-agent"));
+            cmd.args(args);
+            if let Some(c) = crash {
+                cmd.env("VADP_AGENT_CRASH_AT", c);
+            }
+            cmd.env_remove("VADP_AGENT_PASSWORD");
+            cmd.output().unwrap()
+        }
+
+        fn json(
+            &self,
+            args: Vec<String>,
+            site: &Site,
+            site_name: &str,
+            crash: Option<&str>,
+        ) -> Run {
+            let mut all: Vec<String> = vec!["--json".into()];
+            all.extend(args);
+            all.extend(site.connection(self.dir.path(), site_name));
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            let out = self.run(&refs, crash);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            Run {
+                code: out.status.code(),
+                events: stdout
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect(),
+                stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        }
+
+        /// Backs up `ns1/<name>`; returns the point id.
+        fn backup(&self, name: &str) -> String {
+            let r = self.json(
+                vec![
+                    "backup".into(),
+                    "--repo".into(),
+                    self.repo(),
+                    "--vm".into(),
+                    format!("{NS}/{name}"),
+                ],
+                &self.site,
+                "site-a",
+                None,
+            );
+            assert_eq!(r.code, Some(0), "backup: {}\n{}", r.stdout, r.stderr);
+            r.report()["vms"][0]["point"].as_str().unwrap().to_owned()
+        }
+
+        fn restore_on(
+            &self,
+            site: &Site,
+            site_name: &str,
+            point: &str,
+            extra: &[&str],
+            crash: Option<&str>,
+        ) -> Run {
+            let mut args: Vec<String> = vec![
+                "restore".into(),
+                "--repo".into(),
+                self.repo(),
+                "--point".into(),
+                point.into(),
+            ];
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            self.json(args, site, site_name, crash)
+        }
+
+        fn restore(&self, point: &str, extra: &[&str]) -> Run {
+            self.restore_on(&self.site, "site-a", point, extra, None)
+        }
+
+        /// The bytes of each disk of `point`, by key, from the repository.
+        fn point_disks(&self, point: &str) -> Vec<(i32, Vec<u8>)> {
+            let repo = vadp_agent::repo::Repository::open(Path::new(&self.repo())).unwrap();
+            let rec = repo
+                .list()
+                .unwrap()
+                .into_iter()
+                .find(|p| p.id.to_string() == point)
+                .unwrap();
+            rec.disks
+                .iter()
+                .map(|d| {
+                    let out = self.dir.path().join(format!("p-{point}-{}", d.key.0));
+                    repo.restore_disk_to_file(rec.id, Some(d.key), &out, &mut |_, _| {})
+                        .unwrap();
+                    (d.key.0, std::fs::read(&out).unwrap())
+                })
+                .collect()
+        }
+
+        fn open_journal(&self) -> usize {
+            let repo = vadp_agent::repo::Repository::open(Path::new(&self.repo())).unwrap();
+            repo.catalog().journal_open_entries().unwrap().len()
+        }
+    }
+
+    fn refusal_ids(r: &Run) -> Vec<String> {
+        r.events
+            .iter()
+            .filter(|e| e["event"] == "predicted")
+            .flat_map(|e| {
+                e["prediction"]["refusals"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|x| x["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    fn restored_claim(c: &str) -> bool {
+        vadp_agent::engine::restore::is_restored_claim(c)
+    }
+
+    #[test]
+    fn restore_to_new_after_the_vm_is_deleted() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("web-1");
+        let before = s.sup().get("VirtualMachine", NS, "web-1").unwrap();
+        let point = fx.backup("web-1");
+        let expected = fx.point_disks(&point);
+        for (key, bytes) in &expected {
+            assert_eq!(
+                bytes,
+                &s.disk_bytes(&vm, DiskKey(*key)),
+                "backup of disk {key}"
+            );
+        }
+        s.sup().delete("VirtualMachine", NS, "web-1").unwrap();
+        assert!(s.vm_by_name("web-1").is_none());
+
+        // The pre-flight alone changes nothing.
+        let dry = fx.restore(&point, &["--dry-run"]);
+        assert_eq!(dry.code, Some(0), "{}\n{}", dry.stdout, dry.stderr);
+        assert_eq!(dry.report()["prediction"]["restore_type"], "new");
+        assert!(dry.report()["vm"].is_null());
+        assert!(s.vm_by_name("web-1").is_none());
+
+        let r = fx.restore(&point, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        assert_eq!(report["prediction"]["restore_type"], "new");
+        assert_eq!(report["prediction"]["failover"], false);
+        assert_eq!(report["verification"]["problems"], json!([]), "{report}");
+        // Registration went through WCP's stages to 100 %.
+        let stages: Vec<u64> = r
+            .events
+            .iter()
+            .filter(|e| e["event"] == "registration")
+            .map(|e| e["completed"].as_u64().unwrap())
+            .collect();
+        assert_eq!(stages.last(), Some(&100), "{stages:?}");
+
+        // The vSphere VM: same name, UUIDs, ExtraConfig; every disk equal to the backup.
+        let restored = VmMoref(report["vm"].as_str().unwrap().to_owned());
+        let state = s.lab.vm(&restored).unwrap();
+        assert_eq!(state.folder, format!("/dc1/vm/Namespaces/{NS}"));
+        assert_eq!(
+            state.bios_uuid,
+            before["status"]["biosUUID"].as_str().unwrap()
+        );
+        assert!(s.lab.disabled_methods(&restored).unwrap().is_empty());
+        assert!(
+            state
+                .extra_config
+                .iter()
+                .any(|(k, _)| k == "vmservice.virtualmachine.resource.yaml")
+        );
+        for (key, bytes) in &expected {
+            assert_eq!(
+                &s.disk_bytes(&restored, DiskKey(*key)),
+                bytes,
+                "restored disk {key}"
+            );
+        }
+
+        // The Supervisor, as seed 001 §8.2 says for a restore to new.
+        let cr = s.sup().get("VirtualMachine", NS, "web-1").unwrap();
+        assert_eq!(cr["spec"]["powerState"], "PoweredOff");
+        let claim = cr["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap();
+        assert!(restored_claim(claim), "{claim}");
+        assert_eq!(cr["spec"]["volumes"][0]["name"], "data");
+        let pvc = s.sup().get("PersistentVolumeClaim", NS, claim).unwrap();
+        assert_eq!(pvc["status"]["phase"], "Bound");
+        assert_eq!(cr["metadata"]["labels"]["app"], "web");
+        assert!(cr["metadata"]["labels"]["topology.kubernetes.io/zone"].is_null());
+        assert_eq!(cr["metadata"]["annotations"]["example.com/owner"], "team-a");
+        assert!(!cr["metadata"]["annotations"]["vmoperator.vmware.com/restored-vm"].is_null());
+        assert_ne!(
+            cr["spec"]["bootstrap"]["cloudInit"]["instanceID"],
+            before["spec"]["bootstrap"]["cloudInit"]["instanceID"]
+        );
+        assert!(s.sup().get("Secret", NS, "web-1-cloud-init").is_some());
+        assert_eq!(fx.open_journal(), 0);
+    }
+
+    #[test]
+    fn disk_only_then_in_place_to_an_older_point() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("db-1");
+        let p1 = fx.backup("db-1");
+        let old = fx.point_disks(&p1);
+        // The VM moves on: VM Operator writes a newer backup version; the guest writes.
+        let mut cr = s.sup().get("VirtualMachine", NS, "db-1").unwrap();
+        cr["metadata"]["labels"]["tier"] = json!("gold");
+        s.sup().apply(cr).unwrap();
+        let pvc_disk = s.lab.vm(&vm).unwrap().disks[1].key;
+        s.lab.guest_write(&vm, pvc_disk, 0, &[0xEE; 8192]).unwrap();
+        let p2 = fx.backup("db-1");
+        let newer = fx.point_disks(&p2);
+
+        // Disk-only: the ExtraConfig version equals the annotation (§4.3).
+        let r = fx.restore(
+            &p2,
+            &["--mode", "disk-only", "--disk", &pvc_disk.0.to_string()],
+        );
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.report()["prediction"]["restore_type"], "disk-only");
+        assert_eq!(
+            r.report()["verification"]["problems"],
+            json!([]),
+            "{}",
+            r.report()
+        );
+        let state = s.lab.vm(&vm).unwrap();
+        let added = state.disks.last().unwrap();
+        assert!(added.file_name.to_string().contains("restored-"));
+        let want = &newer.iter().find(|(k, _)| *k == pvc_disk.0).unwrap().1;
+        assert_eq!(&s.disk_bytes(&vm, added.key), want);
+        let cr = s.sup().get("VirtualMachine", NS, "db-1").unwrap();
+        let vols = cr["spec"]["volumes"].as_array().unwrap();
+        assert_eq!(vols[0]["persistentVolumeClaim"]["claimName"], "db-1-data");
+        assert!(vols.iter().any(|v| {
+            restored_claim(
+                v["persistentVolumeClaim"]["claimName"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+        }));
+
+        // Asking for the wrong type is refused before any change.
+        let r = fx.restore(&p2, &["--mode", "new"]);
+        assert_ne!(r.code, Some(0));
+        assert!(
+            refusal_ids(&r)
+                .iter()
+                .any(|i| i == "vadp-agent:ModeMismatch")
+        );
+
+        // In place to the older point: the VM is powered off first (§9.2).
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.report()["prediction"]["restore_type"], "existing");
+        assert_eq!(r.report()["vm"].as_str().unwrap(), vm.0);
+        assert_eq!(
+            r.report()["verification"]["problems"],
+            json!([]),
+            "{}",
+            r.report()
+        );
+        for (key, bytes) in &old {
+            assert_eq!(
+                &s.disk_bytes(&vm, DiskKey(*key)),
+                bytes,
+                "disk {key} back to p1"
+            );
+        }
+        let cr = s.sup().get("VirtualMachine", NS, "db-1").unwrap();
+        let claim = cr["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(restored_claim(&claim), "{claim}");
+        // §8.2 restore to existing: zone label preserved, old PVC deleted as dangling.
+        assert_eq!(
+            cr["metadata"]["labels"]["topology.kubernetes.io/zone"],
+            "zone-a"
+        );
+        assert!(
+            s.sup()
+                .get("PersistentVolumeClaim", NS, "db-1-data")
+                .is_none()
+        );
+        assert!(cr["metadata"]["annotations"]["vmoperator.vmware.com/pause"].is_null());
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+    }
+
+    #[test]
+    fn refusals_are_predicted_before_any_change() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("app-1");
+        let point = fx.backup("app-1");
+        let vms_before = s.lab.vms().unwrap().len();
+        let check_unchanged = |r: &Run, id: &str| {
+            assert_ne!(r.code, Some(0), "{id}: {}", r.stdout);
+            assert!(
+                refusal_ids(r).iter().any(|i| i == id),
+                "{id} not predicted: {}\n{}",
+                r.stdout,
+                r.stderr
+            );
+            assert!(r.stderr.contains(id), "{id} not in the error: {}", r.stderr);
+            assert_eq!(
+                s.lab.vms().unwrap().len(),
+                vms_before,
+                "{id}: a VM appeared"
+            );
+            assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+            assert_eq!(fx.open_journal(), 0);
+        };
+        // 8.0U3: the VirtualMachine exists (§7.2.2).
+        s.set_version(SupervisorVersion::V80U3);
+        let r = fx.restore(&point, &[]);
+        check_unchanged(&r, "VCenterWcpWorkloadRegisterVMAlreadyExistsOnSupervisor");
+        // 8.0U3 has no network override (§7.3.2).
+        let r = fx.restore(&point, &["--subnet-map", "subnet-prod-a=subnet-dr-a"]);
+        check_unchanged(&r, "UNSUPPORTED");
+        s.set_version(SupervisorVersion::V90);
+        // A namespace without a folder (§7.2.3).
+        let r = fx.restore(&point, &["--namespace", "nope"]);
+        check_unchanged(&r, "VCenterWcpWorkloadRegisterVMNotFoundInNamespaceFolder");
+        // Duplicate BIOS UUID (§7.1.1): the CR is gone but another VM in the folder has it.
+        let bios = s.lab.vm(&vm).unwrap().bios_uuid;
+        s.sup().delete("VirtualMachine", NS, "app-1").unwrap();
+        let other = s
+            .lab
+            .create_vm("copy", &format!("/dc1/vm/Namespaces/{NS}"), &[])
+            .unwrap();
+        s.lab
+            .modify_vm(&other, |st| {
+                st.bios_uuid = bios;
+                Ok(())
+            })
+            .unwrap();
+        let r = fx.restore(&point, &[]);
+        assert_eq!(
+            s.lab.vms().unwrap().len(),
+            vms_before,
+            "only the copy exists"
+        );
+        assert!(
+            refusal_ids(&r)
+                .iter()
+                .any(|i| i == "VCenterWcpWorkloadRegisterVMDuplicateVMBiosUUID"),
+            "{}",
+            r.stdout
+        );
+        assert_ne!(r.code, Some(0));
+
+        // Corrupt ExtraConfig and an old API version (§7.1.2, §7.1.3): plain VMs carrying
+        // the shared fixtures' invalid data, backed up (with a warning) then restored.
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vmservice");
+        for (file, id) in [
+            (
+                "bad/not-base64.json",
+                "VCenterWcpWorkloadRegisterVMValidateVMResourceFailed",
+            ),
+            (
+                "bad/apiversion-v1alpha1.json",
+                "VCenterWcpWorkloadRegisterVMConvertUnstructuredToVMTypeFailed",
+            ),
+        ] {
+            let path = fixtures.join(file);
+            if !path.exists() {
+                panic!("fixture {} missing", path.display());
+            }
+            let extra: Vec<(String, String)> = fixture_extra_config(&path);
+            let name = file.trim_start_matches("bad/").trim_end_matches(".json");
+            let v = s
+                .lab
+                .create_vm(
+                    name,
+                    &format!("/dc1/vm/Namespaces/{NS}"),
+                    &[lab::vmstate::NewDisk {
+                        capacity_bytes: 2 * MIB,
+                        thin: true,
+                    }],
+                )
+                .unwrap();
+            s.lab.set_extra_config(&v, extra).unwrap();
+            let p = fx.backup_moref(&v);
+            let count = s.lab.vms().unwrap().len();
+            let r = fx.restore(&p, &["--namespace", NS]);
+            assert!(
+                refusal_ids(&r).iter().any(|i| i == id),
+                "{file}: {}\n{}",
+                r.stdout,
+                r.stderr
+            );
+            assert_ne!(r.code, Some(0));
+            assert_eq!(s.lab.vms().unwrap().len(), count);
+        }
+    }
+
+    /// The ExtraConfig of a shared fixture file (`{"extraConfig": {k: v}}` or `[[k, v]]`).
+    fn fixture_extra_config(path: &Path) -> Vec<(String, String)> {
+        let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let ec = v.get("extraConfig").cloned().unwrap_or(v);
+        match ec {
+            Value::Object(m) => m
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("vmservice."))
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                .collect(),
+            Value::Array(a) => a
+                .into_iter()
+                .map(|e| {
+                    if let Some(pair) = e.as_array() {
+                        (
+                            pair[0].as_str().unwrap().to_owned(),
+                            pair[1].as_str().unwrap().to_owned(),
+                        )
+                    } else {
+                        (
+                            e["key"].as_str().unwrap().to_owned(),
+                            e["value"].as_str().unwrap().to_owned(),
+                        )
+                    }
+                })
+                .collect(),
+            _ => panic!("unexpected fixture shape in {}", path.display()),
+        }
+    }
+
+    impl Fixture {
+        fn backup_moref(&self, vm: &VmMoref) -> String {
+            let r = self.json(
+                vec![
+                    "backup".into(),
+                    "--repo".into(),
+                    self.repo(),
+                    "--vm".into(),
+                    vm.0.clone(),
+                ],
+                &self.site,
+                "site-a",
+                None,
+            );
+            assert_eq!(r.code, Some(0), "backup: {}\n{}", r.stdout, r.stderr);
+            r.report()["vms"][0]["point"].as_str().unwrap().to_owned()
+        }
+    }
+
+    #[test]
+    fn failover_into_a_second_vcenter_with_a_network_override() {
+        let fx = Fixture::new();
+        let vm = fx.site.create_vm("web-2");
+        let point = fx.backup("web-2");
+        let expected = fx.point_disks(&point);
+        let _ = vm;
+        let b = Site::new(fx.dir.path(), "site-b");
+        let r = fx.restore_on(
+            &b,
+            "site-b",
+            &point,
+            &["--subnet-map", "subnet-prod-a=subnet-dr-a"],
+            None,
+        );
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        assert_eq!(report["prediction"]["restore_type"], "new");
+        assert_eq!(report["prediction"]["failover"], true);
+        assert_eq!(report["verification"]["problems"], json!([]), "{report}");
+        let restored = VmMoref(report["vm"].as_str().unwrap().to_owned());
+        for (key, bytes) in &expected {
+            assert_eq!(&b.disk_bytes(&restored, DiskKey(*key)), bytes, "disk {key}");
+        }
+        // §6.4, §8.1.6: image cleared, failed-over annotation; §9.3: subnet remapped.
+        let cr = b.sup().get("VirtualMachine", NS, "web-2").unwrap();
+        assert!(cr["spec"]["image"].is_null());
+        assert_eq!(cr["spec"]["imageName"], "");
+        assert!(!cr["metadata"]["annotations"]["vmoperator.vmware.com/failed-over-vm"].is_null());
+        assert_eq!(
+            cr["spec"]["network"]["interfaces"][0]["network"]["name"],
+            "subnet-dr-a"
+        );
+        assert_eq!(cr["spec"]["powerState"], "PoweredOff");
+    }
+
+    #[test]
+    fn killed_between_prepare_and_end_access() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("crash-1");
+        let p1 = fx.backup("crash-1");
+        let mut cr = s.sup().get("VirtualMachine", NS, "crash-1").unwrap();
+        cr["metadata"]["labels"]["tier"] = json!("gold");
+        s.sup().apply(cr).unwrap();
+        // In place: the agent dies with the disks written and RelocateVM_Task disabled.
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p1,
+            &["--mode", "existing"],
+            Some("restore-after-data"),
+        );
+        assert_ne!(r.code, Some(0));
+        assert!(
+            !s.lab.disabled_methods(&vm).unwrap().is_empty(),
+            "{}",
+            r.stderr
+        );
+        let rec = fx.json(
+            vec!["reconcile".into(), "--repo".into(), fx.repo()],
+            s,
+            "site-a",
+            None,
+        );
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        let report = &rec.events.last().unwrap()["report"];
+        assert!(
+            s.lab.disabled_methods(&vm).unwrap().is_empty(),
+            "RelocateVM_Task still disabled"
+        );
+        assert_eq!(report["access_ended"], json!([vm.0]));
+        assert_eq!(report["half_created_vms"][0][0], json!(vm.0), "{report}");
+        assert_eq!(fx.open_journal(), 0);
+
+        // A new VM: the shell a crash leaves is ended, reported and removed.
+        s.sup().delete("VirtualMachine", NS, "crash-1").unwrap();
+        let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-after-prepare-access"));
+        assert_ne!(r.code, Some(0));
+        let shell = s.vm_by_name("crash-1").expect("the half-restored VM");
+        assert!(!s.lab.disabled_methods(&shell).unwrap().is_empty());
+        let rec = fx.json(
+            vec!["reconcile".into(), "--repo".into(), fx.repo()],
+            s,
+            "site-a",
+            None,
+        );
+        let report = &rec.events.last().unwrap()["report"];
+        assert_eq!(report["access_ended"], json!([shell.0]));
+        assert_eq!(
+            report["half_created_vms"][0][1]["removed"], true,
+            "{report}"
+        );
+        assert!(s.vm_by_name("crash-1").is_none());
+        // And the restore then succeeds.
+        let r = fx.restore(&p1, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    }
+}
