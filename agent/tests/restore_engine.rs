@@ -516,7 +516,14 @@ mod tests {
         s.sup().delete("VirtualMachine", NS, "app-1").unwrap();
         let other = s
             .lab
-            .create_vm("copy", &format!("/dc1/vm/Namespaces/{NS}"), &[])
+            .create_vm(
+                "copy",
+                &format!("/dc1/vm/Namespaces/{NS}"),
+                &[lab::vmstate::NewDisk {
+                    capacity_bytes: MIB,
+                    thin: true,
+                }],
+            )
             .unwrap();
         s.lab
             .modify_vm(&other, |st| {
