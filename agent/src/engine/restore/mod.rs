@@ -1123,7 +1123,7 @@ async fn wait_for_auto_task(
         if let Some((id, _)) = tasks.into_iter().find(|(_, t)| {
             t.operation
                 .as_deref()
-                .is_some_and(|o| o.to_ascii_lowercase().ends_with("registervm"))
+                .is_some_and(|o| o.to_ascii_lowercase().replace('_', "").ends_with("registervm"))
         }) {
             return Ok(Some(id));
         }

@@ -1,0 +1,145 @@
+//! The VM restore data path against the repository-only image restore, in one run: a seeded
+//! 2 GiB image (40 % zero, 30 % random, 30 % text) is backed up as an image; it is then
+//! restored (a) to a raw file (`Repository::restore_image`) and (b) through VDDK into a new
+//! thin lab disk (vddk-sim, read-write connection, zero chunks skipped) with
+//! `Repository::restore_disk_to_sink` and the restore engine's `VddkSink` — the path
+//! `vadp-agent restore` writes disks with. Target: (b) at ≥ 0.8× the throughput of (a).
+//!
+//! `cargo bench -p vadp-agent --bench restore_path` (`VADP_BENCH_SIZE_MIB`, default 2048).
+
+use std::time::Instant;
+
+use lab::Lab;
+use lab::vmstate::NewDisk;
+use tokio_util::sync::CancellationToken;
+use vadp_agent::engine::restore::VddkSink;
+use vadp_agent::repo::synthetic_image;
+use vadp_agent::repo::{ImageBackup, Repository};
+use vadp_agent::vddk::{ConnectSpec, Credentials, OpenFlags, Secret, TransportMode, Vddk};
+use vadp_tests::{SimProfile, SimVariant, vddk_sim_libdir_with};
+
+const MIB: u64 = 1 << 20;
+const ROUNDS: usize = 3;
+
+fn main() {
+    let size_mib: u64 = std::env::var("VADP_BENCH_SIZE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    let capacity = size_mib * MIB;
+    let libdir = vddk_sim_libdir_with(SimVariant::Vddk8, SimProfile::Release);
+    let work = vadp_tests::target_dir().join("bench-restore");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("create bench dir");
+    let root = work.join("lab");
+    let lab = Lab::create(&root).expect("create lab");
+    let config = work.join("vddk.conf");
+    std::fs::write(&config, format!("vadp.lab.root = \"{}\"\n", root.display()))
+        .expect("vddk.conf");
+    // InitEx before any other thread exists (VMware's rule).
+    let vddk = Vddk::load(&libdir, Some(&config)).expect("load vddk-sim");
+    // vddk-sim asks the lab's vCenter to validate ConnectEx.
+    let _vcenter = lab::vcenter::InProcessVcenter::start(&root, false).expect("start vCenter");
+
+    eprintln!("generating a {size_mib} MiB image and backing it up …");
+    let image = work.join("image.raw");
+    synthetic_image::generate(&image, capacity, 1).expect("generate image");
+    let repo = Repository::init(&work.join("repo"), 4 * MIB).expect("init repo");
+    let point = repo
+        .backup_image(
+            &ImageBackup {
+                name: "bench".into(),
+                file: image.clone(),
+                changed: None,
+                parent: None,
+            },
+            &mut |_, _| {},
+        )
+        .expect("image backup")
+        .point;
+    let key = repo
+        .list()
+        .expect("list")
+        .into_iter()
+        .find(|p| p.id == point)
+        .expect("point")
+        .disks[0]
+        .key;
+    let settings = lab.settings().expect("lab settings");
+
+    let mut image_secs = Vec::new();
+    let mut vddk_secs = Vec::new();
+    for round in 0..ROUNDS {
+        let out = work.join(format!("restored-{round}.raw"));
+        image_secs.push(time(|| {
+            repo.restore_image(point, &out, &mut |_, _| {})
+                .expect("image restore");
+        }));
+        let _ = std::fs::remove_file(&out);
+
+        let vm = lab
+            .create_vm(
+                &format!("restore-{round}"),
+                "vm",
+                &[NewDisk {
+                    capacity_bytes: capacity,
+                    thin: true,
+                }],
+            )
+            .expect("create vm");
+        let disk_path = lab.vm(&vm).expect("vm").disks[0].file_name.to_string();
+        let spec = ConnectSpec {
+            server: settings.server_name.clone(),
+            port: None,
+            thumbprint: Some(settings.thumbprint.clone()),
+            credentials: Credentials::Password {
+                user: settings.user.clone(),
+                password: Secret::new(settings.password.clone()),
+            },
+            vm: vm.0.clone(),
+            snapshot: None,
+            transport_modes: vec![TransportMode::NbdSsl],
+            read_only: false,
+        };
+        vddk_secs.push(time(|| {
+            let conn = vddk.connect(&spec).expect("connect read-write");
+            let disk = conn.open(&disk_path, OpenFlags::NONE).expect("open disk");
+            let mut sink = VddkSink::new(disk, true, CancellationToken::new());
+            repo.restore_disk_to_sink(point, key, &mut sink, &mut |_, _| {})
+                .expect("restore through VDDK");
+        }));
+        lab.destroy_vm(&vm).expect("remove vm");
+        eprintln!(
+            "round {round}: image {:.2} s, VDDK {:.2} s",
+            image_secs[round], vddk_secs[round]
+        );
+    }
+    let (image_s, vddk_s) = (median(&mut image_secs), median(&mut vddk_secs));
+    #[allow(clippy::cast_precision_loss)] // display figures
+    let mib = capacity as f64 / MIB as f64;
+    println!("| path ({size_mib} MiB, median of {ROUNDS}) | seconds | MiB/s |");
+    println!("|---|--:|--:|");
+    println!(
+        "| repository → raw file (image restore) | {image_s:.2} | {:.0} |",
+        mib / image_s
+    );
+    println!(
+        "| repository → VDDK (vddk-sim) → new thin lab disk | {vddk_s:.2} | {:.0} |",
+        mib / vddk_s
+    );
+    println!(
+        "| ratio (VDDK / image throughput), target ≥ 0.8× | {:.2}× | |",
+        image_s / vddk_s
+    );
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time(f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64()
+}
