@@ -415,6 +415,29 @@ fn kubernetes_api_semantics_over_http() {
         None,
     );
     assert_eq!(code, 404);
+    let (code, all) = http(
+        a,
+        "GET",
+        "/apis/vmoperator.vmware.com/v1alpha2/virtualmachineservices",
+        h,
+        None,
+    );
+    assert_eq!(
+        (code, all["items"][0]["apiVersion"].as_str()),
+        (200, Some("vmoperator.vmware.com/v1alpha2"))
+    );
+    let (code, all) = http(a, "GET", "/api/v1/configmaps", h, None);
+    assert_eq!(
+        (code, all["items"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+    let (_, n1) = http(a, "GET", "/api/v1/namespaces/n1", h, None);
+    assert!(
+        n1["metadata"]["annotations"]["vmware-system-vm-folder"]
+            .as_str()
+            .unwrap()
+            .starts_with("group-v")
+    );
     let (code, groups) = http(a, "GET", "/apis", h, None);
     assert_eq!(
         (code, groups["groups"][0]["name"].as_str()),
