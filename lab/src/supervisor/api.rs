@@ -40,10 +40,18 @@ impl Supervisor {
             let name = obj["metadata"]["name"].as_str().unwrap_or_default();
             let folder = self.namespace_folder(name);
             let mut inv = lock(&self.inv);
-            inv.ensure_folder_path(&folder)
+            let moref = inv
+                .ensure_folder_path(&folder)
                 .map_err(|f| SupervisorError::new(422, "Invalid", f.message))?;
             inv.save(self.lab.root())
                 .map_err(|e| SupervisorError::new(500, "InternalError", e.to_string()))?;
+            // Where the Supervisor records a namespace's vSphere objects (VSPHERE.md §A.11).
+            if !obj["metadata"]["annotations"].is_object() {
+                obj["metadata"]["annotations"] = json!({});
+            }
+            let ann = &mut obj["metadata"]["annotations"];
+            ann["vmware-system-vm-folder"] = moref.into();
+            ann["vmware-system-resource-pool"] = "resgroup-11".into();
         }
         if k.kind == "VirtualMachine" {
             default_vm(&mut obj);

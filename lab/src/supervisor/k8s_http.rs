@@ -32,8 +32,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(vmop, get(vmop_resources))
         .route("/api/v1/namespaces", any(core))
         .route("/api/v1/namespaces/{ns}", any(core))
+        .route("/api/v1/{plural}", get(core))
         .route("/api/v1/namespaces/{ns}/{plural}", any(core))
         .route("/api/v1/namespaces/{ns}/{plural}/{name}", any(core))
+        .route(&format!("{vmop}/{{plural}}"), get(vmop_objects))
         .route(
             &format!("{vmop}/namespaces/{{ns}}/{{plural}}"),
             any(vmop_objects),
@@ -159,11 +161,12 @@ async fn vmop_objects(
     handle(vc, &version, p, q, method, headers, body).await
 }
 
-/// What a URL names: the kind, the namespace (`""` for namespaces) and maybe a name.
+/// What a URL names: the kind, the namespace (`""` for namespaces, `None` for a list
+/// across namespaces) and maybe a name.
 fn target(
     version: &str,
     p: &Params,
-) -> Result<(KindInfo, String, Option<String>), SupervisorError> {
+) -> Result<(KindInfo, Option<String>, Option<String>), SupervisorError> {
     let not_found = || {
         SupervisorError::new(
             404,
@@ -174,7 +177,7 @@ fn target(
     let Some(plural) = p.get("plural") else {
         return Ok((
             super::kind("namespaces"),
-            String::new(),
+            Some(String::new()),
             p.get("ns").cloned(),
         ));
     };
@@ -189,11 +192,7 @@ fn target(
     if !group_ok {
         return Err(not_found());
     }
-    Ok((
-        k,
-        p.get("ns").cloned().unwrap_or_default(),
-        p.get("name").cloned(),
-    ))
+    Ok((k, p.get("ns").cloned(), p.get("name").cloned()))
 }
 
 async fn handle(
@@ -217,19 +216,26 @@ async fn handle(
     let result = tokio::task::spawn_blocking(move || {
         let sup = vc.supervisor();
         let (k, ns, name) = target(&version, &p)?;
+        let all_namespaces = ns.is_none();
+        let ns = ns.unwrap_or_default();
         let api_version = k.api_version(&version);
         let parse = || -> Result<Value, SupervisorError> {
             serde_json::from_slice(&body).map_err(|e| SupervisorError::bad_request(format!("the body is not JSON: {e}")))
         };
         let out = match (&method, name) {
             (&Method::GET, None) => {
-                let items = lock_list(sup, &k, &ns, q.get("labelSelector").map(String::as_str))?;
+                let sel = q.get("labelSelector").map(String::as_str);
+                let items = if all_namespaces {
+                    super::lock(&sup.store).list(&k, None, sel)?
+                } else {
+                    lock_list(sup, &k, &ns, sel)?
+                };
                 let items: Vec<Value> = items.into_iter().map(|o| rewrite(o, &k, &api_version)).collect();
                 let rv = super::lock(&sup.store).resource_version();
                 return Ok((StatusCode::OK, json!({"kind": format!("{}List", k.kind), "apiVersion": api_version,
                                                   "metadata": {"resourceVersion": rv}, "items": items})));
             }
-            (&Method::POST, None) => return Ok((StatusCode::CREATED, rewrite(sup.create(&k, &ns, parse()?)?, &k, &api_version))),
+            (&Method::POST, None) if !all_namespaces => return Ok((StatusCode::CREATED, rewrite(sup.create(&k, &ns, parse()?)?, &k, &api_version))),
             (&Method::GET, Some(n)) => super::lock(&sup.store).get(&k, &ns, &n).ok_or_else(|| SupervisorError::not_found(&k, &n))?,
             (&Method::PUT, Some(n)) => sup.replace(&k, &ns, &n, parse()?)?,
             (&Method::PATCH, Some(n)) => sup.patch(&k, &ns, &n, &content_type, &parse()?)?,

@@ -8,15 +8,20 @@
 //! namespaces/{ns}/{virtualmachines|virtualmachineservices|virtualmachinegroups}[/{name}]`
 //! — one stored object per name, served under any of the four versions with `apiVersion`
 //! rewritten to the requested one (no conversion: the lab stores whatever shape was
-//! written); discovery `/version`, `/api`, `/apis`. GET/list (`labelSelector` with `k=v`,
-//! `k!=v`, `k`, `!k`), POST, PUT, PATCH (merge; strategic treated as merge; JSON patch)
-//! and DELETE (answers the deleted object). No watch. Auth on every route: `Authorization:
+//! written); lists across namespaces at `/api/v1/{plural}` and
+//! `/apis/vmoperator.vmware.com/{version}/{plural}`; discovery `/version`, `/api`, `/apis`,
+//! `/apis/vmoperator.vmware.com/{version}`. GET/list (`labelSelector` with `k=v`, `k!=v`,
+//! `k`, `!k`), POST, PUT, PATCH (merge; strategic and apply treated as merge; JSON patch
+//! add/remove/replace/test) and DELETE (answers the deleted object). No watch. Auth on every route: `Authorization:
 //! Bearer <vAPI session token>` or Basic with the lab credentials, else 401 `Status`.
 //! Metadata: `uid`, one global `resourceVersion` counter, `creationTimestamp`,
 //! `generation` (bumped when `spec` changes); a stale `resourceVersion` on replace/patch is
 //! 409 Conflict. Objects persist in `<root>/supervisor/objects.json`, settings in
 //! `<root>/supervisor/settings.json`. A namespace owns the VM folder
-//! `/dc1/vm/Namespaces/<ns>` (created with it); deleting it is refused while it holds VMs.
+//! `/dc1/vm/Namespaces/<ns>` (created with it, its moref in annotation
+//! `vmware-system-vm-folder`, the pool `resgroup-11` in `vmware-system-resource-pool`,
+//! VSPHERE.md §A.11); deleting it is refused (409) while it holds VMs, and otherwise
+//! deletes its objects and folder.
 //!
 //! # VM Operator (`operator`), after each write and on `POST /lab/supervisor/reconcile`
 //! - Creating a VirtualMachine creates the vSphere VM `metadata.name` in the namespace
@@ -82,8 +87,11 @@
 //! starts are listed by `GET /api/cis/tasks?targets=VirtualMachine:vm-N`.
 //!
 //! # Settings: `GET|PUT /lab/supervisor` (`version` `8.0U3`|`9.0`, default 9.0,
-//! `key_spelling`, `auto_registration_timeout_secs`); the version also sets
-//! `ServiceContent.about`.
+//! `key_spelling` `code`|`guide`, `auto_registration_timeout_secs` default 900; fields
+//! left out of a PUT take their defaults); the version also sets `ServiceContent.about`
+//! (8.0.3 / 8.0.3.0 or 9.0.0 / 9.0.0.0). `POST /lab/supervisor/reconcile` reconciles
+//! every VirtualMachine. Auth: Bearer/`vmware-api-session-id` vAPI token, SOAP cookie or
+//! Basic.
 //!
 //! # Rust façade
 //! [`Supervisor`], reached through `Vcenter::supervisor()`: [`Supervisor::settings`],

@@ -335,6 +335,8 @@ impl Store {
             json_patch(&mut obj, patch)?;
         } else if content_type.starts_with("application/merge-patch+json")
             || content_type.starts_with("application/strategic-merge-patch+json")
+            // Server-side apply, as a merge of the (JSON) body: no field ownership.
+            || content_type.starts_with("application/apply-patch+yaml")
         {
             merge_patch(&mut obj, patch);
         } else {

@@ -217,6 +217,19 @@ fn vendor_restore(
     moref
 }
 
+/// `ec` with its VM YAML (code spelling) changed by `f`.
+fn edit_yaml(ec: &[(String, String)], f: impl Fn(&mut Value)) -> Vec<(String, String)> {
+    let mut ec = ec.to_vec();
+    for (k, val) in &mut ec {
+        if k == Key::VmYaml.name(KeySpelling::Code) {
+            let mut yaml = codec::from_yaml(&codec::decode(val).unwrap()).unwrap();
+            f(&mut yaml);
+            *val = codec::encode(&codec::to_yaml(&yaml));
+        }
+    }
+    ec
+}
+
 fn register(env: &Env, ns: &str, body: &Value) -> (u16, Value) {
     let token = env.token();
     http(
@@ -402,6 +415,29 @@ fn kubernetes_api_semantics_over_http() {
         None,
     );
     assert_eq!(code, 404);
+    let (code, all) = http(
+        a,
+        "GET",
+        "/apis/vmoperator.vmware.com/v1alpha2/virtualmachineservices",
+        h,
+        None,
+    );
+    assert_eq!(
+        (code, all["items"][0]["apiVersion"].as_str()),
+        (200, Some("vmoperator.vmware.com/v1alpha2"))
+    );
+    let (code, all) = http(a, "GET", "/api/v1/configmaps", h, None);
+    assert_eq!(
+        (code, all["items"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+    let (_, n1) = http(a, "GET", "/api/v1/namespaces/n1", h, None);
+    assert!(
+        n1["metadata"]["annotations"]["vmware-system-vm-folder"]
+            .as_str()
+            .unwrap()
+            .starts_with("group-v")
+    );
     let (code, groups) = http(a, "GET", "/apis", h, None);
     assert_eq!(
         (code, groups["groups"][0]["name"].as_str()),
@@ -604,7 +640,11 @@ fn restore_to_new_follows_seed_section_8() {
     let sup = env.sup();
     let (old_cr, backup) = backed_up_and_deleted(&sup);
     let folder = sup.namespace_folder(NS);
-    let vm = vendor_restore(&sup, "web-1", &folder, &backup, backup.extra_config.clone());
+    // Older VM Operator builds kept the zone label in the YAML (fixtures README).
+    let ec = edit_yaml(&backup.extra_config, |y| {
+        y["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a".into();
+    });
+    let vm = vendor_restore(&sup, "web-1", &folder, &backup, ec);
     let t = register_ok(&env, &vm);
     assert_eq!(t["operation"], "register_VM");
     let id = t["target"]["id"].as_str().unwrap();
@@ -859,7 +899,9 @@ fn restore_to_existing_pauses_replaces_pvcs_and_keeps_identity() {
     let sup = env.sup();
     let cr = make_web1(&sup);
     let vm = vsphere_vm(&sup, &cr);
-    let backup_ec = vm.extra_config.clone();
+    let backup_ec = edit_yaml(&vm.extra_config, |y| {
+        y["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-b".into();
+    });
     let backup_version: u64 = ec_get(&vm, Key::BackupVersion, KeySpelling::Code)
         .unwrap()
         .parse()
@@ -1174,4 +1216,171 @@ fn auto_registration_8_0u3_is_opt_out_on_folder_arrival() {
     let t = wait_auto_task(&sup, &vm);
     assert_eq!(t["status"], "SUCCEEDED", "{t}");
     assert!(sup.get("VirtualMachine", NS, "web-1").is_some());
+}
+
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../agent/tests/fixtures/vmservice"
+);
+
+fn fixture_ec(file: &str) -> Vec<(String, String)> {
+    let b = std::fs::read(format!("{FIXTURES}/{file}")).unwrap();
+    let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&b).unwrap();
+    map.into_iter().collect()
+}
+
+/// A vendor-restored copy of a fixture VM (`web-1`, `db-1`): its BIOS/instance and disk
+/// backing UUIDs (1 MiB disks), with `ec` as ExtraConfig.
+fn fixture_vm(sup: &Supervisor, vm_dir: &str, name: &str, ec: Vec<(String, String)>) -> VmMoref {
+    let b = std::fs::read(format!("{FIXTURES}/{vm_dir}/devices.json")).unwrap();
+    let dev: Value = serde_json::from_slice(&b).unwrap();
+    let disks = dev["disks"].as_array().unwrap();
+    let lab = sup.lab();
+    let moref = lab
+        .create_vm(
+            name,
+            &sup.namespace_folder(NS),
+            &vec![
+                NewDisk {
+                    capacity_bytes: 1 << 20,
+                    thin: true
+                };
+                disks.len()
+            ],
+        )
+        .unwrap();
+    lab.modify_vm(&moref, |s| {
+        s.bios_uuid = dev["vm"]["uuid"].as_str().unwrap().to_owned();
+        s.instance_uuid = dev["vm"]["instanceUuid"].as_str().unwrap().to_owned();
+        for (d, f) in s.disks.iter_mut().zip(disks) {
+            d.uuid = f["uuid"].as_str().unwrap().to_owned();
+        }
+        s.extra_config = ec;
+        Ok(())
+    })
+    .unwrap();
+    moref
+}
+
+#[test]
+fn the_shared_fixtures_restore_on_8_0u3_in_the_guide_spelling() {
+    let env = Env::new();
+    env.set_version(SupervisorVersion::V80U3);
+    let sup = env.sup();
+    sup.create_namespace(NS).unwrap();
+    let mut ec = fixture_ec("web-1/extraconfig.guide.json");
+    ec.push((
+        Key::DisableAutoRegistration.name(KeySpelling::Guide).into(),
+        "true".into(),
+    ));
+    let vm = fixture_vm(&sup, "web-1", "web-1", ec);
+    register_ok(&env, &vm);
+    let cr = sup.get("VirtualMachine", NS, "web-1").unwrap();
+    // 8.0U3 has no failover: the foreign manager-id is simply replaced.
+    assert!(
+        cr["metadata"]["annotations"]
+            .get("vmoperator.vmware.com/restored-vm")
+            .is_some()
+    );
+    assert_eq!(cr["spec"]["image"]["name"], "vmi-5c625c510fadfced9");
+    assert_eq!(
+        cr["metadata"]["annotations"]["vmoperator.vmware.com/manager-id"],
+        sup.instance_uuid().as_str()
+    );
+    assert_eq!(
+        cr["metadata"]["annotations"]["app.example.com/owner"],
+        "team-web"
+    );
+    let claim = cr["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .unwrap();
+    let pvc = sup.get("PersistentVolumeClaim", NS, claim).unwrap();
+    assert_eq!(
+        pvc["metadata"]["annotations"][super::DISK_UUID_ANNOTATION],
+        "6000C29e-f450-eaed-7875-8651aadf505c"
+    );
+    assert_eq!(
+        pvc["spec"]["storageClassName"],
+        "vsan-default-storage-policy"
+    );
+    assert!(sup.get("Secret", NS, "web-1-cloud-init").is_some());
+    // Settings persist.
+    assert_eq!(
+        super::settings::load(sup.lab().root()).unwrap().version,
+        SupervisorVersion::V80U3
+    );
+}
+
+#[test]
+fn the_shared_fixtures_fail_over_on_9_0() {
+    let env = Env::new();
+    let sup = env.sup();
+    sup.create_namespace(NS).unwrap();
+    let mut web = fixture_ec("web-1/extraconfig.code.json");
+    web.retain(|(k, _)| !k.contains("Automatic"));
+    let web = fixture_vm(&sup, "web-1", "web-1", web);
+    register_ok(&env, &web);
+    let cr = sup.get("VirtualMachine", NS, "web-1").unwrap();
+    assert!(
+        cr["metadata"]["annotations"]
+            .get("vmoperator.vmware.com/failed-over-vm")
+            .is_some()
+    );
+    assert!(cr["spec"].get("image").is_none());
+    let db = fixture_vm(
+        &sup,
+        "db-1",
+        "db-1",
+        fixture_ec("db-1/extraconfig.code.json"),
+    );
+    register_ok(&env, &db);
+    let cr = sup.get("VirtualMachine", NS, "db-1").unwrap();
+    assert_eq!(cr["apiVersion"], "vmoperator.vmware.com/v1alpha5");
+    assert!(sup.get("Secret", NS, "db-1-sysprep").is_some());
+    assert!(sup.get("Secret", NS, "db-1-domain-join").is_some());
+}
+
+#[test]
+fn the_shared_bad_fixtures_are_refused() {
+    let env = Env::new();
+    let sup = env.sup();
+    sup.create_namespace(NS).unwrap();
+    let cases = [
+        (
+            "not-base64.json",
+            "VCenterWcpWorkloadRegisterVMValidateVMResourceFailed",
+        ),
+        (
+            "base64-not-gzip.json",
+            "VCenterWcpWorkloadRegisterVMValidateVMResourceFailed",
+        ),
+        (
+            "gzip-not-yaml.json",
+            "VCenterWcpWorkloadRegisterVMValidateVMResourceFailed",
+        ),
+        (
+            "missing-vm-yaml.json",
+            "VCenterWcpWorkloadRegisterVMValidateVMResourceFailed",
+        ),
+        (
+            "pvc-not-in-vm.json",
+            "VCenterWcpWorkloadRegisterVMValidateVMResourceFailed",
+        ),
+        (
+            "backup-version-not-decimal.json",
+            "VCenterWcpWorkloadRegisterVMValidateVMResourceFailed",
+        ),
+        (
+            "apiversion-v1alpha1.json",
+            "VCenterWcpWorkloadRegisterVMConvertUnstructuredToVMTypeFailed",
+        ),
+    ];
+    for (file, id) in cases {
+        let mut ec = fixture_ec(&format!("bad/{file}"));
+        ec.retain(|(k, _)| !k.contains("Automatic"));
+        let vm = fixture_vm(&sup, "web-1", "web-1", ec);
+        assert_eq!(register_fails(&env, &vm.0), id, "{file}");
+        sup.lab().destroy_vm(&vm).unwrap();
+    }
+    assert!(sup.list("VirtualMachine", Some(NS)).is_empty());
 }
