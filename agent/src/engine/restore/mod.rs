@@ -1121,9 +1121,11 @@ async fn wait_for_auto_task(
                 source,
             })?;
         if let Some((id, _)) = tasks.into_iter().find(|(_, t)| {
-            t.operation
-                .as_deref()
-                .is_some_and(|o| o.to_ascii_lowercase().replace('_', "").ends_with("registervm"))
+            t.operation.as_deref().is_some_and(|o| {
+                o.to_ascii_lowercase()
+                    .replace('_', "")
+                    .ends_with("registervm")
+            })
         }) {
             return Ok(Some(id));
         }
