@@ -4,7 +4,11 @@
 //! this test process, checking the results against seed 001 (§6, §7, §8.2, §11.2).
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test data
+#[allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)] // test data
 mod tests {
     use std::io::Write as _;
     use std::path::{Path, PathBuf};
@@ -381,6 +385,37 @@ mod tests {
         );
         assert!(s.sup().get("Secret", NS, "web-1-cloud-init").is_some());
         assert_eq!(fx.open_journal(), 0);
+    }
+
+    #[test]
+    fn on_8_0u3_wcp_registers_by_itself_only_after_end_access() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.set_version(SupervisorVersion::V80U3);
+        s.create_vm("auto-1");
+        let point = fx.backup("auto-1");
+        let expected = fx.point_disks(&point);
+        s.sup().delete("VirtualMachine", NS, "auto-1").unwrap();
+        let r = fx.restore(&point, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        // Opt-out model (§4.2): WCP registers the VM once EndAccess ends the restore, and
+        // the agent follows WCP's task instead of calling registervm a second time.
+        assert_eq!(report["prediction"]["auto_registration"], true);
+        assert_eq!(report["auto_registered"], true, "{report}");
+        assert_eq!(report["verification"]["problems"], json!([]), "{report}");
+        let restored = VmMoref(report["vm"].as_str().unwrap().to_owned());
+        for (key, bytes) in &expected {
+            assert_eq!(&s.disk_bytes(&restored, DiskKey(*key)), bytes, "disk {key}");
+        }
+        let tasks = s
+            .sup()
+            .tasks_for(Some(&format!("VirtualMachine:{}", restored.0)));
+        let registrations = tasks
+            .values()
+            .filter(|t| t["operation"] == "register_VM")
+            .count();
+        assert_eq!(registrations, 1, "one registration only: {tasks:?}");
     }
 
     #[test]
