@@ -33,8 +33,11 @@
 //!    the VirtualMachine exists, PoweredOff, its `restored-*` PVCs are Bound, and the
 //!    labels/annotations are as §8 says.
 
+mod disks;
+mod plan;
 pub mod predict;
 mod sink;
+mod verify;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,14 +48,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use predict::{Facts, Prediction, Refusal, RestoreType, SupervisorVersion};
 pub use sink::VddkSink;
+pub use verify::is_restored_claim;
+
+use plan::Plan;
 
 use super::journal::{self, JobLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
 use crate::ids::{DiskKey, JobId, RestorePointId};
 use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind};
 use crate::supervisor::{Supervisor, SupervisorError};
-use crate::vddk::OpenFlags;
-use crate::vmservice::VmServiceData;
 use crate::vsphere::{
     DatastorePath, FolderMoref, MoRef, SubnetMapping, VapiClient, VapiError, VmMoref,
 };
@@ -282,329 +286,11 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
-/// Everything the pre-flight learnt, reused by the restore.
-struct Plan {
-    vmx: Vec<u8>,
-    data: Option<VmServiceData>,
-    name: String,
-    namespace: String,
-    folder: Option<FolderMoref>,
-    api_version: String,
-    existing_vm: Option<VmMoref>,
-    prediction: Prediction,
-    /// The disks to restore, from the point.
-    disks: Vec<DiskRecord>,
-    datacenter: (MoRef, String),
-}
-
-fn vmx_value<'a>(entries: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    entries
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v.as_str())
-}
-
-fn hex_of(uuid: &str) -> String {
-    uuid.chars()
-        .filter(char::is_ascii_hexdigit)
-        .collect::<String>()
-        .to_ascii_lowercase()
-}
-
-fn vsphere(what: impl Into<String>) -> impl FnOnce(crate::vsphere::VsphereError) -> RestoreError {
+pub(super) fn vsphere(
+    what: impl Into<String>,
+) -> impl FnOnce(crate::vsphere::VsphereError) -> RestoreError {
     let what = what.into();
     move |source| RestoreError::Engine(BackupError::Vsphere { what, source })
-}
-
-/// Runs the pre-flight only.
-///
-/// # Errors
-/// Repository, vSphere and Supervisor errors while gathering the facts.
-pub async fn preflight(
-    renv: &RestoreEnv,
-    request: &RestoreRequest,
-) -> Result<Prediction, RestoreError> {
-    Ok(plan(renv, request).await?.prediction)
-}
-
-async fn plan(renv: &RestoreEnv, request: &RestoreRequest) -> Result<Plan, RestoreError> {
-    let env = &renv.env;
-    let catalog = env.repo.catalog().clone();
-    let id = request.point;
-    let (point, config) = blocking(move || {
-        let p = catalog.get_point(id)?;
-        let c = catalog.point_config(id)?;
-        Ok::<_, crate::repo::catalog::CatalogError>((p, c))
-    })
-    .await?
-    .map_err(BackupError::Catalog)?;
-    let point = point.ok_or_else(|| RestoreError::Invalid(format!("no restore point {id}")))?;
-    let vmx = config
-        .and_then(|c| c.vmx)
-        .ok_or_else(|| RestoreError::Invalid(format!("restore point {id} kept no .vmx file")))?;
-    let entries = super::vmx::parse(&vmx)
-        .map_err(|e| RestoreError::Invalid(format!("the .vmx of point {id}: {e}")))?;
-    let data = crate::vmservice::decode(&entries);
-    let name = data
-        .as_ref()
-        .and_then(|d| d.name.clone())
-        .unwrap_or_else(|| point.vm.name.clone());
-    let namespace = request
-        .namespace
-        .clone()
-        .or_else(|| data.as_ref().and_then(|d| d.namespace.clone()))
-        .or_else(|| point.vm.namespace.clone())
-        .ok_or_else(|| {
-            RestoreError::Invalid(format!(
-                "point {id} names no namespace (not a VM Service VM?): give --namespace"
-            ))
-        })?;
-    let about = env.soap.service_content().about.clone();
-    let supervisor = SupervisorVersion::from_api_version(&about.api_version).ok_or_else(|| {
-        RestoreError::Invalid(format!(
-            "vCenter API {} has no VM Service restore: 8.0U3 or later is needed",
-            about.api_version
-        ))
-    })?;
-    let folder = match env.soap.find_namespace_folder(&namespace).await {
-        Ok(f) => Some(f),
-        Err(crate::vsphere::VsphereError::NotFound { .. }) => None,
-        Err(e) => {
-            return Err(vsphere(format!(
-                "finding the folder of namespace {namespace}"
-            ))(e));
-        }
-    };
-    let api_version = data
-        .as_ref()
-        .and_then(|d| d.api_version.as_deref())
-        .filter(|v| predict::supported_api_version(v))
-        .and_then(|v| v.rsplit('/').next())
-        .unwrap_or("v1alpha3")
-        .to_owned();
-    let existing_cr = renv
-        .supervisor
-        .virtual_machine(&namespace, &name, &api_version)
-        .await?
-        .map(|o| serde_json::to_value(o).unwrap_or_default());
-    let bios = vmx_value(&entries, "uuid.bios").map(hex_of);
-    let mut vm_with_bios = None;
-    if let Some(f) = &folder {
-        for (vm, _) in env
-            .soap
-            .list_vms_in_folder(f)
-            .await
-            .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?
-        {
-            let info = env
-                .soap
-                .vm_info(&vm)
-                .await
-                .map_err(vsphere(format!("reading {vm}")))?;
-            if bios.is_some() && info.bios_uuid.as_deref().map(hex_of) == bios {
-                vm_with_bios = Some(vm);
-            }
-        }
-    }
-    let mut prediction = predict::predict(&Facts {
-        data: data.as_ref(),
-        name: &name,
-        namespace: &namespace,
-        folder_exists: folder.is_some(),
-        supervisor,
-        vcenter_uuid: &about.instance_uuid,
-        existing_cr: existing_cr.as_ref(),
-        vm_with_bios_uuid: vm_with_bios.as_ref().map(VmMoref::as_str),
-        network_override: !request.subnet_map.is_empty(),
-    });
-    let ours = |id: &str, reason: String| Refusal {
-        id: format!("vadp-agent:{id}"),
-        reason,
-    };
-    let wanted = match request.mode {
-        RestoreMode::Auto => None,
-        RestoreMode::New => Some(RestoreType::New),
-        RestoreMode::Existing => Some(RestoreType::Existing),
-        RestoreMode::DiskOnly => Some(RestoreType::DiskOnly),
-    };
-    if let Some(w) = wanted
-        && w != prediction.restore_type
-    {
-        prediction.refusals.push(ours(
-            "ModeMismatch",
-            format!(
-                "--mode asks for {w} but WCP would do {} for {namespace}/{name}",
-                prediction.restore_type
-            ),
-        ));
-    }
-    if prediction.auto_registration && !request.subnet_map.is_empty() {
-        prediction.refusals.push(ours(
-            "AutoRegistration",
-            "WCP registers this VM by itself (auto-registration is on), so a network override cannot be passed".into(),
-        ));
-    }
-    let mut disks = point.disks.clone();
-    match prediction.restore_type {
-        RestoreType::DiskOnly => {
-            if request.disks.is_empty() {
-                prediction.refusals.push(ours(
-                    "NoDisks",
-                    "a disk-only restore needs --disk KEY for each disk to restore".into(),
-                ));
-            }
-            for k in &request.disks {
-                if !disks.iter().any(|d| d.key == *k) {
-                    prediction
-                        .refusals
-                        .push(ours("UnknownDisk", format!("point {id} has no disk {k}")));
-                }
-            }
-            disks.retain(|d| request.disks.contains(&d.key));
-            if vm_with_bios.is_none() {
-                prediction.refusals.push(ours(
-                    "NoVm",
-                    format!("no VM of namespace {namespace} has the backup's BIOS UUID to attach the disks to"),
-                ));
-            }
-        }
-        RestoreType::Existing | RestoreType::New => {
-            if !request.disks.is_empty() {
-                prediction.refusals.push(ours(
-                    "DisksWithoutDiskOnly",
-                    "--disk only applies to a disk-only restore".into(),
-                ));
-            }
-        }
-    }
-    if let Some(vm) = &vm_with_bios
-        && prediction.restore_type == RestoreType::Existing
-    {
-        let info = env
-            .soap
-            .vm_info(vm)
-            .await
-            .map_err(vsphere(format!("reading {vm}")))?;
-        if info.power_state != Some(crate::vsphere::PowerState::PoweredOff) {
-            prediction.refusals.push(ours(
-                "PoweredOn",
-                format!("{vm} ({name}) is not powered off: power it off before restoring it in place (§9.2 step 2)"),
-            ));
-        }
-        for d in &disks {
-            match info.disks.iter().find(|c| c.key == d.key) {
-                Some(c) if c.capacity_bytes == d.capacity_bytes => {}
-                Some(c) => prediction.refusals.push(ours(
-                    "DiskChanged",
-                    format!(
-                        "{vm} disk {} is {} bytes, the backup's {} bytes: restore to new (delete the VM) or disk-only",
-                        d.key, c.capacity_bytes, d.capacity_bytes
-                    ),
-                )),
-                None => prediction.refusals.push(ours(
-                    "DiskChanged",
-                    format!("{vm} no longer has disk {} ({})", d.key, d.label),
-                )),
-            }
-        }
-    }
-    let datacenter = env
-        .soap
-        .only_datacenter()
-        .await
-        .map_err(vsphere("finding the datacenter"))?;
-    if prediction.restore_type == RestoreType::New && vm_with_bios.is_none() {
-        // The files must not exist: another VM (or a half-restored one) would be overwritten.
-        let dc = env
-            .datacenter
-            .clone()
-            .unwrap_or_else(|| datacenter.1.clone());
-        let mut paths: Vec<String> = disks.iter().map(|d| d.backing_file.clone()).collect();
-        if let Some(p) = vmx_path(&disks, &name) {
-            paths.push(p);
-        }
-        for p in paths {
-            let Ok(path) = DatastorePath::parse(&dc, &p) else {
-                continue;
-            };
-            let mut sink = tokio::io::sink();
-            if env.soap.download(&path, &mut sink).await.is_ok() {
-                prediction.refusals.push(ours(
-                    "FileExists",
-                    format!("{p} already exists: another VM or a half-finished restore uses it"),
-                ));
-            }
-        }
-    }
-    Ok(Plan {
-        vmx,
-        data,
-        name,
-        namespace,
-        folder,
-        api_version,
-        existing_vm: vm_with_bios,
-        prediction,
-        disks,
-        datacenter,
-    })
-}
-
-/// `[ds] dir/<name>.vmx` in the directory of the first disk.
-fn vmx_path(disks: &[DiskRecord], name: &str) -> Option<String> {
-    let first = &disks.first()?.backing_file;
-    let (dir, _) = first.rsplit_once('/')?;
-    Some(format!("{dir}/{name}.vmx"))
-}
-
-/// The backed-up `.vmx` with its disk file names pointed at the base disks: the backup
-/// read it while its snapshot existed, so `scsi0:0.fileName` named `disk-0-000001.vmdk`.
-/// Every other line is kept byte for byte.
-fn restored_vmx(vmx: &[u8], disks: &[DiskRecord]) -> Result<Vec<u8>, RestoreError> {
-    let text = String::from_utf8_lossy(vmx);
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim();
-        let Some((key, value)) = trimmed.split_once('=') else {
-            out.push_str(line);
-            continue;
-        };
-        let key = key.trim();
-        let value = value.trim().trim_matches('"');
-        let is_disk = key.to_ascii_lowercase().ends_with(".filename")
-            && ["scsi", "sata", "nvme", "ide"]
-                .iter()
-                .any(|p| key.to_ascii_lowercase().starts_with(p))
-            && value.to_ascii_lowercase().ends_with(".vmdk");
-        if !is_disk {
-            out.push_str(line);
-            continue;
-        }
-        let file = value.rsplit('/').next().unwrap_or(value);
-        let base = base_disk_name(file);
-        let disk = disks
-            .iter()
-            .find(|d| d.backing_file.rsplit('/').next() == Some(base.as_str()))
-            .ok_or_else(|| {
-                RestoreError::Invalid(format!(
-                    "the .vmx names disk {value} ({key}), which the restore point does not hold"
-                ))
-            })?;
-        let name = disk.backing_file.rsplit('/').next().unwrap_or_default();
-        out.push_str(&format!("{key} = \"{name}\"\n"));
-    }
-    Ok(out.into_bytes())
-}
-
-/// `disk-0-000002.vmdk` → `disk-0.vmdk` (ESXi names redo logs `<base>-NNNNNN.vmdk`).
-fn base_disk_name(file: &str) -> String {
-    let stem = file.strip_suffix(".vmdk").unwrap_or(file);
-    match stem.rsplit_once('-') {
-        Some((base, n)) if n.len() == 6 && n.chars().all(|c| c.is_ascii_digit()) => {
-            format!("{base}.vmdk")
-        }
-        _ => file.to_owned(),
-    }
 }
 
 /// What the job changed, for clean-up.
@@ -630,7 +316,7 @@ pub async fn run_restore(
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let env = &renv.env;
-    let plan = plan(renv, request).await?;
+    let plan = plan::plan(renv, request).await?;
     observer(&RestoreEvent::Predicted {
         prediction: plan.prediction.clone(),
     });
@@ -787,7 +473,7 @@ async fn restore_steps(
     let mut targets: Vec<(DiskRecord, String, bool)> = Vec::new();
     let vm = match (restore_type, &plan.existing_vm) {
         (RestoreType::New, _) | (RestoreType::Existing, None) => {
-            let vmx_path = vmx_path(&plan.disks, &plan.name).ok_or_else(|| {
+            let vmx_path = plan::vmx_path(&plan.disks, &plan.name).ok_or_else(|| {
                 RestoreError::Invalid(format!("point {} has no disk", request.point))
             })?;
             let shell_id = journal::open(
@@ -815,7 +501,7 @@ async fn restore_steps(
                 }
                 targets.push((d.clone(), d.backing_file.clone(), true));
             }
-            let bytes = restored_vmx(&plan.vmx, &plan.disks)?;
+            let bytes = plan::restored_vmx(&plan.vmx, &plan.disks)?;
             let path = DatastorePath::parse(&dc_name, &vmx_path).map_err(|source| {
                 BackupError::Datastore {
                     what: format!("the .vmx path {vmx_path}"),
@@ -975,7 +661,7 @@ async fn restore_steps(
     }
     // The data.
     let data_started = Instant::now();
-    report.disks = write_disks(env, &vm, request.point, targets, observer, cancel).await?;
+    report.disks = disks::write_disks(env, &vm, request.point, targets, observer, cancel).await?;
     report.data_seconds = data_started.elapsed().as_secs_f64();
     report.bytes_total = report.disks.iter().map(|d| d.capacity_bytes).sum();
     crash_point("restore-after-data");
@@ -1052,7 +738,7 @@ async fn restore_steps(
         }
     }
     step("registration complete; reading the VirtualMachine back".into());
-    report.verification = Some(verify(renv, plan, report).await?);
+    report.verification = Some(verify::verify(renv, plan, report).await?);
     Ok(())
 }
 
@@ -1132,261 +818,4 @@ async fn wait_for_auto_task(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(None)
-}
-
-/// Reads the VirtualMachine back and checks it against seed 001 §8.
-async fn verify(
-    renv: &RestoreEnv,
-    plan: &Plan,
-    report: &RestoreReport,
-) -> Result<Verification, RestoreError> {
-    let mut v = Verification::default();
-    let Some(obj) = renv
-        .supervisor
-        .virtual_machine(&plan.namespace, &plan.name, &plan.api_version)
-        .await?
-    else {
-        v.problems.push(format!(
-            "no VirtualMachine {}/{} after registration",
-            plan.namespace, plan.name
-        ));
-        return Ok(v);
-    };
-    let obj = serde_json::to_value(obj).unwrap_or_default();
-    v.power_state = obj
-        .pointer("/spec/powerState")
-        .and_then(|s| s.as_str())
-        .map(str::to_owned);
-    if v.power_state.as_deref() != Some("PoweredOff") {
-        v.problems.push(format!(
-            "spec.powerState is {:?}, not PoweredOff (§8.1.4)",
-            v.power_state
-        ));
-    }
-    v.labels = obj
-        .pointer("/metadata/labels")
-        .cloned()
-        .unwrap_or(json!({}));
-    v.annotations = obj
-        .pointer("/metadata/annotations")
-        .cloned()
-        .unwrap_or(json!({}));
-    let pvcs = renv.supervisor.pvcs(&plan.namespace).await?;
-    for vol in obj
-        .pointer("/spec/volumes")
-        .and_then(|v| v.as_array())
-        .cloned()
-        .unwrap_or_default()
-    {
-        let name = vol.get("name").and_then(|n| n.as_str()).unwrap_or_default();
-        let Some(claim) = vol
-            .pointer("/persistentVolumeClaim/claimName")
-            .and_then(|c| c.as_str())
-        else {
-            continue;
-        };
-        v.volumes.push((name.to_owned(), claim.to_owned()));
-        let pvc = pvcs
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(claim));
-        match pvc {
-            None => v
-                .problems
-                .push(format!("volume {name}: PVC {claim} does not exist")),
-            Some(p) => {
-                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                if phase != Some("Bound") {
-                    v.problems
-                        .push(format!("PVC {claim} is {phase:?}, not Bound"));
-                }
-            }
-        }
-    }
-    let restored_claims = v
-        .volumes
-        .iter()
-        .filter(|(_, c)| is_restored_claim(c))
-        .count();
-    let pvc_disks = plan.data.as_ref().map_or(0, |d| d.pvc_disks.len());
-    match plan.prediction.restore_type {
-        RestoreType::New | RestoreType::Existing => {
-            if !plan.prediction.failover && restored_claims < pvc_disks {
-                v.problems.push(format!(
-                    "{restored_claims} restored-<6 hex> claims for {pvc_disks} PVC disks (§8.1.1)"
-                ));
-            }
-            let marker = if plan.prediction.failover {
-                "vmoperator.vmware.com/failed-over-vm"
-            } else {
-                "vmoperator.vmware.com/restored-vm"
-            };
-            if v.annotations.get(marker).is_none() {
-                v.problems
-                    .push(format!("annotation {marker} missing (§8.1.3)"));
-            }
-        }
-        RestoreType::DiskOnly => {
-            if restored_claims < report.disks.len() {
-                v.problems.push(format!(
-                    "{restored_claims} restored-<6 hex> claims for {} restored disks (§6.3)",
-                    report.disks.len()
-                ));
-            }
-        }
-    }
-    if plan.prediction.restore_type == RestoreType::New
-        && v.labels.get("topology.kubernetes.io/zone").is_some()
-    {
-        v.problems
-            .push("label topology.kubernetes.io/zone kept on a new VM (§8.1.2)".into());
-    }
-    Ok(v)
-}
-
-/// `restored-` followed by six hex digits (§8.1.1).
-#[must_use]
-pub fn is_restored_claim(name: &str) -> bool {
-    name.strip_prefix("restored-")
-        .is_some_and(|h| h.len() == 6 && h.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-/// Writes every target disk in parallel, each on its own thread.
-async fn write_disks(
-    env: &Environment,
-    vm: &VmMoref,
-    point: RestorePointId,
-    targets: Vec<(DiskRecord, String, bool)>,
-    observer: &RestoreObserver,
-    cancel: &CancellationToken,
-) -> Result<Vec<RestoredDisk>, RestoreError> {
-    let connection = {
-        let vddk = env.vddk.clone();
-        let spec = env.vddk_target.spec(vm, None, false);
-        blocking(move || vddk.connect(&spec))
-            .await?
-            .map_err(|source| BackupError::Vddk {
-                what: format!("connecting to {vm} read-write through VDDK"),
-                source,
-            })?
-    };
-    let mut handles = Vec::new();
-    for (disk, file, fresh) in targets {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let thread_name = format!("restore/{vm}/{}", disk.key);
-        let connection = connection.clone();
-        let repo = Arc::clone(&env.repo);
-        let observer = observer.clone();
-        let cancel = cancel.clone();
-        let vm = vm.clone();
-        std::thread::Builder::new()
-            .name(thread_name.clone())
-            .spawn(move || {
-                let started = Instant::now();
-                let r = (|| {
-                    let handle = connection.open(&file, OpenFlags::NONE).map_err(|source| {
-                        BackupError::Vddk {
-                            what: format!("opening {file} of {vm} read-write"),
-                            source,
-                        }
-                    })?;
-                    observer(&RestoreEvent::DiskStarted {
-                        disk: disk.key,
-                        label: disk.label.clone(),
-                        bytes_total: disk.capacity_bytes,
-                    });
-                    let mut sink = VddkSink::new(handle, fresh, cancel);
-                    let key = disk.key;
-                    let mut progress = |done: u64, total: u64| {
-                        observer(&RestoreEvent::DiskProgress {
-                            disk: key,
-                            bytes_done: done,
-                            bytes_total: total,
-                        });
-                    };
-                    let size = repo
-                        .restore_disk_to_sink(point, disk.key, &mut sink, &mut progress)
-                        .map_err(BackupError::Repo)?;
-                    let seconds = started.elapsed().as_secs_f64();
-                    observer(&RestoreEvent::DiskFinished {
-                        disk: disk.key,
-                        capacity_bytes: size,
-                        seconds,
-                    });
-                    Ok::<_, BackupError>(RestoredDisk {
-                        key: disk.key,
-                        label: disk.label.clone(),
-                        file: file.clone(),
-                        capacity_bytes: size,
-                        seconds,
-                    })
-                })();
-                let _ = tx.send(r);
-            })
-            .map_err(|e| BackupError::Thread(format!("start thread {thread_name}: {e}")))?;
-        handles.push((thread_name, rx));
-    }
-    drop(connection);
-    let mut out = Vec::new();
-    let mut first_error = None;
-    for (name, rx) in handles {
-        match rx.await {
-            Ok(Ok(d)) => out.push(d),
-            Ok(Err(e)) => {
-                first_error.get_or_insert(RestoreError::Engine(e));
-            }
-            Err(_) => {
-                first_error.get_or_insert(RestoreError::Engine(BackupError::Thread(format!(
-                    "thread {name} panicked"
-                ))));
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redo_log_names() {
-        assert_eq!(base_disk_name("disk-0-000001.vmdk"), "disk-0.vmdk");
-        assert_eq!(base_disk_name("disk-0.vmdk"), "disk-0.vmdk");
-        assert_eq!(base_disk_name("data-12.vmdk"), "data-12.vmdk");
-        assert!(is_restored_claim("restored-a1b2c3"));
-        assert!(!is_restored_claim("restored-a1b2c"));
-        assert!(!is_restored_claim("my-pvc"));
-    }
-
-    #[test]
-    fn vmx_disk_names_follow_the_point() {
-        let disk = |key: i32, f: &str| DiskRecord {
-            key: DiskKey(key),
-            label: String::new(),
-            capacity_bytes: 1,
-            backing_file: f.into(),
-            disk_uuid: None,
-            change_id: None,
-            role: crate::repo::catalog::DiskRole::Os,
-            index_path: String::new(),
-            bytes_changed: 0,
-            bytes_stored: 0,
-        };
-        let vmx = b"displayName = \"w\"\nscsi0:0.fileName = \"disk-0-000001.vmdk\"\nvmservice.x = \"a|22b\"\n";
-        let out = restored_vmx(vmx, &[disk(2000, "[ds1] w/disk-0.vmdk")]).unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "displayName = \"w\"\nscsi0:0.fileName = \"disk-0.vmdk\"\nvmservice.x = \"a|22b\"\n"
-        );
-        assert!(
-            restored_vmx(
-                b"scsi0:1.fileName = \"other.vmdk\"\n",
-                &[disk(2000, "[ds1] w/disk-0.vmdk")]
-            )
-            .is_err()
-        );
-    }
 }

@@ -1,0 +1,112 @@
+//! The data: every disk written through VDDK (read-write connection), each on its own
+//! named thread (`restore/<vm>/<key>`) that opens the disk and runs the repository's
+//! restore pipeline into a [`VddkSink`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{RestoreError, RestoreEvent, RestoreObserver, RestoredDisk, VddkSink};
+use crate::engine::{BackupError, Environment, blocking};
+use crate::ids::RestorePointId;
+use crate::repo::catalog::DiskRecord;
+use crate::vddk::OpenFlags;
+use crate::vsphere::VmMoref;
+
+/// Writes every target disk in parallel, each on its own thread.
+pub(super) async fn write_disks(
+    env: &Environment,
+    vm: &VmMoref,
+    point: RestorePointId,
+    targets: Vec<(DiskRecord, String, bool)>,
+    observer: &RestoreObserver,
+    cancel: &CancellationToken,
+) -> Result<Vec<RestoredDisk>, RestoreError> {
+    let connection = {
+        let vddk = env.vddk.clone();
+        let spec = env.vddk_target.spec(vm, None, false);
+        blocking(move || vddk.connect(&spec))
+            .await?
+            .map_err(|source| BackupError::Vddk {
+                what: format!("connecting to {vm} read-write through VDDK"),
+                source,
+            })?
+    };
+    let mut handles = Vec::new();
+    for (disk, file, fresh) in targets {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread_name = format!("restore/{vm}/{}", disk.key);
+        let connection = connection.clone();
+        let repo = Arc::clone(&env.repo);
+        let observer = observer.clone();
+        let cancel = cancel.clone();
+        let vm = vm.clone();
+        std::thread::Builder::new()
+            .name(thread_name.clone())
+            .spawn(move || {
+                let started = Instant::now();
+                let r = (|| {
+                    let handle = connection.open(&file, OpenFlags::NONE).map_err(|source| {
+                        BackupError::Vddk {
+                            what: format!("opening {file} of {vm} read-write"),
+                            source,
+                        }
+                    })?;
+                    observer(&RestoreEvent::DiskStarted {
+                        disk: disk.key,
+                        label: disk.label.clone(),
+                        bytes_total: disk.capacity_bytes,
+                    });
+                    let mut sink = VddkSink::new(handle, fresh, cancel);
+                    let key = disk.key;
+                    let mut progress = |done: u64, total: u64| {
+                        observer(&RestoreEvent::DiskProgress {
+                            disk: key,
+                            bytes_done: done,
+                            bytes_total: total,
+                        });
+                    };
+                    let size = repo
+                        .restore_disk_to_sink(point, disk.key, &mut sink, &mut progress)
+                        .map_err(BackupError::Repo)?;
+                    let seconds = started.elapsed().as_secs_f64();
+                    observer(&RestoreEvent::DiskFinished {
+                        disk: disk.key,
+                        capacity_bytes: size,
+                        seconds,
+                    });
+                    Ok::<_, BackupError>(RestoredDisk {
+                        key: disk.key,
+                        label: disk.label.clone(),
+                        file: file.clone(),
+                        capacity_bytes: size,
+                        seconds,
+                    })
+                })();
+                let _ = tx.send(r);
+            })
+            .map_err(|e| BackupError::Thread(format!("start thread {thread_name}: {e}")))?;
+        handles.push((thread_name, rx));
+    }
+    drop(connection);
+    let mut out = Vec::new();
+    let mut first_error = None;
+    for (name, rx) in handles {
+        match rx.await {
+            Ok(Ok(d)) => out.push(d),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(RestoreError::Engine(e));
+            }
+            Err(_) => {
+                first_error.get_or_insert(RestoreError::Engine(BackupError::Thread(format!(
+                    "thread {name} panicked"
+                ))));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}

@@ -1,0 +1,364 @@
+//! The pre-flight: gathers the facts of a restore (the point's `.vmx` and ExtraConfig, the
+//! Supervisor, the namespace folder, vCenter's version) and asks [`super::predict`] what WCP
+//! will do; plus the `.vmx` rewriting a new VM needs.
+
+use super::predict::{self, Facts, Prediction, Refusal, RestoreType, SupervisorVersion};
+use super::{RestoreEnv, RestoreError, RestoreMode, RestoreRequest, vsphere};
+use crate::engine::{BackupError, blocking};
+use crate::repo::catalog::DiskRecord;
+use crate::vmservice::VmServiceData;
+use crate::vsphere::{DatastorePath, FolderMoref, MoRef, VmMoref};
+
+/// Everything the pre-flight learnt, reused by the restore.
+pub(super) struct Plan {
+    pub(super) vmx: Vec<u8>,
+    pub(super) data: Option<VmServiceData>,
+    pub(super) name: String,
+    pub(super) namespace: String,
+    pub(super) folder: Option<FolderMoref>,
+    pub(super) api_version: String,
+    pub(super) existing_vm: Option<VmMoref>,
+    pub(super) prediction: Prediction,
+    /// The disks to restore, from the point.
+    pub(super) disks: Vec<DiskRecord>,
+    pub(super) datacenter: (MoRef, String),
+}
+
+fn vmx_value<'a>(entries: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    entries
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_str())
+}
+
+fn hex_of(uuid: &str) -> String {
+    uuid.chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+pub(super) async fn plan(
+    renv: &RestoreEnv,
+    request: &RestoreRequest,
+) -> Result<Plan, RestoreError> {
+    let env = &renv.env;
+    let catalog = env.repo.catalog().clone();
+    let id = request.point;
+    let (point, config) = blocking(move || {
+        let p = catalog.get_point(id)?;
+        let c = catalog.point_config(id)?;
+        Ok::<_, crate::repo::catalog::CatalogError>((p, c))
+    })
+    .await?
+    .map_err(BackupError::Catalog)?;
+    let point = point.ok_or_else(|| RestoreError::Invalid(format!("no restore point {id}")))?;
+    let vmx = config
+        .and_then(|c| c.vmx)
+        .ok_or_else(|| RestoreError::Invalid(format!("restore point {id} kept no .vmx file")))?;
+    let entries = crate::engine::vmx::parse(&vmx)
+        .map_err(|e| RestoreError::Invalid(format!("the .vmx of point {id}: {e}")))?;
+    let data = crate::vmservice::decode(&entries);
+    let name = data
+        .as_ref()
+        .and_then(|d| d.name.clone())
+        .unwrap_or_else(|| point.vm.name.clone());
+    let namespace = request
+        .namespace
+        .clone()
+        .or_else(|| data.as_ref().and_then(|d| d.namespace.clone()))
+        .or_else(|| point.vm.namespace.clone())
+        .ok_or_else(|| {
+            RestoreError::Invalid(format!(
+                "point {id} names no namespace (not a VM Service VM?): give --namespace"
+            ))
+        })?;
+    let about = env.soap.service_content().about.clone();
+    let supervisor = SupervisorVersion::from_api_version(&about.api_version).ok_or_else(|| {
+        RestoreError::Invalid(format!(
+            "vCenter API {} has no VM Service restore: 8.0U3 or later is needed",
+            about.api_version
+        ))
+    })?;
+    let folder = match env.soap.find_namespace_folder(&namespace).await {
+        Ok(f) => Some(f),
+        Err(crate::vsphere::VsphereError::NotFound { .. }) => None,
+        Err(e) => {
+            return Err(vsphere(format!(
+                "finding the folder of namespace {namespace}"
+            ))(e));
+        }
+    };
+    let api_version = data
+        .as_ref()
+        .and_then(|d| d.api_version.as_deref())
+        .filter(|v| predict::supported_api_version(v))
+        .and_then(|v| v.rsplit('/').next())
+        .unwrap_or("v1alpha3")
+        .to_owned();
+    let existing_cr = renv
+        .supervisor
+        .virtual_machine(&namespace, &name, &api_version)
+        .await?
+        .map(|o| serde_json::to_value(o).unwrap_or_default());
+    let bios = vmx_value(&entries, "uuid.bios").map(hex_of);
+    let mut vm_with_bios = None;
+    if let Some(f) = &folder {
+        for (vm, _) in env
+            .soap
+            .list_vms_in_folder(f)
+            .await
+            .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?
+        {
+            let info = env
+                .soap
+                .vm_info(&vm)
+                .await
+                .map_err(vsphere(format!("reading {vm}")))?;
+            if bios.is_some() && info.bios_uuid.as_deref().map(hex_of) == bios {
+                vm_with_bios = Some(vm);
+            }
+        }
+    }
+    let mut prediction = predict::predict(&Facts {
+        data: data.as_ref(),
+        name: &name,
+        namespace: &namespace,
+        folder_exists: folder.is_some(),
+        supervisor,
+        vcenter_uuid: &about.instance_uuid,
+        existing_cr: existing_cr.as_ref(),
+        vm_with_bios_uuid: vm_with_bios.as_ref().map(VmMoref::as_str),
+        network_override: !request.subnet_map.is_empty(),
+    });
+    let ours = |id: &str, reason: String| Refusal {
+        id: format!("vadp-agent:{id}"),
+        reason,
+    };
+    let wanted = match request.mode {
+        RestoreMode::Auto => None,
+        RestoreMode::New => Some(RestoreType::New),
+        RestoreMode::Existing => Some(RestoreType::Existing),
+        RestoreMode::DiskOnly => Some(RestoreType::DiskOnly),
+    };
+    if let Some(w) = wanted
+        && w != prediction.restore_type
+    {
+        prediction.refusals.push(ours(
+            "ModeMismatch",
+            format!(
+                "--mode asks for {w} but WCP would do {} for {namespace}/{name}",
+                prediction.restore_type
+            ),
+        ));
+    }
+    if prediction.auto_registration && !request.subnet_map.is_empty() {
+        prediction.refusals.push(ours(
+            "AutoRegistration",
+            "WCP registers this VM by itself (auto-registration is on), so a network override cannot be passed".into(),
+        ));
+    }
+    let mut disks = point.disks.clone();
+    match prediction.restore_type {
+        RestoreType::DiskOnly => {
+            if request.disks.is_empty() {
+                prediction.refusals.push(ours(
+                    "NoDisks",
+                    "a disk-only restore needs --disk KEY for each disk to restore".into(),
+                ));
+            }
+            for k in &request.disks {
+                if !disks.iter().any(|d| d.key == *k) {
+                    prediction
+                        .refusals
+                        .push(ours("UnknownDisk", format!("point {id} has no disk {k}")));
+                }
+            }
+            disks.retain(|d| request.disks.contains(&d.key));
+            if vm_with_bios.is_none() {
+                prediction.refusals.push(ours(
+                    "NoVm",
+                    format!("no VM of namespace {namespace} has the backup's BIOS UUID to attach the disks to"),
+                ));
+            }
+        }
+        RestoreType::Existing | RestoreType::New => {
+            if !request.disks.is_empty() {
+                prediction.refusals.push(ours(
+                    "DisksWithoutDiskOnly",
+                    "--disk only applies to a disk-only restore".into(),
+                ));
+            }
+        }
+    }
+    if let Some(vm) = &vm_with_bios
+        && prediction.restore_type == RestoreType::Existing
+    {
+        let info = env
+            .soap
+            .vm_info(vm)
+            .await
+            .map_err(vsphere(format!("reading {vm}")))?;
+        if info.power_state != Some(crate::vsphere::PowerState::PoweredOff) {
+            prediction.refusals.push(ours(
+                "PoweredOn",
+                format!("{vm} ({name}) is not powered off: power it off before restoring it in place (§9.2 step 2)"),
+            ));
+        }
+        for d in &disks {
+            match info.disks.iter().find(|c| c.key == d.key) {
+                Some(c) if c.capacity_bytes == d.capacity_bytes => {}
+                Some(c) => prediction.refusals.push(ours(
+                    "DiskChanged",
+                    format!(
+                        "{vm} disk {} is {} bytes, the backup's {} bytes: restore to new (delete the VM) or disk-only",
+                        d.key, c.capacity_bytes, d.capacity_bytes
+                    ),
+                )),
+                None => prediction.refusals.push(ours(
+                    "DiskChanged",
+                    format!("{vm} no longer has disk {} ({})", d.key, d.label),
+                )),
+            }
+        }
+    }
+    let datacenter = env
+        .soap
+        .only_datacenter()
+        .await
+        .map_err(vsphere("finding the datacenter"))?;
+    if prediction.restore_type == RestoreType::New && vm_with_bios.is_none() {
+        // The files must not exist: another VM (or a half-restored one) would be overwritten.
+        let dc = env
+            .datacenter
+            .clone()
+            .unwrap_or_else(|| datacenter.1.clone());
+        let mut paths: Vec<String> = disks.iter().map(|d| d.backing_file.clone()).collect();
+        if let Some(p) = vmx_path(&disks, &name) {
+            paths.push(p);
+        }
+        for p in paths {
+            let Ok(path) = DatastorePath::parse(&dc, &p) else {
+                continue;
+            };
+            let mut sink = tokio::io::sink();
+            if env.soap.download(&path, &mut sink).await.is_ok() {
+                prediction.refusals.push(ours(
+                    "FileExists",
+                    format!("{p} already exists: another VM or a half-finished restore uses it"),
+                ));
+            }
+        }
+    }
+    Ok(Plan {
+        vmx,
+        data,
+        name,
+        namespace,
+        folder,
+        api_version,
+        existing_vm: vm_with_bios,
+        prediction,
+        disks,
+        datacenter,
+    })
+}
+
+/// `[ds] dir/<name>.vmx` in the directory of the first disk.
+pub(super) fn vmx_path(disks: &[DiskRecord], name: &str) -> Option<String> {
+    let first = &disks.first()?.backing_file;
+    let (dir, _) = first.rsplit_once('/')?;
+    Some(format!("{dir}/{name}.vmx"))
+}
+
+/// The backed-up `.vmx` with its disk file names pointed at the base disks: the backup
+/// read it while its snapshot existed, so `scsi0:0.fileName` named `disk-0-000001.vmdk`.
+/// Every other line is kept byte for byte.
+pub(super) fn restored_vmx(vmx: &[u8], disks: &[DiskRecord]) -> Result<Vec<u8>, RestoreError> {
+    let text = String::from_utf8_lossy(vmx);
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        let Some((key, value)) = trimmed.split_once('=') else {
+            out.push_str(line);
+            continue;
+        };
+        let key = key.trim();
+        let value = value.trim().trim_matches('"');
+        let is_disk = key.to_ascii_lowercase().ends_with(".filename")
+            && ["scsi", "sata", "nvme", "ide"]
+                .iter()
+                .any(|p| key.to_ascii_lowercase().starts_with(p))
+            && value.to_ascii_lowercase().ends_with(".vmdk");
+        if !is_disk {
+            out.push_str(line);
+            continue;
+        }
+        let file = value.rsplit('/').next().unwrap_or(value);
+        let base = base_disk_name(file);
+        let disk = disks
+            .iter()
+            .find(|d| d.backing_file.rsplit('/').next() == Some(base.as_str()))
+            .ok_or_else(|| {
+                RestoreError::Invalid(format!(
+                    "the .vmx names disk {value} ({key}), which the restore point does not hold"
+                ))
+            })?;
+        let name = disk.backing_file.rsplit('/').next().unwrap_or_default();
+        out.push_str(&format!("{key} = \"{name}\"\n"));
+    }
+    Ok(out.into_bytes())
+}
+
+/// `disk-0-000002.vmdk` → `disk-0.vmdk` (ESXi names redo logs `<base>-NNNNNN.vmdk`).
+fn base_disk_name(file: &str) -> String {
+    let stem = file.strip_suffix(".vmdk").unwrap_or(file);
+    match stem.rsplit_once('-') {
+        Some((base, n)) if n.len() == 6 && n.chars().all(|c| c.is_ascii_digit()) => {
+            format!("{base}.vmdk")
+        }
+        _ => file.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::DiskKey;
+
+    #[test]
+    fn redo_log_names() {
+        assert_eq!(base_disk_name("disk-0-000001.vmdk"), "disk-0.vmdk");
+        assert_eq!(base_disk_name("disk-0.vmdk"), "disk-0.vmdk");
+        assert_eq!(base_disk_name("data-12.vmdk"), "data-12.vmdk");
+    }
+
+    #[test]
+    fn vmx_disk_names_follow_the_point() {
+        let disk = |key: i32, f: &str| DiskRecord {
+            key: DiskKey(key),
+            label: String::new(),
+            capacity_bytes: 1,
+            backing_file: f.into(),
+            disk_uuid: None,
+            change_id: None,
+            role: crate::repo::catalog::DiskRole::Os,
+            index_path: String::new(),
+            bytes_changed: 0,
+            bytes_stored: 0,
+        };
+        let vmx = b"displayName = \"w\"\nscsi0:0.fileName = \"disk-0-000001.vmdk\"\nvmservice.x = \"a|22b\"\n";
+        let out = restored_vmx(vmx, &[disk(2000, "[ds1] w/disk-0.vmdk")]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "displayName = \"w\"\nscsi0:0.fileName = \"disk-0.vmdk\"\nvmservice.x = \"a|22b\"\n"
+        );
+        assert!(
+            restored_vmx(
+                b"scsi0:1.fileName = \"other.vmdk\"\n",
+                &[disk(2000, "[ds1] w/disk-0.vmdk")]
+            )
+            .is_err()
+        );
+    }
+}
