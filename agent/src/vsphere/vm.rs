@@ -109,6 +109,28 @@ impl SoapClient {
             .collect())
     }
 
+    /// The VMs directly in `folder` with their BIOS UUIDs (`config.uuid`), in one
+    /// property collection.
+    ///
+    /// # Errors
+    ///
+    /// `ManagedObjectNotFound` for an unknown folder.
+    pub async fn bios_uuids_in_folder(
+        &self,
+        folder: &FolderMoref,
+    ) -> Result<Vec<(VmMoref, Option<String>)>, VsphereError> {
+        let vms = self
+            .list_in_container(&folder.moref(), "VirtualMachine", &["config.uuid"], false)
+            .await?;
+        Ok(vms
+            .into_iter()
+            .map(|o| {
+                let uuid = o.text("config.uuid").map(str::to_owned);
+                (VmMoref(o.obj.value), uuid)
+            })
+            .collect())
+    }
+
     /// The VM folder of a Supervisor namespace: the one folder in the inventory named like
     /// the namespace (§A.11; the Supervisor's `vmware-system-vm-folder` annotation is
     /// authoritative when available).

@@ -293,13 +293,21 @@ pub(super) fn vsphere(
     move |source| RestoreError::Engine(BackupError::Vsphere { what, source })
 }
 
-/// What the job changed, for clean-up.
+/// The VM a restore works on, as the clean-up sees it.
+#[derive(Debug)]
+enum Target {
+    /// A VM this restore creates: its files exist from the first disk on, its moref once
+    /// registered. Removed on failure.
+    Created(Option<VmMoref>),
+    /// The user's VM, restored in place or given disks: never removed.
+    Users(VmMoref),
+}
+
+/// What the job changed, for clean-up: the `vm_shell` and `prepare_access` journal
+/// entries with what they stand for.
 #[derive(Debug, Default)]
 struct Effects {
-    shell: Option<i64>,
-    /// The user's VM restored in place (or given disks): never removed.
-    in_place: Option<VmMoref>,
-    shell_vm: Option<VmMoref>,
+    target: Option<(i64, Target)>,
     access: Option<(i64, VmMoref)>,
 }
 
@@ -354,7 +362,7 @@ pub async fn run_restore(
     blocking(move || catalog.job_start(job, Some(what), crate::repo::now_secs()))
         .await?
         .map_err(BackupError::Catalog)?;
-    let effects = Arc::new(Mutex::new(Effects::default()));
+    let effects = Mutex::new(Effects::default());
     let outcome = {
         let fut = restore_steps(
             renv,
@@ -396,44 +404,38 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: EndAccess; a VM shell it created is destroyed.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, shell, shell_vm, in_place) = {
+    let (access, target) = {
         let mut e = lock_effects(effects);
-        (
-            e.access.take(),
-            e.shell.take(),
-            e.shell_vm.take(),
-            e.in_place.take(),
-        )
+        (e.access.take(), e.target.take())
     };
     if let Some((id, vm)) = access
         && let Err(e) = journal::end_access(env, &vm, IDENTITY, id).await
     {
         tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: EndAccess failed; reconcile will retry");
     }
-    if let Some(id) = shell {
-        if shell_vm.is_none()
-            && let Some(vm) = in_place
-        {
+    match target {
+        None => {}
+        Some((id, Target::Users(vm))) => {
             tracing::error!(vm = %vm, "restore failed part-way: the VM's disks are partly restored; restore it again");
             let _ = journal::close(env, id).await;
-        } else if let Some(vm) = &shell_vm {
+        }
+        Some((id, Target::Created(Some(vm)))) => {
             observer(&RestoreEvent::Step {
                 message: format!("removing the unfinished VM {vm}"),
             });
-            match remove_shell(env, vm).await {
+            match remove_shell(env, &vm).await {
                 Ok(()) => {
                     let _ = journal::close(env, id).await;
                 }
                 Err(e) => {
-                    tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: the unfinished VM stays; reconcile will retry")
+                    tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: the unfinished VM stays; reconcile will retry");
                 }
             }
-        } else {
-            tracing::error!(
-                journal = id,
-                "restore clean-up: disk files were created before the VM was registered; reconcile reports them"
-            );
         }
+        Some((id, Target::Created(None))) => tracing::error!(
+            journal = id,
+            "restore clean-up: disk files were created before the VM was registered; reconcile reports them"
+        ),
     }
 }
 
@@ -458,20 +460,16 @@ async fn restore_steps(
     request: &RestoreRequest,
     observer: &RestoreObserver,
     cancel: &CancellationToken,
-    effects: &Arc<Mutex<Effects>>,
+    effects: &Mutex<Effects>,
     report: &mut RestoreReport,
 ) -> Result<(), RestoreError> {
     let env = &renv.env;
     let step = |m: String| observer(&RestoreEvent::Step { message: m });
-    let dc_name = env
-        .datacenter
-        .clone()
-        .unwrap_or_else(|| plan.datacenter.1.clone());
-    let dc = &plan.datacenter.0;
+    let dc = &plan.datacenter;
     let restore_type = plan.prediction.restore_type;
     // Targets: (backup disk, file to write, fresh?).
     let mut targets: Vec<(DiskRecord, String, bool)> = Vec::new();
-    let vm = match (restore_type, &plan.existing_vm) {
+    let vm = match (restore_type, plan.existing_vm.as_ref().map(|i| &i.moref)) {
         (RestoreType::New, _) | (RestoreType::Existing, None) => {
             let vmx_path = plan::vmx_path(&plan.disks, &plan.name).ok_or_else(|| {
                 RestoreError::Invalid(format!("point {} has no disk", request.point))
@@ -483,7 +481,7 @@ async fn restore_steps(
                 json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": null}),
             )
             .await?;
-            lock_effects(effects).shell = Some(shell_id);
+            lock_effects(effects).target = Some((shell_id, Target::Created(None)));
             for d in &plan.disks {
                 step(format!(
                     "creating {} ({} bytes)",
@@ -502,7 +500,7 @@ async fn restore_steps(
                 targets.push((d.clone(), d.backing_file.clone(), true));
             }
             let bytes = plan::restored_vmx(&plan.vmx, &plan.disks)?;
-            let path = DatastorePath::parse(&dc_name, &vmx_path).map_err(|source| {
+            let path = DatastorePath::parse(&plan.dc_name, &vmx_path).map_err(|source| {
                 BackupError::Datastore {
                     what: format!("the .vmx path {vmx_path}"),
                     source,
@@ -531,7 +529,7 @@ async fn restore_steps(
                 .register_vm(&staging, &vmx_path, Some(&plan.name), &pool)
                 .await
                 .map_err(vsphere(format!("registering {vmx_path}")))?;
-            lock_effects(effects).shell_vm = Some(vm.clone());
+            lock_effects(effects).target = Some((shell_id, Target::Created(Some(vm.clone()))));
             journal::update(
                 env,
                 shell_id,
@@ -551,9 +549,7 @@ async fn restore_steps(
                 json!({"job": report.job, "point": request.point, "vm": vm.as_str(), "in_place": true}),
             )
             .await?;
-            let mut e = lock_effects(effects);
-            e.shell = Some(id);
-            e.in_place = Some(vm.clone());
+            lock_effects(effects).target = Some((id, Target::Users(vm.clone())));
             vm.clone()
         }
         (RestoreType::DiskOnly, None) => {
@@ -587,14 +583,8 @@ async fn restore_steps(
     ));
     crash_point("restore-after-prepare-access");
     match restore_type {
-        RestoreType::Existing if plan.existing_vm.is_some() => {
-            let info = env
-                .soap
-                .vm_info(&vm)
-                .await
-                .map_err(vsphere(format!("reading {vm}")))?;
-            let entries =
-                super::vmx::parse(&plan.vmx).map_err(|e| RestoreError::Invalid(e.to_string()))?;
+        RestoreType::Existing if let Some(info) = &plan.existing_vm => {
+            let entries = &plan.entries;
             let mut changes: Vec<crate::vsphere::ExtraConfigChange> = entries
                 .iter()
                 .filter(|(k, _)| k.starts_with("vmservice."))
@@ -621,11 +611,9 @@ async fn restore_steps(
             }
         }
         RestoreType::DiskOnly => {
-            let info = env
-                .soap
-                .vm_info(&vm)
-                .await
-                .map_err(vsphere(format!("reading {vm}")))?;
+            let info = plan.existing_vm.as_ref().ok_or_else(|| {
+                RestoreError::Invalid("a disk-only restore needs the VM to attach disks to".into())
+            })?;
             let controller = info
                 .disks
                 .first()
@@ -665,7 +653,8 @@ async fn restore_steps(
     report.data_seconds = data_started.elapsed().as_secs_f64();
     report.bytes_total = report.disks.iter().map(|d| d.capacity_bytes).sum();
     crash_point("restore-after-data");
-    if lock_effects(effects).shell_vm.is_some() {
+    let created = matches!(lock_effects(effects).target, Some((_, Target::Created(_))));
+    if created {
         let folder = plan.folder.clone().ok_or_else(|| {
             RestoreError::Invalid(format!("namespace {} has no folder", plan.namespace))
         })?;
@@ -687,11 +676,10 @@ async fn restore_steps(
     step(format!(
         "EndAccess on {vm}: restore complete, RelocateVM_Task enabled"
     ));
-    let shell = lock_effects(effects).shell.take();
-    if let Some(id) = shell {
+    let target = lock_effects(effects).target.take();
+    if let Some((id, _)) = target {
         journal::close(env, id).await?;
     }
-    lock_effects(effects).shell_vm = None;
     // Registration.
     let task = if plan.prediction.auto_registration {
         step("waiting for WCP's automatic registration".into());

@@ -7,21 +7,28 @@ use super::{RestoreEnv, RestoreError, RestoreMode, RestoreRequest, vsphere};
 use crate::engine::{BackupError, blocking};
 use crate::repo::catalog::DiskRecord;
 use crate::vmservice::VmServiceData;
-use crate::vsphere::{DatastorePath, FolderMoref, MoRef, VmMoref};
+use crate::vsphere::{DatastorePath, FolderMoref, MoRef, VmInfo, VmMoref};
 
 /// Everything the pre-flight learnt, reused by the restore.
 pub(super) struct Plan {
     pub(super) vmx: Vec<u8>,
+    /// The `.vmx` entries, parsed once.
+    pub(super) entries: Vec<(String, String)>,
     pub(super) data: Option<VmServiceData>,
     pub(super) name: String,
     pub(super) namespace: String,
     pub(super) folder: Option<FolderMoref>,
     pub(super) api_version: String,
-    pub(super) existing_vm: Option<VmMoref>,
+    /// The VM in the namespace folder with the backup's BIOS UUID (restored in place, or
+    /// given the disks of a disk-only restore).
+    pub(super) existing_vm: Option<VmInfo>,
     pub(super) prediction: Prediction,
     /// The disks to restore, from the point.
     pub(super) disks: Vec<DiskRecord>,
-    pub(super) datacenter: (MoRef, String),
+    /// The datacenter (VirtualDiskManager calls name it).
+    pub(super) datacenter: MoRef,
+    /// Its name for datastore HTTP.
+    pub(super) dc_name: String,
 }
 
 fn vmx_value<'a>(entries: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -103,23 +110,26 @@ pub(super) async fn plan(
         .map(|o| serde_json::to_value(o).unwrap_or_default());
     let bios = vmx_value(&entries, "uuid.bios").map(hex_of);
     let mut vm_with_bios = None;
-    if let Some(f) = &folder {
-        for (vm, _) in env
+    if let (Some(f), Some(bios)) = (&folder, &bios) {
+        vm_with_bios = env
             .soap
-            .list_vms_in_folder(f)
+            .bios_uuids_in_folder(f)
             .await
             .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?
-        {
-            let info = env
-                .soap
-                .vm_info(&vm)
-                .await
-                .map_err(vsphere(format!("reading {vm}")))?;
-            if bios.is_some() && info.bios_uuid.as_deref().map(hex_of) == bios {
-                vm_with_bios = Some(vm);
-            }
-        }
+            .into_iter()
+            .find(|(_, u)| u.as_deref().map(hex_of).as_ref() == Some(bios))
+            .map(|(vm, _)| vm);
     }
+    // The VM a restore in place or disk-only works on, read once.
+    let existing_vm = match &vm_with_bios {
+        Some(vm) => Some(
+            env.soap
+                .vm_info(vm)
+                .await
+                .map_err(vsphere(format!("reading {vm}")))?,
+        ),
+        None => None,
+    };
     let mut prediction = predict::predict(&Facts {
         data: data.as_ref(),
         name: &name,
@@ -191,14 +201,10 @@ pub(super) async fn plan(
             }
         }
     }
-    if let Some(vm) = &vm_with_bios
+    if let Some(info) = &existing_vm
         && prediction.restore_type == RestoreType::Existing
     {
-        let info = env
-            .soap
-            .vm_info(vm)
-            .await
-            .map_err(vsphere(format!("reading {vm}")))?;
+        let vm = &info.moref;
         if info.power_state != Some(crate::vsphere::PowerState::PoweredOff) {
             prediction.refusals.push(ours(
                 "PoweredOn",
@@ -222,23 +228,20 @@ pub(super) async fn plan(
             }
         }
     }
-    let datacenter = env
+    let (datacenter, dc_name) = env
         .soap
         .only_datacenter()
         .await
         .map_err(vsphere("finding the datacenter"))?;
-    if prediction.restore_type == RestoreType::New && vm_with_bios.is_none() {
+    let dc_name = env.datacenter.clone().unwrap_or(dc_name);
+    if prediction.restore_type == RestoreType::New && existing_vm.is_none() {
         // The files must not exist: another VM (or a half-restored one) would be overwritten.
-        let dc = env
-            .datacenter
-            .clone()
-            .unwrap_or_else(|| datacenter.1.clone());
         let mut paths: Vec<String> = disks.iter().map(|d| d.backing_file.clone()).collect();
         if let Some(p) = vmx_path(&disks, &name) {
             paths.push(p);
         }
         for p in paths {
-            let Ok(path) = DatastorePath::parse(&dc, &p) else {
+            let Ok(path) = DatastorePath::parse(&dc_name, &p) else {
                 continue;
             };
             let mut sink = tokio::io::sink();
@@ -252,15 +255,17 @@ pub(super) async fn plan(
     }
     Ok(Plan {
         vmx,
+        entries,
         data,
         name,
         namespace,
         folder,
         api_version,
-        existing_vm: vm_with_bios,
+        existing_vm,
         prediction,
         disks,
         datacenter,
+        dc_name,
     })
 }
 
