@@ -211,7 +211,7 @@ impl VapiClient {
                     return Err(VapiError::TaskFailed {
                         task: task.to_owned(),
                         status: info.status,
-                        error: info.error.map(|e| e.to_string()).unwrap_or_default(),
+                        error: info.error.unwrap_or_default(),
                     });
                 }
                 CisTaskStatus::Pending | CisTaskStatus::Running => {}
@@ -444,8 +444,8 @@ pub enum VapiError {
         task: String,
         /// Its final status.
         status: CisTaskStatus,
-        /// Its error as JSON text.
-        error: String,
+        /// Its error (`{"error_type", "messages": [{"id", "default_message"}]}`).
+        error: serde_json::Value,
     },
     /// A cis task did not finish in time.
     #[error("cis task {task} not finished after {waited_secs} s")]

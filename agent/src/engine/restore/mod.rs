@@ -730,19 +730,13 @@ async fn restore_steps(
     Ok(())
 }
 
-/// WCP's error id and message from a cis task error's JSON.
-fn error_parts(error: &str) -> (String, String) {
-    let v: serde_json::Value = serde_json::from_str(error).unwrap_or_default();
-    let m = v.pointer("/messages/0");
+/// WCP's error id and message from a cis task's error.
+fn error_parts(error: &serde_json::Value) -> (String, String) {
+    let m = error.pointer("/messages/0");
+    let text = |key: &str| m.and_then(|m| m.get(key)).and_then(|s| s.as_str());
     (
-        m.and_then(|m| m.get("id"))
-            .and_then(|s| s.as_str())
-            .unwrap_or("unknown")
-            .to_owned(),
-        m.and_then(|m| m.get("default_message"))
-            .and_then(|s| s.as_str())
-            .unwrap_or(error)
-            .to_owned(),
+        text("id").unwrap_or("unknown").to_owned(),
+        text("default_message").map_or_else(|| error.to_string(), str::to_owned),
     )
 }
 
