@@ -245,11 +245,18 @@ pub(super) async fn plan(
                 continue;
             };
             let mut sink = tokio::io::sink();
-            if env.soap.download(&path, &mut sink).await.is_ok() {
-                prediction.refusals.push(ours(
+            match env.soap.download(&path, &mut sink).await {
+                Ok(_) => prediction.refusals.push(ours(
                     "FileExists",
                     format!("{p} already exists: another VM or a half-finished restore uses it"),
-                ));
+                )),
+                Err(crate::vsphere::DatastoreError::Http { status: 404, .. }) => {}
+                Err(source) => {
+                    return Err(RestoreError::Engine(BackupError::Datastore {
+                        what: format!("checking whether {p} exists"),
+                        source,
+                    }));
+                }
             }
         }
     }
