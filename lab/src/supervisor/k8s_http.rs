@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use super::store::{KindInfo, SupervisorError, VMOP_GROUP, VMOP_VERSIONS};
 use super::{KINDS, Supervisor, SupervisorSettings};
 use crate::vcenter::Vcenter;
-use crate::vcenter::http::{api_error, authorised, json as json_response};
+use crate::vcenter::http::{
+    api_error, api_session, authorised, json as json_response, unauthenticated,
+};
 
 type AppState = Arc<Vcenter>;
 type Params = HashMap<String, String>;
@@ -276,25 +278,14 @@ fn rewrite(mut o: Value, k: &KindInfo, api_version: &str) -> Value {
     o
 }
 
-fn api_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("vmware-api-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 /// `GET /api/cis/tasks?targets=VirtualMachine:vm-N`.
 async fn cis_task_list(
     State(vc): State<AppState>,
     Query(q): Query<Params>,
     headers: HeaderMap,
 ) -> Response {
-    if vc.api_user(api_token(&headers).as_deref()).is_none() {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "no valid session",
-        );
+    if api_session(&vc, &headers).is_none() {
+        return unauthenticated();
     }
     let tasks = vc
         .supervisor()
@@ -303,7 +294,7 @@ async fn cis_task_list(
 }
 
 fn lab_authorised(vc: &Vcenter, headers: &HeaderMap) -> bool {
-    k8s_authorised(vc, headers) || vc.api_user(api_token(headers).as_deref()).is_some()
+    k8s_authorised(vc, headers) || api_session(vc, headers).is_some()
 }
 
 async fn lab_settings_get(State(vc): State<AppState>, headers: HeaderMap) -> Response {

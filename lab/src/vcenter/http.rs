@@ -212,6 +212,20 @@ fn api_token(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The user of the request's vAPI session.
+pub(crate) fn api_session(vc: &Vcenter, headers: &HeaderMap) -> Option<String> {
+    vc.api_user(api_token(headers).as_deref())
+}
+
+/// The 401 of a vAPI call without a valid session.
+pub(crate) fn unauthenticated() -> Response {
+    api_error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "no valid session",
+    )
+}
+
 async fn api_login(State(vc): State<AppState>, headers: HeaderMap) -> Response {
     let Some((u, p)) = basic_auth(&headers) else {
         return api_error(
@@ -233,11 +247,7 @@ async fn api_login(State(vc): State<AppState>, headers: HeaderMap) -> Response {
 async fn api_logout(State(vc): State<AppState>, headers: HeaderMap) -> Response {
     match api_token(&headers) {
         Some(t) if vc.api_logout(&t) => StatusCode::NO_CONTENT.into_response(),
-        _ => api_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "no valid session",
-        ),
+        _ => unauthenticated(),
     }
 }
 
@@ -247,12 +257,8 @@ async fn cis_task(
     Path(task): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if vc.api_user(api_token(&headers).as_deref()).is_none() {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "no valid session",
-        );
+    if api_session(&vc, &headers).is_none() {
+        return unauthenticated();
     }
     let key = task.split(':').next().unwrap_or_default();
     let Some(t) = vc.tasks.get(key) else {
@@ -273,12 +279,8 @@ async fn registervm(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(user) = vc.api_user(api_token(&headers).as_deref()) else {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "no valid session",
-        );
+    let Some(user) = api_session(&vc, &headers) else {
+        return unauthenticated();
     };
     let spec: crate::supervisor::RegisterVmSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,

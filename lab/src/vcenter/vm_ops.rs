@@ -67,23 +67,40 @@ fn apply_spec(state: &mut VmState, spec: &Element) {
     apply_extra_config(&mut state.extra_config, spec);
 }
 
-/// The disks a ReconfigVM spec adds: `deviceChange` entries with `operation = add` and a
-/// `VirtualDisk` whose backing names a file in the VM's directory; with
-/// `fileOperation = create` the file is created first (capacity, thin).
-type DiskAddition = (DatastorePath, Option<(u64, bool)>);
+/// The `deviceChange` entries of a spec that add a `VirtualDisk`: (change, device).
+fn disks_added(spec: &Element) -> impl Iterator<Item = (&Element, &Element)> {
+    spec.children_named("deviceChange").filter_map(|dc| {
+        let dev = dc
+            .child("device")
+            .filter(|d| d.xsi_type.as_deref() == Some("VirtualDisk"))?;
+        (dc.child_text("operation") == Some("add")).then_some((dc, dev))
+    })
+}
+
+/// The capacity and provisioning of a `VirtualDisk` device to create.
+fn new_disk(dev: &Element) -> Result<NewDisk, Fault> {
+    let capacity_bytes = dev
+        .child_parse::<u64>("capacityInBytes")
+        .filter(|b| *b > 0)
+        .or_else(|| dev.child_parse::<u64>("capacityInKB").map(|k| k * 1024))
+        .ok_or_else(|| Fault::invalid_argument("capacityInKB"))?;
+    let thin = dev
+        .child("backing")
+        .and_then(|b| b.child_bool("thinProvisioned"))
+        .unwrap_or(false);
+    Ok(NewDisk {
+        capacity_bytes,
+        thin,
+    })
+}
+
+/// The disks a ReconfigVM spec adds: a `VirtualDisk` whose backing names a file in the
+/// VM's directory; with `fileOperation = create` the file is created first.
+type DiskAddition = (DatastorePath, Option<NewDisk>);
 
 fn disk_additions(spec: &Element, vm: &VmState) -> Result<Vec<DiskAddition>, Fault> {
     let mut out = Vec::new();
-    for dc in spec.children_named("deviceChange") {
-        let Some(dev) = dc
-            .child("device")
-            .filter(|d| d.xsi_type.as_deref() == Some("VirtualDisk"))
-        else {
-            continue;
-        };
-        if dc.child_text("operation") != Some("add") {
-            continue;
-        }
+    for (dc, dev) in disks_added(spec) {
         let backing = dev
             .child("backing")
             .ok_or_else(|| Fault::invalid_argument("device.backing"))?;
@@ -95,15 +112,7 @@ fn disk_additions(spec: &Element, vm: &VmState) -> Result<Vec<DiskAddition>, Fau
             return Err(Fault::invalid_argument("device.backing.fileName"));
         }
         let create = if dc.child_text("fileOperation") == Some("create") {
-            let bytes = dev
-                .child_parse::<u64>("capacityInBytes")
-                .filter(|b| *b > 0)
-                .or_else(|| dev.child_parse::<u64>("capacityInKB").map(|k| k * 1024))
-                .ok_or_else(|| Fault::invalid_argument("capacityInKB"))?;
-            Some((
-                bytes,
-                backing.child_bool("thinProvisioned").unwrap_or(false),
-            ))
+            Some(new_disk(dev)?)
         } else {
             None
         };
@@ -226,8 +235,8 @@ impl Vcenter {
                 entity_name = vm.name;
                 Box::new(move |_| {
                     for (path, create) in &added {
-                        if let Some((bytes, thin)) = create {
-                            lab.create_virtual_disk(path, *bytes, *thin)
+                        if let Some(d) = create {
+                            lab.create_virtual_disk(path, d.capacity_bytes, d.thin)
                                 .map_err(lab_fault)?;
                         }
                         lab.attach_disk(&vm_id, path).map_err(lab_fault)?;
@@ -405,31 +414,9 @@ impl Vcenter {
         {
             return Err(Fault::duplicate_name(name, "VirtualMachine", &dup.moref.0));
         }
-        let mut disks = Vec::new();
-        for dc in spec.children_named("deviceChange") {
-            let Some(dev) = dc
-                .child("device")
-                .filter(|d| d.xsi_type.as_deref() == Some("VirtualDisk"))
-            else {
-                continue;
-            };
-            if dc.child_text("operation") != Some("add") {
-                continue;
-            }
-            let bytes = dev
-                .child_parse::<u64>("capacityInBytes")
-                .filter(|b| *b > 0)
-                .or_else(|| dev.child_parse::<u64>("capacityInKB").map(|k| k * 1024))
-                .ok_or_else(|| Fault::invalid_argument("capacityInKB"))?;
-            let thin = dev
-                .child("backing")
-                .and_then(|b| b.child_bool("thinProvisioned"))
-                .unwrap_or(false);
-            disks.push(NewDisk {
-                capacity_bytes: bytes,
-                thin,
-            });
-        }
+        let disks = disks_added(spec)
+            .map(|(_, dev)| new_disk(dev))
+            .collect::<Result<Vec<_>, _>>()?;
         let vm = self
             .lab
             .create_vm(name, folder_path, &disks)
