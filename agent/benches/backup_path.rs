@@ -10,22 +10,19 @@ use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
 use lab::Lab;
 use lab::vmstate::NewDisk;
 use vadp_agent::repo::synthetic_image;
 use vadp_agent::repo::{ImageBackup, Repository};
+use vadp_tests::bench::{self, median, time};
 use vadp_tests::{SimProfile, SimVariant, vddk_sim_libdir_with};
 
 const MIB: u64 = 1 << 20;
 const KIB64: u64 = 64 * 1024;
 
 fn main() {
-    let size_mib: u64 = std::env::var("VADP_BENCH_SIZE_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
+    let size_mib = bench::size_mib();
     let capacity = size_mib * MIB;
     let libdir = vddk_sim_libdir_with(SimVariant::Vddk8, SimProfile::Release);
     let work = vadp_tests::target_dir().join("bench-backup");
@@ -141,17 +138,6 @@ fn main() {
         "| 1 % incremental | {image_incr:.2} s | {vm_incr:.2} s | {:.2}× | ≥ 0.8× |",
         image_incr / vm_incr
     );
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn time(f: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    f();
-    start.elapsed().as_secs_f64()
 }
 
 /// One `vadp-agent backup` run (process start, VDDK load and login included).

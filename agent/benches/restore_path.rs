@@ -7,8 +7,6 @@
 //!
 //! `cargo bench -p vadp-agent --bench restore_path` (`VADP_BENCH_SIZE_MIB`, default 2048).
 
-use std::time::Instant;
-
 use lab::Lab;
 use lab::vmstate::NewDisk;
 use tokio_util::sync::CancellationToken;
@@ -16,16 +14,14 @@ use vadp_agent::engine::restore::VddkSink;
 use vadp_agent::repo::synthetic_image;
 use vadp_agent::repo::{ImageBackup, Repository};
 use vadp_agent::vddk::{ConnectSpec, Credentials, OpenFlags, Secret, TransportMode, Vddk};
+use vadp_tests::bench::{self, median, time};
 use vadp_tests::{SimProfile, SimVariant, vddk_sim_libdir_with};
 
 const MIB: u64 = 1 << 20;
 const ROUNDS: usize = 3;
 
 fn main() {
-    let size_mib: u64 = std::env::var("VADP_BENCH_SIZE_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
+    let size_mib = bench::size_mib();
     let capacity = size_mib * MIB;
     let libdir = vddk_sim_libdir_with(SimVariant::Vddk8, SimProfile::Release);
     let work = vadp_tests::target_dir().join("bench-restore");
@@ -131,15 +127,4 @@ fn main() {
         "| ratio (VDDK / image throughput), target ≥ 0.8× | {:.2}× | |",
         image_s / vddk_s
     );
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn time(f: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    f();
-    start.elapsed().as_secs_f64()
 }

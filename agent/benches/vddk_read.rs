@@ -22,10 +22,7 @@ const MIB: u64 = 1 << 20;
 const RUNS: usize = 5;
 
 fn main() {
-    let size_mib: u64 = std::env::var("VADP_BENCH_SIZE_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
+    let size_mib = vadp_tests::bench::size_mib();
     let capacity = size_mib * MIB;
 
     let libdir = vddk_sim_libdir_with(SimVariant::Vddk8, SimProfile::Release);

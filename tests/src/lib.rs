@@ -136,3 +136,33 @@ pub fn vddk_sim_libdir_with(variant: SimVariant, profile: SimProfile) -> PathBuf
     }
     libdir
 }
+
+/// What the benchmarks share: the image size and the timing helpers.
+pub mod bench {
+    use std::time::Instant;
+
+    /// The benchmark image size in MiB: `VADP_BENCH_SIZE_MIB`, default 2048.
+    #[must_use]
+    pub fn size_mib() -> u64 {
+        std::env::var("VADP_BENCH_SIZE_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048)
+    }
+
+    /// The median of `v` (sorts it).
+    ///
+    /// # Panics
+    /// On an empty slice.
+    pub fn median(v: &mut [f64]) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    /// Seconds `f` takes.
+    pub fn time(f: impl FnOnce()) -> f64 {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    }
+}
