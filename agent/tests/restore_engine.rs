@@ -219,13 +219,18 @@ mod tests {
 
         /// Backs up `ns1/<name>`; returns the point id.
         fn backup(&self, name: &str) -> String {
+            self.backup_selector(&format!("{NS}/{name}"))
+        }
+
+        /// Backs up a VM given as `NS/NAME` or moref; returns the point id.
+        fn backup_selector(&self, vm: &str) -> String {
             let r = self.json(
                 vec![
                     "backup".into(),
                     "--repo".into(),
                     self.repo(),
                     "--vm".into(),
-                    format!("{NS}/{name}"),
+                    vm.to_owned(),
                 ],
                 &self.site,
                 "site-a",
@@ -658,20 +663,16 @@ mod tests {
 
     impl Fixture {
         fn backup_moref(&self, vm: &VmMoref) -> String {
-            let r = self.json(
-                vec![
-                    "backup".into(),
-                    "--repo".into(),
-                    self.repo(),
-                    "--vm".into(),
-                    vm.0.clone(),
-                ],
+            self.backup_selector(&vm.0)
+        }
+
+        fn reconcile(&self) -> Run {
+            self.json(
+                vec!["reconcile".into(), "--repo".into(), self.repo()],
                 &self.site,
                 "site-a",
                 None,
-            );
-            assert_eq!(r.code, Some(0), "backup: {}\n{}", r.stdout, r.stderr);
-            r.report()["vms"][0]["point"].as_str().unwrap().to_owned()
+            )
         }
     }
 
@@ -734,12 +735,7 @@ mod tests {
             "{}",
             r.stderr
         );
-        let rec = fx.json(
-            vec!["reconcile".into(), "--repo".into(), fx.repo()],
-            s,
-            "site-a",
-            None,
-        );
+        let rec = fx.reconcile();
         assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
         let report = &rec.events.last().unwrap()["report"];
         assert!(
@@ -756,12 +752,7 @@ mod tests {
         assert_ne!(r.code, Some(0));
         let shell = s.vm_by_name("crash-1").expect("the half-restored VM");
         assert!(!s.lab.disabled_methods(&shell).unwrap().is_empty());
-        let rec = fx.json(
-            vec!["reconcile".into(), "--repo".into(), fx.repo()],
-            s,
-            "site-a",
-            None,
-        );
+        let rec = fx.reconcile();
         let report = &rec.events.last().unwrap()["report"];
         assert_eq!(report["access_ended"], json!([shell.0]));
         assert_eq!(
