@@ -4,16 +4,15 @@
 //! password only from a file or the environment, never from the command line (it would
 //! show in the process list).
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
+
+use super::progress::DiskBars;
 
 use crate::engine::{
     self, BackupEvent, BackupRequest, Environment, Limits, Observer, VddkTarget, VmRequest,
@@ -343,88 +342,62 @@ fn observer(json: bool) -> Observer {
             }
         });
     }
-    let terminal = std::io::stderr().is_terminal();
-    let multi = MultiProgress::new();
-    let bars: Mutex<HashMap<(VmMoref, DiskKey), ProgressBar>> = Mutex::new(HashMap::new());
-    let style = ProgressStyle::with_template(
-        "{msg:32} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    Arc::new(move |e: &BackupEvent| {
-        let mut bars = bars
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match e {
-            BackupEvent::DiskStarted {
-                vm,
-                name,
-                disk,
-                label,
-                bytes_total,
-                kind,
-                ..
-            } => {
-                let msg = format!("{name} {label} ({})", kind_text(Some(*kind)));
-                if terminal {
-                    let bar = multi.add(ProgressBar::new(*bytes_total));
-                    bar.set_style(style.clone());
-                    bar.set_message(msg);
-                    bars.insert((vm.clone(), *disk), bar);
-                } else {
-                    eprintln!("reading {msg}: {bytes_total} bytes");
-                }
+    let bars: DiskBars<(VmMoref, DiskKey)> = DiskBars::new();
+    Arc::new(move |e: &BackupEvent| match e {
+        BackupEvent::DiskStarted {
+            vm,
+            name,
+            disk,
+            label,
+            bytes_total,
+            kind,
+            ..
+        } => {
+            let msg = format!("{name} {label} ({})", kind_text(Some(*kind)));
+            if !bars.terminal() {
+                eprintln!("reading {msg}: {bytes_total} bytes");
             }
-            BackupEvent::DiskProgress {
-                vm,
-                disk,
-                bytes_done,
-                ..
-            } => {
-                if let Some(bar) = bars.get(&(vm.clone(), *disk)) {
-                    bar.set_position(*bytes_done);
-                }
-            }
-            BackupEvent::DiskFinished { vm, disk, .. } => {
-                if let Some(bar) = bars.remove(&(vm.clone(), *disk)) {
-                    bar.finish();
-                }
-            }
-            BackupEvent::SnapshotCreated {
-                name,
-                snapshot,
-                completed_ms,
-                ..
-            } => {
-                let _ = multi.println(format!(
-                    "snapshot {snapshot} of {name} after {completed_ms} ms"
-                ));
-            }
-            BackupEvent::Reconciled {
-                snapshots_removed,
-                access_ended,
-                jobs_interrupted,
-                errors,
-            } => {
-                let _ = multi.println(format!(
-                    "reconciled interrupted jobs: {snapshots_removed} snapshot(s) removed, \
-                     {access_ended} EndAccess, {jobs_interrupted} job(s) marked interrupted"
-                ));
-                for e in errors {
-                    let _ = multi.println(format!("reconcile: {e}"));
-                }
-            }
-            BackupEvent::CbtEnabled { name, .. } => {
-                let _ = multi.println(format!("change tracking enabled on {name} (full backup)"));
-            }
-            BackupEvent::Warning { name, message, .. } => {
-                let _ = multi.println(format!("warning: {name}: {message}"));
-            }
-            BackupEvent::VmFailed { name, error, .. } => {
-                let _ = multi.println(format!("FAILED: {name}: {error}"));
-            }
-            _ => {}
+            bars.start((vm.clone(), *disk), msg, *bytes_total);
         }
+        BackupEvent::DiskProgress {
+            vm,
+            disk,
+            bytes_done,
+            bytes_total,
+        } => bars.set(&(vm.clone(), *disk), *bytes_done, *bytes_total),
+        BackupEvent::DiskFinished { vm, disk, .. } => bars.finish(&(vm.clone(), *disk)),
+        BackupEvent::SnapshotCreated {
+            name,
+            snapshot,
+            completed_ms,
+            ..
+        } => bars.println(format!(
+            "snapshot {snapshot} of {name} after {completed_ms} ms"
+        )),
+        BackupEvent::Reconciled {
+            snapshots_removed,
+            access_ended,
+            jobs_interrupted,
+            errors,
+        } => {
+            bars.println(format!(
+                "reconciled interrupted jobs: {snapshots_removed} snapshot(s) removed, \
+                 {access_ended} EndAccess, {jobs_interrupted} job(s) marked interrupted"
+            ));
+            for e in errors {
+                bars.println(format!("reconcile: {e}"));
+            }
+        }
+        BackupEvent::CbtEnabled { name, .. } => {
+            bars.println(format!("change tracking enabled on {name} (full backup)"));
+        }
+        BackupEvent::Warning { name, message, .. } => {
+            bars.println(format!("warning: {name}: {message}"));
+        }
+        BackupEvent::VmFailed { name, error, .. } => {
+            bars.println(format!("FAILED: {name}: {error}"));
+        }
+        _ => {}
     })
 }
 

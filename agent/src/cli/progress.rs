@@ -1,9 +1,12 @@
 //! Progress reporting: an indicatif bar on a terminal, JSON lines on stdout with `--json`.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// A progress sink for one long operation.
 pub(crate) struct Progress {
@@ -62,5 +65,75 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// One byte bar per disk under a shared [`MultiProgress`] (terminal only); lines printed
+/// through it do not tear the bars.
+pub(crate) struct DiskBars<K> {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<K, ProgressBar>>,
+    style: ProgressStyle,
+    terminal: bool,
+}
+
+impl<K: Eq + Hash> DiskBars<K> {
+    pub(crate) fn new() -> Self {
+        Self {
+            multi: MultiProgress::new(),
+            bars: Mutex::new(HashMap::new()),
+            style: ProgressStyle::with_template(
+                "{msg:32} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Whether bars are drawn (stderr is a terminal).
+    pub(crate) fn terminal(&self) -> bool {
+        self.terminal
+    }
+
+    /// The bars' container, for other bars.
+    pub(crate) fn multi(&self) -> &MultiProgress {
+        &self.multi
+    }
+
+    fn bars(&self) -> std::sync::MutexGuard<'_, HashMap<K, ProgressBar>> {
+        self.bars
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A bar for `key` (nothing off a terminal).
+    pub(crate) fn start(&self, key: K, message: String, total: u64) {
+        if self.terminal {
+            let bar = self.multi.add(ProgressBar::new(total));
+            bar.set_style(self.style.clone());
+            bar.set_message(message);
+            self.bars().insert(key, bar);
+        }
+    }
+
+    /// Moves `key`'s bar to `done` of `total`.
+    pub(crate) fn set(&self, key: &K, done: u64, total: u64) {
+        if let Some(bar) = self.bars().get(key) {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    }
+
+    /// Completes and forgets `key`'s bar.
+    pub(crate) fn finish(&self, key: &K) {
+        if let Some(bar) = self.bars().remove(key) {
+            bar.finish();
+        }
+    }
+
+    /// Prints a line above the bars.
+    pub(crate) fn println(&self, line: impl AsRef<str>) {
+        let _ = self.multi.println(line);
     }
 }

@@ -2,18 +2,17 @@
 //! (the restore engine, `engine::restore`), with the pre-flight prediction printed before
 //! anything changes.
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::backup::{ConnectionArgs, environment, password, tls_of};
+use super::progress::DiskBars;
 use crate::engine::restore::{
     self, Prediction, RestoreEnv, RestoreEvent, RestoreMode, RestoreObserver, RestoreReport,
     RestoreRequest,
@@ -262,78 +261,50 @@ fn observer(json: bool) -> RestoreObserver {
             }
         });
     }
-    let tty = std::io::stderr().is_terminal();
-    let multi = MultiProgress::new();
-    let bars: Mutex<HashMap<DiskKey, ProgressBar>> = Mutex::new(HashMap::new());
-    let reg: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    let bars: DiskBars<DiskKey> = DiskBars::new();
+    let registration: Mutex<Option<ProgressBar>> = Mutex::new(None);
     Arc::new(move |e: &RestoreEvent| match e {
         RestoreEvent::Predicted { prediction } => print_prediction(prediction),
-        RestoreEvent::Step { message } => {
-            let _ = multi.println(format!("- {message}"));
-        }
+        RestoreEvent::Step { message } => bars.println(format!("- {message}")),
         RestoreEvent::DiskStarted {
             disk,
             label,
             bytes_total,
-        } => {
-            if tty {
-                let bar = multi.add(ProgressBar::new(*bytes_total));
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                bar.set_prefix(format!("{disk} {label}"));
-                if let Ok(mut b) = bars.lock() {
-                    b.insert(*disk, bar);
-                }
-            }
-        }
+        } => bars.start(*disk, format!("{disk} {label}"), *bytes_total),
         RestoreEvent::DiskProgress {
             disk,
             bytes_done,
             bytes_total,
-        } => {
-            if let Ok(b) = bars.lock()
-                && let Some(bar) = b.get(disk)
-            {
-                bar.set_length(*bytes_total);
-                bar.set_position(*bytes_done);
-            }
-        }
+        } => bars.set(disk, *bytes_done, *bytes_total),
         RestoreEvent::DiskFinished {
             disk,
             capacity_bytes,
             seconds,
         } => {
-            if let Ok(b) = bars.lock()
-                && let Some(bar) = b.get(disk)
-            {
-                bar.finish();
-            }
-            let _ = multi.println(format!(
+            bars.finish(disk);
+            bars.println(format!(
                 "- disk {disk}: {capacity_bytes} bytes written in {seconds:.2} s"
             ));
         }
         RestoreEvent::Registration { completed, total } => {
-            if tty {
-                if let Ok(mut r) = reg.lock() {
-                    let bar = r.get_or_insert_with(|| {
-                        let bar = multi.add(ProgressBar::new(*total));
-                        bar.set_style(
-                            ProgressStyle::with_template("  registration [{bar:30}] {pos}%")
-                                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                        );
-                        bar
-                    });
-                    bar.set_position(*completed);
-                    if completed >= total {
-                        bar.finish();
-                    }
-                }
-            } else {
-                let _ = multi.println(format!("- registration {completed}/{total}"));
+            if !bars.terminal() {
+                bars.println(format!("- registration {completed}/{total}"));
+                return;
+            }
+            let mut r = registration
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let bar = r.get_or_insert_with(|| {
+                let bar = bars.multi().add(ProgressBar::new(*total));
+                bar.set_style(
+                    ProgressStyle::with_template("  registration [{bar:30}] {pos}%")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar
+            });
+            bar.set_position(*completed);
+            if completed >= total {
+                bar.finish();
             }
         }
     })
