@@ -299,11 +299,7 @@ fn lab_authorised(vc: &Vcenter, headers: &HeaderMap) -> bool {
 
 async fn lab_settings_get(State(vc): State<AppState>, headers: HeaderMap) -> Response {
     if !lab_authorised(&vc, &headers) {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "authentication required",
-        );
+        return unauthenticated();
     }
     json_response(
         StatusCode::OK,
@@ -313,11 +309,7 @@ async fn lab_settings_get(State(vc): State<AppState>, headers: HeaderMap) -> Res
 
 async fn lab_settings_put(State(vc): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if !lab_authorised(&vc, &headers) {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "authentication required",
-        );
+        return unauthenticated();
     }
     let s: SupervisorSettings = match serde_json::from_slice(&body) {
         Ok(s) => s,
@@ -335,11 +327,7 @@ async fn lab_settings_put(State(vc): State<AppState>, headers: HeaderMap, body: 
 
 async fn lab_reconcile(State(vc): State<AppState>, headers: HeaderMap) -> Response {
     if !lab_authorised(&vc, &headers) {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "authentication required",
-        );
+        return unauthenticated();
     }
     match tokio::task::spawn_blocking(move || vc.supervisor().reconcile_all()).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
