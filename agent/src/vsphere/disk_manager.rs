@@ -125,7 +125,7 @@ impl SoapClient {
     pub async fn only_datacenter(&self) -> Result<(MoRef, String), VsphereError> {
         let root = self.service_content().root_folder.clone();
         let dcs = self
-            .list_in_container(&root, "Datacenter", &["name", "vmFolder"], true)
+            .list_in_container(&root, "Datacenter", &["name"], true)
             .await?;
         match dcs.as_slice() {
             [one] => Ok((

@@ -164,19 +164,7 @@ impl SoapClient {
     ///
     /// [`VsphereError::NotFound`] or [`VsphereError::Ambiguous`].
     pub async fn only_datacenter_name(&self) -> Result<String, VsphereError> {
-        let root = self.service_content().root_folder.clone();
-        let dcs = self
-            .list_in_container(&root, "Datacenter", &["name"], true)
-            .await?;
-        let one = single(dcs.iter().map(|o| o.obj.clone()), || {
-            "datacenter".to_owned()
-        })?;
-        Ok(dcs
-            .iter()
-            .find(|o| o.obj == one)
-            .and_then(|o| o.text("name"))
-            .unwrap_or_default()
-            .to_owned())
+        self.only_datacenter().await.map(|(_, name)| name)
     }
 
     /// The VMs of a Supervisor namespace (those in its folder).
