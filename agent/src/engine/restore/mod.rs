@@ -42,6 +42,7 @@ mod verify;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -373,9 +374,13 @@ pub async fn run_restore(
             &effects,
             &mut report,
         );
+        // A panic in a step still gets the clean-up below (EndAccess first).
+        let fut = std::panic::AssertUnwindSafe(fut).catch_unwind();
         let cancelled = cancel.clone();
         tokio::select! {
-            r = fut => r,
+            r = fut => r.unwrap_or_else(|_| {
+                Err(RestoreError::Engine(BackupError::Thread("the restore panicked".into())))
+            }),
             () = cancelled.cancelled() => Err(RestoreError::Engine(BackupError::Cancelled)),
         }
     };
