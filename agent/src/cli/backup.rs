@@ -138,7 +138,7 @@ fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
 /// Re-executes with VDDK's directory on `LD_LIBRARY_PATH`, loads VDDK (InitEx, before any
 /// other thread exists, as VMware requires), then starts the async runtime, logs in to
 /// vCenter and opens the repository.
-fn environment(
+pub(crate) fn environment(
     conn: &ConnectionArgs,
     repo: &Path,
 ) -> anyhow::Result<(tokio::runtime::Runtime, Environment)> {

@@ -8,6 +8,7 @@
 pub mod backup_job;
 pub mod queue;
 pub mod schedule;
+pub mod scheduler;
 
 pub use queue::{JobBody, Outcome, Queue, QueueError, RunContext, Submission};
 pub use schedule::{Blackout, Schedule, is_due, next_run, parse_hhmm};
