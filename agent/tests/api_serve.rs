@@ -82,8 +82,7 @@ mod tests {
             )
             .unwrap();
         let disk = lab.vm(&vm).unwrap().disks[0].key;
-        lab.guest_write(&vm, disk, MIB, &vec![0x5a; 2 * MIB as usize])
-            .unwrap();
+        lab.guest_write(&vm, disk, MIB, &[0x5a; 2 << 20]).unwrap();
         std::fs::write(
             dir.path().join("vddk.conf"),
             format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
