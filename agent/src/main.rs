@@ -7,7 +7,7 @@ use vadp_agent::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing(cli.json, cli.verbose);
+    cli::init_tracing(cli.json || cli.log_json, cli.verbose);
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

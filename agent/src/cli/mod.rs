@@ -8,6 +8,7 @@ pub mod lab;
 mod progress;
 pub mod repo;
 pub mod restore;
+pub mod serve;
 pub mod vddk;
 
 use std::io::IsTerminal;
@@ -22,6 +23,9 @@ pub struct Cli {
     /// Machine-readable output: JSON logs on stderr, JSON lines (progress, result) on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Logs as JSON lines on stderr (for log collectors); stdout is unchanged.
+    #[arg(long, global = true)]
+    pub log_json: bool,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -53,12 +57,19 @@ pub enum Command {
     Vddk(vddk::VddkArgs),
     /// Run the main job on the built-in lab and print a summary.
     Demo(demo::DemoArgs),
+    /// Run the daemon: the HTTP API, the job queue and the scheduler (agent.toml).
+    Serve(serve::ServeArgs),
+    /// Scheduling policies: `schedule run-due` (for a systemd timer), `schedule show`.
+    #[command(subcommand)]
+    Schedule(serve::ScheduleCommand),
     /// The lab (simulated vSphere): `lab serve`.
     #[command(subcommand)]
     Lab(lab::LabCommand),
 }
 
-/// Install the tracing subscriber: human-readable on stderr, JSON with `--json`.
+/// Install the tracing subscriber on stderr: JSON with `--json`/`--log-json`; under
+/// systemd's journal (`JOURNAL_STREAM` set) plain lines without colours or timestamps
+/// (journald adds its own); otherwise human-readable, coloured on a terminal.
 pub fn init_tracing(json: bool, verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -72,6 +83,8 @@ pub fn init_tracing(json: bool, verbose: u8) {
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.with_ansi(false).without_time().compact().init();
     } else {
         builder
             .with_ansi(std::io::stderr().is_terminal())
@@ -95,6 +108,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(cmd, cli.json),
         Command::Vddk(args) => vddk::run(args, cli.json).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(&args, cli.json).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Schedule(cmd) => serve::schedule(&cmd, cli.json),
         Command::Lab(cmd) => lab::run(cmd, cli.json).map(|()| ExitCode::SUCCESS),
     }
 }

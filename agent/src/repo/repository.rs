@@ -665,9 +665,29 @@ impl Repository {
         now: i64,
         dry_run: bool,
     ) -> Result<Vec<PruneDecision>, RepoError> {
+        self.prune_where(policy, now, dry_run, |_| true)
+    }
+
+    /// As [`Repository::prune`], for the points of the VMs `select` accepts only (a
+    /// scheduling policy's retention applies to its own VMs).
+    ///
+    /// # Errors
+    /// As [`Repository::prune`].
+    pub fn prune_where(
+        &self,
+        policy: &RetentionPolicy,
+        now: i64,
+        dry_run: bool,
+        select: impl Fn(&VmRecord) -> bool,
+    ) -> Result<Vec<PruneDecision>, RepoError> {
         policy.validate()?;
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
-        let points = self.catalog.list_points()?;
+        let points: Vec<PointRecord> = self
+            .catalog
+            .list_points()?
+            .into_iter()
+            .filter(|p| select(&p.vm))
+            .collect();
         let mut vms: Vec<&VmMoref> = points.iter().map(|p| &p.vm.moref).collect();
         vms.sort();
         vms.dedup();

@@ -213,8 +213,8 @@ fn to_u64(v: i64) -> u64 {
 /// The catalog: queries over one connection.
 #[derive(Debug)]
 pub struct Catalog {
-    conn: Connection,
-    path: PathBuf,
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
 }
 
 impl Catalog {
@@ -268,7 +268,7 @@ impl Catalog {
         }
     }
 
-    fn sql(&self) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
+    pub(super) fn sql(&self) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
         |source| CatalogError::Sql {
             path: self.path.clone(),
             source,

@@ -14,6 +14,7 @@
 //! It must not touch chunk or index files.
 
 mod db;
+mod queue;
 mod schema;
 mod thread;
 
@@ -23,6 +24,7 @@ pub use db::{
     Catalog, DiskRecord, DiskRole, JobEnd, JournalEntry, JournalKind, NewPoint, PointConfig,
     PointKind, PointRecord, VmRecord,
 };
+pub use queue::{QueueJob, QueueUpdate};
 pub use schema::LATEST_VERSION;
 pub use thread::{CatalogHandle, CatalogThread};
 

@@ -72,10 +72,30 @@ CREATE TABLE journal (
 ALTER TABLE jobs ADD COLUMN finished_at INTEGER;
 ALTER TABLE jobs ADD COLUMN stats TEXT;
 ",
+    // 3: the daemon's job queue (API and scheduled jobs), which survives a restart.
+    r"
+CREATE TABLE queue_jobs (
+    id              TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    priority        INTEGER NOT NULL,
+    origin          TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN
+                      ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted')),
+    created_at      INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    started_at      INTEGER,
+    finished_at     INTEGER,
+    error           TEXT,
+    result          TEXT
+);
+CREATE INDEX queue_jobs_state ON queue_jobs (state, priority, seq);
+",
 ];
 
 /// The schema version this agent writes.
-pub const LATEST_VERSION: u32 = 2;
+pub const LATEST_VERSION: u32 = 3;
 
 /// Outcome of [`migrate`] when the catalog cannot be used.
 #[derive(Debug)]

@@ -11,6 +11,7 @@ use crossbeam_channel::{Sender, bounded};
 
 use super::CatalogError;
 use super::db::{Catalog, JobEnd, JournalEntry, JournalKind, NewPoint, PointConfig, PointRecord};
+use super::queue::{QueueJob, QueueUpdate};
 use crate::ids::{JobId, RestorePointId, VmMoref};
 
 type Reply<T> = Sender<Result<T, CatalogError>>;
@@ -34,6 +35,10 @@ enum Command {
     JobStats(JobId, Reply<Option<serde_json::Value>>),
     PointConfig(RestorePointId, Reply<Option<PointConfig>>),
     LatestPoint(String, VmMoref, Reply<Option<PointRecord>>),
+    QueueInsert(Box<QueueJob>, Reply<(QueueJob, bool)>),
+    QueueUpdate(String, Box<QueueUpdate>, Reply<()>),
+    QueueList(Reply<Vec<QueueJob>>),
+    QueueInterruptRunning(i64, Reply<Vec<String>>),
 }
 
 /// Handle to the `catalog` thread; cheap to clone. The thread stops when the last handle drops.
@@ -195,6 +200,38 @@ impl CatalogHandle {
         self.call(|r| Command::JournalUpdate(id, detail, r))
     }
 
+    /// See [`Catalog::queue_insert`].
+    ///
+    /// # Errors
+    /// As [`Catalog::queue_insert`], or [`CatalogError::Gone`].
+    pub fn queue_insert(&self, job: QueueJob) -> Result<(QueueJob, bool), CatalogError> {
+        self.call(|r| Command::QueueInsert(Box::new(job), r))
+    }
+
+    /// See [`Catalog::queue_update`].
+    ///
+    /// # Errors
+    /// As [`Catalog::queue_update`], or [`CatalogError::Gone`].
+    pub fn queue_update(&self, id: &str, update: QueueUpdate) -> Result<(), CatalogError> {
+        self.call(|r| Command::QueueUpdate(id.to_owned(), Box::new(update), r))
+    }
+
+    /// See [`Catalog::queue_list`].
+    ///
+    /// # Errors
+    /// As [`Catalog::queue_list`], or [`CatalogError::Gone`].
+    pub fn queue_list(&self) -> Result<Vec<QueueJob>, CatalogError> {
+        self.call(Command::QueueList)
+    }
+
+    /// See [`Catalog::queue_interrupt_running`].
+    ///
+    /// # Errors
+    /// As [`Catalog::queue_interrupt_running`], or [`CatalogError::Gone`].
+    pub fn queue_interrupt_running(&self, now: i64) -> Result<Vec<String>, CatalogError> {
+        self.call(|r| Command::QueueInterruptRunning(now, r))
+    }
+
     /// See [`Catalog::job_start`].
     ///
     /// # Errors
@@ -274,6 +311,12 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::JobStats(id, r) => drop(r.send(catalog.job_stats(id))),
         Command::PointConfig(id, r) => drop(r.send(catalog.point_config(id))),
         Command::LatestPoint(vc, vm, r) => drop(r.send(catalog.latest_point(&vc, &vm))),
+        Command::QueueInsert(job, r) => drop(r.send(catalog.queue_insert(&job))),
+        Command::QueueUpdate(id, u, r) => drop(r.send(catalog.queue_update(&id, &u))),
+        Command::QueueList(r) => drop(r.send(catalog.queue_list())),
+        Command::QueueInterruptRunning(now, r) => {
+            drop(r.send(catalog.queue_interrupt_running(now)));
+        }
     }
 }
 

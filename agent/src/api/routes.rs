@@ -1,0 +1,494 @@
+//! The route table of `/v1` (plugin-api's `openapi::ROUTES` documents the same list) and
+//! its handlers.
+
+// Repository errors name what failed and are large; they travel on cold paths only.
+#![allow(clippy::result_large_err)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use plugin_api::types::{
+    BackupJobRequest, ErrorBody, GcResult, Health, Job, JobEnded, JobKind, JobList, Point,
+    PointDeleted, PointDisk, PointList, PruneDecision, PruneRequest, PruneResult, Ready,
+    ReconcileResult, RestoreJobRequest, VerifyResult,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+use super::{auth, metrics};
+use crate::config::SecretText;
+use crate::daemon::backup_job::engine_request;
+use crate::daemon::queue::StreamItem;
+use crate::daemon::{Queue, Submission};
+use crate::engine::{self, Environment, Limits};
+use crate::ids::RestorePointId;
+use crate::repo::catalog::PointRecord;
+use crate::repo::{RepoError, RetentionPolicy};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The job queue.
+    pub queue: Queue,
+    /// vCenter, VDDK and the repository.
+    pub env: Environment,
+    /// The bearer token.
+    pub token: SecretText,
+    /// Engine limits for new jobs.
+    pub limits: Limits,
+    /// Set once start-up is complete.
+    pub ready: AtomicBool,
+}
+
+/// An error response: status + [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiFailure(StatusCode, ErrorBody);
+
+impl ApiFailure {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self(
+            status,
+            ErrorBody {
+                code: code.into(),
+                message: message.into(),
+            },
+        )
+    }
+    pub(super) fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        )
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} {id}"),
+        )
+    }
+    fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!(error = %message, "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let mut r = axum::Json(self.1).into_response();
+        *r.status_mut() = self.0;
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// The application: every route, the authenticated ones behind the token check.
+pub fn app(state: Arc<AppState>) -> Router {
+    let authenticated = Router::new()
+        .route("/v1/jobs/backup", post(post_backup))
+        .route("/v1/jobs/restore", post(post_restore))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/points", get(list_points))
+        .route("/v1/points/{id}", get(get_point).delete(delete_point))
+        .route("/v1/repository/verify", post(verify))
+        .route("/v1/repository/prune", post(prune))
+        .route("/v1/repository/gc", post(gc))
+        .route("/v1/reconcile", post(reconcile))
+        .route("/v1/metrics", get(get_metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
+        .merge(authenticated)
+        .with_state(state)
+}
+
+/// Strict JSON parsing with our error body (axum's rejection would be plain text).
+fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiFailure::bad_request(e.to_string()))
+}
+
+async fn short<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiFailure::internal(e.to_string()))?
+        .map_err(ApiFailure::internal)
+}
+
+/// Long repository work on its own named thread, the reply through a oneshot.
+async fn long<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T, RepoError> + Send + 'static,
+) -> ApiResult<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| ApiFailure::internal(e.to_string()))?;
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(RepoError::Lock(e))) => Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            engine::error_chain(&e),
+        )),
+        Ok(Err(RepoError::Prune(e))) => Err(ApiFailure::bad_request(e.to_string())),
+        Ok(Err(e)) => Err(ApiFailure::internal(engine::error_chain(&e))),
+        Err(_) => Err(ApiFailure::internal(format!("the {name} thread failed"))),
+    }
+}
+
+async fn post_backup(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let request: BackupJobRequest = parse(&body)?;
+    engine_request(&request, s.limits).map_err(ApiFailure::bad_request)?;
+    let submission = Submission {
+        kind: JobKind::Backup,
+        idempotency_key: request.idempotency_key.clone(),
+        priority: request.priority,
+        request: serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?,
+        origin: "api".into(),
+    };
+    let (job, new) = s
+        .queue
+        .submit(submission)
+        .await
+        .map_err(|e| ApiFailure::internal(engine::error_chain(&e)))?;
+    let status = if new {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(job)).into_response())
+}
+
+async fn post_restore(State(_): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let request: RestoreJobRequest = parse(&body)?;
+    request
+        .point
+        .parse::<RestorePointId>()
+        .map_err(|e| ApiFailure::bad_request(format!("point: {e}")))?;
+    Err(ApiFailure::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "restore jobs are not wired to the restore engine in this build",
+    ))
+}
+
+async fn list_jobs(State(s): State<Arc<AppState>>) -> axum::Json<JobList> {
+    axum::Json(JobList {
+        jobs: s.queue.list(),
+    })
+}
+
+async fn get_job(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Job>> {
+    s.queue
+        .get(&id)
+        .map(axum::Json)
+        .ok_or_else(|| ApiFailure::not_found("job", &id))
+}
+
+async fn cancel_job(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Job>> {
+    s.queue
+        .cancel(&id)
+        .await
+        .map_err(|e| ApiFailure::internal(engine::error_chain(&e)))?
+        .map(axum::Json)
+        .ok_or_else(|| ApiFailure::not_found("job", &id))
+}
+
+/// The state of one SSE stream: replay the history, then follow live until the end.
+struct Follow {
+    history: VecDeque<Arc<serde_json::Value>>,
+    ended: Option<Job>,
+    rx: broadcast::Receiver<StreamItem>,
+    done: bool,
+}
+
+fn progress_event(v: &serde_json::Value) -> Event {
+    let name = v.get("event").and_then(|e| e.as_str()).unwrap_or("message");
+    Event::default().event(name).data(v.to_string())
+}
+
+fn end_event(job: Job) -> Event {
+    let data = serde_json::to_string(&JobEnded { job }).unwrap_or_default();
+    Event::default().event("end").data(data)
+}
+
+async fn job_events(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let (history, ended, rx) = s
+        .queue
+        .subscribe(&id)
+        .ok_or_else(|| ApiFailure::not_found("job", &id))?;
+    let follow = Follow {
+        history: history.into(),
+        ended,
+        rx,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(follow, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        if let Some(v) = f.history.pop_front() {
+            return Some((Ok(progress_event(&v)), f));
+        }
+        if let Some(job) = f.ended.take() {
+            f.done = true;
+            return Some((Ok(end_event(job)), f));
+        }
+        loop {
+            match f.rx.recv().await {
+                Ok(StreamItem::Event(v)) => return Some((Ok(progress_event(&v)), f)),
+                Ok(StreamItem::End(job)) => {
+                    f.done = true;
+                    return Some((Ok(end_event(*job)), f));
+                }
+                // A slow client missed some progress events; the next ones still come.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn point_view(p: PointRecord) -> Point {
+    Point {
+        id: p.id.to_string(),
+        vm: p.vm.moref.to_string(),
+        name: p.vm.name,
+        namespace: p.vm.namespace,
+        created_at: p.created_at,
+        kind: serde_json::to_value(p.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        reason: p.reason,
+        parent: p.parent.map(|x| x.to_string()),
+        disks: p
+            .disks
+            .into_iter()
+            .map(|d| PointDisk {
+                key: d.key.0,
+                label: d.label,
+                capacity_bytes: d.capacity_bytes,
+                bytes_changed: d.bytes_changed,
+                bytes_stored: d.bytes_stored,
+            })
+            .collect(),
+        stats: p.stats,
+    }
+}
+
+fn point_id(id: &str) -> ApiResult<RestorePointId> {
+    id.parse()
+        .map_err(|_| ApiFailure::not_found("restore point", id))
+}
+
+async fn list_points(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<PointList>> {
+    let catalog = s.env.repo.catalog().clone();
+    let points = short(move || catalog.list_points().map_err(|e| engine::error_chain(&e))).await?;
+    Ok(axum::Json(PointList {
+        points: points.into_iter().map(point_view).collect(),
+    }))
+}
+
+async fn get_point(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Point>> {
+    let pid = point_id(&id)?;
+    let catalog = s.env.repo.catalog().clone();
+    short(move || catalog.get_point(pid).map_err(|e| engine::error_chain(&e)))
+        .await?
+        .map(|p| axum::Json(point_view(p)))
+        .ok_or_else(|| ApiFailure::not_found("restore point", &id))
+}
+
+async fn delete_point(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<PointDeleted>> {
+    let pid = point_id(&id)?;
+    let catalog = s.env.repo.catalog().clone();
+    let n = short(move || {
+        catalog
+            .delete_points(vec![pid])
+            .map_err(|e| engine::error_chain(&e))
+    })
+    .await?;
+    if n == 0 {
+        return Err(ApiFailure::not_found("restore point", &id));
+    }
+    // The index directory and unreferenced chunks go at the next GC.
+    Ok(axum::Json(PointDeleted { id }))
+}
+
+async fn verify(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<VerifyResult>> {
+    let repo = Arc::clone(&s.env.repo);
+    let report = long("verify", move || repo.verify(&mut |_, _| {})).await?;
+    Ok(axum::Json(VerifyResult {
+        ok: report.is_ok(),
+        points: report.points as u64,
+        chunks: report.chunks as u64,
+        problems: report
+            .problems
+            .iter()
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect(),
+    }))
+}
+
+async fn prune(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<axum::Json<PruneResult>> {
+    let r: PruneRequest = parse(&body)?;
+    let policy = RetentionPolicy {
+        keep_last: r.keep_last,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+        min_age_secs: i64::from(r.min_age_days) * 86_400,
+    };
+    policy
+        .validate()
+        .map_err(|e| ApiFailure::bad_request(e.to_string()))?;
+    let repo = Arc::clone(&s.env.repo);
+    let dry_run = r.dry_run;
+    let now = jiff::Timestamp::now().as_second();
+    let decisions = long("prune", move || repo.prune(&policy, now, dry_run)).await?;
+    Ok(axum::Json(PruneResult {
+        dry_run,
+        decisions: decisions
+            .into_iter()
+            .map(|d| PruneDecision {
+                id: d.id.to_string(),
+                created_at: d.created_at,
+                keep: d.keep,
+                reasons: d.reasons.iter().map(|r| (*r).to_owned()).collect(),
+            })
+            .collect(),
+    }))
+}
+
+async fn gc(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<GcResult>> {
+    let repo = Arc::clone(&s.env.repo);
+    let r = long("gc", move || repo.gc()).await?;
+    Ok(axum::Json(GcResult {
+        chunks_marked: r.chunks_marked as u64,
+        chunks_removed: r.chunks_removed as u64,
+        bytes_removed: r.bytes_removed,
+    }))
+}
+
+async fn reconcile(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<ReconcileResult>> {
+    let r = engine::reconcile(&s.env, &[])
+        .await
+        .map_err(|e| ApiFailure::internal(engine::error_chain(&e)))?;
+    Ok(axum::Json(ReconcileResult {
+        snapshots_removed: r
+            .snapshots_removed
+            .iter()
+            .map(|(vm, snap)| format!("{vm}:{snap}"))
+            .collect(),
+        access_ended: r.access_ended.iter().map(ToString::to_string).collect(),
+        jobs_interrupted: r.jobs_interrupted.iter().map(ToString::to_string).collect(),
+        half_created_vms: r
+            .half_created_vms
+            .iter()
+            .map(|(vm, d)| format!("{vm}: {d}"))
+            .collect(),
+        errors: r.errors,
+    }))
+}
+
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let (queued, running) = s.queue.figures();
+    let is_ready = s.ready.load(Ordering::SeqCst);
+    let body = Ready {
+        ready: is_ready,
+        reason: (!is_ready).then(|| "starting".to_owned()),
+        queued: queued as u64,
+        running: running as u64,
+    };
+    let status = if is_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn get_metrics(State(s): State<Arc<AppState>>) -> ApiResult<Response> {
+    let catalog = s.env.repo.catalog().clone();
+    let journal = short(move || {
+        catalog
+            .journal_open_entries()
+            .map_err(|e| engine::error_chain(&e))
+    })
+    .await?;
+    let text = metrics::render(&s.queue, &journal, jiff::Timestamp::now().as_second());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        plugin_api::openapi::document_json(),
+    )
+        .into_response()
+}

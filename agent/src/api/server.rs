@@ -1,0 +1,123 @@
+//! Listening (TCP and/or a unix socket), systemd notification and graceful shutdown.
+//!
+//! Under systemd (`Type=notify`) the daemon sends `READY=1` once every listener is bound,
+//! `STATUS=` with the queue's figures, and `WATCHDOG=1` at half of `WATCHDOG_USEC` from
+//! the async runtime, so a wedged runtime stops the pings and systemd restarts the agent.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+
+use super::routes::{AppState, app};
+
+/// Where to listen.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    /// TCP address (port 0 picks a free port; the bound address is printed).
+    pub tcp: Option<SocketAddr>,
+    /// Unix socket path (replaced if it exists; mode 0660).
+    pub socket: Option<PathBuf>,
+}
+
+fn status(state: &AppState) -> String {
+    let (queued, running) = state.queue.figures();
+    format!(
+        "{running} job(s) running (limit {}), {queued} queued",
+        state.queue.limit()
+    )
+}
+
+/// Serves the API until `shutdown` is cancelled.
+///
+/// # Errors
+/// Binding a listener failed.
+pub async fn serve(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = app(Arc::clone(&state));
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = listeners.tcp {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        // On stdout for scripts and tests; the log has it too.
+        println!("listening on http://{bound}");
+        tracing::info!(address = %bound, "API listening on TCP");
+        let (r, s) = (router.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            axum::serve(listener, r)
+                .with_graceful_shutdown(s.cancelled_owned())
+                .await
+        });
+    }
+    if let Some(path) = &listeners.socket {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = tokio::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        println!("listening on unix:{}", path.display());
+        tracing::info!(socket = %path.display(), "API listening on a unix socket");
+        let (r, s) = (router.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            axum::serve(listener, r)
+                .with_graceful_shutdown(s.cancelled_owned())
+                .await
+        });
+    }
+    state.ready.store(true, Ordering::SeqCst);
+    let status_text = status(&state);
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[NotifyState::Ready, NotifyState::Status(&status_text)],
+    ) {
+        tracing::debug!(error = %e, "sd_notify READY");
+    }
+    let mut usec = 0u64;
+    let watchdog =
+        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2));
+    let pinger = {
+        let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
+        tokio::spawn(async move {
+            let period = watchdog.unwrap_or(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        let text = status(&state);
+                        let mut msg = vec![NotifyState::Status(&text)];
+                        if watchdog.is_some() {
+                            msg.push(NotifyState::Watchdog);
+                        }
+                        let _ = sd_notify::notify(false, &msg);
+                    }
+                }
+            }
+        })
+    };
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(std::io::Error::other(e.to_string())),
+        }
+        shutdown.cancel();
+    }
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    pinger.abort();
+    if let Some(path) = &listeners.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}

@@ -1,0 +1,274 @@
+//! `vadp-agent serve` (the daemon) and `vadp-agent schedule run-due` (the timer's oneshot
+//! for administrators without the daemon). Both read `/etc/vadp-agent/agent.toml`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use super::backup::{ConnectionArgs, environment};
+use crate::api::{AppState, Listeners};
+use crate::config::{AgentConfig, DEFAULT_PATH, read_secret_file};
+use crate::daemon::backup_job::{BackupJobs, engine_request};
+use crate::daemon::{Queue, scheduler};
+use crate::engine::{self, BackupEvent, Environment};
+
+/// Where the configuration is.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The configuration file (TOML); `VADP_AGENT_<SECTION>__<KEY>` variables override it.
+    #[arg(long = "config", env = "VADP_AGENT_CONFIG", default_value = DEFAULT_PATH)]
+    pub path: PathBuf,
+}
+
+/// `vadp-agent serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `vadp-agent schedule …`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Run the policies that are due now, once each, then exit (for a systemd timer).
+    RunDue(ConfigArgs),
+    /// Show each policy's last and next run.
+    Show(ConfigArgs),
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
+    Ok(AgentConfig::load(path)?)
+}
+
+/// Checks the password file and sets up VDDK, the runtime, vCenter and the repository.
+fn start(config: &AgentConfig) -> anyhow::Result<(tokio::runtime::Runtime, Environment)> {
+    // Refuse a password file others can read before anything else.
+    read_secret_file("vcenter.password_file", &config.vcenter.password_file)?;
+    let conn = ConnectionArgs {
+        vcenter: config
+            .vcenter
+            .url
+            .parse()
+            .context("configuration key vcenter.url")?,
+        user: config.vcenter.user.clone(),
+        password_file: Some(config.vcenter.password_file.clone()),
+        thumbprint: config.vcenter.thumbprint.clone(),
+        ca_file: config.vcenter.ca_file.clone(),
+        datacenter: config.vcenter.datacenter.clone(),
+        vddk_libdir: config.vddk.libdir.clone(),
+        vddk_config: config.vddk.config.clone(),
+        transports: config.vddk.transports.clone(),
+    };
+    environment(&conn, &config.repository.path)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Configuration, set-up or listener failures (a failed job never stops the daemon).
+pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(load(&args.config.path)?);
+    let token = read_secret_file("api.token_file", &config.api.token_file)?;
+    let (rt, env) = start(&config)?;
+    let listeners = Listeners {
+        tcp: if config.api.listen.is_empty() {
+            None
+        } else {
+            Some(
+                config
+                    .api
+                    .listen
+                    .parse()
+                    .context("configuration key api.listen")?,
+            )
+        },
+        socket: config.api.socket.clone(),
+    };
+    let result = rt.block_on(async {
+        let body = Arc::new(BackupJobs {
+            env: env.clone(),
+            config: Arc::clone(&config),
+        });
+        let (queue, interrupted) = Queue::start(
+            env.repo.catalog().clone(),
+            Arc::new(body),
+            config.limits.concurrent_jobs,
+        )
+        .await?;
+        if !interrupted.is_empty() {
+            tracing::warn!(jobs = ?interrupted, "jobs interrupted by the last stop; reconciling");
+        }
+        // Undo what interrupted jobs left in vSphere before new work starts touching it.
+        match engine::reconcile(&env, &[]).await {
+            Ok(r) if r.is_clean() => tracing::info!("reconcile at start-up: clean"),
+            Ok(r) => tracing::warn!(
+                snapshots_removed = r.snapshots_removed.len(),
+                access_ended = r.access_ended.len(),
+                jobs_interrupted = r.jobs_interrupted.len(),
+                errors = ?r.errors,
+                "reconcile at start-up"
+            ),
+            Err(e) => tracing::error!(error = %engine::error_chain(&e), "reconcile at start-up"),
+        }
+        let state = Arc::new(AppState {
+            queue: queue.clone(),
+            env: env.clone(),
+            token,
+            limits: config.limits.engine(),
+            ready: AtomicBool::new(false),
+        });
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: cancelling running jobs");
+            s.cancel();
+        });
+        tokio::spawn(scheduler::run(
+            Arc::clone(&config),
+            env.repo.catalog().clone(),
+            queue.clone(),
+            shutdown.clone(),
+        ));
+        let served = crate::api::serve(state, listeners, shutdown).await;
+        queue.cancel_all();
+        // Give running jobs the chance to clean up (snapshots, EndAccess) before exiting.
+        while queue.figures().1 > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        served.map_err(anyhow::Error::from)
+    });
+    let _ = rt.block_on(env.soap.logout());
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Runs `vadp-agent schedule …`.
+///
+/// # Errors
+/// Configuration and set-up failures. Exit code 2 when a due policy failed.
+pub fn schedule(cmd: &ScheduleCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ScheduleCommand::Show(c) => show(&load(&c.path)?, json),
+        ScheduleCommand::RunDue(c) => run_due(&load(&c.path)?, json),
+    }
+}
+
+fn show(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let repo = crate::repo::Repository::open(&config.repository.path)?;
+    let now = jiff::Zoned::now();
+    for (name, p) in &config.policy {
+        let last = scheduler::last_run(repo.catalog(), name)?;
+        let next = crate::daemon::next_run(&p.schedule(name)?, last, &now);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"policy": name, "last_run": last.map(|t| t.to_string()), "next_run": next.to_string()})
+            );
+        } else {
+            println!(
+                "{name}: last run {}, next run {}",
+                last.map_or("never".into(), |t| t.to_string()),
+                next
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let (rt, env) = start(config)?;
+    let now = jiff::Zoned::now();
+    let due = scheduler::due_policies(config, env.repo.catalog(), &now)?;
+    let mut code = ExitCode::SUCCESS;
+    if due.is_empty() {
+        tracing::info!("no policy is due");
+    }
+    for name in due {
+        let Some(p) = config.policy.get(&name) else {
+            continue;
+        };
+        let request = engine_request(
+            &scheduler::policy_request(&name, p, &now),
+            config.limits.engine(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        scheduler::record_run(env.repo.catalog(), &name, now.timestamp())?;
+        let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
+            if let BackupEvent::VmFailed { name, error, .. } = e {
+                tracing::warn!(vm = %name, error = %error, "VM failed");
+            }
+        });
+        let report = rt.block_on(engine::run_backup(
+            &env,
+            request,
+            CancellationToken::new(),
+            observer,
+        ));
+        match report {
+            Ok(r) => {
+                if json {
+                    println!("{}", serde_json::json!({"policy": name, "report": r}));
+                } else {
+                    println!(
+                        "policy {name}: job {} {} ({} VM(s))",
+                        r.job,
+                        if r.succeeded { "succeeded" } else { "FAILED" },
+                        r.vms.len()
+                    );
+                }
+                if !r.succeeded {
+                    code = ExitCode::from(2);
+                    continue;
+                }
+                if let Some(retention) = p.retention {
+                    let selectors = p.selectors(&name)?;
+                    let decisions = env.repo.prune_where(
+                        &retention.policy(),
+                        now.timestamp().as_second(),
+                        false,
+                        |vm| {
+                            selectors.iter().any(|(s, _)| match s {
+                                engine::VmSelector::Moref(m) => *m == vm.moref,
+                                engine::VmSelector::Namespaced { namespace, name } => {
+                                    vm.namespace.as_deref() == Some(namespace) && vm.name == *name
+                                }
+                            })
+                        },
+                    )?;
+                    tracing::info!(
+                        policy = %name,
+                        removed = decisions.iter().filter(|d| !d.keep).count(),
+                        "retention applied"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(policy = %name, error = %engine::error_chain(&e), "backup failed");
+                code = ExitCode::from(2);
+            }
+        }
+    }
+    let _ = rt.block_on(env.soap.logout());
+    Ok(code)
+}

@@ -1,0 +1,559 @@
+//! The daemon's configuration: `/etc/vadp-agent/agent.toml` (or `--config PATH`), then
+//! `VADP_AGENT_<SECTION>__<KEY>` environment variables (e.g. `VADP_AGENT_API__LISTEN`),
+//! read with the `config` crate and validated at start with messages naming the key.
+//!
+//! The vCenter password is not in this file: `vcenter.password_file` names a separate file
+//! that must be readable by its owner only (mode 0600 or 0400); the API token file
+//! (`api.token_file`) must be mode 0600. Neither secret is ever formatted: both are held in
+//! [`crate::vddk::Secret`]-like wrappers whose `Debug` prints `***`.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::{Limits, VmSelector};
+use crate::repo::RetentionPolicy;
+
+/// Where the configuration file is by default.
+pub const DEFAULT_PATH: &str = "/etc/vadp-agent/agent.toml";
+
+/// Errors reading or validating the configuration; each names the file or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or does not match the schema.
+    #[error("configuration {path}: {message}")]
+    Load {
+        /// The configuration file.
+        path: PathBuf,
+        /// The `config` crate's message (it names the key).
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("configuration key {key}: {message}")]
+    Invalid {
+        /// The key, e.g. `api.listen`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A secret file is missing, unreadable or readable by others.
+    #[error("{key} {path}: {message}")]
+    SecretFile {
+        /// The key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `[vcenter]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcenterConfig {
+    /// The SDK URL, e.g. `https://vc.example.com/sdk`.
+    pub url: String,
+    /// The user.
+    pub user: String,
+    /// SHA-1 thumbprint of vCenter's certificate (`AA:BB:…`).
+    #[serde(default)]
+    pub thumbprint: Option<String>,
+    /// A CA certificate (PEM) to trust besides the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The VMs' datacenter (default: the only one).
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// File holding the password (first line); owner-only permissions.
+    pub password_file: PathBuf,
+}
+
+/// `[vddk]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VddkConfig {
+    /// VDDK distribution directory (holding `lib64/libvixDiskLib.so.*`).
+    pub libdir: PathBuf,
+    /// VDDK configuration file for InitEx.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// Transport modes, colon-separated.
+    #[serde(default = "default_transports")]
+    pub transports: String,
+}
+
+fn default_transports() -> String {
+    "nbdssl:nbd".into()
+}
+
+/// `[repository]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// The repository directory (created with `vadp-agent repo init`).
+    pub path: PathBuf,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address to listen on (`127.0.0.1:8443`); empty for none.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// A unix socket to listen on as well.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// The bearer token file (mode 0600).
+    pub token_file: PathBuf,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Jobs running at once.
+    #[serde(default = "default_concurrent_jobs")]
+    pub concurrent_jobs: usize,
+    /// Disks read at once in one job.
+    #[serde(default = "default_disks_per_job")]
+    pub disks_per_job: usize,
+    /// Disks read at once on one ESXi host.
+    #[serde(default = "default_disks_per_host")]
+    pub disks_per_host: usize,
+    /// Disks read at once from one datastore.
+    #[serde(default = "default_disks_per_datastore")]
+    pub disks_per_datastore: usize,
+}
+
+fn default_concurrent_jobs() -> usize {
+    2
+}
+fn default_disks_per_job() -> usize {
+    Limits::default().disks_per_job
+}
+fn default_disks_per_host() -> usize {
+    Limits::default().disks_per_host
+}
+fn default_disks_per_datastore() -> usize {
+    Limits::default().disks_per_datastore
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            concurrent_jobs: default_concurrent_jobs(),
+            disks_per_job: default_disks_per_job(),
+            disks_per_host: default_disks_per_host(),
+            disks_per_datastore: default_disks_per_datastore(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The engine's per-job limits.
+    #[must_use]
+    pub fn engine(&self) -> Limits {
+        Limits {
+            disks_per_job: self.disks_per_job,
+            disks_per_host: self.disks_per_host,
+            disks_per_datastore: self.disks_per_datastore,
+        }
+    }
+}
+
+/// `[policy.<name>.retention]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep the N newest.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Keep one per day for N days.
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// Keep one per ISO week for N weeks.
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// Keep one per month for N months.
+    #[serde(default)]
+    pub keep_monthly: u32,
+    /// Never remove a point younger than this (at least 3).
+    #[serde(default = "default_min_age_days")]
+    pub min_age_days: u32,
+}
+
+fn default_min_age_days() -> u32 {
+    3
+}
+
+impl RetentionConfig {
+    /// As the repository's retention policy.
+    #[must_use]
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            min_age_secs: i64::from(self.min_age_days) * 86_400,
+        }
+    }
+}
+
+/// `[policy.<name>]`: a scheduled backup of a group of VMs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// VMs (`NAMESPACE/NAME` or morefs), snapshotted together.
+    pub vms: Vec<String>,
+    /// VMs to quiesce (as in `vms`).
+    #[serde(default)]
+    pub quiesce: Vec<String>,
+    /// Local time of the daily run, `HH:MM`.
+    pub daily_at: String,
+    /// Windows in which no run starts, `HH:MM-HH:MM` local time (may cross midnight).
+    #[serde(default)]
+    pub blackout: Vec<String>,
+    /// Run once as soon as the policy is first seen (an initial on-demand backup).
+    #[serde(default = "default_initial_run")]
+    pub initial_run: bool,
+    /// Queue priority of its jobs.
+    #[serde(default)]
+    pub priority: i32,
+    /// Retention applied to its VMs after each successful run.
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
+}
+
+fn default_initial_run() -> bool {
+    true
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// vCenter.
+    pub vcenter: VcenterConfig,
+    /// VDDK.
+    pub vddk: VddkConfig,
+    /// Repository.
+    pub repository: RepositoryConfig,
+    /// HTTP API.
+    pub api: ApiConfig,
+    /// Concurrency.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Scheduling policies by name.
+    #[serde(default)]
+    pub policy: std::collections::BTreeMap<String, PolicyConfig>,
+}
+
+/// A secret read from a file; `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct SecretText(String);
+
+impl SecretText {
+    /// The secret itself, for the one place that sends it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Reads the first line of a secret file, refusing one that others can read (any group or
+/// world permission bit).
+///
+/// # Errors
+/// [`ConfigError::SecretFile`].
+pub fn read_secret_file(key: &'static str, path: &Path) -> Result<SecretText, ConfigError> {
+    let err = |message: String| ConfigError::SecretFile {
+        key,
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {mode:04o} lets others read it; chmod 0600 (owner only)"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let first = text.lines().next().unwrap_or_default().trim().to_owned();
+    if first.is_empty() {
+        return Err(err("is empty".into()));
+    }
+    Ok(SecretText(first))
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl AgentConfig {
+    /// Reads `path` and the `VADP_AGENT_<SECTION>__<KEY>` environment, then validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`AgentConfig::load`] with the given environment (tests).
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let load = |message: String| ConfigError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
+        // Only nested keys (`SECTION__KEY`): the CLI's own `VADP_AGENT_*` variables
+        // (VADP_AGENT_PASSWORD, VADP_AGENT_VCENTER, …) are not configuration keys.
+        let vars: config::Map<String, String> = env
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix("VADP_AGENT_")?;
+                rest.contains("__").then(|| (k.clone(), v))
+            })
+            .collect();
+        let settings = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("VADP_AGENT")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(vars)),
+            )
+            .build()
+            .map_err(|e| load(e.to_string()))?;
+        let cfg: Self = settings
+            .try_deserialize()
+            .map_err(|e| load(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value that serde cannot.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(&self.vcenter.url)
+            .map_err(|e| invalid("vcenter.url", format!("{:?}: {e}", self.vcenter.url)))?;
+        if url.scheme() != "https" || url.host_str().is_none() {
+            return Err(invalid(
+                "vcenter.url",
+                "must be https://HOST/sdk (plain http is refused)",
+            ));
+        }
+        if self.vcenter.user.trim().is_empty() {
+            return Err(invalid("vcenter.user", "is empty"));
+        }
+        if let Some(tp) = &self.vcenter.thumbprint
+            && tp.parse::<crate::vsphere::Thumbprint>().is_err()
+        {
+            return Err(invalid(
+                "vcenter.thumbprint",
+                "expected 20 hex bytes separated by colons (AA:BB:…)",
+            ));
+        }
+        crate::vddk::TransportMode::parse_list(&self.vddk.transports)
+            .map_err(|e| invalid("vddk.transports", e))?;
+        if !self.repository.path.is_absolute() {
+            return Err(invalid("repository.path", "must be an absolute path"));
+        }
+        if !self.api.listen.is_empty() {
+            self.api
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("api.listen", format!("{:?}: {e}", self.api.listen)))?;
+        } else if self.api.socket.is_none() {
+            return Err(invalid(
+                "api.listen",
+                "empty and no api.socket: the daemon would not listen at all",
+            ));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.concurrent_jobs", l.concurrent_jobs),
+            ("limits.disks_per_job", l.disks_per_job),
+            ("limits.disks_per_host", l.disks_per_host),
+            ("limits.disks_per_datastore", l.disks_per_datastore),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (name, p) in &self.policy {
+            p.schedule(name)?;
+            p.selectors(name)?;
+            if let Some(r) = &p.retention {
+                r.policy()
+                    .validate()
+                    .map_err(|e| invalid(format!("policy.{name}.retention"), e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PolicyConfig {
+    /// The policy's VMs and which to quiesce.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `policy.<name>.vms` or `.quiesce`.
+    pub fn selectors(&self, name: &str) -> Result<Vec<(VmSelector, bool)>, ConfigError> {
+        if self.vms.is_empty() {
+            return Err(invalid(format!("policy.{name}.vms"), "is empty"));
+        }
+        for q in &self.quiesce {
+            if !self.vms.contains(q) {
+                return Err(invalid(
+                    format!("policy.{name}.quiesce"),
+                    format!("{q:?} is not in vms"),
+                ));
+            }
+        }
+        self.vms
+            .iter()
+            .map(|v| {
+                v.parse::<VmSelector>()
+                    .map(|s| (s, self.quiesce.contains(v)))
+                    .map_err(|e| invalid(format!("policy.{name}.vms"), e))
+            })
+            .collect()
+    }
+
+    /// The schedule part.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `policy.<name>.daily_at` or `.blackout`.
+    pub fn schedule(&self, name: &str) -> Result<crate::daemon::Schedule, ConfigError> {
+        let daily_at = crate::daemon::parse_hhmm(&self.daily_at)
+            .map_err(|e| invalid(format!("policy.{name}.daily_at"), e))?;
+        let blackout = self
+            .blackout
+            .iter()
+            .map(|b| crate::daemon::Blackout::parse(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(format!("policy.{name}.blackout"), e))?;
+        Ok(crate::daemon::Schedule {
+            daily_at,
+            blackout,
+            initial_run: self.initial_run,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[vcenter]
+url = "https://vc.example.com/sdk"
+user = "backup@vsphere.local"
+password_file = "/etc/vadp-agent/credentials"
+
+[vddk]
+libdir = "/opt/vmware-vix-disklib-distrib"
+
+[repository]
+path = "/var/lib/vadp-agent/repo"
+
+[api]
+token_file = "/etc/vadp-agent/token"
+
+[policy.vcf-ops]
+vms = ["ops/ops-1", "ops/ops-2"]
+daily_at = "23:00"
+blackout = ["01:45-02:30"]
+retention = { keep_daily = 7 }
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, text).unwrap();
+        AgentConfig::load_with_env(
+            &p,
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    #[test]
+    fn loads_with_defaults_and_env_overrides() {
+        let c = load(
+            GOOD,
+            &[
+                ("VADP_AGENT_LIMITS__CONCURRENT_JOBS", "4"),
+                ("VADP_AGENT_API__LISTEN", "127.0.0.1:9000"),
+                ("VADP_AGENT_PASSWORD", "not-a-key"),
+                ("VADP_AGENT_VCENTER", "https://other/sdk"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.limits.concurrent_jobs, 4);
+        assert_eq!(c.api.listen, "127.0.0.1:9000");
+        assert_eq!(c.vcenter.url, "https://vc.example.com/sdk");
+        assert_eq!(c.policy["vcf-ops"].retention.unwrap().min_age_days, 3);
+        assert!(c.policy["vcf-ops"].initial_run);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(&GOOD.replace("https://vc", "http://vc"), &[]).unwrap_err();
+        assert!(e.to_string().contains("vcenter.url"), "{e}");
+        let e = load(&GOOD.replace("23:00", "25:00"), &[]).unwrap_err();
+        assert!(e.to_string().contains("policy.vcf-ops.daily_at"), "{e}");
+        let e = load(&GOOD.replace("01:45-02:30", "01:45"), &[]).unwrap_err();
+        assert!(e.to_string().contains("policy.vcf-ops.blackout"), "{e}");
+        let e = load(
+            &GOOD.replace("keep_daily = 7", "keep_daily = 7, min_age_days = 1"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("policy.vcf-ops.retention"), "{e}");
+        let e = load(GOOD, &[("VADP_AGENT_LIMITS__CONCURRENT_JOBS", "0")]).unwrap_err();
+        assert!(e.to_string().contains("limits.concurrent_jobs"), "{e}");
+        let e = load(&GOOD.replace("[api]", "[api]\nlisten_addr = \"x\""), &[]).unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn secret_files_must_be_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "s3cret-token\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_secret_file("api.token_file", &p).unwrap_err();
+        assert!(e.to_string().contains("0644"), "{e}");
+        assert!(!e.to_string().contains("s3cret"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let s = read_secret_file("api.token_file", &p).unwrap();
+        assert_eq!(s.expose(), "s3cret-token");
+        assert_eq!(format!("{s:?}"), "***");
+    }
+}

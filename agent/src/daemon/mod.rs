@@ -1,0 +1,14 @@
+//! The daemon's own machinery, apart from HTTP: the persisted job queue with its limits
+//! and priorities ([`queue`]), the scheduling policies ([`schedule`]) and the job bodies
+//! that run the engines ([`backup_job`]).
+//!
+//! It must not parse HTTP (that is `crate::api`) nor call VDDK or SQLite on a tokio
+//! worker: the engines and the catalog handle keep blocking work on their own threads.
+
+pub mod backup_job;
+pub mod queue;
+pub mod schedule;
+pub mod scheduler;
+
+pub use queue::{JobBody, Outcome, Queue, QueueError, RunContext, Submission};
+pub use schedule::{Blackout, Schedule, is_due, next_run, parse_hhmm};

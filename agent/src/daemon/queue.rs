@@ -1,0 +1,768 @@
+//! The job queue: every job (API or scheduler) is persisted in the catalog
+//! (`queue_jobs`), then waits here until one of `limit` slots is free; among queued jobs
+//! the highest priority goes first, then the oldest. The engine's own per-host and
+//! per-datastore limits apply inside each job.
+//!
+//! - **Restart.** At start, jobs the catalog still marks running belonged to a daemon that
+//!   died: they become `interrupted` (the engine's reconciler undoes their side effects
+//!   before the next backup, and `serve` runs it at start-up); queued jobs resume.
+//! - **Events.** Each job keeps its events (JSON) and broadcasts new ones, so an SSE
+//!   client sees the whole story from the start and then follows it live, ending with the
+//!   job itself once it has ended.
+//! - **Threads.** Async only; catalog calls go through `spawn_blocking` (short calls to the
+//!   `catalog` thread). The job body decides where its own blocking work runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use plugin_api::types::{Job, JobKind, JobState, Progress};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::repo::CatalogHandle;
+use crate::repo::catalog::{CatalogError, QueueJob, QueueUpdate};
+
+/// Events kept per job (older `disk_progress` events are dropped beyond this).
+const HISTORY_LIMIT: usize = 10_000;
+
+/// How a job body ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `Succeeded`, `Failed` or `Cancelled`.
+    pub state: JobState,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The report.
+    pub result: Option<serde_json::Value>,
+}
+
+/// What a job body gets.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// Job id.
+    pub id: String,
+    /// Kind.
+    pub kind: JobKind,
+    /// The request as submitted.
+    pub request: serde_json::Value,
+    /// `api` or `schedule:<policy>`.
+    pub origin: String,
+    /// Cancelled by `POST /v1/jobs/{id}/cancel` or shutdown.
+    pub cancel: CancellationToken,
+    /// Where the body reports its events.
+    pub events: EventSink,
+}
+
+/// A boxed future of a job body.
+pub type BodyFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Runs one job (the backup engine in the daemon; a light body in tests).
+pub trait JobBody: Send + Sync + 'static {
+    /// Run the job to its end.
+    fn run(&self, ctx: RunContext) -> BodyFuture;
+}
+
+/// An item of a job's event stream.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    /// An engine event.
+    Event(Arc<serde_json::Value>),
+    /// The job ended.
+    End(Box<Job>),
+}
+
+/// A job's events so far, the job if it already ended, and a receiver for what follows.
+pub type Subscription = (
+    Vec<Arc<serde_json::Value>>,
+    Option<Job>,
+    broadcast::Receiver<StreamItem>,
+);
+
+/// Totals for `/v1/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Bytes read from disks (whole chunks).
+    pub bytes_read: u64,
+    /// Bytes of new chunks written.
+    pub bytes_written: u64,
+    /// Finished jobs' durations, seconds.
+    pub duration_seconds_sum: f64,
+    /// Finished jobs.
+    pub duration_count: u64,
+    /// VMs that failed inside jobs.
+    pub vm_failures: u64,
+}
+
+struct Entry {
+    job: QueueJob,
+    progress: Progress,
+    disks: HashMap<String, (u64, u64)>,
+    cancel: CancellationToken,
+    history: Vec<Arc<serde_json::Value>>,
+    tx: broadcast::Sender<StreamItem>,
+}
+
+struct State {
+    jobs: BTreeMap<String, Entry>,
+    running: usize,
+    counters: Counters,
+}
+
+struct Inner {
+    catalog: CatalogHandle,
+    body: Arc<dyn JobBody>,
+    limit: usize,
+    state: Mutex<State>,
+    wake: Notify,
+    peak: AtomicUsize,
+}
+
+/// Hands a job's events to the queue (callable from any thread; never blocks on I/O).
+#[derive(Clone)]
+pub struct EventSink {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink").field("job", &self.id).finish()
+    }
+}
+
+/// The queue; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("limit", &self.inner.limit)
+            .finish()
+    }
+}
+
+/// Errors of the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A blocking call failed.
+    #[error("catalog call failed: {0}")]
+    Join(String),
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn state_of(s: &str) -> JobState {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(JobState::Unknown)
+}
+
+fn state_str(s: JobState) -> &'static str {
+    match s {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Interrupted => "interrupted",
+        JobState::Unknown => "failed",
+    }
+}
+
+fn kind_str(k: JobKind) -> &'static str {
+    match k {
+        JobKind::Backup => "backup",
+        JobKind::Restore => "restore",
+        JobKind::Unknown => "unknown",
+    }
+}
+
+impl Entry {
+    fn new(job: QueueJob) -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        Self {
+            job,
+            progress: Progress::default(),
+            disks: HashMap::new(),
+            cancel: CancellationToken::new(),
+            history: Vec::new(),
+            tx,
+        }
+    }
+
+    fn view(&self) -> Job {
+        let j = &self.job;
+        Job {
+            id: j.id.clone(),
+            kind: serde_json::from_value(serde_json::Value::String(j.kind.clone()))
+                .unwrap_or(JobKind::Unknown),
+            state: state_of(&j.state),
+            priority: j.priority,
+            idempotency_key: j.idempotency_key.clone(),
+            origin: j.origin.clone(),
+            created_at: j.created_at,
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+            progress: self.progress.clone(),
+            error: j.error.clone(),
+            request: j.request.clone(),
+            result: j.result.clone(),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| QueueError::Join(e.to_string()))?
+        .map_err(QueueError::from)
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl EventSink {
+    /// Record and broadcast one event; updates the job's progress and the counters.
+    pub fn emit(&self, event: serde_json::Value) {
+        let mut st = self.inner.lock();
+        let State { jobs, counters, .. } = &mut *st;
+        let Some(entry) = jobs.get_mut(&self.id) else {
+            return;
+        };
+        let u = |k: &str| {
+            event
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        let disk_id = || {
+            format!(
+                "{}/{}",
+                event.get("vm").and_then(|v| v.as_str()).unwrap_or_default(),
+                event
+                    .get("disk")
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )
+        };
+        let name = event
+            .get("event")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        match name.as_str() {
+            "job_started" => entry.progress.vms_total = u("vms"),
+            "disk_started" => {
+                entry.disks.insert(disk_id(), (0, u("bytes_total")));
+            }
+            "disk_progress" => {
+                entry
+                    .disks
+                    .insert(disk_id(), (u("bytes_done"), u("bytes_total")));
+            }
+            "disk_finished" => {
+                let total = entry.disks.get(&disk_id()).map_or(0, |d| d.1);
+                entry.disks.insert(disk_id(), (total, total));
+                counters.bytes_read += u("bytes_read");
+                counters.bytes_written += u("bytes_stored");
+            }
+            "vm_finished" => entry.progress.vms_done += 1,
+            "vm_failed" => {
+                entry.progress.vms_done += 1;
+                counters.vm_failures += 1;
+            }
+            _ => {}
+        }
+        entry.progress.bytes_done = entry.disks.values().map(|d| d.0).sum();
+        entry.progress.bytes_total = entry.disks.values().map(|d| d.1).sum();
+        let event = Arc::new(event);
+        if entry.history.len() < HISTORY_LIMIT || name != "disk_progress" {
+            entry.history.push(Arc::clone(&event));
+        }
+        let _ = entry.tx.send(StreamItem::Event(event));
+    }
+}
+
+/// A new job to submit.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Kind.
+    pub kind: JobKind,
+    /// The request JSON.
+    pub request: serde_json::Value,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Priority (higher first).
+    pub priority: i32,
+    /// `api` or `schedule:<policy>`.
+    pub origin: String,
+}
+
+impl Queue {
+    /// Loads the catalog's jobs (marking running ones interrupted, keeping queued ones) and
+    /// starts dispatching with at most `limit` jobs at once. Call inside a tokio runtime.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn start(
+        catalog: CatalogHandle,
+        body: Arc<dyn JobBody>,
+        limit: usize,
+    ) -> Result<(Self, Vec<String>), QueueError> {
+        let c = catalog.clone();
+        let (interrupted, jobs) = blocking(move || {
+            let interrupted = c.queue_interrupt_running(now())?;
+            Ok((interrupted, c.queue_list()?))
+        })
+        .await?;
+        let state = State {
+            jobs: jobs
+                .into_iter()
+                .map(|j| (j.id.clone(), Entry::new(j)))
+                .collect(),
+            running: 0,
+            counters: Counters::default(),
+        };
+        let inner = Arc::new(Inner {
+            catalog,
+            body,
+            limit: limit.max(1),
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            peak: AtomicUsize::new(0),
+        });
+        let q = Self { inner };
+        let d = q.clone();
+        tokio::spawn(async move { d.dispatch().await });
+        Ok((q, interrupted))
+    }
+
+    /// Persists and queues a job; a known idempotency key returns the job it first created.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn submit(&self, s: Submission) -> Result<(Job, bool), QueueError> {
+        let job = QueueJob {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: kind_str(s.kind).to_owned(),
+            idempotency_key: s.idempotency_key,
+            priority: s.priority,
+            origin: s.origin,
+            request: s.request,
+            state: "queued".into(),
+            created_at: now(),
+            seq: 0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            result: None,
+        };
+        let c = self.inner.catalog.clone();
+        let (stored, new) = blocking(move || c.queue_insert(job)).await?;
+        let view = {
+            let mut st = self.inner.lock();
+            let entry = st
+                .jobs
+                .entry(stored.id.clone())
+                .or_insert_with(|| Entry::new(stored));
+            entry.view()
+        };
+        if new {
+            self.inner.wake.notify_one();
+        }
+        Ok((view, new))
+    }
+
+    /// Every job, newest first.
+    #[must_use]
+    pub fn list(&self) -> Vec<Job> {
+        let st = self.inner.lock();
+        let mut jobs: Vec<(i64, Job)> = st.jobs.values().map(|e| (e.job.seq, e.view())).collect();
+        jobs.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        jobs.into_iter().map(|(_, j)| j).collect()
+    }
+
+    /// One job.
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<Job> {
+        self.inner.lock().jobs.get(id).map(Entry::view)
+    }
+
+    /// Cancels a queued job (at once) or a running one (its body stops and cleans up).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn cancel(&self, id: &str) -> Result<Option<Job>, QueueError> {
+        let cancelled_queued = {
+            let mut st = self.inner.lock();
+            let Some(entry) = st.jobs.get_mut(id) else {
+                return Ok(None);
+            };
+            match entry.job.state.as_str() {
+                "queued" => {
+                    entry.job.state = "cancelled".into();
+                    entry.job.finished_at = Some(now());
+                    let _ = entry.tx.send(StreamItem::End(Box::new(entry.view())));
+                    true
+                }
+                "running" => {
+                    entry.cancel.cancel();
+                    false
+                }
+                _ => false,
+            }
+        };
+        if cancelled_queued {
+            let c = self.inner.catalog.clone();
+            let id2 = id.to_owned();
+            blocking(move || {
+                c.queue_update(
+                    &id2,
+                    QueueUpdate {
+                        state: "cancelled".into(),
+                        started_at: None,
+                        finished_at: Some(now()),
+                        error: None,
+                        result: None,
+                    },
+                )
+            })
+            .await?;
+        }
+        Ok(self.get(id))
+    }
+
+    /// The events so far and a receiver for the rest; `Some(job)` when it already ended.
+    #[must_use]
+    pub fn subscribe(&self, id: &str) -> Option<Subscription> {
+        let st = self.inner.lock();
+        let e = st.jobs.get(id)?;
+        let view = e.view();
+        let ended = view.state.is_final().then_some(view);
+        Some((e.history.clone(), ended, e.tx.subscribe()))
+    }
+
+    /// (queued, running) jobs now.
+    #[must_use]
+    pub fn figures(&self) -> (usize, usize) {
+        let st = self.inner.lock();
+        let queued = st.jobs.values().filter(|e| e.job.state == "queued").count();
+        (queued, st.running)
+    }
+
+    /// The most jobs that ever ran at once.
+    #[must_use]
+    pub fn peak(&self) -> usize {
+        self.inner.peak.load(Ordering::SeqCst)
+    }
+
+    /// The limit.
+    #[must_use]
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Metrics counters and the number of jobs in each state.
+    #[must_use]
+    pub fn counters(&self) -> (Counters, BTreeMap<String, u64>) {
+        let st = self.inner.lock();
+        let mut by_state = BTreeMap::new();
+        for s in [
+            "queued",
+            "running",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "interrupted",
+        ] {
+            by_state.insert(s.to_owned(), 0);
+        }
+        for e in st.jobs.values() {
+            *by_state.entry(e.job.state.clone()).or_insert(0) += 1;
+        }
+        (st.counters.clone(), by_state)
+    }
+
+    /// Cancel every running job (shutdown).
+    pub fn cancel_all(&self) {
+        for e in self.inner.lock().jobs.values() {
+            e.cancel.cancel();
+        }
+    }
+
+    /// Picks the next job if a slot is free, marking it running.
+    fn take_next(&self) -> Option<RunContext> {
+        let mut st = self.inner.lock();
+        if st.running >= self.inner.limit {
+            return None;
+        }
+        let id = st
+            .jobs
+            .values()
+            .filter(|e| e.job.state == "queued")
+            .max_by_key(|e| (e.job.priority, std::cmp::Reverse(e.job.seq)))
+            .map(|e| e.job.id.clone())?;
+        st.running += 1;
+        self.inner.peak.fetch_max(st.running, Ordering::SeqCst);
+        let entry = st.jobs.get_mut(&id)?;
+        entry.job.state = "running".into();
+        entry.job.started_at = Some(now());
+        Some(RunContext {
+            id: id.clone(),
+            kind: entry.view().kind,
+            request: entry.job.request.clone(),
+            origin: entry.job.origin.clone(),
+            cancel: entry.cancel.clone(),
+            events: EventSink {
+                inner: Arc::clone(&self.inner),
+                id,
+            },
+        })
+    }
+
+    async fn dispatch(self) {
+        loop {
+            while let Some(ctx) = self.take_next() {
+                let q = self.clone();
+                tokio::spawn(async move { q.run(ctx).await });
+            }
+            self.inner.wake.notified().await;
+        }
+    }
+
+    async fn persist(&self, id: &str, update: QueueUpdate) {
+        let c = self.inner.catalog.clone();
+        let id2 = id.to_owned();
+        if let Err(e) = blocking(move || c.queue_update(&id2, update)).await {
+            tracing::error!(job = %id, error = %e, "recording the job's state in the catalog");
+        }
+    }
+
+    async fn run(self, ctx: RunContext) {
+        let id = ctx.id.clone();
+        let started = std::time::Instant::now();
+        self.persist(
+            &id,
+            QueueUpdate {
+                state: "running".into(),
+                started_at: Some(now()),
+                finished_at: None,
+                error: None,
+                result: None,
+            },
+        )
+        .await;
+        tracing::info!(job = %id, kind = ?ctx.kind, origin = %ctx.origin, "job started");
+        let body = Arc::clone(&self.inner.body);
+        // A panicking body fails its job, never the daemon.
+        let outcome = match tokio::spawn(body.run(ctx)).await {
+            Ok(o) => o,
+            Err(e) => Outcome {
+                state: JobState::Failed,
+                error: Some(format!("the job panicked: {e}")),
+                result: None,
+            },
+        };
+        let finished = now();
+        self.persist(
+            &id,
+            QueueUpdate {
+                state: state_str(outcome.state).into(),
+                started_at: None,
+                finished_at: Some(finished),
+                error: outcome.error.clone(),
+                result: outcome.result.clone(),
+            },
+        )
+        .await;
+        {
+            let mut st = self.inner.lock();
+            st.running = st.running.saturating_sub(1);
+            st.counters.duration_seconds_sum += started.elapsed().as_secs_f64();
+            st.counters.duration_count += 1;
+            if let Some(e) = st.jobs.get_mut(&id) {
+                e.job.state = state_str(outcome.state).into();
+                e.job.finished_at = Some(finished);
+                e.job.error = outcome.error.clone();
+                e.job.result = outcome.result;
+                let _ = e.tx.send(StreamItem::End(Box::new(e.view())));
+            }
+        }
+        tracing::info!(job = %id, state = state_str(outcome.state), error = outcome.error.as_deref().unwrap_or(""), "job ended");
+        self.inner.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A light job body: counts how many run at once and waits for the test's permit.
+    struct Gated {
+        inside: AtomicUsize,
+        peak: AtomicUsize,
+        release: Arc<Semaphore>,
+    }
+
+    impl JobBody for Arc<Gated> {
+        fn run(&self, ctx: RunContext) -> BodyFuture {
+            let me = Arc::clone(self);
+            Box::pin(async move {
+                let n = me.inside.fetch_add(1, Ordering::SeqCst) + 1;
+                me.peak.fetch_max(n, Ordering::SeqCst);
+                ctx.events
+                    .emit(serde_json::json!({"event": "job_started", "vms": 1}));
+                let permit = me.release.acquire().await.unwrap();
+                permit.forget();
+                ctx.events.emit(serde_json::json!({"event": "vm_finished"}));
+                me.inside.fetch_sub(1, Ordering::SeqCst);
+                Outcome {
+                    state: JobState::Succeeded,
+                    error: None,
+                    result: Some(serde_json::json!({"n": ctx.request["n"]})),
+                }
+            })
+        }
+    }
+
+    fn submission(n: usize, priority: i32) -> Submission {
+        Submission {
+            kind: JobKind::Backup,
+            request: serde_json::json!({ "n": n }),
+            idempotency_key: Some(format!("key-{n}")),
+            priority,
+            origin: "api".into(),
+        }
+    }
+
+    async fn wait_until(q: &Queue, running: usize) {
+        // Waits (without a deadline: the test harness's own timeout applies) until the
+        // dispatcher has started `running` jobs.
+        wait_for(q, usize::MAX, running).await;
+    }
+
+    /// Waits until `done` jobs succeeded (any number for `usize::MAX`) and `running` run.
+    async fn wait_for(q: &Queue, done: usize, running: usize) {
+        let succeeded = |q: &Queue| usize::try_from(q.counters().1["succeeded"]).unwrap();
+        while q.figures().1 != running || (done != usize::MAX && succeeded(q) != done) {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_jobs_limit_four_none_lost_limit_never_exceeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let body = Arc::new(Gated {
+            inside: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            release: Arc::new(Semaphore::new(0)),
+        });
+        let (q, interrupted) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 4)
+            .await
+            .unwrap();
+        assert!(interrupted.is_empty());
+        for n in 0..50 {
+            q.submit(submission(n, 0)).await.unwrap();
+        }
+        // Submitting a key again returns the same job and queues nothing.
+        let (again, new) = q.submit(submission(7, 0)).await.unwrap();
+        assert!(!new);
+        assert_eq!(q.list().len(), 50);
+        for done in 0..50 {
+            let remaining = 50 - done;
+            wait_for(&q, done, remaining.min(4)).await;
+            let (queued, running) = q.figures();
+            assert!(running <= 4);
+            assert_eq!(queued + running, remaining);
+            assert!(body.inside.load(Ordering::SeqCst) <= 4);
+            body.release.add_permits(1);
+        }
+        while q.list().iter().any(|j| !j.state.is_final()) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(body.peak.load(Ordering::SeqCst), 4);
+        assert_eq!(q.peak(), 4);
+        let jobs = q.list();
+        assert_eq!(jobs.len(), 50);
+        assert!(jobs.iter().all(|j| j.state == JobState::Succeeded));
+        assert!(jobs.iter().all(|j| j.progress.vms_done == 1));
+        let mut ns: Vec<u64> = jobs
+            .iter()
+            .map(|j| j.result.as_ref().unwrap()["n"].as_u64().unwrap())
+            .collect();
+        ns.sort_unstable();
+        assert_eq!(ns, (0..50).collect::<Vec<u64>>());
+        assert_eq!(q.get(&again.id).unwrap().state, JobState::Succeeded);
+        // The catalog agrees.
+        let stored = catalog.queue_list().unwrap();
+        assert_eq!(stored.len(), 50);
+        assert!(stored.iter().all(|j| j.state == "succeeded"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn priority_first_and_queued_jobs_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("catalog.db");
+        let (catalog, _t) = CatalogHandle::spawn(&db).unwrap();
+        let body = Arc::new(Gated {
+            inside: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            release: Arc::new(Semaphore::new(0)),
+        });
+        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
+            .await
+            .unwrap();
+        let (first, _) = q.submit(submission(0, 0)).await.unwrap();
+        wait_until(&q, 1).await;
+        let (low, _) = q.submit(submission(1, 0)).await.unwrap();
+        let (high, _) = q.submit(submission(2, 10)).await.unwrap();
+        let (gone, _) = q.submit(submission(3, 0)).await.unwrap();
+        let cancelled = q.cancel(&gone.id).await.unwrap().unwrap();
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        // Let the running job end: the high-priority one goes next although submitted later.
+        body.release.add_permits(1);
+        while q.get(&high.id).unwrap().state != JobState::Running {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(q.get(&low.id).unwrap().state, JobState::Queued);
+        assert_eq!(q.get(&first.id).unwrap().state, JobState::Succeeded);
+        // "Restart": a new queue over the same catalog while `high` is still running.
+        let body2 = Arc::new(Gated {
+            inside: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            release: Arc::new(Semaphore::new(1)),
+        });
+        let (q2, interrupted) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body2)), 1)
+            .await
+            .unwrap();
+        assert_eq!(interrupted, vec![high.id.clone()]);
+        assert_eq!(q2.get(&high.id).unwrap().state, JobState::Interrupted);
+        while q2.get(&low.id).unwrap().state != JobState::Succeeded {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(q2.get(&gone.id).unwrap().state, JobState::Cancelled);
+        body.release.add_permits(1);
+    }
+}

@@ -1,0 +1,156 @@
+//! Which scheduling policies are due, and the daemon's scheduler loop that submits them
+//! into the job queue. The last run of each policy is kept in the catalog's metadata
+//! (`schedule.<policy>.last_run`, Unix seconds).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{Timestamp, Zoned};
+use plugin_api::types::{BackupJobRequest, JobKind, VmSpec};
+use tokio_util::sync::CancellationToken;
+
+use super::queue::{Queue, Submission};
+use super::schedule::is_due;
+use crate::config::{AgentConfig, ConfigError, PolicyConfig};
+use crate::repo::{CatalogError, CatalogHandle};
+
+fn key(policy: &str) -> String {
+    format!("schedule.{policy}.last_run")
+}
+
+/// The last run of `policy`.
+///
+/// # Errors
+/// Catalog errors.
+pub fn last_run(catalog: &CatalogHandle, policy: &str) -> Result<Option<Timestamp>, CatalogError> {
+    Ok(catalog
+        .meta(&key(policy))?
+        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(|s| Timestamp::from_second(s).ok()))
+}
+
+/// Records that `policy` ran (was submitted) at `at`.
+///
+/// # Errors
+/// Catalog errors.
+pub fn record_run(
+    catalog: &CatalogHandle,
+    policy: &str,
+    at: Timestamp,
+) -> Result<(), CatalogError> {
+    catalog.set_meta(&key(policy), &at.as_second().to_string())
+}
+
+/// The policies due at `now`, by name.
+///
+/// # Errors
+/// Catalog errors, or a policy that does not validate.
+pub fn due_policies(
+    config: &AgentConfig,
+    catalog: &CatalogHandle,
+    now: &Zoned,
+) -> Result<Vec<String>, SchedulerError> {
+    let mut due = Vec::new();
+    for (name, p) in &config.policy {
+        let schedule = p.schedule(name)?;
+        if is_due(&schedule, last_run(catalog, name)?, now) {
+            due.push(name.clone());
+        }
+    }
+    Ok(due)
+}
+
+/// The API request a policy's run submits.
+#[must_use]
+pub fn policy_request(name: &str, p: &PolicyConfig, now: &Zoned) -> BackupJobRequest {
+    BackupJobRequest {
+        vms: p
+            .vms
+            .iter()
+            .map(|vm| VmSpec {
+                vm: vm.clone(),
+                quiesce: p.quiesce.contains(vm),
+            })
+            .collect(),
+        group: Some(name.to_owned()),
+        // One job per policy and minute, even if the loop runs twice in it.
+        idempotency_key: Some(format!(
+            "schedule:{name}:{}",
+            now.timestamp().as_second() / 60
+        )),
+        priority: p.priority,
+        full: false,
+        require_vmservice: false,
+        prepare_access: true,
+    }
+}
+
+/// Errors of the scheduler.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A policy is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Every 30 seconds (and at start), submits the due policies into `queue`.
+pub async fn run(
+    config: Arc<AgentConfig>,
+    catalog: CatalogHandle,
+    queue: Queue,
+    stop: CancellationToken,
+) {
+    if config.policy.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Zoned::now();
+        let (c, cfg, n) = (catalog.clone(), Arc::clone(&config), now.clone());
+        let due = match tokio::task::spawn_blocking(move || due_policies(&cfg, &c, &n)).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "scheduler");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler");
+                continue;
+            }
+        };
+        for name in due {
+            let Some(p) = config.policy.get(&name) else {
+                continue;
+            };
+            let request = policy_request(&name, p, &now);
+            let submission = Submission {
+                kind: JobKind::Backup,
+                idempotency_key: request.idempotency_key.clone(),
+                priority: request.priority,
+                request: serde_json::to_value(&request).unwrap_or_default(),
+                origin: format!("schedule:{name}"),
+            };
+            match queue.submit(submission).await {
+                Ok((job, _)) => {
+                    tracing::info!(policy = %name, job = %job.id, "scheduled backup queued");
+                    let (c, n, at) = (catalog.clone(), name.clone(), now.timestamp());
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || record_run(&c, &n, at)).await
+                    {
+                        tracing::error!(policy = %name, error = %e, "recording the run");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(policy = %name, error = %e, "queueing the scheduled backup")
+                }
+            }
+        }
+    }
+}

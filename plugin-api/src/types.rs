@@ -1,0 +1,466 @@
+//! Request and response types of the `/v1` API.
+//!
+//! Requests carry `#[serde(deny_unknown_fields)]`; responses do not, and their enums carry
+//! an `Unknown` fallback, so clients keep working when the agent adds fields or states.
+//! Times are Unix seconds (UTC); identifiers are UUID strings.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One VM of a backup job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// `NAMESPACE/NAME` (a VM Service VM) or a managed object reference (`vm-42`).
+    pub vm: String,
+    /// Quiesce the guest file systems (VMware Tools) when snapshotting.
+    #[serde(default)]
+    pub quiesce: bool,
+}
+
+/// `POST /v1/jobs/backup`: back up a group of VMs at a common point in time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupJobRequest {
+    /// The VMs, snapshotted together (at least one).
+    pub vms: Vec<VmSpec>,
+    /// Name of the consistency group, recorded with the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Submitting again with the same key returns the job first created with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Higher runs first among queued jobs (default 0); equal priorities run in order.
+    #[serde(default)]
+    pub priority: i32,
+    /// Read every allocated block even where change tracking has the changes.
+    #[serde(default)]
+    pub full: bool,
+    /// Fail a VM whose backup could not be restored as a VM Service VM.
+    #[serde(default)]
+    pub require_vmservice: bool,
+    /// Bracket each VM's backup with PrepareForAccess/EndAccess (default true).
+    #[serde(default = "yes")]
+    pub prepare_access: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How a restore creates the VM (seed 001 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    /// Predict the restore type as the Supervisor will decide it.
+    #[default]
+    Auto,
+    /// A new VM (new identity).
+    New,
+    /// Overwrite the existing VM.
+    Existing,
+    /// Restore disks only.
+    DiskOnly,
+}
+
+/// Rewrite a guest network's subnet on restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetMapping {
+    /// The subnet in the backup (e.g. `10.0.0.0/24` or a network name).
+    pub from: String,
+    /// The subnet (or network) to use instead.
+    pub to: String,
+}
+
+/// `POST /v1/jobs/restore`: restore a point into a Supervisor namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreJobRequest {
+    /// The restore point.
+    pub point: String,
+    /// Target Supervisor namespace (default: the point's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Restore type.
+    #[serde(default)]
+    pub mode: RestoreMode,
+    /// Device keys of the disks to restore (empty: all).
+    #[serde(default)]
+    pub disks: Vec<i32>,
+    /// Network rewrites.
+    #[serde(default)]
+    pub subnet_map: Vec<SubnetMapping>,
+    /// Check everything and report what would happen, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Submitting again with the same key returns the job first created with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Higher runs first among queued jobs (default 0).
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Backup of a group of VMs.
+    Backup,
+    /// Restore of a point.
+    Restore,
+    /// A kind this client does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a slot.
+    Queued,
+    /// Running.
+    Running,
+    /// Finished; every VM succeeded.
+    Succeeded,
+    /// Finished; something failed (see `error` and `result`).
+    Failed,
+    /// Cancelled before or while running.
+    Cancelled,
+    /// The daemon stopped while the job ran; its side effects were reconciled at start-up.
+    Interrupted,
+    /// A state this client does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobState {
+    /// Whether the job has ended (it will not change again).
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Interrupted
+        )
+    }
+}
+
+/// How far a running job is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Progress {
+    /// Bytes read so far (whole chunks).
+    pub bytes_done: u64,
+    /// Bytes to read in the disks started so far.
+    pub bytes_total: u64,
+    /// VMs finished (committed or failed).
+    pub vms_done: u64,
+    /// VMs in the job.
+    pub vms_total: u64,
+}
+
+/// A job as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// Job id.
+    pub id: String,
+    /// Backup or restore.
+    pub kind: JobKind,
+    /// State.
+    pub state: JobState,
+    /// Queue priority.
+    #[serde(default)]
+    pub priority: i32,
+    /// The idempotency key it was submitted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Where it came from: `api` or `schedule:<policy>`.
+    #[serde(default)]
+    pub origin: String,
+    /// Unix time submitted.
+    pub created_at: i64,
+    /// Unix time started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    /// Unix time finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// Progress (running jobs).
+    #[serde(default)]
+    pub progress: Progress,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The request, as submitted.
+    #[schema(value_type = Object)]
+    #[serde(default)]
+    pub request: serde_json::Value,
+    /// The engine's report (backup: per-VM points, kinds, bytes, validation).
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    /// Newest first.
+    #[serde(default)]
+    pub jobs: Vec<Job>,
+}
+
+/// One disk of a restore point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PointDisk {
+    /// Device key.
+    pub key: i32,
+    /// Device label.
+    #[serde(default)]
+    pub label: String,
+    /// Capacity.
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// Bytes changed since the parent point.
+    #[serde(default)]
+    pub bytes_changed: u64,
+    /// Bytes of new chunks stored.
+    #[serde(default)]
+    pub bytes_stored: u64,
+}
+
+/// A restore point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Point {
+    /// Point id.
+    pub id: String,
+    /// VM moref at backup time.
+    pub vm: String,
+    /// VM name.
+    #[serde(default)]
+    pub name: String,
+    /// Supervisor namespace, for a VM Service VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Unix time.
+    pub created_at: i64,
+    /// `full` or `incremental`.
+    #[serde(default)]
+    pub kind: String,
+    /// Why that kind.
+    #[serde(default)]
+    pub reason: String,
+    /// The parent point of an incremental.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Disks.
+    #[serde(default)]
+    pub disks: Vec<PointDisk>,
+    /// Statistics and the VM Service validation.
+    #[schema(value_type = Object)]
+    #[serde(default)]
+    pub stats: serde_json::Value,
+}
+
+/// `GET /v1/points`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PointList {
+    /// Oldest first.
+    #[serde(default)]
+    pub points: Vec<Point>,
+}
+
+/// `DELETE /v1/points/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PointDeleted {
+    /// The point removed (its chunks go at the next GC).
+    pub id: String,
+}
+
+/// `POST /v1/repository/verify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VerifyResult {
+    /// Whether everything is intact.
+    pub ok: bool,
+    /// Points checked.
+    #[serde(default)]
+    pub points: u64,
+    /// Distinct chunks checked.
+    #[serde(default)]
+    pub chunks: u64,
+    /// Problems (`kind`: `index` or `chunk`, with the points affected).
+    #[schema(value_type = Vec<Object>)]
+    #[serde(default)]
+    pub problems: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/repository/prune`: apply a retention policy to every VM's points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequest {
+    /// Keep the N newest.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Keep the newest of each of the N most recent days.
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// Keep the newest of each of the N most recent ISO weeks.
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// Keep the newest of each of the N most recent months.
+    #[serde(default)]
+    pub keep_monthly: u32,
+    /// Never remove a point younger than this many days (default 3, the least allowed).
+    #[serde(default = "three")]
+    pub min_age_days: u32,
+    /// Decide only; remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// The retention decision for one point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PruneDecision {
+    /// The point.
+    pub id: String,
+    /// Unix time it was created.
+    pub created_at: i64,
+    /// Whether it stays.
+    pub keep: bool,
+    /// The rules that keep it.
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+/// `POST /v1/repository/prune`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PruneResult {
+    /// Whether points were actually removed.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// One decision per point.
+    #[serde(default)]
+    pub decisions: Vec<PruneDecision>,
+}
+
+/// `POST /v1/repository/gc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct GcResult {
+    /// Chunks referenced by committed indexes.
+    pub chunks_marked: u64,
+    /// Chunk files removed.
+    pub chunks_removed: u64,
+    /// Bytes of removed chunk files.
+    pub bytes_removed: u64,
+}
+
+/// `POST /v1/reconcile`: what interrupted jobs had left, and what was undone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct ReconcileResult {
+    /// Snapshots removed (`vm:snapshot`).
+    pub snapshots_removed: Vec<String>,
+    /// VMs whose PrepareForAccess was ended.
+    pub access_ended: Vec<String>,
+    /// Engine jobs marked interrupted.
+    pub jobs_interrupted: Vec<String>,
+    /// Half-created VMs to look at.
+    pub half_created_vms: Vec<String>,
+    /// What could not be undone (still journalled).
+    pub errors: Vec<String>,
+}
+
+/// `GET /v1/health`: the process is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// Agent version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// `GET /v1/ready`: the daemon accepts jobs (repository open, queue running).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Ready {
+    /// Whether jobs are accepted.
+    pub ready: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Jobs queued.
+    #[serde(default)]
+    pub queued: u64,
+    /// Jobs running.
+    #[serde(default)]
+    pub running: u64,
+}
+
+/// The body of every error response (4xx, 5xx).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code: `unauthorized`, `bad_request`, `not_found`, `conflict`,
+    /// `not_implemented`, `internal`.
+    pub code: String,
+    /// What went wrong, for a human.
+    pub message: String,
+}
+
+/// The final server-sent event of `GET /v1/jobs/{id}/events` (event name `end`); the
+/// events before it are the engine's progress events (`data` is JSON with an `event`
+/// field: `job_started`, `snapshot_created`, `disk_started`, `disk_progress`,
+/// `disk_finished`, `vm_finished`, `vm_failed`, `warning`, `job_finished`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobEnded {
+    /// The job as it ended.
+    pub job: Job,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_strict() {
+        let ok: BackupJobRequest =
+            serde_json::from_str(r#"{"vms":[{"vm":"ns/web-1","quiesce":true}],"priority":5}"#)
+                .unwrap();
+        assert!(ok.prepare_access);
+        assert_eq!(ok.priority, 5);
+        let err = serde_json::from_str::<BackupJobRequest>(r#"{"vms":[],"fulll":true}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fulll"), "{err}");
+        assert!(serde_json::from_str::<VmSpec>(r#"{"vm":"vm-1","x":1}"#).is_err());
+        let r: RestoreJobRequest = serde_json::from_str(
+            r#"{"point":"p","mode":"disk-only","disks":[2000],"subnet_map":[{"from":"a","to":"b"}],"dry_run":true}"#,
+        )
+        .unwrap();
+        assert_eq!(r.mode, RestoreMode::DiskOnly);
+        assert!(
+            serde_json::from_str::<RestoreJobRequest>(r#"{"point":"p","mode":"sideways"}"#)
+                .is_err()
+        );
+        let p: PruneRequest = serde_json::from_str(r#"{"keep_last":2}"#).unwrap();
+        assert_eq!(p.min_age_days, 3);
+    }
+
+    #[test]
+    fn responses_are_tolerant() {
+        let job: Job = serde_json::from_str(
+            r#"{"id":"j","kind":"replicate","state":"paused","created_at":1,"new_field":[1]}"#,
+        )
+        .unwrap();
+        assert_eq!(job.kind, JobKind::Unknown);
+        assert_eq!(job.state, JobState::Unknown);
+        assert!(!job.state.is_final());
+        let round: Job = serde_json::from_value(serde_json::to_value(&job).unwrap()).unwrap();
+        assert_eq!(round.id, "j");
+    }
+}
