@@ -115,6 +115,23 @@ fn default_listen() -> String {
     "127.0.0.1:8443".into()
 }
 
+/// `[supervisor]`: where restores find the Supervisor's Kubernetes API (optional; by
+/// default vCenter's address with the vCenter SSO session as bearer token, which is how
+/// the lab serves it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// The API address (`https://supervisor.example.com:6443`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// SHA-1 thumbprint of its certificate.
+    #[serde(default)]
+    pub thumbprint: Option<String>,
+    /// A file holding the bearer token (owner-only permissions).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +266,9 @@ pub struct AgentConfig {
     pub repository: RepositoryConfig,
     /// HTTP API.
     pub api: ApiConfig,
+    /// The Supervisor, for restores.
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
     /// Concurrency.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -366,6 +386,21 @@ impl AgentConfig {
             return Err(invalid(
                 "vcenter.url",
                 "must be https://HOST/sdk (plain http is refused)",
+            ));
+        }
+        if let Some(u) = &self.supervisor.url {
+            let parsed =
+                url::Url::parse(u).map_err(|e| invalid("supervisor.url", format!("{u:?}: {e}")))?;
+            if parsed.scheme() != "https" || parsed.host_str().is_none() {
+                return Err(invalid("supervisor.url", "must be https://HOST[:PORT]"));
+            }
+        }
+        if let Some(tp) = &self.supervisor.thumbprint
+            && tp.parse::<crate::vsphere::Thumbprint>().is_err()
+        {
+            return Err(invalid(
+                "supervisor.thumbprint",
+                "expected 20 hex bytes separated by colons (AA:BB:…)",
             ));
         }
         if self.vcenter.user.trim().is_empty() {

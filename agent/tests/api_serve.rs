@@ -40,13 +40,64 @@ mod tests {
         cmd
     }
 
+    /// `agent.toml` for the lab at `vcenter`, the repository `repo` and the secrets in
+    /// `dir` (`password`, `token`).
+    fn write_config(dir: &Path, vcenter: &InProcessVcenter, repo: &Path) -> std::path::PathBuf {
+        let r = vcenter.running();
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[vcenter]
+url = "{url}"
+user = "{user}"
+thumbprint = "{tp}"
+password_file = "{dir}/password"
+
+[vddk]
+libdir = "{libdir}"
+config = "{dir}/vddk.conf"
+
+[repository]
+path = "{repo}"
+
+[api]
+listen = "127.0.0.1:0"
+token_file = "{dir}/token"
+
+[limits]
+concurrent_jobs = 2
+"#,
+                url = vcenter.sdk_url(),
+                user = r.user,
+                tp = vcenter.thumbprint().unwrap(),
+                dir = dir.display(),
+                libdir = vddk_sim_libdir(SimVariant::Vddk8).display(),
+                repo = repo.display(),
+            ),
+        )
+        .unwrap();
+        config
+    }
+
     /// Starts `serve` and returns it with its base URL (read from its stdout).
     fn serve(config: &Path) -> (Daemon, String) {
-        let mut child = agent(&["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        serve_with(config, Stdio::inherit(), None)
+    }
+
+    /// As [`serve`], with the daemon's log (stderr) going to `log`, at `rust_log`'s level.
+    fn serve_with(
+        config: &Path,
+        log: impl Into<Stdio>,
+        rust_log: Option<&str>,
+    ) -> (Daemon, String) {
+        let mut cmd = agent(&["serve", "--config"]);
+        cmd.arg(config).stdout(Stdio::piped()).stderr(log);
+        if let Some(level) = rust_log {
+            cmd.env("RUST_LOG", level);
+        }
+        let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let daemon = Daemon(child);
         let mut lines = BufReader::new(stdout).lines();
@@ -99,40 +150,7 @@ mod tests {
                 .unwrap()
                 .success()
         );
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[vcenter]
-url = "{url}"
-user = "{user}"
-thumbprint = "{tp}"
-password_file = "{dir}/password"
-
-[vddk]
-libdir = "{libdir}"
-config = "{dir}/vddk.conf"
-
-[repository]
-path = "{repo}"
-
-[api]
-listen = "127.0.0.1:0"
-token_file = "{dir}/token"
-
-[limits]
-concurrent_jobs = 2
-"#,
-                url = vcenter.sdk_url(),
-                user = r.user,
-                tp = vcenter.thumbprint().unwrap(),
-                dir = dir.path().display(),
-                libdir = vddk_sim_libdir(SimVariant::Vddk8).display(),
-                repo = repo.display(),
-            ),
-        )
-        .unwrap();
+        let config = write_config(dir.path(), &vcenter, &repo);
 
         // A token file others can read: refused, naming the key.
         write_secret(&dir.path().join("token"), TOKEN, 0o644);
@@ -265,5 +283,148 @@ concurrent_jobs = 2
             assert_eq!(client.job("nope").await.unwrap_err().status(), Some(404));
         });
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
+    }
+
+    /// Follows a job's events to its end: the event names and the final job.
+    async fn follow(client: &Client, id: &str) -> (Vec<String>, plugin_api::types::Job) {
+        let mut events = client.events(id).await.unwrap();
+        let mut names = Vec::new();
+        loop {
+            match events
+                .next()
+                .await
+                .unwrap()
+                .expect("stream ended without `end`")
+            {
+                JobEvent::Progress(v) => names.push(v["event"].as_str().unwrap().to_owned()),
+                JobEvent::End(job) => return (names, *job),
+            }
+        }
+    }
+
+    #[test]
+    fn restore_through_the_api_and_no_secret_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab_root = dir.path().join("lab");
+        Lab::create(&lab_root).unwrap();
+        let vcenter = InProcessVcenter::start(&lab_root, false).unwrap();
+        let lab = Lab::open(&lab_root).unwrap();
+        // A VM Service VM with an OS and a PVC disk, made by the lab's VM Operator.
+        let sup = vcenter.running().vcenter.supervisor();
+        sup.create_namespace("ns1").unwrap();
+        sup.apply(serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "ns1"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "4Mi"}}}
+        }))
+        .unwrap();
+        sup.apply(serde_json::json!({
+            "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachine",
+            "metadata": {"name": "web-1", "namespace": "ns1", "labels": {"app": "web"}},
+            "spec": {
+                "className": "best-effort-small", "powerState": "PoweredOff",
+                "advanced": {"bootDiskCapacity": "4Mi"},
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+            }
+        }))
+        .unwrap();
+        let cr = sup.get("VirtualMachine", "ns1", "web-1").unwrap();
+        let vm = lab::vmstate::VmMoref(cr["status"]["uniqueID"].as_str().unwrap().to_owned());
+        for d in lab.vm(&vm).unwrap().disks {
+            lab.guest_write(&vm, d.key, 0, &[0xa5; 65536]).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("vddk.conf"),
+            format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
+        )
+        .unwrap();
+        let password = vcenter.running().password.clone();
+        write_secret(&dir.path().join("password"), &password, 0o600);
+        write_secret(&dir.path().join("token"), TOKEN, 0o600);
+        let repo = dir.path().join("repo");
+        assert!(
+            agent(&["repo", "init", "--path"])
+                .arg(&repo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let config = write_config(dir.path(), &vcenter, &repo);
+        let log_path = dir.path().join("serve.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let (daemon, base) = serve_with(&config, log, Some("debug"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+            let job = client
+                .backup(&BackupJobRequest {
+                    vms: vec![VmSpec {
+                        vm: "ns1/web-1".into(),
+                        quiesce: false,
+                    }],
+                    group: None,
+                    idempotency_key: None,
+                    priority: 0,
+                    full: false,
+                    require_vmservice: true,
+                    prepare_access: true,
+                })
+                .await
+                .unwrap();
+            let (_, ended) = follow(&client, &job.id).await;
+            assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
+            let point = ended.result.unwrap()["vms"][0]["point"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+
+            sup.delete("VirtualMachine", "ns1", "web-1").unwrap();
+            let job = client
+                .restore(&RestoreJobRequest {
+                    point: point.clone(),
+                    namespace: None,
+                    mode: plugin_api::types::RestoreMode::Auto,
+                    disks: vec![],
+                    subnet_map: vec![],
+                    dry_run: false,
+                    idempotency_key: Some("restore-web-1".into()),
+                    priority: 0,
+                })
+                .await
+                .unwrap();
+            let (names, ended) = follow(&client, &job.id).await;
+            assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
+            for expected in [
+                "predicted",
+                "step",
+                "disk_started",
+                "disk_finished",
+                "registration",
+            ] {
+                assert!(
+                    names.iter().any(|n| n == expected),
+                    "{expected} missing from {names:?}"
+                );
+            }
+            let result = ended.result.unwrap();
+            assert_eq!(result["prediction"]["restore_type"], "new");
+            assert_eq!(result["verification"]["problems"], serde_json::json!([]));
+        });
+        let cr = sup.get("VirtualMachine", "ns1", "web-1").unwrap();
+        assert_eq!(cr["spec"]["powerState"], "PoweredOff");
+        let claim = cr["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap();
+        assert!(claim.starts_with("restored-"), "{claim}");
+        drop(daemon);
+        // Neither the vCenter password nor the API token reaches the daemon's log.
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(log.contains("kind=Restore"), "no restore in the log: {log}");
+        assert!(log.contains("DEBUG"), "the log is not at debug level");
+        assert!(!log.contains(&password), "password in the log");
+        assert!(!log.contains(TOKEN), "API token in the log");
     }
 }

@@ -63,13 +63,14 @@ pub enum RestoreMode {
     DiskOnly,
 }
 
-/// Rewrite a guest network's subnet on restore.
+/// A network override mapping on restore (VCF 9 with NSX-VPC; seed 001 §9.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubnetMapping {
-    /// The subnet in the backup (e.g. `10.0.0.0/24` or a network name).
+    /// The subnet the backed-up VM uses, by name; `subnetset:NAME` for a SubnetSet, and
+    /// `subnetset:` alone for the namespace's default SubnetSet (seed 001 §9.3).
     pub from: String,
-    /// The subnet (or network) to use instead.
+    /// The subnet (or `subnetset:NAME`) to use instead.
     pub to: String,
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 
 use super::{auth, metrics};
 use crate::config::SecretText;
-use crate::daemon::backup_job::engine_request;
+use crate::daemon::backup_job::{engine_request, restore_request};
 use crate::daemon::queue::StreamItem;
 use crate::daemon::{Queue, Submission};
 use crate::engine::{self, Environment, Limits};
@@ -174,11 +174,45 @@ async fn long<T: Send + 'static>(
 async fn post_backup(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let request: BackupJobRequest = parse(&body)?;
     engine_request(&request, s.limits).map_err(ApiFailure::bad_request)?;
+    let value = serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?;
+    submit(
+        &s,
+        JobKind::Backup,
+        request.idempotency_key,
+        request.priority,
+        value,
+    )
+    .await
+}
+
+async fn post_restore(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let request: RestoreJobRequest = parse(&body)?;
+    restore_request(&request).map_err(ApiFailure::bad_request)?;
+    let value = serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?;
+    submit(
+        &s,
+        JobKind::Restore,
+        request.idempotency_key,
+        request.priority,
+        value,
+    )
+    .await
+}
+
+/// Queues a validated request: 202 with the new job, or 200 with the job an earlier
+/// request of the same idempotency key created.
+async fn submit(
+    s: &AppState,
+    kind: JobKind,
+    idempotency_key: Option<String>,
+    priority: i32,
+    request: serde_json::Value,
+) -> ApiResult<Response> {
     let submission = Submission {
-        kind: JobKind::Backup,
-        idempotency_key: request.idempotency_key.clone(),
-        priority: request.priority,
-        request: serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?,
+        kind,
+        idempotency_key,
+        priority,
+        request,
         origin: "api".into(),
     };
     let (job, new) = s
@@ -192,19 +226,6 @@ async fn post_backup(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<R
         StatusCode::OK
     };
     Ok((status, axum::Json(job)).into_response())
-}
-
-async fn post_restore(State(_): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
-    let request: RestoreJobRequest = parse(&body)?;
-    request
-        .point
-        .parse::<RestorePointId>()
-        .map_err(|e| ApiFailure::bad_request(format!("point: {e}")))?;
-    Err(ApiFailure::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "restore jobs are not wired to the restore engine in this build",
-    ))
 }
 
 async fn list_jobs(State(s): State<Arc<AppState>>) -> axum::Json<JobList> {

@@ -15,11 +15,10 @@ use super::backup::{ConnectionArgs, environment, password, tls_of};
 use super::progress::DiskBars;
 use crate::engine::restore::{
     self, Prediction, RestoreEnv, RestoreEvent, RestoreMode, RestoreObserver, RestoreReport,
-    RestoreRequest,
+    RestoreRequest, SupervisorTarget,
 };
 use crate::ids::{DiskKey, RestorePointId};
-use crate::supervisor::Supervisor;
-use crate::vsphere::{Credentials, SubnetMapping, SubnetRef, TlsVerification, VapiClient};
+use crate::vsphere::{Credentials, SubnetMapping, TlsVerification};
 
 /// `vadp-agent restore`.
 #[derive(Debug, Args)]
@@ -61,7 +60,7 @@ pub struct RestoreArgs {
     pub connection: ConnectionArgs,
 }
 
-/// Parses one `--subnet-map`.
+/// Parses one `--subnet-map OLD=NEW`.
 ///
 /// # Errors
 /// A message naming the malformed mapping.
@@ -69,26 +68,7 @@ pub fn parse_subnet_map(s: &str) -> Result<SubnetMapping, String> {
     let (from, to) = s
         .split_once('=')
         .ok_or_else(|| format!("--subnet-map {s:?}: expected OLD=NEW"))?;
-    let side = |v: &str| match v.strip_prefix("subnetset:") {
-        Some(name) => SubnetRef {
-            kind: "SUBNETSET".into(),
-            name: name.into(),
-        },
-        None => SubnetRef {
-            kind: "SUBNET".into(),
-            name: v.into(),
-        },
-    };
-    let (current, new) = (side(from), side(to));
-    if new.name.is_empty() || (current.name.is_empty() && current.kind == "SUBNET") {
-        return Err(format!(
-            "--subnet-map {s:?}: names are required (an empty OLD only as subnetset:)"
-        ));
-    }
-    Ok(SubnetMapping {
-        current_subnet: current,
-        new_subnet: new,
-    })
+    restore::subnet_mapping(from, to).map_err(|e| format!("--subnet-map {s:?}: {e}"))
 }
 
 /// Runs `vadp-agent restore`: 0 when the VM is registered and verified, 2 when the
@@ -106,22 +86,27 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
     let (rt, env) = environment(&args.connection, &args.repo)?;
     let tls = tls_of(&args.connection)?;
-    let mut base = args.connection.vcenter.clone();
-    base.set_path("/");
-    let vapi = VapiClient::new(
-        base.clone(),
-        &tls,
-        false,
-        Credentials::new(&args.connection.user, &password(&args.connection)?),
-    )
-    .context("vAPI client")?;
-    let supervisor_url = args.supervisor.clone().unwrap_or_else(|| base.clone());
-    let supervisor_tls = match (&args.supervisor_thumbprint, &args.supervisor) {
-        (Some(tp), _) => {
-            TlsVerification::Thumbprint(tp.parse().with_context(|| format!("thumbprint {tp:?}"))?)
-        }
-        (None, None) => tls.clone(),
-        (None, Some(_)) => TlsVerification::SystemRoots,
+    let credentials = Credentials::new(&args.connection.user, &password(&args.connection)?);
+    let supervisor = SupervisorTarget {
+        url: args.supervisor.clone(),
+        tls: args
+            .supervisor_thumbprint
+            .as_ref()
+            .map(|tp| {
+                tp.parse()
+                    .map(TlsVerification::Thumbprint)
+                    .with_context(|| format!("thumbprint {tp:?}"))
+            })
+            .transpose()?,
+        token: args
+            .supervisor_token_file
+            .as_ref()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))
+                    .map(|t| t.trim().to_owned())
+            })
+            .transpose()?,
     };
     let request = RestoreRequest {
         point: args.point,
@@ -134,26 +119,14 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     let observer = observer(json);
     let cancel = CancellationToken::new();
     let result = rt.block_on(async {
-        let token = match &args.supervisor_token_file {
-            Some(f) => std::fs::read_to_string(f)
-                .with_context(|| format!("reading {}", f.display()))?
-                .trim()
-                .to_owned(),
-            None => vapi
-                .bearer_token()
-                .await
-                .context("logging in to vAPI for the Supervisor token")?,
-        };
-        let supervisor = Supervisor::connect(
-            supervisor_url.as_str().trim_end_matches('/'),
-            &supervisor_tls,
-            token,
-        )?;
-        let renv = RestoreEnv {
-            env: env.clone(),
-            vapi: Arc::new(vapi),
+        let renv = RestoreEnv::connect(
+            env.clone(),
+            &args.connection.vcenter,
+            &tls,
+            credentials,
             supervisor,
-        };
+        )
+        .await?;
         let c = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

@@ -1,17 +1,25 @@
-//! The body of a backup job in the daemon: the API's [`BackupJobRequest`] becomes an
+//! The body of the daemon's jobs. A backup: the API's [`BackupJobRequest`] becomes an
 //! engine [`BackupRequest`], the engine's events go to the job's event stream, its report
-//! becomes the job's result. A job from a scheduling policy with a retention prunes that
-//! policy's VMs after it succeeded.
+//! becomes the job's result; a job from a scheduling policy with a retention prunes that
+//! policy's VMs after it succeeded. A restore: the API's [`RestoreJobRequest`] becomes an
+//! engine [`RestoreRequest`] run with vAPI and Supervisor clients made for the job; it
+//! succeeds when the VM is registered and the Supervisor shows what seed 001 §8 predicts.
 
 use std::sync::Arc;
 
-use plugin_api::types::{BackupJobRequest, JobKind, JobState};
+use plugin_api::types::{BackupJobRequest, JobKind, JobState, RestoreJobRequest};
 
 use super::queue::{BodyFuture, JobBody, Outcome, RunContext};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, read_secret_file};
+use crate::engine::restore::{
+    self, RestoreEnv, RestoreError, RestoreEvent, RestoreMode, RestoreObserver, RestoreRequest,
+    SupervisorTarget,
+};
 use crate::engine::{
     self, BackupError, BackupEvent, BackupRequest, Environment, VmRequest, VmSelector,
 };
+use crate::ids::{DiskKey, RestorePointId};
+use crate::vsphere::{Credentials, TlsVerification};
 
 /// Turns an API request into the engine's, refusing what the engine would refuse later.
 ///
@@ -46,7 +54,36 @@ pub fn engine_request(
     })
 }
 
-/// Runs backups with the daemon's environment.
+/// Turns an API restore request into the engine's.
+///
+/// # Errors
+/// A message naming the bad field.
+pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> {
+    let point = r
+        .point
+        .parse::<RestorePointId>()
+        .map_err(|e| format!("point: {e}"))?;
+    let subnet_map = r
+        .subnet_map
+        .iter()
+        .map(|m| restore::subnet_mapping(&m.from, &m.to).map_err(|e| format!("subnet_map: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RestoreRequest {
+        point,
+        namespace: r.namespace.clone(),
+        mode: match r.mode {
+            plugin_api::types::RestoreMode::New => RestoreMode::New,
+            plugin_api::types::RestoreMode::Existing => RestoreMode::Existing,
+            plugin_api::types::RestoreMode::DiskOnly => RestoreMode::DiskOnly,
+            plugin_api::types::RestoreMode::Auto => RestoreMode::Auto,
+        },
+        disks: r.disks.iter().copied().map(DiskKey).collect(),
+        subnet_map,
+        dry_run: r.dry_run,
+    })
+}
+
+/// Runs backups and restores with the daemon's environment.
 #[derive(Debug)]
 pub struct BackupJobs {
     /// vCenter, VDDK, repository.
@@ -72,8 +109,10 @@ fn failed(error: String) -> Outcome {
 
 impl BackupJobs {
     async fn run_job(&self, ctx: RunContext) -> Outcome {
-        if ctx.kind != JobKind::Backup {
-            return failed("restore jobs are not wired to the restore engine yet".into());
+        match ctx.kind {
+            JobKind::Backup => {}
+            JobKind::Restore => return self.run_restore(ctx).await,
+            JobKind::Unknown => return failed("a job of an unknown kind".into()),
         }
         let request: BackupJobRequest = match serde_json::from_value(ctx.request.clone()) {
             Ok(r) => r,
@@ -120,6 +159,108 @@ impl BackupJobs {
             self.prune_policy(policy).await;
         }
         outcome
+    }
+
+    /// The vAPI and Supervisor clients of one restore, from the configuration.
+    async fn restore_env(&self) -> Result<RestoreEnv, String> {
+        let c = &self.config;
+        let sdk: url::Url = c
+            .vcenter
+            .url
+            .parse()
+            .map_err(|e| format!("vcenter.url: {e}"))?;
+        let thumbprint = |key: &str, tp: &str| {
+            tp.parse()
+                .map(TlsVerification::Thumbprint)
+                .map_err(|e| format!("{key}: {e}"))
+        };
+        let tls = match (&c.vcenter.thumbprint, &c.vcenter.ca_file) {
+            (Some(tp), _) => thumbprint("vcenter.thumbprint", tp)?,
+            (None, Some(ca)) => TlsVerification::WithCaFile(ca.clone()),
+            (None, None) => TlsVerification::SystemRoots,
+        };
+        let password = read_secret_file("vcenter.password_file", &c.vcenter.password_file)
+            .map_err(|e| e.to_string())?;
+        let supervisor = SupervisorTarget {
+            url: c
+                .supervisor
+                .url
+                .as_deref()
+                .map(|u| u.parse().map_err(|e| format!("supervisor.url: {e}")))
+                .transpose()?,
+            tls: c
+                .supervisor
+                .thumbprint
+                .as_deref()
+                .map(|tp| thumbprint("supervisor.thumbprint", tp))
+                .transpose()?,
+            token: c
+                .supervisor
+                .token_file
+                .as_deref()
+                .map(|f| {
+                    read_secret_file("supervisor.token_file", f)
+                        .map(|t| t.expose().to_owned())
+                        .map_err(|e| e.to_string())
+                })
+                .transpose()?,
+        };
+        RestoreEnv::connect(
+            self.env.clone(),
+            &sdk,
+            &tls,
+            Credentials::new(&c.vcenter.user, password.expose()),
+            supervisor,
+        )
+        .await
+        .map_err(|e| engine::error_chain(&e))
+    }
+
+    async fn run_restore(&self, ctx: RunContext) -> Outcome {
+        let request = match serde_json::from_value::<RestoreJobRequest>(ctx.request.clone())
+            .map_err(|e| format!("stored request: {e}"))
+            .and_then(|r| restore_request(&r))
+        {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let renv = match self.restore_env().await {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let sink = ctx.events.clone();
+        let observer: RestoreObserver = Arc::new(move |e: &RestoreEvent| {
+            if let Ok(v) = serde_json::to_value(e) {
+                sink.emit(v);
+            }
+        });
+        let result = restore::run_restore(&renv, &request, observer, ctx.cancel.clone()).await;
+        let _ = renv.vapi.logout().await;
+        match result {
+            Ok(report) => {
+                let problems = report
+                    .verification
+                    .as_ref()
+                    .map(|v| v.problems.clone())
+                    .unwrap_or_default();
+                Outcome {
+                    state: if problems.is_empty() {
+                        JobState::Succeeded
+                    } else {
+                        JobState::Failed
+                    },
+                    error: (!problems.is_empty())
+                        .then(|| format!("the Supervisor shows: {}", problems.join("; "))),
+                    result: serde_json::to_value(&report).ok(),
+                }
+            }
+            Err(RestoreError::Engine(BackupError::Cancelled)) => Outcome {
+                state: JobState::Cancelled,
+                error: Some("cancelled".into()),
+                result: None,
+            },
+            Err(e) => failed(engine::error_chain(&e)),
+        }
     }
 
     /// Applies the retention of `policy` to its VMs' points.

@@ -61,6 +61,7 @@ use crate::supervisor::{Supervisor, SupervisorError};
 use crate::vsphere::{
     DatastorePath, FolderMoref, MoRef, SubnetMapping, VapiClient, VapiError, VmMoref,
 };
+use crate::vsphere::{SubnetRef, TlsVerification};
 
 /// The folder a new VM is registered into until PrepareForAccess holds it.
 pub const STAGING_FOLDER: &str = "vadp-agent-restore";
@@ -125,6 +126,94 @@ pub struct RestoreEnv {
     pub vapi: Arc<VapiClient>,
     /// The Supervisor's API.
     pub supervisor: Supervisor,
+}
+
+/// Where the Supervisor's API is (default: vCenter's address, the lab's layout).
+#[derive(Debug, Clone, Default)]
+pub struct SupervisorTarget {
+    /// The API address; `None` for vCenter's own.
+    pub url: Option<url::Url>,
+    /// How its certificate is verified; `None`: vCenter's rules when the API is on
+    /// vCenter's address, the system's roots otherwise.
+    pub tls: Option<TlsVerification>,
+    /// The bearer token; `None`: the vCenter SSO session's.
+    pub token: Option<String>,
+}
+
+impl RestoreEnv {
+    /// Connects the vAPI client (vCenter at `sdk_url`, verified with `tls`) and the
+    /// Supervisor client.
+    ///
+    /// # Errors
+    /// Bad URLs or TLS set-up, a failed vAPI login when the token comes from it.
+    pub async fn connect(
+        env: Environment,
+        sdk_url: &url::Url,
+        tls: &TlsVerification,
+        credentials: crate::vsphere::Credentials,
+        supervisor: SupervisorTarget,
+    ) -> Result<Self, RestoreError> {
+        let mut base = sdk_url.clone();
+        base.set_path("/");
+        let vapi = VapiClient::new(base.clone(), tls, false, credentials).map_err(|source| {
+            RestoreError::Vapi {
+                what: format!("vAPI client for {base}"),
+                source,
+            }
+        })?;
+        let supervisor_tls = match (supervisor.tls, &supervisor.url) {
+            (Some(t), _) => t,
+            (None, None) => tls.clone(),
+            (None, Some(_)) => TlsVerification::SystemRoots,
+        };
+        let url = supervisor.url.unwrap_or(base);
+        let token = match supervisor.token {
+            Some(t) => t,
+            None => vapi
+                .bearer_token()
+                .await
+                .map_err(|source| RestoreError::Vapi {
+                    what: "logging in to vAPI for the Supervisor token".into(),
+                    source,
+                })?,
+        };
+        let supervisor =
+            Supervisor::connect(url.as_str().trim_end_matches('/'), &supervisor_tls, token)?;
+        Ok(Self {
+            env,
+            vapi: Arc::new(vapi),
+            supervisor,
+        })
+    }
+}
+
+/// A network override mapping (seed 001 §9.3) from `from` to `to`: subnet names, or
+/// `subnetset:NAME` for subnet sets, where an empty `subnetset:` means the namespace's
+/// default SubnetSet.
+///
+/// # Errors
+/// A message naming the malformed mapping.
+pub fn subnet_mapping(from: &str, to: &str) -> Result<SubnetMapping, String> {
+    let side = |v: &str| match v.strip_prefix("subnetset:") {
+        Some(name) => SubnetRef {
+            kind: "SUBNETSET".into(),
+            name: name.into(),
+        },
+        None => SubnetRef {
+            kind: "SUBNET".into(),
+            name: v.into(),
+        },
+    };
+    let (current, new) = (side(from), side(to));
+    if new.name.is_empty() || (current.name.is_empty() && current.kind == "SUBNET") {
+        return Err(format!(
+            "subnet mapping {from:?} -> {to:?}: names are required (an empty one only as subnetset:)"
+        ));
+    }
+    Ok(SubnetMapping {
+        current_subnet: current,
+        new_subnet: new,
+    })
 }
 
 /// Progress of a restore.
