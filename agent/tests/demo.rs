@@ -1,4 +1,5 @@
-//! The README's main job: `vadp-agent demo` runs to completion on the built-in lab.
+//! The README's main job: `vadp-agent demo` runs the whole backup/restore flow to
+//! completion on the built-in lab.
 
 #[cfg(test)]
 mod tests {
@@ -25,7 +26,19 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout.contains("demo passed"), "{stdout}");
-        assert!(stdout.contains("identical to what was written"), "{stdout}");
+        // The seed's flow: group backup, incremental, delete, restore, registration.
+        for expected in [
+            "full backup, 2 VMs as one group",
+            "incremental backup (CBT)",
+            "deleted VirtualMachine demo-ns/web-2",
+            "pre-flight: WCP will do a restore to new",
+            "registration 100/100 %",
+            "VirtualMachine demo-ns/web-2: PoweredOff",
+            "-> PVC restored-",
+            "identical",
+        ] {
+            assert!(stdout.contains(expected), "{expected:?} missing: {stdout}");
+        }
 
         // A second run into the same root refuses rather than mixing labs.
         let again = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
@@ -59,6 +72,14 @@ mod tests {
         let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
         let v: serde_json::Value = serde_json::from_str(last).unwrap();
         assert_eq!(v["demo"], "ok");
-        assert_eq!(v["steps"].as_array().unwrap().len(), 6);
+        let steps = v["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 4, "{v}");
+        assert!(
+            steps[2]["result"]
+                .as_str()
+                .unwrap()
+                .contains("restore to new"),
+            "{v}"
+        );
     }
 }

@@ -1,28 +1,48 @@
 //! `vadp-agent demo`: the main job on the built-in lab.
 //!
-//! Today the demo exercises the VDDK path end to end (issue #2): it creates a lab with a VM,
-//! starts the lab's vCenter in this process (HTTPS with the lab's certificate), installs the
-//! VDDK simulator as a VDDK distribution would lay it out, loads it through the agent's real
-//! loader (re-exec, dlopen, InitEx with our log callbacks), writes a disk through VDDK
-//! between PrepareForAccess and EndAccess (which the simulator turns into
-//! DisableMethods/EnableMethods on the vCenter), snapshots the VM through the agent's SOAP
-//! client, checks that the snapshot view stays frozen while the guest keeps writing, and
-//! reads back exactly the areas QueryChangedDiskAreas reports. The daemon issue (#7) grows it into the full backup/restore demo.
+//! It creates a lab, starts the lab's vCenter and Supervisor in this process (HTTPS with the
+//! lab's certificate, pinned by thumbprint), installs the VDDK simulator as a VDDK
+//! distribution lays it out and loads it through the agent's real loader. Then, with the
+//! same engines `vadp-agent backup` / `restore` and the daemon use:
+//!
+//! 1. VM Operator creates a Supervisor namespace with two VM Service VMs (an OS disk and a
+//!    PVC disk each, cloud-init bootstrap, labels), whose guests write data;
+//! 2. both are backed up as one group at a common point in time (full: CBT is enabled);
+//! 3. the guests write again and an incremental reads only what CBT reports;
+//! 4. one VirtualMachine is deleted on the Supervisor (its vSphere VM and disks go too);
+//! 5. it is restored from the incremental point: pre-flight prediction, disks through VDDK
+//!    between PrepareForAccess and EndAccess, WCP registration with its progress, and the
+//!    VirtualMachine read back (PoweredOff, `restored-*` PVCs);
+//! 6. every restored disk is compared with the backup, and a summary table is printed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Args;
 use lab::Lab;
-use lab::vmstate::{NewDisk, VmMoref};
+use lab::datastore::{DiskChain, OpenMode};
+use lab::vmstate::VmMoref;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use crate::vddk::{self, ConnectSpec, Credentials, OpenFlags, Secret, TransportMode, Vddk};
-use crate::vsphere::{self, CreateSnapshot, SoapClient, SoapConfig, TlsVerification};
+use crate::engine::restore::{
+    self, RestoreEnv, RestoreEvent, RestoreMode, RestoreRequest, SupervisorTarget,
+};
+use crate::engine::{
+    self, BackupEvent, BackupReport, BackupRequest, Environment, Limits, VddkTarget, VmRequest,
+    VmSelector,
+};
+use crate::repo::Repository;
+use crate::vddk::{self, Secret, TransportMode, Vddk};
+use crate::vsphere::{self, SoapClient, SoapConfig, TlsVerification};
 
 const MIB: u64 = 1 << 20;
-/// The identity our PrepareForAccess calls carry (VDDK allows at most 50 characters).
-const IDENTITY: &str = "vadp-agent demo";
+/// The demo's Supervisor namespace.
+const NAMESPACE: &str = "demo-ns";
+/// The demo's VMs; the last one is deleted and restored.
+const VMS: [&str; 2] = ["web-1", "web-2"];
 
 /// `vadp-agent demo`.
 #[derive(Debug, Args)]
@@ -35,7 +55,8 @@ pub struct DemoArgs {
     /// executable (`libvixDiskLib.so`).
     #[arg(long, env = "VADP_VDDK_LIBDIR")]
     libdir: Option<PathBuf>,
-    /// Disk size of the demo VM, in MiB (a multiple of 4, at least 8).
+    /// OS disk size of each demo VM, in MiB (a multiple of 4, at least 8); the PVC disk is
+    /// half of it.
     #[arg(long, default_value_t = 256, value_parser = parse_disk_mib)]
     disk_mib: u64,
     /// Keep the lab directory afterwards.
@@ -122,16 +143,20 @@ fn prepare_root(root: &Path, install_sim: bool) -> anyhow::Result<()> {
 fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>> {
     let lab_root = root.join("lab");
     let lab = Lab::open(&lab_root)?;
-    // The control plane: the lab's vCenter, over HTTPS, before VDDK is loaded (vddk-sim's
-    // ConnectEx and PrepareForAccess talk to it, as VDDK talks to vCenter).
-    let vcenter = lab::vcenter::InProcessVcenter::start(&lab_root, false)
-        .context("starting the lab's vCenter")?;
+    // The control plane: the lab's vCenter and Supervisor, over HTTPS, before VDDK is
+    // loaded (vddk-sim's ConnectEx and PrepareForAccess talk to it, as VDDK talks to vCenter).
+    // Task steps of 50 ms (the lab's default) make the registration stages visible.
+    let vcenter = lab::vcenter::InProcessVcenter::start_with(
+        &lab_root,
+        &lab::vcenter::ServeOptions::default(),
+    )
+    .context("starting the lab's vCenter")?;
     let thumbprint = vcenter
         .thumbprint()
         .context("the lab's vCenter serves HTTPS")?
         .to_owned();
     println!(
-        "lab vCenter at {} (thumbprint {thumbprint})",
+        "lab vCenter and Supervisor at {} (thumbprint {thumbprint})",
         vcenter.sdk_url()
     );
     let config = root.join("vddk.conf");
@@ -139,7 +164,6 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         &config,
         format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
     )?;
-
     let vddk = Vddk::load(libdir, Some(&config))?;
     let lib = vddk.library();
     println!(
@@ -149,286 +173,392 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         vddk.transport_modes().join(":")
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // 1. Two VM Service VMs, made by the lab's VM Operator.
+    let sup = vcenter.running().vcenter.supervisor();
+    sup.create_namespace(NAMESPACE)
+        .map_err(|e| anyhow::anyhow!("creating namespace {NAMESPACE}: {e}"))?;
+    let mut morefs = Vec::new();
+    for name in VMS {
+        morefs.push(create_vm(sup, &lab, name, capacity)?);
+    }
+    for (v, (name, vm)) in VMS.iter().zip(&morefs).enumerate() {
+        let disks = lab.vm(vm)?.disks;
+        for (i, d) in disks.iter().enumerate() {
+            guest_writes(&lab, vm, d.key, d.capacity_bytes, (10 * v + i) as u64, 4)?;
+        }
+        println!(
+            "VirtualMachine {NAMESPACE}/{name} is {} with {} disks ({})",
+            vm.0,
+            disks.len(),
+            disks
+                .iter()
+                .map(|d| format!("{} {} MiB", d.label, d.capacity_bytes / MIB))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the SOAP client's runtime")?;
-    let mut soap = SoapConfig::new(
-        vcenter
-            .sdk_url()
-            .parse()
-            .with_context(|| format!("vCenter URL {}", vcenter.sdk_url()))?,
-    );
-    soap.tls = TlsVerification::Thumbprint(
+        .context("starting the async runtime")?;
+    let running = vcenter.running();
+    let sdk_url: url::Url = vcenter
+        .sdk_url()
+        .parse()
+        .with_context(|| format!("vCenter URL {}", vcenter.sdk_url()))?;
+    let tls = TlsVerification::Thumbprint(
         thumbprint
             .parse()
             .with_context(|| format!("vCenter thumbprint {thumbprint}"))?,
     );
-    let running = vcenter.running();
+    let mut soap = SoapConfig::new(sdk_url.clone());
+    soap.tls = tls.clone();
     soap.credentials = Some(vsphere::Credentials::new(&running.user, &running.password));
     let client = rt
         .block_on(SoapClient::connect(soap))
         .with_context(|| format!("logging in to {}", vcenter.sdk_url()))?;
-
-    let vm = lab.create_vm(
-        "demo-web-1",
-        "vm/Namespaces/demo-ns",
-        &[NewDisk {
-            capacity_bytes: capacity,
-            thin: true,
-        }],
-    )?;
-    let svm = vsphere::VmMoref::from(vm.0.as_str());
-    // Change tracking is off on a new VM, as in vSphere; a backup product turns it on.
-    rt.block_on(client.enable_cbt(&svm))
-        .with_context(|| format!("enabling change tracking on {vm}"))?;
-    let state = lab.vm(&vm)?;
-    let disk_path = state.disks[0].file_name.to_string();
-    let disk_key = state.disks[0].key;
-    println!("created {} ({}) with disk {disk_path}", state.name, vm.0);
+    let repo_path = root.join("repo");
+    let repo = Repository::init(&repo_path, 4 * MIB)
+        .with_context(|| format!("creating the repository at {}", repo_path.display()))?;
+    let env = Environment {
+        soap: client,
+        vddk,
+        vddk_target: VddkTarget {
+            server: sdk_url.host_str().unwrap_or("127.0.0.1").to_owned(),
+            port: sdk_url.port(),
+            thumbprint: Some(thumbprint.clone()),
+            credentials: vddk::Credentials::Password {
+                user: running.user.clone(),
+                password: Secret::new(running.password.clone()),
+            },
+            transport_modes: vec![TransportMode::NbdSsl],
+        },
+        repo: Arc::new(repo),
+        datacenter: None,
+    };
     let mut steps = Vec::new();
 
-    // 1. Write the whole disk through VDDK, bracketed by PrepareForAccess/EndAccess, as a
-    //    restore does.
-    let spec = connect_spec(&lab, &vm, None, false)?;
-    vddk.prepare_for_access(&spec, IDENTITY)?;
-    let disabled = lab.disabled_methods(&vm)?;
-    ensure!(
-        disabled
-            .iter()
-            .any(|d| d.method == "RelocateVM_Task" && d.source == IDENTITY),
-        "PrepareForAccess did not disable RelocateVM_Task"
-    );
-    let write = (|| -> anyhow::Result<Step> {
-        let conn = vddk.connect(&spec)?;
-        let disk = conn.open(&disk_path, OpenFlags::NONE)?;
-        let mut buf = vec![0_u8; usize::try_from(4 * MIB)?];
-        let start = Instant::now();
-        let mut written = 0;
-        for offset in (0..capacity).step_by(buf.len()) {
-            // Leave every fourth 4 MiB block unwritten: a thin disk keeps holes.
-            if (offset / (4 * MIB)) % 4 == 3 {
-                continue;
-            }
-            fill(&mut buf, offset);
-            disk.write_at(offset, &buf)?;
-            written += buf.len() as u64;
+    // 2. One group backup at a common point in time.
+    let full = backup(&rt, &env)?;
+    steps.push(backup_step("full backup, 2 VMs as one group", &full));
+    // 3. The guests write; the incremental reads what CBT reports.
+    for (v, vm) in morefs.iter().enumerate() {
+        for (i, d) in lab.vm(vm)?.disks.iter().enumerate() {
+            guest_writes(
+                &lab,
+                vm,
+                d.key,
+                d.capacity_bytes,
+                (100 + 10 * v + i) as u64,
+                32,
+            )?;
         }
-        disk.flush()?;
-        Ok(Step {
-            what: "write disk through VDDK (read-write, no snapshot)",
-            bytes: written,
-            secs: start.elapsed().as_secs_f64(),
-            result: format!("transport {}", disk.transport_mode()),
-        })
-    })();
-    vddk.end_access(&spec, IDENTITY)?;
-    steps.push(write?);
+    }
+    let incremental = backup(&rt, &env)?;
+    steps.push(backup_step("incremental backup (CBT)", &incremental));
+    let restored_name = VMS[VMS.len() - 1];
+    let point = incremental
+        .vms
+        .iter()
+        .find(|v| v.name == restored_name)
+        .and_then(|v| v.point)
+        .context("the incremental made no point for the VM to restore")?;
+
+    // 4. The VirtualMachine is deleted on the Supervisor.
+    sup.delete("VirtualMachine", NAMESPACE, restored_name)
+        .map_err(|e| anyhow::anyhow!("deleting {restored_name}: {e}"))?;
     ensure!(
-        lab.disabled_methods(&vm)?.is_empty(),
-        "EndAccess did not re-enable RelocateVM_Task"
+        lab.find_vm_by_name(restored_name)?.is_none(),
+        "VM Operator did not remove the vSphere VM"
+    );
+    println!("deleted VirtualMachine {NAMESPACE}/{restored_name} (its vSphere VM and disks)");
+
+    // 5. Restore and registration.
+    let report = rt.block_on(async {
+        let renv = RestoreEnv::connect(
+            env.clone(),
+            &sdk_url,
+            &tls,
+            vsphere::Credentials::new(&running.user, &running.password),
+            SupervisorTarget::default(),
+        )
+        .await?;
+        let last_percent = std::sync::atomic::AtomicU64::new(u64::MAX);
+        let observer: restore::RestoreObserver = Arc::new(move |e: &RestoreEvent| match e {
+            RestoreEvent::Predicted { prediction } => println!(
+                "pre-flight: WCP will do a {}{}",
+                prediction.restore_type,
+                if prediction.refusals.is_empty() {
+                    String::new()
+                } else {
+                    format!(" but refuse: {:?}", prediction.refusals)
+                }
+            ),
+            RestoreEvent::Step { message } => println!("  {message}"),
+            RestoreEvent::Registration { completed, total } => {
+                let before = last_percent.swap(*completed, std::sync::atomic::Ordering::Relaxed);
+                if before != *completed {
+                    println!("  registration {completed}/{total} %");
+                }
+            }
+            _ => {}
+        });
+        let request = RestoreRequest {
+            point,
+            namespace: None,
+            mode: RestoreMode::Auto,
+            disks: Vec::new(),
+            subnet_map: Vec::new(),
+            dry_run: false,
+        };
+        let r = restore::run_restore(&renv, &request, observer, CancellationToken::new()).await;
+        let _ = renv.vapi.logout().await;
+        r
+    });
+    let report = report.context("restore")?;
+    let verification = report
+        .verification
+        .clone()
+        .context("the restore did not read the VirtualMachine back")?;
+    ensure!(
+        verification.problems.is_empty(),
+        "the restored VirtualMachine is not as seed 001 §8 says: {:?}",
+        verification.problems
+    );
+    let restored = VmMoref(
+        report
+            .vm
+            .as_ref()
+            .context("the restore names no VM")?
+            .as_str()
+            .to_owned(),
+    );
+    println!(
+        "VirtualMachine {NAMESPACE}/{restored_name}: {} (vSphere VM {}), volumes {}",
+        verification.power_state.as_deref().unwrap_or("?"),
+        restored.0,
+        verification
+            .volumes
+            .iter()
+            .map(|(v, c)| format!("{v} -> PVC {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     steps.push(Step {
-        what: "PrepareForAccess / EndAccess",
-        bytes: 0,
-        secs: 0.0,
-        result: "RelocateVM_Task disabled, then enabled again".into(),
+        what: "restore: disks through VDDK + registration",
+        bytes: report.bytes_total,
+        secs: report.data_seconds,
+        result: format!(
+            "{}, {:.1} s in all, registered PoweredOff",
+            report.prediction.restore_type, report.seconds
+        ),
     });
 
-    // 2. Snapshot through vCenter, then read it back through VDDK and compare with what
-    //    was written.
-    let snapshot = |name: &str| {
-        rt.block_on(client.create_snapshot(
-            &svm,
-            &CreateSnapshot::backup(name, "vadp-agent demo"),
-            |_| {},
-        ))
-        .with_context(|| format!("snapshot {name} of {vm}"))
-    };
-    let snap1 = snapshot("vadp-demo-1")?;
-    let snap1_disk = rt
-        .block_on(client.snapshot_disks(&snap1))
-        .with_context(|| format!("disks of {}", snap1.0))?
-        .into_iter()
-        .next()
-        .with_context(|| format!("{} has no disk", snap1.0))?;
-    let frozen = snap1_disk.file_name.clone();
-    let change_id = snap1_disk
-        .change_id
-        .clone()
-        .context("the demo disk has change tracking")?;
-    let read = read_and_check(&vddk, &lab, &vm, &snap1.0, &frozen, capacity, Check::Whole)?;
-    steps.push(Step {
-        what: "read snapshot through VDDK, compare",
-        bytes: capacity,
-        secs: read,
-        result: "identical to what was written".into(),
-    });
-
-    // 3. The guest keeps writing; the snapshot view must not move.
-    let guest_writes = [
-        (MIB, 64 * 1024),
-        (capacity / 2 + 4096, 8192),
-        (capacity - MIB, MIB),
-    ];
-    for (offset, len) in guest_writes {
-        lab.guest_write(&vm, disk_key, offset, &vec![0xee; usize::try_from(len)?])?;
+    // 6. Every restored disk equals the backup.
+    let start = Instant::now();
+    let mut compared = 0;
+    for d in &report.disks {
+        let out = root.join(format!("point-{}.raw", d.key));
+        env.repo
+            .restore_disk_to_file(point, Some(d.key), &out, &mut |_, _| {})
+            .with_context(|| format!("reading disk {} of the point", d.key))?;
+        let file = lab.disk_file(&restored, None, lab::vmstate::DiskKey(d.key.0))?;
+        compared += compare(&lab_root, &file, &out)
+            .with_context(|| format!("comparing restored disk {} with the backup", d.key))?;
+        let _ = std::fs::remove_file(&out);
     }
-    read_and_check(&vddk, &lab, &vm, &snap1.0, &frozen, capacity, Check::Whole)?;
     steps.push(Step {
-        what: "guest writes after the snapshot",
-        bytes: guest_writes.iter().map(|(_, l)| l).sum(),
-        secs: 0.0,
-        result: "snapshot view unchanged".into(),
+        what: "compare every restored disk with the backup",
+        bytes: compared,
+        secs: start.elapsed().as_secs_f64(),
+        result: "identical".into(),
     });
-
-    // 4. A second snapshot: QueryChangedDiskAreas reports exactly the guest's writes.
-    let snap2 = snapshot("vadp-demo-2")?;
-    let snap2_disk = rt
-        .block_on(client.snapshot_disks(&snap2))
-        .with_context(|| format!("disks of {}", snap2.0))?
-        .into_iter()
-        .next()
-        .with_context(|| format!("{} has no disk", snap2.0))?;
-    let areas: Vec<(u64, u64)> = rt
-        .block_on(client.query_changed_disk_areas(
-            &svm,
-            Some(&snap2),
-            snap2_disk.key,
-            snap2_disk.capacity_bytes,
-            &change_id,
-        ))
-        .with_context(|| format!("changed areas of {vm} since {change_id}"))?
-        .iter()
-        .map(|a| (a.start_bytes, a.length_bytes))
-        .collect();
-    let changed: u64 = areas.iter().map(|(_, l)| l).sum();
-    for (offset, len) in guest_writes {
-        ensure!(
-            areas
-                .iter()
-                .any(|(o, l)| *o <= offset && offset + len <= o + l),
-            "change tracking missed the write at {offset}"
-        );
-    }
-    let secs = read_and_check(
-        &vddk,
-        &lab,
-        &vm,
-        &snap2.0,
-        &snap2_disk.file_name,
-        capacity,
-        Check::Changed {
-            areas: &areas,
-            writes: &guest_writes,
-        },
-    )?;
-    steps.push(Step {
-        what: "read changed areas at snapshot 2 (CBT)",
-        bytes: changed,
-        secs,
-        result: format!("{} extent(s) since {change_id}", areas.len()),
-    });
-
-    for snap in [&snap2, &snap1] {
-        rt.block_on(client.remove_snapshot(snap, true, |_| {}))
-            .with_context(|| format!("removing {}", snap.0))?;
-    }
-    ensure!(lab.vm(&vm)?.snapshots.is_empty(), "snapshots left behind");
-    steps.push(Step {
-        what: "remove snapshots (consolidate)",
-        bytes: 0,
-        secs: 0.0,
-        result: "no snapshot left".into(),
-    });
-    if let Err(e) = rt.block_on(client.logout()) {
-        tracing::warn!(error = %e, "logout from the lab's vCenter");
-    }
+    let _ = rt.block_on(env.soap.logout());
     Ok(steps)
 }
 
-fn connect_spec(
+/// A VirtualMachine with an OS disk of `capacity` and a PVC disk of half that.
+fn create_vm(
+    sup: &lab::supervisor::Supervisor,
     lab: &Lab,
-    vm: &VmMoref,
-    snapshot: Option<&str>,
-    read_only: bool,
-) -> anyhow::Result<ConnectSpec> {
-    let s = lab.settings()?;
-    Ok(ConnectSpec {
-        server: s.server_name,
-        port: None,
-        thumbprint: Some(s.thumbprint),
-        credentials: Credentials::Password {
-            user: s.user,
-            password: Secret::new(s.password),
-        },
-        vm: vm.0.clone(),
-        snapshot: snapshot.map(str::to_owned),
-        transport_modes: vec![TransportMode::NbdSsl, TransportMode::Nbd],
-        read_only,
-    })
-}
-
-/// What [`read_and_check`] reads and compares.
-enum Check<'a> {
-    /// The whole disk, against the written pattern.
-    Whole,
-    /// Only the changed `areas` (offset, length), which must hold the guest's `writes`.
-    Changed {
-        areas: &'a [(u64, u64)],
-        writes: &'a [(u64, u64)],
-    },
-}
-
-/// Reads `path` at `snapshot` through VDDK and checks every byte it reads. Returns the
-/// seconds the reads took.
-fn read_and_check(
-    vddk: &Vddk,
-    lab: &Lab,
-    vm: &VmMoref,
-    snapshot: &str,
-    path: &str,
+    name: &str,
     capacity: u64,
-    check: Check<'_>,
-) -> anyhow::Result<f64> {
-    let conn = vddk.connect(&connect_spec(lab, vm, Some(snapshot), true)?)?;
-    let disk = conn.open(path, OpenFlags::READ_ONLY)?;
-    let mut buf = vec![0_u8; usize::try_from(4 * MIB)?];
-    let mut expected = vec![0_u8; buf.len()];
-    let start = Instant::now();
-    match check {
-        Check::Whole => {
-            for offset in (0..capacity).step_by(buf.len()) {
-                disk.read_at(offset, &mut buf)?;
-                if (offset / (4 * MIB)) % 4 == 3 {
-                    expected.fill(0);
-                } else {
-                    fill(&mut expected, offset);
-                }
-                ensure!(
-                    buf == expected,
-                    "snapshot data differs in the 4 MiB at {offset}"
-                );
-            }
+) -> anyhow::Result<VmMoref> {
+    let fail = |what: &str| {
+        let what = what.to_owned();
+        move |e: lab::supervisor::SupervisorError| anyhow::anyhow!("{what}: {e}")
+    };
+    sup.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": format!("{name}-cloud-init"), "namespace": NAMESPACE},
+        "stringData": {"user-data": format!("#cloud-config\nhostname: {name}\n")}
+    }))
+    .map_err(fail("creating the bootstrap secret"))?;
+    sup.apply(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": format!("{name}-data"), "namespace": NAMESPACE},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": format!("{}Mi", capacity / MIB / 2)}}}
+    }))
+    .map_err(fail("creating the PVC"))?;
+    sup.apply(json!({
+        "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": NAMESPACE,
+                     "labels": {"app": "demo", "topology.kubernetes.io/zone": "zone-a"}},
+        "spec": {
+            "className": "best-effort-small", "imageName": "ubuntu-22.04",
+            "powerState": "PoweredOn",
+            "advanced": {"bootDiskCapacity": format!("{}Mi", capacity / MIB)},
+            "bootstrap": {"cloudInit": {"rawCloudConfig": {"name": format!("{name}-cloud-init"), "key": "user-data"}}},
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("{name}-data")}}]
         }
-        Check::Changed { areas, writes } => {
-            for (offset, len) in areas {
-                let mut data = vec![0_u8; usize::try_from(*len)?];
-                disk.read_at(*offset, &mut data)?;
-                for (w_off, w_len) in writes {
-                    if *offset <= *w_off && w_off + w_len <= offset + len {
-                        let at = usize::try_from(w_off - offset)?;
-                        let end = at + usize::try_from(*w_len)?;
-                        ensure!(
-                            data[at..end].iter().all(|b| *b == 0xee),
-                            "changed area at {w_off} does not hold the guest's write"
-                        );
-                    }
-                }
-            }
-        }
+    }))
+    .map_err(fail("creating the VirtualMachine"))?;
+    let vm = sup
+        .get("VirtualMachine", NAMESPACE, name)
+        .and_then(|o| o["status"]["uniqueID"].as_str().map(str::to_owned))
+        .context("VM Operator created no vSphere VM")?;
+    let vm = VmMoref(vm);
+    ensure!(lab.vm(&vm).is_ok(), "{vm} is not in the lab");
+    Ok(vm)
+}
+
+/// Guest writes: one 64 KiB-aligned block of seeded data in every `stride`-th 1 MiB of
+/// the disk (the rest stays a hole of the thin disk).
+fn guest_writes(
+    lab: &Lab,
+    vm: &VmMoref,
+    disk: lab::vmstate::DiskKey,
+    capacity: u64,
+    seed: u64,
+    stride: u64,
+) -> anyhow::Result<()> {
+    let mut buf = vec![0_u8; 256 * 1024];
+    for mib in (0..capacity / MIB).step_by(usize::try_from(stride.max(1))?) {
+        let offset = mib * MIB + (seed % 4) * 64 * 1024;
+        fill(&mut buf, offset ^ seed);
+        lab.guest_write(vm, disk, offset, &buf)?;
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(())
+}
+
+fn backup(rt: &tokio::runtime::Runtime, env: &Environment) -> anyhow::Result<BackupReport> {
+    let request = BackupRequest {
+        group: Some("demo".into()),
+        vms: VMS
+            .iter()
+            .map(|n| VmRequest {
+                selector: VmSelector::Namespaced {
+                    namespace: NAMESPACE.into(),
+                    name: (*n).into(),
+                },
+                quiesce: false,
+            })
+            .collect(),
+        force_full: false,
+        require_vmservice: true,
+        prepare_access: true,
+        limits: Limits::default(),
+    };
+    let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
+        if let BackupEvent::SnapshotCreated {
+            name, completed_ms, ..
+        } = e
+        {
+            println!("  snapshot of {name} after {completed_ms} ms");
+        }
+    });
+    let report = rt
+        .block_on(engine::run_backup(
+            env,
+            request,
+            CancellationToken::new(),
+            observer,
+        ))
+        .context("backup")?;
+    if !report.succeeded {
+        let errors: Vec<String> = report
+            .vms
+            .iter()
+            .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.name)))
+            .collect();
+        bail!("the backup failed: {}", errors.join("; "));
+    }
+    Ok(report)
+}
+
+#[allow(clippy::cast_precision_loss)] // display figures
+fn backup_step(what: &'static str, r: &BackupReport) -> Step {
+    let read: u64 = r
+        .vms
+        .iter()
+        .flat_map(|v| &v.disks)
+        .map(|d| d.stats.bytes_read)
+        .sum();
+    let stored: u64 = r
+        .vms
+        .iter()
+        .flat_map(|v| &v.disks)
+        .map(|d| d.stats.bytes_stored)
+        .sum();
+    let kinds: Vec<String> = r
+        .vms
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v.name,
+                v.kind.map_or("?", |k| match k {
+                    crate::repo::catalog::PointKind::Full => "full",
+                    crate::repo::catalog::PointKind::Incremental => "incremental",
+                })
+            )
+        })
+        .collect();
+    Step {
+        what,
+        bytes: read,
+        secs: r.seconds,
+        result: format!(
+            "{}; {:.1} MiB stored; skew {} ms",
+            kinds.join(", "),
+            stored as f64 / MIB as f64,
+            r.skew_ms.unwrap_or(0)
+        ),
+    }
+}
+
+/// Compares a lab disk with a raw image, 4 MiB at a time; returns the bytes compared.
+fn compare(
+    lab_root: &Path,
+    disk: &lab::datastore::DatastorePath,
+    raw: &Path,
+) -> anyhow::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let chain = DiskChain::open(lab_root, disk, OpenMode::ReadOnly)?;
+    let file = std::fs::File::open(raw)?;
+    let size = chain.capacity_bytes();
+    ensure!(
+        file.metadata()?.len() == size,
+        "{disk} is {size} bytes, the backup {} bytes",
+        file.metadata()?.len()
+    );
+    let mut a = vec![0_u8; usize::try_from(4 * MIB)?];
+    let mut b = a.clone();
+    let mut offset = 0;
+    while offset < size {
+        let n = usize::try_from((size - offset).min(4 * MIB))?;
+        chain.read_at(offset, &mut a[..n])?;
+        file.read_exact_at(&mut b[..n], offset)?;
+        ensure!(
+            a[..n] == b[..n],
+            "{disk} differs from the backup at offset {offset}"
+        );
+        offset += n as u64;
+    }
+    Ok(size)
 }
 
 /// The demo's data: a recognisable, offset-dependent pattern.
@@ -442,7 +572,6 @@ fn fill(buf: &mut [u8], offset: u64) {
     }
 }
 
-#[allow(clippy::cast_precision_loss)] // display figures
 fn print_summary(steps: &[Step], json: bool) -> anyhow::Result<()> {
     if json {
         let rows: Vec<_> = steps

@@ -123,14 +123,28 @@ impl InProcessVcenter {
     /// # Errors
     /// Lab, certificate or socket errors.
     pub fn start(root: &std::path::Path, plain_http: bool) -> Result<Self, VcenterError> {
+        Self::start_with(
+            root,
+            &ServeOptions {
+                plain_http,
+                task_step: Duration::from_millis(1),
+                ..ServeOptions::default()
+            },
+        )
+    }
+
+    /// As [`Self::start`] with the given options (e.g. the default 50 ms task steps, so
+    /// task progress can be watched).
+    ///
+    /// # Errors
+    /// Lab, certificate or socket errors.
+    pub fn start_with(
+        root: &std::path::Path,
+        options: &ServeOptions,
+    ) -> Result<Self, VcenterError> {
         let lab = open_or_create(root)?;
-        let options = ServeOptions {
-            plain_http,
-            task_step: Duration::from_millis(1),
-            ..ServeOptions::default()
-        };
         Ok(Self {
-            running: spawn(lab, &options)?,
+            running: spawn(lab, options)?,
         })
     }
 
