@@ -427,4 +427,119 @@ concurrent_jobs = 2
         assert!(!log.contains(&password), "password in the log");
         assert!(!log.contains(TOKEN), "API token in the log");
     }
+
+    #[test]
+    fn fifty_vms_queued_with_four_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab_root = dir.path().join("lab");
+        Lab::create(&lab_root).unwrap();
+        let vcenter = InProcessVcenter::start(&lab_root, false).unwrap();
+        let lab = Lab::open(&lab_root).unwrap();
+        let vms: Vec<_> = (0..50)
+            .map(|i| {
+                let vm = lab
+                    .create_vm(
+                        &format!("q-{i}"),
+                        "/dc1/vm",
+                        &[NewDisk {
+                            capacity_bytes: MIB,
+                            thin: true,
+                        }],
+                    )
+                    .unwrap();
+                let key = lab.vm(&vm).unwrap().disks[0].key;
+                lab.guest_write(&vm, key, 0, &[u8::try_from(i).unwrap(); 65536])
+                    .unwrap();
+                vm
+            })
+            .collect();
+        std::fs::write(
+            dir.path().join("vddk.conf"),
+            format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
+        )
+        .unwrap();
+        write_secret(
+            &dir.path().join("password"),
+            &vcenter.running().password,
+            0o600,
+        );
+        write_secret(&dir.path().join("token"), TOKEN, 0o600);
+        let repo = dir.path().join("repo");
+        assert!(
+            agent(&["repo", "init", "--path"])
+                .arg(&repo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let config = write_config(dir.path(), &vcenter, &repo);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("concurrent_jobs = 2", "concurrent_jobs = 4");
+        std::fs::write(&config, text).unwrap();
+        let (_daemon, base) = serve(&config);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+            let mut ids = Vec::new();
+            for vm in &vms {
+                let job = client
+                    .backup(&BackupJobRequest {
+                        vms: vec![VmSpec {
+                            vm: vm.0.clone(),
+                            quiesce: false,
+                        }],
+                        group: None,
+                        idempotency_key: Some(format!("queue-{}", vm.0)),
+                        priority: 0,
+                        full: false,
+                        require_vmservice: false,
+                        prepare_access: true,
+                    })
+                    .await
+                    .unwrap();
+                ids.push(job.id);
+            }
+            // Every sample of the queue while it drains: at most 4 running.
+            let mut max_running = 0;
+            loop {
+                let jobs = client.jobs().await.unwrap().jobs;
+                assert_eq!(jobs.len(), 50, "a job was lost or duplicated");
+                let running = jobs.iter().filter(|j| j.state == JobState::Running).count();
+                assert!(running <= 4, "{running} jobs running at once");
+                max_running = max_running.max(running);
+                if jobs.iter().all(|j| j.state == JobState::Succeeded) {
+                    break;
+                }
+                assert!(
+                    jobs.iter().all(|j| matches!(
+                        j.state,
+                        JobState::Queued | JobState::Running | JobState::Succeeded
+                    )),
+                    "a job failed: {:?}",
+                    jobs.iter().find(|j| !matches!(
+                        j.state,
+                        JobState::Queued | JobState::Running | JobState::Succeeded
+                    ))
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert!(max_running >= 2, "the queue never ran jobs in parallel");
+            // One restore point per VM: nothing lost.
+            let points = client.points().await.unwrap().points;
+            assert_eq!(points.len(), 50);
+            let mut backed_up: Vec<String> = points.iter().map(|p| p.vm.clone()).collect();
+            backed_up.sort();
+            let mut expected: Vec<String> = vms.iter().map(|v| v.0.clone()).collect();
+            expected.sort();
+            assert_eq!(backed_up, expected);
+        });
+        for vm in &vms {
+            assert!(lab.vm(vm).unwrap().snapshots.is_empty());
+            assert!(lab.disabled_methods(vm).unwrap().is_empty());
+        }
+    }
 }
