@@ -59,9 +59,17 @@ pub enum ChunkError {
     TooLarge(usize),
 }
 
+/// Chunks at least this large are probed before zstd runs over all of them.
+const PROBE_MIN: usize = 256 * 1024;
+/// Bytes per probe sample, one every `len / PROBE_SAMPLES`.
+const PROBE_SAMPLE: usize = 4 * 1024;
+const PROBE_SAMPLES: usize = 16;
+
 /// Reusable encoder (one per worker thread: zstd contexts are costly to create).
 pub struct ChunkEncoder {
     compressor: zstd::bulk::Compressor<'static>,
+    /// Output of the probe compressions.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for ChunkEncoder {
@@ -77,32 +85,70 @@ impl ChunkEncoder {
     /// [`ChunkError::Compress`] if zstd cannot allocate its context.
     pub fn new() -> Result<Self, ChunkError> {
         let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(ChunkError::Compress)?;
-        Ok(Self { compressor })
+        Ok(Self {
+            compressor,
+            scratch: vec![0u8; zstd::zstd_safe::compress_bound(PROBE_SAMPLE)],
+        })
     }
 
-    /// Encode `plain` into header + stored bytes: zstd when it saves space, raw otherwise.
+    /// Whether every one of 16 samples of 4 KiB spread over `plain` is incompressible
+    /// (zstd saves less than 3 %): then zstd is not run over the whole chunk, which on
+    /// random or already-compressed data costs as much as on text and saves nothing.
+    /// One compressible sample is enough to compress the chunk.
+    fn incompressible(&mut self, plain: &[u8]) -> bool {
+        if plain.len() < PROBE_MIN {
+            return false;
+        }
+        let step = plain.len() / PROBE_SAMPLES;
+        (0..PROBE_SAMPLES).all(|i| {
+            let sample = &plain[i * step..i * step + PROBE_SAMPLE];
+            match self
+                .compressor
+                .compress_to_buffer(sample, &mut self.scratch)
+            {
+                Ok(n) => n * 100 >= sample.len() * 97,
+                Err(_) => false,
+            }
+        })
+    }
+
+    /// Encode `plain`, whose BLAKE3 digest is `digest`, into header + stored bytes: zstd
+    /// when it saves space, raw otherwise (the digest is then the stored bytes' checksum).
     ///
     /// # Errors
     /// [`ChunkError::TooLarge`] above 4 GiB, [`ChunkError::Compress`] if zstd fails.
-    pub fn encode(&mut self, plain: &[u8]) -> Result<Vec<u8>, ChunkError> {
+    pub fn encode(&mut self, plain: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
         let plain_len =
             u32::try_from(plain.len()).map_err(|_| ChunkError::TooLarge(plain.len()))?;
-        let mut out = vec![0u8; HEADER_LEN + zstd::zstd_safe::compress_bound(plain.len())];
-        let (compression, stored_len) = match self
-            .compressor
-            .compress_to_buffer(plain, &mut out[HEADER_LEN..])
-        {
-            Ok(n) if n < plain.len() => (COMPRESSION_ZSTD, n),
-            // Incompressible (or zstd refused): store raw.
-            _ => {
-                out[HEADER_LEN..HEADER_LEN + plain.len()].copy_from_slice(plain);
-                (COMPRESSION_RAW, plain.len())
+        let raw = |out: &mut Vec<u8>| {
+            out.resize(HEADER_LEN + plain.len(), 0);
+            out[HEADER_LEN..].copy_from_slice(plain);
+            (COMPRESSION_RAW, plain.len())
+        };
+        let mut out;
+        let (compression, stored_len) = if self.incompressible(plain) {
+            out = Vec::with_capacity(HEADER_LEN + plain.len());
+            raw(&mut out)
+        } else {
+            out = vec![0u8; HEADER_LEN + zstd::zstd_safe::compress_bound(plain.len())];
+            match self
+                .compressor
+                .compress_to_buffer(plain, &mut out[HEADER_LEN..])
+            {
+                Ok(n) if n < plain.len() => (COMPRESSION_ZSTD, n),
+                // Incompressible (or zstd refused): store raw.
+                _ => raw(&mut out),
             }
         };
         out.truncate(HEADER_LEN + stored_len);
         let stored_len_u32 =
             u32::try_from(stored_len).map_err(|_| ChunkError::TooLarge(stored_len))?;
-        let checksum = blake3::hash(&out[HEADER_LEN..]);
+        // Raw stored bytes are the plain data: their BLAKE3 is the digest already computed.
+        let checksum = if compression == COMPRESSION_RAW {
+            blake3::Hash::from_bytes(digest.0)
+        } else {
+            blake3::hash(&out[HEADER_LEN..])
+        };
         let header = &mut out[..HEADER_LEN];
         header[0..4].copy_from_slice(MAGIC);
         header[4..6].copy_from_slice(&VERSION.to_le_bytes());
@@ -131,6 +177,16 @@ pub struct ChunkHeader {
 /// # Errors
 /// [`ChunkError::Truncated`], [`ChunkError::BadHeader`] or [`ChunkError::Checksum`].
 pub fn check(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
+    let header = parse_header(encoded)?;
+    let checksum = blake3::hash(&encoded[HEADER_LEN..]);
+    if checksum.as_bytes()[..16] != encoded[16..32] {
+        return Err(ChunkError::Checksum);
+    }
+    Ok(header)
+}
+
+/// Parse the header of `encoded` and check its lengths (not the checksum).
+fn parse_header(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
     if encoded.len() < HEADER_LEN {
         return Err(ChunkError::Truncated {
             expected: HEADER_LEN as u64,
@@ -172,10 +228,6 @@ pub fn check(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
             "raw chunk with stored != plain length".into(),
         ));
     }
-    let checksum = blake3::hash(&encoded[HEADER_LEN..]);
-    if checksum.as_bytes()[..16] != encoded[16..32] {
-        return Err(ChunkError::Checksum);
-    }
     Ok(ChunkHeader {
         compressed,
         plain_len,
@@ -188,9 +240,24 @@ pub fn check(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
 /// # Errors
 /// Any [`ChunkError`] describing what is wrong with the bytes.
 pub fn decode(encoded: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
-    let header = check(encoded)?;
+    let header = parse_header(encoded)?;
     let stored = &encoded[HEADER_LEN..];
-    let plain = if header.compressed {
+    if !header.compressed {
+        // Raw: the stored bytes are the plain data, so one BLAKE3 pass checks both the
+        // stored-bytes checksum and the content digest.
+        let actual = ChunkDigest::of(stored);
+        if actual.0[..16] != encoded[16..32] {
+            return Err(ChunkError::Checksum);
+        }
+        if actual != *digest {
+            return Err(ChunkError::DigestMismatch { actual });
+        }
+        return Ok(stored.to_vec());
+    }
+    if blake3::hash(stored).as_bytes()[..16] != encoded[16..32] {
+        return Err(ChunkError::Checksum);
+    }
+    let plain = {
         let mut plain = Vec::with_capacity(header.plain_len);
         zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress_to_buffer(stored, &mut plain))
@@ -203,8 +270,6 @@ pub fn decode(encoded: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkErro
             )));
         }
         plain
-    } else {
-        stored.to_vec()
     };
     let actual = ChunkDigest::of(&plain);
     if actual != *digest {
@@ -236,7 +301,7 @@ mod tests {
             .cycle()
             .take(100_000)
             .collect();
-        let e = enc.encode(&text).unwrap();
+        let e = enc.encode(&text, &ChunkDigest::of(&text)).unwrap();
         assert!(e.len() < text.len() / 10);
         assert!(check(&e).unwrap().compressed);
         assert_eq!(decode(&e, &ChunkDigest::of(&text)).unwrap(), text);
@@ -244,8 +309,39 @@ mod tests {
         let random: Vec<u8> = (0..65_536u32)
             .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1])
             .collect();
-        let e = enc.encode(&random).unwrap();
+        let e = enc.encode(&random, &ChunkDigest::of(&random)).unwrap();
         assert_eq!(decode(&e, &ChunkDigest::of(&random)).unwrap(), random);
+    }
+
+    #[test]
+    fn probe_stores_random_raw_but_compresses_a_mixed_chunk() {
+        let mut enc = ChunkEncoder::new().unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = vec![0u8; 1 << 20];
+        for w in random.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        assert!(enc.incompressible(&random));
+        let d = ChunkDigest::of(&random);
+        let e = enc.encode(&random, &d).unwrap();
+        assert!(!check(&e).unwrap().compressed);
+        assert_eq!(e[16..32], d.0[..16], "a raw chunk's checksum is its digest");
+        assert_eq!(decode(&e, &d).unwrap(), random);
+
+        // 256 KiB of text in the middle of random data: a sample lands in it.
+        let mut mixed = random.clone();
+        for (i, b) in mixed[512 * 1024..768 * 1024].iter_mut().enumerate() {
+            *b = b"the quick brown fox "[i % 20];
+        }
+        assert!(!enc.incompressible(&mixed));
+        let d = ChunkDigest::of(&mixed);
+        let e = enc.encode(&mixed, &d).unwrap();
+        assert!(check(&e).unwrap().compressed);
+        assert!(e.len() < mixed.len() * 9 / 10);
+        assert_eq!(decode(&e, &d).unwrap(), mixed);
     }
 
     #[test]
@@ -253,7 +349,7 @@ mod tests {
         let mut enc = ChunkEncoder::new().unwrap();
         let data = vec![7u8; 10_000];
         let d = ChunkDigest::of(&data);
-        let e = enc.encode(&data).unwrap();
+        let e = enc.encode(&data, &d).unwrap();
         let mut flipped = e.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;

@@ -301,7 +301,10 @@ mod tests {
         fs::create_dir(store.root()).unwrap();
         let data = b"some chunk data".repeat(100);
         let d = ChunkDigest::of(&data);
-        let enc = ChunkEncoder::new().unwrap().encode(&data).unwrap();
+        let enc = ChunkEncoder::new()
+            .unwrap()
+            .encode(&data, &ChunkDigest::of(&data))
+            .unwrap();
         assert!(store.insert(&d, &enc).unwrap());
         assert!(!store.insert(&d, &enc).unwrap());
         assert_eq!(store.read(&d).unwrap(), data);

@@ -373,7 +373,7 @@ fn hash_worker(
                     plain_len,
                 })
             } else if let Some(enc) = encoder.as_mut() {
-                match enc.encode(data) {
+                match enc.encode(data, &digest) {
                     Ok(encoded) => {
                         // A closed channel means the writers are gone after an abort.
                         let _ = write_tx.send((slot, digest, encoded, plain_len));
