@@ -14,7 +14,7 @@ use std::process::Command;
 use lab::Lab;
 use lab::vmstate::NewDisk;
 use vadp_agent::repo::synthetic_image;
-use vadp_agent::repo::{ImageBackup, Repository};
+use vadp_agent::repo::{DEFAULT_CHUNK_SIZE_BYTES, ImageBackup, Repository};
 use vadp_tests::bench::{self, median, time};
 use vadp_tests::{SimProfile, SimVariant, vddk_sim_libdir_with};
 
@@ -64,9 +64,13 @@ fn main() {
         }
     }
 
-    let image_repo = Repository::init(&work.join("repo-image"), 4 * MIB).expect("init repo");
+    let image_repo = Repository::init(
+        &work.join("repo-image"),
+        u64::from(DEFAULT_CHUNK_SIZE_BYTES),
+    )
+    .expect("init repo");
     let vm_repo_path = work.join("repo-vm");
-    drop(Repository::init(&vm_repo_path, 4 * MIB).expect("init repo"));
+    drop(Repository::init(&vm_repo_path, u64::from(DEFAULT_CHUNK_SIZE_BYTES)).expect("init repo"));
 
     let image_full = time(|| {
         image_repo

@@ -12,7 +12,7 @@ use lab::vmstate::NewDisk;
 use tokio_util::sync::CancellationToken;
 use vadp_agent::engine::restore::VddkSink;
 use vadp_agent::repo::synthetic_image;
-use vadp_agent::repo::{ImageBackup, Repository};
+use vadp_agent::repo::{DEFAULT_CHUNK_SIZE_BYTES, ImageBackup, Repository};
 use vadp_agent::vddk::{ConnectSpec, Credentials, OpenFlags, Secret, TransportMode, Vddk};
 use vadp_tests::bench::{self, median, time};
 use vadp_tests::{SimProfile, SimVariant, vddk_sim_libdir_with};
@@ -40,7 +40,8 @@ fn main() {
     eprintln!("generating a {size_mib} MiB image and backing it up …");
     let image = work.join("image.raw");
     synthetic_image::generate(&image, capacity, 1).expect("generate image");
-    let repo = Repository::init(&work.join("repo"), 4 * MIB).expect("init repo");
+    let repo = Repository::init(&work.join("repo"), u64::from(DEFAULT_CHUNK_SIZE_BYTES))
+        .expect("init repo");
     let point = repo
         .backup_image(
             &ImageBackup {

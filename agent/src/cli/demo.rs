@@ -220,7 +220,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         .block_on(SoapClient::connect(soap))
         .with_context(|| format!("logging in to {}", vcenter.sdk_url()))?;
     let repo_path = root.join("repo");
-    let repo = Repository::init(&repo_path, 4 * MIB)
+    let repo = Repository::init(&repo_path, u64::from(crate::repo::DEFAULT_CHUNK_SIZE_BYTES))
         .with_context(|| format!("creating the repository at {}", repo_path.display()))?;
     let env = Environment {
         soap: client,
