@@ -87,7 +87,6 @@ fn main() {
     });
     let vm_full = time(|| agent_backup(&vcenter, &libdir, &work, &vm_repo_path, &vm.0));
 
-    // 1 % of the disk changes, as 64 KiB extents, in the image and in the VM alike.
     // 1 % of the disk changes, as 64 KiB extents, in the image and in the VM alike; five
     // rounds (a different change each), medians reported.
     let count = usize::try_from(capacity / 100 / KIB64).expect("fits");
@@ -102,22 +101,30 @@ fn main() {
             lab.guest_write(&vm, key, e.offset, &buf[..len])
                 .expect("guest write");
         }
-        image_incrs.push(time(|| {
-            image_repo
-                .backup_image(
-                    &ImageBackup {
-                        name: "bench".into(),
-                        file: image.clone(),
-                        changed: Some(extents.clone()),
-                        parent: None,
-                    },
-                    &mut |_, _| {},
-                )
-                .expect("image incremental");
-        }));
-        vm_incrs.push(time(|| {
-            agent_backup(&vcenter, &libdir, &work, &vm_repo_path, &vm.0);
-        }));
+        let image_round = || {
+            time(|| {
+                image_repo
+                    .backup_image(
+                        &ImageBackup {
+                            name: "bench".into(),
+                            file: image.clone(),
+                            changed: Some(extents.clone()),
+                            parent: None,
+                        },
+                        &mut |_, _| {},
+                    )
+                    .expect("image incremental");
+            })
+        };
+        let vm_round = || time(|| agent_backup(&vcenter, &libdir, &work, &vm_repo_path, &vm.0));
+        // Alternate which goes first.
+        if seed % 2 == 0 {
+            image_incrs.push(image_round());
+            vm_incrs.push(vm_round());
+        } else {
+            vm_incrs.push(vm_round());
+            image_incrs.push(image_round());
+        }
     }
     let image_incr = median(&mut image_incrs);
     let vm_incr = median(&mut vm_incrs);
@@ -126,7 +133,8 @@ fn main() {
     #[allow(clippy::cast_precision_loss)] // display figures
     let mibps = |secs: f64| capacity as f64 / MIB as f64 / secs;
     println!(
-        "\n{size_mib} MiB lab disk, 4 MiB chunks, {count} × 64 KiB changed (1 %), incremental: median of 5\n"
+        "\n{size_mib} MiB lab disk, {} MiB chunks, {count} × 64 KiB changed (1 %), incremental: median of 5\n",
+        DEFAULT_CHUNK_SIZE_BYTES >> 20
     );
     println!(
         "| backup | image (repository only) | whole path (SOAP + VDDK + repository) | ratio | target |"

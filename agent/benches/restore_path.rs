@@ -1,7 +1,8 @@
 //! The VM restore data path against the repository-only image restore, in one run: a seeded
 //! 2 GiB image (40 % zero, 30 % random, 30 % text) is backed up as an image; it is then
-//! restored (a) to a raw file (`Repository::restore_image`) and (b) through VDDK into a new
-//! thin lab disk (vddk-sim, read-write connection, zero chunks skipped) with
+//! restored five times each way, alternating which goes first (the second meets the
+//! first's dirty pages): (a) to a raw file (`Repository::restore_image`) and (b) through
+//! VDDK into a new thin lab disk (vddk-sim, read-write connection, zero chunks skipped) with
 //! `Repository::restore_disk_to_sink` and the restore engine's `VddkSink` — the path
 //! `vadp-agent restore` writes disks with. Target: (b) at ≥ 0.8× the throughput of (a).
 //!
@@ -18,7 +19,7 @@ use vadp_tests::bench::{self, median, time};
 use vadp_tests::{SimProfile, SimVariant, vddk_sim_libdir_with};
 
 const MIB: u64 = 1 << 20;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn main() {
     let size_mib = bench::size_mib();
@@ -66,14 +67,16 @@ fn main() {
 
     let mut image_secs = Vec::new();
     let mut vddk_secs = Vec::new();
-    for round in 0..ROUNDS {
+    let image_round = |round: usize| {
         let out = work.join(format!("restored-{round}.raw"));
-        image_secs.push(time(|| {
+        let secs = time(|| {
             repo.restore_image(point, &out, &mut |_, _| {})
                 .expect("image restore");
-        }));
+        });
         let _ = std::fs::remove_file(&out);
-
+        secs
+    };
+    let vddk_round = |round: usize| {
         let vm = lab
             .create_vm(
                 &format!("restore-{round}"),
@@ -98,14 +101,25 @@ fn main() {
             transport_modes: vec![TransportMode::NbdSsl],
             read_only: false,
         };
-        vddk_secs.push(time(|| {
+        let secs = time(|| {
             let conn = vddk.connect(&spec).expect("connect read-write");
             let disk = conn.open(&disk_path, OpenFlags::NONE).expect("open disk");
             let mut sink = VddkSink::new(disk, true, CancellationToken::new());
             repo.restore_disk_to_sink(point, key, &mut sink, &mut |_, _| {})
                 .expect("restore through VDDK");
-        }));
+        });
         lab.destroy_vm(&vm).expect("remove vm");
+        secs
+    };
+    for round in 0..ROUNDS {
+        // Alternate which path goes first, so neither always meets the other's dirty pages.
+        if round % 2 == 0 {
+            image_secs.push(image_round(round));
+            vddk_secs.push(vddk_round(round));
+        } else {
+            vddk_secs.push(vddk_round(round));
+            image_secs.push(image_round(round));
+        }
         eprintln!(
             "round {round}: image {:.2} s, VDDK {:.2} s",
             image_secs[round], vddk_secs[round]
