@@ -281,6 +281,33 @@ mod tests {
     }
 
     #[test]
+    fn a_sparse_image_reports_only_its_data() {
+        // Needs a file system with SEEK_HOLE (every local Linux one; tmpfs included).
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse.img");
+        let mib = 1u64 << 20;
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(64 * mib).unwrap();
+        f.write_all_at(&[7; 4096], 8 * mib).unwrap();
+        f.write_all_at(&[9; 65536], 40 * mib).unwrap();
+        f.sync_all().unwrap();
+        let mut src = RawFileSource::open(&p).unwrap();
+        let extents = src.allocated_extents().unwrap();
+        let covers = |at: u64, len: u64| {
+            extents
+                .iter()
+                .any(|e| e.offset <= at && at + len <= e.offset + e.length)
+        };
+        assert!(covers(8 * mib, 4096), "{extents:?}");
+        assert!(covers(40 * mib, 65536), "{extents:?}");
+        let total: u64 = extents.iter().map(|e| e.length).sum();
+        assert!(
+            total < 8 * mib,
+            "the holes were reported as data: {extents:?}"
+        );
+    }
+
+    #[test]
     fn raw_file_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.img");
