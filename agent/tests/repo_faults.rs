@@ -7,6 +7,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use vadp_agent::ids::{ChunkDigest, RestorePointId};
+    use vadp_agent::repo::chunk_store::Layout;
     use vadp_agent::repo::{
         IMAGE_DISK_KEY, ImageBackup, Repository, VerifyProblem, synthetic_image,
     };
@@ -55,6 +56,21 @@ mod tests {
             full,
             incr,
         }
+    }
+
+    /// Files under `dir`, at any depth.
+    fn count_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                if e.file_type().unwrap().is_dir() {
+                    count_files(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
     }
 
     /// A chunk referenced by both points.
@@ -177,16 +193,14 @@ mod tests {
             "{msg}"
         );
         // GC must not sweep with an incomplete mark set.
-        let chunks_before = std::fs::read_dir(f.root.join("chunks")).unwrap().count();
+        let chunks_before = count_files(&f.root.join("chunks"));
+        assert!(chunks_before > 1, "{chunks_before}");
         let msg = chain(&repo.gc().unwrap_err());
         assert!(
             msg.contains("nothing swept") && msg.contains(&f.incr.to_string()),
             "{msg}"
         );
-        assert_eq!(
-            std::fs::read_dir(f.root.join("chunks")).unwrap().count(),
-            chunks_before
-        );
+        assert_eq!(count_files(&f.root.join("chunks")), chunks_before);
         // The full point is intact.
         repo.restore_image(f.full, &f.root.join("ok"), &mut |_, _| {})
             .unwrap();
@@ -212,10 +226,10 @@ mod tests {
         let f = fixture();
         let repo = Repository::open(&f.root).unwrap();
         // Simulate a killed backup: a temp chunk, an unreferenced chunk, an orphan index dir.
-        let junk = repo.store().root().join("ab/cd");
-        std::fs::create_dir_all(&junk).unwrap();
+        let orphan = ChunkDigest::of(b"orphan");
+        let junk = repo.store().dir_of(&orphan);
         std::fs::write(junk.join(".tmp-dead"), b"x").unwrap();
-        std::fs::write(junk.join(ChunkDigest::of(b"orphan").to_hex()), b"x").unwrap();
+        std::fs::write(repo.store().chunk_path(&orphan), b"x").unwrap();
         std::fs::create_dir_all(
             f.root
                 .join("indexes")
@@ -312,5 +326,87 @@ mod tests {
             "{msg}"
         );
         assert_eq!(points, 0, "a failed backup must leave no restore point");
+    }
+
+    #[test]
+    fn new_repository_has_the_flat_fanout() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(repo.store().layout(), Layout::Flat);
+        let dirs = std::fs::read_dir(repo.store().root()).unwrap().count();
+        assert_eq!(dirs, 256);
+        let d = ChunkDigest::of(b"x");
+        let hex = d.to_hex();
+        assert_eq!(
+            repo.store().chunk_path(&d),
+            repo.store().root().join(&hex[..2]).join(&hex)
+        );
+    }
+
+    /// A repository written before the flat layout (`chunks/<ab>/<cd>/<digest>`, no
+    /// `chunk_layout` key) is still read, verified, backed up into and collected.
+    #[test]
+    fn nested_layout_of_older_repositories_still_works() {
+        let f = fixture();
+        // Turn the fixture into an old-layout repository.
+        let chunks = f.root.join("chunks");
+        for dir in std::fs::read_dir(&chunks).unwrap().flatten() {
+            for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let nested = dir.path().join(&name[2..4]);
+                std::fs::create_dir_all(&nested).unwrap();
+                std::fs::rename(file.path(), nested.join(&name)).unwrap();
+            }
+        }
+        rusqlite::Connection::open(f.root.join("catalog.db"))
+            .unwrap()
+            .execute("DELETE FROM repo_meta WHERE key = 'chunk_layout'", [])
+            .unwrap();
+
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(repo.store().layout(), Layout::Nested);
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+        let out = f.root.join("r.img");
+        repo.restore_image(f.incr, &out, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&f.img).unwrap());
+
+        // A new backup writes nested paths; GC sweeps an orphan in a nested directory.
+        let changed = synthetic_image::mutate(&f.img, 11, 2, 4096).unwrap();
+        let req = ImageBackup {
+            name: "vm".into(),
+            file: f.img.clone(),
+            changed: Some(changed),
+            parent: None,
+        };
+        let point = repo.backup_image(&req, &mut |_, _| {}).unwrap().point;
+        let orphan = ChunkDigest::of(b"orphan");
+        let path = repo.store().chunk_path(&orphan);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let hex = orphan.to_hex();
+        assert!(path.ends_with(format!("{}/{}/{hex}", &hex[..2], &hex[2..4])));
+        let report = repo.gc().unwrap();
+        assert_eq!(report.chunks_removed, 1);
+        assert!(report.chunks_kept > 0);
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+        repo.restore_image(point, &out, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&f.img).unwrap());
+    }
+
+    #[test]
+    fn unknown_chunk_layout_is_refused() {
+        let f = fixture();
+        rusqlite::Connection::open(f.root.join("catalog.db"))
+            .unwrap()
+            .execute(
+                "UPDATE repo_meta SET value = 'abc/def' WHERE key = 'chunk_layout'",
+                [],
+            )
+            .unwrap();
+        let msg = chain(&Repository::open(&f.root).unwrap_err());
+        assert!(
+            msg.contains("abc/def") && msg.contains("catalog.db"),
+            "{msg}"
+        );
     }
 }

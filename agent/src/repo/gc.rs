@@ -103,34 +103,47 @@ pub fn collect(
         chunks_marked: marked.len(),
         ..GcReport::default()
     };
-    for l1 in read_dir(store.root())? {
-        for l2 in read_dir(&l1.path())? {
-            for f in read_dir(&l2.path())? {
-                let path = f.path();
-                let name = f.file_name();
-                let name = name.to_string_lossy();
-                let garbage = if name.starts_with(TEMP_PREFIX) {
-                    report.temp_files_removed += 1;
-                    true
+    // Chunk directories at the layout's depth, then the files in them.
+    let mut dirs = vec![store.root().to_path_buf()];
+    for _ in 0..store.layout().depth() {
+        let mut next = Vec::new();
+        for dir in &dirs {
+            for e in read_dir(dir)? {
+                if e.file_type().map_err(io_err(&e.path()))?.is_dir() {
+                    next.push(e.path());
                 } else {
-                    match name.parse::<ChunkDigest>() {
-                        Ok(d) if marked.contains(&d) => false,
-                        Ok(_) => {
-                            report.chunks_removed += 1;
-                            report.bytes_removed += f.metadata().map_or(0, |m| m.len());
-                            true
-                        }
-                        Err(_) => {
-                            tracing::warn!(path = %path.display(), "unknown file in chunk store, left alone");
-                            false
-                        }
-                    }
-                };
-                if garbage {
-                    fs::remove_file(&path).map_err(io_err(&path))?;
-                } else {
-                    report.chunks_kept += 1;
+                    tracing::warn!(path = %e.path().display(), "unexpected file in chunk store, left alone");
                 }
+            }
+        }
+        dirs = next;
+    }
+    for dir in &dirs {
+        for f in read_dir(dir)? {
+            let path = f.path();
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            let garbage = if name.starts_with(TEMP_PREFIX) {
+                report.temp_files_removed += 1;
+                true
+            } else {
+                match name.parse::<ChunkDigest>() {
+                    Ok(d) if marked.contains(&d) => false,
+                    Ok(_) => {
+                        report.chunks_removed += 1;
+                        report.bytes_removed += f.metadata().map_or(0, |m| m.len());
+                        true
+                    }
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), "unknown file in chunk store, left alone");
+                        false
+                    }
+                }
+            };
+            if garbage {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            } else {
+                report.chunks_kept += 1;
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::repo::catalog::{
     CatalogError, CatalogHandle, CatalogThread, DiskRecord, DiskRole, NewPoint, PointKind,
     PointRecord, VmRecord,
 };
-use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, RepoLock};
+use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Layout, RepoLock};
 use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
 use crate::repo::gc::{self, GcError, GcReport};
 use crate::repo::pipeline::{self, DiskBackupStats, PipelineError, PipelineOptions};
@@ -61,6 +61,9 @@ pub enum RepoError {
     /// The repository lock failed (or GC found it busy).
     #[error(transparent)]
     Lock(ChunkStoreError),
+    /// Creating the chunk store's fan-out directories failed (names the directory).
+    #[error("create the chunk store")]
+    Store(#[source] ChunkStoreError),
     /// No such restore point.
     #[error("restore point {0} not found")]
     PointNotFound(RestorePointId),
@@ -240,7 +243,11 @@ impl Repository {
         catalog.set_meta("chunk_size_bytes", &chunk_size_bytes.to_string())?;
         catalog.set_meta("repo_id", &uuid::Uuid::new_v4().to_string())?;
         catalog.set_meta("created_at", &now_secs().to_string())?;
+        catalog.set_meta("chunk_layout", Layout::Flat.meta_value())?;
         drop((catalog, thread));
+        ChunkStore::with_layout(path.join("chunks"), Layout::Flat)
+            .create_fanout()
+            .map_err(RepoError::Store)?;
         Self::open(path)
     }
 
@@ -263,10 +270,19 @@ impl Repository {
                 path: db.clone(),
                 what: "missing or invalid chunk_size_bytes".into(),
             })?;
+        let layout_meta = catalog.meta("chunk_layout")?;
+        let layout =
+            Layout::from_meta(layout_meta.as_deref()).ok_or_else(|| CatalogError::Invalid {
+                path: db.clone(),
+                what: format!(
+                    "unknown chunk_layout {:?}; written by a newer agent?",
+                    layout_meta.unwrap_or_default()
+                ),
+            })?;
         Ok(Self {
             root: path.to_path_buf(),
             chunk_size_bytes,
-            store: ChunkStore::new(path.join("chunks")),
+            store: ChunkStore::with_layout(path.join("chunks"), layout),
             catalog,
             _catalog_thread: thread,
             options: PipelineOptions::default(),
