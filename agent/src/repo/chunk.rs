@@ -115,50 +115,104 @@ impl ChunkEncoder {
     /// Encode `plain`, whose BLAKE3 digest is `digest`, into header + stored bytes: zstd
     /// when it saves space, raw otherwise (the digest is then the stored bytes' checksum).
     ///
+    /// The backup pipeline uses [`ChunkEncoder::encode_frame`], which copies nothing.
+    ///
     /// # Errors
     /// [`ChunkError::TooLarge`] above 4 GiB, [`ChunkError::Compress`] if zstd fails.
     pub fn encode(&mut self, plain: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
+        let mut frame = vec![0u8; HEADER_LEN + plain.len()];
+        frame[HEADER_LEN..].copy_from_slice(plain);
+        let mut out = Vec::new();
+        Ok(match self.encode_frame(&mut frame, digest, &mut out)? {
+            Encoded::InFrame => frame,
+            Encoded::InOut(len) => {
+                out.truncate(len);
+                out
+            }
+        })
+    }
+
+    /// Encode the plain data held in `frame[HEADER_LEN..]` (whose BLAKE3 digest is `digest`)
+    /// without copying it: a raw chunk gets its header written into `frame[..HEADER_LEN]`,
+    /// so `frame` is the chunk file; a compressed chunk is written to `out[..len]`. `out` is
+    /// grown to [`max_encoded_len`] on first use and meant to be reused.
+    ///
+    /// # Errors
+    /// [`ChunkError::TooLarge`] above 4 GiB, [`ChunkError::Compress`] if zstd fails.
+    ///
+    /// # Panics
+    /// If `frame` is shorter than the header.
+    pub fn encode_frame(
+        &mut self,
+        frame: &mut [u8],
+        digest: &ChunkDigest,
+        out: &mut Vec<u8>,
+    ) -> Result<Encoded, ChunkError> {
+        let (header, plain) = frame.split_at_mut(HEADER_LEN);
         let plain_len =
             u32::try_from(plain.len()).map_err(|_| ChunkError::TooLarge(plain.len()))?;
-        let raw = |out: &mut Vec<u8>| {
-            out.resize(HEADER_LEN + plain.len(), 0);
-            out[HEADER_LEN..].copy_from_slice(plain);
-            (COMPRESSION_RAW, plain.len())
-        };
-        let mut out;
-        let (compression, stored_len) = if self.incompressible(plain) {
-            out = Vec::with_capacity(HEADER_LEN + plain.len());
-            raw(&mut out)
-        } else {
-            out = vec![0u8; HEADER_LEN + zstd::zstd_safe::compress_bound(plain.len())];
+        if !self.incompressible(plain) {
+            let need = max_encoded_len(plain.len());
+            if out.len() < need {
+                out.resize(need, 0);
+            }
             match self
                 .compressor
-                .compress_to_buffer(plain, &mut out[HEADER_LEN..])
+                .compress_to_buffer(plain, &mut out[HEADER_LEN..need])
             {
-                Ok(n) if n < plain.len() => (COMPRESSION_ZSTD, n),
+                Ok(n) if n < plain.len() => {
+                    let stored_len = u32::try_from(n).map_err(|_| ChunkError::TooLarge(n))?;
+                    let (out_header, stored) = out.split_at_mut(HEADER_LEN);
+                    let checksum = blake3::hash(&stored[..n]);
+                    write_header(
+                        out_header,
+                        COMPRESSION_ZSTD,
+                        plain_len,
+                        stored_len,
+                        &checksum,
+                    );
+                    return Ok(Encoded::InOut(HEADER_LEN + n));
+                }
                 // Incompressible (or zstd refused): store raw.
-                _ => raw(&mut out),
+                _ => {}
             }
-        };
-        out.truncate(HEADER_LEN + stored_len);
-        let stored_len_u32 =
-            u32::try_from(stored_len).map_err(|_| ChunkError::TooLarge(stored_len))?;
+        }
         // Raw stored bytes are the plain data: their BLAKE3 is the digest already computed.
-        let checksum = if compression == COMPRESSION_RAW {
-            blake3::Hash::from_bytes(digest.0)
-        } else {
-            blake3::hash(&out[HEADER_LEN..])
-        };
-        let header = &mut out[..HEADER_LEN];
-        header[0..4].copy_from_slice(MAGIC);
-        header[4..6].copy_from_slice(&VERSION.to_le_bytes());
-        header[6] = compression;
-        header[7] = 0;
-        header[8..12].copy_from_slice(&plain_len.to_le_bytes());
-        header[12..16].copy_from_slice(&stored_len_u32.to_le_bytes());
-        header[16..32].copy_from_slice(&checksum.as_bytes()[..16]);
-        Ok(out)
+        let checksum = blake3::Hash::from_bytes(digest.0);
+        write_header(header, COMPRESSION_RAW, plain_len, plain_len, &checksum);
+        Ok(Encoded::InFrame)
     }
+}
+
+/// Where [`ChunkEncoder::encode_frame`] left the encoded chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoded {
+    /// Stored raw: the whole frame (header + plain data) is the chunk file.
+    InFrame,
+    /// Compressed: the first `n` bytes of the output buffer are the chunk file.
+    InOut(usize),
+}
+
+/// Largest encoded size of a chunk of `plain_len` bytes (header + zstd's bound).
+#[must_use]
+pub fn max_encoded_len(plain_len: usize) -> usize {
+    HEADER_LEN + zstd::zstd_safe::compress_bound(plain_len)
+}
+
+fn write_header(
+    header: &mut [u8],
+    compression: u8,
+    plain_len: u32,
+    stored_len: u32,
+    checksum: &blake3::Hash,
+) {
+    header[0..4].copy_from_slice(MAGIC);
+    header[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    header[6] = compression;
+    header[7] = 0;
+    header[8..12].copy_from_slice(&plain_len.to_le_bytes());
+    header[12..16].copy_from_slice(&stored_len.to_le_bytes());
+    header[16..32].copy_from_slice(&checksum.as_bytes()[..16]);
 }
 
 /// Header fields of an encoded chunk.
@@ -240,42 +294,91 @@ fn parse_header(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
 /// # Errors
 /// Any [`ChunkError`] describing what is wrong with the bytes.
 pub fn decode(encoded: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
-    let header = parse_header(encoded)?;
-    let stored = &encoded[HEADER_LEN..];
-    if !header.compressed {
-        // Raw: the stored bytes are the plain data, so one BLAKE3 pass checks both the
-        // stored-bytes checksum and the content digest.
-        let actual = ChunkDigest::of(stored);
-        if actual.0[..16] != encoded[16..32] {
+    let mut decoder = ChunkDecoder::new()?;
+    let mut out = Vec::new();
+    match decoder.decode_into(encoded, digest, &mut out)? {
+        Decoded::InPlace(range) => Ok(encoded[range].to_vec()),
+        Decoded::InOut => Ok(out),
+    }
+}
+
+/// Where [`ChunkDecoder::decode_into`] left the plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A raw chunk: the plain data is this range of the encoded bytes (nothing copied).
+    InPlace(std::ops::Range<usize>),
+    /// A compressed chunk: the plain data is the whole output buffer.
+    InOut,
+}
+
+/// Reusable decoder (one per restore worker: zstd contexts are costly to create).
+pub struct ChunkDecoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+impl std::fmt::Debug for ChunkDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkDecoder").finish_non_exhaustive()
+    }
+}
+
+impl ChunkDecoder {
+    /// A new decoder.
+    ///
+    /// # Errors
+    /// [`ChunkError::Decompress`] if zstd cannot allocate its context.
+    pub fn new() -> Result<Self, ChunkError> {
+        Ok(Self {
+            decompressor: zstd::bulk::Decompressor::new().map_err(ChunkError::Decompress)?,
+        })
+    }
+
+    /// Check `encoded` and decode it, decompressing into `out` (cleared, reused) when it is
+    /// compressed; the plain data is guaranteed to hash to `digest`.
+    ///
+    /// # Errors
+    /// Any [`ChunkError`] describing what is wrong with the bytes.
+    pub fn decode_into(
+        &mut self,
+        encoded: &[u8],
+        digest: &ChunkDigest,
+        out: &mut Vec<u8>,
+    ) -> Result<Decoded, ChunkError> {
+        let header = parse_header(encoded)?;
+        let stored = &encoded[HEADER_LEN..];
+        if !header.compressed {
+            // Raw: the stored bytes are the plain data, so one BLAKE3 pass checks both the
+            // stored-bytes checksum and the content digest.
+            let actual = ChunkDigest::of(stored);
+            if actual.0[..16] != encoded[16..32] {
+                return Err(ChunkError::Checksum);
+            }
+            if actual != *digest {
+                return Err(ChunkError::DigestMismatch { actual });
+            }
+            return Ok(Decoded::InPlace(HEADER_LEN..encoded.len()));
+        }
+        if blake3::hash(stored).as_bytes()[..16] != encoded[16..32] {
             return Err(ChunkError::Checksum);
         }
-        if actual != *digest {
-            return Err(ChunkError::DigestMismatch { actual });
-        }
-        return Ok(stored.to_vec());
-    }
-    if blake3::hash(stored).as_bytes()[..16] != encoded[16..32] {
-        return Err(ChunkError::Checksum);
-    }
-    let plain = {
-        let mut plain = Vec::with_capacity(header.plain_len);
-        zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(stored, &mut plain))
+        out.clear();
+        out.reserve(header.plain_len);
+        self.decompressor
+            .decompress_to_buffer(stored, out)
             .map_err(ChunkError::Decompress)?;
-        if plain.len() != header.plain_len {
+        if out.len() != header.plain_len {
             return Err(ChunkError::BadHeader(format!(
                 "decompressed to {} bytes, header says {}",
-                plain.len(),
+                out.len(),
                 header.plain_len
             )));
         }
-        plain
-    };
-    let actual = ChunkDigest::of(&plain);
-    if actual != *digest {
-        return Err(ChunkError::DigestMismatch { actual });
+        let actual = ChunkDigest::of(out);
+        if actual != *digest {
+            return Err(ChunkError::DigestMismatch { actual });
+        }
+        Ok(Decoded::InOut)
     }
-    Ok(plain)
 }
 
 /// Whether `data` is all zeros (vectorisable: OR-folds 4 KiB blocks).

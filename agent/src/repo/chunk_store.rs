@@ -36,7 +36,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::ids::ChunkDigest;
-use crate::repo::chunk::{self, ChunkError};
+use crate::repo::chunk::{self, ChunkDecoder, ChunkError, Decoded};
 
 /// Prefix of temp files in chunk directories.
 pub const TEMP_PREFIX: &str = ".tmp-";
@@ -273,8 +273,22 @@ impl ChunkStore {
     /// # Errors
     /// [`ChunkStoreError::Missing`] or [`ChunkStoreError::Read`].
     pub fn read_encoded(&self, digest: &ChunkDigest) -> Result<Vec<u8>, ChunkStoreError> {
+        let mut buf = Vec::new();
+        self.read_encoded_into(digest, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Read the raw encoded bytes of a chunk into `buf` (cleared; its capacity is reused).
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Missing`] or [`ChunkStoreError::Read`].
+    pub fn read_encoded_into(
+        &self,
+        digest: &ChunkDigest,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ChunkStoreError> {
         let path = self.chunk_path(digest);
-        let mut file = File::open(&path).map_err(|source| {
+        let rerr = |source: io::Error| {
             if source.kind() == io::ErrorKind::NotFound {
                 ChunkStoreError::Missing {
                     digest: *digest,
@@ -287,15 +301,11 @@ impl ChunkStore {
                     source,
                 }
             }
-        })?;
-        let mut buf = Vec::new();
-        file.read_to_end(&mut buf)
-            .map_err(|source| ChunkStoreError::Read {
-                digest: *digest,
-                path: path.clone(),
-                source,
-            })?;
-        Ok(buf)
+        };
+        let mut file = File::open(&path).map_err(rerr)?;
+        buf.clear();
+        file.read_to_end(buf).map_err(rerr)?;
+        Ok(())
     }
 
     /// Read, check and decompress a chunk; the plain data is guaranteed to hash to `digest`.
@@ -304,11 +314,33 @@ impl ChunkStore {
     /// [`ChunkStoreError::Missing`], [`ChunkStoreError::Read`] or [`ChunkStoreError::Corrupt`].
     pub fn read(&self, digest: &ChunkDigest) -> Result<Vec<u8>, ChunkStoreError> {
         let encoded = self.read_encoded(digest)?;
-        chunk::decode(&encoded, digest).map_err(|source| ChunkStoreError::Corrupt {
+        chunk::decode(&encoded, digest).map_err(|source| self.corrupt(digest, source))
+    }
+
+    /// Read and check a chunk with a reused decoder and buffers: the plain data is left in
+    /// `encoded` (raw chunk) or `plain` (compressed), as [`Decoded`] says.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Missing`], [`ChunkStoreError::Read`] or [`ChunkStoreError::Corrupt`].
+    pub fn read_into(
+        &self,
+        digest: &ChunkDigest,
+        decoder: &mut ChunkDecoder,
+        encoded: &mut Vec<u8>,
+        plain: &mut Vec<u8>,
+    ) -> Result<Decoded, ChunkStoreError> {
+        self.read_encoded_into(digest, encoded)?;
+        decoder
+            .decode_into(encoded, digest, plain)
+            .map_err(|source| self.corrupt(digest, source))
+    }
+
+    fn corrupt(&self, digest: &ChunkDigest, source: ChunkError) -> ChunkStoreError {
+        ChunkStoreError::Corrupt {
             digest: *digest,
             path: self.chunk_path(digest),
             source,
-        })
+        }
     }
 }
 

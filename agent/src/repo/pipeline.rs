@@ -6,10 +6,18 @@
 //!  whole chunks)        dedupe, zstd level 1)     rename)                  progress)
 //! ```
 //!
-//! Read buffers come from a fixed pool, so memory is bounded by the pool and queue depths
-//! times the chunk size, whatever the disk size. The first error raises an abort flag; every
-//! stage stops doing work, drains its input and exits; the first error is returned.
-//! Chunk directories touched are fsynced at the end, before the caller commits the point.
+//! Buffers come from two fixed pools, so memory is bounded by the pool sizes times the chunk
+//! size, whatever the disk size, and nothing is allocated per chunk:
+//!
+//! - *frames* hold a chunk header followed by the plain data, read in place. A chunk stored
+//!   raw (random or already compressed data) gets its header written in front of the data
+//!   and goes to the writer as it is: the data is never copied in user space.
+//! - *output buffers* receive compressed chunks (header + zstd frame).
+//!
+//! Every buffer goes back to its pool once its chunk is hashed, deduplicated or written.
+//! The first error raises an abort flag; every stage stops doing work, drains its input and
+//! exits; the first error is returned. Chunk directories touched are fsynced at the end,
+//! before the caller commits the point.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -20,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
 
 use crate::ids::ChunkDigest;
-use crate::repo::chunk::{self, ChunkEncoder, ChunkError};
+use crate::repo::chunk::{self, ChunkEncoder, ChunkError, Encoded, HEADER_LEN};
 use crate::repo::chunk_store::{self, ChunkStore, ChunkStoreError};
 use crate::repo::fixed_index::FixedIndex;
 use crate::repo::source::{DiskSource, Extent, SourceError};
@@ -217,7 +225,12 @@ pub fn backup_disk<S: DiskSource>(
     let hash_workers = opts.hash_workers.max(1);
     let write_workers = opts.write_workers.max(1);
     let depth = opts.queue_depth.max(1);
-    let pool_size = depth + hash_workers + 1;
+    // Frames: the reader's, the work queue, one per hash worker, and (raw chunks) the write
+    // queue and one per writer. Output buffers: one per hash worker, the write queue, one per
+    // writer. Writers never wait for a buffer, so neither pool can run dry for good.
+    let frames =
+        (depth + hash_workers + 1 + depth * write_workers + write_workers).min(work.len().max(1));
+    let outputs = (hash_workers + depth * write_workers + write_workers).min(work.len().max(1));
 
     let shared = Shared {
         store,
@@ -226,20 +239,35 @@ pub fn backup_disk<S: DiskSource>(
         seen: Mutex::new(HashSet::new()),
         dirs: Mutex::new(HashSet::new()),
     };
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(pool_size);
-    for _ in 0..pool_size.min(work.len().max(1)) {
-        free_tx.send(vec![0u8; cs]).expect("pool has room");
+    // `vec![0; n]` of this size is calloc'ed: untouched pages cost nothing.
+    let (frame_tx, frame_rx) = bounded::<Vec<u8>>(frames);
+    for _ in 0..frames {
+        frame_tx
+            .send(vec![0u8; HEADER_LEN + cs])
+            .expect("pool has room");
     }
+    let (out_tx, out_rx) = bounded::<Vec<u8>>(outputs);
+    for _ in 0..outputs {
+        out_tx
+            .send(vec![0u8; chunk::max_encoded_len(cs)])
+            .expect("pool has room");
+    }
+    let pools = Pools {
+        frame_tx,
+        frame_rx,
+        out_tx,
+        out_rx,
+    };
     let (work_tx, work_rx) = bounded::<(usize, u64, usize, Vec<u8>)>(depth);
-    let (write_tx, write_rx) = bounded::<(usize, ChunkDigest, Vec<u8>, u64)>(depth * write_workers);
+    let (write_tx, write_rx) = bounded::<WriteJob>(depth * write_workers);
     let (res_tx, res_rx) = bounded::<SlotResult>(depth * 4 + hash_workers + write_workers);
     let mut stats = DiskBackupStats::default();
 
     std::thread::scope(|scope| {
         let sh = &shared;
+        let pools = &pools;
         let mut source = source;
         let reader_work = work;
-        let reader_free = free_rx.clone();
         spawn_named(
             scope,
             sh,
@@ -249,31 +277,27 @@ pub fn backup_disk<S: DiskSource>(
                     if sh.aborted() {
                         break;
                     }
-                    let Ok(mut buf) = reader_free.recv() else {
+                    let Ok(mut frame) = pools.frame_rx.recv() else {
                         break;
                     };
-                    if let Err(e) = source.read_at(offset, &mut buf[..len]) {
+                    if let Err(e) = source.read_at(offset, &mut frame[HEADER_LEN..HEADER_LEN + len])
+                    {
                         sh.fail(PipelineError::Source(e));
                         break;
                     }
-                    if work_tx.send((slot, offset, len, buf)).is_err() {
+                    if work_tx.send((slot, offset, len, frame)).is_err() {
                         break;
                     }
                 }
             }),
         );
         for n in 0..hash_workers {
-            let (work_rx, write_tx, res_tx, free_tx) = (
-                work_rx.clone(),
-                write_tx.clone(),
-                res_tx.clone(),
-                free_tx.clone(),
-            );
+            let (work_rx, write_tx, res_tx) = (work_rx.clone(), write_tx.clone(), res_tx.clone());
             spawn_named(
                 scope,
                 sh,
                 format!("chunk-hash/{n}"),
-                Box::new(move || hash_worker(sh, &work_rx, &write_tx, &res_tx, &free_tx)),
+                Box::new(move || hash_worker(sh, pools, &work_rx, &write_tx, &res_tx)),
             );
         }
         for n in 0..write_workers {
@@ -282,10 +306,10 @@ pub fn backup_disk<S: DiskSource>(
                 scope,
                 sh,
                 format!("chunk-write/{n}"),
-                Box::new(move || write_worker(sh, &write_rx, &res_tx)),
+                Box::new(move || write_worker(sh, pools, &write_rx, &res_tx)),
             );
         }
-        drop((work_rx, write_tx, write_rx, res_tx, free_rx));
+        drop((work_rx, write_tx, write_rx, res_tx));
 
         let mut done = 0u64;
         for r in res_rx {
@@ -330,12 +354,43 @@ fn spawn_named<'scope>(
     }
 }
 
+/// The two buffer pools (see the module doc).
+struct Pools {
+    frame_tx: Sender<Vec<u8>>,
+    frame_rx: Receiver<Vec<u8>>,
+    out_tx: Sender<Vec<u8>>,
+    out_rx: Receiver<Vec<u8>>,
+}
+
+impl Pools {
+    fn give_back(&self, buf: Vec<u8>, is_frame: bool) {
+        // The pools have room for every buffer they handed out; a full pool cannot happen,
+        // and a closed one only after the pipeline ended.
+        let _ = if is_frame {
+            self.frame_tx.send(buf)
+        } else {
+            self.out_tx.send(buf)
+        };
+    }
+}
+
+/// A new chunk for a `chunk-write` worker: `buf[..len]` is the chunk file.
+struct WriteJob {
+    slot: usize,
+    digest: ChunkDigest,
+    plain_len: u64,
+    buf: Vec<u8>,
+    len: usize,
+    /// `buf` is a frame (raw chunk) rather than an output buffer.
+    is_frame: bool,
+}
+
 fn hash_worker(
     sh: &Shared<'_>,
+    pools: &Pools,
     work_rx: &Receiver<(usize, u64, usize, Vec<u8>)>,
-    write_tx: &Sender<(usize, ChunkDigest, Vec<u8>, u64)>,
+    write_tx: &Sender<WriteJob>,
     res_tx: &Sender<SlotResult>,
-    free_tx: &Sender<Vec<u8>>,
 ) {
     let mut encoder = match ChunkEncoder::new() {
         Ok(e) => Some(e),
@@ -344,82 +399,100 @@ fn hash_worker(
             None
         }
     };
-    for (slot, offset, len, buf) in work_rx {
+    for (slot, offset, len, mut frame) in work_rx {
         if sh.aborted() {
-            let _ = free_tx.send(buf);
+            pools.give_back(frame, true);
             continue;
         }
-        let data = &buf[..len];
+        let data = &frame[HEADER_LEN..HEADER_LEN + len];
         let plain_len = len as u64;
-        let result = if chunk::is_zero(data) {
-            Some(SlotResult {
-                slot,
-                digest: ChunkDigest::ZERO,
-                outcome: Outcome::Zero,
-                plain_len,
-            })
-        } else {
-            let digest = ChunkDigest::of(data);
-            let first_time = sh
-                .seen
-                .lock()
-                .expect("seen set not poisoned")
-                .insert(digest);
-            if !first_time || sh.store.contains(&digest) {
-                Some(SlotResult {
-                    slot,
-                    digest,
-                    outcome: Outcome::Reused,
-                    plain_len,
-                })
-            } else if let Some(enc) = encoder.as_mut() {
-                match enc.encode(data, &digest) {
-                    Ok(encoded) => {
-                        // A closed channel means the writers are gone after an abort.
-                        let _ = write_tx.send((slot, digest, encoded, plain_len));
-                        None
-                    }
-                    Err(source) => {
-                        sh.fail(PipelineError::Encode { offset, source });
-                        None
-                    }
-                }
-            } else {
-                None
-            }
+        let known = |digest, outcome| SlotResult {
+            slot,
+            digest,
+            outcome,
+            plain_len,
         };
-        let _ = free_tx.send(buf);
-        if let Some(r) = result {
-            let _ = res_tx.send(r);
+        if chunk::is_zero(data) {
+            pools.give_back(frame, true);
+            let _ = res_tx.send(known(ChunkDigest::ZERO, Outcome::Zero));
+            continue;
+        }
+        let digest = ChunkDigest::of(data);
+        let first_time = sh
+            .seen
+            .lock()
+            .expect("seen set not poisoned")
+            .insert(digest);
+        if !first_time || sh.store.contains(&digest) {
+            pools.give_back(frame, true);
+            let _ = res_tx.send(known(digest, Outcome::Reused));
+            continue;
+        }
+        let Some(enc) = encoder.as_mut() else {
+            pools.give_back(frame, true);
+            continue;
+        };
+        let Ok(mut out) = pools.out_rx.recv() else {
+            pools.give_back(frame, true);
+            continue;
+        };
+        let job = |buf, len, is_frame| WriteJob {
+            slot,
+            digest,
+            plain_len,
+            buf,
+            len,
+            is_frame,
+        };
+        match enc.encode_frame(&mut frame[..HEADER_LEN + len], &digest, &mut out) {
+            Ok(Encoded::InFrame) => {
+                pools.give_back(out, false);
+                // A closed channel means the writers are gone after an abort.
+                let _ = write_tx.send(job(frame, HEADER_LEN + len, true));
+            }
+            Ok(Encoded::InOut(n)) => {
+                pools.give_back(frame, true);
+                let _ = write_tx.send(job(out, n, false));
+            }
+            Err(source) => {
+                pools.give_back(frame, true);
+                pools.give_back(out, false);
+                sh.fail(PipelineError::Encode { offset, source });
+            }
         }
     }
 }
 
 fn write_worker(
     sh: &Shared<'_>,
-    write_rx: &Receiver<(usize, ChunkDigest, Vec<u8>, u64)>,
+    pools: &Pools,
+    write_rx: &Receiver<WriteJob>,
     res_tx: &Sender<SlotResult>,
 ) {
-    for (slot, digest, encoded, plain_len) in write_rx {
+    for job in write_rx {
         if sh.aborted() {
+            pools.give_back(job.buf, job.is_frame);
             continue;
         }
-        match sh.store.insert(&digest, &encoded) {
+        let result = sh.store.insert(&job.digest, &job.buf[..job.len]);
+        let stored = job.len as u64;
+        pools.give_back(job.buf, job.is_frame);
+        match result {
             Ok(inserted) => {
                 let outcome = if inserted {
                     sh.dirs
                         .lock()
                         .expect("dir set not poisoned")
-                        .insert(sh.store.dir_of(&digest));
-                    Outcome::New(encoded.len() as u64)
+                        .insert(sh.store.dir_of(&job.digest));
+                    Outcome::New(stored)
                 } else {
                     Outcome::Reused
                 };
                 let _ = res_tx.send(SlotResult {
-                    slot,
-                    digest,
+                    slot: job.slot,
+                    digest: job.digest,
                     outcome,
-                    plain_len,
+                    plain_len: job.plain_len,
                 });
             }
             Err(e) => sh.fail(PipelineError::Store(e)),

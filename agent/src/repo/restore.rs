@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_channel::bounded;
 
 use crate::ids::ChunkDigest;
+use crate::repo::chunk::{self, ChunkDecoder, ChunkError, Decoded};
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError};
 use crate::repo::fixed_index::FixedIndex;
 use crate::repo::source::{DiskSink, SourceError};
@@ -41,12 +42,28 @@ pub enum RestoreError {
     /// Writing the target failed.
     #[error("write restored disk")]
     Sink(#[source] SourceError),
+    /// A chunk decoder could not be created (out of memory).
+    #[error("create a chunk decoder")]
+    Decoder(#[source] ChunkError),
     /// A worker thread could not start.
     #[error("restore thread {0} failed")]
     Thread(String),
 }
 
+/// Restored data for the sink: `buf[range]` at `offset`, or `len` zero bytes.
+enum Piece {
+    Data {
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+    },
+    Zero(usize),
+}
+
 /// Restore `index` into `sink` with `workers` parallel chunk readers.
+///
+/// Buffers come from a pool of `3 × workers` (a worker holds at most two: the chunk file
+/// and, for a compressed chunk, its plain data), so memory is bounded and nothing is
+/// allocated per chunk; a raw chunk is handed to the sink straight from the file's bytes.
 ///
 /// # Errors
 /// The first [`RestoreError`].
@@ -73,15 +90,32 @@ pub fn restore_disk(
             *slot = Some(e);
         }
     };
-    let (tx, rx) = bounded::<(u64, Vec<u8>)>(workers * 2);
+    let cs = usize::try_from(index.chunk_size_bytes()).expect("chunk size fits in usize");
+    let pool_size = (workers * 3).min(2 * slots.len().max(1));
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(pool_size);
+    for _ in 0..pool_size {
+        free_tx
+            .send(Vec::with_capacity(chunk::max_encoded_len(cs)))
+            .expect("pool has room");
+    }
+    let zeros = vec![0u8; if skip_zero { 0 } else { cs }];
+    let (tx, rx) = bounded::<(u64, Piece)>(workers);
 
     std::thread::scope(|scope| {
         for n in 0..workers {
             let tx = tx.clone();
             let (next, abort, slots, fail) = (&next, &abort, &slots, &fail);
+            let (free_tx, free_rx) = (&free_tx, &free_rx);
             let spawned = std::thread::Builder::new()
                 .name(format!("chunk-read/{n}"))
                 .spawn_scoped(scope, move || {
+                    let mut decoder = match ChunkDecoder::new() {
+                        Ok(d) => d,
+                        Err(source) => {
+                            fail(RestoreError::Decoder(source));
+                            return;
+                        }
+                    };
                     while !abort.load(Ordering::Relaxed) {
                         let Some(&slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;
@@ -89,12 +123,28 @@ pub fn restore_disk(
                         let digest = index.slots()[slot];
                         let offset = index.slot_offset(slot);
                         let expected = index.slot_len(slot);
-                        let data = if digest.is_zero() {
-                            vec![0u8; usize::try_from(expected).expect("slot fits in memory")]
+                        let piece = if digest.is_zero() {
+                            Piece::Zero(usize::try_from(expected).expect("slot fits in memory"))
                         } else {
-                            match store.read(&digest) {
-                                Ok(d) => d,
+                            let (Ok(mut encoded), Ok(mut plain)) = (free_rx.recv(), free_rx.recv())
+                            else {
+                                break;
+                            };
+                            match store.read_into(&digest, &mut decoder, &mut encoded, &mut plain) {
+                                Ok(Decoded::InPlace(range)) => {
+                                    let _ = free_tx.send(plain);
+                                    Piece::Data {
+                                        buf: encoded,
+                                        range,
+                                    }
+                                }
+                                Ok(Decoded::InOut) => {
+                                    let _ = free_tx.send(encoded);
+                                    let range = 0..plain.len();
+                                    Piece::Data { buf: plain, range }
+                                }
                                 Err(source) => {
+                                    let _ = (free_tx.send(encoded), free_tx.send(plain));
                                     fail(RestoreError::Chunk {
                                         digest,
                                         offset,
@@ -104,16 +154,20 @@ pub fn restore_disk(
                                 }
                             }
                         };
-                        if data.len() as u64 != expected {
+                        let actual = match &piece {
+                            Piece::Data { range, .. } => range.len(),
+                            Piece::Zero(len) => *len,
+                        } as u64;
+                        if actual != expected {
                             fail(RestoreError::Length {
                                 digest,
                                 offset,
                                 expected,
-                                actual: data.len() as u64,
+                                actual,
                             });
                             break;
                         }
-                        if tx.send((offset, data)).is_err() {
+                        if tx.send((offset, piece)).is_err() {
                             break;
                         }
                     }
@@ -124,16 +178,24 @@ pub fn restore_disk(
         }
         drop(tx);
         let mut done = 0u64;
-        for (offset, data) in rx {
-            if abort.load(Ordering::Relaxed) {
-                continue;
+        for (offset, piece) in rx {
+            let (data, buf) = match piece {
+                Piece::Data { buf, range } => (range, Some(buf)),
+                Piece::Zero(len) => (0..len, None),
+            };
+            let bytes = buf.as_deref().unwrap_or(&zeros);
+            if !abort.load(Ordering::Relaxed) {
+                match sink.write_at(offset, &bytes[data.clone()]) {
+                    Ok(()) => {
+                        done += data.len() as u64;
+                        progress(done, total);
+                    }
+                    Err(e) => fail(RestoreError::Sink(e)),
+                }
             }
-            if let Err(e) = sink.write_at(offset, &data) {
-                fail(RestoreError::Sink(e));
-                continue;
+            if let Some(buf) = buf {
+                let _ = free_tx.send(buf);
             }
-            done += data.len() as u64;
-            progress(done, total);
         }
     });
     if let Some(e) = first_error.into_inner().expect("error slot not poisoned") {
@@ -179,5 +241,74 @@ mod tests {
         );
         let io_err = std::error::Error::source(std::error::Error::source(&err).unwrap()).unwrap();
         assert!(io_err.to_string().contains("No space left"), "{io_err}");
+    }
+
+    /// A disk in memory that does not read unwritten ranges as zeros (a reused disk).
+    struct MemDisk {
+        data: Vec<u8>,
+        writes: usize,
+    }
+
+    impl DiskSink for MemDisk {
+        fn zeroes_are_holes(&self) -> bool {
+            false
+        }
+        fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SourceError> {
+            let at = usize::try_from(offset).unwrap();
+            self.data[at..at + data.len()].copy_from_slice(data);
+            self.writes += 1;
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), SourceError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn raw_compressed_zero_and_short_chunks_round_trip_into_a_reused_disk() {
+        use crate::repo::pipeline::{PipelineOptions, backup_disk};
+        use crate::repo::source::RawFileSource;
+        use crate::repo::synthetic_image::SplitMix64;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        std::fs::create_dir(store.root()).unwrap();
+        let cs = 256 * 1024;
+        // random (stored raw), zeros, text (compressed), a duplicate, a short random tail.
+        let mut data = vec![0u8; cs * 4 + 1000];
+        SplitMix64::new(5).fill(&mut data[..cs]);
+        data[2 * cs..3 * cs]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = b"restore the chunk "[i % 18]);
+        data.copy_within(2 * cs..3 * cs, 3 * cs);
+        SplitMix64::new(6).fill(&mut data[4 * cs..]);
+        let img = dir.path().join("img");
+        std::fs::write(&img, &data).unwrap();
+        let mut index = FixedIndex::new_zero(u32::try_from(cs).unwrap(), data.len() as u64);
+        let slots: Vec<usize> = (0..index.slots().len()).collect();
+        let stats = backup_disk(
+            &store,
+            RawFileSource::open(&img).unwrap(),
+            &mut index,
+            &slots,
+            PipelineOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!((stats.chunks_zero, stats.chunks_new), (1, 3), "{stats:?}");
+        for workers in [1, 3] {
+            let mut disk = MemDisk {
+                data: vec![0xAA; data.len()],
+                writes: 0,
+            };
+            restore_disk(&store, &index, &mut disk, workers, &mut |_, _| {}).unwrap();
+            assert!(
+                disk.data == data,
+                "{workers} workers: restored bytes differ"
+            );
+            // The zero chunk is written too: the disk is not known to read as zeros.
+            assert_eq!(disk.writes, 5);
+        }
     }
 }

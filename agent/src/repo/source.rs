@@ -203,11 +203,22 @@ impl DiskSource for RawFileSource {
 }
 
 /// A raw image file written by a restore: created (or truncated) sparse at its capacity.
+///
+/// Every [`WRITEBACK_STEP`] bytes, writeback of the range written since is started
+/// (`posix_fadvise(POSIX_FADV_DONTNEED)`, which also lets the kernel drop the pages once
+/// clean), so the disk writes overlap the restore instead of all waiting for the final
+/// fsync, and a large restore does not push everything else out of the page cache.
 #[derive(Debug)]
 pub struct RawFileSink {
     file: File,
     path: PathBuf,
+    /// Bytes written since writeback was last started, and the range they lie in.
+    unflushed: u64,
+    dirty: Option<(u64, u64)>,
 }
+
+/// Bytes written between two starts of writeback of a [`RawFileSink`].
+pub const WRITEBACK_STEP: u64 = 32 << 20;
 
 impl RawFileSink {
     /// Create `path` as a sparse file of `capacity_bytes`.
@@ -234,7 +245,28 @@ impl RawFileSink {
         Ok(Self {
             file,
             path: path.to_path_buf(),
+            unflushed: 0,
+            dirty: None,
         })
+    }
+
+    /// Start writeback of the range written since the last call, without waiting for it.
+    /// Advisory: an I/O error surfaces again at the final fsync, which is what reports it.
+    fn start_writeback(&mut self) {
+        let Some((lo, hi)) = self.dirty.take() else {
+            return;
+        };
+        self.unflushed = 0;
+        let advice = rustix::fs::fadvise(
+            &self.file,
+            lo,
+            std::num::NonZeroU64::new(hi - lo),
+            rustix::fs::Advice::DontNeed,
+        );
+        if let Err(e) = advice {
+            tracing::debug!(file = %self.path.display(), error = %e,
+                "posix_fadvise failed; the final fsync writes everything");
+        }
     }
 }
 
@@ -251,7 +283,17 @@ impl DiskSink for RawFileSink {
                 offset,
                 len: data.len(),
                 source,
-            })
+            })?;
+        let end = offset + data.len() as u64;
+        self.dirty = Some(
+            self.dirty
+                .map_or((offset, end), |(lo, hi)| (lo.min(offset), hi.max(end))),
+        );
+        self.unflushed += data.len() as u64;
+        if self.unflushed >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<(), SourceError> {
