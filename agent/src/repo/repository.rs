@@ -21,9 +21,10 @@ use crate::repo::source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSour
 use crate::repo::verify::{self, VerifyReport};
 
 /// Default chunk size: 1 MiB. Measured (docs/benchmarks.md, "Chunk size", `scripts/bench-repo`
-/// on the 2 GiB benchmark image): full backup 2.52 s with 1 MiB against 2.68 s with 4 MiB,
-/// a 20 × 64 KiB incremental 0.07 s against 0.13 s (a small change rewrites a whole chunk),
-/// restore 2.05 s against 3.17 s, peak RSS 32 against 87 MB, and a smaller repository.
+/// on the 2 GiB benchmark image): full backup 2.67 s with 1 MiB against 3.50 s with 4 MiB,
+/// a 20 × 64 KiB incremental 0.04 s against 0.14 s (a small change rewrites a whole chunk),
+/// restore 1.26 s against 4.90 s, peak RSS 31 against 85 MB, and a smaller repository
+/// (719 against 736 MB); 1 MiB was as fast or faster in every column of five runs.
 pub const DEFAULT_CHUNK_SIZE_BYTES: u32 = 1 << 20;
 /// The disk key image mode uses for its single disk.
 pub const IMAGE_DISK_KEY: DiskKey = DiskKey(2000);
