@@ -139,7 +139,7 @@ impl ChunkEncoder {
     pub fn encode(&mut self, plain: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
         let mut frame = vec![0u8; HEADER_LEN + plain.len()];
         frame[HEADER_LEN..].copy_from_slice(plain);
-        let mut out = Vec::new();
+        let mut out = vec![0u8; max_encoded_len(plain.len())];
         Ok(match self.encode_frame(&mut frame, digest, &mut out)? {
             Encoded::InFrame => frame,
             Encoded::InOut(len) => {
@@ -151,28 +151,27 @@ impl ChunkEncoder {
 
     /// Encode the plain data held in `frame[HEADER_LEN..]` (whose BLAKE3 digest is `digest`)
     /// without copying it: a raw chunk gets its header written into `frame[..HEADER_LEN]`,
-    /// so `frame` is the chunk file; a compressed chunk is written to `out[..len]`. `out` is
-    /// grown to [`max_encoded_len`] on first use and meant to be reused.
+    /// so `frame` is the chunk file; a compressed chunk is written to `out[..len]`, a reused
+    /// buffer of at least [`max_encoded_len`] bytes.
     ///
     /// # Errors
     /// [`ChunkError::TooLarge`] above 4 GiB, [`ChunkError::Compress`] if zstd fails.
     ///
     /// # Panics
-    /// If `frame` is shorter than the header.
+    /// If `frame` is shorter than the header or `out` shorter than [`max_encoded_len`] of
+    /// the plain data.
     pub fn encode_frame(
         &mut self,
         frame: &mut [u8],
         digest: &ChunkDigest,
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> Result<Encoded, ChunkError> {
         let (header, plain) = frame.split_at_mut(HEADER_LEN);
         let plain_len =
             u32::try_from(plain.len()).map_err(|_| ChunkError::TooLarge(plain.len()))?;
         if !self.incompressible(plain) {
             let need = max_encoded_len(plain.len());
-            if out.len() < need {
-                out.resize(need, 0);
-            }
+            assert!(out.len() >= need, "output buffer of {} < {need}", out.len());
             match self
                 .compressor
                 .compress_to_buffer(plain, &mut out[HEADER_LEN..need])

@@ -25,6 +25,7 @@
 // would buy nothing but noise.
 #![allow(clippy::result_large_err)]
 
+pub mod aligned;
 pub mod catalog;
 pub mod chunk;
 pub mod chunk_store;

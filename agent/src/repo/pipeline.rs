@@ -28,6 +28,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
 
 use crate::ids::ChunkDigest;
+use crate::repo::aligned::AlignedBuf;
 use crate::repo::chunk::{self, ChunkEncoder, ChunkError, Encoded, HEADER_LEN};
 use crate::repo::chunk_store::{self, ChunkStore, ChunkStoreError};
 use crate::repo::fixed_index::FixedIndex;
@@ -239,17 +240,17 @@ pub fn backup_disk<S: DiskSource>(
         seen: Mutex::new(HashSet::new()),
         dirs: Mutex::new(HashSet::new()),
     };
-    // `vec![0; n]` of this size is calloc'ed: untouched pages cost nothing.
-    let (frame_tx, frame_rx) = bounded::<Vec<u8>>(frames);
+    // Aligned so that chunk files can be written with direct I/O (see `chunk_store`).
+    let (frame_tx, frame_rx) = bounded::<AlignedBuf>(frames);
     for _ in 0..frames {
         frame_tx
-            .send(vec![0u8; HEADER_LEN + cs])
+            .send(AlignedBuf::zeroed(HEADER_LEN + cs))
             .expect("pool has room");
     }
-    let (out_tx, out_rx) = bounded::<Vec<u8>>(outputs);
+    let (out_tx, out_rx) = bounded::<AlignedBuf>(outputs);
     for _ in 0..outputs {
         out_tx
-            .send(vec![0u8; chunk::max_encoded_len(cs)])
+            .send(AlignedBuf::zeroed(chunk::max_encoded_len(cs)))
             .expect("pool has room");
     }
     let pools = Pools {
@@ -258,7 +259,7 @@ pub fn backup_disk<S: DiskSource>(
         out_tx,
         out_rx,
     };
-    let (work_tx, work_rx) = bounded::<(usize, u64, usize, Vec<u8>)>(depth);
+    let (work_tx, work_rx) = bounded::<(usize, u64, usize, AlignedBuf)>(depth);
     let (write_tx, write_rx) = bounded::<WriteJob>(depth * write_workers);
     let (res_tx, res_rx) = bounded::<SlotResult>(depth * 4 + hash_workers + write_workers);
     let mut stats = DiskBackupStats::default();
@@ -280,8 +281,8 @@ pub fn backup_disk<S: DiskSource>(
                     let Ok(mut frame) = pools.frame_rx.recv() else {
                         break;
                     };
-                    if let Err(e) = source.read_at(offset, &mut frame[HEADER_LEN..HEADER_LEN + len])
-                    {
+                    let dst = &mut frame.as_mut_slice()[HEADER_LEN..HEADER_LEN + len];
+                    if let Err(e) = source.read_at(offset, dst) {
                         sh.fail(PipelineError::Source(e));
                         break;
                     }
@@ -356,14 +357,14 @@ fn spawn_named<'scope>(
 
 /// The two buffer pools (see the module doc).
 struct Pools {
-    frame_tx: Sender<Vec<u8>>,
-    frame_rx: Receiver<Vec<u8>>,
-    out_tx: Sender<Vec<u8>>,
-    out_rx: Receiver<Vec<u8>>,
+    frame_tx: Sender<AlignedBuf>,
+    frame_rx: Receiver<AlignedBuf>,
+    out_tx: Sender<AlignedBuf>,
+    out_rx: Receiver<AlignedBuf>,
 }
 
 impl Pools {
-    fn give_back(&self, buf: Vec<u8>, is_frame: bool) {
+    fn give_back(&self, buf: AlignedBuf, is_frame: bool) {
         // The pools have room for every buffer they handed out; a full pool cannot happen,
         // and a closed one only after the pipeline ended.
         let _ = if is_frame {
@@ -379,7 +380,7 @@ struct WriteJob {
     slot: usize,
     digest: ChunkDigest,
     plain_len: u64,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     len: usize,
     /// `buf` is a frame (raw chunk) rather than an output buffer.
     is_frame: bool,
@@ -388,7 +389,7 @@ struct WriteJob {
 fn hash_worker(
     sh: &Shared<'_>,
     pools: &Pools,
-    work_rx: &Receiver<(usize, u64, usize, Vec<u8>)>,
+    work_rx: &Receiver<(usize, u64, usize, AlignedBuf)>,
     write_tx: &Sender<WriteJob>,
     res_tx: &Sender<SlotResult>,
 ) {
@@ -404,7 +405,7 @@ fn hash_worker(
             pools.give_back(frame, true);
             continue;
         }
-        let data = &frame[HEADER_LEN..HEADER_LEN + len];
+        let data = &frame.as_slice()[HEADER_LEN..HEADER_LEN + len];
         let plain_len = len as u64;
         let known = |digest, outcome| SlotResult {
             slot,
@@ -444,7 +445,12 @@ fn hash_worker(
             len,
             is_frame,
         };
-        match enc.encode_frame(&mut frame[..HEADER_LEN + len], &digest, &mut out) {
+        let encoded = enc.encode_frame(
+            &mut frame.as_mut_slice()[..HEADER_LEN + len],
+            &digest,
+            out.as_mut_slice(),
+        );
+        match encoded {
             Ok(Encoded::InFrame) => {
                 pools.give_back(out, false);
                 // A closed channel means the writers are gone after an abort.
@@ -474,7 +480,7 @@ fn write_worker(
             pools.give_back(job.buf, job.is_frame);
             continue;
         }
-        let result = sh.store.insert(&job.digest, &job.buf[..job.len]);
+        let result = sh.store.insert(&job.digest, &job.buf.as_slice()[..job.len]);
         let stored = job.len as u64;
         pools.give_back(job.buf, job.is_frame);
         match result {
