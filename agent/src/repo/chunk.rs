@@ -22,15 +22,21 @@ const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 32;
 const COMPRESSION_RAW: u8 = 0;
 const COMPRESSION_ZSTD: u8 = 1;
-/// zstd level used for chunks (ARCHITECTURE §6: level 1 — speed over ratio).
+/// zstd level the chunk parameters start from (ARCHITECTURE §6: level 1, speed over ratio) ...
 const ZSTD_LEVEL: i32 = 1;
-/// Level 1's fast match finder with a 32 Ki-entry hash table instead of level 1's default
-/// for 1 MiB inputs ...
-const ZSTD_HASH_LOG: u32 = 15;
-/// ... and matches of at least 7 bytes. Measured on 1 MiB chunks of the benchmark's text and
-/// of shared libraries and headers: 0.8 % and 2.7 % smaller than plain level 1, at the same
-/// speed within noise (level 3 is 6–9 % smaller but up to 1.7× slower on binaries).
-const ZSTD_MIN_MATCH: u32 = 7;
+/// ... with the double-fast match finder of levels 2–4 (a second hash table for 8-byte
+/// matches) ...
+const ZSTD_STRATEGY: zstd::zstd_safe::Strategy = zstd::zstd_safe::Strategy::ZSTD_dfast;
+/// ... a 64 Ki-entry long-match table ...
+const ZSTD_HASH_LOG: u32 = 16;
+/// ... a 16 Ki-entry short-match table ...
+const ZSTD_CHAIN_LOG: u32 = 14;
+/// ... and matches of at least 6 bytes (level 2's 5 finds more matches that cost more than
+/// they save on text). Measured in `docs/benchmarks.md`: the benchmark image's chunks take
+/// 703.3 MB against 711.4 MB with level 1's fast match finder (−1.1 %, which keeps the
+/// repository under restic's) for 3–4 % more CPU in the full backup. Level 3 is 6–9 %
+/// smaller than level 1 but up to 1.7× slower on binaries.
+const ZSTD_MIN_MATCH: u32 = 6;
 
 /// Why a chunk's bytes could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +92,7 @@ impl std::fmt::Debug for ChunkEncoder {
 }
 
 impl ChunkEncoder {
-    /// A new encoder at zstd level 1.
+    /// A new encoder (zstd level 1 with the double-fast match finder, see the constants).
     ///
     /// # Errors
     /// [`ChunkError::Compress`] if zstd cannot allocate its context.
@@ -94,10 +100,10 @@ impl ChunkEncoder {
         use zstd::zstd_safe::CParameter;
         let mut compressor =
             zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(ChunkError::Compress)?;
-        // Level 1 with a larger hash table and a longer minimum match: 1–3 % smaller
-        // chunks on text and binaries at the same speed (docs/benchmarks.md).
         for p in [
+            CParameter::Strategy(ZSTD_STRATEGY),
             CParameter::HashLog(ZSTD_HASH_LOG),
+            CParameter::ChainLog(ZSTD_CHAIN_LOG),
             CParameter::MinMatch(ZSTD_MIN_MATCH),
         ] {
             compressor.set_parameter(p).map_err(ChunkError::Compress)?;

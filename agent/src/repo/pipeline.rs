@@ -3,7 +3,7 @@
 //! ```text
 //! disk-read ─bounded─▶ chunk-hash/<n> ─bounded─▶ chunk-write/<n> ─bounded─▶ caller (index)
 //! (owns the source,    (zero check, BLAKE3,      (temp file, fsync,       (fills slots,
-//!  whole chunks)        dedupe, zstd level 1)     rename)                  progress)
+//!  whole chunks)        dedupe, zstd)             rename)                  progress)
 //! ```
 //!
 //! Buffers come from two fixed pools, so memory is bounded by the pool sizes times the chunk
