@@ -317,10 +317,13 @@ fn parse_header(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
 /// Any [`ChunkError`] describing what is wrong with the bytes.
 pub fn decode(encoded: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
     let mut decoder = ChunkDecoder::new()?;
-    let mut out = Vec::new();
+    let mut out = vec![0u8; parse_header(encoded)?.plain_len];
     match decoder.decode_into(encoded, digest, &mut out)? {
         Decoded::InPlace(range) => Ok(encoded[range].to_vec()),
-        Decoded::InOut => Ok(out),
+        Decoded::InOut(len) => {
+            out.truncate(len);
+            Ok(out)
+        }
     }
 }
 
@@ -329,8 +332,8 @@ pub fn decode(encoded: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkErro
 pub enum Decoded {
     /// A raw chunk: the plain data is this range of the encoded bytes (nothing copied).
     InPlace(std::ops::Range<usize>),
-    /// A compressed chunk: the plain data is the whole output buffer.
-    InOut,
+    /// A compressed chunk: the plain data is the first `n` bytes of the output buffer.
+    InOut(usize),
 }
 
 /// Reusable decoder (one per restore worker: zstd contexts are costly to create).
@@ -355,16 +358,17 @@ impl ChunkDecoder {
         })
     }
 
-    /// Check `encoded` and decode it, decompressing into `out` (cleared, reused) when it is
+    /// Check `encoded` and decode it, decompressing into `out` (a reused buffer) when it is
     /// compressed; the plain data is guaranteed to hash to `digest`.
     ///
     /// # Errors
-    /// Any [`ChunkError`] describing what is wrong with the bytes.
+    /// Any [`ChunkError`] describing what is wrong with the bytes, including a plain length
+    /// larger than `out`.
     pub fn decode_into(
         &mut self,
         encoded: &[u8],
         digest: &ChunkDigest,
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> Result<Decoded, ChunkError> {
         let header = parse_header(encoded)?;
         let stored = &encoded[HEADER_LEN..];
@@ -383,15 +387,20 @@ impl ChunkDecoder {
         if blake3::hash(stored).as_bytes()[..16] != encoded[16..32] {
             return Err(ChunkError::Checksum);
         }
-        out.clear();
-        out.reserve(header.plain_len);
-        self.decompressor
+        let Some(out) = out.get_mut(..header.plain_len) else {
+            return Err(ChunkError::BadHeader(format!(
+                "plain length {} exceeds the {} bytes expected",
+                header.plain_len,
+                out.len()
+            )));
+        };
+        let n = self
+            .decompressor
             .decompress_to_buffer(stored, out)
             .map_err(ChunkError::Decompress)?;
-        if out.len() != header.plain_len {
+        if n != header.plain_len {
             return Err(ChunkError::BadHeader(format!(
-                "decompressed to {} bytes, header says {}",
-                out.len(),
+                "decompressed to {n} bytes, header says {}",
                 header.plain_len
             )));
         }
@@ -399,7 +408,7 @@ impl ChunkDecoder {
         if actual != *digest {
             return Err(ChunkError::DigestMismatch { actual });
         }
-        Ok(Decoded::InOut)
+        Ok(Decoded::InOut(n))
     }
 }
 

@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ids::ChunkDigest;
-use crate::repo::aligned::DIRECT_IO_ALIGN;
+use crate::repo::aligned::{AlignedBuf, DIRECT_IO_ALIGN};
 use crate::repo::chunk::{self, ChunkDecoder, ChunkError, Decoded};
 
 /// Prefix of temp files in chunk directories.
@@ -154,6 +154,15 @@ impl Layout {
             Self::Nested => 2,
         }
     }
+}
+
+/// Where [`ChunkStore::read_into`] left a chunk's plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// A raw chunk: this range of the `encoded` buffer (aligned at its start).
+    InEncoded(std::ops::Range<usize>),
+    /// A compressed chunk: the first `n` bytes of the `plain` buffer.
+    InPlain(usize),
 }
 
 /// The chunk store rooted at `<repo>/chunks`.
@@ -358,39 +367,24 @@ impl ChunkStore {
     /// # Errors
     /// [`ChunkStoreError::Missing`] or [`ChunkStoreError::Read`].
     pub fn read_encoded(&self, digest: &ChunkDigest) -> Result<Vec<u8>, ChunkStoreError> {
-        let mut buf = Vec::new();
-        self.read_encoded_into(digest, &mut buf)?;
-        Ok(buf)
+        let path = self.chunk_path(digest);
+        fs::read(&path).map_err(|source| self.read_error(digest, source))
     }
 
-    /// Read the raw encoded bytes of a chunk into `buf` (cleared; its capacity is reused).
-    ///
-    /// # Errors
-    /// [`ChunkStoreError::Missing`] or [`ChunkStoreError::Read`].
-    pub fn read_encoded_into(
-        &self,
-        digest: &ChunkDigest,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), ChunkStoreError> {
+    fn read_error(&self, digest: &ChunkDigest, source: io::Error) -> ChunkStoreError {
         let path = self.chunk_path(digest);
-        let rerr = |source: io::Error| {
-            if source.kind() == io::ErrorKind::NotFound {
-                ChunkStoreError::Missing {
-                    digest: *digest,
-                    path: path.clone(),
-                }
-            } else {
-                ChunkStoreError::Read {
-                    digest: *digest,
-                    path: path.clone(),
-                    source,
-                }
+        if source.kind() == io::ErrorKind::NotFound {
+            ChunkStoreError::Missing {
+                digest: *digest,
+                path,
             }
-        };
-        let mut file = File::open(&path).map_err(rerr)?;
-        buf.clear();
-        file.read_to_end(buf).map_err(rerr)?;
-        Ok(())
+        } else {
+            ChunkStoreError::Read {
+                digest: *digest,
+                path,
+                source,
+            }
+        }
     }
 
     /// Read, check and decompress a chunk; the plain data is guaranteed to hash to `digest`.
@@ -402,22 +396,47 @@ impl ChunkStore {
         chunk::decode(&encoded, digest).map_err(|source| self.corrupt(digest, source))
     }
 
-    /// Read and check a chunk with a reused decoder and buffers: the plain data is left in
-    /// `encoded` (raw chunk) or `plain` (compressed), as [`Decoded`] says.
+    /// Read and check a chunk with a reused decoder and buffers, for restores. The chunk
+    /// file is read into `encoded` so that its plain data (raw chunk) starts at
+    /// [`DIRECT_IO_ALIGN`]; a compressed chunk is decompressed to the start of `plain`.
+    /// Both places are therefore aligned for a direct-I/O sink. `encoded` must hold
+    /// [`DIRECT_IO_ALIGN`] plus the largest chunk file, `plain` the largest plain chunk.
     ///
     /// # Errors
-    /// [`ChunkStoreError::Missing`], [`ChunkStoreError::Read`] or [`ChunkStoreError::Corrupt`].
+    /// [`ChunkStoreError::Missing`], [`ChunkStoreError::Read`] or [`ChunkStoreError::Corrupt`]
+    /// (also for a chunk file larger than any chunk of this repository).
     pub fn read_into(
         &self,
         digest: &ChunkDigest,
         decoder: &mut ChunkDecoder,
-        encoded: &mut Vec<u8>,
-        plain: &mut Vec<u8>,
-    ) -> Result<Decoded, ChunkStoreError> {
-        self.read_encoded_into(digest, encoded)?;
-        decoder
-            .decode_into(encoded, digest, plain)
-            .map_err(|source| self.corrupt(digest, source))
+        encoded: &mut AlignedBuf,
+        plain: &mut AlignedBuf,
+    ) -> Result<Restored, ChunkStoreError> {
+        let rerr = |source| self.read_error(digest, source);
+        let mut file = File::open(self.chunk_path(digest)).map_err(rerr)?;
+        let len = file.metadata().map_err(rerr)?.len();
+        let at = DIRECT_IO_ALIGN - chunk::HEADER_LEN;
+        let room = encoded.len() - at;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= room)
+            .ok_or_else(|| {
+                self.corrupt(
+                    digest,
+                    ChunkError::BadHeader(format!(
+                        "chunk file of {len} bytes, larger than any chunk of this repository"
+                    )),
+                )
+            })?;
+        let bytes = &mut encoded.as_mut_slice()[at..at + len];
+        file.read_exact(bytes).map_err(rerr)?;
+        match decoder
+            .decode_into(bytes, digest, plain.as_mut_slice())
+            .map_err(|source| self.corrupt(digest, source))?
+        {
+            Decoded::InPlace(range) => Ok(Restored::InEncoded(at + range.start..at + range.end)),
+            Decoded::InOut(n) => Ok(Restored::InPlain(n)),
+        }
     }
 
     fn corrupt(&self, digest: &ChunkDigest, source: ChunkError) -> ChunkStoreError {

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_channel::bounded;
 
 use crate::ids::ChunkDigest;
-use crate::repo::chunk::{self, ChunkDecoder, ChunkError, Decoded};
-use crate::repo::chunk_store::{ChunkStore, ChunkStoreError};
+use crate::repo::aligned::{AlignedBuf, DIRECT_IO_ALIGN};
+use crate::repo::chunk::{self, ChunkDecoder, ChunkError};
+use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Restored};
 use crate::repo::fixed_index::FixedIndex;
 use crate::repo::source::{DiskSink, SourceError};
 
@@ -53,7 +54,7 @@ pub enum RestoreError {
 /// Restored data for the sink: `buf[range]` at `offset`, or `len` zero bytes.
 enum Piece {
     Data {
-        buf: Vec<u8>,
+        buf: AlignedBuf,
         range: std::ops::Range<usize>,
     },
     Zero(usize),
@@ -92,13 +93,15 @@ pub fn restore_disk(
     };
     let cs = usize::try_from(index.chunk_size_bytes()).expect("chunk size fits in usize");
     let pool_size = (workers * 3).min(2 * slots.len().max(1));
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(pool_size);
+    // Room for a chunk file read so that its data starts aligned (see `read_into`).
+    let buf_len = DIRECT_IO_ALIGN + chunk::max_encoded_len(cs);
+    let (free_tx, free_rx) = bounded::<AlignedBuf>(pool_size);
     for _ in 0..pool_size {
         free_tx
-            .send(Vec::with_capacity(chunk::max_encoded_len(cs)))
+            .send(AlignedBuf::zeroed(buf_len))
             .expect("pool has room");
     }
-    let zeros = vec![0u8; if skip_zero { 0 } else { cs }];
+    let zeros = AlignedBuf::zeroed(if skip_zero { 0 } else { cs });
     let (tx, rx) = bounded::<(u64, Piece)>(workers);
 
     std::thread::scope(|scope| {
@@ -131,17 +134,19 @@ pub fn restore_disk(
                                 break;
                             };
                             match store.read_into(&digest, &mut decoder, &mut encoded, &mut plain) {
-                                Ok(Decoded::InPlace(range)) => {
+                                Ok(Restored::InEncoded(range)) => {
                                     let _ = free_tx.send(plain);
                                     Piece::Data {
                                         buf: encoded,
                                         range,
                                     }
                                 }
-                                Ok(Decoded::InOut) => {
+                                Ok(Restored::InPlain(n)) => {
                                     let _ = free_tx.send(encoded);
-                                    let range = 0..plain.len();
-                                    Piece::Data { buf: plain, range }
+                                    Piece::Data {
+                                        buf: plain,
+                                        range: 0..n,
+                                    }
                                 }
                                 Err(source) => {
                                     let _ = (free_tx.send(encoded), free_tx.send(plain));
@@ -183,7 +188,7 @@ pub fn restore_disk(
                 Piece::Data { buf, range } => (range, Some(buf)),
                 Piece::Zero(len) => (0..len, None),
             };
-            let bytes = buf.as_deref().unwrap_or(&zeros);
+            let bytes = buf.as_ref().map_or(zeros.as_slice(), AlignedBuf::as_slice);
             if !abort.load(Ordering::Relaxed) {
                 match sink.write_at(offset, &bytes[data.clone()]) {
                     Ok(()) => {

@@ -5,10 +5,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::repo::aligned::DIRECT_IO_ALIGN;
 
 /// A byte range of a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,13 +206,18 @@ impl DiskSource for RawFileSource {
 
 /// A raw image file written by a restore: created (or truncated) sparse at its capacity.
 ///
-/// Every [`WRITEBACK_STEP`] bytes, writeback of the range written since is started
+/// Block-aligned writes from aligned buffers (the restore pipeline's whole chunks) go to the
+/// device directly (`O_DIRECT`, through a second descriptor), so a restore neither fills
+/// the page cache nor pays for it. Other writes go through the page cache, and every
+/// [`WRITEBACK_STEP`] bytes of them writeback of the range written since is started
 /// (`posix_fadvise(POSIX_FADV_DONTNEED)`, which also lets the kernel drop the pages once
 /// clean), so the disk writes overlap the restore instead of all waiting for the final
-/// fsync, and a large restore does not push everything else out of the page cache.
+/// fsync. Where the file system refuses `O_DIRECT`, everything goes through the page cache.
 #[derive(Debug)]
 pub struct RawFileSink {
     file: File,
+    /// The same file opened with `O_DIRECT`, while the file system accepts it.
+    direct: Option<File>,
     path: PathBuf,
     /// Bytes written since writeback was last started, and the range they lie in.
     unflushed: u64,
@@ -242,8 +249,18 @@ impl RawFileSink {
                 len: 0,
                 source,
             })?;
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .inspect_err(|e| {
+                tracing::debug!(file = %path.display(), error = %e,
+                    "no direct I/O for the restored file; writing through the page cache");
+            })
+            .ok();
         Ok(Self {
             file,
+            direct,
             path: path.to_path_buf(),
             unflushed: 0,
             dirty: None,
@@ -276,6 +293,29 @@ impl DiskSink for RawFileSink {
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SourceError> {
+        let align = DIRECT_IO_ALIGN as u64;
+        let aligned = !data.is_empty()
+            && offset.is_multiple_of(align)
+            && (data.len() as u64).is_multiple_of(align)
+            && data.as_ptr().align_offset(DIRECT_IO_ALIGN) == 0;
+        if let Some(direct) = self.direct.as_ref().filter(|_| aligned) {
+            match direct.write_all_at(data, offset) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!(file = %self.path.display(), error = %e,
+                        "direct I/O refused; writing the restored file through the page cache");
+                    self.direct = None;
+                }
+                Err(source) => {
+                    return Err(SourceError::Write {
+                        path: self.path.clone(),
+                        offset,
+                        len: data.len(),
+                        source,
+                    });
+                }
+            }
+        }
         self.file
             .write_all_at(data, offset)
             .map_err(|source| SourceError::Write {
@@ -366,5 +406,34 @@ mod tests {
             err.contains("offset 8000") && err.contains("d.img"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn raw_sink_mixes_direct_and_buffered_writes_correctly() {
+        use crate::repo::aligned::AlignedBuf;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.img");
+        let size = 3 * 65536 + 1000;
+        let mut sink = RawFileSink::create(&path, size).unwrap();
+        let mut expect = vec![0u8; usize::try_from(size).unwrap()];
+        let mut put = |sink: &mut RawFileSink, offset: usize, data: &[u8]| {
+            sink.write_at(offset as u64, data).unwrap();
+            expect[offset..offset + data.len()].copy_from_slice(data);
+        };
+        // Aligned buffer, offset and length: direct when the file system allows it.
+        let mut a = AlignedBuf::zeroed(65536);
+        a.as_mut_slice().fill(1);
+        put(&mut sink, 65536, a.as_slice());
+        // Unaligned buffer start, unaligned length, unaligned offset: buffered.
+        let b = vec![2u8; 70000];
+        put(&mut sink, 131_072 + 3, &b[1..61_000]);
+        put(&mut sink, 3 * 65536, &[3u8; 1000]);
+        // Overwrite part of the direct range through the page cache, then directly again.
+        put(&mut sink, 65536 + 10, &[4u8; 10]);
+        let mut c = AlignedBuf::zeroed(4096);
+        c.as_mut_slice().fill(5);
+        put(&mut sink, 0, c.as_slice());
+        sink.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap() == expect);
     }
 }
