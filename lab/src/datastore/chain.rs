@@ -2,7 +2,8 @@
 //! extent, with the read/write/allocation logic of the redo-log chain.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::os::unix::fs::FileExt;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::SeekFrom;
@@ -31,6 +32,10 @@ pub enum OpenMode {
 pub(crate) enum LinkData {
     Flat {
         file: File,
+        /// The same file opened with `O_DIRECT` (writable links, where the file system
+        /// allows): block-aligned writes from aligned buffers go straight to the device, as
+        /// an ESXi host writes a VMFS disk without a host page cache.
+        direct: Option<File>,
         path: PathBuf,
         thin: bool,
     },
@@ -80,8 +85,18 @@ impl Link {
                     .open(&data_path)
                     .map_err(DatastoreError::io("open", &data_path))?;
                 let thin = desc.ddb_value("thinProvisioned") == Some("1");
+                let direct = if writable {
+                    OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_DIRECT)
+                        .open(&data_path)
+                        .ok()
+                } else {
+                    None
+                };
                 LinkData::Flat {
                     file,
+                    direct,
                     path: data_path,
                     thin,
                 }
@@ -415,8 +430,10 @@ impl DiskChain {
             let g = pos / GRAIN_BYTES;
             let (gs, ge) = (g * GRAIN_BYTES, ((g + 1) * GRAIN_BYTES).min(cap));
             let cow = match &self.links[top].data {
-                LinkData::Flat { file, path, .. } => {
-                    file.write_all_at(data, offset)
+                LinkData::Flat {
+                    file, direct, path, ..
+                } => {
+                    write_flat(file, direct.as_ref(), data, offset)
                         .map_err(DatastoreError::io("write", path))?;
                     break;
                 }
@@ -595,6 +612,23 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<(), DatastoreError> {
         }
         _ => Ok(()),
     }
+}
+
+/// Write `data` at `offset` of a flat extent: through `direct` when offset, length and
+/// buffer are block-aligned (falling back if the device wants more), else through `file`.
+fn write_flat(file: &File, direct: Option<&File>, data: &[u8], offset: u64) -> io::Result<()> {
+    const ALIGN: usize = 4096;
+    let aligned = !data.is_empty()
+        && offset.is_multiple_of(ALIGN as u64)
+        && data.len().is_multiple_of(ALIGN)
+        && data.as_ptr().align_offset(ALIGN) == 0;
+    if let Some(direct) = direct.filter(|_| aligned) {
+        match direct.write_all_at(data, offset) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            other => return other,
+        }
+    }
+    file.write_all_at(data, offset)
 }
 
 #[cfg(test)]

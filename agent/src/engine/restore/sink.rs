@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::repo::aligned::AlignedBuf;
 use crate::repo::{DiskSink, SourceError};
 use crate::vddk::Disk;
 
@@ -20,8 +21,10 @@ pub const WRITE_BATCH: usize = 4 << 20;
 #[derive(Debug)]
 pub struct VddkSink {
     disk: Disk,
-    /// Data not yet written, starting at `pending_at`.
-    pending: Vec<u8>,
+    /// Data not yet written: `pending[..pending_len]`, starting at `pending_at`. Aligned,
+    /// so a datastore that writes with direct I/O can use it as it is.
+    pending: AlignedBuf,
+    pending_len: usize,
     pending_at: u64,
     /// A freshly created thin disk reads unwritten ranges as zeros: zero chunks are skipped.
     fresh: bool,
@@ -36,7 +39,8 @@ impl VddkSink {
         let what = PathBuf::from(format!("{} of {}", disk.path(), disk.vm()));
         Self {
             disk,
-            pending: Vec::new(),
+            pending: AlignedBuf::zeroed(WRITE_BATCH),
+            pending_len: 0,
             pending_at: 0,
             fresh,
             what,
@@ -48,13 +52,13 @@ impl VddkSink {
 impl VddkSink {
     /// Writes the pending bytes through VDDK.
     fn write_pending(&mut self) -> Result<(), SourceError> {
-        if self.pending.is_empty() {
+        if self.pending_len == 0 {
             return Ok(());
         }
         let offset = self.pending_at;
-        let result = self.disk.write_at(offset, &self.pending);
-        let len = self.pending.len();
-        self.pending.clear();
+        let len = self.pending_len;
+        let result = self.disk.write_at(offset, &self.pending.as_slice()[..len]);
+        self.pending_len = 0;
         result.map_err(|e| SourceError::Write {
             path: self.what.clone(),
             offset,
@@ -82,9 +86,9 @@ impl DiskSink for VddkSink {
                 io::Error::new(io::ErrorKind::Interrupted, "restore cancelled"),
             ));
         }
-        let pending_end = self.pending_at + self.pending.len() as u64;
-        if !self.pending.is_empty()
-            && (offset != pending_end || self.pending.len() + data.len() > WRITE_BATCH)
+        let pending_end = self.pending_at + self.pending_len as u64;
+        if self.pending_len > 0
+            && (offset != pending_end || self.pending_len + data.len() > WRITE_BATCH)
         {
             self.write_pending()?;
         }
@@ -94,11 +98,12 @@ impl DiskSink for VddkSink {
                 .write_at(offset, data)
                 .map_err(|e| err(&self.what, io::Error::other(e)));
         }
-        if self.pending.is_empty() {
-            self.pending.reserve(WRITE_BATCH);
+        if self.pending_len == 0 {
             self.pending_at = offset;
         }
-        self.pending.extend_from_slice(data);
+        self.pending.as_mut_slice()[self.pending_len..self.pending_len + data.len()]
+            .copy_from_slice(data);
+        self.pending_len += data.len();
         Ok(())
     }
 
