@@ -32,9 +32,10 @@ pub enum OpenMode {
 pub(crate) enum LinkData {
     Flat {
         file: File,
-        /// The same file opened with `O_DIRECT` (writable links, where the file system
-        /// allows): block-aligned writes from aligned buffers go straight to the device, as
-        /// an ESXi host writes a VMFS disk without a host page cache.
+        /// The same file opened with `O_DIRECT`, after [`DiskChain::enable_direct_writes`]
+        /// (where the file system allows): block-aligned writes from aligned buffers go
+        /// straight to the device, as an ESXi host writes a VMFS disk without a host page
+        /// cache.
         direct: Option<File>,
         path: PathBuf,
         thin: bool,
@@ -85,18 +86,9 @@ impl Link {
                     .open(&data_path)
                     .map_err(DatastoreError::io("open", &data_path))?;
                 let thin = desc.ddb_value("thinProvisioned") == Some("1");
-                let direct = if writable {
-                    OpenOptions::new()
-                        .write(true)
-                        .custom_flags(libc::O_DIRECT)
-                        .open(&data_path)
-                        .ok()
-                } else {
-                    None
-                };
                 LinkData::Flat {
                     file,
-                    direct,
+                    direct: None,
                     path: data_path,
                     thin,
                 }
@@ -362,6 +354,27 @@ impl DiskChain {
             });
         }
         Ok(())
+    }
+
+    /// Write block-aligned data from aligned buffers to a flat top link with `O_DIRECT`,
+    /// as VDDK's writes reach an ESXi datastore without a host page cache (vddk-sim turns
+    /// this on for its read-write opens). The lab's own guest writes stay buffered, so
+    /// what a test or bench writes as the guest is read back from memory as on a raw image.
+    /// A no-op for read-only chains, delta tops, or file systems that refuse `O_DIRECT`.
+    pub fn enable_direct_writes(&mut self) {
+        if self.mode != OpenMode::ReadWrite {
+            return;
+        }
+        let Some(top) = self.links.last_mut() else {
+            return;
+        };
+        if let LinkData::Flat { direct, path, .. } = &mut top.data {
+            *direct = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&*path)
+                .ok();
+        }
     }
 
     /// Reads `buf.len()` bytes at byte `offset`.

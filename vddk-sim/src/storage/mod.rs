@@ -42,7 +42,10 @@ impl Disk {
         } else {
             OpenMode::ReadOnly
         };
-        let chain = DiskChain::open(root, path, mode).map_err(from_datastore)?;
+        let mut chain = DiskChain::open(root, path, mode).map_err(from_datastore)?;
+        if writable {
+            chain.enable_direct_writes();
+        }
         Ok(Self { chain })
     }
 
