@@ -592,28 +592,54 @@ impl Repository {
         out: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, RepoError> {
-        let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
+        let (_lock, disk, index) = self.disk_to_restore(point, disk)?;
+        let mut sink =
+            RawFileSink::create(out, index.disk_size_bytes()).map_err(|e| RepoError::Restore {
+                point,
+                disk,
+                source: RestoreError::Sink(e),
+            })?;
+        self.restore_index(point, disk, &index, &mut sink, progress)
+    }
+
+    /// Under the shared lock (returned, held by the caller for the restore): the index of
+    /// disk `disk` of `point`, its first disk when `None`.
+    fn disk_to_restore(
+        &self,
+        point: RestorePointId,
+        disk: Option<DiskKey>,
+    ) -> Result<(RepoLock, DiskKey, FixedIndex), RepoError> {
+        let lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
         let rec = self
             .catalog
             .get_point(point)?
             .ok_or(RepoError::PointNotFound(point))?;
         let disk = disk.unwrap_or_else(|| rec.disks.first().map_or(IMAGE_DISK_KEY, |d| d.key));
         let index = self.load_index(&rec, disk)?;
-        let wrap = |source| RepoError::Restore {
-            point,
-            disk,
-            source,
-        };
-        let mut sink = RawFileSink::create(out, index.disk_size_bytes())
-            .map_err(|e| wrap(RestoreError::Sink(e)))?;
+        Ok((lock, disk, index))
+    }
+
+    /// Restore `index` (disk `disk` of `point`) into `sink`; returns the disk's size.
+    fn restore_index(
+        &self,
+        point: RestorePointId,
+        disk: DiskKey,
+        index: &FixedIndex,
+        sink: &mut dyn DiskSink,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64, RepoError> {
         restore::restore_disk(
             &self.store,
-            &index,
-            &mut sink,
+            index,
+            sink,
             self.options.hash_workers + 1,
             progress,
         )
-        .map_err(wrap)?;
+        .map_err(|source| RepoError::Restore {
+            point,
+            disk,
+            source,
+        })?;
         Ok(index.disk_size_bytes())
     }
 
@@ -632,25 +658,8 @@ impl Repository {
         sink: &mut dyn DiskSink,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, RepoError> {
-        let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
-        let rec = self
-            .catalog
-            .get_point(point)?
-            .ok_or(RepoError::PointNotFound(point))?;
-        let index = self.load_index(&rec, disk)?;
-        restore::restore_disk(
-            &self.store,
-            &index,
-            sink,
-            self.options.hash_workers + 1,
-            progress,
-        )
-        .map_err(|source| RepoError::Restore {
-            point,
-            disk,
-            source,
-        })?;
-        Ok(index.disk_size_bytes())
+        let (_lock, disk, index) = self.disk_to_restore(point, Some(disk))?;
+        self.restore_index(point, disk, &index, sink, progress)
     }
 
     /// Verify every committed point.
