@@ -63,6 +63,21 @@ pub enum RestoreMode {
     DiskOnly,
 }
 
+impl std::str::FromStr for RestoreMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "new" => Ok(Self::New),
+            "existing" => Ok(Self::Existing),
+            "disk-only" => Ok(Self::DiskOnly),
+            other => Err(format!(
+                "unknown restore mode {other:?}: auto, new, existing or disk-only"
+            )),
+        }
+    }
+}
+
 /// A network override mapping on restore (VCF 9 with NSX-VPC; seed 001 §9.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

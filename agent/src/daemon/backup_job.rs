@@ -12,8 +12,7 @@ use plugin_api::types::{BackupJobRequest, JobKind, JobState, RestoreJobRequest};
 use super::queue::{BodyFuture, JobBody, Outcome, RunContext};
 use crate::config::{AgentConfig, read_secret_file};
 use crate::engine::restore::{
-    self, RestoreEnv, RestoreError, RestoreEvent, RestoreMode, RestoreObserver, RestoreRequest,
-    SupervisorTarget,
+    self, RestoreEnv, RestoreError, RestoreEvent, RestoreObserver, RestoreRequest, SupervisorTarget,
 };
 use crate::engine::{
     self, BackupError, BackupEvent, BackupRequest, Environment, VmRequest, VmSelector,
@@ -71,12 +70,7 @@ pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> 
     Ok(RestoreRequest {
         point,
         namespace: r.namespace.clone(),
-        mode: match r.mode {
-            plugin_api::types::RestoreMode::New => RestoreMode::New,
-            plugin_api::types::RestoreMode::Existing => RestoreMode::Existing,
-            plugin_api::types::RestoreMode::DiskOnly => RestoreMode::DiskOnly,
-            plugin_api::types::RestoreMode::Auto => RestoreMode::Auto,
-        },
+        mode: r.mode,
         disks: r.disks.iter().copied().map(DiskKey).collect(),
         subnet_map,
         dry_run: r.dry_run,

@@ -70,35 +70,8 @@ const AUTO_REGISTRATION_WAIT: Duration = Duration::from_secs(120);
 /// registervm's documented timeout (§12.2).
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What the operator asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestoreMode {
-    /// Whatever WCP will choose.
-    #[default]
-    Auto,
-    /// Restore to new only.
-    New,
-    /// Restore to existing (in place) only.
-    Existing,
-    /// Disk-only restore of the chosen disks.
-    DiskOnly,
-}
-
-impl std::str::FromStr for RestoreMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "new" => Ok(Self::New),
-            "existing" => Ok(Self::Existing),
-            "disk-only" => Ok(Self::DiskOnly),
-            other => Err(format!(
-                "unknown restore mode {other:?}: auto, new, existing or disk-only"
-            )),
-        }
-    }
-}
+/// What the operator asks for: the API's type, shared by the CLI and the daemon.
+pub use plugin_api::types::RestoreMode;
 
 /// A restore request.
 #[derive(Debug, Clone)]
