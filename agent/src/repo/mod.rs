@@ -50,7 +50,5 @@ pub use repository::{
     BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, DiskPlan, IMAGE_DISK_KEY, ImageBackup, RepoError,
     RepoInfo, Repository, WrittenDisk,
 };
-pub use source::{
-    ConcurrentRead, DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError,
-};
+pub use source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
 pub use verify::{VerifyProblem, VerifyReport};

@@ -6,14 +6,6 @@
 //!  whole chunks)        dedupe, zstd)             rename)                  progress)
 //! ```
 //!
-//! A source that several threads can read at once (a raw file, read with `pread`; see
-//! [`DiskSource::into_concurrent`]) has no `disk-read` thread: each `chunk-hash` worker
-//! reads the next chunk itself, so the data is in its core's cache when BLAKE3 and zstd run
-//! over it, rather than copied through the other core's. On the 2 GiB benchmark image with
-//! 2 cores, five alternating full backups each way: median 2.14 s against 2.22 s with the
-//! reader thread, user CPU 3.18 against 3.50 s; BLAKE3 fell from 10 % to 6.4 % of the
-//! samples (`docs/benchmarks.md`). A VDDK handle is read by `disk-read` alone.
-//!
 //! Buffers come from two fixed pools, so memory is bounded by the pool sizes times the chunk
 //! size, whatever the disk size, and nothing is allocated per chunk:
 //!
@@ -30,7 +22,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
@@ -40,7 +32,7 @@ use crate::repo::aligned::AlignedBuf;
 use crate::repo::chunk::{self, ChunkEncoder, ChunkError, Encoded, HEADER_LEN};
 use crate::repo::chunk_store::{self, ChunkStore, ChunkStoreError};
 use crate::repo::fixed_index::FixedIndex;
-use crate::repo::source::{ConcurrentRead, DiskSource, Extent, SourceError};
+use crate::repo::source::{DiskSource, Extent, SourceError};
 
 /// Errors of the backup pipeline; the caller adds the VM, disk and restore point.
 #[derive(Debug, thiserror::Error)]
@@ -282,59 +274,42 @@ pub fn backup_disk<S: DiskSource>(
     let (write_tx, write_rx) = bounded::<WriteJob>(write_queue);
     let (res_tx, res_rx) = bounded::<SlotResult>(depth * 4 + hash_workers + write_workers);
     let mut stats = DiskBackupStats::default();
-    let (concurrent, source) = match source.into_concurrent() {
-        Ok(reader) => (Some(reader), None),
-        Err(source) => (None, Some(source)),
-    };
-    let next_work = AtomicUsize::new(0);
-    let input = match concurrent.as_deref() {
-        Some(reader) => Input::Shared {
-            reader,
-            work: &work,
-            next: &next_work,
-        },
-        None => Input::Queue(work_rx),
-    };
 
     std::thread::scope(|scope| {
         let sh = &shared;
         let pools = &pools;
-        let input = &input;
-        if let Some(mut source) = source {
-            let reader_work = &work;
-            spawn_named(
-                scope,
-                sh,
-                "disk-read".into(),
-                Box::new(move || {
-                    for &(slot, offset, len) in reader_work {
-                        if sh.aborted() {
-                            break;
-                        }
-                        let Ok(mut frame) = pools.frame_rx.recv() else {
-                            break;
-                        };
-                        let dst = &mut frame.as_mut_slice()[HEADER_LEN..HEADER_LEN + len];
-                        if let Err(e) = source.read_at(offset, dst) {
-                            sh.fail(PipelineError::Source(e));
-                            break;
-                        }
-                        if work_tx.send((slot, offset, len, frame)).is_err() {
-                            break;
-                        }
+        let mut source = source;
+        let reader_work = work;
+        spawn_named(
+            scope,
+            sh,
+            "disk-read".into(),
+            Box::new(move || {
+                for (slot, offset, len) in reader_work {
+                    if sh.aborted() {
+                        break;
                     }
-                }),
-            );
-        } else {
-            drop(work_tx);
-        }
+                    let Ok(mut frame) = pools.frame_rx.recv() else {
+                        break;
+                    };
+                    let dst = &mut frame.as_mut_slice()[HEADER_LEN..HEADER_LEN + len];
+                    if let Err(e) = source.read_at(offset, dst) {
+                        sh.fail(PipelineError::Source(e));
+                        break;
+                    }
+                    if work_tx.send((slot, offset, len, frame)).is_err() {
+                        break;
+                    }
+                }
+            }),
+        );
         for n in 0..hash_workers {
-            let (write_tx, res_tx) = (write_tx.clone(), res_tx.clone());
+            let (work_rx, write_tx, res_tx) = (work_rx.clone(), write_tx.clone(), res_tx.clone());
             spawn_named(
                 scope,
                 sh,
                 format!("chunk-hash/{n}"),
-                Box::new(move || hash_worker(sh, pools, input, &write_tx, &res_tx)),
+                Box::new(move || hash_worker(sh, pools, &work_rx, &write_tx, &res_tx)),
             );
         }
         for n in 0..write_workers {
@@ -346,7 +321,7 @@ pub fn backup_disk<S: DiskSource>(
                 Box::new(move || write_worker(sh, pools, &write_rx, &res_tx)),
             );
         }
-        drop((write_tx, write_rx, res_tx));
+        drop((work_rx, write_tx, write_rx, res_tx));
 
         let mut done = 0u64;
         for r in res_rx {
@@ -422,49 +397,10 @@ struct WriteJob {
     is_frame: bool,
 }
 
-/// Where the hash workers get their chunks: read by the `disk-read` thread, or read by
-/// themselves from a source several threads can read at once.
-enum Input<'a> {
-    /// Frames filled by `disk-read`: `(slot, offset, len, frame)`.
-    Queue(Receiver<(usize, u64, usize, AlignedBuf)>),
-    /// `work[next..]` is still to be read, with `reader`.
-    Shared {
-        reader: &'a dyn ConcurrentRead,
-        work: &'a [(usize, u64, usize)],
-        next: &'a AtomicUsize,
-    },
-}
-
-impl Input<'_> {
-    /// The next chunk, read into a frame of the pool; `None` when there is no more work, or
-    /// after an abort (in the shared mode; the queue is drained by the caller).
-    fn next(&self, sh: &Shared<'_>, pools: &Pools) -> Option<(usize, u64, usize, AlignedBuf)> {
-        match self {
-            Input::Queue(rx) => rx.recv().ok(),
-            Input::Shared { reader, work, next } => {
-                if sh.aborted() {
-                    return None;
-                }
-                let &(slot, offset, len) = work.get(next.fetch_add(1, Ordering::Relaxed))?;
-                let mut frame = pools.frame_rx.recv().ok()?;
-                let dst = &mut frame.as_mut_slice()[HEADER_LEN..HEADER_LEN + len];
-                match reader.read_at_shared(offset, dst) {
-                    Ok(()) => Some((slot, offset, len, frame)),
-                    Err(e) => {
-                        pools.give_back(frame, true);
-                        sh.fail(PipelineError::Source(e));
-                        None
-                    }
-                }
-            }
-        }
-    }
-}
-
 fn hash_worker(
     sh: &Shared<'_>,
     pools: &Pools,
-    input: &Input<'_>,
+    work_rx: &Receiver<(usize, u64, usize, AlignedBuf)>,
     write_tx: &Sender<WriteJob>,
     res_tx: &Sender<SlotResult>,
 ) {
@@ -475,7 +411,7 @@ fn hash_worker(
             None
         }
     };
-    while let Some((slot, offset, len, mut frame)) = input.next(sh, pools) {
+    for (slot, offset, len, mut frame) in work_rx {
         if sh.aborted() {
             pools.give_back(frame, true);
             continue;
@@ -651,89 +587,6 @@ mod tests {
         assert_eq!(store.read(&idx.slots()[5]).unwrap(), data[20480..]);
     }
 
-    /// A source only one thread can read (as a VDDK handle): the pipeline's `disk-read`
-    /// thread reads it.
-    struct OneReader(RawFileSource);
-
-    impl DiskSource for OneReader {
-        fn capacity_bytes(&self) -> u64 {
-            self.0.capacity_bytes()
-        }
-        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-            assert!(
-                std::thread::current().name() == Some("disk-read"),
-                "read on {:?}",
-                std::thread::current().name()
-            );
-            self.0.read_at(offset, buf)
-        }
-    }
-
-    #[test]
-    fn reader_thread_and_concurrent_reads_store_the_same_chunks() {
-        use crate::repo::synthetic_image::SplitMix64;
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("img");
-        let cs = 4096;
-        let mut data = vec![0u8; cs * 40 + 123];
-        SplitMix64::new(9).fill(&mut data[cs * 3..cs * 20]);
-        data[cs * 25..cs * 33]
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = b"a chunk of text "[i % 16]);
-        data.copy_within(cs * 3..cs * 5, cs * 36);
-        std::fs::write(&img, &data).unwrap();
-        let slots: Vec<usize> = (0..41).collect();
-        let mut results = Vec::new();
-        for one_reader in [false, true] {
-            let store = ChunkStore::new(dir.path().join(format!("chunks-{one_reader}")));
-            std::fs::create_dir(store.root()).unwrap();
-            let src = RawFileSource::open(&img).unwrap();
-            let mut idx = FixedIndex::new_zero(4096, data.len() as u64);
-            let opts = PipelineOptions {
-                hash_workers: 3,
-                ..PipelineOptions::default()
-            };
-            let stats = if one_reader {
-                backup_disk(
-                    &store,
-                    OneReader(src),
-                    &mut idx,
-                    &slots,
-                    opts,
-                    &mut |_, _| {},
-                )
-            } else {
-                backup_disk(&store, src, &mut idx, &slots, opts, &mut |_, _| {})
-            }
-            .unwrap();
-            for (slot, digest) in idx.slots().iter().enumerate() {
-                let start = slot * cs;
-                let want = &data[start..(start + cs).min(data.len())];
-                if digest.is_zero() {
-                    assert!(chunk::is_zero(want), "slot {slot}");
-                } else {
-                    assert_eq!(store.read(digest).unwrap(), want, "slot {slot}");
-                }
-            }
-            results.push((stats, idx.slots().to_vec()));
-        }
-        assert_eq!(results[0], results[1]);
-        let stats = results[0].0;
-        // 17 random chunks; 8 equal text chunks (1 new); 2 copies of random ones; the rest
-        // (and the short last chunk) zero.
-        assert_eq!(
-            (
-                stats.chunks_read,
-                stats.chunks_new,
-                stats.chunks_reused,
-                stats.chunks_zero
-            ),
-            (41, 18, 7 + 2, 41 - 17 - 8 - 2),
-            "{stats:?}"
-        );
-    }
-
     #[test]
     fn source_error_aborts() {
         let dir = tempfile::tempdir().unwrap();
@@ -741,27 +594,18 @@ mod tests {
         std::fs::create_dir(store.root()).unwrap();
         let img = dir.path().join("img");
         std::fs::write(&img, vec![1u8; 4096]).unwrap();
-        for one_reader in [false, true] {
-            let src = RawFileSource::open(&img).unwrap();
-            // The index claims a larger disk than the file: reading slot 3 fails.
-            let mut idx = FixedIndex::new_zero(4096, 4096 * 4);
-            let opts = PipelineOptions::default();
-            let err = if one_reader {
-                backup_disk(
-                    &store,
-                    OneReader(src),
-                    &mut idx,
-                    &[0, 3],
-                    opts,
-                    &mut |_, _| {},
-                )
-            } else {
-                backup_disk(&store, src, &mut idx, &[0, 3], opts, &mut |_, _| {})
-            }
-            .unwrap_err();
-            assert!(matches!(err, PipelineError::Source(_)), "{err}");
-            let chain = format!("{:?}", err);
-            assert!(chain.contains("img") && chain.contains("12288"), "{chain}");
-        }
+        let src = RawFileSource::open(&img).unwrap();
+        // The index claims a larger disk than the file: reading slot 3 fails.
+        let mut idx = FixedIndex::new_zero(4096, 4096 * 4);
+        let err = backup_disk(
+            &store,
+            src,
+            &mut idx,
+            &[0, 3],
+            PipelineOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, PipelineError::Source(_)), "{err}");
     }
 }

@@ -95,30 +95,6 @@ pub trait DiskSource: Send {
     /// # Errors
     /// [`SourceError::Read`] naming the disk and offset.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError>;
-
-    /// This source as a reader that several threads can use at once, if it is one (a file,
-    /// read with `pread`); otherwise the source itself back. The backup pipeline then reads
-    /// each chunk on the worker that hashes and compresses it, instead of on one reader
-    /// thread, so the data is still in that core's cache (see `pipeline`). A VDDK handle
-    /// is not thread-safe and keeps the default.
-    ///
-    /// # Errors
-    /// `self`, when the source cannot be read from several threads.
-    fn into_concurrent(self) -> Result<Box<dyn ConcurrentRead>, Self>
-    where
-        Self: Sized,
-    {
-        Err(self)
-    }
-}
-
-/// Positioned reads that several threads may issue at once.
-pub trait ConcurrentRead: Send + Sync {
-    /// Fill `buf` from `offset`.
-    ///
-    /// # Errors
-    /// [`SourceError::Read`] naming the disk and offset.
-    fn read_at_shared(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError>;
 }
 
 /// A disk to restore into.
@@ -217,16 +193,6 @@ impl DiskSource for RawFileSource {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        self.read_at_shared(offset, buf)
-    }
-
-    fn into_concurrent(self) -> Result<Box<dyn ConcurrentRead>, Self> {
-        Ok(Box::new(self))
-    }
-}
-
-impl ConcurrentRead for RawFileSource {
-    fn read_at_shared(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|source| SourceError::Read {
