@@ -81,10 +81,11 @@ pub struct PipelineOptions {
     ///
     /// Random and already-compressed data need only a digest before they are written, so
     /// a run of such chunks reaches the writers as fast as the disk can read and faster
-    /// than it can write, while text keeps the hash workers busy and the writers idle. With
-    /// room for 4 chunks, the hash workers spent 0.4–0.6 s of a 2 GiB full backup waiting
-    /// to hand chunks over; with 16 MiB, 0.07–0.12 s, and the backup took 7 % less time
-    /// (`docs/benchmarks.md`), at 23 MB more memory.
+    /// than it can write, while text keeps the hash workers busy and the writers idle. On
+    /// the 2 GiB benchmark image, with room for 4 chunks the two hash workers together
+    /// spent 0.4–0.6 s waiting to hand chunks over; with 16 MiB, 0.07–0.12 s. The full
+    /// backup's median went from 2.43 to 2.35 s in four alternating runs each, and peak
+    /// RSS from 33 to 58 MB (`docs/benchmarks.md`).
     pub write_queue_bytes: usize,
 }
 
