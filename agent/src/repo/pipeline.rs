@@ -6,8 +6,9 @@
 //!  whole chunks)        dedupe, zstd)             rename)                  progress)
 //! ```
 //!
-//! Buffers come from two fixed pools, so memory is bounded by the pool sizes times the chunk
-//! size, whatever the disk size, and nothing is allocated per chunk:
+//! Buffers come from two pools with a fixed cap, so memory is bounded by the caps times the
+//! chunk size, whatever the disk size. A pool makes a buffer only when none is free (so a
+//! backup whose writers keep up uses a few), and nothing is allocated per chunk:
 //!
 //! - *frames* hold a chunk header followed by the plain data, read in place. A chunk stored
 //!   raw (random or already compressed data) gets its header written in front of the data
@@ -22,7 +23,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
@@ -84,8 +85,9 @@ pub struct PipelineOptions {
     /// than it can write, while text keeps the hash workers busy and the writers idle. On
     /// the 2 GiB benchmark image, with room for 4 chunks the two hash workers together
     /// spent 0.4–0.6 s waiting to hand chunks over; with 16 MiB, 0.07–0.12 s. The full
-    /// backup's median went from 2.43 to 2.35 s in four alternating runs each, and peak
-    /// RSS from 33 to 58 MB (`docs/benchmarks.md`).
+    /// backup's median went from 2.43 to 2.35 s in four alternating runs each, and its peak
+    /// RSS from 33 to 50–52 MB (buffers are made on demand, see `Pool`; an incremental of
+    /// 20 changed extents stays at 24–25 MB) (`docs/benchmarks.md`).
     pub write_queue_bytes: usize,
 }
 
@@ -253,23 +255,9 @@ pub fn backup_disk<S: DiskSource>(
         dirs: Mutex::new(HashSet::new()),
     };
     // Aligned so that chunk files can be written with direct I/O (see `chunk_store`).
-    let (frame_tx, frame_rx) = bounded::<AlignedBuf>(frames);
-    for _ in 0..frames {
-        frame_tx
-            .send(AlignedBuf::zeroed(HEADER_LEN + cs))
-            .expect("pool has room");
-    }
-    let (out_tx, out_rx) = bounded::<AlignedBuf>(outputs);
-    for _ in 0..outputs {
-        out_tx
-            .send(AlignedBuf::zeroed(chunk::max_encoded_len(cs)))
-            .expect("pool has room");
-    }
     let pools = Pools {
-        frame_tx,
-        frame_rx,
-        out_tx,
-        out_rx,
+        frames: Pool::new(frames, HEADER_LEN + cs),
+        outputs: Pool::new(outputs, chunk::max_encoded_len(cs)),
     };
     let (work_tx, work_rx) = bounded::<(usize, u64, usize, AlignedBuf)>(depth);
     let (write_tx, write_rx) = bounded::<WriteJob>(write_queue);
@@ -290,7 +278,7 @@ pub fn backup_disk<S: DiskSource>(
                     if sh.aborted() {
                         break;
                     }
-                    let Ok(mut frame) = pools.frame_rx.recv() else {
+                    let Some(mut frame) = pools.frames.take() else {
                         break;
                     };
                     let dst = &mut frame.as_mut_slice()[HEADER_LEN..HEADER_LEN + len];
@@ -367,23 +355,69 @@ fn spawn_named<'scope>(
     }
 }
 
+/// A pool of at most `cap` buffers of `len` bytes, made on demand: a buffer is allocated
+/// only when none is free and fewer than `cap` exist. A backup whose writers keep up (an
+/// incremental, a disk of text) cycles through a few buffers; only one that has to queue
+/// chunks for the writers grows to the cap. Pages touched for the first time are costly
+/// where the host reclaims free guest memory, and never-needed buffers add to peak RSS.
+struct Pool {
+    tx: Sender<AlignedBuf>,
+    rx: Receiver<AlignedBuf>,
+    made: AtomicUsize,
+    cap: usize,
+    len: usize,
+}
+
+impl Pool {
+    fn new(cap: usize, len: usize) -> Self {
+        let (tx, rx) = bounded(cap);
+        Self {
+            tx,
+            rx,
+            made: AtomicUsize::new(0),
+            cap,
+            len,
+        }
+    }
+
+    /// A free buffer, a new one while fewer than `cap` exist, or else the next one given
+    /// back. `None` only if the pool is gone.
+    fn take(&self) -> Option<AlignedBuf> {
+        if let Ok(buf) = self.rx.try_recv() {
+            return Some(buf);
+        }
+        let room = self
+            .made
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
+            .is_ok();
+        if room {
+            return Some(AlignedBuf::zeroed(self.len));
+        }
+        self.rx.recv().ok()
+    }
+
+    fn give_back(&self, buf: AlignedBuf) {
+        // The pool has room for every buffer it made; a full pool cannot happen, and a
+        // closed one only after the pipeline ended.
+        let _ = self.tx.send(buf);
+    }
+}
+
 /// The two buffer pools (see the module doc).
 struct Pools {
-    frame_tx: Sender<AlignedBuf>,
-    frame_rx: Receiver<AlignedBuf>,
-    out_tx: Sender<AlignedBuf>,
-    out_rx: Receiver<AlignedBuf>,
+    frames: Pool,
+    outputs: Pool,
 }
 
 impl Pools {
     fn give_back(&self, buf: AlignedBuf, is_frame: bool) {
-        // The pools have room for every buffer they handed out; a full pool cannot happen,
-        // and a closed one only after the pipeline ended.
-        let _ = if is_frame {
-            self.frame_tx.send(buf)
+        if is_frame {
+            self.frames.give_back(buf);
         } else {
-            self.out_tx.send(buf)
-        };
+            self.outputs.give_back(buf);
+        }
     }
 }
 
@@ -445,7 +479,7 @@ fn hash_worker(
             pools.give_back(frame, true);
             continue;
         };
-        let Ok(mut out) = pools.out_rx.recv() else {
+        let Some(mut out) = pools.outputs.take() else {
             pools.give_back(frame, true);
             continue;
         };
@@ -522,6 +556,30 @@ fn write_worker(
 mod tests {
     use super::*;
     use crate::repo::source::RawFileSource;
+
+    #[test]
+    fn pool_reuses_before_it_allocates_and_never_exceeds_its_cap() {
+        let pool = Pool::new(2, 64);
+        let a = pool.take().unwrap();
+        pool.give_back(a);
+        let a = pool.take().unwrap();
+        assert_eq!(
+            pool.made.load(Ordering::Relaxed),
+            1,
+            "a free buffer is reused"
+        );
+        let b = pool.take().unwrap();
+        assert_eq!(pool.made.load(Ordering::Relaxed), 2);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| pool.take().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "a third buffer was made");
+            pool.give_back(a);
+            assert_eq!(waiter.join().unwrap().len(), 64);
+        });
+        assert_eq!(pool.made.load(Ordering::Relaxed), 2);
+        drop(b);
+    }
 
     #[test]
     fn bytes_covered_counts_whole_chunks_once() {
