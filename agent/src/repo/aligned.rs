@@ -1,6 +1,11 @@
 //! Heap buffers whose first byte is aligned for direct I/O (`O_DIRECT`), in safe Rust: a
 //! `Vec` with [`DIRECT_IO_ALIGN`] bytes of slack, used from its first aligned byte on. The
 //! `Vec` is never resized, so the alignment holds for the buffer's whole life.
+//! `BufferPool` hands them out to the backup and restore pipelines.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 /// Alignment of buffer addresses, file offsets and lengths for direct I/O: 4096 covers
 /// devices with 4 KiB logical sectors as well as 512-byte ones.
@@ -66,6 +71,58 @@ impl AlignedBuf {
     }
 }
 
+/// A pool of at most `cap` buffers of `len` bytes, made on demand: a buffer is allocated
+/// only when none is free and fewer than `cap` exist, so memory is bounded by `cap × len`
+/// and nothing is allocated per use. A pipeline whose consumers keep up (a backup
+/// incremental, a restore to a fast sink) cycles through a few buffers; only one that has
+/// to queue work grows to the cap. Pages touched for the first time are costly
+/// where the host reclaims free guest memory, and never-needed buffers add to peak RSS.
+pub(crate) struct BufferPool {
+    tx: Sender<AlignedBuf>,
+    rx: Receiver<AlignedBuf>,
+    made: AtomicUsize,
+    cap: usize,
+    len: usize,
+}
+
+impl BufferPool {
+    /// An empty pool that will make at most `cap` buffers of `len` bytes.
+    pub(crate) fn new(cap: usize, len: usize) -> Self {
+        let (tx, rx) = bounded(cap);
+        Self {
+            tx,
+            rx,
+            made: AtomicUsize::new(0),
+            cap,
+            len,
+        }
+    }
+
+    /// A free buffer, a new one while fewer than `cap` exist, or else the next one given
+    /// back. `None` only if the pool is gone.
+    pub(crate) fn take(&self) -> Option<AlignedBuf> {
+        if let Ok(buf) = self.rx.try_recv() {
+            return Some(buf);
+        }
+        let room = self
+            .made
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
+            .is_ok();
+        if room {
+            return Some(AlignedBuf::zeroed(self.len));
+        }
+        self.rx.recv().ok()
+    }
+
+    /// Return a buffer taken from this pool.
+    pub(crate) fn give_back(&self, buf: AlignedBuf) {
+        // The pool has room for every buffer it made, so this never blocks.
+        let _ = self.tx.send(buf);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +137,29 @@ mod tests {
             b.as_mut_slice().fill(7);
             assert!(b.as_slice().iter().all(|&x| x == 7));
         }
+    }
+
+    #[test]
+    fn pool_reuses_before_it_allocates_and_never_exceeds_its_cap() {
+        let pool = BufferPool::new(2, 64);
+        let a = pool.take().unwrap();
+        pool.give_back(a);
+        let a = pool.take().unwrap();
+        assert_eq!(
+            pool.made.load(Ordering::Relaxed),
+            1,
+            "a free buffer is reused"
+        );
+        let b = pool.take().unwrap();
+        assert_eq!(pool.made.load(Ordering::Relaxed), 2);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| pool.take().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "a third buffer was made");
+            pool.give_back(a);
+            assert_eq!(waiter.join().unwrap().len(), 64);
+        });
+        assert_eq!(pool.made.load(Ordering::Relaxed), 2);
+        drop(b);
     }
 }

@@ -23,13 +23,13 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
 
 use crate::ids::ChunkDigest;
-use crate::repo::aligned::AlignedBuf;
+use crate::repo::aligned::{AlignedBuf, BufferPool};
 use crate::repo::chunk::{self, ChunkEncoder, ChunkError, Encoded, HEADER_LEN};
 use crate::repo::chunk_store::{self, ChunkStore, ChunkStoreError};
 use crate::repo::fixed_index::FixedIndex;
@@ -86,7 +86,7 @@ pub struct PipelineOptions {
     /// the 2 GiB benchmark image, with room for 4 chunks the two hash workers together
     /// spent 0.4–0.6 s waiting to hand chunks over; with 16 MiB, 0.07–0.12 s. The full
     /// backup's median went from 2.43 to 2.35 s in four alternating runs each, and its peak
-    /// RSS from 33 to 50–52 MB (buffers are made on demand, see `Pool`; an incremental of
+    /// RSS from 33 to 50–52 MB (buffers are made on demand, see `BufferPool`; an incremental of
     /// 20 changed extents stays at 24–25 MB) (`docs/benchmarks.md`).
     pub write_queue_bytes: usize,
 }
@@ -256,8 +256,8 @@ pub fn backup_disk<S: DiskSource>(
     };
     // Aligned so that chunk files can be written with direct I/O (see `chunk_store`).
     let pools = Pools {
-        frames: Pool::new(frames, HEADER_LEN + cs),
-        outputs: Pool::new(outputs, chunk::max_encoded_len(cs)),
+        frames: BufferPool::new(frames, HEADER_LEN + cs),
+        outputs: BufferPool::new(outputs, chunk::max_encoded_len(cs)),
     };
     let (work_tx, work_rx) = bounded::<(usize, u64, usize, AlignedBuf)>(depth);
     let (write_tx, write_rx) = bounded::<WriteJob>(write_queue);
@@ -355,60 +355,10 @@ fn spawn_named<'scope>(
     }
 }
 
-/// A pool of at most `cap` buffers of `len` bytes, made on demand: a buffer is allocated
-/// only when none is free and fewer than `cap` exist. A backup whose writers keep up (an
-/// incremental, a disk of text) cycles through a few buffers; only one that has to queue
-/// chunks for the writers grows to the cap. Pages touched for the first time are costly
-/// where the host reclaims free guest memory, and never-needed buffers add to peak RSS.
-struct Pool {
-    tx: Sender<AlignedBuf>,
-    rx: Receiver<AlignedBuf>,
-    made: AtomicUsize,
-    cap: usize,
-    len: usize,
-}
-
-impl Pool {
-    fn new(cap: usize, len: usize) -> Self {
-        let (tx, rx) = bounded(cap);
-        Self {
-            tx,
-            rx,
-            made: AtomicUsize::new(0),
-            cap,
-            len,
-        }
-    }
-
-    /// A free buffer, a new one while fewer than `cap` exist, or else the next one given
-    /// back. `None` only if the pool is gone.
-    fn take(&self) -> Option<AlignedBuf> {
-        if let Ok(buf) = self.rx.try_recv() {
-            return Some(buf);
-        }
-        let room = self
-            .made
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.cap).then_some(n + 1)
-            })
-            .is_ok();
-        if room {
-            return Some(AlignedBuf::zeroed(self.len));
-        }
-        self.rx.recv().ok()
-    }
-
-    fn give_back(&self, buf: AlignedBuf) {
-        // The pool has room for every buffer it made; a full pool cannot happen, and a
-        // closed one only after the pipeline ended.
-        let _ = self.tx.send(buf);
-    }
-}
-
 /// The two buffer pools (see the module doc).
 struct Pools {
-    frames: Pool,
-    outputs: Pool,
+    frames: BufferPool,
+    outputs: BufferPool,
 }
 
 impl Pools {
@@ -556,30 +506,6 @@ fn write_worker(
 mod tests {
     use super::*;
     use crate::repo::source::RawFileSource;
-
-    #[test]
-    fn pool_reuses_before_it_allocates_and_never_exceeds_its_cap() {
-        let pool = Pool::new(2, 64);
-        let a = pool.take().unwrap();
-        pool.give_back(a);
-        let a = pool.take().unwrap();
-        assert_eq!(
-            pool.made.load(Ordering::Relaxed),
-            1,
-            "a free buffer is reused"
-        );
-        let b = pool.take().unwrap();
-        assert_eq!(pool.made.load(Ordering::Relaxed), 2);
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| pool.take().unwrap());
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            assert!(!waiter.is_finished(), "a third buffer was made");
-            pool.give_back(a);
-            assert_eq!(waiter.join().unwrap().len(), 64);
-        });
-        assert_eq!(pool.made.load(Ordering::Relaxed), 2);
-        drop(b);
-    }
 
     #[test]
     fn bytes_covered_counts_whole_chunks_once() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_channel::bounded;
 
 use crate::ids::ChunkDigest;
-use crate::repo::aligned::{AlignedBuf, DIRECT_IO_ALIGN};
+use crate::repo::aligned::{AlignedBuf, BufferPool, DIRECT_IO_ALIGN};
 use crate::repo::chunk::{self, ChunkDecoder, ChunkError};
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Restored};
 use crate::repo::fixed_index::FixedIndex;
@@ -62,9 +62,10 @@ enum Piece {
 
 /// Restore `index` into `sink` with `workers` parallel chunk readers.
 ///
-/// Buffers come from a pool of `3 × workers` (a worker holds at most two: the chunk file
-/// and, for a compressed chunk, its plain data), so memory is bounded and nothing is
-/// allocated per chunk; a raw chunk is handed to the sink straight from the file's bytes.
+/// Buffers come from a pool of at most `3 × workers`, made on demand (a worker holds at
+/// most two: the chunk file and, for a compressed chunk, its plain data), so memory is
+/// bounded and nothing is allocated per chunk; a raw chunk is handed to the sink straight
+/// from the file's bytes.
 ///
 /// # Errors
 /// The first [`RestoreError`].
@@ -95,12 +96,7 @@ pub fn restore_disk(
     let pool_size = (workers * 3).min(2 * slots.len().max(1));
     // Room for a chunk file read so that its data starts aligned (see `read_into`).
     let buf_len = DIRECT_IO_ALIGN + chunk::max_encoded_len(cs);
-    let (free_tx, free_rx) = bounded::<AlignedBuf>(pool_size);
-    for _ in 0..pool_size {
-        free_tx
-            .send(AlignedBuf::zeroed(buf_len))
-            .expect("pool has room");
-    }
+    let pool = BufferPool::new(pool_size, buf_len);
     let zeros = AlignedBuf::zeroed(if skip_zero { 0 } else { cs });
     let (tx, rx) = bounded::<(u64, Piece)>(workers);
 
@@ -108,7 +104,7 @@ pub fn restore_disk(
         for n in 0..workers {
             let tx = tx.clone();
             let (next, abort, slots, fail) = (&next, &abort, &slots, &fail);
-            let (free_tx, free_rx) = (&free_tx, &free_rx);
+            let pool = &pool;
             let spawned = std::thread::Builder::new()
                 .name(format!("chunk-read/{n}"))
                 .spawn_scoped(scope, move || {
@@ -129,27 +125,28 @@ pub fn restore_disk(
                         let piece = if digest.is_zero() {
                             Piece::Zero(usize::try_from(expected).expect("slot fits in memory"))
                         } else {
-                            let (Ok(mut encoded), Ok(mut plain)) = (free_rx.recv(), free_rx.recv())
+                            let (Some(mut encoded), Some(mut plain)) = (pool.take(), pool.take())
                             else {
                                 break;
                             };
                             match store.read_into(&digest, &mut decoder, &mut encoded, &mut plain) {
                                 Ok(Restored::InEncoded(range)) => {
-                                    let _ = free_tx.send(plain);
+                                    pool.give_back(plain);
                                     Piece::Data {
                                         buf: encoded,
                                         range,
                                     }
                                 }
                                 Ok(Restored::InPlain(n)) => {
-                                    let _ = free_tx.send(encoded);
+                                    pool.give_back(encoded);
                                     Piece::Data {
                                         buf: plain,
                                         range: 0..n,
                                     }
                                 }
                                 Err(source) => {
-                                    let _ = (free_tx.send(encoded), free_tx.send(plain));
+                                    pool.give_back(encoded);
+                                    pool.give_back(plain);
                                     fail(RestoreError::Chunk {
                                         digest,
                                         offset,
@@ -199,7 +196,7 @@ pub fn restore_disk(
                 }
             }
             if let Some(buf) = buf {
-                let _ = free_tx.send(buf);
+                pool.give_back(buf);
             }
         }
     });
