@@ -316,8 +316,14 @@ fn parse_header(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
 /// # Errors
 /// Any [`ChunkError`] describing what is wrong with the bytes.
 pub fn decode(encoded: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
+    let header = parse_header(encoded)?;
     let mut decoder = ChunkDecoder::new()?;
-    let mut out = vec![0u8; parse_header(encoded)?.plain_len];
+    // A raw chunk is checked where it lies; only a compressed one needs room to expand.
+    let mut out = if header.compressed {
+        vec![0u8; header.plain_len]
+    } else {
+        Vec::new()
+    };
     match decoder.decode_into(encoded, digest, &mut out)? {
         Decoded::InPlace(range) => Ok(encoded[range].to_vec()),
         Decoded::InOut(len) => {
