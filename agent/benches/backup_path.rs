@@ -149,7 +149,8 @@ fn main() {
     println!(
         "| 1 % incremental | {image_incr:.2} s | {vm_incr:.2} s | {:.2}× | ≥ 0.8× |",
         image_incr / vm_incr
-    ); // Gigabytes of lab disks and repositories: do not leave them in target/.
+    );
+    // Gigabytes of lab disks and repositories: do not leave them in target/.
     let _ = std::fs::remove_dir_all(&work);
 }
 

@@ -141,6 +141,7 @@ fn main() {
     println!(
         "| ratio (VDDK / image throughput), target ≥ 0.8× | {:.2}× | |",
         image_s / vddk_s
-    ); // Gigabytes of lab disks and repositories: do not leave them in target/.
+    );
+    // Gigabytes of lab disks and repositories: do not leave them in target/.
     let _ = std::fs::remove_dir_all(&work);
 }
