@@ -37,6 +37,10 @@
 //! | gc (mark and sweep)  | exclusive (`try_lock`, fails "busy") | removes unmarked chunks, temp files, orphan index dirs | no backup is in flight, so every temp file and every index dir not in the catalog is garbage, and the mark set (from all committed indexes) is complete |
 //! | list, info           | none                     | nothing                                   | reads committed catalog rows only (SQLite WAL snapshot) |
 //!
+//! A backup fsyncs the directory of every chunk it reuses as well as of every chunk it
+//! writes: a reused file may come from a concurrent backup that has renamed it but not yet
+//! fsynced its directory, and the point must not commit before that entry is durable.
+//!
 //! The lock is released by the kernel when a process dies, so a killed backup never blocks
 //! GC. GC refuses to sweep if any committed index cannot be read (its mark set would be
 //! incomplete).

@@ -420,7 +420,19 @@ fn hash_worker(
             .lock()
             .expect("seen set not poisoned")
             .insert(digest);
-        if !first_time || sh.store.contains(&digest) {
+        let reused = !first_time || {
+            let stored = sh.store.contains(&digest);
+            if stored {
+                // Written by an earlier backup, or by a concurrent one that has not
+                // fsynced its directory yet: fsync it too before this point commits.
+                sh.dirs
+                    .lock()
+                    .expect("dir set not poisoned")
+                    .insert(sh.store.dir_of(&digest));
+            }
+            stored
+        };
+        if reused {
             pools.give_back(frame, true);
             let _ = res_tx.send(known(digest, Outcome::Reused));
             continue;
