@@ -9,7 +9,7 @@ mod tests {
     use vadp_agent::ids::{ChunkDigest, RestorePointId};
     use vadp_agent::repo::chunk_store::Layout;
     use vadp_agent::repo::{
-        IMAGE_DISK_KEY, ImageBackup, Repository, VerifyProblem, synthetic_image,
+        ChunkState, IMAGE_DISK_KEY, ImageBackup, Repository, VerifyProblem, synthetic_image,
     };
 
     struct Fixture {
@@ -104,6 +104,7 @@ mod tests {
                     path: p,
                     error,
                     points,
+                    ..
                 } if *d == digest => Some((p.clone(), error.clone(), points.clone())),
                 _ => None,
             })
@@ -408,5 +409,186 @@ mod tests {
             msg.contains("abc/def") && msg.contains("catalog.db"),
             "{msg}"
         );
+    }
+
+    /// The state verify gives `digest`, if it reports it.
+    fn state_of(repo: &Repository, digest: ChunkDigest) -> Option<ChunkState> {
+        repo.verify(&mut |_, _| {})
+            .unwrap()
+            .problems
+            .iter()
+            .find_map(|p| match p {
+                VerifyProblem::Chunk {
+                    digest: d, state, ..
+                } if *d == digest => Some(*state),
+                _ => None,
+            })
+    }
+
+    fn flip_a_byte(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn restore(repo: &Repository, f: &Fixture, point: RestorePointId) -> Vec<u8> {
+        let out = f.root.join(format!("restored-{point}.img"));
+        repo.restore_image(point, &out, &mut |_, _| {}).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        bytes
+    }
+
+    fn incremental(f: &Fixture, changed: Vec<vadp_agent::repo::Extent>) -> ImageBackup {
+        ImageBackup {
+            name: "vm".into(),
+            file: f.img.clone(),
+            changed: Some(changed),
+            parent: None,
+        }
+    }
+
+    #[test]
+    fn repair_quarantines_a_corrupt_chunk_and_the_next_incremental_heals_every_point() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        let current = std::fs::read(&f.img).unwrap();
+        let full_image = {
+            let orig = f.root.join("orig.img");
+            synthetic_image::generate(&orig, 4 << 20, 9).unwrap();
+            std::fs::read(&orig).unwrap()
+        };
+        flip_a_byte(&path);
+        assert_eq!(state_of(&repo, d), Some(ChunkState::Corrupt));
+
+        // Without the repair, a backup of the same data would reuse the corrupt file: the
+        // chunk exists, so nothing would be stored again.
+        let (report, repaired) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+        assert!(!report.is_ok());
+        assert_eq!(repaired.damaged, vec![d]);
+        assert_eq!(repaired.quarantined.len(), 1, "{repaired:?}");
+        let q = &repaired.quarantined[0];
+        assert_eq!(q.from, path);
+        assert!(q.to.starts_with(f.root.join("quarantine")), "{q:?}");
+        assert!(q.to.exists() && !path.exists());
+        let listed = repo.catalog().damaged_list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].error.contains(&d.to_hex()), "{:?}", listed[0]);
+        assert!(
+            listed[0]
+                .quarantined_as
+                .as_deref()
+                .unwrap()
+                .starts_with("quarantine/")
+        );
+        assert_eq!(repo.info().unwrap().damaged_chunks, 1);
+        // Set aside, the chunk now reads as missing; both points still name it.
+        assert_eq!(state_of(&repo, d), Some(ChunkState::Missing));
+
+        // An incremental with no changed extents still re-reads the parent's damaged slots.
+        let healed = repo
+            .backup_image(&incremental(&f, Vec::new()), &mut |_, _| {})
+            .unwrap();
+        assert!(healed.stats.chunks_new >= 1, "{:?}", healed.stats);
+        assert!(path.exists());
+        assert!(repo.catalog().damaged_list().unwrap().is_empty());
+        assert_eq!(repo.info().unwrap().damaged_chunks, 0);
+        let report = repo.verify(&mut |_, _| {}).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(restore(&repo, &f, f.full), full_image);
+        assert_eq!(restore(&repo, &f, f.incr), current);
+        assert_eq!(restore(&repo, &f, healed.point), current);
+
+        // A further repair finds nothing to do, and the quarantined file is kept.
+        let (report, repaired) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+        assert!(report.is_ok());
+        assert!(repaired.damaged.is_empty() && repaired.quarantined.is_empty());
+        assert!(q.to.exists());
+    }
+
+    #[test]
+    fn repair_records_a_missing_chunk_and_a_full_backup_heals_it() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        std::fs::remove_file(&path).unwrap();
+        let (_, repaired) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+        assert_eq!(repaired.damaged, vec![d]);
+        assert!(repaired.quarantined.is_empty());
+        assert_eq!(
+            repo.catalog().damaged_list().unwrap()[0].quarantined_as,
+            None
+        );
+        let req = ImageBackup {
+            changed: None,
+            ..incremental(&f, Vec::new())
+        };
+        repo.backup_image(&req, &mut |_, _| {}).unwrap();
+        assert!(repo.catalog().damaged_list().unwrap().is_empty());
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+    }
+
+    #[test]
+    fn changed_data_cannot_heal_and_the_record_stays() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        flip_a_byte(&path);
+        repo.verify_and_repair(&mut |_, _| {}).unwrap();
+
+        // Overwrite the chunk's data in the image: the old content is gone for good.
+        let index = repo
+            .load_index(
+                &repo.catalog().get_point(f.incr).unwrap().unwrap(),
+                IMAGE_DISK_KEY,
+            )
+            .unwrap();
+        let slot = index.slots().iter().position(|s| *s == d).unwrap();
+        let offset = index.slot_offset(slot);
+        let len = index.slot_len(slot);
+        {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&f.img)
+                .unwrap();
+            file.write_all_at(&vec![0xA5; usize::try_from(len).unwrap()], offset)
+                .unwrap();
+        }
+        let changed = vec![vadp_agent::repo::Extent {
+            offset,
+            length: len,
+        }];
+        let next = repo
+            .backup_image(&incremental(&f, changed), &mut |_, _| {})
+            .unwrap();
+        assert_eq!(
+            restore(&repo, &f, next.point),
+            std::fs::read(&f.img).unwrap()
+        );
+        // The old points still lack the chunk, and say so.
+        assert_eq!(repo.catalog().damaged_list().unwrap().len(), 1);
+        assert_eq!(state_of(&repo, d), Some(ChunkState::Missing));
+        let out = f.root.join("old.img");
+        let msg = chain(
+            &repo
+                .restore_image(f.full, &out, &mut |_, _| {})
+                .unwrap_err(),
+        );
+        assert!(msg.contains(&d.to_hex()), "{msg}");
+    }
+
+    #[test]
+    fn repair_waits_for_no_one() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let held = repo.lock_shared().unwrap();
+        let msg = chain(&repo.verify_and_repair(&mut |_, _| {}).unwrap_err());
+        assert!(msg.contains("busy"), "{msg}");
+        drop(held);
+        let (report, repaired) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+        assert!(report.is_ok() && repaired.damaged.is_empty());
     }
 }

@@ -9,7 +9,10 @@ use clap::{Args, Subcommand};
 
 use super::progress::Progress;
 use super::{parse_duration_secs, parse_size};
-use crate::repo::{DEFAULT_CHUNK_SIZE_BYTES, Repository, RetentionPolicy, VerifyProblem};
+use crate::repo::{
+    DEFAULT_CHUNK_SIZE_BYTES, RepairReport, Repository, RetentionPolicy, VerifyProblem,
+    VerifyReport,
+};
 
 /// Exit code of `repo verify` when it finds problems.
 const EXIT_VERIFY_FAILED: u8 = 3;
@@ -47,6 +50,11 @@ pub enum RepoCommand {
     Verify {
         #[command(flatten)]
         repo: RepoArg,
+        /// Also move corrupt chunk files to `quarantine/` and record damaged chunks, so the
+        /// next backup of the same data stores them again and heals the points that use them
+        /// (takes the exclusive lock, like `repo gc`).
+        #[arg(long)]
+        repair: bool,
     },
     /// Remove restore points outside the retention policy (chunks are freed by `repo gc`).
     Prune {
@@ -91,6 +99,69 @@ fn now_secs() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
+    for p in &report.problems {
+        match p {
+            VerifyProblem::Index {
+                point, disk, error, ..
+            } => {
+                println!("BAD INDEX restore point {point} disk {disk}: {error}");
+            }
+            VerifyProblem::Chunk {
+                digest,
+                error,
+                points,
+                ..
+            } => {
+                let pts: Vec<String> = points
+                    .iter()
+                    .map(|(p, d)| format!("{p} (disk {d})"))
+                    .collect();
+                println!(
+                    "BAD CHUNK {digest}: {error}; affects restore points: {}",
+                    pts.join(", ")
+                );
+            }
+        }
+    }
+    println!(
+        "verified {} restore points, {} chunks: {} problem(s)",
+        report.points,
+        report.chunks,
+        report.problems.len()
+    );
+    let Some(r) = repaired else {
+        if !report.is_ok() {
+            println!("run `vadp-agent repo verify --repair` to let the next backups heal them");
+        }
+        return;
+    };
+    for q in &r.quarantined {
+        println!(
+            "QUARANTINED chunk {}: {} -> {}",
+            q.digest,
+            q.from.display(),
+            q.to.display()
+        );
+    }
+    for d in &r.unreadable {
+        println!("NOT REPAIRED chunk {d}: it could not be read; fix the error and run again");
+    }
+    if !r.damaged.is_empty() {
+        println!(
+            "{} damaged chunk(s) recorded: the next backup of each affected VM stores them again; \
+             restore points that use them restore again if the data has not changed since",
+            r.damaged.len()
+        );
+    }
+    if r.cleared > 0 {
+        println!(
+            "{} earlier damaged chunk(s) are intact again or no longer used",
+            r.cleared
+        );
+    }
+}
+
 fn open(repo: &RepoArg) -> anyhow::Result<Repository> {
     Repository::open(&repo.repo).with_context(|| format!("open repository {}", repo.repo.display()))
 }
@@ -124,49 +195,32 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     "chunk files:    {} ({} bytes)",
                     info.chunk_files, info.chunk_bytes
                 );
+                if info.damaged_chunks > 0 {
+                    println!(
+                        "damaged chunks: {} (found by `repo verify --repair`; the next backups \
+                         store them again)",
+                        info.damaged_chunks
+                    );
+                }
             }
         }
-        RepoCommand::Verify { repo } => {
+        RepoCommand::Verify { repo, repair } => {
             let r = open(&repo)?;
             let mut progress = Progress::new("verify", json);
-            let report = r.verify(&mut |d, t| progress.update(d, t))?;
+            let (report, repaired) = if repair {
+                let (report, repaired) = r.verify_and_repair(&mut |d, t| progress.update(d, t))?;
+                (report, Some(repaired))
+            } else {
+                (r.verify(&mut |d, t| progress.update(d, t))?, None)
+            };
             progress.finish();
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"event": "verify", "report": report})
+                    serde_json::json!({"event": "verify", "report": report, "repair": repaired})
                 );
             } else {
-                for p in &report.problems {
-                    match p {
-                        VerifyProblem::Index {
-                            point, disk, error, ..
-                        } => {
-                            println!("BAD INDEX restore point {point} disk {disk}: {error}");
-                        }
-                        VerifyProblem::Chunk {
-                            digest,
-                            error,
-                            points,
-                            ..
-                        } => {
-                            let pts: Vec<String> = points
-                                .iter()
-                                .map(|(p, d)| format!("{p} (disk {d})"))
-                                .collect();
-                            println!(
-                                "BAD CHUNK {digest}: {error}; affects restore points: {}",
-                                pts.join(", ")
-                            );
-                        }
-                    }
-                }
-                println!(
-                    "verified {} restore points, {} chunks: {} problem(s)",
-                    report.points,
-                    report.chunks,
-                    report.problems.len()
-                );
+                print_verify(&report, repaired.as_ref());
             }
             if !report.is_ok() {
                 return Ok(ExitCode::from(EXIT_VERIFY_FAILED));

@@ -33,6 +33,7 @@ pub mod fixed_index;
 pub mod gc;
 pub mod pipeline;
 pub mod prune;
+pub mod repair;
 mod repository;
 pub mod restore;
 pub mod source;
@@ -45,10 +46,11 @@ pub use fixed_index::{FixedIndex, FixedIndexError};
 pub use gc::GcReport;
 pub use pipeline::{DiskBackupStats, PipelineOptions};
 pub use prune::{PruneDecision, RetentionPolicy};
+pub use repair::{Quarantined, RepairReport};
 pub(crate) use repository::now_secs;
 pub use repository::{
     BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, DiskPlan, IMAGE_DISK_KEY, ImageBackup, RepoError,
     RepoInfo, Repository, WrittenDisk,
 };
 pub use source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
-pub use verify::{VerifyProblem, VerifyReport};
+pub use verify::{ChunkState, VerifyProblem, VerifyReport};

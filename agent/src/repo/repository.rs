@@ -1,12 +1,13 @@
 //! A repository on disk: `catalog.db`, `chunks/`, `indexes/`, `repo.lock`.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::ids::{ChangeId, DiskKey, JobId, RestorePointId, VmMoref};
+use crate::ids::{ChangeId, ChunkDigest, DiskKey, JobId, RestorePointId, VmMoref};
 use crate::repo::catalog::{
     CatalogError, CatalogHandle, CatalogThread, DiskRecord, DiskRole, NewPoint, PointKind,
     PointRecord, VmRecord,
@@ -16,6 +17,7 @@ use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
 use crate::repo::gc::{self, GcError, GcReport};
 use crate::repo::pipeline::{self, DiskBackupStats, PipelineError, PipelineOptions};
 use crate::repo::prune::{self, PruneDecision, PruneError, RetentionPolicy};
+use crate::repo::repair::{self, RepairError, RepairReport};
 use crate::repo::restore::{self, RestoreError};
 use crate::repo::source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
 use crate::repo::verify::{self, VerifyReport};
@@ -62,6 +64,9 @@ pub enum RepoError {
     /// The repository lock failed (or GC found it busy).
     #[error(transparent)]
     Lock(ChunkStoreError),
+    /// `repo verify --repair` could not set a damaged chunk aside.
+    #[error(transparent)]
+    Repair(#[from] RepairError),
     /// Creating the chunk store's fan-out directories failed (names the directory).
     #[error("create the chunk store")]
     Store(#[source] ChunkStoreError),
@@ -162,6 +167,8 @@ pub struct RepoInfo {
     pub chunk_files: u64,
     /// Bytes of chunk files.
     pub chunk_bytes: u64,
+    /// Chunks `repo verify --repair` found damaged that no backup has stored again yet.
+    pub damaged_chunks: usize,
 }
 
 /// What [`Repository::write_disk`] reads.
@@ -205,6 +212,20 @@ pub struct Repository {
     catalog: CatalogHandle,
     _catalog_thread: CatalogThread,
     options: PipelineOptions,
+}
+
+/// Slots of `index` (an incremental's copy of its parent's index) holding a `damaged` chunk.
+fn heal_slots(index: &FixedIndex, damaged: &HashSet<ChunkDigest>) -> Vec<usize> {
+    if damaged.is_empty() {
+        return Vec::new();
+    }
+    index
+        .slots()
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| damaged.contains(d))
+        .map(|(slot, _)| slot)
+        .collect()
 }
 
 /// Unix time in seconds.
@@ -418,7 +439,27 @@ impl Repository {
                 )
             }
         };
-        let slots = pipeline::slots_for_extents(&extents, &index).map_err(wrap)?;
+        let mut slots = pipeline::slots_for_extents(&extents, &index).map_err(wrap)?;
+        // Chunks a repair found damaged (see `repair`): an incremental reads its parent's
+        // slots that hold one as well, so that unchanged data is stored again.
+        let damaged: HashSet<ChunkDigest> = self
+            .catalog
+            .damaged_list()?
+            .into_iter()
+            .map(|d| d.digest)
+            .collect();
+        let healing = heal_slots(&index, &damaged);
+        if !healing.is_empty() {
+            tracing::info!(
+                vm = vm_name,
+                disk = %disk,
+                slots = healing.len(),
+                "re-reading chunks a repair found damaged"
+            );
+            slots.extend(healing);
+            slots.sort_unstable();
+            slots.dedup();
+        }
         let bytes_changed: u64 = extents.iter().map(|e| e.length).sum();
         let stats = pipeline::backup_disk(
             &self.store,
@@ -429,6 +470,7 @@ impl Repository {
             progress,
         )
         .map_err(wrap)?;
+        self.forget_healed(&index, &damaged)?;
         let index_path = format!("indexes/{point}/{disk}.fidx");
         index
             .write(&self.root.join(&index_path))
@@ -444,6 +486,44 @@ impl Repository {
             bytes_changed,
             stats,
         })
+    }
+
+    /// Drop the damaged records of chunks `index` now references intact: stored durably by
+    /// the pipeline that just ran (or by a concurrent backup; the pipeline fsynced their
+    /// directories too) and read back here with every check.
+    fn forget_healed(
+        &self,
+        index: &FixedIndex,
+        damaged: &HashSet<ChunkDigest>,
+    ) -> Result<(), RepoError> {
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        let present: HashSet<ChunkDigest> = index
+            .slots()
+            .iter()
+            .filter(|d| damaged.contains(d))
+            .copied()
+            .collect();
+        let healed: Vec<ChunkDigest> = present
+            .into_iter()
+            .filter(|d| match self.store.read(d) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        chunk = %d,
+                        error = %verify::error_chain(&e),
+                        "damaged chunk still unreadable after the backup"
+                    );
+                    false
+                }
+            })
+            .collect();
+        if !healed.is_empty() {
+            tracing::info!(chunks = healed.len(), "damaged chunks stored again");
+            self.catalog.damaged_clear(healed)?;
+        }
+        Ok(())
     }
 
     /// Back up `source` as a new restore point of `vm` (one disk).
@@ -681,6 +761,29 @@ impl Repository {
         ))
     }
 
+    /// Verify every committed point, then set aside what is damaged so that the next
+    /// backups store it again (`repo verify --repair`, see [`crate::repo::repair`]). Takes
+    /// the exclusive lock, like GC: it fails "busy" while a backup, restore or prune runs.
+    ///
+    /// # Errors
+    /// [`RepoError::Lock`] (busy), catalog errors, [`RepoError::Repair`].
+    pub fn verify_and_repair(
+        &self,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<(VerifyReport, RepairReport), RepoError> {
+        let _lock = RepoLock::try_exclusive(&self.lock_path()).map_err(RepoError::Lock)?;
+        let points = self.catalog.list_points()?;
+        let report = verify::verify(
+            &self.root,
+            &self.store,
+            &points,
+            self.options.hash_workers,
+            progress,
+        );
+        let repaired = repair::repair(&self.root, &self.store, &self.catalog, &report, now_secs())?;
+        Ok((report, repaired))
+    }
+
     /// Apply `policy` per VM at time `now`; remove unkept points unless `dry_run`.
     ///
     /// # Errors
@@ -783,6 +886,7 @@ impl Repository {
             points,
             chunk_files,
             chunk_bytes,
+            damaged_chunks: self.catalog.damaged_list()?.len(),
         })
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::ids::{ChunkDigest, DiskKey, RestorePointId};
 use crate::repo::catalog::PointRecord;
-use crate::repo::chunk_store::ChunkStore;
+use crate::repo::chunk_store::{ChunkStore, ChunkStoreError};
 use crate::repo::fixed_index::FixedIndex;
 
 /// One problem found by verify.
@@ -29,17 +29,41 @@ pub enum VerifyProblem {
         /// What is wrong.
         error: String,
     },
-    /// A chunk is missing or corrupt.
+    /// A chunk is missing, corrupt or unreadable.
     Chunk {
         /// The chunk.
         digest: ChunkDigest,
         /// Its file.
         path: PathBuf,
+        /// Missing, corrupt or unreadable.
+        state: ChunkState,
         /// What is wrong.
         error: String,
         /// Every (point, disk) referencing it.
         points: Vec<(RestorePointId, DiskKey)>,
     },
+}
+
+/// What is wrong with a chunk verify reports.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkState {
+    /// The file is absent.
+    Missing,
+    /// The file's header, checksum, compression or content digest is wrong.
+    Corrupt,
+    /// The file could not be read (an I/O or permission error): it may be intact.
+    Unreadable,
+}
+
+impl ChunkState {
+    fn of(e: &ChunkStoreError) -> Self {
+        match e {
+            ChunkStoreError::Missing { .. } => Self::Missing,
+            ChunkStoreError::Corrupt { .. } => Self::Corrupt,
+            _ => Self::Unreadable,
+        }
+    }
 }
 
 impl Serialize for ChunkDigest {
@@ -105,7 +129,7 @@ pub fn verify(
     let digests: Vec<ChunkDigest> = refs.keys().copied().collect();
     report.chunks = digests.len();
     let next = AtomicUsize::new(0);
-    let bad: Mutex<Vec<(ChunkDigest, String)>> = Mutex::new(Vec::new());
+    let bad: Mutex<Vec<(ChunkDigest, ChunkState, String)>> = Mutex::new(Vec::new());
     let done = AtomicUsize::new(0);
     let progress = Mutex::new(progress);
     let total = digests.len() as u64;
@@ -117,9 +141,11 @@ pub fn verify(
                 .spawn_scoped(scope, move || {
                     while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
                         if let Err(e) = store.read(d) {
-                            bad.lock()
-                                .expect("not poisoned")
-                                .push((*d, error_chain(&e)));
+                            bad.lock().expect("not poisoned").push((
+                                *d,
+                                ChunkState::of(&e),
+                                error_chain(&e),
+                            ));
                         }
                         let n = done.fetch_add(1, Ordering::Relaxed) as u64 + 1;
                         if n.is_multiple_of(64) || n == total {
@@ -138,15 +164,16 @@ pub fn verify(
         if let Err(e) = store.read(d) {
             bad.lock()
                 .expect("not poisoned")
-                .push((*d, error_chain(&e)));
+                .push((*d, ChunkState::of(&e), error_chain(&e)));
         }
     }
     let mut bad = bad.into_inner().expect("not poisoned");
     bad.sort();
-    for (digest, error) in bad {
+    for (digest, state, error) in bad {
         report.problems.push(VerifyProblem::Chunk {
             digest,
             path: store.chunk_path(&digest),
+            state,
             error,
             points: refs.remove(&digest).unwrap_or_default(),
         });

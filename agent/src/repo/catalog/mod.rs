@@ -1,5 +1,5 @@
 //! The catalog (`catalog.db`, SQLite in WAL mode): VMs, jobs, restore points, their disks and
-//! the side-effect journal.
+//! the side-effect journal, the daemon's job queue and the damaged chunks a repair found.
 //!
 //! - **Ownership.** One [`Catalog`] (one rusqlite `Connection`) lives on the `catalog` thread;
 //!   everyone else uses a [`CatalogHandle`] (command + reply channel). Other processes (a CLI
@@ -13,6 +13,7 @@
 //!
 //! It must not touch chunk or index files.
 
+mod damaged;
 mod db;
 mod queue;
 mod schema;
@@ -20,6 +21,7 @@ mod thread;
 
 use std::path::PathBuf;
 
+pub use damaged::DamagedChunk;
 pub use db::{
     Catalog, DiskRecord, DiskRole, JobEnd, JournalEntry, JournalKind, NewPoint, PointConfig,
     PointKind, PointRecord, VmRecord,

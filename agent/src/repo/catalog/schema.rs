@@ -92,10 +92,19 @@ CREATE TABLE queue_jobs (
 );
 CREATE INDEX queue_jobs_state ON queue_jobs (state, priority, seq);
 ",
+    // 4: chunks `repo verify --repair` found corrupt or missing, until a backup heals them.
+    r"
+CREATE TABLE damaged_chunks (
+    digest         BLOB PRIMARY KEY CHECK (length(digest) = 32),
+    detected_at    INTEGER NOT NULL,
+    error          TEXT NOT NULL,
+    quarantined_as TEXT
+);
+",
 ];
 
 /// The schema version this agent writes.
-pub const LATEST_VERSION: u32 = 3;
+pub const LATEST_VERSION: u32 = 4;
 
 /// Outcome of [`migrate`] when the catalog cannot be used.
 #[derive(Debug)]

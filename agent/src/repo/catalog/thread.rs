@@ -10,9 +10,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, bounded};
 
 use super::CatalogError;
+use super::damaged::DamagedChunk;
 use super::db::{Catalog, JobEnd, JournalEntry, JournalKind, NewPoint, PointConfig, PointRecord};
 use super::queue::{QueueJob, QueueUpdate};
-use crate::ids::{JobId, RestorePointId, VmMoref};
+use crate::ids::{ChunkDigest, JobId, RestorePointId, VmMoref};
 
 type Reply<T> = Sender<Result<T, CatalogError>>;
 
@@ -33,6 +34,9 @@ enum Command {
     JobFinish(JobId, Box<JobEnd>, i64, Reply<()>),
     RunningJobs(Reply<Vec<JobId>>),
     JobStats(JobId, Reply<Option<serde_json::Value>>),
+    DamagedList(Reply<Vec<DamagedChunk>>),
+    DamagedMark(Vec<DamagedChunk>, Reply<()>),
+    DamagedClear(Vec<ChunkDigest>, Reply<usize>),
     PointConfig(RestorePointId, Reply<Option<PointConfig>>),
     LatestPoint(String, VmMoref, Reply<Option<PointRecord>>),
     QueueInsert(Box<QueueJob>, Reply<(QueueJob, bool)>),
@@ -269,6 +273,30 @@ impl CatalogHandle {
         self.call(|r| Command::JobStats(job, r))
     }
 
+    /// See [`Catalog::damaged_list`].
+    ///
+    /// # Errors
+    /// As [`Catalog::damaged_list`], or [`CatalogError::Gone`].
+    pub fn damaged_list(&self) -> Result<Vec<DamagedChunk>, CatalogError> {
+        self.call(Command::DamagedList)
+    }
+
+    /// See [`Catalog::damaged_mark`].
+    ///
+    /// # Errors
+    /// As [`Catalog::damaged_mark`], or [`CatalogError::Gone`].
+    pub fn damaged_mark(&self, chunks: Vec<DamagedChunk>) -> Result<(), CatalogError> {
+        self.call(|r| Command::DamagedMark(chunks, r))
+    }
+
+    /// See [`Catalog::damaged_clear`].
+    ///
+    /// # Errors
+    /// As [`Catalog::damaged_clear`], or [`CatalogError::Gone`].
+    pub fn damaged_clear(&self, digests: Vec<ChunkDigest>) -> Result<usize, CatalogError> {
+        self.call(|r| Command::DamagedClear(digests, r))
+    }
+
     /// See [`Catalog::latest_point`].
     ///
     /// # Errors
@@ -309,6 +337,9 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::JobFinish(id, end, now, r) => drop(r.send(catalog.job_finish(id, &end, now))),
         Command::RunningJobs(r) => drop(r.send(catalog.running_jobs())),
         Command::JobStats(id, r) => drop(r.send(catalog.job_stats(id))),
+        Command::DamagedList(r) => drop(r.send(catalog.damaged_list())),
+        Command::DamagedMark(c, r) => drop(r.send(catalog.damaged_mark(&c))),
+        Command::DamagedClear(d, r) => drop(r.send(catalog.damaged_clear(&d))),
         Command::PointConfig(id, r) => drop(r.send(catalog.point_config(id))),
         Command::LatestPoint(vc, vm, r) => drop(r.send(catalog.latest_point(&vc, &vm))),
         Command::QueueInsert(job, r) => drop(r.send(catalog.queue_insert(&job))),

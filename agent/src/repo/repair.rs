@@ -1,0 +1,189 @@
+//! `repo verify --repair`: set aside what verify found damaged, so that backups can heal it.
+//!
+//! Chunks are named by the digest of their plain data, and a backup skips any chunk whose
+//! file exists. A corrupt chunk file would therefore stay referenced by every later backup
+//! of the same data: the damage spreads to new restore points instead of being repaired.
+//! The repair, under the exclusive repository lock (no backup in flight):
+//!
+//! 1. moves each **corrupt** chunk file to `quarantine/<digest>.<unix time>` (kept for
+//!    inspection, never read again) and fsyncs both directories;
+//! 2. records each corrupt or **missing** chunk in the catalog's `damaged_chunks`;
+//! 3. forgets earlier records whose chunk is now intact or no longer referenced (only when
+//!    every index could be read: otherwise references are unknown).
+//!
+//! Chunks that could not be read (an I/O or permission error) are left as they are: they
+//! may be intact, and the error is the administrator's to fix.
+//!
+//! Healing is then done by backups ([`crate::repo::Repository::write_disk`]): a full backup
+//! reads everything and stores the missing chunks again; an incremental also reads the
+//! slots of its parent whose chunk is damaged. When the data is unchanged, the new chunk has
+//! the old digest, and every restore point that referenced it restores again. A healed chunk
+//! leaves the list once the backup has stored it durably and read it back intact.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::ids::ChunkDigest;
+use crate::repo::catalog::{CatalogHandle, DamagedChunk};
+use crate::repo::chunk_store::ChunkStore;
+use crate::repo::verify::{ChunkState, VerifyProblem, VerifyReport};
+
+/// Directory (under the repository root) that receives corrupt chunk files.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// A corrupt chunk file moved aside.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The chunk.
+    pub digest: ChunkDigest,
+    /// Where it was.
+    pub from: PathBuf,
+    /// Where it is now.
+    pub to: PathBuf,
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RepairReport {
+    /// Corrupt chunk files moved to `quarantine/`.
+    pub quarantined: Vec<Quarantined>,
+    /// Chunks recorded as damaged (corrupt or missing), to be stored again by backups.
+    pub damaged: Vec<ChunkDigest>,
+    /// Chunks left in place because they could not be read (fix the error, run again).
+    pub unreadable: Vec<ChunkDigest>,
+    /// Earlier damaged records dropped: intact again, or no longer referenced.
+    pub cleared: usize,
+}
+
+/// Why a repair stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    /// Moving a chunk file or syncing a directory failed.
+    #[error("quarantine chunk {digest}: {path}")]
+    Quarantine {
+        /// The chunk.
+        digest: ChunkDigest,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] crate::repo::catalog::CatalogError),
+}
+
+/// Act on `report` (a verify of every committed point, made under the exclusive lock the
+/// caller still holds) at Unix time `now`.
+///
+/// # Errors
+/// [`RepairError`]; files already moved stay in `quarantine/` and their chunks read as
+/// missing, which the next repair records.
+pub fn repair(
+    root: &Path,
+    store: &ChunkStore,
+    catalog: &CatalogHandle,
+    report: &VerifyReport,
+    now: i64,
+) -> Result<RepairReport, RepairError> {
+    let mut out = RepairReport::default();
+    let mut records = Vec::new();
+    let mut bad = HashSet::new();
+    let quarantine = root.join(QUARANTINE_DIR);
+    for problem in &report.problems {
+        let VerifyProblem::Chunk {
+            digest,
+            path,
+            state,
+            error,
+            ..
+        } = problem
+        else {
+            continue;
+        };
+        bad.insert(*digest);
+        let quarantined_as = match state {
+            ChunkState::Unreadable => {
+                out.unreadable.push(*digest);
+                continue;
+            }
+            ChunkState::Missing => None,
+            ChunkState::Corrupt => {
+                let name = format!("{}.{now}", digest.to_hex());
+                let to = quarantine.join(&name);
+                move_aside(store, digest, path, &quarantine, &to)?;
+                out.quarantined.push(Quarantined {
+                    digest: *digest,
+                    from: path.clone(),
+                    to,
+                });
+                Some(format!("{QUARANTINE_DIR}/{name}"))
+            }
+        };
+        out.damaged.push(*digest);
+        records.push(DamagedChunk {
+            digest: *digest,
+            detected_at: now,
+            error: error.clone(),
+            quarantined_as,
+        });
+    }
+    if !records.is_empty() {
+        catalog.damaged_mark(records)?;
+    }
+    let indexes_complete = !report
+        .problems
+        .iter()
+        .any(|p| matches!(p, VerifyProblem::Index { .. }));
+    if indexes_complete {
+        let stale: Vec<ChunkDigest> = catalog
+            .damaged_list()?
+            .into_iter()
+            .map(|d| d.digest)
+            .filter(|d| !bad.contains(d))
+            .collect();
+        if !stale.is_empty() {
+            out.cleared = catalog.damaged_clear(stale)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Rename `from` to `to` in `quarantine`, then fsync both directories.
+fn move_aside(
+    store: &ChunkStore,
+    digest: &ChunkDigest,
+    from: &Path,
+    quarantine: &Path,
+    to: &Path,
+) -> Result<(), RepairError> {
+    let fail = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RepairError::Quarantine {
+            digest: *digest,
+            path,
+            source,
+        }
+    };
+    match fs::create_dir(quarantine) {
+        Ok(()) => {
+            let root = quarantine.parent().unwrap_or(quarantine);
+            sync_dir(root).map_err(fail(root))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(quarantine)(e)),
+    }
+    fs::rename(from, to).map_err(fail(from))?;
+    sync_dir(quarantine).map_err(fail(quarantine))?;
+    let dir = store.dir_of(digest);
+    sync_dir(&dir).map_err(fail(&dir))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
