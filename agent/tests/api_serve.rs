@@ -281,8 +281,48 @@ concurrent_jobs = 2
             );
             assert_eq!(client.jobs().await.unwrap().jobs.len(), 1);
             assert_eq!(client.job("nope").await.unwrap_err().status(), Some(404));
+
+            // A damaged chunk: verify names it; verify with repair quarantines it.
+            let chunk = walkdir(&repo.join("chunks"))
+                .into_iter()
+                .next()
+                .expect("a chunk file");
+            let mut bytes = std::fs::read(&chunk).unwrap();
+            bytes[40] ^= 1;
+            std::fs::write(&chunk, bytes).unwrap();
+            let v = client.verify().await.unwrap();
+            assert!(!v.ok && v.repair.is_none(), "{v:?}");
+            assert_eq!(v.problems[0]["state"], "corrupt", "{v:?}");
+            let r = client.verify_and_repair().await.unwrap();
+            assert!(!r.ok);
+            let repair = r.repair.expect("a repair report");
+            assert_eq!(
+                repair["quarantined"].as_array().unwrap().len(),
+                1,
+                "{repair}"
+            );
+            assert!(!chunk.exists());
+            assert!(repo.join("quarantine").read_dir().unwrap().next().is_some());
+            assert_eq!(
+                client.verify().await.unwrap().problems[0]["state"],
+                "missing"
+            );
         });
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
+    }
+
+    /// Files under `dir`, at any depth.
+    fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                files.extend(walkdir(&e.path()));
+            } else {
+                files.push(e.path());
+            }
+        }
+        files.sort();
+        files
     }
 
     /// Follows a job's events to its end: the event names and the final job.

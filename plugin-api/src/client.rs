@@ -14,7 +14,8 @@ use url::Url;
 use crate::error::ApiError;
 use crate::types::{
     BackupJobRequest, ErrorBody, GcResult, Health, Job, JobEnded, JobList, Point, PointDeleted,
-    PointList, PruneRequest, PruneResult, Ready, ReconcileResult, RestoreJobRequest, VerifyResult,
+    PointList, PruneRequest, PruneResult, Ready, ReconcileResult, RestoreJobRequest, VerifyRequest,
+    VerifyResult,
 };
 
 /// The bearer token; never printed (`Debug` shows `***`).
@@ -369,6 +370,19 @@ impl Client {
     pub async fn verify(&self) -> Result<VerifyResult, ApiError> {
         self.call(reqwest::Method::POST, "/v1/repository/verify", None::<&()>)
             .await
+    }
+
+    /// `POST /v1/repository/verify` with `{"repair": true}`.
+    ///
+    /// # Errors
+    /// [`ApiError`] (409 while the repository is busy).
+    pub async fn verify_and_repair(&self) -> Result<VerifyResult, ApiError> {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/repository/verify",
+            Some(&VerifyRequest { repair: true }),
+        )
+        .await
     }
 
     /// `POST /v1/repository/prune`.

@@ -150,8 +150,8 @@ pub const ROUTES: &[Route] = &[
     route(
         Method::Post,
         "/v1/repository/verify",
-        "Re-read every chunk and check its digest",
-        None,
+        "Re-read every chunk and check its digest; optionally repair",
+        Some("VerifyRequest"),
         200,
         Some("VerifyResult"),
     ),
@@ -330,6 +330,7 @@ pub fn document() -> OpenApi {
         .schema_from::<types::Point>()
         .schema_from::<types::PointList>()
         .schema_from::<types::PointDeleted>()
+        .schema_from::<types::VerifyRequest>()
         .schema_from::<types::VerifyResult>()
         .schema_from::<types::PruneRequest>()
         .schema_from::<types::PruneDecision>()

@@ -294,6 +294,17 @@ pub struct PointDeleted {
     pub id: String,
 }
 
+/// `POST /v1/repository/verify` (the body is optional: no body is `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Also move corrupt chunk files to `quarantine/` and record damaged chunks, so the next
+    /// backups store them again and heal the points that use them (`repo verify --repair`).
+    /// Takes the exclusive repository lock: 409 while a backup, restore or prune runs.
+    #[serde(default)]
+    pub repair: bool,
+}
+
 /// `POST /v1/repository/verify`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyResult {
@@ -305,10 +316,16 @@ pub struct VerifyResult {
     /// Distinct chunks checked.
     #[serde(default)]
     pub chunks: u64,
-    /// Problems (`kind`: `index` or `chunk`, with the points affected).
+    /// Problems (`kind`: `index` or `chunk`, with the points affected; a chunk's `state` is
+    /// `missing`, `corrupt` or `unreadable`).
     #[schema(value_type = Vec<Object>)]
     #[serde(default)]
     pub problems: Vec<serde_json::Value>,
+    /// With `repair`: the chunk files quarantined, the digests recorded as damaged, those
+    /// left unreadable and how many earlier records were cleared.
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<serde_json::Value>,
 }
 
 /// `POST /v1/repository/prune`: apply a retention policy to every VM's points.

@@ -20,7 +20,7 @@ use futures_util::Stream;
 use plugin_api::types::{
     BackupJobRequest, ErrorBody, GcResult, Health, Job, JobEnded, JobKind, JobList, Point,
     PointDeleted, PointDisk, PointList, PruneDecision, PruneRequest, PruneResult, Ready,
-    ReconcileResult, RestoreJobRequest, VerifyResult,
+    ReconcileResult, RestoreJobRequest, VerifyRequest, VerifyResult,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
@@ -387,10 +387,29 @@ async fn delete_point(
     Ok(axum::Json(PointDeleted { id }))
 }
 
-async fn verify(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<VerifyResult>> {
+async fn verify(
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> ApiResult<axum::Json<VerifyResult>> {
+    // No body (the original form of this call) is `{}`.
+    let request: VerifyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        VerifyRequest::default()
+    } else {
+        parse(&body)?
+    };
     let repo = Arc::clone(&s.env.repo);
-    let report = long("verify", move || repo.verify(&mut |_, _| {})).await?;
+    let (report, repaired) = if request.repair {
+        let (report, repaired) =
+            long("verify", move || repo.verify_and_repair(&mut |_, _| {})).await?;
+        (report, Some(repaired))
+    } else {
+        (
+            long("verify", move || repo.verify(&mut |_, _| {})).await?,
+            None,
+        )
+    };
     Ok(axum::Json(VerifyResult {
+        repair: repaired.and_then(|r| serde_json::to_value(r).ok()),
         ok: report.is_ok(),
         points: report.points as u64,
         chunks: report.chunks as u64,
