@@ -465,6 +465,73 @@ mod tests {
     }
 
     #[test]
+    fn repair_then_a_cbt_incremental_with_no_changes_heals_the_full_point() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("heal-1", &[8]);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), MIB, &pattern(8, 3 * MIB))
+            .unwrap();
+        let expected = fx.disk_bytes(&vm, DiskKey(2000));
+        let r1 = fx.backup(&[&vm], &[], None).ok().clone();
+        let full = vm_report(&r1, &vm)["point"].as_str().unwrap().to_owned();
+
+        // Damage one chunk of the point.
+        let (digest, slots) = {
+            let repo = Repository::open(&fx.repo()).unwrap();
+            let point = repo
+                .catalog()
+                .get_point(full.parse().unwrap())
+                .unwrap()
+                .unwrap();
+            let index = repo
+                .load_index(&point, vadp_agent::ids::DiskKey(2000))
+                .unwrap();
+            let d = *index.slots().iter().find(|d| !d.is_zero()).unwrap();
+            let path = repo.store().chunk_path(&d);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+            (d, index.slots().iter().filter(|s| **s == d).count() as u64)
+        };
+        let repo_dir = fx.repo();
+        let out = fx.run(
+            &["--json", "repo", "verify", "--repair", "--repo"],
+            &[repo_dir.as_os_str()],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        // JSON lines: progress events, then the result.
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(v["report"]["problems"][0]["state"], "corrupt", "{v}");
+        assert_eq!(v["repair"]["damaged"][0], digest.to_hex(), "{v}");
+
+        // Nothing changed in the guest: CBT reports no extents, yet the slots holding the
+        // damaged chunk are read again from the new snapshot and it is stored under its old
+        // digest.
+        let r2 = fx.backup(&[&vm], &[], None).ok().clone();
+        let v2 = vm_report(&r2, &vm);
+        assert_eq!(v2["kind"], "incremental", "{v2}");
+        let d2 = disk_report(v2, 2000);
+        assert_eq!(d2["bytes_changed"], 0, "{d2}");
+        let chunk = u64::from(Repository::open(&fx.repo()).unwrap().chunk_size_bytes());
+        assert_eq!(d2["stats"]["bytes_read"], slots * chunk, "{d2}");
+        assert_eq!(d2["stats"]["chunks_new"], 1, "{d2}");
+        fx.verify_clean();
+        assert!(
+            Repository::open(&fx.repo())
+                .unwrap()
+                .catalog()
+                .damaged_list()
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(fx.restored(&full, 2000), expected);
+        fx.assert_clean(&[&vm]);
+    }
+
+    #[test]
     fn cbt_reset_gives_a_labelled_full_and_a_resize_a_full_of_that_disk_only() {
         let fx = Fixture::new();
         let vm = fx.new_vm("app-1", &[12, 8]);
