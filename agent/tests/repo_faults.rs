@@ -484,8 +484,19 @@ mod tests {
                 .starts_with("quarantine/")
         );
         assert_eq!(repo.info().unwrap().damaged_chunks, 1);
-        // Set aside, the chunk now reads as missing; both points still name it.
+        // Set aside, the chunk now reads as missing; both points still name it, and a
+        // restore says what to do.
         assert_eq!(state_of(&repo, d), Some(ChunkState::Missing));
+        let out = f.root.join("early.img");
+        let msg = chain(
+            &repo
+                .restore_image(f.full, &out, &mut |_, _| {})
+                .unwrap_err(),
+        );
+        assert!(
+            msg.contains(&d.to_hex()) && msg.contains("verify --repair") && msg.contains("back up"),
+            "{msg}"
+        );
 
         // An incremental with no changed extents still re-reads the parent's damaged slots.
         let healed = repo

@@ -114,6 +114,23 @@ pub enum RepoError {
         #[source]
         source: RestoreError,
     },
+    /// The restore needs a chunk `repo verify --repair` set aside as damaged.
+    #[error(
+        "restore of restore point {point} disk {disk}: chunk {digest} was found damaged by \
+         `repo verify --repair` and no backup has stored it again; back up the VM again (if \
+         its data there is unchanged, that heals this point) or restore another point"
+    )]
+    Damaged {
+        /// The point.
+        point: RestorePointId,
+        /// The disk.
+        disk: DiskKey,
+        /// The damaged chunk.
+        digest: ChunkDigest,
+        /// The restore error.
+        #[source]
+        source: RestoreError,
+    },
     /// Invalid retention policy.
     #[error(transparent)]
     Prune(#[from] PruneError),
@@ -715,12 +732,42 @@ impl Repository {
             self.options.hash_workers + 1,
             progress,
         )
-        .map_err(|source| RepoError::Restore {
+        .map_err(|source| self.restore_error(point, disk, source))?;
+        Ok(index.disk_size_bytes())
+    }
+
+    /// Name a missing chunk that a repair set aside, so the message says what to do.
+    fn restore_error(
+        &self,
+        point: RestorePointId,
+        disk: DiskKey,
+        source: RestoreError,
+    ) -> RepoError {
+        if let RestoreError::Chunk {
+            digest,
+            source: ChunkStoreError::Missing { .. },
+            ..
+        } = &source
+        {
+            let digest = *digest;
+            let damaged = self
+                .catalog
+                .damaged_list()
+                .is_ok_and(|list| list.iter().any(|d| d.digest == digest));
+            if damaged {
+                return RepoError::Damaged {
+                    point,
+                    disk,
+                    digest,
+                    source,
+                };
+            }
+        }
+        RepoError::Restore {
             point,
             disk,
             source,
-        })?;
-        Ok(index.disk_size_bytes())
+        }
     }
 
     /// Restore disk `disk` of `point` into `sink` (a VDDK disk during a VM restore), with
