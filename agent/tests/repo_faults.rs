@@ -592,14 +592,26 @@ mod tests {
     }
 
     #[test]
-    fn repair_waits_for_no_one() {
+    fn repair_runs_beside_a_backup_and_gc_waits_for_it() {
         let f = fixture();
         let repo = Repository::open(&f.root).unwrap();
-        let held = repo.lock_shared().unwrap();
-        let msg = chain(&repo.verify_and_repair(&mut |_, _| {}).unwrap_err());
+        let (d, path) = shared_chunk(&repo, &f);
+        flip_a_byte(&path);
+        // A backup in flight holds the shared lock: the repair goes on.
+        let backup = repo.lock_shared().unwrap();
+        let (_, repaired) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+        assert_eq!(repaired.damaged, vec![d]);
+        drop(backup);
+        // A second repair finds the chunk missing and keeps where the first put it.
+        let (_, again) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+        assert_eq!(again.damaged, vec![d]);
+        assert!(again.quarantined.is_empty());
+        let listed = repo.catalog().damaged_list().unwrap();
+        assert!(listed[0].quarantined_as.is_some(), "{listed:?}");
+        // GC needs the repository to itself.
+        let repair_lock = repo.lock_shared().unwrap();
+        let msg = chain(&repo.gc().unwrap_err());
         assert!(msg.contains("busy"), "{msg}");
-        drop(held);
-        let (report, repaired) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
-        assert!(report.is_ok() && repaired.damaged.is_empty());
+        drop(repair_lock);
     }
 }

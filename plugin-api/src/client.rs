@@ -375,7 +375,7 @@ impl Client {
     /// `POST /v1/repository/verify` with `{"repair": true}`.
     ///
     /// # Errors
-    /// [`ApiError`] (409 while the repository is busy).
+    /// [`ApiError`].
     pub async fn verify_and_repair(&self) -> Result<VerifyResult, ApiError> {
         self.call(
             reqwest::Method::POST,

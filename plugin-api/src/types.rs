@@ -300,7 +300,7 @@ pub struct PointDeleted {
 pub struct VerifyRequest {
     /// Also move corrupt chunk files to `quarantine/` and record damaged chunks, so the next
     /// backups store them again and heal the points that use them (`repo verify --repair`).
-    /// Takes the exclusive repository lock: 409 while a backup, restore or prune runs.
+    /// Backups go on meanwhile.
     #[serde(default)]
     pub repair: bool,
 }

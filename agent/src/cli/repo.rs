@@ -51,8 +51,7 @@ pub enum RepoCommand {
         #[command(flatten)]
         repo: RepoArg,
         /// Also move corrupt chunk files to `quarantine/` and record damaged chunks, so the
-        /// next backup of the same data stores them again and heals the points that use them
-        /// (takes the exclusive lock, like `repo gc`).
+        /// next backup of the same data stores them again and heals the points that use them.
         #[arg(long)]
         repair: bool,
     },

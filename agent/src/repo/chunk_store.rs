@@ -35,7 +35,7 @@
 //! | restore, verify      | shared                   | nothing in the repository                 | GC cannot remove chunks under them; chunks never change after rename |
 //! | prune                | shared                   | deletes catalog rows (one transaction), then the points' index files | deleting rows never removes chunks; a crash between the commit and the file removal leaves orphan index files that GC removes |
 //! | gc (mark and sweep)  | exclusive (`try_lock`, fails "busy") | removes unmarked chunks, temp files, orphan index dirs | no backup is in flight, so every temp file and every index dir not in the catalog is garbage, and the mark set (from all committed indexes) is complete |
-//! | verify --repair      | exclusive (`try_lock`, fails "busy") | moves corrupt chunk files to `quarantine/`, records damaged chunks in the catalog | no backup is in flight, so none has decided to reuse a chunk it moves; later backups find the file absent and store it again |
+//! | verify --repair      | shared                   | moves corrupt chunk files to `quarantine/`, records damaged chunks in the catalog | a backup writes a chunk only when its file is absent, so it never replaces a file being moved; one that reused a chunk before it moved has it recorded as damaged and healed with the others (see `repair`) |
 //! | list, info           | none                     | nothing                                   | reads committed catalog rows only (SQLite WAL snapshot) |
 //!
 //! A backup fsyncs the directory of every chunk it reuses as well as of every chunk it

@@ -3,7 +3,7 @@
 //! Chunks are named by the digest of their plain data, and a backup skips any chunk whose
 //! file exists. A corrupt chunk file would therefore stay referenced by every later backup
 //! of the same data: the damage spreads to new restore points instead of being repaired.
-//! The repair, under the exclusive repository lock (no backup in flight):
+//! The repair:
 //!
 //! 1. moves each **corrupt** chunk file to `quarantine/<digest>.<unix time>` (kept for
 //!    inspection, never read again) and fsyncs both directories;
@@ -13,6 +13,17 @@
 //!
 //! Chunks that could not be read (an I/O or permission error) are left as they are: they
 //! may be intact, and the error is the administrator's to fix.
+//!
+//! It needs only the shared repository lock, like verify, so it never holds up backups for
+//! the hours a large verify can take. What a concurrent backup can do:
+//! - reuse a corrupt chunk before it is moved (its file exists): the new point references a
+//!   chunk that is recorded as damaged a moment later, and heals with the others;
+//! - store a missing chunk again after verify found it missing: it is recorded anyway, and
+//!   the next backup that reads it, or the next repair, finds it intact and drops the record;
+//! - it cannot replace a corrupt file with a good one: a backup writes a chunk only when no
+//!   file of that digest exists.
+//!
+//! GC, which deletes chunk files, takes the exclusive lock and cannot run meanwhile.
 //!
 //! Healing is then done by backups ([`crate::repo::Repository::write_disk`]): a full backup
 //! reads everything and stores the missing chunks again; an incremental also reads the
@@ -78,7 +89,7 @@ pub enum RepairError {
     Catalog(#[from] crate::repo::catalog::CatalogError),
 }
 
-/// Act on `report` (a verify of every committed point, made under the exclusive lock the
+/// Act on `report` (a verify of every committed point, made under the shared lock the
 /// caller still holds) at Unix time `now`.
 ///
 /// # Errors
@@ -116,13 +127,17 @@ pub fn repair(
             ChunkState::Corrupt => {
                 let name = format!("{}.{now}", digest.to_hex());
                 let to = quarantine.join(&name);
-                move_aside(store, digest, path, &quarantine, &to)?;
-                out.quarantined.push(Quarantined {
-                    digest: *digest,
-                    from: path.clone(),
-                    to,
-                });
-                Some(format!("{QUARANTINE_DIR}/{name}"))
+                if move_aside(store, digest, path, &quarantine, &to)? {
+                    out.quarantined.push(Quarantined {
+                        digest: *digest,
+                        from: path.clone(),
+                        to,
+                    });
+                    Some(format!("{QUARANTINE_DIR}/{name}"))
+                } else {
+                    // Gone since verify read it (another repair moved it): now missing.
+                    None
+                }
             }
         };
         out.damaged.push(*digest);
@@ -154,14 +169,15 @@ pub fn repair(
     Ok(out)
 }
 
-/// Rename `from` to `to` in `quarantine`, then fsync both directories.
+/// Rename `from` to `to` in `quarantine`, then fsync both directories; `false` if `from`
+/// no longer exists.
 fn move_aside(
     store: &ChunkStore,
     digest: &ChunkDigest,
     from: &Path,
     quarantine: &Path,
     to: &Path,
-) -> Result<(), RepairError> {
+) -> Result<bool, RepairError> {
     let fail = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RepairError::Quarantine {
@@ -178,10 +194,15 @@ fn move_aside(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(fail(quarantine)(e)),
     }
-    fs::rename(from, to).map_err(fail(from))?;
+    match fs::rename(from, to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(fail(from)(e)),
+    }
     sync_dir(quarantine).map_err(fail(quarantine))?;
     let dir = store.dir_of(digest);
-    sync_dir(&dir).map_err(fail(&dir))
+    sync_dir(&dir).map_err(fail(&dir))?;
+    Ok(true)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -810,15 +810,15 @@ impl Repository {
 
     /// Verify every committed point, then set aside what is damaged so that the next
     /// backups store it again (`repo verify --repair`, see [`crate::repo::repair`]). Takes
-    /// the exclusive lock, like GC: it fails "busy" while a backup, restore or prune runs.
+    /// the shared lock, like verify: backups go on meanwhile.
     ///
     /// # Errors
-    /// [`RepoError::Lock`] (busy), catalog errors, [`RepoError::Repair`].
+    /// [`RepoError::Lock`], catalog errors, [`RepoError::Repair`].
     pub fn verify_and_repair(
         &self,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, RepairReport), RepoError> {
-        let _lock = RepoLock::try_exclusive(&self.lock_path()).map_err(RepoError::Lock)?;
+        let _lock = self.lock_shared()?;
         let points = self.catalog.list_points()?;
         let report = verify::verify(
             &self.root,
