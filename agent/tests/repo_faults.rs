@@ -589,6 +589,13 @@ mod tests {
                 .unwrap_err(),
         );
         assert!(msg.contains(&d.to_hex()), "{msg}");
+
+        // Once no point references the chunk, GC forgets the record.
+        repo.catalog().delete_points(vec![f.full, f.incr]).unwrap();
+        let gc = repo.gc().unwrap();
+        assert_eq!(gc.damaged_forgotten, vec![d]);
+        assert!(repo.catalog().damaged_list().unwrap().is_empty());
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
     }
 
     #[test]

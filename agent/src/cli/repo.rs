@@ -274,6 +274,12 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     report.temp_files_removed,
                     report.orphan_indexes_removed
                 );
+                if !report.damaged_forgotten.is_empty() {
+                    println!(
+                        "gc: {} damaged chunk(s) no restore point uses any more forgotten",
+                        report.damaged_forgotten.len()
+                    );
+                }
             }
         }
     }

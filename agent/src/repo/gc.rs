@@ -5,7 +5,9 @@
 //! (the grace period is zero because the lock, not a clock, proves there is no writer), and
 //! every `indexes/<point>` directory not in the catalog is the leftover of a killed backup or
 //! an interrupted prune. If any committed index cannot be read, GC stops before sweeping
-//! anything: its mark set would be incomplete.
+//! anything: its mark set would be incomplete. Damaged-chunk records (`repo verify
+//! --repair`) of chunks no committed index references any more are returned for the caller
+//! to drop: no backup will read them again, so no backup would drop them.
 
 use std::collections::HashSet;
 use std::fs;
@@ -59,6 +61,8 @@ pub struct GcReport {
     pub temp_files_removed: usize,
     /// Orphan index directories removed.
     pub orphan_indexes_removed: usize,
+    /// Damaged-chunk records no restore point needs any more.
+    pub damaged_forgotten: Vec<ChunkDigest>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> GcError + '_ {
@@ -76,7 +80,8 @@ fn read_dir(path: &Path) -> Result<Vec<fs::DirEntry>, GcError> {
     }
 }
 
-/// Mark and sweep. The caller holds the exclusive lock.
+/// Mark and sweep; `damaged` are the digests of the catalog's damaged-chunk records. The
+/// caller holds the exclusive lock.
 ///
 /// # Errors
 /// [`GcError`]; a marking error means nothing was removed.
@@ -84,6 +89,7 @@ pub fn collect(
     root: &Path,
     store: &ChunkStore,
     points: &[PointRecord],
+    damaged: &[ChunkDigest],
 ) -> Result<GcReport, GcError> {
     let mut marked: HashSet<ChunkDigest> = HashSet::new();
     let mut live_points: HashSet<String> = HashSet::new();
@@ -101,6 +107,11 @@ pub fn collect(
     }
     let mut report = GcReport {
         chunks_marked: marked.len(),
+        damaged_forgotten: damaged
+            .iter()
+            .filter(|d| !marked.contains(d))
+            .copied()
+            .collect(),
         ..GcReport::default()
     };
     // Chunk directories at the layout's depth, then the files in them.

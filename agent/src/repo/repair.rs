@@ -29,7 +29,8 @@
 //! reads everything and stores the missing chunks again; an incremental also reads the
 //! slots of its parent whose chunk is damaged. When the data is unchanged, the new chunk has
 //! the old digest, and every restore point that referenced it restores again. A healed chunk
-//! leaves the list once the backup has stored it durably and read it back intact.
+//! leaves the list once the backup has stored it durably and read it back intact; a chunk
+//! no point references any more leaves it at the next GC.
 
 use std::collections::HashSet;
 use std::fs::{self, File};

@@ -900,7 +900,18 @@ impl Repository {
     pub fn gc(&self) -> Result<GcReport, RepoError> {
         let _lock = RepoLock::try_exclusive(&self.lock_path()).map_err(RepoError::Lock)?;
         let points = self.catalog.list_points()?;
-        Ok(gc::collect(&self.root, &self.store, &points)?)
+        let damaged: Vec<ChunkDigest> = self
+            .catalog
+            .damaged_list()?
+            .into_iter()
+            .map(|d| d.digest)
+            .collect();
+        let report = gc::collect(&self.root, &self.store, &points, &damaged)?;
+        if !report.damaged_forgotten.is_empty() {
+            self.catalog
+                .damaged_clear(report.damaged_forgotten.clone())?;
+        }
+        Ok(report)
     }
 
     /// Repository facts.

@@ -4,7 +4,8 @@
 //! reads the same data stores a good copy under the same digest, which heals every restore
 //! point referencing it. An incremental backup reads only changed extents, so it also reads
 //! the slots of its parent whose chunk is listed here. An entry goes when a backup has stored
-//! the chunk again, or when a later repair finds it intact or no longer referenced.
+//! the chunk again, when a later repair finds it intact or no longer referenced, or when GC
+//! finds no restore point that references it.
 
 use rusqlite::params;
 use serde::Serialize;
