@@ -483,7 +483,8 @@ mod tests {
                 .unwrap()
                 .starts_with("quarantine/")
         );
-        assert_eq!(repo.info().unwrap().damaged_chunks, 1);
+        let info = repo.info().unwrap();
+        assert_eq!((info.damaged_chunks, info.quarantined_files), (1, 1));
         // Set aside, the chunk now reads as missing; both points still name it, and a
         // restore says what to do.
         assert_eq!(state_of(&repo, d), Some(ChunkState::Missing));
@@ -505,7 +506,8 @@ mod tests {
         assert!(healed.stats.chunks_new >= 1, "{:?}", healed.stats);
         assert!(path.exists());
         assert!(repo.catalog().damaged_list().unwrap().is_empty());
-        assert_eq!(repo.info().unwrap().damaged_chunks, 0);
+        let info = repo.info().unwrap();
+        assert_eq!((info.damaged_chunks, info.quarantined_files), (0, 1));
         let report = repo.verify(&mut |_, _| {}).unwrap();
         assert!(report.is_ok(), "{report:?}");
         assert_eq!(restore(&repo, &f, f.full), full_image);

@@ -194,6 +194,14 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     "chunk files:    {} ({} bytes)",
                     info.chunk_files, info.chunk_bytes
                 );
+                if info.quarantined_files > 0 {
+                    println!(
+                        "quarantined:    {} corrupt chunk file(s) in {} (kept for inspection; \
+                         delete them when done)",
+                        info.quarantined_files,
+                        info.path.join("quarantine").display()
+                    );
+                }
                 if info.damaged_chunks > 0 {
                     println!(
                         "damaged chunks: {} (found by `repo verify --repair`; the next backups \

@@ -186,6 +186,8 @@ pub struct RepoInfo {
     pub chunk_bytes: u64,
     /// Chunks `repo verify --repair` found damaged that no backup has stored again yet.
     pub damaged_chunks: usize,
+    /// Corrupt chunk files kept in `quarantine/` (an administrator deletes them).
+    pub quarantined_files: usize,
 }
 
 /// What [`Repository::write_disk`] reads.
@@ -945,6 +947,16 @@ impl Repository {
             chunk_files,
             chunk_bytes,
             damaged_chunks: self.catalog.damaged_list()?.len(),
+            quarantined_files: match fs::read_dir(self.root.join(repair::QUARANTINE_DIR)) {
+                Ok(rd) => rd.count(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(source) => {
+                    return Err(RepoError::Io {
+                        path: self.root.join(repair::QUARANTINE_DIR),
+                        source,
+                    });
+                }
+            },
         })
     }
 }
