@@ -207,6 +207,78 @@ mod tests {
             .unwrap();
     }
 
+    /// Catalog problems verify reports.
+    fn catalog_problems(repo: &Repository) -> Vec<String> {
+        repo.verify(&mut |_, _| {})
+            .unwrap()
+            .problems
+            .into_iter()
+            .filter_map(|p| match p {
+                VerifyProblem::Catalog { path, error } => {
+                    assert!(path.ends_with("catalog.db"), "{path:?}");
+                    Some(error)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_inconsistent_catalog_is_reported() {
+        let f = fixture();
+        assert!(catalog_problems(&Repository::open(&f.root).unwrap()).is_empty());
+        // A disk row whose restore point does not exist, as a hand-edited catalog (or one
+        // written with foreign keys off) can hold.
+        rusqlite::Connection::open(f.root.join("catalog.db"))
+            .unwrap()
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 INSERT INTO disks (point_id, disk_key, label, capacity_bytes, backing_file,
+                                    role, index_path, bytes_changed, bytes_stored)
+                 VALUES ('no-such-point', 2000, 'Hard disk 1', 1, 'x', 'os', 'x', 0, 0);",
+            )
+            .unwrap();
+        let repo = Repository::open(&f.root).unwrap();
+        let problems = catalog_problems(&repo);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("disks") && problems[0].contains("restore_points"),
+            "{problems:?}"
+        );
+        // The points themselves are intact and still restore.
+        assert_eq!(repo.list().unwrap().len(), 2);
+        repo.restore_image(f.incr, &f.root.join("ok"), &mut |_, _| {})
+            .unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_catalog_record_is_reported() {
+        let f = fixture();
+        let db = f.root.join("catalog.db");
+        // Fold the WAL into the database file, then change one byte of the VM's moref in
+        // its table row: the row and its UNIQUE index no longer agree.
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            .unwrap();
+        let mut bytes = std::fs::read(&db).unwrap();
+        let needle = b"image:vm";
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the VM's moref in the file");
+        bytes[at + needle.len() - 1] = b'w';
+        std::fs::write(&db, bytes).unwrap();
+        let problems = catalog_problems(&Repository::open(&f.root).unwrap());
+        assert!(!problems.is_empty());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("index") || p.contains("vms")),
+            "{problems:?}"
+        );
+    }
+
     #[test]
     fn newer_catalog_is_refused() {
         let f = fixture();

@@ -316,8 +316,8 @@ pub struct VerifyResult {
     /// Distinct chunks checked.
     #[serde(default)]
     pub chunks: u64,
-    /// Problems (`kind`: `index` or `chunk`, with the points affected; a chunk's `state` is
-    /// `missing`, `corrupt` or `unreadable`).
+    /// Problems (`kind`: `catalog`, `index` or `chunk`, with the points affected; a chunk's
+    /// `state` is `missing`, `corrupt` or `unreadable`).
     #[schema(value_type = Vec<Object>)]
     #[serde(default)]
     pub problems: Vec<serde_json::Value>,

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use super::progress::Progress;
 use super::{parse_duration_secs, parse_size};
 use crate::repo::{
-    DEFAULT_CHUNK_SIZE_BYTES, RepairReport, Repository, RetentionPolicy, VerifyProblem,
+    ChunkState, DEFAULT_CHUNK_SIZE_BYTES, RepairReport, Repository, RetentionPolicy, VerifyProblem,
     VerifyReport,
 };
 
@@ -101,6 +101,9 @@ fn now_secs() -> i64 {
 fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
     for p in &report.problems {
         match p {
+            VerifyProblem::Catalog { path, error } => {
+                println!("BAD CATALOG {}: {error}", path.display());
+            }
             VerifyProblem::Index {
                 point, disk, error, ..
             } => {
@@ -129,9 +132,30 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
         report.chunks,
         report.problems.len()
     );
+    let healable = report.problems.iter().any(|p| {
+        matches!(
+            p,
+            VerifyProblem::Chunk {
+                state: ChunkState::Missing | ChunkState::Corrupt,
+                ..
+            }
+        )
+    });
+    if report
+        .problems
+        .iter()
+        .any(|p| matches!(p, VerifyProblem::Catalog { .. }))
+    {
+        println!(
+            "the catalog is damaged: restore points may be missing or wrong; copy the \
+             repository aside before anything writes to it again"
+        );
+    }
     let Some(r) = repaired else {
-        if !report.is_ok() {
-            println!("run `vadp-agent repo verify --repair` to let the next backups heal them");
+        if healable {
+            println!(
+                "run `vadp-agent repo verify --repair` to let the next backups heal the bad chunks"
+            );
         }
         return;
     };

@@ -9,7 +9,8 @@
 //!    inspection, never read again) and fsyncs both directories;
 //! 2. records each corrupt or **missing** chunk in the catalog's `damaged_chunks`;
 //! 3. forgets earlier records whose chunk is now intact or no longer referenced (only when
-//!    every index could be read: otherwise references are unknown).
+//!    the catalog is sound and every index could be read: otherwise references are
+//!    unknown).
 //!
 //! Chunks that could not be read (an I/O or permission error) are left as they are: they
 //! may be intact, and the error is the administrator's to fix.
@@ -152,11 +153,15 @@ pub fn repair(
     if !records.is_empty() {
         catalog.damaged_mark(records)?;
     }
-    let indexes_complete = !report
-        .problems
-        .iter()
-        .any(|p| matches!(p, VerifyProblem::Index { .. }));
-    if indexes_complete {
+    // Forget records only when every reference was seen: every index read, and a catalog
+    // SQLite finds sound.
+    let references_complete = !report.problems.iter().any(|p| {
+        matches!(
+            p,
+            VerifyProblem::Index { .. } | VerifyProblem::Catalog { .. }
+        )
+    });
+    if references_complete {
         let stale: Vec<ChunkDigest> = catalog
             .damaged_list()?
             .into_iter()

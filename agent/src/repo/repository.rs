@@ -20,7 +20,7 @@ use crate::repo::prune::{self, PruneDecision, PruneError, RetentionPolicy};
 use crate::repo::repair::{self, RepairError, RepairReport};
 use crate::repo::restore::{self, RestoreError};
 use crate::repo::source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
-use crate::repo::verify::{self, VerifyReport};
+use crate::repo::verify::{self, VerifyProblem, VerifyReport};
 
 /// Default chunk size: 1 MiB. Measured (docs/benchmarks.md, "Chunk size", `scripts/bench-repo`
 /// on the 2 GiB benchmark image): full backup 2.67 s with 1 MiB against 3.50 s with 4 MiB,
@@ -800,14 +800,34 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, RepoError> {
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
+        self.verify_locked(progress)
+    }
+
+    /// The catalog's own check, then every point's indexes and chunks.
+    fn verify_locked(
+        &self,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<VerifyReport, RepoError> {
+        let catalog_problems = self.catalog.integrity_check()?;
         let points = self.catalog.list_points()?;
-        Ok(verify::verify(
+        let mut report = verify::verify(
             &self.root,
             &self.store,
             &points,
             self.options.hash_workers,
             progress,
-        ))
+        );
+        let path = self.root.join("catalog.db");
+        report.problems.splice(
+            0..0,
+            catalog_problems
+                .into_iter()
+                .map(|error| VerifyProblem::Catalog {
+                    path: path.clone(),
+                    error,
+                }),
+        );
+        Ok(report)
     }
 
     /// Verify every committed point, then set aside what is damaged so that the next
@@ -821,14 +841,7 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, RepairReport), RepoError> {
         let _lock = self.lock_shared()?;
-        let points = self.catalog.list_points()?;
-        let report = verify::verify(
-            &self.root,
-            &self.store,
-            &points,
-            self.options.hash_workers,
-            progress,
-        );
+        let report = self.verify_locked(progress)?;
         let repaired = repair::repair(&self.root, &self.store, &self.catalog, &report, now_secs())?;
         Ok((report, repaired))
     }

@@ -1,6 +1,7 @@
 //! Verify: read every index of every committed restore point, then re-read, check and re-hash
 //! every referenced chunk (in parallel), and report each bad index and each bad or missing
-//! chunk with every restore point (and disk) that references it.
+//! chunk with every restore point (and disk) that references it. `Repository::verify` first
+//! runs SQLite's own checks on the catalog ([`VerifyProblem::Catalog`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,13 @@ use crate::repo::fixed_index::FixedIndex;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VerifyProblem {
+    /// SQLite finds the catalog inconsistent: restore points may be missing or wrong.
+    Catalog {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite reports.
+        error: String,
+    },
     /// An index file is missing or corrupt: the whole disk of that point is unrestorable.
     Index {
         /// The point.

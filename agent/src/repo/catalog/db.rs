@@ -275,6 +275,48 @@ impl Catalog {
         }
     }
 
+    /// What SQLite finds wrong with the database: `PRAGMA integrity_check` (pages, records
+    /// and indexes) and `PRAGMA foreign_key_check` (disks of unknown points, points of
+    /// unknown VMs). Empty when both are clean.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`] when SQLite cannot even run the checks.
+    pub fn integrity_check(&self) -> Result<Vec<String>, CatalogError> {
+        let mut problems = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.sql())?;
+        for row in rows {
+            let row = row.map_err(self.sql())?;
+            if row != "ok" {
+                problems.push(row);
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA foreign_key_check")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(format!(
+                    "row {} of table {} refers to a missing row of {}",
+                    r.get::<_, Option<i64>>(1)?
+                        .map_or_else(|| "?".to_owned(), |id| id.to_string()),
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(self.sql())?;
+        for row in rows {
+            problems.push(row.map_err(self.sql())?);
+        }
+        Ok(problems)
+    }
+
     /// Read a repository setting.
     ///
     /// # Errors

@@ -35,6 +35,7 @@ enum Command {
     RunningJobs(Reply<Vec<JobId>>),
     JobStats(JobId, Reply<Option<serde_json::Value>>),
     DamagedList(Reply<Vec<DamagedChunk>>),
+    IntegrityCheck(Reply<Vec<String>>),
     DamagedMark(Vec<DamagedChunk>, Reply<()>),
     DamagedClear(Vec<ChunkDigest>, Reply<usize>),
     PointConfig(RestorePointId, Reply<Option<PointConfig>>),
@@ -273,6 +274,14 @@ impl CatalogHandle {
         self.call(|r| Command::JobStats(job, r))
     }
 
+    /// See [`Catalog::integrity_check`].
+    ///
+    /// # Errors
+    /// As [`Catalog::integrity_check`], or [`CatalogError::Gone`].
+    pub fn integrity_check(&self) -> Result<Vec<String>, CatalogError> {
+        self.call(Command::IntegrityCheck)
+    }
+
     /// See [`Catalog::damaged_list`].
     ///
     /// # Errors
@@ -338,6 +347,7 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::RunningJobs(r) => drop(r.send(catalog.running_jobs())),
         Command::JobStats(id, r) => drop(r.send(catalog.job_stats(id))),
         Command::DamagedList(r) => drop(r.send(catalog.damaged_list())),
+        Command::IntegrityCheck(r) => drop(r.send(catalog.integrity_check())),
         Command::DamagedMark(c, r) => drop(r.send(catalog.damaged_mark(&c))),
         Command::DamagedClear(d, r) => drop(r.send(catalog.damaged_clear(&d))),
         Command::PointConfig(id, r) => drop(r.send(catalog.point_config(id))),
