@@ -529,6 +529,32 @@ mod tests {
         );
         assert_eq!(fx.restored(&full, 2000), expected);
         fx.assert_clean(&[&vm]);
+
+        // The catalog rebuilt from the point manifests keeps the VMX and ExtraConfig.
+        let config = |point: &str| {
+            Repository::open(&fx.repo())
+                .unwrap()
+                .catalog()
+                .point_config(point.parse().unwrap())
+                .unwrap()
+                .unwrap()
+        };
+        let before = config(&full);
+        assert!(before.vmx.as_ref().is_some_and(|v| !v.is_empty()));
+        std::fs::write(repo_dir.join("catalog.db"), b"not a database").unwrap();
+        let out = fx.run(
+            &["repo", "rebuild-catalog", "--repo"],
+            &[repo_dir.as_os_str()],
+            None,
+        );
+        assert!(out.status.success(), "{out:?}");
+        let after = config(&full);
+        assert_eq!(
+            (after.vmx, after.extra_config),
+            (before.vmx, before.extra_config)
+        );
+        assert_eq!(fx.points().len(), 2);
+        fx.verify_clean();
     }
 
     #[test]

@@ -280,6 +280,81 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_catalog_is_rebuilt_from_the_point_manifests() {
+        let f = fixture();
+        let (before, full_bytes, incr_bytes) = {
+            let repo = Repository::open(&f.root).unwrap();
+            let points = repo.list().unwrap();
+            let out = f.root.join("r.img");
+            repo.restore_image(f.full, &out, &mut |_, _| {}).unwrap();
+            let full_bytes = std::fs::read(&out).unwrap();
+            std::fs::remove_file(&out).unwrap();
+            repo.restore_image(f.incr, &out, &mut |_, _| {}).unwrap();
+            let incr_bytes = std::fs::read(&out).unwrap();
+            std::fs::remove_file(&out).unwrap();
+            (points, full_bytes, incr_bytes)
+        };
+        let manifest = f.root.join(format!("indexes/{}/point.json", f.full));
+        assert!(manifest.is_file());
+        // A point from before manifests existed gets one from the catalog at the next repair.
+        std::fs::remove_file(&manifest).unwrap();
+        {
+            let repo = Repository::open(&f.root).unwrap();
+            let (_, repaired) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+            assert_eq!(repaired.manifests_written, 1);
+            let (_, again) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+            assert_eq!(again.manifests_written, 0);
+        }
+        assert!(manifest.is_file());
+        // A leftover index directory without a manifest is skipped, not listed.
+        let stray = f
+            .root
+            .join(format!("indexes/{}", RestorePointId::new_random()));
+        std::fs::create_dir(&stray).unwrap();
+
+        // The catalog is destroyed.
+        let db = f.root.join("catalog.db");
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(f.root.join(format!("catalog.db{suffix}")));
+        }
+        std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+        assert!(Repository::open(&f.root).is_err());
+
+        let report = Repository::rebuild_catalog(&f.root, false).unwrap();
+        assert_eq!(report.points, vec![f.full, f.incr]);
+        assert_eq!(report.skipped.len(), 1, "{report:?}");
+        assert!(report.skipped[0].1.contains("point.json"), "{report:?}");
+        assert!(report.old_catalog[0].exists());
+
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(repo.list().unwrap(), before);
+        assert_eq!(repo.chunk_size_bytes(), 64 << 10);
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+        let out = f.root.join("r.img");
+        repo.restore_image(f.full, &out, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), full_bytes);
+        std::fs::remove_file(&out).unwrap();
+        repo.restore_image(f.incr, &out, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), incr_bytes);
+        // New backups go on from the rebuilt catalog.
+        let req = ImageBackup {
+            name: "vm".into(),
+            file: f.img.clone(),
+            changed: Some(Vec::new()),
+            parent: None,
+        };
+        let next = repo.backup_image(&req, &mut |_, _| {}).unwrap();
+        assert_eq!(next.parent, Some(f.incr));
+        drop(repo);
+
+        // A sound catalog is not rebuilt unless asked.
+        let msg = chain(&Repository::rebuild_catalog(&f.root, false).unwrap_err());
+        assert!(msg.contains("--force"), "{msg}");
+        let again = Repository::rebuild_catalog(&f.root, true).unwrap();
+        assert_eq!(again.points.len(), 3);
+    }
+
+    #[test]
     fn newer_catalog_is_refused() {
         let f = fixture();
         let db = f.root.join("catalog.db");

@@ -83,6 +83,15 @@ pub enum RepoCommand {
         #[command(flatten)]
         repo: RepoArg,
     },
+    /// Rebuild a lost or damaged catalog from the point manifests next to the index files
+    /// (the old catalog is renamed aside; job history, journal and queue start empty).
+    RebuildCatalog {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Rebuild even though the catalog opens and SQLite finds it sound.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `list` arguments.
@@ -175,6 +184,12 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
             "{} damaged chunk(s) recorded: the next backup of each affected VM stores them again; \
              restore points that use them restore again if the data has not changed since",
             r.damaged.len()
+        );
+    }
+    if r.manifests_written > 0 {
+        println!(
+            "{} point manifest(s) written for points made before manifests existed",
+            r.manifests_written
         );
     }
     if r.cleared > 0 {
@@ -290,6 +305,27 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     };
                     println!("{verb} {} {} {}", d.id, d.created_at, d.reasons.join(","));
                 }
+            }
+        }
+        RepoCommand::RebuildCatalog { repo, force } => {
+            let report = Repository::rebuild_catalog(&repo.repo, force)
+                .with_context(|| format!("rebuild the catalog of {}", repo.repo.display()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "rebuild_catalog", "report": report})
+                );
+            } else {
+                for old in &report.old_catalog {
+                    println!("old catalog file kept as {}", old.display());
+                }
+                for (dir, why) in &report.skipped {
+                    println!("SKIPPED indexes/{dir}: {why}");
+                }
+                println!(
+                    "catalog rebuilt with {} restore point(s); run `vadp-agent repo verify` next",
+                    report.points.len()
+                );
             }
         }
         RepoCommand::Gc { repo } => {

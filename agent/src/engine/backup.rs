@@ -1103,8 +1103,8 @@ async fn back_up_vm_inner(
             .collect(),
     };
     crash_point("before-commit");
-    let catalog = env.repo.catalog().clone();
-    blocking(move || catalog.commit_point(new_point)).await??;
+    let repo = Arc::clone(&env.repo);
+    blocking(move || repo.commit_point(new_point)).await??;
     crash_point("after-commit");
     report.point = Some(point);
     report.kind = Some(kind);

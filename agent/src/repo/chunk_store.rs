@@ -31,7 +31,7 @@
 //!
 //! | Operation            | Lock on `repo.lock`      | Writes                                    | Why it is safe |
 //! |----------------------|--------------------------|-------------------------------------------|----------------|
-//! | backup               | shared, whole run        | new chunks, index files of a new point, then one catalog transaction | GC cannot run while any backup holds the shared lock, so chunks it wrote or reuses (including those only referenced by its parent) cannot be swept before its point is committed |
+//! | backup               | shared, whole run        | new chunks, index files and the manifest of a new point, then one catalog transaction | GC cannot run while any backup holds the shared lock, so chunks it wrote or reuses (including those only referenced by its parent) cannot be swept before its point is committed |
 //! | restore, verify      | shared                   | nothing in the repository                 | GC cannot remove chunks under them; chunks never change after rename |
 //! | prune                | shared                   | deletes catalog rows (one transaction), then the points' index files | deleting rows never removes chunks; a crash between the commit and the file removal leaves orphan index files that GC removes |
 //! | gc (mark and sweep)  | exclusive (`try_lock`, fails "busy") | removes unmarked chunks, temp files, orphan index dirs | no backup is in flight, so every temp file and every index dir not in the catalog is garbage, and the mark set (from all committed indexes) is complete |

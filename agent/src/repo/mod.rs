@@ -31,6 +31,7 @@ pub mod chunk;
 pub mod chunk_store;
 pub mod fixed_index;
 pub mod gc;
+pub mod manifest;
 pub mod pipeline;
 pub mod prune;
 pub mod repair;
@@ -49,8 +50,8 @@ pub use prune::{PruneDecision, RetentionPolicy};
 pub use repair::{Quarantined, RepairReport};
 pub(crate) use repository::now_secs;
 pub use repository::{
-    BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, DiskPlan, IMAGE_DISK_KEY, ImageBackup, RepoError,
-    RepoInfo, Repository, WrittenDisk,
+    BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, DiskPlan, IMAGE_DISK_KEY, ImageBackup, RebuildReport,
+    RepoError, RepoInfo, Repository, WrittenDisk,
 };
 pub use source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
 pub use verify::{ChunkState, VerifyProblem, VerifyReport};

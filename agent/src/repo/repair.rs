@@ -12,6 +12,9 @@
 //!    the catalog is sound and every index could be read: otherwise references are
 //!    unknown).
 //!
+//! `Repository::verify_and_repair` also writes the manifest of every point that has none
+//! (made before manifests existed, see [`crate::repo::manifest`]).
+//!
 //! Chunks that could not be read (an I/O or permission error) are left as they are: they
 //! may be intact, and the error is the administrator's to fix.
 //!
@@ -70,6 +73,8 @@ pub struct RepairReport {
     pub unreadable: Vec<ChunkDigest>,
     /// Earlier damaged records dropped: intact again, or no longer referenced.
     pub cleared: usize,
+    /// Point manifests written for points made before manifests existed.
+    pub manifests_written: usize,
 }
 
 /// Why a repair stopped.

@@ -1,7 +1,8 @@
-//! A repository on disk: `catalog.db`, `chunks/`, `indexes/`, `repo.lock`.
+//! A repository on disk: `catalog.db`, `chunks/`, `indexes/` (each point's index files and
+//! its manifest, `point.json`, see [`crate::repo::manifest`]), `repo.lock`.
 
 use std::collections::HashSet;
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -9,12 +10,13 @@ use serde::Serialize;
 
 use crate::ids::{ChangeId, ChunkDigest, DiskKey, JobId, RestorePointId, VmMoref};
 use crate::repo::catalog::{
-    CatalogError, CatalogHandle, CatalogThread, DiskRecord, DiskRole, NewPoint, PointKind,
+    Catalog, CatalogError, CatalogHandle, CatalogThread, DiskRecord, DiskRole, NewPoint, PointKind,
     PointRecord, VmRecord,
 };
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Layout, RepoLock};
 use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
 use crate::repo::gc::{self, GcError, GcReport};
+use crate::repo::manifest::{MANIFEST_FILE, Manifest, ManifestError, RepoFacts};
 use crate::repo::pipeline::{self, DiskBackupStats, PipelineError, PipelineOptions};
 use crate::repo::prune::{self, PruneDecision, PruneError, RetentionPolicy};
 use crate::repo::repair::{self, RepairError, RepairReport};
@@ -67,6 +69,18 @@ pub enum RepoError {
     /// `repo verify --repair` could not set a damaged chunk aside.
     #[error(transparent)]
     Repair(#[from] RepairError),
+    /// A point manifest could not be written or read.
+    #[error("point manifest")]
+    Manifest(#[from] ManifestError),
+    /// `repo rebuild-catalog` on a catalog that opens and passes SQLite's checks.
+    #[error(
+        "{path} opens and SQLite finds it sound; rebuilding would drop its job history, \
+         journal, queue and damaged-chunk records (use --force to rebuild anyway)"
+    )]
+    CatalogSound {
+        /// The catalog file.
+        path: PathBuf,
+    },
     /// Creating the chunk store's fan-out directories failed (names the directory).
     #[error("create the chunk store")]
     Store(#[source] ChunkStoreError),
@@ -188,6 +202,18 @@ pub struct RepoInfo {
     pub damaged_chunks: usize,
     /// Corrupt chunk files kept in `quarantine/` (an administrator deletes them).
     pub quarantined_files: usize,
+}
+
+/// What [`Repository::rebuild_catalog`] did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RebuildReport {
+    /// Points listed in the new catalog, oldest first.
+    pub points: Vec<RestorePointId>,
+    /// Index directories left out, each with the reason (no manifest, a manifest that does
+    /// not read, or an index file that does not read).
+    pub skipped: Vec<(String, String)>,
+    /// The old catalog's files, renamed aside (none if there was no catalog).
+    pub old_catalog: Vec<PathBuf>,
 }
 
 /// What [`Repository::write_disk`] reads.
@@ -545,6 +571,58 @@ impl Repository {
         Ok(())
     }
 
+    /// Write the manifest of every committed point that has none (points made before
+    /// manifests existed), so that `repo rebuild-catalog` can restore them too. Returns how
+    /// many were written.
+    fn write_missing_manifests(&self) -> Result<usize, RepoError> {
+        let facts = self.repo_facts()?;
+        let mut written = 0;
+        for p in self.catalog.list_points()? {
+            let dir = self.root.join("indexes").join(p.id.to_string());
+            if dir.join(MANIFEST_FILE).exists() {
+                continue;
+            }
+            let config = self.catalog.point_config(p.id)?;
+            let point = NewPoint {
+                id: p.id,
+                vm: p.vm,
+                job: config.as_ref().and_then(|c| c.job),
+                parent: p.parent,
+                created_at: p.created_at,
+                kind: p.kind,
+                reason: p.reason,
+                vmx: config.as_ref().and_then(|c| c.vmx.clone()),
+                extra_config: config.and_then(|c| c.extra_config),
+                stats: p.stats,
+                disks: p.disks,
+            };
+            Manifest::of(&point, facts.clone()).write(&dir)?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    fn repo_facts(&self) -> Result<RepoFacts, RepoError> {
+        Ok(RepoFacts {
+            repo_id: self.catalog.meta("repo_id")?.unwrap_or_default(),
+            chunk_size_bytes: self.chunk_size_bytes,
+            chunk_layout: self.store.layout().meta_value().to_owned(),
+        })
+    }
+
+    /// Make `point` visible: write its manifest (`indexes/<point>/point.json`, see
+    /// [`crate::repo::manifest`]) durably, then commit it to the catalog. Its chunks and
+    /// index files must be durable already.
+    ///
+    /// # Errors
+    /// [`RepoError::Manifest`] or catalog errors; the point is not visible then.
+    pub fn commit_point(&self, point: NewPoint) -> Result<(), RepoError> {
+        Manifest::of(&point, self.repo_facts()?)
+            .write(&self.root.join("indexes").join(point.id.to_string()))?;
+        self.catalog.commit_point(point)?;
+        Ok(())
+    }
+
     /// Back up `source` as a new restore point of `vm` (one disk).
     ///
     /// Order: shared lock; chunks (fsynced, renamed, directories fsynced); index file
@@ -586,7 +664,7 @@ impl Repository {
         } else {
             None
         };
-        self.catalog.commit_point(NewPoint {
+        self.commit_point(NewPoint {
             id: point,
             vm,
             job: Some(JobId::new_random()),
@@ -842,7 +920,10 @@ impl Repository {
     ) -> Result<(VerifyReport, RepairReport), RepoError> {
         let _lock = self.lock_shared()?;
         let report = self.verify_locked(progress)?;
-        let repaired = repair::repair(&self.root, &self.store, &self.catalog, &report, now_secs())?;
+        let manifests_written = self.write_missing_manifests()?;
+        let mut repaired =
+            repair::repair(&self.root, &self.store, &self.catalog, &report, now_secs())?;
+        repaired.manifests_written = manifests_written;
         Ok((report, repaired))
     }
 
@@ -971,5 +1052,130 @@ impl Repository {
                 }
             },
         })
+    }
+
+    /// Rebuild `catalog.db` of the repository at `path` from its point manifests
+    /// (`vadp-agent repo rebuild-catalog`): the old catalog files are renamed aside
+    /// (`catalog.db.damaged-<unix time>`), a new catalog gets the repository's settings from
+    /// the manifests and every point whose manifest and index files read. Job history, the
+    /// journal, the daemon's queue and damaged-chunk records are not in manifests and start
+    /// empty. Takes the exclusive lock. Refuses a catalog that opens and passes SQLite's
+    /// checks unless `force`.
+    ///
+    /// # Errors
+    /// [`RepoError::NotARepository`], [`RepoError::Lock`] (busy),
+    /// [`RepoError::CatalogSound`], [`RepoError::Io`], catalog errors.
+    pub fn rebuild_catalog(path: &Path, force: bool) -> Result<RebuildReport, RepoError> {
+        let indexes = path.join("indexes");
+        if !path.join("chunks").is_dir() || !indexes.is_dir() {
+            return Err(RepoError::NotARepository {
+                path: path.to_path_buf(),
+            });
+        }
+        let _lock = RepoLock::try_exclusive(&path.join("repo.lock")).map_err(RepoError::Lock)?;
+        let db = path.join("catalog.db");
+        if db.is_file() && !force {
+            let sound = Catalog::open(&db)
+                .and_then(|c| c.integrity_check())
+                .is_ok_and(|problems| problems.is_empty());
+            if sound {
+                return Err(RepoError::CatalogSound { path: db });
+            }
+        }
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| RepoError::Io { path: p, source }
+        };
+        let mut report = RebuildReport::default();
+        let mut found: Vec<Manifest> = Vec::new();
+        let mut dirs: Vec<fs::DirEntry> = fs::read_dir(&indexes)
+            .map_err(io(&indexes))?
+            .collect::<Result<_, _>>()
+            .map_err(io(&indexes))?;
+        dirs.sort_by_key(fs::DirEntry::file_name);
+        for dir in dirs {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            let manifest_path = dir.path().join(MANIFEST_FILE);
+            let checked = Manifest::read(&manifest_path)
+                .map_err(|e| verify::error_chain(&e))
+                .and_then(|m| {
+                    if m.point.id.to_string() != name {
+                        return Err(format!(
+                            "{} names point {}",
+                            manifest_path.display(),
+                            m.point.id
+                        ));
+                    }
+                    for d in &m.point.disks {
+                        FixedIndex::read(&path.join(&d.index_path))
+                            .map_err(|e| verify::error_chain(&e))?;
+                    }
+                    if let Some(first) = found.first()
+                        && first.repo != m.repo
+                    {
+                        return Err(format!(
+                            "{} describes another repository ({:?}, not {:?})",
+                            manifest_path.display(),
+                            m.repo,
+                            first.repo
+                        ));
+                    }
+                    Ok(m)
+                });
+            match checked {
+                Ok(m) => found.push(m),
+                Err(why) => report.skipped.push((name, why)),
+            }
+        }
+        let Some(facts) = found.first().map(|m| m.repo.clone()) else {
+            return Err(CatalogError::Invalid {
+                path: indexes,
+                what: "no readable point manifest to rebuild the catalog from".into(),
+            }
+            .into());
+        };
+        let stamp = now_secs();
+        for suffix in ["", "-wal", "-shm"] {
+            let old = path.join(format!("catalog.db{suffix}"));
+            if old.exists() {
+                let aside = path.join(format!("catalog.db{suffix}.damaged-{stamp}"));
+                fs::rename(&old, &aside).map_err(io(&old))?;
+                report.old_catalog.push(aside);
+            }
+        }
+        // Oldest first, and a parent before its children when both have the same second.
+        found.sort_by_key(|m| (m.point.created_at, m.point.id));
+        let ids: HashSet<RestorePointId> = found.iter().map(|m| m.point.id).collect();
+        let mut ordered: Vec<Manifest> = Vec::with_capacity(found.len());
+        let mut emitted = HashSet::new();
+        while !found.is_empty() {
+            let ready = found
+                .iter()
+                .position(|m| {
+                    m.point
+                        .parent
+                        .is_none_or(|p| emitted.contains(&p) || !ids.contains(&p))
+                })
+                .unwrap_or(0);
+            let m = found.remove(ready);
+            emitted.insert(m.point.id);
+            ordered.push(m);
+        }
+        let found = ordered;
+        let mut catalog = Catalog::open(&db)?;
+        catalog.set_meta("chunk_size_bytes", &facts.chunk_size_bytes.to_string())?;
+        catalog.set_meta("repo_id", &facts.repo_id)?;
+        let created = found.first().map_or_else(now_secs, |m| m.point.created_at);
+        catalog.set_meta("created_at", &created.to_string())?;
+        catalog.set_meta("chunk_layout", &facts.chunk_layout)?;
+        for m in &found {
+            let point = m.to_new_point();
+            catalog.commit_point(&point)?;
+            report.points.push(m.point.id);
+        }
+        File::open(path)
+            .and_then(|d| d.sync_all())
+            .map_err(io(path))?;
+        Ok(report)
     }
 }

@@ -96,8 +96,8 @@ pub struct DiskRecord {
     pub bytes_stored: u64,
 }
 
-/// A restore point to commit.
-#[derive(Debug, Clone)]
+/// A restore point to commit (also the body of its manifest, `crate::repo::manifest`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewPoint {
     /// Identifier (chosen before the data is written: index files live under it).
     pub id: RestorePointId,
@@ -113,7 +113,8 @@ pub struct NewPoint {
     pub kind: PointKind,
     /// Why this kind (e.g. "first backup", "cbt").
     pub reason: String,
-    /// The VMX file, byte for byte.
+    /// The VMX file, byte for byte (base64 in JSON).
+    #[serde(with = "crate::repo::manifest::base64_bytes")]
     pub vmx: Option<Vec<u8>>,
     /// ExtraConfig as JSON.
     pub extra_config: Option<serde_json::Value>,
@@ -749,7 +750,7 @@ impl Catalog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample_point(name: &str, created_at: i64) -> NewPoint {

@@ -5,7 +5,9 @@
 //!   everyone else uses a [`CatalogHandle`] (command + reply channel). Other processes (a CLI
 //!   `list` during a backup) open their own connection; WAL gives them a consistent snapshot.
 //! - **Visibility.** A restore point and its disks are inserted in one transaction, after its
-//!   chunks and index files are durable: a point is visible only once committed.
+//!   chunks, index files and manifest are durable: a point is visible only once committed.
+//!   The manifests (`crate::repo::manifest`) let `repo rebuild-catalog` recreate the points
+//!   if this file is lost.
 //! - **Versioning.** `PRAGMA user_version` holds the schema version; a newer catalog is refused.
 //! - **Chunk references** are not stored here: they are derived from the index files listed in
 //!   `disks.index_path` (checksummed, immutable). A per-chunk table would cost one row per chunk
@@ -22,6 +24,8 @@ mod thread;
 use std::path::PathBuf;
 
 pub use damaged::DamagedChunk;
+#[cfg(test)]
+pub(crate) use db::tests::sample_point;
 pub use db::{
     Catalog, DiskRecord, DiskRole, JobEnd, JournalEntry, JournalKind, NewPoint, PointConfig,
     PointKind, PointRecord, VmRecord,
