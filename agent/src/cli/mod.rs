@@ -37,7 +37,7 @@ pub struct Cli {
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage a repository (init, info, verify, prune, gc).
+    /// Manage a repository (init, info, verify, prune, gc, rebuild-catalog).
     #[command(subcommand)]
     Repo(repo::RepoCommand),
     /// List restore points.

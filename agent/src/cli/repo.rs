@@ -46,7 +46,7 @@ pub enum RepoCommand {
         #[command(flatten)]
         repo: RepoArg,
     },
-    /// Re-read and re-hash every chunk; report bad chunks with the points they affect.
+    /// Check the catalog, re-hash every chunk; report what is bad and the points it affects.
     Verify {
         #[command(flatten)]
         repo: RepoArg,
@@ -83,8 +83,10 @@ pub enum RepoCommand {
         #[command(flatten)]
         repo: RepoArg,
     },
-    /// Rebuild a lost or damaged catalog from the point manifests next to the index files
-    /// (the old catalog is renamed aside; job history, journal and queue start empty).
+    /// Rebuild a lost or damaged catalog from the point manifests.
+    ///
+    /// The manifests lie next to the index files. The old catalog is renamed aside; job
+    /// history, journal and queue start empty.
     RebuildCatalog {
         #[command(flatten)]
         repo: RepoArg,
