@@ -140,30 +140,40 @@ mod tests {
 
         let mut rng = SplitMix64::new(0xC0FFEE);
         let mut pending: Vec<Extent> = Vec::new();
+        // Kill until at least MIN_KILLS backups died mid-way. The delays are drawn below each
+        // kind's estimated run time; a backup that finishes before its delay proves the
+        // estimate too long (the calibration runs may have met a slow moment of the
+        // machine), so the estimate shrinks to that delay.
+        const MIN_KILLS: usize = 10;
+        const MAX_ATTEMPTS: u64 = 48;
+        let (mut full_est, mut incr_est) = (full_ms, incr_ms);
         let mut killed = 0;
-        for i in 0..12 {
+        let mut i = 0;
+        while killed < MIN_KILLS && i < MAX_ATTEMPTS {
             let name = format!("it{i}");
             pending.extend(synthetic_image::mutate(&img, i, 8, 300_000).unwrap());
             expected.insert(name.clone(), hash_file(&img));
-            // Every third iteration is a full backup (the longest); the rest incrementals.
-            let (args, est_ms) = if i % 3 == 0 {
-                (backup_args(&repo, &name, &img, None), full_ms)
+            // Every third attempt is a full backup (the longest); the rest incrementals.
+            let full = i % 3 == 0;
+            let args = if full {
+                backup_args(&repo, &name, &img, None)
             } else {
                 std::fs::write(&ext_file, serde_json::to_vec(&pending).unwrap()).unwrap();
-                (
-                    backup_args(&repo, &name, &img, Some((&ext_file, &latest))),
-                    incr_ms,
-                )
+                backup_args(&repo, &name, &img, Some((&ext_file, &latest)))
             };
+            let est = if full { &mut full_est } else { &mut incr_est };
             let mut child = Command::new(BIN)
                 .args(&args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(rng.below(est_ms)));
+            let delay = rng.below(*est);
+            std::thread::sleep(Duration::from_millis(delay));
             if child.try_wait().unwrap().is_none() {
                 killed += 1;
+            } else {
+                *est = delay.max(10);
             }
             child.kill().ok(); // SIGKILL
             child.wait().unwrap();
@@ -171,8 +181,12 @@ mod tests {
                 latest = id;
                 pending.clear();
             }
+            i += 1;
         }
-        assert!(killed >= 5, "only {killed} backups were killed mid-way");
+        assert!(
+            killed >= MIN_KILLS,
+            "only {killed} of {i} backups were killed mid-way"
+        );
 
         // Verify passes and lists only committed points.
         let out = agent(&["repo", "verify", "--repo", r]);
