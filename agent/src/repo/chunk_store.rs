@@ -57,6 +57,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::ids::ChunkDigest;
 use crate::repo::aligned::{AlignedBuf, DIRECT_IO_ALIGN};
 use crate::repo::chunk::{self, ChunkDecoder, ChunkError, Decoded};
+use crate::repo::durable;
 
 /// Prefix of temp files in chunk directories.
 pub const TEMP_PREFIX: &str = ".tmp-";
@@ -493,13 +494,11 @@ pub fn sync_dirs(dirs: &HashSet<PathBuf>) -> Result<(), ChunkStoreError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ChunkStoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| ChunkStoreError::Write {
-            digest: ChunkDigest::ZERO,
-            path: dir.to_path_buf(),
-            source,
-        })
+    durable::sync_dir(dir).map_err(|source| ChunkStoreError::Write {
+        digest: ChunkDigest::ZERO,
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// A held repository lock; released on drop (or by the kernel when the process dies).

@@ -15,11 +15,12 @@
 //! temp file, fsynced, renamed; never modified. An incremental starts from its parent's
 //! slots, so every index describes a full image.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::ids::ChunkDigest;
+use crate::repo::durable;
 
 const MAGIC: &[u8; 8] = b"VFIDX\0\0\x01";
 const VERSION: u32 = 1;
@@ -141,24 +142,8 @@ impl FixedIndex {
     /// # Errors
     /// [`FixedIndexError::Io`] naming the file.
     pub fn write(&self, path: &Path) -> Result<(), FixedIndexError> {
-        let err = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| FixedIndexError::Io { path: p, source }
-        };
-        let dir = path.parent().expect("index path has a parent");
-        fs::create_dir_all(dir).map_err(err(dir))?;
-        let tmp = path.with_extension("fidx.tmp");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(err(&tmp))?;
-        file.write_all(&self.encode())
-            .and_then(|()| file.sync_all())
-            .map_err(err(&tmp))?;
-        fs::rename(&tmp, path).map_err(err(path))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
+        durable::write_file(path, &self.encode())
+            .map_err(|(path, source)| FixedIndexError::Io { path, source })
     }
 
     /// Read and check an index file.
@@ -221,6 +206,7 @@ impl FixedIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn write_read_round_trip_and_corruption() {

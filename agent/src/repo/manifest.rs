@@ -13,13 +13,14 @@
 //! ExtraConfig included, plus the repository's chunk size, chunk layout and id, so that a
 //! rebuild needs nothing else. Secrets are never in it, as they are never in the catalog.
 
-use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::repo::catalog::NewPoint;
+use crate::repo::durable;
 
 /// File name of a point's manifest inside `indexes/<point>/`.
 pub const MANIFEST_FILE: &str = "point.json";
@@ -129,25 +130,13 @@ impl Manifest {
     /// # Errors
     /// [`ManifestError::Io`] naming the file or directory.
     pub fn write(&self, dir: &Path) -> Result<(), ManifestError> {
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ManifestError::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
         let path = dir.join(MANIFEST_FILE);
-        let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(self).map_err(|e| ManifestError::Invalid {
             path: path.clone(),
             what: e.to_string(),
         })?;
-        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(&json).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
+        durable::write_file(&path, &json)
+            .map_err(|(path, source)| ManifestError::Io { path, source })
     }
 
     /// Read `path`.

@@ -29,6 +29,7 @@ pub mod aligned;
 pub mod catalog;
 pub mod chunk;
 pub mod chunk_store;
+pub(crate) mod durable;
 pub mod fixed_index;
 pub mod gc;
 pub mod manifest;

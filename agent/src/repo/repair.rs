@@ -37,7 +37,7 @@
 //! no point references any more leaves it at the next GC.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +46,7 @@ use serde::Serialize;
 use crate::ids::ChunkDigest;
 use crate::repo::catalog::{CatalogHandle, DamagedChunk};
 use crate::repo::chunk_store::ChunkStore;
+use crate::repo::durable::sync_dir;
 use crate::repo::verify::{ChunkState, VerifyProblem, VerifyReport};
 
 /// Directory (under the repository root) that receives corrupt chunk files.
@@ -214,8 +215,4 @@ fn move_aside(
     let dir = store.dir_of(digest);
     sync_dir(&dir).map_err(fail(&dir))?;
     Ok(true)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }

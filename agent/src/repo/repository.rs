@@ -2,7 +2,7 @@
 //! its manifest, `point.json`, see [`crate::repo::manifest`]), `repo.lock`.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +14,7 @@ use crate::repo::catalog::{
     PointRecord, VmRecord,
 };
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Layout, RepoLock};
+use crate::repo::durable;
 use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
 use crate::repo::gc::{self, GcError, GcReport};
 use crate::repo::manifest::{MANIFEST_FILE, Manifest, ManifestError, RepoFacts};
@@ -1173,9 +1174,7 @@ impl Repository {
             catalog.commit_point(&point)?;
             report.points.push(m.point.id);
         }
-        File::open(path)
-            .and_then(|d| d.sync_all())
-            .map_err(io(path))?;
+        durable::sync_dir(path).map_err(io(path))?;
         Ok(report)
     }
 }

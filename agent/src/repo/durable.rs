@@ -1,0 +1,51 @@
+//! Durable writes of the repository's small files (index files, point manifests) and
+//! directory fsyncs: what makes a rename or a new directory entry survive a power loss.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+/// Write `bytes` to `path` durably: `<path>.tmp` written and fsynced, renamed to `path`,
+/// then the directory (created if absent) fsynced. On error, the file or directory that
+/// failed with its I/O error, for the caller's error type.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, io::Error)> {
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    let dir = path.parent().expect("a file path has a parent");
+    fs::create_dir_all(dir).map_err(at(dir))?;
+    let mut tmp_name = path.file_name().map(OsString::from).unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = File::create(&tmp).map_err(at(&tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(at(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(at(path))?;
+    sync_dir(dir).map_err(at(dir))
+}
+
+/// fsync the directory `dir`, making the entries created, renamed or removed in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_through_a_temp_file_into_a_new_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/2000.fidx");
+        write_file(&path, b"one").unwrap();
+        write_file(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert!(!dir.path().join("a/2000.fidx.tmp").exists());
+        let (failed, _) = write_file(&dir.path().join("a/2000.fidx/x"), b"").unwrap_err();
+        assert!(failed.ends_with("a/2000.fidx"), "{failed:?}");
+    }
+}
