@@ -89,7 +89,7 @@ pub fn collect(
     root: &Path,
     store: &ChunkStore,
     points: &[PointRecord],
-    damaged: &[ChunkDigest],
+    damaged: &HashSet<ChunkDigest>,
 ) -> Result<GcReport, GcError> {
     let mut marked: HashSet<ChunkDigest> = HashSet::new();
     let mut live_points: HashSet<String> = HashSet::new();
@@ -105,13 +105,15 @@ pub fn collect(
             marked.extend(index.slots().iter().filter(|s| !s.is_zero()));
         }
     }
+    let mut damaged_forgotten: Vec<ChunkDigest> = damaged
+        .iter()
+        .filter(|d| !marked.contains(d))
+        .copied()
+        .collect();
+    damaged_forgotten.sort_unstable();
     let mut report = GcReport {
         chunks_marked: marked.len(),
-        damaged_forgotten: damaged
-            .iter()
-            .filter(|d| !marked.contains(d))
-            .copied()
-            .collect(),
+        damaged_forgotten,
         ..GcReport::default()
     };
     // Chunk directories at the layout's depth, then the files in them.

@@ -488,12 +488,7 @@ impl Repository {
         let mut slots = pipeline::slots_for_extents(&extents, &index).map_err(wrap)?;
         // Chunks a repair found damaged (see `repair`): an incremental reads its parent's
         // slots that hold one as well, so that unchanged data is stored again.
-        let damaged: HashSet<ChunkDigest> = self
-            .catalog
-            .damaged_list()?
-            .into_iter()
-            .map(|d| d.digest)
-            .collect();
+        let damaged = self.damaged_digests()?;
         let healing = heal_slots(&index, &damaged);
         if !healing.is_empty() {
             tracing::info!(
@@ -601,6 +596,16 @@ impl Repository {
             written += 1;
         }
         Ok(written)
+    }
+
+    /// Digests of the chunks a repair recorded as damaged (see [`crate::repo::repair`]).
+    fn damaged_digests(&self) -> Result<HashSet<ChunkDigest>, RepoError> {
+        Ok(self
+            .catalog
+            .damaged_list()?
+            .into_iter()
+            .map(|d| d.digest)
+            .collect())
     }
 
     fn repo_facts(&self) -> Result<RepoFacts, RepoError> {
@@ -831,11 +836,10 @@ impl Repository {
         } = &source
         {
             let digest = *digest;
-            let damaged = self
-                .catalog
-                .damaged_list()
-                .is_ok_and(|list| list.iter().any(|d| d.digest == digest));
-            if damaged {
+            if self
+                .damaged_digests()
+                .is_ok_and(|damaged| damaged.contains(&digest))
+            {
                 return RepoError::Damaged {
                     point,
                     disk,
@@ -997,13 +1001,7 @@ impl Repository {
     pub fn gc(&self) -> Result<GcReport, RepoError> {
         let _lock = RepoLock::try_exclusive(&self.lock_path()).map_err(RepoError::Lock)?;
         let points = self.catalog.list_points()?;
-        let damaged: Vec<ChunkDigest> = self
-            .catalog
-            .damaged_list()?
-            .into_iter()
-            .map(|d| d.digest)
-            .collect();
-        let report = gc::collect(&self.root, &self.store, &points, &damaged)?;
+        let report = gc::collect(&self.root, &self.store, &points, &self.damaged_digests()?)?;
         if !report.damaged_forgotten.is_empty() {
             self.catalog
                 .damaged_clear(report.damaged_forgotten.clone())?;
@@ -1041,7 +1039,7 @@ impl Repository {
             points,
             chunk_files,
             chunk_bytes,
-            damaged_chunks: self.catalog.damaged_list()?.len(),
+            damaged_chunks: self.damaged_digests()?.len(),
             quarantined_files: match fs::read_dir(self.root.join(repair::QUARANTINE_DIR)) {
                 Ok(rd) => rd.count(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
