@@ -395,6 +395,100 @@ mod tests {
     }
 
     #[test]
+    fn removed_points_leave_gc_pending_until_a_gc_succeeds() {
+        use vadp_agent::repo::RetentionPolicy;
+        let f = fixture();
+        // The full point a day older than the incremental (both were made this second).
+        let db = rusqlite::Connection::open(f.root.join("catalog.db")).unwrap();
+        let aged = db
+            .execute(
+                "UPDATE restore_points SET created_at = created_at - 86400 WHERE id = ?1",
+                [f.full.to_string()],
+            )
+            .unwrap();
+        assert_eq!(aged, 1);
+        drop(db);
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(repo.gc_pending_since().unwrap(), None);
+        let created = repo
+            .catalog()
+            .get_point(f.incr)
+            .unwrap()
+            .unwrap()
+            .created_at;
+        let keep_newest = RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_secs: 3 * 86_400,
+        };
+        let later = created + 30 * 86_400;
+        // A dry run, and a prune whose floor keeps every point, record nothing.
+        let dry = repo.prune(&keep_newest, later, true).unwrap();
+        assert_eq!(dry.iter().filter(|d| !d.keep).count(), 1, "{dry:?}");
+        assert!(
+            repo.prune(&keep_newest, created, false)
+                .unwrap()
+                .iter()
+                .all(|d| d.keep)
+        );
+        assert_eq!(repo.gc_pending_since().unwrap(), None);
+
+        // A prune that removes the full point records when, with its catalog commit.
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        repo.prune(&keep_newest, later, false).unwrap();
+        let since = repo.gc_pending_since().unwrap().expect("gc pending");
+        let since_u = u64::try_from(since).unwrap();
+        assert!(
+            since_u + 1 >= before && since_u <= before + 60,
+            "{since} vs {before}"
+        );
+        assert_eq!(repo.info().unwrap().gc_pending_since, Some(since));
+        assert!(!f.root.join("indexes").join(f.full.to_string()).exists());
+        // Reopened (a restarted agent), it is still there.
+        drop(repo);
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(repo.gc_pending_since().unwrap(), Some(since));
+
+        // A GC that cannot run (a backup holds the shared lock) leaves it.
+        let lock = repo.lock_shared().unwrap();
+        assert!(chain(&repo.gc().unwrap_err()).contains("busy"));
+        assert_eq!(repo.gc_pending_since().unwrap(), Some(since));
+        drop(lock);
+        // The full point's own chunks (the two mutated extents' old data) go; the
+        // incremental still restores.
+        let report = repo.gc().unwrap();
+        assert_eq!(report.chunks_removed, 2, "{report:?}");
+        assert_eq!(repo.gc_pending_since().unwrap(), None);
+        let out = f.root.join("r.img");
+        repo.restore_image(f.incr, &out, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&f.img).unwrap());
+
+        // Deleting a point records it too, and removes its index directory.
+        assert!(repo.delete_point(f.incr).unwrap());
+        assert!(!repo.delete_point(f.incr).unwrap(), "already gone");
+        assert!(!f.root.join("indexes").join(f.incr.to_string()).exists());
+        assert!(repo.gc_pending_since().unwrap().is_some());
+        let info = std::process::Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["repo", "info", "--repo"])
+            .arg(&f.root)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&info.stdout);
+        assert!(
+            text.contains("garbage:") && text.contains("repo gc"),
+            "{text}"
+        );
+        repo.gc().unwrap();
+        assert_eq!(repo.gc_pending_since().unwrap(), None);
+        assert_eq!(count_files(repo.store().root()), 0);
+    }
+
+    #[test]
     fn permission_error_names_the_file() {
         use std::os::unix::fs::PermissionsExt;
         let f = fixture();

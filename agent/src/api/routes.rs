@@ -373,17 +373,12 @@ async fn delete_point(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<PointDeleted>> {
     let pid = point_id(&id)?;
-    let catalog = s.env.repo.catalog().clone();
-    let n = short(move || {
-        catalog
-            .delete_points(vec![pid])
-            .map_err(|e| engine::error_chain(&e))
-    })
-    .await?;
-    if n == 0 {
+    let repo = Arc::clone(&s.env.repo);
+    // Waits while GC runs (the shared lock), so a thread of its own.
+    if !long("delete-point", move || repo.delete_point(pid)).await? {
         return Err(ApiFailure::not_found("restore point", &id));
     }
-    // The index directory and unreferenced chunks go at the next GC.
+    // Unreferenced chunks go at the next GC (the daemon's own when `maintenance.auto_gc`).
     Ok(axum::Json(PointDeleted { id }))
 }
 

@@ -250,6 +250,13 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                         info.damaged_chunks
                     );
                 }
+                if let Some(since) = info.gc_pending_since {
+                    println!(
+                        "garbage:        restore points removed since {}; their chunks take                          space until `repo gc` runs",
+                        jiff::Timestamp::from_second(since)
+                            .map_or_else(|_| since.to_string(), |t| t.to_string())
+                    );
+                }
             }
         }
         RepoCommand::Verify { repo, repair } => {

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::ids::{ChangeId, ChunkDigest, DiskKey, JobId, RestorePointId, VmMoref};
 use crate::repo::catalog::{
-    Catalog, CatalogError, CatalogHandle, CatalogThread, DiskRecord, DiskRole, NewPoint, PointKind,
-    PointRecord, VmRecord,
+    Catalog, CatalogError, CatalogHandle, CatalogThread, DiskRecord, DiskRole, GC_PENDING_KEY,
+    NewPoint, PointKind, PointRecord, VmRecord,
 };
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Layout, RepoLock};
 use crate::repo::durable;
@@ -203,6 +203,9 @@ pub struct RepoInfo {
     pub damaged_chunks: usize,
     /// Corrupt chunk files kept in `quarantine/` (an administrator deletes them).
     pub quarantined_files: usize,
+    /// Points were removed at this time (Unix seconds) and GC has not run since: their
+    /// chunks still take space ([`Repository::gc_pending_since`]).
+    pub gc_pending_since: Option<i64>,
 }
 
 /// What [`Repository::rebuild_catalog`] did.
@@ -982,12 +985,8 @@ impl Repository {
                 decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
             if !remove.is_empty() {
                 self.catalog.delete_points(remove.clone())?;
-                // After the commit: a crash here leaves orphan index dirs, which GC removes.
                 for id in remove {
-                    let dir = self.root.join("indexes").join(id.to_string());
-                    if let Err(e) = fs::remove_dir_all(&dir) {
-                        tracing::warn!(path = %dir.display(), error = %e, "index dir left for gc");
-                    }
+                    self.remove_index_dir(id);
                 }
             }
         }
@@ -1000,13 +999,54 @@ impl Repository {
     /// [`RepoError::Lock`] (busy), [`RepoError::Gc`].
     pub fn gc(&self) -> Result<GcReport, RepoError> {
         let _lock = RepoLock::try_exclusive(&self.lock_path()).map_err(RepoError::Lock)?;
+        // Read under the lock: every removal of points holds the shared lock, so none
+        // happens between here and the clear below.
+        let pending = self.catalog.meta(GC_PENDING_KEY)?;
         let points = self.catalog.list_points()?;
         let report = gc::collect(&self.root, &self.store, &points, &self.damaged_digests()?)?;
         if !report.damaged_forgotten.is_empty() {
             self.catalog
                 .damaged_clear(report.damaged_forgotten.clone())?;
         }
+        if let Some(since) = pending {
+            self.catalog.clear_meta_if(GC_PENDING_KEY, &since)?;
+        }
         Ok(report)
+    }
+
+    /// When restore points were first removed (by prune or [`Repository::delete_point`])
+    /// since the last successful GC, in Unix seconds: until GC runs, their chunks take space.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn gc_pending_since(&self) -> Result<Option<i64>, RepoError> {
+        Ok(self
+            .catalog
+            .meta(GC_PENDING_KEY)?
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// Remove one restore point (its catalog rows, then its index directory) under the
+    /// shared lock; whether it existed. Its chunks go at the next GC.
+    ///
+    /// # Errors
+    /// [`RepoError::Lock`], catalog errors.
+    pub fn delete_point(&self, id: RestorePointId) -> Result<bool, RepoError> {
+        let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
+        if self.catalog.delete_points(vec![id])? == 0 {
+            return Ok(false);
+        }
+        self.remove_index_dir(id);
+        Ok(true)
+    }
+
+    /// After the points' catalog commit: a crash or an error here leaves an orphan index
+    /// directory, which GC removes.
+    fn remove_index_dir(&self, id: RestorePointId) {
+        let dir = self.root.join("indexes").join(id.to_string());
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "index dir left for gc");
+        }
     }
 
     /// Repository facts.
@@ -1040,6 +1080,7 @@ impl Repository {
             chunk_files,
             chunk_bytes,
             damaged_chunks: self.damaged_digests()?.len(),
+            gc_pending_since: self.gc_pending_since()?,
             quarantined_files: match fs::read_dir(self.root.join(repair::QUARANTINE_DIR)) {
                 Ok(rd) => rd.count(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,

@@ -211,6 +211,10 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// `repo_meta` key: when restore points were first removed since the last successful GC
+/// (Unix seconds, as text). Their chunks and index directories may be garbage until GC runs.
+pub const GC_PENDING_KEY: &str = "gc.pending_since";
+
 /// The catalog: queries over one connection.
 #[derive(Debug)]
 pub struct Catalog {
@@ -343,6 +347,20 @@ impl Catalog {
                 [key, value],
             )
             .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Remove a repository setting if it still holds `value`; whether it did.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn clear_meta_if(&self, key: &str, value: &str) -> Result<bool, CatalogError> {
+        self.conn
+            .execute(
+                "DELETE FROM repo_meta WHERE key = ?1 AND value = ?2",
+                [key, value],
+            )
+            .map(|n| n > 0)
             .map_err(self.sql())
     }
 
@@ -554,6 +572,8 @@ impl Catalog {
     }
 
     /// Delete restore points (and their disks) in one transaction; returns how many existed.
+    /// When any existed, the same transaction records that GC has work
+    /// ([`GC_PENDING_KEY`], kept if already set).
     ///
     /// # Errors
     /// [`CatalogError::Sql`]; on error nothing is deleted.
@@ -569,6 +589,15 @@ impl Catalog {
             n += tx
                 .execute("DELETE FROM restore_points WHERE id = ?1", [id.to_string()])
                 .map_err(sql)?;
+        }
+        if n > 0 {
+            // In the same transaction: whoever removes points leaves garbage for GC.
+            tx.execute(
+                "INSERT INTO repo_meta (key, value) VALUES (?1, strftime('%s', 'now'))
+                 ON CONFLICT (key) DO NOTHING",
+                [GC_PENDING_KEY],
+            )
+            .map_err(sql)?;
         }
         tx.commit().map_err(sql)?;
         Ok(n)

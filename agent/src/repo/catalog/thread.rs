@@ -22,6 +22,7 @@ type Reply<T> = Sender<Result<T, CatalogError>>;
 enum Command {
     Meta(String, Reply<Option<String>>),
     SetMeta(String, String, Reply<()>),
+    ClearMetaIf(String, String, Reply<bool>),
     CommitPoint(Box<NewPoint>, Reply<()>),
     ListPoints(Reply<Vec<PointRecord>>),
     GetPoint(RestorePointId, Reply<Option<PointRecord>>),
@@ -131,6 +132,14 @@ impl CatalogHandle {
     /// As [`Catalog::set_meta`], or [`CatalogError::Gone`].
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), CatalogError> {
         self.call(|r| Command::SetMeta(key.to_owned(), value.to_owned(), r))
+    }
+
+    /// See [`Catalog::clear_meta_if`].
+    ///
+    /// # Errors
+    /// As [`Catalog::clear_meta_if`], or [`CatalogError::Gone`].
+    pub fn clear_meta_if(&self, key: &str, value: &str) -> Result<bool, CatalogError> {
+        self.call(|r| Command::ClearMetaIf(key.to_owned(), value.to_owned(), r))
     }
 
     /// See [`Catalog::commit_point`].
@@ -332,6 +341,7 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
     match cmd {
         Command::Meta(k, r) => drop(r.send(catalog.meta(&k))),
         Command::SetMeta(k, v, r) => drop(r.send(catalog.set_meta(&k, &v))),
+        Command::ClearMetaIf(k, v, r) => drop(r.send(catalog.clear_meta_if(&k, &v))),
         Command::CommitPoint(p, r) => drop(r.send(catalog.commit_point(&p))),
         Command::ListPoints(r) => drop(r.send(catalog.list_points())),
         Command::GetPoint(id, r) => drop(r.send(catalog.get_point(id))),
