@@ -186,6 +186,28 @@ impl LimitsConfig {
     }
 }
 
+/// `[maintenance]`: repository upkeep the daemon and `schedule run-due` do on their own.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Collect garbage after restore points were removed (retention, `DELETE
+    /// /v1/points/{id}`, `repo prune`), once no job is running (default true).
+    #[serde(default = "default_auto_gc")]
+    pub auto_gc: bool,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            auto_gc: default_auto_gc(),
+        }
+    }
+}
+
+fn default_auto_gc() -> bool {
+    true
+}
+
 /// `[policy.<name>.retention]`.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,6 +294,9 @@ pub struct AgentConfig {
     /// Concurrency.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Repository upkeep.
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
     /// Scheduling policies by name.
     #[serde(default)]
     pub policy: std::collections::BTreeMap<String, PolicyConfig>,
@@ -555,6 +580,25 @@ retention = { keep_daily = 7 }
         assert_eq!(c.vcenter.url, "https://vc.example.com/sdk");
         assert_eq!(c.policy["vcf-ops"].retention.unwrap().min_age_days, 3);
         assert!(c.policy["vcf-ops"].initial_run);
+        assert!(c.maintenance.auto_gc);
+        let c = load(GOOD, &[("VADP_AGENT_MAINTENANCE__AUTO_GC", "false")]).unwrap();
+        assert!(!c.maintenance.auto_gc);
+        let e = load(
+            &format!("{GOOD}\n[maintenance]\nauto_gc = \"sometimes\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("auto_gc"), "{e}");
+    }
+
+    #[test]
+    fn the_packaged_configuration_loads() {
+        let c = load(include_str!("../../packaging/agent.toml"), &[]).unwrap();
+        assert!(c.maintenance.auto_gc);
+        assert!(
+            c.policy.is_empty(),
+            "the example policy stays commented out"
+        );
     }
 
     #[test]

@@ -81,6 +81,63 @@ concurrent_jobs = 2
         config
     }
 
+    /// A lab in `dir/lab` served by an in-process vCenter, with one VM `name` and its 8 MiB
+    /// thin disk (returned with the lab's root).
+    fn lab_with_vm(
+        dir: &Path,
+        name: &str,
+    ) -> (
+        std::path::PathBuf,
+        InProcessVcenter,
+        Lab,
+        lab::vmstate::VmMoref,
+        lab::vmstate::DiskKey,
+    ) {
+        let lab_root = dir.join("lab");
+        Lab::create(&lab_root).unwrap();
+        let vcenter = InProcessVcenter::start(&lab_root, false).unwrap();
+        let lab = Lab::open(&lab_root).unwrap();
+        let vm = lab
+            .create_vm(
+                name,
+                "/dc1/vm",
+                &[NewDisk {
+                    capacity_bytes: 8 * MIB,
+                    thin: true,
+                }],
+            )
+            .unwrap();
+        let disk = lab.vm(&vm).unwrap().disks[0].key;
+        (lab_root, vcenter, lab, vm, disk)
+    }
+
+    /// The agent's side of a test: the VDDK configuration naming the lab at `lab_root`, the
+    /// password and token files, an initialised repository and `agent.toml`, all in `dir`.
+    /// Returns the repository and the configuration file.
+    fn prepare_agent(
+        dir: &Path,
+        lab_root: &Path,
+        vcenter: &InProcessVcenter,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        std::fs::write(
+            dir.join("vddk.conf"),
+            format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
+        )
+        .unwrap();
+        write_secret(&dir.join("password"), &vcenter.running().password, 0o600);
+        write_secret(&dir.join("token"), TOKEN, 0o600);
+        let repo = dir.join("repo");
+        assert!(
+            agent(&["repo", "init", "--path"])
+                .arg(&repo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let config = write_config(dir, vcenter, &repo);
+        (repo, config)
+    }
+
     /// Starts `serve` and returns it with its base URL (read from its stdout).
     fn serve(config: &Path) -> (Daemon, String) {
         serve_with(config, Stdio::inherit(), None)
@@ -118,39 +175,9 @@ concurrent_jobs = 2
     #[test]
     fn backup_through_the_api_with_events_auth_and_openapi() {
         let dir = tempfile::tempdir().unwrap();
-        let lab_root = dir.path().join("lab");
-        Lab::create(&lab_root).unwrap();
-        let vcenter = InProcessVcenter::start(&lab_root, false).unwrap();
-        let lab = Lab::open(&lab_root).unwrap();
-        let vm = lab
-            .create_vm(
-                "api-1",
-                "/dc1/vm",
-                &[NewDisk {
-                    capacity_bytes: 8 * MIB,
-                    thin: true,
-                }],
-            )
-            .unwrap();
-        let disk = lab.vm(&vm).unwrap().disks[0].key;
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "api-1");
         lab.guest_write(&vm, disk, MIB, &[0x5a; 2 << 20]).unwrap();
-        std::fs::write(
-            dir.path().join("vddk.conf"),
-            format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
-        )
-        .unwrap();
-        let r = vcenter.running();
-        write_secret(&dir.path().join("password"), &r.password, 0o600);
-        write_secret(&dir.path().join("token"), TOKEN, 0o600);
-        let repo = dir.path().join("repo");
-        assert!(
-            agent(&["repo", "init", "--path"])
-                .arg(&repo)
-                .status()
-                .unwrap()
-                .success()
-        );
-        let config = write_config(dir.path(), &vcenter, &repo);
+        let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
 
         // A token file others can read: refused, naming the key.
         write_secret(&dir.path().join("token"), TOKEN, 0o644);
@@ -311,6 +338,142 @@ concurrent_jobs = 2
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
     }
 
+    /// A scheduling policy's run through the daemon: retention removes the older point
+    /// once the new one is committed, and the daemon, once idle, collects its chunks.
+    #[test]
+    fn a_policy_run_applies_retention_and_the_idle_daemon_collects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "gc-1");
+        let pattern = |seed: u8| -> Vec<u8> {
+            (0..2 * MIB)
+                .map(|i| u8::try_from((i / 7 + u64::from(seed)) % 251).unwrap())
+                .collect()
+        };
+        lab.guest_write(&vm, disk, MIB, &pattern(1)).unwrap();
+        let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+
+        // A first point, through the API of a daemon without policies.
+        let (daemon, base) = serve(&config);
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let old_point = rt.block_on(backup_point(&client, &vm.0, false));
+        drop(daemon);
+        let old_chunks = walkdir(&repo.join("chunks"));
+        assert_eq!(
+            old_chunks.len(),
+            2,
+            "two distinct 1 MiB chunks: {old_chunks:?}"
+        );
+
+        // Ten days pass (past the retention's 3-day floor), the guest rewrites its data, and
+        // a new policy is due at once (its initial run) and keeps one point.
+        let ten_days_later = |policy: &str, seed: u8| {
+            let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+            db.execute(
+                "UPDATE restore_points SET created_at = created_at - 864000",
+                [],
+            )
+            .unwrap();
+            drop(db);
+            lab.guest_write(&vm, disk, MIB, &pattern(seed)).unwrap();
+            let mut text = std::fs::read_to_string(&config).unwrap();
+            text.push_str(&format!(
+                "\n[policy.{policy}]\nvms = [\"{}\"]\ndaily_at = \"03:00\"\n\
+                 retention = {{ keep_last = 1 }}\n",
+                vm.0
+            ));
+            std::fs::write(&config, text).unwrap();
+        };
+        ten_days_later("nightly", 2);
+        let log_path = dir.path().join("serve.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let (daemon, base) = serve_with(&config, log, Some("info"));
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let new_point = rt.block_on(async {
+            let job = loop {
+                let jobs = client.jobs().await.unwrap().jobs;
+                if let Some(j) = jobs.iter().find(|j| j.origin == "schedule:nightly") {
+                    break j.clone();
+                }
+                assert!(std::time::Instant::now() < deadline, "no scheduled job");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            };
+            let (_, ended) = follow(&client, &job.id).await;
+            assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
+            ended.result.unwrap()["vms"][0]["point"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        });
+        let log = loop {
+            let log = std::fs::read_to_string(&log_path).unwrap();
+            if log.contains("garbage collected after restore points were removed") {
+                break log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no garbage collection:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        assert!(log.contains("retention applied"), "{log}");
+        assert!(!log.contains("ERROR"), "{log}");
+
+        rt.block_on(async {
+            let points = client.points().await.unwrap().points;
+            assert_eq!(points.len(), 1, "{points:?}");
+            assert_eq!(points[0].id, new_point);
+            assert_ne!(new_point, old_point);
+            assert!(client.verify().await.unwrap().ok);
+        });
+        // The old point's chunks are gone; the new point's two are all that is left.
+        let chunks = walkdir(&repo.join("chunks"));
+        assert_eq!(chunks.len(), 2, "{chunks:?}");
+        assert!(chunks.iter().all(|c| !old_chunks.contains(c)), "{chunks:?}");
+        let out = agent(&["repo", "info", "--json", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(info["repo"]["gc_pending_since"].is_null(), "{info}");
+        drop(daemon);
+
+        // The same without the daemon: `schedule run-due` (the timer's command) runs a newly
+        // due policy, applies its retention and collects the garbage before it exits.
+        ten_days_later("weekly", 3);
+        let before = walkdir(&repo.join("chunks"));
+        let out = agent(&["schedule", "run-due", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("policy weekly: job"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("garbage collected after restore points were removed"),
+            "{stderr}"
+        );
+        let chunks = walkdir(&repo.join("chunks"));
+        assert_eq!(chunks.len(), 2, "{chunks:?}");
+        assert!(chunks.iter().all(|c| !before.contains(c)), "{chunks:?}");
+        let out = agent(&["list", "--json", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let points = listed["points"].as_array().unwrap();
+        assert_eq!(points.len(), 1, "{listed}");
+        assert_eq!(points[0]["parent"], new_point.as_str(), "{listed}");
+    }
+
     /// Files under `dir`, at any depth.
     fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut files = Vec::new();
@@ -323,6 +486,32 @@ concurrent_jobs = 2
         }
         files.sort();
         files
+    }
+
+    /// Backs up one VM through the API, follows the job to its end and returns the new
+    /// point's id.
+    async fn backup_point(client: &Client, vm: &str, require_vmservice: bool) -> String {
+        let job = client
+            .backup(&BackupJobRequest {
+                vms: vec![VmSpec {
+                    vm: vm.to_owned(),
+                    quiesce: false,
+                }],
+                group: None,
+                idempotency_key: None,
+                priority: 0,
+                full: false,
+                require_vmservice,
+                prepare_access: true,
+            })
+            .await
+            .unwrap();
+        let (_, ended) = follow(client, &job.id).await;
+        assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
+        ended.result.unwrap()["vms"][0]["point"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Follows a job's events to its end: the event names and the final job.
@@ -373,23 +562,8 @@ concurrent_jobs = 2
         for d in lab.vm(&vm).unwrap().disks {
             lab.guest_write(&vm, d.key, 0, &[0xa5; 65536]).unwrap();
         }
-        std::fs::write(
-            dir.path().join("vddk.conf"),
-            format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
-        )
-        .unwrap();
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
         let password = vcenter.running().password.clone();
-        write_secret(&dir.path().join("password"), &password, 0o600);
-        write_secret(&dir.path().join("token"), TOKEN, 0o600);
-        let repo = dir.path().join("repo");
-        assert!(
-            agent(&["repo", "init", "--path"])
-                .arg(&repo)
-                .status()
-                .unwrap()
-                .success()
-        );
-        let config = write_config(dir.path(), &vcenter, &repo);
         let log_path = dir.path().join("serve.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let (daemon, base) = serve_with(&config, log, Some("debug"));
@@ -399,27 +573,7 @@ concurrent_jobs = 2
             .unwrap();
         rt.block_on(async {
             let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
-            let job = client
-                .backup(&BackupJobRequest {
-                    vms: vec![VmSpec {
-                        vm: "ns1/web-1".into(),
-                        quiesce: false,
-                    }],
-                    group: None,
-                    idempotency_key: None,
-                    priority: 0,
-                    full: false,
-                    require_vmservice: true,
-                    prepare_access: true,
-                })
-                .await
-                .unwrap();
-            let (_, ended) = follow(&client, &job.id).await;
-            assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
-            let point = ended.result.unwrap()["vms"][0]["point"]
-                .as_str()
-                .unwrap()
-                .to_owned();
+            let point = backup_point(&client, "ns1/web-1", true).await;
 
             sup.delete("VirtualMachine", "ns1", "web-1").unwrap();
             let job = client
@@ -493,26 +647,7 @@ concurrent_jobs = 2
                 vm
             })
             .collect();
-        std::fs::write(
-            dir.path().join("vddk.conf"),
-            format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
-        )
-        .unwrap();
-        write_secret(
-            &dir.path().join("password"),
-            &vcenter.running().password,
-            0o600,
-        );
-        write_secret(&dir.path().join("token"), TOKEN, 0o600);
-        let repo = dir.path().join("repo");
-        assert!(
-            agent(&["repo", "init", "--path"])
-                .arg(&repo)
-                .status()
-                .unwrap()
-                .success()
-        );
-        let config = write_config(dir.path(), &vcenter, &repo);
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
         let text = std::fs::read_to_string(&config)
             .unwrap()
             .replace("concurrent_jobs = 2", "concurrent_jobs = 4");

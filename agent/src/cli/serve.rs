@@ -14,7 +14,7 @@ use super::backup::{ConnectionArgs, environment};
 use crate::api::{AppState, Listeners};
 use crate::config::{AgentConfig, DEFAULT_PATH, read_secret_file};
 use crate::daemon::backup_job::{BackupJobs, engine_request};
-use crate::daemon::{Queue, scheduler};
+use crate::daemon::{Queue, maintenance, scheduler};
 use crate::engine::{self, BackupEvent, Environment};
 
 /// Where the configuration is.
@@ -136,6 +136,13 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             queue.clone(),
             shutdown.clone(),
         ));
+        if config.maintenance.auto_gc {
+            tokio::spawn(maintenance::run(
+                Arc::clone(&env.repo),
+                queue.clone(),
+                shutdown.clone(),
+            ));
+        }
         let served = crate::api::serve(state, listeners, shutdown).await;
         queue.cancel_all();
         // Give running jobs the chance to clean up (snapshots, EndAccess) before exiting.
@@ -241,26 +248,11 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                     code = ExitCode::from(2);
                     continue;
                 }
-                if let Some(retention) = p.retention {
-                    let selectors = p.selectors(&name)?;
-                    let decisions = env.repo.prune_where(
-                        &retention.policy(),
-                        now.timestamp().as_second(),
-                        false,
-                        |vm| {
-                            selectors.iter().any(|(s, _)| match s {
-                                engine::VmSelector::Moref(m) => *m == vm.moref,
-                                engine::VmSelector::Namespaced { namespace, name } => {
-                                    vm.namespace.as_deref() == Some(namespace) && vm.name == *name
-                                }
-                            })
-                        },
-                    )?;
-                    tracing::info!(
-                        policy = %name,
-                        removed = decisions.iter().filter(|d| !d.keep).count(),
-                        "retention applied"
-                    );
+                if let Err(e) =
+                    maintenance::apply_retention(&env.repo, &name, p, now.timestamp().as_second())
+                {
+                    tracing::error!(policy = %name, error = %e, "retention failed");
+                    code = ExitCode::from(2);
                 }
             }
             Err(e) => {
@@ -270,5 +262,17 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     let _ = rt.block_on(env.soap.logout());
+    if config.maintenance.auto_gc {
+        match maintenance::collect_if_pending(&env.repo) {
+            Ok(maintenance::GcAttempt::Busy) => {
+                tracing::info!("garbage collection left for the next run: the repository is in use")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %engine::error_chain(&e), "garbage collection failed");
+                code = ExitCode::from(2);
+            }
+        }
+    }
     Ok(code)
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use plugin_api::types::{BackupJobRequest, JobKind, JobState, RestoreJobRequest};
 
+use super::maintenance;
 use super::queue::{BodyFuture, JobBody, Outcome, RunContext};
 use crate::config::{AgentConfig, read_secret_file};
 use crate::engine::restore::{
@@ -257,43 +258,24 @@ impl BackupJobs {
         }
     }
 
-    /// Applies the retention of `policy` to its VMs' points.
+    /// Applies the retention of `policy` to its VMs' points (on the blocking pool: it takes
+    /// the repository lock and calls the catalog). The daemon's maintenance loop collects
+    /// the garbage once no job runs.
     async fn prune_policy(&self, policy: &str) {
-        let Some(p) = self.config.policy.get(policy) else {
-            return;
-        };
-        let Some(retention) = p.retention else {
-            return;
-        };
-        let Ok(selectors) = p.selectors(policy) else {
+        let Some(p) = self.config.policy.get(policy).cloned() else {
             return;
         };
         let repo = Arc::clone(&self.env.repo);
         let name = policy.to_owned();
         let result = tokio::task::spawn_blocking(move || {
             let now = jiff::Timestamp::now().as_second();
-            repo.prune_where(&retention.policy(), now, false, |vm| {
-                selectors.iter().any(|(s, _)| match s {
-                    VmSelector::Moref(m) => *m == vm.moref,
-                    VmSelector::Namespaced { namespace, name } => {
-                        vm.namespace.as_deref() == Some(namespace) && vm.name == *name
-                    }
-                })
-            })
-            .map_err(|e| engine::error_chain(&e))
+            maintenance::apply_retention(&repo, &name, &p, now)
         })
         .await;
         match result {
-            Ok(Ok(d)) => tracing::info!(
-                policy = %name,
-                removed = d.iter().filter(|d| !d.keep).count(),
-                kept = d.iter().filter(|d| d.keep).count(),
-                "retention applied"
-            ),
-            Ok(Err(e)) => {
-                tracing::warn!(policy = %name, error = %e, "retention failed")
-            }
-            Err(e) => tracing::warn!(policy = %name, error = %e, "retention failed"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(policy = %policy, error = %e, "retention failed"),
+            Err(e) => tracing::warn!(policy = %policy, error = %e, "retention failed"),
         }
     }
 }
