@@ -14,7 +14,7 @@ mod tests {
     use lab::vcenter::InProcessVcenter;
     use lab::vmstate::NewDisk;
     use plugin_api::client::{Client, JobEvent, Token};
-    use plugin_api::types::{BackupJobRequest, JobState, RestoreJobRequest, VmSpec};
+    use plugin_api::types::{BackupJobRequest, JobState, RestoreJobRequest, VerifyRequest, VmSpec};
     use vadp_tests::{SimVariant, vddk_sim_libdir};
 
     const MIB: u64 = 1 << 20;
@@ -334,6 +334,26 @@ concurrent_jobs = 2
                 client.verify().await.unwrap().problems[0]["state"],
                 "missing"
             );
+            // A subset: the recorded chunk is re-read whatever the bucket.
+            let r = client
+                .verify_with(&VerifyRequest {
+                    repair: false,
+                    subset: Some("2/3".into()),
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.subset.as_deref(), Some("2/3"));
+            assert!(r.chunks_read >= 1 && r.chunks_read <= r.chunks, "{r:?}");
+            assert_eq!(r.problems[0]["state"], "missing", "{r:?}");
+            let e = client
+                .verify_with(&VerifyRequest {
+                    repair: false,
+                    subset: Some("4/3".into()),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(400), "{e}");
+            assert!(e.to_string().contains("subset"), "{e}");
         });
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
     }

@@ -9,7 +9,8 @@ mod tests {
     use vadp_agent::ids::{ChunkDigest, RestorePointId};
     use vadp_agent::repo::chunk_store::Layout;
     use vadp_agent::repo::{
-        ChunkState, IMAGE_DISK_KEY, ImageBackup, Repository, VerifyProblem, synthetic_image,
+        ChunkState, IMAGE_DISK_KEY, ImageBackup, Repository, VerifyProblem, VerifySubset,
+        synthetic_image,
     };
 
     struct Fixture {
@@ -486,6 +487,95 @@ mod tests {
         repo.gc().unwrap();
         assert_eq!(repo.gc_pending_since().unwrap(), None);
         assert_eq!(count_files(repo.store().root()), 0);
+    }
+
+    /// The chunk problems of a verify of `subset` (with `repair`): (digest, state).
+    fn chunk_problems(
+        repo: &Repository,
+        subset: VerifySubset,
+        repair: bool,
+    ) -> (usize, Vec<(ChunkDigest, ChunkState)>) {
+        let (report, _) = repo
+            .verify_with(Some(subset), repair, &mut |_, _| {})
+            .unwrap();
+        assert_eq!(report.subset, Some(subset));
+        let problems = report
+            .problems
+            .iter()
+            .map(|p| match p {
+                VerifyProblem::Chunk { digest, state, .. } => (*digest, *state),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        (report.chunks_read, problems)
+    }
+
+    #[test]
+    fn a_subset_verify_reads_its_bucket_checks_the_rest_and_rereads_damaged_chunks() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (digest, path) = shared_chunk(&repo, &f);
+        let of = 4;
+        let bucket = |d: &ChunkDigest| {
+            (1..=of)
+                .map(|n| VerifySubset::new(n, of).unwrap())
+                .find(|s| s.contains(d))
+                .unwrap()
+        };
+        let mine = bucket(&digest);
+        let other = VerifySubset::new(mine.n % of + 1, of).unwrap();
+        // The buckets together read every chunk once.
+        let all = repo.verify(&mut |_, _| {}).unwrap();
+        assert_eq!(all.chunks_read, all.chunks);
+        let reads: usize = (1..=of)
+            .map(|n| chunk_problems(&repo, VerifySubset::new(n, of).unwrap(), false).0)
+            .sum();
+        assert_eq!(reads, all.chunks);
+
+        // A corrupt chunk is found by its own bucket only...
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[40] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (read, problems) = chunk_problems(&repo, other, false);
+        assert!(problems.is_empty() && read < all.chunks, "{problems:?}");
+        assert_eq!(
+            chunk_problems(&repo, mine, false).1,
+            [(digest, ChunkState::Corrupt)]
+        );
+        // ... a missing one by every bucket (the others check that each file exists).
+        let full = repo.catalog().get_point(f.full).unwrap().unwrap();
+        let gone_digest = *repo
+            .load_index(&full, IMAGE_DISK_KEY)
+            .unwrap()
+            .slots()
+            .iter()
+            .find(|d| !d.is_zero() && **d != digest)
+            .expect("a second chunk");
+        let gone = repo.store().chunk_path(&gone_digest);
+        let aside = f.root.join("aside");
+        std::fs::rename(&gone, &aside).unwrap();
+        let elsewhere = VerifySubset::new(bucket(&gone_digest).n % of + 1, of).unwrap();
+        assert!(
+            chunk_problems(&repo, elsewhere, false)
+                .1
+                .contains(&(gone_digest, ChunkState::Missing))
+        );
+        std::fs::rename(&aside, &gone).unwrap();
+
+        // Once recorded as damaged, a chunk is re-read whatever the bucket: here a corrupt
+        // file is back in its place (as if a backup's read-back had failed).
+        assert!(
+            chunk_problems(&repo, mine, true)
+                .1
+                .contains(&(digest, ChunkState::Corrupt))
+        );
+        assert!(!path.exists(), "quarantined");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            chunk_problems(&repo, other, true).1,
+            [(digest, ChunkState::Corrupt)]
+        );
+        assert_eq!(repo.info().unwrap().damaged_chunks, 1);
     }
 
     #[test]

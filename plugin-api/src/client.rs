@@ -380,7 +380,23 @@ impl Client {
         self.call(
             reqwest::Method::POST,
             "/v1/repository/verify",
-            Some(&VerifyRequest { repair: true }),
+            Some(&VerifyRequest {
+                repair: true,
+                subset: None,
+            }),
+        )
+        .await
+    }
+
+    /// `POST /v1/repository/verify` with any options (`repair`, `subset`).
+    ///
+    /// # Errors
+    /// [`ApiError`]; 400 for a malformed `subset`.
+    pub async fn verify_with(&self, request: &VerifyRequest) -> Result<VerifyResult, ApiError> {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/repository/verify",
+            Some(request),
         )
         .await
     }

@@ -303,12 +303,18 @@ pub struct VerifyRequest {
     /// Backups go on meanwhile.
     #[serde(default)]
     pub repair: bool,
+    /// Re-read only the chunks in bucket N of T (by digest), `"N/T"`, and check that the
+    /// others exist: `"1/7"` … `"7/7"` on seven days read every chunk once a week. Chunks
+    /// recorded as damaged are always re-read. Absent: every chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "3/7")]
+    pub subset: Option<String>,
 }
 
 /// `POST /v1/repository/verify`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyResult {
-    /// Whether everything is intact.
+    /// Whether everything is intact (of what was checked: see `subset`).
     pub ok: bool,
     /// Points checked.
     #[serde(default)]
@@ -316,6 +322,12 @@ pub struct VerifyResult {
     /// Distinct chunks checked.
     #[serde(default)]
     pub chunks: u64,
+    /// Of those, chunks re-read and re-hashed (all of them without `subset`).
+    #[serde(default)]
+    pub chunks_read: u64,
+    /// The subset re-read, as requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
     /// Problems (`kind`: `catalog`, `index` or `chunk`, with the points affected; a chunk's
     /// `state` is `missing`, `corrupt` or `unreadable`).
     #[schema(value_type = Vec<Object>)]

@@ -33,7 +33,7 @@ use crate::daemon::{Queue, Submission};
 use crate::engine::{self, Environment, Limits};
 use crate::ids::RestorePointId;
 use crate::repo::catalog::PointRecord;
-use crate::repo::{RepoError, RetentionPolicy};
+use crate::repo::{RepoError, RetentionPolicy, VerifySubset};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -392,22 +392,25 @@ async fn verify(
     } else {
         parse(&body)?
     };
+    let subset = request
+        .subset
+        .as_deref()
+        .map(str::parse::<VerifySubset>)
+        .transpose()
+        .map_err(ApiFailure::bad_request)?;
     let repo = Arc::clone(&s.env.repo);
-    let (report, repaired) = if request.repair {
-        let (report, repaired) =
-            long("verify", move || repo.verify_and_repair(&mut |_, _| {})).await?;
-        (report, Some(repaired))
-    } else {
-        (
-            long("verify", move || repo.verify(&mut |_, _| {})).await?,
-            None,
-        )
-    };
+    let repair = request.repair;
+    let (report, repaired) = long("verify", move || {
+        repo.verify_with(subset, repair, &mut |_, _| {})
+    })
+    .await?;
     Ok(axum::Json(VerifyResult {
         repair: repaired.and_then(|r| serde_json::to_value(r).ok()),
         ok: report.is_ok(),
         points: report.points as u64,
         chunks: report.chunks as u64,
+        chunks_read: report.chunks_read as u64,
+        subset: report.subset.map(|s| s.to_string()),
         problems: report
             .problems
             .iter()

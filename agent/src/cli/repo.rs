@@ -11,7 +11,7 @@ use super::progress::Progress;
 use super::{parse_duration_secs, parse_size};
 use crate::repo::{
     ChunkState, DEFAULT_CHUNK_SIZE_BYTES, RepairReport, Repository, RetentionPolicy, VerifyProblem,
-    VerifyReport,
+    VerifyReport, VerifySubset,
 };
 
 /// Exit code of `repo verify` when it finds problems.
@@ -54,6 +54,10 @@ pub enum RepoCommand {
         /// next backup of the same data stores them again and heals the points that use them.
         #[arg(long)]
         repair: bool,
+        /// Re-hash only the chunks in bucket N of T (by digest) and check that the others
+        /// exist: `1/7` … `7/7` on seven days read every chunk once a week.
+        #[arg(long, value_name = "N/T")]
+        subset: Option<VerifySubset>,
     },
     /// Remove restore points outside the retention policy (chunks are freed by `repo gc`).
     Prune {
@@ -137,12 +141,22 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
             }
         }
     }
-    println!(
-        "verified {} restore points, {} chunks: {} problem(s)",
-        report.points,
-        report.chunks,
-        report.problems.len()
-    );
+    match report.subset {
+        None => println!(
+            "verified {} restore points, {} chunks: {} problem(s)",
+            report.points,
+            report.chunks,
+            report.problems.len()
+        ),
+        Some(subset) => println!(
+            "verified {} restore points, {} chunks ({} re-read: subset {subset} and chunks \
+             recorded as damaged; the others checked for presence): {} problem(s)",
+            report.points,
+            report.chunks,
+            report.chunks_read,
+            report.problems.len()
+        ),
+    }
     let healable = report.problems.iter().any(|p| {
         matches!(
             p,
@@ -259,15 +273,15 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        RepoCommand::Verify { repo, repair } => {
+        RepoCommand::Verify {
+            repo,
+            repair,
+            subset,
+        } => {
             let r = open(&repo)?;
             let mut progress = Progress::new("verify", json);
-            let (report, repaired) = if repair {
-                let (report, repaired) = r.verify_and_repair(&mut |d, t| progress.update(d, t))?;
-                (report, Some(repaired))
-            } else {
-                (r.verify(&mut |d, t| progress.update(d, t))?, None)
-            };
+            let (report, repaired) =
+                r.verify_with(subset, repair, &mut |d, t| progress.update(d, t))?;
             progress.finish();
             if json {
                 println!(

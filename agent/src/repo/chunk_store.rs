@@ -377,6 +377,16 @@ impl ChunkStore {
         fs::read(&path).map_err(|source| self.read_error(digest, source))
     }
 
+    /// Check that the chunk's file exists, without reading it.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Missing`], or [`ChunkStoreError::Read`] if it cannot be looked up.
+    pub fn check_present(&self, digest: &ChunkDigest) -> Result<(), ChunkStoreError> {
+        fs::symlink_metadata(self.chunk_path(digest))
+            .map(drop)
+            .map_err(|source| self.read_error(digest, source))
+    }
+
     fn read_error(&self, digest: &ChunkDigest, source: io::Error) -> ChunkStoreError {
         let path = self.chunk_path(digest);
         if source.kind() == io::ErrorKind::NotFound {

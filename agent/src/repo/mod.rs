@@ -55,4 +55,4 @@ pub use repository::{
     RepoError, RepoInfo, Repository, WrittenDisk,
 };
 pub use source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
-pub use verify::{ChunkState, VerifyProblem, VerifyReport};
+pub use verify::{ChunkSelection, ChunkState, VerifyProblem, VerifyReport, VerifySubset};

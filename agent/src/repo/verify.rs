@@ -2,9 +2,16 @@
 //! every referenced chunk (in parallel), and report each bad index and each bad or missing
 //! chunk with every restore point (and disk) that references it. `Repository::verify` first
 //! runs SQLite's own checks on the catalog ([`VerifyProblem::Catalog`]).
+//!
+//! A [`VerifySubset`] `N/T` re-reads only the chunks in bucket `N` of `T` (by digest), and
+//! checks that every other referenced chunk file exists: running `1/T` … `T/T` on successive
+//! days reads the whole repository once every `T` days, at `1/T` of the cost per run.
+//! Chunks recorded as damaged are always re-read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -80,13 +87,95 @@ impl Serialize for ChunkDigest {
     }
 }
 
+/// The share of chunks a verify re-reads: bucket `n` of `of` (`N/T`, 1 ≤ N ≤ T), by the
+/// first 8 bytes of the digest. Every referenced chunk outside it is checked for presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifySubset {
+    /// Which bucket, from 1.
+    pub n: u32,
+    /// How many buckets.
+    pub of: u32,
+}
+
+impl VerifySubset {
+    /// Most buckets a subset may have.
+    pub const MAX_BUCKETS: u32 = 10_000;
+
+    /// Bucket `n` of `of`.
+    ///
+    /// # Errors
+    /// Unless 1 ≤ `n` ≤ `of` ≤ [`VerifySubset::MAX_BUCKETS`].
+    pub fn new(n: u32, of: u32) -> Result<Self, String> {
+        if n == 0 || of == 0 || n > of || of > Self::MAX_BUCKETS {
+            return Err(format!(
+                "subset {n}/{of}: expected N/T with 1 <= N <= T <= {}",
+                Self::MAX_BUCKETS
+            ));
+        }
+        Ok(Self { n, of })
+    }
+
+    /// Whether `digest` falls in this subset.
+    #[must_use]
+    pub fn contains(&self, digest: &ChunkDigest) -> bool {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest.0[..8]);
+        u64::from_le_bytes(head) % u64::from(self.of) == u64::from(self.n - 1)
+    }
+}
+
+impl FromStr for VerifySubset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("subset {s:?}: expected N/T, e.g. 3/7");
+        let (n, of) = s.trim().split_once('/').ok_or_else(bad)?;
+        let n = n.trim().parse().map_err(|_| bad())?;
+        let of = of.trim().parse().map_err(|_| bad())?;
+        Self::new(n, of)
+    }
+}
+
+impl fmt::Display for VerifySubset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.n, self.of)
+    }
+}
+
+impl Serialize for VerifySubset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Which chunks a verify re-reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChunkSelection<'a> {
+    /// Only these (and `always`); `None`: every chunk.
+    pub subset: Option<VerifySubset>,
+    /// Re-read whatever the subset (chunks recorded as damaged).
+    pub always: Option<&'a HashSet<ChunkDigest>>,
+}
+
+impl ChunkSelection<'_> {
+    fn reads(&self, digest: &ChunkDigest) -> bool {
+        self.subset.is_none_or(|s| s.contains(digest))
+            || self.always.is_some_and(|a| a.contains(digest))
+    }
+}
+
 /// Result of a verify run.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct VerifyReport {
     /// Restore points checked.
     pub points: usize,
-    /// Distinct chunks checked.
+    /// Distinct chunks checked (read, or only found present outside the subset).
     pub chunks: usize,
+    /// Of those, chunks re-read and re-hashed.
+    pub chunks_read: usize,
+    /// The subset re-read, if not every chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<VerifySubset>,
     /// Problems, indexes first.
     pub problems: Vec<VerifyProblem>,
 }
@@ -99,17 +188,20 @@ impl VerifyReport {
     }
 }
 
-/// Verify `points` against `store`; index paths are relative to `root`.
+/// Verify `points` against `store` (re-reading the chunks `select` picks, checking that
+/// the others exist); index paths are relative to `root`. Progress counts the chunks read.
 #[must_use]
 pub fn verify(
     root: &Path,
     store: &ChunkStore,
     points: &[PointRecord],
+    select: ChunkSelection<'_>,
     workers: usize,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> VerifyReport {
     let mut report = VerifyReport {
         points: points.len(),
+        subset: select.subset,
         ..VerifyReport::default()
     };
     let mut refs: BTreeMap<ChunkDigest, Vec<(RestorePointId, DiskKey)>> = BTreeMap::new();
@@ -134,10 +226,19 @@ pub fn verify(
             }
         }
     }
-    let digests: Vec<ChunkDigest> = refs.keys().copied().collect();
-    report.chunks = digests.len();
-    let next = AtomicUsize::new(0);
+    report.chunks = refs.len();
     let bad: Mutex<Vec<(ChunkDigest, ChunkState, String)>> = Mutex::new(Vec::new());
+    let (digests, unread): (Vec<ChunkDigest>, Vec<ChunkDigest>) =
+        refs.keys().copied().partition(|d| select.reads(d));
+    report.chunks_read = digests.len();
+    for d in &unread {
+        if let Err(e) = store.check_present(d) {
+            bad.lock()
+                .expect("not poisoned")
+                .push((*d, ChunkState::of(&e), error_chain(&e)));
+        }
+    }
+    let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let progress = Mutex::new(progress);
     let total = digests.len() as u64;
@@ -199,4 +300,35 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_parse_and_partition_the_chunks() {
+        let s: VerifySubset = " 3/7 ".parse().unwrap();
+        assert_eq!((s.n, s.of), (3, 7));
+        assert_eq!(s.to_string(), "3/7");
+        assert_eq!(serde_json::to_value(s).unwrap(), "3/7");
+        for bad in ["0/7", "8/7", "7", "a/b", "1/0", "1/10001", "-1/3", ""] {
+            let e = bad.parse::<VerifySubset>().unwrap_err();
+            assert!(e.contains("subset"), "{bad}: {e}");
+        }
+        // Every digest is in exactly one of 1/T … T/T, and the buckets are not lopsided.
+        let of = 5;
+        let mut sizes = [0usize; 5];
+        for i in 0u32..1000 {
+            let d = ChunkDigest::of(&i.to_le_bytes());
+            let hits: Vec<u32> = (1..=of)
+                .filter(|&n| VerifySubset::new(n, of).unwrap().contains(&d))
+                .collect();
+            assert_eq!(hits.len(), 1, "{d:?} in {hits:?}");
+            sizes[hits[0] as usize - 1] += 1;
+        }
+        assert!(sizes.iter().all(|&n| (150..=250).contains(&n)), "{sizes:?}");
+        let all = VerifySubset::new(1, 1).unwrap();
+        assert!(all.contains(&ChunkDigest::of(b"x")));
+    }
 }
