@@ -187,25 +187,64 @@ impl LimitsConfig {
 }
 
 /// `[maintenance]`: repository upkeep the daemon and `schedule run-due` do on their own.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceConfig {
     /// Collect garbage after restore points were removed (retention, `DELETE
     /// /v1/points/{id}`, `repo prune`), once no job is running (default true).
-    #[serde(default = "default_auto_gc")]
+    #[serde(default = "default_true")]
     pub auto_gc: bool,
+    /// Local time `HH:MM` of a daily verify of the repository; absent: none.
+    #[serde(default)]
+    pub verify_daily_at: Option<String>,
+    /// Each daily verify re-reads one of this many subsets of the chunks in turn (`repo
+    /// verify --subset N/T`), so every chunk is read once per this many days (default 7;
+    /// 1: every chunk every day).
+    #[serde(default = "default_verify_subsets")]
+    pub verify_subsets: u32,
+    /// The daily verify quarantines and records what it finds damaged, so that the next
+    /// backups heal it (`repo verify --repair`; default true).
+    #[serde(default = "default_true")]
+    pub verify_repair: bool,
 }
 
 impl Default for MaintenanceConfig {
     fn default() -> Self {
         Self {
-            auto_gc: default_auto_gc(),
+            auto_gc: true,
+            verify_daily_at: None,
+            verify_subsets: default_verify_subsets(),
+            verify_repair: true,
         }
     }
 }
 
-fn default_auto_gc() -> bool {
+fn default_true() -> bool {
     true
+}
+
+fn default_verify_subsets() -> u32 {
+    7
+}
+
+impl MaintenanceConfig {
+    /// The daily verify's schedule (no blackout windows, no initial run), if configured.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `maintenance.verify_daily_at`.
+    pub fn verify_schedule(&self) -> Result<Option<crate::daemon::Schedule>, ConfigError> {
+        self.verify_daily_at
+            .as_deref()
+            .map(|at| {
+                Ok(crate::daemon::Schedule {
+                    daily_at: crate::daemon::parse_hhmm(at)
+                        .map_err(|e| invalid("maintenance.verify_daily_at", e))?,
+                    blackout: Vec::new(),
+                    initial_run: false,
+                })
+            })
+            .transpose()
+    }
 }
 
 /// `[policy.<name>.retention]`.
@@ -466,6 +505,9 @@ impl AgentConfig {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        self.maintenance.verify_schedule()?;
+        crate::repo::VerifySubset::new(1, self.maintenance.verify_subsets)
+            .map_err(|e| invalid("maintenance.verify_subsets", e))?;
         for (name, p) in &self.policy {
             p.schedule(name)?;
             p.selectors(name)?;
@@ -583,6 +625,21 @@ retention = { keep_daily = 7 }
         assert!(c.maintenance.auto_gc);
         let c = load(GOOD, &[("VADP_AGENT_MAINTENANCE__AUTO_GC", "false")]).unwrap();
         assert!(!c.maintenance.auto_gc);
+        let c = load(
+            &format!("{GOOD}\n[maintenance]\nverify_daily_at = \"04:30\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.maintenance.verify_subsets, 7);
+        assert!(c.maintenance.verify_repair);
+        assert!(c.maintenance.verify_schedule().unwrap().is_some());
+        for (bad, key) in [
+            ("verify_daily_at = \"4h\"", "maintenance.verify_daily_at"),
+            ("verify_subsets = 0", "maintenance.verify_subsets"),
+        ] {
+            let e = load(&format!("{GOOD}\n[maintenance]\n{bad}\n"), &[]).unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
         let e = load(
             &format!("{GOOD}\n[maintenance]\nauto_gc = \"sometimes\"\n"),
             &[],

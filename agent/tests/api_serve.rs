@@ -371,16 +371,9 @@ concurrent_jobs = 2
         };
         lab.guest_write(&vm, disk, MIB, &pattern(1)).unwrap();
         let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-
+        let rt = runtime();
         // A first point, through the API of a daemon without policies.
-        let (daemon, base) = serve(&config);
-        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
-        let old_point = rt.block_on(backup_point(&client, &vm.0, false));
-        drop(daemon);
+        let old_point = backup_through_a_daemon(&config, &vm.0);
         let old_chunks = walkdir(&repo.join("chunks"));
         assert_eq!(
             old_chunks.len(),
@@ -429,17 +422,11 @@ concurrent_jobs = 2
                 .unwrap()
                 .to_owned()
         });
-        let log = loop {
-            let log = std::fs::read_to_string(&log_path).unwrap();
-            if log.contains("garbage collected after restore points were removed") {
-                break log;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no garbage collection:\n{log}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        };
+        let log = wait_for_log(
+            &log_path,
+            "garbage collected after restore points were removed",
+            deadline,
+        );
         assert!(log.contains("retention applied"), "{log}");
         assert!(!log.contains("ERROR"), "{log}");
 
@@ -494,6 +481,94 @@ concurrent_jobs = 2
         assert_eq!(points[0]["parent"], new_point.as_str(), "{listed}");
     }
 
+    /// The daily verify in the daemon: a run missed while the agent was down is caught up
+    /// at start, finds a corrupt chunk, quarantines it, and says so in the log, in
+    /// `/v1/metrics` and in `schedule show`.
+    #[test]
+    fn the_daily_verify_catches_up_repairs_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "verify-1");
+        lab.guest_write(&vm, disk, 0, &[0x3c; 1 << 20]).unwrap();
+        let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let rt = runtime();
+        backup_through_a_daemon(&config, &vm.0);
+
+        let chunk = walkdir(&repo.join("chunks")).pop().expect("a chunk file");
+        let mut bytes = std::fs::read(&chunk).unwrap();
+        bytes[40] ^= 1;
+        std::fs::write(&chunk, bytes).unwrap();
+        // The last daily verify ran two days ago.
+        let two_days_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 2 * 86_400;
+        let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+        db.execute(
+            "INSERT INTO repo_meta (key, value) VALUES ('maintenance.verify.last_run', ?1)",
+            [two_days_ago.to_string()],
+        )
+        .unwrap();
+        drop(db);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("\n[maintenance]\nverify_daily_at = \"00:00\"\nverify_subsets = 1\n");
+        std::fs::write(&config, text).unwrap();
+
+        let log_path = dir.path().join("serve.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let (daemon, base) = serve_with(&config, log, Some("info"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let log = wait_for_log(&log_path, "daily verify found problems", deadline);
+        assert!(log.contains("daily verify started"), "{log}");
+        assert!(!chunk.exists(), "quarantined");
+        assert!(repo.join("quarantine").read_dir().unwrap().next().is_some());
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let metrics = rt.block_on(client.metrics()).unwrap();
+        assert!(
+            metrics.contains("vadp_agent_verify_last_problems 1\n"),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains("vadp_agent_verify_last_run_timestamp_seconds 0\n"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("vadp_agent_gc_pending 0\n"), "{metrics}");
+        drop(daemon);
+
+        // Not again today; `schedule show` says when, and what the last run found.
+        let out = agent(&["schedule", "show", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shown}");
+        assert!(
+            shown.contains("daily verify: next run") && shown.contains("last: 1 problem(s)"),
+            "{shown}"
+        );
+        let out = agent(&["repo", "info", "--json", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["repo"]["damaged_chunks"], 1, "{info}");
+    }
+
+    /// The daemon's log at `path` once it contains `needle` (fails at `deadline`).
+    fn wait_for_log(path: &Path, needle: &str, deadline: std::time::Instant) -> String {
+        loop {
+            let log = std::fs::read_to_string(path).unwrap();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Files under `dir`, at any depth.
     fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut files = Vec::new();
@@ -506,6 +581,21 @@ concurrent_jobs = 2
         }
         files.sort();
         files
+    }
+
+    /// A current-thread tokio runtime for the client.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Starts a daemon with `config`, backs up `vm` through its API, stops it; the point.
+    fn backup_through_a_daemon(config: &Path, vm: &str) -> String {
+        let (_daemon, base) = serve(config);
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        runtime().block_on(backup_point(&client, vm, false))
     }
 
     /// Backs up one VM through the API, follows the job to its end and returns the new

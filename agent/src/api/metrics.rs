@@ -3,11 +3,21 @@
 use std::fmt::Write as _;
 
 use crate::daemon::Queue;
+use crate::daemon::maintenance::VerifySummary;
 use crate::repo::catalog::JournalEntry;
+
+/// The repository's upkeep, as the catalog records it.
+#[derive(Debug, Default)]
+pub(super) struct Upkeep {
+    /// Points were removed and GC has not run since.
+    pub gc_pending: bool,
+    /// The last daily verify.
+    pub verify: Option<VerifySummary>,
+}
 
 /// Renders the metrics. `journal` is the open side-effect journal (snapshots we hold).
 #[must_use]
-pub(super) fn render(queue: &Queue, journal: &[JournalEntry], now: i64) -> String {
+pub(super) fn render(queue: &Queue, journal: &[JournalEntry], upkeep: &Upkeep, now: i64) -> String {
     let (c, by_state) = queue.counters();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str| {
@@ -86,6 +96,25 @@ pub(super) fn render(queue: &Queue, journal: &[JournalEntry], now: i64) -> Strin
         "gauge",
         "Age of the oldest snapshot we hold (0 when none).",
         oldest.to_string(),
+    );
+    simple(
+        "vadp_agent_gc_pending",
+        "gauge",
+        "1 while removed restore points' chunks wait for garbage collection.",
+        u8::from(upkeep.gc_pending).to_string(),
+    );
+    let v = upkeep.verify.as_ref();
+    simple(
+        "vadp_agent_verify_last_run_timestamp_seconds",
+        "gauge",
+        "Start of the last daily verify (Unix seconds; 0 when none ran).",
+        v.map_or(0, |v| v.started_at).to_string(),
+    );
+    simple(
+        "vadp_agent_verify_last_problems",
+        "gauge",
+        "Problems the last daily verify found (alert when above 0).",
+        v.map_or(0, |v| v.problems).to_string(),
     );
     out
 }

@@ -29,7 +29,7 @@ use super::{auth, metrics};
 use crate::config::SecretText;
 use crate::daemon::backup_job::{engine_request, restore_request};
 use crate::daemon::queue::StreamItem;
-use crate::daemon::{Queue, Submission};
+use crate::daemon::{Queue, Submission, maintenance};
 use crate::engine::{self, Environment, Limits};
 use crate::ids::RestorePointId;
 use crate::repo::catalog::PointRecord;
@@ -505,14 +505,26 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn get_metrics(State(s): State<Arc<AppState>>) -> ApiResult<Response> {
-    let catalog = s.env.repo.catalog().clone();
-    let journal = short(move || {
-        catalog
+    let repo = Arc::clone(&s.env.repo);
+    let (journal, upkeep) = short(move || {
+        let err = |e: RepoError| engine::error_chain(&e);
+        let journal = repo
+            .catalog()
             .journal_open_entries()
-            .map_err(|e| engine::error_chain(&e))
+            .map_err(|e| engine::error_chain(&e))?;
+        let upkeep = metrics::Upkeep {
+            gc_pending: repo.gc_pending_since().map_err(err)?.is_some(),
+            verify: maintenance::last_verify_summary(&repo).map_err(err)?,
+        };
+        Ok((journal, upkeep))
     })
     .await?;
-    let text = metrics::render(&s.queue, &journal, jiff::Timestamp::now().as_second());
+    let text = metrics::render(
+        &s.queue,
+        &journal,
+        &upkeep,
+        jiff::Timestamp::now().as_second(),
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

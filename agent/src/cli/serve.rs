@@ -136,10 +136,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             queue.clone(),
             shutdown.clone(),
         ));
-        if config.maintenance.auto_gc {
+        if config.maintenance.auto_gc || config.maintenance.verify_daily_at.is_some() {
             tokio::spawn(maintenance::run(
                 Arc::clone(&env.repo),
                 queue.clone(),
+                config.maintenance.clone(),
                 shutdown.clone(),
             ));
         }
@@ -184,9 +185,29 @@ pub fn schedule(cmd: &ScheduleCommand, json: bool) -> anyhow::Result<ExitCode> {
 fn show(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
     let repo = crate::repo::Repository::open(&config.repository.path)?;
     let now = jiff::Zoned::now();
+    if let Some((next, subset)) = maintenance::verify_plan(&repo, &config.maintenance, &now)? {
+        let subset = subset.map_or_else(|| "every chunk".to_owned(), |s| format!("subset {s}"));
+        let last = maintenance::last_verify_summary(&repo)?;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"verify": {"next_run": next.to_string(), "next_subset": subset, "last": last}})
+            );
+        } else {
+            println!(
+                "daily verify: next run {next} ({subset}); last: {}",
+                last.map_or("never".into(), |l| format!(
+                    "{} problem(s), {} of {} chunks re-read, {} s",
+                    l.problems, l.chunks_read, l.chunks, l.seconds
+                ))
+            );
+        }
+    }
     for (name, p) in &config.policy {
         let last = scheduler::last_run(repo.catalog(), name)?;
-        let next = crate::daemon::next_run(&p.schedule(name)?, last, &now);
+        let schedule = p.schedule(name)?;
+        let reference = scheduler::policy_reference(repo.catalog(), name, &schedule, &now, false)?;
+        let next = crate::daemon::next_run(&schedule, reference, &now);
         if json {
             println!(
                 "{}",
@@ -272,6 +293,14 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                 tracing::error!(error = %engine::error_chain(&e), "garbage collection failed");
                 code = ExitCode::from(2);
             }
+        }
+    }
+    match maintenance::run_scheduled_verify(&env.repo, &config.maintenance, &jiff::Zoned::now()) {
+        Ok(Some((report, _))) if !report.is_ok() => code = ExitCode::from(2),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %engine::error_chain(&e), "daily verify failed");
+            code = ExitCode::from(2);
         }
     }
     Ok(code)

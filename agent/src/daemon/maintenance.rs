@@ -1,7 +1,15 @@
 //! Repository upkeep that the daemon (`serve`) and `schedule run-due` do on their own:
-//! applying a scheduling policy's retention after its run ([`apply_retention`]), and
-//! collecting garbage after restore points were removed ([`collect_if_pending`], the
-//! daemon's [`run`] loop).
+//! applying a scheduling policy's retention after its run ([`apply_retention`]),
+//! collecting garbage after restore points were removed ([`collect_if_pending`]), and the
+//! daily verify ([`run_scheduled_verify`]); the daemon's [`run`] loop drives the last two.
+//!
+//! The daily verify (`maintenance.verify_daily_at`) re-reads one subset of the chunks each
+//! day in turn (`verify_subsets`, default 7: every chunk once a week) and checks the rest
+//! for presence, with the catalog and every index, and by default repairs what it finds
+//! (quarantine and record, so the next backups heal it). It runs beside backups (it takes
+//! the shared lock). Its last run, the next subset and the last result are kept in the
+//! catalog (`maintenance.verify.*`), so a restart neither repeats nor skips a subset; a run
+//! missed while the agent was down is caught up once.
 //!
 //! Removing points (retention, `DELETE /v1/points/{id}`, `repo prune`) frees no space by
 //! itself: their chunks go only when GC sweeps them. Each removal records that in the
@@ -20,12 +28,28 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jiff::{Timestamp, Zoned};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::Queue;
-use crate::config::PolicyConfig;
+use super::schedule::{is_due, next_run};
+use super::scheduler;
+use crate::config::{MaintenanceConfig, PolicyConfig};
 use crate::engine::{self, VmSelector};
-use crate::repo::{ChunkStoreError, GcReport, PruneDecision, RepoError, Repository};
+use crate::repo::{
+    ChunkStoreError, GcReport, PruneDecision, RepairReport, RepoError, Repository, VerifyReport,
+    VerifySubset,
+};
+
+/// Catalog metadata: when the daily verify last started (Unix seconds).
+const VERIFY_LAST_RUN: &str = "maintenance.verify.last_run";
+/// Catalog metadata: when the agent first saw the daily verify configured (Unix seconds).
+const VERIFY_FIRST_SEEN: &str = "maintenance.verify.first_seen";
+/// Catalog metadata: the subset the next daily verify reads (1-based).
+const VERIFY_NEXT_SUBSET: &str = "maintenance.verify.next_subset";
+/// Catalog metadata: the last daily verify's [`VerifySummary`] (JSON).
+pub const VERIFY_LAST_RESULT: &str = "maintenance.verify.last_result";
 
 /// How often the daemon looks for garbage to collect while no job runs.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -104,19 +128,219 @@ pub fn collect_if_pending(repo: &Repository) -> Result<GcAttempt, RepoError> {
     }
 }
 
-/// The daemon's loop: every few seconds while no job is queued or running, collect
-/// garbage if points were removed. After a failure (not a busy repository) it waits an
-/// hour before trying again, so a damaged index is reported, not hammered.
-pub async fn run(repo: Arc<Repository>, queue: Queue, stop: CancellationToken) {
+/// What the last daily verify found (kept in the catalog, shown by `schedule show` and
+/// `/v1/metrics`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct VerifySummary {
+    /// When it started (Unix seconds).
+    pub started_at: i64,
+    /// How long it took.
+    pub seconds: u64,
+    /// The subset re-read (`N/T`), or none for every chunk.
+    pub subset: Option<String>,
+    /// Restore points checked.
+    pub points: usize,
+    /// Chunks checked, and of those re-read.
+    pub chunks: usize,
+    /// Chunks re-read.
+    pub chunks_read: usize,
+    /// Problems found (catalog, index, chunk).
+    pub problems: usize,
+    /// Chunk files the repair quarantined.
+    pub quarantined: usize,
+}
+
+/// When the daily verify runs next, and which subset it reads; `None` when not configured.
+///
+/// # Errors
+/// Catalog errors; the configuration was validated at load.
+pub fn verify_plan(
+    repo: &Repository,
+    m: &MaintenanceConfig,
+    now: &Zoned,
+) -> Result<Option<(Zoned, Option<VerifySubset>)>, RepoError> {
+    let Some(schedule) = m.verify_schedule().ok().flatten() else {
+        return Ok(None);
+    };
+    let reference = verify_reference(repo, now, false)?;
+    Ok(Some((
+        next_run(&schedule, reference, now),
+        next_subset(repo, m)?,
+    )))
+}
+
+/// What the next daily verify counts from ([`scheduler::reference_time`]).
+fn verify_reference(
+    repo: &Repository,
+    now: &Zoned,
+    record: bool,
+) -> Result<Option<Timestamp>, RepoError> {
+    Ok(scheduler::reference_time(
+        repo.catalog(),
+        VERIFY_LAST_RUN,
+        VERIFY_FIRST_SEEN,
+        false,
+        now,
+        record,
+    )?)
+}
+
+/// The subset of the next run (a stored bucket beyond a smaller `verify_subsets` wraps).
+fn next_subset(
+    repo: &Repository,
+    m: &MaintenanceConfig,
+) -> Result<Option<VerifySubset>, RepoError> {
+    if m.verify_subsets <= 1 {
+        return Ok(None);
+    }
+    let stored: u32 = repo
+        .catalog()
+        .meta(VERIFY_NEXT_SUBSET)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    Ok(VerifySubset::new((stored - 1) % m.verify_subsets + 1, m.verify_subsets).ok())
+}
+
+/// The daily verify, if it is due at `now`: records the run first (one attempt per day,
+/// even if it fails), verifies the next subset, repairs if `verify_repair`, then moves to
+/// the next subset and records the summary. Blocking: call it on a thread of its own.
+/// `Ok(None)` when not configured or not due.
+///
+/// # Errors
+/// Lock, catalog or repair errors (problems found are in the report, not errors).
+pub fn run_scheduled_verify(
+    repo: &Repository,
+    m: &MaintenanceConfig,
+    now: &Zoned,
+) -> Result<Option<(VerifyReport, Option<RepairReport>)>, RepoError> {
+    let Some(schedule) = m.verify_schedule().ok().flatten() else {
+        return Ok(None);
+    };
+    if !is_due(&schedule, verify_reference(repo, now, true)?, now) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let started_at = now.timestamp().as_second();
+    repo.catalog()
+        .set_meta(VERIFY_LAST_RUN, &started_at.to_string())?;
+    let subset = next_subset(repo, m)?;
+    tracing::info!(
+        subset = %subset.map_or_else(|| "all".to_owned(), |s| s.to_string()),
+        repair = m.verify_repair,
+        "daily verify started"
+    );
+    let (report, repaired) = repo.verify_with(subset, m.verify_repair, &mut |_, _| {})?;
+    if let Some(s) = subset {
+        repo.catalog()
+            .set_meta(VERIFY_NEXT_SUBSET, &(s.n % s.of + 1).to_string())?;
+    }
+    let summary = VerifySummary {
+        started_at,
+        seconds: started.elapsed().as_secs(),
+        subset: subset.map(|s| s.to_string()),
+        points: report.points,
+        chunks: report.chunks,
+        chunks_read: report.chunks_read,
+        problems: report.problems.len(),
+        quarantined: repaired.as_ref().map_or(0, |r| r.quarantined.len()),
+    };
+    if let Ok(json) = serde_json::to_string(&summary) {
+        repo.catalog().set_meta(VERIFY_LAST_RESULT, &json)?;
+    }
+    if report.is_ok() {
+        tracing::info!(
+            subset = ?summary.subset,
+            points = summary.points,
+            chunks = summary.chunks,
+            chunks_read = summary.chunks_read,
+            seconds = summary.seconds,
+            "daily verify: no problems"
+        );
+    } else {
+        tracing::error!(
+            subset = ?summary.subset,
+            problems = summary.problems,
+            quarantined = summary.quarantined,
+            problem = ?report.problems.first(),
+            "daily verify found problems; `vadp-agent repo verify` lists them"
+        );
+    }
+    Ok(Some((report, repaired)))
+}
+
+/// The last daily verify's summary.
+///
+/// # Errors
+/// Catalog errors.
+pub fn last_verify_summary(repo: &Repository) -> Result<Option<VerifySummary>, RepoError> {
+    Ok(repo
+        .catalog()
+        .meta(VERIFY_LAST_RESULT)?
+        .and_then(|v| serde_json::from_str(&v).ok()))
+}
+
+/// Run `f` on a new thread named `name` and await its result.
+async fn on_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || drop(tx.send(f())));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the {name} thread");
+        return None;
+    }
+    let result = rx.await.ok();
+    if result.is_none() {
+        tracing::error!("the {name} thread failed");
+    }
+    result
+}
+
+/// The daemon's loop, every few seconds: the daily verify when it is due (beside any
+/// jobs), and, while no job is queued or running, GC if points were removed (with
+/// `auto_gc`). After a GC failure (not a busy repository) it waits an hour before trying
+/// GC again, so a damaged index is reported, not hammered.
+pub async fn run(
+    repo: Arc<Repository>,
+    queue: Queue,
+    config: MaintenanceConfig,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut quiet_until: Option<Instant> = None;
+    let verify = config.verify_schedule().ok().flatten();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if queue.figures() != (0, 0) || quiet_until.is_some_and(|t| Instant::now() < t) {
+        if let Some(schedule) = &verify {
+            let r = Arc::clone(&repo);
+            let now = Zoned::now();
+            let n = now.clone();
+            let due =
+                match tokio::task::spawn_blocking(move || verify_reference(&r, &n, true)).await {
+                    Ok(Ok(reference)) => is_due(schedule, reference, &now),
+                    _ => false,
+                };
+            if due {
+                let (r, m) = (Arc::clone(&repo), config.clone());
+                if let Some(Err(e)) =
+                    on_thread("verify", move || run_scheduled_verify(&r, &m, &now)).await
+                {
+                    tracing::error!(error = %engine::error_chain(&e), "daily verify failed");
+                }
+            }
+        }
+        if !config.auto_gc
+            || queue.figures() != (0, 0)
+            || quiet_until.is_some_and(|t| Instant::now() < t)
+        {
             continue;
         }
         // One catalog read on the blocking pool; GC itself on a thread of its own.
@@ -133,21 +357,13 @@ pub async fn run(repo: Arc<Repository>, queue: Queue, stop: CancellationToken) {
                 continue;
             }
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let r = Arc::clone(&repo);
-        let spawned = std::thread::Builder::new()
-            .name("maintenance".into())
-            .spawn(move || drop(tx.send(collect_if_pending(&r))));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not start the maintenance thread");
-            continue;
-        }
-        match rx.await {
-            Ok(Ok(GcAttempt::Busy)) => {
+        match on_thread("gc", move || collect_if_pending(&r)).await {
+            Some(Ok(GcAttempt::Busy)) => {
                 tracing::debug!("garbage collection deferred: the repository is in use");
             }
-            Ok(Ok(GcAttempt::NotNeeded | GcAttempt::Done(_))) => quiet_until = None,
-            Ok(Err(e)) => {
+            Some(Ok(GcAttempt::NotNeeded | GcAttempt::Done(_))) => quiet_until = None,
+            Some(Err(e)) => {
                 tracing::error!(
                     error = %engine::error_chain(&e),
                     retry_in_s = RETRY_AFTER_FAILURE.as_secs(),
@@ -155,7 +371,87 @@ pub async fn run(repo: Arc<Repository>, queue: Queue, stop: CancellationToken) {
                 );
                 quiet_until = Some(Instant::now() + RETRY_AFTER_FAILURE);
             }
-            Err(_) => tracing::error!("the maintenance thread failed"),
+            None => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test data
+mod tests {
+    use super::*;
+    use crate::daemon::tests::at;
+    use crate::repo::{ImageBackup, synthetic_image};
+
+    #[test]
+    fn the_daily_verify_rotates_subsets_runs_once_a_day_and_records_its_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("repo"), 64 << 10).unwrap();
+        let img = dir.path().join("disk.img");
+        synthetic_image::generate(&img, 4 << 20, 5).unwrap();
+        let req = ImageBackup {
+            name: "vm".into(),
+            file: img,
+            changed: None,
+            parent: None,
+        };
+        repo.backup_image(&req, &mut |_, _| {}).unwrap();
+        let m = MaintenanceConfig {
+            verify_daily_at: Some("03:00".into()),
+            verify_subsets: 3,
+            ..MaintenanceConfig::default()
+        };
+        // Never ran: no run at start-up, the first at the next 03:00, subset 1/3.
+        let now = at("2026-12-02T10:00:00+00:00");
+        assert!(run_scheduled_verify(&repo, &m, &now).unwrap().is_none());
+        let (next, subset) = verify_plan(&repo, &m, &now).unwrap().unwrap();
+        assert_eq!(next, at("2026-12-03T03:00:00+00:00"));
+        assert_eq!(subset.unwrap().to_string(), "1/3");
+        assert!(last_verify_summary(&repo).unwrap().is_none());
+
+        // One run a day, the subsets in turn; the first three together read every chunk.
+        let mut read = 0;
+        let mut chunks = 0;
+        for (day, expected) in [(3, "1/3"), (4, "2/3"), (5, "3/3"), (6, "1/3")] {
+            let t = at(&format!("2026-12-0{day}T03:00:30+00:00"));
+            let (report, repaired) = run_scheduled_verify(&repo, &m, &t).unwrap().expect("due");
+            assert!(report.is_ok(), "{report:?}");
+            assert_eq!(report.subset.unwrap().to_string(), expected);
+            assert!(repaired.is_some(), "verify_repair is on by default");
+            if day < 6 {
+                read += report.chunks_read;
+            }
+            chunks = report.chunks;
+            let later = at(&format!("2026-12-0{day}T23:00:00+00:00"));
+            assert!(run_scheduled_verify(&repo, &m, &later).unwrap().is_none());
+        }
+        assert!(chunks > 3);
+        assert_eq!(read, chunks);
+        let summary = last_verify_summary(&repo).unwrap().unwrap();
+        assert_eq!(summary.subset.as_deref(), Some("1/3"));
+        assert_eq!(
+            summary.started_at,
+            at("2026-12-06T03:00:30+00:00").timestamp().as_second()
+        );
+        assert_eq!((summary.problems, summary.chunks), (0, chunks));
+
+        // Days missed while the agent was down: one catch-up run, the next subset (2/3);
+        // fewer subsets configured since: the stored one wraps; one subset: every chunk.
+        let t = at("2026-12-09T12:00:00+00:00");
+        let (report, _) = run_scheduled_verify(&repo, &m, &t).unwrap().unwrap();
+        assert_eq!(report.subset.unwrap().to_string(), "2/3");
+        let two = MaintenanceConfig {
+            verify_subsets: 2,
+            ..m.clone()
+        };
+        let (_, subset) = verify_plan(&repo, &two, &t).unwrap().unwrap();
+        assert_eq!(subset.unwrap().to_string(), "1/2");
+        let one = MaintenanceConfig {
+            verify_subsets: 1,
+            ..m
+        };
+        let t = at("2026-12-10T03:00:00+00:00");
+        let (report, _) = run_scheduled_verify(&repo, &one, &t).unwrap().unwrap();
+        assert_eq!((report.subset, report.chunks_read), (None, chunks));
     }
 }

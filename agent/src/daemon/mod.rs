@@ -14,3 +14,11 @@ pub mod scheduler;
 
 pub use queue::{JobBody, Outcome, Queue, QueueError, RunContext, Submission};
 pub use schedule::{Blackout, Schedule, is_due, next_run, parse_hhmm};
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// `s` (RFC 3339 with an offset) in UTC, for the schedule tests.
+    pub(crate) fn at(s: &str) -> jiff::Zoned {
+        format!("{s}[UTC]").parse().expect("a test time")
+    }
+}

@@ -10,7 +10,7 @@ use plugin_api::types::{BackupJobRequest, JobKind, VmSpec};
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{Queue, Submission};
-use super::schedule::is_due;
+use super::schedule::{Schedule, is_due};
 use crate::config::{AgentConfig, ConfigError, PolicyConfig};
 use crate::repo::{CatalogError, CatalogHandle};
 
@@ -27,6 +27,65 @@ pub fn last_run(catalog: &CatalogHandle, policy: &str) -> Result<Option<Timestam
         .meta(&key(policy))?
         .and_then(|v| v.parse::<i64>().ok())
         .and_then(|s| Timestamp::from_second(s).ok()))
+}
+
+/// The time a schedule's next run counts from: its last run; or, if it never ran and has
+/// no initial run, when the agent first saw it (`first_seen_key`, recorded at `now` the
+/// first time when `record`). Without that anchor a schedule that never ran would count
+/// from every check's "now", and its first daily time, once passed, would always move to
+/// the next day: it would never run.
+///
+/// # Errors
+/// Catalog errors.
+pub fn reference_time(
+    catalog: &CatalogHandle,
+    last_key: &str,
+    first_seen_key: &str,
+    initial_run: bool,
+    now: &Zoned,
+    record: bool,
+) -> Result<Option<Timestamp>, CatalogError> {
+    let read = |key: &str| -> Result<Option<Timestamp>, CatalogError> {
+        Ok(catalog
+            .meta(key)?
+            .and_then(|v| v.parse::<i64>().ok())
+            .and_then(|s| Timestamp::from_second(s).ok()))
+    };
+    if let Some(last) = read(last_key)? {
+        return Ok(Some(last));
+    }
+    if initial_run {
+        return Ok(None);
+    }
+    if let Some(seen) = read(first_seen_key)? {
+        return Ok(Some(seen));
+    }
+    if record {
+        catalog.set_meta(first_seen_key, &now.timestamp().as_second().to_string())?;
+        return Ok(Some(now.timestamp()));
+    }
+    Ok(None)
+}
+
+/// [`reference_time`] of `policy`.
+///
+/// # Errors
+/// Catalog errors.
+pub fn policy_reference(
+    catalog: &CatalogHandle,
+    policy: &str,
+    schedule: &Schedule,
+    now: &Zoned,
+    record: bool,
+) -> Result<Option<Timestamp>, CatalogError> {
+    reference_time(
+        catalog,
+        &key(policy),
+        &format!("schedule.{policy}.first_seen"),
+        schedule.initial_run,
+        now,
+        record,
+    )
 }
 
 /// Records that `policy` ran (was submitted) at `at`.
@@ -53,7 +112,11 @@ pub fn due_policies(
     let mut due = Vec::new();
     for (name, p) in &config.policy {
         let schedule = p.schedule(name)?;
-        if is_due(&schedule, last_run(catalog, name)?, now) {
+        if is_due(
+            &schedule,
+            policy_reference(catalog, name, &schedule, now, true)?,
+            now,
+        ) {
             due.push(name.clone());
         }
     }
@@ -152,5 +215,53 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test data
+mod tests {
+    use super::*;
+    use crate::daemon::parse_hhmm;
+    use crate::daemon::tests::at;
+
+    #[test]
+    fn a_schedule_without_initial_run_runs_at_its_first_daily_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _thread) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let s = Schedule {
+            daily_at: parse_hhmm("23:00").unwrap(),
+            blackout: Vec::new(),
+            initial_run: false,
+        };
+        let due = |now: &str| {
+            let now = at(now);
+            is_due(
+                &s,
+                policy_reference(&catalog, "p", &s, &now, true).unwrap(),
+                &now,
+            )
+        };
+        // First seen at 10:00 (a check every few seconds from then on).
+        assert!(!due("2025-03-10T10:00:00+00:00"));
+        assert!(!due("2025-03-10T22:59:58+00:00"));
+        // A check a few seconds after 23:00 still finds it due.
+        assert!(due("2025-03-10T23:00:03+00:00"));
+        assert_eq!(
+            catalog.meta("schedule.p.first_seen").unwrap().unwrap(),
+            at("2025-03-10T10:00:00+00:00")
+                .timestamp()
+                .as_second()
+                .to_string()
+        );
+        // Once it ran, the last run counts; `show` (record = false) records nothing.
+        record_run(&catalog, "p", at("2025-03-10T23:00:03+00:00").timestamp()).unwrap();
+        assert!(!due("2025-03-11T12:00:00+00:00"));
+        assert!(
+            policy_reference(&catalog, "q", &s, &at("2025-03-11T12:00:00+00:00"), false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(catalog.meta("schedule.q.first_seen").unwrap().is_none());
     }
 }
