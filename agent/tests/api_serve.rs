@@ -14,7 +14,9 @@ mod tests {
     use lab::vcenter::InProcessVcenter;
     use lab::vmstate::NewDisk;
     use plugin_api::client::{Client, JobEvent, Token};
-    use plugin_api::types::{BackupJobRequest, JobState, RestoreJobRequest, VerifyRequest, VmSpec};
+    use plugin_api::types::{
+        BackupJobRequest, JobState, RestoreJobRequest, VerifyJobRequest, VerifyRequest, VmSpec,
+    };
     use vadp_tests::{SimVariant, vddk_sim_libdir};
 
     const MIB: u64 = 1 << 20;
@@ -354,6 +356,34 @@ concurrent_jobs = 2
                 .unwrap_err();
             assert_eq!(e.status(), Some(400), "{e}");
             assert!(e.to_string().contains("subset"), "{e}");
+            // The same as a job: progress events, and a failed job carrying the result.
+            let job = client
+                .verify_job(&VerifyJobRequest {
+                    subset: Some("1/1".into()),
+                    ..VerifyJobRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(job.kind, plugin_api::types::JobKind::Verify);
+            let (names, ended) = follow(&client, &job.id).await;
+            assert!(names.iter().any(|n| n == "verify_progress"), "{names:?}");
+            assert_eq!(ended.state, JobState::Failed, "{ended:?}");
+            assert!(
+                ended.error.as_deref().unwrap().contains("1 problem(s)"),
+                "{ended:?}"
+            );
+            assert_eq!(ended.progress.chunks_done, ended.progress.chunks_total);
+            assert!(ended.progress.chunks_total >= 1, "{ended:?}");
+            let result = ended.result.unwrap();
+            assert_eq!(result["problems"][0]["state"], "missing", "{result}");
+            let e = client
+                .verify_job(&VerifyJobRequest {
+                    subset: Some("0/1".into()),
+                    ..VerifyJobRequest::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(400), "{e}");
         });
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
     }

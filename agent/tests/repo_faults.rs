@@ -9,8 +9,8 @@ mod tests {
     use vadp_agent::ids::{ChunkDigest, RestorePointId};
     use vadp_agent::repo::chunk_store::Layout;
     use vadp_agent::repo::{
-        ChunkState, IMAGE_DISK_KEY, ImageBackup, Repository, VerifyProblem, VerifySubset,
-        synthetic_image,
+        ChunkState, IMAGE_DISK_KEY, ImageBackup, Repository, VerifyOptions, VerifyProblem,
+        VerifySubset, synthetic_image,
     };
 
     struct Fixture {
@@ -496,7 +496,14 @@ mod tests {
         repair: bool,
     ) -> (usize, Vec<(ChunkDigest, ChunkState)>) {
         let (report, _) = repo
-            .verify_with(Some(subset), repair, &mut |_, _| {})
+            .verify_with(
+                &VerifyOptions {
+                    subset: Some(subset),
+                    repair,
+                    stop: None,
+                },
+                &mut |_, _| {},
+            )
             .unwrap();
         assert_eq!(report.subset, Some(subset));
         let problems = report
@@ -576,6 +583,44 @@ mod tests {
             [(digest, ChunkState::Corrupt)]
         );
         assert_eq!(repo.info().unwrap().damaged_chunks, 1);
+    }
+
+    #[test]
+    fn a_stopped_verify_reports_nothing_and_repairs_nothing() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (digest, path) = shared_chunk(&repo, &f);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[40] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let stop = || true;
+        let e = repo
+            .verify_with(
+                &VerifyOptions {
+                    subset: None,
+                    repair: true,
+                    stop: Some(&stop),
+                },
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+        assert!(matches!(e, vadp_agent::repo::RepoError::Cancelled), "{e}");
+        assert!(path.exists(), "not quarantined");
+        assert_eq!(repo.info().unwrap().damaged_chunks, 0);
+        // Not stopped: found, and repaired.
+        let never = || false;
+        let (report, repaired) = repo
+            .verify_with(
+                &VerifyOptions {
+                    subset: None,
+                    repair: true,
+                    stop: Some(&never),
+                },
+                &mut |_, _| {},
+            )
+            .unwrap();
+        assert!(!report.is_ok());
+        assert_eq!(repaired.unwrap().damaged, [digest]);
     }
 
     #[test]

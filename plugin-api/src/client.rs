@@ -14,8 +14,8 @@ use url::Url;
 use crate::error::ApiError;
 use crate::types::{
     BackupJobRequest, ErrorBody, GcResult, Health, Job, JobEnded, JobList, Point, PointDeleted,
-    PointList, PruneRequest, PruneResult, Ready, ReconcileResult, RestoreJobRequest, VerifyRequest,
-    VerifyResult,
+    PointList, PruneRequest, PruneResult, Ready, ReconcileResult, RestoreJobRequest,
+    VerifyJobRequest, VerifyRequest, VerifyResult,
 };
 
 /// The bearer token; never printed (`Debug` shows `***`).
@@ -269,6 +269,15 @@ impl Client {
     /// [`ApiError`]; 400 for an invalid request.
     pub async fn backup(&self, request: &BackupJobRequest) -> Result<Job, ApiError> {
         self.call(reqwest::Method::POST, "/v1/jobs/backup", Some(request))
+            .await
+    }
+
+    /// `POST /v1/jobs/verify`.
+    ///
+    /// # Errors
+    /// [`ApiError`]; 400 for a malformed `subset`.
+    pub async fn verify_job(&self, request: &VerifyJobRequest) -> Result<Job, ApiError> {
+        self.call(reqwest::Method::POST, "/v1/jobs/verify", Some(request))
             .await
     }
 

@@ -89,6 +89,14 @@ pub const ROUTES: &[Route] = &[
         Some("Job"),
     ),
     route(
+        Method::Post,
+        "/v1/jobs/verify",
+        "Queue a verify of the repository (progress events, cancellable; optionally a subset, repair)",
+        Some("VerifyJobRequest"),
+        202,
+        Some("Job"),
+    ),
+    route(
         Method::Get,
         "/v1/jobs",
         "List jobs, newest first",
@@ -331,6 +339,7 @@ pub fn document() -> OpenApi {
         .schema_from::<types::PointList>()
         .schema_from::<types::PointDeleted>()
         .schema_from::<types::VerifyRequest>()
+        .schema_from::<types::VerifyJobRequest>()
         .schema_from::<types::VerifyResult>()
         .schema_from::<types::PruneRequest>()
         .schema_from::<types::PruneDecision>()

@@ -126,6 +126,8 @@ pub enum JobKind {
     Backup,
     /// Restore of a point.
     Restore,
+    /// Verify of the repository (`POST /v1/jobs/verify`).
+    Verify,
     /// A kind this client does not know.
     #[serde(other)]
     Unknown,
@@ -175,6 +177,10 @@ pub struct Progress {
     pub vms_done: u64,
     /// VMs in the job.
     pub vms_total: u64,
+    /// A verify job: chunks re-read so far.
+    pub chunks_done: u64,
+    /// A verify job: chunks to re-read.
+    pub chunks_total: u64,
 }
 
 /// A job as the API reports it.
@@ -309,6 +315,28 @@ pub struct VerifyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "3/7")]
     pub subset: Option<String>,
+}
+
+/// `POST /v1/jobs/verify`: the same verify as a queued job, for repositories too large for
+/// one HTTP request: `verify_progress` events (`chunks_done`, `chunks_total`), the job's
+/// `progress`, cancellation (nothing is repaired then). The job succeeds when nothing is
+/// wrong and fails otherwise; its `result` is a [`VerifyResult`] either way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyJobRequest {
+    /// As [`VerifyRequest::repair`].
+    #[serde(default)]
+    pub repair: bool,
+    /// As [`VerifyRequest::subset`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "3/7")]
+    pub subset: Option<String>,
+    /// The same key returns the same job (200 instead of 202).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Queue priority (higher first).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// `POST /v1/repository/verify`.

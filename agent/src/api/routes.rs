@@ -20,20 +20,20 @@ use futures_util::Stream;
 use plugin_api::types::{
     BackupJobRequest, ErrorBody, GcResult, Health, Job, JobEnded, JobKind, JobList, Point,
     PointDeleted, PointDisk, PointList, PruneDecision, PruneRequest, PruneResult, Ready,
-    ReconcileResult, RestoreJobRequest, VerifyRequest, VerifyResult,
+    ReconcileResult, RestoreJobRequest, VerifyJobRequest, VerifyRequest, VerifyResult,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use super::{auth, metrics};
 use crate::config::SecretText;
-use crate::daemon::backup_job::{engine_request, restore_request};
+use crate::daemon::backup_job::{engine_request, restore_request, verify_result, verify_subset};
 use crate::daemon::queue::StreamItem;
 use crate::daemon::{Queue, Submission, maintenance};
 use crate::engine::{self, Environment, Limits};
 use crate::ids::RestorePointId;
 use crate::repo::catalog::PointRecord;
-use crate::repo::{RepoError, RetentionPolicy, VerifySubset};
+use crate::repo::{RepoError, RetentionPolicy, VerifyOptions};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -109,6 +109,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let authenticated = Router::new()
         .route("/v1/jobs/backup", post(post_backup))
         .route("/v1/jobs/restore", post(post_restore))
+        .route("/v1/jobs/verify", post(post_verify_job))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
@@ -178,6 +179,20 @@ async fn post_backup(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<R
     submit(
         &s,
         JobKind::Backup,
+        request.idempotency_key,
+        request.priority,
+        value,
+    )
+    .await
+}
+
+async fn post_verify_job(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let request: VerifyJobRequest = parse(&body)?;
+    verify_subset(request.subset.as_deref()).map_err(ApiFailure::bad_request)?;
+    let value = serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?;
+    submit(
+        &s,
+        JobKind::Verify,
         request.idempotency_key,
         request.priority,
         value,
@@ -392,31 +407,19 @@ async fn verify(
     } else {
         parse(&body)?
     };
-    let subset = request
-        .subset
-        .as_deref()
-        .map(str::parse::<VerifySubset>)
-        .transpose()
-        .map_err(ApiFailure::bad_request)?;
+    let subset = verify_subset(request.subset.as_deref()).map_err(ApiFailure::bad_request)?;
     let repo = Arc::clone(&s.env.repo);
     let repair = request.repair;
     let (report, repaired) = long("verify", move || {
-        repo.verify_with(subset, repair, &mut |_, _| {})
+        let options = VerifyOptions {
+            subset,
+            repair,
+            stop: None,
+        };
+        repo.verify_with(&options, &mut |_, _| {})
     })
     .await?;
-    Ok(axum::Json(VerifyResult {
-        repair: repaired.and_then(|r| serde_json::to_value(r).ok()),
-        ok: report.is_ok(),
-        points: report.points as u64,
-        chunks: report.chunks as u64,
-        chunks_read: report.chunks_read as u64,
-        subset: report.subset.map(|s| s.to_string()),
-        problems: report
-            .problems
-            .iter()
-            .filter_map(|p| serde_json::to_value(p).ok())
-            .collect(),
-    }))
+    Ok(axum::Json(verify_result(&report, repaired.as_ref())))
 }
 
 async fn prune(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<axum::Json<PruneResult>> {

@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use super::progress::Progress;
 use super::{parse_duration_secs, parse_size};
 use crate::repo::{
-    ChunkState, DEFAULT_CHUNK_SIZE_BYTES, RepairReport, Repository, RetentionPolicy, VerifyProblem,
-    VerifyReport, VerifySubset,
+    ChunkState, DEFAULT_CHUNK_SIZE_BYTES, RepairReport, Repository, RetentionPolicy, VerifyOptions,
+    VerifyProblem, VerifyReport, VerifySubset,
 };
 
 /// Exit code of `repo verify` when it finds problems.
@@ -280,8 +280,16 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
         } => {
             let r = open(&repo)?;
             let mut progress = Progress::new("verify", json);
-            let (report, repaired) =
-                r.verify_with(subset, repair, &mut |d, t| progress.update(d, t))?;
+            let (report, repaired) = r.verify_with(
+                &VerifyOptions {
+                    subset,
+                    repair,
+                    stop: None,
+                },
+                &mut |d, t| {
+                    progress.update(d, t);
+                },
+            )?;
             progress.finish();
             if json {
                 println!(

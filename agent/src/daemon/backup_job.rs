@@ -4,10 +4,13 @@
 //! policy's VMs after it succeeded. A restore: the API's [`RestoreJobRequest`] becomes an
 //! engine [`RestoreRequest`] run with vAPI and Supervisor clients made for the job; it
 //! succeeds when the VM is registered and the Supervisor shows what seed 001 §8 predicts.
+//! A verify: the repository's verify on its own thread, cancellable between chunks.
 
 use std::sync::Arc;
 
-use plugin_api::types::{BackupJobRequest, JobKind, JobState, RestoreJobRequest};
+use plugin_api::types::{
+    BackupJobRequest, JobKind, JobState, RestoreJobRequest, VerifyJobRequest, VerifyResult,
+};
 
 use super::maintenance;
 use super::queue::{BodyFuture, JobBody, Outcome, RunContext};
@@ -19,6 +22,7 @@ use crate::engine::{
     self, BackupError, BackupEvent, BackupRequest, Environment, VmRequest, VmSelector,
 };
 use crate::ids::{DiskKey, RestorePointId};
+use crate::repo::{RepairReport, RepoError, VerifyOptions, VerifyReport, VerifySubset};
 use crate::vsphere::{Credentials, TlsVerification};
 
 /// Turns an API request into the engine's, refusing what the engine would refuse later.
@@ -52,6 +56,32 @@ pub fn engine_request(
         prepare_access: r.prepare_access,
         limits,
     })
+}
+
+/// The subset of a verify request (`"N/T"`), checked.
+///
+/// # Errors
+/// A malformed subset, with what was expected.
+pub fn verify_subset(subset: Option<&str>) -> Result<Option<VerifySubset>, String> {
+    subset.map(str::parse).transpose()
+}
+
+/// The API's view of a verify and its repair.
+#[must_use]
+pub fn verify_result(report: &VerifyReport, repaired: Option<&RepairReport>) -> VerifyResult {
+    VerifyResult {
+        repair: repaired.and_then(|r| serde_json::to_value(r).ok()),
+        ok: report.is_ok(),
+        points: report.points as u64,
+        chunks: report.chunks as u64,
+        chunks_read: report.chunks_read as u64,
+        subset: report.subset.map(|s| s.to_string()),
+        problems: report
+            .problems
+            .iter()
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect(),
+    }
 }
 
 /// Turns an API restore request into the engine's.
@@ -107,6 +137,7 @@ impl BackupJobs {
         match ctx.kind {
             JobKind::Backup => {}
             JobKind::Restore => return self.run_restore(ctx).await,
+            JobKind::Verify => return self.run_verify(ctx).await,
             JobKind::Unknown => return failed("a job of an unknown kind".into()),
         }
         let request: BackupJobRequest = match serde_json::from_value(ctx.request.clone()) {
@@ -255,6 +286,61 @@ impl BackupJobs {
                 result: None,
             },
             Err(e) => failed(engine::error_chain(&e)),
+        }
+    }
+
+    /// A verify job: the repository's verify on a thread of its own, its progress as
+    /// `verify_progress` events, stopped between chunks when the job is cancelled.
+    async fn run_verify(&self, ctx: RunContext) -> Outcome {
+        let request: VerifyJobRequest = match serde_json::from_value(ctx.request.clone()) {
+            Ok(r) => r,
+            Err(e) => return failed(format!("stored request: {e}")),
+        };
+        let subset = match verify_subset(request.subset.as_deref()) {
+            Ok(s) => s,
+            Err(e) => return failed(e),
+        };
+        let (repo, events, cancel) = (Arc::clone(&self.env.repo), ctx.events, ctx.cancel);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("verify".into())
+            .spawn(move || {
+                let stop = || cancel.is_cancelled();
+                let options = VerifyOptions {
+                    subset,
+                    repair: request.repair,
+                    stop: Some(&stop),
+                };
+                let mut progress = |done: u64, total: u64| {
+                    events.emit(serde_json::json!({
+                        "event": "verify_progress",
+                        "chunks_done": done,
+                        "chunks_total": total,
+                    }));
+                };
+                drop(tx.send(repo.verify_with(&options, &mut progress)));
+            });
+        if let Err(e) = spawned {
+            return failed(format!("could not start the verify thread: {e}"));
+        }
+        match rx.await {
+            Ok(Ok((report, repaired))) => Outcome {
+                state: if report.is_ok() {
+                    JobState::Succeeded
+                } else {
+                    JobState::Failed
+                },
+                error: (!report.is_ok())
+                    .then(|| format!("verify found {} problem(s)", report.problems.len())),
+                result: serde_json::to_value(verify_result(&report, repaired.as_ref())).ok(),
+            },
+            Ok(Err(RepoError::Cancelled)) => Outcome {
+                state: JobState::Cancelled,
+                error: Some("cancelled".into()),
+                result: None,
+            },
+            Ok(Err(e)) => failed(engine::error_chain(&e)),
+            Err(_) => failed("the verify thread failed".into()),
         }
     }
 

@@ -38,8 +38,8 @@ use super::scheduler;
 use crate::config::{MaintenanceConfig, PolicyConfig};
 use crate::engine::{self, VmSelector};
 use crate::repo::{
-    ChunkStoreError, GcReport, PruneDecision, RepairReport, RepoError, Repository, VerifyReport,
-    VerifySubset,
+    ChunkStoreError, GcReport, PruneDecision, RepairReport, RepoError, Repository, VerifyOptions,
+    VerifyReport, VerifySubset,
 };
 
 /// Catalog metadata: when the daily verify last started (Unix seconds).
@@ -230,7 +230,14 @@ pub fn run_scheduled_verify(
         repair = m.verify_repair,
         "daily verify started"
     );
-    let (report, repaired) = repo.verify_with(subset, m.verify_repair, &mut |_, _| {})?;
+    let (report, repaired) = repo.verify_with(
+        &VerifyOptions {
+            subset,
+            repair: m.verify_repair,
+            stop: None,
+        },
+        &mut |_, _| {},
+    )?;
     if let Some(s) = subset {
         repo.catalog()
             .set_meta(VERIFY_NEXT_SUBSET, &(s.n % s.of + 1).to_string())?;

@@ -182,6 +182,7 @@ fn kind_str(k: JobKind) -> &'static str {
     match k {
         JobKind::Backup => "backup",
         JobKind::Restore => "restore",
+        JobKind::Verify => "verify",
         JobKind::Unknown => "unknown",
     }
 }
@@ -282,6 +283,10 @@ impl EventSink {
                 counters.bytes_read += u("bytes_read");
                 counters.bytes_written += u("bytes_stored");
             }
+            "verify_progress" => {
+                entry.progress.chunks_done = u("chunks_done");
+                entry.progress.chunks_total = u("chunks_total");
+            }
             "vm_finished" => entry.progress.vms_done += 1,
             "vm_failed" => {
                 entry.progress.vms_done += 1;
@@ -292,7 +297,9 @@ impl EventSink {
         entry.progress.bytes_done = entry.disks.values().map(|d| d.0).sum();
         entry.progress.bytes_total = entry.disks.values().map(|d| d.1).sum();
         let event = Arc::new(event);
-        if entry.history.len() < HISTORY_LIMIT || name != "disk_progress" {
+        if entry.history.len() < HISTORY_LIMIT
+            || !matches!(name.as_str(), "disk_progress" | "verify_progress")
+        {
             entry.history.push(Arc::clone(&event));
         }
         let _ = entry.tx.send(StreamItem::Event(event));

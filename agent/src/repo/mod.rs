@@ -52,7 +52,9 @@ pub use repair::{Quarantined, RepairReport};
 pub(crate) use repository::now_secs;
 pub use repository::{
     BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, DiskPlan, IMAGE_DISK_KEY, ImageBackup, RebuildReport,
-    RepoError, RepoInfo, Repository, WrittenDisk,
+    RepoError, RepoInfo, Repository, VerifyOptions, WrittenDisk,
 };
 pub use source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
-pub use verify::{ChunkSelection, ChunkState, VerifyProblem, VerifyReport, VerifySubset};
+pub use verify::{
+    ChunkSelection, ChunkState, StopCheck, VerifyProblem, VerifyReport, VerifySubset,
+};

@@ -23,7 +23,9 @@ use crate::repo::prune::{self, PruneDecision, PruneError, RetentionPolicy};
 use crate::repo::repair::{self, RepairError, RepairReport};
 use crate::repo::restore::{self, RestoreError};
 use crate::repo::source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
-use crate::repo::verify::{self, ChunkSelection, VerifyProblem, VerifyReport, VerifySubset};
+use crate::repo::verify::{
+    self, ChunkSelection, StopCheck, VerifyProblem, VerifyReport, VerifySubset,
+};
 
 /// Default chunk size: 1 MiB. Measured (docs/benchmarks.md, "Chunk size", `scripts/bench-repo`
 /// on the 2 GiB benchmark image): full backup 2.67 s with 1 MiB against 3.50 s with 4 MiB,
@@ -88,6 +90,10 @@ pub enum RepoError {
     /// No such restore point.
     #[error("restore point {0} not found")]
     PointNotFound(RestorePointId),
+    /// Stopped on request (a cancelled job) before the work was complete; nothing was
+    /// changed.
+    #[error("cancelled")]
+    Cancelled,
     /// No restore point for this VM to start an incremental from.
     #[error("no restore point of {0} to use as parent; run a full backup first")]
     NoParent(String),
@@ -182,6 +188,28 @@ pub struct BackupSummary {
     pub stats: DiskBackupStats,
     /// Wall time in seconds.
     pub seconds: f64,
+}
+
+/// How [`Repository::verify_with`] verifies.
+#[derive(Clone, Copy, Default)]
+pub struct VerifyOptions<'a> {
+    /// Re-read only this subset of the chunks (and those recorded as damaged); `None`:
+    /// every chunk.
+    pub subset: Option<VerifySubset>,
+    /// Quarantine and record what is damaged (`--repair`).
+    pub repair: bool,
+    /// Asked between chunks whether to give up (a cancelled job).
+    pub stop: Option<StopCheck<'a>>,
+}
+
+impl std::fmt::Debug for VerifyOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyOptions")
+            .field("subset", &self.subset)
+            .field("repair", &self.repair)
+            .field("stop", &self.stop.is_some())
+            .finish()
+    }
 }
 
 /// Repository facts for `repo info`.
@@ -886,24 +914,25 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, RepoError> {
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
-        self.verify_locked(None, progress)
+        self.verify_locked(None, None, progress)
     }
 
-    /// Verify every committed point, re-reading the chunks of `subset` only (every chunk
-    /// when `None`; chunks recorded as damaged always), then repair if `repair` (see
-    /// [`Repository::verify_and_repair`]). `repo verify [--subset N/T] [--repair]`.
+    /// Verify every committed point as `options` say (`repo verify [--subset N/T]
+    /// [--repair]`, the API's verify, the daemon's daily verify): re-read the chunks of the
+    /// subset only (chunks recorded as damaged always), then repair if asked (see
+    /// [`Repository::verify_and_repair`]). A stop before every chunk was checked returns
+    /// [`RepoError::Cancelled`] and repairs nothing.
     ///
     /// # Errors
-    /// [`RepoError::Lock`], catalog errors, [`RepoError::Repair`].
+    /// [`RepoError::Lock`], catalog errors, [`RepoError::Repair`], [`RepoError::Cancelled`].
     pub fn verify_with(
         &self,
-        subset: Option<VerifySubset>,
-        repair: bool,
+        options: &VerifyOptions<'_>,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, Option<RepairReport>), RepoError> {
         let _lock = self.lock_shared()?;
-        let report = self.verify_locked(subset, progress)?;
-        let repaired = if repair {
+        let report = self.verify_locked(options.subset, options.stop, progress)?;
+        let repaired = if options.repair {
             Some(self.repair_locked(&report)?)
         } else {
             None
@@ -915,6 +944,7 @@ impl Repository {
     fn verify_locked(
         &self,
         subset: Option<VerifySubset>,
+        stop: Option<StopCheck<'_>>,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, RepoError> {
         let catalog_problems = self.catalog.integrity_check()?;
@@ -930,8 +960,10 @@ impl Repository {
             &points,
             select,
             self.options.hash_workers,
+            stop,
             progress,
-        );
+        )
+        .ok_or(RepoError::Cancelled)?;
         let path = self.root.join("catalog.db");
         report.problems.splice(
             0..0,
@@ -956,7 +988,7 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, RepairReport), RepoError> {
         let _lock = self.lock_shared()?;
-        let report = self.verify_locked(None, progress)?;
+        let report = self.verify_locked(None, None, progress)?;
         let repaired = self.repair_locked(&report)?;
         Ok((report, repaired))
     }

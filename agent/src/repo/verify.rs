@@ -188,8 +188,12 @@ impl VerifyReport {
     }
 }
 
+/// Asked between chunks whether to give up (a cancelled job).
+pub type StopCheck<'a> = &'a (dyn Fn() -> bool + Sync);
+
 /// Verify `points` against `store` (re-reading the chunks `select` picks, checking that
 /// the others exist); index paths are relative to `root`. Progress counts the chunks read.
+/// `None` if `stop` said so before every chunk was checked.
 #[must_use]
 pub fn verify(
     root: &Path,
@@ -197,8 +201,10 @@ pub fn verify(
     points: &[PointRecord],
     select: ChunkSelection<'_>,
     workers: usize,
+    stop: Option<StopCheck<'_>>,
     progress: &mut (dyn FnMut(u64, u64) + Send),
-) -> VerifyReport {
+) -> Option<VerifyReport> {
+    let stopped = || stop.is_some_and(|f| f());
     let mut report = VerifyReport {
         points: points.len(),
         subset: select.subset,
@@ -242,6 +248,7 @@ pub fn verify(
     let done = AtomicUsize::new(0);
     let progress = Mutex::new(progress);
     let total = digests.len() as u64;
+    let stopped = &stopped;
     std::thread::scope(|scope| {
         for n in 0..workers.max(1) {
             let (next, bad, done, digests, progress) = (&next, &bad, &done, &digests, &progress);
@@ -249,6 +256,9 @@ pub fn verify(
                 .name(format!("chunk-verify/{n}"))
                 .spawn_scoped(scope, move || {
                     while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if stopped() {
+                            return;
+                        }
                         if let Err(e) = store.read(d) {
                             bad.lock().expect("not poisoned").push((
                                 *d,
@@ -270,11 +280,18 @@ pub fn verify(
     });
     // If no worker could start, check on this thread.
     while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
+        if stopped() {
+            break;
+        }
         if let Err(e) = store.read(d) {
             bad.lock()
                 .expect("not poisoned")
                 .push((*d, ChunkState::of(&e), error_chain(&e)));
         }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    if done.into_inner() < digests.len() {
+        return None;
     }
     let mut bad = bad.into_inner().expect("not poisoned");
     bad.sort();
@@ -287,7 +304,7 @@ pub fn verify(
             points: refs.remove(&digest).unwrap_or_default(),
         });
     }
-    report
+    Some(report)
 }
 
 /// `error: cause: cause` on one line.
