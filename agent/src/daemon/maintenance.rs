@@ -51,7 +51,8 @@ const VERIFY_NEXT_SUBSET: &str = "maintenance.verify.next_subset";
 /// Catalog metadata: the last daily verify's [`VerifySummary`] (JSON).
 pub const VERIFY_LAST_RESULT: &str = "maintenance.verify.last_result";
 
-/// How often the daemon looks for garbage to collect while no job runs.
+/// How often the daemon checks whether the daily verify is due and, while no job runs,
+/// whether there is garbage to collect.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// How long the daemon waits before trying again after GC failed (not merely busy).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3600);
@@ -140,7 +141,7 @@ pub struct VerifySummary {
     pub subset: Option<String>,
     /// Restore points checked.
     pub points: usize,
-    /// Chunks checked, and of those re-read.
+    /// Chunks checked (re-read, or found present outside the subset).
     pub chunks: usize,
     /// Chunks re-read.
     pub chunks_read: usize,
