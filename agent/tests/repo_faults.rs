@@ -481,7 +481,8 @@ mod tests {
             .unwrap();
         let text = String::from_utf8_lossy(&info.stdout);
         assert!(
-            text.contains("garbage:") && text.contains("repo gc"),
+            text.contains("garbage:        restore points removed since 20")
+                && text.contains("their chunks take space until `repo gc` runs"),
             "{text}"
         );
         repo.gc().unwrap();

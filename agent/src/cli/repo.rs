@@ -266,7 +266,8 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(since) = info.gc_pending_since {
                     println!(
-                        "garbage:        restore points removed since {}; their chunks take                          space until `repo gc` runs",
+                        "garbage:        restore points removed since {}; their chunks take \
+                         space until `repo gc` runs",
                         jiff::Timestamp::from_second(since)
                             .map_or_else(|_| since.to_string(), |t| t.to_string())
                     );
