@@ -477,6 +477,43 @@ mod tests {
                 .any(|i| i == "vadp-agent:ModeMismatch")
         );
 
+        // A chunk of the older point goes missing: the in-place restore is refused before it
+        // changes anything (the VM's disks would otherwise be left half overwritten).
+        let chunk = {
+            let repo = vadp_agent::repo::Repository::open(Path::new(&fx.repo())).unwrap();
+            let rec = repo
+                .list()
+                .unwrap()
+                .into_iter()
+                .find(|p| p.id.to_string() == p1)
+                .unwrap();
+            let index = repo.load_index(&rec, rec.disks[0].key).unwrap();
+            let digest = *index.slots().iter().find(|d| !d.is_zero()).unwrap();
+            repo.store().chunk_path(&digest)
+        };
+        let aside = fx.dir.path().join("aside");
+        std::fs::rename(&chunk, &aside).unwrap();
+        let before: Vec<Vec<u8>> = old
+            .iter()
+            .map(|(key, _)| s.disk_bytes(&vm, DiskKey(*key)))
+            .collect();
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            said.contains("cannot be restored, nothing was changed")
+                && said.contains(&chunk.display().to_string()),
+            "{said}"
+        );
+        let after: Vec<Vec<u8>> = old
+            .iter()
+            .map(|(key, _)| s.disk_bytes(&vm, DiskKey(*key)))
+            .collect();
+        assert!(before == after, "the VM's disks were touched");
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+        std::fs::rename(&aside, &chunk).unwrap();
+
         // In place to the older point: the VM is powered off first (§9.2).
         let r = fx.restore(&p1, &["--mode", "existing"]);
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);

@@ -953,6 +953,7 @@ impl Repository {
         let select = ChunkSelection {
             subset,
             always: Some(&damaged),
+            presence_only: false,
         };
         let mut report = verify::verify(
             &self.root,
@@ -975,6 +976,41 @@ impl Repository {
                 }),
         );
         Ok(report)
+    }
+
+    /// Before a restore changes anything: the problems that would stop it part-way — an
+    /// index of `disks` of `point` that does not read, a chunk they need whose file is
+    /// missing (quarantined by a repair, or lost). One `stat` per distinct chunk, no
+    /// reading; a chunk whose content is bad is still found only when the restore reads it.
+    ///
+    /// # Errors
+    /// [`RepoError::PointNotFound`], [`RepoError::Lock`], catalog errors.
+    pub fn check_restorable(
+        &self,
+        point: RestorePointId,
+        disks: &[DiskKey],
+    ) -> Result<Vec<VerifyProblem>, RepoError> {
+        let _lock = self.lock_shared()?;
+        let mut record = self
+            .catalog
+            .get_point(point)?
+            .ok_or(RepoError::PointNotFound(point))?;
+        record.disks.retain(|d| disks.contains(&d.key));
+        let select = ChunkSelection {
+            presence_only: true,
+            ..ChunkSelection::default()
+        };
+        let report = verify::verify(
+            &self.root,
+            &self.store,
+            &[record],
+            select,
+            self.options.hash_workers,
+            None,
+            &mut |_, _| {},
+        )
+        .ok_or(RepoError::Cancelled)?;
+        Ok(report.problems)
     }
 
     /// Verify every committed point, then set aside what is damaged so that the next

@@ -155,11 +155,13 @@ pub struct ChunkSelection<'a> {
     pub subset: Option<VerifySubset>,
     /// Re-read whatever the subset (chunks recorded as damaged).
     pub always: Option<&'a HashSet<ChunkDigest>>,
+    /// Read none (but `always`): only check that every chunk file exists.
+    pub presence_only: bool,
 }
 
 impl ChunkSelection<'_> {
     fn reads(&self, digest: &ChunkDigest) -> bool {
-        self.subset.is_none_or(|s| s.contains(digest))
+        (!self.presence_only && self.subset.is_none_or(|s| s.contains(digest)))
             || self.always.is_some_and(|a| a.contains(digest))
     }
 }

@@ -56,6 +56,7 @@ use plan::Plan;
 use super::journal::{self, JobLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
 use crate::ids::{DiskKey, JobId, RestorePointId};
+use crate::repo::VerifyProblem;
 use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind};
 use crate::supervisor::{Supervisor, SupervisorError};
 use crate::vsphere::{
@@ -254,6 +255,21 @@ pub enum RestoreError {
         /// What WCP (or the agent) would refuse.
         refusals: Vec<Refusal>,
     },
+    /// The point cannot be restored whole: the pre-flight found an unreadable index or a
+    /// missing chunk among the disks to restore; nothing was changed.
+    #[error(
+        "restore point {point} cannot be restored, nothing was changed: {count} problem(s) in \
+         the disks to restore, first: {first}; pick another point, or run `vadp-agent repo \
+         verify --repair` and back the VM up again to heal it"
+    )]
+    Unrestorable {
+        /// The point.
+        point: RestorePointId,
+        /// How many problems.
+        count: usize,
+        /// The first, as verify words it (file, digest, disk).
+        first: String,
+    },
     /// A request that makes no sense for this point.
     #[error("{0}")]
     Invalid(String),
@@ -281,6 +297,19 @@ pub enum RestoreError {
         /// Its message.
         message: String,
     },
+}
+
+fn describe_problem(p: &VerifyProblem) -> String {
+    match p {
+        VerifyProblem::Chunk {
+            error, points: at, ..
+        } => match at.first() {
+            Some((_, disk)) => format!("disk {disk}: {error}"),
+            None => error.clone(),
+        },
+        VerifyProblem::Index { disk, error, .. } => format!("disk {disk}: index: {error}"),
+        VerifyProblem::Catalog { path, error } => format!("{}: {error}", path.display()),
+    }
 }
 
 fn describe_refusals(r: &[Refusal]) -> String {
@@ -409,6 +438,20 @@ pub async fn run_restore(
     if !plan.prediction.refusals.is_empty() {
         return Err(RestoreError::Refused {
             refusals: plan.prediction.refusals.clone(),
+        });
+    }
+    // A missing chunk found part-way would leave an in-place restore's disks half
+    // overwritten (and a new VM half written): look before touching anything.
+    let (repo, point) = (Arc::clone(&env.repo), request.point);
+    let keys: Vec<DiskKey> = plan.disks.iter().map(|d| d.key).collect();
+    let problems = blocking(move || repo.check_restorable(point, &keys))
+        .await?
+        .map_err(BackupError::Repo)?;
+    if let Some(first) = problems.first() {
+        return Err(RestoreError::Unrestorable {
+            point: request.point,
+            count: problems.len(),
+            first: describe_problem(first),
         });
     }
     if request.dry_run {
