@@ -234,6 +234,7 @@ concurrent_jobs = 2
                     disks: vec![],
                     subnet_map: vec![],
                     dry_run: true,
+                    verify_first: false,
                     idempotency_key: None,
                     priority: 0,
                 })
@@ -724,6 +725,7 @@ concurrent_jobs = 2
                     disks: vec![],
                     subnet_map: vec![],
                     dry_run: false,
+                    verify_first: true,
                     idempotency_key: Some("restore-web-1".into()),
                     priority: 0,
                 })

@@ -493,10 +493,12 @@ mod tests {
         };
         let aside = fx.dir.path().join("aside");
         std::fs::rename(&chunk, &aside).unwrap();
-        let before: Vec<Vec<u8>> = old
-            .iter()
-            .map(|(key, _)| s.disk_bytes(&vm, DiskKey(*key)))
-            .collect();
+        let disks_now = || -> Vec<Vec<u8>> {
+            old.iter()
+                .map(|(key, _)| s.disk_bytes(&vm, DiskKey(*key)))
+                .collect()
+        };
+        let before = disks_now();
         let r = fx.restore(&p1, &["--mode", "existing"]);
         assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
         let said = format!("{}{}", r.stdout, r.stderr);
@@ -505,17 +507,36 @@ mod tests {
                 && said.contains(&chunk.display().to_string()),
             "{said}"
         );
-        let after: Vec<Vec<u8>> = old
-            .iter()
-            .map(|(key, _)| s.disk_bytes(&vm, DiskKey(*key)))
-            .collect();
-        assert!(before == after, "the VM's disks were touched");
+        assert!(before == disks_now(), "the VM's disks were touched");
         assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
         assert_eq!(fx.open_journal(), 0);
         std::fs::rename(&aside, &chunk).unwrap();
+        // A chunk whose content is bad is found before any change with --verify-first.
+        let good = std::fs::read(&chunk).unwrap();
+        let mut bad = good.clone();
+        bad[40] ^= 1;
+        std::fs::write(&chunk, &bad).unwrap();
+        let r = fx.restore(&p1, &["--mode", "existing", "--verify-first"]);
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            said.contains("cannot be restored, nothing was changed") && said.contains("corrupt"),
+            "{said}"
+        );
+        assert!(before == disks_now(), "the VM's disks were touched");
+        std::fs::write(&chunk, &good).unwrap();
 
         // In place to the older point: the VM is powered off first (§9.2).
-        let r = fx.restore(&p1, &["--mode", "existing"]);
+        let r = fx.restore(&p1, &["--mode", "existing", "--verify-first"]);
+        assert!(
+            r.events.iter().any(|e| e["event"] == "step"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("verifying the chunks of point")),
+            "{}",
+            r.stdout
+        );
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
         assert_eq!(r.report()["prediction"]["restore_type"], "existing");
         assert_eq!(r.report()["vm"].as_str().unwrap(), vm.0);

@@ -110,6 +110,11 @@ pub struct RestoreJobRequest {
     /// Check everything and report what would happen, change nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Before changing anything, read and check every chunk the disks need (by default
+    /// only that each chunk file exists), so that an in-place restore cannot stop part-way
+    /// on a damaged chunk.
+    #[serde(default)]
+    pub verify_first: bool,
     /// Submitting again with the same key returns the job first created with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

@@ -312,6 +312,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             disks: Vec::new(),
             subnet_map: Vec::new(),
             dry_run: false,
+            verify_first: true,
         };
         let r = restore::run_restore(&renv, &request, observer, CancellationToken::new()).await;
         let _ = renv.vapi.logout().await;

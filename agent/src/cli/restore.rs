@@ -45,6 +45,11 @@ pub struct RestoreArgs {
     /// Print the prediction and stop before changing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Read and check every chunk the disks need before changing anything (by default only
+    /// that each chunk file exists): an in-place restore then cannot stop part-way on a
+    /// damaged chunk.
+    #[arg(long)]
+    pub verify_first: bool,
     /// The Supervisor's API (default: the vCenter's address, as the lab serves it).
     #[arg(long, env = "VADP_AGENT_SUPERVISOR")]
     pub supervisor: Option<url::Url>,
@@ -115,6 +120,7 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         disks: args.disks.iter().copied().map(DiskKey).collect(),
         subnet_map,
         dry_run: args.dry_run,
+        verify_first: args.verify_first,
     };
     let observer = observer(json);
     let cancel = CancellationToken::new();

@@ -105,6 +105,7 @@ pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> 
         disks: r.disks.iter().copied().map(DiskKey).collect(),
         subnet_map,
         dry_run: r.dry_run,
+        verify_first: r.verify_first,
     })
 }
 

@@ -980,8 +980,9 @@ impl Repository {
 
     /// Before a restore changes anything: the problems that would stop it part-way — an
     /// index of `disks` of `point` that does not read, a chunk they need whose file is
-    /// missing (quarantined by a repair, or lost). One `stat` per distinct chunk, no
-    /// reading; a chunk whose content is bad is still found only when the restore reads it.
+    /// missing (quarantined by a repair, or lost), and with `read_chunks` a chunk whose
+    /// content is bad. Without `read_chunks`: one `stat` per distinct chunk, no reading (a bad
+    /// chunk is then found only when the restore reads it).
     ///
     /// # Errors
     /// [`RepoError::PointNotFound`], [`RepoError::Lock`], catalog errors.
@@ -989,6 +990,7 @@ impl Repository {
         &self,
         point: RestorePointId,
         disks: &[DiskKey],
+        read_chunks: bool,
     ) -> Result<Vec<VerifyProblem>, RepoError> {
         let _lock = self.lock_shared()?;
         let mut record = self
@@ -997,7 +999,7 @@ impl Repository {
             .ok_or(RepoError::PointNotFound(point))?;
         record.disks.retain(|d| disks.contains(&d.key));
         let select = ChunkSelection {
-            presence_only: true,
+            presence_only: !read_chunks,
             ..ChunkSelection::default()
         };
         let report = verify::verify(

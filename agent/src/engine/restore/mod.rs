@@ -89,6 +89,9 @@ pub struct RestoreRequest {
     pub subnet_map: Vec<SubnetMapping>,
     /// Stop after the pre-flight.
     pub dry_run: bool,
+    /// Before changing anything, read and check every chunk the disks need (a second read
+    /// of the point's data), not only that each file exists.
+    pub verify_first: bool,
 }
 
 /// What a restore talks to besides the backup [`Environment`].
@@ -444,7 +447,13 @@ pub async fn run_restore(
     // overwritten (and a new VM half written): look before touching anything.
     let (repo, point) = (Arc::clone(&env.repo), request.point);
     let keys: Vec<DiskKey> = plan.disks.iter().map(|d| d.key).collect();
-    let problems = blocking(move || repo.check_restorable(point, &keys))
+    let read = request.verify_first;
+    if read {
+        observer(&RestoreEvent::Step {
+            message: format!("verifying the chunks of point {point} before changing anything"),
+        });
+    }
+    let problems = blocking(move || repo.check_restorable(point, &keys, read))
         .await?
         .map_err(BackupError::Repo)?;
     if let Some(first) = problems.first() {
