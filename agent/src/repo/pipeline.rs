@@ -493,11 +493,14 @@ fn write_worker(
         pools.give_back(job.buf, job.is_frame);
         match result {
             Ok(inserted) => {
+                // Also when another backup renamed the same chunk into place since the hash
+                // worker looked: its directory entry may not be durable yet, and our point
+                // must not commit before it is (the locking rules in `chunk_store`).
+                sh.dirs
+                    .lock()
+                    .expect("dir set not poisoned")
+                    .insert(sh.store.dir_of(&job.digest));
                 let outcome = if inserted {
-                    sh.dirs
-                        .lock()
-                        .expect("dir set not poisoned")
-                        .insert(sh.store.dir_of(&job.digest));
                     Outcome::New(stored)
                 } else {
                     Outcome::Reused
@@ -582,6 +585,59 @@ mod tests {
         assert_eq!(stats.chunks_new, 3);
         assert!(idx.slots()[0].is_zero());
         assert_eq!(store.read(&idx.slots()[5]).unwrap(), data[20480..]);
+    }
+
+    #[test]
+    fn a_chunk_another_backup_wrote_meanwhile_still_has_its_directory_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        std::fs::create_dir(store.root()).unwrap();
+        let data = vec![9u8; 4096];
+        let digest = ChunkDigest::of(&data);
+        let mut frame = AlignedBuf::zeroed(HEADER_LEN + data.len());
+        frame.as_mut_slice()[HEADER_LEN..].copy_from_slice(&data);
+        let mut out = vec![0u8; chunk::max_encoded_len(data.len())];
+        let len = match ChunkEncoder::new()
+            .unwrap()
+            .encode_frame(frame.as_mut_slice(), &digest, &mut out)
+            .unwrap()
+        {
+            Encoded::InFrame => HEADER_LEN + data.len(),
+            Encoded::InOut(n) => {
+                frame.as_mut_slice()[..n].copy_from_slice(&out[..n]);
+                n
+            }
+        };
+        // The hash worker found the chunk absent; another backup then stored it first.
+        assert!(store.insert(&digest, &frame.as_slice()[..len]).unwrap());
+        let shared = Shared {
+            store: &store,
+            abort: AtomicBool::new(false),
+            first_error: Mutex::new(None),
+            seen: Mutex::new(HashSet::new()),
+            dirs: Mutex::new(HashSet::new()),
+        };
+        let pools = Pools {
+            frames: BufferPool::new(1, HEADER_LEN + data.len()),
+            outputs: BufferPool::new(1, chunk::max_encoded_len(data.len())),
+        };
+        let (write_tx, write_rx) = bounded(1);
+        let (res_tx, res_rx) = bounded(1);
+        write_tx
+            .send(WriteJob {
+                slot: 0,
+                digest,
+                plain_len: data.len() as u64,
+                buf: frame,
+                len,
+                is_frame: true,
+            })
+            .unwrap();
+        drop(write_tx);
+        write_worker(&shared, &pools, &write_rx, &res_tx);
+        assert!(matches!(res_rx.recv().unwrap().outcome, Outcome::Reused));
+        let dirs = shared.dirs.into_inner().unwrap();
+        assert!(dirs.contains(&store.dir_of(&digest)), "{dirs:?}");
     }
 
     #[test]
