@@ -130,6 +130,76 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_image_restore_leaves_the_existing_file_as_it_was() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (_, chunk) = shared_chunk(&repo, &f);
+        let dir = f.root.parent().unwrap().join("out");
+        std::fs::create_dir(&dir).unwrap();
+        let out = dir.join("existing.img");
+        let precious = b"the image the user had".repeat(1000);
+        std::fs::write(&out, &precious).unwrap();
+        let leftovers = || std::fs::read_dir(&dir).unwrap().count() - 1;
+
+        // A missing chunk: refused before anything is written.
+        let aside = f.root.join("aside");
+        std::fs::rename(&chunk, &aside).unwrap();
+        let err = repo
+            .restore_image(f.incr, &out, &mut |_, _| {})
+            .unwrap_err();
+        let msg = chain(&err);
+        assert!(
+            msg.contains("cannot be restored, nothing was changed")
+                && msg.contains(&chunk.display().to_string()),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), precious);
+        assert_eq!(leftovers(), 0);
+
+        // A corrupt chunk is found only by reading it, part-way: `out` is still untouched
+        // and the partial image is removed.
+        let good = std::fs::read(&aside).unwrap();
+        std::fs::rename(&aside, &chunk).unwrap();
+        flip_a_byte(&chunk);
+        let err = repo
+            .restore_image(f.incr, &out, &mut |_, _| {})
+            .unwrap_err();
+        assert!(chain(&err).contains(&chunk.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), precious);
+        assert_eq!(leftovers(), 0);
+
+        // Healthy again: the restore replaces the file.
+        std::fs::write(&chunk, &good).unwrap();
+        repo.restore_image(f.incr, &out, &mut |_, _| {}).unwrap();
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(&f.img).unwrap());
+        assert_eq!(leftovers(), 0);
+    }
+
+    #[test]
+    fn an_incremental_of_a_shrunk_image_keeps_its_shortened_last_chunk() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        // 4 MiB - 24 KiB: the last 64 KiB chunk keeps 40 KiB of data.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f.img)
+            .unwrap();
+        file.set_len((4 << 20) - (24 << 10)).unwrap();
+        drop(file);
+        let expected = std::fs::read(&f.img).unwrap();
+        assert!(
+            expected[expected.len() - (40 << 10)..]
+                .iter()
+                .any(|&b| b != 0)
+        );
+        let point = repo
+            .backup_image(&incremental(&f, Vec::new()), &mut |_, _| {})
+            .unwrap()
+            .point;
+        assert!(restore(&repo, &f, point) == expected);
+    }
+
+    #[test]
     fn truncated_chunk_is_reported() {
         let f = fixture();
         let repo = Repository::open(&f.root).unwrap();

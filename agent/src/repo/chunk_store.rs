@@ -106,6 +106,15 @@ pub enum ChunkStoreError {
         #[source]
         source: io::Error,
     },
+    /// Creating or fsyncing a chunk directory failed (no chunk in particular).
+    #[error("make the chunk directory {path} durable")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// The repository lock could not be taken.
     #[error("lock {path}")]
     Lock {
@@ -207,15 +216,11 @@ impl ChunkStore {
     /// Create and fsync the 256 fan-out directories of the flat layout, then the root.
     ///
     /// # Errors
-    /// [`ChunkStoreError::Write`] naming the directory (with the zero digest).
+    /// [`ChunkStoreError::Directory`] naming the directory.
     pub fn create_fanout(&self) -> Result<(), ChunkStoreError> {
         let werr = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| ChunkStoreError::Write {
-                digest: ChunkDigest::ZERO,
-                path,
-                source,
-            }
+            move |source| ChunkStoreError::Directory { path, source }
         };
         let mut dirs = HashSet::new();
         for byte in 0..=255u8 {
@@ -286,7 +291,7 @@ impl ChunkStore {
         let (file, direct) = match open(direct) {
             Ok(f) => (f, direct),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(dir).map_err(|e| werr(dir, e))?;
+                durable::create_dir_all(dir).map_err(|(at, e)| werr(&at, e))?;
                 (open(direct).map_err(|e| werr(&tmp, e))?, direct)
             }
             Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
@@ -471,7 +476,7 @@ impl ChunkStore {
 /// in turn (see `docs/benchmarks.md`).
 ///
 /// # Errors
-/// [`ChunkStoreError::Write`] naming the directory (with the zero digest).
+/// [`ChunkStoreError::Directory`] naming the directory.
 pub fn sync_dirs(dirs: &HashSet<PathBuf>) -> Result<(), ChunkStoreError> {
     const THREADS: usize = 8;
     const PER_THREAD_MIN: usize = 8;
@@ -504,8 +509,7 @@ pub fn sync_dirs(dirs: &HashSet<PathBuf>) -> Result<(), ChunkStoreError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ChunkStoreError> {
-    durable::sync_dir(dir).map_err(|source| ChunkStoreError::Write {
-        digest: ChunkDigest::ZERO,
+    durable::sync_dir(dir).map_err(|source| ChunkStoreError::Directory {
         path: dir.to_path_buf(),
         source,
     })

@@ -15,7 +15,7 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, io::
         move |e| (p, e)
     };
     let dir = path.parent().expect("a file path has a parent");
-    fs::create_dir_all(dir).map_err(at(dir))?;
+    create_dir_all(dir)?;
     let mut tmp_name = path.file_name().map(OsString::from).unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
@@ -26,6 +26,33 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, io::
     drop(file);
     fs::rename(&tmp, path).map_err(at(path))?;
     sync_dir(dir).map_err(at(dir))
+}
+
+/// Create `dir` and its missing ancestors durably: each new directory's entry is fsynced in
+/// its parent (a new directory whose parent was not fsynced can vanish in a power loss,
+/// with everything written into it). Nothing is synced when `dir` exists.
+pub(crate) fn create_dir_all(dir: &Path) -> Result<(), (PathBuf, io::Error)> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    fs::create_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))?;
+    for new in missing.iter().rev() {
+        let parent = match new.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent).map_err(|e| (parent.to_path_buf(), e))?;
+    }
+    Ok(())
 }
 
 /// fsync the directory `dir`, making the entries created, renamed or removed in it durable.

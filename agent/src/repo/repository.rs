@@ -124,6 +124,20 @@ pub enum RepoError {
         #[source]
         source: PipelineError,
     },
+    /// Before a restore wrote anything: a chunk or index the disk needs is missing or bad.
+    #[error(
+        "restore point {point} cannot be restored, nothing was changed: {count} problem(s), \
+         first: {first}; pick another point, or run `vadp-agent repo verify --repair` and \
+         back up again (if the data there is unchanged, that heals this point)"
+    )]
+    Unrestorable {
+        /// The point.
+        point: RestorePointId,
+        /// How many problems.
+        count: usize,
+        /// The first, as verify words it (disk, file, digest).
+        first: String,
+    },
     /// The restore failed.
     #[error("restore of restore point {point} disk {disk}")]
     Restore {
@@ -331,12 +345,14 @@ impl Repository {
                 path: path.to_path_buf(),
             });
         }
+        // Durably: each new directory's entry fsynced in its parent.
         for dir in [
             path.to_path_buf(),
             path.join("chunks"),
             path.join("indexes"),
         ] {
-            fs::create_dir_all(&dir).map_err(io(&dir))?;
+            durable::create_dir_all(&dir)
+                .map_err(|(path, source)| RepoError::Io { path, source })?;
         }
         let (catalog, thread) = CatalogHandle::spawn(&path.join("catalog.db"))?;
         catalog.set_meta("chunk_size_bytes", &chunk_size_bytes.to_string())?;
@@ -498,11 +514,18 @@ impl Repository {
                         length: capacity - parent_index.disk_size_bytes(),
                     });
                 }
-                (
-                    FixedIndex::derive(&parent_index, capacity),
-                    PointKind::Incremental,
-                    extents,
-                )
+                let index = FixedIndex::derive(&parent_index, capacity);
+                // A shrunk one (an image file): its last slot may be shorter than the
+                // parent's chunk there, which `derive` made a hole; read it again.
+                if capacity < parent_index.disk_size_bytes()
+                    && let Some(last) = index.slots().len().checked_sub(1)
+                {
+                    extents.push(Extent {
+                        offset: index.slot_offset(last),
+                        length: index.slot_len(last),
+                    });
+                }
+                (index, PointKind::Incremental, extents)
             }
             DiskPlan::Full { allocated } => {
                 let extents = match allocated {
@@ -793,12 +816,17 @@ impl Repository {
         self.restore_disk_to_file(point, None, out, progress)
     }
 
-    /// Restore disk `disk` of `point` (its first disk when `None`) into a new raw file
-    /// `out` (sparse: zero chunks are holes). Returns the disk's size.
+    /// Restore disk `disk` of `point` (its first disk when `None`) into the raw file `out`
+    /// (sparse: zero chunks are holes). Returns the disk's size.
+    ///
+    /// Nothing is written before every chunk file the disk needs is found present; the
+    /// image is then written to a temporary file beside `out` (`.<name>.vadp-restore-…`),
+    /// made durable and renamed over `out` only once complete, so a failed restore leaves an
+    /// existing `out` as it was (and needs room for both meanwhile).
     ///
     /// # Errors
-    /// [`RepoError::PointNotFound`], [`RepoError::Restore`] / [`RepoError::Index`] naming
-    /// the point and disk.
+    /// [`RepoError::PointNotFound`], [`RepoError::Unrestorable`] (nothing written),
+    /// [`RepoError::Restore`] / [`RepoError::Index`] naming the point and disk.
     pub fn restore_disk_to_file(
         &self,
         point: RestorePointId,
@@ -807,13 +835,53 @@ impl Repository {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, RepoError> {
         let (_lock, disk, index) = self.disk_to_restore(point, disk)?;
-        let mut sink =
-            RawFileSink::create(out, index.disk_size_bytes()).map_err(|e| RepoError::Restore {
+        let problems = self.check_restorable_locked(point, &[disk], false)?;
+        if let Some(first) = problems.first() {
+            let mut first_said = first.describe();
+            if let VerifyProblem::Chunk { digest, .. } = first
+                && self.damaged_digests()?.contains(digest)
+            {
+                first_said.push_str(" (set aside as damaged by `repo verify --repair`)");
+            }
+            return Err(RepoError::Unrestorable {
                 point,
-                disk,
-                source: RestoreError::Sink(e),
-            })?;
-        self.restore_index(point, disk, &index, &mut sink, progress)
+                count: problems.len(),
+                first: first_said,
+            });
+        }
+        let sink_err = |e| RepoError::Restore {
+            point,
+            disk,
+            source: RestoreError::Sink(e),
+        };
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RepoError::Io { path, source }
+        };
+        let name = out
+            .file_name()
+            .ok_or_else(|| io_err(out)(std::io::ErrorKind::InvalidInput.into()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".vadp-restore-{}", uuid::Uuid::new_v4().simple()));
+        let tmp = out.with_file_name(tmp_name);
+        let result = RawFileSink::create(&tmp, index.disk_size_bytes())
+            .map_err(sink_err)
+            .and_then(|mut sink| self.restore_index(point, disk, &index, &mut sink, progress));
+        let done = result.and_then(|size| {
+            fs::rename(&tmp, out).map_err(io_err(out))?;
+            let dir = match out.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            durable::sync_dir(dir).map_err(io_err(dir))?;
+            Ok(size)
+        });
+        if done.is_err() {
+            // Best effort: the partial image is of no use (and named as ours if it stays).
+            let _ = fs::remove_file(&tmp);
+        }
+        done
     }
 
     /// Under the shared lock (returned, held by the caller for the restore): the index of
@@ -993,6 +1061,16 @@ impl Repository {
         read_chunks: bool,
     ) -> Result<Vec<VerifyProblem>, RepoError> {
         let _lock = self.lock_shared()?;
+        self.check_restorable_locked(point, disks, read_chunks)
+    }
+
+    /// [`Self::check_restorable`] under a lock the caller holds.
+    fn check_restorable_locked(
+        &self,
+        point: RestorePointId,
+        disks: &[DiskKey],
+        read_chunks: bool,
+    ) -> Result<Vec<VerifyProblem>, RepoError> {
         let mut record = self
             .catalog
             .get_point(point)?

@@ -59,6 +59,23 @@ pub enum VerifyProblem {
     },
 }
 
+impl VerifyProblem {
+    /// One line for an error message: the disk and what is wrong (its file, digest).
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Chunk {
+                error, points: at, ..
+            } => match at.first() {
+                Some((_, disk)) => format!("disk {disk}: {error}"),
+                None => error.clone(),
+            },
+            Self::Index { disk, error, .. } => format!("disk {disk}: index: {error}"),
+            Self::Catalog { path, error } => format!("{}: {error}", path.display()),
+        }
+    }
+}
+
 /// What is wrong with a chunk verify reports.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]

@@ -56,7 +56,6 @@ use plan::Plan;
 use super::journal::{self, JobLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
 use crate::ids::{DiskKey, JobId, RestorePointId};
-use crate::repo::VerifyProblem;
 use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind};
 use crate::supervisor::{Supervisor, SupervisorError};
 use crate::vsphere::{
@@ -302,19 +301,6 @@ pub enum RestoreError {
     },
 }
 
-fn describe_problem(p: &VerifyProblem) -> String {
-    match p {
-        VerifyProblem::Chunk {
-            error, points: at, ..
-        } => match at.first() {
-            Some((_, disk)) => format!("disk {disk}: {error}"),
-            None => error.clone(),
-        },
-        VerifyProblem::Index { disk, error, .. } => format!("disk {disk}: index: {error}"),
-        VerifyProblem::Catalog { path, error } => format!("{}: {error}", path.display()),
-    }
-}
-
 fn describe_refusals(r: &[Refusal]) -> String {
     r.iter()
         .map(|r| format!("{}: {}", r.id, r.reason))
@@ -460,7 +446,7 @@ pub async fn run_restore(
         return Err(RestoreError::Unrestorable {
             point: request.point,
             count: problems.len(),
-            first: describe_problem(first),
+            first: first.describe(),
         });
     }
     if request.dry_run {
