@@ -4,7 +4,7 @@
 //! append a new one. A catalog with a version above [`LATEST_VERSION`] was written by a newer
 //! agent and is refused.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 /// The migrations, in order.
 const MIGRATIONS: &[&str] = &[
@@ -116,26 +116,36 @@ pub(crate) enum MigrateError {
 }
 
 /// Bring `conn` to [`LATEST_VERSION`], each migration in its own transaction.
+///
+/// Each step takes the write lock first (`BEGIN IMMEDIATE`) and reads the version inside
+/// it, so two processes opening an old catalog at once (the daemon and a CLI command after
+/// an upgrade) migrate it once between them instead of both running the same step.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, MigrateError> {
-    let version: u32 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(MigrateError::Sql)?;
-    if version > LATEST_VERSION {
-        return Err(MigrateError::Newer(version));
+    fn version(conn: &Connection) -> Result<u32, MigrateError> {
+        let v: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(MigrateError::Sql)?;
+        if v > LATEST_VERSION {
+            return Err(MigrateError::Newer(v));
+        }
+        Ok(v)
     }
-    let start = usize::try_from(version).expect("u32 fits in usize");
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(start) {
-        let tx = conn.transaction().map_err(MigrateError::Sql)?;
+    if version(conn)? == LATEST_VERSION {
+        return Ok(LATEST_VERSION);
+    }
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MigrateError::Sql)?;
+        let v = version(&tx)?;
+        let Some(sql) = MIGRATIONS.get(usize::try_from(v).expect("u32 fits in usize")) else {
+            return Ok(LATEST_VERSION);
+        };
         tx.execute_batch(sql).map_err(MigrateError::Sql)?;
-        tx.pragma_update(
-            None,
-            "user_version",
-            i64::try_from(i + 1).expect("few migrations"),
-        )
-        .map_err(MigrateError::Sql)?;
+        tx.pragma_update(None, "user_version", v + 1)
+            .map_err(MigrateError::Sql)?;
         tx.commit().map_err(MigrateError::Sql)?;
     }
-    Ok(LATEST_VERSION)
 }
 
 #[cfg(test)]
@@ -150,5 +160,42 @@ mod tests {
         assert_eq!(migrate(&mut conn).unwrap(), LATEST_VERSION);
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrateError::Newer(99))));
+    }
+
+    #[test]
+    fn processes_opening_an_old_catalog_at_once_migrate_it_once() {
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("catalog.db");
+            {
+                // A version 1 catalog, as an older agent left it.
+                let conn = Connection::open(&path).unwrap();
+                conn.pragma_update(None, "journal_mode", "wal").unwrap();
+                conn.execute_batch(MIGRATIONS[0]).unwrap();
+                conn.pragma_update(None, "user_version", 1).unwrap();
+            }
+            let start = std::sync::Barrier::new(6);
+            std::thread::scope(|scope| {
+                let openers: Vec<_> = (0..6)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut conn = Connection::open(&path).unwrap();
+                            conn.busy_timeout(std::time::Duration::from_secs(30))
+                                .unwrap();
+                            start.wait();
+                            migrate(&mut conn)
+                        })
+                    })
+                    .collect();
+                for o in openers {
+                    let r = o.join().unwrap();
+                    assert!(
+                        matches!(r, Ok(LATEST_VERSION)),
+                        "round {round}: {:?}",
+                        r.err()
+                    );
+                }
+            });
+        }
     }
 }
