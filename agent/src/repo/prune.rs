@@ -52,7 +52,13 @@ impl RetentionPolicy {
         if self.min_age_secs < MIN_AGE_FLOOR_SECS {
             return Err(PruneError::BelowFloor(self.min_age_secs));
         }
-        if self.keep_last + self.keep_daily + self.keep_weekly + self.keep_monthly == 0 {
+        let keeps = [
+            self.keep_last,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+        ];
+        if keeps.iter().all(|&n| n == 0) {
             return Err(PruneError::NoRule);
         }
         Ok(())
@@ -219,5 +225,7 @@ mod tests {
         ));
         assert!(matches!(policy(0, 0).validate(), Err(PruneError::NoRule)));
         assert!(policy(3, 0).validate().is_ok());
+        // Large counts are rules too (no overflow on the way).
+        assert!(policy(u32::MAX, 1).validate().is_ok());
     }
 }
