@@ -25,7 +25,10 @@
 //! - store a missing chunk again after verify found it missing: it is recorded anyway, and
 //!   the next backup that reads it, or the next repair, finds it intact and drops the record;
 //! - it cannot replace a corrupt file with a good one: a backup writes a chunk only when no
-//!   file of that digest exists.
+//!   file of that digest exists. Once a repair moved the corrupt file, though, a backup can
+//!   store the chunk again, intact, while a second repair acting on the same finding is
+//!   about to move "the corrupt file": each repair therefore checks the file it moved and
+//!   puts an intact one back.
 //!
 //! GC, which deletes chunk files, takes the exclusive lock and cannot run meanwhile.
 //!
@@ -45,6 +48,7 @@ use serde::Serialize;
 
 use crate::ids::ChunkDigest;
 use crate::repo::catalog::{CatalogHandle, DamagedChunk};
+use crate::repo::chunk;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::durable::sync_dir;
 use crate::repo::verify::{ChunkState, VerifyProblem, VerifyReport};
@@ -135,16 +139,23 @@ pub fn repair(
             ChunkState::Corrupt => {
                 let name = format!("{}.{now}", digest.to_hex());
                 let to = quarantine.join(&name);
-                if move_aside(store, digest, path, &quarantine, &to)? {
-                    out.quarantined.push(Quarantined {
-                        digest: *digest,
-                        from: path.clone(),
-                        to,
-                    });
-                    Some(format!("{QUARANTINE_DIR}/{name}"))
-                } else {
+                match move_aside(store, digest, path, &quarantine, &to)? {
+                    Moved::Aside => {
+                        out.quarantined.push(Quarantined {
+                            digest: *digest,
+                            from: path.clone(),
+                            to,
+                        });
+                        Some(format!("{QUARANTINE_DIR}/{name}"))
+                    }
                     // Gone since verify read it (another repair moved it): now missing.
-                    None
+                    Moved::Gone => None,
+                    // Another repair moved the corrupt file and a backup stored the chunk
+                    // again meanwhile: the file was intact and is back in place.
+                    Moved::WasIntact => {
+                        bad.remove(digest);
+                        continue;
+                    }
                 }
             }
         };
@@ -181,15 +192,29 @@ pub fn repair(
     Ok(out)
 }
 
-/// Rename `from` to `to` in `quarantine`, then fsync both directories; `false` if `from`
-/// no longer exists.
+/// What [`move_aside`] did.
+enum Moved {
+    /// The corrupt file is in `quarantine/`.
+    Aside,
+    /// There was no file any more.
+    Gone,
+    /// The file found there was intact; it is back in place.
+    WasIntact,
+}
+
+/// Rename `from` to `to` in `quarantine`, then fsync both directories.
+///
+/// The file moved is checked once it is aside: verify found the chunk corrupt, but two
+/// repairs can act on that finding at once, and after the first one moved the corrupt file a
+/// backup may have stored the chunk again, intact. Such a file goes back (a hard link, which
+/// never replaces a newer file) instead of into quarantine.
 fn move_aside(
     store: &ChunkStore,
     digest: &ChunkDigest,
     from: &Path,
     quarantine: &Path,
     to: &Path,
-) -> Result<bool, RepairError> {
+) -> Result<Moved, RepairError> {
     let fail = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RepairError::Quarantine {
@@ -208,11 +233,24 @@ fn move_aside(
     }
     match fs::rename(from, to) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Moved::Gone),
         Err(e) => return Err(fail(from)(e)),
     }
-    sync_dir(quarantine).map_err(fail(quarantine))?;
     let dir = store.dir_of(digest);
+    let intact = fs::read(to).is_ok_and(|bytes| chunk::decode(&bytes, digest).is_ok());
+    if intact {
+        match fs::hard_link(to, from) {
+            Ok(()) => {}
+            // Stored again meanwhile, by yet another backup: that copy stays.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(from)(e)),
+        }
+        sync_dir(&dir).map_err(fail(&dir))?;
+        fs::remove_file(to).map_err(fail(to))?;
+        sync_dir(quarantine).map_err(fail(quarantine))?;
+        return Ok(Moved::WasIntact);
+    }
+    sync_dir(quarantine).map_err(fail(quarantine))?;
     sync_dir(&dir).map_err(fail(&dir))?;
-    Ok(true)
+    Ok(Moved::Aside)
 }
