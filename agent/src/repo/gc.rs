@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::ids::{ChunkDigest, DiskKey, RestorePointId};
 use crate::repo::catalog::PointRecord;
 use crate::repo::chunk_store::{ChunkStore, TEMP_PREFIX};
+use crate::repo::durable;
 use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
 
 /// Errors of GC; nothing was swept if the error came from marking.
@@ -116,6 +117,21 @@ pub fn collect(
         damaged_forgotten,
         ..GcReport::default()
     };
+    // Orphan index directories first, durably: each holds a point manifest, and
+    // `repo rebuild-catalog` must not find one whose chunks the sweep below removed (a GC
+    // that stops part-way would otherwise leave exactly that).
+    let indexes = root.join("indexes");
+    for dir in read_dir(&indexes)? {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        if !live_points.contains(&name) {
+            let path = dir.path();
+            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            report.orphan_indexes_removed += 1;
+        }
+    }
+    if report.orphan_indexes_removed > 0 {
+        durable::sync_dir(&indexes).map_err(io_err(&indexes))?;
+    }
     // Chunk directories at the layout's depth, then the files in them.
     let mut dirs = vec![store.root().to_path_buf()];
     for _ in 0..store.layout().depth() {
@@ -158,15 +174,6 @@ pub fn collect(
             } else {
                 report.chunks_kept += 1;
             }
-        }
-    }
-    let indexes = root.join("indexes");
-    for dir in read_dir(&indexes)? {
-        let name = dir.file_name().to_string_lossy().into_owned();
-        if !live_points.contains(&name) {
-            let path = dir.path();
-            fs::remove_dir_all(&path).map_err(io_err(&path))?;
-            report.orphan_indexes_removed += 1;
         }
     }
     Ok(report)
