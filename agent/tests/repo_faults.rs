@@ -200,6 +200,78 @@ mod tests {
     }
 
     #[test]
+    fn a_second_repair_on_the_same_finding_puts_back_a_chunk_stored_again_meanwhile() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        let good = std::fs::read(&path).unwrap();
+        flip_a_byte(&path);
+        // Both repairs' verifies found the chunk corrupt.
+        let report = repo.verify(&mut |_, _| {}).unwrap();
+        assert_eq!(state_of(&repo, d), Some(ChunkState::Corrupt));
+        // The first repair moved the corrupt file; a backup stored the chunk again.
+        let first =
+            vadp_agent::repo::repair::repair(&f.root, repo.store(), repo.catalog(), &report, 1_000)
+                .unwrap();
+        assert_eq!(first.quarantined.len(), 1);
+        assert!(repo.store().insert(&d, &good).unwrap());
+        // The second acts on the same (now stale) finding.
+        let second =
+            vadp_agent::repo::repair::repair(&f.root, repo.store(), repo.catalog(), &report, 1_001)
+                .unwrap();
+        assert!(second.quarantined.is_empty(), "{second:?}");
+        assert!(second.damaged.is_empty(), "{second:?}");
+        assert!(
+            repo.store().read(&d).is_ok(),
+            "the good chunk was set aside"
+        );
+        let quarantine = f.root.join(vadp_agent::repo::repair::QUARANTINE_DIR);
+        assert_eq!(std::fs::read_dir(&quarantine).unwrap().count(), 1);
+        assert!(restore(&repo, &f, f.incr) == std::fs::read(&f.img).unwrap());
+    }
+
+    #[test]
+    fn a_gc_that_stops_part_way_leaves_no_orphan_point_to_rebuild() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        // A prune killed after its catalog commit: the point's index directory stays.
+        let dir = f.root.join("indexes").join(f.full.to_string());
+        let kept = f.root.join("kept-index");
+        copy_dir(&dir, &kept);
+        repo.delete_point(f.full).unwrap();
+        copy_dir(&kept, &dir);
+        // The sweep fails part-way: an entry it cannot remove (a directory named as a chunk).
+        let blocker = repo.store().chunk_path(&ChunkDigest::of(b"blocker"));
+        std::fs::create_dir_all(&blocker).unwrap();
+        let err = repo.gc().unwrap_err();
+        assert!(
+            chain(&err).contains(&blocker.display().to_string()),
+            "{err}"
+        );
+        assert!(
+            !dir.exists(),
+            "the orphan index directory outlived a sweep that removed its chunks"
+        );
+        std::fs::remove_dir(&blocker).unwrap();
+        repo.gc().unwrap();
+        let points: Vec<RestorePointId> = repo
+            .catalog()
+            .list_points()
+            .unwrap()
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(points, vec![f.incr]);
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    #[test]
     fn truncated_chunk_is_reported() {
         let f = fixture();
         let repo = Repository::open(&f.root).unwrap();

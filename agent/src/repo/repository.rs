@@ -1152,14 +1152,17 @@ impl Repository {
             .into_iter()
             .filter(|p| select(&p.vm))
             .collect();
-        let mut vms: Vec<&VmMoref> = points.iter().map(|p| &p.vm.moref).collect();
+        // A VM is its moref within its vCenter (the catalog's key): two vCenters' `vm-42`
+        // are two VMs, each with its own retention.
+        let vm_key = |p: &PointRecord| (p.vm.vcenter_uuid.clone(), p.vm.moref.clone());
+        let mut vms: Vec<(String, VmMoref)> = points.iter().map(vm_key).collect();
         vms.sort();
         vms.dedup();
         let mut decisions = Vec::new();
         for vm in vms {
             let of_vm: Vec<(RestorePointId, i64)> = points
                 .iter()
-                .filter(|p| &p.vm.moref == vm)
+                .filter(|p| vm_key(p) == vm)
                 .map(|p| (p.id, p.created_at))
                 .collect();
             decisions.extend(prune::select(&of_vm, policy, now));
@@ -1399,5 +1402,37 @@ impl Repository {
         }
         durable::sync_dir(path).map_err(io(path))?;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::catalog::sample_point;
+
+    #[test]
+    fn prune_counts_the_same_moref_of_two_vcenters_as_two_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("repo"), 64 << 10).unwrap();
+        let day = 86_400;
+        for vcenter in ["vc-a", "vc-b"] {
+            for n in 0..3 {
+                let mut point = sample_point("web", day * (10 + n));
+                point.vm.moref = VmMoref("vm-42".into());
+                point.vm.vcenter_uuid = vcenter.into();
+                repo.catalog().commit_point(point).unwrap();
+            }
+        }
+        let policy = RetentionPolicy {
+            keep_last: 3,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_secs: 3 * day,
+        };
+        let decisions = repo.prune(&policy, 100 * day, false).unwrap();
+        assert_eq!(decisions.len(), 6);
+        assert!(decisions.iter().all(|d| d.keep), "{decisions:?}");
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 6);
     }
 }
