@@ -340,8 +340,8 @@ concurrent_jobs = 2
             // A subset: the recorded chunk is re-read whatever the bucket.
             let r = client
                 .verify_with(&VerifyRequest {
-                    repair: false,
                     subset: Some("2/3".into()),
+                    ..VerifyRequest::default()
                 })
                 .await
                 .unwrap();
@@ -350,13 +350,36 @@ concurrent_jobs = 2
             assert_eq!(r.problems[0]["state"], "missing", "{r:?}");
             let e = client
                 .verify_with(&VerifyRequest {
-                    repair: false,
                     subset: Some("4/3".into()),
+                    ..VerifyRequest::default()
                 })
                 .await
                 .unwrap_err();
             assert_eq!(e.status(), Some(400), "{e}");
             assert!(e.to_string().contains("subset"), "{e}");
+            // One point's chunks: the point the backup made uses the damaged one.
+            let r = client
+                .verify_with(&VerifyRequest {
+                    points: vec![point.clone()],
+                    ..VerifyRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.points, 1, "{r:?}");
+            assert_eq!(r.problems[0]["state"], "missing", "{r:?}");
+            for (bad, status) in [
+                ("not-a-point", 400),
+                ("0b7e8c52-1111-4222-8333-944455556666", 404),
+            ] {
+                let e = client
+                    .verify_with(&VerifyRequest {
+                        points: vec![bad.into()],
+                        ..VerifyRequest::default()
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.status(), Some(status), "{bad}: {e}");
+            }
             // The same as a job: progress events, and a failed job carrying the result.
             let job = client
                 .verify_job(&VerifyJobRequest {

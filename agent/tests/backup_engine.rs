@@ -457,7 +457,13 @@ mod tests {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
         let line = text.lines().find(|l| l.starts_with(&wp)).unwrap();
-        for needle in ["incremental", "changed blocks since", " valid ", "ms "] {
+        for needle in [
+            "incremental",
+            "changed blocks since",
+            " valid ",
+            "ms ",
+            "Z  ",
+        ] {
             assert!(line.contains(needle), "list lacks {needle:?}:\n{text}");
         }
         assert_eq!(fx.points().len(), 4);

@@ -272,6 +272,79 @@ mod tests {
     }
 
     #[test]
+    fn a_verify_of_one_point_checks_its_chunks_and_names_every_point_using_a_bad_one() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let verify_points = |points: Vec<RestorePointId>| {
+            repo.verify_with(
+                &VerifyOptions {
+                    points,
+                    ..VerifyOptions::default()
+                },
+                &mut |_, _| {},
+            )
+            .map(|(report, _)| report)
+            .map_err(|e| e.to_string())
+        };
+        let index_of = |point| {
+            let rec = repo.catalog().get_point(point).unwrap().unwrap();
+            repo.load_index(&rec, IMAGE_DISK_KEY).unwrap()
+        };
+        let (full, incr) = (index_of(f.full), index_of(f.incr));
+        // A chunk only the full backup uses, the incremental replaced it.
+        let only_full = *full
+            .slots()
+            .iter()
+            .find(|d| !d.is_zero() && !incr.slots().contains(d))
+            .expect("a chunk the incremental replaced");
+        flip_a_byte(&repo.store().chunk_path(&only_full));
+        let all = verify_points(Vec::new()).unwrap();
+        let r = verify_points(vec![f.incr]).unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(r.points, 1);
+        assert!(
+            r.chunks < all.chunks && r.chunks_read == r.chunks,
+            "{r:?} {all:?}"
+        );
+        let r = verify_points(vec![f.full]).unwrap();
+        assert_eq!(state_of_in(&r, only_full), Some(ChunkState::Corrupt));
+        // A shared chunk found bad through one point names both.
+        let (shared, path) = shared_chunk(&repo, &f);
+        std::fs::remove_file(&path).unwrap();
+        let r = verify_points(vec![f.incr]).unwrap();
+        let users = r
+            .problems
+            .iter()
+            .find_map(|p| match p {
+                VerifyProblem::Chunk { digest, points, .. } if *digest == shared => {
+                    Some(points.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .expect("the missing shared chunk");
+        assert!(
+            users.contains(&f.full) && users.contains(&f.incr),
+            "{users:?}"
+        );
+        // An unknown point is an error, not an empty success.
+        let unknown = RestorePointId::new_random();
+        let e = verify_points(vec![unknown]).unwrap_err();
+        assert!(e.contains(&unknown.to_string()), "{e}");
+    }
+
+    fn state_of_in(
+        report: &vadp_agent::repo::VerifyReport,
+        digest: ChunkDigest,
+    ) -> Option<ChunkState> {
+        report.problems.iter().find_map(|p| match p {
+            VerifyProblem::Chunk {
+                digest: d, state, ..
+            } if *d == digest => Some(*state),
+            _ => None,
+        })
+    }
+
+    #[test]
     fn truncated_chunk_is_reported() {
         let f = fixture();
         let repo = Repository::open(&f.root).unwrap();
@@ -643,7 +716,7 @@ mod tests {
                 &VerifyOptions {
                     subset: Some(subset),
                     repair,
-                    stop: None,
+                    ..VerifyOptions::default()
                 },
                 &mut |_, _| {},
             )
@@ -740,9 +813,9 @@ mod tests {
         let e = repo
             .verify_with(
                 &VerifyOptions {
-                    subset: None,
                     repair: true,
                     stop: Some(&stop),
+                    ..VerifyOptions::default()
                 },
                 &mut |_, _| {},
             )
@@ -755,9 +828,9 @@ mod tests {
         let (report, repaired) = repo
             .verify_with(
                 &VerifyOptions {
-                    subset: None,
                     repair: true,
                     stop: Some(&never),
+                    ..VerifyOptions::default()
                 },
                 &mut |_, _| {},
             )

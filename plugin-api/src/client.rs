@@ -391,13 +391,13 @@ impl Client {
             "/v1/repository/verify",
             Some(&VerifyRequest {
                 repair: true,
-                subset: None,
+                ..VerifyRequest::default()
             }),
         )
         .await
     }
 
-    /// `POST /v1/repository/verify` with any options (`repair`, `subset`).
+    /// `POST /v1/repository/verify` with any options (`repair`, `subset`, `points`).
     ///
     /// # Errors
     /// [`ApiError`]; 400 for a malformed `subset`.

@@ -320,6 +320,11 @@ pub struct VerifyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "3/7")]
     pub subset: Option<String>,
+    /// Only the chunks these restore points use (and chunks recorded as damaged), e.g. the
+    /// point a backup just made; absent or empty: every point's. Every index is still read,
+    /// so a problem names all the points it affects. An unknown point is a 404.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<String>,
 }
 
 /// `POST /v1/jobs/verify`: the same verify as a queued job, for repositories too large for
@@ -336,6 +341,9 @@ pub struct VerifyJobRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "3/7")]
     pub subset: Option<String>,
+    /// As [`VerifyRequest::points`] (an unknown point fails the job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<String>,
     /// The same key returns the same job (200 instead of 202).
     #[serde(default)]
     pub idempotency_key: Option<String>,

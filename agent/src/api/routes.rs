@@ -27,7 +27,9 @@ use tokio::sync::broadcast;
 
 use super::{auth, metrics};
 use crate::config::SecretText;
-use crate::daemon::backup_job::{engine_request, restore_request, verify_result, verify_subset};
+use crate::daemon::backup_job::{
+    engine_request, restore_request, verify_points, verify_result, verify_subset,
+};
 use crate::daemon::queue::StreamItem;
 use crate::daemon::{Queue, Submission, maintenance};
 use crate::engine::{self, Environment, Limits};
@@ -167,6 +169,9 @@ async fn long<T: Send + 'static>(
             engine::error_chain(&e),
         )),
         Ok(Err(RepoError::Prune(e))) => Err(ApiFailure::bad_request(e.to_string())),
+        Ok(Err(RepoError::PointNotFound(id))) => {
+            Err(ApiFailure::not_found("restore point", &id.to_string()))
+        }
         Ok(Err(e)) => Err(ApiFailure::internal(engine::error_chain(&e))),
         Err(_) => Err(ApiFailure::internal(format!("the {name} thread failed"))),
     }
@@ -189,6 +194,7 @@ async fn post_backup(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<R
 async fn post_verify_job(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let request: VerifyJobRequest = parse(&body)?;
     verify_subset(request.subset.as_deref()).map_err(ApiFailure::bad_request)?;
+    verify_points(&request.points).map_err(ApiFailure::bad_request)?;
     let value = serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?;
     submit(
         &s,
@@ -408,6 +414,7 @@ async fn verify(
         parse(&body)?
     };
     let subset = verify_subset(request.subset.as_deref()).map_err(ApiFailure::bad_request)?;
+    let points = verify_points(&request.points).map_err(ApiFailure::bad_request)?;
     let repo = Arc::clone(&s.env.repo);
     let repair = request.repair;
     let (report, repaired) = long("verify", move || {
@@ -415,6 +422,7 @@ async fn verify(
             subset,
             repair,
             stop: None,
+            points,
         };
         repo.verify_with(&options, &mut |_, _| {})
     })

@@ -66,6 +66,20 @@ pub fn verify_subset(subset: Option<&str>) -> Result<Option<VerifySubset>, Strin
     subset.map(str::parse).transpose()
 }
 
+/// The restore points of a verify request, parsed.
+///
+/// # Errors
+/// A malformed point id, named.
+pub fn verify_points(points: &[String]) -> Result<Vec<RestorePointId>, String> {
+    points
+        .iter()
+        .map(|p| {
+            p.parse::<RestorePointId>()
+                .map_err(|e| format!("points: {p:?}: {e}"))
+        })
+        .collect()
+}
+
 /// The API's view of a verify and its repair.
 #[must_use]
 pub fn verify_result(report: &VerifyReport, repaired: Option<&RepairReport>) -> VerifyResult {
@@ -297,8 +311,10 @@ impl BackupJobs {
             Ok(r) => r,
             Err(e) => return failed(format!("stored request: {e}")),
         };
-        let subset = match verify_subset(request.subset.as_deref()) {
-            Ok(s) => s,
+        let (subset, points) = match verify_subset(request.subset.as_deref())
+            .and_then(|s| Ok((s, verify_points(&request.points)?)))
+        {
+            Ok(r) => r,
             Err(e) => return failed(e),
         };
         let (repo, events, cancel) = (Arc::clone(&self.env.repo), ctx.events, ctx.cancel);
@@ -311,6 +327,7 @@ impl BackupJobs {
                     subset,
                     repair: request.repair,
                     stop: Some(&stop),
+                    points,
                 };
                 let mut progress = |done: u64, total: u64| {
                     events.emit(serde_json::json!({

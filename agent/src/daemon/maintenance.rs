@@ -235,7 +235,7 @@ pub fn run_scheduled_verify(
         &VerifyOptions {
             subset,
             repair: m.verify_repair,
-            stop: None,
+            ..VerifyOptions::default()
         },
         &mut |_, _| {},
     )?;

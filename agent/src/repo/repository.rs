@@ -205,7 +205,7 @@ pub struct BackupSummary {
 }
 
 /// How [`Repository::verify_with`] verifies.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct VerifyOptions<'a> {
     /// Re-read only this subset of the chunks (and those recorded as damaged); `None`:
     /// every chunk.
@@ -214,6 +214,9 @@ pub struct VerifyOptions<'a> {
     pub repair: bool,
     /// Asked between chunks whether to give up (a cancelled job).
     pub stop: Option<StopCheck<'a>>,
+    /// Only the chunks these points use (and those recorded as damaged); empty: every
+    /// point's. Every index is still read, so a problem names all the points it affects.
+    pub points: Vec<RestorePointId>,
 }
 
 impl std::fmt::Debug for VerifyOptions<'_> {
@@ -222,6 +225,7 @@ impl std::fmt::Debug for VerifyOptions<'_> {
             .field("subset", &self.subset)
             .field("repair", &self.repair)
             .field("stop", &self.stop.is_some())
+            .field("points", &self.points)
             .finish()
     }
 }
@@ -982,7 +986,7 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, RepoError> {
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
-        self.verify_locked(None, None, progress)
+        self.verify_locked(&VerifyOptions::default(), progress)
     }
 
     /// Verify every committed point as `options` say (`repo verify [--subset N/T]
@@ -999,7 +1003,7 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, Option<RepairReport>), RepoError> {
         let _lock = self.lock_shared()?;
-        let report = self.verify_locked(options.subset, options.stop, progress)?;
+        let report = self.verify_locked(options, progress)?;
         let repaired = if options.repair {
             Some(self.repair_locked(&report)?)
         } else {
@@ -1008,20 +1012,29 @@ impl Repository {
         Ok((report, repaired))
     }
 
-    /// The catalog's own check, then every point's indexes and chunks.
+    /// The catalog's own check, then every point's indexes and (those `options` select)
+    /// chunks.
     fn verify_locked(
         &self,
-        subset: Option<VerifySubset>,
-        stop: Option<StopCheck<'_>>,
+        options: &VerifyOptions<'_>,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, RepoError> {
         let catalog_problems = self.catalog.integrity_check()?;
         let points = self.catalog.list_points()?;
+        if let Some(missing) = options
+            .points
+            .iter()
+            .find(|id| !points.iter().any(|p| p.id == **id))
+        {
+            return Err(RepoError::PointNotFound(*missing));
+        }
+        let selected: HashSet<RestorePointId> = options.points.iter().copied().collect();
         let damaged = self.damaged_digests()?;
         let select = ChunkSelection {
-            subset,
+            subset: options.subset,
             always: Some(&damaged),
             presence_only: false,
+            points: (!selected.is_empty()).then_some(&selected),
         };
         let mut report = verify::verify(
             &self.root,
@@ -1029,7 +1042,7 @@ impl Repository {
             &points,
             select,
             self.options.hash_workers,
-            stop,
+            options.stop,
             progress,
         )
         .ok_or(RepoError::Cancelled)?;
@@ -1104,7 +1117,7 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, RepairReport), RepoError> {
         let _lock = self.lock_shared()?;
-        let report = self.verify_locked(None, None, progress)?;
+        let report = self.verify_locked(&VerifyOptions::default(), progress)?;
         let repaired = self.repair_locked(&report)?;
         Ok((report, repaired))
     }

@@ -174,6 +174,9 @@ pub struct ChunkSelection<'a> {
     pub always: Option<&'a HashSet<ChunkDigest>>,
     /// Read none (but `always`): only check that every chunk file exists.
     pub presence_only: bool,
+    /// Only the chunks these points reference (and `always`); `None`: every point's. The
+    /// other points' indexes are still read, so a problem names every point it affects.
+    pub points: Option<&'a HashSet<RestorePointId>>,
 }
 
 impl ChunkSelection<'_> {
@@ -250,6 +253,13 @@ pub fn verify(
                 }),
             }
         }
+    }
+    if let Some(selected) = select.points {
+        report.points = points.iter().filter(|p| selected.contains(&p.id)).count();
+        refs.retain(|d, users| {
+            users.iter().any(|(p, _)| selected.contains(p))
+                || select.always.is_some_and(|a| a.contains(d))
+        });
     }
     report.chunks = refs.len();
     let bad: Mutex<Vec<(ChunkDigest, ChunkState, String)>> = Mutex::new(Vec::new());
