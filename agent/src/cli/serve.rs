@@ -145,7 +145,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             ));
         }
         let served = crate::api::serve(state, listeners, shutdown).await;
-        queue.cancel_all();
+        queue.shut_down();
         // Give running jobs the chance to clean up (snapshots, EndAccess) before exiting.
         while queue.figures().1 > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -109,6 +109,8 @@ struct State {
     jobs: BTreeMap<String, Entry>,
     running: usize,
     counters: Counters,
+    /// Shutting down: no job starts any more.
+    stopping: bool,
 }
 
 struct Inner {
@@ -345,6 +347,7 @@ impl Queue {
                 .collect(),
             running: 0,
             counters: Counters::default(),
+            stopping: false,
         };
         let inner = Arc::new(Inner {
             catalog,
@@ -506,9 +509,13 @@ impl Queue {
         (st.counters.clone(), by_state)
     }
 
-    /// Cancel every running job (shutdown).
-    pub fn cancel_all(&self) {
-        for e in self.inner.lock().jobs.values() {
+    /// Shutdown: start no job any more and cancel the running ones (their bodies clean up
+    /// and end). Queued jobs stay queued, in the catalog too, and run after the next start:
+    /// a restart loses none, and their idempotency keys still find them.
+    pub fn shut_down(&self) {
+        let mut st = self.inner.lock();
+        st.stopping = true;
+        for e in st.jobs.values().filter(|e| e.job.state == "running") {
             e.cancel.cancel();
         }
     }
@@ -516,7 +523,7 @@ impl Queue {
     /// Picks the next job if a slot is free, marking it running.
     fn take_next(&self) -> Option<RunContext> {
         let mut st = self.inner.lock();
-        if st.running >= self.inner.limit {
+        if st.stopping || st.running >= self.inner.limit {
             return None;
         }
         let id = st
@@ -726,6 +733,50 @@ mod tests {
         let stored = catalog.queue_list().unwrap();
         assert_eq!(stored.len(), 50);
         assert!(stored.iter().all(|j| j.state == "succeeded"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_cancels_the_running_job_and_keeps_the_queued_ones_for_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let gated = || {
+            Arc::new(Gated {
+                inside: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                release: Arc::new(Semaphore::new(0)),
+            })
+        };
+        let body = gated();
+        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
+            .await
+            .unwrap();
+        let (running, _) = q.submit(submission(0, 0)).await.unwrap();
+        wait_until(&q, 1).await;
+        let (queued, _) = q.submit(submission(1, 0)).await.unwrap();
+        q.shut_down();
+        // The running job ends (its body saw the cancellation); nothing else starts.
+        body.release.add_permits(2);
+        while !q.get(&running.id).unwrap().state.is_final() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(q.figures().1, 0);
+        assert_eq!(q.get(&queued.id).unwrap().state, JobState::Queued);
+        let stored = catalog.queue_list().unwrap();
+        let state_of = |id: &str| stored.iter().find(|j| j.id == id).unwrap().state.clone();
+        assert_eq!(state_of(&queued.id), "queued");
+        // The next start runs it; its key still finds it.
+        let body2 = gated();
+        let (q2, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body2)), 1)
+            .await
+            .unwrap();
+        let (again, new) = q2.submit(submission(1, 0)).await.unwrap();
+        assert!(!new);
+        assert_eq!(again.id, queued.id);
+        body2.release.add_permits(1);
+        while q2.get(&queued.id).unwrap().state != JobState::Succeeded {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
