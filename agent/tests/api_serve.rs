@@ -225,22 +225,27 @@ concurrent_jobs = 2
                     .contains_key("BackupJobRequest")
             );
 
-            // Requests are strict.
-            let e = client
-                .restore(&RestoreJobRequest {
-                    point: "not-a-point".into(),
-                    namespace: None,
-                    mode: plugin_api::types::RestoreMode::Auto,
-                    disks: vec![],
-                    subnet_map: vec![],
-                    dry_run: true,
-                    verify_first: false,
-                    idempotency_key: None,
-                    priority: 0,
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(e.status(), Some(400), "{e}");
+            // Requests are strict: a malformed point is a 400, an unknown one a 404.
+            for (point, status) in [
+                ("not-a-point", 400),
+                ("0b7e8c52-1111-4222-8333-944455556666", 404),
+            ] {
+                let e = client
+                    .restore(&RestoreJobRequest {
+                        point: point.into(),
+                        namespace: None,
+                        mode: plugin_api::types::RestoreMode::Auto,
+                        disks: vec![],
+                        subnet_map: vec![],
+                        dry_run: true,
+                        verify_first: false,
+                        idempotency_key: None,
+                        priority: 0,
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.status(), Some(status), "{point}: {e}");
+            }
 
             let request = BackupJobRequest {
                 vms: vec![VmSpec {
@@ -257,6 +262,16 @@ concurrent_jobs = 2
             let job = client.backup(&request).await.unwrap();
             let again = client.backup(&request).await.unwrap();
             assert_eq!(again.id, job.id, "same idempotency key, same job");
+            // The same key for another request is a conflict, not the earlier job.
+            let e = client
+                .backup(&BackupJobRequest {
+                    full: true,
+                    ..request.clone()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(409), "{e}");
+            assert!(e.to_string().contains(&job.id), "{e}");
 
             let mut events = client.events(&job.id).await.unwrap();
             let mut names = Vec::new();

@@ -301,8 +301,19 @@ pub fn document() -> OpenApi {
                 .response("401", error_response("missing or wrong bearer token"))
                 .security(SecurityRequirement::new("bearer", Vec::<String>::new()));
         }
+        if r.path.starts_with("/v1/jobs/") && !r.path.contains("{id}") {
+            op = op.response(
+                "409",
+                error_response("idempotency key already used for another request"),
+            );
+        }
         if r.path == "/v1/jobs/restore" {
-            op = op.response("501", error_response("restore not wired in this build"));
+            op = op
+                .response("404", error_response("no such restore point"))
+                .response("501", error_response("restore not wired in this build"));
+        }
+        if r.path == "/v1/repository/verify" {
+            op = op.response("404", error_response("no such restore point"));
         }
         let method = match r.method {
             Method::Get => HttpMethod::Get,

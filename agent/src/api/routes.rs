@@ -30,7 +30,7 @@ use crate::config::SecretText;
 use crate::daemon::backup_job::{
     engine_request, restore_request, verify_points, verify_result, verify_subset,
 };
-use crate::daemon::queue::StreamItem;
+use crate::daemon::queue::{QueueError, StreamItem};
 use crate::daemon::{Queue, Submission, maintenance};
 use crate::engine::{self, Environment, Limits};
 use crate::ids::RestorePointId;
@@ -208,7 +208,21 @@ async fn post_verify_job(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResu
 
 async fn post_restore(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let request: RestoreJobRequest = parse(&body)?;
-    restore_request(&request).map_err(ApiFailure::bad_request)?;
+    let point = restore_request(&request)
+        .map_err(ApiFailure::bad_request)?
+        .point;
+    // An unknown point is the caller's mistake, answered now rather than by a failed job.
+    let catalog = s.env.repo.catalog().clone();
+    if short(move || {
+        catalog
+            .get_point(point)
+            .map_err(|e| engine::error_chain(&e))
+    })
+    .await?
+    .is_none()
+    {
+        return Err(ApiFailure::not_found("restore point", &request.point));
+    }
     let value = serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?;
     submit(
         &s,
@@ -236,11 +250,12 @@ async fn submit(
         request,
         origin: "api".into(),
     };
-    let (job, new) = s
-        .queue
-        .submit(submission)
-        .await
-        .map_err(|e| ApiFailure::internal(engine::error_chain(&e)))?;
+    let (job, new) = s.queue.submit(submission).await.map_err(|e| match e {
+        QueueError::KeyReused { .. } => {
+            ApiFailure::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        e => ApiFailure::internal(engine::error_chain(&e)),
+    })?;
     let status = if new {
         StatusCode::ACCEPTED
     } else {

@@ -158,6 +158,17 @@ pub enum QueueError {
     /// A blocking call failed.
     #[error("catalog call failed: {0}")]
     Join(String),
+    /// The idempotency key belongs to a job made from another request.
+    #[error(
+        "idempotency key {key:?} was used for another request (job {job}); a retry must \
+         repeat the request exactly, a new request needs a new key"
+    )]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The job it names.
+        job: String,
+    },
 }
 
 fn now() -> i64 {
@@ -384,7 +395,14 @@ impl Queue {
             result: None,
         };
         let c = self.inner.catalog.clone();
+        let (kind, request) = (job.kind.clone(), job.request.clone());
         let (stored, new) = blocking(move || c.queue_insert(job)).await?;
+        if !new && (stored.kind != kind || stored.request != request) {
+            return Err(QueueError::KeyReused {
+                key: stored.idempotency_key.clone().unwrap_or_default(),
+                job: stored.id,
+            });
+        }
         let view = {
             let mut st = self.inner.lock();
             let entry = st
