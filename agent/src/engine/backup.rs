@@ -974,26 +974,34 @@ async fn back_up_vm_inner(
             .map_err(|source| BackupError::Vddk { what, source })?
     };
     // Plan every disk, then read them in parallel within the limits.
-    let mut reads = Vec::new();
-    for d in &disks {
-        check_cancel(ctx)?;
-        let plan = plan_disk(ctx, info, snapshot, d, previous.as_ref(), cbt_enabled_now).await?;
-        let datastore = DatastorePath::parse(&ctx.datacenter, &d.file_name)
-            .ok()
-            .map(|p| p.datastore);
-        let host = info.host.as_ref().map(|h| h.value.clone());
-        let ctx = Arc::clone(ctx);
-        let connection = connection.clone();
-        let disk = d.clone();
-        let vm = vm.clone();
-        let name = info.name.clone();
-        reads.push(async move {
-            let _permits = ctx.gate.enter(host.as_deref(), datastore.as_deref()).await;
-            read_disk(ctx, connection, vm, name, disk, plan, point).await
-        });
-    }
-    let results = futures_util::future::join_all(reads).await;
-    drop(connection);
+    let read_all = async {
+        let mut reads = Vec::new();
+        for d in &disks {
+            check_cancel(ctx)?;
+            let plan =
+                plan_disk(ctx, info, snapshot, d, previous.as_ref(), cbt_enabled_now).await?;
+            let datastore = DatastorePath::parse(&ctx.datacenter, &d.file_name)
+                .ok()
+                .map(|p| p.datastore);
+            let host = info.host.as_ref().map(|h| h.value.clone());
+            let ctx = Arc::clone(ctx);
+            let connection = connection.clone();
+            let disk = d.clone();
+            let vm = vm.clone();
+            let name = info.name.clone();
+            reads.push(async move {
+                let _permits = ctx.gate.enter(host.as_deref(), datastore.as_deref()).await;
+                read_disk(ctx, connection, vm, name, disk, plan, point).await
+            });
+        }
+        Ok::<_, BackupError>(futures_util::future::join_all(reads).await)
+    };
+    let results = read_all.await;
+    // The last handle's drop disconnects, waiting for the vddk-open thread behind other
+    // VMs' opens: never on a runtime worker, and before the snapshot is removed, whether
+    // the reads succeeded or not.
+    let _ = blocking(move || drop(connection)).await;
+    let results = results?;
     let mut written = Vec::new();
     let mut first_error = None;
     for r in results {
@@ -1321,6 +1329,8 @@ async fn read_disk(
         .name(thread_name.clone())
         .spawn(move || {
             let r = read_disk_blocking(&ctx, &connection, &vm, &name, &disk, plan, point);
+            // Before reporting: the caller's own handle is then the last (see run_vm).
+            drop(connection);
             let _ = tx.send(r.map(|(w, rep)| (disk, w, rep)));
         })
         .map_err(|e| BackupError::Thread(format!("start thread {thread_name}: {e}")))?;

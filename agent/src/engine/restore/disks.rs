@@ -34,6 +34,7 @@ pub(super) async fn write_disks(
             })?
     };
     let mut handles = Vec::new();
+    let mut first_error = None;
     for (disk, file, fresh) in targets {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_name = format!("restore/{vm}/{}", disk.key);
@@ -42,7 +43,7 @@ pub(super) async fn write_disks(
         let observer = observer.clone();
         let cancel = cancel.clone();
         let vm = vm.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(thread_name.clone())
             .spawn(move || {
                 let started = Instant::now();
@@ -84,14 +85,20 @@ pub(super) async fn write_disks(
                         seconds,
                     })
                 })();
+                // Before reporting: the caller's own handle is then the last.
+                drop(connection);
                 let _ = tx.send(r);
-            })
-            .map_err(|e| BackupError::Thread(format!("start thread {thread_name}: {e}")))?;
+            });
+        if let Err(e) = spawned {
+            // The disks already started finish (or fail) first.
+            first_error = Some(RestoreError::Engine(BackupError::Thread(format!(
+                "start thread {thread_name}: {e}"
+            ))));
+            break;
+        }
         handles.push((thread_name, rx));
     }
-    drop(connection);
     let mut out = Vec::new();
-    let mut first_error = None;
     for (name, rx) in handles {
         match rx.await {
             Ok(Ok(d)) => out.push(d),
@@ -105,6 +112,10 @@ pub(super) async fn write_disks(
             }
         }
     }
+    // Every disk thread dropped its handle before reporting, so this drop disconnects:
+    // on a blocking thread (it waits for the vddk-open thread), and before the caller goes
+    // on to EndAccess.
+    let _ = blocking(move || drop(connection)).await;
     match first_error {
         Some(e) => Err(e),
         None => Ok(out),
