@@ -772,12 +772,15 @@ async fn restore_steps(
             .await
             .map_err(vsphere(format!("moving {vm} into {}", plan.namespace)))?;
     }
-    // EndAccess signals WCP that the restore is complete (§5.2).
+    // EndAccess signals WCP that the restore is complete (§5.2). It stays among the effects
+    // until it succeeded, so that a failure here is retried by the clean-up (and, failing
+    // that, by reconcile), never left to the next backup.
     let (access_id, _) = lock_effects(effects)
         .access
-        .take()
+        .clone()
         .ok_or_else(|| RestoreError::Invalid("PrepareForAccess was not recorded".into()))?;
     journal::end_access(env, &vm, IDENTITY, access_id).await?;
+    lock_effects(effects).access = None;
     step(format!(
         "EndAccess on {vm}: restore complete, RelocateVM_Task enabled"
     ));
