@@ -626,6 +626,28 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_inside_the_cbt_enable_cycle_leaves_no_snapshot_after_reconcile() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("cbt-crash", &[8]);
+        assert!(!fx.lab.vm(&vm).unwrap().change_tracking_enabled);
+        let crashed = fx.backup(&[&vm], &[], Some("cbt-cycle-snapshot"));
+        assert_ne!(crashed.code, Some(0), "the agent did not crash");
+        let left = fx.lab.vm(&vm).unwrap().snapshots;
+        assert_eq!(left.len(), 1, "the cycle's snapshot: {left:?}");
+        let report = fx.reconcile(&[]);
+        assert_eq!(
+            report["snapshots_removed"].as_array().unwrap().len(),
+            1,
+            "{report}"
+        );
+        fx.assert_clean(&[&vm]);
+        // CBT is on now, and the next backup works.
+        fx.backup(&[&vm], &[], None).ok();
+        fx.assert_clean(&[&vm]);
+        fx.verify_clean();
+    }
+
+    #[test]
     fn killed_backups_leave_nothing_behind_after_a_restart() {
         let fx = Fixture::new();
         let a = fx.new_vm("node-a", &[12]);

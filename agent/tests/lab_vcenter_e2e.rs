@@ -148,7 +148,8 @@ mod tests {
             rt.block_on(client.list_vms_in_namespace("e2e-ns")).unwrap(),
             vec![(vm.clone(), "e2e".to_owned())]
         );
-        rt.block_on(client.enable_cbt(&vm)).unwrap();
+        rt.block_on(client.enable_cbt(&vm, "vadp-agent test: enable CBT", |_| {}))
+            .unwrap();
         let s1 = rt
             .block_on(client.create_snapshot(&vm, &CreateSnapshot::backup("b1", ""), |_| {}))
             .unwrap();

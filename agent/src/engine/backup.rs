@@ -635,13 +635,7 @@ async fn set_up(
         check_cancel(ctx)?;
         let mut cbt_enabled_now = false;
         if !info.change_tracking_enabled {
-            env.soap
-                .enable_cbt(&info.moref)
-                .await
-                .map_err(|source| BackupError::Vsphere {
-                    what: format!("enabling change tracking on {} ({})", info.name, info.moref),
-                    source,
-                })?;
+            enable_cbt(env, ctx, &info).await?;
             cbt_enabled_now = true;
             (ctx.observer)(&BackupEvent::CbtEnabled {
                 vm: info.moref.clone(),
@@ -1436,6 +1430,50 @@ fn read_disk_blocking(
         seconds,
     };
     Ok((written, report))
+}
+
+/// Turns CBT on for `info`'s VM. The create/remove cycle's snapshot is journalled like the
+/// backup's own and tagged with the job: if the cycle fails part-way (the remove refused, a
+/// lost reply, a crash), its snapshot is removed now, or by `reconcile` after a crash, and
+/// never stays behind on a VM whose CBT is on from then on.
+async fn enable_cbt(env: &Environment, ctx: &JobCtx, info: &VmInfo) -> Result<(), BackupError> {
+    let vm = &info.moref;
+    let mut effect = SnapshotEffect {
+        journal: None,
+        job: ctx.job,
+        moref: None,
+    };
+    effect.journal = Some(
+        journal::open(
+            env,
+            JournalKind::Snapshot,
+            vm,
+            effect.detail(crate::vsphere::CBT_CYCLE_SNAPSHOT),
+        )
+        .await?,
+    );
+    let description = journal::snapshot_description(ctx.job);
+    let cycle = env
+        .soap
+        .enable_cbt(vm, &description, |_| crash_point("cbt-cycle-snapshot"))
+        .await;
+    match cycle {
+        Ok(_) => {
+            if let Some(id) = effect.journal {
+                journal::close(env, id).await?;
+            }
+            Ok(())
+        }
+        Err(source) => {
+            if let Err(e) = journal::remove_snapshot(env, vm, &effect).await {
+                tracing::error!(vm = %vm, error = %error_chain(&e), "enabling CBT failed and its snapshot could not be removed; reconcile will retry");
+            }
+            Err(BackupError::Vsphere {
+                what: format!("enabling change tracking on {} ({vm})", info.name),
+                source,
+            })
+        }
+    }
 }
 
 #[cfg(test)]

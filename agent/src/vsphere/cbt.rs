@@ -11,18 +11,25 @@ use super::vm_lifecycle::VmConfigSpec;
 use super::xml::{Element, XmlError, XmlWriter};
 
 /// Name of the snapshot taken to make a running VM pick up a CBT change.
-const CBT_CYCLE_SNAPSHOT: &str = "vadp-agent-cbt-enable";
+pub const CBT_CYCLE_SNAPSHOT: &str = "vadp-agent-cbt-enable";
 
 impl SoapClient {
     /// Turns CBT on: `ReconfigVM_Task(changeTrackingEnabled=true)`, then a snapshot
     /// create/remove cycle so a powered-on VM picks it up, then re-reads the flag.
-    /// Returns whether CBT was already on (nothing done).
+    /// Returns whether CBT was already on (nothing done). The cycle's snapshot
+    /// ([`CBT_CYCLE_SNAPSHOT`]) carries `description`, so that a caller can find and remove
+    /// it if this fails between its create and its remove; `created` is called in between.
     ///
     /// # Errors
     ///
     /// The reconfigure's or snapshot's faults; [`VsphereError::Malformed`] when the flag
     /// is still off afterwards (e.g. hardware version < 7).
-    pub async fn enable_cbt(&self, vm: &VmMoref) -> Result<bool, VsphereError> {
+    pub async fn enable_cbt(
+        &self,
+        vm: &VmMoref,
+        description: &str,
+        created: impl FnOnce(&SnapshotMoref),
+    ) -> Result<bool, VsphereError> {
         if self.vm_info(vm).await?.change_tracking_enabled {
             return Ok(true);
         }
@@ -31,11 +38,9 @@ impl SoapClient {
             ..VmConfigSpec::default()
         };
         self.reconfigure_vm(vm, &spec).await?;
-        let request = CreateSnapshot::backup(
-            CBT_CYCLE_SNAPSHOT,
-            "vadp-agent: enable changed block tracking",
-        );
+        let request = CreateSnapshot::backup(CBT_CYCLE_SNAPSHOT, description);
         let snapshot = self.create_snapshot(vm, &request, |_| {}).await?;
+        created(&snapshot);
         self.remove_snapshot(&snapshot, true, |_| {}).await?;
         if self.vm_info(vm).await?.change_tracking_enabled {
             Ok(false)

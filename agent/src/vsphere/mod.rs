@@ -25,7 +25,7 @@ mod vm;
 mod vm_lifecycle;
 mod xml;
 
-pub use cbt::{ChangedArea, DiskChangeInfo, collect_changed_areas};
+pub use cbt::{CBT_CYCLE_SNAPSHOT, ChangedArea, DiskChangeInfo, collect_changed_areas};
 pub use datastore::{DatastoreError, DatastorePath};
 pub use disk_manager::ddb_uuid;
 pub use property::{ObjectContent, PropertyFilter, TraversalSpec};

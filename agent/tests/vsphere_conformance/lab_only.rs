@@ -138,7 +138,10 @@ mod tests {
     async fn query_changed_disk_areas_faults() {
         let t = lab();
         let (client, vm) = new_vm(&t, "lab-qcda").await;
-        client.enable_cbt(&vm).await.unwrap();
+        client
+            .enable_cbt(&vm, "vadp-agent test: enable CBT", |_| {})
+            .await
+            .unwrap();
         let s1 = client
             .create_snapshot(&vm, &CreateSnapshot::backup("s1", ""), |_| {})
             .await
@@ -157,7 +160,10 @@ mod tests {
             ..VmConfigSpec::default()
         };
         client.reconfigure_vm(&vm, &off).await.unwrap();
-        client.enable_cbt(&vm).await.unwrap();
+        client
+            .enable_cbt(&vm, "vadp-agent test: enable CBT", |_| {})
+            .await
+            .unwrap();
         let s2 = client
             .create_snapshot(&vm, &CreateSnapshot::backup("s2", ""), |_| {})
             .await

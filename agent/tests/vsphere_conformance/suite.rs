@@ -280,11 +280,17 @@ pub async fn cbt_enable_and_snapshot_cycle(t: &Target) {
 
     assert!(!client.vm_info(&vm).await.unwrap().change_tracking_enabled);
     assert!(
-        !client.enable_cbt(&vm).await.unwrap(),
+        !client
+            .enable_cbt(&vm, "vadp-agent test: enable CBT", |_| {})
+            .await
+            .unwrap(),
         "CBT was off, so it was enabled now"
     );
     assert!(
-        client.enable_cbt(&vm).await.unwrap(),
+        client
+            .enable_cbt(&vm, "vadp-agent test: enable CBT", |_| {})
+            .await
+            .unwrap(),
         "second call finds CBT on"
     );
     let info = client.vm_info(&vm).await.unwrap();
