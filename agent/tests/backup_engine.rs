@@ -648,6 +648,25 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_removal_that_leaves_consolidation_needed_is_consolidated() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("consolidate", &[8]);
+        fx.backup(&[&vm], &[], None).ok();
+        fx.lab.leave_next_removal_unconsolidated(&vm).unwrap();
+        fx.backup(&[&vm], &[], None).ok();
+        let state = fx.lab.vm(&vm).unwrap();
+        assert!(
+            !state.leave_next_removal_unconsolidated,
+            "no snapshot was removed"
+        );
+        assert!(
+            !state.consolidation_needed,
+            "runtime.consolidationNeeded stays set"
+        );
+        fx.assert_clean(&[&vm]);
+    }
+
+    #[test]
     fn killed_backups_leave_nothing_behind_after_a_restart() {
         let fx = Fixture::new();
         let a = fx.new_vm("node-a", &[12]);

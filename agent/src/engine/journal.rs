@@ -114,8 +114,10 @@ impl SnapshotEffect {
 
 /// Removes our snapshot of `vm` (the journalled moref, or every snapshot whose description
 /// carries the job id when the moref was never learnt), consolidating, then closes the
-/// entry. A VM or snapshot that no longer exists counts as removed. Returns the snapshots
-/// removed.
+/// entry. A VM or snapshot that no longer exists counts as removed. When vCenter reports
+/// `runtime.consolidationNeeded` afterwards (a disk it could not merge, e.g. still locked),
+/// `ConsolidateVMDisks_Task` runs before the entry closes, so redo logs never stay behind
+/// a snapshot that is gone (VSPHERE.md §A.6). Returns the snapshots removed.
 pub(crate) async fn remove_snapshot(
     env: &Environment,
     vm: &VmMoref,
@@ -152,10 +154,40 @@ pub(crate) async fn remove_snapshot(
             }
         }
     }
+    consolidate_if_needed(env, vm).await?;
     if let Some(id) = effect.journal {
         close(env, id).await?;
     }
     Ok(removed)
+}
+
+/// `ConsolidateVMDisks_Task` when `vm` reports `runtime.consolidationNeeded`.
+async fn consolidate_if_needed(env: &Environment, vm: &VmMoref) -> Result<(), BackupError> {
+    let needed = match env.soap.vm_info(vm).await {
+        Ok(info) => info.consolidation_needed,
+        Err(e) if is_gone(&e) => false,
+        Err(e) => {
+            return Err(BackupError::Vsphere {
+                what: format!("reading whether {vm} needs disk consolidation"),
+                source: e,
+            });
+        }
+    };
+    if !needed {
+        return Ok(());
+    }
+    tracing::warn!(vm = %vm, "the VM needs disk consolidation after its snapshot was removed: consolidating");
+    match env.soap.consolidate_disks(vm).await {
+        Ok(()) => {
+            tracing::info!(vm = %vm, "disks consolidated");
+            Ok(())
+        }
+        Err(e) if is_gone(&e) => Ok(()),
+        Err(e) => Err(BackupError::Vsphere {
+            what: format!("consolidating the disks of {vm} after removing our snapshot"),
+            source: e,
+        }),
+    }
 }
 
 /// Calls EndAccess for `vm` with `identity` and closes the entry.

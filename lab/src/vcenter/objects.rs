@@ -353,7 +353,7 @@ impl World {
                                 power_text(vm.power_state).into(),
                             ),
                         ),
-                        ("consolidationNeeded", Val::Bool(false)),
+                        ("consolidationNeeded", Val::Bool(vm.consolidation_needed)),
                     ],
                 ),
             ),

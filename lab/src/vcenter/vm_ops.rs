@@ -227,6 +227,15 @@ impl Vcenter {
                     Ok(None)
                 })
             }
+            "ConsolidateVMDisks_Task" => {
+                let vm = need_vm(self)?;
+                entity_name = vm.name;
+                method = "ConsolidateVMDisks_Task";
+                Box::new(move |_| {
+                    lab.consolidate_disks(&vm_id).map_err(lab_fault)?;
+                    Ok(None)
+                })
+            }
             "ReconfigVM_Task" => {
                 let vm = need_vm(self)?;
                 method = "ReconfigVM_Task";

@@ -389,6 +389,8 @@ impl Lab {
             guest_id: None,
             num_cpus: None,
             memory_mb: None,
+            consolidation_needed: false,
+            leave_next_removal_unconsolidated: false,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
@@ -548,7 +550,33 @@ impl Lab {
                 state.current_snapshot = removed.parent.clone();
             }
             state.snapshots.remove(idx);
+            if std::mem::take(&mut state.leave_next_removal_unconsolidated) {
+                state.consolidation_needed = true;
+            }
             self.write_vmx(state)
+        })
+    }
+
+    /// Makes the next snapshot removal on `vm` leave `runtime.consolidationNeeded` set, as
+    /// vCenter does when a disk could not be consolidated (test fault injection).
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn leave_next_removal_unconsolidated(&self, vm: &VmMoref) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.leave_next_removal_unconsolidated = true;
+            Ok(())
+        })
+    }
+
+    /// `ConsolidateVMDisks_Task`: clears `runtime.consolidationNeeded`.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn consolidate_disks(&self, vm: &VmMoref) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.consolidation_needed = false;
+            Ok(())
         })
     }
 

@@ -136,4 +136,13 @@ pub struct VmState {
     /// `config.hardware.memoryMB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
+    /// `runtime.consolidationNeeded`: set by a snapshot removal the lab was told to leave
+    /// unconsolidated ([`crate::Lab::leave_next_removal_unconsolidated`]), cleared by
+    /// `ConsolidateVMDisks_Task`.
+    #[serde(default)]
+    pub consolidation_needed: bool,
+    /// The next snapshot removal sets `consolidation_needed` (a test's fault injection: a
+    /// disk still locked, e.g. by a hot-add proxy, when the snapshot was removed).
+    #[serde(default)]
+    pub leave_next_removal_unconsolidated: bool,
 }

@@ -178,6 +178,8 @@ impl Lab {
             guest_id: get("guestOS").cloned(),
             num_cpus: get("numvcpus").and_then(|v| v.parse().ok()),
             memory_mb: get("memsize").and_then(|v| v.parse().ok()),
+            consolidation_needed: false,
+            leave_next_removal_unconsolidated: false,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
