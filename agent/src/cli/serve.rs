@@ -269,9 +269,14 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                     code = ExitCode::from(2);
                     continue;
                 }
-                if let Err(e) =
-                    maintenance::apply_retention(&env.repo, &name, p, now.timestamp().as_second())
-                {
+                let vcenter = &env.soap.service_content().about.instance_uuid;
+                if let Err(e) = maintenance::apply_retention(
+                    &env.repo,
+                    &name,
+                    p,
+                    vcenter,
+                    now.timestamp().as_second(),
+                ) {
                     tracing::error!(policy = %name, error = %e, "retention failed");
                     code = ExitCode::from(2);
                 }

@@ -371,9 +371,10 @@ impl BackupJobs {
         };
         let repo = Arc::clone(&self.env.repo);
         let name = policy.to_owned();
+        let vcenter = self.env.soap.service_content().about.instance_uuid.clone();
         let result = tokio::task::spawn_blocking(move || {
             let now = jiff::Timestamp::now().as_second();
-            maintenance::apply_retention(&repo, &name, &p, now)
+            maintenance::apply_retention(&repo, &name, &p, &vcenter, now)
         })
         .await;
         match result {

@@ -58,8 +58,10 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3600);
 
 /// Apply the retention of policy `name` to the points of its own VMs at `now` (Unix
-/// seconds); `Ok(None)` when the policy has no retention. Runs on the caller's thread (it
-/// takes the repository's shared lock and calls the catalog).
+/// seconds); `Ok(None)` when the policy has no retention. Its VMs are those of the vCenter
+/// `vcenter_uuid` (the agent's): a repository that also holds another vCenter's VMs (after
+/// a failover, say) keeps their points whatever their morefs or names. Runs on the
+/// caller's thread (it takes the repository's shared lock and calls the catalog).
 ///
 /// # Errors
 /// The policy's VM list does not validate, or the prune failed (lock, catalog).
@@ -67,6 +69,7 @@ pub fn apply_retention(
     repo: &Repository,
     name: &str,
     p: &PolicyConfig,
+    vcenter_uuid: &str,
     now: i64,
 ) -> Result<Option<Vec<PruneDecision>>, String> {
     let Some(retention) = p.retention else {
@@ -75,12 +78,13 @@ pub fn apply_retention(
     let selectors = p.selectors(name).map_err(|e| e.to_string())?;
     let decisions = repo
         .prune_where(&retention.policy(), now, false, |vm| {
-            selectors.iter().any(|(s, _)| match s {
-                VmSelector::Moref(m) => *m == vm.moref,
-                VmSelector::Namespaced { namespace, name } => {
-                    vm.namespace.as_deref() == Some(namespace) && vm.name == *name
-                }
-            })
+            vm.vcenter_uuid == vcenter_uuid
+                && selectors.iter().any(|(s, _)| match s {
+                    VmSelector::Moref(m) => *m == vm.moref,
+                    VmSelector::Namespaced { namespace, name } => {
+                        vm.namespace.as_deref() == Some(namespace) && vm.name == *name
+                    }
+                })
         })
         .map_err(|e| engine::error_chain(&e))?;
     tracing::info!(
@@ -390,6 +394,60 @@ mod tests {
     use super::*;
     use crate::daemon::tests::at;
     use crate::repo::{ImageBackup, synthetic_image};
+
+    #[test]
+    fn a_policys_retention_leaves_another_vcenters_vm_of_the_same_moref_alone() {
+        use crate::config::RetentionConfig;
+        use crate::ids::VmMoref;
+        use crate::repo::catalog::sample_point;
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("repo"), 64 << 10).unwrap();
+        let day = 86_400;
+        for vcenter in ["vc-ours", "vc-other"] {
+            for n in 0..3 {
+                let mut point = sample_point("web", day * (10 + n));
+                point.vm.moref = VmMoref("vm-42".into());
+                point.vm.vcenter_uuid = vcenter.into();
+                repo.catalog().commit_point(point).unwrap();
+            }
+        }
+        let policy = PolicyConfig {
+            vms: vec!["vm-42".into()],
+            quiesce: vec![],
+            daily_at: "01:00".into(),
+            blackout: vec![],
+            initial_run: false,
+            priority: 0,
+            retention: Some(RetentionConfig {
+                keep_last: 1,
+                keep_daily: 0,
+                keep_weekly: 0,
+                keep_monthly: 0,
+                min_age_days: 3,
+            }),
+        };
+        let decisions = apply_retention(&repo, "web", &policy, "vc-ours", 100 * day)
+            .unwrap()
+            .unwrap();
+        assert_eq!(decisions.iter().filter(|d| !d.keep).count(), 2);
+        let left: Vec<String> = repo
+            .catalog()
+            .list_points()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.vm.vcenter_uuid)
+            .collect();
+        assert_eq!(
+            left.iter().filter(|v| *v == "vc-other").count(),
+            3,
+            "{left:?}"
+        );
+        assert_eq!(
+            left.iter().filter(|v| *v == "vc-ours").count(),
+            1,
+            "{left:?}"
+        );
+    }
 
     #[test]
     fn the_daily_verify_rotates_subsets_runs_once_a_day_and_records_its_result() {
