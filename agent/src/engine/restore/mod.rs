@@ -772,6 +772,19 @@ async fn restore_steps(
             .await
             .map_err(vsphere(format!("moving {vm} into {}", plan.namespace)))?;
     }
+    // The VM's tasks before EndAccess: an in-place or disk-only restore keeps the moref, and
+    // a registration task of an earlier restore must not pass for WCP's answer to this one.
+    let earlier_tasks = if plan.prediction.auto_registration {
+        match renv.vapi.tasks_of_vm(&vm).await {
+            Ok(tasks) => tasks.into_keys().collect(),
+            Err(e) => {
+                tracing::warn!(vm = %vm, error = %error_chain(&e), "listing the VM's tasks before EndAccess; an earlier registration task could be taken for this one's");
+                std::collections::BTreeSet::new()
+            }
+        }
+    } else {
+        std::collections::BTreeSet::new()
+    };
     // EndAccess signals WCP that the restore is complete (§5.2). It stays among the effects
     // until it succeeded, so that a failure here is retried by the clean-up (and, failing
     // that, by reconcile), never left to the next backup.
@@ -791,7 +804,7 @@ async fn restore_steps(
     // Registration.
     let task = if plan.prediction.auto_registration {
         step("waiting for WCP's automatic registration".into());
-        match wait_for_auto_task(renv, &vm).await? {
+        match wait_for_auto_task(renv, &vm, &earlier_tasks).await? {
             Some(t) => {
                 report.auto_registered = true;
                 t
@@ -881,10 +894,12 @@ async fn register(
         })
 }
 
-/// WCP's own registration task for `vm`, if one appears within the wait.
+/// WCP's own registration task for `vm`, if one appears within the wait (a task in `earlier`,
+/// there before EndAccess, is not it).
 async fn wait_for_auto_task(
     renv: &RestoreEnv,
     vm: &VmMoref,
+    earlier: &std::collections::BTreeSet<String>,
 ) -> Result<Option<String>, RestoreError> {
     let started = Instant::now();
     while started.elapsed() < AUTO_REGISTRATION_WAIT {
@@ -896,12 +911,13 @@ async fn wait_for_auto_task(
                 what: format!("listing the tasks of {vm}"),
                 source,
             })?;
-        if let Some((id, _)) = tasks.into_iter().find(|(_, t)| {
-            t.operation.as_deref().is_some_and(|o| {
-                o.to_ascii_lowercase()
-                    .replace('_', "")
-                    .ends_with("registervm")
-            })
+        if let Some((id, _)) = tasks.into_iter().find(|(id, t)| {
+            !earlier.contains(id)
+                && t.operation.as_deref().is_some_and(|o| {
+                    o.to_ascii_lowercase()
+                        .replace('_', "")
+                        .ends_with("registervm")
+                })
         }) {
             return Ok(Some(id));
         }
