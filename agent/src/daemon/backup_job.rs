@@ -137,6 +137,30 @@ impl JobBody for Arc<BackupJobs> {
         let me = Arc::clone(self);
         Box::pin(async move { me.run_job(ctx).await })
     }
+
+    /// A policy's run that waited in the queue into one of the policy's blackout windows
+    /// starts when the window ends (the windows say when no run starts, not only when none
+    /// is queued).
+    fn may_start(&self, origin: &str) -> bool {
+        let Some(name) = origin.strip_prefix("schedule:") else {
+            return true;
+        };
+        let Some(schedule) = self
+            .config
+            .policy
+            .get(name)
+            .and_then(|p| p.schedule(name).ok())
+        else {
+            return true;
+        };
+        match crate::daemon::blocked_until(&schedule, &jiff::Zoned::now()) {
+            None => true,
+            Some(end) => {
+                tracing::debug!(policy = %name, until = %end, "the scheduled run waits for the end of its blackout window");
+                false
+            }
+        }
+    }
 }
 
 fn failed(error: String) -> Outcome {

@@ -13,7 +13,7 @@ pub mod schedule;
 pub mod scheduler;
 
 pub use queue::{JobBody, Outcome, Queue, QueueError, RunContext, Submission};
-pub use schedule::{Blackout, Schedule, is_due, next_run, parse_hhmm};
+pub use schedule::{Blackout, Schedule, blocked_until, is_due, next_run, parse_hhmm};
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -63,7 +63,17 @@ pub type BodyFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 pub trait JobBody: Send + Sync + 'static {
     /// Run the job to its end.
     fn run(&self, ctx: RunContext) -> BodyFuture;
+
+    /// Whether a queued job of `origin` may start now (a scheduled run inside its policy's
+    /// blackout window may not); the queue asks again at least every
+    /// [`RECHECK_EVERY`]. Called with the queue's lock held: answer quickly.
+    fn may_start(&self, _origin: &str) -> bool {
+        true
+    }
 }
+
+/// How often the dispatcher looks again at queued jobs that could not start.
+pub const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// An item of a job's event stream.
 #[derive(Debug, Clone)]
@@ -120,6 +130,8 @@ struct Inner {
     state: Mutex<State>,
     wake: Notify,
     peak: AtomicUsize,
+    /// How often queued jobs that could not start are looked at again.
+    recheck: std::time::Duration,
 }
 
 /// Hands a job's events to the queue (callable from any thread; never blocks on I/O).
@@ -345,6 +357,16 @@ impl Queue {
         body: Arc<dyn JobBody>,
         limit: usize,
     ) -> Result<(Self, Vec<String>), QueueError> {
+        Self::start_with_recheck(catalog, body, limit, RECHECK_EVERY).await
+    }
+
+    /// [`Queue::start`], looking again at jobs that could not start every `recheck`.
+    pub(crate) async fn start_with_recheck(
+        catalog: CatalogHandle,
+        body: Arc<dyn JobBody>,
+        limit: usize,
+        recheck: std::time::Duration,
+    ) -> Result<(Self, Vec<String>), QueueError> {
         let c = catalog.clone();
         let (interrupted, jobs) = blocking(move || {
             let interrupted = c.queue_interrupt_running(now())?;
@@ -367,6 +389,7 @@ impl Queue {
             state: Mutex::new(state),
             wake: Notify::new(),
             peak: AtomicUsize::new(0),
+            recheck,
         });
         let q = Self { inner };
         let d = q.clone();
@@ -547,7 +570,7 @@ impl Queue {
         let id = st
             .jobs
             .values()
-            .filter(|e| e.job.state == "queued")
+            .filter(|e| e.job.state == "queued" && self.inner.body.may_start(&e.job.origin))
             .max_by_key(|e| (e.job.priority, std::cmp::Reverse(e.job.seq)))
             .map(|e| e.job.id.clone())?;
         st.running += 1;
@@ -574,7 +597,9 @@ impl Queue {
                 let q = self.clone();
                 tokio::spawn(async move { q.run(ctx).await });
             }
-            self.inner.wake.notified().await;
+            // Woken by a submission or a job's end, or after a while for jobs that could not
+            // start yet (a blackout window).
+            let _ = tokio::time::timeout(self.inner.recheck, self.inner.wake.notified()).await;
         }
     }
 
@@ -793,6 +818,62 @@ mod tests {
         assert_eq!(again.id, queued.id);
         body2.release.add_permits(1);
         while q2.get(&queued.id).unwrap().state != JobState::Succeeded {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A body whose jobs may start only while `open`.
+    struct Gate {
+        open: std::sync::atomic::AtomicBool,
+        ran: AtomicUsize,
+    }
+
+    impl JobBody for Arc<Gate> {
+        fn run(&self, _ctx: RunContext) -> BodyFuture {
+            self.ran.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Outcome {
+                    state: JobState::Succeeded,
+                    error: None,
+                    result: None,
+                }
+            })
+        }
+        fn may_start(&self, origin: &str) -> bool {
+            origin != "schedule:nightly" || self.open.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_that_may_not_start_yet_waits_and_starts_once_it_may_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let body = Arc::new(Gate {
+            open: std::sync::atomic::AtomicBool::new(false),
+            ran: AtomicUsize::new(0),
+        });
+        let recheck = std::time::Duration::from_millis(20);
+        let (q, _) = Queue::start_with_recheck(catalog, Arc::new(Arc::clone(&body)), 2, recheck)
+            .await
+            .unwrap();
+        let (blocked, _) = q
+            .submit(Submission {
+                origin: "schedule:nightly".into(),
+                ..submission(0, 10)
+            })
+            .await
+            .unwrap();
+        // Others go past it, whatever its priority.
+        let (other, _) = q.submit(submission(1, 0)).await.unwrap();
+        while q.get(&other.id).unwrap().state != JobState::Succeeded {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(recheck * 5).await;
+        assert_eq!(q.get(&blocked.id).unwrap().state, JobState::Queued);
+        assert_eq!(body.ran.load(Ordering::SeqCst), 1);
+        // The window ends; nothing else happens in the queue, and the job starts.
+        body.open.store(true, Ordering::SeqCst);
+        while q.get(&blocked.id).unwrap().state != JobState::Succeeded {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }

@@ -140,6 +140,14 @@ pub fn next_run(s: &Schedule, last_run: Option<Timestamp>, now: &Zoned) -> Zoned
     outside_blackouts(s, candidate)
 }
 
+/// While `now` is inside one of the policy's blackout windows, the moment they end: a run
+/// that waited in the queue does not start before it.
+#[must_use]
+pub fn blocked_until(s: &Schedule, now: &Zoned) -> Option<Zoned> {
+    let end = outside_blackouts(s, now.clone());
+    (end != *now).then_some(end)
+}
+
 /// Whether the policy is due at `now`.
 #[must_use]
 pub fn is_due(s: &Schedule, last_run: Option<Timestamp>, now: &Zoned) -> bool {
@@ -233,6 +241,17 @@ mod tests {
             next_run(&s, Some(now.timestamp()), &at("2025-03-10T12:01")),
             at("2025-03-10T23:00")
         );
+    }
+
+    #[test]
+    fn a_queued_run_is_blocked_until_the_windows_end() {
+        let s = sched("01:00", &["01:45-02:30", "02:30-02:45"], false);
+        assert_eq!(blocked_until(&s, &at("2025-03-10T01:44")), None);
+        assert_eq!(
+            blocked_until(&s, &at("2025-03-10T01:50")),
+            Some(at("2025-03-10T02:45"))
+        );
+        assert_eq!(blocked_until(&s, &at("2025-03-10T02:45")), None);
     }
 
     #[test]
