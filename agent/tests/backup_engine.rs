@@ -667,6 +667,31 @@ mod tests {
     }
 
     #[test]
+    fn a_json_reader_that_goes_away_does_not_leave_a_snapshot() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("closed-pipe", &[8]);
+        let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
+        args.push(fx.repo().display().to_string());
+        args.extend(["--vm".into(), vm.0.clone()]);
+        args.extend(fx.connection());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(&args)
+            .env_remove("VADP_AGENT_PASSWORD")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Like `| head -0`: nobody reads the events.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        fx.assert_clean(&[&vm]);
+        assert_eq!(fx.points().len(), 1);
+    }
+
+    #[test]
     fn killed_backups_leave_nothing_behind_after_a_restart() {
         let fx = Fixture::new();
         let a = fx.new_vm("node-a", &[12]);

@@ -244,10 +244,7 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
     let _ = rt.block_on(env.soap.logout());
     let report = report.context("backup job")?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "event": "report", "report": report })
-        );
+        super::emit_line(&serde_json::json!({ "event": "report", "report": report }).to_string());
     } else {
         print_report(&report);
     }
@@ -338,7 +335,7 @@ fn observer(json: bool) -> Observer {
     if json {
         return Arc::new(|e: &BackupEvent| {
             if let Ok(line) = serde_json::to_string(e) {
-                println!("{line}");
+                super::emit_line(&line);
             }
         });
     }
@@ -488,7 +485,13 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
             .map(|n| format!(", namespace {n}"))
             .unwrap_or_default()
     );
-    println!("  created:    {} (Unix time)", point.created_at);
+    println!(
+        "  created:    {}",
+        jiff::Timestamp::from_second(point.created_at).map_or_else(
+            |_| format!("{} (Unix time)", point.created_at),
+            |t| t.to_string()
+        )
+    );
     println!(
         "  type:       {} — {}",
         kind_text(Some(point.kind)),

@@ -120,6 +120,15 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     vddk::exit_code(err).unwrap_or(1)
 }
 
+/// One line of a job's event stream on stdout (`--json`). A reader that went away (`| head`)
+/// must not panic the job half-way, with a snapshot or PrepareForAccess still to undo, as
+/// `println!` would: the write error is ignored and the job runs to its clean-up.
+pub(crate) fn emit_line(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 /// Parse a size such as `4M`, `4MiB`, `2G`, `65536`.
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

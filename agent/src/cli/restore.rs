@@ -147,10 +147,7 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     let _ = rt.block_on(env.soap.logout());
     let report = result?.context("restore")?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "event": "report", "report": report })
-        );
+        super::emit_line(&serde_json::json!({ "event": "report", "report": report }).to_string());
     } else {
         print_report(&report);
     }
@@ -236,7 +233,7 @@ fn observer(json: bool) -> RestoreObserver {
     if json {
         return Arc::new(|e: &RestoreEvent| {
             if !matches!(e, RestoreEvent::DiskProgress { .. }) {
-                println!("{}", serde_json::to_string(e).unwrap_or_default());
+                super::emit_line(&serde_json::to_string(e).unwrap_or_default());
             }
         });
     }
