@@ -345,6 +345,47 @@ mod tests {
     }
 
     #[test]
+    fn a_point_being_restored_is_neither_deleted_nor_pruned() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let policy = vadp_agent::repo::RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_secs: 3 * 86_400,
+        };
+        let far = i64::MAX / 4;
+        // The point a prune would remove.
+        let victim = repo
+            .prune(&policy, far, true)
+            .unwrap()
+            .into_iter()
+            .find(|d| !d.keep)
+            .unwrap()
+            .id;
+        let lease = repo.lease_point(victim).unwrap();
+        let e = repo.delete_point(victim).unwrap_err();
+        assert!(e.to_string().contains("being restored"), "{e}");
+        let decisions = repo.prune(&policy, far, false).unwrap();
+        let kept = decisions.iter().find(|d| d.id == victim).unwrap();
+        assert!(
+            kept.keep && kept.reasons.contains(&"being restored"),
+            "{kept:?}"
+        );
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 2);
+        // A second restore of the same point may lease it too.
+        let second = repo.lease_point(victim).unwrap();
+        drop((lease, second));
+        // Once the restores ended: removed, and a late lease finds it gone.
+        let decisions = repo.prune(&policy, far, false).unwrap();
+        assert!(!decisions.iter().find(|d| d.id == victim).unwrap().keep);
+        let e = repo.lease_point(victim).unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+        assert!(!repo.delete_point(victim).unwrap());
+    }
+
+    #[test]
     fn truncated_chunk_is_reported() {
         let f = fixture();
         let repo = Repository::open(&f.root).unwrap();

@@ -172,6 +172,11 @@ async fn long<T: Send + 'static>(
         Ok(Err(RepoError::PointNotFound(id))) => {
             Err(ApiFailure::not_found("restore point", &id.to_string()))
         }
+        Ok(Err(e @ RepoError::PointInUse(_))) => Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            e.to_string(),
+        )),
         Ok(Err(e)) => Err(ApiFailure::internal(engine::error_chain(&e))),
         Err(_) => Err(ApiFailure::internal(format!("the {name} thread failed"))),
     }

@@ -551,6 +551,25 @@ impl RepoLock {
         Ok(Self { _file: file })
     }
 
+    /// Take the shared lock without waiting.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Busy`] if another process holds it exclusively,
+    /// [`ChunkStoreError::Lock`] otherwise.
+    pub fn try_shared(path: &Path) -> Result<Self, ChunkStoreError> {
+        let file = Self::open(path)?;
+        match file.try_lock_shared() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(ChunkStoreError::Busy {
+                path: path.to_path_buf(),
+            }),
+            Err(fs::TryLockError::Error(source)) => Err(ChunkStoreError::Lock {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
     /// Take the exclusive lock without waiting.
     ///
     /// # Errors

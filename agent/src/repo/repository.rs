@@ -90,6 +90,9 @@ pub enum RepoError {
     /// No such restore point.
     #[error("restore point {0} not found")]
     PointNotFound(RestorePointId),
+    /// A restore is reading the point: it cannot be removed now.
+    #[error("restore point {0} is being restored; remove it once the restore has ended")]
+    PointInUse(RestorePointId),
     /// Stopped on request (a cancelled job) before the work was complete; nothing was
     /// changed.
     #[error("cancelled")]
@@ -439,6 +442,59 @@ impl Repository {
 
     fn lock_path(&self) -> PathBuf {
         self.root.join("repo.lock")
+    }
+
+    fn point_lease_path(&self, id: RestorePointId) -> PathBuf {
+        self.root.join("locks").join(format!("point-{id}.lock"))
+    }
+
+    /// Keeps restore point `id` from being removed (by `repo prune`, a policy's retention or
+    /// `DELETE /v1/points/{id}`) while the lease lives: a restore holds one from its
+    /// pre-flight to its end, so the point it checked is the point it writes. A shared
+    /// `flock` on `locks/point-<id>.lock`, released by the kernel if the process dies;
+    /// several restores of one point may hold it at once.
+    ///
+    /// # Errors
+    /// [`RepoError::PointNotFound`] (checked once the lease is held), [`RepoError::Lock`].
+    pub fn lease_point(&self, id: RestorePointId) -> Result<RepoLock, RepoError> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(|source| RepoError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = self.point_lease_path(id);
+        let lease = match RepoLock::try_shared(&path) {
+            Ok(l) => l,
+            // Being removed right now.
+            Err(ChunkStoreError::Busy { .. }) => return Err(RepoError::PointNotFound(id)),
+            Err(e) => return Err(RepoError::Lock(e)),
+        };
+        if self.catalog.get_point(id)?.is_none() {
+            return Err(RepoError::PointNotFound(id));
+        }
+        Ok(lease)
+    }
+
+    /// For a removal of `id`: `None` while a restore holds its lease, else the exclusive
+    /// lock that keeps new leases out until the removal is done; [`Self::release_removed`]
+    /// after the removal. (A lease taken meanwhile finds the point gone from the catalog.)
+    fn claim_for_removal(&self, id: RestorePointId) -> Result<Option<RepoLock>, RepoError> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(|source| RepoError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        match RepoLock::try_exclusive(&self.point_lease_path(id)) {
+            Ok(l) => Ok(Some(l)),
+            Err(ChunkStoreError::Busy { .. }) => Ok(None),
+            Err(e) => Err(RepoError::Lock(e)),
+        }
+    }
+
+    /// Drops the lease file of a removed point (then its claim).
+    fn release_removed(&self, id: RestorePointId, claim: RepoLock) {
+        let _ = fs::remove_file(self.point_lease_path(id));
+        drop(claim);
     }
 
     /// Every committed restore point, oldest first.
@@ -838,6 +894,7 @@ impl Repository {
         out: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, RepoError> {
+        let _lease = self.lease_point(point)?;
         let (_lock, disk, index) = self.disk_to_restore(point, disk)?;
         let problems = self.check_restorable_locked(point, &[disk], false)?;
         if let Some(first) = problems.first() {
@@ -1181,12 +1238,23 @@ impl Repository {
             decisions.extend(prune::select(&of_vm, policy, now));
         }
         if !dry_run {
-            let remove: Vec<RestorePointId> =
-                decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
-            if !remove.is_empty() {
-                self.catalog.delete_points(remove.clone())?;
-                for id in remove {
+            // A point a restore is reading stays, until the next prune.
+            let mut claims = Vec::new();
+            for d in decisions.iter_mut().filter(|d| !d.keep) {
+                match self.claim_for_removal(d.id)? {
+                    Some(claim) => claims.push((d.id, claim)),
+                    None => {
+                        d.keep = true;
+                        d.reasons.push("being restored");
+                    }
+                }
+            }
+            if !claims.is_empty() {
+                self.catalog
+                    .delete_points(claims.iter().map(|(id, _)| *id).collect())?;
+                for (id, claim) in claims {
                     self.remove_index_dir(id);
+                    self.release_removed(id, claim);
                 }
             }
         }
@@ -1230,14 +1298,19 @@ impl Repository {
     /// shared lock; whether it existed. Its chunks go at the next GC.
     ///
     /// # Errors
+    /// [`RepoError::PointInUse`] while a restore holds its lease ([`Self::lease_point`]),
     /// [`RepoError::Lock`], catalog errors.
     pub fn delete_point(&self, id: RestorePointId) -> Result<bool, RepoError> {
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
-        if self.catalog.delete_points(vec![id])? == 0 {
-            return Ok(false);
+        let Some(claim) = self.claim_for_removal(id)? else {
+            return Err(RepoError::PointInUse(id));
+        };
+        let deleted = self.catalog.delete_points(vec![id])? > 0;
+        if deleted {
+            self.remove_index_dir(id);
         }
-        self.remove_index_dir(id);
-        Ok(true)
+        self.release_removed(id, claim);
+        Ok(deleted)
     }
 
     /// After the points' catalog commit: a crash or an error here leaves an orphan index

@@ -405,6 +405,14 @@ pub async fn run_restore(
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let env = &renv.env;
+    // The point stays until this restore has ended: retention and DELETE leave it alone
+    // meanwhile, so the point the pre-flight checks is the one the disks are written from.
+    let _lease = {
+        let (repo, point) = (Arc::clone(&env.repo), request.point);
+        blocking(move || repo.lease_point(point))
+            .await?
+            .map_err(BackupError::Repo)?
+    };
     let plan = plan::plan(renv, request).await?;
     observer(&RestoreEvent::Predicted {
         prediction: plan.prediction.clone(),
