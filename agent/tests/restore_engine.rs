@@ -524,6 +524,30 @@ mod tests {
             "{said}"
         );
         assert!(before == disks_now(), "the VM's disks were touched");
+        // Without it, the restore stops part-way: the disks are partly written, but the
+        // VM keeps its own vmservice.* ExtraConfig, so WCP, told by EndAccess that the
+        // restore is over, has no restore to act on.
+        let vmservice = || -> Vec<(String, String)> {
+            let mut kv: Vec<(String, String)> = s
+                .lab
+                .vm(&vm)
+                .unwrap()
+                .extra_config
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("vmservice."))
+                .collect();
+            kv.sort();
+            kv
+        };
+        let own = vmservice();
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert!(
+            own == vmservice(),
+            "ExtraConfig changed by a failed restore"
+        );
+        assert_eq!(fx.open_journal(), 0);
         std::fs::write(&chunk, &good).unwrap();
 
         // In place to the older point: the VM is powered off first (§9.2).
@@ -538,6 +562,10 @@ mod tests {
             r.stdout
         );
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            own != vmservice(),
+            "the backup's ExtraConfig is the VM's own: {own:?}"
+        );
         assert_eq!(r.report()["prediction"]["restore_type"], "existing");
         assert_eq!(r.report()["vm"].as_str().unwrap(), vm.0);
         assert_eq!(

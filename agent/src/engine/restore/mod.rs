@@ -695,6 +695,11 @@ async fn restore_steps(
         "PrepareForAccess on {vm}: RelocateVM_Task disabled"
     ));
     crash_point("restore-after-prepare-access");
+    // In place, the backup's vmservice.* ExtraConfig goes on only once the disks are
+    // written: EndAccess, which the clean-up of a failed restore also calls, tells WCP the
+    // restore is complete, and a VM still carrying its own ExtraConfig then is one WCP
+    // leaves alone rather than "restores" around half-written disks (§6.2).
+    let mut extra_config_after_data = None;
     match restore_type {
         RestoreType::Existing if let Some(info) = &plan.existing_vm => {
             let entries = &plan.entries;
@@ -708,13 +713,7 @@ async fn restore_steps(
                     changes.push(crate::vsphere::ExtraConfigChange::Remove(k.clone()));
                 }
             }
-            step(format!(
-                "setting {vm}'s vmservice.* ExtraConfig back to the backup's"
-            ));
-            env.soap
-                .set_extra_config(&vm, changes)
-                .await
-                .map_err(vsphere(format!("reconfiguring {vm}")))?;
+            extra_config_after_data = Some(changes);
             for d in &plan.disks {
                 let current =
                     info.disks.iter().find(|c| c.key == d.key).ok_or_else(|| {
@@ -765,6 +764,15 @@ async fn restore_steps(
     report.disks = disks::write_disks(env, &vm, request.point, targets, observer, cancel).await?;
     report.data_seconds = data_started.elapsed().as_secs_f64();
     report.bytes_total = report.disks.iter().map(|d| d.capacity_bytes).sum();
+    if let Some(changes) = extra_config_after_data {
+        step(format!(
+            "setting {vm}'s vmservice.* ExtraConfig back to the backup's"
+        ));
+        env.soap
+            .set_extra_config(&vm, changes)
+            .await
+            .map_err(vsphere(format!("reconfiguring {vm}")))?;
+    }
     crash_point("restore-after-data");
     let created = matches!(lock_effects(effects).target, Some((_, Target::Created(_))));
     if created {
