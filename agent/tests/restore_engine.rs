@@ -439,6 +439,55 @@ mod tests {
         let p2 = fx.backup("db-1");
         let newer = fx.point_disks(&p2);
 
+        // A disk-only restore that stops part-way (a chunk found corrupt only when read)
+        // takes its new, half-written disk off the VM again before EndAccess.
+        let pvc_chunk = {
+            let repo = vadp_agent::repo::Repository::open(Path::new(&fx.repo())).unwrap();
+            let rec = repo
+                .list()
+                .unwrap()
+                .into_iter()
+                .find(|p| p.id.to_string() == p2)
+                .unwrap();
+            let index = repo
+                .load_index(&rec, vadp_agent::ids::DiskKey(pvc_disk.0))
+                .unwrap();
+            let digest = *index.slots().iter().find(|d| !d.is_zero()).unwrap();
+            repo.store().chunk_path(&digest)
+        };
+        let good = std::fs::read(&pvc_chunk).unwrap();
+        let mut bad = good.clone();
+        bad[40] ^= 1;
+        std::fs::write(&pvc_chunk, &bad).unwrap();
+        let files = || -> Vec<String> {
+            s.lab
+                .vm(&vm)
+                .unwrap()
+                .disks
+                .iter()
+                .map(|d| d.file_name.to_string())
+                .collect()
+        };
+        let before = files();
+        let r = fx.restore(
+            &p2,
+            &["--mode", "disk-only", "--disk", &pvc_disk.0.to_string()],
+        );
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(files(), before, "the unfinished disk stays attached");
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        let vm_dir = s.lab.vm(&vm).unwrap().vmx_path;
+        let leftovers: Vec<String> =
+            std::fs::read_dir(vm_dir.resolve(s.lab.root()).parent().unwrap())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("restored-"))
+                .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(fx.open_journal(), 0);
+        std::fs::write(&pvc_chunk, &good).unwrap();
+
         // Disk-only: the ExtraConfig version equals the annotation (§4.3).
         let r = fx.restore(
             &p2,

@@ -4,7 +4,7 @@
 //! a restored VM is registered into.
 
 use super::soap::{SoapClient, VsphereError};
-use super::types::{FolderMoref, MoRef, ResourcePoolMoref, VmMoref};
+use super::types::{DiskKey, FolderMoref, MoRef, ResourcePoolMoref, VmMoref};
 use super::xml::XmlWriter;
 
 impl SoapClient {
@@ -109,6 +109,35 @@ impl SoapClient {
             .close("backing")
             .value("controllerKey", controller_key)
             .value("unitNumber", unit_number)
+            .close("device")
+            .close("deviceChange")
+            .close("spec");
+        self.run_task("ReconfigVM_Task", &vm.moref(), &w.finish())
+            .await
+            .map(|_| ())
+    }
+
+    /// `ReconfigVM_Task` removing disk `key` from `vm` and, with `destroy`, deleting its file
+    /// (`fileOperation = destroy`).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidDeviceSpec`, `FileFault`, … as [`VsphereError::TaskFailed`].
+    pub async fn detach_disk(
+        &self,
+        vm: &VmMoref,
+        key: DiskKey,
+        destroy: bool,
+    ) -> Result<(), VsphereError> {
+        let mut w = XmlWriter::new();
+        w.open("spec")
+            .open("deviceChange")
+            .text("operation", "remove");
+        if destroy {
+            w.text("fileOperation", "destroy");
+        }
+        w.open_typed("device", "VirtualDisk")
+            .value("key", key.0)
             .close("device")
             .close("deviceChange")
             .close("spec");

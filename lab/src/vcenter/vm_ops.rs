@@ -77,6 +77,24 @@ fn disks_added(spec: &Element) -> impl Iterator<Item = (&Element, &Element)> {
     })
 }
 
+/// The disks a ReconfigVM spec removes (`operation = remove`), by device key, and whether
+/// their files go too (`fileOperation = destroy`).
+fn disk_removals(spec: &Element) -> Vec<(DiskKey, bool)> {
+    spec.children_named("deviceChange")
+        .filter(|dc| dc.child_text("operation") == Some("remove"))
+        .filter_map(|dc| {
+            let dev = dc
+                .child("device")
+                .filter(|d| d.xsi_type.as_deref() == Some("VirtualDisk"))?;
+            let key = dev.child_parse::<i32>("key")?;
+            Some((
+                DiskKey(key),
+                dc.child_text("fileOperation") == Some("destroy"),
+            ))
+        })
+        .collect()
+}
+
 /// The capacity and provisioning of a `VirtualDisk` device to create.
 fn new_disk(dev: &Element) -> Result<NewDisk, Fault> {
     let capacity_bytes = dev
@@ -241,8 +259,12 @@ impl Vcenter {
                 method = "ReconfigVM_Task";
                 let spec = call.req.child("spec").cloned().unwrap_or_default();
                 let added = disk_additions(&spec, &vm)?;
+                let removed = disk_removals(&spec);
                 entity_name = vm.name;
                 Box::new(move |_| {
+                    for (key, destroy) in &removed {
+                        lab.detach_disk(&vm_id, *key, *destroy).map_err(lab_fault)?;
+                    }
                     for (path, create) in &added {
                         if let Some(d) = create {
                             lab.create_virtual_disk(path, d.capacity_bytes, d.thin)

@@ -271,6 +271,27 @@ impl Lab {
             Ok(key)
         })
     }
+
+    /// ReconfigVM `remove` of disk `key`; with `destroy` (`fileOperation = destroy`) its
+    /// file is deleted too.
+    ///
+    /// # Errors
+    /// [`LabError::DiskNotFound`], datastore errors.
+    pub fn detach_disk(&self, vm: &VmMoref, key: DiskKey, destroy: bool) -> Result<(), LabError> {
+        let path = self.modify_vm(vm, |s| {
+            let i = s.disks.iter().position(|d| d.key == key).ok_or_else(|| {
+                LabError::DiskNotFound {
+                    vm: vm.clone(),
+                    disk: key,
+                }
+            })?;
+            Ok(s.disks.remove(i).file_name)
+        })?;
+        if destroy {
+            crate::datastore::delete_disk(self.root(), &path).map_err(ds_err(vm))?;
+        }
+        Ok(())
+    }
 }
 
 /// `key = "value"` lines (`|22` is an escaped quote, as VMware writes it).

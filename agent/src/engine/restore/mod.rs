@@ -390,6 +390,9 @@ enum Target {
 struct Effects {
     target: Option<(i64, Target)>,
     access: Option<(i64, VmMoref)>,
+    /// Disk files a disk-only restore created and attached to the user's VM, until their
+    /// data is written: a failed restore detaches and deletes them before EndAccess.
+    attached: Vec<String>,
 }
 
 /// Runs a restore: pre-flight, VM, data, registration, verification.
@@ -517,10 +520,18 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: EndAccess; a VM shell it created is destroyed.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, target) = {
+    let (access, target, attached) = {
         let mut e = lock_effects(effects);
-        (e.access.take(), e.target.take())
+        (
+            e.access.take(),
+            e.target.take(),
+            std::mem::take(&mut e.attached),
+        )
     };
+    // Before EndAccess, so WCP never sees half-written disks on the VM.
+    if let (false, Some((_, Target::Users(vm)))) = (attached.is_empty(), &target) {
+        detach_unfinished(env, vm, &attached, observer).await;
+    }
     if let Some((id, vm)) = access
         && let Err(e) = journal::end_access(env, &vm, IDENTITY, id).await
     {
@@ -549,6 +560,30 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             journal = id,
             "restore clean-up: disk files were created before the VM was registered; reconcile reports them"
         ),
+    }
+}
+
+/// Detaches and deletes the disks of a failed disk-only restore from the user's VM.
+async fn detach_unfinished(
+    env: &Environment,
+    vm: &VmMoref,
+    files: &[String],
+    observer: &RestoreObserver,
+) {
+    let disks = match env.soap.vm_info(vm).await {
+        Ok(info) => info.disks,
+        Err(e) => {
+            tracing::error!(vm = %vm, error = %error_chain(&e), files = ?files, "restore clean-up: cannot read the VM; the unfinished restored disks stay attached");
+            return;
+        }
+    };
+    for d in disks.iter().filter(|d| files.contains(&d.file_name)) {
+        observer(&RestoreEvent::Step {
+            message: format!("detaching and deleting the unfinished {}", d.file_name),
+        });
+        if let Err(e) = env.soap.detach_disk(vm, d.key, true).await {
+            tracing::error!(vm = %vm, file = %d.file_name, error = %error_chain(&e), "restore clean-up: the unfinished restored disk stays attached; remove it by hand");
+        }
     }
 }
 
@@ -754,6 +789,7 @@ async fn restore_steps(
                     .attach_disk(&vm, &file, controller, unit)
                     .await
                     .map_err(vsphere(format!("attaching {file} to {vm}")))?;
+                lock_effects(effects).attached.push(file.clone());
                 targets.push((d.clone(), file, true));
             }
         }
@@ -762,6 +798,7 @@ async fn restore_steps(
     // The data.
     let data_started = Instant::now();
     report.disks = disks::write_disks(env, &vm, request.point, targets, observer, cancel).await?;
+    lock_effects(effects).attached.clear();
     report.data_seconds = data_started.elapsed().as_secs_f64();
     report.bytes_total = report.disks.iter().map(|d| d.capacity_bytes).sum();
     if let Some(changes) = extra_config_after_data {
