@@ -263,8 +263,11 @@ mod tests {
             self.restore_on(&self.site, "site-a", point, extra, None)
         }
 
-        /// The bytes of each disk of `point`, by key, from the repository.
-        fn point_disks(&self, point: &str) -> Vec<(i32, Vec<u8>)> {
+        /// The repository and the record of `point`.
+        fn open_point(
+            &self,
+            point: &str,
+        ) -> (vadp_agent::repo::Repository, vadp_agent::repo::PointRecord) {
             let repo = vadp_agent::repo::Repository::open(Path::new(&self.repo())).unwrap();
             let rec = repo
                 .list()
@@ -272,6 +275,22 @@ mod tests {
                 .into_iter()
                 .find(|p| p.id.to_string() == point)
                 .unwrap();
+            (repo, rec)
+        }
+
+        /// The file of the first non-zero chunk of disk `key` of `point` (its first disk
+        /// when `None`).
+        fn first_chunk(&self, point: &str, key: Option<i32>) -> PathBuf {
+            let (repo, rec) = self.open_point(point);
+            let key = key.map_or(rec.disks[0].key, vadp_agent::ids::DiskKey);
+            let index = repo.load_index(&rec, key).unwrap();
+            let digest = *index.slots().iter().find(|d| !d.is_zero()).unwrap();
+            repo.store().chunk_path(&digest)
+        }
+
+        /// The bytes of each disk of `point`, by key, from the repository.
+        fn point_disks(&self, point: &str) -> Vec<(i32, Vec<u8>)> {
+            let (repo, rec) = self.open_point(point);
             rec.disks
                 .iter()
                 .map(|d| {
@@ -441,20 +460,7 @@ mod tests {
 
         // A disk-only restore that stops part-way (a chunk found corrupt only when read)
         // takes its new, half-written disk off the VM again before EndAccess.
-        let pvc_chunk = {
-            let repo = vadp_agent::repo::Repository::open(Path::new(&fx.repo())).unwrap();
-            let rec = repo
-                .list()
-                .unwrap()
-                .into_iter()
-                .find(|p| p.id.to_string() == p2)
-                .unwrap();
-            let index = repo
-                .load_index(&rec, vadp_agent::ids::DiskKey(pvc_disk.0))
-                .unwrap();
-            let digest = *index.slots().iter().find(|d| !d.is_zero()).unwrap();
-            repo.store().chunk_path(&digest)
-        };
+        let pvc_chunk = fx.first_chunk(&p2, Some(pvc_disk.0));
         let good = std::fs::read(&pvc_chunk).unwrap();
         let mut bad = good.clone();
         bad[40] ^= 1;
@@ -528,18 +534,7 @@ mod tests {
 
         // A chunk of the older point goes missing: the in-place restore is refused before it
         // changes anything (the VM's disks would otherwise be left half overwritten).
-        let chunk = {
-            let repo = vadp_agent::repo::Repository::open(Path::new(&fx.repo())).unwrap();
-            let rec = repo
-                .list()
-                .unwrap()
-                .into_iter()
-                .find(|p| p.id.to_string() == p1)
-                .unwrap();
-            let index = repo.load_index(&rec, rec.disks[0].key).unwrap();
-            let digest = *index.slots().iter().find(|d| !d.is_zero()).unwrap();
-            repo.store().chunk_path(&digest)
-        };
+        let chunk = fx.first_chunk(&p1, None);
         let aside = fx.dir.path().join("aside");
         std::fs::rename(&chunk, &aside).unwrap();
         let disks_now = || -> Vec<Vec<u8>> {

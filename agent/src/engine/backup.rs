@@ -685,20 +685,7 @@ async fn set_up(
     // Journal every intent first, then start the snapshots together.
     let description = journal::snapshot_description(ctx.job);
     for m in members.iter() {
-        let mut effect = SnapshotEffect {
-            journal: None,
-            job: ctx.job,
-            moref: None,
-        };
-        effect.journal = Some(
-            journal::open(
-                env,
-                JournalKind::Snapshot,
-                &m.info.moref,
-                effect.detail(&ctx.snapshot_name),
-            )
-            .await?,
-        );
+        let effect = journal_snapshot_intent(env, ctx, &m.info.moref, &ctx.snapshot_name).await?;
         lock(&m.effects).snapshot = Some(effect);
     }
     crash_point("before-snapshot");
@@ -1432,26 +1419,31 @@ fn read_disk_blocking(
     Ok((written, report))
 }
 
+/// Journals the intent to create snapshot `name` of `vm` for this job (before creating it:
+/// its moref is not known yet, the job's tag in its description finds it).
+async fn journal_snapshot_intent(
+    env: &Environment,
+    ctx: &JobCtx,
+    vm: &VmMoref,
+    name: &str,
+) -> Result<SnapshotEffect, BackupError> {
+    let mut effect = SnapshotEffect {
+        journal: None,
+        job: ctx.job,
+        moref: None,
+    };
+    effect.journal =
+        Some(journal::open(env, JournalKind::Snapshot, vm, effect.detail(name)).await?);
+    Ok(effect)
+}
+
 /// Turns CBT on for `info`'s VM. The create/remove cycle's snapshot is journalled like the
 /// backup's own and tagged with the job: if the cycle fails part-way (the remove refused, a
 /// lost reply, a crash), its snapshot is removed now, or by `reconcile` after a crash, and
 /// never stays behind on a VM whose CBT is on from then on.
 async fn enable_cbt(env: &Environment, ctx: &JobCtx, info: &VmInfo) -> Result<(), BackupError> {
     let vm = &info.moref;
-    let mut effect = SnapshotEffect {
-        journal: None,
-        job: ctx.job,
-        moref: None,
-    };
-    effect.journal = Some(
-        journal::open(
-            env,
-            JournalKind::Snapshot,
-            vm,
-            effect.detail(crate::vsphere::CBT_CYCLE_SNAPSHOT),
-        )
-        .await?,
-    );
+    let effect = journal_snapshot_intent(env, ctx, vm, crate::vsphere::CBT_CYCLE_SNAPSHOT).await?;
     let description = journal::snapshot_description(ctx.job);
     let cycle = env
         .soap

@@ -557,17 +557,7 @@ impl RepoLock {
     /// [`ChunkStoreError::Busy`] if another process holds it exclusively,
     /// [`ChunkStoreError::Lock`] otherwise.
     pub fn try_shared(path: &Path) -> Result<Self, ChunkStoreError> {
-        let file = Self::open(path)?;
-        match file.try_lock_shared() {
-            Ok(()) => Ok(Self { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(ChunkStoreError::Busy {
-                path: path.to_path_buf(),
-            }),
-            Err(fs::TryLockError::Error(source)) => Err(ChunkStoreError::Lock {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
+        Self::try_with(path, File::try_lock_shared)
     }
 
     /// Take the exclusive lock without waiting.
@@ -575,8 +565,15 @@ impl RepoLock {
     /// # Errors
     /// [`ChunkStoreError::Busy`] if another process holds it, [`ChunkStoreError::Lock`] otherwise.
     pub fn try_exclusive(path: &Path) -> Result<Self, ChunkStoreError> {
+        Self::try_with(path, File::try_lock)
+    }
+
+    fn try_with(
+        path: &Path,
+        lock: fn(&File) -> Result<(), fs::TryLockError>,
+    ) -> Result<Self, ChunkStoreError> {
         let file = Self::open(path)?;
-        match file.try_lock() {
+        match lock(&file) {
             Ok(()) => Ok(Self { _file: file }),
             Err(fs::TryLockError::WouldBlock) => Err(ChunkStoreError::Busy {
                 path: path.to_path_buf(),
