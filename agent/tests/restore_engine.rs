@@ -493,6 +493,30 @@ mod tests {
         assert!(leftovers.is_empty(), "{leftovers:?}");
         assert_eq!(fx.open_journal(), 0);
         std::fs::write(&pvc_chunk, &good).unwrap();
+        // Killed with the new disk attached and unwritten: reconcile takes it away (before
+        // its EndAccess).
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p2,
+            &["--mode", "disk-only", "--disk", &pvc_disk.0.to_string()],
+            Some("restore-after-attach"),
+        );
+        assert_ne!(r.code, Some(0));
+        assert_ne!(files(), before, "{}", r.stderr);
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        let report = &rec.events.last().unwrap()["report"];
+        assert_eq!(files(), before, "{report}");
+        assert_eq!(
+            report["half_created_vms"][0][1]["detached"]
+                .as_array()
+                .map(Vec::len),
+            Some(1),
+            "{report}"
+        );
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
 
         // Disk-only: the ExtraConfig version equals the annotation (§4.3).
         let r = fx.restore(

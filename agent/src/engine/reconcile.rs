@@ -56,8 +56,13 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
     let catalog = env.repo.catalog().clone();
     let mut entries = blocking(move || catalog.journal_open_entries()).await??;
     // Snapshots before EndAccess, as a backup ends.
-    // A VM shell of a restore last: EndAccess first, then the shell is removed.
-    entries.sort_by_key(|e| (e.kind != "snapshot", e.kind == "vm_shell", e.id));
+    // A VM shell of a restore last: EndAccess first, then the shell is removed. But the
+    // unfinished disks a disk-only restore attached go before EndAccess, so that WCP never
+    // sees them.
+    entries.sort_by_key(|e| {
+        let late_shell = e.kind == "vm_shell" && unfinished_disks(e).is_empty();
+        (e.kind != "snapshot", late_shell, e.id)
+    });
     let mut held: Vec<(JobId, JobLock)> = Vec::new();
     for entry in entries {
         if let Some(job) = job_of(&entry)
@@ -107,6 +112,20 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
         JobLock::remove_file(&root, job);
     }
     Ok(report)
+}
+
+/// The disk files an interrupted disk-only restore attached and had not finished writing.
+fn unfinished_disks(entry: &JournalEntry) -> Vec<String> {
+    entry
+        .detail
+        .get("attached")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 async fn undo(env: &Environment, entry: &JournalEntry, report: &mut ReconcileReport) {
@@ -176,7 +195,15 @@ async fn undo(env: &Environment, entry: &JournalEntry, report: &mut ReconcileRep
                 == Some(true);
             match &shell {
                 Some(shell) if in_place => {
-                    tracing::warn!(vm = %shell, "reconcile: a restore in place was interrupted; the VM's disks are partly restored");
+                    let unfinished = unfinished_disks(entry);
+                    if unfinished.is_empty() {
+                        tracing::warn!(vm = %shell, "reconcile: a restore in place was interrupted; the VM's disks are partly restored");
+                    } else {
+                        let detached =
+                            super::restore::detach_unfinished(env, shell, &unfinished, None).await;
+                        tracing::warn!(vm = %shell, detached = ?detached, "reconcile: a disk-only restore was interrupted; its unfinished disks are detached and deleted");
+                        detail["detached"] = detached.into();
+                    }
                     detail["removed"] = false.into();
                     if let Err(e) = journal::close(env, entry.id).await {
                         report.errors.push(error_chain(&e));

@@ -530,7 +530,7 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
     };
     // Before EndAccess, so WCP never sees half-written disks on the VM.
     if let (false, Some((_, Target::Users(vm)))) = (attached.is_empty(), &target) {
-        detach_unfinished(env, vm, &attached, observer).await;
+        detach_unfinished(env, vm, &attached, Some(observer)).await;
     }
     if let Some((id, vm)) = access
         && let Err(e) = journal::end_access(env, &vm, IDENTITY, id).await
@@ -563,28 +563,61 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
     }
 }
 
-/// Detaches and deletes the disks of a failed disk-only restore from the user's VM.
-async fn detach_unfinished(
+/// Records in the restore's journal entry the disk files a disk-only restore attached and
+/// has not finished writing, for `reconcile` after a crash.
+async fn journal_attached(
+    env: &Environment,
+    effects: &Mutex<Effects>,
+    report: &RestoreReport,
+    point: RestorePointId,
+    vm: &VmMoref,
+) -> Result<(), RestoreError> {
+    let (id, attached) = {
+        let e = lock_effects(effects);
+        let Some((id, _)) = e.target else {
+            return Ok(());
+        };
+        (id, e.attached.clone())
+    };
+    journal::update(
+        env,
+        id,
+        json!({"job": report.job, "point": point, "vm": vm.as_str(), "in_place": true, "attached": attached}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Detaches and deletes the disks of a failed disk-only restore from the user's VM
+/// (`observer`: the restore's, or none from `reconcile`).
+pub(crate) async fn detach_unfinished(
     env: &Environment,
     vm: &VmMoref,
     files: &[String],
-    observer: &RestoreObserver,
-) {
+    observer: Option<&RestoreObserver>,
+) -> Vec<String> {
+    let mut detached = Vec::new();
     let disks = match env.soap.vm_info(vm).await {
         Ok(info) => info.disks,
         Err(e) => {
             tracing::error!(vm = %vm, error = %error_chain(&e), files = ?files, "restore clean-up: cannot read the VM; the unfinished restored disks stay attached");
-            return;
+            return detached;
         }
     };
     for d in disks.iter().filter(|d| files.contains(&d.file_name)) {
-        observer(&RestoreEvent::Step {
-            message: format!("detaching and deleting the unfinished {}", d.file_name),
-        });
-        if let Err(e) = env.soap.detach_disk(vm, d.key, true).await {
-            tracing::error!(vm = %vm, file = %d.file_name, error = %error_chain(&e), "restore clean-up: the unfinished restored disk stays attached; remove it by hand");
+        if let Some(observer) = observer {
+            observer(&RestoreEvent::Step {
+                message: format!("detaching and deleting the unfinished {}", d.file_name),
+            });
+        }
+        match env.soap.detach_disk(vm, d.key, true).await {
+            Ok(()) => detached.push(d.file_name.clone()),
+            Err(e) => {
+                tracing::error!(vm = %vm, file = %d.file_name, error = %error_chain(&e), "restore clean-up: the unfinished restored disk stays attached; remove it by hand");
+            }
         }
     }
+    detached
 }
 
 /// Destroys a VM shell a restore created (powered off, never registered on the Supervisor).
@@ -790,15 +823,20 @@ async fn restore_steps(
                     .await
                     .map_err(vsphere(format!("attaching {file} to {vm}")))?;
                 lock_effects(effects).attached.push(file.clone());
+                journal_attached(env, effects, report, request.point, &vm).await?;
                 targets.push((d.clone(), file, true));
             }
+            crash_point("restore-after-attach");
         }
         _ => {}
     }
     // The data.
     let data_started = Instant::now();
     report.disks = disks::write_disks(env, &vm, request.point, targets, observer, cancel).await?;
-    lock_effects(effects).attached.clear();
+    if !std::mem::take(&mut lock_effects(effects).attached).is_empty() {
+        // Written: no longer for a clean-up (or reconcile) to take away.
+        journal_attached(env, effects, report, request.point, &vm).await?;
+    }
     report.data_seconds = data_started.elapsed().as_secs_f64();
     report.bytes_total = report.disks.iter().map(|d| d.capacity_bytes).sum();
     if let Some(changes) = extra_config_after_data {
