@@ -149,19 +149,13 @@ async fn short<T: Send + 'static>(
         .map_err(ApiFailure::internal)
 }
 
-/// Long repository work on its own named thread, the reply through a oneshot.
+/// Long repository work on its own named thread ([`crate::daemon::on_thread`]), its errors
+/// as HTTP answers.
 async fn long<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> Result<T, RepoError> + Send + 'static,
 ) -> ApiResult<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .map_err(|e| ApiFailure::internal(e.to_string()))?;
-    match rx.await {
+    match crate::daemon::on_thread(name, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(RepoError::Lock(e))) => Err(ApiFailure::new(
             StatusCode::CONFLICT,
@@ -178,7 +172,7 @@ async fn long<T: Send + 'static>(
             e.to_string(),
         )),
         Ok(Err(e)) => Err(ApiFailure::internal(engine::error_chain(&e))),
-        Err(_) => Err(ApiFailure::internal(format!("the {name} thread failed"))),
+        Err(e) => Err(ApiFailure::internal(e)),
     }
 }
 

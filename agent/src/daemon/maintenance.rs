@@ -32,6 +32,7 @@ use jiff::{Timestamp, Zoned};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::on_thread;
 use super::queue::Queue;
 use super::schedule::{is_due, next_run};
 use super::scheduler;
@@ -292,26 +293,6 @@ pub fn last_verify_summary(repo: &Repository) -> Result<Option<VerifySummary>, R
         .and_then(|v| serde_json::from_str(&v).ok()))
 }
 
-/// Run `f` on a new thread named `name` and await its result.
-async fn on_thread<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || drop(tx.send(f())));
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not start the {name} thread");
-        return None;
-    }
-    let result = rx.await.ok();
-    if result.is_none() {
-        tracing::error!("the {name} thread failed");
-    }
-    result
-}
-
 /// The daemon's loop, every few seconds: the daily verify when it is due (beside any
 /// jobs), and, while no job is queued or running, GC if points were removed (with
 /// `auto_gc`). After a GC failure (not a busy repository) it waits an hour before trying
@@ -342,10 +323,12 @@ pub async fn run(
                 };
             if due {
                 let (r, m) = (Arc::clone(&repo), config.clone());
-                if let Some(Err(e)) =
-                    on_thread("verify", move || run_scheduled_verify(&r, &m, &now)).await
-                {
-                    tracing::error!(error = %engine::error_chain(&e), "daily verify failed");
+                match on_thread("verify", move || run_scheduled_verify(&r, &m, &now)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %engine::error_chain(&e), "daily verify failed");
+                    }
+                    Err(e) => tracing::error!(error = %e, "daily verify failed"),
                 }
             }
         }
@@ -371,11 +354,11 @@ pub async fn run(
         }
         let r = Arc::clone(&repo);
         match on_thread("gc", move || collect_if_pending(&r)).await {
-            Some(Ok(GcAttempt::Busy)) => {
+            Ok(Ok(GcAttempt::Busy)) => {
                 tracing::debug!("garbage collection deferred: the repository is in use");
             }
-            Some(Ok(GcAttempt::NotNeeded | GcAttempt::Done(_))) => quiet_until = None,
-            Some(Err(e)) => {
+            Ok(Ok(GcAttempt::NotNeeded | GcAttempt::Done(_))) => quiet_until = None,
+            Ok(Err(e)) => {
                 tracing::error!(
                     error = %engine::error_chain(&e),
                     retry_in_s = RETRY_AFTER_FAILURE.as_secs(),
@@ -383,7 +366,7 @@ pub async fn run(
                 );
                 quiet_until = Some(Instant::now() + RETRY_AFTER_FAILURE);
             }
-            None => {}
+            Err(e) => tracing::error!(error = %e, "garbage collection"),
         }
     }
 }

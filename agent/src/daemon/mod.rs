@@ -15,6 +15,24 @@ pub mod scheduler;
 pub use queue::{JobBody, Outcome, Queue, QueueError, RunContext, Submission};
 pub use schedule::{Blackout, Schedule, blocked_until, is_due, next_run, parse_hhmm};
 
+/// Runs `f` (long, blocking repository work: a verify, GC, a removal waiting for GC's lock)
+/// on a new thread named `name`, not on the runtime's blocking pool it could hold for
+/// hours, and awaits its result.
+///
+/// # Errors
+/// The thread could not start, or panicked: said in a message naming it.
+pub(crate) async fn on_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || drop(tx.send(f())))
+        .map_err(|e| format!("could not start the {name} thread: {e}"))?;
+    rx.await.map_err(|_| format!("the {name} thread failed"))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     /// `s` (RFC 3339 with an offset) in UTC, for the schedule tests.
