@@ -27,9 +27,7 @@ use tokio::sync::broadcast;
 
 use super::{auth, metrics};
 use crate::config::SecretText;
-use crate::daemon::backup_job::{
-    engine_request, restore_request, verify_points, verify_result, verify_subset,
-};
+use crate::daemon::backup_job::{engine_request, restore_request, verify_result, verify_selection};
 use crate::daemon::queue::{QueueError, StreamItem};
 use crate::daemon::{Queue, Submission, maintenance};
 use crate::engine::{self, Environment, Limits};
@@ -192,8 +190,8 @@ async fn post_backup(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<R
 
 async fn post_verify_job(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let request: VerifyJobRequest = parse(&body)?;
-    verify_subset(request.subset.as_deref()).map_err(ApiFailure::bad_request)?;
-    verify_points(&request.points).map_err(ApiFailure::bad_request)?;
+    verify_selection(request.subset.as_deref(), &request.points)
+        .map_err(ApiFailure::bad_request)?;
     let value = serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?;
     submit(
         &s,
@@ -427,8 +425,8 @@ async fn verify(
     } else {
         parse(&body)?
     };
-    let subset = verify_subset(request.subset.as_deref()).map_err(ApiFailure::bad_request)?;
-    let points = verify_points(&request.points).map_err(ApiFailure::bad_request)?;
+    let (subset, points) = verify_selection(request.subset.as_deref(), &request.points)
+        .map_err(ApiFailure::bad_request)?;
     let repo = Arc::clone(&s.env.repo);
     let repair = request.repair;
     let (report, repaired) = long("verify", move || {

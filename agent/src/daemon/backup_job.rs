@@ -58,26 +58,24 @@ pub fn engine_request(
     })
 }
 
-/// The subset of a verify request (`"N/T"`), checked.
+/// What a verify request (`POST /v1/repository/verify` or `/v1/jobs/verify`) selects: its
+/// `subset` (`"N/T"`) and its restore `points`, parsed.
 ///
 /// # Errors
-/// A malformed subset, with what was expected.
-pub fn verify_subset(subset: Option<&str>) -> Result<Option<VerifySubset>, String> {
-    subset.map(str::parse).transpose()
-}
-
-/// The restore points of a verify request, parsed.
-///
-/// # Errors
-/// A malformed point id, named.
-pub fn verify_points(points: &[String]) -> Result<Vec<RestorePointId>, String> {
-    points
+/// A malformed subset or point id, with what was expected.
+pub fn verify_selection(
+    subset: Option<&str>,
+    points: &[String],
+) -> Result<(Option<VerifySubset>, Vec<RestorePointId>), String> {
+    let subset = subset.map(str::parse).transpose()?;
+    let points = points
         .iter()
         .map(|p| {
             p.parse::<RestorePointId>()
                 .map_err(|e| format!("points: {p:?}: {e}"))
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    Ok((subset, points))
 }
 
 /// The API's view of a verify and its repair.
@@ -337,9 +335,7 @@ impl BackupJobs {
             Ok(r) => r,
             Err(e) => return failed(format!("stored request: {e}")),
         };
-        let (subset, points) = match verify_subset(request.subset.as_deref())
-            .and_then(|s| Ok((s, verify_points(&request.points)?)))
-        {
+        let (subset, points) = match verify_selection(request.subset.as_deref(), &request.points) {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
