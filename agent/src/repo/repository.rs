@@ -444,8 +444,14 @@ impl Repository {
         self.root.join("repo.lock")
     }
 
-    fn point_lease_path(&self, id: RestorePointId) -> PathBuf {
-        self.root.join("locks").join(format!("point-{id}.lock"))
+    /// The lease file of point `id`, its directory (`locks/`) created if need be.
+    fn point_lease_path(&self, id: RestorePointId) -> Result<PathBuf, RepoError> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(|source| RepoError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir.join(format!("point-{id}.lock")))
     }
 
     /// Keeps restore point `id` from being removed (by `repo prune`, a policy's retention or
@@ -457,13 +463,7 @@ impl Repository {
     /// # Errors
     /// [`RepoError::PointNotFound`] (checked once the lease is held), [`RepoError::Lock`].
     pub fn lease_point(&self, id: RestorePointId) -> Result<RepoLock, RepoError> {
-        let dir = self.root.join("locks");
-        fs::create_dir_all(&dir).map_err(|source| RepoError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let path = self.point_lease_path(id);
-        let lease = match RepoLock::try_shared(&path) {
+        let lease = match RepoLock::try_shared(&self.point_lease_path(id)?) {
             Ok(l) => l,
             // Being removed right now.
             Err(ChunkStoreError::Busy { .. }) => return Err(RepoError::PointNotFound(id)),
@@ -479,12 +479,7 @@ impl Repository {
     /// lock that keeps new leases out until the removal is done; [`Self::release_removed`]
     /// after the removal. (A lease taken meanwhile finds the point gone from the catalog.)
     fn claim_for_removal(&self, id: RestorePointId) -> Result<Option<RepoLock>, RepoError> {
-        let dir = self.root.join("locks");
-        fs::create_dir_all(&dir).map_err(|source| RepoError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        match RepoLock::try_exclusive(&self.point_lease_path(id)) {
+        match RepoLock::try_exclusive(&self.point_lease_path(id)?) {
             Ok(l) => Ok(Some(l)),
             Err(ChunkStoreError::Busy { .. }) => Ok(None),
             Err(e) => Err(RepoError::Lock(e)),
@@ -493,7 +488,9 @@ impl Repository {
 
     /// Drops the lease file of a removed point (then its claim).
     fn release_removed(&self, id: RestorePointId, claim: RepoLock) {
-        let _ = fs::remove_file(self.point_lease_path(id));
+        if let Ok(path) = self.point_lease_path(id) {
+            let _ = fs::remove_file(path);
+        }
         drop(claim);
     }
 
