@@ -485,13 +485,7 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
             .map(|n| format!(", namespace {n}"))
             .unwrap_or_default()
     );
-    println!(
-        "  created:    {}",
-        jiff::Timestamp::from_second(point.created_at).map_or_else(
-            |_| format!("{} (Unix time)", point.created_at),
-            |t| t.to_string()
-        )
-    );
+    println!("  created:    {}", super::utc(point.created_at));
     println!(
         "  type:       {} — {}",
         kind_text(Some(point.kind)),

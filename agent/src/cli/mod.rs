@@ -129,6 +129,12 @@ pub(crate) fn emit_line(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
+/// A catalog time (Unix seconds) for people: RFC 3339 in UTC.
+pub(crate) fn utc(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map_or_else(|_| format!("{secs} (Unix time)"), |t| t.to_string())
+}
+
 /// Parse a size such as `4M`, `4MiB`, `2G`, `65536`.
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

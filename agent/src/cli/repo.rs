@@ -274,8 +274,7 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     println!(
                         "garbage:        restore points removed since {}; their chunks take \
                          space until `repo gc` runs",
-                        jiff::Timestamp::from_second(since)
-                            .map_or_else(|_| since.to_string(), |t| t.to_string())
+                        super::utc(since)
                     );
                 }
             }
@@ -443,8 +442,7 @@ pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
             .pointer("/validation/status")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("-");
-        let created = jiff::Timestamp::from_second(p.created_at)
-            .map_or_else(|_| p.created_at.to_string(), |t| t.to_string());
+        let created = super::utc(p.created_at);
         println!(
             "{:<36}  {:<16}  {:<20}  {:<11}  {:>14}  {:>12}  {:>8}  {:>7}  {:<12}  {}",
             p.id, p.vm.name, created, kind, size, changed, seconds, skew, validation, p.reason
