@@ -579,13 +579,23 @@ async fn journal_attached(
         };
         (id, e.attached.clone())
     };
-    journal::update(
-        env,
-        id,
-        json!({"job": report.job, "point": point, "vm": vm.as_str(), "in_place": true, "attached": attached}),
-    )
-    .await?;
+    journal::update(env, id, users_vm_detail(report.job, point, vm, &attached)).await?;
     Ok(())
+}
+
+/// The journal detail of a restore into the user's VM (in place or disk-only), with the
+/// disk files a disk-only restore attached and has not finished writing.
+fn users_vm_detail(
+    job: JobId,
+    point: RestorePointId,
+    vm: &VmMoref,
+    attached: &[String],
+) -> serde_json::Value {
+    let mut detail = json!({"job": job, "point": point, "vm": vm.as_str(), "in_place": true});
+    if !attached.is_empty() {
+        detail["attached"] = json!(attached);
+    }
+    detail
 }
 
 /// Detaches and deletes the disks of a failed disk-only restore from the user's VM
@@ -727,7 +737,7 @@ async fn restore_steps(
                 env,
                 JournalKind::VmShell,
                 vm,
-                json!({"job": report.job, "point": request.point, "vm": vm.as_str(), "in_place": true}),
+                users_vm_detail(report.job, request.point, vm, &[]),
             )
             .await?;
             lock_effects(effects).target = Some((id, Target::Users(vm.clone())));
