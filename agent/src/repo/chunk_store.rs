@@ -1,6 +1,7 @@
 //! Content-addressed chunk store: `chunks/<ab>/<digest hex>`.
 //!
-//! A chunk file is written to a temp file (`.tmp-<random>` in its final directory), fsynced,
+//! A chunk file is written to a temp file (`.tmp-<random>` in its final directory), made
+//! durable (on its own, or a backup's chunks a batch at a time: [`ChunkStore::publish`]),
 //! then renamed to its digest name, and never modified afterwards. All-zero chunks are never
 //! stored (the index holds a zero marker).
 //!
@@ -103,6 +104,17 @@ pub enum ChunkStoreError {
         /// The file or directory being written.
         path: PathBuf,
         /// The I/O error (ENOSPC, EACCES, ...).
+        #[source]
+        source: io::Error,
+    },
+    /// Making a batch of new chunk files durable (`syncfs`) failed; none was renamed.
+    #[error("make {count} new chunk files under {path} durable")]
+    SyncBatch {
+        /// How many chunk files the batch held.
+        count: usize,
+        /// The chunk store's root.
+        path: PathBuf,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -261,14 +273,37 @@ impl ChunkStore {
     /// Store an encoded chunk: temp file, write, fsync, rename. Returns `false` if it existed.
     ///
     /// The caller fsyncs the directories returned by [`ChunkStore::dir_of`] before making the
-    /// chunk reachable (catalog commit); see [`sync_dirs`].
+    /// chunk reachable (catalog commit); see [`sync_dirs`]. Many chunks at once are cheaper
+    /// through [`ChunkStore::stage`] and [`ChunkStore::publish`].
     ///
     /// # Errors
     /// [`ChunkStoreError::Write`] naming the file and digest.
     pub fn insert(&self, digest: &ChunkDigest, encoded: &[u8]) -> Result<bool, ChunkStoreError> {
+        match self.stage(digest, encoded)? {
+            None => Ok(false),
+            Some(staged) => {
+                self.publish(&mut vec![staged])?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Write an encoded chunk to a temp file in its directory, not yet durable and not yet
+    /// visible under its digest name. Returns `None` if the chunk file already exists.
+    ///
+    /// The chunk becomes part of the store when [`ChunkStore::publish`] has made it durable
+    /// and renamed it; a [`Staged`] dropped before that removes its temp file.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Write`] naming the file and digest.
+    pub fn stage(
+        &self,
+        digest: &ChunkDigest,
+        encoded: &[u8],
+    ) -> Result<Option<Staged>, ChunkStoreError> {
         let path = self.chunk_path(digest);
         if path.exists() {
-            return Ok(false);
+            return Ok(None);
         }
         let dir = path.parent().expect("chunk path has a parent");
         let werr = |path: &Path, source| ChunkStoreError::Write {
@@ -300,15 +335,71 @@ impl ChunkStore {
             }
             Err(e) => return Err(werr(&tmp, e)),
         };
-        let result = self
-            .write_chunk(&file, encoded, direct, &tmp)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| werr(&tmp, e))
-            .and_then(|()| fs::rename(&tmp, &path).map_err(|e| werr(&path, e)));
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        // From here on the temp file is removed again if anything fails (`Staged::drop`).
+        let staged = Staged {
+            digest: *digest,
+            tmp: Some(tmp),
+            path,
+            file,
+        };
+        self.write_chunk(&staged.file, encoded, direct, staged.temp_path())
+            .map_err(|e| werr(staged.temp_path(), e))?;
+        Ok(Some(staged))
+    }
+
+    /// Make every chunk of `batch` durable, then rename each to its digest name; `batch` is
+    /// left empty.
+    ///
+    /// On a local file system that `syncfs(2)` makes durable as a whole (ext2/3/4, XFS,
+    /// Btrfs, tmpfs) a batch of several chunks costs one `syncfs` and one `fdatasync` of
+    /// its first file, which issues the device cache flush after every metadata write has
+    /// completed (ext4 without a journal flushes before its last buffer writes finish in
+    /// `syncfs`). Anywhere else (network and FUSE file systems, where `syncfs` promises
+    /// less) and for a single chunk each file gets its own `fdatasync`. Either way no chunk
+    /// is renamed into place before its data and inode are durable: a crash can leave temp
+    /// files (GC removes them), never a chunk name with missing data.
+    ///
+    /// Chunks renamed before an error stay in the store (complete and durable; GC reclaims
+    /// them if no point refers to them); temp files not yet renamed are removed.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Write`] naming the file and digest, or
+    /// [`ChunkStoreError::SyncBatch`] naming the file system's chunk directory.
+    pub fn publish(&self, batch: &mut Vec<Staged>) -> Result<(), ChunkStoreError> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let werr = |s: &Staged, source| ChunkStoreError::Write {
+            digest: s.digest,
+            path: s.temp_path().to_path_buf(),
+            source,
+        };
+        if batch.len() > 1 && syncfs_covers(&first.file) {
+            // The first file was opened first, so the error sequence `syncfs` reports
+            // against was sampled before any of the batch's writes.
+            rustix::fs::syncfs(&first.file).map_err(|e| ChunkStoreError::SyncBatch {
+                count: batch.len(),
+                path: self.root.clone(),
+                source: e.into(),
+            })?;
+            first.file.sync_data().map_err(|e| werr(first, e))?;
+        } else {
+            for s in batch.iter() {
+                s.file.sync_data().map_err(|e| werr(s, e))?;
+            }
         }
-        result.map(|()| true)
+        for mut s in batch.drain(..) {
+            let tmp = s.tmp.take().expect("a staged chunk is renamed once");
+            if let Err(e) = fs::rename(&tmp, &s.path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(ChunkStoreError::Write {
+                    digest: s.digest,
+                    path: s.path.clone(),
+                    source: e,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Write `encoded` into the new, empty `file`. With `direct`, the whole blocks go from
@@ -467,6 +558,54 @@ impl ChunkStore {
             source,
         }
     }
+}
+
+/// A chunk written to a temp file by [`ChunkStore::stage`], waiting for
+/// [`ChunkStore::publish`]. Dropping it unpublished removes the temp file.
+#[derive(Debug)]
+pub struct Staged {
+    digest: ChunkDigest,
+    /// The temp file; `None` once renamed.
+    tmp: Option<PathBuf>,
+    /// The chunk's final name.
+    path: PathBuf,
+    file: File,
+}
+
+impl Staged {
+    /// The chunk's digest.
+    #[must_use]
+    pub fn digest(&self) -> &ChunkDigest {
+        &self.digest
+    }
+
+    fn temp_path(&self) -> &Path {
+        self.tmp.as_deref().unwrap_or(&self.path)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Whether `syncfs(2)` on `file`'s file system makes every file on it durable: local
+/// file systems whose `sync_fs` writes back and flushes everything (see
+/// [`ChunkStore::publish`]). Unknown file systems get the per-file `fdatasync`.
+fn syncfs_covers(file: &File) -> bool {
+    const EXT234: u64 = 0xEF53;
+    const XFS: u64 = 0x5846_5342;
+    const BTRFS: u64 = 0x9123_683E;
+    const TMPFS: u64 = 0x0102_1994;
+    rustix::fs::fstatfs(file).is_ok_and(|st| {
+        // `f_type` is signed on some targets; the magic numbers are all below 2^32.
+        #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
+        let fs_type = st.f_type as u64 & 0xFFFF_FFFF;
+        matches!(fs_type, EXT234 | XFS | BTRFS | TMPFS)
+    })
 }
 
 /// fsync each directory of `dirs` (making renames durable).
@@ -635,6 +774,95 @@ mod tests {
             // Only the file system can turn direct I/O off (tmpfs refuses it).
             eprintln!("direct I/O asked {direct}, in use {}", store.direct_io());
         }
+    }
+
+    /// Every file under `root` whose name starts with the temp prefix.
+    fn temp_files(root: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX))
+                {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    /// `n` encoded chunks with distinct digests.
+    fn encoded_chunks(n: usize) -> Vec<(ChunkDigest, Vec<u8>)> {
+        let mut enc = ChunkEncoder::new().unwrap();
+        (0..n)
+            .map(|i| {
+                let data = format!("chunk number {i} ").repeat(50).into_bytes();
+                let d = ChunkDigest::of(&data);
+                (d, enc.encode(&data, &d).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn staged_chunks_appear_only_when_published_and_dropped_ones_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        fs::create_dir(store.root()).unwrap();
+        let chunks = encoded_chunks(5);
+        let mut batch: Vec<Staged> = chunks
+            .iter()
+            .map(|(d, e)| store.stage(d, e).unwrap().expect("not stored yet"))
+            .collect();
+        assert!(chunks.iter().all(|(d, _)| !store.contains(d)));
+        assert_eq!(temp_files(store.root()).len(), 5);
+        // One dropped before publishing: its temp file goes, the chunk never appears.
+        let dropped = batch.pop().unwrap();
+        let dropped_digest = *dropped.digest();
+        drop(dropped);
+        store.publish(&mut batch).unwrap();
+        assert!(batch.is_empty());
+        for (d, e) in &chunks[..4] {
+            assert_eq!(fs::read(store.chunk_path(d)).unwrap(), *e);
+        }
+        assert!(!store.contains(&dropped_digest));
+        assert_eq!(temp_files(store.root()), Vec::<PathBuf>::new());
+        // Stored chunks are not staged again; an empty batch publishes nothing.
+        assert!(store.stage(&chunks[0].0, &chunks[0].1).unwrap().is_none());
+        store.publish(&mut Vec::new()).unwrap();
+    }
+
+    #[test]
+    fn a_failed_publish_names_the_chunk_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        fs::create_dir(store.root()).unwrap();
+        let chunks = encoded_chunks(3);
+        let mut batch: Vec<Staged> = chunks
+            .iter()
+            .map(|(d, e)| store.stage(d, e).unwrap().unwrap())
+            .collect();
+        // The second chunk's name is taken by a non-empty directory: its rename fails.
+        let blocked = store.chunk_path(&chunks[1].0);
+        fs::create_dir_all(blocked.join("x")).unwrap();
+        let err = store.publish(&mut batch).unwrap_err();
+        assert!(
+            matches!(&err, ChunkStoreError::Write { digest, path, .. }
+                if *digest == chunks[1].0 && *path == blocked),
+            "{err:?}"
+        );
+        drop(batch);
+        // The chunk renamed before the failure is complete; nothing else is left over.
+        assert_eq!(
+            fs::read(store.chunk_path(&chunks[0].0)).unwrap(),
+            chunks[0].1
+        );
+        assert!(!store.contains(&chunks[2].0));
+        assert_eq!(temp_files(store.root()), Vec::<PathBuf>::new());
     }
 
     #[test]
