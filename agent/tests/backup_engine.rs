@@ -667,6 +667,24 @@ mod tests {
     }
 
     #[test]
+    fn task_polls_that_fail_for_a_while_do_not_fail_the_backup_or_leave_a_snapshot() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("poll-outage", &[8]);
+        fx.backup(&[&vm], &[], None).ok();
+        // vCenter answers 503 to the next reads of the snapshot task's info while the
+        // task runs on: the agent polls again instead of calling the snapshot failed.
+        fx.lab.fail_next_task_polls(&vm, 3).unwrap();
+        fx.backup(&[&vm], &[], None).ok();
+        assert_eq!(
+            fx.lab.vm(&vm).unwrap().failing_task_polls,
+            0,
+            "the task polls never failed"
+        );
+        fx.assert_clean(&[&vm]);
+        fx.verify_clean();
+    }
+
+    #[test]
     fn a_json_reader_that_goes_away_does_not_leave_a_snapshot() {
         let fx = Fixture::new();
         let vm = fx.new_vm("closed-pipe", &[8]);

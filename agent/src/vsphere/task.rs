@@ -19,6 +19,11 @@ use super::xml::{Element, XmlWriter};
 /// client implements it yet.)
 const FIRST_POLL: Duration = Duration::from_millis(10);
 const MAX_POLL: Duration = Duration::from_secs(1);
+/// How long polling goes on through consecutive retryable errors (a vCenter restarting, a
+/// load balancer dropping requests) before the wait gives up. The task itself runs on in
+/// vCenter meanwhile: giving up at the first failed poll would leave, e.g., a snapshot
+/// being created that the caller believes failed and cannot yet see to remove.
+const POLL_OUTAGE: Duration = Duration::from_secs(120);
 /// How long [`SoapClient::run_task`] waits by default.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -69,7 +74,8 @@ impl SoapClient {
     /// # Errors
     ///
     /// [`VsphereError::TaskFailed`] with the task's fault, [`VsphereError::TaskTimeout`]
-    /// after `timeout`, or the errors of reading the task.
+    /// after `timeout`, or the errors of reading the task: at once when not retryable,
+    /// after retryable ones kept failing for two minutes.
     pub async fn wait_for_task(
         &self,
         task: &TaskMoref,
@@ -81,8 +87,28 @@ impl SoapClient {
         let started = Instant::now();
         let mut delay = FIRST_POLL;
         let mut last_progress = None;
+        let mut failing_since: Option<Instant> = None;
         loop {
-            let info = self.task_info(task).await?;
+            let info = match self.task_info(task).await {
+                Ok(info) => {
+                    failing_since = None;
+                    info
+                }
+                Err(e)
+                    if e.is_retryable()
+                        && failing_since.is_none_or(|t| t.elapsed() < POLL_OUTAGE)
+                        && started.elapsed() < timeout =>
+                {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    tracing::warn!(task = %task, operation, object = %object, error = %e,
+                        failing_secs = since.elapsed().as_secs(),
+                        "reading the task failed; polling again (it runs on in vCenter)");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_POLL);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if info.progress.is_some() && info.progress != last_progress {
                 last_progress = info.progress;
                 on_progress(info.progress.unwrap_or_default());

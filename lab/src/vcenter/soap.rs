@@ -77,6 +77,13 @@ impl Vcenter {
             session: self.session(cookie),
         };
         let method = call.method.clone();
+        if method == "RetrievePropertiesEx" && self.task_poll_fails(call.req) {
+            return SoapReply {
+                status: 503,
+                set_cookie: None,
+                body: "vCenter is restarting (lab fault injection)".into(),
+            };
+        }
         match self.dispatch(&call, cookie) {
             Ok((returnval, set_cookie)) => SoapReply {
                 status: 200,
@@ -90,6 +97,29 @@ impl Vcenter {
                 fault_reply(f)
             }
         }
+    }
+
+    /// Whether this `RetrievePropertiesEx` reads a task of a VM told to fail its task polls
+    /// ([`crate::Lab::fail_next_task_polls`]); takes one failure if so.
+    fn task_poll_fails(&self, req: &Element) -> bool {
+        let Some(obj) = req
+            .child("specSet")
+            .and_then(|s| s.child("objectSet"))
+            .and_then(|o| o.child("obj"))
+            .and_then(Element::moref)
+        else {
+            return false;
+        };
+        if obj.0 != "Task" {
+            return false;
+        }
+        let Some(task) = self.tasks.get(&obj.1) else {
+            return false;
+        };
+        task.entity.0 == "VirtualMachine"
+            && self
+                .lab
+                .take_task_poll_failure(&VmMoref(task.entity.1.clone()))
     }
 
     fn dispatch(

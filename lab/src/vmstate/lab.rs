@@ -391,6 +391,7 @@ impl Lab {
             memory_mb: None,
             consolidation_needed: false,
             leave_next_removal_unconsolidated: false,
+            failing_task_polls: 0,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
@@ -567,6 +568,33 @@ impl Lab {
             state.leave_next_removal_unconsolidated = true;
             Ok(())
         })
+    }
+
+    /// Makes the next `count` reads of the `info` of a task on `vm` fail with HTTP 503, as
+    /// from a vCenter restarting while the task keeps running (test fault injection).
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn fail_next_task_polls(&self, vm: &VmMoref, count: u32) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.failing_task_polls = count;
+            Ok(())
+        })
+    }
+
+    /// Takes one of the failures [`Self::fail_next_task_polls`] arranged for `vm`; `false`
+    /// when none is left (or the VM is gone).
+    #[must_use]
+    pub fn take_task_poll_failure(&self, vm: &VmMoref) -> bool {
+        if !self.vm(vm).is_ok_and(|s| s.failing_task_polls > 0) {
+            return false;
+        }
+        self.update(vm, |state| {
+            let armed = state.failing_task_polls > 0;
+            state.failing_task_polls = state.failing_task_polls.saturating_sub(1);
+            Ok(armed)
+        })
+        .unwrap_or(false)
     }
 
     /// `ConsolidateVMDisks_Task`: clears `runtime.consolidationNeeded`.

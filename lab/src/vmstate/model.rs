@@ -145,4 +145,16 @@ pub struct VmState {
     /// disk still locked, e.g. by a hot-add proxy, when the snapshot was removed).
     #[serde(default)]
     pub leave_next_removal_unconsolidated: bool,
+    /// Reads of this VM's tasks' `info` still to answer with HTTP 503 (a test's fault
+    /// injection: a vCenter restarting or a proxy dropping requests while a task runs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failing_task_polls: u32,
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if"
+)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -180,6 +180,7 @@ impl Lab {
             memory_mb: get("memsize").and_then(|v| v.parse().ok()),
             consolidation_needed: false,
             leave_next_removal_unconsolidated: false,
+            failing_task_polls: 0,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
