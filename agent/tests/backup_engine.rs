@@ -7,6 +7,7 @@ mod tests {
     use std::io::Write as _;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output};
+    use std::time::{Duration, Instant};
 
     use base64::Engine as _;
     use lab::Lab;
@@ -663,6 +664,36 @@ mod tests {
             !state.consolidation_needed,
             "runtime.consolidationNeeded stays set"
         );
+        fx.assert_clean(&[&vm]);
+    }
+
+    #[test]
+    fn a_crash_while_the_snapshot_is_being_created_leaves_no_snapshot_after_reconcile() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("slow-snapshot", &[8]);
+        fx.backup(&[&vm], &[], None).ok();
+        // The agent dies while vCenter is still creating its snapshot, which only appears
+        // in the VM's snapshot tree after a while (a slow quiesce).
+        let delay = Duration::from_secs(3);
+        fx.lab.slow_next_snapshot(&vm, delay).unwrap();
+        let started = Instant::now();
+        let crashed = fx.backup(&[&vm], &[], Some("snapshot-task-running"));
+        assert_ne!(crashed.code, Some(0), "the agent did not crash");
+        assert!(
+            fx.lab.vm(&vm).unwrap().snapshots.is_empty(),
+            "the snapshot exists already: the test cannot tell a wait from none"
+        );
+        // Reconcile waits for the creation to end, then removes the snapshot it made.
+        let report = fx.reconcile(&[]);
+        assert_eq!(
+            report["snapshots_removed"].as_array().unwrap().len(),
+            1,
+            "{report}"
+        );
+        // (Without the wait the snapshot would appear only now, after reconcile.)
+        std::thread::sleep(delay.saturating_sub(started.elapsed()) + Duration::from_millis(500));
+        fx.assert_clean(&[&vm]);
+        fx.backup(&[&vm], &[], None).ok();
         fx.assert_clean(&[&vm]);
     }
 

@@ -698,7 +698,9 @@ async fn set_up(
         let soap = env.soap.clone();
         let vm = m.info.moref.clone();
         async move {
-            let r = soap.create_snapshot(&vm, &request, |_| {}).await;
+            let r = soap
+                .create_snapshot(&vm, &request, |_| crash_point("snapshot-task-running"))
+                .await;
             (r, t0.elapsed())
         }
     });

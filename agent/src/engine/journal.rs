@@ -112,9 +112,14 @@ impl SnapshotEffect {
     }
 }
 
+/// How long clean-up waits for a snapshot that is still being created before it gives up
+/// (and leaves the journal entry open for the next attempt).
+const SNAPSHOT_CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Removes our snapshot of `vm` (the journalled moref, or every snapshot whose description
-/// carries the job id when the moref was never learnt), consolidating, then closes the
-/// entry. A VM or snapshot that no longer exists counts as removed. When vCenter reports
+/// carries the job id when the moref was never learnt: after the VM's snapshot creations
+/// still running have ended, since a snapshot being created is not in its tree yet),
+/// consolidating, then closes the entry. A VM or snapshot that no longer exists counts as removed. When vCenter reports
 /// `runtime.consolidationNeeded` afterwards (a disk it could not merge, e.g. still locked),
 /// `ConsolidateVMDisks_Task` runs before the entry closes, so redo logs never stay behind
 /// a snapshot that is gone (VSPHERE.md §A.6). Returns the snapshots removed.
@@ -123,6 +128,22 @@ pub(crate) async fn remove_snapshot(
     vm: &VmMoref,
     effect: &SnapshotEffect,
 ) -> Result<Vec<SnapshotMoref>, BackupError> {
+    if effect.moref.is_none() {
+        match env
+            .soap
+            .wait_for_snapshot_creates(vm, SNAPSHOT_CREATE_WAIT)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_gone(&e) => {}
+            Err(e) => {
+                return Err(BackupError::Vsphere {
+                    what: format!("waiting for the snapshots still being created on {vm}"),
+                    source: e,
+                });
+            }
+        }
+    }
     let targets = match &effect.moref {
         Some(m) => vec![m.clone()],
         None => match env.soap.vm_info(vm).await {

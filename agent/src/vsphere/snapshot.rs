@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use super::soap::{SoapClient, VsphereError};
-use super::task::DEFAULT_TASK_TIMEOUT;
-use super::types::{SnapshotMoref, VmMoref};
+use super::soap::{FaultKind, SoapClient, VsphereError};
+use super::task::{DEFAULT_TASK_TIMEOUT, TaskState};
+use super::types::{SnapshotMoref, TaskMoref, VmMoref};
 use super::xml::XmlWriter;
 
 impl SoapClient {
@@ -68,6 +68,59 @@ impl SoapClient {
         self.wait_for_task(&task, METHOD, &this, DEFAULT_TASK_TIMEOUT, on_progress)
             .await?;
         Ok(())
+    }
+
+    /// Waits for every `CreateSnapshot_Task` still queued or running on `vm` (its
+    /// `recentTask`) to end, for up to `timeout` each, whatever its outcome. A caller that
+    /// lost track of its own snapshot task (a reply lost, a crash) calls this before it
+    /// looks for the snapshot to remove: a snapshot still being created is not in the VM's
+    /// snapshot tree yet. Returns how many tasks it waited for.
+    ///
+    /// # Errors
+    ///
+    /// Reading `recentTask` or a task (not `ManagedObjectNotFound`: a task vCenter has
+    /// already forgotten has ended), or [`VsphereError::TaskTimeout`].
+    pub async fn wait_for_snapshot_creates(
+        &self,
+        vm: &VmMoref,
+        timeout: Duration,
+    ) -> Result<usize, VsphereError> {
+        const METHOD: &str = "CreateSnapshot_Task";
+        let content = self.retrieve_object(&vm.moref(), &["recentTask"]).await?;
+        let tasks = match content.get("recentTask") {
+            Some(list) => list
+                .children
+                .iter()
+                .map(|t| t.moref().map(|m| TaskMoref(m.value)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| VsphereError::Xml {
+                    method: "RetrievePropertiesEx",
+                    source,
+                })?,
+            None => Vec::new(),
+        };
+        let mut waited = 0;
+        for task in tasks {
+            let info = match self.task_info(&task).await {
+                Ok(info) => info,
+                Err(e) if e.fault_kind() == Some(FaultKind::ManagedObjectNotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            let creating = info.description_id.ends_with(".createSnapshot")
+                && matches!(info.state, TaskState::Queued | TaskState::Running);
+            if !creating {
+                continue;
+            }
+            tracing::info!(vm = %vm, task = %task, "waiting for a snapshot still being created");
+            match self
+                .wait_for_task(&task, METHOD, &vm.moref(), timeout, |_| {})
+                .await
+            {
+                Ok(_) | Err(VsphereError::TaskFailed { .. }) => waited += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(waited)
     }
 
     /// `ConsolidateVMDisks_Task`, for when `runtime.consolidationNeeded` is set.

@@ -17,6 +17,8 @@ use crate::vmstate::{PowerState, SnapshotInfo, VmState};
 pub(crate) struct World {
     pub inv: Inventory,
     pub vms: Vec<VmState>,
+    /// Every task's key with the id of the VM it runs on (VM tasks only), oldest first.
+    pub vm_tasks: Vec<(String, String)>,
 }
 
 /// A moref as (type, value).
@@ -361,6 +363,15 @@ impl World {
         ];
         if !vm.snapshots.is_empty() {
             fields.push(("snapshot", snapshot_info(vm)));
+        }
+        let recent: Vec<Val> = self
+            .vm_tasks
+            .iter()
+            .filter(|(_, on)| *on == vm.moref.0)
+            .map(|(key, _)| Val::moref("Task", key))
+            .collect();
+        if !recent.is_empty() {
+            fields.push(("recentTask", Val::refs(recent)));
         }
         fields.push((
             "disabledMethod",

@@ -150,7 +150,14 @@ impl Vcenter {
     pub(crate) fn world(&self) -> Result<World, Fault> {
         let inv = self.inventory();
         let vms = self.lab.vms().map_err(|e| Fault::from_lab(&e))?;
-        Ok(World { inv, vms })
+        let vm_tasks = self
+            .tasks
+            .all()
+            .into_iter()
+            .filter(|t| t.entity.0 == "VirtualMachine")
+            .map(|t| (t.key, t.entity.1))
+            .collect();
+        Ok(World { inv, vms, vm_tasks })
     }
 
     /// Checks the lab credentials.

@@ -51,15 +51,26 @@ pub(crate) struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// `TaskInfo.descriptionId` as vCenter spells it: the entity type and the method in
+    /// lower camel case without `_Task`, e.g. `VirtualMachine.createSnapshot`.
+    pub(crate) fn description_id(&self) -> String {
+        let method = self.method.strip_suffix("_Task").unwrap_or(self.method);
+        let mut chars = method.chars();
+        let first = chars.next().map(|c| c.to_ascii_lowercase());
+        format!(
+            "{}.{}{}",
+            self.entity.0,
+            first.map(String::from).unwrap_or_default(),
+            chars.as_str()
+        )
+    }
+
     /// `TaskInfo`.
     pub(crate) fn info(&self) -> Val {
         let mut f: Vec<(&str, Val)> = vec![
             ("key", Val::str(&self.key)),
             ("task", Val::moref("Task", &self.key)),
-            (
-                "descriptionId",
-                Val::str(format!("{}.{}", self.entity.0, self.method)),
-            ),
+            ("descriptionId", Val::str(self.description_id())),
             ("entity", Val::moref(&self.entity.0, &self.entity.1)),
             ("entityName", Val::str(&self.entity_name)),
             (

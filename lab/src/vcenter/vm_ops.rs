@@ -206,6 +206,7 @@ impl Vcenter {
                 }
                 Box::new(move |p| {
                     p.set(30);
+                    std::thread::sleep(lab.take_snapshot_delay(&vm_id));
                     let s = lab
                         .create_snapshot(&vm_id, &name, &description)
                         .map_err(lab_fault)?;

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::model::{
     DisabledMethod, LabSettings, PowerState, SnapshotDisk, SnapshotInfo, VmDisk, VmState,
@@ -392,6 +392,7 @@ impl Lab {
             consolidation_needed: false,
             leave_next_removal_unconsolidated: false,
             failing_task_polls: 0,
+            next_snapshot_delay_ms: 0,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
@@ -595,6 +596,30 @@ impl Lab {
             Ok(armed)
         })
         .unwrap_or(false)
+    }
+
+    /// Makes the next `CreateSnapshot_Task` on `vm` run for `delay` (while `running`)
+    /// before it creates the snapshot, as a slow quiesce does (test fault injection).
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn slow_next_snapshot(&self, vm: &VmMoref, delay: Duration) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.next_snapshot_delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            Ok(())
+        })
+    }
+
+    /// Takes the delay [`Self::slow_next_snapshot`] arranged for `vm` (zero if none).
+    #[must_use]
+    pub fn take_snapshot_delay(&self, vm: &VmMoref) -> Duration {
+        if !self.vm(vm).is_ok_and(|s| s.next_snapshot_delay_ms > 0) {
+            return Duration::ZERO;
+        }
+        self.update(vm, |state| {
+            Ok(std::mem::take(&mut state.next_snapshot_delay_ms))
+        })
+        .map_or(Duration::ZERO, Duration::from_millis)
     }
 
     /// `ConsolidateVMDisks_Task`: clears `runtime.consolidationNeeded`.

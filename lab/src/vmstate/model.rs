@@ -149,6 +149,18 @@ pub struct VmState {
     /// injection: a vCenter restarting or a proxy dropping requests while a task runs).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failing_task_polls: u32,
+    /// How long the next `CreateSnapshot_Task` on this VM runs before it creates the
+    /// snapshot, in milliseconds (a test's fault injection: a slow quiesce).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub next_snapshot_delay_ms: u64,
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if"
+)]
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 #[allow(

@@ -181,6 +181,7 @@ impl Lab {
             consolidation_needed: false,
             leave_next_removal_unconsolidated: false,
             failing_task_polls: 0,
+            next_snapshot_delay_ms: 0,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
