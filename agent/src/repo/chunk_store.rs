@@ -327,7 +327,14 @@ impl ChunkStore {
             Ok(f) => (f, direct),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 durable::create_dir_all(dir).map_err(|(at, e)| werr(&at, e))?;
-                (open(direct).map_err(|e| werr(&tmp, e))?, direct)
+                match open(direct) {
+                    Ok(f) => (f, direct),
+                    Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.no_direct_io(&tmp, &e);
+                        (open(false).map_err(|e| werr(&tmp, e))?, false)
+                    }
+                    Err(e) => return Err(werr(&tmp, e)),
+                }
             }
             Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 self.no_direct_io(&tmp, &e);
@@ -340,9 +347,10 @@ impl ChunkStore {
             digest: *digest,
             tmp: Some(tmp),
             path,
-            file,
+            file: Some(file),
         };
-        self.write_chunk(&staged.file, encoded, direct, staged.temp_path())
+        let file = staged.file.as_ref().expect("opened above");
+        self.write_chunk(file, encoded, direct, staged.temp_path())
             .map_err(|e| werr(staged.temp_path(), e))?;
         Ok(Some(staged))
     }
@@ -374,18 +382,25 @@ impl ChunkStore {
             path: s.temp_path().to_path_buf(),
             source,
         };
-        if batch.len() > 1 && syncfs_covers(&first.file) {
-            // The first file was opened first, so the error sequence `syncfs` reports
-            // against was sampled before any of the batch's writes.
-            rustix::fs::syncfs(&first.file).map_err(|e| ChunkStoreError::SyncBatch {
-                count: batch.len(),
-                path: self.root.clone(),
-                source: e.into(),
-            })?;
-            first.file.sync_data().map_err(|e| werr(first, e))?;
-        } else {
-            for s in batch.iter() {
-                s.file.sync_data().map_err(|e| werr(s, e))?;
+        match first
+            .file
+            .as_ref()
+            .filter(|f| batch.len() > 1 && syncfs_covers(f))
+        {
+            Some(file) => {
+                // The first file was opened first, so the error sequence `syncfs` reports
+                // against was sampled before any of the batch's writes.
+                rustix::fs::syncfs(file).map_err(|e| ChunkStoreError::SyncBatch {
+                    count: batch.len(),
+                    path: self.root.clone(),
+                    source: e.into(),
+                })?;
+                file.sync_data().map_err(|e| werr(first, e))?;
+            }
+            None => {
+                for s in batch.iter() {
+                    s.sync_data().map_err(|e| werr(s, e))?;
+                }
             }
         }
         for mut s in batch.drain(..) {
@@ -569,7 +584,8 @@ pub struct Staged {
     tmp: Option<PathBuf>,
     /// The chunk's final name.
     path: PathBuf,
-    file: File,
+    /// The open temp file; `None` once closed by [`Staged::close_file`].
+    file: Option<File>,
 }
 
 impl Staged {
@@ -581,6 +597,34 @@ impl Staged {
 
     fn temp_path(&self) -> &Path {
         self.tmp.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Whether a batch that starts with this chunk is made durable by one `syncfs`
+    /// ([`ChunkStore::publish`]), so that the later chunks' files can be closed at once.
+    #[must_use]
+    pub fn batch_syncs_file_system(&self) -> bool {
+        self.file.as_ref().is_some_and(syncfs_covers)
+    }
+
+    /// Closes the temp file's descriptor (the file stays, to be published). For the chunks
+    /// after the first of a batch that [`Staged::batch_syncs_file_system`]: a batch of many
+    /// small chunks then holds one descriptor, not one per chunk.
+    pub fn close_file(&mut self) {
+        self.file = None;
+    }
+
+    /// Whether the temp file's descriptor is still open.
+    #[must_use]
+    pub fn has_open_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// `fdatasync` of the temp file, reopened if its descriptor was closed.
+    fn sync_data(&self) -> io::Result<()> {
+        match &self.file {
+            Some(f) => f.sync_data(),
+            None => File::open(self.temp_path())?.sync_data(),
+        }
     }
 }
 
@@ -595,17 +639,37 @@ impl Drop for Staged {
 /// Whether `syncfs(2)` on `file`'s file system makes every file on it durable: local
 /// file systems whose `sync_fs` writes back and flushes everything (see
 /// [`ChunkStore::publish`]). Unknown file systems get the per-file `fdatasync`.
+///
+/// Also only on Linux 5.8 or later: before it, `syncfs` did not report write-back errors
+/// (the file system's error sequence it now checks against the descriptor's), so a chunk
+/// whose data failed to reach the disk could be renamed into place.
 fn syncfs_covers(file: &File) -> bool {
     const EXT234: u64 = 0xEF53;
     const XFS: u64 = 0x5846_5342;
     const BTRFS: u64 = 0x9123_683E;
     const TMPFS: u64 = 0x0102_1994;
-    rustix::fs::fstatfs(file).is_ok_and(|st| {
-        // `f_type` is signed on some targets; the magic numbers are all below 2^32.
-        #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
-        let fs_type = st.f_type as u64 & 0xFFFF_FFFF;
-        matches!(fs_type, EXT234 | XFS | BTRFS | TMPFS)
-    })
+    static REPORTS_ERRORS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let reports_errors = *REPORTS_ERRORS.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .and_then(|r| kernel_version(&r))
+            .is_some_and(|v| v >= (5, 8))
+    });
+    reports_errors
+        && rustix::fs::fstatfs(file).is_ok_and(|st| {
+            // `f_type` is signed on some targets; the magic numbers are all below 2^32.
+            #[allow(clippy::cast_sign_loss, clippy::unnecessary_cast)]
+            let fs_type = st.f_type as u64 & 0xFFFF_FFFF;
+            matches!(fs_type, EXT234 | XFS | BTRFS | TMPFS)
+        })
+}
+
+/// (major, minor) of a kernel release string such as `6.1.0-18-amd64`.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// fsync each directory of `dirs` (making renames durable).
@@ -863,6 +927,17 @@ mod tests {
         );
         assert!(!store.contains(&chunks[2].0));
         assert_eq!(temp_files(store.root()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(kernel_version("6.18.44-fc-v1045"), Some((6, 18)));
+        assert_eq!(kernel_version("5.8.0\n"), Some((5, 8)));
+        assert_eq!(kernel_version("4.18.0-513.el8.x86_64"), Some((4, 18)));
+        assert_eq!(kernel_version("6-rc1"), None);
+        assert_eq!(kernel_version(""), None);
+        assert!(kernel_version("4.18.0").unwrap() < (5, 8));
+        assert!(kernel_version("5.10.0").unwrap() >= (5, 8));
     }
 
     #[test]

@@ -513,10 +513,9 @@ fn write_worker(
         };
         match staged {
             Ok(Some(staged)) => {
-                batch.staged.push(staged);
-                batch.results.push(result(Outcome::New(job.len as u64)));
-                batch.bytes += job.len;
-                if batch.bytes >= sync_batch_bytes {
+                if batch.add(staged, result(Outcome::New(job.len as u64)), job.len)
+                    >= sync_batch_bytes
+                {
                     batch.publish(sh, res_tx);
                 }
             }
@@ -539,15 +538,55 @@ fn write_worker(
     // After an abort, dropping `batch` removes the temp files it still holds.
 }
 
+/// Most chunks in one batch made durable by `syncfs`, whose later files are closed once
+/// written (`Staged::close_file`): a bound on the batch's paths and results, not on
+/// descriptors.
+const SYNCFS_BATCH_FILES: usize = 256;
+/// Most chunks in one batch made durable file by file, each file open until then: at most
+/// this many descriptors per writer, however small the chunks compress.
+const FDATASYNC_BATCH_FILES: usize = 16;
+
 /// A writer's chunks waiting to be made durable together.
 #[derive(Default)]
 struct Batch {
     staged: Vec<chunk_store::Staged>,
     results: Vec<SlotResult>,
     bytes: usize,
+    /// The batch's first chunk makes it durable with `syncfs`.
+    syncfs: bool,
 }
 
 impl Batch {
+    /// Adds a staged chunk and its result. Returns how many bytes the batch holds, or
+    /// `usize::MAX` when it holds as many files as it may: either way, publish when the
+    /// return reaches the byte threshold.
+    fn add(&mut self, mut staged: chunk_store::Staged, result: SlotResult, len: usize) -> usize {
+        if self.staged.is_empty() {
+            self.syncfs = staged.batch_syncs_file_system();
+        } else if self.syncfs {
+            staged.close_file();
+        }
+        self.staged.push(staged);
+        self.results.push(result);
+        self.bytes += len;
+        let most = if self.syncfs {
+            SYNCFS_BATCH_FILES
+        } else {
+            FDATASYNC_BATCH_FILES
+        };
+        if self.staged.len() >= most {
+            usize::MAX
+        } else {
+            self.bytes
+        }
+    }
+
+    /// Descriptors the batch holds open.
+    #[cfg(test)]
+    fn open_files(&self) -> usize {
+        self.staged.iter().filter(|s| s.has_open_file()).count()
+    }
+
     /// Make the batch's chunks durable and visible, then report them; empties the batch.
     fn publish(&mut self, sh: &Shared<'_>, res_tx: &Sender<SlotResult>) {
         self.bytes = 0;
@@ -738,8 +777,9 @@ mod tests {
             outputs: BufferPool::new(1, 64),
         };
         let (write_tx, write_rx) = bounded(7);
-        // A rendezvous channel: the writer waits in `send` until the check below has run,
-        // so a result sent before its chunk was published would be caught here.
+        // A rendezvous channel: the writer waits in `send` until each result is taken, so
+        // it cannot stage (and, a batch later, publish) the next chunks meanwhile: a result
+        // sent before its chunk was published is caught by the check below.
         let (res_tx, res_rx) = bounded(0);
         for job in jobs {
             write_tx.send(job).unwrap();
@@ -764,6 +804,46 @@ mod tests {
         });
         let dirs = sh.dirs.into_inner().unwrap();
         assert!(digests.iter().all(|d| dirs.contains(&store.dir_of(d))));
+        assert!(sh.first_error.into_inner().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_batch_of_many_small_chunks_holds_few_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        std::fs::create_dir(store.root()).unwrap();
+        let sh = shared(&store);
+        let (res_tx, res_rx) = bounded(300);
+        let mut batch = Batch::default();
+        let (mut most_open, mut full_batches) = (0, 0);
+        // Chunks that compress to almost nothing: bytes alone would never end a batch.
+        for slot in 0..300 {
+            let data = format!("a small chunk, number {slot}").into_bytes();
+            let digest = ChunkDigest::of(&data);
+            let staged = store.stage(&digest, &data).unwrap().unwrap();
+            let result = SlotResult {
+                slot,
+                digest,
+                outcome: Outcome::New(data.len() as u64),
+                plain_len: data.len() as u64,
+            };
+            let held = batch.add(staged, result, data.len());
+            most_open = most_open.max(batch.open_files());
+            if held == usize::MAX {
+                full_batches += 1;
+                batch.publish(&sh, &res_tx);
+            }
+        }
+        batch.publish(&sh, &res_tx);
+        drop(res_tx);
+        assert!(
+            most_open <= FDATASYNC_BATCH_FILES,
+            "{most_open} temp files open at once"
+        );
+        assert!(full_batches >= 1, "no batch was ended by its file count");
+        let published: Vec<SlotResult> = res_rx.iter().collect();
+        assert_eq!(published.len(), 300);
+        assert!(published.iter().all(|r| store.contains(&r.digest)));
         assert!(sh.first_error.into_inner().unwrap().is_none());
     }
 
