@@ -112,7 +112,7 @@ impl SnapshotEffect {
     }
 }
 
-/// How long clean-up waits for a snapshot that is still being created before it gives up
+/// How long clean-up waits, in all, for snapshots still being created before it gives up
 /// (and leaves the journal entry open for the next attempt).
 const SNAPSHOT_CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
