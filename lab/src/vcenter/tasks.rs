@@ -51,8 +51,10 @@ pub(crate) struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// `TaskInfo.descriptionId` as vCenter spells it: the entity type and the method in
-    /// lower camel case without `_Task`, e.g. `VirtualMachine.createSnapshot`.
+    /// `TaskInfo.descriptionId`: the entity type and the method in lower camel case
+    /// without `_Task`. That is vCenter's and vcsim's spelling for most methods, e.g.
+    /// `VirtualMachine.createSnapshot` (the one the agent reads), not for all
+    /// (`PowerOnVM_Task` is `VirtualMachine.powerOn` there, `powerOnVM` here).
     pub(crate) fn description_id(&self) -> String {
         let method = self.method.strip_suffix("_Task").unwrap_or(self.method);
         let mut chars = method.chars();
