@@ -497,7 +497,7 @@ fn write_worker(
 ) {
     // Chunks in temp files, made durable and renamed together (`ChunkStore::publish`),
     // with the results to send once they are.
-    let mut batch = Batch::default();
+    let mut batch = Batch::new(sync_batch_bytes);
     for job in write_rx {
         if sh.aborted() {
             pools.give_back(job.buf, job.is_frame);
@@ -513,9 +513,7 @@ fn write_worker(
         };
         match staged {
             Ok(Some(staged)) => {
-                if batch.add(staged, result(Outcome::New(job.len as u64)), job.len)
-                    >= sync_batch_bytes
-                {
+                if batch.add(staged, result(Outcome::New(job.len as u64)), job.len) {
                     batch.publish(sh, res_tx);
                 }
             }
@@ -547,20 +545,30 @@ const SYNCFS_BATCH_FILES: usize = 256;
 const FDATASYNC_BATCH_FILES: usize = 16;
 
 /// A writer's chunks waiting to be made durable together.
-#[derive(Default)]
 struct Batch {
     staged: Vec<chunk_store::Staged>,
     results: Vec<SlotResult>,
     bytes: usize,
+    /// Publish once the batch holds this many bytes (`PipelineOptions::sync_batch_bytes`).
+    full_bytes: usize,
     /// The batch's first chunk makes it durable with `syncfs`.
     syncfs: bool,
 }
 
 impl Batch {
-    /// Adds a staged chunk and its result. Returns how many bytes the batch holds, or
-    /// `usize::MAX` when it holds as many files as it may: either way, publish when the
-    /// return reaches the byte threshold.
-    fn add(&mut self, mut staged: chunk_store::Staged, result: SlotResult, len: usize) -> usize {
+    fn new(full_bytes: usize) -> Self {
+        Self {
+            staged: Vec::new(),
+            results: Vec::new(),
+            bytes: 0,
+            full_bytes,
+            syncfs: false,
+        }
+    }
+
+    /// Adds a staged chunk and its result. Returns whether the batch is full (bytes or
+    /// files) and is to be published now.
+    fn add(&mut self, mut staged: chunk_store::Staged, result: SlotResult, len: usize) -> bool {
         if self.staged.is_empty() {
             self.syncfs = staged.batch_syncs_file_system();
         } else if self.syncfs {
@@ -574,11 +582,7 @@ impl Batch {
         } else {
             FDATASYNC_BATCH_FILES
         };
-        if self.staged.len() >= most {
-            usize::MAX
-        } else {
-            self.bytes
-        }
+        self.staged.len() >= most || self.bytes >= self.full_bytes
     }
 
     /// Descriptors the batch holds open.
@@ -814,7 +818,7 @@ mod tests {
         std::fs::create_dir(store.root()).unwrap();
         let sh = shared(&store);
         let (res_tx, res_rx) = bounded(300);
-        let mut batch = Batch::default();
+        let mut batch = Batch::new(usize::MAX);
         let (mut most_open, mut full_batches) = (0, 0);
         // Chunks that compress to almost nothing: bytes alone would never end a batch.
         for slot in 0..300 {
@@ -827,9 +831,9 @@ mod tests {
                 outcome: Outcome::New(data.len() as u64),
                 plain_len: data.len() as u64,
             };
-            let held = batch.add(staged, result, data.len());
+            let full = batch.add(staged, result, data.len());
             most_open = most_open.max(batch.open_files());
-            if held == usize::MAX {
+            if full {
                 full_batches += 1;
                 batch.publish(&sh, &res_tx);
             }
