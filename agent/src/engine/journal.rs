@@ -119,10 +119,11 @@ const SNAPSHOT_CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// Removes our snapshot of `vm` (the journalled moref, or every snapshot whose description
 /// carries the job id when the moref was never learnt: after the VM's snapshot creations
 /// still running have ended, since a snapshot being created is not in its tree yet),
-/// consolidating, then closes the entry. A VM or snapshot that no longer exists counts as removed. When vCenter reports
-/// `runtime.consolidationNeeded` afterwards (a disk it could not merge, e.g. still locked),
-/// `ConsolidateVMDisks_Task` runs before the entry closes, so redo logs never stay behind
-/// a snapshot that is gone (VSPHERE.md §A.6). Returns the snapshots removed.
+/// consolidating, then closes the entry. A VM or snapshot that no longer exists counts as
+/// removed. When vCenter reports `runtime.consolidationNeeded` afterwards (a disk it could
+/// not merge, e.g. still locked), `ConsolidateVMDisks_Task` runs before the entry closes,
+/// so redo logs never stay behind a snapshot that is gone (VSPHERE.md §A.6). Returns the
+/// snapshots removed.
 pub(crate) async fn remove_snapshot(
     env: &Environment,
     vm: &VmMoref,

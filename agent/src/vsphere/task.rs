@@ -89,10 +89,36 @@ impl SoapClient {
         let mut last_progress = None;
         let mut failing_since: Option<Instant> = None;
         loop {
-            let info = match self.task_info(task).await {
+            match self.task_info(task).await {
                 Ok(info) => {
                     failing_since = None;
-                    info
+                    if info.progress.is_some() && info.progress != last_progress {
+                        last_progress = info.progress;
+                        on_progress(info.progress.unwrap_or_default());
+                    }
+                    match info.state {
+                        TaskState::Success => {
+                            if last_progress != Some(100) {
+                                on_progress(100);
+                            }
+                            return Ok(info.result);
+                        }
+                        TaskState::Error => {
+                            let fault = info.error.unwrap_or_else(|| SoapFault {
+                                kind: super::soap::FaultKind::Other,
+                                name: "Unknown".into(),
+                                message: "task failed without an error".into(),
+                                object: None,
+                            });
+                            return Err(VsphereError::TaskFailed {
+                                task: task.clone(),
+                                operation,
+                                object: object.clone(),
+                                fault: Box::new(fault),
+                            });
+                        }
+                        TaskState::Queued | TaskState::Running => {}
+                    }
                 }
                 Err(e)
                     if e.is_retryable()
@@ -103,38 +129,8 @@ impl SoapClient {
                     tracing::warn!(task = %task, operation, object = %object, error = %e,
                         failing_secs = since.elapsed().as_secs(),
                         "reading the task failed; polling again (it runs on in vCenter)");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_POLL);
-                    continue;
                 }
                 Err(e) => return Err(e),
-            };
-            if info.progress.is_some() && info.progress != last_progress {
-                last_progress = info.progress;
-                on_progress(info.progress.unwrap_or_default());
-            }
-            match info.state {
-                TaskState::Success => {
-                    if last_progress != Some(100) {
-                        on_progress(100);
-                    }
-                    return Ok(info.result);
-                }
-                TaskState::Error => {
-                    let fault = info.error.unwrap_or_else(|| SoapFault {
-                        kind: super::soap::FaultKind::Other,
-                        name: "Unknown".into(),
-                        message: "task failed without an error".into(),
-                        object: None,
-                    });
-                    return Err(VsphereError::TaskFailed {
-                        task: task.clone(),
-                        operation,
-                        object: object.clone(),
-                        fault: Box::new(fault),
-                    });
-                }
-                TaskState::Queued | TaskState::Running => {}
             }
             if started.elapsed() >= timeout {
                 return Err(VsphereError::TaskTimeout {
