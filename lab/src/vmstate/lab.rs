@@ -587,14 +587,15 @@ impl Lab {
     /// when none is left (or the VM is gone).
     #[must_use]
     pub fn take_task_poll_failure(&self, vm: &VmMoref) -> bool {
-        if !self.vm(vm).is_ok_and(|s| s.failing_task_polls > 0) {
-            return false;
-        }
-        self.update(vm, |state| {
-            let armed = state.failing_task_polls > 0;
-            state.failing_task_polls = state.failing_task_polls.saturating_sub(1);
-            Ok(armed)
-        })
+        self.take_knob(
+            vm,
+            |s| s.failing_task_polls > 0,
+            |s| {
+                let armed = s.failing_task_polls > 0;
+                s.failing_task_polls = s.failing_task_polls.saturating_sub(1);
+                armed
+            },
+        )
         .unwrap_or(false)
     }
 
@@ -613,13 +614,27 @@ impl Lab {
     /// Takes the delay [`Self::slow_next_snapshot`] arranged for `vm` (zero if none).
     #[must_use]
     pub fn take_snapshot_delay(&self, vm: &VmMoref) -> Duration {
-        if !self.vm(vm).is_ok_and(|s| s.next_snapshot_delay_ms > 0) {
-            return Duration::ZERO;
-        }
-        self.update(vm, |state| {
-            Ok(std::mem::take(&mut state.next_snapshot_delay_ms))
-        })
+        self.take_knob(
+            vm,
+            |s| s.next_snapshot_delay_ms > 0,
+            |s| std::mem::take(&mut s.next_snapshot_delay_ms),
+        )
         .map_or(Duration::ZERO, Duration::from_millis)
+    }
+
+    /// Runs `take` on `vm`'s state (locked, written back) when `armed` says a test knob is
+    /// set; `None` when it is not or the VM is gone. The unarmed path only reads, so the
+    /// hot paths that consult a knob (every task poll, every snapshot) write nothing.
+    fn take_knob<T>(
+        &self,
+        vm: &VmMoref,
+        armed: impl Fn(&VmState) -> bool,
+        take: impl FnOnce(&mut VmState) -> T,
+    ) -> Option<T> {
+        if !self.vm(vm).is_ok_and(|s| armed(&s)) {
+            return None;
+        }
+        self.update(vm, |state| Ok(take(state))).ok()
     }
 
     /// `ConsolidateVMDisks_Task`: clears `runtime.consolidationNeeded`.

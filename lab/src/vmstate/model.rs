@@ -151,22 +151,11 @@ pub struct VmState {
     pub failing_task_polls: u32,
     /// How long the next `CreateSnapshot_Task` on this VM runs before it creates the
     /// snapshot, in milliseconds (a test's fault injection: a slow quiesce).
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub next_snapshot_delay_ms: u64,
 }
 
-#[allow(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if"
-)]
-fn is_zero_u64(n: &u64) -> bool {
-    *n == 0
-}
-
-#[allow(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if"
-)]
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+/// For serde's `skip_serializing_if`: the test knobs stay out of a VM's JSON while unset.
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
