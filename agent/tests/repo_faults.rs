@@ -924,42 +924,92 @@ mod tests {
     #[test]
     fn full_disk_fails_cleanly() {
         let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-            .arg(&mnt)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
+        let Some(mnt) = Mount::new("tmpfs", "size=3m", &dir.path().join("mnt")) else {
             eprintln!("cannot mount a tmpfs (not root): ENOSPC covered by the restore unit test");
             return;
-        }
+        };
         let img = dir.path().join("random.img");
         let mut rng = synthetic_image::SplitMix64::new(5);
         let mut data = vec![0u8; 8 << 20];
         rng.fill(&mut data);
         std::fs::write(&img, &data).unwrap();
-        let root = mnt.join("repo");
-        let result = {
-            let repo = Repository::init(&root, 64 << 10).unwrap();
-            let req = ImageBackup {
-                name: "big".into(),
-                file: img.clone(),
-                changed: None,
-                parent: None,
-            };
-            let err = repo.backup_image(&req, &mut |_, _| {}).unwrap_err();
-            (chain(&err), repo.list().unwrap().len())
+        let root = mnt.0.join("repo");
+        let repo = Repository::init(&root, 64 << 10).unwrap();
+        let req = ImageBackup {
+            name: "big".into(),
+            file: img.clone(),
+            changed: None,
+            parent: None,
         };
-        let _ = std::process::Command::new("umount").arg(&mnt).status();
-        let (msg, points) = result;
+        let msg = chain(&repo.backup_image(&req, &mut |_, _| {}).unwrap_err());
         assert!(
             msg.contains("No space left") && msg.contains("chunk") && msg.contains("big"),
             "{msg}"
         );
-        assert_eq!(points, 0, "a failed backup must leave no restore point");
+        assert_eq!(
+            repo.list().unwrap().len(),
+            0,
+            "a failed backup must leave no restore point"
+        );
+    }
+
+    /// Unmounts on drop, so a failing assertion leaves no mount behind.
+    struct Mount(PathBuf);
+
+    impl Mount {
+        /// Mount a file system of `fstype` at `at`; `None` where that is not allowed.
+        fn new(fstype: &str, options: &str, at: &Path) -> Option<Self> {
+            std::fs::create_dir_all(at).unwrap();
+            std::process::Command::new("mount")
+                .args(["-t", fstype, "-o", options, fstype])
+                .arg(at)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+                .then(|| Self(at.to_path_buf()))
+        }
+    }
+
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    /// ramfs refuses `O_DIRECT` after creating the file (so do tmpfs before Linux 6.6 and
+    /// ecryptfs): chunk files then go through the page cache, and nothing is left behind.
+    #[test]
+    fn a_file_system_without_direct_io_gets_buffered_chunk_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mnt) = Mount::new("ramfs", "mode=0755", &dir.path().join("mnt")) else {
+            eprintln!("cannot mount a ramfs (not root): skipped");
+            return;
+        };
+        let img = dir.path().join("disk.img");
+        synthetic_image::generate(&img, 4 << 20, 12).unwrap();
+        let root = mnt.0.join("repo");
+        let repo = Repository::init(&root, 64 << 10).unwrap();
+        assert!(repo.store().direct_io());
+        let req = ImageBackup {
+            name: "vm".into(),
+            file: img.clone(),
+            changed: None,
+            parent: None,
+        };
+        let point = repo.backup_image(&req, &mut |_, _| {}).unwrap().point;
+        assert!(!repo.store().direct_io(), "ramfs accepted O_DIRECT?");
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+        let temps: Vec<_> = std::fs::read_dir(repo.store().root())
+            .unwrap()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+            .filter(|f| f.file_name().to_string_lossy().starts_with(".tmp-"))
+            .map(|f| f.path())
+            .collect();
+        assert!(temps.is_empty(), "{temps:?}");
+        let out = dir.path().join("restored.img");
+        repo.restore_image(point, &out, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
     }
 
     #[test]

@@ -25,8 +25,9 @@
 //! reads it back soon, so filling the page cache with it only evicts what the proxy needs;
 //! on a VM whose free memory the host reclaims it is also the most expensive part of a
 //! write (measured in `docs/benchmarks.md`). When the file system refuses `O_DIRECT`
-//! (tmpfs, some network file systems) the store says so once in the log and writes through
-//! the page cache from then on; unaligned buffers are always written that way.
+//! (ramfs, ecryptfs, tmpfs before Linux 6.6, some network file systems) the store says so
+//! once in the log and writes through the page cache from then on; unaligned buffers are
+//! always written that way.
 //!
 //! # Locking (the repository lock, `repo.lock`, an advisory `flock`)
 //!
@@ -323,21 +324,22 @@ impl ChunkStore {
             }
             o.open(&tmp)
         };
-        let (file, direct) = match open(direct) {
+        let mut opened = open(direct);
+        if matches!(&opened, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            durable::create_dir_all(dir).map_err(|(at, e)| werr(&at, e))?;
+            opened = open(direct);
+        }
+        let (file, direct) = match opened {
             Ok(f) => (f, direct),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                durable::create_dir_all(dir).map_err(|(at, e)| werr(&at, e))?;
-                match open(direct) {
-                    Ok(f) => (f, direct),
-                    Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                        self.no_direct_io(&tmp, &e);
-                        (open(false).map_err(|e| werr(&tmp, e))?, false)
-                    }
-                    Err(e) => return Err(werr(&tmp, e)),
-                }
-            }
             Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 self.no_direct_io(&tmp, &e);
+                // Linux creates the file before it refuses `O_DIRECT` (tmpfs before 6.6,
+                // ramfs, ecryptfs): remove it, or the buffered `create_new` finds it.
+                match fs::remove_file(&tmp) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(werr(&tmp, e)),
+                }
                 (open(false).map_err(|e| werr(&tmp, e))?, false)
             }
             Err(e) => return Err(werr(&tmp, e)),
