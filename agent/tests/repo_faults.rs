@@ -7,7 +7,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use vadp_agent::ids::{ChunkDigest, RestorePointId};
-    use vadp_agent::repo::chunk_store::Layout;
+    use vadp_agent::repo::chunk_store::{Layout, RepoLock};
     use vadp_agent::repo::{
         ChunkState, IMAGE_DISK_KEY, ImageBackup, Repository, VerifyOptions, VerifyProblem,
         VerifySubset, synthetic_image,
@@ -609,6 +609,71 @@ mod tests {
         assert!(msg.contains("--force"), "{msg}");
         let again = Repository::rebuild_catalog(&f.root, true).unwrap();
         assert_eq!(again.points.len(), 3);
+    }
+
+    fn agent(args: &[&str], root: &Path, crash_at: Option<&str>) -> std::process::Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vadp-agent"));
+        cmd.args(args).arg("--repo").arg(root);
+        if let Some(point) = crash_at {
+            cmd.env("VADP_AGENT_CRASH_AT", point);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// A rebuild killed while it swaps the catalogs leaves the repository refused (a GC on
+    /// a partial catalog would take the missing points for garbage) until a second rebuild
+    /// finishes it, without `--force`.
+    #[test]
+    fn an_interrupted_catalog_rebuild_must_be_finished_first() {
+        let f = fixture();
+        let before = Repository::open(&f.root).unwrap().list().unwrap();
+        let db = f.root.join("catalog.db");
+        std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+        for crash_at in ["rebuild-marked", "rebuild-renamed"] {
+            let out = agent(&["repo", "rebuild-catalog"], &f.root, Some(crash_at));
+            assert!(!out.status.success(), "{crash_at}: {out:?}");
+            let msg = chain(&Repository::open(&f.root).unwrap_err());
+            assert!(
+                msg.contains("interrupted") && msg.contains("rebuild-catalog"),
+                "{crash_at}: {msg}"
+            );
+            let gc = agent(&["repo", "gc"], &f.root, None);
+            let stderr = String::from_utf8_lossy(&gc.stderr);
+            assert!(
+                !gc.status.success() && stderr.contains("interrupted"),
+                "{crash_at}: {gc:?}"
+            );
+            for p in &before {
+                assert!(f.root.join(format!("indexes/{}", p.id)).is_dir());
+            }
+        }
+        let out = agent(&["repo", "rebuild-catalog"], &f.root, None);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("interrupted"),
+            "{out:?}"
+        );
+        assert!(!f.root.join("catalog.rebuilding").exists());
+        assert!(!f.root.join("catalog.db.rebuild").exists());
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(repo.list().unwrap(), before);
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+    }
+
+    /// The catalog is not replaced under another process that has the repository open (it
+    /// would go on committing into the old file), nor opened while a rebuild replaces it.
+    #[test]
+    fn the_catalog_is_not_rebuilt_under_an_open_repository() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let msg = chain(&Repository::rebuild_catalog(&f.root, true).unwrap_err());
+        assert!(msg.contains("open in another process"), "{msg}");
+        drop(repo);
+        let rebuilding = RepoLock::try_exclusive(&f.root.join("open.lock")).unwrap();
+        let msg = chain(&Repository::open(&f.root).unwrap_err());
+        assert!(msg.contains("being rebuilt"), "{msg}");
+        drop(rebuilding);
+        assert_eq!(Repository::open(&f.root).unwrap().list().unwrap().len(), 2);
     }
 
     #[test]

@@ -355,6 +355,9 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     serde_json::json!({"event": "rebuild_catalog", "report": report})
                 );
             } else {
+                if report.resumed {
+                    println!("finishing the catalog rebuild that was interrupted");
+                }
                 for old in &report.old_catalog {
                     println!("old catalog file kept as {}", old.display());
                 }

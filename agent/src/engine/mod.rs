@@ -105,7 +105,8 @@ pub struct Environment {
 /// Fault injection for the crash tests: when the environment variable
 /// `VADP_AGENT_CRASH_AT` names `point`, the process aborts there, as `kill -9` would,
 /// leaving only what is journalled. Points: `after-prepare-access`, `before-snapshot`,
-/// `snapshot-task-running`, `snapshot-unrecorded`, `after-snapshot`, `mid-disk`, `before-commit`, `after-commit`.
+/// `snapshot-task-running`, `snapshot-unrecorded`, `after-snapshot`, `mid-disk`, `before-commit`,
+/// `after-commit`; and in `repo rebuild-catalog`, `rebuild-marked` and `rebuild-renamed`.
 pub(crate) fn crash_point(point: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if AT

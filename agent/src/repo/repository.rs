@@ -1,5 +1,12 @@
 //! A repository on disk: `catalog.db`, `chunks/`, `indexes/` (each point's index files and
-//! its manifest, `point.json`, see [`crate::repo::manifest`]), `repo.lock`.
+//! its manifest, `point.json`, see [`crate::repo::manifest`]), `repo.lock`, `open.lock`.
+//!
+//! Every process that has the repository open holds `open.lock` shared for as long as it
+//! does; `repo rebuild-catalog` takes it exclusively, so a catalog is never replaced under a
+//! running daemon that would go on committing into the old one. While a rebuild replaces
+//! the catalog, `catalog.rebuilding` exists; a repository with that marker is refused until
+//! the rebuild has been run to its end, because a partial catalog would make GC take the
+//! restore points it lacks for garbage.
 
 use std::collections::HashSet;
 use std::fs;
@@ -75,6 +82,31 @@ pub enum RepoError {
     /// A point manifest could not be written or read.
     #[error("point manifest")]
     Manifest(#[from] ManifestError),
+    /// A `repo rebuild-catalog` stopped before the new catalog was in place.
+    #[error(
+        "the catalog rebuild of {path} was interrupted; run `vadp-agent repo rebuild-catalog` \
+         again (until then the repository is refused, so that no clean-up takes the restore \
+         points missing from the catalog for garbage)"
+    )]
+    RebuildInterrupted {
+        /// The repository.
+        path: PathBuf,
+    },
+    /// Another process is rebuilding the catalog.
+    #[error("the catalog of {path} is being rebuilt by another process; try again once it ends")]
+    BeingRebuilt {
+        /// The repository.
+        path: PathBuf,
+    },
+    /// `repo rebuild-catalog` while another process has the repository open.
+    #[error(
+        "{path} is open in another process (a running daemon, backup or restore?); stop it \
+         before rebuilding the catalog"
+    )]
+    InUse {
+        /// The repository.
+        path: PathBuf,
+    },
     /// `repo rebuild-catalog` on a catalog that opens and passes SQLite's checks.
     #[error(
         "{path} opens and SQLite finds it sound; rebuilding would drop its job history, \
@@ -267,7 +299,16 @@ pub struct RebuildReport {
     pub skipped: Vec<(String, String)>,
     /// The old catalog's files, renamed aside (none if there was no catalog).
     pub old_catalog: Vec<PathBuf>,
+    /// This run finished a rebuild that had been interrupted.
+    pub resumed: bool,
 }
+
+/// Held shared by every process with the repository open; exclusively by a rebuild.
+const OPEN_LOCK: &str = "open.lock";
+/// Exists while a rebuild replaces the catalog (see the module doc).
+const REBUILD_MARKER: &str = "catalog.rebuilding";
+/// Where a rebuild builds the new catalog before renaming it into place.
+const REBUILD_TEMP: &str = "catalog.db.rebuild";
 
 /// What [`Repository::write_disk`] reads.
 #[derive(Debug)]
@@ -310,6 +351,8 @@ pub struct Repository {
     catalog: CatalogHandle,
     _catalog_thread: CatalogThread,
     options: PipelineOptions,
+    /// `open.lock`, shared: no rebuild replaces the catalog while this is open.
+    _open_lock: RepoLock,
 }
 
 /// Slots of `index` (an incremental's copy of its parent's index) holding a `damaged` chunk.
@@ -378,11 +421,29 @@ impl Repository {
     /// # Errors
     /// [`RepoError::NotARepository`] or catalog errors (e.g. a newer schema).
     pub fn open(path: &Path) -> Result<Self, RepoError> {
-        let db = path.join("catalog.db");
-        if !db.is_file() || !path.join("chunks").is_dir() {
-            return Err(RepoError::NotARepository {
+        let not_a_repository = || RepoError::NotARepository {
+            path: path.to_path_buf(),
+        };
+        if !path.join("chunks").is_dir() {
+            return Err(not_a_repository());
+        }
+        let open_lock = match RepoLock::try_shared(&path.join(OPEN_LOCK)) {
+            Ok(lock) => lock,
+            Err(ChunkStoreError::Busy { .. }) => {
+                return Err(RepoError::BeingRebuilt {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(RepoError::Lock(e)),
+        };
+        if path.join(REBUILD_MARKER).exists() {
+            return Err(RepoError::RebuildInterrupted {
                 path: path.to_path_buf(),
             });
+        }
+        let db = path.join("catalog.db");
+        if !db.is_file() {
+            return Err(not_a_repository());
         }
         let (catalog, thread) = CatalogHandle::spawn(&db)?;
         let chunk_size_bytes = catalog
@@ -408,6 +469,7 @@ impl Repository {
             catalog,
             _catalog_thread: thread,
             options: PipelineOptions::default(),
+            _open_lock: open_lock,
         })
     }
 
@@ -1365,15 +1427,18 @@ impl Repository {
     }
 
     /// Rebuild `catalog.db` of the repository at `path` from its point manifests
-    /// (`vadp-agent repo rebuild-catalog`): the old catalog files are renamed aside
-    /// (`catalog.db.damaged-<unix time>`), a new catalog gets the repository's settings from
-    /// the manifests and every point whose manifest and index files read. Job history, the
-    /// journal, the daemon's queue and damaged-chunk records are not in manifests and start
-    /// empty. Takes the exclusive lock. Refuses a catalog that opens and passes SQLite's
-    /// checks unless `force`.
+    /// (`vadp-agent repo rebuild-catalog`): a new catalog, built aside in
+    /// `catalog.db.rebuild`, gets the repository's settings from the manifests and every
+    /// point whose manifest and index files read; then, under the `catalog.rebuilding`
+    /// marker, the old catalog files are renamed aside (`catalog.db.damaged-<unix time>`)
+    /// and the new one into place. Job history, the journal, the daemon's queue and
+    /// damaged-chunk records are not in manifests and start empty. Takes the exclusive lock
+    /// and `open.lock` exclusively (no other process may have the repository open). Refuses
+    /// a catalog that opens and passes SQLite's checks unless `force` or an interrupted
+    /// rebuild left its marker.
     ///
     /// # Errors
-    /// [`RepoError::NotARepository`], [`RepoError::Lock`] (busy),
+    /// [`RepoError::NotARepository`], [`RepoError::Lock`] (busy), [`RepoError::InUse`],
     /// [`RepoError::CatalogSound`], [`RepoError::Io`], catalog errors.
     pub fn rebuild_catalog(path: &Path, force: bool) -> Result<RebuildReport, RepoError> {
         let indexes = path.join("indexes");
@@ -1383,8 +1448,19 @@ impl Repository {
             });
         }
         let _lock = RepoLock::try_exclusive(&path.join("repo.lock")).map_err(RepoError::Lock)?;
+        let _open_lock = match RepoLock::try_exclusive(&path.join(OPEN_LOCK)) {
+            Ok(lock) => lock,
+            Err(ChunkStoreError::Busy { .. }) => {
+                return Err(RepoError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(RepoError::Lock(e)),
+        };
         let db = path.join("catalog.db");
-        if db.is_file() && !force {
+        let marker = path.join(REBUILD_MARKER);
+        let resumed = marker.exists();
+        if db.is_file() && !force && !resumed {
             let sound = Catalog::open(&db)
                 .and_then(|c| c.integrity_check())
                 .is_ok_and(|problems| problems.is_empty());
@@ -1396,7 +1472,10 @@ impl Repository {
             let p = p.to_path_buf();
             move |source| RepoError::Io { path: p, source }
         };
-        let mut report = RebuildReport::default();
+        let mut report = RebuildReport {
+            resumed,
+            ..RebuildReport::default()
+        };
         let mut found: Vec<Manifest> = Vec::new();
         let mut dirs: Vec<fs::DirEntry> = fs::read_dir(&indexes)
             .map_err(io(&indexes))?
@@ -1444,15 +1523,6 @@ impl Repository {
             }
             .into());
         };
-        let stamp = now_secs();
-        for suffix in ["", "-wal", "-shm"] {
-            let old = path.join(format!("catalog.db{suffix}"));
-            if old.exists() {
-                let aside = path.join(format!("catalog.db{suffix}.damaged-{stamp}"));
-                fs::rename(&old, &aside).map_err(io(&old))?;
-                report.old_catalog.push(aside);
-            }
-        }
         // Oldest first, and a parent before its children when both have the same second.
         found.sort_by_key(|m| (m.point.created_at, m.point.id));
         let ids: HashSet<RestorePointId> = found.iter().map(|m| m.point.id).collect();
@@ -1472,7 +1542,23 @@ impl Repository {
             ordered.push(m);
         }
         let found = ordered;
-        let mut catalog = Catalog::open(&db)?;
+        // The new catalog is built aside and renamed into place whole, so the catalog is
+        // either the old one or the complete new one; the marker covers the renames.
+        let temp = path.join(REBUILD_TEMP);
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let stale = path.join(format!("{REBUILD_TEMP}{suffix}"));
+            match fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(RepoError::Io {
+                        path: stale,
+                        source: e,
+                    });
+                }
+            }
+        }
+        let mut catalog = Catalog::open(&temp)?;
         catalog.set_meta("chunk_size_bytes", &facts.chunk_size_bytes.to_string())?;
         catalog.set_meta("repo_id", &facts.repo_id)?;
         let created = found.first().map_or_else(now_secs, |m| m.point.created_at);
@@ -1483,6 +1569,26 @@ impl Repository {
             catalog.commit_point(&point)?;
             report.points.push(m.point.id);
         }
+        catalog.close_as_single_file()?;
+        fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&temp))?;
+        durable::write_file(&marker, b"a catalog rebuild is replacing catalog.db\n")
+            .map_err(|(path, source)| RepoError::Io { path, source })?;
+        crate::engine::crash_point("rebuild-marked");
+        let stamp = now_secs();
+        for suffix in ["", "-wal", "-shm"] {
+            let old = path.join(format!("catalog.db{suffix}"));
+            if old.exists() {
+                let aside = path.join(format!("catalog.db{suffix}.damaged-{stamp}"));
+                fs::rename(&old, &aside).map_err(io(&old))?;
+                report.old_catalog.push(aside);
+            }
+        }
+        fs::rename(&temp, &db).map_err(io(&db))?;
+        durable::sync_dir(path).map_err(io(path))?;
+        crate::engine::crash_point("rebuild-renamed");
+        fs::remove_file(&marker).map_err(io(&marker))?;
         durable::sync_dir(path).map_err(io(path))?;
         Ok(report)
     }

@@ -280,6 +280,22 @@ impl Catalog {
         }
     }
 
+    /// Close the catalog as one self-contained file: its WAL checkpointed into it and
+    /// removed, so that the file alone can be renamed into place (`repo rebuild-catalog`
+    /// builds the new catalog aside). The next [`Catalog::open`] turns WAL mode on again.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`] naming the file.
+    pub fn close_as_single_file(self) -> Result<(), CatalogError> {
+        self.conn
+            .pragma_update(None, "journal_mode", "DELETE")
+            .map_err(self.sql())?;
+        let path = self.path;
+        self.conn
+            .close()
+            .map_err(|(_, source)| CatalogError::Sql { path, source })
+    }
+
     /// What SQLite finds wrong with the database: `PRAGMA integrity_check` (pages, records
     /// and indexes) and `PRAGMA foreign_key_check` (disks of unknown points, points of
     /// unknown VMs). Empty when both are clean.
