@@ -706,10 +706,21 @@ mod tests {
                 .join(RestorePointId::new_random().to_string()),
         )
         .unwrap();
+        // And a killed manifest write (a repair's) and an index temp of an older version in a
+        // live point's directory.
+        let live = f.root.join(format!("indexes/{}", f.full));
+        std::fs::write(live.join("point.json.tmp-0123abcd"), b"{").unwrap();
+        std::fs::write(live.join("2000.fidx.tmp"), b"x").unwrap();
         let report = repo.gc().unwrap();
-        assert_eq!(report.temp_files_removed, 1);
+        assert_eq!(report.temp_files_removed, 3);
         assert_eq!(report.chunks_removed, 1);
         assert_eq!(report.orphan_indexes_removed, 1);
+        let mut left: Vec<_> = std::fs::read_dir(&live)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["2000.fidx", "point.json"]);
         assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
         let out = f.root.join("r.img");
         repo.restore_image(f.incr, &out, &mut |_, _| {}).unwrap();

@@ -6,9 +6,19 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-/// Write `bytes` to `path` durably: `<path>.tmp` written and fsynced, renamed to `path`,
-/// then the directory (created if absent) fsynced. On error, the file or directory that
-/// failed with its I/O error, for the caller's error type.
+/// What the temp files of [`write_file`] have in their names: `<name>.tmp-<random>`.
+pub(crate) const TEMP_INFIX: &str = ".tmp-";
+
+/// Whether `name` is a temp file of [`write_file`] (or of versions before it, `<name>.tmp`).
+pub(crate) fn is_temp_name(name: &str) -> bool {
+    name.contains(TEMP_INFIX) || name.ends_with(".tmp")
+}
+
+/// Write `bytes` to `path` durably: `<path>.tmp-<random>` written and fsynced, renamed to
+/// `path`, then the directory (created if absent) fsynced. A temp name of its own lets two
+/// writers of the same file (two repairs writing a missing manifest) never truncate the
+/// file the other is renaming; the temp file is removed again on error. On error, the file
+/// or directory that failed with its I/O error, for the caller's error type.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, io::Error)> {
     let at = |p: &Path| {
         let p = p.to_path_buf();
@@ -17,14 +27,22 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, io::
     let dir = path.parent().expect("a file path has a parent");
     create_dir_all(dir)?;
     let mut tmp_name = path.file_name().map(OsString::from).unwrap_or_default();
-    tmp_name.push(".tmp");
+    tmp_name.push(TEMP_INFIX);
+    tmp_name.push(uuid::Uuid::new_v4().simple().to_string());
     let tmp = path.with_file_name(tmp_name);
-    let mut file = File::create(&tmp).map_err(at(&tmp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(at(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(at(path))?;
+    let written = File::create_new(&tmp)
+        .map_err(at(&tmp))
+        .and_then(|mut file| {
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(at(&tmp))?;
+            drop(file);
+            fs::rename(&tmp, path).map_err(at(path))
+        });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     sync_dir(dir).map_err(at(dir))
 }
 
@@ -71,8 +89,29 @@ mod tests {
         write_file(&path, b"one").unwrap();
         write_file(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert!(!dir.path().join("a/2000.fidx.tmp").exists());
+        let names: Vec<_> = fs::read_dir(dir.path().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["2000.fidx"]);
         let (failed, _) = write_file(&dir.path().join("a/2000.fidx/x"), b"").unwrap_err();
         assert!(failed.ends_with("a/2000.fidx"), "{failed:?}");
+    }
+
+    /// A failed rename (here: onto a non-empty directory) leaves no temp file.
+    #[test]
+    fn a_failed_write_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("point.json");
+        fs::create_dir_all(path.join("in-the-way")).unwrap();
+        let (failed, _) = write_file(&path, b"{}").unwrap_err();
+        assert_eq!(failed, path);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["point.json"]);
+        assert!(is_temp_name("point.json.tmp-0123") && is_temp_name("2000.fidx.tmp"));
+        assert!(!is_temp_name("point.json") && !is_temp_name("2000.fidx"));
     }
 }

@@ -1,13 +1,14 @@
 //! Garbage collection: mark every chunk referenced by a committed index, sweep the rest.
 //!
 //! Runs under the exclusive repository lock (see the table in `chunk_store`): no backup is in
-//! flight, so every temp file (`.tmp-*` chunk, `*.fidx.tmp` index) is stale whatever its age
-//! (the grace period is zero because the lock, not a clock, proves there is no writer), and
-//! every `indexes/<point>` directory not in the catalog is the leftover of a killed backup or
-//! an interrupted prune. If any committed index cannot be read, GC stops before sweeping
-//! anything: its mark set would be incomplete. Damaged-chunk records (`repo verify
-//! --repair`) of chunks no committed index references any more are returned for the caller
-//! to drop: no backup will read them again, so no backup would drop them.
+//! flight, so every temp file (`.tmp-*` chunk, `*.tmp-*` index or manifest, in any index
+//! directory) is stale whatever its age (the grace period is zero because the lock, not a
+//! clock, proves there is no writer), and every `indexes/<point>` directory not in the
+//! catalog is the leftover of a killed backup or an interrupted prune. If any committed index
+//! cannot be read, GC stops before sweeping anything: its mark set would be incomplete.
+//! Damaged-chunk records (`repo verify --repair`) of chunks no committed index references
+//! any more are returned for the caller to drop: no backup will read them again, so no
+//! backup would drop them.
 
 use std::collections::HashSet;
 use std::fs;
@@ -123,13 +124,26 @@ pub fn collect(
     let indexes = root.join("indexes");
     for dir in read_dir(&indexes)? {
         let name = dir.file_name().to_string_lossy().into_owned();
+        let path = dir.path();
         if !live_points.contains(&name) {
-            let path = dir.path();
             fs::remove_dir_all(&path).map_err(io_err(&path))?;
             report.orphan_indexes_removed += 1;
+        } else {
+            // A live point's directory keeps the temp file of a manifest or index write
+            // that was killed before its rename (a repair writing a missing manifest).
+            for f in read_dir(&path)? {
+                if durable::is_temp_name(&f.file_name().to_string_lossy()) {
+                    let temp = f.path();
+                    fs::remove_file(&temp).map_err(io_err(&temp))?;
+                    report.temp_files_removed += 1;
+                }
+            }
         }
     }
-    if report.orphan_indexes_removed > 0 {
+    // Always: prune and point removal do not fsync `indexes/` after removing a directory,
+    // and a removal lost in a power cut after this sweep would bring back a manifest
+    // whose chunks are gone.
+    if indexes.is_dir() {
         durable::sync_dir(&indexes).map_err(io_err(&indexes))?;
     }
     // Chunk directories at the layout's depth, then the files in them.
