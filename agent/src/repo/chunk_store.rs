@@ -109,10 +109,17 @@ pub enum ChunkStoreError {
         source: io::Error,
     },
     /// Making a batch of new chunk files durable (`syncfs`) failed; none was renamed.
-    #[error("make {count} new chunk files under {path} durable")]
+    /// `syncfs` reports a write-back error of any file on the file system, so the error
+    /// may belong to another file there.
+    #[error(
+        "make {count} new chunk files under {path} durable (the first {first}): the file \
+         system reported a write-back error, of these or of another file on it"
+    )]
     SyncBatch {
         /// How many chunk files the batch held.
         count: usize,
+        /// The batch's first chunk.
+        first: ChunkDigest,
         /// The chunk store's root.
         path: PathBuf,
         /// The I/O error.
@@ -394,6 +401,7 @@ impl ChunkStore {
                 // against was sampled before any of the batch's writes.
                 rustix::fs::syncfs(file).map_err(|e| ChunkStoreError::SyncBatch {
                     count: batch.len(),
+                    first: first.digest,
                     path: self.root.clone(),
                     source: e.into(),
                 })?;
