@@ -199,6 +199,72 @@ mod tests {
         assert!(restore(&repo, &f, point) == expected);
     }
 
+    fn repair(
+        f: &Fixture,
+        repo: &Repository,
+        report: &vadp_agent::repo::VerifyReport,
+        verified_from: i64,
+        now: i64,
+    ) -> vadp_agent::repo::repair::RepairReport {
+        vadp_agent::repo::repair::repair(
+            &f.root,
+            repo.store(),
+            repo.catalog(),
+            report,
+            verified_from,
+            now,
+        )
+        .unwrap()
+    }
+
+    /// Repair A's verify finds a chunk intact; repair B then finds it corrupt, moves it
+    /// aside and records it. A must not drop B's record as stale: it is younger than A's
+    /// verify, and it is what makes the next backup store the chunk again.
+    #[test]
+    fn a_repair_keeps_the_records_made_after_its_verify_began() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        let clean = repo.verify(&mut |_, _| {}).unwrap();
+        flip_a_byte(&path);
+        let found = repo.verify(&mut |_, _| {}).unwrap();
+        let b = repair(&f, &repo, &found, 1_000, 1_001);
+        assert_eq!(b.damaged, vec![d]);
+        let a = repair(&f, &repo, &clean, 1_000, 1_002);
+        assert_eq!(a.cleared, 0, "{a:?}");
+        let records = repo.catalog().damaged_list().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].digest, d);
+    }
+
+    /// Two repairs quarantining the same chunk in the same second: the second file gets a
+    /// name of its own instead of replacing the first.
+    #[test]
+    fn a_quarantine_name_taken_in_the_same_second_is_not_replaced() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        flip_a_byte(&path);
+        let report = repo.verify(&mut |_, _| {}).unwrap();
+        let quarantine = f.root.join(vadp_agent::repo::repair::QUARANTINE_DIR);
+        std::fs::create_dir_all(&quarantine).unwrap();
+        let taken = quarantine.join(format!("{}.1000", d.to_hex()));
+        std::fs::write(&taken, b"set aside earlier").unwrap();
+        let r = repair(&f, &repo, &report, 999, 1_000);
+        let to = quarantine.join(format!("{}.1000.1", d.to_hex()));
+        assert_eq!(r.quarantined[0].to, to);
+        assert_eq!(std::fs::read(&taken).unwrap(), b"set aside earlier");
+        assert!(to.is_file());
+        let records = repo.catalog().damaged_list().unwrap();
+        assert!(
+            records[0]
+                .quarantined_as
+                .as_deref()
+                .is_some_and(|q| q.ends_with(".1000.1")),
+            "{records:?}"
+        );
+    }
+
     #[test]
     fn a_second_repair_on_the_same_finding_puts_back_a_chunk_stored_again_meanwhile() {
         let f = fixture();
@@ -210,17 +276,17 @@ mod tests {
         let report = repo.verify(&mut |_, _| {}).unwrap();
         assert_eq!(state_of(&repo, d), Some(ChunkState::Corrupt));
         // The first repair moved the corrupt file; a backup stored the chunk again.
-        let first =
-            vadp_agent::repo::repair::repair(&f.root, repo.store(), repo.catalog(), &report, 1_000)
-                .unwrap();
+        let first = repair(&f, &repo, &report, 999, 1_000);
         assert_eq!(first.quarantined.len(), 1);
         assert!(repo.store().insert(&d, &good).unwrap());
         // The second acts on the same (now stale) finding.
-        let second =
-            vadp_agent::repo::repair::repair(&f.root, repo.store(), repo.catalog(), &report, 1_001)
-                .unwrap();
+        let second = repair(&f, &repo, &report, 999, 1_001);
         assert!(second.quarantined.is_empty(), "{second:?}");
         assert!(second.damaged.is_empty(), "{second:?}");
+        assert!(
+            repo.catalog().damaged_list().unwrap().is_empty(),
+            "the record of a chunk back in place stays"
+        );
         assert!(
             repo.store().read(&d).is_ok(),
             "the good chunk was set aside"

@@ -102,7 +102,11 @@ pub enum RepairError {
 }
 
 /// Act on `report` (a verify of every committed point, made under the shared lock the
-/// caller still holds) at Unix time `now`.
+/// caller still holds, started at Unix time `verified_from`) at Unix time `now`.
+///
+/// Records of chunks the report does not find bad are dropped only if they are older than
+/// the verify: another repair running alongside may have recorded a chunk this verify
+/// found intact before that repair moved it aside.
 ///
 /// # Errors
 /// [`RepairError`]; files already moved stay in `quarantine/` and their chunks read as
@@ -112,11 +116,14 @@ pub fn repair(
     store: &ChunkStore,
     catalog: &CatalogHandle,
     report: &VerifyReport,
+    verified_from: i64,
     now: i64,
 ) -> Result<RepairReport, RepairError> {
     let mut out = RepairReport::default();
     let mut records = Vec::new();
     let mut bad = HashSet::new();
+    // Chunks found intact in place just now: any record of them is stale.
+    let mut back_in_place = Vec::new();
     let quarantine = root.join(QUARANTINE_DIR);
     for problem in &report.problems {
         let VerifyProblem::Chunk {
@@ -138,9 +145,11 @@ pub fn repair(
             ChunkState::Missing => None,
             ChunkState::Corrupt => {
                 let name = format!("{}.{now}", digest.to_hex());
-                let to = quarantine.join(&name);
-                match move_aside(store, digest, path, &quarantine, &to)? {
-                    Moved::Aside => {
+                match move_aside(store, digest, path, &quarantine, &name)? {
+                    Moved::Aside(to) => {
+                        let name = to
+                            .file_name()
+                            .map_or_else(|| name.clone(), |n| n.to_string_lossy().into_owned());
                         out.quarantined.push(Quarantined {
                             digest: *digest,
                             from: path.clone(),
@@ -154,6 +163,7 @@ pub fn repair(
                     // again meanwhile: the file was intact and is back in place.
                     Moved::WasIntact => {
                         bad.remove(digest);
+                        back_in_place.push(*digest);
                         continue;
                     }
                 }
@@ -178,31 +188,37 @@ pub fn repair(
             VerifyProblem::Index { .. } | VerifyProblem::Catalog { .. }
         )
     });
+    let mut stale = back_in_place;
     if references_complete {
-        let stale: Vec<ChunkDigest> = catalog
-            .damaged_list()?
-            .into_iter()
-            .map(|d| d.digest)
-            .filter(|d| !bad.contains(d))
-            .collect();
-        if !stale.is_empty() {
-            out.cleared = catalog.damaged_clear(stale)?;
-        }
+        stale.extend(
+            catalog
+                .damaged_list()?
+                .into_iter()
+                .filter(|d| !bad.contains(&d.digest) && d.detected_at < verified_from)
+                .map(|d| d.digest),
+        );
+    }
+    if !stale.is_empty() {
+        stale.sort_unstable();
+        stale.dedup();
+        out.cleared = catalog.damaged_clear(stale)?;
     }
     Ok(out)
 }
 
 /// What [`move_aside`] did.
 enum Moved {
-    /// The corrupt file is in `quarantine/`.
-    Aside,
+    /// The corrupt file is in `quarantine/`, at this path.
+    Aside(PathBuf),
     /// There was no file any more.
     Gone,
     /// The file found there was intact; it is back in place.
     WasIntact,
 }
 
-/// Rename `from` to `to` in `quarantine`, then fsync both directories.
+/// Rename `from` into `quarantine` as `name` (or `name.1`, `name.2`, … when another repair
+/// put a file of that name there in the same second: nothing in the quarantine is ever
+/// replaced), then fsync both directories.
 ///
 /// The file moved is checked once it is aside: verify found the chunk corrupt, but two
 /// repairs can act on that finding at once, and after the first one moved the corrupt file a
@@ -213,7 +229,7 @@ fn move_aside(
     digest: &ChunkDigest,
     from: &Path,
     quarantine: &Path,
-    to: &Path,
+    name: &str,
 ) -> Result<Moved, RepairError> {
     let fail = |path: &Path| {
         let path = path.to_path_buf();
@@ -231,11 +247,18 @@ fn move_aside(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(fail(quarantine)(e)),
     }
-    match fs::rename(from, to) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Moved::Gone),
-        Err(e) => return Err(fail(from)(e)),
+    let mut to = quarantine.join(name);
+    for n in 1.. {
+        match rename_noreplace(from, &to) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                to = quarantine.join(format!("{name}.{n}"));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Moved::Gone),
+            Err(e) => return Err(fail(from)(e)),
+        }
     }
+    let to = to.as_path();
     let dir = store.dir_of(digest);
     let intact = fs::read(to).is_ok_and(|bytes| chunk::decode(&bytes, digest).is_ok());
     if intact {
@@ -252,5 +275,21 @@ fn move_aside(
     }
     sync_dir(quarantine).map_err(fail(quarantine))?;
     sync_dir(&dir).map_err(fail(&dir))?;
-    Ok(Moved::Aside)
+    Ok(Moved::Aside(to.to_path_buf()))
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`
+/// (`RENAME_NOREPLACE`; where the file system lacks it, a check first, which two repairs
+/// could still race past).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL) => {
+            if to.exists() {
+                return Err(io::ErrorKind::AlreadyExists.into());
+            }
+            fs::rename(from, to)
+        }
+        result => result.map_err(io::Error::from),
+    }
 }

@@ -1119,9 +1119,10 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, Option<RepairReport>), RepoError> {
         let _lock = self.lock_shared()?;
+        let started = now_secs();
         let report = self.verify_locked(options, progress)?;
         let repaired = if options.repair {
-            Some(self.repair_locked(&report)?)
+            Some(self.repair_locked(&report, started)?)
         } else {
             None
         };
@@ -1233,17 +1234,28 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, RepairReport), RepoError> {
         let _lock = self.lock_shared()?;
+        let started = now_secs();
         let report = self.verify_locked(&VerifyOptions::default(), progress)?;
-        let repaired = self.repair_locked(&report)?;
+        let repaired = self.repair_locked(&report, started)?;
         Ok((report, repaired))
     }
 
-    /// Act on `report` (made under the shared lock the caller holds), and write missing
-    /// point manifests.
-    fn repair_locked(&self, report: &VerifyReport) -> Result<RepairReport, RepoError> {
+    /// Act on `report` (made from Unix time `verified_from` on, under the shared lock the
+    /// caller holds), and write missing point manifests.
+    fn repair_locked(
+        &self,
+        report: &VerifyReport,
+        verified_from: i64,
+    ) -> Result<RepairReport, RepoError> {
         let manifests_written = self.write_missing_manifests()?;
-        let mut repaired =
-            repair::repair(&self.root, &self.store, &self.catalog, report, now_secs())?;
+        let mut repaired = repair::repair(
+            &self.root,
+            &self.store,
+            &self.catalog,
+            report,
+            verified_from,
+            now_secs(),
+        )?;
         repaired.manifests_written = manifests_written;
         Ok(repaired)
     }
