@@ -72,6 +72,17 @@ mod tests {
         a
     }
 
+    /// The id of the one point in `after` that is not in `before`, if any.
+    fn new_point(before: &[(String, String)], after: &[(String, String)]) -> Option<String> {
+        let new: Vec<&String> = after
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !before.iter().any(|(b, _)| b == *id))
+            .collect();
+        assert!(new.len() <= 1, "{new:?}");
+        new.first().map(|id| (*id).clone())
+    }
+
     fn count_files(dir: &Path, pred: &dyn Fn(&str) -> bool) -> usize {
         let mut n = 0;
         let mut stack = vec![dir.to_path_buf()];
@@ -101,12 +112,13 @@ mod tests {
         );
         synthetic_image::generate(&img, 24 << 20, 42).unwrap();
 
-        // Calibrate: a full backup that completes.
+        // Every backup is of the one image "disk"; `expected` maps each committed point to
+        // the image's hash when it was backed up.
         let mut expected: HashMap<String, blake3::Hash> = HashMap::new();
-        expected.insert("calib".into(), hash_file(&img));
+        // Calibrate: a full backup that completes.
         let t0 = Instant::now();
         let out = Command::new(BIN)
-            .args(backup_args(&repo, "calib", &img, None))
+            .args(backup_args(&repo, "disk", &img, None))
             .output()
             .unwrap();
         assert!(
@@ -115,19 +127,15 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         let full_ms = u64::try_from(t0.elapsed().as_millis()).unwrap().max(50);
-        let mut latest = points(&repo)[0].0.clone();
+        let mut latest = new_point(&[], &points(&repo)).expect("the first point");
+        expected.insert(latest.clone(), hash_file(&img));
         // Calibrate an incremental too (kill delays are drawn per kind).
         let calib_ext = synthetic_image::mutate(&img, 1000, 8, 300_000).unwrap();
         std::fs::write(&ext_file, serde_json::to_vec(&calib_ext).unwrap()).unwrap();
-        expected.insert("calib-incr".into(), hash_file(&img));
+        let before = points(&repo);
         let t0 = Instant::now();
         let out = Command::new(BIN)
-            .args(backup_args(
-                &repo,
-                "calib-incr",
-                &img,
-                Some((&ext_file, &latest)),
-            ))
+            .args(backup_args(&repo, "disk", &img, Some((&ext_file, &latest))))
             .output()
             .unwrap();
         assert!(
@@ -136,7 +144,8 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         let incr_ms = u64::try_from(t0.elapsed().as_millis()).unwrap().max(20);
-        latest = points(&repo)[1].0.clone();
+        latest = new_point(&before, &points(&repo)).expect("the incremental's point");
+        expected.insert(latest.clone(), hash_file(&img));
 
         let mut rng = SplitMix64::new(0xC0FFEE);
         let mut pending: Vec<Extent> = Vec::new();
@@ -150,16 +159,15 @@ mod tests {
         let mut killed = 0;
         let mut i = 0;
         while killed < MIN_KILLS && i < MAX_ATTEMPTS {
-            let name = format!("it{i}");
             pending.extend(synthetic_image::mutate(&img, i, 8, 300_000).unwrap());
-            expected.insert(name.clone(), hash_file(&img));
+            let before = points(&repo);
             // Every third attempt is a full backup (the longest); the rest incrementals.
             let full = i % 3 == 0;
             let args = if full {
-                backup_args(&repo, &name, &img, None)
+                backup_args(&repo, "disk", &img, None)
             } else {
                 std::fs::write(&ext_file, serde_json::to_vec(&pending).unwrap()).unwrap();
-                backup_args(&repo, &name, &img, Some((&ext_file, &latest)))
+                backup_args(&repo, "disk", &img, Some((&ext_file, &latest)))
             };
             let est = if full { &mut full_est } else { &mut incr_est };
             let mut child = Command::new(BIN)
@@ -177,8 +185,10 @@ mod tests {
             }
             child.kill().ok(); // SIGKILL
             child.wait().unwrap();
-            if let Some((id, _)) = points(&repo).into_iter().find(|(_, n)| *n == name) {
+            // A committed backup is the one new point.
+            if let Some(id) = new_point(&before, &points(&repo)) {
                 latest = id;
+                expected.insert(latest.clone(), hash_file(&img));
                 pending.clear();
             }
             i += 1;
@@ -196,9 +206,9 @@ mod tests {
             String::from_utf8_lossy(&out.stdout)
         );
         // A following backup succeeds.
-        expected.insert("after".into(), hash_file(&img));
+        let before = points(&repo);
         let out = Command::new(BIN)
-            .args(backup_args(&repo, "after", &img, None))
+            .args(backup_args(&repo, "disk", &img, None))
             .output()
             .unwrap();
         assert!(
@@ -206,6 +216,8 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let id = new_point(&before, &points(&repo)).expect("the last backup's point");
+        expected.insert(id, hash_file(&img));
         // GC reclaims the garbage: no temp files, no orphan index dirs, only referenced chunks.
         let out = agent(&["--json", "repo", "gc", "--repo", r]);
         assert!(
@@ -230,8 +242,9 @@ mod tests {
         let out = agent(&["repo", "verify", "--repo", r]);
         assert!(out.status.success());
         // Every listed point restores byte-identical to its source at backup time.
-        for (id, name) in &listed {
-            let restored = dir.path().join(format!("restored-{name}"));
+        assert_eq!(listed.len(), expected.len());
+        for (id, _) in &listed {
+            let restored = dir.path().join(format!("restored-{id}"));
             let out = agent(&[
                 "image",
                 "restore",
@@ -247,11 +260,7 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert_eq!(
-                hash_file(&restored),
-                expected[name],
-                "restore of {name} ({id})"
-            );
+            assert_eq!(hash_file(&restored), expected[id], "restore of {id}");
             std::fs::remove_file(&restored).unwrap();
         }
     }

@@ -9,7 +9,7 @@ mod tests {
     use vadp_agent::ids::{ChunkDigest, RestorePointId};
     use vadp_agent::repo::chunk_store::{Layout, RepoLock};
     use vadp_agent::repo::{
-        ChunkState, IMAGE_DISK_KEY, ImageBackup, Repository, VerifyOptions, VerifyProblem,
+        ChunkState, Extent, IMAGE_DISK_KEY, ImageBackup, Repository, VerifyOptions, VerifyProblem,
         VerifySubset, synthetic_image,
     };
 
@@ -684,6 +684,56 @@ mod tests {
             cmd.env("VADP_AGENT_CRASH_AT", point);
         }
         cmd.output().unwrap()
+    }
+
+    /// An image incremental from another image's point would restore that image's bytes
+    /// outside the changed extents: refused, as is a parent without changed extents.
+    #[test]
+    fn an_incremental_from_another_images_point_is_refused() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let req = ImageBackup {
+            name: "other".into(),
+            file: f.img.clone(),
+            changed: Some(vec![Extent {
+                offset: 0,
+                length: 4096,
+            }]),
+            parent: Some(f.full),
+        };
+        let msg = chain(&repo.backup_image(&req, &mut |_, _| {}).unwrap_err());
+        assert!(
+            msg.contains(&f.full.to_string()) && msg.contains("\"vm\"") && msg.contains("other"),
+            "{msg}"
+        );
+        let req = ImageBackup {
+            name: "vm".into(),
+            changed: None,
+            ..req
+        };
+        let msg = chain(&repo.backup_image(&req, &mut |_, _| {}).unwrap_err());
+        assert!(msg.contains("without changed extents"), "{msg}");
+        assert_eq!(repo.list().unwrap().len(), 2);
+    }
+
+    /// `--json` output read by a consumer that goes away (`| head -1`): the backup still
+    /// completes and says so by its exit status.
+    #[test]
+    fn a_closed_stdout_does_not_stop_a_json_backup() {
+        let f = fixture();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["--json", "image", "backup", "--name", "vm2", "--repo"])
+            .arg(&f.root)
+            .arg(&f.img)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(repo.list().unwrap().len(), 3);
     }
 
     /// A rebuild killed while it swaps the catalogs leaves the repository refused (a GC on

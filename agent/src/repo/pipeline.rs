@@ -167,7 +167,9 @@ fn covered_slots(
     cap: u64,
 ) -> Result<Vec<usize>, PipelineError> {
     let cs = u64::from(chunk_size_bytes);
-    let mut slots = Vec::new();
+    // Slot ranges first, merged, so that overlapping extents (a CBT list or an extents file
+    // may repeat a range) never hold more slots than the disk has.
+    let mut ranges = Vec::with_capacity(extents.len());
     for e in extents {
         if e.length == 0 {
             continue;
@@ -182,11 +184,39 @@ fn covered_slots(
         };
         let first = usize::try_from(e.offset / cs).expect("slot fits in usize");
         let last = usize::try_from((end - 1) / cs).expect("slot fits in usize");
-        slots.extend(first..=last);
+        ranges.push((first, last));
     }
-    slots.sort_unstable();
-    slots.dedup();
+    ranges.sort_unstable();
+    let mut slots = Vec::new();
+    let mut next = 0;
+    for (first, last) in ranges {
+        let from = first.max(next);
+        if from <= last {
+            slots.extend(from..=last);
+            next = last + 1;
+        }
+    }
     Ok(slots)
+}
+
+/// Bytes covered by `extents`, overlaps counted once.
+#[must_use]
+pub fn union_bytes(extents: &[Extent]) -> u64 {
+    let mut spans: Vec<(u64, u64)> = extents
+        .iter()
+        .filter(|e| e.length > 0)
+        .map(|e| (e.offset, e.offset.saturating_add(e.length)))
+        .collect();
+    spans.sort_unstable();
+    let (mut total, mut covered_to) = (0u64, 0u64);
+    for (start, end) in spans {
+        let start = start.max(covered_to);
+        if start < end {
+            total = total.saturating_add(end - start);
+            covered_to = end;
+        }
+    }
+    total
 }
 
 enum Outcome {
@@ -628,6 +658,28 @@ mod tests {
         assert_eq!(bytes_covered(&[e(950, 30)], 100, 980).unwrap(), 80);
         assert_eq!(bytes_covered(&[], 100, 1000).unwrap(), 0);
         assert!(bytes_covered(&[e(950, 50)], 100, 980).is_err());
+    }
+
+    /// 10,000 copies of a whole-disk extent of a 1 TiB disk: the slots stay one per chunk
+    /// (collected per extent they would have needed 80 GB), and the bytes changed count once.
+    #[test]
+    fn overlapping_extents_cost_no_more_than_the_disk() {
+        let cap = 1u64 << 40;
+        let whole = vec![
+            Extent {
+                offset: 0,
+                length: cap,
+            };
+            10_000
+        ];
+        let slots = covered_slots(&whole, 1 << 20, cap).unwrap();
+        assert_eq!(slots.len(), 1 << 20);
+        assert!(slots.windows(2).all(|w| w[0] + 1 == w[1]));
+        assert_eq!(union_bytes(&whole), cap);
+        let e = |offset, length| Extent { offset, length };
+        let mixed = [e(5000, 10), e(0, 100), e(50, 100), e(5005, 1), e(7, 0)];
+        assert_eq!(union_bytes(&mixed), 150 + 10);
+        assert_eq!(covered_slots(&mixed, 64, 10_000).unwrap(), [0, 1, 2, 78]);
     }
 
     #[test]

@@ -129,6 +129,25 @@ pub enum RepoError {
     /// changed.
     #[error("cancelled")]
     Cancelled,
+    /// An image incremental's parent is a point of another image or VM.
+    #[error(
+        "restore point {point} is a backup of {of:?}, not of {name:?}: an incremental must \
+         start from a point of the same image"
+    )]
+    ParentOfAnother {
+        /// The parent asked for.
+        point: RestorePointId,
+        /// Whose point it is.
+        of: String,
+        /// The image being backed up.
+        name: String,
+    },
+    /// A parent point given without changed extents.
+    #[error(
+        "parent point {0} given without changed extents: give --changed EXTENTS.json for an \
+         incremental, or neither for a full backup"
+    )]
+    ParentWithoutChanges(RestorePointId),
     /// No restore point for this VM to start an incremental from.
     #[error("no restore point of {0} to use as parent; run a full backup first")]
     NoParent(String),
@@ -674,7 +693,7 @@ impl Repository {
             slots.sort_unstable();
             slots.dedup();
         }
-        let bytes_changed: u64 = extents.iter().map(|e| e.length).sum();
+        let bytes_changed = pipeline::union_bytes(&extents);
         let stats = pipeline::backup_disk(
             &self.store,
             source,
@@ -884,7 +903,8 @@ impl Repository {
     /// Image mode: back up a raw file as VM `image:<name>`.
     ///
     /// # Errors
-    /// As [`Repository::backup_disk`], plus [`RepoError::PointNotFound`] for a bad parent.
+    /// As [`Repository::backup_disk`], plus [`RepoError::PointNotFound`],
+    /// [`RepoError::ParentOfAnother`] or [`RepoError::ParentWithoutChanges`] for a bad parent.
     pub fn backup_image(
         &self,
         req: &ImageBackup,
@@ -897,11 +917,21 @@ impl Repository {
             namespace: None,
         };
         let parent = match (req.parent, &req.changed) {
-            (Some(id), _) => Some(
-                self.catalog
+            (Some(id), Some(_)) => {
+                let p = self
+                    .catalog
                     .get_point(id)?
-                    .ok_or(RepoError::PointNotFound(id))?,
-            ),
+                    .ok_or(RepoError::PointNotFound(id))?;
+                if p.vm.moref != vm.moref {
+                    return Err(RepoError::ParentOfAnother {
+                        point: id,
+                        of: p.vm.name,
+                        name: req.name.clone(),
+                    });
+                }
+                Some(p)
+            }
+            (Some(id), None) => return Err(RepoError::ParentWithoutChanges(id)),
             (None, Some(_)) => self
                 .catalog
                 .list_points()?
