@@ -490,6 +490,47 @@ mod tests {
         assert_eq!(repo.list().unwrap().len(), 2);
     }
 
+    /// The index checksum covers the slots only: a damaged header that still matches its
+    /// slot count (disk size 512 bytes short, chunk size one byte long) is caught by the
+    /// catalog's disk size and the repository's chunk size, in verify and in restore.
+    #[test]
+    fn a_damaged_index_header_is_caught_by_the_catalog() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let rec = repo.catalog().get_point(f.full).unwrap().unwrap();
+        let path = f.root.join(&rec.disks[0].index_path);
+        let good = std::fs::read(&path).unwrap();
+        let field = |at: usize| u64::from_le_bytes(good[at..at + 8].try_into().unwrap());
+        assert_eq!(field(16), 4 << 20);
+        let mut short = good.clone();
+        short[16..24].copy_from_slice(&((4u64 << 20) - 512).to_le_bytes());
+        let mut odd_chunk = good.clone();
+        odd_chunk[12..16].copy_from_slice(&(65_537u32).to_le_bytes());
+        for (what, bytes) in [("disk size", short), ("chunk size", odd_chunk)] {
+            std::fs::write(&path, &bytes).unwrap();
+            let report = repo.verify(&mut |_, _| {}).unwrap();
+            assert!(
+                matches!(
+                    &report.problems[..],
+                    [VerifyProblem::Index { point, path: p, error, .. }]
+                        if *point == f.full && *p == path && error.contains("header says")
+                ),
+                "{what}: {report:?}"
+            );
+            let msg = chain(
+                &repo
+                    .restore_image(f.full, &f.root.join("o"), &mut |_, _| {})
+                    .unwrap_err(),
+            );
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains("header says"),
+                "{what}: {msg}"
+            );
+        }
+        std::fs::write(&path, &good).unwrap();
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+    }
+
     #[test]
     fn corrupt_index_is_reported_and_blocks_gc() {
         let f = fixture();

@@ -26,7 +26,8 @@ pub enum ImageCommand {
         /// JSON list of [offset, length] changed extents: makes an incremental.
         #[arg(long, value_name = "EXTENTS.json")]
         changed: Option<PathBuf>,
-        /// Parent restore point of an incremental (default: the newest of NAME).
+        /// Parent restore point of an incremental, a point of NAME (default: the newest of
+        /// NAME); needs --changed.
         #[arg(long, value_name = "POINT")]
         parent: Option<RestorePointId>,
         /// The raw image file.

@@ -146,6 +146,32 @@ impl FixedIndex {
             .map_err(|(path, source)| FixedIndexError::Io { path, source })
     }
 
+    /// [`FixedIndex::read`], then check the header against the catalog: the repository's
+    /// chunk size and the disk's size. The checksum covers only the slots, so this is what
+    /// finds a damaged header (a restore of the wrong length, an incremental writing at
+    /// the wrong offsets).
+    ///
+    /// # Errors
+    /// As [`FixedIndex::read`]; [`FixedIndexError::Corrupt`] for a header that disagrees.
+    pub fn read_expecting(
+        path: &Path,
+        chunk_size_bytes: u32,
+        disk_size_bytes: u64,
+    ) -> Result<Self, FixedIndexError> {
+        let index = Self::read(path)?;
+        if index.chunk_size_bytes != chunk_size_bytes || index.disk_size_bytes != disk_size_bytes {
+            return Err(FixedIndexError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "header says chunk size {} and disk size {}, the catalog {chunk_size_bytes} \
+                     and {disk_size_bytes}",
+                    index.chunk_size_bytes, index.disk_size_bytes
+                ),
+            });
+        }
+        Ok(index)
+    }
+
     /// Read and check an index file.
     ///
     /// # Errors

@@ -588,17 +588,21 @@ impl Repository {
     /// # Errors
     /// [`RepoError::Index`] naming the point, disk and file.
     pub fn load_index(&self, point: &PointRecord, disk: DiskKey) -> Result<FixedIndex, RepoError> {
-        let rec = point.disks.iter().find(|d| d.key == disk);
-        let path = rec.map_or_else(
-            || {
-                self.root
+        let read = match point.disks.iter().find(|d| d.key == disk) {
+            Some(d) => FixedIndex::read_expecting(
+                &self.root.join(&d.index_path),
+                self.chunk_size_bytes,
+                d.capacity_bytes,
+            ),
+            None => FixedIndex::read(
+                &self
+                    .root
                     .join("indexes")
                     .join(point.id.to_string())
-                    .join(format!("{disk}.fidx"))
-            },
-            |d| self.root.join(&d.index_path),
-        );
-        FixedIndex::read(&path).map_err(|source| RepoError::Index {
+                    .join(format!("{disk}.fidx")),
+            ),
+        };
+        read.map_err(|source| RepoError::Index {
             point: point.id,
             disk,
             source,
@@ -1185,6 +1189,7 @@ impl Repository {
         };
         let mut report = verify::verify(
             &self.root,
+            self.chunk_size_bytes,
             &self.store,
             &points,
             select,
@@ -1242,6 +1247,7 @@ impl Repository {
         };
         let report = verify::verify(
             &self.root,
+            self.chunk_size_bytes,
             &self.store,
             &[record],
             select,
@@ -1538,8 +1544,12 @@ impl Repository {
                         ));
                     }
                     for d in &m.point.disks {
-                        FixedIndex::read(&path.join(&d.index_path))
-                            .map_err(|e| verify::error_chain(&e))?;
+                        FixedIndex::read_expecting(
+                            &path.join(&d.index_path),
+                            m.repo.chunk_size_bytes,
+                            d.capacity_bytes,
+                        )
+                        .map_err(|e| verify::error_chain(&e))?;
                     }
                     if let Some(first) = found.first()
                         && first.repo != m.repo

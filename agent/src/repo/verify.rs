@@ -214,11 +214,15 @@ impl VerifyReport {
 pub type StopCheck<'a> = &'a (dyn Fn() -> bool + Sync);
 
 /// Verify `points` against `store` (re-reading the chunks `select` picks, checking that
-/// the others exist); index paths are relative to `root`. Progress counts the chunks read.
-/// `None` if `stop` said so before every chunk was checked.
+/// the others exist); index paths are relative to `root`, and each index's header must
+/// agree with the repository's `chunk_size_bytes` and its disk's size in the catalog.
+/// Progress counts the chunks read. `None` if `stop` said so before every chunk was
+/// checked.
 #[must_use]
+#[allow(clippy::too_many_arguments)] // the verify's inputs; a struct would only rename them
 pub fn verify(
     root: &Path,
+    chunk_size_bytes: u32,
     store: &ChunkStore,
     points: &[PointRecord],
     select: ChunkSelection<'_>,
@@ -236,7 +240,7 @@ pub fn verify(
     for p in points {
         for d in &p.disks {
             let path = root.join(&d.index_path);
-            match FixedIndex::read(&path) {
+            match FixedIndex::read_expecting(&path, chunk_size_bytes, d.capacity_bytes) {
                 Ok(index) => {
                     for slot in index.slots().iter().filter(|s| !s.is_zero()) {
                         let users = refs.entry(*slot).or_default();
