@@ -30,7 +30,7 @@ pub enum ImageCommand {
         /// NAME); needs --changed.
         #[arg(long, value_name = "POINT")]
         parent: Option<RestorePointId>,
-        /// The raw image file.
+        /// The raw image: a regular file or a block device.
         file: PathBuf,
     },
     /// Restore a restore point into a raw image file.
@@ -40,7 +40,8 @@ pub enum ImageCommand {
         /// The restore point.
         #[arg(long)]
         point: RestorePointId,
-        /// The file to write (created or truncated; zero chunks become holes).
+        /// The regular file to write (created, or replaced once the restore is complete;
+        /// zero chunks become holes).
         #[arg(long)]
         out: PathBuf,
     },

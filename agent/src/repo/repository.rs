@@ -129,6 +129,17 @@ pub enum RepoError {
     /// changed.
     #[error("cancelled")]
     Cancelled,
+    /// A restore's output exists and is not a regular file.
+    #[error(
+        "{path} is {what}: an image restore writes a regular file (give a file name, or \
+         remove what is there)"
+    )]
+    NotAFile {
+        /// The output asked for.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+    },
     /// An image incremental's parent is a point of another image or VM.
     #[error(
         "restore point {point} is a backup of {of:?}, not of {name:?}: an incremental must \
@@ -975,11 +986,15 @@ impl Repository {
     /// Nothing is written before every chunk file the disk needs is found present; the
     /// image is then written to a temporary file beside `out` (`.<name>.vadp-restore-…`),
     /// made durable and renamed over `out` only once complete, so a failed restore leaves an
-    /// existing `out` as it was (and needs room for both meanwhile).
+    /// existing `out` as it was (and needs room for both meanwhile). A symbolic link `out`
+    /// is followed (the file it names is replaced, not the link); an existing `out` that is
+    /// not a regular file (a block device, a directory) is refused before anything is done,
+    /// as renaming over it would not write it.
     ///
     /// # Errors
     /// [`RepoError::PointNotFound`], [`RepoError::Unrestorable`] (nothing written),
-    /// [`RepoError::Restore`] / [`RepoError::Index`] naming the point and disk.
+    /// [`RepoError::NotAFile`], [`RepoError::Restore`] / [`RepoError::Index`] naming the
+    /// point and disk.
     pub fn restore_disk_to_file(
         &self,
         point: RestorePointId,
@@ -987,6 +1002,27 @@ impl Repository {
         out: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, RepoError> {
+        let target;
+        let out = match fs::metadata(out) {
+            Ok(md) if md.is_file() => {
+                target = fs::canonicalize(out).map_err(|source| RepoError::Io {
+                    path: out.to_path_buf(),
+                    source,
+                })?;
+                target.as_path()
+            }
+            Ok(md) => {
+                return Err(RepoError::NotAFile {
+                    path: out.to_path_buf(),
+                    what: if md.is_dir() {
+                        "a directory"
+                    } else {
+                        "not a regular file (a device?)"
+                    },
+                });
+            }
+            Err(_) => out,
+        };
         let _lease = self.lease_point(point)?;
         let (_lock, disk, index) = self.disk_to_restore(point, disk)?;
         let problems = self.check_restorable_locked(point, &[disk], false)?;

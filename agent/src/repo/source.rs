@@ -124,17 +124,42 @@ pub struct RawFileSource {
 }
 
 impl RawFileSource {
-    /// Open `path` read-only.
+    /// Open `path` read-only: a regular file, or a block device (an LVM snapshot, say),
+    /// whose size is where a seek to its end lands.
     ///
     /// # Errors
-    /// [`SourceError::Open`].
+    /// [`SourceError::Open`], also for anything else (a FIFO, a character device, a
+    /// directory), which has no size to back up; it is refused before it is opened, as
+    /// opening a FIFO would wait for a writer.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileTypeExt;
         let open_err = |source| SourceError::Open {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(open_err)?;
-        let capacity_bytes = file.metadata().map_err(open_err)?.len();
+        let kind = std::fs::metadata(path).map_err(open_err)?.file_type();
+        if !kind.is_file() && !kind.is_block_device() {
+            let what = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_char_device() {
+                "a character device"
+            } else {
+                "not a regular file"
+            };
+            return Err(open_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what}: an image backup reads a regular file or a block device"),
+            )));
+        }
+        let mut file = File::open(path).map_err(open_err)?;
+        let capacity_bytes = if kind.is_block_device() {
+            file.seek(SeekFrom::End(0)).map_err(open_err)?
+        } else {
+            file.metadata().map_err(open_err)?.len()
+        };
         Ok(Self {
             file,
             path: path.to_path_buf(),
