@@ -56,7 +56,9 @@ pub enum PipelineError {
         #[source]
         source: ChunkError,
     },
-    /// A pipeline thread could not start or panicked.
+    /// A pipeline thread could not start. (A thread that panics is not turned into an
+    /// error: the other stages stop, and the panic goes on in the caller once all have
+    /// ended, with nothing committed.)
     #[error("pipeline thread {0} failed")]
     Thread(String),
     /// An extent lies beyond the end of the disk.
