@@ -385,6 +385,18 @@ pub struct Repository {
     _open_lock: RepoLock,
 }
 
+/// `lock`, with another holder ([`ChunkStoreError::Busy`]) reported as `busy()`.
+fn busy_as(
+    lock: Result<RepoLock, ChunkStoreError>,
+    busy: impl FnOnce() -> RepoError,
+) -> Result<RepoLock, RepoError> {
+    match lock {
+        Ok(lock) => Ok(lock),
+        Err(ChunkStoreError::Busy { .. }) => Err(busy()),
+        Err(e) => Err(RepoError::Lock(e)),
+    }
+}
+
 /// Slots of `index` (an incremental's copy of its parent's index) holding a `damaged` chunk.
 fn heal_slots(index: &FixedIndex, damaged: &HashSet<ChunkDigest>) -> Vec<usize> {
     if damaged.is_empty() {
@@ -457,15 +469,11 @@ impl Repository {
         if !path.join("chunks").is_dir() {
             return Err(not_a_repository());
         }
-        let open_lock = match RepoLock::try_shared(&path.join(OPEN_LOCK)) {
-            Ok(lock) => lock,
-            Err(ChunkStoreError::Busy { .. }) => {
-                return Err(RepoError::BeingRebuilt {
-                    path: path.to_path_buf(),
-                });
+        let open_lock = busy_as(RepoLock::try_shared(&path.join(OPEN_LOCK)), || {
+            RepoError::BeingRebuilt {
+                path: path.to_path_buf(),
             }
-            Err(e) => return Err(RepoError::Lock(e)),
-        };
+        })?;
         if path.join(REBUILD_MARKER).exists() {
             return Err(RepoError::RebuildInterrupted {
                 path: path.to_path_buf(),
@@ -1532,15 +1540,11 @@ impl Repository {
             });
         }
         let _lock = RepoLock::try_exclusive(&path.join("repo.lock")).map_err(RepoError::Lock)?;
-        let _open_lock = match RepoLock::try_exclusive(&path.join(OPEN_LOCK)) {
-            Ok(lock) => lock,
-            Err(ChunkStoreError::Busy { .. }) => {
-                return Err(RepoError::InUse {
-                    path: path.to_path_buf(),
-                });
+        let _open_lock = busy_as(RepoLock::try_exclusive(&path.join(OPEN_LOCK)), || {
+            RepoError::InUse {
+                path: path.to_path_buf(),
             }
-            Err(e) => return Err(RepoError::Lock(e)),
-        };
+        })?;
         let db = path.join("catalog.db");
         let marker = path.join(REBUILD_MARKER);
         let resumed = marker.exists();
