@@ -199,11 +199,11 @@ mod tests {
         assert!(restore(&repo, &f, point) == expected);
     }
 
+    /// A repair acting on `report`, whose verify began with no damaged-chunk records.
     fn repair(
         f: &Fixture,
         repo: &Repository,
         report: &vadp_agent::repo::VerifyReport,
-        verified_from: i64,
         now: i64,
     ) -> vadp_agent::repo::repair::RepairReport {
         vadp_agent::repo::repair::repair(
@@ -211,30 +211,38 @@ mod tests {
             repo.store(),
             repo.catalog(),
             report,
-            verified_from,
+            &std::collections::HashSet::new(),
             now,
         )
         .unwrap()
     }
 
     /// Repair A's verify finds a chunk intact; repair B then finds it corrupt, moves it
-    /// aside and records it. A must not drop B's record as stale: it is younger than A's
-    /// verify, and it is what makes the next backup store the chunk again.
+    /// aside and records it. A must not drop B's record as stale: A's verify did not re-read
+    /// that chunk as a damaged one (whatever the clocks say: A runs at an earlier `now`
+    /// here), and the record is what makes the next backup store the chunk again.
     #[test]
     fn a_repair_keeps_the_records_made_after_its_verify_began() {
         let f = fixture();
         let repo = Repository::open(&f.root).unwrap();
         let (d, path) = shared_chunk(&repo, &f);
+        let good = std::fs::read(&path).unwrap();
         let clean = repo.verify(&mut |_, _| {}).unwrap();
         flip_a_byte(&path);
         let found = repo.verify(&mut |_, _| {}).unwrap();
-        let b = repair(&f, &repo, &found, 1_000, 1_001);
+        let b = repair(&f, &repo, &found, 1_001);
         assert_eq!(b.damaged, vec![d]);
-        let a = repair(&f, &repo, &clean, 1_000, 1_002);
+        let a = repair(&f, &repo, &clean, 990);
         assert_eq!(a.cleared, 0, "{a:?}");
         let records = repo.catalog().damaged_list().unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].digest, d);
+        // A backup stores the chunk again; the next repair's verify re-reads the recorded
+        // chunk, finds it intact and drops the record.
+        assert!(repo.store().insert(&d, &good).unwrap());
+        let (_, next) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
+        assert_eq!(next.cleared, 1, "{next:?}");
+        assert!(repo.catalog().damaged_list().unwrap().is_empty());
     }
 
     /// Two repairs quarantining the same chunk in the same second: the second file gets a
@@ -250,7 +258,7 @@ mod tests {
         std::fs::create_dir_all(&quarantine).unwrap();
         let taken = quarantine.join(format!("{}.1000", d.to_hex()));
         std::fs::write(&taken, b"set aside earlier").unwrap();
-        let r = repair(&f, &repo, &report, 999, 1_000);
+        let r = repair(&f, &repo, &report, 1_000);
         let to = quarantine.join(format!("{}.1000.1", d.to_hex()));
         assert_eq!(r.quarantined[0].to, to);
         assert_eq!(std::fs::read(&taken).unwrap(), b"set aside earlier");
@@ -276,11 +284,11 @@ mod tests {
         let report = repo.verify(&mut |_, _| {}).unwrap();
         assert_eq!(state_of(&repo, d), Some(ChunkState::Corrupt));
         // The first repair moved the corrupt file; a backup stored the chunk again.
-        let first = repair(&f, &repo, &report, 999, 1_000);
+        let first = repair(&f, &repo, &report, 1_000);
         assert_eq!(first.quarantined.len(), 1);
         assert!(repo.store().insert(&d, &good).unwrap());
         // The second acts on the same (now stale) finding.
-        let second = repair(&f, &repo, &report, 999, 1_001);
+        let second = repair(&f, &repo, &report, 1_001);
         assert!(second.quarantined.is_empty(), "{second:?}");
         assert!(second.damaged.is_empty(), "{second:?}");
         assert!(

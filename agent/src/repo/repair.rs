@@ -102,11 +102,13 @@ pub enum RepairError {
 }
 
 /// Act on `report` (a verify of every committed point, made under the shared lock the
-/// caller still holds, started at Unix time `verified_from`) at Unix time `now`.
+/// caller still holds) at Unix time `now`. `rechecked` are the chunks recorded as damaged
+/// when the verify began, which it re-read whatever its subset.
 ///
-/// Records of chunks the report does not find bad are dropped only if they are older than
-/// the verify: another repair running alongside may have recorded a chunk this verify
-/// found intact before that repair moved it aside.
+/// Only those records can be dropped as stale (their chunk found intact, or used by no
+/// point): a record made since, by another repair running alongside, is of a chunk this
+/// verify may have found intact before that repair moved it aside. A chunk this repair
+/// finds back in place, intact, loses its record in any case.
 ///
 /// # Errors
 /// [`RepairError`]; files already moved stay in `quarantine/` and their chunks read as
@@ -116,7 +118,7 @@ pub fn repair(
     store: &ChunkStore,
     catalog: &CatalogHandle,
     report: &VerifyReport,
-    verified_from: i64,
+    rechecked: &HashSet<ChunkDigest>,
     now: i64,
 ) -> Result<RepairReport, RepairError> {
     let mut out = RepairReport::default();
@@ -194,8 +196,8 @@ pub fn repair(
             catalog
                 .damaged_list()?
                 .into_iter()
-                .filter(|d| !bad.contains(&d.digest) && d.detected_at < verified_from)
-                .map(|d| d.digest),
+                .map(|d| d.digest)
+                .filter(|d| rechecked.contains(d) && !bad.contains(d)),
         );
     }
     if !stale.is_empty() {

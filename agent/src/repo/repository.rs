@@ -1180,7 +1180,11 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, RepoError> {
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
-        self.verify_locked(&VerifyOptions::default(), progress)
+        self.verify_locked(
+            &VerifyOptions::default(),
+            &self.damaged_digests()?,
+            progress,
+        )
     }
 
     /// Verify every committed point as `options` say (`repo verify [--subset N/T]
@@ -1197,10 +1201,10 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, Option<RepairReport>), RepoError> {
         let _lock = self.lock_shared()?;
-        let started = now_secs();
-        let report = self.verify_locked(options, progress)?;
+        let damaged = self.damaged_digests()?;
+        let report = self.verify_locked(options, &damaged, progress)?;
         let repaired = if options.repair {
-            Some(self.repair_locked(&report, started)?)
+            Some(self.repair_locked(&report, &damaged)?)
         } else {
             None
         };
@@ -1212,6 +1216,7 @@ impl Repository {
     fn verify_locked(
         &self,
         options: &VerifyOptions<'_>,
+        damaged: &HashSet<ChunkDigest>,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, RepoError> {
         let catalog_problems = self.catalog.integrity_check()?;
@@ -1224,10 +1229,9 @@ impl Repository {
             return Err(RepoError::PointNotFound(*missing));
         }
         let selected: HashSet<RestorePointId> = options.points.iter().copied().collect();
-        let damaged = self.damaged_digests()?;
         let select = ChunkSelection {
             subset: options.subset,
-            always: Some(&damaged),
+            always: Some(damaged),
             presence_only: false,
             points: (!selected.is_empty()).then_some(&selected),
         };
@@ -1314,18 +1318,19 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, RepairReport), RepoError> {
         let _lock = self.lock_shared()?;
-        let started = now_secs();
-        let report = self.verify_locked(&VerifyOptions::default(), progress)?;
-        let repaired = self.repair_locked(&report, started)?;
+        let damaged = self.damaged_digests()?;
+        let report = self.verify_locked(&VerifyOptions::default(), &damaged, progress)?;
+        let repaired = self.repair_locked(&report, &damaged)?;
         Ok((report, repaired))
     }
 
-    /// Act on `report` (made from Unix time `verified_from` on, under the shared lock the
-    /// caller holds), and write missing point manifests.
+    /// Act on `report` (made under the shared lock the caller holds, re-reading the
+    /// `rechecked` chunks recorded as damaged when it began), and write missing point
+    /// manifests.
     fn repair_locked(
         &self,
         report: &VerifyReport,
-        verified_from: i64,
+        rechecked: &HashSet<ChunkDigest>,
     ) -> Result<RepairReport, RepoError> {
         let manifests_written = self.write_missing_manifests()?;
         let mut repaired = repair::repair(
@@ -1333,7 +1338,7 @@ impl Repository {
             &self.store,
             &self.catalog,
             report,
-            verified_from,
+            rechecked,
             now_secs(),
         )?;
         repaired.manifests_written = manifests_written;
