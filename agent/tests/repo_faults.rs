@@ -823,6 +823,13 @@ mod tests {
         repo.restore_image(f.full, &link, &mut |_, _| {}).unwrap();
         assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
         assert_eq!(std::fs::read(&target).unwrap().len(), 4 << 20);
+        // A relative link to a file that does not exist yet.
+        let dangling = dir.join("dangling.img");
+        std::os::unix::fs::symlink("new.img", &dangling).unwrap();
+        repo.restore_image(f.full, &dangling, &mut |_, _| {})
+            .unwrap();
+        assert!(std::fs::symlink_metadata(&dangling).unwrap().is_symlink());
+        assert_eq!(std::fs::read(dir.join("new.img")).unwrap().len(), 4 << 20);
         let a_dir = dir.join("a-dir");
         std::fs::create_dir(&a_dir).unwrap();
         for (out, what) in [
@@ -896,6 +903,22 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         let repo = Repository::open(&f.root).unwrap();
         assert_eq!(repo.list().unwrap().len(), 3);
+        drop(repo);
+        // The other commands' output too: the exit status stays theirs.
+        for args in [&["repo", "verify"][..], &["list"], &["repo", "info"]] {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+                .arg("--json")
+                .args(args)
+                .arg("--repo")
+                .arg(&f.root)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(child.stdout.take());
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+        }
     }
 
     /// A rebuild killed while it swaps the catalogs leaves the repository refused (a GC on
@@ -933,6 +956,20 @@ mod tests {
         );
         assert!(!f.root.join("catalog.rebuilding").exists());
         assert!(!f.root.join("catalog.db.rebuild").exists());
+        // The damaged catalog is kept, not replaced by a later run's aside copy (the runs
+        // above may fall in the same second).
+        let kept: Vec<Vec<u8>> = std::fs::read_dir(&f.root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with("catalog.db.damaged-")
+                    && !name.contains("-wal")
+                    && !name.contains("-shm")
+            })
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        assert!(kept.contains(&vec![0x5a; 8192]), "{} kept", kept.len());
         let repo = Repository::open(&f.root).unwrap();
         assert_eq!(repo.list().unwrap(), before);
         assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());

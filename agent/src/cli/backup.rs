@@ -257,7 +257,7 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
 
 #[allow(clippy::cast_precision_loss)] // display figures
 fn print_report(r: &engine::BackupReport) {
-    println!(
+    say!(
         "job {}{}: {} VM(s) in {:.1} s, snapshot skew {} ms",
         r.job,
         r.group
@@ -273,7 +273,7 @@ fn print_report(r: &engine::BackupReport) {
             (Some(p), _) => {
                 let read: u64 = v.disks.iter().map(|d| d.stats.bytes_read).sum();
                 let stored: u64 = v.disks.iter().map(|d| d.stats.bytes_stored).sum();
-                println!(
+                say!(
                     "  {} ({}): point {p}, {}, read {:.1} MiB, stored {:.1} MiB",
                     v.name,
                     v.vm,
@@ -282,7 +282,7 @@ fn print_report(r: &engine::BackupReport) {
                     stored as f64 / 1_048_576.0
                 );
                 for d in &v.disks {
-                    println!(
+                    say!(
                         "    {} ({}): {} — {}",
                         d.label,
                         d.key,
@@ -291,10 +291,10 @@ fn print_report(r: &engine::BackupReport) {
                     );
                 }
                 if let Some(val) = &v.validation {
-                    println!("    VM Service validation: {}", validation_text(val));
+                    say!("    VM Service validation: {}", validation_text(val));
                 }
             }
-            (None, e) => println!(
+            (None, e) => say!(
                 "  {} ({}): FAILED: {}",
                 v.name,
                 v.vm,
@@ -302,7 +302,7 @@ fn print_report(r: &engine::BackupReport) {
             ),
         }
         for c in &v.cleanup_errors {
-            println!("    cleanup: {c}");
+            say!("    cleanup: {c}");
         }
     }
 }
@@ -408,34 +408,34 @@ pub fn reconcile(args: &ReconcileArgs, json: bool) -> anyhow::Result<ExitCode> {
     let _ = rt.block_on(env.soap.logout());
     let report = report.context("reconcile")?;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({ "event": "reconcile", "report": report })
         );
     } else {
         for (vm, s) in &report.snapshots_removed {
-            println!("removed snapshot {s} of {vm}");
+            say!("removed snapshot {s} of {vm}");
         }
         for vm in &report.access_ended {
-            println!("EndAccess for {vm}");
+            say!("EndAccess for {vm}");
         }
         for (vm, detail) in &report.half_created_vms {
-            println!("half-created VM {vm}: {detail}");
+            say!("half-created VM {vm}: {detail}");
         }
         for job in &report.jobs_interrupted {
-            println!("job {job} was interrupted; marked failed");
+            say!("job {job} was interrupted; marked failed");
         }
         if report.skipped_running > 0 {
-            println!(
+            say!(
                 "{} entries belong to jobs still running; left alone",
                 report.skipped_running
             );
         }
         for e in &report.errors {
-            println!("error: {e}");
+            say!("error: {e}");
         }
         if report.is_clean() {
-            println!("reconcile: clean");
+            say!("reconcile: clean");
         }
     }
     Ok(if report.is_clean() {
@@ -464,7 +464,7 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
     };
     let skew = job_stats.as_ref().and_then(|s| s.get("skew_ms")).cloned();
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "event": "show", "point": point, "skew_ms": skew,
@@ -473,8 +473,8 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("restore point {}", point.id);
-    println!(
+    say!("restore point {}", point.id);
+    say!(
         "  VM:         {} ({}){}",
         point.vm.name,
         point.vm.moref,
@@ -485,36 +485,36 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
             .map(|n| format!(", namespace {n}"))
             .unwrap_or_default()
     );
-    println!("  created:    {}", super::utc(point.created_at));
-    println!(
+    say!("  created:    {}", super::utc(point.created_at));
+    say!(
         "  type:       {} — {}",
         kind_text(Some(point.kind)),
         point.reason
     );
     if let Some(parent) = point.parent {
-        println!("  parent:     {parent}");
+        say!("  parent:     {parent}");
     }
     let stat = |k: &str| point.stats.get(k).and_then(serde_json::Value::as_f64);
     if let Some(s) = stat("seconds") {
-        println!("  duration:   {s:.2} s");
+        say!("  duration:   {s:.2} s");
     }
     if let Some(s) = skew.as_ref().and_then(serde_json::Value::as_u64) {
-        println!("  group skew: {s} ms");
+        say!("  group skew: {s} ms");
     }
     let changed: u64 = point.disks.iter().map(|d| d.bytes_changed).sum();
-    println!("  changed:    {:.1} MiB", changed as f64 / 1_048_576.0);
+    say!("  changed:    {:.1} MiB", changed as f64 / 1_048_576.0);
     if let Some(v) = point.stats.get("validation") {
         match serde_json::from_value::<crate::vmservice::Validation>(v.clone()) {
-            Ok(val) => println!("  VM Service: {}", validation_text(&val)),
-            Err(_) => println!("  VM Service: {v}"),
+            Ok(val) => say!("  VM Service: {}", validation_text(&val)),
+            Err(_) => say!("  VM Service: {v}"),
         }
     }
     if let Some(vmx) = config.as_ref().and_then(|c| c.vmx.as_ref()) {
-        println!("  VMX:        {} bytes kept", vmx.len());
+        say!("  VMX:        {} bytes kept", vmx.len());
     }
-    println!("  disks:");
+    say!("  disks:");
     for d in &point.disks {
-        println!(
+        say!(
             "    {} {} ({:?}) {} bytes, changeId {}, changed {} bytes, stored {} bytes",
             d.key,
             d.label,
@@ -524,7 +524,7 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
             d.bytes_changed,
             d.bytes_stored
         );
-        println!("      {}", d.backing_file);
+        say!("      {}", d.backing_file);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -101,7 +101,7 @@ pub fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
     if !args.keep && args.root.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     } else {
-        println!("lab kept at {}", root.display());
+        say!("lab kept at {}", root.display());
     }
     let steps = outcome?;
     print_summary(&steps, json)?;
@@ -155,7 +155,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         .thumbprint()
         .context("the lab's vCenter serves HTTPS")?
         .to_owned();
-    println!(
+    say!(
         "lab vCenter and Supervisor at {} (thumbprint {thumbprint})",
         vcenter.sdk_url()
     );
@@ -166,7 +166,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
     )?;
     let vddk = Vddk::load(libdir, Some(&config))?;
     let lib = vddk.library();
-    println!(
+    say!(
         "VDDK {} loaded from {} (transports {})",
         lib.major(),
         lib.path().display(),
@@ -186,7 +186,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         for (i, d) in disks.iter().enumerate() {
             guest_writes(&lab, vm, d.key, d.capacity_bytes, (10 * v + i) as u64, 4)?;
         }
-        println!(
+        say!(
             "VirtualMachine {NAMESPACE}/{name} is {} with {} disks ({})",
             vm.0,
             disks.len(),
@@ -273,7 +273,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         lab.find_vm_by_name(restored_name)?.is_none(),
         "VM Operator did not remove the vSphere VM"
     );
-    println!("deleted VirtualMachine {NAMESPACE}/{restored_name} (its vSphere VM and disks)");
+    say!("deleted VirtualMachine {NAMESPACE}/{restored_name} (its vSphere VM and disks)");
 
     // 5. Restore and registration.
     let report = rt.block_on(async {
@@ -287,7 +287,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         .await?;
         let last_percent = std::sync::atomic::AtomicU64::new(u64::MAX);
         let observer: restore::RestoreObserver = Arc::new(move |e: &RestoreEvent| match e {
-            RestoreEvent::Predicted { prediction } => println!(
+            RestoreEvent::Predicted { prediction } => say!(
                 "pre-flight: WCP will do a {}{}",
                 prediction.restore_type,
                 if prediction.refusals.is_empty() {
@@ -296,11 +296,11 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
                     format!(" but refuse: {:?}", prediction.refusals)
                 }
             ),
-            RestoreEvent::Step { message } => println!("  {message}"),
+            RestoreEvent::Step { message } => say!("  {message}"),
             RestoreEvent::Registration { completed, total } => {
                 let before = last_percent.swap(*completed, std::sync::atomic::Ordering::Relaxed);
                 if before != *completed {
-                    println!("  registration {completed}/{total} %");
+                    say!("  registration {completed}/{total} %");
                 }
             }
             _ => {}
@@ -336,7 +336,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             .as_str()
             .to_owned(),
     );
-    println!(
+    say!(
         "VirtualMachine {NAMESPACE}/{restored_name}: {} (vSphere VM {}), volumes {}",
         verification.power_state.as_deref().unwrap_or("?"),
         restored.0,
@@ -468,7 +468,7 @@ fn backup(rt: &tokio::runtime::Runtime, env: &Environment) -> anyhow::Result<Bac
             name, completed_ms, ..
         } = e
         {
-            println!("  snapshot of {name} after {completed_ms} ms");
+            say!("  snapshot of {name} after {completed_ms} ms");
         }
     });
     let report = rt
@@ -583,11 +583,11 @@ fn print_summary(steps: &[Step], json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "demo": "ok", "steps": rows }));
+        say!("{}", serde_json::json!({ "demo": "ok", "steps": rows }));
         return Ok(());
     }
-    println!();
-    println!("{:<52} {:>10} {:>10}  result", "step", "MiB", "MiB/s");
+    say!();
+    say!("{:<52} {:>10} {:>10}  result", "step", "MiB", "MiB/s");
     for s in steps {
         let mib = s.bytes as f64 / MIB as f64;
         let rate = if s.secs > 0.0 {
@@ -595,8 +595,8 @@ fn print_summary(steps: &[Step], json: bool) -> anyhow::Result<()> {
         } else {
             "-".into()
         };
-        println!("{:<52} {:>10.1} {:>10}  {}", s.what, mib, rate, s.result);
+        say!("{:<52} {:>10.1} {:>10}  {}", s.what, mib, rate, s.result);
     }
-    println!("\ndemo passed");
+    say!("\ndemo passed");
     Ok(())
 }

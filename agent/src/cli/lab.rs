@@ -52,7 +52,7 @@ fn serve(args: &ServeArgs, json: bool) -> anyhow::Result<()> {
     tracing::info!(url = %running.sdk_url, "lab vCenter listening");
     // The password goes to stdout only, never into the log.
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "sdk_url": running.sdk_url,
@@ -63,14 +63,14 @@ fn serve(args: &ServeArgs, json: bool) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("sdk_url: {}", running.sdk_url);
-        println!(
+        say!("sdk_url: {}", running.sdk_url);
+        say!(
             "thumbprint: {}",
             running.thumbprint.as_deref().unwrap_or("(plain http)")
         );
-        println!("user: {}", running.user);
-        println!("password: {}", running.password);
-        println!("root: {}", args.root.display());
+        say!("user: {}", running.user);
+        say!("password: {}", running.password);
+        say!("root: {}", args.root.display());
     }
     use std::io::Write as _;
     std::io::stdout().flush().context("flush stdout")?;

@@ -1,6 +1,17 @@
 //! Command-line interface: one file per subcommand group. `anyhow` is allowed here (and in
 //! `main.rs`) only; library errors stay typed.
 
+/// `println!` for command output that ignores a closed stdout (`--json | head -1`): the
+/// work is done, or goes on, either way, and the exit status still says how it went.
+macro_rules! say {
+    () => {
+        $crate::cli::emit_line("")
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::emit_line(&format!($($arg)*))
+    };
+}
+
 pub mod backup;
 pub mod demo;
 pub mod image;

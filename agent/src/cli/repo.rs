@@ -123,12 +123,12 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
     for p in &report.problems {
         match p {
             VerifyProblem::Catalog { path, error } => {
-                println!("BAD CATALOG {}: {error}", path.display());
+                say!("BAD CATALOG {}: {error}", path.display());
             }
             VerifyProblem::Index {
                 point, disk, error, ..
             } => {
-                println!("BAD INDEX restore point {point} disk {disk}: {error}");
+                say!("BAD INDEX restore point {point} disk {disk}: {error}");
             }
             VerifyProblem::Chunk {
                 digest,
@@ -140,7 +140,7 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
                     .iter()
                     .map(|(p, d)| format!("{p} (disk {d})"))
                     .collect();
-                println!(
+                say!(
                     "BAD CHUNK {digest}: {error}; affects restore points: {}",
                     pts.join(", ")
                 );
@@ -148,13 +148,13 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
         }
     }
     match report.subset {
-        None => println!(
+        None => say!(
             "verified {} restore points, {} chunks: {} problem(s)",
             report.points,
             report.chunks,
             report.problems.len()
         ),
-        Some(subset) => println!(
+        Some(subset) => say!(
             "verified {} restore points, {} chunks ({} re-read: subset {subset} and chunks \
              recorded as damaged; the others checked for presence): {} problem(s)",
             report.points,
@@ -177,21 +177,21 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
         .iter()
         .any(|p| matches!(p, VerifyProblem::Catalog { .. }))
     {
-        println!(
+        say!(
             "the catalog is damaged: restore points may be missing or wrong; copy the \
              repository aside before anything writes to it again"
         );
     }
     let Some(r) = repaired else {
         if healable {
-            println!(
+            say!(
                 "run `vadp-agent repo verify --repair` to let the next backups heal the bad chunks"
             );
         }
         return;
     };
     for q in &r.quarantined {
-        println!(
+        say!(
             "QUARANTINED chunk {}: {} -> {}",
             q.digest,
             q.from.display(),
@@ -199,23 +199,23 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
         );
     }
     for d in &r.unreadable {
-        println!("NOT REPAIRED chunk {d}: it could not be read; fix the error and run again");
+        say!("NOT REPAIRED chunk {d}: it could not be read; fix the error and run again");
     }
     if !r.damaged.is_empty() {
-        println!(
+        say!(
             "{} damaged chunk(s) recorded: the next backup of each affected VM stores them again; \
              restore points that use them restore again if the data has not changed since",
             r.damaged.len()
         );
     }
     if r.manifests_written > 0 {
-        println!(
+        say!(
             "{} point manifest(s) written for points made before manifests existed",
             r.manifests_written
         );
     }
     if r.cleared > 0 {
-        println!(
+        say!(
             "{} earlier damaged chunk(s) are intact again or no longer used",
             r.cleared
         );
@@ -233,9 +233,9 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("init repository {}", repo.repo.display()))?;
             let info = r.info()?;
             if json {
-                println!("{}", serde_json::json!({"event": "init", "repo": info}));
+                say!("{}", serde_json::json!({"event": "init", "repo": info}));
             } else {
-                println!(
+                say!(
                     "initialised repository {} (chunk size {} bytes)",
                     info.path.display(),
                     info.chunk_size_bytes
@@ -245,18 +245,19 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
         RepoCommand::Info { repo } => {
             let info = open(&repo)?.info()?;
             if json {
-                println!("{}", serde_json::json!({"event": "info", "repo": info}));
+                say!("{}", serde_json::json!({"event": "info", "repo": info}));
             } else {
-                println!("path:           {}", info.path.display());
-                println!("chunk size:     {} bytes", info.chunk_size_bytes);
-                println!("schema version: {}", info.schema_version);
-                println!("restore points: {}", info.points);
-                println!(
+                say!("path:           {}", info.path.display());
+                say!("chunk size:     {} bytes", info.chunk_size_bytes);
+                say!("schema version: {}", info.schema_version);
+                say!("restore points: {}", info.points);
+                say!(
                     "chunk files:    {} ({} bytes)",
-                    info.chunk_files, info.chunk_bytes
+                    info.chunk_files,
+                    info.chunk_bytes
                 );
                 if info.quarantined_files > 0 {
-                    println!(
+                    say!(
                         "quarantined:    {} corrupt chunk file(s) in {} (kept for inspection; \
                          delete them when done)",
                         info.quarantined_files,
@@ -264,14 +265,14 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     );
                 }
                 if info.damaged_chunks > 0 {
-                    println!(
+                    say!(
                         "damaged chunks: {} (found by `repo verify --repair`; the next backups \
                          store them again)",
                         info.damaged_chunks
                     );
                 }
                 if let Some(since) = info.gc_pending_since {
-                    println!(
+                    say!(
                         "garbage:        restore points removed since {}; their chunks take \
                          space until `repo gc` runs",
                         super::utc(since)
@@ -300,7 +301,7 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
             )?;
             progress.finish();
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"event": "verify", "report": report, "repair": repaired})
                 );
@@ -329,7 +330,7 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
             };
             let decisions = open(&repo)?.prune(&policy, now_secs(), dry_run)?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"event": "prune", "dry_run": dry_run, "decisions": decisions})
                 );
@@ -342,7 +343,7 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     } else {
                         "remove"
                     };
-                    println!("{verb} {} {} {}", d.id, d.created_at, d.reasons.join(","));
+                    say!("{verb} {} {} {}", d.id, d.created_at, d.reasons.join(","));
                 }
             }
         }
@@ -350,21 +351,21 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
             let report = Repository::rebuild_catalog(&repo.repo, force)
                 .with_context(|| format!("rebuild the catalog of {}", repo.repo.display()))?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"event": "rebuild_catalog", "report": report})
                 );
             } else {
                 if report.resumed {
-                    println!("finishing the catalog rebuild that was interrupted");
+                    say!("finishing the catalog rebuild that was interrupted");
                 }
                 for old in &report.old_catalog {
-                    println!("old catalog file kept as {}", old.display());
+                    say!("old catalog file kept as {}", old.display());
                 }
                 for (dir, why) in &report.skipped {
-                    println!("SKIPPED indexes/{dir}: {why}");
+                    say!("SKIPPED indexes/{dir}: {why}");
                 }
-                println!(
+                say!(
                     "catalog rebuilt with {} restore point(s); run `vadp-agent repo verify` next",
                     report.points.len()
                 );
@@ -373,9 +374,9 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
         RepoCommand::Gc { repo } => {
             let report = open(&repo)?.gc()?;
             if json {
-                println!("{}", serde_json::json!({"event": "gc", "report": report}));
+                say!("{}", serde_json::json!({"event": "gc", "report": report}));
             } else {
-                println!(
+                say!(
                     "gc: {} chunks referenced, {} kept, {} removed ({} bytes), {} temp files, {} orphan indexes removed",
                     report.chunks_marked,
                     report.chunks_kept,
@@ -385,7 +386,7 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                     report.orphan_indexes_removed
                 );
                 if !report.damaged_forgotten.is_empty() {
-                    println!(
+                    say!(
                         "gc: {} damaged chunk(s) no restore point uses any more forgotten",
                         report.damaged_forgotten.len()
                     );
@@ -415,15 +416,23 @@ pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({"event": "list", "points": points, "skew_ms": skews})
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<36}  {:<16}  {:<20}  {:<11}  {:>14}  {:>12}  {:>8}  {:>7}  {:<12}  WHY",
-        "ID", "VM", "CREATED (UTC)", "KIND", "SIZE", "CHANGED", "SECONDS", "SKEW", "VM SERVICE"
+        "ID",
+        "VM",
+        "CREATED (UTC)",
+        "KIND",
+        "SIZE",
+        "CHANGED",
+        "SECONDS",
+        "SKEW",
+        "VM SERVICE"
     );
     for p in &points {
         let size: u64 = p.disks.iter().map(|d| d.capacity_bytes).sum();
@@ -446,9 +455,18 @@ pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
             .and_then(serde_json::Value::as_str)
             .unwrap_or("-");
         let created = super::utc(p.created_at);
-        println!(
+        say!(
             "{:<36}  {:<16}  {:<20}  {:<11}  {:>14}  {:>12}  {:>8}  {:>7}  {:<12}  {}",
-            p.id, p.vm.name, created, kind, size, changed, seconds, skew, validation, p.reason
+            p.id,
+            p.vm.name,
+            created,
+            kind,
+            size,
+            changed,
+            seconds,
+            skew,
+            validation,
+            p.reason
         );
     }
     Ok(ExitCode::SUCCESS)

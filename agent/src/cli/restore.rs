@@ -163,7 +163,7 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn print_prediction(p: &Prediction) {
-    println!(
+    say!(
         "pre-flight ({} Supervisor): WCP will do a {}{}{}",
         serde_json::to_value(p.supervisor)
             .ok()
@@ -182,21 +182,21 @@ fn print_prediction(p: &Prediction) {
         }
     );
     for e in &p.expectations {
-        println!("  expect: {e}");
+        say!("  expect: {e}");
     }
     for r in &p.refusals {
-        println!("  REFUSED {}: {}", r.id, r.reason);
+        say!("  REFUSED {}: {}", r.id, r.reason);
     }
 }
 
 #[allow(clippy::cast_precision_loss)] // display figures
 fn print_report(r: &RestoreReport) {
     let Some(vm) = &r.vm else {
-        println!("dry run: nothing changed");
+        say!("dry run: nothing changed");
         return;
     };
     let mib = r.bytes_total as f64 / f64::from(1 << 20);
-    println!(
+    say!(
         "restored {} as {vm}: {} disk(s), {mib:.0} MiB in {:.1} s ({:.0} MiB/s); total {:.1} s",
         r.vm_name,
         r.disks.len(),
@@ -205,7 +205,7 @@ fn print_report(r: &RestoreReport) {
         r.seconds
     );
     if let Some(t) = &r.registration_task {
-        println!(
+        say!(
             "registration task {t}{}",
             if r.auto_registered {
                 " (started by WCP)"
@@ -215,16 +215,16 @@ fn print_report(r: &RestoreReport) {
         );
     }
     if let Some(v) = &r.verification {
-        println!(
+        say!(
             "VirtualMachine {}: {}",
             r.vm_name,
             v.power_state.as_deref().unwrap_or("?")
         );
         for (vol, claim) in &v.volumes {
-            println!("  volume {vol} -> PVC {claim}");
+            say!("  volume {vol} -> PVC {claim}");
         }
         for p in &v.problems {
-            println!("  NOT AS EXPECTED: {p}");
+            say!("  NOT AS EXPECTED: {p}");
         }
     }
 }

@@ -189,12 +189,12 @@ fn show(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         let subset = subset.map_or_else(|| "every chunk".to_owned(), |s| format!("subset {s}"));
         let last = maintenance::last_verify_summary(&repo)?;
         if json {
-            println!(
+            say!(
                 "{}",
                 serde_json::json!({"verify": {"next_run": next.to_string(), "next_subset": subset, "last": last}})
             );
         } else {
-            println!(
+            say!(
                 "daily verify: next run {next} ({subset}); last: {}",
                 last.map_or("never".into(), |l| format!(
                     "{} problem(s), {} of {} chunks re-read, {} s",
@@ -209,12 +209,12 @@ fn show(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         let reference = scheduler::policy_reference(repo.catalog(), name, &schedule, &now, false)?;
         let next = crate::daemon::next_run(&schedule, reference, &now);
         if json {
-            println!(
+            say!(
                 "{}",
                 serde_json::json!({"policy": name, "last_run": last.map(|t| t.to_string()), "next_run": next.to_string()})
             );
         } else {
-            println!(
+            say!(
                 "{name}: last run {}, next run {}",
                 last.map_or("never".into(), |t| t.to_string()),
                 next
@@ -256,9 +256,9 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         match report {
             Ok(r) => {
                 if json {
-                    println!("{}", serde_json::json!({"policy": name, "report": r}));
+                    say!("{}", serde_json::json!({"policy": name, "report": r}));
                 } else {
-                    println!(
+                    say!(
                         "policy {name}: job {} {} ({} VM(s))",
                         r.job,
                         if r.succeeded { "succeeded" } else { "FAILED" },

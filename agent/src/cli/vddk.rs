@@ -73,7 +73,7 @@ fn run_info(args: &InfoArgs, json: bool) -> anyhow::Result<()> {
             "optional_symbols": optional,
             "ld_library_path_prefix": reexec_dir,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        say!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!(
             "{}",

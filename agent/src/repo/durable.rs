@@ -46,6 +46,22 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, io::
     sync_dir(dir).map_err(at(dir))
 }
 
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`
+/// (`RENAME_NOREPLACE`; where the file system lacks it, a check first, which two writers
+/// could still race past).
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL) => {
+            if to.exists() {
+                return Err(io::ErrorKind::AlreadyExists.into());
+            }
+            fs::rename(from, to)
+        }
+        result => result.map_err(io::Error::from),
+    }
+}
+
 /// Create `dir` and its missing ancestors durably: each new directory's entry is fsynced in
 /// its parent (a new directory whose parent was not fsynced can vanish in a power loss,
 /// with everything written into it). Nothing is synced when `dir` exists.

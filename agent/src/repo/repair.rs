@@ -50,7 +50,7 @@ use crate::ids::ChunkDigest;
 use crate::repo::catalog::{CatalogHandle, DamagedChunk};
 use crate::repo::chunk;
 use crate::repo::chunk_store::ChunkStore;
-use crate::repo::durable::sync_dir;
+use crate::repo::durable::{self, sync_dir};
 use crate::repo::verify::{ChunkState, VerifyProblem, VerifyReport};
 
 /// Directory (under the repository root) that receives corrupt chunk files.
@@ -251,7 +251,7 @@ fn move_aside(
     }
     let mut to = quarantine.join(name);
     for n in 1.. {
-        match rename_noreplace(from, &to) {
+        match durable::rename_noreplace(from, &to) {
             Ok(()) => break,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 to = quarantine.join(format!("{name}.{n}"));
@@ -278,20 +278,4 @@ fn move_aside(
     sync_dir(quarantine).map_err(fail(quarantine))?;
     sync_dir(&dir).map_err(fail(&dir))?;
     Ok(Moved::Aside(to.to_path_buf()))
-}
-
-/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`
-/// (`RENAME_NOREPLACE`; where the file system lacks it, a check first, which two repairs
-/// could still race past).
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Err(rustix::io::Errno::INVAL) => {
-            if to.exists() {
-                return Err(io::ErrorKind::AlreadyExists.into());
-            }
-            fs::rename(from, to)
-        }
-        result => result.map_err(io::Error::from),
-    }
 }

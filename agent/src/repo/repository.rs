@@ -385,6 +385,25 @@ pub struct Repository {
     _open_lock: RepoLock,
 }
 
+/// `path` with every symbolic link along its last component followed, whether or not the
+/// file it ends at exists yet (a restore replaces that file, not the link).
+fn resolve_links(path: &Path) -> std::io::Result<PathBuf> {
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&at) {
+            Ok(md) if md.is_symlink() => {
+                let to = fs::read_link(&at)?;
+                at = match at.parent() {
+                    Some(dir) if to.is_relative() => dir.join(to),
+                    _ => to,
+                };
+            }
+            _ => return Ok(at),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+}
+
 /// `lock`, with another holder ([`ChunkStoreError::Busy`]) reported as `busy()`.
 fn busy_as(
     lock: Result<RepoLock, ChunkStoreError>,
@@ -1010,16 +1029,13 @@ impl Repository {
         out: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, RepoError> {
-        let target;
-        let out = match fs::metadata(out) {
-            Ok(md) if md.is_file() => {
-                target = fs::canonicalize(out).map_err(|source| RepoError::Io {
-                    path: out.to_path_buf(),
-                    source,
-                })?;
-                target.as_path()
-            }
-            Ok(md) => {
+        let target = resolve_links(out).map_err(|source| RepoError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let out = target.as_path();
+        match fs::metadata(out) {
+            Ok(md) if !md.is_file() => {
                 return Err(RepoError::NotAFile {
                     path: out.to_path_buf(),
                     what: if md.is_dir() {
@@ -1029,8 +1045,8 @@ impl Repository {
                     },
                 });
             }
-            Err(_) => out,
-        };
+            _ => {}
+        }
         let _lease = self.lease_point(point)?;
         let (_lock, disk, index) = self.disk_to_restore(point, disk)?;
         let problems = self.check_restorable_locked(point, &[disk], false)?;
@@ -1527,7 +1543,8 @@ impl Repository {
     /// (`vadp-agent repo rebuild-catalog`): a new catalog, built aside in
     /// `catalog.db.rebuild`, gets the repository's settings from the manifests and every
     /// point whose manifest and index files read; then, under the `catalog.rebuilding`
-    /// marker, the old catalog files are renamed aside (`catalog.db.damaged-<unix time>`)
+    /// marker, the old catalog files are renamed aside (`catalog.db.damaged-<unix time>`,
+    /// with `.1`, `.2`, … added if taken, and its `-wal`, `-shm`, `-journal` named after it)
     /// and the new one into place. Job history, the journal, the daemon's queue and
     /// damaged-chunk records are not in manifests and start empty. Takes the exclusive lock
     /// and `open.lock` exclusively (no other process may have the repository open). Refuses
@@ -1673,14 +1690,28 @@ impl Repository {
         durable::write_file(&marker, b"a catalog rebuild is replacing catalog.db\n")
             .map_err(|(path, source)| RepoError::Io { path, source })?;
         crate::engine::crash_point("rebuild-marked");
+        // Aside as `catalog.db.damaged-<time>` with its `-wal`, `-shm` and `-journal` files
+        // named after it, so that SQLite opens it whole; never over an earlier one.
+        let suffixes: Vec<&str> = ["", "-wal", "-shm", "-journal"]
+            .into_iter()
+            .filter(|s| path.join(format!("catalog.db{s}")).exists())
+            .collect();
         let stamp = now_secs();
-        for suffix in ["", "-wal", "-shm"] {
-            let old = path.join(format!("catalog.db{suffix}"));
-            if old.exists() {
-                let aside = path.join(format!("catalog.db{suffix}.damaged-{stamp}"));
-                fs::rename(&old, &aside).map_err(io(&old))?;
-                report.old_catalog.push(aside);
+        let mut tag = stamp.to_string();
+        for n in 1.. {
+            if !suffixes
+                .iter()
+                .any(|s| path.join(format!("catalog.db.damaged-{tag}{s}")).exists())
+            {
+                break;
             }
+            tag = format!("{stamp}.{n}");
+        }
+        for suffix in suffixes {
+            let old = path.join(format!("catalog.db{suffix}"));
+            let aside = path.join(format!("catalog.db.damaged-{tag}{suffix}"));
+            durable::rename_noreplace(&old, &aside).map_err(io(&aside))?;
+            report.old_catalog.push(aside);
         }
         fs::rename(&temp, &db).map_err(io(&db))?;
         durable::sync_dir(path).map_err(io(path))?;
