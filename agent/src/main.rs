@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.json || cli.log_json, cli.verbose);
     match cli::run(cli) {
+        Ok(_) if cli::output_failed() => ExitCode::FAILURE,
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

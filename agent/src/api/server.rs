@@ -48,7 +48,7 @@ pub async fn serve(
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         // On stdout for scripts and tests; the log has it too.
-        println!("listening on http://{bound}");
+        crate::cli::emit_line(&format!("listening on http://{bound}"));
         tracing::info!(address = %bound, "API listening on TCP");
         let (r, s) = (router.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -65,7 +65,7 @@ pub async fn serve(
         }
         let listener = tokio::net::UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        println!("listening on unix:{}", path.display());
+        crate::cli::emit_line(&format!("listening on unix:{}", path.display()));
         tracing::info!(socket = %path.display(), "API listening on a unix socket");
         let (r, s) = (router.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -131,13 +131,32 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     vddk::exit_code(err).unwrap_or(1)
 }
 
-/// One line of a job's event stream on stdout (`--json`). A reader that went away (`| head`)
-/// must not panic the job half-way, with a snapshot or PrepareForAccess still to undo, as
-/// `println!` would: the write error is ignored and the job runs to its clean-up.
+/// Set when writing command output failed other than by a reader going away.
+static OUTPUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One line of command output on stdout (`say!`, a job's `--json` event stream). A reader
+/// that went away (`| head`) must not panic the job half-way, with a snapshot or
+/// PrepareForAccess still to undo, as `println!` would: that error is ignored and the job
+/// runs to its clean-up. Any other write error (a full disk under `> report.json`) is
+/// reported once on stderr and makes the command fail at its end ([`output_failed`]), so
+/// that no script trusts a truncated file.
 pub(crate) fn emit_line(line: &str) {
     use std::io::Write as _;
+    use std::sync::atomic::Ordering;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+        && !OUTPUT_FAILED.swap(true, Ordering::Relaxed)
+    {
+        eprintln!("error: writing the output failed: {e}");
+    }
+}
+
+/// Whether some command output could not be written (other than to a reader that went
+/// away); `main` then exits non-zero even if the command succeeded.
+#[must_use]
+pub fn output_failed() -> bool {
+    OUTPUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A catalog time (Unix seconds) for people: RFC 3339 in UTC.

@@ -75,10 +75,8 @@ fn run_info(args: &InfoArgs, json: bool) -> anyhow::Result<()> {
         });
         say!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print!(
-            "{}",
-            render_text(&path, lib.major(), &modes, &symbols, reexec_dir.as_deref())
-        );
+        let text = render_text(&path, lib.major(), &modes, &symbols, reexec_dir.as_deref());
+        say!("{}", text.strip_suffix('\n').unwrap_or(&text));
     }
     vddk.shutdown();
     Ok(())
