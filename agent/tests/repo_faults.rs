@@ -211,7 +211,7 @@ mod tests {
             repo.store(),
             repo.catalog(),
             report,
-            &std::collections::HashSet::new(),
+            &std::collections::HashMap::new(),
             now,
         )
         .unwrap()
@@ -242,6 +242,36 @@ mod tests {
         assert!(repo.store().insert(&d, &good).unwrap());
         let (_, next) = repo.verify_and_repair(&mut |_, _| {}).unwrap();
         assert_eq!(next.cleared, 1, "{next:?}");
+        assert!(repo.catalog().damaged_list().unwrap().is_empty());
+    }
+
+    /// A record another repair made again after this repair's verify began (the chunk was
+    /// stored again, then found corrupt again) is kept; one unchanged since is dropped.
+    #[test]
+    fn a_repair_keeps_a_record_made_again_after_its_verify_began() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        let clean = repo.verify(&mut |_, _| {}).unwrap();
+        flip_a_byte(&path);
+        let found = repo.verify(&mut |_, _| {}).unwrap();
+        assert_eq!(repair(&f, &repo, &found, 1_005).damaged, vec![d]);
+        let with = |detected_at: i64| {
+            vadp_agent::repo::repair::repair(
+                &f.root,
+                repo.store(),
+                repo.catalog(),
+                &clean,
+                &std::collections::HashMap::from([(d, detected_at)]),
+                1_010,
+            )
+            .unwrap()
+        };
+        // The verify began when the record said 1000: the record of 1005 is another one.
+        assert_eq!(with(1_000).cleared, 0);
+        assert_eq!(repo.catalog().damaged_list().unwrap().len(), 1);
+        // The verify began with this very record and found the chunk fine: stale.
+        assert_eq!(with(1_005).cleared, 1);
         assert!(repo.catalog().damaged_list().unwrap().is_empty());
     }
 
@@ -919,6 +949,18 @@ mod tests {
             let out = child.wait_with_output().unwrap();
             assert!(out.status.success(), "{args:?}: {out:?}");
         }
+        // Any other write error fails the command, so no script trusts a truncated file.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["--json", "list", "--repo"])
+            .arg(&f.root)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("writing the output failed"),
+            "{out:?}"
+        );
     }
 
     /// A rebuild killed while it swaps the catalogs leaves the repository refused (a GC on

@@ -47,12 +47,14 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, io::
 }
 
 /// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`
-/// (`RENAME_NOREPLACE`; where the file system lacks it, a check first, which two writers
-/// could still race past).
+/// (`RENAME_NOREPLACE`; where that is refused, a check first, which two writers could
+/// still race past).
 pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Err(rustix::io::Errno::INVAL) => {
+        // No RENAME_NOREPLACE here: the file system (EINVAL), the kernel (ENOSYS) or a
+        // sandbox's syscall filter (EPERM) refuses it.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
             if to.exists() {
                 return Err(io::ErrorKind::AlreadyExists.into());
             }

@@ -39,7 +39,7 @@
 //! leaves the list once the backup has stored it durably and read it back intact; a chunk
 //! no point references any more leaves it at the next GC.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -102,13 +102,14 @@ pub enum RepairError {
 }
 
 /// Act on `report` (a verify of every committed point, made under the shared lock the
-/// caller still holds) at Unix time `now`. `rechecked` are the chunks recorded as damaged
-/// when the verify began, which it re-read whatever its subset.
+/// caller still holds) at Unix time `now`. `rechecked` are the damaged-chunk records as
+/// they were when the verify began (digest → when found), whose chunks it re-read whatever
+/// its subset.
 ///
-/// Only those records can be dropped as stale (their chunk found intact, or used by no
-/// point): a record made since, by another repair running alongside, is of a chunk this
-/// verify may have found intact before that repair moved it aside. A chunk this repair
-/// finds back in place, intact, loses its record in any case.
+/// Only those records, unchanged since, can be dropped as stale (their chunk found intact,
+/// or used by no point): a record made or made again since, by another repair running
+/// alongside, is of a chunk this verify may have found intact before that repair moved it
+/// aside. A chunk this repair finds back in place, intact, loses its record in any case.
 ///
 /// # Errors
 /// [`RepairError`]; files already moved stay in `quarantine/` and their chunks read as
@@ -118,7 +119,7 @@ pub fn repair(
     store: &ChunkStore,
     catalog: &CatalogHandle,
     report: &VerifyReport,
-    rechecked: &HashSet<ChunkDigest>,
+    rechecked: &HashMap<ChunkDigest, i64>,
     now: i64,
 ) -> Result<RepairReport, RepairError> {
     let mut out = RepairReport::default();
@@ -196,8 +197,10 @@ pub fn repair(
             catalog
                 .damaged_list()?
                 .into_iter()
-                .map(|d| d.digest)
-                .filter(|d| rechecked.contains(d) && !bad.contains(d)),
+                .filter(|d| {
+                    rechecked.get(&d.digest) == Some(&d.detected_at) && !bad.contains(&d.digest)
+                })
+                .map(|d| d.digest),
         );
     }
     if !stale.is_empty() {

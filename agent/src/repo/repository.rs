@@ -8,7 +8,7 @@
 //! the rebuild has been run to its end, because a partial catalog would make GC take the
 //! restore points it lacks for garbage.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -834,11 +834,17 @@ impl Repository {
 
     /// Digests of the chunks a repair recorded as damaged (see [`crate::repo::repair`]).
     fn damaged_digests(&self) -> Result<HashSet<ChunkDigest>, RepoError> {
+        Ok(self.damaged_records()?.into_keys().collect())
+    }
+
+    /// The damaged-chunk records as they are now: digest → when found (a repair compares
+    /// them with the records after its verify, see [`repair::repair`]).
+    fn damaged_records(&self) -> Result<HashMap<ChunkDigest, i64>, RepoError> {
         Ok(self
             .catalog
             .damaged_list()?
             .into_iter()
-            .map(|d| d.digest)
+            .map(|d| (d.digest, d.detected_at))
             .collect())
     }
 
@@ -1217,8 +1223,9 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, Option<RepairReport>), RepoError> {
         let _lock = self.lock_shared()?;
-        let damaged = self.damaged_digests()?;
-        let report = self.verify_locked(options, &damaged, progress)?;
+        let damaged = self.damaged_records()?;
+        let always: HashSet<ChunkDigest> = damaged.keys().copied().collect();
+        let report = self.verify_locked(options, &always, progress)?;
         let repaired = if options.repair {
             Some(self.repair_locked(&report, &damaged)?)
         } else {
@@ -1334,8 +1341,9 @@ impl Repository {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(VerifyReport, RepairReport), RepoError> {
         let _lock = self.lock_shared()?;
-        let damaged = self.damaged_digests()?;
-        let report = self.verify_locked(&VerifyOptions::default(), &damaged, progress)?;
+        let damaged = self.damaged_records()?;
+        let always: HashSet<ChunkDigest> = damaged.keys().copied().collect();
+        let report = self.verify_locked(&VerifyOptions::default(), &always, progress)?;
         let repaired = self.repair_locked(&report, &damaged)?;
         Ok((report, repaired))
     }
@@ -1346,7 +1354,7 @@ impl Repository {
     fn repair_locked(
         &self,
         report: &VerifyReport,
-        rechecked: &HashSet<ChunkDigest>,
+        rechecked: &HashMap<ChunkDigest, i64>,
     ) -> Result<RepairReport, RepoError> {
         let manifests_written = self.write_missing_manifests()?;
         let mut repaired = repair::repair(
@@ -1692,14 +1700,13 @@ impl Repository {
         crate::engine::crash_point("rebuild-marked");
         // Aside as `catalog.db.damaged-<time>` with its `-wal`, `-shm` and `-journal` files
         // named after it, so that SQLite opens it whole; never over an earlier one.
-        let suffixes: Vec<&str> = ["", "-wal", "-shm", "-journal"]
-            .into_iter()
-            .filter(|s| path.join(format!("catalog.db{s}")).exists())
-            .collect();
+        const SUFFIXES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
         let stamp = now_secs();
         let mut tag = stamp.to_string();
         for n in 1.. {
-            if !suffixes
+            // A name none of the four files has, so that a file left from an earlier set-aside
+            // (a `-wal` whose database went aside a second before a crash) never pairs up.
+            if !SUFFIXES
                 .iter()
                 .any(|s| path.join(format!("catalog.db.damaged-{tag}{s}")).exists())
             {
@@ -1707,7 +1714,10 @@ impl Repository {
             }
             tag = format!("{stamp}.{n}");
         }
-        for suffix in suffixes {
+        for suffix in SUFFIXES
+            .into_iter()
+            .filter(|s| path.join(format!("catalog.db{s}")).exists())
+        {
             let old = path.join(format!("catalog.db{suffix}"));
             let aside = path.join(format!("catalog.db.damaged-{tag}{suffix}"));
             durable::rename_noreplace(&old, &aside).map_err(io(&aside))?;
