@@ -342,11 +342,7 @@ impl ChunkStore {
                 self.no_direct_io(&tmp, &e);
                 // Linux creates the file before it refuses `O_DIRECT` (tmpfs before 6.6,
                 // ramfs, ecryptfs): remove it, or the buffered `create_new` finds it.
-                match fs::remove_file(&tmp) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(werr(&tmp, e)),
-                }
+                durable::remove_if_exists(&tmp).map_err(|e| werr(&tmp, e))?;
                 (open(false).map_err(|e| werr(&tmp, e))?, false)
             }
             Err(e) => return Err(werr(&tmp, e)),

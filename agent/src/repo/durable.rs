@@ -46,6 +46,14 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, io::
     sync_dir(dir).map_err(at(dir))
 }
 
+/// Remove `path`; one that is not there is not an error.
+pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
 /// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`
 /// (`RENAME_NOREPLACE`; where that is refused, a check first, which two writers could
 /// still race past).

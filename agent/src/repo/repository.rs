@@ -339,6 +339,9 @@ const OPEN_LOCK: &str = "open.lock";
 const REBUILD_MARKER: &str = "catalog.rebuilding";
 /// Where a rebuild builds the new catalog before renaming it into place.
 const REBUILD_TEMP: &str = "catalog.db.rebuild";
+/// A SQLite database's files: the database and the WAL, shared-memory and rollback journal
+/// files named after it.
+const CATALOG_SUFFIXES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
 
 /// What [`Repository::write_disk`] reads.
 #[derive(Debug)]
@@ -1040,18 +1043,17 @@ impl Repository {
             source,
         })?;
         let out = target.as_path();
-        match fs::metadata(out) {
-            Ok(md) if !md.is_file() => {
-                return Err(RepoError::NotAFile {
-                    path: out.to_path_buf(),
-                    what: if md.is_dir() {
-                        "a directory"
-                    } else {
-                        "not a regular file (a device?)"
-                    },
-                });
-            }
-            _ => {}
+        if let Ok(md) = fs::metadata(out)
+            && !md.is_file()
+        {
+            return Err(RepoError::NotAFile {
+                path: out.to_path_buf(),
+                what: if md.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file (a device?)"
+                },
+            });
         }
         let _lease = self.lease_point(point)?;
         let (_lock, disk, index) = self.disk_to_restore(point, disk)?;
@@ -1667,18 +1669,9 @@ impl Repository {
         // The new catalog is built aside and renamed into place whole, so the catalog is
         // either the old one or the complete new one; the marker covers the renames.
         let temp = path.join(REBUILD_TEMP);
-        for suffix in ["", "-wal", "-shm", "-journal"] {
+        for suffix in CATALOG_SUFFIXES {
             let stale = path.join(format!("{REBUILD_TEMP}{suffix}"));
-            match fs::remove_file(&stale) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(RepoError::Io {
-                        path: stale,
-                        source: e,
-                    });
-                }
-            }
+            durable::remove_if_exists(&stale).map_err(io(&stale))?;
         }
         let mut catalog = Catalog::open(&temp)?;
         catalog.set_meta("chunk_size_bytes", &facts.chunk_size_bytes.to_string())?;
@@ -1700,13 +1693,12 @@ impl Repository {
         crate::engine::crash_point("rebuild-marked");
         // Aside as `catalog.db.damaged-<time>` with its `-wal`, `-shm` and `-journal` files
         // named after it, so that SQLite opens it whole; never over an earlier one.
-        const SUFFIXES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
         let stamp = now_secs();
         let mut tag = stamp.to_string();
         for n in 1.. {
             // A name none of the four files has, so that a file left from an earlier set-aside
             // (a `-wal` whose database went aside a second before a crash) never pairs up.
-            if !SUFFIXES
+            if !CATALOG_SUFFIXES
                 .iter()
                 .any(|s| path.join(format!("catalog.db.damaged-{tag}{s}")).exists())
             {
@@ -1714,7 +1706,7 @@ impl Repository {
             }
             tag = format!("{stamp}.{n}");
         }
-        for suffix in SUFFIXES
+        for suffix in CATALOG_SUFFIXES
             .into_iter()
             .filter(|s| path.join(format!("catalog.db{s}")).exists())
         {
