@@ -150,15 +150,14 @@ pub fn repair(
                 let name = format!("{}.{now}", digest.to_hex());
                 match move_aside(store, digest, path, &quarantine, &name)? {
                     Moved::Aside(to) => {
-                        let name = to
-                            .file_name()
-                            .map_or_else(|| name.clone(), |n| n.to_string_lossy().into_owned());
+                        // Relative to the repository: `quarantine/<name>`.
+                        let relative = to.strip_prefix(root).unwrap_or(&to).display().to_string();
                         out.quarantined.push(Quarantined {
                             digest: *digest,
                             from: path.clone(),
                             to,
                         });
-                        Some(format!("{QUARANTINE_DIR}/{name}"))
+                        Some(relative)
                     }
                     // Gone since verify read it (another repair moved it): now missing.
                     Moved::Gone => None,
@@ -263,22 +262,21 @@ fn move_aside(
             Err(e) => return Err(fail(from)(e)),
         }
     }
-    let to = to.as_path();
     let dir = store.dir_of(digest);
-    let intact = fs::read(to).is_ok_and(|bytes| chunk::decode(&bytes, digest).is_ok());
+    let intact = fs::read(&to).is_ok_and(|bytes| chunk::decode(&bytes, digest).is_ok());
     if intact {
-        match fs::hard_link(to, from) {
+        match fs::hard_link(&to, from) {
             Ok(()) => {}
             // Stored again meanwhile, by yet another backup: that copy stays.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(fail(from)(e)),
         }
         sync_dir(&dir).map_err(fail(&dir))?;
-        fs::remove_file(to).map_err(fail(to))?;
+        fs::remove_file(&to).map_err(fail(&to))?;
         sync_dir(quarantine).map_err(fail(quarantine))?;
         return Ok(Moved::WasIntact);
     }
     sync_dir(quarantine).map_err(fail(quarantine))?;
     sync_dir(&dir).map_err(fail(&dir))?;
-    Ok(Moved::Aside(to.to_path_buf()))
+    Ok(Moved::Aside(to))
 }
