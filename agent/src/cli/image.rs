@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 
+use super::parse_size;
 use super::progress::Progress;
 use super::repo::RepoArg;
-use super::{emit_line, parse_size};
 use crate::ids::RestorePointId;
 use crate::repo::{Extent, ImageBackup, Repository, synthetic_image};
 
@@ -114,10 +114,13 @@ pub(crate) fn run(cmd: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("back up {}", file.display()))?;
             progress.finish();
             if json {
-                emit_line(&serde_json::json!({"event": "backup", "result": summary}).to_string());
+                say!(
+                    "{}",
+                    serde_json::json!({"event": "backup", "result": summary})
+                );
             } else {
                 let s = &summary.stats;
-                emit_line(&format!(
+                say!(
                     "restore point {} ({:?}): read {} bytes in {:.2}s, {} new chunks ({} bytes), {} reused, {} zero",
                     summary.point,
                     summary.kind,
@@ -127,7 +130,7 @@ pub(crate) fn run(cmd: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
                     s.bytes_stored,
                     s.chunks_reused,
                     s.chunks_zero
-                ));
+                );
             }
         }
         ImageCommand::Restore { repo, point, out } => {
@@ -141,15 +144,15 @@ pub(crate) fn run(cmd: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
             progress.finish();
             let secs = started.elapsed().as_secs_f64();
             if json {
-                emit_line(
-                    &serde_json::json!({"event": "restore", "point": point, "bytes": bytes, "seconds": secs})
-                        .to_string(),
+                say!(
+                    "{}",
+                    serde_json::json!({"event": "restore", "point": point, "bytes": bytes, "seconds": secs})
                 );
             } else {
-                emit_line(&format!(
+                say!(
                     "restored {point} to {} ({bytes} bytes) in {secs:.2}s",
                     out.display()
-                ));
+                );
             }
         }
         ImageCommand::Generate { size, seed, out } => {

@@ -51,14 +51,14 @@ impl Progress {
             let secs = self.started.elapsed().as_secs_f64().max(1e-9);
             #[allow(clippy::cast_precision_loss)] // a rate for display
             let rate = done as f64 / secs;
-            // Write errors are ignored: a reader that went away (`--json | head -1`) must
-            // not stop the backup or restore.
-            super::emit_line(
-                &serde_json::json!({
+            // `say!`: a reader that went away (`--json | head -1`) does not stop the backup
+            // or restore.
+            say!(
+                "{}",
+                serde_json::json!({
                     "event": "progress", "op": self.op, "bytes_done": done,
                     "bytes_total": total, "bytes_per_sec": rate.round(),
                 })
-                .to_string(),
             );
         }
     }
