@@ -124,8 +124,8 @@ pub struct RawFileSource {
 }
 
 impl RawFileSource {
-    /// Open `path` read-only: a regular file, or a block device (an LVM snapshot, say),
-    /// whose size is where a seek to its end lands.
+    /// Open `path` read-only: a regular file, or a block device (an LVM snapshot, say);
+    /// its size is where a seek to its end lands.
     ///
     /// # Errors
     /// [`SourceError::Open`], also for anything else (a FIFO, a character device, a
@@ -155,11 +155,9 @@ impl RawFileSource {
             )));
         }
         let mut file = File::open(path).map_err(open_err)?;
-        let capacity_bytes = if kind.is_block_device() {
-            file.seek(SeekFrom::End(0)).map_err(open_err)?
-        } else {
-            file.metadata().map_err(open_err)?.len()
-        };
+        // A file's length, and a device's size, which its metadata gives as 0. (Reads are
+        // positioned, so where the seek leaves the offset does not matter.)
+        let capacity_bytes = file.seek(SeekFrom::End(0)).map_err(open_err)?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
