@@ -918,4 +918,93 @@ mod tests {
         let r = fx.restore(&p1, &[]);
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
     }
+
+    impl Fixture {
+        /// Starts `vadp-agent --json ARGS` against site-a, paused at `pause` (see
+        /// `engine::pause_point`) with its marker files in `dir`.
+        fn spawn_paused(&self, args: &[&str], pause: &str, dir: &Path) -> std::process::Child {
+            let mut all: Vec<String> = vec!["--json".into()];
+            all.extend(args.iter().map(|s| (*s).to_owned()));
+            all.extend(self.site.connection(self.dir.path(), "site-a"));
+            Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+                .args(&all)
+                .env("VADP_AGENT_PAUSE_AT", pause)
+                .env("VADP_AGENT_PAUSE_DIR", dir)
+                .env_remove("VADP_AGENT_PASSWORD")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        }
+    }
+
+    /// Waits for `<dir>/<point>.reached`, failing if `child` exits first.
+    fn wait_reached(child: &mut std::process::Child, dir: &Path, point: &str) {
+        let marker = dir.join(format!("{point}.reached"));
+        for _ in 0..3000 {
+            if marker.exists() {
+                return;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("exited ({status}) before {point}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{point} not reached in 30 s");
+    }
+
+    #[test]
+    fn reconcile_leaves_alone_a_restore_that_finished_while_it_ran() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("race-1");
+        let p1 = fx.backup("race-1");
+        s.sup().delete("VirtualMachine", NS, "race-1").unwrap();
+        assert!(s.vm_by_name("race-1").is_none());
+        let (restore_dir, reconcile_dir) = (fx.dir.path().join("p1"), fx.dir.path().join("p2"));
+        std::fs::create_dir_all(&restore_dir).unwrap();
+        std::fs::create_dir_all(&reconcile_dir).unwrap();
+        // A restore to a new VM, paused once the VM is registered (its shell entry open,
+        // its job lock held) ...
+        let repo = fx.repo();
+        let mut restore = fx.spawn_paused(
+            &["restore", "--repo", &repo, "--point", &p1],
+            "restore-after-register",
+            &restore_dir,
+        );
+        wait_reached(&mut restore, &restore_dir, "restore-after-register");
+        // ... a reconcile that reads the journal then ...
+        let mut reconcile = fx.spawn_paused(
+            &["reconcile", "--repo", &repo],
+            "reconcile-after-read",
+            &reconcile_dir,
+        );
+        wait_reached(&mut reconcile, &reconcile_dir, "reconcile-after-read");
+        // ... the restore finishes and lets its lock go, and only then does the reconcile
+        // take it.
+        std::fs::write(restore_dir.join("restore-after-register.go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let restored = s.vm_by_name("race-1").expect("the restored VM");
+        std::fs::write(reconcile_dir.join("reconcile-after-read.go"), b"").unwrap();
+        let out = reconcile.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            s.vm_by_name("race-1"),
+            Some(restored.clone()),
+            "the reconcile undid a finished restore: {stdout}"
+        );
+        assert!(s.lab.disabled_methods(&restored).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+    }
 }

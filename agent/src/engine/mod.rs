@@ -119,6 +119,32 @@ pub(crate) fn crash_point(point: &str) {
     }
 }
 
+/// Interleaving for the race tests: when `VADP_AGENT_PAUSE_AT` names `point`, the job
+/// creates `<VADP_AGENT_PAUSE_DIR>/<point>.reached` there and waits until
+/// `<point>.go` appears beside it, so that a test can run another process in between.
+/// Points: `restore-after-register`, `reconcile-after-read`.
+pub(crate) async fn pause_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<(String, std::path::PathBuf)>> =
+        std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let point = std::env::var("VADP_AGENT_PAUSE_AT").ok()?;
+        let dir = std::env::var_os("VADP_AGENT_PAUSE_DIR")?;
+        Some((point, dir.into()))
+    });
+    let Some((at, dir)) = at else { return };
+    if at != point {
+        return;
+    }
+    let (reached, go) = (
+        dir.join(format!("{point}.reached")),
+        dir.join(format!("{point}.go")),
+    );
+    let _ = tokio::fs::write(&reached, b"").await;
+    while !tokio::fs::try_exists(&go).await.unwrap_or(true) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Formats an error with its chain of causes: `outer: inner: innermost`.
 #[must_use]
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -55,6 +55,7 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
     let root = env.repo.root().to_path_buf();
     let catalog = env.repo.catalog().clone();
     let mut entries = blocking(move || catalog.journal_open_entries()).await??;
+    super::pause_point("reconcile-after-read").await;
     // Snapshots before EndAccess, as a backup ends.
     // A VM shell of a restore last: EndAccess first, then the shell is removed. But the
     // unfinished disks a disk-only restore attached go before EndAccess, so that WCP never
@@ -64,14 +65,28 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
         (e.kind != "snapshot", late_shell, e.id)
     });
     let mut held: Vec<(JobId, JobLock)> = Vec::new();
+    // A job found running keeps all its entries: its lock is not tried again, so an entry
+    // is never undone behind the back of a job that ends while this runs.
+    let mut running: Vec<JobId> = Vec::new();
+    // The entries as they are now: `entries` was read before the locks were taken, and a
+    // job that ended meanwhile closed (or changed) its entries before it let its lock go.
+    let mut current: Option<std::collections::HashMap<i64, JournalEntry>> = None;
     for entry in entries {
         if let Some(job) = job_of(&entry)
             && !held.iter().any(|(j, _)| *j == job)
         {
+            if running.contains(&job) {
+                report.skipped_running += 1;
+                continue;
+            }
             let r = root.clone();
             match blocking(move || JobLock::acquire(&r, job)).await? {
-                Ok(lock) => held.push((job, lock)),
+                Ok(lock) => {
+                    held.push((job, lock));
+                    current = None;
+                }
                 Err(ChunkStoreError::Busy { .. }) => {
+                    running.push(job);
                     report.skipped_running += 1;
                     continue;
                 }
@@ -83,16 +98,35 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
                 }
             }
         }
-        undo(env, &entry, &mut report).await;
+        if current.is_none() {
+            let catalog = env.repo.catalog().clone();
+            let open = blocking(move || catalog.journal_open_entries()).await??;
+            current = Some(open.into_iter().map(|e| (e.id, e)).collect());
+        }
+        // Closed since it was read: its job finished it.
+        if let Some(entry) = current.as_ref().and_then(|c| c.get(&entry.id)) {
+            undo(env, entry, &mut report).await;
+        }
     }
     // Jobs still marked running whose process is gone.
     let catalog = env.repo.catalog().clone();
     for job in blocking(move || catalog.running_jobs()).await?? {
+        if running.contains(&job) {
+            continue;
+        }
         if !held.iter().any(|(j, _)| *j == job) {
             let r = root.clone();
             match blocking(move || JobLock::acquire(&r, job)).await? {
                 Ok(lock) => held.push((job, lock)),
                 Err(_) => continue,
+            }
+            // It may have ended between the list and the lock.
+            let catalog = env.repo.catalog().clone();
+            if !blocking(move || catalog.running_jobs())
+                .await??
+                .contains(&job)
+            {
+                continue;
             }
         }
         let catalog = env.repo.catalog().clone();

@@ -728,6 +728,7 @@ async fn restore_steps(
             )
             .await?;
             crash_point("restore-after-register");
+            super::pause_point("restore-after-register").await;
             vm
         }
         (RestoreType::Existing | RestoreType::DiskOnly, Some(vm)) => {
