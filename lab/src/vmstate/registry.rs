@@ -74,11 +74,26 @@ impl Lab {
         Ok(state)
     }
 
-    /// Destroy: forgets the VM and deletes its directory on the datastore.
+    /// Destroy: forgets the VM and deletes its directory on the datastore. Refused, as ESXi
+    /// refuses it ("file is locked"), while one of its disks is open for writing, through
+    /// VDDK or otherwise.
     ///
     /// # Errors
-    /// [`LabError::VmNotFound`], I/O errors.
+    /// [`LabError::VmNotFound`], [`LabError::Datastore`] with [`DatastoreError::Busy`]
+    /// for a disk in use, I/O errors.
+    ///
+    /// [`DatastoreError::Busy`]: crate::datastore::DatastoreError::Busy
     pub fn destroy_vm(&self, vm: &VmMoref) -> Result<(), LabError> {
+        let guard = self.lock()?;
+        for disk in &self.vm(vm)?.disks {
+            // Only a writer's lock refuses; a missing or broken file is deleted all the same.
+            if let Err(e @ crate::datastore::DatastoreError::Busy { .. }) =
+                DiskChain::open(self.root(), &disk.file_name, OpenMode::ReadWrite)
+            {
+                return Err(ds_err(vm)(e));
+            }
+        }
+        drop(guard);
         let state = self.unregister_vm(vm)?;
         let vmx = state.vmx_path.resolve(self.root());
         if let Some(dir) = vmx.parent() {
