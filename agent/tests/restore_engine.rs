@@ -1007,4 +1007,48 @@ mod tests {
         assert!(s.lab.disabled_methods(&restored).unwrap().is_empty());
         assert_eq!(fx.open_journal(), 0);
     }
+
+    #[test]
+    fn a_cancelled_restore_closes_its_disks_before_it_removes_the_vm() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("cancel-1");
+        let p1 = fx.backup("cancel-1");
+        s.sup().delete("VirtualMachine", NS, "cancel-1").unwrap();
+        let dir = fx.dir.path().join("pause");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        // The disks are open for writing and their threads about to write ...
+        let mut restore = fx.spawn_paused(
+            &["restore", "--repo", &repo, "--point", &p1],
+            "restore-mid-disk",
+            &dir,
+        );
+        wait_reached(&mut restore, &dir, "restore-mid-disk");
+        let shell = s.vm_by_name("cancel-1").expect("the VM being restored");
+        // ... when Ctrl-C comes. Nothing is cleaned up before they stop: the VM cannot be
+        // destroyed while its disks are open, and EndAccess must not come first.
+        let pid = i32::try_from(restore.id()).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid, no memory involved.
+        let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+        assert_eq!(sent, 0);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::write(dir.join("restore-mid-disk.go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!out.status.success(), "{stdout}\n{stderr}");
+        assert!(stderr.contains("cancelled"), "{stderr}");
+        assert!(
+            s.vm_by_name("cancel-1").is_none(),
+            "the unfinished VM {shell} stays: {stderr}"
+        );
+        assert_eq!(fx.open_journal(), 0, "{stderr}");
+        // And the next restore of the point succeeds.
+        let r = fx.restore(&p1, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    }
 }

@@ -121,28 +121,45 @@ pub(crate) fn crash_point(point: &str) {
 
 /// Interleaving for the race tests: when `VADP_AGENT_PAUSE_AT` names `point`, the job
 /// creates `<VADP_AGENT_PAUSE_DIR>/<point>.reached` there and waits until
-/// `<point>.go` appears beside it, so that a test can run another process in between.
-/// Points: `restore-after-register`, `reconcile-after-read`.
+/// `<point>.go` appears beside it, so that a test can run another process, or send a
+/// signal, in between. Points: `restore-after-register`, `reconcile-after-read`, and on a
+/// restore's disk threads [`pause_point_blocking`]'s `restore-mid-disk`.
 pub(crate) async fn pause_point(point: &str) {
+    if let Some((reached, go)) = pause_files(point) {
+        let _ = tokio::fs::write(&reached, b"").await;
+        while !tokio::fs::try_exists(&go).await.unwrap_or(true) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// [`pause_point`] for threads outside the runtime.
+pub(crate) fn pause_point_blocking(point: &str) {
+    if let Some((reached, go)) = pause_files(point) {
+        let _ = std::fs::write(&reached, b"");
+        while !go.try_exists().unwrap_or(true) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// The marker files of `point` when the environment pauses there.
+fn pause_files(point: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     static AT: std::sync::OnceLock<Option<(String, std::path::PathBuf)>> =
         std::sync::OnceLock::new();
-    let at = AT.get_or_init(|| {
-        let point = std::env::var("VADP_AGENT_PAUSE_AT").ok()?;
-        let dir = std::env::var_os("VADP_AGENT_PAUSE_DIR")?;
-        Some((point, dir.into()))
-    });
-    let Some((at, dir)) = at else { return };
-    if at != point {
-        return;
-    }
-    let (reached, go) = (
-        dir.join(format!("{point}.reached")),
-        dir.join(format!("{point}.go")),
-    );
-    let _ = tokio::fs::write(&reached, b"").await;
-    while !tokio::fs::try_exists(&go).await.unwrap_or(true) {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let (at, dir) = AT
+        .get_or_init(|| {
+            let point = std::env::var("VADP_AGENT_PAUSE_AT").ok()?;
+            let dir = std::env::var_os("VADP_AGENT_PAUSE_DIR")?;
+            Some((point, dir.into()))
+        })
+        .as_ref()?;
+    (at == point).then(|| {
+        (
+            dir.join(format!("{point}.reached")),
+            dir.join(format!("{point}.go")),
+        )
+    })
 }
 
 /// Formats an error with its chain of causes: `outer: inner: innermost`.

@@ -485,15 +485,19 @@ pub async fn run_restore(
             &effects,
             &mut report,
         );
-        // A panic in a step still gets the clean-up below (EndAccess first).
-        let fut = std::panic::AssertUnwindSafe(fut).catch_unwind();
-        let cancelled = cancel.clone();
-        tokio::select! {
-            r = fut => r.unwrap_or_else(|_| {
-                Err(RestoreError::Engine(BackupError::Thread("the restore panicked".into())))
-            }),
-            () = cancelled.cancelled() => Err(RestoreError::Engine(BackupError::Cancelled)),
-        }
+        // A panic in a step still gets the clean-up below (EndAccess first). A cancel is
+        // not raced against the steps: dropping them mid-way would leave a vCenter task
+        // (RegisterVM) finishing unrecorded and the disk threads writing while the clean-up
+        // ends access and removes the VM. The steps stop at their next check instead, and
+        // the disk threads at their next write, all closed before the clean-up starts.
+        std::panic::AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(RestoreError::Engine(BackupError::Thread(
+                    "the restore panicked".into(),
+                )))
+            })
     };
     if outcome.is_err() {
         undo(env, &effects, &observer).await;
@@ -656,6 +660,16 @@ async fn restore_steps(
 ) -> Result<(), RestoreError> {
     let env = &renv.env;
     let step = |m: String| observer(&RestoreEvent::Step { message: m });
+    // Up to the data: once the disks are written, the few steps left finish the restore
+    // rather than undo it.
+    let check_cancel = || {
+        if cancel.is_cancelled() {
+            Err(RestoreError::Engine(BackupError::Cancelled))
+        } else {
+            Ok(())
+        }
+    };
+    check_cancel()?;
     let dc = &plan.datacenter;
     let restore_type = plan.prediction.restore_type;
     // Targets: (backup disk, file to write, fresh?).
@@ -674,6 +688,7 @@ async fn restore_steps(
             .await?;
             lock_effects(effects).target = Some((shell_id, Target::Created(None)));
             for d in &plan.disks {
+                check_cancel()?;
                 step(format!(
                     "creating {} ({} bytes)",
                     d.backing_file, d.capacity_bytes
@@ -701,6 +716,7 @@ async fn restore_steps(
                 "uploading the .vmx to {vmx_path} (ExtraConfig intact)"
             ));
             let len = bytes.len() as u64;
+            check_cancel()?;
             env.soap
                 .upload(&path, std::io::Cursor::new(bytes), len)
                 .await
@@ -714,6 +730,7 @@ async fn restore_steps(
                 .namespace_resource_pool(&plan.namespace)
                 .await
                 .map_err(vsphere("finding a resource pool"))?;
+            check_cancel()?;
             step(format!("registering {vmx_path} in folder {STAGING_FOLDER}"));
             let vm = env
                 .soap
@@ -751,6 +768,7 @@ async fn restore_steps(
         }
     };
     report.vm = Some(vm.clone());
+    check_cancel()?;
     // PrepareForAccess: WCP and DRS keep away until EndAccess.
     let access = journal::open(
         env,
@@ -819,6 +837,7 @@ async fn restore_steps(
                 .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no .vmx path")))?;
             let short = &request.point.to_string()[..8];
             for d in &plan.disks {
+                check_cancel()?;
                 let file = format!("{vmx_dir}/restored-{short}-{}.vmdk", d.key);
                 step(format!("creating {file} for disk {} ({})", d.key, d.label));
                 env.soap
@@ -842,6 +861,7 @@ async fn restore_steps(
         _ => {}
     }
     // The data.
+    check_cancel()?;
     let data_started = Instant::now();
     report.disks = disks::write_disks(env, &vm, request.point, targets, observer, cancel).await?;
     if !std::mem::take(&mut lock_effects(effects).attached).is_empty() {

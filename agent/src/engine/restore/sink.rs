@@ -80,6 +80,7 @@ impl DiskSink for VddkSink {
             len: data.len(),
             source,
         };
+        crate::engine::pause_point_blocking("restore-mid-disk");
         if self.cancel.is_cancelled() {
             return Err(err(
                 &self.what,
