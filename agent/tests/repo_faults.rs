@@ -516,6 +516,53 @@ mod tests {
         assert_chunk_reported(&repo, &f, d, &path, "flipped");
     }
 
+    /// A compressed chunk whose header claims 4 GiB of plain data (the length is not under
+    /// the stored bytes' checksum) is reported as bad, not allocated: under a 1 GiB address
+    /// space limit the verify still ends with its problem report.
+    #[test]
+    fn a_huge_plain_length_in_a_chunk_header_is_reported_not_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let img = dir.path().join("text.img");
+        let text: Vec<u8> = b"compressible text "
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 << 10)
+            .collect();
+        std::fs::write(&img, &text).unwrap();
+        let repo = Repository::init(&root, 64 << 10).unwrap();
+        let req = ImageBackup {
+            name: "vm".into(),
+            file: img,
+            changed: None,
+            parent: None,
+        };
+        repo.backup_image(&req, &mut |_, _| {}).unwrap();
+        let digest = ChunkDigest::of(&text);
+        let path = repo.store().chunk_path(&digest);
+        assert_eq!(std::fs::read(&path).unwrap()[6], 1, "stored compressed");
+        drop(repo);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let out = std::process::Command::new("prlimit")
+            .arg("--as=1073741824")
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["repo", "verify", "--repo"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+        assert!(stdout.contains(&digest.to_string()), "{stdout}");
+        assert!(stdout.contains("plain length 4294967295"), "{stdout}");
+    }
+
     #[test]
     fn missing_chunk_is_reported() {
         let f = fixture();

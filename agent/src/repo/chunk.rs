@@ -318,8 +318,28 @@ fn parse_header(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
 pub fn decode(encoded: &[u8], digest: &ChunkDigest) -> Result<Vec<u8>, ChunkError> {
     let header = parse_header(encoded)?;
     let mut decoder = ChunkDecoder::new()?;
-    // A raw chunk is checked where it lies; only a compressed one needs room to expand.
+    // A raw chunk is checked where it lies; only a compressed one needs room to expand,
+    // and only as much as its zstd frame says it holds: the header's length is not under
+    // the checksum, and a damaged one (up to 4 GiB) must not be allocated first.
     let mut out = if header.compressed {
+        let stored = &encoded[HEADER_LEN..];
+        if blake3::hash(stored).as_bytes()[..16] != encoded[16..32] {
+            return Err(ChunkError::Checksum);
+        }
+        match zstd::zstd_safe::get_frame_content_size(stored) {
+            Ok(Some(n)) if n == header.plain_len as u64 => {}
+            Ok(Some(n)) => {
+                return Err(ChunkError::BadHeader(format!(
+                    "plain length {} but the zstd frame holds {n} bytes",
+                    header.plain_len
+                )));
+            }
+            _ => {
+                return Err(ChunkError::BadHeader(
+                    "the zstd frame does not give its content size".into(),
+                ));
+            }
+        }
         vec![0u8; header.plain_len]
     } else {
         Vec::new()
