@@ -152,11 +152,16 @@ concurrent_jobs = 2
         rust_log: Option<&str>,
     ) -> (Daemon, String) {
         let mut cmd = agent(&["serve", "--config"]);
-        cmd.arg(config).stdout(Stdio::piped()).stderr(log);
+        cmd.arg(config).stderr(log);
         if let Some(level) = rust_log {
             cmd.env("RUST_LOG", level);
         }
-        let mut child = cmd.spawn().unwrap();
+        start(cmd)
+    }
+
+    /// Starts the `serve` command `cmd`; the daemon and its base URL.
+    fn start(mut cmd: Command) -> (Daemon, String) {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let daemon = Daemon(child);
         let mut lines = BufReader::new(stdout).lines();
@@ -896,5 +901,82 @@ concurrent_jobs = 2
             assert!(lab.vm(vm).unwrap().snapshots.is_empty());
             assert!(lab.disabled_methods(vm).unwrap().is_empty());
         }
+    }
+
+    /// SIGTERM cancels the running jobs at once, also while a client follows one's events
+    /// (the server's graceful stop waits for that connection, which ends with the job).
+    #[test]
+    fn sigterm_cancels_a_running_job_whose_events_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "term-1");
+        lab.guest_write(&vm, disk, 0, &[7u8; 65536]).unwrap();
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let pause = dir.path().join("pause");
+        std::fs::create_dir_all(&pause).unwrap();
+        let mut cmd = agent(&["serve", "--config"]);
+        cmd.arg(&config)
+            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+            .env("VADP_AGENT_PAUSE_DIR", &pause);
+        let (mut daemon, base) = start(cmd);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let job = rt
+            .block_on(client.backup(&BackupJobRequest {
+                vms: vec![VmSpec {
+                    vm: vm.0.clone(),
+                    quiesce: false,
+                }],
+                group: None,
+                idempotency_key: None,
+                priority: 0,
+                full: false,
+                require_vmservice: false,
+                prepare_access: true,
+            }))
+            .unwrap();
+        let followed = rt.spawn({
+            let client = client.clone();
+            async move { follow(&client, &job.id).await }
+        });
+        let reached = pause.join("backup-mid-disk.reached");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !reached.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backup never read"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let pid = i32::try_from(daemon.0.id()).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid, no memory involved.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
+        let (_, ended) = rt.block_on(followed).unwrap();
+        assert_ne!(
+            ended.state,
+            JobState::Succeeded,
+            "the job ran on after SIGTERM"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = daemon.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+        assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
+        assert!(lab.disabled_methods(&vm).unwrap().is_empty());
     }
 }

@@ -124,11 +124,15 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             ready: AtomicBool::new(false),
         });
         let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
+        let (s, q) = (shutdown.clone(), queue.clone());
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stopping: cancelling running jobs");
             s.cancel();
+            // Now, not once the server has stopped: the server waits for its open
+            // connections, and a client following a job's events keeps one open until the
+            // job ends.
+            q.shut_down();
         });
         tokio::spawn(scheduler::run(
             Arc::clone(&config),

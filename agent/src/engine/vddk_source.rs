@@ -67,6 +67,7 @@ impl DiskSource for VddkSource {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        super::pause_point_blocking("backup-mid-disk");
         if self.cancel.is_cancelled() {
             return Err(SourceError::Read {
                 path: self.what.clone(),
