@@ -979,4 +979,61 @@ concurrent_jobs = 2
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
         assert!(lab.disabled_methods(&vm).unwrap().is_empty());
     }
+
+    /// After a crash, the start-up reconcile removes what the interrupted job left before
+    /// the queue starts a job queued behind it, on the same VM.
+    #[test]
+    fn a_job_queued_behind_a_crashed_one_runs_after_the_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "crash-q");
+        lab.guest_write(&vm, disk, 0, &[9u8; 65536]).unwrap();
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("concurrent_jobs = 2", "concurrent_jobs = 1");
+        std::fs::write(&config, text).unwrap();
+        let pause = dir.path().join("pause");
+        std::fs::create_dir_all(&pause).unwrap();
+        let mut cmd = agent(&["serve", "--config"]);
+        cmd.arg(&config)
+            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+            .env("VADP_AGENT_PAUSE_DIR", &pause);
+        let (mut first, base) = start(cmd);
+        let rt = runtime();
+        let request = BackupJobRequest {
+            vms: vec![VmSpec {
+                vm: vm.0.clone(),
+                quiesce: false,
+            }],
+            group: None,
+            idempotency_key: None,
+            priority: 0,
+            full: false,
+            require_vmservice: false,
+            prepare_access: true,
+        };
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        rt.block_on(client.backup(&request)).unwrap();
+        let reached = pause.join("backup-mid-disk.reached");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !reached.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backup never read"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let queued = rt.block_on(client.backup(&request)).unwrap();
+        assert_eq!(queued.state, JobState::Queued);
+        // The agent dies mid-backup: its snapshot and PrepareForAccess stay in vSphere.
+        first.0.kill().unwrap();
+        first.0.wait().unwrap();
+        assert!(!lab.vm(&vm).unwrap().snapshots.is_empty());
+        let (_second, base) = serve(&config);
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let (_, ended) = rt.block_on(follow(&client, &queued.id));
+        assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
+        assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
+        assert!(lab.disabled_methods(&vm).unwrap().is_empty());
+    }
 }

@@ -95,16 +95,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             env: env.clone(),
             config: Arc::clone(&config),
         });
-        let (queue, interrupted) = Queue::start(
-            env.repo.catalog().clone(),
-            Arc::new(body),
-            config.limits.concurrent_jobs,
-        )
-        .await?;
-        if !interrupted.is_empty() {
-            tracing::warn!(jobs = ?interrupted, "jobs interrupted by the last stop; reconciling");
-        }
-        // Undo what interrupted jobs left in vSphere before new work starts touching it.
+        // Undo what interrupted jobs left in vSphere before new work starts touching it:
+        // the queue dispatches as soon as it starts, and a queued backup of a VM whose
+        // snapshot is still being removed here would be refused.
         match engine::reconcile(&env, &[]).await {
             Ok(r) if r.is_clean() => tracing::info!("reconcile at start-up: clean"),
             Ok(r) => tracing::warn!(
@@ -115,6 +108,15 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
                 "reconcile at start-up"
             ),
             Err(e) => tracing::error!(error = %engine::error_chain(&e), "reconcile at start-up"),
+        }
+        let (queue, interrupted) = Queue::start(
+            env.repo.catalog().clone(),
+            Arc::new(body),
+            config.limits.concurrent_jobs,
+        )
+        .await?;
+        if !interrupted.is_empty() {
+            tracing::warn!(jobs = ?interrupted, "jobs interrupted by the last stop, marked so");
         }
         let state = Arc::new(AppState {
             queue: queue.clone(),
