@@ -563,6 +563,42 @@ mod tests {
         assert!(stdout.contains("plain length 4294967295"), "{stdout}");
     }
 
+    /// A point deleted while a verify runs is not reported as an unrestorable index.
+    #[test]
+    fn a_point_deleted_during_a_verify_is_no_problem() {
+        let f = fixture();
+        let pause = f.root.parent().unwrap().join("pause");
+        std::fs::create_dir_all(&pause).unwrap();
+        let mut verify = std::process::Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["--json", "repo", "verify", "--repo"])
+            .arg(&f.root)
+            .env("VADP_AGENT_PAUSE_AT", "verify-after-list")
+            .env("VADP_AGENT_PAUSE_DIR", &pause)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let reached = pause.join("verify-after-list.reached");
+        for _ in 0..3000 {
+            if reached.exists() || verify.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(reached.exists(), "the verify never listed the points");
+        let repo = Repository::open(&f.root).unwrap();
+        assert!(repo.delete_point(f.incr).unwrap());
+        drop(repo);
+        std::fs::write(pause.join("verify-after-list.go"), b"").unwrap();
+        let out = verify.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+        assert!(!stdout.contains(&f.incr.to_string()), "{stdout}");
+    }
+
     #[test]
     fn missing_chunk_is_reported() {
         let f = fixture();

@@ -122,8 +122,9 @@ pub(crate) fn crash_point(point: &str) {
 /// Interleaving for the race tests: when `VADP_AGENT_PAUSE_AT` names `point`, the job
 /// creates `<VADP_AGENT_PAUSE_DIR>/<point>.reached` there and waits until
 /// `<point>.go` appears beside it, so that a test can run another process, or send a
-/// signal, in between. Points: `restore-after-register`, `reconcile-after-read`, and on a
-/// restore's disk threads [`pause_point_blocking`]'s `restore-mid-disk`.
+/// signal, in between. Points: `restore-after-register`, `reconcile-after-read`, and for
+/// [`pause_point_blocking`] `restore-mid-disk`, `backup-mid-disk` (disk threads) and
+/// `verify-after-list` (a repository verify).
 pub(crate) async fn pause_point(point: &str) {
     if let Some((reached, go)) = pause_files(point) {
         let _ = tokio::fs::write(&reached, b"").await;

@@ -1246,6 +1246,7 @@ impl Repository {
     ) -> Result<VerifyReport, RepoError> {
         let catalog_problems = self.catalog.integrity_check()?;
         let points = self.catalog.list_points()?;
+        crate::engine::pause_point_blocking("verify-after-list");
         if let Some(missing) = options
             .points
             .iter()
@@ -1271,6 +1272,19 @@ impl Repository {
             progress,
         )
         .ok_or(RepoError::Cancelled)?;
+        // A point deleted or pruned meanwhile (both run under the shared lock too) took its
+        // index with it: that is not damage. Chunk problems stay, whoever uses the chunk.
+        let surviving: HashSet<RestorePointId> =
+            self.catalog.list_points()?.iter().map(|p| p.id).collect();
+        report.problems.retain(|p| match p {
+            VerifyProblem::Index { point, .. } => surviving.contains(point),
+            _ => true,
+        });
+        for p in &mut report.problems {
+            if let VerifyProblem::Chunk { points, .. } = p {
+                points.retain(|(id, _)| surviving.contains(id));
+            }
+        }
         let path = self.root.join("catalog.db");
         report.problems.splice(
             0..0,
