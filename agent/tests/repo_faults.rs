@@ -334,6 +334,38 @@ mod tests {
         assert!(restore(&repo, &f, f.incr) == std::fs::read(&f.img).unwrap());
     }
 
+    /// A finding that no longer holds (the chunk is intact where it lies) moves nothing:
+    /// an intact chunk taken out of the store, even for a moment, is one a crash or a full
+    /// disk could strand in the quarantine.
+    #[test]
+    fn a_repair_leaves_in_place_a_chunk_found_intact_again() {
+        use std::os::unix::fs::MetadataExt as _;
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        let good = std::fs::read(&path).unwrap();
+        flip_a_byte(&path);
+        let report = repo.verify(&mut |_, _| {}).unwrap();
+        assert_eq!(state_of(&repo, d), Some(ChunkState::Corrupt));
+        // Put right (stored again) before any repair acts on the finding.
+        std::fs::write(&path, &good).unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+        let r = repair(&f, &repo, &report, 1_000);
+        assert!(r.quarantined.is_empty() && r.damaged.is_empty(), "{r:?}");
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (after.ino(), after.ctime(), after.ctime_nsec()),
+            (before.ino(), before.ctime(), before.ctime_nsec()),
+            "the chunk file was moved"
+        );
+        assert!(
+            !f.root
+                .join(vadp_agent::repo::repair::QUARANTINE_DIR)
+                .exists()
+        );
+        assert!(repo.catalog().damaged_list().unwrap().is_empty());
+    }
+
     #[test]
     fn a_gc_that_stops_part_way_leaves_no_orphan_point_to_rebuild() {
         let f = fixture();

@@ -224,10 +224,13 @@ enum Moved {
 /// put a file of that name there in the same second: nothing in the quarantine is ever
 /// replaced), then fsync both directories.
 ///
-/// The file moved is checked once it is aside: verify found the chunk corrupt, but two
+/// The file is checked first, where it lies: verify found the chunk corrupt, but two
 /// repairs can act on that finding at once, and after the first one moved the corrupt file a
-/// backup may have stored the chunk again, intact. Such a file goes back (a hard link, which
-/// never replaces a newer file) instead of into quarantine.
+/// backup may have stored the chunk again, intact (or verify misread it). Such a file is
+/// left alone. A file stored again between that check and the rename is caught by a second
+/// check once it is aside, and goes back (a hard link, which never replaces a newer file)
+/// instead of into quarantine; only there can a failure or a crash leave an intact chunk
+/// aside.
 fn move_aside(
     store: &ChunkStore,
     digest: &ChunkDigest,
@@ -243,6 +246,11 @@ fn move_aside(
             source,
         }
     };
+    match fs::read(from) {
+        Ok(bytes) if chunk::decode(&bytes, digest).is_ok() => return Ok(Moved::WasIntact),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Moved::Gone),
+        _ => {}
+    }
     match fs::create_dir(quarantine) {
         Ok(()) => {
             let root = quarantine.parent().unwrap_or(quarantine);
