@@ -517,6 +517,29 @@ mod tests {
         );
         assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
         assert_eq!(fx.open_journal(), 0);
+        // Killed with the disk journalled and not yet created: reconcile finds nothing to
+        // detach, ends access and closes the entry.
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p2,
+            &["--mode", "disk-only", "--disk", &pvc_disk.0.to_string()],
+            Some("restore-disk-journalled"),
+        );
+        assert_ne!(r.code, Some(0));
+        assert_eq!(files(), before, "{}", r.stderr);
+        assert!(!s.lab.disabled_methods(&vm).unwrap().is_empty());
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        let report = &rec.events.last().unwrap()["report"];
+        assert_eq!(
+            report["half_created_vms"][0][1]["detached"],
+            json!([]),
+            "{report}"
+        );
+        assert_eq!(files(), before, "{report}");
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
 
         // Disk-only: the ExtraConfig version equals the annotation (§4.3).
         let r = fx.restore(

@@ -106,7 +106,9 @@ pub struct Environment {
 /// `VADP_AGENT_CRASH_AT` names `point`, the process aborts there, as `kill -9` would,
 /// leaving only what is journalled. Points: `after-prepare-access`, `before-snapshot`,
 /// `snapshot-task-running`, `snapshot-unrecorded`, `after-snapshot`, `mid-disk`, `before-commit`,
-/// `after-commit`; and in `repo rebuild-catalog`, `rebuild-marked` and `rebuild-renamed`.
+/// `after-commit`; in restores `restore-after-register`, `restore-after-prepare-access`,
+/// `restore-disk-journalled`, `restore-after-attach` and `restore-after-data`; and in
+/// `repo rebuild-catalog`, `rebuild-marked` and `rebuild-renamed`.
 pub(crate) fn crash_point(point: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if AT

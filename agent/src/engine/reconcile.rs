@@ -71,6 +71,7 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
     // The entries as they are now: `entries` was read before the locks were taken, and a
     // job that ended meanwhile closed (or changed) its entries before it let its lock go.
     let mut current: Option<std::collections::HashMap<i64, JournalEntry>> = None;
+    let mut blocked: Vec<VmMoref> = Vec::new();
     for entry in entries {
         if let Some(job) = job_of(&entry)
             && !held.iter().any(|(j, _)| *j == job)
@@ -105,7 +106,7 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
         }
         // Closed since it was read: its job finished it.
         if let Some(entry) = current.as_ref().and_then(|c| c.get(&entry.id)) {
-            undo(env, entry, &mut report).await;
+            undo(env, entry, &mut report, &mut blocked).await;
         }
     }
     // Jobs still marked running whose process is gone.
@@ -162,7 +163,14 @@ fn unfinished_disks(entry: &JournalEntry) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn undo(env: &Environment, entry: &JournalEntry, report: &mut ReconcileReport) {
+/// Undoes one entry. `blocked`: VMs whose unfinished restored disks could not be detached
+/// in this run, whose EndAccess must wait.
+async fn undo(
+    env: &Environment,
+    entry: &JournalEntry,
+    report: &mut ReconcileReport,
+    blocked: &mut Vec<VmMoref>,
+) {
     let vm = &entry.vm;
     match entry.kind.as_str() {
         "snapshot" => {
@@ -195,6 +203,9 @@ async fn undo(env: &Environment, entry: &JournalEntry, report: &mut ReconcileRep
                 )),
             }
         }
+        "prepare_access" if blocked.contains(vm) => report.errors.push(format!(
+            "EndAccess for {vm} waits until the unfinished restored disks are detached"
+        )),
         "prepare_access" => {
             let identity = entry
                 .detail
@@ -233,8 +244,15 @@ async fn undo(env: &Environment, entry: &JournalEntry, report: &mut ReconcileRep
                     if unfinished.is_empty() {
                         tracing::warn!(vm = %shell, "reconcile: a restore in place was interrupted; the VM's disks are partly restored");
                     } else {
-                        let detached =
+                        let (detached, complete) =
                             super::restore::detach_unfinished(env, shell, &unfinished, None).await;
+                        if !complete {
+                            report.errors.push(format!(
+                                "detaching the unfinished restored disks {unfinished:?} from {shell}: see the log; EndAccess waits for the next run"
+                            ));
+                            blocked.push(shell.clone());
+                            return;
+                        }
                         tracing::warn!(vm = %shell, detached = ?detached, "reconcile: a disk-only restore was interrupted; its unfinished disks are detached and deleted");
                         detail["detached"] = detached.into();
                     }

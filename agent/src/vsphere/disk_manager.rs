@@ -1,6 +1,6 @@
 //! What a restore needs beyond creating VMs (VSPHERE.md §A.8, §A.10):
 //! VirtualDiskManager.CreateVirtualDisk_Task and SetVirtualDiskUuid, Folder.MoveIntoFolder_Task,
-//! attaching an existing disk file with ReconfigVM_Task, and the datacenter / resource pool
+//! creating and attaching a disk with ReconfigVM_Task, and the datacenter / resource pool
 //! a restored VM is registered into.
 
 use super::soap::{SoapClient, VsphereError};
@@ -84,31 +84,39 @@ impl SoapClient {
             .map(|_| ())
     }
 
-    /// `ReconfigVM_Task` adding the existing disk file `path` (in the VM's directory) as a
-    /// persistent disk on controller `controller_key`, unit `unit_number`.
+    /// `ReconfigVM_Task` creating a new disk file at `path` (`[ds] dir/disk.vmdk`, in the
+    /// VM's directory) of `capacity_kb`, thin or thick, and attaching it to `vm` as a
+    /// persistent disk on controller `controller_key`, unit `unit_number`, in one task
+    /// (`fileOperation = create`): no moment with a file created and not attached.
     ///
     /// # Errors
     ///
-    /// `FileNotFound`, `InvalidDeviceSpec`, … as [`VsphereError::TaskFailed`].
-    pub async fn attach_disk(
+    /// `FileAlreadyExists`, `InvalidDeviceSpec`, … as [`VsphereError::TaskFailed`].
+    pub async fn add_new_disk(
         &self,
         vm: &VmMoref,
         path: &str,
+        capacity_kb: u64,
+        thin: bool,
         controller_key: i32,
         unit_number: i32,
     ) -> Result<(), VsphereError> {
         let mut w = XmlWriter::new();
+        // Element order as the vim25 schema has it (vCenter rejects any other).
         w.open("spec")
             .open("deviceChange")
             .text("operation", "add")
+            .text("fileOperation", "create")
             .open_typed("device", "VirtualDisk")
             .value("key", -1)
             .open_typed("backing", "VirtualDiskFlatVer2BackingInfo")
             .text("fileName", path)
             .text("diskMode", "persistent")
+            .value("thinProvisioned", thin)
             .close("backing")
             .value("controllerKey", controller_key)
             .value("unitNumber", unit_number)
+            .value("capacityInKB", capacity_kb)
             .close("device")
             .close("deviceChange")
             .close("spec");

@@ -532,9 +532,15 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             std::mem::take(&mut e.attached),
         )
     };
-    // Before EndAccess, so WCP never sees half-written disks on the VM.
-    if let (false, Some((_, Target::Users(vm)))) = (attached.is_empty(), &target) {
-        detach_unfinished(env, vm, &attached, Some(observer)).await;
+    // Before EndAccess, so WCP never sees half-written disks on the VM. If one stays
+    // attached, its entry and EndAccess are left to reconcile, which detaches first.
+    if let (false, Some((_, Target::Users(vm)))) = (attached.is_empty(), &target)
+        && !detach_unfinished(env, vm, &attached, Some(observer))
+            .await
+            .1
+    {
+        tracing::error!(vm = %vm, "restore clean-up: EndAccess waits until the unfinished disks are detached: run `vadp-agent reconcile`");
+        return;
     }
     if let Some((id, vm)) = access
         && let Err(e) = journal::end_access(env, &vm, IDENTITY, id).await
@@ -603,21 +609,25 @@ fn users_vm_detail(
 }
 
 /// Detaches and deletes the disks of a failed disk-only restore from the user's VM
-/// (`observer`: the restore's, or none from `reconcile`).
+/// (`observer`: the restore's, or none from `reconcile`): the files detached, and whether
+/// none of `files` is attached any more (a file the VM does not have was never created or
+/// is gone already). When not, the caller keeps the journal entry, and EndAccess waits:
+/// WCP must not see half-written disks on the VM.
 pub(crate) async fn detach_unfinished(
     env: &Environment,
     vm: &VmMoref,
     files: &[String],
     observer: Option<&RestoreObserver>,
-) -> Vec<String> {
+) -> (Vec<String>, bool) {
     let mut detached = Vec::new();
     let disks = match env.soap.vm_info(vm).await {
         Ok(info) => info.disks,
         Err(e) => {
-            tracing::error!(vm = %vm, error = %error_chain(&e), files = ?files, "restore clean-up: cannot read the VM; the unfinished restored disks stay attached");
-            return detached;
+            tracing::error!(vm = %vm, error = %error_chain(&e), files = ?files, "restore clean-up: cannot read the VM; the unfinished restored disks stay attached until reconcile detaches them");
+            return (detached, false);
         }
     };
+    let mut complete = true;
     for d in disks.iter().filter(|d| files.contains(&d.file_name)) {
         if let Some(observer) = observer {
             observer(&RestoreEvent::Step {
@@ -627,11 +637,12 @@ pub(crate) async fn detach_unfinished(
         match env.soap.detach_disk(vm, d.key, true).await {
             Ok(()) => detached.push(d.file_name.clone()),
             Err(e) => {
-                tracing::error!(vm = %vm, file = %d.file_name, error = %error_chain(&e), "restore clean-up: the unfinished restored disk stays attached; remove it by hand");
+                complete = false;
+                tracing::error!(vm = %vm, file = %d.file_name, error = %error_chain(&e), "restore clean-up: the unfinished restored disk stays attached until reconcile detaches it");
             }
         }
     }
-    detached
+    (detached, complete)
 }
 
 /// Destroys a VM shell a restore created (powered off, never registered on the Supervisor).
@@ -839,21 +850,27 @@ async fn restore_steps(
             for d in &plan.disks {
                 check_cancel()?;
                 let file = format!("{vmx_dir}/restored-{short}-{}.vmdk", d.key);
-                step(format!("creating {file} for disk {} ({})", d.key, d.label));
-                env.soap
-                    .create_virtual_disk(dc, &file, d.capacity_bytes.div_ceil(1024), true)
-                    .await
-                    .map_err(vsphere(format!("creating {file}")))?;
                 let unit = (0..16)
                     .find(|u| *u != 7 && !used.contains(u))
                     .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no free SCSI unit")))?;
                 used.push(unit);
-                env.soap
-                    .attach_disk(&vm, &file, controller, unit)
-                    .await
-                    .map_err(vsphere(format!("attaching {file} to {vm}")))?;
+                // Journalled before it exists: a crash between the task and a later journal
+                // write would leave an empty disk on the user's VM that nothing records.
                 lock_effects(effects).attached.push(file.clone());
                 journal_attached(env, effects, report, request.point, &vm).await?;
+                crash_point("restore-disk-journalled");
+                step(format!("creating {file} for disk {} ({})", d.key, d.label));
+                env.soap
+                    .add_new_disk(
+                        &vm,
+                        &file,
+                        d.capacity_bytes.div_ceil(1024),
+                        true,
+                        controller,
+                        unit,
+                    )
+                    .await
+                    .map_err(vsphere(format!("creating {file} on {vm}")))?;
                 targets.push((d.clone(), file, true));
             }
             crash_point("restore-after-attach");
