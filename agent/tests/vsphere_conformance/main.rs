@@ -38,6 +38,7 @@ conformance_suite!(
         reconfigure_extra_config,
         cbt_enable_and_snapshot_cycle,
         register_vm_into_folder,
+        add_new_disk_then_detach_and_destroy,
         datastore_upload_download,
     ]
 );
@@ -55,6 +56,7 @@ conformance_suite!(
         reconfigure_extra_config,
         cbt_enable_and_snapshot_cycle,
         register_vm_into_folder,
+        add_new_disk_then_detach_and_destroy,
         datastore_upload_download,
     ]
 );

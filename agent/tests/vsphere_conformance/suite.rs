@@ -396,6 +396,51 @@ pub async fn register_vm_into_folder(t: &Target) {
     client.destroy(&registered.moref()).await.unwrap();
 }
 
+/// A disk-only restore's disk: created and attached in one ReconfigVM_Task
+/// (`fileOperation = create`), then detached and deleted (`fileOperation = destroy`).
+pub async fn add_new_disk_then_detach_and_destroy(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let name = unique("conf-disk");
+    let (_folder, vm) = new_vm(&client, &inv, &name).await;
+    let info = client.vm_info(&vm).await.unwrap();
+    assert_eq!(info.disks.len(), 1, "{:?}", info.disks);
+    let first = &info.disks[0];
+    let dir = first
+        .file_name
+        .rsplit_once('/')
+        .map(|(d, _)| d.to_owned())
+        .expect("a disk in a VM directory");
+    let file = format!("{dir}/restored-{name}.vmdk");
+    let controller = first.controller_key.expect("a controller");
+    client
+        .add_new_disk(&vm, &file, 2048, true, controller, 1)
+        .await
+        .unwrap();
+    let info = client.vm_info(&vm).await.unwrap();
+    let added = info
+        .disks
+        .iter()
+        .find(|d| d.file_name == file)
+        .unwrap_or_else(|| panic!("{file} not attached: {:?}", info.disks));
+    assert_eq!(added.capacity_bytes, 2048 * 1024);
+    assert_eq!(added.unit_number, Some(1));
+    // The same file again: it exists now.
+    let err = client
+        .add_new_disk(&vm, &file, 2048, true, controller, 2)
+        .await
+        .unwrap_err();
+    assert!(err.fault_kind().is_some(), "{err:?}");
+    client.detach_disk(&vm, added.key, true).await.unwrap();
+    let info = client.vm_info(&vm).await.unwrap();
+    assert!(
+        info.disks.iter().all(|d| d.file_name != file),
+        "{:?}",
+        info.disks
+    );
+    client.destroy(&vm.moref()).await.unwrap();
+}
+
 pub async fn datastore_upload_download(t: &Target) {
     let client = t.client().await;
     let inv = inventory(t, &client).await;
