@@ -1074,4 +1074,42 @@ mod tests {
         let r = fx.restore(&p1, &[]);
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
     }
+
+    /// A restore killed with the VM's access prepared does not stand in the way of the next
+    /// restore of that VM: the next one undoes what it left first. Each restore prepares
+    /// access under its own identity, so ending an old one's never ends a live one's.
+    #[test]
+    fn a_restore_killed_after_prepare_access_is_cleaned_up_by_the_next() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("again-1");
+        let p1 = fx.backup("again-1");
+        // Changed since the backup: WCP would restore to the existing VM (§8.2).
+        let mut cr = s.sup().get("VirtualMachine", NS, "again-1").unwrap();
+        cr["metadata"]["labels"]["tier"] = json!("gold");
+        s.sup().apply(cr).unwrap();
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p1,
+            &["--mode", "existing"],
+            Some("restore-after-prepare-access"),
+        );
+        assert_ne!(r.code, Some(0));
+        let disabled = s.lab.disabled_methods(&vm).unwrap();
+        assert_eq!(disabled.len(), 1, "{disabled:?} {}", r.stderr);
+        assert!(
+            disabled[0].source.starts_with("vadp-agent restore "),
+            "{disabled:?}"
+        );
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains("reconciled interrupted jobs first"),
+            "{}",
+            r.stdout
+        );
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+    }
 }

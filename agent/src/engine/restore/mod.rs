@@ -389,7 +389,8 @@ enum Target {
 #[derive(Debug, Default)]
 struct Effects {
     target: Option<(i64, Target)>,
-    access: Option<(i64, VmMoref)>,
+    /// The PrepareForAccess entry, the VM and the identity it was called with.
+    access: Option<(i64, VmMoref, String)>,
     /// Disk files a disk-only restore created and attached to the user's VM, until their
     /// data is written: a failed restore detaches and deletes them before EndAccess.
     attached: Vec<String>,
@@ -416,6 +417,36 @@ pub async fn run_restore(
             .await?
             .map_err(BackupError::Repo)?
     };
+    // What interrupted jobs left (a restore of this VM killed part-way: its access still
+    // prepared, a half-created VM) is undone first, as a backup does, so that the plan
+    // sees the VM as it is and PrepareForAccess is not refused for an old job's identity.
+    // A dry run changes nothing, this included.
+    if !request.dry_run {
+        match super::reconcile(env, &[]).await {
+            Ok(r) => {
+                let did = r.snapshots_removed.len()
+                    + r.access_ended.len()
+                    + r.half_created_vms.len()
+                    + r.jobs_interrupted.len();
+                if did > 0 || !r.errors.is_empty() {
+                    observer(&RestoreEvent::Step {
+                        message: format!(
+                            "reconciled interrupted jobs first: {} snapshots removed, access ended on {} VMs, {} unfinished restores cleaned up{}",
+                            r.snapshots_removed.len(),
+                            r.access_ended.len(),
+                            r.half_created_vms.len(),
+                            if r.errors.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; not undone: {}", r.errors.join("; "))
+                            }
+                        ),
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %error_chain(&e), "reconcile at start failed"),
+        }
+    }
     let plan = plan::plan(renv, request).await?;
     observer(&RestoreEvent::Predicted {
         prediction: plan.prediction.clone(),
@@ -542,8 +573,8 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
         tracing::error!(vm = %vm, "restore clean-up: EndAccess waits until the unfinished disks are detached: run `vadp-agent reconcile`");
         return;
     }
-    if let Some((id, vm)) = access
-        && let Err(e) = journal::end_access(env, &vm, IDENTITY, id).await
+    if let Some((id, vm, identity)) = access
+        && let Err(e) = journal::end_access(env, &vm, &identity, id).await
     {
         tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: EndAccess failed; reconcile will retry");
     }
@@ -657,8 +688,13 @@ pub(crate) async fn remove_shell(env: &Environment, vm: &VmMoref) -> Result<(), 
     }
 }
 
-/// The PrepareForAccess identity of restores.
-const IDENTITY: &str = "vadp-agent-restore";
+/// The PrepareForAccess identity of a restore job: its own, as a backup's, so that ending
+/// the access of an interrupted restore (reconcile) never ends that of a live one on the
+/// same VM, whose PrepareForAccess vCenter refuses meanwhile instead.
+fn access_identity(job: JobId) -> String {
+    let id = job.to_string();
+    format!("vadp-agent restore {}", &id[..8])
+}
 
 async fn restore_steps(
     renv: &RestoreEnv,
@@ -781,18 +817,20 @@ async fn restore_steps(
     report.vm = Some(vm.clone());
     check_cancel()?;
     // PrepareForAccess: WCP and DRS keep away until EndAccess.
+    let identity = access_identity(report.job);
     let access = journal::open(
         env,
         JournalKind::PrepareAccess,
         &vm,
-        json!({"job": report.job, "identity": IDENTITY}),
+        json!({"job": report.job, "identity": identity}),
     )
     .await?;
-    lock_effects(effects).access = Some((access, vm.clone()));
+    lock_effects(effects).access = Some((access, vm.clone(), identity.clone()));
     {
         let vddk = env.vddk.clone();
         let spec = env.vddk_target.spec(&vm, None, false);
-        blocking(move || vddk.prepare_for_access(&spec, IDENTITY))
+        let identity = identity.clone();
+        blocking(move || vddk.prepare_for_access(&spec, &identity))
             .await?
             .map_err(|source| BackupError::Vddk {
                 what: format!("PrepareForAccess for {vm}"),
@@ -927,11 +965,11 @@ async fn restore_steps(
     // EndAccess signals WCP that the restore is complete (§5.2). It stays among the effects
     // until it succeeded, so that a failure here is retried by the clean-up (and, failing
     // that, by reconcile), never left to the next backup.
-    let (access_id, _) = lock_effects(effects)
+    let (access_id, _, _) = lock_effects(effects)
         .access
         .clone()
         .ok_or_else(|| RestoreError::Invalid("PrepareForAccess was not recorded".into()))?;
-    journal::end_access(env, &vm, IDENTITY, access_id).await?;
+    journal::end_access(env, &vm, &identity, access_id).await?;
     lock_effects(effects).access = None;
     step(format!(
         "EndAccess on {vm}: restore complete, RelocateVM_Task enabled"
