@@ -28,6 +28,39 @@ use crate::repo::catalog::{CatalogError, QueueJob, QueueUpdate};
 /// Events kept per job (older `disk_progress` events are dropped beyond this).
 const HISTORY_LIMIT: usize = 10_000;
 
+/// What a progress event reports on (`disk_progress` per VM and disk, `verify_progress`),
+/// `None` for every other event.
+fn progress_subject(event: &serde_json::Value) -> Option<String> {
+    match event.get("event")?.as_str()? {
+        "disk_progress" => Some(format!(
+            "disk {} {}",
+            event.get("vm").unwrap_or(&serde_json::Value::Null),
+            event.get("disk").unwrap_or(&serde_json::Value::Null)
+        )),
+        "verify_progress" => Some("verify".into()),
+        _ => None,
+    }
+}
+
+/// Once a job has ended, its history keeps every other event but only the last progress
+/// event of each subject: a backup emits one per chunk, and the daemon keeps the history
+/// of every finished job for late subscribers (thousands of events each, for good).
+fn thin_history(history: &mut Vec<Arc<serde_json::Value>>) {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (i, e) in history.iter().enumerate() {
+        if let Some(subject) = progress_subject(e) {
+            last.insert(subject, i);
+        }
+    }
+    let mut i = 0;
+    history.retain(|e| {
+        let keep = progress_subject(e).is_none_or(|s| last.get(&s) == Some(&i));
+        i += 1;
+        keep
+    });
+    history.shrink_to_fit();
+}
+
 /// How a job body ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -658,6 +691,7 @@ impl Queue {
                 e.job.finished_at = Some(finished);
                 e.job.error = outcome.error.clone();
                 e.job.result = outcome.result;
+                thin_history(&mut e.history);
                 let _ = e.tx.send(StreamItem::End(Box::new(e.view())));
             }
         }
@@ -669,6 +703,50 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_finished_jobs_history_keeps_its_milestones_and_last_progress() {
+        use serde_json::json;
+        let mut history: Vec<Arc<serde_json::Value>> = vec![Arc::new(
+            json!({"event": "disk_started", "vm": "vm-1", "disk": 2000}),
+        )];
+        for done in 1..=500u64 {
+            for (vm, disk) in [("vm-1", 2000), ("vm-1", 2001), ("vm-2", 2000)] {
+                history.push(Arc::new(
+                    json!({"event": "disk_progress", "vm": vm, "disk": disk, "bytes_done": done}),
+                ));
+            }
+        }
+        history.push(Arc::new(
+            json!({"event": "verify_progress", "chunks_done": 1}),
+        ));
+        history.push(Arc::new(
+            json!({"event": "verify_progress", "chunks_done": 2}),
+        ));
+        history.push(Arc::new(json!({"event": "vm_finished", "vm": "vm-1"})));
+        thin_history(&mut history);
+        let kept: Vec<String> = history
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {} {}",
+                    e["event"], e["vm"], e["disk"], e["bytes_done"]
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                r#""disk_started" "vm-1" 2000 null"#,
+                r#""disk_progress" "vm-1" 2000 500"#,
+                r#""disk_progress" "vm-1" 2001 500"#,
+                r#""disk_progress" "vm-2" 2000 500"#,
+                r#""verify_progress" null null null"#,
+                r#""vm_finished" "vm-1" null null"#,
+            ]
+        );
+        assert_eq!(history[4]["chunks_done"], 2);
+    }
 
     use tokio::sync::Semaphore;
 
