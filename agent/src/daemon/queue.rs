@@ -500,9 +500,9 @@ impl Queue {
             };
             match entry.job.state.as_str() {
                 "queued" => {
+                    // Out of the dispatcher's reach at once; announced once recorded.
                     entry.job.state = "cancelled".into();
                     entry.job.finished_at = Some(now());
-                    let _ = entry.tx.send(StreamItem::End(Box::new(entry.view())));
                     true
                 }
                 "running" => {
@@ -515,7 +515,7 @@ impl Queue {
         if cancelled_queued {
             let c = self.inner.catalog.clone();
             let id2 = id.to_owned();
-            blocking(move || {
+            let recorded = blocking(move || {
                 c.queue_update(
                     &id2,
                     QueueUpdate {
@@ -527,7 +527,21 @@ impl Queue {
                     },
                 )
             })
-            .await?;
+            .await;
+            let mut st = self.inner.lock();
+            if let Some(entry) = st.jobs.get_mut(id) {
+                if recorded.is_ok() {
+                    let _ = entry.tx.send(StreamItem::End(Box::new(entry.view())));
+                } else {
+                    // Still queued in the catalog, where a restart would find it: queued
+                    // here too, and the caller gets the error.
+                    entry.job.state = "queued".into();
+                    entry.job.finished_at = None;
+                }
+            }
+            drop(st);
+            self.inner.wake.notify_one();
+            recorded?;
         }
         Ok(self.get(id))
     }
@@ -803,6 +817,39 @@ mod tests {
             tokio::task::yield_now().await;
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+    }
+
+    /// A queued job whose cancel cannot be recorded stays queued (a restart would find it
+    /// queued in the catalog and run it) and the caller gets the error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_the_catalog_refuses_leaves_the_job_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("catalog.db");
+        let (catalog, _t) = CatalogHandle::spawn(&db).unwrap();
+        let body = Arc::new(Gated {
+            inside: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            release: Arc::new(Semaphore::new(0)),
+        });
+        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
+            .await
+            .unwrap();
+        q.submit(submission(0, 0)).await.unwrap();
+        let (queued, _) = q.submit(submission(1, 0)).await.unwrap();
+        wait_until(&q, 1).await;
+        let other = rusqlite::Connection::open(&db).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER refuse_cancel BEFORE UPDATE ON queue_jobs
+                 WHEN NEW.state = 'cancelled' BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+            )
+            .unwrap();
+        assert!(q.cancel(&queued.id).await.is_err());
+        assert_eq!(q.get(&queued.id).unwrap().state, JobState::Queued);
+        other.execute_batch("DROP TRIGGER refuse_cancel;").unwrap();
+        body.release.add_permits(2);
+        wait_for(&q, 2, 0).await;
+        assert_eq!(q.get(&queued.id).unwrap().state, JobState::Succeeded);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
