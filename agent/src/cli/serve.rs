@@ -238,15 +238,13 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
     if due.is_empty() {
         tracing::info!("no policy is due");
     }
-    for name in due {
+    for run in due {
+        let name = run.name.clone();
         let Some(p) = config.policy.get(&name) else {
             continue;
         };
-        let request = engine_request(
-            &scheduler::policy_request(&name, p, &now),
-            config.limits.engine(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        let request = engine_request(&scheduler::policy_request(&run, p), config.limits.engine())
+            .map_err(anyhow::Error::msg)?;
         scheduler::record_run(env.repo.catalog(), &name, now.timestamp())?;
         let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
             if let BackupEvent::VmFailed { name, error, .. } = e {

@@ -100,7 +100,17 @@ pub fn record_run(
     catalog.set_meta(&key(policy), &at.as_second().to_string())
 }
 
-/// The policies due at `now`, by name.
+/// A policy whose run is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRun {
+    /// The policy.
+    pub name: String,
+    /// What it is due after: its last recorded run (or when it was first seen; `None` for
+    /// a first run at start-up). The same until this run is recorded.
+    pub after: Option<Timestamp>,
+}
+
+/// The policies due at `now`.
 ///
 /// # Errors
 /// Catalog errors, or a policy that does not validate.
@@ -108,16 +118,16 @@ pub fn due_policies(
     config: &AgentConfig,
     catalog: &CatalogHandle,
     now: &Zoned,
-) -> Result<Vec<String>, SchedulerError> {
+) -> Result<Vec<DueRun>, SchedulerError> {
     let mut due = Vec::new();
     for (name, p) in &config.policy {
         let schedule = p.schedule(name)?;
-        if is_due(
-            &schedule,
-            policy_reference(catalog, name, &schedule, now, true)?,
-            now,
-        ) {
-            due.push(name.clone());
+        let after = policy_reference(catalog, name, &schedule, now, true)?;
+        if is_due(&schedule, after, now) {
+            due.push(DueRun {
+                name: name.clone(),
+                after,
+            });
         }
     }
     Ok(due)
@@ -125,7 +135,8 @@ pub fn due_policies(
 
 /// The API request a policy's run submits.
 #[must_use]
-pub fn policy_request(name: &str, p: &PolicyConfig, now: &Zoned) -> BackupJobRequest {
+pub fn policy_request(run: &DueRun, p: &PolicyConfig) -> BackupJobRequest {
+    let name = &run.name;
     BackupJobRequest {
         vms: p
             .vms
@@ -136,10 +147,12 @@ pub fn policy_request(name: &str, p: &PolicyConfig, now: &Zoned) -> BackupJobReq
             })
             .collect(),
         group: Some(name.to_owned()),
-        // One job per policy and minute, even if the loop runs twice in it.
+        // One job per due run: until the run is recorded (if recording fails, say), every
+        // later look finds it due again, with the same key, and gets the same job.
         idempotency_key: Some(format!(
-            "schedule:{name}:{}",
-            now.timestamp().as_second() / 60
+            "schedule:{name}:after:{}",
+            run.after
+                .map_or("start".into(), |t| t.as_second().to_string())
         )),
         priority: p.priority,
         full: false,
@@ -188,11 +201,12 @@ pub async fn run(
                 continue;
             }
         };
-        for name in due {
+        for run in due {
+            let name = run.name.clone();
             let Some(p) = config.policy.get(&name) else {
                 continue;
             };
-            let request = policy_request(&name, p, &now);
+            let request = policy_request(&run, p);
             let submission = Submission {
                 kind: JobKind::Backup,
                 idempotency_key: request.idempotency_key.clone(),
@@ -263,5 +277,59 @@ mod tests {
                 .is_none()
         );
         assert!(catalog.meta("schedule.q.first_seen").unwrap().is_none());
+    }
+
+    /// Every look that finds a run due before it is recorded asks for the same job (a
+    /// failed record must not queue the policy again a minute later); the next run, once
+    /// this one is recorded, is another job.
+    #[test]
+    fn a_due_run_keeps_its_job_key_until_it_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _thread) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let toml = dir.path().join("agent.toml");
+        std::fs::write(
+            &toml,
+            r#"
+[vcenter]
+url = "https://vc.example.com/sdk"
+user = "backup@vsphere.local"
+password_file = "/etc/vadp-agent/credentials"
+[vddk]
+libdir = "/opt/vmware-vix-disklib-distrib"
+[repository]
+path = "/var/lib/vadp-agent/repo"
+[api]
+token_file = "/etc/vadp-agent/token"
+[policy.nightly]
+vms = ["ns/web-1"]
+daily_at = "23:00"
+initial_run = false
+"#,
+        )
+        .unwrap();
+        let config = AgentConfig::load_with_env(&toml, std::iter::empty()).unwrap();
+        let p = &config.policy["nightly"];
+        let keys = |now: &str| -> Vec<String> {
+            due_policies(&config, &catalog, &at(now))
+                .unwrap()
+                .iter()
+                .map(|run| policy_request(run, p).idempotency_key.unwrap())
+                .collect()
+        };
+        assert!(keys("2025-03-10T10:00:00+00:00").is_empty());
+        let first = keys("2025-03-10T23:00:05+00:00");
+        assert_eq!(first.len(), 1);
+        // Not recorded (the catalog write failed): minutes later, the same job.
+        assert_eq!(keys("2025-03-10T23:03:40+00:00"), first);
+        record_run(
+            &catalog,
+            "nightly",
+            at("2025-03-10T23:03:40+00:00").timestamp(),
+        )
+        .unwrap();
+        assert!(keys("2025-03-11T12:00:00+00:00").is_empty());
+        let next = keys("2025-03-11T23:00:10+00:00");
+        assert_eq!(next.len(), 1);
+        assert_ne!(next, first);
     }
 }
