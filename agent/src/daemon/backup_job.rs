@@ -242,8 +242,28 @@ impl BackupJobs {
             (None, Some(ca)) => TlsVerification::WithCaFile(ca.clone()),
             (None, None) => TlsVerification::SystemRoots,
         };
-        let password = read_secret_file("vcenter.password_file", &c.vcenter.password_file)
-            .map_err(|e| e.to_string())?;
+        // Files: read on a blocking thread, not the runtime's.
+        let (password, token) = {
+            let (password_file, token_file) = (
+                c.vcenter.password_file.clone(),
+                c.supervisor.token_file.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let password = read_secret_file("vcenter.password_file", &password_file)
+                    .map_err(|e| e.to_string())?;
+                let token = token_file
+                    .as_deref()
+                    .map(|f| {
+                        read_secret_file("supervisor.token_file", f)
+                            .map(|t| t.expose().to_owned())
+                            .map_err(|e| e.to_string())
+                    })
+                    .transpose()?;
+                Ok::<_, String>((password, token))
+            })
+            .await
+            .map_err(|e| format!("reading the secret files: {e}"))??
+        };
         let supervisor = SupervisorTarget {
             url: c
                 .supervisor
@@ -257,16 +277,7 @@ impl BackupJobs {
                 .as_deref()
                 .map(|tp| thumbprint("supervisor.thumbprint", tp))
                 .transpose()?,
-            token: c
-                .supervisor
-                .token_file
-                .as_deref()
-                .map(|f| {
-                    read_secret_file("supervisor.token_file", f)
-                        .map(|t| t.expose().to_owned())
-                        .map_err(|e| e.to_string())
-                })
-                .transpose()?,
+            token,
         };
         RestoreEnv::connect(
             self.env.clone(),

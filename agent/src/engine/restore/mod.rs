@@ -105,7 +105,7 @@ pub struct RestoreEnv {
 }
 
 /// Where the Supervisor's API is (default: vCenter's address, the lab's layout).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct SupervisorTarget {
     /// The API address; `None` for vCenter's own.
     pub url: Option<url::Url>,
@@ -114,6 +114,16 @@ pub struct SupervisorTarget {
     pub tls: Option<TlsVerification>,
     /// The bearer token; `None`: the vCenter SSO session's.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for SupervisorTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorTarget")
+            .field("url", &self.url)
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl RestoreEnv {
@@ -1101,4 +1111,20 @@ async fn wait_for_auto_task(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SupervisorTarget;
+
+    #[test]
+    fn a_supervisor_token_never_shows_in_debug_output() {
+        let t = SupervisorTarget {
+            token: Some("s3cret-bearer".into()),
+            ..SupervisorTarget::default()
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("s3cret-bearer"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 }
