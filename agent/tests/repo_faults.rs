@@ -631,6 +631,18 @@ mod tests {
         assert!(!stdout.contains(&f.incr.to_string()), "{stdout}");
     }
 
+    /// A stray file among the index directories does not stop garbage collection.
+    #[test]
+    fn a_stray_file_among_the_indexes_does_not_stop_gc() {
+        let f = fixture();
+        let stray = f.root.join("indexes").join("notes.txt");
+        std::fs::write(&stray, b"left by someone").unwrap();
+        let repo = Repository::open(&f.root).unwrap();
+        repo.gc().unwrap();
+        assert!(stray.exists());
+        assert!(repo.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+    }
+
     #[test]
     fn missing_chunk_is_reported() {
         let f = fixture();

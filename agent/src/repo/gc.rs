@@ -125,6 +125,17 @@ pub fn collect(
     for dir in read_dir(&indexes)? {
         let name = dir.file_name().to_string_lossy().into_owned();
         let path = dir.path();
+        if !dir.file_type().map_err(io_err(&path))?.is_dir() {
+            // Not a point's directory: a temp file of ours goes, anything else is left
+            // (and must not stop every GC from then on).
+            if durable::is_temp_name(&name) {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                report.temp_files_removed += 1;
+            } else {
+                tracing::warn!(path = %path.display(), "unexpected file among the indexes, left alone");
+            }
+            continue;
+        }
         if !live_points.contains(&name) {
             fs::remove_dir_all(&path).map_err(io_err(&path))?;
             report.orphan_indexes_removed += 1;
