@@ -951,6 +951,25 @@ concurrent_jobs = 2
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        // A second job for the same VM meanwhile is refused, saying why.
+        let second = rt
+            .block_on(client.backup(&BackupJobRequest {
+                vms: vec![VmSpec {
+                    vm: vm.0.clone(),
+                    quiesce: false,
+                }],
+                group: None,
+                idempotency_key: None,
+                priority: 0,
+                full: false,
+                require_vmservice: false,
+                prepare_access: true,
+            }))
+            .unwrap();
+        let (_, refused) = rt.block_on(follow(&client, &second.id));
+        assert_eq!(refused.state, JobState::Failed);
+        let error = refused.error.unwrap_or_default();
+        assert!(error.contains("is backing it up now"), "{error}");
         let pid = i32::try_from(daemon.0.id()).unwrap();
         #[allow(unsafe_code)]
         // SAFETY: kill(2) on our own child's pid, no memory involved.

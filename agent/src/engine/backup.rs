@@ -609,18 +609,34 @@ async fn set_up(
                 what: format!("reading VM {} ({moref})", r.selector),
                 source,
             })?;
-        if let Some(s) = info
+        if let Some((s, job)) = info
             .all_snapshots()
             .into_iter()
-            .find(|s| journal::snapshot_job(&s.description).is_some())
+            .find_map(|s| journal::snapshot_job(&s.description).map(|job| (s, job)))
         {
-            return Err(BackupError::Refused {
-                vm: format!("{} ({moref})", info.name),
-                reason: format!(
+            // The snapshot of a job still running (its lock held): that job is backing the
+            // VM up now, and reconcile would (rightly) leave its snapshot alone.
+            let root = env.repo.root().to_path_buf();
+            let running = matches!(
+                blocking(move || JobLock::acquire(&root, job)).await?,
+                Err(crate::repo::ChunkStoreError::Busy { .. })
+            );
+            let reason = if running {
+                format!(
+                    "job {job} is backing it up now (snapshot {}); a VM is not backed up by \
+                     two jobs at once: try again when that job has ended",
+                    s.snapshot
+                )
+            } else {
+                format!(
                     "it still carries snapshot {} ({:?}) left by an earlier backup; run \
                      `vadp-agent reconcile --vm {moref}` to remove it",
                     s.snapshot, s.name
-                ),
+                )
+            };
+            return Err(BackupError::Refused {
+                vm: format!("{} ({moref})", info.name),
+                reason,
             });
         }
         if info.disks.is_empty() {
