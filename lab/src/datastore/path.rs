@@ -107,6 +107,35 @@ impl DatastorePath {
         Self::new(&self.datastore, &relative)
     }
 
+    /// A disk as a `.vmx` at this path names it: by file name in the same directory,
+    /// otherwise by its absolute ESXi path, `/vmfs/volumes/<ds>/<relative>`.
+    #[must_use]
+    pub fn vmx_name_of(&self, disk: &Self) -> String {
+        let dir = |p: &Self| p.relative.rsplit_once('/').map(|(d, _)| d.to_owned());
+        if disk.datastore == self.datastore && dir(disk) == dir(self) {
+            disk.file_name().to_owned()
+        } else {
+            format!("/vmfs/volumes/{}/{}", disk.datastore, disk.relative)
+        }
+    }
+
+    /// The disk a `.vmx` at this path names `name` (see [`DatastorePath::vmx_name_of`]).
+    ///
+    /// # Errors
+    /// [`DatastoreError::InvalidPath`] for a name that is neither.
+    pub fn resolve_vmx_name(&self, name: &str) -> Result<Self, DatastoreError> {
+        match name.strip_prefix("/vmfs/volumes/") {
+            Some(rest) => {
+                let (ds, relative) = rest.split_once('/').ok_or(DatastoreError::InvalidPath {
+                    path: name.to_owned(),
+                    reason: "no file under the datastore",
+                })?;
+                Self::new(ds, relative)
+            }
+            None => self.sibling(name),
+        }
+    }
+
     /// The host path under a lab root: `<root>/datastores/<ds>/<relative>`.
     #[must_use]
     pub fn resolve(&self, root: &Path) -> PathBuf {
@@ -149,6 +178,24 @@ impl From<DatastorePath> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vmx_names_a_disk_elsewhere_by_its_absolute_path() {
+        let vmx: DatastorePath = "[ds1] web-1/web-1.vmx".parse().unwrap();
+        for (disk, name) in [
+            ("[ds1] web-1/disk-0.vmdk", "disk-0.vmdk"),
+            ("[ds1] fcd/pvc-1.vmdk", "/vmfs/volumes/ds1/fcd/pvc-1.vmdk"),
+            (
+                "[ds2] web-1/disk-1.vmdk",
+                "/vmfs/volumes/ds2/web-1/disk-1.vmdk",
+            ),
+        ] {
+            let disk: DatastorePath = disk.parse().unwrap();
+            assert_eq!(vmx.vmx_name_of(&disk), name);
+            assert_eq!(vmx.resolve_vmx_name(name).unwrap(), disk);
+        }
+        assert!(vmx.resolve_vmx_name("/vmfs/volumes/ds1").is_err());
+    }
 
     #[test]
     fn round_trip_and_resolve() {

@@ -424,7 +424,7 @@ impl Lab {
             let dev = format!("scsi0:{}", d.unit_number);
             t.push_str(&format!(
                 "{dev}.present = \"TRUE\"\n{dev}.fileName = \"{}\"\n",
-                d.file_name.file_name()
+                s.vmx_path.vmx_name_of(&d.file_name)
             ));
             t.push_str(&format!(
                 "{dev}.ctkEnabled = \"{}\"\n",

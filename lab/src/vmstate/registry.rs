@@ -148,7 +148,9 @@ impl Lab {
         }
         let mut disks = Vec::new();
         for (i, (unit, file_name)) in (0i32..).zip(units) {
-            let path = vmx_path.sibling(&file_name).map_err(ds_err(&moref))?;
+            let path = vmx_path
+                .resolve_vmx_name(&file_name)
+                .map_err(ds_err(&moref))?;
             let chain =
                 DiskChain::open(self.root(), &path, OpenMode::ReadOnly).map_err(ds_err(&moref))?;
             disks.push(VmDisk {
