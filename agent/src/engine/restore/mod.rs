@@ -736,6 +736,9 @@ async fn restore_steps(
             let vmx_path = plan::vmx_path(&plan.disks, &plan.name).ok_or_else(|| {
                 RestoreError::Invalid(format!("point {} has no disk", request.point))
             })?;
+            // Before anything is created: a .vmx that cannot be pointed at the restored
+            // disks stops the restore with nothing to undo.
+            let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &vmx_path)?;
             let shell_id = journal::open(
                 env,
                 JournalKind::VmShell,
@@ -762,7 +765,7 @@ async fn restore_steps(
                 }
                 targets.push((d.clone(), d.backing_file.clone(), true));
             }
-            let bytes = plan::restored_vmx(&plan.vmx, &plan.disks)?;
+
             let path = DatastorePath::parse(&plan.dc_name, &vmx_path).map_err(|source| {
                 BackupError::Datastore {
                     what: format!("the .vmx path {vmx_path}"),

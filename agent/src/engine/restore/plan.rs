@@ -283,10 +283,28 @@ pub(super) fn vmx_path(disks: &[DiskRecord], name: &str) -> Option<String> {
     Some(format!("{dir}/{name}.vmx"))
 }
 
-/// The backed-up `.vmx` with its disk file names pointed at the base disks: the backup
-/// read it while its snapshot existed, so `scsi0:0.fileName` named `disk-0-000001.vmdk`.
-/// Every other line is kept byte for byte.
-pub(super) fn restored_vmx(vmx: &[u8], disks: &[DiskRecord]) -> Result<Vec<u8>, RestoreError> {
+/// `[ds] dir/file` → (`ds`, `dir/file`).
+fn split_datastore_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix('[')?;
+    let (ds, rel) = rest.split_once(']')?;
+    Some((ds, rel.trim_start()))
+}
+
+/// The backed-up `.vmx` (to be written at `vmx_path`, `[ds] dir/name.vmx`) with its disk
+/// file names pointed at the base disks: the backup read it while its snapshot existed, so
+/// `scsi0:0.fileName` named `disk-0-000001.vmdk`. A disk in the `.vmx`'s directory is named
+/// as ESXi names it, by file name; one elsewhere (a PVC's disk in a folder of its own, on
+/// vSAN say) by its absolute path, `/vmfs/volumes/<datastore>/<dir>/<file>.vmdk`, as a
+/// bare name would point the VM at a file next to the `.vmx` that does not exist. Every
+/// other line is kept byte for byte.
+pub(super) fn restored_vmx(
+    vmx: &[u8],
+    disks: &[DiskRecord],
+    vmx_path: &str,
+) -> Result<Vec<u8>, RestoreError> {
+    let vmx_dir = split_datastore_path(vmx_path)
+        .map(|(ds, rel)| (ds, rel.rsplit_once('/').map_or("", |(d, _)| d)))
+        .ok_or_else(|| RestoreError::Invalid(format!("bad .vmx path {vmx_path}")))?;
     let text = String::from_utf8_lossy(vmx);
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
@@ -306,18 +324,52 @@ pub(super) fn restored_vmx(vmx: &[u8], disks: &[DiskRecord]) -> Result<Vec<u8>, 
             out.push_str(line);
             continue;
         }
-        let file = value.rsplit('/').next().unwrap_or(value);
+        let (parent, file) = value.rsplit_once('/').map_or(("", value), |(d, f)| (d, f));
+        let parent = parent.rsplit('/').next().unwrap_or_default();
         let base = base_disk_name(file);
-        let disk = disks
+        let named: Vec<&DiskRecord> = disks
             .iter()
-            .find(|d| d.backing_file.rsplit('/').next() == Some(base.as_str()))
-            .ok_or_else(|| {
-                RestoreError::Invalid(format!(
+            .filter(|d| d.backing_file.rsplit('/').next() == Some(base.as_str()))
+            .collect();
+        // Two disks of one name in different folders: the one in the folder the line names.
+        let disk = match named.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(RestoreError::Invalid(format!(
                     "the .vmx names disk {value} ({key}), which the restore point does not hold"
-                ))
-            })?;
-        let name = disk.backing_file.rsplit('/').next().unwrap_or_default();
-        out.push_str(&format!("{key} = \"{name}\"\n"));
+                )));
+            }
+            several => {
+                let in_parent: Vec<&&DiskRecord> = several
+                    .iter()
+                    .filter(|d| {
+                        d.backing_file
+                            .rsplit_once('/')
+                            .and_then(|(dir, _)| dir.rsplit(['/', ' ']).next())
+                            == Some(parent)
+                    })
+                    .collect();
+                match in_parent.as_slice() {
+                    [one] => **one,
+                    _ => {
+                        return Err(RestoreError::Invalid(format!(
+                            "the .vmx names disk {value} ({key}), and the restore point holds \
+                             {} disks of that name",
+                            several.len()
+                        )));
+                    }
+                }
+            }
+        };
+        let (ds, rel) = split_datastore_path(&disk.backing_file)
+            .ok_or_else(|| RestoreError::Invalid(format!("bad disk path {}", disk.backing_file)))?;
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let path = if (ds, dir) == vmx_dir {
+            name.to_owned()
+        } else {
+            format!("/vmfs/volumes/{ds}/{rel}")
+        };
+        out.push_str(&format!("{key} = \"{path}\"\n"));
     }
     Ok(out.into_bytes())
 }
@@ -360,7 +412,7 @@ mod tests {
             bytes_stored: 0,
         };
         let vmx = b"displayName = \"w\"\nscsi0:0.fileName = \"disk-0-000001.vmdk\"\nvmservice.x = \"a|22b\"\n";
-        let out = restored_vmx(vmx, &[disk(2000, "[ds1] w/disk-0.vmdk")]).unwrap();
+        let out = restored_vmx(vmx, &[disk(2000, "[ds1] w/disk-0.vmdk")], "[ds1] w/w.vmx").unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "displayName = \"w\"\nscsi0:0.fileName = \"disk-0.vmdk\"\nvmservice.x = \"a|22b\"\n"
@@ -368,9 +420,46 @@ mod tests {
         assert!(
             restored_vmx(
                 b"scsi0:1.fileName = \"other.vmdk\"\n",
-                &[disk(2000, "[ds1] w/disk-0.vmdk")]
+                &[disk(2000, "[ds1] w/disk-0.vmdk")],
+                "[ds1] w/w.vmx"
             )
             .is_err()
+        );
+        // A PVC's disk in a folder of its own (vSAN), its redo log beside the .vmx; a
+        // classic disk of the same file name in yet another folder, named there.
+        let vmx = b"scsi0:0.fileName = \"w-000001.vmdk\"\n\
+scsi0:1.fileName = \"216a8642-000001.vmdk\"\n\
+scsi0:2.fileName = \"/vmfs/volumes/5f1e-uuid/c7d0-dir/216a8642.vmdk\"\n";
+        let disks = [
+            disk(2000, "[vsanDatastore] 6adf-vmdir/w.vmdk"),
+            disk(2001, "[vsanDatastore] c5aa-pvcdir/216a8642.vmdk"),
+            disk(2002, "[vsanDatastore] c7d0-dir/216a8642.vmdk"),
+        ];
+        let vmx_only_first_two = b"scsi0:0.fileName = \"w-000001.vmdk\"\n\
+scsi0:1.fileName = \"216a8642-000001.vmdk\"\n";
+        let out = restored_vmx(
+            vmx_only_first_two,
+            &disks[..2],
+            "[vsanDatastore] 6adf-vmdir/w.vmx",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "scsi0:0.fileName = \"w.vmdk\"\n\
+scsi0:1.fileName = \"/vmfs/volumes/vsanDatastore/c5aa-pvcdir/216a8642.vmdk\"\n"
+        );
+        // The same name twice: the line's folder decides; a bare name cannot.
+        let err = restored_vmx(vmx, &disks, "[vsanDatastore] 6adf-vmdir/w.vmx").unwrap_err();
+        assert!(err.to_string().contains("2 disks of that name"), "{err}");
+        let out = restored_vmx(
+            b"scsi0:2.fileName = \"/vmfs/volumes/5f1e-uuid/c7d0-dir/216a8642.vmdk\"\n",
+            &disks,
+            "[vsanDatastore] 6adf-vmdir/w.vmx",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "scsi0:2.fileName = \"/vmfs/volumes/vsanDatastore/c7d0-dir/216a8642.vmdk\"\n"
         );
     }
 }
