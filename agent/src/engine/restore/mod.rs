@@ -897,10 +897,18 @@ async fn restore_steps(
                 .and_then(|p| p.rsplit_once('/'))
                 .map(|(d, _)| d.to_owned())
                 .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no .vmx path")))?;
+            // The job in the name too: a file of an earlier restore of this point, which the
+            // user may keep attached, is never this job's to create, journal or take away.
             let short = &request.point.to_string()[..8];
+            let job = &report.job.to_string()[..8];
             for d in &plan.disks {
                 check_cancel()?;
-                let file = format!("{vmx_dir}/restored-{short}-{}.vmdk", d.key);
+                let file = format!("{vmx_dir}/restored-{short}-{job}-{}.vmdk", d.key);
+                if info.disks.iter().any(|x| x.file_name == file) {
+                    return Err(RestoreError::Invalid(format!(
+                        "{vm} already has a disk {file}"
+                    )));
+                }
                 let unit = (0..16)
                     .find(|u| *u != 7 && !used.contains(u))
                     .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no free SCSI unit")))?;
