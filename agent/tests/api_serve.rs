@@ -913,9 +913,11 @@ concurrent_jobs = 2
         let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
         let pause = dir.path().join("pause");
         std::fs::create_dir_all(&pause).unwrap();
+        // (The second point only marks that the signal was seen: its `.go` is there.)
+        std::fs::write(pause.join("serve-stopping.go"), b"").unwrap();
         let mut cmd = agent(&["serve", "--config"]);
         cmd.arg(&config)
-            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk,serve-stopping")
             .env("VADP_AGENT_PAUSE_DIR", &pause);
         let (mut daemon, base) = start(cmd);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -975,7 +977,12 @@ concurrent_jobs = 2
         // SAFETY: kill(2) on our own child's pid, no memory involved.
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0);
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let stopping = pause.join("serve-stopping.reached");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !stopping.exists() {
+            assert!(std::time::Instant::now() < deadline, "SIGTERM not seen");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
         let (_, ended) = rt.block_on(followed).unwrap();
         assert_ne!(

@@ -1042,9 +1042,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let repo = fx.repo();
         // The disks are open for writing and their threads about to write ...
+        // (The second point only marks that the signal was seen: its `.go` is there.)
+        std::fs::write(dir.join("restore-cancel-requested.go"), b"").unwrap();
         let mut restore = fx.spawn_paused(
             &["restore", "--repo", &repo, "--point", &p1],
-            "restore-mid-disk",
+            "restore-mid-disk,restore-cancel-requested",
             &dir,
         );
         wait_reached(&mut restore, &dir, "restore-mid-disk");
@@ -1056,7 +1058,7 @@ mod tests {
         // SAFETY: kill(2) on our own child's pid, no memory involved.
         let sent = unsafe { libc::kill(pid, libc::SIGINT) };
         assert_eq!(sent, 0);
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        wait_reached(&mut restore, &dir, "restore-cancel-requested");
         std::fs::write(dir.join("restore-mid-disk.go"), b"").unwrap();
         let out = restore.wait_with_output().unwrap();
         let (stdout, stderr) = (

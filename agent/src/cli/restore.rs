@@ -138,6 +138,7 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
             if tokio::signal::ctrl_c().await.is_ok() {
                 tracing::warn!("interrupted: cancelling the restore and cleaning up");
                 c.cancel();
+                crate::engine::pause_point("restore-cancel-requested").await;
             }
         });
         let r = restore::run_restore(&renv, &request, observer, cancel).await;

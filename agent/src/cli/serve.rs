@@ -135,6 +135,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             // connections, and a client following a job's events keeps one open until the
             // job ends.
             q.shut_down();
+            engine::pause_point("serve-stopping").await;
         });
         tokio::spawn(scheduler::run(
             Arc::clone(&config),

@@ -126,7 +126,8 @@ pub(crate) fn crash_point(point: &str) {
 /// `<point>.go` appears beside it, so that a test can run another process, or send a
 /// signal, in between. Points: `restore-after-register`, `reconcile-after-read`, and for
 /// [`pause_point_blocking`] `restore-mid-disk`, `backup-mid-disk` (disk threads) and
-/// `verify-after-list` (a repository verify).
+/// `verify-after-list` (a repository verify); `restore-cancel-requested` and
+/// `serve-stopping` once a CLI restore or the daemon has seen its signal.
 pub(crate) async fn pause_point(point: &str) {
     if let Some((reached, go)) = pause_files(point) {
         let _ = tokio::fs::write(&reached, b"").await;
@@ -146,18 +147,20 @@ pub(crate) fn pause_point_blocking(point: &str) {
     }
 }
 
-/// The marker files of `point` when the environment pauses there.
+/// The marker files of `point` when the environment pauses there (`VADP_AGENT_PAUSE_AT`
+/// may name several points, separated by commas; a point whose `.go` file exists already
+/// only marks that it was reached).
 fn pause_files(point: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    static AT: std::sync::OnceLock<Option<(String, std::path::PathBuf)>> =
+    static AT: std::sync::OnceLock<Option<(Vec<String>, std::path::PathBuf)>> =
         std::sync::OnceLock::new();
     let (at, dir) = AT
         .get_or_init(|| {
-            let point = std::env::var("VADP_AGENT_PAUSE_AT").ok()?;
+            let points = std::env::var("VADP_AGENT_PAUSE_AT").ok()?;
             let dir = std::env::var_os("VADP_AGENT_PAUSE_DIR")?;
-            Some((point, dir.into()))
+            Some((points.split(',').map(str::to_owned).collect(), dir.into()))
         })
         .as_ref()?;
-    (at == point).then(|| {
+    at.iter().any(|a| a == point).then(|| {
         (
             dir.join(format!("{point}.reached")),
             dir.join(format!("{point}.go")),
