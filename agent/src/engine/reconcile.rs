@@ -54,60 +54,55 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
     let mut report = ReconcileReport::default();
     let root = env.repo.root().to_path_buf();
     let catalog = env.repo.catalog().clone();
-    let mut entries = blocking(move || catalog.journal_open_entries()).await??;
+    let listed = blocking(move || catalog.journal_open_entries()).await??;
     super::pause_point("reconcile-after-read").await;
+    // First the locks of the jobs the journal names. A job found running keeps all its
+    // entries.
+    let mut held: Vec<(JobId, JobLock)> = Vec::new();
+    let mut running: Vec<JobId> = Vec::new();
+    for job in listed.iter().filter_map(job_of) {
+        if held.iter().any(|(j, _)| *j == job) || running.contains(&job) {
+            continue;
+        }
+        let r = root.clone();
+        match blocking(move || JobLock::acquire(&r, job)).await? {
+            Ok(lock) => held.push((job, lock)),
+            Err(ChunkStoreError::Busy { .. }) => running.push(job),
+            Err(e) => report
+                .errors
+                .push(format!("job {job}: {}", error_chain(&e))),
+        }
+    }
+    // Then the entries again, as they are now that nothing else can change them: the list
+    // above was read before the locks, and a job that ended meanwhile closed (or changed)
+    // its entries before it let its lock go.
+    let catalog = env.repo.catalog().clone();
+    let mut entries: Vec<JournalEntry> = blocking(move || catalog.journal_open_entries())
+        .await??
+        .into_iter()
+        .filter(|e| match job_of(e) {
+            Some(job) if held.iter().any(|(j, _)| *j == job) => true,
+            Some(job) => {
+                // Running, or a job that started after the list (running too).
+                if running.contains(&job) || !listed.iter().any(|l| l.id == e.id) {
+                    report.skipped_running += 1;
+                }
+                false
+            }
+            None => true,
+        })
+        .collect();
     // Snapshots before EndAccess, as a backup ends.
     // A VM shell of a restore last: EndAccess first, then the shell is removed. But the
     // unfinished disks a disk-only restore attached go before EndAccess, so that WCP never
-    // sees them.
+    // sees them (and a VM whose disks stay attached keeps its access prepared).
     entries.sort_by_key(|e| {
         let late_shell = e.kind == "vm_shell" && unfinished_disks(e).is_empty();
         (e.kind != "snapshot", late_shell, e.id)
     });
-    let mut held: Vec<(JobId, JobLock)> = Vec::new();
-    // A job found running keeps all its entries: its lock is not tried again, so an entry
-    // is never undone behind the back of a job that ends while this runs.
-    let mut running: Vec<JobId> = Vec::new();
-    // The entries as they are now: `entries` was read before the locks were taken, and a
-    // job that ended meanwhile closed (or changed) its entries before it let its lock go.
-    let mut current: Option<std::collections::HashMap<i64, JournalEntry>> = None;
     let mut blocked: Vec<VmMoref> = Vec::new();
-    for entry in entries {
-        if let Some(job) = job_of(&entry)
-            && !held.iter().any(|(j, _)| *j == job)
-        {
-            if running.contains(&job) {
-                report.skipped_running += 1;
-                continue;
-            }
-            let r = root.clone();
-            match blocking(move || JobLock::acquire(&r, job)).await? {
-                Ok(lock) => {
-                    held.push((job, lock));
-                    current = None;
-                }
-                Err(ChunkStoreError::Busy { .. }) => {
-                    running.push(job);
-                    report.skipped_running += 1;
-                    continue;
-                }
-                Err(e) => {
-                    report
-                        .errors
-                        .push(format!("job {job}: {}", error_chain(&e)));
-                    continue;
-                }
-            }
-        }
-        if current.is_none() {
-            let catalog = env.repo.catalog().clone();
-            let open = blocking(move || catalog.journal_open_entries()).await??;
-            current = Some(open.into_iter().map(|e| (e.id, e)).collect());
-        }
-        // Closed since it was read: its job finished it.
-        if let Some(entry) = current.as_ref().and_then(|c| c.get(&entry.id)) {
-            undo(env, entry, &mut report, &mut blocked).await;
-        }
+    for entry in &entries {
+        undo(env, entry, &mut report, &mut blocked).await;
     }
     // Jobs still marked running whose process is gone.
     let catalog = env.repo.catalog().clone();
