@@ -999,54 +999,63 @@ async fn restore_steps(
     if let Some((id, _)) = target {
         journal::close(env, id).await?;
     }
-    // Registration.
-    let task = if plan.prediction.auto_registration {
-        step("waiting for WCP's automatic registration".into());
-        match wait_for_auto_task(renv, &vm, &earlier_tasks).await? {
-            Some(t) => {
-                report.auto_registered = true;
-                t
+    // Nothing is left to undo from here on: a cancel stops the waits for WCP's registration
+    // (minutes at most) at once; the restored VM stays, and a registration task that was
+    // started goes on in vCenter (the report names it).
+    let registration = async {
+        // Registration.
+        let task = if plan.prediction.auto_registration {
+            step("waiting for WCP's automatic registration".into());
+            match wait_for_auto_task(renv, &vm, &earlier_tasks).await? {
+                Some(t) => {
+                    report.auto_registered = true;
+                    t
+                }
+                None => {
+                    step("no automatic registration appeared: calling registervm".into());
+                    register(renv, plan, &vm, &request.subnet_map).await?
+                }
             }
-            None => {
-                step("no automatic registration appeared: calling registervm".into());
-                register(renv, plan, &vm, &request.subnet_map).await?
+        } else {
+            register(renv, plan, &vm, &request.subnet_map).await?
+        };
+        report.registration_task = Some(task.clone());
+        let obs = observer.clone();
+        let waited = renv
+            .vapi
+            .wait_for_task(&task, REGISTRATION_TIMEOUT, move |p| {
+                obs(&RestoreEvent::Registration {
+                    completed: p.completed,
+                    total: p.total,
+                });
+            })
+            .await;
+        match waited {
+            Ok(_) => {}
+            Err(VapiError::TaskFailed { error, .. }) => {
+                let (error_id, message) = error_parts(&error);
+                return Err(RestoreError::Registration {
+                    vm,
+                    task,
+                    error_id,
+                    message,
+                });
+            }
+            Err(source) => {
+                return Err(RestoreError::Vapi {
+                    what: format!("following registration task {task}"),
+                    source,
+                });
             }
         }
-    } else {
-        register(renv, plan, &vm, &request.subnet_map).await?
+        step("registration complete; reading the VirtualMachine back".into());
+        report.verification = Some(verify::verify(renv, plan, report).await?);
+        Ok(())
     };
-    report.registration_task = Some(task.clone());
-    let obs = observer.clone();
-    let waited = renv
-        .vapi
-        .wait_for_task(&task, REGISTRATION_TIMEOUT, move |p| {
-            obs(&RestoreEvent::Registration {
-                completed: p.completed,
-                total: p.total,
-            });
-        })
-        .await;
-    match waited {
-        Ok(_) => {}
-        Err(VapiError::TaskFailed { error, .. }) => {
-            let (error_id, message) = error_parts(&error);
-            return Err(RestoreError::Registration {
-                vm,
-                task,
-                error_id,
-                message,
-            });
-        }
-        Err(source) => {
-            return Err(RestoreError::Vapi {
-                what: format!("following registration task {task}"),
-                source,
-            });
-        }
+    tokio::select! {
+        r = registration => r,
+        () = cancel.cancelled() => Err(RestoreError::Engine(BackupError::Cancelled)),
     }
-    step("registration complete; reading the VirtualMachine back".into());
-    report.verification = Some(verify::verify(renv, plan, report).await?);
-    Ok(())
 }
 
 /// WCP's error id and message from a cis task's error.
