@@ -614,17 +614,26 @@ async fn set_up(
             .into_iter()
             .find_map(|s| journal::snapshot_job(&s.description).map(|job| (s, job)))
         {
-            // The snapshot of a job still running (its lock held): that job is backing the
-            // VM up now, and reconcile would (rightly) leave its snapshot alone.
+            // The snapshot of a job still running (marked so and its lock held): that job is
+            // backing the VM up now, and reconcile would (rightly) leave its snapshot alone.
+            // The lock is probed only for a job the catalog calls running: a probe takes it
+            // for a moment, and a reconcile meeting it then takes a dead job for a live one.
+            let catalog = env.repo.catalog().clone();
+            let marked = blocking(move || catalog.running_jobs())
+                .await?
+                .map_err(BackupError::Catalog)?
+                .contains(&job);
             let root = env.repo.root().to_path_buf();
-            let running = matches!(
-                blocking(move || JobLock::acquire(&root, job)).await?,
-                Err(crate::repo::ChunkStoreError::Busy { .. })
-            );
+            let running = marked
+                && matches!(
+                    blocking(move || JobLock::acquire(&root, job)).await?,
+                    Err(crate::repo::ChunkStoreError::Busy { .. })
+                );
             let reason = if running {
                 format!(
-                    "job {job} is backing it up now (snapshot {}); a VM is not backed up by \
-                     two jobs at once: try again when that job has ended",
+                    "job {job} is backing it up now, or a reconcile is cleaning up after it \
+                     (snapshot {}); a VM is not backed up by two jobs at once: try again when \
+                     that job has ended",
                     s.snapshot
                 )
             } else {
