@@ -137,7 +137,7 @@ pub fn due_policies(
 #[must_use]
 pub fn policy_request(run: &DueRun, p: &PolicyConfig) -> BackupJobRequest {
     let name = &run.name;
-    BackupJobRequest {
+    let mut request = BackupJobRequest {
         vms: p
             .vms
             .iter()
@@ -147,18 +147,29 @@ pub fn policy_request(run: &DueRun, p: &PolicyConfig) -> BackupJobRequest {
             })
             .collect(),
         group: Some(name.to_owned()),
-        // One job per due run: until the run is recorded (if recording fails, say), every
-        // later look finds it due again, with the same key, and gets the same job.
-        idempotency_key: Some(format!(
-            "schedule:{name}:after:{}",
-            run.after
-                .map_or("start".into(), |t| t.as_second().to_string())
-        )),
+        idempotency_key: None,
         priority: p.priority,
         full: false,
         require_vmservice: false,
         prepare_access: true,
-    }
+    };
+    // One job per due run: until the run is recorded (if recording fails, say), every
+    // later look finds it due again, with the same key, and gets the same job. The
+    // request's digest is in the key too: a policy changed meanwhile is a new job, not one
+    // the queue refuses for reusing a key with another request (for good, as the run would
+    // never be recorded).
+    let digest = blake3::hash(
+        serde_json::to_string(&request)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    request.idempotency_key = Some(format!(
+        "schedule:{name}:after:{}:{}",
+        run.after
+            .map_or("start".into(), |t| t.as_second().to_string()),
+        &digest.to_hex()[..16]
+    ));
+    request
 }
 
 /// Errors of the scheduler.
@@ -319,8 +330,17 @@ initial_run = false
         assert!(keys("2025-03-10T10:00:00+00:00").is_empty());
         let first = keys("2025-03-10T23:00:05+00:00");
         assert_eq!(first.len(), 1);
-        // Not recorded (the catalog write failed): minutes later, the same job.
+        // Not recorded (the catalog write failed): minutes later, the same job ...
         assert_eq!(keys("2025-03-10T23:03:40+00:00"), first);
+        // ... unless the policy changed meanwhile: another request, another key.
+        let mut changed = p.clone();
+        changed.vms.push("ns/web-2".into());
+        let other = due_policies(&config, &catalog, &at("2025-03-10T23:04:00+00:00"))
+            .unwrap()
+            .iter()
+            .map(|run| policy_request(run, &changed).idempotency_key.unwrap())
+            .collect::<Vec<_>>();
+        assert_ne!(other, first);
         record_run(
             &catalog,
             "nightly",
