@@ -41,12 +41,22 @@ impl DiskSource for VddkSource {
     }
 
     fn allocated_extents(&mut self) -> Result<Vec<Extent>, SourceError> {
-        let answer = match self.disk.allocated_extents(0, self.capacity_bytes) {
-            // VDDK before 6.7 cannot say: read the whole disk.
-            Err(DiskLibError::NotSupported { .. }) => Ok(vec![crate::vddk::Extent {
+        let whole = || {
+            vec![crate::vddk::Extent {
                 offset: 0,
                 length: self.capacity_bytes,
-            }]),
+            }]
+        };
+        let answer = match self.disk.allocated_extents(0, self.capacity_bytes) {
+            // VDDK before 6.7 cannot say: read the whole disk.
+            Err(DiskLibError::NotSupported { .. }) => Ok(whole()),
+            // A host or transport that refuses the query (ESXi before 6.7 behind a newer
+            // VDDK, say), as nbdkit finds out by trying: the whole disk, read as if it
+            // were all allocated, is still a correct full backup.
+            Err(DiskLibError::Vix(e)) => {
+                tracing::warn!(disk = %self.what.display(), error = %e, "QueryAllocatedBlocks failed: reading the whole disk");
+                Ok(whole())
+            }
             other => other,
         };
         answer
