@@ -160,6 +160,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         served.map_err(anyhow::Error::from)
     });
     let _ = rt.block_on(env.soap.logout());
+    // The runtime's tasks (the queue's dispatcher among them) hold clones of the
+    // environment: dropped with the runtime first, so that the last clone of VDDK, and
+    // with it VixDiskLib_Exit, goes here, on the main thread (VDDK's rule), with `env`.
+    drop(rt);
+    drop(env);
     result.map(|()| ExitCode::SUCCESS)
 }
 
