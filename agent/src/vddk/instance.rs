@@ -97,9 +97,14 @@ impl Vddk {
         // Never unloaded: VDDK's threads and atexit handlers may outlive Exit, and the
         // library can only be initialised once per process anyway.
         let lib: &'static Library = Box::leak(Box::new(lib));
+        // Kept for the process's life too: nothing says VDDK copies them (nbdkit keeps
+        // them), and InitEx runs once.
+        let libdir: &'static std::ffi::CStr = Box::leak(libdir.into_boxed_c_str());
+        let config: Option<&'static std::ffi::CStr> =
+            config.map(|c| &*Box::leak(c.into_boxed_c_str()));
         let [log_fn, warn_fn, panic_fn] = log::callbacks();
         // SAFETY: first and only InitEx of the process (INITIALIZED); the callbacks are our
-        // thread-safe shim functions; the strings outlive the call (VDDK copies them).
+        // thread-safe shim functions; the strings live as long as the process.
         let err: VixError = unsafe {
             lib.raw().VixDiskLib_InitEx(
                 INIT_MAJOR,
@@ -108,7 +113,7 @@ impl Vddk {
                 warn_fn,
                 panic_fn,
                 libdir.as_ptr(),
-                config.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                config.map_or(std::ptr::null(), std::ffi::CStr::as_ptr),
             )
         };
         lib.check("VixDiskLib_InitEx", err, ErrorContext::default)?;

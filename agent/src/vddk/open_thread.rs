@@ -72,8 +72,11 @@ struct OpenConnection {
     raw: sys::VixDiskLibConnection,
     vm: String,
     // VDDK may keep pointers into the parameters until Disconnect (nbdkit frees them only
-    // after Disconnect), so they live as long as the connection.
+    // after Disconnect), so they live as long as the connection; the snapshot moref and
+    // the transport list too (used again at Open, when the transport is chosen).
     _params: CParams<'static>,
+    _snapshot: Option<std::ffi::CString>,
+    _modes: Option<std::ffi::CString>,
 }
 
 fn vm_context(vm: &str) -> ErrorContext {
@@ -181,6 +184,8 @@ fn connect(lib: &'static Library, spec: &ConnectSpec) -> Result<OpenConnection, 
         raw,
         vm: spec.vm.clone(),
         _params: params,
+        _snapshot: snapshot,
+        _modes: modes,
     })
 }
 
