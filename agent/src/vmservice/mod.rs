@@ -17,7 +17,7 @@
 
 mod decode;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod keys;
 mod payload;
 mod validate;

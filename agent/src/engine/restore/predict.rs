@@ -9,6 +9,7 @@
 //! | the namespace has no folder | §7.2.3 | refusal `…NotFoundInNamespaceFolder` |
 //! | no VirtualMachine on the Supervisor | §4.3 | restore to **new** |
 //! | VirtualMachine exists, 8.0U3 | §7.2.2 | refusal `…AlreadyExistsOnSupervisor` |
+//! | VirtualMachine exists, no (numeric) backup-version key | §7.1.3 | refusal `…ValidateVMResourceFailed` |
 //! | VirtualMachine exists, ExtraConfig version < annotation | §4.3 | restore to **existing** |
 //! | VirtualMachine exists, ExtraConfig version ≥ annotation | §4.3 | **disk-only** |
 //! | another VM in the folder has the BIOS UUID (for a new VM shell) | §7.1.1 | refusal `…DuplicateVMBiosUUID` |
@@ -226,6 +227,14 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
                     ),
                 });
             }
+            if backup_version.is_none() && facts.data.is_some_and(|d| d.vm_yaml.is_some()) {
+                refusals.push(refusal(
+                    "ValidateVMResourceFailed",
+                    format!(
+                        "{who}: the VirtualMachine exists and the backup's backup-version key is missing or not a number: WCP needs it to choose between restoring to it and restoring disks only"
+                    ),
+                ));
+            }
             let current =
                 annotation(cr, BACKUP_VERSION_ANNOTATION).and_then(|v| v.parse::<u64>().ok());
             match (backup_version, current) {
@@ -295,6 +304,44 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// §7.1.3: with the VirtualMachine there, WCP needs the backup's version to choose
+    /// between restoring to it and restoring disks only.
+    #[test]
+    fn an_existing_vm_and_no_readable_backup_version_is_refused() {
+        let data = crate::vmservice::decode(&crate::vmservice::fixtures::extra_config(
+            "bad/backup-version-not-decimal.json",
+        ))
+        .unwrap();
+        assert!(data.vm_yaml.is_some() && data.backup_version_ms.is_none());
+        let cr = serde_json::json!({"metadata": {"annotations": {
+            "vmoperator.vmware.com/backup-version": "1700000000000"}}});
+        let facts = Facts {
+            data: Some(&data),
+            name: "web-1",
+            namespace: "ns1",
+            folder_exists: true,
+            supervisor: SupervisorVersion::Vcf9,
+            vcenter_uuid: "vc",
+            existing_cr: Some(&cr),
+            vm_with_bios_uuid: None,
+            network_override: false,
+        };
+        let p = predict(&facts);
+        assert!(
+            p.refusals.iter().any(|r| r.id
+                == "VCenterWcpWorkloadRegisterVMValidateVMResourceFailed"
+                && r.reason.contains("backup-version")),
+            "{:?}",
+            p.refusals
+        );
+        // Without the VirtualMachine the version does not matter: a new VM.
+        let facts = Facts {
+            existing_cr: None,
+            ..facts
+        };
+        assert!(predict(&facts).refusals.is_empty());
+    }
 
     #[test]
     fn versions() {
