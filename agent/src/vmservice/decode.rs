@@ -133,9 +133,54 @@ pub fn decode(extra: &[(String, String)]) -> Option<VmServiceData> {
     decode_detailed(extra).map(|d| d.data)
 }
 
-/// A content's key and value when present with a non-empty value.
+/// A content's key and value when present with a non-empty value: the code spelling's,
+/// else the guide spelling's (an empty code-spelled key does not hide a guide-spelled one).
 pub(crate) fn present(extra: &[(String, String)], c: Content) -> Option<(&str, &str)> {
-    keys::lookup(extra, c).filter(|(_, v)| !v.is_empty())
+    let last = |key: &str| {
+        extra
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(_, v)| !v.is_empty())
+    };
+    last(c.code_key()).or_else(|| last(c.guide_key()))
+}
+
+/// Both spellings of a content present, non-empty, and saying different things: which one
+/// WCP reads is not known, so it is reported (the code spelling's is the one used here).
+fn check_twins(extra: &[(String, String)], p: &mut Problems) {
+    for c in Content::ALL {
+        if c.code_key() == c.guide_key() {
+            continue;
+        }
+        let value = |key: &str| {
+            extra
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(code), Some(guide)) = (value(c.code_key()), value(c.guide_key())) else {
+            continue;
+        };
+        // Payloads compare by content: two gzip streams of one text may differ in bytes.
+        let same = code.trim() == guide.trim()
+            || matches!(
+                (decode_gzip_base64(code), decode_gzip_base64(guide)),
+                (Ok(a), Ok(b)) if a == b
+            );
+        if !same {
+            p.push(
+                c.code_key(),
+                format!(
+                    "differs from {}; WCP may read either (this one is used)",
+                    c.guide_key()
+                ),
+            );
+        }
+    }
 }
 
 /// The key to name in a problem about `c`: the key found, else the code spelling.
@@ -170,6 +215,7 @@ pub(crate) fn decode_detailed(extra: &[(String, String)]) -> Option<Decoded> {
         .and_then(Value::as_str)
         .map(str::to_owned);
     check_additional_resources(extra, &mut p);
+    check_twins(extra, &mut p);
     let (pvc_disks, pvc_state) = decode_pvc_disks(extra, vm_yaml.as_ref(), &mut p);
     let classic_disks =
         decode_json_list::<ClassicDiskData>(extra, Content::ClassicDiskData, &mut p)
@@ -588,6 +634,45 @@ mod tests {
                 fixtures::text("db-1/additional-resources.yaml")
             );
         }
+    }
+
+    /// Both spellings at once: an empty code-spelled key does not hide the guide-spelled
+    /// value; the same content twice is fine; different contents are reported.
+    #[test]
+    fn twin_keys_in_both_spellings() {
+        let guide = fixtures::extra_config("web-1/extraconfig.guide.json");
+        let empty_code = |c: Content| {
+            let mut extra = guide.clone();
+            extra.push((c.code_key().to_owned(), String::new()));
+            extra
+        };
+        let data = decode(&empty_code(Content::BackupVersion)).unwrap();
+        assert_eq!(data.problems, []);
+        assert_eq!(data.backup_version_ms, Some(1_760_433_161_318));
+        assert!(
+            decode(&empty_code(Content::VmYaml))
+                .unwrap()
+                .vm_yaml
+                .is_some()
+        );
+
+        let code = fixtures::extra_config("web-1/extraconfig.code.json");
+        let mut both = guide.clone();
+        both.extend(code.iter().cloned());
+        assert_eq!(decode(&both).unwrap().problems, []);
+
+        let mut differ = both.clone();
+        differ.push((
+            Content::BackupVersion.code_key().to_owned(),
+            "1760433161319".into(),
+        ));
+        let data = decode(&differ).unwrap();
+        let p = only_problem(&data);
+        assert_eq!(p.key, Content::BackupVersion.code_key());
+        assert!(
+            p.reason.contains(Content::BackupVersion.guide_key()),
+            "{p:?}"
+        );
     }
 
     #[test]
