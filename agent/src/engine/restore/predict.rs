@@ -7,6 +7,7 @@
 //! | PVC volumes in the YAML but no pvc-disk-data | §7.1.3 | refusal `…ValidateVMResourceFailed` |
 //! | apiVersion older than v1alpha2 (or not VM Operator's) | §7.1.2 | refusal `…ConvertUnstructuredToVMTypeFailed` |
 //! | the namespace has no folder | §7.2.3 | refusal `…NotFoundInNamespaceFolder` |
+//! | restored into another namespace than the backup's VM YAML names | §7.2.3 | refusal `…NotFoundInNamespaceFolder` |
 //! | no VirtualMachine on the Supervisor | §4.3 | restore to **new** |
 //! | VirtualMachine exists, 8.0U3 | §7.2.2 | refusal `…AlreadyExistsOnSupervisor` |
 //! | VirtualMachine exists, no (numeric) backup-version key | §7.1.3 | refusal `…ValidateVMResourceFailed` |
@@ -207,6 +208,20 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
             ),
         ));
     }
+    // The VM YAML and `vmservice.namespacedName` name the VM's namespace; WCP checks the VM
+    // against that namespace's folder (§7.2.3), so a restore into another namespace's
+    // folder would be refused there.
+    if let Some(own) = facts.data.and_then(|d| d.namespace.as_deref())
+        && own != facts.namespace
+    {
+        refusals.push(refusal(
+            "NotFoundInNamespaceFolder",
+            format!(
+                "{who}: the backup's VM belongs to namespace {own} (its VM YAML and vmservice.namespacedName say so); in the folder of namespace {} WCP would not find it in its namespace folder",
+                facts.namespace
+            ),
+        ));
+    }
     let backup_version = facts.data.and_then(|d| d.backup_version_ms);
     let restore_type = match facts.existing_cr {
         None => RestoreType::New,
@@ -319,7 +334,7 @@ mod tests {
         let facts = Facts {
             data: Some(&data),
             name: "web-1",
-            namespace: "ns1",
+            namespace: "demo-ns",
             folder_exists: true,
             supervisor: SupervisorVersion::Vcf9,
             vcenter_uuid: "vc",
@@ -341,6 +356,20 @@ mod tests {
             ..facts
         };
         assert!(predict(&facts).refusals.is_empty());
+        // Into another namespace than the VM's own: WCP would not find it in its folder.
+        assert_eq!(data.namespace.as_deref(), Some("demo-ns"));
+        let elsewhere = predict(&Facts {
+            namespace: "other-ns",
+            ..facts
+        });
+        assert!(
+            elsewhere
+                .refusals
+                .iter()
+                .any(|r| r.id.ends_with("NotFoundInNamespaceFolder")),
+            "{:?}",
+            elsewhere.refusals
+        );
     }
 
     #[test]
