@@ -312,6 +312,12 @@ impl DiskChain {
         self.links.len()
     }
 
+    /// The chain's disk files, the opened one first, its base last.
+    #[must_use]
+    pub fn link_paths(&self) -> Vec<DatastorePath> {
+        self.links.iter().rev().map(|l| l.path.clone()).collect()
+    }
+
     /// The opened disk file's `parentFileNameHint` (`None` for a base disk).
     #[must_use]
     pub fn parent_file_name_hint(&self) -> Option<&str> {

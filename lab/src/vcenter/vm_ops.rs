@@ -112,23 +112,21 @@ fn new_disk(dev: &Element) -> Result<NewDisk, Fault> {
     })
 }
 
-/// The disks a ReconfigVM spec adds: a `VirtualDisk` whose backing names a file in the
-/// VM's directory; with `fileOperation = create` the file is created first.
+/// The disks a ReconfigVM spec adds: a `VirtualDisk` whose backing names a file on a
+/// datastore; with `fileOperation = create` the file is created first.
 type DiskAddition = (DatastorePath, Option<NewDisk>);
 
-fn disk_additions(spec: &Element, vm: &VmState) -> Result<Vec<DiskAddition>, Fault> {
+fn disk_additions(spec: &Element) -> Result<Vec<DiskAddition>, Fault> {
     let mut out = Vec::new();
     for (dc, dev) in disks_added(spec) {
         let backing = dev
             .child("backing")
             .ok_or_else(|| Fault::invalid_argument("device.backing"))?;
         let name = backing.child_text("fileName").unwrap_or_default();
+        // Anywhere on a datastore, as on ESXi (the .vmx names a disk outside the VM's
+        // directory by its /vmfs/volumes path).
         let path = DatastorePath::parse(name)
             .map_err(|_| Fault::invalid_argument("device.backing.fileName"))?;
-        if vm.vmx_path.sibling(path.file_name()).ok().as_ref() != Some(&path) {
-            // The lab's .vmx names disks relative to the VM directory.
-            return Err(Fault::invalid_argument("device.backing.fileName"));
-        }
         let create = if dc.child_text("fileOperation") == Some("create") {
             Some(new_disk(dev)?)
         } else {
@@ -259,7 +257,7 @@ impl Vcenter {
                 let vm = need_vm(self)?;
                 method = "ReconfigVM_Task";
                 let spec = call.req.child("spec").cloned().unwrap_or_default();
-                let added = disk_additions(&spec, &vm)?;
+                let added = disk_additions(&spec)?;
                 let removed = disk_removals(&spec);
                 entity_name = vm.name;
                 Box::new(move |_| {

@@ -85,7 +85,8 @@ impl Lab {
     /// [`DatastoreError::Busy`]: crate::datastore::DatastoreError::Busy
     pub fn destroy_vm(&self, vm: &VmMoref) -> Result<(), LabError> {
         let guard = self.lock()?;
-        for disk in &self.vm(vm)?.disks {
+        let state = self.vm(vm)?;
+        for disk in &state.disks {
             // Only a writer's lock refuses; a missing or broken file is deleted all the same.
             if let Err(e @ crate::datastore::DatastoreError::Busy { .. }) =
                 DiskChain::open(self.root(), &disk.file_name, OpenMode::ReadWrite)
@@ -93,8 +94,23 @@ impl Lab {
                 return Err(ds_err(vm)(e));
             }
         }
+        // Every file of its disks goes, as ESXi deletes them, also those outside the VM's
+        // directory (a disk in a folder of its own): top of each chain first.
+        let outside: Vec<DatastorePath> = state
+            .disks
+            .iter()
+            .filter_map(|d| DiskChain::open(self.root(), &d.file_name, OpenMode::ReadOnly).ok())
+            .flat_map(|chain| chain.link_paths())
+            .filter(|p| state.vmx_path.resolve_vmx_name(p.file_name()).ok().as_ref() != Some(p))
+            .collect();
         drop(guard);
         let state = self.unregister_vm(vm)?;
+        for path in outside {
+            match crate::datastore::delete_disk(self.root(), &path) {
+                Ok(()) | Err(crate::datastore::DatastoreError::NotFound { .. }) => {}
+                Err(e) => return Err(ds_err(vm)(e)),
+            }
+        }
         let vmx = state.vmx_path.resolve(self.root());
         if let Some(dir) = vmx.parent() {
             fs::remove_dir_all(dir).map_err(|source| LabError::Io {
