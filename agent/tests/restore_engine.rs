@@ -1114,4 +1114,40 @@ mod tests {
         assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
         assert_eq!(fx.open_journal(), 0);
     }
+
+    /// A disk in a folder of its own (as a PVC's disk is on vSAN) is restored where it was,
+    /// and the restored VM's .vmx names it there, by its /vmfs/volumes path.
+    #[test]
+    fn a_disk_outside_the_vms_directory_is_restored_where_it_was() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("far-1");
+        let far = lab::datastore::DatastorePath::parse("[ds1] fcd/far-1-data.vmdk").unwrap();
+        s.lab.create_virtual_disk(&far, 2 * MIB, true).unwrap();
+        let key = s.lab.attach_disk(&vm, &far).unwrap();
+        s.lab.guest_write(&vm, key, 4096, &[0x5a; 65_536]).unwrap();
+        let p1 = fx.backup("far-1");
+        let expected = fx.point_disks(&p1);
+        assert_eq!(expected.len(), 4);
+        // Destroy deletes every disk of the VM, this one too, as ESXi does.
+        s.sup().delete("VirtualMachine", NS, "far-1").unwrap();
+        assert!(!far.resolve(&s.root).exists());
+        let r = fx.restore(&p1, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let restored = VmMoref(r.report()["vm"].as_str().unwrap().to_owned());
+        let state = s.lab.vm(&restored).unwrap();
+        assert!(
+            state.disks.iter().any(|d| d.file_name == far),
+            "{:?}",
+            state.disks
+        );
+        let vmx = std::fs::read_to_string(state.vmx_path.resolve(&s.root)).unwrap();
+        assert!(
+            vmx.contains("\"/vmfs/volumes/ds1/fcd/far-1-data.vmdk\""),
+            "{vmx}"
+        );
+        for (k, bytes) in &expected {
+            assert_eq!(&s.disk_bytes(&restored, DiskKey(*k)), bytes, "disk {k}");
+        }
+    }
 }
