@@ -136,15 +136,8 @@ pub fn decode(extra: &[(String, String)]) -> Option<VmServiceData> {
 /// A content's key and value when present with a non-empty value: the code spelling's,
 /// else the guide spelling's (an empty code-spelled key does not hide a guide-spelled one).
 pub(crate) fn present(extra: &[(String, String)], c: Content) -> Option<(&str, &str)> {
-    let last = |key: &str| {
-        extra
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .filter(|(_, v)| !v.is_empty())
-    };
-    last(c.code_key()).or_else(|| last(c.guide_key()))
+    let filled = |key: &str| keys::last(extra, key).filter(|(_, v)| !v.is_empty());
+    filled(c.code_key()).or_else(|| filled(c.guide_key()))
 }
 
 /// Both spellings of a content present, non-empty, and saying different things: which one
@@ -155,11 +148,8 @@ fn check_twins(extra: &[(String, String)], p: &mut Problems) {
             continue;
         }
         let value = |key: &str| {
-            extra
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
+            keys::last(extra, key)
+                .map(|(_, v)| v)
                 .filter(|v| !v.is_empty())
         };
         let (Some(code), Some(guide)) = (value(c.code_key()), value(c.guide_key())) else {

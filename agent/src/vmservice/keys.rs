@@ -114,14 +114,17 @@ impl Content {
 /// value.
 #[must_use]
 pub fn lookup(extra: &[(String, String)], c: Content) -> Option<(&str, &str)> {
-    let last = |key: &str| {
-        extra
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-    };
-    last(c.code_key()).or_else(|| last(c.guide_key()))
+    last(extra, c.code_key()).or_else(|| last(extra, c.guide_key()))
+}
+
+/// The last entry of `key` in an ExtraConfig list (vSphere keeps the last): the key and its
+/// value.
+pub(crate) fn last<'a>(extra: &'a [(String, String)], key: &str) -> Option<(&'a str, &'a str)> {
+    extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
 /// Every ExtraConfig entry whose key starts with `vmservice.` (to be preserved opaquely), in
