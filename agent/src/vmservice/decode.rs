@@ -136,8 +136,12 @@ pub fn decode(extra: &[(String, String)]) -> Option<VmServiceData> {
 /// A content's key and value when present with a non-empty value: the code spelling's,
 /// else the guide spelling's (an empty code-spelled key does not hide a guide-spelled one).
 pub(crate) fn present(extra: &[(String, String)], c: Content) -> Option<(&str, &str)> {
-    let filled = |key: &str| keys::last(extra, key).filter(|(_, v)| !v.is_empty());
-    filled(c.code_key()).or_else(|| filled(c.guide_key()))
+    filled(extra, c.code_key()).or_else(|| filled(extra, c.guide_key()))
+}
+
+/// The last entry of `key` when its value is not empty.
+fn filled<'a>(extra: &'a [(String, String)], key: &str) -> Option<(&'a str, &'a str)> {
+    keys::last(extra, key).filter(|(_, v)| !v.is_empty())
 }
 
 /// Both spellings of a content present, non-empty, and saying different things: which one
@@ -147,12 +151,9 @@ fn check_twins(extra: &[(String, String)], p: &mut Problems) {
         if c.code_key() == c.guide_key() {
             continue;
         }
-        let value = |key: &str| {
-            keys::last(extra, key)
-                .map(|(_, v)| v)
-                .filter(|v| !v.is_empty())
-        };
-        let (Some(code), Some(guide)) = (value(c.code_key()), value(c.guide_key())) else {
+        let (Some((_, code)), Some((_, guide))) =
+            (filled(extra, c.code_key()), filled(extra, c.guide_key()))
+        else {
             continue;
         };
         // Payloads compare by content: two gzip streams of one text may differ in bytes.
