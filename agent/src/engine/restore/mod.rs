@@ -736,9 +736,15 @@ async fn restore_steps(
             let vmx_path = plan::vmx_path(&plan.disks, &plan.name).ok_or_else(|| {
                 RestoreError::Invalid(format!("point {} has no disk", request.point))
             })?;
+            let path = DatastorePath::parse(&plan.dc_name, &vmx_path).map_err(|source| {
+                BackupError::Datastore {
+                    what: format!("the .vmx path {vmx_path}"),
+                    source,
+                }
+            })?;
             // Before anything is created: a .vmx that cannot be pointed at the restored
             // disks stops the restore with nothing to undo.
-            let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &vmx_path)?;
+            let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &path)?;
             let shell_id = journal::open(
                 env,
                 JournalKind::VmShell,
@@ -765,13 +771,6 @@ async fn restore_steps(
                 }
                 targets.push((d.clone(), d.backing_file.clone(), true));
             }
-
-            let path = DatastorePath::parse(&plan.dc_name, &vmx_path).map_err(|source| {
-                BackupError::Datastore {
-                    what: format!("the .vmx path {vmx_path}"),
-                    source,
-                }
-            })?;
             step(format!(
                 "uploading the .vmx to {vmx_path} (ExtraConfig intact)"
             ));

@@ -283,13 +283,6 @@ pub(super) fn vmx_path(disks: &[DiskRecord], name: &str) -> Option<String> {
     Some(format!("{dir}/{name}.vmx"))
 }
 
-/// `[ds] dir/file` → (`ds`, `dir/file`).
-fn split_datastore_path(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix('[')?;
-    let (ds, rel) = rest.split_once(']')?;
-    Some((ds, rel.trim_start()))
-}
-
 /// The backed-up `.vmx` (to be written at `vmx_path`, `[ds] dir/name.vmx`) with its disk
 /// file names pointed at the base disks: the backup read it while its snapshot existed, so
 /// `scsi0:0.fileName` named `disk-0-000001.vmdk`. A disk in the `.vmx`'s directory is named
@@ -300,11 +293,9 @@ fn split_datastore_path(path: &str) -> Option<(&str, &str)> {
 pub(super) fn restored_vmx(
     vmx: &[u8],
     disks: &[DiskRecord],
-    vmx_path: &str,
+    vmx_path: &DatastorePath,
 ) -> Result<Vec<u8>, RestoreError> {
-    let vmx_dir = split_datastore_path(vmx_path)
-        .map(|(ds, rel)| (ds, rel.rsplit_once('/').map_or("", |(d, _)| d)))
-        .ok_or_else(|| RestoreError::Invalid(format!("bad .vmx path {vmx_path}")))?;
+    let vmx_dir = (vmx_path.datastore.as_str(), dir_of(&vmx_path.path));
     let text = String::from_utf8_lossy(vmx);
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
@@ -361,17 +352,21 @@ pub(super) fn restored_vmx(
                 }
             }
         };
-        let (ds, rel) = split_datastore_path(&disk.backing_file)
-            .ok_or_else(|| RestoreError::Invalid(format!("bad disk path {}", disk.backing_file)))?;
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let path = if (ds, dir) == vmx_dir {
-            name.to_owned()
+        let at = DatastorePath::parse(&vmx_path.datacenter, &disk.backing_file)
+            .map_err(|_| RestoreError::Invalid(format!("bad disk path {}", disk.backing_file)))?;
+        let path = if (at.datastore.as_str(), dir_of(&at.path)) == vmx_dir {
+            at.path.rsplit('/').next().unwrap_or_default().to_owned()
         } else {
-            format!("/vmfs/volumes/{ds}/{rel}")
+            format!("/vmfs/volumes/{}/{}", at.datastore, at.path)
         };
         out.push_str(&format!("{key} = \"{path}\"\n"));
     }
     Ok(out.into_bytes())
+}
+
+/// The directory part of a path inside a datastore (`""` at its root).
+fn dir_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
 /// `disk-0-000002.vmdk` → `disk-0.vmdk` (ESXi names redo logs `<base>-NNNNNN.vmdk`).
@@ -397,6 +392,10 @@ mod tests {
         assert_eq!(base_disk_name("data-12.vmdk"), "data-12.vmdk");
     }
 
+    fn vmx_at(path: &str) -> DatastorePath {
+        DatastorePath::parse("dc1", path).unwrap()
+    }
+
     #[test]
     fn vmx_disk_names_follow_the_point() {
         let disk = |key: i32, f: &str| DiskRecord {
@@ -412,7 +411,12 @@ mod tests {
             bytes_stored: 0,
         };
         let vmx = b"displayName = \"w\"\nscsi0:0.fileName = \"disk-0-000001.vmdk\"\nvmservice.x = \"a|22b\"\n";
-        let out = restored_vmx(vmx, &[disk(2000, "[ds1] w/disk-0.vmdk")], "[ds1] w/w.vmx").unwrap();
+        let out = restored_vmx(
+            vmx,
+            &[disk(2000, "[ds1] w/disk-0.vmdk")],
+            &vmx_at("[ds1] w/w.vmx"),
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "displayName = \"w\"\nscsi0:0.fileName = \"disk-0.vmdk\"\nvmservice.x = \"a|22b\"\n"
@@ -421,7 +425,7 @@ mod tests {
             restored_vmx(
                 b"scsi0:1.fileName = \"other.vmdk\"\n",
                 &[disk(2000, "[ds1] w/disk-0.vmdk")],
-                "[ds1] w/w.vmx"
+                &vmx_at("[ds1] w/w.vmx")
             )
             .is_err()
         );
@@ -440,7 +444,7 @@ scsi0:1.fileName = \"216a8642-000001.vmdk\"\n";
         let out = restored_vmx(
             vmx_only_first_two,
             &disks[..2],
-            "[vsanDatastore] 6adf-vmdir/w.vmx",
+            &vmx_at("[vsanDatastore] 6adf-vmdir/w.vmx"),
         )
         .unwrap();
         assert_eq!(
@@ -449,12 +453,13 @@ scsi0:1.fileName = \"216a8642-000001.vmdk\"\n";
 scsi0:1.fileName = \"/vmfs/volumes/vsanDatastore/c5aa-pvcdir/216a8642.vmdk\"\n"
         );
         // The same name twice: the line's folder decides; a bare name cannot.
-        let err = restored_vmx(vmx, &disks, "[vsanDatastore] 6adf-vmdir/w.vmx").unwrap_err();
+        let err =
+            restored_vmx(vmx, &disks, &vmx_at("[vsanDatastore] 6adf-vmdir/w.vmx")).unwrap_err();
         assert!(err.to_string().contains("2 disks of that name"), "{err}");
         let out = restored_vmx(
             b"scsi0:2.fileName = \"/vmfs/volumes/5f1e-uuid/c7d0-dir/216a8642.vmdk\"\n",
             &disks,
-            "[vsanDatastore] 6adf-vmdir/w.vmx",
+            &vmx_at("[vsanDatastore] 6adf-vmdir/w.vmx"),
         )
         .unwrap();
         assert_eq!(
