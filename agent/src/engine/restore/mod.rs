@@ -1002,7 +1002,6 @@ async fn restore_steps(
     // (minutes at most) at once; the restored VM stays, and a registration task that was
     // started goes on in vCenter (the report names it).
     let registration = async {
-        // Registration.
         let task = if plan.prediction.auto_registration {
             step("waiting for WCP's automatic registration".into());
             match wait_for_auto_task(renv, &vm, &earlier_tasks).await? {
