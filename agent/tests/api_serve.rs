@@ -903,6 +903,31 @@ concurrent_jobs = 2
         }
     }
 
+    /// A backup of one VM, as the API takes it.
+    fn one_vm_backup(vm: &str) -> BackupJobRequest {
+        BackupJobRequest {
+            vms: vec![VmSpec {
+                vm: vm.to_owned(),
+                quiesce: false,
+            }],
+            group: None,
+            idempotency_key: None,
+            priority: 0,
+            full: false,
+            require_vmservice: false,
+            prepare_access: true,
+        }
+    }
+
+    /// Waits up to a minute for `path` (a pause point's marker) to exist; `what` otherwise.
+    fn wait_for_file(path: &Path, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !path.exists() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM cancels the running jobs at once, also while a client follows one's events
     /// (the server's graceful stop waits for that connection, which ends with the job).
     #[test]
@@ -926,48 +951,16 @@ concurrent_jobs = 2
             .build()
             .unwrap();
         let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
-        let job = rt
-            .block_on(client.backup(&BackupJobRequest {
-                vms: vec![VmSpec {
-                    vm: vm.0.clone(),
-                    quiesce: false,
-                }],
-                group: None,
-                idempotency_key: None,
-                priority: 0,
-                full: false,
-                require_vmservice: false,
-                prepare_access: true,
-            }))
-            .unwrap();
+        let request = one_vm_backup(&vm.0);
+        let job = rt.block_on(client.backup(&request)).unwrap();
         let followed = rt.spawn({
             let client = client.clone();
             async move { follow(&client, &job.id).await }
         });
         let reached = pause.join("backup-mid-disk.reached");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !reached.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the backup never read"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for_file(&reached, "the backup never read");
         // A second job for the same VM meanwhile is refused, saying why.
-        let second = rt
-            .block_on(client.backup(&BackupJobRequest {
-                vms: vec![VmSpec {
-                    vm: vm.0.clone(),
-                    quiesce: false,
-                }],
-                group: None,
-                idempotency_key: None,
-                priority: 0,
-                full: false,
-                require_vmservice: false,
-                prepare_access: true,
-            }))
-            .unwrap();
+        let second = rt.block_on(client.backup(&request)).unwrap();
         let (_, refused) = rt.block_on(follow(&client, &second.id));
         assert_eq!(refused.state, JobState::Failed);
         let error = refused.error.unwrap_or_default();
@@ -978,11 +971,7 @@ concurrent_jobs = 2
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0);
         let stopping = pause.join("serve-stopping.reached");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !stopping.exists() {
-            assert!(std::time::Instant::now() < deadline, "SIGTERM not seen");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for_file(&stopping, "SIGTERM not seen");
         std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
         let (_, ended) = rt.block_on(followed).unwrap();
         assert_ne!(
@@ -1026,29 +1015,11 @@ concurrent_jobs = 2
             .env("VADP_AGENT_PAUSE_DIR", &pause);
         let (mut first, base) = start(cmd);
         let rt = runtime();
-        let request = BackupJobRequest {
-            vms: vec![VmSpec {
-                vm: vm.0.clone(),
-                quiesce: false,
-            }],
-            group: None,
-            idempotency_key: None,
-            priority: 0,
-            full: false,
-            require_vmservice: false,
-            prepare_access: true,
-        };
+        let request = one_vm_backup(&vm.0);
         let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
         rt.block_on(client.backup(&request)).unwrap();
         let reached = pause.join("backup-mid-disk.reached");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !reached.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the backup never read"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for_file(&reached, "the backup never read");
         let queued = rt.block_on(client.backup(&request)).unwrap();
         assert_eq!(queued.state, JobState::Queued);
         // The agent dies mid-backup: its snapshot and PrepareForAccess stay in vSphere.
