@@ -121,6 +121,14 @@ mod tests {
             moref
         }
 
+        /// Changes the VirtualMachine `name` (a label): VM Operator then writes a newer
+        /// backup version, and WCP restores an older backup to it (§8.2).
+        fn change_since_backup(&self, name: &str) {
+            let mut cr = self.sup().get("VirtualMachine", NS, name).unwrap();
+            cr["metadata"]["labels"]["tier"] = json!("gold");
+            self.sup().apply(cr).unwrap();
+        }
+
         fn disk_bytes(&self, vm: &VmMoref, key: DiskKey) -> Vec<u8> {
             let file = self.lab.disk_file(vm, None, key).unwrap();
             let chain = DiskChain::open(&self.root, &file, OpenMode::ReadOnly).unwrap();
@@ -450,9 +458,7 @@ mod tests {
         let p1 = fx.backup("db-1");
         let old = fx.point_disks(&p1);
         // The VM moves on: VM Operator writes a newer backup version; the guest writes.
-        let mut cr = s.sup().get("VirtualMachine", NS, "db-1").unwrap();
-        cr["metadata"]["labels"]["tier"] = json!("gold");
-        s.sup().apply(cr).unwrap();
+        s.change_since_backup("db-1");
         let pvc_disk = s.lab.vm(&vm).unwrap().disks[1].key;
         s.lab.guest_write(&vm, pvc_disk, 0, &[0xEE; 8192]).unwrap();
         let p2 = fx.backup("db-1");
@@ -895,9 +901,7 @@ mod tests {
         let s = &fx.site;
         let vm = s.create_vm("crash-1");
         let p1 = fx.backup("crash-1");
-        let mut cr = s.sup().get("VirtualMachine", NS, "crash-1").unwrap();
-        cr["metadata"]["labels"]["tier"] = json!("gold");
-        s.sup().apply(cr).unwrap();
+        s.change_since_backup("crash-1");
         // In place: the agent dies with the disks written and RelocateVM_Task disabled.
         let r = fx.restore_on(
             s,
@@ -1087,9 +1091,7 @@ mod tests {
         let vm = s.create_vm("again-1");
         let p1 = fx.backup("again-1");
         // Changed since the backup: WCP would restore to the existing VM (§8.2).
-        let mut cr = s.sup().get("VirtualMachine", NS, "again-1").unwrap();
-        cr["metadata"]["labels"]["tier"] = json!("gold");
-        s.sup().apply(cr).unwrap();
+        s.change_since_backup("again-1");
         let r = fx.restore_on(
             s,
             "site-a",
