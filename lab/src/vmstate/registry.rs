@@ -101,7 +101,7 @@ impl Lab {
             .iter()
             .filter_map(|d| DiskChain::open(self.root(), &d.file_name, OpenMode::ReadOnly).ok())
             .flat_map(|chain| chain.link_paths())
-            .filter(|p| state.vmx_path.resolve_vmx_name(p.file_name()).ok().as_ref() != Some(p))
+            .filter(|p| state.vmx_path.sibling(p.file_name()).ok().as_ref() != Some(p))
             .collect();
         drop(guard);
         let state = self.unregister_vm(vm)?;
