@@ -773,6 +773,17 @@ mod tests {
         release: Arc<Semaphore>,
     }
 
+    impl Gated {
+        /// A body whose jobs wait until the test releases them.
+        fn closed() -> Arc<Self> {
+            Arc::new(Self {
+                inside: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                release: Arc::new(Semaphore::new(0)),
+            })
+        }
+    }
+
     impl JobBody for Arc<Gated> {
         fn run(&self, ctx: RunContext) -> BodyFuture {
             let me = Arc::clone(self);
@@ -826,11 +837,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("catalog.db");
         let (catalog, _t) = CatalogHandle::spawn(&db).unwrap();
-        let body = Arc::new(Gated {
-            inside: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            release: Arc::new(Semaphore::new(0)),
-        });
+        let body = Gated::closed();
         let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
             .await
             .unwrap();
@@ -856,11 +863,7 @@ mod tests {
     async fn fifty_jobs_limit_four_none_lost_limit_never_exceeded() {
         let dir = tempfile::tempdir().unwrap();
         let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
-        let body = Arc::new(Gated {
-            inside: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            release: Arc::new(Semaphore::new(0)),
-        });
+        let body = Gated::closed();
         let (q, interrupted) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 4)
             .await
             .unwrap();
@@ -1008,11 +1011,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("catalog.db");
         let (catalog, _t) = CatalogHandle::spawn(&db).unwrap();
-        let body = Arc::new(Gated {
-            inside: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            release: Arc::new(Semaphore::new(0)),
-        });
+        let body = Gated::closed();
         let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
             .await
             .unwrap();
