@@ -384,8 +384,6 @@ pub struct Repository {
     catalog: CatalogHandle,
     _catalog_thread: CatalogThread,
     options: PipelineOptions,
-    /// `open.lock`, shared: no rebuild replaces the catalog while this is open.
-    _open_lock: RepoLock,
 }
 
 /// `path` with every symbolic link along its last component followed, whether or not the
@@ -505,7 +503,9 @@ impl Repository {
         if !db.is_file() {
             return Err(not_a_repository());
         }
-        let (catalog, thread) = CatalogHandle::spawn(&db)?;
+        // `open.lock`, shared, is held by the catalog thread until it has closed the
+        // connection: no rebuild replaces the catalog while a handle to it lives.
+        let (catalog, thread) = CatalogHandle::spawn_holding(&db, open_lock)?;
         let chunk_size_bytes = catalog
             .meta("chunk_size_bytes")?
             .and_then(|s| s.parse::<u32>().ok())
@@ -529,7 +529,6 @@ impl Repository {
             catalog,
             _catalog_thread: thread,
             options: PipelineOptions::default(),
-            _open_lock: open_lock,
         })
     }
 
@@ -1742,6 +1741,37 @@ impl Repository {
 mod tests {
     use super::*;
     use crate::repo::catalog::sample_point;
+
+    /// The catalog's files are closed, and `open.lock` released, only when the last handle
+    /// to the catalog is gone: a rebuild (another process) must not rename a catalog that a
+    /// handle may still write to, and whoever drops the repository finds the files at rest.
+    #[test]
+    fn the_catalog_stays_locked_until_its_last_handle_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = Repository::init(&root, 64 << 10).unwrap();
+        repo.catalog().set_meta("probe", "1").unwrap();
+        let handle = repo.catalog().clone();
+        drop(repo);
+        assert!(RepoLock::try_exclusive(&root.join(OPEN_LOCK)).is_err());
+        assert_eq!(handle.meta("probe").unwrap().as_deref(), Some("1"));
+        drop(handle);
+        // That thread closes on its own now; wait for it to let the lock go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while RepoLock::try_exclusive(&root.join(OPEN_LOCK)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "open.lock never released"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let repo = Repository::open(&root).unwrap();
+        repo.catalog().set_meta("probe", "2").unwrap();
+        assert!(root.join("catalog.db-wal").exists());
+        drop(repo);
+        assert!(!root.join("catalog.db-wal").exists());
+        assert!(RepoLock::try_exclusive(&root.join(OPEN_LOCK)).is_ok());
+    }
 
     #[test]
     fn prune_counts_the_same_moref_of_two_vcenters_as_two_vms() {

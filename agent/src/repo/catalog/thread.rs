@@ -5,6 +5,7 @@
 //! type is the only thing that changes).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, bounded};
@@ -52,17 +53,41 @@ enum Command {
 pub struct CatalogHandle {
     tx: Sender<Command>,
     path: PathBuf,
+    /// Counts the handles, so that [`CatalogThread`]'s drop knows whether the thread is
+    /// closing the connection.
+    _alive: Arc<()>,
 }
 
-/// Join handle of the catalog thread.
+/// Join handle of the catalog thread. Dropped after the last [`CatalogHandle`], it waits for
+/// the thread to close the connection (SQLite checkpoints the WAL into `catalog.db` and
+/// removes it then), so that whoever dropped the repository finds the catalog's files at
+/// rest. Dropped while a handle lives on, it lets the thread go; the thread ends when that
+/// handle drops.
 #[derive(Debug)]
-pub struct CatalogThread(JoinHandle<()>);
+pub struct CatalogThread {
+    join: Option<JoinHandle<()>>,
+    handles: Weak<()>,
+}
 
 impl CatalogThread {
     /// Wait for the thread to exit (after every handle is dropped).
-    pub fn join(self) {
-        if self.0.join().is_err() {
+    pub fn join(mut self) {
+        self.wait();
+    }
+
+    fn wait(&mut self) {
+        if let Some(join) = self.join.take()
+            && join.join().is_err()
+        {
             tracing::error!("catalog thread panicked");
+        }
+    }
+}
+
+impl Drop for CatalogThread {
+    fn drop(&mut self) {
+        if self.handles.strong_count() == 0 {
+            self.wait();
         }
     }
 }
@@ -73,6 +98,18 @@ impl CatalogHandle {
     /// # Errors
     /// What [`Catalog::open`] returns, or [`CatalogError::Thread`] if the thread cannot start.
     pub fn spawn(path: &Path) -> Result<(Self, CatalogThread), CatalogError> {
+        Self::spawn_holding(path, ())
+    }
+
+    /// [`spawn`](Self::spawn), the thread keeping `guard` (a lock on the catalog's files)
+    /// until it has closed the connection, however long a handle outlives its repository.
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn).
+    pub fn spawn_holding<G: Send + 'static>(
+        path: &Path,
+        guard: G,
+    ) -> Result<(Self, CatalogThread), CatalogError> {
         let (tx, rx) = bounded::<Command>(16);
         let (ready_tx, ready_rx) = bounded::<Result<(), CatalogError>>(1);
         let db_path = path.to_path_buf();
@@ -85,6 +122,7 @@ impl CatalogHandle {
                         c
                     }
                     Err(e) => {
+                        drop(guard);
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
@@ -92,6 +130,8 @@ impl CatalogHandle {
                 for cmd in rx {
                     serve(&mut catalog, cmd);
                 }
+                drop(catalog);
+                drop(guard);
             })
             .map_err(|source| CatalogError::Thread {
                 path: path.to_path_buf(),
@@ -100,12 +140,18 @@ impl CatalogHandle {
         ready_rx.recv().map_err(|_| CatalogError::Gone {
             path: path.to_path_buf(),
         })??;
+        let alive = Arc::new(());
+        let handles = Arc::downgrade(&alive);
         Ok((
             Self {
                 tx,
                 path: path.to_path_buf(),
+                _alive: alive,
             },
-            CatalogThread(join),
+            CatalogThread {
+                join: Some(join),
+                handles,
+            },
         ))
     }
 
