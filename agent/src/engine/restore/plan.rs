@@ -22,6 +22,9 @@ pub(super) struct Plan {
     /// The VM in the namespace folder with the backup's BIOS UUID (restored in place, or
     /// given the disks of a disk-only restore).
     pub(super) existing_vm: Option<VmInfo>,
+    /// The VirtualMachine of that name as it was before the restore (what a restore in place
+    /// keeps of it is checked against this afterwards).
+    pub(super) existing_cr: Option<serde_json::Value>,
     pub(super) prediction: Prediction,
     /// The disks to restore, from the point.
     pub(super) disks: Vec<DiskRecord>,
@@ -269,6 +272,7 @@ pub(super) async fn plan(
         folder,
         api_version,
         existing_vm,
+        existing_cr,
         prediction,
         disks,
         datacenter,

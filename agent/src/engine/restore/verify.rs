@@ -1,8 +1,8 @@
 //! After registration: the VirtualMachine read back from the Supervisor and checked against
-//! seed 001 §8 (PoweredOff, `restored-<6 hex>` claims Bound, restored/failed-over
-//! annotation, no zone label on a new VM).
+//! seed 001 §8 (PoweredOff, `restored-<6 hex>` claims Bound; the labels, annotations,
+//! cloud-init instance, image and identity of §8.1–§8.2, see [`spec_problems`]).
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::plan::Plan;
 use super::{RestoreEnv, RestoreError, RestoreReport, RestoreType, Verification};
@@ -88,15 +88,16 @@ pub(super) async fn verify(
                     "{restored_claims} restored-<6 hex> claims for {pvc_disks} PVC disks (§8.1.1)"
                 ));
             }
-            let marker = if plan.prediction.failover {
-                "vmoperator.vmware.com/failed-over-vm"
-            } else {
-                "vmoperator.vmware.com/restored-vm"
-            };
-            if v.annotations.get(marker).is_none() {
-                v.problems
-                    .push(format!("annotation {marker} missing (§8.1.3)"));
-            }
+            let backup = plan.data.as_ref().and_then(|d| d.vm_yaml.as_ref());
+            v.problems.extend(spec_problems(
+                &Expected {
+                    backup,
+                    existing: plan.existing_cr.as_ref(),
+                    in_place: plan.prediction.restore_type == RestoreType::Existing,
+                    failover: plan.prediction.failover,
+                },
+                &obj,
+            ));
         }
         RestoreType::DiskOnly => {
             if restored_claims < report.disks.len() {
@@ -107,13 +108,184 @@ pub(super) async fn verify(
             }
         }
     }
-    if plan.prediction.restore_type == RestoreType::New
-        && v.labels.get("topology.kubernetes.io/zone").is_some()
-    {
-        v.problems
-            .push("label topology.kubernetes.io/zone kept on a new VM (§8.1.2)".into());
-    }
     Ok(v)
+}
+
+const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+const ANN_INSTANCE_ID: &str = "vmoperator.vmware.com/instance-id";
+
+/// The annotations a restore in place keeps from the VirtualMachine it replaces (§8.1.3).
+const IMMUTABLE_ANNOTATIONS: [&str; 5] = [
+    "vmoperator.vmware.com/created-at-build-version",
+    "vmoperator.vmware.com/created-at-schema-version",
+    "vmoperator.vmware.com/upgraded-to-build-version",
+    "vmoperator.vmware.com/upgraded-to-schema-version",
+    "vmoperator.vmware.com/upgraded-to-feature-version",
+];
+
+/// What a restored VirtualMachine is compared with.
+pub(super) struct Expected<'a> {
+    /// The VM YAML kept in the backup's ExtraConfig.
+    pub(super) backup: Option<&'a Value>,
+    /// The VirtualMachine as it was before the restore.
+    pub(super) existing: Option<&'a Value>,
+    /// Restored in place (§6.2) rather than as a new VM (§6.1).
+    pub(super) in_place: bool,
+    /// A cross-vCenter failover (§6.4).
+    pub(super) failover: bool,
+}
+
+/// A label or annotation the user set: its key has no prefix, or a prefix outside the
+/// Kubernetes and VMware domains (those belong to the infrastructure, §8.1.2).
+fn users_key(key: &str) -> bool {
+    key.split_once('/').is_none_or(|(domain, _)| {
+        ![".kubernetes.io", ".k8s.io", ".vmware.com"]
+            .iter()
+            .any(|d| domain.ends_with(d) || domain == &d[1..])
+    })
+}
+
+fn string_at<'a>(obj: &'a Value, pointer: &str) -> Option<&'a str> {
+    obj.pointer(pointer).and_then(Value::as_str)
+}
+
+/// Entry `key` of the map at `pointer` (labels or annotations).
+fn entry<'a>(obj: &'a Value, pointer: &str, key: &str) -> Option<&'a str> {
+    obj.pointer(pointer)
+        .and_then(|m| m.get(key))
+        .and_then(Value::as_str)
+}
+
+/// A UUID's hex digits in lower case, to compare UUIDs however they are written.
+fn uuid_hex(uuid: &str) -> String {
+    uuid.chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// What in the restored VirtualMachine `obj` (restore to new or in place) is not as seed 001
+/// §8.1–§8.2 says it comes back:
+/// - the user's labels and annotations are the backup's (§8.1.2, §8.1.3);
+/// - the zone label is gone from a new VM and the replaced VM's on one restored in place
+///   (§8.1.2); in place, the immutable annotations are the replaced VM's (§8.1.3);
+/// - `vmoperator.vmware.com/restored-vm`, or `failed-over-vm` for a failover, is set
+///   (§8.1.3);
+/// - a new VM has a new cloud-init instance ID and no `instance-id` annotation; one restored
+///   in place keeps the replaced VM's instance ID (§8.1.5);
+/// - a failover's `spec.image` and `spec.imageName` are cleared (§8.1.6);
+/// - the BIOS and instance UUIDs are the backup's (§8.2).
+pub(super) fn spec_problems(expected: &Expected<'_>, obj: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(backup) = expected.backup {
+        for (map, what, section) in [
+            ("/metadata/labels", "label", "§8.1.2"),
+            ("/metadata/annotations", "annotation", "§8.1.3"),
+        ] {
+            let Some(theirs) = backup.pointer(map).and_then(Value::as_object) else {
+                continue;
+            };
+            for (key, want) in theirs.iter().filter(|(k, _)| users_key(k)) {
+                let got = entry(obj, map, key);
+                if got != want.as_str() {
+                    problems.push(format!(
+                        "{what} {key} is {got:?}, the backup's is {want} ({section})"
+                    ));
+                }
+            }
+        }
+        for (pointer, what) in [
+            ("/spec/biosUUID", "spec.biosUUID"),
+            ("/spec/instanceUUID", "spec.instanceUUID"),
+        ] {
+            let Some(want) = string_at(backup, pointer) else {
+                continue;
+            };
+            let got = string_at(obj, pointer);
+            if got.map(uuid_hex) != Some(uuid_hex(want)) {
+                problems.push(format!(
+                    "{what} is {got:?}, the backup's is {want:?} (§8.2)"
+                ));
+            }
+        }
+    }
+    let zone = entry(obj, "/metadata/labels", LABEL_ZONE);
+    let annotations = "/metadata/annotations";
+    if expected.in_place {
+        let existing = expected.existing.unwrap_or(&Value::Null);
+        let kept = entry(existing, "/metadata/labels", LABEL_ZONE);
+        if zone != kept {
+            problems.push(format!(
+                "label {LABEL_ZONE} is {zone:?}, not the replaced VM's {kept:?} (§8.1.2)"
+            ));
+        }
+        for key in IMMUTABLE_ANNOTATIONS {
+            let (got, kept) = (
+                entry(obj, annotations, key),
+                entry(existing, annotations, key),
+            );
+            if got != kept {
+                problems.push(format!(
+                    "annotation {key} is {got:?}, not the replaced VM's {kept:?} (§8.1.3)"
+                ));
+            }
+        }
+        let id = "/spec/bootstrap/cloudInit/instanceID";
+        if let Some(kept) = string_at(existing, id)
+            && string_at(obj, id) != Some(kept)
+        {
+            problems.push(format!(
+                "spec.bootstrap.cloudInit.instanceID is {:?}, not the replaced VM's {kept:?} (§8.1.5)",
+                string_at(obj, id)
+            ));
+        }
+    } else {
+        if zone.is_some() {
+            problems.push(format!("label {LABEL_ZONE} kept on a new VM (§8.1.2)"));
+        }
+        // VM Operator records the new instance ID in the annotation again once it runs the
+        // VM; the backup's must not come back.
+        let id = "/spec/bootstrap/cloudInit/instanceID";
+        if let Some(backup) = expected.backup
+            && let Some(got) = entry(obj, annotations, ANN_INSTANCE_ID)
+            && [
+                entry(backup, annotations, ANN_INSTANCE_ID),
+                string_at(backup, id),
+            ]
+            .contains(&Some(got))
+        {
+            problems.push(format!(
+                "annotation {ANN_INSTANCE_ID} is the backup's {got:?}, kept on a new VM (§8.1.5)"
+            ));
+        }
+        if let Some(old) = expected.backup.and_then(|b| string_at(b, id)) {
+            match string_at(obj, id) {
+                Some(new) if new != old => {}
+                got => problems.push(format!(
+                    "spec.bootstrap.cloudInit.instanceID is {got:?}, not a new ID in place of the backup's {old:?} (§8.1.5)"
+                )),
+            }
+        }
+    }
+    let marker = if expected.failover {
+        "vmoperator.vmware.com/failed-over-vm"
+    } else {
+        "vmoperator.vmware.com/restored-vm"
+    };
+    if entry(obj, annotations, marker).is_none() {
+        problems.push(format!("annotation {marker} missing (§8.1.3)"));
+    }
+    if expected.failover {
+        if obj.pointer("/spec/image").is_some_and(|i| !i.is_null()) {
+            problems.push("spec.image kept by a failover (§8.1.6)".into());
+        }
+        if let Some(name) = string_at(obj, "/spec/imageName").filter(|n| !n.is_empty()) {
+            problems.push(format!(
+                "spec.imageName {name:?} kept by a failover (§8.1.6)"
+            ));
+        }
+    }
+    problems
 }
 
 /// `restored-` followed by six hex digits (§8.1.1).
@@ -125,6 +297,209 @@ pub fn is_restored_claim(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
+    use super::{Expected, spec_problems};
+    use crate::vmservice::fixtures;
+
+    fn backup() -> Value {
+        let mut yaml: Value = serde_norway::from_str(&fixtures::text("web-1/vm.yaml")).unwrap();
+        yaml["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a".into();
+        yaml["metadata"]["annotations"]["vmoperator.vmware.com/instance-id"] = "old-id".into();
+        yaml
+    }
+
+    /// The backup's VM YAML as WCP registers it (seed 001 §8.1), `existing` the VM replaced.
+    fn registered(backup: &Value, existing: Option<&Value>, failover: bool) -> Value {
+        let mut obj = backup.clone();
+        let labels = obj["metadata"]["labels"].as_object_mut().unwrap();
+        labels.remove("topology.kubernetes.io/zone");
+        let anns = obj["metadata"]["annotations"].as_object_mut().unwrap();
+        anns.remove("vmoperator.vmware.com/instance-id");
+        let marker = if failover {
+            "failed-over-vm"
+        } else {
+            "restored-vm"
+        };
+        anns.insert(format!("vmoperator.vmware.com/{marker}"), "true".into());
+        obj["spec"]["bootstrap"]["cloudInit"]["instanceID"] = "new-id".into();
+        // VM Operator records the new ID once it runs the VM.
+        obj["metadata"]["annotations"]["vmoperator.vmware.com/instance-id"] = "new-id".into();
+        if failover {
+            obj["spec"].as_object_mut().unwrap().remove("image");
+            obj["spec"]["imageName"] = "".into();
+        }
+        if let Some(old) = existing {
+            obj["metadata"]["labels"]["topology.kubernetes.io/zone"] =
+                old["metadata"]["labels"]["topology.kubernetes.io/zone"].clone();
+            for a in super::IMMUTABLE_ANNOTATIONS {
+                let anns = obj["metadata"]["annotations"].as_object_mut().unwrap();
+                match old["metadata"]["annotations"][a].as_str() {
+                    Some(v) => anns.insert(a.into(), v.into()),
+                    None => anns.remove(a),
+                };
+            }
+            obj["spec"]["bootstrap"]["cloudInit"]["instanceID"] =
+                old["spec"]["bootstrap"]["cloudInit"]["instanceID"].clone();
+        }
+        obj
+    }
+
+    fn existing() -> Value {
+        let mut old = backup();
+        old["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-b".into();
+        old["metadata"]["annotations"]["vmoperator.vmware.com/created-at-build-version"] =
+            "1.9.0".into();
+        old["metadata"]["annotations"]["vmoperator.vmware.com/upgraded-to-schema-version"] =
+            "v1alpha4".into();
+        old["spec"]["bootstrap"]["cloudInit"]["instanceID"] = "kept-id".into();
+        old
+    }
+
+    fn problems_after(
+        in_place: bool,
+        failover: bool,
+        change: impl FnOnce(&mut Value),
+    ) -> Vec<String> {
+        let backup = backup();
+        let old = existing();
+        let existing = in_place.then_some(&old);
+        let mut obj = registered(&backup, existing, failover);
+        change(&mut obj);
+        spec_problems(
+            &Expected {
+                backup: Some(&backup),
+                existing,
+                in_place,
+                failover,
+            },
+            &obj,
+        )
+    }
+
+    fn one_problem(problems: &[String], needle: &str) {
+        assert!(
+            problems.len() == 1 && problems[0].contains(needle),
+            "{needle}: {problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_vm_registered_as_the_guide_says_has_no_problem() {
+        for (in_place, failover) in [(false, false), (true, false), (false, true)] {
+            let problems = problems_after(in_place, failover, |_| {});
+            assert!(problems.is_empty(), "{in_place} {failover}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn lost_user_labels_and_annotations_are_reported_and_infrastructure_ones_are_not() {
+        for in_place in [false, true] {
+            let p = problems_after(in_place, false, |o| {
+                o["metadata"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("tier");
+            });
+            one_problem(
+                &p,
+                "label tier is None, the backup's is \"frontend\" (§8.1.2)",
+            );
+            let p = problems_after(in_place, false, |o| {
+                o["metadata"]["annotations"]["app.example.com/owner"] = "someone".into();
+            });
+            one_problem(&p, "annotation app.example.com/owner is Some(\"someone\")");
+            let p = problems_after(in_place, false, |o| {
+                let anns = o["metadata"]["annotations"].as_object_mut().unwrap();
+                anns.remove("vmoperator.vmware.com/backup-version");
+                anns.remove("vmoperator.vmware.com/manager-id");
+            });
+            assert!(p.is_empty(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_zone_label_goes_from_a_new_vm_and_stays_on_one_restored_in_place() {
+        let p = problems_after(false, false, |o| {
+            o["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a".into();
+        });
+        one_problem(&p, "kept on a new VM (§8.1.2)");
+        // In place: the replaced VM's zone, not the backup's.
+        let p = problems_after(true, false, |o| {
+            o["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a".into();
+        });
+        one_problem(&p, "not the replaced VM's Some(\"zone-b\")");
+    }
+
+    #[test]
+    fn a_restore_in_place_keeps_the_immutable_annotations_and_the_instance_id() {
+        let p = problems_after(true, false, |o| {
+            o["metadata"]["annotations"]["vmoperator.vmware.com/created-at-build-version"] =
+                "1.8.6+a6b2f0c+24146529".into();
+        });
+        one_problem(&p, "created-at-build-version is Some(\"1.8.6");
+        let p = problems_after(true, false, |o| {
+            let anns = o["metadata"]["annotations"].as_object_mut().unwrap();
+            anns.remove("vmoperator.vmware.com/upgraded-to-schema-version");
+        });
+        one_problem(&p, "upgraded-to-schema-version is None");
+        let p = problems_after(true, false, |o| {
+            o["spec"]["bootstrap"]["cloudInit"]["instanceID"] = "new-id".into();
+        });
+        one_problem(&p, "not the replaced VM's \"kept-id\" (§8.1.5)");
+    }
+
+    #[test]
+    fn a_new_vm_gets_a_new_cloud_init_instance() {
+        let id = "77408572-146a-4b20-b32d-75673620da45";
+        let p = problems_after(false, false, |o| {
+            o["spec"]["bootstrap"]["cloudInit"]["instanceID"] = id.into();
+        });
+        one_problem(&p, "not a new ID in place of the backup's");
+        let p = problems_after(false, false, |o| {
+            o["metadata"]["annotations"]["vmoperator.vmware.com/instance-id"] = "old-id".into();
+        });
+        one_problem(
+            &p,
+            "instance-id is the backup's \"old-id\", kept on a new VM (§8.1.5)",
+        );
+    }
+
+    #[test]
+    fn a_failover_clears_the_image_and_is_marked_failed_over() {
+        let p = problems_after(false, true, |o| {
+            o["spec"]["image"] = json!({"kind": "ClusterVirtualMachineImage", "name": "vmi-1"});
+        });
+        one_problem(&p, "spec.image kept by a failover");
+        let p = problems_after(false, true, |o| {
+            o["spec"]["imageName"] = "ubuntu".into();
+        });
+        one_problem(&p, "spec.imageName \"ubuntu\" kept");
+        let p = problems_after(false, true, |o| {
+            let anns = o["metadata"]["annotations"].as_object_mut().unwrap();
+            anns.remove("vmoperator.vmware.com/failed-over-vm");
+            anns.insert("vmoperator.vmware.com/restored-vm".into(), "true".into());
+        });
+        one_problem(&p, "failed-over-vm missing");
+        let p = problems_after(false, false, |o| {
+            let anns = o["metadata"]["annotations"].as_object_mut().unwrap();
+            anns.remove("vmoperator.vmware.com/restored-vm");
+        });
+        one_problem(&p, "restored-vm missing");
+    }
+
+    #[test]
+    fn the_bios_and_instance_uuids_are_the_backups() {
+        let p = problems_after(false, false, |o| {
+            o["spec"]["biosUUID"] = "77408572-146A-4B20-B32D-75673620DA45".into();
+        });
+        assert!(p.is_empty(), "{p:?}");
+        let p = problems_after(true, false, |o| {
+            o["spec"]["instanceUUID"] = "d134354e-c94f-42e4-a3d7-000000000000".into();
+        });
+        one_problem(&p, "spec.instanceUUID is Some(");
+    }
+
     #[test]
     fn restored_claim_names() {
         assert!(super::is_restored_claim("restored-a1b2c3"));
