@@ -168,6 +168,20 @@ mod tests {
     }
 
     impl Run {
+        /// A `--json` run's exit code, events and output.
+        fn of(out: &Output) -> Self {
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            Self {
+                code: out.status.code(),
+                events: stdout
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect(),
+                stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        }
+
         fn report(&self) -> &Value {
             self.events
                 .iter()
@@ -212,17 +226,7 @@ mod tests {
             all.extend(args);
             all.extend(site.connection(self.dir.path(), site_name));
             let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-            let out = self.run(&refs, crash);
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            Run {
-                code: out.status.code(),
-                events: stdout
-                    .lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect(),
-                stdout,
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
+            Run::of(&self.run(&refs, crash))
         }
 
         /// Backs up `ns1/<name>`; returns the point id.
@@ -933,7 +937,20 @@ mod tests {
         assert_ne!(r.code, Some(0));
         let shell = s.vm_by_name("crash-1").expect("the half-restored VM");
         assert!(!s.lab.disabled_methods(&shell).unwrap().is_empty());
-        let rec = fx.reconcile();
+        // The shell goes before EndAccess: WCP registers no VM whose RelocateVM_Task is
+        // disabled (§7.3.3), so it never takes the half-restored one for a restore.
+        let dir = fx.dir.path().join("pause");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        let mut rec = fx.spawn_paused(&["reconcile", "--repo", &repo], "end-access", &dir);
+        wait_reached(&mut rec, &dir, "end-access");
+        assert!(
+            s.vm_by_name("crash-1").is_none(),
+            "EndAccess came before the half-restored VM was removed"
+        );
+        std::fs::write(dir.join("end-access.go"), b"").unwrap();
+        let rec = Run::of(&rec.wait_with_output().unwrap());
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
         let report = &rec.events.last().unwrap()["report"];
         assert_eq!(report["access_ended"], json!([shell.0]));
         assert_eq!(
@@ -1050,7 +1067,7 @@ mod tests {
         std::fs::write(dir.join("restore-cancel-requested.go"), b"").unwrap();
         let mut restore = fx.spawn_paused(
             &["restore", "--repo", &repo, "--point", &p1],
-            "restore-mid-disk,restore-cancel-requested",
+            "restore-mid-disk,restore-cancel-requested,end-access",
             &dir,
         );
         wait_reached(&mut restore, &dir, "restore-mid-disk");
@@ -1064,6 +1081,14 @@ mod tests {
         assert_eq!(sent, 0);
         wait_reached(&mut restore, &dir, "restore-cancel-requested");
         std::fs::write(dir.join("restore-mid-disk.go"), b"").unwrap();
+        // The VM goes before EndAccess: WCP registers no VM whose RelocateVM_Task is
+        // disabled (§7.3.3), so it never takes the half-restored one for a restore.
+        wait_reached(&mut restore, &dir, "end-access");
+        assert!(
+            s.vm_by_name("cancel-1").is_none(),
+            "EndAccess came before the unfinished VM {shell} was removed"
+        );
+        std::fs::write(dir.join("end-access.go"), b"").unwrap();
         let out = restore.wait_with_output().unwrap();
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout),

@@ -212,20 +212,29 @@ async fn consolidate_if_needed(env: &Environment, vm: &VmMoref) -> Result<(), Ba
     }
 }
 
-/// Calls EndAccess for `vm` with `identity` and closes the entry.
+/// Calls EndAccess for `vm` with `identity` and closes the entry; a VM that no longer exists
+/// (vCenter says so after EndAccess failed) has no access left to end.
 pub(crate) async fn end_access(
     env: &Environment,
     vm: &VmMoref,
     identity: &str,
     journal: i64,
 ) -> Result<(), BackupError> {
+    super::pause_point("end-access").await;
     let vddk = env.vddk.clone();
     let spec = env.vddk_target.spec(vm, None, true);
     let id = identity.to_owned();
     let what = format!("EndAccess for {vm}");
-    blocking(move || vddk.end_access(&spec, &id))
-        .await?
-        .map_err(|source| BackupError::Vddk { what, source })?;
+    if let Err(source) = blocking(move || vddk.end_access(&spec, &id)).await? {
+        // The VM's disabled methods went with the VM: a half-restored VM is destroyed
+        // before its access is ended, so that WCP never takes it for a finished restore.
+        match env.soap.vm_info(vm).await {
+            Err(e) if is_gone(&e) => {
+                tracing::info!(vm = %vm, "EndAccess: the VM no longer exists; nothing to end");
+            }
+            _ => return Err(BackupError::Vddk { what, source }),
+        }
+    }
     close(env, journal).await
 }
 

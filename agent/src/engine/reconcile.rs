@@ -92,13 +92,17 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
             None => true,
         })
         .collect();
-    // Snapshots before EndAccess, as a backup ends.
-    // A VM shell of a restore last: EndAccess first, then the shell is removed. But the
-    // unfinished disks a disk-only restore attached go before EndAccess, so that WCP never
-    // sees them (and a VM whose disks stay attached keeps its access prepared).
+    // Snapshots before EndAccess, as a backup ends. The VMs of restores before EndAccess
+    // too: a half-restored VM is removed, and the unfinished disks a disk-only restore
+    // attached detached, while RelocateVM_Task is still disabled, so that WCP never takes
+    // them for a finished restore (a VM that stays keeps its access prepared).
     entries.sort_by_key(|e| {
-        let late_shell = e.kind == "vm_shell" && unfinished_disks(e).is_empty();
-        (e.kind != "snapshot", late_shell, e.id)
+        let rank = match e.kind.as_str() {
+            "snapshot" => 0,
+            "vm_shell" => 1,
+            _ => 2,
+        };
+        (rank, e.id)
     });
     let mut blocked: Vec<VmMoref> = Vec::new();
     for entry in &entries {
@@ -158,8 +162,8 @@ fn unfinished_disks(entry: &JournalEntry) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Undoes one entry. `blocked`: VMs whose unfinished restored disks could not be detached
-/// in this run, whose EndAccess must wait.
+/// Undoes one entry. `blocked`: VMs whose unfinished restored disks could not be detached,
+/// or that could not be removed, in this run, whose EndAccess must wait.
 async fn undo(
     env: &Environment,
     entry: &JournalEntry,
@@ -199,7 +203,7 @@ async fn undo(
             }
         }
         "prepare_access" if blocked.contains(vm) => report.errors.push(format!(
-            "EndAccess for {vm} waits until the unfinished restored disks are detached"
+            "EndAccess for {vm} waits until the half-restored VM is removed or its unfinished restored disks are detached"
         )),
         "prepare_access" => {
             let identity = entry
@@ -264,10 +268,13 @@ async fn undo(
                             report.errors.push(error_chain(&e));
                         }
                     }
-                    Err(e) => report.errors.push(format!(
-                        "removing the half-restored VM {shell}: {}",
-                        error_chain(&e)
-                    )),
+                    Err(e) => {
+                        report.errors.push(format!(
+                            "removing the half-restored VM {shell}: {}; its access stays prepared until it is removed",
+                            error_chain(&e)
+                        ));
+                        blocked.push(shell.clone());
+                    }
                 },
                 None => {
                     tracing::warn!(

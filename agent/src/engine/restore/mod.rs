@@ -26,7 +26,9 @@
 //!    (`restore/<vm>/<key>`) by the repository's restore pipeline (parallel chunk
 //!    prefetch and decompression; zero chunks skipped on new thin disks); EndAccess —
 //!    always, on error, cancellation and panic, and after a crash by the reconciler, which
-//!    also removes (and reports) a VM shell a crashed restore left.
+//!    also removes (and reports) a VM shell a crashed restore left. A VM shell of a failed
+//!    restore is destroyed *before* EndAccess, so that WCP, which registers a VM in a
+//!    namespace folder once its RelocateVM_Task is enabled again, never registers it.
 //! 4. **Registration**: `registervm` (with the network override), or, when WCP registers
 //!    by itself after EndAccess (§4.2), the agent follows WCP's task; the cis task is
 //!    polled through 5/10/20/40/80/100 %. Then the Supervisor is read back with `kube`:
@@ -410,7 +412,7 @@ struct Effects {
 ///
 /// # Errors
 /// [`RestoreError::Refused`] before any change; otherwise the failing step. Whatever the
-/// job changed is undone before it returns (EndAccess; a new VM shell is destroyed).
+/// job changed is undone before it returns (a new VM shell is destroyed; EndAccess).
 pub async fn run_restore(
     renv: &RestoreEnv,
     request: &RestoreRequest,
@@ -526,7 +528,7 @@ pub async fn run_restore(
             &effects,
             &mut report,
         );
-        // A panic in a step still gets the clean-up below (EndAccess first). A cancel is
+        // A panic in a step still gets the clean-up below. A cancel is
         // not raced against the steps: dropping them mid-way would leave a vCenter task
         // (RegisterVM) finishing unrecorded and the disk threads writing while the clean-up
         // ends access and removes the VM. The steps stop at their next check instead, and
@@ -563,7 +565,7 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
     e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Undoes what a failed restore changed: EndAccess; a VM shell it created is destroyed.
+/// Undoes what a failed restore changed: a VM shell it created is destroyed; EndAccess.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
     let (access, target, attached) = {
         let mut e = lock_effects(effects);
@@ -583,16 +585,15 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
         tracing::error!(vm = %vm, "restore clean-up: EndAccess waits until the unfinished disks are detached: run `vadp-agent reconcile`");
         return;
     }
-    if let Some((id, vm, identity)) = access
-        && let Err(e) = journal::end_access(env, &vm, &identity, id).await
-    {
-        tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: EndAccess failed; reconcile will retry");
-    }
-    match target {
-        None => {}
+    // A VM shell this restore created goes before EndAccess: while RelocateVM_Task is
+    // disabled WCP does not register a VM (§7.3.3), so it never takes the half-restored one
+    // for a finished restore. If the shell stays, so does the access, for reconcile.
+    let shell_stays = match target {
+        None => false,
         Some((id, Target::Users(vm))) => {
             tracing::error!(vm = %vm, "restore failed part-way: the VM's disks are partly restored; restore it again");
             let _ = journal::close(env, id).await;
+            false
         }
         Some((id, Target::Created(Some(vm)))) => {
             observer(&RestoreEvent::Step {
@@ -601,16 +602,27 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             match remove_shell(env, &vm).await {
                 Ok(()) => {
                     let _ = journal::close(env, id).await;
+                    false
                 }
                 Err(e) => {
-                    tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: the unfinished VM stays; reconcile will retry");
+                    tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: the unfinished VM stays, its access prepared; reconcile will retry");
+                    true
                 }
             }
         }
-        Some((id, Target::Created(None))) => tracing::error!(
-            journal = id,
-            "restore clean-up: disk files were created before the VM was registered; reconcile reports them"
-        ),
+        Some((id, Target::Created(None))) => {
+            tracing::error!(
+                journal = id,
+                "restore clean-up: disk files were created before the VM was registered; reconcile reports them"
+            );
+            false
+        }
+    };
+    if let Some((id, vm, identity)) = access
+        && !shell_stays
+        && let Err(e) = journal::end_access(env, &vm, &identity, id).await
+    {
+        tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: EndAccess failed; reconcile will retry");
     }
 }
 
