@@ -964,7 +964,7 @@ concurrent_jobs = 2
         let (_, refused) = rt.block_on(follow(&client, &second.id));
         assert_eq!(refused.state, JobState::Failed);
         let error = refused.error.unwrap_or_default();
-        assert!(error.contains("is backing it up now"), "{error}");
+        assert!(error.contains("is working on it now"), "{error}");
         let pid = i32::try_from(daemon.0.id()).unwrap();
         #[allow(unsafe_code)]
         // SAFETY: kill(2) on our own child's pid, no memory involved.

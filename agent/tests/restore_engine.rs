@@ -1106,6 +1106,73 @@ mod tests {
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
     }
 
+    /// One job at a time per VM: a restore in place of a VM a backup is reading is refused
+    /// before it changes anything, naming the backup; once the backup has ended it runs.
+    #[test]
+    fn a_backup_and_a_restore_in_place_of_one_vm_refuse_each_other() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("busy-1");
+        let p1 = fx.backup("busy-1");
+        s.change_since_backup("busy-1");
+        // Something for the next backup to read.
+        let disk = s.lab.vm(&vm).unwrap().disks[0].key;
+        s.lab.guest_write(&vm, disk, 0, &[7u8; 65536]).unwrap();
+        let dir = fx.dir.path().join("pause");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        let selector = format!("{NS}/busy-1");
+        let mut backup = fx.spawn_paused(
+            &["backup", "--repo", &repo, "--vm", &selector],
+            "backup-mid-disk",
+            &dir,
+        );
+        wait_reached(&mut backup, &dir, "backup-mid-disk");
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("backup job") && r.stderr.contains("is working on it now"),
+            "{}",
+            r.stderr
+        );
+        std::fs::write(dir.join("backup-mid-disk.go"), b"").unwrap();
+        let out = backup.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(fx.open_journal(), 0);
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        // And a second backup while a restore holds the VM is refused the same way.
+        let mut restore = fx.spawn_paused(
+            &[
+                "restore", "--repo", &repo, "--point", &p1, "--mode", "existing",
+            ],
+            "restore-mid-disk",
+            &dir,
+        );
+        wait_reached(&mut restore, &dir, "restore-mid-disk");
+        let b = fx.json(
+            vec![
+                "backup".into(),
+                "--repo".into(),
+                repo.clone(),
+                "--vm".into(),
+                selector,
+            ],
+            s,
+            "site-a",
+            None,
+        );
+        assert_ne!(b.code, Some(0));
+        assert!(
+            b.stderr.contains("restore job") && b.stderr.contains("is working on it now"),
+            "{}",
+            b.stderr
+        );
+        std::fs::write(dir.join("restore-mid-disk.go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
     /// A restore killed with the VM's access prepared does not stand in the way of the next
     /// restore of that VM: the next one undoes what it left first. Each restore prepares
     /// access under its own identity, so ending an old one's never ends a live one's.

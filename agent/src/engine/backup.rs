@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::journal::{self, JobLock, SnapshotEffect};
+use super::journal::{self, JobLock, SnapshotEffect, VmLock};
 use super::limits::{Gate, Limits};
 use super::vddk_source::VddkSource;
 use super::{Environment, Observer, blocking, crash_point, error_chain, vmx};
@@ -388,6 +388,8 @@ struct JobCtx {
     gate: Gate,
     cancel: CancellationToken,
     observer: Observer,
+    /// The locks of the job's VMs, held until the job has cleaned up after itself.
+    vm_locks: Mutex<Vec<VmLock>>,
 }
 
 /// Runs a backup job to the end: every side effect it caused is undone before it returns,
@@ -505,6 +507,7 @@ async fn run_job(
         cancel,
         observer,
         request,
+        vm_locks: Mutex::new(Vec::new()),
     });
 
     let mut members = Vec::new();
@@ -609,6 +612,19 @@ async fn set_up(
                 what: format!("reading VM {} ({moref})", r.selector),
                 source,
             })?;
+        let (root, vcenter, vm, name, job) = (
+            env.repo.root().to_path_buf(),
+            ctx.vcenter_uuid.clone(),
+            moref.clone(),
+            info.name.clone(),
+            ctx.job,
+        );
+        let vm_lock =
+            blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "backup")).await??;
+        ctx.vm_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(vm_lock);
         if let Some((s, job)) = info
             .all_snapshots()
             .into_iter()

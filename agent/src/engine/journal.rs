@@ -44,6 +44,85 @@ impl JobLock {
     }
 }
 
+/// Exclusive `flock` on `locks/vm-<vCenter uuid>-<moref>.lock`, held by the job that backs a
+/// VM up or restores into it for as long as the job runs, so that two jobs never work on
+/// one VM at once (another process's, or the daemon's queue's, included). The file says
+/// which job holds it. The files stay: removing a lock file that another process has open
+/// would let two holders in.
+#[derive(Debug)]
+pub struct VmLock {
+    _lock: RepoLock,
+}
+
+impl VmLock {
+    fn path(repo_root: &Path, vcenter: &str, vm: &VmMoref) -> PathBuf {
+        let safe = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        repo_root
+            .join("locks")
+            .join(format!("vm-{}-{}.lock", safe(vcenter), safe(vm.as_str())))
+    }
+
+    /// Takes the lock of `vm` of vCenter `vcenter` for `job`, which `what` describes
+    /// (`backup`, `restore`).
+    ///
+    /// # Errors
+    /// [`BackupError::Refused`] naming the job that holds it; a lock error otherwise.
+    pub fn acquire(
+        repo_root: &Path,
+        vcenter: &str,
+        vm: &VmMoref,
+        name: &str,
+        job: JobId,
+        what: &str,
+    ) -> Result<Self, BackupError> {
+        let dir = repo_root.join("locks");
+        let path = Self::path(repo_root, vcenter, vm);
+        let lock_error = |e: ChunkStoreError| BackupError::Repo(crate::repo::RepoError::Lock(e));
+        std::fs::create_dir_all(&dir).map_err(|source| {
+            lock_error(ChunkStoreError::Lock {
+                path: dir.clone(),
+                source,
+            })
+        })?;
+        match RepoLock::try_exclusive(&path) {
+            Ok(lock) => {
+                std::fs::write(&path, format!("{what} job {job}\n")).map_err(|source| {
+                    lock_error(ChunkStoreError::Lock {
+                        path: path.clone(),
+                        source,
+                    })
+                })?;
+                Ok(Self { _lock: lock })
+            }
+            Err(ChunkStoreError::Busy { .. }) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "another job".into());
+                Err(BackupError::Refused {
+                    vm: format!("{name} ({vm})"),
+                    reason: format!(
+                        "{holder} is working on it now; a VM is backed up or restored by one \
+                         job at a time: try again when that job has ended"
+                    ),
+                })
+            }
+            Err(e) => Err(lock_error(e)),
+        }
+    }
+}
+
 /// The description our backup snapshots carry: how they are recognised.
 pub(crate) fn snapshot_description(job: JobId) -> String {
     format!("{} {job}", super::SNAPSHOT_TAG)

@@ -55,7 +55,7 @@ pub use verify::is_restored_claim;
 
 use plan::Plan;
 
-use super::journal::{self, JobLock};
+use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
 use crate::ids::{DiskKey, JobId, RestorePointId};
 use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind};
@@ -512,6 +512,23 @@ pub async fn run_restore(
     let lock = blocking(move || JobLock::acquire(&root, job))
         .await?
         .map_err(|e| RestoreError::Invalid(format!("job lock: {e}")))?;
+    // The VM restored in place, or given disks, is not backed up or restored by another
+    // job meanwhile.
+    let _vm_lock = match &plan.existing_vm {
+        Some(info) if plan.prediction.restore_type != RestoreType::New => {
+            let (root, vcenter, vm, name) = (
+                env.repo.root().to_path_buf(),
+                env.soap.service_content().about.instance_uuid.clone(),
+                info.moref.clone(),
+                vm_name.clone(),
+            );
+            Some(
+                blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "restore"))
+                    .await??,
+            )
+        }
+        _ => None,
+    };
     let catalog = env.repo.catalog().clone();
     let what = format!("restore {vm_name} from {}", request.point);
     blocking(move || catalog.job_start(job, Some(what), crate::repo::now_secs()))
