@@ -859,6 +859,53 @@ mod tests {
         assert!(fx.restored(&point, 2000) == expected);
     }
 
+    /// A point is recorded as quiesced only when vCenter's snapshot says so: with VMware
+    /// Tools not running vSphere ignores the flag, and the point says crash-consistent.
+    #[test]
+    fn a_quiesce_vsphere_could_not_do_is_reported_and_recorded_as_not_done() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("quiet-1", &[4]);
+        fx.lab
+            .modify_vm(&vm, |s| {
+                s.power_state = lab::vmstate::PowerState::PoweredOn;
+                Ok(())
+            })
+            .unwrap();
+        let show = |point: &str| {
+            let repo = fx.repo();
+            let out = fx.run(
+                &["show", "--repo"],
+                &[repo.as_os_str(), point.as_ref()],
+                None,
+            );
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let point_of = |b: &Backup| vm_report(b.ok(), &vm)["point"].as_str().unwrap().to_owned();
+        let warned = |b: &Backup| {
+            b.events.iter().any(|e| {
+                e["event"] == "warning"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("crash-consistent"))
+            })
+        };
+        let quiet = fx.backup(&[&vm], &["--quiesce", &vm.0], None);
+        assert!(!warned(&quiet), "{:?}", quiet.events);
+        assert!(show(&point_of(&quiet)).contains("quiesced:   yes"));
+        fx.lab.set_tools_running(&vm, false).unwrap();
+        let crash = fx.backup(&[&vm], &["--quiesce", &vm.0], None);
+        assert!(warned(&crash), "{:?}", crash.events);
+        assert!(
+            show(&point_of(&crash)).contains("quiesced:   no, though asked for"),
+            "{}",
+            show(&point_of(&crash))
+        );
+        let plain = fx.backup(&[&vm], &[], None);
+        assert!(!warned(&plain));
+        assert!(show(&point_of(&plain)).contains("quiesced:   no\n"));
+    }
+
     #[test]
     fn corrupt_vmservice_extra_config_is_reported_and_the_disks_still_backed_up() {
         let fx = Fixture::new();

@@ -501,6 +501,17 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(s) = skew.as_ref().and_then(serde_json::Value::as_u64) {
         say!("  group skew: {s} ms");
     }
+    let flag = |k: &str| point.stats.get(k).and_then(serde_json::Value::as_bool);
+    match (flag("quiesce_requested"), flag("quiesced")) {
+        (Some(true), Some(false)) => {
+            say!(
+                "  quiesced:   no, though asked for (crash-consistent: VMware Tools not running?)"
+            );
+        }
+        (_, Some(true)) => say!("  quiesced:   yes"),
+        (_, Some(false)) => say!("  quiesced:   no"),
+        _ => {}
+    }
     let changed: u64 = point.disks.iter().map(|d| d.bytes_changed).sum();
     say!("  changed:    {:.1} MiB", changed as f64 / 1_048_576.0);
     if let Some(v) = point.stats.get("validation") {

@@ -988,6 +988,36 @@ async fn back_up_vm_inner(
             });
         }
     }
+    // vSphere ignores the quiesce flag when VMware Tools is not running (or the VM is off):
+    // the snapshot says what it got, and the point is recorded as that.
+    let quiesced = if request.quiesce {
+        let now = env
+            .soap
+            .vm_info(vm)
+            .await
+            .map_err(|source| BackupError::Vsphere {
+                what: format!("reading whether snapshot {snapshot} of {who} is quiesced"),
+                source,
+            })?;
+        let quiesced = now
+            .all_snapshots()
+            .iter()
+            .any(|s| &s.snapshot == snapshot && s.quiesced);
+        if !quiesced {
+            (ctx.observer)(&BackupEvent::Warning {
+                vm: vm.clone(),
+                name: info.name.clone(),
+                message: format!(
+                    "quiescing was asked for, but vCenter made snapshot {snapshot} without it \
+                     (VMware Tools not running, or the VM powered off): this point is \
+                     crash-consistent"
+                ),
+            });
+        }
+        quiesced
+    } else {
+        false
+    };
     let previous = previous_point(ctx, info).await?;
     let connection = {
         let vddk = env.vddk.clone();
@@ -1085,7 +1115,8 @@ async fn back_up_vm_inner(
         "group": ctx.request.group,
         "snapshot": snapshot,
         "seconds": started.elapsed().as_secs_f64(),
-        "quiesced": request.quiesce,
+        "quiesce_requested": request.quiesce,
+        "quiesced": quiesced,
         "disks": written.iter().map(|(_, _, r)| r).collect::<Vec<_>>(),
         "bytes_changed": written.iter().map(|(_, w, _)| w.bytes_changed).sum::<u64>(),
         "bytes_read": written.iter().map(|(_, w, _)| w.stats.bytes_read).sum::<u64>(),

@@ -600,7 +600,7 @@ fn snapshot_info(vm: &VmState) -> Val {
                     "state",
                     Val::Enum("VirtualMachinePowerState", "poweredOff".into()),
                 ),
-                ("quiesced", Val::Bool(false)),
+                ("quiesced", Val::Bool(s.quiesced)),
                 (
                     "childSnapshotList",
                     Val::List(

@@ -202,11 +202,12 @@ impl Vcenter {
                 if name.is_empty() {
                     return Err(Fault::invalid_argument("name"));
                 }
+                let quiesce = call.req.child_bool("quiesce").unwrap_or(false);
                 Box::new(move |p| {
                     p.set(30);
                     std::thread::sleep(lab.take_snapshot_delay(&vm_id));
                     let s = lab
-                        .create_snapshot(&vm_id, &name, &description)
+                        .create_snapshot_quiescing(&vm_id, &name, &description, quiesce)
                         .map_err(lab_fault)?;
                     Ok(Some(Val::moref("VirtualMachineSnapshot", &s.0)))
                 })

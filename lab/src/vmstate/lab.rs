@@ -393,6 +393,7 @@ impl Lab {
             leave_next_removal_unconsolidated: false,
             failing_task_polls: 0,
             next_snapshot_delay_ms: 0,
+            tools_not_running: false,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
@@ -459,6 +460,22 @@ impl Lab {
         name: &str,
         description: &str,
     ) -> Result<SnapshotMoref, LabError> {
+        self.create_snapshot_quiescing(vm, name, description, false)
+    }
+
+    /// [`Self::create_snapshot`], quiescing the guest when `quiesce` is asked and can be
+    /// done: the VM powered on with VMware Tools running (vSphere ignores the flag
+    /// otherwise, and the snapshot's `quiesced` says so).
+    ///
+    /// # Errors
+    /// As [`Self::create_snapshot`].
+    pub fn create_snapshot_quiescing(
+        &self,
+        vm: &VmMoref,
+        name: &str,
+        description: &str,
+        quiesce: bool,
+    ) -> Result<SnapshotMoref, LabError> {
         let _g = self.lock()?;
         let mut state = self.vm(vm)?;
         let moref = SnapshotMoref(format!("snapshot-{}", self.next_id(true)?));
@@ -481,6 +498,9 @@ impl Lab {
                 .map_or(0, |d| d.as_secs()),
             parent: state.current_snapshot.clone(),
             disks,
+            quiesced: quiesce
+                && state.power_state == PowerState::PoweredOn
+                && !state.tools_not_running,
         });
         state.current_snapshot = Some(moref.clone());
         self.write_vmx(&state)?;
@@ -607,6 +627,18 @@ impl Lab {
     pub fn slow_next_snapshot(&self, vm: &VmMoref, delay: Duration) -> Result<(), LabError> {
         self.update(vm, |state| {
             state.next_snapshot_delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            Ok(())
+        })
+    }
+
+    /// Stops (or starts again) VMware Tools in `vm`'s guest: a quiescing snapshot is then
+    /// made without quiescing.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn set_tools_running(&self, vm: &VmMoref, running: bool) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.tools_not_running = !running;
             Ok(())
         })
     }

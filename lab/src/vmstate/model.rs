@@ -87,6 +87,10 @@ pub struct SnapshotInfo {
     pub parent: Option<SnapshotMoref>,
     /// The disks as of this snapshot.
     pub disks: Vec<SnapshotDisk>,
+    /// Whether the guest's file systems were quiesced (asked for, the VM powered on and
+    /// VMware Tools running).
+    #[serde(default)]
+    pub quiesced: bool,
 }
 
 /// An entry of `disabledMethod`.
@@ -153,6 +157,10 @@ pub struct VmState {
     /// snapshot, in milliseconds (a test's fault injection: a slow quiesce).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub next_snapshot_delay_ms: u64,
+    /// VMware Tools is not running in the guest: a snapshot asked to quiesce is made
+    /// without (vSphere ignores the flag then), as a test's state.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tools_not_running: bool,
 }
 
 /// For serde's `skip_serializing_if`: the test knobs stay out of a VM's JSON while unset.

@@ -215,6 +215,7 @@ impl Lab {
             leave_next_removal_unconsolidated: false,
             failing_task_polls: 0,
             next_snapshot_delay_ms: 0,
+            tools_not_running: false,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
