@@ -75,9 +75,13 @@ impl Blackout {
         if self.crosses_midnight() && time >= self.start {
             date = date.tomorrow().ok()?;
         }
-        date.to_datetime(self.end)
-            .to_zoned(t.time_zone().clone())
-            .ok()
+        // In the hour a fall-back repeats, the end's wall time is there twice: the window
+        // ends at the first one after `t`.
+        let end = t.time_zone().to_ambiguous_zoned(date.to_datetime(self.end));
+        match end.clone().compatible() {
+            Ok(e) if e > *t => Some(e),
+            _ => end.later().ok().filter(|e| e > t),
+        }
     }
 }
 
@@ -285,6 +289,28 @@ mod tests {
         assert_eq!(next.time(), parse_hhmm("23:00").unwrap());
         assert_eq!(next.timestamp(), at("2025-03-10T21:00").timestamp());
         assert_eq!(seconds_until(&next, &now), 9 * 3600);
+    }
+
+    /// On the night a fall-back repeats 02:00–03:00, a blackout ending at 02:30 ends at
+    /// the 02:30 after now, not at the one an hour before.
+    #[test]
+    fn a_blackout_in_the_repeated_hour_ends_after_now() {
+        let berlin = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let s = sched("02:00", &["01:45-02:30"], false);
+        // 2025-10-26 00:10 UTC is 02:10 CEST (first pass); 01:10 UTC is 02:10 CET (second).
+        for (utc, end_utc) in [
+            ("2025-10-26T00:10", "2025-10-26T00:30"),
+            ("2025-10-26T01:10", "2025-10-26T01:30"),
+        ] {
+            let now = at(utc).timestamp().to_zoned(berlin.clone());
+            let end = blocked_until(&s, &now).expect("inside the window");
+            assert_eq!(end.timestamp(), at(end_utc).timestamp(), "{now}");
+        }
+        // The daily run of that day, due at the first 02:00, waits for the window's end.
+        let last = at("2025-10-25T00:00").timestamp();
+        let now = at("2025-10-26T01:10").timestamp().to_zoned(berlin.clone());
+        assert!(!is_due(&s, Some(last), &now));
+        assert!(next_run(&s, Some(last), &now) > now);
     }
 
     #[test]
