@@ -249,9 +249,14 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         let Some(p) = config.policy.get(&name) else {
             continue;
         };
+        // Looked at again before each run: the runs before it may have taken until its
+        // blackout window. The timer's next start runs it then.
+        if let Some(end) = crate::daemon::blocked_until(&p.schedule(&name)?, &jiff::Zoned::now()) {
+            tracing::info!(policy = %name, until = %end, "inside a blackout window: left for a later run");
+            continue;
+        }
         let request = engine_request(&scheduler::policy_request(&run, p), config.limits.engine())
             .map_err(anyhow::Error::msg)?;
-        scheduler::record_run(env.repo.catalog(), &name, now.timestamp())?;
         let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
             if let BackupEvent::VmFailed { name, error, .. } = e {
                 tracing::warn!(vm = %name, error = %error, "VM failed");
@@ -263,6 +268,9 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
             CancellationToken::new(),
             observer,
         ));
+        // Recorded once the run has ended, whatever its outcome: a run killed part-way (a
+        // reboot) is run again by the timer's next start.
+        scheduler::record_run(env.repo.catalog(), &name, now.timestamp())?;
         match report {
             Ok(r) => {
                 if json {

@@ -144,6 +144,8 @@ struct Entry {
     progress: Progress,
     disks: HashMap<String, (u64, u64)>,
     cancel: CancellationToken,
+    /// Cancelled by the daemon's shutdown, not by a client: it ends `interrupted`.
+    stopped: bool,
     history: Vec<Arc<serde_json::Value>>,
     tx: broadcast::Sender<StreamItem>,
 }
@@ -253,6 +255,7 @@ impl Entry {
             progress: Progress::default(),
             disks: HashMap::new(),
             cancel: CancellationToken::new(),
+            stopped: false,
             history: Vec::new(),
             tx,
         }
@@ -598,12 +601,17 @@ impl Queue {
     }
 
     /// Shutdown: start no job any more and cancel the running ones (their bodies clean up
-    /// and end). Queued jobs stay queued, in the catalog too, and run after the next start:
-    /// a restart loses none, and their idempotency keys still find them.
+    /// and end `interrupted`). Queued jobs stay queued, in the catalog too, and run after
+    /// the next start: a restart loses none, and their idempotency keys still find them.
     pub fn shut_down(&self) {
         let mut st = self.inner.lock();
         st.stopping = true;
-        for e in st.jobs.values().filter(|e| e.job.state == "running") {
+        for e in st
+            .jobs
+            .values_mut()
+            .filter(|e| e.job.state == "running" && !e.cancel.is_cancelled())
+        {
+            e.stopped = true;
             e.cancel.cancel();
         }
     }
@@ -675,7 +683,7 @@ impl Queue {
         tracing::info!(job = %id, kind = ?ctx.kind, origin = %ctx.origin, "job started");
         let body = Arc::clone(&self.inner.body);
         // A panicking body fails its job, never the daemon.
-        let outcome = match tokio::spawn(body.run(ctx)).await {
+        let mut outcome = match tokio::spawn(body.run(ctx)).await {
             Ok(o) => o,
             Err(e) => Outcome {
                 state: JobState::Failed,
@@ -683,6 +691,15 @@ impl Queue {
                 result: None,
             },
         };
+        // Stopped by the daemon's shutdown rather than by a client: interrupted, as a job
+        // running when the daemon died is (a scheduled run is run again at the next start).
+        if outcome.state == JobState::Cancelled
+            && self.inner.lock().jobs.get(&id).is_some_and(|e| e.stopped)
+        {
+            outcome.state = JobState::Interrupted;
+            outcome.error =
+                Some("the agent stopped while the job ran; what it changed is undone".into());
+        }
         let finished = now();
         self.persist(
             &id,
@@ -797,7 +814,11 @@ mod tests {
                 ctx.events.emit(serde_json::json!({"event": "vm_finished"}));
                 me.inside.fetch_sub(1, Ordering::SeqCst);
                 Outcome {
-                    state: JobState::Succeeded,
+                    state: if ctx.cancel.is_cancelled() {
+                        JobState::Cancelled
+                    } else {
+                        JobState::Succeeded
+                    },
                     error: None,
                     result: Some(serde_json::json!({"n": ctx.request["n"]})),
                 }
@@ -932,6 +953,7 @@ mod tests {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(q.figures().1, 0);
+        assert_eq!(q.get(&running.id).unwrap().state, JobState::Interrupted);
         assert_eq!(q.get(&queued.id).unwrap().state, JobState::Queued);
         let stored = catalog.queue_list().unwrap();
         let state_of = |id: &str| stored.iter().find(|j| j.id == id).unwrap().state.clone();

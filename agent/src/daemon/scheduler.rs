@@ -172,6 +172,30 @@ pub fn policy_request(run: &DueRun, p: &PolicyConfig) -> BackupJobRequest {
     request
 }
 
+/// What the scheduler does about a policy, given the jobs its runs made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Its last run is still queued or running: a run that comes due meanwhile starts
+    /// after it (two runs of one group at once would refuse each other's VMs).
+    Wait,
+    /// Its last run was interrupted (the daemon stopped or died while it ran): run it
+    /// again, once, now.
+    Retry(String),
+    /// Submit a run if one is due.
+    IfDue,
+}
+
+/// [`Step`] for `policy`, from the queue's jobs (newest first).
+pub(crate) fn next_step(policy: &str, jobs: &[plugin_api::types::Job]) -> Step {
+    use plugin_api::types::JobState;
+    let origin = format!("schedule:{policy}");
+    match jobs.iter().find(|j| j.origin == origin) {
+        Some(j) if matches!(j.state, JobState::Queued | JobState::Running) => Step::Wait,
+        Some(j) if j.state == JobState::Interrupted => Step::Retry(j.id.clone()),
+        _ => Step::IfDue,
+    }
+}
+
 /// Errors of the scheduler.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -212,12 +236,35 @@ pub async fn run(
                 continue;
             }
         };
-        for run in due {
+        let jobs = queue.list();
+        let mut runs = Vec::new();
+        for name in config.policy.keys() {
+            match next_step(name, &jobs) {
+                Step::Wait => {}
+                Step::Retry(interrupted) => runs.push((
+                    DueRun {
+                        name: name.clone(),
+                        after: None,
+                    },
+                    Some(interrupted),
+                )),
+                Step::IfDue => {
+                    if let Some(run) = due.iter().find(|r| &r.name == name) {
+                        runs.push((run.clone(), None));
+                    }
+                }
+            }
+        }
+        for (run, retry_of) in runs {
             let name = run.name.clone();
             let Some(p) = config.policy.get(&name) else {
                 continue;
             };
-            let request = policy_request(&run, p);
+            let mut request = policy_request(&run, p);
+            if let Some(job) = &retry_of {
+                tracing::warn!(policy = %name, interrupted = %job, "the policy's last run was interrupted: running it again");
+                request.idempotency_key = Some(format!("schedule:{name}:retry:{job}"));
+            }
             let submission = Submission {
                 kind: JobKind::Backup,
                 idempotency_key: request.idempotency_key.clone(),
@@ -249,6 +296,39 @@ mod tests {
     use super::*;
     use crate::daemon::parse_hhmm;
     use crate::daemon::tests::at;
+
+    /// A policy's run waits while its previous run is queued or running, and a run the
+    /// daemon's stop interrupted is run again; one that ended otherwise leaves the policy to
+    /// its schedule.
+    #[test]
+    fn a_run_waits_for_the_previous_one_and_an_interrupted_one_is_run_again() {
+        let job = |id: &str, origin: &str, state: &str| -> plugin_api::types::Job {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "kind": "backup", "state": state, "origin": origin, "created_at": 0,
+            }))
+            .unwrap()
+        };
+        // Newest first, as `Queue::list` gives them.
+        let jobs = |latest: &str| {
+            vec![
+                job("j3", "api", "running"),
+                job("j2", "schedule:nightly", latest),
+                job("j1", "schedule:nightly", "interrupted"),
+                job("j0", "schedule:other", "running"),
+            ]
+        };
+        for state in ["queued", "running"] {
+            assert_eq!(next_step("nightly", &jobs(state)), Step::Wait, "{state}");
+        }
+        assert_eq!(
+            next_step("nightly", &jobs("interrupted")),
+            Step::Retry("j2".into())
+        );
+        for state in ["succeeded", "failed", "cancelled"] {
+            assert_eq!(next_step("nightly", &jobs(state)), Step::IfDue, "{state}");
+        }
+        assert_eq!(next_step("never-ran", &jobs("running")), Step::IfDue);
+    }
 
     #[test]
     fn a_schedule_without_initial_run_runs_at_its_first_daily_time() {
