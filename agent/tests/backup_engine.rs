@@ -400,6 +400,11 @@ mod tests {
             fx.disk_bytes(&db, d0),
         ];
 
+        // db-1's snapshot takes 2.5 s: the points still carry the moment the group's
+        // snapshots started, the same for both VMs, not when each was committed.
+        fx.lab
+            .slow_next_snapshot(&db, Duration::from_millis(2500))
+            .unwrap();
         let second = fx.backup(&[&web, &db], &["--group", "g1"], None);
         let r2 = second.ok().clone();
         let w = vm_report(&r2, &web);

@@ -457,7 +457,10 @@ async fn prune(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<axum::J
     let repo = Arc::clone(&s.env.repo);
     let dry_run = r.dry_run;
     let now = jiff::Timestamp::now().as_second();
-    let decisions = long("prune", move || repo.prune(&policy, now, dry_run)).await?;
+    let decisions = long("prune", move || {
+        repo.prune(&policy, now, &jiff::tz::TimeZone::system(), dry_run)
+    })
+    .await?;
     Ok(axum::Json(PruneResult {
         dry_run,
         decisions: decisions

@@ -328,7 +328,8 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                 keep_monthly,
                 min_age_secs: min_age,
             };
-            let decisions = open(&repo)?.prune(&policy, now_secs(), dry_run)?;
+            let decisions =
+                open(&repo)?.prune(&policy, now_secs(), &jiff::tz::TimeZone::system(), dry_run)?;
             if json {
                 say!(
                     "{}",

@@ -78,15 +78,21 @@ pub fn apply_retention(
     };
     let selectors = p.selectors(name).map_err(|e| e.to_string())?;
     let decisions = repo
-        .prune_where(&retention.policy(), now, false, |vm| {
-            vm.vcenter_uuid == vcenter_uuid
-                && selectors.iter().any(|(s, _)| match s {
-                    VmSelector::Moref(m) => *m == vm.moref,
-                    VmSelector::Namespaced { namespace, name } => {
-                        vm.namespace.as_deref() == Some(namespace) && vm.name == *name
-                    }
-                })
-        })
+        .prune_where(
+            &retention.policy(),
+            now,
+            &jiff::tz::TimeZone::system(),
+            false,
+            |vm| {
+                vm.vcenter_uuid == vcenter_uuid
+                    && selectors.iter().any(|(s, _)| match s {
+                        VmSelector::Moref(m) => *m == vm.moref,
+                        VmSelector::Namespaced { namespace, name } => {
+                            vm.namespace.as_deref() == Some(namespace) && vm.name == *name
+                        }
+                    })
+            },
+        )
         .map_err(|e| engine::error_chain(&e))?;
     tracing::info!(
         policy = %name,

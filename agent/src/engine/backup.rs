@@ -390,6 +390,9 @@ struct JobCtx {
     observer: Observer,
     /// The locks of the job's VMs, held until the job has cleaned up after itself.
     vm_locks: Mutex<Vec<VmLock>>,
+    /// When the group's snapshots were started (Unix seconds): the time of every point
+    /// of the job, so that retention sees the group's points as one moment.
+    snapshot_at: std::sync::OnceLock<i64>,
 }
 
 /// Runs a backup job to the end: every side effect it caused is undone before it returns,
@@ -508,6 +511,7 @@ async fn run_job(
         observer,
         request,
         vm_locks: Mutex::new(Vec::new()),
+        snapshot_at: std::sync::OnceLock::new(),
     });
 
     let mut members = Vec::new();
@@ -731,6 +735,7 @@ async fn set_up(
     }
     crash_point("before-snapshot");
     let t0 = Instant::now();
+    let _ = ctx.snapshot_at.set(crate::repo::now_secs());
     let creates = members.iter().map(|m| {
         let request = CreateSnapshot {
             quiesce: m.request.quiesce,
@@ -1143,7 +1148,11 @@ async fn back_up_vm_inner(
         } else {
             None
         },
-        created_at: crate::repo::now_secs(),
+        created_at: ctx
+            .snapshot_at
+            .get()
+            .copied()
+            .unwrap_or_else(crate::repo::now_secs),
         kind,
         reason: reason.clone(),
         vmx: Some(vmx_bytes),

@@ -3,13 +3,17 @@
 //! Rules (as restic/borg/proxmox, evaluated newest first, per VM):
 //! - `keep_last` N: the N newest points;
 //! - `keep_daily`/`keep_weekly`/`keep_monthly` N: the newest point of each of the N most recent
-//!   UTC days / ISO weeks (Monday start) / calendar months that have points;
+//!   days / ISO weeks (Monday start) / calendar months that have points, in the agent's
+//!   time zone (the one its schedules run in: on the night a clock changes, two nightly
+//!   runs are still two days);
 //! - **floor**: a point younger than `min_age_secs` is always kept, and the floor cannot be set
 //!   below [`MIN_AGE_FLOOR_SECS`] (3 days, seed 000).
 //!
 //! Because every restore point is a full image (fixed index), removing any point is safe.
 //! Pruning only deletes catalog rows and index files; GC reclaims the chunks.
 
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use crate::ids::RestorePointId;
@@ -78,28 +82,39 @@ pub struct PruneDecision {
     pub reasons: Vec<&'static str>,
 }
 
-/// (year, month) of a Unix day number (Howard Hinnant's civil_from_days).
-fn year_month(day: i64) -> (i64, i64) {
-    let z = day + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month)
+/// The retention buckets, newest point of each kept.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    Daily,
+    Weekly,
+    Monthly,
 }
 
-/// A retention bucket: rule name, how many to keep, bucket of a Unix time.
-type Bucket = (&'static str, u32, fn(i64) -> i64);
+/// The bucket of Unix time `t` in `zone`: its day, ISO week or month.
+fn bucket(rule: Rule, t: i64, zone: &TimeZone) -> i64 {
+    let date = Timestamp::from_second(t)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_zoned(zone.clone())
+        .date();
+    let (year, month) = (i64::from(date.year()), i64::from(date.month()));
+    match rule {
+        Rule::Daily => (year * 12 + month) * 31 + i64::from(date.day()),
+        Rule::Weekly => {
+            let week = date.iso_week_date();
+            i64::from(week.year()) * 53 + i64::from(week.week())
+        }
+        Rule::Monthly => year * 12 + month,
+    }
+}
 
-/// Decide for the points of one VM. `now` is Unix seconds.
+/// Decide for the points of one VM. `now` is Unix seconds; days, weeks and months are
+/// those of `zone`.
 #[must_use]
 pub fn select(
     points: &[(RestorePointId, i64)],
     policy: &RetentionPolicy,
     now: i64,
+    zone: &TimeZone,
 ) -> Vec<PruneDecision> {
     let mut sorted: Vec<(RestorePointId, i64)> = points.to_vec();
     sorted.sort_by_key(|p| std::cmp::Reverse(p.1));
@@ -120,25 +135,19 @@ pub fn select(
             d.reasons.push("younger than minimum age");
         }
     }
-    let buckets: [Bucket; 3] = [
-        ("daily", policy.keep_daily, |t| t.div_euclid(86_400)),
-        // Day 0 (1970-01-01) was a Thursday: shift by 3 so weeks start on Monday.
-        ("weekly", policy.keep_weekly, |t| {
-            (t.div_euclid(86_400) + 3).div_euclid(7)
-        }),
-        ("monthly", policy.keep_monthly, |t| {
-            let (y, m) = year_month(t.div_euclid(86_400));
-            y * 12 + m
-        }),
+    let buckets = [
+        ("daily", policy.keep_daily, Rule::Daily),
+        ("weekly", policy.keep_weekly, Rule::Weekly),
+        ("monthly", policy.keep_monthly, Rule::Monthly),
     ];
-    for (name, keep, bucket_of) in buckets {
+    for (name, keep, rule) in buckets {
         let mut last_bucket = None;
         let mut kept = 0;
         for d in &mut decisions {
             if kept >= keep {
                 break;
             }
-            let b = bucket_of(d.created_at);
+            let b = bucket(rule, d.created_at, zone);
             if last_bucket != Some(b) {
                 last_bucket = Some(b);
                 d.reasons.push(name);
@@ -179,7 +188,7 @@ mod tests {
     fn floor_protects_young_points() {
         let now = 1_700_000_000;
         let p = points(&[0, 1, 2, 4, 5, 6], now);
-        let d = select(&p, &policy(1, 0), now);
+        let d = select(&p, &policy(1, 0), now, &TimeZone::UTC);
         let kept: Vec<i64> = d
             .iter()
             .filter(|d| d.keep)
@@ -193,24 +202,77 @@ mod tests {
         let now = 1_700_000_000;
         let mut p = points(&[10, 11, 12, 13], now);
         p.push((RestorePointId::new_random(), now - 10 * DAY - 60)); // same day as age 10, older
-        let d = select(&p, &policy(0, 2), now);
+        let d = select(&p, &policy(0, 2), now, &TimeZone::UTC);
         assert_eq!(d.iter().filter(|d| d.keep).count(), 2);
         assert!(d[0].keep && d[0].reasons == vec!["daily"]);
         assert!(!d[1].keep, "older point of the same day goes");
     }
 
+    fn utc(s: &str) -> i64 {
+        s.parse::<jiff::civil::DateTime>()
+            .unwrap()
+            .to_zoned(TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+            .as_second()
+    }
+
     #[test]
     fn monthly_and_weekly_buckets() {
-        assert_eq!(year_month(0), (1970, 1));
-        assert_eq!(year_month(19_723), (2024, 1)); // 2024-01-01
-        assert_eq!(year_month(19_782), (2024, 2)); // 2024-02-29
+        let z = TimeZone::UTC;
+        assert_eq!(bucket(Rule::Monthly, 0, &z), 1970 * 12 + 1);
+        let (jan, feb) = (utc("2024-01-31T23:59"), utc("2024-02-29T12:00"));
+        assert_eq!(
+            bucket(Rule::Monthly, feb, &z) - bucket(Rule::Monthly, jan, &z),
+            1
+        );
+        // ISO weeks start on Monday, and 2024-12-30 is in week 1 of 2025.
+        let (sun, mon) = (utc("2024-12-29T12:00"), utc("2024-12-30T00:00"));
+        assert_ne!(bucket(Rule::Weekly, sun, &z), bucket(Rule::Weekly, mon, &z));
+        assert_eq!(
+            bucket(Rule::Weekly, mon, &z),
+            bucket(Rule::Weekly, utc("2025-01-05T23:59"), &z)
+        );
         let now = 1_700_000_000;
         let p = points(&[10, 40, 70, 100], now);
         let pol = RetentionPolicy {
             keep_monthly: 2,
             ..policy(0, 0)
         };
-        assert_eq!(select(&p, &pol, now).iter().filter(|d| d.keep).count(), 2);
+        assert_eq!(
+            select(&p, &pol, now, &TimeZone::UTC)
+                .iter()
+                .filter(|d| d.keep)
+                .count(),
+            2
+        );
+    }
+
+    /// Nightly runs at 01:30 in Berlin: the night the clocks go forward, two runs fall on
+    /// one UTC day (00:30 and 23:30 UTC on 30 March) but on two local days, and
+    /// `keep_daily` keeps both.
+    #[test]
+    fn days_are_the_agent_zones_days() {
+        let berlin = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let runs = [
+            utc("2025-03-29T00:30"),
+            utc("2025-03-30T00:30"),
+            utc("2025-03-30T23:30"),
+            utc("2025-03-31T23:30"),
+        ];
+        let p: Vec<(RestorePointId, i64)> = runs
+            .iter()
+            .map(|&t| (RestorePointId::new_random(), t))
+            .collect();
+        let now = utc("2025-04-20T00:00");
+        let kept = |zone: &TimeZone| {
+            select(&p, &policy(0, 4), now, zone)
+                .iter()
+                .filter(|d| d.keep)
+                .count()
+        };
+        assert_eq!(kept(&berlin), 4);
+        assert_eq!(kept(&TimeZone::UTC), 3);
     }
 
     #[test]

@@ -1392,9 +1392,10 @@ impl Repository {
         &self,
         policy: &RetentionPolicy,
         now: i64,
+        zone: &jiff::tz::TimeZone,
         dry_run: bool,
     ) -> Result<Vec<PruneDecision>, RepoError> {
-        self.prune_where(policy, now, dry_run, |_| true)
+        self.prune_where(policy, now, zone, dry_run, |_| true)
     }
 
     /// As [`Repository::prune`], for the points of the VMs `select` accepts only (a
@@ -1406,6 +1407,7 @@ impl Repository {
         &self,
         policy: &RetentionPolicy,
         now: i64,
+        zone: &jiff::tz::TimeZone,
         dry_run: bool,
         select: impl Fn(&VmRecord) -> bool,
     ) -> Result<Vec<PruneDecision>, RepoError> {
@@ -1430,7 +1432,26 @@ impl Repository {
                 .filter(|p| vm_key(p) == vm)
                 .map(|p| (p.id, p.created_at))
                 .collect();
-            decisions.extend(prune::select(&of_vm, policy, now));
+            decisions.extend(prune::select(&of_vm, policy, now, zone));
+        }
+        // A group's points stay together: when a job's point of one VM is kept, its points
+        // of the others are too. Otherwise a day (or week) kept through one job for a VM
+        // and through another for the next, say a job that failed for that one, would leave
+        // the group no common point in time.
+        let job_of: HashMap<RestorePointId, &str> = points
+            .iter()
+            .filter_map(|p| Some((p.id, p.stats.get("job")?.as_str()?)))
+            .collect();
+        let kept_jobs: HashSet<&str> = decisions
+            .iter()
+            .filter(|d| d.keep)
+            .filter_map(|d| job_of.get(&d.id).copied())
+            .collect();
+        for d in decisions.iter_mut().filter(|d| !d.keep) {
+            if job_of.get(&d.id).is_some_and(|j| kept_jobs.contains(j)) {
+                d.keep = true;
+                d.reasons.push("same job as a kept point of the group");
+            }
         }
         if !dry_run {
             // A point a restore is reading stays, until the next prune.
@@ -1773,6 +1794,57 @@ mod tests {
         assert!(RepoLock::try_exclusive(&root.join(OPEN_LOCK)).is_ok());
     }
 
+    /// A group backed up by job J1 (both VMs) and, later the same day, by J2 that failed
+    /// for VM b: keep-daily keeps J2 for a and J1 for b, and then J1 for a as well, so the
+    /// group keeps a common point in time.
+    #[test]
+    fn prune_keeps_the_points_of_a_job_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("repo"), 64 << 10).unwrap();
+        let day = 86_400;
+        let (j1, j2) = ("job-1", "job-2");
+        let mut ids = HashMap::new();
+        for (vm, job, at) in [
+            ("a", j1, 10 * day + 60),
+            ("b", j1, 10 * day + 60),
+            ("a", j2, 10 * day + 3600),
+        ] {
+            let mut point = sample_point(vm, at);
+            point.stats = serde_json::json!({"job": job});
+            ids.insert((vm, job), point.id);
+            repo.catalog().commit_point(point).unwrap();
+        }
+        // Older points of a and b, each its own job, that go.
+        for vm in ["a", "b"] {
+            repo.catalog()
+                .commit_point(sample_point(vm, 5 * day))
+                .unwrap();
+        }
+        let policy = RetentionPolicy {
+            keep_last: 0,
+            keep_daily: 1,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_secs: 3 * day,
+        };
+        let utc = jiff::tz::TimeZone::UTC;
+        let decisions = repo.prune(&policy, 100 * day, &utc, false).unwrap();
+        let reasons = |id: &RestorePointId| {
+            decisions
+                .iter()
+                .find(|d| d.id == *id)
+                .map(|d| d.reasons.clone())
+                .unwrap()
+        };
+        assert_eq!(reasons(&ids[&("a", j2)]), vec!["daily"]);
+        assert_eq!(reasons(&ids[&("b", j1)]), vec!["daily"]);
+        assert_eq!(
+            reasons(&ids[&("a", j1)]),
+            vec!["same job as a kept point of the group"]
+        );
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 3);
+    }
+
     #[test]
     fn prune_counts_the_same_moref_of_two_vcenters_as_two_vms() {
         let dir = tempfile::tempdir().unwrap();
@@ -1793,7 +1865,9 @@ mod tests {
             keep_monthly: 0,
             min_age_secs: 3 * day,
         };
-        let decisions = repo.prune(&policy, 100 * day, false).unwrap();
+        let decisions = repo
+            .prune(&policy, 100 * day, &jiff::tz::TimeZone::UTC, false)
+            .unwrap();
         assert_eq!(decisions.len(), 6);
         assert!(decisions.iter().all(|d| d.keep), "{decisions:?}");
         assert_eq!(repo.catalog().list_points().unwrap().len(), 6);
