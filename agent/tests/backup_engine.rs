@@ -406,7 +406,22 @@ mod tests {
             .slow_next_snapshot(&db, Duration::from_millis(2500))
             .unwrap();
         let second = fx.backup(&[&web, &db], &["--group", "g1"], None);
+        let ended = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
         let r2 = second.ok().clone();
+        let created = |vm: &VmMoref| {
+            let id = vm_report(&r2, vm)["point"].clone();
+            fx.points().into_iter().find(|p| p["id"] == id).unwrap()["created_at"]
+                .as_i64()
+                .unwrap()
+        };
+        assert_eq!(created(&web), created(&db));
+        assert!(ended - created(&db) >= 2, "{} {ended}", created(&db));
         let w = vm_report(&r2, &web);
         assert_eq!(w["kind"], "incremental", "{w}");
         // Exactly the touched chunks were read; the untouched disk read nothing.
@@ -862,6 +877,50 @@ mod tests {
             .clone();
         let point = vm_report(&r, &a)["point"].as_str().unwrap().to_owned();
         assert!(fx.restored(&point, 2000) == expected);
+    }
+
+    /// A group job that failed for one VM says so on the points of the others: they have
+    /// no companion from that job.
+    #[test]
+    fn the_points_of_a_group_job_that_failed_for_one_vm_say_so() {
+        let fx = Fixture::new();
+        let web = fx.new_vm("web-1", &[4, 4]);
+        let db = fx.new_vm("db-1", &[4]);
+        fx.lab
+            .set_extra_config(&web, vmservice_extra_config(&fx.lab, &web))
+            .unwrap();
+        // db-1 is no VM Service VM: --require-vmservice fails it after the snapshots.
+        let b = fx.backup(
+            &[&web, &db],
+            &["--group", "g1", "--require-vmservice"],
+            None,
+        );
+        assert_ne!(b.code, Some(0), "{}", b.stderr);
+        let report = b.report.clone().unwrap();
+        assert!(vm_report(&report, &db)["error"].is_string(), "{report}");
+        let point = vm_report(&report, &web)["point"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let repo = fx.repo();
+        let out = fx.run(
+            &["show", "--repo"],
+            &[repo.as_os_str(), std::ffi::OsStr::new(&point)],
+            None,
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("group:      incomplete, db-1 failed in this job"),
+            "{text}"
+        );
+        let out = fx.run(&["list", "--repo"], &[repo.as_os_str()], None);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with(&point)).unwrap();
+        assert!(
+            line.contains("group incomplete: db-1 failed in this job"),
+            "{text}"
+        );
+        fx.assert_clean(&[&web, &db]);
     }
 
     /// A point is recorded as quiesced only when vCenter's snapshot says so: with VMware

@@ -463,11 +463,15 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let skew = job_stats.as_ref().and_then(|s| s.get("skew_ms")).cloned();
+    let group_failed = job_stats
+        .as_ref()
+        .map(super::failed_members)
+        .unwrap_or_default();
     if json {
         say!(
             "{}",
             serde_json::json!({
-                "event": "show", "point": point, "skew_ms": skew,
+                "event": "show", "point": point, "skew_ms": skew, "group_failed": group_failed,
                 "vmx_bytes": config.as_ref().and_then(|c| c.vmx.as_ref()).map(Vec::len),
             })
         );
@@ -500,6 +504,12 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     if let Some(s) = skew.as_ref().and_then(serde_json::Value::as_u64) {
         say!("  group skew: {s} ms");
+    }
+    if !group_failed.is_empty() {
+        say!(
+            "  group:      incomplete, {} failed in this job: this point has no companion from it",
+            group_failed.join(", ")
+        );
     }
     let flag = |k: &str| point.stats.get(k).and_then(serde_json::Value::as_bool);
     match (flag("quiesce_requested"), flag("quiesced")) {

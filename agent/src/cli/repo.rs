@@ -401,25 +401,29 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
 pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
     let repo = open(&args.repo)?;
     let points = repo.list()?;
-    // The group's snapshot skew is recorded with the job that made the point.
+    // The group's snapshot skew, and the VMs that failed in the group, are recorded with
+    // the job that made the point.
     let mut skews = serde_json::Map::new();
+    let mut incomplete = serde_json::Map::new();
     for p in &points {
         let job = repo.catalog().point_config(p.id)?.and_then(|c| c.job);
-        let skew = match job {
-            Some(job) => repo
-                .catalog()
-                .job_stats(job)?
-                .and_then(|s| s.get("skew_ms").and_then(serde_json::Value::as_u64)),
+        let stats = match job {
+            Some(job) => repo.catalog().job_stats(job)?,
             None => None,
         };
-        if let Some(ms) = skew {
+        let Some(stats) = stats else { continue };
+        if let Some(ms) = stats.get("skew_ms").and_then(serde_json::Value::as_u64) {
             skews.insert(p.id.to_string(), ms.into());
+        }
+        let failed = super::failed_members(&stats);
+        if !failed.is_empty() {
+            incomplete.insert(p.id.to_string(), failed.into());
         }
     }
     if json {
         say!(
             "{}",
-            serde_json::json!({"event": "list", "points": points, "skew_ms": skews})
+            serde_json::json!({"event": "list", "points": points, "skew_ms": skews, "group_failed": incomplete})
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -456,6 +460,18 @@ pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
             .and_then(serde_json::Value::as_str)
             .unwrap_or("-");
         let created = super::utc(p.created_at);
+        let why = match incomplete.get(&p.id.to_string()).and_then(|v| v.as_array()) {
+            Some(failed) => format!(
+                "{}; group incomplete: {} failed in this job",
+                p.reason,
+                failed
+                    .iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => p.reason.clone(),
+        };
         say!(
             "{:<36}  {:<16}  {:<20}  {:<11}  {:>14}  {:>12}  {:>8}  {:>7}  {:<12}  {}",
             p.id,
@@ -467,7 +483,7 @@ pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
             seconds,
             skew,
             validation,
-            p.reason
+            why
         );
     }
     Ok(ExitCode::SUCCESS)
