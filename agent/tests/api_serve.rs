@@ -467,8 +467,14 @@ concurrent_jobs = 2
             drop(db);
             lab.guest_write(&vm, disk, MIB, &pattern(seed)).unwrap();
             let mut text = std::fs::read_to_string(&config).unwrap();
+            // Its daily time half a day away: only the initial run runs during the test.
+            let daily_at = jiff::Zoned::now()
+                .checked_add(jiff::SignedDuration::from_hours(12))
+                .unwrap()
+                .strftime("%H:%M")
+                .to_string();
             text.push_str(&format!(
-                "\n[policy.{policy}]\nvms = [\"{}\"]\ndaily_at = \"03:00\"\n\
+                "\n[policy.{policy}]\nvms = [\"{}\"]\ndaily_at = \"{daily_at}\"\n\
                  retention = {{ keep_last = 1 }}\n",
                 vm.0
             ));

@@ -44,8 +44,27 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = app(Arc::clone(&state));
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(addr) = listeners.tcp {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+    // Bound first and ready before the addresses are printed: whoever reads "listening on"
+    // finds `/v1/ready` answering 200.
+    let tcp = match listeners.tcp {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let unix = match &listeners.socket {
+        Some(path) => {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let listener = tokio::net::UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+            Some((listener, path.clone()))
+        }
+        None => None,
+    };
+    state.ready.store(true, Ordering::SeqCst);
+    if let Some(listener) = tcp {
         let bound = listener.local_addr()?;
         // On stdout for scripts and tests; the log has it too.
         crate::cli::emit_line(&format!("listening on http://{bound}"));
@@ -57,14 +76,7 @@ pub async fn serve(
                 .await
         });
     }
-    if let Some(path) = &listeners.socket {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = tokio::net::UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some((listener, path)) = unix {
         crate::cli::emit_line(&format!("listening on unix:{}", path.display()));
         tracing::info!(socket = %path.display(), "API listening on a unix socket");
         let (r, s) = (router.clone(), shutdown.clone());
@@ -74,7 +86,6 @@ pub async fn serve(
                 .await
         });
     }
-    state.ready.store(true, Ordering::SeqCst);
     let status_text = status(&state);
     if let Err(e) = sd_notify::notify(
         false,

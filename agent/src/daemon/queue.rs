@@ -1049,6 +1049,10 @@ mod tests {
         while q.get(&high.id).unwrap().state != JobState::Running {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+        // Its body runs only once the catalog says running too, which the restart reads.
+        while body.inside.load(Ordering::SeqCst) != 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         assert_eq!(q.get(&low.id).unwrap().state, JobState::Queued);
         assert_eq!(q.get(&first.id).unwrap().state, JobState::Succeeded);
         // "Restart": a new queue over the same catalog while `high` is still running.

@@ -103,7 +103,8 @@ pub struct Environment {
 }
 
 /// Fault injection for the crash tests: when the environment variable
-/// `VADP_AGENT_CRASH_AT` names `point`, the process aborts there, as `kill -9` would,
+/// `VADP_AGENT_CRASH_AT` names `point`, the process kills itself there (SIGKILL, as
+/// `kill -9` would),
 /// leaving only what is journalled. Points: `after-prepare-access`, `before-snapshot`,
 /// `snapshot-task-running`, `snapshot-unrecorded`, `after-snapshot`, `mid-disk`, `before-commit`,
 /// `after-commit`; in restores `restore-after-register`, `restore-after-prepare-access`,
@@ -116,7 +117,11 @@ pub(crate) fn crash_point(point: &str) {
         .as_deref()
         == Some(point)
     {
-        eprintln!("VADP_AGENT_CRASH_AT={point}: aborting");
+        eprintln!("VADP_AGENT_CRASH_AT={point}: killing the process");
+        // SIGKILL rather than abort(): no core dump to write, which on a machine that
+        // collects them can take seconds the crash tests do not expect.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
 }

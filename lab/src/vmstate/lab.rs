@@ -248,11 +248,13 @@ impl Lab {
     /// # Errors
     /// [`LabError::VmNotFound`], JSON errors.
     pub fn vm(&self, vm: &VmMoref) -> Result<VmState, LabError> {
-        let p = self.vm_path(vm);
-        if !p.exists() {
-            return Err(LabError::VmNotFound(vm.clone()));
+        // Read without the lab's lock: a VM destroyed meanwhile is simply not found.
+        match Self::read_json(&self.vm_path(vm)) {
+            Err(LabError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(LabError::VmNotFound(vm.clone()))
+            }
+            other => other,
         }
-        Self::read_json(&p)
     }
 
     /// Every VM, ordered by moref.
@@ -275,7 +277,14 @@ impl Lab {
                 })?
                 .path();
             if p.extension().is_some_and(|x| x == "json") {
-                out.push(Self::read_json::<VmState>(&p)?);
+                // Read without the lab's lock (some callers hold it): a VM destroyed since
+                // the listing is gone, not an error.
+                match Self::read_json::<VmState>(&p) {
+                    Ok(vm) => out.push(vm),
+                    Err(LabError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         out.sort_by(|a, b| a.moref.cmp(&b.moref));
