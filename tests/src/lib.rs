@@ -129,7 +129,14 @@ pub fn vddk_sim_libdir_with(variant: SimVariant, profile: SimProfile) -> PathBuf
     // A symlink keeps following rebuilds; replace it atomically so concurrent test
     // processes never see it missing.
     if std::fs::read_link(&link).ok().as_deref() != Some(built.as_path()) {
-        let tmp = lib64.join(format!(".{}.{}", variant.soname(), std::process::id()));
+        // Named after the process and the thread: two test threads may get here at once.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tmp = lib64.join(format!(
+            ".{}.{}.{}",
+            variant.soname(),
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&built, &tmp).expect("symlink vddk-sim");
         std::fs::rename(&tmp, &link).expect("install vddk-sim symlink");

@@ -18,8 +18,9 @@ mod tests {
 
     #[test]
     fn open_close_hazard_fork_hazard_and_reinit() {
-        // Open sleeps 300 ms inside the guarded window, so two Opens overlap for sure.
-        let fx = Fixture::new("vadp.sim.openDelayMs = 300\n");
+        // Open sleeps 2 s inside the guarded window, so two Opens overlap even on a loaded
+        // machine (the second thread has 2 s to get there after the barrier).
+        let fx = Fixture::new("vadp.sim.openDelayMs = 2000\n");
         let (lib, _) = load(SimVariant::Vddk8);
         assert_eq!(init(&lib, &fx.config), 0);
         let conn =

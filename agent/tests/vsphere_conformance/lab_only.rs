@@ -225,6 +225,15 @@ mod tests {
     async fn tasks_are_asynchronous_and_visible_over_cis() {
         let t = lab();
         let (client, vm) = new_vm(&t, "lab-async").await;
+        // The task runs for 2 s, so that its first state read is before its end however
+        // loaded the machine.
+        lab::Lab::open(t.lab_root.as_deref().unwrap())
+            .unwrap()
+            .slow_next_snapshot(
+                &lab::vmstate::VmMoref(vm.as_str().to_owned()),
+                std::time::Duration::from_secs(2),
+            )
+            .unwrap();
         let params = "<name>s</name><memory>false</memory><quiesce>false</quiesce>";
         let task: TaskMoref = client
             .start_task("CreateSnapshot_Task", &vm.moref(), params)

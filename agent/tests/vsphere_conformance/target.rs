@@ -44,6 +44,8 @@ pub struct Target {
     pub thumbprint: Thumbprint,
     /// Known deviations.
     pub quirks: Quirks,
+    /// The lab's root directory (the lab only), for its test knobs.
+    pub lab_root: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -144,6 +146,7 @@ fn start_vcsim() -> Vcsim {
             has_query_changed_disk_areas: false,
             datastore_http_without_session: true,
         },
+        lab_root: None,
     };
     Vcsim {
         _child: child,
@@ -165,6 +168,7 @@ fn start_lab() -> Target {
         .expect("create a lab root")
         .keep();
     let lab = lab::vcenter::open_or_create(&dir).expect("create the lab");
+    let lab_root = Some(dir.clone());
     let running = lab::vcenter::spawn(lab, &lab::vcenter::ServeOptions::default())
         .expect("start the lab vcenter");
     Target {
@@ -184,5 +188,6 @@ fn start_lab() -> Target {
             has_query_changed_disk_areas: true,
             datastore_http_without_session: false,
         },
+        lab_root,
     }
 }
