@@ -509,6 +509,9 @@ impl Queue {
                     true
                 }
                 "running" => {
+                    // A client's cancel wins over a shutdown's: the job ends `cancelled`
+                    // and is not run again.
+                    entry.stopped = false;
                     entry.cancel.cancel();
                     false
                 }
@@ -693,12 +696,16 @@ impl Queue {
         };
         // Stopped by the daemon's shutdown rather than by a client: interrupted, as a job
         // running when the daemon died is (a scheduled run is run again at the next start).
-        if outcome.state == JobState::Cancelled
+        // A body cut off mid-data may report the cancellation as a failure; unless it got
+        // to the end anyway, the shutdown is the cause, and the body's words stay.
+        if outcome.state != JobState::Succeeded
             && self.inner.lock().jobs.get(&id).is_some_and(|e| e.stopped)
         {
             outcome.state = JobState::Interrupted;
-            outcome.error =
-                Some("the agent stopped while the job ran; what it changed is undone".into());
+            outcome.error = Some(match outcome.error.take() {
+                Some(e) => format!("the agent stopped while the job ran: {e}"),
+                None => "the agent stopped while the job ran".into(),
+            });
         }
         let finished = now();
         self.persist(
@@ -813,6 +820,14 @@ mod tests {
                 permit.forget();
                 ctx.events.emit(serde_json::json!({"event": "vm_finished"}));
                 me.inside.fetch_sub(1, Ordering::SeqCst);
+                // A body cut off mid-data may say so as a failure.
+                if ctx.cancel.is_cancelled() && ctx.request["fails_when_cancelled"] == true {
+                    return Outcome {
+                        state: JobState::Failed,
+                        error: Some("reading disk 2000 at 0: cancelled".into()),
+                        result: None,
+                    };
+                }
                 Outcome {
                     state: if ctx.cancel.is_cancelled() {
                         JobState::Cancelled
@@ -925,6 +940,58 @@ mod tests {
         let stored = catalog.queue_list().unwrap();
         assert_eq!(stored.len(), 50);
         assert!(stored.iter().all(|j| j.state == "succeeded"));
+    }
+
+    /// A job the shutdown cut off is `interrupted` (and so run again by its schedule) even
+    /// when its body reported the cut as a failure; a client's cancel, before or after the
+    /// shutdown, stays `cancelled`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_the_shutdown_cut_off_is_interrupted_and_a_clients_cancel_stays_cancelled() {
+        for (fails, client_cancels, want) in [
+            (true, false, JobState::Interrupted),
+            (false, false, JobState::Interrupted),
+            (true, true, JobState::Failed),
+            (false, true, JobState::Cancelled),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+            let body = Gated::closed();
+            let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
+                .await
+                .unwrap();
+            let mut sub = submission(0, 0);
+            sub.request["fails_when_cancelled"] = fails.into();
+            let (job, _) = q.submit(sub).await.unwrap();
+            wait_until(&q, 1).await;
+            q.shut_down();
+            if client_cancels {
+                q.cancel(&job.id).await.unwrap();
+            }
+            body.release.add_permits(1);
+            while !q.get(&job.id).unwrap().state.is_final() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let got = q.get(&job.id).unwrap();
+            assert_eq!(
+                got.state, want,
+                "fails {fails}, client cancels {client_cancels}"
+            );
+            if want == JobState::Interrupted {
+                let error = got.error.unwrap();
+                assert!(
+                    error.starts_with("the agent stopped while the job ran"),
+                    "{error}"
+                );
+                assert_eq!(
+                    error.contains("reading disk 2000 at 0: cancelled"),
+                    fails,
+                    "{error}"
+                );
+            }
+            // The catalog agrees (the scheduler's retry at the next start reads it there).
+            let stored = catalog.queue_list().unwrap();
+            assert_eq!(stored[0].state, state_str(want));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,7 +179,9 @@ pub(crate) enum Step {
     /// after it (two runs of one group at once would refuse each other's VMs).
     Wait,
     /// Its last run was interrupted (the daemon stopped or died while it ran): run it
-    /// again, once, now.
+    /// again, once, now. A retry that is interrupted in its turn is not retried: the
+    /// policy waits for its next due run (a daemon stopped over and over must not turn one
+    /// run into an endless chain).
     Retry(String),
     /// Submit a run if one is due.
     IfDue,
@@ -191,7 +193,15 @@ pub(crate) fn next_step(policy: &str, jobs: &[plugin_api::types::Job]) -> Step {
     let origin = format!("schedule:{policy}");
     match jobs.iter().find(|j| j.origin == origin) {
         Some(j) if matches!(j.state, JobState::Queued | JobState::Running) => Step::Wait,
-        Some(j) if j.state == JobState::Interrupted => Step::Retry(j.id.clone()),
+        Some(j)
+            if j.state == JobState::Interrupted
+                && !j
+                    .idempotency_key
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with(&format!("schedule:{policy}:retry:"))) =>
+        {
+            Step::Retry(j.id.clone())
+        }
         _ => Step::IfDue,
     }
 }
@@ -327,6 +337,13 @@ mod tests {
         for state in ["succeeded", "failed", "cancelled"] {
             assert_eq!(next_step("nightly", &jobs(state)), Step::IfDue, "{state}");
         }
+        // The retry itself interrupted: no retry of the retry; the schedule takes over.
+        let mut retried = jobs("interrupted");
+        retried[1].idempotency_key = Some("schedule:nightly:retry:j1".into());
+        assert_eq!(next_step("nightly", &retried), Step::IfDue);
+        // Another policy's retry key does not count.
+        retried[1].idempotency_key = Some("schedule:nightly-2:retry:j1".into());
+        assert_eq!(next_step("nightly", &retried), Step::Retry("j2".into()));
         assert_eq!(next_step("never-ran", &jobs("running")), Step::IfDue);
     }
 
