@@ -512,14 +512,16 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     let flag = |k: &str| point.stats.get(k).and_then(serde_json::Value::as_bool);
+    // Points from before the snapshot was read back carry only `quiesced`, which then
+    // meant "asked for": nothing is claimed for them.
     match (flag("quiesce_requested"), flag("quiesced")) {
         (Some(true), Some(false)) => {
             say!(
                 "  quiesced:   no, though asked for (crash-consistent: VMware Tools not running?)"
             );
         }
-        (_, Some(true)) => say!("  quiesced:   yes"),
-        (_, Some(false)) => say!("  quiesced:   no"),
+        (Some(_), Some(true)) => say!("  quiesced:   yes"),
+        (Some(_), Some(false)) => say!("  quiesced:   no"),
         _ => {}
     }
     let changed: u64 = point.disks.iter().map(|d| d.bytes_changed).sum();

@@ -995,28 +995,37 @@ async fn back_up_vm_inner(
     }
     // vSphere ignores the quiesce flag when VMware Tools is not running (or the VM is off):
     // the snapshot says what it got, and the point is recorded as that.
+    // Not knowing is no reason to lose the backup: it is recorded as not quiesced (the
+    // claim we can stand behind) and said so.
     let quiesced = if request.quiesce {
-        let now = env
-            .soap
-            .vm_info(vm)
-            .await
-            .map_err(|source| BackupError::Vsphere {
-                what: format!("reading whether snapshot {snapshot} of {who} is quiesced"),
-                source,
-            })?;
-        let quiesced = now
-            .all_snapshots()
-            .iter()
-            .any(|s| &s.snapshot == snapshot && s.quiesced);
+        let (quiesced, why_not) = match env.soap.vm_info(vm).await {
+            Ok(now) => {
+                let q = now
+                    .all_snapshots()
+                    .iter()
+                    .any(|s| &s.snapshot == snapshot && s.quiesced);
+                (
+                    q,
+                    format!(
+                        "quiescing was asked for, but vCenter made snapshot {snapshot} without \
+                         it (VMware Tools not running, or the VM powered off): this point is \
+                         crash-consistent"
+                    ),
+                )
+            }
+            Err(e) => (
+                false,
+                format!(
+                    "quiescing was asked for, but whether snapshot {snapshot} got it could not \
+                     be read ({e}): this point is recorded as crash-consistent"
+                ),
+            ),
+        };
         if !quiesced {
             (ctx.observer)(&BackupEvent::Warning {
                 vm: vm.clone(),
                 name: info.name.clone(),
-                message: format!(
-                    "quiescing was asked for, but vCenter made snapshot {snapshot} without it \
-                     (VMware Tools not running, or the VM powered off): this point is \
-                     crash-consistent"
-                ),
+                message: why_not,
             });
         }
         quiesced
