@@ -1137,6 +1137,13 @@ mod tests {
             "{}",
             r.stderr
         );
+        // The refused restore left no job lock file behind: the backup's is the only one.
+        let job_locks = std::fs::read_dir(std::path::Path::new(&repo).join("locks"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("job-"))
+            .collect::<Vec<_>>();
+        assert_eq!(job_locks.len(), 1, "{job_locks:?}");
         std::fs::write(dir.join("backup-mid-disk.go"), b"").unwrap();
         let out = backup.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");

@@ -522,10 +522,22 @@ pub async fn run_restore(
                 info.moref.clone(),
                 vm_name.clone(),
             );
-            Some(
-                blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "restore"))
-                    .await??,
-            )
+            match blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "restore"))
+                .await
+            {
+                Ok(Ok(l)) => Some(l),
+                // Refused before anything began: no lock file of this job is left behind.
+                Ok(Err(e)) => {
+                    drop(lock);
+                    JobLock::remove_file(env.repo.root(), job);
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    drop(lock);
+                    JobLock::remove_file(env.repo.root(), job);
+                    return Err(e.into());
+                }
+            }
         }
         _ => None,
     };
