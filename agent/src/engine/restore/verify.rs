@@ -139,7 +139,7 @@ pub(super) struct Expected<'a> {
 /// Kubernetes and VMware domains (those belong to the infrastructure, §8.1.2).
 fn users_key(key: &str) -> bool {
     key.split_once('/').is_none_or(|(domain, _)| {
-        ![".kubernetes.io", ".k8s.io", ".vmware.com"]
+        ![".kubernetes.io", ".k8s.io", ".x-k8s.io", ".vmware.com"]
             .iter()
             .any(|d| domain.ends_with(d) || domain == &d[1..])
     })
@@ -167,8 +167,9 @@ fn uuid_hex(uuid: &str) -> String {
 /// What in the restored VirtualMachine `obj` (restore to new or in place) is not as seed 001
 /// §8.1–§8.2 says it comes back:
 /// - the user's labels and annotations are the backup's (§8.1.2, §8.1.3);
-/// - the zone label is gone from a new VM and the replaced VM's on one restored in place
-///   (§8.1.2); in place, the immutable annotations are the replaced VM's (§8.1.3);
+/// - a new VM has no zone label but the one VM Operator placed it with, one restored in
+///   place the replaced VM's (§8.1.2); in place, the immutable annotations are the
+///   replaced VM's (§8.1.3);
 /// - `vmoperator.vmware.com/restored-vm`, or `failed-over-vm` for a failover, is set
 ///   (§8.1.3);
 /// - a new VM has a new cloud-init instance ID and no `instance-id` annotation; one restored
@@ -240,8 +241,17 @@ pub(super) fn spec_problems(expected: &Expected<'_>, obj: &Value) -> Vec<String>
             ));
         }
     } else {
-        if zone.is_some() {
-            problems.push(format!("label {LABEL_ZONE} kept on a new VM (§8.1.2)"));
+        // "Removed (new zone assigned)": once VM Operator has placed the VM it labels it
+        // with the zone it chose, the one its status names (possibly the backup's zone
+        // again). A zone label without that placement behind it came from the backup.
+        if let Some(z) = zone
+            && string_at(obj, "/status/zone") != Some(z)
+        {
+            problems.push(format!(
+                "label {LABEL_ZONE} {z:?} kept on a new VM that VM Operator has not placed \
+                 there (status.zone is {:?}) (§8.1.2)",
+                string_at(obj, "/status/zone")
+            ));
         }
         // VM Operator records the new instance ID in the annotation again once it runs the
         // VM; the backup's must not come back.
@@ -419,11 +429,42 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_the_kubernetes_cluster_api_and_vmware_domains_are_not_the_users() {
+        for key in [
+            "app",
+            "tier",
+            "app.example.com/owner",
+            "k8s.io.example.com/x",
+            "my-vmware.com/x",
+        ] {
+            assert!(super::users_key(key), "{key}");
+        }
+        for key in [
+            "topology.kubernetes.io/zone",
+            "kubernetes.io/hostname",
+            "node.k8s.io/x",
+            "cluster.x-k8s.io/cluster-name",
+            "vmoperator.vmware.com/backup-version",
+            "vmware.com/x",
+        ] {
+            assert!(!super::users_key(key), "{key}");
+        }
+    }
+
+    #[test]
     fn the_zone_label_goes_from_a_new_vm_and_stays_on_one_restored_in_place() {
         let p = problems_after(false, false, |o| {
             o["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a".into();
         });
-        one_problem(&p, "kept on a new VM (§8.1.2)");
+        one_problem(&p, "kept on a new VM that VM Operator has not placed there");
+        // Placed by VM Operator, in the backup's zone again or in another: its own label.
+        for placed in ["zone-a", "zone-c"] {
+            let p = problems_after(false, false, |o| {
+                o["metadata"]["labels"]["topology.kubernetes.io/zone"] = placed.into();
+                o["status"]["zone"] = placed.into();
+            });
+            assert!(p.is_empty(), "{placed}: {p:?}");
+        }
         // In place: the replaced VM's zone, not the backup's.
         let p = problems_after(true, false, |o| {
             o["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a".into();
