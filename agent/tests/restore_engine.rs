@@ -580,6 +580,18 @@ mod tests {
             )
         }));
 
+        // The disks of the older point too: a disk-only restore leaves the VM's ExtraConfig
+        // alone, so WCP compares the VM's own version, not the point's (§4.3).
+        let r = fx.restore(
+            &p1,
+            &["--mode", "disk-only", "--disk", &pvc_disk.0.to_string()],
+        );
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.report()["prediction"]["restore_type"], "disk-only");
+        let added = s.lab.vm(&vm).unwrap().disks.last().unwrap().clone();
+        let want = &old.iter().find(|(k, _)| *k == pvc_disk.0).unwrap().1;
+        assert_eq!(&s.disk_bytes(&vm, added.key), want);
+
         // Asking for the wrong type is refused before any change.
         let r = fx.restore(&p2, &["--mode", "new"]);
         assert_ne!(r.code, Some(0));

@@ -133,8 +133,19 @@ pub(super) async fn plan(
         ),
         None => None,
     };
+    // A disk-only restore leaves the VM's ExtraConfig as it is, so WCP weighs the VM's own
+    // backup version against the annotation, not the backup's (§4.3): disks of any older
+    // point can be restored that way.
+    let as_wcp_sees_it = match (&request.mode, &existing_vm, &data) {
+        (RestoreMode::DiskOnly, Some(info), Some(d)) => Some(crate::vmservice::VmServiceData {
+            backup_version_ms: crate::vmservice::decode(&info.extra_config)
+                .and_then(|live| live.backup_version_ms),
+            ..d.clone()
+        }),
+        _ => None,
+    };
     let mut prediction = predict::predict(&Facts {
-        data: data.as_ref(),
+        data: as_wcp_sees_it.as_ref().or(data.as_ref()),
         name: &name,
         namespace: &namespace,
         folder_exists: folder.is_some(),
