@@ -1265,4 +1265,36 @@ mod tests {
             assert_eq!(&s.disk_bytes(&restored, DiskKey(*k)), bytes, "disk {k}");
         }
     }
+
+    /// A VM off in vSphere whose VirtualMachine still asks for PoweredOn is not restored in
+    /// place: VM Operator would power it on (here it is paused, so it has not yet).
+    #[test]
+    fn a_vm_its_virtual_machine_wants_powered_on_is_not_restored_in_place() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("wants-on-1");
+        let p1 = fx.backup("wants-on-1");
+        s.change_since_backup("wants-on-1");
+        let mut cr = s.sup().get("VirtualMachine", NS, "wants-on-1").unwrap();
+        cr["metadata"]["annotations"]["vmoperator.vmware.com/pause"] = json!("true");
+        cr["spec"]["powerState"] = json!("PoweredOn");
+        s.sup().apply(cr).unwrap();
+        assert_eq!(
+            s.lab.vm(&vm).unwrap().power_state,
+            lab::vmstate::PowerState::PoweredOff
+        );
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            refusal_ids(&r).iter().any(|i| i == "vadp-agent:PoweredOn"),
+            "{:?}",
+            refusal_ids(&r)
+        );
+        assert!(
+            r.stderr.contains("kubectl patch vm wants-on-1"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(fx.open_journal(), 0);
+    }
 }

@@ -224,6 +224,20 @@ pub(super) async fn plan(
                 "PoweredOn",
                 format!("{vm} ({name}) is not powered off: power it off before restoring it in place (§9.2 step 2)"),
             ));
+        } else if let Some(wanted) = existing_cr
+            .as_ref()
+            .and_then(|cr| cr.pointer("/spec/powerState"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|p| *p != "PoweredOff")
+        {
+            // Off in vSphere only: VM Operator powers it on again as soon as it reconciles,
+            // perhaps while its disks are written (PrepareForAccess does not stop that).
+            prediction.refusals.push(ours(
+                "PoweredOn",
+                format!(
+                    "{vm} is off, but VirtualMachine {namespace}/{name} asks for {wanted} and VM Operator would power it on: kubectl patch vm {name} -n {namespace} --type merge -p '{{\"spec\":{{\"powerState\":\"PoweredOff\"}}}}' first (§9.2 step 2)"
+                ),
+            ));
         }
         for d in &disks {
             match info.disks.iter().find(|c| c.key == d.key) {
