@@ -137,6 +137,32 @@ fn annotation<'a>(obj: &'a serde_json::Value, key: &str) -> Option<&'a str> {
     obj.pointer("/metadata/annotations")?.get(key)?.as_str()
 }
 
+/// Why the VirtualMachine `cr` is mid-revert (§7.2.1), if it is: the revert annotation, or
+/// a snapshot asked for in `spec.currentSnapshotName` (or v1alpha5's
+/// `spec.currentSnapshot.name`) that its status does not show as current yet.
+fn reverting(cr: &serde_json::Value) -> Option<String> {
+    if annotation(cr, SNAPSHOT_REVERT_ANNOTATION).is_some() {
+        return Some(format!("annotation {SNAPSHOT_REVERT_ANNOTATION}"));
+    }
+    let name_at = |pointers: &[&str]| {
+        pointers
+            .iter()
+            .find_map(|p| cr.pointer(p).and_then(serde_json::Value::as_str))
+            .filter(|n| !n.is_empty())
+    };
+    let wanted = name_at(&["/spec/currentSnapshotName", "/spec/currentSnapshot/name"])?;
+    let current = name_at(&[
+        "/status/currentSnapshotName",
+        "/status/currentSnapshot/name",
+    ]);
+    (current != Some(wanted)).then(|| {
+        format!(
+            "spec asks for snapshot {wanted}, status shows {}",
+            current.unwrap_or("none")
+        )
+    })
+}
+
 /// The annotation VM Operator keeps the last backup version in (§C.5).
 pub const BACKUP_VERSION_ANNOTATION: &str = "vmoperator.vmware.com/backup-version";
 /// The annotation naming the vCenter that manages the VM (§C.5).
@@ -222,6 +248,18 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
             ),
         ));
     }
+    // The backup's own YAML marked as mid-revert is one WCP skips whether or not the
+    // VirtualMachine exists (§7.2.1).
+    if let Some(y) = yaml
+        && annotation(y, SNAPSHOT_REVERT_ANNOTATION).is_some()
+    {
+        refusals.push(Refusal {
+            id: "vadp-agent:SnapshotRevertInProgress".into(),
+            reason: format!(
+                "{who}: the backup's VM YAML carries {SNAPSHOT_REVERT_ANNOTATION} (backed up during a snapshot revert); WCP skips registration of it (§7.2.1)"
+            ),
+        });
+    }
     let backup_version = facts.data.and_then(|d| d.backup_version_ms);
     let restore_type = match facts.existing_cr {
         None => RestoreType::New,
@@ -234,11 +272,11 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
                     ),
                 ));
             }
-            if annotation(cr, SNAPSHOT_REVERT_ANNOTATION).is_some() {
+            if let Some(why) = reverting(cr) {
                 refusals.push(Refusal {
                     id: "vadp-agent:SnapshotRevertInProgress".into(),
                     reason: format!(
-                        "{who}: a snapshot revert is in progress; WCP skips registration"
+                        "{who}: a snapshot revert is in progress ({why}); WCP skips registration: wait for it to end (§7.2.1)"
                     ),
                 });
             }
@@ -370,6 +408,90 @@ mod tests {
             "{:?}",
             elsewhere.refusals
         );
+    }
+
+    /// §7.2.1: WCP skips a VM mid-revert: the annotation on the VirtualMachine or in the
+    /// backup's YAML, or a snapshot the spec asks for that the status does not show yet.
+    #[test]
+    fn a_snapshot_revert_in_progress_is_refused() {
+        let mut data = crate::vmservice::decode(&crate::vmservice::fixtures::extra_config(
+            "web-1/extraconfig.code.json",
+        ))
+        .unwrap();
+        let version = data.backup_version_ms.unwrap();
+        fn facts<'a>(
+            data: &'a crate::vmservice::VmServiceData,
+            cr: Option<&'a serde_json::Value>,
+        ) -> Facts<'a> {
+            Facts {
+                data: Some(data),
+                name: "web-1",
+                namespace: "demo-ns",
+                folder_exists: true,
+                supervisor: SupervisorVersion::Vcf9,
+                vcenter_uuid: "vc",
+                existing_cr: cr,
+                vm_with_bios_uuid: None,
+                network_override: false,
+            }
+        }
+        let reverting = |p: &Prediction| {
+            p.refusals
+                .iter()
+                .any(|r| r.id == "vadp-agent:SnapshotRevertInProgress")
+        };
+        let cr = |extra: serde_json::Value| {
+            let mut cr = serde_json::json!({"metadata": {"annotations": {
+                "vmoperator.vmware.com/backup-version": (version + 1).to_string()}}});
+            json_patch_merge(&mut cr, extra);
+            cr
+        };
+        let quiet = cr(serde_json::json!({}));
+        assert!(!reverting(&predict(&facts(&data, Some(&quiet)))));
+        for (extra, want) in [
+            (
+                serde_json::json!({"metadata": {"annotations": {SNAPSHOT_REVERT_ANNOTATION: "true"}}}),
+                true,
+            ),
+            (
+                serde_json::json!({"spec": {"currentSnapshotName": "snap-1"}}),
+                true,
+            ),
+            (
+                serde_json::json!({"spec": {"currentSnapshot": {"name": "snap-1"}},
+                                   "status": {"currentSnapshot": {"name": "snap-0"}}}),
+                true,
+            ),
+            // The revert is over: the status shows the snapshot the spec asks for.
+            (
+                serde_json::json!({"spec": {"currentSnapshotName": "snap-1"},
+                                   "status": {"currentSnapshotName": "snap-1"}}),
+                false,
+            ),
+        ] {
+            let cr = cr(extra.clone());
+            assert_eq!(
+                reverting(&predict(&facts(&data, Some(&cr)))),
+                want,
+                "{extra}"
+            );
+        }
+        // Backed up mid-revert: refused even as a new VM.
+        data.vm_yaml.as_mut().unwrap()["metadata"]["annotations"][SNAPSHOT_REVERT_ANNOTATION] =
+            "true".into();
+        assert!(reverting(&predict(&facts(&data, None))));
+    }
+
+    /// Merges `patch` into `target` (objects recursively; anything else replaced).
+    fn json_patch_merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+        match (target, patch) {
+            (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    json_patch_merge(t.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (t, p) => *t = p,
+        }
     }
 
     #[test]
