@@ -75,10 +75,25 @@ pub(super) async fn verify(
             }
         }
     }
+    // Claims of this registration: a VM restored before already has restored-* claims,
+    // which do not show that this one registered anything.
+    let before: Vec<String> = plan
+        .existing_cr
+        .as_ref()
+        .and_then(|cr| cr.pointer("/spec/volumes"))
+        .and_then(Value::as_array)
+        .map(|vols| {
+            vols.iter()
+                .filter_map(|v| v.pointer("/persistentVolumeClaim/claimName"))
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
     let restored_claims = v
         .volumes
         .iter()
-        .filter(|(_, c)| is_restored_claim(c))
+        .filter(|(_, c)| is_restored_claim(c) && !before.contains(c))
         .count();
     let pvc_disks = plan.data.as_ref().map_or(0, |d| d.pvc_disks.len());
     match plan.prediction.restore_type {
@@ -113,6 +128,7 @@ pub(super) async fn verify(
 
 const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 const ANN_INSTANCE_ID: &str = "vmoperator.vmware.com/instance-id";
+const ANN_PAUSE: &str = "vmoperator.vmware.com/pause";
 
 /// The annotations a restore in place keeps from the VirtualMachine it replaces (§8.1.3).
 const IMMUTABLE_ANNOTATIONS: [&str; 5] = [
@@ -210,8 +226,20 @@ pub(super) fn spec_problems(expected: &Expected<'_>, obj: &Value) -> Vec<String>
             }
         }
     }
-    let zone = entry(obj, "/metadata/labels", LABEL_ZONE);
     let annotations = "/metadata/annotations";
+    // §9.2 step 6: registration unpauses the VM; one left paused is not reconciled (and not
+    // powered on) by VM Operator. The code's spelling too (VSPHERE.md §C.5).
+    for key in [ANN_PAUSE, "vmoperator.vmware.com/paused"] {
+        if entry(obj, annotations, key).is_some() {
+            problems.push(format!(
+                "annotation {key} is still set: VM Operator leaves the VM alone until it goes \
+                 (§9.2 step 6): kubectl annotate vm {} -n {} {key}-",
+                string_at(obj, "/metadata/name").unwrap_or("<name>"),
+                string_at(obj, "/metadata/namespace").unwrap_or("<namespace>"),
+            ));
+        }
+    }
+    let zone = entry(obj, "/metadata/labels", LABEL_ZONE);
     if expected.in_place {
         let existing = expected.existing.unwrap_or(&Value::Null);
         let kept = entry(existing, "/metadata/labels", LABEL_ZONE);
@@ -425,6 +453,19 @@ mod tests {
                 anns.remove("vmoperator.vmware.com/manager-id");
             });
             assert!(p.is_empty(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_vm_left_paused_is_reported_with_the_command_that_unpauses_it() {
+        for (in_place, key) in [
+            (true, "vmoperator.vmware.com/pause"),
+            (false, "vmoperator.vmware.com/paused"),
+        ] {
+            let p = problems_after(in_place, false, |o| {
+                o["metadata"]["annotations"][key] = "true".into();
+            });
+            one_problem(&p, &format!("kubectl annotate vm web-1 -n demo-ns {key}-"));
         }
     }
 
