@@ -466,6 +466,12 @@ impl Repository {
             durable::create_dir_all(&dir)
                 .map_err(|(path, source)| RepoError::Io { path, source })?;
         }
+        // Disk contents and ExtraConfig (bootstrap Secrets among it) are not for other
+        // users, whatever the umask: the root shuts them out of everything below.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o750)).map_err(io(path))?;
+        }
         let (catalog, thread) = CatalogHandle::spawn(&path.join("catalog.db"))?;
         catalog.set_meta("chunk_size_bytes", &chunk_size_bytes.to_string())?;
         catalog.set_meta("repo_id", &uuid::Uuid::new_v4().to_string())?;
@@ -1762,6 +1768,17 @@ impl Repository {
 mod tests {
     use super::*;
     use crate::repo::catalog::sample_point;
+
+    /// Other users cannot read a new repository, whatever the umask.
+    #[test]
+    fn a_new_repository_shuts_other_users_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let _repo = Repository::init(&root, 64 << 10).unwrap();
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o007, 0, "{mode:o}");
+    }
 
     /// The catalog's files are closed, and `open.lock` released, only when the last handle
     /// to the catalog is gone: a rebuild (another process) must not rename a catalog that a
