@@ -79,6 +79,8 @@ pub fn validate_backup(
     };
     let data = decoded.data;
     let mut problems = data.problems.clone();
+    let version_key = decode::key_for(extra, Content::BackupVersion);
+    let version_unreadable = problems.iter().any(|p| p.key == version_key);
     let mut problem = |key: &str, reason: String| {
         problems.push(Problem {
             key: key.to_owned(),
@@ -138,6 +140,17 @@ pub fn validate_backup(
             };
             problem(&pvc_key, reason);
         }
+    }
+
+    // §7.1.3: without it WCP cannot choose between restoring onto the VirtualMachine and
+    // restoring disks only, and refuses both (an unreadable value was reported already).
+    if data.backup_version_ms.is_none() && !version_unreadable {
+        problem(
+            &version_key,
+            "missing: this point can be restored only as a new VM (WCP needs the backup \
+             version to restore onto an existing VirtualMachine or to restore disks only)"
+                .into(),
+        );
     }
 
     for (disk, pvc) in disks.iter().zip(&is_pvc).filter(|(d, _)| !d.captured) {
@@ -399,6 +412,34 @@ mod tests {
                 (2002, DiskRole::Classic)
             ]
         );
+    }
+
+    /// §7.1.3: a backup without the backup version restores only as a new VM; said once,
+    /// and not again when the value was unreadable.
+    #[test]
+    fn a_missing_backup_version_is_a_warning() {
+        for file in ["web-1/extraconfig.code.json", "db-1/extraconfig.guide.json"] {
+            let vm = file.split('/').next().unwrap();
+            let mut extra = fixtures::extra_config(file);
+            let present = decode::key_for(&extra, Content::BackupVersion);
+            extra.retain(|(k, _)| *k != present);
+            let key = decode::key_for(&extra, Content::BackupVersion);
+            let v = validate_backup(&extra, Some("demo-ns"), &fixtures::captured_disks(vm));
+            assert_eq!(v.status, ValidationStatus::Warning, "{file}");
+            let about: Vec<_> = v.problems.iter().filter(|p| p.key == key).collect();
+            assert_eq!(about.len(), 1, "{file}: {:#?}", v.problems);
+            assert!(
+                about[0].reason.contains("only as a new VM"),
+                "{:?}",
+                about[0]
+            );
+        }
+        let extra = fixtures::extra_config("bad/backup-version-not-decimal.json");
+        let key = decode::key_for(&extra, Content::BackupVersion);
+        let v = validate_backup(&extra, Some("demo-ns"), &fixtures::captured_disks("web-1"));
+        let about: Vec<_> = v.problems.iter().filter(|p| p.key == key).collect();
+        assert_eq!(about.len(), 1, "{:#?}", v.problems);
+        assert!(!about[0].reason.contains("only as a new VM"));
     }
 
     #[test]
