@@ -86,7 +86,7 @@ pub struct VddkConfig {
 }
 
 fn default_transports() -> String {
-    "nbdssl:nbd".into()
+    "nbdssl".into()
 }
 
 /// `[repository]`.
@@ -109,6 +109,10 @@ pub struct ApiConfig {
     pub socket: Option<PathBuf>,
     /// The bearer token file (mode 0600).
     pub token_file: PathBuf,
+    /// Accept a `listen` address other hosts can reach although the API speaks plain HTTP
+    /// (default `false`: put a TLS proxy in front instead).
+    #[serde(default)]
+    pub allow_plaintext_remote: bool,
 }
 
 fn default_listen() -> String {
@@ -385,6 +389,24 @@ pub fn read_secret_file(key: &'static str, path: &Path) -> Result<SecretText, Co
     Ok(SecretText(first))
 }
 
+/// Refuses a URL carrying a user name or password: it would be printed wherever the URL
+/// is (errors, logs, job records, `ps` for a command-line flag).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `key`, without the credentials.
+pub fn refuse_credentials_in_url(key: &str, url: &url::Url) -> Result<(), ConfigError> {
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        format!(
+            "carries credentials (https://USER:PASSWORD@{}/…): remove them; the password goes in its own file",
+            url.host_str().unwrap_or_default()
+        ),
+    ))
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -452,12 +474,14 @@ impl AgentConfig {
                 "must be https://HOST/sdk (plain http is refused)",
             ));
         }
+        refuse_credentials_in_url("vcenter.url", &url)?;
         if let Some(u) = &self.supervisor.url {
             let parsed =
                 url::Url::parse(u).map_err(|e| invalid("supervisor.url", format!("{u:?}: {e}")))?;
             if parsed.scheme() != "https" || parsed.host_str().is_none() {
                 return Err(invalid("supervisor.url", "must be https://HOST[:PORT]"));
             }
+            refuse_credentials_in_url("supervisor.url", &parsed)?;
         }
         if let Some(tp) = &self.supervisor.thumbprint
             && tp.parse::<crate::vsphere::Thumbprint>().is_err()
@@ -470,13 +494,10 @@ impl AgentConfig {
         if self.vcenter.user.trim().is_empty() {
             return Err(invalid("vcenter.user", "is empty"));
         }
-        if let Some(tp) = &self.vcenter.thumbprint
-            && tp.parse::<crate::vsphere::Thumbprint>().is_err()
-        {
-            return Err(invalid(
-                "vcenter.thumbprint",
-                "expected 20 hex bytes separated by colons (AA:BB:…)",
-            ));
+        if let Some(tp) = &self.vcenter.thumbprint {
+            // Handed to VDDK too, which knows SHA-1 only.
+            crate::vsphere::Thumbprint::for_vddk(tp)
+                .map_err(|e| invalid("vcenter.thumbprint", e))?;
         }
         crate::vddk::TransportMode::parse_list(&self.vddk.transports)
             .map_err(|e| invalid("vddk.transports", e))?;
@@ -484,10 +505,21 @@ impl AgentConfig {
             return Err(invalid("repository.path", "must be an absolute path"));
         }
         if !self.api.listen.is_empty() {
-            self.api
+            let addr = self
+                .api
                 .listen
                 .parse::<std::net::SocketAddr>()
                 .map_err(|e| invalid("api.listen", format!("{:?}: {e}", self.api.listen)))?;
+            if !addr.ip().is_loopback() && !self.api.allow_plaintext_remote {
+                return Err(invalid(
+                    "api.listen",
+                    format!(
+                        "{addr} is reachable from other hosts, but the API speaks plain HTTP: \
+                         its bearer token would cross the network in the clear. Listen on \
+                         127.0.0.1 behind a TLS proxy, or set api.allow_plaintext_remote = true"
+                    ),
+                ));
+            }
         } else if self.api.socket.is_none() {
             return Err(invalid(
                 "api.listen",
@@ -676,6 +708,45 @@ retention = { keep_daily = 7 }
         assert!(e.to_string().contains("limits.concurrent_jobs"), "{e}");
         let e = load(&GOOD.replace("[api]", "[api]\nlisten_addr = \"x\""), &[]).unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    /// Credentials in a URL would be printed wherever the URL is; a token served over plain
+    /// HTTP to other hosts crosses the network in the clear.
+    #[test]
+    fn urls_with_credentials_and_plaintext_remote_listeners_are_refused() {
+        let e = load(
+            &GOOD.replace("https://vc", "https://backup:hunter2@vc"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("vcenter.url"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = load(
+            GOOD,
+            &[(
+                "VADP_AGENT_SUPERVISOR__URL",
+                "https://u:pw@sup.example.com:6443",
+            )],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("supervisor.url"), "{e}");
+        assert!(!e.to_string().contains("pw@"), "{e}");
+        for addr in ["0.0.0.0:8443", "192.0.2.10:8443", "[::]:8443"] {
+            let e = load(GOOD, &[("VADP_AGENT_API__LISTEN", addr)]).unwrap_err();
+            assert!(e.to_string().contains("api.allow_plaintext_remote"), "{e}");
+            let c = load(
+                GOOD,
+                &[
+                    ("VADP_AGENT_API__LISTEN", addr),
+                    ("VADP_AGENT_API__ALLOW_PLAINTEXT_REMOTE", "true"),
+                ],
+            )
+            .unwrap();
+            assert!(c.api.allow_plaintext_remote);
+        }
+        for addr in ["127.0.0.1:8443", "[::1]:8443"] {
+            load(GOOD, &[("VADP_AGENT_API__LISTEN", addr)]).unwrap();
+        }
     }
 
     #[test]

@@ -71,6 +71,14 @@ impl Supervisor {
             reason,
         };
         let uri: http::Uri = url.parse().map_err(|e| config_err(format!("{e}")))?;
+        // The bearer token never crosses the network in the clear.
+        if uri.scheme_str() != Some("https") {
+            return Err(config_err(
+                "the Supervisor is reached over https only (its bearer token must not travel \
+                 in the clear)"
+                    .into(),
+            ));
+        }
         let mut config = kube::Config::new(uri);
         config.auth_info.token = Some(secrecy::SecretString::from(token));
         let mut tls = tls_client_config(tls).map_err(|e| config_err(e.to_string()))?;
@@ -78,7 +86,7 @@ impl Supervisor {
         tls.alpn_protocols.clear();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http()
+            .https_only()
             .enable_http1()
             .build();
         let http =
@@ -141,5 +149,24 @@ impl Supervisor {
                 what: format!("list PersistentVolumeClaims of {namespace}"),
                 source: Box::new(source),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Supervisor;
+    use crate::vsphere::TlsVerification;
+
+    /// The bearer token never goes over plain HTTP.
+    #[test]
+    fn a_plain_http_supervisor_is_refused() {
+        let Err(e) = Supervisor::connect(
+            "http://supervisor.example.com:6443",
+            &TlsVerification::SystemRoots,
+            "token".into(),
+        ) else {
+            panic!("connected over plain http");
+        };
+        assert!(e.to_string().contains("https only"), "{e}");
     }
 }

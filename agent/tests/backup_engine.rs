@@ -41,7 +41,12 @@ mod tests {
                 format!("vadp.lab.root = \"{}\"\n", lab_root.display()),
             )
             .unwrap();
-            let mut f = std::fs::File::create(dir.path().join("password")).unwrap();
+            let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().write(true).create_new(true),
+                0o600,
+            )
+            .open(dir.path().join("password"))
+            .unwrap();
             writeln!(f, "{}", vcenter.running().password).unwrap();
             drop(f);
             let fx = Self {

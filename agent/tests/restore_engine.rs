@@ -44,7 +44,12 @@ mod tests {
                 format!("vadp.lab.root = \"{}\"\n", root.display()),
             )
             .unwrap();
-            let mut f = std::fs::File::create(dir.join(format!("{name}-password"))).unwrap();
+            let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().write(true).create_new(true),
+                0o600,
+            )
+            .open(dir.join(format!("{name}-password")))
+            .unwrap();
             writeln!(f, "{}", vcenter.running().password).unwrap();
             let site = Self { root, lab, vcenter };
             site.sup().create_namespace(NS).unwrap();

@@ -56,7 +56,7 @@ pub struct ConnectionArgs {
     #[arg(long, env = "VADP_VDDK_CONFIG")]
     pub vddk_config: Option<PathBuf>,
     /// VDDK transport modes to try, in order (colon-separated: san:hotadd:nbdssl:nbd).
-    #[arg(long, env = "VADP_AGENT_TRANSPORTS", default_value = "nbdssl:nbd")]
+    #[arg(long, env = "VADP_AGENT_TRANSPORTS", default_value = "nbdssl")]
     pub transports: String,
 }
 
@@ -124,9 +124,9 @@ pub struct ShowArgs {
 
 pub(crate) fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
     if let Some(file) = &args.password_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading the password file {}", file.display()))?;
-        return Ok(text.lines().next().unwrap_or_default().to_owned());
+        // As strict as the daemon: a password file others can read is refused.
+        let secret = crate::config::read_secret_file("--password-file", file)?;
+        return Ok(secret.expose().to_owned());
     }
     if let Ok(p) = std::env::var("VADP_AGENT_PASSWORD") {
         return Ok(p);
@@ -142,6 +142,13 @@ pub(crate) fn environment(
     repo: &Path,
 ) -> anyhow::Result<(tokio::runtime::Runtime, Environment)> {
     vddk::reexec_with_library_path(&conn.vddk_libdir)?;
+    crate::config::refuse_credentials_in_url("--vcenter", &conn.vcenter)?;
+    let vddk_thumbprint = conn
+        .thumbprint
+        .as_deref()
+        .map(vsphere::Thumbprint::for_vddk)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let password = password(conn)?;
     let vddk = Vddk::load(&conn.vddk_libdir, conn.vddk_config.as_deref())
         .with_context(|| format!("loading VDDK from {}", conn.vddk_libdir.display()))?;
@@ -165,13 +172,19 @@ pub(crate) fn environment(
         vddk_target: VddkTarget {
             server,
             port: conn.vcenter.port(),
-            thumbprint: conn.thumbprint.clone(),
+            thumbprint: vddk_thumbprint,
             credentials: vddk::Credentials::Password {
                 user: conn.user.clone(),
                 password: Secret::new(password),
             },
-            transport_modes: TransportMode::parse_list(&conn.transports)
-                .map_err(anyhow::Error::msg)?,
+            transport_modes: {
+                let modes =
+                    TransportMode::parse_list(&conn.transports).map_err(anyhow::Error::msg)?;
+                if modes.contains(&TransportMode::Nbd) {
+                    tracing::warn!(transports = %conn.transports, "transport nbd is in the list: if VDDK falls back to it, disk data crosses the network unencrypted");
+                }
+                modes
+            },
         },
         repo: Arc::new(repository),
         datacenter: conn.datacenter.clone(),

@@ -89,6 +89,9 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         .map(|s| parse_subnet_map(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    if let Some(u) = &args.supervisor {
+        crate::config::refuse_credentials_in_url("--supervisor", u)?;
+    }
     let (rt, env) = environment(&args.connection, &args.repo)?;
     let tls = tls_of(&args.connection)?;
     let credentials = Credentials::new(&args.connection.user, &password(&args.connection)?);
@@ -107,9 +110,8 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
             .supervisor_token_file
             .as_ref()
             .map(|f| {
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading {}", f.display()))
-                    .map(|t| t.trim().to_owned())
+                crate::config::read_secret_file("--supervisor-token-file", f)
+                    .map(|t| t.expose().to_owned())
             })
             .transpose()?,
     };

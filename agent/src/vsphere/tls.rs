@@ -62,6 +62,23 @@ impl std::str::FromStr for Thumbprint {
 }
 
 impl Thumbprint {
+    /// `pin` as VDDK's `ConnectParams.thumbPrint` wants it: the SHA-1 thumbprint (VDDK
+    /// computes no other) as upper-case hex pairs joined by colons, however it was written.
+    ///
+    /// # Errors
+    /// A message when `pin` is no thumbprint, or a SHA-256 one.
+    pub fn for_vddk(pin: &str) -> Result<String, String> {
+        let tp: Self = pin
+            .parse()
+            .map_err(|_| format!("thumbprint {pin:?}: expected 20 hex bytes (AA:BB:…)"))?;
+        if tp.0.len() != 20 {
+            return Err(format!(
+                "thumbprint {pin:?} is a SHA-256 digest; VDDK checks vCenter's certificate by its SHA-1 thumbprint: give that one"
+            ));
+        }
+        Ok(tp.to_string())
+    }
+
     /// The SHA-1 thumbprint of a DER certificate.
     #[must_use]
     pub fn sha1_of(der: &[u8]) -> Self {
@@ -215,6 +232,17 @@ pub enum TlsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vddk_gets_the_sha1_thumbprint_in_its_one_spelling() {
+        let upper = "AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD";
+        for pin in [upper, &upper.to_lowercase(), &upper.replace(':', "")] {
+            assert_eq!(Thumbprint::for_vddk(pin).unwrap(), upper, "{pin}");
+        }
+        let sha256 = Thumbprint::sha256_of(b"cert").to_string();
+        assert!(Thumbprint::for_vddk(&sha256).unwrap_err().contains("SHA-1"));
+        assert!(Thumbprint::for_vddk("AA:BB").is_err());
+    }
 
     #[test]
     fn thumbprint_parse_and_display() {

@@ -154,6 +154,19 @@ impl RestoreEnv {
             (None, None) => tls.clone(),
             (None, Some(_)) => TlsVerification::SystemRoots,
         };
+        // vCenter's own session goes to vCenter only: another Supervisor address needs its
+        // own token.
+        if supervisor.token.is_none()
+            && let Some(u) = &supervisor.url
+            && (u.host_str(), u.port_or_known_default())
+                != (base.host_str(), base.port_or_known_default())
+        {
+            return Err(RestoreError::Invalid(format!(
+                "the Supervisor at {} is not vCenter {}: give its token (--supervisor-token-file) rather than sending it vCenter's session",
+                u.host_str().unwrap_or_default(),
+                base.host_str().unwrap_or_default()
+            )));
+        }
         let url = supervisor.url.unwrap_or(base);
         let token = match supervisor.token {
             Some(t) => t,
