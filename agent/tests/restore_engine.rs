@@ -466,6 +466,28 @@ mod tests {
         let vm = s.create_vm("db-1");
         let p1 = fx.backup("db-1");
         let old = fx.point_disks(&p1);
+        // Where each disk of p1 sits: the PVC's disk, a First Class Disk, is swapped for a
+        // new disk at the same controller and unit by the restore in place.
+        let slots: Vec<(i32, (i32, i32))> = s
+            .lab
+            .vm(&vm)
+            .unwrap()
+            .disks
+            .iter()
+            .map(|d| (d.key.0, (d.controller_key, d.unit_number)))
+            .collect();
+        let slot_of = |key: i32| slots.iter().find(|(k, _)| *k == key).unwrap().1;
+        let fcd = s.lab.vm(&vm).unwrap().disks[1].file_name.clone();
+        assert!(s.lab.fcd_id(&fcd).is_some(), "the PVC's disk is an FCD");
+        let at_slot = |slot: (i32, i32)| -> lab::vmstate::VmDisk {
+            s.lab
+                .vm(&vm)
+                .unwrap()
+                .disks
+                .into_iter()
+                .find(|d| (d.controller_key, d.unit_number) == slot)
+                .unwrap()
+        };
         // The VM moves on: VM Operator writes a newer backup version; the guest writes.
         s.change_since_backup("db-1");
         let pvc_disk = s.lab.vm(&vm).unwrap().disks[1].key;
@@ -658,6 +680,7 @@ mod tests {
             kv
         };
         let own = vmservice();
+        let attached_before = files();
         let r = fx.restore(&p1, &["--mode", "existing"]);
         assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
         assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
@@ -666,6 +689,30 @@ mod tests {
             "ExtraConfig changed by a failed restore"
         );
         assert_eq!(fx.open_journal(), 0);
+        // Its First Class Disk was swapped for a new disk, and is swapped back: attached
+        // again at its controller and unit, untouched, the new file deleted.
+        assert!(
+            r.events.iter().any(|e| e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("swapping First Class Disk")),
+            "{}",
+            r.stdout
+        );
+        let mut now = files();
+        now.sort();
+        let mut want = attached_before.clone();
+        want.sort();
+        assert_eq!(now, want, "{}", r.stderr);
+        assert_eq!(at_slot(slot_of(pvc_disk.0)).file_name, fcd);
+        let leftovers: Vec<String> =
+            std::fs::read_dir(vm_dir.resolve(s.lab.root()).parent().unwrap())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("restored-{}", &p1[..8])))
+                .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         std::fs::write(&chunk, &good).unwrap();
 
         // In place to the older point: the VM is powered off first (§9.2).
@@ -693,18 +740,35 @@ mod tests {
             r.report()
         );
         for (key, bytes) in &old {
-            assert_eq!(
-                &s.disk_bytes(&vm, DiskKey(*key)),
-                bytes,
-                "disk {key} back to p1"
-            );
+            let now = at_slot(slot_of(*key));
+            assert_eq!(&s.disk_bytes(&vm, now.key), bytes, "disk {key} back to p1");
         }
+        // The PVC's disk was restored into a new disk at its slot, the FCD left alone.
+        let new = at_slot(slot_of(pvc_disk.0));
+        assert!(
+            new.file_name
+                .to_string()
+                .contains(&format!("/restored-{}-", &p1[..8])),
+            "{}",
+            new.file_name
+        );
+        assert!(!files().contains(&fcd.to_string()));
         let cr = s.sup().get("VirtualMachine", NS, "db-1").unwrap();
         let claim = cr["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
             .as_str()
             .unwrap()
             .to_owned();
         assert!(restored_claim(&claim), "{claim}");
+        // WCP registered the new disk as a new FCD behind the new PVC, and deleted the old,
+        // dangling PVC — and, reclaim policy Delete, its volume: the detached FCD (§6.2).
+        let pvc = s.sup().get("PersistentVolumeClaim", NS, &claim).unwrap();
+        assert_eq!(pvc["status"]["phase"], "Bound");
+        assert_eq!(
+            pvc["metadata"]["annotations"]["lab.vadp-agent.dev/disk-file"],
+            new.file_name.to_string()
+        );
+        assert!(s.lab.fcd_id(&new.file_name).is_some());
+        assert!(!fcd.resolve(s.lab.root()).exists(), "{fcd} deleted by CNS");
         // §8.2 restore to existing: zone label preserved, old PVC deleted as dangling.
         assert_eq!(
             cr["metadata"]["labels"]["topology.kubernetes.io/zone"],
@@ -1233,6 +1297,151 @@ mod tests {
         );
         assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
         assert_eq!(fx.open_journal(), 0);
+    }
+
+    /// A restore in place killed around the swap of the PVC's First Class Disk for a new
+    /// disk leaves, once reconcile has run, the VM with its FCD attached again at the same
+    /// controller and unit, untouched, and no new file: journalled before the swap, undone
+    /// (judged from the VM's devices) before EndAccess.
+    #[test]
+    fn a_restore_in_place_killed_after_the_swap_is_swapped_back() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("swap-1");
+        let p1 = fx.backup("swap-1");
+        s.change_since_backup("swap-1");
+        let before = s.lab.vm(&vm).unwrap();
+        let fcd = before.disks[1].clone();
+        let slot = (fcd.controller_key, fcd.unit_number);
+        let fcd_id = s
+            .lab
+            .fcd_id(&fcd.file_name)
+            .expect("the PVC's disk is an FCD");
+        let fcd_bytes = s.disk_bytes(&vm, fcd.key);
+        let vm_dir = before
+            .vmx_path
+            .resolve(s.lab.root())
+            .parent()
+            .unwrap()
+            .to_owned();
+        let new_files = || -> Vec<String> {
+            std::fs::read_dir(&vm_dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("restored-"))
+                .collect()
+        };
+        let files = || -> Vec<String> {
+            s.lab
+                .vm(&vm)
+                .unwrap()
+                .disks
+                .iter()
+                .map(|d| d.file_name.to_string())
+                .collect()
+        };
+        let at_slot = || -> lab::vmstate::VmDisk {
+            s.lab
+                .vm(&vm)
+                .unwrap()
+                .disks
+                .into_iter()
+                .find(|d| (d.controller_key, d.unit_number) == slot)
+                .unwrap()
+        };
+        let all_before = files();
+
+        // Killed with the swap journalled and not yet made: nothing to swap back.
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p1,
+            &["--mode", "existing"],
+            Some("restore-swap-journalled"),
+        );
+        assert_ne!(r.code, Some(0));
+        assert_eq!(files(), all_before, "{}", r.stderr);
+        assert!(!s.lab.disabled_methods(&vm).unwrap().is_empty());
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        let report = &rec.events.last().unwrap()["report"];
+        assert_eq!(
+            report["half_created_vms"][0][1]["reattached"],
+            json!([]),
+            "{report}"
+        );
+        assert_eq!(files(), all_before);
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+
+        // Killed after the swap: the new disk sits at the FCD's controller and unit, the
+        // FCD is detached (still an FCD, its file untouched).
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p1,
+            &["--mode", "existing"],
+            Some("restore-after-swap"),
+        );
+        assert_ne!(r.code, Some(0));
+        let there = at_slot();
+        assert!(
+            there.file_name.to_string().contains("/restored-"),
+            "{} {}",
+            there.file_name,
+            r.stderr
+        );
+        assert!(!files().contains(&fcd.file_name.to_string()));
+        assert_eq!(s.lab.fcd_id(&fcd.file_name), Some(fcd_id.clone()));
+        assert!(
+            new_files()
+                .iter()
+                .any(|n| n.starts_with(&format!("restored-{}-", &p1[..8]))),
+            "{:?}",
+            new_files()
+        );
+        assert!(!s.lab.disabled_methods(&vm).unwrap().is_empty());
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        let report = &rec.events.last().unwrap()["report"];
+        assert_eq!(
+            report["half_created_vms"][0][1]["reattached"],
+            json!([fcd.file_name.to_string()]),
+            "{report}"
+        );
+        // The FCD is back where it was, untouched; the new file is gone; access ended.
+        let back = at_slot();
+        assert_eq!(back.file_name, fcd.file_name);
+        assert_eq!(s.disk_bytes(&vm, back.key), fcd_bytes);
+        assert_eq!(
+            s.lab.vm_disk_fcd_id(&s.lab.vm(&vm).unwrap(), back.key),
+            Some(fcd_id)
+        );
+        assert!(new_files().is_empty(), "{:?}", new_files());
+        assert_eq!(files().len(), all_before.len());
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+        // A second reconcile finds nothing left to do.
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        assert_eq!(at_slot().file_name, fcd.file_name);
+
+        // And the restore, run again, goes through.
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(
+            r.report()["verification"]["problems"],
+            json!([]),
+            "{}",
+            r.report()
+        );
+        assert!(!fcd.file_name.resolve(s.lab.root()).exists());
+        assert!(
+            s.sup()
+                .get("PersistentVolumeClaim", NS, "swap-1-data")
+                .is_none()
+        );
     }
 
     /// A disk in a folder of its own (as a PVC's disk is on vSAN) is restored where it was,

@@ -240,9 +240,11 @@ async fn undo(
             match &shell {
                 Some(shell) if in_place => {
                     let unfinished = unfinished_disks(entry);
-                    if unfinished.is_empty() {
+                    let swapped = super::restore::swaps_of(&entry.detail);
+                    if unfinished.is_empty() && swapped.is_empty() {
                         tracing::warn!(vm = %shell, "reconcile: a restore in place was interrupted; the VM's disks are partly restored");
-                    } else {
+                    }
+                    if !unfinished.is_empty() {
                         let (detached, complete) =
                             super::restore::detach_unfinished(env, shell, &unfinished, None).await;
                         if !complete {
@@ -254,6 +256,23 @@ async fn undo(
                         }
                         tracing::warn!(vm = %shell, detached = ?detached, "reconcile: a disk-only restore was interrupted; its unfinished disks are detached and deleted");
                         detail["detached"] = detached.into();
+                    }
+                    if !swapped.is_empty() {
+                        // Before EndAccess, as the restore's own clean-up: the new,
+                        // half-written disks go and the First Class Disks come back.
+                        let (reattached, complete) =
+                            super::restore::swap_back(env, shell, &swapped, None).await;
+                        if !complete {
+                            let fcds: Vec<&str> =
+                                swapped.iter().map(|s| s.fcd_file.as_str()).collect();
+                            report.errors.push(format!(
+                                "swapping the First Class Disks {fcds:?} back onto {shell}: see the log; EndAccess waits for the next run"
+                            ));
+                            blocked.push(shell.clone());
+                            return;
+                        }
+                        tracing::warn!(vm = %shell, reattached = ?reattached, "reconcile: a restore in place was interrupted; its new disks are deleted and its First Class Disks attached again");
+                        detail["reattached"] = reattached.into();
                     }
                     detail["removed"] = false.into();
                     if let Err(e) = journal::close(env, entry.id).await {

@@ -39,6 +39,7 @@ conformance_suite!(
         cbt_enable_and_snapshot_cycle,
         register_vm_into_folder,
         add_new_disk_then_detach_and_destroy,
+        swap_a_disk_at_its_unit_and_back,
         datastore_upload_download,
     ]
 );
@@ -57,6 +58,7 @@ conformance_suite!(
         cbt_enable_and_snapshot_cycle,
         register_vm_into_folder,
         add_new_disk_then_detach_and_destroy,
+        swap_a_disk_at_its_unit_and_back,
         datastore_upload_download,
     ]
 );

@@ -8,9 +8,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use vadp_agent::vsphere::{
-    ChangeId, CreateSnapshot, DatastoreError, DatastorePath, ExtraConfigChange, FaultKind,
-    FolderMoref, NewDisk, PowerState, ResourcePoolMoref, SoapClient, Thumbprint, TlsVerification,
-    VmConfigSpec, VmMoref, VsphereError,
+    ChangeId, CreateSnapshot, DatastoreError, DatastorePath, DiskChange, ExtraConfigChange,
+    FaultKind, FolderMoref, NewDisk, PowerState, ResourcePoolMoref, SoapClient, Thumbprint,
+    TlsVerification, VmConfigSpec, VmMoref, VsphereError,
 };
 
 use crate::target::Target;
@@ -438,6 +438,91 @@ pub async fn add_new_disk_then_detach_and_destroy(t: &Target) {
         "{:?}",
         info.disks
     );
+    client.destroy(&vm.moref()).await.unwrap();
+}
+
+/// A restore in place's swap of a First Class Disk: one ReconfigVM_Task removes a disk
+/// keeping its file and creates a new disk at the same controller and unit (with a backing
+/// uuid asked for); the swap back removes the new disk, deleting its file, and attaches the
+/// kept file again at that unit.
+pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let name = unique("conf-swap");
+    let (_folder, vm) = new_vm(&client, &inv, &name).await;
+    let info = client.vm_info(&vm).await.unwrap();
+    let first = &info.disks[0];
+    let dir = first
+        .file_name
+        .rsplit_once('/')
+        .map(|(d, _)| d.to_owned())
+        .expect("a disk in a VM directory");
+    let controller = first.controller_key.expect("a controller");
+    let kept = format!("{dir}/kept-{name}.vmdk");
+    let new = format!("{dir}/restored-{name}.vmdk");
+    client
+        .add_new_disk(&vm, &kept, 2048, true, controller, 1)
+        .await
+        .unwrap();
+    let at_unit_1 = |info: &vadp_agent::vsphere::VmInfo| {
+        info.disks
+            .iter()
+            .find(|d| d.controller_key == Some(controller) && d.unit_number == Some(1))
+            .cloned()
+    };
+    let old = at_unit_1(&client.vm_info(&vm).await.unwrap()).expect("the kept disk at unit 1");
+    let uuid = "6000C29a-1b2c-3d4e-5f60-718293a4b5c6";
+    client
+        .reconfigure_disks(
+            &vm,
+            &[
+                DiskChange::Remove {
+                    key: old.key,
+                    destroy: false,
+                },
+                DiskChange::Create {
+                    path: &new,
+                    capacity_kb: 4096,
+                    thin: true,
+                    controller_key: controller,
+                    unit_number: 1,
+                    uuid: Some(uuid),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let info = client.vm_info(&vm).await.unwrap();
+    let swapped = at_unit_1(&info).expect("a disk at unit 1");
+    assert_eq!(swapped.file_name, new, "{:?}", info.disks);
+    assert_eq!(swapped.capacity_bytes, 4096 * 1024);
+    assert!(info.disks.iter().all(|d| d.file_name != kept));
+    if t.name == "lab" {
+        assert_eq!(swapped.uuid.as_deref(), Some(uuid));
+    }
+    client
+        .reconfigure_disks(
+            &vm,
+            &[
+                DiskChange::Remove {
+                    key: swapped.key,
+                    destroy: true,
+                },
+                DiskChange::Attach {
+                    path: &kept,
+                    capacity_kb: 2048,
+                    controller_key: controller,
+                    unit_number: 1,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let info = client.vm_info(&vm).await.unwrap();
+    let back = at_unit_1(&info).expect("a disk at unit 1");
+    assert_eq!(back.file_name, kept, "{:?}", info.disks);
+    assert_eq!(back.uuid, old.uuid);
+    assert!(info.disks.iter().all(|d| d.file_name != new));
     client.destroy(&vm.moref()).await.unwrap();
 }
 

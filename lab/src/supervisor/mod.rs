@@ -29,7 +29,9 @@
 //!   volume (the PVC must exist; capacity `spec.resources.requests.storage`; it becomes
 //!   Bound), then the classic disks of annotation `lab.vadp-agent.dev/classic-disks`
 //!   (`"32Mi,16Mi"`); all thin. A PVC records its disk in annotations
-//!   `lab.vadp-agent.dev/disk-file` and `lab.vadp-agent.dev/disk-uuid`. `spec.powerState`
+//!   `lab.vadp-agent.dev/disk-file` and `lab.vadp-agent.dev/disk-uuid`; binding it
+//!   registers the disk file as a First Class Disk (CNS), whose id the PVC records in
+//!   `lab.vadp-agent.dev/fcd-id` and vCenter shows as the device's `vDiskId`. `spec.powerState`
 //!   drives the VM; deleting the CR destroys the VM and its files (PVC objects remain).
 //!   Admission defaults `spec.biosUUID`, `spec.instanceUUID` and, with cloud-init,
 //!   `spec.bootstrap.cloudInit.instanceID` (= BIOS UUID, the webhook's default).
@@ -56,7 +58,9 @@
 //! annotation `vmoperator.vmware.com/snapshot-revert-in-progress` on the CR or in the
 //! backup → `…SnapshotRevertInProgress` (lab id; §7.2.1); CR exists on 8.0U3 →
 //! `…AlreadyExistsOnSupervisor` (§7.2.2); a restored PVC disk not found on the VM →
-//! `…RegisterPVCFailed`. Network override on 8.0U3: synchronous 400 `UNSUPPORTED` (§7.3.2).
+//! `…RegisterPVCFailed`, and so is (except on failover) a PVC disk that is already the
+//! First Class Disk of a PVC (CnsRegisterVolume cannot register it again: a vendor must
+//! restore a PVC disk into a new disk, §3.3). Network override on 8.0U3: synchronous 400 `UNSUPPORTED` (§7.3.2).
 //! Decision (§4.3, C.6): no CR → restore to new (§6.1); CR and ExtraConfig version <
 //! CR annotation → restore to existing (§6.2, 9.0); otherwise disk-only (§6.3, 9.0);
 //! backup `manager-id` ≠ this vCenter → failover (§6.4, 9.0).
@@ -67,7 +71,9 @@
 //!   §8.1.5); new cloud-init instanceID (§8.1.5); PoweredOff (§8.1.4).
 //! - Existing (§6.2, §8.2): `vmoperator.vmware.com/pause` during the task; new
 //!   `restored-*` PVCs; the CR's old PVCs no longer referenced and whose disk is on no other
-//!   VM are deleted (dangling); zone label and the five immutable annotations (§8.1.3)
+//!   VM are deleted (dangling) with their First Class Disk file (reclaim policy Delete) —
+//!   except a PVC whose FCD is still attached to a VM, which stays, as CNS does not delete
+//!   an attached volume; zone label and the five immutable annotations (§8.1.3)
 //!   from the existing CR; cloud-init id preserved; PoweredOff; pause removed at the end.
 //! - Disk-only (§6.3): the VM's disks that are in neither disk-data list and back no PVC
 //!   of the namespace become `restored-*` PVCs appended to `spec.volumes`; nothing else.
@@ -141,6 +147,8 @@ pub const CLASSIC_DISKS_ANNOTATION: &str = "lab.vadp-agent.dev/classic-disks";
 pub const DISK_FILE_ANNOTATION: &str = "lab.vadp-agent.dev/disk-file";
 /// Lab annotation on a PVC: the backing UUID of the disk backing it.
 pub const DISK_UUID_ANNOTATION: &str = "lab.vadp-agent.dev/disk-uuid";
+/// Lab annotation on a PVC: the First Class Disk id of its volume (the CNS volume id).
+pub const FCD_ID_ANNOTATION: &str = "lab.vadp-agent.dev/fcd-id";
 
 /// The simulated Supervisor.
 #[derive(Debug)]

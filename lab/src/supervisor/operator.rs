@@ -7,7 +7,8 @@ use super::api::lab_error;
 use super::codec::{self, Key, KeySpelling, NAMESPACED_NAME};
 use super::store::{Store, SupervisorError};
 use super::{
-    CLASSIC_DISKS_ANNOTATION, DISK_FILE_ANNOTATION, DISK_UUID_ANNOTATION, Supervisor, kind,
+    CLASSIC_DISKS_ANNOTATION, DISK_FILE_ANNOTATION, DISK_UUID_ANNOTATION, FCD_ID_ANNOTATION,
+    Supervisor, kind,
 };
 use crate::vmstate::{NewDisk, PowerState, VmDisk, VmMoref, VmState};
 
@@ -305,9 +306,12 @@ impl Supervisor {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        // CNS registers the disk as a First Class Disk backing the claim's volume.
+        let fcd = self.lab.register_fcd(&disk.file_name).map_err(lab_error)?;
         let ann = &mut pvc["metadata"]["annotations"];
         ann[DISK_FILE_ANNOTATION] = disk.file_name.to_string().into();
         ann[DISK_UUID_ANNOTATION] = disk.uuid.clone().into();
+        ann[FCD_ID_ANNOTATION] = fcd.into();
         let uid = pvc["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()

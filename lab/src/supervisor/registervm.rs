@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::FCD_ID_ANNOTATION;
 use super::codec::{self, Key};
 use super::operator::{
     ANN_BACKUP_VERSION, ANN_INSTANCE_ID, ANN_MANAGER_ID, ANN_PAUSE, LABEL_ZONE, claims, pvc_disk,
@@ -564,6 +565,24 @@ impl Supervisor {
                 ));
                 continue;
             }
+            // CnsRegisterVolume registers a disk as a new First Class Disk: one that is
+            // already the FCD of a PVC cannot be registered again (§3.3: a vendor restores
+            // a PVC disk into a new disk, which "loses the FCD property").
+            if !plan.failover
+                && let Some(fcd) = self.lab.vm_disk_fcd_id(&plan.vm, disk.key)
+                && let Some(owner) = pvcs
+                    .iter()
+                    .find(|p| p["metadata"]["annotations"][FCD_ID_ANNOTATION] == fcd.as_str())
+            {
+                return Err(fail(
+                    REGISTER_PVC_FAILED,
+                    format!(
+                        "CnsRegisterVolume: disk {} is already First Class Disk {fcd} of PVC {}",
+                        disk.file_name,
+                        owner["metadata"]["name"].as_str().unwrap_or_default()
+                    ),
+                ));
+            }
             let claim = self.restored_pvc(store, ns, disk, &e["AccessModes"], &storage_class)?;
             out.push((old, claim));
         }
@@ -740,7 +759,39 @@ impl Supervisor {
                     if others.iter().any(|v| pvc_disk(&p, v).is_some()) {
                         continue;
                     }
+                    // Reclaim policy Delete: CNS deletes the claim's volume, its First Class
+                    // Disk file with it — but never a volume still attached to a VM, whose
+                    // claim then stays.
+                    let fcd = p["metadata"]["annotations"][FCD_ID_ANNOTATION]
+                        .as_str()
+                        .map(str::to_owned);
+                    if let Some(file) = fcd.as_deref().and_then(|id| self.lab.fcd_file(id))
+                        && let Some(on) = self
+                            .lab
+                            .disk_attached(&file)
+                            .map_err(|e| fail(REGISTER_PVC_FAILED, e.to_string()))?
+                    {
+                        tracing::info!(
+                            ns,
+                            pvc = c,
+                            file = %file,
+                            vm = %on.moref,
+                            "lab cns: the dangling PVC stays: its volume is attached to a VM"
+                        );
+                        continue;
+                    }
                     store.delete(&pvck, ns, &c).map_err(store_fault)?;
+                    if let Some(id) = fcd {
+                        match self.lab.delete_fcd(&id) {
+                            Ok(Some(file)) => {
+                                tracing::info!(ns, pvc = c, file = %file, "lab cns: deleted the volume of a dangling PVC");
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(ns, pvc = c, error = %e, "lab cns: the volume of the deleted PVC stays");
+                            }
+                        }
+                    }
                 }
                 let mut cr = store.get(&vmk, ns, &plan.name).unwrap_or_default();
                 if let Some(a) = cr["metadata"]["annotations"].as_object_mut() {

@@ -893,12 +893,11 @@ fn version_8_0u3_refuses_existing_vms_and_network_override() {
     assert!(about(&env).contains("<apiVersion>9.0.0.0</apiVersion>"));
 }
 
-#[test]
-fn restore_to_existing_pauses_replaces_pvcs_and_keeps_identity() {
-    let env = Env::new();
-    let sup = env.sup();
-    let cr = make_web1(&sup);
-    let vm = vsphere_vm(&sup, &cr);
+/// web-1 backed up, then changed (a newer backup version): the backup's ExtraConfig (zone
+/// label changed in it) and the CR after the change.
+fn backed_up_then_changed(sup: &Supervisor) -> (VmState, Vec<(String, String)>, Value) {
+    let cr = make_web1(sup);
+    let vm = vsphere_vm(sup, &cr);
     let backup_ec = edit_yaml(&vm.extra_config, |y| {
         y["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-b".into();
     });
@@ -918,7 +917,41 @@ fn restore_to_existing_pauses_replaces_pvcs_and_keeps_identity() {
         .parse()
         .unwrap();
     assert!(ann > backup_version);
-    // In-place restore: the VM gets the backup's ExtraConfig back.
+    (vm, backup_ec, later)
+}
+
+/// What a vendor restoring in place does with a PVC disk (a First Class Disk): detaches
+/// it, keeping its file, and restores into a new disk at the same controller and unit with
+/// the backed-up uuid. Returns the FCD's file and the new one.
+fn vendor_swap(
+    sup: &Supervisor,
+    vm: &VmMoref,
+    key: crate::vmstate::DiskKey,
+) -> (
+    crate::datastore::DatastorePath,
+    crate::datastore::DatastorePath,
+) {
+    let lab = sup.lab();
+    let state = lab.vm(vm).unwrap();
+    let d = state.disks.iter().find(|d| d.key == key).unwrap().clone();
+    lab.detach_disk(vm, key, false).unwrap();
+    let new = state.vmx_path.sibling("restored-disk-1.vmdk").unwrap();
+    lab.create_virtual_disk(&new, d.capacity_bytes, true)
+        .unwrap();
+    lab.set_disk_uuid(&new, &d.uuid).unwrap();
+    lab.attach_disk_at(vm, &new, Some((d.controller_key, d.unit_number)))
+        .unwrap();
+    (d.file_name, new)
+}
+
+#[test]
+fn restore_to_existing_pauses_replaces_pvcs_and_keeps_identity() {
+    let env = Env::new();
+    let sup = env.sup();
+    let (vm, backup_ec, later) = backed_up_then_changed(&sup);
+    // In-place restore: the PVC disk restored into a new disk, the VM given the backup's
+    // ExtraConfig back.
+    let (fcd, new) = vendor_swap(&sup, &vm.moref, crate::vmstate::DiskKey(2001));
     sup.lab().set_extra_config(&vm.moref, backup_ec).unwrap();
     register_ok(&env, &vm.moref);
     let cr = sup.get("VirtualMachine", NS, "web-1").unwrap();
@@ -930,6 +963,19 @@ fn restore_to_existing_pauses_replaces_pvcs_and_keeps_identity() {
     assert!(
         sup.get("PersistentVolumeClaim", NS, "web-1-data").is_none(),
         "the dangling PVC is deleted"
+    );
+    // Reclaim policy Delete: its volume, the detached FCD, went with it; the new disk is
+    // the new PVC's First Class Disk.
+    assert!(!fcd.resolve(sup.lab().root()).exists(), "{fcd} deleted");
+    assert!(sup.lab().fcd_id(&fcd).is_none());
+    let pvc = sup.get("PersistentVolumeClaim", NS, claim).unwrap();
+    assert_eq!(
+        pvc["metadata"]["annotations"][super::DISK_FILE_ANNOTATION],
+        new.to_string()
+    );
+    assert_eq!(
+        sup.lab().fcd_id(&new).as_deref(),
+        pvc["metadata"]["annotations"][super::FCD_ID_ANNOTATION].as_str()
     );
     assert_eq!(
         cr["metadata"]["labels"]["tier"], "frontend",
@@ -963,6 +1009,90 @@ fn restore_to_existing_pauses_replaces_pvcs_and_keeps_identity() {
         sup.lab().vm(&vm.moref).unwrap().power_state,
         crate::vmstate::PowerState::PoweredOff
     );
+}
+
+#[test]
+fn in_place_registration_refuses_a_disk_that_is_still_a_first_class_disk() {
+    let env = Env::new();
+    let sup = env.sup();
+    let (vm, backup_ec, _) = backed_up_then_changed(&sup);
+    let lab = sup.lab();
+    // The PVC's disk is a First Class Disk: vCenter shows its id, which stays with the file
+    // when it is detached and attached again; the OS disk is none.
+    let pvc = sup.get("PersistentVolumeClaim", NS, "web-1-data").unwrap();
+    let fcd_id = pvc["metadata"]["annotations"][super::FCD_ID_ANNOTATION]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = crate::vmstate::DiskKey(2001);
+    assert_eq!(lab.vm_disk_fcd_id(&vm, key).as_deref(), Some(&*fcd_id));
+    assert_eq!(lab.vm_disk_fcd_id(&vm, crate::vmstate::DiskKey(2000)), None);
+    let fcd = vm.disks[1].file_name.clone();
+    lab.detach_disk(&vm.moref, key, false).unwrap();
+    assert_eq!(lab.fcd_id(&fcd).as_deref(), Some(&*fcd_id));
+    lab.attach_disk_at(&vm.moref, &fcd, Some((1000, 1)))
+        .unwrap();
+    let now = lab.vm(&vm.moref).unwrap();
+    let again = now.disks.iter().find(|d| d.file_name == fcd).unwrap();
+    assert_eq!(again.unit_number, 1);
+    assert_eq!(
+        lab.vm_disk_fcd_id(&now, again.key).as_deref(),
+        Some(&*fcd_id)
+    );
+
+    // Written in place, the disk is still web-1-data's FCD: CnsRegisterVolume refuses it,
+    // and nothing is deleted.
+    lab.set_extra_config(&vm.moref, backup_ec.clone()).unwrap();
+    let (code, id) = register(&env, NS, &json!({"vm": vm.moref.0}));
+    assert_eq!(code, 200, "{id}");
+    let t = wait_task(&sup, id.as_str().unwrap());
+    assert_eq!(t["status"], "FAILED", "{t}");
+    assert_eq!(
+        error_id(&t),
+        "VCenterWcpWorkloadRegisterVMRegisterPVCFailed"
+    );
+    let said = t["error"]["messages"][0]["default_message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        said.contains("is already First Class Disk") && said.contains("web-1-data"),
+        "{said}"
+    );
+    assert!(sup.get("PersistentVolumeClaim", NS, "web-1-data").is_some());
+    assert!(fcd.resolve(lab.root()).exists());
+
+    // Swapped for a new disk, but the old FCD attached to the VM again elsewhere (with
+    // another uuid): the old PVC is dangling, yet CNS does not delete an attached volume,
+    // so the claim and its file stay.
+    let now = lab.vm(&vm.moref).unwrap();
+    let key = now.disks.iter().find(|d| d.file_name == fcd).unwrap().key;
+    vendor_swap(&sup, &vm.moref, key);
+    lab.set_disk_uuid(&fcd, "6000C29a-1b2c-3d4e-5f60-718293a4b5c6")
+        .unwrap();
+    lab.attach_disk_at(&vm.moref, &fcd, Some((1000, 9)))
+        .unwrap();
+    register_ok(&env, &vm.moref);
+    let cr = sup.get("VirtualMachine", NS, "web-1").unwrap();
+    let claim = cr["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .unwrap();
+    assert!(claim.starts_with("restored-"), "{claim}");
+    assert!(
+        sup.get("PersistentVolumeClaim", NS, "web-1-data").is_some(),
+        "an attached volume's claim stays"
+    );
+    assert!(fcd.resolve(lab.root()).exists());
+    assert_eq!(lab.fcd_id(&fcd).as_deref(), Some(&*fcd_id));
+    assert!(matches!(
+        lab.delete_fcd(&fcd_id),
+        Err(crate::vmstate::LabError::DiskInUse { .. })
+    ));
+    // Detached, CNS can delete it.
+    let now = lab.vm(&vm.moref).unwrap();
+    let key = now.disks.iter().find(|d| d.file_name == fcd).unwrap().key;
+    lab.detach_disk(&vm.moref, key, false).unwrap();
+    assert_eq!(lab.delete_fcd(&fcd_id).unwrap(), Some(fcd.clone()));
+    assert!(!fcd.resolve(lab.root()).exists());
 }
 
 #[test]

@@ -165,6 +165,8 @@ impl Fault {
             LabError::VmxNotFound(p) => Self::not_found(&format!("File {p} was not found")),
             LabError::AlreadyRegistered { vmx, .. } => Self::already_exists(&vmx.to_string()),
             LabError::Datastore { source, .. } => Self::from_datastore(source, err),
+            LabError::UnitInUse { .. } => Self::new("InvalidDeviceSpec", chain(err)),
+            LabError::DiskInUse { .. } => Self::new("FileLocked", chain(err)),
             other => Self::system_error(&chain(other)),
         }
     }

@@ -471,9 +471,13 @@ impl World {
                 backing.push(("changeId", Val::str(c)));
             }
             let capacity = i64::try_from(d.capacity_bytes).unwrap_or(i64::MAX);
+            // A First Class Disk (a PVC volume) carries its FCD id (VSPHERE.md §A.8).
+            let vdisk_id = lab
+                .vm_disk_fcd_id(vm, d.key)
+                .map(|id| ("vDiskId", Val::obj("ID", vec![("id", Val::str(id))])));
             devices.push(Val::obj(
                 "VirtualDisk",
-                vec![
+                [
                     ("key", Val::Int(i64::from(d.key.0))),
                     (
                         "deviceInfo",
@@ -493,7 +497,10 @@ impl World {
                     ("unitNumber", Val::Int(i64::from(d.unit_number))),
                     ("capacityInKB", Val::Long(capacity / 1024)),
                     ("capacityInBytes", Val::Long(capacity)),
-                ],
+                ]
+                .into_iter()
+                .chain(vdisk_id)
+                .collect(),
             ));
         }
         let extra = vm

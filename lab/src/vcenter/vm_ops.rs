@@ -112,9 +112,16 @@ fn new_disk(dev: &Element) -> Result<NewDisk, Fault> {
     })
 }
 
-/// The disks a ReconfigVM spec adds: a `VirtualDisk` whose backing names a file on a
-/// datastore; with `fileOperation = create` the file is created first.
-type DiskAddition = (DatastorePath, Option<NewDisk>);
+/// A disk a ReconfigVM spec adds: a `VirtualDisk` whose backing names a file on a
+/// datastore; with `fileOperation = create` the file is created first (with the backing's
+/// `uuid` when the spec gives one, as vSphere honours it); at the spec's controller and
+/// unit when it names them.
+struct DiskAddition {
+    path: DatastorePath,
+    create: Option<NewDisk>,
+    uuid: Option<String>,
+    at: Option<(i32, i32)>,
+}
 
 fn disk_additions(spec: &Element) -> Result<Vec<DiskAddition>, Fault> {
     let mut out = Vec::new();
@@ -132,7 +139,19 @@ fn disk_additions(spec: &Element) -> Result<Vec<DiskAddition>, Fault> {
         } else {
             None
         };
-        out.push((path, create));
+        let uuid = backing
+            .child_text("uuid")
+            .filter(|u| !u.is_empty() && create.is_some())
+            .map(str::to_owned);
+        let at = dev
+            .child_parse::<i32>("unitNumber")
+            .map(|u| (dev.child_parse::<i32>("controllerKey").unwrap_or(1000), u));
+        out.push(DiskAddition {
+            path,
+            create,
+            uuid,
+            at,
+        });
     }
     Ok(out)
 }
@@ -262,15 +281,61 @@ impl Vcenter {
                 let removed = disk_removals(&spec);
                 entity_name = vm.name;
                 Box::new(move |_| {
+                    // vSphere applies a spec whole or not at all: what would fail part-way
+                    // (a device to remove that is not there, a unit in use) fails first.
+                    let now = lab.vm(&vm_id).map_err(lab_fault)?;
+                    let remaining: Vec<_> = now
+                        .disks
+                        .iter()
+                        .filter(|d| !removed.iter().any(|(k, _)| *k == d.key))
+                        .collect();
+                    for (key, _) in &removed {
+                        if !now.disks.iter().any(|d| d.key == *key) {
+                            return Err(lab_fault(crate::vmstate::LabError::DiskNotFound {
+                                vm: vm_id.clone(),
+                                disk: *key,
+                            }));
+                        }
+                    }
+                    for (i, a) in added.iter().enumerate() {
+                        if a.create.is_some() && a.path.resolve(lab.root()).exists() {
+                            return Err(Fault::file_already_exists(&a.path.to_string()));
+                        }
+                        let Some((controller, unit)) = a.at else {
+                            continue;
+                        };
+                        let taken = remaining
+                            .iter()
+                            .find(|d| d.controller_key == controller && d.unit_number == unit)
+                            .map(|d| d.key)
+                            .or_else(|| {
+                                added[..i]
+                                    .iter()
+                                    .any(|b| b.at == a.at)
+                                    .then_some(DiskKey(-1))
+                            });
+                        if let Some(disk) = taken {
+                            return Err(lab_fault(crate::vmstate::LabError::UnitInUse {
+                                vm: vm_id.clone(),
+                                controller,
+                                unit,
+                                disk,
+                            }));
+                        }
+                    }
                     for (key, destroy) in &removed {
                         lab.detach_disk(&vm_id, *key, *destroy).map_err(lab_fault)?;
                     }
-                    for (path, create) in &added {
-                        if let Some(d) = create {
-                            lab.create_virtual_disk(path, d.capacity_bytes, d.thin)
+                    for a in &added {
+                        if let Some(d) = &a.create {
+                            lab.create_virtual_disk(&a.path, d.capacity_bytes, d.thin)
                                 .map_err(lab_fault)?;
+                            if let Some(u) = &a.uuid {
+                                lab.set_disk_uuid(&a.path, u).map_err(lab_fault)?;
+                            }
                         }
-                        lab.attach_disk(&vm_id, path).map_err(lab_fault)?;
+                        lab.attach_disk_at(&vm_id, &a.path, a.at)
+                            .map_err(lab_fault)?;
                     }
                     lab.modify_vm(&vm_id, |s| {
                         apply_spec(s, &spec);

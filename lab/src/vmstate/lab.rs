@@ -81,6 +81,26 @@ pub enum LabError {
         /// What is wrong.
         reason: String,
     },
+    /// A disk file a VM still uses (CNS does not delete an attached volume).
+    #[error("disk {disk} is attached to {vm}")]
+    DiskInUse {
+        /// The file.
+        disk: String,
+        /// The VM using it.
+        vm: VmMoref,
+    },
+    /// ReconfigVM adding a disk at a controller unit another device uses.
+    #[error("unit {unit} of controller {controller} of {vm} is in use by disk {disk}")]
+    UnitInUse {
+        /// The VM.
+        vm: VmMoref,
+        /// The controller key.
+        controller: i32,
+        /// The unit number.
+        unit: i32,
+        /// The device there.
+        disk: DiskKey,
+    },
     /// No such disk on the VM.
     #[error("disk {disk} not found on {vm}")]
     DiskNotFound {
@@ -354,6 +374,7 @@ impl Lab {
             };
             datastore::create_disk(&self.root, &path, d.capacity_bytes, &options)
                 .map_err(ds_err(&moref))?;
+            self.forget_fcds_locked(&[&path])?;
             let chain =
                 DiskChain::open(&self.root, &path, OpenMode::ReadOnly).map_err(ds_err(&moref))?;
             let uuid: String = chain

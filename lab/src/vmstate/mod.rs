@@ -7,6 +7,7 @@
 //! the agent process can both update the same VM without losing updates. Disk content
 //! lives in [`crate::datastore`]; this module only decides which files a VM uses.
 
+mod fcd;
 mod ids;
 mod lab;
 mod model;

@@ -246,7 +246,9 @@ impl Lab {
                 vm: "lab".into(),
                 source,
             },
-        )
+        )?;
+        // A new file is no First Class Disk, whatever a deleted one there was.
+        self.forget_fcds_locked(&[path])
     }
 
     /// VirtualDiskManager.SetVirtualDiskUuid.
@@ -280,6 +282,20 @@ impl Lab {
     /// # Errors
     /// [`LabError::VmNotFound`], datastore errors (the file is missing or unreadable).
     pub fn attach_disk(&self, vm: &VmMoref, path: &DatastorePath) -> Result<DiskKey, LabError> {
+        self.attach_disk_at(vm, path, None)
+    }
+
+    /// [`Lab::attach_disk`] at controller `at.0`, unit `at.1` when given (ReconfigVM's
+    /// `controllerKey`/`unitNumber`), refused when another device uses that unit.
+    ///
+    /// # Errors
+    /// As [`Lab::attach_disk`]; [`LabError::UnitInUse`].
+    pub fn attach_disk_at(
+        &self,
+        vm: &VmMoref,
+        path: &DatastorePath,
+        at: Option<(i32, i32)>,
+    ) -> Result<DiskKey, LabError> {
         let chain = DiskChain::open(self.root(), path, OpenMode::ReadOnly).map_err(ds_err(vm))?;
         let (capacity, uuid) = (
             chain.capacity_bytes(),
@@ -291,13 +307,33 @@ impl Lab {
         drop(chain);
         self.modify_vm(vm, |s| {
             let key = DiskKey(s.disks.iter().map(|d| d.key.0).max().unwrap_or(1999) + 1);
-            let unit = (0..)
-                .find(|u| *u != 7 && !s.disks.iter().any(|d| d.unit_number == *u))
-                .unwrap_or(0);
+            let (controller, unit) = match at {
+                Some((controller, unit)) => {
+                    if let Some(d) = s
+                        .disks
+                        .iter()
+                        .find(|d| d.controller_key == controller && d.unit_number == unit)
+                    {
+                        return Err(LabError::UnitInUse {
+                            vm: vm.clone(),
+                            controller,
+                            unit,
+                            disk: d.key,
+                        });
+                    }
+                    (controller, unit)
+                }
+                None => (
+                    1000,
+                    (0..)
+                        .find(|u| *u != 7 && !s.disks.iter().any(|d| d.unit_number == *u))
+                        .unwrap_or(0),
+                ),
+            };
             s.disks.push(VmDisk {
                 key,
                 label: format!("Hard disk {}", s.disks.len() + 1),
-                controller_key: 1000,
+                controller_key: controller,
                 unit_number: unit,
                 capacity_bytes: capacity,
                 file_name: path.clone(),
@@ -324,7 +360,9 @@ impl Lab {
             Ok(s.disks.remove(i).file_name)
         })?;
         if destroy {
+            let _g = self.lock()?;
             crate::datastore::delete_disk(self.root(), &path).map_err(ds_err(vm))?;
+            self.forget_fcds_locked(&[&path])?;
         }
         Ok(())
     }

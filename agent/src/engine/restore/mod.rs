@@ -18,9 +18,10 @@
 //!    registers any VM that appears in a namespace folder (§4.2); registered there, the VM
 //!    only moves into the namespace folder once PrepareForAccess has disabled
 //!    RelocateVM_Task, which WCP waits on (§7.3.3). *In place* (restore to existing), the
-//!    existing VM's disks are overwritten and its `vmservice.*` ExtraConfig set back to the
-//!    backup's. *Disk-only*, the chosen disks are restored into new files attached to the
-//!    existing VM.
+//!    existing VM's disks are overwritten — except its First Class Disks (PVC volumes),
+//!    each swapped for a new disk at the same controller and unit (module `swap`) — and its
+//!    `vmservice.*` ExtraConfig set back to the backup's. *Disk-only*, the chosen disks are
+//!    restored into new files attached to the existing VM.
 //! 3. **Data**: every step that changes vSphere is journalled first; PrepareForAccess;
 //!    each disk is written through VDDK (read-write connection) on its own named thread
 //!    (`restore/<vm>/<key>`) by the repository's restore pipeline (parallel chunk
@@ -39,6 +40,7 @@ mod disks;
 mod plan;
 pub mod predict;
 mod sink;
+mod swap;
 mod verify;
 
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,7 @@ pub use sink::VddkSink;
 pub use verify::is_restored_claim;
 
 use plan::Plan;
+pub(crate) use swap::{FcdSwap, swap_back, swaps_of};
 
 use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
@@ -63,7 +66,7 @@ use crate::supervisor::{Supervisor, SupervisorError};
 use crate::vsphere::{
     DatastorePath, FolderMoref, MoRef, SubnetMapping, VapiClient, VapiError, VmMoref,
 };
-use crate::vsphere::{SubnetRef, TlsVerification};
+use crate::vsphere::{DiskChange, SubnetRef, TlsVerification};
 
 /// The folder a new VM is registered into until PrepareForAccess holds it.
 pub const STAGING_FOLDER: &str = "vadp-agent-restore";
@@ -419,6 +422,9 @@ struct Effects {
     /// Disk files a disk-only restore created and attached to the user's VM, until their
     /// data is written: a failed restore detaches and deletes them before EndAccess.
     attached: Vec<String>,
+    /// First Class Disks a restore in place swapped for new disks, until the restore is
+    /// complete: a failed restore swaps them back before EndAccess.
+    swapped: Vec<FcdSwap>,
 }
 
 /// Runs a restore: pre-flight, VM, data, registration, verification.
@@ -609,23 +615,29 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: a VM shell it created is destroyed; EndAccess.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, target, attached) = {
+    let (access, target, attached, swapped) = {
         let mut e = lock_effects(effects);
         (
             e.access.take(),
             e.target.take(),
             std::mem::take(&mut e.attached),
+            std::mem::take(&mut e.swapped),
         )
     };
     // Before EndAccess, so WCP never sees half-written disks on the VM. If one stays
-    // attached, its entry and EndAccess are left to reconcile, which detaches first.
-    if let (false, Some((_, Target::Users(vm)))) = (attached.is_empty(), &target)
-        && !detach_unfinished(env, vm, &attached, Some(observer))
-            .await
-            .1
-    {
-        tracing::error!(vm = %vm, "restore clean-up: EndAccess waits until the unfinished disks are detached: run `vadp-agent reconcile`");
-        return;
+    // attached (or a First Class Disk swapped), its entry and EndAccess are left to
+    // reconcile, which detaches (and swaps back) first.
+    if let Some((_, Target::Users(vm))) = &target {
+        let detached = attached.is_empty()
+            || detach_unfinished(env, vm, &attached, Some(observer))
+                .await
+                .1;
+        let swapped_back =
+            swapped.is_empty() || swap_back(env, vm, &swapped, Some(observer)).await.1;
+        if !detached || !swapped_back {
+            tracing::error!(vm = %vm, "restore clean-up: EndAccess waits until the unfinished disks are detached and the First Class Disks swapped back: run `vadp-agent reconcile`");
+            return;
+        }
     }
     // A VM shell this restore created goes before EndAccess: while RelocateVM_Task is
     // disabled WCP does not register a VM (§7.3.3), so it never takes the half-restored one
@@ -669,7 +681,8 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
 }
 
 /// Records in the restore's journal entry the disk files a disk-only restore attached and
-/// has not finished writing, for `reconcile` after a crash.
+/// has not finished writing, and the First Class Disks a restore in place swapped and has
+/// not finished restoring, for `reconcile` after a crash.
 async fn journal_attached(
     env: &Environment,
     effects: &Mutex<Effects>,
@@ -677,28 +690,38 @@ async fn journal_attached(
     point: RestorePointId,
     vm: &VmMoref,
 ) -> Result<(), RestoreError> {
-    let (id, attached) = {
+    let (id, attached, swapped) = {
         let e = lock_effects(effects);
         let Some((id, _)) = e.target else {
             return Ok(());
         };
-        (id, e.attached.clone())
+        (id, e.attached.clone(), e.swapped.clone())
     };
-    journal::update(env, id, users_vm_detail(report.job, point, vm, &attached)).await?;
+    journal::update(
+        env,
+        id,
+        users_vm_detail(report.job, point, vm, &attached, &swapped),
+    )
+    .await?;
     Ok(())
 }
 
 /// The journal detail of a restore into the user's VM (in place or disk-only), with the
-/// disk files a disk-only restore attached and has not finished writing.
+/// disk files a disk-only restore attached and has not finished writing and the First
+/// Class Disks a restore in place swapped and has not finished restoring.
 fn users_vm_detail(
     job: JobId,
     point: RestorePointId,
     vm: &VmMoref,
     attached: &[String],
+    swapped: &[FcdSwap],
 ) -> serde_json::Value {
     let mut detail = json!({"job": job, "point": point, "vm": vm.as_str(), "in_place": true});
     if !attached.is_empty() {
         detail["attached"] = json!(attached);
+    }
+    if !swapped.is_empty() {
+        detail["swapped"] = json!(swapped);
     }
     detail
 }
@@ -738,6 +761,59 @@ pub(crate) async fn detach_unfinished(
         }
     }
     (detached, complete)
+}
+
+/// The directory of `vm`'s `.vmx` (`[ds] dir`), where a restore puts the disks it adds.
+fn vm_dir(info: &crate::vsphere::VmInfo, vm: &VmMoref) -> Result<String, RestoreError> {
+    info.vmx_path
+        .as_deref()
+        .and_then(|p| p.rsplit_once('/'))
+        .map(|(d, _)| d.to_owned())
+        .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no .vmx path")))
+}
+
+/// Makes sure the disk a swap created at `file` carries the backed-up backing `uuid`, which
+/// the backup's pvc-disk-data names and WCP matches the disk by (the FCD is no longer on
+/// the VM, so its file name matches nothing). The create spec asked for it; a vCenter that
+/// chose its own uuid instead gets SetVirtualDiskUuid (the VM is powered off, its disk
+/// file not locked).
+async fn keep_backed_up_uuid(
+    env: &Environment,
+    dc: &MoRef,
+    vm: &VmMoref,
+    file: &str,
+    uuid: Option<&str>,
+) -> Result<(), RestoreError> {
+    let Some(uuid) = uuid else {
+        return Ok(());
+    };
+    let info = env
+        .soap
+        .vm_info(vm)
+        .await
+        .map_err(vsphere(format!("reading {vm}")))?;
+    let has = info
+        .disks
+        .iter()
+        .find(|d| d.file_name == file)
+        .and_then(|d| d.uuid.clone());
+    let same = |a: &str| {
+        let norm = |s: &str| {
+            s.chars()
+                .filter(char::is_ascii_hexdigit)
+                .collect::<String>()
+                .to_ascii_lowercase()
+        };
+        norm(a) == norm(uuid)
+    };
+    if has.as_deref().is_some_and(same) {
+        return Ok(());
+    }
+    tracing::info!(vm = %vm, file, uuid, got = ?has, "the new disk did not take the backed-up uuid on create: setting it");
+    env.soap
+        .set_virtual_disk_uuid(dc, file, uuid)
+        .await
+        .map_err(vsphere(format!("setting the uuid of {file}")))
 }
 
 /// Destroys a VM shell a restore created (powered off, never registered on the Supervisor).
@@ -868,7 +944,7 @@ async fn restore_steps(
                 env,
                 JournalKind::VmShell,
                 vm,
-                users_vm_detail(report.job, request.point, vm, &[]),
+                users_vm_detail(report.job, request.point, vm, &[], &[]),
             )
             .await?;
             lock_effects(effects).target = Some((id, Target::Users(vm.clone())));
@@ -926,13 +1002,83 @@ async fn restore_steps(
                 }
             }
             extra_config_after_data = Some(changes);
+            let short = &request.point.to_string()[..8];
+            let job = &report.job.to_string()[..8];
             for d in &plan.disks {
-                let current =
-                    info.disks.iter().find(|c| c.key == d.key).ok_or_else(|| {
-                        RestoreError::Invalid(format!("{vm} has no disk {}", d.key))
-                    })?;
-                targets.push((d.clone(), current.file_name.clone(), false));
+                check_cancel()?;
+                let current = plan::current_disk(info, d)
+                    .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no disk {}", d.key)))?;
+                let Some(fcd_id) = &current.vdisk_id else {
+                    targets.push((d.clone(), current.file_name.clone(), false));
+                    continue;
+                };
+                // A First Class Disk (a PVC volume) is not written into: it is swapped for a
+                // new disk at the same controller and unit (see `swap`).
+                let file = format!(
+                    "{}/restored-{short}-{job}-{}.vmdk",
+                    vm_dir(info, &vm)?,
+                    d.key
+                );
+                if info.disks.iter().any(|x| x.file_name == file) {
+                    return Err(RestoreError::Invalid(format!(
+                        "{vm} already has a disk {file}"
+                    )));
+                }
+                let (Some(controller_key), Some(unit_number)) =
+                    (current.controller_key, current.unit_number)
+                else {
+                    return Err(RestoreError::Invalid(format!(
+                        "{vm}: disk {} ({}) has no controller or unit number",
+                        d.key, current.file_name
+                    )));
+                };
+                let swap = FcdSwap {
+                    fcd_file: current.file_name.clone(),
+                    fcd_key: current.key.0,
+                    fcd_id: fcd_id.clone(),
+                    fcd_capacity_kb: current.capacity_bytes.div_ceil(1024),
+                    new_file: file.clone(),
+                    controller_key,
+                    unit_number,
+                };
+                // Journalled before the swap: a crash after the task leaves the FCD detached,
+                // which only the journal then remembers.
+                lock_effects(effects).swapped.push(swap);
+                journal_attached(env, effects, report, request.point, &vm).await?;
+                crash_point("restore-swap-journalled");
+                step(format!(
+                    "swapping First Class Disk {} ({fcd_id}) of disk {} ({}) for a new disk {file}",
+                    current.file_name, d.key, d.label
+                ));
+                env.soap
+                    .reconfigure_disks(
+                        &vm,
+                        &[
+                            DiskChange::Remove {
+                                key: current.key,
+                                destroy: false,
+                            },
+                            DiskChange::Create {
+                                path: &file,
+                                capacity_kb: d.capacity_bytes.div_ceil(1024),
+                                thin: current.thin_provisioned.unwrap_or(true),
+                                controller_key,
+                                unit_number,
+                                uuid: d.disk_uuid.as_deref(),
+                            },
+                        ],
+                    )
+                    .await
+                    .map_err(vsphere(format!(
+                        "swapping {} for {file} on {vm}",
+                        current.file_name
+                    )))?;
+                keep_backed_up_uuid(env, &plan.datacenter, &vm, &file, d.disk_uuid.as_deref())
+                    .await?;
+                targets.push((d.clone(), file, true));
             }
+            crash_point("restore-after-swap");
+            super::pause_point("restore-after-swap").await;
         }
         RestoreType::DiskOnly => {
             let info = plan.existing_vm.as_ref().ok_or_else(|| {
@@ -944,12 +1090,7 @@ async fn restore_steps(
                 .and_then(|d| d.controller_key)
                 .unwrap_or(1000);
             let mut used: Vec<i32> = info.disks.iter().filter_map(|d| d.unit_number).collect();
-            let vmx_dir = info
-                .vmx_path
-                .as_deref()
-                .and_then(|p| p.rsplit_once('/'))
-                .map(|(d, _)| d.to_owned())
-                .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no .vmx path")))?;
+            let vmx_dir = vm_dir(info, &vm)?;
             // The job in the name too: a file of an earlier restore of this point, which the
             // user may keep attached, is never this job's to create, journal or take away.
             let short = &request.point.to_string()[..8];
@@ -1007,6 +1148,11 @@ async fn restore_steps(
             .set_extra_config(&vm, changes)
             .await
             .map_err(vsphere(format!("reconfiguring {vm}")))?;
+    }
+    if !std::mem::take(&mut lock_effects(effects).swapped).is_empty() {
+        // Restored, with the backup's ExtraConfig for WCP to register the new disks by: the
+        // FCDs stay detached, for WCP to delete with their dangling PVCs (§6.2 step 7).
+        journal_attached(env, effects, report, request.point, &vm).await?;
     }
     crash_point("restore-after-data");
     let created = matches!(lock_effects(effects).target, Some((_, Target::Created(_))));

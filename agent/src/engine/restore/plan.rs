@@ -34,6 +34,31 @@ pub(super) struct Plan {
     pub(super) dc_name: String,
 }
 
+/// The disk of the VM restored in place that backup disk `d` is: the device of the same
+/// key, unless its uuid says it is another disk; else the device with the backed-up uuid.
+/// A device's key changes when its disk is detached and attached again (a restore in place
+/// swaps a First Class Disk for a new disk carrying the backed-up uuid), its uuid does not.
+pub(super) fn current_disk<'a>(
+    info: &'a crate::vsphere::VmInfo,
+    d: &DiskRecord,
+) -> Option<&'a crate::vsphere::VirtualDiskInfo> {
+    let norm = |s: &str| {
+        s.chars()
+            .filter(char::is_ascii_hexdigit)
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let same = |c: &crate::vsphere::VirtualDiskInfo| match (&c.uuid, &d.disk_uuid) {
+        (Some(a), Some(b)) => norm(a) == norm(b),
+        _ => false,
+    };
+    let by_key = info.disks.iter().find(|c| c.key == d.key);
+    by_key
+        .filter(|c| c.uuid.is_none() || d.disk_uuid.is_none() || same(c))
+        .or_else(|| info.disks.iter().find(|c| same(c)))
+        .or(by_key)
+}
+
 fn vmx_value<'a>(entries: &'a [(String, String)], key: &str) -> Option<&'a str> {
     entries
         .iter()
@@ -240,7 +265,7 @@ pub(super) async fn plan(
             ));
         }
         for d in &disks {
-            match info.disks.iter().find(|c| c.key == d.key) {
+            match current_disk(info, d) {
                 Some(c) if c.capacity_bytes == d.capacity_bytes => {}
                 Some(c) => prediction.refusals.push(ours(
                     "DiskChanged",

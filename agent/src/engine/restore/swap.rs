@@ -1,0 +1,131 @@
+//! First Class Disks of a restore in place (seed 001 §3.3, §6.2): a PVC disk is an FCD
+//! (its `VirtualDisk.vDiskId` is set) backing a CNS volume that a PVC binds. Its data is
+//! not written into it: CnsRegisterVolume cannot register an FCD again, and WCP deletes
+//! the old, dangling PVC afterwards, which with reclaim policy Delete deletes the volume —
+//! the very disk restored. So the restore *swaps* it: one `ReconfigVM_Task` removes the
+//! FCD's device without a file operation (the FCD stays on the datastore, untouched) and
+//! creates a new plain disk at the same controller and unit, which the backup's data is
+//! written into and which WCP then registers as a new FCD behind a new `restored-*` PVC.
+//!
+//! The swap is journalled before it is made; until the restore is complete, its clean-up
+//! (and, after a crash, reconcile) swaps back: one `ReconfigVM_Task` that removes the new
+//! disk, deleting its file, and attaches the FCD again at its controller and unit.
+
+use serde::{Deserialize, Serialize};
+
+use super::{RestoreEvent, RestoreObserver};
+use crate::engine::{Environment, error_chain};
+use crate::vsphere::{DiskChange, VmMoref};
+
+/// One FCD swapped for a new disk, as the journal records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FcdSwap {
+    /// The FCD's file (`[ds] dir/disk.vmdk`), detached, never written.
+    pub fcd_file: String,
+    /// The FCD's device key on the VM before the swap.
+    pub fcd_key: i32,
+    /// Its FCD id (`vDiskId`).
+    pub fcd_id: String,
+    /// Its capacity, to attach it again.
+    pub fcd_capacity_kb: u64,
+    /// The new disk's file, created by the swap.
+    pub new_file: String,
+    /// The controller both sit on.
+    pub controller_key: i32,
+    /// The unit both use.
+    pub unit_number: i32,
+}
+
+/// The swaps a journal entry's detail lists (`swapped`).
+pub(crate) fn swaps_of(detail: &serde_json::Value) -> Vec<FcdSwap> {
+    detail
+        .get("swapped")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Swaps back what a failed restore in place swapped (`observer`: the restore's, or none
+/// from `reconcile`), judging each swap from the VM's devices as they are now: the new disk
+/// may or may not exist, the FCD may or may not be attached. Returns the FCD files attached
+/// again, and whether every swap is undone (each FCD attached, no new disk left). When
+/// not, the caller keeps the journal entry, and EndAccess waits: WCP must not see the new,
+/// half-written disk on the VM.
+pub(crate) async fn swap_back(
+    env: &Environment,
+    vm: &VmMoref,
+    swaps: &[FcdSwap],
+    observer: Option<&RestoreObserver>,
+) -> (Vec<String>, bool) {
+    let mut back = Vec::new();
+    let disks = match env.soap.vm_info(vm).await {
+        Ok(info) => info.disks,
+        Err(e) => {
+            tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: cannot read the VM; its First Class Disks stay swapped until reconcile swaps them back");
+            return (back, false);
+        }
+    };
+    let mut complete = true;
+    for s in swaps {
+        let new = disks.iter().find(|d| d.file_name == s.new_file);
+        let fcd_attached = disks.iter().any(|d| d.file_name == s.fcd_file);
+        let mut changes = Vec::new();
+        if let Some(n) = new {
+            changes.push(DiskChange::Remove {
+                key: n.key,
+                destroy: true,
+            });
+        }
+        if !fcd_attached {
+            changes.push(DiskChange::Attach {
+                path: &s.fcd_file,
+                capacity_kb: s.fcd_capacity_kb,
+                controller_key: s.controller_key,
+                unit_number: s.unit_number,
+            });
+        }
+        if changes.is_empty() {
+            continue;
+        }
+        if let Some(observer) = observer {
+            observer(&RestoreEvent::Step {
+                message: format!(
+                    "swapping back: deleting the unfinished {} and attaching the First Class Disk {} again",
+                    s.new_file, s.fcd_file
+                ),
+            });
+        }
+        match env.soap.reconfigure_disks(vm, &changes).await {
+            Ok(()) => {
+                if !fcd_attached {
+                    back.push(s.fcd_file.clone());
+                }
+            }
+            Err(e) => {
+                complete = false;
+                tracing::error!(vm = %vm, fcd = %s.fcd_file, new = %s.new_file, error = %error_chain(&e), "restore clean-up: the First Class Disk stays swapped until reconcile swaps it back");
+            }
+        }
+    }
+    (back, complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swaps_round_trip_through_the_journal_detail() {
+        let s = FcdSwap {
+            fcd_file: "[ds1] vm/disk-1.vmdk".into(),
+            fcd_key: 2001,
+            fcd_id: "fcd-1".into(),
+            fcd_capacity_kb: 6144,
+            new_file: "[ds1] vm/restored-aaaa-bbbb-2001.vmdk".into(),
+            controller_key: 1000,
+            unit_number: 1,
+        };
+        let detail = serde_json::json!({"job": "x", "swapped": [s.clone()]});
+        assert_eq!(swaps_of(&detail), vec![s]);
+        assert!(swaps_of(&serde_json::json!({"job": "x"})).is_empty());
+    }
+}
