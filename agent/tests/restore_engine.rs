@@ -711,6 +711,13 @@ mod tests {
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.starts_with(&format!("restored-{}", &p1[..8])))
+                // The disk-only restore of p1 above attached one for good.
+                .filter(|n| {
+                    let stem = n.trim_end_matches(".vmdk").trim_end_matches("-flat");
+                    !attached_before
+                        .iter()
+                        .any(|f| f.ends_with(&format!("/{stem}.vmdk")))
+                })
                 .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         std::fs::write(&chunk, &good).unwrap();
