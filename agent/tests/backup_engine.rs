@@ -27,6 +27,9 @@ mod tests {
         lab: Lab,
         vcenter: InProcessVcenter,
         libdir: PathBuf,
+        /// Verify vCenter by a CA file (the lab's self-signed certificate) instead of
+        /// pinning its thumbprint.
+        by_ca: std::cell::Cell<bool>,
     }
 
     impl Fixture {
@@ -54,6 +57,7 @@ mod tests {
                 lab,
                 vcenter,
                 libdir: vddk_sim_libdir(SimVariant::Vddk8),
+                by_ca: std::cell::Cell::new(false),
             };
             let out = fx.run(&["repo", "init", "--path"], &[fx.repo().as_os_str()], None);
             assert!(
@@ -115,8 +119,20 @@ mod tests {
                 r.user.clone(),
                 "--password-file".into(),
                 self.dir.path().join("password").display().to_string(),
-                "--thumbprint".into(),
-                self.vcenter.thumbprint().unwrap().into(),
+                if self.by_ca.get() {
+                    "--ca-file".into()
+                } else {
+                    "--thumbprint".into()
+                },
+                if self.by_ca.get() {
+                    self.dir
+                        .path()
+                        .join("lab/vcenter/cert.pem")
+                        .display()
+                        .to_string()
+                } else {
+                    self.vcenter.thumbprint().unwrap().into()
+                },
                 "--vddk-libdir".into(),
                 self.libdir.display().to_string(),
                 "--vddk-config".into(),
@@ -494,6 +510,21 @@ mod tests {
         }
         assert_eq!(fx.points().len(), 4);
         fx.verify_clean();
+    }
+
+    /// vCenter verified by a CA file rather than a pin: VDDK (which checks the server by
+    /// SHA-1 thumbprint only; vddk-sim like the real one) is given the thumbprint of the
+    /// certificate that verification accepted, and the backup reads its disks.
+    #[test]
+    fn a_vcenter_verified_by_a_ca_file_is_backed_up_through_vddk() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("ca-1", &[8]);
+        fx.by_ca.set(true);
+        let b = fx.backup(&[&vm], &[], None);
+        assert_eq!(b.code, Some(0), "{}", b.stderr);
+        let report = b.report.unwrap();
+        let v = vm_report(&report, &vm);
+        assert_eq!(v["disks"].as_array().map(Vec::len), Some(1), "{report}");
     }
 
     #[test]

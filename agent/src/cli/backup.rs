@@ -159,6 +159,19 @@ pub(crate) fn environment(
     let client = rt
         .block_on(SoapClient::connect(soap))
         .with_context(|| format!("logging in to {}", conn.vcenter))?;
+    // Verified by a CA rather than pinned: VDDK, which checks the server by SHA-1
+    // thumbprint only, is pinned to the certificate that verification accepted.
+    let vddk_thumbprint = match vddk_thumbprint {
+        Some(tp) => Some(tp),
+        None => Some(
+            rt.block_on(vsphere::verified_server_thumbprint(
+                &conn.vcenter,
+                &tls_of(conn)?,
+            ))
+            .with_context(|| format!("reading the certificate of {}", conn.vcenter))?
+            .to_string(),
+        ),
+    };
     let repository =
         Repository::open(repo).with_context(|| format!("opening repository {}", repo.display()))?;
     let server = conn

@@ -33,6 +33,7 @@ pub use snapshot::CreateSnapshot;
 pub use soap::{
     AboutInfo, Credentials, FaultKind, SESSION_COOKIE_NAME, ServiceContent, SessionCookie,
     SoapClient, SoapConfig, SoapFault, UserSession, VsphereError, parse_response,
+    verified_server_thumbprint,
 };
 pub use task::{DEFAULT_TASK_TIMEOUT, TaskInfo, TaskState};
 pub use tls::{Thumbprint, TlsError, TlsVerification, client_config as tls_client_config};

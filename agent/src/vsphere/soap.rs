@@ -362,6 +362,55 @@ fn build_http(
         })
 }
 
+/// The SHA-1 thumbprint of the certificate `url`'s server presents, read over a connection
+/// verified by `tls` (a CA file or the system's roots): what VDDK, which checks servers by
+/// SHA-1 thumbprint only, is then given, so that it trusts exactly the certificate the
+/// agent's own verification accepted.
+///
+/// # Errors
+/// TLS set-up or verification failures, an unreachable server, no certificate seen.
+pub async fn verified_server_thumbprint(
+    url: &Url,
+    tls: &TlsVerification,
+) -> Result<crate::vsphere::Thumbprint, VsphereError> {
+    let config = client_config(tls).map_err(VsphereError::Tls)?;
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .tls_info(true)
+        .http1_only()
+        .https_only(true)
+        .timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| VsphereError::Config {
+            reason: format!("http client: {e}"),
+        })?;
+    let mut base = url.clone();
+    base.set_path("/");
+    base.set_query(None);
+    let response = http
+        .get(base.clone())
+        .send()
+        .await
+        .map_err(|e| VsphereError::Config {
+            reason: format!(
+                "reading the certificate of {}: {e}",
+                base.host_str().unwrap_or_default()
+            ),
+        })?;
+    response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(reqwest::tls::TlsInfo::peer_certificate)
+        .map(crate::vsphere::Thumbprint::sha1_of)
+        .ok_or_else(|| VsphereError::Config {
+            reason: format!(
+                "{} presented no certificate to take VDDK's thumbprint from",
+                base.host_str().unwrap_or_default()
+            ),
+        })
+}
+
 /// Builds the HTTP client used by sibling modules (datastore) with the same TLS rules.
 pub(crate) fn http_client_for(
     url: &Url,
