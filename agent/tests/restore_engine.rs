@@ -1451,6 +1451,62 @@ mod tests {
         );
     }
 
+    /// Killed once every disk is written and the backup's ExtraConfig is on the VM, before
+    /// the journal says so: reconcile goes forward, not back. The new disks hold the restored
+    /// data and stay (swapping back would leave the backup's ExtraConfig over the unrestored
+    /// FCDs); access ends.
+    #[test]
+    fn a_restore_in_place_killed_after_its_extra_config_is_set_is_kept() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("commit-1");
+        let p1 = fx.backup("commit-1");
+        let restored = fx.point_disks(&p1);
+        s.change_since_backup("commit-1");
+        let before = s.lab.vm(&vm).unwrap();
+        let fcd = before.disks[1].clone();
+        let slot = (fcd.controller_key, fcd.unit_number);
+        let at_slot = || -> lab::vmstate::VmDisk {
+            s.lab
+                .vm(&vm)
+                .unwrap()
+                .disks
+                .into_iter()
+                .find(|d| (d.controller_key, d.unit_number) == slot)
+                .unwrap()
+        };
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p1,
+            &["--mode", "existing"],
+            Some("restore-after-extra-config"),
+        );
+        assert_ne!(r.code, Some(0));
+        assert!(!s.lab.disabled_methods(&vm).unwrap().is_empty());
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        let there = at_slot();
+        assert!(
+            there.file_name.to_string().contains("/restored-"),
+            "{} {}",
+            there.file_name,
+            rec.stderr
+        );
+        let want = &restored.iter().find(|(k, _)| *k == fcd.key.0).unwrap().1;
+        assert_eq!(&s.disk_bytes(&vm, there.key), want);
+        assert!(
+            !s.lab
+                .vm(&vm)
+                .unwrap()
+                .disks
+                .iter()
+                .any(|d| d.file_name == fcd.file_name)
+        );
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+    }
+
     /// A disk in a folder of its own (as a PVC's disk is on vSAN) is restored where it was,
     /// and the restored VM's .vmx names it there, by its /vmfs/volumes path.
     #[test]

@@ -261,7 +261,14 @@ async fn undo(
                         // Before EndAccess, as the restore's own clean-up: the new,
                         // half-written disks go and the First Class Disks come back.
                         let (reattached, complete) =
-                            super::restore::swap_back(env, shell, &swapped, None).await;
+                            super::restore::swap_back(
+                                env,
+                                shell,
+                                &swapped,
+                                super::restore::committing_of(&entry.detail),
+                                None,
+                            )
+                            .await;
                         if !complete {
                             let fcds: Vec<&str> =
                                 swapped.iter().map(|s| s.fcd_file.as_str()).collect();

@@ -56,7 +56,7 @@ pub use sink::VddkSink;
 pub use verify::is_restored_claim;
 
 use plan::Plan;
-pub(crate) use swap::{FcdSwap, swap_back, swaps_of};
+pub(crate) use swap::{FcdSwap, committing_of, swap_back, swaps_of};
 
 use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
@@ -425,6 +425,10 @@ struct Effects {
     /// First Class Disks a restore in place swapped for new disks, until the restore is
     /// complete: a failed restore swaps them back before EndAccess.
     swapped: Vec<FcdSwap>,
+    /// The backup version whose ExtraConfig is being set on the VM once its swapped disks
+    /// are written: from then on, a clean-up that finds it on the VM goes forward (the
+    /// restore is complete) instead of swapping back.
+    committing: Option<u64>,
 }
 
 /// Runs a restore: pre-flight, VM, data, registration, verification.
@@ -615,13 +619,14 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: a VM shell it created is destroyed; EndAccess.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, target, attached, swapped) = {
+    let (access, target, attached, swapped, committing) = {
         let mut e = lock_effects(effects);
         (
             e.access.take(),
             e.target.take(),
             std::mem::take(&mut e.attached),
             std::mem::take(&mut e.swapped),
+            e.committing.take(),
         )
     };
     // Before EndAccess, so WCP never sees half-written disks on the VM. If one stays
@@ -632,8 +637,10 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             || detach_unfinished(env, vm, &attached, Some(observer))
                 .await
                 .1;
-        let swapped_back =
-            swapped.is_empty() || swap_back(env, vm, &swapped, Some(observer)).await.1;
+        let swapped_back = swapped.is_empty()
+            || swap_back(env, vm, &swapped, committing, Some(observer))
+                .await
+                .1;
         if !detached || !swapped_back {
             tracing::error!(vm = %vm, "restore clean-up: EndAccess waits until the unfinished disks are detached and the First Class Disks swapped back: run `vadp-agent reconcile`");
             return;
@@ -690,19 +697,18 @@ async fn journal_attached(
     point: RestorePointId,
     vm: &VmMoref,
 ) -> Result<(), RestoreError> {
-    let (id, attached, swapped) = {
+    let (id, attached, swapped, committing) = {
         let e = lock_effects(effects);
         let Some((id, _)) = e.target else {
             return Ok(());
         };
-        (id, e.attached.clone(), e.swapped.clone())
+        (id, e.attached.clone(), e.swapped.clone(), e.committing)
     };
-    journal::update(
-        env,
-        id,
-        users_vm_detail(report.job, point, vm, &attached, &swapped),
-    )
-    .await?;
+    let mut detail = users_vm_detail(report.job, point, vm, &attached, &swapped);
+    if let Some(v) = committing.filter(|_| !swapped.is_empty()) {
+        detail["committing"] = v.into();
+    }
+    journal::update(env, id, detail).await?;
     Ok(())
 }
 
@@ -1141,6 +1147,15 @@ async fn restore_steps(
     report.data_seconds = data_started.elapsed().as_secs_f64();
     report.bytes_total = report.disks.iter().map(|d| d.capacity_bytes).sum();
     if let Some(changes) = extra_config_after_data {
+        // Said in the journal first: a crash (or a lost reply) from here on leaves the VM
+        // with the backup's ExtraConfig or its own, and what is found decides whether the
+        // swaps go forward or back.
+        let swapped = !lock_effects(effects).swapped.is_empty();
+        if swapped {
+            lock_effects(effects).committing = plan.data.as_ref().and_then(|d| d.backup_version_ms);
+            journal_attached(env, effects, report, request.point, &vm).await?;
+        }
+        crash_point("restore-committing");
         step(format!(
             "setting {vm}'s vmservice.* ExtraConfig back to the backup's"
         ));
@@ -1148,8 +1163,10 @@ async fn restore_steps(
             .set_extra_config(&vm, changes)
             .await
             .map_err(vsphere(format!("reconfiguring {vm}")))?;
+        crash_point("restore-after-extra-config");
     }
     if !std::mem::take(&mut lock_effects(effects).swapped).is_empty() {
+        lock_effects(effects).committing = None;
         // Restored, with the backup's ExtraConfig for WCP to register the new disks by: the
         // FCDs stay detached, for WCP to delete with their dangling PVCs (§6.2 step 7).
         journal_attached(env, effects, report, request.point, &vm).await?;

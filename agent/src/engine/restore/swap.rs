@@ -36,6 +36,12 @@ pub(crate) struct FcdSwap {
     pub unit_number: i32,
 }
 
+/// The backup version a journal entry's detail says was being committed (`committing`):
+/// the restore's data was written and the backup's ExtraConfig was being set.
+pub(crate) fn committing_of(detail: &serde_json::Value) -> Option<u64> {
+    detail.get("committing").and_then(serde_json::Value::as_u64)
+}
+
 /// The swaps a journal entry's detail lists (`swapped`).
 pub(crate) fn swaps_of(detail: &serde_json::Value) -> Vec<FcdSwap> {
     detail
@@ -50,15 +56,45 @@ pub(crate) fn swaps_of(detail: &serde_json::Value) -> Vec<FcdSwap> {
 /// again, and whether every swap is undone (each FCD attached, no new disk left). When
 /// not, the caller keeps the journal entry, and EndAccess waits: WCP must not see the new,
 /// half-written disk on the VM.
+///
+/// `committing`: the backup version whose ExtraConfig the restore was setting once every
+/// disk was written. If the VM carries it, the restore is complete: the swaps stay (the
+/// new disks hold the restored data, and WCP registers them with that ExtraConfig); taking
+/// them back would leave the backup's ExtraConfig over the unrestored FCDs.
+///
+/// A VM that is gone has nothing to swap back onto: its detached FCDs are named in the log.
 pub(crate) async fn swap_back(
     env: &Environment,
     vm: &VmMoref,
     swaps: &[FcdSwap],
+    committing: Option<u64>,
     observer: Option<&RestoreObserver>,
 ) -> (Vec<String>, bool) {
     let mut back = Vec::new();
     let disks = match env.soap.vm_info(vm).await {
-        Ok(info) => info.disks,
+        Ok(info) => {
+            let on_vm =
+                crate::vmservice::decode(&info.extra_config).and_then(|d| d.backup_version_ms);
+            if let Some(v) = committing
+                && on_vm == Some(v)
+            {
+                tracing::warn!(vm = %vm, version = v, "restore clean-up: the backup's ExtraConfig is on the VM and every disk was written: the restore is complete, its new disks stay");
+                if let Some(observer) = observer {
+                    observer(&RestoreEvent::Step {
+                        message: format!(
+                            "{vm} already carries the backup's ExtraConfig over its written disks: the restored disks stay"
+                        ),
+                    });
+                }
+                return (back, true);
+            }
+            info.disks
+        }
+        Err(e) if crate::engine::journal::is_gone(&e) => {
+            let fcds: Vec<&str> = swaps.iter().map(|s| s.fcd_file.as_str()).collect();
+            tracing::error!(vm = %vm, fcds = ?fcds, "restore clean-up: the VM is gone; its First Class Disks stay on the datastore, detached");
+            return (back, true);
+        }
         Err(e) => {
             tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: cannot read the VM; its First Class Disks stay swapped until reconcile swaps them back");
             return (back, false);
