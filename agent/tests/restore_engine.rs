@@ -1543,6 +1543,32 @@ mod tests {
         }
     }
 
+    /// A VM with a snapshot is not restored in place: its disks' files are the snapshot's
+    /// deltas. Once the snapshot is gone, it is.
+    #[test]
+    fn a_vm_with_a_snapshot_is_not_restored_in_place() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("snapped-1");
+        let p1 = fx.backup("snapped-1");
+        s.change_since_backup("snapped-1");
+        let snap = s.lab.create_snapshot(&vm, "before-upgrade", "").unwrap();
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            refusal_ids(&r)
+                .iter()
+                .any(|i| i == "vadp-agent:HasSnapshots"),
+            "{:?}",
+            refusal_ids(&r)
+        );
+        assert!(r.stderr.contains("before-upgrade"), "{}", r.stderr);
+        assert_eq!(fx.open_journal(), 0);
+        s.lab.remove_snapshot(&vm, &snap).unwrap();
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    }
+
     /// A VM off in vSphere whose VirtualMachine still asks for PoweredOn is not restored in
     /// place: VM Operator would power it on (here it is paused, so it has not yet).
     #[test]

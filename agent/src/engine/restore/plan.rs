@@ -264,6 +264,23 @@ pub(super) async fn plan(
                 ),
             ));
         }
+        // With a snapshot the disks' current files are deltas over the snapshot's: the
+        // restore would write (or swap) redo logs the snapshot still stands on, and a
+        // revert would bring the old disks back under the restored ExtraConfig.
+        let snapshots: Vec<String> = info
+            .all_snapshots()
+            .iter()
+            .map(|t| format!("{} ({})", t.name, t.snapshot))
+            .collect();
+        if !snapshots.is_empty() {
+            prediction.refusals.push(ours(
+                "HasSnapshots",
+                format!(
+                    "{vm} ({name}) has snapshots {}: delete them (or restore to new) before restoring it in place",
+                    snapshots.join(", ")
+                ),
+            ));
+        }
         for d in &disks {
             match current_disk(info, d) {
                 Some(c) if c.capacity_bytes == d.capacity_bytes => {}
