@@ -1543,6 +1543,49 @@ mod tests {
         }
     }
 
+    /// The VM changed between the restore's plan and its lock (here a disk attached): the
+    /// restore is refused before it changes anything, and leaves no lock file.
+    #[test]
+    fn a_vm_changed_after_the_plan_is_not_restored_in_place() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("moved-on-1");
+        let p1 = fx.backup("moved-on-1");
+        s.change_since_backup("moved-on-1");
+        let dir = fx.dir.path().join("pause-planned");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        let mut restore = fx.spawn_paused(
+            &[
+                "restore", "--repo", &repo, "--point", &p1, "--mode", "existing",
+            ],
+            "restore-planned",
+            &dir,
+        );
+        wait_reached(&mut restore, &dir, "restore-planned");
+        let extra = lab::datastore::DatastorePath::parse("[ds1] moved-on-1/extra.vmdk").unwrap();
+        s.lab.create_virtual_disk(&extra, 2 * MIB, true).unwrap();
+        s.lab.attach_disk(&vm, &extra).unwrap();
+        let files = s.lab.vm(&vm).unwrap().disks.len();
+        std::fs::write(dir.join("restore-planned.go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("changed while this restore was being planned"),
+            "{stderr}"
+        );
+        assert_eq!(s.lab.vm(&vm).unwrap().disks.len(), files);
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+        let job_locks = std::fs::read_dir(std::path::Path::new(&repo).join("locks"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("job-"))
+            .count();
+        assert_eq!(job_locks, 0);
+    }
+
     /// A VM with a snapshot is not restored in place: its disks' files are the snapshot's
     /// deltas. Once the snapshot is gone, it is.
     #[test]

@@ -129,7 +129,7 @@ pub(crate) fn crash_point(point: &str) {
 /// Interleaving for the race tests: when `VADP_AGENT_PAUSE_AT` names `point`, the job
 /// creates `<VADP_AGENT_PAUSE_DIR>/<point>.reached` there and waits until
 /// `<point>.go` appears beside it, so that a test can run another process, or send a
-/// signal, in between. Points: `restore-after-register`, `reconcile-after-read`,
+/// signal, in between. Points: `restore-planned`, `restore-after-register`, `reconcile-after-read`,
 /// `end-access` (before every EndAccess), and for [`pause_point_blocking`] `restore-mid-disk`, `backup-mid-disk` (disk threads) and
 /// `verify-after-list` (a repository verify); `restore-cancel-requested` and
 /// `serve-stopping` once a CLI restore or the daemon has seen its signal.

@@ -530,6 +530,7 @@ pub async fn run_restore(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+    super::pause_point("restore-planned").await;
     let job = report.job;
     let root = env.repo.root().to_path_buf();
     let lock = blocking(move || JobLock::acquire(&root, job))
@@ -564,6 +565,46 @@ pub async fn run_restore(
         }
         _ => None,
     };
+    // The plan read the VM before its lock was held: another job (or a user) may have
+    // changed it since. Its disks and power state are read again under the lock, and a VM
+    // that is not what the plan saw is refused before anything changes.
+    if let (Some(_), Some(info)) = (&_vm_lock, &plan.existing_vm) {
+        let seen = |i: &crate::vsphere::VmInfo| {
+            let mut disks: Vec<_> = i
+                .disks
+                .iter()
+                .map(|d| {
+                    (
+                        d.key.0,
+                        d.file_name.clone(),
+                        d.vdisk_id.clone(),
+                        d.capacity_bytes,
+                    )
+                })
+                .collect();
+            disks.sort();
+            (disks, i.power_state, i.all_snapshots().len())
+        };
+        let changed = match env.soap.vm_info(&info.moref).await {
+            Ok(now) => (seen(&now) != seen(info)).then_some(()),
+            Err(e) => {
+                drop(lock);
+                JobLock::remove_file(env.repo.root(), job);
+                return Err(vsphere(format!(
+                    "reading {} again under its lock",
+                    info.moref
+                ))(e));
+            }
+        };
+        if changed.is_some() {
+            drop(lock);
+            JobLock::remove_file(env.repo.root(), job);
+            return Err(RestoreError::Invalid(format!(
+                "{} ({vm_name}) changed while this restore was being planned (its disks, power state or snapshots are not what the plan saw: another job, or a user): nothing was changed; run the restore again",
+                info.moref
+            )));
+        }
+    }
     let catalog = env.repo.catalog().clone();
     let what = format!("restore {vm_name} from {}", request.point);
     blocking(move || catalog.job_start(job, Some(what), crate::repo::now_secs()))
