@@ -267,9 +267,13 @@ pub(super) async fn plan(
         // With a snapshot the disks' current files are deltas over the snapshot's: the
         // restore would write (or swap) redo logs the snapshot still stands on, and a
         // revert would bring the old disks back under the restored ExtraConfig.
+        // A backup's own snapshot is not counted: the backup holds the VM's lock, which
+        // refuses this restore by name; a crashed one's is gone after the reconcile that
+        // runs first.
         let snapshots: Vec<String> = info
             .all_snapshots()
             .iter()
+            .filter(|t| crate::engine::journal::snapshot_job(&t.description).is_none())
             .map(|t| format!("{} ({})", t.name, t.snapshot))
             .collect();
         if !snapshots.is_empty() {
