@@ -86,7 +86,27 @@ impl SoapClient {
         vm: &VmMoref,
         timeout: Duration,
     ) -> Result<usize, VsphereError> {
-        const METHOD: &str = "CreateSnapshot_Task";
+        self.wait_for_vm_tasks(vm, "CreateSnapshot_Task", &[".createSnapshot"], timeout)
+            .await
+    }
+
+    /// Waits for every `method` task still queued or running on `vm` to end, as
+    /// [`Self::wait_for_snapshot_creates`] does for snapshot creations; a task is
+    /// recognised by its `descriptionId` ending in one of `description_ids` (vCenter's
+    /// spelling and others': `ReconfigVM_Task` is `VirtualMachine.reconfigure` in
+    /// vCenter). A caller that lost track of its own task (a crash, a reply lost) calls
+    /// this before it judges the VM by its devices.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::wait_for_snapshot_creates`].
+    pub async fn wait_for_vm_tasks(
+        &self,
+        vm: &VmMoref,
+        method: &'static str,
+        description_ids: &[&str],
+        timeout: Duration,
+    ) -> Result<usize, VsphereError> {
         let content = self.retrieve_object(&vm.moref(), &["recentTask"]).await?;
         let tasks = match content.get("recentTask") {
             Some(list) => list
@@ -112,15 +132,17 @@ impl SoapClient {
                     continue;
                 }
             };
-            let creating = info.description_id.ends_with(".createSnapshot")
+            let running = description_ids
+                .iter()
+                .any(|d| info.description_id.ends_with(d))
                 && matches!(info.state, TaskState::Queued | TaskState::Running);
-            if !creating {
+            if !running {
                 continue;
             }
-            tracing::info!(vm = %vm, task = %task, "waiting for a snapshot still being created");
+            tracing::info!(vm = %vm, task = %task, method, "waiting for a task still running on the VM");
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self
-                .wait_for_task(&task, METHOD, &vm.moref(), left, |_| {})
+                .wait_for_task(&task, method, &vm.moref(), left, |_| {})
                 .await
             {
                 Ok(_) | Err(VsphereError::TaskFailed { .. }) => waited += 1,

@@ -785,6 +785,13 @@ pub(crate) async fn detach_unfinished(
     observer: Option<&RestoreObserver>,
 ) -> (Vec<String>, bool) {
     let mut detached = Vec::new();
+    // An attach task the restore lost track of may still be running: judged once it ended.
+    if let Err(e) = swap::wait_for_reconfigures(env, vm).await
+        && !journal::is_gone(&e)
+    {
+        tracing::error!(vm = %vm, error = %error_chain(&e), files = ?files, "restore clean-up: a reconfiguration of the VM is still running; the unfinished restored disks stay until reconcile detaches them");
+        return (detached, false);
+    }
     let disks = match env.soap.vm_info(vm).await {
         Ok(info) => info.disks,
         Err(e) => {

@@ -71,6 +71,14 @@ pub(crate) async fn swap_back(
     observer: Option<&RestoreObserver>,
 ) -> (Vec<String>, bool) {
     let mut back = Vec::new();
+    // A swap task the restore lost track of (killed, or its reply lost) may still be
+    // running: the devices are judged once it has ended.
+    if let Err(e) = wait_for_reconfigures(env, vm).await
+        && !crate::engine::journal::is_gone(&e)
+    {
+        tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: a reconfiguration of the VM is still running; its First Class Disks stay swapped until reconcile swaps them back");
+        return (back, false);
+    }
     let disks = match env.soap.vm_info(vm).await {
         Ok(info) => {
             let on_vm =
@@ -143,6 +151,21 @@ pub(crate) async fn swap_back(
         }
     }
     (back, complete)
+}
+
+/// Waits (up to 10 minutes) for the `ReconfigVM_Task`s still running on `vm`.
+pub(crate) async fn wait_for_reconfigures(
+    env: &Environment,
+    vm: &VmMoref,
+) -> Result<usize, crate::vsphere::VsphereError> {
+    env.soap
+        .wait_for_vm_tasks(
+            vm,
+            "ReconfigVM_Task",
+            &[".reconfigure", ".reconfigVM"],
+            std::time::Duration::from_secs(600),
+        )
+        .await
 }
 
 #[cfg(test)]
