@@ -459,6 +459,66 @@ mod tests {
         assert_eq!(registrations, 1, "one registration only: {tasks:?}");
     }
 
+    /// WCP's own registration starts after the agent stopped waiting for it and before its
+    /// registervm call (which is not idempotent, and then fails on the VM WCP registered):
+    /// the agent follows WCP's task rather than failing the restore.
+    #[test]
+    fn a_registration_wcp_starts_after_the_wait_is_followed() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.set_version(SupervisorVersion::V80U3);
+        s.create_vm("late-1");
+        let point = fx.backup("late-1");
+        s.sup().delete("VirtualMachine", NS, "late-1").unwrap();
+        let dir = fx.dir.path().join("pause-late");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        let mut restore = fx.spawn_paused(
+            &[
+                "restore",
+                "--repo",
+                &repo,
+                "--point",
+                &point,
+                "--auto-registration-wait",
+                "0",
+            ],
+            "restore-before-registervm",
+            &dir,
+        );
+        wait_reached(&mut restore, &dir, "restore-before-registervm");
+        // WCP registers the VM by itself meanwhile.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let done = s
+                .sup()
+                .tasks_for(None)
+                .values()
+                .any(|t| t["operation"] == "register_VM" && t["status"] == "SUCCEEDED");
+            if done {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "WCP never registered");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::fs::write(dir.join("restore-before-registervm.go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "report")
+            .map(|e| e["report"].clone())
+            .unwrap();
+        assert_eq!(report["auto_registered"], true, "{report}");
+        assert_eq!(report["verification"]["problems"], json!([]), "{report}");
+    }
+
     #[test]
     fn disk_only_then_in_place_to_an_older_point() {
         let fx = Fixture::new();

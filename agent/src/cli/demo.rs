@@ -313,6 +313,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             subnet_map: Vec::new(),
             dry_run: false,
             verify_first: true,
+            auto_registration_wait: restore::AUTO_REGISTRATION_WAIT,
         };
         let r = restore::run_restore(&renv, &request, observer, CancellationToken::new()).await;
         let _ = renv.vapi.logout().await;

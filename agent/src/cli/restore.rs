@@ -50,6 +50,10 @@ pub struct RestoreArgs {
     /// damaged chunk.
     #[arg(long)]
     pub verify_first: bool,
+    /// Seconds to wait for WCP's automatic registration (when the prediction says WCP
+    /// registers the VM by itself) before calling registervm.
+    #[arg(long, default_value_t = 120)]
+    pub auto_registration_wait: u64,
     /// The Supervisor's API (default: the vCenter's address, as the lab serves it).
     #[arg(long, env = "VADP_AGENT_SUPERVISOR")]
     pub supervisor: Option<url::Url>,
@@ -123,6 +127,7 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         subnet_map,
         dry_run: args.dry_run,
         verify_first: args.verify_first,
+        auto_registration_wait: std::time::Duration::from_secs(args.auto_registration_wait),
     };
     let observer = observer(json);
     let cancel = CancellationToken::new();

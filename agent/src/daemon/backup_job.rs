@@ -118,6 +118,7 @@ pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> 
         subnet_map,
         dry_run: r.dry_run,
         verify_first: r.verify_first,
+        auto_registration_wait: restore::AUTO_REGISTRATION_WAIT,
     })
 }
 

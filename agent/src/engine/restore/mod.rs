@@ -71,7 +71,7 @@ use crate::vsphere::{DiskChange, SubnetRef, TlsVerification};
 /// The folder a new VM is registered into until PrepareForAccess holds it.
 pub const STAGING_FOLDER: &str = "vadp-agent-restore";
 /// How long the agent waits for WCP's own registration task when auto-registration is on.
-const AUTO_REGISTRATION_WAIT: Duration = Duration::from_secs(120);
+pub const AUTO_REGISTRATION_WAIT: Duration = Duration::from_secs(120);
 /// registervm's documented timeout (§12.2).
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -96,6 +96,9 @@ pub struct RestoreRequest {
     /// Before changing anything, read and check every chunk the disks need (a second read
     /// of the point's data), not only that each file exists.
     pub verify_first: bool,
+    /// How long to wait for WCP's automatic registration before calling registervm
+    /// ([`AUTO_REGISTRATION_WAIT`] by default; §9.1 step 4 says 1–2 minutes).
+    pub auto_registration_wait: Duration,
 }
 
 /// What a restore talks to besides the backup [`Environment`].
@@ -1269,12 +1272,15 @@ async fn restore_steps(
     let registration = async {
         let task = if plan.prediction.auto_registration {
             step("waiting for WCP's automatic registration".into());
-            match wait_for_auto_task(renv, &vm, &earlier_tasks).await? {
+            match wait_for_auto_task(renv, &vm, &earlier_tasks, request.auto_registration_wait)
+                .await?
+            {
                 Some(t) => {
                     report.auto_registered = true;
                     t
                 }
                 None => {
+                    super::pause_point("restore-before-registervm").await;
                     step("no automatic registration appeared: calling registervm".into());
                     register(renv, plan, &vm, &request.subnet_map).await?
                 }
@@ -1283,6 +1289,7 @@ async fn restore_steps(
             register(renv, plan, &vm, &request.subnet_map).await?
         };
         report.registration_task = Some(task.clone());
+        let mut task = task;
         let obs = observer.clone();
         let waited = renv
             .vapi
@@ -1293,6 +1300,40 @@ async fn restore_steps(
                 });
             })
             .await;
+        // registervm is not idempotent: WCP's own registration may have started after the
+        // wait and before the call, and ours then fails on the VM it registered. WCP's task
+        // decides then.
+        let waited = match waited {
+            Err(VapiError::TaskFailed { .. })
+                if plan.prediction.auto_registration && !report.auto_registered =>
+            {
+                let mut seen = earlier_tasks.clone();
+                seen.insert(task.clone());
+                match wait_for_auto_task(renv, &vm, &seen, Duration::ZERO).await? {
+                    Some(theirs) => {
+                        step(format!(
+                            "registervm task {task} failed, but WCP's own registration {theirs} started meanwhile: following it"
+                        ));
+                        report.auto_registered = true;
+                        report.registration_task = Some(theirs.clone());
+                        let obs = observer.clone();
+                        let r = renv
+                            .vapi
+                            .wait_for_task(&theirs, REGISTRATION_TIMEOUT, move |p| {
+                                obs(&RestoreEvent::Registration {
+                                    completed: p.completed,
+                                    total: p.total,
+                                });
+                            })
+                            .await;
+                        task = theirs;
+                        r
+                    }
+                    None => waited,
+                }
+            }
+            other => other,
+        };
         match waited {
             Ok(_) => {}
             Err(VapiError::TaskFailed { error, .. }) => {
@@ -1364,15 +1405,16 @@ async fn register(
         })
 }
 
-/// WCP's own registration task for `vm`, if one appears within the wait (a task in `earlier`,
-/// there before EndAccess, is not it).
+/// WCP's own registration task for `vm`, if one appears within `wait` (looked for once at
+/// least; a task in `earlier`, there before EndAccess, is not it).
 async fn wait_for_auto_task(
     renv: &RestoreEnv,
     vm: &VmMoref,
     earlier: &std::collections::BTreeSet<String>,
+    wait: Duration,
 ) -> Result<Option<String>, RestoreError> {
     let started = Instant::now();
-    while started.elapsed() < AUTO_REGISTRATION_WAIT {
+    loop {
         let tasks = renv
             .vapi
             .tasks_of_vm(vm)
@@ -1391,9 +1433,11 @@ async fn wait_for_auto_task(
         }) {
             return Ok(Some(id));
         }
+        if started.elapsed() >= wait {
+            return Ok(None);
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(None)
 }
 
 #[cfg(test)]
