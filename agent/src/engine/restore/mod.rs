@@ -1290,16 +1290,7 @@ async fn restore_steps(
         };
         report.registration_task = Some(task.clone());
         let mut task = task;
-        let obs = observer.clone();
-        let waited = renv
-            .vapi
-            .wait_for_task(&task, REGISTRATION_TIMEOUT, move |p| {
-                obs(&RestoreEvent::Registration {
-                    completed: p.completed,
-                    total: p.total,
-                });
-            })
-            .await;
+        let waited = follow_registration(renv, &task, observer).await;
         // registervm is not idempotent: WCP's own registration may have started after the
         // wait and before the call, and ours then fails on the VM it registered. WCP's task
         // decides then.
@@ -1316,16 +1307,7 @@ async fn restore_steps(
                         ));
                         report.auto_registered = true;
                         report.registration_task = Some(theirs.clone());
-                        let obs = observer.clone();
-                        let r = renv
-                            .vapi
-                            .wait_for_task(&theirs, REGISTRATION_TIMEOUT, move |p| {
-                                obs(&RestoreEvent::Registration {
-                                    completed: p.completed,
-                                    total: p.total,
-                                });
-                            })
-                            .await;
+                        let r = follow_registration(renv, &theirs, observer).await;
                         task = theirs;
                         r
                     }
@@ -1360,6 +1342,23 @@ async fn restore_steps(
         r = registration => r,
         () = cancel.cancelled() => Err(RestoreError::Engine(BackupError::Cancelled)),
     }
+}
+
+/// Waits for registration task `task`, passing its progress on to `observer`.
+async fn follow_registration(
+    renv: &RestoreEnv,
+    task: &str,
+    observer: &RestoreObserver,
+) -> Result<crate::vsphere::CisTaskInfo, VapiError> {
+    let obs = observer.clone();
+    renv.vapi
+        .wait_for_task(task, REGISTRATION_TIMEOUT, move |p| {
+            obs(&RestoreEvent::Registration {
+                completed: p.completed,
+                total: p.total,
+            });
+        })
+        .await
 }
 
 /// WCP's error id and message from a cis task's error.
