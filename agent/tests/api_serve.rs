@@ -244,6 +244,7 @@ concurrent_jobs = 2
                         subnet_map: vec![],
                         dry_run: true,
                         verify_first: false,
+                        auto_registration_wait_secs: None,
                         idempotency_key: None,
                         priority: 0,
                     })
@@ -775,6 +776,7 @@ concurrent_jobs = 2
                     subnet_map: vec![],
                     dry_run: false,
                     verify_first: true,
+                    auto_registration_wait_secs: None,
                     idempotency_key: Some("restore-web-1".into()),
                     priority: 0,
                 })

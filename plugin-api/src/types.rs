@@ -115,6 +115,10 @@ pub struct RestoreJobRequest {
     /// on a damaged chunk.
     #[serde(default)]
     pub verify_first: bool,
+    /// Seconds to wait for WCP's automatic registration, when WCP registers the VM by
+    /// itself, before calling registervm (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_registration_wait_secs: Option<u64>,
     /// Submitting again with the same key returns the job first created with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

@@ -118,7 +118,10 @@ pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> 
         subnet_map,
         dry_run: r.dry_run,
         verify_first: r.verify_first,
-        auto_registration_wait: restore::AUTO_REGISTRATION_WAIT,
+        auto_registration_wait: r.auto_registration_wait_secs.map_or(
+            restore::AUTO_REGISTRATION_WAIT,
+            std::time::Duration::from_secs,
+        ),
     })
 }
 
@@ -411,5 +414,29 @@ impl BackupJobs {
             Ok(Err(e)) => tracing::warn!(policy = %policy, error = %e, "retention failed"),
             Err(e) => tracing::warn!(policy = %policy, error = %e, "retention failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restore_request;
+
+    /// The API's registration wait reaches the engine; without it, the default.
+    #[test]
+    fn the_api_registration_wait_reaches_the_engine() {
+        let mut r: plugin_api::types::RestoreJobRequest =
+            serde_json::from_value(serde_json::json!({
+                "point": "0b7e8c52-1111-4222-8333-944455556666",
+            }))
+            .unwrap();
+        assert_eq!(
+            restore_request(&r).unwrap().auto_registration_wait,
+            crate::engine::restore::AUTO_REGISTRATION_WAIT
+        );
+        r.auto_registration_wait_secs = Some(5);
+        assert_eq!(
+            restore_request(&r).unwrap().auto_registration_wait,
+            std::time::Duration::from_secs(5)
+        );
     }
 }
