@@ -140,28 +140,18 @@ impl SoapClient {
         controller_key: i32,
         unit_number: i32,
     ) -> Result<(), VsphereError> {
-        let mut w = XmlWriter::new();
-        // Element order as the vim25 schema has it (vCenter rejects any other).
-        w.open("spec")
-            .open("deviceChange")
-            .text("operation", "add")
-            .text("fileOperation", "create")
-            .open_typed("device", "VirtualDisk")
-            .value("key", -1)
-            .open_typed("backing", "VirtualDiskFlatVer2BackingInfo")
-            .text("fileName", path)
-            .text("diskMode", "persistent")
-            .value("thinProvisioned", thin)
-            .close("backing")
-            .value("controllerKey", controller_key)
-            .value("unitNumber", unit_number)
-            .value("capacityInKB", capacity_kb)
-            .close("device")
-            .close("deviceChange")
-            .close("spec");
-        self.run_task("ReconfigVM_Task", &vm.moref(), &w.finish())
-            .await
-            .map(|_| ())
+        self.reconfigure_disks(
+            vm,
+            &[DiskChange::Create {
+                path,
+                capacity_kb,
+                thin,
+                controller_key,
+                unit_number,
+                uuid: None,
+            }],
+        )
+        .await
     }
 
     /// One `ReconfigVM_Task` with several disk changes, applied by vSphere together (all or
@@ -260,21 +250,8 @@ impl SoapClient {
         key: DiskKey,
         destroy: bool,
     ) -> Result<(), VsphereError> {
-        let mut w = XmlWriter::new();
-        w.open("spec")
-            .open("deviceChange")
-            .text("operation", "remove");
-        if destroy {
-            w.text("fileOperation", "destroy");
-        }
-        w.open_typed("device", "VirtualDisk")
-            .value("key", key.0)
-            .close("device")
-            .close("deviceChange")
-            .close("spec");
-        self.run_task("ReconfigVM_Task", &vm.moref(), &w.finish())
+        self.reconfigure_disks(vm, &[DiskChange::Remove { key, destroy }])
             .await
-            .map(|_| ())
     }
 
     /// The inventory's only datacenter: its moref and name.
