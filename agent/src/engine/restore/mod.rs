@@ -541,73 +541,15 @@ pub async fn run_restore(
         .map_err(|e| RestoreError::Invalid(format!("job lock: {e}")))?;
     // The VM restored in place, or given disks, is not backed up or restored by another
     // job meanwhile.
-    let _vm_lock = match &plan.existing_vm {
-        Some(info) if plan.prediction.restore_type != RestoreType::New => {
-            let (root, vcenter, vm, name) = (
-                env.repo.root().to_path_buf(),
-                env.soap.service_content().about.instance_uuid.clone(),
-                info.moref.clone(),
-                vm_name.clone(),
-            );
-            match blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "restore"))
-                .await
-            {
-                Ok(Ok(l)) => Some(l),
-                // Refused before anything began: no lock file of this job is left behind.
-                Ok(Err(e)) => {
-                    drop(lock);
-                    JobLock::remove_file(env.repo.root(), job);
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    drop(lock);
-                    JobLock::remove_file(env.repo.root(), job);
-                    return Err(e.into());
-                }
-            }
-        }
-        _ => None,
-    };
-    // The plan read the VM before its lock was held: another job (or a user) may have
-    // changed it since. Its disks and power state are read again under the lock, and a VM
-    // that is not what the plan saw is refused before anything changes.
-    if let (Some(_), Some(info)) = (&_vm_lock, &plan.existing_vm) {
-        let seen = |i: &crate::vsphere::VmInfo| {
-            let mut disks: Vec<_> = i
-                .disks
-                .iter()
-                .map(|d| {
-                    (
-                        d.key.0,
-                        d.file_name.clone(),
-                        d.vdisk_id.clone(),
-                        d.capacity_bytes,
-                    )
-                })
-                .collect();
-            disks.sort();
-            (disks, i.power_state, i.all_snapshots().len())
-        };
-        let changed = match env.soap.vm_info(&info.moref).await {
-            Ok(now) => (seen(&now) != seen(info)).then_some(()),
-            Err(e) => {
-                drop(lock);
-                JobLock::remove_file(env.repo.root(), job);
-                return Err(vsphere(format!(
-                    "reading {} again under its lock",
-                    info.moref
-                ))(e));
-            }
-        };
-        if changed.is_some() {
+    // Refused before anything began: no lock file of this job is left behind.
+    let _vm_lock = match lock_users_vm(env, &plan, &vm_name, job).await {
+        Ok(l) => l,
+        Err(e) => {
             drop(lock);
             JobLock::remove_file(env.repo.root(), job);
-            return Err(RestoreError::Invalid(format!(
-                "{} ({vm_name}) changed while this restore was being planned (its disks, power state or snapshots are not what the plan saw: another job, or a user): nothing was changed; run the restore again",
-                info.moref
-            )));
+            return Err(e);
         }
-    }
+    };
     let catalog = env.repo.catalog().clone();
     let what = format!("restore {vm_name} from {}", request.point);
     blocking(move || catalog.job_start(job, Some(what), crate::repo::now_secs()))
@@ -655,6 +597,65 @@ pub async fn run_restore(
     outcome?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The lock of the VM a restore in place, or disk-only, works on: not backed up or
+/// restored by another job meanwhile. The plan read the VM before its lock was held, and
+/// another job (or a user) may have changed it since: its disks, power state and snapshots
+/// are read again under the lock, and a VM that is not what the plan saw is refused before
+/// anything changes. `None` for a restore to a new VM.
+async fn lock_users_vm(
+    env: &Environment,
+    plan: &Plan,
+    vm_name: &str,
+    job: JobId,
+) -> Result<Option<VmLock>, RestoreError> {
+    let Some(info) = plan
+        .existing_vm
+        .as_ref()
+        .filter(|_| plan.prediction.restore_type != RestoreType::New)
+    else {
+        return Ok(None);
+    };
+    let (root, vcenter, vm, name) = (
+        env.repo.root().to_path_buf(),
+        env.soap.service_content().about.instance_uuid.clone(),
+        info.moref.clone(),
+        vm_name.to_owned(),
+    );
+    let lock =
+        blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "restore")).await??;
+    let seen = |i: &crate::vsphere::VmInfo| {
+        let mut disks: Vec<_> = i
+            .disks
+            .iter()
+            .map(|d| {
+                (
+                    d.key.0,
+                    d.file_name.clone(),
+                    d.vdisk_id.clone(),
+                    d.capacity_bytes,
+                )
+            })
+            .collect();
+        disks.sort();
+        (disks, i.power_state, i.all_snapshots().len())
+    };
+    let now = env
+        .soap
+        .vm_info(&info.moref)
+        .await
+        .map_err(vsphere(format!(
+            "reading {} again under its lock",
+            info.moref
+        )))?;
+    if seen(&now) != seen(info) {
+        return Err(RestoreError::Invalid(format!(
+            "{} ({vm_name}) changed while this restore was being planned (its disks, power state or snapshots are not what the plan saw: another job, or a user): nothing was changed; run the restore again",
+            info.moref
+        )));
+    }
+    Ok(Some(lock))
 }
 
 fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
@@ -854,15 +855,7 @@ async fn keep_backed_up_uuid(
         .iter()
         .find(|d| d.file_name == file)
         .and_then(|d| d.uuid.clone());
-    let same = |a: &str| {
-        let norm = |s: &str| {
-            s.chars()
-                .filter(char::is_ascii_hexdigit)
-                .collect::<String>()
-                .to_ascii_lowercase()
-        };
-        norm(a) == norm(uuid)
-    };
+    let same = |a: &str| verify::uuid_hex(a) == verify::uuid_hex(uuid);
     if has.as_deref().is_some_and(same) {
         return Ok(());
     }

@@ -42,14 +42,8 @@ pub(super) fn current_disk<'a>(
     info: &'a crate::vsphere::VmInfo,
     d: &DiskRecord,
 ) -> Option<&'a crate::vsphere::VirtualDiskInfo> {
-    let norm = |s: &str| {
-        s.chars()
-            .filter(char::is_ascii_hexdigit)
-            .collect::<String>()
-            .to_ascii_lowercase()
-    };
     let same = |c: &crate::vsphere::VirtualDiskInfo| match (&c.uuid, &d.disk_uuid) {
-        (Some(a), Some(b)) => norm(a) == norm(b),
+        (Some(a), Some(b)) => super::verify::uuid_hex(a) == super::verify::uuid_hex(b),
         _ => false,
     };
     let by_key = info.disks.iter().find(|c| c.key == d.key);

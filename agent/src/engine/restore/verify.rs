@@ -173,7 +173,7 @@ fn entry<'a>(obj: &'a Value, pointer: &str, key: &str) -> Option<&'a str> {
 }
 
 /// A UUID's hex digits in lower case, to compare UUIDs however they are written.
-fn uuid_hex(uuid: &str) -> String {
+pub(super) fn uuid_hex(uuid: &str) -> String {
     uuid.chars()
         .filter(char::is_ascii_hexdigit)
         .map(|c| c.to_ascii_lowercase())
