@@ -134,6 +134,28 @@ mod tests {
             self.sup().apply(cr).unwrap();
         }
 
+        /// The files of `vm`'s disks, in device order.
+        fn disk_files(&self, vm: &VmMoref) -> Vec<String> {
+            self.lab
+                .vm(vm)
+                .unwrap()
+                .disks
+                .iter()
+                .map(|d| d.file_name.to_string())
+                .collect()
+        }
+
+        /// `vm`'s disk at `(controller key, unit number)`.
+        fn disk_at(&self, vm: &VmMoref, slot: (i32, i32)) -> lab::vmstate::VmDisk {
+            self.lab
+                .vm(vm)
+                .unwrap()
+                .disks
+                .into_iter()
+                .find(|d| (d.controller_key, d.unit_number) == slot)
+                .unwrap()
+        }
+
         fn disk_bytes(&self, vm: &VmMoref, key: DiskKey) -> Vec<u8> {
             let file = self.lab.disk_file(vm, None, key).unwrap();
             let chain = DiskChain::open(&self.root, &file, OpenMode::ReadOnly).unwrap();
@@ -539,15 +561,7 @@ mod tests {
         let slot_of = |key: i32| slots.iter().find(|(k, _)| *k == key).unwrap().1;
         let fcd = s.lab.vm(&vm).unwrap().disks[1].file_name.clone();
         assert!(s.lab.fcd_id(&fcd).is_some(), "the PVC's disk is an FCD");
-        let at_slot = |slot: (i32, i32)| -> lab::vmstate::VmDisk {
-            s.lab
-                .vm(&vm)
-                .unwrap()
-                .disks
-                .into_iter()
-                .find(|d| (d.controller_key, d.unit_number) == slot)
-                .unwrap()
-        };
+        let at_slot = |slot: (i32, i32)| s.disk_at(&vm, slot);
         // The VM moves on: VM Operator writes a newer backup version; the guest writes.
         s.change_since_backup("db-1");
         let pvc_disk = s.lab.vm(&vm).unwrap().disks[1].key;
@@ -562,15 +576,7 @@ mod tests {
         let mut bad = good.clone();
         bad[40] ^= 1;
         std::fs::write(&pvc_chunk, &bad).unwrap();
-        let files = || -> Vec<String> {
-            s.lab
-                .vm(&vm)
-                .unwrap()
-                .disks
-                .iter()
-                .map(|d| d.file_name.to_string())
-                .collect()
-        };
+        let files = || s.disk_files(&vm);
         let before = files();
         let r = fx.restore(
             &p2,
@@ -1399,24 +1405,8 @@ mod tests {
                 .filter(|n| n.starts_with("restored-"))
                 .collect()
         };
-        let files = || -> Vec<String> {
-            s.lab
-                .vm(&vm)
-                .unwrap()
-                .disks
-                .iter()
-                .map(|d| d.file_name.to_string())
-                .collect()
-        };
-        let at_slot = || -> lab::vmstate::VmDisk {
-            s.lab
-                .vm(&vm)
-                .unwrap()
-                .disks
-                .into_iter()
-                .find(|d| (d.controller_key, d.unit_number) == slot)
-                .unwrap()
-        };
+        let files = || s.disk_files(&vm);
+        let at_slot = || s.disk_at(&vm, slot);
         let all_before = files();
 
         // Killed with the swap journalled and not yet made: nothing to swap back.
@@ -1526,15 +1516,7 @@ mod tests {
         let before = s.lab.vm(&vm).unwrap();
         let fcd = before.disks[1].clone();
         let slot = (fcd.controller_key, fcd.unit_number);
-        let at_slot = || -> lab::vmstate::VmDisk {
-            s.lab
-                .vm(&vm)
-                .unwrap()
-                .disks
-                .into_iter()
-                .find(|d| (d.controller_key, d.unit_number) == slot)
-                .unwrap()
-        };
+        let at_slot = || s.disk_at(&vm, slot);
         let r = fx.restore_on(
             s,
             "site-a",
