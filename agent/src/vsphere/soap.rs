@@ -349,17 +349,25 @@ fn build_http(
             });
         }
     }
-    let tls = client_config(tls).map_err(VsphereError::Tls)?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .http1_only()
+    http_builder(tls, timeout)?
         .https_only(!allow_plain_http)
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| VsphereError::Config {
             reason: format!("http client: {e}"),
         })
+}
+
+/// What every HTTP client to vCenter shares: `tls`'s verification, HTTP/1.1, the timeouts.
+fn http_builder(
+    tls: &TlsVerification,
+    timeout: Duration,
+) -> Result<reqwest::ClientBuilder, VsphereError> {
+    let tls = client_config(tls).map_err(VsphereError::Tls)?;
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .http1_only()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(30)))
 }
 
 /// The SHA-1 thumbprint of the certificate `url`'s server presents, read over a connection
@@ -373,14 +381,9 @@ pub async fn verified_server_thumbprint(
     url: &Url,
     tls: &TlsVerification,
 ) -> Result<crate::vsphere::Thumbprint, VsphereError> {
-    let config = client_config(tls).map_err(VsphereError::Tls)?;
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
+    let http = http_builder(tls, Duration::from_secs(60))?
         .tls_info(true)
-        .http1_only()
         .https_only(true)
-        .timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| VsphereError::Config {
             reason: format!("http client: {e}"),
