@@ -8,7 +8,7 @@
 //! token: a vCenter SSO session token (what `kubectl vsphere login` exchanges for the
 //! Supervisor), which the lab's Supervisor accepts directly.
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::client::ConfigExt as _;
 
@@ -149,6 +149,57 @@ impl Supervisor {
                 what: format!("list PersistentVolumeClaims of {namespace}"),
                 source: Box::new(source),
             })
+    }
+
+    /// The VirtualMachines of `namespace`, read at API `version`.
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Api`].
+    pub async fn virtual_machines(
+        &self,
+        namespace: &str,
+        version: &str,
+    ) -> Result<Vec<DynamicObject>, SupervisorError> {
+        self.vm_api(namespace, version)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|source| SupervisorError::Api {
+                what: format!("list VirtualMachines of {namespace}"),
+                source: Box::new(source),
+            })
+    }
+
+    /// The names of the Secrets and of the ConfigMaps of `namespace`, listed as metadata
+    /// only (`PartialObjectMetadataList`): no Secret's data is read.
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Api`].
+    pub async fn bootstrap_names(
+        &self,
+        namespace: &str,
+    ) -> Result<(Vec<String>, Vec<String>), SupervisorError> {
+        let api_error = |what: &str| {
+            let what = format!("list the {what} of {namespace}");
+            move |source| SupervisorError::Api {
+                what,
+                source: Box::new(source),
+            }
+        };
+        fn names<K>(items: Vec<kube::core::PartialObjectMeta<K>>) -> Vec<String> {
+            items.into_iter().filter_map(|o| o.metadata.name).collect()
+        }
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(api_error("Secrets"))?;
+        let config_maps = Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(api_error("ConfigMaps"))?;
+        Ok((names(secrets.items), names(config_maps.items)))
     }
 }
 

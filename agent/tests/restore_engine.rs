@@ -1628,6 +1628,77 @@ mod tests {
         assert_eq!(job_locks, 0);
     }
 
+    /// After registration the namespace is checked as well as the VirtualMachine: a
+    /// bootstrap Secret of the backup that is not there (§6.1 step 3), and a claim of the
+    /// replaced VM that no VM uses but that still exists (§6.2 step 7), are each reported.
+    #[test]
+    fn the_check_after_registration_names_a_missing_secret_and_a_dangling_claim() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("checked-1");
+        let p1 = fx.backup("checked-1");
+        s.change_since_backup("checked-1");
+        let old = s
+            .sup()
+            .get("PersistentVolumeClaim", NS, "checked-1-data")
+            .unwrap();
+        let dir = fx.dir.path().join("pause-verify");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        let mut restore = fx.spawn_paused(
+            &[
+                "restore", "--repo", &repo, "--point", &p1, "--mode", "existing",
+            ],
+            "restore-before-verify",
+            &dir,
+        );
+        wait_reached(&mut restore, &dir, "restore-before-verify");
+        // Registration deleted the old claim and recreated the Secret; undo both.
+        assert!(
+            s.sup()
+                .get("PersistentVolumeClaim", NS, "checked-1-data")
+                .is_none()
+        );
+        let mut old = old;
+        old["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| ["name", "namespace", "labels"].contains(&k.as_str()));
+        s.sup().apply(old).unwrap();
+        s.sup()
+            .delete("Secret", NS, "checked-1-cloud-init")
+            .unwrap();
+        std::fs::write(dir.join("restore-before-verify.go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+        let report: Value = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "report")
+            .unwrap();
+        let problems: Vec<&str> = report["report"]["verification"]["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("bootstrap Secret checked-1-cloud-init")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("PVC checked-1-data of the replaced VirtualMachine")),
+            "{problems:?}"
+        );
+    }
+
     /// A VM with a snapshot is not restored in place: its disks' files are the snapshot's
     /// deltas. Once the snapshot is gone, it is.
     #[test]

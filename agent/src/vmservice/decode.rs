@@ -93,6 +93,10 @@ pub struct VmServiceData {
     pub classic_disks: Vec<ClassicDiskData>,
     /// The backup version, Unix time in milliseconds.
     pub backup_version_ms: Option<u64>,
+    /// The bootstrap Secrets and ConfigMaps the additional-resources key holds, by kind and
+    /// name only (their data is never kept): registration recreates them (§6.1 step 3).
+    #[serde(default)]
+    pub bootstrap_resources: Vec<BootstrapResource>,
     /// The VCF 9+ opt-in key, when present: true for `1`, `on`, `t`, `true`, `y`, `yes` (any
     /// case, surrounding blanks ignored).
     pub auto_registration_opt_in: Option<bool>,
@@ -100,6 +104,15 @@ pub struct VmServiceData {
     pub auto_registration_opt_out: Option<bool>,
     /// Every defect found while decoding (decoding never stops at the first).
     pub problems: Vec<Problem>,
+}
+
+/// A bootstrap Secret or ConfigMap of the additional-resources key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapResource {
+    /// `Secret` or `ConfigMap`.
+    pub kind: String,
+    /// Its `metadata.name`.
+    pub name: String,
 }
 
 /// How far a payload key got.
@@ -205,7 +218,7 @@ pub(crate) fn decode_detailed(extra: &[(String, String)]) -> Option<Decoded> {
         .and_then(|y| y.get("apiVersion"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    check_additional_resources(extra, &mut p);
+    let bootstrap_resources = check_additional_resources(extra, &mut p);
     check_twins(extra, &mut p);
     let (pvc_disks, pvc_state) = decode_pvc_disks(extra, vm_yaml.as_ref(), &mut p);
     let classic_disks =
@@ -234,6 +247,7 @@ pub(crate) fn decode_detailed(extra: &[(String, String)]) -> Option<Decoded> {
             pvc_disks,
             classic_disks,
             backup_version_ms,
+            bootstrap_resources,
             auto_registration_opt_in,
             auto_registration_opt_out,
             problems: p.0,
@@ -360,18 +374,39 @@ pub(crate) fn claimed_pvcs(vm_yaml: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-fn check_additional_resources(extra: &[(String, String)], p: &mut Problems) {
+/// Checks the additional-resources key and returns the Secrets and ConfigMaps it holds.
+fn check_additional_resources(
+    extra: &[(String, String)],
+    p: &mut Problems,
+) -> Vec<BootstrapResource> {
+    let mut found = Vec::new();
     let Some((key, value)) = present(extra, Content::AdditionalResources) else {
-        return;
+        return found;
     };
     let text = match decode_gzip_base64(value) {
         Ok(text) => text,
-        Err(e) => return p.push(key, layer_reason(&e)),
+        Err(e) => {
+            p.push(key, layer_reason(&e));
+            return found;
+        }
     };
     // Objects are joined by "\n---\n" (VSPHERE.md §C.2): one YAML stream of documents.
     for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
         match Value::deserialize(doc) {
-            Ok(Value::Object(_) | Value::Null) => {}
+            Ok(Value::Object(o)) => {
+                let kind = o.get("kind").and_then(Value::as_str);
+                let name = o
+                    .get("metadata")
+                    .and_then(|m| m.get("name"))
+                    .and_then(Value::as_str);
+                if let (Some(kind @ ("Secret" | "ConfigMap")), Some(name)) = (kind, name) {
+                    found.push(BootstrapResource {
+                        kind: kind.to_owned(),
+                        name: name.to_owned(),
+                    });
+                }
+            }
+            Ok(Value::Null) => {}
             Ok(other) => p.push(
                 key,
                 format!(
@@ -380,9 +415,13 @@ fn check_additional_resources(extra: &[(String, String)], p: &mut Problems) {
                     value_kind(&other)
                 ),
             ),
-            Err(e) => return p.push(key, format!("gzip content is not YAML: {e}")),
+            Err(e) => {
+                p.push(key, format!("gzip content is not YAML: {e}"));
+                return found;
+            }
         }
     }
+    found
 }
 
 /// Decodes a gzip + base64 JSON list (Go writes `null` for an empty slice).
@@ -586,6 +625,13 @@ mod tests {
             assert_eq!(data.backup_version_ms, Some(1_760_433_161_318));
             assert_eq!(data.auto_registration_opt_in, Some(true));
             assert_eq!(data.auto_registration_opt_out, None);
+            assert_eq!(
+                data.bootstrap_resources,
+                [BootstrapResource {
+                    kind: "Secret".into(),
+                    name: "web-1-cloud-init".into()
+                }]
+            );
 
             let (_, resources) = keys::lookup(&extra, Content::AdditionalResources).unwrap();
             assert_eq!(
@@ -618,6 +664,12 @@ mod tests {
             assert_eq!(data.backup_version_ms, Some(1_760_433_185_072));
             assert_eq!(data.auto_registration_opt_in, None);
             assert_eq!(data.auto_registration_opt_out, Some(true));
+            let names: Vec<&str> = data
+                .bootstrap_resources
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            assert_eq!(names, ["db-1-sysprep", "db-1-domain-join"]);
 
             let (_, resources) = keys::lookup(&extra, Content::AdditionalResources).unwrap();
             assert_eq!(

@@ -23,7 +23,8 @@ mod payload;
 mod validate;
 
 pub use decode::{
-    ClassicDiskData, Problem, PvcDiskData, SUPPORTED_API_VERSIONS, VmServiceData, decode,
+    BootstrapResource, ClassicDiskData, Problem, PvcDiskData, SUPPORTED_API_VERSIONS,
+    VmServiceData, decode,
 };
 pub use keys::{Content, KeySpelling, VMSERVICE_PREFIX, lookup, vmservice_entries};
 pub use payload::{DecodeError, MAX_DECODED_BYTES, decode_gzip_base64, encode_gzip_base64};

@@ -215,6 +215,12 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
+    // `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`: the
+    // objects' metadata only, as kube's `get_metadata` and `list_metadata` ask for.
+    let metadata_only = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
     let result = tokio::task::spawn_blocking(move || {
         let sup = vc.supervisor();
         let (k, ns, name) = target(&version, &p)?;
@@ -232,13 +238,24 @@ async fn handle(
                 } else {
                     lock_list(sup, &k, &ns, sel)?
                 };
-                let items: Vec<Value> = items.into_iter().map(|o| rewrite(o, &k, &api_version)).collect();
                 let rv = super::lock(&sup.store).resource_version();
+                if metadata_only {
+                    let items: Vec<Value> = items.into_iter().map(partial_metadata).collect();
+                    return Ok((StatusCode::OK, json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                                                      "metadata": {"resourceVersion": rv}, "items": items})));
+                }
+                let items: Vec<Value> = items.into_iter().map(|o| rewrite(o, &k, &api_version)).collect();
                 return Ok((StatusCode::OK, json!({"kind": format!("{}List", k.kind), "apiVersion": api_version,
                                                   "metadata": {"resourceVersion": rv}, "items": items})));
             }
             (&Method::POST, None) if !all_namespaces => return Ok((StatusCode::CREATED, rewrite(sup.create(&k, &ns, parse()?)?, &k, &api_version))),
-            (&Method::GET, Some(n)) => super::lock(&sup.store).get(&k, &ns, &n).ok_or_else(|| SupervisorError::not_found(&k, &n))?,
+            (&Method::GET, Some(n)) => {
+                let o = super::lock(&sup.store).get(&k, &ns, &n).ok_or_else(|| SupervisorError::not_found(&k, &n))?;
+                if metadata_only {
+                    return Ok((StatusCode::OK, partial_metadata(o)));
+                }
+                o
+            }
             (&Method::PUT, Some(n)) => sup.replace(&k, &ns, &n, parse()?)?,
             (&Method::PATCH, Some(n)) => sup.patch(&k, &ns, &n, &content_type, &parse()?)?,
             (&Method::DELETE, Some(n)) => sup.delete_object(&k, &ns, &n)?,
@@ -269,6 +286,11 @@ fn lock_list(
         return Ok(Vec::new());
     }
     store.list(k, if k.namespaced { Some(ns) } else { None }, sel)
+}
+
+/// An object as `PartialObjectMetadata`: its metadata, nothing of its spec, status or data.
+fn partial_metadata(o: Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"].clone()})
 }
 
 /// Serves the stored object under the requested version.

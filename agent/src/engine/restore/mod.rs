@@ -1328,6 +1328,7 @@ async fn restore_steps(
             }
         }
         step("registration complete; reading the VirtualMachine back".into());
+        super::pause_point("restore-before-verify").await;
         report.verification = Some(verify::verify(renv, plan, report).await?);
         Ok(())
     };

@@ -1,11 +1,15 @@
 //! After registration: the VirtualMachine read back from the Supervisor and checked against
 //! seed 001 §8 (PoweredOff, `restored-<6 hex>` claims Bound; the labels, annotations,
-//! cloud-init instance, image and identity of §8.1–§8.2, see [`spec_problems`]).
+//! cloud-init instance, image and identity of §8.1–§8.2, see [`spec_problems`]), and its
+//! namespace against §6.1–§6.2: the backup's bootstrap Secrets and ConfigMaps are there
+//! (read as metadata only), and after a restore in place the replaced VM's claims that no VM
+//! uses any more are gone.
 
 use serde_json::{Value, json};
 
 use super::plan::Plan;
 use super::{RestoreEnv, RestoreError, RestoreReport, RestoreType, Verification};
+use crate::vmservice::BootstrapResource;
 
 /// Reads the VirtualMachine back and checks it against seed 001 §8.
 pub(super) async fn verify(
@@ -77,19 +81,7 @@ pub(super) async fn verify(
     }
     // Claims of this registration: a VM restored before already has restored-* claims,
     // which do not show that this one registered anything.
-    let before: Vec<String> = plan
-        .existing_cr
-        .as_ref()
-        .and_then(|cr| cr.pointer("/spec/volumes"))
-        .and_then(Value::as_array)
-        .map(|vols| {
-            vols.iter()
-                .filter_map(|v| v.pointer("/persistentVolumeClaim/claimName"))
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let before = claims_of(plan.existing_cr.as_ref());
     let restored_claims = v
         .volumes
         .iter()
@@ -102,6 +94,51 @@ pub(super) async fn verify(
                 v.problems.push(format!(
                     "{restored_claims} restored-<6 hex> claims for {pvc_disks} PVC disks (§8.1.1)"
                 ));
+            }
+            if let Some(expected) = plan
+                .data
+                .as_ref()
+                .map(|d| &d.bootstrap_resources)
+                .filter(|r| !r.is_empty())
+            {
+                let (secrets, config_maps) =
+                    renv.supervisor.bootstrap_names(&plan.namespace).await?;
+                v.problems.extend(bootstrap_problems(
+                    expected,
+                    &secrets,
+                    &config_maps,
+                    &plan.namespace,
+                ));
+            }
+            if plan.prediction.restore_type == RestoreType::Existing {
+                let now: Vec<&str> = v.volumes.iter().map(|(_, c)| c.as_str()).collect();
+                let others: Vec<String> = renv
+                    .supervisor
+                    .virtual_machines(&plan.namespace, &plan.api_version)
+                    .await?
+                    .into_iter()
+                    .filter(|o| o.metadata.name.as_deref() != Some(plan.name.as_str()))
+                    .filter_map(|o| serde_json::to_value(o).ok())
+                    .flat_map(|o| claims_of(Some(&o)))
+                    .collect();
+                let dangling = before
+                    .iter()
+                    .filter(|c| !now.contains(&c.as_str()) && !others.contains(c));
+                for claim in dangling {
+                    let kept = pvcs.iter().any(|p| {
+                        p.metadata.name.as_deref() == Some(claim.as_str())
+                            && p.metadata.deletion_timestamp.is_none()
+                    });
+                    if kept {
+                        v.problems.push(format!(
+                            "PVC {claim} of the replaced VirtualMachine is used by no VM but \
+                             still exists: registration deletes such dangling claims (§6.2 \
+                             step 7). Its volume holds the disk as it was before the restore; \
+                             once it is not needed: kubectl delete pvc {claim} -n {}",
+                            plan.namespace
+                        ));
+                    }
+                }
             }
             let backup = plan.data.as_ref().and_then(|d| d.vm_yaml.as_ref());
             v.problems.extend(spec_problems(
@@ -124,6 +161,49 @@ pub(super) async fn verify(
         }
     }
     Ok(v)
+}
+
+/// The claims of a VirtualMachine's volumes.
+fn claims_of(vm: Option<&Value>) -> Vec<String> {
+    vm.and_then(|cr| cr.pointer("/spec/volumes"))
+        .and_then(Value::as_array)
+        .map(|vols| {
+            vols.iter()
+                .filter_map(|v| v.pointer("/persistentVolumeClaim/claimName"))
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The bootstrap Secrets and ConfigMaps of the backup missing from the namespace
+/// (`secrets`, `config_maps`: the names there): registration recreates them (§6.1 step 3),
+/// and a VM whose bootstrap data is gone cannot be customised when it powers on.
+pub(super) fn bootstrap_problems(
+    expected: &[BootstrapResource],
+    secrets: &[String],
+    config_maps: &[String],
+    namespace: &str,
+) -> Vec<String> {
+    expected
+        .iter()
+        .filter(|r| {
+            let there = if r.kind == "Secret" {
+                secrets
+            } else {
+                config_maps
+            };
+            !there.contains(&r.name)
+        })
+        .map(|r| {
+            format!(
+                "bootstrap {} {} of the backup is not in namespace {namespace} \
+                 (§6.1 step 3: registration recreates it)",
+                r.kind, r.name
+            )
+        })
+        .collect()
 }
 
 const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
@@ -337,8 +417,34 @@ pub fn is_restored_claim(name: &str) -> bool {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{Expected, spec_problems};
-    use crate::vmservice::fixtures;
+    use super::{Expected, bootstrap_problems, spec_problems};
+    use crate::vmservice::{BootstrapResource, fixtures};
+
+    #[test]
+    fn missing_bootstrap_resources_are_named_by_kind() {
+        let r = |kind: &str, name: &str| BootstrapResource {
+            kind: kind.into(),
+            name: name.into(),
+        };
+        let expected = [r("Secret", "web-1-ci"), r("ConfigMap", "web-1-net")];
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(
+            bootstrap_problems(
+                &expected,
+                &names(&["web-1-ci"]),
+                &names(&["web-1-net"]),
+                "ns"
+            )
+            .is_empty()
+        );
+        // A ConfigMap of the Secret's name is not the Secret.
+        let p = bootstrap_problems(&expected, &[], &names(&["web-1-ci", "web-1-net"]), "ns");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("Secret web-1-ci") && p[0].contains("namespace ns"),
+            "{p:?}"
+        );
+    }
 
     fn backup() -> Value {
         let mut yaml: Value = serde_norway::from_str(&fixtures::text("web-1/vm.yaml")).unwrap();
