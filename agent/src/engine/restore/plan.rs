@@ -365,12 +365,14 @@ pub(super) fn restored_vmx(
     vmx_path: &DatastorePath,
 ) -> Result<Vec<u8>, RestoreError> {
     let vmx_dir = (vmx_path.datastore.as_str(), dir_of(&vmx_path.path));
-    let text = String::from_utf8_lossy(vmx);
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
+    let mut out = Vec::with_capacity(vmx.len());
+    // Line by line as bytes: a line in another encoding (`.encoding = "windows-1252"`, a
+    // display name in Latin-1) is kept as it was, not decoded and re-encoded.
+    for raw in vmx.split_inclusive(|b| *b == b'\n') {
+        let line = String::from_utf8_lossy(raw);
         let trimmed = line.trim();
         let Some((key, value)) = trimmed.split_once('=') else {
-            out.push_str(line);
+            out.extend_from_slice(raw);
             continue;
         };
         let key = key.trim();
@@ -381,8 +383,14 @@ pub(super) fn restored_vmx(
                 .any(|p| key.to_ascii_lowercase().starts_with(p))
             && value.to_ascii_lowercase().ends_with(".vmdk");
         if !is_disk {
-            out.push_str(line);
+            out.extend_from_slice(raw);
             continue;
+        }
+        if std::str::from_utf8(raw).is_err() {
+            return Err(RestoreError::Invalid(format!(
+                "the .vmx names disk {value} ({key}) in bytes that are not UTF-8; \
+                 its name cannot be matched with the restore point's disks"
+            )));
         }
         let (parent, file) = value.rsplit_once('/').map_or(("", value), |(d, f)| (d, f));
         let parent = parent.rsplit('/').next().unwrap_or_default();
@@ -428,9 +436,11 @@ pub(super) fn restored_vmx(
         } else {
             format!("/vmfs/volumes/{}/{}", at.datastore, at.path)
         };
-        out.push_str(&format!("{key} = \"{path}\"\n"));
+        let ending = &raw[raw.trim_ascii_end().len()..];
+        out.extend_from_slice(format!("{key} = \"{path}\"").as_bytes());
+        out.extend_from_slice(ending);
     }
-    Ok(out.into_bytes())
+    Ok(out)
 }
 
 /// The directory part of a path inside a datastore (`""` at its root).
@@ -535,5 +545,40 @@ scsi0:1.fileName = \"/vmfs/volumes/vsanDatastore/c5aa-pvcdir/216a8642.vmdk\"\n"
             String::from_utf8(out).unwrap(),
             "scsi0:2.fileName = \"/vmfs/volumes/vsanDatastore/c7d0-dir/216a8642.vmdk\"\n"
         );
+    }
+
+    /// Every line but the disks' is kept byte for byte, also in another encoding than
+    /// UTF-8, and a rewritten line keeps its line ending.
+    #[test]
+    fn vmx_lines_in_other_encodings_are_kept_byte_for_byte() {
+        let disk = DiskRecord {
+            key: DiskKey(2000),
+            label: String::new(),
+            capacity_bytes: 1,
+            backing_file: "[ds1] w/disk-0.vmdk".into(),
+            disk_uuid: None,
+            change_id: None,
+            role: crate::repo::catalog::DiskRole::Os,
+            index_path: String::new(),
+            bytes_changed: 0,
+            bytes_stored: 0,
+        };
+        // "Café" in windows-1252: 0xE9 is not UTF-8.
+        let vmx: &[u8] = b".encoding = \"windows-1252\"\r\ndisplayName = \"Caf\xe9\"\r\n\
+scsi0:0.fileName = \"disk-0-000001.vmdk\"\r\nannotation = \"\xe9t\xe9\"";
+        let out = restored_vmx(vmx, std::slice::from_ref(&disk), &vmx_at("[ds1] w/w.vmx")).unwrap();
+        assert_eq!(
+            out,
+            b".encoding = \"windows-1252\"\r\ndisplayName = \"Caf\xe9\"\r\n\
+scsi0:0.fileName = \"disk-0.vmdk\"\r\nannotation = \"\xe9t\xe9\""
+        );
+        // A disk line that is not UTF-8 cannot be matched: refused, not guessed.
+        let err = restored_vmx(
+            b"scsi0:0.fileName = \"d\xe9-000001.vmdk\"\n",
+            &[disk],
+            &vmx_at("[ds1] w/w.vmx"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }
