@@ -464,7 +464,7 @@ impl World {
             if let Some(ds) = self.datastore_ref(&file) {
                 backing.push(("datastore", ds));
             }
-            backing.push(("diskMode", Val::str("persistent")));
+            backing.push(("diskMode", Val::str(&d.mode)));
             backing.push(("thinProvisioned", Val::Bool(d.thin)));
             backing.push(("uuid", Val::str(&d.uuid)));
             if let Some(c) = change_id {

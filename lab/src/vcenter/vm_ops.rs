@@ -121,6 +121,8 @@ struct DiskAddition {
     create: Option<NewDisk>,
     uuid: Option<String>,
     at: Option<(i32, i32)>,
+    /// The backing's `diskMode`, when the spec gives one.
+    mode: Option<String>,
 }
 
 fn disk_additions(spec: &Element) -> Result<Vec<DiskAddition>, Fault> {
@@ -146,11 +148,16 @@ fn disk_additions(spec: &Element) -> Result<Vec<DiskAddition>, Fault> {
         let at = dev
             .child_parse::<i32>("unitNumber")
             .map(|u| (dev.child_parse::<i32>("controllerKey").unwrap_or(1000), u));
+        let mode = backing
+            .child_text("diskMode")
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned);
         out.push(DiskAddition {
             path,
             create,
             uuid,
             at,
+            mode,
         });
     }
     Ok(out)
@@ -334,8 +341,18 @@ impl Vcenter {
                                 lab.set_disk_uuid(&a.path, u).map_err(lab_fault)?;
                             }
                         }
-                        lab.attach_disk_at(&vm_id, &a.path, a.at)
+                        let key = lab
+                            .attach_disk_at(&vm_id, &a.path, a.at)
                             .map_err(lab_fault)?;
+                        if let Some(mode) = &a.mode {
+                            lab.modify_vm(&vm_id, |s| {
+                                if let Some(d) = s.disks.iter_mut().find(|d| d.key == key) {
+                                    d.mode.clone_from(mode);
+                                }
+                                Ok(())
+                            })
+                            .map_err(lab_fault)?;
+                        }
                     }
                     lab.modify_vm(&vm_id, |s| {
                         apply_spec(s, &spec);

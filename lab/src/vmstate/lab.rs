@@ -400,6 +400,7 @@ impl Lab {
                     &uuid[20..]
                 ),
                 thin: d.thin,
+                mode: "persistent".into(),
             });
         }
         let state = VmState {
@@ -461,6 +462,9 @@ impl Lab {
                 "{dev}.ctkEnabled = \"{}\"\n",
                 s.change_tracking_enabled
             ));
+            if let Some(mode) = d.vmx_mode() {
+                t.push_str(&format!("{dev}.mode = \"{mode}\"\n"));
+            }
         }
         for (k, v) in &s.extra_config {
             t.push_str(&format!("{k} = \"{}\"\n", v.replace('"', "|22")));

@@ -59,6 +59,23 @@ pub struct VmDisk {
     pub uuid: String,
     /// Thin provisioned.
     pub thin: bool,
+    /// The backing's `diskMode` (`persistent`, `independent_persistent`, …), as the
+    /// `.vmx` keeps it in `scsi0:N.mode` (with dashes).
+    #[serde(default = "persistent")]
+    pub mode: String,
+}
+
+fn persistent() -> String {
+    "persistent".into()
+}
+
+impl VmDisk {
+    /// The `.vmx` spelling of [`VmDisk::mode`] (`independent-persistent`); `None` for
+    /// `persistent`, which the `.vmx` leaves out.
+    #[must_use]
+    pub fn vmx_mode(&self) -> Option<String> {
+        (self.mode != "persistent").then(|| self.mode.replace('_', "-"))
+    }
 }
 
 /// One disk as a snapshot saw it.

@@ -181,6 +181,8 @@ impl Lab {
                     .and_then(crate::datastore::backing_uuid)
                     .unwrap_or_default(),
                 thin: true,
+                mode: get(&format!("scsi0:{unit}.mode"))
+                    .map_or_else(|| "persistent".into(), |m| m.replace('-', "_")),
             });
         }
         let state = VmState {
@@ -339,6 +341,7 @@ impl Lab {
                 file_name: path.clone(),
                 uuid,
                 thin: true,
+                mode: "persistent".into(),
             });
             Ok(key)
         })
