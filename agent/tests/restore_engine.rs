@@ -1383,6 +1383,13 @@ mod tests {
         let vm = s.create_vm("swap-1");
         let p1 = fx.backup("swap-1");
         s.change_since_backup("swap-1");
+        // Attached independent: the new disk takes that mode, and the swap back keeps it.
+        s.lab
+            .modify_vm(&vm, |st| {
+                st.disks[1].mode = "independent_persistent".into();
+                Ok(())
+            })
+            .unwrap();
         let before = s.lab.vm(&vm).unwrap();
         let fcd = before.disks[1].clone();
         let slot = (fcd.controller_key, fcd.unit_number);
@@ -1449,6 +1456,7 @@ mod tests {
             there.file_name,
             r.stderr
         );
+        assert_eq!(there.mode, "independent_persistent");
         assert!(!files().contains(&fcd.file_name.to_string()));
         assert_eq!(s.lab.fcd_id(&fcd.file_name), Some(fcd_id.clone()));
         assert!(
@@ -1470,6 +1478,7 @@ mod tests {
         // The FCD is back where it was, untouched; the new file is gone; access ended.
         let back = at_slot();
         assert_eq!(back.file_name, fcd.file_name);
+        assert_eq!(back.mode, "independent_persistent");
         assert_eq!(s.disk_bytes(&vm, back.key), fcd_bytes);
         assert_eq!(
             s.lab.vm_disk_fcd_id(&s.lab.vm(&vm).unwrap(), back.key),

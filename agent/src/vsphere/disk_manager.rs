@@ -32,6 +32,8 @@ pub enum DiskChange<'a> {
         unit_number: i32,
         /// The backing uuid to give the new disk (`6000C29…`), if any.
         uuid: Option<&'a str>,
+        /// `diskMode`: `persistent`, `independent_persistent`, …
+        disk_mode: &'a str,
     },
     /// Attach the existing disk file at `path` (no file operation).
     Attach {
@@ -43,6 +45,8 @@ pub enum DiskChange<'a> {
         controller_key: i32,
         /// Unit number on the controller.
         unit_number: i32,
+        /// `diskMode`: `persistent`, `independent_persistent`, …
+        disk_mode: &'a str,
     },
 }
 
@@ -149,6 +153,7 @@ impl SoapClient {
                 controller_key,
                 unit_number,
                 uuid: None,
+                disk_mode: "persistent",
             }],
         )
         .await
@@ -190,6 +195,7 @@ impl SoapClient {
                     controller_key,
                     unit_number,
                     uuid,
+                    disk_mode,
                 } => {
                     // Element order as the vim25 schema has it (vCenter rejects any other).
                     w.text("operation", "add")
@@ -198,7 +204,7 @@ impl SoapClient {
                         .value("key", new_key)
                         .open_typed("backing", "VirtualDiskFlatVer2BackingInfo")
                         .text("fileName", path)
-                        .text("diskMode", "persistent")
+                        .text("diskMode", disk_mode)
                         .value("thinProvisioned", *thin);
                     if let Some(u) = uuid {
                         w.text("uuid", u);
@@ -215,13 +221,14 @@ impl SoapClient {
                     capacity_kb,
                     controller_key,
                     unit_number,
+                    disk_mode,
                 } => {
                     w.text("operation", "add")
                         .open_typed("device", "VirtualDisk")
                         .value("key", new_key)
                         .open_typed("backing", "VirtualDiskFlatVer2BackingInfo")
                         .text("fileName", path)
-                        .text("diskMode", "persistent")
+                        .text("diskMode", disk_mode)
                         .close("backing")
                         .value("controllerKey", *controller_key)
                         .value("unitNumber", *unit_number)

@@ -444,7 +444,7 @@ pub async fn add_new_disk_then_detach_and_destroy(t: &Target) {
 /// A restore in place's swap of a First Class Disk: one ReconfigVM_Task removes a disk
 /// keeping its file and creates a new disk at the same controller and unit (with a backing
 /// uuid asked for); the swap back removes the new disk, deleting its file, and attaches the
-/// kept file again at that unit.
+/// kept file again at that unit, in the disk mode asked for.
 pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
     let client = t.client().await;
     let inv = inventory(t, &client).await;
@@ -487,6 +487,7 @@ pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
                     controller_key: controller,
                     unit_number: 1,
                     uuid: Some(uuid),
+                    disk_mode: "persistent",
                 },
             ],
         )
@@ -513,6 +514,7 @@ pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
                     capacity_kb: 2048,
                     controller_key: controller,
                     unit_number: 1,
+                    disk_mode: "independent_persistent",
                 },
             ],
         )
@@ -522,6 +524,7 @@ pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
     let back = at_unit_1(&info).expect("a disk at unit 1");
     assert_eq!(back.file_name, kept, "{:?}", info.disks);
     assert_eq!(back.uuid, old.uuid);
+    assert_eq!(back.disk_mode.as_deref(), Some("independent_persistent"));
     assert!(info.disks.iter().all(|d| d.file_name != new));
     client.destroy(&vm.moref()).await.unwrap();
 }

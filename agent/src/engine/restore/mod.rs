@@ -1063,10 +1063,11 @@ async fn restore_steps(
                     continue;
                 };
                 // A First Class Disk (a PVC volume) is not written into: it is swapped for a
-                // new disk at the same controller and unit (see `swap`).
+                // new disk at the same controller and unit (see `swap`), made beside it, on
+                // the datastore its claim's storage class chose, which need not be the VM's.
                 let file = format!(
-                    "{}/restored-{short}-{job}-{}.vmdk",
-                    vm_dir(info, &vm)?,
+                    "{}restored-{short}-{job}-{}.vmdk",
+                    swap::folder_of(&current.file_name),
                     d.key
                 );
                 if info.disks.iter().any(|x| x.file_name == file) {
@@ -1090,7 +1091,12 @@ async fn restore_steps(
                     new_file: file.clone(),
                     controller_key,
                     unit_number,
+                    fcd_disk_mode: current
+                        .disk_mode
+                        .clone()
+                        .unwrap_or_else(|| "persistent".into()),
                 };
+                let disk_mode = swap.fcd_disk_mode.clone();
                 // Journalled before the swap: a crash after the task leaves the FCD detached,
                 // which only the journal then remembers.
                 lock_effects(effects).swapped.push(swap);
@@ -1115,6 +1121,7 @@ async fn restore_steps(
                                 controller_key,
                                 unit_number,
                                 uuid: d.disk_uuid.as_deref(),
+                                disk_mode: &disk_mode,
                             },
                         ],
                     )

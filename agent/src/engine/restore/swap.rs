@@ -34,6 +34,23 @@ pub(crate) struct FcdSwap {
     pub controller_key: i32,
     /// The unit both use.
     pub unit_number: i32,
+    /// The FCD's `diskMode`, to attach it again as it was (journals written before it was
+    /// recorded: `persistent`).
+    #[serde(default = "persistent")]
+    pub fcd_disk_mode: String,
+}
+
+fn persistent() -> String {
+    "persistent".into()
+}
+
+/// The folder of a disk file, as the prefix of a file beside it: `[ds] fcd/x.vmdk` →
+/// `[ds] fcd/`, `[ds] x.vmdk` → `[ds] `.
+pub(crate) fn folder_of(file: &str) -> &str {
+    match file.rfind('/') {
+        Some(i) => &file[..=i],
+        None => file.find("] ").map_or("", |i| &file[..i + 2]),
+    }
 }
 
 /// The backup version a journal entry's detail says was being committed (`committing`):
@@ -125,6 +142,7 @@ pub(crate) async fn swap_back(
                 capacity_kb: s.fcd_capacity_kb,
                 controller_key: s.controller_key,
                 unit_number: s.unit_number,
+                disk_mode: &s.fcd_disk_mode,
             });
         }
         if changes.is_empty() {
@@ -173,6 +191,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_new_disk_is_made_beside_the_first_class_disk() {
+        assert_eq!(
+            folder_of("[vsanDatastore] fcd/3f2a.vmdk"),
+            "[vsanDatastore] fcd/"
+        );
+        assert_eq!(folder_of("[ds1] x.vmdk"), "[ds1] ");
+    }
+
+    #[test]
     fn swaps_round_trip_through_the_journal_detail() {
         let s = FcdSwap {
             fcd_file: "[ds1] vm/disk-1.vmdk".into(),
@@ -182,9 +209,15 @@ mod tests {
             new_file: "[ds1] vm/restored-aaaa-bbbb-2001.vmdk".into(),
             controller_key: 1000,
             unit_number: 1,
+            fcd_disk_mode: "independent_persistent".into(),
         };
         let detail = serde_json::json!({"job": "x", "swapped": [s.clone()]});
-        assert_eq!(swaps_of(&detail), vec![s]);
+        assert_eq!(swaps_of(&detail), vec![s.clone()]);
+        // A journal written before the disk mode was recorded: persistent.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old.as_object_mut().unwrap().remove("fcd_disk_mode");
+        let read = swaps_of(&serde_json::json!({"swapped": [old]}));
+        assert_eq!(read[0].fcd_disk_mode, "persistent");
         assert!(swaps_of(&serde_json::json!({"job": "x"})).is_empty());
     }
 }
