@@ -337,7 +337,9 @@ impl Vcenter {
                         if let Some(d) = &a.create {
                             lab.create_virtual_disk(&a.path, d.capacity_bytes, d.thin)
                                 .map_err(lab_fault)?;
-                            if let Some(u) = &a.uuid {
+                            if let Some(u) = &a.uuid
+                                && !now.created_disks_get_their_own_uuid
+                            {
                                 lab.set_disk_uuid(&a.path, u).map_err(lab_fault)?;
                             }
                         }
@@ -422,6 +424,23 @@ impl Vcenter {
                     lab.create_virtual_disk(&path, kb * 1024, thin)
                         .map_err(lab_fault)?;
                     Ok(Some(Val::str(path.to_string())))
+                })
+            }
+            "DeleteVirtualDisk_Task" => {
+                if kind != "VirtualDiskManager" {
+                    return Err(Fault::not_found_object(&kind, &id));
+                }
+                method = "DeleteVirtualDisk_Task";
+                let name = call.req.child_text("name").unwrap_or_default().to_owned();
+                let path =
+                    DatastorePath::parse(&name).map_err(|_| Fault::invalid_argument("name"))?;
+                if !path.resolve(self.lab.root()).exists() {
+                    return Err(Fault::file_not_found(&name));
+                }
+                entity_name = name;
+                Box::new(move |_| {
+                    lab.delete_virtual_disk(&path).map_err(lab_fault)?;
+                    Ok(None)
                 })
             }
             "MoveIntoFolder_Task" => {

@@ -119,6 +119,27 @@ impl Lab {
         Ok(())
     }
 
+    /// VirtualDiskManager.DeleteVirtualDisk_Task: deletes the disk at `file` (descriptor
+    /// and extents), refused while a VM uses it, as vSphere refuses a locked disk; an FCD
+    /// it was is forgotten.
+    ///
+    /// # Errors
+    /// [`LabError::DiskInUse`] naming the VM; datastore errors (a file that does not exist).
+    pub fn delete_virtual_disk(&self, file: &DatastorePath) -> Result<(), LabError> {
+        if let Some(vm) = self.disk_attached(file)? {
+            return Err(LabError::DiskInUse {
+                disk: file.to_string(),
+                vm: vm.moref,
+            });
+        }
+        let _g = self.lock()?;
+        crate::datastore::delete_disk(self.root(), file).map_err(|source| LabError::Datastore {
+            vm: "lab".into(),
+            source,
+        })?;
+        self.forget_fcds_locked(&[file])
+    }
+
     /// CNS deletes FCD `id` (a PVC with reclaim policy Delete went): its file is deleted,
     /// unless a VM still uses it — CNS does not delete an attached volume. Returns the file
     /// deleted; `Ok(None)` when the FCD no longer exists.

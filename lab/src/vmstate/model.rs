@@ -178,6 +178,11 @@ pub struct VmState {
     /// without (vSphere ignores the flag then), as a test's state.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tools_not_running: bool,
+    /// A disk a `ReconfigVM_Task` creates on this VM gets a uuid of vCenter's choosing,
+    /// whatever uuid the spec asks for (a test's state: vSphere documents the spec's
+    /// backing `uuid` as honoured, but a client must not depend on it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub created_disks_get_their_own_uuid: bool,
 }
 
 /// For serde's `skip_serializing_if`: the test knobs stay out of a VM's JSON while unset.

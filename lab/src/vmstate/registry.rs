@@ -217,6 +217,7 @@ impl Lab {
             leave_next_removal_unconsolidated: false,
             failing_task_polls: 0,
             next_snapshot_delay_ms: 0,
+            created_disks_get_their_own_uuid: false,
             tools_not_running: false,
         };
         self.write_vmx(&state)?;
