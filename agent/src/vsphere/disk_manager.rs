@@ -62,7 +62,8 @@ impl SoapClient {
     }
 
     /// `VirtualDiskManager.CreateVirtualDisk_Task`: a new `lsiLogic` disk of
-    /// `capacity_kb` at `path` (`[ds] dir/disk.vmdk`), thin or eager-zeroed thick.
+    /// `capacity_kb` at `path` (`[ds] dir/disk.vmdk`), thin or (lazy-zeroed) thick, not
+    /// attached to any VM.
     ///
     /// # Errors
     ///
@@ -78,11 +79,29 @@ impl SoapClient {
         let mut w = XmlWriter::new();
         w.text("name", path).moref("datacenter", datacenter);
         w.open_typed("spec", "FileBackedVirtualDiskSpec")
-            .text("diskType", if thin { "thin" } else { "eagerZeroedThick" })
+            .text("diskType", if thin { "thin" } else { "preallocated" })
             .text("adapterType", "lsiLogic")
             .value("capacityKb", capacity_kb)
             .close("spec");
         self.run_task("CreateVirtualDisk_Task", &self.disk_manager()?, &w.finish())
+            .await
+            .map(|_| ())
+    }
+
+    /// `VirtualDiskManager.DeleteVirtualDisk_Task`: deletes the disk at `path` (its
+    /// descriptor and extents). vSphere refuses a disk a VM uses.
+    ///
+    /// # Errors
+    ///
+    /// `FileNotFound`, `FileLocked`, … as the call's fault or [`VsphereError::TaskFailed`].
+    pub async fn delete_virtual_disk(
+        &self,
+        datacenter: &MoRef,
+        path: &str,
+    ) -> Result<(), VsphereError> {
+        let mut w = XmlWriter::new();
+        w.text("name", path).moref("datacenter", datacenter);
+        self.run_task("DeleteVirtualDisk_Task", &self.disk_manager()?, &w.finish())
             .await
             .map(|_| ())
     }

@@ -26,6 +26,7 @@ fn unique(prefix: &str) -> String {
 
 /// Where new objects go: the first datacenter's VM folder, a resource pool, a datastore.
 struct Inventory {
+    datacenter: vadp_agent::vsphere::MoRef,
     datacenter_name: String,
     vm_folder: FolderMoref,
     pool: ResourcePoolMoref,
@@ -52,6 +53,7 @@ async fn inventory(t: &Target, client: &SoapClient) -> Inventory {
         .await
         .unwrap();
     Inventory {
+        datacenter: dc_ref.clone(),
         datacenter_name: dc.text("name").unwrap().to_owned(),
         vm_folder: FolderMoref(vm_folder.value),
         pool: ResourcePoolMoref(pools.first().expect("a resource pool").obj.value.clone()),
@@ -441,10 +443,12 @@ pub async fn add_new_disk_then_detach_and_destroy(t: &Target) {
     client.destroy(&vm.moref()).await.unwrap();
 }
 
-/// A restore in place's swap of a First Class Disk: one ReconfigVM_Task removes a disk
-/// keeping its file and creates a new disk at the same controller and unit (with a backing
-/// uuid asked for); the swap back removes the new disk, deleting its file, and attaches the
-/// kept file again at that unit, in the disk mode asked for.
+/// A restore in place's swap of a First Class Disk: a new disk made unattached
+/// (CreateVirtualDisk_Task) and given a uuid (SetVirtualDiskUuid); one ReconfigVM_Task
+/// removes a disk keeping its file and attaches the new one at the same controller and
+/// unit; the swap back removes the new disk, deleting its file, and attaches the kept file
+/// again at that unit, in the disk mode asked for. A new disk never attached is deleted
+/// with DeleteVirtualDisk_Task, and deleting it again is `FileNotFound`.
 pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
     let client = t.client().await;
     let inv = inventory(t, &client).await;
@@ -473,6 +477,14 @@ pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
     let old = at_unit_1(&client.vm_info(&vm).await.unwrap()).expect("the kept disk at unit 1");
     let uuid = "6000C29a-1b2c-3d4e-5f60-718293a4b5c6";
     client
+        .create_virtual_disk(&inv.datacenter, &new, 4096, true)
+        .await
+        .unwrap();
+    client
+        .set_virtual_disk_uuid(&inv.datacenter, &new, uuid)
+        .await
+        .unwrap();
+    client
         .reconfigure_disks(
             &vm,
             &[
@@ -480,13 +492,11 @@ pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
                     key: old.key,
                     destroy: false,
                 },
-                DiskChange::Create {
+                DiskChange::Attach {
                     path: &new,
                     capacity_kb: 4096,
-                    thin: true,
                     controller_key: controller,
                     unit_number: 1,
-                    uuid: Some(uuid),
                     disk_mode: "persistent",
                 },
             ],
@@ -498,6 +508,7 @@ pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
     assert_eq!(swapped.file_name, new, "{:?}", info.disks);
     assert_eq!(swapped.capacity_bytes, 4096 * 1024);
     assert!(info.disks.iter().all(|d| d.file_name != kept));
+    // vcsim reports no backing uuid for a disk attached from an existing file.
     if t.name == "lab" {
         assert_eq!(swapped.uuid.as_deref(), Some(uuid));
     }
@@ -526,6 +537,25 @@ pub async fn swap_a_disk_at_its_unit_and_back(t: &Target) {
     assert_eq!(back.uuid, old.uuid);
     assert_eq!(back.disk_mode.as_deref(), Some("independent_persistent"));
     assert!(info.disks.iter().all(|d| d.file_name != new));
+
+    let never_attached = format!("{dir}/unattached-{name}.vmdk");
+    client
+        .create_virtual_disk(&inv.datacenter, &never_attached, 1024, true)
+        .await
+        .unwrap();
+    client
+        .delete_virtual_disk(&inv.datacenter, &never_attached)
+        .await
+        .unwrap();
+    let again = client
+        .delete_virtual_disk(&inv.datacenter, &never_attached)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.fault_kind(),
+        Some(vadp_agent::vsphere::FaultKind::FileNotFound),
+        "{again:?}"
+    );
     client.destroy(&vm.moref()).await.unwrap();
 }
 
