@@ -1439,6 +1439,25 @@ mod tests {
         assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
         assert_eq!(fx.open_journal(), 0);
 
+        // Killed with the new disk made (and given its uuid) but not swapped in: a file on
+        // no VM, which reconcile deletes.
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p1,
+            &["--mode", "existing"],
+            Some("restore-swap-created"),
+        );
+        assert_ne!(r.code, Some(0));
+        assert_eq!(files(), all_before, "{}", r.stderr);
+        assert_eq!(new_files().len(), 2, "{:?}", new_files()); // descriptor and extent
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        assert!(new_files().is_empty(), "{:?}", new_files());
+        assert_eq!(files(), all_before);
+        assert!(s.lab.disabled_methods(&vm).unwrap().is_empty());
+        assert_eq!(fx.open_journal(), 0);
+
         // Killed after the swap: the new disk sits at the FCD's controller and unit, the
         // FCD is detached (still an FCD, its file untouched).
         let r = fx.restore_on(
@@ -1635,6 +1654,38 @@ mod tests {
             .filter(|n| n.starts_with("job-"))
             .count();
         assert_eq!(job_locks, 0);
+    }
+
+    /// A vCenter that gives a disk a ReconfigVM_Task creates a uuid of its own choosing: the
+    /// swap's new disk still carries the backed-up uuid (it is made unattached and given
+    /// it before the swap), so WCP finds it in the backup's pvc-disk-data and registers it
+    /// behind a new claim. (When the swap created the disk in its ReconfigVM_Task and set
+    /// the uuid afterwards, the VM kept showing vCenter's, and registration failed.)
+    #[test]
+    fn a_vcenter_choosing_created_disks_uuids_does_not_change_the_swapped_disks() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("own-uuid-1");
+        let p1 = fx.backup("own-uuid-1");
+        s.change_since_backup("own-uuid-1");
+        let fcd = s.lab.vm(&vm).unwrap().disks[1].clone();
+        s.lab
+            .modify_vm(&vm, |st| {
+                st.created_disks_get_their_own_uuid = true;
+                Ok(())
+            })
+            .unwrap();
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(
+            r.report()["verification"]["problems"],
+            json!([]),
+            "{}",
+            r.report()
+        );
+        let now = s.disk_at(&vm, (fcd.controller_key, fcd.unit_number));
+        assert_ne!(now.file_name, fcd.file_name);
+        assert_eq!(now.uuid, fcd.uuid);
     }
 
     /// After registration the namespace is checked as well as the VirtualMachine: a

@@ -830,14 +830,12 @@ fn vm_dir(info: &crate::vsphere::VmInfo, vm: &VmMoref) -> Result<String, Restore
         .ok_or_else(|| RestoreError::Invalid(format!("{vm} has no .vmx path")))
 }
 
-/// Makes sure the disk a swap created at `file` carries the backed-up backing `uuid`, which
-/// the backup's pvc-disk-data names and WCP matches the disk by (the FCD is no longer on
-/// the VM, so its file name matches nothing). The create spec asked for it; a vCenter that
-/// chose its own uuid instead gets SetVirtualDiskUuid (the VM is powered off, its disk
-/// file not locked).
-async fn keep_backed_up_uuid(
+/// Checks that the disk a swap attached at `file` carries the backed-up backing `uuid`,
+/// which the backup's pvc-disk-data names and WCP matches the disk by (the FCD is no
+/// longer on the VM, so its file name matches nothing): without it, registration would
+/// fail after the data is written.
+async fn check_backed_up_uuid(
     env: &Environment,
-    dc: &MoRef,
     vm: &VmMoref,
     file: &str,
     uuid: Option<&str>,
@@ -855,15 +853,16 @@ async fn keep_backed_up_uuid(
         .iter()
         .find(|d| d.file_name == file)
         .and_then(|d| d.uuid.clone());
-    let same = |a: &str| verify::uuid_hex(a) == verify::uuid_hex(uuid);
-    if has.as_deref().is_some_and(same) {
+    if has
+        .as_deref()
+        .is_some_and(|h| verify::uuid_hex(h) == verify::uuid_hex(uuid))
+    {
         return Ok(());
     }
-    tracing::info!(vm = %vm, file, uuid, got = ?has, "the new disk did not take the backed-up uuid on create: setting it");
-    env.soap
-        .set_virtual_disk_uuid(dc, file, uuid)
-        .await
-        .map_err(vsphere(format!("setting the uuid of {file}")))
+    Err(RestoreError::Invalid(format!(
+        "{vm} shows its new disk {file} with uuid {has:?}, not the backed-up {uuid} that \
+         was set on it: WCP matches the restored disk by that uuid and would not find it"
+    )))
 }
 
 /// Destroys a VM shell a restore created (powered off, never registered on the Supervisor).
@@ -1095,16 +1094,42 @@ async fn restore_steps(
                         .disk_mode
                         .clone()
                         .unwrap_or_else(|| "persistent".into()),
+                    datacenter: Some(plan.datacenter.value.clone()),
                 };
                 let disk_mode = swap.fcd_disk_mode.clone();
-                // Journalled before the swap: a crash after the task leaves the FCD detached,
-                // which only the journal then remembers.
+                // Journalled before the new disk exists: a crash after it was made leaves a
+                // file, or a detached FCD, that only the journal then remembers.
                 lock_effects(effects).swapped.push(swap);
                 journal_attached(env, effects, report, request.point, &vm).await?;
                 crash_point("restore-swap-journalled");
+                // Made unattached and given the backed-up uuid before any VM uses it: a VM
+                // reads a disk's uuid when the disk is attached, so the uuid set first is
+                // the one vCenter and WCP see (a create spec's uuid need not be honoured,
+                // and a uuid set on an attached disk may not show until the VM reloads).
+                let capacity_kb = d.capacity_bytes.div_ceil(1024);
                 step(format!(
-                    "swapping First Class Disk {} ({fcd_id}) of disk {} ({}) for a new disk {file}",
-                    current.file_name, d.key, d.label
+                    "creating {file} for disk {} ({}) in place of First Class Disk {} ({fcd_id})",
+                    d.key, d.label, current.file_name
+                ));
+                env.soap
+                    .create_virtual_disk(
+                        &plan.datacenter,
+                        &file,
+                        capacity_kb,
+                        current.thin_provisioned.unwrap_or(true),
+                    )
+                    .await
+                    .map_err(vsphere(format!("creating {file}")))?;
+                if let Some(uuid) = d.disk_uuid.as_deref() {
+                    env.soap
+                        .set_virtual_disk_uuid(&plan.datacenter, &file, uuid)
+                        .await
+                        .map_err(vsphere(format!("setting the uuid of {file}")))?;
+                }
+                crash_point("restore-swap-created");
+                step(format!(
+                    "swapping First Class Disk {} for {file} at its controller and unit",
+                    current.file_name
                 ));
                 env.soap
                     .reconfigure_disks(
@@ -1114,13 +1139,11 @@ async fn restore_steps(
                                 key: current.key,
                                 destroy: false,
                             },
-                            DiskChange::Create {
+                            DiskChange::Attach {
                                 path: &file,
-                                capacity_kb: d.capacity_bytes.div_ceil(1024),
-                                thin: current.thin_provisioned.unwrap_or(true),
+                                capacity_kb,
                                 controller_key,
                                 unit_number,
-                                uuid: d.disk_uuid.as_deref(),
                                 disk_mode: &disk_mode,
                             },
                         ],
@@ -1130,8 +1153,7 @@ async fn restore_steps(
                         "swapping {} for {file} on {vm}",
                         current.file_name
                     )))?;
-                keep_backed_up_uuid(env, &plan.datacenter, &vm, &file, d.disk_uuid.as_deref())
-                    .await?;
+                check_backed_up_uuid(env, &vm, &file, d.disk_uuid.as_deref()).await?;
                 targets.push((d.clone(), file, true));
             }
             crash_point("restore-after-swap");

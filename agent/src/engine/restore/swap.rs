@@ -4,12 +4,16 @@
 //! the old, dangling PVC afterwards, which with reclaim policy Delete deletes the volume —
 //! the very disk restored. So the restore *swaps* it: one `ReconfigVM_Task` removes the
 //! FCD's device without a file operation (the FCD stays on the datastore, untouched) and
-//! creates a new plain disk at the same controller and unit, which the backup's data is
+//! attaches a new plain disk at the same controller and unit, which the backup's data is
 //! written into and which WCP then registers as a new FCD behind a new `restored-*` PVC.
+//! The new disk is made beforehand, unattached, beside the FCD and given the backed-up
+//! uuid, which WCP matches it by (`CreateVirtualDisk_Task`, `SetVirtualDiskUuid`).
 //!
-//! The swap is journalled before it is made; until the restore is complete, its clean-up
-//! (and, after a crash, reconcile) swaps back: one `ReconfigVM_Task` that removes the new
-//! disk, deleting its file, and attaches the FCD again at its controller and unit.
+//! The swap is journalled before the new disk is made; until the restore is complete, its
+//! clean-up (and, after a crash, reconcile) swaps back: one `ReconfigVM_Task` that removes
+//! the new disk, deleting its file, and attaches the FCD again at its controller and unit
+//! (in its disk mode) — or, when the new disk was made but never attached, a
+//! `DeleteVirtualDisk_Task` of it.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +42,11 @@ pub(crate) struct FcdSwap {
     /// recorded: `persistent`).
     #[serde(default = "persistent")]
     pub fcd_disk_mode: String,
+    /// The datacenter's moref id (`datacenter-2`), to delete the new disk while it is not
+    /// attached (made, not yet swapped in). Journals written before the new disk was made
+    /// unattached have none: theirs was made attached.
+    #[serde(default)]
+    pub datacenter: Option<String>,
 }
 
 fn persistent() -> String {
@@ -145,30 +154,63 @@ pub(crate) async fn swap_back(
                 disk_mode: &s.fcd_disk_mode,
             });
         }
-        if changes.is_empty() {
-            continue;
-        }
-        if let Some(observer) = observer {
-            observer(&RestoreEvent::Step {
-                message: format!(
-                    "swapping back: deleting the unfinished {} and attaching the First Class Disk {} again",
-                    s.new_file, s.fcd_file
-                ),
-            });
-        }
-        match env.soap.reconfigure_disks(vm, &changes).await {
-            Ok(()) => {
-                if !fcd_attached {
-                    back.push(s.fcd_file.clone());
+        if !changes.is_empty() {
+            if let Some(observer) = observer {
+                observer(&RestoreEvent::Step {
+                    message: format!(
+                        "swapping back: deleting the unfinished {} and attaching the First Class Disk {} again",
+                        s.new_file, s.fcd_file
+                    ),
+                });
+            }
+            match env.soap.reconfigure_disks(vm, &changes).await {
+                Ok(()) => {
+                    if !fcd_attached {
+                        back.push(s.fcd_file.clone());
+                    }
+                }
+                Err(e) => {
+                    complete = false;
+                    tracing::error!(vm = %vm, fcd = %s.fcd_file, new = %s.new_file, error = %error_chain(&e), "restore clean-up: the First Class Disk stays swapped until reconcile swaps it back");
+                    continue;
                 }
             }
-            Err(e) => {
-                complete = false;
-                tracing::error!(vm = %vm, fcd = %s.fcd_file, new = %s.new_file, error = %error_chain(&e), "restore clean-up: the First Class Disk stays swapped until reconcile swaps it back");
-            }
+        }
+        // Made but never swapped in: the file is on no VM, and goes on its own.
+        if new.is_none()
+            && let Some(dc) = &s.datacenter
+            && !delete_unattached(env, dc, &s.new_file, observer).await
+        {
+            complete = false;
         }
     }
     (back, complete)
+}
+
+/// Deletes the new disk `file` a swap made and never attached; one that does not exist
+/// (the swap stopped before it was made) is fine. Returns whether it is gone.
+async fn delete_unattached(
+    env: &Environment,
+    datacenter: &str,
+    file: &str,
+    observer: Option<&RestoreObserver>,
+) -> bool {
+    let dc = crate::vsphere::MoRef::new("Datacenter", datacenter);
+    match env.soap.delete_virtual_disk(&dc, file).await {
+        Ok(()) => {
+            if let Some(observer) = observer {
+                observer(&RestoreEvent::Step {
+                    message: format!("deleted the unfinished {file}, never attached"),
+                });
+            }
+            true
+        }
+        Err(e) if e.fault_kind() == Some(crate::vsphere::FaultKind::FileNotFound) => true,
+        Err(e) => {
+            tracing::error!(file, error = %error_chain(&e), "restore clean-up: the unfinished disk stays until reconcile deletes it");
+            false
+        }
+    }
 }
 
 /// Waits (up to 10 minutes) for the `ReconfigVM_Task`s still running on `vm`.
@@ -210,14 +252,17 @@ mod tests {
             controller_key: 1000,
             unit_number: 1,
             fcd_disk_mode: "independent_persistent".into(),
+            datacenter: Some("datacenter-2".into()),
         };
         let detail = serde_json::json!({"job": "x", "swapped": [s.clone()]});
         assert_eq!(swaps_of(&detail), vec![s.clone()]);
         // A journal written before the disk mode was recorded: persistent.
         let mut old = serde_json::to_value(&s).unwrap();
         old.as_object_mut().unwrap().remove("fcd_disk_mode");
+        old.as_object_mut().unwrap().remove("datacenter");
         let read = swaps_of(&serde_json::json!({"swapped": [old]}));
         assert_eq!(read[0].fcd_disk_mode, "persistent");
+        assert_eq!(read[0].datacenter, None);
         assert!(swaps_of(&serde_json::json!({"job": "x"})).is_empty());
     }
 }
