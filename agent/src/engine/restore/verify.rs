@@ -2,8 +2,8 @@
 //! seed 001 §8 (PoweredOff, `restored-<6 hex>` claims Bound; the labels, annotations,
 //! cloud-init instance, image and identity of §8.1–§8.2, see [`spec_problems`]), and its
 //! namespace against §6.1–§6.2: the backup's bootstrap Secrets and ConfigMaps are there
-//! (read as metadata only), and after a restore in place the replaced VM's claims that no VM
-//! uses any more are gone.
+//! (read as metadata only), and after a restore in place the claims registration replaced
+//! are gone ([`replaced_claims`]).
 
 use serde_json::{Value, json};
 
@@ -81,11 +81,11 @@ pub(super) async fn verify(
     }
     // Claims of this registration: a VM restored before already has restored-* claims,
     // which do not show that this one registered anything.
-    let before = claims_of(plan.existing_cr.as_ref());
+    let before = volumes_of(plan.existing_cr.as_ref());
     let restored_claims = v
         .volumes
         .iter()
-        .filter(|(_, c)| is_restored_claim(c) && !before.contains(c))
+        .filter(|(_, c)| is_restored_claim(c) && !before.iter().any(|(_, b)| b == c))
         .count();
     let pvc_disks = plan.data.as_ref().map_or(0, |d| d.pvc_disks.len());
     match plan.prediction.restore_type {
@@ -111,7 +111,6 @@ pub(super) async fn verify(
                 ));
             }
             if plan.prediction.restore_type == RestoreType::Existing {
-                let now: Vec<&str> = v.volumes.iter().map(|(_, c)| c.as_str()).collect();
                 let others: Vec<String> = renv
                     .supervisor
                     .virtual_machines(&plan.namespace, &plan.api_version)
@@ -119,14 +118,15 @@ pub(super) async fn verify(
                     .into_iter()
                     .filter(|o| o.metadata.name.as_deref() != Some(plan.name.as_str()))
                     .filter_map(|o| serde_json::to_value(o).ok())
-                    .flat_map(|o| claims_of(Some(&o)))
+                    .flat_map(|o| volumes_of(Some(&o)))
+                    .map(|(_, c)| c)
                     .collect();
-                let dangling = before
-                    .iter()
-                    .filter(|c| !now.contains(&c.as_str()) && !others.contains(c));
+                let dangling = replaced_claims(&before, &v.volumes)
+                    .into_iter()
+                    .filter(|c| !others.iter().any(|o| o == c));
                 for claim in dangling {
                     let kept = pvcs.iter().any(|p| {
-                        p.metadata.name.as_deref() == Some(claim.as_str())
+                        p.metadata.name.as_deref() == Some(claim)
                             && p.metadata.deletion_timestamp.is_none()
                     });
                     if kept {
@@ -163,18 +163,39 @@ pub(super) async fn verify(
     Ok(v)
 }
 
-/// The claims of a VirtualMachine's volumes.
-fn claims_of(vm: Option<&Value>) -> Vec<String> {
+/// A VirtualMachine's PVC volumes: (volume name, claim).
+fn volumes_of(vm: Option<&Value>) -> Vec<(String, String)> {
     vm.and_then(|cr| cr.pointer("/spec/volumes"))
         .and_then(Value::as_array)
         .map(|vols| {
             vols.iter()
-                .filter_map(|v| v.pointer("/persistentVolumeClaim/claimName"))
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
+                .filter_map(|v| {
+                    let name = v.get("name").and_then(Value::as_str)?;
+                    let claim = v
+                        .pointer("/persistentVolumeClaim/claimName")
+                        .and_then(Value::as_str)?;
+                    Some((name.to_owned(), claim.to_owned()))
+                })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The claims a restore in place replaced: a volume of the VM before (`before`) that the
+/// restored VM (`now`) has under the same name on another claim (WCP's `restored-*`
+/// one). Those are the dangling claims registration deletes (§6.2 steps 4, 7); a volume
+/// the backup does not have (a disk attached since, still on the VM) is not one.
+pub(super) fn replaced_claims<'a>(
+    before: &'a [(String, String)],
+    now: &[(String, String)],
+) -> Vec<&'a str> {
+    before
+        .iter()
+        .filter(|(name, claim)| {
+            now.iter().any(|(n, c)| n == name && c != claim) && !now.iter().any(|(_, c)| c == claim)
+        })
+        .map(|(_, claim)| claim.as_str())
+        .collect()
 }
 
 /// The bootstrap Secrets and ConfigMaps of the backup missing from the namespace
@@ -417,8 +438,22 @@ pub fn is_restored_claim(name: &str) -> bool {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{Expected, bootstrap_problems, spec_problems};
+    use super::{Expected, bootstrap_problems, replaced_claims, spec_problems};
     use crate::vmservice::{BootstrapResource, fixtures};
+
+    #[test]
+    fn only_claims_replaced_under_the_same_volume_name_are_dangling() {
+        let v = |n: &str, c: &str| (n.to_owned(), c.to_owned());
+        let before = [
+            v("data", "web-1-data"),
+            v("logs", "web-1-logs"),
+            // Attached by a disk-only restore since the backup: not in the backup, so
+            // not re-registered, and its disk is still on the VM.
+            v("restored-disk", "restored-aa11bb"),
+        ];
+        let now = [v("data", "restored-0f0f0f"), v("logs", "web-1-logs")];
+        assert_eq!(replaced_claims(&before, &now), ["web-1-data"]);
+    }
 
     #[test]
     fn missing_bootstrap_resources_are_named_by_kind() {
