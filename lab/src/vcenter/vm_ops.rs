@@ -426,6 +426,30 @@ impl Vcenter {
                     Ok(Some(Val::str(path.to_string())))
                 })
             }
+            "DeleteDatastoreFile_Task" => {
+                if kind != "FileManager" {
+                    return Err(Fault::not_found_object(&kind, &id));
+                }
+                method = "DeleteDatastoreFile_Task";
+                let name = call.req.child_text("name").unwrap_or_default().to_owned();
+                let path =
+                    DatastorePath::parse(&name).map_err(|_| Fault::invalid_argument("name"))?;
+                let file = path.resolve(self.lab.root());
+                if !file.exists() {
+                    return Err(Fault::file_not_found(&name));
+                }
+                // vSphere deletes a directory with everything in it; the lab deletes files
+                // only, so that no test can lose a directory by mistake.
+                if file.is_dir() {
+                    return Err(Fault::file_fault(&name, "the lab deletes files only"));
+                }
+                entity_name = name.clone();
+                Box::new(move |_| {
+                    std::fs::remove_file(&file)
+                        .map_err(|e| Fault::file_fault(&name, &e.to_string()))?;
+                    Ok(None)
+                })
+            }
             "DeleteVirtualDisk_Task" => {
                 if kind != "VirtualDiskManager" {
                     return Err(Fault::not_found_object(&kind, &id));
