@@ -106,6 +106,38 @@ impl SoapClient {
             .map(|_| ())
     }
 
+    /// `FileManager.DeleteDatastoreFile_Task`: deletes the file at `path` (a `.vmx` a
+    /// restore uploaded; never a directory, which vSphere would delete with all it holds).
+    ///
+    /// # Errors
+    ///
+    /// `FileNotFound`, `CannotDeleteFile`, … as the call's fault or
+    /// [`VsphereError::TaskFailed`]; [`VsphereError::Config`] for a path ending in `/`.
+    pub async fn delete_datastore_file(
+        &self,
+        datacenter: &MoRef,
+        path: &str,
+    ) -> Result<(), VsphereError> {
+        if path.ends_with('/') || path.ends_with(']') {
+            return Err(VsphereError::Config {
+                reason: format!("{path} is a directory: the agent deletes files only"),
+            });
+        }
+        let file_manager =
+            self.service_content()
+                .file_manager
+                .clone()
+                .ok_or_else(|| VsphereError::Malformed {
+                    method: "RetrieveServiceContent",
+                    reason: "the server has no FileManager".into(),
+                })?;
+        let mut w = XmlWriter::new();
+        w.text("name", path).moref("datacenter", datacenter);
+        self.run_task("DeleteDatastoreFile_Task", &file_manager, &w.finish())
+            .await
+            .map(|_| ())
+    }
+
     /// `VirtualDiskManager.SetVirtualDiskUuid`: gives the disk at `path` the backing uuid
     /// it had when it was backed up (VM Operator matches PVC disks on it).
     ///

@@ -589,4 +589,25 @@ pub async fn datastore_upload_download(t: &Target) {
         "{err:?}"
     );
     assert!(!err.is_retryable());
+
+    // FileManager.DeleteDatastoreFile_Task: gone, and a second delete is FileNotFound.
+    let name = remote.to_string();
+    client
+        .delete_datastore_file(&inv.datacenter, &name)
+        .await
+        .unwrap();
+    let err = client.download_to_file(&remote, &dest).await.unwrap_err();
+    assert!(
+        matches!(err, DatastoreError::Http { status: 404, .. }),
+        "{err:?}"
+    );
+    let again = client
+        .delete_datastore_file(&inv.datacenter, &name)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.fault_kind(),
+        Some(vadp_agent::vsphere::FaultKind::FileNotFound),
+        "{again:?}"
+    );
 }
