@@ -1688,6 +1688,72 @@ mod tests {
         assert_eq!(now.uuid, fcd.uuid);
     }
 
+    /// A restore to a new VM killed before its VM is registered leaves files no VM owns;
+    /// reconcile deletes them (the journal names each before it is made). Killed after
+    /// registering but before the journal has the VM's moref, the VM is found in the
+    /// staging folder by its .vmx and destroyed with its files.
+    #[test]
+    fn a_restore_to_new_killed_before_its_vm_is_known_leaves_no_file() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("gone-1");
+        let p1 = fx.backup("gone-1");
+        s.sup().delete("VirtualMachine", NS, "gone-1").unwrap();
+        assert!(s.vm_by_name("gone-1").is_none());
+        let dir = lab::datastore::DatastorePath::parse("[ds1] gone-1/x.vmdk")
+            .unwrap()
+            .resolve(s.lab.root())
+            .parent()
+            .unwrap()
+            .to_owned();
+        let files_there = || -> Vec<String> {
+            std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert!(files_there().is_empty(), "{:?}", files_there());
+
+        // Every disk made, the .vmx about to be uploaded.
+        let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-vmx-journalled"));
+        assert_ne!(r.code, Some(0));
+        assert!(
+            files_there().iter().any(|f| f.ends_with(".vmdk")),
+            "{:?} {}",
+            files_there(),
+            r.stderr
+        );
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        let report = &rec.events.last().unwrap()["report"];
+        let entry = &report["half_created_vms"][0][1];
+        assert!(
+            entry["deleted"]
+                .as_array()
+                .is_some_and(|d| d.len() == fx.point_disks(&p1).len()),
+            "{report}"
+        );
+        assert!(files_there().is_empty(), "{:?}", files_there());
+        assert_eq!(fx.open_journal(), 0);
+
+        // Registered, the journal not yet told.
+        let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-registered"));
+        assert_ne!(r.code, Some(0));
+        assert!(s.vm_by_name("gone-1").is_some());
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        assert!(s.vm_by_name("gone-1").is_none());
+        assert!(files_there().is_empty(), "{:?}", files_there());
+        assert_eq!(fx.open_journal(), 0);
+
+        // Nothing in the way of the restore itself.
+        let r = fx.restore(&p1, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    }
+
     /// After registration the namespace is checked as well as the VirtualMachine: a
     /// bootstrap Secret of the backup that is not there (§6.1 step 3), and a claim of the
     /// replaced VM that no VM uses but that still exists (§6.2 step 7), are each reported.

@@ -303,11 +303,35 @@ async fn undo(
                     }
                 },
                 None => {
-                    tracing::warn!(
-                        journal = entry.id,
-                        "reconcile: a restore crashed before registering its VM; its disk files remain"
-                    );
+                    // Before its VM was registered: the files it journalled go one by one.
+                    let made = super::restore::Unregistered::from_detail(&entry.detail);
+                    let (deleted, complete) = match &made {
+                        Some(made) => {
+                            super::restore::delete_unregistered(env, made, None).await
+                        }
+                        None => (Vec::new(), true),
+                    };
+                    if !complete {
+                        report.errors.push(format!(
+                            "deleting the files a restore made before registering its VM ({}): see the log; the entry stays for the next run",
+                            entry.detail["vmx"]
+                        ));
+                        return;
+                    }
+                    match made {
+                        Some(made) => {
+                            tracing::warn!(journal = entry.id, deleted = ?deleted, left = ?made.creating, "reconcile: a restore crashed before registering its VM; the files it made are deleted");
+                            if let Some(file) = made.creating {
+                                detail["maybe_left"] = file.into();
+                            }
+                        }
+                        None => tracing::warn!(
+                            journal = entry.id,
+                            "reconcile: a restore crashed before registering its VM; its disk files remain (an agent older than the journalling of them wrote this entry)"
+                        ),
+                    }
                     detail["removed"] = false.into();
+                    detail["deleted"] = deleted.into();
                     if let Err(e) = journal::close(env, entry.id).await {
                         report.errors.push(error_chain(&e));
                     }

@@ -41,6 +41,7 @@ mod plan;
 pub mod predict;
 mod sink;
 mod swap;
+mod unregistered;
 mod verify;
 
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,7 @@ pub use verify::is_restored_claim;
 
 use plan::Plan;
 pub(crate) use swap::{FcdSwap, committing_of, swap_back, swaps_of};
+pub(crate) use unregistered::{Unregistered, delete_unregistered};
 
 use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
@@ -432,6 +434,8 @@ struct Effects {
     /// are written: from then on, a clean-up that finds it on the VM goes forward (the
     /// restore is complete) instead of swapping back.
     committing: Option<u64>,
+    /// What a restore to a new VM made before registering it: deleted on failure.
+    unregistered: Option<Unregistered>,
 }
 
 /// Runs a restore: pre-flight, VM, data, registration, verification.
@@ -664,7 +668,7 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: a VM shell it created is destroyed; EndAccess.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, target, attached, swapped, committing) = {
+    let (access, target, attached, swapped, committing, unregistered) = {
         let mut e = lock_effects(effects);
         (
             e.access.take(),
@@ -672,6 +676,7 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             std::mem::take(&mut e.attached),
             std::mem::take(&mut e.swapped),
             e.committing.take(),
+            e.unregistered.take(),
         )
     };
     // Before EndAccess, so WCP never sees half-written disks on the VM. If one stays
@@ -717,10 +722,18 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             }
         }
         Some((id, Target::Created(None))) => {
-            tracing::error!(
-                journal = id,
-                "restore clean-up: disk files were created before the VM was registered; reconcile reports them"
-            );
+            let complete = match &unregistered {
+                Some(u) => delete_unregistered(env, u, Some(observer)).await.1,
+                None => true,
+            };
+            if complete {
+                let _ = journal::close(env, id).await;
+            } else {
+                tracing::error!(
+                    journal = id,
+                    "restore clean-up: files made before the VM was registered stay: run `vadp-agent reconcile`"
+                );
+            }
             false
         }
     };
@@ -924,24 +937,49 @@ async fn restore_steps(
             // Before anything is created: a .vmx that cannot be pointed at the restored
             // disks stops the restore with nothing to undo.
             let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &path)?;
+            // Each file is journalled before it is made (and the .vmx before its upload):
+            // until the VM is registered, only the journal knows to delete them.
+            let mut made = Unregistered {
+                datacenter: dc.clone(),
+                created: Vec::new(),
+                creating: None,
+                vmx: None,
+                registering: false,
+            };
+            let shell_detail = |made: &Unregistered| {
+                let mut detail =
+                    json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": null});
+                if let (Some(d), Some(m)) = (detail.as_object_mut(), made.detail().as_object()) {
+                    d.extend(m.clone());
+                }
+                detail
+            };
             let shell_id = journal::open(
                 env,
                 JournalKind::VmShell,
                 &VmMoref(format!("pending:{}", plan.name)),
-                json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": null}),
+                shell_detail(&made),
             )
             .await?;
             lock_effects(effects).target = Some((shell_id, Target::Created(None)));
             for d in &plan.disks {
                 check_cancel()?;
+                made.creating = Some(d.backing_file.clone());
+                journal::update(env, shell_id, shell_detail(&made)).await?;
+                crash_point("restore-new-disk-journalled");
                 step(format!(
                     "creating {} ({} bytes)",
                     d.backing_file, d.capacity_bytes
                 ));
+                // Refused (the file exists, say): not this restore's, never deleted.
                 env.soap
                     .create_virtual_disk(dc, &d.backing_file, d.capacity_bytes.div_ceil(1024), true)
                     .await
                     .map_err(vsphere(format!("creating {}", d.backing_file)))?;
+                made.creating = None;
+                made.created.push(d.backing_file.clone());
+                lock_effects(effects).unregistered = Some(made.clone());
+                journal::update(env, shell_id, shell_detail(&made)).await?;
                 if let Some(u) = &d.disk_uuid {
                     env.soap
                         .set_virtual_disk_uuid(dc, &d.backing_file, u)
@@ -955,6 +993,10 @@ async fn restore_steps(
             ));
             let len = bytes.len() as u64;
             check_cancel()?;
+            made.vmx = Some(vmx_path.clone());
+            lock_effects(effects).unregistered = Some(made.clone());
+            journal::update(env, shell_id, shell_detail(&made)).await?;
+            crash_point("restore-vmx-journalled");
             env.soap
                 .upload(&path, std::io::Cursor::new(bytes), len)
                 .await
@@ -969,13 +1011,22 @@ async fn restore_steps(
                 .await
                 .map_err(vsphere("finding a resource pool"))?;
             check_cancel()?;
+            made.registering = true;
+            lock_effects(effects).unregistered = Some(made.clone());
+            journal::update(env, shell_id, shell_detail(&made)).await?;
             step(format!("registering {vmx_path} in folder {STAGING_FOLDER}"));
             let vm = env
                 .soap
                 .register_vm(&staging, &vmx_path, Some(&plan.name), &pool)
                 .await
                 .map_err(vsphere(format!("registering {vmx_path}")))?;
-            lock_effects(effects).target = Some((shell_id, Target::Created(Some(vm.clone()))));
+            crash_point("restore-registered");
+            {
+                // Registered: destroying the VM deletes its files.
+                let mut e = lock_effects(effects);
+                e.target = Some((shell_id, Target::Created(Some(vm.clone()))));
+                e.unregistered = None;
+            }
             journal::update(
                 env,
                 shell_id,

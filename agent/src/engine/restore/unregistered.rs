@@ -1,0 +1,208 @@
+//! The files a restore to a new VM makes before there is a VM to destroy: its disks
+//! (`CreateVirtualDisk_Task`) and its `.vmx` (an upload). Once the VM is registered,
+//! destroying it deletes them; before that, a failed restore (and, after a crash,
+//! reconcile) deletes them one by one.
+//!
+//! The journal names each disk before it is made (`creating`) and once it exists
+//! (`created`), says when the `.vmx` upload starts (`vmx_uploaded`) and when the VM is
+//! being registered (`registering`: a VM registered from the `.vmx` in the staging folder
+//! is then destroyed, with its files, instead). Only what the
+//! journal says this restore made is deleted: a disk whose creation was under way when
+//! the agent died may have been refused because the file was already there, so it is
+//! reported, never deleted.
+
+use serde_json::Value;
+
+use super::{RestoreEvent, RestoreObserver};
+use crate::engine::error_chain;
+use crate::vsphere::{FaultKind, MoRef, VsphereError};
+
+/// What a restore to a new VM made before registering it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unregistered {
+    /// The datacenter the paths are in.
+    pub datacenter: MoRef,
+    /// Disk files made (`[ds] dir/disk.vmdk`).
+    pub created: Vec<String>,
+    /// A disk being made when the journal was last written, maybe not by this restore.
+    pub creating: Option<String>,
+    /// The `.vmx`, once its upload started.
+    pub vmx: Option<String>,
+    /// `RegisterVM_Task` was called: the VM may exist although the journal has no moref
+    /// (the agent died before it could write it).
+    pub registering: bool,
+}
+
+impl Unregistered {
+    /// The journal detail's fields (merged into the `vm_shell` entry's detail).
+    pub(crate) fn detail(&self) -> Value {
+        serde_json::json!({
+            "datacenter": self.datacenter.value,
+            "created": self.created,
+            "creating": self.creating,
+            "vmx_uploaded": self.vmx.is_some(),
+            "registering": self.registering,
+        })
+    }
+
+    /// Read back from a `vm_shell` entry's detail; `None` for an entry written before the
+    /// files were journalled (no `datacenter`).
+    pub(crate) fn from_detail(detail: &Value) -> Option<Self> {
+        let datacenter = detail.get("datacenter")?.as_str()?;
+        let strings = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let vmx = (detail.get("vmx_uploaded").and_then(Value::as_bool) == Some(true))
+            .then(|| detail.get("vmx").and_then(Value::as_str).map(str::to_owned))
+            .flatten();
+        Some(Self {
+            datacenter: MoRef::new("Datacenter", datacenter),
+            created: strings(detail.get("created")),
+            creating: detail
+                .get("creating")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            vmx,
+            registering: detail.get("registering").and_then(Value::as_bool) == Some(true),
+        })
+    }
+}
+
+/// Deletes what `u` lists: the `.vmx` first (so that nothing names the disks), then each
+/// disk. A file already gone counts as deleted. Returns the files deleted and whether
+/// every one is gone; what is left is logged, for reconcile to try again.
+pub(crate) async fn delete_unregistered(
+    env: &crate::engine::Environment,
+    u: &Unregistered,
+    observer: Option<&RestoreObserver>,
+) -> (Vec<String>, bool) {
+    let mut deleted = Vec::new();
+    let mut complete = true;
+    // Registered after all: destroying the VM deletes its files.
+    if u.registering
+        && let Some(vmx) = &u.vmx
+    {
+        match registered_shell(env, vmx).await {
+            Ok(None) => {}
+            Ok(Some(vm)) => match super::remove_shell(env, &vm).await {
+                Ok(()) => {
+                    tracing::warn!(vm = %vm, vmx, "restore clean-up: the VM was registered after all; it is destroyed with its files");
+                    deleted.push(vmx.clone());
+                }
+                Err(e) => {
+                    tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: the unfinished VM stays until reconcile removes it");
+                    return (deleted, false);
+                }
+            },
+            Err(e) => {
+                tracing::error!(vmx, error = %error_chain(&e), "restore clean-up: cannot tell whether the VM was registered; its files stay until reconcile deletes them");
+                return (deleted, false);
+            }
+        }
+    }
+    let gone = |r: Result<(), VsphereError>, file: &str| match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.fault_kind() == Some(FaultKind::FileNotFound) => Ok(false),
+        Err(e) => {
+            tracing::error!(file, error = %error_chain(&e), "restore clean-up: a file the restore made before registering its VM stays until reconcile deletes it");
+            Err(())
+        }
+    };
+    if let Some(vmx) = &u.vmx {
+        match gone(
+            env.soap.delete_datastore_file(&u.datacenter, vmx).await,
+            vmx,
+        ) {
+            Ok(true) => deleted.push(vmx.clone()),
+            Ok(false) => {}
+            Err(()) => complete = false,
+        }
+    }
+    for disk in &u.created {
+        match gone(
+            env.soap.delete_virtual_disk(&u.datacenter, disk).await,
+            disk,
+        ) {
+            Ok(true) => deleted.push(disk.clone()),
+            Ok(false) => {}
+            Err(()) => complete = false,
+        }
+    }
+    if let Some(observer) = observer
+        && !deleted.is_empty()
+    {
+        observer(&RestoreEvent::Step {
+            message: format!(
+                "deleted what the restore made before registering its VM: {deleted:?}"
+            ),
+        });
+    }
+    if let Some(file) = &u.creating {
+        tracing::warn!(
+            file,
+            "restore clean-up: a disk was being made when the restore stopped; it may exist, and may not be the restore's (vSphere refuses to make a file that is there): check it and delete it by hand if it is a leftover"
+        );
+    }
+    (deleted, complete)
+}
+
+/// The VM registered from `vmx` in the restore's staging folder, if any.
+async fn registered_shell(
+    env: &crate::engine::Environment,
+    vmx: &str,
+) -> Result<Option<crate::vsphere::VmMoref>, VsphereError> {
+    let folder = match env.soap.find_namespace_folder(super::STAGING_FOLDER).await {
+        Ok(f) => f,
+        Err(VsphereError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let vms = env
+        .soap
+        .list_in_container(
+            &folder.moref(),
+            "VirtualMachine",
+            &["config.files.vmPathName"],
+            false,
+        )
+        .await?;
+    Ok(vms
+        .into_iter()
+        .find(|o| o.text("config.files.vmPathName") == Some(vmx))
+        .map(|o| crate::vsphere::VmMoref(o.obj.value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_detail_round_trips() {
+        let u = Unregistered {
+            datacenter: MoRef::new("Datacenter", "datacenter-2"),
+            created: vec!["[ds1] web/disk-0.vmdk".into()],
+            creating: Some("[ds1] web/disk-1.vmdk".into()),
+            vmx: Some("[ds1] web/web.vmx".into()),
+            registering: true,
+        };
+        let mut detail = serde_json::json!({"job": "x", "vmx": "[ds1] web/web.vmx", "vm": null});
+        for (k, v) in u.detail().as_object().unwrap() {
+            detail[k] = v.clone();
+        }
+        assert_eq!(Unregistered::from_detail(&detail), Some(u.clone()));
+        // Before the upload started, the .vmx is not the restore's to delete.
+        detail["vmx_uploaded"] = false.into();
+        assert_eq!(Unregistered::from_detail(&detail).unwrap().vmx, None);
+        // An entry written before files were journalled.
+        assert_eq!(
+            Unregistered::from_detail(&serde_json::json!({"job": "x", "vm": null})),
+            None
+        );
+    }
+}
