@@ -110,9 +110,16 @@ pub struct ApiConfig {
     /// The bearer token file (mode 0600).
     pub token_file: PathBuf,
     /// Accept a `listen` address other hosts can reach although the API speaks plain HTTP
-    /// (default `false`: put a TLS proxy in front instead).
+    /// (default `false`: give `tls_cert` and `tls_key`, or put a TLS proxy in front).
     #[serde(default)]
     pub allow_plaintext_remote: bool,
+    /// PEM certificate chain (the server's certificate first): with `tls_key`, the TCP
+    /// listener speaks HTTPS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (owner-only permissions).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -374,6 +381,25 @@ pub fn read_secret_file(key: &'static str, path: &Path) -> Result<SecretText, Co
         path: path.to_path_buf(),
         message,
     };
+    check_owner_only(key, path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let first = text.lines().next().unwrap_or_default().trim().to_owned();
+    if first.is_empty() {
+        return Err(err("is empty".into()));
+    }
+    Ok(SecretText(first))
+}
+
+/// Refuses a secret file that others can read (any group or world permission bit).
+///
+/// # Errors
+/// [`ConfigError::SecretFile`].
+pub fn check_owner_only(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::SecretFile {
+        key,
+        path: path.to_path_buf(),
+        message,
+    };
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -381,12 +407,7 @@ pub fn read_secret_file(key: &'static str, path: &Path) -> Result<SecretText, Co
             "mode {mode:04o} lets others read it; chmod 0600 (owner only)"
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let first = text.lines().next().unwrap_or_default().trim().to_owned();
-    if first.is_empty() {
-        return Err(err("is empty".into()));
-    }
-    Ok(SecretText(first))
+    Ok(())
 }
 
 /// Refuses a URL carrying a user name or password: it would be printed wherever the URL
@@ -510,13 +531,24 @@ impl AgentConfig {
                 .listen
                 .parse::<std::net::SocketAddr>()
                 .map_err(|e| invalid("api.listen", format!("{:?}: {e}", self.api.listen)))?;
-            if !addr.ip().is_loopback() && !self.api.allow_plaintext_remote {
+            let tls = match (&self.api.tls_cert, &self.api.tls_key) {
+                (Some(_), Some(_)) => true,
+                (None, None) => false,
+                (Some(_), None) => {
+                    return Err(invalid("api.tls_key", "api.tls_cert is given without it"));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid("api.tls_cert", "api.tls_key is given without it"));
+                }
+            };
+            if !addr.ip().is_loopback() && !tls && !self.api.allow_plaintext_remote {
                 return Err(invalid(
                     "api.listen",
                     format!(
                         "{addr} is reachable from other hosts, but the API speaks plain HTTP: \
-                         its bearer token would cross the network in the clear. Listen on \
-                         127.0.0.1 behind a TLS proxy, or set api.allow_plaintext_remote = true"
+                         its bearer token would cross the network in the clear. Give \
+                         api.tls_cert and api.tls_key, listen on 127.0.0.1 behind a TLS \
+                         proxy, or set api.allow_plaintext_remote = true"
                     ),
                 ));
             }
@@ -743,6 +775,18 @@ retention = { keep_daily = 7 }
             )
             .unwrap();
             assert!(c.api.allow_plaintext_remote);
+            // Over HTTPS, any address; a certificate without its key (or the other way
+            // round) is refused.
+            let tls = [
+                ("VADP_AGENT_API__LISTEN", addr),
+                ("VADP_AGENT_API__TLS_CERT", "/etc/vadp-agent/api.crt"),
+                ("VADP_AGENT_API__TLS_KEY", "/etc/vadp-agent/api.key"),
+            ];
+            load(GOOD, &tls).unwrap();
+            let e = load(GOOD, &tls[..2]).unwrap_err();
+            assert!(e.to_string().contains("api.tls_key"), "{e}");
+            let e = load(GOOD, &[tls[0], tls[2]]).unwrap_err();
+            assert!(e.to_string().contains("api.tls_cert"), "{e}");
         }
         for addr in ["127.0.0.1:8443", "[::1]:8443"] {
             load(GOOD, &[("VADP_AGENT_API__LISTEN", addr)]).unwrap();

@@ -173,10 +173,76 @@ concurrent_jobs = 2
             if let Some(url) = line.strip_prefix("listening on http://") {
                 break format!("http://{url}");
             }
+            if let Some(url) = line.strip_prefix("listening on https://") {
+                break format!("https://{url}");
+            }
         };
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         (daemon, base)
+    }
+
+    /// With `api.tls_cert` and `api.tls_key` the API speaks HTTPS: a client that trusts the
+    /// certificate gets in; one that does not, and plain HTTP, do not. A key file others
+    /// can read is refused, and its text is never printed.
+    #[test]
+    fn the_api_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, _lab, _vm, _disk) = lab_with_vm(dir.path(), "tls-1");
+        let (_repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap();
+        let key_pem = generated.signing_key.serialize_pem();
+        let (cert, key) = (dir.path().join("api.crt"), dir.path().join("api.key"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        write_secret(&key, &key_pem, 0o644);
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[api]\n",
+            &format!(
+                "[api]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+        );
+        std::fs::write(&config, text).unwrap();
+
+        let out = agent(&["serve", "--config"]).arg(&config).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("api.tls_key"), "{stderr}");
+        assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+        write_secret(&key, &key_pem, 0o600);
+
+        let (_daemon, base) = serve(&config);
+        assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(generated.cert.der().clone()).unwrap();
+            let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let client = Client::with_tls(&base, Some(Token::new(TOKEN)), tls).unwrap();
+            client.ready().await.unwrap();
+            assert!(client.jobs().await.unwrap().jobs.is_empty());
+
+            // A client that does not trust the certificate.
+            let stranger = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+            assert!(stranger.ready().await.is_err());
+            // Plain HTTP to the same port gets no answer.
+            let plain = Client::new(&base.replace("https://", "http://"), None).unwrap();
+            assert!(plain.health().await.is_err());
+            // And the daemon still serves the trusting client after both.
+            client.ready().await.unwrap();
+        });
     }
 
     #[test]

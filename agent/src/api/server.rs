@@ -1,4 +1,5 @@
-//! Listening (TCP and/or a unix socket), systemd notification and graceful shutdown.
+//! Listening (TCP, plain or HTTPS, and/or a unix socket), systemd notification and graceful
+//! shutdown.
 //!
 //! Under systemd (`Type=notify`) the daemon sends `READY=1` once every listener is bound,
 //! `STATUS=` with the queue's figures, and `WATCHDOG=1` at half of `WATCHDOG_USEC` from
@@ -23,6 +24,8 @@ pub struct Listeners {
     pub tcp: Option<SocketAddr>,
     /// Unix socket path (replaced if it exists; mode 0660).
     pub socket: Option<PathBuf>,
+    /// HTTPS on the TCP listener ([`super::server_config`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 fn status(state: &AppState) -> String {
@@ -66,15 +69,32 @@ pub async fn serve(
     state.ready.store(true, Ordering::SeqCst);
     if let Some(listener) = tcp {
         let bound = listener.local_addr()?;
+        let scheme = if listeners.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         // On stdout for scripts and tests; the log has it too.
-        crate::cli::emit_line(&format!("listening on http://{bound}"));
-        tracing::info!(address = %bound, "API listening on TCP");
+        crate::cli::emit_line(&format!("listening on {scheme}://{bound}"));
+        tracing::info!(address = %bound, scheme, "API listening on TCP");
         let (r, s) = (router.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            axum::serve(listener, r)
-                .with_graceful_shutdown(s.cancelled_owned())
-                .await
-        });
+        match &listeners.tls {
+            Some(config) => {
+                let listener = super::TlsListener::new(listener, Arc::clone(config), s.clone())?;
+                tasks.spawn(async move {
+                    axum::serve(listener, r)
+                        .with_graceful_shutdown(s.cancelled_owned())
+                        .await
+                });
+            }
+            None => {
+                tasks.spawn(async move {
+                    axum::serve(listener, r)
+                        .with_graceful_shutdown(s.cancelled_owned())
+                        .await
+                });
+            }
+        }
     }
     if let Some((listener, path)) = unix {
         crate::cli::emit_line(&format!("listening on unix:{}", path.display()));

@@ -89,6 +89,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             )
         },
         socket: config.api.socket.clone(),
+        tls: match (&config.api.tls_cert, &config.api.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::api::server_config(cert, key)?),
+            _ => None,
+        },
     };
     let result = rt.block_on(async {
         let body = Arc::new(BackupJobs {
