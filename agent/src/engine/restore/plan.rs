@@ -475,20 +475,23 @@ mod tests {
         DatastorePath::parse("dc1", path).unwrap()
     }
 
-    #[test]
-    fn vmx_disk_names_follow_the_point() {
-        let disk = |key: i32, f: &str| DiskRecord {
+    fn disk(key: i32, file: &str) -> DiskRecord {
+        DiskRecord {
             key: DiskKey(key),
             label: String::new(),
             capacity_bytes: 1,
-            backing_file: f.into(),
+            backing_file: file.into(),
             disk_uuid: None,
             change_id: None,
             role: crate::repo::catalog::DiskRole::Os,
             index_path: String::new(),
             bytes_changed: 0,
             bytes_stored: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn vmx_disk_names_follow_the_point() {
         let vmx = b"displayName = \"w\"\nscsi0:0.fileName = \"disk-0-000001.vmdk\"\nvmservice.x = \"a|22b\"\n";
         let out = restored_vmx(
             vmx,
@@ -551,18 +554,7 @@ scsi0:1.fileName = \"/vmfs/volumes/vsanDatastore/c5aa-pvcdir/216a8642.vmdk\"\n"
     /// UTF-8, and a rewritten line keeps its line ending.
     #[test]
     fn vmx_lines_in_other_encodings_are_kept_byte_for_byte() {
-        let disk = DiskRecord {
-            key: DiskKey(2000),
-            label: String::new(),
-            capacity_bytes: 1,
-            backing_file: "[ds1] w/disk-0.vmdk".into(),
-            disk_uuid: None,
-            change_id: None,
-            role: crate::repo::catalog::DiskRole::Os,
-            index_path: String::new(),
-            bytes_changed: 0,
-            bytes_stored: 0,
-        };
+        let disk = disk(2000, "[ds1] w/disk-0.vmdk");
         // "Café" in windows-1252: 0xE9 is not UTF-8.
         let vmx: &[u8] = b".encoding = \"windows-1252\"\r\ndisplayName = \"Caf\xe9\"\r\n\
 scsi0:0.fileName = \"disk-0-000001.vmdk\"\r\nannotation = \"\xe9t\xe9\"";

@@ -115,22 +115,19 @@ pub(crate) async fn delete_unregistered(
             Err(())
         }
     };
-    if let Some(vmx) = &u.vmx {
-        match gone(
-            env.soap.delete_datastore_file(&u.datacenter, vmx).await,
-            vmx,
-        ) {
-            Ok(true) => deleted.push(vmx.clone()),
-            Ok(false) => {}
-            Err(()) => complete = false,
-        }
-    }
-    for disk in &u.created {
-        match gone(
-            env.soap.delete_virtual_disk(&u.datacenter, disk).await,
-            disk,
-        ) {
-            Ok(true) => deleted.push(disk.clone()),
+    let files = u
+        .vmx
+        .iter()
+        .map(|f| (f, true))
+        .chain(u.created.iter().map(|f| (f, false)));
+    for (file, is_vmx) in files {
+        let r = if is_vmx {
+            env.soap.delete_datastore_file(&u.datacenter, file).await
+        } else {
+            env.soap.delete_virtual_disk(&u.datacenter, file).await
+        };
+        match gone(r, file) {
+            Ok(true) => deleted.push(file.clone()),
             Ok(false) => {}
             Err(()) => complete = false,
         }
