@@ -120,13 +120,16 @@ impl Lab {
     }
 
     /// VirtualDiskManager.DeleteVirtualDisk_Task: deletes the disk at `file` (descriptor
-    /// and extents), refused while a VM uses it, as vSphere refuses a locked disk; an FCD
-    /// it was is forgotten.
+    /// and extents), refused while a powered-on VM uses it, as vSphere refuses a locked
+    /// disk — and, like vSphere, not refused for a powered-off VM's disk, which then names a
+    /// file that is gone; an FCD it was is forgotten.
     ///
     /// # Errors
     /// [`LabError::DiskInUse`] naming the VM; datastore errors (a file that does not exist).
     pub fn delete_virtual_disk(&self, file: &DatastorePath) -> Result<(), LabError> {
-        if let Some(vm) = self.disk_attached(file)? {
+        if let Some(vm) = self.disk_attached(file)?
+            && vm.power_state != super::PowerState::PoweredOff
+        {
             return Err(LabError::DiskInUse {
                 disk: file.to_string(),
                 vm: vm.moref,
