@@ -240,8 +240,18 @@ concurrent_jobs = 2
             // Plain HTTP to the same port gets no answer.
             let plain = Client::new(&base.replace("https://", "http://"), None).unwrap();
             assert!(plain.health().await.is_err());
-            // And the daemon still serves the trusting client after both.
-            client.ready().await.unwrap();
+            // And the daemon still serves the trusting client after both, also while
+            // clients that connect and say nothing wait for their handshakes to time out.
+            let addr = base.trim_start_matches("https://").to_owned();
+            let mut silent = Vec::new();
+            for _ in 0..8 {
+                silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(5), client.ready())
+                .await
+                .expect("answered while silent clients are connected")
+                .unwrap();
+            drop(silent);
         });
     }
 

@@ -1,8 +1,10 @@
 //! HTTPS for the API's TCP listener (`api.tls_cert`, `api.tls_key`): rustls with the ring
 //! provider, TLS 1.2 and 1.3, HTTP/1.1, no client certificates (the bearer token
-//! authenticates). Handshakes run on tasks of their own, at most [`MAX_HANDSHAKES`] at
-//! once and each within [`HANDSHAKE_TIMEOUT`], so that a client that connects and says
-//! nothing holds up no one else.
+//! authenticates). Connections are accepted all the time; their handshakes run on tasks
+//! of their own, each within [`HANDSHAKE_TIMEOUT`], so that a client that connects and says
+//! nothing holds up no one else. At most [`MAX_HANDSHAKES`] run at once: a connection
+//! beyond that is closed at once (its client retries), rather than left waiting behind
+//! the silent ones.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,8 +23,8 @@ use crate::config::{ConfigError, check_owner_only};
 
 /// How long a client has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait to be accepted.
-pub const MAX_HANDSHAKES: usize = 64;
+/// Handshakes in progress at once; a connection beyond that is closed at once.
+pub const MAX_HANDSHAKES: usize = 256;
 
 /// The server configuration from a PEM certificate chain (the server's certificate first)
 /// and a PEM private key, which must be readable by its owner only.
@@ -104,9 +106,6 @@ impl TlsListener {
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    return;
-                };
                 let (stream, peer) = tokio::select! {
                     () = shutdown.cancelled() => return,
                     r = tcp.accept() => match r {
@@ -118,6 +117,11 @@ impl TlsListener {
                             continue;
                         }
                     },
+                };
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    tracing::debug!(peer = %peer, "API: too many TLS handshakes at once; connection closed");
+                    drop(stream);
+                    continue;
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
