@@ -171,35 +171,39 @@ impl Supervisor {
             })
     }
 
-    /// The names of the Secrets and of the ConfigMaps of `namespace`, listed as metadata
-    /// only (`PartialObjectMetadataList`): no Secret's data is read.
+    /// Whether the Secret (`kind` `"Secret"`) or ConfigMap (`"ConfigMap"`) `name` exists
+    /// in `namespace`, read as metadata only (`PartialObjectMetadata`, one `get`): neither
+    /// its data nor any other object is asked for.
     ///
     /// # Errors
     ///
-    /// [`SupervisorError::Api`].
-    pub async fn bootstrap_names(
+    /// [`SupervisorError::Api`]; [`SupervisorError::Config`] for another kind.
+    pub async fn bootstrap_exists(
         &self,
         namespace: &str,
-    ) -> Result<(Vec<String>, Vec<String>), SupervisorError> {
-        let api_error = |what: &str| {
-            let what = format!("list the {what} of {namespace}");
-            move |source| SupervisorError::Api {
-                what,
-                source: Box::new(source),
-            }
+        kind: &str,
+        name: &str,
+    ) -> Result<bool, SupervisorError> {
+        let api_error = |source| SupervisorError::Api {
+            what: format!("get {kind} {namespace}/{name}"),
+            source: Box::new(source),
         };
-        fn names<K>(items: Vec<kube::core::PartialObjectMeta<K>>) -> Vec<String> {
-            items.into_iter().filter_map(|o| o.metadata.name).collect()
+        match kind {
+            "Secret" => Api::<Secret>::namespaced(self.client.clone(), namespace)
+                .get_metadata_opt(name)
+                .await
+                .map(|o| o.is_some())
+                .map_err(api_error),
+            "ConfigMap" => Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
+                .get_metadata_opt(name)
+                .await
+                .map(|o| o.is_some())
+                .map_err(api_error),
+            other => Err(SupervisorError::Config {
+                url: self.url.clone(),
+                reason: format!("{other} is not a bootstrap resource kind"),
+            }),
         }
-        let secrets = Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .list_metadata(&ListParams::default())
-            .await
-            .map_err(api_error("Secrets"))?;
-        let config_maps = Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
-            .list_metadata(&ListParams::default())
-            .await
-            .map_err(api_error("ConfigMaps"))?;
-        Ok((names(secrets.items), names(config_maps.items)))
     }
 }
 

@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 use super::plan::Plan;
 use super::{RestoreEnv, RestoreError, RestoreReport, RestoreType, Verification};
-use crate::vmservice::BootstrapResource;
 
 /// Reads the VirtualMachine back and checks it against seed 001 §8.
 pub(super) async fn verify(
@@ -95,33 +94,59 @@ pub(super) async fn verify(
                     "{restored_claims} restored-<6 hex> claims for {pvc_disks} PVC disks (§8.1.1)"
                 ));
             }
-            if let Some(expected) = plan
-                .data
-                .as_ref()
-                .map(|d| &d.bootstrap_resources)
-                .filter(|r| !r.is_empty())
-            {
-                let (secrets, config_maps) =
-                    renv.supervisor.bootstrap_names(&plan.namespace).await?;
-                v.problems.extend(bootstrap_problems(
-                    expected,
-                    &secrets,
-                    &config_maps,
-                    &plan.namespace,
-                ));
+            // Registration recreates the bootstrap Secrets and ConfigMaps (§4.1 step 9,
+            // §6.1 step 3). A lookup that fails is a problem reported, not an error: the
+            // restore is registered by now.
+            for r in plan.data.iter().flat_map(|d| &d.bootstrap_resources) {
+                match renv
+                    .supervisor
+                    .bootstrap_exists(&plan.namespace, &r.kind, &r.name)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => v.problems.push(format!(
+                        "bootstrap {} {} of the backup is not in namespace {} (§4.1 step \
+                         9, §6.1 step 3: registration recreates it)",
+                        r.kind, r.name, plan.namespace
+                    )),
+                    Err(e) => v.problems.push(format!(
+                        "could not check that bootstrap {} {} is in namespace {}: {}",
+                        r.kind,
+                        r.name,
+                        plan.namespace,
+                        crate::engine::error_chain(&e)
+                    )),
+                }
             }
             if plan.prediction.restore_type == RestoreType::Existing {
-                let others: Vec<String> = renv
-                    .supervisor
-                    .virtual_machines(&plan.namespace, &plan.api_version)
-                    .await?
-                    .into_iter()
-                    .filter(|o| o.metadata.name.as_deref() != Some(plan.name.as_str()))
-                    .filter_map(|o| serde_json::to_value(o).ok())
-                    .flat_map(|o| volumes_of(Some(&o)))
-                    .map(|(_, c)| c)
-                    .collect();
-                let dangling = replaced_claims(&before, &v.volumes)
+                let replaced = replaced_claims(&before, &v.volumes);
+                let others: Vec<String> = if replaced.is_empty() {
+                    Vec::new()
+                } else {
+                    match renv
+                        .supervisor
+                        .virtual_machines(&plan.namespace, &plan.api_version)
+                        .await
+                    {
+                        Ok(vms) => vms
+                            .into_iter()
+                            .filter(|o| o.metadata.name.as_deref() != Some(plan.name.as_str()))
+                            .filter_map(|o| serde_json::to_value(o).ok())
+                            .flat_map(|o| volumes_of(Some(&o)))
+                            .map(|(_, c)| c)
+                            .collect(),
+                        Err(e) => {
+                            v.problems.push(format!(
+                                "could not check that the replaced claims {replaced:?} are \
+                                 deleted (§6.2 step 7): {}",
+                                crate::engine::error_chain(&e)
+                            ));
+                            // Each would be reported as kept: checked by hand instead.
+                            replaced.iter().map(|c| (*c).to_owned()).collect()
+                        }
+                    }
+                };
+                let dangling = replaced
                     .into_iter()
                     .filter(|c| !others.iter().any(|o| o == c));
                 for claim in dangling {
@@ -195,35 +220,6 @@ pub(super) fn replaced_claims<'a>(
             now.iter().any(|(n, c)| n == name && c != claim) && !now.iter().any(|(_, c)| c == claim)
         })
         .map(|(_, claim)| claim.as_str())
-        .collect()
-}
-
-/// The bootstrap Secrets and ConfigMaps of the backup missing from the namespace
-/// (`secrets`, `config_maps`: the names there): registration recreates them (§6.1 step 3),
-/// and a VM whose bootstrap data is gone cannot be customised when it powers on.
-pub(super) fn bootstrap_problems(
-    expected: &[BootstrapResource],
-    secrets: &[String],
-    config_maps: &[String],
-    namespace: &str,
-) -> Vec<String> {
-    expected
-        .iter()
-        .filter(|r| {
-            let there = if r.kind == "Secret" {
-                secrets
-            } else {
-                config_maps
-            };
-            !there.contains(&r.name)
-        })
-        .map(|r| {
-            format!(
-                "bootstrap {} {} of the backup is not in namespace {namespace} \
-                 (§6.1 step 3: registration recreates it)",
-                r.kind, r.name
-            )
-        })
         .collect()
 }
 
@@ -438,8 +434,8 @@ pub fn is_restored_claim(name: &str) -> bool {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{Expected, bootstrap_problems, replaced_claims, spec_problems};
-    use crate::vmservice::{BootstrapResource, fixtures};
+    use super::{Expected, replaced_claims, spec_problems};
+    use crate::vmservice::fixtures;
 
     #[test]
     fn only_claims_replaced_under_the_same_volume_name_are_dangling() {
@@ -453,32 +449,6 @@ mod tests {
         ];
         let now = [v("data", "restored-0f0f0f"), v("logs", "web-1-logs")];
         assert_eq!(replaced_claims(&before, &now), ["web-1-data"]);
-    }
-
-    #[test]
-    fn missing_bootstrap_resources_are_named_by_kind() {
-        let r = |kind: &str, name: &str| BootstrapResource {
-            kind: kind.into(),
-            name: name.into(),
-        };
-        let expected = [r("Secret", "web-1-ci"), r("ConfigMap", "web-1-net")];
-        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert!(
-            bootstrap_problems(
-                &expected,
-                &names(&["web-1-ci"]),
-                &names(&["web-1-net"]),
-                "ns"
-            )
-            .is_empty()
-        );
-        // A ConfigMap of the Secret's name is not the Secret.
-        let p = bootstrap_problems(&expected, &[], &names(&["web-1-ci", "web-1-net"]), "ns");
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(
-            p[0].contains("Secret web-1-ci") && p[0].contains("namespace ns"),
-            "{p:?}"
-        );
     }
 
     fn backup() -> Value {
