@@ -1739,6 +1739,32 @@ mod tests {
         assert!(files_there().is_empty(), "{:?}", files_there());
         assert_eq!(fx.open_journal(), 0);
 
+        // Killed again; its files deleted by hand while its entry cannot be reconciled
+        // (its job looks alive: the test holds its lock). Another restore to the same paths
+        // is refused before it makes any: the entry's reconcile would delete them.
+        let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-vmx-journalled"));
+        assert_ne!(r.code, Some(0));
+        for f in files_there() {
+            std::fs::remove_file(dir.join(f)).unwrap();
+        }
+        let repo = vadp_agent::repo::Repository::open(Path::new(&fx.repo())).unwrap();
+        let job: vadp_agent::ids::JobId = repo.catalog().journal_open_entries().unwrap()[0].detail
+            ["job"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        drop(repo);
+        let held = vadp_agent::engine::JobLock::acquire(Path::new(&fx.repo()), job).unwrap();
+        let r = fx.restore(&p1, &[]);
+        assert_ne!(r.code, Some(0));
+        assert!(r.stderr.contains("has not been cleaned up"), "{}", r.stderr);
+        assert!(files_there().is_empty(), "{:?}", files_there());
+        drop(held);
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        assert_eq!(fx.open_journal(), 0);
+
         // Registered, the journal not yet told.
         let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-registered"));
         assert_ne!(r.code, Some(0));

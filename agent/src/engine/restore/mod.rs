@@ -727,7 +727,9 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
                 None => true,
             };
             if complete {
-                let _ = journal::close(env, id).await;
+                if let Err(e) = journal::close(env, id).await {
+                    tracing::error!(journal = id, error = %error_chain(&e), "restore clean-up: the files are deleted but the journal entry stays open; reconcile closes it");
+                }
             } else {
                 tracing::error!(
                     journal = id,
@@ -937,10 +939,30 @@ async fn restore_steps(
             // Before anything is created: a .vmx that cannot be pointed at the restored
             // disks stops the restore with nothing to undo.
             let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &path)?;
+            // An earlier restore to these paths that was not cleaned up (its entry still
+            // open: reconcile deletes the files it names) must not meet this one's files
+            // there.
+            let catalog = env.repo.catalog().clone();
+            let open = blocking(move || catalog.journal_open_entries())
+                .await?
+                .map_err(BackupError::from)?;
+            if let Some(e) = open.iter().find(|e| {
+                e.kind == "vm_shell"
+                    && e.detail.get("vm").is_some_and(serde_json::Value::is_null)
+                    && e.detail.get("vmx").and_then(serde_json::Value::as_str)
+                        == Some(vmx_path.as_str())
+            }) {
+                return Err(RestoreError::Invalid(format!(
+                    "an earlier restore to {vmx_path} (journal entry {}) has not been cleaned up: \
+                     run `vadp-agent reconcile`, then the restore again",
+                    e.id
+                )));
+            }
             // Each file is journalled before it is made (and the .vmx before its upload):
             // until the VM is registered, only the journal knows to delete them.
             let mut made = Unregistered {
                 datacenter: dc.clone(),
+                name: plan.name.clone(),
                 created: Vec::new(),
                 creating: None,
                 vmx: None,
@@ -965,6 +987,7 @@ async fn restore_steps(
             for d in &plan.disks {
                 check_cancel()?;
                 made.creating = Some(d.backing_file.clone());
+                lock_effects(effects).unregistered = Some(made.clone());
                 journal::update(env, shell_id, shell_detail(&made)).await?;
                 crash_point("restore-new-disk-journalled");
                 step(format!(

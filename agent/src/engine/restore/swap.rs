@@ -127,7 +127,16 @@ pub(crate) async fn swap_back(
         Err(e) if crate::engine::journal::is_gone(&e) => {
             let fcds: Vec<&str> = swaps.iter().map(|s| s.fcd_file.as_str()).collect();
             tracing::error!(vm = %vm, fcds = ?fcds, "restore clean-up: the VM is gone; its First Class Disks stay on the datastore, detached");
-            return (back, true);
+            // A new disk made and never attached went with no VM: it goes now.
+            let mut complete = true;
+            for s in swaps {
+                if let Some(dc) = &s.datacenter
+                    && !delete_unattached(env, dc, &s.new_file, observer).await
+                {
+                    complete = false;
+                }
+            }
+            return (back, complete);
         }
         Err(e) => {
             tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: cannot read the VM; its First Class Disks stay swapped until reconcile swaps them back");

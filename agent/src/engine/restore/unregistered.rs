@@ -22,6 +22,8 @@ use crate::vsphere::{FaultKind, MoRef, VsphereError};
 pub(crate) struct Unregistered {
     /// The datacenter the paths are in.
     pub datacenter: MoRef,
+    /// The name the VM is registered under in the staging folder.
+    pub name: String,
     /// Disk files made (`[ds] dir/disk.vmdk`).
     pub created: Vec<String>,
     /// A disk being made when the journal was last written, maybe not by this restore.
@@ -38,6 +40,7 @@ impl Unregistered {
     pub(crate) fn detail(&self) -> Value {
         serde_json::json!({
             "datacenter": self.datacenter.value,
+            "name": self.name,
             "created": self.created,
             "creating": self.creating,
             "vmx_uploaded": self.vmx.is_some(),
@@ -64,6 +67,11 @@ impl Unregistered {
             .flatten();
         Some(Self {
             datacenter: MoRef::new("Datacenter", datacenter),
+            name: detail
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             created: strings(detail.get("created")),
             creating: detail
                 .get("creating")
@@ -89,7 +97,7 @@ pub(crate) async fn delete_unregistered(
     if u.registering
         && let Some(vmx) = &u.vmx
     {
-        match registered_shell(env, vmx).await {
+        match registered_shell(env, &u.name, vmx).await {
             Ok(None) => {}
             Ok(Some(vm)) => match super::remove_shell(env, &vm).await {
                 Ok(()) => {
@@ -102,7 +110,7 @@ pub(crate) async fn delete_unregistered(
                 }
             },
             Err(e) => {
-                tracing::error!(vmx, error = %error_chain(&e), "restore clean-up: cannot tell whether the VM was registered; its files stay until reconcile deletes them");
+                tracing::error!(vmx, error = %e, "restore clean-up: cannot tell whether the VM was registered; its files stay until reconcile deletes them");
                 return (deleted, false);
             }
         }
@@ -121,6 +129,15 @@ pub(crate) async fn delete_unregistered(
         .map(|f| (f, true))
         .chain(u.created.iter().map(|f| (f, false)));
     for (file, is_vmx) in files {
+        if is_vmx && !file.ends_with(".vmx") {
+            // Never a directory (vSphere would delete all it holds), nor anything else.
+            tracing::error!(
+                file,
+                "restore clean-up: the journal names as the .vmx a path that is not one: left alone"
+            );
+            complete = false;
+            continue;
+        }
         let r = if is_vmx {
             env.soap.delete_datastore_file(&u.datacenter, file).await
         } else {
@@ -150,29 +167,65 @@ pub(crate) async fn delete_unregistered(
     (deleted, complete)
 }
 
-/// The VM registered from `vmx` in the restore's staging folder, if any.
+/// The VM registered as `name` from `vmx` in the restore's staging folder, if any. vCenter
+/// may report the `.vmx` path in another form than the one registered (on vSAN, with the
+/// folder's UUID), so a VM of that name counts when its datastore and file name match; one
+/// of that name that does not match is not taken for ours, and nothing is deleted.
 async fn registered_shell(
     env: &crate::engine::Environment,
+    name: &str,
     vmx: &str,
-) -> Result<Option<crate::vsphere::VmMoref>, VsphereError> {
+) -> Result<Option<crate::vsphere::VmMoref>, String> {
     let folder = match env.soap.find_namespace_folder(super::STAGING_FOLDER).await {
         Ok(f) => f,
         Err(VsphereError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(error_chain(&e)),
     };
     let vms = env
         .soap
         .list_in_container(
             &folder.moref(),
             "VirtualMachine",
-            &["config.files.vmPathName"],
+            &["name", "config.files.vmPathName"],
             false,
         )
-        .await?;
-    Ok(vms
-        .into_iter()
-        .find(|o| o.text("config.files.vmPathName") == Some(vmx))
-        .map(|o| crate::vsphere::VmMoref(o.obj.value)))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let mut named = vms
+        .iter()
+        .filter(|o| o.text("name") == Some(name))
+        .peekable();
+    if named.peek().is_none() {
+        // Not registered under its name: by path, as registered.
+        return Ok(vms
+            .iter()
+            .find(|o| o.text("config.files.vmPathName") == Some(vmx))
+            .map(|o| crate::vsphere::VmMoref(o.obj.value.clone())));
+    }
+    let ours = |path: &str| same_datastore_and_file(path, vmx);
+    let named: Vec<_> = named.collect();
+    match named.as_slice() {
+        [one] if one.text("config.files.vmPathName").is_some_and(ours) => {
+            Ok(Some(crate::vsphere::VmMoref(one.obj.value.clone())))
+        }
+        _ => Err(format!(
+            "{} VM(s) named {name} in folder {} do not match {vmx}: check them by hand",
+            named.len(),
+            super::STAGING_FOLDER
+        )),
+    }
+}
+
+/// `[ds] a/b.vmx` and `[ds] 5f1a-uuid/b.vmx`: one datastore, one file name.
+fn same_datastore_and_file(a: &str, b: &str) -> bool {
+    let split = |p: &str| {
+        let (ds, rest) = p.split_once(']').unwrap_or(("", p));
+        (
+            ds.to_owned(),
+            rest.rsplit('/').next().unwrap_or(rest).trim().to_owned(),
+        )
+    };
+    split(a) == split(b)
 }
 
 #[cfg(test)]
@@ -181,8 +234,17 @@ mod tests {
 
     #[test]
     fn the_journal_detail_round_trips() {
+        assert!(same_datastore_and_file(
+            "[vsanDatastore] 5f1a-uuid/web.vmx",
+            "[vsanDatastore] web/web.vmx"
+        ));
+        assert!(!same_datastore_and_file(
+            "[ds2] web/web.vmx",
+            "[ds1] web/web.vmx"
+        ));
         let u = Unregistered {
             datacenter: MoRef::new("Datacenter", "datacenter-2"),
+            name: "web".into(),
             created: vec!["[ds1] web/disk-0.vmdk".into()],
             creating: Some("[ds1] web/disk-1.vmdk".into()),
             vmx: Some("[ds1] web/web.vmx".into()),
