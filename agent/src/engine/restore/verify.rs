@@ -146,23 +146,46 @@ pub(super) async fn verify(
                         }
                     }
                 };
-                let dangling = replaced
+                let dangling: Vec<&str> = replaced
                     .into_iter()
-                    .filter(|c| !others.iter().any(|o| o == c));
-                for claim in dangling {
-                    let kept = pvcs.iter().any(|p| {
-                        p.metadata.name.as_deref() == Some(claim)
-                            && p.metadata.deletion_timestamp.is_none()
-                    });
-                    if kept {
-                        v.problems.push(format!(
-                            "PVC {claim} of the replaced VirtualMachine is used by no VM but \
-                             still exists: registration deletes such dangling claims (§6.2 \
-                             step 7). Its volume holds the disk as it was before the restore; \
-                             once it is not needed: kubectl delete pvc {claim} -n {}",
-                            plan.namespace
-                        ));
+                    .filter(|c| !others.iter().any(|o| o == c))
+                    .collect();
+                let kept_of = |pvcs: &[k8s_openapi::api::core::v1::PersistentVolumeClaim]| {
+                    dangling
+                        .iter()
+                        .copied()
+                        .filter(|claim| {
+                            pvcs.iter().any(|p| {
+                                p.metadata.name.as_deref() == Some(*claim)
+                                    && p.metadata.deletion_timestamp.is_none()
+                            })
+                        })
+                        .collect::<Vec<&str>>()
+                };
+                let mut kept = kept_of(&pvcs);
+                // WCP's clean-up of the dangling claims may trail its task a little: read
+                // them again a few times before a claim is reported kept.
+                for _ in 0..DANGLING_RECHECKS {
+                    if kept.is_empty() {
+                        break;
                     }
+                    tokio::time::sleep(DANGLING_RECHECK_EVERY).await;
+                    match renv.supervisor.pvcs(&plan.namespace).await {
+                        Ok(now) => kept = kept_of(&now),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::engine::error_chain(&e), "reading the claims again");
+                            break;
+                        }
+                    }
+                }
+                for claim in kept {
+                    v.problems.push(format!(
+                        "PVC {claim} of the replaced VirtualMachine is used by no VM but still \
+                         exists: registration deletes such dangling claims (§6.2 step 7). Its \
+                         volume holds the disk as it was before the restore; once it is not \
+                         needed: kubectl delete pvc {claim} -n {}",
+                        plan.namespace
+                    ));
                 }
             }
             let backup = plan.data.as_ref().and_then(|d| d.vm_yaml.as_ref());
@@ -222,6 +245,11 @@ pub(super) fn replaced_claims<'a>(
         .map(|(_, claim)| claim.as_str())
         .collect()
 }
+
+/// How often, and how far apart, the claims a restore in place replaced are read again
+/// while one is still there.
+const DANGLING_RECHECKS: u32 = 3;
+const DANGLING_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 const ANN_INSTANCE_ID: &str = "vmoperator.vmware.com/instance-id";
