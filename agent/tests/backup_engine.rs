@@ -704,6 +704,39 @@ mod tests {
         fx.verify_clean();
     }
 
+    /// An independent disk is not frozen by the snapshot: the running VM is refused, naming
+    /// the disk, with nothing changed; powered off, it is backed up.
+    #[test]
+    fn a_running_vm_with_an_independent_disk_is_refused() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("independent", &[4, 4]);
+        fx.lab
+            .modify_vm(&vm, |s| {
+                s.disks[1].mode = "independent_persistent".into();
+                s.power_state = lab::vmstate::PowerState::PoweredOn;
+                Ok(())
+            })
+            .unwrap();
+        let refused = fx.backup(&[&vm], &[], None);
+        assert_ne!(refused.code, Some(0), "backup not refused");
+        assert!(
+            refused.stderr.contains("independent_persistent")
+                && refused.stderr.contains("Hard disk 2"),
+            "{}",
+            refused.stderr
+        );
+        assert!(fx.points().is_empty());
+        assert!(fx.lab.vm(&vm).unwrap().snapshots.is_empty());
+        fx.lab
+            .modify_vm(&vm, |s| {
+                s.power_state = lab::vmstate::PowerState::PoweredOff;
+                Ok(())
+            })
+            .unwrap();
+        fx.backup(&[&vm], &[], None).ok();
+        fx.assert_clean(&[&vm]);
+    }
+
     #[test]
     fn a_snapshot_removal_that_leaves_consolidation_needed_is_consolidated() {
         let fx = Fixture::new();

@@ -585,6 +585,31 @@ fn failed_report(info: &VmInfo, error: String) -> VmReport {
     }
 }
 
+/// Why a backup of `info` now would read a disk its snapshot does not freeze: an
+/// independent disk (VSPHERE.md §A.7) of a VM that is not powered off, whose guest may be
+/// writing it while it is read. Such a point would look complete and hold a torn disk, so
+/// the VM is refused instead, naming the disk. A powered-off VM's independent disks do not
+/// change and are backed up.
+fn unfrozen_disk(info: &VmInfo) -> Option<String> {
+    if info.power_state == Some(crate::vsphere::PowerState::PoweredOff) {
+        return None;
+    }
+    let d = info.disks.iter().find(|d| {
+        d.disk_mode
+            .as_deref()
+            .is_some_and(|m| m.starts_with("independent"))
+    })?;
+    Some(format!(
+        "disk {} ({}, {}) is attached {}: a snapshot does not freeze an independent disk, so \
+         its backup would be read while the guest writes it. Power the VM off for its backup, \
+         or attach the disk as persistent",
+        d.key,
+        d.label,
+        d.file_name,
+        d.disk_mode.as_deref().unwrap_or_default()
+    ))
+}
+
 /// Phase 1. Members are pushed as soon as they hold a side effect, so the caller can undo.
 async fn set_up(
     ctx: &Arc<JobCtx>,
@@ -672,6 +697,12 @@ async fn set_up(
             return Err(BackupError::Refused {
                 vm: format!("{} ({moref})", info.name),
                 reason: "it has no virtual disk".into(),
+            });
+        }
+        if let Some(reason) = unfrozen_disk(&info) {
+            return Err(BackupError::Refused {
+                vm: format!("{} ({moref})", info.name),
+                reason,
             });
         }
         resolved.push((r.clone(), info));
