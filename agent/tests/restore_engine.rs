@@ -1780,6 +1780,49 @@ mod tests {
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
     }
 
+    /// A restore in place killed with its new disk made but not swapped in, whose VM is
+    /// then removed from the inventory: reconcile has no VM to swap back onto, and deletes
+    /// the new disk, which no VM owns, leaving the First Class Disk where it is.
+    #[test]
+    fn a_new_disk_never_swapped_in_goes_when_its_vm_is_gone() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("orphan-1");
+        let p1 = fx.backup("orphan-1");
+        s.change_since_backup("orphan-1");
+        let state = s.lab.vm(&vm).unwrap();
+        let fcd = state.disks[1].file_name.clone();
+        let dir = state
+            .vmx_path
+            .resolve(s.lab.root())
+            .parent()
+            .unwrap()
+            .to_owned();
+        let new_files = || -> Vec<String> {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("restored-"))
+                .collect()
+        };
+        let r = fx.restore_on(
+            s,
+            "site-a",
+            &p1,
+            &["--mode", "existing"],
+            Some("restore-swap-created"),
+        );
+        assert_ne!(r.code, Some(0));
+        assert!(!new_files().is_empty(), "{}", r.stderr);
+        s.lab.unregister_vm(&vm).unwrap();
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        assert!(new_files().is_empty(), "{:?}", new_files());
+        assert!(fcd.resolve(s.lab.root()).exists());
+        assert_eq!(fx.open_journal(), 0);
+    }
+
     /// After registration the namespace is checked as well as the VirtualMachine: a
     /// bootstrap Secret of the backup that is not there (§6.1 step 3), and a claim of the
     /// replaced VM that no VM uses but that still exists (§6.2 step 7), are each reported.
