@@ -107,7 +107,24 @@ impl SoapClient {
         description_ids: &[&str],
         timeout: Duration,
     ) -> Result<usize, VsphereError> {
-        let content = self.retrieve_object(&vm.moref(), &["recentTask"]).await?;
+        self.wait_for_entity_tasks(&vm.moref(), method, description_ids, timeout)
+            .await
+    }
+
+    /// As [`Self::wait_for_vm_tasks`], for the tasks of any managed entity (a folder's
+    /// `RegisterVM_Task`, `Folder.registerVm` in vCenter).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::wait_for_snapshot_creates`].
+    pub async fn wait_for_entity_tasks(
+        &self,
+        entity: &crate::vsphere::MoRef,
+        method: &'static str,
+        description_ids: &[&str],
+        timeout: Duration,
+    ) -> Result<usize, VsphereError> {
+        let content = self.retrieve_object(entity, &["recentTask"]).await?;
         let tasks = match content.get("recentTask") {
             Some(list) => list
                 .children
@@ -127,8 +144,8 @@ impl SoapClient {
                 Ok(info) => info,
                 Err(e) if e.fault_kind() == Some(FaultKind::ManagedObjectNotFound) => continue,
                 Err(e) => {
-                    tracing::warn!(vm = %vm, task = %task, error = %e,
-                        "cannot read a recent task of the VM; not waiting for it");
+                    tracing::warn!(entity = %entity.value, task = %task, error = %e,
+                        "cannot read a recent task; not waiting for it");
                     continue;
                 }
             };
@@ -139,10 +156,10 @@ impl SoapClient {
             if !running {
                 continue;
             }
-            tracing::info!(vm = %vm, task = %task, method, "waiting for a task still running on the VM");
+            tracing::info!(entity = %entity.value, task = %task, method, "waiting for a task still running");
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self
-                .wait_for_task(&task, method, &vm.moref(), left, |_| {})
+                .wait_for_task(&task, method, entity, left, |_| {})
                 .await
             {
                 Ok(_) | Err(VsphereError::TaskFailed { .. }) => waited += 1,

@@ -181,6 +181,17 @@ async fn registered_shell(
         Err(VsphereError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(error_chain(&e)),
     };
+    // A registration the restore lost track of (killed, or its reply lost) may still be
+    // running: the folder is judged once it has ended.
+    env.soap
+        .wait_for_entity_tasks(
+            &folder.moref(),
+            "RegisterVM_Task",
+            &[".registerVm", ".registerVM"],
+            std::time::Duration::from_secs(600),
+        )
+        .await
+        .map_err(|e| error_chain(&e))?;
     let vms = env
         .soap
         .list_in_container(
