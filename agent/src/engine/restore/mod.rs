@@ -984,11 +984,15 @@ async fn restore_steps(
             )
             .await?;
             lock_effects(effects).target = Some((shell_id, Target::Created(None)));
+            // What `made` says, in the clean-up's view and then in the journal.
+            let record = |made: &Unregistered| {
+                lock_effects(effects).unregistered = Some(made.clone());
+                journal::update(env, shell_id, shell_detail(made))
+            };
             for d in &plan.disks {
                 check_cancel()?;
                 made.creating = Some(d.backing_file.clone());
-                lock_effects(effects).unregistered = Some(made.clone());
-                journal::update(env, shell_id, shell_detail(&made)).await?;
+                record(&made).await?;
                 crash_point("restore-new-disk-journalled");
                 step(format!(
                     "creating {} ({} bytes)",
@@ -1001,8 +1005,7 @@ async fn restore_steps(
                     .map_err(vsphere(format!("creating {}", d.backing_file)))?;
                 made.creating = None;
                 made.created.push(d.backing_file.clone());
-                lock_effects(effects).unregistered = Some(made.clone());
-                journal::update(env, shell_id, shell_detail(&made)).await?;
+                record(&made).await?;
                 if let Some(u) = &d.disk_uuid {
                     env.soap
                         .set_virtual_disk_uuid(dc, &d.backing_file, u)
@@ -1017,8 +1020,7 @@ async fn restore_steps(
             let len = bytes.len() as u64;
             check_cancel()?;
             made.vmx = Some(vmx_path.clone());
-            lock_effects(effects).unregistered = Some(made.clone());
-            journal::update(env, shell_id, shell_detail(&made)).await?;
+            record(&made).await?;
             crash_point("restore-vmx-journalled");
             env.soap
                 .upload(&path, std::io::Cursor::new(bytes), len)
@@ -1035,8 +1037,7 @@ async fn restore_steps(
                 .map_err(vsphere("finding a resource pool"))?;
             check_cancel()?;
             made.registering = true;
-            lock_effects(effects).unregistered = Some(made.clone());
-            journal::update(env, shell_id, shell_detail(&made)).await?;
+            record(&made).await?;
             step(format!("registering {vmx_path} in folder {STAGING_FOLDER}"));
             let vm = env
                 .soap
