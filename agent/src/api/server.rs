@@ -36,6 +36,24 @@ fn status(state: &AppState) -> String {
     )
 }
 
+/// Serves `router` on `listener` in `tasks` until `shutdown`.
+fn spawn_serve<L>(
+    tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
+    listener: L,
+    router: &axum::Router,
+    shutdown: &CancellationToken,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (r, s) = (router.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        axum::serve(listener, r)
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await
+    });
+}
+
 /// Serves the API until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -77,34 +95,18 @@ pub async fn serve(
         // On stdout for scripts and tests; the log has it too.
         crate::cli::emit_line(&format!("listening on {scheme}://{bound}"));
         tracing::info!(address = %bound, scheme, "API listening on TCP");
-        let (r, s) = (router.clone(), shutdown.clone());
         match &listeners.tls {
             Some(config) => {
-                let listener = super::TlsListener::new(listener, Arc::clone(config), s.clone())?;
-                tasks.spawn(async move {
-                    axum::serve(listener, r)
-                        .with_graceful_shutdown(s.cancelled_owned())
-                        .await
-                });
+                let tls = super::TlsListener::new(listener, Arc::clone(config), shutdown.clone())?;
+                spawn_serve(&mut tasks, tls, &router, &shutdown);
             }
-            None => {
-                tasks.spawn(async move {
-                    axum::serve(listener, r)
-                        .with_graceful_shutdown(s.cancelled_owned())
-                        .await
-                });
-            }
+            None => spawn_serve(&mut tasks, listener, &router, &shutdown),
         }
     }
     if let Some((listener, path)) = unix {
         crate::cli::emit_line(&format!("listening on unix:{}", path.display()));
         tracing::info!(socket = %path.display(), "API listening on a unix socket");
-        let (r, s) = (router.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            axum::serve(listener, r)
-                .with_graceful_shutdown(s.cancelled_owned())
-                .await
-        });
+        spawn_serve(&mut tasks, listener, &router, &shutdown);
     }
     let status_text = status(&state);
     if let Err(e) = sd_notify::notify(
