@@ -30,8 +30,6 @@ pub enum DiskChange<'a> {
         controller_key: i32,
         /// Unit number on the controller.
         unit_number: i32,
-        /// The backing uuid to give the new disk (`6000C29…`), if any.
-        uuid: Option<&'a str>,
         /// `diskMode`: `persistent`, `independent_persistent`, …
         disk_mode: &'a str,
     },
@@ -203,7 +201,6 @@ impl SoapClient {
                 thin,
                 controller_key,
                 unit_number,
-                uuid: None,
                 disk_mode: "persistent",
             }],
         )
@@ -245,7 +242,6 @@ impl SoapClient {
                     thin,
                     controller_key,
                     unit_number,
-                    uuid,
                     disk_mode,
                 } => {
                     // Element order as the vim25 schema has it (vCenter rejects any other).
@@ -256,11 +252,8 @@ impl SoapClient {
                         .open_typed("backing", "VirtualDiskFlatVer2BackingInfo")
                         .text("fileName", path)
                         .text("diskMode", disk_mode)
-                        .value("thinProvisioned", *thin);
-                    if let Some(u) = uuid {
-                        w.text("uuid", u);
-                    }
-                    w.close("backing")
+                        .value("thinProvisioned", *thin)
+                        .close("backing")
                         .value("controllerKey", *controller_key)
                         .value("unitNumber", *unit_number)
                         .value("capacityInKB", *capacity_kb)
