@@ -704,6 +704,74 @@ mod tests {
         fx.verify_clean();
     }
 
+    /// Hotadd transport: the snapshot's disks are attached to the proxy VM while they are
+    /// read and detached after. A backup killed while one is attached leaves it there, and
+    /// vCenter cannot remove the snapshot until it goes: reconcile calls VixDiskLib_Cleanup
+    /// first, which detaches it, and then removes the snapshot.
+    #[test]
+    fn a_disk_a_crashed_backup_left_hot_added_is_detached_before_its_snapshot_goes() {
+        let fx = Fixture::new();
+        let proxy = fx.new_vm("backup-proxy", &[1]);
+        let conf = fx.dir.path().join("vddk.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!("vadp.sim.proxyVm = \"{proxy}\"\n"));
+        std::fs::write(&conf, text).unwrap();
+        let proxy_disks = |fx: &Fixture| fx.lab.vm(&proxy).unwrap().disks.len();
+        let vm = fx.new_vm("web-1", &[8]);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 0, &pattern(1, 3 * MIB))
+            .unwrap();
+        let hotadd = ["--transports", "hotadd:nbdssl"];
+
+        // A backup reads through the proxy and leaves it as it was.
+        let b = fx.backup(&[&vm], &hotadd, None);
+        let v = vm_report(b.ok(), &vm);
+        assert_eq!(disk_report(v, 2000)["transport"], "hotadd", "{v}");
+        assert_eq!(proxy_disks(&fx), 1);
+        fx.assert_clean(&[&vm]);
+
+        // Killed while the disk is attached.
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 0, &pattern(2, KIB64))
+            .unwrap();
+        let crashed = fx.backup(&[&vm], &hotadd, Some("disk-opened"));
+        assert_ne!(crashed.code, Some(0), "the agent did not crash");
+        assert_eq!(
+            proxy_disks(&fx),
+            2,
+            "the frozen disk is not on the proxy: {}",
+            crashed.stderr
+        );
+        let state = fx.lab.vm(&vm).unwrap();
+        assert_eq!(state.snapshots.len(), 1);
+        // What a reconcile without Cleanup would meet.
+        let refused = fx.lab.remove_snapshot(&vm, &state.snapshots[0].moref);
+        assert!(
+            matches!(refused, Err(lab::vmstate::LabError::DiskInUse { .. })),
+            "{refused:?}"
+        );
+
+        let report = fx.reconcile(&[]);
+        assert!(report["errors"].as_array().unwrap().is_empty(), "{report}");
+        assert_eq!(report["transport_cleaned"], 1, "{report}");
+        assert_eq!(report["snapshots_removed"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            proxy_disks(&fx),
+            1,
+            "the hot-added disk is still on the proxy"
+        );
+        fx.assert_clean(&[&vm]);
+        let records = fx.dir.path().join("lab/vddk-tmp/hotadd");
+        assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
+        // Nothing left: the next reconcile cleans nothing, and a backup works.
+        assert_eq!(fx.reconcile(&[])["transport_cleaned"], 0);
+        let expected = fx.disk_bytes(&vm, DiskKey(2000));
+        let b = fx.backup(&[&vm], &hotadd, None);
+        let point = vm_report(b.ok(), &vm)["point"].as_str().unwrap().to_owned();
+        assert!(fx.restored(&point, 2000) == expected);
+        assert_eq!(proxy_disks(&fx), 1);
+    }
+
     /// An independent disk is not frozen by the snapshot: the running VM is refused, naming
     /// the disk, with nothing changed; powered off, it is backed up.
     #[test]

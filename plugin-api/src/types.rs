@@ -458,6 +458,10 @@ pub struct ReconcileResult {
     pub snapshots_removed: Vec<String>,
     /// VMs whose PrepareForAccess was ended.
     pub access_ended: Vec<String>,
+    /// VMs whose VDDK transport state crashed backups left (disks hot-added to the proxy
+    /// VM) `VixDiskLib_Cleanup` removed.
+    #[serde(default)]
+    pub transport_cleaned: u32,
     /// Engine jobs marked interrupted.
     pub jobs_interrupted: Vec<String>,
     /// Half-created VMs to look at.

@@ -6,6 +6,12 @@
 //!   which a concurrent Open/Close is detected (tests).
 //! - `vixDiskLib.transport.LogLevel`: 0 (panic) … 6 (trivia); messages above it are not
 //!   passed to the log callback. Default 3.
+//! - `vadp.sim.proxyVm`: the moref of the VM this process runs in. Real VDDK finds its
+//!   proxy VM from the machine's BIOS UUID; with this key the simulator offers hotadd
+//!   transport for snapshot reads (see `hotadd`). Without it hotadd is never available.
+//! - `tmpDirectory` (VDDK's key): where the library keeps state that outlives a
+//!   connection, here the hot-add records `VixDiskLib_Cleanup` reads. Default
+//!   `<lab root>/vddk-tmp`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +25,8 @@ use crate::vix::{VixResult, fail};
 pub(crate) const LAB_ROOT_KEY: &str = "vadp.lab.root";
 const OPEN_DELAY_KEY: &str = "vadp.sim.openDelayMs";
 const LOG_LEVEL_KEY: &str = "vixDiskLib.transport.LogLevel";
+const PROXY_VM_KEY: &str = "vadp.sim.proxyVm";
+const TMP_DIRECTORY_KEY: &str = "tmpDirectory";
 
 /// The parsed configuration.
 #[derive(Debug, Clone)]
@@ -26,6 +34,10 @@ pub(crate) struct SimConfig {
     pub lab_root: PathBuf,
     pub open_delay: Duration,
     pub log_level: u32,
+    /// The VM this process runs in (`vadp.sim.proxyVm`): hotadd is offered only with it.
+    pub proxy_vm: Option<String>,
+    /// VDDK's `tmpDirectory`: the hot-add records live in `hotadd/` below it.
+    pub tmp_directory: PathBuf,
     /// Every key as written (later lines win), for diagnostics.
     pub entries: BTreeMap<String, String>,
 }
@@ -67,10 +79,18 @@ impl SimConfig {
         };
         let open_delay = Duration::from_millis(number(OPEN_DELAY_KEY, 0)?);
         let log_level = u32::try_from(number(LOG_LEVEL_KEY, 3)?.min(6)).unwrap_or(3);
+        let lab_root = PathBuf::from(root);
+        let proxy_vm = entries.get(PROXY_VM_KEY).filter(|v| !v.is_empty()).cloned();
+        let tmp_directory = entries
+            .get(TMP_DIRECTORY_KEY)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| lab_root.join("vddk-tmp"), PathBuf::from);
         Ok(Self {
-            lab_root: PathBuf::from(root),
+            lab_root,
             open_delay,
             log_level,
+            proxy_vm,
+            tmp_directory,
             entries,
         })
     }

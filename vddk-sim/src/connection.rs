@@ -19,9 +19,10 @@ use crate::vix::{VixResult, fail};
 
 /// What ListTransportModes reports (real VDDK's order).
 pub(crate) const ALL_TRANSPORT_MODES: &str = "file:san:hotadd:nbdssl:nbd";
-/// Modes the simulator can serve for a remote connection (it is not a proxy VM and has no
-/// SAN LUNs, so san/hotadd never work).
-const REMOTE_MODES: [&str; 2] = ["nbdssl", "nbd"];
+/// Modes the simulator can serve for a remote connection over the network. It has no SAN
+/// LUNs, so san never works; hotadd works for snapshot reads when the config names the
+/// proxy VM (`vadp.sim.proxyVm`, see [`crate::hotadd`]).
+const NETWORK_MODES: [&str; 2] = ["nbdssl", "nbd"];
 
 /// A live connection.
 #[derive(Debug)]
@@ -31,6 +32,9 @@ pub(crate) struct Connection {
     pub read_only: bool,
     /// The mode Open will use, or None when none of the requested modes is available.
     pub transport: Option<&'static str>,
+    /// With `transport` hotadd: the network mode Open falls back to when the hot-add
+    /// fails (the next requested one), as VDDK tries the modes in order.
+    pub fallback: Option<&'static str>,
     pub requested_modes: String,
 }
 
@@ -47,9 +51,11 @@ pub(crate) struct Remote {
     /// The files the snapshot froze (`snapshot` is Some).
     pub snapshot_disks: Vec<DatastorePath>,
     /// The vCenter session; a session ConnectEx logged in is logged out when the
-    /// connection goes (Disconnect, or the last disk opened through it closing).
-    #[expect(dead_code, reason = "held for its Drop, which logs out")]
+    /// connection goes (Disconnect, or the last disk opened through it closing). Hot-adds
+    /// go through it.
     pub session: Session,
+    /// The proxy VM hotadd attaches disks to (the config's `vadp.sim.proxyVm`).
+    pub proxy_vm: Option<String>,
 }
 
 impl Connection {
@@ -60,6 +66,7 @@ impl Connection {
         read_only: bool,
         snapshot_ref: Option<&str>,
         transport_modes: Option<&str>,
+        proxy_vm: Option<&str>,
     ) -> VixResult<Self> {
         let requested = transport_modes
             .filter(|m| !m.is_empty())
@@ -71,6 +78,7 @@ impl Connection {
                 remote: None,
                 read_only,
                 transport,
+                fallback: None,
                 requested_modes: requested,
             });
         }
@@ -104,9 +112,23 @@ impl Connection {
                 }
             }
         };
-        let transport = requested
-            .split(':')
-            .find_map(|m| REMOTE_MODES.iter().copied().find(|r| *r == m));
+        // Hotadd reads a snapshot's frozen files through the proxy VM; writes, and reads
+        // without a snapshot, go over the network.
+        let hotadd = proxy_vm.is_some() && snapshot.is_some() && read_only;
+        let available = |m: &str| {
+            if hotadd && m == "hotadd" {
+                Some("hotadd")
+            } else {
+                NETWORK_MODES.iter().copied().find(|r| *r == m)
+            }
+        };
+        let mut usable = requested.split(':').filter_map(available);
+        let transport = usable.next();
+        let fallback = if transport == Some("hotadd") {
+            usable.find(|m| *m != "hotadd")
+        } else {
+            None
+        };
         let server_thumbprint = session
             .server_thumbprint()
             .or_else(|| Some(lab.thumbprint).filter(|t| !t.is_empty()));
@@ -118,9 +140,11 @@ impl Connection {
                 snapshot,
                 snapshot_disks,
                 session,
+                proxy_vm: proxy_vm.filter(|_| hotadd).map(str::to_owned),
             }),
             read_only,
             transport,
+            fallback,
             requested_modes: requested,
         })
     }

@@ -18,6 +18,7 @@ use vddk_sys::{
 };
 
 use crate::connection::Connection;
+use crate::hotadd::{self, HotAdd};
 use crate::library::Library;
 use crate::log;
 use crate::storage::{DatastorePath, Disk, parse_path};
@@ -32,6 +33,11 @@ pub(crate) struct DiskHandle {
     /// The path as the caller gave it (for messages).
     pub path: String,
     pub read_only: bool,
+    /// The mode this disk is read through (the connection's, or its fallback when the
+    /// hot-add failed).
+    transport: &'static str,
+    /// The proxy VM's attachment, with hotadd.
+    hot_added: Mutex<Option<HotAdd>>,
     disk: Arc<Mutex<Disk>>,
     pending: Arc<Pending>,
     worker: Mutex<Option<AioWorker>>,
@@ -127,18 +133,27 @@ impl DiskHandle {
             None => local_path(&library.config.lab_root, path)?,
         };
         let read_only = flags & VIXDISKLIB_FLAG_OPEN_READ_ONLY != 0 || connection.read_only;
+        let (transport, hot_added) = hot_add(library, &connection, transport, &ds_path, path)?;
+        let detach_on_error = |e: VixCallError| {
+            if let (Some(hot), Some(remote)) = (&hot_added, &connection.remote)
+                && let Err(d) = hotadd::detach(&remote.session, hot)
+            {
+                log::warn(&format!("{path}: {}", d.detail));
+            }
+            e
+        };
         // The lab refuses a writable open of a snapshot-frozen disk or of one another
         // writer holds (flock): VIX_E_FILE_ALREADY_LOCKED, as ESXi's "failed to lock".
-        let disk = Disk::open(&library.config.lab_root, &ds_path, !read_only).map_err(|e| {
-            VixCallError {
+        let disk = Disk::open(&library.config.lab_root, &ds_path, !read_only)
+            .map_err(|e| VixCallError {
                 detail: format!("{path}: {}", e.detail),
                 ..e
-            }
-        })?;
+            })
+            .map_err(detach_on_error)?;
         let disk = Arc::new(Mutex::new(disk));
         let pending = Arc::new(Pending::default());
         let worker = spawn_worker(path, Arc::clone(&disk), Arc::clone(&pending));
-        let worker = worker?;
+        let worker = worker.map_err(detach_on_error)?;
         let vm = connection.remote.as_ref().and_then(|r| r.vm.as_deref());
         log::info(&format!(
             "opened {path} of {} ({transport}, {})",
@@ -149,6 +164,8 @@ impl DiskHandle {
             connection,
             path: path.to_owned(),
             read_only,
+            transport,
+            hot_added: Mutex::new(hot_added),
             disk,
             pending,
             worker: Mutex::new(Some(worker)),
@@ -156,7 +173,7 @@ impl DiskHandle {
     }
 
     pub(crate) fn transport(&self) -> &'static str {
-        self.connection.transport.unwrap_or("")
+        self.transport
     }
 
     /// Runs `f` with exclusive access to the disk.
@@ -234,7 +251,57 @@ impl DiskHandle {
         if let Err(e) = self.with_disk(|d| d.flush()) {
             log::warn(&format!("flush of {} at close failed: {e}", self.path));
         }
+        let hot = self
+            .hot_added
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let (Some(hot), Some(remote)) = (hot, &self.connection.remote)
+            && let Err(e) = hotadd::detach(&remote.session, &hot)
+        {
+            // Its record stays: VixDiskLib_Cleanup detaches it later.
+            log::warn(&format!("{}: {}", self.path, e.detail));
+        }
         log::info(&format!("closed {}", self.path));
+    }
+}
+
+/// With hotadd: attaches the file to the proxy VM, or falls back to the next requested
+/// mode when that fails (VDDK tries the modes in order). Returns the mode used.
+fn hot_add(
+    library: &Library,
+    connection: &Connection,
+    transport: &'static str,
+    ds_path: &DatastorePath,
+    path: &str,
+) -> VixResult<(&'static str, Option<HotAdd>)> {
+    let (Some(remote), "hotadd") = (&connection.remote, transport) else {
+        return Ok((transport, None));
+    };
+    let (Some(proxy), Some(vm)) = (&remote.proxy_vm, &remote.vm) else {
+        return Ok((transport, None));
+    };
+    match hotadd::attach(
+        &library.config.tmp_directory,
+        &remote.session,
+        proxy,
+        vm,
+        ds_path,
+    ) {
+        Ok(hot) => Ok((transport, Some(hot))),
+        Err(e) => match connection.fallback {
+            Some(next) => {
+                log::warn(&format!(
+                    "{path}: hotadd failed ({}); falling back to {next}",
+                    e.detail
+                ));
+                Ok((next, None))
+            }
+            None => Err(VixCallError {
+                detail: format!("{path}: hotadd: {}", e.detail),
+                ..e
+            }),
+        },
     }
 }
 

@@ -12,6 +12,7 @@
 //! - `disk`: an open handle, its sync I/O and its async worker thread.
 //! - `storage`: the seam to the lab's datastores and VM state.
 //! - `handles`, `alloc`: opaque handle tokens and library-owned C allocations.
+//! - `hotadd`: hotadd transport (attaching snapshot files to the proxy VM) and Cleanup.
 //! - `vix`, `log`, `config`: error texts, log callbacks (through `log_call.c`), config file.
 //!
 //! Control plane and data path: like real VDDK, ConnectEx, PrepareForAccess, EndAccess
@@ -48,6 +49,7 @@ mod connection;
 mod disk;
 pub mod ffi;
 mod handles;
+mod hotadd;
 mod library;
 mod log;
 mod params;

@@ -602,12 +602,12 @@ mod tests {
         unsafe { lib.VixDiskLib_FreeConnectParams(p) };
         unsafe { lib.VixDiskLib_FreeConnectParams(std::ptr::null_mut()) };
 
-        let raw = params(&e.fx.plain).raw();
+        // Nothing hot-added: Cleanup logs in and finds nothing to do.
+        let kept = params(&e.fx.plain);
+        let raw = kept.raw();
         let (mut cleaned, mut remaining) = (7u32, 7u32);
-        assert_eq!(
-            unsafe { lib.VixDiskLib_Cleanup(&raw, &mut cleaned, &mut remaining) },
-            0
-        );
+        let err = unsafe { lib.VixDiskLib_Cleanup(&raw, &mut cleaned, &mut remaining) };
+        assert_eq!(err, 0, "{}", error_text(lib, err));
         assert_eq!((cleaned, remaining), (0, 0));
         assert_eq!(
             unsafe { lib.VixDiskLib_Cleanup(&raw, std::ptr::null_mut(), std::ptr::null_mut()) },

@@ -496,6 +496,7 @@ async fn reconcile(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<Recon
             .map(|(vm, snap)| format!("{vm}:{snap}"))
             .collect(),
         access_ended: r.access_ended.iter().map(ToString::to_string).collect(),
+        transport_cleaned: r.transport_cleaned,
         jobs_interrupted: r.jobs_interrupted.iter().map(ToString::to_string).collect(),
         half_created_vms: r
             .half_created_vms

@@ -439,6 +439,12 @@ pub fn reconcile(args: &ReconcileArgs, json: bool) -> anyhow::Result<ExitCode> {
             serde_json::json!({ "event": "reconcile", "report": report })
         );
     } else {
+        if report.transport_cleaned > 0 {
+            say!(
+                "VixDiskLib_Cleanup: removed the disks crashed backups of {} VM(s) left hot-added to this proxy VM",
+                report.transport_cleaned
+            );
+        }
         for (vm, s) in &report.snapshots_removed {
             say!("removed snapshot {s} of {vm}");
         }

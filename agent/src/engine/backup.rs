@@ -306,6 +306,8 @@ pub struct DiskReport {
     pub capacity_bytes: u64,
     /// Bytes of the extents CBT (or the allocation map) reported.
     pub bytes_changed: u64,
+    /// The VDDK transport mode the disk was read through (`hotadd`, `nbdssl` …).
+    pub transport: String,
     /// Pipeline statistics (bytes read are whole chunks).
     pub stats: DiskBackupStats,
     /// Seconds.
@@ -1464,6 +1466,9 @@ fn read_disk_blocking(
             disk.file_name
         )))?
         .capacity_bytes;
+    let transport = handle.transport_mode();
+    // The disk is open (with hotadd, attached to the proxy VM).
+    crash_point("disk-opened");
     let (repo_plan, kind, reason) = match plan {
         Plan::Full { allocated, reason } => (DiskPlan::Full { allocated }, PointKind::Full, reason),
         Plan::Incremental {
@@ -1536,6 +1541,7 @@ fn read_disk_blocking(
         reason,
         capacity_bytes: written.capacity_bytes,
         bytes_changed: written.bytes_changed,
+        transport,
         stats: written.stats,
         seconds,
     };

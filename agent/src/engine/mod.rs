@@ -106,8 +106,8 @@ pub struct Environment {
 /// `VADP_AGENT_CRASH_AT` names `point`, the process kills itself there (SIGKILL, as
 /// `kill -9` would),
 /// leaving only what is journalled. Points: `after-prepare-access`, `before-snapshot`,
-/// `snapshot-task-running`, `snapshot-unrecorded`, `after-snapshot`, `mid-disk`, `before-commit`,
-/// `after-commit`; in restores `restore-after-register`, `restore-after-prepare-access`,
+/// `snapshot-task-running`, `snapshot-unrecorded`, `after-snapshot`, `disk-opened`, `mid-disk`,
+/// `before-commit`, `after-commit`; in restores `restore-after-register`, `restore-after-prepare-access`,
 /// `restore-disk-journalled`, `restore-after-attach` and `restore-after-data`; and in
 /// `repo rebuild-catalog`, `rebuild-marked` and `rebuild-renamed`.
 pub(crate) fn crash_point(point: &str) {

@@ -1,5 +1,6 @@
 //! The reconciler (ARCHITECTURE §7): at start-up, and on demand (`vadp-agent reconcile`),
 //! undo every side effect still open in the journal whose job is no longer running —
+//! detach what crashed backups left hot-added to this proxy VM (`VixDiskLib_Cleanup`),
 //! remove our snapshots, call EndAccess — and mark interrupted jobs failed.
 //!
 //! A job is running when its `locks/job-<id>.lock` is held (see [`JobLock`]); the
@@ -22,6 +23,9 @@ pub struct ReconcileReport {
     pub snapshots_removed: Vec<(VmMoref, SnapshotMoref)>,
     /// VMs whose PrepareForAccess was ended.
     pub access_ended: Vec<VmMoref>,
+    /// VMs whose VDDK transport state a crashed backup left (disks hot-added to this
+    /// proxy VM) `VixDiskLib_Cleanup` removed.
+    pub transport_cleaned: u32,
     /// VM shells a restore created and did not finish (reported, not deleted: a person
     /// decides; the restore engine's entries).
     pub half_created_vms: Vec<(VmMoref, serde_json::Value)>,
@@ -104,6 +108,11 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
         };
         (rank, e.id)
     });
+    // A crashed backup may have left its snapshot's disks hot-added to this proxy VM, and
+    // vCenter cannot remove a snapshot while they are: VDDK's Cleanup detaches them first.
+    if entries.iter().any(|e| e.kind == "snapshot") || !vms.is_empty() {
+        vddk_cleanup(env, &mut report).await;
+    }
     let mut blocked: Vec<VmMoref> = Vec::new();
     for entry in &entries {
         undo(env, entry, &mut report, &mut blocked).await;
@@ -146,6 +155,32 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
         JobLock::remove_file(&root, job);
     }
     Ok(report)
+}
+
+/// `VixDiskLib_Cleanup` for the vCenter, on a blocking thread; what it did goes in the
+/// report.
+async fn vddk_cleanup(env: &Environment, report: &mut ReconcileReport) {
+    let vddk = env.vddk.clone();
+    let spec = env.vddk_target.spec(&VmMoref(String::new()), None, true);
+    let outcome = match blocking(move || vddk.cleanup(&spec)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => return report.errors.push(format!("VixDiskLib_Cleanup: {e}")),
+        Err(e) => return report.errors.push(format!("VixDiskLib_Cleanup: {e}")),
+    };
+    if outcome.cleaned > 0 {
+        tracing::warn!(
+            vms = outcome.cleaned,
+            "reconcile: VixDiskLib_Cleanup removed what crashed backups left (disks hot-added to this proxy VM)"
+        );
+    }
+    report.transport_cleaned = outcome.cleaned;
+    if let Some(e) = outcome.error {
+        report.errors.push(format!(
+            "VixDiskLib_Cleanup left the transport state of {} VM(s) (disks hot-added to this proxy VM keep their snapshots from being removed): {}",
+            outcome.remaining,
+            error_chain(&e)
+        ));
+    }
 }
 
 /// The disk files an interrupted disk-only restore attached and had not finished writing.

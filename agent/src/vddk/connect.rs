@@ -120,6 +120,7 @@ pub struct ConnectSpec {
     /// How to log in.
     pub credentials: Credentials,
     /// The VM's managed object reference (`vm-42`); becomes `vmxSpec = "moref=vm-42"`.
+    /// Empty for no VM (`vmxSpec` NULL: [`super::Vddk::cleanup`]).
     pub vm: String,
     /// The snapshot to read (`snapshot-7`); `None` for the VM's current state.
     pub snapshot: Option<String>,
@@ -199,7 +200,12 @@ impl<'lib> CParams<'lib> {
             strings.push(s);
             Ok(ptr)
         };
-        let vmx_spec = keep("vm", &spec.vmx_spec())?;
+        // No VM (VixDiskLib_Cleanup): vmxSpec stays NULL, as VDDK asks.
+        let vmx_spec = if spec.vm.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            keep("vm", &spec.vmx_spec())?
+        };
         let server = keep("server", &spec.server)?;
         let thumbprint = match &spec.thumbprint {
             Some(t) => keep("thumbprint", t)?,

@@ -14,7 +14,7 @@ use super::connection::Connection;
 use super::error::{DiskLibError, ErrorContext, VddkError};
 use super::library::{Library, LoadError, cstr_to_string};
 use super::log;
-use super::open_thread::{self, MAX_IDENTITY_CHARS, OpenCmd};
+use super::open_thread::{self, CleanupOutcome, MAX_IDENTITY_CHARS, OpenCmd};
 
 /// InitEx has been called in this process (successfully or not). VDDK cannot be
 /// initialised twice, not even after Exit.
@@ -203,6 +203,26 @@ impl Vddk {
             identity: identity.to_owned(),
             reply,
         })?
+    }
+
+    /// `VixDiskLib_Cleanup` for the vCenter of `spec` (its `vm` is ignored: VDDK wants no
+    /// VM): removes the transport state that processes which did not shut down cleanly
+    /// left, such as disks hot-added to this proxy VM, which keep vCenter from removing
+    /// their snapshots. Call it after a crash, before removing the crashed jobs' snapshots.
+    ///
+    /// # Errors
+    /// [`DiskLibError::OpenThreadGone`]; the call's own error is in the outcome, with the
+    /// counts.
+    pub fn cleanup(&self, spec: &ConnectSpec) -> Result<CleanupOutcome, DiskLibError> {
+        let spec = ConnectSpec {
+            vm: String::new(),
+            snapshot: None,
+            ..spec.clone()
+        };
+        self.request(|reply| OpenCmd::Cleanup {
+            spec: Box::new(spec),
+            reply,
+        })
     }
 
     /// Drops this handle. When it was the last one (no other clone, connection or disk is

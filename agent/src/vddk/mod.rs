@@ -54,6 +54,7 @@ pub use error::{DiskLibError, ErrorContext, VddkError, VixCode};
 pub use extents::Extent;
 pub use instance::{Vddk, VddkInitError};
 pub use library::{Library, LoadError, SYMBOLS, Symbol};
+pub use open_thread::CleanupOutcome;
 pub use reexec::{
     ORIGINAL_LD_LIBRARY_PATH, REEXEC_MARKER, ReexecError, prepended_dir, reexec_with_library_path,
     reexecuted, restore_child_env,

@@ -66,6 +66,21 @@ pub(crate) enum OpenCmd {
         identity: String,
         reply: Reply<()>,
     },
+    Cleanup {
+        spec: Box<ConnectSpec>,
+        reply: Sender<CleanupOutcome>,
+    },
+}
+
+/// What `VixDiskLib_Cleanup` reported: counts of VMs, and its error when something is left.
+#[derive(Debug)]
+pub struct CleanupOutcome {
+    /// VMs whose leftover transport state (hot-added disks …) was removed.
+    pub cleaned: u32,
+    /// VMs that still have some.
+    pub remaining: u32,
+    /// The call's error, when it did not clean everything.
+    pub error: Option<DiskLibError>,
 }
 
 struct OpenConnection {
@@ -148,6 +163,9 @@ pub(crate) fn run(lib: &'static Library, rx: Receiver<OpenCmd>) {
                 reply,
             } => {
                 let _ = reply.send(access(lib, &spec, &identity, false));
+            }
+            OpenCmd::Cleanup { spec, reply } => {
+                let _ = reply.send(cleanup(lib, &spec));
             }
         }
     }
@@ -247,4 +265,32 @@ fn access(
     };
     lib.check(call, err, || vm_context(&spec.vm))?;
     Ok(())
+}
+
+fn cleanup(lib: &'static Library, spec: &ConnectSpec) -> CleanupOutcome {
+    let params = match CParams::new(lib, spec) {
+        Ok(params) => params,
+        Err(error) => {
+            return CleanupOutcome {
+                cleaned: 0,
+                remaining: 0,
+                error: Some(error),
+            };
+        }
+    };
+    let (mut cleaned, mut remaining) = (0u32, 0u32);
+    // SAFETY: `params` outlives the call; the counters are valid out-pointers.
+    let err = unsafe {
+        lib.raw()
+            .VixDiskLib_Cleanup(params.as_ptr(), &raw mut cleaned, &raw mut remaining)
+    };
+    let error = lib
+        .check("VixDiskLib_Cleanup", err, ErrorContext::default)
+        .err()
+        .map(DiskLibError::from);
+    CleanupOutcome {
+        cleaned,
+        remaining,
+        error,
+    }
 }

@@ -567,9 +567,27 @@ impl Lab {
     /// next snapshot or the current disk) now names the merged file. Safe to re-run after
     /// a crash: the state file is only updated after every disk is consolidated.
     ///
+    /// Refused, as vCenter cannot consolidate a disk another VM holds open, while a file
+    /// the snapshot froze is attached to another VM: a backup proxy's hot-add (VDDK's
+    /// hotadd transport) that its process never detached.
+    ///
     /// # Errors
-    /// [`LabError::SnapshotNotFound`], datastore errors.
+    /// [`LabError::SnapshotNotFound`], [`LabError::DiskInUse`] naming the other VM,
+    /// datastore errors.
     pub fn remove_snapshot(&self, vm: &VmMoref, snapshot: &SnapshotMoref) -> Result<(), LabError> {
+        let frozen = self.snapshot(vm, snapshot)?.disks;
+        for other in self.vms()?.iter().filter(|o| &o.moref != vm) {
+            if let Some(d) = other
+                .disks
+                .iter()
+                .find(|d| frozen.iter().any(|f| f.file_name == d.file_name))
+            {
+                return Err(LabError::DiskInUse {
+                    disk: d.file_name.to_string(),
+                    vm: other.moref.clone(),
+                });
+            }
+        }
         self.update(vm, |state| {
             let idx = state
                 .snapshots

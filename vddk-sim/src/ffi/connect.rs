@@ -15,7 +15,7 @@ use crate::handles::{ptr_to_token, token_to_ptr};
 use crate::params::{c_str, decode};
 use crate::storage::{LabView, check_identity};
 use crate::vix::{VixResult, fail};
-use crate::{library, log};
+use crate::{hotadd, library, log};
 
 /// A zeroed `VixDiskLibConnectParams` owned by the library (VDDK 6.7+, optional).
 ///
@@ -98,6 +98,7 @@ pub unsafe extern "C" fn VixDiskLib_ConnectEx(
             readOnly != 0,
             snapshot.as_deref(),
             modes.as_deref(),
+            library.config.proxy_vm.as_deref(),
         )?;
         log::info(&format!(
             "connected to {} (vm {}, snapshot {}, {})",
@@ -142,7 +143,10 @@ pub unsafe extern "C" fn VixDiskLib_Disconnect(connection: VixDiskLibConnection)
     })
 }
 
-/// Nothing to clean up in the simulator: reports 0 cleaned, 0 remaining.
+/// Detaches what processes that died hot-added to the proxy VM (see `hotadd`), over a
+/// session of its own with `connectParams`' server and credentials (`vmxSpec` is ignored,
+/// as callers set it NULL). Counts are of VMs; VIX_E_FAIL, with the counts written, when
+/// something could not be detached. A local connection (no server) has nothing to clean.
 ///
 /// # Safety
 /// `connectParams` is NULL or valid; the counters are NULL or writable.
@@ -153,17 +157,33 @@ pub unsafe extern "C" fn VixDiskLib_Cleanup(
     numRemaining: *mut u32,
 ) -> VixError {
     vix_call("VixDiskLib_Cleanup", || {
-        library::get()?;
-        if connectParams.is_null() {
-            return fail(VIX_E_INVALID_ARG, "connectParams is NULL");
+        let library = library::get()?;
+        let write = |cleaned: u32, remaining: u32| {
+            for (counter, value) in [(numCleanedUp, cleaned), (numRemaining, remaining)] {
+                if !counter.is_null() {
+                    // SAFETY: non-NULL and writable per the contract.
+                    unsafe { counter.write(value) };
+                }
+            }
+        };
+        write(0, 0);
+        // SAFETY: NULL or a valid params struct per the contract.
+        let spec = unsafe { decode(connectParams) }?;
+        if spec.server.is_none() {
+            return Ok(VIX_OK);
         }
-        for counter in [numCleanedUp, numRemaining] {
-            if !counter.is_null() {
-                // SAFETY: non-NULL and writable per the contract.
-                unsafe { counter.write(0) };
+        let view = LabView::open(&library.config.lab_root)?;
+        let (session, _) = open_session(&view, &spec)?;
+        match hotadd::cleanup(&library.config.tmp_directory, &session) {
+            Ok(done) => {
+                write(done.cleaned, done.remaining);
+                Ok(VIX_OK)
+            }
+            Err((done, e)) => {
+                write(done.cleaned, done.remaining);
+                Err(e)
             }
         }
-        Ok(VIX_OK)
     })
 }
 

@@ -66,7 +66,8 @@ pub unsafe extern "C" fn VixDiskLib_Close(diskHandle: VixDiskLibHandle) -> VixEr
     })
 }
 
-/// "nbdssl"/"nbd" for a server connection, "file" for a local one; "" for a bad handle.
+/// "hotadd", "nbdssl" or "nbd" for a server connection, "file" for a local one; "" for a
+/// bad handle.
 /// The string is static.
 ///
 /// # Safety
@@ -82,6 +83,7 @@ pub unsafe extern "C" fn VixDiskLib_GetTransportMode(
         match mode {
             Ok("nbdssl") => c"nbdssl".as_ptr(),
             Ok("nbd") => c"nbd".as_ptr(),
+            Ok("hotadd") => c"hotadd".as_ptr(),
             Ok("file") => c"file".as_ptr(),
             _ => c"".as_ptr(),
         }

@@ -317,6 +317,11 @@ impl Session {
         call(&self.endpoint, Some(&self.cookie), ns, method, this, args).map(|(e, _)| e)
     }
 
+    /// `host:port` of the server.
+    pub(crate) fn server(&self) -> String {
+        format!("{}:{}", self.endpoint.host, self.endpoint.port)
+    }
+
     /// The thumbprint of the certificate the server presented (None over plain HTTP).
     pub(crate) fn server_thumbprint(&self) -> Option<String> {
         self.endpoint.tls.as_ref().and_then(|p| p.seen())
@@ -394,6 +399,131 @@ impl Session {
             ))
         })?;
         Ok(())
+    }
+}
+
+/// A virtual disk of a VM, as `config.hardware.device` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DiskDevice {
+    pub key: i32,
+    pub controller_key: i32,
+    pub unit_number: i32,
+    /// `backing.fileName` (`[ds] dir/file.vmdk`).
+    pub file_name: String,
+}
+
+/// How long a task the sim started may take.
+const TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Session {
+    /// The virtual disks of `vm` (`RetrievePropertiesEx` of `config.hardware.device`).
+    pub(crate) fn disk_devices(&self, vm: &str) -> VixResult<Vec<DiskDevice>> {
+        let args = format!(
+            "<specSet><propSet><type>VirtualMachine</type><all>false</all>\
+             <pathSet>config.hardware.device</pathSet></propSet>\
+             <objectSet><obj type=\"VirtualMachine\">{}</obj><skip>false</skip></objectSet>\
+             </specSet><options></options>",
+            esc(vm)
+        );
+        let resp = self
+            .call(
+                "urn:vim25",
+                "RetrievePropertiesEx",
+                ("PropertyCollector", &self.sc.property_collector),
+                &args,
+            )
+            .map_err(|e| e.into_vix(&format!("the devices of VM {vm}")))?;
+        let Some(object) = resp.child("returnval").and_then(|r| r.child("objects")) else {
+            return fail(VIX_E_VM_NOT_FOUND, format!("VM {vm} not found in vCenter"));
+        };
+        let number = |e: &Element, name: &str| e.child_text(name).and_then(|t| t.parse().ok());
+        Ok(object
+            .descendants()
+            .into_iter()
+            .filter(|e| e.xsi_type.as_deref() == Some("VirtualDisk"))
+            .filter_map(|d| {
+                Some(DiskDevice {
+                    key: number(d, "key")?,
+                    controller_key: number(d, "controllerKey").unwrap_or(0),
+                    unit_number: number(d, "unitNumber").unwrap_or(-1),
+                    file_name: d.child("backing")?.child_text("fileName")?.to_owned(),
+                })
+            })
+            .collect())
+    }
+
+    /// `ReconfigVM_Task` of `vm` with the `deviceChange` elements `changes`, waited for.
+    pub(crate) fn reconfigure(&self, vm: &str, changes: &str) -> VixResult<()> {
+        let what = format!("ReconfigVM_Task of VM {vm}");
+        let resp = self
+            .call(
+                "urn:vim25",
+                "ReconfigVM_Task",
+                ("VirtualMachine", vm),
+                &format!("<spec>{changes}</spec>"),
+            )
+            .map_err(|e| e.into_vix(&what))?;
+        let Some(task) = resp.child_text("returnval").map(str::to_owned) else {
+            return fail(VIX_E_FAIL, format!("{what}: the reply names no task"));
+        };
+        self.wait_task(&task, &what)
+    }
+
+    /// Polls the task's `info` until it succeeds (Ok) or fails (its fault as the error).
+    fn wait_task(&self, task: &str, what: &str) -> VixResult<()> {
+        let args = format!(
+            "<specSet><propSet><type>Task</type><all>false</all><pathSet>info</pathSet>\
+             </propSet><objectSet><obj type=\"Task\">{}</obj><skip>false</skip></objectSet>\
+             </specSet><options></options>",
+            esc(task)
+        );
+        let deadline = std::time::Instant::now() + TASK_TIMEOUT;
+        let mut pause = std::time::Duration::from_millis(10);
+        loop {
+            let resp = self
+                .call(
+                    "urn:vim25",
+                    "RetrievePropertiesEx",
+                    ("PropertyCollector", &self.sc.property_collector),
+                    &args,
+                )
+                .map_err(|e| e.into_vix(&format!("{what}: task {task}")))?;
+            let info = resp
+                .descendants()
+                .into_iter()
+                .find(|e| e.name == "val" && e.child("state").is_some())
+                .cloned();
+            let Some(info) = info else {
+                return fail(VIX_E_FAIL, format!("{what}: task {task} has no info"));
+            };
+            match info.child_text("state") {
+                Some("success") => return Ok(()),
+                Some("error") => {
+                    let error = info.child("error");
+                    let kind = error
+                        .and_then(|e| e.child("fault"))
+                        .and_then(|f| f.xsi_type.clone())
+                        .unwrap_or_else(|| "unknown".into());
+                    let message = error
+                        .and_then(|e| e.child_text("localizedMessage"))
+                        .unwrap_or_default();
+                    return fail(
+                        VIX_E_FAIL,
+                        format!("{what}: task {task} failed: {kind}: {message}"),
+                    );
+                }
+                _ if std::time::Instant::now() >= deadline => {
+                    return fail(
+                        VIX_E_FAIL,
+                        format!("{what}: task {task} did not end within {TASK_TIMEOUT:?}"),
+                    );
+                }
+                _ => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                }
+            }
+        }
     }
 }
 
