@@ -1165,6 +1165,142 @@ mod tests {
         assert_eq!(Repository::open(&f.root).unwrap().list().unwrap().len(), 2);
     }
 
+    /// GC marks what the catalog lists: a catalog that lost a point, or a point's disks,
+    /// would have their chunks swept. It refuses instead, and sweeps nothing.
+    #[test]
+    fn gc_sweeps_nothing_when_the_catalog_may_not_show_every_point() {
+        let f = fixture();
+        let chunks = f.root.join("chunks");
+        let before = count_files(&chunks);
+        let full_dir = f.root.join("indexes").join(f.full.to_string());
+        let db = f.root.join("catalog.db");
+        let edit = |sql: &str| {
+            rusqlite::Connection::open(&db)
+                .unwrap()
+                .execute_batch(&format!("PRAGMA foreign_keys = OFF; {sql}"))
+                .unwrap();
+        };
+        // The full point's VM row is gone: the point drops out of every listing.
+        edit(&format!(
+            "UPDATE restore_points SET vm_id = 999 WHERE id = '{}'",
+            f.full
+        ));
+        {
+            let repo = Repository::open(&f.root).unwrap();
+            assert_eq!(repo.list().unwrap().len(), 1, "the point is still listed");
+            let msg = chain(&repo.gc().unwrap_err());
+            assert!(msg.contains("fails its checks"), "{msg}");
+            assert!(msg.contains("nothing swept"), "{msg}");
+        }
+        assert_eq!(count_files(&chunks), before);
+        assert!(full_dir.join("point.json").is_file());
+        edit(&format!(
+            "UPDATE restore_points SET vm_id = (SELECT id FROM vms) WHERE id = '{}'",
+            f.full
+        ));
+        // The point is listed, but its disk rows are gone.
+        edit(&format!("DELETE FROM disks WHERE point_id = '{}'", f.full));
+        {
+            let repo = Repository::open(&f.root).unwrap();
+            let msg = chain(&repo.gc().unwrap_err());
+            assert!(msg.contains("has no disk row"), "{msg}");
+        }
+        assert_eq!(count_files(&chunks), before);
+        // A second fixture: an index file in a live point's directory that its catalog
+        // record does not name (a disk the catalog lost).
+        let g = fixture();
+        let dir = g.root.join("indexes").join(g.full.to_string());
+        let index = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "fidx"))
+            .unwrap();
+        std::fs::copy(&index, dir.join("disk-2001.fidx")).unwrap();
+        let chunks = g.root.join("chunks");
+        let before = count_files(&chunks);
+        let repo = Repository::open(&g.root).unwrap();
+        let msg = chain(&repo.gc().unwrap_err());
+        assert!(
+            msg.contains("disk-2001.fidx") && msg.contains("not in the catalog"),
+            "{msg}"
+        );
+        assert_eq!(count_files(&chunks), before);
+        std::fs::remove_file(dir.join("disk-2001.fidx")).unwrap();
+        repo.gc().unwrap();
+    }
+
+    /// A point `repo rebuild-catalog` cannot read, but that has a manifest, may have been
+    /// committed: it is moved out of `indexes/`, and GC refuses to run until a person has
+    /// dealt with it, so the chunks only it uses stay.
+    #[test]
+    fn a_point_the_rebuild_cannot_read_keeps_its_chunks() {
+        let f = fixture();
+        let manifest = f.root.join(format!("indexes/{}/point.json", f.full));
+        std::fs::write(&manifest, b"{\"format\":1,").unwrap();
+        let db = f.root.join("catalog.db");
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(f.root.join(format!("catalog.db{suffix}")));
+        }
+        std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+        let report = Repository::rebuild_catalog(&f.root, false).unwrap();
+        assert_eq!(report.points, vec![f.incr]);
+        let moved = f.root.join("unreadable-points").join(f.full.to_string());
+        assert_eq!(report.quarantined, vec![moved.clone()]);
+        assert!(moved.join("point.json").is_file());
+        assert!(!f.root.join("indexes").join(f.full.to_string()).exists());
+
+        let chunks = f.root.join("chunks");
+        let before = count_files(&chunks);
+        let repo = Repository::open(&f.root).unwrap();
+        let msg = chain(&repo.gc().unwrap_err());
+        assert!(
+            msg.contains("unreadable-points") && msg.contains("1 restore point"),
+            "{msg}"
+        );
+        assert_eq!(count_files(&chunks), before);
+        // Given up: GC runs, and the incremental (a full image) still restores.
+        std::fs::remove_dir_all(&moved).unwrap();
+        repo.gc().unwrap();
+        repo.restore_image(f.incr, &f.root.join("r.img"), &mut |_, _| {})
+            .unwrap();
+        assert_eq!(
+            std::fs::read(f.root.join("r.img")).unwrap(),
+            std::fs::read(&f.img).unwrap()
+        );
+    }
+
+    /// A catalog written by a newer agent is not replaced by one of an older format, not
+    /// even with --force: its journal and queue would be lost, and manifests of a newer
+    /// format skipped.
+    #[test]
+    fn a_newer_catalog_is_never_rebuilt() {
+        let f = fixture();
+        let db = f.root.join("catalog.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        for force in [false, true] {
+            let msg = chain(&Repository::rebuild_catalog(&f.root, force).unwrap_err());
+            assert!(msg.contains("schema version 99"), "{msg}");
+        }
+        let names: Vec<String> = std::fs::read_dir(&f.root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("catalog.db.damaged")),
+            "{names:?}"
+        );
+        let version: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 99);
+    }
+
     #[test]
     fn newer_catalog_is_refused() {
         let f = fixture();

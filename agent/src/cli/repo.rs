@@ -366,6 +366,12 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                 for (dir, why) in &report.skipped {
                     say!("SKIPPED indexes/{dir}: {why}");
                 }
+                for dir in &report.quarantined {
+                    say!(
+                        "moved to {}: it has a manifest, so it may hold a committed restore point; `repo gc` does not run until it is looked at and removed from there",
+                        dir.display()
+                    );
+                }
                 say!(
                     "catalog rebuilt with {} restore point(s); run `vadp-agent repo verify` next",
                     report.points.len()

@@ -5,7 +5,11 @@
 //! directory) is stale whatever its age (the grace period is zero because the lock, not a
 //! clock, proves there is no writer), and every `indexes/<point>` directory not in the
 //! catalog is the leftover of a killed backup or an interrupted prune. If any committed index
-//! cannot be read, GC stops before sweeping anything: its mark set would be incomplete.
+//! cannot be read, GC stops before sweeping anything: its mark set would be incomplete. For
+//! the same reason it does not run on a catalog that fails SQLite's checks, nor when a live
+//! point's directory holds an index file the catalog does not name, nor while `unreadable-points/`
+//! holds points `repo rebuild-catalog` could not read: in each case some restore point's
+//! chunks would look like garbage.
 //! Damaged-chunk records (`repo verify --repair`) of chunks no committed index references
 //! any more are returned for the caller to drop: no backup will read them again, so no
 //! backup would drop them.
@@ -23,6 +27,10 @@ use crate::repo::chunk_store::{ChunkStore, TEMP_PREFIX};
 use crate::repo::durable;
 use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
 
+/// Where `repo rebuild-catalog` moves the directories of restore points it could not read
+/// (under the repository root); GC does not run while it holds any.
+pub const QUARANTINE_DIR: &str = "unreadable-points";
+
 /// Errors of GC; nothing was swept if the error came from marking.
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -36,6 +44,44 @@ pub enum GcError {
         /// The index error (names the file).
         #[source]
         source: FixedIndexError,
+    },
+    /// The catalog fails its checks: the restore points it cannot show would be taken for
+    /// garbage. Nothing was swept.
+    #[error(
+        "the catalog fails its checks ({}), and GC would take the restore points it cannot \
+         show for garbage; nothing swept (run `repo verify`, then `repo rebuild-catalog`)",
+        problems.join("; ")
+    )]
+    CatalogUnsound {
+        /// What the checks found.
+        problems: Vec<String>,
+    },
+    /// A live restore point's directory holds an index file its catalog record does not
+    /// name: the catalog lost a disk of the point. Nothing was swept.
+    #[error(
+        "restore point {point}: {} is in its index directory but not in the catalog; \
+         nothing swept (run `repo verify`)",
+        file.display()
+    )]
+    UnlistedIndex {
+        /// The point.
+        point: RestorePointId,
+        /// The index file.
+        file: PathBuf,
+    },
+    /// `repo rebuild-catalog` set aside restore points it could not read; their chunks are
+    /// in no catalog, so a sweep would delete them. Nothing was swept.
+    #[error(
+        "{} holds {count} restore point(s) `repo rebuild-catalog` could not read; GC would \
+         delete the chunks only they use, so it does not run until each is looked at and \
+         removed from there",
+        dir.display()
+    )]
+    Quarantined {
+        /// The quarantine directory.
+        dir: PathBuf,
+        /// How many points are in it.
+        count: usize,
     },
     /// Listing or removing a file failed.
     #[error("sweep {path}")]
@@ -93,10 +139,30 @@ pub fn collect(
     points: &[PointRecord],
     damaged: &HashSet<ChunkDigest>,
 ) -> Result<GcReport, GcError> {
+    let quarantine = root.join(QUARANTINE_DIR);
+    let quarantined = read_dir(&quarantine)?.len();
+    if quarantined > 0 {
+        return Err(GcError::Quarantined {
+            dir: quarantine,
+            count: quarantined,
+        });
+    }
     let mut marked: HashSet<ChunkDigest> = HashSet::new();
     let mut live_points: HashSet<String> = HashSet::new();
     for p in points {
         live_points.insert(p.id.to_string());
+        // Every index file in the point's directory is one the catalog names.
+        let dir = root.join("indexes").join(p.id.to_string());
+        for f in read_dir(&dir)? {
+            let path = f.path();
+            let listed = p.disks.iter().any(|d| root.join(&d.index_path) == path);
+            if !listed && path.extension().is_some_and(|e| e == "fidx") {
+                return Err(GcError::UnlistedIndex {
+                    point: p.id,
+                    file: path,
+                });
+            }
+        }
         for d in &p.disks {
             let index =
                 FixedIndex::read(&root.join(&d.index_path)).map_err(|source| GcError::Index {

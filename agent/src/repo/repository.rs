@@ -116,6 +116,18 @@ pub enum RepoError {
         /// The catalog file.
         path: PathBuf,
     },
+    /// `rebuild-catalog` of a catalog that does not open for another reason than damage.
+    #[error(
+        "{path} does not open, but not because it is damaged; fix that rather than \
+         rebuilding it (use --force to rebuild anyway)"
+    )]
+    CatalogUnopenable {
+        /// The catalog file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// Creating the chunk store's fan-out directories failed (names the directory).
     #[error("create the chunk store")]
     Store(#[source] ChunkStoreError),
@@ -327,6 +339,9 @@ pub struct RebuildReport {
     /// Index directories left out, each with the reason (no manifest, a manifest that does
     /// not read, or an index file that does not read).
     pub skipped: Vec<(String, String)>,
+    /// The directories of skipped points that have a manifest (so may have been
+    /// committed), moved to `unreadable-points/`: GC does not run while any is there.
+    pub quarantined: Vec<PathBuf>,
     /// The old catalog's files, renamed aside (none if there was no catalog).
     pub old_catalog: Vec<PathBuf>,
     /// This run finished a rebuild that had been interrupted.
@@ -1492,6 +1507,12 @@ impl Repository {
         // Read under the lock: every removal of points holds the shared lock, so none
         // happens between here and the clear below.
         let pending = self.catalog.meta(GC_PENDING_KEY)?;
+        // A damaged catalog can leave restore points (or their disks) out of the list
+        // below, and their chunks would be swept.
+        let problems = self.catalog.integrity_check()?;
+        if !problems.is_empty() {
+            return Err(GcError::CatalogUnsound { problems }.into());
+        }
         let points = self.catalog.list_points()?;
         let report = gc::collect(&self.root, &self.store, &points, &self.damaged_digests()?)?;
         if !report.damaged_forgotten.is_empty() {
@@ -1620,12 +1641,23 @@ impl Repository {
         let db = path.join("catalog.db");
         let marker = path.join(REBUILD_MARKER);
         let resumed = marker.exists();
-        if db.is_file() && !force && !resumed {
-            let sound = Catalog::open(&db)
-                .and_then(|c| c.integrity_check())
-                .is_ok_and(|problems| problems.is_empty());
-            if sound {
-                return Err(RepoError::CatalogSound { path: db });
+        if db.is_file() && !resumed {
+            match Catalog::open(&db) {
+                // Never replaced by an older format: its journal, queue and the manifests
+                // of the points it lists may be of a format this agent does not know.
+                Err(e @ CatalogError::NewerVersion { .. }) => return Err(e.into()),
+                Ok(c) => {
+                    let sound = c.integrity_check().is_ok_and(|p| p.is_empty());
+                    if sound && !force {
+                        return Err(RepoError::CatalogSound { path: db });
+                    }
+                }
+                // A catalog that does not open for another reason than damage (permissions,
+                // a lock, an I/O error) is not replaced unless asked.
+                Err(CatalogError::Sql { source, .. }) if !force && !is_damage(&source) => {
+                    return Err(RepoError::CatalogUnopenable { path: db, source });
+                }
+                Err(_) => {}
             }
         }
         let io = |p: &Path| {
@@ -1637,6 +1669,7 @@ impl Repository {
             ..RebuildReport::default()
         };
         let mut found: Vec<Manifest> = Vec::new();
+        let mut unreadable: Vec<PathBuf> = Vec::new();
         let mut dirs: Vec<fs::DirEntry> = fs::read_dir(&indexes)
             .map_err(io(&indexes))?
             .collect::<Result<_, _>>()
@@ -1677,7 +1710,14 @@ impl Repository {
                 });
             match checked {
                 Ok(m) => found.push(m),
-                Err(why) => report.skipped.push((name, why)),
+                Err(why) => {
+                    // With a manifest the point may have been committed: its directory goes
+                    // where GC does not sweep (see below). Without one it never was.
+                    if manifest_path.exists() {
+                        unreadable.push(dir.path());
+                    }
+                    report.skipped.push((name, why));
+                }
             }
         }
         let Some(facts) = found.first().map(|m| m.repo.clone()) else {
@@ -1687,6 +1727,29 @@ impl Repository {
             }
             .into());
         };
+        // The points that do not read leave `indexes/` before the new catalog, which does
+        // not list them, replaces the old one: GC would take them for a killed backup's
+        // leftovers and sweep the chunks only they use. In `unreadable-points/` GC refuses to run
+        // until a person has looked at each.
+        if !unreadable.is_empty() {
+            let quarantine = path.join(gc::QUARANTINE_DIR);
+            durable::create_dir_all(&quarantine)
+                .map_err(|(path, source)| RepoError::Io { path, source })?;
+            for from in unreadable {
+                let name = from.file_name().unwrap_or_default().to_owned();
+                let mut to = quarantine.join(&name);
+                for n in 1.. {
+                    if !to.exists() {
+                        break;
+                    }
+                    to = quarantine.join(format!("{}.{n}", name.to_string_lossy()));
+                }
+                durable::rename_noreplace(&from, &to).map_err(io(&to))?;
+                report.quarantined.push(to);
+            }
+            durable::sync_dir(&quarantine).map_err(io(&quarantine))?;
+            durable::sync_dir(&indexes).map_err(io(&indexes))?;
+        }
         // Oldest first, and a parent before its children when both have the same second.
         found.sort_by_key(|m| (m.point.created_at, m.point.id));
         let ids: HashSet<RestorePointId> = found.iter().map(|m| m.point.id).collect();
@@ -1762,6 +1825,15 @@ impl Repository {
         durable::sync_dir(path).map_err(io(path))?;
         Ok(report)
     }
+}
+
+/// Whether SQLite's error says the database file is damaged (rather than unreadable for
+/// another reason).
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 #[cfg(test)]

@@ -297,8 +297,8 @@ impl Catalog {
     }
 
     /// What SQLite finds wrong with the database: `PRAGMA integrity_check` (pages, records
-    /// and indexes) and `PRAGMA foreign_key_check` (disks of unknown points, points of
-    /// unknown VMs). Empty when both are clean.
+    /// and indexes), `PRAGMA foreign_key_check` (disks of unknown points, points of
+    /// unknown VMs) and restore points without disks. Empty when all are clean.
     ///
     /// # Errors
     /// [`CatalogError::Sql`] when SQLite cannot even run the checks.
@@ -334,6 +334,21 @@ impl Catalog {
             .map_err(self.sql())?;
         for row in rows {
             problems.push(row.map_err(self.sql())?);
+        }
+        // Every backup stores at least one disk: a point without any lost them.
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT p.id FROM restore_points p
+                 WHERE NOT EXISTS (SELECT 1 FROM disks d WHERE d.point_id = p.id)",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.sql())?;
+        for row in rows {
+            let id = row.map_err(self.sql())?;
+            problems.push(format!("restore point {id} has no disk row"));
         }
         Ok(problems)
     }
