@@ -24,7 +24,7 @@
 //! before the caller commits the point.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -379,7 +379,17 @@ pub fn backup_disk<S: DiskSource>(
     {
         return Err(e);
     }
-    let dirs = shared.dirs.into_inner().expect("dir set not poisoned");
+    let mut dirs = shared.dirs.into_inner().expect("dir set not poisoned");
+    // The nested layout's middle level (`chunks/ab` holding `cd/`): a backup killed after
+    // creating `cd` and before fsyncing `ab` leaves that entry to whoever stores a chunk
+    // there next.
+    let middle: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| d.parent())
+        .filter(|p| *p != store.root())
+        .map(Path::to_path_buf)
+        .collect();
+    dirs.extend(middle);
     chunk_store::sync_dirs(&dirs).map_err(PipelineError::Store)?;
     Ok(stats)
 }
