@@ -1043,12 +1043,6 @@ concurrent_jobs = 2
         });
         let reached = pause.join("backup-mid-disk.reached");
         wait_for_file(&reached, "the backup never read");
-        // A second job for the same VM meanwhile is refused, saying why.
-        let second = rt.block_on(client.backup(&request)).unwrap();
-        let (_, refused) = rt.block_on(follow(&client, &second.id));
-        assert_eq!(refused.state, JobState::Failed);
-        let error = refused.error.unwrap_or_default();
-        assert!(error.contains("is working on it now"), "{error}");
         let pid = i32::try_from(daemon.0.id()).unwrap();
         #[allow(unsafe_code)]
         // SAFETY: kill(2) on our own child's pid, no memory involved.
@@ -1075,6 +1069,63 @@ concurrent_jobs = 2
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         assert!(status.success(), "{status}");
+        assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
+        assert!(lab.disabled_methods(&vm).unwrap().is_empty());
+    }
+
+    /// A job whose VM another job is backing up waits for it, saying so, instead of
+    /// failing (and a scheduled run losing its day): two policies that share a VM, or a
+    /// vendor's backup that meets a scheduled one.
+    #[test]
+    fn a_second_job_on_the_same_vm_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "busy-1");
+        lab.guest_write(&vm, disk, 0, &[5u8; 65536]).unwrap();
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let pause = dir.path().join("pause");
+        std::fs::create_dir_all(&pause).unwrap();
+        let mut cmd = agent(&["serve", "--config"]);
+        cmd.arg(&config)
+            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+            .env("VADP_AGENT_PAUSE_DIR", &pause);
+        let (_daemon, base) = start(cmd);
+        let rt = runtime();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let request = one_vm_backup(&vm.0);
+        let first = rt.block_on(client.backup(&request)).unwrap();
+        wait_for_file(
+            &pause.join("backup-mid-disk.reached"),
+            "the backup never read",
+        );
+        let second = rt.block_on(client.backup(&request)).unwrap();
+        // Its events say it waits, and why.
+        let reason = rt.block_on(async {
+            let mut events = client.events(&second.id).await.unwrap();
+            loop {
+                match events.next().await.unwrap().expect("stream ended") {
+                    JobEvent::Progress(v) if v["event"] == "waiting" => {
+                        break v["reason"].as_str().unwrap().to_owned();
+                    }
+                    JobEvent::Progress(_) => {}
+                    JobEvent::End(job) => panic!("the second job ended: {job:?}"),
+                }
+            }
+        });
+        assert!(
+            reason.contains("backup job") && reason.contains("is working on it now"),
+            "{reason}"
+        );
+        assert_eq!(
+            rt.block_on(client.job(&second.id)).unwrap().state,
+            JobState::Running
+        );
+        // The first ends; the second runs after it and succeeds.
+        std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
+        let (_, a) = rt.block_on(follow(&client, &first.id));
+        assert_eq!(a.state, JobState::Succeeded, "{:?}", a.error);
+        let (events, b) = rt.block_on(follow(&client, &second.id));
+        assert_eq!(b.state, JobState::Succeeded, "{:?}", b.error);
+        assert!(events.iter().any(|e| e == "job_finished"), "{events:?}");
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
         assert!(lab.disabled_methods(&vm).unwrap().is_empty());
     }

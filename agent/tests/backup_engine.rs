@@ -770,6 +770,35 @@ mod tests {
         let point = vm_report(b.ok(), &vm)["point"].as_str().unwrap().to_owned();
         assert!(fx.restored(&point, 2000) == expected);
         assert_eq!(proxy_disks(&fx), 1);
+        assert!(b.ok()["warnings"].as_array().unwrap().is_empty());
+
+        // Another proxy holds the VM's disk (its own hot-add, which Cleanup here cannot
+        // see): the backup commits, but its snapshot stays. The job succeeds with a warning
+        // that says so, in its report and as an event.
+        let other = fx.new_vm("other-proxy", &[1]);
+        let file = fx.lab.disk_file(&vm, None, DiskKey(2000)).unwrap();
+        fx.lab.attach_disk(&other, &file).unwrap();
+        let b = fx.backup(&[&vm], &hotadd, None);
+        let r = b.ok();
+        assert!(vm_report(r, &vm)["point"].is_string(), "{r}");
+        let warnings = r["warnings"].as_array().unwrap();
+        // (One per attempt: the VM's own clean-up, then the job's.)
+        assert!(!warnings.is_empty(), "{r}");
+        assert!(
+            warnings
+                .iter()
+                .all(|w| w.as_str().unwrap().contains("FileLocked")),
+            "{warnings:?}"
+        );
+        assert!(
+            b.events
+                .iter()
+                .any(|e| e["event"] == "warning"
+                    && e["message"].as_str().unwrap().contains("reconcile")),
+            "{:?}",
+            b.events
+        );
+        assert_eq!(fx.lab.vm(&vm).unwrap().snapshots.len(), 1);
     }
 
     /// An independent disk is not frozen by the snapshot: the running VM is refused, naming

@@ -95,6 +95,18 @@ pub enum BackupError {
         /// Why.
         reason: String,
     },
+    /// Another job (or process) is backing up or restoring the VM now: nothing was changed,
+    /// and the same request can be tried again once that job has ended.
+    #[error(
+        "VM {vm}: {holder} is working on it now; a VM is backed up or restored by one job at \
+         a time: try again when that job has ended"
+    )]
+    VmBusy {
+        /// The VM (`name (moref)`).
+        vm: String,
+        /// The job holding it (`backup job <id>`).
+        holder: String,
+    },
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -353,6 +365,9 @@ pub struct BackupReport {
     pub group: Option<String>,
     /// Whether every VM succeeded.
     pub succeeded: bool,
+    /// What could not be undone after the backups (a snapshot left, an EndAccess that
+    /// failed), per VM: the points are committed, but the VMs need reconcile.
+    pub warnings: Vec<String>,
     /// First-to-last snapshot completion, milliseconds.
     pub skew_ms: Option<u64>,
     /// Wall time.
@@ -550,6 +565,13 @@ async fn run_job(
         report
             .cleanup_errors
             .extend(clean_up(&ctx, &m.info.moref, &m.effects).await);
+        for e in &report.cleanup_errors {
+            (ctx.observer)(&BackupEvent::Warning {
+                vm: m.info.moref.clone(),
+                name: m.info.name.clone(),
+                message: format!("clean-up left work for reconcile: {e}"),
+            });
+        }
         if let Some(e) = &report.error {
             (ctx.observer)(&BackupEvent::VmFailed {
                 vm: m.info.moref.clone(),
@@ -560,10 +582,19 @@ async fn run_job(
         reports.push(report);
     }
     let succeeded = reports.iter().all(|r| r.error.is_none());
+    let warnings = reports
+        .iter()
+        .flat_map(|r| {
+            r.cleanup_errors
+                .iter()
+                .map(move |e| format!("{}: {e}", r.name))
+        })
+        .collect();
     Ok(BackupReport {
         job,
         group: ctx.request.group.clone(),
         succeeded,
+        warnings,
         skew_ms: Some(skew_ms),
         seconds: started.elapsed().as_secs_f64(),
         vms: reports,

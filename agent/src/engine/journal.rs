@@ -76,7 +76,7 @@ impl VmLock {
     /// (`backup`, `restore`).
     ///
     /// # Errors
-    /// [`BackupError::Refused`] naming the job that holds it; a lock error otherwise.
+    /// [`BackupError::VmBusy`] naming the job that holds it; a lock error otherwise.
     pub fn acquire(
         repo_root: &Path,
         vcenter: &str,
@@ -110,12 +110,9 @@ impl VmLock {
                     .map(|s| s.trim().to_owned())
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "another job".into());
-                Err(BackupError::Refused {
+                Err(BackupError::VmBusy {
                     vm: format!("{name} ({vm})"),
-                    reason: format!(
-                        "{holder} is working on it now; a VM is backed up or restored by one \
-                         job at a time: try again when that job has ended"
-                    ),
+                    holder,
                 })
             }
             Err(e) => Err(lock_error(e)),
