@@ -217,6 +217,10 @@ pub struct MaintenanceConfig {
     /// backups heal it (`repo verify --repair`; default true).
     #[serde(default = "default_true")]
     pub verify_repair: bool,
+    /// Days a job that ended stays in the daemon's job list (`GET /v1/jobs`), with its
+    /// events and idempotency key; older ones are forgotten (default 30, at least 1).
+    #[serde(default = "default_job_history_days")]
+    pub job_history_days: u32,
 }
 
 impl Default for MaintenanceConfig {
@@ -226,7 +230,20 @@ impl Default for MaintenanceConfig {
             verify_daily_at: None,
             verify_subsets: default_verify_subsets(),
             verify_repair: true,
+            job_history_days: default_job_history_days(),
         }
+    }
+}
+
+fn default_job_history_days() -> u32 {
+    30
+}
+
+impl MaintenanceConfig {
+    /// How long a job that ended is kept (`job_history_days`, at least a day).
+    #[must_use]
+    pub fn job_history(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.job_history_days.max(1)) * 86_400)
     }
 }
 

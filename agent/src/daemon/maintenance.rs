@@ -299,8 +299,12 @@ pub fn last_verify_summary(repo: &Repository) -> Result<Option<VerifySummary>, R
         .and_then(|v| serde_json::from_str(&v).ok()))
 }
 
+/// How often the job history is trimmed.
+const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The daemon's loop, every few seconds: the daily verify when it is due (beside any
-/// jobs), and, while no job is queued or running, GC if points were removed (with
+/// jobs), hourly the trimming of the job history (`job_history_days`), and, while no job
+/// is queued or running, GC if points were removed (with
 /// `auto_gc`). After a GC failure (not a busy repository) it waits an hour before trying
 /// GC again, so a damaged index is reported, not hammered.
 pub async fn run(
@@ -313,10 +317,25 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut quiet_until: Option<Instant> = None;
     let verify = config.verify_schedule().ok().flatten();
+    let mut history_checked: Option<Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        // Hourly: the job history beyond its keep goes, from the catalog and from memory.
+        if history_checked.is_none_or(|t| t.elapsed() >= HISTORY_EVERY) {
+            history_checked = Some(Instant::now());
+            let keep = config.job_history();
+            match queue.forget_ended(keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    jobs = n,
+                    keep_days = keep.as_secs() / 86_400,
+                    "forgot jobs that ended before the job history's keep"
+                ),
+                Err(e) => tracing::warn!(error = %e, "forgetting old jobs"),
+            }
         }
         if let Some(schedule) = &verify {
             let r = Arc::clone(&repo);

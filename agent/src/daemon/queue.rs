@@ -147,7 +147,10 @@ struct Entry {
     /// Cancelled by the daemon's shutdown, not by a client: it ends `interrupted`.
     stopped: bool,
     history: Vec<Arc<serde_json::Value>>,
-    tx: broadcast::Sender<StreamItem>,
+    /// Live events for followers, while the job has not ended (a finished job's followers
+    /// get its history and its end; 1,024 slots of a channel per finished job would add
+    /// up over months of jobs).
+    tx: Option<broadcast::Sender<StreamItem>>,
 }
 
 struct State {
@@ -249,7 +252,7 @@ fn kind_str(k: JobKind) -> &'static str {
 
 impl Entry {
     fn new(job: QueueJob) -> Self {
-        let (tx, _) = broadcast::channel(1024);
+        let tx = (!state_of(&job.state).is_final()).then(|| broadcast::channel(1024).0);
         Self {
             job,
             progress: Progress::default(),
@@ -363,7 +366,9 @@ impl EventSink {
         {
             entry.history.push(Arc::clone(&event));
         }
-        let _ = entry.tx.send(StreamItem::Event(event));
+        if let Some(tx) = &entry.tx {
+            let _ = tx.send(StreamItem::Event(event));
+        }
     }
 }
 
@@ -485,6 +490,22 @@ impl Queue {
         jobs.into_iter().map(|(_, j)| j).collect()
     }
 
+    /// Forgets the jobs that ended more than `keep` ago, in the catalog and here; returns
+    /// how many. Their idempotency keys are forgotten with them.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn forget_ended(&self, keep: std::time::Duration) -> Result<usize, QueueError> {
+        let before = now() - i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
+        let c = self.inner.catalog.clone();
+        let ids = blocking(move || c.queue_forget_ended(before)).await?;
+        let mut st = self.inner.lock();
+        for id in &ids {
+            st.jobs.remove(id);
+        }
+        Ok(ids.len())
+    }
+
     /// One job.
     #[must_use]
     pub fn get(&self, id: &str) -> Option<Job> {
@@ -537,7 +558,9 @@ impl Queue {
             let mut st = self.inner.lock();
             if let Some(entry) = st.jobs.get_mut(id) {
                 if recorded.is_ok() {
-                    let _ = entry.tx.send(StreamItem::End(Box::new(entry.view())));
+                    if let Some(tx) = entry.tx.take() {
+                        let _ = tx.send(StreamItem::End(Box::new(entry.view())));
+                    }
                 } else {
                     // Still queued in the catalog, where a restart would find it: queued
                     // here too, and the caller gets the error.
@@ -559,7 +582,12 @@ impl Queue {
         let e = st.jobs.get(id)?;
         let view = e.view();
         let ended = view.state.is_final().then_some(view);
-        Some((e.history.clone(), ended, e.tx.subscribe()))
+        let rx = match &e.tx {
+            Some(tx) => tx.subscribe(),
+            // Ended: the caller has everything; the receiver only says so.
+            None => broadcast::channel(1).1,
+        };
+        Some((e.history.clone(), ended, rx))
     }
 
     /// (queued, running) jobs now.
@@ -730,7 +758,9 @@ impl Queue {
                 e.job.error = outcome.error.clone();
                 e.job.result = outcome.result;
                 thin_history(&mut e.history);
-                let _ = e.tx.send(StreamItem::End(Box::new(e.view())));
+                if let Some(tx) = e.tx.take() {
+                    let _ = tx.send(StreamItem::End(Box::new(e.view())));
+                }
             }
         }
         tracing::info!(job = %id, state = state_str(outcome.state), error = outcome.error.as_deref().unwrap_or(""), "job ended");
@@ -893,6 +923,50 @@ mod tests {
         body.release.add_permits(2);
         wait_for(&q, 2, 0).await;
         assert_eq!(q.get(&queued.id).unwrap().state, JobState::Succeeded);
+    }
+
+    /// Ended jobs beyond the history's keep go from the catalog and from memory; a job
+    /// that has not ended stays, and a followed job that ended needs no live channel.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_that_ended_beyond_the_keep_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let body = Gated::closed();
+        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
+            .await
+            .unwrap();
+        let (done, _) = q.submit(submission(0, 0)).await.unwrap();
+        body.release.add_permits(1);
+        wait_for(&q, 1, 0).await;
+        let (queued, _) = q.submit(submission(1, 0)).await.unwrap();
+        wait_until(&q, 1).await;
+        // The ended job still streams its history and its end.
+        let (history, ended, mut rx) = q.subscribe(&done.id).unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(ended.unwrap().state, JobState::Succeeded);
+        assert!(rx.recv().await.is_err());
+        assert_eq!(
+            q.forget_ended(std::time::Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+        // A second later, with a keep of none: the ended job goes, the running one stays.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(q.forget_ended(std::time::Duration::ZERO).await.unwrap(), 1);
+        assert!(q.get(&done.id).is_none());
+        assert!(q.subscribe(&done.id).is_none());
+        let ids: Vec<String> = q.list().into_iter().map(|j| j.id).collect();
+        assert_eq!(ids, std::slice::from_ref(&queued.id));
+        let stored: Vec<String> = catalog
+            .queue_list()
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(stored, [queued.id]);
+        body.release.add_permits(1);
+        wait_for(&q, 1, 0).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,6 +174,24 @@ impl Catalog {
             .map_err(self.sql())
     }
 
+    /// Forgets the jobs that ended before `before` (Unix seconds), returning their ids:
+    /// the daemon's job history is kept for a while, not for ever.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn queue_forget_ended(&self, before: i64) -> Result<Vec<String>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "DELETE FROM queue_jobs WHERE state NOT IN ('queued', 'running')
+                 AND finished_at IS NOT NULL AND finished_at < ?1 RETURNING id",
+            )
+            .map_err(self.sql())?;
+        stmt.query_map([before], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(self.sql())
+    }
+
     /// At start-up: jobs still marked running belonged to a daemon that died; mark them
     /// interrupted and return their ids.
     ///
@@ -255,5 +273,37 @@ mod tests {
         assert_eq!(list[0].state, "interrupted");
         assert_eq!(list[0].started_at, Some(11));
         assert_eq!(list[1].state, "queued");
+    }
+
+    #[test]
+    fn jobs_that_ended_long_ago_are_forgotten_and_no_other() {
+        let mut c = Catalog::open_in_memory().unwrap();
+        for (id, key) in [
+            ("old", Some("k1")),
+            ("recent", None),
+            ("queued", None),
+            ("run", None),
+        ] {
+            c.queue_insert(&job(id, key)).unwrap();
+        }
+        let end = |state: &str, at: Option<i64>| QueueUpdate {
+            state: state.into(),
+            started_at: Some(50),
+            finished_at: at,
+            error: None,
+            result: None,
+        };
+        c.queue_update("old", &end("succeeded", Some(100))).unwrap();
+        c.queue_update("recent", &end("failed", Some(1000)))
+            .unwrap();
+        c.queue_update("run", &end("running", None)).unwrap();
+        assert_eq!(c.queue_forget_ended(500).unwrap(), vec!["old".to_owned()]);
+        let left: Vec<String> = c.queue_list().unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(left, ["recent", "queued", "run"]);
+        // Its idempotency key is free again.
+        let (again, new) = c.queue_insert(&job("new", Some("k1"))).unwrap();
+        assert!(new);
+        assert_eq!(again.id, "new");
+        assert!(c.queue_forget_ended(500).unwrap().is_empty());
     }
 }

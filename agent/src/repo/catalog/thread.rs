@@ -46,6 +46,7 @@ enum Command {
     QueueUpdate(String, Box<QueueUpdate>, Reply<()>),
     QueueList(Reply<Vec<QueueJob>>),
     QueueInterruptRunning(i64, Reply<Vec<String>>),
+    QueueForgetEnded(i64, Reply<Vec<String>>),
 }
 
 /// Handle to the `catalog` thread; cheap to clone. The thread stops when the last handle drops.
@@ -292,6 +293,14 @@ impl CatalogHandle {
         self.call(|r| Command::QueueInterruptRunning(now, r))
     }
 
+    /// See [`Catalog::queue_forget_ended`].
+    ///
+    /// # Errors
+    /// As [`Catalog::queue_forget_ended`], or [`CatalogError::Gone`].
+    pub fn queue_forget_ended(&self, before: i64) -> Result<Vec<String>, CatalogError> {
+        self.call(|r| Command::QueueForgetEnded(before, r))
+    }
+
     /// See [`Catalog::job_start`].
     ///
     /// # Errors
@@ -411,6 +420,7 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::QueueInsert(job, r) => drop(r.send(catalog.queue_insert(&job))),
         Command::QueueUpdate(id, u, r) => drop(r.send(catalog.queue_update(&id, &u))),
         Command::QueueList(r) => drop(r.send(catalog.queue_list())),
+        Command::QueueForgetEnded(before, r) => drop(r.send(catalog.queue_forget_ended(before))),
         Command::QueueInterruptRunning(now, r) => {
             drop(r.send(catalog.queue_interrupt_running(now)));
         }
