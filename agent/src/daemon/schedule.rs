@@ -106,7 +106,8 @@ fn daily_on(s: &Schedule, date: jiff::civil::Date, zone: &jiff::tz::TimeZone) ->
 /// When the policy runs next: at `now` when it never ran and `initial_run` is set; else
 /// the first daily time after `last_run` (or at/after `now` if it never ran); a daily time
 /// missed while the agent was down gives `now` (one catch-up run, never several); a time
-/// inside a blackout window moves to the window's end.
+/// inside a blackout window moves to the window's end. A `last_run` more than a day in the
+/// future (the clock went back) counts as a run at `now`.
 #[must_use]
 pub fn next_run(s: &Schedule, last_run: Option<Timestamp>, now: &Zoned) -> Zoned {
     let zone = now.time_zone();
@@ -125,6 +126,14 @@ pub fn next_run(s: &Schedule, last_run: Option<Timestamp>, now: &Zoned) -> Zoned
             }
         }
         Some(last) => {
+            // A last run more than a day ahead of the clock: the clock was set back (a host
+            // time sync gone wrong, then corrected). Waiting for the clock to catch up would
+            // stop the policy for as long; counting the run as just made keeps it daily.
+            let last = if clock_went_back(last, now) {
+                now.timestamp()
+            } else {
+                last
+            };
             let last = last.to_zoned(zone.clone());
             let same_day = daily_on(s, last.date(), zone);
             let next = match same_day {
@@ -142,6 +151,13 @@ pub fn next_run(s: &Schedule, last_run: Option<Timestamp>, now: &Zoned) -> Zoned
         }
     };
     outside_blackouts(s, candidate)
+}
+
+/// Whether a run recorded at `last` is more than a day ahead of `now`: the clock went back
+/// since (see [`next_run`]).
+#[must_use]
+pub fn clock_went_back(last: Timestamp, now: &Zoned) -> bool {
+    last.as_second() > now.timestamp().as_second() + 86_400
 }
 
 /// While `now` is inside one of the policy's blackout windows, the moment they end: a run
@@ -245,6 +261,21 @@ mod tests {
             next_run(&s, Some(now.timestamp()), &at("2025-03-10T12:01")),
             at("2025-03-10T23:00")
         );
+    }
+
+    /// A last run recorded a month ahead (the clock was set back after it): the policy
+    /// runs at its next daily time, not a month later; a last run less than a day ahead
+    /// (a small correction) still counts.
+    #[test]
+    fn a_clock_set_back_does_not_stop_the_schedule() {
+        let s = sched("23:00", &[], false);
+        let now = at("2025-03-11T09:00");
+        let future = at("2025-04-10T23:00").timestamp();
+        assert!(clock_went_back(future, &now));
+        assert_eq!(next_run(&s, Some(future), &now), at("2025-03-11T23:00"));
+        let slightly = at("2025-03-11T09:30").timestamp();
+        assert!(!clock_went_back(slightly, &now));
+        assert_eq!(next_run(&s, Some(slightly), &now), at("2025-03-11T23:00"));
     }
 
     #[test]

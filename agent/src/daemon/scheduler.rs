@@ -10,7 +10,7 @@ use plugin_api::types::{BackupJobRequest, JobKind, VmSpec};
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{Queue, Submission};
-use super::schedule::{Schedule, is_due};
+use super::schedule::{Schedule, clock_went_back, is_due};
 use crate::config::{AgentConfig, ConfigError, PolicyConfig};
 use crate::repo::{CatalogError, CatalogHandle};
 
@@ -33,7 +33,8 @@ pub fn last_run(catalog: &CatalogHandle, policy: &str) -> Result<Option<Timestam
 /// no initial run, when the agent first saw it (`first_seen_key`, recorded at `now` the
 /// first time when `record`). Without that anchor a schedule that never ran would count
 /// from every check's "now", and its first daily time, once passed, would always move to
-/// the next day: it would never run.
+/// the next day: it would never run. A recorded time more than a day after `now` (the
+/// clock went back) counts as `now`, and is rewritten so when `record`.
 ///
 /// # Errors
 /// Catalog errors.
@@ -51,14 +52,27 @@ pub fn reference_time(
             .and_then(|v| v.parse::<i64>().ok())
             .and_then(|s| Timestamp::from_second(s).ok()))
     };
+    // A time more than a day ahead of the clock: the clock went back since it was
+    // recorded. Counted (and, when recording, rewritten) as now, said once: waiting for
+    // the clock to catch up would stop the schedule for as long.
+    let fix = |key: &str, at: Timestamp| -> Result<Timestamp, CatalogError> {
+        if !clock_went_back(at, now) {
+            return Ok(at);
+        }
+        if record {
+            tracing::warn!(key, recorded = %at, now = %now.timestamp(), "a schedule's time is recorded more than a day in the future: the clock went back; it counts from now");
+            catalog.set_meta(key, &now.timestamp().as_second().to_string())?;
+        }
+        Ok(now.timestamp())
+    };
     if let Some(last) = read(last_key)? {
-        return Ok(Some(last));
+        return fix(last_key, last).map(Some);
     }
     if initial_run {
         return Ok(None);
     }
     if let Some(seen) = read(first_seen_key)? {
-        return Ok(Some(seen));
+        return fix(first_seen_key, seen).map(Some);
     }
     if record {
         catalog.set_meta(first_seen_key, &now.timestamp().as_second().to_string())?;
@@ -345,6 +359,38 @@ mod tests {
         retried[1].idempotency_key = Some("schedule:nightly-2:retry:j1".into());
         assert_eq!(next_step("nightly", &retried), Step::Retry("j2".into()));
         assert_eq!(next_step("never-ran", &jobs("running")), Step::IfDue);
+    }
+
+    /// A last run recorded a month in the future (the clock was set back): the first check
+    /// rewrites it to its own time, and the policy runs at that day's daily time.
+    #[test]
+    fn a_last_run_in_the_future_is_rewritten_to_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _thread) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let s = Schedule {
+            daily_at: parse_hhmm("23:00").unwrap(),
+            blackout: Vec::new(),
+            initial_run: false,
+        };
+        record_run(&catalog, "p", at("2025-04-10T23:00:00+00:00").timestamp()).unwrap();
+        let due = |now: &str| {
+            let now = at(now);
+            is_due(
+                &s,
+                policy_reference(&catalog, "p", &s, &now, true).unwrap(),
+                &now,
+            )
+        };
+        assert!(!due("2025-03-11T09:00:00+00:00"));
+        assert_eq!(
+            catalog.meta("schedule.p.last_run").unwrap().unwrap(),
+            at("2025-03-11T09:00:00+00:00")
+                .timestamp()
+                .as_second()
+                .to_string()
+        );
+        assert!(!due("2025-03-11T22:59:00+00:00"));
+        assert!(due("2025-03-11T23:00:05+00:00"));
     }
 
     #[test]
