@@ -242,6 +242,8 @@ pub async fn run(
         return;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut overdue_warned: std::collections::HashMap<String, String> =
+        std::collections::HashMap::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -264,7 +266,18 @@ pub async fn run(
         let mut runs = Vec::new();
         for name in config.policy.keys() {
             match next_step(name, &jobs) {
-                Step::Wait => {}
+                Step::Wait => {
+                    // Due again while its previous run has not ended (a hung vCenter task,
+                    // a job waiting for a VM): said once per such run, not silently skipped.
+                    let origin = format!("schedule:{name}");
+                    if due.iter().any(|r| &r.name == name)
+                        && let Some(j) = jobs.iter().find(|j| j.origin == origin)
+                        && overdue_warned.get(name) != Some(&j.id)
+                    {
+                        tracing::warn!(policy = %name, job = %j.id, state = ?j.state, started_at = ?j.started_at, "the policy is due again but its previous run has not ended; the next run waits for it");
+                        overdue_warned.insert(name.clone(), j.id.clone());
+                    }
+                }
                 Step::Retry(interrupted) => runs.push((
                     DueRun {
                         name: name.clone(),
