@@ -1236,8 +1236,25 @@ mod tests {
     #[test]
     fn a_point_the_rebuild_cannot_read_keeps_its_chunks() {
         let f = fixture();
+        // A third point, as a repository upgraded from before manifests has: no manifest.
+        let older = {
+            let repo = Repository::open(&f.root).unwrap();
+            let req = ImageBackup {
+                name: "vm".into(),
+                file: f.img.clone(),
+                changed: Some(synthetic_image::mutate(&f.img, 4, 1, 4096).unwrap()),
+                parent: None,
+            };
+            repo.backup_image(&req, &mut |_, _| {}).unwrap().point
+        };
+        std::fs::remove_file(f.root.join(format!("indexes/{older}/point.json"))).unwrap();
         let manifest = f.root.join(format!("indexes/{}/point.json", f.full));
         std::fs::write(&manifest, b"{\"format\":1,").unwrap();
+        // An empty leftover directory holds nothing: only skipped.
+        let stray = f
+            .root
+            .join(format!("indexes/{}", RestorePointId::new_random()));
+        std::fs::create_dir(&stray).unwrap();
         let db = f.root.join("catalog.db");
         for suffix in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(f.root.join(format!("catalog.db{suffix}")));
@@ -1245,29 +1262,33 @@ mod tests {
         std::fs::write(&db, vec![0x5a; 8192]).unwrap();
         let report = Repository::rebuild_catalog(&f.root, false).unwrap();
         assert_eq!(report.points, vec![f.incr]);
-        let moved = f.root.join("unreadable-points").join(f.full.to_string());
-        assert_eq!(report.quarantined, vec![moved.clone()]);
-        assert!(moved.join("point.json").is_file());
+        assert_eq!(report.skipped.len(), 3, "{report:?}");
+        let aside = |p: RestorePointId| f.root.join("unreadable-points").join(p.to_string());
+        let mut moved = report.quarantined.clone();
+        moved.sort();
+        let mut expected = vec![aside(f.full), aside(older)];
+        expected.sort();
+        assert_eq!(moved, expected);
+        assert!(aside(f.full).join("point.json").is_file());
         assert!(!f.root.join("indexes").join(f.full.to_string()).exists());
+        assert!(stray.is_dir());
 
         let chunks = f.root.join("chunks");
         let before = count_files(&chunks);
         let repo = Repository::open(&f.root).unwrap();
         let msg = chain(&repo.gc().unwrap_err());
         assert!(
-            msg.contains("unreadable-points") && msg.contains("1 restore point"),
+            msg.contains("unreadable-points") && msg.contains("2 restore point"),
             "{msg}"
         );
         assert_eq!(count_files(&chunks), before);
         // Given up: GC runs, and the incremental (a full image) still restores.
-        std::fs::remove_dir_all(&moved).unwrap();
+        std::fs::remove_dir_all(f.root.join("unreadable-points")).unwrap();
         repo.gc().unwrap();
-        repo.restore_image(f.incr, &f.root.join("r.img"), &mut |_, _| {})
-            .unwrap();
-        assert_eq!(
-            std::fs::read(f.root.join("r.img")).unwrap(),
-            std::fs::read(&f.img).unwrap()
-        );
+        assert!(!stray.exists());
+        let out = f.root.join("r.img");
+        repo.restore_image(f.incr, &out, &mut |_, _| {}).unwrap();
+        assert!(count_files(&chunks) < before);
     }
 
     /// A catalog written by a newer agent is not replaced by one of an older format, not

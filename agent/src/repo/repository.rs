@@ -339,8 +339,8 @@ pub struct RebuildReport {
     /// Index directories left out, each with the reason (no manifest, a manifest that does
     /// not read, or an index file that does not read).
     pub skipped: Vec<(String, String)>,
-    /// The directories of skipped points that have a manifest (so may have been
-    /// committed), moved to `unreadable-points/`: GC does not run while any is there.
+    /// The directories of skipped points that have a manifest or index files (so may have
+    /// been committed), moved to `unreadable-points/`: GC does not run while any is there.
     pub quarantined: Vec<PathBuf>,
     /// The old catalog's files, renamed aside (none if there was no catalog).
     pub old_catalog: Vec<PathBuf>,
@@ -1711,9 +1711,16 @@ impl Repository {
             match checked {
                 Ok(m) => found.push(m),
                 Err(why) => {
-                    // With a manifest the point may have been committed: its directory goes
-                    // where GC does not sweep (see below). Without one it never was.
-                    if manifest_path.exists() {
+                    // With a manifest the point may have been committed, and so may one
+                    // with index files and no manifest (a point from before manifests, in a
+                    // repository upgraded and not yet repaired): its directory goes where GC
+                    // does not sweep (see below). A directory with neither holds nothing.
+                    let has_index = fs::read_dir(dir.path()).is_ok_and(|entries| {
+                        entries
+                            .flatten()
+                            .any(|e| e.path().extension().is_some_and(|x| x == "fidx"))
+                    });
+                    if manifest_path.exists() || has_index {
                         unreadable.push(dir.path());
                     }
                     report.skipped.push((name, why));
