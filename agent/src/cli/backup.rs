@@ -254,6 +254,8 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
             disks_per_host: args.disks_per_host,
             disks_per_datastore: args.disks_per_datastore,
         },
+        // Ad hoc: refused at once, naming the job that holds the VM.
+        busy_vm_wait: std::time::Duration::ZERO,
     };
     let cancel = CancellationToken::new();
     let observer = observer(json);

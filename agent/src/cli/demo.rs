@@ -463,6 +463,7 @@ fn backup(rt: &tokio::runtime::Runtime, env: &Environment) -> anyhow::Result<Bac
         require_vmservice: true,
         prepare_access: true,
         limits: Limits::default(),
+        busy_vm_wait: std::time::Duration::ZERO,
     };
     let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
         if let BackupEvent::SnapshotCreated {

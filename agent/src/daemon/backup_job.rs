@@ -28,24 +28,6 @@ use crate::vsphere::{Credentials, TlsVerification};
 /// How long a backup job waits, in all, for VMs another job is working on before it fails.
 pub const VM_BUSY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
-/// The waits of a job whose VM another job holds: 15 s, doubling up to 2 min.
-#[derive(Debug, Default)]
-struct BusyWait {
-    waited: std::time::Duration,
-    last: Option<std::time::Duration>,
-}
-
-impl BusyWait {
-    fn next_pause(&mut self) -> std::time::Duration {
-        let pause = self.last.map_or(std::time::Duration::from_secs(15), |p| {
-            (p * 2).min(std::time::Duration::from_secs(120))
-        });
-        self.last = Some(pause);
-        self.waited += pause;
-        pause
-    }
-}
-
 /// Turns an API request into the engine's, refusing what the engine would refuse later.
 ///
 /// # Errors
@@ -76,6 +58,7 @@ pub fn engine_request(
         require_vmservice: r.require_vmservice,
         prepare_access: r.prepare_access,
         limits,
+        busy_vm_wait: VM_BUSY_WAIT_MAX,
     })
 }
 
@@ -210,42 +193,13 @@ impl BackupJobs {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
-        let mut busy = BusyWait::default();
         let sink = ctx.events.clone();
         let observer: engine::Observer = Arc::new(move |e: &BackupEvent| {
             if let Ok(v) = serde_json::to_value(e) {
                 sink.emit(v);
             }
         });
-        let result = loop {
-            let result = engine::run_backup(
-                &self.env,
-                request.clone(),
-                ctx.cancel.clone(),
-                observer.clone(),
-            )
-            .await;
-            // Another job has one of the VMs (two policies sharing a VM, or a vendor's
-            // backup meeting a scheduled one): nothing was changed, so this job waits for it
-            // rather than failing and losing the run until its next time.
-            if let Err(BackupError::VmBusy { vm, holder }) = &result
-                && busy.waited < VM_BUSY_WAIT_MAX
-            {
-                let pause = busy.next_pause();
-                ctx.events.emit(serde_json::json!({
-                    "event": "waiting",
-                    "vm": vm,
-                    "reason": format!("{holder} is working on it now"),
-                    "retry_in_secs": pause.as_secs(),
-                }));
-                tracing::info!(job = %ctx.id, vm = %vm, holder = %holder, "the job waits for another job's VM");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => continue,
-                    () = ctx.cancel.cancelled() => break Err(BackupError::Cancelled),
-                }
-            }
-            break result;
-        };
+        let result = engine::run_backup(&self.env, request, ctx.cancel.clone(), observer).await;
         let outcome = match result {
             Ok(report) => Outcome {
                 state: if report.succeeded {

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
@@ -182,6 +182,10 @@ pub struct BackupRequest {
     pub prepare_access: bool,
     /// Disk read concurrency.
     pub limits: Limits,
+    /// How long, in all, to wait for VMs another job is backing up or restoring before the
+    /// job fails with [`BackupError::VmBusy`] (zero: refuse at once). Nothing is changed
+    /// while it waits; `waiting` events say for what.
+    pub busy_vm_wait: Duration,
 }
 
 /// Progress and milestones of a job.
@@ -198,6 +202,18 @@ pub enum BackupEvent {
         jobs_interrupted: usize,
         /// What could not be undone (still journalled).
         errors: Vec<String>,
+    },
+    /// A VM of the job is held by another job: nothing was changed, and the job tries
+    /// again in `retry_in_secs` (within [`BackupRequest::busy_vm_wait`]).
+    Waiting {
+        /// The VM (`name (moref)`).
+        vm: String,
+        /// The job holding it.
+        holder: String,
+        /// In words.
+        reason: String,
+        /// Seconds until the next try.
+        retry_in_secs: u64,
     },
     /// The job started.
     JobStarted {
@@ -376,6 +392,27 @@ pub struct BackupReport {
     pub vms: Vec<VmReport>,
 }
 
+/// The waits of a job whose VM another job holds: 15 s, doubling up to 2 min, each with up
+/// to 5 s more at random, so that two jobs never retry in step.
+#[derive(Debug, Default)]
+struct BusyWait {
+    waited: Duration,
+    last: Option<Duration>,
+}
+
+impl BusyWait {
+    fn next_pause(&mut self) -> Duration {
+        let base = self.last.map_or(Duration::from_secs(15), |p| {
+            (p * 2).min(Duration::from_secs(120))
+        });
+        self.last = Some(base);
+        let jitter_ms = u64::try_from(uuid::Uuid::new_v4().as_u128() % 5000).unwrap_or(0);
+        let pause = base + Duration::from_millis(jitter_ms);
+        self.waited += pause;
+        pause
+    }
+}
+
 /// A VM being backed up, and the side effects it holds.
 #[derive(Debug)]
 struct Member {
@@ -532,7 +569,35 @@ async fn run_job(
     });
 
     let mut members = Vec::new();
-    let setup = set_up(&ctx, &mut members).await;
+    let mut busy = BusyWait::default();
+    let setup = loop {
+        let setup = set_up(&ctx, &mut members).await;
+        // Another job holds one of the VMs: the locks come before any change, so nothing
+        // was changed. Let go of the VMs locked so far (two jobs each holding a VM the
+        // other wants never wait for each other) and try again, within the request's wait.
+        if let Err(BackupError::VmBusy { vm, holder }) = &setup
+            && members.is_empty()
+            && busy.waited < ctx.request.busy_vm_wait
+        {
+            ctx.vm_locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            let pause = busy.next_pause();
+            (ctx.observer)(&BackupEvent::Waiting {
+                vm: vm.clone(),
+                holder: holder.clone(),
+                reason: format!("{holder} is working on it now"),
+                retry_in_secs: pause.as_secs(),
+            });
+            tracing::info!(vm = %vm, holder = %holder, "the job waits for another job's VM");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => continue,
+                () = ctx.cancel.cancelled() => break Err(BackupError::Cancelled),
+            }
+        }
+        break setup;
+    };
     let (skew_ms, snapshots) = match setup {
         Ok(v) => v,
         Err(e) => {
