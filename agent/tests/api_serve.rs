@@ -638,6 +638,69 @@ concurrent_jobs = 2
         assert_eq!(points[0]["parent"], new_point.as_str(), "{listed}");
     }
 
+    /// Retention measures ages with this machine's clock: while it differs from vCenter's
+    /// (here a week ahead), `schedule run-due` backs up but leaves retention for later, so
+    /// no point younger than the minimum age is taken for an old one.
+    #[test]
+    fn retention_waits_while_the_clock_differs_from_vcenters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "clock-1");
+        let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let points = || {
+            let out = agent(&["list", "--json", "--repo"])
+                .arg(&repo)
+                .output()
+                .unwrap();
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            listed["points"].as_array().unwrap().len()
+        };
+        // Each run adds a policy that is due at once (its initial run) and keeps one point;
+        // the points are made ten days old first, past the 3-day floor.
+        let run = |policy: &str, seed: u8| {
+            let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+            db.execute(
+                "UPDATE restore_points SET created_at = created_at - 864000",
+                [],
+            )
+            .unwrap();
+            drop(db);
+            lab.guest_write(&vm, disk, 0, &[seed; 65536]).unwrap();
+            let mut text = std::fs::read_to_string(&config).unwrap();
+            let daily_at = jiff::Zoned::now()
+                .checked_add(jiff::SignedDuration::from_hours(12))
+                .unwrap()
+                .strftime("%H:%M")
+                .to_string();
+            text.push_str(&format!(
+                "\n[policy.{policy}]\nvms = [\"{}\"]\ndaily_at = \"{daily_at}\"\n\
+                 retention = {{ keep_last = 1 }}\n",
+                vm.0
+            ));
+            std::fs::write(&config, text).unwrap();
+            let out = agent(&["schedule", "run-due", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{stderr}");
+            stderr
+        };
+        lab.update_settings(|s| s.clock_offset_secs = -7 * 86_400)
+            .unwrap();
+        let first = run("a", 1);
+        assert_eq!(points(), 1);
+        assert!(first.contains("clock differs from vCenter"), "{first}");
+        let second = run("b", 2);
+        assert!(second.contains("retention skipped"), "{second}");
+        assert_eq!(points(), 2, "retention ran on a clock a week off");
+        // The clocks agree again: the next run applies the retention.
+        lab.update_settings(|s| s.clock_offset_secs = 0).unwrap();
+        let third = run("c", 3);
+        assert!(!third.contains("retention skipped"), "{third}");
+        assert_eq!(points(), 1);
+    }
+
     /// The daily verify in the daemon: a run missed while the agent was down is caught up
     /// at start, finds a corrupt chunk, quarantines it, and says so in the log, in
     /// `/v1/metrics` and in `schedule show`.

@@ -141,6 +141,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             q.shut_down();
             engine::pause_point("serve-stopping").await;
         });
+        tokio::spawn(crate::daemon::clock::watch(
+            env.soap.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(scheduler::run(
             Arc::clone(&config),
             env.repo.catalog().clone(),
@@ -242,6 +246,7 @@ fn show(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
 
 fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
     let (rt, env) = start(config)?;
+    rt.block_on(crate::daemon::clock::check(&env.soap));
     let now = jiff::Zoned::now();
     let due = scheduler::due_policies(config, env.repo.catalog(), &now)?;
     let mut code = ExitCode::SUCCESS;
@@ -292,7 +297,9 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 let vcenter = &env.soap.service_content().about.instance_uuid;
-                if let Err(e) = maintenance::apply_retention(
+                if !crate::daemon::clock::trusted() {
+                    tracing::warn!(policy = %name, skew_secs = crate::daemon::clock::skew_secs(), "retention skipped: this machine's clock differs from vCenter's");
+                } else if let Err(e) = maintenance::apply_retention(
                     &env.repo,
                     &name,
                     p,

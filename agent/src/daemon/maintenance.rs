@@ -194,6 +194,7 @@ fn verify_reference(
         false,
         now,
         record,
+        super::clock::trusted(),
     )?)
 }
 
@@ -324,7 +325,9 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         // Hourly: the job history beyond its keep goes, from the catalog and from memory.
-        if history_checked.is_none_or(|t| t.elapsed() >= HISTORY_EVERY) {
+        // Not while the clock disagrees with vCenter's: a clock set a month ahead would
+        // forget every job and its idempotency key.
+        if history_checked.is_none_or(|t| t.elapsed() >= HISTORY_EVERY) && super::clock::trusted() {
             history_checked = Some(Instant::now());
             let keep = config.job_history();
             match queue.forget_ended(keep).await {

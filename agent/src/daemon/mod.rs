@@ -7,6 +7,7 @@
 //! worker: the engines and the catalog handle keep blocking work on their own threads.
 
 pub mod backup_job;
+pub mod clock;
 pub mod maintenance;
 pub mod queue;
 pub mod schedule;

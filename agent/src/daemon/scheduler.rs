@@ -34,7 +34,8 @@ pub fn last_run(catalog: &CatalogHandle, policy: &str) -> Result<Option<Timestam
 /// first time when `record`). Without that anchor a schedule that never ran would count
 /// from every check's "now", and its first daily time, once passed, would always move to
 /// the next day: it would never run. A recorded time more than a day after `now` (the
-/// clock went back) counts as `now`, and is rewritten so when `record`.
+/// clock went back) counts as `now`, and is rewritten so when `record` — unless the clock
+/// disagrees with vCenter's (`clock_trusted` false), when `now` is what is wrong.
 ///
 /// # Errors
 /// Catalog errors.
@@ -45,6 +46,7 @@ pub fn reference_time(
     initial_run: bool,
     now: &Zoned,
     record: bool,
+    clock_trusted: bool,
 ) -> Result<Option<Timestamp>, CatalogError> {
     let read = |key: &str| -> Result<Option<Timestamp>, CatalogError> {
         Ok(catalog
@@ -55,8 +57,10 @@ pub fn reference_time(
     // A time more than a day ahead of the clock: the clock went back since it was
     // recorded. Counted (and, when recording, rewritten) as now, said once: waiting for
     // the clock to catch up would stop the schedule for as long.
+    // While the clock disagrees with vCenter's, it is `now` that is wrong (a boot before
+    // NTP set it): the recorded time stands, and the schedule waits as it would.
     let fix = |key: &str, at: Timestamp| -> Result<Timestamp, CatalogError> {
-        if !clock_went_back(at, now) {
+        if !clock_went_back(at, now) || !clock_trusted {
             return Ok(at);
         }
         if record {
@@ -99,6 +103,7 @@ pub fn policy_reference(
         schedule.initial_run,
         now,
         record,
+        super::clock::trusted(),
     )
 }
 
@@ -404,6 +409,32 @@ mod tests {
         );
         assert!(!due("2025-03-11T22:59:00+00:00"));
         assert!(due("2025-03-11T23:00:05+00:00"));
+    }
+
+    /// While the clock disagrees with vCenter's, a last run in the future is left alone:
+    /// the clock, not the record, is wrong (a boot before NTP set it).
+    #[test]
+    fn a_last_run_in_the_future_stands_while_the_clock_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _thread) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let last = at("2025-04-10T23:00:00+00:00").timestamp();
+        record_run(&catalog, "p", last).unwrap();
+        let now = at("2025-03-11T09:00:00+00:00");
+        let got = reference_time(
+            &catalog,
+            "schedule.p.last_run",
+            "schedule.p.first_seen",
+            false,
+            &now,
+            true,
+            false,
+        )
+        .unwrap();
+        assert_eq!(got, Some(last));
+        assert_eq!(
+            catalog.meta("schedule.p.last_run").unwrap().unwrap(),
+            last.as_second().to_string()
+        );
     }
 
     #[test]

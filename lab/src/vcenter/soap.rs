@@ -148,7 +148,13 @@ impl Vcenter {
                 }
                 String::new()
             }
-            "CurrentTime" => format!("<returnval>{}</returnval>", now_xsd()),
+            "CurrentTime" => {
+                let offset = self.lab.settings().map_or(0, |s| s.clock_offset_secs);
+                format!(
+                    "<returnval>{}</returnval>",
+                    super::time::now_xsd_offset(offset)
+                )
+            }
             "TerminateSession" => {
                 let keys: Vec<String> = call
                     .req

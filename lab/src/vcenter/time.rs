@@ -12,6 +12,20 @@ pub(crate) fn now_xsd() -> String {
     s
 }
 
+/// Now plus `offset_secs` as `2026-01-02T03:04:05.678Z`.
+pub(crate) fn now_xsd_offset(offset_secs: i64) -> String {
+    if offset_secs == 0 {
+        return now_xsd();
+    }
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = u64::try_from(i64::try_from(d.as_secs()).unwrap_or(0) + offset_secs).unwrap_or(0);
+    let mut s = xsd_from_unix(secs);
+    s.insert_str(s.len() - 1, &format!(".{:03}", d.subsec_millis()));
+    s
+}
+
 /// Now as `2026-01-02T03:04:05Z` (Kubernetes timestamps).
 pub(crate) fn now_rfc3339() -> String {
     let d = SystemTime::now()

@@ -177,6 +177,7 @@ impl Lab {
             next_vm: 1,
             next_snapshot: 1,
             vcenter_url: None,
+            clock_offset_secs: 0,
         };
         lab.write_json(&lab.settings_path(), &settings)?;
         Ok(lab)

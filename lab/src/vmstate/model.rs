@@ -26,6 +26,10 @@ pub struct LabSettings {
     /// `vadp-agent lab serve`; vddk-sim sends its control-plane calls there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcenter_url: Option<String>,
+    /// Seconds added to the time `CurrentTime` answers (a vCenter whose clock differs
+    /// from the proxy's; test fault injection).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clock_offset_secs: i64,
 }
 
 /// Power state, spelled as vSphere does.

@@ -1,0 +1,86 @@
+//! Whether this machine's clock can be trusted for decisions that remove or skip things.
+//!
+//! Retention measures ages, the job history forgets by age, and a schedule that finds its
+//! last run recorded in the future counts from now: each trusts the local clock. A proxy
+//! VM's clock can be wrong for a while (a host time sync gone wrong, a boot before NTP
+//! corrected it), and then retention would delete points younger than its minimum age, the
+//! job history would forget jobs and their idempotency keys, and a schedule would run at
+//! the wrong hour. So the daemon compares the clock with vCenter's (`CurrentTime`) every
+//! ten minutes, and while they differ by more than [`MAX_SKEW_SECS`] those decisions wait.
+//! (`vadp-agent schedule run-due` checks once at its start.) Until a first comparison the
+//! clock is trusted, as it was before this check existed.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::vsphere::SoapClient;
+
+/// The largest difference from vCenter's clock that still counts as the same time.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// How often the daemon compares.
+const CHECK_EVERY: Duration = Duration::from_secs(600);
+
+/// Local minus vCenter, in seconds, as last measured (0 until then).
+static SKEW_SECS: AtomicI64 = AtomicI64::new(0);
+
+/// Whether the local clock agrees with vCenter's, as last measured.
+#[must_use]
+pub fn trusted() -> bool {
+    SKEW_SECS.load(Ordering::Relaxed).abs() <= MAX_SKEW_SECS
+}
+
+/// The last measured difference, local minus vCenter, in seconds.
+#[must_use]
+pub fn skew_secs() -> i64 {
+    SKEW_SECS.load(Ordering::Relaxed)
+}
+
+/// Records a measured skew (tests, and [`check`]).
+pub fn set_skew_secs(skew: i64) {
+    let before = SKEW_SECS.swap(skew, Ordering::Relaxed);
+    let (was, is) = (before.abs() <= MAX_SKEW_SECS, skew.abs() <= MAX_SKEW_SECS);
+    if was && !is {
+        tracing::warn!(
+            skew_secs = skew,
+            "this machine's clock differs from vCenter's: retention, the job history's trimming and schedule corrections wait until they agree"
+        );
+    } else if !was && is {
+        tracing::info!(
+            skew_secs = skew,
+            "this machine's clock agrees with vCenter's again"
+        );
+    }
+}
+
+/// Compares the clock with vCenter's once; a failed call leaves the last measurement.
+pub async fn check(soap: &SoapClient) {
+    let asked = jiff::Timestamp::now();
+    match soap.current_time().await {
+        Ok(text) => match text.parse::<jiff::Timestamp>() {
+            Ok(theirs) => {
+                // Half the call's time: the answer was made somewhere in between.
+                let answered = jiff::Timestamp::now();
+                let mid = asked.as_millisecond() / 2 + answered.as_millisecond() / 2;
+                set_skew_secs((mid - theirs.as_millisecond()) / 1000);
+            }
+            Err(e) => {
+                tracing::warn!(time = %text, error = %e, "vCenter's CurrentTime does not parse")
+            }
+        },
+        Err(e) => tracing::debug!(error = %e, "comparing the clock with vCenter's"),
+    }
+}
+
+/// The daemon's loop: [`check`] now and every ten minutes until `stop`.
+pub async fn watch(soap: SoapClient, stop: CancellationToken) {
+    loop {
+        check(&soap).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+    }
+}
