@@ -469,11 +469,17 @@ impl Queue {
         }
         let view = {
             let mut st = self.inner.lock();
-            let entry = st
-                .jobs
-                .entry(stored.id.clone())
-                .or_insert_with(|| Entry::new(stored));
-            entry.view()
+            match st.jobs.get(&stored.id) {
+                Some(entry) => entry.view(),
+                // A job the key found that the history's trimming has just forgotten: it
+                // is not brought back into memory (it is gone from the catalog too).
+                None if !new => Entry::new(stored).view(),
+                None => st
+                    .jobs
+                    .entry(stored.id.clone())
+                    .or_insert_with(|| Entry::new(stored))
+                    .view(),
+            }
         };
         if new {
             self.inner.wake.notify_one();
