@@ -182,6 +182,37 @@ concurrent_jobs = 2
         (daemon, base)
     }
 
+    /// A client that connects and sends half a request head is closed after the header
+    /// timeout instead of holding its connection (and a file descriptor) for ever; others
+    /// are served meanwhile.
+    #[test]
+    fn a_connection_that_never_finishes_its_request_is_closed() {
+        use std::io::{Read as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, _lab, _vm, _disk) = lab_with_vm(dir.path(), "slow-1");
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let (_daemon, base) = serve(&config);
+        let addr = base.trim_start_matches("http://").to_owned();
+        let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+        slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        // Others are served meanwhile.
+        let rt = runtime();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        assert_eq!(rt.block_on(client.health()).unwrap().status, "ok");
+        // Closed by the agent within the 30 s header timeout (and a margin).
+        slow.set_read_timeout(Some(std::time::Duration::from_secs(45)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 512];
+        let n = slow
+            .read(&mut buf)
+            .expect("closed, not timed out on our side");
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(40));
+    }
+
     /// With `api.tls_cert` and `api.tls_key` the API speaks HTTPS: a client that trusts the
     /// certificate gets in; one that does not, and plain HTTP, do not. A key file others
     /// can read is refused, and its text is never printed.

@@ -36,21 +36,73 @@ fn status(state: &AppState) -> String {
     )
 }
 
-/// Serves `router` on `listener` in `tasks` until `shutdown`.
+/// How long a client has to send a request's head (also the longest a kept-alive
+/// connection may sit idle between requests): a client that connects and sends nothing, or
+/// half a head, is closed then instead of holding its connection for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once on one listener; one beyond that is closed at once (its
+/// client retries), so that a flood of connections cannot use up the agent's file
+/// descriptors, which its backups need.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// Serves `router` on `listener` in `tasks` until `shutdown`, then lets the open
+/// connections finish their requests (graceful shutdown) before the task ends. Each
+/// connection is HTTP/1.1 with [`HEADER_READ_TIMEOUT`]; at most [`MAX_CONNECTIONS`] at once.
 fn spawn_serve<L>(
     tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
-    listener: L,
+    mut listener: L,
     router: &axum::Router,
     shutdown: &CancellationToken,
 ) where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    let (r, s) = (router.clone(), shutdown.clone());
+    let (router, shutdown) = (router.clone(), shutdown.clone());
     tasks.spawn(async move {
-        axum::serve(listener, r)
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut refused: u64 = 0;
+        loop {
+            let (io, _addr) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        refused,
+                        limit = MAX_CONNECTIONS,
+                        "API connections beyond the limit closed"
+                    );
+                }
+                drop(io);
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+                tokio::pin!(conn);
+                let served = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "API connection ended");
+                }
+                drop(slot);
+            });
+        }
+        // Every connection's slot back: they have all ended.
+        let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+        let _ = slots.acquire_many(all).await;
+        Ok(())
     });
 }
 
