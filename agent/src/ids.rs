@@ -229,6 +229,16 @@ impl ChangeId {
     pub fn tracking_uuid(&self) -> Option<&str> {
         self.0.rsplit_once('/').map(|(uuid, _)| uuid)
     }
+
+    /// The sequence number part (after the last `/`), if the id has one: it only grows
+    /// while the tracking UUID stays the same, so a smaller one means the disk went back
+    /// to an earlier state (a snapshot revert).
+    #[must_use]
+    pub fn sequence(&self) -> Option<u64> {
+        self.0
+            .rsplit_once('/')
+            .and_then(|(_, seq)| seq.parse().ok())
+    }
 }
 
 impl fmt::Display for ChangeId {
@@ -264,6 +274,9 @@ mod tests {
             Some("52 2d 7b 8f ac 61 51 cc-77 4c 7b ec 91 50 bb 7b")
         );
         assert_eq!(ChangeId::all().tracking_uuid(), None);
+        assert_eq!(id.sequence(), Some(1));
+        assert_eq!(ChangeId::all().sequence(), None);
+        assert_eq!(ChangeId("52 2d/x".into()).sequence(), None);
     }
 
     #[test]

@@ -704,6 +704,46 @@ mod tests {
         fx.verify_clean();
     }
 
+    /// A disk whose changeId went back (a revert to a snapshot older than the last backup)
+    /// gets a full backup, said so, rather than a change query that could not name the
+    /// blocks the revert took back.
+    #[test]
+    fn a_disk_whose_change_sequence_went_back_gets_a_full() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("web-1", &[4]);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 0, &pattern(1, MIB))
+            .unwrap();
+        fx.backup(&[&vm], &[], None).ok();
+        // As if the last backup had been taken at a later state than the disk has now.
+        let db = rusqlite::Connection::open(fx.repo().join("catalog.db")).unwrap();
+        let recorded: String = db
+            .query_row("SELECT change_id FROM disks", [], |r| r.get(0))
+            .unwrap();
+        let (uuid, _) = recorded.rsplit_once('/').unwrap();
+        db.execute(
+            "UPDATE disks SET change_id = ?1",
+            [format!("{uuid}/999999")],
+        )
+        .unwrap();
+        drop(db);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), MIB, &pattern(2, KIB64))
+            .unwrap();
+        let b = fx.backup(&[&vm], &[], None);
+        let d = disk_report(vm_report(b.ok(), &vm), 2000).clone();
+        assert_eq!(d["kind"], "full", "{d}");
+        assert!(
+            d["reason"]
+                .as_str()
+                .unwrap()
+                .contains("went back to an earlier state"),
+            "{d}"
+        );
+        let point = vm_report(b.ok(), &vm)["point"].as_str().unwrap().to_owned();
+        assert!(fx.restored(&point, 2000) == fx.disk_bytes(&vm, DiskKey(2000)));
+    }
+
     /// Hotadd transport: the snapshot's disks are attached to the proxy VM while they are
     /// read and detached after. A backup killed while one is attached leaves it there, and
     /// vCenter cannot remove the snapshot until it goes: reconcile calls VixDiskLib_Cleanup

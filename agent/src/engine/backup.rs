@@ -1424,6 +1424,16 @@ async fn plan_disk(
                     ))
                 } else if old.tracking_uuid() != new.tracking_uuid() {
                     full("change tracking was reset (its change UUID changed)".into())
+                } else if let (Some(was), Some(now)) = (old.sequence(), new.sequence())
+                    && now < was
+                {
+                    // The disk went back to a state from before the last backup (a revert
+                    // to an older snapshot): the blocks it took back carry older stamps,
+                    // and no change query since the last backup would name them.
+                    full(format!(
+                        "the disk went back to an earlier state (changeId {} after {}): a snapshot revert",
+                        new.0, old.0
+                    ))
                 } else if pd.disk_uuid.is_some() && pd.disk_uuid != disk.uuid {
                     full("a different disk now has this device key (its UUID changed)".into())
                 } else {
@@ -1441,7 +1451,7 @@ async fn plan_disk(
                     {
                         Ok(areas) => Plan::Incremental {
                             parent: Box::new(p.clone()),
-                            changed: extents_of(&areas),
+                            changed: extents_of(&areas, disk.capacity_bytes),
                             reason: format!("changed blocks since {}", old.0),
                         },
                         Err(e)
@@ -1485,7 +1495,7 @@ async fn plan_disk(
                 )
                 .await
             {
-                Ok(areas) => Some(extents_of(&areas)),
+                Ok(areas) => Some(extents_of(&areas, disk.capacity_bytes)),
                 Err(e) => {
                     tracing::info!(
                         vm = %info.moref, disk = %disk.key, error = %e,
@@ -1501,12 +1511,16 @@ async fn plan_disk(
 }
 
 /// vSphere's changed areas as the repository's extents.
-fn extents_of(areas: &[ChangedArea]) -> Vec<Extent> {
+/// The changed areas as extents, each cut at the disk's end: an area vCenter reports
+/// beyond it (the last one rounded up) holds nothing to read, and the chunk at the end is
+/// read whole anyway.
+fn extents_of(areas: &[ChangedArea], capacity_bytes: u64) -> Vec<Extent> {
     areas
         .iter()
+        .filter(|a| a.start_bytes < capacity_bytes)
         .map(|a| Extent {
             offset: a.start_bytes,
-            length: a.length_bytes,
+            length: a.length_bytes.min(capacity_bytes - a.start_bytes),
         })
         .collect()
 }

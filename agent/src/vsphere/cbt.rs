@@ -111,7 +111,8 @@ impl SoapClient {
 
 /// The `startOffset` loop: calls `query(offset)` from 0, collecting areas, continuing at
 /// `reply.startOffset + reply.length` until `capacity_bytes`; a reply that does not
-/// advance is an error rather than an endless loop.
+/// advance, or that starts after the offset asked for (leaving a gap), is an error rather
+/// than an endless loop or missed changes.
 ///
 /// # Errors
 ///
@@ -131,7 +132,10 @@ where
     while offset < capacity_bytes {
         let reply = query(offset).await?;
         let next = reply.start_offset_bytes.saturating_add(reply.length_bytes);
-        if next <= offset {
+        // A reply that starts after the offset asked for would leave the bytes in between
+        // unqueried: changes there would be missed. A reply that ends where it began, or
+        // before the offset, would never get anywhere.
+        if next <= offset || reply.start_offset_bytes > offset {
             return Err(VsphereError::CbtNoProgress {
                 vm: vm.clone(),
                 disk,
@@ -235,6 +239,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A reply for a range that starts after the offset asked for would leave a gap whose
+    /// changes nobody queried: an error. One that starts before it is fine.
+    #[tokio::test]
+    async fn a_reply_that_skips_part_of_the_disk_is_an_error() {
+        let vm = VmMoref::from("vm-1");
+        let err = collect_changed_areas(&vm, DiskKey(2000), 300, |offset| async move {
+            let start = if offset == 100 { 150 } else { offset };
+            Ok(reply(start, 100, &[]))
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            VsphereError::CbtNoProgress {
+                offset_bytes: 100,
+                ..
+            }
+        ));
+        let areas = collect_changed_areas(&vm, DiskKey(2000), 300, |offset| async move {
+            let start = offset.saturating_sub(50);
+            Ok(reply(start, 150, &[(start, 10)]))
+        })
+        .await
+        .unwrap();
+        assert_eq!(areas.len(), 3);
     }
 
     #[test]

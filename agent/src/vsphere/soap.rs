@@ -927,8 +927,12 @@ pub enum VsphereError {
         /// The matches.
         candidates: Vec<MoRef>,
     },
-    /// QueryChangedDiskAreas stopped making progress before covering the disk.
-    #[error("QueryChangedDiskAreas on {vm} disk {disk}: no progress at offset {offset_bytes}")]
+    /// QueryChangedDiskAreas stopped making progress before covering the disk, or answered
+    /// for a range that starts after the offset asked for.
+    #[error(
+        "QueryChangedDiskAreas on {vm} disk {disk}: the reply for offset {offset_bytes} does \
+         not cover it (no progress, or a gap)"
+    )]
     CbtNoProgress {
         /// The VM.
         vm: VmMoref,
