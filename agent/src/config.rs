@@ -407,11 +407,13 @@ pub fn read_secret_file(key: &'static str, path: &Path) -> Result<SecretText, Co
     Ok(SecretText(first))
 }
 
-/// Refuses a secret file that others can read (any group or world permission bit).
+/// Refuses a secret file that others can read (any group or world permission bit), or
+/// that another user owns (who could read or replace it), as ssh does for its keys.
 ///
 /// # Errors
 /// [`ConfigError::SecretFile`].
 pub fn check_owner_only(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
     let err = |message: String| ConfigError::SecretFile {
         key,
         path: path.to_path_buf(),
@@ -422,6 +424,14 @@ pub fn check_owner_only(key: &'static str, path: &Path) -> Result<(), ConfigErro
     if mode & 0o077 != 0 {
         return Err(err(format!(
             "mode {mode:04o} lets others read it; chmod 0600 (owner only)"
+        )));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(err(format!(
+            "it belongs to user {}, not to this user ({me}) or root: its owner could read or \
+             replace it; chown it",
+            meta.uid()
         )));
     }
     Ok(())
@@ -823,5 +833,11 @@ retention = { keep_daily = 7 }
         let s = read_secret_file("api.token_file", &p).unwrap();
         assert_eq!(s.expose(), "s3cret-token");
         assert_eq!(format!("{s:?}"), "***");
+        // Owned by another user (only root can make one here): refused, naming the owner.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, Some(65_534), None).unwrap();
+            let e = read_secret_file("api.token_file", &p).unwrap_err();
+            assert!(e.to_string().contains("belongs to user 65534"), "{e}");
+        }
     }
 }
