@@ -540,6 +540,36 @@ concurrent_jobs = 2
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
     }
 
+    /// Ten days pass for the repository's points (past the retention's 3-day floor), and
+    /// a policy `policy` for `vm` is added that is due at once (its initial run; its daily
+    /// time half a day away) and keeps one point.
+    fn age_points_and_add_policy(
+        repo: &Path,
+        config: &Path,
+        vm: &lab::vmstate::VmMoref,
+        policy: &str,
+    ) {
+        let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+        db.execute(
+            "UPDATE restore_points SET created_at = created_at - 864000",
+            [],
+        )
+        .unwrap();
+        drop(db);
+        let mut text = std::fs::read_to_string(config).unwrap();
+        let daily_at = jiff::Zoned::now()
+            .checked_add(jiff::SignedDuration::from_hours(12))
+            .unwrap()
+            .strftime("%H:%M")
+            .to_string();
+        text.push_str(&format!(
+            "\n[policy.{policy}]\nvms = [\"{}\"]\ndaily_at = \"{daily_at}\"\n\
+             retention = {{ keep_last = 1 }}\n",
+            vm.0
+        ));
+        std::fs::write(config, text).unwrap();
+    }
+
     /// A scheduling policy's run through the daemon: retention removes the older point
     /// once the new one is committed, and the daemon, once idle, collects its chunks.
     #[test]
@@ -566,27 +596,8 @@ concurrent_jobs = 2
         // Ten days pass (past the retention's 3-day floor), the guest rewrites its data, and
         // a new policy is due at once (its initial run) and keeps one point.
         let ten_days_later = |policy: &str, seed: u8| {
-            let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
-            db.execute(
-                "UPDATE restore_points SET created_at = created_at - 864000",
-                [],
-            )
-            .unwrap();
-            drop(db);
             lab.guest_write(&vm, disk, MIB, &pattern(seed)).unwrap();
-            let mut text = std::fs::read_to_string(&config).unwrap();
-            // Its daily time half a day away: only the initial run runs during the test.
-            let daily_at = jiff::Zoned::now()
-                .checked_add(jiff::SignedDuration::from_hours(12))
-                .unwrap()
-                .strftime("%H:%M")
-                .to_string();
-            text.push_str(&format!(
-                "\n[policy.{policy}]\nvms = [\"{}\"]\ndaily_at = \"{daily_at}\"\n\
-                 retention = {{ keep_last = 1 }}\n",
-                vm.0
-            ));
-            std::fs::write(&config, text).unwrap();
+            age_points_and_add_policy(&repo, &config, &vm, policy);
         };
         ten_days_later("nightly", 2);
         let log_path = dir.path().join("serve.log");
@@ -688,26 +699,8 @@ concurrent_jobs = 2
         // Each run adds a policy that is due at once (its initial run) and keeps one point;
         // the points are made ten days old first, past the 3-day floor.
         let run = |policy: &str, seed: u8| {
-            let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
-            db.execute(
-                "UPDATE restore_points SET created_at = created_at - 864000",
-                [],
-            )
-            .unwrap();
-            drop(db);
             lab.guest_write(&vm, disk, 0, &[seed; 65536]).unwrap();
-            let mut text = std::fs::read_to_string(&config).unwrap();
-            let daily_at = jiff::Zoned::now()
-                .checked_add(jiff::SignedDuration::from_hours(12))
-                .unwrap()
-                .strftime("%H:%M")
-                .to_string();
-            text.push_str(&format!(
-                "\n[policy.{policy}]\nvms = [\"{}\"]\ndaily_at = \"{daily_at}\"\n\
-                 retention = {{ keep_last = 1 }}\n",
-                vm.0
-            ));
-            std::fs::write(&config, text).unwrap();
+            age_points_and_add_policy(&repo, &config, &vm, policy);
             let out = agent(&["schedule", "run-due", "--config"])
                 .arg(&config)
                 .env("RUST_LOG", "info")

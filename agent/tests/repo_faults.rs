@@ -1170,8 +1170,6 @@ mod tests {
     #[test]
     fn gc_sweeps_nothing_when_the_catalog_may_not_show_every_point() {
         let f = fixture();
-        let chunks = f.root.join("chunks");
-        let before = count_files(&chunks);
         let full_dir = f.root.join("indexes").join(f.full.to_string());
         let db = f.root.join("catalog.db");
         let edit = |sql: &str| {
@@ -1185,14 +1183,9 @@ mod tests {
             "UPDATE restore_points SET vm_id = 999 WHERE id = '{}'",
             f.full
         ));
-        {
-            let repo = Repository::open(&f.root).unwrap();
-            assert_eq!(repo.list().unwrap().len(), 1, "the point is still listed");
-            let msg = chain(&repo.gc().unwrap_err());
-            assert!(msg.contains("fails its checks"), "{msg}");
-            assert!(msg.contains("nothing swept"), "{msg}");
-        }
-        assert_eq!(count_files(&chunks), before);
+        let repo = gc_refuses(&f.root, &["fails its checks", "nothing swept"]);
+        assert_eq!(repo.list().unwrap().len(), 1, "the point is still listed");
+        drop(repo);
         assert!(full_dir.join("point.json").is_file());
         edit(&format!(
             "UPDATE restore_points SET vm_id = (SELECT id FROM vms) WHERE id = '{}'",
@@ -1200,12 +1193,7 @@ mod tests {
         ));
         // The point is listed, but its disk rows are gone.
         edit(&format!("DELETE FROM disks WHERE point_id = '{}'", f.full));
-        {
-            let repo = Repository::open(&f.root).unwrap();
-            let msg = chain(&repo.gc().unwrap_err());
-            assert!(msg.contains("has no disk row"), "{msg}");
-        }
-        assert_eq!(count_files(&chunks), before);
+        drop(gc_refuses(&f.root, &["has no disk row"]));
         // A second fixture: an index file in a live point's directory that its catalog
         // record does not name (a disk the catalog lost).
         let g = fixture();
@@ -1217,17 +1205,23 @@ mod tests {
             .find(|p| p.extension().is_some_and(|e| e == "fidx"))
             .unwrap();
         std::fs::copy(&index, dir.join("disk-2001.fidx")).unwrap();
-        let chunks = g.root.join("chunks");
-        let before = count_files(&chunks);
-        let repo = Repository::open(&g.root).unwrap();
-        let msg = chain(&repo.gc().unwrap_err());
-        assert!(
-            msg.contains("disk-2001.fidx") && msg.contains("not in the catalog"),
-            "{msg}"
-        );
-        assert_eq!(count_files(&chunks), before);
+        let repo = gc_refuses(&g.root, &["disk-2001.fidx", "not in the catalog"]);
         std::fs::remove_file(dir.join("disk-2001.fidx")).unwrap();
         repo.gc().unwrap();
+    }
+
+    /// Opens the repository at `root` and checks that its GC refuses, saying each of
+    /// `says`, and removes no chunk file.
+    fn gc_refuses(root: &Path, says: &[&str]) -> Repository {
+        let chunks = root.join("chunks");
+        let before = count_files(&chunks);
+        let repo = Repository::open(root).unwrap();
+        let msg = chain(&repo.gc().unwrap_err());
+        for s in says {
+            assert!(msg.contains(s), "{msg}");
+        }
+        assert_eq!(count_files(&chunks), before, "GC removed chunks: {msg}");
+        repo
     }
 
     /// A point `repo rebuild-catalog` cannot read, but that has a manifest, may have been
@@ -1275,13 +1269,7 @@ mod tests {
 
         let chunks = f.root.join("chunks");
         let before = count_files(&chunks);
-        let repo = Repository::open(&f.root).unwrap();
-        let msg = chain(&repo.gc().unwrap_err());
-        assert!(
-            msg.contains("unreadable-points") && msg.contains("2 restore point"),
-            "{msg}"
-        );
-        assert_eq!(count_files(&chunks), before);
+        let repo = gc_refuses(&f.root, &["unreadable-points", "2 restore point"]);
         // Given up: GC runs, and the incremental (a full image) still restores.
         std::fs::remove_dir_all(f.root.join("unreadable-points")).unwrap();
         repo.gc().unwrap();

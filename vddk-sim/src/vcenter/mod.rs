@@ -330,31 +330,7 @@ impl Session {
     /// Checks that `vm` exists and returns the morefs of its snapshots
     /// (`RetrievePropertiesEx` of `name` and `snapshot`).
     pub(crate) fn vm_snapshots(&self, vm: &str) -> VixResult<Vec<String>> {
-        let mut args = String::from(
-            "<specSet><propSet><type>VirtualMachine</type><all>false</all>\
-             <pathSet>name</pathSet><pathSet>snapshot</pathSet></propSet>",
-        );
-        let _ = write!(
-            args,
-            "<objectSet><obj type=\"VirtualMachine\">{}</obj><skip>false</skip></objectSet>\
-             </specSet><options></options>",
-            esc(vm)
-        );
-        let resp = self
-            .call(
-                "urn:vim25",
-                "RetrievePropertiesEx",
-                ("PropertyCollector", &self.sc.property_collector),
-                &args,
-            )
-            .map_err(|e| e.into_vix(&format!("VM {vm}")))?;
-        let object = resp
-            .child("returnval")
-            .and_then(|r| r.child("objects"))
-            .filter(|o| o.child_text("obj") == Some(vm));
-        let Some(object) = object else {
-            return fail(VIX_E_VM_NOT_FOUND, format!("VM {vm} not found in vCenter"));
-        };
+        let object = self.vm_object(vm, &["name", "snapshot"], &format!("VM {vm}"))?;
         let snapshots = object
             .children
             .iter()
@@ -364,6 +340,43 @@ impl Session {
             .map(|e| e.text.trim().to_owned())
             .collect();
         Ok(snapshots)
+    }
+
+    /// `RetrievePropertiesEx` of `paths` of the object `kind`:`moref`.
+    fn retrieve(&self, kind: &str, moref: &str, paths: &[&str]) -> Result<Element, CallError> {
+        let mut args = format!("<specSet><propSet><type>{kind}</type><all>false</all>");
+        for p in paths {
+            let _ = write!(args, "<pathSet>{p}</pathSet>");
+        }
+        let _ = write!(
+            args,
+            "</propSet><objectSet><obj type=\"{kind}\">{}</obj><skip>false</skip></objectSet>\
+             </specSet><options></options>",
+            esc(moref)
+        );
+        self.call(
+            "urn:vim25",
+            "RetrievePropertiesEx",
+            ("PropertyCollector", &self.sc.property_collector),
+            &args,
+        )
+    }
+
+    /// The `objects` element of VM `vm` with `paths`; VM_NOT_FOUND when vCenter returns
+    /// none. `what` names the call in errors.
+    fn vm_object(&self, vm: &str, paths: &[&str], what: &str) -> VixResult<Element> {
+        let resp = self
+            .retrieve("VirtualMachine", vm, paths)
+            .map_err(|e| e.into_vix(what))?;
+        let object = resp
+            .child("returnval")
+            .and_then(|r| r.child("objects"))
+            .filter(|o| o.child_text("obj") == Some(vm))
+            .cloned();
+        match object {
+            Some(o) => Ok(o),
+            None => fail(VIX_E_VM_NOT_FOUND, format!("VM {vm} not found in vCenter")),
+        }
     }
 
     /// `DisableMethods` (disable) / `EnableMethods` of RelocateVM_Task on `vm` for
@@ -418,24 +431,11 @@ const TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 impl Session {
     /// The virtual disks of `vm` (`RetrievePropertiesEx` of `config.hardware.device`).
     pub(crate) fn disk_devices(&self, vm: &str) -> VixResult<Vec<DiskDevice>> {
-        let args = format!(
-            "<specSet><propSet><type>VirtualMachine</type><all>false</all>\
-             <pathSet>config.hardware.device</pathSet></propSet>\
-             <objectSet><obj type=\"VirtualMachine\">{}</obj><skip>false</skip></objectSet>\
-             </specSet><options></options>",
-            esc(vm)
-        );
-        let resp = self
-            .call(
-                "urn:vim25",
-                "RetrievePropertiesEx",
-                ("PropertyCollector", &self.sc.property_collector),
-                &args,
-            )
-            .map_err(|e| e.into_vix(&format!("the devices of VM {vm}")))?;
-        let Some(object) = resp.child("returnval").and_then(|r| r.child("objects")) else {
-            return fail(VIX_E_VM_NOT_FOUND, format!("VM {vm} not found in vCenter"));
-        };
+        let object = self.vm_object(
+            vm,
+            &["config.hardware.device"],
+            &format!("the devices of VM {vm}"),
+        )?;
         let number = |e: &Element, name: &str| e.child_text(name).and_then(|t| t.parse().ok());
         Ok(object
             .descendants()
@@ -471,22 +471,11 @@ impl Session {
 
     /// Polls the task's `info` until it succeeds (Ok) or fails (its fault as the error).
     fn wait_task(&self, task: &str, what: &str) -> VixResult<()> {
-        let args = format!(
-            "<specSet><propSet><type>Task</type><all>false</all><pathSet>info</pathSet>\
-             </propSet><objectSet><obj type=\"Task\">{}</obj><skip>false</skip></objectSet>\
-             </specSet><options></options>",
-            esc(task)
-        );
         let deadline = std::time::Instant::now() + TASK_TIMEOUT;
         let mut pause = std::time::Duration::from_millis(10);
         loop {
             let resp = self
-                .call(
-                    "urn:vim25",
-                    "RetrievePropertiesEx",
-                    ("PropertyCollector", &self.sc.property_collector),
-                    &args,
-                )
+                .retrieve("Task", task, &["info"])
                 .map_err(|e| e.into_vix(&format!("{what}: task {task}")))?;
             let info = resp
                 .descendants()
