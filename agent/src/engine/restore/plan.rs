@@ -130,7 +130,8 @@ pub(super) async fn plan(
         .virtual_machine(&namespace, &name, &api_version)
         .await?
         .map(|o| serde_json::to_value(o).unwrap_or_default());
-    let bios = vmx_value(&entries, "uuid.bios").map(hex_of);
+    let bios_text = vmx_value(&entries, "uuid.bios");
+    let bios = bios_text.map(hex_of);
     let mut vm_with_bios = None;
     if let (Some(f), Some(bios)) = (&folder, &bios) {
         vm_with_bios = env
@@ -172,6 +173,7 @@ pub(super) async fn plan(
         vcenter_uuid: &about.instance_uuid,
         existing_cr: existing_cr.as_ref(),
         vm_with_bios_uuid: vm_with_bios.as_ref().map(VmMoref::as_str),
+        backup_bios_uuid: bios_text,
         network_override: !request.subnet_map.is_empty(),
     });
     let ours = |id: &str, reason: String| Refusal {

@@ -10,6 +10,7 @@
 //! | restored into another namespace than the backup's VM YAML names | §7.2.3 | refusal `…NotFoundInNamespaceFolder` |
 //! | no VirtualMachine on the Supervisor | §4.3 | restore to **new** |
 //! | VirtualMachine exists, 8.0U3 | §7.2.2 | refusal `…AlreadyExistsOnSupervisor` |
+//! | VirtualMachine exists with another `spec.biosUUID` than the backup's (another VM of that name) | §6.2, §9.2 (prerequisite: the VM exists) | refusal `vadp-agent:AnotherVm` |
 //! | VirtualMachine exists, no (numeric) backup-version key | §7.1.3 | refusal `…ValidateVMResourceFailed` |
 //! | VirtualMachine exists, ExtraConfig version < annotation | §4.3 | restore to **existing** |
 //! | VirtualMachine exists, ExtraConfig version ≥ annotation | §4.3 | **disk-only** |
@@ -105,6 +106,8 @@ pub struct Facts<'a> {
     pub existing_cr: Option<&'a serde_json::Value>,
     /// A vSphere VM in the namespace folder with the backup's BIOS UUID, if any.
     pub vm_with_bios_uuid: Option<&'a str>,
+    /// The backup's BIOS UUID (its `.vmx`'s `uuid.bios`), if it has one.
+    pub backup_bios_uuid: Option<&'a str>,
     /// Whether a network override was asked for.
     pub network_override: bool,
 }
@@ -272,6 +275,29 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
                     ),
                 ));
             }
+            // A VirtualMachine of the same name that is another VM (the backed-up one was
+            // deleted and another made under its name): WCP would restore onto it,
+            // overwriting its disks and deleting its volumes as dangling (§6.2, §9.2).
+            let hex = |u: &str| {
+                u.chars()
+                    .filter(char::is_ascii_hexdigit)
+                    .collect::<String>()
+                    .to_ascii_lowercase()
+            };
+            if let (Some(theirs), Some(ours)) = (
+                cr.pointer("/spec/biosUUID")
+                    .and_then(serde_json::Value::as_str),
+                facts.backup_bios_uuid,
+            ) && !theirs.is_empty()
+                && hex(theirs) != hex(ours)
+            {
+                refusals.push(Refusal {
+                    id: "vadp-agent:AnotherVm".into(),
+                    reason: format!(
+                        "{who}: the VirtualMachine of that name is another VM (its spec.biosUUID {theirs} is not the backup's uuid.bios {ours}); restoring onto it would overwrite its disks and drop its volumes: delete or rename it first"
+                    ),
+                });
+            }
             if let Some(why) = reverting(cr) {
                 refusals.push(Refusal {
                     id: "vadp-agent:SnapshotRevertInProgress".into(),
@@ -378,6 +404,7 @@ mod tests {
             vcenter_uuid: "vc",
             existing_cr: Some(&cr),
             vm_with_bios_uuid: None,
+            backup_bios_uuid: None,
             network_override: false,
         };
         let p = predict(&facts);
@@ -410,6 +437,47 @@ mod tests {
         );
     }
 
+    /// A VirtualMachine of the backup's name whose BIOS UUID is not the backup's is another
+    /// VM: refused, whatever WCP would choose; the same VM (the UUID spelled as a `.vmx`
+    /// spells it) is not.
+    #[test]
+    fn a_virtual_machine_that_is_another_vm_is_refused() {
+        let data = crate::vmservice::decode(&crate::vmservice::fixtures::extra_config(
+            "web-1/extraconfig.code.json",
+        ))
+        .unwrap();
+        let version = data.backup_version_ms.unwrap();
+        let cr = serde_json::json!({
+            "metadata": {"annotations": {
+                "vmoperator.vmware.com/backup-version": (version + 1).to_string()}},
+            "spec": {"biosUUID": "77408572-146a-4b20-b32d-75673620da45"},
+        });
+        let facts = |bios: &'static str| Facts {
+            data: Some(&data),
+            name: "web-1",
+            namespace: "demo-ns",
+            folder_exists: true,
+            supervisor: SupervisorVersion::Vcf9,
+            vcenter_uuid: "vc",
+            existing_cr: Some(&cr),
+            vm_with_bios_uuid: None,
+            backup_bios_uuid: Some(bios),
+            network_override: false,
+        };
+        let same = predict(&facts("77 40 85 72 14 6a 4b 20-b3 2d 75 67 36 20 da 45"));
+        assert!(same.refusals.is_empty(), "{:?}", same.refusals);
+        assert_eq!(same.restore_type, RestoreType::Existing);
+        let other = predict(&facts("42 31 85 72 14 6a 4b 20-b3 2d 75 67 36 20 da 45"));
+        assert!(
+            other
+                .refusals
+                .iter()
+                .any(|r| r.id == "vadp-agent:AnotherVm" && r.reason.contains("77408572")),
+            "{:?}",
+            other.refusals
+        );
+    }
+
     /// §7.2.1: WCP skips a VM mid-revert: the annotation on the VirtualMachine or in the
     /// backup's YAML, or a snapshot the spec asks for that the status does not show yet.
     #[test]
@@ -432,6 +500,7 @@ mod tests {
                 vcenter_uuid: "vc",
                 existing_cr: cr,
                 vm_with_bios_uuid: None,
+                backup_bios_uuid: None,
                 network_override: false,
             }
         }
