@@ -155,11 +155,15 @@ pub(super) async fn plan(
     };
     // A disk-only restore leaves the VM's ExtraConfig as it is, so WCP weighs the VM's own
     // backup version against the annotation, not the backup's (§4.3): disks of any older
-    // point can be restored that way.
-    let as_wcp_sees_it = match (&request.mode, &existing_vm, &data) {
-        (RestoreMode::DiskOnly, Some(info), Some(d)) => Some(crate::vmservice::VmServiceData {
-            backup_version_ms: crate::vmservice::decode(&info.extra_config)
-                .and_then(|live| live.backup_version_ms),
+    // point can be restored that way. Its auto-registration keys are the VM's too (§4.2).
+    let live = existing_vm
+        .as_ref()
+        .and_then(|info| crate::vmservice::decode(&info.extra_config));
+    let as_wcp_sees_it = match (&request.mode, &live, &data) {
+        (RestoreMode::DiskOnly, Some(live), Some(d)) => Some(crate::vmservice::VmServiceData {
+            backup_version_ms: live.backup_version_ms,
+            auto_registration_opt_in: live.auto_registration_opt_in,
+            auto_registration_opt_out: live.auto_registration_opt_out,
             ..d.clone()
         }),
         _ => None,
@@ -176,6 +180,10 @@ pub(super) async fn plan(
         backup_bios_uuid: bios_text,
         network_override: !request.subnet_map.is_empty(),
     });
+    // A disk-only restore `--mode auto` chose: WCP sees the VM's own keys (above).
+    if prediction.restore_type == RestoreType::DiskOnly && as_wcp_sees_it.is_none() {
+        prediction.auto_registration = predict::auto_registers(supervisor, live.as_ref());
+    }
     let ours = |id: &str, reason: String| Refusal {
         id: format!("vadp-agent:{id}"),
         reason,

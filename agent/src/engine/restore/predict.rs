@@ -140,6 +140,17 @@ fn annotation<'a>(obj: &'a serde_json::Value, key: &str) -> Option<&'a str> {
     obj.pointer("/metadata/annotations")?.get(key)?.as_str()
 }
 
+/// Whether WCP registers the VM by itself once EndAccess is called (§4.2), going by the
+/// opt-in (VCF 9) or opt-out (8.0U3) key of the ExtraConfig it will see: the restored one,
+/// or for a disk-only restore the VM's own.
+#[must_use]
+pub fn auto_registers(supervisor: SupervisorVersion, data: Option<&VmServiceData>) -> bool {
+    data.is_some_and(|d| match supervisor {
+        SupervisorVersion::V80U3 => d.auto_registration_opt_out != Some(true),
+        SupervisorVersion::Vcf9 => d.auto_registration_opt_in == Some(true),
+    })
+}
+
 /// Why the VirtualMachine `cr` is mid-revert (§7.2.1), if it is: the revert annotation, or
 /// a snapshot asked for in `spec.currentSnapshotName` (or v1alpha5's
 /// `spec.currentSnapshot.name`) that its status does not show as current yet.
@@ -341,10 +352,7 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
             reason: "a network override needs a VCF 9 Supervisor with NSX-VPC (§7.3.2)".into(),
         });
     }
-    let auto_registration = facts.data.is_some_and(|d| match facts.supervisor {
-        SupervisorVersion::V80U3 => d.auto_registration_opt_out != Some(true),
-        SupervisorVersion::Vcf9 => d.auto_registration_opt_in == Some(true),
-    });
+    let auto_registration = auto_registers(facts.supervisor, facts.data);
     let mut expectations = Vec::new();
     match restore_type {
         RestoreType::New => expectations.extend([
