@@ -413,12 +413,31 @@ pub fn read_secret_file(key: &'static str, path: &Path) -> Result<SecretText, Co
 /// # Errors
 /// [`ConfigError::SecretFile`].
 pub fn check_owner_only(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    check_owner_only_in(key, path, credentials.as_deref())
+}
+
+/// [`check_owner_only`], with systemd's credentials directory (`$CREDENTIALS_DIRECTORY`)
+/// when there is one: a file in it is systemd's, readable by this service alone (root's,
+/// mode 0400, with an ACL entry for the service's user, which shows as group bits), and is
+/// taken as it is.
+fn check_owner_only_in(
+    key: &'static str,
+    path: &Path,
+    credentials: Option<&Path>,
+) -> Result<(), ConfigError> {
     use std::os::unix::fs::MetadataExt as _;
     let err = |message: String| ConfigError::SecretFile {
         key,
         path: path.to_path_buf(),
         message,
     };
+    if let Some(dir) = credentials
+        && let (Ok(dir), Ok(file)) = (dir.canonicalize(), path.canonicalize())
+        && file.parent() == Some(dir.as_path())
+    {
+        return Ok(());
+    }
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -839,5 +858,15 @@ retention = { keep_daily = 7 }
             let e = read_secret_file("api.token_file", &p).unwrap_err();
             assert!(e.to_string().contains("belongs to user 65534"), "{e}");
         }
+        // In systemd's credentials directory the file is systemd's (0440 as an ACL shows
+        // it): taken as it is; the same file elsewhere is not.
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        let c = creds.join("token");
+        std::fs::write(&c, "t\n").unwrap();
+        std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o440)).unwrap();
+        check_owner_only_in("api.token_file", &c, Some(&creds)).unwrap();
+        assert!(check_owner_only_in("api.token_file", &c, None).is_err());
+        assert!(check_owner_only_in("api.token_file", &c, Some(dir.path())).is_err());
     }
 }

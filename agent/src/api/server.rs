@@ -99,6 +99,9 @@ fn spawn_serve<L>(
                 drop(slot);
             });
         }
+        // No new client waits in the backlog for an answer that never comes: they are
+        // refused while the open connections end.
+        drop(listener);
         // Every connection's slot back: they have all ended.
         let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
         let _ = slots.acquire_many(all).await;

@@ -141,6 +141,14 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             q.shut_down();
             engine::pause_point("serve-stopping").await;
         });
+        // The first comparison before the scheduler and maintenance act on the clock (a
+        // boot before NTP set it is the case it is for); bounded, so that a slow vCenter
+        // does not hold the start.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            crate::daemon::clock::check(&env.soap),
+        )
+        .await;
         tokio::spawn(crate::daemon::clock::watch(
             env.soap.clone(),
             shutdown.clone(),

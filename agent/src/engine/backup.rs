@@ -484,9 +484,6 @@ pub async fn run_backup(
         }
         Err(e) => tracing::warn!(error = %error_chain(&e), "reconcile at start failed"),
     }
-    let repo = Arc::clone(&env.repo);
-    // Held until every point of the job is committed: GC waits (ARCHITECTURE §6).
-    let repo_lock = blocking(move || repo.lock_shared()).await??;
     let catalog = env.repo.catalog().clone();
     let group = request.group.clone();
     blocking(move || catalog.job_start(job, group, crate::repo::now_secs())).await??;
@@ -496,7 +493,6 @@ pub async fn run_backup(
     });
     let started = Instant::now();
     let outcome = run_job(env, job, request.clone(), cancel, observer.clone()).await;
-    drop(repo_lock);
     let (report, error) = match outcome {
         Ok(report) => (Some(report), None),
         Err(e) => (None, Some(e)),
@@ -568,6 +564,13 @@ async fn run_job(
         snapshot_at: std::sync::OnceLock::new(),
     });
 
+    // Held until every point of the job is committed: GC waits (ARCHITECTURE §6). Let go
+    // while the job waits for a busy VM, so that GC is not held off meanwhile.
+    let lock_repo = || {
+        let repo = Arc::clone(&env.repo);
+        blocking(move || repo.lock_shared())
+    };
+    let mut repo_lock = Some(lock_repo().await??);
     let mut members = Vec::new();
     let mut busy = BusyWait::default();
     let setup = loop {
@@ -591,8 +594,12 @@ async fn run_job(
                 retry_in_secs: pause.as_secs(),
             });
             tracing::info!(vm = %vm, holder = %holder, "the job waits for another job's VM");
+            drop(repo_lock.take());
             tokio::select! {
-                () = tokio::time::sleep(pause) => continue,
+                () = tokio::time::sleep(pause) => {
+                    repo_lock.replace(lock_repo().await??);
+                    continue;
+                }
                 () = ctx.cancel.cancelled() => break Err(BackupError::Cancelled),
             }
         }
@@ -1425,11 +1432,13 @@ async fn plan_disk(
                 } else if old.tracking_uuid() != new.tracking_uuid() {
                     full("change tracking was reset (its change UUID changed)".into())
                 } else if let (Some(was), Some(now)) = (old.sequence(), new.sequence())
-                    && now < was
+                    && now <= was
                 {
-                    // The disk went back to a state from before the last backup (a revert
-                    // to an older snapshot): the blocks it took back carry older stamps,
-                    // and no change query since the last backup would name them.
+                    // Every snapshot advances the sequence, and this backup's snapshot came
+                    // after the last one's: a sequence not past the recorded one means the
+                    // disk went back (a revert to a snapshot from before the last backup).
+                    // The blocks it took back carry older stamps, and no change query
+                    // since the last backup would name them.
                     full(format!(
                         "the disk went back to an earlier state (changeId {} after {}): a snapshot revert",
                         new.0, old.0
