@@ -673,6 +673,30 @@ mod tests {
             )
         }));
 
+        // A disk-only restore leaves the VM's ExtraConfig as it is, so WCP decides
+        // auto-registration by the VM's own keys, not the backup's (§4.2): the VM opted in
+        // since, the backup did not.
+        let mut extra = s.lab.vm(&vm).unwrap().extra_config;
+        extra.push((
+            "vmservice.virtualmachine.enableAutomaticRegistration".into(),
+            "true".into(),
+        ));
+        s.lab.set_extra_config(&vm, extra.clone()).unwrap();
+        let dry = fx.restore(
+            &p2,
+            &[
+                "--mode",
+                "disk-only",
+                "--disk",
+                &pvc_disk.0.to_string(),
+                "--dry-run",
+            ],
+        );
+        assert_eq!(dry.code, Some(0), "{}\n{}", dry.stdout, dry.stderr);
+        assert_eq!(dry.report()["prediction"]["auto_registration"], true);
+        extra.pop();
+        s.lab.set_extra_config(&vm, extra).unwrap();
+
         // The disks of the older point too: a disk-only restore leaves the VM's ExtraConfig
         // alone, so WCP compares the VM's own version, not the point's (§4.3).
         let r = fx.restore(
