@@ -339,7 +339,7 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
         refusals.push(refusal(
             "DuplicateVMBiosUUID",
             format!(
-                "{who}: {vm} in the namespace folder already has the backup's BIOS UUID; delete it or restore in place"
+                "{who}: {vm} in the namespace folder already has the backup's BIOS UUID, and no VirtualMachine names it (an earlier restore whose registration failed, or a VM made outside VM Service): register it (WCP's registervm, guide §11.1) or delete it"
             ),
         ));
     }
