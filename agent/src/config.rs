@@ -369,7 +369,8 @@ pub struct AgentConfig {
     pub policy: std::collections::BTreeMap<String, PolicyConfig>,
 }
 
-/// A secret read from a file; `Debug` and `Display` never show it.
+/// A secret read from a file; `Debug` and `Display` never show it, and its memory is
+/// zeroed when it is dropped.
 #[derive(Clone)]
 pub struct SecretText(String);
 
@@ -387,6 +388,12 @@ impl fmt::Debug for SecretText {
     }
 }
 
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// Reads the first line of a secret file, refusing one that others can read (any group or
 /// world permission bit).
 ///
@@ -399,8 +406,9 @@ pub fn read_secret_file(key: &'static str, path: &Path) -> Result<SecretText, Co
         message,
     };
     check_owner_only(key, path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let first = text.lines().next().unwrap_or_default().trim().to_owned();
+    zeroize::Zeroize::zeroize(&mut text);
     if first.is_empty() {
         return Err(err("is empty".into()));
     }

@@ -12,7 +12,8 @@ use vddk_sys as sys;
 use super::error::DiskLibError;
 use super::library::Library;
 
-/// A secret string (password, session cookie). `Debug` and `Display` never show it.
+/// A secret string (password, session cookie). `Debug` and `Display` never show it, and
+/// its memory is zeroed when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -33,6 +34,12 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

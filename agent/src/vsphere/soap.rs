@@ -52,7 +52,8 @@ impl SoapConfig {
     }
 }
 
-/// A user name and password. `Debug` redacts the password.
+/// A user name and password. `Debug` redacts the password; its memory is zeroed when
+/// dropped.
 #[derive(Clone)]
 pub struct Credentials {
     /// The vSphere user, e.g. `administrator@vsphere.local`.
@@ -83,7 +84,8 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The `vmware_soap_session` cookie value. `Debug` redacts it.
+/// The `vmware_soap_session` cookie value. `Debug` redacts it; its memory is zeroed when
+/// dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionCookie(String);
 
@@ -103,6 +105,18 @@ impl SessionCookie {
     #[must_use]
     pub fn header_value(&self) -> String {
         format!("{SESSION_COOKIE_NAME}={}", self.0)
+    }
+}
+
+impl Drop for SessionCookie {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
     }
 }
 

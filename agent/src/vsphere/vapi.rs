@@ -37,6 +37,12 @@ impl std::fmt::Debug for ApiToken {
     }
 }
 
+impl Drop for ApiToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl VapiClient {
     /// A client for `base` (`https://vc.example/`) with the same TLS rules as the SOAP
     /// client. Does not log in yet.
@@ -181,9 +187,11 @@ impl VapiClient {
         if self.token().is_none() {
             self.login().await?;
         }
-        self.token().map(|t| t.0).ok_or_else(|| VapiError::Config {
-            reason: "no vAPI session after login".into(),
-        })
+        self.token()
+            .map(|t| t.0.clone())
+            .ok_or_else(|| VapiError::Config {
+                reason: "no vAPI session after login".into(),
+            })
     }
 
     /// Polls `task` until it is neither PENDING nor RUNNING; reports progress
