@@ -872,6 +872,51 @@ mod tests {
             .unwrap();
         fx.backup(&[&vm], &[], None).ok();
         fx.assert_clean(&[&vm]);
+
+        // Powered on while its disks are read: the independent disk may have been written
+        // meanwhile, so no point is committed.
+        for key in [DiskKey(2000), DiskKey(2001)] {
+            fx.lab.guest_write(&vm, key, 0, &pattern(3, MIB)).unwrap();
+        }
+        let pause = fx.dir.path().join("pause");
+        std::fs::create_dir_all(&pause).unwrap();
+        let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
+        args.push(fx.repo().display().to_string());
+        args.extend(["--vm".into(), vm.0.clone(), "--full".into()]);
+        args.extend(fx.connection());
+        let child = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(&args)
+            .env_remove("VADP_AGENT_PASSWORD")
+            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+            .env("VADP_AGENT_PAUSE_DIR", &pause)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let reached = pause.join("backup-mid-disk.reached");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reached.exists() {
+            assert!(Instant::now() < deadline, "the backup never read");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let before = fx.points().len();
+        fx.lab
+            .modify_vm(&vm, |s| {
+                s.power_state = lab::vmstate::PowerState::PoweredOn;
+                Ok(())
+            })
+            .unwrap();
+        std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains("powered on while its independent disk was read"),
+            "{stderr}"
+        );
+        assert_eq!(fx.points().len(), before, "a point was committed");
+        assert!(fx.lab.vm(&vm).unwrap().snapshots.is_empty());
     }
 
     #[test]

@@ -1245,6 +1245,31 @@ async fn back_up_vm_inner(
     }
     let roles: BTreeMap<i32, DiskRole> = validation.roles.iter().copied().collect();
     check_cancel(ctx)?;
+    // A snapshot does not freeze an independent disk, which was backed up only because the
+    // VM was off at set-up: a VM powered on since may have written it while it was read.
+    if info.disks.iter().any(|d| {
+        d.disk_mode
+            .as_deref()
+            .is_some_and(|m| m.starts_with("independent"))
+    }) {
+        let now = env
+            .soap
+            .vm_info(&info.moref)
+            .await
+            .map_err(|source| BackupError::Vsphere {
+                what: format!("reading the power state of {} ({})", info.name, info.moref),
+                source,
+            })?;
+        if now.power_state != Some(crate::vsphere::PowerState::PoweredOff) {
+            return Err(BackupError::Refused {
+                vm: format!("{} ({})", info.name, info.moref),
+                reason: "it was powered on while its independent disk was read (a snapshot \
+                         does not freeze one, so the guest may have written it meanwhile); \
+                         no restore point was committed: back it up again powered off"
+                    .into(),
+            });
+        }
+    }
     // Commit: one transaction makes the point visible.
     let any_incremental = written
         .iter()
