@@ -690,6 +690,14 @@ fn failed_report(info: &VmInfo, error: String) -> VmReport {
     }
 }
 
+/// Whether a snapshot leaves `disk` unfrozen (`independent_persistent`,
+/// `independent_nonpersistent`).
+fn is_independent(disk: &VirtualDiskInfo) -> bool {
+    disk.disk_mode
+        .as_deref()
+        .is_some_and(|m| m.starts_with("independent"))
+}
+
 /// Why a backup of `info` now would read a disk its snapshot does not freeze: an
 /// independent disk (VSPHERE.md §A.7) of a VM that is not powered off, whose guest may be
 /// writing it while it is read. Such a point would look complete and hold a torn disk, so
@@ -699,11 +707,7 @@ fn unfrozen_disk(info: &VmInfo) -> Option<String> {
     if info.power_state == Some(crate::vsphere::PowerState::PoweredOff) {
         return None;
     }
-    let d = info.disks.iter().find(|d| {
-        d.disk_mode
-            .as_deref()
-            .is_some_and(|m| m.starts_with("independent"))
-    })?;
+    let d = info.disks.iter().find(|d| is_independent(d))?;
     Some(format!(
         "disk {} ({}, {}) is attached {}: a snapshot does not freeze an independent disk, so \
          its backup would be read while the guest writes it. Power the VM off for its backup, \
@@ -1247,11 +1251,7 @@ async fn back_up_vm_inner(
     check_cancel(ctx)?;
     // A snapshot does not freeze an independent disk, which was backed up only because the
     // VM was off at set-up: a VM powered on since may have written it while it was read.
-    if info.disks.iter().any(|d| {
-        d.disk_mode
-            .as_deref()
-            .is_some_and(|m| m.starts_with("independent"))
-    }) {
+    if info.disks.iter().any(is_independent) {
         let now = env
             .soap
             .vm_info(&info.moref)
