@@ -60,13 +60,6 @@ fn vmx_value<'a>(entries: &'a [(String, String)], key: &str) -> Option<&'a str> 
         .map(|(_, v)| v.as_str())
 }
 
-fn hex_of(uuid: &str) -> String {
-    uuid.chars()
-        .filter(char::is_ascii_hexdigit)
-        .collect::<String>()
-        .to_ascii_lowercase()
-}
-
 pub(super) async fn plan(
     renv: &RestoreEnv,
     request: &RestoreRequest,
@@ -131,7 +124,7 @@ pub(super) async fn plan(
         .await?
         .map(|o| serde_json::to_value(o).unwrap_or_default());
     let bios_text = vmx_value(&entries, "uuid.bios");
-    let bios = bios_text.map(hex_of);
+    let bios = bios_text.map(predict::hex_of);
     let mut vm_with_bios = None;
     if let (Some(f), Some(bios)) = (&folder, &bios) {
         vm_with_bios = env
@@ -140,7 +133,7 @@ pub(super) async fn plan(
             .await
             .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?
             .into_iter()
-            .find(|(_, u)| u.as_deref().map(hex_of).as_ref() == Some(bios))
+            .find(|(_, u)| u.as_deref().map(predict::hex_of).as_ref() == Some(bios))
             .map(|(vm, _)| vm);
     }
     // The VM a restore in place or disk-only works on, read once.

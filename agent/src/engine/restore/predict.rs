@@ -140,6 +140,15 @@ fn annotation<'a>(obj: &'a serde_json::Value, key: &str) -> Option<&'a str> {
     obj.pointer("/metadata/annotations")?.get(key)?.as_str()
 }
 
+/// A UUID's hex digits, lower case: how a `.vmx` (`42 31 …-…`) and VM Operator
+/// (`4231…-…`) spell the same UUID compare equal.
+pub(super) fn hex_of(uuid: &str) -> String {
+    uuid.chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
 /// Whether WCP registers the VM by itself once EndAccess is called (§4.2), going by the
 /// opt-in (VCF 9) or opt-out (8.0U3) key of the ExtraConfig it will see: the restored one,
 /// or for a disk-only restore the VM's own.
@@ -289,18 +298,12 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
             // A VirtualMachine of the same name that is another VM (the backed-up one was
             // deleted and another made under its name): WCP would restore onto it,
             // overwriting its disks and deleting its volumes as dangling (§6.2, §9.2).
-            let hex = |u: &str| {
-                u.chars()
-                    .filter(char::is_ascii_hexdigit)
-                    .collect::<String>()
-                    .to_ascii_lowercase()
-            };
             if let (Some(theirs), Some(ours)) = (
                 cr.pointer("/spec/biosUUID")
                     .and_then(serde_json::Value::as_str),
                 facts.backup_bios_uuid,
             ) && !theirs.is_empty()
-                && hex(theirs) != hex(ours)
+                && hex_of(theirs) != hex_of(ours)
             {
                 refusals.push(Refusal {
                     id: "vadp-agent:AnotherVm".into(),
