@@ -4,19 +4,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now as `2026-01-02T03:04:05.678Z`.
 pub(crate) fn now_xsd() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut s = xsd_from_unix(d.as_secs());
-    s.insert_str(s.len() - 1, &format!(".{:03}", d.subsec_millis()));
-    s
+    now_xsd_offset(0)
 }
 
 /// Now plus `offset_secs` as `2026-01-02T03:04:05.678Z`.
 pub(crate) fn now_xsd_offset(offset_secs: i64) -> String {
-    if offset_secs == 0 {
-        return now_xsd();
-    }
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
