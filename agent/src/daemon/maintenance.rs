@@ -59,7 +59,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3600);
 
 /// Apply the retention of policy `name` to the points of its own VMs at `now` (Unix
-/// seconds); `Ok(None)` when the policy has no retention. Its VMs are those of the vCenter
+/// seconds); `Ok(None)` when the policy has no retention, or while this machine's clock
+/// differs from vCenter's ([`super::clock`]). Its VMs are those of the vCenter
 /// `vcenter_uuid` (the agent's): a repository that also holds another vCenter's VMs (after
 /// a failover, say) keeps their points whatever their morefs or names. Runs on the
 /// caller's thread (it takes the repository's shared lock and calls the catalog).
@@ -76,6 +77,12 @@ pub fn apply_retention(
     let Some(retention) = p.retention else {
         return Ok(None);
     };
+    // Ages are measured with this machine's clock: not while it disagrees with vCenter's
+    // (a clock a week ahead would delete points younger than the minimum age).
+    if !super::clock::trusted() {
+        tracing::warn!(policy = %name, skew_secs = super::clock::skew_secs(), "retention skipped: this machine's clock differs from vCenter's");
+        return Ok(None);
+    }
     let selectors = p.selectors(name).map_err(|e| e.to_string())?;
     let decisions = repo
         .prune_where(
