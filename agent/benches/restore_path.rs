@@ -84,6 +84,7 @@ fn main() {
                 &[NewDisk {
                     capacity_bytes: capacity,
                     thin: true,
+                    fcd: false,
                 }],
             )
             .expect("create vm");

@@ -106,6 +106,7 @@ concurrent_jobs = 2
                 &[NewDisk {
                     capacity_bytes: 8 * MIB,
                     thin: true,
+                    fcd: false,
                 }],
             )
             .unwrap();
@@ -994,6 +995,7 @@ concurrent_jobs = 2
                         &[NewDisk {
                             capacity_bytes: MIB,
                             thin: true,
+                            fcd: false,
                         }],
                     )
                     .unwrap();

@@ -195,6 +195,7 @@ mod tests {
                 .map(|m| NewDisk {
                     capacity_bytes: m * MIB,
                     thin: true,
+                    fcd: false,
                 })
                 .collect();
             self.lab

@@ -927,6 +927,7 @@ mod tests {
                 &[lab::vmstate::NewDisk {
                     capacity_bytes: MIB,
                     thin: true,
+                    fcd: false,
                 }],
             )
             .unwrap();
@@ -978,6 +979,7 @@ mod tests {
                     &[lab::vmstate::NewDisk {
                         capacity_bytes: 2 * MIB,
                         thin: true,
+                        fcd: false,
                     }],
                 )
                 .unwrap();
@@ -1422,14 +1424,15 @@ mod tests {
             .fcd_id(&fcd.file_name)
             .expect("the PVC's disk is an FCD");
         let fcd_bytes = s.disk_bytes(&vm, fcd.key);
-        let vm_dir = before
-            .vmx_path
+        // The new disk is made beside the First Class Disk it stands in for.
+        let fcd_dir = fcd
+            .file_name
             .resolve(s.lab.root())
             .parent()
             .unwrap()
             .to_owned();
         let new_files = || -> Vec<String> {
-            std::fs::read_dir(&vm_dir)
+            std::fs::read_dir(&fcd_dir)
                 .unwrap()
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -1601,37 +1604,45 @@ mod tests {
         assert_eq!(fx.open_journal(), 0);
     }
 
-    /// A disk in a folder of its own (as a PVC's disk is on vSAN) is restored where it was,
-    /// and the restored VM's .vmx names it there, by its /vmfs/volumes path.
+    /// A disk in a folder of its own (a classic disk outside the VM's directory) goes with
+    /// the VM when it is deleted, and is restored into the restore's directory with the
+    /// others; the restored VM's .vmx names it there. (A disk on another datastore than
+    /// the .vmx's is named by its /vmfs/volumes path: `plan`'s unit tests.)
     #[test]
-    fn a_disk_outside_the_vms_directory_is_restored_where_it_was() {
+    fn a_disk_outside_the_vms_directory_is_restored_with_the_others() {
         let fx = Fixture::new();
         let s = &fx.site;
         let vm = s.create_vm("far-1");
-        let far = lab::datastore::DatastorePath::parse("[ds1] fcd/far-1-data.vmdk").unwrap();
+        let far = lab::datastore::DatastorePath::parse("[ds1] elsewhere/far-1-data.vmdk").unwrap();
+        std::fs::create_dir_all(far.resolve(&s.root).parent().unwrap()).unwrap();
         s.lab.create_virtual_disk(&far, 2 * MIB, true).unwrap();
         let key = s.lab.attach_disk(&vm, &far).unwrap();
         s.lab.guest_write(&vm, key, 4096, &[0x5a; 65_536]).unwrap();
         let p1 = fx.backup("far-1");
         let expected = fx.point_disks(&p1);
         assert_eq!(expected.len(), 4);
-        // Destroy deletes every disk of the VM, this one too, as ESXi does.
+        // Destroy deletes every disk of the VM but its First Class Disks, this one too, as
+        // ESXi does.
         s.sup().delete("VirtualMachine", NS, "far-1").unwrap();
         assert!(!far.resolve(&s.root).exists());
         let r = fx.restore(&p1, &[]);
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
         let restored = VmMoref(r.report()["vm"].as_str().unwrap().to_owned());
         let state = s.lab.vm(&restored).unwrap();
+        let dir = state.vmx_path.to_string();
+        let dir = dir.rsplit_once('/').unwrap().0;
+        assert!(dir.starts_with("[ds1] far-1-restore-"), "{dir}");
         assert!(
-            state.disks.iter().any(|d| d.file_name == far),
+            state
+                .disks
+                .iter()
+                .any(|d| d.file_name.to_string() == format!("{dir}/far-1-data.vmdk")),
             "{:?}",
             state.disks
         );
+        assert!(!far.resolve(&s.root).exists());
         let vmx = std::fs::read_to_string(state.vmx_path.resolve(&s.root)).unwrap();
-        assert!(
-            vmx.contains("\"/vmfs/volumes/ds1/fcd/far-1-data.vmdk\""),
-            "{vmx}"
-        );
+        assert!(vmx.contains(" = \"far-1-data.vmdk\""), "{vmx}");
         for (k, bytes) in &expected {
             assert_eq!(&s.disk_bytes(&restored, DiskKey(*k)), bytes, "disk {k}");
         }
@@ -1712,40 +1723,69 @@ mod tests {
         assert_eq!(now.uuid, fcd.uuid);
     }
 
-    /// A restore to a new VM killed before its VM is registered leaves files no VM owns;
-    /// reconcile deletes them (the journal names each before it is made). Killed after
-    /// registering but before the journal has the VM's moref, the VM is found in the
-    /// staging folder by its .vmx and destroyed with its files.
+    /// A restore to a new VM of a deleted VM: the VM's directory went with it, and its PVC's
+    /// disk, a First Class Disk, stays at its path (CNS keeps a volume its PVC still
+    /// names). The restore makes directories of its own (`<vm>-restore-<job>`) rather than
+    /// write at the backup's paths, which vSphere refuses (no directory; the PVC's file
+    /// there). Killed before its VM is registered, it leaves files and directories no VM
+    /// owns; reconcile deletes them (the journal names each before it is made), also a
+    /// directory made just before the kill. Killed after registering but before the journal
+    /// has the VM's moref, the VM is found in the staging folder by its .vmx and destroyed
+    /// with its files, its directories after it.
     #[test]
     fn a_restore_to_new_killed_before_its_vm_is_known_leaves_no_file() {
         let fx = Fixture::new();
         let s = &fx.site;
-        s.create_vm("gone-1");
+        let vm = s.create_vm("gone-1");
+        let state = s.lab.vm(&vm).unwrap();
         let p1 = fx.backup("gone-1");
         s.sup().delete("VirtualMachine", NS, "gone-1").unwrap();
         assert!(s.vm_by_name("gone-1").is_none());
-        let dir = lab::datastore::DatastorePath::parse("[ds1] gone-1/x.vmdk")
+        let ds_root = lab::datastore::DatastorePath::parse("[ds1] x")
             .unwrap()
             .resolve(s.lab.root())
             .parent()
             .unwrap()
             .to_owned();
-        let files_there = || -> Vec<String> {
-            std::fs::read_dir(&dir)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
+        // The VM's directory is gone; its PVC's disk is not.
+        assert!(
+            !state
+                .vmx_path
+                .resolve(s.lab.root())
+                .parent()
+                .unwrap()
+                .exists()
+        );
+        let pvc_disk = &state.disks[1].file_name;
+        assert!(pvc_disk.to_string().contains("fcd/"), "{pvc_disk}");
+        assert!(pvc_disk.resolve(s.lab.root()).exists());
+        let restore_dirs = || -> Vec<String> {
+            std::fs::read_dir(&ds_root)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("gone-1-restore-"))
+                .collect()
         };
-        assert!(files_there().is_empty(), "{:?}", files_there());
+        let files_there = || -> Vec<String> {
+            restore_dirs()
+                .iter()
+                .flat_map(|d| std::fs::read_dir(ds_root.join(d)).unwrap().flatten())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert!(restore_dirs().is_empty(), "{:?}", restore_dirs());
 
         // Every disk made, the .vmx about to be uploaded.
         let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-vmx-journalled"));
         assert_ne!(r.code, Some(0));
-        assert!(
-            files_there().iter().any(|f| f.ends_with(".vmdk")),
+        assert_eq!(restore_dirs().len(), 1, "{:?}", restore_dirs());
+        assert_eq!(
+            files_there()
+                .iter()
+                .filter(|f| f.ends_with(".vmdk") && !f.contains("-flat"))
+                .count(),
+            fx.point_disks(&p1).len(),
             "{:?} {}",
             files_there(),
             r.stderr
@@ -1754,39 +1794,24 @@ mod tests {
         assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
         let report = &rec.events.last().unwrap()["report"];
         let entry = &report["half_created_vms"][0][1];
+        // Each disk, then the directory.
         assert!(
             entry["deleted"]
                 .as_array()
-                .is_some_and(|d| d.len() == fx.point_disks(&p1).len()),
+                .is_some_and(|d| d.len() == fx.point_disks(&p1).len() + 1),
             "{report}"
         );
-        assert!(files_there().is_empty(), "{:?}", files_there());
+        assert!(restore_dirs().is_empty(), "{:?}", restore_dirs());
         assert_eq!(fx.open_journal(), 0);
 
-        // Killed again; its files deleted by hand while its entry cannot be reconciled
-        // (its job looks alive: the test holds its lock). Another restore to the same paths
-        // is refused before it makes any: the entry's reconcile would delete them.
-        let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-vmx-journalled"));
+        // Killed with its directory made and not yet journalled as made: the directory
+        // carries the job's id, so it is the restore's and goes.
+        let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-dir-made"));
         assert_ne!(r.code, Some(0));
-        for f in files_there() {
-            std::fs::remove_file(dir.join(f)).unwrap();
-        }
-        let repo = vadp_agent::repo::Repository::open(Path::new(&fx.repo())).unwrap();
-        let job: vadp_agent::ids::JobId = repo.catalog().journal_open_entries().unwrap()[0].detail
-            ["job"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        drop(repo);
-        let held = vadp_agent::engine::JobLock::acquire(Path::new(&fx.repo()), job).unwrap();
-        let r = fx.restore(&p1, &[]);
-        assert_ne!(r.code, Some(0));
-        assert!(r.stderr.contains("has not been cleaned up"), "{}", r.stderr);
-        assert!(files_there().is_empty(), "{:?}", files_there());
-        drop(held);
+        assert_eq!(restore_dirs().len(), 1, "{:?}", restore_dirs());
         let rec = fx.reconcile();
         assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        assert!(restore_dirs().is_empty(), "{:?}", restore_dirs());
         assert_eq!(fx.open_journal(), 0);
 
         // Registered, the journal not yet told.
@@ -1796,12 +1821,30 @@ mod tests {
         let rec = fx.reconcile();
         assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
         assert!(s.vm_by_name("gone-1").is_none());
-        assert!(files_there().is_empty(), "{:?}", files_there());
+        assert!(restore_dirs().is_empty(), "{:?}", restore_dirs());
         assert_eq!(fx.open_journal(), 0);
 
-        // Nothing in the way of the restore itself.
+        // Nothing in the way of the restore itself, nor of a second one (another job,
+        // another directory), once the first VM is deleted again. The PVC's old disk is
+        // never touched.
         let r = fx.restore(&p1, &[]);
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(restore_dirs().len(), 1, "{:?}", restore_dirs());
+        let restored = s.vm_by_name("gone-1").unwrap();
+        let dir = &restore_dirs()[0];
+        for d in &s.lab.vm(&restored).unwrap().disks {
+            assert!(
+                d.file_name
+                    .to_string()
+                    .starts_with(&format!("[ds1] {dir}/")),
+                "{}",
+                d.file_name
+            );
+        }
+        s.sup().delete("VirtualMachine", NS, "gone-1").unwrap();
+        let r = fx.restore(&p1, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(pvc_disk.resolve(s.lab.root()).exists());
     }
 
     /// A restore in place killed with its new disk made but not swapped in, whose VM is
@@ -1816,12 +1859,8 @@ mod tests {
         s.change_since_backup("orphan-1");
         let state = s.lab.vm(&vm).unwrap();
         let fcd = state.disks[1].file_name.clone();
-        let dir = state
-            .vmx_path
-            .resolve(s.lab.root())
-            .parent()
-            .unwrap()
-            .to_owned();
+        // The new disk is made beside the First Class Disk it stands in for.
+        let dir = fcd.resolve(s.lab.root()).parent().unwrap().to_owned();
         let new_files = || -> Vec<String> {
             std::fs::read_dir(&dir)
                 .unwrap()

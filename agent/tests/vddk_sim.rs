@@ -70,6 +70,7 @@ mod tests {
                     &[NewDisk {
                         capacity_bytes: capacity,
                         thin,
+                        fcd: false,
                     }],
                 )
                 .unwrap();

@@ -23,6 +23,7 @@ mod tests {
                 &[NewDisk {
                     capacity_bytes: 1 << 20,
                     thin: true,
+                    fcd: false,
                 }],
             )
             .unwrap();

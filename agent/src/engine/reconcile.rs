@@ -325,6 +325,26 @@ async fn undo(
                     Ok(()) => {
                         tracing::warn!(vm = %shell, "reconcile: removed a half-restored VM");
                         detail["removed"] = true.into();
+                        // Then the directories the restore made (destroying the VM leaves
+                        // those on other datastores).
+                        let made = super::restore::Unregistered::from_detail(&entry.detail);
+                        if let Some(made) = made.filter(|m| !m.dirs.is_empty()) {
+                            let (gone, complete) = super::restore::delete_restore_dirs(
+                                env,
+                                &made.datacenter,
+                                made.job,
+                                &made.dirs,
+                            )
+                            .await;
+                            detail["deleted"] = gone.into();
+                            if !complete {
+                                report.errors.push(format!(
+                                    "deleting the directories {:?} of a half-restored VM: see the log; the entry stays for the next run",
+                                    made.dirs
+                                ));
+                                return;
+                            }
+                        }
                         if let Err(e) = journal::close(env, entry.id).await {
                             report.errors.push(error_chain(&e));
                         }

@@ -104,6 +104,59 @@ impl SoapClient {
             .map(|_| ())
     }
 
+    fn file_manager(&self) -> Result<MoRef, VsphereError> {
+        self.service_content()
+            .file_manager
+            .clone()
+            .ok_or_else(|| VsphereError::Malformed {
+                method: "RetrieveServiceContent",
+                reason: "the server has no FileManager".into(),
+            })
+    }
+
+    /// `FileManager.MakeDirectory`: the directory `path` (`[ds] dir`), in a parent that
+    /// exists (no `createParentDirectories`). On vSAN a top-level directory is a new
+    /// namespace object of that friendly name.
+    ///
+    /// # Errors
+    ///
+    /// `FileAlreadyExists` (the directory is there: not made by this call),
+    /// `FileNotFound`, `InvalidDatastore`, … as the call's fault.
+    pub async fn make_directory(&self, datacenter: &MoRef, path: &str) -> Result<(), VsphereError> {
+        let mut w = XmlWriter::new();
+        w.text("name", path)
+            .moref("datacenter", datacenter)
+            .text("createParentDirectories", "false");
+        self.invoke("MakeDirectory", &self.file_manager()?, &w.finish())
+            .await
+            .map(|_| ())
+    }
+
+    /// `FileManager.DeleteDatastoreFile_Task` on a directory: deletes it **with everything
+    /// it holds**. Only for a directory a restore made for itself (its name carries the
+    /// job's id); every other deletion names a file ([`Self::delete_datastore_file`]).
+    ///
+    /// # Errors
+    ///
+    /// `FileNotFound`, `CannotDeleteFile`, … as the call's fault or
+    /// [`VsphereError::TaskFailed`].
+    pub async fn delete_directory(
+        &self,
+        datacenter: &MoRef,
+        path: &str,
+    ) -> Result<(), VsphereError> {
+        let mut w = XmlWriter::new();
+        w.text("name", path.trim_end_matches('/'))
+            .moref("datacenter", datacenter);
+        self.run_task(
+            "DeleteDatastoreFile_Task",
+            &self.file_manager()?,
+            &w.finish(),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// `FileManager.DeleteDatastoreFile_Task`: deletes the file at `path` (a `.vmx` a
     /// restore uploaded; never a directory, which vSphere would delete with all it holds).
     ///
@@ -121,19 +174,15 @@ impl SoapClient {
                 reason: format!("{path} is a directory: the agent deletes files only"),
             });
         }
-        let file_manager =
-            self.service_content()
-                .file_manager
-                .clone()
-                .ok_or_else(|| VsphereError::Malformed {
-                    method: "RetrieveServiceContent",
-                    reason: "the server has no FileManager".into(),
-                })?;
         let mut w = XmlWriter::new();
         w.text("name", path).moref("datacenter", datacenter);
-        self.run_task("DeleteDatastoreFile_Task", &file_manager, &w.finish())
-            .await
-            .map(|_| ())
+        self.run_task(
+            "DeleteDatastoreFile_Task",
+            &self.file_manager()?,
+            &w.finish(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// `VirtualDiskManager.SetVirtualDiskUuid`: gives the disk at `path` the backing uuid

@@ -568,10 +568,37 @@ pub async fn datastore_upload_download(t: &Target) {
     // tokio::fs::write completes the write; a dropped tokio File may still have one in flight.
     tokio::fs::write(&src, &data).await.unwrap();
 
+    // FileManager.MakeDirectory: vSphere makes no directory for an upload (nor for
+    // CreateVirtualDisk_Task); a second one of the name is FileAlreadyExists.
+    let folder = unique("conf-ds");
+    let folder_path = format!("[{}] {folder}", inv.datastore_name);
+    client
+        .make_directory(&inv.datacenter, &folder_path)
+        .await
+        .unwrap();
+    let again = client
+        .make_directory(&inv.datacenter, &folder_path)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.fault_kind(),
+        Some(vadp_agent::vsphere::FaultKind::FileAlreadyExists),
+        "{again:?}"
+    );
+    let nowhere = format!("[{}] {}/d.vmdk", inv.datastore_name, unique("conf-none"));
+    let err = client
+        .create_virtual_disk(&inv.datacenter, &nowhere, 1024, true)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.fault_kind(),
+        Some(vadp_agent::vsphere::FaultKind::FileNotFound),
+        "{err:?}"
+    );
     let remote = DatastorePath {
         datacenter: inv.datacenter_name.clone(),
         datastore: inv.datastore_name.clone(),
-        path: format!("{}/blob file.bin", unique("conf-ds")),
+        path: format!("{folder}/blob file.bin"),
     };
     client.upload_file(&remote, &src).await.unwrap();
     let dest = dir.path().join("dest.bin");
@@ -603,6 +630,27 @@ pub async fn datastore_upload_download(t: &Target) {
     );
     let again = client
         .delete_datastore_file(&inv.datacenter, &name)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.fault_kind(),
+        Some(vadp_agent::vsphere::FaultKind::FileNotFound),
+        "{again:?}"
+    );
+
+    // DeleteDatastoreFile_Task on a directory: it goes with everything in it.
+    client.upload_file(&remote, &src).await.unwrap();
+    client
+        .delete_directory(&inv.datacenter, &folder_path)
+        .await
+        .unwrap();
+    let err = client.download_to_file(&remote, &dest).await.unwrap_err();
+    assert!(
+        matches!(err, DatastoreError::Http { status: 404, .. }),
+        "{err:?}"
+    );
+    let again = client
+        .delete_directory(&inv.datacenter, &folder_path)
         .await
         .unwrap_err();
     assert_eq!(

@@ -31,8 +31,11 @@
 //!   (`"32Mi,16Mi"`); all thin. A PVC records its disk in annotations
 //!   `lab.vadp-agent.dev/disk-file` and `lab.vadp-agent.dev/disk-uuid`; binding it
 //!   registers the disk file as a First Class Disk (CNS), whose id the PVC records in
-//!   `lab.vadp-agent.dev/fcd-id` and vCenter shows as the device's `vDiskId`. `spec.powerState`
-//!   drives the VM; deleting the CR destroys the VM and its files (PVC objects remain).
+//!   `lab.vadp-agent.dev/fcd-id` and vCenter shows as the device's `vDiskId`. A PVC's disk
+//!   is made in the datastore's `fcd/` folder (`fcd/<32 hex>.vmdk`), as CNS makes volumes.
+//!   `spec.powerState` drives the VM; deleting the CR destroys the VM and its files and
+//!   directory, except its First Class Disks: the PVC objects remain, and so do their
+//!   disks (CNS keeps a volume its PVC names).
 //!   Admission defaults `spec.biosUUID`, `spec.instanceUUID` and, with cloud-init,
 //!   `spec.bootstrap.cloudInit.instanceID` (= BIOS UUID, the webhook's default).
 //! - `status`: `uniqueID`, `biosUUID`, `instanceUUID`, `powerState`, `volumes`,

@@ -232,6 +232,7 @@ impl Supervisor {
         let mut disks = vec![NewDisk {
             capacity_bytes: boot,
             thin: true,
+            fcd: false,
         }];
         let mut pvcs = Vec::new();
         for (_, claim) in claims(obj) {
@@ -252,6 +253,7 @@ impl Supervisor {
             disks.push(NewDisk {
                 capacity_bytes: cap,
                 thin: true,
+                fcd: true,
             });
             pvcs.push(pvc);
         }
@@ -266,6 +268,7 @@ impl Supervisor {
             disks.push(NewDisk {
                 capacity_bytes: cap,
                 thin: true,
+                fcd: false,
             });
         }
         let folder = self.namespace_folder(ns);

@@ -200,6 +200,7 @@ fn vendor_restore(
         .map(|d| NewDisk {
             capacity_bytes: d.capacity_bytes,
             thin: true,
+            fcd: false,
         })
         .collect();
     let lab = sup.lab();
@@ -610,7 +611,8 @@ fn vm_operator_creates_the_vm_and_keeps_backup_data_in_both_spellings() {
         (cond["status"].as_str(), cond["reason"].as_str()),
         (Some("False"), Some("VirtualMachineBackupPaused"))
     );
-    // Power follows the spec; deleting the CR destroys the VM, the PVC object remains.
+    // Power follows the spec; deleting the CR destroys the VM and its directory; the PVC
+    // object remains, and so does its disk, a First Class Disk in `fcd/` (CNS keeps it).
     let mut cr5 = cr4.clone();
     cr5["spec"]["powerState"] = "PoweredOff".into();
     let cr5 = sup.apply(cr5).unwrap();
@@ -620,9 +622,18 @@ fn vm_operator_creates_the_vm_and_keeps_backup_data_in_both_spellings() {
     );
     let err = sup.delete("namespaces", "", NS).unwrap_err();
     assert_eq!(err.code, 409);
+    let state = sup.lab().vm(&vm.moref).unwrap();
+    let pvc_disk = state.disks[1].file_name.clone();
+    assert!(pvc_disk.to_string().starts_with("[ds1] fcd/"), "{pvc_disk}");
+    assert!(sup.lab().fcd_id(&pvc_disk).is_some());
     sup.delete("VirtualMachine", NS, "web-1").unwrap();
     assert!(sup.lab().vm(&vm.moref).is_err());
     assert!(sup.get("PersistentVolumeClaim", NS, "web-1-data").is_some());
+    let root = sup.lab().root().to_owned();
+    assert!(!state.vmx_path.resolve(&root).parent().unwrap().exists());
+    assert!(!state.disks[0].file_name.resolve(&root).exists());
+    assert!(pvc_disk.resolve(&root).exists());
+    assert!(sup.lab().fcd_id(&pvc_disk).is_some());
 }
 
 /// web-1 backed up and its CR deleted: (backup VM state, backup ExtraConfig).
@@ -1110,6 +1121,7 @@ fn disk_only_restore_registers_only_unknown_disks() {
             &[NewDisk {
                 capacity_bytes: 8 << 20,
                 thin: true,
+                fcd: false,
             }],
         )
         .unwrap();
@@ -1373,7 +1385,8 @@ fn fixture_vm(sup: &Supervisor, vm_dir: &str, name: &str, ec: Vec<(String, Strin
             &vec![
                 NewDisk {
                     capacity_bytes: 1 << 20,
-                    thin: true
+                    thin: true,
+                    fcd: false
                 };
                 disks.len()
             ],

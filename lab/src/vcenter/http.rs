@@ -157,10 +157,13 @@ async fn folder_put(
         Err(s) => return s.into_response(),
     };
     let existed = file.exists();
-    if let Some(dir) = file.parent()
-        && tokio::fs::create_dir_all(dir).await.is_err()
-    {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    // As vCenter, no directory is made: the client makes it first (MakeDirectory).
+    if file.parent().is_none_or(|dir| !dir.is_dir()) {
+        return (
+            StatusCode::NOT_FOUND,
+            "the directory of the file does not exist",
+        )
+            .into_response();
     }
     let tmp = file.with_extension("vadp-upload");
     let result = async {

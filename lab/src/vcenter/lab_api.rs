@@ -135,6 +135,7 @@ async fn create_vm(State(vc): State<Arc<Vcenter>>, headers: HeaderMap, body: Byt
             .map(|d| NewDisk {
                 capacity_bytes: d.capacity_bytes,
                 thin: d.thin,
+                fcd: false,
             })
             .collect();
         let result = vc.lab.create_vm(&req.name, &folder, &disks).and_then(|vm| {

@@ -109,6 +109,7 @@ fn new_disk(dev: &Element) -> Result<NewDisk, Fault> {
     Ok(NewDisk {
         capacity_bytes,
         thin,
+        fcd: false,
     })
 }
 
@@ -438,13 +439,14 @@ impl Vcenter {
                 if !file.exists() {
                     return Err(Fault::file_not_found(&name));
                 }
-                // vSphere deletes a directory with everything in it; the lab deletes files
-                // only, so that no test can lose a directory by mistake.
-                if file.is_dir() {
-                    return Err(Fault::file_fault(&name, "the lab deletes files only"));
-                }
                 entity_name = name.clone();
+                // vSphere deletes a directory with everything in it.
+                let is_dir = file.is_dir();
                 Box::new(move |_| {
+                    if is_dir {
+                        lab.delete_directory(&path).map_err(lab_fault)?;
+                        return Ok(None);
+                    }
                     std::fs::remove_file(&file)
                         .map_err(|e| Fault::file_fault(&name, &e.to_string()))?;
                     Ok(None)

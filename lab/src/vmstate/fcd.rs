@@ -143,6 +143,41 @@ impl Lab {
         self.forget_fcds_locked(&[file])
     }
 
+    /// FileManager.DeleteDatastoreFile_Task on a directory: deletes it with everything in
+    /// it, as vSphere does, refused while a powered-on VM uses a disk in it (vSphere finds
+    /// its files locked). A powered-off VM's disks go, as on vSphere, and the VM then names
+    /// files that are gone.
+    ///
+    /// # Errors
+    /// [`LabError::DiskInUse`] naming the VM; I/O errors.
+    pub fn delete_directory(&self, dir: &DatastorePath) -> Result<(), LabError> {
+        let prefix = format!("{dir}/");
+        for vm in self.vms()? {
+            let in_dir = vm
+                .disks
+                .iter()
+                .map(|d| d.file_name.to_string())
+                .chain(
+                    vm.snapshots
+                        .iter()
+                        .flat_map(|s| s.disks.iter().map(|d| d.file_name.to_string())),
+                )
+                .find(|f| f.starts_with(&prefix));
+            if let Some(disk) = in_dir
+                && vm.power_state != super::PowerState::PoweredOff
+            {
+                return Err(LabError::DiskInUse { disk, vm: vm.moref });
+            }
+        }
+        let _g = self.lock()?;
+        let host = dir.resolve(self.root());
+        std::fs::remove_dir_all(&host).map_err(|source| LabError::Io {
+            op: "remove directory",
+            path: host,
+            source,
+        })
+    }
+
     /// CNS deletes FCD `id` (a PVC with reclaim policy Delete went): its file is deleted,
     /// unless a VM still uses it — CNS does not delete an attached volume. Returns the file
     /// deleted; `Ok(None)` when the FCD no longer exists.

@@ -125,6 +125,9 @@ pub struct NewDisk {
     pub capacity_bytes: u64,
     /// Thin provisioned.
     pub thin: bool,
+    /// Made by CNS for a PVC: a First Class Disk file in the datastore's `fcd/` folder
+    /// (`fcd/<32 hex>.vmdk`), not in the VM's directory, so that it outlives the VM.
+    pub fcd: bool,
 }
 
 /// A lab rooted at a directory. Cheap to open; every mutation takes the lab-wide
@@ -365,9 +368,12 @@ impl Lab {
             DatastorePath::new(ds, &format!("{name}/{name}.vmx")).map_err(ds_err(&moref))?;
         let mut vm_disks = Vec::new();
         for (i, d) in disks.iter().enumerate() {
-            let path = vmx_path
-                .sibling(&format!("disk-{i}.vmdk"))
-                .map_err(ds_err(&moref))?;
+            let path = if d.fcd {
+                DatastorePath::new(ds, &format!("fcd/{}.vmdk", uuid::Uuid::new_v4().simple()))
+            } else {
+                vmx_path.sibling(&format!("disk-{i}.vmdk"))
+            }
+            .map_err(ds_err(&moref))?;
             let options = DiskOptions {
                 thin: d.thin,
                 change_tracking: false,
@@ -908,6 +914,7 @@ mod tests {
                 &[NewDisk {
                     capacity_bytes: 4 * MIB,
                     thin,
+                    fcd: false,
                 }],
             )
             .unwrap();

@@ -74,7 +74,8 @@ impl Lab {
         Ok(state)
     }
 
-    /// Destroy: forgets the VM and deletes its directory on the datastore. Refused, as ESXi
+    /// Destroy: forgets the VM and deletes its files and its directory on the datastore,
+    /// except its First Class Disks (a PVC's volume), which stay where they are. Refused, as ESXi
     /// refuses it ("file is locked"), while one of its disks is open for writing, through
     /// VDDK or otherwise.
     ///
@@ -95,29 +96,65 @@ impl Lab {
             }
         }
         // Every file of its disks goes, as ESXi deletes them, also those outside the VM's
-        // directory (a disk in a folder of its own): top of each chain first.
-        let outside: Vec<DatastorePath> = state
-            .disks
-            .iter()
-            .filter_map(|d| DiskChain::open(self.root(), &d.file_name, OpenMode::ReadOnly).ok())
-            .flat_map(|chain| chain.link_paths())
-            .filter(|p| state.vmx_path.sibling(p.file_name()).ok().as_ref() != Some(p))
-            .collect();
+        // directory (a disk in a folder of its own): top of each chain first. A First Class
+        // Disk stays, with its whole chain: CNS marks a PVC's volume keepAfterDeleteVm, so it
+        // outlives the VM (the PVC still names it).
+        let mut doomed: Vec<DatastorePath> = Vec::new();
+        let mut kept: Vec<DatastorePath> = Vec::new();
+        for d in &state.disks {
+            let Ok(chain) = DiskChain::open(self.root(), &d.file_name, OpenMode::ReadOnly) else {
+                continue;
+            };
+            let links = chain.link_paths();
+            if links.iter().any(|p| self.fcd_id(p).is_some()) {
+                kept.extend(links);
+            } else {
+                doomed.extend(links);
+            }
+        }
         drop(guard);
         let state = self.unregister_vm(vm)?;
-        for path in outside {
-            match crate::datastore::delete_disk(self.root(), &path) {
+        for path in &doomed {
+            match crate::datastore::delete_disk(self.root(), path) {
                 Ok(()) | Err(crate::datastore::DatastoreError::NotFound { .. }) => {}
                 Err(e) => return Err(ds_err(vm)(e)),
             }
         }
         let vmx = state.vmx_path.resolve(self.root());
-        if let Some(dir) = vmx.parent() {
-            fs::remove_dir_all(dir).map_err(|source| LabError::Io {
-                op: "remove directory",
-                path: dir.to_owned(),
-                source,
-            })?;
+        let Some(dir) = vmx.parent() else {
+            return Ok(());
+        };
+        // The kept disks' files in the VM's directory (`<stem>.vmdk`, `<stem>-flat.vmdk`,
+        // `<stem>-ctk.vmdk`, …) stay with the directory; everything else goes.
+        let stems: Vec<String> = kept
+            .iter()
+            .filter(|p| state.vmx_path.sibling(p.file_name()).ok().as_ref() == Some(*p))
+            .map(|p| p.file_name().trim_end_matches(".vmdk").to_owned())
+            .collect();
+        let io = |op: &'static str, path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| LabError::Io { op, path, source }
+        };
+        if stems.is_empty() {
+            fs::remove_dir_all(dir).map_err(io("remove directory", dir))?;
+            return Ok(());
+        }
+        for entry in fs::read_dir(dir).map_err(io("read directory", dir))? {
+            let entry = entry.map_err(io("read directory", dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let of_kept = stems.iter().any(|s| {
+                name.strip_prefix(s.as_str())
+                    .is_some_and(|rest| rest == ".vmdk" || rest.starts_with('-'))
+            });
+            if !of_kept {
+                let p = entry.path();
+                let r = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                r.map_err(io("remove", &p))?;
+            }
         }
         Ok(())
     }
@@ -228,10 +265,11 @@ impl Lab {
 
 impl Lab {
     /// VirtualDiskManager.CreateVirtualDisk: a new base disk at `path` (no change
-    /// tracking; a VM enables it).
+    /// tracking; a VM enables it), in a directory that exists, as vSphere makes none.
     ///
     /// # Errors
-    /// Datastore errors ([`crate::datastore::DatastoreError::AlreadyExists`], capacity).
+    /// Datastore errors ([`crate::datastore::DatastoreError::AlreadyExists`],
+    /// [`crate::datastore::DatastoreError::NotFound`] for a missing directory, capacity).
     pub fn create_virtual_disk(
         &self,
         path: &DatastorePath,
@@ -239,6 +277,17 @@ impl Lab {
         thin: bool,
     ) -> Result<(), LabError> {
         let _g = self.lock()?;
+        // vSphere makes no directories here: a caller makes them first (MakeDirectory).
+        if let Some(dir) = path.resolve(self.root()).parent()
+            && !dir.is_dir()
+        {
+            return Err(LabError::Datastore {
+                vm: "lab".into(),
+                source: crate::datastore::DatastoreError::NotFound {
+                    path: dir.to_owned(),
+                },
+            });
+        }
         let options = crate::datastore::DiskOptions {
             thin,
             change_tracking: false,
@@ -404,6 +453,7 @@ mod tests {
                 &[NewDisk {
                     capacity_bytes: 1 << 20,
                     thin: true,
+                    fcd: false,
                 }],
             )
             .unwrap();

@@ -57,6 +57,7 @@ impl Fixture {
         let disk = NewDisk {
             capacity_bytes: CAPACITY_BYTES,
             thin: true,
+            fcd: false,
         };
         let plain = lab
             .create_vm("plain", "/dc1/vm", &[disk, disk, disk, disk])

@@ -6,10 +6,12 @@
 //!    and its VMs (BIOS UUIDs), vCenter's version and instanceUuid; predict the restore type
 //!    WCP will choose and every refusal it would make. Nothing has changed yet; a refusal
 //!    or `--dry-run` stops here.
-//! 2. **The VM**: for a *new* VM, the disks are created where the backup found them
-//!    (CreateVirtualDisk_Task, then SetVirtualDiskUuid with the backed-up uuid, which VM
-//!    Operator's pvc-disk-data names), the backed-up `.vmx` is uploaded **byte for byte**
-//!    except for the disk file names (the backup captured the `.vmx` while its snapshot
+//! 2. **The VM**: for a *new* VM, directories of the restore's own are made
+//!    (`<vm>-restore-<job>`, one per datastore; `plan::Placement` says why never the
+//!    backup's paths), the disks are created in them (CreateVirtualDisk_Task, then
+//!    SetVirtualDiskUuid with the backed-up uuid, which VM Operator's pvc-disk-data
+//!    names), the backed-up `.vmx` is uploaded **byte for byte** except for the disk file
+//!    names (pointed at the new files; the backup captured the `.vmx` while its snapshot
 //!    existed, so they named redo logs) and registered (RegisterVM_Task) in a staging
 //!    folder, `vadp-agent-restore`. Why not CreateVM_Task from the captured config: the
 //!    `.vmx` *is* the configuration the guide asks vendors to keep intact (§5.2), every key
@@ -58,7 +60,7 @@ pub use verify::is_restored_claim;
 
 use plan::Plan;
 pub(crate) use swap::{FcdSwap, committing_of, swap_back, swaps_of};
-pub(crate) use unregistered::{Unregistered, delete_unregistered};
+pub(crate) use unregistered::{Unregistered, delete_restore_dirs, delete_unregistered};
 
 use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
@@ -436,6 +438,9 @@ struct Effects {
     committing: Option<u64>,
     /// What a restore to a new VM made before registering it: deleted on failure.
     unregistered: Option<Unregistered>,
+    /// The directories a restore to a new VM made (its datacenter, its job): deleted,
+    /// whole, after its VM is destroyed on failure.
+    dirs: Option<(MoRef, JobId, Vec<String>)>,
 }
 
 /// Runs a restore: pre-flight, VM, data, registration, verification.
@@ -668,7 +673,7 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: a VM shell it created is destroyed; EndAccess.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, target, attached, swapped, committing, unregistered) = {
+    let (access, target, attached, swapped, committing, unregistered, dirs) = {
         let mut e = lock_effects(effects);
         (
             e.access.take(),
@@ -677,6 +682,7 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             std::mem::take(&mut e.swapped),
             e.committing.take(),
             e.unregistered.take(),
+            e.dirs.take(),
         )
     };
     // Before EndAccess, so WCP never sees half-written disks on the VM. If one stays
@@ -712,7 +718,21 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             });
             match remove_shell(env, &vm).await {
                 Ok(()) => {
-                    let _ = journal::close(env, id).await;
+                    // Destroying the VM leaves its directories on other datastores.
+                    let complete = match &dirs {
+                        Some((dc, job, dirs)) => {
+                            delete_restore_dirs(env, dc, Some(*job), dirs).await.1
+                        }
+                        None => true,
+                    };
+                    if complete {
+                        let _ = journal::close(env, id).await;
+                    } else {
+                        tracing::error!(
+                            journal = id,
+                            "restore clean-up: the restore's directories stay: run `vadp-agent reconcile`"
+                        );
+                    }
                     false
                 }
                 Err(e) => {
@@ -927,9 +947,10 @@ async fn restore_steps(
     let mut targets: Vec<(DiskRecord, String, bool)> = Vec::new();
     let vm = match (restore_type, plan.existing_vm.as_ref().map(|i| &i.moref)) {
         (RestoreType::New, _) | (RestoreType::Existing, None) => {
-            let vmx_path = plan::vmx_path(&plan.disks, &plan.name).ok_or_else(|| {
-                RestoreError::Invalid(format!("point {} has no disk", request.point))
-            })?;
+            // Fresh directories of the restore's own: never the backup's paths (see
+            // `plan::Placement`).
+            let placement = plan::placement(&plan.disks, &plan.name, report.job)?;
+            let vmx_path = placement.vmx.clone();
             let path = DatastorePath::parse(&plan.dc_name, &vmx_path).map_err(|source| {
                 BackupError::Datastore {
                     what: format!("the .vmx path {vmx_path}"),
@@ -938,31 +959,16 @@ async fn restore_steps(
             })?;
             // Before anything is created: a .vmx that cannot be pointed at the restored
             // disks stops the restore with nothing to undo.
-            let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &path)?;
-            // An earlier restore to these paths that was not cleaned up (its entry still
-            // open: reconcile deletes the files it names) must not meet this one's files
-            // there.
-            let catalog = env.repo.catalog().clone();
-            let open = blocking(move || catalog.journal_open_entries())
-                .await?
-                .map_err(BackupError::from)?;
-            if let Some(e) = open.iter().find(|e| {
-                e.kind == "vm_shell"
-                    && e.detail.get("vm").is_some_and(serde_json::Value::is_null)
-                    && e.detail.get("vmx").and_then(serde_json::Value::as_str)
-                        == Some(vmx_path.as_str())
-            }) {
-                return Err(RestoreError::Invalid(format!(
-                    "an earlier restore to {vmx_path} (journal entry {}) has not been cleaned up: \
-                     run `vadp-agent reconcile`, then the restore again",
-                    e.id
-                )));
-            }
-            // Each file is journalled before it is made (and the .vmx before its upload):
-            // until the VM is registered, only the journal knows to delete them.
+            let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &placement.disks, &path)?;
+            // Each directory and file is journalled before it is made (and the .vmx before
+            // its upload): until the VM is registered, only the journal knows to delete
+            // them.
             let mut made = Unregistered {
                 datacenter: dc.clone(),
+                job: Some(report.job),
                 name: plan.name.clone(),
+                dirs: Vec::new(),
+                creating_dir: None,
                 created: Vec::new(),
                 creating: None,
                 vmx: None,
@@ -989,30 +995,43 @@ async fn restore_steps(
                 lock_effects(effects).unregistered = Some(made.clone());
                 journal::update(env, shell_id, shell_detail(made))
             };
-            for d in &plan.disks {
+            for dir in &placement.dirs {
                 check_cancel()?;
-                made.creating = Some(d.backing_file.clone());
+                made.creating_dir = Some(dir.clone());
+                record(&made).await?;
+                step(format!("making the directory {dir}"));
+                env.soap
+                    .make_directory(dc, dir)
+                    .await
+                    .map_err(vsphere(format!("making the directory {dir}")))?;
+                crash_point("restore-dir-made");
+                made.creating_dir = None;
+                made.dirs.push(dir.clone());
+                record(&made).await?;
+            }
+            for (d, file) in plan.disks.iter().zip(&placement.disks) {
+                check_cancel()?;
+                made.creating = Some(file.clone());
                 record(&made).await?;
                 crash_point("restore-new-disk-journalled");
                 step(format!(
-                    "creating {} ({} bytes)",
+                    "creating {file} for {} ({} bytes)",
                     d.backing_file, d.capacity_bytes
                 ));
-                // Refused (the file exists, say): not this restore's, never deleted.
                 env.soap
-                    .create_virtual_disk(dc, &d.backing_file, d.capacity_bytes.div_ceil(1024), true)
+                    .create_virtual_disk(dc, file, d.capacity_bytes.div_ceil(1024), true)
                     .await
-                    .map_err(vsphere(format!("creating {}", d.backing_file)))?;
+                    .map_err(vsphere(format!("creating {file}")))?;
                 made.creating = None;
-                made.created.push(d.backing_file.clone());
+                made.created.push(file.clone());
                 record(&made).await?;
                 if let Some(u) = &d.disk_uuid {
                     env.soap
-                        .set_virtual_disk_uuid(dc, &d.backing_file, u)
+                        .set_virtual_disk_uuid(dc, file, u)
                         .await
-                        .map_err(vsphere(format!("setting the uuid of {}", d.backing_file)))?;
+                        .map_err(vsphere(format!("setting the uuid of {file}")))?;
                 }
-                targets.push((d.clone(), d.backing_file.clone(), true));
+                targets.push((d.clone(), file.clone(), true));
             }
             step(format!(
                 "uploading the .vmx to {vmx_path} (ExtraConfig intact)"
@@ -1046,15 +1065,18 @@ async fn restore_steps(
                 .map_err(vsphere(format!("registering {vmx_path}")))?;
             crash_point("restore-registered");
             {
-                // Registered: destroying the VM deletes its files.
+                // Registered: destroying the VM deletes its files, and the clean-up then
+                // its directories.
                 let mut e = lock_effects(effects);
                 e.target = Some((shell_id, Target::Created(Some(vm.clone()))));
                 e.unregistered = None;
+                e.dirs = Some((dc.clone(), report.job, made.dirs.clone()));
             }
             journal::update(
                 env,
                 shell_id,
-                json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": vm.as_str()}),
+                json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": vm.as_str(),
+                       "datacenter": dc.value, "dirs": made.dirs}),
             )
             .await?;
             crash_point("restore-after-register");

@@ -5,6 +5,7 @@
 use super::predict::{self, Facts, Prediction, Refusal, RestoreType, SupervisorVersion};
 use super::{RestoreEnv, RestoreError, RestoreMode, RestoreRequest, vsphere};
 use crate::engine::{BackupError, blocking};
+use crate::ids::JobId;
 use crate::repo::catalog::DiskRecord;
 use crate::vmservice::VmServiceData;
 use crate::vsphere::{DatastorePath, FolderMoref, MoRef, VmInfo, VmMoref};
@@ -305,32 +306,6 @@ pub(super) async fn plan(
         .await
         .map_err(vsphere("finding the datacenter"))?;
     let dc_name = env.datacenter.clone().unwrap_or(dc_name);
-    if prediction.restore_type == RestoreType::New && existing_vm.is_none() {
-        // The files must not exist: another VM (or a half-restored one) would be overwritten.
-        let mut paths: Vec<String> = disks.iter().map(|d| d.backing_file.clone()).collect();
-        if let Some(p) = vmx_path(&disks, &name) {
-            paths.push(p);
-        }
-        for p in paths {
-            let Ok(path) = DatastorePath::parse(&dc_name, &p) else {
-                continue;
-            };
-            let mut sink = tokio::io::sink();
-            match env.soap.download(&path, &mut sink).await {
-                Ok(_) => prediction.refusals.push(ours(
-                    "FileExists",
-                    format!("{p} already exists: another VM or a half-finished restore uses it"),
-                )),
-                Err(crate::vsphere::DatastoreError::Http { status: 404, .. }) => {}
-                Err(source) => {
-                    return Err(RestoreError::Engine(BackupError::Datastore {
-                        what: format!("checking whether {p} exists"),
-                        source,
-                    }));
-                }
-            }
-        }
-    }
     Ok(Plan {
         vmx,
         entries,
@@ -348,23 +323,106 @@ pub(super) async fn plan(
     })
 }
 
-/// `[ds] dir/<name>.vmx` in the directory of the first disk.
-pub(super) fn vmx_path(disks: &[DiskRecord], name: &str) -> Option<String> {
-    let first = &disks.first()?.backing_file;
-    let (dir, _) = first.rsplit_once('/')?;
-    Some(format!("{dir}/{name}.vmx"))
+/// Where a restore to a new VM puts its files. Never at the backup's own paths: the
+/// backed-up VM's directory went with it (and `CreateVirtualDisk_Task` makes no
+/// directories), on vSAN it was a namespace object named by UUID, and a PVC's disk outlives
+/// its VM as a First Class Disk, still at its path. Each datastore the point's disks were
+/// on gets a directory of the restore's own, `<vm>-restore-<job>`, made with
+/// `MakeDirectory`; the job's id in its name makes it the restore's beyond doubt, so a
+/// failed restore (or reconcile) deletes it whole. The `.vmx` goes into the first disk's.
+/// Disks keep their file names, a second of one name in a directory getting `_1`, `_2`, …
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Placement {
+    /// The directories to make, `[ds] <vm>-restore-<job>`, the `.vmx`'s first.
+    pub dirs: Vec<String>,
+    /// `[ds] <vm>-restore-<job>/<vm>.vmx`.
+    pub vmx: String,
+    /// The new file of each of the point's disks, in the point's order.
+    pub disks: Vec<String>,
+}
+
+/// The name of a restore's own directory.
+pub(super) fn restore_dir_name(vm: &str, job: JobId) -> String {
+    let id = job.to_string();
+    format!("{vm}-restore-{}", &id[..8])
+}
+
+/// Whether `path` (`[ds] dir`) is a directory [`placement`] makes for `job`: the only
+/// directories a restore ever deletes.
+pub(super) fn is_restore_dir(path: &str, job: JobId) -> bool {
+    let id = job.to_string();
+    let suffix = format!("-restore-{}", &id[..8]);
+    path.split_once(']').is_some_and(|(_, dir)| {
+        let dir = dir.trim().trim_end_matches('/');
+        !dir.is_empty() && !dir.contains('/') && dir.ends_with(&suffix) && dir.len() > suffix.len()
+    })
+}
+
+/// The [`Placement`] of `disks` for VM `name` restored by `job`.
+///
+/// # Errors
+/// [`RestoreError::Invalid`] for a point without disks or a disk path that is not
+/// `[ds] path`.
+pub(super) fn placement(
+    disks: &[DiskRecord],
+    name: &str,
+    job: JobId,
+) -> Result<Placement, RestoreError> {
+    let dir = restore_dir_name(name, job);
+    let datastore_of = |d: &DiskRecord| -> Result<String, RestoreError> {
+        d.backing_file
+            .trim()
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|(ds, _)| ds.to_owned())
+            .filter(|ds| !ds.is_empty())
+            .ok_or_else(|| RestoreError::Invalid(format!("bad disk path {}", d.backing_file)))
+    };
+    let first = disks
+        .first()
+        .ok_or_else(|| RestoreError::Invalid("the restore point has no disk".into()))?;
+    let mut dirs = vec![format!("[{}] {dir}", datastore_of(first)?)];
+    let mut out: Vec<String> = Vec::with_capacity(disks.len());
+    for d in disks {
+        let ds_dir = format!("[{}] {dir}", datastore_of(d)?);
+        if !dirs.contains(&ds_dir) {
+            dirs.push(ds_dir.clone());
+        }
+        let file = d
+            .backing_file
+            .rsplit(['/', ']'])
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let stem = file.strip_suffix(".vmdk").unwrap_or(&file).to_owned();
+        let mut candidate = format!("{ds_dir}/{stem}.vmdk");
+        let mut n = 0;
+        while out.contains(&candidate) {
+            n += 1;
+            candidate = format!("{ds_dir}/{stem}_{n}.vmdk");
+        }
+        out.push(candidate);
+    }
+    Ok(Placement {
+        vmx: format!("{}/{name}.vmx", dirs[0]),
+        dirs,
+        disks: out,
+    })
 }
 
 /// The backed-up `.vmx` (to be written at `vmx_path`, `[ds] dir/name.vmx`) with its disk
-/// file names pointed at the base disks: the backup read it while its snapshot existed, so
-/// `scsi0:0.fileName` named `disk-0-000001.vmdk`. A disk in the `.vmx`'s directory is named
-/// as ESXi names it, by file name; one elsewhere (a PVC's disk in a folder of its own, on
-/// vSAN say) by its absolute path, `/vmfs/volumes/<datastore>/<dir>/<file>.vmdk`, as a
-/// bare name would point the VM at a file next to the `.vmx` that does not exist. Every
-/// other line is kept byte for byte.
+/// file names pointed at the disks' new files, `targets` (one per point disk, in the
+/// point's order; see [`Placement`]). The backup read it while its snapshot existed, so
+/// `scsi0:0.fileName` named `disk-0-000001.vmdk`: a line is matched to its disk by the base
+/// disk's name (and its folder, when two disks share a name). A disk in the `.vmx`'s
+/// directory is named as ESXi names it, by file name; one elsewhere by its absolute path,
+/// `/vmfs/volumes/<datastore>/<dir>/<file>.vmdk`, as a bare name would point the VM at a
+/// file next to the `.vmx` that does not exist. Every other line is kept byte for byte.
 pub(super) fn restored_vmx(
     vmx: &[u8],
     disks: &[DiskRecord],
+    targets: &[String],
     vmx_path: &DatastorePath,
 ) -> Result<Vec<u8>, RestoreError> {
     let vmx_dir = (vmx_path.datastore.as_str(), dir_of(&vmx_path.path));
@@ -432,8 +490,15 @@ pub(super) fn restored_vmx(
                 }
             }
         };
-        let at = DatastorePath::parse(&vmx_path.datacenter, &disk.backing_file)
-            .map_err(|_| RestoreError::Invalid(format!("bad disk path {}", disk.backing_file)))?;
+        let target = disks
+            .iter()
+            .position(|d| std::ptr::eq(d, disk))
+            .and_then(|i| targets.get(i))
+            .ok_or_else(|| {
+                RestoreError::Invalid(format!("no new file for disk {}", disk.backing_file))
+            })?;
+        let at = DatastorePath::parse(&vmx_path.datacenter, target)
+            .map_err(|_| RestoreError::Invalid(format!("bad disk path {target}")))?;
         let path = if (at.datastore.as_str(), dir_of(&at.path)) == vmx_dir {
             at.path.rsplit('/').next().unwrap_or_default().to_owned()
         } else {
@@ -493,29 +558,79 @@ mod tests {
         }
     }
 
+    fn job() -> JobId {
+        "0b5c1f3e-8a2d-4e7f-9c1b-2d3e4f5a6b7c".parse().unwrap()
+    }
+
+    /// The .vmx of `disks` restored as VM `name` by [`job`], where its placement puts it.
+    fn restored(vmx: &[u8], disks: &[DiskRecord], name: &str) -> Result<String, RestoreError> {
+        let p = placement(disks, name, job())?;
+        restored_vmx(vmx, disks, &p.disks, &vmx_at(&p.vmx))
+            .map(|out| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_new_vm_gets_directories_of_its_own() {
+        let disks = [
+            disk(2000, "[vsanDatastore] 6adf-vmdir/w.vmdk"),
+            disk(2001, "[vsanDatastore] c5aa-pvcdir/216a8642.vmdk"),
+            disk(2002, "[ds2] fcd/216a8642.vmdk"),
+            disk(2003, "[vsanDatastore] c7d0-dir/216a8642.vmdk"),
+        ];
+        let p = placement(&disks, "w", job()).unwrap();
+        assert_eq!(
+            p,
+            Placement {
+                dirs: vec![
+                    "[vsanDatastore] w-restore-0b5c1f3e".into(),
+                    "[ds2] w-restore-0b5c1f3e".into()
+                ],
+                vmx: "[vsanDatastore] w-restore-0b5c1f3e/w.vmx".into(),
+                disks: vec![
+                    "[vsanDatastore] w-restore-0b5c1f3e/w.vmdk".into(),
+                    "[vsanDatastore] w-restore-0b5c1f3e/216a8642.vmdk".into(),
+                    "[ds2] w-restore-0b5c1f3e/216a8642.vmdk".into(),
+                    "[vsanDatastore] w-restore-0b5c1f3e/216a8642_1.vmdk".into(),
+                ],
+            }
+        );
+        for d in &p.dirs {
+            assert!(is_restore_dir(d, job()), "{d}");
+        }
+        let other: JobId = "1b5c1f3e-8a2d-4e7f-9c1b-2d3e4f5a6b7c".parse().unwrap();
+        for not_ours in [
+            "[ds1] w-restore-1b5c1f3e",
+            "[ds1] -restore-0b5c1f3e",
+            "[ds1] ",
+            "[ds1] a/w-restore-0b5c1f3e",
+            "[ds1] w-restore-0b5c1f3e/w.vmx",
+            "w-restore-0b5c1f3e",
+        ] {
+            assert!(!is_restore_dir(not_ours, job()), "{not_ours}");
+        }
+        assert!(!is_restore_dir("[ds1] w-restore-0b5c1f3e", other));
+        assert!(placement(&[], "w", job()).is_err());
+        assert!(placement(&[disk(2000, "ds1 w/w.vmdk")], "w", job()).is_err());
+    }
+
     #[test]
     fn vmx_disk_names_follow_the_point() {
         let vmx = b"displayName = \"w\"\nscsi0:0.fileName = \"disk-0-000001.vmdk\"\nvmservice.x = \"a|22b\"\n";
-        let out = restored_vmx(
-            vmx,
-            &[disk(2000, "[ds1] w/disk-0.vmdk")],
-            &vmx_at("[ds1] w/w.vmx"),
-        )
-        .unwrap();
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            restored(vmx, &[disk(2000, "[ds1] w/disk-0.vmdk")], "w").unwrap(),
             "displayName = \"w\"\nscsi0:0.fileName = \"disk-0.vmdk\"\nvmservice.x = \"a|22b\"\n"
         );
         assert!(
-            restored_vmx(
+            restored(
                 b"scsi0:1.fileName = \"other.vmdk\"\n",
                 &[disk(2000, "[ds1] w/disk-0.vmdk")],
-                &vmx_at("[ds1] w/w.vmx")
+                "w"
             )
             .is_err()
         );
         // A PVC's disk in a folder of its own (vSAN), its redo log beside the .vmx; a
-        // classic disk of the same file name in yet another folder, named there.
+        // classic disk of the same file name in yet another folder, named there. All
+        // three land in the new VM's directory.
         let vmx = b"scsi0:0.fileName = \"w-000001.vmdk\"\n\
 scsi0:1.fileName = \"216a8642-000001.vmdk\"\n\
 scsi0:2.fileName = \"/vmfs/volumes/5f1e-uuid/c7d0-dir/216a8642.vmdk\"\n";
@@ -526,30 +641,31 @@ scsi0:2.fileName = \"/vmfs/volumes/5f1e-uuid/c7d0-dir/216a8642.vmdk\"\n";
         ];
         let vmx_only_first_two = b"scsi0:0.fileName = \"w-000001.vmdk\"\n\
 scsi0:1.fileName = \"216a8642-000001.vmdk\"\n";
-        let out = restored_vmx(
-            vmx_only_first_two,
-            &disks[..2],
-            &vmx_at("[vsanDatastore] 6adf-vmdir/w.vmx"),
-        )
-        .unwrap();
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "scsi0:0.fileName = \"w.vmdk\"\n\
-scsi0:1.fileName = \"/vmfs/volumes/vsanDatastore/c5aa-pvcdir/216a8642.vmdk\"\n"
+            restored(vmx_only_first_two, &disks[..2], "w").unwrap(),
+            "scsi0:0.fileName = \"w.vmdk\"\nscsi0:1.fileName = \"216a8642.vmdk\"\n"
         );
         // The same name twice: the line's folder decides; a bare name cannot.
-        let err =
-            restored_vmx(vmx, &disks, &vmx_at("[vsanDatastore] 6adf-vmdir/w.vmx")).unwrap_err();
+        let err = restored(vmx, &disks, "w").unwrap_err();
         assert!(err.to_string().contains("2 disks of that name"), "{err}");
-        let out = restored_vmx(
-            b"scsi0:2.fileName = \"/vmfs/volumes/5f1e-uuid/c7d0-dir/216a8642.vmdk\"\n",
-            &disks,
-            &vmx_at("[vsanDatastore] 6adf-vmdir/w.vmx"),
-        )
-        .unwrap();
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "scsi0:2.fileName = \"/vmfs/volumes/vsanDatastore/c7d0-dir/216a8642.vmdk\"\n"
+            restored(
+                b"scsi0:2.fileName = \"/vmfs/volumes/5f1e-uuid/c7d0-dir/216a8642.vmdk\"\n",
+                &disks,
+                "w"
+            )
+            .unwrap(),
+            "scsi0:2.fileName = \"216a8642_1.vmdk\"\n"
+        );
+        // A disk on another datastore than the .vmx's: by its absolute path.
+        assert_eq!(
+            restored(
+                b"scsi0:0.fileName = \"w.vmdk\"\nscsi0:1.fileName = \"/vmfs/volumes/ds2/fcd/d.vmdk\"\n",
+                &[disk(2000, "[ds1] w/w.vmdk"), disk(2001, "[ds2] fcd/d.vmdk")],
+                "w"
+            )
+            .unwrap(),
+            "scsi0:0.fileName = \"w.vmdk\"\nscsi0:1.fileName = \"/vmfs/volumes/ds2/w-restore-0b5c1f3e/d.vmdk\"\n"
         );
     }
 
@@ -561,7 +677,13 @@ scsi0:1.fileName = \"/vmfs/volumes/vsanDatastore/c5aa-pvcdir/216a8642.vmdk\"\n"
         // "Café" in windows-1252: 0xE9 is not UTF-8.
         let vmx: &[u8] = b".encoding = \"windows-1252\"\r\ndisplayName = \"Caf\xe9\"\r\n\
 scsi0:0.fileName = \"disk-0-000001.vmdk\"\r\nannotation = \"\xe9t\xe9\"";
-        let out = restored_vmx(vmx, std::slice::from_ref(&disk), &vmx_at("[ds1] w/w.vmx")).unwrap();
+        let out = restored_vmx(
+            vmx,
+            std::slice::from_ref(&disk),
+            &["[ds1] w/disk-0.vmdk".into()],
+            &vmx_at("[ds1] w/w.vmx"),
+        )
+        .unwrap();
         assert_eq!(
             out,
             b".encoding = \"windows-1252\"\r\ndisplayName = \"Caf\xe9\"\r\n\
@@ -571,6 +693,7 @@ scsi0:0.fileName = \"disk-0.vmdk\"\r\nannotation = \"\xe9t\xe9\""
         let err = restored_vmx(
             b"scsi0:0.fileName = \"d\xe9-000001.vmdk\"\n",
             &[disk],
+            &["[ds1] w/disk-0.vmdk".into()],
             &vmx_at("[ds1] w/w.vmx"),
         )
         .unwrap_err();

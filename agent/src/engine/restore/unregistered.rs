@@ -1,20 +1,26 @@
-//! The files a restore to a new VM makes before there is a VM to destroy: its disks
-//! (`CreateVirtualDisk_Task`) and its `.vmx` (an upload). Once the VM is registered,
-//! destroying it deletes them; before that, a failed restore (and, after a crash,
-//! reconcile) deletes them one by one.
+//! The files a restore to a new VM makes before there is a VM to destroy: its directories
+//! (`MakeDirectory`, one per datastore, named `<vm>-restore-<job>`: see
+//! [`super::plan::Placement`]), its disks (`CreateVirtualDisk_Task`) and its `.vmx` (an
+//! upload). Once the VM is registered, destroying it deletes its files; before that, a
+//! failed restore (and, after a crash, reconcile) deletes them one by one. Either way the
+//! restore's directories go last, whole.
 //!
-//! The journal names each disk before it is made (`creating`) and once it exists
-//! (`created`), says when the `.vmx` upload starts (`vmx_uploaded`) and when the VM is
-//! being registered (`registering`: a VM registered from the `.vmx` in the staging folder
-//! is then destroyed, with its files, instead). Only what the
-//! journal says this restore made is deleted: a disk whose creation was under way when
-//! the agent died may have been refused because the file was already there, so it is
-//! reported, never deleted.
+//! The journal names each directory before it is made (`creating_dir`) and once it exists
+//! (`dirs`), each disk before it is made (`creating`) and once it exists (`created`), says
+//! when the `.vmx` upload starts (`vmx_uploaded`) and when the VM is being registered
+//! (`registering`: a VM registered from the `.vmx` in the staging folder is then destroyed,
+//! with its files, instead). Only what the journal says this restore made is deleted. A
+//! directory carries the job's id in its name, so one being made when the agent died is
+//! the restore's if it exists, and so is a disk being made inside it. (Entries of agents
+//! before these directories name disks at the backup's own paths: a disk whose creation
+//! was under way may have been refused because the file was already there, so it is
+//! reported, never deleted.)
 
 use serde_json::Value;
 
 use super::{RestoreEvent, RestoreObserver};
 use crate::engine::error_chain;
+use crate::ids::JobId;
 use crate::vsphere::{FaultKind, MoRef, VsphereError};
 
 /// What a restore to a new VM made before registering it.
@@ -22,8 +28,14 @@ use crate::vsphere::{FaultKind, MoRef, VsphereError};
 pub(crate) struct Unregistered {
     /// The datacenter the paths are in.
     pub datacenter: MoRef,
+    /// The restore job (its id names the directories it makes).
+    pub job: Option<JobId>,
     /// The name the VM is registered under in the staging folder.
     pub name: String,
+    /// Directories made (`[ds] <vm>-restore-<job>`).
+    pub dirs: Vec<String>,
+    /// A directory being made when the journal was last written.
+    pub creating_dir: Option<String>,
     /// Disk files made (`[ds] dir/disk.vmdk`).
     pub created: Vec<String>,
     /// A disk being made when the journal was last written, maybe not by this restore.
@@ -41,6 +53,8 @@ impl Unregistered {
         serde_json::json!({
             "datacenter": self.datacenter.value,
             "name": self.name,
+            "dirs": self.dirs,
+            "creating_dir": self.creating_dir,
             "created": self.created,
             "creating": self.creating,
             "vmx_uploaded": self.vmx.is_some(),
@@ -67,6 +81,15 @@ impl Unregistered {
             .flatten();
         Some(Self {
             datacenter: MoRef::new("Datacenter", datacenter),
+            job: detail
+                .get("job")
+                .and_then(Value::as_str)
+                .and_then(|j| j.parse().ok()),
+            dirs: strings(detail.get("dirs")),
+            creating_dir: detail
+                .get("creating_dir")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             name: detail
                 .get("name")
                 .and_then(Value::as_str)
@@ -158,11 +181,57 @@ pub(crate) async fn delete_unregistered(
             ),
         });
     }
-    if let Some(file) = &u.creating {
+    let dirs: Vec<String> = u.dirs.iter().chain(&u.creating_dir).cloned().collect();
+    let in_own_dir = |file: &str| {
+        dirs.iter().any(|d| {
+            file.strip_prefix(d.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+        })
+    };
+    if let Some(file) = u.creating.as_deref().filter(|f| !in_own_dir(f)) {
         tracing::warn!(
             file,
             "restore clean-up: a disk was being made when the restore stopped; it may exist, and may not be the restore's (vSphere refuses to make a file that is there): check it and delete it by hand if it is a leftover"
         );
+    }
+    if complete {
+        let (gone, all) = delete_restore_dirs(env, &u.datacenter, u.job, &dirs).await;
+        deleted.extend(gone);
+        complete = all;
+    }
+    (deleted, complete)
+}
+
+/// Deletes, whole, the directories a restore to a new VM made for itself (`dirs`, each
+/// `[ds] <vm>-restore-<job>`): after its files, or after its VM was destroyed (which
+/// leaves the directories on other datastores than the `.vmx`'s). One already gone counts
+/// as deleted; a path that is not a directory of `job`'s is never touched. Returns the
+/// directories deleted and whether none is left.
+pub(crate) async fn delete_restore_dirs(
+    env: &crate::engine::Environment,
+    datacenter: &MoRef,
+    job: Option<JobId>,
+    dirs: &[String],
+) -> (Vec<String>, bool) {
+    let mut deleted = Vec::new();
+    let mut complete = true;
+    for dir in dirs {
+        if !job.is_some_and(|j| super::plan::is_restore_dir(dir, j)) {
+            tracing::error!(
+                dir,
+                "restore clean-up: the journal names as the restore's directory one that is not named for its job: left alone"
+            );
+            complete = false;
+            continue;
+        }
+        match env.soap.delete_directory(datacenter, dir).await {
+            Ok(()) => deleted.push(dir.clone()),
+            Err(e) if e.fault_kind() == Some(FaultKind::FileNotFound) => {}
+            Err(e) => {
+                tracing::error!(dir, error = %error_chain(&e), "restore clean-up: the restore's directory stays until reconcile deletes it");
+                complete = false;
+            }
+        }
     }
     (deleted, complete)
 }
@@ -255,13 +324,16 @@ mod tests {
         ));
         let u = Unregistered {
             datacenter: MoRef::new("Datacenter", "datacenter-2"),
+            job: Some("0b5c1f3e-8a2d-4e7f-9c1b-2d3e4f5a6b7c".parse().unwrap()),
             name: "web".into(),
+            dirs: vec!["[ds1] web-restore-0b5c1f3e".into()],
+            creating_dir: Some("[ds2] web-restore-0b5c1f3e".into()),
             created: vec!["[ds1] web/disk-0.vmdk".into()],
             creating: Some("[ds1] web/disk-1.vmdk".into()),
             vmx: Some("[ds1] web/web.vmx".into()),
             registering: true,
         };
-        let mut detail = serde_json::json!({"job": "x", "vmx": "[ds1] web/web.vmx", "vm": null});
+        let mut detail = serde_json::json!({"job": "0b5c1f3e-8a2d-4e7f-9c1b-2d3e4f5a6b7c", "vmx": "[ds1] web/web.vmx", "vm": null});
         for (k, v) in u.detail().as_object().unwrap() {
             detail[k] = v.clone();
         }
