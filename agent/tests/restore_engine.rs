@@ -37,6 +37,8 @@ mod tests {
         fn new(dir: &Path, name: &str) -> Self {
             let root = dir.join(name);
             Lab::create(&root).unwrap();
+            // A second datastore (`--datastore`).
+            std::fs::create_dir_all(root.join("datastores/ds2")).unwrap();
             let vcenter = InProcessVcenter::start(&root, false).unwrap();
             let lab = Lab::open(&root).unwrap();
             std::fs::write(
@@ -1604,6 +1606,102 @@ mod tests {
         assert_eq!(fx.open_journal(), 0);
     }
 
+    /// `--datastore`: a new VM's files all go to the datastore asked for, into a directory
+    /// of the restore's own. One the datacenter does not have, or without the room for the
+    /// disks' data, is refused before anything changes; so is `--datastore` for a restore
+    /// in place, which writes into the disks the VM has.
+    #[test]
+    fn a_new_vm_goes_to_the_datastore_asked_for() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("moved-1");
+        let p1 = fx.backup("moved-1");
+        let expected = fx.point_disks(&p1);
+        s.sup().delete("VirtualMachine", NS, "moved-1").unwrap();
+        let ds_dirs = |ds: &str| -> Vec<String> {
+            std::fs::read_dir(s.root.join("datastores").join(ds))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("moved-1-restore-"))
+                .collect()
+        };
+
+        let r = fx.restore(&p1, &["--datastore", "ds9"]);
+        assert_ne!(r.code, Some(0));
+        assert_eq!(
+            refusal_ids(&r),
+            ["vadp-agent:NoSuchDatastore"],
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stderr.contains("ds1") && r.stderr.contains("ds2"),
+            "{}",
+            r.stderr
+        );
+
+        // ds2 reports 1 MiB free: less than the disks' data.
+        s.lab
+            .update_settings(|st| {
+                st.datastore_free_bytes.insert("ds2".into(), 1 << 20);
+            })
+            .unwrap();
+        let r = fx.restore(&p1, &["--datastore", "ds2"]);
+        assert_ne!(r.code, Some(0));
+        assert_eq!(
+            refusal_ids(&r),
+            ["vadp-agent:NotEnoughSpace"],
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stderr.contains("datastore ds2 has 0.0 GiB free"),
+            "{}",
+            r.stderr
+        );
+        assert!(ds_dirs("ds1").is_empty() && ds_dirs("ds2").is_empty());
+        assert!(s.vm_by_name("moved-1").is_none());
+        s.lab
+            .update_settings(|st| st.datastore_free_bytes.clear())
+            .unwrap();
+
+        let r = fx.restore(&p1, &["--datastore", "ds2"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.report()["verification"]["problems"], json!([]));
+        assert!(ds_dirs("ds1").is_empty(), "{:?}", ds_dirs("ds1"));
+        let [dir] = ds_dirs("ds2").try_into().unwrap();
+        let restored = VmMoref(r.report()["vm"].as_str().unwrap().to_owned());
+        let state = s.lab.vm(&restored).unwrap();
+        assert_eq!(
+            state.vmx_path.to_string(),
+            format!("[ds2] {dir}/moved-1.vmx")
+        );
+        for d in &state.disks {
+            assert!(
+                d.file_name
+                    .to_string()
+                    .starts_with(&format!("[ds2] {dir}/")),
+                "{}",
+                d.file_name
+            );
+        }
+        for (k, bytes) in &expected {
+            assert_eq!(&s.disk_bytes(&restored, DiskKey(*k)), bytes, "disk {k}");
+        }
+
+        // In place, the VM's own disks are written: no datastore to choose.
+        s.change_since_backup("moved-1");
+        let r = fx.restore(&p1, &["--mode", "existing", "--datastore", "ds1"]);
+        assert_ne!(r.code, Some(0));
+        assert_eq!(
+            refusal_ids(&r),
+            ["vadp-agent:DatastoreForNewOnly"],
+            "{}",
+            r.stdout
+        );
+    }
+
     /// A disk in a folder of its own (a classic disk outside the VM's directory) goes with
     /// the VM when it is deleted, and is restored into the restore's directory with the
     /// others; the restored VM's .vmx names it there. (A disk on another datastore than
@@ -1804,6 +1902,34 @@ mod tests {
         assert!(restore_dirs().is_empty(), "{:?}", restore_dirs());
         assert_eq!(fx.open_journal(), 0);
 
+        // Killed again, its job looking alive (the test holds its lock), so its entry
+        // cannot be reconciled: another restore of the VM is refused before it makes
+        // anything (both would register a VM of one name in the staging folder).
+        let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-vmx-journalled"));
+        assert_ne!(r.code, Some(0));
+        let repo = vadp_agent::repo::Repository::open(Path::new(&fx.repo())).unwrap();
+        let job: vadp_agent::ids::JobId = repo.catalog().journal_open_entries().unwrap()[0].detail
+            ["job"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        drop(repo);
+        let held = vadp_agent::engine::JobLock::acquire(Path::new(&fx.repo()), job).unwrap();
+        let r = fx.restore(&p1, &[]);
+        assert_ne!(r.code, Some(0));
+        assert!(
+            r.stderr.contains("another restore of gone-1") && r.stderr.contains(&job.to_string()),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(restore_dirs().len(), 1, "{:?}", restore_dirs());
+        drop(held);
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        assert!(restore_dirs().is_empty(), "{:?}", restore_dirs());
+        assert_eq!(fx.open_journal(), 0);
+
         // Killed with its directory made and not yet journalled as made: the directory
         // carries the job's id, so it is the restore's and goes.
         let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-dir-made"));
@@ -1823,6 +1949,26 @@ mod tests {
         assert!(s.vm_by_name("gone-1").is_none());
         assert!(restore_dirs().is_empty(), "{:?}", restore_dirs());
         assert_eq!(fx.open_journal(), 0);
+
+        // Killed once its data is all written and the entry says so, before EndAccess:
+        // reconcile ends the access and keeps the VM, complete, for WCP (or the user) to
+        // register, rather than destroy it as half-restored.
+        let r = fx.restore_on(s, "site-a", &p1, &[], Some("restore-complete-journalled"));
+        assert_ne!(r.code, Some(0));
+        let kept = s.vm_by_name("gone-1").expect("the VM exists");
+        assert!(!s.lab.disabled_methods(&kept).unwrap().is_empty());
+        let rec = fx.reconcile();
+        assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+        let report = &rec.events.last().unwrap()["report"];
+        assert_eq!(report["half_created_vms"][0][1]["kept"], true, "{report}");
+        assert_eq!(s.vm_by_name("gone-1"), Some(kept.clone()));
+        assert!(s.lab.disabled_methods(&kept).unwrap().is_empty());
+        assert_eq!(restore_dirs().len(), 1, "{:?}", restore_dirs());
+        for (k, bytes) in &fx.point_disks(&p1) {
+            assert_eq!(&s.disk_bytes(&kept, DiskKey(*k)), bytes, "disk {k}");
+        }
+        assert_eq!(fx.open_journal(), 0);
+        s.lab.destroy_vm(&kept).unwrap();
 
         // Nothing in the way of the restore itself, nor of a second one (another job,
         // another directory), once the first VM is deleted again. The PVC's old disk is

@@ -107,6 +107,10 @@ pub struct RestoreJobRequest {
     /// Network rewrites.
     #[serde(default)]
     pub subnet_map: Vec<SubnetMapping>,
+    /// The datastore to put a new VM's disks and `.vmx` on (default: each disk on the
+    /// datastore it was backed up from). Restores to a new VM only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<String>,
     /// Check everything and report what would happen, change nothing.
     #[serde(default)]
     pub dry_run: bool,

@@ -311,6 +311,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             mode: RestoreMode::Auto,
             disks: Vec::new(),
             subnet_map: Vec::new(),
+            datastore: None,
             dry_run: false,
             verify_first: true,
             auto_registration_wait: restore::AUTO_REGISTRATION_WAIT,

@@ -42,6 +42,10 @@ pub struct RestoreArgs {
     /// an empty OLD subnet set meaning the namespace's default (VCF 9, NSX-VPC).
     #[arg(long = "subnet-map")]
     pub subnet_map: Vec<String>,
+    /// The datastore to put a new VM's disks and `.vmx` on (default: each disk on the
+    /// datastore it was backed up from). Restores to a new VM only.
+    #[arg(long)]
+    pub datastore: Option<String>,
     /// Print the prediction and stop before changing anything.
     #[arg(long)]
     pub dry_run: bool,
@@ -125,6 +129,7 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         mode: args.mode,
         disks: args.disks.iter().copied().map(DiskKey).collect(),
         subnet_map,
+        datastore: args.datastore.clone(),
         dry_run: args.dry_run,
         verify_first: args.verify_first,
         auto_registration_wait: std::time::Duration::from_secs(args.auto_registration_wait),

@@ -120,6 +120,7 @@ pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> 
         mode: r.mode,
         disks: r.disks.iter().copied().map(DiskKey).collect(),
         subnet_map,
+        datastore: r.datastore.clone(),
         dry_run: r.dry_run,
         verify_first: r.verify_first,
         auto_registration_wait: r.auto_registration_wait_secs.map_or(
@@ -441,6 +442,20 @@ mod tests {
         assert_eq!(
             restore_request(&r).unwrap().auto_registration_wait,
             std::time::Duration::from_secs(5)
+        );
+    }
+
+    /// The API's datastore reaches the engine.
+    #[test]
+    fn the_api_datastore_reaches_the_engine() {
+        let r: plugin_api::types::RestoreJobRequest = serde_json::from_value(serde_json::json!({
+            "point": "0b7e8c52-1111-4222-8333-944455556666",
+            "datastore": "vsanDatastore",
+        }))
+        .unwrap();
+        assert_eq!(
+            restore_request(&r).unwrap().datastore.as_deref(),
+            Some("vsanDatastore")
         );
     }
 }

@@ -321,6 +321,20 @@ async fn undo(
                         report.errors.push(error_chain(&e));
                     }
                 }
+                Some(shell)
+                    if entry.detail.get("complete").and_then(serde_json::Value::as_bool)
+                        == Some(true) =>
+                {
+                    // Its data was all written before the agent stopped: the VM stays, its
+                    // access is ended (its own entry), and WCP registers it or the user does
+                    // (§11.1).
+                    tracing::warn!(vm = %shell, "reconcile: a restore to a new VM stopped after its data was written; the VM stays: check that WCP registered it, or register it by hand");
+                    detail["removed"] = false.into();
+                    detail["kept"] = true.into();
+                    if let Err(e) = journal::close(env, entry.id).await {
+                        report.errors.push(error_chain(&e));
+                    }
+                }
                 Some(shell) => match super::restore::remove_shell(env, shell).await {
                     Ok(()) => {
                         tracing::warn!(vm = %shell, "reconcile: removed a half-restored VM");
@@ -376,7 +390,13 @@ async fn undo(
                     match made {
                         Some(made) => {
                             tracing::warn!(journal = entry.id, deleted = ?deleted, left = ?made.creating, "reconcile: a restore crashed before registering its VM; the files it made are deleted");
-                            if let Some(file) = made.creating {
+                            // A disk being made in the restore's own directory went with it.
+                            let in_own_dir = |f: &str| {
+                                made.dirs.iter().chain(&made.creating_dir).any(|d| {
+                                    f.strip_prefix(d.as_str()).is_some_and(|r| r.starts_with('/'))
+                                })
+                            };
+                            if let Some(file) = made.creating.clone().filter(|f| !in_own_dir(f)) {
                                 detail["maybe_left"] = file.into();
                             }
                         }

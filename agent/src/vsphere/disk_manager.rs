@@ -48,6 +48,21 @@ pub enum DiskChange<'a> {
     },
 }
 
+/// A datastore as [`SoapClient::datastores`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreSummary {
+    /// Its name, as in `[name] path`.
+    pub name: String,
+    /// `summary.type`: `VMFS`, `NFS`, `NFS41`, `vsan`, `VVOL`, …
+    pub kind: String,
+    /// Capacity, when reported.
+    pub capacity_bytes: Option<u64>,
+    /// Free space, when reported.
+    pub free_bytes: Option<u64>,
+    /// Mounted and reachable.
+    pub accessible: bool,
+}
+
 impl SoapClient {
     fn disk_manager(&self) -> Result<MoRef, VsphereError> {
         self.service_content()
@@ -377,6 +392,53 @@ impl SoapClient {
                 candidates: dcs.iter().map(|o| o.obj.clone()).collect(),
             }),
         }
+    }
+
+    /// The datastores of `datacenter`, with what a restore needs to know of each
+    /// (`summary`: name, type, free space, accessible).
+    ///
+    /// # Errors
+    ///
+    /// As the property collector; [`VsphereError::Malformed`] for a datastore without a
+    /// name.
+    pub async fn datastores(
+        &self,
+        datacenter: &MoRef,
+    ) -> Result<Vec<DatastoreSummary>, VsphereError> {
+        let found = self
+            .list_in_container(
+                datacenter,
+                "Datastore",
+                &[
+                    "summary.name",
+                    "summary.type",
+                    "summary.capacity",
+                    "summary.freeSpace",
+                    "summary.accessible",
+                ],
+                true,
+            )
+            .await?;
+        found
+            .iter()
+            .map(|o| {
+                let number = |p: &str| o.text(p).and_then(|t| t.trim().parse::<u64>().ok());
+                Ok(DatastoreSummary {
+                    name: o
+                        .text("summary.name")
+                        .ok_or_else(|| VsphereError::Malformed {
+                            method: "RetrievePropertiesEx",
+                            reason: format!("datastore {} has no summary.name", o.obj.value),
+                        })?
+                        .to_owned(),
+                    kind: o.text("summary.type").unwrap_or_default().to_owned(),
+                    capacity_bytes: number("summary.capacity"),
+                    free_bytes: number("summary.freeSpace"),
+                    // Not reported counts as not accessible.
+                    accessible: o.text("summary.accessible").map(str::trim) == Some("true"),
+                })
+            })
+            .collect()
     }
 
     /// The datacenter's root VM folder (`vmFolder`).

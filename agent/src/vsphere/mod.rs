@@ -27,7 +27,7 @@ mod xml;
 
 pub use cbt::{CBT_CYCLE_SNAPSHOT, ChangedArea, DiskChangeInfo, collect_changed_areas};
 pub use datastore::{DatastoreError, DatastorePath};
-pub use disk_manager::{DiskChange, ddb_uuid};
+pub use disk_manager::{DatastoreSummary, DiskChange, ddb_uuid};
 pub use property::{ObjectContent, PropertyFilter, TraversalSpec};
 pub use snapshot::CreateSnapshot;
 pub use soap::{

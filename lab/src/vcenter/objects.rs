@@ -267,6 +267,17 @@ impl World {
             "Datastore" => {
                 let d = self.inv.datastores.iter().find(|d| d.moref == id)?;
                 let url = format!("ds:///vmfs/volumes/{}/", d.name);
+                // The file system's figures under the datastore's directory, as a VMFS
+                // volume's are its own; the lab's settings can report it fuller.
+                let fs = rustix::fs::statvfs(lab.root().join("datastores").join(&d.name)).ok();
+                let capacity = fs.as_ref().map_or(1 << 40, |f| f.f_blocks * f.f_frsize);
+                let free = lab
+                    .settings()
+                    .ok()
+                    .and_then(|s| s.datastore_free_bytes.get(&d.name).copied())
+                    .or_else(|| fs.as_ref().map(|f| f.f_bavail * f.f_frsize))
+                    .unwrap_or(1 << 39);
+                let long = |v: u64| Val::Long(i64::try_from(v).unwrap_or(i64::MAX));
                 Val::obj(
                     "Datastore",
                     vec![
@@ -280,8 +291,8 @@ impl World {
                                     ("datastore", Val::moref("Datastore", &d.moref)),
                                     ("name", Val::str(&d.name)),
                                     ("url", Val::str(&url)),
-                                    ("capacity", Val::Long(1 << 40)),
-                                    ("freeSpace", Val::Long(1 << 39)),
+                                    ("capacity", long(capacity)),
+                                    ("freeSpace", long(free)),
                                     ("accessible", Val::Bool(true)),
                                     ("type", Val::str("VMFS")),
                                 ],

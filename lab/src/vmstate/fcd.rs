@@ -144,33 +144,64 @@ impl Lab {
     }
 
     /// FileManager.DeleteDatastoreFile_Task on a directory: deletes it with everything in
-    /// it, as vSphere does, refused while a powered-on VM uses a disk in it (vSphere finds
-    /// its files locked). A powered-off VM's disks go, as on vSphere, and the VM then names
-    /// files that are gone.
+    /// it, as vSphere does, refused while a file in it is locked: the `.vmx` or a disk of a
+    /// powered-on VM, or a disk open for writing (through VDDK or otherwise). A powered-off
+    /// VM's files go, as on vSphere, and the VM then names files that are gone.
     ///
     /// # Errors
-    /// [`LabError::DiskInUse`] naming the VM; I/O errors.
+    /// [`LabError::DiskInUse`] naming the VM; datastore errors for a disk open for writing;
+    /// I/O errors.
     pub fn delete_directory(&self, dir: &DatastorePath) -> Result<(), LabError> {
+        let _g = self.lock()?;
         let prefix = format!("{dir}/");
         for vm in self.vms()? {
-            let in_dir = vm
-                .disks
-                .iter()
-                .map(|d| d.file_name.to_string())
+            let mut files = std::iter::once(vm.vmx_path.to_string())
+                .chain(vm.disks.iter().map(|d| d.file_name.to_string()))
                 .chain(
                     vm.snapshots
                         .iter()
                         .flat_map(|s| s.disks.iter().map(|d| d.file_name.to_string())),
-                )
-                .find(|f| f.starts_with(&prefix));
-            if let Some(disk) = in_dir
+                );
+            if let Some(file) = files.find(|f| f.starts_with(&prefix))
                 && vm.power_state != super::PowerState::PoweredOff
             {
-                return Err(LabError::DiskInUse { disk, vm: vm.moref });
+                return Err(LabError::DiskInUse {
+                    disk: file,
+                    vm: vm.moref,
+                });
             }
         }
-        let _g = self.lock()?;
         let host = dir.resolve(self.root());
+        // A disk someone has open for writing holds its lock, as on VMFS.
+        for entry in std::fs::read_dir(&host).map_err(|source| LabError::Io {
+            op: "read directory",
+            path: host.clone(),
+            source,
+        })? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".vmdk")
+                || name.ends_with("-flat.vmdk")
+                || name.ends_with("-ctk.vmdk")
+            {
+                continue;
+            }
+            let Ok(path) = DatastorePath::parse(&format!("{prefix}{name}")) else {
+                continue;
+            };
+            if let Err(e @ crate::datastore::DatastoreError::Busy { .. }) =
+                crate::datastore::DiskChain::open(
+                    self.root(),
+                    &path,
+                    crate::datastore::OpenMode::ReadWrite,
+                )
+            {
+                return Err(LabError::Datastore {
+                    vm: "lab".into(),
+                    source: e,
+                });
+            }
+        }
         std::fs::remove_dir_all(&host).map_err(|source| LabError::Io {
             op: "remove directory",
             path: host,

@@ -181,6 +181,7 @@ impl Lab {
             next_snapshot: 1,
             vcenter_url: None,
             clock_offset_secs: 0,
+            datastore_free_bytes: std::collections::BTreeMap::new(),
         };
         lab.write_json(&lab.settings_path(), &settings)?;
         Ok(lab)

@@ -143,8 +143,9 @@ impl Lab {
             let entry = entry.map_err(io("read directory", dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let of_kept = stems.iter().any(|s| {
-                name.strip_prefix(s.as_str())
-                    .is_some_and(|rest| rest == ".vmdk" || rest.starts_with('-'))
+                name.strip_prefix(s.as_str()).is_some_and(|rest| {
+                    rest == ".vmdk" || (rest.starts_with('-') && rest.ends_with(".vmdk"))
+                })
             });
             if !of_kept {
                 let p = entry.path();

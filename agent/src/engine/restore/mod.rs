@@ -95,6 +95,8 @@ pub struct RestoreRequest {
     pub disks: Vec<DiskKey>,
     /// Network override.
     pub subnet_map: Vec<SubnetMapping>,
+    /// A new VM's datastore (default: each disk's own, as backed up).
+    pub datastore: Option<String>,
     /// Stop after the pre-flight.
     pub dry_run: bool,
     /// Before changing anything, read and check every chunk the disks need (a second read
@@ -949,7 +951,12 @@ async fn restore_steps(
         (RestoreType::New, _) | (RestoreType::Existing, None) => {
             // Fresh directories of the restore's own: never the backup's paths (see
             // `plan::Placement`).
-            let placement = plan::placement(&plan.disks, &plan.name, report.job)?;
+            let placement = plan::placement(
+                &plan.disks,
+                &plan.name,
+                report.job,
+                plan.datastore.as_deref(),
+            )?;
             let vmx_path = placement.vmx.clone();
             let path = DatastorePath::parse(&plan.dc_name, &vmx_path).map_err(|source| {
                 BackupError::Datastore {
@@ -960,6 +967,28 @@ async fn restore_steps(
             // Before anything is created: a .vmx that cannot be pointed at the restored
             // disks stops the restore with nothing to undo.
             let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &placement.disks, &path)?;
+            // Another restore of this VM that has not finished (or not been cleaned up)
+            // would meet this one in the staging folder under the same name, where the
+            // clean-up of either could take the other's VM for its own.
+            let catalog = env.repo.catalog().clone();
+            let open = blocking(move || catalog.journal_open_entries())
+                .await?
+                .map_err(BackupError::from)?;
+            if let Some(e) = open.iter().find(|e| {
+                e.kind == "vm_shell"
+                    && e.detail.get("name").and_then(serde_json::Value::as_str)
+                        == Some(plan.name.as_str())
+            }) {
+                return Err(RestoreError::Invalid(format!(
+                    "another restore of {} (job {}, journal entry {}) has not finished or has not been cleaned up: wait for it, or run `vadp-agent reconcile`, then restore again",
+                    plan.name,
+                    e.detail
+                        .get("job")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("?"),
+                    e.id
+                )));
+            }
             // Each directory and file is journalled before it is made (and the .vmx before
             // its upload): until the VM is registered, only the journal knows to delete
             // them.
@@ -1000,10 +1029,14 @@ async fn restore_steps(
                 made.creating_dir = Some(dir.clone());
                 record(&made).await?;
                 step(format!("making the directory {dir}"));
-                env.soap
-                    .make_directory(dc, dir)
-                    .await
-                    .map_err(vsphere(format!("making the directory {dir}")))?;
+                if let Err(e) = env.soap.make_directory(dc, dir).await {
+                    // There already: not this restore's, never deleted.
+                    if e.fault_kind() == Some(crate::vsphere::FaultKind::FileAlreadyExists) {
+                        made.creating_dir = None;
+                        record(&made).await?;
+                    }
+                    return Err(vsphere(format!("making the directory {dir}"))(e));
+                }
                 crash_point("restore-dir-made");
                 made.creating_dir = None;
                 made.dirs.push(dir.clone());
@@ -1058,11 +1091,26 @@ async fn restore_steps(
             made.registering = true;
             record(&made).await?;
             step(format!("registering {vmx_path} in folder {STAGING_FOLDER}"));
-            let vm = env
+            let vm = match env
                 .soap
                 .register_vm(&staging, &vmx_path, Some(&plan.name), &pool)
                 .await
-                .map_err(vsphere(format!("registering {vmx_path}")))?;
+            {
+                Ok(vm) => vm,
+                Err(e) => {
+                    // vCenter's answer was no: there is no VM of this restore to look for
+                    // (one of the name in the staging folder is another's).
+                    if matches!(
+                        e,
+                        crate::vsphere::VsphereError::Fault { .. }
+                            | crate::vsphere::VsphereError::TaskFailed { .. }
+                    ) {
+                        made.registering = false;
+                        record(&made).await?;
+                    }
+                    return Err(vsphere(format!("registering {vmx_path}"))(e));
+                }
+            };
             crash_point("restore-registered");
             {
                 // Registered: destroying the VM deletes its files, and the clean-up then
@@ -1076,7 +1124,7 @@ async fn restore_steps(
                 env,
                 shell_id,
                 json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": vm.as_str(),
-                       "datacenter": dc.value, "dirs": made.dirs}),
+                       "name": plan.name, "datacenter": dc.value, "dirs": made.dirs}),
             )
             .await?;
             crash_point("restore-after-register");
@@ -1376,6 +1424,24 @@ async fn restore_steps(
         .access
         .clone()
         .ok_or_else(|| RestoreError::Invalid("PrepareForAccess was not recorded".into()))?;
+    // A new VM is complete from here: should the agent die before the entry is closed,
+    // reconcile ends the access and keeps the VM (WCP may be registering it) instead of
+    // destroying it as half-restored.
+    let shell_entry = match lock_effects(effects).target {
+        Some((id, Target::Created(Some(_)))) => Some(id),
+        _ => None,
+    };
+    if let Some(id) = shell_entry {
+        let catalog = env.repo.catalog().clone();
+        let open = blocking(move || catalog.journal_open_entries())
+            .await?
+            .map_err(BackupError::from)?;
+        if let Some(mut detail) = open.into_iter().find(|e| e.id == id).map(|e| e.detail) {
+            detail["complete"] = true.into();
+            journal::update(env, id, detail).await?;
+        }
+    }
+    crash_point("restore-complete-journalled");
     journal::end_access(env, &vm, &identity, access_id).await?;
     lock_effects(effects).access = None;
     step(format!(

@@ -2,6 +2,8 @@
 //! Supervisor, the namespace folder, vCenter's version) and asks [`super::predict`] what WCP
 //! will do; plus the `.vmx` rewriting a new VM needs.
 
+use std::sync::Arc;
+
 use super::predict::{self, Facts, Prediction, Refusal, RestoreType, SupervisorVersion};
 use super::{RestoreEnv, RestoreError, RestoreMode, RestoreRequest, vsphere};
 use crate::engine::{BackupError, blocking};
@@ -33,6 +35,8 @@ pub(super) struct Plan {
     pub(super) datacenter: MoRef,
     /// Its name for datastore HTTP.
     pub(super) dc_name: String,
+    /// The datastore a new VM's files go to (`None`: each disk's own).
+    pub(super) datastore: Option<String>,
 }
 
 /// The disk of the VM restored in place that backup disk `d` is: the device of the same
@@ -306,6 +310,22 @@ pub(super) async fn plan(
         .await
         .map_err(vsphere("finding the datacenter"))?;
     let dc_name = env.datacenter.clone().unwrap_or(dc_name);
+    let new_vm = prediction.restore_type == RestoreType::New
+        || (prediction.restore_type == RestoreType::Existing && existing_vm.is_none());
+    match (&request.datastore, new_vm) {
+        (Some(ds), false) => prediction.refusals.push(ours(
+            "DatastoreForNewOnly",
+            format!(
+                "--datastore {ds} places a new VM's files; a restore {} writes into the disks of the VM that is there",
+                prediction.restore_type
+            ),
+        )),
+        (_, true) => {
+            let refusals = datastore_refusals(env, &datacenter, &point, &disks, request).await?;
+            prediction.refusals.extend(refusals);
+        }
+        (None, false) => {}
+    }
     Ok(Plan {
         vmx,
         entries,
@@ -320,7 +340,111 @@ pub(super) async fn plan(
         disks,
         datacenter,
         dc_name,
+        datastore: request.datastore.clone(),
     })
+}
+
+/// The datastore of `[ds] path`.
+fn datastore_of(path: &str) -> Option<&str> {
+    path.trim()
+        .strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .map(|(ds, _)| ds)
+        .filter(|ds| !ds.is_empty())
+}
+
+/// Why a new VM's files cannot go where [`placement`] puts them: a datastore the
+/// datacenter does not have (a failover into another vCenter, whose datastores are named
+/// otherwise: `--datastore`), one that is not accessible, or one with less free space than
+/// the disks' data (what the point's indexes hold that is not zero: the disks are made thin,
+/// so that is what they take; a lower bound on vSAN, whose storage policy may keep copies).
+async fn datastore_refusals(
+    env: &crate::engine::Environment,
+    datacenter: &MoRef,
+    point: &crate::repo::catalog::PointRecord,
+    disks: &[DiskRecord],
+    request: &RestoreRequest,
+) -> Result<Vec<Refusal>, RestoreError> {
+    let ours = |id: &str, reason: String| Refusal {
+        id: format!("vadp-agent:{id}"),
+        reason,
+    };
+    let stores = env
+        .soap
+        .datastores(datacenter)
+        .await
+        .map_err(vsphere("listing the datastores"))?;
+    let repo = Arc::clone(&env.repo);
+    let (record, keys) = (
+        point.clone(),
+        disks.iter().map(|d| d.key).collect::<Vec<_>>(),
+    );
+    let data_bytes: Vec<u64> = blocking(move || {
+        keys.iter()
+            .map(|k| {
+                let index = repo.load_index(&record, *k)?;
+                Ok::<_, crate::repo::RepoError>(
+                    (0..index.slots().len())
+                        .filter(|i| index.slots()[*i] != crate::ids::ChunkDigest::ZERO)
+                        .map(|i| index.slot_len(i))
+                        .sum(),
+                )
+            })
+            .collect::<Result<_, _>>()
+    })
+    .await?
+    .map_err(BackupError::from)?;
+    // Each target datastore and the bytes it is to take, in the disks' order.
+    let mut wanted: Vec<(String, u64)> = Vec::new();
+    for (d, bytes) in disks.iter().zip(data_bytes) {
+        let ds = match &request.datastore {
+            Some(ds) => ds.clone(),
+            None => datastore_of(&d.backing_file)
+                .ok_or_else(|| RestoreError::Invalid(format!("bad disk path {}", d.backing_file)))?
+                .to_owned(),
+        };
+        match wanted.iter_mut().find(|(n, _)| *n == ds) {
+            Some((_, total)) => *total += bytes,
+            None => wanted.push((ds, bytes)),
+        }
+    }
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30));
+    let mut refusals = Vec::new();
+    for (ds, bytes) in wanted {
+        match stores.iter().find(|s| s.name == ds) {
+            None => {
+                let names: Vec<&str> = stores.iter().map(|s| s.name.as_str()).collect();
+                refusals.push(ours(
+                    "NoSuchDatastore",
+                    format!(
+                        "datastore {ds} is not in this datacenter (it has {names:?}): give the one to restore to with --datastore"
+                    ),
+                ));
+            }
+            Some(s) if !s.accessible => refusals.push(ours(
+                "DatastoreInaccessible",
+                format!("datastore {ds} is not accessible: restore to another with --datastore"),
+            )),
+            // A vVol datastore makes top-level directories only through
+            // DatastoreNamespaceManager, which the agent does not use.
+            Some(s) if s.kind.eq_ignore_ascii_case("VVOL") => refusals.push(ours(
+                "UnsupportedDatastore",
+                format!(
+                    "datastore {ds} is a vVol datastore, where the agent cannot make the restore's directory: restore to a VMFS, NFS or vSAN datastore with --datastore"
+                ),
+            )),
+            Some(s) if s.free_bytes.is_some_and(|free| free < bytes) => refusals.push(ours(
+                "NotEnoughSpace",
+                format!(
+                    "datastore {ds} has {} free, and the disks to restore there hold {} of data: free space or restore to another with --datastore",
+                    gib(s.free_bytes.unwrap_or_default()),
+                    gib(bytes)
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    Ok(refusals)
 }
 
 /// Where a restore to a new VM puts its files. Never at the backup's own paths: the
@@ -358,7 +482,8 @@ pub(super) fn is_restore_dir(path: &str, job: JobId) -> bool {
     })
 }
 
-/// The [`Placement`] of `disks` for VM `name` restored by `job`.
+/// The [`Placement`] of `disks` for VM `name` restored by `job`, on `datastore` (`None`:
+/// each disk on its own).
 ///
 /// # Errors
 /// [`RestoreError::Invalid`] for a point without disks or a disk path that is not
@@ -367,15 +492,13 @@ pub(super) fn placement(
     disks: &[DiskRecord],
     name: &str,
     job: JobId,
+    datastore: Option<&str>,
 ) -> Result<Placement, RestoreError> {
     let dir = restore_dir_name(name, job);
     let datastore_of = |d: &DiskRecord| -> Result<String, RestoreError> {
-        d.backing_file
-            .trim()
-            .strip_prefix('[')
-            .and_then(|r| r.split_once(']'))
-            .map(|(ds, _)| ds.to_owned())
-            .filter(|ds| !ds.is_empty())
+        datastore
+            .or_else(|| datastore_of(&d.backing_file))
+            .map(str::to_owned)
             .ok_or_else(|| RestoreError::Invalid(format!("bad disk path {}", d.backing_file)))
     };
     let first = disks
@@ -403,6 +526,13 @@ pub(super) fn placement(
             candidate = format!("{ds_dir}/{stem}_{n}.vmdk");
         }
         out.push(candidate);
+    }
+    // A name the clean-up would not know for the restore's (empty, or with a `/`) is
+    // refused before anything is made.
+    if let Some(bad) = dirs.iter().find(|d| !is_restore_dir(d, job)) {
+        return Err(RestoreError::Invalid(format!(
+            "the VM's name {name:?} gives the directory {bad}, which is not one directory of the datastore's root"
+        )));
     }
     Ok(Placement {
         vmx: format!("{}/{name}.vmx", dirs[0]),
@@ -564,7 +694,7 @@ mod tests {
 
     /// The .vmx of `disks` restored as VM `name` by [`job`], where its placement puts it.
     fn restored(vmx: &[u8], disks: &[DiskRecord], name: &str) -> Result<String, RestoreError> {
-        let p = placement(disks, name, job())?;
+        let p = placement(disks, name, job(), None)?;
         restored_vmx(vmx, disks, &p.disks, &vmx_at(&p.vmx))
             .map(|out| String::from_utf8(out).unwrap())
     }
@@ -577,7 +707,7 @@ mod tests {
             disk(2002, "[ds2] fcd/216a8642.vmdk"),
             disk(2003, "[vsanDatastore] c7d0-dir/216a8642.vmdk"),
         ];
-        let p = placement(&disks, "w", job()).unwrap();
+        let p = placement(&disks, "w", job(), None).unwrap();
         assert_eq!(
             p,
             Placement {
@@ -609,8 +739,19 @@ mod tests {
             assert!(!is_restore_dir(not_ours, job()), "{not_ours}");
         }
         assert!(!is_restore_dir("[ds1] w-restore-0b5c1f3e", other));
-        assert!(placement(&[], "w", job()).is_err());
-        assert!(placement(&[disk(2000, "ds1 w/w.vmdk")], "w", job()).is_err());
+        assert!(placement(&[], "w", job(), None).is_err());
+        for bad in ["", "a/b", "../x"] {
+            assert!(
+                placement(&[disk(2000, "[ds1] w/w.vmdk")], bad, job(), None).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(placement(&[disk(2000, "ds1 w/w.vmdk")], "w", job(), None).is_err());
+        // Everything on one datastore, asked for.
+        let p = placement(&disks, "w", job(), Some("ds3")).unwrap();
+        assert_eq!(p.dirs, ["[ds3] w-restore-0b5c1f3e"]);
+        assert_eq!(p.vmx, "[ds3] w-restore-0b5c1f3e/w.vmx");
+        assert_eq!(p.disks[2], "[ds3] w-restore-0b5c1f3e/216a8642_1.vmdk");
     }
 
     #[test]
