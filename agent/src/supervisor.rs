@@ -151,6 +151,37 @@ impl Supervisor {
             })
     }
 
+    /// The objects of VM Operator's `kind` (`VirtualMachineService`, `VirtualMachineGroup`)
+    /// in `namespace`, read at API `version`; `None` when the Supervisor does not serve
+    /// that kind at that version (404: VirtualMachineGroup is younger than v1alpha3, say).
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Api`].
+    pub async fn vmop_objects(
+        &self,
+        namespace: &str,
+        kind: &str,
+        version: &str,
+    ) -> Result<Option<Vec<DynamicObject>>, SupervisorError> {
+        let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, kind);
+        match Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &ApiResource::from_gvk(&gvk),
+        )
+        .list(&ListParams::default())
+        .await
+        {
+            Ok(l) => Ok(Some(l.items)),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+            Err(source) => Err(SupervisorError::Api {
+                what: format!("list {kind}s of {namespace}"),
+                source: Box::new(source),
+            }),
+        }
+    }
+
     /// The VirtualMachines of `namespace`, read at API `version`.
     ///
     /// # Errors

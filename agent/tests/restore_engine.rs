@@ -372,6 +372,18 @@ mod tests {
         let fx = Fixture::new();
         let s = &fx.site;
         let vm = s.create_vm("web-1");
+        // A member of a VirtualMachineGroup (§10.4), behind a VirtualMachineService (§10.3).
+        let mut cr = s.sup().get("VirtualMachine", NS, "web-1").unwrap();
+        cr["spec"]["groupName"] = "web-group".into();
+        s.sup().apply(cr).unwrap();
+        s.sup()
+            .apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                "metadata": {"name": "web-lb", "namespace": NS},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                         "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]}
+            }))
+            .unwrap();
         let before = s.sup().get("VirtualMachine", NS, "web-1").unwrap();
         let point = fx.backup("web-1");
         let expected = fx.point_disks(&point);
@@ -450,6 +462,20 @@ mod tests {
         );
         assert!(s.sup().get("Secret", NS, "web-1-cloud-init").is_some());
         assert_eq!(fx.open_journal(), 0);
+        // §10: the group the VM names is gone (the user deleted it with the VM), the
+        // service that selects it is there; neither is the restore's to recreate.
+        assert_eq!(cr["spec"]["groupName"], "web-group");
+        let related = report["verification"]["related"].as_array().unwrap();
+        assert!(
+            related.iter().any(|n| n.as_str().unwrap().starts_with(
+                "spec.groupName names VirtualMachineGroup web-group, which is not in namespace"
+            )),
+            "{related:?}"
+        );
+        assert!(
+            related.contains(&json!("selected by VirtualMachineService web-lb")),
+            "{related:?}"
+        );
     }
 
     #[test]

@@ -239,6 +239,9 @@ fn print_report(r: &RestoreReport) {
         for p in &v.problems {
             say!("  NOT AS EXPECTED: {p}");
         }
+        for n in &v.related {
+            say!("  §10: {n}");
+        }
     }
 }
 

@@ -373,6 +373,11 @@ pub struct Verification {
     pub annotations: serde_json::Value,
     /// What is not as seed 001 §8 says.
     pub problems: Vec<String>,
+    /// What §10 leaves to the user: the VirtualMachineGroup the VM names
+    /// (`spec.groupName`) and the VirtualMachineServices that select its labels, and what
+    /// of them is missing (neither is in a VM's backup; recreate them with `kubectl
+    /// apply` from your copy).
+    pub related: Vec<String>,
 }
 
 /// The result of a restore.

@@ -188,6 +188,7 @@ pub(super) async fn verify(
                     ));
                 }
             }
+            v.related = related(renv, plan, &obj).await;
             let backup = plan.data.as_ref().and_then(|d| d.vm_yaml.as_ref());
             v.problems.extend(spec_problems(
                 &Expected {
@@ -209,6 +210,99 @@ pub(super) async fn verify(
         }
     }
     Ok(v)
+}
+
+/// §10.3–§10.5: the VirtualMachineGroup the restored VM names and the VirtualMachineServices
+/// that select it. Neither is in a VM's backup, nor recreated by registration: the guide
+/// has the user recreate them once the VMs are registered. A group the VM names that is
+/// not there, or does not list the VM among its members, is said so; so is a namespace
+/// where no VirtualMachineService selects the VM (worth a look if one served it before).
+async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value) -> Vec<String> {
+    let ns = &plan.namespace;
+    let mut out = Vec::new();
+    let list = |kind: &'static str| renv.supervisor.vmop_objects(ns, kind, &plan.api_version);
+    if let Some(group) = string_at(vm, "/spec/groupName").filter(|g| !g.is_empty()) {
+        match list("VirtualMachineGroup").await {
+            Ok(Some(groups)) => {
+                let found = groups
+                    .into_iter()
+                    .filter_map(|g| serde_json::to_value(g).ok())
+                    .find(|g| string_at(g, "/metadata/name") == Some(group));
+                out.push(match found {
+                    None => format!(
+                        "spec.groupName names VirtualMachineGroup {group}, which is not in namespace {ns}: recreate it (kubectl apply) to give the VM its group's power management and boot order back (§10.4)"
+                    ),
+                    Some(g) if !group_lists(&g, &plan.name) => format!(
+                        "VirtualMachineGroup {group} does not list {} in spec.bootOrder[].members: the VM is no member until it does (§10.4)",
+                        plan.name
+                    ),
+                    Some(_) => format!("member of VirtualMachineGroup {group}"),
+                });
+            }
+            Ok(None) => out.push(format!(
+                "spec.groupName names VirtualMachineGroup {group}; the Supervisor serves no VirtualMachineGroup at {}, so it was not checked (§10.4)",
+                plan.api_version
+            )),
+            Err(e) => out.push(format!(
+                "could not check VirtualMachineGroup {group}: {}",
+                crate::engine::error_chain(&e)
+            )),
+        }
+    }
+    let labels = vm.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+    match list("VirtualMachineService").await {
+        Ok(Some(services)) => {
+            let selecting: Vec<String> = services
+                .into_iter()
+                .filter_map(|s| serde_json::to_value(s).ok())
+                .filter(|s| selects(s, &labels))
+                .filter_map(|s| string_at(&s, "/metadata/name").map(str::to_owned))
+                .collect();
+            if selecting.is_empty() {
+                out.push(format!(
+                    "no VirtualMachineService in namespace {ns} selects the VM's labels: if one served it before, recreate it (kubectl apply, §10.3)"
+                ));
+            } else {
+                out.push(format!(
+                    "selected by VirtualMachineService {}",
+                    selecting.join(", ")
+                ));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => out.push(format!(
+            "could not check the VirtualMachineServices of {ns}: {}",
+            crate::engine::error_chain(&e)
+        )),
+    }
+    out
+}
+
+/// Whether VirtualMachineGroup `g` lists VM `name` in `spec.bootOrder[].members`.
+fn group_lists(g: &Value, name: &str) -> bool {
+    g.pointer("/spec/bootOrder")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|b| {
+            b.get("members")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .any(|m| m.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// Whether VirtualMachineService `s`'s `spec.selector` (a label map; empty selects
+/// nothing, as for a Service without a selector) matches `labels`.
+fn selects(s: &Value, labels: &Value) -> bool {
+    let Some(selector) = s.pointer("/spec/selector").and_then(Value::as_object) else {
+        return false;
+    };
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
 }
 
 /// A VirtualMachine's PVC volumes: (volume name, claim).
@@ -462,8 +556,39 @@ pub fn is_restored_claim(name: &str) -> bool {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{Expected, replaced_claims, spec_problems};
+    use super::{Expected, group_lists, replaced_claims, selects, spec_problems};
     use crate::vmservice::fixtures;
+
+    /// §10: group membership needs the VM in `spec.bootOrder[].members`; a service
+    /// selects a VM when every label of its selector is the VM's; an empty or missing
+    /// selector selects nothing.
+    #[test]
+    fn related_resources_are_matched_as_vm_operator_does() {
+        let group = json!({"spec": {"bootOrder": [
+            {"members": [{"name": "db-1"}]},
+            {"members": [{"name": "web-1"}], "powerOnDelay": "30s"}
+        ]}});
+        assert!(group_lists(&group, "web-1"));
+        assert!(group_lists(&group, "db-1"));
+        assert!(!group_lists(&group, "web-2"));
+        assert!(!group_lists(&json!({"spec": {}}), "web-1"));
+        let labels = json!({"app": "my-web-app", "tier": "frontend", "x": "y"});
+        let svc = |sel: Value| json!({"spec": {"selector": sel}});
+        assert!(selects(
+            &svc(json!({"app": "my-web-app", "tier": "frontend"})),
+            &labels
+        ));
+        assert!(!selects(
+            &svc(json!({"app": "my-web-app", "tier": "backend"})),
+            &labels
+        ));
+        assert!(!selects(
+            &svc(json!({"app": "my-web-app", "zone": "a"})),
+            &labels
+        ));
+        assert!(!selects(&svc(json!({})), &labels));
+        assert!(!selects(&json!({"spec": {}}), &labels));
+    }
 
     #[test]
     fn only_claims_replaced_under_the_same_volume_name_are_dangling() {
