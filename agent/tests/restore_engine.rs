@@ -1632,6 +1632,53 @@ mod tests {
         assert_eq!(fx.open_journal(), 0);
     }
 
+    /// A VM of the restored VM's name in the staging folder that is not this restore's (left
+    /// there by hand, or by another agent's restore): vCenter refuses the registration
+    /// (DuplicateName), and the failed restore deletes its own files and directory and
+    /// leaves that VM alone, rather than take it, by its name and file name, for one its
+    /// registration made.
+    #[test]
+    fn a_vm_of_the_name_in_the_staging_folder_is_left_alone() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("twin-1");
+        let p1 = fx.backup("twin-1");
+        s.sup().delete("VirtualMachine", NS, "twin-1").unwrap();
+        // A first restore makes the staging folder.
+        let r = fx.restore(&p1, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        s.sup().delete("VirtualMachine", NS, "twin-1").unwrap();
+        let other = s
+            .lab
+            .create_vm(
+                "twin-1",
+                &format!("/dc1/vm/{}", vadp_agent::engine::restore::STAGING_FOLDER),
+                &[lab::vmstate::NewDisk {
+                    capacity_bytes: MIB,
+                    thin: true,
+                    fcd: false,
+                }],
+            )
+            .unwrap();
+        // The first restore's directory keeps its PVC's disk, a First Class Disk now.
+        let dirs = || -> Vec<String> {
+            std::fs::read_dir(s.root.join("datastores/ds1"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("twin-1-restore-"))
+                .collect()
+        };
+        let before = dirs();
+        let r = fx.restore(&p1, &[]);
+        assert_ne!(r.code, Some(0));
+        assert!(r.stderr.contains("DuplicateName"), "{}", r.stderr);
+        let state = s.lab.vm(&other).expect("the other VM stays");
+        assert!(state.vmx_path.resolve(&s.root).exists());
+        assert_eq!(dirs(), before);
+        assert_eq!(fx.open_journal(), 0);
+    }
+
     /// `--datastore`: a new VM's files all go to the datastore asked for, into a directory
     /// of the restore's own. One the datacenter does not have, or without the room for the
     /// disks' data, is refused before anything changes; so is `--datastore` for a restore
@@ -1662,10 +1709,47 @@ mod tests {
             r.stdout
         );
         assert!(
-            r.stderr.contains("ds1") && r.stderr.contains("ds2"),
+            r.stderr
+                .contains("datastore ds9 is not in this datacenter (it has [\"ds1\", \"ds2\"])"),
             "{}",
             r.stderr
         );
+
+        // Without --datastore, the backup's own: here not accessible.
+        s.lab
+            .update_settings(|st| {
+                st.datastores_inaccessible.insert("ds1".into());
+            })
+            .unwrap();
+        let r = fx.restore(&p1, &[]);
+        assert_ne!(r.code, Some(0));
+        assert_eq!(
+            refusal_ids(&r),
+            ["vadp-agent:DatastoreInaccessible"],
+            "{}",
+            r.stdout
+        );
+        s.lab
+            .update_settings(|st| st.datastores_inaccessible.clear())
+            .unwrap();
+
+        // A vVol datastore: no directory of the restore's own can be made there.
+        s.lab
+            .update_settings(|st| {
+                st.datastore_types.insert("ds2".into(), "VVOL".into());
+            })
+            .unwrap();
+        let r = fx.restore(&p1, &["--datastore", "ds2"]);
+        assert_ne!(r.code, Some(0));
+        assert_eq!(
+            refusal_ids(&r),
+            ["vadp-agent:UnsupportedDatastore"],
+            "{}",
+            r.stdout
+        );
+        s.lab
+            .update_settings(|st| st.datastore_types.clear())
+            .unwrap();
 
         // ds2 reports 1 MiB free: less than the disks' data.
         s.lab
@@ -1945,7 +2029,8 @@ mod tests {
         let r = fx.restore(&p1, &[]);
         assert_ne!(r.code, Some(0));
         assert!(
-            r.stderr.contains("another restore of gone-1") && r.stderr.contains(&job.to_string()),
+            r.stderr.contains("another restore of a VM named gone-1")
+                && r.stderr.contains(&job.to_string()),
             "{}",
             r.stderr
         );

@@ -271,12 +271,19 @@ impl World {
                 // volume's are its own; the lab's settings can report it fuller.
                 let fs = rustix::fs::statvfs(lab.root().join("datastores").join(&d.name)).ok();
                 let capacity = fs.as_ref().map_or(1 << 40, |f| f.f_blocks * f.f_frsize);
-                let free = lab
-                    .settings()
-                    .ok()
+                let settings = lab.settings().ok();
+                let free = settings
+                    .as_ref()
                     .and_then(|s| s.datastore_free_bytes.get(&d.name).copied())
                     .or_else(|| fs.as_ref().map(|f| f.f_bavail * f.f_frsize))
                     .unwrap_or(1 << 39);
+                let kind = settings
+                    .as_ref()
+                    .and_then(|s| s.datastore_types.get(&d.name).cloned())
+                    .unwrap_or_else(|| "VMFS".into());
+                let accessible = !settings
+                    .as_ref()
+                    .is_some_and(|s| s.datastores_inaccessible.contains(&d.name));
                 let long = |v: u64| Val::Long(i64::try_from(v).unwrap_or(i64::MAX));
                 Val::obj(
                     "Datastore",
@@ -293,8 +300,8 @@ impl World {
                                     ("url", Val::str(&url)),
                                     ("capacity", long(capacity)),
                                     ("freeSpace", long(free)),
-                                    ("accessible", Val::Bool(true)),
-                                    ("type", Val::str("VMFS")),
+                                    ("accessible", Val::Bool(accessible)),
+                                    ("type", Val::str(&kind)),
                                 ],
                             ),
                         ),

@@ -394,6 +394,20 @@ impl Vcenter {
                 let name = call.req.child_text("name").map(str::to_owned);
                 entity_name = name.clone().unwrap_or_else(|| path_text.clone());
                 Box::new(move |_| {
+                    // A folder holds one VM of a name, as vCenter's inventory does.
+                    if let Some(wanted) = &name
+                        && let Some(dup) = lab
+                            .vms()
+                            .map_err(lab_fault)?
+                            .into_iter()
+                            .find(|v| &v.name == wanted && v.folder == folder_path)
+                    {
+                        return Err(Fault::duplicate_name(
+                            wanted,
+                            "VirtualMachine",
+                            &dup.moref.0,
+                        ));
+                    }
                     let vm = lab
                         .register_vm(&path, name.as_deref(), &folder_path)
                         .map_err(lab_fault)?;

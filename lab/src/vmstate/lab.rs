@@ -182,6 +182,8 @@ impl Lab {
             vcenter_url: None,
             clock_offset_secs: 0,
             datastore_free_bytes: std::collections::BTreeMap::new(),
+            datastore_types: std::collections::BTreeMap::new(),
+            datastores_inaccessible: std::collections::BTreeSet::new(),
         };
         lab.write_json(&lab.settings_path(), &settings)?;
         Ok(lab)

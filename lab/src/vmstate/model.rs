@@ -34,6 +34,12 @@ pub struct LabSettings {
     /// by datastore name (test fault injection: a full datastore).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub datastore_free_bytes: std::collections::BTreeMap<String, u64>,
+    /// `summary.type` a datastore reports instead of `VMFS` (`vsan`, `VVOL`, …), by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub datastore_types: std::collections::BTreeMap<String, String>,
+    /// Datastores that report `summary.accessible` false (unmounted, all paths down).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub datastores_inaccessible: std::collections::BTreeSet<String>,
 }
 
 /// Power state, spelled as vSphere does.

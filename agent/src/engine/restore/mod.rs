@@ -448,6 +448,11 @@ struct Effects {
     /// The directories a restore to a new VM made (its datacenter, its job): deleted,
     /// whole, after its VM is destroyed on failure.
     dirs: Option<(MoRef, JobId, Vec<String>)>,
+    /// A new VM's data is all written, its entry marked `complete`: a failed EndAccess
+    /// keeps it rather than destroy it.
+    complete: bool,
+    /// The lock of a new VM's name, held until the job has cleaned up.
+    name_lock: Option<VmLock>,
 }
 
 /// Runs a restore: pre-flight, VM, data, registration, verification.
@@ -680,7 +685,7 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: a VM shell it created is destroyed; EndAccess.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, target, attached, swapped, committing, unregistered, dirs) = {
+    let (access, target, attached, swapped, committing, unregistered, dirs, complete) = {
         let mut e = lock_effects(effects);
         (
             e.access.take(),
@@ -690,6 +695,7 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             e.committing.take(),
             e.unregistered.take(),
             e.dirs.take(),
+            e.complete,
         )
     };
     // Before EndAccess, so WCP never sees half-written disks on the VM. If one stays
@@ -716,6 +722,16 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
         None => false,
         Some((id, Target::Users(vm))) => {
             tracing::error!(vm = %vm, "restore failed part-way: the VM's disks are partly restored; restore it again");
+            let _ = journal::close(env, id).await;
+            false
+        }
+        Some((id, Target::Created(Some(vm)))) if complete => {
+            // Every disk written, the VM in its namespace folder: EndAccess (below, and
+            // reconcile if it fails again) finishes it, as reconcile would after a crash.
+            tracing::warn!(vm = %vm, "the restored VM's data is all written, but the restore failed after it: the VM stays; check that WCP registered it, or register it by hand (§11.1)");
+            observer(&RestoreEvent::Step {
+                message: format!("keeping {vm}: its data is all written"),
+            });
             let _ = journal::close(env, id).await;
             false
         }
@@ -972,9 +988,22 @@ async fn restore_steps(
             // Before anything is created: a .vmx that cannot be pointed at the restored
             // disks stops the restore with nothing to undo.
             let bytes = plan::restored_vmx(&plan.vmx, &plan.disks, &placement.disks, &path)?;
-            // Another restore of this VM that has not finished (or not been cleaned up)
-            // would meet this one in the staging folder under the same name, where the
-            // clean-up of either could take the other's VM for its own.
+            // Another restore of a VM of this name that has not finished (or not been
+            // cleaned up) would meet this one in the staging folder, where the clean-up of
+            // either could take the other's VM for its own: a running one holds the name's
+            // lock (for as long as this job runs), a crashed one has its entry open.
+            let (root, vcenter, pseudo, name, job) = (
+                env.repo.root().to_path_buf(),
+                env.soap.service_content().about.instance_uuid.clone(),
+                VmMoref(format!("new-{}", plan.name)),
+                plan.name.clone(),
+                report.job,
+            );
+            let lock = blocking(move || {
+                VmLock::acquire(&root, &vcenter, &pseudo, &name, job, "restore to a new VM")
+            })
+            .await??;
+            lock_effects(effects).name_lock = Some(lock);
             let catalog = env.repo.catalog().clone();
             let open = blocking(move || catalog.journal_open_entries())
                 .await?
@@ -985,7 +1014,7 @@ async fn restore_steps(
                         == Some(plan.name.as_str())
             }) {
                 return Err(RestoreError::Invalid(format!(
-                    "another restore of {} (job {}, journal entry {}) has not finished or has not been cleaned up: wait for it, or run `vadp-agent reconcile`, then restore again",
+                    "another restore of a VM named {} (job {}, journal entry {}) to a new VM was interrupted and has not been cleaned up (both would register the name in folder {STAGING_FOLDER}): run `vadp-agent reconcile`, fix what it reports, then restore again",
                     plan.name,
                     e.detail
                         .get("job")
@@ -1103,12 +1132,16 @@ async fn restore_steps(
             {
                 Ok(vm) => vm,
                 Err(e) => {
-                    // vCenter's answer was no: there is no VM of this restore to look for
-                    // (one of the name in the staging folder is another's).
+                    // vCenter's answer was no (the call's own fault, or the task's): there
+                    // is no VM of this restore to look for (one of the name in the staging
+                    // folder is another's). A fault reading the task's state says nothing
+                    // of the registration.
                     if matches!(
                         e,
-                        crate::vsphere::VsphereError::Fault { .. }
-                            | crate::vsphere::VsphereError::TaskFailed { .. }
+                        crate::vsphere::VsphereError::Fault {
+                            method: "RegisterVM_Task",
+                            ..
+                        } | crate::vsphere::VsphereError::TaskFailed { .. }
                     ) {
                         made.registering = false;
                         record(&made).await?;
@@ -1444,6 +1477,7 @@ async fn restore_steps(
         if let Some(mut detail) = open.into_iter().find(|e| e.id == id).map(|e| e.detail) {
             detail["complete"] = true.into();
             journal::update(env, id, detail).await?;
+            lock_effects(effects).complete = true;
         }
     }
     crash_point("restore-complete-journalled");

@@ -379,21 +379,21 @@ async fn datastore_refusals(
         point.clone(),
         disks.iter().map(|d| d.key).collect::<Vec<_>>(),
     );
+    // An index that does not read counts nothing here: the repository check that follows
+    // the pre-flight reports it, naming the disk and file.
     let data_bytes: Vec<u64> = blocking(move || {
         keys.iter()
             .map(|k| {
-                let index = repo.load_index(&record, *k)?;
-                Ok::<_, crate::repo::RepoError>(
+                repo.load_index(&record, *k).map_or(0, |index| {
                     (0..index.slots().len())
                         .filter(|i| index.slots()[*i] != crate::ids::ChunkDigest::ZERO)
                         .map(|i| index.slot_len(i))
-                        .sum(),
-                )
+                        .sum()
+                })
             })
-            .collect::<Result<_, _>>()
+            .collect()
     })
-    .await?
-    .map_err(BackupError::from)?;
+    .await?;
     // Each target datastore and the bytes it is to take, in the disks' order.
     let mut wanted: Vec<(String, u64)> = Vec::new();
     for (d, bytes) in disks.iter().zip(data_bytes) {
@@ -413,7 +413,8 @@ async fn datastore_refusals(
     for (ds, bytes) in wanted {
         match stores.iter().find(|s| s.name == ds) {
             None => {
-                let names: Vec<&str> = stores.iter().map(|s| s.name.as_str()).collect();
+                let mut names: Vec<&str> = stores.iter().map(|s| s.name.as_str()).collect();
+                names.sort_unstable();
                 refusals.push(ours(
                     "NoSuchDatastore",
                     format!(
