@@ -302,6 +302,15 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                 }
                 if !r.succeeded {
                     code = ExitCode::from(2);
+                }
+                // Retention for the VMs this run backed up, also when others failed.
+                let backed_up: Vec<_> = r
+                    .vms
+                    .iter()
+                    .filter(|v| v.point.is_some())
+                    .map(|v| v.vm.clone())
+                    .collect();
+                if backed_up.is_empty() {
                     continue;
                 }
                 let vcenter = &env.soap.service_content().about.instance_uuid;
@@ -311,6 +320,7 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                     p,
                     vcenter,
                     now.timestamp().as_second(),
+                    &backed_up,
                 ) {
                     tracing::error!(policy = %name, error = %e, "retention failed");
                     code = ExitCode::from(2);

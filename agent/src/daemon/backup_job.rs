@@ -201,6 +201,18 @@ impl BackupJobs {
             }
         });
         let result = engine::run_backup(&self.env, request, ctx.cancel.clone(), observer).await;
+        // The VMs this run committed a point of: the policy's retention applies to them,
+        // also when others of the run failed.
+        let backed_up: Vec<crate::ids::VmMoref> = result.as_ref().map_or_else(
+            |_| Vec::new(),
+            |r| {
+                r.vms
+                    .iter()
+                    .filter(|v| v.point.is_some())
+                    .map(|v| v.vm.clone())
+                    .collect()
+            },
+        );
         let outcome = match result {
             Ok(report) => Outcome {
                 state: if report.succeeded {
@@ -225,10 +237,10 @@ impl BackupJobs {
             },
             Err(e) => failed(engine::error_chain(&e)),
         };
-        if outcome.state == JobState::Succeeded
+        if !backed_up.is_empty()
             && let Some(policy) = ctx.origin.strip_prefix("schedule:")
         {
-            self.prune_policy(policy).await;
+            self.prune_policy(policy, backed_up).await;
         }
         outcome
     }
@@ -399,10 +411,10 @@ impl BackupJobs {
         }
     }
 
-    /// Applies the retention of `policy` to its VMs' points (on the blocking pool: it takes
-    /// the repository lock and calls the catalog). The daemon's maintenance loop collects
+    /// Applies the retention of `policy` to the points of its VMs the run backed up (on the
+    /// blocking pool: it takes the repository lock and calls the catalog). The daemon's maintenance loop collects
     /// the garbage once no job runs.
-    async fn prune_policy(&self, policy: &str) {
+    async fn prune_policy(&self, policy: &str, backed_up: Vec<crate::ids::VmMoref>) {
         let Some(p) = self.config.policy.get(policy).cloned() else {
             return;
         };
@@ -411,7 +423,7 @@ impl BackupJobs {
         let vcenter = self.env.soap.service_content().about.instance_uuid.clone();
         let result = tokio::task::spawn_blocking(move || {
             let now = jiff::Timestamp::now().as_second();
-            maintenance::apply_retention(&repo, &name, &p, &vcenter, now)
+            maintenance::apply_retention(&repo, &name, &p, &vcenter, now, &backed_up)
         })
         .await;
         match result {

@@ -1416,11 +1416,14 @@ impl Repository {
         zone: &jiff::tz::TimeZone,
         dry_run: bool,
     ) -> Result<Vec<PruneDecision>, RepoError> {
-        self.prune_where(policy, now, zone, dry_run, |_| true)
+        self.prune_where(policy, now, zone, dry_run, |_| true, |_| false)
     }
 
     /// As [`Repository::prune`], for the points of the VMs `select` accepts only (a
-    /// scheduling policy's retention applies to its own VMs).
+    /// scheduling policy's retention applies to its own VMs), every point of the VMs
+    /// `hold` accepts kept (reason "its VM was not backed up this run"). A held VM's points
+    /// still count for its group: the points of the same jobs of the group's other VMs stay
+    /// with them.
     ///
     /// # Errors
     /// As [`Repository::prune`].
@@ -1431,6 +1434,7 @@ impl Repository {
         zone: &jiff::tz::TimeZone,
         dry_run: bool,
         select: impl Fn(&VmRecord) -> bool,
+        hold: impl Fn(&VmRecord) -> bool,
     ) -> Result<Vec<PruneDecision>, RepoError> {
         policy.validate()?;
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
@@ -1453,7 +1457,18 @@ impl Repository {
                 .filter(|p| vm_key(p) == vm)
                 .map(|p| (p.id, p.created_at))
                 .collect();
-            decisions.extend(prune::select(&of_vm, policy, now, zone));
+            let held = points
+                .iter()
+                .find(|p| vm_key(p) == vm)
+                .is_some_and(|p| hold(&p.vm));
+            let mut of_vm = prune::select(&of_vm, policy, now, zone);
+            if held {
+                for d in of_vm.iter_mut().filter(|d| !d.keep) {
+                    d.keep = true;
+                    d.reasons.push("its VM was not backed up this run");
+                }
+            }
+            decisions.extend(of_vm);
         }
         // A group's points stay together: when a job's point of one VM is kept, its points
         // of the others are too. Otherwise a day (or week) kept through one job for a VM
@@ -1938,6 +1953,73 @@ mod tests {
             reasons(&ids[&("a", j1)]),
             vec!["same job as a kept point of the group"]
         );
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 3);
+    }
+
+    /// A group whose VM b failed in the run that applies retention: b keeps every point,
+    /// and a keeps its points of the jobs b's points come from, so the group still has
+    /// those points in time in common.
+    #[test]
+    fn a_vm_held_from_prune_keeps_its_group_partners() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("repo"), 64 << 10).unwrap();
+        let day = 86_400;
+        let mut ids = HashMap::new();
+        for (n, job) in ["job-1", "job-2", "job-3"].into_iter().enumerate() {
+            let at = (10 + 10 * i64::try_from(n).unwrap()) * day;
+            for vm in ["a", "b"] {
+                let mut point = sample_point(vm, at);
+                point.stats = serde_json::json!({"job": job});
+                ids.insert((vm, job), point.id);
+                repo.catalog().commit_point(point).unwrap();
+            }
+        }
+        // The run that applies retention backed up a alone (job-4).
+        let mut point = sample_point("a", 40 * day);
+        point.stats = serde_json::json!({"job": "job-4"});
+        ids.insert(("a", "job-4"), point.id);
+        repo.catalog().commit_point(point).unwrap();
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_secs: 3 * day,
+        };
+        let utc = jiff::tz::TimeZone::UTC;
+        let decisions = repo
+            .prune_where(
+                &policy,
+                100 * day,
+                &utc,
+                false,
+                |_| true,
+                |vm| vm.name == "b",
+            )
+            .unwrap();
+        let reasons = |vm: &'static str, job: &'static str| {
+            decisions
+                .iter()
+                .find(|d| d.id == ids[&(vm, job)])
+                .map(|d| d.reasons.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            reasons("b", "job-1"),
+            vec!["its VM was not backed up this run"]
+        );
+        assert_eq!(reasons("b", "job-3"), vec!["last"]);
+        assert_eq!(reasons("a", "job-4"), vec!["last"]);
+        assert_eq!(
+            reasons("a", "job-1"),
+            vec!["same job as a kept point of the group"]
+        );
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 7);
+        // Backed up again, b is pruned like a.
+        let decisions = repo
+            .prune_where(&policy, 100 * day, &utc, false, |_| true, |_| false)
+            .unwrap();
+        assert_eq!(decisions.iter().filter(|d| !d.keep).count(), 4);
         assert_eq!(repo.catalog().list_points().unwrap().len(), 3);
     }
 
