@@ -303,16 +303,17 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                 if !r.succeeded {
                     code = ExitCode::from(2);
                 }
-                // Retention for the VMs this run backed up, also when others failed.
-                let backed_up: Vec<_> = r
-                    .vms
-                    .iter()
-                    .filter(|v| v.point.is_some())
-                    .map(|v| v.vm.clone())
-                    .collect();
-                if backed_up.is_empty() {
+                // Retention once the run committed a point, also when some VMs failed:
+                // those keep every point.
+                if r.vms.iter().all(|v| v.point.is_none()) {
                     continue;
                 }
+                let failed: Vec<_> = r
+                    .vms
+                    .iter()
+                    .filter(|v| v.point.is_none())
+                    .map(|v| v.vm.clone())
+                    .collect();
                 let vcenter = &env.soap.service_content().about.instance_uuid;
                 if let Err(e) = maintenance::apply_retention(
                     &env.repo,
@@ -320,7 +321,7 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                     p,
                     vcenter,
                     now.timestamp().as_second(),
-                    &backed_up,
+                    &failed,
                 ) {
                     tracing::error!(policy = %name, error = %e, "retention failed");
                     code = ExitCode::from(2);

@@ -201,18 +201,21 @@ impl BackupJobs {
             }
         });
         let result = engine::run_backup(&self.env, request, ctx.cancel.clone(), observer).await;
-        // The VMs this run committed a point of: the policy's retention applies to them,
-        // also when others of the run failed.
-        let backed_up: Vec<crate::ids::VmMoref> = result.as_ref().map_or_else(
-            |_| Vec::new(),
-            |r| {
+        // A run that committed a point applies the policy's retention, also when some of
+        // its VMs failed: those keep every point (see `maintenance::apply_retention`).
+        let committed = result
+            .as_ref()
+            .is_ok_and(|r| r.vms.iter().any(|v| v.point.is_some()));
+        let failed_vms: Vec<crate::ids::VmMoref> = result
+            .as_ref()
+            .map(|r| {
                 r.vms
                     .iter()
-                    .filter(|v| v.point.is_some())
+                    .filter(|v| v.point.is_none())
                     .map(|v| v.vm.clone())
                     .collect()
-            },
-        );
+            })
+            .unwrap_or_default();
         let outcome = match result {
             Ok(report) => Outcome {
                 state: if report.succeeded {
@@ -237,10 +240,8 @@ impl BackupJobs {
             },
             Err(e) => failed(engine::error_chain(&e)),
         };
-        if !backed_up.is_empty()
-            && let Some(policy) = ctx.origin.strip_prefix("schedule:")
-        {
-            self.prune_policy(policy, backed_up).await;
+        if committed && let Some(policy) = ctx.origin.strip_prefix("schedule:") {
+            self.prune_policy(policy, failed_vms).await;
         }
         outcome
     }
@@ -411,10 +412,10 @@ impl BackupJobs {
         }
     }
 
-    /// Applies the retention of `policy` to the points of its VMs the run backed up (on the
-    /// blocking pool: it takes the repository lock and calls the catalog). The daemon's maintenance loop collects
+    /// Applies the retention of `policy`, every point of the VMs the run `failed` kept (on
+    /// the blocking pool: it takes the repository lock and calls the catalog). The daemon's maintenance loop collects
     /// the garbage once no job runs.
-    async fn prune_policy(&self, policy: &str, backed_up: Vec<crate::ids::VmMoref>) {
+    async fn prune_policy(&self, policy: &str, failed: Vec<crate::ids::VmMoref>) {
         let Some(p) = self.config.policy.get(policy).cloned() else {
             return;
         };
@@ -423,7 +424,7 @@ impl BackupJobs {
         let vcenter = self.env.soap.service_content().about.instance_uuid.clone();
         let result = tokio::task::spawn_blocking(move || {
             let now = jiff::Timestamp::now().as_second();
-            maintenance::apply_retention(&repo, &name, &p, &vcenter, now, &backed_up)
+            maintenance::apply_retention(&repo, &name, &p, &vcenter, now, &failed)
         })
         .await;
         match result {

@@ -63,11 +63,12 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3600);
 /// seconds); `Ok(None)` when the policy has no retention, or while this machine's clock
 /// differs from vCenter's ([`super::clock`]). Its VMs are those of the vCenter
 /// `vcenter_uuid` (the agent's): a repository that also holds another vCenter's VMs (after
-/// a failover, say) keeps their points whatever their morefs or names. Only the VMs in
-/// `backed_up` (those the run just committed a point of) are pruned: a VM whose backups
-/// keep failing keeps every point it has, rather than see them age out of the
-/// daily/weekly/monthly windows with nothing new to replace them. Runs on the caller's
-/// thread (it takes the repository's shared lock and calls the catalog).
+/// a failover, say) keeps their points whatever their morefs or names. The VMs in
+/// `failed` (the run tried them and committed no point) keep every point they have,
+/// rather than see them age out of the daily/weekly/monthly windows with nothing new to
+/// replace them; the others are pruned, also those the run did not include (a VM
+/// re-created under a new moref leaves its old moref's points to the policy). Runs on the
+/// caller's thread (it takes the repository's shared lock and calls the catalog).
 ///
 /// # Errors
 /// The policy's VM list does not validate, or the prune failed (lock, catalog).
@@ -77,7 +78,7 @@ pub fn apply_retention(
     p: &PolicyConfig,
     vcenter_uuid: &str,
     now: i64,
-    backed_up: &[VmMoref],
+    failed: &[VmMoref],
 ) -> Result<Option<Vec<PruneDecision>>, String> {
     let Some(retention) = p.retention else {
         return Ok(None);
@@ -104,7 +105,7 @@ pub fn apply_retention(
                         }
                     })
             },
-            |vm| !backed_up.contains(&vm.moref),
+            |vm| failed.contains(&vm.moref),
         )
         .map_err(|e| engine::error_chain(&e))?;
     tracing::info!(
@@ -450,13 +451,8 @@ mod tests {
                 min_age_days: 3,
             }),
         };
-        // A VM the run did not back up keeps every point.
-        let none = apply_retention(&repo, "web", &policy, "vc-ours", 100 * day, &[])
-            .unwrap()
-            .unwrap();
-        assert!(!none.is_empty() && none.iter().all(|d| d.keep), "{none:?}");
-        assert_eq!(repo.catalog().list_points().unwrap().len(), 6);
-        let decisions = apply_retention(
+        // A VM whose backup failed in the run keeps every point.
+        let none = apply_retention(
             &repo,
             "web",
             &policy,
@@ -466,6 +462,11 @@ mod tests {
         )
         .unwrap()
         .unwrap();
+        assert!(!none.is_empty() && none.iter().all(|d| d.keep), "{none:?}");
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 6);
+        let decisions = apply_retention(&repo, "web", &policy, "vc-ours", 100 * day, &[])
+            .unwrap()
+            .unwrap();
         assert_eq!(decisions.iter().filter(|d| !d.keep).count(), 2);
         let left: Vec<String> = repo
             .catalog()
