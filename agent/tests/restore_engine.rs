@@ -1679,6 +1679,53 @@ mod tests {
         assert_eq!(fx.open_journal(), 0);
     }
 
+    /// Two restores to a new VM of one name at once: the second stops before it makes
+    /// anything, naming the first's job (both would register the name in the staging
+    /// folder); the first finishes.
+    #[test]
+    fn two_restores_of_one_name_do_not_run_at_once() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("pair-1");
+        let p1 = fx.backup("pair-1");
+        s.sup().delete("VirtualMachine", NS, "pair-1").unwrap();
+        let dir = fx.dir.path().join("pause-pair");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        let mut first = fx.spawn_paused(
+            &["restore", "--repo", &repo, "--point", &p1],
+            "restore-after-register",
+            &dir,
+        );
+        wait_reached(&mut first, &dir, "restore-after-register");
+        let r = fx.restore(&p1, &[]);
+        assert_ne!(r.code, Some(0));
+        assert!(
+            r.stderr
+                .contains("VM named pair-1, to be restored as a new VM")
+                && r.stderr.contains("restore to a new VM job"),
+            "{}",
+            r.stderr
+        );
+        let dirs: Vec<String> = std::fs::read_dir(s.root.join("datastores/ds1"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("pair-1-restore-"))
+            .collect();
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        std::fs::write(dir.join("restore-after-register.go"), b"").unwrap();
+        let out = first.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(s.vm_by_name("pair-1").is_some());
+        assert_eq!(fx.open_journal(), 0);
+    }
+
     /// `--datastore`: a new VM's files all go to the datastore asked for, into a directory
     /// of the restore's own. One the datacenter does not have, or without the room for the
     /// disks' data, is refused before anything changes; so is `--datastore` for a restore

@@ -111,7 +111,12 @@ impl VmLock {
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "another job".into());
                 Err(BackupError::VmBusy {
-                    vm: format!("{name} ({vm})"),
+                    // A new VM's name has no moref yet (`new-<name>`).
+                    vm: if vm.as_str().starts_with("new-") {
+                        format!("named {name}, to be restored as a new VM")
+                    } else {
+                        format!("{name} ({vm})")
+                    },
                     holder,
                 })
             }
