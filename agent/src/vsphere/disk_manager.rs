@@ -160,9 +160,14 @@ impl SoapClient {
         datacenter: &MoRef,
         path: &str,
     ) -> Result<(), VsphereError> {
+        self.delete_path(datacenter, path.trim_end_matches('/'))
+            .await
+    }
+
+    /// `FileManager.DeleteDatastoreFile_Task` on `path`, a file or a directory.
+    async fn delete_path(&self, datacenter: &MoRef, path: &str) -> Result<(), VsphereError> {
         let mut w = XmlWriter::new();
-        w.text("name", path.trim_end_matches('/'))
-            .moref("datacenter", datacenter);
+        w.text("name", path).moref("datacenter", datacenter);
         self.run_task(
             "DeleteDatastoreFile_Task",
             &self.file_manager()?,
@@ -189,15 +194,7 @@ impl SoapClient {
                 reason: format!("{path} is a directory: the agent deletes files only"),
             });
         }
-        let mut w = XmlWriter::new();
-        w.text("name", path).moref("datacenter", datacenter);
-        self.run_task(
-            "DeleteDatastoreFile_Task",
-            &self.file_manager()?,
-            &w.finish(),
-        )
-        .await
-        .map(|_| ())
+        self.delete_path(datacenter, path).await
     }
 
     /// `VirtualDiskManager.SetVirtualDiskUuid`: gives the disk at `path` the backing uuid
