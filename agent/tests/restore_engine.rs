@@ -401,6 +401,14 @@ mod tests {
         let dry = fx.restore(&point, &["--dry-run"]);
         assert_eq!(dry.code, Some(0), "{}\n{}", dry.stdout, dry.stderr);
         assert_eq!(dry.report()["prediction"]["restore_type"], "new");
+        assert!(
+            dry.report()["prediction"]["expectations"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("the VM's disks and .vmx in a new directory web-1-restore-<first 8 hex of this job's id> on datastore ds1")),
+            "{}",
+            dry.report()
+        );
         assert!(dry.report()["vm"].is_null());
         assert!(s.vm_by_name("web-1").is_none());
 

@@ -323,6 +323,20 @@ pub(super) async fn plan(
         (_, true) => {
             let refusals = datastore_refusals(env, &datacenter, &point, &disks, request).await?;
             prediction.refusals.extend(refusals);
+            let mut stores: Vec<&str> = Vec::new();
+            let each = disks.iter().map(|d| match &request.datastore {
+                Some(ds) => Some(ds.as_str()),
+                None => datastore_of(&d.backing_file),
+            });
+            for ds in each.flatten() {
+                if !stores.contains(&ds) {
+                    stores.push(ds);
+                }
+            }
+            prediction.expectations.push(format!(
+                "the VM's disks and .vmx in a new directory {name}-restore-<first 8 hex of this job's id> on datastore {}",
+                stores.join(", ")
+            ));
         }
         (None, false) => {}
     }
