@@ -405,7 +405,7 @@ mod tests {
             dry.report()["prediction"]["expectations"]
                 .as_array()
                 .unwrap()
-                .contains(&json!("the VM's disks and .vmx in a new directory web-1-restore-<first 8 hex of this job's id> on datastore ds1")),
+                .contains(&json!("the VM's .vmx and disks in a new directory [ds1] web-1-restore-<job> (<job>: the first 8 hex digits of this job's id)")),
             "{}",
             dry.report()
         );
@@ -1710,7 +1710,7 @@ mod tests {
         assert_ne!(r.code, Some(0));
         assert!(
             r.stderr
-                .contains("VM named pair-1, to be restored as a new VM")
+                .contains("VM name pair-1 (restores to a new VM of one name take turns")
                 && r.stderr.contains("restore to a new VM job"),
             "{}",
             r.stderr

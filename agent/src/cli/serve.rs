@@ -312,7 +312,7 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                     .vms
                     .iter()
                     .filter(|v| v.point.is_none())
-                    .map(|v| v.vm.clone())
+                    .map(|v| (v.vm.clone(), v.name.clone()))
                     .collect();
                 let vcenter = &env.soap.service_content().about.instance_uuid;
                 if let Err(e) = maintenance::apply_retention(

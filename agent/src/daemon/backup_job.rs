@@ -206,13 +206,13 @@ impl BackupJobs {
         let committed = result
             .as_ref()
             .is_ok_and(|r| r.vms.iter().any(|v| v.point.is_some()));
-        let failed_vms: Vec<crate::ids::VmMoref> = result
+        let failed_vms: Vec<(crate::ids::VmMoref, String)> = result
             .as_ref()
             .map(|r| {
                 r.vms
                     .iter()
                     .filter(|v| v.point.is_none())
-                    .map(|v| v.vm.clone())
+                    .map(|v| (v.vm.clone(), v.name.clone()))
                     .collect()
             })
             .unwrap_or_default();
@@ -415,7 +415,7 @@ impl BackupJobs {
     /// Applies the retention of `policy`, every point of the VMs the run `failed` kept (on
     /// the blocking pool: it takes the repository lock and calls the catalog). The daemon's maintenance loop collects
     /// the garbage once no job runs.
-    async fn prune_policy(&self, policy: &str, failed: Vec<crate::ids::VmMoref>) {
+    async fn prune_policy(&self, policy: &str, failed: Vec<(crate::ids::VmMoref, String)>) {
         let Some(p) = self.config.policy.get(policy).cloned() else {
             return;
         };

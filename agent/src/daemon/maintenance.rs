@@ -64,7 +64,9 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3600);
 /// differs from vCenter's ([`super::clock`]). Its VMs are those of the vCenter
 /// `vcenter_uuid` (the agent's): a repository that also holds another vCenter's VMs (after
 /// a failover, say) keeps their points whatever their morefs or names. The VMs in
-/// `failed` (the run tried them and committed no point) keep every point they have,
+/// `failed` (the run tried them and committed no point: moref and name) keep every point
+/// they have, and so does any VM of the same name (the same VM under an older moref, once
+/// re-created),
 /// rather than see them age out of the daily/weekly/monthly windows with nothing new to
 /// replace them; the others are pruned, also those the run did not include (a VM
 /// re-created under a new moref leaves its old moref's points to the policy). Runs on the
@@ -78,7 +80,7 @@ pub fn apply_retention(
     p: &PolicyConfig,
     vcenter_uuid: &str,
     now: i64,
-    failed: &[VmMoref],
+    failed: &[(VmMoref, String)],
 ) -> Result<Option<Vec<PruneDecision>>, String> {
     let Some(retention) = p.retention else {
         return Ok(None);
@@ -105,7 +107,7 @@ pub fn apply_retention(
                         }
                     })
             },
-            |vm| failed.contains(&vm.moref),
+            |vm| failed.iter().any(|(m, n)| *m == vm.moref || *n == vm.name),
         )
         .map_err(|e| engine::error_chain(&e))?;
     tracing::info!(
@@ -458,11 +460,24 @@ mod tests {
             &policy,
             "vc-ours",
             100 * day,
-            &[VmMoref("vm-42".into())],
+            &[(VmMoref("vm-42".into()), "web".into())],
         )
         .unwrap()
         .unwrap();
         assert!(!none.is_empty() && none.iter().all(|d| d.keep), "{none:?}");
+        // The same VM re-created under a new moref, failed: its old moref's points stay.
+        let renamed = apply_retention(
+            &repo,
+            "web",
+            &policy,
+            "vc-ours",
+            100 * day,
+            &[(VmMoref("vm-77".into()), "web".into())],
+        )
+        .unwrap()
+        .unwrap();
+        assert!(renamed.iter().all(|d| d.keep), "{renamed:?}");
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 6);
         assert_eq!(repo.catalog().list_points().unwrap().len(), 6);
         let decisions = apply_retention(&repo, "web", &policy, "vc-ours", 100 * day, &[])
             .unwrap()

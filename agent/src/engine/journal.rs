@@ -113,7 +113,10 @@ impl VmLock {
                 Err(BackupError::VmBusy {
                     // A new VM's name has no moref yet (`new-<name>`).
                     vm: if vm.as_str().starts_with("new-") {
-                        format!("named {name}, to be restored as a new VM")
+                        format!(
+                            "name {name} (restores to a new VM of one name take turns, whatever \
+                             their namespaces: each registers it in the staging folder)"
+                        )
                     } else {
                         format!("{name} ({vm})")
                     },

@@ -1421,7 +1421,7 @@ impl Repository {
 
     /// As [`Repository::prune`], for the points of the VMs `select` accepts only (a
     /// scheduling policy's retention applies to its own VMs), every point of the VMs
-    /// `hold` accepts kept (reason "its VM was not backed up this run"). A held VM's points
+    /// `hold` accepts kept (reason "its VM's backup failed in this run"). A held VM's points
     /// still count for its group: the points of the same jobs of the group's other VMs stay
     /// with them.
     ///
@@ -1465,7 +1465,7 @@ impl Repository {
             if held {
                 for d in of_vm.iter_mut().filter(|d| !d.keep) {
                     d.keep = true;
-                    d.reasons.push("its VM was not backed up this run");
+                    d.reasons.push("its VM's backup failed in this run");
                 }
             }
             decisions.extend(of_vm);
@@ -2006,7 +2006,7 @@ mod tests {
         };
         assert_eq!(
             reasons("b", "job-1"),
-            vec!["its VM was not backed up this run"]
+            vec!["its VM's backup failed in this run"]
         );
         assert_eq!(reasons("b", "job-3"), vec!["last"]);
         assert_eq!(reasons("a", "job-4"), vec!["last"]);

@@ -322,21 +322,31 @@ pub(super) async fn plan(
         )),
         (_, true) => {
             let refusals = datastore_refusals(env, &datacenter, &point, &disks, request).await?;
-            prediction.refusals.extend(refusals);
-            let mut stores: Vec<&str> = Vec::new();
-            let each = disks.iter().map(|d| match &request.datastore {
-                Some(ds) => Some(ds.as_str()),
-                None => datastore_of(&d.backing_file),
-            });
-            for ds in each.flatten() {
-                if !stores.contains(&ds) {
-                    stores.push(ds);
+            // Where the files go, as the restore will place them (with a stand-in job id:
+            // the directory's name carries the real one's first 8 hex digits).
+            match placement(
+                &disks,
+                &name,
+                JobId(uuid::Uuid::nil()),
+                request.datastore.as_deref(),
+            ) {
+                Err(e) => prediction.refusals.push(ours("BadName", e.to_string())),
+                Ok(p) if refusals.is_empty() => {
+                    let dir = |d: &str| d.replace("-restore-00000000", "-restore-<job>");
+                    let mut text = format!(
+                        "the VM's .vmx and disks in a new directory {}",
+                        dir(&p.dirs[0])
+                    );
+                    if p.dirs.len() > 1 {
+                        let others: Vec<String> = p.dirs[1..].iter().map(|d| dir(d)).collect();
+                        text.push_str(&format!(", disks also in {}", others.join(", ")));
+                    }
+                    text.push_str(" (<job>: the first 8 hex digits of this job's id)");
+                    prediction.expectations.push(text);
                 }
+                Ok(_) => {}
             }
-            prediction.expectations.push(format!(
-                "the VM's disks and .vmx in a new directory {name}-restore-<first 8 hex of this job's id> on datastore {}",
-                stores.join(", ")
-            ));
+            prediction.refusals.extend(refusals);
         }
         (None, false) => {}
     }
@@ -429,11 +439,14 @@ async fn datastore_refusals(
             None => {
                 let mut names: Vec<&str> = stores.iter().map(|s| s.name.as_str()).collect();
                 names.sort_unstable();
+                let hint = if request.datastore.is_some() {
+                    "name one of those"
+                } else {
+                    "the backup's datastore is not here (another vCenter?): choose one with --datastore (API: \"datastore\")"
+                };
                 refusals.push(ours(
                     "NoSuchDatastore",
-                    format!(
-                        "datastore {ds} is not in this datacenter (it has {names:?}): give the one to restore to with --datastore"
-                    ),
+                    format!("datastore {ds} is not in this datacenter (it has {names:?}): {hint}"),
                 ));
             }
             Some(s) if !s.accessible => refusals.push(ours(
