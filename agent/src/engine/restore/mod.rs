@@ -451,8 +451,6 @@ struct Effects {
     /// A new VM's data is all written, its entry marked `complete`: a failed EndAccess
     /// keeps it rather than destroy it.
     complete: bool,
-    /// The lock of a new VM's name, held until the job has cleaned up.
-    name_lock: Option<VmLock>,
 }
 
 /// Runs a restore: pre-flight, VM, data, registration, verification.
@@ -561,7 +559,8 @@ pub async fn run_restore(
         .await?
         .map_err(|e| RestoreError::Invalid(format!("job lock: {e}")))?;
     // The VM restored in place, or given disks, is not backed up or restored by another
-    // job meanwhile.
+    // job meanwhile; a new VM's name is not restored to by another job meanwhile. Held
+    // until this function returns, after the clean-up.
     // Refused before anything began: no lock file of this job is left behind.
     let _vm_lock = match lock_users_vm(env, &plan, &vm_name, job).await {
         Ok(l) => l,
@@ -624,7 +623,9 @@ pub async fn run_restore(
 /// restored by another job meanwhile. The plan read the VM before its lock was held, and
 /// another job (or a user) may have changed it since: its disks, power state and snapshots
 /// are read again under the lock, and a VM that is not what the plan saw is refused before
-/// anything changes. `None` for a restore to a new VM.
+/// anything changes. For a restore to a new VM, the lock of its name: every restore to a
+/// new VM of that name, whatever its namespace, registers the name in the staging folder,
+/// where the clean-up of either could take the other's VM for its own.
 async fn lock_users_vm(
     env: &Environment,
     plan: &Plan,
@@ -636,7 +637,17 @@ async fn lock_users_vm(
         .as_ref()
         .filter(|_| plan.prediction.restore_type != RestoreType::New)
     else {
-        return Ok(None);
+        let (root, vcenter, pseudo, name) = (
+            env.repo.root().to_path_buf(),
+            env.soap.service_content().about.instance_uuid.clone(),
+            VmMoref(format!("new-{}", plan.name)),
+            plan.name.clone(),
+        );
+        let lock = blocking(move || {
+            VmLock::acquire(&root, &vcenter, &pseudo, &name, job, "restore to a new VM")
+        })
+        .await??;
+        return Ok(Some(lock));
     };
     let (root, vcenter, vm, name) = (
         env.repo.root().to_path_buf(),
@@ -991,19 +1002,8 @@ async fn restore_steps(
             // Another restore of a VM of this name that has not finished (or not been
             // cleaned up) would meet this one in the staging folder, where the clean-up of
             // either could take the other's VM for its own: a running one holds the name's
-            // lock (for as long as this job runs), a crashed one has its entry open.
-            let (root, vcenter, pseudo, name, job) = (
-                env.repo.root().to_path_buf(),
-                env.soap.service_content().about.instance_uuid.clone(),
-                VmMoref(format!("new-{}", plan.name)),
-                plan.name.clone(),
-                report.job,
-            );
-            let lock = blocking(move || {
-                VmLock::acquire(&root, &vcenter, &pseudo, &name, job, "restore to a new VM")
-            })
-            .await??;
-            lock_effects(effects).name_lock = Some(lock);
+            // lock (taken with the job's, see `lock_users_vm`), a crashed one has its entry
+            // open.
             let catalog = env.repo.catalog().clone();
             let open = blocking(move || catalog.journal_open_entries())
                 .await?
