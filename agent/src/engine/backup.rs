@@ -1544,8 +1544,7 @@ async fn plan_disk(
     })
 }
 
-/// vSphere's changed areas as the repository's extents.
-/// The changed areas as extents, each cut at the disk's end: an area vCenter reports
+/// vSphere's changed areas as the repository's extents, each cut at the disk's end: an area vCenter reports
 /// beyond it (the last one rounded up) holds nothing to read, and the chunk at the end is
 /// read whole anyway.
 fn extents_of(areas: &[ChangedArea], capacity_bytes: u64) -> Vec<Extent> {

@@ -339,25 +339,18 @@ async fn undo(
                     Ok(()) => {
                         tracing::warn!(vm = %shell, "reconcile: removed a half-restored VM");
                         detail["removed"] = true.into();
-                        // Then the directories the restore made (destroying the VM leaves
-                        // those on other datastores).
-                        let made = super::restore::Unregistered::from_detail(&entry.detail);
-                        if let Some(made) = made.filter(|m| !m.dirs.is_empty()) {
-                            let (gone, complete) = super::restore::delete_restore_dirs(
-                                env,
-                                &made.datacenter,
-                                made.job,
-                                &made.dirs,
-                            )
-                            .await;
+                        // Then the directories the restore made.
+                        let (gone, complete) =
+                            super::restore::delete_dirs_named_in(env, &entry.detail).await;
+                        if !complete {
+                            report.errors.push(format!(
+                                "deleting the directories {} of a half-restored VM: see the log; the entry stays for the next run",
+                                entry.detail["dirs"]
+                            ));
+                            return;
+                        }
+                        if entry.detail["dirs"].as_array().is_some_and(|d| !d.is_empty()) {
                             detail["deleted"] = gone.into();
-                            if !complete {
-                                report.errors.push(format!(
-                                    "deleting the directories {:?} of a half-restored VM: see the log; the entry stays for the next run",
-                                    made.dirs
-                                ));
-                                return;
-                            }
                         }
                         if let Err(e) = journal::close(env, entry.id).await {
                             report.errors.push(error_chain(&e));
@@ -390,13 +383,7 @@ async fn undo(
                     match made {
                         Some(made) => {
                             tracing::warn!(journal = entry.id, deleted = ?deleted, left = ?made.creating, "reconcile: a restore crashed before registering its VM; the files it made are deleted");
-                            // A disk being made in the restore's own directory went with it.
-                            let in_own_dir = |f: &str| {
-                                made.dirs.iter().chain(&made.creating_dir).any(|d| {
-                                    f.strip_prefix(d.as_str()).is_some_and(|r| r.starts_with('/'))
-                                })
-                            };
-                            if let Some(file) = made.creating.clone().filter(|f| !in_own_dir(f)) {
+                            if let Some(file) = made.creating_elsewhere() {
                                 detail["maybe_left"] = file.into();
                             }
                         }

@@ -60,7 +60,7 @@ pub use verify::is_restored_claim;
 
 use plan::Plan;
 pub(crate) use swap::{FcdSwap, committing_of, swap_back, swaps_of};
-pub(crate) use unregistered::{Unregistered, delete_restore_dirs, delete_unregistered};
+pub(crate) use unregistered::{Unregistered, delete_dirs_named_in, delete_unregistered};
 
 use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
@@ -445,9 +445,9 @@ struct Effects {
     committing: Option<u64>,
     /// What a restore to a new VM made before registering it: deleted on failure.
     unregistered: Option<Unregistered>,
-    /// The directories a restore to a new VM made (its datacenter, its job): deleted,
-    /// whole, after its VM is destroyed on failure.
-    dirs: Option<(MoRef, JobId, Vec<String>)>,
+    /// The journal detail of a registered new VM (its directories among it, deleted whole
+    /// after the VM is destroyed on failure).
+    registered: Option<serde_json::Value>,
     /// A new VM's data is all written, its entry marked `complete`: a failed EndAccess
     /// keeps it rather than destroy it.
     complete: bool,
@@ -632,31 +632,23 @@ async fn lock_users_vm(
     vm_name: &str,
     job: JobId,
 ) -> Result<Option<VmLock>, RestoreError> {
+    let acquire = |vm: VmMoref, name: String, what: &'static str| {
+        let (root, vcenter) = (
+            env.repo.root().to_path_buf(),
+            env.soap.service_content().about.instance_uuid.clone(),
+        );
+        blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, what))
+    };
     let Some(info) = plan
         .existing_vm
         .as_ref()
         .filter(|_| plan.prediction.restore_type != RestoreType::New)
     else {
-        let (root, vcenter, pseudo, name) = (
-            env.repo.root().to_path_buf(),
-            env.soap.service_content().about.instance_uuid.clone(),
-            VmMoref(format!("new-{}", plan.name)),
-            plan.name.clone(),
-        );
-        let lock = blocking(move || {
-            VmLock::acquire(&root, &vcenter, &pseudo, &name, job, "restore to a new VM")
-        })
-        .await??;
+        let pseudo = VmMoref(format!("new-{}", plan.name));
+        let lock = acquire(pseudo, plan.name.clone(), "restore to a new VM").await??;
         return Ok(Some(lock));
     };
-    let (root, vcenter, vm, name) = (
-        env.repo.root().to_path_buf(),
-        env.soap.service_content().about.instance_uuid.clone(),
-        info.moref.clone(),
-        vm_name.to_owned(),
-    );
-    let lock =
-        blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "restore")).await??;
+    let lock = acquire(info.moref.clone(), vm_name.to_owned(), "restore").await??;
     let seen = |i: &crate::vsphere::VmInfo| {
         let mut disks: Vec<_> = i
             .disks
@@ -696,7 +688,7 @@ fn lock_effects(e: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 
 /// Undoes what a failed restore changed: a VM shell it created is destroyed; EndAccess.
 async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObserver) {
-    let (access, target, attached, swapped, committing, unregistered, dirs, complete) = {
+    let (access, target, attached, swapped, committing, unregistered, registered, complete) = {
         let mut e = lock_effects(effects);
         (
             e.access.take(),
@@ -705,7 +697,7 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             std::mem::take(&mut e.swapped),
             e.committing.take(),
             e.unregistered.take(),
-            e.dirs.take(),
+            e.registered.take(),
             e.complete,
         )
     };
@@ -752,11 +744,8 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
             });
             match remove_shell(env, &vm).await {
                 Ok(()) => {
-                    // Destroying the VM leaves its directories on other datastores.
-                    let complete = match &dirs {
-                        Some((dc, job, dirs)) => {
-                            delete_restore_dirs(env, dc, Some(*job), dirs).await.1
-                        }
+                    let complete = match &registered {
+                        Some(detail) => delete_dirs_named_in(env, detail).await.1,
                         None => true,
                     };
                     if complete {
@@ -924,7 +913,7 @@ async fn check_backed_up_uuid(
         .and_then(|d| d.uuid.clone());
     if has
         .as_deref()
-        .is_some_and(|h| verify::uuid_hex(h) == verify::uuid_hex(uuid))
+        .is_some_and(|h| predict::hex_of(h) == predict::hex_of(uuid))
     {
         return Ok(());
     }
@@ -1150,21 +1139,17 @@ async fn restore_steps(
                 }
             };
             crash_point("restore-registered");
+            let detail = json!({"job": report.job, "point": request.point, "vmx": vmx_path,
+                "vm": vm.as_str(), "name": plan.name, "datacenter": dc.value, "dirs": made.dirs});
             {
                 // Registered: destroying the VM deletes its files, and the clean-up then
                 // its directories.
                 let mut e = lock_effects(effects);
                 e.target = Some((shell_id, Target::Created(Some(vm.clone()))));
                 e.unregistered = None;
-                e.dirs = Some((dc.clone(), report.job, made.dirs.clone()));
+                e.registered = Some(detail.clone());
             }
-            journal::update(
-                env,
-                shell_id,
-                json!({"job": report.job, "point": request.point, "vmx": vmx_path, "vm": vm.as_str(),
-                       "name": plan.name, "datacenter": dc.value, "dirs": made.dirs}),
-            )
-            .await?;
+            journal::update(env, shell_id, detail).await?;
             crash_point("restore-after-register");
             super::pause_point("restore-after-register").await;
             vm
@@ -1465,20 +1450,17 @@ async fn restore_steps(
     // A new VM is complete from here: should the agent die before the entry is closed,
     // reconcile ends the access and keeps the VM (WCP may be registering it) instead of
     // destroying it as half-restored.
-    let shell_entry = match lock_effects(effects).target {
-        Some((id, Target::Created(Some(_)))) => Some(id),
-        _ => None,
-    };
-    if let Some(id) = shell_entry {
-        let catalog = env.repo.catalog().clone();
-        let open = blocking(move || catalog.journal_open_entries())
-            .await?
-            .map_err(BackupError::from)?;
-        if let Some(mut detail) = open.into_iter().find(|e| e.id == id).map(|e| e.detail) {
-            detail["complete"] = true.into();
-            journal::update(env, id, detail).await?;
-            lock_effects(effects).complete = true;
+    let shell_entry = {
+        let e = lock_effects(effects);
+        match (&e.target, &e.registered) {
+            (Some((id, Target::Created(Some(_)))), Some(detail)) => Some((*id, detail.clone())),
+            _ => None,
         }
+    };
+    if let Some((id, mut detail)) = shell_entry {
+        detail["complete"] = true.into();
+        journal::update(env, id, detail).await?;
+        lock_effects(effects).complete = true;
     }
     crash_point("restore-complete-journalled");
     journal::end_access(env, &vm, &identity, access_id).await?;

@@ -48,7 +48,7 @@ pub(super) fn current_disk<'a>(
     d: &DiskRecord,
 ) -> Option<&'a crate::vsphere::VirtualDiskInfo> {
     let same = |c: &crate::vsphere::VirtualDiskInfo| match (&c.uuid, &d.disk_uuid) {
-        (Some(a), Some(b)) => super::verify::uuid_hex(a) == super::verify::uuid_hex(b),
+        (Some(a), Some(b)) => predict::hex_of(a) == predict::hex_of(b),
         _ => false,
     };
     let by_key = info.disks.iter().find(|c| c.key == d.key);

@@ -48,6 +48,18 @@ pub(crate) struct Unregistered {
 }
 
 impl Unregistered {
+    /// The disk being made when the journal was last written, unless it was in one of the
+    /// restore's own directories (which go whole, with it): one that may have been
+    /// refused because a file of that name was there, and is never deleted.
+    pub(crate) fn creating_elsewhere(&self) -> Option<&str> {
+        let file = self.creating.as_deref()?;
+        let in_own = self.dirs.iter().chain(&self.creating_dir).any(|d| {
+            file.strip_prefix(d.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+        });
+        (!in_own).then_some(file)
+    }
+
     /// The journal detail's fields (merged into the `vm_shell` entry's detail).
     pub(crate) fn detail(&self) -> Value {
         serde_json::json!({
@@ -181,20 +193,14 @@ pub(crate) async fn delete_unregistered(
             ),
         });
     }
-    let dirs: Vec<String> = u.dirs.iter().chain(&u.creating_dir).cloned().collect();
-    let in_own_dir = |file: &str| {
-        dirs.iter().any(|d| {
-            file.strip_prefix(d.as_str())
-                .is_some_and(|r| r.starts_with('/'))
-        })
-    };
-    if let Some(file) = u.creating.as_deref().filter(|f| !in_own_dir(f)) {
+    if let Some(file) = u.creating_elsewhere() {
         tracing::warn!(
             file,
             "restore clean-up: a disk was being made when the restore stopped; it may exist, and may not be the restore's (vSphere refuses to make a file that is there): check it and delete it by hand if it is a leftover"
         );
     }
     if complete {
+        let dirs: Vec<String> = u.dirs.iter().chain(&u.creating_dir).cloned().collect();
         let (gone, all) = delete_restore_dirs(env, &u.datacenter, u.job, &dirs).await;
         deleted.extend(gone);
         complete = all;
@@ -202,12 +208,27 @@ pub(crate) async fn delete_unregistered(
     (deleted, complete)
 }
 
+/// After the VM of a restore to a new VM was destroyed: deletes the directories its
+/// journal `detail` names (destroying the VM leaves those on other datastores than the
+/// `.vmx`'s). Returns the directories deleted and whether none is left.
+pub(crate) async fn delete_dirs_named_in(
+    env: &crate::engine::Environment,
+    detail: &Value,
+) -> (Vec<String>, bool) {
+    match Unregistered::from_detail(detail) {
+        Some(m) if !m.dirs.is_empty() => {
+            delete_restore_dirs(env, &m.datacenter, m.job, &m.dirs).await
+        }
+        _ => (Vec::new(), true),
+    }
+}
+
 /// Deletes, whole, the directories a restore to a new VM made for itself (`dirs`, each
 /// `[ds] <vm>-restore-<job>`): after its files, or after its VM was destroyed (which
 /// leaves the directories on other datastores than the `.vmx`'s). One already gone counts
 /// as deleted; a path that is not a directory of `job`'s is never touched. Returns the
 /// directories deleted and whether none is left.
-pub(crate) async fn delete_restore_dirs(
+async fn delete_restore_dirs(
     env: &crate::engine::Environment,
     datacenter: &MoRef,
     job: Option<JobId>,

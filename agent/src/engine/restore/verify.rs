@@ -391,14 +391,6 @@ fn entry<'a>(obj: &'a Value, pointer: &str, key: &str) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
-/// A UUID's hex digits in lower case, to compare UUIDs however they are written.
-pub(super) fn uuid_hex(uuid: &str) -> String {
-    uuid.chars()
-        .filter(char::is_ascii_hexdigit)
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
-}
-
 /// What in the restored VirtualMachine `obj` (restore to new or in place) is not as seed 001
 /// §8.1–§8.2 says it comes back:
 /// - the user's labels and annotations are the backup's (§8.1.2, §8.1.3);
@@ -438,7 +430,7 @@ pub(super) fn spec_problems(expected: &Expected<'_>, obj: &Value) -> Vec<String>
                 continue;
             };
             let got = string_at(obj, pointer);
-            if got.map(uuid_hex) != Some(uuid_hex(want)) {
+            if got.map(super::predict::hex_of) != Some(super::predict::hex_of(want)) {
                 problems.push(format!(
                     "{what} is {got:?}, the backup's is {want:?} (§8.2)"
                 ));
