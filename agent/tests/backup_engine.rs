@@ -170,23 +170,38 @@ mod tests {
         }
 
         fn reconcile(&self, vms: &[&VmMoref]) -> Value {
+            let (code, report) = self.reconcile_in(&self.repo(), vms, &[]);
+            assert_eq!(code, Some(0), "reconcile: {report}");
+            report
+        }
+
+        /// `vadp-agent reconcile` of `repo` against this fixture's vCenter: exit code and
+        /// report.
+        fn reconcile_in(
+            &self,
+            repo: &Path,
+            vms: &[&VmMoref],
+            extra: &[&str],
+        ) -> (Option<i32>, Value) {
             let mut args: Vec<String> = vec!["--json".into(), "reconcile".into(), "--repo".into()];
-            args.push(self.repo().display().to_string());
+            args.push(repo.display().to_string());
             for vm in vms {
                 args.push("--vm".into());
                 args.push(vm.0.clone());
             }
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
             args.extend(self.connection());
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = self.run(&refs, &[], None);
-            assert!(
-                out.status.success(),
-                "reconcile: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
             let stdout = String::from_utf8_lossy(&out.stdout);
-            let line = stdout.lines().last().unwrap();
-            serde_json::from_str::<Value>(line).unwrap()["report"].clone()
+            let line = stdout.lines().last().unwrap_or_else(|| {
+                panic!(
+                    "reconcile: no report: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+            let report = serde_json::from_str::<Value>(line).unwrap()["report"].clone();
+            (out.status.code(), report)
         }
 
         fn new_vm(&self, name: &str, disks_mib: &[u64]) -> VmMoref {
@@ -1012,6 +1027,80 @@ mod tests {
         assert_eq!(fx.points().len(), 1);
     }
 
+    /// One repository, two vCenters: a backup against the first is killed with its
+    /// snapshot taken; a reconcile against the second, where the same morefs name other
+    /// objects (a VM of the same moref with a snapshot of the same moref), leaves both that
+    /// VM's snapshot and the entries alone; a reconcile against the first undoes them.
+    #[test]
+    fn reconcile_leaves_another_vcenters_journal_entries_alone() {
+        let fx = Fixture::new();
+        let other = Fixture::new();
+        let a = fx.new_vm("node-a", &[8]);
+        let twin = other.new_vm("node-a", &[8]);
+        assert_eq!(a, twin, "the labs no longer give the same first moref");
+        fx.lab
+            .guest_write(&a, DiskKey(2000), 0, &pattern(3, MIB))
+            .unwrap();
+        let crashed = fx.backup(&[&a], &[], Some("after-snapshot"));
+        assert_ne!(crashed.code, Some(0), "the agent did not crash");
+        let ours = fx.lab.vm(&a).unwrap().snapshots;
+        assert_eq!(ours.len(), 1);
+        // The backup's snapshot is not the lab's first (enabling CBT took one): as many of
+        // the user's as give one of the same moref.
+        let mut users = 0;
+        while !other
+            .lab
+            .vm(&twin)
+            .unwrap()
+            .snapshots
+            .iter()
+            .any(|s| s.moref == ours[0].moref)
+        {
+            users += 1;
+            assert!(users < 10, "no snapshot of moref {:?}", ours[0].moref);
+            other
+                .lab
+                .create_snapshot(&twin, &format!("users-own-{users}"), "not ours")
+                .unwrap();
+        }
+
+        let (code, report) = other.reconcile_in(&fx.repo(), &[], &[]);
+        assert_eq!(code, Some(0), "{report}");
+        assert!(
+            report["snapshots_removed"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+        assert!(
+            report["access_ended"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+        let left = report["other_vcenter"].as_array().unwrap();
+        assert_eq!(
+            left.len(),
+            2,
+            "the snapshot and PrepareForAccess entries: {report}"
+        );
+        assert_eq!(
+            other.lab.vm(&twin).unwrap().snapshots.len(),
+            users,
+            "another VM's snapshot went"
+        );
+        assert_eq!(fx.lab.vm(&a).unwrap().snapshots.len(), 1);
+
+        let report = fx.reconcile(&[]);
+        assert_eq!(
+            report["snapshots_removed"].as_array().unwrap().len(),
+            1,
+            "{report}"
+        );
+        assert!(
+            report["other_vcenter"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+        fx.assert_clean(&[&a]);
+        fx.verify_clean();
+    }
+
     #[test]
     fn killed_backups_leave_nothing_behind_after_a_restart() {
         let fx = Fixture::new();
@@ -1025,17 +1114,41 @@ mod tests {
             .unwrap();
         let points = |fx: &Fixture| fx.points().len();
 
-        // A snapshot carrying our tag that no journal here knows (another repository's job,
-        // or a lost journal): a backup refuses the VM until `reconcile --vm` removes it.
+        // A snapshot carrying our tag of a job this repository has no record of (another
+        // repository's job, maybe running, or a lost catalog): a backup refuses the VM and
+        // says whose it is; `reconcile --vm` leaves it unless `--unknown-jobs` is given.
         let foreign = format!("vadp-agent backup job {}", uuid::Uuid::new_v4());
         fx.lab
             .create_snapshot(&a, "vadp-agent-old", &foreign)
             .unwrap();
         let refused = fx.backup(&[&a, &b], &["--group", "nodes"], None);
         assert_ne!(refused.code, Some(0), "backup not refused");
-        assert!(refused.stderr.contains("reconcile"), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("no record of") && refused.stderr.contains("--unknown-jobs"),
+            "{}",
+            refused.stderr
+        );
         assert_eq!(points(&fx), 0, "a refused group changes nothing");
-        let report = fx.reconcile(&[&a]);
+        let (code, report) = fx.reconcile_in(&fx.repo(), &[&a], &[]);
+        assert_eq!(code, Some(2), "{report}");
+        assert!(
+            report["snapshots_removed"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+        assert!(
+            report["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("no record of"),
+            "{report}"
+        );
+        assert_eq!(
+            fx.lab.vm(&a).unwrap().snapshots.len(),
+            1,
+            "the snapshot was removed"
+        );
+        let (code, report) = fx.reconcile_in(&fx.repo(), &[&a], &["--unknown-jobs"]);
+        assert_eq!(code, Some(0), "{report}");
         assert_eq!(
             report["snapshots_removed"].as_array().unwrap().len(),
             1,

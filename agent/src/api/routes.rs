@@ -486,7 +486,7 @@ async fn gc(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<GcResult>> {
 }
 
 async fn reconcile(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<ReconcileResult>> {
-    let r = engine::reconcile(&s.env, &[])
+    let r = engine::reconcile(&s.env, &[], false)
         .await
         .map_err(|e| ApiFailure::internal(engine::error_chain(&e)))?;
     Ok(axum::Json(ReconcileResult {

@@ -104,9 +104,15 @@ pub struct ReconcileArgs {
     /// The repository whose journal to reconcile.
     #[arg(long)]
     pub repo: PathBuf,
-    /// Also remove our tagged snapshots from these VMs (morefs) when no running job owns them.
+    /// Also remove our tagged snapshots from these VMs (morefs) when no running job of this
+    /// repository owns them.
     #[arg(long = "vm")]
     pub vms: Vec<VmMoref>,
+    /// With `--vm`: also remove tagged snapshots of jobs this repository has no record of
+    /// (another repository's or agent's backups, or those of a catalog that was lost or
+    /// rebuilt). Make sure none of those backups is running: its snapshot goes under it.
+    #[arg(long, requires = "vms")]
+    pub unknown_jobs: bool,
     /// vCenter and VDDK.
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -432,7 +438,7 @@ fn observer(json: bool) -> Observer {
 /// Set-up and catalog failures.
 pub fn reconcile(args: &ReconcileArgs, json: bool) -> anyhow::Result<ExitCode> {
     let (rt, env) = environment(&args.connection, &args.repo)?;
-    let report = rt.block_on(engine::reconcile(&env, &args.vms));
+    let report = rt.block_on(engine::reconcile(&env, &args.vms, args.unknown_jobs));
     let _ = rt.block_on(env.soap.logout());
     let report = report.context("reconcile")?;
     if json {
@@ -464,6 +470,9 @@ pub fn reconcile(args: &ReconcileArgs, json: bool) -> anyhow::Result<ExitCode> {
                 "{} entries belong to jobs still running; left alone",
                 report.skipped_running
             );
+        }
+        for e in &report.other_vcenter {
+            say!("left: {e}");
         }
         for e in &report.errors {
             say!("error: {e}");

@@ -102,7 +102,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         // Undo what interrupted jobs left in vSphere before new work starts touching it:
         // the queue dispatches as soon as it starts, and a queued backup of a VM whose
         // snapshot is still being removed here would be refused.
-        match engine::reconcile(&env, &[]).await {
+        match engine::reconcile(&env, &[], false).await {
             Ok(r) if r.is_clean() => tracing::info!("reconcile at start-up: clean"),
             Ok(r) => tracing::warn!(
                 snapshots_removed = r.snapshots_removed.len(),

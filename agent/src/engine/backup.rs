@@ -470,7 +470,7 @@ pub async fn run_backup(
     // A restarted agent first undoes what its interrupted jobs left (never a running job's:
     // their locks are held). A failure here is reported; the VMs it concerns are refused
     // below while they still carry our snapshot.
-    match super::reconcile(env, &[]).await {
+    match super::reconcile(env, &[], false).await {
         Ok(r) => {
             let did = r.snapshots_removed.len() + r.access_ended.len() + r.jobs_interrupted.len();
             if did > 0 || !r.errors.is_empty() {
@@ -783,7 +783,19 @@ async fn set_up(
                     blocking(move || JobLock::acquire(&root, job)).await?,
                     Err(crate::repo::ChunkStoreError::Busy { .. })
                 );
-            let reason = if running {
+            let catalog = env.repo.catalog().clone();
+            let ours = blocking(move || catalog.job_known(job))
+                .await?
+                .map_err(BackupError::Catalog)?;
+            let reason = if !ours {
+                format!(
+                    "it carries snapshot {} ({:?}) of job {job}, which this repository has no \
+                     record of: another repository's or agent's backup, maybe running now; \
+                     when it has ended, run `vadp-agent reconcile --vm {moref}` with that \
+                     repository, or here with `--unknown-jobs`",
+                    s.snapshot, s.name
+                )
+            } else if running {
                 format!(
                     "job {job} is backing it up now, or a reconcile is cleaning up after it \
                      (snapshot {}); a VM is not backed up by two jobs at once: try again when \

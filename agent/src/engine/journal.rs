@@ -143,13 +143,42 @@ pub(crate) fn snapshot_job(description: &str) -> Option<JobId> {
         .ok()
 }
 
-/// Opens a journal entry (fsynced by SQLite's commit) and returns its id.
+/// The key of an entry's detail that names the vCenter (its `instanceUuid`) the entry's
+/// morefs belong to: one repository may serve several vCenters, and a moref means nothing
+/// on another (the reconciler leaves such entries for a run against their own vCenter).
+pub(crate) const VCENTER_KEY: &str = "vcenter";
+
+/// `detail` with the connected vCenter's `instanceUuid` under [`VCENTER_KEY`].
+fn with_vcenter(env: &Environment, mut detail: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = detail.as_object_mut() {
+        map.insert(
+            VCENTER_KEY.into(),
+            env.soap
+                .service_content()
+                .about
+                .instance_uuid
+                .clone()
+                .into(),
+        );
+    }
+    detail
+}
+
+/// The vCenter an entry was written against (`None` for entries written before the
+/// journal recorded it: taken as the connected one's, as the reconciler then did).
+pub(crate) fn vcenter_of(detail: &serde_json::Value) -> Option<&str> {
+    detail.get(VCENTER_KEY)?.as_str()
+}
+
+/// Opens a journal entry (fsynced by SQLite's commit) and returns its id; the detail gets
+/// the vCenter's `instanceUuid` ([`VCENTER_KEY`]).
 pub(crate) async fn open(
     env: &Environment,
     kind: JournalKind,
     vm: &VmMoref,
     detail: serde_json::Value,
 ) -> Result<i64, BackupError> {
+    let detail = with_vcenter(env, detail);
     let catalog = env.repo.catalog().clone();
     let vm = vm.clone();
     blocking(move || catalog.journal_open(kind, vm, detail, crate::repo::now_secs()))
@@ -157,12 +186,13 @@ pub(crate) async fn open(
         .map_err(BackupError::Catalog)
 }
 
-/// Replaces an entry's detail.
+/// Replaces an entry's detail (the vCenter's `instanceUuid` kept, as [`open`] adds it).
 pub(crate) async fn update(
     env: &Environment,
     id: i64,
     detail: serde_json::Value,
 ) -> Result<(), BackupError> {
+    let detail = with_vcenter(env, detail);
     let catalog = env.repo.catalog().clone();
     blocking(move || catalog.journal_update(id, detail))
         .await?

@@ -31,6 +31,9 @@ pub struct ReconcileReport {
     pub half_created_vms: Vec<(VmMoref, serde_json::Value)>,
     /// Entries left alone because their job is still running.
     pub skipped_running: usize,
+    /// Entries left alone because they were written against another vCenter (one
+    /// repository may serve several): what each is, for a run against that vCenter.
+    pub other_vcenter: Vec<String>,
     /// Jobs that were running when their agent stopped, now marked failed.
     pub jobs_interrupted: Vec<JobId>,
     /// What could not be undone (still journalled; the next run tries again).
@@ -50,11 +53,17 @@ fn job_of(entry: &JournalEntry) -> Option<JobId> {
 }
 
 /// Undoes what crashed jobs left. `vms`: also remove snapshots carrying our tag on these
-/// VMs when their job is not running here (e.g. the journal entry is gone).
+/// VMs when their job is not running here (e.g. the journal entry is gone) — of jobs this
+/// repository knows, and with `unknown_jobs` of any job (another repository's or agent's:
+/// the caller makes sure none of them runs).
 ///
 /// # Errors
 /// Catalog errors; failures to undo a single effect are listed in the report instead.
-pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileReport, BackupError> {
+pub async fn reconcile(
+    env: &Environment,
+    vms: &[VmMoref],
+    unknown_jobs: bool,
+) -> Result<ReconcileReport, BackupError> {
     let mut report = ReconcileReport::default();
     let root = env.repo.root().to_path_buf();
     let catalog = env.repo.catalog().clone();
@@ -96,6 +105,26 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
             None => true,
         })
         .collect();
+    // A moref names an object of one vCenter only: an entry written against another is
+    // that vCenter's to undo (undoing it here would remove another VM's snapshot, or
+    // destroy another VM).
+    let here = env.soap.service_content().about.instance_uuid.clone();
+    entries.retain(|e| match journal::vcenter_of(&e.detail) {
+        Some(there) if there != here => {
+            let what = format!(
+                "journal entry {} ({} of {}{}) belongs to vCenter {there}: run `vadp-agent \
+                 reconcile` against that vCenter to undo it",
+                e.id,
+                e.kind,
+                e.vm,
+                job_of(e).map(|j| format!(", job {j}")).unwrap_or_default()
+            );
+            tracing::warn!("reconcile: {what}");
+            report.other_vcenter.push(what);
+            false
+        }
+        _ => true,
+    });
     // Snapshots before EndAccess, as a backup ends. The VMs of restores before EndAccess
     // too: a half-restored VM is removed, and the unfinished disks a disk-only restore
     // attached detached, while RelocateVM_Task is still disabled, so that WCP never takes
@@ -148,7 +177,7 @@ pub async fn reconcile(env: &Environment, vms: &[VmMoref]) -> Result<ReconcileRe
         report.jobs_interrupted.push(job);
     }
     for vm in vms {
-        tagged_snapshots(env, vm, &root, &mut held, &mut report).await;
+        tagged_snapshots(env, vm, &root, unknown_jobs, &mut held, &mut report).await;
     }
     for (job, lock) in held {
         drop(lock);
@@ -413,6 +442,7 @@ async fn tagged_snapshots(
     env: &Environment,
     vm: &VmMoref,
     root: &std::path::Path,
+    unknown_jobs: bool,
     held: &mut Vec<(JobId, JobLock)>,
     report: &mut ReconcileReport,
 ) {
@@ -429,6 +459,34 @@ async fn tagged_snapshots(
         let Some(job) = journal::snapshot_job(&s.description) else {
             continue;
         };
+        // Every job of this repository is in its catalog before it takes a snapshot: one
+        // it does not know is another repository's or agent's, maybe running now.
+        let catalog = env.repo.catalog().clone();
+        match blocking(move || catalog.job_known(job)).await {
+            Ok(Ok(known)) if known || unknown_jobs => {}
+            Ok(Ok(_)) => {
+                report.errors.push(format!(
+                    "snapshot {} ({:?}) of {vm} was taken by job {job}, which this repository \
+                     has no record of: another repository's or agent's backup, maybe running \
+                     now; left alone (run `vadp-agent reconcile --vm {vm}` with that \
+                     repository, or, once no backup uses it, add `--unknown-jobs`)",
+                    s.snapshot, s.name
+                ));
+                continue;
+            }
+            Ok(Err(e)) => {
+                report
+                    .errors
+                    .push(format!("job {job}: {}", error_chain(&e)));
+                continue;
+            }
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("job {job}: {}", error_chain(&e)));
+                continue;
+            }
+        }
         if !held.iter().any(|(j, _)| *j == job) {
             let r = root.to_path_buf();
             match blocking(move || JobLock::acquire(&r, job)).await {

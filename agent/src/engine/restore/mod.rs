@@ -479,7 +479,7 @@ pub async fn run_restore(
     // sees the VM as it is and PrepareForAccess is not refused for an old job's identity.
     // A dry run changes nothing, this included.
     if !request.dry_run {
-        match super::reconcile(env, &[]).await {
+        match super::reconcile(env, &[], false).await {
             Ok(r) => {
                 let did = r.snapshots_removed.len()
                     + r.access_ended.len()

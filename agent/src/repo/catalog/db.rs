@@ -699,6 +699,24 @@ impl Catalog {
             .map_err(self.sql())
     }
 
+    /// Whether this catalog has a record of `job`: every backup and restore job is recorded
+    /// before it changes anything (the reconciler tells this repository's snapshots from
+    /// those of another repository's or agent's jobs by it).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn job_known(&self, job: JobId) -> Result<bool, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM jobs WHERE id = ?1",
+                [job.to_string()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(self.sql())
+    }
+
     /// Record how a job ended.
     ///
     /// # Errors

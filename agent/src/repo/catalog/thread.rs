@@ -36,6 +36,7 @@ enum Command {
     JobFinish(JobId, Box<JobEnd>, i64, Reply<()>),
     RunningJobs(Reply<Vec<JobId>>),
     JobStats(JobId, Reply<Option<serde_json::Value>>),
+    JobKnown(JobId, Reply<bool>),
     DamagedList(Reply<Vec<DamagedChunk>>),
     IntegrityCheck(Reply<Vec<String>>),
     DamagedMark(Vec<DamagedChunk>, Reply<()>),
@@ -338,6 +339,14 @@ impl CatalogHandle {
         self.call(|r| Command::JobStats(job, r))
     }
 
+    /// See [`Catalog::job_known`].
+    ///
+    /// # Errors
+    /// As [`Catalog::job_known`], or [`CatalogError::Gone`].
+    pub fn job_known(&self, job: JobId) -> Result<bool, CatalogError> {
+        self.call(|r| Command::JobKnown(job, r))
+    }
+
     /// See [`Catalog::integrity_check`].
     ///
     /// # Errors
@@ -411,6 +420,7 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::JobFinish(id, end, now, r) => drop(r.send(catalog.job_finish(id, &end, now))),
         Command::RunningJobs(r) => drop(r.send(catalog.running_jobs())),
         Command::JobStats(id, r) => drop(r.send(catalog.job_stats(id))),
+        Command::JobKnown(id, r) => drop(r.send(catalog.job_known(id))),
         Command::DamagedList(r) => drop(r.send(catalog.damaged_list())),
         Command::IntegrityCheck(r) => drop(r.send(catalog.integrity_check())),
         Command::DamagedMark(c, r) => drop(r.send(catalog.damaged_mark(&c))),
