@@ -1164,6 +1164,50 @@ concurrent_jobs = 2
         assert!(lab.disabled_methods(&vm).unwrap().is_empty());
     }
 
+    /// A client's cancel of a backup that is reading its disk ends the job `cancelled`
+    /// (not `failed`), its snapshot removed and its access ended, and the VM cut off is
+    /// not counted as a failed VM.
+    #[test]
+    fn a_backup_cancelled_while_it_reads_ends_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "cancel-1");
+        lab.guest_write(&vm, disk, 0, &[9u8; 65536]).unwrap();
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let pause = dir.path().join("pause");
+        std::fs::create_dir_all(&pause).unwrap();
+        let mut cmd = agent(&["serve", "--config"]);
+        cmd.arg(&config)
+            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+            .env("VADP_AGENT_PAUSE_DIR", &pause);
+        let (_daemon, base) = start(cmd);
+        let rt = runtime();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let job = rt.block_on(client.backup(&one_vm_backup(&vm.0))).unwrap();
+        wait_for_file(
+            &pause.join("backup-mid-disk.reached"),
+            "the backup never read",
+        );
+        rt.block_on(client.cancel(&job.id)).unwrap();
+        std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
+        let (_, ended) = rt.block_on(follow(&client, &job.id));
+        assert_eq!(ended.state, JobState::Cancelled, "{ended:?}");
+        assert!(
+            ended
+                .error
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("cancelled"),
+            "{ended:?}"
+        );
+        assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
+        assert!(lab.disabled_methods(&vm).unwrap().is_empty());
+        let metrics = rt.block_on(client.metrics()).unwrap();
+        assert!(
+            metrics.contains("vadp_agent_vm_failures_total 0\n"),
+            "{metrics}"
+        );
+    }
+
     /// A job whose VM another job is backing up waits for it, saying so, instead of
     /// failing (and a scheduled run losing its day): two policies that share a VM, or a
     /// vendor's backup that meets a scheduled one.

@@ -216,12 +216,16 @@ impl BackupJobs {
                     .collect()
             })
             .unwrap_or_default();
+        // Cancelled once its snapshots were taken, a job ends with a report whose VMs
+        // failed for the cancellation (and those that committed before it, their points):
+        // it was cancelled, not failed.
+        let cancelled = ctx.cancel.is_cancelled();
         let outcome = match result {
             Ok(report) => Outcome {
-                state: if report.succeeded {
-                    JobState::Succeeded
-                } else {
-                    JobState::Failed
+                state: match (report.succeeded, cancelled) {
+                    (true, _) => JobState::Succeeded,
+                    (false, true) => JobState::Cancelled,
+                    (false, false) => JobState::Failed,
                 },
                 error: (!report.succeeded).then(|| {
                     let failed: Vec<String> = report
@@ -229,7 +233,15 @@ impl BackupJobs {
                         .iter()
                         .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.name)))
                         .collect();
-                    format!("{} VM(s) failed: {}", failed.len(), failed.join("; "))
+                    if cancelled {
+                        format!(
+                            "cancelled: {} VM(s) did not finish: {}",
+                            failed.len(),
+                            failed.join("; ")
+                        )
+                    } else {
+                        format!("{} VM(s) failed: {}", failed.len(), failed.join("; "))
+                    }
                 }),
                 result: serde_json::to_value(&report).ok(),
             },

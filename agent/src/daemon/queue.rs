@@ -354,7 +354,11 @@ impl EventSink {
             "vm_finished" => entry.progress.vms_done += 1,
             "vm_failed" => {
                 entry.progress.vms_done += 1;
-                counters.vm_failures += 1;
+                // A VM cut off by the job's cancellation (a client's, or the shutdown's)
+                // did not fail.
+                if !entry.cancel.is_cancelled() {
+                    counters.vm_failures += 1;
+                }
             }
             _ => {}
         }
