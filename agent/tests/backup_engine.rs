@@ -1027,6 +1027,35 @@ mod tests {
         assert_eq!(fx.points().len(), 1);
     }
 
+    /// A panic in the job's set-up, after its snapshot was taken, ends the job with the
+    /// snapshot removed and the access ended, by the job itself (no reconcile).
+    #[test]
+    fn a_panic_after_the_snapshot_undoes_the_snapshot() {
+        let fx = Fixture::new();
+        let a = fx.new_vm("node-a", &[8]);
+        fx.lab
+            .guest_write(&a, DiskKey(2000), 0, &pattern(4, MIB))
+            .unwrap();
+        let panicked = fx.backup(&[&a], &[], Some("panic:after-snapshot"));
+        assert_eq!(panicked.code, Some(1), "{}", panicked.stderr);
+        assert!(
+            panicked.stderr.contains("set-up panicked"),
+            "{}",
+            panicked.stderr
+        );
+        fx.assert_clean(&[&a]);
+        assert!(fx.points().is_empty());
+        let report = fx.reconcile(&[]);
+        assert!(
+            report["snapshots_removed"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+        assert!(
+            report["access_ended"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+    }
+
     /// One repository, two vCenters: a backup against the first is killed with its
     /// snapshot taken; a reconcile against the second, where the same morefs name other
     /// objects (a VM of the same moref with a snapshot of the same moref), leaves both that

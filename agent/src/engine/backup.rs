@@ -20,6 +20,7 @@
 //!
 //! A crash anywhere leaves open journal entries, which [`super::reconcile`] undoes.
 
+use futures_util::FutureExt as _;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
@@ -574,7 +575,12 @@ async fn run_job(
     let mut members = Vec::new();
     let mut busy = BusyWait::default();
     let setup = loop {
-        let setup = set_up(&ctx, &mut members).await;
+        // A panic in the set-up must not skip the clean-up of what it did so far (the
+        // snapshots and PrepareForAccess of `members`): it ends the job as an error.
+        let setup = std::panic::AssertUnwindSafe(set_up(&ctx, &mut members))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(BackupError::Thread("the backup's set-up panicked".into())));
         // Another job holds one of the VMs: the locks come before any change, so nothing
         // was changed. Let go of the VMs locked so far (two jobs each holding a VM the
         // other wants never wait for each other) and try again, within the request's wait.

@@ -109,14 +109,17 @@ pub struct Environment {
 /// `snapshot-task-running`, `snapshot-unrecorded`, `after-snapshot`, `disk-opened`, `mid-disk`,
 /// `before-commit`, `after-commit`; in restores `restore-after-register`, `restore-after-prepare-access`,
 /// `restore-disk-journalled`, `restore-after-attach` and `restore-after-data`; and in
-/// `repo rebuild-catalog`, `rebuild-marked` and `rebuild-renamed`.
+/// `repo rebuild-catalog`, `rebuild-marked` and `rebuild-renamed`. `panic:<point>` panics
+/// there instead (for the tests that a panic undoes what the job did).
 pub(crate) fn crash_point(point: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
+    let at = AT
         .get_or_init(|| std::env::var("VADP_AGENT_CRASH_AT").ok())
-        .as_deref()
-        == Some(point)
-    {
+        .as_deref();
+    if at.and_then(|a| a.strip_prefix("panic:")) == Some(point) {
+        panic!("VADP_AGENT_CRASH_AT=panic:{point}");
+    }
+    if at == Some(point) {
         eprintln!("VADP_AGENT_CRASH_AT={point}: killing the process");
         // SIGKILL rather than abort(): no core dump to write, which on a machine that
         // collects them can take seconds the crash tests do not expect.
