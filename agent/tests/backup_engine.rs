@@ -1027,6 +1027,38 @@ mod tests {
         assert_eq!(fx.points().len(), 1);
     }
 
+    /// A restore point is stamped with vCenter's time, not this machine's: a proxy whose
+    /// clock is ten days behind (here: a vCenter ten days ahead) still stamps it now, so
+    /// that retention does not take it for ten days old once the clock is put right.
+    #[test]
+    fn a_point_is_stamped_with_vcenters_time() {
+        let fx = Fixture::new();
+        let a = fx.new_vm("node-a", &[8]);
+        fx.lab
+            .guest_write(&a, DiskKey(2000), 0, &pattern(5, MIB))
+            .unwrap();
+        let ahead = 10 * 86_400;
+        fx.lab
+            .update_settings(|s| s.clock_offset_secs = ahead)
+            .unwrap();
+        let before = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
+        fx.backup(&[&a], &[], None).ok();
+        let after = before + 120;
+        let created = fx.points()[0]["created_at"].as_i64().unwrap();
+        assert!(
+            (before + ahead..=after + ahead).contains(&created),
+            "created_at {created}, vCenter's time {}..{}",
+            before + ahead,
+            after + ahead
+        );
+    }
+
     /// A panic in the job's set-up, after its snapshot was taken, ends the job with the
     /// snapshot removed and the access ended, by the job itself (no reconcile).
     #[test]

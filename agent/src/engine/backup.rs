@@ -445,9 +445,43 @@ struct JobCtx {
     observer: Observer,
     /// The locks of the job's VMs, held until the job has cleaned up after itself.
     vm_locks: Mutex<Vec<VmLock>>,
-    /// When the group's snapshots were started (Unix seconds): the time of every point
-    /// of the job, so that retention sees the group's points as one moment.
+    /// When the group's snapshots were started (Unix seconds, by vCenter's clock): the
+    /// time of every point of the job, so that retention sees the group's points as one
+    /// moment.
     snapshot_at: std::sync::OnceLock<i64>,
+    /// vCenter's clock minus this machine's, in seconds, measured at the job's start.
+    clock_offset_secs: i64,
+}
+
+/// vCenter's clock minus this machine's, in seconds (`CurrentTime`; 0 when it cannot be
+/// read). A restore point is stamped with vCenter's time: a proxy VM's clock can be wrong
+/// for a while (booted before NTP corrected it), and a point stamped days off would be
+/// judged days old, or young, by retention once the clock is right.
+async fn vcenter_clock_offset(env: &Environment) -> i64 {
+    let asked = jiff::Timestamp::now();
+    let theirs = match env.soap.current_time().await {
+        Ok(text) => match text.parse::<jiff::Timestamp>() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(time = %text, error = %e, "vCenter's CurrentTime does not parse; points get this machine's time");
+                return 0;
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "reading vCenter's CurrentTime; points get this machine's time");
+            return 0;
+        }
+    };
+    let answered = jiff::Timestamp::now();
+    let mid = asked.as_millisecond() / 2 + answered.as_millisecond() / 2;
+    let offset = (theirs.as_millisecond() - mid) / 1000;
+    if offset.abs() > crate::daemon::clock::MAX_SKEW_SECS {
+        tracing::warn!(
+            offset_secs = offset,
+            "this machine's clock differs from vCenter's: the job's restore points are stamped with vCenter's time"
+        );
+    }
+    offset
 }
 
 /// Runs a backup job to the end: every side effect it caused is undone before it returns,
@@ -550,6 +584,7 @@ async fn run_job(
             })?,
     };
     let short = job.to_string()[..8].to_owned();
+    let clock_offset_secs = vcenter_clock_offset(env).await;
     let ctx = Arc::new(JobCtx {
         env: env.clone(),
         job,
@@ -563,6 +598,7 @@ async fn run_job(
         request,
         vm_locks: Mutex::new(Vec::new()),
         snapshot_at: std::sync::OnceLock::new(),
+        clock_offset_secs,
     });
 
     // Held until every point of the job is committed: GC waits (ARCHITECTURE §6). Let go
@@ -893,7 +929,9 @@ async fn set_up(
     }
     crash_point("before-snapshot");
     let t0 = Instant::now();
-    let _ = ctx.snapshot_at.set(crate::repo::now_secs());
+    let _ = ctx
+        .snapshot_at
+        .set(crate::repo::now_secs().saturating_add(ctx.clock_offset_secs));
     let creates = members.iter().map(|m| {
         let request = CreateSnapshot {
             quiesce: m.request.quiesce,
@@ -1340,7 +1378,7 @@ async fn back_up_vm_inner(
             .snapshot_at
             .get()
             .copied()
-            .unwrap_or_else(crate::repo::now_secs),
+            .unwrap_or_else(|| crate::repo::now_secs().saturating_add(ctx.clock_offset_secs)),
         kind,
         reason: reason.clone(),
         vmx: Some(vmx_bytes),
