@@ -3,9 +3,9 @@
 //! `Vec` is never resized, so the alignment holds for the buffer's whole life.
 //! `BufferPool` hands them out to the backup and restore pipelines.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 /// Alignment of buffer addresses, file offsets and lengths for direct I/O: 4096 covers
 /// devices with 4 KiB logical sectors as well as 512-byte ones.
@@ -77,6 +77,9 @@ impl AlignedBuf {
 /// incremental, a restore to a fast sink) cycles through a few buffers; only one that has
 /// to queue work grows to the cap. Pages touched for the first time are costly
 /// where the host reclaims free guest memory, and never-needed buffers add to peak RSS.
+/// How often a [`BufferPool::take`] that waits looks at its abort flag.
+const ABORT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub(crate) struct BufferPool {
     tx: Sender<AlignedBuf>,
     rx: Receiver<AlignedBuf>,
@@ -99,8 +102,9 @@ impl BufferPool {
     }
 
     /// A free buffer, a new one while fewer than `cap` exist, or else the next one given
-    /// back. `None` only if the pool is gone.
-    pub(crate) fn take(&self) -> Option<AlignedBuf> {
+    /// back. `None` once `abort` is set while it waits (a stage that failed or panicked
+    /// may never give its buffers back: the waiter must not wait for them for ever).
+    pub(crate) fn take(&self, abort: &AtomicBool) -> Option<AlignedBuf> {
         if let Ok(buf) = self.rx.try_recv() {
             return Some(buf);
         }
@@ -113,7 +117,13 @@ impl BufferPool {
         if room {
             return Some(AlignedBuf::zeroed(self.len));
         }
-        self.rx.recv().ok()
+        loop {
+            match self.rx.recv_timeout(ABORT_POLL) {
+                Ok(buf) => return Some(buf),
+                Err(RecvTimeoutError::Timeout) if !abort.load(Ordering::Relaxed) => {}
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Return a buffer taken from this pool.
@@ -142,18 +152,19 @@ mod tests {
     #[test]
     fn pool_reuses_before_it_allocates_and_never_exceeds_its_cap() {
         let pool = BufferPool::new(2, 64);
-        let a = pool.take().unwrap();
+        let go = AtomicBool::new(false);
+        let a = pool.take(&go).unwrap();
         pool.give_back(a);
-        let a = pool.take().unwrap();
+        let a = pool.take(&go).unwrap();
         assert_eq!(
             pool.made.load(Ordering::Relaxed),
             1,
             "a free buffer is reused"
         );
-        let b = pool.take().unwrap();
+        let b = pool.take(&go).unwrap();
         assert_eq!(pool.made.load(Ordering::Relaxed), 2);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| pool.take().unwrap());
+            let waiter = s.spawn(|| pool.take(&go).unwrap());
             std::thread::sleep(std::time::Duration::from_millis(50));
             assert!(!waiter.is_finished(), "a third buffer was made");
             pool.give_back(a);
@@ -161,5 +172,22 @@ mod tests {
         });
         assert_eq!(pool.made.load(Ordering::Relaxed), 2);
         drop(b);
+    }
+
+    /// A waiter for a buffer that will never come back (its holder died) gives up once the
+    /// abort flag is set.
+    #[test]
+    fn a_waiting_take_gives_up_on_abort() {
+        let pool = BufferPool::new(1, 64);
+        let abort = AtomicBool::new(false);
+        let lost = pool.take(&abort).unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| pool.take(&abort).is_none());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished());
+            abort.store(true, Ordering::SeqCst);
+            assert!(waiter.join().unwrap());
+        });
+        drop(lost);
     }
 }

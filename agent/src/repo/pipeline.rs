@@ -19,8 +19,9 @@
 //! Every buffer goes back to its pool once its chunk is hashed, deduplicated or written.
 //! A writer makes its new chunk files durable a batch at a time (`sync_batch_bytes`, see
 //! `ChunkStore::publish`) and reports a chunk only once it is durable under its name.
-//! The first error raises an abort flag; every stage stops doing work, drains its input and
-//! exits; the first error is returned. Chunk directories touched are fsynced at the end,
+//! The first error, or a stage's panic, raises an abort flag; every stage stops doing work,
+//! drains its input and exits (one waiting for a pool's buffer gives up, since a stage that
+//! died may hold some for good); the first error is returned. Chunk directories touched are fsynced at the end,
 //! before the caller commits the point.
 
 use std::collections::HashSet;
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, SendError, Sender, bounded};
 use serde::Serialize;
 
 use crate::ids::ChunkDigest;
@@ -56,10 +57,9 @@ pub enum PipelineError {
         #[source]
         source: ChunkError,
     },
-    /// A pipeline thread could not start. (A thread that panics is not turned into an
-    /// error: the other stages stop, and the panic goes on in the caller once all have
-    /// ended, with nothing committed.)
-    #[error("pipeline thread {0} failed")]
+    /// A pipeline thread could not start, or panicked (the other stages then stop as for
+    /// any error, and nothing is committed).
+    #[error("pipeline thread {0}")]
     Thread(String),
     /// An extent lies beyond the end of the disk.
     #[error("extent [{offset}, +{length}) is beyond the disk's {capacity_bytes} bytes")]
@@ -321,7 +321,7 @@ pub fn backup_disk<S: DiskSource>(
                     if sh.aborted() {
                         break;
                     }
-                    let Some(mut frame) = pools.frames.take() else {
+                    let Some(mut frame) = pools.frames.take(&sh.abort) else {
                         break;
                     };
                     let dst = &mut frame.as_mut_slice()[HEADER_LEN..HEADER_LEN + len];
@@ -394,18 +394,38 @@ pub fn backup_disk<S: DiskSource>(
     Ok(stats)
 }
 
-fn spawn_named<'scope>(
-    scope: &'scope std::thread::Scope<'scope, '_>,
-    sh: &Shared<'_>,
+fn spawn_named<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    sh: &'scope Shared<'env>,
     name: String,
     f: Box<dyn FnOnce() + Send + 'scope>,
 ) {
+    let thread = name.clone();
+    // A stage that panics raises the abort flag as an error does: the others stop instead
+    // of waiting for its buffers or results, and the backup fails with nothing committed.
+    let guarded = move || {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            sh.fail(PipelineError::Thread(format!(
+                "{thread} panicked: {}",
+                panic_message(panic.as_ref())
+            )));
+        }
+    };
     if let Err(e) = std::thread::Builder::new()
         .name(name.clone())
-        .spawn_scoped(scope, f)
+        .spawn_scoped(scope, guarded)
     {
-        sh.fail(PipelineError::Thread(format!("{name}: {e}")));
+        sh.fail(PipelineError::Thread(format!("{name} did not start: {e}")));
     }
+}
+
+/// The message of a panic's payload (`panic!` with a literal or a format).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The two buffer pools (see the module doc).
@@ -494,7 +514,7 @@ fn hash_worker(
             pools.give_back(frame, true);
             continue;
         };
-        let Some(mut out) = pools.outputs.take() else {
+        let Some(mut out) = pools.outputs.take(&sh.abort) else {
             pools.give_back(frame, true);
             continue;
         };
@@ -512,14 +532,22 @@ fn hash_worker(
             out.as_mut_slice(),
         );
         match encoded {
-            Ok(Encoded::InFrame) => {
-                pools.give_back(out, false);
-                // A closed channel means the writers are gone after an abort.
-                let _ = write_tx.send(job(frame, HEADER_LEN + len, true));
-            }
-            Ok(Encoded::InOut(n)) => {
-                pools.give_back(frame, true);
-                let _ = write_tx.send(job(out, n, false));
+            Ok(encoded) => {
+                let job = match encoded {
+                    Encoded::InFrame => {
+                        pools.give_back(out, false);
+                        job(frame, HEADER_LEN + len, true)
+                    }
+                    Encoded::InOut(n) => {
+                        pools.give_back(frame, true);
+                        job(out, n, false)
+                    }
+                };
+                // A closed channel means the writers are gone (after an abort): the
+                // buffer goes back all the same, so that no stage waits for it.
+                if let Err(SendError(job)) = write_tx.send(job) {
+                    pools.give_back(job.buf, job.is_frame);
+                }
             }
             Err(source) => {
                 pools.give_back(frame, true);
@@ -952,6 +980,80 @@ mod tests {
             "temp files left in {}: {left:?}",
             good_dir.display()
         );
+    }
+
+    #[test]
+    fn a_stage_that_panics_fails_the_backup_with_its_name() {
+        struct Panicking;
+        impl DiskSource for Panicking {
+            fn capacity_bytes(&self) -> u64 {
+                8 * 4096
+            }
+            fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+                assert!(offset < 2 * 4096, "a bug in the source at {offset}");
+                buf.fill(u8::try_from(offset / 4096).unwrap() + 1);
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        std::fs::create_dir(store.root()).unwrap();
+        let mut idx = FixedIndex::new_zero(4096, 8 * 4096);
+        let slots: Vec<usize> = (0..8).collect();
+        let err = backup_disk(
+            &store,
+            Panicking,
+            &mut idx,
+            &slots,
+            PipelineOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, PipelineError::Thread(m) if m.contains("disk-read panicked: a bug in the source at 8192")),
+            "{err}"
+        );
+    }
+
+    /// A hash worker whose writers are gone gives the buffers of the chunks it could not
+    /// hand over back to their pools, so that it (and the reader) never waits for ever for
+    /// one: with one output buffer, the second compressible chunk needs the first's back.
+    #[test]
+    fn a_hash_worker_without_writers_gives_its_buffers_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        std::fs::create_dir(store.root()).unwrap();
+        let sh = shared(&store);
+        let pools = Pools {
+            frames: BufferPool::new(4, HEADER_LEN + 4096),
+            outputs: BufferPool::new(1, chunk::max_encoded_len(4096)),
+        };
+        let (work_tx, work_rx) = bounded::<(usize, u64, usize, AlignedBuf)>(4);
+        let (write_tx, write_rx) = bounded::<WriteJob>(1);
+        let (res_tx, _res_rx) = bounded::<SlotResult>(16);
+        drop(write_rx);
+        let (done_tx, done_rx) = bounded::<()>(1);
+        std::thread::scope(|scope| {
+            let (sh, pools) = (&sh, &pools);
+            scope.spawn(move || {
+                hash_worker(sh, pools, &work_rx, &write_tx, &res_tx);
+                let _ = done_tx.send(());
+            });
+            for slot in 0..3u8 {
+                let mut frame = AlignedBuf::zeroed(HEADER_LEN + 4096);
+                frame.as_mut_slice()[HEADER_LEN..].fill(slot + 1);
+                work_tx
+                    .send((usize::from(slot), u64::from(slot) * 4096, 4096, frame))
+                    .unwrap();
+            }
+            drop(work_tx);
+            let finished = done_rx.recv_timeout(std::time::Duration::from_secs(10));
+            if finished.is_err() {
+                // Let the stuck worker out, so that the scope ends and the test fails.
+                sh.abort.store(true, Ordering::SeqCst);
+            }
+            assert!(finished.is_ok(), "the hash worker waits for a buffer for ever");
+        });
     }
 
     #[test]

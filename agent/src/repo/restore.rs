@@ -108,70 +108,86 @@ pub fn restore_disk(
             let spawned = std::thread::Builder::new()
                 .name(format!("chunk-read/{n}"))
                 .spawn_scoped(scope, move || {
-                    let mut decoder = match ChunkDecoder::new() {
-                        Ok(d) => d,
-                        Err(source) => {
-                            fail(RestoreError::Decoder(source));
-                            return;
-                        }
-                    };
-                    while !abort.load(Ordering::Relaxed) {
-                        let Some(&slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            break;
+                    // A worker that panics stops the others as an error does.
+                    let work = std::panic::AssertUnwindSafe(|| {
+                        let mut decoder = match ChunkDecoder::new() {
+                            Ok(d) => d,
+                            Err(source) => {
+                                fail(RestoreError::Decoder(source));
+                                return;
+                            }
                         };
-                        let digest = index.slots()[slot];
-                        let offset = index.slot_offset(slot);
-                        let expected = index.slot_len(slot);
-                        let piece = if digest.is_zero() {
-                            Piece::Zero(usize::try_from(expected).expect("slot fits in memory"))
-                        } else {
-                            let (Some(mut encoded), Some(mut plain)) = (pool.take(), pool.take())
+                        while !abort.load(Ordering::Relaxed) {
+                            let Some(&slot) = slots.get(next.fetch_add(1, Ordering::Relaxed))
                             else {
                                 break;
                             };
-                            match store.read_into(&digest, &mut decoder, &mut encoded, &mut plain) {
-                                Ok(Restored::InEncoded(range)) => {
-                                    pool.give_back(plain);
-                                    Piece::Data {
-                                        buf: encoded,
-                                        range,
-                                    }
-                                }
-                                Ok(Restored::InPlain(n)) => {
-                                    pool.give_back(encoded);
-                                    Piece::Data {
-                                        buf: plain,
-                                        range: 0..n,
-                                    }
-                                }
-                                Err(source) => {
-                                    pool.give_back(encoded);
-                                    pool.give_back(plain);
-                                    fail(RestoreError::Chunk {
-                                        digest,
-                                        offset,
-                                        source,
-                                    });
+                            let digest = index.slots()[slot];
+                            let offset = index.slot_offset(slot);
+                            let expected = index.slot_len(slot);
+                            let piece = if digest.is_zero() {
+                                Piece::Zero(usize::try_from(expected).expect("slot fits in memory"))
+                            } else {
+                                let (Some(mut encoded), Some(mut plain)) =
+                                    (pool.take(abort), pool.take(abort))
+                                else {
                                     break;
+                                };
+                                match store.read_into(
+                                    &digest,
+                                    &mut decoder,
+                                    &mut encoded,
+                                    &mut plain,
+                                ) {
+                                    Ok(Restored::InEncoded(range)) => {
+                                        pool.give_back(plain);
+                                        Piece::Data {
+                                            buf: encoded,
+                                            range,
+                                        }
+                                    }
+                                    Ok(Restored::InPlain(n)) => {
+                                        pool.give_back(encoded);
+                                        Piece::Data {
+                                            buf: plain,
+                                            range: 0..n,
+                                        }
+                                    }
+                                    Err(source) => {
+                                        pool.give_back(encoded);
+                                        pool.give_back(plain);
+                                        fail(RestoreError::Chunk {
+                                            digest,
+                                            offset,
+                                            source,
+                                        });
+                                        break;
+                                    }
                                 }
+                            };
+                            let actual = match &piece {
+                                Piece::Data { range, .. } => range.len(),
+                                Piece::Zero(len) => *len,
+                            } as u64;
+                            if actual != expected {
+                                fail(RestoreError::Length {
+                                    digest,
+                                    offset,
+                                    expected,
+                                    actual,
+                                });
+                                break;
                             }
-                        };
-                        let actual = match &piece {
-                            Piece::Data { range, .. } => range.len(),
-                            Piece::Zero(len) => *len,
-                        } as u64;
-                        if actual != expected {
-                            fail(RestoreError::Length {
-                                digest,
-                                offset,
-                                expected,
-                                actual,
-                            });
-                            break;
+                            if tx.send((offset, piece)).is_err() {
+                                break;
+                            }
                         }
-                        if tx.send((offset, piece)).is_err() {
-                            break;
-                        }
+                    });
+                    if let Err(panic) = std::panic::catch_unwind(work) {
+                        fail(RestoreError::Thread(format!(
+                            "chunk-read/{n} panicked: {}",
+                            crate::repo::pipeline::panic_message(panic.as_ref())
+                        )));
                     }
                 });
             if let Err(e) = spawned {
