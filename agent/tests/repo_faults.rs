@@ -540,6 +540,35 @@ mod tests {
         assert_chunk_reported(&repo, &f, d, &path, "truncated");
     }
 
+    /// A chunk file grown to a terabyte (sparse) is damaged, and verify says so (corrupt,
+    /// so that `--repair` quarantines it) without reading it into memory.
+    #[test]
+    fn a_chunk_file_larger_than_any_chunk_is_corrupt_and_not_read() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (d, path) = shared_chunk(&repo, &f);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let report = repo.verify(&mut |_, _| {}).unwrap();
+        let state = report.problems.iter().find_map(|p| match p {
+            VerifyProblem::Chunk {
+                digest,
+                state,
+                error,
+                ..
+            } if *digest == d => Some((*state, error.clone())),
+            _ => None,
+        });
+        let (state, error) = state.unwrap_or_else(|| panic!("not reported: {report:?}"));
+        assert_eq!(state, ChunkState::Corrupt, "{error}");
+        assert!(error.contains("larger than any chunk"), "{error}");
+        assert_chunk_reported(&repo, &f, d, &path, "oversized");
+    }
+
     #[test]
     fn flipped_byte_is_reported() {
         let f = fixture();
@@ -899,6 +928,41 @@ mod tests {
 
     /// A FIFO or character device has no size to back up: refused by name, without waiting
     /// for a writer.
+    /// `repo verify --json` counts its progress in chunks, and says so.
+    #[test]
+    fn verify_progress_is_in_chunks() {
+        let f = fixture();
+        let out = agent(&["--json", "repo", "verify"], &f.root, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let progress: Vec<serde_json::Value> = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "progress")
+            .collect();
+        let last = progress
+            .last()
+            .unwrap_or_else(|| panic!("no progress: {stdout}"));
+        let repo = Repository::open(&f.root).unwrap();
+        let chunks = std::fs::read_dir(repo.store().root())
+            .unwrap()
+            .flatten()
+            .map(|d| std::fs::read_dir(d.path()).unwrap().count())
+            .sum::<usize>() as u64;
+        assert_eq!(last["chunks_total"], chunks, "{last}");
+        assert_eq!(last["chunks_done"], chunks, "{last}");
+        assert!(last.get("bytes_done").is_none(), "{last}");
+        let done: Vec<u64> = progress
+            .iter()
+            .map(|p| p["chunks_done"].as_u64().unwrap())
+            .collect();
+        assert!(done.is_sorted(), "{done:?}");
+    }
+
     #[test]
     fn an_image_backup_of_a_fifo_or_char_device_is_refused() {
         let f = fixture();

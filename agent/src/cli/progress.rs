@@ -13,20 +13,40 @@ pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     json: bool,
     op: &'static str,
+    /// What is counted: `bytes` or `chunks` (the JSON fields' prefix).
+    unit: &'static str,
     started: Instant,
     last: Instant,
 }
 
 impl Progress {
+    /// Progress in bytes (backups, restores).
     pub(crate) fn new(op: &'static str, json: bool) -> Self {
+        Self::counting(
+            op,
+            json,
+            "bytes",
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+    }
+
+    /// Progress in chunks (verify).
+    pub(crate) fn chunks(op: &'static str, json: bool) -> Self {
+        Self::counting(
+            op,
+            json,
+            "chunks",
+            "{msg} [{bar:40}] {human_pos}/{human_len} chunks {per_sec} eta {eta}",
+        )
+    }
+
+    fn counting(op: &'static str, json: bool, unit: &'static str, template: &str) -> Self {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             bar.set_message(op);
             bar
@@ -36,6 +56,7 @@ impl Progress {
             bar,
             json,
             op,
+            unit,
             started: now,
             last: now,
         }
@@ -53,13 +74,11 @@ impl Progress {
             let rate = done as f64 / secs;
             // `say!`: a reader that went away (`--json | head -1`) does not stop the backup
             // or restore.
-            say!(
-                "{}",
-                serde_json::json!({
-                    "event": "progress", "op": self.op, "bytes_done": done,
-                    "bytes_total": total, "bytes_per_sec": rate.round(),
-                })
-            );
+            let mut event = serde_json::json!({ "event": "progress", "op": self.op });
+            event[format!("{}_done", self.unit)] = done.into();
+            event[format!("{}_total", self.unit)] = total.into();
+            event[format!("{}_per_sec", self.unit)] = rate.round().into();
+            say!("{event}");
         }
     }
 

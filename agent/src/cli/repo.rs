@@ -287,7 +287,7 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
             points,
         } => {
             let r = open(&repo)?;
-            let mut progress = Progress::new("verify", json);
+            let mut progress = Progress::chunks("verify", json);
             let (report, repaired) = r.verify_with(
                 &VerifyOptions {
                     subset,

@@ -207,7 +207,14 @@ pub struct ChunkStore {
     layout: Layout,
     /// Write chunk files with `O_DIRECT`; cleared for good when the file system refuses.
     direct_io: Arc<AtomicBool>,
+    /// The largest plain chunk of the repository (its chunk size; the format's largest
+    /// until [`ChunkStore::with_chunk_size`]): a chunk file larger than its encoding can be
+    /// is damaged, and is not read into memory.
+    max_chunk_bytes: usize,
 }
+
+/// The largest chunk size a repository can have (`repo init --chunk-size`).
+pub const MAX_CHUNK_SIZE_BYTES: usize = 64 << 20;
 
 impl ChunkStore {
     /// A store rooted at `root` (the `chunks` directory, which must exist) in the flat
@@ -224,7 +231,15 @@ impl ChunkStore {
             root,
             layout,
             direct_io: Arc::new(AtomicBool::new(true)),
+            max_chunk_bytes: MAX_CHUNK_SIZE_BYTES,
         }
+    }
+
+    /// The same store, knowing its repository's chunk size (see `read`).
+    #[must_use]
+    pub fn with_chunk_size(mut self, chunk_size_bytes: u32) -> Self {
+        self.max_chunk_bytes = usize::try_from(chunk_size_bytes).unwrap_or(MAX_CHUNK_SIZE_BYTES);
+        self
     }
 
     /// The layout of chunk files.
@@ -488,10 +503,34 @@ impl ChunkStore {
     /// Read the raw encoded bytes of a chunk.
     ///
     /// # Errors
-    /// [`ChunkStoreError::Missing`] or [`ChunkStoreError::Read`].
+    /// [`ChunkStoreError::Missing`] or [`ChunkStoreError::Read`]; [`ChunkStoreError::Corrupt`]
+    /// for a file larger than any chunk of this repository can be (not read: a damaged
+    /// file of gigabytes must not exhaust memory).
     pub fn read_encoded(&self, digest: &ChunkDigest) -> Result<Vec<u8>, ChunkStoreError> {
-        let path = self.chunk_path(digest);
-        fs::read(&path).map_err(|source| self.read_error(digest, source))
+        let rerr = |source| self.read_error(digest, source);
+        let mut file = File::open(self.chunk_path(digest)).map_err(rerr)?;
+        let len = file.metadata().map_err(rerr)?.len();
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= chunk::max_encoded_len(self.max_chunk_bytes))
+            .ok_or_else(|| self.too_large(digest, len))?;
+        let mut bytes = Vec::with_capacity(len);
+        // `take`: a file that grew since does not grow the buffer (and then fails its
+        // length check when decoded).
+        (&mut file)
+            .take(len as u64)
+            .read_to_end(&mut bytes)
+            .map_err(rerr)?;
+        Ok(bytes)
+    }
+
+    fn too_large(&self, digest: &ChunkDigest, len: u64) -> ChunkStoreError {
+        self.corrupt(
+            digest,
+            ChunkError::BadHeader(format!(
+                "chunk file of {len} bytes, larger than any chunk of this repository"
+            )),
+        )
     }
 
     /// Check that the chunk's file exists, without reading it.
@@ -553,14 +592,7 @@ impl ChunkStore {
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l <= room)
-            .ok_or_else(|| {
-                self.corrupt(
-                    digest,
-                    ChunkError::BadHeader(format!(
-                        "chunk file of {len} bytes, larger than any chunk of this repository"
-                    )),
-                )
-            })?;
+            .ok_or_else(|| self.too_large(digest, len))?;
         let bytes = &mut encoded.as_mut_slice()[at..at + len];
         file.read_exact(bytes).map_err(rerr)?;
         match decoder

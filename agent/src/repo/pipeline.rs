@@ -1052,7 +1052,10 @@ mod tests {
                 // Let the stuck worker out, so that the scope ends and the test fails.
                 sh.abort.store(true, Ordering::SeqCst);
             }
-            assert!(finished.is_ok(), "the hash worker waits for a buffer for ever");
+            assert!(
+                finished.is_ok(),
+                "the hash worker waits for a buffer for ever"
+            );
         });
     }
 

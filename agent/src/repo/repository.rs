@@ -459,7 +459,9 @@ impl Repository {
     /// # Errors
     /// [`RepoError::AlreadyExists`], [`RepoError::ChunkSize`], [`RepoError::Io`] or catalog errors.
     pub fn init(path: &Path, chunk_size_bytes: u64) -> Result<Self, RepoError> {
-        if !chunk_size_bytes.is_power_of_two() || !(64 << 10..=64 << 20).contains(&chunk_size_bytes)
+        if !chunk_size_bytes.is_power_of_two()
+            || !(64 << 10..=crate::repo::chunk_store::MAX_CHUNK_SIZE_BYTES as u64)
+                .contains(&chunk_size_bytes)
         {
             return Err(RepoError::ChunkSize(chunk_size_bytes));
         }
@@ -546,7 +548,8 @@ impl Repository {
         Ok(Self {
             root: path.to_path_buf(),
             chunk_size_bytes,
-            store: ChunkStore::with_layout(path.join("chunks"), layout),
+            store: ChunkStore::with_layout(path.join("chunks"), layout)
+                .with_chunk_size(chunk_size_bytes),
             catalog,
             _catalog_thread: thread,
             options: PipelineOptions::default(),

@@ -279,7 +279,8 @@ pub fn verify(
     }
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let progress = Mutex::new(progress);
+    // With the highest count reported so far: workers that count at once report in order.
+    let mut progress = Mutex::new((progress, 0u64));
     let total = digests.len() as u64;
     let stopped = &stopped;
     std::thread::scope(|scope| {
@@ -301,7 +302,12 @@ pub fn verify(
                         }
                         let n = done.fetch_add(1, Ordering::Relaxed) as u64 + 1;
                         if n.is_multiple_of(64) || n == total {
-                            (progress.lock().expect("not poisoned"))(n, total);
+                            let mut p = progress.lock().expect("not poisoned");
+                            let now = done.load(Ordering::Relaxed) as u64;
+                            if now > p.1 {
+                                p.1 = now;
+                                (p.0)(now, total);
+                            }
                         }
                     }
                 });
@@ -321,7 +327,12 @@ pub fn verify(
                 .expect("not poisoned")
                 .push((*d, ChunkState::of(&e), error_chain(&e)));
         }
-        done.fetch_add(1, Ordering::Relaxed);
+        let n = done.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        if n.is_multiple_of(64) || n == total {
+            let p = progress.get_mut().expect("not poisoned");
+            p.1 = n;
+            (p.0)(n, total);
+        }
     }
     if done.into_inner() < digests.len() {
         return None;
