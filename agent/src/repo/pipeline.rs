@@ -234,6 +234,10 @@ struct SlotResult {
     plain_len: u64,
 }
 
+/// Most digests a backup remembers having seen (to write a chunk repeated within the
+/// backup once): about 16 MiB, and 256 GiB of distinct 1 MiB chunks.
+const SEEN_MAX: usize = 1 << 18;
+
 struct Shared<'a> {
     store: &'a ChunkStore,
     abort: AtomicBool,
@@ -272,13 +276,18 @@ pub fn backup_disk<S: DiskSource>(
 ) -> Result<DiskBackupStats, PipelineError> {
     let cs = usize::try_from(index.chunk_size_bytes()).expect("chunk size fits in usize");
     let total: u64 = slots.iter().map(|&s| index.slot_len(s)).sum();
-    let work: Vec<(usize, u64, usize)> = slots
-        .iter()
-        .map(|&s| {
-            let len = usize::try_from(index.slot_len(s)).expect("slot length fits in usize");
-            (s, index.slot_offset(s), len)
-        })
-        .collect();
+    // The reader's offsets and lengths, from the slot numbers (the index itself is the
+    // caller's, filled as results come in): nothing per slot beyond the index and `slots`.
+    let disk_bytes = index.disk_size_bytes();
+    let chunk_bytes = u64::from(index.chunk_size_bytes());
+    let place = move |slot: usize| {
+        let offset = slot as u64 * chunk_bytes;
+        let len = chunk_bytes.min(disk_bytes.saturating_sub(offset));
+        (
+            offset,
+            usize::try_from(len).expect("slot length fits in usize"),
+        )
+    };
     let hash_workers = opts.hash_workers.max(1);
     let write_workers = opts.write_workers.max(1);
     let depth = opts.queue_depth.max(1);
@@ -287,8 +296,8 @@ pub fn backup_disk<S: DiskSource>(
     // writer. Writers never wait for a buffer, so neither pool can run dry for good.
     let sync_batch = opts.sync_batch_bytes.max(1);
     let write_queue = (opts.write_queue_bytes / cs.max(1)).max(depth * write_workers);
-    let frames = (depth + hash_workers + 1 + write_queue + write_workers).min(work.len().max(1));
-    let outputs = (hash_workers + write_queue + write_workers).min(work.len().max(1));
+    let frames = (depth + hash_workers + 1 + write_queue + write_workers).min(slots.len().max(1));
+    let outputs = (hash_workers + write_queue + write_workers).min(slots.len().max(1));
 
     let shared = Shared {
         store,
@@ -311,13 +320,13 @@ pub fn backup_disk<S: DiskSource>(
         let sh = &shared;
         let pools = &pools;
         let mut source = source;
-        let reader_work = work;
         spawn_named(
             scope,
             sh,
             "disk-read".into(),
             Box::new(move || {
-                for (slot, offset, len) in reader_work {
+                for &slot in slots {
+                    let (offset, len) = place(slot);
                     if sh.aborted() {
                         break;
                     }
@@ -488,11 +497,16 @@ fn hash_worker(
             continue;
         }
         let digest = ChunkDigest::of(data);
-        let first_time = sh
-            .seen
-            .lock()
-            .expect("seen set not poisoned")
-            .insert(digest);
+        let first_time = {
+            let mut seen = sh.seen.lock().expect("seen set not poisoned");
+            // Bounded whatever the disk size: forgetting only costs a repeated chunk of
+            // this backup that is still on its way to the store a second write of the
+            // same bytes under the same name.
+            if seen.len() >= SEEN_MAX {
+                seen.clear();
+            }
+            seen.insert(digest)
+        };
         let reused = !first_time || {
             let stored = sh.store.contains(&digest);
             if stored {
