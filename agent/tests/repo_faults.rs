@@ -567,6 +567,11 @@ mod tests {
         assert_eq!(state, ChunkState::Corrupt, "{error}");
         assert!(error.contains("larger than any chunk"), "{error}");
         assert_chunk_reported(&repo, &f, d, &path, "oversized");
+        // A repair moves it aside (without reading it either) and records it as damaged.
+        let repaired = repair(&f, &repo, &report, 1);
+        assert_eq!(repaired.quarantined.len(), 1, "{repaired:?}");
+        assert_eq!(repaired.damaged, vec![d], "{repaired:?}");
+        assert!(!path.exists());
     }
 
     #[test]

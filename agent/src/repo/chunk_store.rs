@@ -216,6 +216,14 @@ pub struct ChunkStore {
 /// The largest chunk size a repository can have (`repo init --chunk-size`).
 pub const MAX_CHUNK_SIZE_BYTES: usize = 64 << 20;
 
+/// A chunk file read whole, or found too large for one ([`ChunkStore::read_bounded`]).
+pub(crate) enum Bounded {
+    /// Its bytes.
+    Bytes(Vec<u8>),
+    /// Its length, larger than any chunk's file: damaged, and not read.
+    TooLarge(u64),
+}
+
 impl ChunkStore {
     /// A store rooted at `root` (the `chunks` directory, which must exist) in the flat
     /// layout. Directories missing from `root` are created on first use.
@@ -507,21 +515,29 @@ impl ChunkStore {
     /// for a file larger than any chunk of this repository can be (not read: a damaged
     /// file of gigabytes must not exhaust memory).
     pub fn read_encoded(&self, digest: &ChunkDigest) -> Result<Vec<u8>, ChunkStoreError> {
-        let rerr = |source| self.read_error(digest, source);
-        let mut file = File::open(self.chunk_path(digest)).map_err(rerr)?;
-        let len = file.metadata().map_err(rerr)?.len();
-        let len = usize::try_from(len)
+        match self.read_bounded(&self.chunk_path(digest)) {
+            Ok(Bounded::Bytes(bytes)) => Ok(bytes),
+            Ok(Bounded::TooLarge(len)) => Err(self.too_large(digest, len)),
+            Err(source) => Err(self.read_error(digest, source)),
+        }
+    }
+
+    /// The bytes of the chunk file at `path`, unless it is larger than any chunk of this
+    /// repository can be.
+    pub(crate) fn read_bounded(&self, path: &Path) -> io::Result<Bounded> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let Some(len) = usize::try_from(len)
             .ok()
             .filter(|&l| l <= chunk::max_encoded_len(self.max_chunk_bytes))
-            .ok_or_else(|| self.too_large(digest, len))?;
+        else {
+            return Ok(Bounded::TooLarge(len));
+        };
         let mut bytes = Vec::with_capacity(len);
         // `take`: a file that grew since does not grow the buffer (and then fails its
         // length check when decoded).
-        (&mut file)
-            .take(len as u64)
-            .read_to_end(&mut bytes)
-            .map_err(rerr)?;
-        Ok(bytes)
+        (&mut file).take(len as u64).read_to_end(&mut bytes)?;
+        Ok(Bounded::Bytes(bytes))
     }
 
     fn too_large(&self, digest: &ChunkDigest, len: u64) -> ChunkStoreError {

@@ -388,19 +388,26 @@ pub fn backup_disk<S: DiskSource>(
     {
         return Err(e);
     }
-    let mut dirs = shared.dirs.into_inner().expect("dir set not poisoned");
-    // The nested layout's middle level (`chunks/ab` holding `cd/`): a backup killed after
-    // creating `cd` and before fsyncing `ab` leaves that entry to whoever stores a chunk
-    // there next.
-    let middle: Vec<PathBuf> = dirs
-        .iter()
-        .filter_map(|d| d.parent())
-        .filter(|p| *p != store.root())
-        .map(Path::to_path_buf)
-        .collect();
-    dirs.extend(middle);
+    let dirs = with_levels_above(
+        store.root(),
+        shared.dirs.into_inner().expect("dir set not poisoned"),
+    );
     chunk_store::sync_dirs(&dirs).map_err(PipelineError::Store)?;
     Ok(stats)
+}
+
+/// `dirs` (chunk directories of the store at `root`) and every level above them up to
+/// `root` itself: a process killed after creating a directory and before fsyncing its
+/// parent (the nested layout's `chunks/ab` holding `cd/`, or a fan-out directory an
+/// interrupted `repo init` left) leaves that entry to whoever stores a chunk there next.
+fn with_levels_above(root: &Path, mut dirs: HashSet<PathBuf>) -> HashSet<PathBuf> {
+    let above: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| d.ancestors().skip(1).take_while(|a| a.starts_with(root)))
+        .map(Path::to_path_buf)
+        .collect();
+    dirs.extend(above);
+    dirs
 }
 
 fn spawn_named<'scope, 'env>(
@@ -789,6 +796,22 @@ mod tests {
         assert_eq!(stats.chunks_new, 3);
         assert!(idx.slots()[0].is_zero());
         assert_eq!(store.read(&idx.slots()[5]).unwrap(), data[20480..]);
+    }
+
+    #[test]
+    fn the_levels_above_the_chunk_directories_are_synced_up_to_the_root() {
+        let root = Path::new("/r/chunks");
+        let set = |v: &[&str]| v.iter().map(PathBuf::from).collect::<HashSet<_>>();
+        assert_eq!(
+            with_levels_above(root, set(&["/r/chunks/ab/cd", "/r/chunks/ef"])),
+            set(&[
+                "/r/chunks/ab/cd",
+                "/r/chunks/ab",
+                "/r/chunks/ef",
+                "/r/chunks"
+            ])
+        );
+        assert!(with_levels_above(root, HashSet::new()).is_empty());
     }
 
     #[test]

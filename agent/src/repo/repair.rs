@@ -49,7 +49,7 @@ use serde::Serialize;
 use crate::ids::ChunkDigest;
 use crate::repo::catalog::{CatalogHandle, DamagedChunk};
 use crate::repo::chunk;
-use crate::repo::chunk_store::ChunkStore;
+use crate::repo::chunk_store::{Bounded, ChunkStore};
 use crate::repo::durable::{self, sync_dir};
 use crate::repo::verify::{ChunkState, VerifyProblem, VerifyReport};
 
@@ -246,8 +246,10 @@ fn move_aside(
             source,
         }
     };
-    match fs::read(from) {
-        Ok(bytes) if chunk::decode(&bytes, digest).is_ok() => return Ok(Moved::WasIntact),
+    match store.read_bounded(from) {
+        Ok(Bounded::Bytes(bytes)) if chunk::decode(&bytes, digest).is_ok() => {
+            return Ok(Moved::WasIntact);
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Moved::Gone),
         _ => {}
     }
@@ -271,7 +273,8 @@ fn move_aside(
         }
     }
     let dir = store.dir_of(digest);
-    let intact = fs::read(&to).is_ok_and(|bytes| chunk::decode(&bytes, digest).is_ok());
+    let intact = matches!(store.read_bounded(&to),
+        Ok(Bounded::Bytes(bytes)) if chunk::decode(&bytes, digest).is_ok());
     if intact {
         match fs::hard_link(&to, from) {
             Ok(()) => {}
