@@ -933,6 +933,22 @@ mod tests {
 
     /// A FIFO or character device has no size to back up: refused by name, without waiting
     /// for a writer.
+    /// Asking for a point that does not exist (a restore of a mistyped id) leaves no lease
+    /// file behind.
+    #[test]
+    fn a_lease_on_an_unknown_point_leaves_no_file() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let before = std::fs::read_dir(f.root.join("locks")).map_or(0, Iterator::count);
+        let unknown: RestorePointId = uuid::Uuid::new_v4().to_string().parse().unwrap();
+        assert!(repo.lease_point(unknown).is_err());
+        let out = f.root.join("nowhere.img");
+        assert!(repo.restore_image(unknown, &out, &mut |_, _| {}).is_err());
+        let after = std::fs::read_dir(f.root.join("locks")).map_or(0, Iterator::count);
+        assert_eq!(before, after, "lease files left in locks/");
+        drop(repo.lease_point(f.full).unwrap());
+    }
+
     /// `repo verify --json` counts its progress in chunks, and says so.
     #[test]
     fn verify_progress_is_in_chunks() {

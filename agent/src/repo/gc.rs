@@ -60,7 +60,8 @@ pub enum GcError {
     /// name: the catalog lost a disk of the point. Nothing was swept.
     #[error(
         "restore point {point}: {} is in its index directory but not in the catalog; \
-         nothing swept (run `repo verify`)",
+         nothing swept (`repo rebuild-catalog --force` restores the catalog from the \
+         points' manifests)",
         file.display()
     )]
     UnlistedIndex {
@@ -83,9 +84,22 @@ pub enum GcError {
         /// How many points are in it.
         count: usize,
     },
-    /// Listing or removing a file failed.
-    #[error("sweep {path}")]
+    /// Listing a live restore point's index directory failed. Nothing was swept.
+    #[error("restore point {point}: list its index directory {path}; nothing swept")]
+    PointDir {
+        /// The point.
+        point: RestorePointId,
+        /// Its directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Listing, removing or syncing a file or directory failed.
+    #[error("{what} {path}")]
     Io {
+        /// What GC was doing: `list`, `remove`, `fsync`, `read the type of`.
+        what: &'static str,
         /// The file or directory.
         path: PathBuf,
         /// The I/O error.
@@ -113,18 +127,23 @@ pub struct GcReport {
     pub damaged_forgotten: Vec<ChunkDigest>,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> GcError + '_ {
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> GcError + 'a {
     move |source| GcError::Io {
+        what,
         path: path.to_path_buf(),
         source,
     }
 }
 
 fn read_dir(path: &Path) -> Result<Vec<fs::DirEntry>, GcError> {
+    read_dir_io(path).map_err(io_err("list", path))
+}
+
+fn read_dir_io(path: &Path) -> io::Result<Vec<fs::DirEntry>> {
     match fs::read_dir(path) {
-        Ok(rd) => rd.collect::<Result<Vec<_>, _>>().map_err(io_err(path)),
+        Ok(rd) => rd.collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_err(path)(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -153,7 +172,12 @@ pub fn collect(
         live_points.insert(p.id.to_string());
         // Every index file in the point's directory is one the catalog names.
         let dir = root.join("indexes").join(p.id.to_string());
-        for f in read_dir(&dir)? {
+        let files = read_dir_io(&dir).map_err(|source| GcError::PointDir {
+            point: p.id,
+            path: dir.clone(),
+            source,
+        })?;
+        for f in files {
             let path = f.path();
             let listed = p.disks.iter().any(|d| root.join(&d.index_path) == path);
             if !listed && path.extension().is_some_and(|e| e == "fidx") {
@@ -191,11 +215,15 @@ pub fn collect(
     for dir in read_dir(&indexes)? {
         let name = dir.file_name().to_string_lossy().into_owned();
         let path = dir.path();
-        if !dir.file_type().map_err(io_err(&path))?.is_dir() {
+        if !dir
+            .file_type()
+            .map_err(io_err("read the type of", &path))?
+            .is_dir()
+        {
             // Not a point's directory: a temp file of ours goes, anything else is left
             // (and must not stop every GC from then on).
             if durable::is_temp_name(&name) {
-                fs::remove_file(&path).map_err(io_err(&path))?;
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
                 report.temp_files_removed += 1;
             } else {
                 tracing::warn!(path = %path.display(), "unexpected file among the indexes, left alone");
@@ -203,7 +231,7 @@ pub fn collect(
             continue;
         }
         if !live_points.contains(&name) {
-            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
             report.orphan_indexes_removed += 1;
         } else {
             // A live point's directory keeps the temp file of a manifest or index write
@@ -211,7 +239,7 @@ pub fn collect(
             for f in read_dir(&path)? {
                 if durable::is_temp_name(&f.file_name().to_string_lossy()) {
                     let temp = f.path();
-                    fs::remove_file(&temp).map_err(io_err(&temp))?;
+                    fs::remove_file(&temp).map_err(io_err("remove", &temp))?;
                     report.temp_files_removed += 1;
                 }
             }
@@ -221,7 +249,7 @@ pub fn collect(
     // and a removal lost in a power cut after this sweep would bring back a manifest
     // whose chunks are gone.
     if indexes.is_dir() {
-        durable::sync_dir(&indexes).map_err(io_err(&indexes))?;
+        durable::sync_dir(&indexes).map_err(io_err("fsync", &indexes))?;
     }
     // Chunk directories at the layout's depth, then the files in them.
     let mut dirs = vec![store.root().to_path_buf()];
@@ -229,7 +257,10 @@ pub fn collect(
         let mut next = Vec::new();
         for dir in &dirs {
             for e in read_dir(dir)? {
-                if e.file_type().map_err(io_err(&e.path()))?.is_dir() {
+                if e.file_type()
+                    .map_err(io_err("read the type of", &e.path()))?
+                    .is_dir()
+                {
                     next.push(e.path());
                 } else {
                     tracing::warn!(path = %e.path().display(), "unexpected file in chunk store, left alone");
@@ -261,7 +292,7 @@ pub fn collect(
                 }
             };
             if garbage {
-                fs::remove_file(&path).map_err(io_err(&path))?;
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
             } else {
                 report.chunks_kept += 1;
             }

@@ -82,6 +82,16 @@ pub enum RepoError {
     /// A point manifest could not be written or read.
     #[error("point manifest")]
     Manifest(#[from] ManifestError),
+    /// Making a restore point visible failed (a full disk, say): it was not created, and
+    /// nothing committed before it is touched.
+    #[error("commit restore point {point} (not created)")]
+    Commit {
+        /// The point.
+        point: RestorePointId,
+        /// Why.
+        #[source]
+        source: Box<RepoError>,
+    },
     /// A `repo rebuild-catalog` stopped before the new catalog was in place.
     #[error(
         "the catalog rebuild of {path} was interrupted; run `vadp-agent repo rebuild-catalog` \
@@ -615,6 +625,12 @@ impl Repository {
             Err(e) => return Err(RepoError::Lock(e)),
         };
         if self.catalog.get_point(id)?.is_none() {
+            // No lease file is left behind for a point that does not exist (GC does not
+            // clean `locks/`): nobody removes a point that is not there, and a lease taken
+            // on the same id meanwhile finds no point either.
+            if let Ok(path) = self.point_lease_path(id) {
+                let _ = fs::remove_file(path);
+            }
             return Err(RepoError::PointNotFound(id));
         }
         Ok(lease)
@@ -838,6 +854,14 @@ impl Repository {
             if dir.join(MANIFEST_FILE).exists() {
                 continue;
             }
+            // Held while the manifest is written: a point removed meanwhile (a prune's)
+            // must not get one back, in a directory of its own that a catalog rebuild
+            // would then take for a point whose index does not read.
+            let _lease = match self.lease_point(p.id) {
+                Ok(lease) => lease,
+                Err(RepoError::PointNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
             let config = self.catalog.point_config(p.id)?;
             let point = NewPoint {
                 id: p.id,
@@ -887,12 +911,20 @@ impl Repository {
     /// index files must be durable already.
     ///
     /// # Errors
-    /// [`RepoError::Manifest`] or catalog errors; the point is not visible then.
+    /// [`RepoError::Commit`] naming the point, around the manifest's or the catalog's
+    /// error; the point is not visible then.
     pub fn commit_point(&self, point: NewPoint) -> Result<(), RepoError> {
-        Manifest::of(&point, self.repo_facts()?)
-            .write(&self.root.join("indexes").join(point.id.to_string()))?;
-        self.catalog.commit_point(point)?;
-        Ok(())
+        let id = point.id;
+        let commit = move || -> Result<(), RepoError> {
+            Manifest::of(&point, self.repo_facts()?)
+                .write(&self.root.join("indexes").join(point.id.to_string()))?;
+            self.catalog.commit_point(point)?;
+            Ok(())
+        };
+        commit().map_err(|e| RepoError::Commit {
+            point: id,
+            source: Box::new(e),
+        })
     }
 
     /// Back up `source` as a new restore point of `vm` (one disk).
