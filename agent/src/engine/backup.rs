@@ -784,19 +784,13 @@ async fn set_up(
                 reason: format!("{moref} is listed twice in the job"),
             });
         }
-        let info = env
-            .soap
-            .vm_info(&moref)
-            .await
-            .map_err(|source| BackupError::Vsphere {
-                what: format!("reading VM {} ({moref})", r.selector),
-                source,
-            })?;
+        // The lock first, then the VM's state: read before it, the state could show the
+        // snapshot of a job that removed it and ended meanwhile.
         let (root, vcenter, vm, name, job) = (
             env.repo.root().to_path_buf(),
             ctx.vcenter_uuid.clone(),
             moref.clone(),
-            info.name.clone(),
+            r.selector.to_string(),
             ctx.job,
         );
         let vm_lock =
@@ -805,6 +799,14 @@ async fn set_up(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(vm_lock);
+        let info = env
+            .soap
+            .vm_info(&moref)
+            .await
+            .map_err(|source| BackupError::Vsphere {
+                what: format!("reading VM {} ({moref})", r.selector),
+                source,
+            })?;
         if let Some((s, job)) = info
             .all_snapshots()
             .into_iter()
