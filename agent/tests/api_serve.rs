@@ -1164,6 +1164,54 @@ concurrent_jobs = 2
         assert!(lab.disabled_methods(&vm).unwrap().is_empty());
     }
 
+    /// `POST /v1/repository/prune` removes nothing while this machine's clock differs from
+    /// vCenter's (a dry run still answers), as the policies' retention waits.
+    #[test]
+    fn a_prune_waits_for_the_clocks_to_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, _vm, _disk) = lab_with_vm(dir.path(), "clock-2");
+        lab.update_settings(|s| s.clock_offset_secs = -7 * 86_400)
+            .unwrap();
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let mut cmd = agent(&["serve", "--config"]);
+        cmd.arg(&config);
+        let (_daemon, base) = start(cmd);
+        let rt = runtime();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let request = |dry_run| plugin_api::types::PruneRequest {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_days: 3,
+            dry_run,
+        };
+        // The daemon compares the clocks at its start; until then a prune is allowed (and
+        // this repository has nothing to remove).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let refused = loop {
+            match rt.block_on(client.prune(&request(false))) {
+                Err(plugin_api::ApiError::Status {
+                    status,
+                    code,
+                    message,
+                    ..
+                }) => {
+                    break (status, code, message);
+                }
+                Ok(_) => {
+                    assert!(std::time::Instant::now() < deadline, "prune never refused");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(refused.0, 409, "{refused:?}");
+        assert_eq!(refused.1, "clock_untrusted", "{refused:?}");
+        assert!(refused.2.contains("nothing removed"), "{refused:?}");
+        assert!(rt.block_on(client.prune(&request(true))).is_ok());
+    }
+
     /// A client's cancel of a backup that is reading its disk ends the job `cancelled`
     /// (not `failed`), its snapshot removed and its access ended, and the VM cut off is
     /// not counted as a failed VM.

@@ -454,8 +454,22 @@ async fn prune(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<axum::J
     policy
         .validate()
         .map_err(|e| ApiFailure::bad_request(e.to_string()))?;
-    let repo = Arc::clone(&s.env.repo);
     let dry_run = r.dry_run;
+    // Ages by a clock days off would remove points younger than the minimum age, as the
+    // policies' retention knows (`daemon::clock`): a removal waits until the clocks agree.
+    if !dry_run && !crate::daemon::clock::trusted() {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "clock_untrusted",
+            format!(
+                "this machine's clock differs from vCenter's by {} s: a prune now would judge \
+                 the points' ages wrongly; nothing removed (try again once the clocks agree, \
+                 or use dry_run to see what it would remove)",
+                crate::daemon::clock::skew_secs()
+            ),
+        ));
+    }
+    let repo = Arc::clone(&s.env.repo);
     let now = jiff::Timestamp::now().as_second();
     let decisions = long("prune", move || {
         repo.prune(&policy, now, &jiff::tz::TimeZone::system(), dry_run)
