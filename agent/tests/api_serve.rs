@@ -557,6 +557,10 @@ concurrent_jobs = 2
             [],
         )
         .unwrap();
+        // A policy's retention removes only its own runs' points: the points so far are
+        // made the new policy's, as if its earlier runs had made them.
+        db.execute("UPDATE jobs SET group_name = ?1", [policy])
+            .unwrap();
         drop(db);
         let mut text = std::fs::read_to_string(config).unwrap();
         let daily_at = jiff::Zoned::now()

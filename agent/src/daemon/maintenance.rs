@@ -92,14 +92,29 @@ pub fn apply_retention(
         return Ok(None);
     }
     let selectors = p.selectors(name).map_err(|e| e.to_string())?;
+    // Only the points its own runs made: another policy's runs of the same VM, or a
+    // vendor's backups through the API, have their own retention.
+    let runs: std::collections::HashSet<String> = repo
+        .catalog()
+        .jobs_of_group(name)
+        .map_err(|e| engine::error_chain(&e))?
+        .into_iter()
+        .map(|j| j.to_string())
+        .collect();
     let decisions = repo
         .prune_where(
             &retention.policy(),
             now,
             &jiff::tz::TimeZone::system(),
             false,
-            |vm| {
-                vm.vcenter_uuid == vcenter_uuid
+            |point| {
+                let vm = &point.vm;
+                point
+                    .stats
+                    .get("job")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|j| runs.contains(j))
+                    && vm.vcenter_uuid == vcenter_uuid
                     && selectors.iter().any(|(s, _)| match s {
                         VmSelector::Moref(m) => *m == vm.moref,
                         VmSelector::Namespaced { namespace, name } => {
@@ -423,21 +438,32 @@ mod tests {
     use crate::repo::{ImageBackup, synthetic_image};
 
     #[test]
-    fn a_policys_retention_leaves_another_vcenters_vm_of_the_same_moref_alone() {
+    fn a_policys_retention_leaves_another_vcenters_vm_and_another_policys_points_alone() {
         use crate::config::RetentionConfig;
         use crate::ids::VmMoref;
         use crate::repo::catalog::sample_point;
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init(&dir.path().join("repo"), 64 << 10).unwrap();
         let day = 86_400;
+        // Points of the policy's runs (group "web"), and one of another policy's run of
+        // the same VM, which only that policy's retention may remove.
+        let commit = |vcenter: &str, group: &str, created_at: i64| {
+            let mut point = sample_point("web", created_at);
+            point.vm.moref = VmMoref("vm-42".into());
+            point.vm.vcenter_uuid = vcenter.into();
+            let job = point.job.unwrap();
+            point.stats = serde_json::json!({ "job": job });
+            repo.catalog()
+                .job_start(job, Some(group.into()), created_at)
+                .unwrap();
+            repo.catalog().commit_point(point).unwrap();
+        };
         for vcenter in ["vc-ours", "vc-other"] {
             for n in 0..3 {
-                let mut point = sample_point("web", day * (10 + n));
-                point.vm.moref = VmMoref("vm-42".into());
-                point.vm.vcenter_uuid = vcenter.into();
-                repo.catalog().commit_point(point).unwrap();
+                commit(vcenter, "web", day * (10 + n));
             }
         }
+        commit("vc-ours", "db", day * 5);
         let policy = PolicyConfig {
             vms: vec!["vm-42".into()],
             quiesce: vec![],
@@ -477,8 +503,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(renamed.iter().all(|d| d.keep), "{renamed:?}");
-        assert_eq!(repo.catalog().list_points().unwrap().len(), 6);
-        assert_eq!(repo.catalog().list_points().unwrap().len(), 6);
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 7);
         let decisions = apply_retention(&repo, "web", &policy, "vc-ours", 100 * day, &[])
             .unwrap()
             .unwrap();
@@ -497,8 +522,8 @@ mod tests {
         );
         assert_eq!(
             left.iter().filter(|v| *v == "vc-ours").count(),
-            1,
-            "{left:?}"
+            2,
+            "the newest of the policy's, and the other policy's: {left:?}"
         );
     }
 

@@ -1454,9 +1454,9 @@ impl Repository {
         self.prune_where(policy, now, zone, dry_run, |_| true, |_| false)
     }
 
-    /// As [`Repository::prune`], for the points of the VMs `select` accepts only (a
-    /// scheduling policy's retention applies to its own VMs), every point of the VMs
-    /// `hold` accepts kept (reason "its VM's backup failed in this run"). A held VM's points
+    /// As [`Repository::prune`], for the points `select` accepts only (a scheduling
+    /// policy's retention applies to its own runs' points of its own VMs), every point of
+    /// the VMs `hold` accepts kept (reason "its VM's backup failed in this run"). A held VM's points
     /// still count for its group: the points of the same jobs of the group's other VMs stay
     /// with them.
     ///
@@ -1468,7 +1468,7 @@ impl Repository {
         now: i64,
         zone: &jiff::tz::TimeZone,
         dry_run: bool,
-        select: impl Fn(&VmRecord) -> bool,
+        select: impl Fn(&PointRecord) -> bool,
         hold: impl Fn(&VmRecord) -> bool,
     ) -> Result<Vec<PruneDecision>, RepoError> {
         policy.validate()?;
@@ -1477,7 +1477,7 @@ impl Repository {
             .catalog
             .list_points()?
             .into_iter()
-            .filter(|p| select(&p.vm))
+            .filter(|p| select(p))
             .collect();
         // A VM is its moref within its vCenter (the catalog's key): two vCenters' `vm-42`
         // are two VMs, each with its own retention.

@@ -699,6 +699,30 @@ impl Catalog {
             .map_err(self.sql())
     }
 
+    /// The jobs recorded with group `group` (a scheduling policy's runs carry its name).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`], or [`CatalogError::Invalid`] for a stored id that does not
+    /// parse.
+    pub fn jobs_of_group(&self, group: &str) -> Result<Vec<JobId>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM jobs WHERE group_name = ?1")
+            .map_err(self.sql())?;
+        let ids: Vec<String> = stmt
+            .query_map([group], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(self.sql())?;
+        ids.iter()
+            .map(|id| {
+                id.parse().map_err(|_| CatalogError::Invalid {
+                    path: self.path.clone(),
+                    what: format!("job id {id:?}"),
+                })
+            })
+            .collect()
+    }
+
     /// Whether this catalog has a record of `job`: every backup and restore job is recorded
     /// before it changes anything (the reconciler tells this repository's snapshots from
     /// those of another repository's or agent's jobs by it).

@@ -37,6 +37,7 @@ enum Command {
     RunningJobs(Reply<Vec<JobId>>),
     JobStats(JobId, Reply<Option<serde_json::Value>>),
     JobKnown(JobId, Reply<bool>),
+    JobsOfGroup(String, Reply<Vec<JobId>>),
     DamagedList(Reply<Vec<DamagedChunk>>),
     IntegrityCheck(Reply<Vec<String>>),
     DamagedMark(Vec<DamagedChunk>, Reply<()>),
@@ -339,6 +340,15 @@ impl CatalogHandle {
         self.call(|r| Command::JobStats(job, r))
     }
 
+    /// See [`Catalog::jobs_of_group`].
+    ///
+    /// # Errors
+    /// As [`Catalog::jobs_of_group`], or [`CatalogError::Gone`].
+    pub fn jobs_of_group(&self, group: &str) -> Result<Vec<JobId>, CatalogError> {
+        let group = group.to_owned();
+        self.call(|r| Command::JobsOfGroup(group, r))
+    }
+
     /// See [`Catalog::job_known`].
     ///
     /// # Errors
@@ -421,6 +431,7 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::RunningJobs(r) => drop(r.send(catalog.running_jobs())),
         Command::JobStats(id, r) => drop(r.send(catalog.job_stats(id))),
         Command::JobKnown(id, r) => drop(r.send(catalog.job_known(id))),
+        Command::JobsOfGroup(g, r) => drop(r.send(catalog.jobs_of_group(&g))),
         Command::DamagedList(r) => drop(r.send(catalog.damaged_list())),
         Command::IntegrityCheck(r) => drop(r.send(catalog.integrity_check())),
         Command::DamagedMark(c, r) => drop(r.send(catalog.damaged_mark(&c))),
