@@ -675,10 +675,10 @@ async fn run_job(
             Ok(r) => r,
             Err(e) => failed_report(&m.info, format!("backup task failed: {e}")),
         };
-        // Phase 3: whatever the task left.
-        report
-            .cleanup_errors
-            .extend(clean_up(&ctx, &m.info.moref, &m.effects).await);
+        // Phase 3: whatever the task left, tried again. What this attempt reports is what
+        // is left now (an effect the task's own clean-up failed to undo and this one undid
+        // is no work for reconcile).
+        report.cleanup_errors = clean_up(&ctx, &m.info.moref, &m.effects).await;
         for e in &report.cleanup_errors {
             (ctx.observer)(&BackupEvent::Warning {
                 vm: m.info.moref.clone(),

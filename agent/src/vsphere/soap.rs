@@ -927,6 +927,21 @@ pub enum VsphereError {
         /// How long we waited.
         waited_secs: u64,
     },
+    /// vCenter no longer knows a task it started (it restarted, or failed over, while we
+    /// polled): whether the task did its work is unknown, so nothing may be taken for
+    /// done, or for gone.
+    #[error(
+        "task {task} ({operation} on {object}) is no longer known to vCenter (restarted \
+         while it ran?): whether it did its work is unknown"
+    )]
+    TaskLost {
+        /// The task.
+        task: TaskMoref,
+        /// The method that started it.
+        operation: &'static str,
+        /// The object it ran on.
+        object: MoRef,
+    },
     /// A looked-up object does not exist.
     #[error("{what} not found")]
     NotFound {
@@ -971,6 +986,7 @@ impl VsphereError {
             | Self::Xml { .. }
             | Self::Malformed { .. }
             | Self::TaskTimeout { .. }
+            | Self::TaskLost { .. }
             | Self::NotFound { .. }
             | Self::Ambiguous { .. }
             | Self::CbtNoProgress { .. } => false,

@@ -130,6 +130,15 @@ impl SoapClient {
                         failing_secs = since.elapsed().as_secs(),
                         "reading the task failed; polling again (it runs on in vCenter)");
                 }
+                // The task, not its object, is what is missing: callers must not read this
+                // fault as "the snapshot (or VM) is gone".
+                Err(e) if e.fault_kind() == Some(super::soap::FaultKind::ManagedObjectNotFound) => {
+                    return Err(VsphereError::TaskLost {
+                        task: task.clone(),
+                        operation,
+                        object: object.clone(),
+                    });
+                }
                 Err(e) => return Err(e),
             }
             if started.elapsed() >= timeout {

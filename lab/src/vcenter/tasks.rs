@@ -179,6 +179,14 @@ impl Tasks {
         key
     }
 
+    /// Drops a task from the table, as a restarted vCenter has (test fault injection).
+    pub(crate) fn forget(&self, key: &str) {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
     /// Adds a queued task whose work runs elsewhere (the Supervisor's own worker); the
     /// owner drives it with [`Self::start_running`], [`Self::progress`] and
     /// [`Self::complete`].

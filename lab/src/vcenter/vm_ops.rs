@@ -264,6 +264,18 @@ impl Vcenter {
                     }
                     order.reverse();
                 }
+                if self.lab.take_snapshot_removal_loss(&vm_id) {
+                    // vCenter restarted after answering: a task it no longer knows, and
+                    // no work done.
+                    let key = self.tasks.add_external(
+                        method,
+                        call.this.clone(),
+                        entity_name,
+                        session.user.clone(),
+                    );
+                    self.tasks.forget(&key);
+                    return Ok(returnval_ref("Task", &key));
+                }
                 Box::new(move |p| {
                     for s in &order {
                         lab.remove_snapshot(&vm_id, s).map_err(lab_fault)?;

@@ -436,6 +436,7 @@ impl Lab {
             next_snapshot_delay_ms: 0,
             created_disks_get_their_own_uuid: false,
             tools_not_running: false,
+            lose_next_snapshot_removal: false,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
@@ -678,6 +679,31 @@ impl Lab {
                 s.failing_task_polls = s.failing_task_polls.saturating_sub(1);
                 armed
             },
+        )
+        .unwrap_or(false)
+    }
+
+    /// Makes the next `RemoveSnapshot_Task` of a snapshot of `vm` get lost before it runs,
+    /// as when vCenter restarts right after answering with the task: the task is unknown
+    /// from then on (reading it: `ManagedObjectNotFound`), and the snapshot stays (test
+    /// fault injection).
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn lose_next_snapshot_removal(&self, vm: &VmMoref) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.lose_next_snapshot_removal = true;
+            Ok(())
+        })
+    }
+
+    /// Takes the loss [`Self::lose_next_snapshot_removal`] arranged for `vm`.
+    #[must_use]
+    pub fn take_snapshot_removal_loss(&self, vm: &VmMoref) -> bool {
+        self.take_knob(
+            vm,
+            |s| s.lose_next_snapshot_removal,
+            |s| std::mem::take(&mut s.lose_next_snapshot_removal),
         )
         .unwrap_or(false)
     }

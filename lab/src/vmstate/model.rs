@@ -184,6 +184,11 @@ pub struct VmState {
     /// injection: a vCenter restarting or a proxy dropping requests while a task runs).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failing_task_polls: u32,
+    /// The next `RemoveSnapshot_Task` of this VM's snapshots is lost before it runs (a
+    /// test's fault injection: vCenter restarting after it answered with the task): its
+    /// task is unknown from then on, and the snapshot stays.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lose_next_snapshot_removal: bool,
     /// How long the next `CreateSnapshot_Task` on this VM runs before it creates the
     /// snapshot, in milliseconds (a test's fault injection: a slow quiesce).
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -257,6 +257,7 @@ impl Lab {
             next_snapshot_delay_ms: 0,
             created_disks_get_their_own_uuid: false,
             tools_not_running: false,
+            lose_next_snapshot_removal: false,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
