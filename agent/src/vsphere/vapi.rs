@@ -194,8 +194,9 @@ impl VapiClient {
             })
     }
 
-    /// Polls `task` until it is neither PENDING nor RUNNING; reports progress
-    /// (completed of total). Returns the final info when SUCCEEDED.
+    /// Polls `task` until it is SUCCEEDED or FAILED (PENDING, RUNNING and BLOCKED, which
+    /// is a task waiting for resources, are not final); reports progress (completed of
+    /// total). Returns the final info when SUCCEEDED.
     ///
     /// # Errors
     ///
@@ -215,14 +216,14 @@ impl VapiClient {
             }
             match info.status {
                 CisTaskStatus::Succeeded => return Ok(info),
-                CisTaskStatus::Failed | CisTaskStatus::Blocked => {
+                CisTaskStatus::Failed => {
                     return Err(VapiError::TaskFailed {
                         task: task.to_owned(),
                         status: info.status,
                         error: info.error.unwrap_or_default(),
                     });
                 }
-                CisTaskStatus::Pending | CisTaskStatus::Running => {}
+                CisTaskStatus::Pending | CisTaskStatus::Running | CisTaskStatus::Blocked => {}
             }
             if started.elapsed() >= timeout {
                 return Err(VapiError::TaskTimeout {
