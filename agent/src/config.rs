@@ -541,8 +541,12 @@ impl AgentConfig {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = url::Url::parse(&self.vcenter.url)
-            .map_err(|e| invalid("vcenter.url", format!("{:?}: {e}", self.vcenter.url)))?;
+        let url = url::Url::parse(&self.vcenter.url).map_err(|e| {
+            invalid(
+                "vcenter.url",
+                format!("{:?}: {e}", without_userinfo(&self.vcenter.url)),
+            )
+        })?;
         if url.scheme() != "https" || url.host_str().is_none() {
             return Err(invalid(
                 "vcenter.url",
@@ -551,8 +555,9 @@ impl AgentConfig {
         }
         refuse_credentials_in_url("vcenter.url", &url)?;
         if let Some(u) = &self.supervisor.url {
-            let parsed =
-                url::Url::parse(u).map_err(|e| invalid("supervisor.url", format!("{u:?}: {e}")))?;
+            let parsed = url::Url::parse(u).map_err(|e| {
+                invalid("supervisor.url", format!("{:?}: {e}", without_userinfo(u)))
+            })?;
             if parsed.scheme() != "https" || parsed.host_str().is_none() {
                 return Err(invalid("supervisor.url", "must be https://HOST[:PORT]"));
             }
@@ -563,7 +568,7 @@ impl AgentConfig {
         {
             return Err(invalid(
                 "supervisor.thumbprint",
-                "expected 20 hex bytes separated by colons (AA:BB:…)",
+                "expected a SHA-1 (20) or SHA-256 (32) digest, hex bytes separated by colons (AA:BB:…)",
             ));
         }
         if self.vcenter.user.trim().is_empty() {
@@ -684,6 +689,19 @@ impl PolicyConfig {
             blackout,
             initial_run: self.initial_run,
         })
+    }
+}
+
+/// `url` as text with anything between `//` and the host's `@` (a user and password a URL
+/// that does not parse may still carry) replaced by `***@`, for an error message.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 
@@ -817,6 +835,18 @@ retention = { keep_daily = 7 }
         .unwrap_err();
         assert!(e.to_string().contains("supervisor.url"), "{e}");
         assert!(!e.to_string().contains("pw@"), "{e}");
+        // A URL that does not parse (a bad port) is quoted without its password.
+        for (url, env) in [
+            (
+                "https://backup:hunter2@vc:84x/sdk",
+                "VADP_AGENT_VCENTER__URL",
+            ),
+            ("https://u:hunter2@sup:6x443", "VADP_AGENT_SUPERVISOR__URL"),
+        ] {
+            let e = load(GOOD, &[(env, url)]).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+            assert!(e.to_string().contains("***@"), "{e}");
+        }
         for addr in ["0.0.0.0:8443", "192.0.2.10:8443", "[::]:8443"] {
             let e = load(GOOD, &[("VADP_AGENT_API__LISTEN", addr)]).unwrap_err();
             assert!(e.to_string().contains("api.allow_plaintext_remote"), "{e}");

@@ -167,9 +167,14 @@ impl ServerCertVerifier for PinnedVerifier {
         if self.pin.matches(end_entity.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
+            // The server's digest of the pin's kind, so that the two can be compared.
+            let theirs = if self.pin.0.len() == 32 {
+                Thumbprint::sha256_of(end_entity.as_ref())
+            } else {
+                Thumbprint::sha1_of(end_entity.as_ref())
+            };
             Err(rustls::Error::General(format!(
-                "server certificate thumbprint {} does not match the pinned {}",
-                Thumbprint::sha1_of(end_entity.as_ref()),
+                "server certificate thumbprint {theirs} does not match the pinned {}",
                 self.pin
             )))
         }
