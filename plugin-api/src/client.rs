@@ -56,7 +56,9 @@ pub enum JobEvent {
 /// The server-sent events of one job; read with [`EventStream::next`].
 pub struct EventStream {
     body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
+    /// Bytes received and not yet parsed: a block is decoded only once whole, so that a
+    /// character (or a `\r\n`) split between two reads arrives intact.
+    buffer: Vec<u8>,
     path: String,
     ended: bool,
 }
@@ -67,6 +69,17 @@ impl fmt::Debug for EventStream {
             .field("path", &self.path)
             .field("ended", &self.ended)
             .finish_non_exhaustive()
+    }
+}
+
+/// Where the first whole SSE block of `buf` ends (after its blank line, `\n\n` or
+/// `\r\n\r\n`), if `buf` holds one.
+fn block_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -81,17 +94,16 @@ impl EventStream {
             if self.ended {
                 return Ok(None);
             }
-            if let Some(pos) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..pos + 2).collect();
+            if let Some(end) = block_end(&self.buffer) {
+                let raw: Vec<u8> = self.buffer.drain(..end).collect();
+                let block = String::from_utf8_lossy(&raw).replace("\r\n", "\n");
                 if let Some(event) = self.parse(&block)? {
                     return Ok(Some(event));
                 }
                 continue;
             }
             match self.body.next().await {
-                Some(Ok(chunk)) => self
-                    .buffer
-                    .push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n")),
+                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Some(Err(e)) => {
                     return Err(ApiError::Transport {
                         method: "GET".into(),
@@ -331,7 +343,7 @@ impl Client {
         let resp = self.send(reqwest::Method::GET, &path, None).await?;
         Ok(EventStream {
             body: resp.bytes_stream().boxed(),
-            buffer: String::new(),
+            buffer: Vec::new(),
             path,
             ended: false,
         })
@@ -494,5 +506,38 @@ mod tests {
         let c = Client::new("http://127.0.0.1:1", Some(t)).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(Client::new("ftp://x", None).is_err());
+    }
+
+    /// A character, and a `\r\n`, split between two reads arrive intact.
+    #[test]
+    fn an_event_split_inside_a_character_is_decoded_whole() {
+        let text = "event: vm_finished\r\ndata: {\"name\":\"Größe\"}\r\n\r\nevent: x\ndata: {}\n\n";
+        let bytes = text.as_bytes();
+        let cut = text.find('ö').unwrap() + 1;
+        let crlf = text.find("\r\n").unwrap() + 1;
+        let pieces: Vec<reqwest::Result<bytes::Bytes>> = vec![
+            Ok(bytes::Bytes::copy_from_slice(&bytes[..crlf])),
+            Ok(bytes::Bytes::copy_from_slice(&bytes[crlf..cut])),
+            Ok(bytes::Bytes::copy_from_slice(&bytes[cut..])),
+        ];
+        let mut stream = EventStream {
+            body: futures_util::stream::iter(pieces).boxed(),
+            buffer: Vec::new(),
+            path: "/v1/jobs/j/events".into(),
+            ended: false,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = rt.block_on(stream.next()).unwrap().unwrap();
+        match first {
+            JobEvent::Progress(v) => assert_eq!(v["name"], "Größe", "{v}"),
+            JobEvent::End(_) => panic!("not the end"),
+        }
+        assert!(matches!(
+            rt.block_on(stream.next()).unwrap(),
+            Some(JobEvent::Progress(_))
+        ));
+        assert!(rt.block_on(stream.next()).unwrap().is_none());
     }
 }
