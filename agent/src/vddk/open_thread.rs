@@ -197,6 +197,8 @@ fn connect(lib: &'static Library, spec: &ConnectSpec) -> Result<OpenConnection, 
             &raw mut raw,
         )
     };
+    // A success without a connection is the library's failure (never handed on).
+    let err = null_is_failure(err, raw.is_null());
     lib.check("VixDiskLib_ConnectEx", err, || vm_context(&spec.vm))?;
     Ok(OpenConnection {
         raw,
@@ -205,6 +207,15 @@ fn connect(lib: &'static Library, spec: &ConnectSpec) -> Result<OpenConnection, 
         _snapshot: snapshot,
         _modes: modes,
     })
+}
+
+/// `err`, or `VIX_E_FAIL` for a `VIX_OK` that came without the object it promised.
+fn null_is_failure(err: sys::VixError, null: bool) -> sys::VixError {
+    if null && err == sys::VixError::from(sys::VIX_OK) {
+        sys::VixError::from(sys::VIX_E_FAIL)
+    } else {
+        err
+    }
 }
 
 fn disconnect(lib: &Library, conn: OpenConnection) {
@@ -231,6 +242,7 @@ fn open(
         lib.raw()
             .VixDiskLib_Open(conn.raw, c_path.as_ptr(), flags, &raw mut handle)
     };
+    let err = null_is_failure(err, handle.is_null());
     lib.check("VixDiskLib_Open", err, || ErrorContext {
         vm: Some(conn.vm.clone()),
         disk: Some(path.to_owned()),
@@ -292,5 +304,20 @@ fn cleanup(lib: &'static Library, spec: &ConnectSpec) -> CleanupOutcome {
         cleaned,
         remaining,
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_success_without_its_object_is_a_failure() {
+        let ok = sys::VixError::from(sys::VIX_OK);
+        let fail = sys::VixError::from(sys::VIX_E_FAIL);
+        assert_eq!(null_is_failure(ok, true), fail);
+        assert_eq!(null_is_failure(ok, false), ok);
+        let not_found = sys::VixError::from(sys::VIX_E_FILE_NOT_FOUND);
+        assert_eq!(null_is_failure(not_found, true), not_found);
     }
 }
