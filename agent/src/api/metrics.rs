@@ -82,7 +82,7 @@ pub(super) fn render(queue: &Queue, journal: &[JournalEntry], upkeep: &Upkeep, n
     simple(
         "vadp_agent_jobs_failed",
         "gauge",
-        "Jobs that ended failed (since the catalog was created).",
+        "Jobs that ended failed, among those still in the job history (`maintenance.job_history_days`).",
         by_state.get("failed").copied().unwrap_or(0).to_string(),
     );
     simple(
