@@ -178,9 +178,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let period = watchdog.unwrap_or(Duration::from_secs(30));
             let mut tick = tokio::time::interval(period);
+            let mut stopping = false;
             loop {
                 tokio::select! {
-                    () = shutdown.cancelled() => break,
+                    // STOPPING=1 as soon as the stop begins, whoever sent the signal: the
+                    // jobs' clean-up (snapshot removal) and the connections still open may
+                    // take a while, and the watchdog pings go on meanwhile.
+                    () = shutdown.cancelled(), if !stopping => {
+                        stopping = true;
+                        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+                    }
                     _ = tick.tick() => {
                         let text = status(&state);
                         let mut msg = vec![NotifyState::Status(&text)];

@@ -655,6 +655,12 @@ impl Queue {
             e.stopped = true;
             e.cancel.cancel();
         }
+        // A queued job does not run before the agent stops (it runs after its next
+        // start): its followers' event streams end now, without an `end`, or the server's
+        // graceful stop would wait for them for ever.
+        for e in st.jobs.values_mut().filter(|e| e.job.state == "queued") {
+            e.tx = None;
+        }
     }
 
     /// Picks the next job if a slot is free, marking it running.
@@ -1024,6 +1030,30 @@ mod tests {
         let stored = catalog.queue_list().unwrap();
         assert_eq!(stored.len(), 50);
         assert!(stored.iter().all(|j| j.state == "succeeded"));
+    }
+
+    /// A follower of a job still queued when the agent stops sees its stream end (the job
+    /// runs after the next start): the server's graceful stop does not wait for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_jobs_followers_are_let_go_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let body = Gated::closed();
+        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
+            .await
+            .unwrap();
+        let (_running, _) = q.submit(submission(0, 0)).await.unwrap();
+        wait_until(&q, 1).await;
+        let (queued, _) = q.submit(submission(1, 0)).await.unwrap();
+        let (_, ended, mut rx) = q.subscribe(&queued.id).unwrap();
+        assert!(ended.is_none());
+        q.shut_down();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
+        assert!(
+            matches!(next, Ok(Err(broadcast::error::RecvError::Closed))),
+            "{next:?}"
+        );
+        body.release.add_permits(1);
     }
 
     /// A job the shutdown cut off is `interrupted` (and so run again by its schedule) even
