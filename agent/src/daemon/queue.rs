@@ -549,6 +549,16 @@ impl Queue {
                 _ => false,
             }
         };
+        if !cancelled_queued && self.get(id).is_some_and(|j| j.state == JobState::Running) {
+            // Recorded at once: should the agent stop (or crash) before the job has cleaned
+            // up, the next start finds it cancelled, not interrupted (a schedule would run
+            // an interrupted job again).
+            let c = self.inner.catalog.clone();
+            let id2 = id.to_owned();
+            if let Err(e) = blocking(move || c.queue_request_cancel(&id2)).await {
+                tracing::warn!(job = %id, error = %e, "recording the cancel in the catalog");
+            }
+        }
         if cancelled_queued {
             let c = self.inner.catalog.clone();
             let id2 = id.to_owned();
@@ -1030,6 +1040,35 @@ mod tests {
         let stored = catalog.queue_list().unwrap();
         assert_eq!(stored.len(), 50);
         assert!(stored.iter().all(|j| j.state == "succeeded"));
+    }
+
+    /// A client cancels a running job, and the agent dies before the job has cleaned up:
+    /// the next start finds it cancelled, not interrupted (which its schedule would run
+    /// again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_survives_a_crash_before_the_job_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let body = Gated::closed();
+        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
+            .await
+            .unwrap();
+        let (cancelled, _) = q.submit(submission(0, 0)).await.unwrap();
+        wait_until(&q, 1).await;
+        let (other, _) = q.submit(submission(1, 0)).await.unwrap();
+        q.cancel(&cancelled.id).await.unwrap();
+        // The crash: the catalog as the running agent left it, read by a new one.
+        let (again, interrupted) = Queue::start(catalog.clone(), Arc::new(Gated::closed()), 1)
+            .await
+            .unwrap();
+        assert!(interrupted.is_empty(), "{interrupted:?}");
+        assert_eq!(again.get(&cancelled.id).unwrap().state, JobState::Cancelled);
+        // The job queued behind it is queued still (or already running again).
+        assert!(matches!(
+            again.get(&other.id).unwrap().state,
+            JobState::Queued | JobState::Running
+        ));
+        body.release.add_permits(2);
     }
 
     /// A follower of a job still queued when the agent stops sees its stream end (the job

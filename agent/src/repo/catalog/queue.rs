@@ -200,11 +200,23 @@ impl Catalog {
     pub fn queue_interrupt_running(&self, now: i64) -> Result<Vec<String>, CatalogError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id FROM queue_jobs WHERE state = 'running' ORDER BY seq")
+            .prepare(
+                "SELECT id FROM queue_jobs WHERE state = 'running' AND cancel_requested = 0
+                 ORDER BY seq",
+            )
             .map_err(self.sql())?;
         let ids: Vec<String> = stmt
             .query_map([], |r| r.get(0))
             .and_then(Iterator::collect)
+            .map_err(self.sql())?;
+        // A client cancelled these: cancelled they stay, however their clean-up ended.
+        self.conn
+            .execute(
+                "UPDATE queue_jobs SET state = 'cancelled', finished_at = ?1,
+                 error = 'cancelled; the daemon stopped before the job had cleaned up'
+                 WHERE state = 'running' AND cancel_requested = 1",
+                [now],
+            )
             .map_err(self.sql())?;
         self.conn
             .execute(
@@ -214,6 +226,21 @@ impl Catalog {
             )
             .map_err(self.sql())?;
         Ok(ids)
+    }
+
+    /// Records a client's cancel of the running job `id` (see
+    /// [`Catalog::queue_interrupt_running`]).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn queue_request_cancel(&self, id: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "UPDATE queue_jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 'running'",
+                [id],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
     }
 }
 

@@ -101,10 +101,16 @@ CREATE TABLE damaged_chunks (
     quarantined_as TEXT
 );
 ",
+    // 5: a client's cancel of a running job, recorded at once: a job the agent stopped (or
+    // crashed) under before it had cleaned up ends `cancelled`, not `interrupted` (which
+    // its schedule would run again).
+    r"
+ALTER TABLE queue_jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// The schema version this agent writes.
-pub const LATEST_VERSION: u32 = 4;
+pub const LATEST_VERSION: u32 = 5;
 
 /// Outcome of [`migrate`] when the catalog cannot be used.
 #[derive(Debug)]

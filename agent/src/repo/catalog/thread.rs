@@ -37,6 +37,7 @@ enum Command {
     RunningJobs(Reply<Vec<JobId>>),
     JobStats(JobId, Reply<Option<serde_json::Value>>),
     JobKnown(JobId, Reply<bool>),
+    QueueRequestCancel(String, Reply<()>),
     JobsOfGroup(String, Reply<Vec<JobId>>),
     DamagedList(Reply<Vec<DamagedChunk>>),
     IntegrityCheck(Reply<Vec<String>>),
@@ -287,6 +288,15 @@ impl CatalogHandle {
         self.call(Command::QueueList)
     }
 
+    /// See [`Catalog::queue_request_cancel`].
+    ///
+    /// # Errors
+    /// As [`Catalog::queue_request_cancel`], or [`CatalogError::Gone`].
+    pub fn queue_request_cancel(&self, id: &str) -> Result<(), CatalogError> {
+        let id = id.to_owned();
+        self.call(|r| Command::QueueRequestCancel(id, r))
+    }
+
     /// See [`Catalog::queue_interrupt_running`].
     ///
     /// # Errors
@@ -431,6 +441,7 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::RunningJobs(r) => drop(r.send(catalog.running_jobs())),
         Command::JobStats(id, r) => drop(r.send(catalog.job_stats(id))),
         Command::JobKnown(id, r) => drop(r.send(catalog.job_known(id))),
+        Command::QueueRequestCancel(id, r) => drop(r.send(catalog.queue_request_cancel(&id))),
         Command::JobsOfGroup(g, r) => drop(r.send(catalog.jobs_of_group(&g))),
         Command::DamagedList(r) => drop(r.send(catalog.damaged_list())),
         Command::IntegrityCheck(r) => drop(r.send(catalog.integrity_check())),
