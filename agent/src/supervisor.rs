@@ -39,6 +39,9 @@ pub enum SupervisorError {
 /// The API group of VM Operator's resources.
 pub const VMOP_GROUP: &str = "vmoperator.vmware.com";
 
+/// The longest one Supervisor API call may take, connection and TLS included.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A client of one Supervisor.
 #[derive(Clone)]
 pub struct Supervisor {
@@ -96,6 +99,9 @@ impl Supervisor {
             .auth_layer()
             .map_err(|e| config_err(format!("authentication: {e}")))?;
         let service = tower::ServiceBuilder::new()
+            // Every call is a short read or write: a Supervisor (or load balancer) that
+            // accepts and never answers fails it instead of holding a restore for ever.
+            .layer(tower::timeout::TimeoutLayer::new(CALL_TIMEOUT))
             .layer(config.base_uri_layer())
             .option_layer(auth)
             .map_err(|e: hyper_util::client::legacy::Error| -> tower::BoxError { e.into() })
