@@ -183,6 +183,56 @@ concurrent_jobs = 2
         (daemon, base)
     }
 
+    /// Errors axum makes itself (an unknown path, a method a route does not take, a body
+    /// over the limit) answer JSON as every other error does.
+    #[test]
+    fn every_error_is_json() {
+        use std::io::{Read as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, _lab, _vm, _disk) = lab_with_vm(dir.path(), "json-1");
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let (_daemon, base) = serve(&config);
+        let addr = base.trim_start_matches("http://").to_owned();
+        let call = |head: &str, body: &[u8]| -> (String, serde_json::Value) {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(
+                format!(
+                    "{head} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let _ = c.write_all(body);
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out);
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let (headers, json) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                headers
+                    .to_ascii_lowercase()
+                    .contains("content-type: application/json"),
+                "{head}: {headers}"
+            );
+            (
+                headers.lines().next().unwrap().to_owned(),
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{head}: {e}: {json}")),
+            )
+        };
+        let (status, body) = call("GET /v1/no-such-route", b"");
+        assert!(status.contains("404"), "{status}");
+        assert_eq!(body["code"], "not_found", "{body}");
+        let (status, body) = call("DELETE /v1/jobs", b"");
+        assert!(status.contains("405"), "{status}");
+        assert_eq!(body["code"], "method_not_allowed", "{body}");
+        let big = vec![b' '; 3 << 20];
+        let (status, body) = call("POST /v1/jobs/backup", &big);
+        assert!(status.contains("413"), "{status}");
+        assert_eq!(body["code"], "payload_too_large", "{body}");
+    }
+
     /// A client that connects and sends half a request head is closed after the header
     /// timeout instead of holding its connection (and a file descriptor) for ever; others
     /// are served meanwhile.

@@ -130,7 +130,48 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
         .merge(authenticated)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Every error answers with an [`ErrorBody`], also those axum makes itself (an unknown
+/// path, a method a route does not take, a body over the 2 MB limit), which are empty or
+/// plain text.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such route".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not take that method".to_owned(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is larger than the 2 MB the API takes".to_owned(),
+        ),
+        other => (
+            "http_error",
+            other
+                .canonical_reason()
+                .unwrap_or("request failed")
+                .to_owned(),
+        ),
+    };
+    let mut json = ApiFailure::new(status, code, message).into_response();
+    // What axum set besides (`Allow` on a 405) stays.
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 /// Strict JSON parsing with our error body (axum's rejection would be plain text).
