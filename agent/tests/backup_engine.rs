@@ -1096,6 +1096,23 @@ mod tests {
         );
     }
 
+    /// A VMX file larger than any VMX can be is refused, not read into memory whole.
+    #[test]
+    fn an_oversized_vmx_is_refused() {
+        let fx = Fixture::new();
+        let a = fx.new_vm("node-a", &[8]);
+        let filler: Vec<(String, String)> = (0..17)
+            .map(|i| (format!("filler.{i}"), "x".repeat(1 << 20)))
+            .collect();
+        fx.lab.set_extra_config(&a, filler).unwrap();
+        let run = fx.backup(&[&a], &[], None);
+        assert_ne!(run.code, Some(0));
+        let all = format!("{:?}{}", run.events, run.stderr);
+        assert!(all.contains("larger than 16777216 bytes"), "{all}");
+        assert!(fx.points().is_empty());
+        fx.assert_clean(&[&a]);
+    }
+
     /// A panic in the job's set-up, after its snapshot was taken, ends the job with the
     /// snapshot removed and the access ended, by the job itself (no reconcile).
     #[test]

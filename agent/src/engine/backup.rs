@@ -1061,6 +1061,10 @@ async fn clean_up(ctx: &JobCtx, vm: &VmMoref, effects: &Mutex<Effects>) -> Vec<S
     problems
 }
 
+/// The largest VMX file a backup reads (vSphere's are kilobytes; a VM Service VM's
+/// ExtraConfig adds some hundreds).
+const MAX_VMX_BYTES: u64 = 16 << 20;
+
 /// How one disk will be read.
 #[derive(Debug)]
 enum Plan {
@@ -1135,9 +1139,9 @@ async fn back_up_vm_inner(
             source,
         }
     })?;
-    let mut vmx_bytes = Vec::new();
-    env.soap
-        .download(&ds_path, &mut vmx_bytes)
+    let vmx_bytes = env
+        .soap
+        .download_small(&ds_path, MAX_VMX_BYTES)
         .await
         .map_err(|source| BackupError::Datastore {
             what: format!("downloading the VMX of {who} ({vmx_path})"),

@@ -22,6 +22,31 @@ impl SoapClient {
         path: &DatastorePath,
         sink: &mut (impl AsyncWrite + Unpin + Send),
     ) -> Result<u64, DatastoreError> {
+        self.download_at_most(path, sink, u64::MAX).await
+    }
+
+    /// The datastore file `path` in memory, refused once it passes `max_bytes` (a VMX:
+    /// a file that should be small is not trusted to be).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::download`]; [`DatastoreError::TooLarge`].
+    pub async fn download_small(
+        &self,
+        path: &DatastorePath,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, DatastoreError> {
+        let mut bytes = Vec::new();
+        self.download_at_most(path, &mut bytes, max_bytes).await?;
+        Ok(bytes)
+    }
+
+    async fn download_at_most(
+        &self,
+        path: &DatastorePath,
+        sink: &mut (impl AsyncWrite + Unpin + Send),
+        max_bytes: u64,
+    ) -> Result<u64, DatastoreError> {
         let url = self.folder_url(path)?;
         let response = self
             .http()
@@ -43,6 +68,12 @@ impl SoapClient {
                 path: path.to_string(),
                 source,
             })?;
+            if written.saturating_add(chunk.len() as u64) > max_bytes {
+                return Err(DatastoreError::TooLarge {
+                    path: path.to_string(),
+                    max_bytes,
+                });
+            }
             sink.write_all(&chunk)
                 .await
                 .map_err(|source| DatastoreError::Local { path: None, source })?;
@@ -264,6 +295,14 @@ pub enum DatastoreError {
         /// The status code.
         status: u16,
     },
+    /// The file is larger than it can be for what it is read for.
+    #[error("GET datastore file {path}: larger than {max_bytes} bytes")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// The most it may hold.
+        max_bytes: u64,
+    },
     /// Reading or writing the local side failed.
     #[error("local file {path:?}")]
     Local {
@@ -282,7 +321,10 @@ impl DatastoreError {
         match self {
             Self::Transport { .. } => true,
             Self::Http { status, .. } => *status >= 500,
-            Self::Url { .. } | Self::NotLoggedIn { .. } | Self::Local { .. } => false,
+            Self::Url { .. }
+            | Self::NotLoggedIn { .. }
+            | Self::Local { .. }
+            | Self::TooLarge { .. } => false,
         }
     }
 }

@@ -302,15 +302,37 @@ fn encode_segment(s: &str) -> String {
         .replace('+', "%20")
 }
 
+/// The largest vAPI response body read (task lists and registrations are kilobytes).
+const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// The body of `response`, refused once it passes `max` bytes.
+async fn read_at_most(
+    op: &'static str,
+    response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, VapiError> {
+    use futures_util::StreamExt as _;
+    let mut stream = response.bytes_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| VapiError::Transport { op, source })?;
+        if body.len().saturating_add(chunk.len()) > max {
+            return Err(VapiError::Json {
+                op,
+                reason: format!("the response is larger than {max} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 async fn read_json<T: serde::de::DeserializeOwned>(
     op: &'static str,
     response: reqwest::Response,
 ) -> Result<T, VapiError> {
     let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|source| VapiError::Transport { op, source })?;
+    let bytes = read_at_most(op, response, MAX_BODY_BYTES).await?;
     if !status.is_success() {
         let error: ApiErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
         return Err(VapiError::Api {
