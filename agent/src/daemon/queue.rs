@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::repo::CatalogHandle;
 use crate::repo::catalog::{CatalogError, QueueJob, QueueUpdate};
 
-/// Events kept per job (older `disk_progress` events are dropped beyond this).
+/// Events kept per job: beyond this, the progress events so far are thinned to the last
+/// of each subject (see [`thin_history`]).
 const HISTORY_LIMIT: usize = 10_000;
 
 /// What a progress event reports on (`disk_progress` per VM and disk, `verify_progress`),
@@ -365,9 +366,13 @@ impl EventSink {
         entry.progress.bytes_done = entry.disks.values().map(|d| d.0).sum();
         entry.progress.bytes_total = entry.disks.values().map(|d| d.1).sum();
         let event = Arc::new(event);
-        if entry.history.len() < HISTORY_LIMIT
-            || !matches!(name.as_str(), "disk_progress" | "verify_progress")
-        {
+        let progress = matches!(name.as_str(), "disk_progress" | "verify_progress");
+        // Full: the progress so far goes down to the last event of each disk, so that the
+        // newest progress is kept rather than the oldest.
+        if progress && entry.history.len() >= HISTORY_LIMIT {
+            thin_history(&mut entry.history);
+        }
+        if entry.history.len() < HISTORY_LIMIT || !progress {
             entry.history.push(Arc::clone(&event));
         }
         if let Some(tx) = &entry.tx {
@@ -1040,6 +1045,64 @@ mod tests {
         let stored = catalog.queue_list().unwrap();
         assert_eq!(stored.len(), 50);
         assert!(stored.iter().all(|j| j.state == "succeeded"));
+    }
+
+    /// A job that emits more progress than the history keeps: a follower who comes late
+    /// still sees each disk's newest progress (and a disk that started late), not the
+    /// oldest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_jobs_history_keeps_the_newest_progress() {
+        struct Chatty(Arc<Notify>, Arc<Notify>);
+        impl JobBody for Chatty {
+            fn run(&self, ctx: RunContext) -> BodyFuture {
+                let (done, release) = (Arc::clone(&self.0), Arc::clone(&self.1));
+                Box::pin(async move {
+                    ctx.events
+                        .emit(serde_json::json!({"event": "job_started", "vms": 1}));
+                    for n in 0..=HISTORY_LIMIT as u64 + 10 {
+                        ctx.events.emit(serde_json::json!({
+                            "event": "disk_progress", "vm": "vm-1", "disk": 2000,
+                            "bytes_done": n, "bytes_total": 1u64 << 40,
+                        }));
+                    }
+                    ctx.events.emit(serde_json::json!({
+                        "event": "disk_progress", "vm": "vm-1", "disk": 2001,
+                        "bytes_done": 7, "bytes_total": 8,
+                    }));
+                    done.notify_one();
+                    // Runs on until released: the follower reads a running job's history.
+                    release.notified().await;
+                    Outcome {
+                        state: JobState::Succeeded,
+                        error: None,
+                        result: None,
+                    }
+                })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
+        let (emitted, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let body = Chatty(Arc::clone(&emitted), Arc::clone(&release));
+        let (q, _) = Queue::start(catalog, Arc::new(body), 1).await.unwrap();
+        let (job, _) = q.submit(submission(0, 0)).await.unwrap();
+        emitted.notified().await;
+        let (history, _, _) = q.subscribe(&job.id).unwrap();
+        assert!(history.len() <= HISTORY_LIMIT, "{}", history.len());
+        let last_of = |disk: u64| {
+            history
+                .iter()
+                .rev()
+                .find(|e| e["disk"] == disk)
+                .map(|e| e["bytes_done"].as_u64().unwrap())
+        };
+        assert_eq!(last_of(2000), Some(HISTORY_LIMIT as u64 + 10));
+        assert_eq!(last_of(2001), Some(7));
+        assert_eq!(history[0]["event"], "job_started");
+        release.notify_one();
+        while !q.get(&job.id).unwrap().state.is_final() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// A client cancels a running job, and the agent dies before the job has cleaned up:
