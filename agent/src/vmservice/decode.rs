@@ -302,10 +302,10 @@ fn decode_vm_yaml(extra: &[(String, String)], p: &mut Problems) -> Option<Value>
             return None;
         }
     };
-    let yaml: Value = match serde_norway::from_str(&text) {
+    let yaml: Value = match BoundedValue::new().parse(serde_norway::Deserializer::from_str(&text)) {
         Ok(yaml) => yaml,
         Err(e) => {
-            p.push(key, format!("gzip content is not YAML: {e}"));
+            p.push(key, yaml_error(&e));
             return None;
         }
     };
@@ -391,8 +391,9 @@ fn check_additional_resources(
         }
     };
     // Objects are joined by "\n---\n" (VSPHERE.md §C.2): one YAML stream of documents.
+    let budget = BoundedValue::new();
     for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
-        match Value::deserialize(doc) {
+        match budget.parse(doc) {
             Ok(Value::Object(o)) => {
                 let kind = o.get("kind").and_then(Value::as_str);
                 let name = o
@@ -416,7 +417,7 @@ fn check_additional_resources(
                 ),
             ),
             Err(e) => {
-                p.push(key, format!("gzip content is not YAML: {e}"));
+                p.push(key, yaml_error(&e));
                 return found;
             }
         }
@@ -568,6 +569,133 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// The most YAML nodes one ExtraConfig payload may expand to. The payload's text is
+/// capped (1 MiB), but anchors and aliases multiply it: `b: [*a, *a, …]` over a long `&a`
+/// list would build billions of values from a kilobyte of gzip. VM Operator writes no
+/// aliases; a VM's YAML has hundreds of nodes, a namespace's bootstrap resources thousands.
+const MAX_YAML_NODES: usize = 1 << 18;
+
+/// Marks the error [`BoundedValue`] raises, so that [`yaml_error`] keeps its text.
+const TOO_MANY_NODES: &str = "expands to more than";
+
+/// A [`Value`] deserialized with a budget of nodes shared by every document parsed with it.
+struct BoundedValue(std::cell::Cell<usize>);
+
+impl BoundedValue {
+    fn new() -> Self {
+        Self(std::cell::Cell::new(MAX_YAML_NODES))
+    }
+
+    fn parse<'de, D: Deserializer<'de>>(&self, d: D) -> Result<Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(Node(&self.0), d)
+    }
+}
+
+/// One node of a [`BoundedValue`].
+#[derive(Clone, Copy)]
+struct Node<'a>(&'a std::cell::Cell<usize>);
+
+impl Node<'_> {
+    fn take<E: serde::de::Error>(self) -> Result<(), E> {
+        match self.0.get() {
+            0 => Err(E::custom(format_args!(
+                "the YAML {TOO_MANY_NODES} {MAX_YAML_NODES} nodes (anchors and aliases \
+                 repeating it?)"
+            ))),
+            n => {
+                self.0.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Node<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Node<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.take()?;
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::String(v))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Null)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.take()?;
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(self)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.take()?;
+        let mut object = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            self.take()?;
+            let v = map.next_value_seed(self)?;
+            object.insert(k, v);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// A YAML error as a problem's reason: where it is, not what the parser quotes (a bad
+/// scalar's text, which in a bootstrap Secret is a secret).
+fn yaml_error(e: &serde_norway::Error) -> String {
+    let text = e.to_string();
+    if text.contains(TOO_MANY_NODES) {
+        return format!("gzip content is not usable YAML: {text}");
+    }
+    match e.location() {
+        Some(at) => format!(
+            "gzip content is not YAML (line {}, column {})",
+            at.line(),
+            at.column()
+        ),
+        None => "gzip content is not YAML".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,6 +844,53 @@ mod tests {
             p.reason.contains(Content::BackupVersion.guide_key()),
             "{p:?}"
         );
+    }
+
+    /// A kilobyte of gzip whose YAML aliases expand to millions of values is refused, not
+    /// built.
+    #[test]
+    fn yaml_aliases_that_expand_without_bound_are_refused() {
+        let n = 3000;
+        let items = vec!["0"; n].join(",");
+        let refs = vec!["*a"; n].join(",");
+        let yaml = format!("a: &a [{items}]\nb: [{refs}]\n");
+        let mut extra = web1();
+        set(
+            &mut extra,
+            Content::VmYaml,
+            &crate::vmservice::payload::encode_gzip_base64(&yaml),
+        );
+        let data = decode(&extra).unwrap();
+        assert!(data.vm_yaml.is_none());
+        assert!(
+            data.problems
+                .iter()
+                .any(|p| p.reason.contains("anchors and aliases")),
+            "{:#?}",
+            data.problems
+        );
+    }
+
+    /// A bootstrap Secret's value that does not fit its YAML tag is not quoted in the
+    /// problem (the parser's message would).
+    #[test]
+    fn a_yaml_error_does_not_quote_a_secret() {
+        let doc = "apiVersion: v1\nkind: Secret\nmetadata: {name: boot}\n\
+                   stringData: {password: !!int hunter2}\n";
+        let mut extra = web1();
+        set(
+            &mut extra,
+            Content::AdditionalResources,
+            &crate::vmservice::payload::encode_gzip_base64(doc),
+        );
+        let data = decode(&extra).unwrap();
+        let reasons: Vec<&str> = data.problems.iter().map(|p| p.reason.as_str()).collect();
+        assert!(!reasons.is_empty(), "no problem reported");
+        assert!(
+            reasons.iter().all(|r| !r.contains("hunter2")),
+            "{reasons:?}"
+        );
+        assert!(reasons.iter().any(|r| r.contains("line 4")), "{reasons:?}");
     }
 
     #[test]

@@ -616,7 +616,11 @@ pub(super) fn restored_vmx(
         let base = base_disk_name(file);
         let named: Vec<&DiskRecord> = disks
             .iter()
-            .filter(|d| d.backing_file.rsplit('/').next() == Some(base.as_str()))
+            // The file name after the last `/` — or after `] ` for a disk at the root of
+            // its datastore (`[ds1] w.vmdk`).
+            .filter(|d| {
+                d.backing_file.rsplit(['/', ']']).next().map(str::trim) == Some(base.as_str())
+            })
             .collect();
         // Two disks of one name in different folders: the one in the folder the line names.
         let disk = match named.as_slice() {
@@ -725,6 +729,16 @@ mod tests {
         let p = placement(disks, name, job(), None)?;
         restored_vmx(vmx, disks, &p.disks, &vmx_at(&p.vmx))
             .map(|out| String::from_utf8(out).unwrap())
+    }
+
+    /// A disk at the root of its datastore (`[ds1] w.vmdk`, no folder) is matched with
+    /// the `.vmx` line that names it.
+    #[test]
+    fn a_disk_at_a_datastores_root_is_matched() {
+        let disks = [disk(2000, "[ds1] w.vmdk")];
+        let out = restored(b"scsi0:0.fileName = \"w-000001.vmdk\"\n", &disks, "w").unwrap();
+        assert!(out.contains("w.vmdk\""), "{out}");
+        assert!(!out.contains("000001"), "{out}");
     }
 
     #[test]
