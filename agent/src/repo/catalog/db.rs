@@ -705,12 +705,18 @@ impl Catalog {
     /// [`CatalogError::Sql`], or [`CatalogError::Invalid`] for a stored id that does not
     /// parse.
     pub fn jobs_of_group(&self, group: &str) -> Result<Vec<JobId>, CatalogError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM jobs WHERE group_name = ?1")
-            .map_err(self.sql())?;
+        self.job_ids("SELECT id FROM jobs WHERE group_name = ?1", [group])
+    }
+
+    /// The job ids `sql` selects (one column) with `params`.
+    fn job_ids(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<JobId>, CatalogError> {
+        let mut stmt = self.conn.prepare(sql).map_err(self.sql())?;
         let ids: Vec<String> = stmt
-            .query_map([group], |r| r.get(0))
+            .query_map(params, |r| r.get(0))
             .and_then(Iterator::collect)
             .map_err(self.sql())?;
         ids.iter()
@@ -767,22 +773,10 @@ impl Catalog {
     /// # Errors
     /// [`CatalogError::Sql`].
     pub fn running_jobs(&self) -> Result<Vec<JobId>, CatalogError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM jobs WHERE state = 'running' ORDER BY created_at")
-            .map_err(self.sql())?;
-        let ids: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .and_then(Iterator::collect)
-            .map_err(self.sql())?;
-        ids.iter()
-            .map(|id| {
-                id.parse().map_err(|_| CatalogError::Invalid {
-                    path: self.path.clone(),
-                    what: format!("job id {id:?}"),
-                })
-            })
-            .collect()
+        self.job_ids(
+            "SELECT id FROM jobs WHERE state = 'running' ORDER BY created_at",
+            [],
+        )
     }
 
     /// The stats JSON of a job, if it exists.
