@@ -187,9 +187,13 @@ fn check_twins(extra: &[(String, String)], p: &mut Problems) {
     }
 }
 
-/// The key to name in a problem about `c`: the key found, else the code spelling.
+/// The key to name in a problem about `c`: the key whose value is used ([`present`]: an
+/// empty code-spelled key does not hide a filled guide-spelled one), else the key found,
+/// else the code spelling.
 pub(crate) fn key_for(extra: &[(String, String)], c: Content) -> String {
-    keys::lookup(extra, c).map_or_else(|| c.code_key().to_owned(), |(k, _)| k.to_owned())
+    present(extra, c)
+        .or_else(|| keys::lookup(extra, c))
+        .map_or_else(|| c.code_key().to_owned(), |(k, _)| k.to_owned())
 }
 
 pub(crate) fn decode_detailed(extra: &[(String, String)]) -> Option<Decoded> {

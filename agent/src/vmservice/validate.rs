@@ -250,6 +250,27 @@ mod tests {
         }
     }
 
+    /// A bad guide-spelled value next to an empty code-spelled key: one problem, named by
+    /// the key whose value was read (the empty one hides nothing).
+    #[test]
+    fn a_problem_names_the_key_whose_value_was_read() {
+        let mut extra = fixtures::extra_config("web-1/extraconfig.guide.json");
+        let guide = Content::BackupVersion.guide_key();
+        for (k, v) in &mut extra {
+            if k == guide {
+                *v = "abc".into();
+            }
+        }
+        extra.push((Content::BackupVersion.code_key().to_owned(), String::new()));
+        let v = validate_backup(
+            &extra,
+            Some(&fixtures::folder("web-1")),
+            &fixtures::captured_disks("web-1"),
+        );
+        assert_eq!(v.problems.len(), 1, "{:#?}", v.problems);
+        assert_eq!(v.problems[0].key, guide, "{:#?}", v.problems);
+    }
+
     /// The roles agree with devices.json's own `role` column.
     #[test]
     fn roles_match_the_fixtures_device_roles() {

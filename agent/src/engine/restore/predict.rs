@@ -231,9 +231,20 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
                 .and_then(|v| v.as_array())
                 .is_some_and(|v| v.iter().any(|v| v.get("persistentVolumeClaim").is_some()));
             if pvc_volumes && d.pvc_disks.is_empty() {
+                let pvc = crate::vmservice::Content::PvcDiskData;
+                let unreadable = d
+                    .problems
+                    .iter()
+                    .find(|p| p.key == pvc.code_key() || p.key == pvc.guide_key());
                 refusals.push(refusal(
                     "ValidateVMResourceFailed",
-                    format!("{who}: the VM has PVC volumes but no pvc-disk-data key"),
+                    match unreadable {
+                        Some(p) => format!(
+                            "{who}: the VM has PVC volumes but its pvc-disk-data key does not \
+                             decode ({p})"
+                        ),
+                        None => format!("{who}: the VM has PVC volumes but no pvc-disk-data key"),
+                    },
                 ));
             }
             match d.api_version.as_deref() {
@@ -445,6 +456,40 @@ mod tests {
                 .any(|r| r.id.ends_with("NotFoundInNamespaceFolder")),
             "{:?}",
             elsewhere.refusals
+        );
+    }
+
+    /// A VM with PVC volumes whose pvc-disk-data key is there but does not decode is
+    /// refused for that, not for a missing key.
+    #[test]
+    fn an_undecodable_pvc_disk_data_key_is_named_as_such() {
+        let mut extra = crate::vmservice::fixtures::extra_config("web-1/extraconfig.code.json");
+        let key = crate::vmservice::Content::PvcDiskData.code_key();
+        for (k, v) in &mut extra {
+            if k == key {
+                *v = "not base64 at all".into();
+            }
+        }
+        let data = crate::vmservice::decode(&extra).unwrap();
+        assert!(data.pvc_disks.is_empty());
+        let p = predict(&Facts {
+            data: Some(&data),
+            name: "web-1",
+            namespace: "demo-ns",
+            folder_exists: true,
+            supervisor: SupervisorVersion::Vcf9,
+            vcenter_uuid: "vc",
+            existing_cr: None,
+            vm_with_bios_uuid: None,
+            backup_bios_uuid: None,
+            network_override: false,
+        });
+        assert!(
+            p.refusals
+                .iter()
+                .any(|r| r.reason.contains("pvc-disk-data key does not decode")),
+            "{:?}",
+            p.refusals
         );
     }
 
