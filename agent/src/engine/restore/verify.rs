@@ -89,6 +89,35 @@ pub(super) async fn verify(
     let pvc_disks = plan.data.as_ref().map_or(0, |d| d.pvc_disks.len());
     match plan.prediction.restore_type {
         RestoreType::New | RestoreType::Existing => {
+            // WCP matches a restored disk with its pvc-disk-data entry by the disk's uuid:
+            // each entry's uuid must be a disk of the registered VM.
+            if let (Some(vm), Some(data)) = (&report.vm, plan.data.as_ref())
+                && !data.pvc_disks.is_empty()
+            {
+                match renv.env.soap.vm_info(vm).await {
+                    Ok(info) => {
+                        let have: Vec<String> = info
+                            .disks
+                            .iter()
+                            .filter_map(|d| d.uuid.as_deref().map(super::predict::hex_of))
+                            .collect();
+                        for pvc in &data.pvc_disks {
+                            if !have.contains(&super::predict::hex_of(&pvc.uuid)) {
+                                v.problems.push(format!(
+                                    "no disk of {vm} has the uuid {} that pvc-disk-data gives \
+                                     PVC {} ({}): WCP cannot bind that claim to it",
+                                    pvc.uuid, pvc.pvc_name, pvc.file_name
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => v.problems.push(format!(
+                        "could not read the disks of {vm} to compare their uuids with \
+                         pvc-disk-data: {}",
+                        crate::engine::error_chain(&e)
+                    )),
+                }
+            }
             if !plan.prediction.failover && restored_claims < pvc_disks {
                 v.problems.push(format!(
                     "{restored_claims} restored-<6 hex> claims for {pvc_disks} PVC disks (§8.1.1)"
