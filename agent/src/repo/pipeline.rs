@@ -420,11 +420,8 @@ fn spawn_named<'scope, 'env>(
     // A stage that panics raises the abort flag as an error does: the others stop instead
     // of waiting for its buffers or results, and the backup fails with nothing committed.
     let guarded = move || {
-        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            sh.fail(PipelineError::Thread(format!(
-                "{thread} panicked: {}",
-                panic_message(panic.as_ref())
-            )));
+        if let Err(e) = run_guarded(&thread, f) {
+            sh.fail(PipelineError::Thread(e));
         }
     };
     if let Err(e) = std::thread::Builder::new()
@@ -435,13 +432,17 @@ fn spawn_named<'scope, 'env>(
     }
 }
 
-/// The message of a panic's payload (`panic!` with a literal or a format).
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
+/// Runs `f` (a pipeline thread's body), a panic in it turned into `<name> panicked: <its
+/// message>`.
+pub(crate) fn run_guarded(name: &str, f: impl FnOnce()) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        format!("{name} panicked: {message}")
+    })
 }
 
 /// The two buffer pools (see the module doc).

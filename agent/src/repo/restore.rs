@@ -109,7 +109,7 @@ pub fn restore_disk(
                 .name(format!("chunk-read/{n}"))
                 .spawn_scoped(scope, move || {
                     // A worker that panics stops the others as an error does.
-                    let work = std::panic::AssertUnwindSafe(|| {
+                    let work = || {
                         let mut decoder = match ChunkDecoder::new() {
                             Ok(d) => d,
                             Err(source) => {
@@ -182,12 +182,11 @@ pub fn restore_disk(
                                 break;
                             }
                         }
-                    });
-                    if let Err(panic) = std::panic::catch_unwind(work) {
-                        fail(RestoreError::Thread(format!(
-                            "chunk-read/{n} panicked: {}",
-                            crate::repo::pipeline::panic_message(panic.as_ref())
-                        )));
+                    };
+                    if let Err(e) =
+                        crate::repo::pipeline::run_guarded(&format!("chunk-read/{n}"), work)
+                    {
+                        fail(RestoreError::Thread(e));
                     }
                 });
             if let Err(e) = spawned {
