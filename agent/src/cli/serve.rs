@@ -305,15 +305,10 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
                 }
                 // Retention once the run committed a point, also when some VMs failed:
                 // those keep every point.
-                if r.vms.iter().all(|v| v.point.is_none()) {
+                if !r.committed_any() {
                     continue;
                 }
-                let failed: Vec<_> = r
-                    .vms
-                    .iter()
-                    .filter(|v| v.point.is_none())
-                    .map(|v| (v.vm.clone(), v.name.clone()))
-                    .collect();
+                let failed = r.failed_vms();
                 let vcenter = &env.soap.service_content().about.instance_uuid;
                 if let Err(e) = maintenance::apply_retention(
                     &env.repo,

@@ -205,16 +205,10 @@ impl BackupJobs {
         // its VMs failed: those keep every point (see `maintenance::apply_retention`).
         let committed = result
             .as_ref()
-            .is_ok_and(|r| r.vms.iter().any(|v| v.point.is_some()));
-        let failed_vms: Vec<(crate::ids::VmMoref, String)> = result
+            .is_ok_and(engine::BackupReport::committed_any);
+        let failed_vms = result
             .as_ref()
-            .map(|r| {
-                r.vms
-                    .iter()
-                    .filter(|v| v.point.is_none())
-                    .map(|v| (v.vm.clone(), v.name.clone()))
-                    .collect()
-            })
+            .map(engine::BackupReport::failed_vms)
             .unwrap_or_default();
         // Cancelled once its snapshots were taken, a job ends with a report whose VMs
         // failed for the cancellation (and those that committed before it, their points):

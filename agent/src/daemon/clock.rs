@@ -55,21 +55,26 @@ pub fn set_skew_secs(skew: i64) {
     }
 }
 
+/// This machine's clock minus vCenter's, in seconds (`CurrentTime`, taken as answered
+/// half-way through the call).
+///
+/// # Errors
+/// The call's error, or `CurrentTime`'s text when it does not parse.
+pub async fn measure_skew(soap: &SoapClient) -> Result<i64, String> {
+    let asked = jiff::Timestamp::now();
+    let text = soap.current_time().await.map_err(|e| e.to_string())?;
+    let theirs = text
+        .parse::<jiff::Timestamp>()
+        .map_err(|e| format!("vCenter's CurrentTime {text:?} does not parse: {e}"))?;
+    let answered = jiff::Timestamp::now();
+    let mid = asked.as_millisecond() / 2 + answered.as_millisecond() / 2;
+    Ok((mid - theirs.as_millisecond()) / 1000)
+}
+
 /// Compares the clock with vCenter's once; a failed call leaves the last measurement.
 pub async fn check(soap: &SoapClient) {
-    let asked = jiff::Timestamp::now();
-    match soap.current_time().await {
-        Ok(text) => match text.parse::<jiff::Timestamp>() {
-            Ok(theirs) => {
-                // Half the call's time: the answer was made somewhere in between.
-                let answered = jiff::Timestamp::now();
-                let mid = asked.as_millisecond() / 2 + answered.as_millisecond() / 2;
-                set_skew_secs((mid - theirs.as_millisecond()) / 1000);
-            }
-            Err(e) => {
-                tracing::warn!(time = %text, error = %e, "vCenter's CurrentTime does not parse")
-            }
-        },
+    match measure_skew(soap).await {
+        Ok(skew) => set_skew_secs(skew),
         Err(e) => tracing::debug!(error = %e, "comparing the clock with vCenter's"),
     }
 }

@@ -393,6 +393,25 @@ pub struct BackupReport {
     pub vms: Vec<VmReport>,
 }
 
+impl BackupReport {
+    /// Whether the job committed a point of some VM (then a policy's retention applies).
+    #[must_use]
+    pub fn committed_any(&self) -> bool {
+        self.vms.iter().any(|v| v.point.is_some())
+    }
+
+    /// The VMs the job tried and committed no point of (moref and name): retention keeps
+    /// every point they have.
+    #[must_use]
+    pub fn failed_vms(&self) -> Vec<(VmMoref, String)> {
+        self.vms
+            .iter()
+            .filter(|v| v.point.is_none())
+            .map(|v| (v.vm.clone(), v.name.clone()))
+            .collect()
+    }
+}
+
 /// The waits of a job whose VM another job holds: 15 s, doubling up to 2 min, each with up
 /// to 5 s more at random, so that two jobs never retry in step.
 #[derive(Debug, Default)]
@@ -458,23 +477,13 @@ struct JobCtx {
 /// for a while (booted before NTP corrected it), and a point stamped days off would be
 /// judged days old, or young, by retention once the clock is right.
 async fn vcenter_clock_offset(env: &Environment) -> i64 {
-    let asked = jiff::Timestamp::now();
-    let theirs = match env.soap.current_time().await {
-        Ok(text) => match text.parse::<jiff::Timestamp>() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(time = %text, error = %e, "vCenter's CurrentTime does not parse; points get this machine's time");
-                return 0;
-            }
-        },
+    let offset = match crate::daemon::clock::measure_skew(&env.soap).await {
+        Ok(skew) => -skew,
         Err(e) => {
-            tracing::warn!(error = %error_chain(&e), "reading vCenter's CurrentTime; points get this machine's time");
+            tracing::warn!(error = %e, "reading vCenter's CurrentTime; points get this machine's time");
             return 0;
         }
     };
-    let answered = jiff::Timestamp::now();
-    let mid = asked.as_millisecond() / 2 + answered.as_millisecond() / 2;
-    let offset = (theirs.as_millisecond() - mid) / 1000;
     if offset.abs() > crate::daemon::clock::MAX_SKEW_SECS {
         tracing::warn!(
             offset_secs = offset,

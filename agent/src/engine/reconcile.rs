@@ -462,9 +462,12 @@ async fn tagged_snapshots(
         // Every job of this repository is in its catalog before it takes a snapshot: one
         // it does not know is another repository's or agent's, maybe running now.
         let catalog = env.repo.catalog().clone();
-        match blocking(move || catalog.job_known(job)).await {
-            Ok(Ok(known)) if known || unknown_jobs => {}
-            Ok(Ok(_)) => {
+        match blocking(move || catalog.job_known(job))
+            .await
+            .and_then(|r| r.map_err(BackupError::Catalog))
+        {
+            Ok(known) if known || unknown_jobs => {}
+            Ok(_) => {
                 report.errors.push(format!(
                     "snapshot {} ({:?}) of {vm} was taken by job {job}, which this repository \
                      has no record of: another repository's or agent's backup, maybe running \
@@ -472,12 +475,6 @@ async fn tagged_snapshots(
                      repository, or, once no backup uses it, add `--unknown-jobs`)",
                     s.snapshot, s.name
                 ));
-                continue;
-            }
-            Ok(Err(e)) => {
-                report
-                    .errors
-                    .push(format!("job {job}: {}", error_chain(&e)));
                 continue;
             }
             Err(e) => {

@@ -129,18 +129,13 @@ impl Disk {
             // Success without a list would read as "nothing allocated", and a full backup
             // would record the range as holes: a failure instead (the caller then reads
             // the whole disk).
-            let ok = sys::VixError::from(sys::VIX_OK);
-            let err = if list.is_null() && err == ok {
-                sys::VixError::from(sys::VIX_E_FAIL)
-            } else {
-                err
-            };
+            let err = super::open_thread::null_is_failure(err, list.is_null());
             if !list.is_null() {
                 // SAFETY: a non-NULL list is the library's allocation: `numBlocks` entries
                 // follow at `blocks` (a flexible array). Read before it is freed, exactly
                 // once, with FreeBlockList (whatever `err` says).
                 unsafe {
-                    if err == ok {
+                    if err == sys::VixError::from(sys::VIX_OK) {
                         let n = (*list).numBlocks as usize;
                         let first = (&raw const (*list).blocks).cast::<sys::VixDiskLibBlock>();
                         let slice = std::slice::from_raw_parts(first, n);

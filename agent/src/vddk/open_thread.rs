@@ -210,7 +210,7 @@ fn connect(lib: &'static Library, spec: &ConnectSpec) -> Result<OpenConnection, 
 }
 
 /// `err`, or `VIX_E_FAIL` for a `VIX_OK` that came without the object it promised.
-fn null_is_failure(err: sys::VixError, null: bool) -> sys::VixError {
+pub(super) fn null_is_failure(err: sys::VixError, null: bool) -> sys::VixError {
     if null && err == sys::VixError::from(sys::VIX_OK) {
         sys::VixError::from(sys::VIX_E_FAIL)
     } else {
