@@ -3,14 +3,19 @@
 //!
 //! Values escape characters as `|XX` (two hex digits): `|22` is `"`, `|7C` is `|`.
 
-/// A `.vmx` line that is not `key = "value"`.
+/// A `.vmx` line that is not `key = "value"`. It names the line and its key, never the
+/// text: a value may be a bootstrap Secret, and this error reaches logs, the job's record
+/// and the API.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("line {line} of the .vmx is not `key = \"value\"`: {text:?}")]
+#[error(
+    "line {line} of the .vmx is not `key = \"value\"`{}",
+    key.as_ref().map(|k| format!(" (key {k:?}; its value is not shown)")).unwrap_or_default()
+)]
 pub struct VmxError {
     /// 1-based line number.
     pub line: usize,
-    /// The line (cut to 80 characters).
-    pub text: String,
+    /// The line's key, when it has one (cut to 80 characters).
+    pub key: Option<String>,
 }
 
 /// Every `key = "value"` entry of a `.vmx`, in file order, values unescaped.
@@ -27,7 +32,11 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<(String, String)>, VmxError> {
         }
         let bad = || VmxError {
             line: i + 1,
-            text: line.chars().take(80).collect(),
+            key: line
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty())
+                .map(|k| k.chars().take(80).collect()),
         };
         let (key, value) = line.split_once('=').ok_or_else(bad)?;
         let key = key.trim();
@@ -88,6 +97,17 @@ mod tests {
     fn malformed_line_is_named() {
         let err = parse(b"a = \"1\"\nthis is not vmx\n").unwrap_err();
         assert_eq!(err.line, 2);
+        assert_eq!(
+            err.to_string(),
+            "line 2 of the .vmx is not `key = \"value\"`"
+        );
+        // The key, never the value: it may be a secret.
+        let err = parse(b"guestinfo.userdata = c2VjcmV0\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"guestinfo.userdata\"") && !text.contains("c2VjcmV0"),
+            "{text}"
+        );
         assert!(parse(b"k = unquoted\n").is_err());
         assert!(parse(b" = \"x\"\n").is_err());
     }
