@@ -48,6 +48,21 @@ impl fmt::Debug for ChunkDigest {
     }
 }
 
+/// In JSON, the hex form.
+impl Serialize for ChunkDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Error parsing one of the identifiers of this module.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {kind} {text:?}")]

@@ -411,6 +411,35 @@ mod tests {
             "{r1}"
         );
         assert_eq!(vm_report(&r1, &db)["validation"]["status"], "notvmservice");
+        // Secrets never enter the catalog or a manifest: no ExtraConfig value of web-1's
+        // (its VM YAML and bootstrap Secrets among them) is in either file; the point's
+        // config file gives them back.
+        let web_point = vm_report(&r1, &web)["point"].as_str().unwrap().to_owned();
+        let repo_dir = fx.repo();
+        let kept = Repository::open(&repo_dir)
+            .unwrap()
+            .point_config(web_point.parse().unwrap())
+            .unwrap()
+            .unwrap();
+        let live = vmservice_extra_config(&fx.lab, &web);
+        let kept_extra = kept.extra_config.unwrap().to_string();
+        let point_dir = repo_dir.join("indexes").join(&web_point);
+        for (key, value) in live.iter().filter(|(_, v)| v.len() >= 32) {
+            assert!(kept_extra.contains(value.as_str()), "{key} not kept");
+            for file in [
+                repo_dir.join("catalog.db"),
+                repo_dir.join("catalog.db-wal"),
+                point_dir.join("point.json"),
+            ] {
+                let bytes = std::fs::read(&file).unwrap_or_default();
+                assert!(
+                    !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                    "{} holds {key}",
+                    file.display()
+                );
+            }
+        }
+        assert!(point_dir.join("config.chunk").is_file());
         assert!(
             first
                 .events
@@ -613,7 +642,6 @@ mod tests {
         let config = |point: &str| {
             Repository::open(&fx.repo())
                 .unwrap()
-                .catalog()
                 .point_config(point.parse().unwrap())
                 .unwrap()
                 .unwrap()

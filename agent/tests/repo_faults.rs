@@ -949,6 +949,167 @@ mod tests {
         drop(repo.lease_point(f.full).unwrap());
     }
 
+    /// A catalog from before schema 6 held each point's VMX and ExtraConfig inline, a VM
+    /// Service VM's bootstrap Secrets among them, and so did its manifest. The first open
+    /// moves them into the point's config file and leaves no copy in the catalog, its WAL
+    /// or the manifest; the point gives back the same configuration and verify is clean. A
+    /// damaged config file is reported by verify and refused by name; a catalog rebuilt
+    /// from an old manifest writes the config file as well.
+    #[test]
+    fn an_old_catalogs_vmx_and_extra_config_move_out_of_the_catalog() {
+        use base64::Engine as _;
+        use vadp_agent::ids::VmMoref;
+        use vadp_agent::repo::catalog::{NewPoint, PointKind, VmRecord};
+        let f = fixture();
+        let secret = "U0VDUkVUOmJvb3RzdHJhcC1wYXNzd29yZC1kby1ub3QtbGVhaw";
+        // Long enough for SQLite's overflow pages.
+        let vmx = format!(
+            "config.version = \"8\"\nguestinfo.userdata = \"{secret}\"\npad = \"{}\"\n",
+            "x".repeat(20_000)
+        )
+        .into_bytes();
+        let extra = serde_json::json!([["guestinfo.userdata", secret]]);
+        let id: RestorePointId = uuid::Uuid::new_v4().to_string().parse().unwrap();
+        let repo = Repository::open(&f.root).unwrap();
+        // A disk: the full point's, its index copied.
+        let mut disk = repo.catalog().get_point(f.full).unwrap().unwrap().disks[0].clone();
+        let index = format!("indexes/{id}/{}.fidx", disk.key);
+        std::fs::create_dir_all(f.root.join("indexes").join(id.to_string())).unwrap();
+        std::fs::copy(f.root.join(&disk.index_path), f.root.join(&index)).unwrap();
+        disk.index_path = index;
+        repo.commit_point(NewPoint {
+            id,
+            vm: VmRecord {
+                moref: VmMoref("vm-42".into()),
+                name: "web".into(),
+                vcenter_uuid: "vc".into(),
+                namespace: Some("ns".into()),
+            },
+            job: None,
+            parent: None,
+            created_at: 1_700_000_000,
+            kind: PointKind::Full,
+            reason: "first backup".into(),
+            vmx: Some(vmx.clone()),
+            extra_config: Some(extra.clone()),
+            config_digest: None,
+            stats: serde_json::json!({}),
+            disks: vec![disk],
+        })
+        .unwrap();
+        let holds_secret = |path: &Path| {
+            std::fs::read(path)
+                .is_ok_and(|b| b.windows(secret.len()).any(|w| w == secret.as_bytes()))
+        };
+        let db = f.root.join("catalog.db");
+        let wal = f.root.join("catalog.db-wal");
+        let dir = f.root.join("indexes").join(id.to_string());
+        let manifest = dir.join("point.json");
+        let config_file = dir.join("config.chunk");
+        let no_copies = |when: &str| {
+            for file in [&db, &wal, &manifest] {
+                assert!(
+                    !holds_secret(file),
+                    "{when}: {} holds the secret",
+                    file.display()
+                );
+            }
+            assert!(config_file.is_file(), "{when}");
+        };
+        no_copies("a new point");
+        let config = |repo: &Repository| {
+            let c = repo.point_config(id).unwrap().unwrap();
+            (c.vmx, c.extra_config)
+        };
+        assert_eq!(config(&repo), (Some(vmx.clone()), Some(extra.clone())));
+        drop(repo);
+
+        // As an agent before schema 6 left it.
+        let make_old = || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            if conn
+                .prepare("SELECT config_digest FROM restore_points")
+                .is_ok()
+            {
+                conn.execute_batch(
+                    "ALTER TABLE restore_points DROP COLUMN config_digest;
+                     PRAGMA user_version = 5;",
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "UPDATE restore_points SET vmx = ?1, extra_config = ?2 WHERE id = ?3",
+                rusqlite::params![vmx, extra.to_string(), id.to_string()],
+            )
+            .unwrap();
+            // What a point removed then left in free pages (`secure_delete` was off).
+            conn.execute(
+                "INSERT INTO repo_meta (key, value) VALUES ('removed', ?1)",
+                [format!("{secret}{}", "y".repeat(20_000))],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "DELETE FROM repo_meta WHERE key IN ('removed', 'secrets_scrubbed');",
+            )
+            .unwrap();
+            drop(conn);
+            let mut m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+            m["format"] = 1.into();
+            m["point"].as_object_mut().unwrap().remove("config_digest");
+            m["point"]["vmx"] = base64::engine::general_purpose::STANDARD
+                .encode(&vmx)
+                .into();
+            m["point"]["extra_config"] = extra.clone();
+            std::fs::write(&manifest, m.to_string()).unwrap();
+            std::fs::remove_file(&config_file).unwrap();
+            assert!(holds_secret(&db) && holds_secret(&manifest));
+        };
+        make_old();
+        let repo = Repository::open(&f.root).unwrap();
+        no_copies("after the first open");
+        let format = |m: &Path| -> serde_json::Value {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(m).unwrap()).unwrap()
+                ["format"]
+                .clone()
+        };
+        assert_eq!(format(&manifest), 2);
+        assert_eq!(config(&repo), (Some(vmx.clone()), Some(extra.clone())));
+        let report = repo.verify(&mut |_, _| {}).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+
+        // A damaged config file: verify names it, and the point's configuration is refused.
+        let good = std::fs::read(&config_file).unwrap();
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        std::fs::write(&config_file, &bad).unwrap();
+        let report = repo.verify(&mut |_, _| {}).unwrap();
+        assert!(
+            matches!(
+                report.problems.as_slice(),
+                [VerifyProblem::Config { point, path, .. }] if *point == id && *path == config_file
+            ),
+            "{:?}",
+            report.problems
+        );
+        let e = chain(&repo.point_config(id).unwrap_err());
+        assert!(
+            e.contains(&id.to_string()) && e.contains("config.chunk") && e.contains("corrupt"),
+            "{e}"
+        );
+        std::fs::write(&config_file, &good).unwrap();
+        drop(repo);
+
+        // A catalog rebuilt from a manifest that still holds them.
+        make_old();
+        Repository::rebuild_catalog(&f.root, true).unwrap();
+        no_copies("after a rebuild");
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(config(&repo), (Some(vmx), Some(extra)));
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+    }
+
     /// `repo verify --json` counts its progress in chunks, and says so.
     #[test]
     fn verify_progress_is_in_chunks() {

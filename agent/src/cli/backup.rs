@@ -500,8 +500,13 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
         .catalog()
         .get_point(args.point)?
         .with_context(|| format!("restore point {} not found", args.point))?;
-    let config = repo.catalog().point_config(args.point)?;
-    let job_stats = match config.as_ref().and_then(|c| c.job) {
+    let job = repo.catalog().point_config(args.point)?.and_then(|c| c.job);
+    // A point whose config file verify reports as bad is still shown, with the reason.
+    let vmx_bytes = repo
+        .point_config(args.point)
+        .map(|c| c.and_then(|c| c.vmx).map(|v| v.len()))
+        .map_err(|e| crate::repo::verify::error_chain(&e));
+    let job_stats = match job {
         Some(job) => repo.catalog().job_stats(job)?,
         None => None,
     };
@@ -515,7 +520,8 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::json!({
                 "event": "show", "point": point, "skew_ms": skew, "group_failed": group_failed,
-                "vmx_bytes": config.as_ref().and_then(|c| c.vmx.as_ref()).map(Vec::len),
+                "vmx_bytes": vmx_bytes.as_ref().ok().copied().flatten(),
+                "config_error": vmx_bytes.as_ref().err(),
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -575,8 +581,10 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
             Err(_) => say!("  VM Service: {v}"),
         }
     }
-    if let Some(vmx) = config.as_ref().and_then(|c| c.vmx.as_ref()) {
-        say!("  VMX:        {} bytes kept", vmx.len());
+    match &vmx_bytes {
+        Ok(Some(n)) => say!("  VMX:        {n} bytes kept"),
+        Ok(None) => {}
+        Err(e) => say!("  VMX:        unreadable: {e}"),
     }
     say!("  disks:");
     for d in &point.disks {

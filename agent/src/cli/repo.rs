@@ -130,6 +130,12 @@ fn print_verify(report: &VerifyReport, repaired: Option<&RepairReport>) {
             } => {
                 say!("BAD INDEX restore point {point} disk {disk}: {error}");
             }
+            VerifyProblem::Config { point, error, .. } => {
+                say!(
+                    "BAD CONFIG restore point {point}: {error}; a restore of the VM from this \
+                     point needs its .vmx and ExtraConfig and is refused"
+                );
+            }
             VerifyProblem::Chunk {
                 digest,
                 error,

@@ -1398,6 +1398,7 @@ async fn back_up_vm_inner(
         reason: reason.clone(),
         vmx: Some(vmx_bytes),
         extra_config: Some(extra_config),
+        config_digest: None,
         stats,
         disks: written
             .iter()

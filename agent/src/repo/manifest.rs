@@ -9,9 +9,12 @@
 //! not list; GC removes it, and a rebuild before that GC lists it again, which loses
 //! nothing: its chunks and indexes were durable before the manifest was written.
 //!
-//! The manifest repeats what the catalog holds for the point, VMX bytes (base64) and
-//! ExtraConfig included, plus the repository's chunk size, chunk layout and id, so that a
-//! rebuild needs nothing else. Secrets are never in it, as they are never in the catalog.
+//! The manifest repeats what the catalog holds for the point, plus the repository's chunk
+//! size, chunk layout and id, so that a rebuild needs nothing else. Like the catalog, it
+//! names the point's config file by its digest and never holds the VMX and ExtraConfig
+//! (bootstrap Secrets among them) themselves ([`crate::repo::point_config`]). A manifest
+//! written before that held them inline (VMX in base64); it still reads, and
+//! `Repository::open` or `repo rebuild-catalog` writes it again without them.
 
 use std::fs;
 use std::io;
@@ -19,13 +22,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::ChunkDigest;
 use crate::repo::catalog::NewPoint;
 use crate::repo::durable;
 
 /// File name of a point's manifest inside `indexes/<point>/`.
 pub const MANIFEST_FILE: &str = "point.json";
-/// The manifest format this agent writes and reads.
-const FORMAT: u32 = 1;
+/// The manifest format this agent writes: 2 names the point's config file by its digest
+/// and never holds the VMX and ExtraConfig. Format 1 held them inline; it is still read.
+const FORMAT: u32 = 2;
+/// The oldest manifest format this agent reads.
+const OLDEST_FORMAT: u32 = 1;
 
 /// What a manifest records about the repository itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,15 +48,17 @@ pub struct RepoFacts {
 /// A point manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version (1).
+    /// Format version (2; 1 before schema 6).
     pub format: u32,
     /// The repository.
     pub repo: RepoFacts,
-    /// The point, as committed (the VMX file in base64).
+    /// The point, as committed (its config file's digest; format 1: the VMX file in base64
+    /// and ExtraConfig).
     pub point: NewPoint,
 }
 
-/// `Option<Vec<u8>>` as an optional base64 string (the VMX file in a manifest).
+/// `Option<Vec<u8>>` as an optional base64 string (the VMX file in config files and in
+/// manifests of format 1).
 pub mod base64_bytes {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -115,6 +124,15 @@ impl Manifest {
         }
     }
 
+    /// A manifest of format 1 brought to this format: the point's VMX and ExtraConfig,
+    /// now in its config file, are replaced by that file's `digest`.
+    pub fn config_moved(&mut self, digest: ChunkDigest) {
+        self.format = FORMAT;
+        self.point.vmx = None;
+        self.point.extra_config = None;
+        self.point.config_digest = Some(digest);
+    }
+
     /// The point to commit again (without its job: the rebuilt catalog has no job rows).
     #[must_use]
     pub fn to_new_point(&self) -> NewPoint {
@@ -159,9 +177,9 @@ impl Manifest {
         }
         let Format { format } =
             serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        if format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&format) {
             return Err(invalid(format!(
-                "manifest format {format} (this agent reads {FORMAT})"
+                "manifest format {format} (this agent reads {OLDEST_FORMAT} to {FORMAT})"
             )));
         }
         let manifest: Self = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
@@ -175,10 +193,9 @@ mod tests {
     use crate::repo::catalog::Catalog;
 
     #[test]
-    fn round_trip_keeps_every_byte_of_the_vmx() {
+    fn a_manifest_names_the_config_and_never_holds_it() {
         let mut point = crate::repo::catalog::sample_point("vm-1", 1_700_000_000);
-        point.vmx = Some((0..=255u8).collect());
-        point.extra_config = Some(serde_json::json!({"guestinfo.x": "é"}));
+        let digest = point.config_digest.unwrap();
         let facts = RepoFacts {
             repo_id: "r".into(),
             chunk_size_bytes: 1 << 20,
@@ -190,8 +207,7 @@ mod tests {
         let back = Manifest::read(&dir.path().join(MANIFEST_FILE)).unwrap();
         assert_eq!(back, m);
         let again = back.to_new_point();
-        assert_eq!(again.vmx, point.vmx);
-        assert_eq!(again.extra_config, point.extra_config);
+        assert_eq!(again.config_digest, Some(digest));
         assert_eq!(again.disks, point.disks);
         assert_eq!(again.job, None);
         // It commits into an empty catalog.
@@ -199,8 +215,33 @@ mod tests {
         c.commit_point(&again).unwrap();
         assert_eq!(c.list_points().unwrap()[0].id, point.id);
 
+        // A VMX handed over inline is not written.
+        point.vmx = Some(b"guestinfo.userdata = \"c2VjcmV0\"".to_vec());
+        point.extra_config = Some(serde_json::json!([["guestinfo.userdata", "c2VjcmV0"]]));
+        Manifest::of(&point, facts).write(dir.path()).unwrap();
         let json = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
-        assert!(json.contains("\"vmx\": \"AAECAwQF"), "{json}");
+        assert!(
+            !json.contains("c2VjcmV0") && !json.contains("\"vmx\""),
+            "{json}"
+        );
+        assert!(json.contains(&digest.to_hex()), "{json}");
+
+        // One written before schema 6, with them inline, still reads them.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old["format"] = 1.into();
+        old["point"]["vmx"] = serde_json::json!("AAECAwQF");
+        old["point"]["extra_config"] = serde_json::json!({"guestinfo.x": "é"});
+        std::fs::write(dir.path().join(MANIFEST_FILE), old.to_string()).unwrap();
+        let read = Manifest::read(&dir.path().join(MANIFEST_FILE)).unwrap();
+        assert_eq!(read.point.vmx, Some(vec![0, 1, 2, 3, 4, 5]));
+        assert_eq!(
+            read.point.extra_config,
+            Some(serde_json::json!({"guestinfo.x": "é"}))
+        );
+        let mut moved = read.clone();
+        moved.config_moved(digest);
+        assert_eq!(moved, m);
+
         std::fs::write(dir.path().join(MANIFEST_FILE), b"{\"format\": 9}").unwrap();
         let e = Manifest::read(&dir.path().join(MANIFEST_FILE)).unwrap_err();
         assert!(

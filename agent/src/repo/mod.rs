@@ -34,6 +34,7 @@ pub mod fixed_index;
 pub mod gc;
 pub mod manifest;
 pub mod pipeline;
+pub mod point_config;
 pub mod prune;
 pub mod repair;
 mod repository;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::ids::{ChangeId, ChunkDigest, DiskKey, JobId, RestorePointId, VmMoref};
 use crate::repo::catalog::{
     Catalog, CatalogError, CatalogHandle, CatalogThread, DiskRecord, DiskRole, GC_PENDING_KEY,
-    NewPoint, PointKind, PointRecord, VmRecord,
+    NewPoint, PointConfig, PointKind, PointRecord, VmRecord,
 };
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Layout, RepoLock};
 use crate::repo::durable;
@@ -26,6 +26,7 @@ use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
 use crate::repo::gc::{self, GcError, GcReport};
 use crate::repo::manifest::{MANIFEST_FILE, Manifest, ManifestError, RepoFacts};
 use crate::repo::pipeline::{self, DiskBackupStats, PipelineError, PipelineOptions};
+use crate::repo::point_config::{self, Config, ConfigError};
 use crate::repo::prune::{self, PruneDecision, PruneError, RetentionPolicy};
 use crate::repo::repair::{self, RepairError, RepairReport};
 use crate::repo::restore::{self, RestoreError};
@@ -40,6 +41,9 @@ use crate::repo::verify::{
 /// restore 1.26 s against 4.90 s, peak RSS 31 against 85 MB, and a smaller repository
 /// (719 against 736 MB); 1 MiB was as fast or faster in every column of five runs.
 pub const DEFAULT_CHUNK_SIZE_BYTES: u32 = 1 << 20;
+/// `repo_meta` key set once the catalog holds no VMX or ExtraConfig, not even in free
+/// pages or its WAL (see `Repository::move_configs_out_of_catalog`).
+const SECRETS_SCRUBBED_KEY: &str = "secrets_scrubbed";
 /// The disk key image mode uses for its single disk.
 pub const IMAGE_DISK_KEY: DiskKey = DiskKey(2000);
 
@@ -82,6 +86,15 @@ pub enum RepoError {
     /// A point manifest could not be written or read.
     #[error("point manifest")]
     Manifest(#[from] ManifestError),
+    /// A point's configuration (its `.vmx` and ExtraConfig) could not be written or read.
+    #[error("the .vmx and ExtraConfig of restore point {point}")]
+    Config {
+        /// The point.
+        point: RestorePointId,
+        /// What failed, naming the file.
+        #[source]
+        source: ConfigError,
+    },
     /// Making a restore point visible failed (a full disk, say): it was not created, and
     /// nothing committed before it is touched.
     #[error("commit restore point {point} (not created)")]
@@ -555,7 +568,7 @@ impl Repository {
                     layout_meta.unwrap_or_default()
                 ),
             })?;
-        Ok(Self {
+        let repo = Self {
             root: path.to_path_buf(),
             chunk_size_bytes,
             store: ChunkStore::with_layout(path.join("chunks"), layout)
@@ -563,7 +576,149 @@ impl Repository {
             catalog,
             _catalog_thread: thread,
             options: PipelineOptions::default(),
-        })
+        };
+        // A catalog from before schema 6 holds points' VMX and ExtraConfig (bootstrap
+        // Secrets) inline. Moving them out needs write access: a read-only repository
+        // still opens, and its points still restore from the inline copy.
+        if let Err(e) = repo.move_configs_out_of_catalog() {
+            tracing::warn!(
+                repo = %path.display(),
+                error = %verify::error_chain(&e),
+                "could not move restore points' .vmx and ExtraConfig out of the catalog; \
+                 trying again at the next open"
+            );
+        }
+        Ok(repo)
+    }
+
+    /// Move the VMX and ExtraConfig a catalog from before schema 6 holds inline into each
+    /// point's config file ([`point_config`]), rewrite the point's manifest without them,
+    /// and clear them from the catalog (`secure_delete` zeroes the freed bytes). Then, once,
+    /// scrub the file: `VACUUM` drops what points removed before schema 6 left in free
+    /// pages, and a truncating checkpoint empties the WAL; `repo_meta.secrets_scrubbed`
+    /// records that both ran to their end. A point being removed is left to its removal;
+    /// one whose move fails is logged and left, with the scrub, for the next open. Each
+    /// step can be repeated: a crash part-way loses nothing. Returns how many points were
+    /// moved.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    fn move_configs_out_of_catalog(&self) -> Result<usize, RepoError> {
+        let ids = self.catalog.points_with_inline_config()?;
+        let scrubbed = self.catalog.meta(SECRETS_SCRUBBED_KEY)?.is_some();
+        if ids.is_empty() && scrubbed {
+            return Ok(0);
+        }
+        let mut moved = 0;
+        let mut failed = 0;
+        for id in ids {
+            let _lease = match self.lease_point(id) {
+                Ok(lease) => lease,
+                Err(RepoError::PointNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            match self.move_config(id) {
+                Ok(()) => moved += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(
+                        point = %id,
+                        error = %verify::error_chain(&e),
+                        "could not move the restore point's .vmx and ExtraConfig out of the \
+                         catalog"
+                    );
+                }
+            }
+        }
+        if moved > 0 {
+            tracing::info!(
+                points = moved,
+                "moved restore points' .vmx and ExtraConfig out of the catalog into their \
+                 config files"
+            );
+        }
+        if failed == 0 {
+            self.catalog.vacuum()?;
+            if self.catalog.checkpoint_truncate()? {
+                self.catalog.set_meta(SECRETS_SCRUBBED_KEY, "1")?;
+            } else {
+                tracing::info!(
+                    "the catalog's WAL is in use by another process: it is emptied at a later \
+                     open"
+                );
+            }
+        }
+        Ok(moved)
+    }
+
+    /// [`Self::move_configs_out_of_catalog`] for one point, whose lease the caller holds.
+    fn move_config(&self, id: RestorePointId) -> Result<(), RepoError> {
+        let Some(c) = self.catalog.point_config(id)? else {
+            return Ok(());
+        };
+        let config = Config {
+            vmx: c.vmx,
+            extra_config: c.extra_config,
+        };
+        if config.is_empty() {
+            return Ok(());
+        }
+        let dir = self.point_dir(id);
+        let digest = point_config::write(&dir, &config)
+            .map_err(|source| RepoError::Config { point: id, source })?;
+        let manifest = dir.join(MANIFEST_FILE);
+        if manifest.exists() {
+            // Rewritten without the inline copy (a manifest never serializes it).
+            let mut m = Manifest::read(&manifest)?;
+            m.config_moved(digest);
+            m.write(&dir)?;
+        }
+        self.catalog.config_moved(id, digest)?;
+        Ok(())
+    }
+
+    /// The index directory of point `id` (`indexes/<id>`).
+    fn point_dir(&self, id: RestorePointId) -> PathBuf {
+        self.root.join("indexes").join(id.to_string())
+    }
+
+    /// Write `point`'s VMX and ExtraConfig, if it has them, to its config file and leave
+    /// only the file's digest in `point` (for its manifest and the catalog).
+    fn keep_config(&self, point: &mut NewPoint) -> Result<(), RepoError> {
+        let config = Config {
+            vmx: point.vmx.take(),
+            extra_config: point.extra_config.take(),
+        };
+        if !config.is_empty() {
+            point.config_digest = Some(
+                point_config::write(&self.point_dir(point.id), &config).map_err(|source| {
+                    RepoError::Config {
+                        point: point.id,
+                        source,
+                    }
+                })?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration restore point `id` kept besides its disks: its VMX byte for byte
+    /// and its ExtraConfig, read from its config file and checked against the digest the
+    /// catalog holds; and the job that made it. `None` for an unknown point.
+    ///
+    /// # Errors
+    /// Catalog errors; [`RepoError::Config`] naming the file when it is missing or damaged.
+    pub fn point_config(&self, id: RestorePointId) -> Result<Option<PointConfig>, RepoError> {
+        let Some(mut c) = self.catalog.point_config(id)? else {
+            return Ok(None);
+        };
+        if let Some(digest) = &c.digest {
+            let config = point_config::read(&self.point_dir(id), digest)
+                .map_err(|source| RepoError::Config { point: id, source })?;
+            c.vmx = config.vmx;
+            c.extra_config = config.extra_config;
+        }
+        Ok(Some(c))
     }
 
     /// Override the pipeline tuning.
@@ -862,6 +1017,18 @@ impl Repository {
                 Err(RepoError::PointNotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
+            // A configuration the catalog still holds goes to the config file first; a
+            // point whose move fails gets no manifest yet (one without it would lose the
+            // configuration in a rebuild) and the others still do.
+            if let Err(e) = self.move_config(p.id) {
+                tracing::warn!(
+                    point = %p.id,
+                    error = %verify::error_chain(&e),
+                    "could not move the restore point's .vmx and ExtraConfig out of the \
+                     catalog: its manifest is written once that succeeds"
+                );
+                continue;
+            }
             let config = self.catalog.point_config(p.id)?;
             let point = NewPoint {
                 id: p.id,
@@ -871,8 +1038,9 @@ impl Repository {
                 created_at: p.created_at,
                 kind: p.kind,
                 reason: p.reason,
-                vmx: config.as_ref().and_then(|c| c.vmx.clone()),
-                extra_config: config.and_then(|c| c.extra_config),
+                vmx: None,
+                extra_config: None,
+                config_digest: config.and_then(|c| c.digest),
                 stats: p.stats,
                 disks: p.disks,
             };
@@ -913,9 +1081,10 @@ impl Repository {
     /// # Errors
     /// [`RepoError::Commit`] naming the point, around the manifest's or the catalog's
     /// error; the point is not visible then.
-    pub fn commit_point(&self, point: NewPoint) -> Result<(), RepoError> {
+    pub fn commit_point(&self, mut point: NewPoint) -> Result<(), RepoError> {
         let id = point.id;
         let commit = move || -> Result<(), RepoError> {
+            self.keep_config(&mut point)?;
             Manifest::of(&point, self.repo_facts()?)
                 .write(&self.root.join("indexes").join(point.id.to_string()))?;
             self.catalog.commit_point(point)?;
@@ -978,6 +1147,7 @@ impl Repository {
             reason: reason.to_owned(),
             vmx: None,
             extra_config: None,
+            config_digest: None,
             stats: serde_json::json!({ "disk": written.stats, "seconds": seconds }),
             disks: vec![DiskRecord {
                 key: IMAGE_DISK_KEY,
@@ -1332,7 +1502,9 @@ impl Repository {
         let surviving: HashSet<RestorePointId> =
             self.catalog.list_points()?.iter().map(|p| p.id).collect();
         report.problems.retain(|p| match p {
-            VerifyProblem::Index { point, .. } => surviving.contains(point),
+            VerifyProblem::Index { point, .. } | VerifyProblem::Config { point, .. } => {
+                surviving.contains(point)
+            }
             _ => true,
         });
         for p in &mut report.problems {
@@ -1840,7 +2012,25 @@ impl Repository {
         catalog.set_meta("created_at", &created.to_string())?;
         catalog.set_meta("chunk_layout", &facts.chunk_layout)?;
         for m in &found {
-            let point = m.to_new_point();
+            let mut point = m.to_new_point();
+            let config = Config {
+                vmx: point.vmx.take(),
+                extra_config: point.extra_config.take(),
+            };
+            if !config.is_empty() {
+                // A manifest from before schema 6 holds the configuration inline: it goes
+                // to the point's config file, and the manifest is written again without it.
+                let dir = path.join("indexes").join(point.id.to_string());
+                let digest =
+                    point_config::write(&dir, &config).map_err(|source| RepoError::Config {
+                        point: point.id,
+                        source,
+                    })?;
+                point.config_digest = Some(digest);
+                let mut rewritten = m.clone();
+                rewritten.config_moved(digest);
+                rewritten.write(&dir)?;
+            }
             catalog.commit_point(&point)?;
             report.points.push(m.point.id);
         }

@@ -21,6 +21,7 @@ use crate::ids::{ChunkDigest, DiskKey, RestorePointId};
 use crate::repo::catalog::PointRecord;
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError};
 use crate::repo::fixed_index::FixedIndex;
+use crate::repo::point_config;
 
 /// One problem found by verify.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -40,6 +41,16 @@ pub enum VerifyProblem {
         /// The disk.
         disk: DiskKey,
         /// The index file.
+        path: PathBuf,
+        /// What is wrong.
+        error: String,
+    },
+    /// A point's config file (its `.vmx` and ExtraConfig) is missing or damaged: a restore
+    /// of the VM from that point, which needs them, is refused.
+    Config {
+        /// The point.
+        point: RestorePointId,
+        /// The file.
         path: PathBuf,
         /// What is wrong.
         error: String,
@@ -71,6 +82,7 @@ impl VerifyProblem {
                 None => error.clone(),
             },
             Self::Index { disk, error, .. } => format!("disk {disk}: index: {error}"),
+            Self::Config { error, .. } => format!(".vmx and ExtraConfig: {error}"),
             Self::Catalog { path, error } => format!("{}: {error}", path.display()),
         }
     }
@@ -95,12 +107,6 @@ impl ChunkState {
             ChunkStoreError::Corrupt { .. } => Self::Corrupt,
             _ => Self::Unreadable,
         }
-    }
-}
-
-impl Serialize for ChunkDigest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
     }
 }
 
@@ -256,6 +262,25 @@ pub fn verify(
                     error: error_chain(&e),
                 }),
             }
+        }
+    }
+    for p in points {
+        let Some(digest) = &p.config_digest else {
+            continue;
+        };
+        if select
+            .points
+            .is_some_and(|selected| !selected.contains(&p.id))
+        {
+            continue;
+        }
+        let dir = root.join("indexes").join(p.id.to_string());
+        if let Err(e) = point_config::read(&dir, digest) {
+            report.problems.push(VerifyProblem::Config {
+                point: p.id,
+                path: point_config::path_in(&dir),
+                error: error_chain(&e),
+            });
         }
     }
     if let Some(selected) = select.points {

@@ -70,15 +70,15 @@ pub(super) async fn plan(
     request: &RestoreRequest,
 ) -> Result<Plan, RestoreError> {
     let env = &renv.env;
-    let catalog = env.repo.catalog().clone();
+    let repo = Arc::clone(&env.repo);
     let id = request.point;
     let (point, config) = blocking(move || {
-        let p = catalog.get_point(id)?;
-        let c = catalog.point_config(id)?;
-        Ok::<_, crate::repo::catalog::CatalogError>((p, c))
+        let p = repo.catalog().get_point(id)?;
+        let c = repo.point_config(id)?;
+        Ok::<_, crate::repo::RepoError>((p, c))
     })
     .await?
-    .map_err(BackupError::Catalog)?;
+    .map_err(BackupError::Repo)?;
     let point = point.ok_or_else(|| RestoreError::Invalid(format!("no restore point {id}")))?;
     let vmx = config
         .and_then(|c| c.vmx)

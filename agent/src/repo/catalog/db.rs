@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::CatalogError;
 use super::schema::{self, MigrateError};
-use crate::ids::{ChangeId, DiskKey, JobId, RestorePointId, VmMoref};
+use crate::ids::{ChangeId, ChunkDigest, DiskKey, JobId, RestorePointId, VmMoref};
 
 /// A VM as recorded with its restore points.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,11 +113,21 @@ pub struct NewPoint {
     pub kind: PointKind,
     /// Why this kind (e.g. "first backup", "cbt").
     pub reason: String,
-    /// The VMX file, byte for byte (base64 in JSON).
-    #[serde(with = "crate::repo::manifest::base64_bytes")]
+    /// The VMX file, byte for byte, until [`crate::repo::Repository::commit_point`] writes
+    /// it to the point's config file ([`crate::repo::point_config`]): never in the catalog
+    /// nor in a manifest. Read (base64) from manifests written before schema 6.
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "crate::repo::manifest::base64_bytes::deserialize"
+    )]
     pub vmx: Option<Vec<u8>>,
-    /// ExtraConfig as JSON.
+    /// ExtraConfig as JSON; kept as [`Self::vmx`] is.
+    #[serde(default, skip_serializing)]
     pub extra_config: Option<serde_json::Value>,
+    /// Digest of the point's config file, which holds its VMX and ExtraConfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<ChunkDigest>,
     /// Statistics as JSON.
     pub stats: serde_json::Value,
     /// Disks.
@@ -143,6 +153,10 @@ pub struct PointRecord {
     pub stats: serde_json::Value,
     /// Disks.
     pub disks: Vec<DiskRecord>,
+    /// Digest of the point's config file ([`crate::repo::point_config`]), if it kept a
+    /// VMX or ExtraConfig there.
+    #[serde(skip)]
+    pub config_digest: Option<ChunkDigest>,
 }
 
 /// How a job ended, for [`Catalog::job_finish`].
@@ -156,13 +170,16 @@ pub struct JobEnd {
     pub stats: serde_json::Value,
 }
 
-/// What a restore point keeps besides its disks.
+/// What the catalog knows of a restore point's configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointConfig {
-    /// The VMX file, byte for byte.
+    /// The VMX file, byte for byte: only from a catalog written before schema 6 whose
+    /// configuration was not yet moved to the point's config file.
     pub vmx: Option<Vec<u8>>,
-    /// ExtraConfig as JSON.
+    /// ExtraConfig as JSON, as [`Self::vmx`].
     pub extra_config: Option<serde_json::Value>,
+    /// Digest of the point's config file.
+    pub digest: Option<ChunkDigest>,
     /// The job that made it.
     pub job: Option<JobId>,
 }
@@ -258,6 +275,14 @@ impl Catalog {
 
     fn with_connection(mut conn: Connection, path: PathBuf) -> Result<Self, CatalogError> {
         conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|source| CatalogError::Sql {
+                path: path.clone(),
+                source,
+            })?;
+        // Deleted and overwritten content is zeroed, not left in free pages: the VMX and
+        // ExtraConfig that catalogs before schema 6 held inline are cleared for good when
+        // they are moved out (and a pruned point's rows leave nothing behind).
+        conn.pragma_update(None, "secure_delete", "ON")
             .map_err(|source| CatalogError::Sql {
                 path: path.clone(),
                 source,
@@ -405,6 +430,18 @@ impl Catalog {
             path: path.clone(),
             source,
         };
+        if point.vmx.is_some() || point.extra_config.is_some() {
+            // Secrets never enter the catalog: `Repository::commit_point` writes them to
+            // the point's config file first and leaves only its digest.
+            return Err(CatalogError::Invalid {
+                path,
+                what: format!(
+                    "restore point {}: its VMX and ExtraConfig belong in its config file, \
+                     not in the catalog",
+                    point.id
+                ),
+            });
+        }
         let tx = self.conn.transaction().map_err(sql)?;
         tx.execute(
             "INSERT INTO vms (moref, vcenter_uuid, name, namespace) VALUES (?1, ?2, ?3, ?4)
@@ -434,8 +471,8 @@ impl Catalog {
         }
         tx.execute(
             "INSERT INTO restore_points (id, vm_id, job_id, parent_id, created_at, kind, reason,
-                 state, vmx, extra_config, stats)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'committed', ?8, ?9, ?10)",
+                 state, config_digest, stats)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'committed', ?8, ?9)",
             params![
                 point.id.to_string(),
                 vm_id,
@@ -444,8 +481,7 @@ impl Catalog {
                 point.created_at,
                 point.kind.as_str(),
                 point.reason,
-                point.vmx,
-                point.extra_config.as_ref().map(ToString::to_string),
+                point.config_digest.map(|d| d.to_hex()),
                 point.stats.to_string(),
             ],
         )
@@ -520,7 +556,7 @@ impl Catalog {
             .conn
             .prepare(&format!(
                 "SELECT p.id, v.moref, v.name, v.vcenter_uuid, v.namespace, p.parent_id,
-                        p.created_at, p.kind, p.reason, p.stats
+                        p.created_at, p.kind, p.reason, p.stats, p.config_digest
                  FROM restore_points p JOIN vms v ON v.id = p.vm_id {filter}
                  ORDER BY p.created_at, p.rowid"
             ))
@@ -540,12 +576,14 @@ impl Catalog {
                     r.get::<_, String>(7)?,
                     r.get::<_, String>(8)?,
                     r.get::<_, String>(9)?,
+                    r.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(self.sql())?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, vm, parent, created_at, kind, reason, stats) = row.map_err(self.sql())?;
+            let (id, vm, parent, created_at, kind, reason, stats, config) =
+                row.map_err(self.sql())?;
             let invalid = |what: &str| CatalogError::Invalid {
                 path: self.path.clone(),
                 what: format!("restore point {id}: {what}"),
@@ -560,6 +598,10 @@ impl Catalog {
                 _ => PointKind::Incremental,
             };
             let stats = serde_json::from_str(&stats).map_err(|_| invalid("bad stats JSON"))?;
+            let config_digest = match config {
+                Some(d) => Some(d.parse().map_err(|_| invalid("bad config digest"))?),
+                None => None,
+            };
             let disks = self.disks_of(&id)?;
             out.push(PointRecord {
                 id: id_parsed,
@@ -570,6 +612,7 @@ impl Catalog {
                 reason,
                 stats,
                 disks,
+                config_digest,
             });
         }
         Ok(out)
@@ -796,26 +839,113 @@ impl Catalog {
         Ok(stats.flatten().and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    /// The VMX bytes and ExtraConfig JSON kept with a restore point.
+    /// What the catalog knows of a restore point's configuration: its config file's
+    /// digest (and, in a catalog from before schema 6 not yet moved out, the VMX bytes and
+    /// ExtraConfig JSON themselves), and its job.
     ///
     /// # Errors
-    /// [`CatalogError::Sql`].
+    /// [`CatalogError::Sql`], or [`CatalogError::Invalid`] for a digest that does not parse.
     pub fn point_config(&self, id: RestorePointId) -> Result<Option<PointConfig>, CatalogError> {
-        type Row = (Option<Vec<u8>>, Option<String>, Option<String>);
+        type Row = (
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let row: Option<Row> = self
             .conn
             .query_row(
-                "SELECT vmx, extra_config, job_id FROM restore_points WHERE id = ?1",
+                "SELECT vmx, extra_config, config_digest, job_id FROM restore_points
+                 WHERE id = ?1",
                 [id.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(self.sql())?;
-        Ok(row.map(|(vmx, extra, job)| PointConfig {
-            vmx,
-            extra_config: extra.and_then(|s| serde_json::from_str(&s).ok()),
-            job: job.and_then(|j| j.parse().ok()),
-        }))
+        row.map(|(vmx, extra, digest, job)| {
+            Ok(PointConfig {
+                vmx,
+                // Always written as JSON; text that does not parse is kept as it is
+                // rather than dropped (it is moved to the config file and cleared here).
+                extra_config: extra
+                    .map(|s| serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))),
+                digest: match digest {
+                    Some(d) => Some(d.parse().map_err(|_| CatalogError::Invalid {
+                        path: self.path.clone(),
+                        what: format!("restore point {id}: bad config digest"),
+                    })?),
+                    None => None,
+                },
+                job: job.and_then(|j| j.parse().ok()),
+            })
+        })
+        .transpose()
+    }
+
+    /// The points whose VMX or ExtraConfig a catalog from before schema 6 still holds.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn points_with_inline_config(&self) -> Result<Vec<RestorePointId>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id FROM restore_points
+                 WHERE vmx IS NOT NULL OR extra_config IS NOT NULL ORDER BY rowid",
+            )
+            .map_err(self.sql())?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.sql())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.sql())?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Record that `id`'s configuration is in its config file with `digest`, and clear the
+    /// copy the catalog held. With `secure_delete` on, SQLite overwrites the freed bytes;
+    /// [`Self::checkpoint_truncate`] then drops the copies in the WAL.
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn config_moved(
+        &mut self,
+        id: RestorePointId,
+        digest: &ChunkDigest,
+    ) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "UPDATE restore_points SET vmx = NULL, extra_config = NULL, config_digest = ?2
+                 WHERE id = ?1",
+                params![id.to_string(), digest.to_hex()],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Rewrite the database without free pages (`VACUUM`): content deleted before
+    /// `secure_delete` was on is gone from the file afterwards (and from its WAL after
+    /// [`Self::checkpoint_truncate`]).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`] (busy while another process writes for longer than the busy
+    /// timeout).
+    pub fn vacuum(&mut self) -> Result<(), CatalogError> {
+        self.conn.execute_batch("VACUUM").map_err(self.sql())
+    }
+
+    /// Copy the WAL into the database and empty it (`PRAGMA wal_checkpoint(TRUNCATE)`), so
+    /// that rows changed since are no longer in the WAL. Returns whether it ran to the end
+    /// (a reader in another process can hold it back; it is then done at a later one).
+    ///
+    /// # Errors
+    /// [`CatalogError::Sql`].
+    pub fn checkpoint_truncate(&mut self) -> Result<bool, CatalogError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(self.sql())?;
+        Ok(busy == 0)
     }
 
     /// Entries still open (for the reconciler).
@@ -864,8 +994,9 @@ pub(crate) mod tests {
             created_at,
             kind: PointKind::Full,
             reason: "first backup".into(),
-            vmx: Some(b"config.version = \"8\"".to_vec()),
-            extra_config: Some(serde_json::json!({"a": "b"})),
+            vmx: None,
+            extra_config: None,
+            config_digest: Some(ChunkDigest::of(b"config")),
             stats: serde_json::json!({"bytes": 1}),
             disks: vec![DiskRecord {
                 key: DiskKey(2000),

@@ -107,10 +107,17 @@ CREATE TABLE damaged_chunks (
     r"
 ALTER TABLE queue_jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 ",
+    // 6: a point's `.vmx` and ExtraConfig (bootstrap Secrets included) live in its config
+    // file (`indexes/<point>/config.chunk`); the catalog keeps only the file's digest.
+    // `Repository::open` moves what older catalogs held inline and clears `vmx` and
+    // `extra_config`, which nothing writes any more.
+    r"
+ALTER TABLE restore_points ADD COLUMN config_digest TEXT;
+",
 ];
 
 /// The schema version this agent writes.
-pub const LATEST_VERSION: u32 = 5;
+pub const LATEST_VERSION: u32 = 6;
 
 /// Outcome of [`migrate`] when the catalog cannot be used.
 #[derive(Debug)]

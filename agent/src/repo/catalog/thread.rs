@@ -44,6 +44,10 @@ enum Command {
     DamagedMark(Vec<DamagedChunk>, Reply<()>),
     DamagedClear(Vec<ChunkDigest>, Reply<usize>),
     PointConfig(RestorePointId, Reply<Option<PointConfig>>),
+    PointsWithInlineConfig(Reply<Vec<RestorePointId>>),
+    ConfigMoved(RestorePointId, ChunkDigest, Reply<()>),
+    CheckpointTruncate(Reply<bool>),
+    Vacuum(Reply<()>),
     LatestPoint(String, VmMoref, Reply<Option<PointRecord>>),
     QueueInsert(Box<QueueJob>, Reply<(QueueJob, bool)>),
     QueueUpdate(String, Box<QueueUpdate>, Reply<()>),
@@ -418,6 +422,42 @@ impl CatalogHandle {
     pub fn point_config(&self, id: RestorePointId) -> Result<Option<PointConfig>, CatalogError> {
         self.call(|r| Command::PointConfig(id, r))
     }
+
+    /// See [`Catalog::points_with_inline_config`].
+    ///
+    /// # Errors
+    /// As [`Catalog::points_with_inline_config`], or [`CatalogError::Gone`].
+    pub fn points_with_inline_config(&self) -> Result<Vec<RestorePointId>, CatalogError> {
+        self.call(Command::PointsWithInlineConfig)
+    }
+
+    /// See [`Catalog::config_moved`].
+    ///
+    /// # Errors
+    /// As [`Catalog::config_moved`], or [`CatalogError::Gone`].
+    pub fn config_moved(
+        &self,
+        id: RestorePointId,
+        digest: ChunkDigest,
+    ) -> Result<(), CatalogError> {
+        self.call(|r| Command::ConfigMoved(id, digest, r))
+    }
+
+    /// See [`Catalog::vacuum`].
+    ///
+    /// # Errors
+    /// As [`Catalog::vacuum`], or [`CatalogError::Gone`].
+    pub fn vacuum(&self) -> Result<(), CatalogError> {
+        self.call(Command::Vacuum)
+    }
+
+    /// See [`Catalog::checkpoint_truncate`].
+    ///
+    /// # Errors
+    /// As [`Catalog::checkpoint_truncate`], or [`CatalogError::Gone`].
+    pub fn checkpoint_truncate(&self) -> Result<bool, CatalogError> {
+        self.call(Command::CheckpointTruncate)
+    }
 }
 
 fn serve(catalog: &mut Catalog, cmd: Command) {
@@ -448,6 +488,10 @@ fn serve(catalog: &mut Catalog, cmd: Command) {
         Command::DamagedMark(c, r) => drop(r.send(catalog.damaged_mark(&c))),
         Command::DamagedClear(d, r) => drop(r.send(catalog.damaged_clear(&d))),
         Command::PointConfig(id, r) => drop(r.send(catalog.point_config(id))),
+        Command::PointsWithInlineConfig(r) => drop(r.send(catalog.points_with_inline_config())),
+        Command::ConfigMoved(id, d, r) => drop(r.send(catalog.config_moved(id, &d))),
+        Command::CheckpointTruncate(r) => drop(r.send(catalog.checkpoint_truncate())),
+        Command::Vacuum(r) => drop(r.send(catalog.vacuum())),
         Command::LatestPoint(vc, vm, r) => drop(r.send(catalog.latest_point(&vc, &vm))),
         Command::QueueInsert(job, r) => drop(r.send(catalog.queue_insert(&job))),
         Command::QueueUpdate(id, u, r) => drop(r.send(catalog.queue_update(&id, &u))),
