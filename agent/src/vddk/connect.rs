@@ -157,26 +157,23 @@ impl ConnectSpec {
 }
 
 /// A C string that is zeroed when dropped (for secrets).
-struct ZeroingCString(Vec<u8>);
+struct ZeroingCString(zeroize::Zeroizing<Vec<u8>>);
 
 impl ZeroingCString {
     fn new(field: &'static str, value: &str) -> Result<Self, DiskLibError> {
-        let c = CString::new(value).map_err(|_| DiskLibError::InteriorNul { field })?;
-        Ok(Self(c.into_bytes_with_nul()))
+        // Checked before any copy is made: `CString::new`'s error would hand back (and
+        // free, unzeroed) a copy of the secret.
+        if value.as_bytes().contains(&0) {
+            return Err(DiskLibError::InteriorNul { field });
+        }
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(value.len() + 1));
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(0);
+        Ok(Self(bytes))
     }
 
     fn as_ptr(&mut self) -> *mut c_char {
         self.0.as_mut_ptr().cast()
-    }
-}
-
-impl Drop for ZeroingCString {
-    fn drop(&mut self) {
-        for byte in &mut self.0 {
-            // SAFETY: `byte` is a valid, aligned, exclusive reference; a volatile write keeps
-            // the compiler from eliding the zeroing of memory about to be freed.
-            unsafe { std::ptr::write_volatile(byte, 0) };
-        }
     }
 }
 
@@ -367,6 +364,10 @@ mod tests {
         let text = format!("{err} {err:?}");
         assert!(text.contains("password contains a NUL byte"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
+        let mut ok = ZeroingCString::new("password", "hunter2").unwrap();
+        // SAFETY: a NUL-terminated buffer that `ok` owns and outlives the borrow.
+        let back = unsafe { std::ffi::CStr::from_ptr(ok.as_ptr()) };
+        assert_eq!(back.to_bytes(), b"hunter2");
     }
 
     #[test]

@@ -90,7 +90,12 @@ pub(crate) fn to_sectors(
         });
     }
     if offset.checked_add(len).is_none() {
-        return Err(DiskLibError::TooLarge { offset, len });
+        return Err(DiskLibError::TooLarge {
+            op,
+            disk: disk.to_owned(),
+            offset,
+            len,
+        });
     }
     Ok((offset / SECTOR_SIZE, len / SECTOR_SIZE))
 }
@@ -421,10 +426,9 @@ mod tests {
                 other => panic!("unexpected {other}"),
             }
         }
-        assert!(matches!(
-            to_sectors("read", "d", u64::MAX - 511, 1024),
-            Err(DiskLibError::TooLarge { .. })
-        ));
+        let err = to_sectors("read", "[ds1] web-1/web-1.vmdk", u64::MAX - 511, 1024).unwrap_err();
+        assert!(matches!(err, DiskLibError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("[ds1] web-1/web-1.vmdk"), "{err}");
     }
 
     #[test]

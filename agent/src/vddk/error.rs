@@ -212,8 +212,12 @@ pub enum DiskLibError {
         len: usize,
     },
     /// A request too large for VDDK's sector arithmetic.
-    #[error("request of {len} bytes at offset {offset} is too large")]
+    #[error("{op} of {len} bytes at offset {offset} on disk {disk} is too large")]
     TooLarge {
+        /// `read` or `write`.
+        op: &'static str,
+        /// The disk path.
+        disk: String,
         /// Byte offset of the request.
         offset: u64,
         /// Byte length of the request.
