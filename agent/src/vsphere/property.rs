@@ -6,8 +6,15 @@ use super::soap::{SoapClient, SoapFault, VsphereError};
 use super::types::MoRef;
 use super::xml::{Element, XmlWriter};
 
+/// Most pages one retrieval follows (vCenter's pages hold up to 100 objects by default, so
+/// this is far beyond any inventory).
+const MAX_PAGES: usize = 100_000;
+/// Most objects one retrieval collects.
+const MAX_OBJECTS: usize = 2_000_000;
+
 impl SoapClient {
-    /// Retrieves `filter`'s properties, following continuation tokens until done.
+    /// Retrieves `filter`'s properties, following continuation tokens until done (at most
+    /// [`MAX_PAGES`] pages and about [`MAX_OBJECTS`] objects).
     ///
     /// # Errors
     ///
@@ -30,7 +37,20 @@ impl SoapClient {
             &mut objects,
             "RetrievePropertiesEx",
         )?;
+        let mut pages = 1usize;
         while let Some(t) = token {
+            // A server that never stops handing out tokens (or hands back the same one)
+            // must not hold the job, and its memory, for ever.
+            if pages >= MAX_PAGES || objects.len() > MAX_OBJECTS {
+                return Err(VsphereError::Malformed {
+                    method: "ContinueRetrievePropertiesEx",
+                    reason: format!(
+                        "still more results after {pages} pages and {} objects; giving up",
+                        objects.len()
+                    ),
+                });
+            }
+            pages += 1;
             let mut w = XmlWriter::new();
             w.text("token", &t);
             let response = self
