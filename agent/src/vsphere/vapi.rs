@@ -645,10 +645,11 @@ mod tests {
                     r#"{"error_type":"NOT_FOUND","messages":[{"id":"VCenterWcpWorkloadRegisterVMVMNotFound","default_message":"vm not found","args":[]}]}"#.into(),
                 ),
                 ("GET", "/api/cis/tasks/task-7%3Acom.vmware.wcp") => {
-                    if p.fetch_add(1, Ordering::SeqCst) == 0 {
-                        (200, r#"{"status":"RUNNING","progress":{"total":100,"completed":40}}"#.into())
-                    } else {
-                        (200, r#"{"status":"SUCCEEDED","progress":{"total":100,"completed":100}}"#.into())
+                    match p.fetch_add(1, Ordering::SeqCst) {
+                        0 => (200, r#"{"status":"RUNNING","progress":{"total":100,"completed":40}}"#.into()),
+                        // Waiting for resources: not an end.
+                        1 => (200, r#"{"status":"BLOCKED","progress":{"total":100,"completed":60}}"#.into()),
+                        _ => (200, r#"{"status":"SUCCEEDED","progress":{"total":100,"completed":100}}"#.into()),
                     }
                 }
                 _ => (500, String::new()),
@@ -678,7 +679,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(info.status, CisTaskStatus::Succeeded);
-        assert_eq!(seen, [40, 100]);
+        assert_eq!(seen, [40, 60, 100]);
 
         let err = client
             .register_vm("other", &VmMoref::from("vm-1"))
@@ -697,6 +698,37 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!err.is_retryable());
+    }
+
+    /// A response body past the cap is refused, not read whole into memory.
+    #[tokio::test]
+    async fn an_oversized_response_is_refused() {
+        let base = mock(|r| match r.path.as_str() {
+            "/api/session" => (201, "\"token-1\"".into()),
+            _ => (
+                200,
+                format!(
+                    "{{\"status\":\"RUNNING\",\"pad\":\"{}\"}}",
+                    "x".repeat(MAX_BODY_BYTES)
+                ),
+            ),
+        })
+        .await;
+        let client = VapiClient::new(
+            base,
+            &TlsVerification::SystemRoots,
+            true,
+            Credentials::new("user", "pass"),
+        )
+        .unwrap();
+        let err = client
+            .wait_for_task("task-1", Duration::from_secs(30), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("larger than") || format!("{err:?}").contains("larger than"),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
