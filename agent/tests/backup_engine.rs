@@ -664,6 +664,30 @@ mod tests {
         fx.verify_clean();
     }
 
+    /// Under cron, systemd or `2> log` there are no progress bars, and what they would
+    /// print above themselves (snapshots, warnings, failures) goes to stderr as plain lines.
+    #[test]
+    fn off_a_terminal_a_backups_lines_are_on_stderr() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("plain-1", &[4]);
+        let repo = fx.repo().display().to_string();
+        let mut args: Vec<String> = vec!["backup".into(), "--repo".into(), repo];
+        args.extend(["--vm".into(), vm.0.clone()]);
+        args.extend(fx.connection());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = fx.run(&refs, &[], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("change tracking enabled on plain-1"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("snapshot ") && stderr.contains(" of plain-1 after "),
+            "{stderr}"
+        );
+    }
+
     #[test]
     fn cbt_reset_gives_a_labelled_full_and_a_resize_a_full_of_that_disk_only() {
         let fx = Fixture::new();

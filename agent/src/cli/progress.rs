@@ -153,8 +153,14 @@ impl<K: Eq + Hash> DiskBars<K> {
         }
     }
 
-    /// Prints a line above the bars.
+    /// Prints a line above the bars, or on stderr as it is when no bars are drawn (the
+    /// bars' `println` prints nothing when stderr is not a terminal: under cron, systemd or
+    /// `2> log`, warnings and failures would be lost).
     pub(crate) fn println(&self, line: impl AsRef<str>) {
-        let _ = self.multi.println(line);
+        if self.terminal {
+            let _ = self.multi.println(line);
+        } else {
+            eprintln!("{}", line.as_ref());
+        }
     }
 }
