@@ -236,6 +236,57 @@ concurrent_jobs = 2
     /// A client that connects and sends half a request head is closed after the header
     /// timeout instead of holding its connection (and a file descriptor) for ever; others
     /// are served meanwhile.
+    /// The job history is trimmed to `job_history_days` even with GC off and no daily
+    /// verify (the maintenance loop that trims it runs whatever else is configured).
+    #[test]
+    fn the_job_history_is_trimmed_with_gc_off_and_no_daily_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, _lab, _vm, _disk) = lab_with_vm(dir.path(), "hist-1");
+        let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let mut toml = std::fs::read_to_string(&config).unwrap();
+        toml.push_str("\n[maintenance]\nauto_gc = false\njob_history_days = 1\n");
+        std::fs::write(&config, toml).unwrap();
+        // A job that ended ten days ago, and one that ended an hour ago.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        {
+            let conn = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+            for (id, ended) in [("old-job", now - 10 * 86_400), ("new-job", now - 3600)] {
+                conn.execute(
+                    "INSERT INTO queue_jobs (id, kind, priority, origin, request, state,
+                         created_at, seq, started_at, finished_at)
+                     VALUES (?1, 'verify', 0, 'api', '{}', 'succeeded', ?2, 0, ?2, ?2)",
+                    rusqlite::params![id, ended],
+                )
+                .unwrap();
+            }
+        }
+        let (_daemon, base) = serve(&config);
+        let rt = runtime();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let ids: Vec<String> = rt
+                .block_on(client.jobs())
+                .unwrap()
+                .jobs
+                .into_iter()
+                .map(|j| j.id)
+                .collect();
+            if !ids.iter().any(|i| i == "old-job") {
+                assert!(ids.iter().any(|i| i == "new-job"), "{ids:?}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old job is still listed: {ids:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     #[test]
     fn a_connection_that_never_finishes_its_request_is_closed() {
         use std::io::{Read as _, Write as _};

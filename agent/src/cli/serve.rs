@@ -159,14 +159,14 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             queue.clone(),
             shutdown.clone(),
         ));
-        if config.maintenance.auto_gc || config.maintenance.verify_daily_at.is_some() {
-            tokio::spawn(maintenance::run(
-                Arc::clone(&env.repo),
-                queue.clone(),
-                config.maintenance.clone(),
-                shutdown.clone(),
-            ));
-        }
+        // Always: besides GC and the daily verify (each only when configured) it trims
+        // the job history, which `job_history_days` bounds whatever the other settings.
+        tokio::spawn(maintenance::run(
+            Arc::clone(&env.repo),
+            queue.clone(),
+            config.maintenance.clone(),
+            shutdown.clone(),
+        ));
         let served = crate::api::serve(state, listeners, shutdown).await;
         queue.shut_down();
         // Give running jobs the chance to clean up (snapshots, EndAccess) before exiting.
