@@ -247,10 +247,7 @@ concurrent_jobs = 2
         toml.push_str("\n[maintenance]\nauto_gc = false\njob_history_days = 1\n");
         std::fs::write(&config, toml).unwrap();
         // A job that ended ten days ago, and one that ended an hour ago.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = jiff::Timestamp::now().as_second();
         {
             let conn = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
             for (id, ended) in [("old-job", now - 10 * 86_400), ("new-job", now - 3600)] {
