@@ -262,6 +262,7 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
         },
         // Ad hoc: refused at once, naming the job that holds the VM.
         busy_vm_wait: std::time::Duration::ZERO,
+        snapshot_gate: None,
     };
     let cancel = CancellationToken::new();
     let observer = observer(json);

@@ -465,6 +465,7 @@ fn backup(rt: &tokio::runtime::Runtime, env: &Environment) -> anyhow::Result<Bac
         prepare_access: true,
         limits: Limits::default(),
         busy_vm_wait: std::time::Duration::ZERO,
+        snapshot_gate: None,
     };
     let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
         if let BackupEvent::SnapshotCreated {

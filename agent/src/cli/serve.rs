@@ -272,8 +272,10 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
             tracing::info!(policy = %name, until = %end, "inside a blackout window: left for a later run");
             continue;
         }
-        let request = engine_request(&scheduler::policy_request(&run, p), config.limits.engine())
-            .map_err(anyhow::Error::msg)?;
+        let mut request =
+            engine_request(&scheduler::policy_request(&run, p), config.limits.engine())
+                .map_err(anyhow::Error::msg)?;
+        request.snapshot_gate = Some(crate::daemon::backup_job::blackout_gate(p.schedule(&name)?));
         let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
             if let BackupEvent::VmFailed { name, error, .. } = e {
                 tracing::warn!(vm = %name, error = %error, "VM failed");

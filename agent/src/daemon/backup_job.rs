@@ -59,7 +59,24 @@ pub fn engine_request(
         prepare_access: r.prepare_access,
         limits,
         busy_vm_wait: VM_BUSY_WAIT_MAX,
+        snapshot_gate: None,
     })
+}
+
+/// The schedule of the policy whose run `origin` (`schedule:<policy>`) is; `None` for an
+/// API job or a policy no longer configured.
+fn policy_schedule(config: &AgentConfig, origin: &str) -> Option<crate::daemon::Schedule> {
+    let name = origin.strip_prefix("schedule:")?;
+    config.policy.get(name)?.schedule(name).ok()
+}
+
+/// The gate that keeps a policy's snapshots out of its blackout windows, also when its run
+/// started before a window and reached its snapshots inside it.
+#[must_use]
+pub fn blackout_gate(schedule: crate::daemon::Schedule) -> engine::SnapshotGate {
+    engine::SnapshotGate(Arc::new(move || {
+        crate::daemon::blocked_until(&schedule, &jiff::Zoned::now())
+    }))
 }
 
 /// What a verify request (`POST /v1/repository/verify` or `/v1/jobs/verify`) selects: its
@@ -149,21 +166,13 @@ impl JobBody for Arc<BackupJobs> {
     /// starts when the window ends (the windows say when no run starts, not only when none
     /// is queued).
     fn may_start(&self, origin: &str) -> bool {
-        let Some(name) = origin.strip_prefix("schedule:") else {
-            return true;
-        };
-        let Some(schedule) = self
-            .config
-            .policy
-            .get(name)
-            .and_then(|p| p.schedule(name).ok())
-        else {
+        let Some(schedule) = policy_schedule(&self.config, origin) else {
             return true;
         };
         match crate::daemon::blocked_until(&schedule, &jiff::Zoned::now()) {
             None => true,
             Some(end) => {
-                tracing::debug!(policy = %name, until = %end, "the scheduled run waits for the end of its blackout window");
+                tracing::debug!(origin = %origin, until = %end, "the scheduled run waits for the end of its blackout window");
                 false
             }
         }
@@ -190,10 +199,11 @@ impl BackupJobs {
             Ok(r) => r,
             Err(e) => return failed(format!("stored request: {e}")),
         };
-        let request = match engine_request(&request, self.config.limits.engine()) {
+        let mut request = match engine_request(&request, self.config.limits.engine()) {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
+        request.snapshot_gate = policy_schedule(&self.config, &ctx.origin).map(blackout_gate);
         let sink = ctx.events.clone();
         let observer: engine::Observer = Arc::new(move |e: &BackupEvent| {
             if let Ok(v) = serde_json::to_value(e) {

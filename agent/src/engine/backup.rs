@@ -187,6 +187,22 @@ pub struct BackupRequest {
     /// job fails with [`BackupError::VmBusy`] (zero: refuse at once). Nothing is changed
     /// while it waits; `waiting` events say for what.
     pub busy_vm_wait: Duration,
+    /// Asked just before the snapshots (a policy's blackout windows, seed 000).
+    pub snapshot_gate: Option<SnapshotGate>,
+}
+
+/// Asked just before a job's snapshots: the end of a window in which none may be taken (a
+/// policy's blackout window, seed 000: a job that started before the window, then waited
+/// for a busy VM or set up many VMs, must not snapshot inside it), or `None` when they may
+/// be taken now. The job then waits, taking no snapshot, until that end or its
+/// cancellation, and asks again.
+#[derive(Clone)]
+pub struct SnapshotGate(pub Arc<dyn Fn() -> Option<jiff::Zoned> + Send + Sync>);
+
+impl std::fmt::Debug for SnapshotGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotGate")
+    }
 }
 
 /// Progress and milestones of a job.
@@ -215,6 +231,12 @@ pub enum BackupEvent {
         reason: String,
         /// Seconds until the next try.
         retry_in_secs: u64,
+    },
+    /// The snapshots wait for the end of a window in which none may be taken
+    /// ([`BackupRequest::snapshot_gate`]); nothing more is changed meanwhile.
+    SnapshotsDeferred {
+        /// When the window ends (RFC 3339 with the zone).
+        until: String,
     },
     /// The job started.
     JobStarted {
@@ -932,6 +954,9 @@ async fn set_up(
         }
     }
     check_cancel(ctx)?;
+    if let Some(gate) = &ctx.request.snapshot_gate {
+        wait_for_snapshot_gate(gate, &ctx.cancel, &ctx.observer).await?;
+    }
     // Journal every intent first, then start the snapshots together.
     let description = journal::snapshot_description(ctx.job);
     for m in members.iter() {
@@ -1006,6 +1031,38 @@ async fn set_up(
 
 fn lock(m: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Longest sleep between two questions to a [`SnapshotGate`] (a window's end can move when
+/// the clock is corrected).
+const GATE_RECHECK: Duration = Duration::from_secs(60);
+
+/// Waits while `gate` says no snapshot may be taken, announcing each new end once.
+async fn wait_for_snapshot_gate(
+    gate: &SnapshotGate,
+    cancel: &CancellationToken,
+    observer: &Observer,
+) -> Result<(), BackupError> {
+    let mut announced: Option<jiff::Zoned> = None;
+    while let Some(end) = (gate.0)() {
+        if announced.as_ref() != Some(&end) {
+            tracing::info!(until = %end, "the snapshots wait for the end of a blackout window");
+            observer(&BackupEvent::SnapshotsDeferred {
+                until: end.to_string(),
+            });
+            announced = Some(end.clone());
+        }
+        let left = jiff::Zoned::now()
+            .duration_until(&end)
+            .unsigned_abs()
+            .min(GATE_RECHECK)
+            .max(Duration::from_millis(100));
+        tokio::select! {
+            () = cancel.cancelled() => return Err(BackupError::Cancelled),
+            () = tokio::time::sleep(left) => {}
+        }
+    }
+    Ok(())
 }
 
 fn check_cancel(ctx: &JobCtx) -> Result<(), BackupError> {
@@ -1815,6 +1872,52 @@ async fn enable_cbt(env: &Environment, ctx: &JobCtx, info: &VmInfo) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The snapshots wait while the gate says a window is on, announce its end once, and go
+    /// on when it has passed; a cancellation ends the wait.
+    #[tokio::test]
+    async fn snapshots_wait_for_the_end_of_a_blackout_window() {
+        let end = jiff::Zoned::now()
+            .checked_add(jiff::SignedDuration::from_millis(400))
+            .unwrap();
+        let gate_end = end.clone();
+        let gate = SnapshotGate(Arc::new(move || {
+            (jiff::Zoned::now() < gate_end).then(|| gate_end.clone())
+        }));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let observer: Observer = Arc::new(move |e: &BackupEvent| {
+            seen.lock().unwrap().push(serde_json::to_value(e).unwrap());
+        });
+        let cancel = CancellationToken::new();
+        wait_for_snapshot_gate(&gate, &cancel, &observer)
+            .await
+            .unwrap();
+        assert!(jiff::Zoned::now() >= end);
+        let events = events.lock().unwrap().clone();
+        assert_eq!(
+            events,
+            [serde_json::json!({"event": "snapshots_deferred", "until": end.to_string()})]
+        );
+
+        let never = SnapshotGate(Arc::new(|| {
+            Some(
+                jiff::Zoned::now()
+                    .checked_add(jiff::SignedDuration::from_hours(1))
+                    .unwrap(),
+            )
+        }));
+        let cancel = CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            canceller.cancel();
+        });
+        assert!(matches!(
+            wait_for_snapshot_gate(&never, &cancel, &observer).await,
+            Err(BackupError::Cancelled)
+        ));
+    }
 
     #[test]
     fn selectors_parse() {
