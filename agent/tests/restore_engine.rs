@@ -2326,4 +2326,34 @@ mod tests {
         );
         assert_eq!(fx.open_journal(), 0);
     }
+
+    /// A disk-only restore into a running VM is refused before anything changes: the guest
+    /// would see a blank disk appear, and the running VM holds the disk VDDK must write.
+    #[test]
+    fn a_running_vm_gets_no_disk_only_restore() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("on-1");
+        let p1 = fx.backup("on-1");
+        let mut cr = s.sup().get("VirtualMachine", NS, "on-1").unwrap();
+        cr["spec"]["powerState"] = json!("PoweredOn");
+        s.sup().apply(cr).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while s.lab.vm(&vm).unwrap().power_state != lab::vmstate::PowerState::PoweredOn {
+            assert!(std::time::Instant::now() < deadline, "never powered on");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let disks_before = s.lab.vm(&vm).unwrap().disks.len();
+        let disk = s.lab.vm(&vm).unwrap().disks[1].key;
+        let r = fx.restore(&p1, &["--mode", "disk-only", "--disk", &disk.0.to_string()]);
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            refusal_ids(&r).iter().any(|i| i == "vadp-agent:PoweredOn"),
+            "{:?}",
+            refusal_ids(&r)
+        );
+        assert!(r.stderr.contains("kubectl patch vm on-1"), "{}", r.stderr);
+        assert_eq!(s.lab.vm(&vm).unwrap().disks.len(), disks_before);
+        assert_eq!(fx.open_journal(), 0);
+    }
 }

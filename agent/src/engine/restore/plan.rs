@@ -242,6 +242,23 @@ pub(super) async fn plan(
             }
         }
     }
+    // A disk-only restore adds disks to the VM and writes them: a running guest would see
+    // a blank disk appear (and might format it) while VDDK cannot open a disk the running
+    // VM holds for writing. It is refused up front, as a restore in place is.
+    if let Some(info) = &existing_vm
+        && prediction.restore_type == RestoreType::DiskOnly
+        && info.power_state != Some(crate::vsphere::PowerState::PoweredOff)
+    {
+        prediction.refusals.push(ours(
+            "PoweredOn",
+            format!(
+                "{} ({name}) is not powered off: power it off before restoring disks into it \
+                 (kubectl patch vm {name} -n {namespace} --type merge -p \
+                 '{{\"spec\":{{\"powerState\":\"PoweredOff\"}}}}')",
+                info.moref
+            ),
+        ));
+    }
     if let Some(info) = &existing_vm
         && prediction.restore_type == RestoreType::Existing
     {
