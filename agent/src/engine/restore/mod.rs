@@ -1542,7 +1542,25 @@ async fn restore_steps(
         }
         step("registration complete; reading the VirtualMachine back".into());
         super::pause_point("restore-before-verify").await;
-        report.verification = Some(verify::verify(renv, plan, report).await?);
+        // The VM is restored and registered by now: a Supervisor that cannot be read makes
+        // the check a problem of the report (the job ends failed, with what was done), not
+        // an error that would hide the report.
+        report.verification = Some(match verify::verify(renv, plan, report).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %crate::engine::error_chain(&e), "the check after registration failed");
+                Verification {
+                    problems: vec![format!(
+                        "the VM is registered, but the check after registration could not \
+                         read the Supervisor: {}; check it with `kubectl get vm -n {} {}`",
+                        crate::engine::error_chain(&e),
+                        plan.namespace,
+                        plan.name
+                    )],
+                    ..Verification::default()
+                }
+            }
+        });
         Ok(())
     };
     tokio::select! {
