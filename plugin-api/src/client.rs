@@ -275,28 +275,34 @@ impl Client {
         })
     }
 
-    /// `POST /v1/jobs/backup`.
+    /// `POST /v1/jobs/backup`: the new job (202), or with an `idempotency_key` already
+    /// used for the same request the job that request created (200).
     ///
     /// # Errors
-    /// [`ApiError`]; 400 for an invalid request.
+    /// [`ApiError`]; 400 for an invalid request, 409 (`conflict`) for an
+    /// `idempotency_key` used for another request.
     pub async fn backup(&self, request: &BackupJobRequest) -> Result<Job, ApiError> {
         self.call(reqwest::Method::POST, "/v1/jobs/backup", Some(request))
             .await
     }
 
-    /// `POST /v1/jobs/verify`.
+    /// `POST /v1/jobs/verify`: the new job (202), or with an `idempotency_key` already
+    /// used for the same request the job that request created (200).
     ///
     /// # Errors
-    /// [`ApiError`]; 400 for a malformed `subset`.
+    /// [`ApiError`]; 400 for a malformed `subset` or point id, 409 (`conflict`) for an
+    /// `idempotency_key` used for another request.
     pub async fn verify_job(&self, request: &VerifyJobRequest) -> Result<Job, ApiError> {
         self.call(reqwest::Method::POST, "/v1/jobs/verify", Some(request))
             .await
     }
 
-    /// `POST /v1/jobs/restore`.
+    /// `POST /v1/jobs/restore`: the new job (202), or with an `idempotency_key` already
+    /// used for the same request the job that request created (200).
     ///
     /// # Errors
-    /// [`ApiError`]; 501 while restore is not wired.
+    /// [`ApiError`]; 400 for an invalid request, 404 for an unknown point, 409
+    /// (`conflict`) for an `idempotency_key` used for another request.
     pub async fn restore(&self, request: &RestoreJobRequest) -> Result<Job, ApiError> {
         self.call(reqwest::Method::POST, "/v1/jobs/restore", Some(request))
             .await
@@ -374,7 +380,8 @@ impl Client {
     /// `DELETE /v1/points/{id}`.
     ///
     /// # Errors
-    /// [`ApiError`]; 404 for an unknown point.
+    /// [`ApiError`]; 404 for an unknown point, 409 (`conflict`) while a restore uses it or
+    /// the repository lock cannot be taken.
     pub async fn delete_point(&self, id: &str) -> Result<PointDeleted, ApiError> {
         self.call(
             reqwest::Method::DELETE,
@@ -384,10 +391,10 @@ impl Client {
         .await
     }
 
-    /// `POST /v1/repository/verify`.
+    /// `POST /v1/repository/verify` (no body).
     ///
     /// # Errors
-    /// [`ApiError`].
+    /// [`ApiError`]; 409 (`conflict`) when the repository lock cannot be taken.
     pub async fn verify(&self) -> Result<VerifyResult, ApiError> {
         self.call(reqwest::Method::POST, "/v1/repository/verify", None::<&()>)
             .await
@@ -396,7 +403,7 @@ impl Client {
     /// `POST /v1/repository/verify` with `{"repair": true}`.
     ///
     /// # Errors
-    /// [`ApiError`].
+    /// [`ApiError`]; 409 (`conflict`) when the repository lock cannot be taken.
     pub async fn verify_and_repair(&self) -> Result<VerifyResult, ApiError> {
         self.call(
             reqwest::Method::POST,
@@ -412,7 +419,8 @@ impl Client {
     /// `POST /v1/repository/verify` with any options (`repair`, `subset`, `points`).
     ///
     /// # Errors
-    /// [`ApiError`]; 400 for a malformed `subset`.
+    /// [`ApiError`]; 400 for a malformed `subset` or point id, 404 for an unknown point,
+    /// 409 (`conflict`) when the repository lock cannot be taken.
     pub async fn verify_with(&self, request: &VerifyRequest) -> Result<VerifyResult, ApiError> {
         self.call(
             reqwest::Method::POST,
@@ -425,7 +433,10 @@ impl Client {
     /// `POST /v1/repository/prune`.
     ///
     /// # Errors
-    /// [`ApiError`]; 400 for a policy that keeps nothing or a minimum age under 3 days.
+    /// [`ApiError`]; 400 for a policy that keeps nothing or a minimum age under 3 days;
+    /// 409 with code `clock_untrusted` (see [`ApiError::code`]) when not a dry run while
+    /// this machine's clock and vCenter's disagree (nothing removed), `conflict` when the
+    /// repository lock cannot be taken.
     pub async fn prune(&self, request: &PruneRequest) -> Result<PruneResult, ApiError> {
         self.call(reqwest::Method::POST, "/v1/repository/prune", Some(request))
             .await
@@ -434,7 +445,8 @@ impl Client {
     /// `POST /v1/repository/gc`.
     ///
     /// # Errors
-    /// [`ApiError`]; 409 while a backup holds the repository.
+    /// [`ApiError`]; 409 (`conflict`) while the repository is in use (a backup, restore,
+    /// verify, prune or removal holds its lock).
     pub async fn gc(&self) -> Result<GcResult, ApiError> {
         self.call(reqwest::Method::POST, "/v1/repository/gc", None::<&()>)
             .await
@@ -461,7 +473,8 @@ impl Client {
     /// `GET /v1/ready` (no token needed).
     ///
     /// # Errors
-    /// [`ApiError`]; 503 while not ready.
+    /// [`ApiError`]; 503 while not ready (the server's body is then a [`Ready`], not an
+    /// [`ErrorBody`]: it is the error's message, as JSON).
     pub async fn ready(&self) -> Result<Ready, ApiError> {
         self.call(reqwest::Method::GET, "/v1/ready", None::<&()>)
             .await

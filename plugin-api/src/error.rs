@@ -52,4 +52,14 @@ impl ApiError {
             _ => None,
         }
     }
+
+    /// The `code` of an error response's body (`conflict`, `clock_untrusted`, …; see
+    /// [`crate::openapi::ERROR_CODES`]), if this is one.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Status { code, .. } => Some(code),
+            _ => None,
+        }
+    }
 }

@@ -2,9 +2,12 @@
 //! [`ROUTES`] (the route table the server implements, `agent/src/api/routes.rs`).
 //!
 //! The document is committed as `plugin-api/openapi.json` and served at
-//! `GET /v1/openapi.json`; `tests/openapi.rs` fails when they differ. Regenerate with
+//! `GET /v1/openapi.json`; `tests/openapi.rs` fails when they differ, and when [`ROUTES`]
+//! disagrees with the server's route table and handlers (paths, methods, authentication,
+//! status codes, error codes, request bodies). Regenerate with
 //! `UPDATE_OPENAPI=1 cargo test -p plugin-api --test openapi`.
 
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::ObjectBuilder;
@@ -27,14 +30,31 @@ pub struct Route {
     pub summary: &'static str,
     /// Schema name of the JSON request body, if any.
     pub request: Option<&'static str>,
+    /// Whether the request body must be given (`false`: no body is `{}`).
+    pub request_required: bool,
     /// Success status.
     pub status: u16,
     /// Schema name of the success body; `None` for a non-JSON body (see `media`).
     pub response: Option<&'static str>,
     /// Media type of the success body.
     pub media: &'static str,
-    /// Whether the bearer token is required.
+    /// Whether the bearer token is required (a missing or wrong one is a 401).
     pub authenticated: bool,
+    /// Every other answer of the route (JSON), besides the 401 of an authenticated one.
+    pub answers: &'static [Answer],
+}
+
+/// An answer of a route other than its success status (and the 401 of authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Schema name of the JSON body (`ErrorBody` for an error).
+    pub schema: &'static str,
+    /// When it is answered; for an error, the `code`s its [`types::ErrorBody`] may carry.
+    pub description: &'static str,
+    /// The `code`s of an [`types::ErrorBody`] answer (empty for another schema).
+    pub codes: &'static [&'static str],
 }
 
 /// HTTP methods used by the API.
@@ -50,6 +70,48 @@ pub enum Method {
 
 const JSON: &str = "application/json";
 
+/// Every `code` an [`types::ErrorBody`] of the server can carry, with its status (`None`:
+/// any status the HTTP layer answers itself) and meaning.
+pub const ERROR_CODES: &[(&str, Option<u16>, &str)] = &[
+    (
+        "bad_request",
+        Some(400),
+        "a body that is not JSON of the request type (an unknown field is refused) or an invalid value",
+    ),
+    ("unauthorized", Some(401), "missing or wrong bearer token"),
+    (
+        "not_found",
+        Some(404),
+        "no such job, restore point or route",
+    ),
+    (
+        "method_not_allowed",
+        Some(405),
+        "the path does not take that method",
+    ),
+    (
+        "conflict",
+        Some(409),
+        "an idempotency key reused for another request, the repository lock busy, a point a restore is using",
+    ),
+    (
+        "clock_untrusted",
+        Some(409),
+        "a prune while this machine's clock and vCenter's disagree",
+    ),
+    ("payload_too_large", Some(413), "a body over 2 MB"),
+    (
+        "internal",
+        Some(500),
+        "the agent failed; the message says what",
+    ),
+    (
+        "http_error",
+        None,
+        "another error of the HTTP layer, e.g. a body that could not be read or a path parameter that is not UTF-8",
+    ),
+];
+
 const fn route(
     method: Method,
     path: &'static str,
@@ -63,39 +125,112 @@ const fn route(
         path,
         summary,
         request,
+        request_required: request.is_some(),
         status,
         response,
         media: JSON,
         authenticated: true,
+        answers: &[],
     }
 }
 
+const fn error(status: u16, codes: &'static [&'static str], description: &'static str) -> Answer {
+    Answer {
+        status,
+        schema: "ErrorBody",
+        description,
+        codes,
+    }
+}
+
+const RESUBMITTED: Answer = Answer {
+    status: 200,
+    schema: "Job",
+    description: "The job an earlier request with the same idempotency_key and the same request \
+                  created (a retry): nothing new is queued",
+    codes: &[],
+};
+const BAD_BODY: Answer = error(
+    400,
+    &["bad_request", "http_error"],
+    "bad_request: the body is not JSON of the request type (an unknown field is refused) or a \
+     value is invalid; http_error: the body could not be read",
+);
+const BAD_ID: Answer = error(
+    400,
+    &["http_error"],
+    "http_error: the id is not UTF-8 once percent-decoded",
+);
+const TOO_LARGE: Answer = error(
+    413,
+    &["payload_too_large"],
+    "payload_too_large: the body is over 2 MB",
+);
+const KEY_REUSED: Answer = error(
+    409,
+    &["conflict"],
+    "conflict: the idempotency_key names a job made from another request",
+);
+const INTERNAL: Answer = error(
+    500,
+    &["internal"],
+    "internal: the agent failed (catalog, repository); the message says what",
+);
+const NO_JOB: Answer = error(404, &["not_found"], "not_found: no job of that id");
+const NO_POINT: Answer = error(
+    404,
+    &["not_found"],
+    "not_found: no restore point of that id (also an id that is not a restore point id)",
+);
+const LOCK: &str = "conflict: the repository lock could not be taken";
+
 /// Every route of `/v1`, in the order the document lists them.
 pub const ROUTES: &[Route] = &[
-    route(
-        Method::Post,
-        "/v1/jobs/backup",
-        "Queue a backup of a group of VMs (idempotent with idempotency_key)",
-        Some("BackupJobRequest"),
-        202,
-        Some("Job"),
-    ),
-    route(
-        Method::Post,
-        "/v1/jobs/restore",
-        "Queue a restore of a point",
-        Some("RestoreJobRequest"),
-        202,
-        Some("Job"),
-    ),
-    route(
-        Method::Post,
-        "/v1/jobs/verify",
-        "Queue a verify of the repository (progress events, cancellable; optionally a subset, repair)",
-        Some("VerifyJobRequest"),
-        202,
-        Some("Job"),
-    ),
+    Route {
+        answers: &[RESUBMITTED, BAD_BODY, KEY_REUSED, TOO_LARGE, INTERNAL],
+        ..route(
+            Method::Post,
+            "/v1/jobs/backup",
+            "Queue a backup of a group of VMs (idempotent with idempotency_key: 202 new job, 200 the earlier one)",
+            Some("BackupJobRequest"),
+            202,
+            Some("Job"),
+        )
+    },
+    Route {
+        answers: &[
+            RESUBMITTED,
+            BAD_BODY,
+            error(
+                404,
+                &["not_found"],
+                "not_found: no restore point of that id",
+            ),
+            KEY_REUSED,
+            TOO_LARGE,
+            INTERNAL,
+        ],
+        ..route(
+            Method::Post,
+            "/v1/jobs/restore",
+            "Queue a restore of a point (idempotent with idempotency_key: 202 new job, 200 the earlier one)",
+            Some("RestoreJobRequest"),
+            202,
+            Some("Job"),
+        )
+    },
+    Route {
+        answers: &[RESUBMITTED, BAD_BODY, KEY_REUSED, TOO_LARGE, INTERNAL],
+        ..route(
+            Method::Post,
+            "/v1/jobs/verify",
+            "Queue a verify of the repository (progress events, cancellable; optionally a subset, repair; \
+             idempotent with idempotency_key: 202 new job, 200 the earlier one)",
+            Some("VerifyJobRequest"),
+            202,
+            Some("Job"),
+        )
+    },
     route(
         Method::Get,
         "/v1/jobs",
@@ -104,24 +239,31 @@ pub const ROUTES: &[Route] = &[
         200,
         Some("JobList"),
     ),
-    route(
-        Method::Get,
-        "/v1/jobs/{id}",
-        "A job: state, progress, result",
-        None,
-        200,
-        Some("Job"),
-    ),
-    route(
-        Method::Post,
-        "/v1/jobs/{id}/cancel",
-        "Cancel a queued or running job",
-        None,
-        200,
-        Some("Job"),
-    ),
+    Route {
+        answers: &[BAD_ID, NO_JOB],
+        ..route(
+            Method::Get,
+            "/v1/jobs/{id}",
+            "A job: state, progress, result",
+            None,
+            200,
+            Some("Job"),
+        )
+    },
+    Route {
+        answers: &[BAD_ID, NO_JOB, INTERNAL],
+        ..route(
+            Method::Post,
+            "/v1/jobs/{id}/cancel",
+            "Cancel a queued or running job",
+            None,
+            200,
+            Some("Job"),
+        )
+    },
     Route {
         media: "text/event-stream",
+        answers: &[BAD_ID, NO_JOB],
         ..route(
             Method::Get,
             "/v1/jobs/{id}/events",
@@ -131,62 +273,121 @@ pub const ROUTES: &[Route] = &[
             None,
         )
     },
-    route(
-        Method::Get,
-        "/v1/points",
-        "List restore points",
-        None,
-        200,
-        Some("PointList"),
-    ),
-    route(
-        Method::Get,
-        "/v1/points/{id}",
-        "A restore point",
-        None,
-        200,
-        Some("Point"),
-    ),
-    route(
-        Method::Delete,
-        "/v1/points/{id}",
-        "Remove a restore point (chunks go at the next GC)",
-        None,
-        200,
-        Some("PointDeleted"),
-    ),
-    route(
-        Method::Post,
-        "/v1/repository/verify",
-        "Re-read every chunk and check its digest; optionally repair",
-        Some("VerifyRequest"),
-        200,
-        Some("VerifyResult"),
-    ),
-    route(
-        Method::Post,
-        "/v1/repository/prune",
-        "Apply a retention policy",
-        Some("PruneRequest"),
-        200,
-        Some("PruneResult"),
-    ),
-    route(
-        Method::Post,
-        "/v1/repository/gc",
-        "Remove chunks no point references",
-        None,
-        200,
-        Some("GcResult"),
-    ),
-    route(
-        Method::Post,
-        "/v1/reconcile",
-        "Undo what interrupted jobs left in vSphere",
-        None,
-        200,
-        Some("ReconcileResult"),
-    ),
+    Route {
+        answers: &[INTERNAL],
+        ..route(
+            Method::Get,
+            "/v1/points",
+            "List restore points",
+            None,
+            200,
+            Some("PointList"),
+        )
+    },
+    Route {
+        answers: &[BAD_ID, NO_POINT, INTERNAL],
+        ..route(
+            Method::Get,
+            "/v1/points/{id}",
+            "A restore point",
+            None,
+            200,
+            Some("Point"),
+        )
+    },
+    Route {
+        answers: &[
+            BAD_ID,
+            NO_POINT,
+            error(
+                409,
+                &["conflict"],
+                "conflict: a restore is using the point, or the repository lock could not be taken",
+            ),
+            INTERNAL,
+        ],
+        ..route(
+            Method::Delete,
+            "/v1/points/{id}",
+            "Remove a restore point (chunks go at the next GC)",
+            None,
+            200,
+            Some("PointDeleted"),
+        )
+    },
+    Route {
+        request_required: false,
+        answers: &[
+            BAD_BODY,
+            error(
+                404,
+                &["not_found"],
+                "not_found: a restore point of `points` does not exist",
+            ),
+            error(409, &["conflict"], LOCK),
+            TOO_LARGE,
+            INTERNAL,
+        ],
+        ..route(
+            Method::Post,
+            "/v1/repository/verify",
+            "Re-read every chunk and check its digest; optionally repair (no body is `{}`)",
+            Some("VerifyRequest"),
+            200,
+            Some("VerifyResult"),
+        )
+    },
+    Route {
+        answers: &[
+            BAD_BODY,
+            error(
+                409,
+                &["clock_untrusted", "conflict"],
+                "clock_untrusted: not a dry run while this machine's clock and vCenter's \
+                 disagree (nothing removed); conflict: the repository lock could not be taken",
+            ),
+            TOO_LARGE,
+            INTERNAL,
+        ],
+        ..route(
+            Method::Post,
+            "/v1/repository/prune",
+            "Apply a retention policy",
+            Some("PruneRequest"),
+            200,
+            Some("PruneResult"),
+        )
+    },
+    Route {
+        answers: &[
+            error(
+                409,
+                &["conflict"],
+                "conflict: the repository is in use (a backup, restore, verify, prune or \
+                 removal holds its lock)",
+            ),
+            INTERNAL,
+        ],
+        ..route(
+            Method::Post,
+            "/v1/repository/gc",
+            "Remove chunks no point references",
+            None,
+            200,
+            Some("GcResult"),
+        )
+    },
+    Route {
+        answers: &[INTERNAL],
+        ..route(
+            Method::Post,
+            "/v1/reconcile",
+            "Undo what interrupted jobs left in vSphere",
+            None,
+            200,
+            Some("ReconcileResult"),
+        )
+    },
     Route {
         authenticated: false,
         ..route(
@@ -200,6 +401,12 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         authenticated: false,
+        answers: &[Answer {
+            status: 503,
+            schema: "Ready",
+            description: "Not ready yet (starting): `ready` is false and `reason` says why",
+            codes: &[],
+        }],
         ..route(
             Method::Get,
             "/v1/ready",
@@ -211,6 +418,7 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         media: "text/plain; version=0.0.4",
+        answers: &[INTERNAL],
         ..route(
             Method::Get,
             "/v1/metrics",
@@ -234,9 +442,28 @@ fn schema_ref(name: &str) -> Ref {
     Ref::from_schema_name(name)
 }
 
-fn error_response(description: &str) -> utoipa::openapi::Response {
+fn json_response(description: &str, schema: &str) -> utoipa::openapi::Response {
     ResponseBuilder::new()
         .description(description)
+        .content(
+            JSON,
+            ContentBuilder::new()
+                .schema(Some(schema_ref(schema)))
+                .build(),
+        )
+        .build()
+}
+
+fn unauthorized() -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description("unauthorized: missing or wrong bearer token")
+        .header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some("`Bearer`"))
+                .build(),
+        )
         .content(
             JSON,
             ContentBuilder::new()
@@ -264,13 +491,18 @@ pub fn document() -> OpenApi {
             );
         }
         if let Some(req) = r.request {
+            let required = if r.request_required {
+                utoipa::openapi::Required::True
+            } else {
+                utoipa::openapi::Required::False
+            };
             op = op.request_body(Some(
                 RequestBodyBuilder::new()
                     .content(
                         JSON,
                         ContentBuilder::new().schema(Some(schema_ref(req))).build(),
                     )
-                    .required(Some(utoipa::openapi::Required::True))
+                    .required(Some(required))
                     .build(),
             ));
         }
@@ -290,30 +522,13 @@ pub fn document() -> OpenApi {
                 .content(r.media, content)
                 .build(),
         );
-        if r.request.is_some() {
-            op = op.response("400", error_response("invalid request"));
-        }
-        if r.path.contains("{id}") {
-            op = op.response("404", error_response("no such object"));
+        for a in r.answers {
+            op = op.response(a.status.to_string(), json_response(a.description, a.schema));
         }
         if r.authenticated {
             op = op
-                .response("401", error_response("missing or wrong bearer token"))
+                .response("401", unauthorized())
                 .security(SecurityRequirement::new("bearer", Vec::<String>::new()));
-        }
-        if r.path.starts_with("/v1/jobs/") && !r.path.contains("{id}") {
-            op = op.response(
-                "409",
-                error_response("idempotency key already used for another request"),
-            );
-        }
-        if r.path == "/v1/jobs/restore" {
-            op = op
-                .response("404", error_response("no such restore point"))
-                .response("501", error_response("restore not wired in this build"));
-        }
-        if r.path == "/v1/repository/verify" {
-            op = op.response("404", error_response("no such restore point"));
         }
         let method = match r.method {
             Method::Get => HttpMethod::Get,
@@ -369,7 +584,11 @@ pub fn document() -> OpenApi {
                 .description(Some(
                     "The vendor-facing API of vadp-agent: backup and restore jobs, restore points, \
                      repository maintenance. Requests are strict (unknown fields are refused); \
-                     responses may grow fields.",
+                     responses may grow fields. Every error answers with an ErrorBody (the 503 \
+                     of /v1/ready with a Ready), also those of the HTTP layer: an unknown path \
+                     is a 404 (not_found), a method a path does not take a 405 \
+                     (method_not_allowed, with Allow), a body over 2 MB a 413 \
+                     (payload_too_large).",
                 ))
                 .build(),
         )

@@ -500,11 +500,16 @@ pub struct Ready {
     pub running: u64,
 }
 
-/// The body of every error response (4xx, 5xx).
+/// The body of every error response (4xx, 5xx; the 503 of `GET /v1/ready` is a `Ready`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable code: `unauthorized`, `bad_request`, `not_found`, `conflict`,
-    /// `not_implemented`, `internal`.
+    /// Machine-readable code (`plugin_api::openapi::ERROR_CODES`): `bad_request` (400),
+    /// `unauthorized` (401), `not_found` (404: no such job, restore point or route),
+    /// `method_not_allowed` (405), `conflict` (409: an idempotency key reused for another
+    /// request, the repository lock busy, a point a restore is using), `clock_untrusted`
+    /// (409: a prune while this machine's clock and vCenter's disagree),
+    /// `payload_too_large` (413: a body over 2 MB), `internal` (500), `http_error` (another
+    /// error of the HTTP layer, e.g. a body that could not be read).
     pub code: String,
     /// What went wrong, for a human.
     pub message: String,
