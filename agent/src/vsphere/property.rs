@@ -14,7 +14,7 @@ const MAX_OBJECTS: usize = 2_000_000;
 
 impl SoapClient {
     /// Retrieves `filter`'s properties, following continuation tokens until done (at most
-    /// [`MAX_PAGES`] pages and about [`MAX_OBJECTS`] objects).
+    /// 100 000 pages and about 2 million objects).
     ///
     /// # Errors
     ///
