@@ -2356,4 +2356,44 @@ mod tests {
         assert_eq!(s.lab.vm(&vm).unwrap().disks.len(), disks_before);
         assert_eq!(fx.open_journal(), 0);
     }
+
+    /// A new VM whose name another VM in the namespace's folder has is refused before
+    /// anything is written (vCenter keeps one VM of a name in a folder).
+    #[test]
+    fn a_new_vm_whose_name_is_taken_in_the_folder_is_refused_up_front() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("taken-1");
+        let p1 = fx.backup("taken-1");
+        s.sup().delete("VirtualMachine", NS, "taken-1").unwrap();
+        let other = s
+            .lab
+            .create_vm(
+                "taken-1",
+                &format!("/dc1/vm/Namespaces/{NS}"),
+                &[lab::vmstate::NewDisk {
+                    capacity_bytes: MIB,
+                    thin: true,
+                    fcd: false,
+                }],
+            )
+            .unwrap();
+        let r = fx.restore(&p1, &[]);
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            refusal_ids(&r).iter().any(|i| i == "vadp-agent:NameTaken"),
+            "{:?}",
+            refusal_ids(&r)
+        );
+        assert!(r.stderr.contains(&other.0), "{}", r.stderr);
+        assert_eq!(fx.open_journal(), 0);
+        let named = s
+            .lab
+            .vms()
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.name == "taken-1")
+            .count();
+        assert_eq!(named, 1, "no second VM of that name was made");
+    }
 }

@@ -12,7 +12,8 @@
 //!    SetVirtualDiskUuid with the backed-up uuid, which VM Operator's pvc-disk-data
 //!    names), the backed-up `.vmx` is uploaded **byte for byte** except for the disk file
 //!    names (pointed at the new files; the backup captured the `.vmx` while its snapshot
-//!    existed, so they named redo logs) and registered (RegisterVM_Task) in a staging
+//!    existed, so they named redo logs) and `uuid.action = "keep"` (the BIOS UUID survives
+//!    the new directory without a question at power-on), and registered (RegisterVM_Task) in a staging
 //!    folder, `vadp-agent-restore`. Why not CreateVM_Task from the captured config: the
 //!    `.vmx` *is* the configuration the guide asks vendors to keep intact (§5.2), every key
 //!    of it (ExtraConfig, UUIDs, devices we do not model) survives registration, and no

@@ -329,6 +329,27 @@ pub(super) async fn plan(
     let dc_name = env.datacenter.clone().unwrap_or(dc_name);
     let new_vm = prediction.restore_type == RestoreType::New
         || (prediction.restore_type == RestoreType::Existing && existing_vm.is_none());
+    // A folder holds one VM of a name: a new VM could not be moved into the namespace's
+    // folder beside another of its name (`DuplicateName`), which would be found only after
+    // all its data was written.
+    if new_vm && let Some(f) = &folder {
+        let taken = env
+            .soap
+            .list_vms_in_folder(f)
+            .await
+            .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?
+            .into_iter()
+            .find(|(_, n)| *n == name);
+        if let Some((vm, _)) = taken {
+            prediction.refusals.push(ours(
+                "NameTaken",
+                format!(
+                    "{vm} in the folder of namespace {namespace} is already named {name}, and \
+                     vCenter keeps one VM of a name in a folder: rename or remove {vm} first"
+                ),
+            ));
+        }
+    }
     match (&request.datastore, new_vm) {
         (Some(ds), false) => prediction.refusals.push(ours(
             "DatastoreForNewOnly",
@@ -593,7 +614,8 @@ pub(super) fn placement(
 /// disk's name (and its folder, when two disks share a name). A disk in the `.vmx`'s
 /// directory is named as ESXi names it, by file name; one elsewhere by its absolute path,
 /// `/vmfs/volumes/<datastore>/<dir>/<file>.vmdk`, as a bare name would point the VM at a
-/// file next to the `.vmx` that does not exist. Every other line is kept byte for byte.
+/// file next to the `.vmx` that does not exist. `uuid.action` is set to `keep` (see
+/// [`UUID_KEEP`]), and every other line is kept byte for byte.
 pub(super) fn restored_vmx(
     vmx: &[u8],
     disks: &[DiskRecord],
@@ -601,7 +623,8 @@ pub(super) fn restored_vmx(
     vmx_path: &DatastorePath,
 ) -> Result<Vec<u8>, RestoreError> {
     let vmx_dir = (vmx_path.datastore.as_str(), dir_of(&vmx_path.path));
-    let mut out = Vec::with_capacity(vmx.len());
+    let mut out = Vec::with_capacity(vmx.len() + UUID_KEEP.len() + 1);
+    let mut uuid_action = false;
     // Line by line as bytes: a line in another encoding (`.encoding = "windows-1252"`, a
     // display name in Latin-1) is kept as it was, not decoded and re-encoded.
     for raw in vmx.split_inclusive(|b| *b == b'\n') {
@@ -613,6 +636,13 @@ pub(super) fn restored_vmx(
         };
         let key = key.trim();
         let value = value.trim().trim_matches('"');
+        if key.eq_ignore_ascii_case("uuid.action") {
+            uuid_action = true;
+            let ending = &raw[raw.trim_ascii_end().len()..];
+            out.extend_from_slice(UUID_KEEP.as_bytes());
+            out.extend_from_slice(ending);
+            continue;
+        }
         let is_disk = key.to_ascii_lowercase().ends_with(".filename")
             && ["scsi", "sata", "nvme", "ide"]
                 .iter()
@@ -687,8 +717,28 @@ pub(super) fn restored_vmx(
         out.extend_from_slice(format!("{key} = \"{path}\"").as_bytes());
         out.extend_from_slice(ending);
     }
+    if !uuid_action {
+        // With the file's own line ending.
+        let eol: &[u8] = if vmx.windows(2).any(|w| w == b"\r\n") {
+            b"\r\n"
+        } else {
+            b"\n"
+        };
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.extend_from_slice(eol);
+        }
+        out.extend_from_slice(UUID_KEEP.as_bytes());
+        out.extend_from_slice(eol);
+    }
     Ok(out)
 }
+
+/// The line that keeps a restored VM's BIOS UUID: its `.vmx` is registered from a new
+/// directory, so its `uuid.location` no longer matches, and without it ESXi would ask at
+/// the first power-on whether the VM was moved or copied, blocking that power-on until
+/// someone answers, and "copied" would give the VM a new BIOS UUID (seed 001 §8.2 keeps
+/// it; the VirtualMachine's `spec.biosUUID` names it).
+const UUID_KEEP: &str = "uuid.action = \"keep\"";
 
 /// The directory part of a path inside a datastore (`""` at its root).
 fn dir_of(path: &str) -> &str {
@@ -742,10 +792,44 @@ mod tests {
     }
 
     /// The .vmx of `disks` restored as VM `name` by [`job`], where its placement puts it.
+    /// The restored `.vmx` without the `uuid.action` line it ends with.
     fn restored(vmx: &[u8], disks: &[DiskRecord], name: &str) -> Result<String, RestoreError> {
         let p = placement(disks, name, job(), None)?;
-        restored_vmx(vmx, disks, &p.disks, &vmx_at(&p.vmx))
-            .map(|out| String::from_utf8(out).unwrap())
+        restored_vmx(vmx, disks, &p.disks, &vmx_at(&p.vmx)).map(|out| {
+            let out = String::from_utf8(out).unwrap();
+            out.strip_suffix("uuid.action = \"keep\"\n")
+                .unwrap_or_else(|| panic!("no uuid.action line at the end: {out}"))
+                .to_owned()
+        })
+    }
+
+    /// A restored VM keeps its BIOS UUID without a question at its first power-on: the
+    /// `.vmx` says `uuid.action = "keep"`, set where it was, added (with the file's line
+    /// ending) where it was not.
+    #[test]
+    fn a_restored_vmx_keeps_its_uuid() {
+        let disk = disk(2000, "[ds1] w/disk-0.vmdk");
+        let run = |vmx: &[u8]| {
+            String::from_utf8(
+                restored_vmx(
+                    vmx,
+                    std::slice::from_ref(&disk),
+                    &["[ds1] w/disk-0.vmdk".into()],
+                    &vmx_at("[ds1] w/w.vmx"),
+                )
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            run(b"uuid.bios = \"42 1a\"\nuuid.action = \"create\"\nx = \"1\"\n"),
+            "uuid.bios = \"42 1a\"\nuuid.action = \"keep\"\nx = \"1\"\n"
+        );
+        assert_eq!(
+            run(b"uuid.bios = \"42 1a\"\r\nx = \"1\""),
+            "uuid.bios = \"42 1a\"\r\nx = \"1\"\r\nuuid.action = \"keep\"\r\n"
+        );
+        assert_eq!(run(b"UUID.Action = \"keep\"\n"), "uuid.action = \"keep\"\n");
     }
 
     /// A disk at the root of its datastore (`[ds1] w.vmdk`, no folder) is matched with
@@ -887,7 +971,7 @@ scsi0:0.fileName = \"disk-0-000001.vmdk\"\r\nannotation = \"\xe9t\xe9\"";
         assert_eq!(
             out,
             b".encoding = \"windows-1252\"\r\ndisplayName = \"Caf\xe9\"\r\n\
-scsi0:0.fileName = \"disk-0.vmdk\"\r\nannotation = \"\xe9t\xe9\""
+scsi0:0.fileName = \"disk-0.vmdk\"\r\nannotation = \"\xe9t\xe9\"\r\nuuid.action = \"keep\"\r\n"
         );
         // A disk line that is not UTF-8 cannot be matched: refused, not guessed.
         let err = restored_vmx(
