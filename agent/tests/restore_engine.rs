@@ -2396,4 +2396,28 @@ mod tests {
             .count();
         assert_eq!(named, 1, "no second VM of that name was made");
     }
+
+    /// The NVRAM file (EFI variables, Secure Boot keys, a vTPM's state) is kept with the
+    /// point and put back next to the new VM's `.vmx`, byte for byte.
+    #[test]
+    fn a_new_vm_gets_its_nvram_back() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("efi-1");
+        let vmx = s.lab.vm(&vm).unwrap().vmx_path.resolve(s.lab.root());
+        let nvram_of = |vmx: &Path| vmx.with_extension("nvram");
+        let nvram: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(nvram_of(&vmx), &nvram).unwrap();
+        let p1 = fx.backup("efi-1");
+        let (repo, _) = fx.open_point(&p1);
+        let kept = repo.point_config(p1.parse().unwrap()).unwrap().unwrap();
+        assert_eq!(kept.nvram.as_deref(), Some(nvram.as_slice()));
+        drop(repo);
+        s.sup().delete("VirtualMachine", NS, "efi-1").unwrap();
+        let r = fx.restore(&p1, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let restored = VmMoref(r.report()["vm"].as_str().unwrap().to_owned());
+        let vmx = s.lab.vm(&restored).unwrap().vmx_path.resolve(s.lab.root());
+        assert_eq!(std::fs::read(nvram_of(&vmx)).unwrap(), nvram);
+    }
 }

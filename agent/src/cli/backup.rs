@@ -503,10 +503,16 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("restore point {} not found", args.point))?;
     let job = repo.catalog().point_config(args.point)?.and_then(|c| c.job);
     // A point whose config file verify reports as bad is still shown, with the reason.
-    let vmx_bytes = repo
+    let kept = repo
         .point_config(args.point)
-        .map(|c| c.and_then(|c| c.vmx).map(|v| v.len()))
+        .map(|c| {
+            c.map_or((None, None), |c| {
+                (c.vmx.map(|v| v.len()), c.nvram.map(|n| n.len()))
+            })
+        })
         .map_err(|e| crate::repo::verify::error_chain(&e));
+    let vmx_bytes = kept.as_ref().map(|k| k.0).map_err(Clone::clone);
+    let nvram_bytes = kept.as_ref().ok().and_then(|k| k.1);
     let job_stats = match job {
         Some(job) => repo.catalog().job_stats(job)?,
         None => None,
@@ -522,6 +528,7 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "event": "show", "point": point, "skew_ms": skew, "group_failed": group_failed,
                 "vmx_bytes": vmx_bytes.as_ref().ok().copied().flatten(),
+                "nvram_bytes": nvram_bytes,
                 "config_error": vmx_bytes.as_ref().err(),
             })
         );
@@ -586,6 +593,9 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
         Ok(Some(n)) => say!("  VMX:        {n} bytes kept"),
         Ok(None) => {}
         Err(e) => say!("  VMX:        unreadable: {e}"),
+    }
+    if let Some(n) = nvram_bytes {
+        say!("  NVRAM:      {n} bytes kept");
     }
     say!("  disks:");
     for d in &point.disks {

@@ -386,6 +386,9 @@ pub struct VmReport {
     pub validation: Option<Validation>,
     /// Size of the VMX kept.
     pub vmx_bytes: usize,
+    /// Bytes of the NVRAM file kept with the point (none: the VM has none yet, or it could
+    /// not be read, with a warning).
+    pub nvram_bytes: Option<usize>,
     /// The error, when the VM failed.
     pub error: Option<String>,
     /// Problems cleaning up (a snapshot that could not be removed is also left in the
@@ -757,6 +760,7 @@ fn failed_report(info: &VmInfo, error: String) -> VmReport {
         disks: Vec::new(),
         validation: None,
         vmx_bytes: 0,
+        nvram_bytes: None,
         error: Some(error),
         cleanup_errors: Vec::new(),
         seconds: 0.0,
@@ -1033,6 +1037,58 @@ fn lock(m: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The largest NVRAM file kept (an EFI VM's is about 8 KiB to 1 MiB, a vTPM's state in it
+/// included).
+const MAX_NVRAM_BYTES: u64 = 16 << 20;
+
+/// The VM's NVRAM file: the `.vmx`'s `nvram` entry, a file name in the `.vmx`'s directory
+/// (default `<vmx name>.nvram`). `None` when the VM has none (404: never powered on, or
+/// BIOS firmware), or names one elsewhere (an absolute path, which the restore could not
+/// place next to the `.vmx`).
+async fn download_nvram(
+    env: &Environment,
+    vmx: &DatastorePath,
+    entries: &[(String, String)],
+) -> Result<Option<Vec<u8>>, crate::vsphere::DatastoreError> {
+    let Some(path) = nvram_path(vmx, entries) else {
+        return Ok(None);
+    };
+    match env.soap.download_small(&path, MAX_NVRAM_BYTES).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(crate::vsphere::DatastoreError::Http { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where the `.vmx` at `vmx` with `entries` keeps its NVRAM file (see [`download_nvram`]).
+pub(crate) fn nvram_path(
+    vmx: &DatastorePath,
+    entries: &[(String, String)],
+) -> Option<DatastorePath> {
+    let name = match entries
+        .iter()
+        .rev()
+        .find(|(k, _)| k.eq_ignore_ascii_case("nvram"))
+    {
+        Some((_, v)) => v.clone(),
+        None => {
+            let file = vmx.path.rsplit('/').next().unwrap_or_default();
+            format!("{}.nvram", file.strip_suffix(".vmx").unwrap_or(file))
+        }
+    };
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return None;
+    }
+    let path = match vmx.path.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{name}"),
+        None => name,
+    };
+    Some(DatastorePath {
+        path,
+        ..vmx.clone()
+    })
+}
+
 /// Longest sleep between two questions to a [`SnapshotGate`] (a window's end can move when
 /// the clock is corrected).
 const GATE_RECHECK: Duration = Duration::from_secs(60);
@@ -1218,6 +1274,28 @@ async fn back_up_vm_inner(
         vm: who.clone(),
         reason: format!("{vmx_path}: {e}"),
     })?;
+    // The NVRAM file next to it: a VM restored without it boots with empty EFI variables
+    // (its boot entries and Secure Boot keys gone) and a vTPM's state lost. A VM that has
+    // none yet (never powered on) keeps none; one that cannot be read is a warning, not a
+    // failure (the disks and the `.vmx` are what the restore cannot do without).
+    let nvram = match download_nvram(env, &ds_path, &vmx_entries).await {
+        Ok(n) => n,
+        Err(e) => {
+            let message = format!(
+                "the NVRAM file was not kept ({}): a restore to a new VM starts with empty \
+                 EFI variables",
+                crate::engine::error_chain(&e)
+            );
+            tracing::warn!(vm = %vm, "{message}");
+            (ctx.observer)(&BackupEvent::Warning {
+                vm: vm.clone(),
+                name: info.name.clone(),
+                message,
+            });
+            None
+        }
+    };
+    report.nvram_bytes = nvram.as_ref().map(Vec::len);
     // The snapshot's own disks: the frozen files and the changeIds of this point.
     let disks = env
         .soap
@@ -1455,6 +1533,7 @@ async fn back_up_vm_inner(
         reason: reason.clone(),
         vmx: Some(vmx_bytes),
         extra_config: Some(extra_config),
+        nvram,
         config_digest: None,
         stats,
         disks: written
@@ -1872,6 +1951,36 @@ async fn enable_cbt(env: &Environment, ctx: &JobCtx, info: &VmInfo) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The NVRAM file is where the `.vmx` names it, next to it; by default it takes the
+    /// `.vmx`'s name; one named elsewhere is not kept.
+    #[test]
+    fn the_nvram_file_is_found_next_to_the_vmx() {
+        let vmx = DatastorePath {
+            datacenter: "dc1".into(),
+            datastore: "ds1".into(),
+            path: "web-1/web-1.vmx".into(),
+        };
+        let at = |entries: &[(&str, &str)]| {
+            let entries: Vec<(String, String)> = entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            nvram_path(&vmx, &entries).map(|p| (p.datastore, p.path))
+        };
+        assert_eq!(at(&[]), Some(("ds1".into(), "web-1/web-1.nvram".into())));
+        assert_eq!(
+            at(&[("NVRAM", "efi.nvram")]),
+            Some(("ds1".into(), "web-1/efi.nvram".into()))
+        );
+        assert_eq!(at(&[("nvram", "/vmfs/volumes/ds2/x.nvram")]), None);
+        assert_eq!(at(&[("nvram", "..")]), None);
+        let root = DatastorePath {
+            path: "w.vmx".into(),
+            ..vmx.clone()
+        };
+        assert_eq!(nvram_path(&root, &[]).unwrap().path, "w.nvram");
+    }
 
     /// The snapshots wait while the gate says a window is on, announce its end once, and go
     /// on when it has passed; a cancellation ends the wait.

@@ -1,4 +1,5 @@
-//! A restore point's configuration: its `.vmx` file byte for byte and its ExtraConfig, in
+//! A restore point's configuration: its `.vmx` file byte for byte, its ExtraConfig and its
+//! NVRAM file (EFI variables, Secure Boot keys, a vTPM's state), in
 //! `indexes/<point>/config.chunk`, next to the point's index files and manifest.
 //!
 //! The configuration of a VM Service VM carries its bootstrap Secrets (the VM YAML and
@@ -40,13 +41,16 @@ pub struct Config {
     pub vmx: Option<Vec<u8>>,
     /// ExtraConfig as JSON (`[[key, value], …]`).
     pub extra_config: Option<serde_json::Value>,
+    /// The NVRAM file, byte for byte (none for a VM that has none yet, and for points
+    /// made before it was kept).
+    pub nvram: Option<Vec<u8>>,
 }
 
 impl Config {
     /// Whether there is nothing to keep.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.vmx.is_none() && self.extra_config.is_none()
+        self.vmx.is_none() && self.extra_config.is_none() && self.nvram.is_none()
     }
 }
 
@@ -55,6 +59,8 @@ struct Document {
     #[serde(with = "crate::repo::manifest::base64_bytes")]
     vmx: Option<Vec<u8>>,
     extra_config: Option<serde_json::Value>,
+    #[serde(default, with = "crate::repo::manifest::base64_bytes")]
+    nvram: Option<Vec<u8>>,
 }
 
 /// Why a point's configuration file could not be written or read.
@@ -119,6 +125,7 @@ pub fn write(dir: &Path, config: &Config) -> Result<ChunkDigest, ConfigError> {
     let plain = serde_json::to_vec(&Document {
         vmx: config.vmx.clone(),
         extra_config: config.extra_config.clone(),
+        nvram: config.nvram.clone(),
     })
     .expect("a JSON value and bytes serialize");
     if plain.len() > MAX_PLAIN_BYTES {
@@ -196,6 +203,7 @@ pub fn read(dir: &Path, digest: &ChunkDigest) -> Result<Config, ConfigError> {
     Ok(Config {
         vmx: doc.vmx,
         extra_config: doc.extra_config,
+        nvram: doc.nvram,
     })
 }
 
@@ -211,6 +219,7 @@ mod tests {
                     .collect(),
             ),
             extra_config: Some(serde_json::json!([["guestinfo.userdata", "c2VjcmV0"]])),
+            nvram: Some(vec![0x4e, 0x56, 0x52, 0x41, 0x4d, 0, 0xff]),
         }
     }
 

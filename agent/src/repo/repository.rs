@@ -659,6 +659,7 @@ impl Repository {
         let config = Config {
             vmx: c.vmx,
             extra_config: c.extra_config,
+            nvram: None,
         };
         if config.is_empty() {
             return Ok(());
@@ -682,12 +683,13 @@ impl Repository {
         self.root.join("indexes").join(id.to_string())
     }
 
-    /// Write `point`'s VMX and ExtraConfig, if it has them, to its config file and leave
-    /// only the file's digest in `point` (for its manifest and the catalog).
+    /// Write `point`'s VMX, ExtraConfig and NVRAM, if it has them, to its config file and
+    /// leave only the file's digest in `point` (for its manifest and the catalog).
     fn keep_config(&self, point: &mut NewPoint) -> Result<(), RepoError> {
         let config = Config {
             vmx: point.vmx.take(),
             extra_config: point.extra_config.take(),
+            nvram: point.nvram.take(),
         };
         if !config.is_empty() {
             point.config_digest = Some(
@@ -702,8 +704,8 @@ impl Repository {
         Ok(())
     }
 
-    /// The configuration restore point `id` kept besides its disks: its VMX byte for byte
-    /// and its ExtraConfig, read from its config file and checked against the digest the
+    /// The configuration restore point `id` kept besides its disks: its VMX and NVRAM byte
+    /// for byte and its ExtraConfig, read from its config file and checked against the digest the
     /// catalog holds; and the job that made it. `None` for an unknown point.
     ///
     /// # Errors
@@ -717,6 +719,7 @@ impl Repository {
                 .map_err(|source| RepoError::Config { point: id, source })?;
             c.vmx = config.vmx;
             c.extra_config = config.extra_config;
+            c.nvram = config.nvram;
         }
         Ok(Some(c))
     }
@@ -1040,6 +1043,7 @@ impl Repository {
                 reason: p.reason,
                 vmx: None,
                 extra_config: None,
+                nvram: None,
                 config_digest: config.and_then(|c| c.digest),
                 stats: p.stats,
                 disks: p.disks,
@@ -1147,6 +1151,7 @@ impl Repository {
             reason: reason.to_owned(),
             vmx: None,
             extra_config: None,
+            nvram: None,
             config_digest: None,
             stats: serde_json::json!({ "disk": written.stats, "seconds": seconds }),
             disks: vec![DiskRecord {
@@ -2016,6 +2021,7 @@ impl Repository {
             let config = Config {
                 vmx: point.vmx.take(),
                 extra_config: point.extra_config.take(),
+                nvram: point.nvram.take(),
             };
             if !config.is_empty() {
                 // A manifest from before schema 6 holds the configuration inline: it goes

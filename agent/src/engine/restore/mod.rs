@@ -1105,6 +1105,25 @@ async fn restore_steps(
                     what: format!("uploading {vmx_path}"),
                     source,
                 })?;
+            // The NVRAM file where the `.vmx` names it (in the restore's own directory,
+            // which the clean-up deletes whole): EFI variables, Secure Boot keys, a vTPM's
+            // state, as they were.
+            if let Some(nvram) = &plan.nvram
+                && let Some(at) = crate::engine::backup::nvram_path(&path, &plan.entries)
+            {
+                step(format!(
+                    "uploading the NVRAM file to [{}] {}",
+                    at.datastore, at.path
+                ));
+                check_cancel()?;
+                env.soap
+                    .upload(&at, std::io::Cursor::new(nvram.clone()), nvram.len() as u64)
+                    .await
+                    .map_err(|source| BackupError::Datastore {
+                        what: format!("uploading the NVRAM file [{}] {}", at.datastore, at.path),
+                        source,
+                    })?;
+            }
             let staging = staging_folder(env, dc).await?;
             let pool = env
                 .soap

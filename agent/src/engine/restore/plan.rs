@@ -15,6 +15,9 @@ use crate::vsphere::{DatastorePath, FolderMoref, MoRef, VmInfo, VmMoref};
 /// Everything the pre-flight learnt, reused by the restore.
 pub(super) struct Plan {
     pub(super) vmx: Vec<u8>,
+    /// The NVRAM file kept with the point (none for points made before it was kept, and
+    /// for VMs that had none).
+    pub(super) nvram: Option<Vec<u8>>,
     /// The `.vmx` entries, parsed once.
     pub(super) entries: Vec<(String, String)>,
     pub(super) data: Option<VmServiceData>,
@@ -80,9 +83,9 @@ pub(super) async fn plan(
     .await?
     .map_err(BackupError::Repo)?;
     let point = point.ok_or_else(|| RestoreError::Invalid(format!("no restore point {id}")))?;
-    let vmx = config
-        .and_then(|c| c.vmx)
-        .ok_or_else(|| RestoreError::Invalid(format!("restore point {id} kept no .vmx file")))?;
+    let (vmx, nvram) = config.map_or((None, None), |c| (c.vmx, c.nvram));
+    let vmx =
+        vmx.ok_or_else(|| RestoreError::Invalid(format!("restore point {id} kept no .vmx file")))?;
     let entries = crate::engine::vmx::parse(&vmx)
         .map_err(|e| RestoreError::Invalid(format!("the .vmx of point {id}: {e}")))?;
     let data = crate::vmservice::decode(&entries);
@@ -390,6 +393,7 @@ pub(super) async fn plan(
     }
     Ok(Plan {
         vmx,
+        nvram,
         entries,
         data,
         name,

@@ -125,6 +125,9 @@ pub struct NewPoint {
     /// ExtraConfig as JSON; kept as [`Self::vmx`] is.
     #[serde(default, skip_serializing)]
     pub extra_config: Option<serde_json::Value>,
+    /// The NVRAM file, byte for byte; kept as [`Self::vmx`] is (never in a manifest).
+    #[serde(skip)]
+    pub nvram: Option<Vec<u8>>,
     /// Digest of the point's config file, which holds its VMX and ExtraConfig.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_digest: Option<ChunkDigest>,
@@ -178,6 +181,9 @@ pub struct PointConfig {
     pub vmx: Option<Vec<u8>>,
     /// ExtraConfig as JSON, as [`Self::vmx`].
     pub extra_config: Option<serde_json::Value>,
+    /// The NVRAM file: never in the catalog (`Repository::point_config` reads it from the
+    /// config file).
+    pub nvram: Option<Vec<u8>>,
     /// Digest of the point's config file.
     pub digest: Option<ChunkDigest>,
     /// The job that made it.
@@ -430,7 +436,7 @@ impl Catalog {
             path: path.clone(),
             source,
         };
-        if point.vmx.is_some() || point.extra_config.is_some() {
+        if point.vmx.is_some() || point.extra_config.is_some() || point.nvram.is_some() {
             // Secrets never enter the catalog: `Repository::commit_point` writes them to
             // the point's config file first and leaves only its digest.
             return Err(CatalogError::Invalid {
@@ -869,6 +875,7 @@ impl Catalog {
                 // rather than dropped (it is moved to the config file and cleared here).
                 extra_config: extra
                     .map(|s| serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))),
+                nvram: None,
                 digest: match digest {
                     Some(d) => Some(d.parse().map_err(|_| CatalogError::Invalid {
                         path: self.path.clone(),
@@ -996,6 +1003,7 @@ pub(crate) mod tests {
             reason: "first backup".into(),
             vmx: None,
             extra_config: None,
+            nvram: None,
             config_digest: Some(ChunkDigest::of(b"config")),
             stats: serde_json::json!({"bytes": 1}),
             disks: vec![DiskRecord {
