@@ -992,6 +992,7 @@ mod tests {
             reason: "first backup".into(),
             vmx: Some(vmx.clone()),
             extra_config: Some(extra.clone()),
+            nvram: None,
             config_digest: None,
             stats: serde_json::json!({}),
             disks: vec![disk],
