@@ -819,11 +819,35 @@ concurrent_jobs = 2
         let first = run("a", 1);
         assert_eq!(points(), 1);
         assert!(first.contains("clock differs from vCenter"), "{first}");
+        // The run is recorded at vCenter's time, which schedules follow, not this machine's.
+        let out = agent(&["--json", "schedule", "show", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        let last_run = shown
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["policy"] == "a")
+            .and_then(|v| v["last_run"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{shown}"));
+        let behind = jiff::Timestamp::now()
+            .duration_since(last_run.parse::<jiff::Timestamp>().unwrap())
+            .as_secs();
+        assert!(
+            (7 * 86_400 - 120..7 * 86_400 + 120).contains(&behind),
+            "{last_run} is {behind} s behind this machine's clock"
+        );
         let second = run("b", 2);
         assert!(second.contains("retention skipped"), "{second}");
         assert_eq!(points(), 2, "retention ran on a clock a week off");
-        // The clocks agree again: the next run applies the retention.
+        // The clocks agree again: the next run applies the retention. (Here vCenter's clock
+        // moves a week on rather than this machine's a week back: by vCenter's time, which
+        // schedules follow, policies a and b would be due again, so they go.)
         lab.update_settings(|s| s.clock_offset_secs = 0).unwrap();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let cut = text.find("\n[policy.").unwrap();
+        std::fs::write(&config, &text[..cut]).unwrap();
         let third = run("c", 3);
         assert!(!third.contains("retention skipped"), "{third}");
         assert_eq!(points(), 1);

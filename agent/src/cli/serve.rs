@@ -255,7 +255,7 @@ fn show(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
 fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
     let (rt, env) = start(config)?;
     rt.block_on(crate::daemon::clock::check(&env.soap));
-    let now = jiff::Zoned::now();
+    let now = crate::daemon::clock::vcenter_now();
     let due = scheduler::due_policies(config, env.repo.catalog(), &now)?;
     let mut code = ExitCode::SUCCESS;
     if due.is_empty() {
@@ -268,7 +268,9 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         };
         // Looked at again before each run: the runs before it may have taken until its
         // blackout window. The timer's next start runs it then.
-        if let Some(end) = crate::daemon::blocked_until(&p.schedule(&name)?, &jiff::Zoned::now()) {
+        if let Some(end) =
+            crate::daemon::blocked_until(&p.schedule(&name)?, &crate::daemon::clock::vcenter_now())
+        {
             tracing::info!(policy = %name, until = %end, "inside a blackout window: left for a later run");
             continue;
         }

@@ -75,7 +75,7 @@ fn policy_schedule(config: &AgentConfig, origin: &str) -> Option<crate::daemon::
 #[must_use]
 pub fn blackout_gate(schedule: crate::daemon::Schedule) -> engine::SnapshotGate {
     engine::SnapshotGate(Arc::new(move || {
-        crate::daemon::blocked_until(&schedule, &jiff::Zoned::now())
+        crate::daemon::blocked_until(&schedule, &crate::daemon::clock::vcenter_now())
     }))
 }
 
@@ -169,7 +169,7 @@ impl JobBody for Arc<BackupJobs> {
         let Some(schedule) = policy_schedule(&self.config, origin) else {
             return true;
         };
-        match crate::daemon::blocked_until(&schedule, &jiff::Zoned::now()) {
+        match crate::daemon::blocked_until(&schedule, &crate::daemon::clock::vcenter_now()) {
             None => true,
             Some(end) => {
                 tracing::debug!(origin = %origin, until = %end, "the scheduled run waits for the end of its blackout window");

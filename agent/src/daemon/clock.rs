@@ -38,6 +38,18 @@ pub fn skew_secs() -> i64 {
     SKEW_SECS.load(Ordering::Relaxed)
 }
 
+/// vCenter's time now, in this machine's time zone: the local clock less the last measured
+/// skew (the local clock until a first measurement). Schedules and blackout windows are
+/// judged by it, so that a proxy whose clock is hours off (a boot before NTP set it) runs
+/// a policy at the hour it is due and keeps its snapshots out of a window as vCenter
+/// (and the VCF Operations nodes) count them.
+#[must_use]
+pub fn vcenter_now() -> jiff::Zoned {
+    let now = jiff::Zoned::now();
+    now.checked_sub(jiff::SignedDuration::from_secs(skew_secs()))
+        .unwrap_or(now)
+}
+
 /// Records a measured skew (tests, and [`check`]).
 pub fn set_skew_secs(skew: i64) {
     let before = SKEW_SECS.swap(skew, Ordering::Relaxed);
