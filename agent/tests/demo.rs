@@ -68,9 +68,15 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // With --json, stdout is the one summary document; the narrative is on stderr.
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
-        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{stdout}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("registration"),
+            "the narrative is on stderr"
+        );
         assert_eq!(v["demo"], "ok");
         let steps = v["steps"].as_array().unwrap();
         assert_eq!(steps.len(), 4, "{v}");

@@ -27,6 +27,21 @@ use lab::vmstate::VmMoref;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// Set with `--json`: stdout then carries only the summary document, and the demo's
+/// narrative goes to stderr.
+static NARRATE_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A line of the demo's narrative: on stdout, or on stderr with `--json`.
+macro_rules! narrate {
+    ($($arg:tt)*) => {
+        if NARRATE_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        } else {
+            say!($($arg)*);
+        }
+    };
+}
+
 use crate::engine::restore::{
     self, RestoreEnv, RestoreEvent, RestoreMode, RestoreRequest, SupervisorTarget,
 };
@@ -84,6 +99,7 @@ struct Step {
 /// # Errors
 /// Any step that fails, with what it was doing.
 pub fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
+    NARRATE_TO_STDERR.store(json, std::sync::atomic::Ordering::Relaxed);
     // exec keeps the process id, so this default survives the re-exec below.
     let default_root = std::env::temp_dir().join(format!("vadp-agent-demo-{}", std::process::id()));
     let root = args.root.clone().unwrap_or(default_root);
@@ -101,7 +117,7 @@ pub fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
     if !args.keep && args.root.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     } else {
-        say!("lab kept at {}", root.display());
+        narrate!("lab kept at {}", root.display());
     }
     let steps = outcome?;
     print_summary(&steps, json)?;
@@ -155,7 +171,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         .thumbprint()
         .context("the lab's vCenter serves HTTPS")?
         .to_owned();
-    say!(
+    narrate!(
         "lab vCenter and Supervisor at {} (thumbprint {thumbprint})",
         vcenter.sdk_url()
     );
@@ -166,7 +182,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
     )?;
     let vddk = Vddk::load(libdir, Some(&config))?;
     let lib = vddk.library();
-    say!(
+    narrate!(
         "VDDK {} loaded from {} (transports {})",
         lib.major(),
         lib.path().display(),
@@ -186,7 +202,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         for (i, d) in disks.iter().enumerate() {
             guest_writes(&lab, vm, d.key, d.capacity_bytes, (10 * v + i) as u64, 4)?;
         }
-        say!(
+        narrate!(
             "VirtualMachine {NAMESPACE}/{name} is {} with {} disks ({})",
             vm.0,
             disks.len(),
@@ -273,7 +289,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         lab.find_vm_by_name(restored_name)?.is_none(),
         "VM Operator did not remove the vSphere VM"
     );
-    say!("deleted VirtualMachine {NAMESPACE}/{restored_name} (its vSphere VM and disks)");
+    narrate!("deleted VirtualMachine {NAMESPACE}/{restored_name} (its vSphere VM and disks)");
 
     // 5. Restore and registration.
     let report = rt.block_on(async {
@@ -287,7 +303,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         .await?;
         let last_percent = std::sync::atomic::AtomicU64::new(u64::MAX);
         let observer: restore::RestoreObserver = Arc::new(move |e: &RestoreEvent| match e {
-            RestoreEvent::Predicted { prediction } => say!(
+            RestoreEvent::Predicted { prediction } => narrate!(
                 "pre-flight: WCP will do a {}{}",
                 prediction.restore_type,
                 if prediction.refusals.is_empty() {
@@ -296,11 +312,11 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
                     format!(" but refuse: {:?}", prediction.refusals)
                 }
             ),
-            RestoreEvent::Step { message } => say!("  {message}"),
+            RestoreEvent::Step { message } => narrate!("  {message}"),
             RestoreEvent::Registration { completed, total } => {
                 let before = last_percent.swap(*completed, std::sync::atomic::Ordering::Relaxed);
                 if before != *completed {
-                    say!("  registration {completed}/{total} %");
+                    narrate!("  registration {completed}/{total} %");
                 }
             }
             _ => {}
@@ -338,7 +354,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             .as_str()
             .to_owned(),
     );
-    say!(
+    narrate!(
         "VirtualMachine {NAMESPACE}/{restored_name}: {} (vSphere VM {}), volumes {}",
         verification.power_state.as_deref().unwrap_or("?"),
         restored.0,
@@ -472,7 +488,7 @@ fn backup(rt: &tokio::runtime::Runtime, env: &Environment) -> anyhow::Result<Bac
             name, completed_ms, ..
         } = e
         {
-            say!("  snapshot of {name} after {completed_ms} ms");
+            narrate!("  snapshot of {name} after {completed_ms} ms");
         }
     });
     let report = rt

@@ -73,7 +73,7 @@ fn run_info(args: &InfoArgs, json: bool) -> anyhow::Result<()> {
             "optional_symbols": optional,
             "ld_library_path_prefix": reexec_dir,
         });
-        say!("{}", serde_json::to_string_pretty(&out)?);
+        say!("{}", serde_json::to_string(&out)?);
     } else {
         let text = render_text(&path, lib.major(), &modes, &symbols, reexec_dir.as_deref());
         say!("{}", text.strip_suffix('\n').unwrap_or(&text));
