@@ -284,6 +284,37 @@ concurrent_jobs = 2
         }
     }
 
+    /// `POST /v1/reconcile` says what it left alone: here a journal entry written against
+    /// another vCenter (a repository may serve several).
+    #[test]
+    fn reconcile_over_the_api_lists_another_vcenters_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, _lab, vm, _disk) = lab_with_vm(dir.path(), "other-1");
+        let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        {
+            let conn = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+            let detail = serde_json::json!({
+                "job": "0b5c1f3e-8a2d-4e7f-9c1b-2d3e4f5a6b7c",
+                "vcenter": "another-vcenter-uuid",
+                "snapshot": "snapshot-9",
+            });
+            conn.execute(
+                "INSERT INTO journal (kind, vm_moref, detail, opened_at, state)
+                 VALUES ('snapshot', ?1, ?2, 0, 'open')",
+                rusqlite::params![vm.0, detail.to_string()],
+            )
+            .unwrap();
+        }
+        let (_daemon, base) = serve(&config);
+        let rt = runtime();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let r = rt.block_on(client.reconcile()).unwrap();
+        assert_eq!(r.other_vcenter.len(), 1, "{r:?}");
+        assert!(r.other_vcenter[0].contains("another-vcenter-uuid"), "{r:?}");
+        assert_eq!(r.skipped_running, 0, "{r:?}");
+        assert!(r.snapshots_removed.is_empty(), "{r:?}");
+    }
+
     #[test]
     fn a_connection_that_never_finishes_its_request_is_closed() {
         use std::io::{Read as _, Write as _};

@@ -470,6 +470,13 @@ pub struct ReconcileResult {
     pub jobs_interrupted: Vec<String>,
     /// Half-created VMs to look at.
     pub half_created_vms: Vec<String>,
+    /// Journal entries left alone because their job is still running.
+    #[serde(default)]
+    pub skipped_running: u32,
+    /// Journal entries left alone because they were written against another vCenter
+    /// (a repository may serve several): what each is, for a reconcile against that one.
+    #[serde(default)]
+    pub other_vcenter: Vec<String>,
     /// What could not be undone (still journalled).
     pub errors: Vec<String>,
 }

@@ -558,6 +558,8 @@ async fn reconcile(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<Recon
             .iter()
             .map(|(vm, d)| format!("{vm}: {d}"))
             .collect(),
+        skipped_running: u32::try_from(r.skipped_running).unwrap_or(u32::MAX),
+        other_vcenter: r.other_vcenter,
         errors: r.errors,
     }))
 }
