@@ -337,10 +337,19 @@ pub struct PolicyConfig {
     /// Retention applied to its VMs after each successful run.
     #[serde(default)]
     pub retention: Option<RetentionConfig>,
+    /// Minutes after a failed run (a VMware Tools hiccup failing a quiesced snapshot, a
+    /// vCenter restart) when the daemon runs it again, once; 0: never (the policy waits
+    /// for its next daily run).
+    #[serde(default = "default_retry_failed_after_minutes")]
+    pub retry_failed_after_minutes: u32,
 }
 
 fn default_initial_run() -> bool {
     true
+}
+
+fn default_retry_failed_after_minutes() -> u32 {
+    30
 }
 
 /// The whole file.

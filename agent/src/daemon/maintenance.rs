@@ -471,6 +471,7 @@ mod tests {
             blackout: vec![],
             initial_run: false,
             priority: 0,
+            retry_failed_after_minutes: 0,
             retention: Some(RetentionConfig {
                 keep_last: 1,
                 keep_daily: 0,

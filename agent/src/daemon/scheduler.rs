@@ -198,26 +198,43 @@ pub(crate) enum Step {
     /// after it (two runs of one group at once would refuse each other's VMs).
     Wait,
     /// Its last run was interrupted (the daemon stopped or died while it ran): run it
-    /// again, once, now. A retry that is interrupted in its turn is not retried: the
-    /// policy waits for its next due run (a daemon stopped over and over must not turn one
-    /// run into an endless chain).
+    /// again, once, now; or it failed, and `retry_failed_after` has passed since: run it
+    /// again, once. A retry that is interrupted or fails in its turn is not retried: the
+    /// policy waits for its next due run (a daemon stopped over and over, or a VM that
+    /// always fails, must not turn one run into an endless chain).
     Retry(String),
     /// Submit a run if one is due.
     IfDue,
 }
 
-/// [`Step`] for `policy`, from the queue's jobs (newest first).
-pub(crate) fn next_step(policy: &str, jobs: &[plugin_api::types::Job]) -> Step {
+/// [`Step`] for `policy`, from the queue's jobs (newest first), at `now` (Unix seconds):
+/// a failed run is retried once `retry_failed_after` (none: never) has passed since it
+/// ended.
+pub(crate) fn next_step(
+    policy: &str,
+    jobs: &[plugin_api::types::Job],
+    retry_failed_after: Option<Duration>,
+    now: i64,
+) -> Step {
     use plugin_api::types::JobState;
     let origin = format!("schedule:{policy}");
+    let is_retry = |j: &plugin_api::types::Job| {
+        j.idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with(&format!("schedule:{policy}:retry:")))
+    };
     match jobs.iter().find(|j| j.origin == origin) {
         Some(j) if matches!(j.state, JobState::Queued | JobState::Running) => Step::Wait,
+        Some(j) if j.state == JobState::Interrupted && !is_retry(j) => Step::Retry(j.id.clone()),
         Some(j)
-            if j.state == JobState::Interrupted
-                && !j
-                    .idempotency_key
-                    .as_deref()
-                    .is_some_and(|k| k.starts_with(&format!("schedule:{policy}:retry:"))) =>
+            if j.state == JobState::Failed
+                && !is_retry(j)
+                && retry_failed_after.is_some_and(|after| {
+                    j.finished_at.is_some_and(|end| {
+                        now >= end
+                            .saturating_add(i64::try_from(after.as_secs()).unwrap_or(i64::MAX))
+                    })
+                }) =>
         {
             Step::Retry(j.id.clone())
         }
@@ -270,8 +287,17 @@ pub async fn run(
         };
         let jobs = queue.list();
         let mut runs = Vec::new();
-        for name in config.policy.keys() {
-            match next_step(name, &jobs) {
+        for (name, p) in &config.policy {
+            let retry_failed_after = (p.retry_failed_after_minutes > 0)
+                .then(|| Duration::from_secs(u64::from(p.retry_failed_after_minutes) * 60));
+            // Job times are this machine's (the queue's).
+            let local_now = jiff::Timestamp::now().as_second();
+            let step = match next_step(name, &jobs, retry_failed_after, local_now) {
+                // A retry that comes when the policy is due anyway is the due run.
+                Step::Retry(_) if due.iter().any(|r| &r.name == name) => Step::IfDue,
+                step => step,
+            };
+            match step {
                 Step::Wait => {
                     // Due again while its previous run has not ended (a hung vCenter task,
                     // a job waiting for a VM): said once per such run, not silently skipped.
@@ -305,7 +331,7 @@ pub async fn run(
             };
             let mut request = policy_request(&run, p);
             if let Some(job) = &retry_of {
-                tracing::warn!(policy = %name, interrupted = %job, "the policy's last run was interrupted: running it again");
+                tracing::warn!(policy = %name, job = %job, "the policy's last run was interrupted or failed: running it again");
                 request.idempotency_key = Some(format!("schedule:{name}:retry:{job}"));
             }
             let submission = Submission {
@@ -341,16 +367,20 @@ mod tests {
     use crate::daemon::tests::at;
 
     /// A policy's run waits while its previous run is queued or running, and a run the
-    /// daemon's stop interrupted is run again; one that ended otherwise leaves the policy to
-    /// its schedule.
+    /// daemon's stop interrupted is run again; one that failed is run again once its retry
+    /// delay has passed; one that ended otherwise leaves the policy to its schedule.
     #[test]
     fn a_run_waits_for_the_previous_one_and_an_interrupted_one_is_run_again() {
         let job = |id: &str, origin: &str, state: &str| -> plugin_api::types::Job {
             serde_json::from_value(serde_json::json!({
                 "id": id, "kind": "backup", "state": state, "origin": origin, "created_at": 0,
+                "finished_at": 1000,
             }))
             .unwrap()
         };
+        let never = None;
+        let next_step =
+            |policy: &str, jobs: &[plugin_api::types::Job]| next_step(policy, jobs, never, 5000);
         // Newest first, as `Queue::list` gives them.
         let jobs = |latest: &str| {
             vec![
@@ -378,6 +408,34 @@ mod tests {
         retried[1].idempotency_key = Some("schedule:nightly-2:retry:j1".into());
         assert_eq!(next_step("nightly", &retried), Step::Retry("j2".into()));
         assert_eq!(next_step("never-ran", &jobs("running")), Step::IfDue);
+
+        // A failed run: again once its delay has passed since it ended (at 1000), not
+        // before, never without a delay, and never a failed retry.
+        let half_hour = Some(Duration::from_secs(1800));
+        let failed = jobs("failed");
+        assert_eq!(
+            super::next_step("nightly", &failed, half_hour, 2799),
+            Step::IfDue
+        );
+        assert_eq!(
+            super::next_step("nightly", &failed, half_hour, 2800),
+            Step::Retry("j2".into())
+        );
+        assert_eq!(
+            super::next_step("nightly", &failed, None, 9999),
+            Step::IfDue
+        );
+        let mut failed_retry = failed.clone();
+        failed_retry[1].idempotency_key = Some("schedule:nightly:retry:j1".into());
+        assert_eq!(
+            super::next_step("nightly", &failed_retry, half_hour, 9999),
+            Step::IfDue
+        );
+        // A cancelled run is the client's decision: not retried.
+        assert_eq!(
+            super::next_step("nightly", &jobs("cancelled"), half_hour, 9999),
+            Step::IfDue
+        );
     }
 
     /// A last run recorded a month in the future (the clock was set back): the first check
