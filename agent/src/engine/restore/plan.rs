@@ -212,6 +212,15 @@ pub(super) async fn plan(
             "WCP registers this VM by itself (auto-registration is on), so a network override cannot be passed".into(),
         ));
     }
+    // A mapping registervm would refuse (or silently not apply) only after every disk was
+    // written: each must name a subnet the backup's VM uses (§9.3 step 1).
+    if !request.subnet_map.is_empty()
+        && let Some(yaml) = data.as_ref().and_then(|d| d.vm_yaml.as_ref())
+    {
+        for reason in subnet_map_problems(yaml, &request.subnet_map) {
+            prediction.refusals.push(ours("SubnetNotInBackup", reason));
+        }
+    }
     let mut disks = point.disks.clone();
     match prediction.restore_type {
         RestoreType::DiskOnly => {
@@ -744,6 +753,72 @@ pub(super) fn restored_vmx(
 /// it; the VirtualMachine's `spec.biosUUID` names it).
 const UUID_KEEP: &str = "uuid.action = \"keep\"";
 
+/// The subnets the backup's VM YAML attaches its interfaces to, as registervm's mappings
+/// name them: `(SUBNET|SUBNETSET, name)`, an interface without a network on the
+/// namespace's default SubnetSet (`SUBNETSET`, empty name).
+fn backup_subnets(yaml: &serde_json::Value) -> Vec<(String, String)> {
+    yaml.pointer("/spec/network/interfaces")
+        .and_then(serde_json::Value::as_array)
+        .map(|interfaces| {
+            interfaces
+                .iter()
+                .map(|i| {
+                    let network = i.get("network");
+                    let kind = network
+                        .and_then(|n| n.get("kind"))
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("SubnetSet");
+                    let name = network
+                        .and_then(|n| n.get("name"))
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default();
+                    let kind = if kind.eq_ignore_ascii_case("Subnet") {
+                        "SUBNET"
+                    } else if kind.eq_ignore_ascii_case("SubnetSet") {
+                        "SUBNETSET"
+                    } else {
+                        kind
+                    };
+                    (kind.to_owned(), name.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each mapping of `map` whose current subnet the backup's VM does not use, in words.
+fn subnet_map_problems(
+    yaml: &serde_json::Value,
+    map: &[crate::vsphere::SubnetMapping],
+) -> Vec<String> {
+    let used = backup_subnets(yaml);
+    let show = |(kind, name): &(String, String)| {
+        if name.is_empty() {
+            format!("{kind} (the namespace's default)")
+        } else {
+            format!("{kind} {name}")
+        }
+    };
+    map.iter()
+        .filter(|m| {
+            !used
+                .iter()
+                .any(|(k, n)| *k == m.current_subnet.kind && *n == m.current_subnet.name)
+        })
+        .map(|m| {
+            format!(
+                "--subnet-map names {}, which no interface of the backup's VM uses (it uses: {})",
+                show(&(m.current_subnet.kind.clone(), m.current_subnet.name.clone())),
+                if used.is_empty() {
+                    "no interface".to_owned()
+                } else {
+                    used.iter().map(show).collect::<Vec<_>>().join(", ")
+                }
+            )
+        })
+        .collect()
+}
+
 /// The directory part of a path inside a datastore (`""` at its root).
 fn dir_of(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(d, _)| d)
@@ -805,6 +880,30 @@ mod tests {
                 .unwrap_or_else(|| panic!("no uuid.action line at the end: {out}"))
                 .to_owned()
         })
+    }
+
+    /// A subnet mapping must name a subnet an interface of the backup's VM uses; an
+    /// interface without a network is on the namespace's default SubnetSet.
+    #[test]
+    fn a_subnet_mapping_names_a_subnet_the_backup_uses() {
+        let yaml = serde_json::json!({"spec": {"network": {"interfaces": [
+            {"name": "eth0", "network": {"apiVersion": "crd.nsx.vmware.com/v1alpha1",
+                                         "kind": "Subnet", "name": "subnet-prod-a"}},
+            {"name": "eth1"},
+        ]}}});
+        let map = |from: &str| vec![super::super::subnet_mapping(from, "x").unwrap()];
+        assert!(subnet_map_problems(&yaml, &map("subnet-prod-a")).is_empty());
+        assert!(subnet_map_problems(&yaml, &map("subnetset:")).is_empty());
+        let problems = subnet_map_problems(&yaml, &map("subnet-prod-b"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("SUBNET subnet-prod-b")
+                && problems[0].contains("SUBNET subnet-prod-a")
+                && problems[0].contains("SUBNETSET (the namespace's default)"),
+            "{problems:?}"
+        );
+        let problems = subnet_map_problems(&serde_json::json!({"spec": {}}), &map("a"));
+        assert!(problems[0].contains("no interface"), "{problems:?}");
     }
 
     /// A restored VM keeps its BIOS UUID without a question at its first power-on: the
