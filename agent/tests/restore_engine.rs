@@ -166,6 +166,22 @@ mod tests {
             buf
         }
 
+        /// A VM made in vSphere only (no VirtualMachine), in the namespace's folder, with
+        /// one thin disk of `mib` MiB.
+        fn plain_vm_in_namespace(&self, name: &str, mib: u64) -> VmMoref {
+            self.lab
+                .create_vm(
+                    name,
+                    &format!("/dc1/vm/Namespaces/{NS}"),
+                    &[lab::vmstate::NewDisk {
+                        capacity_bytes: mib * MIB,
+                        thin: true,
+                        fcd: false,
+                    }],
+                )
+                .unwrap()
+        }
+
         fn vm_by_name(&self, name: &str) -> Option<VmMoref> {
             self.lab
                 .vms()
@@ -347,6 +363,17 @@ mod tests {
             let repo = vadp_agent::repo::Repository::open(Path::new(&self.repo())).unwrap();
             repo.catalog().journal_open_entries().unwrap().len()
         }
+    }
+
+    /// `r` failed with refusal `id` among its prediction's.
+    fn assert_refused(r: &Run, id: &str) {
+        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            refusal_ids(r).iter().any(|i| i == id),
+            "{id} not in {:?}\n{}",
+            refusal_ids(r),
+            r.stderr
+        );
     }
 
     fn refusal_ids(r: &Run) -> Vec<String> {
@@ -955,18 +982,7 @@ mod tests {
         // Duplicate BIOS UUID (§7.1.1): the CR is gone but another VM in the folder has it.
         let bios = s.lab.vm(&vm).unwrap().bios_uuid;
         s.sup().delete("VirtualMachine", NS, "app-1").unwrap();
-        let other = s
-            .lab
-            .create_vm(
-                "copy",
-                &format!("/dc1/vm/Namespaces/{NS}"),
-                &[lab::vmstate::NewDisk {
-                    capacity_bytes: MIB,
-                    thin: true,
-                    fcd: false,
-                }],
-            )
-            .unwrap();
+        let other = s.plain_vm_in_namespace("copy", 1);
         s.lab
             .modify_vm(&other, |st| {
                 st.bios_uuid = bios;
@@ -1007,18 +1023,7 @@ mod tests {
             }
             let extra: Vec<(String, String)> = fixture_extra_config(&path);
             let name = file.trim_start_matches("bad/").trim_end_matches(".json");
-            let v = s
-                .lab
-                .create_vm(
-                    name,
-                    &format!("/dc1/vm/Namespaces/{NS}"),
-                    &[lab::vmstate::NewDisk {
-                        capacity_bytes: 2 * MIB,
-                        thin: true,
-                        fcd: false,
-                    }],
-                )
-                .unwrap();
+            let v = s.plain_vm_in_namespace(name, 2);
             s.lab.set_extra_config(&v, extra).unwrap();
             let p = fx.backup_moref(&v);
             let count = s.lab.vms().unwrap().len();
@@ -2313,12 +2318,7 @@ mod tests {
             lab::vmstate::PowerState::PoweredOff
         );
         let r = fx.restore(&p1, &["--mode", "existing"]);
-        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
-        assert!(
-            refusal_ids(&r).iter().any(|i| i == "vadp-agent:PoweredOn"),
-            "{:?}",
-            refusal_ids(&r)
-        );
+        assert_refused(&r, "vadp-agent:PoweredOn");
         assert!(
             r.stderr.contains("kubectl patch vm wants-on-1"),
             "{}",
@@ -2346,12 +2346,7 @@ mod tests {
         let disks_before = s.lab.vm(&vm).unwrap().disks.len();
         let disk = s.lab.vm(&vm).unwrap().disks[1].key;
         let r = fx.restore(&p1, &["--mode", "disk-only", "--disk", &disk.0.to_string()]);
-        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
-        assert!(
-            refusal_ids(&r).iter().any(|i| i == "vadp-agent:PoweredOn"),
-            "{:?}",
-            refusal_ids(&r)
-        );
+        assert_refused(&r, "vadp-agent:PoweredOn");
         assert!(r.stderr.contains("kubectl patch vm on-1"), "{}", r.stderr);
         assert_eq!(s.lab.vm(&vm).unwrap().disks.len(), disks_before);
         assert_eq!(fx.open_journal(), 0);
@@ -2366,25 +2361,9 @@ mod tests {
         s.create_vm("taken-1");
         let p1 = fx.backup("taken-1");
         s.sup().delete("VirtualMachine", NS, "taken-1").unwrap();
-        let other = s
-            .lab
-            .create_vm(
-                "taken-1",
-                &format!("/dc1/vm/Namespaces/{NS}"),
-                &[lab::vmstate::NewDisk {
-                    capacity_bytes: MIB,
-                    thin: true,
-                    fcd: false,
-                }],
-            )
-            .unwrap();
+        let other = s.plain_vm_in_namespace("taken-1", 1);
         let r = fx.restore(&p1, &[]);
-        assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
-        assert!(
-            refusal_ids(&r).iter().any(|i| i == "vadp-agent:NameTaken"),
-            "{:?}",
-            refusal_ids(&r)
-        );
+        assert_refused(&r, "vadp-agent:NameTaken");
         assert!(r.stderr.contains(&other.0), "{}", r.stderr);
         assert_eq!(fx.open_journal(), 0);
         let named = s

@@ -617,6 +617,17 @@ mod tests {
         format!("http://{addr}/").parse().unwrap()
     }
 
+    /// A client of the mock at `base` (plain HTTP, user `user`, password `pass`).
+    fn client_of(base: Url) -> VapiClient {
+        VapiClient::new(
+            base,
+            &TlsVerification::SystemRoots,
+            true,
+            Credentials::new("user", "pass"),
+        )
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn registervm_and_task_polling_with_relogin() {
         let logins = Arc::new(AtomicU32::new(0));
@@ -656,13 +667,7 @@ mod tests {
             }
         })
         .await;
-        let client = VapiClient::new(
-            base,
-            &TlsVerification::SystemRoots,
-            true,
-            Credentials::new("user", "pass"),
-        )
-        .unwrap();
+        let client = client_of(base);
         let task = client
             .register_vm("ns 1", &VmMoref::from("vm-42"))
             .await
@@ -714,13 +719,7 @@ mod tests {
             ),
         })
         .await;
-        let client = VapiClient::new(
-            base,
-            &TlsVerification::SystemRoots,
-            true,
-            Credentials::new("user", "pass"),
-        )
-        .unwrap();
+        let client = client_of(base);
         let err = client
             .wait_for_task("task-1", Duration::from_secs(30), |_| {})
             .await
