@@ -907,6 +907,12 @@ async fn set_up(
         }
         resolved.push((r.clone(), info));
     }
+    // Inside a blackout window before any change (CBT, PrepareForAccess): the wait then
+    // disables nothing on the VMs. Asked again just before the snapshots, should the
+    // set-up have reached a window.
+    if let Some(gate) = &ctx.request.snapshot_gate {
+        wait_for_snapshot_gate(gate, &ctx.cancel, &ctx.observer).await?;
+    }
     for (request, mut info) in resolved {
         check_cancel(ctx)?;
         let mut cbt_enabled_now = false;
