@@ -254,31 +254,30 @@ pub(super) async fn plan(
             }
         }
     }
-    // A disk-only restore adds disks to the VM and writes them: a running guest would see
-    // a blank disk appear (and might format it) while VDDK cannot open a disk the running
-    // VM holds for writing. It is refused up front, as a restore in place is.
+    // A restore in place writes the VM's disks, and a disk-only restore adds disks to the
+    // VM and writes them (a running guest would see a blank disk appear, and might format
+    // it, while VDDK cannot open a disk the running VM holds): both want it off, and off
+    // for VM Operator too.
     if let Some(info) = &existing_vm
-        && prediction.restore_type == RestoreType::DiskOnly
-        && info.power_state != Some(crate::vsphere::PowerState::PoweredOff)
-    {
-        prediction.refusals.push(ours(
-            "PoweredOn",
-            format!(
-                "{} ({name}) is not powered off: power it off before restoring disks into it \
-                 (kubectl patch vm {name} -n {namespace} --type merge -p \
-                 '{{\"spec\":{{\"powerState\":\"PoweredOff\"}}}}')",
-                info.moref
-            ),
-        ));
-    }
-    if let Some(info) = &existing_vm
-        && prediction.restore_type == RestoreType::Existing
+        && matches!(
+            prediction.restore_type,
+            RestoreType::Existing | RestoreType::DiskOnly
+        )
     {
         let vm = &info.moref;
         if info.power_state != Some(crate::vsphere::PowerState::PoweredOff) {
+            let what = if prediction.restore_type == RestoreType::Existing {
+                "restoring it in place (§9.2 step 2)"
+            } else {
+                "restoring disks into it"
+            };
             prediction.refusals.push(ours(
                 "PoweredOn",
-                format!("{vm} ({name}) is not powered off: power it off before restoring it in place (§9.2 step 2)"),
+                format!(
+                    "{vm} ({name}) is not powered off: power it off before {what}: kubectl \
+                     patch vm {name} -n {namespace} --type merge -p \
+                     '{{\"spec\":{{\"powerState\":\"PoweredOff\"}}}}'"
+                ),
             ));
         } else if let Some(wanted) = existing_cr
             .as_ref()
@@ -295,6 +294,11 @@ pub(super) async fn plan(
                 ),
             ));
         }
+    }
+    if let Some(info) = &existing_vm
+        && prediction.restore_type == RestoreType::Existing
+    {
+        let vm = &info.moref;
         // With a snapshot the disks' current files are deltas over the snapshot's: the
         // restore would write (or swap) redo logs the snapshot still stands on, and a
         // revert would bring the old disks back under the restored ExtraConfig.
