@@ -207,9 +207,14 @@ pub(crate) enum Step {
     IfDue,
 }
 
+/// How long after its retry delay a failed run may still be retried: a daemon that was
+/// down then (a failure at 23:10, a start at 09:00) leaves the run to the policy's next
+/// daily time rather than backing up in the middle of the working day.
+const RETRY_WINDOW_SECS: i64 = 2 * 3600;
+
 /// [`Step`] for `policy`, from the queue's jobs (newest first), at `now` (Unix seconds):
 /// a failed run is retried once `retry_failed_after` (none: never) has passed since it
-/// ended.
+/// ended, and no later than [`RETRY_WINDOW_SECS`] after that.
 pub(crate) fn next_step(
     policy: &str,
     jobs: &[plugin_api::types::Job],
@@ -231,8 +236,9 @@ pub(crate) fn next_step(
                 && !is_retry(j)
                 && retry_failed_after.is_some_and(|after| {
                     j.finished_at.is_some_and(|end| {
-                        now >= end
-                            .saturating_add(i64::try_from(after.as_secs()).unwrap_or(i64::MAX))
+                        let from =
+                            end.saturating_add(i64::try_from(after.as_secs()).unwrap_or(i64::MAX));
+                        (from..=from.saturating_add(RETRY_WINDOW_SECS)).contains(&now)
                     })
                 }) =>
         {
@@ -420,6 +426,15 @@ mod tests {
         assert_eq!(
             super::next_step("nightly", &failed, half_hour, 2800),
             Step::Retry("j2".into())
+        );
+        assert_eq!(
+            super::next_step("nightly", &failed, half_hour, 2800 + 7200),
+            Step::Retry("j2".into())
+        );
+        assert_eq!(
+            super::next_step("nightly", &failed, half_hour, 2801 + 7200),
+            Step::IfDue,
+            "too late: the next daily run takes over"
         );
         assert_eq!(
             super::next_step("nightly", &failed, None, 9999),
