@@ -345,7 +345,11 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    match maintenance::run_scheduled_verify(&env.repo, &config.maintenance, &jiff::Zoned::now()) {
+    match maintenance::run_scheduled_verify(
+        &env.repo,
+        &config.maintenance,
+        &crate::daemon::clock::vcenter_now(),
+    ) {
         Ok(Some((report, _))) if !report.is_ok() => code = ExitCode::from(2),
         Ok(_) => {}
         Err(e) => {

@@ -439,7 +439,8 @@ impl BackupJobs {
         let name = policy.to_owned();
         let vcenter = self.env.soap.service_content().about.instance_uuid.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let now = jiff::Timestamp::now().as_second();
+            // Points are stamped with vCenter's time; ages are measured by it too.
+            let now = crate::daemon::clock::vcenter_now().timestamp().as_second();
             maintenance::apply_retention(&repo, &name, &p, &vcenter, now, &failed)
         })
         .await;

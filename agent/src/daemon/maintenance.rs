@@ -373,7 +373,7 @@ pub async fn run(
         }
         if let Some(schedule) = &verify {
             let r = Arc::clone(&repo);
-            let now = Zoned::now();
+            let now = super::clock::vcenter_now();
             let n = now.clone();
             let due =
                 match tokio::task::spawn_blocking(move || verify_reference(&r, &n, true)).await {
