@@ -44,6 +44,10 @@ pub const DEFAULT_CHUNK_SIZE_BYTES: u32 = 1 << 20;
 /// `repo_meta` key set once the catalog holds no VMX or ExtraConfig, not even in free
 /// pages or its WAL (see `Repository::move_configs_out_of_catalog`).
 const SECRETS_SCRUBBED_KEY: &str = "secrets_scrubbed";
+/// [`SECRETS_SCRUBBED_KEY`] once `VACUUM` ran, its WAL not yet emptied.
+const VACUUMED: &str = "vacuumed";
+/// [`SECRETS_SCRUBBED_KEY`] once the WAL was emptied after it.
+const SCRUBBED: &str = "1";
 /// The disk key image mode uses for its single disk.
 pub const IMAGE_DISK_KEY: DiskKey = DiskKey(2000);
 
@@ -605,8 +609,8 @@ impl Repository {
     /// Catalog errors.
     fn move_configs_out_of_catalog(&self) -> Result<usize, RepoError> {
         let ids = self.catalog.points_with_inline_config()?;
-        let scrubbed = self.catalog.meta(SECRETS_SCRUBBED_KEY)?.is_some();
-        if ids.is_empty() && scrubbed {
+        let scrubbed = self.catalog.meta(SECRETS_SCRUBBED_KEY)?;
+        if ids.is_empty() && scrubbed.as_deref() == Some(SCRUBBED) {
             return Ok(0);
         }
         let mut moved = 0;
@@ -638,9 +642,15 @@ impl Repository {
             );
         }
         if failed == 0 {
-            self.catalog.vacuum()?;
+            // VACUUM once (it rewrites the whole file and holds the write lock meanwhile);
+            // the WAL is emptied at each open until a checkpoint gets it whole (a reader in
+            // another process can hold it back).
+            if moved > 0 || scrubbed.is_none() {
+                self.catalog.vacuum()?;
+                self.catalog.set_meta(SECRETS_SCRUBBED_KEY, VACUUMED)?;
+            }
             if self.catalog.checkpoint_truncate()? {
-                self.catalog.set_meta(SECRETS_SCRUBBED_KEY, "1")?;
+                self.catalog.set_meta(SECRETS_SCRUBBED_KEY, SCRUBBED)?;
             } else {
                 tracing::info!(
                     "the catalog's WAL is in use by another process: it is emptied at a later \
