@@ -255,6 +255,7 @@ fn observer(json: bool) -> RestoreObserver {
     }
     let bars: DiskBars<DiskKey> = DiskBars::new();
     let registration: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    let printed_registration: Mutex<Option<(u64, u64)>> = Mutex::new(None);
     Arc::new(move |e: &RestoreEvent| match e {
         RestoreEvent::Predicted { prediction } => print_prediction(prediction),
         RestoreEvent::Step { message } => bars.println(format!("- {message}")),
@@ -280,7 +281,14 @@ fn observer(json: bool) -> RestoreObserver {
         }
         RestoreEvent::Registration { completed, total } => {
             if !bars.terminal() {
-                bars.println(format!("- registration {completed}/{total}"));
+                // One line per step of the task, not one per poll (every few seconds).
+                let mut last = printed_registration
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *last != Some((*completed, *total)) {
+                    *last = Some((*completed, *total));
+                    bars.println(format!("- registration {completed}/{total}"));
+                }
                 return;
             }
             let mut r = registration
