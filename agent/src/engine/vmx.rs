@@ -30,13 +30,22 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<(String, String)>, VmxError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        // The key only when the line reads as one (`key = …`, as ESXi writes them, with a
+        // key's characters): in a stray line of base64 the text before a padding `=` is
+        // the value itself.
         let bad = || VmxError {
             line: i + 1,
             key: line
-                .split_once('=')
+                .split_once(" =")
                 .map(|(k, _)| k.trim())
-                .filter(|k| !k.is_empty())
-                .map(|k| k.chars().take(80).collect()),
+                .filter(|k| {
+                    !k.is_empty()
+                        && k.len() <= 80
+                        && k.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
+                        })
+                })
+                .map(str::to_owned),
         };
         let (key, value) = line.split_once('=').ok_or_else(bad)?;
         let key = key.trim();
@@ -108,6 +117,10 @@ mod tests {
             text.contains("\"guestinfo.userdata\"") && !text.contains("c2VjcmV0"),
             "{text}"
         );
+        // Base64 before a padding `=`: no key named, nothing of the value shown.
+        let err = parse(b"a = \"1\"\nc2VjcmV0LXBhc3N3b3Jk==\n").unwrap_err();
+        assert_eq!(err.key, None);
+        assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
         assert!(parse(b"k = unquoted\n").is_err());
         assert!(parse(b" = \"x\"\n").is_err());
     }
