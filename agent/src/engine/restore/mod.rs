@@ -1562,8 +1562,8 @@ async fn restore_steps(
         }
         step("registration complete; reading the VirtualMachine back".into());
         super::pause_point("restore-before-verify").await;
-        // The VM is restored and registered by now: a Supervisor that cannot be read makes
-        // the check a problem of the report (the job ends failed, with what was done), not
+        // The VM is restored and registered by now: a check that cannot read it back (the
+        // Supervisor or vCenter unreachable) is a problem of the report (the job ends failed, with what was done), not
         // an error that would hide the report.
         report.verification = Some(match verify::verify(renv, plan, report).await {
             Ok(v) => v,
@@ -1572,7 +1572,7 @@ async fn restore_steps(
                 Verification {
                     problems: vec![format!(
                         "the VM is registered, but the check after registration could not \
-                         read the Supervisor: {}; check it with `kubectl get vm -n {} {}`",
+                         read it back: {}; check it with `kubectl get vm -n {} {}`",
                         crate::engine::error_chain(&e),
                         plan.namespace,
                         plan.name
