@@ -377,8 +377,9 @@ pub struct VerifyResult {
     /// The subset re-read, as requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
-    /// Problems (`kind`: `catalog`, `index` or `chunk`, with the points affected; a chunk's
-    /// `state` is `missing`, `corrupt` or `unreadable`).
+    /// Problems (`kind`: `catalog`, `index`, `config` (a point's `.vmx`, ExtraConfig and
+    /// NVRAM file) or `chunk`, with the points affected; a chunk's `state` is `missing`,
+    /// `corrupt` or `unreadable`).
     #[schema(value_type = Vec<Object>)]
     #[serde(default)]
     pub problems: Vec<serde_json::Value>,
