@@ -50,7 +50,7 @@ pub struct ConnectionArgs {
     #[arg(long, env = "VADP_AGENT_DATACENTER")]
     pub datacenter: Option<String>,
     /// VDDK distribution directory (holding lib64/libvixDiskLib.so.*).
-    #[arg(long, env = "VADP_VDDK_LIBDIR")]
+    #[arg(long, visible_alias = "libdir", env = "VADP_VDDK_LIBDIR")]
     pub vddk_libdir: PathBuf,
     /// VDDK configuration file handed to InitEx.
     #[arg(long, env = "VADP_VDDK_CONFIG")]
@@ -64,7 +64,7 @@ pub struct ConnectionArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// The repository.
-    #[arg(long)]
+    #[arg(long, env = "VADP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     /// VMs to back up together: NAMESPACE/NAME (VM Service VMs) or a moref (vm-42).
     #[arg(long = "vm", required = true)]
@@ -102,7 +102,7 @@ pub struct BackupArgs {
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// The repository whose journal to reconcile.
-    #[arg(long)]
+    #[arg(long, env = "VADP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     /// Also remove our tagged snapshots from these VMs (morefs) when no running job of this
     /// repository owns them.
@@ -122,7 +122,7 @@ pub struct ReconcileArgs {
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     /// The repository.
-    #[arg(long)]
+    #[arg(long, env = "VADP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     /// The restore point.
     pub point: RestorePointId,

@@ -24,7 +24,7 @@ use crate::vsphere::{Credentials, SubnetMapping, TlsVerification};
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The repository.
-    #[arg(long)]
+    #[arg(long, env = "VADP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
     /// The restore point.
     #[arg(long)]
