@@ -902,6 +902,27 @@ mod tests {
         }
     }
 
+    /// A queue running [`Gated`] bodies, `limit` at a time, over a new catalog at `db`:
+    /// the catalog, its thread (the catalog closes once both are dropped), the body, the
+    /// queue and the jobs it found interrupted.
+    async fn gated_queue(
+        db: &std::path::Path,
+        limit: usize,
+    ) -> (
+        CatalogHandle,
+        crate::repo::catalog::CatalogThread,
+        Arc<Gated>,
+        Queue,
+        Vec<String>,
+    ) {
+        let (catalog, thread) = CatalogHandle::spawn(db).unwrap();
+        let body = Gated::closed();
+        let (q, interrupted) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), limit)
+            .await
+            .unwrap();
+        (catalog, thread, body, q, interrupted)
+    }
+
     fn submission(n: usize, priority: i32) -> Submission {
         Submission {
             kind: JobKind::Backup,
@@ -933,11 +954,7 @@ mod tests {
     async fn a_cancel_the_catalog_refuses_leaves_the_job_queued() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("catalog.db");
-        let (catalog, _t) = CatalogHandle::spawn(&db).unwrap();
-        let body = Gated::closed();
-        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
-            .await
-            .unwrap();
+        let (_catalog, _t, body, q, _) = gated_queue(&db, 1).await;
         q.submit(submission(0, 0)).await.unwrap();
         let (queued, _) = q.submit(submission(1, 0)).await.unwrap();
         wait_until(&q, 1).await;
@@ -961,11 +978,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_that_ended_beyond_the_keep_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
-        let body = Gated::closed();
-        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
-            .await
-            .unwrap();
+        let (catalog, _t, body, q, _) = gated_queue(&dir.path().join("catalog.db"), 1).await;
         let (done, _) = q.submit(submission(0, 0)).await.unwrap();
         body.release.add_permits(1);
         wait_for(&q, 1, 0).await;
@@ -1003,11 +1016,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fifty_jobs_limit_four_none_lost_limit_never_exceeded() {
         let dir = tempfile::tempdir().unwrap();
-        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
-        let body = Gated::closed();
-        let (q, interrupted) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 4)
-            .await
-            .unwrap();
+        let (catalog, _t, body, q, interrupted) =
+            gated_queue(&dir.path().join("catalog.db"), 4).await;
         assert!(interrupted.is_empty());
         for n in 0..50 {
             q.submit(submission(n, 0)).await.unwrap();
@@ -1111,11 +1121,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancel_survives_a_crash_before_the_job_ended() {
         let dir = tempfile::tempdir().unwrap();
-        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
-        let body = Gated::closed();
-        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
-            .await
-            .unwrap();
+        let (catalog, _t, body, q, _) = gated_queue(&dir.path().join("catalog.db"), 1).await;
         let (cancelled, _) = q.submit(submission(0, 0)).await.unwrap();
         wait_until(&q, 1).await;
         let (other, _) = q.submit(submission(1, 0)).await.unwrap();
@@ -1139,11 +1145,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queued_jobs_followers_are_let_go_at_shutdown() {
         let dir = tempfile::tempdir().unwrap();
-        let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
-        let body = Gated::closed();
-        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
-            .await
-            .unwrap();
+        let (_catalog, _t, body, q, _) = gated_queue(&dir.path().join("catalog.db"), 1).await;
         let (_running, _) = q.submit(submission(0, 0)).await.unwrap();
         wait_until(&q, 1).await;
         let (queued, _) = q.submit(submission(1, 0)).await.unwrap();
@@ -1170,11 +1172,7 @@ mod tests {
             (false, true, JobState::Cancelled),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
-            let body = Gated::closed();
-            let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
-                .await
-                .unwrap();
+            let (catalog, _t, body, q, _) = gated_queue(&dir.path().join("catalog.db"), 1).await;
             let mut sub = submission(0, 0);
             sub.request["fails_when_cancelled"] = fails.into();
             let (job, _) = q.submit(sub).await.unwrap();
@@ -1315,11 +1313,7 @@ mod tests {
     async fn priority_first_and_queued_jobs_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("catalog.db");
-        let (catalog, _t) = CatalogHandle::spawn(&db).unwrap();
-        let body = Gated::closed();
-        let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
-            .await
-            .unwrap();
+        let (catalog, _t, body, q, _) = gated_queue(&db, 1).await;
         let (first, _) = q.submit(submission(0, 0)).await.unwrap();
         wait_until(&q, 1).await;
         let (low, _) = q.submit(submission(1, 0)).await.unwrap();
