@@ -406,6 +406,26 @@ pub fn predict(facts: &Facts<'_>) -> Prediction {
 mod tests {
     use super::*;
 
+    /// The facts of web-1's restore into its own namespace on VCF 9, from `data`, with the
+    /// VirtualMachine `cr` when there is one.
+    fn web1_facts<'a>(
+        data: &'a crate::vmservice::VmServiceData,
+        cr: Option<&'a serde_json::Value>,
+    ) -> Facts<'a> {
+        Facts {
+            data: Some(data),
+            name: "web-1",
+            namespace: "demo-ns",
+            folder_exists: true,
+            supervisor: SupervisorVersion::Vcf9,
+            vcenter_uuid: "vc",
+            existing_cr: cr,
+            vm_with_bios_uuid: None,
+            backup_bios_uuid: None,
+            network_override: false,
+        }
+    }
+
     /// §7.1.3: with the VirtualMachine there, WCP needs the backup's version to choose
     /// between restoring to it and restoring disks only.
     #[test]
@@ -417,18 +437,7 @@ mod tests {
         assert!(data.vm_yaml.is_some() && data.backup_version_ms.is_none());
         let cr = serde_json::json!({"metadata": {"annotations": {
             "vmoperator.vmware.com/backup-version": "1700000000000"}}});
-        let facts = Facts {
-            data: Some(&data),
-            name: "web-1",
-            namespace: "demo-ns",
-            folder_exists: true,
-            supervisor: SupervisorVersion::Vcf9,
-            vcenter_uuid: "vc",
-            existing_cr: Some(&cr),
-            vm_with_bios_uuid: None,
-            backup_bios_uuid: None,
-            network_override: false,
-        };
+        let facts = web1_facts(&data, Some(&cr));
         let p = predict(&facts);
         assert!(
             p.refusals.iter().any(|r| r.id
@@ -472,18 +481,7 @@ mod tests {
         }
         let data = crate::vmservice::decode(&extra).unwrap();
         assert!(data.pvc_disks.is_empty());
-        let p = predict(&Facts {
-            data: Some(&data),
-            name: "web-1",
-            namespace: "demo-ns",
-            folder_exists: true,
-            supervisor: SupervisorVersion::Vcf9,
-            vcenter_uuid: "vc",
-            existing_cr: None,
-            vm_with_bios_uuid: None,
-            backup_bios_uuid: None,
-            network_override: false,
-        });
+        let p = predict(&web1_facts(&data, None));
         assert!(
             p.refusals
                 .iter()
@@ -509,16 +507,8 @@ mod tests {
             "spec": {"biosUUID": "77408572-146a-4b20-b32d-75673620da45"},
         });
         let facts = |bios: &'static str| Facts {
-            data: Some(&data),
-            name: "web-1",
-            namespace: "demo-ns",
-            folder_exists: true,
-            supervisor: SupervisorVersion::Vcf9,
-            vcenter_uuid: "vc",
-            existing_cr: Some(&cr),
-            vm_with_bios_uuid: None,
             backup_bios_uuid: Some(bios),
-            network_override: false,
+            ..web1_facts(&data, Some(&cr))
         };
         let same = predict(&facts("77 40 85 72 14 6a 4b 20-b3 2d 75 67 36 20 da 45"));
         assert!(same.refusals.is_empty(), "{:?}", same.refusals);
@@ -543,23 +533,7 @@ mod tests {
         ))
         .unwrap();
         let version = data.backup_version_ms.unwrap();
-        fn facts<'a>(
-            data: &'a crate::vmservice::VmServiceData,
-            cr: Option<&'a serde_json::Value>,
-        ) -> Facts<'a> {
-            Facts {
-                data: Some(data),
-                name: "web-1",
-                namespace: "demo-ns",
-                folder_exists: true,
-                supervisor: SupervisorVersion::Vcf9,
-                vcenter_uuid: "vc",
-                existing_cr: cr,
-                vm_with_bios_uuid: None,
-                backup_bios_uuid: None,
-                network_override: false,
-            }
-        }
+        let facts = web1_facts;
         let reverting = |p: &Prediction| {
             p.refusals
                 .iter()
