@@ -1043,10 +1043,6 @@ fn lock(m: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The largest NVRAM file kept (an EFI VM's is about 8 KiB to 1 MiB, a vTPM's state in it
-/// included).
-const MAX_NVRAM_BYTES: u64 = 16 << 20;
-
 /// The VM's NVRAM file: the `.vmx`'s `nvram` entry, a file name in the `.vmx`'s directory
 /// (default `<vmx name>.nvram`). `None` when the VM has none (404: never powered on, or
 /// BIOS firmware), or names one elsewhere (an absolute path, which the restore could not
@@ -1059,7 +1055,11 @@ async fn download_nvram(
     let Some(path) = nvram_path(vmx, entries) else {
         return Ok(None);
     };
-    match env.soap.download_small(&path, MAX_NVRAM_BYTES).await {
+    match env
+        .soap
+        .download_small(&path, crate::repo::point_config::MAX_FILE_KEPT_BYTES)
+        .await
+    {
         Ok(bytes) => Ok(Some(bytes)),
         Err(crate::vsphere::DatastoreError::Http { status: 404, .. }) => Ok(None),
         Err(e) => Err(e),
@@ -1189,10 +1189,6 @@ async fn clean_up(ctx: &JobCtx, vm: &VmMoref, effects: &Mutex<Effects>) -> Vec<S
     problems
 }
 
-/// The largest VMX file a backup reads (vSphere's are kilobytes; a VM Service VM's
-/// ExtraConfig adds some hundreds).
-const MAX_VMX_BYTES: u64 = 16 << 20;
-
 /// How one disk will be read.
 #[derive(Debug)]
 enum Plan {
@@ -1269,7 +1265,7 @@ async fn back_up_vm_inner(
     })?;
     let vmx_bytes = env
         .soap
-        .download_small(&ds_path, MAX_VMX_BYTES)
+        .download_small(&ds_path, crate::repo::point_config::MAX_FILE_KEPT_BYTES)
         .await
         .map_err(|source| BackupError::Datastore {
             what: format!("downloading the VMX of {who} ({vmx_path})"),

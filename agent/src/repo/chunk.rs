@@ -262,7 +262,7 @@ pub fn check(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
 }
 
 /// Parse the header of `encoded` and check its lengths (not the checksum).
-fn parse_header(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
+pub(crate) fn parse_header(encoded: &[u8]) -> Result<ChunkHeader, ChunkError> {
     if encoded.len() < HEADER_LEN {
         return Err(ChunkError::Truncated {
             expected: HEADER_LEN as u64,

@@ -27,22 +27,30 @@ use crate::repo::durable;
 
 /// File name of a point's configuration inside `indexes/<point>/`.
 pub const CONFIG_FILE: &str = "config.chunk";
-/// Largest configuration document written or read: a `.vmx` is at most 16 MiB (the backup
-/// refuses a larger one); in the document it is base64 (4/3 of it) next to its ExtraConfig
-/// as JSON, whose escapes take at most 6 bytes for one.
-const MAX_PLAIN_BYTES: usize = 160 << 20;
+/// The largest `.vmx` and the largest NVRAM file a backup keeps (vSphere's are kilobytes;
+/// a VM Service VM's ExtraConfig adds some hundreds; an EFI VM's NVRAM, a vTPM's state in
+/// it, is at most about 1 MiB).
+pub const MAX_FILE_KEPT_BYTES: u64 = 16 << 20;
+/// Largest configuration document written or read: the `.vmx` and the NVRAM in base64 (4/3
+/// of each) next to the ExtraConfig as JSON, whose escapes take at most 6 bytes for one of
+/// the `.vmx`'s.
+#[allow(clippy::cast_possible_truncation)] // 160 MiB and less fit a usize
+const MAX_PLAIN_BYTES: usize = (MAX_FILE_KEPT_BYTES * (4 + 4 + 6 * 3) / 3) as usize + (1 << 20);
 /// Largest configuration file read (the document stored raw or compressed, with a header).
 const MAX_FILE_BYTES: u64 = (MAX_PLAIN_BYTES + (1 << 20)) as u64;
 
-/// What a restore point keeps besides its disks.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// What a restore point keeps besides its disks; in its file, a JSON document (the bytes in
+/// base64).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Config {
     /// The `.vmx` file, byte for byte.
+    #[serde(with = "crate::repo::manifest::base64_bytes")]
     pub vmx: Option<Vec<u8>>,
     /// ExtraConfig as JSON (`[[key, value], …]`).
     pub extra_config: Option<serde_json::Value>,
     /// The NVRAM file, byte for byte (none for a VM that has none yet, and for points
     /// made before it was kept).
+    #[serde(default, with = "crate::repo::manifest::base64_bytes")]
     pub nvram: Option<Vec<u8>>,
 }
 
@@ -52,15 +60,6 @@ impl Config {
     pub fn is_empty(&self) -> bool {
         self.vmx.is_none() && self.extra_config.is_none() && self.nvram.is_none()
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Document {
-    #[serde(with = "crate::repo::manifest::base64_bytes")]
-    vmx: Option<Vec<u8>>,
-    extra_config: Option<serde_json::Value>,
-    #[serde(default, with = "crate::repo::manifest::base64_bytes")]
-    nvram: Option<Vec<u8>>,
 }
 
 /// Why a point's configuration file could not be written or read.
@@ -122,12 +121,7 @@ pub fn path_in(dir: &Path) -> PathBuf {
 /// or directory.
 pub fn write(dir: &Path, config: &Config) -> Result<ChunkDigest, ConfigError> {
     let path = path_in(dir);
-    let plain = serde_json::to_vec(&Document {
-        vmx: config.vmx.clone(),
-        extra_config: config.extra_config.clone(),
-        nvram: config.nvram.clone(),
-    })
-    .expect("a JSON value and bytes serialize");
+    let plain = serde_json::to_vec(config).expect("a JSON value and bytes serialize");
     if plain.len() > MAX_PLAIN_BYTES {
         // Refused here, where the backup can still fail: written, it would never read back.
         return Err(ConfigError::TooLarge {
@@ -155,16 +149,7 @@ pub fn write(dir: &Path, config: &Config) -> Result<ChunkDigest, ConfigError> {
 /// document is wrong; each names the file.
 pub fn read(dir: &Path, digest: &ChunkDigest) -> Result<Config, ConfigError> {
     let path = path_in(dir);
-    let io = |source: std::io::Error| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            ConfigError::Missing { path: path.clone() }
-        } else {
-            ConfigError::Io {
-                path: path.clone(),
-                source,
-            }
-        }
-    };
+    let io = |source| ConfigError::from_io(&path, source);
     let corrupt = |what: String| ConfigError::Corrupt {
         path: path.clone(),
         what,
@@ -185,7 +170,8 @@ pub fn read(dir: &Path, digest: &ChunkDigest) -> Result<Config, ConfigError> {
     if encoded.len() as u64 > MAX_FILE_BYTES {
         return Err(too_large());
     }
-    let header = chunk::check(&encoded).map_err(|e| corrupt(e.to_string()))?;
+    // The header only: `decode` checks the checksum and the digest.
+    let header = chunk::parse_header(&encoded).map_err(|e| corrupt(e.to_string()))?;
     if header.plain_len > MAX_PLAIN_BYTES {
         return Err(corrupt(format!(
             "the header announces {} bytes, more than any configuration",
@@ -198,13 +184,34 @@ pub fn read(dir: &Path, digest: &ChunkDigest) -> Result<Config, ConfigError> {
         }
         e => corrupt(e.to_string()),
     })?;
-    let doc: Document =
-        serde_json::from_slice(&plain).map_err(|e| corrupt(format!("document: {e}")))?;
-    Ok(Config {
-        vmx: doc.vmx,
-        extra_config: doc.extra_config,
-        nvram: doc.nvram,
-    })
+    serde_json::from_slice(&plain).map_err(|e| corrupt(format!("document: {e}")))
+}
+
+/// Whether `dir/config.chunk` is there (without reading it).
+///
+/// # Errors
+/// [`ConfigError::Missing`] or [`ConfigError::Io`], naming the file.
+pub fn check_present(dir: &Path) -> Result<(), ConfigError> {
+    let path = path_in(dir);
+    fs::metadata(&path)
+        .map(drop)
+        .map_err(|source| ConfigError::from_io(&path, source))
+}
+
+impl ConfigError {
+    /// An I/O error on `path`: [`Self::Missing`] for one that is not there.
+    fn from_io(path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Self::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Self::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -281,16 +281,7 @@ pub fn verify(
         let checked = if select.reads(digest) {
             point_config::read(&dir, digest).map(drop)
         } else {
-            std::fs::metadata(&path).map(drop).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    point_config::ConfigError::Missing { path: path.clone() }
-                } else {
-                    point_config::ConfigError::Io {
-                        path: path.clone(),
-                        source,
-                    }
-                }
-            })
+            point_config::check_present(&dir)
         };
         if let Err(e) = checked {
             report.problems.push(VerifyProblem::Config {
