@@ -622,7 +622,7 @@ impl Repository {
                 Err(e) => return Err(e),
             };
             match self.move_config(id) {
-                Ok(()) => moved += 1,
+                Ok(_) => moved += 1,
                 Err(e) => {
                     failed += 1;
                     tracing::warn!(
@@ -662,17 +662,18 @@ impl Repository {
     }
 
     /// [`Self::move_configs_out_of_catalog`] for one point, whose lease the caller holds.
-    fn move_config(&self, id: RestorePointId) -> Result<(), RepoError> {
-        let Some(c) = self.catalog.point_config(id)? else {
-            return Ok(());
+    /// Returns what the catalog now holds of its configuration (none for an unknown point).
+    fn move_config(&self, id: RestorePointId) -> Result<Option<PointConfig>, RepoError> {
+        let Some(mut c) = self.catalog.point_config(id)? else {
+            return Ok(None);
         };
         let config = Config {
-            vmx: c.vmx,
-            extra_config: c.extra_config,
+            vmx: c.vmx.take(),
+            extra_config: c.extra_config.take(),
             nvram: None,
         };
         if config.is_empty() {
-            return Ok(());
+            return Ok(Some(c));
         }
         let dir = self.point_dir(id);
         let digest = point_config::write(&dir, &config)
@@ -685,7 +686,8 @@ impl Repository {
             m.write(&dir)?;
         }
         self.catalog.config_moved(id, digest)?;
-        Ok(())
+        c.digest = Some(digest);
+        Ok(Some(c))
     }
 
     /// The index directory of point `id` (`indexes/<id>`).
@@ -695,23 +697,8 @@ impl Repository {
 
     /// Write `point`'s VMX, ExtraConfig and NVRAM, if it has them, to its config file and
     /// leave only the file's digest in `point` (for its manifest and the catalog).
-    fn keep_config(&self, point: &mut NewPoint) -> Result<(), RepoError> {
-        let config = Config {
-            vmx: point.vmx.take(),
-            extra_config: point.extra_config.take(),
-            nvram: point.nvram.take(),
-        };
-        if !config.is_empty() {
-            point.config_digest = Some(
-                point_config::write(&self.point_dir(point.id), &config).map_err(|source| {
-                    RepoError::Config {
-                        point: point.id,
-                        source,
-                    }
-                })?,
-            );
-        }
-        Ok(())
+    fn keep_config(&self, point: &mut NewPoint) -> Result<bool, RepoError> {
+        keep_config(&self.point_dir(point.id), point)
     }
 
     /// The configuration restore point `id` kept besides its disks: its VMX and NVRAM byte
@@ -1018,7 +1005,7 @@ impl Repository {
         let facts = self.repo_facts()?;
         let mut written = 0;
         for p in self.catalog.list_points()? {
-            let dir = self.root.join("indexes").join(p.id.to_string());
+            let dir = self.point_dir(p.id);
             if dir.join(MANIFEST_FILE).exists() {
                 continue;
             }
@@ -1033,16 +1020,18 @@ impl Repository {
             // A configuration the catalog still holds goes to the config file first; a
             // point whose move fails gets no manifest yet (one without it would lose the
             // configuration in a rebuild) and the others still do.
-            if let Err(e) = self.move_config(p.id) {
-                tracing::warn!(
-                    point = %p.id,
-                    error = %verify::error_chain(&e),
-                    "could not move the restore point's .vmx and ExtraConfig out of the \
-                     catalog: its manifest is written once that succeeds"
-                );
-                continue;
-            }
-            let config = self.catalog.point_config(p.id)?;
+            let config = match self.move_config(p.id) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(
+                        point = %p.id,
+                        error = %verify::error_chain(&e),
+                        "could not move the restore point's .vmx and ExtraConfig out of the \
+                         catalog: its manifest is written once that succeeds"
+                    );
+                    continue;
+                }
+            };
             let point = NewPoint {
                 id: p.id,
                 vm: p.vm,
@@ -1099,8 +1088,7 @@ impl Repository {
         let id = point.id;
         let commit = move || -> Result<(), RepoError> {
             self.keep_config(&mut point)?;
-            Manifest::of(&point, self.repo_facts()?)
-                .write(&self.root.join("indexes").join(point.id.to_string()))?;
+            Manifest::of(&point, self.repo_facts()?).write(&self.point_dir(point.id))?;
             self.catalog.commit_point(point)?;
             Ok(())
         };
@@ -1796,7 +1784,7 @@ impl Repository {
     /// After the points' catalog commit: a crash or an error here leaves an orphan index
     /// directory, which GC removes.
     fn remove_index_dir(&self, id: RestorePointId) {
-        let dir = self.root.join("indexes").join(id.to_string());
+        let dir = self.point_dir(id);
         if let Err(e) = fs::remove_dir_all(&dir) {
             tracing::warn!(path = %dir.display(), error = %e, "index dir left for gc");
         }
@@ -2028,23 +2016,12 @@ impl Repository {
         catalog.set_meta("chunk_layout", &facts.chunk_layout)?;
         for m in &found {
             let mut point = m.to_new_point();
-            let config = Config {
-                vmx: point.vmx.take(),
-                extra_config: point.extra_config.take(),
-                nvram: point.nvram.take(),
-            };
-            if !config.is_empty() {
-                // A manifest from before schema 6 holds the configuration inline: it goes
-                // to the point's config file, and the manifest is written again without it.
-                let dir = path.join("indexes").join(point.id.to_string());
-                let digest =
-                    point_config::write(&dir, &config).map_err(|source| RepoError::Config {
-                        point: point.id,
-                        source,
-                    })?;
-                point.config_digest = Some(digest);
+            // A manifest from before schema 6 holds the configuration inline: it goes to
+            // the point's config file, and the manifest is written again without it.
+            let dir = path.join("indexes").join(point.id.to_string());
+            if keep_config(&dir, &mut point)? {
                 let mut rewritten = m.clone();
-                rewritten.config_moved(digest);
+                rewritten.config_moved(point.config_digest.expect("just written"));
                 rewritten.write(&dir)?;
             }
             catalog.commit_point(&point)?;
@@ -2088,6 +2065,26 @@ impl Repository {
         durable::sync_dir(path).map_err(io(path))?;
         Ok(report)
     }
+}
+
+/// Write `point`'s VMX, ExtraConfig and NVRAM, if it has them, to its config file in `dir`
+/// (its index directory) and leave only the file's digest in `point`. Returns whether
+/// there was anything to write.
+fn keep_config(dir: &Path, point: &mut NewPoint) -> Result<bool, RepoError> {
+    let config = Config {
+        vmx: point.vmx.take(),
+        extra_config: point.extra_config.take(),
+        nvram: point.nvram.take(),
+    };
+    if config.is_empty() {
+        return Ok(false);
+    }
+    let digest = point_config::write(dir, &config).map_err(|source| RepoError::Config {
+        point: point.id,
+        source,
+    })?;
+    point.config_digest = Some(digest);
+    Ok(true)
 }
 
 /// Whether SQLite's error says the database file is damaged (rather than unreadable for
