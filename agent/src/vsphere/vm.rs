@@ -109,24 +109,30 @@ impl SoapClient {
             .collect())
     }
 
-    /// The VMs directly in `folder` with their BIOS UUIDs (`config.uuid`), in one
-    /// property collection.
+    /// The VMs directly in `folder` with their names and BIOS UUIDs (`config.uuid`), in
+    /// one property collection.
     ///
     /// # Errors
     ///
     /// `ManagedObjectNotFound` for an unknown folder.
-    pub async fn bios_uuids_in_folder(
+    pub async fn vms_in_folder_with_bios_uuids(
         &self,
         folder: &FolderMoref,
-    ) -> Result<Vec<(VmMoref, Option<String>)>, VsphereError> {
+    ) -> Result<Vec<(VmMoref, String, Option<String>)>, VsphereError> {
         let vms = self
-            .list_in_container(&folder.moref(), "VirtualMachine", &["config.uuid"], false)
+            .list_in_container(
+                &folder.moref(),
+                "VirtualMachine",
+                &["name", "config.uuid"],
+                false,
+            )
             .await?;
         Ok(vms
             .into_iter()
             .map(|o| {
+                let name = o.text("name").unwrap_or_default().to_owned();
                 let uuid = o.text("config.uuid").map(str::to_owned);
-                (VmMoref(o.obj.value), uuid)
+                (VmMoref(o.obj.value), name, uuid)
             })
             .collect())
     }

@@ -133,17 +133,22 @@ pub(super) async fn plan(
         .map(|o| serde_json::to_value(o).unwrap_or_default());
     let bios_text = vmx_value(&entries, "uuid.bios");
     let bios = bios_text.map(predict::hex_of);
-    let mut vm_with_bios = None;
-    if let (Some(f), Some(bios)) = (&folder, &bios) {
-        vm_with_bios = env
+    // The namespace folder's VMs, read once: the VM with the backup's BIOS UUID, and (for a
+    // new VM) whether its name is taken.
+    let folder_vms = match &folder {
+        Some(f) => env
             .soap
-            .bios_uuids_in_folder(f)
+            .vms_in_folder_with_bios_uuids(f)
             .await
-            .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?
-            .into_iter()
-            .find(|(_, u)| u.as_deref().map(predict::hex_of).as_ref() == Some(bios))
-            .map(|(vm, _)| vm);
-    }
+            .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?,
+        None => Vec::new(),
+    };
+    let vm_with_bios = bios.as_ref().and_then(|bios| {
+        folder_vms
+            .iter()
+            .find(|(_, _, u)| u.as_deref().map(predict::hex_of).as_ref() == Some(bios))
+            .map(|(vm, _, _)| vm.clone())
+    });
     // The VM a restore in place or disk-only works on, read once.
     let existing_vm = match &vm_with_bios {
         Some(vm) => Some(
@@ -348,23 +353,14 @@ pub(super) async fn plan(
     // A folder holds one VM of a name: a new VM could not be moved into the namespace's
     // folder beside another of its name (`DuplicateName`), which would be found only after
     // all its data was written.
-    if new_vm && let Some(f) = &folder {
-        let taken = env
-            .soap
-            .list_vms_in_folder(f)
-            .await
-            .map_err(vsphere(format!("listing the VMs of namespace {namespace}")))?
-            .into_iter()
-            .find(|(_, n)| *n == name);
-        if let Some((vm, _)) = taken {
-            prediction.refusals.push(ours(
-                "NameTaken",
-                format!(
-                    "{vm} in the folder of namespace {namespace} is already named {name}, and \
-                     vCenter keeps one VM of a name in a folder: rename or remove {vm} first"
-                ),
-            ));
-        }
+    if new_vm && let Some((vm, _, _)) = folder_vms.iter().find(|(_, n, _)| *n == name) {
+        prediction.refusals.push(ours(
+            "NameTaken",
+            format!(
+                "{vm} in the folder of namespace {namespace} is already named {name}, and \
+                 vCenter keeps one VM of a name in a folder: rename or remove {vm} first"
+            ),
+        ));
     }
     match (&request.datastore, new_vm) {
         (Some(ds), false) => prediction.refusals.push(ours(
