@@ -268,8 +268,9 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         };
         // Looked at again before each run: the runs before it may have taken until its
         // blackout window. The timer's next start runs it then.
+        let schedule = p.schedule(&name)?;
         if let Some(end) =
-            crate::daemon::blocked_until(&p.schedule(&name)?, &crate::daemon::clock::vcenter_now())
+            crate::daemon::blocked_until(&schedule, &crate::daemon::clock::vcenter_now())
         {
             tracing::info!(policy = %name, until = %end, "inside a blackout window: left for a later run");
             continue;
@@ -277,7 +278,7 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         let mut request =
             engine_request(&scheduler::policy_request(&run, p), config.limits.engine())
                 .map_err(anyhow::Error::msg)?;
-        request.snapshot_gate = Some(crate::daemon::backup_job::blackout_gate(p.schedule(&name)?));
+        request.snapshot_gate = Some(crate::daemon::backup_job::blackout_gate(schedule));
         let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
             if let BackupEvent::VmFailed { name, error, .. } = e {
                 tracing::warn!(vm = %name, error = %error, "VM failed");
