@@ -532,7 +532,7 @@ impl Queue {
     /// # Errors
     /// Catalog errors.
     pub async fn cancel(&self, id: &str) -> Result<Option<Job>, QueueError> {
-        let cancelled_queued = {
+        let (cancelled_queued, cancelled_running) = {
             let mut st = self.inner.lock();
             let Some(entry) = st.jobs.get_mut(id) else {
                 return Ok(None);
@@ -542,22 +542,23 @@ impl Queue {
                     // Out of the dispatcher's reach at once; announced once recorded.
                     entry.job.state = "cancelled".into();
                     entry.job.finished_at = Some(now());
-                    true
+                    (true, false)
                 }
                 "running" => {
                     // A client's cancel wins over a shutdown's: the job ends `cancelled`
                     // and is not run again.
                     entry.stopped = false;
                     entry.cancel.cancel();
-                    false
+                    (false, true)
                 }
-                _ => false,
+                _ => (false, false),
             }
         };
-        if !cancelled_queued && self.get(id).is_some_and(|j| j.state == JobState::Running) {
+        if cancelled_running {
             // Recorded at once: should the agent stop (or crash) before the job has cleaned
             // up, the next start finds it cancelled, not interrupted (a schedule would run
-            // an interrupted job again).
+            // an interrupted job again). The catalog records it only while the job is
+            // `running` there: one that ended meanwhile keeps its end.
             let c = self.inner.catalog.clone();
             let id2 = id.to_owned();
             if let Err(e) = blocking(move || c.queue_request_cancel(&id2)).await {
