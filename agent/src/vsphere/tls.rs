@@ -91,10 +91,11 @@ impl Thumbprint {
         Self(sha2::Sha256::digest(der).to_vec())
     }
 
-    fn matches(&self, der: &[u8]) -> bool {
+    /// The thumbprint of `der` of this one's kind (SHA-1 for a SHA-1 pin).
+    fn of_same_kind(&self, der: &[u8]) -> Self {
         match self.0.len() {
-            20 => sha1::Sha1::digest(der).as_slice() == self.0.as_slice(),
-            _ => sha2::Sha256::digest(der).as_slice() == self.0.as_slice(),
+            20 => Self::sha1_of(der),
+            _ => Self::sha256_of(der),
         }
     }
 }
@@ -164,15 +165,11 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.pin.matches(end_entity.as_ref()) {
+        // The server's digest of the pin's kind, so that the two can be compared.
+        let theirs = self.pin.of_same_kind(end_entity.as_ref());
+        if theirs == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            // The server's digest of the pin's kind, so that the two can be compared.
-            let theirs = if self.pin.0.len() == 32 {
-                Thumbprint::sha256_of(end_entity.as_ref())
-            } else {
-                Thumbprint::sha1_of(end_entity.as_ref())
-            };
             Err(rustls::Error::General(format!(
                 "server certificate thumbprint {theirs} does not match the pinned {}",
                 self.pin
@@ -265,9 +262,10 @@ mod tests {
     #[test]
     fn pin_matches_sha1_and_sha256() {
         let der = b"not really a certificate";
-        assert!(Thumbprint::sha1_of(der).matches(der));
-        assert!(Thumbprint::sha256_of(der).matches(der));
-        assert!(!Thumbprint::sha1_of(der).matches(b"other"));
+        let matches = |pin: Thumbprint, der: &[u8]| pin.of_same_kind(der) == pin;
+        assert!(matches(Thumbprint::sha1_of(der), der));
+        assert!(matches(Thumbprint::sha256_of(der), der));
+        assert!(!matches(Thumbprint::sha1_of(der), b"other"));
     }
 
     #[test]
