@@ -514,17 +514,35 @@ async fn send_with(
 }
 
 async fn read_limited(
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     method: &'static str,
 ) -> Result<Vec<u8>, VsphereError> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    read_capped(response, MAX_RESPONSE_BYTES)
         .await
-        .map_err(|source| VsphereError::Transport { method, source })?
-    {
-        if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(malformed(method, "response larger than 64 MiB"));
+        .map_err(|e| match e {
+            Capped::Transport(source) => VsphereError::Transport { method, source },
+            Capped::TooLarge => malformed(method, "response larger than 64 MiB"),
+        })
+}
+
+/// Why [`read_capped`] gave up.
+pub(crate) enum Capped {
+    /// Reading failed.
+    Transport(reqwest::Error),
+    /// The body passed the cap.
+    TooLarge,
+}
+
+/// The body of `response`, refused once it passes `max` bytes (a server's answer is never
+/// read whole into memory on trust).
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, Capped> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Capped::Transport)? {
+        if bytes.len().saturating_add(chunk.len()) > max {
+            return Err(Capped::TooLarge);
         }
         bytes.extend_from_slice(&chunk);
     }

@@ -311,20 +311,15 @@ async fn read_at_most(
     response: reqwest::Response,
     max: usize,
 ) -> Result<Vec<u8>, VapiError> {
-    use futures_util::StreamExt as _;
-    let mut stream = response.bytes_stream();
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| VapiError::Transport { op, source })?;
-        if body.len().saturating_add(chunk.len()) > max {
-            return Err(VapiError::Json {
+    super::soap::read_capped(response, max)
+        .await
+        .map_err(|e| match e {
+            super::soap::Capped::Transport(source) => VapiError::Transport { op, source },
+            super::soap::Capped::TooLarge => VapiError::Json {
                 op,
                 reason: format!("the response is larger than {max} bytes"),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+            },
+        })
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
