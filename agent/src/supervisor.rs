@@ -188,6 +188,55 @@ impl Supervisor {
         }
     }
 
+    /// Creates VM Operator object `obj` (a kept VirtualMachineGroup or
+    /// VirtualMachineService, see [`crate::vmservice::related`]) in `namespace`, at the
+    /// API version its `apiVersion` names. An object of that kind and name already there is
+    /// left as it is ([`Created::AlreadyThere`]): the user's object wins over the backup's.
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Api`] (permission refused, invalid object …);
+    /// [`SupervisorError::Config`] for an object without kind, name or version.
+    pub async fn create_vmop_object(
+        &self,
+        namespace: &str,
+        obj: &serde_json::Value,
+    ) -> Result<Created, SupervisorError> {
+        use crate::vmservice::related::{describe, kind_of, name_of, version_of};
+        let what = describe(obj);
+        let (Some(kind), Some(_), Some(version)) = (kind_of(obj), name_of(obj), version_of(obj))
+        else {
+            return Err(SupervisorError::Config {
+                url: self.url.clone(),
+                reason: format!("{what} has no kind, name or apiVersion"),
+            });
+        };
+        let mut obj = obj.clone();
+        obj["metadata"]["namespace"] = namespace.into();
+        let object: DynamicObject =
+            serde_json::from_value(obj).map_err(|e| SupervisorError::Config {
+                url: self.url.clone(),
+                reason: format!("{what}: {e}"),
+            })?;
+        let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, kind);
+        match Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &ApiResource::from_gvk(&gvk),
+        )
+        .create(&kube::api::PostParams::default(), &object)
+        .await
+        {
+            Ok(_) => Ok(Created::Created),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Created::AlreadyThere),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Created::NotServed),
+            Err(source) => Err(SupervisorError::Api {
+                what: format!("create {what} in {namespace}"),
+                source: Box::new(source),
+            }),
+        }
+    }
+
     /// The VirtualMachines of `namespace`, read at API `version`.
     ///
     /// # Errors
@@ -242,6 +291,17 @@ impl Supervisor {
             }),
         }
     }
+}
+
+/// What [`Supervisor::create_vmop_object`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The object was created.
+    Created,
+    /// An object of its kind and name was there already, and was left as it is.
+    AlreadyThere,
+    /// The Supervisor does not serve its kind at its API version (404).
+    NotServed,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod decode;
 pub(crate) mod fixtures;
 mod keys;
 mod payload;
+pub mod related;
 mod validate;
 
 pub use decode::{

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::plan::Plan;
 use super::{RestoreEnv, RestoreError, RestoreReport, RestoreType, Verification};
+use crate::vmservice::related::{group_lists, selects};
 
 /// Reads the VirtualMachine back and checks it against seed 001 §8.
 pub(super) async fn verify(
@@ -217,7 +218,7 @@ pub(super) async fn verify(
                     ));
                 }
             }
-            v.related = related(renv, plan, &obj).await;
+            v.related = related(renv, plan, &obj, &report.point.to_string()).await;
             let backup = plan.data.as_ref().and_then(|d| d.vm_yaml.as_ref());
             v.problems.extend(spec_problems(
                 &Expected {
@@ -242,13 +243,27 @@ pub(super) async fn verify(
 }
 
 /// §10.3–§10.5: the VirtualMachineGroup the restored VM names and the VirtualMachineServices
-/// that select it. Neither is in a VM's backup, nor recreated by registration: the guide
-/// has the user recreate them once the VMs are registered. A group the VM names that is
-/// not there, or does not list the VM among its members, is said so; so is a namespace
-/// where no VirtualMachineService selects the VM (worth a look if one served it before).
-async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value) -> Vec<String> {
+/// that select it. Neither is in a VM's ExtraConfig, nor recreated by registration: the
+/// guide has the user recreate them once the VMs are registered (the point may keep them,
+/// and `recreate_related` creates them). A group the VM names that is not there, or does
+/// not list the VM among its members, is said so; so is a namespace where no
+/// VirtualMachineService selects the VM (worth a look if one served it before).
+async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec<String> {
     let ns = &plan.namespace;
     let mut out = Vec::new();
+    // Where to find a missing one: the point, or the user's own copy.
+    let source = |kind: &str, name: &str| {
+        if plan.related.iter().any(|o| {
+            crate::vmservice::related::kind_of(o) == Some(kind)
+                && crate::vmservice::related::name_of(o) == Some(name)
+        }) {
+            format!(
+                "the point keeps it: restore with --recreate-related, or `vadp-agent show --related {point} | kubectl apply -f -`"
+            )
+        } else {
+            "kubectl apply from your own copy".to_owned()
+        }
+    };
     let list = |kind: &'static str| renv.supervisor.vmop_objects(ns, kind, &plan.api_version);
     if let Some(group) = string_at(vm, "/spec/groupName").filter(|g| !g.is_empty()) {
         match list("VirtualMachineGroup").await {
@@ -259,7 +274,8 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value) -> Vec<String> {
                     .find(|g| string_at(g, "/metadata/name") == Some(group));
                 out.push(match found {
                     None => format!(
-                        "spec.groupName names VirtualMachineGroup {group}, which is not in namespace {ns}: recreate it (kubectl apply) to give the VM its group's power management and boot order back (§10.4)"
+                        "spec.groupName names VirtualMachineGroup {group}, which is not in namespace {ns}: recreate it ({}) to give the VM its group's power management and boot order back (§10.4)",
+                        source(crate::vmservice::related::GROUP_KIND, group)
                     ),
                     Some(g) if !group_lists(&g, &plan.name) => format!(
                         "VirtualMachineGroup {group} does not list {} in spec.bootOrder[].members: the VM is no member until it does (§10.4)",
@@ -281,20 +297,44 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value) -> Vec<String> {
     let labels = vm.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
     match list("VirtualMachineService").await {
         Ok(Some(services)) => {
-            let selecting: Vec<String> = services
+            let services: Vec<Value> = services
                 .into_iter()
                 .filter_map(|s| serde_json::to_value(s).ok())
-                .filter(|s| selects(s, &labels))
-                .filter_map(|s| string_at(&s, "/metadata/name").map(str::to_owned))
                 .collect();
-            if selecting.is_empty() {
+            let selecting: Vec<String> = services
+                .iter()
+                .filter(|s| selects(s, &labels))
+                .filter_map(|s| string_at(s, "/metadata/name").map(str::to_owned))
+                .collect();
+            // Kept with the point and gone from the namespace.
+            let missing: Vec<&str> = plan
+                .related
+                .iter()
+                .filter(|o| {
+                    crate::vmservice::related::kind_of(o)
+                        == Some(crate::vmservice::related::SERVICE_KIND)
+                })
+                .filter_map(|o| crate::vmservice::related::name_of(o))
+                .filter(|n| {
+                    !services
+                        .iter()
+                        .any(|s| string_at(s, "/metadata/name") == Some(n))
+                })
+                .collect();
+            for name in &missing {
                 out.push(format!(
-                    "no VirtualMachineService in namespace {ns} selects the VM's labels: if one served it before, recreate it (kubectl apply, §10.3)"
+                    "VirtualMachineService {name} selected the VM at backup and is not in namespace {ns}: recreate it ({}, §10.3)",
+                    source(crate::vmservice::related::SERVICE_KIND, name)
                 ));
-            } else {
+            }
+            if !selecting.is_empty() {
                 out.push(format!(
                     "selected by VirtualMachineService {}",
                     selecting.join(", ")
+                ));
+            } else if missing.is_empty() {
+                out.push(format!(
+                    "no VirtualMachineService in namespace {ns} selects the VM's labels: if one served it before, recreate it (kubectl apply, §10.3)"
                 ));
             }
         }
@@ -305,33 +345,6 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value) -> Vec<String> {
         )),
     }
     out
-}
-
-/// Whether VirtualMachineGroup `g` lists VM `name` in `spec.bootOrder[].members`.
-fn group_lists(g: &Value, name: &str) -> bool {
-    g.pointer("/spec/bootOrder")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .flat_map(|b| {
-            b.get("members")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .any(|m| m.get("name").and_then(Value::as_str) == Some(name))
-}
-
-/// Whether VirtualMachineService `s`'s `spec.selector` (a label map; empty selects
-/// nothing, as for a Service without a selector) matches `labels`.
-fn selects(s: &Value, labels: &Value) -> bool {
-    let Some(selector) = s.pointer("/spec/selector").and_then(Value::as_object) else {
-        return false;
-    };
-    !selector.is_empty()
-        && selector
-            .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
 }
 
 /// A VirtualMachine's PVC volumes: (volume name, claim).
@@ -577,39 +590,8 @@ pub fn is_restored_claim(name: &str) -> bool {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{Expected, group_lists, replaced_claims, selects, spec_problems};
+    use super::{Expected, replaced_claims, spec_problems};
     use crate::vmservice::fixtures;
-
-    /// §10: group membership needs the VM in `spec.bootOrder[].members`; a service
-    /// selects a VM when every label of its selector is the VM's; an empty or missing
-    /// selector selects nothing.
-    #[test]
-    fn related_resources_are_matched_as_vm_operator_does() {
-        let group = json!({"spec": {"bootOrder": [
-            {"members": [{"name": "db-1"}]},
-            {"members": [{"name": "web-1"}], "powerOnDelay": "30s"}
-        ]}});
-        assert!(group_lists(&group, "web-1"));
-        assert!(group_lists(&group, "db-1"));
-        assert!(!group_lists(&group, "web-2"));
-        assert!(!group_lists(&json!({"spec": {}}), "web-1"));
-        let labels = json!({"app": "my-web-app", "tier": "frontend", "x": "y"});
-        let svc = |sel: Value| json!({"spec": {"selector": sel}});
-        assert!(selects(
-            &svc(json!({"app": "my-web-app", "tier": "frontend"})),
-            &labels
-        ));
-        assert!(!selects(
-            &svc(json!({"app": "my-web-app", "tier": "backend"})),
-            &labels
-        ));
-        assert!(!selects(
-            &svc(json!({"app": "my-web-app", "zone": "a"})),
-            &labels
-        ));
-        assert!(!selects(&svc(json!({})), &labels));
-        assert!(!selects(&json!({"spec": {}}), &labels));
-    }
 
     #[test]
     fn only_claims_replaced_under_the_same_volume_name_are_dangling() {

@@ -1,0 +1,271 @@
+//! The VM Operator resources around a VM that registration does not restore (seed 001
+//! §10.2): the VirtualMachineGroup the VM names in `spec.groupName` (§10.4) and the
+//! VirtualMachineServices whose selector picks its labels (§10.3). The guide has the
+//! vendor record them "before or during backup" (§10.3, §10.4, daily in §10.6) and
+//! recreate them once the VMs are registered (§10.5 phase 2: groups, then services).
+//!
+//! This module chooses them from a namespace's objects ([`pick`]), turns each into what
+//! `kubectl apply` or a create takes ([`for_apply`]: no status, no server-set metadata),
+//! and orders them for recreation ([`apply_order`]). Pure functions: the backup engine
+//! lists the namespace, the repository keeps the result with the point, the restore
+//! creates what is missing.
+
+use serde_json::{Map, Value};
+
+/// `VirtualMachineGroup`.
+pub const GROUP_KIND: &str = "VirtualMachineGroup";
+/// `VirtualMachineService`.
+pub const SERVICE_KIND: &str = "VirtualMachineService";
+
+/// Metadata the API server sets, dropped from a kept object: a create must not carry
+/// another object's `uid` or `resourceVersion`, and `ownerReferences` name uids that do
+/// not exist after a restore.
+const SERVER_METADATA: [&str; 8] = [
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+];
+
+/// Whether VirtualMachineGroup `g` lists VM `name` in `spec.bootOrder[].members` (the
+/// group's half of membership, §10.4).
+#[must_use]
+pub fn group_lists(g: &Value, name: &str) -> bool {
+    g.pointer("/spec/bootOrder")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|b| {
+            b.get("members")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .any(|m| m.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// Whether VirtualMachineService `s`'s `spec.selector` (a label map; empty selects
+/// nothing, as for a Service without a selector) matches `labels`.
+#[must_use]
+pub fn selects(s: &Value, labels: &Value) -> bool {
+    let Some(selector) = s.pointer("/spec/selector").and_then(Value::as_object) else {
+        return false;
+    };
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+}
+
+/// The objects among `groups` and `services` (a namespace's, as the API lists them at
+/// `api_version`, `vmoperator.vmware.com/v1alpha3` say) that belong with the
+/// VirtualMachine `vm` (its VM YAML): the group its `spec.groupName` names and the
+/// services that select its labels, each [`for_apply`], in [`apply_order`].
+#[must_use]
+pub fn pick(vm: &Value, groups: &[Value], services: &[Value], api_version: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(group) = vm
+        .pointer("/spec/groupName")
+        .and_then(Value::as_str)
+        .filter(|g| !g.is_empty())
+    {
+        out.extend(
+            groups
+                .iter()
+                .filter(|g| name_of(g) == Some(group))
+                .map(|g| for_apply(g, GROUP_KIND, api_version)),
+        );
+    }
+    let labels = vm.pointer("/metadata/labels").cloned().unwrap_or_default();
+    out.extend(
+        services
+            .iter()
+            .filter(|s| selects(s, &labels))
+            .map(|s| for_apply(s, SERVICE_KIND, api_version)),
+    );
+    apply_order(&mut out);
+    out
+}
+
+/// `obj` as a create or `kubectl apply` takes it: `apiVersion` and `kind` (`api_version`
+/// and `kind` when the list's items lack them, as Kubernetes list items do), `metadata`
+/// without what the server sets ([`SERVER_METADATA`], `ownerReferences`), and `spec`; no
+/// `status`.
+#[must_use]
+pub fn for_apply(obj: &Value, kind: &str, api_version: &str) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "apiVersion".into(),
+        obj.get("apiVersion")
+            .cloned()
+            .unwrap_or_else(|| Value::from(api_version)),
+    );
+    out.insert(
+        "kind".into(),
+        obj.get("kind")
+            .cloned()
+            .unwrap_or_else(|| Value::from(kind)),
+    );
+    let mut metadata = obj
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for k in SERVER_METADATA {
+        metadata.remove(k);
+    }
+    metadata.remove("ownerReferences");
+    out.insert("metadata".into(), Value::Object(metadata));
+    if let Some(spec) = obj.get("spec") {
+        out.insert("spec".into(), spec.clone());
+    }
+    Value::Object(out)
+}
+
+/// Sorts `objects` as §10.5 recreates them: groups, then services, each by name.
+pub fn apply_order(objects: &mut [Value]) {
+    objects.sort_by(|a, b| {
+        let rank = |o: &Value| u8::from(kind_of(o) != Some(GROUP_KIND));
+        (rank(a), name_of(a)).cmp(&(rank(b), name_of(b)))
+    });
+}
+
+/// `kind name` of a kept object, as reports name it (`VirtualMachineGroup web-group`).
+#[must_use]
+pub fn describe(obj: &Value) -> String {
+    format!(
+        "{} {}",
+        kind_of(obj).unwrap_or("object"),
+        name_of(obj).unwrap_or("<unnamed>")
+    )
+}
+
+/// `metadata.name`.
+#[must_use]
+pub fn name_of(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/name").and_then(Value::as_str)
+}
+
+/// `kind`.
+#[must_use]
+pub fn kind_of(obj: &Value) -> Option<&str> {
+    obj.get("kind").and_then(Value::as_str)
+}
+
+/// The version of `apiVersion` (`v1alpha3` of `vmoperator.vmware.com/v1alpha3`).
+#[must_use]
+pub fn version_of(obj: &Value) -> Option<&str> {
+    obj.get("apiVersion")
+        .and_then(Value::as_str)
+        .and_then(|a| a.rsplit_once('/'))
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::{for_apply, group_lists, pick, selects};
+
+    /// §10: group membership needs the VM in `spec.bootOrder[].members`; a service
+    /// selects a VM when every label of its selector is the VM's; an empty or missing
+    /// selector selects nothing.
+    #[test]
+    fn related_resources_are_matched_as_vm_operator_does() {
+        let group = json!({"spec": {"bootOrder": [
+            {"members": [{"name": "db-1"}]},
+            {"members": [{"name": "web-1"}], "powerOnDelay": "30s"}
+        ]}});
+        assert!(group_lists(&group, "web-1"));
+        assert!(group_lists(&group, "db-1"));
+        assert!(!group_lists(&group, "web-2"));
+        assert!(!group_lists(&json!({"spec": {}}), "web-1"));
+        let labels = json!({"app": "my-web-app", "tier": "frontend", "x": "y"});
+        let svc = |sel: Value| json!({"spec": {"selector": sel}});
+        assert!(selects(
+            &svc(json!({"app": "my-web-app", "tier": "frontend"})),
+            &labels
+        ));
+        assert!(!selects(
+            &svc(json!({"app": "my-web-app", "tier": "backend"})),
+            &labels
+        ));
+        assert!(!selects(
+            &svc(json!({"app": "my-web-app", "zone": "a"})),
+            &labels
+        ));
+        assert!(!selects(&svc(json!({})), &labels));
+        assert!(!selects(&json!({"spec": {}}), &labels));
+    }
+
+    /// The group the VM names and the services that select it are kept, groups first,
+    /// without what the server set; other groups and services are not.
+    #[test]
+    fn the_vms_group_and_services_are_picked_clean_and_in_apply_order() {
+        let vm = json!({
+            "metadata": {"name": "web-1", "labels": {"app": "web", "tier": "front"}},
+            "spec": {"groupName": "web-group"}
+        });
+        let meta = |name: &str| {
+            json!({
+                "name": name, "namespace": "ns1", "uid": "u-1", "resourceVersion": "42",
+                "generation": 3, "creationTimestamp": "2026-12-01T00:00:00Z",
+                "managedFields": [{"manager": "kubectl"}],
+                "ownerReferences": [{"uid": "u-0"}],
+                "labels": {"team": "a"}, "annotations": {"note": "kept"}
+            })
+        };
+        let groups = [
+            json!({"apiVersion": "vmoperator.vmware.com/v1alpha3", "metadata": meta("other-group"), "spec": {}}),
+            json!({"apiVersion": "vmoperator.vmware.com/v1alpha3", "metadata": meta("web-group"),
+                   "spec": {"bootOrder": [{"members": [{"name": "web-1"}]}]},
+                   "status": {"members": []}}),
+        ];
+        let services = [
+            json!({"apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                   "metadata": meta("web-lb"), "spec": {"selector": {"app": "web"}},
+                   "status": {"loadBalancer": {}}}),
+            json!({"apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                   "metadata": meta("a-db-lb"), "spec": {"selector": {"app": "db"}}}),
+            json!({"apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                   "metadata": meta("a-front"), "spec": {"selector": {"tier": "front"}}}),
+        ];
+        let kept = pick(&vm, &groups, &services, "vmoperator.vmware.com/v1alpha2");
+        let names: Vec<String> = kept.iter().map(super::describe).collect();
+        assert_eq!(
+            names,
+            [
+                "VirtualMachineGroup web-group",
+                "VirtualMachineService a-front",
+                "VirtualMachineService web-lb"
+            ]
+        );
+        assert_eq!(
+            kept[0],
+            json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
+                "metadata": {"name": "web-group", "namespace": "ns1", "labels": {"team": "a"},
+                             "annotations": {"note": "kept"}},
+                "spec": {"bootOrder": [{"members": [{"name": "web-1"}]}]}
+            })
+        );
+        assert!(kept[2].get("status").is_none());
+        // A VM without a group keeps only its services; one no service selects, nothing.
+        let lone = json!({"metadata": {"labels": {"app": "none"}}, "spec": {}});
+        assert!(pick(&lone, &groups, &services, "vmoperator.vmware.com/v1alpha3").is_empty());
+        // List items without apiVersion and kind get the list's.
+        assert_eq!(
+            for_apply(
+                &json!({"metadata": {"name": "x"}}),
+                "VirtualMachineGroup",
+                "vmoperator.vmware.com/v1alpha4"
+            ),
+            json!({"apiVersion": "vmoperator.vmware.com/v1alpha4", "kind": "VirtualMachineGroup",
+                   "metadata": {"name": "x"}})
+        );
+    }
+}
