@@ -993,6 +993,7 @@ mod tests {
             vmx: Some(vmx.clone()),
             extra_config: Some(extra.clone()),
             nvram: None,
+            related: Vec::new(),
             config_digest: None,
             stats: serde_json::json!({}),
             disks: vec![disk],

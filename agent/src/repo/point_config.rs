@@ -52,13 +52,23 @@ pub struct Config {
     /// made before it was kept).
     #[serde(default, with = "crate::repo::manifest::base64_bytes")]
     pub nvram: Option<Vec<u8>>,
+    /// The VM Operator objects around a VM Service VM that registration does not restore
+    /// (its VirtualMachineGroup and the VirtualMachineServices that select it, seed 001
+    /// §10.3–§10.4), as read from the Supervisor during the backup and ready to create
+    /// ([`crate::vmservice::related`]); none for other VMs and for points made before they
+    /// were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<serde_json::Value>,
 }
 
 impl Config {
     /// Whether there is nothing to keep.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.vmx.is_none() && self.extra_config.is_none() && self.nvram.is_none()
+        self.vmx.is_none()
+            && self.extra_config.is_none()
+            && self.nvram.is_none()
+            && self.related.is_empty()
     }
 }
 
@@ -227,6 +237,10 @@ mod tests {
             ),
             extra_config: Some(serde_json::json!([["guestinfo.userdata", "c2VjcmV0"]])),
             nvram: Some(vec![0x4e, 0x56, 0x52, 0x41, 0x4d, 0, 0xff]),
+            related: vec![serde_json::json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
+                "metadata": {"name": "web-group"}, "spec": {}
+            })],
         }
     }
 
@@ -239,6 +253,29 @@ mod tests {
         assert_eq!(write(dir.path(), &sample()).unwrap(), digest);
         // Nothing else left in the directory (no temp file).
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A document written before the related objects were kept reads as none, and a
+    /// configuration without them is written as before (same document, same digest).
+    #[test]
+    fn a_configuration_without_related_objects_is_written_as_before() {
+        let old = Config {
+            related: Vec::new(),
+            ..sample()
+        };
+        let json = serde_json::to_value(&old).unwrap();
+        assert_eq!(
+            json.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["extra_config", "nvram", "vmx"]
+        );
+        let back: Config = serde_json::from_value(json).unwrap();
+        assert_eq!(back, old);
+        assert!(!sample().is_empty());
+        let only_related = Config {
+            related: sample().related,
+            ..Config::default()
+        };
+        assert!(!only_related.is_empty());
     }
 
     #[test]

@@ -671,6 +671,7 @@ impl Repository {
             vmx: c.vmx.take(),
             extra_config: c.extra_config.take(),
             nvram: None,
+            related: Vec::new(),
         };
         if config.is_empty() {
             return Ok(Some(c));
@@ -717,6 +718,7 @@ impl Repository {
             c.vmx = config.vmx;
             c.extra_config = config.extra_config;
             c.nvram = config.nvram;
+            c.related = config.related;
         }
         Ok(Some(c))
     }
@@ -1043,6 +1045,7 @@ impl Repository {
                 vmx: None,
                 extra_config: None,
                 nvram: None,
+                related: Vec::new(),
                 config_digest: config.and_then(|c| c.digest),
                 stats: p.stats,
                 disks: p.disks,
@@ -1150,6 +1153,7 @@ impl Repository {
             vmx: None,
             extra_config: None,
             nvram: None,
+            related: Vec::new(),
             config_digest: None,
             stats: serde_json::json!({ "disk": written.stats, "seconds": seconds }),
             disks: vec![DiskRecord {
@@ -2075,6 +2079,7 @@ fn keep_config(dir: &Path, point: &mut NewPoint) -> Result<bool, RepoError> {
         vmx: point.vmx.take(),
         extra_config: point.extra_config.take(),
         nvram: point.nvram.take(),
+        related: std::mem::take(&mut point.related),
     };
     if config.is_empty() {
         return Ok(false);

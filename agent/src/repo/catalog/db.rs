@@ -128,6 +128,10 @@ pub struct NewPoint {
     /// The NVRAM file, byte for byte; kept as [`Self::vmx`] is (never in a manifest).
     #[serde(skip)]
     pub nvram: Option<Vec<u8>>,
+    /// The VirtualMachineGroup and VirtualMachineServices around a VM Service VM
+    /// ([`crate::vmservice::related`]); kept as [`Self::vmx`] is (never in a manifest).
+    #[serde(skip)]
+    pub related: Vec<serde_json::Value>,
     /// Digest of the point's config file, which holds its VMX and ExtraConfig.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_digest: Option<ChunkDigest>,
@@ -184,6 +188,9 @@ pub struct PointConfig {
     /// The NVRAM file: never in the catalog (`Repository::point_config` reads it from the
     /// config file).
     pub nvram: Option<Vec<u8>>,
+    /// The VirtualMachineGroup and VirtualMachineServices kept with a VM Service VM: never
+    /// in the catalog (`Repository::point_config` reads them from the config file).
+    pub related: Vec<serde_json::Value>,
     /// Digest of the point's config file.
     pub digest: Option<ChunkDigest>,
     /// The job that made it.
@@ -876,6 +883,7 @@ impl Catalog {
                 extra_config: extra
                     .map(|s| serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))),
                 nvram: None,
+                related: Vec::new(),
                 digest: match digest {
                     Some(d) => Some(d.parse().map_err(|_| CatalogError::Invalid {
                         path: self.path.clone(),
@@ -1004,6 +1012,7 @@ pub(crate) mod tests {
             vmx: None,
             extra_config: None,
             nvram: None,
+            related: Vec::new(),
             config_digest: Some(ChunkDigest::of(b"config")),
             stats: serde_json::json!({"bytes": 1}),
             disks: vec![DiskRecord {
