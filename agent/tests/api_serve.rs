@@ -483,6 +483,7 @@ concurrent_jobs = 2
                         dry_run: true,
                         verify_first: false,
                         auto_registration_wait_secs: None,
+                        recreate_related: false,
                         idempotency_key: None,
                         priority: 0,
                     })
@@ -1070,6 +1071,13 @@ concurrent_jobs = 2
             }
         }))
         .unwrap();
+        // Behind a VirtualMachineService (seed 001 §10.3), which the daemon's backup keeps.
+        sup.apply(serde_json::json!({
+            "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+            "metadata": {"name": "web-lb", "namespace": "ns1"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
+        }))
+        .unwrap();
         let cr = sup.get("VirtualMachine", "ns1", "web-1").unwrap();
         let vm = lab::vmstate::VmMoref(cr["status"]["uniqueID"].as_str().unwrap().to_owned());
         for d in lab.vm(&vm).unwrap().disks {
@@ -1089,6 +1097,7 @@ concurrent_jobs = 2
             let point = backup_point(&client, "ns1/web-1", true).await;
 
             sup.delete("VirtualMachine", "ns1", "web-1").unwrap();
+            sup.delete("VirtualMachineService", "ns1", "web-lb").unwrap();
             let job = client
                 .restore(&RestoreJobRequest {
                     point: point.clone(),
@@ -1100,6 +1109,7 @@ concurrent_jobs = 2
                     dry_run: false,
                     verify_first: true,
                     auto_registration_wait_secs: None,
+                    recreate_related: true,
                     idempotency_key: Some("restore-web-1".into()),
                     priority: 0,
                 })
@@ -1122,7 +1132,15 @@ concurrent_jobs = 2
             let result = ended.result.unwrap();
             assert_eq!(result["prediction"]["restore_type"], "new");
             assert_eq!(result["verification"]["problems"], serde_json::json!([]));
+            assert_eq!(
+                result["related"],
+                serde_json::json!([{"kind": "VirtualMachineService", "name": "web-lb", "outcome": "created"}])
+            );
         });
+        assert_eq!(
+            sup.get("VirtualMachineService", "ns1", "web-lb").unwrap()["spec"]["selector"],
+            serde_json::json!({"app": "web"})
+        );
         let cr = sup.get("VirtualMachine", "ns1", "web-1").unwrap();
         assert_eq!(cr["spec"]["powerState"], "PoweredOff");
         let claim = cr["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]

@@ -504,12 +504,232 @@ mod tests {
         assert!(
             related.iter().any(|n| n.as_str().unwrap().starts_with(
                 "spec.groupName names VirtualMachineGroup web-group, which is not in namespace"
-            )),
+            ) && n.as_str().unwrap().contains("from your own copy")),
+            "{related:?}"
+        );
+        // The point kept the service that selected the VM (there was no group to keep),
+        // and the restore, not asked to, did not create anything.
+        assert_eq!(
+            report["related"],
+            json!([{"kind": "VirtualMachineService", "name": "web-lb", "outcome": "kept"}])
+        );
+        assert!(
+            related.contains(&json!("selected by VirtualMachineService web-lb")),
+            "{related:?}"
+        );
+    }
+
+    /// Seed 001 §10.3–§10.5: the backup keeps the VirtualMachineGroup the VM names and the
+    /// VirtualMachineServices that select it (without what the server set); `show
+    /// --related` prints them for kubectl; `--recreate-related` creates after registration
+    /// those the namespace lacks and leaves the user's own alone. A Supervisor that cannot
+    /// be reached costs the backup only them, with a warning.
+    #[test]
+    fn the_points_group_and_services_come_back_with_recreate_related() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("web-1");
+        let mut cr = s.sup().get("VirtualMachine", NS, "web-1").unwrap();
+        cr["spec"]["groupName"] = "web-group".into();
+        s.sup().apply(cr).unwrap();
+        let group_spec = json!({"powerState": "PoweredOn", "bootOrder": [
+            {"members": [{"name": "db-1"}]},
+            {"members": [{"name": "web-1"}], "powerOnDelay": "30s"}
+        ]});
+        s.sup()
+            .apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
+                "metadata": {"name": "web-group", "namespace": NS, "labels": {"team": "a"}},
+                "spec": group_spec
+            }))
+            .unwrap();
+        let lb_spec = json!({"type": "LoadBalancer", "selector": {"app": "web"},
+                             "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]});
+        for (name, spec) in [
+            ("web-lb", lb_spec.clone()),
+            // Selects other VMs: not kept.
+            (
+                "db-lb",
+                json!({"type": "LoadBalancer", "selector": {"app": "db"}}),
+            ),
+        ] {
+            s.sup()
+                .apply(json!({
+                    "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                    "metadata": {"name": name, "namespace": NS}, "spec": spec
+                }))
+                .unwrap();
+        }
+        let b = fx.json(
+            vec![
+                "backup".into(),
+                "--repo".into(),
+                fx.repo(),
+                "--vm".into(),
+                format!("{NS}/web-1"),
+            ],
+            s,
+            "site-a",
+            None,
+        );
+        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        assert_eq!(
+            b.report()["vms"][0]["related"],
+            json!([
+                "VirtualMachineGroup web-group",
+                "VirtualMachineService web-lb"
+            ])
+        );
+        let point = b.report()["vms"][0]["point"].as_str().unwrap().to_owned();
+
+        // `show --related`: YAML documents for kubectl apply, as they were, without what
+        // the server set; with --json one List.
+        let shown = fx.run(&["show", "--repo", &fx.repo(), "--related", &point], None);
+        assert!(shown.status.success());
+        let docs: Vec<Value> = String::from_utf8(shown.stdout)
+            .unwrap()
+            .split("\n---\n")
+            .map(|d| serde_norway::from_str(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert_eq!(docs[0]["kind"], "VirtualMachineGroup");
+        assert_eq!(docs[0]["spec"], group_spec);
+        assert_eq!(docs[0]["metadata"]["labels"]["team"], "a");
+        assert_eq!(docs[1]["metadata"]["name"], "web-lb");
+        assert_eq!(docs[1]["spec"], lb_spec);
+        for d in &docs {
+            for k in ["uid", "resourceVersion", "creationTimestamp", "generation"] {
+                assert!(d["metadata"].get(k).is_none(), "{k} kept: {d}");
+            }
+            assert!(d.get("status").is_none(), "{d}");
+        }
+        let listed = fx.run(
+            &["--json", "show", "--repo", &fx.repo(), "--related", &point],
+            None,
+        );
+        let list: Value = serde_json::from_slice(&listed.stdout).unwrap();
+        assert_eq!(list["kind"], "List");
+        assert_eq!(list["items"].as_array().unwrap().len(), 2);
+
+        // The application is gone: the VM, its group; the service was recreated by hand,
+        // differently.
+        s.sup().delete("VirtualMachine", NS, "web-1").unwrap();
+        s.sup()
+            .delete("VirtualMachineGroup", NS, "web-group")
+            .unwrap();
+        s.sup()
+            .delete("VirtualMachineService", NS, "web-lb")
+            .unwrap();
+        let mine = json!({"type": "LoadBalancer", "selector": {"app": "web"},
+                          "ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 8443}]});
+        s.sup()
+            .apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                "metadata": {"name": "web-lb", "namespace": NS}, "spec": mine
+            }))
+            .unwrap();
+
+        let dry = fx.restore(&point, &["--dry-run", "--recreate-related"]);
+        assert_eq!(dry.code, Some(0), "{}\n{}", dry.stdout, dry.stderr);
+        assert!(
+            dry.report()["prediction"]["expectations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e.as_str().unwrap().starts_with(
+                    "after registration, VirtualMachineGroup web-group, VirtualMachineService web-lb (kept with the point) created"
+                )),
+            "{}",
+            dry.report()
+        );
+        assert!(
+            s.sup()
+                .get("VirtualMachineGroup", NS, "web-group")
+                .is_none()
+        );
+
+        let r = fx.restore(&point, &["--recreate-related"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        assert_eq!(report["verification"]["problems"], json!([]), "{report}");
+        assert_eq!(
+            report["related"],
+            json!([
+                {"kind": "VirtualMachineGroup", "name": "web-group", "outcome": "created"},
+                {"kind": "VirtualMachineService", "name": "web-lb", "outcome": "already_there"}
+            ])
+        );
+        let group = s.sup().get("VirtualMachineGroup", NS, "web-group").unwrap();
+        assert_eq!(group["spec"], group_spec);
+        assert_eq!(group["metadata"]["labels"]["team"], "a");
+        // The user's service is left as it is.
+        assert_eq!(
+            s.sup().get("VirtualMachineService", NS, "web-lb").unwrap()["spec"],
+            mine
+        );
+        let related = report["verification"]["related"].as_array().unwrap();
+        assert!(
+            related.contains(&json!("member of VirtualMachineGroup web-group")),
             "{related:?}"
         );
         assert!(
             related.contains(&json!("selected by VirtualMachineService web-lb")),
             "{related:?}"
+        );
+
+        // A Supervisor that cannot be reached: the backup commits its point without them,
+        // and says so.
+        let token = fx.dir.path().join("token");
+        std::fs::write(&token, "t").unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let b = fx.json(
+            vec![
+                "backup".into(),
+                "--repo".into(),
+                fx.repo(),
+                "--vm".into(),
+                format!("{NS}/web-1"),
+                "--supervisor".into(),
+                "https://127.0.0.1:9".into(),
+                "--supervisor-token-file".into(),
+                token.display().to_string(),
+            ],
+            s,
+            "site-a",
+            None,
+        );
+        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        assert_eq!(b.report()["vms"][0]["related"], json!([]));
+        assert!(
+            b.events.iter().any(|e| e["event"] == "warning"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("VirtualMachineGroup and VirtualMachineServices were not kept")),
+            "{}",
+            b.stdout
+        );
+        // --no-related: not read, no warning.
+        let b = fx.json(
+            vec![
+                "backup".into(),
+                "--repo".into(),
+                fx.repo(),
+                "--vm".into(),
+                format!("{NS}/web-1"),
+                "--no-related".into(),
+            ],
+            s,
+            "site-a",
+            None,
+        );
+        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        assert_eq!(b.report()["vms"][0]["related"], json!([]));
+        assert!(
+            !b.events.iter().any(|e| e["event"] == "warning"),
+            "{}",
+            b.stdout
         );
     }
 

@@ -123,6 +123,11 @@ pub struct RestoreJobRequest {
     /// itself, before calling registervm (default 120).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_registration_wait_secs: Option<u64>,
+    /// After registration, create the VirtualMachineGroup and VirtualMachineServices the
+    /// point kept (seed 001 §10.5: groups, then services) where the namespace has none of
+    /// that name; one already there is left as it is. Default false.
+    #[serde(default)]
+    pub recreate_related: bool,
     /// Submitting again with the same key returns the job first created with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

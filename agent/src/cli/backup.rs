@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::DiskBars;
 
+use crate::engine::restore::{SupervisorLink, SupervisorTarget};
 use crate::engine::{
     self, BackupEvent, BackupRequest, Environment, Limits, Observer, VddkTarget, VmRequest,
     VmSelector,
@@ -21,7 +22,7 @@ use crate::engine::{
 use crate::ids::{DiskKey, RestorePointId};
 use crate::repo::Repository;
 use crate::vddk::{self, Secret, TransportMode, Vddk};
-use crate::vsphere::{self, SoapClient, SoapConfig, TlsVerification, VmMoref};
+use crate::vsphere::{self, Credentials, SoapClient, SoapConfig, TlsVerification, VmMoref};
 
 /// How to reach vCenter and VDDK.
 #[derive(Debug, Args)]
@@ -93,9 +94,64 @@ pub struct BackupArgs {
     /// Disks read at once from one datastore.
     #[arg(long, default_value_t = Limits::default().disks_per_datastore)]
     pub disks_per_datastore: usize,
+    /// Do not read the VM Service VMs' VirtualMachineGroup and VirtualMachineServices
+    /// from the Supervisor (by default they are kept with each point, seed 001 §10.3–§10.4).
+    #[arg(long)]
+    pub no_related: bool,
+    /// The Supervisor.
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
     /// vCenter and VDDK.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+}
+
+/// Where the Supervisor's API is (`backup` reads each VM Service VM's VirtualMachineGroup
+/// and VirtualMachineServices there, `restore` registers and checks the VM there).
+#[derive(Debug, Args)]
+pub struct SupervisorArgs {
+    /// The Supervisor's API (default: the vCenter's address, as the lab serves it).
+    #[arg(long, env = "VADP_AGENT_SUPERVISOR")]
+    pub supervisor: Option<url::Url>,
+    /// A file holding the Supervisor bearer token (default: the vCenter SSO session).
+    #[arg(long, env = "VADP_AGENT_SUPERVISOR_TOKEN_FILE")]
+    pub supervisor_token_file: Option<PathBuf>,
+    /// SHA-1 thumbprint of the Supervisor API's certificate (default: vCenter's rules when
+    /// the API is on vCenter's address, the system's roots otherwise).
+    #[arg(long, env = "VADP_AGENT_SUPERVISOR_THUMBPRINT")]
+    pub supervisor_thumbprint: Option<String>,
+}
+
+impl SupervisorArgs {
+    /// The target these name (the token read from its file).
+    ///
+    /// # Errors
+    /// Credentials in the URL, a bad thumbprint, an unreadable or unsafe token file.
+    pub fn target(&self) -> anyhow::Result<SupervisorTarget> {
+        if let Some(u) = &self.supervisor {
+            crate::config::refuse_credentials_in_url("--supervisor", u)?;
+        }
+        Ok(SupervisorTarget {
+            url: self.supervisor.clone(),
+            tls: self
+                .supervisor_thumbprint
+                .as_ref()
+                .map(|tp| {
+                    tp.parse()
+                        .map(TlsVerification::Thumbprint)
+                        .with_context(|| format!("thumbprint {tp:?}"))
+                })
+                .transpose()?,
+            token: self
+                .supervisor_token_file
+                .as_ref()
+                .map(|f| {
+                    crate::config::read_secret_file("--supervisor-token-file", f)
+                        .map(|t| t.expose().to_owned())
+                })
+                .transpose()?,
+        })
+    }
 }
 
 /// `vadp-agent reconcile`.
@@ -126,6 +182,10 @@ pub struct ShowArgs {
     pub repo: PathBuf,
     /// The restore point.
     pub point: RestorePointId,
+    /// Print only the VirtualMachineGroup and VirtualMachineServices the point kept, as
+    /// YAML documents for `kubectl apply -f -` (with `--json`, one JSON `List`).
+    #[arg(long)]
+    pub related: bool,
 }
 
 pub(crate) fn password(args: &ConnectionArgs) -> anyhow::Result<String> {
@@ -241,6 +301,19 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
             bail!("--quiesce {q} names a VM that is not in --vm");
         }
     }
+    let supervisor = if args.no_related {
+        None
+    } else {
+        Some(Arc::new(
+            SupervisorLink::new(
+                &args.connection.vcenter,
+                &tls_of(&args.connection)?,
+                Credentials::new(&args.connection.user, &password(&args.connection)?),
+                args.supervisor.target()?,
+            )
+            .context("the Supervisor")?,
+        ))
+    };
     let (rt, env) = environment(&args.connection, &args.repo)?;
     let request = BackupRequest {
         group: args.group.clone(),
@@ -263,6 +336,7 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
         // Ad hoc: refused at once, naming the job that holds the VM.
         busy_vm_wait: std::time::Duration::ZERO,
         snapshot_gate: None,
+        supervisor: supervisor.clone(),
     };
     let cancel = CancellationToken::new();
     let observer = observer(json);
@@ -274,7 +348,11 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
                 c.cancel();
             }
         });
-        engine::run_backup(&env, request, cancel, observer).await
+        let report = engine::run_backup(&env, request, cancel, observer).await;
+        if let Some(s) = &supervisor {
+            s.close().await;
+        }
+        report
     });
     let _ = rt.block_on(env.soap.logout());
     let report = report.context("backup job")?;
@@ -489,6 +567,33 @@ pub fn reconcile(args: &ReconcileArgs, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `show --related`: the kept objects as YAML documents (`---` between them) or, with
+/// `--json`, one `v1` `List`; nothing but them on stdout, so that it can be piped to
+/// `kubectl apply -f -`.
+fn print_related(related: &[serde_json::Value], json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": related})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if related.is_empty() {
+        eprintln!(
+            "this point keeps no VirtualMachineGroup or VirtualMachineService (a VM that is no \
+             VM Service VM, one in none, or a point made before they were kept)"
+        );
+    }
+    for (i, obj) in related.iter().enumerate() {
+        let yaml = serde_norway::to_string(obj).context("writing YAML")?;
+        if i > 0 {
+            say!("---");
+        }
+        say!("{}", yaml.trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `vadp-agent show POINT`.
 ///
 /// # Errors
@@ -502,17 +607,33 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
         .get_point(args.point)?
         .with_context(|| format!("restore point {} not found", args.point))?;
     let job = repo.catalog().point_config(args.point)?.and_then(|c| c.job);
+    if args.related {
+        let related = repo
+            .point_config(args.point)
+            .with_context(|| format!("reading what restore point {} kept", args.point))?
+            .map(|c| c.related)
+            .unwrap_or_default();
+        return print_related(&related, json);
+    }
     // A point whose config file verify reports as bad is still shown, with the reason.
     let kept = repo
         .point_config(args.point)
         .map(|c| {
-            c.map_or((None, None), |c| {
-                (c.vmx.map(|v| v.len()), c.nvram.map(|n| n.len()))
+            c.map_or((None, None, Vec::new()), |c| {
+                (
+                    c.vmx.map(|v| v.len()),
+                    c.nvram.map(|n| n.len()),
+                    c.related
+                        .iter()
+                        .map(crate::vmservice::related::describe)
+                        .collect::<Vec<_>>(),
+                )
             })
         })
         .map_err(|e| crate::repo::verify::error_chain(&e));
     let vmx_bytes = kept.as_ref().map(|k| k.0).map_err(Clone::clone);
     let nvram_bytes = kept.as_ref().ok().and_then(|k| k.1);
+    let related = kept.as_ref().map(|k| k.2.clone()).unwrap_or_default();
     let job_stats = match job {
         Some(job) => repo.catalog().job_stats(job)?,
         None => None,
@@ -529,6 +650,7 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
                 "event": "show", "point": point, "skew_ms": skew, "group_failed": group_failed,
                 "vmx_bytes": vmx_bytes.as_ref().ok().copied().flatten(),
                 "nvram_bytes": nvram_bytes,
+                "related": related,
                 "config_error": vmx_bytes.as_ref().err(),
             })
         );
@@ -596,6 +718,12 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = nvram_bytes {
         say!("  NVRAM:      {n} bytes kept");
+    }
+    if !related.is_empty() {
+        say!(
+            "  related:    {} kept (`show --related` prints them for kubectl apply)",
+            related.join(", ")
+        );
     }
     say!("  disks:");
     for d in &point.disks {

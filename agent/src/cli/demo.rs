@@ -6,13 +6,18 @@
 //! same engines `vadp-agent backup` / `restore` and the daemon use:
 //!
 //! 1. VM Operator creates a Supervisor namespace with two VM Service VMs (an OS disk and a
-//!    PVC disk each, cloud-init bootstrap, labels), whose guests write data;
-//! 2. both are backed up as one group at a common point in time (full: CBT is enabled);
+//!    PVC disk each, cloud-init bootstrap, labels), whose guests write data, members of a
+//!    VirtualMachineGroup and behind a VirtualMachineService (seed 001 §10.3–§10.4);
+//! 2. both are backed up as one group at a common point in time (full: CBT is enabled),
+//!    each point keeping the group and the service;
 //! 3. the guests write again and an incremental reads only what CBT reports;
-//! 4. one VirtualMachine is deleted on the Supervisor (its vSphere VM and disks go too);
+//! 4. one VirtualMachine is deleted on the Supervisor (its vSphere VM and disks go too),
+//!    and so is the VirtualMachineService;
 //! 5. it is restored from the incremental point: pre-flight prediction, disks through VDDK
-//!    between PrepareForAccess and EndAccess, WCP registration with its progress, and the
-//!    VirtualMachine read back (PoweredOff, `restored-*` PVCs);
+//!    between PrepareForAccess and EndAccess, WCP registration with its progress, the
+//!    service created again from the point (the group, still there, left as it is), and the
+//!    VirtualMachine read back (PoweredOff, `restored-*` PVCs, in its group and selected by
+//!    its service);
 //! 6. every restored disk is compared with the backup, and a summary table is printed.
 
 use std::path::{Path, PathBuf};
@@ -43,7 +48,7 @@ macro_rules! narrate {
 }
 
 use crate::engine::restore::{
-    self, RestoreEnv, RestoreEvent, RestoreMode, RestoreRequest, SupervisorTarget,
+    self, RestoreEnv, RestoreEvent, RestoreMode, RestoreRequest, SupervisorLink, SupervisorTarget,
 };
 use crate::engine::{
     self, BackupEvent, BackupReport, BackupRequest, Environment, Limits, VddkTarget, VmRequest,
@@ -58,6 +63,10 @@ const MIB: u64 = 1 << 20;
 const NAMESPACE: &str = "demo-ns";
 /// The demo's VMs; the last one is deleted and restored.
 const VMS: [&str; 2] = ["web-1", "web-2"];
+/// Their VirtualMachineGroup (§10.4).
+const GROUP: &str = "demo-group";
+/// The VirtualMachineService in front of them (§10.3).
+const SERVICE: &str = "demo-lb";
 
 /// `vadp-agent demo`.
 #[derive(Debug, Args)]
@@ -197,6 +206,24 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
     for name in VMS {
         morefs.push(create_vm(sup, &lab, name, capacity)?);
     }
+    sup.apply(json!({
+        "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
+        "metadata": {"name": GROUP, "namespace": NAMESPACE},
+        "spec": {"powerState": "PoweredOn",
+                 "bootOrder": [{"members": VMS.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()}]}
+    }))
+    .map_err(|e| anyhow::anyhow!("creating VirtualMachineGroup {GROUP}: {e}"))?;
+    sup.apply(json!({
+        "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+        "metadata": {"name": SERVICE, "namespace": NAMESPACE},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "demo"},
+                 "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]}
+    }))
+    .map_err(|e| anyhow::anyhow!("creating VirtualMachineService {SERVICE}: {e}"))?;
+    narrate!(
+        "VirtualMachineGroup {NAMESPACE}/{GROUP} holds {}; VirtualMachineService {NAMESPACE}/{SERVICE} selects app=demo",
+        VMS.join(", ")
+    );
     for (v, (name, vm)) in VMS.iter().zip(&morefs).enumerate() {
         let disks = lab.vm(vm)?.disks;
         for (i, d) in disks.iter().enumerate() {
@@ -257,8 +284,26 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
     let mut steps = Vec::new();
 
     // 2. One group backup at a common point in time.
-    let full = backup(&rt, &env)?;
+    let link = Arc::new(SupervisorLink::new(
+        &sdk_url,
+        &tls,
+        vsphere::Credentials::new(&running.user, &running.password),
+        SupervisorTarget::default(),
+    )?);
+    let full = backup(&rt, &env, &link)?;
     steps.push(backup_step("full backup, 2 VMs as one group", &full));
+    for v in &full.vms {
+        ensure!(
+            v.related.len() == 2,
+            "{}'s point keeps {:?}, not its VirtualMachineGroup and VirtualMachineService",
+            v.name,
+            v.related
+        );
+    }
+    narrate!(
+        "  each point keeps {} (seed 001 §10.3–§10.4)",
+        full.vms[0].related.join(" and ")
+    );
     // 3. The guests write; the incremental reads what CBT reports.
     for (v, vm) in morefs.iter().enumerate() {
         for (i, d) in lab.vm(vm)?.disks.iter().enumerate() {
@@ -272,7 +317,8 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             )?;
         }
     }
-    let incremental = backup(&rt, &env)?;
+    let incremental = backup(&rt, &env, &link)?;
+    rt.block_on(link.close());
     steps.push(backup_step("incremental backup (CBT)", &incremental));
     let restored_name = VMS[VMS.len() - 1];
     let point = incremental
@@ -290,6 +336,9 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         "VM Operator did not remove the vSphere VM"
     );
     narrate!("deleted VirtualMachine {NAMESPACE}/{restored_name} (its vSphere VM and disks)");
+    sup.delete("VirtualMachineService", NAMESPACE, SERVICE)
+        .map_err(|e| anyhow::anyhow!("deleting {SERVICE}: {e}"))?;
+    narrate!("deleted VirtualMachineService {NAMESPACE}/{SERVICE}");
 
     // 5. Restore and registration.
     let report = rt.block_on(async {
@@ -331,6 +380,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             dry_run: false,
             verify_first: true,
             auto_registration_wait: restore::AUTO_REGISTRATION_WAIT,
+            recreate_related: true,
         };
         let r = restore::run_restore(&renv, &request, observer, CancellationToken::new()).await;
         let _ = renv.vapi.logout().await;
@@ -346,6 +396,26 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         "the restored VirtualMachine is not as seed 001 §8 says: {:?}",
         verification.problems
     );
+    // §10.5: the service came back from the point, the group was left as it was.
+    let outcomes: Vec<String> = report
+        .related
+        .iter()
+        .map(|r| format!("{} {}: {:?}", r.kind, r.name, r.outcome))
+        .collect();
+    ensure!(
+        report
+            .related
+            .iter()
+            .any(|r| r.name == SERVICE && r.outcome == restore::RelatedOutcome::Created)
+            && report
+                .related
+                .iter()
+                .any(|r| r.name == GROUP && r.outcome == restore::RelatedOutcome::AlreadyThere),
+        "the point's VirtualMachineGroup and VirtualMachineService were not handled as §10.5 says: {outcomes:?}"
+    );
+    for r in &verification.related {
+        narrate!("  {r}");
+    }
     let restored = VmMoref(
         report
             .vm
@@ -428,6 +498,7 @@ fn create_vm(
                      "labels": {"app": "demo", "topology.kubernetes.io/zone": "zone-a"}},
         "spec": {
             "className": "best-effort-small", "imageName": "ubuntu-22.04",
+            "groupName": GROUP,
             "powerState": "PoweredOn",
             "advanced": {"bootDiskCapacity": format!("{}Mi", capacity / MIB)},
             "bootstrap": {"cloudInit": {"rawCloudConfig": {"name": format!("{name}-cloud-init"), "key": "user-data"}}},
@@ -463,7 +534,11 @@ fn guest_writes(
     Ok(())
 }
 
-fn backup(rt: &tokio::runtime::Runtime, env: &Environment) -> anyhow::Result<BackupReport> {
+fn backup(
+    rt: &tokio::runtime::Runtime,
+    env: &Environment,
+    supervisor: &Arc<SupervisorLink>,
+) -> anyhow::Result<BackupReport> {
     let request = BackupRequest {
         group: Some("demo".into()),
         vms: VMS
@@ -482,6 +557,7 @@ fn backup(rt: &tokio::runtime::Runtime, env: &Environment) -> anyhow::Result<Bac
         limits: Limits::default(),
         busy_vm_wait: std::time::Duration::ZERO,
         snapshot_gate: None,
+        supervisor: Some(Arc::clone(supervisor)),
     };
     let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
         if let BackupEvent::SnapshotCreated {

@@ -11,14 +11,14 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use super::backup::{ConnectionArgs, environment, password, tls_of};
+use super::backup::{ConnectionArgs, SupervisorArgs, environment, password, tls_of};
 use super::progress::DiskBars;
 use crate::engine::restore::{
     self, Prediction, RestoreEnv, RestoreEvent, RestoreMode, RestoreObserver, RestoreReport,
-    RestoreRequest, SupervisorTarget,
+    RestoreRequest,
 };
 use crate::ids::{DiskKey, RestorePointId};
-use crate::vsphere::{Credentials, SubnetMapping, TlsVerification};
+use crate::vsphere::{Credentials, SubnetMapping};
 
 /// `vadp-agent restore`.
 #[derive(Debug, Args)]
@@ -58,16 +58,14 @@ pub struct RestoreArgs {
     /// registers the VM by itself) before calling registervm.
     #[arg(long, default_value_t = 120)]
     pub auto_registration_wait: u64,
-    /// The Supervisor's API (default: the vCenter's address, as the lab serves it).
-    #[arg(long, env = "VADP_AGENT_SUPERVISOR")]
-    pub supervisor: Option<url::Url>,
-    /// A file holding the Supervisor bearer token (default: the vCenter SSO session).
-    #[arg(long, env = "VADP_AGENT_SUPERVISOR_TOKEN_FILE")]
-    pub supervisor_token_file: Option<PathBuf>,
-    /// SHA-1 thumbprint of the Supervisor API's certificate (default: vCenter's rules when
-    /// the API is on vCenter's address, the system's roots otherwise).
-    #[arg(long, env = "VADP_AGENT_SUPERVISOR_THUMBPRINT")]
-    pub supervisor_thumbprint: Option<String>,
+    /// After registration, create the VirtualMachineGroup and VirtualMachineServices the
+    /// backup kept (seed 001 §10.5: groups, then services) where the namespace has none of
+    /// that name; one already there is left as it is.
+    #[arg(long)]
+    pub recreate_related: bool,
+    /// The Supervisor.
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
     /// vCenter and VDDK.
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -97,32 +95,10 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         .map(|s| parse_subnet_map(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    if let Some(u) = &args.supervisor {
-        crate::config::refuse_credentials_in_url("--supervisor", u)?;
-    }
+    let supervisor = args.supervisor.target()?;
     let (rt, env) = environment(&args.connection, &args.repo)?;
     let tls = tls_of(&args.connection)?;
     let credentials = Credentials::new(&args.connection.user, &password(&args.connection)?);
-    let supervisor = SupervisorTarget {
-        url: args.supervisor.clone(),
-        tls: args
-            .supervisor_thumbprint
-            .as_ref()
-            .map(|tp| {
-                tp.parse()
-                    .map(TlsVerification::Thumbprint)
-                    .with_context(|| format!("thumbprint {tp:?}"))
-            })
-            .transpose()?,
-        token: args
-            .supervisor_token_file
-            .as_ref()
-            .map(|f| {
-                crate::config::read_secret_file("--supervisor-token-file", f)
-                    .map(|t| t.expose().to_owned())
-            })
-            .transpose()?,
-    };
     let request = RestoreRequest {
         point: args.point,
         namespace: args.namespace.clone(),
@@ -133,6 +109,7 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
         verify_first: args.verify_first,
         auto_registration_wait: std::time::Duration::from_secs(args.auto_registration_wait),
+        recreate_related: args.recreate_related,
     };
     let observer = observer(json);
     let cancel = CancellationToken::new();

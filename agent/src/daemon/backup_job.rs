@@ -16,7 +16,8 @@ use super::maintenance;
 use super::queue::{BodyFuture, JobBody, Outcome, RunContext};
 use crate::config::{AgentConfig, read_secret_file};
 use crate::engine::restore::{
-    self, RestoreEnv, RestoreError, RestoreEvent, RestoreObserver, RestoreRequest, SupervisorTarget,
+    self, RestoreEnv, RestoreError, RestoreEvent, RestoreObserver, RestoreRequest, SupervisorLink,
+    SupervisorTarget,
 };
 use crate::engine::{
     self, BackupError, BackupEvent, BackupRequest, Environment, VmRequest, VmSelector,
@@ -24,6 +25,14 @@ use crate::engine::{
 use crate::ids::{DiskKey, RestorePointId};
 use crate::repo::{RepairReport, RepoError, VerifyOptions, VerifyReport, VerifySubset};
 use crate::vsphere::{Credentials, TlsVerification};
+
+/// vCenter's address, rules and credentials, and the Supervisor's, from the configuration.
+struct VcenterAccess {
+    sdk: url::Url,
+    tls: TlsVerification,
+    credentials: Credentials,
+    supervisor: SupervisorTarget,
+}
 
 /// How long a backup job waits, in all, for VMs another job is working on before it fails.
 pub const VM_BUSY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
@@ -60,6 +69,7 @@ pub fn engine_request(
         limits,
         busy_vm_wait: VM_BUSY_WAIT_MAX,
         snapshot_gate: None,
+        supervisor: None,
     })
 }
 
@@ -144,6 +154,7 @@ pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> 
             restore::AUTO_REGISTRATION_WAIT,
             std::time::Duration::from_secs,
         ),
+        recreate_related: r.recreate_related,
     })
 }
 
@@ -204,6 +215,20 @@ impl BackupJobs {
             Err(e) => return failed(e),
         };
         request.snapshot_gate = policy_schedule(&self.config, &ctx.origin).map(blackout_gate);
+        // The VM Service VMs' VirtualMachineGroup and VirtualMachineServices are kept with
+        // their points when the Supervisor can be reached; a configuration that cannot
+        // name it loses only them (a warning), never the backup.
+        let link = match self.vcenter_access().await.and_then(|a| {
+            SupervisorLink::new(&a.sdk, &a.tls, a.credentials, a.supervisor)
+                .map_err(|e| engine::error_chain(&e))
+        }) {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the Supervisor cannot be reached: VirtualMachineGroups and VirtualMachineServices are not kept in this job");
+                None
+            }
+        };
+        request.supervisor.clone_from(&link);
         let sink = ctx.events.clone();
         let observer: engine::Observer = Arc::new(move |e: &BackupEvent| {
             if let Ok(v) = serde_json::to_value(e) {
@@ -211,6 +236,9 @@ impl BackupJobs {
             }
         });
         let result = engine::run_backup(&self.env, request, ctx.cancel.clone(), observer).await;
+        if let Some(l) = &link {
+            l.close().await;
+        }
         // A run that committed a point applies the policy's retention, also when some of
         // its VMs failed: those keep every point (see `maintenance::apply_retention`).
         let committed = result
@@ -262,8 +290,9 @@ impl BackupJobs {
         outcome
     }
 
-    /// The vAPI and Supervisor clients of one restore, from the configuration.
-    async fn restore_env(&self) -> Result<RestoreEnv, String> {
+    /// How this daemon reaches vCenter's vAPI and the Supervisor, from the configuration
+    /// (its secret files read on a blocking thread).
+    async fn vcenter_access(&self) -> Result<VcenterAccess, String> {
         let c = &self.config;
         let sdk: url::Url = c
             .vcenter
@@ -317,12 +346,23 @@ impl BackupJobs {
                 .transpose()?,
             token,
         };
+        Ok(VcenterAccess {
+            sdk,
+            tls,
+            credentials: Credentials::new(&c.vcenter.user, password.expose()),
+            supervisor,
+        })
+    }
+
+    /// The vAPI and Supervisor clients of one restore, from the configuration.
+    async fn restore_env(&self) -> Result<RestoreEnv, String> {
+        let a = self.vcenter_access().await?;
         RestoreEnv::connect(
             self.env.clone(),
-            &sdk,
-            &tls,
-            Credentials::new(&c.vcenter.user, password.expose()),
-            supervisor,
+            &a.sdk,
+            &a.tls,
+            a.credentials,
+            a.supervisor,
         )
         .await
         .map_err(|e| engine::error_chain(&e))

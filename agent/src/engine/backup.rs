@@ -189,6 +189,9 @@ pub struct BackupRequest {
     pub busy_vm_wait: Duration,
     /// Asked just before the snapshots (a policy's blackout windows, seed 000).
     pub snapshot_gate: Option<SnapshotGate>,
+    /// Where each VM Service VM's VirtualMachineGroup and VirtualMachineServices are read,
+    /// to be kept with its point (seed 001 §10.3–§10.4); `None`: they are not kept.
+    pub supervisor: Option<Arc<crate::engine::restore::SupervisorLink>>,
 }
 
 /// Asked just before a job's snapshots: the end of a window in which none may be taken (a
@@ -389,6 +392,9 @@ pub struct VmReport {
     /// Bytes of the NVRAM file kept with the point (none: the VM has none yet, or it could
     /// not be read, with a warning).
     pub nvram_bytes: Option<usize>,
+    /// The VirtualMachineGroup and VirtualMachineServices kept with the point (`kind
+    /// name`), seed 001 §10.3–§10.4.
+    pub related: Vec<String>,
     /// The error, when the VM failed.
     pub error: Option<String>,
     /// Problems cleaning up (a snapshot that could not be removed is also left in the
@@ -761,6 +767,7 @@ fn failed_report(info: &VmInfo, error: String) -> VmReport {
         validation: None,
         vmx_bytes: 0,
         nvram_bytes: None,
+        related: Vec::new(),
         error: Some(error),
         cleanup_errors: Vec::new(),
         seconds: 0.0,
@@ -1456,6 +1463,8 @@ async fn back_up_vm_inner(
         });
     }
     let roles: BTreeMap<i32, DiskRole> = validation.roles.iter().copied().collect();
+    let related = related_objects(ctx, info, validation.data.as_ref()).await;
+    let related_names: Vec<String> = related.iter().map(vmservice::related::describe).collect();
     check_cancel(ctx)?;
     // A snapshot does not freeze an independent disk, which was backed up only because the
     // VM was off at set-up: a VM powered on since may have written it while it was read.
@@ -1505,6 +1514,7 @@ async fn back_up_vm_inner(
         "bytes_read": written.iter().map(|(_, w, _)| w.stats.bytes_read).sum::<u64>(),
         "bytes_stored": written.iter().map(|(_, w, _)| w.stats.bytes_stored).sum::<u64>(),
         "validation": validation,
+        "related": related_names,
     });
     let extra_config = serde_json::Value::Array(
         info.extra_config
@@ -1536,6 +1546,7 @@ async fn back_up_vm_inner(
         vmx: Some(vmx_bytes),
         extra_config: Some(extra_config),
         nvram,
+        related,
         config_digest: None,
         stats,
         disks: written
@@ -1562,6 +1573,7 @@ async fn back_up_vm_inner(
     report.kind = Some(kind);
     report.reason = reason;
     report.disks = written.into_iter().map(|(_, _, r)| r).collect();
+    report.related = related_names;
     report.validation = Some(validation);
     (ctx.observer)(&BackupEvent::VmFinished {
         vm: vm.clone(),
@@ -1570,6 +1582,77 @@ async fn back_up_vm_inner(
         kind,
     });
     Ok(())
+}
+
+/// Seed 001 §10.3–§10.4: the VirtualMachineGroup a VM Service VM names and the
+/// VirtualMachineServices that select it, read from its namespace on the Supervisor to be
+/// kept with its point ("record … before or during backup"), ready to be created again
+/// after a restore. None for a VM that is not a VM Service VM, nor when the job reads no
+/// Supervisor; a Supervisor that cannot be read is a warning (the point is kept without
+/// them: its disks and `.vmx` are what matter).
+async fn related_objects(
+    ctx: &JobCtx,
+    info: &VmInfo,
+    data: Option<&vmservice::VmServiceData>,
+) -> Vec<serde_json::Value> {
+    let (Some(link), Some(data)) = (&ctx.request.supervisor, data) else {
+        return Vec::new();
+    };
+    let (Some(vm), Some(ns), Some(api_version)) =
+        (&data.vm_yaml, &data.namespace, &data.api_version)
+    else {
+        return Vec::new();
+    };
+    let version = api_version
+        .rsplit_once('/')
+        .map_or(api_version.as_str(), |(_, v)| v);
+    let read = async {
+        let supervisor = link.get().await.map_err(str::to_owned)?;
+        let list = |kind: &'static str| async move {
+            supervisor
+                .vmop_objects(ns, kind, version)
+                .await
+                .map(|l| {
+                    l.unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|o| serde_json::to_value(o).ok())
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|e| error_chain(&e))
+        };
+        let names_group = vm
+            .pointer("/spec/groupName")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|g| !g.is_empty());
+        let groups = if names_group {
+            list(vmservice::related::GROUP_KIND).await?
+        } else {
+            Vec::new()
+        };
+        let services = list(vmservice::related::SERVICE_KIND).await?;
+        Ok::<_, String>(vmservice::related::pick(
+            vm,
+            &groups,
+            &services,
+            api_version,
+        ))
+    };
+    match read.await {
+        Ok(kept) => kept,
+        Err(e) => {
+            let message = format!(
+                "its VirtualMachineGroup and VirtualMachineServices were not kept ({e}): after \
+                 a restore, recreate them from a copy of your own (seed 001 §10.3, §10.4)"
+            );
+            tracing::warn!(vm = %info.moref, "{message}");
+            (ctx.observer)(&BackupEvent::Warning {
+                vm: info.moref.clone(),
+                name: info.name.clone(),
+                message,
+            });
+            Vec::new()
+        }
+    }
 }
 
 fn describe(v: &Validation) -> String {

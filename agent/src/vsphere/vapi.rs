@@ -95,6 +95,12 @@ impl VapiClient {
         Ok(())
     }
 
+    /// Whether a session is open (a login succeeded and no logout followed).
+    #[must_use]
+    pub fn has_session(&self) -> bool {
+        self.token().is_some()
+    }
+
     /// `DELETE /api/session`.
     ///
     /// # Errors

@@ -67,7 +67,7 @@ use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
 use crate::ids::{DiskKey, JobId, RestorePointId};
 use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind};
-use crate::supervisor::{Supervisor, SupervisorError};
+use crate::supervisor::{Created, Supervisor, SupervisorError};
 use crate::vsphere::{
     DatastorePath, FolderMoref, MoRef, SubnetMapping, VapiClient, VapiError, VmMoref,
 };
@@ -106,6 +106,9 @@ pub struct RestoreRequest {
     /// How long to wait for WCP's automatic registration before calling registervm
     /// ([`AUTO_REGISTRATION_WAIT`] by default; §9.1 step 4 says 1–2 minutes).
     pub auto_registration_wait: Duration,
+    /// After registration, create the VirtualMachineGroup and VirtualMachineServices the
+    /// point kept where the namespace has none of that name (§10.5 phase 2).
+    pub recreate_related: bool,
 }
 
 /// What a restore talks to besides the backup [`Environment`].
@@ -141,6 +144,123 @@ impl std::fmt::Debug for SupervisorTarget {
     }
 }
 
+impl SupervisorTarget {
+    /// Connects to the Supervisor: vCenter's vAPI session (`vapi`, logged in here when
+    /// needed) gives the token when none is set; `base` and `tls` are vCenter's address
+    /// and rules.
+    async fn connect(
+        self,
+        base: &url::Url,
+        tls: &TlsVerification,
+        vapi: &VapiClient,
+    ) -> Result<Supervisor, RestoreError> {
+        let supervisor_tls = match (self.tls, &self.url) {
+            (Some(t), _) => t,
+            (None, None) => tls.clone(),
+            (None, Some(_)) => TlsVerification::SystemRoots,
+        };
+        // vCenter's own session goes to vCenter only: another Supervisor address needs its
+        // own token.
+        if self.token.is_none()
+            && let Some(u) = &self.url
+            && (u.host_str(), u.port_or_known_default())
+                != (base.host_str(), base.port_or_known_default())
+        {
+            return Err(RestoreError::Invalid(format!(
+                "the Supervisor at {} is not vCenter {}: give its token (--supervisor-token-file) rather than sending it vCenter's session",
+                u.host_str().unwrap_or_default(),
+                base.host_str().unwrap_or_default()
+            )));
+        }
+        let url = self.url.unwrap_or_else(|| base.clone());
+        let token = match self.token {
+            Some(t) => t,
+            None => vapi
+                .bearer_token()
+                .await
+                .map_err(|source| RestoreError::Vapi {
+                    what: "logging in to vAPI for the Supervisor token".into(),
+                    source,
+                })?,
+        };
+        Ok(Supervisor::connect(
+            url.as_str().trim_end_matches('/'),
+            &supervisor_tls,
+            token,
+        )?)
+    }
+}
+
+/// A backup job's way to the Supervisor, where it reads the VirtualMachineGroup and
+/// VirtualMachineServices around its VM Service VMs (seed 001 §10.3–§10.4): connected at
+/// first use, so that a job without VM Service VMs never logs in to vAPI; one connection
+/// (and at most one vAPI session, ended by [`Self::close`]) per job.
+#[derive(Debug)]
+pub struct SupervisorLink {
+    base: url::Url,
+    tls: TlsVerification,
+    target: SupervisorTarget,
+    vapi: VapiClient,
+    supervisor: tokio::sync::OnceCell<Result<Supervisor, String>>,
+}
+
+impl SupervisorLink {
+    /// A link to the Supervisor `target` names, through vCenter at `sdk_url` (verified
+    /// with `tls`, logged in to with `credentials` if the Supervisor needs vCenter's
+    /// session). Nothing is connected yet.
+    ///
+    /// # Errors
+    /// A vAPI client that cannot be built (TLS set-up).
+    pub fn new(
+        sdk_url: &url::Url,
+        tls: &TlsVerification,
+        credentials: crate::vsphere::Credentials,
+        target: SupervisorTarget,
+    ) -> Result<Self, RestoreError> {
+        let mut base = sdk_url.clone();
+        base.set_path("/");
+        let vapi = VapiClient::new(base.clone(), tls, false, credentials).map_err(|source| {
+            RestoreError::Vapi {
+                what: format!("vAPI client for {base}"),
+                source,
+            }
+        })?;
+        Ok(Self {
+            base,
+            tls: tls.clone(),
+            target,
+            vapi,
+            supervisor: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The Supervisor, connected at the first call; the same error at every call when it
+    /// could not be.
+    ///
+    /// # Errors
+    /// Why it could not be connected (a message naming what failed).
+    pub async fn get(&self) -> Result<&Supervisor, &str> {
+        self.supervisor
+            .get_or_init(|| async {
+                self.target
+                    .clone()
+                    .connect(&self.base, &self.tls, &self.vapi)
+                    .await
+                    .map_err(|e| crate::engine::error_chain(&e))
+            })
+            .await
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// Ends the vAPI session a connection opened, if any.
+    pub async fn close(&self) {
+        if self.vapi.has_session() {
+            let _ = self.vapi.logout().await;
+        }
+    }
+}
+
 impl RestoreEnv {
     /// Connects the vAPI client (vCenter at `sdk_url`, verified with `tls`) and the
     /// Supervisor client.
@@ -162,37 +282,7 @@ impl RestoreEnv {
                 source,
             }
         })?;
-        let supervisor_tls = match (supervisor.tls, &supervisor.url) {
-            (Some(t), _) => t,
-            (None, None) => tls.clone(),
-            (None, Some(_)) => TlsVerification::SystemRoots,
-        };
-        // vCenter's own session goes to vCenter only: another Supervisor address needs its
-        // own token.
-        if supervisor.token.is_none()
-            && let Some(u) = &supervisor.url
-            && (u.host_str(), u.port_or_known_default())
-                != (base.host_str(), base.port_or_known_default())
-        {
-            return Err(RestoreError::Invalid(format!(
-                "the Supervisor at {} is not vCenter {}: give its token (--supervisor-token-file) rather than sending it vCenter's session",
-                u.host_str().unwrap_or_default(),
-                base.host_str().unwrap_or_default()
-            )));
-        }
-        let url = supervisor.url.unwrap_or(base);
-        let token = match supervisor.token {
-            Some(t) => t,
-            None => vapi
-                .bearer_token()
-                .await
-                .map_err(|source| RestoreError::Vapi {
-                    what: "logging in to vAPI for the Supervisor token".into(),
-                    source,
-                })?,
-        };
-        let supervisor =
-            Supervisor::connect(url.as_str().trim_end_matches('/'), &supervisor_tls, token)?;
+        let supervisor = supervisor.connect(&base, tls, &vapi).await?;
         Ok(Self {
             env,
             vapi: Arc::new(vapi),
@@ -381,6 +471,37 @@ pub struct Verification {
     pub related: Vec<String>,
 }
 
+/// What a restore did with a VM Operator object its point kept (a VirtualMachineGroup or
+/// VirtualMachineService, seed 001 §10.3–§10.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelatedOutcome {
+    /// Kept with the point, not recreated (not asked for, or a dry run).
+    Kept,
+    /// Created in the namespace after registration.
+    Created,
+    /// The namespace has one of that kind and name: left as it is.
+    AlreadyThere,
+    /// The Supervisor does not serve its kind at its API version.
+    NotServed,
+    /// Creating it failed (see `error`).
+    Failed,
+}
+
+/// One kept VM Operator object and what the restore did with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelatedObject {
+    /// `VirtualMachineGroup` or `VirtualMachineService`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// What was done.
+    pub outcome: RelatedOutcome,
+    /// Why creating it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The result of a restore.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
@@ -402,6 +523,9 @@ pub struct RestoreReport {
     pub auto_registered: bool,
     /// The Supervisor's view afterwards.
     pub verification: Option<Verification>,
+    /// The VirtualMachineGroup and VirtualMachineServices the point kept, and what was
+    /// done with each (created only when asked for, after registration).
+    pub related: Vec<RelatedObject>,
     /// Seconds spent writing disks (the data path).
     pub data_seconds: f64,
     /// Bytes of disk capacity restored.
@@ -520,6 +644,20 @@ pub async fn run_restore(
         registration_task: None,
         auto_registered: false,
         verification: None,
+        related: plan
+            .related
+            .iter()
+            .map(|o| RelatedObject {
+                kind: crate::vmservice::related::kind_of(o)
+                    .unwrap_or_default()
+                    .to_owned(),
+                name: crate::vmservice::related::name_of(o)
+                    .unwrap_or_default()
+                    .to_owned(),
+                outcome: RelatedOutcome::Kept,
+                error: None,
+            })
+            .collect(),
         data_seconds: 0.0,
         bytes_total: 0,
         seconds: 0.0,
@@ -1560,6 +1698,9 @@ async fn restore_steps(
                 });
             }
         }
+        if request.recreate_related {
+            recreate_related(renv, plan, report, &step).await;
+        }
         step("registration complete; reading the VirtualMachine back".into());
         super::pause_point("restore-before-verify").await;
         // The VM is restored and registered by now: a check that cannot read it back (the
@@ -1581,11 +1722,66 @@ async fn restore_steps(
                 }
             }
         });
+        // Asked for and not done: the namespace is not as the user wanted it.
+        let not_created = report.related.iter().filter_map(|r| {
+            r.error.as_ref().map(|e| {
+                format!(
+                    "{} {} (kept with the point) was not created in {}: {e}; apply it yourself \
+                     (`vadp-agent show --related {}`, §10.5)",
+                    r.kind, r.name, plan.namespace, report.point
+                )
+            })
+        });
+        let not_created: Vec<String> = not_created.collect();
+        if let Some(v) = report.verification.as_mut() {
+            v.problems.extend(not_created);
+        }
         Ok(())
     };
     tokio::select! {
         r = registration => r,
         () = cancel.cancelled() => Err(RestoreError::Engine(BackupError::Cancelled)),
+    }
+}
+
+/// §10.5 phase 2, once the VM is registered: creates each VirtualMachineGroup, then each
+/// VirtualMachineService, the point kept, in the namespace the VM was restored to, unless
+/// one of that kind and name is there (the user's wins). Never fails the restore: what
+/// could not be created is recorded in `report.related` and becomes a problem of the
+/// verification.
+async fn recreate_related(
+    renv: &RestoreEnv,
+    plan: &Plan,
+    report: &mut RestoreReport,
+    step: &(dyn Fn(String) + Sync),
+) {
+    for (obj, entry) in plan.related.iter().zip(report.related.iter_mut()) {
+        let what = crate::vmservice::related::describe(obj);
+        let ns = &plan.namespace;
+        match renv.supervisor.create_vmop_object(ns, obj).await {
+            Ok(Created::Created) => {
+                entry.outcome = RelatedOutcome::Created;
+                step(format!("created {what} in {ns} (kept with the point)"));
+            }
+            Ok(Created::AlreadyThere) => {
+                entry.outcome = RelatedOutcome::AlreadyThere;
+                step(format!("{what} is in {ns} already: left as it is"));
+            }
+            Ok(Created::NotServed) => {
+                entry.outcome = RelatedOutcome::NotServed;
+                entry.error = Some(format!(
+                    "the Supervisor does not serve {} at {}",
+                    entry.kind,
+                    obj.get("apiVersion")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("its apiVersion")
+                ));
+            }
+            Err(e) => {
+                entry.outcome = RelatedOutcome::Failed;
+                entry.error = Some(crate::engine::error_chain(&e));
+            }
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub(super) struct Plan {
     /// The NVRAM file kept with the point (none for points made before it was kept, and
     /// for VMs that had none).
     pub(super) nvram: Option<Vec<u8>>,
+    /// The VirtualMachineGroup and VirtualMachineServices the point kept (§10.3–§10.4), in
+    /// the order §10.5 recreates them.
+    pub(super) related: Vec<serde_json::Value>,
     /// The `.vmx` entries, parsed once.
     pub(super) entries: Vec<(String, String)>,
     pub(super) data: Option<VmServiceData>,
@@ -83,7 +86,9 @@ pub(super) async fn plan(
     .await?
     .map_err(BackupError::Repo)?;
     let point = point.ok_or_else(|| RestoreError::Invalid(format!("no restore point {id}")))?;
-    let (vmx, nvram) = config.map_or((None, None), |c| (c.vmx, c.nvram));
+    let (vmx, nvram, mut related) =
+        config.map_or((None, None, Vec::new()), |c| (c.vmx, c.nvram, c.related));
+    crate::vmservice::related::apply_order(&mut related);
     let vmx =
         vmx.ok_or_else(|| RestoreError::Invalid(format!("restore point {id} kept no .vmx file")))?;
     let entries = crate::engine::vmx::parse(&vmx)
@@ -400,9 +405,27 @@ pub(super) async fn plan(
         }
         (None, false) => {}
     }
+    if !related.is_empty() {
+        let names: Vec<String> = related
+            .iter()
+            .map(crate::vmservice::related::describe)
+            .collect();
+        prediction.expectations.push(if request.recreate_related {
+            format!(
+                "after registration, {} (kept with the point) created in namespace {namespace} where it has none of that name (§10.5)",
+                names.join(", ")
+            )
+        } else {
+            format!(
+                "the point keeps {}: not recreated (ask for it with --recreate-related, or apply `vadp-agent show --related {id}` with kubectl, §10.5)",
+                names.join(", ")
+            )
+        });
+    }
     Ok(Plan {
         vmx,
         nvram,
+        related,
         entries,
         data,
         name,
