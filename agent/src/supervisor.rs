@@ -229,12 +229,55 @@ impl Supervisor {
         {
             Ok(_) => Ok(Created::Created),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(Created::AlreadyThere),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Created::NotServed),
+            // A 404 names either the resource (kind or version not served) or the
+            // namespace (`namespaces "x" not found`), which is an error of its own.
+            Err(kube::Error::Api(e)) if e.code == 404 && !e.message.starts_with("namespaces ") => {
+                Ok(Created::NotServed)
+            }
             Err(source) => Err(SupervisorError::Api {
                 what: format!("create {what} in {namespace}"),
                 source: Box::new(source),
             }),
         }
+    }
+
+    /// The objects of VM Operator's `kind` in `namespace`, read at API `version` if the
+    /// Supervisor serves the kind there, else at the newest version of
+    /// [`crate::vmservice::SUPPORTED_API_VERSIONS`] that it serves (VirtualMachineGroup is
+    /// younger than a VM's v1alpha3, say). Each item gets the `apiVersion` it was read at
+    /// when the list leaves it out. `None` when no version serves the kind.
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Api`].
+    pub async fn vmop_objects_served(
+        &self,
+        namespace: &str,
+        kind: &str,
+        version: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>, SupervisorError> {
+        let others = crate::vmservice::SUPPORTED_API_VERSIONS
+            .iter()
+            .rev()
+            .filter(|v| **v != version);
+        for v in std::iter::once(version).chain(others.copied()) {
+            if let Some(items) = self.vmop_objects(namespace, kind, v).await? {
+                let api_version = format!("{VMOP_GROUP}/{v}");
+                return Ok(Some(
+                    items
+                        .into_iter()
+                        .filter_map(|o| serde_json::to_value(o).ok())
+                        .map(|mut o| {
+                            if o.get("apiVersion").is_none_or(serde_json::Value::is_null) {
+                                o["apiVersion"] = api_version.clone().into();
+                            }
+                            o
+                        })
+                        .collect(),
+                ));
+            }
+        }
+        Ok(None)
     }
 
     /// The VirtualMachines of `namespace`, read at API `version`.

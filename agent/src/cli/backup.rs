@@ -301,6 +301,8 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
             bail!("--quiesce {q} names a VM that is not in --vm");
         }
     }
+    // After `environment`, which refuses credentials in the URL and re-executes for VDDK.
+    let (rt, env) = environment(&args.connection, &args.repo)?;
     let supervisor = if args.no_related {
         None
     } else {
@@ -314,7 +316,6 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
             .context("the Supervisor")?,
         ))
     };
-    let (rt, env) = environment(&args.connection, &args.repo)?;
     let request = BackupRequest {
         group: args.group.clone(),
         vms: args

@@ -218,13 +218,26 @@ impl BackupJobs {
         // The VM Service VMs' VirtualMachineGroup and VirtualMachineServices are kept with
         // their points when the Supervisor can be reached; a configuration that cannot
         // name it loses only them (a warning), never the backup.
-        let link = match self.vcenter_access().await.and_then(|a| {
-            SupervisorLink::new(&a.sdk, &a.tls, a.credentials, a.supervisor)
-                .map_err(|e| engine::error_chain(&e))
-        }) {
+        let link = match self.vcenter_access().await {
+            // Off the runtime: a CA file is read here.
+            Ok(a) => tokio::task::spawn_blocking(move || {
+                SupervisorLink::new(&a.sdk, &a.tls, a.credentials, a.supervisor)
+                    .map_err(|e| engine::error_chain(&e))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+            Err(e) => Err(e),
+        };
+        let link = match link {
             Ok(l) => Some(Arc::new(l)),
             Err(e) => {
-                tracing::warn!(error = %e, "the Supervisor cannot be reached: VirtualMachineGroups and VirtualMachineServices are not kept in this job");
+                let message = format!(
+                    "the Supervisor is not set up for this job ({e}): its VM Service VMs' \
+                     VirtualMachineGroup and VirtualMachineServices are not kept"
+                );
+                tracing::warn!("{message}");
+                ctx.events
+                    .emit(serde_json::json!({"event": "warning", "message": message}));
                 None
             }
         };

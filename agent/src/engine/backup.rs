@@ -501,6 +501,9 @@ struct JobCtx {
     snapshot_at: std::sync::OnceLock<i64>,
     /// vCenter's clock minus this machine's, in seconds, measured at the job's start.
     clock_offset_secs: i64,
+    /// The names of the job's VMs, once set up (§10.3–§10.4: are a group's members and a
+    /// service's VMs in the job?).
+    job_vms: std::sync::OnceLock<Vec<String>>,
 }
 
 /// vCenter's clock minus this machine's, in seconds (`CurrentTime`; 0 when it cannot be
@@ -639,6 +642,7 @@ async fn run_job(
         vm_locks: Mutex::new(Vec::new()),
         snapshot_at: std::sync::OnceLock::new(),
         clock_offset_secs,
+        job_vms: std::sync::OnceLock::new(),
     });
 
     // Held until every point of the job is committed: GC waits (ARCHITECTURE §6). Let go
@@ -696,6 +700,9 @@ async fn run_job(
             return Err(e);
         }
     };
+    let _ = ctx
+        .job_vms
+        .set(members.iter().map(|m| m.info.name.clone()).collect());
 
     // Phase 2: one task per VM; a panic inside one is a JoinError here.
     let mut tasks = Vec::new();
@@ -1588,13 +1595,17 @@ async fn back_up_vm_inner(
 /// VirtualMachineServices that select it, read from its namespace on the Supervisor to be
 /// kept with its point ("record … before or during backup"), ready to be created again
 /// after a restore. None for a VM that is not a VM Service VM, nor when the job reads no
-/// Supervisor; a Supervisor that cannot be read is a warning (the point is kept without
-/// them: its disks and `.vmx` are what matter).
+/// Supervisor. Whatever stands in the way is a warning, never a failure (the point is
+/// kept without them: its disks and `.vmx` are what matter): a Supervisor that cannot be
+/// read (after which the job stops asking it), a group the VM names that is not there,
+/// and group members or selected VMs that are not in this job (§10.3 and §10.4 step 2
+/// want them backed up together).
 async fn related_objects(
     ctx: &JobCtx,
     info: &VmInfo,
     data: Option<&vmservice::VmServiceData>,
 ) -> Vec<serde_json::Value> {
+    use vmservice::related::{GROUP_KIND, SERVICE_KIND, group_lists, pick, selects};
     let (Some(link), Some(data)) = (&ctx.request.supervisor, data) else {
         return Vec::new();
     };
@@ -1603,56 +1614,143 @@ async fn related_objects(
     else {
         return Vec::new();
     };
+    let warn = |message: String| {
+        tracing::warn!(vm = %info.moref, "{message}");
+        (ctx.observer)(&BackupEvent::Warning {
+            vm: info.moref.clone(),
+            name: info.name.clone(),
+            message,
+        });
+    };
+    let not_kept = |e: &str| {
+        format!(
+            "its VirtualMachineGroup and VirtualMachineServices were not kept ({e}): after a \
+             restore, recreate them from a copy of your own (seed 001 §10.3, §10.4)"
+        )
+    };
+    if let Some(e) = link.unreadable() {
+        warn(not_kept(&format!(
+            "the Supervisor could not be read earlier in this job: {e}"
+        )));
+        return Vec::new();
+    }
     let version = api_version
         .rsplit_once('/')
         .map_or(api_version.as_str(), |(_, v)| v);
+    let group = vm
+        .pointer("/spec/groupName")
+        .and_then(serde_json::Value::as_str)
+        .filter(|g| !g.is_empty());
     let read = async {
         let supervisor = link.get().await.map_err(str::to_owned)?;
         let list = |kind: &'static str| async move {
             supervisor
-                .vmop_objects(ns, kind, version)
+                .vmop_objects_served(ns, kind, version)
                 .await
-                .map(|l| {
-                    l.unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|o| serde_json::to_value(o).ok())
-                        .collect::<Vec<_>>()
-                })
                 .map_err(|e| error_chain(&e))
         };
-        let names_group = vm
-            .pointer("/spec/groupName")
-            .and_then(serde_json::Value::as_str)
-            .is_some_and(|g| !g.is_empty());
-        let groups = if names_group {
-            list(vmservice::related::GROUP_KIND).await?
+        let groups = match group {
+            Some(_) => list(GROUP_KIND).await?.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let services = list(SERVICE_KIND).await?.ok_or_else(|| {
+            format!("the Supervisor serves no {SERVICE_KIND} at any version this agent knows")
+        })?;
+        let kept = pick(vm, &groups, &services, api_version);
+        // Which VMs the kept services select, to tell those this job leaves out.
+        let selected: Vec<String> = if kept
+            .iter()
+            .any(|o| o.get("kind").and_then(|k| k.as_str()) == Some(SERVICE_KIND))
+        {
+            supervisor
+                .virtual_machines(ns, version)
+                .await
+                .map_err(|e| error_chain(&e))?
+                .into_iter()
+                .filter_map(|v| serde_json::to_value(v).ok())
+                .filter(|v| {
+                    let labels = v.pointer("/metadata/labels").cloned().unwrap_or_default();
+                    kept.iter().any(|s| selects(s, &labels))
+                })
+                .filter_map(|v| vmservice::related::name_of(&v).map(str::to_owned))
+                .collect()
         } else {
             Vec::new()
         };
-        let services = list(vmservice::related::SERVICE_KIND).await?;
-        Ok::<_, String>(vmservice::related::pick(
-            vm,
-            &groups,
-            &services,
-            api_version,
-        ))
+        Ok::<_, String>((kept, selected))
     };
-    match read.await {
-        Ok(kept) => kept,
+    let read = tokio::select! {
+        r = read => r,
+        () = ctx.cancel.cancelled() => return Vec::new(),
+    };
+    let (kept, selected) = match read {
+        Ok(r) => r,
         Err(e) => {
-            let message = format!(
-                "its VirtualMachineGroup and VirtualMachineServices were not kept ({e}): after \
-                 a restore, recreate them from a copy of your own (seed 001 §10.3, §10.4)"
-            );
-            tracing::warn!(vm = %info.moref, "{message}");
-            (ctx.observer)(&BackupEvent::Warning {
-                vm: info.moref.clone(),
-                name: info.name.clone(),
-                message,
-            });
-            Vec::new()
+            link.mark_unreadable(&e);
+            warn(not_kept(&e));
+            return Vec::new();
+        }
+    };
+    let in_job = |name: &str| {
+        ctx.job_vms
+            .get()
+            .is_some_and(|n| n.iter().any(|v| v == name))
+    };
+    if let Some(g) = group {
+        match kept
+            .iter()
+            .find(|o| vmservice::related::kind_of(o) == Some(GROUP_KIND))
+        {
+            None => warn(format!(
+                "spec.groupName names VirtualMachineGroup {g}, which is not in namespace {ns}: \
+                 not kept (seed 001 §10.4)"
+            )),
+            Some(obj) => {
+                let members: Vec<&str> = obj
+                    .pointer("/spec/bootOrder")
+                    .and_then(serde_json::Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| b.get("members").and_then(serde_json::Value::as_array))
+                    .flatten()
+                    .filter(|m| {
+                        m.get("kind")
+                            .and_then(serde_json::Value::as_str)
+                            .is_none_or(|k| k == "VirtualMachine")
+                    })
+                    .filter_map(|m| m.get("name").and_then(serde_json::Value::as_str))
+                    .filter(|m| !in_job(m))
+                    .collect();
+                if !members.is_empty() {
+                    warn(format!(
+                        "VirtualMachineGroup {g} also lists {}, not in this job: back up a \
+                         group's members in one job (seed 001 §10.4)",
+                        members.join(", ")
+                    ));
+                }
+                if !group_lists(obj, &info.name) {
+                    warn(format!(
+                        "VirtualMachineGroup {g} does not list {} in spec.bootOrder[].members: \
+                         the VM is no member of it (seed 001 §10.4)",
+                        info.name
+                    ));
+                }
+            }
         }
     }
+    let outside: Vec<&str> = selected
+        .iter()
+        .map(String::as_str)
+        .filter(|v| !in_job(v))
+        .collect();
+    if !outside.is_empty() {
+        warn(format!(
+            "its VirtualMachineServices also select {}, not in this job: back up the VMs a \
+             service selects in one job (seed 001 §10.3)",
+            outside.join(", ")
+        ));
+    }
+    kept
 }
 
 fn describe(v: &Validation) -> String {

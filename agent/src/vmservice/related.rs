@@ -4,9 +4,10 @@
 //! vendor record them "before or during backup" (§10.3, §10.4, daily in §10.6) and
 //! recreate them once the VMs are registered (§10.5 phase 2: groups, then services).
 //!
-//! This module chooses them from a namespace's objects ([`pick`]), turns each into what
-//! `kubectl apply` or a create takes ([`for_apply`]: no status, no server-set metadata),
-//! and orders them for recreation ([`apply_order`]). Pure functions: the backup engine
+//! This module chooses them from a namespace's objects ([`pick`]), turns each into what a
+//! create (`kubectl create -n NS`) takes ([`for_apply`]: no status, namespace or server-set
+//! metadata), orders them for recreation ([`apply_order`]) and leaves a group's power
+//! state out of a restore's create ([`for_restore`]). Pure functions: the backup engine
 //! lists the namespace, the repository keeps the result with the point, the restore
 //! creates what is missing.
 
@@ -32,7 +33,8 @@ const SERVER_METADATA: [&str; 8] = [
 ];
 
 /// Whether VirtualMachineGroup `g` lists VM `name` in `spec.bootOrder[].members` (the
-/// group's half of membership, §10.4).
+/// group's half of membership, §10.4); a member of another kind (a group in a group) of
+/// that name is not the VM.
 #[must_use]
 pub fn group_lists(g: &Value, name: &str) -> bool {
     g.pointer("/spec/bootOrder")
@@ -45,7 +47,12 @@ pub fn group_lists(g: &Value, name: &str) -> bool {
                 .into_iter()
                 .flatten()
         })
-        .any(|m| m.get("name").and_then(Value::as_str) == Some(name))
+        .any(|m| {
+            m.get("name").and_then(Value::as_str) == Some(name)
+                && m.get("kind")
+                    .and_then(Value::as_str)
+                    .is_none_or(|k| k == "VirtualMachine")
+        })
 }
 
 /// Whether VirtualMachineService `s`'s `spec.selector` (a label map; empty selects
@@ -91,10 +98,10 @@ pub fn pick(vm: &Value, groups: &[Value], services: &[Value], api_version: &str)
     out
 }
 
-/// `obj` as a create or `kubectl apply` takes it: `apiVersion` and `kind` (`api_version`
+/// `obj` as a create takes it, into any namespace: `apiVersion` and `kind` (`api_version`
 /// and `kind` when the list's items lack them, as Kubernetes list items do), `metadata`
-/// without what the server sets ([`SERVER_METADATA`], `ownerReferences`), and `spec`; no
-/// `status`.
+/// without its namespace and what the server sets (`uid`, `resourceVersion`,
+/// `generation`, timestamps, `managedFields`, `ownerReferences`), and `spec`; no `status`.
 #[must_use]
 pub fn for_apply(obj: &Value, kind: &str, api_version: &str) -> Value {
     let mut out = Map::new();
@@ -119,11 +126,32 @@ pub fn for_apply(obj: &Value, kind: &str, api_version: &str) -> Value {
         metadata.remove(k);
     }
     metadata.remove("ownerReferences");
+    // Created where the VM is restored to (`kubectl create -n NS`, or the restore's own
+    // namespace), which need not be where it was backed up.
+    metadata.remove("namespace");
     out.insert("metadata".into(), Value::Object(metadata));
     if let Some(spec) = obj.get("spec") {
         out.insert("spec".into(), spec.clone());
     }
     Value::Object(out)
+}
+
+/// `obj` as a restore creates it: a VirtualMachineGroup without `spec.powerState`, whose
+/// `PoweredOn` would power on at once the member registration has just left PoweredOff
+/// (§8.1.4: the user checks the VM first, and powers on in §10.5's phase 3). Returns the
+/// object and the power state left out, if any.
+#[must_use]
+pub fn for_restore(obj: &Value) -> (Value, Option<String>) {
+    let mut obj = obj.clone();
+    let power = if kind_of(&obj) == Some(GROUP_KIND) {
+        obj.get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .and_then(|spec| spec.remove("powerState"))
+            .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+    } else {
+        None
+    };
+    (obj, power)
 }
 
 /// Sorts `objects` as §10.5 recreates them: groups, then services, each by name.
@@ -169,7 +197,22 @@ pub fn version_of(obj: &Value) -> Option<&str> {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{for_apply, group_lists, pick, selects};
+    use super::{for_apply, for_restore, group_lists, pick, selects};
+
+    /// A group is created without the power state that would power on its restored
+    /// member; a service is created as kept.
+    #[test]
+    fn a_group_is_recreated_without_its_power_state() {
+        let group = json!({"apiVersion": "vmoperator.vmware.com/v1alpha3",
+                           "kind": "VirtualMachineGroup", "metadata": {"name": "g"},
+                           "spec": {"powerState": "PoweredOn", "bootOrder": []}});
+        let (created, power) = for_restore(&group);
+        assert_eq!(power.as_deref(), Some("PoweredOn"));
+        assert_eq!(created["spec"], json!({"bootOrder": []}));
+        let service = json!({"kind": "VirtualMachineService", "metadata": {"name": "s"},
+                             "spec": {"powerState": "x"}});
+        assert_eq!(for_restore(&service), (service.clone(), None));
+    }
 
     /// §10: group membership needs the VM in `spec.bootOrder[].members`; a service
     /// selects a VM when every label of its selector is the VM's; an empty or missing
@@ -184,6 +227,15 @@ mod tests {
         assert!(group_lists(&group, "db-1"));
         assert!(!group_lists(&group, "web-2"));
         assert!(!group_lists(&json!({"spec": {}}), "web-1"));
+        // A group of the VM's name nested in the group is not the VM.
+        let nested = json!({"spec": {"bootOrder": [{"members": [
+            {"kind": "VirtualMachineGroup", "name": "web-1"}
+        ]}]}});
+        assert!(!group_lists(&nested, "web-1"));
+        let typed = json!({"spec": {"bootOrder": [{"members": [
+            {"kind": "VirtualMachine", "name": "web-1"}
+        ]}]}});
+        assert!(group_lists(&typed, "web-1"));
         let labels = json!({"app": "my-web-app", "tier": "frontend", "x": "y"});
         let svc = |sel: Value| json!({"spec": {"selector": sel}});
         assert!(selects(
@@ -248,7 +300,7 @@ mod tests {
             kept[0],
             json!({
                 "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
-                "metadata": {"name": "web-group", "namespace": "ns1", "labels": {"team": "a"},
+                "metadata": {"name": "web-group", "labels": {"team": "a"},
                              "annotations": {"note": "kept"}},
                 "spec": {"bootOrder": [{"members": [{"name": "web-1"}]}]}
             })

@@ -183,11 +183,12 @@ impl SupervisorTarget {
                     source,
                 })?,
         };
-        Ok(Supervisor::connect(
-            url.as_str().trim_end_matches('/'),
-            &supervisor_tls,
-            token,
-        )?)
+        // Off the runtime: a CA file is read here.
+        let url = url.as_str().trim_end_matches('/').to_owned();
+        tokio::task::spawn_blocking(move || Supervisor::connect(&url, &supervisor_tls, token))
+            .await
+            .map_err(|e| RestoreError::Invalid(format!("connecting to the Supervisor: {e}")))?
+            .map_err(RestoreError::from)
     }
 }
 
@@ -202,6 +203,9 @@ pub struct SupervisorLink {
     target: SupervisorTarget,
     vapi: VapiClient,
     supervisor: tokio::sync::OnceCell<Result<Supervisor, String>>,
+    /// Set at the first failed read: the job stops asking (each call may wait for its
+    /// timeout) and says why for each later VM.
+    unreadable: std::sync::OnceLock<String>,
 }
 
 impl SupervisorLink {
@@ -231,6 +235,7 @@ impl SupervisorLink {
             target,
             vapi,
             supervisor: tokio::sync::OnceCell::new(),
+            unreadable: std::sync::OnceLock::new(),
         })
     }
 
@@ -251,6 +256,17 @@ impl SupervisorLink {
             .await
             .as_ref()
             .map_err(String::as_str)
+    }
+
+    /// Why the Supervisor could not be read earlier in the job, if it could not.
+    #[must_use]
+    pub fn unreadable(&self) -> Option<&str> {
+        self.unreadable.get().map(String::as_str)
+    }
+
+    /// Records that a read failed: the job asks no more.
+    pub fn mark_unreadable(&self, why: &str) {
+        let _ = self.unreadable.set(why.to_owned());
     }
 
     /// Ends the vAPI session a connection opened, if any.
@@ -500,6 +516,9 @@ pub struct RelatedObject {
     /// Why creating it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the restore left for the user (a group's power state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The result of a restore.
@@ -656,6 +675,7 @@ pub async fn run_restore(
                     .to_owned(),
                 outcome: RelatedOutcome::Kept,
                 error: None,
+                note: None,
             })
             .collect(),
         data_seconds: 0.0,
@@ -1726,9 +1746,9 @@ async fn restore_steps(
         let not_created = report.related.iter().filter_map(|r| {
             r.error.as_ref().map(|e| {
                 format!(
-                    "{} {} (kept with the point) was not created in {}: {e}; apply it yourself \
-                     (`vadp-agent show --related {}`, §10.5)",
-                    r.kind, r.name, plan.namespace, report.point
+                    "{} {} (kept with the point) was not created in {}: {e}; create it yourself \
+                     (`vadp-agent show --related {} | kubectl create -n {} -f -`, §10.5)",
+                    r.kind, r.name, plan.namespace, report.point, plan.namespace
                 )
             })
         });
@@ -1758,10 +1778,27 @@ async fn recreate_related(
     for (obj, entry) in plan.related.iter().zip(report.related.iter_mut()) {
         let what = crate::vmservice::related::describe(obj);
         let ns = &plan.namespace;
-        match renv.supervisor.create_vmop_object(ns, obj).await {
+        let (obj, power) = crate::vmservice::related::for_restore(obj);
+        match renv.supervisor.create_vmop_object(ns, &obj).await {
             Ok(Created::Created) => {
                 entry.outcome = RelatedOutcome::Created;
-                step(format!("created {what} in {ns} (kept with the point)"));
+                entry.note = power.map(|p| {
+                    format!(
+                        "created without spec.powerState {p}, which would power on the VM just \
+                         restored: set it once the VMs are checked (kubectl patch \
+                         virtualmachinegroup {} -n {ns} --type merge -p \
+                         '{{\"spec\":{{\"powerState\":\"{p}\"}}}}', §10.5 phase 3)",
+                        entry.name
+                    )
+                });
+                step(format!(
+                    "created {what} in {ns} (kept with the point){}",
+                    entry
+                        .note
+                        .as_deref()
+                        .map(|n| format!("; {n}"))
+                        .unwrap_or_default()
+                ));
             }
             Ok(Created::AlreadyThere) => {
                 entry.outcome = RelatedOutcome::AlreadyThere;

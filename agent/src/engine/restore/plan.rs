@@ -410,14 +410,22 @@ pub(super) async fn plan(
             .iter()
             .map(crate::vmservice::related::describe)
             .collect();
+        let powered = related
+            .iter()
+            .any(|o| crate::vmservice::related::for_restore(o).1.is_some());
         prediction.expectations.push(if request.recreate_related {
             format!(
-                "after registration, {} (kept with the point) created in namespace {namespace} where it has none of that name (§10.5)",
-                names.join(", ")
+                "after registration, {} (kept with the point) created in namespace {namespace} where it has none of that name (§10.5){}",
+                names.join(", "),
+                if powered {
+                    "; a VirtualMachineGroup without its spec.powerState, which would power on the VM just restored (§8.1.4): set it once the VMs are checked"
+                } else {
+                    ""
+                }
             )
         } else {
             format!(
-                "the point keeps {}: not recreated (ask for it with --recreate-related, or apply `vadp-agent show --related {id}` with kubectl, §10.5)",
+                "the point keeps {}: not recreated (ask for it with --recreate-related, or `vadp-agent show --related {id} | kubectl create -n {namespace} -f -`, §10.5)",
                 names.join(", ")
             )
         });

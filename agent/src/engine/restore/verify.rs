@@ -258,7 +258,7 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
                 && crate::vmservice::related::name_of(o) == Some(name)
         }) {
             format!(
-                "the point keeps it: restore with --recreate-related, or `vadp-agent show --related {point} | kubectl apply -f -`"
+                "the point keeps it: `vadp-agent show --related {point} | kubectl create -n {ns} -f -`, or restore with --recreate-related"
             )
         } else {
             "kubectl apply from your own copy".to_owned()
@@ -281,7 +281,12 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
                         "VirtualMachineGroup {group} does not list {} in spec.bootOrder[].members: the VM is no member until it does (§10.4)",
                         plan.name
                     ),
-                    Some(_) => format!("member of VirtualMachineGroup {group}"),
+                    Some(g) => match string_at(&g, "/spec/powerState") {
+                        Some("PoweredOn") => format!(
+                            "member of VirtualMachineGroup {group}, whose spec.powerState PoweredOn has VM Operator power on its members that are off (§10.4)"
+                        ),
+                        _ => format!("member of VirtualMachineGroup {group}"),
+                    },
                 });
             }
             Ok(None) => out.push(format!(
