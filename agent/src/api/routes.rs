@@ -196,22 +196,26 @@ async fn long<T: Send + 'static>(
 ) -> ApiResult<T> {
     match crate::daemon::on_thread(name, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(RepoError::Lock(e))) => Err(ApiFailure::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            engine::error_chain(&e),
-        )),
-        Ok(Err(RepoError::Prune(e))) => Err(ApiFailure::bad_request(e.to_string())),
-        Ok(Err(RepoError::PointNotFound(id))) => {
-            Err(ApiFailure::not_found("restore point", &id.to_string()))
-        }
-        Ok(Err(e @ RepoError::PointInUse(_))) => Err(ApiFailure::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            e.to_string(),
-        )),
-        Ok(Err(e)) => Err(ApiFailure::internal(engine::error_chain(&e))),
+        Ok(Err(e)) => Err(repo_failure(e)),
         Err(e) => Err(ApiFailure::internal(e)),
+    }
+}
+
+/// A repository error as an HTTP answer: 409 for what another holder or a restore stands
+/// in the way of (retry later), 400 for a bad prune, 404 for an unknown point, 500 for the
+/// rest (a lock file that cannot be opened is the machine's problem, not a conflict).
+fn repo_failure(e: RepoError) -> ApiFailure {
+    use crate::repo::ChunkStoreError;
+    match e {
+        RepoError::Lock(e @ ChunkStoreError::Busy { .. }) => {
+            ApiFailure::new(StatusCode::CONFLICT, "conflict", engine::error_chain(&e))
+        }
+        RepoError::Prune(e) => ApiFailure::bad_request(e.to_string()),
+        RepoError::PointNotFound(id) => ApiFailure::not_found("restore point", &id.to_string()),
+        e @ RepoError::PointInUse(_) => {
+            ApiFailure::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        e => ApiFailure::internal(engine::error_chain(&e)),
     }
 }
 
@@ -625,4 +629,39 @@ async fn openapi() -> Response {
         plugin_api::openapi::document_json(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::repo_failure;
+    use crate::ids::RestorePointId;
+    use crate::repo::{ChunkStoreError, RepoError};
+
+    /// Another holder of the repository lock is a conflict to retry; a lock file that
+    /// cannot be opened (permissions, a full or read-only disk) is not.
+    #[test]
+    fn only_a_held_lock_is_a_conflict() {
+        let busy = RepoError::Lock(ChunkStoreError::Busy {
+            path: "locks/repo.lock".into(),
+        });
+        assert_eq!(repo_failure(busy).0, StatusCode::CONFLICT);
+        let unopenable = RepoError::Lock(ChunkStoreError::Lock {
+            path: "locks/repo.lock".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        });
+        let f = repo_failure(unopenable);
+        assert_eq!(f.0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(f.1.message.contains("locks/repo.lock"), "{}", f.1.message);
+        let id = RestorePointId::new_random();
+        assert_eq!(
+            repo_failure(RepoError::PointNotFound(id)).0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            repo_failure(RepoError::PointInUse(id)).0,
+            StatusCode::CONFLICT
+        );
+    }
 }
