@@ -1095,6 +1095,17 @@ concurrent_jobs = 2
         rt.block_on(async {
             let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
             let point = backup_point(&client, "ns1/web-1", true).await;
+            // What the point kept besides its disks, for kubectl.
+            let related = client.point_related(&point).await.unwrap();
+            assert_eq!((related.api_version.as_str(), related.kind.as_str()), ("v1", "List"));
+            assert_eq!(related.items.len(), 1, "{related:?}");
+            assert_eq!(related.items[0]["kind"], "VirtualMachineService");
+            assert_eq!(related.items[0]["metadata"], serde_json::json!({"name": "web-lb"}));
+            let missing = client
+                .point_related("00000000-0000-4000-8000-000000000000")
+                .await
+                .unwrap_err();
+            assert_eq!(missing.status(), Some(404), "{missing}");
 
             sup.delete("VirtualMachine", "ns1", "web-1").unwrap();
             sup.delete("VirtualMachineService", "ns1", "web-lb").unwrap();

@@ -14,7 +14,7 @@ use url::Url;
 use crate::error::ApiError;
 use crate::types::{
     BackupJobRequest, ErrorBody, GcResult, Health, Job, JobEnded, JobList, Point, PointDeleted,
-    PointList, PruneRequest, PruneResult, Ready, ReconcileResult, RestoreJobRequest,
+    PointList, PruneRequest, PruneResult, Ready, ReconcileResult, RelatedList, RestoreJobRequest,
     VerifyJobRequest, VerifyRequest, VerifyResult,
 };
 
@@ -372,6 +372,19 @@ impl Client {
         self.call(
             reqwest::Method::GET,
             &format!("/v1/points/{id}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/points/{id}/related`.
+    ///
+    /// # Errors
+    /// [`ApiError`]; 404 for an unknown point.
+    pub async fn point_related(&self, id: &str) -> Result<RelatedList, ApiError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/points/{id}/related"),
             None::<&()>,
         )
         .await

@@ -296,6 +296,17 @@ pub const ROUTES: &[Route] = &[
         )
     },
     Route {
+        answers: &[BAD_ID, NO_POINT, INTERNAL],
+        ..route(
+            Method::Get,
+            "/v1/points/{id}/related",
+            "The VirtualMachineGroup and VirtualMachineServices the point kept, as a List for kubectl",
+            None,
+            200,
+            Some("RelatedList"),
+        )
+    },
+    Route {
         answers: &[
             BAD_ID,
             NO_POINT,
@@ -563,6 +574,7 @@ pub fn document() -> OpenApi {
         .schema_from::<types::PointDisk>()
         .schema_from::<types::Point>()
         .schema_from::<types::PointList>()
+        .schema_from::<types::RelatedList>()
         .schema_from::<types::PointDeleted>()
         .schema_from::<types::VerifyRequest>()
         .schema_from::<types::VerifyJobRequest>()

@@ -311,6 +311,23 @@ pub struct PointList {
     pub points: Vec<Point>,
 }
 
+/// `GET /v1/points/{id}/related`: the VirtualMachineGroup and VirtualMachineServices the
+/// point kept with a VM Service VM (seed 001 §10.3–§10.4), as a Kubernetes `v1` `List`
+/// that `kubectl create -n NAMESPACE -f` takes: each item without status, namespace or
+/// server-set metadata. Empty for a VM that is no VM Service VM, one in no group and behind
+/// no service, and a point made before they were kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RelatedList {
+    /// `v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `List`.
+    pub kind: String,
+    /// The objects, groups first (the order §10.5 creates them in).
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<serde_json::Value>,
+}
+
 /// `DELETE /v1/points/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PointDeleted {

@@ -125,7 +125,7 @@ mod tests {
         // `type: [T, "null"]`, so utoipa's own types are the parser here.)
         let components = doc.components.unwrap();
         assert!(components.security_schemes.contains_key("bearer"));
-        assert_eq!(doc.paths.paths.len(), 17);
+        assert_eq!(doc.paths.paths.len(), 18);
     }
 
     fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {

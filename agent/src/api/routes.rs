@@ -20,7 +20,7 @@ use futures_util::Stream;
 use plugin_api::types::{
     BackupJobRequest, ErrorBody, GcResult, Health, Job, JobEnded, JobKind, JobList, Point,
     PointDeleted, PointDisk, PointList, PruneDecision, PruneRequest, PruneResult, Ready,
-    ReconcileResult, RestoreJobRequest, VerifyJobRequest, VerifyRequest, VerifyResult,
+    ReconcileResult, RelatedList, RestoreJobRequest, VerifyJobRequest, VerifyRequest, VerifyResult,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
@@ -116,6 +116,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/points", get(list_points))
         .route("/v1/points/{id}", get(get_point).delete(delete_point))
+        .route("/v1/points/{id}/related", get(get_point_related))
         .route("/v1/repository/verify", post(verify))
         .route("/v1/repository/prune", post(prune))
         .route("/v1/repository/gc", post(gc))
@@ -444,6 +445,24 @@ async fn get_point(
         .await?
         .map(|p| axum::Json(point_view(p)))
         .ok_or_else(|| ApiFailure::not_found("restore point", &id))
+}
+
+/// The objects the point kept besides its disks, read from its config file (a missing or
+/// damaged one is a 500 naming the file).
+async fn get_point_related(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<RelatedList>> {
+    let pid = point_id(&id)?;
+    let repo = Arc::clone(&s.env.repo);
+    let config = short(move || repo.point_config(pid).map_err(|e| engine::error_chain(&e)))
+        .await?
+        .ok_or_else(|| ApiFailure::not_found("restore point", &id))?;
+    Ok(axum::Json(RelatedList {
+        api_version: "v1".into(),
+        kind: "List".into(),
+        items: config.related,
+    }))
 }
 
 async fn delete_point(
