@@ -281,20 +281,22 @@ mod tests {
 
         /// Backs up a VM given as `NS/NAME` or moref; returns the point id.
         fn backup_selector(&self, vm: &str) -> String {
-            let r = self.json(
-                vec![
-                    "backup".into(),
-                    "--repo".into(),
-                    self.repo(),
-                    "--vm".into(),
-                    vm.to_owned(),
-                ],
-                &self.site,
-                "site-a",
-                None,
-            );
+            let r = self.backup_run(vm, &[]);
             assert_eq!(r.code, Some(0), "backup: {}\n{}", r.stdout, r.stderr);
             r.report()["vms"][0]["point"].as_str().unwrap().to_owned()
+        }
+
+        /// `vadp-agent backup --vm VM EXTRA…` on site A.
+        fn backup_run(&self, vm: &str, extra: &[&str]) -> Run {
+            let mut args: Vec<String> = vec![
+                "backup".into(),
+                "--repo".into(),
+                self.repo(),
+                "--vm".into(),
+                vm.to_owned(),
+            ];
+            args.extend(extra.iter().map(|a| (*a).to_owned()));
+            self.json(args, &self.site, "site-a", None)
         }
 
         fn restore_on(
@@ -560,18 +562,7 @@ mod tests {
                 }))
                 .unwrap();
         }
-        let b = fx.json(
-            vec![
-                "backup".into(),
-                "--repo".into(),
-                fx.repo(),
-                "--vm".into(),
-                format!("{NS}/web-1"),
-            ],
-            s,
-            "site-a",
-            None,
-        );
+        let b = fx.backup_run(&format!("{NS}/web-1"), &[]);
         assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
         assert_eq!(
             b.report()["vms"][0]["related"],
@@ -714,21 +705,14 @@ mod tests {
         std::fs::write(&token, "t").unwrap();
         std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        let b = fx.json(
-            vec![
-                "backup".into(),
-                "--repo".into(),
-                fx.repo(),
-                "--vm".into(),
-                format!("{NS}/web-1"),
-                "--supervisor".into(),
-                "https://127.0.0.1:9".into(),
-                "--supervisor-token-file".into(),
-                token.display().to_string(),
+        let b = fx.backup_run(
+            &format!("{NS}/web-1"),
+            &[
+                "--supervisor",
+                "https://127.0.0.1:9",
+                "--supervisor-token-file",
+                &token.display().to_string(),
             ],
-            s,
-            "site-a",
-            None,
         );
         assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
         assert_eq!(b.report()["vms"][0]["related"], json!([]));
@@ -742,19 +726,7 @@ mod tests {
             b.stdout
         );
         // --no-related: not read, no warning.
-        let b = fx.json(
-            vec![
-                "backup".into(),
-                "--repo".into(),
-                fx.repo(),
-                "--vm".into(),
-                format!("{NS}/web-1"),
-                "--no-related".into(),
-            ],
-            s,
-            "site-a",
-            None,
-        );
+        let b = fx.backup_run(&format!("{NS}/web-1"), &["--no-related"]);
         assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
         assert_eq!(b.report()["vms"][0]["related"], json!([]));
         assert!(

@@ -221,14 +221,7 @@ impl SupervisorLink {
         credentials: crate::vsphere::Credentials,
         target: SupervisorTarget,
     ) -> Result<Self, RestoreError> {
-        let mut base = sdk_url.clone();
-        base.set_path("/");
-        let vapi = VapiClient::new(base.clone(), tls, false, credentials).map_err(|source| {
-            RestoreError::Vapi {
-                what: format!("vAPI client for {base}"),
-                source,
-            }
-        })?;
+        let (base, vapi) = vapi_client(sdk_url, tls, credentials)?;
         Ok(Self {
             base,
             tls: tls.clone(),
@@ -277,6 +270,24 @@ impl SupervisorLink {
     }
 }
 
+/// vCenter's address for vAPI (`sdk_url` with the path `/`) and a vAPI client of it
+/// (verified with `tls`; not logged in yet).
+fn vapi_client(
+    sdk_url: &url::Url,
+    tls: &TlsVerification,
+    credentials: crate::vsphere::Credentials,
+) -> Result<(url::Url, VapiClient), RestoreError> {
+    let mut base = sdk_url.clone();
+    base.set_path("/");
+    let vapi = VapiClient::new(base.clone(), tls, false, credentials).map_err(|source| {
+        RestoreError::Vapi {
+            what: format!("vAPI client for {base}"),
+            source,
+        }
+    })?;
+    Ok((base, vapi))
+}
+
 impl RestoreEnv {
     /// Connects the vAPI client (vCenter at `sdk_url`, verified with `tls`) and the
     /// Supervisor client.
@@ -290,14 +301,7 @@ impl RestoreEnv {
         credentials: crate::vsphere::Credentials,
         supervisor: SupervisorTarget,
     ) -> Result<Self, RestoreError> {
-        let mut base = sdk_url.clone();
-        base.set_path("/");
-        let vapi = VapiClient::new(base.clone(), tls, false, credentials).map_err(|source| {
-            RestoreError::Vapi {
-                what: format!("vAPI client for {base}"),
-                source,
-            }
-        })?;
+        let (base, vapi) = vapi_client(sdk_url, tls, credentials)?;
         let supervisor = supervisor.connect(&base, tls, &vapi).await?;
         Ok(Self {
             env,
