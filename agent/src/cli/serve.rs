@@ -279,17 +279,23 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
             engine_request(&scheduler::policy_request(&run, p), config.limits.engine())
                 .map_err(anyhow::Error::msg)?;
         request.snapshot_gate = Some(crate::daemon::backup_job::blackout_gate(schedule));
+        // As the daemon's runs: the VM Service VMs' group and services kept with the points.
+        request.supervisor = crate::daemon::backup_job::supervisor_link(config)
+            .inspect_err(|message| tracing::warn!("{message}"))
+            .ok();
+        let link = request.supervisor.clone();
         let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
             if let BackupEvent::VmFailed { name, error, .. } = e {
                 tracing::warn!(vm = %name, error = %error, "VM failed");
             }
         });
-        let report = rt.block_on(engine::run_backup(
-            &env,
-            request,
-            CancellationToken::new(),
-            observer,
-        ));
+        let report = rt.block_on(async {
+            let r = engine::run_backup(&env, request, CancellationToken::new(), observer).await;
+            if let Some(l) = &link {
+                l.close().await;
+            }
+            r
+        });
         // Recorded once the run has ended, whatever its outcome: a run killed part-way (a
         // reboot) is run again by the timer's next start.
         scheduler::record_run(env.repo.catalog(), &name, now.timestamp())?;

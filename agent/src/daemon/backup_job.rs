@@ -34,6 +34,81 @@ struct VcenterAccess {
     supervisor: SupervisorTarget,
 }
 
+/// How `config` reaches vCenter's vAPI and the Supervisor (reads its secret files: a
+/// blocking call).
+fn vcenter_access(c: &AgentConfig) -> Result<VcenterAccess, String> {
+    let sdk: url::Url = c
+        .vcenter
+        .url
+        .parse()
+        .map_err(|e| format!("vcenter.url: {e}"))?;
+    let thumbprint = |key: &str, tp: &str| {
+        tp.parse()
+            .map(TlsVerification::Thumbprint)
+            .map_err(|e| format!("{key}: {e}"))
+    };
+    let tls = match (&c.vcenter.thumbprint, &c.vcenter.ca_file) {
+        (Some(tp), _) => thumbprint("vcenter.thumbprint", tp)?,
+        (None, Some(ca)) => TlsVerification::WithCaFile(ca.clone()),
+        (None, None) => TlsVerification::SystemRoots,
+    };
+    let password = read_secret_file("vcenter.password_file", &c.vcenter.password_file)
+        .map_err(|e| e.to_string())?;
+    let token = c
+        .supervisor
+        .token_file
+        .as_deref()
+        .map(|f| {
+            read_secret_file("supervisor.token_file", f)
+                .map(|t| t.expose().to_owned())
+                .map_err(|e| e.to_string())
+        })
+        .transpose()?;
+    let supervisor = SupervisorTarget {
+        url: c
+            .supervisor
+            .url
+            .as_deref()
+            .map(|u| u.parse().map_err(|e| format!("supervisor.url: {e}")))
+            .transpose()?,
+        tls: c
+            .supervisor
+            .thumbprint
+            .as_deref()
+            .map(|tp| thumbprint("supervisor.thumbprint", tp))
+            .transpose()?,
+        token,
+    };
+    Ok(VcenterAccess {
+        sdk,
+        tls,
+        credentials: Credentials::new(&c.vcenter.user, password.expose()),
+        supervisor,
+    })
+}
+
+/// The Supervisor link of a backup job run by the daemon or `schedule run-due`, from
+/// `config` (a blocking call: it reads the secret files and a CA file). A configuration
+/// that cannot name the Supervisor costs the job only the VM Service VMs'
+/// VirtualMachineGroup and VirtualMachineServices: the error is the warning to give.
+///
+/// # Errors
+/// The warning's text.
+pub fn supervisor_link(config: &AgentConfig) -> Result<Arc<SupervisorLink>, String> {
+    vcenter_access(config)
+        .and_then(|a| {
+            SupervisorLink::new(&a.sdk, &a.tls, a.credentials, a.supervisor)
+                .map_err(|e| engine::error_chain(&e))
+        })
+        .map(Arc::new)
+        .map_err(|e| {
+            format!(
+                "the Supervisor is not set up for this job ({e}): its VM Service VMs' \
+                 VirtualMachineGroup and VirtualMachineServices are not kept"
+            )
+        })
+}
+
 /// How long a backup job waits, in all, for VMs another job is working on before it fails.
 pub const VM_BUSY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
@@ -218,26 +293,18 @@ impl BackupJobs {
         // The VM Service VMs' VirtualMachineGroup and VirtualMachineServices are kept with
         // their points when the Supervisor can be reached; a configuration that cannot
         // name it loses only them (a warning), never the backup.
-        let link = match self.vcenter_access().await {
-            // Off the runtime: a CA file is read here.
-            Ok(a) => tokio::task::spawn_blocking(move || {
-                SupervisorLink::new(&a.sdk, &a.tls, a.credentials, a.supervisor)
-                    .map_err(|e| engine::error_chain(&e))
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string())),
-            Err(e) => Err(e),
-        };
-        let link = match link {
-            Ok(l) => Some(Arc::new(l)),
-            Err(e) => {
-                let message = format!(
-                    "the Supervisor is not set up for this job ({e}): its VM Service VMs' \
-                     VirtualMachineGroup and VirtualMachineServices are not kept"
-                );
+        // Off the runtime: it reads the secret files and a CA file.
+        let config = Arc::clone(&self.config);
+        let link = match tokio::task::spawn_blocking(move || supervisor_link(&config)).await {
+            Ok(Ok(l)) => Some(l),
+            Ok(Err(message)) => {
                 tracing::warn!("{message}");
                 ctx.events
                     .emit(serde_json::json!({"event": "warning", "message": message}));
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "setting up the Supervisor link");
                 None
             }
         };
@@ -306,65 +373,10 @@ impl BackupJobs {
     /// How this daemon reaches vCenter's vAPI and the Supervisor, from the configuration
     /// (its secret files read on a blocking thread).
     async fn vcenter_access(&self) -> Result<VcenterAccess, String> {
-        let c = &self.config;
-        let sdk: url::Url = c
-            .vcenter
-            .url
-            .parse()
-            .map_err(|e| format!("vcenter.url: {e}"))?;
-        let thumbprint = |key: &str, tp: &str| {
-            tp.parse()
-                .map(TlsVerification::Thumbprint)
-                .map_err(|e| format!("{key}: {e}"))
-        };
-        let tls = match (&c.vcenter.thumbprint, &c.vcenter.ca_file) {
-            (Some(tp), _) => thumbprint("vcenter.thumbprint", tp)?,
-            (None, Some(ca)) => TlsVerification::WithCaFile(ca.clone()),
-            (None, None) => TlsVerification::SystemRoots,
-        };
-        // Files: read on a blocking thread, not the runtime's.
-        let (password, token) = {
-            let (password_file, token_file) = (
-                c.vcenter.password_file.clone(),
-                c.supervisor.token_file.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                let password = read_secret_file("vcenter.password_file", &password_file)
-                    .map_err(|e| e.to_string())?;
-                let token = token_file
-                    .as_deref()
-                    .map(|f| {
-                        read_secret_file("supervisor.token_file", f)
-                            .map(|t| t.expose().to_owned())
-                            .map_err(|e| e.to_string())
-                    })
-                    .transpose()?;
-                Ok::<_, String>((password, token))
-            })
+        let config = Arc::clone(&self.config);
+        tokio::task::spawn_blocking(move || vcenter_access(&config))
             .await
-            .map_err(|e| format!("reading the secret files: {e}"))??
-        };
-        let supervisor = SupervisorTarget {
-            url: c
-                .supervisor
-                .url
-                .as_deref()
-                .map(|u| u.parse().map_err(|e| format!("supervisor.url: {e}")))
-                .transpose()?,
-            tls: c
-                .supervisor
-                .thumbprint
-                .as_deref()
-                .map(|tp| thumbprint("supervisor.thumbprint", tp))
-                .transpose()?,
-            token,
-        };
-        Ok(VcenterAccess {
-            sdk,
-            tls,
-            credentials: Credentials::new(&c.vcenter.user, password.expose()),
-            supervisor,
-        })
+            .map_err(|e| format!("reading the secret files: {e}"))?
     }
 
     /// The vAPI and Supervisor clients of one restore, from the configuration.
