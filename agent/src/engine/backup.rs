@@ -1312,6 +1312,11 @@ async fn back_up_vm_inner(
         }
     };
     report.nvram_bytes = nvram.as_ref().map(Vec::len);
+    // Read now, at the job's start for every VM (the VMs' tasks start together), rather
+    // than after the disks: the group and services as they were at the snapshots, and a
+    // Supervisor session as fresh as the job.
+    let related = related_objects(ctx, info, vmservice::decode(&vmx_entries).as_ref()).await;
+    let related_names: Vec<String> = related.iter().map(vmservice::related::describe).collect();
     // The snapshot's own disks: the frozen files and the changeIds of this point.
     let disks = env
         .soap
@@ -1470,8 +1475,6 @@ async fn back_up_vm_inner(
         });
     }
     let roles: BTreeMap<i32, DiskRole> = validation.roles.iter().copied().collect();
-    let related = related_objects(ctx, info, validation.data.as_ref()).await;
-    let related_names: Vec<String> = related.iter().map(vmservice::related::describe).collect();
     check_cancel(ctx)?;
     // A snapshot does not freeze an independent disk, which was backed up only because the
     // VM was off at set-up: a VM powered on since may have written it while it was read.
