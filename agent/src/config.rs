@@ -126,10 +126,11 @@ fn default_listen() -> String {
     "127.0.0.1:8443".into()
 }
 
-/// `[supervisor]`: where restores find the Supervisor's Kubernetes API (optional; by
-/// default vCenter's address with the vCenter SSO session as bearer token, which is how
-/// the lab serves it).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[supervisor]`: where restores, and backups keeping a VM Service VM's
+/// VirtualMachineGroup and VirtualMachineServices, find the Supervisor's Kubernetes API
+/// (optional; by default vCenter's address with the vCenter SSO session as bearer token,
+/// which is how the lab serves it).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorConfig {
     /// The API address (`https://supervisor.example.com:6443`).
@@ -141,6 +142,25 @@ pub struct SupervisorConfig {
     /// A file holding the bearer token (owner-only permissions).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Whether backups read and keep each VM Service VM's VirtualMachineGroup and
+    /// VirtualMachineServices (seed 001 §10.3–§10.4).
+    #[serde(default = "default_keep_related")]
+    pub keep_related: bool,
+}
+
+fn default_keep_related() -> bool {
+    true
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            thumbprint: None,
+            token_file: None,
+            keep_related: default_keep_related(),
+        }
+    }
 }
 
 /// `[limits]`.
@@ -364,7 +384,7 @@ pub struct AgentConfig {
     pub repository: RepositoryConfig,
     /// HTTP API.
     pub api: ApiConfig,
-    /// The Supervisor, for restores.
+    /// The Supervisor, for restores and the VM Service VMs' group and services.
     #[serde(default)]
     pub supervisor: SupervisorConfig,
     /// Concurrency.
@@ -768,6 +788,21 @@ retention = { keep_daily = 7 }
         assert_eq!(c.policy["vcf-ops"].retention.unwrap().min_age_days, 3);
         assert!(c.policy["vcf-ops"].initial_run);
         assert!(c.maintenance.auto_gc);
+        // Backups keep the VM Service VMs' group and services unless told not to, with or
+        // without a [supervisor] section.
+        assert!(c.supervisor.keep_related);
+        let c = load(
+            &format!("{GOOD}\n[supervisor]\nkeep_related = false\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(!c.supervisor.keep_related);
+        let c = load(
+            &format!("{GOOD}\n[supervisor]\nurl = \"https://sv.example.com:6443\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(c.supervisor.keep_related);
         let c = load(GOOD, &[("VADP_AGENT_MAINTENANCE__AUTO_GC", "false")]).unwrap();
         assert!(!c.maintenance.auto_gc);
         let c = load(

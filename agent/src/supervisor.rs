@@ -36,6 +36,22 @@ pub enum SupervisorError {
     },
 }
 
+impl SupervisorError {
+    /// Whether the Supervisor could not be reached or would not take the session (no
+    /// connection, TLS, a timeout, a 401), rather than refused one request: asking again
+    /// in the same job would only wait for the same failure.
+    #[must_use]
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Config { .. } => true,
+            Self::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(e) => e.code == 401,
+                _ => true,
+            },
+        }
+    }
+}
+
 /// The API group of VM Operator's resources.
 pub const VMOP_GROUP: &str = "vmoperator.vmware.com";
 

@@ -531,6 +531,8 @@ mod tests {
         let fx = Fixture::new();
         let s = &fx.site;
         s.create_vm("web-1");
+        // Also behind web-lb (label app=web), and not in the job.
+        s.create_vm("web-2");
         let mut cr = s.sup().get("VirtualMachine", NS, "web-1").unwrap();
         cr["spec"]["groupName"] = "web-group".into();
         s.sup().apply(cr).unwrap();
@@ -585,20 +587,35 @@ mod tests {
                     .starts_with("VirtualMachineGroup web-group also lists db-1, not in this job")),
             "{warnings:?}"
         );
+        // §10.3 step 2: web-2, which web-lb also selects, is not in the job.
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w
+                    .starts_with("its VirtualMachineServices also select web-2, not in this job")),
+            "{warnings:?}"
+        );
         let point = b.report()["vms"][0]["point"].as_str().unwrap().to_owned();
 
-        // `show --related`: YAML documents for kubectl apply, as they were, without what
-        // the server set; with --json one List.
+        // `show --related`: YAML documents for kubectl create, as they were, without what
+        // the server set, and a group without the power state that would power on the VM
+        // just restored (a comment says so); with --json one List.
         let shown = fx.run(&["show", "--repo", &fx.repo(), "--related", &point], None);
         assert!(shown.status.success());
-        let docs: Vec<Value> = String::from_utf8(shown.stdout)
-            .unwrap()
+        let text = String::from_utf8(shown.stdout).unwrap();
+        assert!(
+            text.starts_with("# VirtualMachineGroup web-group: spec.powerState PoweredOn left out"),
+            "{text}"
+        );
+        let docs: Vec<Value> = text
             .split("\n---\n")
             .map(|d| serde_norway::from_str(d).unwrap())
             .collect();
         assert_eq!(docs.len(), 2, "{docs:?}");
         assert_eq!(docs[0]["kind"], "VirtualMachineGroup");
-        assert_eq!(docs[0]["spec"], group_spec);
+        let mut without_power = group_spec.clone();
+        without_power.as_object_mut().unwrap().remove("powerState");
+        assert_eq!(docs[0]["spec"], without_power);
         assert_eq!(docs[0]["metadata"]["labels"]["team"], "a");
         assert_eq!(docs[1]["metadata"]["name"], "web-lb");
         assert_eq!(docs[1]["spec"], lb_spec);
@@ -679,8 +696,6 @@ mod tests {
             json!({"kind": "VirtualMachineService", "name": "web-lb", "outcome": "already_there"})
         );
         let group = s.sup().get("VirtualMachineGroup", NS, "web-group").unwrap();
-        let mut without_power = group_spec.clone();
-        without_power.as_object_mut().unwrap().remove("powerState");
         assert_eq!(group["spec"], without_power);
         assert_eq!(group["metadata"]["labels"]["team"], "a");
         // The user's service is left as it is.

@@ -125,8 +125,9 @@ pub struct RestoreJobRequest {
     pub auto_registration_wait_secs: Option<u64>,
     /// After registration, create the VirtualMachineGroup and VirtualMachineServices the
     /// point kept (seed 001 §10.5: groups, then services) where the namespace has none of
-    /// that name; one already there is left as it is. Default false.
-    #[serde(default)]
+    /// that name; one already there is left as it is. Default false (and then not sent,
+    /// so that agents older than the field take the request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recreate_related: bool,
     /// Submitting again with the same key returns the job first created with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

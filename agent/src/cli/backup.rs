@@ -183,7 +183,8 @@ pub struct ShowArgs {
     /// The restore point.
     pub point: RestorePointId,
     /// Print only the VirtualMachineGroup and VirtualMachineServices the point kept, as
-    /// YAML documents for `kubectl apply -f -` (with `--json`, one JSON `List`).
+    /// YAML documents for `kubectl create -n NAMESPACE -f -` (with `--json`, one JSON
+    /// `List`); a group's power state is left out, as a restore leaves it out.
     #[arg(long)]
     pub related: bool,
 }
@@ -306,15 +307,30 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
     let supervisor = if args.no_related {
         None
     } else {
-        Some(Arc::new(
-            SupervisorLink::new(
+        // Credentials in its URL are refused outright; anything else wrong with the
+        // Supervisor's settings costs the backup only the VM Service VMs' group and
+        // services, as in the daemon.
+        if let Some(u) = &args.supervisor.supervisor {
+            crate::config::refuse_credentials_in_url("--supervisor", u)?;
+        }
+        let link = args.supervisor.target().and_then(|target| {
+            Ok(SupervisorLink::new(
                 &args.connection.vcenter,
                 &tls_of(&args.connection)?,
                 Credentials::new(&args.connection.user, &password(&args.connection)?),
-                args.supervisor.target()?,
-            )
-            .context("the Supervisor")?,
-        ))
+                target,
+            )?)
+        });
+        match link {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                tracing::warn!(
+                    "the Supervisor is not set up for this backup ({e:#}): its VM Service VMs' \
+                     VirtualMachineGroup and VirtualMachineServices are not kept"
+                );
+                None
+            }
+        }
     };
     let request = BackupRequest {
         group: args.group.clone(),
@@ -568,14 +584,36 @@ pub fn reconcile(args: &ReconcileArgs, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `show --related`: the kept objects as YAML documents (`---` between them) or, with
-/// `--json`, one `v1` `List`; nothing but them on stdout, so that it can be piped to
-/// `kubectl apply -f -`.
+/// `show --related`: the kept objects as a restore creates them (a group without a
+/// power state that would power on the VM just restored, [`for_restore`]), as YAML
+/// documents (`---` between them, a comment naming what was left out) or, with `--json`,
+/// one `v1` `List` (what was left out on stderr); nothing but them on stdout, so that it
+/// can be piped to `kubectl create -n NAMESPACE -f -`.
+///
+/// [`for_restore`]: crate::vmservice::related::for_restore
 fn print_related(related: &[serde_json::Value], json: bool) -> anyhow::Result<ExitCode> {
+    let objects: Vec<(serde_json::Value, Option<String>)> = related
+        .iter()
+        .map(|o| {
+            let (obj, power) = crate::vmservice::related::for_restore(o);
+            let note = power.map(|p| {
+                format!(
+                    "{}: spec.powerState {p} left out (it would power on the VM just restored); \
+                     set it once the VMs are checked (seed 001 §10.5 phase 3)",
+                    crate::vmservice::related::describe(o)
+                )
+            });
+            (obj, note)
+        })
+        .collect();
     if json {
+        for note in objects.iter().filter_map(|(_, n)| n.as_ref()) {
+            eprintln!("{note}");
+        }
+        let items: Vec<&serde_json::Value> = objects.iter().map(|(o, _)| o).collect();
         say!(
             "{}",
-            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": related})
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -585,10 +623,13 @@ fn print_related(related: &[serde_json::Value], json: bool) -> anyhow::Result<Ex
              VM Service VM, one in none, or a point made before they were kept)"
         );
     }
-    for (i, obj) in related.iter().enumerate() {
+    for (i, (obj, note)) in objects.iter().enumerate() {
         let yaml = serde_norway::to_string(obj).context("writing YAML")?;
         if i > 0 {
             say!("---");
+        }
+        if let Some(note) = note {
+            say!("# {note}");
         }
         say!("{}", yaml.trim_end());
     }
@@ -722,7 +763,7 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     if !related.is_empty() {
         say!(
-            "  related:    {} kept (`show --related` prints them for kubectl apply)",
+            "  related:    {} kept (`show --related` prints them for kubectl create)",
             related.join(", ")
         );
     }

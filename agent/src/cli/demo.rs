@@ -284,13 +284,17 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
     let mut steps = Vec::new();
 
     // 2. One group backup at a common point in time.
-    let link = Arc::new(SupervisorLink::new(
-        &sdk_url,
-        &tls,
-        vsphere::Credentials::new(&running.user, &running.password),
-        SupervisorTarget::default(),
-    )?);
-    let full = backup(&rt, &env, &link)?;
+    // One per job, as the CLI and the daemon make them.
+    let link = || {
+        SupervisorLink::new(
+            &sdk_url,
+            &tls,
+            vsphere::Credentials::new(&running.user, &running.password),
+            SupervisorTarget::default(),
+        )
+        .context("the Supervisor link")
+    };
+    let full = backup(&rt, &env, link()?)?;
     steps.push(backup_step("full backup, 2 VMs as one group", &full));
     for v in &full.vms {
         ensure!(
@@ -317,8 +321,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             )?;
         }
     }
-    let incremental = backup(&rt, &env, &link)?;
-    rt.block_on(link.close());
+    let incremental = backup(&rt, &env, link()?)?;
     steps.push(backup_step("incremental backup (CBT)", &incremental));
     let restored_name = VMS[VMS.len() - 1];
     let point = incremental
@@ -537,8 +540,9 @@ fn guest_writes(
 fn backup(
     rt: &tokio::runtime::Runtime,
     env: &Environment,
-    supervisor: &Arc<SupervisorLink>,
+    supervisor: SupervisorLink,
 ) -> anyhow::Result<BackupReport> {
+    let supervisor = Arc::new(supervisor);
     let request = BackupRequest {
         group: Some("demo".into()),
         vms: VMS
@@ -557,7 +561,7 @@ fn backup(
         limits: Limits::default(),
         busy_vm_wait: std::time::Duration::ZERO,
         snapshot_gate: None,
-        supervisor: Some(Arc::clone(supervisor)),
+        supervisor: Some(Arc::clone(&supervisor)),
     };
     let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
         if let BackupEvent::SnapshotCreated {
@@ -568,12 +572,11 @@ fn backup(
         }
     });
     let report = rt
-        .block_on(engine::run_backup(
-            env,
-            request,
-            CancellationToken::new(),
-            observer,
-        ))
+        .block_on(async {
+            let r = engine::run_backup(env, request, CancellationToken::new(), observer).await;
+            supervisor.close().await;
+            r
+        })
         .context("backup")?;
     if !report.succeeded {
         let errors: Vec<String> = report

@@ -282,7 +282,8 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         // As the daemon's runs: the VM Service VMs' group and services kept with the points.
         request.supervisor = crate::daemon::backup_job::supervisor_link(config)
             .inspect_err(|message| tracing::warn!("{message}"))
-            .ok();
+            .ok()
+            .flatten();
         let link = request.supervisor.clone();
         let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
             if let BackupEvent::VmFailed { name, error, .. } = e {

@@ -88,19 +88,23 @@ fn vcenter_access(c: &AgentConfig) -> Result<VcenterAccess, String> {
 }
 
 /// The Supervisor link of a backup job run by the daemon or `schedule run-due`, from
-/// `config` (a blocking call: it reads the secret files and a CA file). A configuration
-/// that cannot name the Supervisor costs the job only the VM Service VMs'
-/// VirtualMachineGroup and VirtualMachineServices: the error is the warning to give.
+/// `config` (a blocking call: it reads the secret files and a CA file); none with
+/// `supervisor.keep_related = false`. A configuration that cannot name the Supervisor
+/// costs the job only the VM Service VMs' VirtualMachineGroup and VirtualMachineServices:
+/// the error is the warning to give.
 ///
 /// # Errors
 /// The warning's text.
-pub fn supervisor_link(config: &AgentConfig) -> Result<Arc<SupervisorLink>, String> {
+pub fn supervisor_link(config: &AgentConfig) -> Result<Option<Arc<SupervisorLink>>, String> {
+    if !config.supervisor.keep_related {
+        return Ok(None);
+    }
     vcenter_access(config)
         .and_then(|a| {
             SupervisorLink::new(&a.sdk, &a.tls, a.credentials, a.supervisor)
                 .map_err(|e| engine::error_chain(&e))
         })
-        .map(Arc::new)
+        .map(|l| Some(Arc::new(l)))
         .map_err(|e| {
             format!(
                 "the Supervisor is not set up for this job ({e}): its VM Service VMs' \
@@ -296,7 +300,7 @@ impl BackupJobs {
         // Off the runtime: it reads the secret files and a CA file.
         let config = Arc::clone(&self.config);
         let link = match tokio::task::spawn_blocking(move || supervisor_link(&config)).await {
-            Ok(Ok(l)) => Some(l),
+            Ok(Ok(l)) => l,
             Ok(Err(message)) => {
                 tracing::warn!("{message}");
                 ctx.events

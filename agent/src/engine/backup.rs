@@ -501,9 +501,10 @@ struct JobCtx {
     snapshot_at: std::sync::OnceLock<i64>,
     /// vCenter's clock minus this machine's, in seconds, measured at the job's start.
     clock_offset_secs: i64,
-    /// The names of the job's VMs, once set up (§10.3–§10.4: are a group's members and a
-    /// service's VMs in the job?).
-    job_vms: std::sync::OnceLock<Vec<String>>,
+    /// The job's VMs as (Supervisor namespace, name), once set up (§10.3–§10.4: are a
+    /// group's members and a service's VMs in the job?); no namespace for a VM that is no
+    /// VM Service VM.
+    job_vms: std::sync::OnceLock<Vec<(Option<String>, String)>>,
 }
 
 /// vCenter's clock minus this machine's, in seconds (`CurrentTime`; 0 when it cannot be
@@ -700,9 +701,18 @@ async fn run_job(
             return Err(e);
         }
     };
-    let _ = ctx
-        .job_vms
-        .set(members.iter().map(|m| m.info.name.clone()).collect());
+    let _ = ctx.job_vms.set(
+        members
+            .iter()
+            .map(|m| {
+                let ns =
+                    vmservice::lookup(&m.info.extra_config, vmservice::Content::NamespacedName)
+                        .and_then(|(_, v)| v.split_once('/'))
+                        .map(|(ns, _)| ns.to_owned());
+                (ns, m.info.name.clone())
+            })
+            .collect(),
+    );
 
     // Phase 2: one task per VM; a panic inside one is a JoinError here.
     let mut tasks = Vec::new();
@@ -1644,61 +1654,93 @@ async fn related_objects(
         .pointer("/spec/groupName")
         .and_then(serde_json::Value::as_str)
         .filter(|g| !g.is_empty());
+    // `Err((message, unreachable))`: an unreachable Supervisor (no connection, a timeout,
+    // a refused session) is not asked again in this job; a refusal (a 403 in this
+    // namespace, say) costs this VM only.
     let read = async {
-        let supervisor = link.get().await.map_err(str::to_owned)?;
-        let list = |kind: &'static str| async move {
-            supervisor
-                .vmop_objects_served(ns, kind, version)
-                .await
-                .map_err(|e| error_chain(&e))
+        let supervisor = link.get().await.map_err(|e| (e.to_owned(), true))?;
+        let failed = |e: crate::supervisor::SupervisorError| {
+            let unreachable = e.is_unreachable();
+            (error_chain(&e), unreachable)
         };
         let groups = match group {
-            Some(_) => list(GROUP_KIND).await?.unwrap_or_default(),
+            Some(_) => supervisor
+                .vmop_objects_served(ns, GROUP_KIND, version)
+                .await
+                .map_err(failed)?
+                .unwrap_or_default(),
             None => Vec::new(),
         };
-        let services = list(SERVICE_KIND).await?.ok_or_else(|| {
-            format!("the Supervisor serves no {SERVICE_KIND} at any version this agent knows")
-        })?;
-        let kept = pick(vm, &groups, &services, api_version);
-        // Which VMs the kept services select, to tell those this job leaves out.
-        let selected: Vec<String> = if kept
-            .iter()
-            .any(|o| o.get("kind").and_then(|k| k.as_str()) == Some(SERVICE_KIND))
-        {
-            supervisor
-                .virtual_machines(ns, version)
-                .await
-                .map_err(|e| error_chain(&e))?
-                .into_iter()
-                .filter_map(|v| serde_json::to_value(v).ok())
-                .filter(|v| {
-                    let labels = v.pointer("/metadata/labels").cloned().unwrap_or_default();
-                    kept.iter().any(|s| selects(s, &labels))
-                })
-                .filter_map(|v| vmservice::related::name_of(&v).map(str::to_owned))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Ok::<_, String>((kept, selected))
+        let services = supervisor
+            .vmop_objects_served(ns, SERVICE_KIND, version)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| {
+                (
+                    format!(
+                        "the Supervisor serves no {SERVICE_KIND} at any version this agent knows"
+                    ),
+                    false,
+                )
+            })?;
+        Ok(pick(vm, &groups, &services, api_version))
     };
     let read = tokio::select! {
         r = read => r,
         () = ctx.cancel.cancelled() => return Vec::new(),
     };
-    let (kept, selected) = match read {
+    let kept = match read {
         Ok(r) => r,
-        Err(e) => {
-            link.mark_unreadable(&e);
+        Err((e, unreachable)) => {
+            if unreachable {
+                link.mark_unreadable(&e);
+            }
             warn(not_kept(&e));
             return Vec::new();
         }
     };
     let in_job = |name: &str| {
-        ctx.job_vms
-            .get()
-            .is_some_and(|n| n.iter().any(|v| v == name))
+        ctx.job_vms.get().is_some_and(|n| {
+            n.iter()
+                .any(|(vns, v)| vns.as_deref() == Some(ns.as_str()) && v == name)
+        })
     };
+    // Which VMs the kept services select, to tell those this job leaves out (only a
+    // warning is lost when they cannot be listed).
+    if kept
+        .iter()
+        .any(|o| vmservice::related::kind_of(o) == Some(SERVICE_KIND))
+    {
+        let listed = tokio::select! {
+            r = async { link.get().await.ok()?.virtual_machines(ns, version).await.ok() } => r,
+            () = ctx.cancel.cancelled() => return kept,
+        };
+        match listed {
+            Some(vms) => {
+                let outside: Vec<String> = vms
+                    .into_iter()
+                    .filter_map(|v| serde_json::to_value(v).ok())
+                    .filter(|v| {
+                        let labels = v.pointer("/metadata/labels").cloned().unwrap_or_default();
+                        kept.iter().any(|s| selects(s, &labels))
+                    })
+                    .filter_map(|v| vmservice::related::name_of(&v).map(str::to_owned))
+                    .filter(|v| !in_job(v))
+                    .collect();
+                if !outside.is_empty() {
+                    warn(format!(
+                        "its VirtualMachineServices also select {}, not in this job: back up the \
+                         VMs a service selects in one job (seed 001 §10.3)",
+                        outside.join(", ")
+                    ));
+                }
+            }
+            None => warn(format!(
+                "the VirtualMachines of namespace {ns} could not be listed: whether its \
+                 VirtualMachineServices select VMs outside this job was not checked"
+            )),
+        }
+    }
     if let Some(g) = group {
         match kept
             .iter()
@@ -1740,18 +1782,6 @@ async fn related_objects(
                 }
             }
         }
-    }
-    let outside: Vec<&str> = selected
-        .iter()
-        .map(String::as_str)
-        .filter(|v| !in_job(v))
-        .collect();
-    if !outside.is_empty() {
-        warn(format!(
-            "its VirtualMachineServices also select {}, not in this job: back up the VMs a \
-             service selects in one job (seed 001 §10.3)",
-            outside.join(", ")
-        ));
     }
     kept
 }

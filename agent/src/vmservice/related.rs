@@ -126,6 +126,18 @@ pub fn for_apply(obj: &Value, kind: &str, api_version: &str) -> Value {
         metadata.remove(k);
     }
     metadata.remove("ownerReferences");
+    // A finalizer whose controller is not there would hold a delete of the new object
+    // for ever; kubectl's last-applied copy names the old namespace and state.
+    metadata.remove("finalizers");
+    if let Some(annotations) = metadata
+        .get_mut("annotations")
+        .and_then(Value::as_object_mut)
+    {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if annotations.is_empty() {
+            metadata.remove("annotations");
+        }
+    }
     // Created where the VM is restored to (`kubectl create -n NS`, or the restore's own
     // namespace), which need not be where it was backed up.
     metadata.remove("namespace");
@@ -136,16 +148,18 @@ pub fn for_apply(obj: &Value, kind: &str, api_version: &str) -> Value {
     Value::Object(out)
 }
 
-/// `obj` as a restore creates it: a VirtualMachineGroup without `spec.powerState`, whose
-/// `PoweredOn` would power on at once the member registration has just left PoweredOff
-/// (§8.1.4: the user checks the VM first, and powers on in §10.5's phase 3). Returns the
-/// object and the power state left out, if any.
+/// `obj` as a restore creates it (and `show --related` prints it): a VirtualMachineGroup
+/// without a `spec.powerState` other than `PoweredOff`, as `PoweredOn` would have VM
+/// Operator power on at once the member registration has just left PoweredOff (§8.1.4:
+/// the user checks the VM first, and powers on in §10.5's phase 3). Returns the object and
+/// the power state left out, if any.
 #[must_use]
 pub fn for_restore(obj: &Value) -> (Value, Option<String>) {
     let mut obj = obj.clone();
     let power = if kind_of(&obj) == Some(GROUP_KIND) {
         obj.get_mut("spec")
             .and_then(Value::as_object_mut)
+            .filter(|spec| spec.get("powerState").and_then(Value::as_str) != Some("PoweredOff"))
             .and_then(|spec| spec.remove("powerState"))
             .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
     } else {
@@ -212,6 +226,10 @@ mod tests {
         let service = json!({"kind": "VirtualMachineService", "metadata": {"name": "s"},
                              "spec": {"powerState": "x"}});
         assert_eq!(for_restore(&service), (service.clone(), None));
+        // PoweredOff changes nothing for a member registration left off: kept.
+        let off = json!({"kind": "VirtualMachineGroup", "metadata": {"name": "g"},
+                         "spec": {"powerState": "PoweredOff"}});
+        assert_eq!(for_restore(&off), (off.clone(), None));
     }
 
     /// §10: group membership needs the VM in `spec.bootOrder[].members`; a service
@@ -267,8 +285,10 @@ mod tests {
                 "name": name, "namespace": "ns1", "uid": "u-1", "resourceVersion": "42",
                 "generation": 3, "creationTimestamp": "2026-12-01T00:00:00Z",
                 "managedFields": [{"manager": "kubectl"}],
-                "ownerReferences": [{"uid": "u-0"}],
-                "labels": {"team": "a"}, "annotations": {"note": "kept"}
+                "ownerReferences": [{"uid": "u-0"}], "finalizers": ["example.com/hold"],
+                "labels": {"team": "a"},
+                "annotations": {"note": "kept",
+                                "kubectl.kubernetes.io/last-applied-configuration": "{}"}
             })
         };
         let groups = [

@@ -301,7 +301,12 @@ impl RestoreEnv {
         credentials: crate::vsphere::Credentials,
         supervisor: SupervisorTarget,
     ) -> Result<Self, RestoreError> {
-        let (base, vapi) = vapi_client(sdk_url, tls, credentials)?;
+        // Off the runtime: a CA file (or the system's roots) is read here.
+        let (sdk, tls_for_vapi) = (sdk_url.clone(), tls.clone());
+        let (base, vapi) =
+            tokio::task::spawn_blocking(move || vapi_client(&sdk, &tls_for_vapi, credentials))
+                .await
+                .map_err(|e| RestoreError::Invalid(format!("setting up the vAPI client: {e}")))??;
         let supervisor = supervisor.connect(&base, tls, &vapi).await?;
         Ok(Self {
             env,
@@ -1751,8 +1756,14 @@ async fn restore_steps(
             r.error.as_ref().map(|e| {
                 format!(
                     "{} {} (kept with the point) was not created in {}: {e}; create it yourself \
-                     (`vadp-agent show --related {} | kubectl create -n {} -f -`, §10.5)",
-                    r.kind, r.name, plan.namespace, report.point, plan.namespace
+                     (`vadp-agent show --repo {} --related {} | kubectl create -n {} -f -`, \
+                     §10.5)",
+                    r.kind,
+                    r.name,
+                    plan.namespace,
+                    renv.env.repo.root().display(),
+                    report.point,
+                    plan.namespace
                 )
             })
         });

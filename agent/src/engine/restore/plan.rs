@@ -405,6 +405,11 @@ pub(super) async fn plan(
         }
         (None, false) => {}
     }
+    if related.is_empty() && request.recreate_related {
+        prediction.expectations.push(
+            "the point keeps no VirtualMachineGroup or VirtualMachineService: nothing to recreate (a VM in none, or a point made before they were kept or without the Supervisor to read them from)".into(),
+        );
+    }
     if !related.is_empty() {
         let names: Vec<String> = related
             .iter()
@@ -425,8 +430,9 @@ pub(super) async fn plan(
             )
         } else {
             format!(
-                "the point keeps {}: not recreated (ask for it with --recreate-related, or `vadp-agent show --related {id} | kubectl create -n {namespace} -f -`, §10.5)",
-                names.join(", ")
+                "the point keeps {}: not recreated (ask for it with --recreate-related, or `vadp-agent show --repo {} --related {id} | kubectl create -n {namespace} -f -`, §10.5)",
+                names.join(", "),
+                env.repo.root().display()
             )
         });
     }

@@ -258,13 +258,17 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
                 && crate::vmservice::related::name_of(o) == Some(name)
         }) {
             format!(
-                "the point keeps it: `vadp-agent show --related {point} | kubectl create -n {ns} -f -`, or restore with --recreate-related"
+                "the point keeps it: `vadp-agent show --repo {} --related {point} | kubectl create -n {ns} -f -`, or restore with --recreate-related",
+                renv.env.repo.root().display()
             )
         } else {
-            "kubectl apply from your own copy".to_owned()
+            "kubectl create from your own copy".to_owned()
         }
     };
-    let list = |kind: &'static str| renv.supervisor.vmop_objects(ns, kind, &plan.api_version);
+    let list = |kind: &'static str| {
+        renv.supervisor
+            .vmop_objects_served(ns, kind, &plan.api_version)
+    };
     if let Some(group) = string_at(vm, "/spec/groupName").filter(|g| !g.is_empty()) {
         match list("VirtualMachineGroup").await {
             Ok(Some(groups)) => {
@@ -290,7 +294,7 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
                 });
             }
             Ok(None) => out.push(format!(
-                "spec.groupName names VirtualMachineGroup {group}; the Supervisor serves no VirtualMachineGroup at {}, so it was not checked (§10.4)",
+                "spec.groupName names VirtualMachineGroup {group}; the Supervisor serves no VirtualMachineGroup (at {} or another version this agent knows), so it was not checked (§10.4)",
                 plan.api_version
             )),
             Err(e) => out.push(format!(
@@ -339,7 +343,7 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
                 ));
             } else if missing.is_empty() {
                 out.push(format!(
-                    "no VirtualMachineService in namespace {ns} selects the VM's labels: if one served it before, recreate it (kubectl apply, §10.3)"
+                    "no VirtualMachineService in namespace {ns} selects the VM's labels: if one served it before, recreate it (kubectl create, §10.3)"
                 ));
             }
         }
