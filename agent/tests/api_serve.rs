@@ -885,6 +885,85 @@ concurrent_jobs = 2
         assert_eq!(points(), 1);
     }
 
+    /// `schedule run-due` runs a failed policy run again once, `retry_failed_after_minutes`
+    /// (default 30) after it ended and within two hours of that, as the daemon does; a
+    /// retry that fails is not retried.
+    #[test]
+    fn run_due_runs_a_failed_run_again_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, _lab, _vm, _disk) = lab_with_vm(dir.path(), "retry-1");
+        let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        // A policy whose VM is not in vCenter: each of its runs fails.
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        let daily_at = jiff::Zoned::now()
+            .checked_add(jiff::SignedDuration::from_hours(12))
+            .unwrap()
+            .strftime("%H:%M")
+            .to_string();
+        text.push_str(&format!(
+            "\n[policy.broken]\nvms = [\"vm-999\"]\ndaily_at = \"{daily_at}\"\n"
+        ));
+        std::fs::write(&config, text).unwrap();
+        let run = || {
+            let out = agent(&["schedule", "run-due", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let failed = || -> Option<String> {
+            let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+            db.query_row(
+                "SELECT value FROM repo_meta WHERE key = 'schedule.broken.failed'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+        };
+        // Ended `mins` minutes ago (`:retry` kept).
+        let ended_ago = |mins: i64| {
+            let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+            let v = failed().unwrap();
+            let retry = if v.ends_with(":retry") { ":retry" } else { "" };
+            let end = jiff::Timestamp::now().as_second() - mins * 60;
+            db.execute(
+                "UPDATE repo_meta SET value = ?1 WHERE key = 'schedule.broken.failed'",
+                [format!("{end}{retry}")],
+            )
+            .unwrap();
+        };
+        let retried = "its last run failed: running it again once";
+
+        // The initial run fails and is recorded so.
+        let (code, stderr) = run();
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(!failed().unwrap().ends_with(":retry"));
+        // Not before 30 minutes.
+        ended_ago(10);
+        let (code, stderr) = run();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(!stderr.contains(retried), "{stderr}");
+        // Not more than two hours after that (a timer that was off all night).
+        ended_ago(31 + 120);
+        let (_, stderr) = run();
+        assert!(!stderr.contains(retried), "{stderr}");
+        // Once, in between: the retry fails and is recorded as a retry.
+        ended_ago(31);
+        let (code, stderr) = run();
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(retried), "{stderr}");
+        assert!(failed().unwrap().ends_with(":retry"), "{:?}", failed());
+        // A failed retry is not retried.
+        ended_ago(31);
+        let (code, stderr) = run();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(!stderr.contains(retried), "{stderr}");
+    }
+
     /// The daily verify in the daemon: a run missed while the agent was down is caught up
     /// at start, finds a corrupt chunk, quarantines it, and says so in the log, in
     /// `/v1/metrics` and in `schedule show`.

@@ -257,11 +257,33 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
     rt.block_on(crate::daemon::clock::check(&env.soap));
     let now = crate::daemon::clock::vcenter_now();
     let due = scheduler::due_policies(config, env.repo.catalog(), &now)?;
+    // A run that failed is run again once, `retry_failed_after_minutes` after it ended
+    // (within two hours of that), as the daemon does, unless the policy is due anyway.
+    let mut runs: Vec<(scheduler::DueRun, bool)> = due.into_iter().map(|r| (r, false)).collect();
+    for (name, p) in &config.policy {
+        if runs.iter().any(|(r, _)| &r.name == name) {
+            continue;
+        }
+        let after = (p.retry_failed_after_minutes > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(p.retry_failed_after_minutes) * 60));
+        if let Some((end, false)) = scheduler::failed_run(env.repo.catalog(), name)?
+            && scheduler::retry_is_due(end, after, now.timestamp().as_second())
+        {
+            tracing::info!(policy = %name, "its last run failed: running it again once");
+            runs.push((
+                scheduler::DueRun {
+                    name: name.clone(),
+                    after: scheduler::last_run(env.repo.catalog(), name)?,
+                },
+                true,
+            ));
+        }
+    }
     let mut code = ExitCode::SUCCESS;
-    if due.is_empty() {
+    if runs.is_empty() {
         tracing::info!("no policy is due");
     }
-    for run in due {
+    for (run, retry) in runs {
         let name = run.name.clone();
         let Some(p) = config.policy.get(&name) else {
             continue;
@@ -300,16 +322,35 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         // Recorded once the run has ended, whatever its outcome: a run killed part-way (a
         // reboot) is run again by the timer's next start.
         scheduler::record_run(env.repo.catalog(), &name, now.timestamp())?;
+        let succeeded = report.as_ref().is_ok_and(|r| r.succeeded);
+        scheduler::record_outcome(
+            env.repo.catalog(),
+            &name,
+            (!succeeded).then(|| {
+                (
+                    crate::daemon::clock::vcenter_now().timestamp().as_second(),
+                    retry,
+                )
+            }),
+        )?;
         match report {
             Ok(r) => {
                 if json {
-                    say!("{}", serde_json::json!({"policy": name, "report": r}));
+                    say!(
+                        "{}",
+                        serde_json::json!({"policy": name, "retry": retry, "report": r})
+                    );
                 } else {
                     say!(
-                        "policy {name}: job {} {} ({} VM(s))",
+                        "policy {name}: job {} {} ({} VM(s)){}",
                         r.job,
                         if r.succeeded { "succeeded" } else { "FAILED" },
-                        r.vms.len()
+                        r.vms.len(),
+                        if retry {
+                            ", a retry of the failed run"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 if !r.succeeded {

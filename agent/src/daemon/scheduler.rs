@@ -234,17 +234,67 @@ pub(crate) fn next_step(
         Some(j)
             if j.state == JobState::Failed
                 && !is_retry(j)
-                && retry_failed_after.is_some_and(|after| {
-                    j.finished_at.is_some_and(|end| {
-                        let from =
-                            end.saturating_add(i64::try_from(after.as_secs()).unwrap_or(i64::MAX));
-                        (from..=from.saturating_add(RETRY_WINDOW_SECS)).contains(&now)
-                    })
-                }) =>
+                && j.finished_at
+                    .is_some_and(|end| retry_is_due(end, retry_failed_after, now)) =>
         {
             Step::Retry(j.id.clone())
         }
         _ => Step::IfDue,
+    }
+}
+
+/// Whether a failed run that ended at `end` (Unix seconds) is to be run again at `now`:
+/// `retry_failed_after` (none: never) has passed, and no more than [`RETRY_WINDOW_SECS`]
+/// after that.
+pub(crate) fn retry_is_due(end: i64, retry_failed_after: Option<Duration>, now: i64) -> bool {
+    retry_failed_after.is_some_and(|after| {
+        let from = end.saturating_add(i64::try_from(after.as_secs()).unwrap_or(i64::MAX));
+        (from..=from.saturating_add(RETRY_WINDOW_SECS)).contains(&now)
+    })
+}
+
+fn failed_key(policy: &str) -> String {
+    format!("schedule.{policy}.failed")
+}
+
+/// `schedule run-due`'s record of a policy's failed run (the daemon's is its job
+/// history): when it ended (Unix seconds), and whether it was itself a retry.
+///
+/// # Errors
+/// Catalog errors.
+pub fn failed_run(
+    catalog: &CatalogHandle,
+    policy: &str,
+) -> Result<Option<(i64, bool)>, CatalogError> {
+    Ok(catalog.meta(&failed_key(policy))?.and_then(|v| {
+        let (end, retry) = v
+            .strip_suffix(":retry")
+            .map_or((v.as_str(), false), |e| (e, true));
+        end.parse().ok().map(|e| (e, retry))
+    }))
+}
+
+/// Records how `schedule run-due`'s run of `policy` ended: failed at `end` (a retry or
+/// not), or succeeded (`None`, which forgets an earlier failure).
+///
+/// # Errors
+/// Catalog errors.
+pub fn record_outcome(
+    catalog: &CatalogHandle,
+    policy: &str,
+    failed: Option<(i64, bool)>,
+) -> Result<(), CatalogError> {
+    match failed {
+        Some((end, retry)) => catalog.set_meta(
+            &failed_key(policy),
+            &format!("{end}{}", if retry { ":retry" } else { "" }),
+        ),
+        None => {
+            if let Some(v) = catalog.meta(&failed_key(policy))? {
+                catalog.clear_meta_if(&failed_key(policy), &v)?;
+            }
+            Ok(())
+        }
     }
 }
 
