@@ -191,6 +191,15 @@ mod tests {
                 .map(|v| v.moref)
         }
 
+        /// Every API call on these kinds answers 403 (an account without rights on them).
+        fn forbid(&self, kinds: &[&str]) {
+            let s = SupervisorSettings {
+                forbidden_kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+                ..self.sup().settings()
+            };
+            self.sup().set_settings(s).unwrap();
+        }
+
         fn set_version(&self, version: SupervisorVersion) {
             let s = SupervisorSettings {
                 version,
@@ -749,6 +758,76 @@ mod tests {
             "{}",
             b.stdout
         );
+    }
+
+    /// What the Supervisor refuses (an account without rights on a kind): a backup keeps
+    /// what it could read (the group), says what it could not for each VM and goes on
+    /// asking for the next VM (a refusal is not an unreachable Supervisor), its points
+    /// committed; a restore asked to recreate a group it may not create ends with the VM
+    /// registered and a problem naming the group (exit 2).
+    #[test]
+    fn related_objects_the_supervisor_refuses_are_warnings_and_problems() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("web-1");
+        s.create_vm("web-2");
+        let mut cr = s.sup().get("VirtualMachine", NS, "web-1").unwrap();
+        cr["spec"]["groupName"] = "web-group".into();
+        s.sup().apply(cr).unwrap();
+        s.sup()
+            .apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
+                "metadata": {"name": "web-group", "namespace": NS},
+                "spec": {"bootOrder": [{"members": [{"name": "web-1"}, {"name": "web-2"}]}]}
+            }))
+            .unwrap();
+
+        s.forbid(&["VirtualMachineService"]);
+        let b = fx.backup_run(&format!("{NS}/web-1"), &["--vm", &format!("{NS}/web-2")]);
+        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        let not_kept: Vec<&str> = b
+            .events
+            .iter()
+            .filter(|e| e["event"] == "warning")
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| m.contains("VirtualMachineServices were not kept"))
+            .collect();
+        assert_eq!(not_kept.len(), 2, "{not_kept:?}");
+        for m in &not_kept {
+            assert!(m.contains("Forbidden") || m.contains("forbidden"), "{m}");
+            assert!(!m.contains("earlier in this job"), "{m}");
+        }
+        for v in b.report()["vms"].as_array().unwrap() {
+            assert!(v["point"].is_string(), "{v}");
+            let expected = if v["name"] == "web-1" {
+                json!(["VirtualMachineGroup web-group"])
+            } else {
+                json!([])
+            };
+            assert_eq!(v["related"], expected, "{v}");
+        }
+
+        s.forbid(&[]);
+        let point = fx.backup("web-1");
+        s.sup().delete("VirtualMachine", NS, "web-1").unwrap();
+        s.sup()
+            .delete("VirtualMachineGroup", NS, "web-group")
+            .unwrap();
+        s.forbid(&["VirtualMachineGroup"]);
+        let r = fx.restore(&point, &["--recreate-related"]);
+        assert_eq!(r.code, Some(2), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        assert!(report["vm"].is_string(), "{report}");
+        assert_eq!(report["related"][0]["name"], "web-group");
+        assert_eq!(report["related"][0]["outcome"], "failed", "{report}");
+        let problems = report["verification"]["problems"].as_array().unwrap();
+        assert!(
+            problems.iter().any(|p| p.as_str().unwrap().starts_with(
+                "VirtualMachineGroup web-group (kept with the point) was not created in ns1"
+            )),
+            "{problems:?}"
+        );
+        assert!(s.vm_by_name("web-1").is_some());
     }
 
     #[test]

@@ -1635,16 +1635,18 @@ async fn related_objects(
             message,
         });
     };
-    let not_kept = |e: &str| {
+    let not_kept = |what: &str, e: &str| {
         format!(
-            "its VirtualMachineGroup and VirtualMachineServices were not kept ({e}): after a \
-             restore, recreate them from a copy of your own (seed 001 §10.3, §10.4)"
+            "its {what} not kept ({e}): after a restore, recreate them from a copy of your \
+             own (seed 001 §10.3, §10.4)"
         )
     };
+    let both = "VirtualMachineGroup and VirtualMachineServices were";
     if let Some(e) = link.unreadable() {
-        warn(not_kept(&format!(
-            "the Supervisor could not be read earlier in this job: {e}"
-        )));
+        warn(not_kept(
+            both,
+            &format!("the Supervisor could not be read earlier in this job: {e}"),
+        ));
         return Vec::new();
     }
     let version = api_version
@@ -1654,51 +1656,81 @@ async fn related_objects(
         .pointer("/spec/groupName")
         .and_then(serde_json::Value::as_str)
         .filter(|g| !g.is_empty());
-    // `Err((message, unreachable))`: an unreachable Supervisor (no connection, a timeout,
-    // a refused session) is not asked again in this job; a refusal (a 403 in this
-    // namespace, say) costs this VM only.
+    // Each kind read on its own: what one read gives is kept whatever the other's
+    // failure. An unreachable Supervisor (no connection, a timeout, a refused session) is
+    // not asked again in this job; a refusal (no rights on a kind, in this namespace, say)
+    // costs this VM only.
     let read = async {
-        let supervisor = link.get().await.map_err(|e| (e.to_owned(), true))?;
-        let failed = |e: crate::supervisor::SupervisorError| {
-            let unreachable = e.is_unreachable();
-            (error_chain(&e), unreachable)
-        };
+        let supervisor = link.get().await.map_err(str::to_owned)?;
         let groups = match group {
-            Some(_) => supervisor
-                .vmop_objects_served(ns, GROUP_KIND, version)
-                .await
-                .map_err(failed)?
-                .unwrap_or_default(),
-            None => Vec::new(),
+            Some(_) => {
+                let r = supervisor
+                    .vmop_objects_served(ns, GROUP_KIND, version)
+                    .await;
+                // Unreachable: the services' read would only wait for the same failure.
+                if let Err(e) = &r
+                    && e.is_unreachable()
+                {
+                    return Err(error_chain(e));
+                }
+                Some(r)
+            }
+            None => None,
         };
         let services = supervisor
             .vmop_objects_served(ns, SERVICE_KIND, version)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| {
-                (
-                    format!(
-                        "the Supervisor serves no {SERVICE_KIND} at any version this agent knows"
-                    ),
-                    false,
-                )
-            })?;
-        Ok(pick(vm, &groups, &services, api_version))
+            .await;
+        Ok::<_, String>((groups, services))
     };
     let read = tokio::select! {
         r = read => r,
         () = ctx.cancel.cancelled() => return Vec::new(),
     };
-    let kept = match read {
+    let (groups, services) = match read {
         Ok(r) => r,
-        Err((e, unreachable)) => {
-            if unreachable {
-                link.mark_unreadable(&e);
-            }
-            warn(not_kept(&e));
+        Err(e) => {
+            link.mark_unreadable(&e);
+            warn(not_kept(both, &e));
             return Vec::new();
         }
     };
+    // `None` when the read failed (said so).
+    let take =
+        |what: &str,
+         read: Result<Option<Vec<serde_json::Value>>, crate::supervisor::SupervisorError>,
+         kind: &str| {
+            match read {
+                Ok(Some(objects)) => Some(objects),
+                Ok(None) => {
+                    warn(not_kept(
+                        what,
+                        &format!("the Supervisor serves no {kind} at any version this agent knows"),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    let message = error_chain(&e);
+                    if e.is_unreachable() {
+                        link.mark_unreadable(&message);
+                    }
+                    warn(not_kept(what, &message));
+                    None
+                }
+            }
+        };
+    let groups = groups.map(|g| take("VirtualMachineGroup was", g, GROUP_KIND));
+    let services = take("VirtualMachineServices were", services, SERVICE_KIND);
+    let kept = pick(
+        vm,
+        groups
+            .as_ref()
+            .and_then(Option::as_deref)
+            .unwrap_or_default(),
+        services.as_deref().unwrap_or_default(),
+        api_version,
+    );
+    // The group checks below only once the groups were read.
+    let group = group.filter(|_| matches!(groups, Some(Some(_))));
     let in_job = |name: &str| {
         ctx.job_vms.get().is_some_and(|n| {
             n.iter()

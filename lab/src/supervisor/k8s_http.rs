@@ -224,6 +224,13 @@ async fn handle(
     let result = tokio::task::spawn_blocking(move || {
         let sup = vc.supervisor();
         let (k, ns, name) = target(&version, &p)?;
+        if sup.settings().forbidden_kinds.iter().any(|f| f == k.kind) {
+            return Err(SupervisorError::new(
+                403,
+                "Forbidden",
+                format!("{} is forbidden: the user cannot {method} resource {:?} in API group {:?}", k.plural, k.plural, k.group),
+            ));
+        }
         let all_namespaces = ns.is_none();
         let ns = ns.unwrap_or_default();
         let api_version = k.api_version(&version);

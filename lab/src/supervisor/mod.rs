@@ -12,7 +12,8 @@
 //! `/apis/vmoperator.vmware.com/{version}/{plural}`; discovery `/version`, `/api`, `/apis`,
 //! `/apis/vmoperator.vmware.com/{version}`. GET/list (`labelSelector` with `k=v`, `k!=v`,
 //! `k`, `!k`), POST, PUT, PATCH (merge; strategic and apply treated as merge; JSON patch
-//! add/remove/replace/test) and DELETE (answers the deleted object). No watch. Auth on every route: `Authorization:
+//! add/remove/replace/test) and DELETE (answers the deleted object); every call on a kind
+//! of setting `forbidden_kinds` is 403 Forbidden (an account without rights). No watch. Auth on every route: `Authorization:
 //! Bearer <vAPI session token>` or Basic with the lab credentials, else 401 `Status`.
 //! Metadata: `uid`, one global `resourceVersion` counter, `creationTimestamp`,
 //! `generation` (bumped when `spec` changes); a stale `resourceVersion` on replace/patch is

@@ -33,6 +33,10 @@ pub struct SupervisorSettings {
     /// How long a disabled `RelocateVM_Task` defers automatic registration (§7.3.3).
     #[serde(default = "default_timeout")]
     pub auto_registration_timeout_secs: u64,
+    /// Kinds (`VirtualMachineGroup`, …) on which every Kubernetes API call answers 403
+    /// Forbidden, as for an account without rights on them.
+    #[serde(default)]
+    pub forbidden_kinds: Vec<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -45,6 +49,7 @@ impl Default for SupervisorSettings {
             version: SupervisorVersion::default(),
             key_spelling: KeySpelling::default(),
             auto_registration_timeout_secs: default_timeout(),
+            forbidden_kinds: Vec::new(),
         }
     }
 }
