@@ -1537,6 +1537,45 @@ mod tests {
         panic!("{point} not reached in 300 s");
     }
 
+    /// The VM is registered, but the check after registration cannot read it back (here
+    /// the account loses its rights on VirtualMachines meanwhile): the restore keeps its
+    /// report, the VM stays, and the failed check is a problem (exit 2), not an error that
+    /// hides what was done.
+    #[test]
+    fn a_check_that_cannot_read_the_vm_back_is_a_problem_of_the_report() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("check-1");
+        let point = fx.backup("check-1");
+        s.sup().delete("VirtualMachine", NS, "check-1").unwrap();
+        let dir = fx.dir.path().join("pause-check");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        let mut restore = fx.spawn_paused(
+            &["restore", "--repo", &repo, "--point", &point],
+            "restore-before-verify",
+            &dir,
+        );
+        wait_reached(&mut restore, &dir, "restore-before-verify");
+        s.forbid(&["VirtualMachine"]);
+        std::fs::write(dir.join("restore-before-verify.go"), b"").unwrap();
+        let r = Run::of(&restore.wait_with_output().unwrap());
+        s.forbid(&[]);
+        assert_eq!(r.code, Some(2), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        assert!(report["vm"].is_string(), "{report}");
+        let problems = report["verification"]["problems"].as_array().unwrap();
+        assert!(
+            problems.iter().any(|p| p.as_str().unwrap().starts_with(
+                "the VM is registered, but the check after registration could not read it back"
+            )),
+            "{problems:?}"
+        );
+        assert!(s.sup().get("VirtualMachine", NS, "check-1").is_some());
+        assert!(s.vm_by_name("check-1").is_some());
+        assert_eq!(fx.open_journal(), 0);
+    }
+
     #[test]
     fn reconcile_leaves_alone_a_restore_that_finished_while_it_ran() {
         let fx = Fixture::new();
