@@ -236,6 +236,15 @@ mod tests {
             }
         }
 
+        /// The messages of its `warning` events.
+        fn warnings(&self) -> Vec<&str> {
+            self.events
+                .iter()
+                .filter(|e| e["event"] == "warning")
+                .filter_map(|e| e["message"].as_str())
+                .collect()
+        }
+
         fn report(&self) -> &Value {
             self.events
                 .iter()
@@ -583,12 +592,7 @@ mod tests {
             ])
         );
         // §10.4 step 2: the group's other member is not in the job.
-        let warnings: Vec<&str> = b
-            .events
-            .iter()
-            .filter(|e| e["event"] == "warning")
-            .filter_map(|e| e["message"].as_str())
-            .collect();
+        let warnings = b.warnings();
         assert!(
             warnings
                 .iter()
@@ -741,11 +745,9 @@ mod tests {
         assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
         assert_eq!(b.report()["vms"][0]["related"], json!([]));
         assert!(
-            b.events.iter().any(|e| e["event"] == "warning"
-                && e["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("VirtualMachineGroup and VirtualMachineServices were not kept")),
+            b.warnings()
+                .iter()
+                .any(|w| w.contains("VirtualMachineGroup and VirtualMachineServices were not kept")),
             "{}",
             b.stdout
         );
@@ -753,11 +755,7 @@ mod tests {
         let b = fx.backup_run(&format!("{NS}/web-1"), &["--no-related"]);
         assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
         assert_eq!(b.report()["vms"][0]["related"], json!([]));
-        assert!(
-            !b.events.iter().any(|e| e["event"] == "warning"),
-            "{}",
-            b.stdout
-        );
+        assert!(b.warnings().is_empty(), "{}", b.stdout);
     }
 
     /// What the Supervisor refuses (an account without rights on a kind): a backup keeps
@@ -786,10 +784,8 @@ mod tests {
         let b = fx.backup_run(&format!("{NS}/web-1"), &["--vm", &format!("{NS}/web-2")]);
         assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
         let not_kept: Vec<&str> = b
-            .events
-            .iter()
-            .filter(|e| e["event"] == "warning")
-            .filter_map(|e| e["message"].as_str())
+            .warnings()
+            .into_iter()
             .filter(|m| m.contains("VirtualMachineServices were not kept"))
             .collect();
         assert_eq!(not_kept.len(), 2, "{not_kept:?}");
