@@ -1783,19 +1783,7 @@ async fn related_objects(
                  not kept (seed 001 §10.4)"
             )),
             Some(obj) => {
-                let members: Vec<&str> = obj
-                    .pointer("/spec/bootOrder")
-                    .and_then(serde_json::Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|b| b.get("members").and_then(serde_json::Value::as_array))
-                    .flatten()
-                    .filter(|m| {
-                        m.get("kind")
-                            .and_then(serde_json::Value::as_str)
-                            .is_none_or(|k| k == "VirtualMachine")
-                    })
-                    .filter_map(|m| m.get("name").and_then(serde_json::Value::as_str))
+                let members: Vec<&str> = vmservice::related::vm_members(obj)
                     .filter(|m| !in_job(m))
                     .collect();
                 if !members.is_empty() {

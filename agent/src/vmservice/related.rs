@@ -37,6 +37,12 @@ const SERVER_METADATA: [&str; 8] = [
 /// that name is not the VM.
 #[must_use]
 pub fn group_lists(g: &Value, name: &str) -> bool {
+    vm_members(g).any(|m| m == name)
+}
+
+/// The VMs VirtualMachineGroup `g` lists in `spec.bootOrder[].members` (members of
+/// another kind, groups in the group, left out).
+pub fn vm_members(g: &Value) -> impl Iterator<Item = &str> {
     g.pointer("/spec/bootOrder")
         .and_then(Value::as_array)
         .into_iter()
@@ -47,12 +53,12 @@ pub fn group_lists(g: &Value, name: &str) -> bool {
                 .into_iter()
                 .flatten()
         })
-        .any(|m| {
-            m.get("name").and_then(Value::as_str) == Some(name)
-                && m.get("kind")
-                    .and_then(Value::as_str)
-                    .is_none_or(|k| k == "VirtualMachine")
+        .filter(|m| {
+            m.get("kind")
+                .and_then(Value::as_str)
+                .is_none_or(|k| k == "VirtualMachine")
         })
+        .filter_map(|m| m.get("name").and_then(Value::as_str))
 }
 
 /// Whether VirtualMachineService `s`'s `spec.selector` (a label map; empty selects
