@@ -128,9 +128,14 @@ impl Supervisor {
         })
     }
 
-    fn vm_api(&self, namespace: &str, version: &str) -> Api<DynamicObject> {
-        let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, "VirtualMachine");
+    /// VM Operator's `kind` in `namespace`, at API `version`.
+    fn vmop_api(&self, namespace: &str, version: &str, kind: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, kind);
         Api::namespaced_with(self.client.clone(), namespace, &ApiResource::from_gvk(&gvk))
+    }
+
+    fn vm_api(&self, namespace: &str, version: &str) -> Api<DynamicObject> {
+        self.vmop_api(namespace, version, "VirtualMachine")
     }
 
     /// The VirtualMachine `name` in `namespace`, read at API `version` (`v1alpha3`), or
@@ -180,20 +185,16 @@ impl Supervisor {
     /// # Errors
     ///
     /// [`SupervisorError::Api`].
-    pub async fn vmop_objects(
+    async fn vmop_objects(
         &self,
         namespace: &str,
         kind: &str,
         version: &str,
     ) -> Result<Option<Vec<DynamicObject>>, SupervisorError> {
-        let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, kind);
-        match Api::<DynamicObject>::namespaced_with(
-            self.client.clone(),
-            namespace,
-            &ApiResource::from_gvk(&gvk),
-        )
-        .list(&ListParams::default())
-        .await
+        match self
+            .vmop_api(namespace, version, kind)
+            .list(&ListParams::default())
+            .await
         {
             Ok(l) => Ok(Some(l.items)),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
@@ -234,14 +235,10 @@ impl Supervisor {
                 url: self.url.clone(),
                 reason: format!("{what}: {e}"),
             })?;
-        let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, kind);
-        match Api::<DynamicObject>::namespaced_with(
-            self.client.clone(),
-            namespace,
-            &ApiResource::from_gvk(&gvk),
-        )
-        .create(&kube::api::PostParams::default(), &object)
-        .await
+        match self
+            .vmop_api(namespace, version, kind)
+            .create(&kube::api::PostParams::default(), &object)
+            .await
         {
             Ok(_) => Ok(Created::Created),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(Created::AlreadyThere),
