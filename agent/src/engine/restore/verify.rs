@@ -274,7 +274,6 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
             Ok(Some(groups)) => {
                 let found = groups
                     .into_iter()
-                    .filter_map(|g| serde_json::to_value(g).ok())
                     .find(|g| string_at(g, "/metadata/name") == Some(group));
                 out.push(match found {
                     None => format!(
@@ -306,10 +305,6 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
     let labels = vm.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
     match list("VirtualMachineService").await {
         Ok(Some(services)) => {
-            let services: Vec<Value> = services
-                .into_iter()
-                .filter_map(|s| serde_json::to_value(s).ok())
-                .collect();
             let selecting: Vec<String> = services
                 .iter()
                 .filter(|s| selects(s, &labels))
