@@ -372,6 +372,16 @@ fn default_retry_failed_after_minutes() -> u32 {
     30
 }
 
+impl PolicyConfig {
+    /// How long after a failed run it is run again, once (`None`: never).
+    #[must_use]
+    pub fn retry_failed_after(&self) -> Option<std::time::Duration> {
+        (self.retry_failed_after_minutes > 0).then(|| {
+            std::time::Duration::from_secs(u64::from(self.retry_failed_after_minutes) * 60)
+        })
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

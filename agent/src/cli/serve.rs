@@ -264,10 +264,8 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
         if runs.iter().any(|(r, _)| &r.name == name) {
             continue;
         }
-        let after = (p.retry_failed_after_minutes > 0)
-            .then(|| std::time::Duration::from_secs(u64::from(p.retry_failed_after_minutes) * 60));
         if let Some((end, false)) = scheduler::failed_run(env.repo.catalog(), name)?
-            && scheduler::retry_is_due(end, after, now.timestamp().as_second())
+            && scheduler::retry_is_due(end, p.retry_failed_after(), now.timestamp().as_second())
         {
             tracing::info!(policy = %name, "its last run failed: running it again once");
             runs.push((

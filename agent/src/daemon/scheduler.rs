@@ -344,8 +344,7 @@ pub async fn run(
         let jobs = queue.list();
         let mut runs = Vec::new();
         for (name, p) in &config.policy {
-            let retry_failed_after = (p.retry_failed_after_minutes > 0)
-                .then(|| Duration::from_secs(u64::from(p.retry_failed_after_minutes) * 60));
+            let retry_failed_after = p.retry_failed_after();
             // Job times are this machine's (the queue's).
             let local_now = jiff::Timestamp::now().as_second();
             let step = match next_step(name, &jobs, retry_failed_after, local_now) {
