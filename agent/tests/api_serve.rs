@@ -233,9 +233,6 @@ concurrent_jobs = 2
         assert_eq!(body["code"], "payload_too_large", "{body}");
     }
 
-    /// A client that connects and sends half a request head is closed after the header
-    /// timeout instead of holding its connection (and a file descriptor) for ever; others
-    /// are served meanwhile.
     /// The job history is trimmed to `job_history_days` even with GC off and no daily
     /// verify (the maintenance loop that trims it runs whatever else is configured).
     #[test]
@@ -315,6 +312,9 @@ concurrent_jobs = 2
         assert!(r.snapshots_removed.is_empty(), "{r:?}");
     }
 
+    /// A client that connects and sends half a request head is closed after the header
+    /// timeout instead of holding its connection (and a file descriptor) for ever; others
+    /// are served meanwhile.
     #[test]
     fn a_connection_that_never_finishes_its_request_is_closed() {
         use std::io::{Read as _, Write as _};
@@ -692,6 +692,12 @@ concurrent_jobs = 2
         db.execute("UPDATE jobs SET group_name = ?1", [policy])
             .unwrap();
         drop(db);
+        add_policy(config, policy, &vm.0, "retention = { keep_last = 1 }\n");
+    }
+
+    /// Appends policy `name` of VM `vm` to `config`, due at its initial run (its daily
+    /// time twelve hours away), with the `extra` lines.
+    fn add_policy(config: &Path, name: &str, vm: &str, extra: &str) {
         let mut text = std::fs::read_to_string(config).unwrap();
         let daily_at = jiff::Zoned::now()
             .checked_add(jiff::SignedDuration::from_hours(12))
@@ -699,9 +705,7 @@ concurrent_jobs = 2
             .strftime("%H:%M")
             .to_string();
         text.push_str(&format!(
-            "\n[policy.{policy}]\nvms = [\"{}\"]\ndaily_at = \"{daily_at}\"\n\
-             retention = {{ keep_last = 1 }}\n",
-            vm.0
+            "\n[policy.{name}]\nvms = [\"{vm}\"]\ndaily_at = \"{daily_at}\"\n{extra}"
         ));
         std::fs::write(config, text).unwrap();
     }
@@ -894,16 +898,7 @@ concurrent_jobs = 2
         let (lab_root, vcenter, _lab, _vm, _disk) = lab_with_vm(dir.path(), "retry-1");
         let (repo, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
         // A policy whose VM is not in vCenter: each of its runs fails.
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        let daily_at = jiff::Zoned::now()
-            .checked_add(jiff::SignedDuration::from_hours(12))
-            .unwrap()
-            .strftime("%H:%M")
-            .to_string();
-        text.push_str(&format!(
-            "\n[policy.broken]\nvms = [\"vm-999\"]\ndaily_at = \"{daily_at}\"\n"
-        ));
-        std::fs::write(&config, text).unwrap();
+        add_policy(&config, "broken", "vm-999", "");
         let run = || {
             let out = agent(&["schedule", "run-due", "--config"])
                 .arg(&config)
