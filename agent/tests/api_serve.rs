@@ -1518,12 +1518,24 @@ concurrent_jobs = 2
 
     /// A job whose VM another job is backing up waits for it, saying so, instead of
     /// failing (and a scheduled run losing its day): two policies that share a VM, or a
-    /// vendor's backup that meets a scheduled one.
+    /// vendor's backup that meets a scheduled one. Meanwhile it lends its slot: with two
+    /// jobs at once, a third job, of another VM, runs while the first two are running.
     #[test]
     fn a_second_job_on_the_same_vm_waits_for_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "busy-1");
         lab.guest_write(&vm, disk, 0, &[5u8; 65536]).unwrap();
+        let other = lab
+            .create_vm(
+                "busy-2",
+                "/dc1/vm",
+                &[NewDisk {
+                    capacity_bytes: 8 * MIB,
+                    thin: true,
+                    fcd: false,
+                }],
+            )
+            .unwrap();
         let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
         let pause = dir.path().join("pause");
         std::fs::create_dir_all(&pause).unwrap();
@@ -1562,10 +1574,31 @@ concurrent_jobs = 2
             rt.block_on(client.job(&second.id)).unwrap().state,
             JobState::Running
         );
+        // Two jobs at once (`concurrent_jobs = 2`), and the second waits with nothing to do:
+        // a third, of another VM, starts in its place and reads its disk.
+        let third = rt
+            .block_on(client.backup(&one_vm_backup(&other.0)))
+            .unwrap();
+        rt.block_on(async {
+            let mut events = client.events(&third.id).await.unwrap();
+            loop {
+                match events.next().await.unwrap().expect("stream ended") {
+                    JobEvent::Progress(v) if v["event"] == "disk_started" => break,
+                    JobEvent::Progress(_) => {}
+                    JobEvent::End(job) => panic!("the third job ended: {job:?}"),
+                }
+            }
+        });
+        assert_eq!(
+            rt.block_on(client.job(&first.id)).unwrap().state,
+            JobState::Running
+        );
         // The first ends; the second runs after it and succeeds.
         std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
         let (_, a) = rt.block_on(follow(&client, &first.id));
         assert_eq!(a.state, JobState::Succeeded, "{:?}", a.error);
+        let (_, c) = rt.block_on(follow(&client, &third.id));
+        assert_eq!(c.state, JobState::Succeeded, "{:?}", c.error);
         let (events, b) = rt.block_on(follow(&client, &second.id));
         assert_eq!(b.state, JobState::Succeeded, "{:?}", b.error);
         // One engine job that waited, not one failed job per try.

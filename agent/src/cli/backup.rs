@@ -354,6 +354,7 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
         busy_vm_wait: std::time::Duration::ZERO,
         snapshot_gate: None,
         supervisor: supervisor.clone(),
+        slot: None,
     };
     let cancel = CancellationToken::new();
     let observer = observer(json);

@@ -562,6 +562,7 @@ fn backup(
         busy_vm_wait: std::time::Duration::ZERO,
         snapshot_gate: None,
         supervisor: Some(Arc::clone(&supervisor)),
+        slot: None,
     };
     let observer: engine::Observer = Arc::new(|e: &BackupEvent| {
         if let BackupEvent::SnapshotCreated {

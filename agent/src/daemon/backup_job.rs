@@ -149,6 +149,7 @@ pub fn engine_request(
         busy_vm_wait: VM_BUSY_WAIT_MAX,
         snapshot_gate: None,
         supervisor: None,
+        slot: None,
     })
 }
 
@@ -294,6 +295,8 @@ impl BackupJobs {
             Err(e) => return failed(e),
         };
         request.snapshot_gate = policy_schedule(&self.config, &ctx.origin).map(blackout_gate);
+        // A wait for a busy VM or a blackout window's end lends the job's slot to the queue.
+        request.slot = Some(Arc::new(ctx.slot.clone()));
         // The VM Service VMs' VirtualMachineGroup and VirtualMachineServices are kept with
         // their points when the Supervisor can be reached; a configuration that cannot
         // name it loses only them (a warning), never the backup.

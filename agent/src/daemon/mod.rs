@@ -13,7 +13,7 @@ pub mod queue;
 pub mod schedule;
 pub mod scheduler;
 
-pub use queue::{JobBody, Outcome, Queue, QueueError, RunContext, Submission};
+pub use queue::{JobBody, JobSlot, Outcome, Queue, QueueError, RunContext, Submission};
 pub use schedule::{Blackout, Schedule, blocked_until, is_due, next_run, parse_hhmm};
 
 /// Runs `f` (long, blocking repository work: a verify, GC, a removal waiting for GC's lock)

@@ -9,6 +9,10 @@
 //! - **Events.** Each job keeps its events (JSON) and broadcasts new ones, so an SSE
 //!   client sees the whole story from the start and then follows it live, ending with the
 //!   job itself once it has ended.
+//! - **Stepping out.** A running job that waits with nothing to do (for a VM another job
+//!   holds, for the end of a blackout window) gives its slot up through its [`JobSlot`],
+//!   so a queued job can use it meanwhile; when it goes on it takes the next free slot,
+//!   ahead of every queued job. It still counts as running (shutdown waits for it).
 //! - **Threads.** Async only; catalog calls go through `spawn_blocking` (short calls to the
 //!   `catalog` thread). The job body decides where its own blocking work runs.
 
@@ -88,6 +92,8 @@ pub struct RunContext {
     pub cancel: CancellationToken,
     /// Where the body reports its events.
     pub events: EventSink,
+    /// The job's slot, which the body gives up while it waits with nothing to do.
+    pub slot: JobSlot,
 }
 
 /// A boxed future of a job body.
@@ -147,6 +153,8 @@ struct Entry {
     cancel: CancellationToken,
     /// Cancelled by the daemon's shutdown, not by a client: it ends `interrupted`.
     stopped: bool,
+    /// Running without a slot (see [`JobSlot`]).
+    away: bool,
     history: Vec<Arc<serde_json::Value>>,
     /// Live events for followers, while the job has not ended (a finished job's followers
     /// get its history and its end; 1,024 slots of a channel per finished job would add
@@ -156,7 +164,12 @@ struct Entry {
 
 struct State {
     jobs: BTreeMap<String, Entry>,
+    /// Jobs started and not ended, `away` ones included.
     running: usize,
+    /// Running jobs that gave their slot up; the slots in use are `running - away`.
+    away: usize,
+    /// Away jobs that want a slot back: they come before every queued job.
+    returning: usize,
     counters: Counters,
     /// Shutting down: no job starts any more.
     stopping: bool,
@@ -167,7 +180,10 @@ struct Inner {
     body: Arc<dyn JobBody>,
     limit: usize,
     state: Mutex<State>,
+    /// Wakes the dispatcher.
     wake: Notify,
+    /// Wakes jobs that want their slot back, when a slot may have come free.
+    slot_freed: Notify,
     peak: AtomicUsize,
     /// How often queued jobs that could not start are looked at again.
     recheck: std::time::Duration,
@@ -260,6 +276,7 @@ impl Entry {
             disks: HashMap::new(),
             cancel: CancellationToken::new(),
             stopped: false,
+            away: false,
             history: Vec::new(),
             tx,
         }
@@ -293,6 +310,117 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| QueueError::Join(e.to_string()))?
         .map_err(QueueError::from)
+}
+
+impl State {
+    /// Slots taken: running jobs that did not step out.
+    fn slots_in_use(&self) -> usize {
+        self.running.saturating_sub(self.away)
+    }
+}
+
+/// A running job's place among the `limit` that run at once (see the module doc).
+#[derive(Clone)]
+pub struct JobSlot {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl std::fmt::Debug for JobSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSlot").field("job", &self.id).finish()
+    }
+}
+
+impl JobSlot {
+    /// Gives the slot up (the job waits with nothing to do): a queued job may start in it.
+    /// Once away, the job ends without a slot or takes one back with [`JobSlot::step_in`].
+    pub fn step_out(&self) {
+        {
+            let mut st = self.inner.lock();
+            let Some(entry) = st.jobs.get_mut(&self.id) else {
+                return;
+            };
+            if entry.away || entry.job.state != "running" {
+                return;
+            }
+            entry.away = true;
+            st.away += 1;
+        }
+        tracing::debug!(job = %self.id, "the job gives its slot up while it waits");
+        self.inner.slot_freed.notify_waiters();
+        self.inner.wake.notify_one();
+    }
+
+    /// Takes a slot back after [`JobSlot::step_out`], waiting for one to come free; no
+    /// queued job starts meanwhile. Dropped before it returns (the job was cancelled while
+    /// waiting), the job stays away and queued jobs may start again.
+    pub async fn step_in(&self) {
+        /// Takes the job off `returning` however the wait ends.
+        struct Returning<'a>(&'a Inner);
+        impl Drop for Returning<'_> {
+            fn drop(&mut self) {
+                let mut st = self.0.lock();
+                st.returning = st.returning.saturating_sub(1);
+                drop(st);
+                self.0.wake.notify_one();
+            }
+        }
+        {
+            let mut st = self.inner.lock();
+            if !st.jobs.get(&self.id).is_some_and(|e| e.away) {
+                return;
+            }
+            st.returning += 1;
+        }
+        let _returning = Returning(&self.inner);
+        let mut announced = false;
+        loop {
+            let freed = self.inner.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut st = self.inner.lock();
+                if st.slots_in_use() < self.inner.limit {
+                    if let Some(entry) = st.jobs.get_mut(&self.id) {
+                        entry.away = false;
+                        st.away = st.away.saturating_sub(1);
+                    }
+                    self.inner
+                        .peak
+                        .fetch_max(st.slots_in_use(), Ordering::SeqCst);
+                    tracing::debug!(job = %self.id, "the job has its slot back");
+                    return;
+                }
+            }
+            if !announced {
+                announced = true;
+                let events = EventSink {
+                    inner: Arc::clone(&self.inner),
+                    id: self.id.clone(),
+                };
+                events.emit(serde_json::json!({
+                    "event": "waiting_for_slot",
+                    "reason": format!(
+                        "all {} concurrent_jobs slots are taken; the job goes on in the next \
+                         one to come free, before any queued job",
+                        self.inner.limit
+                    ),
+                }));
+            }
+            freed.await;
+        }
+    }
+}
+
+impl crate::engine::Slot for JobSlot {
+    fn step_out(&self) {
+        JobSlot::step_out(self);
+    }
+
+    fn step_in(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(JobSlot::step_in(self))
+    }
 }
 
 impl Inner {
@@ -429,6 +557,8 @@ impl Queue {
                 .map(|j| (j.id.clone(), Entry::new(j)))
                 .collect(),
             running: 0,
+            away: 0,
+            returning: 0,
             counters: Counters::default(),
             stopping: false,
         };
@@ -438,6 +568,7 @@ impl Queue {
             limit: limit.max(1),
             state: Mutex::new(state),
             wake: Notify::new(),
+            slot_freed: Notify::new(),
             peak: AtomicUsize::new(0),
             recheck,
         });
@@ -682,7 +813,7 @@ impl Queue {
     /// Picks the next job if a slot is free, marking it running.
     fn take_next(&self) -> Option<RunContext> {
         let mut st = self.inner.lock();
-        if st.stopping || st.running >= self.inner.limit {
+        if st.stopping || st.slots_in_use() + st.returning >= self.inner.limit {
             return None;
         }
         let id = st
@@ -692,7 +823,9 @@ impl Queue {
             .max_by_key(|e| (e.job.priority, std::cmp::Reverse(e.job.seq)))
             .map(|e| e.job.id.clone())?;
         st.running += 1;
-        self.inner.peak.fetch_max(st.running, Ordering::SeqCst);
+        self.inner
+            .peak
+            .fetch_max(st.slots_in_use(), Ordering::SeqCst);
         let entry = st.jobs.get_mut(&id)?;
         entry.job.state = "running".into();
         entry.job.started_at = Some(now());
@@ -703,6 +836,10 @@ impl Queue {
             origin: entry.job.origin.clone(),
             cancel: entry.cancel.clone(),
             events: EventSink {
+                inner: Arc::clone(&self.inner),
+                id: id.clone(),
+            },
+            slot: JobSlot {
                 inner: Arc::clone(&self.inner),
                 id,
             },
@@ -782,6 +919,14 @@ impl Queue {
         {
             let mut st = self.inner.lock();
             st.running = st.running.saturating_sub(1);
+            // A job that ended away (cancelled while it waited) held no slot.
+            if st
+                .jobs
+                .get_mut(&id)
+                .is_some_and(|e| std::mem::take(&mut e.away))
+            {
+                st.away = st.away.saturating_sub(1);
+            }
             st.counters.duration_seconds_sum += started.elapsed().as_secs_f64();
             st.counters.duration_count += 1;
             if let Some(e) = st.jobs.get_mut(&id) {
@@ -796,6 +941,7 @@ impl Queue {
             }
         }
         tracing::info!(job = %id, state = state_str(outcome.state), error = outcome.error.as_deref().unwrap_or(""), "job ended");
+        self.inner.slot_freed.notify_waiters();
         self.inner.wake.notify_one();
     }
 }
@@ -857,6 +1003,10 @@ mod tests {
         inside: AtomicUsize,
         peak: AtomicUsize,
         release: Arc<Semaphore>,
+        /// Ends the wait of a job asked to step out (`"steps_out": true`).
+        back: Arc<Semaphore>,
+        /// Jobs that stepped out and have their slot back.
+        returned: AtomicUsize,
     }
 
     impl Gated {
@@ -866,6 +1016,8 @@ mod tests {
                 inside: AtomicUsize::new(0),
                 peak: AtomicUsize::new(0),
                 release: Arc::new(Semaphore::new(0)),
+                back: Arc::new(Semaphore::new(0)),
+                returned: AtomicUsize::new(0),
             })
         }
     }
@@ -878,6 +1030,21 @@ mod tests {
                 me.peak.fetch_max(n, Ordering::SeqCst);
                 ctx.events
                     .emit(serde_json::json!({"event": "job_started", "vms": 1}));
+                // A job that waits with nothing to do, as a backup for a busy VM.
+                if ctx.request["steps_out"] == true {
+                    ctx.slot.step_out();
+                    let back = async {
+                        me.back.acquire().await.unwrap().forget();
+                        ctx.slot.step_in().await;
+                    };
+                    tokio::select! {
+                        () = back => { me.returned.fetch_add(1, Ordering::SeqCst); }
+                        () = ctx.cancel.cancelled() => {
+                            me.inside.fetch_sub(1, Ordering::SeqCst);
+                            return Outcome { state: JobState::Cancelled, error: None, result: None };
+                        }
+                    }
+                }
                 let permit = me.release.acquire().await.unwrap();
                 permit.forget();
                 ctx.events.emit(serde_json::json!({"event": "vm_finished"}));
@@ -1058,6 +1225,121 @@ mod tests {
         assert!(stored.iter().all(|j| j.state == "succeeded"));
     }
 
+    fn stepping_out(n: usize) -> Submission {
+        Submission {
+            request: serde_json::json!({ "n": n, "steps_out": true }),
+            ..submission(n, 0)
+        }
+    }
+
+    /// The state of job `id` now.
+    fn state(q: &Queue, id: &str) -> JobState {
+        q.get(id).unwrap().state
+    }
+
+    /// The events job `id` emitted so far.
+    fn said(q: &Queue, id: &str) -> Vec<String> {
+        let (history, _, _) = q.subscribe(id).unwrap();
+        history
+            .iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until `test` holds of the queue's jobs.
+    async fn wait_jobs(q: &Queue, test: impl Fn(&[Job]) -> bool) {
+        while !test(&q.list()) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A job waiting with nothing to do lends its slot to a queued job, takes the next free
+    /// slot when it goes on, ahead of jobs queued meanwhile, and the limit holds throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_that_steps_out_lends_its_slot_and_comes_back_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_catalog, _t, body, q, _) = gated_queue(&dir.path().join("catalog.db"), 1).await;
+        let (waiter, _) = q.submit(stepping_out(0)).await.unwrap();
+        let (lent, _) = q.submit(submission(1, 0)).await.unwrap();
+        // The waiter stepped out: the other job runs in its slot, both are running.
+        wait_jobs(&q, |_| body.inside.load(Ordering::SeqCst) == 2).await;
+        assert_eq!(q.figures(), (0, 2), "both count as running");
+
+        // The waiter wants its slot back while the other job holds it: it waits, and a job
+        // queued now does not start before it.
+        body.back.add_permits(1);
+        let (later, _) = q.submit(submission(2, 0)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(body.returned.load(Ordering::SeqCst), 0);
+        assert_eq!(state(&q, &later.id), JobState::Queued);
+
+        // The other job ends: its slot goes to the waiter, not to the queued job.
+        body.release.add_permits(1);
+        wait_jobs(&q, |_| body.returned.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(state(&q, &lent.id), JobState::Succeeded);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(state(&q, &later.id), JobState::Queued);
+
+        body.release.add_permits(2);
+        wait_for(&q, 3, 0).await;
+        assert_eq!(state(&q, &waiter.id), JobState::Succeeded);
+        assert_eq!(
+            said(&q, &waiter.id),
+            ["job_started", "waiting_for_slot", "vm_finished"]
+        );
+        assert_eq!(q.peak(), 1, "never more than one slot in use");
+        assert_eq!(body.peak.load(Ordering::SeqCst), 2);
+    }
+
+    /// A job cancelled while away, before or while it takes its slot back, ends without
+    /// one: the slots in use stay right and queued jobs start again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_cancelled_while_away_gives_no_slot_back_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_catalog, _t, body, q, _) = gated_queue(&dir.path().join("catalog.db"), 1).await;
+        // Cancelled while it waits for its slot back (another job holds it).
+        let (waiter, _) = q.submit(stepping_out(0)).await.unwrap();
+        let (lent, _) = q.submit(submission(1, 0)).await.unwrap();
+        wait_jobs(&q, |_| body.inside.load(Ordering::SeqCst) == 2).await;
+        body.back.add_permits(1);
+        let (later, _) = q.submit(submission(2, 0)).await.unwrap();
+        wait_jobs(&q, |_| {
+            said(&q, &waiter.id).contains(&"waiting_for_slot".to_owned())
+        })
+        .await;
+        q.cancel(&waiter.id).await.unwrap();
+        wait_jobs(&q, |_| state(&q, &waiter.id) == JobState::Cancelled).await;
+        assert_eq!(
+            state(&q, &later.id),
+            JobState::Queued,
+            "the slot is still taken"
+        );
+        body.release.add_permits(1);
+        wait_jobs(&q, |_| state(&q, &later.id) == JobState::Running).await;
+        assert_eq!(state(&q, &lent.id), JobState::Succeeded);
+        body.release.add_permits(1);
+        wait_for(&q, 2, 0).await;
+
+        // Cancelled while away, before it asks for its slot back.
+        let (away, _) = q.submit(stepping_out(3)).await.unwrap();
+        let (next, _) = q.submit(submission(4, 0)).await.unwrap();
+        wait_jobs(&q, |_| state(&q, &next.id) == JobState::Running).await;
+        q.cancel(&away.id).await.unwrap();
+        wait_jobs(&q, |_| state(&q, &away.id) == JobState::Cancelled).await;
+        body.release.add_permits(1);
+        wait_for(&q, 3, 0).await;
+
+        // One slot, as before: two more jobs run one at a time.
+        q.submit(submission(5, 0)).await.unwrap();
+        q.submit(submission(6, 0)).await.unwrap();
+        wait_until(&q, 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(q.figures(), (1, 1));
+        body.release.add_permits(2);
+        wait_for(&q, 5, 0).await;
+        assert_eq!(q.peak(), 1);
+    }
+
     /// A job that emits more progress than the history keeps: a follower who comes late
     /// still sees each disk's newest progress (and a disk that started late), not the
     /// oldest.
@@ -1213,14 +1495,7 @@ mod tests {
     async fn a_shutdown_cancels_the_running_job_and_keeps_the_queued_ones_for_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let (catalog, _t) = CatalogHandle::spawn(&dir.path().join("catalog.db")).unwrap();
-        let gated = || {
-            Arc::new(Gated {
-                inside: AtomicUsize::new(0),
-                peak: AtomicUsize::new(0),
-                release: Arc::new(Semaphore::new(0)),
-            })
-        };
-        let body = gated();
+        let body = Gated::closed();
         let (q, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body)), 1)
             .await
             .unwrap();
@@ -1241,7 +1516,7 @@ mod tests {
         let state_of = |id: &str| stored.iter().find(|j| j.id == id).unwrap().state.clone();
         assert_eq!(state_of(&queued.id), "queued");
         // The next start runs it; its key still finds it.
-        let body2 = gated();
+        let body2 = Gated::closed();
         let (q2, _) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body2)), 1)
             .await
             .unwrap();
@@ -1334,11 +1609,8 @@ mod tests {
         assert_eq!(q.get(&low.id).unwrap().state, JobState::Queued);
         assert_eq!(q.get(&first.id).unwrap().state, JobState::Succeeded);
         // "Restart": a new queue over the same catalog while `high` is still running.
-        let body2 = Arc::new(Gated {
-            inside: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            release: Arc::new(Semaphore::new(1)),
-        });
+        let body2 = Gated::closed();
+        body2.release.add_permits(1);
         let (q2, interrupted) = Queue::start(catalog.clone(), Arc::new(Arc::clone(&body2)), 1)
             .await
             .unwrap();

@@ -192,6 +192,29 @@ pub struct BackupRequest {
     /// Where each VM Service VM's VirtualMachineGroup and VirtualMachineServices are read,
     /// to be kept with its point (seed 001 §10.3–§10.4); `None`: they are not kept.
     pub supervisor: Option<Arc<crate::engine::restore::SupervisorLink>>,
+    /// The job's place among those that run at once (the daemon's queue), given up while
+    /// the job waits for a busy VM or a blackout window's end; `None`: it keeps none.
+    pub slot: Option<Arc<dyn Slot>>,
+}
+
+/// A job's place among the jobs that run at once. A job that waits with nothing to do
+/// steps out, so that another can run meanwhile, and steps in again before it goes on.
+pub trait Slot: Send + Sync + std::fmt::Debug {
+    /// Gives the place up.
+    fn step_out(&self);
+    /// Takes a place again, waiting for one to come free.
+    fn step_in(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+/// Steps back into `slot` after a wait, unless the job is cancelled first.
+async fn step_in(slot: Option<&dyn Slot>, cancel: &CancellationToken) -> Result<(), BackupError> {
+    let Some(slot) = slot else {
+        return Ok(());
+    };
+    tokio::select! {
+        () = slot.step_in() => Ok(()),
+        () = cancel.cancelled() => Err(BackupError::Cancelled),
+    }
 }
 
 /// Asked just before a job's snapshots: the end of a window in which none may be taken (a
@@ -682,8 +705,16 @@ async fn run_job(
             });
             tracing::info!(vm = %vm, holder = %holder, "the job waits for another job's VM");
             drop(repo_lock.take());
+            // Nothing to do meanwhile: another job may run in this one's place.
+            let slot = ctx.request.slot.as_deref();
+            if let Some(slot) = slot {
+                slot.step_out();
+            }
             tokio::select! {
                 () = tokio::time::sleep(pause) => {
+                    if let Err(e) = step_in(slot, &ctx.cancel).await {
+                        break Err(e);
+                    }
                     repo_lock.replace(lock_repo().await??);
                     continue;
                 }
@@ -935,7 +966,13 @@ async fn set_up(
     // disables nothing on the VMs. Asked again just before the snapshots, should the
     // set-up have reached a window.
     if let Some(gate) = &ctx.request.snapshot_gate {
-        wait_for_snapshot_gate(gate, &ctx.cancel, &ctx.observer).await?;
+        wait_for_snapshot_gate(
+            gate,
+            ctx.request.slot.as_deref(),
+            &ctx.cancel,
+            &ctx.observer,
+        )
+        .await?;
     }
     for (request, mut info) in resolved {
         check_cancel(ctx)?;
@@ -989,7 +1026,13 @@ async fn set_up(
     }
     check_cancel(ctx)?;
     if let Some(gate) = &ctx.request.snapshot_gate {
-        wait_for_snapshot_gate(gate, &ctx.cancel, &ctx.observer).await?;
+        wait_for_snapshot_gate(
+            gate,
+            ctx.request.slot.as_deref(),
+            &ctx.cancel,
+            &ctx.observer,
+        )
+        .await?;
     }
     // Journal every intent first, then start the snapshots together.
     let description = journal::snapshot_description(ctx.job);
@@ -1123,14 +1166,21 @@ pub(crate) fn nvram_path(
 /// the clock is corrected).
 const GATE_RECHECK: Duration = Duration::from_secs(60);
 
-/// Waits while `gate` says no snapshot may be taken, announcing each new end once.
+/// Waits while `gate` says no snapshot may be taken, announcing each new end once, out of
+/// `slot` meanwhile.
 async fn wait_for_snapshot_gate(
     gate: &SnapshotGate,
+    slot: Option<&dyn Slot>,
     cancel: &CancellationToken,
     observer: &Observer,
 ) -> Result<(), BackupError> {
     let mut announced: Option<jiff::Zoned> = None;
     while let Some(end) = (gate.0)() {
+        if announced.is_none()
+            && let Some(slot) = slot
+        {
+            slot.step_out();
+        }
         if announced.as_ref() != Some(&end) {
             tracing::info!(until = %end, "the snapshots wait for the end of a blackout window");
             observer(&BackupEvent::SnapshotsDeferred {
@@ -1147,6 +1197,9 @@ async fn wait_for_snapshot_gate(
             () = cancel.cancelled() => return Err(BackupError::Cancelled),
             () = tokio::time::sleep(left) => {}
         }
+    }
+    if announced.is_some() {
+        step_in(slot, cancel).await?;
     }
     Ok(())
 }
@@ -2235,7 +2288,7 @@ mod tests {
             seen.lock().unwrap().push(serde_json::to_value(e).unwrap());
         });
         let cancel = CancellationToken::new();
-        wait_for_snapshot_gate(&gate, &cancel, &observer)
+        wait_for_snapshot_gate(&gate, None, &cancel, &observer)
             .await
             .unwrap();
         assert!(jiff::Zoned::now() >= end);
@@ -2259,7 +2312,7 @@ mod tests {
             canceller.cancel();
         });
         assert!(matches!(
-            wait_for_snapshot_gate(&never, &cancel, &observer).await,
+            wait_for_snapshot_gate(&never, None, &cancel, &observer).await,
             Err(BackupError::Cancelled)
         ));
     }

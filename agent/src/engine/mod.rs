@@ -34,8 +34,8 @@ pub mod vmx;
 use std::sync::Arc;
 
 pub use backup::{
-    BackupError, BackupEvent, BackupReport, BackupRequest, DiskReport, SNAPSHOT_TAG, SnapshotGate,
-    VmReport, VmRequest, VmSelector, run_backup,
+    BackupError, BackupEvent, BackupReport, BackupRequest, DiskReport, SNAPSHOT_TAG, Slot,
+    SnapshotGate, VmReport, VmRequest, VmSelector, run_backup,
 };
 pub use journal::JobLock;
 pub use limits::Limits;
