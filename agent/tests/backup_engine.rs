@@ -1054,6 +1054,52 @@ mod tests {
         fx.verify_clean();
     }
 
+    /// EndAccess after the points are committed: failures are tried again (two in a row
+    /// would have been left to reconcile before, one by each clean-up) and the backup is
+    /// clean; a vCenter that keeps failing it leaves the access prepared, the job
+    /// succeeded with a warning, and its journal entry for reconcile, which ends it.
+    #[test]
+    fn a_failed_end_access_is_tried_again_then_left_to_reconcile() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("end-access", &[8]);
+        fx.lab.fail_next_enable_methods(&vm, 2).unwrap();
+        let b = fx.backup(&[&vm], &[], None);
+        let r = b.ok();
+        assert!(vm_report(r, &vm)["point"].is_string(), "{r}");
+        assert!(r["warnings"].as_array().unwrap().is_empty(), "{r}");
+        assert_eq!(fx.lab.vm(&vm).unwrap().failing_enable_methods, 0);
+        fx.assert_clean(&[&vm]);
+
+        // Every try fails (three by the VM's clean-up, three by the job's): the point is
+        // committed all the same, RelocateVM_Task stays disabled, and the job says what is
+        // left.
+        fx.lab.fail_next_enable_methods(&vm, 6).unwrap();
+        let b = fx.backup(&[&vm], &[], None);
+        let r = b.ok();
+        assert!(vm_report(r, &vm)["point"].is_string(), "{r}");
+        let warnings = r["warnings"].as_array().unwrap();
+        assert!(
+            warnings.iter().any(|w| {
+                let w = w.as_str().unwrap();
+                w.contains("EndAccess") && w.contains("reconcile")
+            }),
+            "{r}"
+        );
+        assert_eq!(fx.lab.vm(&vm).unwrap().failing_enable_methods, 0);
+        assert!(
+            !fx.lab.disabled_methods(&vm).unwrap().is_empty(),
+            "EndAccess succeeded after all"
+        );
+        let report = fx.reconcile(&[]);
+        assert_eq!(
+            report["access_ended"].as_array().unwrap().len(),
+            1,
+            "{report}"
+        );
+        fx.assert_clean(&[&vm]);
+        fx.verify_clean();
+    }
+
     #[test]
     fn a_json_reader_that_goes_away_does_not_leave_a_snapshot() {
         let fx = Fixture::new();

@@ -1627,6 +1627,45 @@ mod tests {
         assert_eq!(fx.open_journal(), 0);
     }
 
+    /// The EndAccess that ends a restore whose data is all written is tried again when
+    /// vCenter fails it: two failures in a row no longer fail the restore (and leave the VM
+    /// unregistered), the VM is registered and RelocateVM_Task enabled again.
+    #[test]
+    fn a_restore_tries_a_failed_end_access_again() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("end-access-1");
+        let p1 = fx.backup("end-access-1");
+        s.sup()
+            .delete("VirtualMachine", NS, "end-access-1")
+            .unwrap();
+        let dir = fx.dir.path().join("pause");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = fx.repo();
+        let mut restore = fx.spawn_paused(
+            &["restore", "--repo", &repo, "--point", &p1],
+            "end-access",
+            &dir,
+        );
+        wait_reached(&mut restore, &dir, "end-access");
+        let restored = s.vm_by_name("end-access-1").expect("the VM being restored");
+        s.lab.fail_next_enable_methods(&restored, 2).unwrap();
+        std::fs::write(dir.join("end-access.go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert_eq!(s.lab.vm(&restored).unwrap().failing_enable_methods, 0);
+        assert!(s.lab.disabled_methods(&restored).unwrap().is_empty());
+        assert!(
+            s.sup().get("VirtualMachine", NS, "end-access-1").is_some(),
+            "the VM was not registered: {stdout}"
+        );
+        assert_eq!(fx.open_journal(), 0, "{stderr}");
+    }
+
     #[test]
     fn a_cancelled_restore_closes_its_disks_before_it_removes_the_vm() {
         let fx = Fixture::new();

@@ -326,8 +326,18 @@ async fn consolidate_if_needed(env: &Environment, vm: &VmMoref) -> Result<(), Ba
     }
 }
 
+/// The pauses before EndAccess is tried again: a vCenter that failed it once (a restart,
+/// a dropped connection) is given two more tries, 2 s and 5 s later, before the call is
+/// left to the caller's clean-up and to reconcile.
+const END_ACCESS_RETRIES: [std::time::Duration; 2] = [
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(5),
+];
+
 /// Calls EndAccess for `vm` with `identity` and closes the entry; a VM that no longer exists
-/// (vCenter says so after EndAccess failed) has no access left to end.
+/// (vCenter says so after EndAccess failed) has no access left to end. A failed call is
+/// tried again ([`END_ACCESS_RETRIES`]): it ends a restore whose data is all written, or a
+/// backup whose points are committed, and EndAccess may be repeated.
 pub(crate) async fn end_access(
     env: &Environment,
     vm: &VmMoref,
@@ -335,18 +345,29 @@ pub(crate) async fn end_access(
     journal: i64,
 ) -> Result<(), BackupError> {
     super::pause_point("end-access").await;
-    let vddk = env.vddk.clone();
-    let spec = env.vddk_target.spec(vm, None, true);
-    let id = identity.to_owned();
     let what = format!("EndAccess for {vm}");
-    if let Err(source) = blocking(move || vddk.end_access(&spec, &id)).await? {
+    let mut pauses = END_ACCESS_RETRIES.iter();
+    loop {
+        let vddk = env.vddk.clone();
+        let spec = env.vddk_target.spec(vm, None, true);
+        let id = identity.to_owned();
+        let Err(source) = blocking(move || vddk.end_access(&spec, &id)).await? else {
+            break;
+        };
         // The VM's disabled methods went with the VM: a half-restored VM is destroyed
         // before its access is ended, so that WCP never takes it for a finished restore.
         match env.soap.vm_info(vm).await {
             Err(e) if is_gone(&e) => {
                 tracing::info!(vm = %vm, "EndAccess: the VM no longer exists; nothing to end");
+                break;
             }
-            _ => return Err(BackupError::Vddk { what, source }),
+            _ => match pauses.next() {
+                Some(pause) => {
+                    tracing::warn!(vm = %vm, error = %super::error_chain(&source), retry_in_secs = pause.as_secs(), "EndAccess failed; trying again");
+                    tokio::time::sleep(*pause).await;
+                }
+                None => return Err(BackupError::Vddk { what, source }),
+            },
         }
     }
     close(env, journal).await

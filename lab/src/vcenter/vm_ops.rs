@@ -826,6 +826,15 @@ impl Vcenter {
             .children_named("method")
             .map(|m| m.text.trim().to_owned())
             .collect();
+        if let Some(vm) = vms
+            .iter()
+            .find(|vm| self.lab.take_enable_methods_failure(vm))
+        {
+            return Err(Fault::system_error(&format!(
+                "EnableMethods on {}: injected failure",
+                vm.0
+            )));
+        }
         for vm in vms {
             self.lab
                 .modify_vm(&vm, |s| {

@@ -433,6 +433,7 @@ impl Lab {
             consolidation_needed: false,
             leave_next_removal_unconsolidated: false,
             failing_task_polls: 0,
+            failing_enable_methods: 0,
             next_snapshot_delay_ms: 0,
             created_disks_get_their_own_uuid: false,
             tools_not_running: false,
@@ -677,6 +678,34 @@ impl Lab {
             |s| {
                 let armed = s.failing_task_polls > 0;
                 s.failing_task_polls = s.failing_task_polls.saturating_sub(1);
+                armed
+            },
+        )
+        .unwrap_or(false)
+    }
+
+    /// Makes the next `count` `EnableMethods` calls on `vm` fail with a `SystemError`, its
+    /// methods staying disabled (test fault injection: a failing EndAccess).
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn fail_next_enable_methods(&self, vm: &VmMoref, count: u32) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.failing_enable_methods = count;
+            Ok(())
+        })
+    }
+
+    /// Takes one of the failures [`Self::fail_next_enable_methods`] arranged for `vm`;
+    /// `false` when none is left (or the VM is gone).
+    #[must_use]
+    pub fn take_enable_methods_failure(&self, vm: &VmMoref) -> bool {
+        self.take_knob(
+            vm,
+            |s| s.failing_enable_methods > 0,
+            |s| {
+                let armed = s.failing_enable_methods > 0;
+                s.failing_enable_methods = s.failing_enable_methods.saturating_sub(1);
                 armed
             },
         )

@@ -184,6 +184,10 @@ pub struct VmState {
     /// injection: a vCenter restarting or a proxy dropping requests while a task runs).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failing_task_polls: u32,
+    /// `EnableMethods` calls on this VM still to fail with a `SystemError` (a test's fault
+    /// injection: vCenter failing the EndAccess that follows a backup or a restore).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failing_enable_methods: u32,
     /// The next `RemoveSnapshot_Task` of this VM's snapshots is lost before it runs (a
     /// test's fault injection: vCenter restarting after it answered with the task): its
     /// task is unknown from then on, and the snapshot stays.

@@ -254,6 +254,7 @@ impl Lab {
             consolidation_needed: false,
             leave_next_removal_unconsolidated: false,
             failing_task_polls: 0,
+            failing_enable_methods: 0,
             next_snapshot_delay_ms: 0,
             created_disks_get_their_own_uuid: false,
             tools_not_running: false,
