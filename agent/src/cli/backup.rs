@@ -350,6 +350,7 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
             disks_per_host: args.disks_per_host,
             disks_per_datastore: args.disks_per_datastore,
         },
+        places: None,
         // Ad hoc: refused at once, naming the job that holds the VM.
         busy_vm_wait: std::time::Duration::ZERO,
         snapshot_gate: None,

@@ -559,6 +559,7 @@ fn backup(
         require_vmservice: true,
         prepare_access: true,
         limits: Limits::default(),
+        places: None,
         busy_vm_wait: std::time::Duration::ZERO,
         snapshot_gate: None,
         supervisor: Some(Arc::clone(&supervisor)),

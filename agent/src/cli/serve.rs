@@ -98,6 +98,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let body = Arc::new(BackupJobs {
             env: env.clone(),
             config: Arc::clone(&config),
+            places: engine::PlaceLimits::new(config.limits.engine()),
         });
         // Undo what interrupted jobs left in vSphere before new work starts touching it:
         // the queue dispatches as soon as it starts, and a queued backup of a VM whose

@@ -146,6 +146,7 @@ pub fn engine_request(
         require_vmservice: r.require_vmservice,
         prepare_access: r.prepare_access,
         limits,
+        places: None,
         busy_vm_wait: VM_BUSY_WAIT_MAX,
         snapshot_gate: None,
         supervisor: None,
@@ -245,6 +246,8 @@ pub struct BackupJobs {
     pub env: Environment,
     /// The configuration (limits, policies' retention).
     pub config: Arc<AgentConfig>,
+    /// The per-host and per-datastore read limits, shared by every job.
+    pub places: Arc<engine::PlaceLimits>,
 }
 
 impl JobBody for Arc<BackupJobs> {
@@ -295,6 +298,7 @@ impl BackupJobs {
             Err(e) => return failed(e),
         };
         request.snapshot_gate = policy_schedule(&self.config, &ctx.origin).map(blackout_gate);
+        request.places = Some(Arc::clone(&self.places));
         // A wait for a busy VM or a blackout window's end lends the job's slot to the queue.
         request.slot = Some(Arc::new(ctx.slot.clone()));
         // The VM Service VMs' VirtualMachineGroup and VirtualMachineServices are kept with

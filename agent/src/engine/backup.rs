@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, JobLock, SnapshotEffect, VmLock};
-use super::limits::{Gate, Limits};
+use super::limits::{Gate, Limits, PlaceLimits};
 use super::vddk_source::VddkSource;
 use super::{Environment, Observer, blocking, crash_point, error_chain, vmx};
 use crate::ids::{ChangeId, DiskKey, JobId, RestorePointId, VmMoref};
@@ -183,6 +183,9 @@ pub struct BackupRequest {
     pub prepare_access: bool,
     /// Disk read concurrency.
     pub limits: Limits,
+    /// The per-host and per-datastore semaphores this job shares with others that run at
+    /// once (the daemon's jobs); `None`: the job counts only its own reads.
+    pub places: Option<Arc<PlaceLimits>>,
     /// How long, in all, to wait for VMs another job is backing up or restoring before the
     /// job fails with [`BackupError::VmBusy`] (zero: refuse at once). Nothing is changed
     /// while it waits; `waiting` events say for what.
@@ -659,7 +662,7 @@ async fn run_job(
         snapshot_name: format!("vadp-agent-{short}"),
         vcenter_uuid: env.soap.service_content().about.instance_uuid.clone(),
         datacenter,
-        gate: Gate::new(request.limits),
+        gate: Gate::new(request.limits, request.places.clone()),
         cancel,
         observer,
         request,

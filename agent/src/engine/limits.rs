@@ -1,6 +1,8 @@
 //! Concurrency limits for disk reads: per job, per ESXi host and per datastore. A disk
 //! read takes one permit of each, always in that order (job, host, datastore), so two
-//! readers never wait on each other in a cycle.
+//! readers never wait on each other in a cycle. The host and datastore limits protect the
+//! production storage, so they hold across jobs: the daemon's jobs share one
+//! [`PlaceLimits`]; a job given none has its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,13 +31,36 @@ impl Default for Limits {
     }
 }
 
+/// The per-host and per-datastore semaphores behind [`Limits`], shared by the jobs that
+/// run at once (the daemon's), so that `disks_per_host` and `disks_per_datastore` count
+/// every disk the agent reads from a host or datastore, whatever job reads it.
+#[derive(Debug)]
+pub struct PlaceLimits {
+    disks_per_host: usize,
+    disks_per_datastore: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    datastores: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl PlaceLimits {
+    /// Semaphores of `limits.disks_per_host` and `limits.disks_per_datastore` permits per
+    /// host and per datastore, made when first used.
+    #[must_use]
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            disks_per_host: limits.disks_per_host,
+            disks_per_datastore: limits.disks_per_datastore,
+            hosts: Mutex::new(HashMap::new()),
+            datastores: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
 /// The semaphores behind [`Limits`] for one job.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    limits: Limits,
     job: Arc<Semaphore>,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
-    datastores: Mutex<HashMap<String, Arc<Semaphore>>>,
+    places: Arc<PlaceLimits>,
 }
 
 /// Permits held while one disk is read.
@@ -47,12 +72,12 @@ pub(crate) struct Permits {
 }
 
 impl Gate {
-    pub(crate) fn new(limits: Limits) -> Self {
+    /// The job's own semaphore of `limits.disks_per_job`, and `places` (shared with other
+    /// jobs) or, without, the job's own per-host and per-datastore semaphores.
+    pub(crate) fn new(limits: Limits, places: Option<Arc<PlaceLimits>>) -> Self {
         Self {
-            limits,
             job: Arc::new(Semaphore::new(limits.disks_per_job.max(1))),
-            hosts: Mutex::new(HashMap::new()),
-            datastores: Mutex::new(HashMap::new()),
+            places: places.unwrap_or_else(|| PlaceLimits::new(limits)),
         }
     }
 
@@ -87,9 +112,9 @@ impl Gate {
             .acquire_owned()
             .await
             .expect("limit semaphores are never closed");
-        let host = Self::permit(&self.hosts, host, self.limits.disks_per_host).await;
-        let datastore =
-            Self::permit(&self.datastores, datastore, self.limits.disks_per_datastore).await;
+        let p = &self.places;
+        let host = Self::permit(&p.hosts, host, p.disks_per_host).await;
+        let datastore = Self::permit(&p.datastores, datastore, p.disks_per_datastore).await;
         Permits {
             _job: job,
             _host: host,
@@ -107,16 +132,36 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn never_exceeds_the_datastore_limit() {
-        let gate = Arc::new(Gate::new(Limits {
+        let limits = Limits {
             disks_per_job: 8,
             disks_per_host: 8,
             disks_per_datastore: 2,
-        }));
+        };
+        let gate = Arc::new(Gate::new(limits, None));
+        assert_eq!(peak_of_ds1(vec![gate; 12]).await, 2);
+        // Three jobs sharing their places: the datastore's limit holds across them, while
+        // each job's own limit would let 4 of them in at once.
+        let places = PlaceLimits::new(limits);
+        let gates: Vec<Arc<Gate>> = (0..3)
+            .map(|_| Arc::new(Gate::new(limits, Some(Arc::clone(&places)))))
+            .collect();
+        assert_eq!(
+            peak_of_ds1(gates.iter().cycle().take(12).cloned().collect()).await,
+            2
+        );
+        // Without sharing, each job counts only its own reads.
+        let apart: Vec<Arc<Gate>> = (0..3).map(|_| Arc::new(Gate::new(limits, None))).collect();
+        assert!(peak_of_ds1(apart.iter().cycle().take(12).cloned().collect()).await > 2);
+    }
+
+    /// Runs one read through each of `gates` at once, alternately of datastores ds1 and
+    /// ds2 (reads 0, 2, … of ds1), and answers the most reads of ds1 at once.
+    async fn peak_of_ds1(gates: Vec<Arc<Gate>>) -> usize {
         let inside = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        for i in 0..12 {
-            let (gate, inside, peak) = (gate.clone(), inside.clone(), peak.clone());
+        for (i, gate) in gates.into_iter().enumerate() {
+            let (inside, peak) = (inside.clone(), peak.clone());
             tasks.push(tokio::spawn(async move {
                 let ds = if i % 2 == 0 { "ds1" } else { "ds2" };
                 let _p = gate.enter(Some("host-1"), Some(ds)).await;
@@ -124,7 +169,7 @@ mod tests {
                     let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(n, Ordering::SeqCst);
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 if ds == "ds1" {
                     inside.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -133,6 +178,6 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        peak.load(Ordering::SeqCst)
     }
 }

@@ -38,7 +38,7 @@ pub use backup::{
     SnapshotGate, VmReport, VmRequest, VmSelector, run_backup,
 };
 pub use journal::JobLock;
-pub use limits::Limits;
+pub use limits::{Limits, PlaceLimits};
 pub use reconcile::{ReconcileReport, reconcile};
 pub use vddk_source::VddkSource;
 
