@@ -468,9 +468,12 @@ concurrent_jobs = 2
             );
 
             // Requests are strict: a malformed point is a 400, an unknown one a 404.
-            for (point, status) in [
-                ("not-a-point", 400),
-                ("0b7e8c52-1111-4222-8333-944455556666", 404),
+            let unknown = "0b7e8c52-1111-4222-8333-944455556666";
+            for (point, with_points, status) in [
+                ("not-a-point", vec![], 400),
+                (unknown, vec![], 404),
+                (unknown, vec!["nope".to_owned()], 400),
+                (unknown, vec![unknown.to_owned()], 400),
             ] {
                 let e = client
                     .restore(&RestoreJobRequest {
@@ -484,6 +487,7 @@ concurrent_jobs = 2
                         verify_first: false,
                         auto_registration_wait_secs: None,
                         recreate_related: false,
+                        with_points,
                         idempotency_key: None,
                         priority: 0,
                     })
@@ -1195,6 +1199,7 @@ concurrent_jobs = 2
                     verify_first: true,
                     auto_registration_wait_secs: None,
                     recreate_related: true,
+                    with_points: vec![],
                     idempotency_key: Some("restore-web-1".into()),
                     priority: 0,
                 })

@@ -544,6 +544,120 @@ mod tests {
     /// --related` prints them for kubectl; `--recreate-related` creates after registration
     /// those the namespace lacks and leaves the user's own alone. A Supervisor that cannot
     /// be reached costs the backup only them, with a warning.
+    /// §10.5 for a whole application: two VMs of one group behind one service, backed up
+    /// together, restored with two `--point`s: both VMs first, then the group and the
+    /// service once each, then both checked again, now members of their group and selected
+    /// by their service.
+    #[test]
+    fn a_restore_of_several_points_brings_the_application_back_in_the_guides_order() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        for name in ["app-1", "app-2"] {
+            s.create_vm(name);
+            let mut cr = s.sup().get("VirtualMachine", NS, name).unwrap();
+            cr["spec"]["groupName"] = "app-group".into();
+            s.sup().apply(cr).unwrap();
+        }
+        let group = json!({
+            "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
+            "metadata": {"name": "app-group", "namespace": NS},
+            "spec": {"powerState": "PoweredOn", "bootOrder": [
+                {"members": [{"name": "app-1"}]}, {"members": [{"name": "app-2"}]}
+            ]}
+        });
+        s.sup().apply(group).unwrap();
+        s.sup()
+            .apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                "metadata": {"name": "app-lb", "namespace": NS},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
+            }))
+            .unwrap();
+        let b = fx.backup_run(&format!("{NS}/app-1"), &["--vm", &format!("{NS}/app-2")]);
+        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        assert!(b.warnings().is_empty(), "{:?}", b.warnings());
+        let points: Vec<String> = (0..2)
+            .map(|i| b.report()["vms"][i]["point"].as_str().unwrap().to_owned())
+            .collect();
+
+        // The application is gone.
+        for (kind, name) in [
+            ("VirtualMachine", "app-1"),
+            ("VirtualMachine", "app-2"),
+            ("VirtualMachineGroup", "app-group"),
+            ("VirtualMachineService", "app-lb"),
+        ] {
+            s.sup().delete(kind, NS, name).unwrap();
+        }
+        // One point twice is refused before anything changes.
+        let twice = fx.restore(&points[0], &["--point", &points[0]]);
+        assert_eq!(twice.code, Some(1), "{}", twice.stdout);
+        assert!(twice.stderr.contains("both restore VM"), "{}", twice.stderr);
+        // A dry run plans both and lists what the points kept, once each.
+        let dry = fx.restore(
+            &points[0],
+            &["--point", &points[1], "--recreate-related", "--dry-run"],
+        );
+        assert_eq!(dry.code, Some(0), "{}\n{}", dry.stdout, dry.stderr);
+        let kept = |r: &Value| -> Vec<String> {
+            r["related"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| format!("{} {} {}", o["kind"], o["name"], o["outcome"]))
+                .collect()
+        };
+        assert_eq!(
+            kept(dry.report()),
+            [
+                r#""VirtualMachineGroup" "app-group" "kept""#,
+                r#""VirtualMachineService" "app-lb" "kept""#
+            ]
+        );
+        assert!(s.sup().get("VirtualMachine", NS, "app-1").is_none());
+
+        let r = fx.restore(&points[0], &["--point", &points[1], "--recreate-related"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        assert_eq!(
+            kept(report),
+            [
+                r#""VirtualMachineGroup" "app-group" "created""#,
+                r#""VirtualMachineService" "app-lb" "created""#
+            ]
+        );
+        assert!(
+            report["problems"].as_array().unwrap().is_empty(),
+            "{report}"
+        );
+        assert!(report["not_restored"].as_array().unwrap().is_empty());
+        // The group was created without the power state that would power the VMs on.
+        let created = s.sup().get("VirtualMachineGroup", NS, "app-group").unwrap();
+        assert!(created["spec"].get("powerState").is_none(), "{created}");
+        // Each VM checked after its group and service were there.
+        for (i, name) in ["app-1", "app-2"].into_iter().enumerate() {
+            let vm = &report["vms"][i];
+            assert_eq!(vm["vm_name"], format!("{NS}/{name}"));
+            assert!(s.sup().get("VirtualMachine", NS, name).is_some());
+            let v = &vm["verification"];
+            assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+            let notes: Vec<&str> = v["related"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(
+                notes,
+                [
+                    "member of VirtualMachineGroup app-group",
+                    "selected by VirtualMachineService app-lb"
+                ],
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn the_points_group_and_services_come_back_with_recreate_related() {
         let fx = Fixture::new();

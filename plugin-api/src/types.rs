@@ -129,6 +129,14 @@ pub struct RestoreJobRequest {
     /// so that agents older than the field take the request).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recreate_related: bool,
+    /// More restore points (one VM each), restored in the same job with `point` as one
+    /// application, in the order of seed 001 §10.5: every VM (in the order given, `point`
+    /// first), then with `recreate_related` the groups and services their points kept,
+    /// then every VM's check. The job's result is then a group report (`vms`, `related`,
+    /// `problems`, `error`, `not_restored`). Not with `disks`. Default none (and then not
+    /// sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub with_points: Vec<String>,
     /// Submitting again with the same key returns the job first created with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

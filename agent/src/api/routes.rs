@@ -27,7 +27,9 @@ use tokio::sync::broadcast;
 
 use super::{auth, metrics};
 use crate::config::SecretText;
-use crate::daemon::backup_job::{engine_request, restore_request, verify_result, verify_selection};
+use crate::daemon::backup_job::{
+    engine_request, restore_requests, verify_result, verify_selection,
+};
 use crate::daemon::queue::{QueueError, StreamItem};
 use crate::daemon::{Queue, Submission, maintenance};
 use crate::engine::{self, Environment, Limits};
@@ -251,20 +253,28 @@ async fn post_verify_job(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResu
 
 async fn post_restore(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let request: RestoreJobRequest = parse(&body)?;
-    let point = restore_request(&request)
+    let points: Vec<_> = restore_requests(&request)
         .map_err(ApiFailure::bad_request)?
-        .point;
+        .iter()
+        .map(|r| r.point)
+        .collect();
     // An unknown point is the caller's mistake, answered now rather than by a failed job.
     let catalog = s.env.repo.catalog().clone();
-    if short(move || {
-        catalog
-            .get_point(point)
-            .map_err(|e| engine::error_chain(&e))
+    let missing = short(move || {
+        for point in points {
+            if catalog
+                .get_point(point)
+                .map_err(|e| engine::error_chain(&e))?
+                .is_none()
+            {
+                return Ok(Some(point));
+            }
+        }
+        Ok(None)
     })
-    .await?
-    .is_none()
-    {
-        return Err(ApiFailure::not_found("restore point", &request.point));
+    .await?;
+    if let Some(point) = missing {
+        return Err(ApiFailure::not_found("restore point", &point.to_string()));
     }
     let value = serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?;
     submit(

@@ -1,6 +1,7 @@
 //! `vadp-agent restore`: a VM Service VM from a restore point into a Supervisor namespace
 //! (the restore engine, `engine::restore`), with the pre-flight prediction printed before
-//! anything changes.
+//! anything changes; several points (one VM each) as one application, in the order of
+//! seed 001 §10.5 (`engine::restore::run_group_restore`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::backup::{ConnectionArgs, SupervisorArgs, environment, password, tls_of};
 use super::progress::DiskBars;
 use crate::engine::restore::{
-    self, Prediction, RestoreEnv, RestoreEvent, RestoreMode, RestoreObserver, RestoreReport,
-    RestoreRequest,
+    self, GroupRestoreReport, Prediction, RestoreEnv, RestoreEvent, RestoreMode, RestoreObserver,
+    RestoreReport, RestoreRequest,
 };
 use crate::ids::{DiskKey, RestorePointId};
 use crate::vsphere::{Credentials, SubnetMapping};
@@ -26,9 +27,11 @@ pub struct RestoreArgs {
     /// The repository.
     #[arg(long, env = "VADP_REPO", value_name = "DIR")]
     pub repo: PathBuf,
-    /// The restore point.
-    #[arg(long)]
-    pub point: RestorePointId,
+    /// The restore point; repeat for the VMs of one application, restored as seed 001
+    /// §10.5 orders it (every VM, then with --recreate-related their groups and services,
+    /// then the checks).
+    #[arg(long = "point", required = true)]
+    pub points: Vec<RestorePointId>,
     /// The Supervisor namespace to restore into (default: the backup's).
     #[arg(long)]
     pub namespace: Option<String>,
@@ -58,9 +61,10 @@ pub struct RestoreArgs {
     /// registers the VM by itself) before calling registervm.
     #[arg(long, default_value_t = 120)]
     pub auto_registration_wait: u64,
-    /// After registration, create the VirtualMachineGroup and VirtualMachineServices the
-    /// backup kept (seed 001 §10.5: groups, then services) where the namespace has none of
-    /// that name; one already there is left as it is.
+    /// After registration (of every VM, with several points), create the
+    /// VirtualMachineGroup and VirtualMachineServices the backup kept (seed 001 §10.5:
+    /// groups, then services) where the namespace has none of that name; one already there
+    /// is left as it is.
     #[arg(long)]
     pub recreate_related: bool,
     /// The Supervisor.
@@ -84,7 +88,8 @@ pub fn parse_subnet_map(s: &str) -> Result<SubnetMapping, String> {
 
 /// Runs `vadp-agent restore`: 0 when the VM is registered and verified, 2 when the
 /// Supervisor shows something other than seed 001 §8 predicts, 1 on errors (a refusal
-/// before any change included).
+/// before any change included). With several points: 0 when every VM is, 2 when one shows
+/// a problem (or a kept object asked for was not created), 1 when one was not restored.
 ///
 /// # Errors
 /// Set-up failures, refusals and restore errors.
@@ -99,18 +104,22 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     let (rt, env) = environment(&args.connection, &args.repo)?;
     let tls = tls_of(&args.connection)?;
     let credentials = Credentials::new(&args.connection.user, &password(&args.connection)?);
-    let request = RestoreRequest {
-        point: args.point,
-        namespace: args.namespace.clone(),
-        mode: args.mode,
-        disks: args.disks.iter().copied().map(DiskKey).collect(),
-        subnet_map,
-        datastore: args.datastore.clone(),
-        dry_run: args.dry_run,
-        verify_first: args.verify_first,
-        auto_registration_wait: std::time::Duration::from_secs(args.auto_registration_wait),
-        recreate_related: args.recreate_related,
-    };
+    let requests: Vec<RestoreRequest> = args
+        .points
+        .iter()
+        .map(|&point| RestoreRequest {
+            point,
+            namespace: args.namespace.clone(),
+            mode: args.mode,
+            disks: args.disks.iter().copied().map(DiskKey).collect(),
+            subnet_map: subnet_map.clone(),
+            datastore: args.datastore.clone(),
+            dry_run: args.dry_run,
+            verify_first: args.verify_first,
+            auto_registration_wait: std::time::Duration::from_secs(args.auto_registration_wait),
+            recreate_related: args.recreate_related,
+        })
+        .collect();
     let observer = observer(json);
     let cancel = CancellationToken::new();
     let result = rt.block_on(async {
@@ -130,12 +139,24 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
                 crate::engine::pause_point("restore-cancel-requested").await;
             }
         });
-        let r = restore::run_restore(&renv, &request, observer, cancel).await;
+        let r = match requests.as_slice() {
+            [one] => restore::run_restore(&renv, one, observer, cancel)
+                .await
+                .map(|r| Done::One(Box::new(r))),
+            several => {
+                restore::run_group_restore(&renv, several, args.recreate_related, observer, cancel)
+                    .await
+                    .map(Done::Group)
+            }
+        };
         let _ = renv.vapi.logout().await;
         anyhow::Ok(r)
     });
     let _ = rt.block_on(env.soap.logout());
-    let report = result?.context("restore")?;
+    let report = match result?.context("restore")? {
+        Done::One(report) => *report,
+        Done::Group(group) => return Ok(group_done(&group, json)),
+    };
     if json {
         super::emit_line(&serde_json::json!({ "event": "report", "report": report }).to_string());
     } else {
@@ -150,6 +171,57 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// What a restore of one point, or of several, answered.
+enum Done {
+    One(Box<RestoreReport>),
+    Group(GroupRestoreReport),
+}
+
+/// Prints a group restore's report; its exit code.
+fn group_done(group: &GroupRestoreReport, json: bool) -> ExitCode {
+    if json {
+        super::emit_line(&serde_json::json!({ "event": "report", "report": group }).to_string());
+    } else {
+        for r in &group.vms {
+            print_report(r);
+        }
+        for r in &group.related {
+            let o = &r.object;
+            say!(
+                "{} {} in {} (kept with point {}): {}{}",
+                o.kind,
+                o.name,
+                r.namespace,
+                r.point,
+                serde_json::to_value(o.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                o.note
+                    .as_deref()
+                    .or(o.error.as_deref())
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            );
+        }
+        for p in &group.problems {
+            say!("NOT AS EXPECTED: {p}");
+        }
+        if let Some(e) = &group.error {
+            say!("STOPPED: {e}");
+            let rest: Vec<String> = group.not_restored.iter().map(ToString::to_string).collect();
+            say!("not restored: {}", rest.join(", "));
+        }
+    }
+    if group.error.is_some() {
+        ExitCode::FAILURE
+    } else if group.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }
 
 fn print_prediction(p: &Prediction) {

@@ -213,30 +213,59 @@ pub fn verify_result(report: &VerifyReport, repaired: Option<&RepairReport>) -> 
 /// # Errors
 /// A message naming the bad field.
 pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> {
+    Ok(restore_requests(r)?.swap_remove(0))
+}
+
+/// Turns an API restore request into the engine's, one per point: `point`, then
+/// `with_points` (a group restore, seed 001 §10.5).
+///
+/// # Errors
+/// A message naming the bad field.
+pub fn restore_requests(r: &RestoreJobRequest) -> Result<Vec<RestoreRequest>, String> {
     let point = r
         .point
         .parse::<RestorePointId>()
         .map_err(|e| format!("point: {e}"))?;
+    let mut points = vec![point];
+    for p in &r.with_points {
+        let p = p
+            .parse::<RestorePointId>()
+            .map_err(|e| format!("with_points: {p:?}: {e}"))?;
+        if points.contains(&p) {
+            return Err(format!("with_points: point {p} is given twice"));
+        }
+        points.push(p);
+    }
+    if points.len() > 1 && !r.disks.is_empty() {
+        return Err(
+            "with_points: a restore of several points restores whole VMs; give the disks of \
+             a disk-only restore with one point"
+                .into(),
+        );
+    }
     let subnet_map = r
         .subnet_map
         .iter()
         .map(|m| restore::subnet_mapping(&m.from, &m.to).map_err(|e| format!("subnet_map: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(RestoreRequest {
-        point,
-        namespace: r.namespace.clone(),
-        mode: r.mode,
-        disks: r.disks.iter().copied().map(DiskKey).collect(),
-        subnet_map,
-        datastore: r.datastore.clone(),
-        dry_run: r.dry_run,
-        verify_first: r.verify_first,
-        auto_registration_wait: r.auto_registration_wait_secs.map_or(
-            restore::AUTO_REGISTRATION_WAIT,
-            std::time::Duration::from_secs,
-        ),
-        recreate_related: r.recreate_related,
-    })
+    Ok(points
+        .into_iter()
+        .map(|point| RestoreRequest {
+            point,
+            namespace: r.namespace.clone(),
+            mode: r.mode,
+            disks: r.disks.iter().copied().map(DiskKey).collect(),
+            subnet_map: subnet_map.clone(),
+            datastore: r.datastore.clone(),
+            dry_run: r.dry_run,
+            verify_first: r.verify_first,
+            auto_registration_wait: r.auto_registration_wait_secs.map_or(
+                restore::AUTO_REGISTRATION_WAIT,
+                std::time::Duration::from_secs,
+            ),
+            recreate_related: r.recreate_related,
+        })
+        .collect())
 }
 
 /// Runs backups and restores with the daemon's environment.
@@ -405,13 +434,17 @@ impl BackupJobs {
     }
 
     async fn run_restore(&self, ctx: RunContext) -> Outcome {
-        let request = match serde_json::from_value::<RestoreJobRequest>(ctx.request.clone())
+        let mut requests = match serde_json::from_value::<RestoreJobRequest>(ctx.request.clone())
             .map_err(|e| format!("stored request: {e}"))
-            .and_then(|r| restore_request(&r))
+            .and_then(|r| restore_requests(&r))
         {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
+        if requests.len() > 1 {
+            return self.run_group_restore(ctx, &requests).await;
+        }
+        let request = requests.swap_remove(0);
         let renv = match self.restore_env().await {
             Ok(r) => r,
             Err(e) => return failed(e),
@@ -439,6 +472,57 @@ impl BackupJobs {
                     },
                     error: (!problems.is_empty())
                         .then(|| format!("the Supervisor shows: {}", problems.join("; "))),
+                    result: serde_json::to_value(&report).ok(),
+                }
+            }
+            Err(RestoreError::Engine(BackupError::Cancelled)) => Outcome {
+                state: JobState::Cancelled,
+                error: Some("cancelled".into()),
+                result: None,
+            },
+            Err(e) => failed(engine::error_chain(&e)),
+        }
+    }
+
+    /// A restore of several points as one application (seed 001 §10.5): failed when a VM
+    /// was not restored, or one shows a problem, or a kept object asked for was not
+    /// created; the group report is the result either way.
+    async fn run_group_restore(&self, ctx: RunContext, requests: &[RestoreRequest]) -> Outcome {
+        let renv = match self.restore_env().await {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let sink = ctx.events.clone();
+        let observer: RestoreObserver = Arc::new(move |e: &RestoreEvent| {
+            if let Ok(v) = serde_json::to_value(e) {
+                sink.emit(v);
+            }
+        });
+        let recreate = requests.iter().any(|r| r.recreate_related);
+        let result =
+            restore::run_group_restore(&renv, requests, recreate, observer, ctx.cancel.clone())
+                .await;
+        let _ = renv.vapi.logout().await;
+        match result {
+            Ok(report) => {
+                let problems: Vec<String> = report
+                    .vms
+                    .iter()
+                    .flat_map(|r| r.verification.iter().flat_map(|v| v.problems.clone()))
+                    .chain(report.problems.iter().cloned())
+                    .collect();
+                let error = match (&report.error, problems.is_empty()) {
+                    (Some(e), _) => Some(format!("stopped: {e}")),
+                    (None, false) => Some(format!("the Supervisor shows: {}", problems.join("; "))),
+                    (None, true) => None,
+                };
+                Outcome {
+                    state: if error.is_none() {
+                        JobState::Succeeded
+                    } else {
+                        JobState::Failed
+                    },
+                    error,
                     result: serde_json::to_value(&report).ok(),
                 }
             }
@@ -530,7 +614,38 @@ impl BackupJobs {
 
 #[cfg(test)]
 mod tests {
-    use super::restore_request;
+    use super::{restore_request, restore_requests};
+
+    /// `with_points` makes one engine request per point, `point` first, with the same
+    /// options; a point twice, a malformed one, or disks with several points are refused.
+    #[test]
+    fn with_points_make_a_group_of_requests() {
+        let (a, b) = (
+            "0b7e8c52-1111-4222-8333-944455556666",
+            "0b7e8c52-1111-4222-8333-944455556667",
+        );
+        let request = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"point": a, "with_points": [b], "dry_run": true});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<plugin_api::types::RestoreJobRequest>(v).unwrap()
+        };
+        let group = restore_requests(&request(serde_json::json!({}))).unwrap();
+        let points: Vec<String> = group.iter().map(|r| r.point.to_string()).collect();
+        assert_eq!(points, [a, b]);
+        assert!(group.iter().all(|r| r.dry_run));
+        let twice = restore_requests(&request(serde_json::json!({"with_points": [b, a]})));
+        assert!(twice.unwrap_err().contains("given twice"));
+        let bad = restore_requests(&request(serde_json::json!({"with_points": ["nope"]})));
+        assert!(bad.unwrap_err().starts_with("with_points: \"nope\""));
+        let disks = restore_requests(&request(serde_json::json!({"disks": [2000]})));
+        assert!(disks.unwrap_err().contains("disk-only"));
+        // Without, one request, as before.
+        let one = request(serde_json::json!({"with_points": []}));
+        assert_eq!(restore_requests(&one).unwrap().len(), 1);
+        assert_eq!(restore_request(&one).unwrap().point.to_string(), a);
+    }
 
     /// The API's registration wait reaches the engine; without it, the default.
     #[test]

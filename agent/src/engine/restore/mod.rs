@@ -40,6 +40,7 @@
 //!    labels/annotations are as §8 says.
 
 mod disks;
+mod group;
 mod plan;
 pub mod predict;
 mod sink;
@@ -59,6 +60,7 @@ pub use predict::{Facts, Prediction, Refusal, RestoreType, SupervisorVersion};
 pub use sink::VddkSink;
 pub use verify::is_restored_claim;
 
+pub use group::{GroupRelated, GroupRestoreReport, run_group_restore};
 use plan::Plan;
 pub(crate) use swap::{FcdSwap, committing_of, swap_back, swaps_of};
 pub(crate) use unregistered::{Unregistered, delete_dirs_named_in, delete_unregistered};
@@ -530,6 +532,23 @@ pub struct RelatedObject {
     pub note: Option<String>,
 }
 
+impl RelatedObject {
+    /// `obj`, kept with a point, before anything is done with it.
+    fn kept(obj: &serde_json::Value) -> Self {
+        Self {
+            kind: crate::vmservice::related::kind_of(obj)
+                .unwrap_or_default()
+                .to_owned(),
+            name: crate::vmservice::related::name_of(obj)
+                .unwrap_or_default()
+                .to_owned(),
+            outcome: RelatedOutcome::Kept,
+            error: None,
+            note: None,
+        }
+    }
+}
+
 /// The result of a restore.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
@@ -617,6 +636,18 @@ pub async fn run_restore(
     observer: RestoreObserver,
     cancel: CancellationToken,
 ) -> Result<RestoreReport, RestoreError> {
+    restore_planned(renv, request, observer, cancel)
+        .await
+        .map(|(report, _)| report)
+}
+
+/// [`run_restore`], answering its plan too (for the checks of a group restore).
+async fn restore_planned(
+    renv: &RestoreEnv,
+    request: &RestoreRequest,
+    observer: RestoreObserver,
+    cancel: CancellationToken,
+) -> Result<(RestoreReport, Plan), RestoreError> {
     let started = Instant::now();
     let env = &renv.env;
     // The point stays until this restore has ended: retention and DELETE leave it alone
@@ -672,21 +703,7 @@ pub async fn run_restore(
         registration_task: None,
         auto_registered: false,
         verification: None,
-        related: plan
-            .related
-            .iter()
-            .map(|o| RelatedObject {
-                kind: crate::vmservice::related::kind_of(o)
-                    .unwrap_or_default()
-                    .to_owned(),
-                name: crate::vmservice::related::name_of(o)
-                    .unwrap_or_default()
-                    .to_owned(),
-                outcome: RelatedOutcome::Kept,
-                error: None,
-                note: None,
-            })
-            .collect(),
+        related: plan.related.iter().map(RelatedObject::kept).collect(),
         data_seconds: 0.0,
         bytes_total: 0,
         seconds: 0.0,
@@ -718,7 +735,7 @@ pub async fn run_restore(
     }
     if request.dry_run {
         report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
+        return Ok((report, plan));
     }
     super::pause_point("restore-planned").await;
     let job = report.job;
@@ -784,7 +801,7 @@ pub async fn run_restore(
     JobLock::remove_file(env.repo.root(), job);
     outcome?;
     report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok((report, plan))
 }
 
 /// The lock of the VM a restore in place, or disk-only, works on: not backed up or
@@ -1728,46 +1745,20 @@ async fn restore_steps(
             }
         }
         if request.recreate_related {
-            recreate_related(renv, plan, report, &step).await;
+            create_related(
+                renv,
+                &plan.namespace,
+                &plan.related,
+                &mut report.related,
+                &step,
+            )
+            .await;
         }
         step("registration complete; reading the VirtualMachine back".into());
         super::pause_point("restore-before-verify").await;
-        // The VM is restored and registered by now: a check that cannot read it back (the
-        // Supervisor or vCenter unreachable) is a problem of the report (the job ends failed, with what was done), not
-        // an error that would hide the report.
-        report.verification = Some(match verify::verify(renv, plan, report).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %crate::engine::error_chain(&e), "the check after registration failed");
-                Verification {
-                    problems: vec![format!(
-                        "the VM is registered, but the check after registration could not \
-                         read it back: {}; check it with `kubectl get vm -n {} {}`",
-                        crate::engine::error_chain(&e),
-                        plan.namespace,
-                        plan.name
-                    )],
-                    ..Verification::default()
-                }
-            }
-        });
+        report.verification = Some(check_registered(renv, plan, report).await);
         // Asked for and not done: the namespace is not as the user wanted it.
-        let not_created = report.related.iter().filter_map(|r| {
-            r.error.as_ref().map(|e| {
-                format!(
-                    "{} {} (kept with the point) was not created in {}: {e}; create it yourself \
-                     (`vadp-agent show --repo {} --related {} | kubectl create -n {} -f -`, \
-                     §10.5)",
-                    r.kind,
-                    r.name,
-                    plan.namespace,
-                    renv.env.repo.root().display(),
-                    report.point,
-                    plan.namespace
-                )
-            })
-        });
-        let not_created: Vec<String> = not_created.collect();
+        let not_created = not_created(renv, &plan.namespace, report.point, &report.related);
         if let Some(v) = report.verification.as_mut() {
             v.problems.extend(not_created);
         }
@@ -1779,20 +1770,68 @@ async fn restore_steps(
     }
 }
 
-/// §10.5 phase 2, once the VM is registered: creates each VirtualMachineGroup, then each
-/// VirtualMachineService, the point kept, in the namespace the VM was restored to, unless
-/// one of that kind and name is there (the user's wins). Never fails the restore: what
-/// could not be created is recorded in `report.related` and becomes a problem of the
-/// verification.
-async fn recreate_related(
+/// The check after registration ([`verify::verify`]). The VM is restored and registered by
+/// then: a check that cannot read it back (the Supervisor or vCenter unreachable) is a
+/// problem of the report (the job ends failed, with what was done), not an error that
+/// would hide the report.
+async fn check_registered(renv: &RestoreEnv, plan: &Plan, report: &RestoreReport) -> Verification {
+    match verify::verify(renv, plan, report).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %crate::engine::error_chain(&e), "the check after registration failed");
+            Verification {
+                problems: vec![format!(
+                    "the VM is registered, but the check after registration could not \
+                     read it back: {}; check it with `kubectl get vm -n {} {}`",
+                    crate::engine::error_chain(&e),
+                    plan.namespace,
+                    plan.name
+                )],
+                ..Verification::default()
+            }
+        }
+    }
+}
+
+/// The kept objects of `point` asked for and not created in `ns` (`related`), as problems
+/// that say how to create them.
+fn not_created(
     renv: &RestoreEnv,
-    plan: &Plan,
-    report: &mut RestoreReport,
+    ns: &str,
+    point: RestorePointId,
+    related: &[RelatedObject],
+) -> Vec<String> {
+    related
+        .iter()
+        .filter_map(|r| {
+            r.error.as_ref().map(|e| {
+                format!(
+                    "{} {} (kept with the point) was not created in {ns}: {e}; create it yourself \
+                     (`vadp-agent show --repo {} --related {point} | kubectl create -n {ns} -f -`, \
+                     §10.5)",
+                    r.kind,
+                    r.name,
+                    renv.env.repo.root().display(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// §10.5 phase 2, once the VMs are registered: creates each VirtualMachineGroup, then each
+/// VirtualMachineService, of `objects` (kept with a point, in apply order) in namespace
+/// `ns`, unless one of that kind and name is there (the user's wins). Never fails the
+/// restore: what could not be created is recorded in `entries` (one per object), and
+/// becomes a problem of the verification.
+async fn create_related(
+    renv: &RestoreEnv,
+    ns: &str,
+    objects: &[serde_json::Value],
+    entries: &mut [RelatedObject],
     step: &(dyn Fn(String) + Sync),
 ) {
-    for (obj, entry) in plan.related.iter().zip(report.related.iter_mut()) {
+    for (obj, entry) in objects.iter().zip(entries.iter_mut()) {
         let what = crate::vmservice::related::describe(obj);
-        let ns = &plan.namespace;
         let (obj, power) = crate::vmservice::related::for_restore(obj);
         match renv.supervisor.create_vmop_object(ns, &obj).await {
             Ok(Created::Created) => {
