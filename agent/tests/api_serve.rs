@@ -1107,6 +1107,18 @@ concurrent_jobs = 2
     }
 
     /// Follows a job's events to its end: the event names and the final job.
+    /// The first event `name` of job `id` (waiting for it); the job must not end first.
+    async fn first_event(client: &Client, id: &str, name: &str) -> serde_json::Value {
+        let mut events = client.events(id).await.unwrap();
+        loop {
+            match events.next().await.unwrap().expect("stream ended") {
+                JobEvent::Progress(v) if v["event"] == name => return v,
+                JobEvent::Progress(_) => {}
+                JobEvent::End(job) => panic!("job {id} ended before {name}: {job:?}"),
+            }
+        }
+    }
+
     async fn follow(client: &Client, id: &str) -> (Vec<String>, plugin_api::types::Job) {
         let mut events = client.events(id).await.unwrap();
         let mut names = Vec::new();
@@ -1559,18 +1571,8 @@ concurrent_jobs = 2
         );
         let second = rt.block_on(client.backup(&request)).unwrap();
         // Its events say it waits, and why.
-        let reason = rt.block_on(async {
-            let mut events = client.events(&second.id).await.unwrap();
-            loop {
-                match events.next().await.unwrap().expect("stream ended") {
-                    JobEvent::Progress(v) if v["event"] == "waiting" => {
-                        break v["reason"].as_str().unwrap().to_owned();
-                    }
-                    JobEvent::Progress(_) => {}
-                    JobEvent::End(job) => panic!("the second job ended: {job:?}"),
-                }
-            }
-        });
+        let waiting = rt.block_on(first_event(&client, &second.id, "waiting"));
+        let reason = waiting["reason"].as_str().unwrap().to_owned();
         assert!(
             reason.contains("backup job") && reason.contains("is working on it now"),
             "{reason}"
@@ -1584,16 +1586,7 @@ concurrent_jobs = 2
         let third = rt
             .block_on(client.backup(&one_vm_backup(&other.0)))
             .unwrap();
-        rt.block_on(async {
-            let mut events = client.events(&third.id).await.unwrap();
-            loop {
-                match events.next().await.unwrap().expect("stream ended") {
-                    JobEvent::Progress(v) if v["event"] == "disk_started" => break,
-                    JobEvent::Progress(_) => {}
-                    JobEvent::End(job) => panic!("the third job ended: {job:?}"),
-                }
-            }
-        });
+        rt.block_on(first_event(&client, &third.id, "disk_started"));
         assert_eq!(
             rt.block_on(client.job(&first.id)).unwrap().state,
             JobState::Running

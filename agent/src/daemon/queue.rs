@@ -382,8 +382,11 @@ impl JobSlot {
             {
                 let mut st = self.inner.lock();
                 if st.slots_in_use() < self.inner.limit {
-                    if let Some(entry) = st.jobs.get_mut(&self.id) {
-                        entry.away = false;
+                    if st
+                        .jobs
+                        .get_mut(&self.id)
+                        .is_some_and(|e| std::mem::take(&mut e.away))
+                    {
                         st.away = st.away.saturating_sub(1);
                     }
                     self.inner
@@ -755,7 +758,7 @@ impl Queue {
         (queued, st.running)
     }
 
-    /// The most jobs that ever ran at once.
+    /// The most slots ever in use at once (jobs running and not stepped out).
     #[must_use]
     pub fn peak(&self) -> usize {
         self.inner.peak.load(Ordering::SeqCst)

@@ -730,7 +730,7 @@ async fn run_job(
         Ok(v) => v,
         Err(e) => {
             for m in &members {
-                let _ = clean_up(&ctx, &m.info.moref, &m.effects).await;
+                let _ = clean_up(&ctx, &m.info.moref, &m.effects, false).await;
             }
             return Err(e);
         }
@@ -769,7 +769,7 @@ async fn run_job(
         // Phase 3: whatever the task left, tried again. What this attempt reports is what
         // is left now (an effect the task's own clean-up failed to undo and this one undid
         // is no work for reconcile).
-        report.cleanup_errors = clean_up(&ctx, &m.info.moref, &m.effects).await;
+        report.cleanup_errors = clean_up(&ctx, &m.info.moref, &m.effects, false).await;
         for e in &report.cleanup_errors {
             (ctx.observer)(&BackupEvent::Warning {
                 vm: m.info.moref.clone(),
@@ -1170,7 +1170,8 @@ pub(crate) fn nvram_path(
 const GATE_RECHECK: Duration = Duration::from_secs(60);
 
 /// Waits while `gate` says no snapshot may be taken, announcing each new end once, out of
-/// `slot` meanwhile.
+/// `slot` meanwhile. Back in its slot (which may take a while), the job asks the gate
+/// again: another window may have begun meanwhile.
 async fn wait_for_snapshot_gate(
     gate: &SnapshotGate,
     slot: Option<&dyn Slot>,
@@ -1178,11 +1179,19 @@ async fn wait_for_snapshot_gate(
     observer: &Observer,
 ) -> Result<(), BackupError> {
     let mut announced: Option<jiff::Zoned> = None;
-    while let Some(end) = (gate.0)() {
-        if announced.is_none()
-            && let Some(slot) = slot
-        {
+    let mut away = false;
+    loop {
+        let Some(end) = (gate.0)() else {
+            if !away {
+                return Ok(());
+            }
+            step_in(slot, cancel).await?;
+            away = false;
+            continue;
+        };
+        if !away && let Some(slot) = slot {
             slot.step_out();
+            away = true;
         }
         if announced.as_ref() != Some(&end) {
             tracing::info!(until = %end, "the snapshots wait for the end of a blackout window");
@@ -1201,10 +1210,6 @@ async fn wait_for_snapshot_gate(
             () = tokio::time::sleep(left) => {}
         }
     }
-    if announced.is_some() {
-        step_in(slot, cancel).await?;
-    }
-    Ok(())
 }
 
 fn check_cancel(ctx: &JobCtx) -> Result<(), BackupError> {
@@ -1239,9 +1244,14 @@ async fn resolve(env: &Environment, selector: &VmSelector) -> Result<VmMoref, Ba
 }
 
 /// Undoes what `vm` still holds in `effects`: the snapshot first, then EndAccess
-/// (VMware's order). Returns the problems; an effect that could not be undone stays
-/// journalled.
-async fn clean_up(ctx: &JobCtx, vm: &VmMoref, effects: &Mutex<Effects>) -> Vec<String> {
+/// (VMware's order; tried again after a failure with `retry_end_access`). Returns the
+/// problems; an effect that could not be undone stays journalled.
+async fn clean_up(
+    ctx: &JobCtx,
+    vm: &VmMoref,
+    effects: &Mutex<Effects>,
+    retry_end_access: bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let snapshot = lock(effects).snapshot.clone();
     if let Some(effect) = snapshot {
@@ -1255,7 +1265,7 @@ async fn clean_up(ctx: &JobCtx, vm: &VmMoref, effects: &Mutex<Effects>) -> Vec<S
     }
     let access = lock(effects).access;
     if let Some(journal_id) = access {
-        match journal::end_access(&ctx.env, vm, &ctx.identity, journal_id).await {
+        match journal::end_access(&ctx.env, vm, &ctx.identity, journal_id, retry_end_access).await {
             Ok(()) => lock(effects).access = None,
             Err(e) => problems.push(format!(
                 "EndAccess for {vm} failed (left for `vadp-agent reconcile`): {}",
@@ -1310,7 +1320,8 @@ async fn back_up_vm(
     }
     report.seconds = started.elapsed().as_secs_f64();
     // Undo now rather than after the slowest VM of the group.
-    report.cleanup_errors = clean_up(ctx, &info.moref, &effects).await;
+    // EndAccess tried again unless the job was cancelled (a shutdown waits for it).
+    report.cleanup_errors = clean_up(ctx, &info.moref, &effects, !ctx.cancel.is_cancelled()).await;
     report
 }
 
@@ -2243,6 +2254,76 @@ async fn enable_cbt(env: &Environment, ctx: &JobCtx, info: &VmInfo) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot that records what the job did with it.
+    #[derive(Debug, Default)]
+    struct Recorded(Mutex<Vec<&'static str>>);
+
+    impl Slot for Recorded {
+        fn step_out(&self) {
+            self.0.lock().unwrap().push("out");
+        }
+
+        fn step_in(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+            self.0.lock().unwrap().push("in");
+            Box::pin(async {})
+        }
+    }
+
+    /// Out of its slot while a blackout window lasts; back in its slot, the job asks the
+    /// gate again, and waits out of its slot again for a window that began meanwhile,
+    /// announcing it, before any snapshot.
+    #[tokio::test]
+    async fn a_window_that_began_while_the_job_took_its_slot_back_is_waited_out() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let at = |ms| {
+            jiff::Zoned::now()
+                .checked_add(jiff::SignedDuration::from_millis(ms))
+                .unwrap()
+        };
+        let (first, second) = (at(150), at(400));
+        let (a, b) = (first.clone(), second.clone());
+        let phase = AtomicUsize::new(0);
+        let gate = SnapshotGate(Arc::new(move || {
+            let now = jiff::Zoned::now();
+            match phase.load(Ordering::SeqCst) {
+                0 if now < a => Some(a.clone()),
+                0 => {
+                    phase.store(1, Ordering::SeqCst);
+                    None
+                }
+                // Asked again once back in the slot: the second window has begun.
+                1 => {
+                    phase.store(2, Ordering::SeqCst);
+                    Some(b.clone())
+                }
+                2 if now < b => Some(b.clone()),
+                _ => {
+                    phase.store(3, Ordering::SeqCst);
+                    None
+                }
+            }
+        }));
+        let slot = Recorded::default();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let observer: Observer = Arc::new(move |e: &BackupEvent| {
+            seen.lock().unwrap().push(serde_json::to_value(e).unwrap());
+        });
+        let cancel = CancellationToken::new();
+        wait_for_snapshot_gate(&gate, Some(&slot), &cancel, &observer)
+            .await
+            .unwrap();
+        assert!(jiff::Zoned::now() >= second);
+        assert_eq!(*slot.0.lock().unwrap(), ["out", "in", "out", "in"]);
+        let deferred: Vec<String> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["until"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(deferred, [first.to_string(), second.to_string()]);
+    }
 
     /// The NVRAM file is where the `.vmx` names it, next to it; by default it takes the
     /// `.vmx`'s name; one named elsewhere is not kept.

@@ -326,27 +326,30 @@ async fn consolidate_if_needed(env: &Environment, vm: &VmMoref) -> Result<(), Ba
     }
 }
 
-/// The pauses before EndAccess is tried again: a vCenter that failed it once (a restart,
-/// a dropped connection) is given two more tries, 2 s and 5 s later, before the call is
-/// left to the caller's clean-up and to reconcile.
+/// The pauses before EndAccess is tried again, where a caller asks for it: a vCenter that
+/// failed it once (a restart, a dropped connection) is given two more tries, 2 s and 5 s
+/// later, before the call is left to the caller's clean-up and to reconcile.
 const END_ACCESS_RETRIES: [std::time::Duration; 2] = [
     std::time::Duration::from_secs(2),
     std::time::Duration::from_secs(5),
 ];
 
 /// Calls EndAccess for `vm` with `identity` and closes the entry; a VM that no longer exists
-/// (vCenter says so after EndAccess failed) has no access left to end. A failed call is
-/// tried again ([`END_ACCESS_RETRIES`]): it ends a restore whose data is all written, or a
-/// backup whose points are committed, and EndAccess may be repeated.
+/// (vCenter says so after EndAccess failed) has no access left to end. With `retry`, a
+/// failed call is tried again ([`END_ACCESS_RETRIES`]; EndAccess may be repeated): where
+/// it ends a restore whose data is all written, or a backup that was not cancelled. A
+/// clean-up after a failure or a cancel, a second clean-up and reconcile try once (a
+/// shutdown is not held up by the pauses; reconcile runs again).
 pub(crate) async fn end_access(
     env: &Environment,
     vm: &VmMoref,
     identity: &str,
     journal: i64,
+    retry: bool,
 ) -> Result<(), BackupError> {
     super::pause_point("end-access").await;
     let what = format!("EndAccess for {vm}");
-    let mut pauses = END_ACCESS_RETRIES.iter();
+    let mut pauses = END_ACCESS_RETRIES.iter().filter(|_| retry);
     loop {
         let vddk = env.vddk.clone();
         let spec = env.vddk_target.spec(vm, None, true);

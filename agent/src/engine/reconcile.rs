@@ -276,7 +276,7 @@ async fn undo(
                 .and_then(|s| s.as_str())
                 .unwrap_or("vadp-agent")
                 .to_owned();
-            match journal::end_access(env, vm, &identity, entry.id).await {
+            match journal::end_access(env, vm, &identity, entry.id, false).await {
                 Ok(()) => {
                     tracing::info!(vm = %vm, "reconcile: EndAccess");
                     report.access_ended.push(vm.clone());

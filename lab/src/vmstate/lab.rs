@@ -672,16 +672,7 @@ impl Lab {
     /// when none is left (or the VM is gone).
     #[must_use]
     pub fn take_task_poll_failure(&self, vm: &VmMoref) -> bool {
-        self.take_knob(
-            vm,
-            |s| s.failing_task_polls > 0,
-            |s| {
-                let armed = s.failing_task_polls > 0;
-                s.failing_task_polls = s.failing_task_polls.saturating_sub(1);
-                armed
-            },
-        )
-        .unwrap_or(false)
+        self.take_count(vm, |s| s.failing_task_polls, |s| &mut s.failing_task_polls)
     }
 
     /// Makes the next `count` `EnableMethods` calls on `vm` fail with a `SystemError`, its
@@ -700,16 +691,11 @@ impl Lab {
     /// `false` when none is left (or the VM is gone).
     #[must_use]
     pub fn take_enable_methods_failure(&self, vm: &VmMoref) -> bool {
-        self.take_knob(
+        self.take_count(
             vm,
-            |s| s.failing_enable_methods > 0,
-            |s| {
-                let armed = s.failing_enable_methods > 0;
-                s.failing_enable_methods = s.failing_enable_methods.saturating_sub(1);
-                armed
-            },
+            |s| s.failing_enable_methods,
+            |s| &mut s.failing_enable_methods,
         )
-        .unwrap_or(false)
     }
 
     /// Makes the next `RemoveSnapshot_Task` of a snapshot of `vm` get lost before it runs,
@@ -785,6 +771,27 @@ impl Lab {
             return None;
         }
         self.update(vm, |state| Ok(take(state))).ok()
+    }
+
+    /// Takes one of the failures a counted knob of `vm` (read by `count`, counted down
+    /// through `count_mut`) arranged; `false` when none is left (or the VM is gone).
+    fn take_count(
+        &self,
+        vm: &VmMoref,
+        count: impl Fn(&VmState) -> u32,
+        count_mut: impl FnOnce(&mut VmState) -> &mut u32,
+    ) -> bool {
+        self.take_knob(
+            vm,
+            |s| count(s) > 0,
+            |s| {
+                let left = count_mut(s);
+                let armed = *left > 0;
+                *left = left.saturating_sub(1);
+                armed
+            },
+        )
+        .unwrap_or(false)
     }
 
     /// `ConsolidateVMDisks_Task`: clears `runtime.consolidationNeeded`.

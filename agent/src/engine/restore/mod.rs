@@ -969,7 +969,7 @@ async fn undo(env: &Environment, effects: &Mutex<Effects>, observer: &RestoreObs
     };
     if let Some((id, vm, identity)) = access
         && !shell_stays
-        && let Err(e) = journal::end_access(env, &vm, &identity, id).await
+        && let Err(e) = journal::end_access(env, &vm, &identity, id, false).await
     {
         tracing::error!(vm = %vm, error = %error_chain(&e), "restore clean-up: EndAccess failed; reconcile will retry");
     }
@@ -1667,7 +1667,7 @@ async fn restore_steps(
         lock_effects(effects).complete = true;
     }
     crash_point("restore-complete-journalled");
-    journal::end_access(env, &vm, &identity, access_id).await?;
+    journal::end_access(env, &vm, &identity, access_id, true).await?;
     lock_effects(effects).access = None;
     step(format!(
         "EndAccess on {vm}: restore complete, RelocateVM_Task enabled"
