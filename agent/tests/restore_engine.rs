@@ -539,21 +539,22 @@ mod tests {
         );
     }
 
-    /// Seed 001 §10.3–§10.5: the backup keeps the VirtualMachineGroup the VM names and the
-    /// VirtualMachineServices that select it (without what the server set); `show
-    /// --related` prints them for kubectl; `--recreate-related` creates after registration
-    /// those the namespace lacks and leaves the user's own alone. A Supervisor that cannot
-    /// be reached costs the backup only them, with a warning.
     /// §10.5 for a whole application: two VMs of one group behind one service, backed up
     /// together, restored with two `--point`s: both VMs first, then the group and the
     /// service once each, then both checked again, now members of their group and selected
-    /// by their service.
+    /// by their service. Before anything changes, every VM is planned and its chunks
+    /// checked: one VM refused, or one chunk missing, refuses both.
     #[test]
     fn a_restore_of_several_points_brings_the_application_back_in_the_guides_order() {
         let fx = Fixture::new();
         let s = &fx.site;
         for name in ["app-1", "app-2"] {
-            s.create_vm(name);
+            let vm = s.create_vm(name);
+            // Data of its own, so that app-2's first chunk is not app-1's too.
+            let disk = s.lab.vm(&vm).unwrap().disks[0].key;
+            let mut data = vec![0u8; 4096];
+            data[..name.len()].copy_from_slice(name.as_bytes());
+            s.lab.guest_write(&vm, disk, 0, &data).unwrap();
             let mut cr = s.sup().get("VirtualMachine", NS, name).unwrap();
             cr["spec"]["groupName"] = "app-group".into();
             s.sup().apply(cr).unwrap();
@@ -593,6 +594,33 @@ mod tests {
         let twice = fx.restore(&points[0], &["--point", &points[0]]);
         assert_eq!(twice.code, Some(1), "{}", twice.stdout);
         assert!(twice.stderr.contains("both restore VM"), "{}", twice.stderr);
+        // So is the application when one of its VMs would be refused (a new app-2, while
+        // an app-2 is in the namespace), or one of its points lacks a chunk: app-1, planned
+        // first and fine, is not restored either.
+        s.create_vm("app-2");
+        let refused = fx.restore(&points[0], &["--point", &points[1], "--mode", "new"]);
+        assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+        assert!(
+            refused
+                .stderr
+                .contains(&format!("point {} ({NS}/app-2)", points[1])),
+            "{}",
+            refused.stderr
+        );
+        assert!(s.sup().get("VirtualMachine", NS, "app-1").is_none());
+        s.sup().delete("VirtualMachine", NS, "app-2").unwrap();
+        let chunk = fx.first_chunk(&points[1], None);
+        let moved = chunk.with_extension("away");
+        std::fs::rename(&chunk, &moved).unwrap();
+        let unrestorable = fx.restore(&points[0], &["--point", &points[1]]);
+        assert_eq!(unrestorable.code, Some(1), "{}", unrestorable.stdout);
+        assert!(
+            unrestorable.stderr.contains(&points[1]),
+            "{}",
+            unrestorable.stderr
+        );
+        assert!(s.sup().get("VirtualMachine", NS, "app-1").is_none());
+        std::fs::rename(&moved, &chunk).unwrap();
         // A dry run plans both and lists what the points kept, once each.
         let dry = fx.restore(
             &points[0],
@@ -618,6 +646,29 @@ mod tests {
 
         let r = fx.restore(&points[0], &["--point", &points[1], "--recreate-related"]);
         assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        // §10.5's order: both VMs registered, then the group, then the service.
+        let steps: Vec<&str> = r
+            .events
+            .iter()
+            .filter(|e| e["event"] == "step")
+            .filter_map(|e| e["message"].as_str())
+            .collect();
+        let at = |prefix: &str| {
+            steps
+                .iter()
+                .position(|m| m.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no step {prefix}: {steps:?}"))
+        };
+        let registered: Vec<usize> = (0..steps.len())
+            .filter(|&i| steps[i].starts_with("registration complete"))
+            .collect();
+        assert_eq!(registered.len(), 2, "{steps:?}");
+        let group_at = at("created VirtualMachineGroup app-group");
+        assert!(registered[1] < group_at, "{steps:?}");
+        assert!(
+            group_at < at("created VirtualMachineService app-lb"),
+            "{steps:?}"
+        );
         let report = r.report();
         assert_eq!(
             kept(report),
@@ -658,6 +709,11 @@ mod tests {
         }
     }
 
+    /// Seed 001 §10.3–§10.5: the backup keeps the VirtualMachineGroup the VM names and the
+    /// VirtualMachineServices that select it (without what the server set); `show
+    /// --related` prints them for kubectl; `--recreate-related` creates after registration
+    /// those the namespace lacks and leaves the user's own alone. A Supervisor that cannot
+    /// be reached costs the backup only them, with a warning.
     #[test]
     fn the_points_group_and_services_come_back_with_recreate_related() {
         let fx = Fixture::new();

@@ -133,8 +133,8 @@ pub struct RestoreJobRequest {
     /// application, in the order of seed 001 §10.5: every VM (in the order given, `point`
     /// first), then with `recreate_related` the groups and services their points kept,
     /// then every VM's check. The job's result is then a group report (`vms`, `related`,
-    /// `problems`, `error`, `not_restored`). Not with `disks`. Default none (and then not
-    /// sent).
+    /// `problems`, `error`, `cancelled`, `not_restored`). Not with `disks` or mode
+    /// `disk-only`. Default none (and then not sent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub with_points: Vec<String>,
     /// Submitting again with the same key returns the job first created with it.

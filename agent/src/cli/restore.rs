@@ -143,11 +143,9 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
             [one] => restore::run_restore(&renv, one, observer, cancel)
                 .await
                 .map(|r| Done::One(Box::new(r))),
-            several => {
-                restore::run_group_restore(&renv, several, args.recreate_related, observer, cancel)
-                    .await
-                    .map(Done::Group)
-            }
+            several => restore::run_group_restore(&renv, several, observer, cancel)
+                .await
+                .map(Done::Group),
         };
         let _ = renv.vapi.logout().await;
         anyhow::Ok(r)

@@ -208,14 +208,6 @@ pub fn verify_result(report: &VerifyReport, repaired: Option<&RepairReport>) -> 
     }
 }
 
-/// Turns an API restore request into the engine's.
-///
-/// # Errors
-/// A message naming the bad field.
-pub fn restore_request(r: &RestoreJobRequest) -> Result<RestoreRequest, String> {
-    Ok(restore_requests(r)?.swap_remove(0))
-}
-
 /// Turns an API restore request into the engine's, one per point: `point`, then
 /// `with_points` (a group restore, seed 001 §10.5).
 ///
@@ -236,10 +228,13 @@ pub fn restore_requests(r: &RestoreJobRequest) -> Result<Vec<RestoreRequest>, St
         }
         points.push(p);
     }
-    if points.len() > 1 && !r.disks.is_empty() {
+    // Refused now rather than by the job (whose engine refuses it too).
+    if points.len() > 1
+        && (!r.disks.is_empty() || r.mode == plugin_api::types::RestoreMode::DiskOnly)
+    {
         return Err(
-            "with_points: a restore of several points restores whole VMs; give the disks of \
-             a disk-only restore with one point"
+            "with_points: a restore of several points restores whole VMs; a disk-only \
+             restore takes one point"
                 .into(),
         );
     }
@@ -434,17 +429,13 @@ impl BackupJobs {
     }
 
     async fn run_restore(&self, ctx: RunContext) -> Outcome {
-        let mut requests = match serde_json::from_value::<RestoreJobRequest>(ctx.request.clone())
+        let requests = match serde_json::from_value::<RestoreJobRequest>(ctx.request.clone())
             .map_err(|e| format!("stored request: {e}"))
             .and_then(|r| restore_requests(&r))
         {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
-        if requests.len() > 1 {
-            return self.run_group_restore(ctx, &requests).await;
-        }
-        let request = requests.swap_remove(0);
         let renv = match self.restore_env().await {
             Ok(r) => r,
             Err(e) => return failed(e),
@@ -455,75 +446,53 @@ impl BackupJobs {
                 sink.emit(v);
             }
         });
-        let result = restore::run_restore(&renv, &request, observer, ctx.cancel.clone()).await;
-        let _ = renv.vapi.logout().await;
-        match result {
-            Ok(report) => {
-                let problems = report
-                    .verification
-                    .as_ref()
-                    .map(|v| v.problems.clone())
-                    .unwrap_or_default();
-                Outcome {
-                    state: if problems.is_empty() {
-                        JobState::Succeeded
-                    } else {
-                        JobState::Failed
-                    },
-                    error: (!problems.is_empty())
-                        .then(|| format!("the Supervisor shows: {}", problems.join("; "))),
-                    result: serde_json::to_value(&report).ok(),
-                }
-            }
-            Err(RestoreError::Engine(BackupError::Cancelled)) => Outcome {
-                state: JobState::Cancelled,
-                error: Some("cancelled".into()),
-                result: None,
-            },
-            Err(e) => failed(engine::error_chain(&e)),
-        }
-    }
-
-    /// A restore of several points as one application (seed 001 §10.5): failed when a VM
-    /// was not restored, or one shows a problem, or a kept object asked for was not
-    /// created; the group report is the result either way.
-    async fn run_group_restore(&self, ctx: RunContext, requests: &[RestoreRequest]) -> Outcome {
-        let renv = match self.restore_env().await {
-            Ok(r) => r,
-            Err(e) => return failed(e),
+        let cancel = ctx.cancel.clone();
+        // One point; or several, as one application (seed 001 §10.5), whose group report
+        // is the result whatever the end.
+        let result = match requests.as_slice() {
+            [one] => restore::run_restore(&renv, one, observer, cancel)
+                .await
+                .map(|report| {
+                    let problems = report
+                        .verification
+                        .as_ref()
+                        .map(|v| v.problems.clone())
+                        .unwrap_or_default();
+                    (None, problems, false, serde_json::to_value(&report).ok())
+                }),
+            several => restore::run_group_restore(&renv, several, observer, cancel)
+                .await
+                .map(|report| {
+                    let problems = report
+                        .vms
+                        .iter()
+                        .flat_map(|r| r.verification.iter().flat_map(|v| v.problems.clone()))
+                        .chain(report.problems.iter().cloned())
+                        .collect();
+                    let stopped = report.error.as_ref().map(|e| format!("stopped: {e}"));
+                    (
+                        stopped,
+                        problems,
+                        report.cancelled,
+                        serde_json::to_value(&report).ok(),
+                    )
+                }),
         };
-        let sink = ctx.events.clone();
-        let observer: RestoreObserver = Arc::new(move |e: &RestoreEvent| {
-            if let Ok(v) = serde_json::to_value(e) {
-                sink.emit(v);
-            }
-        });
-        let recreate = requests.iter().any(|r| r.recreate_related);
-        let result =
-            restore::run_group_restore(&renv, requests, recreate, observer, ctx.cancel.clone())
-                .await;
         let _ = renv.vapi.logout().await;
         match result {
-            Ok(report) => {
-                let problems: Vec<String> = report
-                    .vms
-                    .iter()
-                    .flat_map(|r| r.verification.iter().flat_map(|v| v.problems.clone()))
-                    .chain(report.problems.iter().cloned())
-                    .collect();
-                let error = match (&report.error, problems.is_empty()) {
-                    (Some(e), _) => Some(format!("stopped: {e}")),
-                    (None, false) => Some(format!("the Supervisor shows: {}", problems.join("; "))),
-                    (None, true) => None,
-                };
+            Ok((stopped, problems, cancelled, result)) => {
+                let error = stopped.or_else(|| {
+                    (!problems.is_empty())
+                        .then(|| format!("the Supervisor shows: {}", problems.join("; ")))
+                });
                 Outcome {
-                    state: if error.is_none() {
-                        JobState::Succeeded
-                    } else {
-                        JobState::Failed
+                    state: match (&error, cancelled) {
+                        (_, true) => JobState::Cancelled,
+                        (None, false) => JobState::Succeeded,
+                        (Some(_), false) => JobState::Failed,
                     },
                     error,
-                    result: serde_json::to_value(&report).ok(),
+                    result,
                 }
             }
             Err(RestoreError::Engine(BackupError::Cancelled)) => Outcome {
@@ -614,7 +583,16 @@ impl BackupJobs {
 
 #[cfg(test)]
 mod tests {
-    use super::{restore_request, restore_requests};
+    use super::restore_requests;
+
+    /// The one engine request of a request without `with_points`.
+    fn restore_request(
+        r: &plugin_api::types::RestoreJobRequest,
+    ) -> Result<crate::engine::restore::RestoreRequest, String> {
+        let mut all = restore_requests(r)?;
+        assert_eq!(all.len(), 1);
+        Ok(all.swap_remove(0))
+    }
 
     /// `with_points` makes one engine request per point, `point` first, with the same
     /// options; a point twice, a malformed one, or disks with several points are refused.

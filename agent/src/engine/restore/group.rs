@@ -1,14 +1,19 @@
 //! A restore of several restore points as one application, in the order of seed 001 §10.5:
 //! every VM first (restored and registered one after the other, each as [`run_restore`]
-//! does it), then the VirtualMachineGroups and VirtualMachineServices their points kept
-//! (groups, then services, each once, when asked), then the check of every VM again, so
+//! does it), then, when asked, the VirtualMachineGroups and VirtualMachineServices their
+//! points kept (groups, then services, each once), then the check of every VM again, so
 //! that its group membership and the services that select it are read after they exist.
 //!
-//! - **Before anything changes** every point is planned: a refusal of any VM refuses the
-//!   whole restore, and every point is leased until the end (retention leaves them alone).
-//! - **A VM that fails** stops the restore there: the VMs restored before it stay (they are
-//!   registered and whole), the ones after it are not restored, and nothing is recreated;
-//!   the report says which is which.
+//! - **Before anything changes** what interrupted jobs left is reconciled, then every point
+//!   is planned (its prediction emitted) and its chunks checked (read, with
+//!   `verify_first`): a refusal or a missing chunk of any VM refuses the whole restore.
+//!   Every point is leased until the end (retention leaves them alone).
+//! - **Whole VMs only**: a disk-only restore (asked for, or predicted) is one VM's.
+//! - **A VM that fails**, or a cancel, stops the restore there: the VMs restored before it
+//!   stay (registered and whole), the ones after it are not restored, and nothing more is
+//!   created; the report says which is which.
+//! - **One copy of each object**: points that kept an object of the same namespace, kind
+//!   and name give the newest point's copy; copies that differ are said so.
 //! - **Power.** The VMs stay powered off, as registration leaves them (§8.1.4); a group
 //!   kept `PoweredOn` is created without it, and its note says how to set it back once the
 //!   VMs are checked (§10.5 phase 3).
@@ -23,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Plan};
 use super::{
-    RelatedObject, RestoreEnv, RestoreError, RestoreEvent, RestoreObserver, RestoreReport,
-    RestoreRequest, check_registered, create_related, not_created, restore_planned,
+    RelatedObject, RestoreEnv, RestoreError, RestoreEvent, RestoreMode, RestoreObserver,
+    RestoreReport, RestoreRequest, RestoreType, check_chunks, check_registered, create_related,
+    not_created, reconcile_first, restore_planned,
 };
 use crate::engine::{BackupError, blocking, error_chain};
 use crate::ids::RestorePointId;
@@ -35,7 +41,7 @@ use crate::vmservice::related::{GROUP_KIND, kind_of, name_of};
 pub struct GroupRelated {
     /// The namespace it belongs in (its VM's).
     pub namespace: String,
-    /// The point that kept it (the first, when several did).
+    /// The point whose copy is created (the newest of those that kept it).
     pub point: RestorePointId,
     /// The object and its outcome.
     #[serde(flatten)]
@@ -45,13 +51,17 @@ pub struct GroupRelated {
 /// The result of a group restore.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupRestoreReport {
-    /// The VMs restored, in the order asked (their predictions only, for a dry run); each
-    /// one's `verification` is the check made after every VM was registered and the
-    /// related objects created.
+    /// The VMs restored, in the order asked (their predictions only, for a dry run). Each
+    /// one's `related` is empty (the group's `related` says what was kept and done, once
+    /// per object), and after a recreation its `verification` is the check made once the
+    /// objects exist.
     pub vms: Vec<RestoreReport>,
-    /// Why the restore stopped: the point whose restore failed, and the error.
+    /// Why the restore stopped: the point whose restore failed, and the error; or the
+    /// cancel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The restore was cancelled (`error` says where).
+    pub cancelled: bool,
     /// The points not restored (the one that failed, and those after it).
     pub not_restored: Vec<RestorePointId>,
     /// Every VirtualMachineGroup and VirtualMachineService the points kept, once each.
@@ -77,123 +87,150 @@ impl GroupRestoreReport {
 }
 
 /// Restores `requests` (two or more points, one VM each) as one application (see the
-/// module doc). `recreate_related` asks for §10.5 phase 2; each request's own
-/// `recreate_related` is ignored.
+/// module doc); each request's `recreate_related` asks for §10.5 phase 2 (the CLI and the
+/// API set it alike on all).
 ///
 /// # Errors
-/// [`RestoreError::Refused`] (every VM's refusals) or [`RestoreError::Invalid`] before any
-/// change; cancellation. A VM's failure is not an error: it is in the report.
+/// Before any change: [`RestoreError::Refused`] (every VM's refusals),
+/// [`RestoreError::Unrestorable`], [`RestoreError::Invalid`]. A VM's failure, or a cancel
+/// after the first change, is not an error: it is in the report.
 pub async fn run_group_restore(
     renv: &RestoreEnv,
     requests: &[RestoreRequest],
-    recreate_related: bool,
     observer: RestoreObserver,
     cancel: CancellationToken,
 ) -> Result<GroupRestoreReport, RestoreError> {
     let started = Instant::now();
-    if requests.iter().any(|r| !r.disks.is_empty()) {
-        return Err(RestoreError::Invalid(
-            "a restore of several points restores whole VMs: give the disks of a disk-only \
-             restore with one point"
-                .into(),
-        ));
+    let env = &renv.env;
+    let dry_run = requests.iter().any(|r| r.dry_run);
+    let recreate = requests.iter().any(|r| r.recreate_related);
+    if requests
+        .iter()
+        .any(|r| !r.disks.is_empty() || r.mode == RestoreMode::DiskOnly)
+    {
+        return Err(whole_vms_only());
     }
     // Every point leased until the end: the point each VM is planned from is the one it is
     // restored from, also for the last VM, hours later.
     let mut leases = Vec::new();
+    let mut created_at = Vec::new();
     for r in requests {
-        let (repo, point) = (Arc::clone(&renv.env.repo), r.point);
-        leases.push(
-            blocking(move || repo.lease_point(point))
-                .await?
-                .map_err(BackupError::Repo)?,
-        );
+        let (repo, point) = (Arc::clone(&env.repo), r.point);
+        let (lease, record) = blocking(move || {
+            let lease = repo.lease_point(point)?;
+            Ok::<_, crate::repo::RepoError>((lease, repo.catalog().get_point(point)?))
+        })
+        .await?
+        .map_err(BackupError::Repo)?;
+        leases.push(lease);
+        created_at.push(record.map_or(0, |p| p.created_at));
     }
-    // Pre-flight of every VM before any change.
+    if !dry_run {
+        reconcile_first(env, &observer).await;
+    }
+    // Pre-flight of every VM before any change: its prediction, then its chunks.
     let mut refusals = Vec::new();
-    let mut targets: Vec<(String, RestorePointId)> = Vec::new();
+    let mut preflight: Vec<(String, RestorePointId, Plan)> = Vec::new();
     for r in requests {
         let plan = plan::plan(renv, r).await?;
+        observer(&RestoreEvent::Predicted {
+            prediction: plan.prediction.clone(),
+        });
         let target = format!("{}/{}", plan.namespace, plan.name);
-        if let Some((_, other)) = targets.iter().find(|(t, _)| *t == target) {
+        if let Some((_, other, _)) = preflight.iter().find(|(t, _, _)| *t == target) {
             return Err(RestoreError::Invalid(format!(
                 "points {other} and {} both restore VM {target}: give one point per VM",
                 r.point
             )));
         }
+        if plan.prediction.refusals.is_empty()
+            && plan.prediction.restore_type == RestoreType::DiskOnly
+        {
+            return Err(whole_vms_only());
+        }
         refusals.extend(plan.prediction.refusals.iter().cloned().map(|mut f| {
             f.reason = format!("point {} ({target}): {}", r.point, f.reason);
             f
         }));
-        targets.push((target, r.point));
+        preflight.push((target, r.point, plan));
     }
     if !refusals.is_empty() {
         return Err(RestoreError::Refused { refusals });
+    }
+    for (r, (_, _, plan)) in requests.iter().zip(&preflight) {
+        check_chunks(env, plan, r, &observer).await?;
     }
     let step = |message: String| observer(&RestoreEvent::Step { message });
     let mut report = GroupRestoreReport {
         vms: Vec::new(),
         error: None,
+        cancelled: false,
         not_restored: Vec::new(),
         related: Vec::new(),
         problems: Vec::new(),
         seconds: 0.0,
     };
-    // Phase 1: every VM, restored and registered.
+    // Phase 1: every VM, restored and registered. Its prediction was emitted above, with
+    // the recreation the group will do; the VM's own (which leaves that to the group) is
+    // not emitted again.
+    let quiet: RestoreObserver = {
+        let observer = Arc::clone(&observer);
+        Arc::new(move |e: &RestoreEvent| {
+            if !matches!(e, RestoreEvent::Predicted { .. }) {
+                observer(e);
+            }
+        })
+    };
     let mut plans: Vec<Plan> = Vec::new();
     for (i, r) in requests.iter().enumerate() {
+        let target = &preflight[i].0;
+        let stop = |report: &mut GroupRestoreReport, error: String| {
+            report.error = Some(error);
+            report.not_restored = requests[i..].iter().map(|r| r.point).collect();
+        };
         if cancel.is_cancelled() {
-            return Err(RestoreError::Engine(BackupError::Cancelled));
+            report.cancelled = true;
+            stop(
+                &mut report,
+                format!("cancelled before {target} was restored"),
+            );
+            break;
         }
         step(format!(
-            "VM {} of {}: {} from point {}",
+            "VM {} of {}: {target} from point {}",
             i + 1,
             requests.len(),
-            targets[i].0,
             r.point
         ));
         let one = RestoreRequest {
             recreate_related: false,
             ..r.clone()
         };
-        match restore_planned(renv, &one, Arc::clone(&observer), cancel.clone()).await {
+        match restore_planned(renv, &one, Arc::clone(&quiet), cancel.clone()).await {
             Ok((mut vm, plan)) => {
-                // The group's own list says what was kept and done, once per object.
                 vm.related.clear();
+                vm.prediction = preflight[i].2.prediction.clone();
                 report.vms.push(vm);
                 plans.push(plan);
             }
             Err(RestoreError::Engine(BackupError::Cancelled)) => {
-                return Err(RestoreError::Engine(BackupError::Cancelled));
+                report.cancelled = true;
+                stop(
+                    &mut report,
+                    format!("cancelled while {target} was restored (it was undone)"),
+                );
+                break;
             }
             Err(e) => {
-                report.error = Some(format!(
-                    "point {} ({}): {}",
-                    r.point,
-                    targets[i].0,
-                    error_chain(&e)
-                ));
-                report.not_restored = requests[i..].iter().map(|r| r.point).collect();
+                stop(
+                    &mut report,
+                    format!("point {} ({target}): {}", r.point, error_chain(&e)),
+                );
                 break;
             }
         }
     }
-    // Every kept object once, in the namespace of the VM whose point kept it: groups first.
-    let mut kept: Vec<(String, RestorePointId, serde_json::Value)> = Vec::new();
-    for (plan, vm) in plans.iter().zip(&report.vms) {
-        for obj in &plan.related {
-            let seen = kept.iter().any(|(ns, _, o)| {
-                *ns == plan.namespace && kind_of(o) == kind_of(obj) && name_of(o) == name_of(obj)
-            });
-            if !seen {
-                kept.push((plan.namespace.clone(), vm.point, obj.clone()));
-            }
-        }
-    }
-    kept.sort_by(|(a_ns, _, a), (b_ns, _, b)| {
-        let rank = |o: &serde_json::Value| u8::from(kind_of(o) != Some(GROUP_KIND));
-        (rank(a), a_ns, name_of(a)).cmp(&(rank(b), b_ns, name_of(b)))
-    });
+    let kept = kept_once(&plans, &report.vms, &created_at, requests, &step);
     report.related = kept
         .iter()
         .map(|(ns, point, obj)| GroupRelated {
@@ -202,11 +239,11 @@ pub async fn run_group_restore(
             object: RelatedObject::kept(obj),
         })
         .collect();
-    let dry_run = requests.first().is_some_and(|r| r.dry_run);
-    if dry_run || report.error.is_some() || !recreate_related {
-        if report.error.is_some() && recreate_related && !kept.is_empty() {
-            step("a VM was not restored: its group and services are not recreated".into());
+    if dry_run || report.error.is_some() || !recreate {
+        if report.error.is_some() && recreate && !kept.is_empty() {
+            step("not every VM was restored: their groups and services are not recreated".into());
         }
+        drop(leases);
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -215,11 +252,24 @@ pub async fn run_group_restore(
         "all {} VMs are registered: recreating what their points kept (§10.5 phase 2)",
         report.vms.len()
     ));
-    for (i, (ns, _, obj)) in kept.iter().enumerate() {
-        let mut entry = [report.related[i].object.clone()];
-        create_related(renv, ns, std::slice::from_ref(obj), &mut entry, &step).await;
-        let [entry] = entry;
-        report.related[i].object = entry;
+    for (entry, (ns, _, obj)) in report.related.iter_mut().zip(&kept) {
+        if cancel.is_cancelled() {
+            report.cancelled = true;
+            report.error = Some(format!(
+                "cancelled while the groups and services were recreated: {} {} and those \
+                 after it were not",
+                entry.object.kind, entry.object.name
+            ));
+            break;
+        }
+        create_related(
+            renv,
+            ns,
+            std::slice::from_ref(obj),
+            std::slice::from_mut(&mut entry.object),
+            &step,
+        )
+        .await;
     }
     for r in &report.related {
         report.problems.extend(not_created(
@@ -230,14 +280,75 @@ pub async fn run_group_restore(
         ));
     }
     // Phase 3: every VM checked again, now that its group and services exist.
-    for (plan, vm) in plans.iter().zip(report.vms.iter_mut()) {
-        step(format!(
-            "checking {} again with its group and services",
-            vm.vm_name
-        ));
-        vm.verification = Some(check_registered(renv, plan, vm).await);
+    if !report.cancelled {
+        for (plan, vm) in plans.iter().zip(report.vms.iter_mut()) {
+            step(format!(
+                "checking {} again with its group and services",
+                vm.vm_name
+            ));
+            vm.verification = Some(check_registered(renv, plan, vm).await);
+        }
     }
     drop(leases);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The refusal of a disk-only restore with several points.
+fn whole_vms_only() -> RestoreError {
+    RestoreError::Invalid(
+        "a restore of several points restores whole VMs: a disk-only restore (--disk, \
+         --mode disk-only, or predicted) takes one point"
+            .into(),
+    )
+}
+
+/// Every object the restored VMs' points kept, once per namespace, kind and name (the copy
+/// of the newest point, by `created_at`; differing copies said so through `step`), groups
+/// first, then services, each by namespace and name.
+fn kept_once(
+    plans: &[Plan],
+    vms: &[RestoreReport],
+    created_at: &[i64],
+    requests: &[RestoreRequest],
+    step: &dyn Fn(String),
+) -> Vec<(String, RestorePointId, serde_json::Value)> {
+    let when = |p: RestorePointId| {
+        requests
+            .iter()
+            .position(|r| r.point == p)
+            .map_or(0, |i| created_at[i])
+    };
+    let mut kept: Vec<(String, RestorePointId, serde_json::Value)> = Vec::new();
+    for (plan, vm) in plans.iter().zip(vms) {
+        for obj in &plan.related {
+            let same = |(ns, _, o): &(String, RestorePointId, serde_json::Value)| {
+                *ns == plan.namespace && kind_of(o) == kind_of(obj) && name_of(o) == name_of(obj)
+            };
+            match kept.iter_mut().find(|k| same(k)) {
+                None => kept.push((plan.namespace.clone(), vm.point, obj.clone())),
+                Some(k) => {
+                    if k.2 != *obj {
+                        let newer = when(vm.point) > when(k.1);
+                        step(format!(
+                            "points {} and {} kept different copies of {}: the newer, of point \
+                             {}, is the one recreated",
+                            k.1,
+                            vm.point,
+                            crate::vmservice::related::describe(obj),
+                            if newer { vm.point } else { k.1 }
+                        ));
+                        if newer {
+                            *k = (plan.namespace.clone(), vm.point, obj.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    kept.sort_by(|(a_ns, _, a), (b_ns, _, b)| {
+        let rank = |o: &serde_json::Value| u8::from(kind_of(o) != Some(GROUP_KIND));
+        (rank(a), a_ns, name_of(a)).cmp(&(rank(b), b_ns, name_of(b)))
+    });
+    kept
 }

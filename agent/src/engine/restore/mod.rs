@@ -663,30 +663,7 @@ async fn restore_planned(
     // sees the VM as it is and PrepareForAccess is not refused for an old job's identity.
     // A dry run changes nothing, this included.
     if !request.dry_run {
-        match super::reconcile(env, &[], false).await {
-            Ok(r) => {
-                let did = r.snapshots_removed.len()
-                    + r.access_ended.len()
-                    + r.half_created_vms.len()
-                    + r.jobs_interrupted.len();
-                if did > 0 || !r.errors.is_empty() {
-                    observer(&RestoreEvent::Step {
-                        message: format!(
-                            "reconciled interrupted jobs first: {} snapshots removed, access ended on {} VMs, {} unfinished restores cleaned up{}",
-                            r.snapshots_removed.len(),
-                            r.access_ended.len(),
-                            r.half_created_vms.len(),
-                            if r.errors.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; not undone: {}", r.errors.join("; "))
-                            }
-                        ),
-                    });
-                }
-            }
-            Err(e) => tracing::warn!(error = %error_chain(&e), "reconcile at start failed"),
-        }
+        reconcile_first(env, &observer).await;
     }
     let plan = plan::plan(renv, request).await?;
     observer(&RestoreEvent::Predicted {
@@ -713,26 +690,7 @@ async fn restore_planned(
             refusals: plan.prediction.refusals.clone(),
         });
     }
-    // A missing chunk found part-way would leave an in-place restore's disks half
-    // overwritten (and a new VM half written): look before touching anything.
-    let (repo, point) = (Arc::clone(&env.repo), request.point);
-    let keys: Vec<DiskKey> = plan.disks.iter().map(|d| d.key).collect();
-    let read = request.verify_first;
-    if read {
-        observer(&RestoreEvent::Step {
-            message: format!("verifying the chunks of point {point} before changing anything"),
-        });
-    }
-    let problems = blocking(move || repo.check_restorable(point, &keys, read))
-        .await?
-        .map_err(BackupError::Repo)?;
-    if let Some(first) = problems.first() {
-        return Err(RestoreError::Unrestorable {
-            point: request.point,
-            count: problems.len(),
-            first: first.describe(),
-        });
-    }
+    check_chunks(env, &plan, request, &observer).await?;
     if request.dry_run {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok((report, plan));
@@ -802,6 +760,65 @@ async fn restore_planned(
     outcome?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok((report, plan))
+}
+
+/// A missing chunk found part-way would leave an in-place restore's disks half overwritten
+/// (and a new VM half written): the point's chunks are looked at (read and checked with
+/// `verify_first`) before anything is touched.
+async fn check_chunks(
+    env: &Environment,
+    plan: &Plan,
+    request: &RestoreRequest,
+    observer: &RestoreObserver,
+) -> Result<(), RestoreError> {
+    let (repo, point) = (Arc::clone(&env.repo), request.point);
+    let keys: Vec<DiskKey> = plan.disks.iter().map(|d| d.key).collect();
+    let read = request.verify_first;
+    if read {
+        observer(&RestoreEvent::Step {
+            message: format!("verifying the chunks of point {point} before changing anything"),
+        });
+    }
+    let problems = blocking(move || repo.check_restorable(point, &keys, read))
+        .await?
+        .map_err(BackupError::Repo)?;
+    match problems.first() {
+        Some(first) => Err(RestoreError::Unrestorable {
+            point: request.point,
+            count: problems.len(),
+            first: first.describe(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Undoes what interrupted jobs left before a restore plans (see [`run_restore`]),
+/// saying what it did.
+async fn reconcile_first(env: &Environment, observer: &RestoreObserver) {
+    match super::reconcile(env, &[], false).await {
+        Ok(r) => {
+            let did = r.snapshots_removed.len()
+                + r.access_ended.len()
+                + r.half_created_vms.len()
+                + r.jobs_interrupted.len();
+            if did > 0 || !r.errors.is_empty() {
+                observer(&RestoreEvent::Step {
+                    message: format!(
+                        "reconciled interrupted jobs first: {} snapshots removed, access ended on {} VMs, {} unfinished restores cleaned up{}",
+                        r.snapshots_removed.len(),
+                        r.access_ended.len(),
+                        r.half_created_vms.len(),
+                        if r.errors.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; not undone: {}", r.errors.join("; "))
+                        }
+                    ),
+                });
+            }
+        }
+        Err(e) => tracing::warn!(error = %error_chain(&e), "reconcile at start failed"),
+    }
 }
 
 /// The lock of the VM a restore in place, or disk-only, works on: not backed up or
