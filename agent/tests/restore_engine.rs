@@ -562,11 +562,21 @@ mod tests {
         let group = json!({
             "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
             "metadata": {"name": "app-group", "namespace": NS},
-            "spec": {"powerState": "PoweredOn", "bootOrder": [
+            "spec": {"powerState": "PoweredOn", "groupName": "site-group", "bootOrder": [
                 {"members": [{"name": "app-1"}]}, {"members": [{"name": "app-2"}]}
             ]}
         });
         s.sup().apply(group).unwrap();
+        // The group belongs to a group of its own (vm-operator's hierarchical groups).
+        s.sup()
+            .apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
+                "metadata": {"name": "site-group", "namespace": NS},
+                "spec": {"bootOrder": [
+                    {"members": [{"name": "app-group", "kind": "VirtualMachineGroup"}]}
+                ]}
+            }))
+            .unwrap();
         s.sup()
             .apply(json!({
                 "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
@@ -586,6 +596,7 @@ mod tests {
             ("VirtualMachine", "app-1"),
             ("VirtualMachine", "app-2"),
             ("VirtualMachineGroup", "app-group"),
+            ("VirtualMachineGroup", "site-group"),
             ("VirtualMachineService", "app-lb"),
         ] {
             s.sup().delete(kind, NS, name).unwrap();
@@ -639,6 +650,7 @@ mod tests {
             kept(dry.report()),
             [
                 r#""VirtualMachineGroup" "app-group" "kept""#,
+                r#""VirtualMachineGroup" "site-group" "kept""#,
                 r#""VirtualMachineService" "app-lb" "kept""#
             ]
         );
@@ -674,6 +686,7 @@ mod tests {
             kept(report),
             [
                 r#""VirtualMachineGroup" "app-group" "created""#,
+                r#""VirtualMachineGroup" "site-group" "created""#,
                 r#""VirtualMachineService" "app-lb" "created""#
             ]
         );
@@ -685,6 +698,12 @@ mod tests {
         // The group was created without the power state that would power the VMs on.
         let created = s.sup().get("VirtualMachineGroup", NS, "app-group").unwrap();
         assert!(created["spec"].get("powerState").is_none(), "{created}");
+        assert_eq!(created["spec"]["groupName"], "site-group");
+        assert!(
+            s.sup()
+                .get("VirtualMachineGroup", NS, "site-group")
+                .is_some()
+        );
         // Each VM checked after its group and service were there.
         for (i, name) in ["app-1", "app-2"].into_iter().enumerate() {
             let vm = &report["vms"][i];

@@ -1841,10 +1841,11 @@ async fn related_objects(
         }
     }
     if let Some(g) = group {
-        match kept
-            .iter()
-            .find(|o| vmservice::related::kind_of(o) == Some(GROUP_KIND))
-        {
+        // The VM's own group (the groups it belongs to in turn are kept beside it).
+        match kept.iter().find(|o| {
+            vmservice::related::kind_of(o) == Some(GROUP_KIND)
+                && vmservice::related::name_of(o) == Some(g)
+        }) {
             None => warn(format!(
                 "spec.groupName names VirtualMachineGroup {g}, which is not in namespace {ns}: \
                  not kept (seed 001 §10.4)"

@@ -74,24 +74,37 @@ pub fn selects(s: &Value, labels: &Value) -> bool {
             .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
 }
 
+/// How many groups up a VM's group [`pick`] follows `spec.groupName` (vm-operator's
+/// hierarchical groups; its documentation advises 2–3 levels).
+const GROUP_DEPTH: usize = 8;
+
 /// The objects among `groups` and `services` (a namespace's, as the API lists them at
 /// `api_version`, `vmoperator.vmware.com/v1alpha3` say) that belong with the
-/// VirtualMachine `vm` (its VM YAML): the group its `spec.groupName` names and the
-/// services that select its labels, each [`for_apply`], in [`apply_order`].
+/// VirtualMachine `vm` (its VM YAML): the group its `spec.groupName` names, the groups
+/// that group belongs to in turn (a group's own `spec.groupName`, up to [`GROUP_DEPTH`]
+/// levels), and the services that select its labels, each [`for_apply`], in
+/// [`apply_order`].
 #[must_use]
 pub fn pick(vm: &Value, groups: &[Value], services: &[Value], api_version: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    if let Some(group) = vm
-        .pointer("/spec/groupName")
-        .and_then(Value::as_str)
-        .filter(|g| !g.is_empty())
-    {
-        out.extend(
-            groups
-                .iter()
-                .filter(|g| name_of(g) == Some(group))
-                .map(|g| for_apply(g, GROUP_KIND, api_version)),
-        );
+    let group_name = |o: &Value| {
+        o.pointer("/spec/groupName")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+    };
+    let mut next = group_name(vm);
+    let mut seen: Vec<String> = Vec::new();
+    while let Some(name) = next.take() {
+        if seen.contains(&name) || seen.len() == GROUP_DEPTH {
+            break;
+        }
+        let Some(group) = groups.iter().find(|g| name_of(g) == Some(name.as_str())) else {
+            break;
+        };
+        out.push(for_apply(group, GROUP_KIND, api_version));
+        next = group_name(group);
+        seen.push(name);
     }
     let labels = vm.pointer("/metadata/labels").cloned().unwrap_or_default();
     out.extend(
@@ -332,6 +345,24 @@ mod tests {
             })
         );
         assert!(kept[2].get("status").is_none());
+        // The groups its group belongs to come along (vm-operator's hierarchical groups),
+        // a loop among them once each.
+        let nested = [
+            json!({"metadata": {"name": "web-group"}, "spec": {"groupName": "app"}}),
+            json!({"metadata": {"name": "app"}, "spec": {"groupName": "site"}}),
+            json!({"metadata": {"name": "site"}, "spec": {"groupName": "app"}}),
+            json!({"metadata": {"name": "unrelated"}, "spec": {}}),
+        ];
+        let kept = pick(&vm, &nested, &[], "vmoperator.vmware.com/v1alpha5");
+        let names: Vec<String> = kept.iter().map(super::describe).collect();
+        assert_eq!(
+            names,
+            [
+                "VirtualMachineGroup app",
+                "VirtualMachineGroup site",
+                "VirtualMachineGroup web-group"
+            ]
+        );
         // A VM without a group keeps only its services; one no service selects, nothing.
         let lone = json!({"metadata": {"labels": {"app": "none"}}, "spec": {}});
         assert!(pick(&lone, &groups, &services, "vmoperator.vmware.com/v1alpha3").is_empty());
