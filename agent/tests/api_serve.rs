@@ -1168,6 +1168,16 @@ concurrent_jobs = 2
             "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
         }))
         .unwrap();
+        // Another VM of the application, behind the same service.
+        sup.apply(serde_json::json!({
+            "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachine",
+            "metadata": {"name": "web-2", "namespace": "ns1", "labels": {"app": "web"}},
+            "spec": {
+                "className": "best-effort-small", "powerState": "PoweredOff",
+                "advanced": {"bootDiskCapacity": "4Mi"}
+            }
+        }))
+        .unwrap();
         let cr = sup.get("VirtualMachine", "ns1", "web-1").unwrap();
         let vm = lab::vmstate::VmMoref(cr["status"]["uniqueID"].as_str().unwrap().to_owned());
         for d in lab.vm(&vm).unwrap().disks {
@@ -1185,6 +1195,7 @@ concurrent_jobs = 2
         rt.block_on(async {
             let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
             let point = backup_point(&client, "ns1/web-1", true).await;
+            let point2 = backup_point(&client, "ns1/web-2", true).await;
             // What the point kept besides its disks, for kubectl.
             let related = client.point_related(&point).await.unwrap();
             assert_eq!((related.api_version.as_str(), related.kind.as_str()), ("v1", "List"));
@@ -1238,6 +1249,45 @@ concurrent_jobs = 2
                 result["related"],
                 serde_json::json!([{"kind": "VirtualMachineService", "name": "web-lb", "outcome": "created"}])
             );
+
+            // Both VMs as one application (seed 001 §10.5), planned only: one job, a group
+            // report, the service both points kept listed once. (web-2 gone, as web-1 was.)
+            sup.delete("VirtualMachine", "ns1", "web-2").unwrap();
+            let job = client
+                .restore(&RestoreJobRequest {
+                    point: point.clone(),
+                    namespace: None,
+                    mode: plugin_api::types::RestoreMode::Auto,
+                    disks: vec![],
+                    subnet_map: vec![],
+                    datastore: None,
+                    dry_run: true,
+                    verify_first: false,
+                    auto_registration_wait_secs: None,
+                    recreate_related: true,
+                    with_points: vec![point2.clone()],
+                    idempotency_key: None,
+                    priority: 0,
+                })
+                .await
+                .unwrap();
+            let (names, ended) = follow(&client, &job.id).await;
+            assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
+            assert_eq!(names.iter().filter(|n| *n == "predicted").count(), 2, "{names:?}");
+            let result = ended.result.unwrap();
+            let vms: Vec<&str> = result["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["vm_name"].as_str().unwrap())
+                .collect();
+            assert_eq!(vms, ["ns1/web-1", "ns1/web-2"]);
+            assert_eq!(
+                result["related"],
+                serde_json::json!([{"namespace": "ns1", "point": point, "kind": "VirtualMachineService",
+                                    "name": "web-lb", "outcome": "kept"}])
+            );
+            assert_eq!(result["not_restored"], serde_json::json!([]));
         });
         assert_eq!(
             sup.get("VirtualMachineService", "ns1", "web-lb").unwrap()["spec"]["selector"],
