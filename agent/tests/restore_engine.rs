@@ -1816,6 +1816,29 @@ mod tests {
         assert_eq!(fx.open_journal(), 0);
     }
 
+    /// A restore writes its disks within the limits a backup reads them by: one at a
+    /// time with `--disks-per-job 1`, each disk started once the one before has finished.
+    #[test]
+    fn a_restore_writes_no_more_disks_at_once_than_its_limit() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("limited-1");
+        let p1 = fx.backup("limited-1");
+        s.sup().delete("VirtualMachine", NS, "limited-1").unwrap();
+        let r = fx.restore(&p1, &["--disks-per-job", "1"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let disk_events: Vec<&str> = r
+            .events
+            .iter()
+            .filter_map(|e| e["event"].as_str())
+            .filter(|e| matches!(*e, "disk_started" | "disk_finished"))
+            .collect();
+        assert!(disk_events.len() >= 4, "{disk_events:?}");
+        for pair in disk_events.chunks(2) {
+            assert_eq!(pair, ["disk_started", "disk_finished"], "{disk_events:?}");
+        }
+    }
+
     /// The EndAccess that ends a restore whose data is all written is tried again when
     /// vCenter fails it: two failures in a row no longer fail the restore (and leave the VM
     /// unregistered), the VM is registered and RelocateVM_Task enabled again.

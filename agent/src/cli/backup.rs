@@ -61,6 +61,32 @@ pub struct ConnectionArgs {
     pub transports: String,
 }
 
+/// How many disks a job reads (a backup) or writes (a restore) at once.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Disks read or written at once in this job.
+    #[arg(long, default_value_t = Limits::default().disks_per_job)]
+    pub disks_per_job: usize,
+    /// Disks read or written at once on one ESXi host.
+    #[arg(long, default_value_t = Limits::default().disks_per_host)]
+    pub disks_per_host: usize,
+    /// Disks read or written at once on one datastore.
+    #[arg(long, default_value_t = Limits::default().disks_per_datastore)]
+    pub disks_per_datastore: usize,
+}
+
+impl LimitArgs {
+    /// The engine's limits.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        Limits {
+            disks_per_job: self.disks_per_job,
+            disks_per_host: self.disks_per_host,
+            disks_per_datastore: self.disks_per_datastore,
+        }
+    }
+}
+
 /// `vadp-agent backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
@@ -85,15 +111,9 @@ pub struct BackupArgs {
     /// Do not bracket the backup with PrepareForAccess/EndAccess.
     #[arg(long)]
     pub no_prepare_access: bool,
-    /// Disks read at once in this job.
-    #[arg(long, default_value_t = Limits::default().disks_per_job)]
-    pub disks_per_job: usize,
-    /// Disks read at once on one ESXi host.
-    #[arg(long, default_value_t = Limits::default().disks_per_host)]
-    pub disks_per_host: usize,
-    /// Disks read at once from one datastore.
-    #[arg(long, default_value_t = Limits::default().disks_per_datastore)]
-    pub disks_per_datastore: usize,
+    /// How many disks are read at once.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Do not read the VM Service VMs' VirtualMachineGroup and VirtualMachineServices
     /// from the Supervisor (by default they are kept with each point, seed 001 §10.3–§10.4).
     #[arg(long)]
@@ -345,11 +365,7 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
         force_full: args.full,
         require_vmservice: args.require_vmservice,
         prepare_access: !args.no_prepare_access,
-        limits: Limits {
-            disks_per_job: args.disks_per_job,
-            disks_per_host: args.disks_per_host,
-            disks_per_datastore: args.disks_per_datastore,
-        },
+        limits: args.limits.limits(),
         places: None,
         // Ad hoc: refused at once, naming the job that holds the VM.
         busy_vm_wait: std::time::Duration::ZERO,

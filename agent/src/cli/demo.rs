@@ -384,6 +384,8 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
             verify_first: true,
             auto_registration_wait: restore::AUTO_REGISTRATION_WAIT,
             recreate_related: true,
+            limits: engine::Limits::default(),
+            places: None,
         };
         let r = restore::run_restore(&renv, &request, observer, CancellationToken::new()).await;
         let _ = renv.vapi.logout().await;

@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use super::backup::{ConnectionArgs, SupervisorArgs, environment, password, tls_of};
+use super::backup::{ConnectionArgs, LimitArgs, SupervisorArgs, environment, password, tls_of};
 use super::progress::DiskBars;
 use crate::engine::restore::{
     self, GroupRestoreReport, Prediction, RestoreEnv, RestoreEvent, RestoreMode, RestoreObserver,
@@ -67,6 +67,9 @@ pub struct RestoreArgs {
     /// is left as it is.
     #[arg(long)]
     pub recreate_related: bool,
+    /// How many disks are written at once.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// The Supervisor.
     #[command(flatten)]
     pub supervisor: SupervisorArgs,
@@ -118,6 +121,8 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
             verify_first: args.verify_first,
             auto_registration_wait: std::time::Duration::from_secs(args.auto_registration_wait),
             recreate_related: args.recreate_related,
+            limits: args.limits.limits(),
+            places: None,
         })
         .collect();
     let observer = observer(json);

@@ -259,6 +259,8 @@ pub fn restore_requests(r: &RestoreJobRequest) -> Result<Vec<RestoreRequest>, St
                 std::time::Duration::from_secs,
             ),
             recreate_related: r.recreate_related,
+            limits: engine::Limits::default(),
+            places: None,
         })
         .collect())
 }
@@ -429,13 +431,19 @@ impl BackupJobs {
     }
 
     async fn run_restore(&self, ctx: RunContext) -> Outcome {
-        let requests = match serde_json::from_value::<RestoreJobRequest>(ctx.request.clone())
+        let mut requests = match serde_json::from_value::<RestoreJobRequest>(ctx.request.clone())
             .map_err(|e| format!("stored request: {e}"))
             .and_then(|r| restore_requests(&r))
         {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
+        // The daemon's limits, the per-host and per-datastore ones shared with its other
+        // jobs (a restore's writes count as a backup's reads do).
+        for r in &mut requests {
+            r.limits = self.config.limits.engine();
+            r.places = Some(Arc::clone(&self.places));
+        }
         let renv = match self.restore_env().await {
             Ok(r) => r,
             Err(e) => return failed(e),

@@ -1,6 +1,8 @@
 //! The data: every disk written through VDDK (read-write connection), each on its own
 //! named thread (`restore/<vm>/<key>`) that opens the disk and runs the repository's
-//! restore pipeline into a [`VddkSink`].
+//! restore pipeline into a [`VddkSink`]; at most as many at once as the request's
+//! [`Limits`](crate::engine::Limits) let (per job, per ESXi host, per datastore, the last
+//! two shared with the daemon's other jobs).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,21 +10,31 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{RestoreError, RestoreEvent, RestoreObserver, RestoredDisk, VddkSink};
+use crate::engine::limits::Gate;
 use crate::engine::{BackupError, Environment, blocking};
 use crate::ids::RestorePointId;
 use crate::repo::catalog::DiskRecord;
 use crate::vddk::OpenFlags;
-use crate::vsphere::VmMoref;
+use crate::vsphere::{DatastorePath, VmMoref};
 
-/// Writes every target disk in parallel, each on its own thread.
+/// Writes every target disk in parallel, each on its own thread, within `gate`'s limits.
 pub(super) async fn write_disks(
     env: &Environment,
     vm: &VmMoref,
     point: RestorePointId,
     targets: Vec<(DiskRecord, String, bool)>,
+    gate: &Gate,
     observer: &RestoreObserver,
     cancel: &CancellationToken,
 ) -> Result<Vec<RestoredDisk>, RestoreError> {
+    // The host the VM is on, for its limit (none when it cannot be read: the job's and
+    // the datastores' limits still hold).
+    let host = env
+        .soap
+        .vm_info(vm)
+        .await
+        .ok()
+        .and_then(|i| i.host.map(|h| h.value));
     let connection = {
         let vddk = env.vddk.clone();
         let spec = env.vddk_target.spec(vm, None, false);
@@ -36,6 +48,17 @@ pub(super) async fn write_disks(
     let mut handles = Vec::new();
     let mut first_error = None;
     for (disk, file, fresh) in targets {
+        // Only the datastore of the `[datastore] path` is read: no datacenter needed.
+        let datastore = DatastorePath::parse("", &file).ok().map(|p| p.datastore);
+        // Held by the disk's thread until it ends.
+        let permits = tokio::select! {
+            p = gate.enter(host.as_deref(), datastore.as_deref()) => p,
+            () = cancel.cancelled() => {
+                // The disks already started stop at their next write first.
+                first_error = Some(RestoreError::Engine(BackupError::Cancelled));
+                break;
+            }
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_name = format!("restore/{vm}/{}", disk.key);
         let connection = connection.clone();
@@ -46,6 +69,7 @@ pub(super) async fn write_disks(
         let spawned = std::thread::Builder::new()
             .name(thread_name.clone())
             .spawn(move || {
+                let _permits = permits;
                 let started = Instant::now();
                 let r = (|| {
                     let handle = connection.open(&file, OpenFlags::NONE).map_err(|source| {

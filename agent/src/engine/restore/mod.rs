@@ -111,6 +111,11 @@ pub struct RestoreRequest {
     /// After registration, create the VirtualMachineGroup and VirtualMachineServices the
     /// point kept where the namespace has none of that name (§10.5 phase 2).
     pub recreate_related: bool,
+    /// Disks written at once (per job, per ESXi host, per datastore).
+    pub limits: super::Limits,
+    /// The per-host and per-datastore semaphores shared with the jobs that run at once
+    /// (the daemon's); `None`: the restore counts only its own writes.
+    pub places: Option<Arc<super::PlaceLimits>>,
 }
 
 /// What a restore talks to besides the backup [`Environment`].
@@ -1601,7 +1606,9 @@ async fn restore_steps(
     // The data.
     check_cancel()?;
     let data_started = Instant::now();
-    report.disks = disks::write_disks(env, &vm, request.point, targets, observer, cancel).await?;
+    let gate = super::limits::Gate::new(request.limits, request.places.clone());
+    report.disks =
+        disks::write_disks(env, &vm, request.point, targets, &gate, observer, cancel).await?;
     if !std::mem::take(&mut lock_effects(effects).attached).is_empty() {
         // Written: no longer for a clean-up (or reconcile) to take away.
         journal_attached(env, effects, report, request.point, &vm).await?;
