@@ -81,7 +81,7 @@ const GROUP_DEPTH: usize = 8;
 /// The objects among `groups` and `services` (a namespace's, as the API lists them at
 /// `api_version`, `vmoperator.vmware.com/v1alpha3` say) that belong with the
 /// VirtualMachine `vm` (its VM YAML): the group its `spec.groupName` names, the groups
-/// that group belongs to in turn (a group's own `spec.groupName`, up to [`GROUP_DEPTH`]
+/// that group belongs to in turn (a group's own `spec.groupName`, up to `GROUP_DEPTH` (8)
 /// levels), and the services that select its labels, each [`for_apply`], in
 /// [`apply_order`].
 #[must_use]
