@@ -562,7 +562,7 @@ mod tests {
         let group = json!({
             "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
             "metadata": {"name": "app-group", "namespace": NS},
-            "spec": {"powerState": "PoweredOn", "groupName": "site-group", "bootOrder": [
+            "spec": {"powerState": "PoweredOn", "groupName": "a-site", "bootOrder": [
                 {"members": [{"name": "app-1"}]}, {"members": [{"name": "app-2"}]}
             ]}
         });
@@ -571,7 +571,7 @@ mod tests {
         s.sup()
             .apply(json!({
                 "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
-                "metadata": {"name": "site-group", "namespace": NS},
+                "metadata": {"name": "a-site", "namespace": NS},
                 "spec": {"bootOrder": [
                     {"members": [{"name": "app-group", "kind": "VirtualMachineGroup"}]}
                 ]}
@@ -596,7 +596,7 @@ mod tests {
             ("VirtualMachine", "app-1"),
             ("VirtualMachine", "app-2"),
             ("VirtualMachineGroup", "app-group"),
-            ("VirtualMachineGroup", "site-group"),
+            ("VirtualMachineGroup", "a-site"),
             ("VirtualMachineService", "app-lb"),
         ] {
             s.sup().delete(kind, NS, name).unwrap();
@@ -649,8 +649,8 @@ mod tests {
         assert_eq!(
             kept(dry.report()),
             [
+                r#""VirtualMachineGroup" "a-site" "kept""#,
                 r#""VirtualMachineGroup" "app-group" "kept""#,
-                r#""VirtualMachineGroup" "site-group" "kept""#,
                 r#""VirtualMachineService" "app-lb" "kept""#
             ]
         );
@@ -685,8 +685,8 @@ mod tests {
         assert_eq!(
             kept(report),
             [
+                r#""VirtualMachineGroup" "a-site" "created""#,
                 r#""VirtualMachineGroup" "app-group" "created""#,
-                r#""VirtualMachineGroup" "site-group" "created""#,
                 r#""VirtualMachineService" "app-lb" "created""#
             ]
         );
@@ -698,12 +698,8 @@ mod tests {
         // The group was created without the power state that would power the VMs on.
         let created = s.sup().get("VirtualMachineGroup", NS, "app-group").unwrap();
         assert!(created["spec"].get("powerState").is_none(), "{created}");
-        assert_eq!(created["spec"]["groupName"], "site-group");
-        assert!(
-            s.sup()
-                .get("VirtualMachineGroup", NS, "site-group")
-                .is_some()
-        );
+        assert_eq!(created["spec"]["groupName"], "a-site");
+        assert!(s.sup().get("VirtualMachineGroup", NS, "a-site").is_some());
         // Each VM checked after its group and service were there.
         for (i, name) in ["app-1", "app-2"].into_iter().enumerate() {
             let vm = &report["vms"][i];
@@ -726,6 +722,17 @@ mod tests {
                 "{name}"
             );
         }
+        // The group above theirs gone: the next backup keeps what is there and says so.
+        s.sup().delete("VirtualMachineGroup", NS, "a-site").unwrap();
+        let b = fx.backup_run(&format!("{NS}/app-1"), &["--vm", &format!("{NS}/app-2")]);
+        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        assert!(
+            b.warnings().iter().any(|w| w.starts_with(
+                "VirtualMachineGroup app-group belongs to VirtualMachineGroup a-site, which is not in namespace"
+            )),
+            "{:?}",
+            b.warnings()
+        );
     }
 
     /// Seed 001 §10.3–§10.5: the backup keeps the VirtualMachineGroup the VM names and the

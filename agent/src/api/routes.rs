@@ -253,7 +253,7 @@ async fn post_verify_job(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResu
 
 async fn post_restore(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let request: RestoreJobRequest = parse(&body)?;
-    let points: Vec<_> = restore_requests(&request)
+    let points: Vec<_> = restore_requests(&request, s.limits)
         .map_err(ApiFailure::bad_request)?
         .iter()
         .map(|r| r.point)

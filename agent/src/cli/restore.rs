@@ -214,6 +214,8 @@ fn group_done(group: &GroupRestoreReport, json: bool) -> ExitCode {
         }
         if let Some(e) = &group.error {
             say!("STOPPED: {e}");
+        }
+        if !group.not_restored.is_empty() {
             let rest: Vec<String> = group.not_restored.iter().map(ToString::to_string).collect();
             say!("not restored: {}", rest.join(", "));
         }

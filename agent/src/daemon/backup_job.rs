@@ -209,11 +209,15 @@ pub fn verify_result(report: &VerifyReport, repaired: Option<&RepairReport>) -> 
 }
 
 /// Turns an API restore request into the engine's, one per point: `point`, then
-/// `with_points` (a group restore, seed 001 §10.5).
+/// `with_points` (a group restore, seed 001 §10.5), writing disks within `limits` (the
+/// caller shares the per-host and per-datastore ones through `places`).
 ///
 /// # Errors
 /// A message naming the bad field.
-pub fn restore_requests(r: &RestoreJobRequest) -> Result<Vec<RestoreRequest>, String> {
+pub fn restore_requests(
+    r: &RestoreJobRequest,
+    limits: engine::Limits,
+) -> Result<Vec<RestoreRequest>, String> {
     let point = r
         .point
         .parse::<RestorePointId>()
@@ -259,7 +263,7 @@ pub fn restore_requests(r: &RestoreJobRequest) -> Result<Vec<RestoreRequest>, St
                 std::time::Duration::from_secs,
             ),
             recreate_related: r.recreate_related,
-            limits: engine::Limits::default(),
+            limits,
             places: None,
         })
         .collect())
@@ -433,15 +437,14 @@ impl BackupJobs {
     async fn run_restore(&self, ctx: RunContext) -> Outcome {
         let mut requests = match serde_json::from_value::<RestoreJobRequest>(ctx.request.clone())
             .map_err(|e| format!("stored request: {e}"))
-            .and_then(|r| restore_requests(&r))
+            .and_then(|r| restore_requests(&r, self.config.limits.engine()))
         {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
-        // The daemon's limits, the per-host and per-datastore ones shared with its other
-        // jobs (a restore's writes count as a backup's reads do).
+        // The per-host and per-datastore limits shared with the daemon's other jobs (a
+        // restore's writes count as a backup's reads do).
         for r in &mut requests {
-            r.limits = self.config.limits.engine();
             r.places = Some(Arc::clone(&self.places));
         }
         let renv = match self.restore_env().await {
@@ -597,7 +600,7 @@ mod tests {
     fn restore_request(
         r: &plugin_api::types::RestoreJobRequest,
     ) -> Result<crate::engine::restore::RestoreRequest, String> {
-        let mut all = restore_requests(r)?;
+        let mut all = restore_requests(r, crate::engine::Limits::default())?;
         assert_eq!(all.len(), 1);
         Ok(all.swap_remove(0))
     }
@@ -617,19 +620,37 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             serde_json::from_value::<plugin_api::types::RestoreJobRequest>(v).unwrap()
         };
-        let group = restore_requests(&request(serde_json::json!({}))).unwrap();
+        let group = restore_requests(
+            &request(serde_json::json!({})),
+            crate::engine::Limits::default(),
+        )
+        .unwrap();
         let points: Vec<String> = group.iter().map(|r| r.point.to_string()).collect();
         assert_eq!(points, [a, b]);
         assert!(group.iter().all(|r| r.dry_run));
-        let twice = restore_requests(&request(serde_json::json!({"with_points": [b, a]})));
+        let twice = restore_requests(
+            &request(serde_json::json!({"with_points": [b, a]})),
+            crate::engine::Limits::default(),
+        );
         assert!(twice.unwrap_err().contains("given twice"));
-        let bad = restore_requests(&request(serde_json::json!({"with_points": ["nope"]})));
+        let bad = restore_requests(
+            &request(serde_json::json!({"with_points": ["nope"]})),
+            crate::engine::Limits::default(),
+        );
         assert!(bad.unwrap_err().starts_with("with_points: \"nope\""));
-        let disks = restore_requests(&request(serde_json::json!({"disks": [2000]})));
+        let disks = restore_requests(
+            &request(serde_json::json!({"disks": [2000]})),
+            crate::engine::Limits::default(),
+        );
         assert!(disks.unwrap_err().contains("disk-only"));
         // Without, one request, as before.
         let one = request(serde_json::json!({"with_points": []}));
-        assert_eq!(restore_requests(&one).unwrap().len(), 1);
+        assert_eq!(
+            restore_requests(&one, crate::engine::Limits::default())
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(restore_request(&one).unwrap().point.to_string(), a);
     }
 

@@ -1840,6 +1840,29 @@ async fn related_objects(
             )),
         }
     }
+    // A group that belongs to a group not there (or beyond the levels followed).
+    let kept_group = |name: &str| {
+        kept.iter().any(|o| {
+            vmservice::related::kind_of(o) == Some(GROUP_KIND)
+                && vmservice::related::name_of(o) == Some(name)
+        })
+    };
+    for o in kept
+        .iter()
+        .filter(|o| vmservice::related::kind_of(o) == Some(GROUP_KIND))
+    {
+        if let Some(parent) = o
+            .pointer("/spec/groupName")
+            .and_then(serde_json::Value::as_str)
+            .filter(|p| !p.is_empty() && !kept_group(p))
+        {
+            warn(format!(
+                "VirtualMachineGroup {} belongs to VirtualMachineGroup {parent}, which is not \
+                 in namespace {ns}: not kept (seed 001 §10.4)",
+                vmservice::related::name_of(o).unwrap_or_default()
+            ));
+        }
+    }
     if let Some(g) = group {
         // The VM's own group (the groups it belongs to in turn are kept beside it).
         match kept.iter().find(|o| {

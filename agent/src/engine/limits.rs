@@ -1,6 +1,6 @@
-//! Concurrency limits for disk reads: per job, per ESXi host and per datastore. A disk
-//! read takes one permit of each, always in that order (job, host, datastore), so two
-//! readers never wait on each other in a cycle. The host and datastore limits protect the
+//! Concurrency limits for disk reads (backups) and writes (restores): per job, per ESXi
+//! host and per datastore. A disk read or written takes one permit of each, always in that
+//! order (job, host, datastore), so two disks never wait on each other in a cycle. The host and datastore limits protect the
 //! production storage, so they hold across jobs: the daemon's jobs share one
 //! [`PlaceLimits`]; a job given none has its own.
 
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// How many disks may be read at once.
+/// How many disks may be read (or written) at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// In one job (all its VMs together).
@@ -63,7 +63,7 @@ pub(crate) struct Gate {
     places: Arc<PlaceLimits>,
 }
 
-/// Permits held while one disk is read.
+/// Permits held while one disk is read or written.
 #[derive(Debug)]
 pub(crate) struct Permits {
     _job: OwnedSemaphorePermit,

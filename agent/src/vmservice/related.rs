@@ -153,6 +153,10 @@ pub fn for_apply(obj: &Value, kind: &str, api_version: &str) -> Value {
         .and_then(Value::as_object_mut)
     {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        // What VM Operator's controllers set (a parent group's power-state time on its
+        // members, say): its webhook refuses them from anyone but a privileged account,
+        // so a user's create would be refused, and the controllers set them again.
+        annotations.retain(|k, _| !is_protected(k));
         if annotations.is_empty() {
             metadata.remove("annotations");
         }
@@ -193,6 +197,15 @@ pub fn apply_order(objects: &mut [Value]) {
         let rank = |o: &Value| u8::from(kind_of(o) != Some(GROUP_KIND));
         (rank(a), name_of(a)).cmp(&(rank(b), name_of(b)))
     });
+}
+
+/// An annotation only VM Operator's privileged accounts may set: vm-operator's webhooks
+/// protect the keys matching `^.+\.protected(/.*)?$`
+/// (`vmoperator.vmware.com.protected/…`).
+fn is_protected(key: &str) -> bool {
+    const MARK: &str = ".protected";
+    (key.len() > MARK.len() && key.ends_with(MARK))
+        || key.find(".protected/").is_some_and(|at| at > 0)
 }
 
 /// `kind name` of a kept object, as reports name it (`VirtualMachineGroup web-group`).
@@ -307,7 +320,10 @@ mod tests {
                 "ownerReferences": [{"uid": "u-0"}], "finalizers": ["example.com/hold"],
                 "labels": {"team": "a"},
                 "annotations": {"note": "kept",
-                                "kubectl.kubernetes.io/last-applied-configuration": "{}"}
+                                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                                "vmoperator.vmware.com.protected/apply-power-state-time": "x",
+                                "example.com.protected": "y",
+                                "protected.example.com/kept": "z"}
             })
         };
         let groups = [
@@ -340,7 +356,7 @@ mod tests {
             json!({
                 "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
                 "metadata": {"name": "web-group", "labels": {"team": "a"},
-                             "annotations": {"note": "kept"}},
+                             "annotations": {"note": "kept", "protected.example.com/kept": "z"}},
                 "spec": {"bootOrder": [{"members": [{"name": "web-1"}]}]}
             })
         );

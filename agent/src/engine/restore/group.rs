@@ -41,7 +41,8 @@ use crate::vmservice::related::{GROUP_KIND, kind_of, name_of};
 pub struct GroupRelated {
     /// The namespace it belongs in (its VM's).
     pub namespace: String,
-    /// The point whose copy is created (the newest of those that kept it).
+    /// The point whose copy is created (the newest of those that kept it; the first when
+    /// their copies are the same).
     pub point: RestorePointId,
     /// The object and its outcome.
     #[serde(flatten)]
@@ -62,7 +63,8 @@ pub struct GroupRestoreReport {
     pub error: Option<String>,
     /// The restore was cancelled (`error` says where).
     pub cancelled: bool,
-    /// The points not restored (the one that failed, and those after it).
+    /// The points not restored whole (the one that failed or was cut off, and those after
+    /// it).
     pub not_restored: Vec<RestorePointId>,
     /// Every VirtualMachineGroup and VirtualMachineService the points kept, once each.
     pub related: Vec<GroupRelated>,
@@ -206,7 +208,16 @@ pub async fn run_group_restore(
             recreate_related: false,
             ..r.clone()
         };
-        match restore_planned(renv, &one, Arc::clone(&quiet), cancel.clone()).await {
+        let predicted = preflight[i].2.prediction.restore_type;
+        match restore_planned(
+            renv,
+            &one,
+            Some(predicted),
+            Arc::clone(&quiet),
+            cancel.clone(),
+        )
+        .await
+        {
             Ok((mut vm, plan)) => {
                 vm.related.clear();
                 vm.prediction = preflight[i].2.prediction.clone();
@@ -214,10 +225,19 @@ pub async fn run_group_restore(
                 plans.push(plan);
             }
             Err(RestoreError::Engine(BackupError::Cancelled)) => {
+                // What stays of it is in the steps: a new VM whose data was all written
+                // (or that was registering) stays; otherwise what the restore changed was
+                // undone where it could be, and disks a restore in place had begun to
+                // overwrite stay partly restored.
                 report.cancelled = true;
                 stop(
                     &mut report,
-                    format!("cancelled while {target} was restored (it was undone)"),
+                    format!(
+                        "cancelled while {target} was restored: see the steps for what \
+                         stays of it (a new VM whose data was all written stays; disks a \
+                         restore in place had begun to overwrite stay partly restored: \
+                         restore it again)"
+                    ),
                 );
                 break;
             }

@@ -641,15 +641,19 @@ pub async fn run_restore(
     observer: RestoreObserver,
     cancel: CancellationToken,
 ) -> Result<RestoreReport, RestoreError> {
-    restore_planned(renv, request, observer, cancel)
+    restore_planned(renv, request, None, observer, cancel)
         .await
         .map(|(report, _)| report)
 }
 
-/// [`run_restore`], answering its plan too (for the checks of a group restore).
+/// [`run_restore`], answering its plan too (for the checks of a group restore). With
+/// `preflight` (the restore type a group's pre-flight predicted, its chunks checked then),
+/// a plan that now predicts another type, or a refusal, is refused before any change, and
+/// the chunks are not checked again.
 async fn restore_planned(
     renv: &RestoreEnv,
     request: &RestoreRequest,
+    preflight: Option<RestoreType>,
     observer: RestoreObserver,
     cancel: CancellationToken,
 ) -> Result<(RestoreReport, Plan), RestoreError> {
@@ -695,7 +699,19 @@ async fn restore_planned(
             refusals: plan.prediction.refusals.clone(),
         });
     }
-    check_chunks(env, &plan, request, &observer).await?;
+    match preflight {
+        None => check_chunks(env, &plan, request, &observer).await?,
+        // The namespace changed since the group's pre-flight (a VM of that name came or
+        // went while the VMs before it were restored): not what the user was shown.
+        Some(was) if was != plan.prediction.restore_type => {
+            return Err(RestoreError::Invalid(format!(
+                "{vm_name}: the pre-flight predicted a {was}, the namespace now gives a {}; \
+                 nothing was changed for this VM",
+                plan.prediction.restore_type
+            )));
+        }
+        Some(_) => {}
+    }
     if request.dry_run {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok((report, plan));

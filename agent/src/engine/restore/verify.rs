@@ -273,8 +273,9 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
         match list("VirtualMachineGroup").await {
             Ok(Some(groups)) => {
                 let found = groups
-                    .into_iter()
-                    .find(|g| string_at(g, "/metadata/name") == Some(group));
+                    .iter()
+                    .find(|g| string_at(g, "/metadata/name") == Some(group))
+                    .cloned();
                 out.push(match found {
                     None => format!(
                         "spec.groupName names VirtualMachineGroup {group}, which is not in namespace {ns}: recreate it ({}) to give the VM its group's power management and boot order back (§10.4)",
@@ -288,7 +289,12 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
                         Some("PoweredOn") => format!(
                             "member of VirtualMachineGroup {group}, whose spec.powerState PoweredOn has VM Operator power on its members that are off (§10.4)"
                         ),
-                        _ => format!("member of VirtualMachineGroup {group}"),
+                        _ => match powered_on_above(&g, &groups) {
+                            Some(above) => format!(
+                                "member of VirtualMachineGroup {group}, which belongs to VirtualMachineGroup {above}, whose spec.powerState PoweredOn has VM Operator power on its members, this VM among them (§10.4)"
+                            ),
+                            None => format!("member of VirtualMachineGroup {group}"),
+                        },
                     },
                 });
             }
@@ -349,6 +355,23 @@ async fn related(renv: &RestoreEnv, plan: &Plan, vm: &Value, point: &str) -> Vec
         )),
     }
     out
+}
+
+/// The first group above `group` (its `spec.groupName`, and so on up, at most 8 levels)
+/// whose `spec.powerState` is `PoweredOn`: it powers on its members' members too.
+fn powered_on_above(group: &Value, groups: &[Value]) -> Option<String> {
+    let mut next = string_at(group, "/spec/groupName").filter(|n| !n.is_empty());
+    for _ in 0..8 {
+        let name = next?;
+        let parent = groups
+            .iter()
+            .find(|g| string_at(g, "/metadata/name") == Some(name))?;
+        if string_at(parent, "/spec/powerState") == Some("PoweredOn") {
+            return Some(name.to_owned());
+        }
+        next = string_at(parent, "/spec/groupName").filter(|n| !n.is_empty());
+    }
+    None
 }
 
 /// A VirtualMachine's PVC volumes: (volume name, claim).
@@ -594,8 +617,30 @@ pub fn is_restored_claim(name: &str) -> bool {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{Expected, replaced_claims, spec_problems};
+    use super::{Expected, powered_on_above, replaced_claims, spec_problems};
     use crate::vmservice::fixtures;
+
+    /// A group powers on its members' members: the first `PoweredOn` group above a VM's
+    /// group is found, through any number of levels up to 8, a loop ending the walk.
+    #[test]
+    fn a_powered_on_group_above_the_vms_group_is_found() {
+        let group = |name: &str, parent: &str, power: &str| json!({"metadata": {"name": name}, "spec": {"groupName": parent, "powerState": power}});
+        let groups = [
+            group("web", "tier", "PoweredOff"),
+            group("tier", "site", "PoweredOff"),
+            group("site", "", "PoweredOn"),
+            group("loop-a", "loop-b", "PoweredOff"),
+            group("loop-b", "loop-a", "PoweredOff"),
+        ];
+        assert_eq!(
+            powered_on_above(&groups[0], &groups).as_deref(),
+            Some("site")
+        );
+        assert_eq!(powered_on_above(&groups[2], &groups), None);
+        assert_eq!(powered_on_above(&groups[3], &groups), None);
+        let orphan = group("orphan", "gone", "PoweredOff");
+        assert_eq!(powered_on_above(&orphan, &groups), None);
+    }
 
     #[test]
     fn only_claims_replaced_under_the_same_volume_name_are_dangling() {
