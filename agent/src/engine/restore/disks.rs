@@ -17,6 +17,9 @@ use crate::repo::catalog::DiskRecord;
 use crate::vddk::OpenFlags;
 use crate::vsphere::{DatastorePath, VmMoref};
 
+/// How long a disk waits for its permits before the wait is said.
+const PERMIT_WAIT_SAID_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Writes every target disk in parallel, each on its own thread, within `gate`'s limits.
 pub(super) async fn write_disks(
     env: &Environment,
@@ -50,13 +53,40 @@ pub(super) async fn write_disks(
     for (disk, file, fresh) in targets {
         // Only the datastore of the `[datastore] path` is read: no datacenter needed.
         let datastore = DatastorePath::parse("", &file).ok().map(|p| p.datastore);
-        // Held by the disk's thread until it ends.
+        // Held by the disk's thread until it ends. A wait (other disks of this restore,
+        // or other jobs' disks on its host or datastore) is said, once.
+        let enter = gate.enter(host.as_deref(), datastore.as_deref());
+        tokio::pin!(enter);
         let permits = tokio::select! {
-            p = gate.enter(host.as_deref(), datastore.as_deref()) => p,
-            () = cancel.cancelled() => {
-                // The disks already started stop at their next write first.
-                first_error = Some(RestoreError::Engine(BackupError::Cancelled));
-                break;
+            biased;
+            p = &mut enter => Some(p),
+            () = tokio::time::sleep(PERMIT_WAIT_SAID_AFTER) => None,
+        };
+        let permits = match permits {
+            Some(p) => p,
+            None => {
+                observer(&RestoreEvent::Step {
+                    message: format!(
+                        "disk {} waits for its turn: the disks written at once are limited per \
+                         job, per host{} and per datastore{} (limits.disks_per_*)",
+                        disk.key,
+                        host.as_deref()
+                            .map(|h| format!(" ({h})"))
+                            .unwrap_or_default(),
+                        datastore
+                            .as_deref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default()
+                    ),
+                });
+                tokio::select! {
+                    p = &mut enter => p,
+                    () = cancel.cancelled() => {
+                        // The disks already started stop at their next write first.
+                        first_error = Some(RestoreError::Engine(BackupError::Cancelled));
+                        break;
+                    }
+                }
             }
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
