@@ -1210,24 +1210,22 @@ concurrent_jobs = 2
 
             sup.delete("VirtualMachine", "ns1", "web-1").unwrap();
             sup.delete("VirtualMachineService", "ns1", "web-lb").unwrap();
-            let job = client
-                .restore(&RestoreJobRequest {
-                    point: point.clone(),
-                    namespace: None,
-                    mode: plugin_api::types::RestoreMode::Auto,
-                    disks: vec![],
-                    subnet_map: vec![],
-                    datastore: None,
-                    dry_run: false,
-                    verify_first: true,
-                    auto_registration_wait_secs: None,
-                    recreate_related: true,
-                    with_points: vec![],
-                    idempotency_key: Some("restore-web-1".into()),
-                    priority: 0,
-                })
-                .await
-                .unwrap();
+            let request = RestoreJobRequest {
+                point: point.clone(),
+                namespace: None,
+                mode: plugin_api::types::RestoreMode::Auto,
+                disks: vec![],
+                subnet_map: vec![],
+                datastore: None,
+                dry_run: false,
+                verify_first: true,
+                auto_registration_wait_secs: None,
+                recreate_related: true,
+                with_points: vec![],
+                idempotency_key: Some("restore-web-1".into()),
+                priority: 0,
+            };
+            let job = client.restore(&request).await.unwrap();
             let (names, ended) = follow(&client, &job.id).await;
             assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
             for expected in [
@@ -1255,19 +1253,11 @@ concurrent_jobs = 2
             sup.delete("VirtualMachine", "ns1", "web-2").unwrap();
             let job = client
                 .restore(&RestoreJobRequest {
-                    point: point.clone(),
-                    namespace: None,
-                    mode: plugin_api::types::RestoreMode::Auto,
-                    disks: vec![],
-                    subnet_map: vec![],
-                    datastore: None,
                     dry_run: true,
                     verify_first: false,
-                    auto_registration_wait_secs: None,
-                    recreate_related: true,
                     with_points: vec![point2.clone()],
                     idempotency_key: None,
-                    priority: 0,
+                    ..request
                 })
                 .await
                 .unwrap();

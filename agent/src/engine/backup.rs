@@ -968,15 +968,7 @@ async fn set_up(
     // Inside a blackout window before any change (CBT, PrepareForAccess): the wait then
     // disables nothing on the VMs. Asked again just before the snapshots, should the
     // set-up have reached a window.
-    if let Some(gate) = &ctx.request.snapshot_gate {
-        wait_for_snapshot_gate(
-            gate,
-            ctx.request.slot.as_deref(),
-            &ctx.cancel,
-            &ctx.observer,
-        )
-        .await?;
-    }
+    wait_for_gate(ctx).await?;
     for (request, mut info) in resolved {
         check_cancel(ctx)?;
         let mut cbt_enabled_now = false;
@@ -1028,15 +1020,7 @@ async fn set_up(
         }
     }
     check_cancel(ctx)?;
-    if let Some(gate) = &ctx.request.snapshot_gate {
-        wait_for_snapshot_gate(
-            gate,
-            ctx.request.slot.as_deref(),
-            &ctx.cancel,
-            &ctx.observer,
-        )
-        .await?;
-    }
+    wait_for_gate(ctx).await?;
     // Journal every intent first, then start the snapshots together.
     let description = journal::snapshot_description(ctx.job);
     for m in members.iter() {
@@ -1168,6 +1152,22 @@ pub(crate) fn nvram_path(
 /// Longest sleep between two questions to a [`SnapshotGate`] (a window's end can move when
 /// the clock is corrected).
 const GATE_RECHECK: Duration = Duration::from_secs(60);
+
+/// Waits out the request's snapshot gate, if it has one ([`wait_for_snapshot_gate`]).
+async fn wait_for_gate(ctx: &JobCtx) -> Result<(), BackupError> {
+    match &ctx.request.snapshot_gate {
+        Some(gate) => {
+            wait_for_snapshot_gate(
+                gate,
+                ctx.request.slot.as_deref(),
+                &ctx.cancel,
+                &ctx.observer,
+            )
+            .await
+        }
+        None => Ok(()),
+    }
+}
 
 /// Waits while `gate` says no snapshot may be taken, announcing each new end once, out of
 /// `slot` meanwhile. Back in its slot (which may take a while), the job asks the gate
