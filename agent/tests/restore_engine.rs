@@ -735,6 +735,84 @@ mod tests {
         );
     }
 
+    /// A group restore stops at a VM whose restore fails (here WCP's registration): the
+    /// VM before it stays, registered; that one and those after it are reported not
+    /// restored; the group and service are not recreated; exit 1.
+    #[test]
+    fn a_group_restore_stops_at_a_vm_that_fails_and_keeps_those_before() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        for name in ["stop-1", "stop-2", "stop-3"] {
+            s.create_vm(name);
+        }
+        s.sup()
+            .apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                "metadata": {"name": "stop-lb", "namespace": NS},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
+            }))
+            .unwrap();
+        let b = fx.backup_run(
+            &format!("{NS}/stop-1"),
+            &[
+                "--vm",
+                &format!("{NS}/stop-2"),
+                "--vm",
+                &format!("{NS}/stop-3"),
+            ],
+        );
+        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        let points: Vec<String> = (0..3)
+            .map(|i| b.report()["vms"][i]["point"].as_str().unwrap().to_owned())
+            .collect();
+        for name in ["stop-1", "stop-2", "stop-3"] {
+            s.sup().delete("VirtualMachine", NS, name).unwrap();
+        }
+        s.sup()
+            .delete("VirtualMachineService", NS, "stop-lb")
+            .unwrap();
+        let settings = SupervisorSettings {
+            failing_registrations: vec!["stop-2".into()],
+            ..s.sup().settings()
+        };
+        s.sup().set_settings(settings).unwrap();
+        let r = fx.restore(
+            &points[0],
+            &[
+                "--point",
+                &points[1],
+                "--point",
+                &points[2],
+                "--recreate-related",
+            ],
+        );
+        assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        let error = report["error"].as_str().unwrap();
+        assert!(
+            error.contains(&points[1]) && error.contains("injected failure"),
+            "{error}"
+        );
+        assert_eq!(report["cancelled"], false);
+        assert_eq!(report["not_restored"], json!([points[1], points[2]]));
+        let restored: Vec<&str> = report["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["vm_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(restored, [format!("{NS}/stop-1")]);
+        assert!(s.sup().get("VirtualMachine", NS, "stop-1").is_some());
+        assert!(s.sup().get("VirtualMachine", NS, "stop-3").is_none());
+        assert!(
+            s.sup()
+                .get("VirtualMachineService", NS, "stop-lb")
+                .is_none(),
+            "recreated although not every VM was restored"
+        );
+        assert_eq!(report["related"][0]["outcome"], "kept");
+    }
+
     /// Seed 001 §10.3–§10.5: the backup keeps the VirtualMachineGroup the VM names and the
     /// VirtualMachineServices that select it (without what the server set); `show
     /// --related` prints them for kubectl; `--recreate-related` creates after registration

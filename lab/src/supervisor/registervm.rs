@@ -256,6 +256,12 @@ impl Supervisor {
             )
         })?;
         self.stage(task, 10);
+        if self.settings().failing_registrations.contains(&vm.name) {
+            return Err(fail(
+                VALIDATE_FAILED,
+                format!("validating VM {}: injected failure", vm.name),
+            ));
+        }
         let plan = self.validate(ns, vm)?;
         if plan.restore == RestoreType::Existing {
             let mut store = lock(&self.store);

@@ -37,6 +37,10 @@ pub struct SupervisorSettings {
     /// Forbidden, as for an account without rights on them.
     #[serde(default)]
     pub forbidden_kinds: Vec<String>,
+    /// Names of VMs whose registration task fails at "validate VM" (a test's fault
+    /// injection: WCP refusing a VM for a reason no pre-flight could foresee).
+    #[serde(default)]
+    pub failing_registrations: Vec<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -50,6 +54,7 @@ impl Default for SupervisorSettings {
             key_spelling: KeySpelling::default(),
             auto_registration_timeout_secs: default_timeout(),
             forbidden_kinds: Vec::new(),
+            failing_registrations: Vec::new(),
         }
     }
 }
