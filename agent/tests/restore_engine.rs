@@ -813,6 +813,129 @@ mod tests {
         assert_eq!(report["related"][0]["outcome"], "kept");
     }
 
+    /// Two points that kept different copies of one group (backed up apart, the group
+    /// changed between): the newer point's copy is created, and a step says so.
+    #[test]
+    fn a_group_restore_recreates_the_newest_copy_of_an_object() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        for name in ["copy-1", "copy-2"] {
+            s.create_vm(name);
+            let mut cr = s.sup().get("VirtualMachine", NS, name).unwrap();
+            cr["spec"]["groupName"] = "copy-group".into();
+            s.sup().apply(cr).unwrap();
+        }
+        let group = |tier: &str| {
+            json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineGroup",
+                "metadata": {"name": "copy-group", "namespace": NS, "labels": {"tier": tier}},
+                "spec": {"bootOrder": [{"members": [{"name": "copy-1"}, {"name": "copy-2"}]}]}
+            })
+        };
+        s.sup().apply(group("old")).unwrap();
+        let older = fx.backup("copy-1");
+        s.sup().apply(group("new")).unwrap();
+        // Points are stamped in seconds.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let newer = fx.backup("copy-2");
+        for name in ["copy-1", "copy-2"] {
+            s.sup().delete("VirtualMachine", NS, name).unwrap();
+        }
+        s.sup()
+            .delete("VirtualMachineGroup", NS, "copy-group")
+            .unwrap();
+        // The older point given first: the newer copy wins all the same.
+        let r = fx.restore(&older, &["--point", &newer, "--recreate-related"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let created = s
+            .sup()
+            .get("VirtualMachineGroup", NS, "copy-group")
+            .unwrap();
+        assert_eq!(created["metadata"]["labels"]["tier"], "new", "{created}");
+        let report = r.report();
+        assert_eq!(report["related"].as_array().unwrap().len(), 1, "{report}");
+        assert_eq!(report["related"][0]["point"], newer.as_str());
+        assert!(
+            r.events.iter().any(|e| e["event"] == "step"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("kept different copies of VirtualMachineGroup copy-group")),
+            "{}",
+            r.stdout
+        );
+    }
+
+    /// A group restore cancelled part-way prints its report: what was not restored, and
+    /// nothing recreated; exit 1.
+    #[test]
+    fn a_cancelled_group_restore_reports_what_it_did_not_restore() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        for name in ["halt-1", "halt-2"] {
+            s.create_vm(name);
+        }
+        s.sup()
+            .apply(json!({
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                "metadata": {"name": "halt-lb", "namespace": NS},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
+            }))
+            .unwrap();
+        let b = fx.backup_run(&format!("{NS}/halt-1"), &["--vm", &format!("{NS}/halt-2")]);
+        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        let points: Vec<String> = (0..2)
+            .map(|i| b.report()["vms"][i]["point"].as_str().unwrap().to_owned())
+            .collect();
+        for name in ["halt-1", "halt-2"] {
+            s.sup().delete("VirtualMachine", NS, name).unwrap();
+        }
+        s.sup()
+            .delete("VirtualMachineService", NS, "halt-lb")
+            .unwrap();
+        let dir = fx.dir.path().join("pause");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The first VM registered and about to be checked when Ctrl-C comes.
+        std::fs::write(dir.join("restore-cancel-requested.go"), b"").unwrap();
+        let repo = fx.repo();
+        let mut restore = fx.spawn_paused(
+            &[
+                "restore",
+                "--repo",
+                &repo,
+                "--point",
+                &points[0],
+                "--point",
+                &points[1],
+                "--recreate-related",
+            ],
+            "restore-before-verify,restore-cancel-requested",
+            &dir,
+        );
+        wait_reached(&mut restore, &dir, "restore-before-verify");
+        let pid = i32::try_from(restore.id()).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid, no memory involved.
+        let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+        assert_eq!(sent, 0);
+        wait_reached(&mut restore, &dir, "restore-cancel-requested");
+        std::fs::write(dir.join("restore-before-verify.go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        let r = Run::of(&out);
+        assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        assert_eq!(report["cancelled"], true, "{report}");
+        assert_eq!(report["not_restored"], json!([points[0], points[1]]));
+        // The first VM was registered before the cancel: it stays.
+        assert!(s.sup().get("VirtualMachine", NS, "halt-1").is_some());
+        assert!(s.sup().get("VirtualMachine", NS, "halt-2").is_none());
+        assert!(
+            s.sup()
+                .get("VirtualMachineService", NS, "halt-lb")
+                .is_none()
+        );
+    }
+
     /// Seed 001 §10.3–§10.5: the backup keeps the VirtualMachineGroup the VM names and the
     /// VirtualMachineServices that select it (without what the server set); `show
     /// --related` prints them for kubectl; `--recreate-related` creates after registration
