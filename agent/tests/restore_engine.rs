@@ -130,6 +130,25 @@ mod tests {
 
         /// Changes the VirtualMachine `name` (a label): VM Operator then writes a newer
         /// backup version, and WCP restores an older backup to it (§8.2).
+        /// A LoadBalancer VirtualMachineService `name` selecting `app: web` (every VM
+        /// [`Self::create_vm`] makes).
+        fn web_service(&self, name: &str) {
+            self.sup()
+                .apply(json!({
+                    "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
+                    "metadata": {"name": name, "namespace": NS},
+                    "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
+                }))
+                .unwrap();
+        }
+
+        /// Deletes each (kind, name) of the namespace.
+        fn delete_all(&self, objects: &[(&str, &str)]) {
+            for (kind, name) in objects {
+                self.sup().delete(kind, NS, name).unwrap();
+            }
+        }
+
         fn change_since_backup(&self, name: &str) {
             let mut cr = self.sup().get("VirtualMachine", NS, name).unwrap();
             cr["metadata"]["labels"]["tier"] = json!("gold");
@@ -305,6 +324,23 @@ mod tests {
         }
 
         /// `vadp-agent backup --vm VM EXTRA…` on site A.
+        /// Backs up the VMs `names` of the namespace in one job: the run and the points, in
+        /// the order of `names`.
+        fn backup_together(&self, names: &[&str]) -> (Run, Vec<String>) {
+            let mut extra = Vec::new();
+            for name in &names[1..] {
+                extra.push("--vm".to_owned());
+                extra.push(format!("{NS}/{name}"));
+            }
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let b = self.backup_run(&format!("{NS}/{}", names[0]), &extra);
+            assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+            let points = (0..names.len())
+                .map(|i| b.report()["vms"][i]["point"].as_str().unwrap().to_owned())
+                .collect();
+            (b, points)
+        }
+
         fn backup_run(&self, vm: &str, extra: &[&str]) -> Run {
             let mut args: Vec<String> = vec![
                 "backup".into(),
@@ -577,30 +613,18 @@ mod tests {
                 ]}
             }))
             .unwrap();
-        s.sup()
-            .apply(json!({
-                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
-                "metadata": {"name": "app-lb", "namespace": NS},
-                "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
-            }))
-            .unwrap();
-        let b = fx.backup_run(&format!("{NS}/app-1"), &["--vm", &format!("{NS}/app-2")]);
-        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        s.web_service("app-lb");
+        let (b, points) = fx.backup_together(&["app-1", "app-2"]);
         assert!(b.warnings().is_empty(), "{:?}", b.warnings());
-        let points: Vec<String> = (0..2)
-            .map(|i| b.report()["vms"][i]["point"].as_str().unwrap().to_owned())
-            .collect();
 
         // The application is gone.
-        for (kind, name) in [
+        s.delete_all(&[
             ("VirtualMachine", "app-1"),
             ("VirtualMachine", "app-2"),
             ("VirtualMachineGroup", "app-group"),
             ("VirtualMachineGroup", "a-site"),
             ("VirtualMachineService", "app-lb"),
-        ] {
-            s.sup().delete(kind, NS, name).unwrap();
-        }
+        ]);
         // One point twice is refused before anything changes.
         let twice = fx.restore(&points[0], &["--point", &points[0]]);
         assert_eq!(twice.code, Some(1), "{}", twice.stdout);
@@ -724,8 +748,7 @@ mod tests {
         }
         // The group above theirs gone: the next backup keeps what is there and says so.
         s.sup().delete("VirtualMachineGroup", NS, "a-site").unwrap();
-        let b = fx.backup_run(&format!("{NS}/app-1"), &["--vm", &format!("{NS}/app-2")]);
-        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+        let (b, _) = fx.backup_together(&["app-1", "app-2"]);
         assert!(
             b.warnings().iter().any(|w| w.starts_with(
                 "VirtualMachineGroup app-group belongs to VirtualMachineGroup a-site, which is not in namespace"
@@ -742,35 +765,18 @@ mod tests {
     fn a_group_restore_stops_at_a_vm_that_fails_and_keeps_those_before() {
         let fx = Fixture::new();
         let s = &fx.site;
-        for name in ["stop-1", "stop-2", "stop-3"] {
+        let names = ["stop-1", "stop-2", "stop-3"];
+        for name in names {
             s.create_vm(name);
         }
-        s.sup()
-            .apply(json!({
-                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
-                "metadata": {"name": "stop-lb", "namespace": NS},
-                "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
-            }))
-            .unwrap();
-        let b = fx.backup_run(
-            &format!("{NS}/stop-1"),
-            &[
-                "--vm",
-                &format!("{NS}/stop-2"),
-                "--vm",
-                &format!("{NS}/stop-3"),
-            ],
-        );
-        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
-        let points: Vec<String> = (0..3)
-            .map(|i| b.report()["vms"][i]["point"].as_str().unwrap().to_owned())
-            .collect();
-        for name in ["stop-1", "stop-2", "stop-3"] {
-            s.sup().delete("VirtualMachine", NS, name).unwrap();
-        }
-        s.sup()
-            .delete("VirtualMachineService", NS, "stop-lb")
-            .unwrap();
+        s.web_service("stop-lb");
+        let (_, points) = fx.backup_together(&names);
+        s.delete_all(&[
+            ("VirtualMachine", "stop-1"),
+            ("VirtualMachine", "stop-2"),
+            ("VirtualMachine", "stop-3"),
+            ("VirtualMachineService", "stop-lb"),
+        ]);
         let settings = SupervisorSettings {
             failing_registrations: vec!["stop-2".into()],
             ..s.sup().settings()
@@ -875,24 +881,13 @@ mod tests {
         for name in ["halt-1", "halt-2"] {
             s.create_vm(name);
         }
-        s.sup()
-            .apply(json!({
-                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineService",
-                "metadata": {"name": "halt-lb", "namespace": NS},
-                "spec": {"type": "LoadBalancer", "selector": {"app": "web"}}
-            }))
-            .unwrap();
-        let b = fx.backup_run(&format!("{NS}/halt-1"), &["--vm", &format!("{NS}/halt-2")]);
-        assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
-        let points: Vec<String> = (0..2)
-            .map(|i| b.report()["vms"][i]["point"].as_str().unwrap().to_owned())
-            .collect();
-        for name in ["halt-1", "halt-2"] {
-            s.sup().delete("VirtualMachine", NS, name).unwrap();
-        }
-        s.sup()
-            .delete("VirtualMachineService", NS, "halt-lb")
-            .unwrap();
+        s.web_service("halt-lb");
+        let (_, points) = fx.backup_together(&["halt-1", "halt-2"]);
+        s.delete_all(&[
+            ("VirtualMachine", "halt-1"),
+            ("VirtualMachine", "halt-2"),
+            ("VirtualMachineService", "halt-lb"),
+        ]);
         let dir = fx.dir.path().join("pause");
         std::fs::create_dir_all(&dir).unwrap();
         // The first VM registered and about to be checked when Ctrl-C comes.
