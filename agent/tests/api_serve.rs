@@ -83,6 +83,20 @@ concurrent_jobs = 2
         config
     }
 
+    /// A VM `name` in the lab's VM folder with one thin 8 MiB disk.
+    fn small_vm(lab: &Lab, name: &str) -> lab::vmstate::VmMoref {
+        lab.create_vm(
+            name,
+            "/dc1/vm",
+            &[NewDisk {
+                capacity_bytes: 8 * MIB,
+                thin: true,
+                fcd: false,
+            }],
+        )
+        .unwrap()
+    }
+
     /// A lab in `dir/lab` served by an in-process vCenter, with one VM `name` and its 8 MiB
     /// thin disk (returned with the lab's root).
     fn lab_with_vm(
@@ -99,17 +113,7 @@ concurrent_jobs = 2
         Lab::create(&lab_root).unwrap();
         let vcenter = InProcessVcenter::start(&lab_root, false).unwrap();
         let lab = Lab::open(&lab_root).unwrap();
-        let vm = lab
-            .create_vm(
-                name,
-                "/dc1/vm",
-                &[NewDisk {
-                    capacity_bytes: 8 * MIB,
-                    thin: true,
-                    fcd: false,
-                }],
-            )
-            .unwrap();
+        let vm = small_vm(&lab, name);
         let disk = lab.vm(&vm).unwrap().disks[0].key;
         (lab_root, vcenter, lab, vm, disk)
     }
@@ -1582,17 +1586,7 @@ concurrent_jobs = 2
         let dir = tempfile::tempdir().unwrap();
         let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "busy-1");
         lab.guest_write(&vm, disk, 0, &[5u8; 65536]).unwrap();
-        let other = lab
-            .create_vm(
-                "busy-2",
-                "/dc1/vm",
-                &[NewDisk {
-                    capacity_bytes: 8 * MIB,
-                    thin: true,
-                    fcd: false,
-                }],
-            )
-            .unwrap();
+        let other = small_vm(&lab, "busy-2");
         let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
         let pause = dir.path().join("pause");
         std::fs::create_dir_all(&pause).unwrap();
