@@ -649,7 +649,7 @@ pub async fn run_restore(
 /// [`run_restore`], answering its plan too (for the checks of a group restore). With
 /// `preflight` (the restore type a group's pre-flight predicted, its chunks checked then),
 /// a plan that now predicts another type, or a refusal, is refused before any change, and
-/// the chunks are not checked again.
+/// neither the reconcile nor the chunk check is done again.
 async fn restore_planned(
     renv: &RestoreEnv,
     request: &RestoreRequest,
@@ -670,8 +670,9 @@ async fn restore_planned(
     // What interrupted jobs left (a restore of this VM killed part-way: its access still
     // prepared, a half-created VM) is undone first, as a backup does, so that the plan
     // sees the VM as it is and PrepareForAccess is not refused for an old job's identity.
-    // A dry run changes nothing, this included.
-    if !request.dry_run {
+    // A dry run changes nothing, this included; a VM of a group restore was reconciled
+    // for by the group, before its pre-flight.
+    if !request.dry_run && preflight.is_none() {
         reconcile_first(env, &observer).await;
     }
     let plan = plan::plan(renv, request).await?;
