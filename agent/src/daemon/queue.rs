@@ -319,26 +319,18 @@ impl State {
     }
 }
 
-/// A running job's place among the `limit` that run at once (see the module doc).
-#[derive(Clone)]
-pub struct JobSlot {
-    inner: Arc<Inner>,
-    id: String,
-}
-
-impl std::fmt::Debug for JobSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobSlot").field("job", &self.id).finish()
-    }
-}
+/// A running job's place among the `limit` that run at once (see the module doc); it
+/// reports through the job's events.
+#[derive(Clone, Debug)]
+pub struct JobSlot(EventSink);
 
 impl JobSlot {
     /// Gives the slot up (the job waits with nothing to do): a queued job may start in it.
     /// Once away, the job ends without a slot or takes one back with [`JobSlot::step_in`].
     pub fn step_out(&self) {
         {
-            let mut st = self.inner.lock();
-            let Some(entry) = st.jobs.get_mut(&self.id) else {
+            let mut st = self.0.inner.lock();
+            let Some(entry) = st.jobs.get_mut(&self.0.id) else {
                 return;
             };
             if entry.away || entry.job.state != "running" {
@@ -347,9 +339,9 @@ impl JobSlot {
             entry.away = true;
             st.away += 1;
         }
-        tracing::debug!(job = %self.id, "the job gives its slot up while it waits");
-        self.inner.slot_freed.notify_waiters();
-        self.inner.wake.notify_one();
+        tracing::debug!(job = %self.0.id, "the job gives its slot up while it waits");
+        self.0.inner.slot_freed.notify_waiters();
+        self.0.inner.wake.notify_one();
     }
 
     /// Takes a slot back after [`JobSlot::step_out`], waiting for one to come free; no
@@ -367,47 +359,44 @@ impl JobSlot {
             }
         }
         {
-            let mut st = self.inner.lock();
-            if !st.jobs.get(&self.id).is_some_and(|e| e.away) {
+            let mut st = self.0.inner.lock();
+            if !st.jobs.get(&self.0.id).is_some_and(|e| e.away) {
                 return;
             }
             st.returning += 1;
         }
-        let _returning = Returning(&self.inner);
+        let _returning = Returning(&self.0.inner);
         let mut announced = false;
         loop {
-            let freed = self.inner.slot_freed.notified();
+            let freed = self.0.inner.slot_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             {
-                let mut st = self.inner.lock();
-                if st.slots_in_use() < self.inner.limit {
+                let mut st = self.0.inner.lock();
+                if st.slots_in_use() < self.0.inner.limit {
                     if st
                         .jobs
-                        .get_mut(&self.id)
+                        .get_mut(&self.0.id)
                         .is_some_and(|e| std::mem::take(&mut e.away))
                     {
                         st.away = st.away.saturating_sub(1);
                     }
-                    self.inner
+                    self.0
+                        .inner
                         .peak
                         .fetch_max(st.slots_in_use(), Ordering::SeqCst);
-                    tracing::debug!(job = %self.id, "the job has its slot back");
+                    tracing::debug!(job = %self.0.id, "the job has its slot back");
                     return;
                 }
             }
             if !announced {
                 announced = true;
-                let events = EventSink {
-                    inner: Arc::clone(&self.inner),
-                    id: self.id.clone(),
-                };
-                events.emit(serde_json::json!({
+                self.0.emit(serde_json::json!({
                     "event": "waiting_for_slot",
                     "reason": format!(
                         "all {} concurrent_jobs slots are taken; the job goes on in the next \
                          one to come free, before any queued job",
-                        self.inner.limit
+                        self.0.inner.limit
                     ),
                 }));
             }
@@ -832,20 +821,18 @@ impl Queue {
         let entry = st.jobs.get_mut(&id)?;
         entry.job.state = "running".into();
         entry.job.started_at = Some(now());
-        Some(RunContext {
+        let events = EventSink {
+            inner: Arc::clone(&self.inner),
             id: id.clone(),
+        };
+        Some(RunContext {
+            id,
             kind: entry.view().kind,
             request: entry.job.request.clone(),
             origin: entry.job.origin.clone(),
             cancel: entry.cancel.clone(),
-            events: EventSink {
-                inner: Arc::clone(&self.inner),
-                id: id.clone(),
-            },
-            slot: JobSlot {
-                inner: Arc::clone(&self.inner),
-                id,
-            },
+            slot: JobSlot(events.clone()),
+            events,
         })
     }
 
