@@ -1261,7 +1261,7 @@ concurrent_jobs = 2
                     verify_first: false,
                     with_points: vec![point2.clone()],
                     idempotency_key: None,
-                    ..request
+                    ..request.clone()
                 })
                 .await
                 .unwrap();
@@ -1282,6 +1282,30 @@ concurrent_jobs = 2
                                     "name": "web-lb", "outcome": "kept"}])
             );
             assert_eq!(result["not_restored"], serde_json::json!([]));
+
+            // web-2 restored for real, and WCP's registration of it fails: the job fails,
+            // its result the report all the same, saying the VM stays with its data whole.
+            let settings = lab::supervisor::SupervisorSettings {
+                failing_registrations: vec!["web-2".into()],
+                ..sup.settings()
+            };
+            sup.set_settings(settings).unwrap();
+            let job = client
+                .restore(&RestoreJobRequest {
+                    point: point2.clone(),
+                    recreate_related: false,
+                    idempotency_key: None,
+                    ..request
+                })
+                .await
+                .unwrap();
+            let (_, ended) = follow(&client, &job.id).await;
+            assert_eq!(ended.state, JobState::Failed, "{ended:?}");
+            let error = ended.error.clone().unwrap_or_default();
+            assert!(error.contains("injected failure"), "{error}");
+            let result = ended.result.expect("the report is the failed job's result");
+            assert_eq!(result["unfinished"]["cancelled"], false, "{result}");
+            assert!(result["vm"].is_string(), "{result}");
         });
         assert_eq!(
             sup.get("VirtualMachineService", "ns1", "web-lb").unwrap()["spec"]["selector"],

@@ -758,6 +758,40 @@ mod tests {
         );
     }
 
+    /// Two points of VMs sharing one BIOS UUID, both to be new VMs in one namespace: WCP
+    /// would refuse the second once the first exists (§7.1.1), so the group is refused
+    /// before anything changes.
+    #[test]
+    fn a_group_of_two_vms_of_one_bios_uuid_is_refused_before_any_change() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let first = s.create_vm("twin-1");
+        let second = s.create_vm("twin-2");
+        let bios = s.lab.vm(&first).unwrap().bios_uuid;
+        s.lab
+            .modify_vm(&second, |st| {
+                st.bios_uuid = bios;
+                Ok(())
+            })
+            .unwrap();
+        let (_, points) = fx.backup_together(&["twin-1", "twin-2"]);
+        s.delete_all(&[("VirtualMachine", "twin-1"), ("VirtualMachine", "twin-2")]);
+        let vms_before = s.lab.vms().unwrap().len();
+        let r = fx.restore(&points[0], &["--point", &points[1]]);
+        assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("one BIOS UUID") && r.stderr.contains("DuplicateVMBiosUUID"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(s.lab.vms().unwrap().len(), vms_before, "a VM was created");
+        assert!(s.sup().get("VirtualMachine", NS, "twin-1").is_none());
+        // A dry run says so too.
+        let dry = fx.restore(&points[0], &["--point", &points[1], "--dry-run"]);
+        assert_eq!(dry.code, Some(1), "{}", dry.stdout);
+        assert!(dry.stderr.contains("one BIOS UUID"), "{}", dry.stderr);
+    }
+
     /// A group restore stops at a VM whose restore fails (here WCP's registration): the
     /// VM before it stays, registered; that one and those after it are reported not
     /// restored; the group and service are not recreated; exit 1.
@@ -800,15 +834,30 @@ mod tests {
             "{error}"
         );
         assert_eq!(report["cancelled"], false);
-        assert_eq!(report["not_restored"], json!([points[1], points[2]]));
+        // The second VM's data was complete when its registration failed: it stays, is
+        // listed among the VMs restored (with what did not finish), and is not among
+        // those to restore again.
+        assert_eq!(report["not_restored"], json!([points[2]]));
         let restored: Vec<&str> = report["vms"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v["vm_name"].as_str().unwrap())
             .collect();
-        assert_eq!(restored, [format!("{NS}/stop-1")]);
+        assert_eq!(restored, [format!("{NS}/stop-1"), format!("{NS}/stop-2")]);
+        assert!(report["vms"][0].get("unfinished").is_none(), "{report}");
+        let unfinished = &report["vms"][1]["unfinished"];
+        assert_eq!(unfinished["cancelled"], false, "{report}");
+        let why = unfinished["error"].as_str().unwrap();
+        assert!(
+            why.contains("injected failure")
+                && why.contains("EndAccess called")
+                && why.contains(&format!("kubectl get vm -n {NS} stop-2")),
+            "{why}"
+        );
         assert!(s.sup().get("VirtualMachine", NS, "stop-1").is_some());
+        assert!(s.vm_by_name("stop-2").is_some(), "the restored VM was kept");
+        assert!(s.vm_by_name("stop-3").is_none());
         assert!(s.sup().get("VirtualMachine", NS, "stop-3").is_none());
         assert!(
             s.sup()
@@ -920,8 +969,19 @@ mod tests {
         assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
         let report = r.report();
         assert_eq!(report["cancelled"], true, "{report}");
-        assert_eq!(report["not_restored"], json!([points[0], points[1]]));
-        // The first VM was registered before the cancel: it stays.
+        // The first VM was registered before the cancel: it stays, and is reported
+        // restored (its check cut short), not as one to restore again.
+        assert_eq!(report["not_restored"], json!([points[1]]));
+        assert_eq!(report["vms"][0]["vm_name"], format!("{NS}/halt-1"));
+        let unfinished = &report["vms"][0]["unfinished"];
+        assert_eq!(unfinished["cancelled"], true, "{report}");
+        assert!(
+            unfinished["error"]
+                .as_str()
+                .unwrap()
+                .contains("registration task"),
+            "{report}"
+        );
         assert!(s.sup().get("VirtualMachine", NS, "halt-1").is_some());
         assert!(s.sup().get("VirtualMachine", NS, "halt-2").is_none());
         assert!(
@@ -1923,6 +1983,51 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("{point} not reached in 300 s");
+    }
+
+    /// WCP's registration fails after the restore's data was written and EndAccess called:
+    /// the restore keeps the VM (its disks whole), prints its report with what did not
+    /// finish, and fails (exit 1), with the job recorded failed.
+    #[test]
+    fn a_restore_whose_registration_fails_keeps_the_vm_and_reports_it() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("unreg-1");
+        let point = fx.backup("unreg-1");
+        s.sup().delete("VirtualMachine", NS, "unreg-1").unwrap();
+        let settings = SupervisorSettings {
+            failing_registrations: vec!["unreg-1".into()],
+            ..s.sup().settings()
+        };
+        s.sup().set_settings(settings).unwrap();
+        let r = fx.restore(&point, &[]);
+        assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        let vm = report["vm"].as_str().unwrap();
+        let unfinished = &report["unfinished"];
+        assert_eq!(unfinished["cancelled"], false, "{report}");
+        let why = unfinished["error"].as_str().unwrap();
+        assert!(
+            why.contains("injected failure")
+                && why.contains(&format!("after {vm}'s data was restored"))
+                && why.contains("did not complete")
+                && why.contains(&format!("kubectl get vm -n {NS} unreg-1")),
+            "{why}"
+        );
+        assert!(!report["disks"].as_array().unwrap().is_empty(), "{report}");
+        assert_eq!(s.vm_by_name("unreg-1").map(|m| m.0), Some(vm.to_owned()));
+        assert_eq!(fx.open_journal(), 0);
+        // The catalog's job says it failed, and why.
+        let db = rusqlite::Connection::open(Path::new(&fx.repo()).join("catalog.db")).unwrap();
+        let (state, error): (String, String) = db
+            .query_row(
+                "SELECT state, error FROM jobs WHERE id = ?1",
+                [report["job"].as_str().unwrap()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(state, "failed");
+        assert!(error.contains("injected failure"), "{error}");
     }
 
     /// The VM is registered, but the check after registration cannot read it back (here

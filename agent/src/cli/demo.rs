@@ -392,6 +392,9 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
         r
     });
     let report = report.context("restore")?;
+    if let Some(e) = report.unfinished_error() {
+        bail!("the restore did not finish: {e}");
+    }
     let verification = report
         .verification
         .clone()

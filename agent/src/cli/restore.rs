@@ -165,6 +165,9 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         print_report(&report);
     }
+    if report.unfinished.is_some() {
+        return Ok(ExitCode::FAILURE);
+    }
     let verified = report
         .verification
         .as_ref()
@@ -296,6 +299,13 @@ fn print_report(r: &RestoreReport) {
         for n in &v.related {
             say!("  §10: {n}");
         }
+    }
+    if let Some(u) = &r.unfinished {
+        say!(
+            "NOT FINISHED{}: {}",
+            if u.cancelled { " (cancelled)" } else { "" },
+            u.error
+        );
     }
 }
 

@@ -469,7 +469,18 @@ impl BackupJobs {
                         .as_ref()
                         .map(|v| v.problems.clone())
                         .unwrap_or_default();
-                    (None, problems, false, serde_json::to_value(&report).ok())
+                    // Restored, but its registration (or the check after it) did not
+                    // finish: the report is the result all the same.
+                    let (stopped, cancelled) = report
+                        .unfinished
+                        .as_ref()
+                        .map_or((None, false), |u| (Some(u.error.clone()), u.cancelled));
+                    (
+                        stopped,
+                        problems,
+                        cancelled,
+                        serde_json::to_value(&report).ok(),
+                    )
                 }),
             several => restore::run_group_restore(&renv, several, observer, cancel)
                 .await

@@ -145,6 +145,25 @@ pub async fn run_group_restore(
                 r.point
             )));
         }
+        // Two new VMs of one BIOS UUID in one namespace folder: the second would be refused
+        // (DuplicateVMBiosUUID) once the first exists, after the first was restored.
+        let new_bios = |p: &Plan| {
+            (p.prediction.restore_type == RestoreType::New)
+                .then(|| p.bios_uuid())
+                .flatten()
+        };
+        if let Some(bios) = new_bios(&plan)
+            && let Some((other_target, other, _)) = preflight.iter().find(|(_, _, p)| {
+                p.namespace == plan.namespace && new_bios(p).as_ref() == Some(&bios)
+            })
+        {
+            return Err(RestoreError::Invalid(format!(
+                "points {other} ({other_target}) and {} ({target}) are VMs of one BIOS UUID \
+                 ({bios}): once the first is restored into namespace {}, WCP would refuse the \
+                 second (DuplicateVMBiosUUID); restore one of them into another namespace",
+                r.point, plan.namespace
+            )));
+        }
         if plan.prediction.refusals.is_empty()
             && plan.prediction.restore_type == RestoreType::DiskOnly
         {
@@ -221,22 +240,30 @@ pub async fn run_group_restore(
             Ok((mut vm, plan)) => {
                 vm.related.clear();
                 vm.prediction = preflight[i].2.prediction.clone();
+                // Its data complete and its access ended, but not registered (or not
+                // checked): restored, and listed so, but the group stops there.
+                let unfinished = vm.unfinished.clone();
                 report.vms.push(vm);
                 plans.push(plan);
+                if let Some(u) = unfinished {
+                    report.cancelled = u.cancelled;
+                    report.error = Some(format!("point {} ({target}): {}", r.point, u.error));
+                    report.not_restored = requests[i + 1..].iter().map(|r| r.point).collect();
+                    break;
+                }
             }
             Err(RestoreError::Engine(BackupError::Cancelled)) => {
-                // What stays of it is in the steps: a new VM whose data was all written
-                // (or that was registering) stays; otherwise what the restore changed was
-                // undone where it could be, and disks a restore in place had begun to
-                // overwrite stay partly restored.
+                // Cancelled before its data was complete: what the restore changed was
+                // undone where it could be (the steps say what), and disks a restore in
+                // place had begun to overwrite stay partly restored.
                 report.cancelled = true;
                 stop(
                     &mut report,
                     format!(
-                        "cancelled while {target} was restored: see the steps for what \
-                         stays of it (a new VM whose data was all written stays; disks a \
-                         restore in place had begun to overwrite stay partly restored: \
-                         restore it again)"
+                        "cancelled while {target} was restored, before its data was \
+                         complete: what the restore had changed is undone (see the steps), \
+                         except disks a restore in place had begun to overwrite, which stay \
+                         partly restored: restore it again"
                     ),
                 );
                 break;
@@ -301,12 +328,23 @@ pub async fn run_group_restore(
     }
     // Phase 3: every VM checked again, now that its group and services exist.
     if !report.cancelled {
-        for (plan, vm) in plans.iter().zip(report.vms.iter_mut()) {
-            step(format!(
-                "checking {} again with its group and services",
-                vm.vm_name
-            ));
-            vm.verification = Some(check_registered(renv, plan, vm).await);
+        for (i, plan) in plans.iter().enumerate() {
+            let name = report.vms[i].vm_name.clone();
+            step(format!("checking {name} again with its group and services"));
+            let checked = tokio::select! {
+                v = check_registered(renv, plan, &report.vms[i]) => Some(v),
+                () = cancel.cancelled() => None,
+            };
+            let Some(v) = checked else {
+                // Everything is restored and created: only the second checks are cut.
+                report.cancelled = true;
+                report.error = Some(format!(
+                    "cancelled while the VMs were checked again: {name} and those after it \
+                     keep their first check, made before their group and services existed"
+                ));
+                break;
+            };
+            report.vms[i].verification = Some(v);
         }
     }
     drop(leases);

@@ -584,6 +584,30 @@ pub struct RestoreReport {
     pub bytes_total: u64,
     /// Whole restore.
     pub seconds: f64,
+    /// What did not finish after the data was complete (EndAccess called): the wait for
+    /// the registration, the registration itself, or the check after it, failed or was
+    /// cancelled. The VM stays, with its disks whole; the restore did not succeed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<Unfinished>,
+}
+
+/// A restore whose data is complete and whose access ended, but whose registration (or the
+/// check after it) did not finish ([`RestoreReport::unfinished`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Unfinished {
+    /// Cancelled, rather than failed.
+    pub cancelled: bool,
+    /// What happened, what stays and what to check.
+    pub error: String,
+}
+
+impl RestoreReport {
+    /// Why the restore did not succeed although it returned a report: what did not
+    /// finish after the data was complete.
+    #[must_use]
+    pub fn unfinished_error(&self) -> Option<&str> {
+        self.unfinished.as_ref().map(|u| u.error.as_str())
+    }
 }
 
 pub(super) fn vsphere(
@@ -694,6 +718,7 @@ async fn restore_planned(
         data_seconds: 0.0,
         bytes_total: 0,
         seconds: 0.0,
+        unfinished: None,
     };
     if !plan.prediction.refusals.is_empty() {
         return Err(RestoreError::Refused {
@@ -770,8 +795,12 @@ async fn restore_planned(
     }
     let catalog = env.repo.catalog().clone();
     let end = JobEnd {
-        succeeded: outcome.is_ok(),
-        error: outcome.as_ref().err().map(|e| error_chain(e)),
+        succeeded: outcome.is_ok() && report.unfinished.is_none(),
+        error: outcome
+            .as_ref()
+            .err()
+            .map(|e| error_chain(e))
+            .or_else(|| report.unfinished_error().map(str::to_owned)),
         stats: serde_json::to_value(&report).unwrap_or_default(),
     };
     blocking(move || catalog.job_finish(job, end, crate::repo::now_secs()))
@@ -1719,7 +1748,10 @@ async fn restore_steps(
     }
     // Nothing is left to undo from here on: a cancel stops the waits for WCP's registration
     // (minutes at most) at once; the restored VM stays, and a registration task that was
-    // started goes on in vCenter (the report names it).
+    // started goes on in vCenter. Either way, or when the registration fails, the restore
+    // returns its report (`unfinished` says what did not finish): the VM is restored, and
+    // a caller that took it for not restored would have the user restore it again.
+    let mut registered = false;
     let registration = async {
         let task = if plan.prediction.auto_registration {
             step("waiting for WCP's automatic registration".into());
@@ -1772,7 +1804,7 @@ async fn restore_steps(
             Err(VapiError::TaskFailed { error, .. }) => {
                 let (error_id, message) = error_parts(&error);
                 return Err(RestoreError::Registration {
-                    vm,
+                    vm: vm.clone(),
                     task,
                     error_id,
                     message,
@@ -1785,6 +1817,7 @@ async fn restore_steps(
                 });
             }
         }
+        registered = true;
         if request.recreate_related {
             create_related(
                 renv,
@@ -1805,9 +1838,55 @@ async fn restore_steps(
         }
         Ok(())
     };
-    tokio::select! {
+    let finished = tokio::select! {
         r = registration => r,
         () = cancel.cancelled() => Err(RestoreError::Engine(BackupError::Cancelled)),
+    };
+    if let Err(e) = finished {
+        report.unfinished = Some(unfinished(plan, &vm, report, registered, &e));
+    }
+    Ok(())
+}
+
+/// What a restore whose data is complete says when its registration, or the check after
+/// it, failed or was cancelled (`e`).
+fn unfinished(
+    plan: &Plan,
+    vm: &VmMoref,
+    report: &RestoreReport,
+    registered: bool,
+    e: &RestoreError,
+) -> Unfinished {
+    let cancelled = matches!(e, RestoreError::Engine(BackupError::Cancelled));
+    let what = if cancelled {
+        "the restore was cancelled".to_owned()
+    } else {
+        error_chain(e)
+    };
+    let registration = match (&report.registration_task, registered) {
+        (Some(task), true) => format!("registration task {task} completed"),
+        (None, true) => "it is registered".to_owned(),
+        (Some(task), false) => format!(
+            "registration task {task} {}",
+            if cancelled {
+                "goes on in vCenter"
+            } else {
+                "did not complete"
+            }
+        ),
+        (None, false) if plan.prediction.auto_registration => {
+            "WCP had not started its registration yet (it may still)".to_owned()
+        }
+        (None, false) => "registervm was not called".to_owned(),
+    };
+    Unfinished {
+        cancelled,
+        error: format!(
+            "{what} after {vm}'s data was restored and EndAccess called: the VM stays, with \
+             its disks whole (no need to restore it again); {registration}: check it with \
+             `kubectl get vm -n {} {}`",
+            plan.namespace, plan.name
+        ),
     }
 }
 

@@ -45,6 +45,13 @@ pub(super) struct Plan {
     pub(super) datastore: Option<String>,
 }
 
+impl Plan {
+    /// The backup's BIOS UUID (its `.vmx`'s `uuid.bios`), as hex digits only.
+    pub(super) fn bios_uuid(&self) -> Option<String> {
+        vmx_value(&self.entries, "uuid.bios").map(predict::hex_of)
+    }
+}
+
 /// The disk of the VM restored in place that backup disk `d` is: the device of the same
 /// key, unless its uuid says it is another disk; else the device with the backed-up uuid.
 /// A device's key changes when its disk is detached and attached again (a restore in place
