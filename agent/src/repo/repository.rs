@@ -1684,6 +1684,23 @@ impl Repository {
             }
             decisions.extend(of_vm);
         }
+        // A point a restore is reading stays, until the next prune (and, below, its
+        // group's points with it). Claimed before the group's points are judged, so that
+        // a point kept only because it is being restored keeps its partners too.
+        let mut claims = HashMap::new();
+        if !dry_run {
+            for d in decisions.iter_mut().filter(|d| !d.keep) {
+                match self.claim_for_removal(d.id)? {
+                    Some(claim) => {
+                        claims.insert(d.id, claim);
+                    }
+                    None => {
+                        d.keep = true;
+                        d.reasons.push("being restored");
+                    }
+                }
+            }
+        }
         // A group's points stay together: when a job's point of one VM is kept, its points
         // of the others are too. Otherwise a day (or week) kept through one job for a VM
         // and through another for the next, say a job that failed for that one, would leave
@@ -1704,17 +1721,12 @@ impl Repository {
             }
         }
         if !dry_run {
-            // A point a restore is reading stays, until the next prune.
-            let mut claims = Vec::new();
-            for d in decisions.iter_mut().filter(|d| !d.keep) {
-                match self.claim_for_removal(d.id)? {
-                    Some(claim) => claims.push((d.id, claim)),
-                    None => {
-                        d.keep = true;
-                        d.reasons.push("being restored");
-                    }
-                }
-            }
+            // The claims of points kept through a partner are let go (dropped) unused.
+            let claims: Vec<(RestorePointId, RepoLock)> = decisions
+                .iter()
+                .filter(|d| !d.keep)
+                .filter_map(|d| claims.remove(&d.id).map(|c| (d.id, c)))
+                .collect();
             if !claims.is_empty() {
                 self.catalog
                     .delete_points(claims.iter().map(|(id, _)| *id).collect())?;
@@ -2264,6 +2276,53 @@ mod tests {
             .unwrap();
         assert_eq!(decisions.iter().filter(|d| !d.keep).count(), 4);
         assert_eq!(repo.catalog().list_points().unwrap().len(), 3);
+    }
+
+    /// A point kept only because a restore reads it keeps its group's points too: the
+    /// application being restored from that point in time has all of it.
+    #[test]
+    fn a_point_being_restored_keeps_its_group_partners() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("repo"), 64 << 10).unwrap();
+        let day = 86_400;
+        let mut ids = HashMap::new();
+        for (n, job) in ["job-1", "job-2"].into_iter().enumerate() {
+            let at = (10 + 10 * i64::try_from(n).unwrap()) * day;
+            for vm in ["a", "b"] {
+                let mut point = sample_point(vm, at);
+                point.stats = serde_json::json!({"job": job});
+                ids.insert((vm, job), point.id);
+                repo.catalog().commit_point(point).unwrap();
+            }
+        }
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_secs: 3 * day,
+        };
+        let utc = jiff::tz::TimeZone::UTC;
+        let lease = repo.lease_point(ids[&("a", "job-1")]).unwrap();
+        let decisions = repo.prune(&policy, 100 * day, &utc, false).unwrap();
+        let reasons = |vm: &'static str, job: &'static str| {
+            decisions
+                .iter()
+                .find(|d| d.id == ids[&(vm, job)])
+                .map(|d| d.reasons.clone())
+                .unwrap()
+        };
+        assert_eq!(reasons("a", "job-1"), vec!["being restored"]);
+        assert_eq!(
+            reasons("b", "job-1"),
+            vec!["same job as a kept point of the group"]
+        );
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 4);
+        // The restore ended: both go at the next prune.
+        drop(lease);
+        let decisions = repo.prune(&policy, 100 * day, &utc, false).unwrap();
+        assert_eq!(decisions.iter().filter(|d| !d.keep).count(), 2);
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 2);
     }
 
     #[test]
