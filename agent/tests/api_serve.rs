@@ -885,6 +885,22 @@ concurrent_jobs = 2
         let second = run("b", 2);
         assert!(second.contains("retention skipped"), "{second}");
         assert_eq!(points(), 2, "retention ran on a clock a week off");
+        // run-due's own comparison fails (the backup's succeeds): a clock never compared
+        // is not trusted, and the backup's comparison counts.
+        lab.update_settings(|s| s.failing_current_time = 1).unwrap();
+        let unmeasured = run("b2", 4);
+        assert_eq!(lab.settings().unwrap().failing_current_time, 0);
+        assert!(
+            unmeasured.contains("retention skipped: this machine's clock differs"),
+            "{unmeasured}"
+        );
+        // Without a comparison of its own, run-due judged the schedules by this machine's
+        // clock, by which policies a and b were due again: three backups, nothing removed.
+        assert_eq!(
+            points(),
+            5,
+            "retention ran on a clock a week off: {unmeasured}"
+        );
         // The clocks agree again: the next run applies the retention. (Here vCenter's clock
         // moves a week on rather than this machine's a week back: by vCenter's time, which
         // schedules follow, policies a and b would be due again, so they go.)
@@ -894,7 +910,18 @@ concurrent_jobs = 2
         std::fs::write(&config, &text[..cut]).unwrap();
         let third = run("c", 3);
         assert!(!third.contains("retention skipped"), "{third}");
-        assert_eq!(points(), 1);
+        assert_eq!(points(), 1, "{third}");
+        // Neither comparison succeeds: retention waits, saying why.
+        lab.update_settings(|s| s.failing_current_time = 2).unwrap();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let cut = text.find("\n[policy.").unwrap();
+        std::fs::write(&config, &text[..cut]).unwrap();
+        let blind = run("d", 5);
+        assert!(
+            blind.contains("retention skipped: this machine's clock has not been compared"),
+            "{blind}"
+        );
+        assert_eq!(points(), 2);
     }
 
     /// `schedule run-due` runs a failed policy run again once, `retry_failed_after_minutes`

@@ -531,15 +531,14 @@ async fn prune(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<axum::J
     let dry_run = r.dry_run;
     // Ages by a clock days off would remove points younger than the minimum age, as the
     // policies' retention knows (`daemon::clock`): a removal waits until the clocks agree.
-    if !dry_run && !crate::daemon::clock::trusted() {
+    if !dry_run && let Some(why) = crate::daemon::clock::untrusted_because() {
         return Err(ApiFailure::new(
             StatusCode::CONFLICT,
             "clock_untrusted",
             format!(
-                "this machine's clock differs from vCenter's by {} s: a prune now would judge \
-                 the points' ages wrongly; nothing removed (try again once the clocks agree, \
-                 or use dry_run to see what it would remove)",
-                crate::daemon::clock::skew_secs()
+                "{why}: a prune now could judge the points' ages wrongly; nothing removed \
+                 (try again once the clocks agree, or use dry_run to see what it would \
+                 remove)"
             ),
         ));
     }

@@ -7,10 +7,11 @@
 //! job history would forget jobs and their idempotency keys, and a schedule would run at
 //! the wrong hour. So the daemon compares the clock with vCenter's (`CurrentTime`) every
 //! ten minutes, and while they differ by more than [`MAX_SKEW_SECS`] those decisions wait.
-//! (`vadp-agent schedule run-due` checks once at its start.) Until a first comparison the
-//! clock is trusted, as it was before this check existed.
+//! (`vadp-agent schedule run-due` checks once at its start, and every backup job compares
+//! too.) Until a first comparison succeeded the clock is not trusted either: a clock a
+//! week ahead, on a proxy whose first call to vCenter failed, would otherwise pass.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -26,10 +27,29 @@ const CHECK_EVERY: Duration = Duration::from_secs(600);
 /// Local minus vCenter, in seconds, as last measured (0 until then).
 static SKEW_SECS: AtomicI64 = AtomicI64::new(0);
 
-/// Whether the local clock agrees with vCenter's, as last measured.
+/// Whether a comparison ever succeeded.
+static MEASURED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the local clock agrees with vCenter's, as last measured (not before a first
+/// measurement).
 #[must_use]
 pub fn trusted() -> bool {
-    SKEW_SECS.load(Ordering::Relaxed).abs() <= MAX_SKEW_SECS
+    untrusted_because().is_none()
+}
+
+/// Why the local clock is not trusted, if it is not: said where a decision waits.
+#[must_use]
+pub fn untrusted_because() -> Option<String> {
+    let skew = SKEW_SECS.load(Ordering::Relaxed);
+    if !MEASURED.load(Ordering::Relaxed) {
+        Some("this machine's clock has not been compared with vCenter's yet (its CurrentTime could not be read)".into())
+    } else if skew.abs() > MAX_SKEW_SECS {
+        Some(format!(
+            "this machine's clock differs from vCenter's by {skew} s"
+        ))
+    } else {
+        None
+    }
 }
 
 /// The last measured difference, local minus vCenter, in seconds.
@@ -52,8 +72,12 @@ pub fn vcenter_now() -> jiff::Zoned {
 
 /// Records a measured skew (tests, and [`check`]).
 pub fn set_skew_secs(skew: i64) {
+    let measured = MEASURED.swap(true, Ordering::Relaxed);
     let before = SKEW_SECS.swap(skew, Ordering::Relaxed);
-    let (was, is) = (before.abs() <= MAX_SKEW_SECS, skew.abs() <= MAX_SKEW_SECS);
+    let (was, is) = (
+        !measured || before.abs() <= MAX_SKEW_SECS,
+        skew.abs() <= MAX_SKEW_SECS,
+    );
     if was && !is {
         tracing::warn!(
             skew_secs = skew,

@@ -539,7 +539,11 @@ struct JobCtx {
 /// judged days old, or young, by retention once the clock is right.
 async fn vcenter_clock_offset(env: &Environment) -> i64 {
     let offset = match crate::daemon::clock::measure_skew(&env.soap).await {
-        Ok(skew) => -skew,
+        Ok(skew) => {
+            // Also what retention, after the job, judges this machine's clock by.
+            crate::daemon::clock::set_skew_secs(skew);
+            -skew
+        }
         Err(e) => {
             tracing::warn!(error = %e, "reading vCenter's CurrentTime; points get this machine's time");
             return 0;

@@ -149,6 +149,14 @@ impl Vcenter {
                 String::new()
             }
             "CurrentTime" => {
+                let mut failing = false;
+                let _ = self.lab.update_settings(|s| {
+                    failing = s.failing_current_time > 0;
+                    s.failing_current_time = s.failing_current_time.saturating_sub(1);
+                });
+                if failing {
+                    return Err(Fault::system_error("injected CurrentTime failure"));
+                }
                 let offset = self.lab.settings().map_or(0, |s| s.clock_offset_secs);
                 format!(
                     "<returnval>{}</returnval>",

@@ -181,6 +181,7 @@ impl Lab {
             next_snapshot: 1,
             vcenter_url: None,
             clock_offset_secs: 0,
+            failing_current_time: 0,
             datastore_free_bytes: std::collections::BTreeMap::new(),
             datastore_types: std::collections::BTreeMap::new(),
             datastores_inaccessible: std::collections::BTreeSet::new(),

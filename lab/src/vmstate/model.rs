@@ -30,6 +30,10 @@ pub struct LabSettings {
     /// from the proxy's; test fault injection).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub clock_offset_secs: i64,
+    /// How many of the next `CurrentTime` calls fail with a `SystemError` (test fault
+    /// injection: a proxy whose first comparison of clocks fails).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failing_current_time: u32,
     /// Free space a datastore reports (`summary.freeSpace`) instead of its file system's,
     /// by datastore name (test fault injection: a full datastore).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
