@@ -2084,6 +2084,50 @@ mod tests {
         bytes
     }
 
+    /// The newest point of an image removed: changed extents made since it do not lead from
+    /// the point newest now, so an incremental without `--parent` is refused until the
+    /// image has a new point; removing a point that is not the newest changes nothing.
+    #[test]
+    fn an_incremental_after_the_newest_point_was_removed_needs_its_parent_named() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        assert!(repo.delete_point(f.incr).unwrap());
+        let changed = synthetic_image::mutate(&f.img, 4, 2, 4096).unwrap();
+        let e = repo
+            .backup_image(&incremental(&f, changed.clone()), &mut |_, _| {})
+            .unwrap_err();
+        assert!(
+            matches!(e, vadp_agent::repo::RepoError::NewestRemoved { newest, .. } if newest == f.full),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains(&format!("--parent {}", f.full)),
+            "{e}"
+        );
+        assert_eq!(repo.list().unwrap().len(), 1, "nothing was committed");
+        // Named, the parent is taken; the next incremental leads on from the new point.
+        let named = repo
+            .backup_image(
+                &ImageBackup {
+                    parent: Some(f.full),
+                    ..incremental(&f, changed)
+                },
+                &mut |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(named.parent, Some(f.full));
+        let next = repo
+            .backup_image(&incremental(&f, Vec::new()), &mut |_, _| {})
+            .unwrap();
+        assert_eq!(next.parent, Some(named.point));
+        // An older point removed: the newest stays the one the extents lead from.
+        assert!(repo.delete_point(f.full).unwrap());
+        let after = repo
+            .backup_image(&incremental(&f, Vec::new()), &mut |_, _| {})
+            .unwrap();
+        assert_eq!(after.parent, Some(next.point));
+    }
+
     fn incremental(f: &Fixture, changed: Vec<vadp_agent::repo::Extent>) -> ImageBackup {
         ImageBackup {
             name: "vm".into(),

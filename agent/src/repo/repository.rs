@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::ids::{ChangeId, ChunkDigest, DiskKey, JobId, RestorePointId, VmMoref};
 use crate::repo::catalog::{
     Catalog, CatalogError, CatalogHandle, CatalogThread, DiskRecord, DiskRole, GC_PENDING_KEY,
-    NewPoint, PointConfig, PointKind, PointRecord, VmRecord,
+    IMAGE_NEWEST_REMOVED_PREFIX, NewPoint, PointConfig, PointKind, PointRecord, VmRecord,
 };
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Layout, RepoLock};
 use crate::repo::durable;
@@ -198,6 +198,21 @@ pub enum RepoError {
          incremental, or neither for a full backup"
     )]
     ParentWithoutChanges(RestorePointId),
+    /// Changed extents without a parent, while the image's newest point was removed since
+    /// the one that is newest now was made: the extents (changes since the last backup)
+    /// would be applied to an older point than they were made from.
+    #[error(
+        "the newest backup of image {name:?} was removed after point {newest} was made: \
+         changed extents made since the last backup do not lead from {newest}; give \
+         --parent {newest} if they are the changes since that point, or back up without \
+         --changed (a full backup)"
+    )]
+    NewestRemoved {
+        /// The image.
+        name: String,
+        /// Its newest point now.
+        newest: RestorePointId,
+    },
     /// No restore point for this VM to start an incremental from.
     #[error("no restore point of {0} to use as parent; run a full backup first")]
     NoParent(String),
@@ -1215,12 +1230,26 @@ impl Repository {
                 Some(p)
             }
             (Some(id), None) => return Err(RepoError::ParentWithoutChanges(id)),
-            (None, Some(_)) => self
-                .catalog
-                .list_points()?
-                .into_iter()
-                .rev()
-                .find(|p| p.vm.moref == vm.moref),
+            (None, Some(_)) => {
+                let newest = self
+                    .catalog
+                    .list_points()?
+                    .into_iter()
+                    .rev()
+                    .find(|p| p.vm.moref == vm.moref);
+                let removed = self
+                    .catalog
+                    .meta(&format!("{IMAGE_NEWEST_REMOVED_PREFIX}{}", vm.moref))?;
+                if let Some(p) = &newest
+                    && removed.is_some_and(|r| r == p.id.to_string())
+                {
+                    return Err(RepoError::NewestRemoved {
+                        name: req.name.clone(),
+                        newest: p.id,
+                    });
+                }
+                newest
+            }
             (None, None) => None,
         };
         let source = RawFileSource::open(&req.file).map_err(RepoError::Source)?;

@@ -245,6 +245,12 @@ fn to_u64(v: i64) -> u64 {
 /// (Unix seconds, as text). Their chunks and index directories may be garbage until GC runs.
 pub const GC_PENDING_KEY: &str = "gc.pending_since";
 
+/// `repo_meta` key prefix, followed by an image's moref (`image:NAME`): the point that
+/// became the image's newest when its newest was removed. An incremental with changed
+/// extents and no parent would start from it, while the extents were made since the
+/// point removed: `image backup` refuses that until a new point of the image exists.
+pub const IMAGE_NEWEST_REMOVED_PREFIX: &str = "image.newest_removed.";
+
 /// The catalog: queries over one connection.
 #[derive(Debug)]
 pub struct Catalog {
@@ -672,10 +678,43 @@ impl Catalog {
         };
         let tx = self.conn.transaction().map_err(sql)?;
         let mut n = 0;
+        // Images whose newest point goes (see IMAGE_NEWEST_REMOVED_PREFIX).
+        let mut images: Vec<(String, i64)> = Vec::new();
         for id in ids {
+            let newest_of_image: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT v.moref, p.vm_id FROM restore_points p JOIN vms v ON v.id = p.vm_id
+                     WHERE p.id = ?1 AND v.moref LIKE 'image:%' AND NOT EXISTS (
+                         SELECT 1 FROM restore_points q WHERE q.vm_id = p.vm_id
+                         AND (q.created_at > p.created_at
+                              OR (q.created_at = p.created_at AND q.rowid > p.rowid)))",
+                    [id.to_string()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(sql)?;
+            images.extend(newest_of_image);
             n += tx
                 .execute("DELETE FROM restore_points WHERE id = ?1", [id.to_string()])
                 .map_err(sql)?;
+        }
+        for (moref, vm_id) in images {
+            let newest: String = tx
+                .query_row(
+                    "SELECT id FROM restore_points WHERE vm_id = ?1
+                     ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                    [vm_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql)?
+                .unwrap_or_default();
+            tx.execute(
+                "INSERT INTO repo_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![format!("{IMAGE_NEWEST_REMOVED_PREFIX}{moref}"), newest],
+            )
+            .map_err(sql)?;
         }
         if n > 0 {
             // In the same transaction: whoever removes points leaves garbage for GC.

@@ -27,8 +27,8 @@ pub use damaged::DamagedChunk;
 #[cfg(test)]
 pub(crate) use db::tests::sample_point;
 pub use db::{
-    Catalog, DiskRecord, DiskRole, GC_PENDING_KEY, JobEnd, JournalEntry, JournalKind, NewPoint,
-    PointConfig, PointKind, PointRecord, VmRecord,
+    Catalog, DiskRecord, DiskRole, GC_PENDING_KEY, IMAGE_NEWEST_REMOVED_PREFIX, JobEnd,
+    JournalEntry, JournalKind, NewPoint, PointConfig, PointKind, PointRecord, VmRecord,
 };
 pub use queue::{QueueJob, QueueUpdate};
 pub use schema::LATEST_VERSION;
