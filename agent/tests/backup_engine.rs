@@ -750,6 +750,64 @@ mod tests {
         fx.verify_clean();
     }
 
+    /// Change tracking off and a snapshot of the user's on the VM: VMware does not support
+    /// enabling CBT then (its incrementals could miss changes), so the backup leaves it
+    /// off, says why, and is full, as is the next; once the snapshot is gone, CBT is
+    /// enabled and incrementals follow.
+    #[test]
+    fn change_tracking_is_not_enabled_while_the_vm_has_snapshots() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("snapped-1", &[8]);
+        assert!(!fx.lab.vm(&vm).unwrap().change_tracking_enabled);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 0, &pattern(3, MIB))
+            .unwrap();
+        let users = fx
+            .lab
+            .create_snapshot(&vm, "before-upgrade", "the user's own")
+            .unwrap();
+        let kind_after_backup = |warned: bool| {
+            let b = fx.backup(&[&vm], &[], None);
+            let r = b.ok().clone();
+            let warning = b.events.iter().any(|e| {
+                e["event"] == "warning"
+                    && e["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("VMware does not support enabling it then")
+            });
+            assert_eq!(warning, warned, "{:?}", b.events);
+            let v = vm_report(&r, &vm).clone();
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["point"].as_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(kind_after_backup(true).0, "full");
+        assert!(!fx.lab.vm(&vm).unwrap().change_tracking_enabled);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 2 * MIB, &pattern(4, KIB64))
+            .unwrap();
+        let (kind, point) = kind_after_backup(true);
+        assert_eq!(kind, "full");
+        assert!(fx.restored(&point, 2000) == fx.disk_bytes(&vm, DiskKey(2000)));
+        assert_eq!(
+            fx.lab.vm(&vm).unwrap().snapshots.len(),
+            1,
+            "the user's stays"
+        );
+        // The snapshot gone: enabled now, and the next backup is an incremental.
+        fx.lab.remove_snapshot(&vm, &users).unwrap();
+        assert_eq!(kind_after_backup(false).0, "full");
+        assert!(fx.lab.vm(&vm).unwrap().change_tracking_enabled);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 5 * MIB, &pattern(5, KIB64))
+            .unwrap();
+        let (kind, point) = kind_after_backup(false);
+        assert_eq!(kind, "incremental");
+        assert!(fx.restored(&point, 2000) == fx.disk_bytes(&vm, DiskKey(2000)));
+    }
+
     #[test]
     fn a_crash_inside_the_cbt_enable_cycle_leaves_no_snapshot_after_reconcile() {
         let fx = Fixture::new();

@@ -976,7 +976,24 @@ async fn set_up(
     for (request, mut info) in resolved {
         check_cancel(ctx)?;
         let mut cbt_enabled_now = false;
-        if !info.change_tracking_enabled {
+        let snapshots = info.all_snapshots().len();
+        if !info.change_tracking_enabled && snapshots > 0 {
+            // VMware does not support enabling change tracking while a VM has snapshots
+            // (KB 1020128), and since vSphere 6.5 QueryChangedDiskAreas no longer fails on
+            // the tracking data that makes: incrementals could then miss changes. It stays
+            // off, and each backup is full (its disks record no changeId), until the
+            // snapshots are gone.
+            (ctx.observer)(&BackupEvent::Warning {
+                vm: info.moref.clone(),
+                name: info.name.clone(),
+                message: format!(
+                    "change tracking is off and the VM has {snapshots} snapshot(s): VMware \
+                     does not support enabling it then (its incrementals could miss \
+                     changes), so it stays off and this backup is full; delete or \
+                     consolidate the snapshots to have it enabled at the next backup"
+                ),
+            });
+        } else if !info.change_tracking_enabled {
             enable_cbt(env, ctx, &info).await?;
             cbt_enabled_now = true;
             (ctx.observer)(&BackupEvent::CbtEnabled {
