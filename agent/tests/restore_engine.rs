@@ -2771,9 +2771,18 @@ mod tests {
             assert_eq!(&s.disk_bytes(&restored, DiskKey(*k)), bytes, "disk {k}");
         }
 
-        // In place, the VM's own disks are written: no datastore to choose.
+        // In place, the VM's own disks are written: no datastore to choose. Asked for
+        // together, refused before the pre-flight; predicted, refused by it.
         s.change_since_backup("moved-1");
         let r = fx.restore(&p1, &["--mode", "existing", "--datastore", "ds1"]);
+        assert_eq!(r.code, Some(1));
+        assert!(
+            r.stderr
+                .contains("--datastore: ds1 places a new VM's files"),
+            "{}",
+            r.stderr
+        );
+        let r = fx.restore(&p1, &["--datastore", "ds1"]);
         assert_ne!(r.code, Some(0));
         assert_eq!(
             refusal_ids(&r),

@@ -120,7 +120,7 @@ pub struct RestoreJobRequest {
     #[serde(default)]
     pub verify_first: bool,
     /// Seconds to wait for WCP's automatic registration, when WCP registers the VM by
-    /// itself, before calling registervm (default 120).
+    /// itself, before calling registervm (default 120, at most 3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_registration_wait_secs: Option<u64>,
     /// After registration, create the VirtualMachineGroup and VirtualMachineServices the

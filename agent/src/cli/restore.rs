@@ -103,6 +103,25 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         .map(|s| parse_subnet_map(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    let disks: Vec<DiskKey> = args.disks.iter().copied().map(DiskKey).collect();
+    restore::check_request(
+        args.mode,
+        &disks,
+        args.datastore.as_deref(),
+        std::time::Duration::from_secs(args.auto_registration_wait),
+    )
+    .map_err(|e| {
+        // The API's field names, as the options spell them.
+        let e = [
+            ("disks:", "--disk:"),
+            ("datastore:", "--datastore:"),
+            ("auto_registration_wait_secs:", "--auto-registration-wait:"),
+        ]
+        .iter()
+        .find_map(|(field, option)| e.strip_prefix(field).map(|rest| format!("{option}{rest}")))
+        .unwrap_or(e);
+        anyhow::anyhow!(e)
+    })?;
     let supervisor = args.supervisor.target()?;
     let (rt, env) = environment(&args.connection, &args.repo)?;
     let tls = tls_of(&args.connection)?;
@@ -114,7 +133,7 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
             point,
             namespace: args.namespace.clone(),
             mode: args.mode,
-            disks: args.disks.iter().copied().map(DiskKey).collect(),
+            disks: disks.clone(),
             subnet_map: subnet_map.clone(),
             datastore: args.datastore.clone(),
             dry_run: args.dry_run,

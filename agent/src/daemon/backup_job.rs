@@ -127,6 +127,16 @@ pub fn engine_request(
     if r.vms.is_empty() {
         return Err("vms: give at least one VM".into());
     }
+    // The same VM named twice the same way (the engine refuses it named two ways, once
+    // it has resolved both).
+    if let Some((i, v)) = r
+        .vms
+        .iter()
+        .enumerate()
+        .find(|(i, v)| r.vms[..*i].iter().any(|w| w.vm.trim() == v.vm.trim()))
+    {
+        return Err(format!("vms: {} is given twice (entry {})", v.vm, i + 1));
+    }
     let vms = r
         .vms
         .iter()
@@ -242,6 +252,17 @@ pub fn restore_requests(
                 .into(),
         );
     }
+    let disks: Vec<DiskKey> = r.disks.iter().copied().map(DiskKey).collect();
+    let auto_registration_wait = r.auto_registration_wait_secs.map_or(
+        restore::AUTO_REGISTRATION_WAIT,
+        std::time::Duration::from_secs,
+    );
+    restore::check_request(
+        r.mode,
+        &disks,
+        r.datastore.as_deref(),
+        auto_registration_wait,
+    )?;
     let subnet_map = r
         .subnet_map
         .iter()
@@ -253,15 +274,12 @@ pub fn restore_requests(
             point,
             namespace: r.namespace.clone(),
             mode: r.mode,
-            disks: r.disks.iter().copied().map(DiskKey).collect(),
+            disks: disks.clone(),
             subnet_map: subnet_map.clone(),
             datastore: r.datastore.clone(),
             dry_run: r.dry_run,
             verify_first: r.verify_first,
-            auto_registration_wait: r.auto_registration_wait_secs.map_or(
-                restore::AUTO_REGISTRATION_WAIT,
-                std::time::Duration::from_secs,
-            ),
+            auto_registration_wait,
             recreate_related: r.recreate_related,
             limits,
             places: None,
@@ -663,6 +681,82 @@ mod tests {
             1
         );
         assert_eq!(restore_request(&one).unwrap().point.to_string(), a);
+    }
+
+    /// A VM named twice in a backup request is a 400, not a job the engine refuses.
+    #[test]
+    fn a_backup_request_naming_a_vm_twice_is_refused() {
+        let r: plugin_api::types::BackupJobRequest = serde_json::from_value(
+            serde_json::json!({"vms": [{"vm": "vm-1"}, {"vm": "ns/web"}, {"vm": "vm-1"}]}),
+        )
+        .unwrap();
+        let e = super::engine_request(&r, crate::engine::Limits::default()).unwrap_err();
+        assert_eq!(e, "vms: vm-1 is given twice (entry 3)");
+        let r: plugin_api::types::BackupJobRequest =
+            serde_json::from_value(serde_json::json!({"vms": [{"vm": "vm-1"}, {"vm": "vm-2"}]}))
+                .unwrap();
+        assert!(super::engine_request(&r, crate::engine::Limits::default()).is_ok());
+    }
+
+    /// A request that contradicts itself is refused where it arrives (the API's 400),
+    /// naming the field, rather than queued for its job to fail.
+    #[test]
+    fn contradictory_restore_requests_are_refused_naming_the_field() {
+        let refused = |v: serde_json::Value| {
+            let mut r = serde_json::json!({"point": "0b7e8c52-1111-4222-8333-944455556666"});
+            r.as_object_mut()
+                .unwrap()
+                .extend(v.as_object().unwrap().clone());
+            let r: plugin_api::types::RestoreJobRequest = serde_json::from_value(r).unwrap();
+            restore_request(&r).map(|_| ()).unwrap_err()
+        };
+        for (request, expected) in [
+            (
+                serde_json::json!({"mode": "new", "disks": [2000]}),
+                "disks: disks are chosen only",
+            ),
+            (
+                serde_json::json!({"mode": "existing", "disks": [2000]}),
+                "with mode existing",
+            ),
+            (
+                serde_json::json!({"mode": "disk-only"}),
+                "disks: a disk-only restore needs",
+            ),
+            (
+                serde_json::json!({"mode": "disk-only", "disks": [2000, 2001, 2000]}),
+                "disk 2000 is given twice",
+            ),
+            (
+                serde_json::json!({"mode": "existing", "datastore": "ds2"}),
+                "datastore: ds2 places",
+            ),
+            (
+                serde_json::json!({"mode": "disk-only", "disks": [2001], "datastore": "ds2"}),
+                "mode disk-only writes",
+            ),
+            (
+                serde_json::json!({"auto_registration_wait_secs": 86_400}),
+                "auto_registration_wait_secs: 86400 s",
+            ),
+        ] {
+            let e = refused(request.clone());
+            assert!(e.contains(expected), "{request}: {e}");
+        }
+        // What is coherent passes (auto decides with the namespace, at plan time).
+        for ok in [
+            serde_json::json!({"mode": "auto", "disks": [2000]}),
+            serde_json::json!({"mode": "new", "datastore": "ds2"}),
+            serde_json::json!({"mode": "disk-only", "disks": [2000, 2001]}),
+            serde_json::json!({"auto_registration_wait_secs": 3600}),
+        ] {
+            let mut r = serde_json::json!({"point": "0b7e8c52-1111-4222-8333-944455556666"});
+            r.as_object_mut()
+                .unwrap()
+                .extend(ok.as_object().unwrap().clone());
+            let r: plugin_api::types::RestoreJobRequest = serde_json::from_value(r).unwrap();
+            assert!(restore_request(&r).is_ok(), "{ok}");
+        }
     }
 
     /// The API's registration wait reaches the engine; without it, the default.

@@ -79,8 +79,75 @@ use crate::vsphere::{DiskChange, SubnetRef, TlsVerification};
 pub const STAGING_FOLDER: &str = "vadp-agent-restore";
 /// How long the agent waits for WCP's own registration task when auto-registration is on.
 pub const AUTO_REGISTRATION_WAIT: Duration = Duration::from_secs(120);
+/// The longest wait for WCP's automatic registration a request may ask for: its task
+/// starts within moments of EndAccess, and a longer wait only holds the job (and its
+/// queue slot) while nothing happens.
+pub const AUTO_REGISTRATION_WAIT_MAX: Duration = Duration::from_secs(3600);
 /// registervm's documented timeout (§12.2).
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What makes a restore request contradict itself, whatever the point, as the pre-flight
+/// would refuse it later (checked where a request arrives: the CLI, the API's 400): disks
+/// named outside a disk-only restore or twice, a disk-only restore without disks, a
+/// datastore for a restore that writes into the VM that is there, a wait for WCP's
+/// registration beyond [`AUTO_REGISTRATION_WAIT_MAX`].
+///
+/// # Errors
+/// A message naming the field (as the API spells it; the CLI's options say the same).
+pub fn check_request(
+    mode: RestoreMode,
+    disks: &[DiskKey],
+    datastore: Option<&str>,
+    auto_registration_wait: Duration,
+) -> Result<(), String> {
+    if let Some((i, k)) = disks
+        .iter()
+        .enumerate()
+        .find(|(i, k)| disks[..*i].contains(k))
+        .map(|(i, k)| (i, *k))
+    {
+        return Err(format!("disks: disk {k} is given twice (entry {})", i + 1));
+    }
+    match mode {
+        RestoreMode::New | RestoreMode::Existing if !disks.is_empty() => {
+            return Err(format!(
+                "disks: disks are chosen only for a disk-only restore, not with mode {}",
+                mode_name(mode)
+            ));
+        }
+        RestoreMode::DiskOnly if disks.is_empty() => {
+            return Err("disks: a disk-only restore needs the disks to restore".into());
+        }
+        _ => {}
+    }
+    if let Some(ds) = datastore
+        && matches!(mode, RestoreMode::Existing | RestoreMode::DiskOnly)
+    {
+        return Err(format!(
+            "datastore: {ds} places a new VM's files; a restore with mode {} writes into \
+             the VM that is there",
+            mode_name(mode)
+        ));
+    }
+    if auto_registration_wait > AUTO_REGISTRATION_WAIT_MAX {
+        return Err(format!(
+            "auto_registration_wait_secs: {} s is longer than the {} s WCP's registration \
+             could take to start",
+            auto_registration_wait.as_secs(),
+            AUTO_REGISTRATION_WAIT_MAX.as_secs()
+        ));
+    }
+    Ok(())
+}
+
+fn mode_name(mode: RestoreMode) -> &'static str {
+    match mode {
+        RestoreMode::Auto => "auto",
+        RestoreMode::New => "new",
+        RestoreMode::Existing => "existing",
+        RestoreMode::DiskOnly => "disk-only",
+    }
+}
 
 /// What the operator asks for: the API's type, shared by the CLI and the daemon.
 pub use plugin_api::types::RestoreMode;
