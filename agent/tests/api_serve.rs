@@ -449,6 +449,29 @@ concurrent_jobs = 2
             assert_eq!(e.status(), Some(401), "{e}");
             let wrong = Client::new(&base, Some(Token::new("wrong"))).unwrap();
             assert_eq!(wrong.points().await.unwrap_err().status(), Some(401));
+            // The scheme's name in any case (RFC 9110 §11.1); the token exactly.
+            for (header, status) in [
+                (format!("bearer {TOKEN}"), "200"),
+                (format!("BEARER  {TOKEN}"), "200"),
+                (format!("Basic {TOKEN}"), "401"),
+                (format!("Bearer {}", TOKEN.to_uppercase()), "401"),
+            ] {
+                use std::io::{Read as _, Write as _};
+                let addr = base.trim_start_matches("http://").trim_end_matches('/');
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(
+                    format!(
+                        "GET /v1/points HTTP/1.1\r\nHost: x\r\nAuthorization: {header}\r\n\
+                         Connection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                let mut out = String::new();
+                let _ = c.read_to_string(&mut out);
+                let line = out.lines().next().unwrap_or_default();
+                assert!(line.contains(&format!(" {status} ")), "{header}: {line}");
+            }
 
             let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
             // The served document is the committed one.
@@ -499,6 +522,28 @@ concurrent_jobs = 2
                     .unwrap_err();
                 assert_eq!(e.status(), Some(status), "{point}: {e}");
             }
+            // A request that contradicts itself is a 400 naming the field, not a job that
+            // fails later.
+            let e = client
+                .restore(&RestoreJobRequest {
+                    point: unknown.into(),
+                    namespace: None,
+                    mode: plugin_api::types::RestoreMode::New,
+                    disks: vec![2000],
+                    subnet_map: vec![],
+                    datastore: None,
+                    dry_run: false,
+                    verify_first: false,
+                    auto_registration_wait_secs: None,
+                    recreate_related: false,
+                    with_points: vec![],
+                    idempotency_key: None,
+                    priority: 0,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(400), "{e}");
+            assert!(e.to_string().contains("disks:"), "{e}");
 
             let request = BackupJobRequest {
                 vms: vec![VmSpec {
@@ -1257,6 +1302,7 @@ concurrent_jobs = 2
                 priority: 0,
             };
             let job = client.restore(&request).await.unwrap();
+            let first = job.id.clone();
             let (names, ended) = follow(&client, &job.id).await;
             assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
             for expected in [
@@ -1322,7 +1368,7 @@ concurrent_jobs = 2
                     point: point2.clone(),
                     recreate_related: false,
                     idempotency_key: None,
-                    ..request
+                    ..request.clone()
                 })
                 .await
                 .unwrap();
@@ -1333,6 +1379,21 @@ concurrent_jobs = 2
             let result = ended.result.expect("the report is the failed job's result");
             assert_eq!(result["unfinished"]["cancelled"], false, "{result}");
             assert!(result["vm"].is_string(), "{result}");
+
+            // The first restore retried (its client timed out, say) after its point was
+            // removed: its job again, not a 404 for the point.
+            client.delete_point(&point).await.unwrap();
+            let again = client.restore(&request).await.unwrap();
+            assert_eq!(again.id, first);
+            // Without the key, the point is unknown now.
+            let e = client
+                .restore(&RestoreJobRequest {
+                    idempotency_key: None,
+                    ..request
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(404), "{e}");
         });
         assert_eq!(
             sup.get("VirtualMachineService", "ns1", "web-lb").unwrap()["spec"]["selector"],

@@ -258,9 +258,18 @@ async fn post_restore(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<
         .iter()
         .map(|r| r.point)
         .collect();
-    // An unknown point is the caller's mistake, answered now rather than by a failed job.
+    // An unknown point is the caller's mistake, answered now rather than by a failed job;
+    // unless the request is a retry (its key known), answered with its job even when the
+    // point has gone since (retention, DELETE), or 409 when it is another request.
+    let retry = request
+        .idempotency_key
+        .as_deref()
+        .is_some_and(|k| s.queue.knows_key(k));
     let catalog = s.env.repo.catalog().clone();
     let missing = short(move || {
+        if retry {
+            return Ok(None);
+        }
         for point in points {
             if catalog
                 .get_point(point)

@@ -619,6 +619,17 @@ impl Queue {
         Ok((view, new))
     }
 
+    /// Whether a job the queue remembers (not trimmed from its history) was made with
+    /// idempotency key `key`: a request carrying it is a retry, answered with that job
+    /// whatever has changed since (its restore point removed, say).
+    #[must_use]
+    pub fn knows_key(&self, key: &str) -> bool {
+        let st = self.inner.lock();
+        st.jobs
+            .values()
+            .any(|e| e.job.idempotency_key.as_deref() == Some(key))
+    }
+
     /// Every job, newest first.
     #[must_use]
     pub fn list(&self) -> Vec<Job> {
