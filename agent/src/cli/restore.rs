@@ -343,16 +343,19 @@ fn observer(json: bool) -> RestoreObserver {
         RestoreEvent::Predicted { prediction } => print_prediction(prediction),
         RestoreEvent::Step { message } => bars.println(format!("- {message}")),
         RestoreEvent::DiskStarted {
+            vm: _,
             disk,
             label,
             bytes_total,
         } => bars.start(*disk, format!("{disk} {label}"), *bytes_total),
         RestoreEvent::DiskProgress {
+            vm: _,
             disk,
             bytes_done,
             bytes_total,
         } => bars.set(disk, *bytes_done, *bytes_total),
         RestoreEvent::DiskFinished {
+            vm: _,
             disk,
             capacity_bytes,
             seconds,

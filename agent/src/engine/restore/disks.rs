@@ -109,6 +109,7 @@ pub(super) async fn write_disks(
                         }
                     })?;
                     observer(&RestoreEvent::DiskStarted {
+                        vm: vm.clone(),
                         disk: disk.key,
                         label: disk.label.clone(),
                         bytes_total: disk.capacity_bytes,
@@ -117,6 +118,7 @@ pub(super) async fn write_disks(
                     let key = disk.key;
                     let mut progress = |done: u64, total: u64| {
                         observer(&RestoreEvent::DiskProgress {
+                            vm: vm.clone(),
                             disk: key,
                             bytes_done: done,
                             bytes_total: total,
@@ -127,6 +129,7 @@ pub(super) async fn write_disks(
                         .map_err(BackupError::Repo)?;
                     let seconds = started.elapsed().as_secs_f64();
                     observer(&RestoreEvent::DiskFinished {
+                        vm: vm.clone(),
                         disk: disk.key,
                         capacity_bytes: size,
                         seconds,

@@ -435,6 +435,8 @@ pub enum RestoreEvent {
     },
     /// A disk starts.
     DiskStarted {
+        /// The VM written (several, one after the other, in a restore of several points).
+        vm: VmMoref,
         /// Device key in the backup.
         disk: DiskKey,
         /// Label.
@@ -444,6 +446,8 @@ pub enum RestoreEvent {
     },
     /// Bytes written so far.
     DiskProgress {
+        /// The VM written (several, one after the other, in a restore of several points).
+        vm: VmMoref,
         /// Device key.
         disk: DiskKey,
         /// Done.
@@ -453,6 +457,8 @@ pub enum RestoreEvent {
     },
     /// A disk is written.
     DiskFinished {
+        /// The VM written (several, one after the other, in a restore of several points).
+        vm: VmMoref,
         /// Device key.
         disk: DiskKey,
         /// Capacity.
@@ -2161,6 +2167,41 @@ async fn wait_for_auto_task(
 #[cfg(test)]
 mod tests {
     use super::SupervisorTarget;
+
+    /// A restore's disk events name the VM written: the daemon keys a job's progress by
+    /// VM and disk, and the VMs of a restore of several points share disk keys (2000, …),
+    /// so that without it the second VM's disks overwrote the first's.
+    #[test]
+    fn disk_events_name_the_vm() {
+        use super::{DiskKey, RestoreEvent, VmMoref};
+        for e in [
+            RestoreEvent::DiskStarted {
+                vm: VmMoref("vm-7".into()),
+                disk: DiskKey(2000),
+                label: "Hard disk 1".into(),
+                bytes_total: 10,
+            },
+            RestoreEvent::DiskProgress {
+                vm: VmMoref("vm-7".into()),
+                disk: DiskKey(2000),
+                bytes_done: 5,
+                bytes_total: 10,
+            },
+            RestoreEvent::DiskFinished {
+                vm: VmMoref("vm-7".into()),
+                disk: DiskKey(2000),
+                capacity_bytes: 10,
+                seconds: 1.0,
+            },
+        ] {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(
+                (v["vm"].as_str(), v["disk"].as_i64()),
+                (Some("vm-7"), Some(2000)),
+                "{v}"
+            );
+        }
+    }
 
     #[test]
     fn a_supervisor_token_never_shows_in_debug_output() {
