@@ -182,7 +182,6 @@ const NO_POINT: Answer = error(
     &["not_found"],
     "not_found: no restore point of that id (also an id that is not a restore point id)",
 );
-const LOCK: &str = "conflict: the repository lock could not be taken";
 
 /// Every route of `/v1`, in the order the document lists them.
 pub const ROUTES: &[Route] = &[
@@ -313,7 +312,8 @@ pub const ROUTES: &[Route] = &[
             error(
                 409,
                 &["conflict"],
-                "conflict: a restore is using the point, or the repository lock could not be taken",
+                "conflict: a restore is using the point (a running GC is waited for, not \
+                 answered with 409)",
             ),
             INTERNAL,
         ],
@@ -335,14 +335,19 @@ pub const ROUTES: &[Route] = &[
                 &["not_found"],
                 "not_found: a restore point of `points` does not exist",
             ),
-            error(409, &["conflict"], LOCK),
+            error(
+                409,
+                &["conflict"],
+                "conflict: a repository lock was busy (not expected: a running GC is waited for)",
+            ),
             TOO_LARGE,
             INTERNAL,
         ],
         ..route(
             Method::Post,
             "/v1/repository/verify",
-            "Re-read every chunk and check its digest; optionally repair (no body is `{}`)",
+            "Re-read every chunk and check its digest; optionally repair (no body is `{}`; a \
+             running GC is waited for)",
             Some("VerifyRequest"),
             200,
             Some("VerifyResult"),
@@ -353,9 +358,10 @@ pub const ROUTES: &[Route] = &[
             BAD_BODY,
             error(
                 409,
-                &["clock_untrusted", "conflict"],
+                &["clock_untrusted"],
                 "clock_untrusted: not a dry run while this machine's clock and vCenter's \
-                 disagree (nothing removed); conflict: the repository lock could not be taken",
+                 disagree, or before they were first compared (nothing removed); a running GC \
+                 is waited for",
             ),
             TOO_LARGE,
             INTERNAL,
