@@ -823,6 +823,25 @@ concurrent_jobs = 2
         assert!(!log.contains("ERROR"), "{log}");
 
         rt.block_on(async {
+            // A backup through the API in the policy's group would be pruned by it as
+            // its own: refused.
+            let e = client
+                .backup(&BackupJobRequest {
+                    vms: vec![VmSpec {
+                        vm: vm.0.clone(),
+                        quiesce: false,
+                    }],
+                    group: Some("nightly".into()),
+                    idempotency_key: None,
+                    priority: 0,
+                    full: false,
+                    require_vmservice: false,
+                    prepare_access: true,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.status(), Some(400), "{e}");
+            assert!(e.to_string().contains("scheduling policy nightly"), "{e}");
             let points = client.points().await.unwrap().points;
             assert_eq!(points.len(), 1, "{points:?}");
             assert_eq!(points[0].id, new_point);

@@ -24,7 +24,9 @@ pub struct VmSpec {
 pub struct BackupJobRequest {
     /// The VMs, snapshotted together (at least one).
     pub vms: Vec<VmSpec>,
-    /// Name of the consistency group, recorded with the job.
+    /// Name of the consistency group, recorded with the job. Not the name of one of the
+    /// daemon's scheduling policies (a 400): a policy's retention takes its group's
+    /// points for its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// Submitting again with the same key returns the job first created with it.

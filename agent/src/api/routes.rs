@@ -48,6 +48,9 @@ pub struct AppState {
     pub token: SecretText,
     /// Engine limits for new jobs.
     pub limits: Limits,
+    /// The scheduling policies' names: a backup's `group` may not be one (a policy's
+    /// retention takes the points of its group's jobs for its own).
+    pub policies: Vec<String>,
     /// Set once start-up is complete.
     pub ready: AtomicBool,
 }
@@ -225,6 +228,14 @@ fn repo_failure(e: RepoError) -> ApiFailure {
 async fn post_backup(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let request: BackupJobRequest = parse(&body)?;
     engine_request(&request, s.limits).map_err(ApiFailure::bad_request)?;
+    if let Some(group) = &request.group
+        && s.policies.iter().any(|p| p == group)
+    {
+        return Err(ApiFailure::bad_request(format!(
+            "group: {group:?} is the name of scheduling policy {group}, whose retention would \
+             remove this backup's points as its own; give the group another name"
+        )));
+    }
     let value = serde_json::to_value(&request).map_err(|e| ApiFailure::internal(e.to_string()))?;
     submit(
         &s,

@@ -128,6 +128,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             env: env.clone(),
             token,
             limits: config.limits.engine(),
+            policies: config.policy.keys().cloned().collect(),
             ready: AtomicBool::new(false),
         });
         let shutdown = CancellationToken::new();
