@@ -1985,6 +1985,41 @@ mod tests {
         panic!("{point} not reached in 300 s");
     }
 
+    /// A restore in place writes the VM's disks through VDDK, which its change tracking
+    /// need not see (a hot-added disk is written by the proxy VM): the VM's next backup is
+    /// full for every disk, saying why, and the one after it is incremental again.
+    #[test]
+    fn the_backup_after_a_restore_in_place_is_full() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("inplace-1");
+        let p1 = fx.backup("inplace-1");
+        s.change_since_backup("inplace-1");
+        let r = fx.restore(&p1, &["--mode", "existing"]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let vm_of = |r: &Run| r.report()["vms"][0].clone();
+        let after = vm_of(&fx.backup_run(&format!("{NS}/inplace-1"), &[]));
+        let disks = after["disks"].as_array().unwrap();
+        assert!(!disks.is_empty(), "{after}");
+        // The classic disks written in place say why; the PVC's disk, swapped for a new
+        // one (a new device key), is a disk of its own.
+        assert!(disks.iter().all(|d| d["kind"] == "full"), "{after}");
+        let restored = disks
+            .iter()
+            .filter(|d| d["reason"] == "the VM was restored in place since its last backup")
+            .count();
+        assert_eq!(restored, 2, "{after}");
+        // From that point on, the classic disks are incremental again.
+        let next = vm_of(&fx.backup_run(&format!("{NS}/inplace-1"), &[]));
+        let incremental = next["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"] == "incremental")
+            .count();
+        assert_eq!(incremental, 2, "{next}");
+    }
+
     /// WCP's registration fails after the restore's data was written and EndAccess called:
     /// the restore keeps the VM (its disks whole), prints its report with what did not
     /// finish, and fails (exit 1), with the job recorded failed.

@@ -1498,6 +1498,7 @@ async fn back_up_vm_inner(
         false
     };
     let previous = previous_point(ctx, info).await?;
+    let restored_in_place = restored_in_place_since(ctx, info, previous.as_ref()).await?;
     let connection = {
         let vddk = env.vddk.clone();
         let spec = env.vddk_target.spec(vm, Some(snapshot), true);
@@ -1511,8 +1512,16 @@ async fn back_up_vm_inner(
         let mut reads = Vec::new();
         for d in &disks {
             check_cancel(ctx)?;
-            let plan =
-                plan_disk(ctx, info, snapshot, d, previous.as_ref(), cbt_enabled_now).await?;
+            let plan = plan_disk(
+                ctx,
+                info,
+                snapshot,
+                d,
+                previous.as_ref(),
+                cbt_enabled_now,
+                restored_in_place,
+            )
+            .await?;
             let datastore = DatastorePath::parse(&ctx.datacenter, &d.file_name)
                 .ok()
                 .map(|p| p.datastore);
@@ -1979,6 +1988,27 @@ async fn previous_point(ctx: &JobCtx, info: &VmInfo) -> Result<Option<PointRecor
     Ok(blocking(move || catalog.latest_point(vcenter, vm)).await??)
 }
 
+/// Whether a restore in place wrote this VM's disks since `previous`, its newest point,
+/// was made (see [`crate::repo::catalog::RESTORED_IN_PLACE_PREFIX`]).
+async fn restored_in_place_since(
+    ctx: &JobCtx,
+    info: &VmInfo,
+    previous: Option<&PointRecord>,
+) -> Result<bool, BackupError> {
+    let Some(previous) = previous else {
+        return Ok(false);
+    };
+    let catalog = ctx.env.repo.catalog().clone();
+    let key = format!(
+        "{}{}/{}",
+        crate::repo::catalog::RESTORED_IN_PLACE_PREFIX,
+        ctx.vcenter_uuid,
+        info.moref
+    );
+    let marked = blocking(move || catalog.meta(&key)).await??;
+    Ok(marked.is_some_and(|id| id == previous.id.to_string()))
+}
+
 /// Decides full or incremental for one disk (VSPHERE.md §A.7 agent policy).
 async fn plan_disk(
     ctx: &JobCtx,
@@ -1987,6 +2017,7 @@ async fn plan_disk(
     disk: &VirtualDiskInfo,
     previous: Option<&PointRecord>,
     cbt_enabled_now: bool,
+    restored_in_place: bool,
 ) -> Result<Plan, BackupError> {
     let full = |reason: String| Plan::Full {
         allocated: None,
@@ -1996,6 +2027,11 @@ async fn plan_disk(
     let plan = match (previous, prev_disk) {
         _ if ctx.request.force_full => full("full backup requested".into()),
         _ if cbt_enabled_now => full("change tracking was just enabled".into()),
+        // VDDK's writes need not show in change tracking (a hot-added disk is written by
+        // the proxy VM): the disk may differ from the last point where no change says so.
+        (Some(_), Some(_)) if restored_in_place => {
+            full("the VM was restored in place since its last backup".into())
+        }
         (None, _) => full("first backup of this VM".into()),
         (Some(_), None) => full("first backup of this disk".into()),
         (Some(p), Some(pd)) => match (&pd.change_id, &disk.change_id) {

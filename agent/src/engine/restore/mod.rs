@@ -68,7 +68,7 @@ pub(crate) use unregistered::{Unregistered, delete_dirs_named_in, delete_unregis
 use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
 use crate::ids::{DiskKey, JobId, RestorePointId};
-use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind};
+use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind, RESTORED_IN_PLACE_PREFIX};
 use crate::supervisor::{Created, Supervisor, SupervisorError};
 use crate::vsphere::{
     DatastorePath, FolderMoref, MoRef, SubnetMapping, VapiClient, VapiError, VmMoref,
@@ -1564,6 +1564,8 @@ async fn restore_steps(
                 }
             }
             extra_config_after_data = Some(changes);
+            // Before any of its disks is written or swapped: its next backup is full.
+            mark_restored_in_place(env, &vm).await?;
             let short = &request.point.to_string()[..8];
             let job = &report.job.to_string()[..8];
             for d in &plan.disks {
@@ -1918,6 +1920,26 @@ async fn restore_steps(
     if let Err(e) = finished {
         report.unfinished = Some(unfinished(plan, &vm, report, registered, &e));
     }
+    Ok(())
+}
+
+/// Records that a restore in place begins writing `vm`'s disks
+/// ([`RESTORED_IN_PLACE_PREFIX`]): the VM's next backup from its newest point now is full,
+/// as VDDK's writes need not show in its change tracking.
+async fn mark_restored_in_place(env: &Environment, vm: &VmMoref) -> Result<(), RestoreError> {
+    let vcenter = env.soap.service_content().about.instance_uuid.clone();
+    let catalog = env.repo.catalog().clone();
+    let vm = vm.clone();
+    blocking(move || {
+        let key = format!("{RESTORED_IN_PLACE_PREFIX}{vcenter}/{vm}");
+        let newest = catalog
+            .latest_point(vcenter, vm)?
+            .map(|p| p.id.to_string())
+            .unwrap_or_default();
+        catalog.set_meta(&key, &newest)
+    })
+    .await?
+    .map_err(BackupError::Catalog)?;
     Ok(())
 }
 

@@ -251,6 +251,13 @@ pub const GC_PENDING_KEY: &str = "gc.pending_since";
 /// point removed: `image backup` refuses that until a new point of the image exists.
 pub const IMAGE_NEWEST_REMOVED_PREFIX: &str = "image.newest_removed.";
 
+/// `repo_meta` key prefix, followed by `<vCenter instance uuid>/<VM moref>`: a restore in
+/// place began writing that VM's disks when the VM's newest point was the one the value
+/// names (empty: none). Writes through VDDK need not show in the VM's change tracking
+/// (a hot-added disk is written by the proxy VM), so the next backup from that point is
+/// full; one from a newer point (made after the restore) need not be.
+pub const RESTORED_IN_PLACE_PREFIX: &str = "restored_in_place.";
+
 /// The catalog: queries over one connection.
 #[derive(Debug)]
 pub struct Catalog {

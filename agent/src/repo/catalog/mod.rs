@@ -28,7 +28,8 @@ pub use damaged::DamagedChunk;
 pub(crate) use db::tests::sample_point;
 pub use db::{
     Catalog, DiskRecord, DiskRole, GC_PENDING_KEY, IMAGE_NEWEST_REMOVED_PREFIX, JobEnd,
-    JournalEntry, JournalKind, NewPoint, PointConfig, PointKind, PointRecord, VmRecord,
+    JournalEntry, JournalKind, NewPoint, PointConfig, PointKind, PointRecord,
+    RESTORED_IN_PLACE_PREFIX, VmRecord,
 };
 pub use queue::{QueueJob, QueueUpdate};
 pub use schema::LATEST_VERSION;
