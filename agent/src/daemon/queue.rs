@@ -881,6 +881,22 @@ impl Queue {
             },
         )
         .await;
+        // A client's cancel that came between the dispatch and the line above found the
+        // catalog saying `queued` and recorded nothing: recorded now, so that a crash
+        // before the job has cleaned up leaves it cancelled, not interrupted.
+        let cancelled_early = self
+            .inner
+            .lock()
+            .jobs
+            .get(&id)
+            .is_some_and(|e| e.cancel.is_cancelled() && !e.stopped);
+        if cancelled_early {
+            let c = self.inner.catalog.clone();
+            let id2 = id.clone();
+            if let Err(e) = blocking(move || c.queue_request_cancel(&id2)).await {
+                tracing::warn!(job = %id, error = %e, "recording the cancel in the catalog");
+            }
+        }
         tracing::info!(job = %id, kind = ?ctx.kind, origin = %ctx.origin, "job started");
         let body = Arc::clone(&self.inner.body);
         // A panicking body fails its job, never the daemon.
