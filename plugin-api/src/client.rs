@@ -84,7 +84,9 @@ fn block_end(buf: &[u8]) -> Option<usize> {
 }
 
 impl EventStream {
-    /// The next event; `None` after [`JobEvent::End`] or when the server closes the stream.
+    /// The next event; `None` after [`JobEvent::End`] or when the server closes the stream
+    /// (at the daemon's stop, a queued job's stream closes without an `End`: the job stays
+    /// queued for the next start, so `None` without `End` means ask for the job again).
     ///
     /// # Errors
     /// [`ApiError::Transport`] when the connection fails, [`ApiError::Decode`] for an event

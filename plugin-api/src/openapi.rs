@@ -266,7 +266,9 @@ pub const ROUTES: &[Route] = &[
         ..route(
             Method::Get,
             "/v1/jobs/{id}/events",
-            "The job's events as server-sent events, ending with `end` (JobEnded)",
+            "The job's events as server-sent events, ending with `end` (JobEnded); at the \
+             daemon's stop, a queued job's stream closes without it (the job stays queued and \
+             runs after the next start: GET it, or follow it again)",
             None,
             200,
             None,
