@@ -97,9 +97,14 @@ pub const ERROR_CODES: &[(&str, Option<u16>, &str)] = &[
     (
         "clock_untrusted",
         Some(409),
-        "a prune while this machine's clock and vCenter's disagree",
+        "a prune while this machine's clock and vCenter's disagree, or before they were compared",
     ),
     ("payload_too_large", Some(413), "a body over 2 MB"),
+    (
+        "stopping",
+        Some(503),
+        "the agent is stopping: a synchronous verify was stopped, nothing repaired",
+    ),
     (
         "internal",
         Some(500),
@@ -341,6 +346,12 @@ pub const ROUTES: &[Route] = &[
                 409,
                 &["conflict"],
                 "conflict: a repository lock was busy (not expected: a running GC is waited for)",
+            ),
+            error(
+                503,
+                &["stopping"],
+                "stopping: the agent is stopping; the verify was stopped between chunks and \
+                 repaired nothing (a client that goes away stops it too)",
             ),
             TOO_LARGE,
             INTERNAL,

@@ -548,9 +548,10 @@ pub struct ErrorBody {
     /// `unauthorized` (401), `not_found` (404: no such job, restore point or route),
     /// `method_not_allowed` (405), `conflict` (409: an idempotency key reused for another
     /// request, the repository lock busy, a point a restore is using), `clock_untrusted`
-    /// (409: a prune while this machine's clock and vCenter's disagree),
-    /// `payload_too_large` (413: a body over 2 MB), `internal` (500), `http_error` (another
-    /// error of the HTTP layer, e.g. a body that could not be read).
+    /// (409: a prune while this machine's clock and vCenter's disagree, or before they
+    /// were compared), `payload_too_large` (413: a body over 2 MB), `stopping` (503: the
+    /// agent is stopping and stopped a synchronous verify), `internal` (500), `http_error`
+    /// (another error of the HTTP layer, e.g. a body that could not be read).
     pub code: String,
     /// What went wrong, for a human.
     pub message: String,

@@ -53,6 +53,9 @@ pub struct AppState {
     pub policies: Vec<String>,
     /// Set once start-up is complete.
     pub ready: AtomicBool,
+    /// Cancelled when the daemon stops: a synchronous verify stops then rather than hold
+    /// the server's graceful stop until it ends.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// An error response: status + [`ErrorBody`].
@@ -523,16 +526,35 @@ async fn verify(
         .map_err(ApiFailure::bad_request)?;
     let repo = Arc::clone(&s.env.repo);
     let repair = request.repair;
+    // Stopped between chunks when the client goes away (the handler's future is dropped,
+    // and the guard with it: a client's retry does not stack full verifies) or when the
+    // daemon stops; nothing is repaired then.
+    let abandoned = s.shutdown.child_token();
+    let _client_gone = abandoned.clone().drop_guard();
+    let stopping = s.shutdown.clone();
     let (report, repaired) = long("verify", move || {
+        let stop = || abandoned.is_cancelled();
         let options = VerifyOptions {
             subset,
             repair,
-            stop: None,
+            stop: Some(&stop),
             points,
         };
         repo.verify_with(&options, &mut |_, _| {})
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        if stopping.is_cancelled() {
+            ApiFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                "the agent is stopping: the verify was stopped (nothing repaired); run it \
+                 again once the agent is back, or as a verify job",
+            )
+        } else {
+            e
+        }
+    })?;
     Ok(axum::Json(verify_result(&report, repaired.as_ref())))
 }
 

@@ -123,6 +123,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         if !interrupted.is_empty() {
             tracing::warn!(jobs = ?interrupted, "jobs interrupted by the last stop, marked so");
         }
+        let shutdown = CancellationToken::new();
         let state = Arc::new(AppState {
             queue: queue.clone(),
             env: env.clone(),
@@ -130,8 +131,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             limits: config.limits.engine(),
             policies: config.policy.keys().cloned().collect(),
             ready: AtomicBool::new(false),
+            shutdown: shutdown.clone(),
         });
-        let shutdown = CancellationToken::new();
         let (s, q) = (shutdown.clone(), queue.clone());
         tokio::spawn(async move {
             wait_for_signal().await;
