@@ -1616,6 +1616,63 @@ concurrent_jobs = 2
         assert!(lab.disabled_methods(&vm).unwrap().is_empty());
     }
 
+    /// A synchronous verify under way when the daemon is told to stop is stopped (503
+    /// `stopping`, nothing repaired) rather than holding the server's graceful stop until
+    /// it ends.
+    #[test]
+    fn sigterm_stops_a_synchronous_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "term-2");
+        lab.guest_write(&vm, disk, 0, &[9u8; 65536]).unwrap();
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        backup_through_a_daemon(&config, &vm.0);
+        let pause = dir.path().join("pause");
+        std::fs::create_dir_all(&pause).unwrap();
+        std::fs::write(pause.join("serve-stopping.go"), b"").unwrap();
+        let mut cmd = agent(&["serve", "--config"]);
+        cmd.arg(&config)
+            .env("VADP_AGENT_PAUSE_AT", "api-verify-started,serve-stopping")
+            .env("VADP_AGENT_PAUSE_DIR", &pause);
+        let (mut daemon, base) = start(cmd);
+        // Two workers: the verify's request runs while this thread waits for its files.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let verifying = rt.spawn({
+            let client = client.clone();
+            async move { client.verify().await }
+        });
+        wait_for_file(
+            &pause.join("api-verify-started.reached"),
+            "the verify never started",
+        );
+        let pid = i32::try_from(daemon.0.id()).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid, no memory involved.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0);
+        wait_for_file(&pause.join("serve-stopping.reached"), "SIGTERM not seen");
+        std::fs::write(pause.join("api-verify-started.go"), b"").unwrap();
+        let e = rt.block_on(verifying).unwrap().unwrap_err();
+        assert_eq!(e.status(), Some(503), "{e}");
+        assert!(e.to_string().contains("stopping"), "{e}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = daemon.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+    }
+
     /// `POST /v1/repository/prune` removes nothing while this machine's clock differs from
     /// vCenter's (a dry run still answers), as the policies' retention waits.
     #[test]

@@ -533,6 +533,7 @@ async fn verify(
     let _client_gone = abandoned.clone().drop_guard();
     let stopping = s.shutdown.clone();
     let (report, repaired) = long("verify", move || {
+        engine::pause_point_blocking("api-verify-started");
         let stop = || abandoned.is_cancelled();
         let options = VerifyOptions {
             subset,
