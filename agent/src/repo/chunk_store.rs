@@ -35,7 +35,7 @@
 //! |----------------------|--------------------------|-------------------------------------------|----------------|
 //! | backup               | shared, whole run        | new chunks, index files and the manifest of a new point, then one catalog transaction | GC cannot run while any backup holds the shared lock, so chunks it wrote or reuses (including those only referenced by its parent) cannot be swept before its point is committed |
 //! | restore, verify      | shared                   | nothing in the repository                 | GC cannot remove chunks under them; chunks never change after rename |
-//! | prune                | shared                   | deletes catalog rows (one transaction), then the points' index files | deleting rows never removes chunks; a crash between the commit and the file removal leaves orphan index files that GC removes |
+//! | prune                | shared, and `locks/prune.lock` exclusive (waiting) | deletes catalog rows (one transaction), then the points' index files | deleting rows never removes chunks; a crash between the commit and the file removal leaves orphan index files that GC removes; two prunes (another policy's, the API's, the CLI's) decide one after the other, each on the points the other left, so neither removes what the other's rules kept because the first was to remove it |
 //! | gc (mark and sweep)  | exclusive (`try_lock`, fails "busy") | removes unmarked chunks, temp files, orphan index dirs | no backup is in flight, so every temp file and every index dir not in the catalog is garbage, and the mark set (from all committed indexes) is complete |
 //! | verify --repair      | shared                   | moves corrupt chunk files to `quarantine/`, records damaged chunks in the catalog | a backup writes a chunk only when its file is absent, so it never replaces a file being moved; one that reused a chunk before it moved has it recorded as damaged and healed with the others (see `repair`) |
 //! | list, info           | none                     | nothing                                   | reads committed catalog rows only (SQLite WAL snapshot) |
@@ -801,6 +801,22 @@ impl RepoLock {
         if file.try_lock_shared().is_err() {
             tracing::info!(lock = %path.display(), "waiting for garbage collection to finish");
             file.lock_shared().map_err(|source| ChunkStoreError::Lock {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(Self { _file: file })
+    }
+
+    /// Take the exclusive lock, waiting while another holder has it.
+    ///
+    /// # Errors
+    /// [`ChunkStoreError::Lock`] if the lock file cannot be opened or locked.
+    pub fn exclusive(path: &Path) -> Result<Self, ChunkStoreError> {
+        let file = Self::open(path)?;
+        if file.try_lock().is_err() {
+            tracing::info!(lock = %path.display(), "waiting for the lock's holder to finish");
+            file.lock().map_err(|source| ChunkStoreError::Lock {
                 path: path.to_path_buf(),
                 source,
             })?;

@@ -771,6 +771,16 @@ impl Repository {
         self.root.join("repo.lock")
     }
 
+    /// The lock prunes take one after the other (`locks/prune.lock`).
+    fn prune_lock_path(&self) -> Result<PathBuf, RepoError> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(|source| RepoError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir.join("prune.lock"))
+    }
+
     /// The lease file of point `id`, its directory (`locks/`) created if need be.
     fn point_lease_path(&self, id: RestorePointId) -> Result<PathBuf, RepoError> {
         let dir = self.root.join("locks");
@@ -1681,6 +1691,13 @@ impl Repository {
     ) -> Result<Vec<PruneDecision>, RepoError> {
         policy.validate()?;
         let _lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
+        // One prune at a time decides and removes (see the locking table in
+        // `chunk_store`); a dry run removes nothing and does not wait.
+        let _prune = if dry_run {
+            None
+        } else {
+            Some(RepoLock::exclusive(&self.prune_lock_path()?).map_err(RepoError::Lock)?)
+        };
         let points: Vec<PointRecord> = self
             .catalog
             .list_points()?
@@ -2352,6 +2369,51 @@ mod tests {
         let decisions = repo.prune(&policy, 100 * day, &utc, false).unwrap();
         assert_eq!(decisions.iter().filter(|d| !d.keep).count(), 2);
         assert_eq!(repo.catalog().list_points().unwrap().len(), 2);
+    }
+
+    /// Two prunes decide one after the other: one waits while another holds the prune
+    /// lock, and then decides on the points the other left. (A dry run does not wait.)
+    #[test]
+    fn a_prune_waits_for_another_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo =
+            std::sync::Arc::new(Repository::init(&dir.path().join("repo"), 64 << 10).unwrap());
+        let day = 86_400;
+        for n in 0..3 {
+            repo.catalog()
+                .commit_point(sample_point("a", (10 + n) * day))
+                .unwrap();
+        }
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_secs: 3 * day,
+        };
+        let utc = jiff::tz::TimeZone::UTC;
+        let other = RepoLock::try_exclusive(&repo.prune_lock_path().unwrap()).unwrap();
+        let dry = repo.prune(&policy, 100 * day, &utc, true).unwrap();
+        assert_eq!(dry.iter().filter(|d| !d.keep).count(), 2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = {
+            let repo = std::sync::Arc::clone(&repo);
+            std::thread::spawn(move || {
+                let r = repo.prune(&policy, 100 * day, &utc, false).unwrap();
+                tx.send(()).unwrap();
+                r
+            })
+        };
+        // Held: the prune cannot have removed anything (however long this waits).
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err()
+        );
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 3);
+        drop(other);
+        let decisions = waiting.join().unwrap();
+        assert_eq!(decisions.iter().filter(|d| !d.keep).count(), 2);
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 1);
     }
 
     #[test]
