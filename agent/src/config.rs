@@ -731,16 +731,17 @@ impl PolicyConfig {
     }
 }
 
-/// `url` as text with anything between `//` and the host's `@` (a user and password a URL
-/// that does not parse may still carry) replaced by `***@`, for an error message.
+/// `url` as text for an error message, without a user and password it may carry: a URL
+/// that does not parse can still hold them, and its password can contain `/`, `?`, `#` or
+/// `:`, so everything up to the last `@` is replaced by `***@` (and the scheme kept when
+/// there is one).
 fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some(at) = url.rfind('@') else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
+    match url.split_once("://") {
+        Some((scheme, _)) if scheme.len() < at => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => format!("***@{}", &url[at + 1..]),
     }
 }
 
@@ -896,6 +897,12 @@ retention = { keep_daily = 7 }
                 "VADP_AGENT_VCENTER__URL",
             ),
             ("https://u:hunter2@sup:6x443", "VADP_AGENT_SUPERVISOR__URL"),
+            // A password holding `#`, `/` or `?` ends the host part early for a parser.
+            ("https://backup:hunter2#x@vc/sdk", "VADP_AGENT_VCENTER__URL"),
+            ("https://backup:hunter2/x@vc/sdk", "VADP_AGENT_VCENTER__URL"),
+            ("https://backup:hunter2?@vc/sdk", "VADP_AGENT_VCENTER__URL"),
+            // No `://` at all.
+            ("https:/u:hunter2@bad host/sdk", "VADP_AGENT_VCENTER__URL"),
         ] {
             let e = load(GOOD, &[(env, url)]).unwrap_err();
             assert!(!e.to_string().contains("hunter2"), "{e}");
