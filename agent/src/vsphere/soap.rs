@@ -371,7 +371,12 @@ fn build_http(
         })
 }
 
-/// What every HTTP client to vCenter shares: `tls`'s verification, HTTP/1.1, the timeouts.
+/// What every HTTP client to vCenter shares: `tls`'s verification, HTTP/1.1, the timeouts,
+/// and no redirects. A redirect to another host would carry what reqwest does not know to
+/// strip (the vAPI session header, a re-sent `Login` body with the password), and the
+/// certificate read for VDDK's thumbprint would be the last host's, not vCenter's. Neither
+/// vCenter's SDK, its REST API nor its `/folder` file access redirects, so a 3xx is an
+/// error naming its status.
 fn http_builder(
     tls: &TlsVerification,
     timeout: Duration,
@@ -380,6 +385,7 @@ fn http_builder(
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(30)))
 }
@@ -1225,5 +1231,38 @@ mod tests {
             text.insert_str(at, token);
             decode_all(text.as_bytes());
         }
+    }
+
+    /// A 307 from the SDK endpoint is an error naming it, and nothing follows it: a
+    /// redirect would re-send a `Login` body (the password) to wherever it points.
+    #[tokio::test]
+    async fn a_redirect_is_an_error_and_is_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_addr = elsewhere.local_addr().unwrap();
+        let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/sdk", redirecting.local_addr().unwrap())).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = redirecting.accept().await.unwrap();
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = conn.read(&mut request).await.unwrap();
+            let reply = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{elsewhere_addr}/sdk\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            conn.shutdown().await.unwrap();
+        });
+        let mut config = SoapConfig::new(url);
+        config.allow_plain_http = true;
+        config.request_timeout = Duration::from_secs(10);
+        let err = SoapClient::connect(config).await.unwrap_err();
+        assert!(
+            matches!(err, VsphereError::Http { status: 307, .. }),
+            "{err:?}"
+        );
+        server.await.unwrap();
+        let followed = tokio::time::timeout(Duration::from_millis(200), elsewhere.accept()).await;
+        assert!(followed.is_err(), "the redirect was followed");
     }
 }
