@@ -8,7 +8,7 @@
 //! token: a vCenter SSO session token (what `kubectl vsphere login` exchanges for the
 //! Supervisor), which the lab's Supervisor accepts directly.
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::client::ConfigExt as _;
 
@@ -155,6 +155,31 @@ impl Supervisor {
             .await
             .map_err(|source| SupervisorError::Api {
                 what: format!("get VirtualMachine {namespace}/{name}"),
+                source: Box::new(source),
+            })
+    }
+
+    /// Annotation `key` of Supervisor namespace `namespace` (`vmware-system-resource-pool`,
+    /// say: where WCP keeps the namespace's vSphere objects, VSPHERE.md §A.11); `None` when
+    /// the namespace or the annotation is not there.
+    ///
+    /// # Errors
+    ///
+    /// [`SupervisorError::Api`] (an account that may not read namespaces gets a 403).
+    pub async fn namespace_annotation(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<String>, SupervisorError> {
+        Api::<Namespace>::all(self.client.clone())
+            .get_opt(namespace)
+            .await
+            .map(|ns| {
+                ns.and_then(|n| n.metadata.annotations)
+                    .and_then(|mut a| a.remove(key))
+            })
+            .map_err(|source| SupervisorError::Api {
+                what: format!("get Namespace {namespace}"),
                 source: Box::new(source),
             })
     }

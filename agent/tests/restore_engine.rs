@@ -3331,6 +3331,42 @@ mod tests {
         assert_eq!(named, 1, "no second VM of that name was made");
     }
 
+    /// A new VM goes into the namespace's resource pool, the one its
+    /// `vmware-system-resource-pool` annotation names; when that pool is gone the restore
+    /// is refused before anything changes, rather than registering the VM into another
+    /// pool (the cluster's root, outside the namespace's limits).
+    #[test]
+    fn a_new_vm_without_its_namespace_pool_is_refused_up_front() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        s.create_vm("pool-1");
+        let p1 = fx.backup("pool-1");
+        s.sup().delete("VirtualMachine", NS, "pool-1").unwrap();
+        let mut ns = s.sup().get("Namespace", "", NS).unwrap();
+        let pool = ns["metadata"]["annotations"]["vmware-system-resource-pool"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(pool, "resgroup-9", "the namespace has a pool of its own");
+        ns["metadata"]["annotations"]["vmware-system-resource-pool"] = json!("resgroup-999");
+        s.sup().apply(ns.clone()).unwrap();
+        let vms_before = s.lab.vms().unwrap().len();
+        let r = fx.restore(&p1, &[]);
+        assert_refused(&r, "vadp-agent:NoNamespacePool");
+        assert!(
+            serde_json::to_string(&r.events).unwrap().contains("resgroup-999"),
+            "the refusal names the pool: {:?}",
+            r.events
+        );
+        assert_eq!(s.lab.vms().unwrap().len(), vms_before);
+        assert_eq!(fx.open_journal(), 0);
+        // With the annotation right again, the same restore goes through.
+        ns["metadata"]["annotations"]["vmware-system-resource-pool"] = json!(pool);
+        s.sup().apply(ns).unwrap();
+        let r = fx.restore(&p1, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    }
+
     /// The NVRAM file (EFI variables, Secure Boot keys, a vTPM's state) is kept with the
     /// point and put back next to the new VM's `.vmx`, byte for byte.
     #[test]

@@ -3,7 +3,7 @@
 //! creating and attaching a disk with ReconfigVM_Task, and the datacenter / resource pool
 //! a restored VM is registered into.
 
-use super::soap::{SoapClient, VsphereError};
+use super::soap::{FaultKind, SoapClient, VsphereError};
 use super::types::{DiskKey, FolderMoref, MoRef, ResourcePoolMoref, VmMoref};
 use super::xml::XmlWriter;
 
@@ -453,28 +453,53 @@ impl SoapClient {
             })
     }
 
-    /// The resource pool to register a VM of `namespace` into: the pool named like the
-    /// namespace (a Supervisor namespace has one), else the first pool of the inventory.
+    /// The resource pool to register a new VM of `namespace` into: `annotated` (the
+    /// Supervisor's `vmware-system-resource-pool` annotation of the namespace) when given
+    /// and still a pool, else the one pool of the inventory named like the namespace
+    /// (VSPHERE.md §A.11). Never another pool: a VM registered in the cluster's root pool
+    /// or another namespace's would escape the namespace's resource limits.
     ///
     /// # Errors
     ///
-    /// [`VsphereError::NotFound`] when the inventory has no resource pool.
+    /// [`VsphereError::NotFound`] when the annotated pool is gone or no pool has the
+    /// namespace's name, [`VsphereError::Ambiguous`] when several have it (one per zone:
+    /// the annotation decides then).
     pub async fn namespace_resource_pool(
         &self,
         namespace: &str,
+        annotated: Option<&str>,
     ) -> Result<ResourcePoolMoref, VsphereError> {
+        if let Some(moref) = annotated {
+            let pool = MoRef::new("ResourcePool", moref);
+            let gone = || VsphereError::NotFound {
+                what: format!(
+                    "resource pool {moref} (the vmware-system-resource-pool annotation of namespace {namespace:?})"
+                ),
+            };
+            return match self.retrieve_object(&pool, &["name"]).await {
+                Ok(o) if o.text("name").is_some() => Ok(ResourcePoolMoref(moref.to_owned())),
+                Ok(_) => Err(gone()),
+                Err(e)
+                    if e.fault()
+                        .is_some_and(|f| f.kind == FaultKind::ManagedObjectNotFound) =>
+                {
+                    Err(gone())
+                }
+                Err(e) => Err(e),
+            };
+        }
         let root = self.service_content().root_folder.clone();
         let pools = self
             .list_in_container(&root, "ResourcePool", &["name"], true)
             .await?;
-        pools
-            .iter()
-            .find(|p| p.text("name") == Some(namespace))
-            .or_else(|| pools.first())
-            .map(|p| ResourcePoolMoref(p.obj.value.clone()))
-            .ok_or_else(|| VsphereError::NotFound {
-                what: "resource pool".into(),
-            })
+        super::vm::single(
+            pools
+                .iter()
+                .filter(|p| p.text("name") == Some(namespace))
+                .map(|p| p.obj.clone()),
+            || format!("resource pool named like namespace {namespace:?}"),
+        )
+        .map(|m| ResourcePoolMoref(m.value))
     }
 }
 

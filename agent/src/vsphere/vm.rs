@@ -6,6 +6,15 @@ use super::soap::{SoapClient, VsphereError};
 use super::types::{ChangeId, DatastoreMoref, DiskKey, FolderMoref, MoRef, SnapshotMoref, VmMoref};
 use super::xml::{Element, XmlError};
 
+/// Whether folder `o` (read with its `childType`) is a VM folder. A server that leaves
+/// `childType` out is taken at its word for the name alone.
+fn holds_vms(o: &super::property::ObjectContent) -> bool {
+    o.get("childType").is_none_or(|types| {
+        types
+            .children_named("string")
+            .any(|t| t.text == "VirtualMachine")
+    })
+}
 /// The property paths [`SoapClient::vm_info`] reads.
 const VM_PATHS: &[&str] = &[
     "name",
@@ -137,9 +146,9 @@ impl SoapClient {
             .collect())
     }
 
-    /// The VM folder of a Supervisor namespace: the one folder in the inventory named like
-    /// the namespace (§A.11; the Supervisor's `vmware-system-vm-folder` annotation is
-    /// authoritative when available).
+    /// The VM folder of a Supervisor namespace: the one VM folder in the inventory named
+    /// like the namespace (§A.11, guide §5.2.3). Host, datastore and network folders of
+    /// that name do not count: only folders whose `childType` holds `VirtualMachine`.
     ///
     /// # Errors
     ///
@@ -150,13 +159,13 @@ impl SoapClient {
     ) -> Result<FolderMoref, VsphereError> {
         let root = self.service_content().root_folder.clone();
         let folders = self
-            .list_in_container(&root, "Folder", &["name"], true)
+            .list_in_container(&root, "Folder", &["name", "childType"], true)
             .await?;
-        let what = || format!("folder of namespace {namespace:?}");
+        let what = || format!("VM folder of namespace {namespace:?}");
         single(
             folders
                 .iter()
-                .filter(|o| o.text("name") == Some(namespace))
+                .filter(|o| o.text("name") == Some(namespace) && holds_vms(o))
                 .map(|o| o.obj.clone()),
             what,
         )
@@ -187,7 +196,7 @@ impl SoapClient {
     }
 }
 
-fn single(
+pub(super) fn single(
     mut matches: impl Iterator<Item = MoRef>,
     what: impl Fn() -> String,
 ) -> Result<MoRef, VsphereError> {

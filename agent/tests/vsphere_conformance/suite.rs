@@ -659,3 +659,38 @@ pub async fn datastore_upload_download(t: &Target) {
         "{again:?}"
     );
 }
+
+/// A namespace's folder is the VM folder of its name: a datastore folder of that name (a
+/// VI administrator's, say) neither wins nor makes the lookup ambiguous.
+pub async fn namespace_folder_is_a_vm_folder(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let name = unique("conf-ns");
+    let datastore_folder = client
+        .retrieve_object(&inv.datacenter, &["datastoreFolder"])
+        .await
+        .unwrap()
+        .get("datastoreFolder")
+        .unwrap()
+        .moref()
+        .unwrap();
+    let other = client
+        .create_folder(&FolderMoref(datastore_folder.value), &name)
+        .await
+        .unwrap();
+    let err = client.find_namespace_folder(&name).await.unwrap_err();
+    assert!(
+        matches!(err, VsphereError::NotFound { .. }),
+        "{}: a datastore folder was taken for the namespace's: {err:?}",
+        t.name
+    );
+    let vm_folder = client.create_folder(&inv.vm_folder, &name).await.unwrap();
+    assert_eq!(
+        client.find_namespace_folder(&name).await.unwrap(),
+        vm_folder,
+        "{}",
+        t.name
+    );
+    client.destroy(&vm_folder.moref()).await.unwrap();
+    client.destroy(&other.moref()).await.unwrap();
+}

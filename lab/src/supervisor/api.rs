@@ -43,6 +43,9 @@ impl Supervisor {
             let moref = inv
                 .ensure_folder_path(&folder)
                 .map_err(|f| SupervisorError::new(422, "Invalid", f.message))?;
+            let pool = inv
+                .ensure_pool(crate::vcenter::inventory::NAMESPACES_POOL, name)
+                .map_err(|f| SupervisorError::new(422, "Invalid", f.message))?;
             inv.save(self.lab.root())
                 .map_err(|e| SupervisorError::new(500, "InternalError", e.to_string()))?;
             // Where the Supervisor records a namespace's vSphere objects (VSPHERE.md §A.11).
@@ -51,7 +54,7 @@ impl Supervisor {
             }
             let ann = &mut obj["metadata"]["annotations"];
             ann["vmware-system-vm-folder"] = moref.into();
-            ann["vmware-system-resource-pool"] = "resgroup-11".into();
+            ann["vmware-system-resource-pool"] = pool.into();
         }
         if k.kind == "VirtualMachine" {
             default_vm(&mut obj);
@@ -118,9 +121,10 @@ impl Supervisor {
             let mut inv = lock(&self.inv);
             if let Some(f) = inv.folder_by_path(&folder).map(|f| f.moref.clone()) {
                 inv.remove_folder(&f);
-                inv.save(self.lab.root())
-                    .map_err(|e| SupervisorError::new(500, "InternalError", e.to_string()))?;
             }
+            inv.remove_pool(crate::vcenter::inventory::NAMESPACES_POOL, name);
+            inv.save(self.lab.root())
+                .map_err(|e| SupervisorError::new(500, "InternalError", e.to_string()))?;
         }
         let out = store.delete(k, ns, name)?;
         if k.kind == "VirtualMachine" {

@@ -20,9 +20,10 @@
 //! 409 Conflict. Objects persist in `<root>/supervisor/objects.json`, settings in
 //! `<root>/supervisor/settings.json`. A namespace owns the VM folder
 //! `/dc1/vm/Namespaces/<ns>` (created with it, its moref in annotation
-//! `vmware-system-vm-folder`, the pool `resgroup-11` in `vmware-system-resource-pool`,
+//! `vmware-system-vm-folder`; and its resource pool, named like it below `Namespaces`
+//! (`resgroup-11`), its moref in `vmware-system-resource-pool`,
 //! VSPHERE.md §A.11); deleting it is refused (409) while it holds VMs, and otherwise
-//! deletes its objects and folder.
+//! deletes its objects, folder and pool.
 //!
 //! # VM Operator (`operator`), after each write and on `POST /lab/supervisor/reconcile`
 //! - Creating a VirtualMachine creates the vSphere VM `metadata.name` in the namespace

@@ -29,6 +29,8 @@ pub(crate) const CLUSTER: &str = "domain-c7";
 pub(crate) const HOST: &str = "host-8";
 /// The cluster's root resource pool.
 pub(crate) const ROOT_POOL: &str = "resgroup-9";
+/// The `Namespaces` pool, parent of every Supervisor namespace's pool.
+pub(crate) const NAMESPACES_POOL: &str = "resgroup-11";
 
 /// A folder (the root, the datacenter folders, VM folders).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,7 +138,7 @@ impl Inventory {
                     parent: None,
                 },
                 PoolEntry {
-                    moref: "resgroup-11".into(),
+                    moref: NAMESPACES_POOL.into(),
                     name: "Namespaces".into(),
                     parent: Some(ROOT_POOL.into()),
                 },
@@ -194,6 +196,57 @@ impl Inventory {
     /// A pool by moref.
     pub(crate) fn pool(&self, moref: &str) -> Option<&PoolEntry> {
         self.pools.iter().find(|p| p.moref == moref)
+    }
+
+    /// The pool `name` below pool `parent`, created when it is not there (a Supervisor
+    /// namespace's pool below `Namespaces`).
+    pub(crate) fn ensure_pool(&mut self, parent: &str, name: &str) -> Result<String, Fault> {
+        if self.pool(parent).is_none() {
+            return Err(Fault::not_found_object("ResourcePool", parent));
+        }
+        if name.is_empty() || name.len() > 80 {
+            return Err(Fault::invalid_argument("name"));
+        }
+        if let Some(p) = self
+            .pools
+            .iter()
+            .find(|p| p.parent.as_deref() == Some(parent) && p.name == name)
+        {
+            return Ok(p.moref.clone());
+        }
+        let moref = format!("resgroup-{}", self.next_id);
+        self.next_id += 1;
+        self.pools.push(PoolEntry {
+            moref: moref.clone(),
+            name: name.to_owned(),
+            parent: Some(parent.to_owned()),
+        });
+        Ok(moref)
+    }
+
+    /// Removes the pool `name` below `parent` (and the pools below it), if there is one.
+    pub(crate) fn remove_pool(&mut self, parent: &str, name: &str) {
+        let Some(top) = self
+            .pools
+            .iter()
+            .find(|p| p.parent.as_deref() == Some(parent) && p.name == name)
+            .map(|p| p.moref.clone())
+        else {
+            return;
+        };
+        let mut gone = vec![top];
+        let mut i = 0;
+        while i < gone.len() {
+            let kids: Vec<String> = self
+                .pools
+                .iter()
+                .filter(|p| p.parent.as_deref() == Some(gone[i].as_str()))
+                .map(|p| p.moref.clone())
+                .collect();
+            gone.extend(kids);
+            i += 1;
+        }
+        self.pools.retain(|p| !gone.contains(&p.moref));
     }
 
     /// A datastore by name.

@@ -400,6 +400,15 @@ impl Vcenter {
             "RegisterVM_Task" => {
                 method = "RegisterVM_Task";
                 let folder_path = self.vm_folder_path(&call.this)?;
+                // A VM (not a template) is registered into a resource pool that exists.
+                let pool = call
+                    .req
+                    .child("pool")
+                    .and_then(Element::moref)
+                    .ok_or_else(|| Fault::invalid_argument("pool"))?;
+                if self.inventory().pool(&pool.1).is_none() {
+                    return Err(Fault::not_found_object(&pool.0, &pool.1));
+                }
                 let path_text = call.req.child_text("path").unwrap_or_default().to_owned();
                 let path = DatastorePath::parse(&path_text)
                     .map_err(|_| Fault::invalid_argument("path"))?;

@@ -1450,11 +1450,12 @@ async fn restore_steps(
                     })?;
             }
             let staging = staging_folder(env, dc).await?;
-            let pool = env
-                .soap
-                .namespace_resource_pool(&plan.namespace)
-                .await
-                .map_err(vsphere("finding a resource pool"))?;
+            let pool = plan.pool.clone().ok_or_else(|| {
+                RestoreError::Invalid(format!(
+                    "no resource pool of namespace {} was found for the new VM",
+                    plan.namespace
+                ))
+            })?;
             check_cancel()?;
             made.registering = true;
             record(&made).await?;

@@ -10,7 +10,7 @@ use crate::engine::{BackupError, blocking};
 use crate::ids::JobId;
 use crate::repo::catalog::DiskRecord;
 use crate::vmservice::VmServiceData;
-use crate::vsphere::{DatastorePath, FolderMoref, MoRef, VmInfo, VmMoref};
+use crate::vsphere::{DatastorePath, FolderMoref, MoRef, ResourcePoolMoref, VmInfo, VmMoref};
 
 /// Everything the pre-flight learnt, reused by the restore.
 pub(super) struct Plan {
@@ -27,6 +27,9 @@ pub(super) struct Plan {
     pub(super) name: String,
     pub(super) namespace: String,
     pub(super) folder: Option<FolderMoref>,
+    /// The namespace's resource pool a new VM is registered into (`None` when the restore
+    /// makes no new VM, or the pool was not found: then a refusal says so).
+    pub(super) pool: Option<ResourcePoolMoref>,
     pub(super) api_version: String,
     /// The VM in the namespace folder with the backup's BIOS UUID (restored in place, or
     /// given the disks of a disk-only restore).
@@ -374,6 +377,51 @@ pub(super) async fn plan(
             ),
         ));
     }
+    // The pool a new VM goes into, found before anything changes: registering it anywhere
+    // else would put it outside the namespace's limits (VSPHERE.md §A.11).
+    let pool = if new_vm {
+        let annotated = match renv
+            .supervisor
+            .namespace_annotation(&namespace, "vmware-system-resource-pool")
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(
+                    namespace,
+                    error = %crate::engine::error_chain(&e),
+                    "cannot read the namespace's resource pool annotation; finding its pool by name"
+                );
+                None
+            }
+        };
+        match env
+            .soap
+            .namespace_resource_pool(&namespace, annotated.as_deref())
+            .await
+        {
+            Ok(p) => Some(p),
+            Err(
+                e @ (crate::vsphere::VsphereError::NotFound { .. }
+                | crate::vsphere::VsphereError::Ambiguous { .. }),
+            ) => {
+                prediction.refusals.push(ours(
+                    "NoNamespacePool",
+                    format!(
+                        "no resource pool of namespace {namespace} to register the new VM into: {e}"
+                    ),
+                ));
+                None
+            }
+            Err(e) => {
+                return Err(vsphere(format!(
+                    "finding the resource pool of namespace {namespace}"
+                ))(e));
+            }
+        }
+    } else {
+        None
+    };
     match (&request.datastore, new_vm) {
         (Some(ds), false) => prediction.refusals.push(ours(
             "DatastoreForNewOnly",
@@ -452,6 +500,7 @@ pub(super) async fn plan(
         name,
         namespace,
         folder,
+        pool,
         api_version,
         existing_vm,
         existing_cr,
