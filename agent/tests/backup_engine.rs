@@ -536,6 +536,8 @@ mod tests {
             "group skew",
             "VM Service: valid",
             "VMX:",
+            // The namespace folder path (guide §5.3.3).
+            "folder:     /dc1/vm/Namespaces/demo-ns (group-v",
         ] {
             assert!(text.contains(needle), "show lacks {needle:?}:\n{text}");
         }

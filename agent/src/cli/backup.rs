@@ -765,6 +765,14 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     let changed: u64 = point.disks.iter().map(|d| d.bytes_changed).sum();
     say!("  changed:    {:.1} MiB", changed as f64 / 1_048_576.0);
+    if let Some(f) = point.stats.get("folder").filter(|f| f.is_object()) {
+        let text = |k: &str| f.get(k).and_then(serde_json::Value::as_str);
+        say!(
+            "  folder:     {} ({})",
+            text("path").or_else(|| text("name")).unwrap_or("?"),
+            text("moref").unwrap_or("?")
+        );
+    }
     if let Some(v) = point.stats.get("validation") {
         match serde_json::from_value::<crate::vmservice::Validation>(v.clone()) {
             Ok(val) => say!("  VM Service: {}", validation_text(&val)),

@@ -1430,7 +1430,8 @@ async fn back_up_vm_inner(
             reason: format!("snapshot {snapshot} lists no disk"),
         });
     }
-    let folder_name = namespace_folder_name(ctx, info).await;
+    let folder = vm_folder(ctx, info).await;
+    let folder_name = folder.as_ref().map(|f| f.name.clone());
     let captured = |is_captured: &dyn Fn(DiskKey) -> bool| -> Vec<CapturedDisk> {
         disks
             .iter()
@@ -1632,6 +1633,7 @@ async fn back_up_vm_inner(
         "bytes_stored": written.iter().map(|(_, w, _)| w.stats.bytes_stored).sum::<u64>(),
         "validation": validation,
         "related": related_names,
+        "folder": folder,
     });
     let extra_config = serde_json::Value::Array(
         info.extra_config
@@ -1938,22 +1940,63 @@ fn describe(v: &Validation) -> String {
         .join("; ")
 }
 
-/// The name of the VM's parent folder (a Supervisor namespace folder is named after the
-/// namespace); `None` when it cannot be read.
-async fn namespace_folder_name(ctx: &JobCtx, info: &VmInfo) -> Option<String> {
+/// The VM's folder as the point records it (guide §5.3.3: the namespace folder path is
+/// part of the backup's metadata).
+#[derive(Debug, Clone, serde::Serialize)]
+struct VmFolder {
+    /// `group-v…`.
+    moref: String,
+    /// Its name (a Supervisor namespace folder is named after the namespace).
+    name: String,
+    /// Its inventory path (`/dc1/vm/Namespaces/demo-ns`), when every ancestor could be
+    /// read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+}
+
+/// Ancestors read at most, folder to datacenter, for [`VmFolder::path`].
+const FOLDER_DEPTH_MAX: usize = 32;
+
+/// The VM's parent folder; `None` when it cannot be read.
+async fn vm_folder(ctx: &JobCtx, info: &VmInfo) -> Option<VmFolder> {
     let parent = info.parent.as_ref()?;
-    match ctx
-        .env
-        .soap
-        .retrieve_object(&parent.moref(), &["name"])
-        .await
-    {
-        Ok(c) => c.text("name").map(str::to_owned),
+    let read = |obj: crate::vsphere::MoRef| async move {
+        ctx.env
+            .soap
+            .retrieve_object(&obj, &["name", "parent"])
+            .await
+    };
+    let folder = match read(parent.moref()).await {
+        Ok(c) => c,
         Err(e) => {
-            tracing::warn!(vm = %info.moref, error = %e, "cannot read the VM's folder name");
-            None
+            tracing::warn!(vm = %info.moref, error = %e, "cannot read the VM's folder");
+            return None;
         }
+    };
+    let name = folder.text("name")?.to_owned();
+    // Up to the datacenter, whose name starts the path.
+    let mut names = vec![name.clone()];
+    let mut next = folder.get("parent").and_then(|p| p.moref().ok());
+    let mut path = None;
+    for _ in 0..FOLDER_DEPTH_MAX {
+        let Some(obj) = next.take() else { break };
+        let Ok(c) = read(obj.clone()).await else {
+            break;
+        };
+        let Some(n) = c.text("name") else { break };
+        names.push(n.to_owned());
+        if obj.kind == "Datacenter" {
+            names.reverse();
+            path = Some(format!("/{}", names.join("/")));
+            break;
+        }
+        next = c.get("parent").and_then(|p| p.moref().ok());
     }
+    Some(VmFolder {
+        moref: parent.0.clone(),
+        name,
+        path,
+    })
 }
 
 /// The live disk's backing file for a snapshot disk (same key): what the VM Service disk
