@@ -2358,6 +2358,10 @@ async fn enable_cbt(env: &Environment, ctx: &JobCtx, info: &VmInfo) -> Result<()
         .await;
     match cycle {
         Ok(_) => {
+            // As for the backup's own snapshot: no redo logs stay behind once the cycle's
+            // snapshot is gone, also when this job stops before it takes its own (whose
+            // removal would check it). The entry stays open until then.
+            journal::consolidate_if_needed(env, vm).await?;
             if let Some(id) = effect.journal {
                 journal::close(env, id).await?;
             }

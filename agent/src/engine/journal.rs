@@ -298,7 +298,10 @@ pub(crate) async fn remove_snapshot(
 }
 
 /// `ConsolidateVMDisks_Task` when `vm` reports `runtime.consolidationNeeded`.
-async fn consolidate_if_needed(env: &Environment, vm: &VmMoref) -> Result<(), BackupError> {
+pub(crate) async fn consolidate_if_needed(
+    env: &Environment,
+    vm: &VmMoref,
+) -> Result<(), BackupError> {
     let needed = match env.soap.vm_info(vm).await {
         Ok(info) => info.consolidation_needed,
         Err(e) if is_gone(&e) => false,
