@@ -378,10 +378,9 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
     let report = rt.block_on(async {
         let c = cancel.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                tracing::warn!("interrupted: cancelling the backup and cleaning up");
-                c.cancel();
-            }
+            super::wait_for_signal().await;
+            tracing::warn!("interrupted: cancelling the backup and cleaning up");
+            c.cancel();
         });
         let report = engine::run_backup(&env, request, cancel, observer).await;
         if let Some(s) = &supervisor {

@@ -218,6 +218,25 @@ pub(crate) fn parse_duration_secs(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("invalid duration {s:?} (examples: 3d, 72h, 90m)"))
 }
 
+/// Until SIGINT (Ctrl-C) or SIGTERM (`systemctl stop`, a reboot, a vendor's runner
+/// stopping the process): either stops a job the way a cancel does, so its snapshot is
+/// removed and its PrepareForAccess ended before the process exits, rather than the
+/// default action killing it in the middle.
+pub(crate) async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

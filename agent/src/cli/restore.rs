@@ -157,11 +157,10 @@ pub fn restore(args: &RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         .await?;
         let c = cancel.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                tracing::warn!("interrupted: cancelling the restore and cleaning up");
-                c.cancel();
-                crate::engine::pause_point("restore-cancel-requested").await;
-            }
+            super::wait_for_signal().await;
+            tracing::warn!("interrupted: cancelling the restore and cleaning up");
+            c.cancel();
+            crate::engine::pause_point("restore-cancel-requested").await;
         });
         let r = match requests.as_slice() {
             [one] => restore::run_restore(&renv, one, observer, cancel)

@@ -135,7 +135,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         });
         let (s, q) = (shutdown.clone(), queue.clone());
         tokio::spawn(async move {
-            wait_for_signal().await;
+            super::wait_for_signal().await;
             tracing::info!("stopping: cancelling running jobs");
             s.cancel();
             // Now, not once the server has stopped: the server waits for its open
@@ -185,21 +185,6 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     drop(rt);
     drop(env);
     result.map(|()| ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }
 
 /// Runs `vadp-agent schedule …`.
@@ -284,6 +269,17 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
     if runs.is_empty() {
         tracing::info!("no policy is due");
     }
+    // SIGTERM (`systemctl stop`, a reboot, the unit's timeout) or SIGINT cancels the run
+    // in progress, so that it cleans up before the process exits.
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            super::wait_for_signal().await;
+            tracing::warn!("interrupted: cancelling the scheduled run and cleaning up");
+            stop.cancel();
+        });
+    }
     for (run, retry) in runs {
         let name = run.name.clone();
         let Some(p) = config.policy.get(&name) else {
@@ -314,14 +310,20 @@ fn run_due(config: &AgentConfig, json: bool) -> anyhow::Result<ExitCode> {
             }
         });
         let report = rt.block_on(async {
-            let r = engine::run_backup(&env, request, CancellationToken::new(), observer).await;
+            let r = engine::run_backup(&env, request, stop.clone(), observer).await;
             if let Some(l) = &link {
                 l.close().await;
             }
             r
         });
-        // Recorded once the run has ended, whatever its outcome: a run killed part-way (a
-        // reboot) is run again by the timer's next start.
+        // A run stopped by a signal has cleaned up (its snapshots removed, its accesses
+        // ended) and is not recorded: like a run killed part-way (a reboot), the timer's
+        // next start runs it again. The policies after it are left for that start too.
+        if stop.is_cancelled() {
+            tracing::warn!(policy = %name, "stopped by a signal: the run is left for the timer's next start");
+            return Ok(ExitCode::from(1));
+        }
+        // Recorded once the run has ended, whatever its outcome.
         scheduler::record_run(env.repo.catalog(), &name, now.timestamp())?;
         let succeeded = report.as_ref().is_ok_and(|r| r.succeeded);
         scheduler::record_outcome(
