@@ -170,6 +170,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             config.maintenance.clone(),
             shutdown.clone(),
         ));
+        tokio::spawn(maintenance::reconcile_periodically(
+            env.clone(),
+            shutdown.clone(),
+        ));
         let served = crate::api::serve(state, listeners, shutdown).await;
         queue.shut_down();
         // Give running jobs the chance to clean up (snapshots, EndAccess) before exiting.

@@ -2,6 +2,9 @@
 //! applying a scheduling policy's retention after its run ([`apply_retention`]),
 //! collecting garbage after restore points were removed ([`collect_if_pending`]), and the
 //! daily verify ([`run_scheduled_verify`]); the daemon's [`run`] loop drives the last two.
+//! The daemon also reconciles every 15 minutes ([`reconcile_periodically`]): side effects
+//! a job's own clean-up could not undo (vCenter down at that moment) are undone then, not
+//! at the next job or restart.
 //!
 //! The daily verify (`maintenance.verify_daily_at`) re-reads one subset of the chunks each
 //! day in turn (`verify_subsets`, default 7: every chunk once a week) and checks the rest
@@ -329,6 +332,52 @@ pub fn last_verify_summary(repo: &Repository) -> Result<Option<VerifySummary>, R
         .catalog()
         .meta(VERIFY_LAST_RESULT)?
         .and_then(|v| serde_json::from_str(&v).ok()))
+}
+
+/// How often the daemon reconciles while the journal holds entries.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// The daemon's periodic reconcile (ARCHITECTURE §7): every [`RECONCILE_EVERY`], when the
+/// journal holds open entries, what ended jobs left open (a snapshot whose removal failed
+/// while vCenter was unreachable, an EndAccess that did not go through) is undone again,
+/// as at start-up. Entries of jobs still running are theirs: reconcile finds their job
+/// locks held and leaves them.
+pub async fn reconcile_periodically(env: engine::Environment, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + RECONCILE_EVERY,
+        RECONCILE_EVERY,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let catalog = env.repo.catalog().clone();
+        match tokio::task::spawn_blocking(move || catalog.journal_open_entries()).await {
+            Ok(Ok(entries)) if entries.is_empty() => continue,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %engine::error_chain(&e), "reading the journal");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the journal");
+                continue;
+            }
+        }
+        match engine::reconcile(&env, &[], false).await {
+            Ok(r) if r.is_clean() => tracing::debug!("periodic reconcile: nothing left open"),
+            Ok(r) => tracing::warn!(
+                snapshots_removed = r.snapshots_removed.len(),
+                access_ended = r.access_ended.len(),
+                jobs_interrupted = r.jobs_interrupted.len(),
+                errors = ?r.errors,
+                "periodic reconcile"
+            ),
+            Err(e) => tracing::error!(error = %engine::error_chain(&e), "periodic reconcile"),
+        }
+    }
 }
 
 /// How often the job history is trimmed.
