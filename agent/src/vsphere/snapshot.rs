@@ -8,6 +8,9 @@ use super::task::{DEFAULT_TASK_TIMEOUT, TaskState};
 use super::types::{SnapshotMoref, TaskMoref, VmMoref};
 use super::xml::XmlWriter;
 
+/// Further reads of a recent task that failed for a passing reason (1 s, 2 s, 3 s apart).
+const TASK_READ_RETRIES: u32 = 3;
+
 impl SoapClient {
     /// `CreateSnapshot_Task`; waits for it and returns the new snapshot. `on_progress`
     /// receives task percentages.
@@ -140,15 +143,33 @@ impl SoapClient {
         let deadline = std::time::Instant::now() + timeout;
         let mut waited = 0;
         for task in tasks {
-            let info = match self.task_info(&task).await {
-                Ok(info) => info,
-                Err(e) if e.fault_kind() == Some(FaultKind::ManagedObjectNotFound) => continue,
-                Err(e) => {
-                    tracing::warn!(entity = %entity.value, task = %task, error = %e,
-                        "cannot read a recent task; not waiting for it");
-                    continue;
+            // A task that cannot be read for a passing reason (a reset connection, a 503)
+            // may be the very create whose snapshot the caller is about to look for: not
+            // waiting for it would let the caller find no snapshot and close its journal
+            // entry while the snapshot is still being made. Retried, then an error (the
+            // caller keeps its entry); a fault about the task itself is vCenter's answer.
+            let mut attempt = 0u32;
+            let info = loop {
+                match self.task_info(&task).await {
+                    Ok(info) => break Some(info),
+                    Err(e) if e.fault_kind() == Some(FaultKind::ManagedObjectNotFound) => {
+                        break None;
+                    }
+                    Err(e) if e.is_retryable() && attempt < TASK_READ_RETRIES => {
+                        attempt += 1;
+                        tracing::info!(entity = %entity.value, task = %task, error = %e, attempt,
+                            "cannot read a recent task; trying again");
+                        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    }
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(entity = %entity.value, task = %task, error = %e,
+                            "cannot read a recent task; not waiting for it");
+                        break None;
+                    }
                 }
             };
+            let Some(info) = info else { continue };
             let running = description_ids
                 .iter()
                 .any(|d| info.description_id.ends_with(d))
