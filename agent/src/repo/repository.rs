@@ -628,6 +628,24 @@ impl Repository {
         if ids.is_empty() && scrubbed.as_deref() == Some(SCRUBBED) {
             return Ok(0);
         }
+        // Writers hold the shared lock (the locking table in `gc`): GC removes the temp
+        // files of live point directories, these moves' among them. A GC running now
+        // leaves the move for the next open rather than holding this one up.
+        let _shared = if ids.is_empty() {
+            None
+        } else {
+            match RepoLock::try_shared(&self.lock_path()) {
+                Ok(lock) => Some(lock),
+                Err(ChunkStoreError::Busy { .. }) => {
+                    tracing::info!(
+                        points = ids.len(),
+                        "the repository is being collected: moving points' .vmx and ExtraConfig out of the catalog at the next open"
+                    );
+                    return Ok(0);
+                }
+                Err(e) => return Err(RepoError::Lock(e)),
+            }
+        };
         let mut moved = 0;
         let mut failed = 0;
         for id in ids {
@@ -1767,12 +1785,16 @@ impl Repository {
             }
         }
         if !dry_run {
-            // The claims of points kept through a partner are let go (dropped) unused.
-            let claims: Vec<(RestorePointId, RepoLock)> = decisions
+            // The claims of points kept through a partner are let go unused, now: held on
+            // through the removals below, they would answer a restore of such a point
+            // "not found" and a delete "being restored".
+            let removing: Vec<(RestorePointId, RepoLock)> = decisions
                 .iter()
                 .filter(|d| !d.keep)
                 .filter_map(|d| claims.remove(&d.id).map(|c| (d.id, c)))
                 .collect();
+            drop(claims);
+            let claims = removing;
             if !claims.is_empty() {
                 self.catalog
                     .delete_points(claims.iter().map(|(id, _)| *id).collect())?;
