@@ -2241,12 +2241,13 @@ mod tests {
         );
         wait_reached(&mut restore, &dir, "restore-mid-disk");
         let shell = s.vm_by_name("cancel-1").expect("the VM being restored");
-        // ... when Ctrl-C comes. Nothing is cleaned up before they stop: the VM cannot be
+        // ... when SIGTERM comes (`systemctl stop`, a vendor's runner; Ctrl-C's SIGINT is
+        // handled alike). Nothing is cleaned up before they stop: the VM cannot be
         // destroyed while its disks are open, and EndAccess must not come first.
         let pid = i32::try_from(restore.id()).unwrap();
         #[allow(unsafe_code)]
         // SAFETY: kill(2) on our own child's pid, no memory involved.
-        let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0);
         wait_reached(&mut restore, &dir, "restore-cancel-requested");
         std::fs::write(dir.join("restore-mid-disk.go"), b"").unwrap();
@@ -3354,7 +3355,9 @@ mod tests {
         let r = fx.restore(&p1, &[]);
         assert_refused(&r, "vadp-agent:NoNamespacePool");
         assert!(
-            serde_json::to_string(&r.events).unwrap().contains("resgroup-999"),
+            serde_json::to_string(&r.events)
+                .unwrap()
+                .contains("resgroup-999"),
             "the refusal names the pool: {:?}",
             r.events
         );
