@@ -59,6 +59,19 @@ mod tests {
         }
     }
 
+    /// Every file under `dir`, at any depth.
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
     /// Files under `dir`, at any depth.
     fn count_files(dir: &Path) -> usize {
         std::fs::read_dir(dir)
@@ -1841,12 +1854,49 @@ mod tests {
         assert_eq!(repaired.unwrap().damaged, [digest]);
     }
 
+    /// The user mode bits bind: `nobody` when the tests run as root (whom they do not
+    /// bind), else the tests' own user.
+    const NOBODY: u32 = 65_534;
+
+    fn privileged() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    /// Hands every file under `dir` (and `dir`) to `nobody`.
+    fn give_to_nobody(dir: &Path) {
+        std::os::unix::fs::lchown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        if dir.is_dir() {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                give_to_nobody(&e.path());
+            }
+        }
+    }
+
+    /// `vadp-agent ARGS`, as `nobody` when the tests run as root.
+    fn cli_unprivileged(args: &[&std::ffi::OsStr]) -> std::process::Output {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vadp-agent"));
+        cmd.args(args);
+        if privileged() {
+            cmd.uid(NOBODY).gid(NOBODY);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// A chunk directory the backup may not write into: the error names the directory
+    /// and says the point was not made; the points there stay. As root, whom mode bits do
+    /// not bind, the same backup runs through the CLI as `nobody`.
     #[test]
     fn permission_error_names_the_file() {
         use std::os::unix::fs::PermissionsExt;
         let f = fixture();
         let repo = Repository::open(&f.root).unwrap();
         let chunks = repo.store().root().to_path_buf();
+        let img = f.root.join("other.img");
+        synthetic_image::generate(&img, 1 << 20, 77).unwrap();
+        if privileged() {
+            give_to_nobody(f.root.parent().unwrap());
+        }
         let dirs: Vec<PathBuf> = std::fs::read_dir(&chunks)
             .unwrap()
             .flatten()
@@ -1855,30 +1905,125 @@ mod tests {
         for d in dirs.iter().chain([&chunks]) {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).unwrap();
         }
-        let probe = chunks.join("probe");
-        let privileged = std::fs::write(&probe, b"").is_ok();
-        let img = f.root.join("other.img");
-        synthetic_image::generate(&img, 1 << 20, 77).unwrap();
-        let req = ImageBackup {
-            name: "other".into(),
-            file: img,
-            changed: None,
-            parent: None,
+        let msg = if privileged() {
+            drop(repo);
+            let out = cli_unprivileged(&[
+                "image".as_ref(),
+                "backup".as_ref(),
+                "--repo".as_ref(),
+                f.root.as_os_str(),
+                "--name".as_ref(),
+                "other".as_ref(),
+                img.as_os_str(),
+            ]);
+            assert!(!out.status.success());
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        } else {
+            let req = ImageBackup {
+                name: "other".into(),
+                file: img,
+                changed: None,
+                parent: None,
+            };
+            chain(&repo.backup_image(&req, &mut |_, _| {}).unwrap_err())
         };
-        let result = repo.backup_image(&req, &mut |_, _| {});
         for d in dirs.iter().chain([&chunks]) {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        if privileged {
-            // Root ignores mode bits; the full-disk test covers the write-error path.
-            eprintln!("running privileged: permission bits not enforced, skipped");
-            return;
-        }
-        let msg = chain(&result.unwrap_err());
         assert!(
-            msg.contains("Permission denied") && msg.contains("chunks"),
+            msg.contains("Permission denied")
+                && msg.contains(&chunks.display().to_string())
+                && msg.contains("not created"),
             "{msg}"
         );
+        let repo = Repository::open(&f.root).unwrap();
+        assert_eq!(repo.list().unwrap().len(), 2);
+    }
+
+    /// A repository the user may not enter is a permission error naming it, not "not a
+    /// repository" with a hint to `repo init` over it.
+    #[test]
+    fn a_repository_the_user_cannot_enter_is_a_permission_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = fixture();
+        if privileged() {
+            // The tree stays root's, the repository's root 0700: nobody cannot enter it.
+            std::os::unix::fs::lchown(f.root.parent().unwrap(), Some(NOBODY), Some(NOBODY))
+                .unwrap();
+        }
+        std::fs::set_permissions(&f.root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if !privileged() {
+            std::fs::set_permissions(&f.root, std::fs::Permissions::from_mode(0o000)).unwrap();
+        }
+        let out = cli_unprivileged(&[
+            "repo".as_ref(),
+            "info".as_ref(),
+            "--repo".as_ref(),
+            f.root.as_os_str(),
+            "--json".as_ref(),
+        ]);
+        std::fs::set_permissions(&f.root, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("Permission denied")
+                && stderr.contains(&f.root.display().to_string())
+                && !stderr.contains("not a vadp-agent repository"),
+            "{stderr}"
+        );
+        // With --json the error is also the last line on stdout.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+        assert_eq!(last["event"], "error", "{stdout}");
+        assert!(
+            last["error"]
+                .as_str()
+                .unwrap()
+                .contains("Permission denied"),
+            "{stdout}"
+        );
+        assert_eq!(last["exit_code"], 1);
+    }
+
+    /// An extents file that does not fit the image (out of range, or not JSON) is refused
+    /// naming the file, before anything is read; the points stay.
+    #[test]
+    fn a_bad_extents_file_is_refused_naming_it() {
+        let f = fixture();
+        let dir = f.root.parent().unwrap();
+        let cases = [
+            ("beyond.json", "[[8388608, 65536]]", "beyond the end of"),
+            (
+                "overflow.json",
+                "[[18446744073709551615, 2]]",
+                "beyond the end of",
+            ),
+            (
+                "garbage.json",
+                "{\"offset\": 1}",
+                "a JSON list of [offset, length]",
+            ),
+        ];
+        for (name, text, wanted) in cases {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+                .args(["image", "backup", "--repo"])
+                .arg(&f.root)
+                .args(["--name", "vm", "--changed"])
+                .arg(&path)
+                .arg(&f.img)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name}: {stderr}");
+            assert!(
+                stderr.contains(&path.display().to_string()) && stderr.contains(wanted),
+                "{name}: {stderr}"
+            );
+        }
+        let repo = Repository::open(&f.root).unwrap();
         assert_eq!(repo.list().unwrap().len(), 2);
     }
 
@@ -1903,14 +2048,29 @@ mod tests {
             parent: None,
         };
         let msg = chain(&repo.backup_image(&req, &mut |_, _| {}).unwrap_err());
+        // The message names the disk, the point not made, the chunk and its file.
         assert!(
-            msg.contains("No space left") && msg.contains("chunk") && msg.contains("big"),
+            msg.contains("No space left")
+                && msg.contains("big")
+                && msg.contains("not created")
+                && msg.contains(&root.join("chunks").display().to_string()),
             "{msg}"
         );
         assert_eq!(
             repo.list().unwrap().len(),
             0,
             "a failed backup must leave no restore point"
+        );
+        // Nothing half-written stays: no temp chunk files, no index directory.
+        let temps = walk(&root.join("chunks"))
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp"))
+            .count();
+        assert_eq!(temps, 0, "temp chunk files left behind");
+        assert_eq!(
+            std::fs::read_dir(root.join("indexes")).unwrap().count(),
+            0,
+            "an index directory was left behind"
         );
     }
 

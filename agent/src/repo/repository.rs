@@ -227,6 +227,18 @@ pub enum RepoError {
         #[source]
         source: FixedIndexError,
     },
+    /// A new point's index file could not be written (a full disk, say); the point was
+    /// not created.
+    #[error("write the index of disk {disk} (restore point {point} not created)")]
+    IndexWrite {
+        /// The point that was being made.
+        point: RestorePointId,
+        /// The disk.
+        disk: DiskKey,
+        /// The index error (names the file).
+        #[source]
+        source: FixedIndexError,
+    },
     /// The source disk could not be opened.
     #[error("open source disk")]
     Source(#[source] SourceError),
@@ -551,7 +563,7 @@ impl Repository {
         let not_a_repository = || RepoError::NotARepository {
             path: path.to_path_buf(),
         };
-        if !path.join("chunks").is_dir() {
+        if !is_store_dir(&path.join("chunks"))? {
             return Err(not_a_repository());
         }
         let open_lock = busy_as(RepoLock::try_shared(&path.join(OPEN_LOCK)), || {
@@ -991,7 +1003,7 @@ impl Repository {
         let index_path = format!("indexes/{point}/{disk}.fidx");
         index
             .write(&self.root.join(&index_path))
-            .map_err(|source| RepoError::Index {
+            .map_err(|source| RepoError::IndexWrite {
                 point,
                 disk,
                 source,
@@ -1936,7 +1948,7 @@ impl Repository {
     /// [`RepoError::CatalogSound`], [`RepoError::Io`], catalog errors.
     pub fn rebuild_catalog(path: &Path, force: bool) -> Result<RebuildReport, RepoError> {
         let indexes = path.join("indexes");
-        if !path.join("chunks").is_dir() || !indexes.is_dir() {
+        if !is_store_dir(&path.join("chunks"))? || !is_store_dir(&indexes)? {
             return Err(RepoError::NotARepository {
                 path: path.to_path_buf(),
             });
@@ -2179,6 +2191,27 @@ fn is_damage(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
     )
+}
+
+/// Whether `dir` is a directory: `false` when it is not there or is something else; an
+/// error that says why when it cannot be looked at (a repository the user may not enter is
+/// a permission error naming the path, not "not a repository").
+fn is_store_dir(dir: &Path) -> Result<bool, RepoError> {
+    match std::fs::metadata(dir) {
+        Ok(m) => Ok(m.is_dir()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(source) => Err(RepoError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
