@@ -98,6 +98,26 @@ pub(crate) fn run(cmd: ImageCommand, json: bool) -> anyhow::Result<ExitCode> {
                             path.display()
                         )
                     })?;
+                    // Checked here, where the file can be named: the extents are the changes
+                    // of this image, and one beyond its end is a file for another disk.
+                    let size = std::fs::metadata(&file)
+                        .ok()
+                        .filter(std::fs::Metadata::is_file)
+                        .map(|m| m.len());
+                    for (i, e) in extents.iter().enumerate() {
+                        let end = e.offset.checked_add(e.length);
+                        if let Some(size) = size
+                            && end.is_none_or(|end| end > size)
+                        {
+                            anyhow::bail!(
+                                "extents file {}: extent {i} [{}, +{}) is beyond the end of {} ({size} bytes)",
+                                path.display(),
+                                e.offset,
+                                e.length,
+                                file.display()
+                            );
+                        }
+                    }
                     Some(extents)
                 }
                 None => None,
