@@ -152,6 +152,19 @@ pub(crate) fn emit_line(line: &str) {
     }
 }
 
+/// The error a command ended with, as the last line of its `--json` output (besides the
+/// text on stderr), so that a machine reading stdout learns why it failed.
+pub fn emit_error_json(err: &anyhow::Error, exit_code: u8) {
+    emit_line(
+        &serde_json::json!({
+            "event": "error",
+            "error": format!("{err:#}"),
+            "exit_code": exit_code,
+        })
+        .to_string(),
+    );
+}
+
 /// Whether some command output could not be written (other than to a reader that went
 /// away); `main` then exits non-zero even if the command succeeded.
 #[must_use]
