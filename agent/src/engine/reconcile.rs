@@ -191,10 +191,19 @@ pub async fn reconcile(
 async fn vddk_cleanup(env: &Environment, report: &mut ReconcileReport) {
     let vddk = env.vddk.clone();
     let spec = env.vddk_target.spec(&VmMoref(String::new()), None, true);
+    let server = spec.server.clone();
     let outcome = match blocking(move || vddk.cleanup(&spec)).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => return report.errors.push(format!("VixDiskLib_Cleanup: {e}")),
-        Err(e) => return report.errors.push(format!("VixDiskLib_Cleanup: {e}")),
+        Ok(Err(e)) => {
+            return report
+                .errors
+                .push(format!("VixDiskLib_Cleanup against {server}: {e}"));
+        }
+        Err(e) => {
+            return report
+                .errors
+                .push(format!("VixDiskLib_Cleanup against {server}: {e}"));
+        }
     };
     if outcome.cleaned > 0 {
         tracing::warn!(
@@ -205,7 +214,7 @@ async fn vddk_cleanup(env: &Environment, report: &mut ReconcileReport) {
     report.transport_cleaned = outcome.cleaned;
     if let Some(e) = outcome.error {
         report.errors.push(format!(
-            "VixDiskLib_Cleanup left the transport state of {} VM(s) (disks hot-added to this proxy VM keep their snapshots from being removed): {}",
+            "VixDiskLib_Cleanup against {server} left the transport state of {} VM(s) (disks hot-added to this proxy VM keep their snapshots from being removed): {}",
             outcome.remaining,
             error_chain(&e)
         ));

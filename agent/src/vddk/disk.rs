@@ -393,11 +393,11 @@ impl Drop for Disk {
         let handle = RawHandle(std::mem::replace(&mut self.handle.0, std::ptr::null_mut()));
         let sent = self.conn.vddk.request(|reply| OpenCmd::Close {
             handle,
-            path: self.path.clone(),
+            context: self.context(None),
             reply,
         });
         if sent.is_err() {
-            tracing::error!(target: "vddk", disk = %self.path, "cannot close: the vddk-open thread is gone");
+            tracing::error!(target: "vddk", vm = %self.conn.vm, disk = %self.path, "cannot close: the vddk-open thread is gone");
         }
     }
 }

@@ -53,7 +53,8 @@ pub(crate) enum OpenCmd {
     },
     Close {
         handle: RawHandle,
-        path: String,
+        /// The VM and disk, for a failure's message.
+        context: ErrorContext,
         reply: Sender<()>,
     },
     PrepareForAccess {
@@ -136,16 +137,13 @@ pub(crate) fn run(lib: &'static Library, rx: Receiver<OpenCmd>) {
             }
             OpenCmd::Close {
                 handle,
-                path,
+                context,
                 reply,
             } => {
                 // SAFETY: `handle` came from Open and is closed exactly once: its Disk was
                 // dropped and no other copy exists.
                 let err = unsafe { lib.raw().VixDiskLib_Close(handle.0) };
-                if let Err(err) = lib.check("VixDiskLib_Close", err, || ErrorContext {
-                    disk: Some(path.clone()),
-                    ..ErrorContext::default()
-                }) {
+                if let Err(err) = lib.check("VixDiskLib_Close", err, || context.clone()) {
                     tracing::warn!(target: "vddk", "{err}");
                 }
                 let _ = reply.send(());
