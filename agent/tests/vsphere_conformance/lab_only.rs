@@ -330,4 +330,44 @@ mod tests {
         let err = client.invoke("NoSuchMethod", &pc, "").await.unwrap_err();
         assert_eq!(kind(&err), FaultKind::NotImplemented);
     }
+    /// Waiting for a VM's recent tasks (what a clean-up does before it looks for a
+    /// snapshot whose create lost its reply) reads a task again when vCenter fails the
+    /// read for a while (503), and is an error when it keeps failing: skipping the task
+    /// could skip a create still running, and the caller would close its journal entry
+    /// with the snapshot on its way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recent_task_unreadable_for_a_while_is_read_again() {
+        let t = lab();
+        let (client, vm) = new_vm(&t, "lab-recent-task").await;
+        let s1 = client
+            .create_snapshot(&vm, &CreateSnapshot::backup("s1", ""), |_| {})
+            .await
+            .unwrap();
+        client.remove_snapshot(&s1, true, |_| {}).await.unwrap();
+        let handle = lab::vmstate::Lab::open(t.lab_root.as_ref().unwrap()).unwrap();
+        let lab_vm = lab::vmstate::VmMoref(vm.0.clone());
+        let wait = || {
+            client.wait_for_vm_tasks(
+                &vm,
+                "CreateSnapshot_Task",
+                &["createSnapshot"],
+                std::time::Duration::from_secs(60),
+            )
+        };
+        handle.fail_next_task_polls(&lab_vm, 2).unwrap();
+        assert_eq!(
+            wait().await.unwrap(),
+            0,
+            "the finished tasks are not waited for"
+        );
+        assert_eq!(
+            handle.vm(&lab_vm).unwrap().failing_task_polls,
+            0,
+            "the failing reads were not retried"
+        );
+        handle.fail_next_task_polls(&lab_vm, 1_000).unwrap();
+        let err = wait().await.unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        handle.fail_next_task_polls(&lab_vm, 0).unwrap();
+    }
 }
