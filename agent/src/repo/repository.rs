@@ -609,8 +609,9 @@ impl Repository {
             options: PipelineOptions::default(),
         };
         // A catalog from before schema 6 holds points' VMX and ExtraConfig (bootstrap
-        // Secrets) inline. Moving them out needs write access: a read-only repository
-        // still opens, and its points still restore from the inline copy.
+        // Secrets) inline. A move that fails (a GC holding the lock, a write error) is
+        // logged and tried again at the next open; meanwhile the points still restore
+        // from the inline copy.
         if let Err(e) = repo.move_configs_out_of_catalog() {
             tracing::warn!(
                 repo = %path.display(),
