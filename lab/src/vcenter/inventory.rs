@@ -224,29 +224,11 @@ impl Inventory {
         Ok(moref)
     }
 
-    /// Removes the pool `name` below `parent` (and the pools below it), if there is one.
+    /// Removes the pool `name` below `parent`, if there is one (a namespace's pool: the
+    /// lab makes no pools below it).
     pub(crate) fn remove_pool(&mut self, parent: &str, name: &str) {
-        let Some(top) = self
-            .pools
-            .iter()
-            .find(|p| p.parent.as_deref() == Some(parent) && p.name == name)
-            .map(|p| p.moref.clone())
-        else {
-            return;
-        };
-        let mut gone = vec![top];
-        let mut i = 0;
-        while i < gone.len() {
-            let kids: Vec<String> = self
-                .pools
-                .iter()
-                .filter(|p| p.parent.as_deref() == Some(gone[i].as_str()))
-                .map(|p| p.moref.clone())
-                .collect();
-            gone.extend(kids);
-            i += 1;
-        }
-        self.pools.retain(|p| !gone.contains(&p.moref));
+        self.pools
+            .retain(|p| !(p.parent.as_deref() == Some(parent) && p.name == name));
     }
 
     /// A datastore by name.

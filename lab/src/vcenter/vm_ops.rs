@@ -401,14 +401,7 @@ impl Vcenter {
                 method = "RegisterVM_Task";
                 let folder_path = self.vm_folder_path(&call.this)?;
                 // A VM (not a template) is registered into a resource pool that exists.
-                let pool = call
-                    .req
-                    .child("pool")
-                    .and_then(Element::moref)
-                    .ok_or_else(|| Fault::invalid_argument("pool"))?;
-                if self.inventory().pool(&pool.1).is_none() {
-                    return Err(Fault::not_found_object(&pool.0, &pool.1));
-                }
+                self.check_pool(call)?;
                 let path_text = call.req.child_text("path").unwrap_or_default().to_owned();
                 let path = DatastorePath::parse(&path_text)
                     .map_err(|_| Fault::invalid_argument("path"))?;
@@ -554,8 +547,8 @@ impl Vcenter {
             .ok_or_else(|| Fault::not_found_object(&this.0, &this.1))
     }
 
-    fn create_vm_checks(&self, call: &Call<'_>) -> Result<(String, Element), Fault> {
-        let folder_path = self.vm_folder_path(&call.this)?;
+    /// The call's `pool` argument names a resource pool of the inventory.
+    fn check_pool(&self, call: &Call<'_>) -> Result<(), Fault> {
         let pool = call
             .req
             .child("pool")
@@ -564,6 +557,12 @@ impl Vcenter {
         if self.inventory().pool(&pool.1).is_none() {
             return Err(Fault::not_found_object(&pool.0, &pool.1));
         }
+        Ok(())
+    }
+
+    fn create_vm_checks(&self, call: &Call<'_>) -> Result<(String, Element), Fault> {
+        let folder_path = self.vm_folder_path(&call.this)?;
+        self.check_pool(call)?;
         let spec = call
             .req
             .child("config")
