@@ -74,17 +74,7 @@ mod tests {
 
     /// Files under `dir`, at any depth.
     fn count_files(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                if e.file_type().unwrap().is_dir() {
-                    count_files(&e.path())
-                } else {
-                    1
-                }
-            })
-            .sum()
+        walk(dir).len()
     }
 
     /// A chunk referenced by both points.

@@ -192,18 +192,11 @@ async fn vddk_cleanup(env: &Environment, report: &mut ReconcileReport) {
     let vddk = env.vddk.clone();
     let spec = env.vddk_target.spec(&VmMoref(String::new()), None, true);
     let server = spec.server.clone();
+    let failed = |e: &dyn std::fmt::Display| format!("VixDiskLib_Cleanup against {server}: {e}");
     let outcome = match blocking(move || vddk.cleanup(&spec)).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => {
-            return report
-                .errors
-                .push(format!("VixDiskLib_Cleanup against {server}: {e}"));
-        }
-        Err(e) => {
-            return report
-                .errors
-                .push(format!("VixDiskLib_Cleanup against {server}: {e}"));
-        }
+        Ok(Err(e)) => return report.errors.push(failed(&e)),
+        Err(e) => return report.errors.push(failed(&e)),
     };
     if outcome.cleaned > 0 {
         tracing::warn!(

@@ -1807,11 +1807,10 @@ impl Repository {
                 .filter_map(|d| claims.remove(&d.id).map(|c| (d.id, c)))
                 .collect();
             drop(claims);
-            let claims = removing;
-            if !claims.is_empty() {
+            if !removing.is_empty() {
                 self.catalog
-                    .delete_points(claims.iter().map(|(id, _)| *id).collect())?;
-                for (id, claim) in claims {
+                    .delete_points(removing.iter().map(|(id, _)| *id).collect())?;
+                for (id, claim) in removing {
                     self.remove_index_dir(id);
                     self.release_removed(id, claim);
                 }

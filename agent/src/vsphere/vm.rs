@@ -6,15 +6,6 @@ use super::soap::{SoapClient, VsphereError};
 use super::types::{ChangeId, DatastoreMoref, DiskKey, FolderMoref, MoRef, SnapshotMoref, VmMoref};
 use super::xml::{Element, XmlError};
 
-/// Whether folder `o` (read with its `childType`) is a VM folder. A server that leaves
-/// `childType` out is taken at its word for the name alone.
-fn holds_vms(o: &super::property::ObjectContent) -> bool {
-    o.get("childType").is_none_or(|types| {
-        types
-            .children_named("string")
-            .any(|t| t.text == "VirtualMachine")
-    })
-}
 /// The property paths [`SoapClient::vm_info`] reads.
 const VM_PATHS: &[&str] = &[
     "name",
@@ -194,6 +185,16 @@ impl SoapClient {
         let folder = self.find_namespace_folder(namespace).await?;
         self.list_vms_in_folder(&folder).await
     }
+}
+
+/// Whether folder `o` (read with its `childType`) is a VM folder. A server that leaves
+/// `childType` out is taken at its word for the name alone.
+fn holds_vms(o: &ObjectContent) -> bool {
+    o.get("childType").is_none_or(|types| {
+        types
+            .children_named("string")
+            .any(|t| t.text == "VirtualMachine")
+    })
 }
 
 pub(super) fn single(
