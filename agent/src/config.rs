@@ -343,6 +343,10 @@ pub struct PolicyConfig {
     /// VMs to quiesce (as in `vms`).
     #[serde(default)]
     pub quiesce: Vec<String>,
+    /// The VMs stand alone: one that cannot be backed up fails alone and the others are
+    /// backed up (default false: they are a consistency group, and the run fails whole).
+    #[serde(default)]
+    pub independent: bool,
     /// Local time of the daily run, `HH:MM`.
     pub daily_at: String,
     /// Windows in which no run starts, `HH:MM-HH:MM` local time (may cross midnight).

@@ -1561,6 +1561,103 @@ mod tests {
         fx.assert_clean(&[&web, &db]);
     }
 
+    /// A job for many VMs (seed 002) with `--independent`: a VM that cannot be backed up
+    /// (not found, refused in the set-up, held by another job, its snapshot failing) fails
+    /// alone, undone and reported, and the others get their points. Without it the same
+    /// VMs are one consistency group: refused whole, nothing changed.
+    #[test]
+    fn an_independent_job_backs_up_the_vms_it_can() {
+        let fx = Fixture::new();
+        let a = fx.new_vm("app-1", &[4]);
+        let b = fx.new_vm("app-2", &[4]);
+        let refused = fx.new_vm("app-3", &[4, 4]);
+        let held = fx.new_vm("app-4", &[4]);
+        fx.lab
+            .modify_vm(&refused, |s| {
+                s.disks[1].mode = "independent_persistent".into();
+                s.power_state = lab::vmstate::PowerState::PoweredOn;
+                Ok(())
+            })
+            .unwrap();
+        let gone = VmMoref("vm-999999".into());
+        let group = fx.backup(&[&a, &b, &refused], &["--group", "g1"], None);
+        assert_eq!(group.code, Some(1), "{}", group.stderr);
+        assert!(
+            group.stderr.contains("independent_persistent"),
+            "{}",
+            group.stderr
+        );
+        assert!(fx.points().is_empty());
+        fx.assert_clean(&[&a, &b, &refused]);
+
+        // Another job holds app-4 (paused while it reads its disk).
+        fx.lab
+            .guest_write(&held, DiskKey(2000), 0, &pattern(4, MIB))
+            .unwrap();
+        let pause = fx.dir.path().join("pause");
+        std::fs::create_dir_all(&pause).unwrap();
+        let mut args: Vec<String> = vec!["backup".into(), "--repo".into()];
+        args.push(fx.repo().display().to_string());
+        args.extend(["--vm".into(), held.0.clone()]);
+        args.extend(fx.connection());
+        let holder = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(&args)
+            .env_remove("VADP_AGENT_PASSWORD")
+            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+            .env("VADP_AGENT_PAUSE_DIR", &pause)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pause.join("backup-mid-disk.reached").exists() {
+            assert!(Instant::now() < deadline, "the holding backup never read");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        fx.lab.fail_next_snapshot(&b).unwrap();
+        let job = fx.backup(&[&a, &b, &refused, &gone, &held], &["--independent"], None);
+        assert_eq!(job.code, Some(2), "{}", job.stderr);
+        let report = job.report.clone().unwrap();
+        assert!(vm_report(&report, &a)["point"].is_string(), "{report}");
+        for (vm, says) in [
+            (&b, "Failed to quiesce"),
+            (&refused, "independent_persistent"),
+            (&gone, "vm-999999"),
+            (&held, "is working on it now"),
+        ] {
+            let r = vm_report(&report, vm);
+            assert!(r["point"].is_null(), "{vm}: {report}");
+            assert!(
+                r["error"].as_str().unwrap().contains(says),
+                "{vm} ({says}): {report}"
+            );
+            assert!(
+                job.events
+                    .iter()
+                    .any(|e| e["event"] == "vm_failed" && e["vm"] == vm.0.as_str()),
+                "{vm}: {:?}",
+                job.events
+            );
+        }
+        assert_eq!(fx.points().len(), 1);
+        fx.assert_clean(&[&a, &b, &refused]);
+        // Nothing journalled is left open: reconcile finds nothing to undo.
+        let r = fx.reconcile(&[&a, &b]);
+        assert_eq!(
+            r["snapshots_removed"].as_array().map(Vec::len),
+            Some(0),
+            "{r}"
+        );
+
+        std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
+        let out = holder.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // The VMs that failed alone were let go: backed up by the next job.
+        fx.backup(&[&b, &held], &[], None).ok();
+        fx.assert_clean(&[&b, &held]);
+    }
+
     /// A point is recorded as quiesced only when vCenter's snapshot says so: with VMware
     /// Tools not running vSphere ignores the flag, and the point says crash-consistent.
     #[test]

@@ -29,6 +29,13 @@ pub struct BackupJobRequest {
     /// points for its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Each VM stands alone (a job for many VMs): a VM that cannot be backed up (not
+    /// found, refused, still busy after the job's wait, its PrepareForAccess or snapshot
+    /// failing) fails alone, with its error in the job's report, and the others are backed
+    /// up. Default false: the VMs are a consistency group, and any of these fails the
+    /// whole job before a disk is read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub independent: bool,
     /// Submitting again with the same key returns the job first created with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

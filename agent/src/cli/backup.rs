@@ -99,6 +99,11 @@ pub struct BackupArgs {
     /// Name of the consistency group (recorded with the job).
     #[arg(long)]
     pub group: Option<String>,
+    /// Each VM stands alone: one that cannot be backed up (not found, refused, busy, its
+    /// PrepareForAccess or snapshot failing) fails alone and the others are backed up
+    /// (exit 2). Without it the VMs are a consistency group: any of these fails the job.
+    #[arg(long)]
+    pub independent: bool,
     /// Quiesce these VMs' file systems when snapshotting (as given in --vm).
     #[arg(long = "quiesce")]
     pub quiesce: Vec<VmSelector>,
@@ -354,6 +359,7 @@ pub fn backup(args: &BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
     };
     let request = BackupRequest {
         group: args.group.clone(),
+        independent: args.independent,
         vms: args
             .vms
             .iter()

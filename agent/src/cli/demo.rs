@@ -550,6 +550,7 @@ fn backup(
     let supervisor = Arc::new(supervisor);
     let request = BackupRequest {
         group: Some("demo".into()),
+        independent: false,
         vms: VMS
             .iter()
             .map(|n| VmRequest {

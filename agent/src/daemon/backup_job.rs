@@ -151,6 +151,7 @@ pub fn engine_request(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(BackupRequest {
         group: r.group.clone(),
+        independent: r.independent,
         vms,
         force_full: r.full,
         require_vmservice: r.require_vmservice,

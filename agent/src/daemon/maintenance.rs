@@ -518,6 +518,7 @@ mod tests {
         let policy = PolicyConfig {
             vms: vec!["vm-42".into()],
             quiesce: vec![],
+            independent: false,
             daily_at: "01:00".into(),
             blackout: vec![],
             initial_run: false,

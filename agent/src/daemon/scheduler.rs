@@ -166,6 +166,7 @@ pub fn policy_request(run: &DueRun, p: &PolicyConfig) -> BackupJobRequest {
             })
             .collect(),
         group: Some(name.to_owned()),
+        independent: p.independent,
         idempotency_key: None,
         priority: p.priority,
         full: false,

@@ -9,7 +9,10 @@
 //!    the point in time. Enable CBT where it is off. Journal and call PrepareForAccess.
 //!    Journal every snapshot intent, then start every CreateSnapshot_Task at once; the
 //!    skew (first to last completion) is recorded. If any snapshot fails the group is not
-//!    consistent: the job undoes everything and fails.
+//!    consistent: the job undoes everything and fails. An *independent* job
+//!    ([`BackupRequest::independent`], a job for many VMs, seed 002) does none of this
+//!    refusing: a VM that cannot be set up or snapshotted fails alone (its own side
+//!    effects undone, its lock let go) and the others go on.
 //! 2. **Data, per VM in parallel.** Download the VMX, read the snapshot's disks and their
 //!    changeIds, plan each disk (incremental from the last good changeId, or a labelled
 //!    full), read the planned extents through VDDK into the repository (disks in parallel
@@ -175,6 +178,11 @@ pub struct BackupRequest {
     pub group: Option<String>,
     /// The VMs, snapshotted together.
     pub vms: Vec<VmRequest>,
+    /// Each VM stands alone (a job for many VMs, seed 002): a VM that cannot be backed up
+    /// (not found, refused, still busy after `busy_vm_wait`, its CBT, PrepareForAccess or
+    /// snapshot failing) fails alone and the others go on. Off, the VMs are a consistency
+    /// group (seed 000): any of these refuses or undoes the whole job.
+    pub independent: bool,
     /// Read every allocated block even where CBT could give the changes.
     pub force_full: bool,
     /// Fail a VM whose backup could not be restored as a VM Service VM (instead of a warning).
@@ -519,8 +527,9 @@ struct JobCtx {
     gate: Gate,
     cancel: CancellationToken,
     observer: Observer,
-    /// The locks of the job's VMs, held until the job has cleaned up after itself.
-    vm_locks: Mutex<Vec<VmLock>>,
+    /// The locks of the job's VMs, held until the job has cleaned up after itself (or,
+    /// in an independent job, until a VM that failed alone has).
+    vm_locks: Mutex<Vec<(VmMoref, VmLock)>>,
     /// When the group's snapshots were started (Unix seconds, by vCenter's clock): the
     /// time of every point of the job, so that retention sees the group's points as one
     /// moment.
@@ -684,14 +693,35 @@ async fn run_job(
     };
     let mut repo_lock = Some(lock_repo().await??);
     let mut members = Vec::new();
+    // The VMs of an independent job that failed alone in the set-up.
+    let mut failed = Vec::new();
+    let mut give_up_busy = false;
     let mut busy = BusyWait::default();
     let setup = loop {
+        failed.clear();
         // A panic in the set-up must not skip the clean-up of what it did so far (the
         // snapshots and PrepareForAccess of `members`): it ends the job as an error.
-        let setup = std::panic::AssertUnwindSafe(set_up(&ctx, &mut members))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(BackupError::Thread("the backup's set-up panicked".into())));
+        let setup =
+            std::panic::AssertUnwindSafe(set_up(&ctx, &mut members, &mut failed, give_up_busy))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(BackupError::Thread("the backup's set-up panicked".into()))
+                });
+        // An independent job has waited long enough for its busy VMs: they fail alone.
+        if let Err(BackupError::VmBusy { .. }) = &setup
+            && members.is_empty()
+            && busy.waited >= ctx.request.busy_vm_wait
+            && ctx.request.independent
+            && !give_up_busy
+        {
+            give_up_busy = true;
+            ctx.vm_locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            continue;
+        }
         // Another job holds one of the VMs: the locks come before any change, so nothing
         // was changed. Let go of the VMs locked so far (two jobs each holding a VM the
         // other wants never wait for each other) and try again, within the request's wait.
@@ -739,6 +769,15 @@ async fn run_job(
             return Err(e);
         }
     };
+    // Reported once the set-up is over: an attempt that waited for a busy VM may have
+    // met the same failures before.
+    for r in &failed {
+        (ctx.observer)(&BackupEvent::VmFailed {
+            vm: r.vm.clone(),
+            name: r.name.clone(),
+            error: r.error.clone().unwrap_or_default(),
+        });
+    }
     let _ = ctx.job_vms.set(
         members
             .iter()
@@ -764,11 +803,15 @@ async fn run_job(
             back_up_vm(&ctx, info, request, cbt_now, snapshot, effects).await
         }));
     }
-    let mut reports = Vec::new();
+    let mut reports = failed;
     for (m, task) in members.iter().zip(tasks) {
         let mut report = match task.await {
             Ok(r) => r,
-            Err(e) => failed_report(&m.info, format!("backup task failed: {e}")),
+            Err(e) => failed_report(
+                &m.info.moref,
+                &m.info.name,
+                format!("backup task failed: {e}"),
+            ),
         };
         // Phase 3: whatever the task left, tried again. What this attempt reports is what
         // is left now (an effect the task's own clean-up failed to undo and this one undid
@@ -810,10 +853,10 @@ async fn run_job(
     })
 }
 
-fn failed_report(info: &VmInfo, error: String) -> VmReport {
+fn failed_report(vm: &VmMoref, name: &str, error: String) -> VmReport {
     VmReport {
-        vm: info.moref.clone(),
-        name: info.name.clone(),
+        vm: vm.clone(),
+        name: name.to_owned(),
         point: None,
         kind: None,
         reason: String::new(),
@@ -858,10 +901,57 @@ fn unfrozen_disk(info: &VmInfo) -> Option<String> {
     ))
 }
 
+/// Whether `e`, met while setting one VM up, concerns that VM alone: in an independent
+/// job the others go on. A cancel, the catalog or the repository failing ends any job.
+fn fails_alone(ctx: &JobCtx, e: &BackupError) -> bool {
+    ctx.request.independent
+        && matches!(
+            e,
+            BackupError::Vsphere { .. }
+                | BackupError::Datastore { .. }
+                | BackupError::Vddk { .. }
+                | BackupError::Refused { .. }
+                | BackupError::VmBusy { .. }
+        )
+}
+
+/// In an independent job `vm` fails alone: its report is kept for the job's, and its lock
+/// is let go unless its clean-up left work (`cleanup_errors`) for the job's own. In a
+/// consistency group, or for an error that is not the VM's alone, `e` is returned: it ends
+/// the job.
+fn fail_alone(
+    ctx: &JobCtx,
+    failed: &mut Vec<VmReport>,
+    (vm, name): (&VmMoref, &str),
+    e: BackupError,
+    cleanup_errors: Vec<String>,
+) -> Result<(), BackupError> {
+    if !fails_alone(ctx, &e) {
+        return Err(e);
+    }
+    if cleanup_errors.is_empty() {
+        ctx.vm_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(m, _)| m != vm);
+    }
+    let error = error_chain(&e);
+    tracing::warn!(vm = %vm, name, error = %error, "the VM fails alone; the job's other VMs go on");
+    failed.push(VmReport {
+        cleanup_errors,
+        ..failed_report(vm, name, error)
+    });
+    Ok(())
+}
+
 /// Phase 1. Members are pushed as soon as they hold a side effect, so the caller can undo.
+/// In an independent job a VM that fails here is undone at once and reported in `failed`
+/// (`give_up_busy`: also a VM another job holds, after the job's wait for it).
 async fn set_up(
     ctx: &Arc<JobCtx>,
     members: &mut Vec<Member>,
+    failed: &mut Vec<VmReport>,
+    give_up_busy: bool,
 ) -> Result<(u64, Vec<SnapshotMoref>), BackupError> {
     let env = &ctx.env;
     if ctx.request.vms.is_empty() {
@@ -874,7 +964,16 @@ async fn set_up(
     let mut resolved: Vec<(VmRequest, VmInfo)> = Vec::new();
     let mut seen = HashSet::new();
     for r in &ctx.request.vms {
-        let moref = resolve(env, &r.selector).await?;
+        let as_given = r.selector.to_string();
+        let moref = match resolve(env, &r.selector).await {
+            Ok(m) => m,
+            // Not found: named as given.
+            Err(e) => {
+                let vm = VmMoref::from(as_given.as_str());
+                fail_alone(ctx, failed, (&vm, &as_given), e, Vec::new())?;
+                continue;
+            }
+        };
         if !seen.insert(moref.clone()) {
             return Err(BackupError::Refused {
                 vm: r.selector.to_string(),
@@ -891,20 +990,32 @@ async fn set_up(
             ctx.job,
         );
         let vm_lock =
-            blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "backup")).await??;
+            match blocking(move || VmLock::acquire(&root, &vcenter, &vm, &name, job, "backup"))
+                .await?
+            {
+                Ok(l) => l,
+                Err(e @ BackupError::VmBusy { .. }) if give_up_busy => {
+                    fail_alone(ctx, failed, (&moref, &as_given), e, Vec::new())?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
         ctx.vm_locks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(vm_lock);
-        let info = env
-            .soap
-            .vm_info(&moref)
-            .await
-            .map_err(|source| BackupError::Vsphere {
-                what: format!("reading VM {} ({moref})", r.selector),
-                source,
-            })?;
-        if let Some((s, job)) = info
+            .push((moref.clone(), vm_lock));
+        let info = match env.soap.vm_info(&moref).await {
+            Ok(info) => info,
+            Err(source) => {
+                let e = BackupError::Vsphere {
+                    what: format!("reading VM {} ({moref})", r.selector),
+                    source,
+                };
+                fail_alone(ctx, failed, (&moref, &as_given), e, Vec::new())?;
+                continue;
+            }
+        };
+        let refused = if let Some((s, job)) = info
             .all_snapshots()
             .into_iter()
             .find_map(|s| journal::snapshot_job(&s.description).map(|job| (s, job)))
@@ -950,24 +1061,25 @@ async fn set_up(
                     s.snapshot, s.name
                 )
             };
-            return Err(BackupError::Refused {
+            Some(reason)
+        } else if info.disks.is_empty() {
+            Some("it has no virtual disk".into())
+        } else {
+            unfrozen_disk(&info)
+        };
+        if let Some(reason) = refused {
+            let e = BackupError::Refused {
                 vm: format!("{} ({moref})", info.name),
                 reason,
-            });
-        }
-        if info.disks.is_empty() {
-            return Err(BackupError::Refused {
-                vm: format!("{} ({moref})", info.name),
-                reason: "it has no virtual disk".into(),
-            });
-        }
-        if let Some(reason) = unfrozen_disk(&info) {
-            return Err(BackupError::Refused {
-                vm: format!("{} ({moref})", info.name),
-                reason,
-            });
+            };
+            fail_alone(ctx, failed, (&moref, &info.name), e, Vec::new())?;
+            continue;
         }
         resolved.push((r.clone(), info));
+    }
+    if resolved.is_empty() {
+        // An independent job whose every VM failed alone.
+        return Ok((0, Vec::new()));
     }
     // Inside a blackout window before any change (CBT, PrepareForAccess): the wait then
     // disables nothing on the VMs. Asked again just before the snapshots, should the
@@ -994,20 +1106,32 @@ async fn set_up(
                 ),
             });
         } else if !info.change_tracking_enabled {
-            enable_cbt(env, ctx, &info).await?;
-            cbt_enabled_now = true;
-            (ctx.observer)(&BackupEvent::CbtEnabled {
-                vm: info.moref.clone(),
-                name: info.name.clone(),
-            });
-            info = env
-                .soap
-                .vm_info(&info.moref)
-                .await
-                .map_err(|source| BackupError::Vsphere {
-                    what: format!("re-reading VM {}", info.moref),
-                    source,
-                })?;
+            let enabled = match enable_cbt(env, ctx, &info).await {
+                Ok(()) => {
+                    (ctx.observer)(&BackupEvent::CbtEnabled {
+                        vm: info.moref.clone(),
+                        name: info.name.clone(),
+                    });
+                    env.soap
+                        .vm_info(&info.moref)
+                        .await
+                        .map_err(|source| BackupError::Vsphere {
+                            what: format!("re-reading VM {}", info.moref),
+                            source,
+                        })
+                }
+                Err(e) => Err(e),
+            };
+            match enabled {
+                Ok(now) => {
+                    info = now;
+                    cbt_enabled_now = true;
+                }
+                Err(e) => {
+                    fail_alone(ctx, failed, (&info.moref, &info.name), e, Vec::new())?;
+                    continue;
+                }
+            }
         }
         members.push(Member {
             request,
@@ -1017,8 +1141,10 @@ async fn set_up(
         });
     }
     if ctx.request.prepare_access {
-        for m in members.iter() {
+        let mut i = 0;
+        while i < members.len() {
             check_cancel(ctx)?;
+            let m = &members[i];
             let vm = &m.info.moref;
             let id = journal::open(
                 env,
@@ -1031,13 +1157,24 @@ async fn set_up(
             let vddk = env.vddk.clone();
             let spec = env.vddk_target.spec(vm, None, true);
             let identity = ctx.identity.clone();
-            blocking(move || vddk.prepare_for_access(&spec, &identity))
+            let prepared = blocking(move || vddk.prepare_for_access(&spec, &identity))
                 .await?
                 .map_err(|source| BackupError::Vddk {
                     what: format!("PrepareForAccess for {} ({vm})", m.info.name),
                     source,
-                })?;
-            crash_point("after-prepare-access");
+                });
+            match prepared {
+                Ok(()) => {
+                    crash_point("after-prepare-access");
+                    i += 1;
+                }
+                Err(e) if fails_alone(ctx, &e) => {
+                    let m = members.remove(i);
+                    let left = clean_up(ctx, &m.info.moref, &m.effects, false).await;
+                    fail_alone(ctx, failed, (&m.info.moref, &m.info.name), e, left)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     check_cancel(ctx)?;
@@ -1071,7 +1208,9 @@ async fn set_up(
     let mut first_error = None;
     let mut snapshots = Vec::new();
     let mut done_ms = Vec::new();
-    for (m, (result, elapsed)) in members.iter().zip(results) {
+    // The members (by index) of an independent job whose snapshot failed.
+    let mut lost = Vec::new();
+    for (i, (m, (result, elapsed))) in members.iter().zip(results).enumerate() {
         match result {
             Ok(snapshot) => {
                 crash_point("snapshot-unrecorded");
@@ -1094,6 +1233,13 @@ async fn set_up(
                 });
                 snapshots.push(snapshot);
             }
+            Err(source) if ctx.request.independent => lost.push((
+                i,
+                BackupError::Vsphere {
+                    what: format!("snapshot of {} ({}) failed", m.info.name, m.info.moref),
+                    source,
+                },
+            )),
             Err(source) => {
                 first_error.get_or_insert(BackupError::Vsphere {
                     what: format!(
@@ -1107,6 +1253,14 @@ async fn set_up(
     }
     if let Some(e) = first_error {
         return Err(e);
+    }
+    // From the last, so that the indexes stay right; `snapshots` holds the others'.
+    for (i, e) in lost.into_iter().rev() {
+        let m = members.remove(i);
+        // The snapshot may exist all the same (a task whose answer was lost): found by
+        // the job's description, as reconcile would.
+        let left = clean_up(ctx, &m.info.moref, &m.effects, false).await;
+        fail_alone(ctx, failed, (&m.info.moref, &m.info.name), e, left)?;
     }
     crash_point("after-snapshot");
     let skew =
@@ -1324,7 +1478,7 @@ async fn back_up_vm(
     effects: Arc<Mutex<Effects>>,
 ) -> VmReport {
     let started = Instant::now();
-    let mut report = failed_report(&info, String::new());
+    let mut report = failed_report(&info.moref, &info.name, String::new());
     report.error = None;
     report.snapshot = Some(snapshot.clone());
     if let Err(e) = back_up_vm_inner(

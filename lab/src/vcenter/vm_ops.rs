@@ -233,6 +233,12 @@ impl Vcenter {
                 Box::new(move |p| {
                     p.set(30);
                     std::thread::sleep(lab.take_snapshot_delay(&vm_id));
+                    if lab.take_snapshot_failure(&vm_id) {
+                        return Err(Fault::system_error(
+                            "An error occurred while saving the snapshot: Failed to quiesce \
+                             the virtual machine (injected)",
+                        ));
+                    }
                     let s = lab
                         .create_snapshot_quiescing(&vm_id, &name, &description, quiesce)
                         .map_err(lab_fault)?;

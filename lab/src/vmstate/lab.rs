@@ -437,6 +437,7 @@ impl Lab {
             failing_enable_methods: 0,
             next_snapshot_delay_ms: 0,
             created_disks_get_their_own_uuid: false,
+            fail_next_snapshot: false,
             tools_not_running: false,
             lose_next_snapshot_removal: false,
         };
@@ -734,6 +735,30 @@ impl Lab {
             state.next_snapshot_delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             Ok(())
         })
+    }
+
+    /// Makes the next `CreateSnapshot_Task` on `vm` fail without creating anything (test
+    /// fault injection).
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn fail_next_snapshot(&self, vm: &VmMoref) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.fail_next_snapshot = true;
+            Ok(())
+        })
+    }
+
+    /// Takes the failure [`Self::fail_next_snapshot`] arranged for `vm`: whether this
+    /// snapshot is to fail.
+    #[must_use]
+    pub fn take_snapshot_failure(&self, vm: &VmMoref) -> bool {
+        self.take_knob(
+            vm,
+            |s| s.fail_next_snapshot,
+            |s| std::mem::take(&mut s.fail_next_snapshot),
+        )
+        .unwrap_or(false)
     }
 
     /// Stops (or starts again) VMware Tools in `vm`'s guest: a quiescing snapshot is then

@@ -201,6 +201,10 @@ pub struct VmState {
     /// snapshot, in milliseconds (a test's fault injection: a slow quiesce).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub next_snapshot_delay_ms: u64,
+    /// The next `CreateSnapshot_Task` on this VM fails, creating nothing (a test's fault
+    /// injection: a quiesce that times out, a locked disk).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fail_next_snapshot: bool,
     /// VMware Tools is not running in the guest: a snapshot asked to quiesce is made
     /// without (vSphere ignores the flag then), as a test's state.
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -257,6 +257,7 @@ impl Lab {
             failing_enable_methods: 0,
             next_snapshot_delay_ms: 0,
             created_disks_get_their_own_uuid: false,
+            fail_next_snapshot: false,
             tools_not_running: false,
             lose_next_snapshot_removal: false,
         };
