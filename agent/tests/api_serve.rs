@@ -1866,11 +1866,24 @@ concurrent_jobs = 2
         first.0.kill().unwrap();
         first.0.wait().unwrap();
         assert!(!lab.vm(&vm).unwrap().snapshots.is_empty());
-        let (_second, base) = serve(&config);
+        let log = dir.path().join("second.log");
+        let (_second, base) = serve_with(&config, std::fs::File::create(&log).unwrap(), None);
         let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
         let (_, ended) = rt.block_on(follow(&client, &queued.id));
         assert_eq!(ended.state, JobState::Succeeded, "{:?}", ended.error);
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
         assert!(lab.disabled_methods(&vm).unwrap().is_empty());
+        // The start-up reconcile says what it undid (not "clean").
+        let text = std::fs::read_to_string(&log).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("reconcile at start-up"))
+            .unwrap_or_else(|| panic!("no start-up reconcile logged: {text}"));
+        assert!(
+            line.contains("undid what interrupted jobs left")
+                && line.contains("snapshots_removed=1")
+                && line.contains("access_ended=1"),
+            "{line}"
+        );
     }
 }

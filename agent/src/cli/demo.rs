@@ -76,8 +76,9 @@ pub struct DemoArgs {
     #[arg(long)]
     root: Option<PathBuf>,
     /// A VDDK distribution directory to use instead of the simulator built next to this
-    /// executable (`libvixDiskLib.so`).
-    #[arg(long, env = "VADP_VDDK_LIBDIR")]
+    /// executable (`libvixDiskLib.so`). Not read from `VADP_VDDK_LIBDIR`: on a proxy where
+    /// that names the real VDDK, the demo would load it against its simulated vCenter.
+    #[arg(long)]
     libdir: Option<PathBuf>,
     /// OS disk size of each demo VM, in MiB (a multiple of 4, at least 8); the PVC disk is
     /// half of it.

@@ -374,7 +374,7 @@ pub(crate) fn run(cmd: RepoCommand, json: bool) -> anyhow::Result<ExitCode> {
                 }
                 for dir in &report.quarantined {
                     say!(
-                        "moved to {}: it has a manifest, so it may hold a committed restore point; `repo gc` does not run until it is looked at and removed from there",
+                        "moved to {}: it has a manifest or index files, so it may hold a committed restore point; `repo gc` does not run until it is looked at and removed from there",
                         dir.display()
                     );
                 }

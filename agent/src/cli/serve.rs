@@ -103,17 +103,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         // Undo what interrupted jobs left in vSphere before new work starts touching it:
         // the queue dispatches as soon as it starts, and a queued backup of a VM whose
         // snapshot is still being removed here would be refused.
-        match engine::reconcile(&env, &[], false).await {
-            Ok(r) if r.is_clean() => tracing::info!("reconcile at start-up: clean"),
-            Ok(r) => tracing::warn!(
-                snapshots_removed = r.snapshots_removed.len(),
-                access_ended = r.access_ended.len(),
-                jobs_interrupted = r.jobs_interrupted.len(),
-                errors = ?r.errors,
-                "reconcile at start-up"
-            ),
-            Err(e) => tracing::error!(error = %engine::error_chain(&e), "reconcile at start-up"),
-        }
+        crate::daemon::maintenance::log_reconcile(
+            "reconcile at start-up",
+            &engine::reconcile(&env, &[], false).await,
+        );
         let (queue, interrupted) = Queue::start(
             env.repo.catalog().clone(),
             Arc::new(body),

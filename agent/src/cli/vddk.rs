@@ -27,7 +27,7 @@ struct InfoArgs {
     #[arg(
         long,
         env = "VADP_VDDK_LIBDIR",
-        default_value = "/usr/lib/vmware-vix-disklib"
+        default_value = "/opt/vmware-vix-disklib-distrib"
     )]
     libdir: PathBuf,
     /// VDDK configuration file passed to InitEx.

@@ -366,17 +366,51 @@ pub async fn reconcile_periodically(env: engine::Environment, stop: Cancellation
                 continue;
             }
         }
-        match engine::reconcile(&env, &[], false).await {
-            Ok(r) if r.is_clean() => tracing::debug!("periodic reconcile: nothing left open"),
-            Ok(r) => tracing::warn!(
-                snapshots_removed = r.snapshots_removed.len(),
-                access_ended = r.access_ended.len(),
-                jobs_interrupted = r.jobs_interrupted.len(),
-                errors = ?r.errors,
-                "periodic reconcile"
-            ),
-            Err(e) => tracing::error!(error = %engine::error_chain(&e), "periodic reconcile"),
+        log_reconcile(
+            "periodic reconcile",
+            &engine::reconcile(&env, &[], false).await,
+        );
+    }
+}
+
+/// Logs what a reconcile of the daemon's (`what`: at start-up, periodic) did: what it
+/// undid at `info` (the only trace of a crash's leftovers being cleaned), what it could
+/// not at `warn`; a run with nothing to do at `debug`.
+pub fn log_reconcile(what: &str, result: &Result<engine::ReconcileReport, engine::BackupError>) {
+    match result {
+        Ok(r) => {
+            let undid = r.snapshots_removed.len()
+                + r.access_ended.len()
+                + r.jobs_interrupted.len()
+                + r.half_created_vms.len();
+            let (removed, ended, interrupted, shells) = (
+                r.snapshots_removed.len(),
+                r.access_ended.len(),
+                r.jobs_interrupted.len(),
+                r.half_created_vms.len(),
+            );
+            if !r.errors.is_empty() {
+                tracing::warn!(
+                    snapshots_removed = removed,
+                    access_ended = ended,
+                    jobs_interrupted = interrupted,
+                    half_created_vms = shells,
+                    errors = ?r.errors,
+                    "{what}: some of what interrupted jobs left could not be undone (tried again later)"
+                );
+            } else if undid > 0 {
+                tracing::info!(
+                    snapshots_removed = removed,
+                    access_ended = ended,
+                    jobs_interrupted = interrupted,
+                    half_created_vms = shells,
+                    "{what}: undid what interrupted jobs left"
+                );
+            } else {
+                tracing::debug!("{what}: nothing left open");
+            }
         }
+        Err(e) => tracing::error!(error = %engine::error_chain(e), "{what}"),
     }
 }
 

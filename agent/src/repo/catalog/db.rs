@@ -489,9 +489,14 @@ impl Catalog {
             )
             .map_err(sql)?;
         if let Some(job) = point.job {
+            // A job the catalog has no record of (`repo rebuild-catalog`, which has only the
+            // points): its group from the point's stats, so that the group's policy still
+            // applies its retention to it.
+            let group = point.stats.get("group").and_then(serde_json::Value::as_str);
             tx.execute(
-                "INSERT OR IGNORE INTO jobs (id, created_at, state) VALUES (?1, ?2, 'running')",
-                params![job.to_string(), point.created_at],
+                "INSERT OR IGNORE INTO jobs (id, group_name, created_at, state)
+                 VALUES (?1, ?2, ?3, 'running')",
+                params![job.to_string(), group, point.created_at],
             )
             .map_err(sql)?;
         }
@@ -1093,6 +1098,26 @@ pub(crate) mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_point_of_an_unrecorded_job_gives_the_job_its_group() {
+        let mut c = Catalog::open_in_memory().unwrap();
+        let mut p = sample_point("a", 100);
+        p.stats = serde_json::json!({"group": "nightly"});
+        c.commit_point(&p).unwrap();
+        let loose = sample_point("b", 100);
+        c.commit_point(&loose).unwrap();
+        assert_eq!(c.jobs_of_group("nightly").unwrap(), vec![p.job.unwrap()]);
+        // A job recorded first keeps the group it started with.
+        let recorded = JobId::new_random();
+        c.job_start(recorded, Some("weekly"), 100).unwrap();
+        let mut q = sample_point("c", 100);
+        q.job = Some(recorded);
+        q.stats = serde_json::json!({"group": "nightly"});
+        c.commit_point(&q).unwrap();
+        assert_eq!(c.jobs_of_group("weekly").unwrap(), vec![recorded]);
+        assert_eq!(c.jobs_of_group("nightly").unwrap().len(), 1);
     }
 
     #[test]
