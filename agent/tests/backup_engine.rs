@@ -1692,9 +1692,19 @@ mod tests {
         let quiet = fx.backup(&[&vm], &["--quiesce", &vm.0], None);
         assert!(!warned(&quiet), "{:?}", quiet.events);
         assert!(show(&point_of(&quiet)).contains("quiesced:   yes"));
+        assert_eq!(vm_report(quiet.ok(), &vm)["quiesced"], true);
         fx.lab.set_tools_running(&vm, false).unwrap();
         let crash = fx.backup(&[&vm], &["--quiesce", &vm.0], None);
         assert!(warned(&crash), "{:?}", crash.events);
+        // The report says it too, for a run nobody watched (the timer's, the API's).
+        let r = vm_report(crash.ok(), &vm);
+        assert_eq!(r["quiesced"], false, "{r}");
+        assert!(
+            r["warnings"][0]
+                .as_str()
+                .is_some_and(|m| m.contains("crash-consistent")),
+            "{r}"
+        );
         assert!(
             show(&point_of(&crash)).contains("quiesced:   no, though asked for"),
             "{}",
@@ -1703,6 +1713,11 @@ mod tests {
         let plain = fx.backup(&[&vm], &[], None);
         assert!(!warned(&plain));
         assert!(show(&point_of(&plain)).contains("quiesced:   no\n"));
+        assert!(vm_report(plain.ok(), &vm)["quiesced"].is_null());
+        assert_eq!(
+            vm_report(plain.ok(), &vm)["warnings"],
+            serde_json::json!([])
+        );
     }
 
     #[test]

@@ -454,6 +454,12 @@ fn print_report(r: &engine::BackupReport) {
                 e.as_deref().unwrap_or("unknown error")
             ),
         }
+        if v.quiesced == Some(false) {
+            say!("    quiesce asked for, not done: the point is crash-consistent");
+        }
+        for w in &v.warnings {
+            say!("    warning: {w}");
+        }
         for c in &v.cleanup_errors {
             say!("    cleanup: {c}");
         }

@@ -429,6 +429,13 @@ pub struct VmReport {
     /// The VirtualMachineGroup and VirtualMachineServices kept with the point (`kind
     /// name`), seed 001 §10.3–§10.4.
     pub related: Vec<String>,
+    /// Asked to quiesce: whether the snapshot was quiesced (vSphere makes it without when
+    /// VMware Tools is not running); none when not asked.
+    pub quiesced: Option<bool>,
+    /// What went wrong short of failing the VM (a quiesce not done, change tracking left
+    /// off, the NVRAM or the VM Service group not kept, ExtraConfig problems); each was
+    /// also a `warning` event.
+    pub warnings: Vec<String>,
     /// The error, when the VM failed.
     pub error: Option<String>,
     /// Problems cleaning up (a snapshot that could not be removed is also left in the
@@ -536,6 +543,8 @@ struct JobCtx {
     snapshot_at: std::sync::OnceLock<i64>,
     /// vCenter's clock minus this machine's, in seconds, measured at the job's start.
     clock_offset_secs: i64,
+    /// The warnings of the job's VMs so far ([`warn_vm`]).
+    warnings: Mutex<Vec<(VmMoref, String)>>,
     /// The job's VMs as (Supervisor namespace, name), once set up (§10.3–§10.4: are a
     /// group's members and a service's VMs in the job?); no namespace for a VM that is no
     /// VM Service VM.
@@ -683,6 +692,7 @@ async fn run_job(
         snapshot_at: std::sync::OnceLock::new(),
         clock_offset_secs,
         job_vms: std::sync::OnceLock::new(),
+        warnings: Mutex::new(Vec::new()),
     });
 
     // Held until every point of the job is committed: GC waits (ARCHITECTURE §6). Let go
@@ -833,6 +843,19 @@ async fn run_job(
         }
         reports.push(report);
     }
+    {
+        let warnings = ctx
+            .warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in &mut reports {
+            r.warnings = warnings
+                .iter()
+                .filter(|(vm, _)| *vm == r.vm)
+                .map(|(_, m)| m.clone())
+                .collect();
+        }
+    }
     let succeeded = reports.iter().all(|r| r.error.is_none());
     let warnings = reports
         .iter()
@@ -866,6 +889,8 @@ fn failed_report(vm: &VmMoref, name: &str, error: String) -> VmReport {
         vmx_bytes: 0,
         nvram_bytes: None,
         related: Vec::new(),
+        quiesced: None,
+        warnings: Vec::new(),
         error: Some(error),
         cleanup_errors: Vec::new(),
         seconds: 0.0,
@@ -1095,16 +1120,16 @@ async fn set_up(
             // the tracking data that makes: incrementals could then miss changes. It stays
             // off, and each backup is full (its disks record no changeId), until the
             // snapshots are gone.
-            (ctx.observer)(&BackupEvent::Warning {
-                vm: info.moref.clone(),
-                name: info.name.clone(),
-                message: format!(
+            warn_vm(
+                ctx,
+                (&info.moref, &info.name),
+                format!(
                     "change tracking is off and the VM has {snapshots} snapshot(s): VMware \
                      does not support enabling it then (its incrementals could miss \
                      changes), so it stays off and this backup is full; delete or \
                      consolidate the snapshots to have it enabled at the next backup"
                 ),
-            });
+            );
         } else if !info.change_tracking_enabled {
             let enabled = match enable_cbt(env, ctx, &info).await {
                 Ok(()) => {
@@ -1395,6 +1420,22 @@ fn check_cancel(ctx: &JobCtx) -> Result<(), BackupError> {
     }
 }
 
+/// A warning about one VM: logged, sent as a `warning` event, and kept for the VM's
+/// report (`VmReport::warnings`), so that a run nobody watches (the timer's, the daemon's)
+/// still says it.
+fn warn_vm(ctx: &JobCtx, (vm, name): (&VmMoref, &str), message: String) {
+    tracing::warn!(vm = %vm, name, "{message}");
+    ctx.warnings
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((vm.clone(), message.clone()));
+    (ctx.observer)(&BackupEvent::Warning {
+        vm: vm.clone(),
+        name: name.to_owned(),
+        message,
+    });
+}
+
 async fn resolve(env: &Environment, selector: &VmSelector) -> Result<VmMoref, BackupError> {
     match selector {
         VmSelector::Moref(m) => Ok(m.clone()),
@@ -1554,12 +1595,7 @@ async fn back_up_vm_inner(
                  EFI variables",
                 crate::engine::error_chain(&e)
             );
-            tracing::warn!(vm = %vm, "{message}");
-            (ctx.observer)(&BackupEvent::Warning {
-                vm: vm.clone(),
-                name: info.name.clone(),
-                message,
-            });
+            warn_vm(ctx, (vm, &info.name), message);
             None
         }
     };
@@ -1642,16 +1678,13 @@ async fn back_up_vm_inner(
             ),
         };
         if !quiesced {
-            (ctx.observer)(&BackupEvent::Warning {
-                vm: vm.clone(),
-                name: info.name.clone(),
-                message: why_not,
-            });
+            warn_vm(ctx, (vm, &info.name), why_not);
         }
         quiesced
     } else {
         false
     };
+    report.quiesced = request.quiesce.then_some(quiesced);
     let previous = previous_point(ctx, info).await?;
     let restored_in_place = restored_in_place_since(ctx, info, previous.as_ref()).await?;
     let connection = {
@@ -1729,12 +1762,7 @@ async fn back_up_vm_inner(
                 reason: format!("--require-vmservice: {message}"),
             });
         }
-        tracing::warn!(vm = %vm, "{message}");
-        (ctx.observer)(&BackupEvent::Warning {
-            vm: vm.clone(),
-            name: info.name.clone(),
-            message,
-        });
+        warn_vm(ctx, (vm, &info.name), message);
     }
     let roles: BTreeMap<i32, DiskRole> = validation.roles.iter().copied().collect();
     check_cancel(ctx)?;
@@ -1880,14 +1908,7 @@ async fn related_objects(
     else {
         return Vec::new();
     };
-    let warn = |message: String| {
-        tracing::warn!(vm = %info.moref, "{message}");
-        (ctx.observer)(&BackupEvent::Warning {
-            vm: info.moref.clone(),
-            name: info.name.clone(),
-            message,
-        });
-    };
+    let warn = |message: String| warn_vm(ctx, (&info.moref, &info.name), message);
     let not_kept = |what: &str, e: &str| {
         format!(
             "its {what} not kept ({e}): after a restore, recreate them from a copy of your \
