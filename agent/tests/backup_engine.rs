@@ -1536,6 +1536,16 @@ mod tests {
         assert_ne!(b.code, Some(0), "{}", b.stderr);
         let report = b.report.clone().unwrap();
         assert!(vm_report(&report, &db)["error"].is_string(), "{report}");
+        let failed: Vec<_> = b
+            .events
+            .iter()
+            .filter(|e| e["event"] == "vm_failed")
+            .collect();
+        assert!(
+            failed.len() == 1 && failed[0]["vm"] == db.0.as_str(),
+            "{:?}",
+            b.events
+        );
         let point = vm_report(&report, &web)["point"]
             .as_str()
             .unwrap()

@@ -815,13 +815,19 @@ async fn run_job(
     }
     let mut reports = failed;
     for (m, task) in members.iter().zip(tasks) {
+        // A VM's failure was reported by its task as it happened (not after the VMs
+        // before it in the list); a task that panicked is reported here.
         let mut report = match task.await {
             Ok(r) => r,
-            Err(e) => failed_report(
-                &m.info.moref,
-                &m.info.name,
-                format!("backup task failed: {e}"),
-            ),
+            Err(e) => {
+                let error = format!("backup task failed: {e}");
+                (ctx.observer)(&BackupEvent::VmFailed {
+                    vm: m.info.moref.clone(),
+                    name: m.info.name.clone(),
+                    error: error.clone(),
+                });
+                failed_report(&m.info.moref, &m.info.name, error)
+            }
         };
         // Phase 3: whatever the task left, tried again. What this attempt reports is what
         // is left now (an effect the task's own clean-up failed to undo and this one undid
@@ -832,13 +838,6 @@ async fn run_job(
                 vm: m.info.moref.clone(),
                 name: m.info.name.clone(),
                 message: format!("clean-up left work for reconcile: {e}"),
-            });
-        }
-        if let Some(e) = &report.error {
-            (ctx.observer)(&BackupEvent::VmFailed {
-                vm: m.info.moref.clone(),
-                name: m.info.name.clone(),
-                error: e.clone(),
             });
         }
         reports.push(report);
@@ -1538,6 +1537,13 @@ async fn back_up_vm(
     // Undo now rather than after the slowest VM of the group.
     // EndAccess tried again unless the job was cancelled (a shutdown waits for it).
     report.cleanup_errors = clean_up(ctx, &info.moref, &effects, !ctx.cancel.is_cancelled()).await;
+    if let Some(e) = &report.error {
+        (ctx.observer)(&BackupEvent::VmFailed {
+            vm: info.moref.clone(),
+            name: info.name.clone(),
+            error: e.clone(),
+        });
+    }
     report
 }
 
