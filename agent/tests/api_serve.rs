@@ -610,6 +610,9 @@ concurrent_jobs = 2
             let points = client.points().await.unwrap().points;
             assert_eq!(points.len(), 1);
             assert_eq!(points[0].id, point);
+            // The engine's job: the `job` of the API job's result.
+            assert_eq!(points[0].job.as_deref(), result["job"].as_str());
+            assert!(points[0].group_failed.is_empty(), "{points:?}");
             assert_eq!(client.point(&point).await.unwrap().vm, vm.0);
             assert!(client.verify().await.unwrap().ok);
 
@@ -1837,6 +1840,43 @@ concurrent_jobs = 2
 
     /// After a crash, the start-up reconcile removes what the interrupted job left before
     /// the queue starts a job queued behind it, on the same VM.
+    /// An independent job through the API: the VM that is not there fails alone, the other
+    /// is backed up, and its point says which VM of its job has no companion point.
+    #[test]
+    fn an_independent_api_job_backs_up_the_vms_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lab_root, vcenter, lab, vm, disk) = lab_with_vm(dir.path(), "indep-1");
+        lab.guest_write(&vm, disk, 0, &[5u8; 65536]).unwrap();
+        let (_, config) = prepare_agent(dir.path(), &lab_root, &vcenter);
+        let (_daemon, base) = serve(&config);
+        let rt = runtime();
+        let client = Client::new(&base, Some(Token::new(TOKEN))).unwrap();
+        let mut request = one_vm_backup(&vm.0);
+        request.vms.push(VmSpec {
+            vm: "vm-999999".into(),
+            quiesce: false,
+        });
+        // A consistency group (the default): refused whole, no point.
+        let job = rt.block_on(client.backup(&request)).unwrap();
+        let (_, ended) = rt.block_on(follow(&client, &job.id));
+        assert_eq!(ended.state, JobState::Failed, "{:?}", ended.error);
+        assert!(rt.block_on(client.points()).unwrap().points.is_empty());
+        request.independent = true;
+        let job = rt.block_on(client.backup(&request)).unwrap();
+        let (names, ended) = rt.block_on(follow(&client, &job.id));
+        assert_eq!(ended.state, JobState::Failed, "{:?}", ended.error);
+        assert!(names.iter().any(|n| n == "vm_failed"), "{names:?}");
+        let result = ended.result.unwrap();
+        let points = rt.block_on(client.points()).unwrap().points;
+        assert_eq!(points.len(), 1, "{points:?}");
+        assert_eq!(points[0].vm, vm.0);
+        assert_eq!(points[0].job.as_deref(), result["job"].as_str());
+        assert_eq!(points[0].group_failed, vec!["vm-999999".to_owned()]);
+        let one = rt.block_on(client.point(&points[0].id)).unwrap();
+        assert_eq!(one.group_failed, points[0].group_failed);
+        assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
+    }
+
     #[test]
     fn a_job_queued_behind_a_crashed_one_runs_after_the_restart() {
         let dir = tempfile::tempdir().unwrap();

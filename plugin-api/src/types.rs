@@ -319,6 +319,15 @@ pub struct Point {
     #[schema(value_type = Object)]
     #[serde(default)]
     pub stats: serde_json::Value,
+    /// The backup job that made it, as the catalog knows it: the `job` of the API job's
+    /// `result` (not the API job's own id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The VMs of that job that failed (by name): this point has no companion of theirs
+    /// from it. In a consistency group the point is then not the whole application's, and
+    /// a group restore should take all its VMs' points from a job where none failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_failed: Vec<String>,
 }
 
 /// `GET /v1/points`.

@@ -427,8 +427,50 @@ async fn job_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+/// The API's view of points, with their job and the VMs that failed in it (read once per
+/// job). On a blocking thread: it asks the catalog.
+fn point_views(
+    catalog: &crate::repo::CatalogHandle,
+    points: Vec<PointRecord>,
+) -> Result<Vec<Point>, String> {
+    let mut failed_in: std::collections::HashMap<crate::ids::JobId, Vec<String>> =
+        std::collections::HashMap::new();
+    let chain = |e: crate::repo::CatalogError| engine::error_chain(&e);
+    points
+        .into_iter()
+        .map(|p| {
+            let job = catalog
+                .point_config(p.id)
+                .map_err(chain)?
+                .and_then(|c| c.job);
+            let group_failed = match job {
+                Some(job) => match failed_in.get(&job) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = catalog
+                            .job_stats(job)
+                            .map_err(chain)?
+                            .map(|s| engine::failed_members(&s))
+                            .unwrap_or_default();
+                        failed_in.insert(job, f.clone());
+                        f
+                    }
+                },
+                None => Vec::new(),
+            };
+            Ok(Point {
+                job: job.map(|j| j.to_string()),
+                group_failed,
+                ..point_view(p)
+            })
+        })
+        .collect()
+}
+
 fn point_view(p: PointRecord) -> Point {
     Point {
+        job: None,
+        group_failed: Vec::new(),
         id: p.id.to_string(),
         vm: p.vm.moref.to_string(),
         name: p.vm.name,
@@ -462,10 +504,12 @@ fn point_id(id: &str) -> ApiResult<RestorePointId> {
 
 async fn list_points(State(s): State<Arc<AppState>>) -> ApiResult<axum::Json<PointList>> {
     let catalog = s.env.repo.catalog().clone();
-    let points = short(move || catalog.list_points().map_err(|e| engine::error_chain(&e))).await?;
-    Ok(axum::Json(PointList {
-        points: points.into_iter().map(point_view).collect(),
-    }))
+    let points = short(move || {
+        let points = catalog.list_points().map_err(|e| engine::error_chain(&e))?;
+        point_views(&catalog, points)
+    })
+    .await?;
+    Ok(axum::Json(PointList { points }))
 }
 
 async fn get_point(
@@ -474,10 +518,16 @@ async fn get_point(
 ) -> ApiResult<axum::Json<Point>> {
     let pid = point_id(&id)?;
     let catalog = s.env.repo.catalog().clone();
-    short(move || catalog.get_point(pid).map_err(|e| engine::error_chain(&e)))
-        .await?
-        .map(|p| axum::Json(point_view(p)))
-        .ok_or_else(|| ApiFailure::not_found("restore point", &id))
+    short(move || {
+        let point = catalog
+            .get_point(pid)
+            .map_err(|e| engine::error_chain(&e))?;
+        point_views(&catalog, point.into_iter().collect())
+    })
+    .await?
+    .pop()
+    .map(axum::Json)
+    .ok_or_else(|| ApiFailure::not_found("restore point", &id))
 }
 
 /// The objects the point kept besides its disks, read from its config file (a missing or

@@ -712,7 +712,7 @@ pub fn show(args: &ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
     let skew = job_stats.as_ref().and_then(|s| s.get("skew_ms")).cloned();
     let group_failed = job_stats
         .as_ref()
-        .map(super::failed_members)
+        .map(crate::engine::failed_members)
         .unwrap_or_default();
     if json {
         say!(

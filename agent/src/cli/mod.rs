@@ -172,22 +172,6 @@ pub fn output_failed() -> bool {
     OUTPUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The VMs that failed in a group job, from the job's statistics (its other VMs' points do
-/// not have the group's companions from that job).
-pub(crate) fn failed_members(job_stats: &serde_json::Value) -> Vec<String> {
-    job_stats
-        .get("vms")
-        .and_then(serde_json::Value::as_array)
-        .map(|vms| {
-            vms.iter()
-                .filter(|v| v.get("error").is_some_and(|e| !e.is_null()))
-                .filter_map(|v| v.get("name").and_then(serde_json::Value::as_str))
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A catalog time (Unix seconds) for people: RFC 3339 in UTC.
 pub(crate) fn utc(secs: i64) -> String {
     jiff::Timestamp::from_second(secs)

@@ -427,7 +427,7 @@ pub(crate) fn list(args: &ListArgs, json: bool) -> anyhow::Result<ExitCode> {
         if let Some(ms) = stats.get("skew_ms").and_then(serde_json::Value::as_u64) {
             skews.insert(p.id.to_string(), ms.into());
         }
-        let failed = super::failed_members(&stats);
+        let failed = crate::engine::failed_members(&stats);
         if !failed.is_empty() {
             incomplete.insert(p.id.to_string(), failed.into());
         }

@@ -875,6 +875,23 @@ async fn run_job(
     })
 }
 
+/// The VMs that failed in a job, from the job's statistics (its other VMs' points do not
+/// have their companions from that job).
+#[must_use]
+pub fn failed_members(job_stats: &serde_json::Value) -> Vec<String> {
+    job_stats
+        .get("vms")
+        .and_then(serde_json::Value::as_array)
+        .map(|vms| {
+            vms.iter()
+                .filter(|v| v.get("error").is_some_and(|e| !e.is_null()))
+                .filter_map(|v| v.get("name").and_then(serde_json::Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn failed_report(vm: &VmMoref, name: &str, error: String) -> VmReport {
     VmReport {
         vm: vm.clone(),

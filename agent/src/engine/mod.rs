@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 pub use backup::{
     BackupError, BackupEvent, BackupReport, BackupRequest, DiskReport, SNAPSHOT_TAG, Slot,
-    SnapshotGate, VmReport, VmRequest, VmSelector, run_backup,
+    SnapshotGate, VmReport, VmRequest, VmSelector, failed_members, run_backup,
 };
 pub use journal::JobLock;
 pub use limits::{Limits, PlaceLimits};
