@@ -695,6 +695,13 @@ mod tests {
                 .position(|m| m.starts_with(prefix))
                 .unwrap_or_else(|| panic!("no step {prefix}: {steps:?}"))
         };
+        // One job's points: nothing to say about their moment.
+        assert!(
+            !steps
+                .iter()
+                .any(|m| m.contains("backup job") && m.contains("different")),
+            "{steps:?}"
+        );
         let registered: Vec<usize> = (0..steps.len())
             .filter(|&i| steps[i].starts_with("registration complete"))
             .collect();
@@ -916,6 +923,16 @@ mod tests {
                     .as_str()
                     .unwrap()
                     .contains("kept different copies of VirtualMachineGroup copy-group")),
+            "{}",
+            r.stdout
+        );
+        // Backed up by two jobs: said before anything changes.
+        assert!(
+            r.events.iter().any(|e| e["event"] == "step"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("the points come from 2 different backup jobs")),
             "{}",
             r.stdout
         );

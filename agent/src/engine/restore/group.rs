@@ -88,6 +88,63 @@ impl GroupRestoreReport {
     }
 }
 
+/// Whether the points share their backup's moment, as an application's VMs restored
+/// together should (seed 000's consistency groups): what a person should know when they
+/// do not, said before anything changes. Points of different jobs were taken at different
+/// moments; a point whose job had VMs that failed has no companion of theirs from it.
+async fn common_moment(
+    env: &crate::engine::Environment,
+    requests: &[RestoreRequest],
+) -> Result<Vec<String>, RestoreError> {
+    let catalog = env.repo.catalog().clone();
+    let points: Vec<RestorePointId> = requests.iter().map(|r| r.point).collect();
+    let jobs = blocking(move || {
+        let mut jobs: Vec<(crate::ids::JobId, Vec<RestorePointId>, Vec<String>)> = Vec::new();
+        for p in points {
+            let Some(job) = catalog.point_config(p)?.and_then(|c| c.job) else {
+                continue;
+            };
+            match jobs.iter_mut().find(|(j, _, _)| *j == job) {
+                Some((_, ps, _)) => ps.push(p),
+                None => {
+                    let failed = catalog
+                        .job_stats(job)?
+                        .map(|s| crate::engine::failed_members(&s))
+                        .unwrap_or_default();
+                    jobs.push((job, vec![p], failed));
+                }
+            }
+        }
+        Ok::<_, crate::repo::CatalogError>(jobs)
+    })
+    .await?
+    .map_err(BackupError::Catalog)?;
+    let mut messages = Vec::new();
+    if jobs.len() > 1 {
+        let list = jobs
+            .iter()
+            .map(|(job, ps, _)| {
+                let ps: Vec<String> = ps.iter().map(ToString::to_string).collect();
+                format!("job {job}: {}", ps.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        messages.push(format!(
+            "the points come from {} different backup jobs ({list}): the VMs come back as of \
+             different moments, not one application's common point in time",
+            jobs.len()
+        ));
+    }
+    for (job, _, failed) in jobs.iter().filter(|(_, _, f)| !f.is_empty()) {
+        messages.push(format!(
+            "in backup job {job}, {} failed: no point of theirs from that job is restored \
+             with the others",
+            failed.join(", ")
+        ));
+    }
+    Ok(messages)
+}
+
 /// Restores `requests` (two or more points, one VM each) as one application (see the
 /// module doc); each request's `recreate_related` asks for §10.5 phase 2 (the CLI and the
 /// API set it alike on all).
@@ -126,6 +183,10 @@ pub async fn run_group_restore(
         .map_err(BackupError::Repo)?;
         leases.push(lease);
         created_at.push(record.map_or(0, |p| p.created_at));
+    }
+    for message in common_moment(env, requests).await? {
+        tracing::warn!("{message}");
+        observer(&RestoreEvent::Step { message });
     }
     if !dry_run {
         reconcile_first(env, &observer).await;
