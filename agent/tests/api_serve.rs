@@ -1838,8 +1838,6 @@ concurrent_jobs = 2
         assert!(lab.disabled_methods(&vm).unwrap().is_empty());
     }
 
-    /// After a crash, the start-up reconcile removes what the interrupted job left before
-    /// the queue starts a job queued behind it, on the same VM.
     /// An independent job through the API: the VM that is not there fails alone, the other
     /// is backed up, and its point says which VM of its job has no companion point.
     #[test]
@@ -1877,6 +1875,8 @@ concurrent_jobs = 2
         assert!(lab.vm(&vm).unwrap().snapshots.is_empty());
     }
 
+    /// After a crash, the start-up reconcile removes what the interrupted job left before
+    /// the queue starts a job queued behind it, on the same VM, and logs what it undid.
     #[test]
     fn a_job_queued_behind_a_crashed_one_runs_after_the_restart() {
         let dir = tempfile::tempdir().unwrap();

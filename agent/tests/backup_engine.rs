@@ -1573,15 +1573,23 @@ mod tests {
 
     /// A job for many VMs (seed 002) with `--independent`: a VM that cannot be backed up
     /// (not found, refused in the set-up, held by another job, its snapshot failing) fails
-    /// alone, undone and reported, and the others get their points. Without it the same
-    /// VMs are one consistency group: refused whole, nothing changed.
+    /// alone, undone, reported once and let go at once, and the others get their points,
+    /// each its own VM's data. Without it the same VMs are one consistency group: refused
+    /// whole, nothing changed.
     #[test]
+    #[allow(clippy::too_many_lines)] // one scenario, step by step
     fn an_independent_job_backs_up_the_vms_it_can() {
         let fx = Fixture::new();
         let a = fx.new_vm("app-1", &[4]);
         let b = fx.new_vm("app-2", &[4]);
         let refused = fx.new_vm("app-3", &[4, 4]);
         let held = fx.new_vm("app-4", &[4]);
+        for (i, vm) in [&a, &b, &held].into_iter().enumerate() {
+            let seed = u8::try_from(i).unwrap() + 4;
+            fx.lab
+                .guest_write(vm, DiskKey(2000), 0, &pattern(seed, MIB))
+                .unwrap();
+        }
         fx.lab
             .modify_vm(&refused, |s| {
                 s.disks[1].mode = "independent_persistent".into();
@@ -1599,39 +1607,71 @@ mod tests {
         );
         assert!(fx.points().is_empty());
         fx.assert_clean(&[&a, &b, &refused]);
+        // b once on its own, so that its change tracking is on and the failure injected
+        // below hits the job's own snapshot, not the one that turns change tracking on.
+        fx.backup(&[&b], &[], None).ok();
+        fx.lab
+            .guest_write(&b, DiskKey(2000), 0, &pattern(9, MIB))
+            .unwrap();
 
         // Another job holds app-4 (paused while it reads its disk).
-        fx.lab
-            .guest_write(&held, DiskKey(2000), 0, &pattern(4, MIB))
-            .unwrap();
-        let pause = fx.dir.path().join("pause");
-        std::fs::create_dir_all(&pause).unwrap();
-        let mut args: Vec<String> = vec!["backup".into(), "--repo".into()];
-        args.push(fx.repo().display().to_string());
-        args.extend(["--vm".into(), held.0.clone()]);
-        args.extend(fx.connection());
-        let holder = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
-            .args(&args)
-            .env_remove("VADP_AGENT_PASSWORD")
-            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
-            .env("VADP_AGENT_PAUSE_DIR", &pause)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pause.join("backup-mid-disk.reached").exists() {
-            assert!(Instant::now() < deadline, "the holding backup never read");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let spawn_paused = |vms: &[&VmMoref], extra: &[&str], pause: &Path| {
+            std::fs::create_dir_all(pause).unwrap();
+            let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
+            args.push(fx.repo().display().to_string());
+            for vm in vms {
+                args.extend(["--vm".into(), vm.0.clone()]);
+            }
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            args.extend(fx.connection());
+            let child = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+                .args(&args)
+                .env_remove("VADP_AGENT_PASSWORD")
+                .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+                .env("VADP_AGENT_PAUSE_DIR", pause)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !pause.join("backup-mid-disk.reached").exists() {
+                assert!(Instant::now() < deadline, "the backup never read");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            child
+        };
+        let holder_pause = fx.dir.path().join("pause-holder");
+        let holder = spawn_paused(&[&held], &[], &holder_pause);
 
+        // The failing VM listed first: the snapshots of the others must stay theirs.
         fx.lab.fail_next_snapshot(&b).unwrap();
-        let job = fx.backup(&[&a, &b, &refused, &gone, &held], &["--independent"], None);
-        assert_eq!(job.code, Some(2), "{}", job.stderr);
-        let report = job.report.clone().unwrap();
-        assert!(vm_report(&report, &a)["point"].is_string(), "{report}");
+        let job_pause = fx.dir.path().join("pause-job");
+        let job = spawn_paused(
+            &[&b, &refused, &gone, &held, &a],
+            &["--independent"],
+            &job_pause,
+        );
+        // While the job reads a, the VMs that failed alone are free: b is backed up by
+        // another job meanwhile.
+        fx.backup(&[&b], &[], None).ok();
+        std::fs::write(job_pause.join("backup-mid-disk.go"), b"").unwrap();
+        let out = job.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{stdout}");
+        let events: Vec<Value> = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let report = events
+            .iter()
+            .find(|e| e["event"] == "report")
+            .map(|e| e["report"].clone())
+            .unwrap();
+        let point = vm_report(&report, &a)["point"].as_str().unwrap().to_owned();
+        assert_eq!(fx.restored(&point, 2000), fx.disk_bytes(&a, DiskKey(2000)));
         for (vm, says) in [
-            (&b, "Failed to quiesce"),
+            // The job's own snapshot failed (not the change-tracking cycle's).
+            (&b, "snapshot of app-2"),
             (&refused, "independent_persistent"),
             (&gone, "vm-999999"),
             (&held, "is working on it now"),
@@ -1642,30 +1682,24 @@ mod tests {
                 r["error"].as_str().unwrap().contains(says),
                 "{vm} ({says}): {report}"
             );
-            assert!(
-                job.events
-                    .iter()
-                    .any(|e| e["event"] == "vm_failed" && e["vm"] == vm.0.as_str()),
-                "{vm}: {:?}",
-                job.events
-            );
+            let failed = events
+                .iter()
+                .filter(|e| e["event"] == "vm_failed" && e["vm"] == vm.0.as_str())
+                .count();
+            assert_eq!(failed, 1, "{vm}: {events:?}");
         }
-        assert_eq!(fx.points().len(), 1);
+        // a's point, and b's from the job that ran beside it (and its first).
+        assert_eq!(fx.points().len(), 3);
         fx.assert_clean(&[&a, &b, &refused]);
-        // Nothing journalled is left open: reconcile finds nothing to undo.
-        let r = fx.reconcile(&[&a, &b]);
-        assert_eq!(
-            r["snapshots_removed"].as_array().map(Vec::len),
-            Some(0),
-            "{r}"
-        );
 
-        std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
+        std::fs::write(holder_pause.join("backup-mid-disk.go"), b"").unwrap();
         let out = holder.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
-        // The VMs that failed alone were let go: backed up by the next job.
-        fx.backup(&[&b, &held], &[], None).ok();
-        fx.assert_clean(&[&b, &held]);
+        fx.assert_clean(&[&held]);
+        // Nothing any of the jobs journalled is left open.
+        let repo = Repository::open(&fx.repo()).unwrap();
+        let open = repo.catalog().journal_open_entries().unwrap();
+        assert!(open.is_empty(), "{open:?}");
     }
 
     /// A point is recorded as quiesced only when vCenter's snapshot says so: with VMware

@@ -106,6 +106,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         crate::daemon::maintenance::log_reconcile(
             "reconcile at start-up",
             &engine::reconcile(&env, &[], false).await,
+            true,
         );
         let (queue, interrupted) = Queue::start(
             env.repo.catalog().clone(),

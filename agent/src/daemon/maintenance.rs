@@ -369,48 +369,57 @@ pub async fn reconcile_periodically(env: engine::Environment, stop: Cancellation
         log_reconcile(
             "periodic reconcile",
             &engine::reconcile(&env, &[], false).await,
+            false,
         );
     }
 }
 
 /// Logs what a reconcile of the daemon's (`what`: at start-up, periodic) did: what it
 /// undid at `info` (the only trace of a crash's leftovers being cleaned), what it could
-/// not at `warn`; a run with nothing to do at `debug`.
-pub fn log_reconcile(what: &str, result: &Result<engine::ReconcileReport, engine::BackupError>) {
-    match result {
-        Ok(r) => {
-            let undid = r.snapshots_removed.len()
-                + r.access_ended.len()
-                + r.jobs_interrupted.len()
-                + r.half_created_vms.len();
-            let (removed, ended, interrupted, shells) = (
-                r.snapshots_removed.len(),
-                r.access_ended.len(),
-                r.jobs_interrupted.len(),
-                r.half_created_vms.len(),
-            );
-            if !r.errors.is_empty() {
-                tracing::warn!(
-                    snapshots_removed = removed,
-                    access_ended = ended,
-                    jobs_interrupted = interrupted,
-                    half_created_vms = shells,
-                    errors = ?r.errors,
-                    "{what}: some of what interrupted jobs left could not be undone (tried again later)"
-                );
-            } else if undid > 0 {
-                tracing::info!(
-                    snapshots_removed = removed,
-                    access_ended = ended,
-                    jobs_interrupted = interrupted,
-                    half_created_vms = shells,
-                    "{what}: undid what interrupted jobs left"
-                );
-            } else {
-                tracing::debug!("{what}: nothing left open");
-            }
+/// not, or what needs a person (a VM shell a restore left), at `warn`; a run with nothing
+/// to do at `info` when `idle_at_info` (start-up), else at `debug`.
+pub fn log_reconcile(
+    what: &str,
+    result: &Result<engine::ReconcileReport, engine::BackupError>,
+    idle_at_info: bool,
+) {
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %engine::error_chain(e), "{what}");
+            return;
         }
-        Err(e) => tracing::error!(error = %engine::error_chain(e), "{what}"),
+    };
+    let (removed, ended, interrupted, transport, shells) = (
+        r.snapshots_removed.len(),
+        r.access_ended.len(),
+        r.jobs_interrupted.len(),
+        r.transport_cleaned,
+        r.half_created_vms.len(),
+    );
+    if !r.errors.is_empty() || shells > 0 {
+        tracing::warn!(
+            snapshots_removed = removed,
+            access_ended = ended,
+            jobs_interrupted = interrupted,
+            transport_cleaned = transport,
+            half_created_vms = ?r.half_created_vms,
+            errors = ?r.errors,
+            "{what}: some of what interrupted jobs left is still there (errors are tried again \
+             later; a half-created VM is for a person to remove)"
+        );
+    } else if removed + ended + interrupted > 0 || transport > 0 {
+        tracing::info!(
+            snapshots_removed = removed,
+            access_ended = ended,
+            jobs_interrupted = interrupted,
+            transport_cleaned = transport,
+            "{what}: undid what interrupted jobs left"
+        );
+    } else if idle_at_info {
+        tracing::info!("{what}: nothing left open");
+    } else {
+        tracing::debug!("{what}: nothing left open");
     }
 }
 

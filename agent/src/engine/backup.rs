@@ -782,6 +782,13 @@ async fn run_job(
     // Reported once the set-up is over: an attempt that waited for a busy VM may have
     // met the same failures before.
     for r in &failed {
+        for e in &r.cleanup_errors {
+            (ctx.observer)(&BackupEvent::Warning {
+                vm: r.vm.clone(),
+                name: r.name.clone(),
+                message: format!("clean-up left work for reconcile: {e}"),
+            });
+        }
         (ctx.observer)(&BackupEvent::VmFailed {
             vm: r.vm.clone(),
             name: r.name.clone(),
@@ -1008,10 +1015,15 @@ async fn set_up(
         let as_given = r.selector.to_string();
         let moref = match resolve(env, &r.selector).await {
             Ok(m) => m,
-            // Not found: named as given.
+            // Not found: the VM as given, and its name (by which retention still holds the
+            // points of a VM that failed).
             Err(e) => {
                 let vm = VmMoref::from(as_given.as_str());
-                fail_alone(ctx, failed, (&vm, &as_given), e, Vec::new())?;
+                let name = match &r.selector {
+                    VmSelector::Namespaced { name, .. } => name.as_str(),
+                    VmSelector::Moref(_) => as_given.as_str(),
+                };
+                fail_alone(ctx, failed, (&vm, name), e, Vec::new())?;
                 continue;
             }
         };
@@ -1168,10 +1180,14 @@ async fn set_up(
                     info = now;
                     cbt_enabled_now = true;
                 }
-                Err(e) => {
-                    fail_alone(ctx, failed, (&info.moref, &info.name), e, Vec::new())?;
+                Err(e) if fails_alone(ctx, &e) => {
+                    // The cycle's snapshot not removed, or its consolidation not done:
+                    // journalled for reconcile, and the VM kept locked until the job ends.
+                    let left = still_journalled(ctx, &info.moref).await?;
+                    fail_alone(ctx, failed, (&info.moref, &info.name), e, left)?;
                     continue;
                 }
+                Err(e) => return Err(e),
             }
         }
         members.push(Member {
@@ -1296,11 +1312,19 @@ async fn set_up(
         return Err(e);
     }
     // From the last, so that the indexes stay right; `snapshots` holds the others'.
+    let mut gone = Vec::new();
     for (i, e) in lost.into_iter().rev() {
-        let m = members.remove(i);
-        // The snapshot may exist all the same (a task whose answer was lost): found by
-        // the job's description, as reconcile would.
-        let left = clean_up(ctx, &m.info.moref, &m.effects, false).await;
+        gone.push((members.remove(i), e));
+    }
+    // Undone together (each may wait for its snapshot task): the others' snapshots are
+    // held meanwhile. A snapshot may exist all the same (a task whose answer was lost):
+    // found by the job's description, as reconcile would.
+    let left = futures_util::future::join_all(
+        gone.iter()
+            .map(|(m, _)| clean_up(ctx, &m.info.moref, &m.effects, false)),
+    )
+    .await;
+    for ((m, e), left) in gone.into_iter().rev().zip(left.into_iter().rev()) {
         fail_alone(ctx, failed, (&m.info.moref, &m.info.name), e, left)?;
     }
     crash_point("after-snapshot");
@@ -1450,6 +1474,28 @@ fn warn_vm(ctx: &JobCtx, (vm, name): (&VmMoref, &str), message: String) {
         name: name.to_owned(),
         message,
     });
+}
+
+/// What this job still has journalled for `vm` (side effects its clean-up could not undo,
+/// left for reconcile), as problems for the VM's report.
+async fn still_journalled(ctx: &JobCtx, vm: &VmMoref) -> Result<Vec<String>, BackupError> {
+    let catalog = ctx.env.repo.catalog().clone();
+    let entries = blocking(move || catalog.journal_open_entries())
+        .await?
+        .map_err(BackupError::Catalog)?;
+    let job = ctx.job.to_string();
+    Ok(entries
+        .into_iter()
+        .filter(|e| {
+            e.vm == *vm && e.detail.get("job").and_then(serde_json::Value::as_str) == Some(&job)
+        })
+        .map(|e| {
+            format!(
+                "{} of {vm} not undone (left for `vadp-agent reconcile`)",
+                e.kind
+            )
+        })
+        .collect())
 }
 
 async fn resolve(env: &Environment, selector: &VmSelector) -> Result<VmMoref, BackupError> {

@@ -184,9 +184,18 @@ pub async fn run_group_restore(
         leases.push(lease);
         created_at.push(record.map_or(0, |p| p.created_at));
     }
-    for message in common_moment(env, requests).await? {
-        tracing::warn!("{message}");
-        observer(&RestoreEvent::Step { message });
+    // Only informs: a catalog that cannot say is logged, not a reason to refuse.
+    match common_moment(env, requests).await {
+        Ok(messages) => {
+            for message in messages {
+                tracing::warn!("{message}");
+                observer(&RestoreEvent::Step { message });
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = %crate::engine::error_chain(&e),
+            "could not check that the points are one backup job's"
+        ),
     }
     if !dry_run {
         reconcile_first(env, &observer).await;
