@@ -1584,6 +1584,19 @@ mod tests {
         let b = fx.new_vm("app-2", &[4]);
         let refused = fx.new_vm("app-3", &[4, 4]);
         let held = fx.new_vm("app-4", &[4]);
+        // Another product has PrepareForAccess'ed app-5: ours fails (vSphere's
+        // MethodAlreadyDisabled).
+        let other = fx.new_vm("app-5", &[4]);
+        let foreign = lab::vmstate::DisabledMethod {
+            method: lab::vmstate::RELOCATE_METHOD.into(),
+            source: "another-backup-product".into(),
+        };
+        fx.lab
+            .modify_vm(&other, |s| {
+                s.disabled_methods.push(foreign.clone());
+                Ok(())
+            })
+            .unwrap();
         for (i, vm) in [&a, &b, &held].into_iter().enumerate() {
             let seed = u8::try_from(i).unwrap() + 4;
             fx.lab
@@ -1647,7 +1660,7 @@ mod tests {
         fx.lab.fail_next_snapshot(&b).unwrap();
         let job_pause = fx.dir.path().join("pause-job");
         let job = spawn_paused(
-            &[&b, &refused, &gone, &held, &a],
+            &[&b, &refused, &gone, &held, &other, &a],
             &["--independent"],
             &job_pause,
         );
@@ -1675,6 +1688,7 @@ mod tests {
             (&refused, "independent_persistent"),
             (&gone, "vm-999999"),
             (&held, "is working on it now"),
+            (&other, "PrepareForAccess for app-5"),
         ] {
             let r = vm_report(&report, vm);
             assert!(r["point"].is_null(), "{vm}: {report}");
@@ -1696,6 +1710,9 @@ mod tests {
         let out = holder.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
         fx.assert_clean(&[&held]);
+        // Only the other product's mark is left on app-5: ours was ended.
+        assert_eq!(fx.lab.disabled_methods(&other).unwrap(), vec![foreign]);
+        assert!(fx.lab.vm(&other).unwrap().snapshots.is_empty());
         // Nothing any of the jobs journalled is left open.
         let repo = Repository::open(&fx.repo()).unwrap();
         let open = repo.catalog().journal_open_entries().unwrap();
