@@ -325,7 +325,8 @@ pub struct Point {
     pub job: Option<String>,
     /// The VMs of that job that failed (by name): this point has no companion of theirs
     /// from it. In a consistency group the point is then not the whole application's, and
-    /// a group restore should take all its VMs' points from a job where none failed.
+    /// a group restore should take all its VMs' points from a job where none failed. Empty
+    /// for a point of an independent job, which stands alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group_failed: Vec<String>,
 }

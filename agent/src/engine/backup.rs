@@ -639,6 +639,7 @@ pub async fn run_backup(
         }),
         stats: json!({
             "group": request.group,
+            "independent": request.independent,
             "seconds": started.elapsed().as_secs_f64(),
             "skew_ms": report.as_ref().and_then(|r| r.skew_ms),
             "vms": report.as_ref().map(|r| r.vms.iter().map(|v| json!({
@@ -883,9 +884,13 @@ async fn run_job(
 }
 
 /// The VMs that failed in a job, from the job's statistics (its other VMs' points do not
-/// have their companions from that job).
+/// have their companions from that job). None for an independent job: its points stand
+/// alone, and no VM of it is another's companion.
 #[must_use]
 pub fn failed_members(job_stats: &serde_json::Value) -> Vec<String> {
+    if job_stats.get("independent") == Some(&serde_json::Value::Bool(true)) {
+        return Vec::new();
+    }
     job_stats
         .get("vms")
         .and_then(serde_json::Value::as_array)
@@ -2771,6 +2776,22 @@ mod tests {
             wait_for_snapshot_gate(&never, None, &cancel, &observer).await,
             Err(BackupError::Cancelled)
         ));
+    }
+
+    #[test]
+    fn an_independent_jobs_failed_vms_are_no_ones_missing_companions() {
+        let stats = json!({"vms": [
+            {"name": "db-1", "error": "snapshot failed", "point": null},
+            {"name": "web-1", "error": null, "point": "p"},
+        ]});
+        assert_eq!(failed_members(&stats), vec!["db-1".to_owned()]);
+        let mut independent = stats.clone();
+        independent["independent"] = true.into();
+        assert!(failed_members(&independent).is_empty());
+        // Jobs recorded before the flag existed were groups.
+        let mut older = stats;
+        older["independent"] = serde_json::Value::Null;
+        assert_eq!(failed_members(&older), vec!["db-1".to_owned()]);
     }
 
     #[test]
