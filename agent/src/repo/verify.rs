@@ -7,8 +7,14 @@
 //! checks that every other referenced chunk file exists: running `1/T` … `T/T` on successive
 //! days reads the whole repository once every `T` days, at `1/T` of the cost per run.
 //! Chunks recorded as damaged are always re-read.
+//!
+//! Memory: one entry per distinct chunk to check (a `BTreeSet` of digests, about 50 bytes
+//! each: 2.5 GB for 50 million chunks, 50 TB of distinct data at 1 MiB), never one per
+//! reference (every index is a full image, so references grow with points × chunks); and
+//! one index at a time, read whole (32 bytes per chunk of its disk). The points that use a
+//! bad chunk are found at the end by reading the indexes again, for the bad chunks only.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -242,16 +248,21 @@ pub fn verify(
         subset: select.subset,
         ..VerifyReport::default()
     };
-    let mut refs: BTreeMap<ChunkDigest, Vec<(RestorePointId, DiskKey)>> = BTreeMap::new();
+    // The distinct chunks to check, and nothing per reference: every index is a full
+    // image, so a chunk is referenced by nearly every point of its disk, and a map to its
+    // users would grow with points × chunks. Who uses a bad chunk is found at the end, by
+    // a second pass over the indexes for the (few) bad ones.
+    let selected = |p: &RestorePointId| select.points.is_none_or(|s| s.contains(p));
+    let mut referenced: BTreeSet<ChunkDigest> = BTreeSet::new();
     for p in points {
         for d in &p.disks {
             let path = root.join(&d.index_path);
             match FixedIndex::read_expecting(&path, chunk_size_bytes, d.capacity_bytes) {
                 Ok(index) => {
+                    let all = selected(&p.id);
                     for slot in index.slots().iter().filter(|s| !s.is_zero()) {
-                        let users = refs.entry(*slot).or_default();
-                        if users.last() != Some(&(p.id, d.key)) {
-                            users.push((p.id, d.key));
+                        if all || select.always.is_some_and(|a| a.contains(slot)) {
+                            referenced.insert(*slot);
                         }
                     }
                 }
@@ -293,17 +304,16 @@ pub fn verify(
     }
     if let Some(selected) = select.points {
         report.points = points.iter().filter(|p| selected.contains(&p.id)).count();
-        refs.retain(|d, users| {
-            users.iter().any(|(p, _)| selected.contains(p))
-                || select.always.is_some_and(|a| a.contains(d))
-        });
     }
-    report.chunks = refs.len();
+    report.chunks = referenced.len();
     let bad: Mutex<Vec<(ChunkDigest, ChunkState, String)>> = Mutex::new(Vec::new());
-    let (digests, unread): (Vec<ChunkDigest>, Vec<ChunkDigest>) =
-        refs.keys().copied().partition(|d| select.reads(d));
+    let digests: Vec<ChunkDigest> = referenced
+        .iter()
+        .filter(|d| select.reads(d))
+        .copied()
+        .collect();
     report.chunks_read = digests.len();
-    for d in &unread {
+    for d in referenced.iter().filter(|d| !select.reads(d)) {
         if let Err(e) = store.check_present(d) {
             bad.lock()
                 .expect("not poisoned")
@@ -370,18 +380,57 @@ pub fn verify(
     if done.into_inner() < digests.len() {
         return None;
     }
+    drop(referenced);
     let mut bad = bad.into_inner().expect("not poisoned");
     bad.sort();
+    let mut users = users_of(
+        root,
+        chunk_size_bytes,
+        points,
+        bad.iter().map(|(d, _, _)| *d).collect(),
+    );
     for (digest, state, error) in bad {
         report.problems.push(VerifyProblem::Chunk {
             digest,
             path: store.chunk_path(&digest),
             state,
             error,
-            points: refs.remove(&digest).unwrap_or_default(),
+            points: users.remove(&digest).unwrap_or_default(),
         });
     }
     Some(report)
+}
+
+/// Every point and disk whose index references one of `digests` (the bad chunks), read
+/// again from the indexes (those that do not read were reported already).
+fn users_of(
+    root: &Path,
+    chunk_size_bytes: u32,
+    points: &[PointRecord],
+    digests: BTreeSet<ChunkDigest>,
+) -> BTreeMap<ChunkDigest, Vec<(RestorePointId, DiskKey)>> {
+    let mut users: BTreeMap<ChunkDigest, Vec<(RestorePointId, DiskKey)>> =
+        digests.into_iter().map(|d| (d, Vec::new())).collect();
+    if users.is_empty() {
+        return users;
+    }
+    for p in points {
+        for d in &p.disks {
+            let path = root.join(&d.index_path);
+            let Ok(index) = FixedIndex::read_expecting(&path, chunk_size_bytes, d.capacity_bytes)
+            else {
+                continue;
+            };
+            for slot in index.slots() {
+                if let Some(u) = users.get_mut(slot)
+                    && u.last() != Some(&(p.id, d.key))
+                {
+                    u.push((p.id, d.key));
+                }
+            }
+        }
+    }
+    users
 }
 
 /// `error: cause: cause` on one line.
