@@ -91,26 +91,53 @@ pub fn set_skew_secs(skew: i64) {
     }
 }
 
+/// Why the clock could not be compared.
+#[derive(Debug)]
+pub enum Measure {
+    /// `CurrentTime` failed.
+    Call(crate::vsphere::VsphereError),
+    /// Its answer does not parse.
+    Parse(String),
+}
+
+impl std::fmt::Display for Measure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Call(e) => write!(f, "{e}"),
+            Self::Parse(m) => f.write_str(m),
+        }
+    }
+}
+
 /// This machine's clock minus vCenter's, in seconds (`CurrentTime`, taken as answered
 /// half-way through the call).
 ///
 /// # Errors
 /// The call's error, or `CurrentTime`'s text when it does not parse.
-pub async fn measure_skew(soap: &SoapClient) -> Result<i64, String> {
+pub async fn measure_skew(soap: &SoapClient) -> Result<i64, Measure> {
     let asked = jiff::Timestamp::now();
-    let text = soap.current_time().await.map_err(|e| e.to_string())?;
-    let theirs = text
-        .parse::<jiff::Timestamp>()
-        .map_err(|e| format!("vCenter's CurrentTime {text:?} does not parse: {e}"))?;
+    let text = soap.current_time().await.map_err(Measure::Call)?;
+    let theirs = text.parse::<jiff::Timestamp>().map_err(|e| {
+        Measure::Parse(format!(
+            "vCenter's CurrentTime {text:?} does not parse: {e}"
+        ))
+    })?;
     let answered = jiff::Timestamp::now();
     let mid = asked.as_millisecond() / 2 + answered.as_millisecond() / 2;
     Ok((mid - theirs.as_millisecond()) / 1000)
 }
 
-/// Compares the clock with vCenter's once; a failed call leaves the last measurement.
+/// Compares the clock with vCenter's once; a failed call leaves the last measurement. A
+/// certificate that no longer verifies (renewed, replaced) is logged as an error at once,
+/// before a job meets it: every call fails until the pin or the CA file is updated.
 pub async fn check(soap: &SoapClient) {
     match measure_skew(soap).await {
         Ok(skew) => set_skew_secs(skew),
+        Err(Measure::Call(e)) if e.is_certificate_failure() => tracing::error!(
+            error = %crate::engine::error_chain(&e),
+            "vCenter's certificate no longer verifies: every backup and restore will fail \
+             until the thumbprint (or CA file) in the configuration is updated"
+        ),
         Err(e) => tracing::debug!(error = %e, "comparing the clock with vCenter's"),
     }
 }

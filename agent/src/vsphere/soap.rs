@@ -997,12 +997,13 @@ pub enum VsphereError {
 }
 
 impl VsphereError {
-    /// Whether the operation may succeed if tried again: transport failures, HTTP 5xx
-    /// without a fault, and retryable faults (see [`FaultKind::is_retryable`]).
+    /// Whether the operation may succeed if tried again: transport failures (but a
+    /// server certificate that fails verification), HTTP 5xx without a fault, and
+    /// retryable faults (see [`FaultKind::is_retryable`]).
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Transport { .. } => true,
+            Self::Transport { .. } => !self.is_certificate_failure(),
             Self::Http { status, .. } => *status >= 500,
             Self::Fault { fault, .. } | Self::TaskFailed { fault, .. } => fault.is_retryable(),
             Self::Config { .. }
@@ -1015,6 +1016,39 @@ impl VsphereError {
             | Self::Ambiguous { .. }
             | Self::CbtNoProgress { .. } => false,
         }
+    }
+
+    /// Whether this is the server's certificate failing verification: not the pinned
+    /// thumbprint (a certificate renewed or replaced), or not trusted by the CA file or the
+    /// system's roots. Trying again gives the same answer; someone must look.
+    #[must_use]
+    pub fn is_certificate_failure(&self) -> bool {
+        let Self::Transport { source, .. } = self else {
+            return false;
+        };
+        let refused = |e: &(dyn std::error::Error + 'static)| {
+            e.downcast_ref::<rustls::Error>().is_some_and(|r| {
+                matches!(
+                    r,
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::General(_)
+                )
+            })
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cur {
+            if refused(e) {
+                return true;
+            }
+            // An I/O error's `source` skips the error it wraps (itself an I/O error, or
+            // rustls's): go through that one.
+            cur = match e.downcast_ref::<std::io::Error>() {
+                Some(io) => io
+                    .get_ref()
+                    .map(|w| w as &(dyn std::error::Error + 'static)),
+                None => e.source(),
+            };
+        }
+        false
     }
 
     /// The fault, if this error is one (call or task).
@@ -1264,5 +1298,22 @@ mod tests {
         server.await.unwrap();
         let followed = tokio::time::timeout(Duration::from_millis(200), elsewhere.accept()).await;
         assert!(followed.is_err(), "the redirect was followed");
+    }
+
+    /// A server that is not there (vCenter restarting) is a passing failure, unlike a
+    /// certificate that does not verify (the conformance suite's TLS case).
+    #[tokio::test]
+    async fn a_refused_connection_is_worth_trying_again() {
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("https://{}/sdk", gone.local_addr().unwrap())).unwrap();
+        drop(gone);
+        let mut config = SoapConfig::new(url);
+        config.request_timeout = Duration::from_secs(10);
+        let err = SoapClient::connect(config).await.unwrap_err();
+        assert!(matches!(err, VsphereError::Transport { .. }), "{err:?}");
+        assert!(
+            err.is_retryable() && !err.is_certificate_failure(),
+            "{err:?}"
+        );
     }
 }

@@ -126,11 +126,20 @@ pub async fn tls_refuses_unpinned_and_wrong_pin(t: &Target) {
     config.tls = TlsVerification::SystemRoots;
     let err = SoapClient::connect(config).await.unwrap_err();
     assert!(matches!(err, VsphereError::Transport { .. }), "{err:?}");
-    // … and with a pin of another certificate.
+    // Not a passing failure: trying again gives the same answer.
+    assert!(
+        err.is_certificate_failure() && !err.is_retryable(),
+        "{err:?}"
+    );
+    // … and with a pin of another certificate (a renewed one, say).
     let mut config = t.config();
     config.tls = TlsVerification::Thumbprint(Thumbprint::sha1_of(b"another certificate"));
     let err = SoapClient::connect(config).await.unwrap_err();
     assert!(matches!(err, VsphereError::Transport { .. }), "{err:?}");
+    assert!(
+        err.is_certificate_failure() && !err.is_retryable(),
+        "{err:?}"
+    );
     // Plain http is refused unless explicitly allowed.
     let mut config = t.config();
     config.url.set_scheme("http").unwrap();
