@@ -1719,6 +1719,49 @@ mod tests {
         assert!(open.is_empty(), "{open:?}");
     }
 
+    /// Refused credentials and a certificate that does not match the pin end the command
+    /// with their own exit codes (77, 78), on which the daemon's unit does not restart: a
+    /// restart would only log in with the same wrong password again.
+    #[test]
+    fn wrong_credentials_and_a_changed_certificate_have_their_own_exit_codes() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("creds-1", &[4]);
+        let wrong = fx.dir.path().join("wrong-password");
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(&wrong)
+        .unwrap();
+        writeln!(f, "not-the-password").unwrap();
+        drop(f);
+        let run = |swap: &dyn Fn(&mut Vec<String>)| {
+            let mut args: Vec<String> = vec!["backup".into(), "--repo".into()];
+            args.push(fx.repo().display().to_string());
+            args.extend(["--vm".into(), vm.0.clone()]);
+            let mut conn = fx.connection();
+            swap(&mut conn);
+            args.extend(conn);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            fx.run(&refs, &[], None)
+        };
+        let replace = |conn: &mut Vec<String>, flag: &str, value: String| {
+            let i = conn.iter().position(|a| a == flag).unwrap();
+            conn[i + 1] = value;
+        };
+        let out = run(&|c| replace(c, "--password-file", wrong.display().to_string()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(77), "{stderr}");
+        assert!(stderr.contains("InvalidLogin"), "{stderr}");
+        let other = "AA:".repeat(19) + "AA";
+        let out = run(&|c| replace(c, "--thumbprint", other.clone()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(stderr.contains("does not match the pinned"), "{stderr}");
+        assert!(fx.points().is_empty());
+        fx.assert_clean(&[&vm]);
+    }
+
     /// A point is recorded as quiesced only when vCenter's snapshot says so: with VMware
     /// Tools not running vSphere ignores the flag, and the point says crash-consistent.
     #[test]

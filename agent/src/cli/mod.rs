@@ -126,9 +126,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The process exit code for a failed command: specific codes where a subcommand defines
-/// them (e.g. 69 for an unusable VDDK library), 1 otherwise.
+/// them (e.g. 69 for an unusable VDDK library), 77 (`EX_NOPERM`) when vCenter refused the
+/// credentials, 78 (`EX_CONFIG`) when its certificate does not verify against the pin or
+/// the CA file, 1 otherwise. The daemon's unit does not restart on 77 or 78: each restart
+/// would log in with the same wrong password again, towards SSO's account lockout.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    vddk::exit_code(err).unwrap_or(1)
+    if let Some(code) = vddk::exit_code(err) {
+        return code;
+    }
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::vsphere::VsphereError>() {
+            if e.fault_kind() == Some(crate::vsphere::FaultKind::InvalidLogin) {
+                return 77;
+            }
+            if e.is_certificate_failure() {
+                return 78;
+            }
+        }
+    }
+    1
 }
 
 /// Set when writing command output failed other than by a reader going away.
