@@ -271,6 +271,11 @@ pub(crate) fn environment(
         .host_str()
         .context("the vCenter URL has no host")?
         .to_owned();
+    let recheck = if conn.thumbprint.is_none() {
+        Some((conn.vcenter.clone(), tls_of(conn)?))
+    } else {
+        None
+    };
     let env = Environment {
         soap: client,
         vddk,
@@ -278,6 +283,7 @@ pub(crate) fn environment(
             server,
             port: conn.vcenter.port(),
             thumbprint: vddk_thumbprint,
+            recheck,
             credentials: vddk::Credentials::Password {
                 user: conn.user.clone(),
                 password: Secret::new(password),

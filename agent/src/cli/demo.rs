@@ -278,6 +278,7 @@ fn run_in(root: &Path, libdir: &Path, capacity: u64) -> anyhow::Result<Vec<Step>
                 password: Secret::new(running.password.clone()),
             },
             transport_modes: vec![TransportMode::NbdSsl],
+            recheck: None,
         },
         repo: Arc::new(repo),
         datacenter: None,

@@ -588,6 +588,7 @@ pub async fn run_backup(
     cancel: CancellationToken,
     observer: Observer,
 ) -> Result<BackupReport, BackupError> {
+    let env = &env.for_job().await;
     let job = JobId::new_random();
     let root = env.repo.root().to_path_buf();
     let lock_root = root.clone();

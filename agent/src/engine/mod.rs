@@ -63,9 +63,45 @@ pub struct VddkTarget {
     pub credentials: Credentials,
     /// Transport modes to try, in order.
     pub transport_modes: Vec<TransportMode>,
+    /// When [`Self::thumbprint`] is the certificate the agent's own verification accepted
+    /// (a CA file or the system's roots, not a pin): where to read it again before each
+    /// job ([`Self::refreshed`]). A renewed certificate still verifies for the agent's
+    /// HTTPS clients but no longer matches what VDDK was given.
+    pub recheck: Option<(url::Url, crate::vsphere::TlsVerification)>,
 }
 
 impl VddkTarget {
+    /// This target with the thumbprint of the certificate vCenter presents now, verified
+    /// as at start-up, when it is not pinned. A change is logged; a certificate that
+    /// cannot be read leaves the last one (the job then fails on it, saying why).
+    pub async fn refreshed(&self) -> Self {
+        let mut target = self.clone();
+        let Some((url, tls)) = &self.recheck else {
+            return target;
+        };
+        match crate::vsphere::verified_server_thumbprint(url, tls).await {
+            Ok(tp) => {
+                let now = tp.to_string();
+                if target.thumbprint.as_deref() != Some(now.as_str()) {
+                    tracing::warn!(
+                        server = %self.server,
+                        old = target.thumbprint.as_deref().unwrap_or("none"),
+                        new = %now,
+                        "vCenter presents another certificate (renewed?), verified as before: \
+                         VDDK is given its thumbprint from now on"
+                    );
+                    target.thumbprint = Some(now);
+                }
+            }
+            Err(e) => tracing::warn!(
+                server = %self.server,
+                error = %error_chain(&e),
+                "reading vCenter's certificate again for VDDK; the last thumbprint is kept"
+            ),
+        }
+        target
+    }
+
     /// The connect parameters for `vm`, at `snapshot` when given.
     #[must_use]
     pub fn spec(
@@ -83,6 +119,17 @@ impl VddkTarget {
             snapshot: snapshot.map(|s| s.0.clone()),
             transport_modes: self.transport_modes.clone(),
             read_only,
+        }
+    }
+}
+
+impl Environment {
+    /// This environment for a job that starts now: VDDK's thumbprint as vCenter's
+    /// certificate is now ([`VddkTarget::refreshed`]).
+    pub async fn for_job(&self) -> Self {
+        Self {
+            vddk_target: self.vddk_target.refreshed().await,
+            ..self.clone()
         }
     }
 }
@@ -201,4 +248,113 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BackupError::Thread(format!("blocking call failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    type Leaf = (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    );
+
+    /// A CA, and a maker of server certificates for 127.0.0.1 it issues.
+    fn ca() -> (String, impl Fn() -> Leaf) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(params, key);
+        let leaf = move || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+            (cert.der().clone(), der)
+        };
+        (pem, leaf)
+    }
+
+    /// Serves HTTPS on 127.0.0.1 with whatever certificate `current` holds at each
+    /// connection, answering an empty 200.
+    async fn serve(current: Arc<Mutex<Leaf>>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (cert, key) = {
+                    let leaf = current.lock().unwrap();
+                    (leaf.0.clone(), leaf.1.clone_key())
+                };
+                let config = rustls::ServerConfig::builder()
+                    .with_no_client_auth()
+                    .with_single_cert(vec![cert], key)
+                    .unwrap();
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 4096];
+                        let _ = tls.read(&mut buf).await;
+                        let _ = tls
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                            )
+                            .await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// vCenter's certificate renewed by its CA while the daemon runs: the agent's HTTPS
+    /// clients still verify it, and the next job gives VDDK the new thumbprint (VDDK checks
+    /// the thumbprint only, so the old one would fail every connection). A pinned
+    /// thumbprint is left as it is: a changed certificate then fails, as pinning asks.
+    #[tokio::test]
+    async fn a_renewed_certificate_is_given_to_vddk_at_the_next_job() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (ca_pem, leaf) = ca();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).unwrap();
+        let current = Arc::new(Mutex::new(leaf()));
+        let addr = serve(Arc::clone(&current)).await;
+        let url = url::Url::parse(&format!("https://{addr}/sdk")).unwrap();
+        let tls = crate::vsphere::TlsVerification::WithCaFile(ca_file);
+        let now = || async {
+            crate::vsphere::verified_server_thumbprint(&url, &tls)
+                .await
+                .unwrap()
+                .to_string()
+        };
+        let first = now().await;
+        let target = VddkTarget {
+            server: "127.0.0.1".into(),
+            port: Some(addr.port()),
+            thumbprint: Some(first.clone()),
+            credentials: Credentials::Password {
+                user: "backup".into(),
+                password: crate::vddk::Secret::new("secret"),
+            },
+            transport_modes: vec![TransportMode::NbdSsl],
+            recheck: Some((url.clone(), tls.clone())),
+        };
+        assert_eq!(target.refreshed().await.thumbprint, Some(first.clone()));
+        *current.lock().unwrap() = leaf();
+        let renewed = now().await;
+        assert_ne!(renewed, first);
+        assert_eq!(target.refreshed().await.thumbprint, Some(renewed));
+        let pinned = VddkTarget {
+            recheck: None,
+            ..target.clone()
+        };
+        assert_eq!(pinned.refreshed().await.thumbprint, Some(first));
+    }
 }

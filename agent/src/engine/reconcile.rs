@@ -64,6 +64,7 @@ pub async fn reconcile(
     vms: &[VmMoref],
     unknown_jobs: bool,
 ) -> Result<ReconcileReport, BackupError> {
+    let env = &env.for_job().await;
     let mut report = ReconcileReport::default();
     let root = env.repo.root().to_path_buf();
     let catalog = env.repo.catalog().clone();

@@ -159,6 +159,7 @@ pub async fn run_group_restore(
     observer: RestoreObserver,
     cancel: CancellationToken,
 ) -> Result<GroupRestoreReport, RestoreError> {
+    let renv = &renv.for_job().await;
     let started = Instant::now();
     let env = &renv.env;
     let dry_run = requests.iter().any(|r| r.dry_run);

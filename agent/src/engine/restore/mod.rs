@@ -196,6 +196,16 @@ pub struct RestoreEnv {
     pub supervisor: Supervisor,
 }
 
+impl RestoreEnv {
+    /// For a restore that starts now (see [`Environment::for_job`]).
+    pub async fn for_job(&self) -> Self {
+        Self {
+            env: self.env.for_job().await,
+            ..self.clone()
+        }
+    }
+}
+
 /// Where the Supervisor's API is (default: vCenter's address, the lab's layout).
 #[derive(Clone, Default)]
 pub struct SupervisorTarget {
@@ -738,6 +748,7 @@ pub async fn run_restore(
     observer: RestoreObserver,
     cancel: CancellationToken,
 ) -> Result<RestoreReport, RestoreError> {
+    let renv = &renv.for_job().await;
     restore_planned(renv, request, None, observer, cancel)
         .await
         .map(|(report, _)| report)
