@@ -2461,4 +2461,56 @@ mod tests {
         assert!(msg.contains("busy"), "{msg}");
         drop(repair_lock);
     }
+
+    /// A prune that removes more points than a process may hold files open (each removal
+    /// is claimed by an open lock file until it is done) still succeeds: here 400
+    /// removals under a limit of 300 descriptors, which a single pass could not do.
+    #[test]
+    fn a_prune_of_more_points_than_open_files_allowed_succeeds() {
+        use vadp_agent::repo::catalog::{NewPoint, VmRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = Repository::init(&root, 64 << 10).unwrap();
+        for n in 0..401_i64 {
+            repo.catalog()
+                .commit_point(NewPoint {
+                    id: RestorePointId::new_random(),
+                    vm: VmRecord {
+                        moref: "image:many".into(),
+                        name: "many".into(),
+                        vcenter_uuid: String::new(),
+                        namespace: None,
+                    },
+                    job: None,
+                    parent: None,
+                    created_at: 1_000_000 + n * 60,
+                    kind: vadp_agent::repo::PointKind::Full,
+                    reason: "first backup".into(),
+                    vmx: None,
+                    extra_config: None,
+                    nvram: None,
+                    related: Vec::new(),
+                    config_digest: None,
+                    stats: serde_json::json!({}),
+                    disks: Vec::new(),
+                })
+                .unwrap();
+        }
+        drop(repo);
+        // prlimit (util-linux, essential on Debian): the limit for the prune alone.
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg("--nofile=300:300")
+            .arg(env!("CARGO_BIN_EXE_vadp-agent"))
+            .args(["repo", "prune", "--keep-last", "1", "--repo"])
+            .arg(&root);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let repo = Repository::open(&root).unwrap();
+        assert_eq!(repo.catalog().list_points().unwrap().len(), 1);
+    }
 }

@@ -402,6 +402,15 @@ pub struct RebuildReport {
     pub resumed: bool,
 }
 
+/// Most points one prune pass removes: each is claimed (an open lock file) until it is
+/// gone, and a process may hold 1,024 files (systemd's default soft limit), VDDK's sockets
+/// and the catalog's among them. A prune with more to remove makes further passes.
+#[cfg(not(test))]
+const MAX_REMOVALS_PER_PASS: usize = 256;
+/// Small in tests, so that the repository's prune tests go through several passes.
+#[cfg(test)]
+const MAX_REMOVALS_PER_PASS: usize = 3;
+
 /// Held shared by every process with the repository open; exclusively by a rebuild.
 const OPEN_LOCK: &str = "open.lock";
 /// Exists while a rebuild replaces the catalog (see the module doc).
@@ -1729,6 +1738,32 @@ impl Repository {
         } else {
             Some(RepoLock::exclusive(&self.prune_lock_path()?).map_err(RepoError::Lock)?)
         };
+        // Pass after pass while one had to leave removals for the next (each pass holds an
+        // open claim per point it removes: see `MAX_REMOVALS_PER_PASS`), and removed some.
+        let mut removed = Vec::new();
+        loop {
+            let (decisions, deferred) =
+                self.prune_pass(policy, now, zone, dry_run, &select, &hold)?;
+            if deferred && decisions.iter().any(|d| !d.keep) {
+                removed.extend(decisions.into_iter().filter(|d| !d.keep));
+                continue;
+            }
+            removed.extend(decisions);
+            return Ok(removed);
+        }
+    }
+
+    /// One pass of [`Self::prune_where`], under its locks: its decisions, and whether
+    /// removals were left for another pass.
+    fn prune_pass(
+        &self,
+        policy: &RetentionPolicy,
+        now: i64,
+        zone: &jiff::tz::TimeZone,
+        dry_run: bool,
+        select: &dyn Fn(&PointRecord) -> bool,
+        hold: &dyn Fn(&VmRecord) -> bool,
+    ) -> Result<(Vec<PruneDecision>, bool), RepoError> {
         let points: Vec<PointRecord> = self
             .catalog
             .list_points()?
@@ -1761,12 +1796,31 @@ impl Repository {
             }
             decisions.extend(of_vm);
         }
+        let job_of: HashMap<RestorePointId, &str> = points
+            .iter()
+            .filter_map(|p| Some((p.id, p.stats.get("job")?.as_str()?)))
+            .collect();
         // A point a restore is reading stays, until the next prune (and, below, its
         // group's points with it). Claimed before the group's points are judged, so that
-        // a point kept only because it is being restored keeps its partners too.
+        // a point kept only because it is being restored keeps its partners too. Each
+        // claim is an open file until its point is removed: past `MAX_REMOVALS_PER_PASS`
+        // the others wait for the next pass, a job's points together as far as they can
+        // (the cut falls between jobs but in a job larger than a pass).
         let mut claims = HashMap::new();
+        let mut deferred = false;
         if !dry_run {
-            for d in decisions.iter_mut().filter(|d| !d.keep) {
+            let mut order: Vec<usize> = (0..decisions.len())
+                .filter(|&i| !decisions[i].keep)
+                .collect();
+            order.sort_by_key(|&i| (job_of.get(&decisions[i].id).copied(), decisions[i].id));
+            for i in order {
+                let d = &mut decisions[i];
+                if claims.len() >= MAX_REMOVALS_PER_PASS {
+                    d.keep = true;
+                    d.reasons.push("left for the prune's next pass");
+                    deferred = true;
+                    continue;
+                }
                 match self.claim_for_removal(d.id)? {
                     Some(claim) => {
                         claims.insert(d.id, claim);
@@ -1782,10 +1836,6 @@ impl Repository {
         // of the others are too. Otherwise a day (or week) kept through one job for a VM
         // and through another for the next, say a job that failed for that one, would leave
         // the group no common point in time.
-        let job_of: HashMap<RestorePointId, &str> = points
-            .iter()
-            .filter_map(|p| Some((p.id, p.stats.get("job")?.as_str()?)))
-            .collect();
         let kept_jobs: HashSet<&str> = decisions
             .iter()
             .filter(|d| d.keep)
@@ -1816,7 +1866,7 @@ impl Repository {
                 }
             }
         }
-        Ok(decisions)
+        Ok((decisions, deferred))
     }
 
     /// Garbage-collect under the exclusive lock.
@@ -2310,6 +2360,58 @@ mod tests {
             vec!["same job as a kept point of the group"]
         );
         assert_eq!(repo.catalog().list_points().unwrap().len(), 3);
+    }
+
+    /// More removals than one pass claims (3 in tests, 256 otherwise: each claim is an open
+    /// file) are made in several passes, a group's points still removed or kept together:
+    /// every removal is done, none is reported as left for later, and the kept point's
+    /// job partner stays.
+    #[test]
+    fn a_prune_with_more_removals_than_a_pass_makes_several() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("repo"), 64 << 10).unwrap();
+        let day = 86_400;
+        let mut newest = HashMap::new();
+        for n in 0..5 {
+            let job = format!("job-{n}");
+            for vm in ["a", "b"] {
+                let mut point = sample_point(vm, (10 + n) * day);
+                point.stats = serde_json::json!({"job": job});
+                newest.insert(vm, point.id);
+                repo.catalog().commit_point(point).unwrap();
+            }
+        }
+        // b's newest is gone already: a keeps the last job's point, b its own newest, and
+        // a keeps that job's point too (its partner).
+        repo.delete_point(newest["b"]).unwrap();
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_age_secs: 3 * day,
+        };
+        let utc = jiff::tz::TimeZone::UTC;
+        let decisions = repo.prune(&policy, 100 * day, &utc, false).unwrap();
+        assert_eq!(decisions.len(), 9, "{decisions:?}");
+        let removed = decisions.iter().filter(|d| !d.keep).count();
+        assert_eq!(removed, 6, "{decisions:?}");
+        assert!(
+            decisions
+                .iter()
+                .all(|d| !d.reasons.iter().any(|r| r.contains("next pass"))),
+            "{decisions:?}"
+        );
+        let left: Vec<_> = repo.catalog().list_points().unwrap();
+        assert_eq!(left.len(), 3, "{left:?}");
+        let jobs: HashSet<_> = left
+            .iter()
+            .map(|p| p.stats["job"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            jobs,
+            HashSet::from(["job-4".to_owned(), "job-3".to_owned()])
+        );
     }
 
     /// A group whose VM b failed in the run that applies retention: b keeps every point,
