@@ -48,17 +48,31 @@ impl SoapClient {
         max_bytes: u64,
     ) -> Result<u64, DatastoreError> {
         let url = self.folder_url(path)?;
-        let response = self
-            .http()
-            .get(url)
-            .header(COOKIE, self.cookie_header(path)?)
-            .send()
-            .await
-            .map_err(|source| DatastoreError::Transport {
-                op: "GET",
-                path: path.to_string(),
-                source,
-            })?;
+        let get = || async {
+            self.http()
+                .get(url.clone())
+                .header(COOKIE, self.cookie_header(path)?)
+                .send()
+                .await
+                .map_err(|source| DatastoreError::Transport {
+                    op: "GET",
+                    path: path.to_string(),
+                    source,
+                })
+        };
+        let before = self.session_cookie();
+        let mut response = get().await?;
+        // vCenter ended the session (restarted, idle timeout): logged in again as a SOAP
+        // call does, and asked again; nothing was written to `sink` yet.
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED && self.can_log_in() {
+            self.login_again(before, "datastore GET")
+                .await
+                .map_err(|source| DatastoreError::Session {
+                    path: path.to_string(),
+                    source: Box::new(source),
+                })?;
+            response = get().await?;
+        }
         check_status("GET", path, response.status())?;
         let mut stream = response.bytes_stream();
         let mut written = 0u64;
@@ -125,6 +139,16 @@ impl SoapClient {
         length_bytes: u64,
     ) -> Result<(), DatastoreError> {
         let url = self.folder_url(path)?;
+        // The body is a stream and cannot be sent twice: a session vCenter ended since the
+        // last call (a restart) is found, and logged in again, before it is sent.
+        if self.can_log_in() {
+            self.current_time()
+                .await
+                .map_err(|source| DatastoreError::Session {
+                    path: path.to_string(),
+                    source: Box::new(source),
+                })?;
+        }
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(source));
         let response = self
             .http()
@@ -286,6 +310,14 @@ pub enum DatastoreError {
         source: reqwest::Error,
     },
     /// The server refused.
+    #[error("datastore file {path}: the vSphere session could not be renewed")]
+    Session {
+        /// `[datastore] dir/file`.
+        path: String,
+        /// Why.
+        #[source]
+        source: Box<super::VsphereError>,
+    },
     #[error("{op} datastore file {path}: http status {status}")]
     Http {
         /// `GET` or `PUT`.
@@ -321,6 +353,7 @@ impl DatastoreError {
         match self {
             Self::Transport { .. } => true,
             Self::Http { status, .. } => *status >= 500,
+            Self::Session { source, .. } => source.is_retryable(),
             Self::Url { .. }
             | Self::NotLoggedIn { .. }
             | Self::Local { .. }

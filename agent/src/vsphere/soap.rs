@@ -333,18 +333,32 @@ impl SoapClient {
                 if fault.kind == FaultKind::NotAuthenticated
                     && self.inner.credentials.is_some() =>
             {
-                {
-                    let _guard = self.inner.relogin.lock().await;
-                    // Another task may have logged in again while we waited.
-                    if self.session_cookie() == before {
-                        tracing::info!(method, "vsphere session expired; logging in again");
-                        self.login().await?;
-                    }
-                }
+                self.login_again(before, method).await?;
                 send(&self.inner, method, this, body).await.map(|(e, _)| e)
             }
             other => other.map(|(e, _)| e),
         }
+    }
+
+    /// Whether the client logs in by itself (it has credentials).
+    pub(crate) fn can_log_in(&self) -> bool {
+        self.inner.credentials.is_some()
+    }
+
+    /// Logs in again after vCenter ended the session `before` (a restart, an idle timeout),
+    /// once for all the tasks that found it ended: a task that waited while another logged
+    /// in finds the cookie changed and does nothing.
+    pub(crate) async fn login_again(
+        &self,
+        before: Option<SessionCookie>,
+        what: &str,
+    ) -> Result<(), VsphereError> {
+        let _guard = self.inner.relogin.lock().await;
+        if self.session_cookie() == before {
+            tracing::info!(what, "vsphere session expired; logging in again");
+            self.login().await?;
+        }
+        Ok(())
     }
 }
 

@@ -42,6 +42,7 @@ conformance_suite!(
         add_new_disk_then_detach_and_destroy,
         swap_a_disk_at_its_unit_and_back,
         datastore_upload_download,
+        datastore_transfers_outlive_the_session,
     ]
 );
 
@@ -62,5 +63,6 @@ conformance_suite!(
         add_new_disk_then_detach_and_destroy,
         swap_a_disk_at_its_unit_and_back,
         datastore_upload_download,
+        datastore_transfers_outlive_the_session,
     ]
 );

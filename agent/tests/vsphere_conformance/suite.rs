@@ -166,6 +166,51 @@ pub async fn unknown_moref_faults(t: &Target) {
     }
 }
 
+/// A session vCenter ended (a restart, an idle timeout) is renewed for datastore
+/// transfers too: a download answered 401 logs in again and is asked again, and an upload
+/// (a stream, sent once) renews the session before it starts.
+pub async fn datastore_transfers_outlive_the_session(t: &Target) {
+    let client = t.client().await;
+    let inv = inventory(t, &client).await;
+    let folder = unique("conf-sess");
+    client
+        .make_directory(
+            &inv.datacenter,
+            &format!("[{}] {folder}", inv.datastore_name),
+        )
+        .await
+        .unwrap();
+    let remote = DatastorePath {
+        datacenter: inv.datacenter_name.clone(),
+        datastore: inv.datastore_name.clone(),
+        path: format!("{folder}/kept.vmx"),
+    };
+    let data = b"config.version = \"8\"\n".to_vec();
+    let end_session = || async {
+        let session = client.login().await.unwrap();
+        let other = t.client().await;
+        other.terminate_sessions(&[session.key]).await.unwrap();
+    };
+    end_session().await;
+    let before = client.session_cookie();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("kept.vmx");
+    tokio::fs::write(&src, &data).await.unwrap();
+    client.upload_file(&remote, &src).await.unwrap();
+    assert_ne!(client.session_cookie(), before);
+    end_session().await;
+    let before = client.session_cookie();
+    let got = client.download_small(&remote, 1 << 20).await.unwrap();
+    assert_eq!(got, data);
+    if !t.quirks.datastore_http_without_session {
+        assert_ne!(client.session_cookie(), before);
+    }
+    client
+        .delete_datastore_file(&inv.datacenter, &remote.to_string())
+        .await
+        .unwrap();
+}
+
 pub async fn session_expiry_relogs_in(t: &Target) {
     let a = t.client().await;
     let session = a.login().await.unwrap();

@@ -23,9 +23,8 @@ pub struct Quirks {
     pub tasks_finish_synchronously: bool,
     /// QueryChangedDiskAreas is implemented.
     pub has_query_changed_disk_areas: bool,
-    /// Datastore HTTP accepts requests without the session cookie (real vSphere: no).
-    /// Recorded for the report; the client always sends the cookie, so no case reads it.
-    #[allow(dead_code)]
+    /// Datastore HTTP accepts requests without a live session (real vSphere: 401): a
+    /// download with an ended session then needs no new one.
     pub datastore_http_without_session: bool,
 }
 
