@@ -18,6 +18,9 @@ const SESSION_HEADER: &str = "vmware-api-session-id";
 /// Poll interval of cis tasks (govmomi polls every 10 s; registervm milestones are
 /// seconds apart).
 const CIS_POLL: Duration = Duration::from_secs(1);
+/// How long task polling goes on through consecutive retryable errors (as the SOAP
+/// client's task polling does).
+const POLL_OUTAGE: Duration = Duration::from_secs(120);
 
 /// A vAPI session on one vCenter.
 #[derive(Debug)]
@@ -215,8 +218,29 @@ impl VapiClient {
     ) -> Result<CisTaskInfo, VapiError> {
         let started = Instant::now();
         let mut poll = Duration::from_millis(20);
+        // Since when polls have failed for a passing reason (vCenter restarting, a load
+        // balancer dropping requests): the task runs on meanwhile, and a restore whose
+        // registration is running must not be reported unfinished for a blip.
+        let mut failing_since: Option<Instant> = None;
         loop {
-            let info = self.task(task).await?;
+            let info = match self.task(task).await {
+                Ok(info) => {
+                    failing_since = None;
+                    info
+                }
+                Err(e)
+                    if e.is_retryable()
+                        && failing_since.is_none_or(|t| t.elapsed() < POLL_OUTAGE)
+                        && started.elapsed() < timeout =>
+                {
+                    tracing::warn!(task, error = %e, "reading the task failed; reading it again");
+                    failing_since.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(CIS_POLL);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(p) = &info.progress {
                 on_progress(p);
             }
@@ -659,8 +683,10 @@ mod tests {
                 ("GET", "/api/cis/tasks/task-7%3Acom.vmware.wcp") => {
                     match p.fetch_add(1, Ordering::SeqCst) {
                         0 => (200, r#"{"status":"RUNNING","progress":{"total":100,"completed":40}}"#.into()),
+                        // vCenter busy for a moment: read again, not the end of the wait.
+                        1 => (503, r#"{"error_type":"SERVICE_UNAVAILABLE","messages":[]}"#.into()),
                         // Waiting for resources: not an end.
-                        1 => (200, r#"{"status":"BLOCKED","progress":{"total":100,"completed":60}}"#.into()),
+                        2 => (200, r#"{"status":"BLOCKED","progress":{"total":100,"completed":60}}"#.into()),
                         _ => (200, r#"{"status":"SUCCEEDED","progress":{"total":100,"completed":100}}"#.into()),
                     }
                 }
