@@ -128,7 +128,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The process exit code for a failed command: specific codes where a subcommand defines
 /// them (e.g. 69 for an unusable VDDK library), 77 (`EX_NOPERM`) when vCenter refused the
 /// credentials, 78 (`EX_CONFIG`) when its certificate does not verify against the pin or
-/// the CA file, 1 otherwise. The daemon's unit does not restart on 77 or 78: each restart
+/// the CA file (but expired or not yet valid, which may be this machine's clock), 1
+/// otherwise. The daemon's unit does not restart on 77 or 78: each restart
 /// would log in with the same wrong password again, towards SSO's account lockout.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if let Some(code) = vddk::exit_code(err) {
@@ -139,7 +140,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             if e.fault_kind() == Some(crate::vsphere::FaultKind::InvalidLogin) {
                 return 77;
             }
-            if e.is_certificate_failure() {
+            // Not a certificate that expired or is not valid yet: that may be this
+            // machine's clock, which NTP corrects, and the unit restarts then.
+            if e.is_certificate_failure() && !e.is_certificate_time_failure() {
                 return 78;
             }
         }

@@ -598,7 +598,7 @@ pub async fn run_backup(
     // A restarted agent first undoes what its interrupted jobs left (never a running job's:
     // their locks are held). A failure here is reported; the VMs it concerns are refused
     // below while they still carry our snapshot.
-    match super::reconcile(env, &[], false).await {
+    match super::reconcile::reconcile_in(env, &[], false).await {
         Ok(r) => {
             let did = r.snapshots_removed.len() + r.access_ended.len() + r.jobs_interrupted.len();
             if did > 0 || !r.errors.is_empty() {

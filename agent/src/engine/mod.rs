@@ -79,7 +79,18 @@ impl VddkTarget {
         let Some((url, tls)) = &self.recheck else {
             return target;
         };
-        match crate::vsphere::verified_server_thumbprint(url, tls).await {
+        // A short wait: a vCenter that does not answer fails the job soon after anyway.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            crate::vsphere::verified_server_thumbprint(url, tls),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::vsphere::VsphereError::Config {
+                reason: "no answer within 15 s".into(),
+            })
+        });
+        match read {
             Ok(tp) => {
                 let now = tp.to_string();
                 if target.thumbprint.as_deref() != Some(now.as_str()) {

@@ -64,7 +64,16 @@ pub async fn reconcile(
     vms: &[VmMoref],
     unknown_jobs: bool,
 ) -> Result<ReconcileReport, BackupError> {
-    let env = &env.for_job().await;
+    reconcile_in(&env.for_job().await, vms, unknown_jobs).await
+}
+
+/// [`reconcile`] with `env` as it is: a job's own reconcile at its start, with the job's
+/// environment (its VDDK thumbprint read once, for both).
+pub(crate) async fn reconcile_in(
+    env: &Environment,
+    vms: &[VmMoref],
+    unknown_jobs: bool,
+) -> Result<ReconcileReport, BackupError> {
     let mut report = ReconcileReport::default();
     let root = env.repo.root().to_path_buf();
     let catalog = env.repo.catalog().clone();

@@ -402,6 +402,22 @@ pub struct RebuildReport {
     pub resumed: bool,
 }
 
+/// Keeps every point of a job one of whose points is kept ("same job as a kept point of
+/// the group"): a group keeps its common points in time.
+fn keep_job_partners(job_of: &HashMap<RestorePointId, &str>, decisions: &mut [PruneDecision]) {
+    let kept_jobs: HashSet<&str> = decisions
+        .iter()
+        .filter(|d| d.keep)
+        .filter_map(|d| job_of.get(&d.id).copied())
+        .collect();
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        if job_of.get(&d.id).is_some_and(|j| kept_jobs.contains(j)) {
+            d.keep = true;
+            d.reasons.push("same job as a kept point of the group");
+        }
+    }
+}
+
 /// Most points one prune pass removes: each is claimed (an open lock file) until it is
 /// gone, and a process may hold 1,024 files (systemd's default soft limit), VDDK's sockets
 /// and the catalog's among them. A prune with more to remove makes further passes.
@@ -1800,27 +1816,30 @@ impl Repository {
             .iter()
             .filter_map(|p| Some((p.id, p.stats.get("job")?.as_str()?)))
             .collect();
-        // A point a restore is reading stays, until the next prune (and, below, its
-        // group's points with it). Claimed before the group's points are judged, so that
-        // a point kept only because it is being restored keeps its partners too. Each
-        // claim is an open file until its point is removed: past `MAX_REMOVALS_PER_PASS`
-        // the others wait for the next pass, a job's points together as far as they can
-        // (the cut falls between jobs but in a job larger than a pass).
+        // A group's points stay together: when a job's point of one VM is kept, its points
+        // of the others are too. Otherwise a day (or week) kept through one job for a VM
+        // and through another for the next, say a job that failed for that one, would leave
+        // the group no common point in time. Judged before the claims, so that no claim
+        // goes to a point its partner keeps.
+        keep_job_partners(&job_of, &mut decisions);
+        // A point a restore is reading stays, until the next prune, and its group's points
+        // with it (judged again below). Each claim is an open file until its point is
+        // removed: past `MAX_REMOVALS_PER_PASS` the others wait for the next pass, in job
+        // order (the cut falls in one job at most). A point left for the next pass is not
+        // a kept point: its partners are removed now all the same.
         let mut claims = HashMap::new();
-        let mut deferred = false;
+        let mut later = Vec::new();
         if !dry_run {
             let mut order: Vec<usize> = (0..decisions.len())
                 .filter(|&i| !decisions[i].keep)
                 .collect();
             order.sort_by_key(|&i| (job_of.get(&decisions[i].id).copied(), decisions[i].id));
             for i in order {
-                let d = &mut decisions[i];
                 if claims.len() >= MAX_REMOVALS_PER_PASS {
-                    d.keep = true;
-                    d.reasons.push("left for the prune's next pass");
-                    deferred = true;
+                    later.push(i);
                     continue;
                 }
+                let d = &mut decisions[i];
                 match self.claim_for_removal(d.id)? {
                     Some(claim) => {
                         claims.insert(d.id, claim);
@@ -1831,20 +1850,15 @@ impl Repository {
                     }
                 }
             }
+            keep_job_partners(&job_of, &mut decisions);
         }
-        // A group's points stay together: when a job's point of one VM is kept, its points
-        // of the others are too. Otherwise a day (or week) kept through one job for a VM
-        // and through another for the next, say a job that failed for that one, would leave
-        // the group no common point in time.
-        let kept_jobs: HashSet<&str> = decisions
-            .iter()
-            .filter(|d| d.keep)
-            .filter_map(|d| job_of.get(&d.id).copied())
-            .collect();
-        for d in decisions.iter_mut().filter(|d| !d.keep) {
-            if job_of.get(&d.id).is_some_and(|j| kept_jobs.contains(j)) {
+        let mut deferred = false;
+        for i in later {
+            let d = &mut decisions[i];
+            if !d.keep {
                 d.keep = true;
-                d.reasons.push("same job as a kept point of the group");
+                d.reasons.push("left for the prune's next pass");
+                deferred = true;
             }
         }
         if !dry_run {
@@ -2381,6 +2395,16 @@ mod tests {
                 repo.catalog().commit_point(point).unwrap();
             }
         }
+        // A group job of five VMs, more than a pass removes, all of whose points go (each
+        // VM has a newer point of its own): split over passes, and removed whole.
+        for vm in ["c1", "c2", "c3", "c4", "c5"] {
+            let mut old = sample_point(vm, 9 * day);
+            old.stats = serde_json::json!({"job": "job-big"});
+            repo.catalog().commit_point(old).unwrap();
+            let mut new = sample_point(vm, 20 * day);
+            new.stats = serde_json::json!({"job": format!("solo-{vm}")});
+            repo.catalog().commit_point(new).unwrap();
+        }
         // b's newest is gone already: a keeps the last job's point, b its own newest, and
         // a keeps that job's point too (its partner).
         repo.delete_point(newest["b"]).unwrap();
@@ -2393,9 +2417,9 @@ mod tests {
         };
         let utc = jiff::tz::TimeZone::UTC;
         let decisions = repo.prune(&policy, 100 * day, &utc, false).unwrap();
-        assert_eq!(decisions.len(), 9, "{decisions:?}");
+        assert_eq!(decisions.len(), 19, "{decisions:?}");
         let removed = decisions.iter().filter(|d| !d.keep).count();
-        assert_eq!(removed, 6, "{decisions:?}");
+        assert_eq!(removed, 11, "{decisions:?}");
         assert!(
             decisions
                 .iter()
@@ -2403,15 +2427,14 @@ mod tests {
             "{decisions:?}"
         );
         let left: Vec<_> = repo.catalog().list_points().unwrap();
-        assert_eq!(left.len(), 3, "{left:?}");
+        assert_eq!(left.len(), 8, "{left:?}");
         let jobs: HashSet<_> = left
             .iter()
             .map(|p| p.stats["job"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(
-            jobs,
-            HashSet::from(["job-4".to_owned(), "job-3".to_owned()])
-        );
+        let mut expected = HashSet::from(["job-4".to_owned(), "job-3".to_owned()]);
+        expected.extend(["c1", "c2", "c3", "c4", "c5"].map(|vm| format!("solo-{vm}")));
+        assert_eq!(jobs, expected);
     }
 
     /// A group whose VM b failed in the run that applies retention: b keeps every point,

@@ -62,16 +62,20 @@ impl SoapClient {
         };
         let before = self.session_cookie();
         let mut response = get().await?;
-        // vCenter ended the session (restarted, idle timeout): logged in again as a SOAP
-        // call does, and asked again; nothing was written to `sink` yet.
+        // vCenter ended the session (restarted, idle timeout)? A SOAP call finds out and
+        // logs in again if so; then the file is asked for again (nothing was written to
+        // `sink` yet). A 401 with the session alive (a missing privilege) stays a 401,
+        // and makes no new session.
         if response.status() == reqwest::StatusCode::UNAUTHORIZED && self.can_log_in() {
-            self.login_again(before, "datastore GET")
+            self.current_time()
                 .await
                 .map_err(|source| DatastoreError::Session {
                     path: path.to_string(),
                     source: Box::new(source),
                 })?;
-            response = get().await?;
+            if self.session_cookie() != before {
+                response = get().await?;
+            }
         }
         check_status("GET", path, response.status())?;
         let mut stream = response.bytes_stream();
@@ -309,7 +313,7 @@ pub enum DatastoreError {
         #[source]
         source: reqwest::Error,
     },
-    /// The server refused.
+    /// vCenter ended the session and logging in again failed.
     #[error("datastore file {path}: the vSphere session could not be renewed")]
     Session {
         /// `[datastore] dir/file`.
@@ -318,6 +322,7 @@ pub enum DatastoreError {
         #[source]
         source: Box<super::VsphereError>,
     },
+    /// The server refused.
     #[error("{op} datastore file {path}: http status {status}")]
     Http {
         /// `GET` or `PUT`.

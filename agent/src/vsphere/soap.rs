@@ -348,7 +348,7 @@ impl SoapClient {
     /// Logs in again after vCenter ended the session `before` (a restart, an idle timeout),
     /// once for all the tasks that found it ended: a task that waited while another logged
     /// in finds the cookie changed and does nothing.
-    pub(crate) async fn login_again(
+    async fn login_again(
         &self,
         before: Option<SessionCookie>,
         what: &str,
@@ -1010,6 +1010,34 @@ pub enum VsphereError {
     },
 }
 
+/// The rustls error behind a transport failure when the server's certificate failed
+/// verification (an untrusted or changed certificate, or the pin's mismatch, which the
+/// agent's own verifier reports as `General`).
+pub(crate) fn certificate_failure<'a>(
+    source: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>()
+            && matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::General(_)
+            )
+        {
+            return Some(r);
+        }
+        // An I/O error's `source` skips the error it wraps (itself an I/O error, or
+        // rustls's): go through that one.
+        cur = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|w| w as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 impl VsphereError {
     /// Whether the operation may succeed if tried again: transport failures (but a
     /// server certificate that fails verification), HTTP 5xx without a fault, and
@@ -1037,32 +1065,30 @@ impl VsphereError {
     /// system's roots. Trying again gives the same answer; someone must look.
     #[must_use]
     pub fn is_certificate_failure(&self) -> bool {
-        let Self::Transport { source, .. } = self else {
-            return false;
-        };
-        let refused = |e: &(dyn std::error::Error + 'static)| {
-            e.downcast_ref::<rustls::Error>().is_some_and(|r| {
-                matches!(
-                    r,
-                    rustls::Error::InvalidCertificate(_) | rustls::Error::General(_)
-                )
-            })
-        };
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
-        while let Some(e) = cur {
-            if refused(e) {
-                return true;
-            }
-            // An I/O error's `source` skips the error it wraps (itself an I/O error, or
-            // rustls's): go through that one.
-            cur = match e.downcast_ref::<std::io::Error>() {
-                Some(io) => io
-                    .get_ref()
-                    .map(|w| w as &(dyn std::error::Error + 'static)),
-                None => e.source(),
-            };
+        match self {
+            Self::Transport { source, .. } => certificate_failure(source).is_some(),
+            _ => false,
         }
-        false
+    }
+
+    /// Whether this certificate failure may be this machine's clock's (the certificate
+    /// expired, or not valid yet): a proxy VM booted with a wrong clock sees it until
+    /// NTP corrects the clock.
+    #[must_use]
+    pub fn is_certificate_time_failure(&self) -> bool {
+        use rustls::CertificateError as C;
+        match self {
+            Self::Transport { source, .. } => matches!(
+                certificate_failure(source),
+                Some(rustls::Error::InvalidCertificate(
+                    C::Expired
+                        | C::NotValidYet
+                        | C::ExpiredContext { .. }
+                        | C::NotValidYetContext { .. }
+                ))
+            ),
+            _ => false,
+        }
     }
 
     /// The fault, if this error is one (call or task).

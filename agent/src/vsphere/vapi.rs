@@ -519,7 +519,8 @@ impl VapiError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Transport { .. } => true,
+            // Not a certificate that fails verification: the same answer every time.
+            Self::Transport { source, .. } => super::soap::certificate_failure(source).is_none(),
             Self::Api {
                 status, error_type, ..
             } => {

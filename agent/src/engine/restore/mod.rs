@@ -930,7 +930,7 @@ async fn check_chunks(
 /// Undoes what interrupted jobs left before a restore plans (see [`run_restore`]),
 /// saying what it did.
 async fn reconcile_first(env: &Environment, observer: &RestoreObserver) {
-    match super::reconcile(env, &[], false).await {
+    match super::reconcile::reconcile_in(env, &[], false).await {
         Ok(r) => {
             let did = r.snapshots_removed.len()
                 + r.access_ended.len()
