@@ -1374,6 +1374,36 @@ mod tests {
         fx.verify_clean();
     }
 
+    /// A snapshot of ours that an ended job of this repository left with its journal entry
+    /// closed (a removal whose answer was lost, a clean-up that ran out of time) is removed
+    /// by the next backup of the VM, with a warning, instead of refusing the VM at every
+    /// run until someone runs `reconcile --vm`.
+    #[test]
+    fn a_snapshot_an_ended_job_of_ours_left_is_removed_by_the_next_backup() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("left-1", &[4]);
+        fx.lab
+            .guest_write(&vm, DiskKey(2000), 0, &pattern(7, MIB))
+            .unwrap();
+        let first = fx.backup(&[&vm], &[], None);
+        let job = first.ok()["job"].as_str().unwrap().to_owned();
+        let description = format!("{} {job}", vadp_agent::engine::SNAPSHOT_TAG);
+        fx.lab
+            .create_snapshot(&vm, "vadp-agent-left", &description)
+            .unwrap();
+        let next = fx.backup(&[&vm], &[], None);
+        let report = next.ok();
+        let r = vm_report(report, &vm);
+        assert!(r["point"].is_string(), "{report}");
+        assert!(
+            r["warnings"][0]
+                .as_str()
+                .is_some_and(|w| w.contains("removed snapshot") && w.contains(&job)),
+            "{report}"
+        );
+        fx.assert_clean(&[&vm]);
+    }
+
     #[test]
     fn killed_backups_leave_nothing_behind_after_a_restart() {
         let fx = Fixture::new();

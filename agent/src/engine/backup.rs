@@ -1063,41 +1063,58 @@ async fn set_up(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((moref.clone(), vm_lock));
-        let info = match env.soap.vm_info(&moref).await {
-            Ok(info) => info,
-            Err(source) => {
-                let e = BackupError::Vsphere {
+        let read_info = || async {
+            env.soap
+                .vm_info(&moref)
+                .await
+                .map_err(|source| BackupError::Vsphere {
                     what: format!("reading VM {} ({moref})", r.selector),
                     source,
-                };
+                })
+        };
+        let mut info = match read_info().await {
+            Ok(info) => info,
+            Err(e) => {
                 fail_alone(ctx, failed, (&moref, &as_given), e, Vec::new())?;
                 continue;
             }
         };
-        let refused = if let Some((s, job)) = info
-            .all_snapshots()
-            .into_iter()
-            .find_map(|s| journal::snapshot_job(&s.description).map(|job| (s, job)))
+        let leftover = |info: &VmInfo| {
+            info.all_snapshots()
+                .into_iter()
+                .find_map(|s| journal::snapshot_job(&s.description).map(|job| (s.clone(), job)))
+        };
+        // A snapshot an ended job of ours left (its journal entry closed: a removal whose
+        // answer was lost, a clean-up that ran out of time) is removed now, as `reconcile
+        // --vm` would, rather than refusing the VM at every run until someone does.
+        let mut not_removed = None;
+        if let Some((s, job)) = leftover(&info)
+            && let (true, false) = job_state(env, job).await?
         {
-            // The snapshot of a job still running (marked so and its lock held): that job is
-            // backing the VM up now, and reconcile would (rightly) leave its snapshot alone.
-            // The lock is probed only for a job the catalog calls running: a probe takes it
-            // for a moment, and a reconcile meeting it then takes a dead job for a live one.
-            let catalog = env.repo.catalog().clone();
-            let marked = blocking(move || catalog.running_jobs())
-                .await?
-                .map_err(BackupError::Catalog)?
-                .contains(&job);
-            let root = env.repo.root().to_path_buf();
-            let running = marked
-                && matches!(
-                    blocking(move || JobLock::acquire(&root, job)).await?,
-                    Err(crate::repo::ChunkStoreError::Busy { .. })
+            let r =
+                super::reconcile::reconcile_in(env, std::slice::from_ref(&moref), false).await?;
+            if r.snapshots_removed.iter().any(|(_, sn)| *sn == s.snapshot) {
+                warn_vm(
+                    ctx,
+                    (&moref, &info.name),
+                    format!(
+                        "removed snapshot {} ({:?}) that earlier backup job {job} left",
+                        s.snapshot, s.name
+                    ),
                 );
-            let catalog = env.repo.catalog().clone();
-            let ours = blocking(move || catalog.job_known(job))
-                .await?
-                .map_err(BackupError::Catalog)?;
+                info = match read_info().await {
+                    Ok(info) => info,
+                    Err(e) => {
+                        fail_alone(ctx, failed, (&moref, &as_given), e, Vec::new())?;
+                        continue;
+                    }
+                };
+            } else {
+                not_removed = Some(r.errors.join("; "));
+            }
+        }
+        let refused = if let Some((s, job)) = leftover(&info) {
+            let (ours, running) = job_state(env, job).await?;
             let reason = if !ours {
                 format!(
                     "it carries snapshot {} ({:?}) of job {job}, which this repository has no \
@@ -1115,9 +1132,12 @@ async fn set_up(
                 )
             } else {
                 format!(
-                    "it still carries snapshot {} ({:?}) left by an earlier backup; run \
-                     `vadp-agent reconcile --vm {moref}` to remove it",
-                    s.snapshot, s.name
+                    "it still carries snapshot {} ({:?}) left by an earlier backup, which \
+                     could not be removed now ({}); run `vadp-agent reconcile --vm {moref}` \
+                     once vCenter allows it",
+                    s.snapshot,
+                    s.name,
+                    not_removed.as_deref().unwrap_or("it stayed")
                 )
             };
             Some(reason)
@@ -1480,6 +1500,29 @@ fn warn_vm(ctx: &JobCtx, (vm, name): (&VmMoref, &str), message: String) {
         name: name.to_owned(),
         message,
     });
+}
+
+/// Whether the job that made a snapshot of ours is this repository's (`.0`) and running
+/// now (`.1`: marked so and its lock held; reconcile then, rightly, leaves its snapshot
+/// alone). The lock is probed only for a job the catalog calls running: a probe takes it
+/// for a moment, and a reconcile meeting it then takes a dead job for a live one.
+async fn job_state(env: &Environment, job: JobId) -> Result<(bool, bool), BackupError> {
+    let catalog = env.repo.catalog().clone();
+    let marked = blocking(move || catalog.running_jobs())
+        .await?
+        .map_err(BackupError::Catalog)?
+        .contains(&job);
+    let root = env.repo.root().to_path_buf();
+    let running = marked
+        && matches!(
+            blocking(move || JobLock::acquire(&root, job)).await?,
+            Err(crate::repo::ChunkStoreError::Busy { .. })
+        );
+    let catalog = env.repo.catalog().clone();
+    let ours = blocking(move || catalog.job_known(job))
+        .await?
+        .map_err(BackupError::Catalog)?;
+    Ok((ours, running))
 }
 
 /// What this job still has journalled for `vm` (side effects its clean-up could not undo,
