@@ -439,12 +439,7 @@ fn point_views(
     points
         .into_iter()
         .map(|p| {
-            // Recorded in the point's statistics by the backup that made it.
-            let job = p
-                .stats
-                .get("job")
-                .and_then(serde_json::Value::as_str)
-                .and_then(|j| j.parse::<crate::ids::JobId>().ok());
+            let job = p.job();
             let group_failed = match job {
                 Some(job) => match failed_in.get(&job) {
                     Some(f) => f.clone(),

@@ -92,16 +92,16 @@ impl GroupRestoreReport {
 /// together should (seed 000's consistency groups): what a person should know when they
 /// do not, said before anything changes. Points of different jobs were taken at different
 /// moments; a point whose job had VMs that failed has no companion of theirs from it.
+/// `points`: each point with the job that made it.
 async fn common_moment(
     env: &crate::engine::Environment,
-    requests: &[RestoreRequest],
+    points: Vec<(RestorePointId, Option<crate::ids::JobId>)>,
 ) -> Result<Vec<String>, RestoreError> {
     let catalog = env.repo.catalog().clone();
-    let points: Vec<RestorePointId> = requests.iter().map(|r| r.point).collect();
     let jobs = blocking(move || {
         let mut jobs: Vec<(crate::ids::JobId, Vec<RestorePointId>, Vec<String>)> = Vec::new();
-        for p in points {
-            let Some(job) = catalog.point_config(p)?.and_then(|c| c.job) else {
+        for (p, job) in points {
+            let Some(job) = job else {
                 continue;
             };
             match jobs.iter_mut().find(|(j, _, _)| *j == job) {
@@ -174,6 +174,7 @@ pub async fn run_group_restore(
     // restored from, also for the last VM, hours later.
     let mut leases = Vec::new();
     let mut created_at = Vec::new();
+    let mut jobs = Vec::new();
     for r in requests {
         let (repo, point) = (Arc::clone(&env.repo), r.point);
         let (lease, record) = blocking(move || {
@@ -183,10 +184,11 @@ pub async fn run_group_restore(
         .await?
         .map_err(BackupError::Repo)?;
         leases.push(lease);
-        created_at.push(record.map_or(0, |p| p.created_at));
+        created_at.push(record.as_ref().map_or(0, |p| p.created_at));
+        jobs.push((r.point, record.and_then(|p| p.job())));
     }
     // Only informs: a catalog that cannot say is logged, not a reason to refuse.
-    match common_moment(env, requests).await {
+    match common_moment(env, jobs).await {
         Ok(messages) => {
             for message in messages {
                 tracing::warn!("{message}");

@@ -166,6 +166,15 @@ pub struct PointRecord {
     pub config_digest: Option<ChunkDigest>,
 }
 
+impl PointRecord {
+    /// The backup job that made the point, as its statistics record it (none for an image
+    /// backup).
+    #[must_use]
+    pub fn job(&self) -> Option<JobId> {
+        self.stats.get("job")?.as_str()?.parse().ok()
+    }
+}
+
 /// How a job ended, for [`Catalog::job_finish`].
 #[derive(Debug, Clone)]
 pub struct JobEnd {
