@@ -784,13 +784,7 @@ async fn run_job(
     // Reported once the set-up is over: an attempt that waited for a busy VM may have
     // met the same failures before.
     for r in &failed {
-        for e in &r.cleanup_errors {
-            (ctx.observer)(&BackupEvent::Warning {
-                vm: r.vm.clone(),
-                name: r.name.clone(),
-                message: format!("clean-up left work for reconcile: {e}"),
-            });
-        }
+        say_left_for_reconcile(&ctx, r);
         (ctx.observer)(&BackupEvent::VmFailed {
             vm: r.vm.clone(),
             name: r.name.clone(),
@@ -842,13 +836,7 @@ async fn run_job(
         // is left now (an effect the task's own clean-up failed to undo and this one undid
         // is no work for reconcile).
         report.cleanup_errors = clean_up(&ctx, &m.info.moref, &m.effects, false).await;
-        for e in &report.cleanup_errors {
-            (ctx.observer)(&BackupEvent::Warning {
-                vm: m.info.moref.clone(),
-                name: m.info.name.clone(),
-                message: format!("clean-up left work for reconcile: {e}"),
-            });
-        }
+        say_left_for_reconcile(&ctx, &report);
         reports.push(report);
     }
     {
@@ -882,6 +870,18 @@ async fn run_job(
         seconds: started.elapsed().as_secs_f64(),
         vms: reports,
     })
+}
+
+/// A `warning` event for each side effect of the VM of `report` its clean-up could not
+/// undo (left journalled for reconcile).
+fn say_left_for_reconcile(ctx: &JobCtx, report: &VmReport) {
+    for e in &report.cleanup_errors {
+        (ctx.observer)(&BackupEvent::Warning {
+            vm: report.vm.clone(),
+            name: report.name.clone(),
+            message: format!("clean-up left work for reconcile: {e}"),
+        });
+    }
 }
 
 /// The VMs that failed in a job, from the job's statistics (its other VMs' points do not
@@ -1088,33 +1088,42 @@ async fn set_up(
         // answer was lost, a clean-up that ran out of time) is removed now, as `reconcile
         // --vm` would, rather than refusing the VM at every run until someone does.
         let mut not_removed = None;
-        if let Some((s, job)) = leftover(&info)
-            && let (true, false) = job_state(env, job).await?
-        {
-            let r =
-                super::reconcile::reconcile_in(env, std::slice::from_ref(&moref), false).await?;
-            if r.snapshots_removed.iter().any(|(_, sn)| *sn == s.snapshot) {
-                warn_vm(
-                    ctx,
-                    (&moref, &info.name),
-                    format!(
-                        "removed snapshot {} ({:?}) that earlier backup job {job} left",
-                        s.snapshot, s.name
-                    ),
-                );
-                info = match read_info().await {
-                    Ok(info) => info,
-                    Err(e) => {
-                        fail_alone(ctx, failed, (&moref, &as_given), e, Vec::new())?;
-                        continue;
-                    }
-                };
-            } else {
-                not_removed = Some(r.errors.join("; "));
+        // The state of the leftover's job, once asked (a probe of its lock takes the lock
+        // for a moment: asked once per snapshot).
+        let mut asked = None;
+        if let Some((s, job)) = leftover(&info) {
+            let state = job_state(env, job).await?;
+            asked = Some((s.snapshot.clone(), state));
+            // Ours, and its job ended (otherwise refused below, saying which).
+            if state == (true, false) {
+                let r = super::reconcile::reconcile_in(env, std::slice::from_ref(&moref), false)
+                    .await?;
+                if r.snapshots_removed.iter().any(|(_, sn)| *sn == s.snapshot) {
+                    warn_vm(
+                        ctx,
+                        (&moref, &info.name),
+                        format!(
+                            "removed snapshot {} ({:?}) that earlier backup job {job} left",
+                            s.snapshot, s.name
+                        ),
+                    );
+                    info = match read_info().await {
+                        Ok(info) => info,
+                        Err(e) => {
+                            fail_alone(ctx, failed, (&moref, &as_given), e, Vec::new())?;
+                            continue;
+                        }
+                    };
+                } else {
+                    not_removed = Some(r.errors.join("; "));
+                }
             }
         }
         let refused = if let Some((s, job)) = leftover(&info) {
-            let (ours, running) = job_state(env, job).await?;
+            let (ours, running) = match asked {
+                Some((snapshot, state)) if snapshot == s.snapshot => state,
+                _ => job_state(env, job).await?,
+            };
             let reason = if !ours {
                 format!(
                     "it carries snapshot {} ({:?}) of job {job}, which this repository has no \
