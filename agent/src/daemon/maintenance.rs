@@ -354,23 +354,38 @@ pub async fn reconcile_periodically(env: engine::Environment, stop: Cancellation
             _ = tick.tick() => {}
         }
         let catalog = env.repo.catalog().clone();
-        match tokio::task::spawn_blocking(move || catalog.journal_open_entries()).await {
-            Ok(Ok(entries)) if entries.is_empty() => continue,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %engine::error_chain(&e), "reading the journal");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the journal");
-                continue;
-            }
+        match read_or_log("the journal", move || catalog.journal_open_entries()).await {
+            Some(entries) if !entries.is_empty() => {}
+            _ => continue,
         }
         log_reconcile(
             "periodic reconcile",
             &engine::reconcile(&env, &[], false).await,
             false,
         );
+    }
+}
+
+/// A catalog read on the blocking pool for a maintenance loop; `None`, logged as a
+/// warning, when it fails (the loop tries again at its next turn).
+async fn read_or_log<T, E>(
+    what: &str,
+    read: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Option<T>
+where
+    T: Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %engine::error_chain(&e), "reading {what}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading {what}");
+            None
+        }
     }
 }
 
@@ -491,18 +506,9 @@ pub async fn run(
         }
         // One catalog read on the blocking pool; GC itself on a thread of its own.
         let r = Arc::clone(&repo);
-        match tokio::task::spawn_blocking(move || r.gc_pending_since()).await {
-            Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %engine::error_chain(&e), "reading the catalog");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the catalog");
-                continue;
-            }
-        }
+        let Some(Some(_)) = read_or_log("the catalog", move || r.gc_pending_since()).await else {
+            continue;
+        };
         let r = Arc::clone(&repo);
         match on_thread("gc", move || collect_if_pending(&r)).await {
             Ok(Ok(GcAttempt::Busy)) => {
