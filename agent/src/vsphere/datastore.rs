@@ -67,12 +67,7 @@ impl SoapClient {
         // `sink` yet). A 401 with the session alive (a missing privilege) stays a 401,
         // and makes no new session.
         if response.status() == reqwest::StatusCode::UNAUTHORIZED && self.can_log_in() {
-            self.current_time()
-                .await
-                .map_err(|source| DatastoreError::Session {
-                    path: path.to_string(),
-                    source: Box::new(source),
-                })?;
+            self.renew_session(path).await?;
             if self.session_cookie() != before {
                 response = get().await?;
             }
@@ -146,12 +141,7 @@ impl SoapClient {
         // The body is a stream and cannot be sent twice: a session vCenter ended since the
         // last call (a restart) is found, and logged in again, before it is sent.
         if self.can_log_in() {
-            self.current_time()
-                .await
-                .map_err(|source| DatastoreError::Session {
-                    path: path.to_string(),
-                    source: Box::new(source),
-                })?;
+            self.renew_session(path).await?;
         }
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(source));
         let response = self
@@ -196,6 +186,18 @@ impl SoapClient {
             })?
             .len();
         self.upload(path, file, length).await
+    }
+
+    /// A SOAP call, which logs in again if vCenter ended the session (and only then), for
+    /// a transfer of `path`.
+    async fn renew_session(&self, path: &DatastorePath) -> Result<(), DatastoreError> {
+        self.current_time()
+            .await
+            .map(drop)
+            .map_err(|source| DatastoreError::Session {
+                path: path.to_string(),
+                source: Box::new(source),
+            })
     }
 
     fn folder_url(&self, path: &DatastorePath) -> Result<Url, DatastoreError> {
