@@ -18,7 +18,7 @@ use std::time::Instant;
 use vadp_agent::ids::ChunkDigest;
 use vadp_agent::repo::chunk::{self, ChunkEncoder, Encoded, HEADER_LEN};
 use vadp_agent::repo::{
-    DEFAULT_CHUNK_SIZE_BYTES, DiskSource, FixedIndex, RawFileSource, pipeline, synthetic_image,
+    DEFAULT_CHUNK_SIZE_BYTES, DiskSource, IndexGeometry, RawFileSource, pipeline, synthetic_image,
 };
 use vadp_tests::bench;
 
@@ -51,11 +51,11 @@ impl Pass {
 /// extent), as frames with header room, the way the pipeline's reader fills them.
 fn load_chunks(image: &std::path::Path) -> Vec<Vec<u8>> {
     let mut source = RawFileSource::open(image).expect("open image");
-    let index = FixedIndex::new_zero(DEFAULT_CHUNK_SIZE_BYTES, source.capacity_bytes());
+    let index = IndexGeometry::new(DEFAULT_CHUNK_SIZE_BYTES, source.capacity_bytes());
     let extents = source.allocated_extents().expect("allocated extents");
-    pipeline::slots_for_extents(&extents, &index)
+    pipeline::slots_for_extents(&extents, index)
         .expect("extents within the image")
-        .into_iter()
+        .iter()
         .map(|slot| {
             let len = usize::try_from(index.slot_len(slot)).expect("chunk fits in memory");
             let mut frame = vec![0u8; HEADER_LEN + len];

@@ -595,14 +595,16 @@ mod tests {
                 .unwrap();
             let index = repo
                 .load_index(&point, vadp_agent::ids::DiskKey(2000))
+                .unwrap()
+                .read_all()
                 .unwrap();
-            let d = *index.slots().iter().find(|d| !d.is_zero()).unwrap();
+            let d = *index.iter().find(|d| !d.is_zero()).unwrap();
             let path = repo.store().chunk_path(&d);
             let mut bytes = std::fs::read(&path).unwrap();
             let last = bytes.len() - 1;
             bytes[last] ^= 1;
             std::fs::write(&path, bytes).unwrap();
-            (d, index.slots().iter().filter(|s| **s == d).count() as u64)
+            (d, index.iter().filter(|s| **s == d).count() as u64)
         };
         let repo_dir = fx.repo();
         let out = fx.run(

@@ -397,7 +397,12 @@ mod tests {
             let (repo, rec) = self.open_point(point);
             let key = key.map_or(rec.disks[0].key, vadp_agent::ids::DiskKey);
             let index = repo.load_index(&rec, key).unwrap();
-            let digest = *index.slots().iter().find(|d| !d.is_zero()).unwrap();
+            let digest = *index
+                .read_all()
+                .unwrap()
+                .iter()
+                .find(|d| !d.is_zero())
+                .unwrap();
             repo.store().chunk_path(&digest)
         }
 

@@ -14,9 +14,19 @@
 //! Slot `i` covers bytes `[i × chunk size, min((i+1) × chunk size, disk size))`. Written to a
 //! temp file, fsynced, renamed; never modified. An incremental starts from its parent's
 //! slots, so every index describes a full image.
+//!
+//! An index has 32 bytes per chunk of its disk: 2 GiB for a 64 TiB disk at 1 MiB chunks.
+//! Neither side holds it in memory. [`FixedIndexReader`] checks the whole file once when it
+//! opens it (header, length, checksum) and then hands out its slots a block at a time;
+//! [`FixedIndexWriter`] keeps the slots in its temp file, starting from holes (a sparse
+//! file) or from a copy of the parent's slots made by the kernel (`copy_file_range`), and
+//! writes the slots it is given in sorted runs of a bounded batch. Memory is therefore a few
+//! hundred KiB per open index, whatever the disk size.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::ids::ChunkDigest;
@@ -25,6 +35,14 @@ use crate::repo::durable;
 const MAGIC: &[u8; 8] = b"VFIDX\0\0\x01";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 64;
+/// Bytes of one slot.
+const SLOT_LEN: usize = 32;
+/// Slots read at a time while iterating (64 KiB).
+const READ_BLOCK_SLOTS: usize = 2048;
+/// Bytes hashed at a time while checking or sealing an index.
+const HASH_BLOCK_BYTES: usize = 1 << 20;
+/// Slots a writer holds before writing them out (about 320 KiB with their numbers).
+const PENDING_MAX: usize = 8192;
 
 /// Errors reading or writing an index file; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -48,41 +66,32 @@ pub enum FixedIndexError {
     },
 }
 
-/// An in-memory fixed index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FixedIndex {
-    chunk_size_bytes: u32,
-    disk_size_bytes: u64,
-    slots: Vec<ChunkDigest>,
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FixedIndexError + '_ {
+    move |source| FixedIndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
-impl FixedIndex {
-    /// An index of `disk_size_bytes` with every slot a hole.
+/// What an index's slots cover: the chunk size and the disk's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexGeometry {
+    chunk_size_bytes: u32,
+    disk_size_bytes: u64,
+}
+
+impl IndexGeometry {
+    /// Slots of `chunk_size_bytes` over a disk of `disk_size_bytes`.
+    ///
+    /// # Panics
+    /// For a chunk size of 0.
     #[must_use]
-    pub fn new_zero(chunk_size_bytes: u32, disk_size_bytes: u64) -> Self {
-        let count = disk_size_bytes.div_ceil(u64::from(chunk_size_bytes));
-        let count = usize::try_from(count).expect("slot count fits in memory");
+    pub fn new(chunk_size_bytes: u32, disk_size_bytes: u64) -> Self {
+        assert!(chunk_size_bytes > 0, "chunk size 0");
         Self {
             chunk_size_bytes,
             disk_size_bytes,
-            slots: vec![ChunkDigest::ZERO; count],
         }
-    }
-
-    /// A copy of `parent` resized to `disk_size_bytes` (new slots are holes).
-    #[must_use]
-    pub fn derive(parent: &Self, disk_size_bytes: u64) -> Self {
-        let mut index = Self::new_zero(parent.chunk_size_bytes, disk_size_bytes);
-        let n = index.slots.len().min(parent.slots.len());
-        index.slots[..n].copy_from_slice(&parent.slots[..n]);
-        // A shrunk disk's last slot is shorter now: the old digest covers more bytes.
-        if disk_size_bytes < parent.disk_size_bytes && n > 0 {
-            let last_len = index.slot_len(n - 1);
-            if last_len != parent.slot_len(n - 1) {
-                index.slots[n - 1] = ChunkDigest::ZERO;
-            }
-        }
-        index
     }
 
     /// Chunk size in bytes.
@@ -97,15 +106,13 @@ impl FixedIndex {
         self.disk_size_bytes
     }
 
-    /// The slots.
+    /// Number of slots.
     #[must_use]
-    pub fn slots(&self) -> &[ChunkDigest] {
-        &self.slots
-    }
-
-    /// Set slot `i`.
-    pub fn set(&mut self, i: usize, digest: ChunkDigest) {
-        self.slots[i] = digest;
+    pub fn slot_count(&self) -> usize {
+        let count = self
+            .disk_size_bytes
+            .div_ceil(u64::from(self.chunk_size_bytes));
+        usize::try_from(count).expect("slot count fits in usize")
     }
 
     /// Byte offset of slot `i`.
@@ -118,81 +125,86 @@ impl FixedIndex {
     #[must_use]
     pub fn slot_len(&self, i: usize) -> u64 {
         let start = self.slot_offset(i);
-        (self.disk_size_bytes - start).min(u64::from(self.chunk_size_bytes))
+        self.disk_size_bytes
+            .saturating_sub(start)
+            .min(u64::from(self.chunk_size_bytes))
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + self.slots.len() * 32);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&self.chunk_size_bytes.to_le_bytes());
-        out.extend_from_slice(&self.disk_size_bytes.to_le_bytes());
-        out.extend_from_slice(&(self.slots.len() as u64).to_le_bytes());
-        out.extend_from_slice(&[0; 32]);
-        for slot in &self.slots {
-            out.extend_from_slice(&slot.0);
-        }
-        let checksum = blake3::hash(&out[HEADER_LEN..]);
-        out[32..64].copy_from_slice(checksum.as_bytes());
-        out
+    /// Bytes of the index file.
+    fn file_len(&self) -> u64 {
+        (HEADER_LEN + SLOT_LEN * self.slot_count()) as u64
     }
+}
 
-    /// Write the index to `path`: temp file, fsync, rename, fsync of the directory.
+/// File offset of slot `i`.
+fn slot_pos(i: usize) -> u64 {
+    (HEADER_LEN + SLOT_LEN * i) as u64
+}
+
+/// An index file, checked (header, length, checksum) when opened; its slots are read from
+/// the file as they are asked for.
+#[derive(Debug)]
+pub struct FixedIndexReader {
+    path: PathBuf,
+    file: File,
+    geometry: IndexGeometry,
+    data_slots: usize,
+    data_bytes: u64,
+}
+
+impl FixedIndexReader {
+    /// [`FixedIndexReader::open`], then check the header against the catalog: the
+    /// repository's chunk size and the disk's size. The checksum covers only the slots, so
+    /// this is what finds a damaged header (a restore of the wrong length, an incremental
+    /// writing at the wrong offsets).
     ///
     /// # Errors
-    /// [`FixedIndexError::Io`] naming the file.
-    pub fn write(&self, path: &Path) -> Result<(), FixedIndexError> {
-        durable::write_file(path, &self.encode())
-            .map_err(|(path, source)| FixedIndexError::Io { path, source })
-    }
-
-    /// [`FixedIndex::read`], then check the header against the catalog: the repository's
-    /// chunk size and the disk's size. The checksum covers only the slots, so this is what
-    /// finds a damaged header (a restore of the wrong length, an incremental writing at
-    /// the wrong offsets).
-    ///
-    /// # Errors
-    /// As [`FixedIndex::read`]; [`FixedIndexError::Corrupt`] for a header that disagrees.
-    pub fn read_expecting(
+    /// As [`FixedIndexReader::open`]; [`FixedIndexError::Corrupt`] for a header that
+    /// disagrees.
+    pub fn open_expecting(
         path: &Path,
         chunk_size_bytes: u32,
         disk_size_bytes: u64,
     ) -> Result<Self, FixedIndexError> {
-        let index = Self::read(path)?;
-        if index.chunk_size_bytes != chunk_size_bytes || index.disk_size_bytes != disk_size_bytes {
+        let index = Self::open(path)?;
+        let g = index.geometry;
+        if g.chunk_size_bytes != chunk_size_bytes || g.disk_size_bytes != disk_size_bytes {
             return Err(FixedIndexError::Corrupt {
                 path: path.to_path_buf(),
                 reason: format!(
                     "header says chunk size {} and disk size {}, the catalog {chunk_size_bytes} \
                      and {disk_size_bytes}",
-                    index.chunk_size_bytes, index.disk_size_bytes
+                    g.chunk_size_bytes, g.disk_size_bytes
                 ),
             });
         }
         Ok(index)
     }
 
-    /// Read and check an index file.
+    /// Open an index file and check it whole: magic, version, geometry, length and the
+    /// checksum of its slots (read once, a block at a time).
     ///
     /// # Errors
     /// [`FixedIndexError::Io`] or [`FixedIndexError::Corrupt`] naming the file.
-    pub fn read(path: &Path) -> Result<Self, FixedIndexError> {
-        let mut buf = Vec::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut buf))
-            .map_err(|source| FixedIndexError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+    pub fn open(path: &Path) -> Result<Self, FixedIndexError> {
         let corrupt = |reason: String| FixedIndexError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
-        if buf.len() < HEADER_LEN || &buf[0..8] != MAGIC {
+        let file = File::open(path).map_err(io_at(path))?;
+        let len = file.metadata().map_err(io_at(path))?.len();
+        let mut header = [0u8; HEADER_LEN];
+        if len < HEADER_LEN as u64 {
             return Err(corrupt("not an index file (bad magic or too short)".into()));
         }
-        let u32_at = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+        file.read_exact_at(&mut header, 0).map_err(io_at(path))?;
+        if &header[0..8] != MAGIC {
+            return Err(corrupt("not an index file (bad magic or too short)".into()));
+        }
+        let u32_at =
+            |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at =
+            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
         let version = u32_at(8);
         if version != VERSION {
             return Err(corrupt(format!(
@@ -207,63 +219,621 @@ impl FixedIndex {
                 "{count} slots do not match disk size {disk_size_bytes} / chunk size {chunk_size_bytes}"
             )));
         }
-        let body = &buf[HEADER_LEN..];
-        if u64::try_from(body.len()).ok() != count.checked_mul(32) {
-            return Err(corrupt(format!(
-                "{} slot bytes for {count} slots",
-                body.len()
-            )));
+        let body_len = len - HEADER_LEN as u64;
+        if Some(body_len) != count.checked_mul(SLOT_LEN as u64) {
+            return Err(corrupt(format!("{body_len} slot bytes for {count} slots")));
         }
-        if blake3::hash(body).as_bytes() != &buf[32..64] {
+        if usize::try_from(count).is_err() {
+            return Err(corrupt(format!("{count} slots")));
+        }
+        let geometry = IndexGeometry::new(chunk_size_bytes, disk_size_bytes);
+        // One pass over the slots: the checksum, and what the holes leave to restore.
+        let mut hasher = blake3::Hasher::new();
+        let (mut data_slots, mut data_bytes) = (0usize, 0u64);
+        let mut slot = 0usize;
+        for_each_block(&file, path, body_len, |block| {
+            hasher.update(block);
+            for s in block.chunks_exact(SLOT_LEN) {
+                if s.iter().any(|&b| b != 0) {
+                    data_slots += 1;
+                    data_bytes += geometry.slot_len(slot);
+                }
+                slot += 1;
+            }
+        })?;
+        if hasher.finalize().as_bytes() != &header[32..64] {
             return Err(corrupt("checksum mismatch".into()));
         }
-        let slots = body
-            .chunks_exact(32)
-            .map(|s| ChunkDigest(s.try_into().expect("32-byte slot")))
-            .collect();
         Ok(Self {
-            chunk_size_bytes,
-            disk_size_bytes,
-            slots,
+            path: path.to_path_buf(),
+            file,
+            geometry,
+            data_slots,
+            data_bytes,
         })
+    }
+
+    /// The index file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Chunk size and disk size.
+    #[must_use]
+    pub fn geometry(&self) -> IndexGeometry {
+        self.geometry
+    }
+
+    /// Chunk size in bytes.
+    #[must_use]
+    pub fn chunk_size_bytes(&self) -> u32 {
+        self.geometry.chunk_size_bytes
+    }
+
+    /// Disk size in bytes.
+    #[must_use]
+    pub fn disk_size_bytes(&self) -> u64 {
+        self.geometry.disk_size_bytes
+    }
+
+    /// Number of slots.
+    #[must_use]
+    pub fn slot_count(&self) -> usize {
+        self.geometry.slot_count()
+    }
+
+    /// Slots that are not holes.
+    #[must_use]
+    pub fn data_slots(&self) -> usize {
+        self.data_slots
+    }
+
+    /// Bytes covered by the slots that are not holes: what a restore writes when holes
+    /// read as zeros.
+    #[must_use]
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// Every slot in order, `(slot number, digest)`, read from the file a block at a time.
+    /// An item is an error only if the file cannot be read again (or changed since it was
+    /// checked); the iteration ends after it.
+    #[must_use]
+    pub fn slots(&self) -> Slots<'_> {
+        Slots {
+            index: self,
+            block: Vec::new(),
+            at: 0,
+            next: 0,
+            failed: false,
+        }
+    }
+
+    /// Every slot's digest, in memory: 32 bytes per slot. For small disks and tests; the
+    /// repository's own code iterates [`FixedIndexReader::slots`].
+    ///
+    /// # Errors
+    /// As [`FixedIndexReader::slots`].
+    pub fn read_all(&self) -> Result<Vec<ChunkDigest>, FixedIndexError> {
+        self.slots().map(|s| s.map(|(_, d)| d)).collect()
+    }
+}
+
+/// Calls `f` with the `len` bytes after the header of `file`, a block at a time.
+fn for_each_block(
+    file: &File,
+    path: &Path,
+    len: u64,
+    mut f: impl FnMut(&[u8]),
+) -> Result<(), FixedIndexError> {
+    let mut buf = vec![0u8; HASH_BLOCK_BYTES];
+    let mut done = 0u64;
+    while done < len {
+        let n = usize::try_from((len - done).min(HASH_BLOCK_BYTES as u64)).expect("block");
+        file.read_exact_at(&mut buf[..n], HEADER_LEN as u64 + done)
+            .map_err(io_at(path))?;
+        f(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Copy `range` of `from` to the same offsets of `to`: only its data, so that the holes of
+/// a sparse index (a mostly empty disk's) stay holes in the copy, and with
+/// `copy_file_range` where the kernel has it, so that the bytes do not pass through here.
+/// The whole range where the file system cannot tell data from holes.
+fn copy_data(
+    from: &File,
+    from_path: &Path,
+    to: &File,
+    to_path: &Path,
+    range: std::ops::Range<u64>,
+) -> Result<(), FixedIndexError> {
+    use rustix::fs::{SeekFrom as Seek, seek};
+    use rustix::io::Errno;
+    use std::io::{Read as _, Seek as _, SeekFrom};
+
+    let seek_err = |e: Errno| io_at(from_path)(e.into());
+    let mut pos = range.start;
+    while pos < range.end {
+        let (start, end) = match seek(from, Seek::Data(pos)) {
+            Ok(data) if data >= range.end => break,
+            Ok(data) => {
+                let hole = seek(from, Seek::Hole(data)).map_err(seek_err)?;
+                (data, hole.min(range.end))
+            }
+            // No data after `pos`.
+            Err(Errno::NXIO) => break,
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => (pos, range.end),
+            Err(e) => return Err(seek_err(e)),
+        };
+        let (mut reader, mut writer) = (from, to);
+        reader
+            .seek(SeekFrom::Start(start))
+            .map_err(io_at(from_path))?;
+        writer
+            .seek(SeekFrom::Start(start))
+            .map_err(io_at(to_path))?;
+        let copied =
+            io::copy(&mut reader.take(end - start), &mut writer).map_err(io_at(to_path))?;
+        if copied != end - start {
+            return Err(FixedIndexError::Corrupt {
+                path: from_path.to_path_buf(),
+                reason: format!("ended at byte {} while copying it", start + copied),
+            });
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
+/// Iterator over an index's slots (see [`FixedIndexReader::slots`]).
+#[derive(Debug)]
+pub struct Slots<'a> {
+    index: &'a FixedIndexReader,
+    block: Vec<u8>,
+    /// Position in `block`.
+    at: usize,
+    /// Slot number of the next slot to return.
+    next: usize,
+    failed: bool,
+}
+
+impl Iterator for Slots<'_> {
+    type Item = Result<(usize, ChunkDigest), FixedIndexError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let count = self.index.slot_count();
+        if self.failed || self.next >= count {
+            return None;
+        }
+        if self.at >= self.block.len() {
+            let n = (count - self.next).min(READ_BLOCK_SLOTS);
+            self.block.resize(n * SLOT_LEN, 0);
+            if let Err(e) = self
+                .index
+                .file
+                .read_exact_at(&mut self.block, slot_pos(self.next))
+            {
+                self.failed = true;
+                return Some(Err(FixedIndexError::Io {
+                    path: self.index.path.clone(),
+                    source: e,
+                }));
+            }
+            self.at = 0;
+        }
+        let raw: [u8; 32] = self.block[self.at..self.at + SLOT_LEN]
+            .try_into()
+            .expect("32-byte slot");
+        self.at += SLOT_LEN;
+        let slot = self.next;
+        self.next += 1;
+        Some(Ok((slot, ChunkDigest(raw))))
+    }
+}
+
+/// A new index being written: a temp file beside `path` that [`FixedIndexWriter::finish`]
+/// seals (checksum, header, fsync) and renames to `path`. Dropped unfinished, the temp file
+/// is removed, and so is the directory if this writer made it and it is empty again (what a
+/// killed process leaves is GC's: see `gc`).
+#[derive(Debug)]
+pub struct FixedIndexWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    geometry: IndexGeometry,
+    pending: Vec<(usize, ChunkDigest)>,
+    /// Whether this writer made the index's directory (the point's, for its first disk).
+    made_dir: bool,
+    finished: bool,
+}
+
+impl FixedIndexWriter {
+    /// An index at `path` (written by [`FixedIndexWriter::finish`]) with every slot a hole.
+    ///
+    /// # Errors
+    /// [`FixedIndexError::Io`] naming the directory or temp file.
+    pub fn create(path: &Path, geometry: IndexGeometry) -> Result<Self, FixedIndexError> {
+        let writer = Self::create_temp(path, geometry)?;
+        // A sparse file: the slots not written read as zeros, the hole marker.
+        writer
+            .file
+            .set_len(geometry.file_len())
+            .map_err(io_at(&writer.tmp))?;
+        Ok(writer)
+    }
+
+    /// An index at `path` starting as a copy of `parent`'s slots, resized to
+    /// `disk_size_bytes` (new slots are holes; a shrunk disk's last slot, now shorter than
+    /// the parent's chunk there, is made a hole too).
+    ///
+    /// # Errors
+    /// [`FixedIndexError::Io`] naming the file that failed.
+    pub fn derive(
+        path: &Path,
+        parent: &FixedIndexReader,
+        disk_size_bytes: u64,
+    ) -> Result<Self, FixedIndexError> {
+        let geometry = IndexGeometry::new(parent.chunk_size_bytes(), disk_size_bytes);
+        let mut writer = Self::create_temp(path, geometry)?;
+        let n = geometry.slot_count().min(parent.slot_count());
+        copy_data(
+            &parent.file,
+            &parent.path,
+            &writer.file,
+            &writer.tmp,
+            HEADER_LEN as u64..slot_pos(n),
+        )?;
+        writer
+            .file
+            .set_len(geometry.file_len())
+            .map_err(io_at(&writer.tmp))?;
+        if disk_size_bytes < parent.disk_size_bytes()
+            && n > 0
+            && geometry.slot_len(n - 1) != parent.geometry.slot_len(n - 1)
+        {
+            writer.set(n - 1, ChunkDigest::ZERO)?;
+        }
+        Ok(writer)
+    }
+
+    fn create_temp(path: &Path, geometry: IndexGeometry) -> Result<Self, FixedIndexError> {
+        let dir = path.parent().expect("an index path has a parent");
+        let made_dir = !dir.is_dir();
+        durable::create_dir_all(dir)
+            .map_err(|(path, source)| FixedIndexError::Io { path, source })?;
+        let mut tmp_name = path.file_name().map(OsString::from).unwrap_or_default();
+        tmp_name.push(durable::TEMP_INFIX);
+        tmp_name.push(uuid::Uuid::new_v4().simple().to_string());
+        let tmp = path.with_file_name(tmp_name);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_at(&tmp))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+            geometry,
+            pending: Vec::new(),
+            made_dir,
+            finished: false,
+        })
+    }
+
+    /// Chunk size and disk size.
+    #[must_use]
+    pub fn geometry(&self) -> IndexGeometry {
+        self.geometry
+    }
+
+    /// Chunk size in bytes.
+    #[must_use]
+    pub fn chunk_size_bytes(&self) -> u32 {
+        self.geometry.chunk_size_bytes
+    }
+
+    /// Disk size in bytes.
+    #[must_use]
+    pub fn disk_size_bytes(&self) -> u64 {
+        self.geometry.disk_size_bytes
+    }
+
+    /// Number of slots.
+    #[must_use]
+    pub fn slot_count(&self) -> usize {
+        self.geometry.slot_count()
+    }
+
+    /// Set slot `i` (written out with others, at the latest by `finish`).
+    ///
+    /// # Errors
+    /// [`FixedIndexError::Io`] when a batch of slots cannot be written.
+    ///
+    /// # Panics
+    /// For a slot beyond the disk.
+    pub fn set(&mut self, i: usize, digest: ChunkDigest) -> Result<(), FixedIndexError> {
+        assert!(i < self.slot_count(), "slot {i} beyond the index");
+        self.pending.push((i, digest));
+        if self.pending.len() >= PENDING_MAX {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Write the pending slots, each run of consecutive slots with one write (the last
+    /// value given for a slot wins).
+    fn flush(&mut self) -> Result<(), FixedIndexError> {
+        // Stable: a slot set twice keeps its order, so the later value is written last.
+        self.pending.sort_by_key(|&(slot, _)| slot);
+        let mut run: Vec<u8> = Vec::with_capacity(self.pending.len() * SLOT_LEN);
+        let mut start = 0usize;
+        let mut next = None;
+        for &(slot, digest) in &self.pending {
+            if next == Some(slot + 1) {
+                // The same slot again: replace the last value.
+                let at = run.len() - SLOT_LEN;
+                run[at..].copy_from_slice(&digest.0);
+                continue;
+            }
+            if next != Some(slot) {
+                if !run.is_empty() {
+                    self.file
+                        .write_all_at(&run, slot_pos(start))
+                        .map_err(io_at(&self.tmp))?;
+                    run.clear();
+                }
+                start = slot;
+            }
+            run.extend_from_slice(&digest.0);
+            next = Some(slot + 1);
+        }
+        if !run.is_empty() {
+            self.file
+                .write_all_at(&run, slot_pos(start))
+                .map_err(io_at(&self.tmp))?;
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Seal the index: write the pending slots, checksum the slots, write the header,
+    /// fsync, rename to the final path and fsync its directory.
+    ///
+    /// # Errors
+    /// [`FixedIndexError::Io`] naming the file that failed (the temp file is removed).
+    pub fn finish(mut self) -> Result<(), FixedIndexError> {
+        self.flush()?;
+        let g = self.geometry;
+        let mut hasher = blake3::Hasher::new();
+        for_each_block(
+            &self.file,
+            &self.tmp,
+            g.file_len() - HEADER_LEN as u64,
+            |block| {
+                hasher.update(block);
+            },
+        )?;
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&g.chunk_size_bytes.to_le_bytes());
+        header.extend_from_slice(&g.disk_size_bytes.to_le_bytes());
+        header.extend_from_slice(&(g.slot_count() as u64).to_le_bytes());
+        header.extend_from_slice(hasher.finalize().as_bytes());
+        self.file
+            .write_all_at(&header, 0)
+            .and_then(|()| self.file.sync_all())
+            .map_err(io_at(&self.tmp))?;
+        fs::rename(&self.tmp, &self.path).map_err(io_at(&self.path))?;
+        self.finished = true;
+        let dir = self.path.parent().expect("an index path has a parent");
+        durable::sync_dir(dir).map_err(io_at(dir))
+    }
+}
+
+impl Drop for FixedIndexWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = fs::remove_file(&self.tmp);
+            if self.made_dir
+                && let Some(dir) = self.path.parent()
+            {
+                // Fails, as it should, when another disk's index is in it.
+                let _ = fs::remove_dir(dir);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
 
     #[test]
     fn write_read_round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p/2000.fidx");
-        let mut idx = FixedIndex::new_zero(1024, 5000);
-        assert_eq!(idx.slots().len(), 5);
-        assert_eq!(idx.slot_len(4), 904);
-        idx.set(1, ChunkDigest::of(b"x"));
-        idx.write(&path).unwrap();
-        assert_eq!(FixedIndex::read(&path).unwrap(), idx);
+        let g = IndexGeometry::new(1024, 5000);
+        assert_eq!(g.slot_count(), 5);
+        assert_eq!(g.slot_len(4), 904);
+        let mut idx = FixedIndexWriter::create(&path, g).unwrap();
+        idx.set(1, ChunkDigest::of(b"x")).unwrap();
+        idx.set(4, ChunkDigest::of(b"y")).unwrap();
+        idx.finish().unwrap();
+        assert_eq!(names(&dir.path().join("p")), ["2000.fidx"]);
+        let read = FixedIndexReader::open_expecting(&path, 1024, 5000).unwrap();
+        let mut want = vec![ChunkDigest::ZERO; 5];
+        want[1] = ChunkDigest::of(b"x");
+        want[4] = ChunkDigest::of(b"y");
+        assert_eq!(read.read_all().unwrap(), want);
+        assert_eq!((read.data_slots(), read.data_bytes()), (2, 1024 + 904));
+        let err = FixedIndexReader::open_expecting(&path, 1024, 6000).unwrap_err();
+        assert!(err.to_string().contains("disk size 5000"), "{err}");
 
         let mut bytes = fs::read(&path).unwrap();
         bytes[HEADER_LEN + 40] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
-        let err = FixedIndex::read(&path).unwrap_err().to_string();
+        let err = FixedIndexReader::open(&path).unwrap_err().to_string();
         assert!(
             err.contains("2000.fidx") && err.contains("checksum"),
             "{err}"
         );
+        fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let err = FixedIndexReader::open(&path).unwrap_err().to_string();
+        assert!(err.contains("slot bytes for 5 slots"), "{err}");
+    }
+
+    /// More slots than one batch and one read block, set out of order and some twice.
+    #[test]
+    fn slots_set_in_any_order_over_many_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p/2000.fidx");
+        let count = PENDING_MAX * 2 + READ_BLOCK_SLOTS + 7;
+        let g = IndexGeometry::new(4096, 4096 * count as u64 - 100);
+        let mut idx = FixedIndexWriter::create(&path, g).unwrap();
+        let mut want = vec![ChunkDigest::ZERO; count];
+        // A stride coprime with the count visits every slot once, out of order.
+        let mut slot = 0;
+        for n in 0..count {
+            slot = (slot + 7919) % count;
+            if n % 3 == 0 {
+                continue;
+            }
+            let d = ChunkDigest::of(&n.to_le_bytes());
+            idx.set(slot, ChunkDigest::of(b"first")).unwrap();
+            idx.set(slot, d).unwrap();
+            want[slot] = d;
+        }
+        idx.finish().unwrap();
+        let read = FixedIndexReader::open(&path).unwrap();
+        let got: Vec<(usize, ChunkDigest)> = read.slots().map(Result::unwrap).collect();
+        assert_eq!(got.len(), count);
+        assert!(got.iter().enumerate().all(|(i, (slot, _))| i == *slot));
+        assert_eq!(read.read_all().unwrap(), want);
     }
 
     #[test]
     fn derive_resizes() {
-        let mut parent = FixedIndex::new_zero(1024, 4096);
-        parent.set(3, ChunkDigest::of(b"a"));
-        let grown = FixedIndex::derive(&parent, 8192);
-        assert_eq!(grown.slots().len(), 8);
-        assert_eq!(grown.slots()[3], ChunkDigest::of(b"a"));
-        let shrunk = FixedIndex::derive(&parent, 3500);
-        assert_eq!(shrunk.slots().len(), 4);
-        assert!(shrunk.slots()[3].is_zero());
+        let dir = tempfile::tempdir().unwrap();
+        let parent_path = dir.path().join("a/2000.fidx");
+        let mut parent =
+            FixedIndexWriter::create(&parent_path, IndexGeometry::new(1024, 4096)).unwrap();
+        parent.set(3, ChunkDigest::of(b"a")).unwrap();
+        parent.set(0, ChunkDigest::of(b"b")).unwrap();
+        parent.finish().unwrap();
+        let parent = FixedIndexReader::open(&parent_path).unwrap();
+
+        let grown_path = dir.path().join("b/2000.fidx");
+        let mut grown = FixedIndexWriter::derive(&grown_path, &parent, 8192).unwrap();
+        grown.set(5, ChunkDigest::of(b"c")).unwrap();
+        grown.finish().unwrap();
+        let grown = FixedIndexReader::open_expecting(&grown_path, 1024, 8192)
+            .unwrap()
+            .read_all()
+            .unwrap();
+        assert_eq!(grown.len(), 8);
+        assert_eq!(grown[0], ChunkDigest::of(b"b"));
+        assert_eq!(grown[3], ChunkDigest::of(b"a"));
+        assert_eq!(grown[5], ChunkDigest::of(b"c"));
+        assert!(grown[4].is_zero() && grown[7].is_zero());
+
+        let shrunk_path = dir.path().join("c/2000.fidx");
+        FixedIndexWriter::derive(&shrunk_path, &parent, 3500)
+            .unwrap()
+            .finish()
+            .unwrap();
+        let shrunk = FixedIndexReader::open(&shrunk_path)
+            .unwrap()
+            .read_all()
+            .unwrap();
+        assert_eq!(shrunk.len(), 4);
+        assert_eq!(shrunk[0], ChunkDigest::of(b"b"));
+        assert!(shrunk[3].is_zero());
+    }
+
+    /// A mostly empty disk's index stays sparse, copied too: an incremental of a large thin
+    /// disk writes its slots, not 32 bytes for every chunk of the disk.
+    #[test]
+    fn a_sparse_index_stays_sparse_when_derived() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // 1 TiB in 1 MiB chunks: 32 MiB of slots.
+        let g = IndexGeometry::new(1 << 20, 1 << 40);
+        let parent_path = dir.path().join("a/2000.fidx");
+        let mut parent = FixedIndexWriter::create(&parent_path, g).unwrap();
+        for slot in [0, 5000, g.slot_count() - 1] {
+            parent
+                .set(slot, ChunkDigest::of(&slot.to_le_bytes()))
+                .unwrap();
+        }
+        parent.finish().unwrap();
+        let allocated = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
+        if allocated(&parent_path) > 1 << 20 {
+            eprintln!("this file system does not keep holes; nothing to check");
+            return;
+        }
+        let parent = FixedIndexReader::open(&parent_path).unwrap();
+        assert_eq!(parent.data_slots(), 3);
+        let child_path = dir.path().join("b/2000.fidx");
+        let mut child = FixedIndexWriter::derive(&child_path, &parent, 1 << 40).unwrap();
+        child.set(7, ChunkDigest::of(b"changed")).unwrap();
+        child.finish().unwrap();
+        assert!(
+            allocated(&child_path) < 1 << 20,
+            "{} bytes allocated",
+            allocated(&child_path)
+        );
+        let child = FixedIndexReader::open(&child_path).unwrap();
+        assert_eq!(child.data_slots(), 4);
+        let kept: Vec<(usize, ChunkDigest)> = child
+            .slots()
+            .map(Result::unwrap)
+            .filter(|(_, d)| !d.is_zero())
+            .collect();
+        assert_eq!(
+            kept.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [0, 7, 5000, g.slot_count() - 1]
+        );
+        assert_eq!(kept[2].1, ChunkDigest::of(&5000usize.to_le_bytes()));
+    }
+
+    /// A writer dropped before `finish` leaves nothing; a failed `finish` neither.
+    #[test]
+    fn an_unfinished_index_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p/2000.fidx");
+        let mut idx = FixedIndexWriter::create(&path, IndexGeometry::new(1024, 4096)).unwrap();
+        idx.set(0, ChunkDigest::of(b"x")).unwrap();
+        drop(idx);
+        assert!(names(dir.path()).is_empty(), "the directory it made stays");
+        // One it did not make stays, as does another disk's index in it.
+        FixedIndexWriter::create(&dir.path().join("p/2001.fidx"), IndexGeometry::new(1024, 1))
+            .unwrap()
+            .finish()
+            .unwrap();
+        drop(FixedIndexWriter::create(&path, IndexGeometry::new(1024, 4096)).unwrap());
+        assert_eq!(names(&dir.path().join("p")), ["2001.fidx"]);
+        fs::remove_file(dir.path().join("p/2001.fidx")).unwrap();
+
+        fs::create_dir_all(path.join("in-the-way")).unwrap();
+        let idx = FixedIndexWriter::create(&path, IndexGeometry::new(1024, 4096)).unwrap();
+        let err = idx.finish().unwrap_err().to_string();
+        assert!(err.contains("2000.fidx"), "{err}");
+        assert_eq!(names(&dir.path().join("p")), ["2000.fidx"]);
+        assert!(path.is_dir());
     }
 }

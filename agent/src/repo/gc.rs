@@ -25,7 +25,7 @@ use crate::ids::{ChunkDigest, DiskKey, RestorePointId};
 use crate::repo::catalog::PointRecord;
 use crate::repo::chunk_store::{ChunkStore, TEMP_PREFIX};
 use crate::repo::durable;
-use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
+use crate::repo::fixed_index::{FixedIndexError, FixedIndexReader};
 
 /// Where `repo rebuild-catalog` moves the directories of restore points it could not read
 /// (under the repository root); GC does not run while it holds any.
@@ -188,13 +188,18 @@ pub fn collect(
             }
         }
         for d in &p.disks {
-            let index =
-                FixedIndex::read(&root.join(&d.index_path)).map_err(|source| GcError::Index {
-                    point: p.id,
-                    disk: d.key,
-                    source,
-                })?;
-            marked.extend(index.slots().iter().filter(|s| !s.is_zero()));
+            let index_err = |source| GcError::Index {
+                point: p.id,
+                disk: d.key,
+                source,
+            };
+            let index = FixedIndexReader::open(&root.join(&d.index_path)).map_err(index_err)?;
+            for slot in index.slots() {
+                let (_, digest) = slot.map_err(index_err)?;
+                if !digest.is_zero() {
+                    marked.insert(digest);
+                }
+            }
         }
     }
     let mut damaged_forgotten: Vec<ChunkDigest> = damaged

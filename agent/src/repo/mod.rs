@@ -45,7 +45,7 @@ pub mod verify;
 
 pub use catalog::{CatalogError, CatalogHandle, PointKind, PointRecord};
 pub use chunk_store::{ChunkStore, ChunkStoreError, RepoLock};
-pub use fixed_index::{FixedIndex, FixedIndexError};
+pub use fixed_index::{FixedIndexError, FixedIndexReader, FixedIndexWriter, IndexGeometry};
 pub use gc::GcReport;
 pub use pipeline::{DiskBackupStats, PipelineOptions};
 pub use prune::{PruneDecision, RetentionPolicy};

@@ -25,6 +25,7 @@
 //! before the caller commits the point.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +37,7 @@ use crate::ids::ChunkDigest;
 use crate::repo::aligned::{AlignedBuf, BufferPool};
 use crate::repo::chunk::{self, ChunkEncoder, ChunkError, Encoded, HEADER_LEN};
 use crate::repo::chunk_store::{self, ChunkStore, ChunkStoreError};
-use crate::repo::fixed_index::FixedIndex;
+use crate::repo::fixed_index::{FixedIndexError, FixedIndexWriter, IndexGeometry};
 use crate::repo::source::{DiskSource, Extent, SourceError};
 
 /// Errors of the backup pipeline; the caller adds the VM, disk and restore point.
@@ -61,6 +62,9 @@ pub enum PipelineError {
     /// any error, and nothing is committed).
     #[error("pipeline thread {0}")]
     Thread(String),
+    /// Reading the parent's index or writing the new one failed.
+    #[error("the disk's index")]
+    Index(#[source] FixedIndexError),
     /// An extent lies beyond the end of the disk.
     #[error("extent [{offset}, +{length}) is beyond the disk's {capacity_bytes} bytes")]
     ExtentOutOfRange {
@@ -132,45 +136,94 @@ pub struct DiskBackupStats {
     pub bytes_stored: u64,
 }
 
-/// Slots covering `extents` (sorted, unique), or an error for an extent beyond the disk.
+/// Slots to read, kept as sorted, disjoint and non-adjacent ranges: its memory grows with
+/// the number of extents it was made from, never with the disk's size (a full backup of a
+/// 64 TiB disk with one allocated extent is one range, not 64 Mi slot numbers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotSet {
+    ranges: Vec<Range<usize>>,
+}
+
+impl SlotSet {
+    /// The slots of `ranges`, in any order, overlapping or not.
+    #[must_use]
+    pub fn from_ranges(mut ranges: Vec<Range<usize>>) -> Self {
+        ranges.retain(|r| !r.is_empty());
+        ranges.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        Self { ranges: merged }
+    }
+
+    /// Every slot of a disk with `count` slots.
+    #[must_use]
+    pub fn all(count: usize) -> Self {
+        Self::from_ranges(std::iter::once(0..count).collect())
+    }
+
+    /// These slots and `other`'s.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        let mut ranges = self.ranges;
+        ranges.extend(other.ranges);
+        Self::from_ranges(ranges)
+    }
+
+    /// The ranges, sorted.
+    #[must_use]
+    pub fn ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
+
+    /// Number of slots.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ranges.iter().map(ExactSizeIterator::len).sum()
+    }
+
+    /// Whether there is no slot.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Every slot, in order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.ranges.iter().flat_map(Clone::clone)
+    }
+
+    /// Bytes the slots cover on a disk of `geometry` (the last slot may be short).
+    #[must_use]
+    pub fn bytes(&self, geometry: IndexGeometry) -> u64 {
+        let cs = u64::from(geometry.chunk_size_bytes());
+        let cap = geometry.disk_size_bytes();
+        self.ranges
+            .iter()
+            .map(|r| {
+                let start = (r.start as u64).saturating_mul(cs).min(cap);
+                let end = (r.end as u64).saturating_mul(cs).min(cap);
+                end - start
+            })
+            .sum()
+    }
+}
+
+/// Slots covering `extents` (in any order, overlapping or not), or an error for an extent
+/// beyond the disk.
 ///
 /// # Errors
 /// [`PipelineError::ExtentOutOfRange`].
 pub fn slots_for_extents(
     extents: &[Extent],
-    index: &FixedIndex,
-) -> Result<Vec<usize>, PipelineError> {
-    covered_slots(extents, index.chunk_size_bytes(), index.disk_size_bytes())
-}
-
-/// Bytes the pipeline reads for `extents` of a disk of `capacity_bytes`: the whole chunks
-/// covering them, each counted once (the last chunk may be short).
-///
-/// # Errors
-/// [`PipelineError::ExtentOutOfRange`].
-pub fn bytes_covered(
-    extents: &[Extent],
-    chunk_size_bytes: u32,
-    capacity_bytes: u64,
-) -> Result<u64, PipelineError> {
-    let cs = u64::from(chunk_size_bytes);
-    Ok(covered_slots(extents, chunk_size_bytes, capacity_bytes)?
-        .into_iter()
-        .map(|s| {
-            let start = u64::try_from(s).expect("usize fits in u64") * cs;
-            (capacity_bytes - start).min(cs)
-        })
-        .sum())
-}
-
-fn covered_slots(
-    extents: &[Extent],
-    chunk_size_bytes: u32,
-    cap: u64,
-) -> Result<Vec<usize>, PipelineError> {
-    let cs = u64::from(chunk_size_bytes);
-    // Slot ranges first, merged, so that overlapping extents (a CBT list or an extents file
-    // may repeat a range) never hold more slots than the disk has.
+    geometry: IndexGeometry,
+) -> Result<SlotSet, PipelineError> {
+    let cs = u64::from(geometry.chunk_size_bytes());
+    let cap = geometry.disk_size_bytes();
     let mut ranges = Vec::with_capacity(extents.len());
     for e in extents {
         if e.length == 0 {
@@ -186,19 +239,23 @@ fn covered_slots(
         };
         let first = usize::try_from(e.offset / cs).expect("slot fits in usize");
         let last = usize::try_from((end - 1) / cs).expect("slot fits in usize");
-        ranges.push((first, last));
+        ranges.push(first..last + 1);
     }
-    ranges.sort_unstable();
-    let mut slots = Vec::new();
-    let mut next = 0;
-    for (first, last) in ranges {
-        let from = first.max(next);
-        if from <= last {
-            slots.extend(from..=last);
-            next = last + 1;
-        }
-    }
-    Ok(slots)
+    Ok(SlotSet::from_ranges(ranges))
+}
+
+/// Bytes the pipeline reads for `extents` of a disk of `capacity_bytes`: the whole chunks
+/// covering them, each counted once (the last chunk may be short).
+///
+/// # Errors
+/// [`PipelineError::ExtentOutOfRange`].
+pub fn bytes_covered(
+    extents: &[Extent],
+    chunk_size_bytes: u32,
+    capacity_bytes: u64,
+) -> Result<u64, PipelineError> {
+    let geometry = IndexGeometry::new(chunk_size_bytes, capacity_bytes);
+    Ok(slots_for_extents(extents, geometry)?.bytes(geometry))
 }
 
 /// Bytes covered by `extents`, overlaps counted once.
@@ -269,23 +326,21 @@ impl Shared<'_> {
 pub fn backup_disk<S: DiskSource>(
     store: &ChunkStore,
     source: S,
-    index: &mut FixedIndex,
-    slots: &[usize],
+    index: &mut FixedIndexWriter,
+    slots: &SlotSet,
     opts: PipelineOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<DiskBackupStats, PipelineError> {
-    let cs = usize::try_from(index.chunk_size_bytes()).expect("chunk size fits in usize");
-    let total: u64 = slots.iter().map(|&s| index.slot_len(s)).sum();
+    let geometry = index.geometry();
+    let cs = usize::try_from(geometry.chunk_size_bytes()).expect("chunk size fits in usize");
+    let total = slots.bytes(geometry);
+    let slot_count = slots.len();
     // The reader's offsets and lengths, from the slot numbers (the index itself is the
-    // caller's, filled as results come in): nothing per slot beyond the index and `slots`.
-    let disk_bytes = index.disk_size_bytes();
-    let chunk_bytes = u64::from(index.chunk_size_bytes());
+    // caller's, filled as results come in): nothing per slot is held.
     let place = move |slot: usize| {
-        let offset = slot as u64 * chunk_bytes;
-        let len = chunk_bytes.min(disk_bytes.saturating_sub(offset));
         (
-            offset,
-            usize::try_from(len).expect("slot length fits in usize"),
+            geometry.slot_offset(slot),
+            usize::try_from(geometry.slot_len(slot)).expect("slot length fits in usize"),
         )
     };
     let hash_workers = opts.hash_workers.max(1);
@@ -296,8 +351,8 @@ pub fn backup_disk<S: DiskSource>(
     // writer. Writers never wait for a buffer, so neither pool can run dry for good.
     let sync_batch = opts.sync_batch_bytes.max(1);
     let write_queue = (opts.write_queue_bytes / cs.max(1)).max(depth * write_workers);
-    let frames = (depth + hash_workers + 1 + write_queue + write_workers).min(slots.len().max(1));
-    let outputs = (hash_workers + write_queue + write_workers).min(slots.len().max(1));
+    let frames = (depth + hash_workers + 1 + write_queue + write_workers).min(slot_count.max(1));
+    let outputs = (hash_workers + write_queue + write_workers).min(slot_count.max(1));
 
     let shared = Shared {
         store,
@@ -325,7 +380,7 @@ pub fn backup_disk<S: DiskSource>(
             sh,
             "disk-read".into(),
             Box::new(move || {
-                for &slot in slots {
+                for slot in slots.iter() {
                     let (offset, len) = place(slot);
                     if sh.aborted() {
                         break;
@@ -366,7 +421,11 @@ pub fn backup_disk<S: DiskSource>(
 
         let mut done = 0u64;
         for r in res_rx {
-            index.set(r.slot, r.digest);
+            // Written out a batch at a time; a failure stops the backup as a stage's does.
+            if let Err(e) = index.set(r.slot, r.digest) {
+                shared.fail(PipelineError::Index(e));
+                continue;
+            }
             stats.chunks_read += 1;
             stats.bytes_read += r.plain_len;
             match r.outcome {
@@ -722,8 +781,9 @@ mod tests {
         assert!(bytes_covered(&[e(950, 50)], 100, 980).is_err());
     }
 
-    /// 10,000 copies of a whole-disk extent of a 1 TiB disk: the slots stay one per chunk
-    /// (collected per extent they would have needed 80 GB), and the bytes changed count once.
+    /// 10,000 copies of a whole-disk extent of a 1 TiB disk: the slots are one range (one
+    /// number per chunk would take 8 MiB; per extent, 80 GB), and the bytes changed count
+    /// once.
     #[test]
     fn overlapping_extents_cost_no_more_than_the_disk() {
         let cap = 1u64 << 40;
@@ -734,19 +794,24 @@ mod tests {
             };
             10_000
         ];
-        let slots = covered_slots(&whole, 1 << 20, cap).unwrap();
+        let geometry = IndexGeometry::new(1 << 20, cap);
+        let slots = slots_for_extents(&whole, geometry).unwrap();
+        assert_eq!(slots.ranges().len(), 1);
+        assert_eq!(slots.ranges()[0], 0..1 << 20);
         assert_eq!(slots.len(), 1 << 20);
-        assert!(slots.windows(2).all(|w| w[0] + 1 == w[1]));
+        assert_eq!(slots.bytes(geometry), cap);
         assert_eq!(union_bytes(&whole), cap);
         let e = |offset, length| Extent { offset, length };
         let mixed = [e(5000, 10), e(0, 100), e(50, 100), e(5005, 1), e(7, 0)];
         assert_eq!(union_bytes(&mixed), 150 + 10);
-        assert_eq!(covered_slots(&mixed, 64, 10_000).unwrap(), [0, 1, 2, 78]);
+        let slots = slots_for_extents(&mixed, IndexGeometry::new(64, 10_000)).unwrap();
+        assert_eq!(slots.ranges(), [0..3, 78..79]);
+        assert_eq!(slots.iter().collect::<Vec<_>>(), [0, 1, 2, 78]);
     }
 
     #[test]
     fn slots_cover_extents() {
-        let idx = FixedIndex::new_zero(1024, 10_000);
+        let idx = IndexGeometry::new(1024, 10_000);
         let e = [
             Extent {
                 offset: 1000,
@@ -757,12 +822,18 @@ mod tests {
                 length: 1,
             },
         ];
-        assert_eq!(slots_for_extents(&e, &idx).unwrap(), vec![0, 1, 4]);
+        let slots = slots_for_extents(&e, idx).unwrap();
+        assert_eq!(slots.iter().collect::<Vec<_>>(), vec![0, 1, 4]);
+        assert_eq!(slots.bytes(idx), 3 * 1024);
+        let slots = slots.union(SlotSet::from_ranges(vec![9..10, 2..3, 3..4]));
+        assert_eq!(slots.ranges(), [0..5, 9..10]);
+        assert_eq!(slots.bytes(idx), 5 * 1024 + 784);
+        assert!(SlotSet::from_ranges(vec![3..3, 7..7]).is_empty());
         let bad = [Extent {
             offset: 9_999,
             length: 2,
         }];
-        assert!(slots_for_extents(&bad, &idx).is_err());
+        assert!(slots_for_extents(&bad, idx).is_err());
     }
 
     #[test]
@@ -780,8 +851,10 @@ mod tests {
             .for_each(|(i, b)| *b = u8::try_from(i % 251).unwrap());
         std::fs::write(&img, &data).unwrap();
         let src = RawFileSource::open(&img).unwrap();
-        let mut idx = FixedIndex::new_zero(4096, data.len() as u64);
-        let slots: Vec<usize> = (0..idx.slots().len()).collect();
+        let path = dir.path().join("p/2000.fidx");
+        let mut idx =
+            FixedIndexWriter::create(&path, IndexGeometry::new(4096, data.len() as u64)).unwrap();
+        let slots = SlotSet::all(idx.slot_count());
         let stats = backup_disk(
             &store,
             src,
@@ -795,8 +868,13 @@ mod tests {
         assert_eq!(stats.chunks_zero, 2);
         assert_eq!(stats.chunks_new + stats.chunks_reused, 4);
         assert_eq!(stats.chunks_new, 3);
-        assert!(idx.slots()[0].is_zero());
-        assert_eq!(store.read(&idx.slots()[5]).unwrap(), data[20480..]);
+        idx.finish().unwrap();
+        let idx = crate::repo::fixed_index::FixedIndexReader::open(&path)
+            .unwrap()
+            .read_all()
+            .unwrap();
+        assert!(idx[0].is_zero());
+        assert_eq!(store.read(&idx[5]).unwrap(), data[20480..]);
     }
 
     #[test]
@@ -1036,8 +1114,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::new(dir.path().join("chunks"));
         std::fs::create_dir(store.root()).unwrap();
-        let mut idx = FixedIndex::new_zero(4096, 8 * 4096);
-        let slots: Vec<usize> = (0..8).collect();
+        let mut idx = FixedIndexWriter::create(
+            &dir.path().join("p/2000.fidx"),
+            IndexGeometry::new(4096, 8 * 4096),
+        )
+        .unwrap();
+        let slots = SlotSet::all(8);
         let err = backup_disk(
             &store,
             Panicking,
@@ -1106,12 +1188,16 @@ mod tests {
         std::fs::write(&img, vec![1u8; 4096]).unwrap();
         let src = RawFileSource::open(&img).unwrap();
         // The index claims a larger disk than the file: reading slot 3 fails.
-        let mut idx = FixedIndex::new_zero(4096, 4096 * 4);
+        let mut idx = FixedIndexWriter::create(
+            &dir.path().join("p/2000.fidx"),
+            IndexGeometry::new(4096, 4096 * 4),
+        )
+        .unwrap();
         let err = backup_disk(
             &store,
             src,
             &mut idx,
-            &[0, 3],
+            &SlotSet::from_ranges(vec![0..1, 3..4]),
             PipelineOptions::default(),
             &mut |_, _| {},
         )

@@ -22,10 +22,12 @@ use crate::repo::catalog::{
 };
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Layout, RepoLock};
 use crate::repo::durable;
-use crate::repo::fixed_index::{FixedIndex, FixedIndexError};
+use crate::repo::fixed_index::{
+    FixedIndexError, FixedIndexReader, FixedIndexWriter, IndexGeometry,
+};
 use crate::repo::gc::{self, GcError, GcReport};
 use crate::repo::manifest::{MANIFEST_FILE, Manifest, ManifestError, RepoFacts};
-use crate::repo::pipeline::{self, DiskBackupStats, PipelineError, PipelineOptions};
+use crate::repo::pipeline::{self, DiskBackupStats, PipelineError, PipelineOptions, SlotSet};
 use crate::repo::point_config::{self, Config, ConfigError};
 use crate::repo::prune::{self, PruneDecision, PruneError, RetentionPolicy};
 use crate::repo::repair::{self, RepairError, RepairReport};
@@ -448,7 +450,7 @@ pub enum DiskPlan {
     /// Only the changed extents, into a copy of the parent's index.
     Incremental {
         /// The same disk's index in the parent point.
-        parent_index: FixedIndex,
+        parent_index: FixedIndexReader,
         /// Changed extents (CBT).
         changed: Vec<Extent>,
     },
@@ -511,18 +513,30 @@ fn busy_as(
     }
 }
 
-/// Slots of `index` (an incremental's copy of its parent's index) holding a `damaged` chunk.
-fn heal_slots(index: &FixedIndex, damaged: &HashSet<ChunkDigest>) -> Vec<usize> {
+/// Slots of `parent` (an incremental's parent index) below `slot_count` holding a `damaged`
+/// chunk: the incremental copies them, so it reads them again.
+fn heal_slots(
+    parent: &FixedIndexReader,
+    slot_count: usize,
+    damaged: &HashSet<ChunkDigest>,
+) -> Result<SlotSet, FixedIndexError> {
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
     if damaged.is_empty() {
-        return Vec::new();
+        return Ok(SlotSet::default());
     }
-    index
-        .slots()
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| damaged.contains(d))
-        .map(|(slot, _)| slot)
-        .collect()
+    for slot in parent.slots() {
+        let (slot, digest) = slot?;
+        if slot >= slot_count {
+            break;
+        }
+        if damaged.contains(&digest) {
+            match ranges.last_mut() {
+                Some(last) if last.end == slot => last.end = slot + 1,
+                _ => ranges.push(slot..slot + 1),
+            }
+        }
+    }
+    Ok(SlotSet::from_ranges(ranges))
 }
 
 /// Unix time in seconds.
@@ -901,18 +915,22 @@ impl Repository {
         Ok(self.catalog.list_points()?)
     }
 
-    /// Load the index of `disk` of `point`.
+    /// Open the index of `disk` of `point`, checked whole (see [`FixedIndexReader::open`]).
     ///
     /// # Errors
     /// [`RepoError::Index`] naming the point, disk and file.
-    pub fn load_index(&self, point: &PointRecord, disk: DiskKey) -> Result<FixedIndex, RepoError> {
+    pub fn load_index(
+        &self,
+        point: &PointRecord,
+        disk: DiskKey,
+    ) -> Result<FixedIndexReader, RepoError> {
         let read = match point.disks.iter().find(|d| d.key == disk) {
-            Some(d) => FixedIndex::read_expecting(
+            Some(d) => FixedIndexReader::open_expecting(
                 &self.root.join(&d.index_path),
                 self.chunk_size_bytes,
                 d.capacity_bytes,
             ),
-            None => FixedIndex::read(
+            None => FixedIndexReader::open(
                 &self
                     .root
                     .join("indexes")
@@ -961,7 +979,14 @@ impl Repository {
             point,
             source,
         };
-        let (mut index, kind, extents) = match plan {
+        let index_path = format!("indexes/{point}/{disk}.fidx");
+        let index_file = self.root.join(&index_path);
+        let index_err = |source| RepoError::IndexWrite {
+            point,
+            disk,
+            source,
+        };
+        let (mut index, kind, extents, parent) = match plan {
             DiskPlan::Incremental {
                 parent_index,
                 changed,
@@ -974,48 +999,55 @@ impl Repository {
                         length: capacity - parent_index.disk_size_bytes(),
                     });
                 }
-                let index = FixedIndex::derive(&parent_index, capacity);
+                let index = FixedIndexWriter::derive(&index_file, &parent_index, capacity)
+                    .map_err(index_err)?;
                 // A shrunk one (an image file): its last slot may be shorter than the
                 // parent's chunk there, which `derive` made a hole; read it again.
                 if capacity < parent_index.disk_size_bytes()
-                    && let Some(last) = index.slots().len().checked_sub(1)
+                    && let Some(last) = index.slot_count().checked_sub(1)
                 {
+                    let g = index.geometry();
                     extents.push(Extent {
-                        offset: index.slot_offset(last),
-                        length: index.slot_len(last),
+                        offset: g.slot_offset(last),
+                        length: g.slot_len(last),
                     });
                 }
-                (index, PointKind::Incremental, extents)
+                (index, PointKind::Incremental, extents, Some(parent_index))
             }
             DiskPlan::Full { allocated } => {
                 let extents = match allocated {
                     Some(extents) => extents,
                     None => source.allocated_extents().map_err(RepoError::Source)?,
                 };
+                let geometry = IndexGeometry::new(self.chunk_size_bytes, capacity);
                 (
-                    FixedIndex::new_zero(self.chunk_size_bytes, capacity),
+                    FixedIndexWriter::create(&index_file, geometry).map_err(index_err)?,
                     PointKind::Full,
                     extents,
+                    None,
                 )
             }
         };
-        let mut slots = pipeline::slots_for_extents(&extents, &index).map_err(wrap)?;
+        let mut slots = pipeline::slots_for_extents(&extents, index.geometry()).map_err(wrap)?;
         // Chunks a repair found damaged (see `repair`): an incremental reads its parent's
         // slots that hold one as well, so that unchanged data is stored again.
         let damaged = self.damaged_digests()?;
-        let healing = heal_slots(&index, &damaged);
-        if !healing.is_empty() {
-            tracing::info!(
-                vm = vm_name,
-                disk = %disk,
-                slots = healing.len(),
-                "re-reading chunks a repair found damaged"
-            );
-            slots.extend(healing);
-            slots.sort_unstable();
-            slots.dedup();
+        if let Some(parent) = &parent {
+            let healing = heal_slots(parent, index.slot_count(), &damaged)
+                .map_err(|e| wrap(PipelineError::Index(e)))?;
+            if !healing.is_empty() {
+                tracing::info!(
+                    vm = vm_name,
+                    disk = %disk,
+                    slots = healing.len(),
+                    "re-reading chunks a repair found damaged"
+                );
+                slots = slots.union(healing);
+            }
         }
+        drop(parent);
         let bytes_changed = pipeline::union_bytes(&extents);
+        drop(extents);
         let stats = pipeline::backup_disk(
             &self.store,
             source,
@@ -1025,15 +1057,8 @@ impl Repository {
             progress,
         )
         .map_err(wrap)?;
-        self.forget_healed(&index, &damaged)?;
-        let index_path = format!("indexes/{point}/{disk}.fidx");
-        index
-            .write(&self.root.join(&index_path))
-            .map_err(|source| RepoError::IndexWrite {
-                point,
-                disk,
-                source,
-            })?;
+        index.finish().map_err(index_err)?;
+        self.forget_healed(point, disk, &index_file, &damaged)?;
         Ok(WrittenDisk {
             kind,
             capacity_bytes: capacity,
@@ -1043,23 +1068,32 @@ impl Repository {
         })
     }
 
-    /// Drop the damaged records of chunks `index` now references intact: stored durably by
-    /// the pipeline that just ran (or by a concurrent backup; the pipeline fsynced their
-    /// directories too) and read back here with every check.
+    /// Drop the damaged records of chunks the new index (`index_file`) references intact:
+    /// stored durably by the pipeline that just ran (or by a concurrent backup; the pipeline
+    /// fsynced their directories too) and read back here with every check.
     fn forget_healed(
         &self,
-        index: &FixedIndex,
+        point: RestorePointId,
+        disk: DiskKey,
+        index_file: &Path,
         damaged: &HashSet<ChunkDigest>,
     ) -> Result<(), RepoError> {
         if damaged.is_empty() {
             return Ok(());
         }
-        let present: HashSet<ChunkDigest> = index
-            .slots()
-            .iter()
-            .filter(|d| damaged.contains(d))
-            .copied()
-            .collect();
+        let index_err = |source| RepoError::Index {
+            point,
+            disk,
+            source,
+        };
+        let index = FixedIndexReader::open(index_file).map_err(index_err)?;
+        let mut present: HashSet<ChunkDigest> = HashSet::new();
+        for slot in index.slots() {
+            let (_, digest) = slot.map_err(index_err)?;
+            if damaged.contains(&digest) {
+                present.insert(digest);
+            }
+        }
         let healed: Vec<ChunkDigest> = present
             .into_iter()
             .filter(|d| match self.store.read(d) {
@@ -1439,7 +1473,7 @@ impl Repository {
         &self,
         point: RestorePointId,
         disk: Option<DiskKey>,
-    ) -> Result<(RepoLock, DiskKey, FixedIndex), RepoError> {
+    ) -> Result<(RepoLock, DiskKey, FixedIndexReader), RepoError> {
         let lock = RepoLock::shared(&self.lock_path()).map_err(RepoError::Lock)?;
         let rec = self
             .catalog
@@ -1455,7 +1489,7 @@ impl Repository {
         &self,
         point: RestorePointId,
         disk: DiskKey,
-        index: &FixedIndex,
+        index: &FixedIndexReader,
         sink: &mut dyn DiskSink,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, RepoError> {
@@ -2074,7 +2108,7 @@ impl Repository {
                         ));
                     }
                     for d in &m.point.disks {
-                        FixedIndex::read_expecting(
+                        FixedIndexReader::open_expecting(
                             &path.join(&d.index_path),
                             m.repo.chunk_size_bytes,
                             d.capacity_bytes,

@@ -3,7 +3,7 @@
 //! are skipped when the sink reads holes as zeros. Memory: queue depth + workers chunks.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::bounded;
 
@@ -11,7 +11,7 @@ use crate::ids::ChunkDigest;
 use crate::repo::aligned::{AlignedBuf, BufferPool, DIRECT_IO_ALIGN};
 use crate::repo::chunk::{self, ChunkDecoder, ChunkError};
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Restored};
-use crate::repo::fixed_index::FixedIndex;
+use crate::repo::fixed_index::{FixedIndexError, FixedIndexReader};
 use crate::repo::source::{DiskSink, SourceError};
 
 /// Errors of the restore pipeline; the caller adds the restore point and disk.
@@ -46,6 +46,9 @@ pub enum RestoreError {
     /// A chunk decoder could not be created (out of memory).
     #[error("create a chunk decoder")]
     Decoder(#[source] ChunkError),
+    /// The index could not be read again after it was checked.
+    #[error("read the index")]
+    Index(#[source] FixedIndexError),
     /// A worker thread could not start.
     #[error("restore thread {0} failed")]
     Thread(String),
@@ -62,6 +65,8 @@ enum Piece {
 
 /// Restore `index` into `sink` with `workers` parallel chunk readers.
 ///
+/// An `index-read` thread reads the index's slots a block at a time and hands them to the
+/// workers through a bounded queue, so nothing per slot is held, whatever the disk size.
 /// Buffers come from a pool of at most `3 × workers`, made on demand (a worker holds at
 /// most two: the chunk file and, for a compressed chunk, its plain data), so memory is
 /// bounded and nothing is allocated per chunk; a raw chunk is handed to the sink straight
@@ -71,18 +76,19 @@ enum Piece {
 /// The first [`RestoreError`].
 pub fn restore_disk(
     store: &ChunkStore,
-    index: &FixedIndex,
+    index: &FixedIndexReader,
     sink: &mut dyn DiskSink,
     workers: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), RestoreError> {
     let skip_zero = sink.zeroes_are_holes();
-    let slots: Vec<usize> = (0..index.slots().len())
-        .filter(|&i| !(skip_zero && index.slots()[i].is_zero()))
-        .collect();
-    let total: u64 = slots.iter().map(|&s| index.slot_len(s)).sum();
+    let geometry = index.geometry();
+    let (slot_count, total) = if skip_zero {
+        (index.data_slots(), index.data_bytes())
+    } else {
+        (index.slot_count(), index.disk_size_bytes())
+    };
     let workers = workers.max(1);
-    let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let first_error: Mutex<Option<RestoreError>> = Mutex::new(None);
     let fail = |e: RestoreError| {
@@ -93,17 +99,47 @@ pub fn restore_disk(
         }
     };
     let cs = usize::try_from(index.chunk_size_bytes()).expect("chunk size fits in usize");
-    let pool_size = (workers * 3).min(2 * slots.len().max(1));
+    let pool_size = (workers * 3).min(2 * slot_count.max(1));
     // Room for a chunk file read so that its data starts aligned (see `read_into`).
     let buf_len = DIRECT_IO_ALIGN + chunk::max_encoded_len(cs);
     let pool = BufferPool::new(pool_size, buf_len);
     let zeros = AlignedBuf::zeroed(if skip_zero { 0 } else { cs });
+    let (slot_tx, slot_rx) = bounded::<(usize, ChunkDigest)>(workers * 4);
     let (tx, rx) = bounded::<(u64, Piece)>(workers);
 
     std::thread::scope(|scope| {
+        let (abort, fail) = (&abort, &fail);
+        let spawned = std::thread::Builder::new()
+            .name("index-read".into())
+            .spawn_scoped(scope, move || {
+                let feed = || {
+                    for slot in index.slots() {
+                        if abort.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        match slot {
+                            Ok((_, digest)) if skip_zero && digest.is_zero() => {}
+                            Ok(slot) => {
+                                if slot_tx.send(slot).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                fail(RestoreError::Index(e));
+                                break;
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = crate::repo::pipeline::run_guarded("index-read", feed) {
+                    fail(RestoreError::Thread(e));
+                }
+            });
+        if let Err(e) = spawned {
+            fail(RestoreError::Thread(format!("index-read: {e}")));
+        }
         for n in 0..workers {
-            let tx = tx.clone();
-            let (next, abort, slots, fail) = (&next, &abort, &slots, &fail);
+            let (tx, slot_rx) = (tx.clone(), slot_rx.clone());
             let pool = &pool;
             let spawned = std::thread::Builder::new()
                 .name(format!("chunk-read/{n}"))
@@ -117,14 +153,12 @@ pub fn restore_disk(
                                 return;
                             }
                         };
-                        while !abort.load(Ordering::Relaxed) {
-                            let Some(&slot) = slots.get(next.fetch_add(1, Ordering::Relaxed))
-                            else {
+                        for (slot, digest) in &slot_rx {
+                            if abort.load(Ordering::Relaxed) {
                                 break;
-                            };
-                            let digest = index.slots()[slot];
-                            let offset = index.slot_offset(slot);
-                            let expected = index.slot_len(slot);
+                            }
+                            let offset = geometry.slot_offset(slot);
+                            let expected = geometry.slot_len(slot);
                             let piece = if digest.is_zero() {
                                 Piece::Zero(usize::try_from(expected).expect("slot fits in memory"))
                             } else {
@@ -193,7 +227,7 @@ pub fn restore_disk(
                 fail(RestoreError::Thread(format!("chunk-read/{n}: {e}")));
             }
         }
-        drop(tx);
+        drop((tx, slot_rx));
         let mut done = 0u64;
         for (offset, piece) in rx {
             let (data, buf) = match piece {
@@ -224,6 +258,7 @@ pub fn restore_disk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::fixed_index::{FixedIndexWriter, IndexGeometry};
     use std::io;
 
     struct FullDisk;
@@ -249,7 +284,12 @@ mod tests {
     fn enospc_in_sink_is_reported_with_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::new(dir.path().to_path_buf());
-        let index = FixedIndex::new_zero(4096, 8192);
+        let path = dir.path().join("p/2000.fidx");
+        FixedIndexWriter::create(&path, IndexGeometry::new(4096, 8192))
+            .unwrap()
+            .finish()
+            .unwrap();
+        let index = FixedIndexReader::open(&path).unwrap();
         let err = restore_disk(&store, &index, &mut FullDisk, 2, &mut |_, _| {}).unwrap_err();
         let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
         assert!(
@@ -283,7 +323,7 @@ mod tests {
 
     #[test]
     fn raw_compressed_zero_and_short_chunks_round_trip_into_a_reused_disk() {
-        use crate::repo::pipeline::{PipelineOptions, backup_disk};
+        use crate::repo::pipeline::{PipelineOptions, SlotSet, backup_disk};
         use crate::repo::source::RawFileSource;
         use crate::repo::synthetic_image::SplitMix64;
 
@@ -302,8 +342,13 @@ mod tests {
         SplitMix64::new(6).fill(&mut data[4 * cs..]);
         let img = dir.path().join("img");
         std::fs::write(&img, &data).unwrap();
-        let mut index = FixedIndex::new_zero(u32::try_from(cs).unwrap(), data.len() as u64);
-        let slots: Vec<usize> = (0..index.slots().len()).collect();
+        let path = dir.path().join("p/2000.fidx");
+        let mut index = FixedIndexWriter::create(
+            &path,
+            IndexGeometry::new(u32::try_from(cs).unwrap(), data.len() as u64),
+        )
+        .unwrap();
+        let slots = SlotSet::all(index.slot_count());
         let stats = backup_disk(
             &store,
             RawFileSource::open(&img).unwrap(),
@@ -314,6 +359,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!((stats.chunks_zero, stats.chunks_new), (1, 3), "{stats:?}");
+        index.finish().unwrap();
+        let index = FixedIndexReader::open(&path).unwrap();
         for workers in [1, 3] {
             let mut disk = MemDisk {
                 data: vec![0xAA; data.len()],

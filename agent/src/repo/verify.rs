@@ -10,9 +10,9 @@
 //!
 //! Memory: one entry per distinct chunk to check (a `BTreeSet` of digests, about 50 bytes
 //! each: 2.5 GB for 50 million chunks, 50 TB of distinct data at 1 MiB), never one per
-//! reference (every index is a full image, so references grow with points × chunks); and
-//! one index at a time, read whole (32 bytes per chunk of its disk). The points that use a
-//! bad chunk are found at the end by reading the indexes again, for the bad chunks only.
+//! reference (every index is a full image, so references grow with points × chunks). An
+//! index is read a block at a time, never whole. The points that use a bad chunk are found
+//! at the end by reading the indexes again, for the bad chunks only.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::ids::{ChunkDigest, DiskKey, RestorePointId};
 use crate::repo::catalog::PointRecord;
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError};
-use crate::repo::fixed_index::FixedIndex;
+use crate::repo::fixed_index::FixedIndexReader;
 use crate::repo::point_config;
 
 /// One problem found by verify.
@@ -257,21 +257,27 @@ pub fn verify(
     for p in points {
         for d in &p.disks {
             let path = root.join(&d.index_path);
-            match FixedIndex::read_expecting(&path, chunk_size_bytes, d.capacity_bytes) {
-                Ok(index) => {
-                    let all = selected(&p.id);
-                    for slot in index.slots().iter().filter(|s| !s.is_zero()) {
-                        if all || select.always.is_some_and(|a| a.contains(slot)) {
-                            referenced.insert(*slot);
+            let all = selected(&p.id);
+            let scanned =
+                FixedIndexReader::open_expecting(&path, chunk_size_bytes, d.capacity_bytes)
+                    .and_then(|index| {
+                        for slot in index.slots() {
+                            let (_, digest) = slot?;
+                            if !digest.is_zero()
+                                && (all || select.always.is_some_and(|a| a.contains(&digest)))
+                            {
+                                referenced.insert(digest);
+                            }
                         }
-                    }
-                }
-                Err(e) => report.problems.push(VerifyProblem::Index {
+                        Ok(())
+                    });
+            if let Err(e) = scanned {
+                report.problems.push(VerifyProblem::Index {
                     point: p.id,
                     disk: d.key,
                     path,
                     error: error_chain(&e),
-                }),
+                });
             }
         }
     }
@@ -417,12 +423,16 @@ fn users_of(
     for p in points {
         for d in &p.disks {
             let path = root.join(&d.index_path);
-            let Ok(index) = FixedIndex::read_expecting(&path, chunk_size_bytes, d.capacity_bytes)
+            let Ok(index) =
+                FixedIndexReader::open_expecting(&path, chunk_size_bytes, d.capacity_bytes)
             else {
                 continue;
             };
             for slot in index.slots() {
-                if let Some(u) = users.get_mut(slot)
+                let Ok((_, digest)) = slot else {
+                    break;
+                };
+                if let Some(u) = users.get_mut(&digest)
                     && u.last() != Some(&(p.id, d.key))
                 {
                     u.push((p.id, d.key));

@@ -552,12 +552,8 @@ async fn datastore_refusals(
     let data_bytes: Vec<u64> = blocking(move || {
         keys.iter()
             .map(|k| {
-                repo.load_index(&record, *k).map_or(0, |index| {
-                    (0..index.slots().len())
-                        .filter(|i| index.slots()[*i] != crate::ids::ChunkDigest::ZERO)
-                        .map(|i| index.slot_len(i))
-                        .sum()
-                })
+                repo.load_index(&record, *k)
+                    .map_or(0, |index| index.data_bytes())
             })
             .collect()
     })
