@@ -29,6 +29,9 @@ pub struct VapiClient {
     base: Url,
     credentials: Credentials,
     session: RwLock<Option<ApiToken>>,
+    /// Held while logging in again, so that callers finding the session ended together make
+    /// one new session, not one each (vCenter limits sessions per user).
+    relogin: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -68,6 +71,7 @@ impl VapiClient {
             base,
             credentials,
             session: RwLock::new(None),
+            relogin: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -110,8 +114,15 @@ impl VapiClient {
     ///
     /// Transport or API errors.
     pub async fn logout(&self) -> Result<(), VapiError> {
+        let token = self.token();
         let result = self
-            .call_raw("logout", Method::DELETE, "api/session", None)
+            .call_raw(
+                "logout",
+                Method::DELETE,
+                "api/session",
+                None,
+                token.as_ref(),
+            )
             .await
             .map(|_| ());
         if let Ok(mut guard) = self.session.write() {
@@ -193,14 +204,7 @@ impl VapiClient {
     ///
     /// Login errors.
     pub(crate) async fn bearer_token(&self) -> Result<String, VapiError> {
-        if self.token().is_none() {
-            self.login().await?;
-        }
-        self.token()
-            .map(|t| t.0.clone())
-            .ok_or_else(|| VapiError::Config {
-                reason: "no vAPI session after login".into(),
-            })
+        Ok(self.session_token(None).await?.0.clone())
     }
 
     /// Polls `task` until it is SUCCEEDED or FAILED (PENDING, RUNNING and BLOCKED, which
@@ -276,6 +280,29 @@ impl VapiClient {
         self.session.read().map(|s| s.clone()).unwrap_or(None)
     }
 
+    /// The session's token; logs in first when there is none, or when it is still
+    /// `ended` (a token vCenter refused). Callers that find the session ended together wait
+    /// for one login: one that waited while another logged in finds the token changed and
+    /// takes the new one.
+    async fn session_token(&self, ended: Option<&ApiToken>) -> Result<ApiToken, VapiError> {
+        let usable = |t: &Option<ApiToken>| t.is_some() && t.as_ref() != ended;
+        let current = self.token();
+        if usable(&current) {
+            return Ok(current.expect("checked"));
+        }
+        let _guard = self.relogin.lock().await;
+        let current = self.token();
+        if !usable(&current) {
+            if ended.is_some() {
+                tracing::info!("vAPI session ended; logging in again");
+            }
+            self.login().await?;
+        }
+        self.token().ok_or_else(|| VapiError::Config {
+            reason: "no vAPI session after login".into(),
+        })
+    }
+
     /// A call with the session header; logs in first if needed and once more on 401.
     async fn call(
         &self,
@@ -284,15 +311,13 @@ impl VapiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<reqwest::Response, VapiError> {
-        if self.token().is_none() {
-            self.login().await?;
-        }
+        let token = self.session_token(None).await?;
         let response = self
-            .call_raw(op, method.clone(), path, body.clone())
+            .call_raw(op, method.clone(), path, body.clone(), Some(&token))
             .await?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-            self.login().await?;
-            return self.call_raw(op, method, path, body).await;
+            let fresh = self.session_token(Some(&token)).await?;
+            return self.call_raw(op, method, path, body, Some(&fresh)).await;
         }
         Ok(response)
     }
@@ -303,9 +328,10 @@ impl VapiClient {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
+        token: Option<&ApiToken>,
     ) -> Result<reqwest::Response, VapiError> {
         let mut request = self.http.request(method, self.url(path)?);
-        if let Some(token) = self.token() {
+        if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&token.0).map_err(|_| {
                 VapiError::Config {
                     reason: "session token is not a header value".into(),
@@ -731,6 +757,41 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!err.is_retryable());
+    }
+
+    /// Callers that start together, and then find the session ended together, make one
+    /// session each time between them, not one each: vCenter limits a user's sessions.
+    #[tokio::test]
+    async fn concurrent_callers_share_one_login() {
+        let logins = Arc::new(AtomicU32::new(0));
+        let l = logins.clone();
+        let base = mock(move |r| match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/api/session") => {
+                let n = l.fetch_add(1, Ordering::SeqCst) + 1;
+                (201, format!("\"token-{n}\""))
+            }
+            // The first session ends at once.
+            _ if r.header(SESSION_HEADER).is_none_or(|t| t == "token-1") => (
+                401,
+                r#"{"error_type":"UNAUTHENTICATED","messages":[]}"#.into(),
+            ),
+            _ => (200, r#"{"status":"SUCCEEDED"}"#.into()),
+        })
+        .await;
+        let client = Arc::new(client_of(base));
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let client = client.clone();
+            calls.spawn(async move { client.task("task-1").await });
+        }
+        while let Some(done) = calls.join_next().await {
+            assert_eq!(done.unwrap().unwrap().status, CisTaskStatus::Succeeded);
+        }
+        assert_eq!(
+            logins.load(Ordering::SeqCst),
+            2,
+            "one login at the start and one after the session ended"
+        );
     }
 
     /// A response body past the cap is refused, not read whole into memory.
