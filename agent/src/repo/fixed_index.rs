@@ -148,6 +148,9 @@ pub struct FixedIndexReader {
     path: PathBuf,
     file: File,
     geometry: IndexGeometry,
+    /// The checksum in the header, which the slots matched when opened; iterating checks
+    /// them against it again (see [`FixedIndexReader::slots`]).
+    checksum: [u8; 32],
     data_slots: usize,
     data_bytes: u64,
 }
@@ -248,6 +251,7 @@ impl FixedIndexReader {
             path: path.to_path_buf(),
             file,
             geometry,
+            checksum: header[32..64].try_into().expect("32 bytes"),
             data_slots,
             data_bytes,
         })
@@ -297,8 +301,11 @@ impl FixedIndexReader {
     }
 
     /// Every slot in order, `(slot number, digest)`, read from the file a block at a time.
-    /// An item is an error only if the file cannot be read again (or changed since it was
-    /// checked); the iteration ends after it.
+    /// The slots read are hashed again as they go: after the last slot, one more item is
+    /// an error if they do not match the checksum (the file changed, or a read returned
+    /// other bytes than at the check), so a caller that acts only on a complete iteration
+    /// (GC's mark, before its sweep) never acts on slots that were not checked. An item is
+    /// an error, and the last, if the file cannot be read again.
     #[must_use]
     pub fn slots(&self) -> Slots<'_> {
         Slots {
@@ -306,7 +313,8 @@ impl FixedIndexReader {
             block: Vec::new(),
             at: 0,
             next: 0,
-            failed: false,
+            hasher: blake3::Hasher::new(),
+            done: false,
         }
     }
 
@@ -359,10 +367,12 @@ fn copy_data(
     while pos < range.end {
         let (start, end) = match seek(from, Seek::Data(pos)) {
             Ok(data) if data >= range.end => break,
-            Ok(data) => {
-                let hole = seek(from, Seek::Hole(data)).map_err(seek_err)?;
-                (data, hole.min(range.end))
-            }
+            Ok(data) => match seek(from, Seek::Hole(data)).map_err(seek_err)? {
+                // Data that ends where it starts (a file system that cannot tell, or a bug):
+                // the rest as it is, rather than never getting anywhere.
+                hole if hole <= data => (pos, range.end),
+                hole => (data, hole.min(range.end)),
+            },
             // No data after `pos`.
             Err(Errno::NXIO) => break,
             Err(Errno::INVAL | Errno::OPNOTSUPP) => (pos, range.end),
@@ -397,16 +407,31 @@ pub struct Slots<'a> {
     at: usize,
     /// Slot number of the next slot to return.
     next: usize,
-    failed: bool,
+    /// Of the slots read so far.
+    hasher: blake3::Hasher,
+    /// Whether the iteration ended (after an error, or the checksum's check).
+    done: bool,
 }
 
 impl Iterator for Slots<'_> {
     type Item = Result<(usize, ChunkDigest), FixedIndexError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let count = self.index.slot_count();
-        if self.failed || self.next >= count {
+        if self.done {
             return None;
+        }
+        let count = self.index.slot_count();
+        if self.next >= count {
+            self.done = true;
+            if self.hasher.finalize().as_bytes() == &self.index.checksum {
+                return None;
+            }
+            return Some(Err(FixedIndexError::Corrupt {
+                path: self.index.path.clone(),
+                reason: "slots read again do not match the checksum they matched when the \
+                         index was opened"
+                    .into(),
+            }));
         }
         if self.at >= self.block.len() {
             let n = (count - self.next).min(READ_BLOCK_SLOTS);
@@ -416,12 +441,13 @@ impl Iterator for Slots<'_> {
                 .file
                 .read_exact_at(&mut self.block, slot_pos(self.next))
             {
-                self.failed = true;
+                self.done = true;
                 return Some(Err(FixedIndexError::Io {
                     path: self.index.path.clone(),
                     source: e,
                 }));
             }
+            self.hasher.update(&self.block);
             self.at = 0;
         }
         let raw: [u8; 32] = self.block[self.at..self.at + SLOT_LEN]
@@ -486,10 +512,47 @@ impl FixedIndexWriter {
             &writer.tmp,
             HEADER_LEN as u64..slot_pos(n),
         )?;
+        // Its full length: holes past the last data copied, and new slots, read as zeros.
         writer
             .file
             .set_len(geometry.file_len())
             .map_err(io_at(&writer.tmp))?;
+        // The copy, and the parent's slots past it (a shrunk disk), must match the checksum
+        // the parent's slots matched when it was opened: `finish` seals whatever the temp
+        // file holds, so a bad read or a file system's wrong hole would otherwise pass on
+        // to this index and every incremental after it.
+        let mut hasher = blake3::Hasher::new();
+        for_each_block(
+            &writer.file,
+            &writer.tmp,
+            slot_pos(n) - HEADER_LEN as u64,
+            |b| {
+                hasher.update(b);
+            },
+        )?;
+        let rest = parent.geometry.file_len() - slot_pos(n);
+        let mut buf = vec![0u8; HASH_BLOCK_BYTES];
+        let mut done = 0u64;
+        while done < rest {
+            let len = usize::try_from(rest - done)
+                .unwrap_or(usize::MAX)
+                .min(HASH_BLOCK_BYTES);
+            parent
+                .file
+                .read_exact_at(&mut buf[..len], slot_pos(n) + done)
+                .map_err(io_at(&parent.path))?;
+            hasher.update(&buf[..len]);
+            done += len as u64;
+        }
+        if hasher.finalize().as_bytes() != &parent.checksum {
+            return Err(FixedIndexError::Corrupt {
+                path: parent.path.clone(),
+                reason: format!(
+                    "its copy in {} does not match its checksum",
+                    writer.tmp.display()
+                ),
+            });
+        }
         if disk_size_bytes < parent.disk_size_bytes()
             && n > 0
             && geometry.slot_len(n - 1) != parent.geometry.slot_len(n - 1)
@@ -501,19 +564,29 @@ impl FixedIndexWriter {
 
     fn create_temp(path: &Path, geometry: IndexGeometry) -> Result<Self, FixedIndexError> {
         let dir = path.parent().expect("an index path has a parent");
-        let made_dir = !dir.is_dir();
-        durable::create_dir_all(dir)
-            .map_err(|(path, source)| FixedIndexError::Io { path, source })?;
         let mut tmp_name = path.file_name().map(OsString::from).unwrap_or_default();
         tmp_name.push(durable::TEMP_INFIX);
         tmp_name.push(uuid::Uuid::new_v4().simple().to_string());
         let tmp = path.with_file_name(tmp_name);
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_at(&tmp))?;
+        // The disks of a VM are written at once, each into the point's directory, and a
+        // writer that fails removes the directory it made if it is empty: another may find
+        // it gone between making it and opening its file, and makes it again.
+        let mut attempts = 0;
+        let (file, made_dir) = loop {
+            let made_dir = !dir.is_dir();
+            durable::create_dir_all(dir)
+                .map_err(|(path, source)| FixedIndexError::Io { path, source })?;
+            match fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+            {
+                Ok(file) => break (file, made_dir),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                Err(e) => return Err(io_at(&tmp)(e)),
+            }
+        };
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
@@ -809,6 +882,43 @@ mod tests {
             [0, 7, 5000, g.slot_count() - 1]
         );
         assert_eq!(kept[2].1, ChunkDigest::of(&5000usize.to_le_bytes()));
+    }
+
+    /// Slots that change after the index was checked (a flaky read, a file changed under
+    /// it) end the iteration with an error, and a derived index refuses to start from them.
+    #[test]
+    fn slots_changed_after_the_check_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/2000.fidx");
+        let g = IndexGeometry::new(1024, 1024 * 5000);
+        let mut idx = FixedIndexWriter::create(&path, g).unwrap();
+        idx.set(4000, ChunkDigest::of(b"x")).unwrap();
+        idx.finish().unwrap();
+        let index = FixedIndexReader::open(&path).unwrap();
+        assert_eq!(index.slots().count(), 5000, "no error item when intact");
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[1], slot_pos(3000)).unwrap();
+        let items: Vec<_> = index.slots().collect();
+        assert_eq!(items.len(), 5001);
+        assert!(items[..5000].iter().all(Result::is_ok));
+        let err = items[5000].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("2000.fidx") && err.contains("do not match the checksum"),
+            "{err}"
+        );
+        assert!(index.read_all().is_err());
+
+        for size in [1024 * 5000, 1024 * 6000, 1024 * 3500] {
+            let child = dir.path().join(format!("{size}/2000.fidx"));
+            let err = FixedIndexWriter::derive(&child, &index, size)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("a/2000.fidx") && err.contains("does not match its checksum"),
+                "{size}: {err}"
+            );
+            assert!(!dir.path().join(size.to_string()).exists(), "left behind");
+        }
     }
 
     /// A writer dropped before `finish` leaves nothing; a failed `finish` neither.

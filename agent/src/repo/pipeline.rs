@@ -421,7 +421,11 @@ pub fn backup_disk<S: DiskSource>(
 
         let mut done = 0u64;
         for r in res_rx {
-            // Written out a batch at a time; a failure stops the backup as a stage's does.
+            // Written out a batch at a time; a failure stops the backup as a stage's does,
+            // and after any failure nothing more is written (the backup fails).
+            if shared.aborted() {
+                continue;
+            }
             if let Err(e) = index.set(r.slot, r.digest) {
                 shared.fail(PipelineError::Index(e));
                 continue;
