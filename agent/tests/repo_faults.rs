@@ -2658,4 +2658,76 @@ mod tests {
         restored.read_exact_at(&mut got, 2 << 40).unwrap();
         assert!(got.iter().all(|&x| x == 0), "a hole restored as zeros");
     }
+
+    /// A check in many passes (each over one share of the digests, the indexes read again
+    /// for each) finds what one pass finds: the same chunks, the same problems, each bad
+    /// chunk with every point that uses it. A restore's check of its point is such a check.
+    #[test]
+    fn a_verify_in_passes_finds_what_one_pass_finds() {
+        use vadp_agent::repo::verify;
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let (shared, shared_path) = shared_chunk(&repo, &f);
+        flip_a_byte(&shared_path);
+        let full = repo.catalog().get_point(f.full).unwrap().unwrap();
+        let incr = repo.catalog().get_point(f.incr).unwrap().unwrap();
+        let gone = *repo
+            .load_index(&incr, IMAGE_DISK_KEY)
+            .unwrap()
+            .read_all()
+            .unwrap()
+            .iter()
+            .find(|d| !d.is_zero() && **d != shared)
+            .unwrap();
+        std::fs::remove_file(repo.store().chunk_path(&gone)).unwrap();
+        let points = vec![full, incr];
+        let run = |max_entries, presence_only| {
+            let select = vadp_agent::repo::ChunkSelection {
+                presence_only,
+                max_entries,
+                ..Default::default()
+            };
+            let mut calls = Vec::new();
+            let mut report = verify::verify(
+                repo.root(),
+                repo.chunk_size_bytes(),
+                repo.store(),
+                &points,
+                select,
+                2,
+                None,
+                &mut |done, total| calls.push((done, total)),
+            )
+            .unwrap();
+            report.problems.sort_by_key(|p| format!("{p:?}"));
+            // Progress only grows, and ends at what was read.
+            assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
+            if let Some(last) = calls.last() {
+                assert_eq!(last.0, report.chunks_read as u64);
+            }
+            report
+        };
+        for presence_only in [false, true] {
+            let one = run(None, presence_only);
+            let wanted = if presence_only { 1 } else { 2 };
+            assert_eq!(one.problems.len(), wanted, "{:?}", one.problems);
+            for cap in [1, 7] {
+                let passes = run(Some(cap), presence_only);
+                assert_eq!(passes.chunks, one.chunks, "cap {cap}");
+                assert_eq!(passes.chunks_read, one.chunks_read, "cap {cap}");
+                assert_eq!(passes.problems, one.problems, "cap {cap}");
+            }
+        }
+        let problems = repo
+            .check_restorable(f.incr, &[IMAGE_DISK_KEY], true)
+            .unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .all(|p| matches!(p, VerifyProblem::Chunk { points, .. }
+                if points.iter().any(|(id, _)| *id == f.incr))),
+            "{problems:?}"
+        );
+    }
 }

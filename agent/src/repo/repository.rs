@@ -429,6 +429,11 @@ const MAX_REMOVALS_PER_PASS: usize = 256;
 #[cfg(test)]
 const MAX_REMOVALS_PER_PASS: usize = 3;
 
+/// Most distinct digests a restore's check of its point holds at once (about 50–70 MB);
+/// a point with more chunks is checked in as many passes over its indexes as that takes
+/// (about 16 for a fully written 16 TiB disk at 1 MiB chunks).
+const RESTORE_CHECK_MAX_DIGESTS: usize = 1 << 20;
+
 /// Held shared by every process with the repository open; exclusively by a rebuild.
 const OPEN_LOCK: &str = "open.lock";
 /// Exists while a rebuild replaces the catalog (see the module doc).
@@ -1621,6 +1626,8 @@ impl Repository {
             always: Some(damaged),
             presence_only: false,
             points: (!selected.is_empty()).then_some(&selected),
+            // One pass: the points given share most of their chunks with the others.
+            max_entries: None,
         };
         let mut report = verify::verify(
             &self.root,
@@ -1693,6 +1700,7 @@ impl Repository {
         record.disks.retain(|d| disks.contains(&d.key));
         let select = ChunkSelection {
             presence_only: !read_chunks,
+            max_entries: Some(RESTORE_CHECK_MAX_DIGESTS),
             ..ChunkSelection::default()
         };
         let report = verify::verify(

@@ -11,8 +11,11 @@
 //! Memory: one entry per distinct chunk to check (a `BTreeSet` of digests, about 50 bytes
 //! each: 2.5 GB for 50 million chunks, 50 TB of distinct data at 1 MiB), never one per
 //! reference (every index is a full image, so references grow with points × chunks). An
-//! index is read a block at a time, never whole. The points that use a bad chunk are found
-//! at the end by reading the indexes again, for the bad chunks only.
+//! index is read a block at a time, never whole. With [`ChunkSelection::max_entries`] (a
+//! restore's check of its point) the chunks are checked in passes, a share of the digests
+//! each, so that the set stays under that size whatever the disks' size. The points that
+//! use a bad chunk are found at the end by reading the indexes again, for the bad chunks
+//! only.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -189,6 +192,13 @@ pub struct ChunkSelection<'a> {
     /// Only the chunks these points reference (and `always`); `None`: every point's. The
     /// other points' indexes are still read, so a problem names every point it affects.
     pub points: Option<&'a HashSet<RestorePointId>>,
+    /// Check the chunks in passes, each of one share of the digests (by their second 8
+    /// bytes), reading the indexes again for each, so that no pass holds many more than
+    /// this many digests, whatever the disks' size; `None`: one pass. The number of passes
+    /// comes from the chunks the selected points' indexes reference, counted with repeats:
+    /// right for one point's disks (a restore's check), far too many passes for a whole
+    /// repository, whose points share most of their chunks.
+    pub max_entries: Option<usize>,
 }
 
 impl ChunkSelection<'_> {
@@ -253,140 +263,79 @@ pub fn verify(
     // users would grow with points × chunks. Who uses a bad chunk is found at the end, by
     // a second pass over the indexes for the (few) bad ones.
     let selected = |p: &RestorePointId| select.points.is_none_or(|s| s.contains(p));
-    let mut referenced: BTreeSet<ChunkDigest> = BTreeSet::new();
-    for p in points {
-        for d in &p.disks {
-            let path = root.join(&d.index_path);
-            let all = selected(&p.id);
-            let scanned =
-                FixedIndexReader::open_expecting(&path, chunk_size_bytes, d.capacity_bytes)
-                    .and_then(|index| {
-                        for slot in index.slots() {
-                            let (_, digest) = slot?;
-                            if !digest.is_zero()
-                                && (all || select.always.is_some_and(|a| a.contains(&digest)))
-                            {
-                                referenced.insert(digest);
-                            }
-                        }
-                        Ok(())
-                    });
-            if let Err(e) = scanned {
-                report.problems.push(VerifyProblem::Index {
-                    point: p.id,
-                    disk: d.key,
-                    path,
-                    error: error_chain(&e),
-                });
-            }
-        }
-    }
-    for p in points {
-        let Some(digest) = &p.config_digest else {
-            continue;
-        };
-        if select
-            .points
-            .is_some_and(|selected| !selected.contains(&p.id))
-        {
-            continue;
-        }
-        let dir = root.join("indexes").join(p.id.to_string());
-        let path = point_config::path_in(&dir);
-        // Read and checked as a chunk is: whole when its digest is in the subset (every
-        // one without a subset), else only found present.
-        let checked = if select.reads(digest) {
-            point_config::read(&dir, digest).map(drop)
-        } else {
-            point_config::check_present(&dir)
-        };
-        if let Err(e) = checked {
-            report.problems.push(VerifyProblem::Config {
-                point: p.id,
-                path,
-                error: error_chain(&e),
-            });
-        }
-    }
+    let passes = match select.max_entries {
+        Some(cap) => passes_for(root, chunk_size_bytes, points, &selected, cap),
+        None => 1,
+    };
     if let Some(selected) = select.points {
         report.points = points.iter().filter(|p| selected.contains(&p.id)).count();
     }
-    report.chunks = referenced.len();
     let bad: Mutex<Vec<(ChunkDigest, ChunkState, String)>> = Mutex::new(Vec::new());
-    let digests: Vec<ChunkDigest> = referenced
-        .iter()
-        .filter(|d| select.reads(d))
-        .copied()
-        .collect();
-    report.chunks_read = digests.len();
-    for d in referenced.iter().filter(|d| !select.reads(d)) {
-        if let Err(e) = store.check_present(d) {
-            bad.lock()
-                .expect("not poisoned")
-                .push((*d, ChunkState::of(&e), error_chain(&e)));
-        }
-    }
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    // With the highest count reported so far: workers that count at once report in order.
-    let mut progress = Mutex::new((progress, 0u64));
-    let total = digests.len() as u64;
-    let stopped = &stopped;
-    std::thread::scope(|scope| {
-        for n in 0..workers.max(1) {
-            let (next, bad, done, digests, progress) = (&next, &bad, &done, &digests, &progress);
-            let spawned = std::thread::Builder::new()
-                .name(format!("chunk-verify/{n}"))
-                .spawn_scoped(scope, move || {
-                    while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        if stopped() {
-                            return;
-                        }
-                        if let Err(e) = store.read(d) {
-                            bad.lock().expect("not poisoned").push((
-                                *d,
-                                ChunkState::of(&e),
-                                error_chain(&e),
-                            ));
-                        }
-                        let n = done.fetch_add(1, Ordering::Relaxed) as u64 + 1;
-                        if n.is_multiple_of(64) || n == total {
-                            let mut p = progress.lock().expect("not poisoned");
-                            let now = done.load(Ordering::Relaxed) as u64;
-                            if now > p.1 {
-                                p.1 = now;
-                                (p.0)(now, total);
+    let mut failed_indexes: HashSet<(RestorePointId, DiskKey)> = HashSet::new();
+    let mut progress = Progress {
+        report: progress,
+        done: 0,
+        total: 0,
+    };
+    for pass in 0..passes {
+        let in_pass = |d: &ChunkDigest| {
+            let mut key = [0u8; 8];
+            key.copy_from_slice(&d.0[8..16]);
+            passes == 1 || u64::from_le_bytes(key) % passes == pass
+        };
+        let mut referenced: BTreeSet<ChunkDigest> = BTreeSet::new();
+        for p in points {
+            for d in &p.disks {
+                if failed_indexes.contains(&(p.id, d.key)) {
+                    continue;
+                }
+                let path = root.join(&d.index_path);
+                let all = selected(&p.id);
+                let scanned =
+                    FixedIndexReader::open_expecting(&path, chunk_size_bytes, d.capacity_bytes)
+                        .and_then(|index| {
+                            for slot in index.slots() {
+                                let (_, digest) = slot?;
+                                if !digest.is_zero()
+                                    && in_pass(&digest)
+                                    && (all || select.always.is_some_and(|a| a.contains(&digest)))
+                                {
+                                    referenced.insert(digest);
+                                }
                             }
-                        }
-                    }
-                });
-            if spawned.is_err() {
-                // Fewer workers: the others (or the next loop) take the work.
-                tracing::warn!("could not start chunk-verify/{n}");
+                            Ok(())
+                        });
+                if let Err(e) = scanned {
+                    failed_indexes.insert((p.id, d.key));
+                    report.problems.push(VerifyProblem::Index {
+                        point: p.id,
+                        disk: d.key,
+                        path,
+                        error: error_chain(&e),
+                    });
+                }
             }
         }
-    });
-    // If no worker could start, check on this thread.
-    while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
-        if stopped() {
-            break;
+        report.chunks += referenced.len();
+        let digests: Vec<ChunkDigest> = referenced
+            .iter()
+            .filter(|d| select.reads(d))
+            .copied()
+            .collect();
+        report.chunks_read += digests.len();
+        for d in referenced.iter().filter(|d| !select.reads(d)) {
+            if let Err(e) = store.check_present(d) {
+                bad.lock()
+                    .expect("not poisoned")
+                    .push((*d, ChunkState::of(&e), error_chain(&e)));
+            }
         }
-        if let Err(e) = store.read(d) {
-            bad.lock()
-                .expect("not poisoned")
-                .push((*d, ChunkState::of(&e), error_chain(&e)));
-        }
-        let n = done.fetch_add(1, Ordering::Relaxed) as u64 + 1;
-        if n.is_multiple_of(64) || n == total {
-            let p = progress.get_mut().expect("not poisoned");
-            p.1 = n;
-            (p.0)(n, total);
+        drop(referenced);
+        if !read_chunks(store, &digests, workers, &stopped, &mut progress, &bad) {
+            return None;
         }
     }
-    if done.into_inner() < digests.len() {
-        return None;
-    }
-    drop(referenced);
+    check_configs(root, points, &select, &mut report);
     let mut bad = bad.into_inner().expect("not poisoned");
     bad.sort();
     let mut users = users_of(
@@ -405,6 +354,141 @@ pub fn verify(
         });
     }
     Some(report)
+}
+
+/// How many passes keep each pass's set of distinct digests under about `cap`: the chunks
+/// the `selected` points' indexes reference, counted with repeats (an upper bound of the
+/// distinct ones), over `cap`. An index that does not open counts nothing (the passes
+/// report it).
+fn passes_for(
+    root: &Path,
+    chunk_size_bytes: u32,
+    points: &[PointRecord],
+    selected: &dyn Fn(&RestorePointId) -> bool,
+    cap: usize,
+) -> u64 {
+    let referenced: u64 = points
+        .iter()
+        .filter(|p| selected(&p.id))
+        .flat_map(|p| &p.disks)
+        .filter_map(|d| {
+            FixedIndexReader::open_expecting(
+                &root.join(&d.index_path),
+                chunk_size_bytes,
+                d.capacity_bytes,
+            )
+            .ok()
+        })
+        .map(|index| index.data_slots() as u64)
+        .sum();
+    referenced.div_ceil(cap.max(1) as u64).max(1)
+}
+
+/// Each selected point's config file: read and checked as a chunk is, whole when its
+/// digest is in the subset (every one without a subset), else only found present.
+fn check_configs(
+    root: &Path,
+    points: &[PointRecord],
+    select: &ChunkSelection<'_>,
+    report: &mut VerifyReport,
+) {
+    for p in points {
+        let Some(digest) = &p.config_digest else {
+            continue;
+        };
+        if select
+            .points
+            .is_some_and(|selected| !selected.contains(&p.id))
+        {
+            continue;
+        }
+        let dir = root.join("indexes").join(p.id.to_string());
+        let path = point_config::path_in(&dir);
+        let checked = if select.reads(digest) {
+            point_config::read(&dir, digest).map(drop)
+        } else {
+            point_config::check_present(&dir)
+        };
+        if let Err(e) = checked {
+            report.problems.push(VerifyProblem::Config {
+                point: p.id,
+                path,
+                error: error_chain(&e),
+            });
+        }
+    }
+}
+
+/// Progress over every pass: chunks read, of those known so far.
+struct Progress<'a> {
+    report: &'a mut (dyn FnMut(u64, u64) + Send),
+    done: u64,
+    total: u64,
+}
+
+/// Re-read and re-hash `digests` on `workers` threads, adding each bad one to `bad`;
+/// `false` if `stopped` said so before every one was read.
+fn read_chunks(
+    store: &ChunkStore,
+    digests: &[ChunkDigest],
+    workers: usize,
+    stopped: &(dyn Fn() -> bool + Sync),
+    progress: &mut Progress<'_>,
+    bad: &Mutex<Vec<(ChunkDigest, ChunkState, String)>>,
+) -> bool {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let before = progress.done;
+    progress.total += digests.len() as u64;
+    let total = progress.total;
+    let last = digests.len() as u64;
+    // With the highest count reported so far: workers that count at once report in order.
+    let reported = Mutex::new((&mut *progress.report, before));
+    let check = |d: &ChunkDigest| {
+        if let Err(e) = store.read(d) {
+            bad.lock()
+                .expect("not poisoned")
+                .push((*d, ChunkState::of(&e), error_chain(&e)));
+        }
+        let n = done.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        if n.is_multiple_of(64) || n == last {
+            let mut p = reported.lock().expect("not poisoned");
+            let now = before + done.load(Ordering::Relaxed) as u64;
+            if now > p.1 {
+                p.1 = now;
+                (p.0)(now, total);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for n in 0..workers.max(1) {
+            let (next, check) = (&next, &check);
+            let spawned = std::thread::Builder::new()
+                .name(format!("chunk-verify/{n}"))
+                .spawn_scoped(scope, move || {
+                    while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if stopped() {
+                            return;
+                        }
+                        check(d);
+                    }
+                });
+            if spawned.is_err() {
+                // Fewer workers: the others (or the loop below) take the work.
+                tracing::warn!("could not start chunk-verify/{n}");
+            }
+        }
+    });
+    // If no worker could start, check on this thread.
+    while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
+        if stopped() {
+            break;
+        }
+        check(d);
+    }
+    let done = done.into_inner();
+    progress.done = before + done as u64;
+    done == digests.len()
 }
 
 /// Every point and disk whose index references one of `digests` (the bad chunks), read
