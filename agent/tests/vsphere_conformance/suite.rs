@@ -102,10 +102,16 @@ pub async fn login_logout_and_about(t: &Target) {
     let about = &client.service_content().about;
     assert_eq!(about.api_type, "VirtualCenter");
     assert!(!about.instance_uuid.is_empty());
-    assert!(client.session_cookie().is_some());
+    let cookie = client.session_cookie().unwrap();
     client.current_time().await.unwrap();
     client.logout().await.unwrap();
     assert!(client.session_cookie().is_none());
+    // The session is over on the server too: its cookie no longer works.
+    let mut config = t.config();
+    config.credentials = None;
+    let stale = SoapClient::attach(config, cookie).await.unwrap();
+    let err = stale.current_time().await.unwrap_err();
+    assert_eq!(fault_kind(&err), FaultKind::NotAuthenticated);
 }
 
 pub async fn invalid_login_is_permanent(t: &Target) {

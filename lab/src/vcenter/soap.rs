@@ -143,8 +143,9 @@ impl Vcenter {
         self.check_disabled(call)?;
         let out = match m {
             "Logout" => {
-                if let Some(c) = cookie_value(cookie) {
-                    self.logout(&c);
+                // `cookie` is the session cookie's value already (see `http::cookie`).
+                if let Some(c) = cookie {
+                    self.logout(c);
                 }
                 String::new()
             }
