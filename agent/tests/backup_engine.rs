@@ -1049,6 +1049,94 @@ mod tests {
         assert!(fx.lab.vm(&vm).unwrap().snapshots.is_empty());
     }
 
+    /// A job of many VMs holds no more VDDK connections (each a vCenter session of its
+    /// own) than it reads disks at once: with one disk at a time, while the first VM's disk
+    /// is read, the three others have not connected; they connect in turn, and every VM is
+    /// backed up.
+    #[test]
+    fn a_job_connects_no_more_vms_at_once_than_it_reads_disks() {
+        let fx = Fixture::new();
+        let vms: Vec<VmMoref> = (0..4)
+            .map(|n| fx.new_vm(&format!("many-{n}"), &[4]))
+            .collect();
+        for (n, vm) in vms.iter().enumerate() {
+            fx.lab
+                .guest_write(vm, DiskKey(2000), 0, &pattern(n as u8, MIB))
+                .unwrap();
+        }
+        // Sessions opened while the first disk read is held, beyond those open before.
+        let opened_while_reading = |vms: &[VmMoref], run: usize| -> usize {
+            let pause = fx.dir.path().join(format!("pause-{run}"));
+            std::fs::create_dir_all(&pause).unwrap();
+            let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
+            args.push(fx.repo().display().to_string());
+            for vm in vms {
+                args.extend(["--vm".into(), vm.0.clone()]);
+            }
+            args.extend(["--full".into(), "--disks-per-job".into(), "1".into()]);
+            args.extend(fx.connection());
+            let before = fx.vcenter.running().vcenter.session_count();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+                .args(&args)
+                .env_remove("VADP_AGENT_PASSWORD")
+                .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+                .env("VADP_AGENT_PAUSE_DIR", &pause)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let reached = pause.join("backup-mid-disk.reached");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !reached.exists() {
+                if child.try_wait().unwrap().is_some() {
+                    let out = child.wait_with_output().unwrap();
+                    panic!(
+                        "the backup ended before it read: {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                assert!(Instant::now() < deadline, "the backup never read");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Time for any other VM to connect, as each did at once before.
+            std::thread::sleep(Duration::from_secs(1));
+            let opened = fx.vcenter.running().vcenter.session_count() - before;
+            std::fs::write(pause.join("backup-mid-disk.go"), b"").unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Every session the job opened is closed again: VDDK's connections, its
+            // PrepareForAccess and EndAccess calls, and the agent's own.
+            assert_eq!(
+                fx.vcenter.running().vcenter.session_count(),
+                before,
+                "sessions left open"
+            );
+            opened
+        };
+        let one = opened_while_reading(&vms[..1], 0);
+        let four = opened_while_reading(&vms, 1);
+        assert!(one >= 1, "the agent's session and the VM's connection");
+        assert_eq!(
+            four, one,
+            "the other VMs connected while the first was read"
+        );
+        let points = fx.points();
+        for vm in &vms {
+            let n = points
+                .iter()
+                .filter(|p| p["vm"]["moref"] == vm.0.as_str())
+                .count();
+            assert_eq!(n, if *vm == vms[0] { 2 } else { 1 }, "{vm}");
+        }
+        fx.assert_clean(&vms.iter().collect::<Vec<_>>());
+    }
+
     #[test]
     fn a_snapshot_removal_that_leaves_consolidation_needed_is_consolidated() {
         let fx = Fixture::new();

@@ -1814,6 +1814,9 @@ async fn back_up_vm_inner(
     report.quiesced = request.quiesce.then_some(quiesced);
     let previous = previous_point(ctx, info).await?;
     let restored_in_place = restored_in_place_since(ctx, info, previous.as_ref()).await?;
+    // Each connection is a vCenter session: no more VMs connected at once than disks read.
+    let vm_permit = ctx.gate.enter_vm().await;
+    check_cancel(ctx)?;
     let connection = {
         let vddk = env.vddk.clone();
         let spec = env.vddk_target.spec(vm, Some(snapshot), true);
@@ -1858,6 +1861,7 @@ async fn back_up_vm_inner(
     // VMs' opens: never on a runtime worker, and before the snapshot is removed, whether
     // the reads succeeded or not.
     let _ = blocking(move || drop(connection)).await;
+    drop(vm_permit);
     let results = results?;
     let mut written = Vec::new();
     let mut first_error = None;

@@ -183,6 +183,12 @@ impl Vcenter {
         Ok((cookie, session))
     }
 
+    /// How many vim25 sessions are open now (the agent's own, and one per VDDK connection
+    /// that logged in): what a test counts to see how many connections a job holds.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
     /// The session of a cookie value.
     pub(crate) fn session(&self, cookie: Option<&str>) -> Option<Session> {
         lock(&self.sessions).get(cookie?).cloned()
