@@ -2730,4 +2730,45 @@ mod tests {
             "{problems:?}"
         );
     }
+
+    /// GC marks chunks by the first 8 bytes of their digests: a file whose digest shares
+    /// them with a live chunk's is kept (garbage kept as long as its twin is live, the safe
+    /// side), any other unreferenced file goes, and every live chunk stays.
+    #[test]
+    fn gc_marks_by_digest_prefix_and_errs_only_towards_keeping() {
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let live: Vec<ChunkDigest> = [f.full, f.incr]
+            .iter()
+            .flat_map(|id| {
+                let rec = repo.catalog().get_point(*id).unwrap().unwrap();
+                repo.load_index(&rec, IMAGE_DISK_KEY)
+                    .unwrap()
+                    .read_all()
+                    .unwrap()
+            })
+            .filter(|d| !d.is_zero())
+            .collect();
+        let mut twin = live[0];
+        twin.0[31] ^= 1;
+        let mut stranger = live[0];
+        stranger.0[0] ^= 1;
+        for fake in [twin, stranger] {
+            assert!(!live.contains(&fake));
+            let path = repo.store().chunk_path(&fake);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"not a chunk").unwrap();
+        }
+        let report = repo.gc().unwrap();
+        assert_eq!(report.chunks_removed, 1, "{report:?}");
+        assert!(repo.store().chunk_path(&twin).exists());
+        assert!(!repo.store().chunk_path(&stranger).exists());
+        for d in &live {
+            assert!(
+                repo.store().chunk_path(d).exists(),
+                "live chunk {d} removed"
+            );
+        }
+        assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+    }
 }

@@ -111,7 +111,8 @@ pub enum GcError {
 /// What GC did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
-    /// Chunks referenced by committed indexes.
+    /// Chunks referenced by committed indexes (counted by the first 8 bytes of their
+    /// digests, see `MarkSet`).
     pub chunks_marked: usize,
     /// Chunk files kept.
     pub chunks_kept: usize,
@@ -147,6 +148,35 @@ fn read_dir_io(path: &Path) -> io::Result<Vec<fs::DirEntry>> {
     }
 }
 
+/// The chunks marked live, each by the first 8 bytes of its digest: 10–19 bytes per chunk
+/// in the table (9 per bucket, the table between 7/16 and 7/8 full), against 38–69 for
+/// whole digests (a repository of 50 million chunks marks in 0.5–1 GB, not 2–3.5 GB). Two chunks whose digests share their first 8 bytes
+/// (about one chance in 2^64 per pair of a repository's chunks: BLAKE3 digests are uniform)
+/// only make a garbage chunk look live, kept as long as its twin is: never a live one
+/// removed.
+#[derive(Debug, Default)]
+struct MarkSet(HashSet<u64>);
+
+impl MarkSet {
+    fn key(digest: &ChunkDigest) -> u64 {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest.0[..8]);
+        u64::from_le_bytes(head)
+    }
+
+    fn insert(&mut self, digest: ChunkDigest) {
+        self.0.insert(Self::key(&digest));
+    }
+
+    fn contains(&self, digest: &ChunkDigest) -> bool {
+        self.0.contains(&Self::key(digest))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Mark and sweep; `damaged` are the digests of the catalog's damaged-chunk records. The
 /// caller holds the exclusive lock.
 ///
@@ -166,7 +196,7 @@ pub fn collect(
             count: quarantined,
         });
     }
-    let mut marked: HashSet<ChunkDigest> = HashSet::new();
+    let mut marked = MarkSet::default();
     let mut live_points: HashSet<String> = HashSet::new();
     for p in points {
         live_points.insert(p.id.to_string());
