@@ -1051,8 +1051,8 @@ mod tests {
 
     /// A job of many VMs holds no more VDDK connections (each a vCenter session of its
     /// own) than it reads disks at once: with one disk at a time, while the first VM's disk
-    /// is read, the three others have not connected; they connect in turn, and every VM is
-    /// backed up.
+    /// is read, the three others have not connected; they connect in turn, every VM is
+    /// backed up, and every session is closed at the end.
     #[test]
     fn a_job_connects_no_more_vms_at_once_than_it_reads_disks() {
         let fx = Fixture::new();

@@ -1814,18 +1814,10 @@ async fn back_up_vm_inner(
     report.quiesced = request.quiesce.then_some(quiesced);
     let previous = previous_point(ctx, info).await?;
     let restored_in_place = restored_in_place_since(ctx, info, previous.as_ref()).await?;
-    // Each connection is a vCenter session: no more VMs connected at once than disks read.
-    let vm_permit = ctx.gate.enter_vm().await;
-    check_cancel(ctx)?;
-    let connection = {
-        let vddk = env.vddk.clone();
-        let spec = env.vddk_target.spec(vm, Some(snapshot), true);
-        let what = format!("connecting to {who} at {snapshot} through VDDK");
-        blocking(move || vddk.connect(&spec))
-            .await?
-            .map_err(|source| BackupError::Vddk { what, source })?
-    };
-    // Plan every disk, then read them in parallel within the limits.
+    // Plan every disk, then read them in parallel within the limits. Each disk's read opens
+    // its own VDDK connection once it has its permits (see `read_disk`): a connection is a
+    // vCenter session, so a job holds no more than the disks it reads at once, however
+    // many VMs it backs up.
     let read_all = async {
         let mut reads = Vec::new();
         for d in &disks {
@@ -1845,24 +1837,19 @@ async fn back_up_vm_inner(
                 .map(|p| p.datastore);
             let host = info.host.as_ref().map(|h| h.value.clone());
             let ctx = Arc::clone(ctx);
-            let connection = connection.clone();
             let disk = d.clone();
             let vm = vm.clone();
             let name = info.name.clone();
+            let snapshot = snapshot.clone();
             reads.push(async move {
                 let _permits = ctx.gate.enter(host.as_deref(), datastore.as_deref()).await;
-                read_disk(ctx, connection, vm, name, disk, plan, point).await
+                check_cancel(&ctx)?;
+                read_disk(ctx, vm, name, snapshot, disk, plan, point).await
             });
         }
         Ok::<_, BackupError>(futures_util::future::join_all(reads).await)
     };
-    let results = read_all.await;
-    // The last handle's drop disconnects, waiting for the vddk-open thread behind other
-    // VMs' opens: never on a runtime worker, and before the snapshot is removed, whether
-    // the reads succeeded or not.
-    let _ = blocking(move || drop(connection)).await;
-    drop(vm_permit);
-    let results = results?;
+    let results = read_all.await?;
     let mut written = Vec::new();
     let mut first_error = None;
     for r in results {
@@ -2506,9 +2493,9 @@ type DiskOutcome = (VirtualDiskInfo, WrittenDisk, DiskReport);
 /// repository pipeline, whose `disk-read` thread owns the VDDK handle.
 async fn read_disk(
     ctx: Arc<JobCtx>,
-    connection: crate::vddk::Connection,
     vm: VmMoref,
     name: String,
+    snapshot: SnapshotMoref,
     disk: VirtualDiskInfo,
     plan: Plan,
     point: RestorePointId,
@@ -2518,9 +2505,21 @@ async fn read_disk(
     std::thread::Builder::new()
         .name(thread_name.clone())
         .spawn(move || {
-            let r = read_disk_blocking(&ctx, &connection, &vm, &name, &disk, plan, point);
-            // Before reporting: the caller's own handle is then the last (see run_vm).
-            drop(connection);
+            // The disk's own connection: opened, used and closed (a blocking disconnect)
+            // on this thread, before the snapshot is removed, whether the read succeeded
+            // or not.
+            let spec = ctx.env.vddk_target.spec(&vm, Some(&snapshot), true);
+            let r = ctx
+                .env
+                .vddk
+                .connect(&spec)
+                .map_err(|source| BackupError::Vddk {
+                    what: format!("connecting to {name} ({vm}) at {snapshot} through VDDK"),
+                    source,
+                })
+                .and_then(|connection| {
+                    read_disk_blocking(&ctx, &connection, &vm, &name, &disk, plan, point)
+                });
             let _ = tx.send(r.map(|(w, rep)| (disk, w, rep)));
         })
         .map_err(|e| BackupError::Thread(format!("start thread {thread_name}: {e}")))?;

@@ -4,11 +4,10 @@
 //! and datastore limits protect the production storage, so they hold across jobs: the
 //! daemon's jobs share one [`PlaceLimits`]; a job given none has its own.
 //!
-//! A backup's VM takes a VM permit of its job ([`Gate::enter_vm`]) before it opens its VDDK
-//! connection (a vCenter session of its own, logged in with the agent's credentials) and
-//! holds it until the connection is closed: a job holds at most `disks_per_job` connections
-//! at once, however many VMs it backs up, since no more of its disks are read at once
-//! anyway. The VM permit comes before the disks' permits, so the order stays acyclic.
+//! A backup opens a disk's VDDK connection (a vCenter session of its own, logged in with
+//! the agent's credentials) only once the disk has its permits, and closes it when the disk
+//! is read: a job holds at most `disks_per_job` connections at once, however many VMs it
+//! backs up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,8 +65,6 @@ impl PlaceLimits {
 #[derive(Debug)]
 pub(crate) struct Gate {
     job: Arc<Semaphore>,
-    /// VMs of the job connected through VDDK at once.
-    vms: Arc<Semaphore>,
     places: Arc<PlaceLimits>,
 }
 
@@ -85,18 +82,8 @@ impl Gate {
     pub(crate) fn new(limits: Limits, places: Option<Arc<PlaceLimits>>) -> Self {
         Self {
             job: Arc::new(Semaphore::new(limits.disks_per_job.max(1))),
-            vms: Arc::new(Semaphore::new(limits.disks_per_job.max(1))),
             places: places.unwrap_or_else(|| PlaceLimits::new(limits)),
         }
-    }
-
-    /// Waits for one of the job's `disks_per_job` VM permits: held from before a VM's VDDK
-    /// connection opens until after it closes.
-    pub(crate) async fn enter_vm(&self) -> OwnedSemaphorePermit {
-        Arc::clone(&self.vms)
-            .acquire_owned()
-            .await
-            .expect("limit semaphores are never closed")
     }
 
     /// A permit of the semaphore `key` of `map` (created with `n` permits), or none without a key.
