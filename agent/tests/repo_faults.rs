@@ -2718,9 +2718,11 @@ mod tests {
                 assert_eq!(passes.problems, one.problems, "cap {cap}");
             }
         }
-        let problems = repo
+        let check = repo
             .check_restorable(f.incr, &[IMAGE_DISK_KEY], true)
             .unwrap();
+        assert!(!check.stopped_early);
+        let problems = check.problems;
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
             problems
@@ -2770,5 +2772,54 @@ mod tests {
             );
         }
         assert!(repo.verify(&mut |_, _| {}).unwrap().is_ok());
+    }
+
+    /// A restore's check stops after enough bad chunks to refuse: a point whose chunks are
+    /// all gone (a chunk store not mounted) does not make it hold a problem for each. The
+    /// refusal says there may be more; a full verify still lists every one (a repair needs
+    /// them).
+    #[test]
+    fn a_restore_check_stops_after_enough_bad_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let img = dir.path().join("disk.img");
+        synthetic_image::generate(&img, 16 << 20, 4).unwrap();
+        let repo = Repository::init(&root, 64 << 10).unwrap();
+        let req = ImageBackup {
+            name: "vm".into(),
+            file: img.clone(),
+            changed: None,
+            parent: None,
+        };
+        let point = repo.backup_image(&req, &mut |_, _| {}).unwrap().point;
+        let chunks = walk(&root.join("chunks"));
+        let max = vadp_agent::repo::RESTORE_CHECK_MAX_BAD;
+        assert!(chunks.len() > max + 20, "{} chunks", chunks.len());
+        for c in &chunks {
+            std::fs::remove_file(c).unwrap();
+        }
+        let check = repo
+            .check_restorable(point, &[IMAGE_DISK_KEY], false)
+            .unwrap();
+        assert!(check.stopped_early);
+        assert_eq!(check.problems.len(), max);
+        let check = repo
+            .check_restorable(point, &[IMAGE_DISK_KEY], true)
+            .unwrap();
+        assert!(check.stopped_early);
+        assert!(
+            (max..max + 16).contains(&check.problems.len()),
+            "{}",
+            check.problems.len()
+        );
+        let err = chain(
+            &repo
+                .restore_image(point, &dir.path().join("out.img"), &mut |_, _| {})
+                .unwrap_err(),
+        );
+        assert!(err.contains(&format!("{max} or more problem(s)")), "{err}");
+        let all = repo.verify(&mut |_, _| {}).unwrap();
+        assert!(!all.stopped_early);
+        assert_eq!(all.problems.len(), chunks.len());
     }
 }

@@ -52,8 +52,9 @@ pub use prune::{PruneDecision, RetentionPolicy};
 pub use repair::{Quarantined, RepairReport};
 pub(crate) use repository::now_secs;
 pub use repository::{
-    BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, DiskPlan, IMAGE_DISK_KEY, ImageBackup, RebuildReport,
-    RepoError, RepoInfo, Repository, VerifyOptions, WrittenDisk,
+    BackupSummary, DEFAULT_CHUNK_SIZE_BYTES, DiskPlan, IMAGE_DISK_KEY, ImageBackup,
+    RESTORE_CHECK_MAX_BAD, RebuildReport, RepoError, RepoInfo, Repository, VerifyOptions,
+    WrittenDisk,
 };
 pub use source::{DiskSink, DiskSource, Extent, RawFileSink, RawFileSource, SourceError};
 pub use verify::{

@@ -259,15 +259,18 @@ pub enum RepoError {
     },
     /// Before a restore wrote anything: a chunk or index the disk needs is missing or bad.
     #[error(
-        "restore point {point} cannot be restored, nothing was changed: {count} problem(s), \
+        "restore point {point} cannot be restored, nothing was changed: {count}{} problem(s), \
          first: {first}; pick another point, or run `vadp-agent repo verify --repair` and \
-         back up again (if the data there is unchanged, that heals this point)"
+         back up again (if the data there is unchanged, that heals this point)",
+        if *more { " or more" } else { "" }
     )]
     Unrestorable {
         /// The point.
         point: RestorePointId,
-        /// How many problems.
+        /// How many problems were found ...
         count: usize,
+        /// ... and whether the check stopped there (there may be more).
+        more: bool,
         /// The first, as verify words it (disk, file, digest).
         first: String,
     },
@@ -433,6 +436,11 @@ const MAX_REMOVALS_PER_PASS: usize = 3;
 /// a point with more chunks is checked in as many passes over its indexes as that takes
 /// (about 16 for a fully written 16 TiB disk at 1 MiB chunks).
 const RESTORE_CHECK_MAX_DIGESTS: usize = 1 << 20;
+
+/// Bad chunks after which a restore's check stops: the restore is refused either way, and
+/// a disk whose chunks are all gone (a store not mounted) would otherwise hold a problem
+/// for each.
+pub const RESTORE_CHECK_MAX_BAD: usize = 100;
 
 /// Held shared by every process with the repository open; exclusively by a rebuild.
 const OPEN_LOCK: &str = "open.lock";
@@ -1423,8 +1431,8 @@ impl Repository {
         }
         let _lease = self.lease_point(point)?;
         let (_lock, disk, index) = self.disk_to_restore(point, disk)?;
-        let problems = self.check_restorable_locked(point, &[disk], false)?;
-        if let Some(first) = problems.first() {
+        let check = self.check_restorable_locked(point, &[disk], false)?;
+        if let Some(first) = check.problems.first() {
             let mut first_said = first.describe();
             if let VerifyProblem::Chunk { digest, .. } = first
                 && self.damaged_digests()?.contains(digest)
@@ -1433,7 +1441,8 @@ impl Repository {
             }
             return Err(RepoError::Unrestorable {
                 point,
-                count: problems.len(),
+                count: check.problems.len(),
+                more: check.stopped_early,
                 first: first_said,
             });
         }
@@ -1628,6 +1637,8 @@ impl Repository {
             points: (!selected.is_empty()).then_some(&selected),
             // One pass: the points given share most of their chunks with the others.
             max_entries: None,
+            // A repair needs every bad chunk.
+            max_bad: None,
         };
         let mut report = verify::verify(
             &self.root,
@@ -1672,7 +1683,8 @@ impl Repository {
     /// index of `disks` of `point` that does not read, a chunk they need whose file is
     /// missing (quarantined by a repair, or lost), and with `read_chunks` a chunk whose
     /// content is bad. Without `read_chunks`: one `stat` per distinct chunk, no reading (a bad
-    /// chunk is then found only when the restore reads it).
+    /// chunk is then found only when the restore reads it). The check stops at
+    /// [`RESTORE_CHECK_MAX_BAD`] bad chunks (`stopped_early`).
     ///
     /// # Errors
     /// [`RepoError::PointNotFound`], [`RepoError::Lock`], catalog errors.
@@ -1681,7 +1693,7 @@ impl Repository {
         point: RestorePointId,
         disks: &[DiskKey],
         read_chunks: bool,
-    ) -> Result<Vec<VerifyProblem>, RepoError> {
+    ) -> Result<VerifyReport, RepoError> {
         let _lock = self.lock_shared()?;
         self.check_restorable_locked(point, disks, read_chunks)
     }
@@ -1692,7 +1704,7 @@ impl Repository {
         point: RestorePointId,
         disks: &[DiskKey],
         read_chunks: bool,
-    ) -> Result<Vec<VerifyProblem>, RepoError> {
+    ) -> Result<VerifyReport, RepoError> {
         let mut record = self
             .catalog
             .get_point(point)?
@@ -1701,9 +1713,10 @@ impl Repository {
         let select = ChunkSelection {
             presence_only: !read_chunks,
             max_entries: Some(RESTORE_CHECK_MAX_DIGESTS),
+            max_bad: Some(RESTORE_CHECK_MAX_BAD),
             ..ChunkSelection::default()
         };
-        let report = verify::verify(
+        verify::verify(
             &self.root,
             self.chunk_size_bytes,
             &self.store,
@@ -1713,8 +1726,7 @@ impl Repository {
             None,
             &mut |_, _| {},
         )
-        .ok_or(RepoError::Cancelled)?;
-        Ok(report.problems)
+        .ok_or(RepoError::Cancelled)
     }
 
     /// Verify every committed point, then set aside what is damaged so that the next

@@ -17,7 +17,7 @@
 //! use a bad chunk are found at the end by reading the indexes again, for the bad chunks
 //! only.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::ids::{ChunkDigest, DiskKey, RestorePointId};
 use crate::repo::catalog::PointRecord;
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError};
-use crate::repo::fixed_index::FixedIndexReader;
+use crate::repo::fixed_index::{FixedIndexError, FixedIndexReader};
 use crate::repo::point_config;
 
 /// One problem found by verify.
@@ -199,6 +199,11 @@ pub struct ChunkSelection<'a> {
     /// right for one point's disks (a restore's check), far too many passes for a whole
     /// repository, whose points share most of their chunks.
     pub max_entries: Option<usize>,
+    /// Stop checking once this many bad chunks are found ([`VerifyReport::stopped_early`]
+    /// then says so): enough to refuse a restore, without holding a problem for every chunk
+    /// of a disk whose chunks are all gone (a store not mounted). `None`: check every chunk
+    /// (a repair needs every bad one).
+    pub max_bad: Option<usize>,
 }
 
 impl ChunkSelection<'_> {
@@ -222,6 +227,10 @@ pub struct VerifyReport {
     pub subset: Option<VerifySubset>,
     /// Problems, indexes first.
     pub problems: Vec<VerifyProblem>,
+    /// Whether the check stopped at [`ChunkSelection::max_bad`] bad chunks: there may be
+    /// more.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_early: bool,
 }
 
 impl VerifyReport {
@@ -263,9 +272,30 @@ pub fn verify(
     // users would grow with points × chunks. Who uses a bad chunk is found at the end, by
     // a second pass over the indexes for the (few) bad ones.
     let selected = |p: &RestorePointId| select.points.is_none_or(|s| s.contains(p));
+    // With `max_entries`, the selected points' indexes are opened (and checked) once, to
+    // count the passes, and kept open for them: each pass reads each once more.
+    let mut opened: HashMap<(RestorePointId, DiskKey), FixedIndexReader> = HashMap::new();
     let passes = match select.max_entries {
-        Some(cap) => passes_for(root, chunk_size_bytes, points, &selected, cap),
+        Some(cap) => {
+            for p in points.iter().filter(|p| selected(&p.id)) {
+                for d in &p.disks {
+                    let path = root.join(&d.index_path);
+                    if let Ok(index) =
+                        FixedIndexReader::open_expecting(&path, chunk_size_bytes, d.capacity_bytes)
+                    {
+                        opened.insert((p.id, d.key), index);
+                    }
+                }
+            }
+            let referenced: u64 = opened.values().map(|i| i.data_slots() as u64).sum();
+            referenced.div_ceil(cap.max(1) as u64).max(1)
+        }
         None => 1,
+    };
+    let enough = |bad: &Mutex<Vec<(ChunkDigest, ChunkState, String)>>| {
+        select
+            .max_bad
+            .is_some_and(|max| bad.lock().expect("not poisoned").len() >= max)
     };
     if let Some(selected) = select.points {
         report.points = points.iter().filter(|p| selected.contains(&p.id)).count();
@@ -291,20 +321,25 @@ pub fn verify(
                 }
                 let path = root.join(&d.index_path);
                 let all = selected(&p.id);
-                let scanned =
-                    FixedIndexReader::open_expecting(&path, chunk_size_bytes, d.capacity_bytes)
-                        .and_then(|index| {
-                            for slot in index.slots() {
-                                let (_, digest) = slot?;
-                                if !digest.is_zero()
-                                    && in_pass(&digest)
-                                    && (all || select.always.is_some_and(|a| a.contains(&digest)))
-                                {
-                                    referenced.insert(digest);
-                                }
-                            }
-                            Ok(())
-                        });
+                let mut scan = |index: &FixedIndexReader| {
+                    for slot in index.slots() {
+                        let (_, digest) = slot?;
+                        if !digest.is_zero()
+                            && in_pass(&digest)
+                            && (all || select.always.is_some_and(|a| a.contains(&digest)))
+                        {
+                            referenced.insert(digest);
+                        }
+                    }
+                    Ok::<_, FixedIndexError>(())
+                };
+                let scanned = match opened.get(&(p.id, d.key)) {
+                    Some(index) => scan(index),
+                    None => {
+                        FixedIndexReader::open_expecting(&path, chunk_size_bytes, d.capacity_bytes)
+                            .and_then(|index| scan(&index))
+                    }
+                };
                 if let Err(e) = scanned {
                     failed_indexes.insert((p.id, d.key));
                     report.problems.push(VerifyProblem::Index {
@@ -324,6 +359,9 @@ pub fn verify(
             .collect();
         report.chunks_read += digests.len();
         for d in referenced.iter().filter(|d| !select.reads(d)) {
+            if enough(&bad) {
+                break;
+            }
             if let Err(e) = store.check_present(d) {
                 bad.lock()
                     .expect("not poisoned")
@@ -331,10 +369,24 @@ pub fn verify(
             }
         }
         drop(referenced);
-        if !read_chunks(store, &digests, workers, &stopped, &mut progress, &bad) {
+        let enough = || enough(&bad);
+        if !read_chunks(
+            store,
+            &digests,
+            workers,
+            &stopped,
+            &enough,
+            &mut progress,
+            &bad,
+        ) {
             return None;
         }
+        if enough() {
+            report.stopped_early = true;
+            break;
+        }
     }
+    drop(opened);
     check_configs(root, points, &select, &mut report);
     let mut bad = bad.into_inner().expect("not poisoned");
     bad.sort();
@@ -354,34 +406,6 @@ pub fn verify(
         });
     }
     Some(report)
-}
-
-/// How many passes keep each pass's set of distinct digests under about `cap`: the chunks
-/// the `selected` points' indexes reference, counted with repeats (an upper bound of the
-/// distinct ones), over `cap`. An index that does not open counts nothing (the passes
-/// report it).
-fn passes_for(
-    root: &Path,
-    chunk_size_bytes: u32,
-    points: &[PointRecord],
-    selected: &dyn Fn(&RestorePointId) -> bool,
-    cap: usize,
-) -> u64 {
-    let referenced: u64 = points
-        .iter()
-        .filter(|p| selected(&p.id))
-        .flat_map(|p| &p.disks)
-        .filter_map(|d| {
-            FixedIndexReader::open_expecting(
-                &root.join(&d.index_path),
-                chunk_size_bytes,
-                d.capacity_bytes,
-            )
-            .ok()
-        })
-        .map(|index| index.data_slots() as u64)
-        .sum();
-    referenced.div_ceil(cap.max(1) as u64).max(1)
 }
 
 /// Each selected point's config file: read and checked as a chunk is, whole when its
@@ -426,13 +450,14 @@ struct Progress<'a> {
     total: u64,
 }
 
-/// Re-read and re-hash `digests` on `workers` threads, adding each bad one to `bad`;
-/// `false` if `stopped` said so before every one was read.
+/// Re-read and re-hash `digests` on `workers` threads, adding each bad one to `bad`, until
+/// `enough` says so; `false` if `stopped` said so before every one was read.
 fn read_chunks(
     store: &ChunkStore,
     digests: &[ChunkDigest],
     workers: usize,
     stopped: &(dyn Fn() -> bool + Sync),
+    enough: &(dyn Fn() -> bool + Sync),
     progress: &mut Progress<'_>,
     bad: &Mutex<Vec<(ChunkDigest, ChunkState, String)>>,
 ) -> bool {
@@ -467,7 +492,7 @@ fn read_chunks(
                 .name(format!("chunk-verify/{n}"))
                 .spawn_scoped(scope, move || {
                     while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        if stopped() {
+                        if stopped() || enough() {
                             return;
                         }
                         check(d);
@@ -481,14 +506,14 @@ fn read_chunks(
     });
     // If no worker could start, check on this thread.
     while let Some(d) = digests.get(next.fetch_add(1, Ordering::Relaxed)) {
-        if stopped() {
+        if stopped() || enough() {
             break;
         }
         check(d);
     }
     let done = done.into_inner();
     progress.done = before + done as u64;
-    done == digests.len()
+    done == digests.len() || !stopped()
 }
 
 /// Every point and disk whose index references one of `digests` (the bad chunks), read

@@ -503,15 +503,18 @@ pub enum RestoreError {
     /// The point cannot be restored whole: the pre-flight found an unreadable index or a
     /// missing chunk among the disks to restore; nothing was changed.
     #[error(
-        "restore point {point} cannot be restored, nothing was changed: {count} problem(s) in \
-         the disks to restore, first: {first}; pick another point, or run `vadp-agent repo \
-         verify --repair` and back the VM up again to heal it"
+        "restore point {point} cannot be restored, nothing was changed: {count}{} problem(s) \
+         in the disks to restore, first: {first}; pick another point, or run `vadp-agent repo \
+         verify --repair` and back the VM up again to heal it",
+        if *more { " or more" } else { "" }
     )]
     Unrestorable {
         /// The point.
         point: RestorePointId,
-        /// How many problems.
+        /// How many problems were found ...
         count: usize,
+        /// ... and whether the check stopped there (there may be more).
+        more: bool,
         /// The first, as verify words it (file, digest, disk).
         first: String,
     },
@@ -914,13 +917,14 @@ async fn check_chunks(
             message: format!("verifying the chunks of point {point} before changing anything"),
         });
     }
-    let problems = blocking(move || repo.check_restorable(point, &keys, read))
+    let check = blocking(move || repo.check_restorable(point, &keys, read))
         .await?
         .map_err(BackupError::Repo)?;
-    match problems.first() {
+    match check.problems.first() {
         Some(first) => Err(RestoreError::Unrestorable {
             point: request.point,
-            count: problems.len(),
+            count: check.problems.len(),
+            more: check.stopped_early,
             first: first.describe(),
         }),
         None => Ok(()),
