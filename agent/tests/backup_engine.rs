@@ -6,7 +6,7 @@
 mod tests {
     use std::io::Write as _;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Output};
+    use std::process::{Child, Command, Output};
     use std::time::{Duration, Instant};
 
     use base64::Engine as _;
@@ -141,6 +141,43 @@ mod tests {
         }
 
         /// `vadp-agent --json backup …`: exit status, the final report, every event.
+        /// Starts a `backup` of `vms` with `extra` flags, paused at
+        /// `backup-mid-disk` (marker files in `pause`), and returns once a disk read is
+        /// held there; the output if the backup ends before.
+        fn start_paused(&self, vms: &[&VmMoref], extra: &[&str], pause: &Path) -> Child {
+            std::fs::create_dir_all(pause).unwrap();
+            let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
+            args.push(self.repo().display().to_string());
+            for vm in vms {
+                args.extend(["--vm".into(), vm.0.clone()]);
+            }
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            args.extend(self.connection());
+            let mut child = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
+                .args(&args)
+                .env_remove("VADP_AGENT_PASSWORD")
+                .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
+                .env("VADP_AGENT_PAUSE_DIR", pause)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !pause.join("backup-mid-disk.reached").exists() {
+                if child.try_wait().unwrap().is_some() {
+                    let out = child.wait_with_output().unwrap();
+                    panic!(
+                        "the backup ended before it read: {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                assert!(Instant::now() < deadline, "the backup never read");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            child
+        }
+
         fn backup(&self, vms: &[&VmMoref], extra: &[&str], crash: Option<&str>) -> Backup {
             let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
             args.push(self.repo().display().to_string());
@@ -1009,26 +1046,7 @@ mod tests {
             fx.lab.guest_write(&vm, key, 0, &pattern(3, MIB)).unwrap();
         }
         let pause = fx.dir.path().join("pause");
-        std::fs::create_dir_all(&pause).unwrap();
-        let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
-        args.push(fx.repo().display().to_string());
-        args.extend(["--vm".into(), vm.0.clone(), "--full".into()]);
-        args.extend(fx.connection());
-        let child = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
-            .args(&args)
-            .env_remove("VADP_AGENT_PASSWORD")
-            .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
-            .env("VADP_AGENT_PAUSE_DIR", &pause)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let reached = pause.join("backup-mid-disk.reached");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reached.exists() {
-            assert!(Instant::now() < deadline, "the backup never read");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = fx.start_paused(&[&vm], &["--full"], &pause);
         let before = fx.points().len();
         fx.lab
             .modify_vm(&vm, |s| {
@@ -1067,38 +1085,9 @@ mod tests {
         // Sessions opened while the first disk read is held, beyond those open before.
         let opened_while_reading = |vms: &[VmMoref], run: usize| -> usize {
             let pause = fx.dir.path().join(format!("pause-{run}"));
-            std::fs::create_dir_all(&pause).unwrap();
-            let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
-            args.push(fx.repo().display().to_string());
-            for vm in vms {
-                args.extend(["--vm".into(), vm.0.clone()]);
-            }
-            args.extend(["--full".into(), "--disks-per-job".into(), "1".into()]);
-            args.extend(fx.connection());
             let before = fx.vcenter.running().vcenter.session_count();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
-                .args(&args)
-                .env_remove("VADP_AGENT_PASSWORD")
-                .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
-                .env("VADP_AGENT_PAUSE_DIR", &pause)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let reached = pause.join("backup-mid-disk.reached");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !reached.exists() {
-                if child.try_wait().unwrap().is_some() {
-                    let out = child.wait_with_output().unwrap();
-                    panic!(
-                        "the backup ended before it read: {}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                assert!(Instant::now() < deadline, "the backup never read");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            let vms: Vec<&VmMoref> = vms.iter().collect();
+            let child = fx.start_paused(&vms, &["--full", "--disks-per-job", "1"], &pause);
             // Time for any other VM to connect, as each did at once before.
             std::thread::sleep(Duration::from_secs(1));
             let opened = fx.vcenter.running().vcenter.session_count() - before;
@@ -1748,38 +1737,13 @@ mod tests {
             .unwrap();
 
         // Another job holds app-4 (paused while it reads its disk).
-        let spawn_paused = |vms: &[&VmMoref], extra: &[&str], pause: &Path| {
-            std::fs::create_dir_all(pause).unwrap();
-            let mut args: Vec<String> = vec!["--json".into(), "backup".into(), "--repo".into()];
-            args.push(fx.repo().display().to_string());
-            for vm in vms {
-                args.extend(["--vm".into(), vm.0.clone()]);
-            }
-            args.extend(extra.iter().map(|s| (*s).to_owned()));
-            args.extend(fx.connection());
-            let child = Command::new(env!("CARGO_BIN_EXE_vadp-agent"))
-                .args(&args)
-                .env_remove("VADP_AGENT_PASSWORD")
-                .env("VADP_AGENT_PAUSE_AT", "backup-mid-disk")
-                .env("VADP_AGENT_PAUSE_DIR", pause)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !pause.join("backup-mid-disk.reached").exists() {
-                assert!(Instant::now() < deadline, "the backup never read");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            child
-        };
         let holder_pause = fx.dir.path().join("pause-holder");
-        let holder = spawn_paused(&[&held], &[], &holder_pause);
+        let holder = fx.start_paused(&[&held], &[], &holder_pause);
 
         // The failing VM listed first: the snapshots of the others must stay theirs.
         fx.lab.fail_next_snapshot(&b).unwrap();
         let job_pause = fx.dir.path().join("pause-job");
-        let job = spawn_paused(
+        let job = fx.start_paused(
             &[&b, &refused, &gone, &held, &other, &a],
             &["--independent"],
             &job_pause,

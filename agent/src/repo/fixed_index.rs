@@ -604,24 +604,6 @@ impl FixedIndexWriter {
         self.geometry
     }
 
-    /// Chunk size in bytes.
-    #[must_use]
-    pub fn chunk_size_bytes(&self) -> u32 {
-        self.geometry.chunk_size_bytes
-    }
-
-    /// Disk size in bytes.
-    #[must_use]
-    pub fn disk_size_bytes(&self) -> u64 {
-        self.geometry.disk_size_bytes
-    }
-
-    /// Number of slots.
-    #[must_use]
-    pub fn slot_count(&self) -> usize {
-        self.geometry.slot_count()
-    }
-
     /// Set slot `i` (written out with others, at the latest by `finish`).
     ///
     /// # Errors
@@ -630,7 +612,7 @@ impl FixedIndexWriter {
     /// # Panics
     /// For a slot beyond the disk.
     pub fn set(&mut self, i: usize, digest: ChunkDigest) -> Result<(), FixedIndexError> {
-        assert!(i < self.slot_count(), "slot {i} beyond the index");
+        assert!(i < self.geometry.slot_count(), "slot {i} beyond the index");
         self.pending.push((i, digest));
         if self.pending.len() >= PENDING_MAX {
             self.flush()?;

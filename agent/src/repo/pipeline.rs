@@ -858,7 +858,7 @@ mod tests {
         let path = dir.path().join("p/2000.fidx");
         let mut idx =
             FixedIndexWriter::create(&path, IndexGeometry::new(4096, data.len() as u64)).unwrap();
-        let slots = SlotSet::all(idx.slot_count());
+        let slots = SlotSet::all(idx.geometry().slot_count());
         let stats = backup_disk(
             &store,
             src,

@@ -1017,7 +1017,7 @@ impl Repository {
                 // A shrunk one (an image file): its last slot may be shorter than the
                 // parent's chunk there, which `derive` made a hole; read it again.
                 if capacity < parent_index.disk_size_bytes()
-                    && let Some(last) = index.slot_count().checked_sub(1)
+                    && let Some(last) = index.geometry().slot_count().checked_sub(1)
                 {
                     let g = index.geometry();
                     extents.push(Extent {
@@ -1046,7 +1046,7 @@ impl Repository {
         // slots that hold one as well, so that unchanged data is stored again.
         let damaged = self.damaged_digests()?;
         if let Some(parent) = &parent {
-            let healing = heal_slots(parent, index.slot_count(), &damaged)
+            let healing = heal_slots(parent, index.geometry().slot_count(), &damaged)
                 .map_err(|e| wrap(PipelineError::Index(e)))?;
             if !healing.is_empty() {
                 tracing::info!(

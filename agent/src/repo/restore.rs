@@ -348,7 +348,7 @@ mod tests {
             IndexGeometry::new(u32::try_from(cs).unwrap(), data.len() as u64),
         )
         .unwrap();
-        let slots = SlotSet::all(index.slot_count());
+        let slots = SlotSet::all(index.geometry().slot_count());
         let stats = backup_disk(
             &store,
             RawFileSource::open(&img).unwrap(),
