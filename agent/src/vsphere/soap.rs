@@ -139,9 +139,27 @@ struct Inner {
     soap_action: HeaderValue,
     credentials: Option<Credentials>,
     session: RwLock<Option<SessionCookie>>,
-    relogin: tokio::sync::Mutex<()>,
+    /// Held while logging in again; keeps the last refused login (see `login_again`).
+    relogin: tokio::sync::Mutex<Option<RefusedLogin>>,
     content: ServiceContent,
 }
+
+/// A login refused for the credentials (`InvalidLogin`: a changed password, a locked
+/// account), and the session it was to replace.
+#[derive(Debug)]
+struct RefusedLogin {
+    at: std::time::Instant,
+    ended: Option<SessionCookie>,
+    method: &'static str,
+    object: MoRef,
+    fault: SoapFault,
+}
+
+/// How long a refused login is given as the answer to the callers that found the same
+/// session ended, instead of trying again: each try counts towards SSO's lockout (by
+/// default 5 failures in 3 minutes locks the account), and a job's VMs and disks find an
+/// ended session together.
+const REFUSED_LOGIN_HOLD: Duration = Duration::from_secs(60);
 
 impl SoapClient {
     /// Connects: builds the HTTP client, reads the `ServiceContent` and, when credentials
@@ -188,7 +206,7 @@ impl SoapClient {
             soap_action,
             credentials: config.credentials,
             session: RwLock::new(None),
-            relogin: tokio::sync::Mutex::new(()),
+            relogin: tokio::sync::Mutex::new(None),
             content: ServiceContent::default(),
         };
         let this = MoRef::new("ServiceInstance", "ServiceInstance");
@@ -353,12 +371,46 @@ impl SoapClient {
         before: Option<SessionCookie>,
         what: &str,
     ) -> Result<(), VsphereError> {
-        let _guard = self.inner.relogin.lock().await;
-        if self.session_cookie() == before {
-            tracing::info!(what, "vsphere session expired; logging in again");
-            self.login().await?;
+        let mut refused = self.inner.relogin.lock().await;
+        if self.session_cookie() != before {
+            return Ok(());
         }
-        Ok(())
+        if let Some(r) = refused.as_ref()
+            && r.ended == before
+            && r.at.elapsed() < REFUSED_LOGIN_HOLD
+        {
+            return Err(VsphereError::Fault {
+                method: r.method,
+                object: r.object.clone(),
+                fault: Box::new(r.fault.clone()),
+            });
+        }
+        tracing::info!(what, "vsphere session expired; logging in again");
+        match self.login().await {
+            Ok(_) => {
+                *refused = None;
+                Ok(())
+            }
+            Err(e) => {
+                if let VsphereError::Fault {
+                    method,
+                    object,
+                    fault,
+                } = &e
+                    && fault.kind == FaultKind::InvalidLogin
+                {
+                    tracing::error!(what, error = %e, "logging in again was refused; the callers waiting for it get the same answer for a minute");
+                    *refused = Some(RefusedLogin {
+                        at: std::time::Instant::now(),
+                        ended: before,
+                        method,
+                        object: object.clone(),
+                        fault: (**fault).clone(),
+                    });
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -30,9 +30,25 @@ pub struct VapiClient {
     credentials: Credentials,
     session: RwLock<Option<ApiToken>>,
     /// Held while logging in again, so that callers finding the session ended together make
-    /// one new session, not one each (vCenter limits sessions per user).
-    relogin: tokio::sync::Mutex<()>,
+    /// one new session, not one each (vCenter limits sessions per user); keeps the last
+    /// login refused for the credentials, given to the callers that found the same session
+    /// ended instead of trying again for [`REFUSED_LOGIN_HOLD`] (each try counts towards
+    /// SSO's lockout).
+    relogin: tokio::sync::Mutex<Option<RefusedLogin>>,
 }
+
+/// A login refused for the credentials (401 or 403 to `POST /api/session`).
+#[derive(Debug)]
+struct RefusedLogin {
+    at: Instant,
+    ended: Option<ApiToken>,
+    status: u16,
+    error_type: String,
+    message: String,
+}
+
+/// See [`VapiClient`]'s `relogin`.
+const REFUSED_LOGIN_HOLD: Duration = Duration::from_secs(60);
 
 #[derive(Clone, PartialEq, Eq)]
 struct ApiToken(String);
@@ -71,7 +87,7 @@ impl VapiClient {
             base,
             credentials,
             session: RwLock::new(None),
-            relogin: tokio::sync::Mutex::new(()),
+            relogin: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -290,13 +306,45 @@ impl VapiClient {
         if usable(&current) {
             return Ok(current.expect("checked"));
         }
-        let _guard = self.relogin.lock().await;
+        let mut refused = self.relogin.lock().await;
         let current = self.token();
         if !usable(&current) {
+            if let Some(r) = refused.as_ref()
+                && r.ended.as_ref() == ended
+                && r.at.elapsed() < REFUSED_LOGIN_HOLD
+            {
+                return Err(VapiError::Api {
+                    op: "login",
+                    status: r.status,
+                    error_type: r.error_type.clone(),
+                    message: r.message.clone(),
+                });
+            }
             if ended.is_some() {
                 tracing::info!("vAPI session ended; logging in again");
             }
-            self.login().await?;
+            match self.login().await {
+                Ok(()) => *refused = None,
+                Err(e) => {
+                    if let VapiError::Api {
+                        status: status @ (401 | 403),
+                        error_type,
+                        message,
+                        ..
+                    } = &e
+                    {
+                        tracing::error!(error = %e, "vAPI login refused; the callers waiting for it get the same answer for a minute");
+                        *refused = Some(RefusedLogin {
+                            at: Instant::now(),
+                            ended: ended.cloned(),
+                            status: *status,
+                            error_type: error_type.clone(),
+                            message: message.clone(),
+                        });
+                    }
+                    return Err(e);
+                }
+            }
         }
         self.token().ok_or_else(|| VapiError::Config {
             reason: "no vAPI session after login".into(),
@@ -792,6 +840,42 @@ mod tests {
             2,
             "one login at the start and one after the session ended"
         );
+    }
+
+    /// A refused login is tried once for the callers that find the session ended
+    /// together, not once each (each try counts towards SSO's lockout).
+    #[tokio::test]
+    async fn a_refused_login_is_tried_once_for_all_waiting_callers() {
+        let logins = Arc::new(AtomicU32::new(0));
+        let l = logins.clone();
+        let base = mock(move |r| match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/api/session") => {
+                l.fetch_add(1, Ordering::SeqCst);
+                (
+                    401,
+                    r#"{"error_type":"UNAUTHENTICATED","messages":[]}"#.into(),
+                )
+            }
+            _ => (
+                401,
+                r#"{"error_type":"UNAUTHENTICATED","messages":[]}"#.into(),
+            ),
+        })
+        .await;
+        let client = Arc::new(client_of(base));
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let client = client.clone();
+            calls.spawn(async move { client.task("task-1").await });
+        }
+        while let Some(done) = calls.join_next().await {
+            let err = done.unwrap().unwrap_err();
+            assert!(
+                matches!(&err, VapiError::Api { status: 401, .. }),
+                "{err:?}"
+            );
+        }
+        assert_eq!(logins.load(Ordering::SeqCst), 1);
     }
 
     /// A response body past the cap is refused, not read whole into memory.

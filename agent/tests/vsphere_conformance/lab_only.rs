@@ -55,6 +55,38 @@ mod tests {
         assert_eq!(kind(&err), FaultKind::NotAuthenticated);
     }
 
+    /// A password changed while the agent runs: the callers that find the session ended
+    /// together try the refused login once between them, not once each (SSO locks the
+    /// account after a few failures), and each gets the refusal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_login_is_tried_once_for_all_waiting_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let vc = lab::vcenter::InProcessVcenter::start(dir.path(), false).unwrap();
+        let mut config = vadp_agent::vsphere::SoapConfig::new(vc.sdk_url().parse().unwrap());
+        config.tls = vadp_agent::vsphere::TlsVerification::Thumbprint(
+            vc.thumbprint().unwrap().parse().unwrap(),
+        );
+        let r = vc.running();
+        config.credentials = Some(Credentials::new(&r.user, &r.password));
+        let client = SoapClient::connect(config).await.unwrap();
+        lab::Lab::open(dir.path())
+            .unwrap()
+            .update_settings(|s| s.password = "changed-meanwhile".into())
+            .unwrap();
+        // The session ends (here: ours; a vCenter restart, an idle timeout alike).
+        client.logout().await.unwrap();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let client = client.clone();
+            calls.spawn(async move { client.current_time().await });
+        }
+        while let Some(done) = calls.join_next().await {
+            let err = done.unwrap().unwrap_err();
+            assert_eq!(kind(&err), FaultKind::InvalidLogin, "{err:?}");
+        }
+        assert_eq!(r.vcenter.failed_login_count(), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn terminate_session_faults() {
         let t = lab();

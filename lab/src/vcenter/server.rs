@@ -62,6 +62,7 @@ pub struct Vcenter {
     inv: Arc<Mutex<Inventory>>,
     supervisor: Arc<crate::supervisor::Supervisor>,
     sessions: Mutex<HashMap<String, Session>>,
+    failed_logins: std::sync::atomic::AtomicUsize,
     api_tokens: Mutex<HashMap<String, String>>,
     views: Mutex<HashMap<String, View>>,
     pages: Mutex<HashMap<String, (Vec<String>, usize)>>,
@@ -102,6 +103,7 @@ impl Vcenter {
             inv,
             supervisor,
             sessions: Mutex::default(),
+            failed_logins: std::sync::atomic::AtomicUsize::new(0),
             api_tokens: Mutex::default(),
             views: Mutex::default(),
             pages: Mutex::default(),
@@ -172,7 +174,11 @@ impl Vcenter {
 
     /// Login: a new session; returns (cookie value, session).
     pub(crate) fn login(&self, user: &str, password: &str) -> Result<(String, Session), Fault> {
-        self.check_credentials(user, password)?;
+        if let Err(f) = self.check_credentials(user, password) {
+            self.failed_logins
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(f);
+        }
         let cookie = uuid::Uuid::new_v4().simple().to_string();
         let session = Session {
             key: uuid::Uuid::new_v4().to_string().to_uppercase(),
@@ -181,6 +187,13 @@ impl Vcenter {
         };
         lock(&self.sessions).insert(cookie.clone(), session.clone());
         Ok((cookie, session))
+    }
+
+    /// How many vim25 logins were refused for their credentials: what a test counts to
+    /// see that a client does not try a refused password again and again (SSO locks an
+    /// account after a few).
+    pub fn failed_login_count(&self) -> usize {
+        self.failed_logins.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many vim25 sessions are open now (the agent's own, and one per VDDK connection
