@@ -2822,4 +2822,47 @@ mod tests {
         assert!(!all.stopped_early);
         assert_eq!(all.problems.len(), chunks.len());
     }
+
+    /// An incremental whose parent's index checked out when it was opened but does not
+    /// when copied (a read error, bytes that changed) is made a full backup, says so in
+    /// its reason, and holds the disk's data as a full would.
+    #[test]
+    fn an_incremental_whose_parent_index_fails_its_copy_becomes_a_full() {
+        use std::os::unix::fs::FileExt;
+        let f = fixture();
+        let repo = Repository::open(&f.root).unwrap();
+        let rec = repo.catalog().get_point(f.incr).unwrap().unwrap();
+        let parent = repo.load_index(&rec, IMAGE_DISK_KEY).unwrap();
+        let want = parent.read_all().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(parent.path())
+            .unwrap();
+        file.write_all_at(&[0x5a], 64 + 32 * 3 + 7).unwrap();
+        let _lock = repo.lock_shared().unwrap();
+        let written = repo
+            .write_disk(
+                RestorePointId::new_random(),
+                "vm",
+                IMAGE_DISK_KEY,
+                vadp_agent::repo::RawFileSource::open(&f.img).unwrap(),
+                vadp_agent::repo::DiskPlan::Incremental {
+                    parent_index: parent,
+                    changed: Vec::new(),
+                },
+                &mut |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(written.kind, vadp_agent::repo::PointKind::Full);
+        let why = written.fallback.unwrap();
+        assert!(
+            why.contains("could not be copied") && why.contains(".fidx"),
+            "{why}"
+        );
+        let got = vadp_agent::repo::FixedIndexReader::open(&f.root.join(&written.index_path))
+            .unwrap()
+            .read_all()
+            .unwrap();
+        assert!(got == want, "the full holds other chunks than the disk's");
+    }
 }

@@ -2621,7 +2621,7 @@ fn read_disk_blocking(
         key: disk.key,
         label: disk.label.clone(),
         kind: written.kind,
-        reason,
+        reason: written.fallback.clone().unwrap_or(reason),
         capacity_bytes: written.capacity_bytes,
         bytes_changed: written.bytes_changed,
         transport,

@@ -66,6 +66,16 @@ pub enum FixedIndexError {
     },
 }
 
+impl FixedIndexError {
+    /// The file the error is about.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Io { path, .. } | Self::Corrupt { path, .. } => path,
+        }
+    }
+}
+
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FixedIndexError + '_ {
     move |source| FixedIndexError::Io {
         path: path.to_path_buf(),

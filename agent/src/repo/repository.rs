@@ -482,6 +482,9 @@ pub struct WrittenDisk {
     pub bytes_changed: u64,
     /// Pipeline statistics.
     pub stats: DiskBackupStats,
+    /// Why an incremental was made a full backup here, if it was (its parent's index
+    /// could not be copied).
+    pub fallback: Option<String>,
 }
 
 /// An open repository.
@@ -999,47 +1002,59 @@ impl Repository {
             disk,
             source,
         };
+        let full = |source: &mut S, allocated: Option<Vec<Extent>>| {
+            let extents = match allocated {
+                Some(extents) => extents,
+                None => source.allocated_extents().map_err(RepoError::Source)?,
+            };
+            let geometry = IndexGeometry::new(self.chunk_size_bytes, capacity);
+            let index = FixedIndexWriter::create(&index_file, geometry).map_err(index_err)?;
+            Ok::<_, RepoError>((index, PointKind::Full, extents, None))
+        };
+        let mut fallback = None;
         let (mut index, kind, extents, parent) = match plan {
             DiskPlan::Incremental {
                 parent_index,
                 changed,
-            } => {
-                let mut extents = changed;
-                // A grown disk: the new area was never backed up.
-                if capacity > parent_index.disk_size_bytes() {
-                    extents.push(Extent {
-                        offset: parent_index.disk_size_bytes(),
-                        length: capacity - parent_index.disk_size_bytes(),
-                    });
+            } => match FixedIndexWriter::derive(&index_file, &parent_index, capacity) {
+                Ok(index) => {
+                    let mut extents = changed;
+                    // A grown disk: the new area was never backed up.
+                    if capacity > parent_index.disk_size_bytes() {
+                        extents.push(Extent {
+                            offset: parent_index.disk_size_bytes(),
+                            length: capacity - parent_index.disk_size_bytes(),
+                        });
+                    }
+                    // A shrunk one (an image file): its last slot may be shorter than the
+                    // parent's chunk there, which `derive` made a hole; read it again.
+                    if capacity < parent_index.disk_size_bytes()
+                        && let Some(last) = index.geometry().slot_count().checked_sub(1)
+                    {
+                        let g = index.geometry();
+                        extents.push(Extent {
+                            offset: g.slot_offset(last),
+                            length: g.slot_len(last),
+                        });
+                    }
+                    (index, PointKind::Incremental, extents, Some(parent_index))
                 }
-                let index = FixedIndexWriter::derive(&index_file, &parent_index, capacity)
-                    .map_err(index_err)?;
-                // A shrunk one (an image file): its last slot may be shorter than the
-                // parent's chunk there, which `derive` made a hole; read it again.
-                if capacity < parent_index.disk_size_bytes()
-                    && let Some(last) = index.geometry().slot_count().checked_sub(1)
-                {
-                    let g = index.geometry();
-                    extents.push(Extent {
-                        offset: g.slot_offset(last),
-                        length: g.slot_len(last),
-                    });
+                // The parent's index checked out when it was opened but not when copied (a
+                // read error, bytes that changed): nothing is lost by reading everything
+                // again, as when it does not open.
+                Err(e) if e.path() == parent_index.path() => {
+                    let why = format!(
+                        "the parent's index could not be copied ({}): a full backup instead",
+                        verify::error_chain(&e)
+                    );
+                    tracing::warn!(vm = vm_name, disk = %disk, "{why}");
+                    fallback = Some(why);
+                    drop(parent_index);
+                    full(&mut source, None)?
                 }
-                (index, PointKind::Incremental, extents, Some(parent_index))
-            }
-            DiskPlan::Full { allocated } => {
-                let extents = match allocated {
-                    Some(extents) => extents,
-                    None => source.allocated_extents().map_err(RepoError::Source)?,
-                };
-                let geometry = IndexGeometry::new(self.chunk_size_bytes, capacity);
-                (
-                    FixedIndexWriter::create(&index_file, geometry).map_err(index_err)?,
-                    PointKind::Full,
-                    extents,
-                    None,
-                )
-            }
+                Err(e) => return Err(index_err(e)),
+            },
+            DiskPlan::Full { allocated } => full(&mut source, allocated)?,
         };
         let mut slots = pipeline::slots_for_extents(&extents, index.geometry()).map_err(wrap)?;
         // Chunks a repair found damaged (see `repair`): an incremental reads its parent's
@@ -1078,6 +1093,7 @@ impl Repository {
             index_path,
             bytes_changed,
             stats,
+            fallback,
         })
     }
 
@@ -1277,7 +1293,10 @@ impl Repository {
             parent: parent_id,
             created_at: now_secs(),
             kind,
-            reason: reason.to_owned(),
+            reason: written
+                .fallback
+                .clone()
+                .unwrap_or_else(|| reason.to_owned()),
             vmx: None,
             extra_config: None,
             nvram: None,
