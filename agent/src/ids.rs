@@ -29,6 +29,15 @@ impl ChunkDigest {
         *self == Self::ZERO
     }
 
+    /// The digest's `n`-th 8 bytes (0–3) as a little-endian number: uniform, as the
+    /// digest is, for splitting chunks into shares or keying them compactly.
+    #[must_use]
+    pub fn word(&self, n: usize) -> u64 {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.0[n * 8..n * 8 + 8]);
+        u64::from_le_bytes(word)
+    }
+
     /// Lower-case hex form (64 characters), as used in chunk file names.
     #[must_use]
     pub fn to_hex(&self) -> String {

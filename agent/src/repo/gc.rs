@@ -159,9 +159,7 @@ struct MarkSet(HashSet<u64>);
 
 impl MarkSet {
     fn key(digest: &ChunkDigest) -> u64 {
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&digest.0[..8]);
-        u64::from_le_bytes(head)
+        digest.word(0)
     }
 
     fn insert(&mut self, digest: ChunkDigest) {

@@ -150,9 +150,7 @@ impl VerifySubset {
     /// Whether `digest` falls in this subset.
     #[must_use]
     pub fn contains(&self, digest: &ChunkDigest) -> bool {
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&digest.0[..8]);
-        u64::from_le_bytes(head) % u64::from(self.of) == u64::from(self.n - 1)
+        digest.word(0) % u64::from(self.of) == u64::from(self.n - 1)
     }
 }
 
@@ -308,11 +306,7 @@ pub fn verify(
         total: 0,
     };
     for pass in 0..passes {
-        let in_pass = |d: &ChunkDigest| {
-            let mut key = [0u8; 8];
-            key.copy_from_slice(&d.0[8..16]);
-            passes == 1 || u64::from_le_bytes(key) % passes == pass
-        };
+        let in_pass = |d: &ChunkDigest| passes == 1 || d.word(1) % passes == pass;
         let mut referenced: BTreeSet<ChunkDigest> = BTreeSet::new();
         for p in points {
             for d in &p.disks {
