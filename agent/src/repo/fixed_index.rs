@@ -244,7 +244,7 @@ impl FixedIndexReader {
         let mut hasher = blake3::Hasher::new();
         let (mut data_slots, mut data_bytes) = (0usize, 0u64);
         let mut slot = 0usize;
-        for_each_block(&file, path, body_len, |block| {
+        for_each_block(&file, path, HEADER_LEN as u64..len, |block| {
             hasher.update(block);
             for s in block.chunks_exact(SLOT_LEN) {
                 if s.iter().any(|&b| b != 0) {
@@ -338,21 +338,20 @@ impl FixedIndexReader {
     }
 }
 
-/// Calls `f` with the `len` bytes after the header of `file`, a block at a time.
+/// Calls `f` with the bytes `range` of `file`, a block at a time.
 fn for_each_block(
     file: &File,
     path: &Path,
-    len: u64,
+    range: std::ops::Range<u64>,
     mut f: impl FnMut(&[u8]),
 ) -> Result<(), FixedIndexError> {
     let mut buf = vec![0u8; HASH_BLOCK_BYTES];
-    let mut done = 0u64;
-    while done < len {
-        let n = usize::try_from((len - done).min(HASH_BLOCK_BYTES as u64)).expect("block");
-        file.read_exact_at(&mut buf[..n], HEADER_LEN as u64 + done)
-            .map_err(io_at(path))?;
+    let mut at = range.start;
+    while at < range.end {
+        let n = usize::try_from((range.end - at).min(HASH_BLOCK_BYTES as u64)).expect("block");
+        file.read_exact_at(&mut buf[..n], at).map_err(io_at(path))?;
         f(&buf[..n]);
-        done += n as u64;
+        at += n as u64;
     }
     Ok(())
 }
@@ -532,28 +531,14 @@ impl FixedIndexWriter {
         // file holds, so a bad read or a file system's wrong hole would otherwise pass on
         // to this index and every incremental after it.
         let mut hasher = blake3::Hasher::new();
-        for_each_block(
-            &writer.file,
-            &writer.tmp,
-            slot_pos(n) - HEADER_LEN as u64,
-            |b| {
-                hasher.update(b);
-            },
-        )?;
-        let rest = parent.geometry.file_len() - slot_pos(n);
-        let mut buf = vec![0u8; HASH_BLOCK_BYTES];
-        let mut done = 0u64;
-        while done < rest {
-            let len = usize::try_from(rest - done)
-                .unwrap_or(usize::MAX)
-                .min(HASH_BLOCK_BYTES);
-            parent
-                .file
-                .read_exact_at(&mut buf[..len], slot_pos(n) + done)
-                .map_err(io_at(&parent.path))?;
-            hasher.update(&buf[..len]);
-            done += len as u64;
-        }
+        let copied = HEADER_LEN as u64..slot_pos(n);
+        for_each_block(&writer.file, &writer.tmp, copied, |b| {
+            hasher.update(b);
+        })?;
+        let rest = slot_pos(n)..parent.geometry.file_len();
+        for_each_block(&parent.file, &parent.path, rest, |b| {
+            hasher.update(b);
+        })?;
         if hasher.finalize().as_bytes() != &parent.checksum {
             return Err(FixedIndexError::Corrupt {
                 path: parent.path.clone(),
@@ -678,7 +663,7 @@ impl FixedIndexWriter {
         for_each_block(
             &self.file,
             &self.tmp,
-            g.file_len() - HEADER_LEN as u64,
+            HEADER_LEN as u64..g.file_len(),
             |block| {
                 hasher.update(block);
             },
