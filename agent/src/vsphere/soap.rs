@@ -140,26 +140,45 @@ struct Inner {
     credentials: Option<Credentials>,
     session: RwLock<Option<SessionCookie>>,
     /// Held while logging in again; keeps the last refused login (see `login_again`).
-    relogin: tokio::sync::Mutex<Option<RefusedLogin>>,
+    relogin: tokio::sync::Mutex<Option<Refused>>,
     content: ServiceContent,
 }
 
-/// A login refused for the credentials (`InvalidLogin`: a changed password, a locked
-/// account), and the session it was to replace.
+/// A refused `Login`: the method, object and fault its error names.
+type Refused = RefusedLogin<SessionCookie, (&'static str, MoRef, SoapFault)>;
+
+/// A login refused for the credentials (a changed password, a locked account): `fault`,
+/// what the client needs to give the refusal again, and the session it was to replace.
+/// Kept by the SOAP and the vAPI client while they log in again, to answer the callers
+/// that found the same session ended instead of trying again: each try counts towards
+/// SSO's lockout (by default 5 failures in 3 minutes locks the account), and a job's VMs
+/// and disks find an ended session together.
 #[derive(Debug)]
-struct RefusedLogin {
+pub(crate) struct RefusedLogin<K, F> {
     at: std::time::Instant,
-    ended: Option<SessionCookie>,
-    method: &'static str,
-    object: MoRef,
-    fault: SoapFault,
+    ended: Option<K>,
+    fault: F,
 }
 
-/// How long a refused login is given as the answer to the callers that found the same
-/// session ended, instead of trying again: each try counts towards SSO's lockout (by
-/// default 5 failures in 3 minutes locks the account), and a job's VMs and disks find an
-/// ended session together.
-const REFUSED_LOGIN_HOLD: Duration = Duration::from_secs(60);
+impl<K: PartialEq, F> RefusedLogin<K, F> {
+    /// How long a refusal answers for a login.
+    const HOLD: Duration = Duration::from_secs(60);
+
+    /// `fault`, refused now for a caller that found the session `ended` ended.
+    pub(crate) fn new(ended: Option<K>, fault: F) -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            ended,
+            fault,
+        }
+    }
+
+    /// The refusal, if it answers for a caller that found the session `ended` ended: the
+    /// same session, within a minute.
+    pub(crate) fn answer(&self, ended: Option<&K>) -> Option<&F> {
+        (self.ended.as_ref() == ended && self.at.elapsed() < Self::HOLD).then_some(&self.fault)
+    }
+}
 
 impl SoapClient {
     /// Connects: builds the HTTP client, reads the `ServiceContent` and, when credentials
@@ -375,14 +394,13 @@ impl SoapClient {
         if self.session_cookie() != before {
             return Ok(());
         }
-        if let Some(r) = refused.as_ref()
-            && r.ended == before
-            && r.at.elapsed() < REFUSED_LOGIN_HOLD
+        if let Some((method, object, fault)) =
+            refused.as_ref().and_then(|r| r.answer(before.as_ref()))
         {
             return Err(VsphereError::Fault {
-                method: r.method,
-                object: r.object.clone(),
-                fault: Box::new(r.fault.clone()),
+                method,
+                object: object.clone(),
+                fault: Box::new(fault.clone()),
             });
         }
         tracing::info!(what, "vsphere session expired; logging in again");
@@ -400,13 +418,10 @@ impl SoapClient {
                     && fault.kind == FaultKind::InvalidLogin
                 {
                     tracing::error!(what, error = %e, "logging in again was refused; the callers waiting for it get the same answer for a minute");
-                    *refused = Some(RefusedLogin {
-                        at: std::time::Instant::now(),
-                        ended: before,
-                        method,
-                        object: object.clone(),
-                        fault: (**fault).clone(),
-                    });
+                    *refused = Some(RefusedLogin::new(
+                        before,
+                        (*method, object.clone(), (**fault).clone()),
+                    ));
                 }
                 Err(e)
             }

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
 
-use super::soap::{Credentials, http_client_for};
+use super::soap::{Credentials, RefusedLogin, http_client_for};
 use super::tls::TlsVerification;
 use super::types::VmMoref;
 
@@ -32,23 +32,13 @@ pub struct VapiClient {
     /// Held while logging in again, so that callers finding the session ended together make
     /// one new session, not one each (vCenter limits sessions per user); keeps the last
     /// login refused for the credentials, given to the callers that found the same session
-    /// ended instead of trying again for [`REFUSED_LOGIN_HOLD`] (each try counts towards
-    /// SSO's lockout).
-    relogin: tokio::sync::Mutex<Option<RefusedLogin>>,
+    /// ended instead of trying again (see [`RefusedLogin`]).
+    relogin: tokio::sync::Mutex<Option<Refused>>,
 }
 
-/// A login refused for the credentials (401 or 403 to `POST /api/session`).
-#[derive(Debug)]
-struct RefusedLogin {
-    at: Instant,
-    ended: Option<ApiToken>,
-    status: u16,
-    error_type: String,
-    message: String,
-}
-
-/// See [`VapiClient`]'s `relogin`.
-const REFUSED_LOGIN_HOLD: Duration = Duration::from_secs(60);
+/// A login refused for the credentials (401 or 403 to `POST /api/session`): its status,
+/// error type and message.
+type Refused = RefusedLogin<ApiToken, (u16, String, String)>;
 
 #[derive(Clone, PartialEq, Eq)]
 struct ApiToken(String);
@@ -309,15 +299,14 @@ impl VapiClient {
         let mut refused = self.relogin.lock().await;
         let current = self.token();
         if !usable(&current) {
-            if let Some(r) = refused.as_ref()
-                && r.ended.as_ref() == ended
-                && r.at.elapsed() < REFUSED_LOGIN_HOLD
+            if let Some((status, error_type, message)) =
+                refused.as_ref().and_then(|r| r.answer(ended))
             {
                 return Err(VapiError::Api {
                     op: "login",
-                    status: r.status,
-                    error_type: r.error_type.clone(),
-                    message: r.message.clone(),
+                    status: *status,
+                    error_type: error_type.clone(),
+                    message: message.clone(),
                 });
             }
             if ended.is_some() {
@@ -334,13 +323,10 @@ impl VapiClient {
                     } = &e
                     {
                         tracing::error!(error = %e, "vAPI login refused; the callers waiting for it get the same answer for a minute");
-                        *refused = Some(RefusedLogin {
-                            at: Instant::now(),
-                            ended: ended.cloned(),
-                            status: *status,
-                            error_type: error_type.clone(),
-                            message: message.clone(),
-                        });
+                        *refused = Some(RefusedLogin::new(
+                            ended.cloned(),
+                            (*status, error_type.clone(), message.clone()),
+                        ));
                     }
                     return Err(e);
                 }
@@ -807,6 +793,17 @@ mod tests {
         assert!(!err.is_retryable());
     }
 
+    /// Eight reads of the same task by `client`, at once.
+    async fn eight_task_reads_at_once(client: VapiClient) -> Vec<Result<CisTaskInfo, VapiError>> {
+        let client = Arc::new(client);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let client = client.clone();
+            calls.spawn(async move { client.task("task-1").await });
+        }
+        calls.join_all().await
+    }
+
     /// Callers that start together, and then find the session ended together, make one
     /// session each time between them, not one each: vCenter limits a user's sessions.
     #[tokio::test]
@@ -826,14 +823,8 @@ mod tests {
             _ => (200, r#"{"status":"SUCCEEDED"}"#.into()),
         })
         .await;
-        let client = Arc::new(client_of(base));
-        let mut calls = tokio::task::JoinSet::new();
-        for _ in 0..8 {
-            let client = client.clone();
-            calls.spawn(async move { client.task("task-1").await });
-        }
-        while let Some(done) = calls.join_next().await {
-            assert_eq!(done.unwrap().unwrap().status, CisTaskStatus::Succeeded);
+        for read in eight_task_reads_at_once(client_of(base)).await {
+            assert_eq!(read.unwrap().status, CisTaskStatus::Succeeded);
         }
         assert_eq!(
             logins.load(Ordering::SeqCst),
@@ -862,14 +853,8 @@ mod tests {
             ),
         })
         .await;
-        let client = Arc::new(client_of(base));
-        let mut calls = tokio::task::JoinSet::new();
-        for _ in 0..8 {
-            let client = client.clone();
-            calls.spawn(async move { client.task("task-1").await });
-        }
-        while let Some(done) = calls.join_next().await {
-            let err = done.unwrap().unwrap_err();
+        for read in eight_task_reads_at_once(client_of(base)).await {
+            let err = read.unwrap_err();
             assert!(
                 matches!(&err, VapiError::Api { status: 401, .. }),
                 "{err:?}"
