@@ -258,6 +258,50 @@ fn register_fails(env: &Env, vm: &str) -> String {
     error_id(&t).to_owned()
 }
 
+/// `GET /api/session` answers for a live vAPI session and 401 once vCenter ended it (as
+/// its idle timeout does); the Supervisor's API refuses the ended token too, and the next
+/// registervm ends every session before it is checked when asked to.
+#[test]
+fn ended_vapi_sessions_are_refused_by_vapi_and_the_supervisor() {
+    let env = Env::new();
+    let vc = &env.vc.running().vcenter;
+    let token = env.token();
+    let session = [("vmware-api-session-id", token.as_str())];
+    let bearer = format!("Bearer {token}");
+    let (code, v) = http(env.addr(), "GET", "/api/session", &session, None);
+    assert_eq!(
+        (code, v["user"].as_str()),
+        (200, Some(env.vc.running().user.as_str()))
+    );
+    let namespaces = "/api/v1/namespaces/ns1";
+    let k8s = [("Authorization", bearer.as_str())];
+    assert_ne!(http(env.addr(), "GET", namespaces, &k8s, None).0, 401);
+    assert_eq!(vc.api_login_count(), 1);
+
+    vc.end_api_sessions();
+    assert_eq!(
+        http(env.addr(), "GET", "/api/session", &session, None).0,
+        401
+    );
+    assert_eq!(http(env.addr(), "GET", namespaces, &k8s, None).0, 401);
+
+    let token = env.token();
+    let session = [("vmware-api-session-id", token.as_str())];
+    vc.end_api_sessions_before_next_registervm();
+    assert_eq!(
+        http(env.addr(), "GET", "/api/session", &session, None).0,
+        200
+    );
+    let path = "/api/vcenter/namespaces/instances/ns1/registervm";
+    let (code, _) = http(env.addr(), "POST", path, &session, Some(r#"{"vm":"vm-1"}"#));
+    assert_eq!(code, 401);
+    assert_eq!(
+        http(env.addr(), "GET", "/api/session", &session, None).0,
+        401
+    );
+    assert_eq!(vc.api_login_count(), 2);
+}
+
 #[test]
 fn kubernetes_api_semantics_over_http() {
     let env = Env::new();

@@ -26,7 +26,10 @@ pub(crate) fn app(vc: Arc<Vcenter>) -> Router {
     Router::new()
         .route("/sdk", post(sdk))
         .route("/folder/{*path}", get(folder_get).put(folder_put))
-        .route("/api/session", post(api_login).delete(api_logout))
+        .route(
+            "/api/session",
+            post(api_login).get(api_session_get).delete(api_logout),
+        )
         .route("/api/cis/tasks/{task}", get(cis_task))
         .route(
             "/api/vcenter/namespaces/instances/{ns}/registervm",
@@ -247,6 +250,15 @@ async fn api_login(State(vc): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// `GET /api/session`: the session's `Info` (here its user only), or 401 when the token
+/// names no live session; what a client asks to learn whether its session still stands.
+async fn api_session_get(State(vc): State<AppState>, headers: HeaderMap) -> Response {
+    match api_session(&vc, &headers) {
+        Some(user) => json(StatusCode::OK, &serde_json::json!({ "user": user })),
+        None => unauthenticated(),
+    }
+}
+
 async fn api_logout(State(vc): State<AppState>, headers: HeaderMap) -> Response {
     match api_token(&headers) {
         Some(t) if vc.api_logout(&t) => StatusCode::NO_CONTENT.into_response(),
@@ -282,6 +294,7 @@ async fn registervm(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    vc.take_registervm_session_end();
     let Some(user) = api_session(&vc, &headers) else {
         return unauthenticated();
     };

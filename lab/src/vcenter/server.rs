@@ -64,6 +64,10 @@ pub struct Vcenter {
     sessions: Mutex<HashMap<String, Session>>,
     failed_logins: std::sync::atomic::AtomicUsize,
     api_tokens: Mutex<HashMap<String, String>>,
+    /// vAPI logins that made a session (see [`Vcenter::api_login_count`]).
+    api_logins: std::sync::atomic::AtomicUsize,
+    /// Set by [`Vcenter::end_api_sessions_before_next_registervm`].
+    end_api_sessions_at_registervm: std::sync::atomic::AtomicBool,
     views: Mutex<HashMap<String, View>>,
     pages: Mutex<HashMap<String, (Vec<String>, usize)>>,
     pub(crate) tasks: Tasks,
@@ -105,6 +109,8 @@ impl Vcenter {
             sessions: Mutex::default(),
             failed_logins: std::sync::atomic::AtomicUsize::new(0),
             api_tokens: Mutex::default(),
+            api_logins: std::sync::atomic::AtomicUsize::new(0),
+            end_api_sessions_at_registervm: std::sync::atomic::AtomicBool::new(false),
             views: Mutex::default(),
             pages: Mutex::default(),
             tasks,
@@ -235,7 +241,41 @@ impl Vcenter {
         self.check_credentials(user, password)?;
         let token = uuid::Uuid::new_v4().simple().to_string();
         lock(&self.api_tokens).insert(token.clone(), user.to_owned());
+        self.api_logins
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(token)
+    }
+
+    /// How many vAPI sessions were made (`POST /api/session` with valid credentials):
+    /// what a test counts to see that a client logged in again after its session ended.
+    pub fn api_login_count(&self) -> usize {
+        self.api_logins.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Ends every vAPI session now, as vCenter does to the sessions left unused for its
+    /// idle timeout (30 minutes by default) or when it restarts. Their tokens are then
+    /// refused by vAPI and by the Supervisor's API alike.
+    pub fn end_api_sessions(&self) {
+        lock(&self.api_tokens).clear();
+    }
+
+    /// Ends every vAPI session when the next `registervm` request arrives, before it is
+    /// checked: what a restore whose disk copy outlasted vCenter's idle timeout meets, its
+    /// first vAPI call after the copy being the registration.
+    pub fn end_api_sessions_before_next_registervm(&self) {
+        self.end_api_sessions_at_registervm
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Takes what [`Self::end_api_sessions_before_next_registervm`] arranged: ends the
+    /// sessions if it was.
+    pub(crate) fn take_registervm_session_end(&self) {
+        if self
+            .end_api_sessions_at_registervm
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.end_api_sessions();
+        }
     }
 
     /// The user of a vAPI token.
