@@ -7,10 +7,22 @@
 //! thumbprint — [`TlsVerification`]) through a hyper client handed to `kube`, and a bearer
 //! token: a vCenter SSO session token (what `kubectl vsphere login` exchanges for the
 //! Supervisor), which the lab's Supervisor accepts directly.
+//!
+//! A token can end while a job runs: vCenter ends a session left unused for 30 minutes (a
+//! restore's disk copy lasts longer), and a token from `kubectl vsphere login` lasts
+//! 10 hours. A call the Supervisor answers 401 asks the token's source for a new one
+//! ([`RenewToken`]: the vAPI session, logged in again if vCenter ended it, or the token
+//! file, read again) and is made once more with it. Callers that meet the 401 together
+//! wait for one renewal.
 
+use std::sync::{Arc, RwLock};
+
+use futures_util::future::BoxFuture;
+use http::HeaderValue;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::client::ConfigExt as _;
+use zeroize::Zeroizing;
 
 use crate::vsphere::{TlsVerification, tls_client_config};
 
@@ -58,11 +70,92 @@ pub const VMOP_GROUP: &str = "vmoperator.vmware.com";
 /// The longest one Supervisor API call may take, connection and TLS included.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Where a new bearer token comes from when the Supervisor refuses the one it has: given
+/// the refused token, a new one, or `None` when there is nothing better to offer (the
+/// source still gives the same token); an error says why none could be had.
+/// The tokens are zeroed in memory when dropped.
+pub type RenewToken = Arc<
+    dyn Fn(Zeroizing<String>) -> BoxFuture<'static, Result<Option<Zeroizing<String>>, String>>
+        + Send
+        + Sync,
+>;
+
+/// The bearer token every request carries, and its renewal.
+struct Token {
+    /// `Bearer …`, marked sensitive (never shown by `Debug`).
+    header: RwLock<HeaderValue>,
+    renew: Option<RenewToken>,
+    /// Held while renewing: callers that met the same 401 wait for one renewal.
+    renewing: tokio::sync::Mutex<()>,
+}
+
+impl Token {
+    fn current(&self) -> HeaderValue {
+        self.header
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After the Supervisor refused `refused` (401): whether another token is in place
+    /// now, renewed by this call or by another caller meanwhile.
+    async fn renew(&self, refused: &HeaderValue) -> bool {
+        let Some(renew) = &self.renew else {
+            return false;
+        };
+        let _one = self.renewing.lock().await;
+        if self.current() != *refused {
+            return true;
+        }
+        let old = Zeroizing::new(
+            refused
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        match renew(old).await {
+            Ok(Some(token)) => match bearer(&token) {
+                Ok(header) => {
+                    tracing::info!("the Supervisor refused its token; going on with a new one");
+                    *self
+                        .header
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = header;
+                    true
+                }
+                Err(reason) => {
+                    tracing::warn!(reason, "the new Supervisor token is unusable");
+                    false
+                }
+            },
+            Ok(None) => false,
+            Err(reason) => {
+                tracing::warn!(
+                    reason,
+                    "the Supervisor refused its token, and no new one could be had"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The `Authorization` value of `token`, marked sensitive.
+fn bearer(token: &str) -> Result<HeaderValue, String> {
+    let mut value = HeaderValue::from_str(&Zeroizing::new(format!("Bearer {token}")))
+        .map_err(|_| "the token is not a header value".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// A client of one Supervisor.
 #[derive(Clone)]
 pub struct Supervisor {
     client: kube::Client,
     url: String,
+    token: Arc<Token>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -75,15 +168,17 @@ impl std::fmt::Debug for Supervisor {
 
 impl Supervisor {
     /// A client for the API at `url` (`https://host:port`), verified with `tls`,
-    /// authenticated with the bearer `token` (never logged).
+    /// authenticated with the bearer `token` (never logged), renewed by `renew` when the
+    /// Supervisor refuses it (see the module's doc).
     ///
     /// # Errors
     ///
-    /// [`SupervisorError::Config`] for a bad URL or TLS set-up.
+    /// [`SupervisorError::Config`] for a bad URL, TLS set-up or token.
     pub fn connect(
         url: &str,
         tls: &TlsVerification,
-        token: String,
+        token: &str,
+        renew: Option<RenewToken>,
     ) -> Result<Self, SupervisorError> {
         let config_err = |reason: String| SupervisorError::Config {
             url: url.to_owned(),
@@ -98,8 +193,12 @@ impl Supervisor {
                     .into(),
             ));
         }
-        let mut config = kube::Config::new(uri);
-        config.auth_info.token = Some(secrecy::SecretString::from(token));
+        let config = kube::Config::new(uri);
+        let token = Arc::new(Token {
+            header: RwLock::new(bearer(token).map_err(config_err)?),
+            renew,
+            renewing: tokio::sync::Mutex::new(()),
+        });
         let mut tls = tls_client_config(tls).map_err(|e| config_err(e.to_string()))?;
         // hyper-rustls sets ALPN itself (HTTP/1.1 here).
         tls.alpn_protocols.clear();
@@ -111,33 +210,55 @@ impl Supervisor {
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(https);
-        let auth = config
-            .auth_layer()
-            .map_err(|e| config_err(format!("authentication: {e}")))?;
+        let sent = Arc::clone(&token);
         let service = tower::ServiceBuilder::new()
             // Every call is a short read or write: a Supervisor (or load balancer) that
             // accepts and never answers fails it instead of holding a restore for ever.
             .layer(tower::timeout::TimeoutLayer::new(CALL_TIMEOUT))
             .layer(config.base_uri_layer())
-            .option_layer(auth)
+            // The token in place when the request leaves (see `Token::renew`).
+            .map_request(move |mut request: http::Request<kube::client::Body>| {
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, sent.current());
+                request
+            })
             .map_err(|e: hyper_util::client::legacy::Error| -> tower::BoxError { e.into() })
             .service(http);
         Ok(Self {
             client: kube::Client::new(service, "default"),
             url: url.to_owned(),
+            token,
         })
     }
 
-    /// VM Operator's `kind` in `namespace`, at API `version`.
-    fn vmop_api(&self, namespace: &str, version: &str, kind: &str) -> Api<DynamicObject> {
-        let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, kind);
-        Api::namespaced_with(self.client.clone(), namespace, &ApiResource::from_gvk(&gvk))
+    /// `op` with the client; once more after a 401 if the token could be renewed.
+    async fn call<T, Fut>(&self, op: impl Fn(kube::Client) -> Fut) -> Result<T, kube::Error>
+    where
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let sent = self.token.current();
+        match op(self.client.clone()).await {
+            Err(kube::Error::Api(e)) if e.code == 401 && self.token.renew(&sent).await => {
+                op(self.client.clone()).await
+            }
+            result => result,
+        }
     }
+}
 
-    fn vm_api(&self, namespace: &str, version: &str) -> Api<DynamicObject> {
-        self.vmop_api(namespace, version, "VirtualMachine")
-    }
+/// VM Operator's `kind` in `namespace`, at API `version`.
+fn vmop_api(
+    client: kube::Client,
+    namespace: &str,
+    version: &str,
+    kind: &str,
+) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk(VMOP_GROUP, version, kind);
+    Api::namespaced_with(client, namespace, &ApiResource::from_gvk(&gvk))
+}
 
+impl Supervisor {
     /// The VirtualMachine `name` in `namespace`, read at API `version` (`v1alpha3`), or
     /// `None` when it does not exist.
     ///
@@ -150,13 +271,16 @@ impl Supervisor {
         name: &str,
         version: &str,
     ) -> Result<Option<DynamicObject>, SupervisorError> {
-        self.vm_api(namespace, version)
-            .get_opt(name)
-            .await
-            .map_err(|source| SupervisorError::Api {
-                what: format!("get VirtualMachine {namespace}/{name}"),
-                source: Box::new(source),
-            })
+        self.call(|c| async move {
+            vmop_api(c, namespace, version, "VirtualMachine")
+                .get_opt(name)
+                .await
+        })
+        .await
+        .map_err(|source| SupervisorError::Api {
+            what: format!("get VirtualMachine {namespace}/{name}"),
+            source: Box::new(source),
+        })
     }
 
     /// Annotation `key` of Supervisor namespace `namespace` (`vmware-system-resource-pool`,
@@ -171,8 +295,7 @@ impl Supervisor {
         namespace: &str,
         key: &str,
     ) -> Result<Option<String>, SupervisorError> {
-        Api::<Namespace>::all(self.client.clone())
-            .get_opt(namespace)
+        self.call(|c| async move { Api::<Namespace>::all(c).get_opt(namespace).await })
             .await
             .map(|ns| {
                 ns.and_then(|n| n.metadata.annotations)
@@ -193,14 +316,17 @@ impl Supervisor {
         &self,
         namespace: &str,
     ) -> Result<Vec<PersistentVolumeClaim>, SupervisorError> {
-        Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace)
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .map_err(|source| SupervisorError::Api {
-                what: format!("list PersistentVolumeClaims of {namespace}"),
-                source: Box::new(source),
-            })
+        self.call(|c| async move {
+            Api::<PersistentVolumeClaim>::namespaced(c, namespace)
+                .list(&ListParams::default())
+                .await
+        })
+        .await
+        .map(|l| l.items)
+        .map_err(|source| SupervisorError::Api {
+            what: format!("list PersistentVolumeClaims of {namespace}"),
+            source: Box::new(source),
+        })
     }
 
     /// The objects of VM Operator's `kind` (`VirtualMachineService`, `VirtualMachineGroup`)
@@ -217,8 +343,11 @@ impl Supervisor {
         version: &str,
     ) -> Result<Option<Vec<DynamicObject>>, SupervisorError> {
         match self
-            .vmop_api(namespace, version, kind)
-            .list(&ListParams::default())
+            .call(|c| async move {
+                vmop_api(c, namespace, version, kind)
+                    .list(&ListParams::default())
+                    .await
+            })
             .await
         {
             Ok(l) => Ok(Some(l.items)),
@@ -260,9 +389,13 @@ impl Supervisor {
                 url: self.url.clone(),
                 reason: format!("{what}: {e}"),
             })?;
+        let object = &object;
         match self
-            .vmop_api(namespace, version, kind)
-            .create(&kube::api::PostParams::default(), &object)
+            .call(|c| async move {
+                vmop_api(c, namespace, version, kind)
+                    .create(&kube::api::PostParams::default(), object)
+                    .await
+            })
             .await
         {
             Ok(_) => Ok(Created::Created),
@@ -328,14 +461,17 @@ impl Supervisor {
         namespace: &str,
         version: &str,
     ) -> Result<Vec<DynamicObject>, SupervisorError> {
-        self.vm_api(namespace, version)
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .map_err(|source| SupervisorError::Api {
-                what: format!("list VirtualMachines of {namespace}"),
-                source: Box::new(source),
-            })
+        self.call(|c| async move {
+            vmop_api(c, namespace, version, "VirtualMachine")
+                .list(&ListParams::default())
+                .await
+        })
+        .await
+        .map(|l| l.items)
+        .map_err(|source| SupervisorError::Api {
+            what: format!("list VirtualMachines of {namespace}"),
+            source: Box::new(source),
+        })
     }
 
     /// Whether the Secret (`kind` `"Secret"`) or ConfigMap (`"ConfigMap"`) `name` exists
@@ -356,13 +492,21 @@ impl Supervisor {
             source: Box::new(source),
         };
         match kind {
-            "Secret" => Api::<Secret>::namespaced(self.client.clone(), namespace)
-                .get_metadata_opt(name)
+            "Secret" => self
+                .call(|c| async move {
+                    Api::<Secret>::namespaced(c, namespace)
+                        .get_metadata_opt(name)
+                        .await
+                })
                 .await
                 .map(|o| o.is_some())
                 .map_err(api_error),
-            "ConfigMap" => Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
-                .get_metadata_opt(name)
+            "ConfigMap" => self
+                .call(|c| async move {
+                    Api::<ConfigMap>::namespaced(c, namespace)
+                        .get_metadata_opt(name)
+                        .await
+                })
                 .await
                 .map(|o| o.is_some())
                 .map_err(api_error),
@@ -396,7 +540,8 @@ mod tests {
         let Err(e) = Supervisor::connect(
             "http://supervisor.example.com:6443",
             &TlsVerification::SystemRoots,
-            "token".into(),
+            "token",
+            None,
         ) else {
             panic!("connected over plain http");
         };

@@ -580,6 +580,41 @@ mod tests {
         );
     }
 
+    /// vCenter ends a vAPI session left unused for 30 minutes, and a restore's disk copy
+    /// uses none: the registration after the copy logs in again, and the Supervisor calls
+    /// after it (the wait for the VirtualMachine, the checks) must not go on with the
+    /// ended session's token. The lab ends every vAPI session as the registration arrives.
+    #[test]
+    fn a_restore_goes_on_after_its_vapi_session_ended_during_the_copy() {
+        let fx = Fixture::new();
+        let s = &fx.site;
+        let vm = s.create_vm("web-1");
+        let point = fx.backup("web-1");
+        let expected = fx.point_disks(&point);
+        s.sup().delete("VirtualMachine", NS, "web-1").unwrap();
+
+        let lab_vc = &s.vcenter.running().vcenter;
+        let logins = lab_vc.api_login_count();
+        lab_vc.end_api_sessions_before_next_registervm();
+        let r = fx.restore(&point, &[]);
+        assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        let report = r.report();
+        assert_eq!(report["verification"]["problems"], json!([]), "{report}");
+        assert_eq!(
+            lab_vc.api_login_count() - logins,
+            2,
+            "one login at the start, one after the session ended"
+        );
+        let cr = s.sup().get("VirtualMachine", NS, "web-1").unwrap();
+        assert_eq!(cr["spec"]["powerState"], "PoweredOff");
+        let restored = VmMoref(report["vm"].as_str().unwrap().to_owned());
+        assert_ne!(restored, vm);
+        for (key, bytes) in &expected {
+            assert_eq!(&s.disk_bytes(&restored, DiskKey(*key)), bytes, "disk {key}");
+        }
+        assert_eq!(fx.open_journal(), 0);
+    }
+
     /// §10.5 for a whole application: two VMs of one group behind one service, backed up
     /// together, restored with two `--point`s: both VMs first, then the group and the
     /// service once each, then both checked again, now members of their group and selected

@@ -175,6 +175,7 @@ impl SupervisorArgs {
                         .map(|t| t.expose().to_owned())
                 })
                 .transpose()?,
+            token_file: self.supervisor_token_file.clone(),
         })
     }
 }

@@ -78,6 +78,7 @@ fn vcenter_access(c: &AgentConfig) -> Result<VcenterAccess, String> {
             .map(|tp| thumbprint("supervisor.thumbprint", tp))
             .transpose()?,
         token,
+        token_file: c.supervisor.token_file.clone(),
     };
     Ok(VcenterAccess {
         sdk,

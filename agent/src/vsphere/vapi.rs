@@ -213,6 +213,30 @@ impl VapiClient {
         Ok(self.session_token(None).await?.0.clone())
     }
 
+    /// A bearer token to use instead of `refused`, which a service that accepts vCenter
+    /// sessions (the Supervisor) refused: the session's token if it is another already
+    /// (another caller renewed it), else vCenter is asked whether the session still stands
+    /// (`GET /api/session`, logging in again when it does not: vCenter ends sessions left
+    /// unused for 30 minutes). `None` when vCenter still takes `refused`: the service
+    /// refused a live session, and a new one would fare no better.
+    ///
+    /// # Errors
+    ///
+    /// Login errors, and those of asking vCenter.
+    pub(crate) async fn renewed_bearer_token(
+        &self,
+        refused: &str,
+    ) -> Result<Option<String>, VapiError> {
+        if let Some(current) = self.token().filter(|t| t.0 != refused) {
+            return Ok(Some(current.0.clone()));
+        }
+        let response = self
+            .call("get session", Method::GET, "api/session", None)
+            .await?;
+        let _: serde_json::Value = read_json("get session", response).await?;
+        Ok(self.token().map(|t| t.0.clone()).filter(|t| t != refused))
+    }
+
     /// Polls `task` until it is SUCCEEDED or FAILED (PENDING, RUNNING and BLOCKED, which
     /// is a task waiting for resources, are not final); reports progress (completed of
     /// total). Returns the final info when SUCCEEDED.

@@ -69,11 +69,12 @@ use super::journal::{self, JobLock, VmLock};
 use super::{BackupError, Environment, blocking, crash_point, error_chain};
 use crate::ids::{DiskKey, JobId, RestorePointId};
 use crate::repo::catalog::{DiskRecord, JobEnd, JournalKind, RESTORED_IN_PLACE_PREFIX};
-use crate::supervisor::{Created, Supervisor, SupervisorError};
+use crate::supervisor::{Created, RenewToken, Supervisor, SupervisorError};
 use crate::vsphere::{
     DatastorePath, FolderMoref, MoRef, SubnetMapping, VapiClient, VapiError, VmMoref,
 };
 use crate::vsphere::{DiskChange, SubnetRef, TlsVerification};
+use zeroize::Zeroizing;
 
 /// The folder a new VM is registered into until PrepareForAccess holds it.
 pub const STAGING_FOLDER: &str = "vadp-agent-restore";
@@ -216,6 +217,10 @@ pub struct SupervisorTarget {
     pub tls: Option<TlsVerification>,
     /// The bearer token; `None`: the vCenter SSO session's.
     pub token: Option<String>,
+    /// The file `token` was read from, read again when the Supervisor refuses the token
+    /// (whatever keeps it current, `kubectl vsphere login` run again say, has written a
+    /// new one there).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SupervisorTarget {
@@ -224,6 +229,7 @@ impl std::fmt::Debug for SupervisorTarget {
             .field("url", &self.url)
             .field("tls", &self.tls)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .finish()
     }
 }
@@ -231,12 +237,13 @@ impl std::fmt::Debug for SupervisorTarget {
 impl SupervisorTarget {
     /// Connects to the Supervisor: vCenter's vAPI session (`vapi`, logged in here when
     /// needed) gives the token when none is set; `base` and `tls` are vCenter's address
-    /// and rules.
+    /// and rules. A token the Supervisor refuses is renewed from where it came from: the
+    /// vAPI session (logged in again if vCenter ended it) or the token file (read again).
     async fn connect(
         self,
         base: &url::Url,
         tls: &TlsVerification,
-        vapi: &VapiClient,
+        vapi: &Arc<VapiClient>,
     ) -> Result<Supervisor, RestoreError> {
         let supervisor_tls = match (self.tls, &self.url) {
             (Some(t), _) => t,
@@ -257,23 +264,60 @@ impl SupervisorTarget {
             )));
         }
         let url = self.url.unwrap_or_else(|| base.clone());
-        let token = match self.token {
-            Some(t) => t,
-            None => vapi
-                .bearer_token()
-                .await
-                .map_err(|source| RestoreError::Vapi {
-                    what: "logging in to vAPI for the Supervisor token".into(),
-                    source,
-                })?,
+        let (token, renew): (String, Option<RenewToken>) = match self.token {
+            Some(t) => (t, self.token_file.map(renew_from_file)),
+            None => {
+                let token = vapi
+                    .bearer_token()
+                    .await
+                    .map_err(|source| RestoreError::Vapi {
+                        what: "logging in to vAPI for the Supervisor token".into(),
+                        source,
+                    })?;
+                (token, Some(renew_from_vapi(Arc::clone(vapi))))
+            }
         };
         // Off the runtime: a CA file is read here.
         let url = url.as_str().trim_end_matches('/').to_owned();
-        tokio::task::spawn_blocking(move || Supervisor::connect(&url, &supervisor_tls, token))
-            .await
-            .map_err(|e| RestoreError::Invalid(format!("connecting to the Supervisor: {e}")))?
-            .map_err(RestoreError::from)
+        tokio::task::spawn_blocking(move || {
+            Supervisor::connect(&url, &supervisor_tls, &token, renew)
+        })
+        .await
+        .map_err(|e| RestoreError::Invalid(format!("connecting to the Supervisor: {e}")))?
+        .map_err(RestoreError::from)
     }
+}
+
+/// Renews a Supervisor token taken from vCenter's vAPI session (see
+/// [`VapiClient::renewed_bearer_token`]).
+fn renew_from_vapi(vapi: Arc<VapiClient>) -> RenewToken {
+    Arc::new(move |refused: Zeroizing<String>| {
+        let vapi = Arc::clone(&vapi);
+        Box::pin(async move {
+            vapi.renewed_bearer_token(&refused)
+                .await
+                .map(|t| t.map(Zeroizing::new))
+                .map_err(|e| format!("vAPI session: {e}"))
+        })
+    })
+}
+
+/// Renews a Supervisor token by reading its file again: the file's token when it is
+/// another one.
+fn renew_from_file(file: std::path::PathBuf) -> RenewToken {
+    Arc::new(move |refused: Zeroizing<String>| {
+        let file = file.clone();
+        Box::pin(async move {
+            let token = tokio::task::spawn_blocking(move || {
+                crate::config::read_secret_file("the Supervisor token file", &file)
+                    .map(|t| Zeroizing::new(t.expose().to_owned()))
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("reading the Supervisor token file: {e}"))??;
+            Ok((token != refused).then_some(token))
+        })
+    })
 }
 
 /// A backup job's way to the Supervisor, where it reads the VirtualMachineGroup and
@@ -285,7 +329,7 @@ pub struct SupervisorLink {
     base: url::Url,
     tls: TlsVerification,
     target: SupervisorTarget,
-    vapi: VapiClient,
+    vapi: Arc<VapiClient>,
     supervisor: tokio::sync::OnceCell<Result<Supervisor, String>>,
     /// Set at the first failed read: the job stops asking (each call may wait for its
     /// timeout) and says why for each later VM.
@@ -310,7 +354,7 @@ impl SupervisorLink {
             base,
             tls: tls.clone(),
             target,
-            vapi,
+            vapi: Arc::new(vapi),
             supervisor: tokio::sync::OnceCell::new(),
             unreadable: std::sync::OnceLock::new(),
         })
@@ -391,10 +435,11 @@ impl RestoreEnv {
             tokio::task::spawn_blocking(move || vapi_client(&sdk, &tls_for_vapi, credentials))
                 .await
                 .map_err(|e| RestoreError::Invalid(format!("setting up the vAPI client: {e}")))??;
+        let vapi = Arc::new(vapi);
         let supervisor = supervisor.connect(&base, tls, &vapi).await?;
         Ok(Self {
             env,
-            vapi: Arc::new(vapi),
+            vapi,
             supervisor,
         })
     }
@@ -2239,6 +2284,120 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    /// A lab vCenter + Supervisor, and a vAPI client of it (not logged in).
+    fn lab_vcenter(
+        dir: &std::path::Path,
+    ) -> (
+        lab::vcenter::InProcessVcenter,
+        url::Url,
+        crate::vsphere::TlsVerification,
+        std::sync::Arc<super::VapiClient>,
+    ) {
+        let root = dir.join("lab");
+        lab::Lab::create(&root).unwrap();
+        let vc = lab::vcenter::InProcessVcenter::start(&root, false).unwrap();
+        let r = vc.running();
+        let tls = crate::vsphere::TlsVerification::Thumbprint(
+            r.thumbprint.as_deref().unwrap().parse().unwrap(),
+        );
+        let credentials = crate::vsphere::Credentials::new(&r.user, &r.password);
+        let (base, vapi) =
+            super::vapi_client(&r.sdk_url.parse().unwrap(), &tls, credentials).unwrap();
+        (vc, base, tls, std::sync::Arc::new(vapi))
+    }
+
+    /// A Supervisor read that must succeed (the namespace need not exist).
+    async fn read(s: &crate::supervisor::Supervisor) -> Result<(), String> {
+        s.namespace_annotation("ns1", "example.com/key")
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
+
+    /// vCenter ends a vAPI session left unused for 30 minutes, as a restore's disk copy
+    /// leaves it: the Supervisor then refuses its token, and the next call logs in again
+    /// and goes on. Callers that meet the refusal together make one login.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_supervisor_token_from_an_ended_vapi_session_is_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vc, base, tls, vapi) = lab_vcenter(dir.path());
+        let lab_vc = &vc.running().vcenter;
+        let supervisor = SupervisorTarget::default()
+            .connect(&base, &tls, &vapi)
+            .await
+            .unwrap();
+        read(&supervisor).await.unwrap();
+        assert_eq!(lab_vc.api_login_count(), 1);
+
+        lab_vc.end_api_sessions();
+        read(&supervisor).await.unwrap();
+        assert_eq!(lab_vc.api_login_count(), 2);
+
+        lab_vc.end_api_sessions();
+        let reads = futures_util::future::join_all((0..8).map(|_| read(&supervisor))).await;
+        assert!(reads.iter().all(Result::is_ok), "{reads:?}");
+        assert_eq!(lab_vc.api_login_count(), 3, "one login for the 8 callers");
+    }
+
+    /// A token from a file is read again when the Supervisor refuses it: the same token
+    /// fails the call (once, no loop), a new one in the file lets it through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_supervisor_token_from_a_file_is_read_again_when_refused() {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (vc, base, tls, vapi) = lab_vcenter(dir.path());
+        let lab_vc = &vc.running().vcenter;
+        // Another client's session stands for `kubectl vsphere login`.
+        let issuer = lab_vcenter_client(&vc, &tls);
+        let first = issuer.bearer_token().await.unwrap();
+        let file = dir.path().join("token");
+        let write = |token: &str| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file)
+                .unwrap();
+            std::io::Write::write_all(&mut f, token.as_bytes()).unwrap();
+        };
+        write(&first);
+        let supervisor = SupervisorTarget {
+            token: Some(first.clone()),
+            token_file: Some(file.clone()),
+            ..SupervisorTarget::default()
+        }
+        .connect(&base, &tls, &vapi)
+        .await
+        .unwrap();
+        read(&supervisor).await.unwrap();
+
+        lab_vc.end_api_sessions();
+        let e = read(&supervisor).await.unwrap_err();
+        assert!(e.contains("401"), "{e}");
+        assert!(!e.contains(&first), "the token shows in {e}");
+
+        let second = issuer.renewed_bearer_token(&first).await.unwrap().unwrap();
+        assert_ne!(second, first);
+        write(&second);
+        read(&supervisor).await.unwrap();
+        assert!(
+            !vapi.has_session(),
+            "the agent's own vAPI session was never used"
+        );
+    }
+
+    fn lab_vcenter_client(
+        vc: &lab::vcenter::InProcessVcenter,
+        tls: &crate::vsphere::TlsVerification,
+    ) -> super::VapiClient {
+        let r = vc.running();
+        let credentials = crate::vsphere::Credentials::new(&r.user, &r.password);
+        super::vapi_client(&r.sdk_url.parse().unwrap(), tls, credentials)
+            .unwrap()
+            .1
     }
 
     #[test]
