@@ -200,46 +200,12 @@ impl FixedIndexReader {
     /// # Errors
     /// [`FixedIndexError::Io`] or [`FixedIndexError::Corrupt`] naming the file.
     pub fn open(path: &Path) -> Result<Self, FixedIndexError> {
-        let corrupt = |reason: String| FixedIndexError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let file = File::open(path).map_err(io_at(path))?;
-        let len = file.metadata().map_err(io_at(path))?.len();
-        let mut header = [0u8; HEADER_LEN];
-        if len < HEADER_LEN as u64 {
-            return Err(corrupt("not an index file (bad magic or too short)".into()));
-        }
-        file.read_exact_at(&mut header, 0).map_err(io_at(path))?;
-        if &header[0..8] != MAGIC {
-            return Err(corrupt("not an index file (bad magic or too short)".into()));
-        }
-        let u32_at =
-            |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at =
-            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
-        let version = u32_at(8);
-        if version != VERSION {
-            return Err(corrupt(format!(
-                "version {version}, this agent reads {VERSION}"
-            )));
-        }
-        let chunk_size_bytes = u32_at(12);
-        let disk_size_bytes = u64_at(16);
-        let count = u64_at(24);
-        if chunk_size_bytes == 0 || count != disk_size_bytes.div_ceil(u64::from(chunk_size_bytes)) {
-            return Err(corrupt(format!(
-                "{count} slots do not match disk size {disk_size_bytes} / chunk size {chunk_size_bytes}"
-            )));
-        }
-        let body_len = len - HEADER_LEN as u64;
-        if Some(body_len) != count.checked_mul(SLOT_LEN as u64) {
-            return Err(corrupt(format!("{body_len} slot bytes for {count} slots")));
-        }
-        if usize::try_from(count).is_err() {
-            return Err(corrupt(format!("{count} slots")));
-        }
-        let geometry = IndexGeometry::new(chunk_size_bytes, disk_size_bytes);
+        let Header {
+            file,
+            geometry,
+            checksum,
+            len,
+        } = Header::read(path)?;
         // One pass over the slots: the checksum, and what the holes leave to restore.
         let mut hasher = blake3::Hasher::new();
         let (mut data_slots, mut data_bytes) = (0usize, 0u64);
@@ -254,14 +220,14 @@ impl FixedIndexReader {
                 slot += 1;
             }
         })?;
-        if hasher.finalize().as_bytes() != &header[32..64] {
-            return Err(corrupt("checksum mismatch".into()));
+        if hasher.finalize().as_bytes() != &checksum {
+            return Err(checksum_mismatch(path));
         }
         Ok(Self {
             path: path.to_path_buf(),
             file,
             geometry,
-            checksum: header[32..64].try_into().expect("32 bytes"),
+            checksum,
             data_slots,
             data_bytes,
         })
@@ -336,6 +302,105 @@ impl FixedIndexReader {
     pub fn read_all(&self) -> Result<Vec<ChunkDigest>, FixedIndexError> {
         self.slots().map(|s| s.map(|(_, d)| d)).collect()
     }
+}
+
+/// What [`Header::read`] checked of an index file: its header, and that its length fits.
+struct Header {
+    file: File,
+    geometry: IndexGeometry,
+    /// The checksum of the slots, as the header gives it.
+    checksum: [u8; 32],
+    /// The file's length.
+    len: u64,
+}
+
+impl Header {
+    /// Open an index file and check its magic, version, geometry and length (not its
+    /// slots).
+    fn read(path: &Path) -> Result<Self, FixedIndexError> {
+        let corrupt = |reason: String| FixedIndexError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(io_at(path))?;
+        let len = file.metadata().map_err(io_at(path))?.len();
+        let mut header = [0u8; HEADER_LEN];
+        if len < HEADER_LEN as u64 {
+            return Err(corrupt("not an index file (bad magic or too short)".into()));
+        }
+        file.read_exact_at(&mut header, 0).map_err(io_at(path))?;
+        if &header[0..8] != MAGIC {
+            return Err(corrupt("not an index file (bad magic or too short)".into()));
+        }
+        let u32_at =
+            |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at =
+            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+        let version = u32_at(8);
+        if version != VERSION {
+            return Err(corrupt(format!(
+                "version {version}, this agent reads {VERSION}"
+            )));
+        }
+        let chunk_size_bytes = u32_at(12);
+        let disk_size_bytes = u64_at(16);
+        let count = u64_at(24);
+        if chunk_size_bytes == 0 || count != disk_size_bytes.div_ceil(u64::from(chunk_size_bytes)) {
+            return Err(corrupt(format!(
+                "{count} slots do not match disk size {disk_size_bytes} / chunk size {chunk_size_bytes}"
+            )));
+        }
+        let body_len = len - HEADER_LEN as u64;
+        if Some(body_len) != count.checked_mul(SLOT_LEN as u64) {
+            return Err(corrupt(format!("{body_len} slot bytes for {count} slots")));
+        }
+        if usize::try_from(count).is_err() {
+            return Err(corrupt(format!("{count} slots")));
+        }
+        Ok(Self {
+            file,
+            geometry: IndexGeometry::new(chunk_size_bytes, disk_size_bytes),
+            checksum: header[32..64].try_into().expect("32 bytes"),
+            len,
+        })
+    }
+}
+
+fn checksum_mismatch(path: &Path) -> FixedIndexError {
+    FixedIndexError::Corrupt {
+        path: path.to_path_buf(),
+        reason: "checksum mismatch".into(),
+    }
+}
+
+/// Every slot of the index file at `path`, `(slot number, digest)`, to `f`, in one pass
+/// over the file: for a caller that reads every slot once (GC's mark), where
+/// [`FixedIndexReader::open`] followed by [`FixedIndexReader::slots`] reads them twice.
+/// The header is checked first; the checksum only after `f` has seen every slot, so a
+/// caller acts on what `f` gathered only when this returns `Ok`.
+///
+/// # Errors
+/// As [`FixedIndexReader::open`].
+pub fn scan(path: &Path, mut f: impl FnMut(usize, ChunkDigest)) -> Result<(), FixedIndexError> {
+    let Header {
+        file,
+        checksum,
+        len,
+        ..
+    } = Header::read(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut slot = 0usize;
+    for_each_block(&file, path, HEADER_LEN as u64..len, |block| {
+        hasher.update(block);
+        for s in block.chunks_exact(SLOT_LEN) {
+            f(slot, ChunkDigest(s.try_into().expect("32-byte slot")));
+            slot += 1;
+        }
+    })?;
+    if hasher.finalize().as_bytes() != &checksum {
+        return Err(checksum_mismatch(path));
+    }
+    Ok(())
 }
 
 /// Calls `f` with the bytes `range` of `file`, a block at a time.
@@ -859,6 +924,45 @@ mod tests {
             [0, 7, 5000, g.slot_count() - 1]
         );
         assert_eq!(kept[2].1, ChunkDigest::of(&5000usize.to_le_bytes()));
+    }
+
+    /// `scan` gives what `open` + `slots` give, in one pass; a damaged slot makes it fail
+    /// after the last slot, a damaged header before the first.
+    #[test]
+    fn a_scan_reads_every_slot_once_and_checks_them_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/2000.fidx");
+        // More slots than one read block holds.
+        let g = IndexGeometry::new(1024, 1024 * 40_000);
+        let mut idx = FixedIndexWriter::create(&path, g).unwrap();
+        for slot in [0, 7, 32_768, 39_999] {
+            idx.set(slot, ChunkDigest::of(&slot.to_le_bytes())).unwrap();
+        }
+        idx.finish().unwrap();
+        let want: Vec<(usize, ChunkDigest)> = FixedIndexReader::open(&path)
+            .unwrap()
+            .slots()
+            .map(Result::unwrap)
+            .collect();
+        let mut got = Vec::new();
+        scan(&path, |slot, digest| got.push((slot, digest))).unwrap();
+        assert_eq!(got, want);
+
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[1], slot_pos(20_000)).unwrap();
+        let mut seen = 0;
+        let err = scan(&path, |_, _| seen += 1).unwrap_err().to_string();
+        assert_eq!(seen, 40_000);
+        assert!(
+            err.contains("2000.fidx") && err.contains("checksum mismatch"),
+            "{err}"
+        );
+
+        file.write_all_at(b"X", 0).unwrap();
+        let mut seen = 0;
+        let err = scan(&path, |_, _| seen += 1).unwrap_err().to_string();
+        assert_eq!(seen, 0);
+        assert!(err.contains("not an index file"), "{err}");
     }
 
     /// Slots that change after the index was checked (a flaky read, a file changed under

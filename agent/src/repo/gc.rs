@@ -25,7 +25,7 @@ use crate::ids::{ChunkDigest, DiskKey, RestorePointId};
 use crate::repo::catalog::PointRecord;
 use crate::repo::chunk_store::{ChunkStore, TEMP_PREFIX};
 use crate::repo::durable;
-use crate::repo::fixed_index::{FixedIndexError, FixedIndexReader};
+use crate::repo::fixed_index::{self, FixedIndexError};
 
 /// Where `repo rebuild-catalog` moves the directories of restore points it could not read
 /// (under the repository root); GC does not run while it holds any.
@@ -221,13 +221,14 @@ pub fn collect(
                 disk: d.key,
                 source,
             };
-            let index = FixedIndexReader::open(&root.join(&d.index_path)).map_err(index_err)?;
-            for slot in index.slots() {
-                let (_, digest) = slot.map_err(index_err)?;
+            // One pass: on a corrupt index the error stops GC before it sweeps anything,
+            // and the digests marked from it meanwhile only keep chunks.
+            fixed_index::scan(&root.join(&d.index_path), |_, digest| {
                 if !digest.is_zero() {
                     marked.insert(digest);
                 }
-            }
+            })
+            .map_err(index_err)?;
         }
     }
     let mut damaged_forgotten: Vec<ChunkDigest> = damaged

@@ -23,7 +23,7 @@ use crate::repo::catalog::{
 use crate::repo::chunk_store::{ChunkStore, ChunkStoreError, Layout, RepoLock};
 use crate::repo::durable;
 use crate::repo::fixed_index::{
-    FixedIndexError, FixedIndexReader, FixedIndexWriter, IndexGeometry,
+    self, FixedIndexError, FixedIndexReader, FixedIndexWriter, IndexGeometry,
 };
 use crate::repo::gc::{self, GcError, GcReport};
 use crate::repo::manifest::{MANIFEST_FILE, Manifest, ManifestError, RepoFacts};
@@ -1115,14 +1115,13 @@ impl Repository {
             disk,
             source,
         };
-        let index = FixedIndexReader::open(index_file).map_err(index_err)?;
         let mut present: HashSet<ChunkDigest> = HashSet::new();
-        for slot in index.slots() {
-            let (_, digest) = slot.map_err(index_err)?;
+        fixed_index::scan(index_file, |_, digest| {
             if damaged.contains(&digest) {
                 present.insert(digest);
             }
-        }
+        })
+        .map_err(index_err)?;
         let healed: Vec<ChunkDigest> = present
             .into_iter()
             .filter(|d| match self.store.read(d) {
