@@ -13,15 +13,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use vddk_sys::{
-    VIX_E_DISK_OUTOFRANGE, VIX_E_FAIL, VIX_E_FILE_NOT_FOUND, VIX_E_FILE_READ_ONLY, VIX_OK,
-    VIXDISKLIB_FLAG_OPEN_READ_ONLY, VIXDISKLIB_SECTOR_SIZE, VixDiskLibCompletionCB, VixError,
+    VIX_E_DISK_OUTOFRANGE, VIX_E_FAIL, VIX_E_FILE_NOT_FOUND, VIX_E_FILE_READ_ONLY,
+    VIX_E_HOST_CONNECTION_LOST, VIX_E_HOST_TCP_CONN_LOST, VIX_OK, VIXDISKLIB_FLAG_OPEN_READ_ONLY,
+    VIXDISKLIB_SECTOR_SIZE, VixDiskLibCompletionCB, VixError,
 };
 
 use crate::connection::Connection;
 use crate::hotadd::{self, HotAdd};
 use crate::library::Library;
 use crate::log;
-use crate::storage::{DatastorePath, Disk, parse_path};
+use crate::storage::{DatastorePath, Disk, LabView, parse_path};
 use crate::vix::{VixCallError, VixResult, fail};
 
 const SECTOR: u64 = VIXDISKLIB_SECTOR_SIZE as u64;
@@ -38,6 +39,11 @@ pub(crate) struct DiskHandle {
     transport: &'static str,
     /// The proxy VM's attachment, with hotadd.
     hot_added: Mutex<Option<HotAdd>>,
+    /// The connection loss the lab arranged for this open (`Lab::lose_vddk_connections`):
+    /// the I/O calls served before it.
+    loss: Mutex<Option<u32>>,
+    /// Whether the connection was lost: every later I/O call fails.
+    lost: std::sync::atomic::AtomicBool,
     disk: Arc<Mutex<Disk>>,
     pending: Arc<Pending>,
     worker: Mutex<Option<AioWorker>>,
@@ -155,6 +161,12 @@ impl DiskHandle {
         let worker = spawn_worker(path, Arc::clone(&disk), Arc::clone(&pending));
         let worker = worker.map_err(detach_on_error)?;
         let vm = connection.remote.as_ref().and_then(|r| r.vm.as_deref());
+        let loss = match vm {
+            Some(vm) => LabView::open(&library.config.lab_root)
+                .map_err(detach_on_error)?
+                .take_connection_loss(vm),
+            None => None,
+        };
         log::info(&format!(
             "opened {path} of {} ({transport}, {})",
             vm.unwrap_or("no VM"),
@@ -166,6 +178,8 @@ impl DiskHandle {
             read_only,
             transport,
             hot_added: Mutex::new(hot_added),
+            loss: Mutex::new(loss),
+            lost: std::sync::atomic::AtomicBool::new(false),
             disk,
             pending,
             worker: Mutex::new(Some(worker)),
@@ -199,6 +213,39 @@ impl DiskHandle {
                     self.path
                 ),
             ),
+        }
+    }
+
+    /// Whether the handle's connection still stands, for an I/O call: the call that meets a
+    /// loss the lab arranged fails with `VIX_E_HOST_TCP_CONN_LOST`, every later one with
+    /// `VIX_E_HOST_CONNECTION_LOST`, as a dropped NFC connection leaves a handle.
+    pub(crate) fn check_connection(&self) -> VixResult<()> {
+        use std::sync::atomic::Ordering;
+        if self.lost.load(Ordering::SeqCst) {
+            return fail(
+                VIX_E_HOST_CONNECTION_LOST,
+                format!("{}: the connection to the host was lost", self.path),
+            );
+        }
+        let mut loss = self
+            .loss
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match loss.as_mut() {
+            Some(0) => {
+                *loss = None;
+                self.lost.store(true, Ordering::SeqCst);
+                log::warn(&format!("{}: connection lost (lab fault)", self.path));
+                fail(
+                    VIX_E_HOST_TCP_CONN_LOST,
+                    format!("{}: the TCP connection to the host was lost", self.path),
+                )
+            }
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 

@@ -438,6 +438,8 @@ impl Lab {
             next_snapshot_delay_ms: 0,
             created_disks_get_their_own_uuid: false,
             fail_next_snapshot: false,
+            vddk_connection_losses: 0,
+            vddk_reads_before_loss: 0,
             tools_not_running: false,
             lose_next_snapshot_removal: false,
         };
@@ -759,6 +761,41 @@ impl Lab {
             |s| std::mem::take(&mut s.fail_next_snapshot),
         )
         .unwrap_or(false)
+    }
+
+    /// Makes the next `opens` VDDK opens of `vm`'s disks lose their connection after
+    /// `reads_before` reads each (test fault injection: a network blip, an ESXi host's NFC
+    /// service restarting). vddk-sim fails the read that meets the loss with
+    /// `VIX_E_HOST_TCP_CONN_LOST` and every later call on the handle with
+    /// `VIX_E_HOST_CONNECTION_LOST`: only a new connection reads again.
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn lose_vddk_connections(
+        &self,
+        vm: &VmMoref,
+        opens: u32,
+        reads_before: u32,
+    ) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.vddk_connection_losses = opens;
+            state.vddk_reads_before_loss = reads_before;
+            Ok(())
+        })
+    }
+
+    /// Takes one of the losses [`Self::lose_vddk_connections`] arranged for `vm`: the
+    /// reads this open serves before its connection is lost, `None` when none is left.
+    #[must_use]
+    pub fn take_vddk_connection_loss(&self, vm: &VmMoref) -> Option<u32> {
+        self.take_knob(
+            vm,
+            |s| s.vddk_connection_losses > 0,
+            |s| {
+                s.vddk_connection_losses -= 1;
+                s.vddk_reads_before_loss
+            },
+        )
     }
 
     /// Stops (or starts again) VMware Tools in `vm`'s guest: a quiescing snapshot is then

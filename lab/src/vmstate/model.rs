@@ -205,6 +205,14 @@ pub struct VmState {
     /// injection: a quiesce that times out, a locked disk).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fail_next_snapshot: bool,
+    /// How many more VDDK opens of this VM's disks lose their connection (a test's fault
+    /// injection: a network blip, an ESXi host's NFC service restarting), and after how
+    /// many reads each (see `Lab::lose_vddk_connections`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vddk_connection_losses: u32,
+    /// The reads an open of [`Self::vddk_connection_losses`] serves before the loss.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vddk_reads_before_loss: u32,
     /// VMware Tools is not running in the guest: a snapshot asked to quiesce is made
     /// without (vSphere ignores the flag then), as a test's state.
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -258,6 +258,8 @@ impl Lab {
             next_snapshot_delay_ms: 0,
             created_disks_get_their_own_uuid: false,
             fail_next_snapshot: false,
+            vddk_connection_losses: 0,
+            vddk_reads_before_loss: 0,
             tools_not_running: false,
             lose_next_snapshot_removal: false,
         };

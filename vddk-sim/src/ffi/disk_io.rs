@@ -155,6 +155,7 @@ fn prepare<T>(
     if write {
         disk.check_writable()?;
     }
+    disk.check_connection()?;
     Ok((disk, offset, len))
 }
 

@@ -120,6 +120,12 @@ impl LabView {
         self.lab.settings().map_err(from_lab)
     }
 
+    /// Takes a connection loss the lab arranged for an open of `vm`'s disks: the I/O calls
+    /// the open serves before it.
+    pub(crate) fn take_connection_loss(&self, vm: &str) -> Option<u32> {
+        self.lab.take_vddk_connection_loss(&VmMoref(vm.to_owned()))
+    }
+
     /// The files snapshot `snapshot` of `vm` froze; VIX_E_SNAPSHOT_NOTFOUND if none.
     pub(crate) fn snapshot_disks(&self, vm: &str, snapshot: &str) -> VixResult<Vec<DatastorePath>> {
         let info = self
