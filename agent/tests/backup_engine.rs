@@ -107,6 +107,9 @@ mod tests {
                 cmd.env("VADP_AGENT_CRASH_AT", point);
             }
             cmd.env_remove("VADP_AGENT_PASSWORD");
+            // A read that lost its connection waits 2, 10 and 30 s before it is tried
+            // again; the tests' connection losses need not.
+            cmd.env("VADP_AGENT_READ_RETRY_PAUSES_MS", "20,20,20");
             cmd.output().unwrap()
         }
 
@@ -1173,6 +1176,68 @@ mod tests {
         fx.assert_clean(&[&vm]);
         fx.backup(&[&vm], &[], None).ok();
         fx.assert_clean(&[&vm]);
+    }
+
+    /// A read that loses its VDDK connection (a network blip, an ESXi host's NFC service
+    /// restarting) is tried again on a new connection, and the backup goes on; its point
+    /// holds the disks' bytes. A loss on every connection fails the VM once the retries are
+    /// used up, naming the error and the attempts, and leaves nothing behind.
+    #[test]
+    fn a_read_that_lost_its_vddk_connection_is_tried_again_on_a_new_one() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("flaky-link", &[4, 3]);
+        for (key, at) in [(2000, 0u64), (2000, 3 * MIB), (2001, MIB), (2001, 2 * MIB)] {
+            let data: Vec<u8> = (0..MIB)
+                .map(|i| (i % 251) as u8 ^ (at / MIB) as u8)
+                .collect();
+            fx.lab.guest_write(&vm, DiskKey(key), at, &data).unwrap();
+        }
+        let sessions = fx.vcenter.running().vcenter.session_count();
+        // The next three opens lose their connection at their first read: three reads
+        // fail in all (one of them up to three times), each on another connection.
+        fx.lab.lose_vddk_connections(&vm, 3, 0).unwrap();
+        let b = fx.backup(&[&vm], &["--full"], None);
+        let r = b.ok();
+        assert_eq!(
+            fx.lab.vm(&vm).unwrap().vddk_connection_losses,
+            0,
+            "no loss met"
+        );
+        assert_eq!(
+            b.stderr.matches("connecting again").count(),
+            3,
+            "{}",
+            b.stderr
+        );
+        let point = vm_report(r, &vm)["point"].as_str().unwrap().to_owned();
+        for key in [2000, 2001] {
+            assert_eq!(
+                fx.restored(&point, key),
+                fx.disk_bytes(&vm, DiskKey(key)),
+                "disk {key}"
+            );
+        }
+        assert_eq!(
+            fx.vcenter.running().vcenter.session_count(),
+            sessions,
+            "a lost connection's session left open"
+        );
+        fx.assert_clean(&[&vm]);
+
+        let points = fx.points().len();
+        fx.lab.lose_vddk_connections(&vm, 100, 0).unwrap();
+        let b = fx.backup(&[&vm], &["--full"], None);
+        assert_ne!(b.code, Some(0), "{}", b.stderr);
+        let said = format!("{}{:?}", b.stderr, b.report);
+        assert!(
+            said.contains("read 4 times, on a new connection each time after the first")
+                && said.contains("VIX_E_HOST_TCP_CONN_LOST"),
+            "{said}"
+        );
+        assert_eq!(fx.points().len(), points);
+        fx.assert_clean(&[&vm]);
+        assert_eq!(fx.vcenter.running().vcenter.session_count(), sessions);
+        fx.verify_clean();
     }
 
     #[test]

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, JobLock, SnapshotEffect, VmLock};
 use super::limits::{Gate, Limits, PlaceLimits};
-use super::vddk_source::VddkSource;
+use super::vddk_source::{self, VddkSource};
 use super::{Environment, Observer, blocking, crash_point, error_chain, vmx};
 use crate::ids::{ChangeId, DiskKey, JobId, RestorePointId, VmMoref};
 use crate::repo::catalog::{
@@ -2518,7 +2518,7 @@ async fn read_disk(
                     source,
                 })
                 .and_then(|connection| {
-                    read_disk_blocking(&ctx, &connection, &vm, &name, &disk, plan, point)
+                    read_disk_blocking(&ctx, &spec, &connection, &vm, &name, &disk, plan, point)
                 });
             let _ = tx.send(r.map(|(w, rep)| (disk, w, rep)));
         })
@@ -2527,8 +2527,10 @@ async fn read_disk(
         .map_err(|_| BackupError::Thread(format!("thread {thread_name} panicked")))?
 }
 
+#[allow(clippy::too_many_arguments)] // one disk's whole context, on its own thread
 fn read_disk_blocking(
     ctx: &JobCtx,
+    spec: &crate::vddk::ConnectSpec,
     connection: &crate::vddk::Connection,
     vm: &VmMoref,
     name: &str,
@@ -2594,7 +2596,13 @@ fn read_disk_blocking(
         reason: reason.clone(),
         bytes_total,
     });
-    let source = VddkSource::new(handle, capacity, ctx.cancel.clone());
+    // A read that loses its connection is tried again on a new one (see `vddk_source`).
+    let reopen = {
+        let (vddk, spec, path) = (ctx.env.vddk.clone(), spec.clone(), disk.file_name.clone());
+        Box::new(move || vddk.connect(&spec)?.open(&path, OpenFlags::READ_ONLY))
+    };
+    let source = VddkSource::new(handle, capacity, ctx.cancel.clone())
+        .retrying(reopen, vddk_source::read_retry_pauses());
     let observer = ctx.observer.clone();
     let mut progress = |done: u64, total: u64| {
         // After a chunk is stored, before the disk's index is written.

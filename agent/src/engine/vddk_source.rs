@@ -1,24 +1,78 @@
 //! [`DiskSource`] over a VDDK disk opened at a snapshot: what the repository's pipeline
 //! reads during a backup. The pipeline moves the source into its `disk-read` thread, so the
 //! [`Disk`] handle is owned by exactly one I/O thread, as VMware's thread rules require.
+//!
+//! A read that fails for a lost or refused connection (a network blip, an ESXi host's NFC
+//! service restarting: [`DiskLibError::is_retryable`]) is not the end of the disk: the
+//! source waits ([`READ_RETRY_PAUSES`]), connects again, opens the disk again and reads
+//! the same range. Only when the pauses are used up does the read fail, naming the last
+//! error and how many times it was tried. Other errors (a range beyond the disk, a
+//! refused login) fail at once.
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::repo::{DiskSource, Extent, SourceError};
 use crate::vddk::{Disk, DiskLibError};
 
+/// The pauses before a read that lost its connection is tried again on a new one: a blip
+/// passes within the first, a restarting NFC service within the last (42 s in all).
+pub const READ_RETRY_PAUSES: [Duration; 3] = [
+    Duration::from_secs(2),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+];
+
+/// [`READ_RETRY_PAUSES`], or the milliseconds `VADP_AGENT_READ_RETRY_PAUSES_MS` lists
+/// (`100,100`: for the tests, which cannot wait 42 s; an empty value: no retries).
+#[must_use]
+pub fn read_retry_pauses() -> Vec<Duration> {
+    match std::env::var("VADP_AGENT_READ_RETRY_PAUSES_MS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|ms| ms.trim().parse().ok())
+            .map(Duration::from_millis)
+            .collect(),
+        Err(_) => READ_RETRY_PAUSES.to_vec(),
+    }
+}
+
+/// Opens the disk again on a new connection (connect, then open read-only).
+pub type Reopen = Box<dyn FnMut() -> Result<Disk, DiskLibError> + Send>;
+
+/// A read that failed on every connection it was tried on.
+#[derive(Debug, thiserror::Error)]
+#[error("read {attempts} times, on a new connection each time after the first")]
+struct GaveUp {
+    attempts: usize,
+    #[source]
+    last: DiskLibError,
+}
+
 /// A disk read through VDDK; reads stop with an `Interrupted` error once the job is
-/// cancelled.
-#[derive(Debug)]
+/// cancelled (also while waiting to try a read again).
 pub struct VddkSource {
     disk: Disk,
     capacity_bytes: u64,
     /// "`[ds] vm/disk.vmdk` of vm-12 at snapshot-3", for errors.
     what: PathBuf,
     cancel: CancellationToken,
+    /// How to get the disk back after a lost connection; `None`: reads are not retried.
+    reopen: Option<Reopen>,
+    pauses: Vec<Duration>,
+}
+
+impl std::fmt::Debug for VddkSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VddkSource")
+            .field("disk", &self.disk)
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("retries", &self.pauses.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl VddkSource {
@@ -31,6 +85,49 @@ impl VddkSource {
             capacity_bytes,
             what,
             cancel,
+            reopen: None,
+            pauses: Vec::new(),
+        }
+    }
+
+    /// Reads that lose their connection are tried again after each of `pauses`, on the
+    /// disk `reopen` opens anew.
+    #[must_use]
+    pub fn retrying(mut self, reopen: Reopen, pauses: Vec<Duration>) -> Self {
+        self.reopen = Some(reopen);
+        self.pauses = pauses;
+        self
+    }
+
+    fn read_error(&self, offset: u64, len: usize, source: io::Error) -> SourceError {
+        SourceError::Read {
+            path: self.what.clone(),
+            offset,
+            len,
+            source,
+        }
+    }
+
+    fn cancelled(&self, offset: u64, len: usize) -> SourceError {
+        self.read_error(
+            offset,
+            len,
+            io::Error::new(io::ErrorKind::Interrupted, "backup cancelled"),
+        )
+    }
+
+    /// Sleeps `pause`, waking early (`false`) when the job is cancelled.
+    fn wait(&self, pause: Duration) -> bool {
+        let until = std::time::Instant::now() + pause;
+        loop {
+            if self.cancel.is_cancelled() {
+                return false;
+            }
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
         }
     }
 }
@@ -79,20 +176,54 @@ impl DiskSource for VddkSource {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
         super::pause_point_blocking("backup-mid-disk");
         if self.cancel.is_cancelled() {
-            return Err(SourceError::Read {
-                path: self.what.clone(),
-                offset,
-                len: buf.len(),
-                source: io::Error::new(io::ErrorKind::Interrupted, "backup cancelled"),
-            });
+            return Err(self.cancelled(offset, buf.len()));
         }
-        self.disk
-            .read_at(offset, buf)
-            .map_err(|e| SourceError::Read {
-                path: self.what.clone(),
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let error = match self.disk.read_at(offset, buf) {
+                Ok(()) => break Ok(()),
+                Err(e) => e,
+            };
+            // Every read gets all the pauses: a blip an hour later is retried as well.
+            let pause = match (
+                &self.reopen,
+                error.is_retryable(),
+                self.pauses.get(attempts - 1),
+            ) {
+                (Some(_), true, Some(pause)) => *pause,
+                (_, _, _) if attempts == 1 => break Err(io::Error::other(error)),
+                _ => {
+                    break Err(io::Error::other(GaveUp {
+                        attempts,
+                        last: error,
+                    }));
+                }
+            };
+            tracing::warn!(
+                disk = %self.what.display(),
                 offset,
-                len: buf.len(),
-                source: io::Error::other(e),
-            })
+                error = %error,
+                retry_in_secs = pause.as_secs_f64(),
+                "reading through VDDK failed; connecting again"
+            );
+            if !self.wait(pause) {
+                return Err(self.cancelled(offset, buf.len()));
+            }
+            let reopen = self.reopen.as_mut().expect("checked above");
+            match reopen() {
+                Ok(disk) => {
+                    // The old handle closes here, its connection with it.
+                    self.disk = disk;
+                    tracing::info!(disk = %self.what.display(), "connected again; reading on");
+                }
+                // The next read fails on the old handle again and takes the next pause.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(disk = %self.what.display(), error = %e, "connecting again failed");
+                }
+                Err(e) => break Err(io::Error::other(GaveUp { attempts, last: e })),
+            }
+        };
+        result.map_err(|source| self.read_error(offset, buf.len(), source))
     }
 }
