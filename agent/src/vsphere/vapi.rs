@@ -120,6 +120,9 @@ impl VapiClient {
     ///
     /// Transport or API errors.
     pub async fn logout(&self) -> Result<(), VapiError> {
+        // After a login in progress, not before: the session it makes is the one to end
+        // (else it would be stored after this and stay open on vCenter).
+        let _no_login = self.relogin.lock().await;
         let token = self.token();
         let result = self
             .call_raw(
@@ -829,6 +832,38 @@ mod tests {
     }
 
     /// Callers that start together, and then find the session ended together, make one
+    /// A logout while another caller logs in ends the session that login makes, rather
+    /// than ending nothing and leaving that session open on vCenter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logout_during_a_login_ends_the_new_session() {
+        let ended = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let e = ended.clone();
+        let base = mock(move |r| match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/api/session") => {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                (201, "\"token-1\"".into())
+            }
+            ("DELETE", "/api/session") => {
+                e.lock()
+                    .unwrap()
+                    .push(r.header(SESSION_HEADER).unwrap_or("none").to_owned());
+                (204, String::new())
+            }
+            _ => (200, r#"{"status":"SUCCEEDED"}"#.into()),
+        })
+        .await;
+        let client = Arc::new(client_of(base));
+        let reader = {
+            let client = client.clone();
+            tokio::spawn(async move { client.task("task-1").await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        client.logout().await.unwrap();
+        reader.await.unwrap().unwrap();
+        assert!(!client.has_session(), "the new session stayed");
+        assert_eq!(*ended.lock().unwrap(), ["token-1"]);
+    }
+
     /// session each time between them, not one each: vCenter limits a user's sessions.
     #[tokio::test]
     async fn concurrent_callers_share_one_login() {
