@@ -313,6 +313,9 @@ impl SoapClient {
     ///
     /// The fault or transport error of the call.
     pub async fn logout(&self) -> Result<(), VsphereError> {
+        // After a login again in progress, not before: the session it makes is the one to
+        // end (as the vAPI client's logout, whose test shows the race).
+        let _no_login = self.inner.relogin.lock().await;
         let this = self.inner.content.session_manager.clone();
         let body = envelope("Logout", &this, "");
         let result = send(&self.inner, "Logout", &this, body).await.map(|_| ());
