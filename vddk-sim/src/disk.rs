@@ -156,10 +156,6 @@ impl DiskHandle {
                 ..e
             })
             .map_err(detach_on_error)?;
-        let disk = Arc::new(Mutex::new(disk));
-        let pending = Arc::new(Pending::default());
-        let worker = spawn_worker(path, Arc::clone(&disk), Arc::clone(&pending));
-        let worker = worker.map_err(detach_on_error)?;
         let vm = connection.remote.as_ref().and_then(|r| r.vm.as_deref());
         let loss = match vm {
             Some(vm) => LabView::open(&library.config.lab_root)
@@ -167,6 +163,10 @@ impl DiskHandle {
                 .take_connection_loss(vm),
             None => None,
         };
+        let disk = Arc::new(Mutex::new(disk));
+        let pending = Arc::new(Pending::default());
+        let worker = spawn_worker(path, Arc::clone(&disk), Arc::clone(&pending));
+        let worker = worker.map_err(detach_on_error)?;
         log::info(&format!(
             "opened {path} of {} ({transport}, {})",
             vm.unwrap_or("no VM"),

@@ -4,10 +4,11 @@
 //!
 //! A read that fails for a lost or refused connection (a network blip, an ESXi host's NFC
 //! service restarting: [`DiskLibError::is_retryable`]) is not the end of the disk: the
-//! source waits ([`READ_RETRY_PAUSES`]), connects again, opens the disk again and reads
-//! the same range. Only when the pauses are used up does the read fail, naming the last
-//! error and how many times it was tried. Other errors (a range beyond the disk, a
-//! refused login) fail at once.
+//! source waits ([`READ_RETRY_PAUSES`]), closes the handle (with hotadd, detaching the
+//! disk), connects again, opens the disk again and reads the same range. Only when the
+//! pauses are used up, or a disk has lost [`MAX_RECONNECTS`] connections, does the read
+//! fail, naming the last error (of the read or of connecting again) and how many times it
+//! was tried. Other errors (a range beyond the disk, a refused login) fail at once.
 
 use std::io;
 use std::path::PathBuf;
@@ -30,32 +31,52 @@ pub const READ_RETRY_PAUSES: [Duration; 3] = [
 /// (`100,100`: for the tests, which cannot wait 42 s; an empty value: no retries).
 #[must_use]
 pub fn read_retry_pauses() -> Vec<Duration> {
-    match std::env::var("VADP_AGENT_READ_RETRY_PAUSES_MS") {
-        Ok(list) => list
-            .split(',')
-            .filter_map(|ms| ms.trim().parse().ok())
-            .map(Duration::from_millis)
-            .collect(),
-        Err(_) => READ_RETRY_PAUSES.to_vec(),
-    }
+    const VAR: &str = "VADP_AGENT_READ_RETRY_PAUSES_MS";
+    let Ok(list) = std::env::var(VAR) else {
+        return READ_RETRY_PAUSES.to_vec();
+    };
+    let parsed: Result<Vec<Duration>, _> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|ms| !ms.is_empty())
+        .map(|ms| ms.parse().map(Duration::from_millis))
+        .collect();
+    parsed.unwrap_or_else(|e| {
+        tracing::warn!(var = VAR, value = list, error = %e, "not a list of milliseconds; using the default pauses");
+        READ_RETRY_PAUSES.to_vec()
+    })
 }
+
+/// The most connections one disk's reads may lose: a link that drops every few reads
+/// fails the disk instead of crawling through it (each retry costs a pause and a login).
+pub const MAX_RECONNECTS: usize = 10;
 
 /// Opens the disk again on a new connection (connect, then open read-only).
 pub type Reopen = Box<dyn FnMut() -> Result<Disk, DiskLibError> + Send>;
 
 /// A read that failed on every connection it was tried on.
 #[derive(Debug, thiserror::Error)]
-#[error("read {attempts} times, on a new connection each time after the first")]
-struct GaveUp {
-    attempts: usize,
-    #[source]
-    last: DiskLibError,
+enum GaveUp {
+    /// The pauses were used up.
+    #[error("tried {tries} times, connecting again before each retry")]
+    Tries {
+        tries: usize,
+        #[source]
+        last: DiskLibError,
+    },
+    /// The disk lost too many connections in all.
+    #[error("the disk's reads lost their connection {MAX_RECONNECTS} times")]
+    Reconnects {
+        #[source]
+        last: DiskLibError,
+    },
 }
 
 /// A disk read through VDDK; reads stop with an `Interrupted` error once the job is
 /// cancelled (also while waiting to try a read again).
 pub struct VddkSource {
-    disk: Disk,
+    /// `None` between closing a handle that lost its connection and opening the next.
+    disk: Option<Disk>,
     capacity_bytes: u64,
     /// "`[ds] vm/disk.vmdk` of vm-12 at snapshot-3", for errors.
     what: PathBuf,
@@ -63,6 +84,8 @@ pub struct VddkSource {
     /// How to get the disk back after a lost connection; `None`: reads are not retried.
     reopen: Option<Reopen>,
     pauses: Vec<Duration>,
+    /// How many more connections this disk's reads may lose.
+    reconnects_left: usize,
 }
 
 impl std::fmt::Debug for VddkSource {
@@ -81,12 +104,13 @@ impl VddkSource {
     pub fn new(disk: Disk, capacity_bytes: u64, cancel: CancellationToken) -> Self {
         let what = PathBuf::from(format!("{} of {}", disk.path(), disk.vm()));
         Self {
-            disk,
+            disk: Some(disk),
             capacity_bytes,
             what,
             cancel,
             reopen: None,
             pauses: Vec::new(),
+            reconnects_left: MAX_RECONNECTS,
         }
     }
 
@@ -144,7 +168,13 @@ impl DiskSource for VddkSource {
                 length: self.capacity_bytes,
             }]
         };
-        let answer = match self.disk.allocated_extents(0, self.capacity_bytes) {
+        let Some(disk) = &self.disk else {
+            return Ok(vec![Extent {
+                offset: 0,
+                length: self.capacity_bytes,
+            }]);
+        };
+        let answer = match disk.allocated_extents(0, self.capacity_bytes) {
             // VDDK before 6.7 cannot say: read the whole disk.
             Err(DiskLibError::NotSupported { .. }) => Ok(whole()),
             // A host or transport that refuses the query (ESXi before 6.7 behind a newer
@@ -178,28 +208,42 @@ impl DiskSource for VddkSource {
         if self.cancel.is_cancelled() {
             return Err(self.cancelled(offset, buf.len()));
         }
-        let mut attempts = 0;
-        let result = loop {
-            attempts += 1;
-            let error = match self.disk.read_at(offset, buf) {
-                Ok(()) => break Ok(()),
-                Err(e) => e,
-            };
+        self.read_retrying(offset, buf)
+            .map_err(|source| self.read_error(offset, buf.len(), source))
+    }
+}
+
+impl VddkSource {
+    fn read_once(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskLibError> {
+        match &self.disk {
+            Some(disk) => disk.read_at(offset, buf),
+            None => Err(DiskLibError::Vix(crate::vddk::VddkError {
+                call: "VixDiskLib_Read",
+                code: crate::vddk::VixCode::of(vddk_sys::VIX_E_HOST_NOT_CONNECTED),
+                text: "no connection: connecting again failed".into(),
+                context: crate::vddk::ErrorContext::default(),
+            })),
+        }
+    }
+
+    /// A read, tried again on a new connection after each of the pauses while the error
+    /// says the connection was lost (see the module's doc).
+    fn read_retrying(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), io::Error> {
+        let mut error = match self.read_once(offset, buf) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let mut tries = 1;
+        loop {
             // Every read gets all the pauses: a blip an hour later is retried as well.
-            let pause = match (
-                &self.reopen,
-                error.is_retryable(),
-                self.pauses.get(attempts - 1),
-            ) {
-                (Some(_), true, Some(pause)) => *pause,
-                (_, _, _) if attempts == 1 => break Err(io::Error::other(error)),
-                _ => {
-                    break Err(io::Error::other(GaveUp {
-                        attempts,
-                        last: error,
-                    }));
-                }
+            let pause = match self.pauses.get(tries - 1) {
+                Some(pause) if self.reopen.is_some() && error.is_retryable() => *pause,
+                _ if tries == 1 => return Err(io::Error::other(error)),
+                _ => return Err(io::Error::other(GaveUp::Tries { tries, last: error })),
             };
+            if self.reconnects_left == 0 {
+                return Err(io::Error::other(GaveUp::Reconnects { last: error }));
+            }
             tracing::warn!(
                 disk = %self.what.display(),
                 offset,
@@ -208,22 +252,31 @@ impl DiskSource for VddkSource {
                 "reading through VDDK failed; connecting again"
             );
             if !self.wait(pause) {
-                return Err(self.cancelled(offset, buf.len()));
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "backup cancelled",
+                ));
             }
+            // Closed (with hotadd, detached) before the disk is opened again; the first
+            // connection itself stays with the caller until the disk is done.
+            drop(self.disk.take());
+            self.reconnects_left -= 1;
+            tries += 1;
             let reopen = self.reopen.as_mut().expect("checked above");
-            match reopen() {
+            error = match reopen() {
                 Ok(disk) => {
-                    // The old handle closes here, its connection with it.
-                    self.disk = disk;
+                    self.disk = Some(disk);
                     tracing::info!(disk = %self.what.display(), "connected again; reading on");
+                    match self.read_once(offset, buf) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => e,
+                    }
                 }
-                // The next read fails on the old handle again and takes the next pause.
-                Err(e) if e.is_retryable() => {
+                Err(e) => {
                     tracing::warn!(disk = %self.what.display(), error = %e, "connecting again failed");
+                    e
                 }
-                Err(e) => break Err(io::Error::other(GaveUp { attempts, last: e })),
-            }
-        };
-        result.map_err(|source| self.read_error(offset, buf.len(), source))
+            };
+        }
     }
 }

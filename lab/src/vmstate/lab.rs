@@ -766,7 +766,7 @@ impl Lab {
     /// Makes the next `opens` VDDK opens of `vm`'s disks lose their connection after
     /// `reads_before` reads each (test fault injection: a network blip, an ESXi host's NFC
     /// service restarting). vddk-sim fails the read that meets the loss with
-    /// `VIX_E_HOST_TCP_CONN_LOST` and every later call on the handle with
+    /// `VIX_E_HOST_TCP_CONN_LOST` and every later read or write on the handle with
     /// `VIX_E_HOST_CONNECTION_LOST`: only a new connection reads again.
     ///
     /// # Errors
@@ -791,11 +791,14 @@ impl Lab {
         self.take_knob(
             vm,
             |s| s.vddk_connection_losses > 0,
+            // Checked again under the lab's lock: another open may have taken the last.
             |s| {
-                s.vddk_connection_losses -= 1;
-                s.vddk_reads_before_loss
+                let armed = s.vddk_connection_losses > 0;
+                s.vddk_connection_losses = s.vddk_connection_losses.saturating_sub(1);
+                armed.then_some(s.vddk_reads_before_loss)
             },
         )
+        .flatten()
     }
 
     /// Stops (or starts again) VMware Tools in `vm`'s guest: a quiescing snapshot is then
