@@ -130,7 +130,13 @@ impl Token {
                     false
                 }
             },
-            Ok(None) => false,
+            Ok(None) => {
+                tracing::warn!(
+                    "the Supervisor refused its token, and its source has no other (vCenter \
+                     still takes the session, or the token file holds the same token)"
+                );
+                false
+            }
             Err(reason) => {
                 tracing::warn!(
                     reason,

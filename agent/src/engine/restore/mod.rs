@@ -436,7 +436,18 @@ impl RestoreEnv {
                 .await
                 .map_err(|e| RestoreError::Invalid(format!("setting up the vAPI client: {e}")))??;
         let vapi = Arc::new(vapi);
-        let supervisor = supervisor.connect(&base, tls, &vapi).await?;
+        let supervisor = match supervisor.connect(&base, tls, &vapi).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The session logged in for the token is no one's to end after this.
+                if vapi.has_session()
+                    && let Err(out) = vapi.logout().await
+                {
+                    tracing::warn!(error = %out, "ending the vAPI session failed");
+                }
+                return Err(e);
+            }
+        };
         Ok(Self {
             env,
             vapi,
@@ -2249,6 +2260,8 @@ async fn wait_for_auto_task(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::SupervisorTarget;
 
     /// A restore's disk events name the VM written: the daemon keys a job's progress by
@@ -2335,10 +2348,46 @@ mod tests {
         read(&supervisor).await.unwrap();
         assert_eq!(lab_vc.api_login_count(), 2);
 
+        assert!(vapi.has_session());
+    }
+
+    /// Callers that meet the Supervisor's 401 together wait for one renewal: the token's
+    /// source is asked once, not once each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_refused_together_wait_for_one_renewal() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (vc, base, tls, vapi) = lab_vcenter(dir.path());
+        let lab_vc = &vc.running().vcenter;
+        let asked = Arc::new(AtomicUsize::new(0));
+        let renew: super::RenewToken = {
+            let (asked, inner) = (
+                Arc::clone(&asked),
+                super::renew_from_vapi(Arc::clone(&vapi)),
+            );
+            Arc::new(move |refused| {
+                asked.fetch_add(1, Ordering::SeqCst);
+                inner(refused)
+            })
+        };
+        let token = vapi.bearer_token().await.unwrap();
+        let url = base.as_str().trim_end_matches('/').to_owned();
+        let supervisor = tokio::task::spawn_blocking(move || {
+            crate::supervisor::Supervisor::connect(&url, &tls, &token, Some(renew))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        read(&supervisor).await.unwrap();
         lab_vc.end_api_sessions();
         let reads = futures_util::future::join_all((0..8).map(|_| read(&supervisor))).await;
         assert!(reads.iter().all(Result::is_ok), "{reads:?}");
-        assert_eq!(lab_vc.api_login_count(), 3, "one login for the 8 callers");
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "one renewal for the 8 callers"
+        );
+        assert_eq!(lab_vc.api_login_count(), 2);
     }
 
     /// A token from a file is read again when the Supervisor refuses it: the same token
