@@ -1239,6 +1239,30 @@ mod tests {
         assert_eq!(fx.points().len(), points);
         fx.assert_clean(&[&vm]);
         assert_eq!(fx.vcenter.running().vcenter.session_count(), sessions);
+
+        // A link that drops after every read: each read succeeds on its retry, but the
+        // disk fails at its tenth lost connection instead of crawling on.
+        let big = fx.new_vm("flaky-big", &[16]);
+        let data: Vec<u8> = (0..16 * MIB).map(|i| (i % 253) as u8).collect();
+        fx.lab.guest_write(&big, DiskKey(2000), 0, &data).unwrap();
+        fx.lab.lose_vddk_connections(&big, 100, 1).unwrap();
+        let b = fx.backup(&[&big], &["--full"], None);
+        assert_ne!(b.code, Some(0), "{}", b.stderr);
+        let said = format!("{}{:?}", b.stderr, b.report);
+        assert!(
+            said.contains("the disk's reads lost their connection 10 times"),
+            "{said}"
+        );
+        assert_eq!(
+            b.stderr
+                .matches("reading through VDDK failed; connecting again")
+                .count(),
+            10,
+            "{}",
+            b.stderr
+        );
+        fx.assert_clean(&[&big]);
+        assert_eq!(fx.vcenter.running().vcenter.session_count(), sessions);
         fx.verify_clean();
     }
 
