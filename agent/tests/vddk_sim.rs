@@ -396,6 +396,74 @@ mod tests {
         );
     }
 
+    /// The backup's disk source over a connection that is lost: an allocated-blocks query
+    /// (the map a full backup reads by when vSphere's changed areas are not to be had) is
+    /// made again on a new connection rather than answered with the whole disk, and so is
+    /// a read; a query whose connection cannot be had back falls back to the whole disk.
+    #[test]
+    fn a_disk_source_connects_again_when_its_connection_is_lost() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+        use vadp_agent::engine::VddkSource;
+        use vadp_agent::repo::{DiskSource as _, Extent};
+
+        let sim = sim();
+        let (vm, path) = sim.vm("flaky-source", 64 * MIB, true);
+        let data = pattern(9, 65536);
+        sim.lab
+            .guest_write(&vm, sim.key(&vm), 5 * MIB, &data)
+            .unwrap();
+        let spec = sim.spec(&vm, None, true);
+        let source = |opens: &Arc<AtomicUsize>| {
+            let disk = sim
+                .connect(&spec)
+                .unwrap()
+                .open(&path, OpenFlags::READ_ONLY)
+                .unwrap();
+            let (opens, spec, path) = (Arc::clone(opens), spec.clone(), path.clone());
+            let reopen = Box::new(move || {
+                opens.fetch_add(1, Ordering::SeqCst);
+                let _g = sim.lab_lock.lock().unwrap();
+                sim.vddk.connect(&spec)?.open(&path, OpenFlags::READ_ONLY)
+            });
+            VddkSource::new(disk, 64 * MIB, tokio_util::sync::CancellationToken::new())
+                .retrying(reopen, vec![Duration::from_millis(10); 3])
+        };
+        let opens = Arc::new(AtomicUsize::new(0));
+        let expected = source(&opens).allocated_extents().unwrap();
+        assert!(
+            expected.iter().map(|e| e.length).sum::<u64>() < 64 * MIB,
+            "{expected:?}"
+        );
+
+        // The first two opens lose their connection at their first call.
+        sim.lab.lose_vddk_connections(&vm, 2, 0).unwrap();
+        let mut flaky = source(&opens);
+        assert_eq!(flaky.allocated_extents().unwrap(), expected);
+        assert_eq!(opens.load(Ordering::SeqCst), 2, "connected again twice");
+        sim.lab.lose_vddk_connections(&vm, 1, 0).unwrap();
+        let mut got = vec![0u8; data.len()];
+        let mut flaky = source(&opens);
+        flaky.read_at(5 * MIB, &mut got).unwrap();
+        assert_eq!(got, data);
+        assert_eq!(opens.load(Ordering::SeqCst), 3);
+
+        // Every connection lost: the query gives up after three retries and the backup
+        // reads the whole disk, which is still correct.
+        sim.lab.lose_vddk_connections(&vm, 10, 0).unwrap();
+        let whole = source(&opens).allocated_extents().unwrap();
+        assert_eq!(
+            whole,
+            [Extent {
+                offset: 0,
+                length: 64 * MIB
+            }]
+        );
+        assert_eq!(opens.load(Ordering::SeqCst), 6);
+        sim.lab.lose_vddk_connections(&vm, 0, 0).unwrap();
+    }
+
     #[test]
     fn metadata_round_trip() {
         let sim = sim();

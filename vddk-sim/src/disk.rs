@@ -216,9 +216,10 @@ impl DiskHandle {
         }
     }
 
-    /// Whether the handle's connection still stands, for an I/O call: the call that meets a
-    /// loss the lab arranged fails with `VIX_E_HOST_TCP_CONN_LOST`, every later one with
-    /// `VIX_E_HOST_CONNECTION_LOST`, as a dropped NFC connection leaves a handle.
+    /// Whether the handle's connection still stands, for an I/O call or an allocated-blocks
+    /// query: the call that meets a loss the lab arranged fails with
+    /// `VIX_E_HOST_TCP_CONN_LOST`, every later one with `VIX_E_HOST_CONNECTION_LOST`, as a
+    /// dropped NFC connection leaves a handle.
     pub(crate) fn check_connection(&self) -> VixResult<()> {
         use std::sync::atomic::Ordering;
         if self.lost.load(Ordering::SeqCst) {

@@ -162,45 +162,34 @@ impl DiskSource for VddkSource {
     }
 
     fn allocated_extents(&mut self) -> Result<Vec<Extent>, SourceError> {
+        let capacity = self.capacity_bytes;
         let whole = || {
-            vec![crate::vddk::Extent {
+            vec![Extent {
                 offset: 0,
-                length: self.capacity_bytes,
+                length: capacity,
             }]
         };
-        let Some(disk) = &self.disk else {
-            return Ok(vec![Extent {
-                offset: 0,
-                length: self.capacity_bytes,
-            }]);
-        };
-        let answer = match disk.allocated_extents(0, self.capacity_bytes) {
+        // A lost connection is tried again as a read is: reading a thin disk whole
+        // instead would be correct but take as long as its capacity.
+        match self.try_reconnecting(|disk| disk.allocated_extents(0, capacity)) {
+            Ok(extents) => Ok(extents
+                .into_iter()
+                .map(|e| Extent {
+                    offset: e.offset,
+                    length: e.length,
+                })
+                .collect()),
             // VDDK before 6.7 cannot say: read the whole disk.
-            Err(DiskLibError::NotSupported { .. }) => Ok(whole()),
+            Err(Failed::Once(DiskLibError::NotSupported { .. })) => Ok(whole()),
             // A host or transport that refuses the query (ESXi before 6.7 behind a newer
             // VDDK, say), as nbdkit finds out by trying: the whole disk, read as if it
-            // were all allocated, is still a correct full backup.
-            Err(DiskLibError::Vix(e)) => {
-                tracing::warn!(disk = %self.what.display(), error = %e, "QueryAllocatedBlocks failed: reading the whole disk");
+            // were all allocated, is still a correct full backup. So is a query whose
+            // connection could not be had back; the reads then try again themselves.
+            Err(e) => {
+                tracing::warn!(disk = %self.what.display(), error = %crate::engine::error_chain(&e), "QueryAllocatedBlocks failed: reading the whole disk");
                 Ok(whole())
             }
-            other => other,
-        };
-        answer
-            .map(|v| {
-                v.into_iter()
-                    .map(|e| Extent {
-                        offset: e.offset,
-                        length: e.length,
-                    })
-                    .collect()
-            })
-            .map_err(|e| SourceError::Read {
-                path: self.what.clone(),
-                offset: 0,
-                len: 0,
-                source: io::Error::other(e),
-            })
+        }
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
@@ -208,54 +197,60 @@ impl DiskSource for VddkSource {
         if self.cancel.is_cancelled() {
             return Err(self.cancelled(offset, buf.len()));
         }
-        self.read_retrying(offset, buf)
-            .map_err(|source| self.read_error(offset, buf.len(), source))
+        let len = buf.len();
+        self.try_reconnecting(|disk| disk.read_at(offset, buf))
+            .map_err(|e| match e {
+                Failed::Cancelled => self.cancelled(offset, len),
+                e => self.read_error(offset, len, io::Error::other(e)),
+            })
     }
 }
 
-impl VddkSource {
-    fn read_once(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskLibError> {
-        match &self.disk {
-            Some(disk) => disk.read_at(offset, buf),
-            None => Err(DiskLibError::Vix(crate::vddk::VddkError {
-                call: "VixDiskLib_Read",
-                code: crate::vddk::VixCode::of(vddk_sys::VIX_E_HOST_NOT_CONNECTED),
-                text: "no connection: connecting again failed".into(),
-                context: crate::vddk::ErrorContext::default(),
-            })),
-        }
-    }
+/// Why [`VddkSource::try_reconnecting`] gave up.
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    /// The first try's error, not one to try again.
+    #[error(transparent)]
+    Once(DiskLibError),
+    /// Tried again and failed.
+    #[error(transparent)]
+    GaveUp(GaveUp),
+    /// The job was cancelled while waiting to try again.
+    #[error("backup cancelled")]
+    Cancelled,
+}
 
-    /// A read, tried again on a new connection after each of the pauses while the error
-    /// says the connection was lost (see the module's doc).
-    fn read_retrying(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), io::Error> {
-        let mut error = match self.read_once(offset, buf) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
+impl VddkSource {
+    /// `op` on the disk, tried again on a new connection after each of the pauses while
+    /// its error says the connection was lost (see the module's doc).
+    fn try_reconnecting<T>(
+        &mut self,
+        mut op: impl FnMut(&Disk) -> Result<T, DiskLibError>,
+    ) -> Result<T, Failed> {
+        let mut error = match self.disk.as_ref().map(&mut op) {
+            Some(Ok(value)) => return Ok(value),
+            Some(Err(e)) => e,
+            None => no_connection(),
         };
         let mut tries = 1;
         loop {
-            // Every read gets all the pauses: a blip an hour later is retried as well.
+            // Every call gets all the pauses: a blip an hour later is retried as well.
             let pause = match self.pauses.get(tries - 1) {
                 Some(pause) if self.reopen.is_some() && error.is_retryable() => *pause,
-                _ if tries == 1 => return Err(io::Error::other(error)),
-                _ => return Err(io::Error::other(GaveUp::Tries { tries, last: error })),
+                _ if tries == 1 => return Err(Failed::Once(error)),
+                _ => return Err(Failed::GaveUp(GaveUp::Tries { tries, last: error })),
             };
             if self.reconnects_left == 0 {
-                return Err(io::Error::other(GaveUp::Reconnects { last: error }));
+                return Err(Failed::GaveUp(GaveUp::Reconnects { last: error }));
             }
             tracing::warn!(
                 disk = %self.what.display(),
-                offset,
                 error = %error,
                 retry_in_secs = pause.as_secs_f64(),
                 "reading through VDDK failed; connecting again"
             );
             if !self.wait(pause) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "backup cancelled",
-                ));
+                return Err(Failed::Cancelled);
             }
             // Closed (with hotadd, detached) before the disk is opened again; the first
             // connection itself stays with the caller until the disk is done.
@@ -265,10 +260,9 @@ impl VddkSource {
             let reopen = self.reopen.as_mut().expect("checked above");
             error = match reopen() {
                 Ok(disk) => {
-                    self.disk = Some(disk);
                     tracing::info!(disk = %self.what.display(), "connected again; reading on");
-                    match self.read_once(offset, buf) {
-                        Ok(()) => return Ok(()),
+                    match op(self.disk.insert(disk)) {
+                        Ok(value) => return Ok(value),
                         Err(e) => e,
                     }
                 }
@@ -279,4 +273,14 @@ impl VddkSource {
             };
         }
     }
+}
+
+/// The error of a call on a disk whose connection could not be had back.
+fn no_connection() -> DiskLibError {
+    DiskLibError::Vix(crate::vddk::VddkError {
+        call: "VixDiskLib_Read",
+        code: crate::vddk::VixCode::of(vddk_sys::VIX_E_HOST_NOT_CONNECTED),
+        text: "no connection: connecting again failed".into(),
+        context: crate::vddk::ErrorContext::default(),
+    })
 }

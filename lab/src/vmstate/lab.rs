@@ -765,9 +765,9 @@ impl Lab {
 
     /// Makes the next `opens` VDDK opens of `vm`'s disks lose their connection after
     /// `reads_before` reads each (test fault injection: a network blip, an ESXi host's NFC
-    /// service restarting). vddk-sim fails the read that meets the loss with
-    /// `VIX_E_HOST_TCP_CONN_LOST` and every later read or write on the handle with
-    /// `VIX_E_HOST_CONNECTION_LOST`: only a new connection reads again.
+    /// service restarting). vddk-sim counts reads, writes and allocated-blocks queries,
+    /// fails the one that meets the loss with `VIX_E_HOST_TCP_CONN_LOST` and every later one
+    /// on the handle with `VIX_E_HOST_CONNECTION_LOST`: only a new connection reads again.
     ///
     /// # Errors
     /// [`LabError::VmNotFound`].

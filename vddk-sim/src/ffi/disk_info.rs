@@ -180,6 +180,8 @@ pub unsafe extern "C" fn VixDiskLib_QueryAllocatedBlocks(
             return fail(VIX_E_INVALID_ARG, "blockList (out) is NULL");
         }
         check_chunk_rules(startSector, numSectors, chunkSize)?;
+        // A query goes over the connection as reads do (a loss the lab arranged meets it).
+        disk.check_connection()?;
         let capacity = disk.with_disk(|d| d.capacity_bytes()) / SECTOR;
         if startSector + numSectors > capacity {
             return fail(
