@@ -12,6 +12,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -140,16 +141,19 @@ impl VddkSource {
         )
     }
 
-    /// Sleeps `pause`, waking early (`false`) when the job is cancelled.
-    fn wait(&self, pause: Duration) -> bool {
+    /// Sleeps `pause`, waking early when the job is cancelled or the pipeline aborted.
+    fn wait(&self, pause: Duration, abort: &AtomicBool) -> Waited {
         let until = std::time::Instant::now() + pause;
         loop {
             if self.cancel.is_cancelled() {
-                return false;
+                return Waited::Cancelled;
+            }
+            if abort.load(Ordering::SeqCst) {
+                return Waited::Aborted;
             }
             let left = until.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return true;
+                return Waited::Out;
             }
             std::thread::sleep(left.min(Duration::from_millis(100)));
         }
@@ -171,7 +175,8 @@ impl DiskSource for VddkSource {
         };
         // A lost connection is tried again as a read is: reading a thin disk whole
         // instead would be correct but take as long as its capacity.
-        match self.try_reconnecting(|disk| disk.allocated_extents(0, capacity)) {
+        let never = AtomicBool::new(false);
+        match self.try_reconnecting(&never, |disk| disk.allocated_extents(0, capacity)) {
             Ok(extents) => Ok(extents
                 .into_iter()
                 .map(|e| Extent {
@@ -193,17 +198,41 @@ impl DiskSource for VddkSource {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        self.read_at_abortable(offset, buf, &AtomicBool::new(false))
+    }
+
+    fn read_at_abortable(
+        &mut self,
+        offset: u64,
+        buf: &mut [u8],
+        abort: &AtomicBool,
+    ) -> Result<(), SourceError> {
         super::pause_point_blocking("backup-mid-disk");
         if self.cancel.is_cancelled() {
             return Err(self.cancelled(offset, buf.len()));
         }
         let len = buf.len();
-        self.try_reconnecting(|disk| disk.read_at(offset, buf))
+        self.try_reconnecting(abort, |disk| disk.read_at(offset, buf))
             .map_err(|e| match e {
                 Failed::Cancelled => self.cancelled(offset, len),
+                Failed::Aborted => self.read_error(
+                    offset,
+                    len,
+                    io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "stopped waiting to read again: the backup failed elsewhere",
+                    ),
+                ),
                 e => self.read_error(offset, len, io::Error::other(e)),
             })
     }
+}
+
+/// How [`VddkSource::wait`] ended.
+enum Waited {
+    Out,
+    Cancelled,
+    Aborted,
 }
 
 /// Why [`VddkSource::try_reconnecting`] gave up.
@@ -218,6 +247,9 @@ enum Failed {
     /// The job was cancelled while waiting to try again.
     #[error("backup cancelled")]
     Cancelled,
+    /// Another stage of the pipeline failed while waiting to try again.
+    #[error("the backup failed elsewhere")]
+    Aborted,
 }
 
 impl VddkSource {
@@ -225,6 +257,7 @@ impl VddkSource {
     /// its error says the connection was lost (see the module's doc).
     fn try_reconnecting<T>(
         &mut self,
+        abort: &AtomicBool,
         mut op: impl FnMut(&Disk) -> Result<T, DiskLibError>,
     ) -> Result<T, Failed> {
         let mut error = match self.disk.as_ref().map(&mut op) {
@@ -249,8 +282,10 @@ impl VddkSource {
                 retry_in_secs = pause.as_secs_f64(),
                 "reading through VDDK failed; connecting again"
             );
-            if !self.wait(pause) {
-                return Err(Failed::Cancelled);
+            match self.wait(pause, abort) {
+                Waited::Out => {}
+                Waited::Cancelled => return Err(Failed::Cancelled),
+                Waited::Aborted => return Err(Failed::Aborted),
             }
             // Closed (with hotadd, detached) before the disk is opened again; the first
             // connection itself stays with the caller until the disk is done.

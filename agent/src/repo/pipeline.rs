@@ -389,7 +389,7 @@ pub fn backup_disk<S: DiskSource>(
                         break;
                     };
                     let dst = &mut frame.as_mut_slice()[HEADER_LEN..HEADER_LEN + len];
-                    if let Err(e) = source.read_at(offset, dst) {
+                    if let Err(e) = source.read_at_abortable(offset, dst, &sh.abort) {
                         sh.fail(PipelineError::Source(e));
                         break;
                     }
@@ -1100,6 +1100,75 @@ mod tests {
             "temp files left in {}: {left:?}",
             good_dir.display()
         );
+    }
+
+    /// A source waiting inside a read (VDDK's, between tries on a lost connection) is told
+    /// when another stage failed, and stops waiting: the backup fails without waiting out
+    /// the source's pauses.
+    #[test]
+    fn a_source_waiting_inside_a_read_learns_that_the_backup_failed() {
+        struct Waiting {
+            saw_abort: std::sync::Arc<AtomicBool>,
+        }
+        impl DiskSource for Waiting {
+            fn capacity_bytes(&self) -> u64 {
+                8 * 4096
+            }
+            fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+                buf.fill(u8::try_from(offset / 4096).unwrap() + 1);
+                Ok(())
+            }
+            fn read_at_abortable(
+                &mut self,
+                offset: u64,
+                buf: &mut [u8],
+                abort: &AtomicBool,
+            ) -> Result<(), SourceError> {
+                if offset < 2 * 4096 {
+                    return self.read_at(offset, buf);
+                }
+                // The third chunk's read waits for the connection, as long as it must.
+                for _ in 0..3000 {
+                    if abort.load(Ordering::SeqCst) {
+                        self.saw_abort.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(SourceError::Read {
+                    path: "waiting".into(),
+                    offset,
+                    len: buf.len(),
+                    source: std::io::Error::other("gave up"),
+                })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::new(dir.path().join("chunks"));
+        std::fs::create_dir(store.root()).unwrap();
+        // The first chunk cannot be stored: a file holds its directory's name.
+        let first = ChunkDigest::of(&[1u8; 4096]);
+        std::fs::write(store.dir_of(&first), b"in the way").unwrap();
+        let mut idx = FixedIndexWriter::create(
+            &dir.path().join("p/2000.fidx"),
+            IndexGeometry::new(4096, 8 * 4096),
+        )
+        .unwrap();
+        let saw_abort = std::sync::Arc::new(AtomicBool::new(false));
+        let source = Waiting {
+            saw_abort: std::sync::Arc::clone(&saw_abort),
+        };
+        let err = backup_disk(
+            &store,
+            source,
+            &mut idx,
+            &SlotSet::all(8),
+            PipelineOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, PipelineError::Store(_)), "{err}");
+        assert!(saw_abort.load(Ordering::SeqCst), "the source waited it out");
     }
 
     #[test]

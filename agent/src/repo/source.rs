@@ -95,6 +95,22 @@ pub trait DiskSource: Send {
     /// # Errors
     /// [`SourceError::Read`] naming the disk and offset.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError>;
+
+    /// As [`DiskSource::read_at`], from the pipeline's reader: a source that may wait
+    /// inside a read (VDDK's source, between tries on a lost connection) stops waiting
+    /// once `abort` is set, as another stage failed and the backup is over.
+    ///
+    /// # Errors
+    /// As [`DiskSource::read_at`].
+    fn read_at_abortable(
+        &mut self,
+        offset: u64,
+        buf: &mut [u8],
+        abort: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), SourceError> {
+        let _ = abort;
+        self.read_at(offset, buf)
+    }
 }
 
 /// A disk to restore into.
