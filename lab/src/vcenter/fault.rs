@@ -144,6 +144,17 @@ impl Fault {
         .with("sourceId", source)
     }
 
+    /// `TaskInProgress`: another task holds the object (a vMotion, another product's
+    /// snapshot operation); `task` names it.
+    pub(crate) fn task_in_progress(task: &str) -> Self {
+        let mut f = Self::new(
+            "TaskInProgress",
+            "The operation is not allowed in the current state because another task is in progress.",
+        );
+        let _ = write!(f.fields, "<task type=\"Task\">{}</task>", esc(task));
+        f
+    }
+
     pub(crate) fn system_error(reason: &str) -> Self {
         Self::new(
             "SystemError",

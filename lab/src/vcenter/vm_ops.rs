@@ -283,6 +283,9 @@ impl Vcenter {
                     return Ok(returnval_ref("Task", &key));
                 }
                 Box::new(move |p| {
+                    if lab.take_snapshot_removal_failure(&vm_id) {
+                        return Err(Fault::task_in_progress("task-busy"));
+                    }
                     for s in &order {
                         lab.remove_snapshot(&vm_id, s).map_err(lab_fault)?;
                         p.set(50);

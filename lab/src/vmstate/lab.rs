@@ -442,6 +442,7 @@ impl Lab {
             vddk_reads_before_loss: 0,
             tools_not_running: false,
             lose_next_snapshot_removal: false,
+            failing_snapshot_removals: 0,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
@@ -725,6 +726,30 @@ impl Lab {
             |s| std::mem::take(&mut s.lose_next_snapshot_removal),
         )
         .unwrap_or(false)
+    }
+
+    /// Makes the next `count` `RemoveSnapshot_Task`s of `vm`'s snapshots fail with
+    /// `TaskInProgress`, removing nothing (test fault injection: another task holding the
+    /// VM for a while).
+    ///
+    /// # Errors
+    /// [`LabError::VmNotFound`].
+    pub fn fail_next_snapshot_removals(&self, vm: &VmMoref, count: u32) -> Result<(), LabError> {
+        self.update(vm, |state| {
+            state.failing_snapshot_removals = count;
+            Ok(())
+        })
+    }
+
+    /// Takes one of the failures [`Self::fail_next_snapshot_removals`] arranged for `vm`;
+    /// `false` when none is left (or the VM is gone).
+    #[must_use]
+    pub fn take_snapshot_removal_failure(&self, vm: &VmMoref) -> bool {
+        self.take_count(
+            vm,
+            |s| s.failing_snapshot_removals,
+            |s| &mut s.failing_snapshot_removals,
+        )
     }
 
     /// Makes the next `CreateSnapshot_Task` on `vm` run for `delay` (while `running`)

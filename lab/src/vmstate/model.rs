@@ -197,6 +197,11 @@ pub struct VmState {
     /// task is unknown from then on, and the snapshot stays.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lose_next_snapshot_removal: bool,
+    /// How many more `RemoveSnapshot_Task`s on this VM's snapshots fail with
+    /// `TaskInProgress`, removing nothing (a test's fault injection: another task holding
+    /// the VM, a vMotion say).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failing_snapshot_removals: u32,
     /// How long the next `CreateSnapshot_Task` on this VM runs before it creates the
     /// snapshot, in milliseconds (a test's fault injection: a slow quiesce).
     #[serde(default, skip_serializing_if = "is_zero")]

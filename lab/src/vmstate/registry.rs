@@ -262,6 +262,7 @@ impl Lab {
             vddk_reads_before_loss: 0,
             tools_not_running: false,
             lose_next_snapshot_removal: false,
+            failing_snapshot_removals: 0,
         };
         self.write_vmx(&state)?;
         self.write_json(&self.vm_path(&moref), &state)?;
