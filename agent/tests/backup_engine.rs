@@ -110,6 +110,7 @@ mod tests {
             // A read that lost its connection waits 2, 10 and 30 s before it is tried
             // again; the tests' connection losses need not.
             cmd.env("VADP_AGENT_READ_RETRY_PAUSES_MS", "20,20,20");
+            cmd.env("VADP_AGENT_SNAPSHOT_REMOVE_PAUSES_MS", "20,20,20");
             cmd.output().unwrap()
         }
 
@@ -1279,6 +1280,48 @@ mod tests {
             fx.lab.vm(&vm).unwrap().failing_task_polls,
             0,
             "the task polls never failed"
+        );
+        fx.assert_clean(&[&vm]);
+        fx.verify_clean();
+    }
+
+    /// A snapshot removal that fails for a passing reason (another task holding the VM, a
+    /// vMotion say) is tried again within the job, so the snapshot does not stay on the
+    /// running VM until reconcile; one that keeps failing is left to reconcile, as before.
+    #[test]
+    fn a_snapshot_removal_that_fails_for_a_while_is_tried_again() {
+        let fx = Fixture::new();
+        let vm = fx.new_vm("busy", &[8]);
+        fx.backup(&[&vm], &[], None).ok();
+        fx.lab.fail_next_snapshot_removals(&vm, 2).unwrap();
+        let b = fx.backup(&[&vm], &[], None);
+        let r = b.ok();
+        assert!(vm_report(r, &vm)["point"].is_string(), "{r}");
+        assert!(r["warnings"].as_array().unwrap().is_empty(), "{r}");
+        assert_eq!(fx.lab.vm(&vm).unwrap().failing_snapshot_removals, 0);
+        assert_eq!(
+            b.stderr
+                .matches("removing our snapshot failed; trying again")
+                .count(),
+            2,
+            "{}",
+            b.stderr
+        );
+        fx.assert_clean(&[&vm]);
+
+        // Every try fails (four by the VM's clean-up, four by the job's): the point is
+        // kept, the snapshot is left to reconcile.
+        fx.lab.fail_next_snapshot_removals(&vm, 8).unwrap();
+        let b = fx.backup(&[&vm], &[], None);
+        let said = format!("{}{:?}", b.stderr, b.report);
+        assert!(said.contains("TaskInProgress"), "{said}");
+        assert_eq!(fx.lab.vm(&vm).unwrap().failing_snapshot_removals, 0);
+        assert_eq!(fx.lab.vm(&vm).unwrap().snapshots.len(), 1, "{said}");
+        let report = fx.reconcile(&[]);
+        assert_eq!(
+            report["snapshots_removed"].as_array().unwrap().len(),
+            1,
+            "{report}"
         );
         fx.assert_clean(&[&vm]);
         fx.verify_clean();

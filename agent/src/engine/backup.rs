@@ -1591,7 +1591,9 @@ async fn clean_up(
     let mut problems = Vec::new();
     let snapshot = lock(effects).snapshot.clone();
     if let Some(effect) = snapshot {
-        match journal::remove_snapshot(&ctx.env, vm, &effect).await {
+        // Tried again for two minutes unless the job was cancelled (a shutdown is not
+        // held up; reconcile removes it then).
+        match journal::remove_snapshot(&ctx.env, vm, &effect, !ctx.cancel.is_cancelled()).await {
             Ok(_) => lock(effects).snapshot = None,
             Err(e) => problems.push(format!(
                 "snapshot of {vm} not removed (left for `vadp-agent reconcile`): {}",
@@ -2681,7 +2683,9 @@ async fn enable_cbt(env: &Environment, ctx: &JobCtx, info: &VmInfo) -> Result<()
             Ok(())
         }
         Err(source) => {
-            if let Err(e) = journal::remove_snapshot(env, vm, &effect).await {
+            if let Err(e) =
+                journal::remove_snapshot(env, vm, &effect, !ctx.cancel.is_cancelled()).await
+            {
                 tracing::error!(vm = %vm, error = %error_chain(&e), "enabling CBT failed and its snapshot could not be removed; reconcile will retry");
             }
             Err(BackupError::Vsphere {

@@ -242,6 +242,7 @@ pub(crate) async fn remove_snapshot(
     env: &Environment,
     vm: &VmMoref,
     effect: &SnapshotEffect,
+    retry: bool,
 ) -> Result<Vec<SnapshotMoref>, BackupError> {
     if effect.moref.is_none() {
         match env
@@ -279,14 +280,26 @@ pub(crate) async fn remove_snapshot(
     };
     let mut removed = Vec::new();
     for snapshot in targets {
-        match env.soap.remove_snapshot(&snapshot, true, |_| {}).await {
-            Ok(()) => removed.push(snapshot),
-            Err(e) if is_gone(&e) => {}
-            Err(e) => {
-                return Err(BackupError::Vsphere {
-                    what: format!("removing snapshot {snapshot} of {vm}"),
-                    source: e,
-                });
+        let mut pauses = snapshot_remove_pauses().into_iter().filter(|_| retry);
+        loop {
+            match env.soap.remove_snapshot(&snapshot, true, |_| {}).await {
+                Ok(()) => {
+                    removed.push(snapshot);
+                    break;
+                }
+                Err(e) if is_gone(&e) => break,
+                Err(e) => match pauses.next() {
+                    Some(pause) if e.is_retryable() => {
+                        tracing::warn!(vm = %vm, snapshot = %snapshot, error = %super::error_chain(&e), retry_in_secs = pause.as_secs_f64(), "removing our snapshot failed; trying again");
+                        tokio::time::sleep(pause).await;
+                    }
+                    _ => {
+                        return Err(BackupError::Vsphere {
+                            what: format!("removing snapshot {snapshot} of {vm}"),
+                            source: e,
+                        });
+                    }
+                },
             }
         }
     }
@@ -327,6 +340,25 @@ pub(crate) async fn consolidate_if_needed(
             source: e,
         }),
     }
+}
+
+/// The pauses before a snapshot removal that failed for a passing reason (another task on
+/// the VM, a vMotion say; vCenter restarting; a host not answering) is tried again, where a
+/// caller asks for it: a snapshot left on a running VM grows with every write until
+/// reconcile removes it, so the job tries for two minutes first.
+const SNAPSHOT_REMOVE_RETRIES: [std::time::Duration; 3] = [
+    std::time::Duration::from_secs(5),
+    std::time::Duration::from_secs(30),
+    std::time::Duration::from_secs(90),
+];
+
+/// [`SNAPSHOT_REMOVE_RETRIES`], or what `VADP_AGENT_SNAPSHOT_REMOVE_PAUSES_MS` lists (the
+/// tests').
+fn snapshot_remove_pauses() -> Vec<std::time::Duration> {
+    super::pauses_from_env(
+        "VADP_AGENT_SNAPSHOT_REMOVE_PAUSES_MS",
+        &SNAPSHOT_REMOVE_RETRIES,
+    )
 }
 
 /// The pauses before EndAccess is tried again, where a caller asks for it: a vCenter that

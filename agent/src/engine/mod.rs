@@ -160,6 +160,28 @@ pub struct Environment {
     pub datacenter: Option<String>,
 }
 
+/// `default`, or the milliseconds the environment variable `var` lists, comma-separated
+/// (an empty value: none). The tests shorten the agent's retry pauses this way; a value
+/// that is not such a list is warned about and `default` used.
+pub(crate) fn pauses_from_env(
+    var: &str,
+    default: &[std::time::Duration],
+) -> Vec<std::time::Duration> {
+    let Ok(list) = std::env::var(var) else {
+        return default.to_vec();
+    };
+    let parsed: Result<Vec<std::time::Duration>, _> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|ms| !ms.is_empty())
+        .map(|ms| ms.parse().map(std::time::Duration::from_millis))
+        .collect();
+    parsed.unwrap_or_else(|e| {
+        tracing::warn!(var, value = list, error = %e, "not a list of milliseconds; using the default pauses");
+        default.to_vec()
+    })
+}
+
 /// Fault injection for the crash tests: when the environment variable
 /// `VADP_AGENT_CRASH_AT` names `point`, the process kills itself there (SIGKILL, as
 /// `kill -9` would),

@@ -265,7 +265,7 @@ async fn undo(
                     .and_then(|s| s.as_str())
                     .map(|s| SnapshotMoref(s.to_owned())),
             };
-            match journal::remove_snapshot(env, vm, &effect).await {
+            match journal::remove_snapshot(env, vm, &effect, false).await {
                 Ok(removed) => {
                     for s in removed {
                         tracing::info!(vm = %vm, snapshot = %s, "reconcile: removed our snapshot");
@@ -511,7 +511,7 @@ async fn tagged_snapshots(
             job,
             moref: Some(s.snapshot.clone()),
         };
-        match journal::remove_snapshot(env, vm, &effect).await {
+        match journal::remove_snapshot(env, vm, &effect, false).await {
             Ok(removed) => report
                 .snapshots_removed
                 .extend(removed.into_iter().map(|r| (vm.clone(), r))),

@@ -32,20 +32,7 @@ pub const READ_RETRY_PAUSES: [Duration; 3] = [
 /// (`100,100`: for the tests, which cannot wait 42 s; an empty value: no retries).
 #[must_use]
 pub fn read_retry_pauses() -> Vec<Duration> {
-    const VAR: &str = "VADP_AGENT_READ_RETRY_PAUSES_MS";
-    let Ok(list) = std::env::var(VAR) else {
-        return READ_RETRY_PAUSES.to_vec();
-    };
-    let parsed: Result<Vec<Duration>, _> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|ms| !ms.is_empty())
-        .map(|ms| ms.parse().map(Duration::from_millis))
-        .collect();
-    parsed.unwrap_or_else(|e| {
-        tracing::warn!(var = VAR, value = list, error = %e, "not a list of milliseconds; using the default pauses");
-        READ_RETRY_PAUSES.to_vec()
-    })
+    super::pauses_from_env("VADP_AGENT_READ_RETRY_PAUSES_MS", &READ_RETRY_PAUSES)
 }
 
 /// The most connections one disk's reads may lose: a link that drops every few reads
