@@ -17,7 +17,8 @@
 //!
 //! An index has 32 bytes per chunk of its disk: 2 GiB for a 64 TiB disk at 1 MiB chunks.
 //! Neither side holds it in memory. [`FixedIndexReader`] checks the whole file once when it
-//! opens it (header, length, checksum) and then hands out its slots a block at a time;
+//! opens it (header, length, checksum) and then hands out its slots a block at a time
+//! ([`scan`] does both in one pass, for a caller that reads every slot once);
 //! [`FixedIndexWriter`] keeps the slots in its temp file, starting from holes (a sparse
 //! file) or from a copy of the parent's slots made by the kernel (`copy_file_range`), and
 //! writes the slots it is given in sorted runs of a bounded batch. Memory is therefore a few
@@ -207,22 +208,13 @@ impl FixedIndexReader {
             len,
         } = Header::read(path)?;
         // One pass over the slots: the checksum, and what the holes leave to restore.
-        let mut hasher = blake3::Hasher::new();
         let (mut data_slots, mut data_bytes) = (0usize, 0u64);
-        let mut slot = 0usize;
-        for_each_block(&file, path, HEADER_LEN as u64..len, |block| {
-            hasher.update(block);
-            for s in block.chunks_exact(SLOT_LEN) {
-                if s.iter().any(|&b| b != 0) {
-                    data_slots += 1;
-                    data_bytes += geometry.slot_len(slot);
-                }
-                slot += 1;
+        check_slots(&file, path, len, &checksum, |slot, digest| {
+            if !digest.is_zero() {
+                data_slots += 1;
+                data_bytes += geometry.slot_len(slot);
             }
         })?;
-        if hasher.finalize().as_bytes() != &checksum {
-            return Err(checksum_mismatch(path));
-        }
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -366,11 +358,31 @@ impl Header {
     }
 }
 
-fn checksum_mismatch(path: &Path) -> FixedIndexError {
-    FixedIndexError::Corrupt {
-        path: path.to_path_buf(),
-        reason: "checksum mismatch".into(),
+/// Every slot of `file` (of length `len`), `(slot number, digest)`, to `f`, in one pass
+/// that also checks them against `checksum` at the end.
+fn check_slots(
+    file: &File,
+    path: &Path,
+    len: u64,
+    checksum: &[u8; 32],
+    mut f: impl FnMut(usize, ChunkDigest),
+) -> Result<(), FixedIndexError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut slot = 0usize;
+    for_each_block(file, path, HEADER_LEN as u64..len, |block| {
+        hasher.update(block);
+        for s in block.chunks_exact(SLOT_LEN) {
+            f(slot, ChunkDigest(s.try_into().expect("32-byte slot")));
+            slot += 1;
+        }
+    })?;
+    if hasher.finalize().as_bytes() != checksum {
+        return Err(FixedIndexError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "checksum mismatch".into(),
+        });
     }
+    Ok(())
 }
 
 /// Every slot of the index file at `path`, `(slot number, digest)`, to `f`, in one pass
@@ -381,26 +393,9 @@ fn checksum_mismatch(path: &Path) -> FixedIndexError {
 ///
 /// # Errors
 /// As [`FixedIndexReader::open`].
-pub fn scan(path: &Path, mut f: impl FnMut(usize, ChunkDigest)) -> Result<(), FixedIndexError> {
-    let Header {
-        file,
-        checksum,
-        len,
-        ..
-    } = Header::read(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut slot = 0usize;
-    for_each_block(&file, path, HEADER_LEN as u64..len, |block| {
-        hasher.update(block);
-        for s in block.chunks_exact(SLOT_LEN) {
-            f(slot, ChunkDigest(s.try_into().expect("32-byte slot")));
-            slot += 1;
-        }
-    })?;
-    if hasher.finalize().as_bytes() != &checksum {
-        return Err(checksum_mismatch(path));
-    }
-    Ok(())
+pub fn scan(path: &Path, f: impl FnMut(usize, ChunkDigest)) -> Result<(), FixedIndexError> {
+    let header = Header::read(path)?;
+    check_slots(&header.file, path, header.len, &header.checksum, f)
 }
 
 /// Calls `f` with the bytes `range` of `file`, a block at a time.
